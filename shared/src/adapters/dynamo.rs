@@ -1,0 +1,808 @@
+//! DynamoDB adapter: directory table (tenants, users, organizations) and jobs table.
+//!
+//! Keys are spread so no partition takes a write per row: a user is `U#<tenant>#<email>`, an
+//! organization `O#<tenant>#<name>`. The `gsi1` index lists a tenant's users in 16 shards
+//! (`T#<tenant>#<n>`) sorted by organization, so counting an organization's users or listing a
+//! tenant's users never reads or writes one hot key.
+
+use crate::error::{Error, Result};
+use crate::model::{Action, Job, JobState, Mode, PHASES, RowOp, Target, Tenant, UserFields};
+use crate::ports::{Directory, JobStore, Plan, Stamp, Write};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue as Av, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, Select, TimeToLiveSpecification,
+    TransactWriteItem, Update,
+};
+use std::collections::HashMap;
+
+pub type Item = HashMap<String, Av>;
+
+pub const USER_SHARDS: u32 = 16;
+pub const GSI: &str = "gsi1";
+/// Chunk markers expire after 30 days; the job item stays.
+const MARKER_TTL_SECS: i64 = 30 * 24 * 3600;
+
+pub fn user_pk(tenant: &str, email: &str) -> String {
+    format!("U#{tenant}#{email}")
+}
+pub fn org_pk(tenant: &str, name: &str) -> String {
+    format!("O#{tenant}#{}", name.to_lowercase())
+}
+pub fn tenant_pk(tenant: &str) -> String {
+    format!("T#{tenant}")
+}
+pub fn user_shard(tenant: &str, email: &str) -> String {
+    // FNV-1a: stable across builds and platforms (std's hasher is not).
+    let h = email.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    format!("T#{tenant}#{}", h % USER_SHARDS as u64)
+}
+
+fn s(v: impl Into<String>) -> Av {
+    Av::S(v.into())
+}
+fn n(v: impl ToString) -> Av {
+    Av::N(v.to_string())
+}
+
+/// Typed reads from an item.
+trait ItemExt {
+    fn str(&self, k: &str) -> Option<&str>;
+    fn num<T: std::str::FromStr>(&self, k: &str) -> Option<T>;
+}
+impl ItemExt for Item {
+    fn str(&self, k: &str) -> Option<&str> {
+        self.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
+    }
+    fn num<T: std::str::FromStr>(&self, k: &str) -> Option<T> {
+        self.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+    }
+}
+
+fn ddb_err<E, R>(op: &'static str) -> impl FnOnce(aws_sdk_dynamodb::error::SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    move |e| Error::from_sdk("dynamodb", op, e)
+}
+
+fn is_condition_failed<E: ProvideErrorMetadata, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool {
+    e.code() == Some("ConditionalCheckFailedException")
+}
+
+/// The item a user row creates. Kept well under 1 KB so a create costs one write unit.
+pub struct UserItem<'a> {
+    pub tenant: &'a str,
+    pub email: &'a str,
+    pub fields: &'a UserFields,
+    pub stamp: &'a Stamp,
+}
+
+impl From<UserItem<'_>> for Item {
+    fn from(u: UserItem<'_>) -> Item {
+        let mut item = Item::new();
+        item.insert("pk".into(), s(user_pk(u.tenant, u.email)));
+        item.insert("kind".into(), s("user"));
+        item.insert("tenant".into(), s(u.tenant));
+        item.insert("email".into(), s(u.email));
+        item.insert("status".into(), s("active"));
+        item.insert("gsi1pk".into(), s(user_shard(u.tenant, u.email)));
+        item.insert("gsi1sk".into(), s(u.fields.org.as_deref().map(str::to_lowercase).unwrap_or_else(|| "-".into())));
+        item.insert("created_at".into(), s(&u.stamp.at));
+        item.insert("updated_at".into(), s(&u.stamp.at));
+        item.insert("created_by".into(), s(u.stamp.token()));
+        item.insert("last_write".into(), s(u.stamp.token()));
+        for (k, v) in profile_attrs(u.fields) {
+            item.insert(k.into(), v);
+        }
+        item
+    }
+}
+
+/// Profile attributes a row sets (blank cells are absent: an update leaves them alone).
+fn profile_attrs(f: &UserFields) -> Vec<(&'static str, Av)> {
+    let mut v = Vec::new();
+    let mut opt = |k: &'static str, val: &Option<String>| {
+        if let Some(x) = val {
+            v.push((k, s(x)));
+        }
+    };
+    opt("first_name", &f.first_name);
+    opt("last_name", &f.last_name);
+    opt("phone", &f.phone);
+    opt("org", &f.org);
+    opt("role", &f.role);
+    opt("department", &f.department);
+    if !f.groups.is_empty() {
+        v.push(("groups", Av::L(f.groups.iter().map(s).collect())));
+    }
+    v
+}
+
+/// A stored user, read back (tests and the CLI look users up).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredUser {
+    pub email: String,
+    pub status: String,
+    pub fields: UserFields,
+    pub created_by: String,
+}
+
+impl TryFrom<&Item> for StoredUser {
+    type Error = Error;
+    fn try_from(item: &Item) -> Result<Self> {
+        let get = |k: &str| item.str(k).map(str::to_string);
+        Ok(StoredUser {
+            email: get("email").ok_or_else(|| Error::corrupt("user item", "no email"))?,
+            status: get("status").unwrap_or_default(),
+            created_by: get("created_by").unwrap_or_default(),
+            fields: UserFields {
+                first_name: get("first_name"),
+                last_name: get("last_name"),
+                phone: get("phone"),
+                org: get("org"),
+                role: get("role"),
+                department: get("department"),
+                groups: item
+                    .get("groups")
+                    .and_then(|g| g.as_l().ok())
+                    .map(|l| l.iter().filter_map(|x| x.as_s().ok().cloned()).collect())
+                    .unwrap_or_default(),
+            },
+        })
+    }
+}
+
+impl TryFrom<&Item> for Job {
+    type Error = Error;
+    fn try_from(item: &Item) -> Result<Self> {
+        let req = |k: &str| item.str(k).map(str::to_string).ok_or_else(|| Error::corrupt("job item", format!("missing {k}")));
+        let state = req("state")?;
+        let plan: Option<[u32; PHASES]> = (0..PHASES)
+            .map(|p| item.num::<u32>(&format!("chunks{p}")))
+            .collect::<Option<Vec<_>>>()
+            .and_then(|v| v.try_into().ok());
+        Ok(Job {
+            id: req("id")?,
+            tenant: req("tenant")?,
+            source_key: req("source_key")?,
+            file_name: req("file_name")?,
+            mode: item.str("mode").and_then(Mode::parse),
+            state: JobState::parse(&state).ok_or_else(|| Error::corrupt("job item", format!("state {state}")))?,
+            received_at: req("received_at")?,
+            phase_chunks: plan,
+            phase_done: std::array::from_fn(|p| item.num(&format!("done{p}")).unwrap_or(0)),
+            total_rows: item.num("total_rows").unwrap_or(0),
+            succeeded: item.num("succeeded").unwrap_or(0),
+            failed: item.num("failed").unwrap_or(0),
+            skipped: item.num("skipped").unwrap_or(0),
+            message: item.str("message").map(str::to_string),
+            completed_at: item.str("completed_at").map(str::to_string),
+        })
+    }
+}
+
+impl From<&Job> for Item {
+    fn from(j: &Job) -> Item {
+        let mut item = Item::new();
+        item.insert("pk".into(), s(format!("J#{}", j.id)));
+        item.insert("id".into(), s(&j.id));
+        item.insert("tenant".into(), s(&j.tenant));
+        item.insert("source_key".into(), s(&j.source_key));
+        item.insert("file_name".into(), s(&j.file_name));
+        if let Some(m) = j.mode {
+            item.insert("mode".into(), s(m.as_str()));
+        }
+        item.insert("state".into(), s(j.state.as_str()));
+        item.insert("received_at".into(), s(&j.received_at));
+        // The by-tenant index lists a tenant's jobs newest first for `rosterdrop status`.
+        item.insert("gsi1pk".into(), s(format!("JOBS#{}", j.tenant)));
+        item.insert("gsi1sk".into(), s(format!("{}#{}", j.received_at, j.id)));
+        for p in 0..PHASES {
+            item.insert(format!("done{p}"), n(j.phase_done[p]));
+        }
+        item
+    }
+}
+
+pub struct DynamoDirectory {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDirectory {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoDirectory { client, table: table.into() }
+    }
+
+    pub async fn get_user(&self, tenant: &str, email: &str) -> Result<Option<StoredUser>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(user_pk(tenant, email)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        out.item.as_ref().map(StoredUser::try_from).transpose()
+    }
+
+    /// Conditional update of an existing item; NotFound when it is missing.
+    async fn update_existing(&self, pk: String, sets: Vec<(&str, Av)>, stamp: &Stamp) -> Result<Write> {
+        let mut expr = vec!["updated_at = :at".to_string(), "last_write = :tok".to_string()];
+        let mut names = HashMap::new();
+        let mut values = HashMap::from([(":at".to_string(), s(&stamp.at)), (":tok".to_string(), s(stamp.token()))]);
+        for (i, (k, v)) in sets.into_iter().enumerate() {
+            names.insert(format!("#a{i}"), k.to_string());
+            values.insert(format!(":v{i}"), v);
+            expr.push(format!("#a{i} = :v{i}"));
+        }
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression(format!("SET {}", expr.join(", ")))
+            .condition_expression("attribute_exists(pk)")
+            .set_expression_attribute_names((!names.is_empty()).then_some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Write::Updated),
+            Err(e) if is_condition_failed(&e) => Ok(Write::NotFound),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
+    }
+
+    /// Conditional create; a condition failure on an item this very row wrote is our own success.
+    async fn create(&self, item: Item, stamp: &Stamp) -> Result<Write> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Write::Created),
+            Err(e) if is_condition_failed(&e) => {
+                let own = e
+                    .as_service_error()
+                    .and_then(|se| match se {
+                        aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => c.item.as_ref(),
+                        _ => None,
+                    })
+                    .is_some_and(|old| old.str("last_write") == Some(stamp.token().as_str()));
+                Ok(if own { Write::Created } else { Write::AlreadyExists })
+            }
+            Err(e) => Err(ddb_err("PutItem")(e)),
+        }
+    }
+
+    async fn delete(&self, pk: String) -> Result<Write> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Write::Deleted),
+            Err(e) if is_condition_failed(&e) => Ok(Write::NotFound),
+            Err(e) => Err(ddb_err("DeleteItem")(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Directory for DynamoDirectory {
+    async fn tenant(&self, id: &str) -> Result<Option<Tenant>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(id)))
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        out.item
+            .as_ref()
+            .and_then(|i| i.str("doc"))
+            .map(|doc| serde_json::from_str(doc).map_err(|e| Error::corrupt(format!("tenant {id}"), e)))
+            .transpose()
+    }
+
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<()> {
+        // Stored as one JSON document: tenant settings grow, and are always read whole.
+        let doc = serde_json::to_string(tenant).map_err(|e| Error::corrupt("tenant", e))?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(tenant_pk(&tenant.id)))
+            .item("kind", s("tenant"))
+            .item("doc", s(doc))
+            .item("gsi1pk", s("TENANTS"))
+            .item("gsi1sk", s(&tenant.id))
+            .send()
+            .await
+            .map_err(ddb_err("PutItem"))?;
+        Ok(())
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(GSI)
+            .key_condition_expression("gsi1pk = :p")
+            .expression_attribute_values(":p", s("TENANTS"))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(ddb_err("Query"))?;
+            if let Some(id) = item.str("gsi1sk") {
+                if let Some(t) = self.tenant(id).await? {
+                    out.push(t);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn write_user(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Write> {
+        let Target::User { email, fields } = &op.target else {
+            return Err(Error::corrupt("chunk", "org row sent to write_user"));
+        };
+        let pk = user_pk(tenant, email);
+        let mut sets = profile_attrs(fields);
+        if let Some(org) = &fields.org {
+            sets.push(("gsi1sk", s(org.to_lowercase())));
+        }
+        match op.action {
+            Action::Create => self.create(UserItem { tenant, email, fields, stamp }.into(), stamp).await,
+            Action::Update => self.update_existing(pk, sets, stamp).await,
+            Action::Enable => self.update_existing(pk, vec![("status", s("active"))], stamp).await,
+            Action::Disable => self.update_existing(pk, vec![("status", s("disabled"))], stamp).await,
+            Action::Delete => self.delete(pk).await,
+            Action::Upsert => {
+                let mut expr = vec![
+                    "updated_at = :at".to_string(),
+                    "last_write = :tok".to_string(),
+                    "created_at = if_not_exists(created_at, :at)".to_string(),
+                    "created_by = if_not_exists(created_by, :tok)".to_string(),
+                    "#status = if_not_exists(#status, :active)".to_string(),
+                    "kind = :kind".to_string(),
+                    "tenant = :tenant".to_string(),
+                    "email = :email".to_string(),
+                    "gsi1pk = :shard".to_string(),
+                ];
+                let mut names = HashMap::from([("#status".to_string(), "status".to_string())]);
+                let mut values = HashMap::from([
+                    (":at".to_string(), s(&stamp.at)),
+                    (":tok".to_string(), s(stamp.token())),
+                    (":active".to_string(), s("active")),
+                    (":kind".to_string(), s("user")),
+                    (":tenant".to_string(), s(tenant)),
+                    (":email".to_string(), s(email)),
+                    (":shard".to_string(), s(user_shard(tenant, email))),
+                ]);
+                if fields.org.is_none() {
+                    expr.push("gsi1sk = if_not_exists(gsi1sk, :noorg)".into());
+                    values.insert(":noorg".into(), s("-"));
+                }
+                for (i, (k, v)) in sets.into_iter().enumerate() {
+                    names.insert(format!("#a{i}"), k.to_string());
+                    values.insert(format!(":v{i}"), v);
+                    expr.push(format!("#a{i} = :v{i}"));
+                }
+                let out = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .key("pk", s(pk))
+                    .update_expression(format!("SET {}", expr.join(", ")))
+                    .set_expression_attribute_names(Some(names))
+                    .set_expression_attribute_values(Some(values))
+                    .return_values(ReturnValue::AllNew)
+                    .send()
+                    .await
+                    .map_err(ddb_err("UpdateItem"))?;
+                let created = out.attributes.as_ref().and_then(|a| a.str("created_by")) == Some(stamp.token().as_str());
+                Ok(if created { Write::Created } else { Write::Updated })
+            }
+        }
+    }
+
+    async fn write_org(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Write> {
+        let Target::Org { name } = &op.target else {
+            return Err(Error::corrupt("chunk", "user row sent to write_org"));
+        };
+        let pk = org_pk(tenant, name);
+        match op.action {
+            Action::Create => {
+                let item = Item::from([
+                    ("pk".to_string(), s(&pk)),
+                    ("kind".to_string(), s("org")),
+                    ("tenant".to_string(), s(tenant)),
+                    ("name".to_string(), s(name)),
+                    ("created_at".to_string(), s(&stamp.at)),
+                    ("updated_at".to_string(), s(&stamp.at)),
+                    ("created_by".to_string(), s(stamp.token())),
+                    ("last_write".to_string(), s(stamp.token())),
+                ]);
+                self.create(item, stamp).await
+            }
+            Action::Update => self.update_existing(pk, vec![("name", s(name))], stamp).await,
+            Action::Upsert => {
+                let out = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .key("pk", s(pk))
+                    .update_expression(
+                        "SET #name = :name, kind = :kind, tenant = :tenant, updated_at = :at, last_write = :tok, \
+                         created_at = if_not_exists(created_at, :at), created_by = if_not_exists(created_by, :tok)",
+                    )
+                    .expression_attribute_names("#name", "name")
+                    .expression_attribute_values(":name", s(name))
+                    .expression_attribute_values(":kind", s("org"))
+                    .expression_attribute_values(":tenant", s(tenant))
+                    .expression_attribute_values(":at", s(&stamp.at))
+                    .expression_attribute_values(":tok", s(stamp.token()))
+                    .return_values(ReturnValue::AllNew)
+                    .send()
+                    .await
+                    .map_err(ddb_err("UpdateItem"))?;
+                let created = out.attributes.as_ref().and_then(|a| a.str("created_by")) == Some(stamp.token().as_str());
+                Ok(if created { Write::Created } else { Write::Updated })
+            }
+            other => Err(Error::corrupt("chunk", format!("org action {other} reached write_org"))),
+        }
+    }
+
+    async fn delete_org(&self, tenant: &str, name: &str) -> Result<Write> {
+        self.delete(org_pk(tenant, name)).await
+    }
+
+    async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(tenant, name)))
+            .projection_expression("pk")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        Ok(out.item.is_some())
+    }
+
+    async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64> {
+        let mut total = 0u64;
+        for shard in 0..USER_SHARDS {
+            let mut pages = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI)
+                .key_condition_expression("gsi1pk = :p AND gsi1sk = :o")
+                .expression_attribute_values(":p", s(format!("T#{tenant}#{shard}")))
+                .expression_attribute_values(":o", s(name.to_lowercase()))
+                .select(Select::Count)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                total += page.map_err(ddb_err("Query"))?.count.max(0) as u64;
+            }
+        }
+        Ok(total)
+    }
+}
+
+pub struct DynamoJobs {
+    client: Client,
+    table: String,
+}
+
+impl DynamoJobs {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoJobs { client, table: table.into() }
+    }
+    fn marker_pk(id: &str, phase: usize, seq: u32) -> String {
+        format!("C#{id}#{phase}#{seq}")
+    }
+}
+
+#[async_trait]
+impl JobStore for DynamoJobs {
+    async fn create_or_get(&self, job: &Job) -> Result<(Job, bool)> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(Item::from(job)))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok((job.clone(), true)),
+            Err(e) if is_condition_failed(&e) => match self.get(&job.id).await? {
+                Some(existing) => Ok((existing, false)),
+                None => Err(Error::Transient { service: "dynamodb", operation: "PutItem", message: "job vanished after conflict".into() }),
+            },
+            Err(e) => Err(ddb_err("PutItem")(e)),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Job>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        out.item.as_ref().map(Job::try_from).transpose()
+    }
+
+    async fn set_plan(&self, id: &str, plan: &Plan) -> Result<()> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression("SET chunks0 = :c0, chunks1 = :c1, chunks2 = :c2, total_rows = :t")
+            .expression_attribute_values(":t", n(plan.total_rows));
+        for p in 0..PHASES {
+            req = req.expression_attribute_values(format!(":c{p}"), n(plan.phase_chunks[p]));
+        }
+        req.send().await.map_err(ddb_err("UpdateItem"))?;
+        Ok(())
+    }
+
+    async fn transition(&self, id: &str, from: JobState, to: JobState, message: Option<&str>) -> Result<bool> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .condition_expression("#state = :from")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":from", s(from.as_str()))
+            .expression_attribute_values(":to", s(to.as_str()));
+        req = match message {
+            Some(m) => req.update_expression("SET #state = :to, message = :m").expression_attribute_values(":m", s(m)),
+            None => req.update_expression("SET #state = :to"),
+        };
+        match req.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
+    }
+
+    async fn record_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<bool> {
+        // Marker and counter in one transaction: a chunk is counted exactly once, even when its
+        // invocation is retried after crashing between the two writes.
+        let ttl = chrono::Utc::now().timestamp() + MARKER_TTL_SECS;
+        let put = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(Self::marker_pk(id, phase, seq)))
+            .item("ttl", n(ttl))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(|e| Error::Build { what: "transaction", message: e.to_string() })?;
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression(format!("ADD done{phase} :one"))
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(|e| Error::Build { what: "transaction", message: e.to_string() })?;
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(TransactWriteItem::builder().update(update).build())
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let already = e
+                    .as_service_error()
+                    .and_then(|se| match se {
+                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(tc) => Some(tc),
+                        _ => None,
+                    })
+                    .is_some_and(|tc| tc.cancellation_reasons().first().and_then(|r| r.code()) == Some("ConditionalCheckFailed"));
+                if already { Ok(false) } else { Err(ddb_err("TransactWriteItems")(e)) }
+            }
+        }
+    }
+
+    async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::marker_pk(id, phase, seq)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        Ok(out.item.is_some())
+    }
+
+    async fn claim_email(&self, id: &str, kind: &str) -> Result<bool> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression("SET #k = :now")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(#k)")
+            .expression_attribute_names("#k", format!("email_{kind}"))
+            .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
+    }
+
+    async fn complete(&self, id: &str, succeeded: u32, failed: u32, skipped: u32) -> Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression("SET #state = :c, succeeded = :s, failed = :f, skipped = :k, completed_at = :now")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":c", s(JobState::Completed.as_str()))
+            .expression_attribute_values(":s", n(succeeded))
+            .expression_attribute_values(":f", n(failed))
+            .expression_attribute_values(":k", n(skipped))
+            .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()))
+            .send()
+            .await
+            .map_err(ddb_err("UpdateItem"))?;
+        Ok(())
+    }
+
+    async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Job>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(GSI)
+            .key_condition_expression("gsi1pk = :p")
+            .expression_attribute_values(":p", s(format!("JOBS#{tenant}")))
+            .scan_index_forward(false)
+            .limit(limit.min(1000) as i32)
+            .send()
+            .await
+            .map_err(ddb_err("Query"))?;
+        out.items().iter().map(Job::try_from).collect()
+    }
+}
+
+/// Create the directory and jobs tables if missing (local stack and tests; infra/ does it in AWS).
+pub async fn ensure_tables(client: &Client, directory: &str, jobs: &str) -> Result<()> {
+    for table in [directory, jobs] {
+        let gsi = GlobalSecondaryIndex::builder()
+            .index_name(GSI)
+            .key_schema(KeySchemaElement::builder().attribute_name("gsi1pk").key_type(KeyType::Hash).build().map_err(build_err)?)
+            .key_schema(KeySchemaElement::builder().attribute_name("gsi1sk").key_type(KeyType::Range).build().map_err(build_err)?)
+            .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+            .build()
+            .map_err(build_err)?;
+        let attr = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().map_err(build_err);
+        let res = client
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("pk")?)
+            .attribute_definitions(attr("gsi1pk")?)
+            .attribute_definitions(attr("gsi1sk")?)
+            .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().map_err(build_err)?)
+            .global_secondary_indexes(gsi)
+            .send()
+            .await;
+        match res {
+            Ok(_) => {
+                if table == jobs {
+                    client
+                        .update_time_to_live()
+                        .table_name(table)
+                        .time_to_live_specification(TimeToLiveSpecification::builder().attribute_name("ttl").enabled(true).build().map_err(build_err)?)
+                        .send()
+                        .await
+                        .map_err(ddb_err("UpdateTimeToLive"))?;
+                }
+            }
+            Err(e) if e.code() == Some("ResourceInUseException") => {}
+            Err(e) => return Err(ddb_err("CreateTable")(e)),
+        }
+    }
+    Ok(())
+}
+
+fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> Error {
+    Error::Build { what: "table definition", message: e.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp() -> Stamp {
+        Stamp { job: "job1".into(), row: 7, at: "2026-11-21T10:00:00Z".into() }
+    }
+
+    #[test]
+    fn user_item_is_keyed_by_tenant_and_email_and_stays_small() {
+        let fields = UserFields { first_name: Some("Ann".into()), org: Some("North".into()), groups: vec!["a".into(), "b".into()], ..Default::default() };
+        let item: Item = UserItem { tenant: "acme", email: "ann@x.com", fields: &fields, stamp: &stamp() }.into();
+        assert_eq!(item.str("pk"), Some("U#acme#ann@x.com"));
+        assert_eq!(item.str("gsi1sk"), Some("north"));
+        assert!(item.str("gsi1pk").unwrap().starts_with("T#acme#"));
+        assert_eq!(item.str("last_write"), Some("job1#7"));
+        // Rough item size: attribute names + values, well under the 1 KB of one write unit.
+        let size: usize = item.iter().map(|(k, v)| k.len() + v.as_s().map(|s| s.len()).unwrap_or(16)).sum();
+        assert!(size < 400, "{size}");
+        let back = StoredUser::try_from(&item).unwrap();
+        assert_eq!(back.fields, fields);
+        assert_eq!(back.status, "active");
+    }
+
+    #[test]
+    fn shards_spread_users_and_are_stable() {
+        let shards: std::collections::HashSet<String> = (0..200).map(|i| user_shard("acme", &format!("u{i}@x.com"))).collect();
+        assert_eq!(shards.len(), USER_SHARDS as usize);
+        assert_eq!(user_shard("acme", "ann@x.com"), user_shard("acme", "ann@x.com"));
+    }
+
+    #[test]
+    fn job_item_round_trips() {
+        let job = Job {
+            id: "j1".into(),
+            tenant: "acme".into(),
+            source_key: "incoming/acme/a.csv".into(),
+            file_name: "a.csv".into(),
+            mode: Some(Mode::Add),
+            state: JobState::Received,
+            received_at: "2026-11-21T10:00:00Z".into(),
+            phase_chunks: None,
+            phase_done: [0; PHASES],
+            total_rows: 0,
+            succeeded: 0,
+            failed: 0,
+            skipped: 0,
+            message: None,
+            completed_at: None,
+        };
+        let item = Item::from(&job);
+        assert_eq!(Job::try_from(&item).unwrap(), job);
+        let mut broken = item.clone();
+        broken.insert("state".into(), s("EXPLODED"));
+        assert!(Job::try_from(&broken).is_err());
+    }
+}

@@ -1,0 +1,126 @@
+//! Configuration, read once from the environment at cold start into a typed struct.
+//! A missing or malformed variable fails fast with its name.
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The one bucket: incoming/, staged/, chunks/, outcomes/, done/, results/.
+    pub bucket: String,
+    /// Users, organizations and tenant configuration.
+    pub directory_table: String,
+    /// Jobs and per-chunk completion records.
+    pub jobs_table: String,
+    /// Rows per chunk unless the tenant sets its own.
+    pub chunk_size: usize,
+    /// DynamoDB writes in flight at once inside one apply invocation.
+    pub apply_concurrency: usize,
+    /// Roster files larger than this are rejected before they are read.
+    pub max_file_bytes: u64,
+    /// Result files larger than this are linked (presigned URL) instead of attached.
+    pub max_attachment_bytes: usize,
+    /// How long presigned result links stay valid.
+    pub link_ttl_secs: u64,
+    /// Sender used when a tenant has none of its own (must be a verified SES identity).
+    pub default_sender: String,
+    /// S3 path-style addressing (LocalStack and other S3-compatible endpoints need it).
+    pub s3_force_path_style: bool,
+    /// Maximum attempts of the SDK's standard retry (exponential backoff with jitter on throttling).
+    pub sdk_max_attempts: u32,
+}
+
+pub const DEFAULT_BUCKET: &str = "rosterdrop-local";
+pub const DEFAULT_DIRECTORY_TABLE: &str = "rosterdrop-directory";
+pub const DEFAULT_JOBS_TABLE: &str = "rosterdrop-jobs";
+pub const DEFAULT_SENDER: &str = "rosterdrop@example.com";
+
+impl Config {
+    /// Reads the Lambda environment. Every Lambda sets all required variables (infra/ checks it).
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let required = |k: &str| get(k).filter(|v| !v.trim().is_empty()).ok_or_else(|| Error::Config(format!("{k} is not set")));
+        Ok(Config {
+            bucket: required("ROSTERDROP_BUCKET")?,
+            directory_table: required("ROSTERDROP_DIRECTORY_TABLE")?,
+            jobs_table: required("ROSTERDROP_JOBS_TABLE")?,
+            default_sender: required("ROSTERDROP_SENDER")?,
+            chunk_size: parse(&get, "ROSTERDROP_CHUNK_SIZE", 500)?,
+            apply_concurrency: parse(&get, "ROSTERDROP_APPLY_CONCURRENCY", 16)?,
+            max_file_bytes: parse(&get, "ROSTERDROP_MAX_FILE_BYTES", 200 * 1024 * 1024)?,
+            max_attachment_bytes: parse(&get, "ROSTERDROP_MAX_ATTACHMENT_BYTES", 7 * 1024 * 1024)?,
+            link_ttl_secs: parse(&get, "ROSTERDROP_LINK_TTL_SECS", 7 * 24 * 3600)?,
+            s3_force_path_style: parse(&get, "ROSTERDROP_S3_PATH_STYLE", false)?,
+            sdk_max_attempts: parse(&get, "ROSTERDROP_SDK_MAX_ATTEMPTS", 8)?,
+        })
+    }
+
+    /// The fixed local defaults (README lists them); used by the CLI and tests against the local stack.
+    pub fn local() -> Self {
+        Config {
+            bucket: DEFAULT_BUCKET.into(),
+            directory_table: DEFAULT_DIRECTORY_TABLE.into(),
+            jobs_table: DEFAULT_JOBS_TABLE.into(),
+            chunk_size: 500,
+            apply_concurrency: 16,
+            max_file_bytes: 200 * 1024 * 1024,
+            max_attachment_bytes: 7 * 1024 * 1024,
+            link_ttl_secs: 7 * 24 * 3600,
+            default_sender: DEFAULT_SENDER.into(),
+            s3_force_path_style: true,
+            sdk_max_attempts: 8,
+        }
+    }
+}
+
+fn parse<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, key: &str, default: T) -> Result<T> {
+    match get(key).filter(|v| !v.trim().is_empty()) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| Error::Config(format!("{key}={v:?} is not a valid value"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn missing_variable_is_named() {
+        let err = Config::from_lookup(env(&[("ROSTERDROP_BUCKET", "b")])).unwrap_err();
+        assert_eq!(err.to_string(), "configuration: ROSTERDROP_DIRECTORY_TABLE is not set");
+    }
+
+    #[test]
+    fn malformed_number_is_named_with_its_value() {
+        let err = Config::from_lookup(env(&[
+            ("ROSTERDROP_BUCKET", "b"),
+            ("ROSTERDROP_DIRECTORY_TABLE", "d"),
+            ("ROSTERDROP_JOBS_TABLE", "j"),
+            ("ROSTERDROP_SENDER", "s@example.com"),
+            ("ROSTERDROP_CHUNK_SIZE", "lots"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.to_string(), "configuration: ROSTERDROP_CHUNK_SIZE=\"lots\" is not a valid value");
+    }
+
+    #[test]
+    fn defaults_apply_when_optional_variables_are_absent() {
+        let c = Config::from_lookup(env(&[
+            ("ROSTERDROP_BUCKET", "b"),
+            ("ROSTERDROP_DIRECTORY_TABLE", "d"),
+            ("ROSTERDROP_JOBS_TABLE", "j"),
+            ("ROSTERDROP_SENDER", "s@example.com"),
+        ]))
+        .unwrap();
+        assert_eq!(c.chunk_size, 500);
+        assert!(!c.s3_force_path_style);
+    }
+}

@@ -1,0 +1,297 @@
+//! Stage 3: on `done/<job>.json`, merge outcomes in input order, write the result files and
+//! `summary.json`, email the tenant's admins once, mark the job COMPLETED.
+
+use crate::error::{Error, Result};
+use crate::event::ObjectRef;
+use crate::ingest::{StagedInput, decode::Table, parse_jsonl};
+use crate::keys;
+use crate::model::{JobState, Outcome, Status};
+use crate::report::{self, Attachment, Summary, esc};
+use crate::services::Services;
+use std::collections::HashMap;
+use std::time::Duration;
+use tracing::{error, info};
+
+pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
+    let Some(job_id) = keys::parse_done(&obj.key) else {
+        info!(key = %obj.key, "not a done marker; ignored");
+        return Ok(());
+    };
+    let job = svc.jobs.get(&job_id).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "done marker of an unknown job"))?;
+    if matches!(job.state, JobState::Completed | JobState::Rejected) {
+        info!(job = %job_id, "job already finalized (duplicate event)");
+        return Ok(());
+    }
+    let staged_bytes = svc.store.get(&keys::staged_input(&job_id)).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "staged input missing"))?;
+    let staged: StagedInput = serde_json::from_slice(&staged_bytes).map_err(|e| Error::corrupt("staged input", e))?;
+    drop(staged_bytes);
+
+    let mut by_row: HashMap<u32, Outcome> = HashMap::new();
+    for key in svc.store.list(&keys::outcomes_prefix(&job_id)).await? {
+        let body = svc.store.get(&key).await?.unwrap_or_default();
+        for o in parse_jsonl::<Outcome>("outcomes", &body)? {
+            by_row.entry(o.row).or_insert(o);
+        }
+    }
+    // Every input row gets exactly one outcome; a missing one is a bug we report, never hide.
+    let outcomes: Vec<Outcome> = staged
+        .table
+        .rows
+        .iter()
+        .map(|(row, _)| {
+            by_row.remove(row).unwrap_or_else(|| {
+                error!(job = %job_id, row, "row has no outcome");
+                Outcome::failure(*row, None, "not processed because of an internal error; upload this row again")
+            })
+        })
+        .collect();
+
+    let mut summary = Summary::new(&job, JobState::Completed);
+    summary.format = Some(staged.table.format.label().to_string());
+    summary.warnings = staged.warnings.clone();
+    summary.count(&outcomes);
+
+    let files = result_files(&staged.table, &outcomes, &job.file_name)?;
+    let prefix = keys::results_prefix(&job.tenant, &job_id);
+    let result_key = format!("{prefix}{}", files.result.name);
+    svc.store.put(&result_key, files.result.bytes.clone(), files.result.content_type).await?;
+    summary.result_key = Some(result_key.clone());
+    let mut failed_key = None;
+    if let Some(failed) = &files.failed {
+        let key = format!("{prefix}{}", failed.name);
+        svc.store.put(&key, failed.bytes.clone(), failed.content_type).await?;
+        failed_key = Some(key.clone());
+        summary.failed_rows_key = Some(key);
+    }
+    svc.store.put(&format!("{prefix}summary.json"), report::pretty(&summary)?, "application/json").await?;
+
+    match svc.directory.tenant(&job.tenant).await? {
+        Some(tenant) => {
+            if svc.jobs.claim_email(&job_id, "result").await? {
+                let from = report::sender(svc, &tenant);
+                let mut attachments = Vec::new();
+                let mut links = Vec::new();
+                for (file, key) in std::iter::once((&files.result, &result_key)).chain(files.failed.iter().zip(failed_key.iter())) {
+                    if file.bytes.len() <= svc.config.max_attachment_bytes {
+                        attachments.push(Attachment { name: file.name.clone(), content_type: file.content_type, bytes: file.bytes.clone() });
+                    } else {
+                        links.push((file.name.clone(), svc.store.presign_get(key, Duration::from_secs(svc.config.link_ttl_secs)).await?));
+                    }
+                }
+                let (subject, text, html) = result_email(&tenant.id, &summary, &outcomes, &links);
+                let mime = report::build_email(&from, &tenant.admin_emails, &subject, &text, &html, &attachments)?;
+                svc.mailer.send_raw(&from, &tenant.admin_emails, mime).await?;
+                info!(job = %job_id, recipients = tenant.admin_emails.len(), "result email sent");
+            }
+        }
+        None => error!(job = %job_id, tenant = %job.tenant, "tenant removed before finalize; no email sent"),
+    }
+    let c = &summary.counts;
+    svc.jobs.complete(&job_id, c.success, c.failure, c.skipped).await?;
+    info!(job = %job_id, rows = summary.rows, succeeded = c.success, failed = c.failure, skipped = c.skipped, "job completed");
+    Ok(())
+}
+
+pub struct ResultFile {
+    pub name: String,
+    pub content_type: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+pub struct ResultFiles {
+    pub result: ResultFile,
+    /// Only when some rows failed.
+    pub failed: Option<ResultFile>,
+}
+
+const CSV: &str = "text/csv; charset=utf-8";
+const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+
+/// Result file: every input row in order, with Status and Message. Failed-rows file: the input's
+/// columns plus Message, failed rows only, in the input's own shape so it can be fixed and dropped
+/// again (Status/Message columns are ignored on upload).
+pub fn result_files(table: &Table, outcomes: &[Outcome], file_name: &str) -> Result<ResultFiles> {
+    let stem = std::path::Path::new(file_name).file_stem().and_then(|s| s.to_str()).unwrap_or("roster").to_string();
+    let width = table.headers.len();
+    let row_cells = |cells: &[String]| -> Vec<String> { (0..width).map(|i| cells.get(i).cloned().unwrap_or_default()).collect() };
+    let mut result_rows = Vec::with_capacity(outcomes.len());
+    let mut failed_rows = Vec::new();
+    for ((_, cells), o) in table.rows.iter().zip(outcomes) {
+        let mut r = row_cells(cells);
+        r.push(o.status.to_string());
+        r.push(o.message.clone());
+        result_rows.push(r);
+        if o.status == Status::Failure {
+            let mut f = row_cells(cells);
+            f.push(o.message.clone());
+            failed_rows.push(f);
+        }
+    }
+    let mut result_header = table.headers.clone();
+    result_header.extend(["Status".to_string(), "Message".to_string()]);
+    let mut failed_header = table.headers.clone();
+    failed_header.push("Message".to_string());
+
+    if table.format.is_spreadsheet() {
+        let sheet = table.sheet.clone().unwrap_or_else(|| "Roster".into());
+        let result = ResultFile { name: format!("{stem}-result.xlsx"), content_type: XLSX, bytes: xlsx(&sheet, &result_header, &result_rows, true)? };
+        let failed = (!failed_rows.is_empty())
+            .then(|| xlsx(&sheet, &failed_header, &failed_rows, false).map(|bytes| ResultFile { name: format!("{stem}-failed-rows.xlsx"), content_type: XLSX, bytes }))
+            .transpose()?;
+        Ok(ResultFiles { result, failed })
+    } else {
+        let delimiter = table.delimiter.map(|d| d as u8).unwrap_or(b',');
+        let ext = if delimiter == b'\t' { "tsv" } else { "csv" };
+        let result = ResultFile { name: format!("{stem}-result.csv"), content_type: CSV, bytes: csv_bytes(b',', &result_header, &result_rows)? };
+        let failed = (!failed_rows.is_empty())
+            .then(|| csv_bytes(delimiter, &failed_header, &failed_rows).map(|bytes| ResultFile { name: format!("{stem}-failed-rows.{ext}"), content_type: CSV, bytes }))
+            .transpose()?;
+        Ok(ResultFiles { result, failed })
+    }
+}
+
+/// A cell a spreadsheet would run as a formula gets a leading apostrophe (OWASP CSV injection).
+/// Plain signed numbers such as `+14155550100` are left alone: they are data, not formulas.
+pub fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
+    let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let plain_number = cell.len() > 1
+        && cell.starts_with(['+', '-'])
+        && cell[1..].chars().all(|c| c.is_ascii_digit() || c == '.' || c == ' ')
+        && cell[1..].chars().any(|c| c.is_ascii_digit());
+    if risky && !plain_number { format!("'{cell}").into() } else { cell.into() }
+}
+
+fn csv_bytes(delimiter: u8, header: &[String], rows: &[Vec<String>]) -> Result<Vec<u8>> {
+    // UTF-8 with BOM: Excel then opens accented names correctly.
+    let mut w = csv::WriterBuilder::new().delimiter(delimiter).from_writer(b"\xEF\xBB\xBF".to_vec());
+    let err = |e: csv::Error| Error::Build { what: "CSV result", message: e.to_string() };
+    w.write_record(header.iter().map(|c| neutralise(c).into_owned())).map_err(err)?;
+    for r in rows {
+        w.write_record(r.iter().map(|c| neutralise(c).into_owned())).map_err(err)?;
+    }
+    w.into_inner().map_err(|e| Error::Build { what: "CSV result", message: e.to_string() })
+}
+
+fn xlsx(sheet: &str, header: &[String], rows: &[Vec<String>], with_status: bool) -> Result<Vec<u8>> {
+    use rust_xlsxwriter::{Color, Format, Workbook};
+    let err = |e: rust_xlsxwriter::XlsxError| Error::Build { what: "XLSX result", message: e.to_string() };
+    let mut wb = Workbook::new();
+    let ws = wb.add_worksheet();
+    ws.set_name(sheet).map_err(err)?;
+    let bold = Format::new().set_bold().set_background_color(Color::RGB(0xD9E1F2));
+    let failed = Format::new().set_background_color(Color::RGB(0xFFC7CE)).set_font_color(Color::RGB(0x9C0006));
+    let plain = Format::new();
+    for (c, h) in header.iter().enumerate() {
+        ws.write_string_with_format(0, c as u16, h, &bold).map_err(err)?;
+        ws.set_column_width(c as u16, (h.len() as f64 + 4.0).max(12.0)).map_err(err)?;
+    }
+    let status_col = header.len().saturating_sub(2);
+    for (r, row) in rows.iter().enumerate() {
+        let is_failed = with_status && row.get(status_col).map(String::as_str) == Some("Failure");
+        let fmt = if is_failed { &failed } else { &plain };
+        for (c, v) in row.iter().enumerate() {
+            // Strings are stored as strings: Excel never evaluates them, so no formula injection.
+            ws.write_string_with_format(r as u32 + 1, c as u16, v, fmt).map_err(err)?;
+        }
+    }
+    ws.set_freeze_panes(1, 0).map_err(err)?;
+    if !header.is_empty() {
+        ws.autofilter(0, 0, rows.len() as u32, header.len() as u16 - 1).map_err(err)?;
+    }
+    wb.save_to_buffer().map_err(err)
+}
+
+/// Subject, text body and HTML body of the result email.
+pub fn result_email(tenant: &str, s: &Summary, outcomes: &[Outcome], links: &[(String, String)]) -> (String, String, String) {
+    let c = &s.counts;
+    let subject = format!("[rosterdrop] {tenant}: {}: {} succeeded, {} failed, {} skipped", s.file_name, c.success, c.failure, c.skipped);
+    let failures: Vec<&Outcome> = outcomes.iter().filter(|o| o.status == Status::Failure).take(10).collect();
+    let mut text = format!("Your file {} ({} rows, mode {}) has been processed.\n\n", s.file_name, s.rows, s.mode);
+    text += &format!("  Succeeded: {}\n  Failed:    {}\n  Skipped:   {}\n\n", c.success, c.failure, c.skipped);
+    text += "By action:\n";
+    for (a, n) in &s.by_action {
+        text += &format!("  {a:<12} {} succeeded, {} failed, {} skipped\n", n.success, n.failure, n.skipped);
+    }
+    if !s.warnings.is_empty() {
+        text += "\nWarnings:\n";
+        for w in &s.warnings {
+            text += &format!("  - {w}\n");
+        }
+    }
+    if !failures.is_empty() {
+        text += "\nFirst failures:\n";
+        for o in &failures {
+            text += &format!("  row {}: {}\n", o.row, o.message);
+        }
+        text += "\nThe failed-rows file holds only the rows that failed, with a Message column: fix them and upload that file again.\n";
+    }
+    for (name, url) in links {
+        text += &format!("\n{name} is too large to attach; download it (link valid for a limited time):\n{url}\n");
+    }
+    text += &format!("\nJob: {}\n", s.job_id);
+
+    let mut html = format!("<p>Your file <b>{}</b> ({} rows, mode {}) has been processed.</p>", esc(&s.file_name), s.rows, esc(&s.mode));
+    html += "<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\"><tr><th>Action</th><th>Succeeded</th><th>Failed</th><th>Skipped</th></tr>";
+    for (a, n) in &s.by_action {
+        html += &format!("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(a), n.success, n.failure, n.skipped);
+    }
+    html += &format!("<tr><th>Total</th><th>{}</th><th>{}</th><th>{}</th></tr></table>", c.success, c.failure, c.skipped);
+    if !s.warnings.is_empty() {
+        html += "<p><b>Warnings</b></p><ul>";
+        for w in &s.warnings {
+            html += &format!("<li>{}</li>", esc(w));
+        }
+        html += "</ul>";
+    }
+    if !failures.is_empty() {
+        html += "<p><b>First failures</b></p><ul>";
+        for o in &failures {
+            html += &format!("<li>row {}: {}</li>", o.row, esc(&o.message));
+        }
+        html += "</ul><p>The failed-rows file holds only the rows that failed: fix them and upload that file again.</p>";
+    }
+    for (name, url) in links {
+        html += &format!("<p>{} is too large to attach: <a href=\"{}\">download it</a>.</p>", esc(name), esc(url));
+    }
+    html += &format!("<p style=\"color:#666\">Job: {}</p>", esc(&s.job_id));
+    (subject, text, html)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode::decode;
+    use crate::model::Action;
+
+    #[test]
+    fn formulas_are_neutralised_but_phone_numbers_are_not() {
+        assert_eq!(neutralise("=HYPERLINK(\"http://x\")"), "'=HYPERLINK(\"http://x\")");
+        assert_eq!(neutralise("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(neutralise("-2+3"), "'-2+3");
+        assert_eq!(neutralise("+1 415 555 0100"), "+1 415 555 0100");
+        assert_eq!(neutralise("Ann"), "Ann");
+    }
+
+    #[test]
+    fn csv_result_keeps_input_order_and_failed_rows_keep_the_input_delimiter() {
+        let table = decode(b"Email;FirstName\na@x.com;=cmd\nbad;B\n").unwrap();
+        let outcomes = vec![Outcome::success(2, Action::Upsert, "user created"), Outcome::failure(3, Some(Action::Upsert), "Email \"bad\" is not a valid email address")];
+        let files = result_files(&table, &outcomes, "spring.csv").unwrap();
+        let text = String::from_utf8(files.result.bytes).unwrap();
+        assert_eq!(
+            text.trim_start_matches('\u{feff}').lines().collect::<Vec<_>>(),
+            vec!["Email,FirstName,Status,Message", "a@x.com,'=cmd,Success,user created", "bad,B,Failure,\"Email \"\"bad\"\" is not a valid email address\""]
+        );
+        let failed = files.failed.unwrap();
+        assert_eq!(failed.name, "spring-failed-rows.csv");
+        let text = String::from_utf8(failed.bytes).unwrap();
+        assert!(text.contains("Email;FirstName;Message\nbad;B;"), "{text}");
+    }
+
+    #[test]
+    fn no_failed_rows_file_when_nothing_failed() {
+        let table = decode(b"Email\na@x.com\n").unwrap();
+        let files = result_files(&table, &[Outcome::success(2, Action::Create, "user created")], "r.csv").unwrap();
+        assert!(files.failed.is_none());
+    }
+}

@@ -1,0 +1,300 @@
+//! Bytes -> a table of text cells. The format comes from the bytes, never from the file name.
+
+use calamine::{Data, Reader, Sheets};
+use encoding_rs::{Encoding, UTF_8, WINDOWS_1252};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Format {
+    Csv,
+    Tsv,
+    Xlsx,
+    Xls,
+    Ods,
+}
+
+impl Format {
+    /// Delimited text in, CSV out; spreadsheets in, XLSX out.
+    pub fn is_spreadsheet(self) -> bool {
+        matches!(self, Format::Xlsx | Format::Xls | Format::Ods)
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Format::Csv => "CSV",
+            Format::Tsv => "TSV",
+            Format::Xlsx => "XLSX",
+            Format::Xls => "XLS",
+            Format::Ods => "ODS",
+        }
+    }
+}
+
+/// A decoded roster: header row and data rows, each row with the number the user sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Table {
+    pub format: Format,
+    /// Text encoding of delimited files (`UTF-8`, `UTF-16LE`, `windows-1252`, ...).
+    #[serde(default)]
+    pub encoding: Option<String>,
+    #[serde(default)]
+    pub delimiter: Option<char>,
+    #[serde(default)]
+    pub sheet: Option<String>,
+    /// Row number of the header as the user sees it (1 unless leading blank rows).
+    pub header_row: u32,
+    pub headers: Vec<String>,
+    pub rows: Vec<(u32, Vec<String>)>,
+}
+
+/// Why a file cannot be read as a roster at all.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FileError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("the file is not a CSV, TSV, XLSX, XLS or ODS roster ({0})")]
+    UnknownFormat(String),
+    #[error("the {format} file could not be read: {detail}. Save it again from your spreadsheet program and re-upload it")]
+    Corrupt { format: &'static str, detail: String },
+    #[error("the workbook has no sheet with data")]
+    NoSheet,
+}
+
+const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
+const OLE_MAGIC: &[u8] = &[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
+
+/// Sheet names that hold instructions rather than data (the template's own, and common ones).
+pub fn is_instruction_sheet(name: &str) -> bool {
+    let n: String = name.to_ascii_lowercase().chars().filter(|c| c.is_alphanumeric()).collect();
+    matches!(n.as_str(), "readme" | "instructions" | "definitions" | "help" | "notes" | "howto" | "lists" | "lookups")
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Table, FileError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(FileError::Empty);
+    }
+    if bytes.starts_with(ZIP_MAGIC) || bytes.starts_with(OLE_MAGIC) {
+        return decode_workbook(bytes);
+    }
+    decode_text(bytes)
+}
+
+fn decode_workbook(bytes: &[u8]) -> Result<Table, FileError> {
+    let guess = if bytes.starts_with(OLE_MAGIC) { "XLS" } else { "XLSX" };
+    let mut book = calamine::open_workbook_auto_from_rs(Cursor::new(bytes))
+        .map_err(|e| FileError::Corrupt { format: guess, detail: e.to_string() })?;
+    let format = match &book {
+        Sheets::Xls(_) => Format::Xls,
+        Sheets::Xlsx(_) => Format::Xlsx,
+        Sheets::Ods(_) => Format::Ods,
+        Sheets::Xlsb(_) => return Err(FileError::UnknownFormat("XLSB binary workbooks are not supported; save as XLSX".into())),
+    };
+    let label = format.label();
+    let names = book.sheet_names();
+    for name in names.iter().filter(|n| !is_instruction_sheet(n)) {
+        let range = book.worksheet_range(name).map_err(|e| FileError::Corrupt { format: label, detail: e.to_string() })?;
+        let Some((start_row, _)) = range.start() else { continue };
+        let rows = range.rows().enumerate().map(|(i, r)| (start_row + i as u32 + 1, r.iter().map(cell_text).collect()));
+        if let Some(table) = tabulate(format, rows) {
+            return Ok(Table { sheet: Some(name.clone()), ..table });
+        }
+    }
+    Err(FileError::NoSheet)
+}
+
+/// Spreadsheet cell -> text as the user typed it: identifiers stay integers, dates become ISO dates,
+/// formulas give their cached value.
+pub fn cell_text(cell: &Data) -> String {
+    match cell {
+        Data::Empty => String::new(),
+        Data::String(s) => s.clone(),
+        Data::Int(i) => i.to_string(),
+        Data::Float(f) => float_text(*f),
+        Data::Bool(b) => if *b { "TRUE" } else { "FALSE" }.to_string(),
+        Data::DateTime(dt) => match dt.as_datetime() {
+            Some(d) if dt.is_datetime() => {
+                if d.time() == chrono::NaiveTime::MIN { d.date().to_string() } else { d.format("%Y-%m-%d %H:%M:%S").to_string() }
+            }
+            _ => float_text(dt.as_f64()),
+        },
+        Data::DateTimeIso(s) | Data::DurationIso(s) => s.strip_suffix("T00:00:00").unwrap_or(s).to_string(),
+        Data::Error(e) => format!("#{e:?}"),
+    }
+}
+
+fn float_text(f: f64) -> String {
+    // Phone numbers and ids typed into a spreadsheet arrive as floats: 4155550100.0 -> "4155550100".
+    if f.fract() == 0.0 && f.abs() < 1e15 { format!("{}", f as i64) } else { format!("{f}") }
+}
+
+fn decode_text(bytes: &[u8]) -> Result<Table, FileError> {
+    let (text, encoding) = to_utf8(bytes);
+    if looks_binary(&text) {
+        return Err(FileError::UnknownFormat("the content is binary, not text".into()));
+    }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let delimiter = sniff_delimiter(text);
+    let format = if delimiter == b'\t' { Format::Tsv } else { Format::Csv };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(delimiter)
+        .from_reader(text.as_bytes());
+    let mut rows = Vec::new();
+    for (i, rec) in reader.records().enumerate() {
+        let rec = rec.map_err(|e| FileError::Corrupt { format: format.label(), detail: e.to_string() })?;
+        rows.push((i as u32 + 1, rec.iter().map(str::to_string).collect::<Vec<_>>()));
+    }
+    let table = tabulate(format, rows.into_iter()).ok_or(FileError::Empty)?;
+    Ok(Table { encoding: Some(encoding.to_string()), delimiter: Some(delimiter as char), ..table })
+}
+
+/// BOM first (UTF-8, UTF-16LE/BE as Excel's "Unicode Text"), then strict UTF-8, else Windows-1252.
+fn to_utf8(bytes: &[u8]) -> (String, &'static str) {
+    if let Some((enc, bom_len)) = Encoding::for_bom(bytes) {
+        let (text, _) = enc.decode_without_bom_handling(&bytes[bom_len..]);
+        return (text.into_owned(), enc.name());
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_string(), UTF_8.name()),
+        Err(_) => {
+            let (text, _) = WINDOWS_1252.decode_without_bom_handling(bytes);
+            (text.into_owned(), WINDOWS_1252.name())
+        }
+    }
+}
+
+/// NUL bytes or many control characters: not a text roster, whatever its name says.
+fn looks_binary(text: &str) -> bool {
+    let sample: Vec<char> = text.chars().take(8192).collect();
+    let control = sample.iter().filter(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')).count();
+    sample.contains(&'\0') || control * 20 > sample.len().max(1)
+}
+
+/// The delimiter seen most often outside quotes on the first non-empty line (the header).
+fn sniff_delimiter(text: &str) -> u8 {
+    let header = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let mut counts = [(b',', 0usize), (b';', 0), (b'\t', 0), (b'|', 0)];
+    let mut quoted = false;
+    for b in header.bytes() {
+        if b == b'"' {
+            quoted = !quoted;
+        } else if !quoted {
+            if let Some(c) = counts.iter_mut().find(|(d, _)| *d == b) {
+                c.1 += 1;
+            }
+        }
+    }
+    // Ties keep the earlier (more common) delimiter: max_by_key returns the last maximum, so reverse.
+    counts.iter().rev().max_by_key(|(_, n)| *n).filter(|(_, n)| *n > 0).map(|(d, _)| *d).unwrap_or(b',')
+}
+
+/// Rows -> table: the first non-empty row is the header; trailing empty rows and empty trailing
+/// header columns are dropped. `None` when there is no header at all.
+fn tabulate(format: Format, rows: impl Iterator<Item = (u32, Vec<String>)>) -> Option<Table> {
+    let mut rows = rows.skip_while(|(_, r)| r.iter().all(|c| c.trim().is_empty()));
+    let (header_row, mut headers) = rows.next()?;
+    while headers.last().is_some_and(|h| h.trim().is_empty()) {
+        headers.pop();
+    }
+    let mut data: Vec<(u32, Vec<String>)> = rows
+        .map(|(n, mut r)| {
+            while r.last().is_some_and(|c| c.trim().is_empty()) {
+                r.pop();
+            }
+            (n, r)
+        })
+        .collect();
+    while data.last().is_some_and(|(_, r)| r.is_empty()) {
+        data.pop();
+    }
+    Some(Table { format, encoding: None, delimiter: None, sheet: None, header_row, headers, rows: data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cells(t: &Table) -> Vec<Vec<&str>> {
+        t.rows.iter().map(|(_, r)| r.iter().map(String::as_str).collect()).collect()
+    }
+
+    #[test]
+    fn csv_with_utf8_bom_and_crlf() {
+        let t = decode(b"\xEF\xBB\xBFEmail,First Name\r\nann@x.com,Ann\r\n").unwrap();
+        assert_eq!(t.format, Format::Csv);
+        assert_eq!(t.headers, vec!["Email", "First Name"]);
+        assert_eq!(cells(&t), vec![vec!["ann@x.com", "Ann"]]);
+        assert_eq!(t.rows[0].0, 2);
+    }
+
+    #[test]
+    fn semicolon_and_pipe_and_tab_are_sniffed() {
+        assert_eq!(decode(b"Email;Org\na@x.com;A, Inc\n").unwrap().delimiter, Some(';'));
+        assert_eq!(decode(b"Email|Org\na@x.com|A\n").unwrap().delimiter, Some('|'));
+        let t = decode(b"Email\tOrg\na@x.com\tA\n").unwrap();
+        assert_eq!((t.format, cells(&t)), (Format::Tsv, vec![vec!["a@x.com", "A"]]));
+    }
+
+    #[test]
+    fn quoted_delimiters_in_the_header_do_not_fool_the_sniffer() {
+        let t = decode(b"\"Name, full\";Email;Org\nA;a@x.com;O\n").unwrap();
+        assert_eq!(t.delimiter, Some(';'));
+    }
+
+    #[test]
+    fn utf16le_unicode_text_from_excel() {
+        let text = "Email\tFirstName\r\nzoe@x.com\tZo\u{eb}\r\n";
+        let mut bytes = vec![0xFF, 0xFE];
+        bytes.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+        let t = decode(&bytes).unwrap();
+        assert_eq!(t.encoding.as_deref(), Some("UTF-16LE"));
+        assert_eq!(cells(&t), vec![vec!["zoe@x.com", "Zoë"]]);
+    }
+
+    #[test]
+    fn windows_1252_when_not_utf8() {
+        let t = decode(b"Email,FirstName\nrene@x.com,Ren\xe9\n").unwrap();
+        assert_eq!(t.encoding.as_deref(), Some("windows-1252"));
+        assert_eq!(cells(&t)[0][1], "René");
+    }
+
+    #[test]
+    fn binary_garbage_named_csv_is_refused() {
+        let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+        assert!(matches!(decode(&garbage), Err(FileError::UnknownFormat(_))));
+    }
+
+    #[test]
+    fn empty_and_whitespace_files_are_empty() {
+        assert_eq!(decode(b""), Err(FileError::Empty));
+        assert_eq!(decode(b"  \r\n\n"), Err(FileError::Empty));
+    }
+
+    #[test]
+    fn trailing_empty_rows_and_columns_are_ignored() {
+        let t = decode(b"Email,FirstName,,\na@x.com,A,,\n,,,\n\n").unwrap();
+        assert_eq!(t.headers, vec!["Email", "FirstName"]);
+        assert_eq!(cells(&t), vec![vec!["a@x.com", "A"]]);
+    }
+
+    #[test]
+    fn truncated_zip_is_a_corrupt_spreadsheet() {
+        let err = decode(b"PK\x03\x04\x14\x00\x00\x00garbage").unwrap_err();
+        assert!(matches!(err, FileError::Corrupt { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn float_cells_that_are_identifiers_stay_integers() {
+        assert_eq!(cell_text(&Data::Float(4155550100.0)), "4155550100");
+        assert_eq!(cell_text(&Data::Float(2.5)), "2.5");
+        assert_eq!(cell_text(&Data::Int(42)), "42");
+    }
+
+    #[test]
+    fn instruction_sheets_are_recognised() {
+        assert!(is_instruction_sheet("Read Me"));
+        assert!(is_instruction_sheet("DEFINITIONS"));
+        assert!(!is_instruction_sheet("Students"));
+    }
+}

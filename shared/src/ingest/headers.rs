@@ -1,0 +1,262 @@
+//! Header row -> known columns. Case-insensitive, whitespace-trimmed, with the aliases people use.
+
+use crate::model::Tenant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    Type,
+    Action,
+    Email,
+    Username,
+    FirstName,
+    LastName,
+    Phone,
+    OrgName,
+    RoleName,
+    Department,
+    Group,
+    Supervisor,
+    SupervisorManager,
+    Parent,
+    Instructor,
+    Products,
+    InviteUser,
+    ScheduledDate,
+    /// Columns our own result files add; ignored so a failed-rows file can be uploaded again as is.
+    Status,
+    Message,
+}
+
+impl Field {
+    /// Canonical template order.
+    pub const ALL: &'static [Field] = &[
+        Field::Type,
+        Field::Action,
+        Field::Email,
+        Field::Username,
+        Field::FirstName,
+        Field::LastName,
+        Field::Phone,
+        Field::OrgName,
+        Field::RoleName,
+        Field::Department,
+        Field::Group,
+        Field::Supervisor,
+        Field::SupervisorManager,
+        Field::Parent,
+        Field::Instructor,
+        Field::Products,
+        Field::InviteUser,
+        Field::ScheduledDate,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Type => "Type",
+            Field::Action => "Action",
+            Field::Email => "Email",
+            Field::Username => "Username",
+            Field::FirstName => "FirstName",
+            Field::LastName => "LastName",
+            Field::Phone => "Phone",
+            Field::OrgName => "OrgName",
+            Field::RoleName => "RoleName",
+            Field::Department => "Department",
+            Field::Group => "Group",
+            Field::Supervisor => "Supervisor",
+            Field::SupervisorManager => "SupervisorManager",
+            Field::Parent => "Parent",
+            Field::Instructor => "Instructor",
+            Field::Products => "Products",
+            Field::InviteUser => "InviteUser",
+            Field::ScheduledDate => "ScheduledDate",
+            Field::Status => "Status",
+            Field::Message => "Message",
+        }
+    }
+
+    /// Columns recognised but not applied by this version: named in a warning, never dropped silently.
+    pub fn is_unsupported(self) -> bool {
+        matches!(
+            self,
+            Field::Username
+                | Field::Supervisor
+                | Field::SupervisorManager
+                | Field::Parent
+                | Field::Instructor
+                | Field::Products
+                | Field::InviteUser
+                | Field::ScheduledDate
+        )
+    }
+
+    /// Header text -> field. Spaces, underscores, dashes and dots are ignored: "E-mail", "First_Name".
+    pub fn from_header(header: &str) -> Option<Field> {
+        let key: String = header.trim().to_lowercase().chars().filter(|c| !matches!(c, ' ' | '_' | '-' | '.')).collect();
+        Some(match key.as_str() {
+            "type" | "usertype" | "recordtype" | "entitytype" => Field::Type,
+            "action" | "operation" => Field::Action,
+            "email" | "emailaddress" | "mail" | "useremail" | "emailid" => Field::Email,
+            "username" | "login" | "loginname" | "userlogin" => Field::Username,
+            "firstname" | "first" | "givenname" | "forename" => Field::FirstName,
+            "lastname" | "last" | "surname" | "familyname" => Field::LastName,
+            "phone" | "phonenumber" | "mobile" | "mobilephone" | "telephone" | "cell" | "cellphone" => Field::Phone,
+            "orgname" | "org" | "organization" | "organisation" | "organizationname" | "organisationname" | "company" => Field::OrgName,
+            "rolename" | "role" => Field::RoleName,
+            "department" | "dept" => Field::Department,
+            "group" | "groups" | "groupname" => Field::Group,
+            "supervisor" | "supervisoremail" | "manager" | "manageremail" => Field::Supervisor,
+            "supervisormanager" | "supervisormanageremail" => Field::SupervisorManager,
+            "parent" | "parentemail" | "guardian" => Field::Parent,
+            "instructor" | "instructoremail" | "teacher" => Field::Instructor,
+            "products" | "product" | "productcodes" => Field::Products,
+            "inviteuser" | "invite" | "sendinvite" => Field::InviteUser,
+            "scheduleddate" | "invitedate" | "scheduledinvitedate" => Field::ScheduledDate,
+            "status" => Field::Status,
+            "message" => Field::Message,
+            _ => return None,
+        })
+    }
+}
+
+/// Which column holds which field.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Mapping {
+    columns: Vec<(Field, usize)>,
+    /// Problems that do not stop the file (shown in the result email).
+    pub warnings: Vec<String>,
+}
+
+impl Mapping {
+    pub fn column(&self, field: Field) -> Option<usize> {
+        self.columns.iter().find(|(f, _)| *f == field).map(|(_, i)| *i)
+    }
+    pub fn has(&self, field: Field) -> bool {
+        self.column(field).is_some()
+    }
+}
+
+/// Map the header row, or say why the whole file is refused.
+pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, String> {
+    let mut mapping = Mapping::default();
+    let mut unknown = Vec::new();
+    for (i, h) in headers.iter().enumerate() {
+        let trimmed = h.trim();
+        if trimmed.is_empty() {
+            mapping.warnings.push(format!("column {} has no header; its values were ignored", i + 1));
+            continue;
+        }
+        match Field::from_header(trimmed) {
+            Some(f) => {
+                if let Some(prev) = mapping.column(f) {
+                    return Err(format!(
+                        "columns {} (\"{}\") and {} (\"{}\") both mean {}; keep one of them",
+                        prev + 1,
+                        headers[prev].trim(),
+                        i + 1,
+                        trimmed,
+                        f.name()
+                    ));
+                }
+                if f.is_unsupported() {
+                    mapping.warnings.push(format!("column \"{trimmed}\" ({}) is not applied by this version and was ignored", f.name()));
+                }
+                mapping.columns.push((f, i));
+            }
+            None => unknown.push(trimmed.to_string()),
+        }
+    }
+    if tenant.strict_template {
+        check_template(headers, tenant)?;
+    } else {
+        mapping.warnings.extend(unknown.iter().map(|u| format!("column \"{u}\" is not a roster column and was ignored")));
+    }
+    if !mapping.has(Field::Email) && !mapping.has(Field::OrgName) {
+        return Err(format!(
+            "the required column Email is missing (the header row has: {}). Add an Email column, or use the template",
+            headers.iter().map(|h| format!("\"{}\"", h.trim())).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(mapping)
+}
+
+/// Strict template: the columns must be exactly the tenant's template, in any order.
+fn check_template(headers: &[String], tenant: &Tenant) -> Result<(), String> {
+    let expected: Vec<String> = if tenant.template_columns.is_empty() {
+        Field::ALL.iter().map(|f| f.name().to_string()).collect()
+    } else {
+        tenant.template_columns.clone()
+    };
+    let norm = |s: &str| s.trim().to_lowercase();
+    let ours: Vec<String> = headers
+        .iter()
+        .map(|h| norm(h))
+        .filter(|h| !h.is_empty() && !matches!(Field::from_header(h), Some(Field::Status | Field::Message)))
+        .collect();
+    let theirs: Vec<String> = expected.iter().map(|h| norm(h)).collect();
+    let added: Vec<&String> = ours.iter().filter(|h| !theirs.contains(h)).collect();
+    let missing: Vec<&String> = expected.iter().filter(|h| !ours.contains(&norm(h))).collect();
+    if added.is_empty() && missing.is_empty() {
+        return Ok(());
+    }
+    let mut parts = Vec::new();
+    if !added.is_empty() {
+        parts.push(format!("columns not in the template: {}", added.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")));
+    }
+    if !missing.is_empty() {
+        parts.push(format!("template columns missing: {}", missing.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")));
+    }
+    Err(format!("this tenant requires its exact upload template; {}. Download the template and copy your rows into it", parts.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> Tenant {
+        Tenant { id: "acme".into(), name: None, admin_emails: vec!["a@acme.com".into()], sender: None, roles: vec![], admin_roles: vec![], strict_template: false, template_columns: vec![], chunk_size: None }
+    }
+    fn h(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn aliases_and_case_are_accepted() {
+        let m = map_headers(&h(&[" E-mail ", "First Name", "ORG", "Role", "email_address_x"]), &tenant()).unwrap();
+        assert_eq!(m.column(Field::Email), Some(0));
+        assert_eq!(m.column(Field::FirstName), Some(1));
+        assert_eq!(m.column(Field::OrgName), Some(2));
+        assert_eq!(m.column(Field::RoleName), Some(3));
+        assert_eq!(m.warnings, vec!["column \"email_address_x\" is not a roster column and was ignored"]);
+    }
+
+    #[test]
+    fn missing_email_column_names_what_the_header_has() {
+        let err = map_headers(&h(&["Name", "Phone"]), &tenant()).unwrap_err();
+        assert!(err.contains("required column Email is missing"), "{err}");
+        assert!(err.contains("\"Name\", \"Phone\""), "{err}");
+    }
+
+    #[test]
+    fn two_columns_for_one_field_are_refused() {
+        let err = map_headers(&h(&["Email", "Name", "E-mail"]), &tenant()).unwrap_err();
+        assert_eq!(err, "columns 1 (\"Email\") and 3 (\"E-mail\") both mean Email; keep one of them");
+    }
+
+    #[test]
+    fn strict_template_lists_the_differences() {
+        let mut t = tenant();
+        t.strict_template = true;
+        t.template_columns = h(&["Email", "FirstName", "LastName"]);
+        assert!(map_headers(&h(&["email", "LastName", "FirstName", "Status", "Message"]), &t).is_ok());
+        let err = map_headers(&h(&["Email", "FirstName", "Shoe"]), &t).unwrap_err();
+        assert!(err.contains("columns not in the template: \"shoe\""), "{err}");
+        assert!(err.contains("template columns missing: \"LastName\""), "{err}");
+    }
+
+    #[test]
+    fn output_columns_of_our_result_files_are_silently_accepted() {
+        let m = map_headers(&h(&["Email", "Status", "Message"]), &tenant()).unwrap();
+        assert!(m.warnings.is_empty());
+    }
+}

@@ -1,0 +1,209 @@
+//! Stage 1: a roster file lands in `incoming/<tenant>/[<mode>/]<file>`. Decode, validate, plan the
+//! job and write its chunks. A structural problem rejects the whole file and applies nothing.
+
+pub mod decode;
+pub mod headers;
+pub mod validate;
+
+use crate::error::Result;
+use crate::event::ObjectRef;
+use crate::keys::{self, KeyProblem};
+use crate::model::{Job, JobState, Mode, Outcome, PHASES, RowOp, Tenant, phase_of};
+use crate::ports::Plan;
+use crate::report;
+use crate::services::Services;
+use decode::Table;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// A file read and validated, before anything is written. The CLI's `validate` runs exactly this.
+#[derive(Debug)]
+pub struct Prepared {
+    pub table: Table,
+    pub warnings: Vec<String>,
+    pub ops: Vec<RowOp>,
+    /// Rows that failed validation (or were skipped).
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Decode, map headers and validate; `Err` is the reason the whole file is rejected.
+pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, String> {
+    let table = decode::decode(bytes).map_err(|e| e.to_string())?;
+    let mapping = headers::map_headers(&table.headers, tenant)?;
+    if table.rows.is_empty() {
+        return Err("the file has a header row but no data rows".into());
+    }
+    let v = validate::validate(&table, &mapping, tenant, mode);
+    Ok(Prepared { table, warnings: mapping.warnings, ops: v.ops, outcomes: v.outcomes })
+}
+
+/// What finalize needs from ingest: the input as read (to echo every row) and the warnings.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StagedInput {
+    pub table: Table,
+    pub warnings: Vec<String>,
+    pub ingested_at: String,
+}
+
+/// Deterministic job id: a redelivered event (same key, version and sequencer) maps to the same
+/// job, while uploading the same file again is a new job.
+pub fn job_id(obj: &ObjectRef) -> String {
+    let name = format!(
+        "{}/{}#{}#{}",
+        obj.bucket,
+        obj.key,
+        obj.version_id.as_deref().unwrap_or(""),
+        obj.sequencer.as_deref().or(obj.etag.as_deref()).unwrap_or("")
+    );
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
+}
+
+pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
+    let key = match keys::parse_incoming(&obj.key) {
+        Ok(k) => k,
+        Err(KeyProblem::NotIncoming | KeyProblem::NoTenant) => {
+            info!(key = %obj.key, "not a roster drop; ignored");
+            return Ok(());
+        }
+        Err(problem) => {
+            // No valid tenant means nobody to tell but the operators.
+            warn!(key = %obj.key, ?problem, "roster dropped outside incoming/<tenant>/[<mode>/]<file>; rejected");
+            return Ok(());
+        }
+    };
+    let id = job_id(obj);
+    let new = Job {
+        id: id.clone(),
+        tenant: key.tenant.clone(),
+        source_key: obj.key.clone(),
+        file_name: key.file_name.clone(),
+        mode: key.mode.clone().ok().flatten(),
+        state: JobState::Received,
+        received_at: chrono::Utc::now().to_rfc3339(),
+        phase_chunks: None,
+        phase_done: [0; PHASES],
+        total_rows: 0,
+        succeeded: 0,
+        failed: 0,
+        skipped: 0,
+        message: None,
+        completed_at: None,
+    };
+    let (job, created) = svc.jobs.create_or_get(&new).await?;
+    if job.state != JobState::Received {
+        info!(job = %id, state = job.state.as_str(), "duplicate event for an ingested file; nothing to do");
+        return Ok(());
+    }
+    info!(job = %id, tenant = %key.tenant, file = %key.file_name, retry = !created, "ingest started");
+
+    let Some(tenant) = svc.directory.tenant(&key.tenant).await? else {
+        return report::reject(svc, &job, None, &format!("tenant \"{}\" is not configured; ask support to set it up", key.tenant)).await;
+    };
+    let mode = match &key.mode {
+        Ok(m) => m.unwrap_or(Mode::Upsert),
+        Err(segment) => {
+            let msg = format!(
+                "unknown mode folder \"{segment}\"; drop the file in incoming/{}/ (upsert) or in one of the mode folders: {}",
+                tenant.id,
+                Mode::NAMES.join(", ")
+            );
+            return report::reject(svc, &job, Some(&tenant), &msg).await;
+        }
+    };
+    let size = match obj.size {
+        Some(n) if n >= 0 => Some(n as u64),
+        _ => svc.store.size(&obj.key).await?,
+    };
+    if let Some(size) = size.filter(|s| *s > svc.config.max_file_bytes) {
+        let msg = format!("the file is {} MB; the limit is {} MB. Split it into smaller files", size / 1_000_000, svc.config.max_file_bytes / 1_000_000);
+        return report::reject(svc, &job, Some(&tenant), &msg).await;
+    }
+    let Some(bytes) = svc.store.get(&obj.key).await? else {
+        return report::reject(svc, &job, Some(&tenant), "the file was deleted before it could be read").await;
+    };
+    let prepared = match prepare(&bytes, &tenant, mode) {
+        Ok(p) => p,
+        Err(reason) => return report::reject(svc, &job, Some(&tenant), &reason).await,
+    };
+    drop(bytes);
+    write_job(svc, &job, &tenant, prepared).await
+}
+
+async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, p: Prepared) -> Result<()> {
+    let id = &job.id;
+    let chunk_size = tenant.chunk_size.unwrap_or(svc.config.chunk_size).max(1);
+    let mut phases: [Vec<RowOp>; PHASES] = Default::default();
+    for op in p.ops {
+        phases[phase_of(&op)].push(op);
+    }
+    let phase_chunks: [u32; PHASES] = std::array::from_fn(|i| phases[i].len().div_ceil(chunk_size) as u32);
+    let total_rows = p.table.rows.len() as u32;
+    // The plan is stored before any chunk exists, so whoever completes the last chunk knows it.
+    svc.jobs.set_plan(id, &Plan { phase_chunks, total_rows }).await?;
+
+    let staged = StagedInput { table: p.table, warnings: p.warnings, ingested_at: chrono::Utc::now().to_rfc3339() };
+    svc.store.put(&keys::staged_input(id), to_json(&staged)?, "application/json").await?;
+    svc.store.put(&keys::ingest_outcomes(id), jsonl(&p.outcomes)?, "application/x-ndjson").await?;
+
+    // Later phases wait in staged/ until the phase before them completes; the first non-empty
+    // phase goes straight to chunks/ (written last, once everything it may need exists).
+    let first = (0..PHASES).find(|&i| phase_chunks[i] > 0);
+    for (phase, ops) in phases.iter().enumerate() {
+        if Some(phase) == first {
+            continue;
+        }
+        for (seq, chunk) in ops.chunks(chunk_size).enumerate() {
+            svc.store.put(&keys::staged_chunk(id, phase, seq as u32), jsonl(chunk)?, "application/x-ndjson").await?;
+        }
+    }
+    match first {
+        Some(phase) => {
+            for (seq, chunk) in phases[phase].chunks(chunk_size).enumerate() {
+                svc.store.put(&keys::chunk(id, phase, seq as u32), jsonl(chunk)?, "application/x-ndjson").await?;
+            }
+        }
+        // Every row failed validation: nothing to apply, straight to finalize.
+        None => {
+            svc.store.put_if_absent(&keys::done(id), b"{}".to_vec(), "application/json").await?;
+        }
+    }
+    svc.jobs.transition(id, JobState::Received, JobState::Applying, None).await?;
+    info!(job = %id, rows = total_rows, invalid = p.outcomes.len(), chunks = ?phase_chunks, "ingest planned");
+    Ok(())
+}
+
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| crate::error::Error::corrupt("json", e))
+}
+
+pub(crate) fn jsonl<T: Serialize>(items: &[T]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(items.len() * 128);
+    for item in items {
+        serde_json::to_writer(&mut out, item).map_err(|e| crate::error::Error::corrupt("jsonl", e))?;
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+pub(crate) fn parse_jsonl<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<Vec<T>> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).map_err(|e| crate::error::Error::corrupt(what, e)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(seq: &str) -> ObjectRef {
+        ObjectRef { bucket: "b".into(), key: "incoming/acme/a.csv".into(), size: None, version_id: None, sequencer: Some(seq.into()), etag: None }
+    }
+
+    #[test]
+    fn redelivered_event_maps_to_the_same_job_and_a_new_upload_to_a_new_one() {
+        assert_eq!(job_id(&obj("01")), job_id(&obj("01")));
+        assert_ne!(job_id(&obj("01")), job_id(&obj("02")));
+    }
+}

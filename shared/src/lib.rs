@@ -1,0 +1,22 @@
+//! rosterdrop: bulk user and organization provisioning from roster files dropped in S3.
+//!
+//! The three stages (`ingest`, `apply`, `finalize`) are plain async functions over the `ports`;
+//! the Lambdas in `functions/` and the local runner in `local` call the same functions.
+
+pub mod adapters;
+pub mod apply;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod finalize;
+pub mod ingest;
+pub mod keys;
+pub mod local;
+pub mod model;
+pub mod ports;
+pub mod report;
+pub mod services;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use services::Services;

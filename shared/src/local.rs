@@ -1,0 +1,171 @@
+//! The local stand-in for AWS wiring: create the bucket, tables, queue and SES identity, and run
+//! the bucket's notifications (delivered to SQS) through the same handlers the Lambdas run.
+
+use crate::adapters::{self, dynamo};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::event;
+use crate::services::Services;
+use aws_config::SdkConfig;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::types::{
+    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter,
+};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+pub const QUEUE: &str = "rosterdrop-local-events";
+pub const DEAD_LETTER_QUEUE: &str = "rosterdrop-local-dead-letter";
+/// Like Lambda's asynchronous invocation: the first attempt plus two retries.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// Everything the pipeline needs, created if missing. Safe to run any number of times.
+pub async fn setup(config: &Config, sdk: &SdkConfig, queue: &str) -> Result<String> {
+    let s3 = adapters::s3_client(sdk, config);
+    match s3.create_bucket().bucket(&config.bucket).send().await {
+        Ok(_) => {}
+        Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => {}
+        Err(e) => return Err(Error::from_sdk("s3", "CreateBucket", e)),
+    }
+    dynamo::ensure_tables(&aws_sdk_dynamodb::Client::new(sdk), &config.directory_table, &config.jobs_table).await?;
+
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let queue_url = create_queue(&sqs, queue).await?;
+    create_queue(&sqs, &format!("{queue}-dlq")).await?;
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("sqs", "GetQueueAttributes", e))?
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .ok_or_else(|| Error::Config("queue has no ARN".into()))?;
+    // One notification per stage prefix, as infra/ wires one per function in AWS.
+    let mut notif = NotificationConfiguration::builder();
+    for prefix in [crate::keys::INCOMING, crate::keys::CHUNKS, crate::keys::DONE] {
+        let rule = FilterRule::builder().name(FilterRuleName::Prefix).value(prefix).build();
+        notif = notif.queue_configurations(
+            QueueConfiguration::builder()
+                .id(format!("rosterdrop-{}", prefix.trim_end_matches('/')))
+                .queue_arn(&arn)
+                .events(Event::from("s3:ObjectCreated:*"))
+                .filter(NotificationConfigurationFilter::builder().key(S3KeyFilter::builder().filter_rules(rule).build()).build())
+                .build()
+                .map_err(|e| Error::Build { what: "notification", message: e.to_string() })?,
+        );
+    }
+    s3.put_bucket_notification_configuration()
+        .bucket(&config.bucket)
+        .notification_configuration(notif.build())
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("s3", "PutBucketNotificationConfiguration", e))?;
+
+    let ses = aws_sdk_sesv2::Client::new(sdk);
+    match ses.create_email_identity().email_identity(&config.default_sender).send().await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some("AlreadyExistsException") => {}
+        Err(e) => return Err(Error::from_sdk("sesv2", "CreateEmailIdentity", e)),
+    }
+    info!(bucket = %config.bucket, queue = %queue_url, "local resources ready");
+    Ok(queue_url)
+}
+
+async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String> {
+    let out = sqs
+        .create_queue()
+        .queue_name(name)
+        .attributes(QueueAttributeName::VisibilityTimeout, "60")
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("sqs", "CreateQueue", e))?;
+    out.queue_url.ok_or_else(|| Error::Config(format!("queue {name} has no URL")))
+}
+
+/// Route an object to its stage, as the per-prefix notifications do in AWS.
+pub async fn dispatch(svc: &Services, obj: &event::ObjectRef) -> Result<()> {
+    let key = obj.key.as_str();
+    if key.starts_with(crate::keys::INCOMING) {
+        crate::ingest::handle(svc, obj).await
+    } else if key.starts_with(crate::keys::CHUNKS) {
+        crate::apply::handle(svc, obj).await
+    } else if key.starts_with(crate::keys::DONE) {
+        crate::finalize::handle(svc, obj).await
+    } else {
+        Ok(())
+    }
+}
+
+/// Receive bucket events from SQS and run them through the handlers, several at once (like
+/// concurrent Lambda invocations). A failed event is retried after a short delay, up to
+/// `MAX_ATTEMPTS`, then moved to the dead-letter queue. Runs until `stop` resolves.
+pub async fn run(svc: Services, sqs: aws_sdk_sqs::Client, queue_url: String, concurrency: usize, stop: impl std::future::Future<Output = ()>) {
+    let svc = Arc::new(svc);
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let dlq_url = format!("{queue_url}-dlq");
+    tokio::pin!(stop);
+    loop {
+        let receive = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send();
+        let out = tokio::select! {
+            _ = &mut stop => break,
+            out = receive => out,
+        };
+        let messages = match out {
+            Ok(o) => o.messages.unwrap_or_default(),
+            Err(e) => {
+                warn!(error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "receive failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        for m in messages {
+            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let (svc, sqs, queue_url, dlq_url) = (svc.clone(), sqs.clone(), queue_url.clone(), dlq_url.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let body = m.body.clone().unwrap_or_default();
+                let attempts: u32 = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                let result = match event::parse(&body) {
+                    None => Ok(()),
+                    Some(ev) => {
+                        let mut r = Ok(());
+                        for obj in event::objects(&ev) {
+                            if let Err(e) = dispatch(&svc, &obj).await {
+                                error!(key = %obj.key, attempts, retryable = e.is_retryable(), error = %e, "handler failed");
+                                r = Err(e);
+                                break;
+                            }
+                        }
+                        r
+                    }
+                };
+                let receipt = m.receipt_handle.unwrap_or_default();
+                if result.is_err() && attempts < MAX_ATTEMPTS {
+                    let _ = sqs.change_message_visibility().queue_url(&queue_url).receipt_handle(&receipt).visibility_timeout(1).send().await;
+                    return;
+                }
+                if result.is_err() {
+                    let _ = sqs.send_message().queue_url(&dlq_url).message_body(&body).send().await;
+                }
+                let _ = sqs.delete_message().queue_url(&queue_url).receipt_handle(&receipt).send().await;
+            });
+        }
+    }
+    // Let in-flight events finish.
+    let _ = permits.acquire_many(concurrency.max(1) as u32).await;
+}

@@ -1,0 +1,366 @@
+//! Domain types. No SDK type appears here.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A tenant's configuration, managed with `rosterdrop tenant put`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// Tenant id: the `<tenant>` segment of `incoming/<tenant>/`.
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Who receives result emails.
+    pub admin_emails: Vec<String>,
+    /// Verified SES identity the emails come from; the deployment's default when absent.
+    #[serde(default)]
+    pub sender: Option<String>,
+    /// Roles bulk upload may assign, exact and case-sensitive.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Roles bulk upload may never assign.
+    #[serde(default)]
+    pub admin_roles: Vec<String>,
+    /// Reject files whose columns differ from `template_columns` instead of warning.
+    #[serde(default)]
+    pub strict_template: bool,
+    /// The tenant's template columns (strict mode); the standard template when empty.
+    #[serde(default)]
+    pub template_columns: Vec<String>,
+    /// Rows per chunk for this tenant's files.
+    #[serde(default)]
+    pub chunk_size: Option<usize>,
+}
+
+impl Tenant {
+    pub fn validate(&self) -> Result<(), String> {
+        if !is_valid_tenant_id(&self.id) {
+            return Err(format!(
+                "tenant id {:?} must be 1-64 characters of lower-case letters, digits, '-' or '_'",
+                self.id
+            ));
+        }
+        if self.admin_emails.is_empty() {
+            return Err("admin_emails must list at least one address".into());
+        }
+        for e in self.admin_emails.iter().chain(self.sender.iter()) {
+            if !email_address::EmailAddress::is_valid(e) {
+                return Err(format!("{e:?} is not a valid email address"));
+            }
+        }
+        if let Some(0) = self.chunk_size {
+            return Err("chunk_size must be at least 1".into());
+        }
+        if let Some(r) = self.roles.iter().find(|r| self.admin_roles.contains(r)) {
+            return Err(format!("role {r:?} is listed both in roles and admin_roles"));
+        }
+        Ok(())
+    }
+}
+
+/// Tenant ids become S3 key segments and DynamoDB key parts: keep them boring.
+pub fn is_valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Upload mode: the path segment after the tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// New users only.
+    Add,
+    /// Create or update (the default).
+    Upsert,
+    /// Dry run: full result file, nothing written.
+    Validate,
+}
+
+impl Mode {
+    pub const NAMES: &'static [&'static str] = &["add", "upsert", "validate"];
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s.to_ascii_lowercase().as_str() {
+            "add" => Some(Mode::Add),
+            "upsert" => Some(Mode::Upsert),
+            "validate" => Some(Mode::Validate),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Add => "add",
+            Mode::Upsert => "upsert",
+            Mode::Validate => "validate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntityType {
+    User,
+    Org,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub enum Action {
+    Create,
+    Update,
+    Upsert,
+    Delete,
+    Enable,
+    Disable,
+}
+
+impl Action {
+    pub const NAMES: &'static [&'static str] = &["Create", "Update", "Upsert", "Delete", "Enable", "Disable"];
+
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "" | "upsert" => Action::Upsert,
+            "create" | "add" | "new" => Action::Create,
+            "update" | "modify" | "edit" => Action::Update,
+            "delete" | "remove" => Action::Delete,
+            "enable" | "activate" => Action::Enable,
+            "disable" | "deactivate" | "suspend" => Action::Disable,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Create => "Create",
+            Action::Update => "Update",
+            Action::Upsert => "Upsert",
+            Action::Delete => "Delete",
+            Action::Enable => "Enable",
+            Action::Disable => "Disable",
+        })
+    }
+}
+
+/// Profile fields of a user row. `None` = the cell was blank: an update leaves the stored value alone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserFields {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub first_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub org: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub department: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub groups: Vec<String>,
+}
+
+/// One validated, normalised row, ready to apply. Travels in chunk files as JSON lines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowOp {
+    /// Row number as the user sees it in the file (header is row 1).
+    pub row: u32,
+    pub action: Action,
+    #[serde(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Target {
+    User {
+        /// Normalised: trimmed, lower-cased.
+        email: String,
+        #[serde(flatten)]
+        fields: UserFields,
+    },
+    Org {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Status {
+    Success,
+    Failure,
+    Skipped,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Success => "Success",
+            Status::Failure => "Failure",
+            Status::Skipped => "Skipped",
+        })
+    }
+}
+
+/// What happened to one input row. Exactly one per row ends up in the result file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub row: u32,
+    pub status: Status,
+    pub message: String,
+    /// The action the row asked for, when it could be read (counts by action in the summary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+}
+
+impl Outcome {
+    pub fn success(row: u32, action: Action, message: impl Into<String>) -> Self {
+        Outcome { row, status: Status::Success, message: message.into(), action: Some(action) }
+    }
+    pub fn failure(row: u32, action: Option<Action>, message: impl Into<String>) -> Self {
+        Outcome { row, status: Status::Failure, message: message.into(), action }
+    }
+    pub fn skipped(row: u32, message: impl Into<String>) -> Self {
+        Outcome { row, status: Status::Skipped, message: message.into(), action: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    /// Ingest has claimed the file and is reading it.
+    Received,
+    /// Chunks are out; apply is running.
+    Applying,
+    /// Result written, email sent.
+    Completed,
+    /// The whole file was refused (structural error); nothing applied.
+    Rejected,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Received => "RECEIVED",
+            JobState::Applying => "APPLYING",
+            JobState::Completed => "COMPLETED",
+            JobState::Rejected => "REJECTED",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "RECEIVED" => JobState::Received,
+            "APPLYING" => JobState::Applying,
+            "COMPLETED" => JobState::Completed,
+            "REJECTED" => JobState::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+/// Apply happens in phases so that rows creating organizations land before the user rows that
+/// reference them, and organization deletions after the users moved out of them.
+pub const PHASES: usize = 3;
+
+pub fn phase_of(op: &RowOp) -> usize {
+    match (&op.target, op.action) {
+        (Target::Org { .. }, Action::Delete) => 2,
+        (Target::Org { .. }, _) => 0,
+        (Target::User { .. }, _) => 1,
+    }
+}
+
+/// A job as stored in the jobs table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub tenant: String,
+    pub source_key: String,
+    pub file_name: String,
+    pub mode: Option<Mode>,
+    pub state: JobState,
+    /// RFC 3339.
+    pub received_at: String,
+    /// Chunks per phase, known once ingest has planned the job.
+    pub phase_chunks: Option<[u32; PHASES]>,
+    /// Chunks completed per phase.
+    pub phase_done: [u32; PHASES],
+    pub total_rows: u32,
+    /// Summary counts once completed.
+    pub succeeded: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    pub message: Option<String>,
+    pub completed_at: Option<String>,
+}
+
+impl Job {
+    pub fn chunks_total(&self) -> u32 {
+        self.phase_chunks.map(|p| p.iter().sum()).unwrap_or(0)
+    }
+    pub fn chunks_done(&self) -> u32 {
+        self.phase_done.iter().sum()
+    }
+}
+
+/// Mask an email for logs: `al***@ex***.com`. Never log the raw address.
+pub fn mask_email(email: &str) -> String {
+    let (local, domain) = email.split_once('@').unwrap_or((email, ""));
+    let keep = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+    let (host, tld) = domain.rsplit_once('.').unwrap_or((domain, ""));
+    if domain.is_empty() {
+        return format!("{}***", keep(local, 1));
+    }
+    format!("{}***@{}***.{}", keep(local, 2), keep(host, 2), tld)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_email_keeps_only_a_hint() {
+        assert_eq!(mask_email("alice.smith@example.com"), "al***@ex***.com");
+        assert!(!mask_email("bob@corp.io").contains("bob"));
+        assert_eq!(mask_email("nope"), "n***");
+    }
+
+    #[test]
+    fn actions_parse_case_insensitively_with_blank_meaning_upsert() {
+        assert_eq!(Action::parse(""), Some(Action::Upsert));
+        assert_eq!(Action::parse("CREATE"), Some(Action::Create));
+        assert_eq!(Action::parse("Disable"), Some(Action::Disable));
+        assert_eq!(Action::parse("frobnicate"), None);
+    }
+
+    #[test]
+    fn org_creates_come_before_users_and_org_deletes_after() {
+        let org = |a| RowOp { row: 2, action: a, target: Target::Org { name: "x".into() } };
+        let user = RowOp { row: 3, action: Action::Create, target: Target::User { email: "a@b.c".into(), fields: UserFields::default() } };
+        assert!(phase_of(&org(Action::Create)) < phase_of(&user));
+        assert!(phase_of(&user) < phase_of(&org(Action::Delete)));
+    }
+
+    #[test]
+    fn row_op_round_trips_through_json() {
+        let op = RowOp {
+            row: 7,
+            action: Action::Update,
+            target: Target::User { email: "a@b.co".into(), fields: UserFields { first_name: Some("A".into()), groups: vec!["g1".into()], ..Default::default() } },
+        };
+        let s = serde_json::to_string(&op).unwrap();
+        assert_eq!(serde_json::from_str::<RowOp>(&s).unwrap(), op);
+    }
+
+    #[test]
+    fn tenant_validation_names_the_problem() {
+        let mut t = Tenant { id: "Acme!".into(), name: None, admin_emails: vec!["a@acme.com".into()], sender: None, roles: vec![], admin_roles: vec![], strict_template: false, template_columns: vec![], chunk_size: None };
+        assert!(t.validate().unwrap_err().contains("tenant id"));
+        t.id = "acme".into();
+        assert!(t.validate().is_ok());
+        t.admin_emails = vec!["not-an-email".into()];
+        assert!(t.validate().unwrap_err().contains("not a valid email"));
+    }
+}

@@ -1,0 +1,95 @@
+//! Capability traits the domain depends on. SDK adapters in `adapters/` implement them; unit
+//! tests use in-memory fakes behind the same traits.
+
+use crate::error::Result;
+use crate::model::{Job, JobState, RowOp, Tenant};
+use async_trait::async_trait;
+use std::time::Duration;
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// `None` when the object does not exist.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    async fn size(&self, key: &str) -> Result<Option<u64>>;
+    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<()>;
+    /// Conditional create (`If-None-Match: *`): `true` when this call created it, `false` when it existed.
+    async fn put_if_absent(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<bool>;
+    async fn copy(&self, from: &str, to: &str) -> Result<()>;
+    /// Keys under a prefix, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String>;
+}
+
+/// How a conditional directory write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Created,
+    Updated,
+    Deleted,
+    /// The condition failed because the item exists.
+    AlreadyExists,
+    /// The condition failed because the item does not exist.
+    NotFound,
+}
+
+/// Identifies the row that performs a write, stored on the item. A retried write that finds its
+/// own stamp knows it already succeeded (exactly-once effect under at-least-once delivery).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub job: String,
+    pub row: u32,
+    /// RFC 3339 time of the write.
+    pub at: String,
+}
+
+impl Stamp {
+    pub fn token(&self) -> String {
+        format!("{}#{}", self.job, self.row)
+    }
+}
+
+#[async_trait]
+pub trait Directory: Send + Sync {
+    async fn tenant(&self, id: &str) -> Result<Option<Tenant>>;
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<()>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>>;
+    /// Apply a user row with the conditional write its action needs.
+    async fn write_user(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Write>;
+    /// Apply an organization row (not Delete: see `delete_org`).
+    async fn write_org(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Write>;
+    async fn delete_org(&self, tenant: &str, name: &str) -> Result<Write>;
+    async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool>;
+    /// Users whose organization is `name` (delete refuses non-empty organizations).
+    async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64>;
+}
+
+/// What ingest knows once it has planned a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub phase_chunks: [u32; crate::model::PHASES],
+    pub total_rows: u32,
+}
+
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Create the job if it is new; returns the stored job either way.
+    async fn create_or_get(&self, job: &Job) -> Result<(Job, bool)>;
+    async fn get(&self, id: &str) -> Result<Option<Job>>;
+    async fn set_plan(&self, id: &str, plan: &Plan) -> Result<()>;
+    /// Move from `from` to `to`; `false` if the job was not in `from`.
+    async fn transition(&self, id: &str, from: JobState, to: JobState, message: Option<&str>) -> Result<bool>;
+    /// Record a chunk as done and count it for its phase, once: `false` if it was already recorded.
+    async fn record_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<bool>;
+    async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool>;
+    /// Claim the right to send the job's email: `true` for exactly one caller.
+    async fn claim_email(&self, id: &str, kind: &str) -> Result<bool>;
+    async fn complete(&self, id: &str, succeeded: u32, failed: u32, skipped: u32) -> Result<()>;
+    /// Most recent jobs of a tenant, newest first.
+    async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Job>>;
+}
+
+#[async_trait]
+pub trait Mailer: Send + Sync {
+    /// Send a complete MIME message.
+    async fn send_raw(&self, from: &str, to: &[String], mime: Vec<u8>) -> Result<()>;
+}

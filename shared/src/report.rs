@@ -1,0 +1,187 @@
+//! What users read: `summary.json`, result files and emails.
+
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::model::{Job, JobState, Outcome, Status, Tenant};
+use crate::services::Services;
+use mail_builder::MessageBuilder;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tracing::{info, warn};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub success: u32,
+    pub failure: u32,
+    pub skipped: u32,
+}
+
+impl Counts {
+    pub fn add(&mut self, status: Status) {
+        match status {
+            Status::Success => self.success += 1,
+            Status::Failure => self.failure += 1,
+            Status::Skipped => self.skipped += 1,
+        }
+    }
+    pub fn total(&self) -> u32 {
+        self.success + self.failure + self.skipped
+    }
+}
+
+/// `results/<tenant>/<job>/summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub job_id: String,
+    pub tenant: String,
+    pub source_key: String,
+    pub file_name: String,
+    pub mode: String,
+    pub state: JobState,
+    /// Why the whole file was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    pub rows: u32,
+    pub counts: Counts,
+    pub by_action: BTreeMap<String, Counts>,
+    pub warnings: Vec<String>,
+    pub received_at: String,
+    pub completed_at: String,
+    pub duration_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_rows_key: Option<String>,
+}
+
+impl Summary {
+    pub fn new(job: &Job, state: JobState) -> Self {
+        let now = chrono::Utc::now();
+        let started = chrono::DateTime::parse_from_rfc3339(&job.received_at).map(|t| t.with_timezone(&chrono::Utc)).unwrap_or(now);
+        Summary {
+            job_id: job.id.clone(),
+            tenant: job.tenant.clone(),
+            source_key: job.source_key.clone(),
+            file_name: job.file_name.clone(),
+            mode: job.mode.map(|m| m.as_str()).unwrap_or("upsert").to_string(),
+            state,
+            reason: None,
+            format: None,
+            rows: 0,
+            counts: Counts::default(),
+            by_action: BTreeMap::new(),
+            warnings: Vec::new(),
+            received_at: job.received_at.clone(),
+            completed_at: now.to_rfc3339(),
+            duration_ms: (now - started).num_milliseconds(),
+            result_key: None,
+            failed_rows_key: None,
+        }
+    }
+
+    pub fn count(&mut self, outcomes: &[Outcome]) {
+        for o in outcomes {
+            self.counts.add(o.status);
+            let action = o.action.map(|a| a.to_string()).unwrap_or_else(|| "(unreadable)".into());
+            self.by_action.entry(action).or_default().add(o.status);
+        }
+        self.rows = outcomes.len() as u32;
+    }
+}
+
+/// Reject a whole file: nothing applied, `summary.json` with the reason, one email to the admins.
+pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: &str) -> Result<()> {
+    warn!(job = %job.id, tenant = %job.tenant, reason, "file rejected");
+    let mut summary = Summary::new(job, JobState::Rejected);
+    summary.reason = Some(reason.to_string());
+    let key = format!("{}summary.json", keys::results_prefix(&job.tenant, &job.id));
+    svc.store.put(&key, pretty(&summary)?, "application/json").await?;
+    if let Some(tenant) = tenant {
+        if svc.jobs.claim_email(&job.id, "result").await? {
+            let subject = format!("[rosterdrop] {}: {} was rejected, nothing was applied", tenant.id, job.file_name);
+            let text = format!(
+                "Your file {file} was not processed.\n\nReason: {reason}\n\nNothing in it was applied. Fix the file and upload it again.\n\nJob: {id}\n",
+                file = job.file_name,
+                id = job.id
+            );
+            let html = format!(
+                "<p>Your file <b>{}</b> was not processed.</p><p><b>Reason:</b> {}</p><p>Nothing in it was applied. Fix the file and upload it again.</p><p style=\"color:#666\">Job: {}</p>",
+                esc(&job.file_name),
+                esc(reason),
+                esc(&job.id)
+            );
+            let mime = build_email(&sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &[])?;
+            svc.mailer.send_raw(&sender(svc, tenant), &tenant.admin_emails, mime).await?;
+            info!(job = %job.id, recipients = tenant.admin_emails.len(), "rejection email sent");
+        }
+    }
+    svc.jobs.transition(&job.id, JobState::Received, JobState::Rejected, Some(reason)).await?;
+    Ok(())
+}
+
+pub fn sender(svc: &Services, tenant: &Tenant) -> String {
+    tenant.sender.clone().unwrap_or_else(|| svc.config.default_sender.clone())
+}
+
+pub fn pretty<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|e| Error::corrupt("summary", e))
+}
+
+pub fn esc(s: &str) -> String {
+    html_escape::encode_text(s).into_owned()
+}
+
+/// A file name safe for a MIME header: no control characters (no header injection), no paths.
+pub fn safe_file_name(name: &str) -> String {
+    let cleaned: String = name.chars().filter(|c| !c.is_control() && !matches!(c, '/' | '\\' | '"')).collect();
+    if cleaned.trim().is_empty() { "roster".into() } else { cleaned }
+}
+
+pub struct Attachment {
+    pub name: String,
+    pub content_type: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+/// A complete MIME message (text + HTML alternatives, attachments), built by `mail-builder`, which
+/// encodes every header value (RFC 2047) so nothing from a file can inject a header.
+pub fn build_email(from: &str, to: &[String], subject: &str, text: &str, html: &str, attachments: &[Attachment]) -> Result<Vec<u8>> {
+    let subject: String = subject.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut msg = MessageBuilder::new()
+        .from(from.to_string())
+        .to(to.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+        .subject(subject)
+        .text_body(text.to_string())
+        .html_body(html.to_string());
+    for a in attachments {
+        msg = msg.attachment(a.content_type, safe_file_name(&a.name), a.bytes.as_slice());
+    }
+    msg.write_to_vec().map_err(|e| Error::Build { what: "email", message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_injection_through_subject_or_file_name_is_neutralised() {
+        let mime = build_email(
+            "from@x.com",
+            &["a@x.com".into()],
+            "roster\r\nBcc: evil@x.com",
+            "t",
+            "<p>h</p>",
+            &[Attachment { name: "r.csv\r\nBcc: evil@x.com".into(), content_type: "text/csv", bytes: b"a,b".to_vec() }],
+        )
+        .unwrap();
+        let text = String::from_utf8_lossy(&mime);
+        assert!(!text.lines().any(|l| l.starts_with("Bcc:")), "{text}");
+    }
+
+    #[test]
+    fn html_escape_escapes_markup() {
+        assert_eq!(esc("<script>&"), "&lt;script&gt;&amp;");
+    }
+}

@@ -1,0 +1,34 @@
+//! The ports a handler needs, built once per cold start.
+
+use crate::adapters::{self, dynamo, s3, ses};
+use crate::config::Config;
+use crate::ports::{Directory, JobStore, Mailer, ObjectStore};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct Services {
+    pub config: Config,
+    pub store: Arc<dyn ObjectStore>,
+    pub directory: Arc<dyn Directory>,
+    pub jobs: Arc<dyn JobStore>,
+    pub mailer: Arc<dyn Mailer>,
+}
+
+impl Services {
+    /// AWS-backed services from the standard SDK configuration chain.
+    pub async fn aws(config: Config) -> Self {
+        let sdk = adapters::sdk_config(&config).await;
+        Self::from_sdk(config, &sdk)
+    }
+
+    pub fn from_sdk(config: Config, sdk: &aws_config::SdkConfig) -> Self {
+        let ddb = aws_sdk_dynamodb::Client::new(sdk);
+        Services {
+            store: Arc::new(s3::S3Store::new(adapters::s3_client(sdk, &config), config.bucket.clone())),
+            directory: Arc::new(dynamo::DynamoDirectory::new(ddb.clone(), config.directory_table.clone())),
+            jobs: Arc::new(dynamo::DynamoJobs::new(ddb, config.jobs_table.clone())),
+            mailer: Arc::new(ses::SesMailer::new(aws_sdk_sesv2::Client::new(sdk))),
+            config,
+        }
+    }
+}
