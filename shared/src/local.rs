@@ -9,12 +9,72 @@ use crate::services::Services;
 use aws_config::SdkConfig;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{
-    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter,
+    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
+    QueueConfiguration, S3KeyFilter,
 };
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info, warn};
+
+pub const LOCAL_ENDPOINT: &str = "http://127.0.0.1:4566";
+pub const LOCAL_DYNAMODB_ENDPOINT: &str = "http://127.0.0.1:8000";
+
+/// Clients for the local stack: the standard `AWS_ENDPOINT_URL*`, region and credential
+/// variables win; where they are unset, the fixed local endpoints and test credentials apply.
+pub struct LocalAws {
+    pub sdk: SdkConfig,
+    pub s3: aws_sdk_s3::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub ses: aws_sdk_sesv2::Client,
+    pub sqs: aws_sdk_sqs::Client,
+}
+
+impl LocalAws {
+    pub async fn connect(config: &Config) -> Self {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).retry_config(
+            aws_config::retry::RetryConfig::standard().with_max_attempts(config.sdk_max_attempts),
+        );
+        let overridden = env("AWS_ENDPOINT_URL").is_none();
+        if overridden {
+            loader = loader.endpoint_url(LOCAL_ENDPOINT);
+        }
+        if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
+            loader = loader.region(aws_config::Region::new("us-east-1"));
+        }
+        if env("AWS_ACCESS_KEY_ID").is_none() && env("AWS_PROFILE").is_none() {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "test",
+                "test",
+                None,
+                None,
+                "rosterdrop-local",
+            ));
+        }
+        let sdk = loader.load().await;
+        let mut ddb = aws_sdk_dynamodb::config::Builder::from(&sdk);
+        if overridden && env("AWS_ENDPOINT_URL_DYNAMODB").is_none() {
+            ddb = ddb.endpoint_url(LOCAL_DYNAMODB_ENDPOINT);
+        }
+        LocalAws {
+            s3: adapters::s3_client(&sdk, config),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(ddb.build()),
+            ses: aws_sdk_sesv2::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            sdk,
+        }
+    }
+
+    pub fn services(&self, config: Config) -> Services {
+        Services::from_clients(
+            config,
+            self.s3.clone(),
+            self.dynamodb.clone(),
+            self.ses.clone(),
+        )
+    }
+}
 
 pub const QUEUE: &str = "rosterdrop-local-events";
 pub const DEAD_LETTER_QUEUE: &str = "rosterdrop-local-dead-letter";
@@ -22,18 +82,22 @@ pub const DEAD_LETTER_QUEUE: &str = "rosterdrop-local-dead-letter";
 pub const MAX_ATTEMPTS: u32 = 3;
 
 /// Everything the pipeline needs, created if missing. Safe to run any number of times.
-pub async fn setup(config: &Config, sdk: &SdkConfig, queue: &str) -> Result<String> {
-    let s3 = adapters::s3_client(sdk, config);
+pub async fn setup(config: &Config, aws: &LocalAws, queue: &str) -> Result<String> {
+    let s3 = &aws.s3;
     match s3.create_bucket().bucket(&config.bucket).send().await {
         Ok(_) => {}
-        Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => {}
+        Err(e)
+            if matches!(
+                e.code(),
+                Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+            ) => {}
         Err(e) => return Err(Error::from_sdk("s3", "CreateBucket", e)),
     }
-    dynamo::ensure_tables(&aws_sdk_dynamodb::Client::new(sdk), &config.directory_table, &config.jobs_table).await?;
+    dynamo::ensure_tables(&aws.dynamodb, &config.directory_table, &config.jobs_table).await?;
 
-    let sqs = aws_sdk_sqs::Client::new(sdk);
-    let queue_url = create_queue(&sqs, queue).await?;
-    create_queue(&sqs, &format!("{queue}-dlq")).await?;
+    let sqs = &aws.sqs;
+    let queue_url = create_queue(sqs, queue).await?;
+    create_queue(sqs, &format!("{queue}-dlq")).await?;
     let arn = sqs
         .get_queue_attributes()
         .queue_url(&queue_url)
@@ -46,16 +110,30 @@ pub async fn setup(config: &Config, sdk: &SdkConfig, queue: &str) -> Result<Stri
         .ok_or_else(|| Error::Config("queue has no ARN".into()))?;
     // One notification per stage prefix, as infra/ wires one per function in AWS.
     let mut notif = NotificationConfiguration::builder();
-    for prefix in [crate::keys::INCOMING, crate::keys::CHUNKS, crate::keys::DONE] {
-        let rule = FilterRule::builder().name(FilterRuleName::Prefix).value(prefix).build();
+    for prefix in [
+        crate::keys::INCOMING,
+        crate::keys::CHUNKS,
+        crate::keys::DONE,
+    ] {
+        let rule = FilterRule::builder()
+            .name(FilterRuleName::Prefix)
+            .value(prefix)
+            .build();
         notif = notif.queue_configurations(
             QueueConfiguration::builder()
                 .id(format!("rosterdrop-{}", prefix.trim_end_matches('/')))
                 .queue_arn(&arn)
                 .events(Event::from("s3:ObjectCreated:*"))
-                .filter(NotificationConfigurationFilter::builder().key(S3KeyFilter::builder().filter_rules(rule).build()).build())
+                .filter(
+                    NotificationConfigurationFilter::builder()
+                        .key(S3KeyFilter::builder().filter_rules(rule).build())
+                        .build(),
+                )
                 .build()
-                .map_err(|e| Error::Build { what: "notification", message: e.to_string() })?,
+                .map_err(|e| Error::Build {
+                    what: "notification",
+                    message: e.to_string(),
+                })?,
         );
     }
     s3.put_bucket_notification_configuration()
@@ -65,8 +143,13 @@ pub async fn setup(config: &Config, sdk: &SdkConfig, queue: &str) -> Result<Stri
         .await
         .map_err(|e| Error::from_sdk("s3", "PutBucketNotificationConfiguration", e))?;
 
-    let ses = aws_sdk_sesv2::Client::new(sdk);
-    match ses.create_email_identity().email_identity(&config.default_sender).send().await {
+    match aws
+        .ses
+        .create_email_identity()
+        .email_identity(&config.default_sender)
+        .send()
+        .await
+    {
         Ok(_) => {}
         Err(e) if e.code() == Some("AlreadyExistsException") => {}
         Err(e) => return Err(Error::from_sdk("sesv2", "CreateEmailIdentity", e)),
@@ -83,7 +166,8 @@ async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String> {
         .send()
         .await
         .map_err(|e| Error::from_sdk("sqs", "CreateQueue", e))?;
-    out.queue_url.ok_or_else(|| Error::Config(format!("queue {name} has no URL")))
+    out.queue_url
+        .ok_or_else(|| Error::Config(format!("queue {name} has no URL")))
 }
 
 /// Route an object to its stage, as the per-prefix notifications do in AWS.
@@ -103,7 +187,13 @@ pub async fn dispatch(svc: &Services, obj: &event::ObjectRef) -> Result<()> {
 /// Receive bucket events from SQS and run them through the handlers, several at once (like
 /// concurrent Lambda invocations). A failed event is retried after a short delay, up to
 /// `MAX_ATTEMPTS`, then moved to the dead-letter queue. Runs until `stop` resolves.
-pub async fn run(svc: Services, sqs: aws_sdk_sqs::Client, queue_url: String, concurrency: usize, stop: impl std::future::Future<Output = ()>) {
+pub async fn run(
+    svc: Services,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    concurrency: usize,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let svc = Arc::new(svc);
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let dlq_url = format!("{queue_url}-dlq");
@@ -129,8 +219,11 @@ pub async fn run(svc: Services, sqs: aws_sdk_sqs::Client, queue_url: String, con
             }
         };
         for m in messages {
-            let Ok(permit) = permits.clone().acquire_owned().await else { break };
-            let (svc, sqs, queue_url, dlq_url) = (svc.clone(), sqs.clone(), queue_url.clone(), dlq_url.clone());
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let (svc, sqs, queue_url, dlq_url) =
+                (svc.clone(), sqs.clone(), queue_url.clone(), dlq_url.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let body = m.body.clone().unwrap_or_default();
@@ -156,13 +249,29 @@ pub async fn run(svc: Services, sqs: aws_sdk_sqs::Client, queue_url: String, con
                 };
                 let receipt = m.receipt_handle.unwrap_or_default();
                 if result.is_err() && attempts < MAX_ATTEMPTS {
-                    let _ = sqs.change_message_visibility().queue_url(&queue_url).receipt_handle(&receipt).visibility_timeout(1).send().await;
+                    let _ = sqs
+                        .change_message_visibility()
+                        .queue_url(&queue_url)
+                        .receipt_handle(&receipt)
+                        .visibility_timeout(1)
+                        .send()
+                        .await;
                     return;
                 }
                 if result.is_err() {
-                    let _ = sqs.send_message().queue_url(&dlq_url).message_body(&body).send().await;
+                    let _ = sqs
+                        .send_message()
+                        .queue_url(&dlq_url)
+                        .message_body(&body)
+                        .send()
+                        .await;
                 }
-                let _ = sqs.delete_message().queue_url(&queue_url).receipt_handle(&receipt).send().await;
+                let _ = sqs
+                    .delete_message()
+                    .queue_url(&queue_url)
+                    .receipt_handle(&receipt)
+                    .send()
+                    .await;
             });
         }
     }

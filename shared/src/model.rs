@@ -53,7 +53,9 @@ impl Tenant {
             return Err("chunk_size must be at least 1".into());
         }
         if let Some(r) = self.roles.iter().find(|r| self.admin_roles.contains(r)) {
-            return Err(format!("role {r:?} is listed both in roles and admin_roles"));
+            return Err(format!(
+                "role {r:?} is listed both in roles and admin_roles"
+            ));
         }
         Ok(())
     }
@@ -63,7 +65,9 @@ impl Tenant {
 pub fn is_valid_tenant_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// Upload mode: the path segment after the tenant.
@@ -116,7 +120,8 @@ pub enum Action {
 }
 
 impl Action {
-    pub const NAMES: &'static [&'static str] = &["Create", "Update", "Upsert", "Delete", "Enable", "Disable"];
+    pub const NAMES: &'static [&'static str] =
+        &["Create", "Update", "Upsert", "Delete", "Enable", "Disable"];
 
     pub fn parse(s: &str) -> Option<Action> {
         Some(match s.to_ascii_lowercase().as_str() {
@@ -217,13 +222,28 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn success(row: u32, action: Action, message: impl Into<String>) -> Self {
-        Outcome { row, status: Status::Success, message: message.into(), action: Some(action) }
+        Outcome {
+            row,
+            status: Status::Success,
+            message: message.into(),
+            action: Some(action),
+        }
     }
     pub fn failure(row: u32, action: Option<Action>, message: impl Into<String>) -> Self {
-        Outcome { row, status: Status::Failure, message: message.into(), action }
+        Outcome {
+            row,
+            status: Status::Failure,
+            message: message.into(),
+            action,
+        }
     }
     pub fn skipped(row: u32, message: impl Into<String>) -> Self {
-        Outcome { row, status: Status::Skipped, message: message.into(), action: None }
+        Outcome {
+            row,
+            status: Status::Skipped,
+            message: message.into(),
+            action: None,
+        }
     }
 }
 
@@ -337,8 +357,19 @@ mod tests {
 
     #[test]
     fn org_creates_come_before_users_and_org_deletes_after() {
-        let org = |a| RowOp { row: 2, action: a, target: Target::Org { name: "x".into() } };
-        let user = RowOp { row: 3, action: Action::Create, target: Target::User { email: "a@b.c".into(), fields: UserFields::default() } };
+        let org = |a| RowOp {
+            row: 2,
+            action: a,
+            target: Target::Org { name: "x".into() },
+        };
+        let user = RowOp {
+            row: 3,
+            action: Action::Create,
+            target: Target::User {
+                email: "a@b.c".into(),
+                fields: UserFields::default(),
+            },
+        };
         assert!(phase_of(&org(Action::Create)) < phase_of(&user));
         assert!(phase_of(&user) < phase_of(&org(Action::Delete)));
     }
@@ -348,7 +379,14 @@ mod tests {
         let op = RowOp {
             row: 7,
             action: Action::Update,
-            target: Target::User { email: "a@b.co".into(), fields: UserFields { first_name: Some("A".into()), groups: vec!["g1".into()], ..Default::default() } },
+            target: Target::User {
+                email: "a@b.co".into(),
+                fields: UserFields {
+                    first_name: Some("A".into()),
+                    groups: vec!["g1".into()],
+                    ..Default::default()
+                },
+            },
         };
         let s = serde_json::to_string(&op).unwrap();
         assert_eq!(serde_json::from_str::<RowOp>(&s).unwrap(), op);
@@ -356,7 +394,17 @@ mod tests {
 
     #[test]
     fn tenant_validation_names_the_problem() {
-        let mut t = Tenant { id: "Acme!".into(), name: None, admin_emails: vec!["a@acme.com".into()], sender: None, roles: vec![], admin_roles: vec![], strict_template: false, template_columns: vec![], chunk_size: None };
+        let mut t = Tenant {
+            id: "Acme!".into(),
+            name: None,
+            admin_emails: vec!["a@acme.com".into()],
+            sender: None,
+            roles: vec![],
+            admin_roles: vec![],
+            strict_template: false,
+            template_columns: vec![],
+            chunk_size: None,
+        };
         assert!(t.validate().unwrap_err().contains("tenant id"));
         t.id = "acme".into();
         assert!(t.validate().is_ok());

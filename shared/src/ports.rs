@@ -77,7 +77,13 @@ pub trait JobStore: Send + Sync {
     async fn get(&self, id: &str) -> Result<Option<Job>>;
     async fn set_plan(&self, id: &str, plan: &Plan) -> Result<()>;
     /// Move from `from` to `to`; `false` if the job was not in `from`.
-    async fn transition(&self, id: &str, from: JobState, to: JobState, message: Option<&str>) -> Result<bool>;
+    async fn transition(
+        &self,
+        id: &str,
+        from: JobState,
+        to: JobState,
+        message: Option<&str>,
+    ) -> Result<bool>;
     /// Record a chunk as done and count it for its phase, once: `false` if it was already recorded.
     async fn record_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<bool>;
     async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool>;

@@ -1,1 +1,25 @@
-fn main() {}
+//! One chunk under chunks/<job>/: apply its rows to the directory.
+//! Thin shell: config and SDK clients once per cold start, then every S3 record to the library.
+
+use aws_lambda_events::s3::S3Event;
+use lambda_runtime::{Error, LambdaEvent, run, service_fn, tracing};
+use shared::{Config, Services, event};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    // JSON logs when the function's log format is JSON (set in infra/).
+    tracing::init_default_subscriber();
+    let svc = Services::aws(Config::from_env()?).await;
+    let svc = &svc;
+    run(service_fn(move |ev: LambdaEvent<S3Event>| async move {
+        for obj in event::objects(&ev.payload) {
+            // An error fails the invocation so Lambda retries it (then the dead-letter queue);
+            // every stage is idempotent, so a retry never applies anything twice.
+            shared::apply::handle(svc, &obj).await.inspect_err(|e| {
+                tracing::error!(key = %obj.key, retryable = e.is_retryable(), error = %e, "apply failed");
+            })?;
+        }
+        Ok::<(), Error>(())
+    }))
+    .await
+}
