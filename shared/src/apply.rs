@@ -25,29 +25,13 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
     if svc.jobs.chunk_recorded(&job_id, phase, seq).await? {
         info!(job = %job_id, phase, seq, "chunk already applied (duplicate event)");
     } else {
-        let job =
-            svc.jobs.get(&job_id).await?.ok_or_else(|| {
-                Error::corrupt(format!("job {job_id}"), "chunk of an unknown job")
-            })?;
-        let body = svc
-            .store
-            .get(&obj.key)
-            .await?
-            .ok_or_else(|| Error::corrupt(obj.key.clone(), "chunk vanished"))?;
+        let job = svc.jobs.get(&job_id).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "chunk of an unknown job"))?;
+        let body = svc.store.get(&obj.key).await?.ok_or_else(|| Error::corrupt(obj.key.clone(), "chunk vanished"))?;
         let ops: Vec<RowOp> = parse_jsonl("chunk", &body)?;
         let outcomes = apply_ops(svc, &job, ops).await?;
-        let failed = outcomes
-            .iter()
-            .filter(|o| o.status != crate::model::Status::Success)
-            .count();
+        let failed = outcomes.iter().filter(|o| o.status != crate::model::Status::Success).count();
         // Outcomes first, then the marker: a recorded chunk always has its outcomes.
-        svc.store
-            .put(
-                &keys::chunk_outcomes(&job_id, phase, seq),
-                jsonl(&outcomes)?,
-                "application/x-ndjson",
-            )
-            .await?;
+        svc.store.put(&keys::chunk_outcomes(&job_id, phase, seq), jsonl(&outcomes)?, "application/x-ndjson").await?;
         let counted = svc.jobs.record_chunk(&job_id, phase, seq).await?;
         info!(job = %job_id, phase, seq, rows = outcomes.len(), failed, counted, "chunk applied");
     }
@@ -62,11 +46,7 @@ pub async fn apply_ops(svc: &Services, job: &Job, ops: Vec<RowOp>) -> Result<Vec
     let now = chrono::Utc::now().to_rfc3339();
     let results: Vec<Result<Outcome>> = stream::iter(ops)
         .map(|op| {
-            let stamp = Stamp {
-                job: job.id.clone(),
-                row: op.row,
-                at: now.clone(),
-            };
+            let stamp = Stamp { job: job.id.clone(), row: op.row, at: now.clone() };
             let orgs = &orgs;
             async move { apply_row(svc, &job.tenant, &op, &stamp, orgs).await }
         })
@@ -78,13 +58,7 @@ pub async fn apply_ops(svc: &Services, job: &Job, ops: Vec<RowOp>) -> Result<Vec
     Ok(outcomes)
 }
 
-async fn apply_row(
-    svc: &Services,
-    tenant: &str,
-    op: &RowOp,
-    stamp: &Stamp,
-    orgs: &Mutex<HashMap<String, bool>>,
-) -> Result<Outcome> {
+async fn apply_row(svc: &Services, tenant: &str, op: &RowOp, stamp: &Stamp, orgs: &Mutex<HashMap<String, bool>>) -> Result<Outcome> {
     let row = op.row;
     let action = op.action;
     let result = match &op.target {
@@ -94,9 +68,7 @@ async fn apply_row(
                     return Ok(Outcome::failure(
                         row,
                         Some(action),
-                        format!(
-                            "organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file"
-                        ),
+                        format!("organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file"),
                     ));
                 }
             }
@@ -109,9 +81,7 @@ async fn apply_row(
                 return Ok(Outcome::failure(
                     row,
                     Some(action),
-                    format!(
-                        "organization \"{name}\" still has {users} {noun}; move or delete them first"
-                    ),
+                    format!("organization \"{name}\" still has {users} {noun}; move or delete them first"),
                 ));
             }
             svc.directory.delete_org(tenant, name).await
@@ -124,22 +94,13 @@ async fn apply_row(
         // A permanent error on one row (e.g. a value DynamoDB refuses) fails that row only.
         Err(e) => {
             warn!(row, error = %e, "row write refused");
-            return Ok(Outcome::failure(
-                row,
-                Some(action),
-                format!("could not be saved: {e}"),
-            ));
+            return Ok(Outcome::failure(row, Some(action), format!("could not be saved: {e}")));
         }
     };
     Ok(message(op, write))
 }
 
-async fn org_exists(
-    svc: &Services,
-    tenant: &str,
-    org: &str,
-    cache: &Mutex<HashMap<String, bool>>,
-) -> Result<bool> {
+async fn org_exists(svc: &Services, tenant: &str, org: &str, cache: &Mutex<HashMap<String, bool>>) -> Result<bool> {
     let key = org.to_lowercase();
     if let Some(known) = cache.lock().await.get(&key) {
         return Ok(*known);
@@ -168,27 +129,17 @@ fn message(op: &RowOp, write: Write) -> Outcome {
             },
         ),
         Write::Deleted => Outcome::success(row, action, format!("{noun}{what} deleted")),
-        Write::AlreadyExists => Outcome::failure(
-            row,
-            Some(action),
-            format!("{noun}{what} already exists; use Update or Upsert to change it"),
-        ),
-        Write::NotFound => Outcome::failure(
-            row,
-            Some(action),
-            format!("{noun}{what} not found; use Create or Upsert to add it"),
-        ),
+        Write::AlreadyExists => {
+            Outcome::failure(row, Some(action), format!("{noun}{what} already exists; use Update or Upsert to change it"))
+        }
+        Write::NotFound => Outcome::failure(row, Some(action), format!("{noun}{what} not found; use Create or Upsert to add it")),
     }
 }
 
 /// After a chunk of `phase` is recorded: if the phase is complete, release the next non-empty
 /// phase, or write the done marker. Safe to run any number of times.
 pub async fn advance(svc: &Services, job_id: &str, phase: usize) -> Result<()> {
-    let job = svc
-        .jobs
-        .get(job_id)
-        .await?
-        .ok_or_else(|| Error::corrupt(format!("job {job_id}"), "missing"))?;
+    let job = svc.jobs.get(job_id).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "missing"))?;
     let Some(plan) = job.phase_chunks else {
         return Ok(());
     };
@@ -199,23 +150,12 @@ pub async fn advance(svc: &Services, job_id: &str, phase: usize) -> Result<()> {
         Some(next) => {
             info!(job = %job_id, phase = next, chunks = plan[next], "phase released");
             for seq in 0..plan[next] {
-                svc.store
-                    .copy(
-                        &keys::staged_chunk(job_id, next, seq),
-                        &keys::chunk(job_id, next, seq),
-                    )
-                    .await?;
+                svc.store.copy(&keys::staged_chunk(job_id, next, seq), &keys::chunk(job_id, next, seq)).await?;
             }
         }
         None => {
-            let body = serde_json::json!({ "job": job_id, "tenant": job.tenant })
-                .to_string()
-                .into_bytes();
-            if svc
-                .store
-                .put_if_absent(&keys::done(job_id), body, "application/json")
-                .await?
-            {
+            let body = serde_json::json!({ "job": job_id, "tenant": job.tenant }).to_string().into_bytes();
+            if svc.store.put_if_absent(&keys::done(job_id), body, "application/json").await? {
                 info!(job = %job_id, "all chunks applied; finalize triggered");
             }
         }

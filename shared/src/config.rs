@@ -41,11 +41,7 @@ impl Config {
     }
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let required = |k: &str| {
-            get(k)
-                .filter(|v| !v.trim().is_empty())
-                .ok_or_else(|| Error::Config(format!("{k} is not set")))
-        };
+        let required = |k: &str| get(k).filter(|v| !v.trim().is_empty()).ok_or_else(|| Error::Config(format!("{k} is not set")));
         Ok(Config {
             bucket: required("ROSTERDROP_BUCKET")?,
             directory_table: required("ROSTERDROP_DIRECTORY_TABLE")?,
@@ -79,17 +75,10 @@ impl Config {
     }
 }
 
-fn parse<T: std::str::FromStr>(
-    get: &impl Fn(&str) -> Option<String>,
-    key: &str,
-    default: T,
-) -> Result<T> {
+fn parse<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, key: &str, default: T) -> Result<T> {
     match get(key).filter(|v| !v.trim().is_empty()) {
         None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| Error::Config(format!("{key}={v:?} is not a valid value"))),
+        Some(v) => v.trim().parse().map_err(|_| Error::Config(format!("{key}={v:?} is not a valid value"))),
     }
 }
 
@@ -99,20 +88,14 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
     #[test]
     fn missing_variable_is_named() {
         let err = Config::from_lookup(env(&[("ROSTERDROP_BUCKET", "b")])).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "configuration: ROSTERDROP_DIRECTORY_TABLE is not set"
-        );
+        assert_eq!(err.to_string(), "configuration: ROSTERDROP_DIRECTORY_TABLE is not set");
     }
 
     #[test]
@@ -125,10 +108,7 @@ mod tests {
             ("ROSTERDROP_CHUNK_SIZE", "lots"),
         ]))
         .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "configuration: ROSTERDROP_CHUNK_SIZE=\"lots\" is not a valid value"
-        );
+        assert_eq!(err.to_string(), "configuration: ROSTERDROP_CHUNK_SIZE=\"lots\" is not a valid value");
     }
 
     #[test]

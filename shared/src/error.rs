@@ -8,18 +8,10 @@ pub enum Error {
     Config(String),
     /// An AWS call failed in a way that may succeed later (throttling, 5xx, timeouts, network).
     #[error("{service} {operation} failed (transient): {message}")]
-    Transient {
-        service: &'static str,
-        operation: &'static str,
-        message: String,
-    },
+    Transient { service: &'static str, operation: &'static str, message: String },
     /// An AWS call failed in a way retrying will not fix (access denied, validation).
     #[error("{service} {operation} failed: {message}")]
-    Aws {
-        service: &'static str,
-        operation: &'static str,
-        message: String,
-    },
+    Aws { service: &'static str, operation: &'static str, message: String },
     /// Internal data we wrote ourselves could not be read back (corruption or a bug).
     #[error("internal data {what}: {message}")]
     Corrupt { what: String, message: String },
@@ -35,59 +27,30 @@ impl Error {
     }
 
     pub fn corrupt(what: impl Into<String>, message: impl std::fmt::Display) -> Self {
-        Error::Corrupt {
-            what: what.into(),
-            message: message.to_string(),
-        }
+        Error::Corrupt { what: what.into(), message: message.to_string() }
     }
 
     /// Classify an SDK error: throttling, server errors, timeouts and dispatch failures are transient.
-    pub fn from_sdk<E, R>(
-        service: &'static str,
-        operation: &'static str,
-        err: aws_sdk_s3::error::SdkError<E, R>,
-    ) -> Self
+    pub fn from_sdk<E, R>(service: &'static str, operation: &'static str, err: aws_sdk_s3::error::SdkError<E, R>) -> Self
     where
         E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
         use aws_sdk_s3::error::SdkError;
         let transient = match &err {
-            SdkError::TimeoutError(_)
-            | SdkError::DispatchFailure(_)
-            | SdkError::ResponseError(_) => true,
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
             SdkError::ServiceError(se) => {
                 let code = se.err().code().unwrap_or_default();
                 is_transient_code(code)
             }
             _ => false,
         };
-        let meta = err.as_service_error().map(|e| {
-            (
-                e.code().map(str::to_string),
-                e.message().map(str::to_string),
-            )
-        });
+        let meta = err.as_service_error().map(|e| (e.code().map(str::to_string), e.message().map(str::to_string)));
         let message = match meta {
             Some((Some(code), msg)) => format!("{code}: {}", msg.unwrap_or_default()),
-            _ => format!(
-                "{}",
-                aws_smithy_types::error::display::DisplayErrorContext(&err)
-            ),
+            _ => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)),
         };
-        if transient {
-            Error::Transient {
-                service,
-                operation,
-                message,
-            }
-        } else {
-            Error::Aws {
-                service,
-                operation,
-                message,
-            }
-        }
+        if transient { Error::Transient { service, operation, message } } else { Error::Aws { service, operation, message } }
     }
 }
 
@@ -121,14 +84,7 @@ mod tests {
         assert!(is_transient_code("SlowDown"));
         assert!(!is_transient_code("AccessDenied"));
         assert!(!is_transient_code("ValidationException"));
-        assert!(
-            Error::Transient {
-                service: "s3",
-                operation: "GetObject",
-                message: String::new()
-            }
-            .is_retryable()
-        );
+        assert!(Error::Transient { service: "s3", operation: "GetObject", message: String::new() }.is_retryable());
         assert!(!Error::Config("X".into()).is_retryable());
     }
 }

@@ -20,23 +20,14 @@ pub fn objects(event: &S3Event) -> Vec<ObjectRef> {
     event
         .records
         .iter()
-        .filter(|r| {
-            r.event_name
-                .as_deref()
-                .is_none_or(|n| n.starts_with("ObjectCreated"))
-        })
+        .filter(|r| r.event_name.as_deref().is_none_or(|n| n.starts_with("ObjectCreated")))
         .filter_map(|r| {
             let key = r.s3.object.key.as_deref()?;
             Some(ObjectRef {
                 bucket: r.s3.bucket.name.clone().unwrap_or_default(),
                 key: decode_key(key),
                 size: r.s3.object.size,
-                version_id: r
-                    .s3
-                    .object
-                    .version_id
-                    .clone()
-                    .filter(|v| !v.is_empty() && v != "null"),
+                version_id: r.s3.object.version_id.clone().filter(|v| !v.is_empty() && v != "null"),
                 sequencer: r.s3.object.sequencer.clone(),
                 etag: r.s3.object.e_tag.clone(),
             })
@@ -46,16 +37,12 @@ pub fn objects(event: &S3Event) -> Vec<ObjectRef> {
 
 /// Parse an S3 event from JSON; `None` for the `s3:TestEvent` S3 sends when notifications are set up.
 pub fn parse(json: &str) -> Option<S3Event> {
-    serde_json::from_str::<S3Event>(json)
-        .ok()
-        .filter(|e| !e.records.is_empty())
+    serde_json::from_str::<S3Event>(json).ok().filter(|e| !e.records.is_empty())
 }
 
 pub fn decode_key(key: &str) -> String {
     let spaced = key.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
 }
 
 #[cfg(test)]
@@ -64,14 +51,8 @@ mod tests {
 
     #[test]
     fn keys_are_form_url_decoded() {
-        assert_eq!(
-            decode_key("incoming/acme/Q3+roster%282%29.csv"),
-            "incoming/acme/Q3 roster(2).csv"
-        );
-        assert_eq!(
-            decode_key("incoming/acme/a%2Bb.csv"),
-            "incoming/acme/a+b.csv"
-        );
+        assert_eq!(decode_key("incoming/acme/Q3+roster%282%29.csv"), "incoming/acme/Q3 roster(2).csv");
+        assert_eq!(decode_key("incoming/acme/a%2Bb.csv"), "incoming/acme/a+b.csv");
     }
 
     #[test]

@@ -17,10 +17,7 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         info!(key = %obj.key, "not a done marker; ignored");
         return Ok(());
     };
-    let job =
-        svc.jobs.get(&job_id).await?.ok_or_else(|| {
-            Error::corrupt(format!("job {job_id}"), "done marker of an unknown job")
-        })?;
+    let job = svc.jobs.get(&job_id).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "done marker of an unknown job"))?;
     if matches!(job.state, JobState::Completed | JobState::Rejected) {
         info!(job = %job_id, "job already finalized (duplicate event)");
         return Ok(());
@@ -30,8 +27,7 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         .get(&keys::staged_input(&job_id))
         .await?
         .ok_or_else(|| Error::corrupt(format!("job {job_id}"), "staged input missing"))?;
-    let staged: StagedInput =
-        serde_json::from_slice(&staged_bytes).map_err(|e| Error::corrupt("staged input", e))?;
+    let staged: StagedInput = serde_json::from_slice(&staged_bytes).map_err(|e| Error::corrupt("staged input", e))?;
     drop(staged_bytes);
 
     let mut by_row: HashMap<u32, Outcome> = HashMap::new();
@@ -49,11 +45,7 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         .map(|(row, _)| {
             by_row.remove(row).unwrap_or_else(|| {
                 error!(job = %job_id, row, "row has no outcome");
-                Outcome::failure(
-                    *row,
-                    None,
-                    "not processed because of an internal error; upload this row again",
-                )
+                Outcome::failure(*row, None, "not processed because of an internal error; upload this row again")
             })
         })
         .collect();
@@ -66,30 +58,16 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
     let files = result_files(&staged.table, &outcomes, &job.file_name)?;
     let prefix = keys::results_prefix(&job.tenant, &job_id);
     let result_key = format!("{prefix}{}", files.result.name);
-    svc.store
-        .put(
-            &result_key,
-            files.result.bytes.clone(),
-            files.result.content_type,
-        )
-        .await?;
+    svc.store.put(&result_key, files.result.bytes.clone(), files.result.content_type).await?;
     summary.result_key = Some(result_key.clone());
     let mut failed_key = None;
     if let Some(failed) = &files.failed {
         let key = format!("{prefix}{}", failed.name);
-        svc.store
-            .put(&key, failed.bytes.clone(), failed.content_type)
-            .await?;
+        svc.store.put(&key, failed.bytes.clone(), failed.content_type).await?;
         failed_key = Some(key.clone());
         summary.failed_rows_key = Some(key);
     }
-    svc.store
-        .put(
-            &format!("{prefix}summary.json"),
-            report::pretty(&summary)?,
-            "application/json",
-        )
-        .await?;
+    svc.store.put(&format!("{prefix}summary.json"), report::pretty(&summary)?, "application/json").await?;
 
     match svc.directory.tenant(&job.tenant).await? {
         Some(tenant) => {
@@ -97,9 +75,7 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
                 let from = report::sender(svc, &tenant);
                 let mut attachments = Vec::new();
                 let mut links = Vec::new();
-                for (file, key) in std::iter::once((&files.result, &result_key))
-                    .chain(files.failed.iter().zip(failed_key.iter()))
-                {
+                for (file, key) in std::iter::once((&files.result, &result_key)).chain(files.failed.iter().zip(failed_key.iter())) {
                     if file.bytes.len() <= svc.config.max_attachment_bytes {
                         attachments.push(Attachment {
                             name: file.name.clone(),
@@ -107,26 +83,12 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
                             bytes: file.bytes.clone(),
                         });
                     } else {
-                        links.push((
-                            file.name.clone(),
-                            svc.store
-                                .presign_get(key, Duration::from_secs(svc.config.link_ttl_secs))
-                                .await?,
-                        ));
+                        links.push((file.name.clone(), svc.store.presign_get(key, Duration::from_secs(svc.config.link_ttl_secs)).await?));
                     }
                 }
                 let (subject, text, html) = result_email(&tenant.id, &summary, &outcomes, &links);
-                let mime = report::build_email(
-                    &from,
-                    &tenant.admin_emails,
-                    &subject,
-                    &text,
-                    &html,
-                    &attachments,
-                )?;
-                svc.mailer
-                    .send_raw(&from, &tenant.admin_emails, mime)
-                    .await?;
+                let mime = report::build_email(&from, &tenant.admin_emails, &subject, &text, &html, &attachments)?;
+                svc.mailer.send_raw(&from, &tenant.admin_emails, mime).await?;
                 info!(job = %job_id, recipients = tenant.admin_emails.len(), "result email sent");
             }
         }
@@ -135,9 +97,7 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         }
     }
     let c = &summary.counts;
-    svc.jobs
-        .complete(&job_id, c.success, c.failure, c.skipped)
-        .await?;
+    svc.jobs.complete(&job_id, c.success, c.failure, c.skipped).await?;
     info!(job = %job_id, rows = summary.rows, succeeded = c.success, failed = c.failure, skipped = c.skipped, "job completed");
     Ok(())
 }
@@ -161,17 +121,9 @@ const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.
 /// columns plus Message, failed rows only, in the input's own shape so it can be fixed and dropped
 /// again (Status/Message columns are ignored on upload).
 pub fn result_files(table: &Table, outcomes: &[Outcome], file_name: &str) -> Result<ResultFiles> {
-    let stem = std::path::Path::new(file_name)
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("roster")
-        .to_string();
+    let stem = std::path::Path::new(file_name).file_stem().and_then(|s| s.to_str()).unwrap_or("roster").to_string();
     let width = table.headers.len();
-    let row_cells = |cells: &[String]| -> Vec<String> {
-        (0..width)
-            .map(|i| cells.get(i).cloned().unwrap_or_default())
-            .collect()
-    };
+    let row_cells = |cells: &[String]| -> Vec<String> { (0..width).map(|i| cells.get(i).cloned().unwrap_or_default()).collect() };
     let mut result_rows = Vec::with_capacity(outcomes.len());
     let mut failed_rows = Vec::new();
     for ((_, cells), o) in table.rows.iter().zip(outcomes) {
@@ -210,11 +162,8 @@ pub fn result_files(table: &Table, outcomes: &[Outcome], file_name: &str) -> Res
     } else {
         let delimiter = table.delimiter.map(|d| d as u8).unwrap_or(b',');
         let ext = if delimiter == b'\t' { "tsv" } else { "csv" };
-        let result = ResultFile {
-            name: format!("{stem}-result.csv"),
-            content_type: CSV,
-            bytes: csv_bytes(b',', &result_header, &result_rows)?,
-        };
+        let result =
+            ResultFile { name: format!("{stem}-result.csv"), content_type: CSV, bytes: csv_bytes(b',', &result_header, &result_rows)? };
         let failed = (!failed_rows.is_empty())
             .then(|| {
                 csv_bytes(delimiter, &failed_header, &failed_rows).map(|bytes| ResultFile {
@@ -234,64 +183,34 @@ pub fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
     let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
     let plain_number = cell.len() > 1
         && cell.starts_with(['+', '-'])
-        && cell[1..]
-            .chars()
-            .all(|c| c.is_ascii_digit() || c == '.' || c == ' ')
+        && cell[1..].chars().all(|c| c.is_ascii_digit() || c == '.' || c == ' ')
         && cell[1..].chars().any(|c| c.is_ascii_digit());
-    if risky && !plain_number {
-        format!("'{cell}").into()
-    } else {
-        cell.into()
-    }
+    if risky && !plain_number { format!("'{cell}").into() } else { cell.into() }
 }
 
 fn csv_bytes(delimiter: u8, header: &[String], rows: &[Vec<String>]) -> Result<Vec<u8>> {
     // UTF-8 with BOM: Excel then opens accented names correctly.
-    let mut w = csv::WriterBuilder::new()
-        .delimiter(delimiter)
-        .from_writer(b"\xEF\xBB\xBF".to_vec());
-    let err = |e: csv::Error| Error::Build {
-        what: "CSV result",
-        message: e.to_string(),
-    };
-    w.write_record(header.iter().map(|c| neutralise(c).into_owned()))
-        .map_err(err)?;
+    let mut w = csv::WriterBuilder::new().delimiter(delimiter).from_writer(b"\xEF\xBB\xBF".to_vec());
+    let err = |e: csv::Error| Error::Build { what: "CSV result", message: e.to_string() };
+    w.write_record(header.iter().map(|c| neutralise(c).into_owned())).map_err(err)?;
     for r in rows {
-        w.write_record(r.iter().map(|c| neutralise(c).into_owned()))
-            .map_err(err)?;
+        w.write_record(r.iter().map(|c| neutralise(c).into_owned())).map_err(err)?;
     }
-    w.into_inner().map_err(|e| Error::Build {
-        what: "CSV result",
-        message: e.to_string(),
-    })
+    w.into_inner().map_err(|e| Error::Build { what: "CSV result", message: e.to_string() })
 }
 
-fn xlsx(
-    sheet: &str,
-    header: &[String],
-    rows: &[Vec<String>],
-    with_status: bool,
-) -> Result<Vec<u8>> {
+fn xlsx(sheet: &str, header: &[String], rows: &[Vec<String>], with_status: bool) -> Result<Vec<u8>> {
     use rust_xlsxwriter::{Color, Format, Workbook};
-    let err = |e: rust_xlsxwriter::XlsxError| Error::Build {
-        what: "XLSX result",
-        message: e.to_string(),
-    };
+    let err = |e: rust_xlsxwriter::XlsxError| Error::Build { what: "XLSX result", message: e.to_string() };
     let mut wb = Workbook::new();
     let ws = wb.add_worksheet();
     ws.set_name(sheet).map_err(err)?;
-    let bold = Format::new()
-        .set_bold()
-        .set_background_color(Color::RGB(0xD9E1F2));
-    let failed = Format::new()
-        .set_background_color(Color::RGB(0xFFC7CE))
-        .set_font_color(Color::RGB(0x9C0006));
+    let bold = Format::new().set_bold().set_background_color(Color::RGB(0xD9E1F2));
+    let failed = Format::new().set_background_color(Color::RGB(0xFFC7CE)).set_font_color(Color::RGB(0x9C0006));
     let plain = Format::new();
     for (c, h) in header.iter().enumerate() {
-        ws.write_string_with_format(0, c as u16, h, &bold)
-            .map_err(err)?;
-        ws.set_column_width(c as u16, (h.len() as f64 + 4.0).max(12.0))
-            .map_err(err)?;
+        ws.write_string_with_format(0, c as u16, h, &bold).map_err(err)?;
+        ws.set_column_width(c as u16, (h.len() as f64 + 4.0).max(12.0)).map_err(err)?;
     }
     let status_col = header.len().saturating_sub(2);
     for (r, row) in rows.iter().enumerate() {
@@ -299,49 +218,26 @@ fn xlsx(
         let fmt = if is_failed { &failed } else { &plain };
         for (c, v) in row.iter().enumerate() {
             // Strings are stored as strings: Excel never evaluates them, so no formula injection.
-            ws.write_string_with_format(r as u32 + 1, c as u16, v, fmt)
-                .map_err(err)?;
+            ws.write_string_with_format(r as u32 + 1, c as u16, v, fmt).map_err(err)?;
         }
     }
     ws.set_freeze_panes(1, 0).map_err(err)?;
     if !header.is_empty() {
-        ws.autofilter(0, 0, rows.len() as u32, header.len() as u16 - 1)
-            .map_err(err)?;
+        ws.autofilter(0, 0, rows.len() as u32, header.len() as u16 - 1).map_err(err)?;
     }
     wb.save_to_buffer().map_err(err)
 }
 
 /// Subject, text body and HTML body of the result email.
-pub fn result_email(
-    tenant: &str,
-    s: &Summary,
-    outcomes: &[Outcome],
-    links: &[(String, String)],
-) -> (String, String, String) {
+pub fn result_email(tenant: &str, s: &Summary, outcomes: &[Outcome], links: &[(String, String)]) -> (String, String, String) {
     let c = &s.counts;
-    let subject = format!(
-        "[rosterdrop] {tenant}: {}: {} succeeded, {} failed, {} skipped",
-        s.file_name, c.success, c.failure, c.skipped
-    );
-    let failures: Vec<&Outcome> = outcomes
-        .iter()
-        .filter(|o| o.status == Status::Failure)
-        .take(10)
-        .collect();
-    let mut text = format!(
-        "Your file {} ({} rows, mode {}) has been processed.\n\n",
-        s.file_name, s.rows, s.mode
-    );
-    text += &format!(
-        "  Succeeded: {}\n  Failed:    {}\n  Skipped:   {}\n\n",
-        c.success, c.failure, c.skipped
-    );
+    let subject = format!("[rosterdrop] {tenant}: {}: {} succeeded, {} failed, {} skipped", s.file_name, c.success, c.failure, c.skipped);
+    let failures: Vec<&Outcome> = outcomes.iter().filter(|o| o.status == Status::Failure).take(10).collect();
+    let mut text = format!("Your file {} ({} rows, mode {}) has been processed.\n\n", s.file_name, s.rows, s.mode);
+    text += &format!("  Succeeded: {}\n  Failed:    {}\n  Skipped:   {}\n\n", c.success, c.failure, c.skipped);
     text += "By action:\n";
     for (a, n) in &s.by_action {
-        text += &format!(
-            "  {a:<12} {} succeeded, {} failed, {} skipped\n",
-            n.success, n.failure, n.skipped
-        );
+        text += &format!("  {a:<12} {} succeeded, {} failed, {} skipped\n", n.success, n.failure, n.skipped);
     }
     if !s.warnings.is_empty() {
         text += "\nWarnings:\n";
@@ -357,32 +253,17 @@ pub fn result_email(
         text += "\nThe failed-rows file holds only the rows that failed, with a Message column: fix them and upload that file again.\n";
     }
     for (name, url) in links {
-        text += &format!(
-            "\n{name} is too large to attach; download it (link valid for a limited time):\n{url}\n"
-        );
+        text += &format!("\n{name} is too large to attach; download it (link valid for a limited time):\n{url}\n");
     }
     text += &format!("\nJob: {}\n", s.job_id);
 
-    let mut html = format!(
-        "<p>Your file <b>{}</b> ({} rows, mode {}) has been processed.</p>",
-        esc(&s.file_name),
-        s.rows,
-        esc(&s.mode)
-    );
-    html += "<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\"><tr><th>Action</th><th>Succeeded</th><th>Failed</th><th>Skipped</th></tr>";
+    let mut html = format!("<p>Your file <b>{}</b> ({} rows, mode {}) has been processed.</p>", esc(&s.file_name), s.rows, esc(&s.mode));
+    html +=
+        "<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\"><tr><th>Action</th><th>Succeeded</th><th>Failed</th><th>Skipped</th></tr>";
     for (a, n) in &s.by_action {
-        html += &format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(a),
-            n.success,
-            n.failure,
-            n.skipped
-        );
+        html += &format!("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(a), n.success, n.failure, n.skipped);
     }
-    html += &format!(
-        "<tr><th>Total</th><th>{}</th><th>{}</th><th>{}</th></tr></table>",
-        c.success, c.failure, c.skipped
-    );
+    html += &format!("<tr><th>Total</th><th>{}</th><th>{}</th><th>{}</th></tr></table>", c.success, c.failure, c.skipped);
     if !s.warnings.is_empty() {
         html += "<p><b>Warnings</b></p><ul>";
         for w in &s.warnings {
@@ -398,11 +279,7 @@ pub fn result_email(
         html += "</ul><p>The failed-rows file holds only the rows that failed: fix them and upload that file again.</p>";
     }
     for (name, url) in links {
-        html += &format!(
-            "<p>{} is too large to attach: <a href=\"{}\">download it</a>.</p>",
-            esc(name),
-            esc(url)
-        );
+        html += &format!("<p>{} is too large to attach: <a href=\"{}\">download it</a>.</p>", esc(name), esc(url));
     }
     html += &format!("<p style=\"color:#666\">Job: {}</p>", esc(&s.job_id));
     (subject, text, html)
@@ -416,10 +293,7 @@ mod tests {
 
     #[test]
     fn formulas_are_neutralised_but_phone_numbers_are_not() {
-        assert_eq!(
-            neutralise("=HYPERLINK(\"http://x\")"),
-            "'=HYPERLINK(\"http://x\")"
-        );
+        assert_eq!(neutralise("=HYPERLINK(\"http://x\")"), "'=HYPERLINK(\"http://x\")");
         assert_eq!(neutralise("@SUM(A1)"), "'@SUM(A1)");
         assert_eq!(neutralise("-2+3"), "'-2+3");
         assert_eq!(neutralise("+1 415 555 0100"), "+1 415 555 0100");
@@ -431,18 +305,12 @@ mod tests {
         let table = decode(b"Email;FirstName\na@x.com;=cmd\nbad;B\n").unwrap();
         let outcomes = vec![
             Outcome::success(2, Action::Upsert, "user created"),
-            Outcome::failure(
-                3,
-                Some(Action::Upsert),
-                "Email \"bad\" is not a valid email address",
-            ),
+            Outcome::failure(3, Some(Action::Upsert), "Email \"bad\" is not a valid email address"),
         ];
         let files = result_files(&table, &outcomes, "spring.csv").unwrap();
         let text = String::from_utf8(files.result.bytes).unwrap();
         assert_eq!(
-            text.trim_start_matches('\u{feff}')
-                .lines()
-                .collect::<Vec<_>>(),
+            text.trim_start_matches('\u{feff}').lines().collect::<Vec<_>>(),
             vec![
                 "Email,FirstName,Status,Message",
                 "a@x.com,'=cmd,Success,user created",
@@ -458,12 +326,7 @@ mod tests {
     #[test]
     fn no_failed_rows_file_when_nothing_failed() {
         let table = decode(b"Email\na@x.com\n").unwrap();
-        let files = result_files(
-            &table,
-            &[Outcome::success(2, Action::Create, "user created")],
-            "r.csv",
-        )
-        .unwrap();
+        let files = result_files(&table, &[Outcome::success(2, Action::Create, "user created")], "r.csv").unwrap();
         assert!(files.failed.is_none());
     }
 }

@@ -54,11 +54,7 @@ pub fn parse_incoming(key: &str) -> Result<IncomingKey, KeyProblem> {
         None => Ok(None),
         Some(m) => Mode::parse(m).map(Some).ok_or_else(|| m.to_string()),
     };
-    Ok(IncomingKey {
-        tenant: tenant.to_string(),
-        mode,
-        file_name: file.to_string(),
-    })
+    Ok(IncomingKey { tenant: tenant.to_string(), mode, file_name: file.to_string() })
 }
 
 pub fn staged_input(job: &str) -> String {
@@ -100,10 +96,7 @@ pub fn parse_chunk(key: &str) -> Option<(String, usize, u32)> {
 
 /// `done/<job>.json` -> job
 pub fn parse_done(key: &str) -> Option<String> {
-    key.strip_prefix(DONE)?
-        .strip_suffix(".json")
-        .filter(|j| !j.is_empty() && !j.contains('/'))
-        .map(str::to_string)
+    key.strip_prefix(DONE)?.strip_suffix(".json").filter(|j| !j.is_empty() && !j.contains('/')).map(str::to_string)
 }
 
 #[cfg(test)]
@@ -113,10 +106,7 @@ mod tests {
     #[test]
     fn incoming_key_with_and_without_mode() {
         let k = parse_incoming("incoming/acme/roster.csv").unwrap();
-        assert_eq!(
-            (k.tenant.as_str(), k.mode.clone(), k.file_name.as_str()),
-            ("acme", Ok(None), "roster.csv")
-        );
+        assert_eq!((k.tenant.as_str(), k.mode.clone(), k.file_name.as_str()), ("acme", Ok(None), "roster.csv"));
         let k = parse_incoming("incoming/acme/ADD/roster.xlsx").unwrap();
         assert_eq!(k.mode, Ok(Some(Mode::Add)));
         let k = parse_incoming("incoming/acme/merge/roster.xlsx").unwrap();
@@ -125,23 +115,11 @@ mod tests {
 
     #[test]
     fn keys_that_are_not_drops_are_told_apart() {
-        assert_eq!(
-            parse_incoming("results/acme/x"),
-            Err(KeyProblem::NotIncoming)
-        );
-        assert_eq!(
-            parse_incoming("incoming/file.csv"),
-            Err(KeyProblem::NoTenant)
-        );
+        assert_eq!(parse_incoming("results/acme/x"), Err(KeyProblem::NotIncoming));
+        assert_eq!(parse_incoming("incoming/file.csv"), Err(KeyProblem::NoTenant));
         assert_eq!(parse_incoming("incoming/acme/"), Err(KeyProblem::NoTenant));
-        assert_eq!(
-            parse_incoming("incoming/Acme Corp/x.csv"),
-            Err(KeyProblem::BadTenant("Acme Corp".into()))
-        );
-        assert_eq!(
-            parse_incoming("incoming/acme/add/x/y.csv"),
-            Err(KeyProblem::TooDeep)
-        );
+        assert_eq!(parse_incoming("incoming/Acme Corp/x.csv"), Err(KeyProblem::BadTenant("Acme Corp".into())));
+        assert_eq!(parse_incoming("incoming/acme/add/x/y.csv"), Err(KeyProblem::TooDeep));
     }
 
     #[test]

@@ -9,8 +9,7 @@ use crate::services::Services;
 use aws_config::SdkConfig;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{
-    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
-    QueueConfiguration, S3KeyFilter,
+    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter,
 };
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use std::sync::Arc;
@@ -33,9 +32,8 @@ pub struct LocalAws {
 impl LocalAws {
     pub async fn connect(config: &Config) -> Self {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).retry_config(
-            aws_config::retry::RetryConfig::standard().with_max_attempts(config.sdk_max_attempts),
-        );
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(config.sdk_max_attempts));
         let overridden = env("AWS_ENDPOINT_URL").is_none();
         if overridden {
             loader = loader.endpoint_url(LOCAL_ENDPOINT);
@@ -44,13 +42,7 @@ impl LocalAws {
             loader = loader.region(aws_config::Region::new("us-east-1"));
         }
         if env("AWS_ACCESS_KEY_ID").is_none() && env("AWS_PROFILE").is_none() {
-            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "test",
-                "test",
-                None,
-                None,
-                "rosterdrop-local",
-            ));
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "rosterdrop-local"));
         }
         let sdk = loader.load().await;
         let mut ddb = aws_sdk_dynamodb::config::Builder::from(&sdk);
@@ -67,12 +59,7 @@ impl LocalAws {
     }
 
     pub fn services(&self, config: Config) -> Services {
-        Services::from_clients(
-            config,
-            self.s3.clone(),
-            self.dynamodb.clone(),
-            self.ses.clone(),
-        )
+        Services::from_clients(config, self.s3.clone(), self.dynamodb.clone(), self.ses.clone())
     }
 }
 
@@ -86,11 +73,7 @@ pub async fn setup(config: &Config, aws: &LocalAws, queue: &str) -> Result<Strin
     let s3 = &aws.s3;
     match s3.create_bucket().bucket(&config.bucket).send().await {
         Ok(_) => {}
-        Err(e)
-            if matches!(
-                e.code(),
-                Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
-            ) => {}
+        Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => {}
         Err(e) => return Err(Error::from_sdk("s3", "CreateBucket", e)),
     }
     dynamo::ensure_tables(&aws.dynamodb, &config.directory_table, &config.jobs_table).await?;
@@ -110,30 +93,16 @@ pub async fn setup(config: &Config, aws: &LocalAws, queue: &str) -> Result<Strin
         .ok_or_else(|| Error::Config("queue has no ARN".into()))?;
     // One notification per stage prefix, as infra/ wires one per function in AWS.
     let mut notif = NotificationConfiguration::builder();
-    for prefix in [
-        crate::keys::INCOMING,
-        crate::keys::CHUNKS,
-        crate::keys::DONE,
-    ] {
-        let rule = FilterRule::builder()
-            .name(FilterRuleName::Prefix)
-            .value(prefix)
-            .build();
+    for prefix in [crate::keys::INCOMING, crate::keys::CHUNKS, crate::keys::DONE] {
+        let rule = FilterRule::builder().name(FilterRuleName::Prefix).value(prefix).build();
         notif = notif.queue_configurations(
             QueueConfiguration::builder()
                 .id(format!("rosterdrop-{}", prefix.trim_end_matches('/')))
                 .queue_arn(&arn)
                 .events(Event::from("s3:ObjectCreated:*"))
-                .filter(
-                    NotificationConfigurationFilter::builder()
-                        .key(S3KeyFilter::builder().filter_rules(rule).build())
-                        .build(),
-                )
+                .filter(NotificationConfigurationFilter::builder().key(S3KeyFilter::builder().filter_rules(rule).build()).build())
                 .build()
-                .map_err(|e| Error::Build {
-                    what: "notification",
-                    message: e.to_string(),
-                })?,
+                .map_err(|e| Error::Build { what: "notification", message: e.to_string() })?,
         );
     }
     s3.put_bucket_notification_configuration()
@@ -143,13 +112,7 @@ pub async fn setup(config: &Config, aws: &LocalAws, queue: &str) -> Result<Strin
         .await
         .map_err(|e| Error::from_sdk("s3", "PutBucketNotificationConfiguration", e))?;
 
-    match aws
-        .ses
-        .create_email_identity()
-        .email_identity(&config.default_sender)
-        .send()
-        .await
-    {
+    match aws.ses.create_email_identity().email_identity(&config.default_sender).send().await {
         Ok(_) => {}
         Err(e) if e.code() == Some("AlreadyExistsException") => {}
         Err(e) => return Err(Error::from_sdk("sesv2", "CreateEmailIdentity", e)),
@@ -166,8 +129,7 @@ async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String> {
         .send()
         .await
         .map_err(|e| Error::from_sdk("sqs", "CreateQueue", e))?;
-    out.queue_url
-        .ok_or_else(|| Error::Config(format!("queue {name} has no URL")))
+    out.queue_url.ok_or_else(|| Error::Config(format!("queue {name} has no URL")))
 }
 
 /// Route an object to its stage, as the per-prefix notifications do in AWS.
@@ -222,8 +184,7 @@ pub async fn run(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
-            let (svc, sqs, queue_url, dlq_url) =
-                (svc.clone(), sqs.clone(), queue_url.clone(), dlq_url.clone());
+            let (svc, sqs, queue_url, dlq_url) = (svc.clone(), sqs.clone(), queue_url.clone(), dlq_url.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let body = m.body.clone().unwrap_or_default();
@@ -249,29 +210,14 @@ pub async fn run(
                 };
                 let receipt = m.receipt_handle.unwrap_or_default();
                 if result.is_err() && attempts < MAX_ATTEMPTS {
-                    let _ = sqs
-                        .change_message_visibility()
-                        .queue_url(&queue_url)
-                        .receipt_handle(&receipt)
-                        .visibility_timeout(1)
-                        .send()
-                        .await;
+                    let _ =
+                        sqs.change_message_visibility().queue_url(&queue_url).receipt_handle(&receipt).visibility_timeout(1).send().await;
                     return;
                 }
                 if result.is_err() {
-                    let _ = sqs
-                        .send_message()
-                        .queue_url(&dlq_url)
-                        .message_body(&body)
-                        .send()
-                        .await;
+                    let _ = sqs.send_message().queue_url(&dlq_url).message_body(&body).send().await;
                 }
-                let _ = sqs
-                    .delete_message()
-                    .queue_url(&queue_url)
-                    .receipt_handle(&receipt)
-                    .send()
-                    .await;
+                let _ = sqs.delete_message().queue_url(&queue_url).receipt_handle(&receipt).send().await;
             });
         }
     }

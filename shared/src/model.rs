@@ -36,10 +36,7 @@ pub struct Tenant {
 impl Tenant {
     pub fn validate(&self) -> Result<(), String> {
         if !is_valid_tenant_id(&self.id) {
-            return Err(format!(
-                "tenant id {:?} must be 1-64 characters of lower-case letters, digits, '-' or '_'",
-                self.id
-            ));
+            return Err(format!("tenant id {:?} must be 1-64 characters of lower-case letters, digits, '-' or '_'", self.id));
         }
         if self.admin_emails.is_empty() {
             return Err("admin_emails must list at least one address".into());
@@ -53,9 +50,7 @@ impl Tenant {
             return Err("chunk_size must be at least 1".into());
         }
         if let Some(r) = self.roles.iter().find(|r| self.admin_roles.contains(r)) {
-            return Err(format!(
-                "role {r:?} is listed both in roles and admin_roles"
-            ));
+            return Err(format!("role {r:?} is listed both in roles and admin_roles"));
         }
         Ok(())
     }
@@ -63,11 +58,7 @@ impl Tenant {
 
 /// Tenant ids become S3 key segments and DynamoDB key parts: keep them boring.
 pub fn is_valid_tenant_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// Upload mode: the path segment after the tenant.
@@ -120,8 +111,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const NAMES: &'static [&'static str] =
-        &["Create", "Update", "Upsert", "Delete", "Enable", "Disable"];
+    pub const NAMES: &'static [&'static str] = &["Create", "Update", "Upsert", "Delete", "Enable", "Disable"];
 
     pub fn parse(s: &str) -> Option<Action> {
         Some(match s.to_ascii_lowercase().as_str() {
@@ -166,6 +156,17 @@ pub struct UserFields {
     pub department: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub groups: Vec<String>,
+}
+
+/// A user as stored in the directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub email: String,
+    /// `active` or `disabled`.
+    pub status: String,
+    pub fields: UserFields,
+    /// `<job>#<row>` that created the user.
+    pub created_by: String,
 }
 
 /// One validated, normalised row, ready to apply. Travels in chunk files as JSON lines.
@@ -222,28 +223,13 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn success(row: u32, action: Action, message: impl Into<String>) -> Self {
-        Outcome {
-            row,
-            status: Status::Success,
-            message: message.into(),
-            action: Some(action),
-        }
+        Outcome { row, status: Status::Success, message: message.into(), action: Some(action) }
     }
     pub fn failure(row: u32, action: Option<Action>, message: impl Into<String>) -> Self {
-        Outcome {
-            row,
-            status: Status::Failure,
-            message: message.into(),
-            action,
-        }
+        Outcome { row, status: Status::Failure, message: message.into(), action }
     }
     pub fn skipped(row: u32, message: impl Into<String>) -> Self {
-        Outcome {
-            row,
-            status: Status::Skipped,
-            message: message.into(),
-            action: None,
-        }
+        Outcome { row, status: Status::Skipped, message: message.into(), action: None }
     }
 }
 
@@ -357,19 +343,8 @@ mod tests {
 
     #[test]
     fn org_creates_come_before_users_and_org_deletes_after() {
-        let org = |a| RowOp {
-            row: 2,
-            action: a,
-            target: Target::Org { name: "x".into() },
-        };
-        let user = RowOp {
-            row: 3,
-            action: Action::Create,
-            target: Target::User {
-                email: "a@b.c".into(),
-                fields: UserFields::default(),
-            },
-        };
+        let org = |a| RowOp { row: 2, action: a, target: Target::Org { name: "x".into() } };
+        let user = RowOp { row: 3, action: Action::Create, target: Target::User { email: "a@b.c".into(), fields: UserFields::default() } };
         assert!(phase_of(&org(Action::Create)) < phase_of(&user));
         assert!(phase_of(&user) < phase_of(&org(Action::Delete)));
     }
@@ -381,11 +356,7 @@ mod tests {
             action: Action::Update,
             target: Target::User {
                 email: "a@b.co".into(),
-                fields: UserFields {
-                    first_name: Some("A".into()),
-                    groups: vec!["g1".into()],
-                    ..Default::default()
-                },
+                fields: UserFields { first_name: Some("A".into()), groups: vec!["g1".into()], ..Default::default() },
             },
         };
         let s = serde_json::to_string(&op).unwrap();

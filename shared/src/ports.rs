@@ -2,7 +2,7 @@
 //! tests use in-memory fakes behind the same traits.
 
 use crate::error::Result;
-use crate::model::{Job, JobState, RowOp, Tenant};
+use crate::model::{Job, JobState, RowOp, Tenant, User};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -53,6 +53,7 @@ pub trait Directory: Send + Sync {
     async fn tenant(&self, id: &str) -> Result<Option<Tenant>>;
     async fn put_tenant(&self, tenant: &Tenant) -> Result<()>;
     async fn list_tenants(&self) -> Result<Vec<Tenant>>;
+    async fn user(&self, tenant: &str, email: &str) -> Result<Option<User>>;
     /// Apply a user row with the conditional write its action needs.
     async fn write_user(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Write>;
     /// Apply an organization row (not Delete: see `delete_org`).
@@ -77,13 +78,7 @@ pub trait JobStore: Send + Sync {
     async fn get(&self, id: &str) -> Result<Option<Job>>;
     async fn set_plan(&self, id: &str, plan: &Plan) -> Result<()>;
     /// Move from `from` to `to`; `false` if the job was not in `from`.
-    async fn transition(
-        &self,
-        id: &str,
-        from: JobState,
-        to: JobState,
-        message: Option<&str>,
-    ) -> Result<bool>;
+    async fn transition(&self, id: &str, from: JobState, to: JobState, message: Option<&str>) -> Result<bool>;
     /// Record a chunk as done and count it for its phase, once: `false` if it was already recorded.
     async fn record_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<bool>;
     async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool>;

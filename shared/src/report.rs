@@ -59,9 +59,7 @@ pub struct Summary {
 impl Summary {
     pub fn new(job: &Job, state: JobState) -> Self {
         let now = chrono::Utc::now();
-        let started = chrono::DateTime::parse_from_rfc3339(&job.received_at)
-            .map(|t| t.with_timezone(&chrono::Utc))
-            .unwrap_or(now);
+        let started = chrono::DateTime::parse_from_rfc3339(&job.received_at).map(|t| t.with_timezone(&chrono::Utc)).unwrap_or(now);
         Summary {
             job_id: job.id.clone(),
             tenant: job.tenant.clone(),
@@ -86,10 +84,7 @@ impl Summary {
     pub fn count(&mut self, outcomes: &[Outcome]) {
         for o in outcomes {
             self.counts.add(o.status);
-            let action = o
-                .action
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "(unreadable)".into());
+            let action = o.action.map(|a| a.to_string()).unwrap_or_else(|| "(unreadable)".into());
             self.by_action.entry(action).or_default().add(o.status);
         }
         self.rows = outcomes.len() as u32;
@@ -97,25 +92,15 @@ impl Summary {
 }
 
 /// Reject a whole file: nothing applied, `summary.json` with the reason, one email to the admins.
-pub async fn reject(
-    svc: &Services,
-    job: &Job,
-    tenant: Option<&Tenant>,
-    reason: &str,
-) -> Result<()> {
+pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: &str) -> Result<()> {
     warn!(job = %job.id, tenant = %job.tenant, reason, "file rejected");
     let mut summary = Summary::new(job, JobState::Rejected);
     summary.reason = Some(reason.to_string());
     let key = format!("{}summary.json", keys::results_prefix(&job.tenant, &job.id));
-    svc.store
-        .put(&key, pretty(&summary)?, "application/json")
-        .await?;
+    svc.store.put(&key, pretty(&summary)?, "application/json").await?;
     if let Some(tenant) = tenant {
         if svc.jobs.claim_email(&job.id, "result").await? {
-            let subject = format!(
-                "[rosterdrop] {}: {} was rejected, nothing was applied",
-                tenant.id, job.file_name
-            );
+            let subject = format!("[rosterdrop] {}: {} was rejected, nothing was applied", tenant.id, job.file_name);
             let text = format!(
                 "Your file {file} was not processed.\n\nReason: {reason}\n\nNothing in it was applied. Fix the file and upload it again.\n\nJob: {id}\n",
                 file = job.file_name,
@@ -127,36 +112,17 @@ pub async fn reject(
                 esc(reason),
                 esc(&job.id)
             );
-            let mime = build_email(
-                &sender(svc, tenant),
-                &tenant.admin_emails,
-                &subject,
-                &text,
-                &html,
-                &[],
-            )?;
-            svc.mailer
-                .send_raw(&sender(svc, tenant), &tenant.admin_emails, mime)
-                .await?;
+            let mime = build_email(&sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &[])?;
+            svc.mailer.send_raw(&sender(svc, tenant), &tenant.admin_emails, mime).await?;
             info!(job = %job.id, recipients = tenant.admin_emails.len(), "rejection email sent");
         }
     }
-    svc.jobs
-        .transition(
-            &job.id,
-            JobState::Received,
-            JobState::Rejected,
-            Some(reason),
-        )
-        .await?;
+    svc.jobs.transition(&job.id, JobState::Received, JobState::Rejected, Some(reason)).await?;
     Ok(())
 }
 
 pub fn sender(svc: &Services, tenant: &Tenant) -> String {
-    tenant
-        .sender
-        .clone()
-        .unwrap_or_else(|| svc.config.default_sender.clone())
+    tenant.sender.clone().unwrap_or_else(|| svc.config.default_sender.clone())
 }
 
 pub fn pretty<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -169,15 +135,8 @@ pub fn esc(s: &str) -> String {
 
 /// A file name safe for a MIME header: no control characters (no header injection), no paths.
 pub fn safe_file_name(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .filter(|c| !c.is_control() && !matches!(c, '/' | '\\' | '"'))
-        .collect();
-    if cleaned.trim().is_empty() {
-        "roster".into()
-    } else {
-        cleaned
-    }
+    let cleaned: String = name.chars().filter(|c| !c.is_control() && !matches!(c, '/' | '\\' | '"')).collect();
+    if cleaned.trim().is_empty() { "roster".into() } else { cleaned }
 }
 
 pub struct Attachment {
@@ -188,18 +147,8 @@ pub struct Attachment {
 
 /// A complete MIME message (text + HTML alternatives, attachments), built by `mail-builder`, which
 /// encodes every header value (RFC 2047) so nothing from a file can inject a header.
-pub fn build_email(
-    from: &str,
-    to: &[String],
-    subject: &str,
-    text: &str,
-    html: &str,
-    attachments: &[Attachment],
-) -> Result<Vec<u8>> {
-    let subject: String = subject
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+pub fn build_email(from: &str, to: &[String], subject: &str, text: &str, html: &str, attachments: &[Attachment]) -> Result<Vec<u8>> {
+    let subject: String = subject.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let mut msg = MessageBuilder::new()
         .from(from.to_string())
         .to(to.iter().map(|s| s.as_str()).collect::<Vec<_>>())
@@ -209,10 +158,7 @@ pub fn build_email(
     for a in attachments {
         msg = msg.attachment(a.content_type, safe_file_name(&a.name), a.bytes.as_slice());
     }
-    msg.write_to_vec().map_err(|e| Error::Build {
-        what: "email",
-        message: e.to_string(),
-    })
+    msg.write_to_vec().map_err(|e| Error::Build { what: "email", message: e.to_string() })
 }
 
 #[cfg(test)]
@@ -227,11 +173,7 @@ mod tests {
             "roster\r\nBcc: evil@x.com",
             "t",
             "<p>h</p>",
-            &[Attachment {
-                name: "r.csv\r\nBcc: evil@x.com".into(),
-                content_type: "text/csv",
-                bytes: b"a,b".to_vec(),
-            }],
+            &[Attachment { name: "r.csv\r\nBcc: evil@x.com".into(), content_type: "text/csv", bytes: b"a,b".to_vec() }],
         )
         .unwrap();
         let text = String::from_utf8_lossy(&mime);

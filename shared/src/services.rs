@@ -23,26 +23,13 @@ impl Services {
 
     pub fn from_sdk(config: Config, sdk: &aws_config::SdkConfig) -> Self {
         let s3 = adapters::s3_client(sdk, &config);
-        Self::from_clients(
-            config,
-            s3,
-            aws_sdk_dynamodb::Client::new(sdk),
-            aws_sdk_sesv2::Client::new(sdk),
-        )
+        Self::from_clients(config, s3, aws_sdk_dynamodb::Client::new(sdk), aws_sdk_sesv2::Client::new(sdk))
     }
 
-    pub fn from_clients(
-        config: Config,
-        s3: aws_sdk_s3::Client,
-        ddb: aws_sdk_dynamodb::Client,
-        ses: aws_sdk_sesv2::Client,
-    ) -> Self {
+    pub fn from_clients(config: Config, s3: aws_sdk_s3::Client, ddb: aws_sdk_dynamodb::Client, ses: aws_sdk_sesv2::Client) -> Self {
         Services {
             store: Arc::new(s3::S3Store::new(s3, config.bucket.clone())),
-            directory: Arc::new(dynamo::DynamoDirectory::new(
-                ddb.clone(),
-                config.directory_table.clone(),
-            )),
+            directory: Arc::new(dynamo::DynamoDirectory::new(ddb.clone(), config.directory_table.clone())),
             jobs: Arc::new(dynamo::DynamoJobs::new(ddb, config.jobs_table.clone())),
             mailer: Arc::new(ses::SesMailer::new(ses)),
             config,

@@ -18,6 +18,7 @@ pub struct Stack {
     pub aws: LocalAws,
     pub svc: Services,
     pub tag: String,
+    pub queue_url: String,
     stop: Option<oneshot::Sender<()>>,
     runner: Option<tokio::task::JoinHandle<()>>,
 }
@@ -29,6 +30,15 @@ impl Stack {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Stack {
+        Self::build(tweak, true).await
+    }
+
+    /// Resources but no runner: the test delivers events itself with `pump`.
+    pub async fn start_manual() -> Stack {
+        Self::build(|_| {}, false).await
+    }
+
+    async fn build(tweak: impl FnOnce(&mut Config), with_runner: bool) -> Stack {
         let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
         let mut config = Config::local();
         config.bucket = format!("rd-test-{tag}");
@@ -38,28 +48,55 @@ impl Stack {
         tweak(&mut config);
         let aws = LocalAws::connect(&config).await;
         let queue = format!("rd-{tag}-events");
-        let url = local::setup(&config, &aws, &queue)
-            .await
-            .expect("local stack reachable (run `make up` first)");
+        let url = local::setup(&config, &aws, &queue).await.expect("local stack reachable (run `make up` first)");
         let svc = aws.services(config.clone());
-        let (tx, rx) = oneshot::channel::<()>();
-        let runner = tokio::spawn(local::run(
-            svc.clone(),
-            aws.sqs.clone(),
-            url,
-            8,
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        Stack {
-            config,
-            svc,
-            aws,
-            tag,
-            stop: Some(tx),
-            runner: Some(runner),
+        if !with_runner {
+            return Stack { config, svc, aws, tag, queue_url: url, stop: None, runner: None };
         }
+        let (tx, rx) = oneshot::channel::<()>();
+        let runner = tokio::spawn(local::run(svc.clone(), aws.sqs.clone(), url.clone(), 8, async move {
+            let _ = rx.await;
+        }));
+        Stack { config, svc, aws, tag, queue_url: url, stop: Some(tx), runner: Some(runner) }
+    }
+
+    /// Deliver the queued S3 events by hand: each one `times` times, newest first within a batch
+    /// (duplicated and out of order), until the queue stays empty for a few seconds. Returns how
+    /// many deliveries were made.
+    pub async fn pump(&self, times: usize) -> usize {
+        let mut deliveries = 0;
+        let mut idle = 0;
+        while idle < 4 {
+            let out = self
+                .aws
+                .sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .expect("receive");
+            let messages = out.messages.unwrap_or_default();
+            if messages.is_empty() {
+                idle += 1;
+                continue;
+            }
+            idle = 0;
+            for m in messages.iter().rev() {
+                if let Some(ev) = shared::event::parse(m.body().unwrap_or_default()) {
+                    for obj in shared::event::objects(&ev) {
+                        for _ in 0..times {
+                            local::dispatch(&self.svc, &obj).await.expect("handler succeeds");
+                            deliveries += 1;
+                        }
+                    }
+                }
+                let receipt = m.receipt_handle().unwrap_or_default();
+                self.aws.sqs.delete_message().queue_url(&self.queue_url).receipt_handle(receipt).send().await.expect("delete");
+            }
+        }
+        deliveries
     }
 
     /// A tenant whose admin address is unique to this test (to find its mail at /_aws/ses).
@@ -82,30 +119,16 @@ impl Stack {
     }
 
     pub async fn put_tenant(&self, tenant: &Tenant) {
-        self.svc
-            .directory
-            .put_tenant(tenant)
-            .await
-            .expect("put tenant");
+        self.svc.directory.put_tenant(tenant).await.expect("put tenant");
     }
 
     /// Drop a file as a client admin would; returns its key.
-    pub async fn drop_file(
-        &self,
-        tenant: &str,
-        mode: Option<&str>,
-        name: &str,
-        bytes: Vec<u8>,
-    ) -> String {
+    pub async fn drop_file(&self, tenant: &str, mode: Option<&str>, name: &str, bytes: Vec<u8>) -> String {
         let key = match mode {
             Some(m) => format!("incoming/{tenant}/{m}/{name}"),
             None => format!("incoming/{tenant}/{name}"),
         };
-        self.svc
-            .store
-            .put(&key, bytes, "application/octet-stream")
-            .await
-            .expect("upload");
+        self.svc.store.put(&key, bytes, "application/octet-stream").await.expect("upload");
         key
     }
 
@@ -114,28 +137,17 @@ impl Stack {
         let deadline = Instant::now() + timeout;
         loop {
             let jobs = self.svc.jobs.recent(tenant, 100).await.expect("list jobs");
-            if let Some(j) = jobs.into_iter().find(|j| {
-                j.source_key == key && matches!(j.state, JobState::Completed | JobState::Rejected)
-            }) {
+            if let Some(j) = jobs.into_iter().find(|j| j.source_key == key && matches!(j.state, JobState::Completed | JobState::Rejected)) {
                 return j;
             }
-            assert!(
-                Instant::now() < deadline,
-                "job for {key} did not finish within {timeout:?}"
-            );
+            assert!(Instant::now() < deadline, "job for {key} did not finish within {timeout:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     pub async fn summary(&self, job: &Job) -> Summary {
         let key = format!("{}summary.json", keys::results_prefix(&job.tenant, &job.id));
-        let bytes = self
-            .svc
-            .store
-            .get(&key)
-            .await
-            .expect("get")
-            .expect("summary.json exists");
+        let bytes = self.svc.store.get(&key).await.expect("get").expect("summary.json exists");
         serde_json::from_slice(&bytes).expect("summary parses")
     }
 
@@ -160,12 +172,7 @@ impl Stack {
 
 /// Every message LocalStack recorded (SES v1 and our SES v2 provider), as JSON.
 pub fn ses_messages() -> Vec<serde_json::Value> {
-    let body = ureq::get(SES_ENDPOINT)
-        .call()
-        .expect("GET /_aws/ses")
-        .body_mut()
-        .read_to_string()
-        .expect("body");
+    let body = ureq::get(SES_ENDPOINT).call().expect("GET /_aws/ses").body_mut().read_to_string().expect("body");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     v["messages"].as_array().cloned().unwrap_or_default()
 }
@@ -176,8 +183,7 @@ pub fn mail_to(to: &str) -> Vec<Vec<u8>> {
         .into_iter()
         .filter(|m| {
             let dest = &m["Destination"]["ToAddresses"];
-            dest.as_array()
-                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(to)))
+            dest.as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some(to)))
                 || m["RawData"].as_str().is_some_and(|r| r.contains(to))
         })
         .filter_map(|m| m["RawData"].as_str().map(|s| s.as_bytes().to_vec()))
@@ -211,14 +217,10 @@ pub fn parse_csv(bytes: &[u8]) -> Vec<Vec<String>> {
 /// Parse the first sheet of an XLSX result into rows of cells, header included.
 pub fn parse_xlsx(bytes: &[u8]) -> Vec<Vec<String>> {
     use calamine::Reader;
-    let mut wb = calamine::open_workbook_auto_from_rs(std::io::Cursor::new(bytes.to_vec()))
-        .expect("xlsx opens");
+    let mut wb = calamine::open_workbook_auto_from_rs(std::io::Cursor::new(bytes.to_vec())).expect("xlsx opens");
     let name = wb.sheet_names()[0].clone();
     let range = wb.worksheet_range(&name).expect("sheet");
-    range
-        .rows()
-        .map(|r| r.iter().map(shared::ingest::decode::cell_text).collect())
-        .collect()
+    range.rows().map(|r| r.iter().map(shared::ingest::decode::cell_text).collect()).collect()
 }
 
 /// Build an XLSX workbook from rows (first row = header), all cells text unless they parse as numbers.
@@ -229,9 +231,7 @@ pub fn xlsx_bytes(sheet: &str, rows: &[Vec<String>]) -> Vec<u8> {
     for (r, row) in rows.iter().enumerate() {
         for (c, v) in row.iter().enumerate() {
             match v.parse::<f64>() {
-                Ok(n) if r > 0 && !v.starts_with('+') && !v.starts_with('0') => {
-                    ws.write_number(r as u32, c as u16, n).map(|_| ())
-                }
+                Ok(n) if r > 0 && !v.starts_with('+') && !v.starts_with('0') => ws.write_number(r as u32, c as u16, n).map(|_| ()),
                 _ => ws.write_string(r as u32, c as u16, v).map(|_| ()),
             }
             .expect("write cell");
@@ -244,6 +244,87 @@ pub fn csv_text(rows: &[&[&str]]) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::new());
     for r in rows {
         w.write_record(*r).expect("csv");
+    }
+    w.into_inner().expect("csv")
+}
+
+/// A realistic roster: organizations (listed last, to prove they are applied first), users with
+/// about 6% of rows broken in the ways real files are. Returns the rows (header first) and, for
+/// each data row, whether it should succeed. Deterministic.
+pub fn sample_roster(users: usize) -> (Vec<Vec<String>>, Vec<bool>) {
+    const FIRST: &[&str] =
+        &["Ana", "Ben", "Chloé", "Dev", "Eitan", "Fatima", "Goran", "Hana", "Ivan", "Jun", "Kofi", "Lena", "Mateo", "Nia", "Omar", "Priya"];
+    const LAST: &[&str] = &[
+        "Lopez", "Okafor", "Martin", "Patel", "Cohen", "Haddad", "Novak", "Sato", "Petrov", "Kim", "Mensah", "Weber", "Rossi", "Diallo",
+        "Aziz", "Rao",
+    ];
+    const ORGS: &[&str] = &["Riverside Campus", "Hilltop Campus", "Online Academy", "Head Office"];
+    const ROLES: &[&str] = &["Learner", "Learner", "Learner", "Manager", "Instructor"];
+    const DEPTS: &[&str] = &["Sales", "Support", "Engineering", "Finance"];
+    let header = ["Type", "Action", "Email", "First Name", "Last Name", "Phone", "Org", "Role", "Department", "Group"];
+    let mut rows = vec![header.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
+    let mut ok = Vec::new();
+    let mut prev_email = String::new();
+    for i in 0..users {
+        let first = FIRST[i % FIRST.len()];
+        let last = LAST[(i / FIRST.len()) % LAST.len()];
+        let mut email = format!("{}.{}{}@example.com", first.to_lowercase().replace('é', "e"), last.to_lowercase(), i);
+        let mut action = if i % 10 == 0 { "Create" } else { "" }.to_string();
+        let mut role = ROLES[i % ROLES.len()].to_string();
+        let mut org = ORGS[i % ORGS.len()].to_string();
+        let mut good = true;
+        if i % 97 == 5 {
+            email = format!("{}.{}@@example", first.to_lowercase(), last.to_lowercase());
+            good = false;
+        } else if i % 89 == 7 {
+            role = "learner".into();
+            good = false;
+        } else if i % 151 == 11 {
+            role = "Admin".into();
+            good = false;
+        } else if i % 113 == 13 && !prev_email.is_empty() {
+            email = prev_email.clone();
+            good = false;
+        } else if i % 131 == 17 {
+            org = "Unknown Org".into();
+            good = false;
+        } else if i % 173 == 19 {
+            action = "Promote".into();
+            good = false;
+        } else if i % 199 == 23 {
+            email = String::new();
+            good = false;
+        }
+        if good {
+            prev_email = email.clone();
+        }
+        let phone = format!("415555{:04}", i % 10_000);
+        let groups = format!("{};All Staff", DEPTS[i % DEPTS.len()]);
+        rows.push(vec!["User".into(), action, email, first.into(), last.into(), phone, org, role, DEPTS[i % DEPTS.len()].into(), groups]);
+        ok.push(good);
+    }
+    for org in ORGS {
+        rows.push(vec![
+            "Org".into(),
+            "Upsert".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            org.to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
+        ok.push(true);
+    }
+    (rows, ok)
+}
+
+pub fn rows_to_csv(rows: &[Vec<String>]) -> Vec<u8> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.write_record(r).expect("csv");
     }
     w.into_inner().expect("csv")
 }

@@ -15,24 +15,9 @@ async fn s3_put_then_get_returns_the_same_bytes() {
     let stack = Stack::start().await;
     let s3 = &stack.aws.s3;
     let body = b"Email,FirstName\nann@x.com,Ann\n".to_vec();
-    s3.put_object()
-        .bucket(&stack.config.bucket)
-        .key("smoke/a.csv")
-        .body(ByteStream::from(body.clone()))
-        .send()
-        .await
-        .expect("put");
-    let got = s3
-        .get_object()
-        .bucket(&stack.config.bucket)
-        .key("smoke/a.csv")
-        .send()
-        .await
-        .expect("get")
-        .body
-        .collect()
-        .await
-        .expect("body");
+    s3.put_object().bucket(&stack.config.bucket).key("smoke/a.csv").body(ByteStream::from(body.clone())).send().await.expect("put");
+    let got =
+        s3.get_object().bucket(&stack.config.bucket).key("smoke/a.csv").send().await.expect("get").body.collect().await.expect("body");
     assert_eq!(got.into_bytes().to_vec(), body);
     stack.shutdown().await;
 }
@@ -51,10 +36,7 @@ async fn dynamodb_conditional_put_succeeds_once_then_fails_with_conditional_chec
     put().await.expect("first conditional put succeeds");
     let err = put().await.expect_err("second conditional put must fail");
     let service = err.into_service_error();
-    assert!(
-        service.is_conditional_check_failed_exception(),
-        "{service:?}"
-    );
+    assert!(service.is_conditional_check_failed_exception(), "{service:?}");
     stack.shutdown().await;
 }
 
@@ -74,12 +56,7 @@ async fn sesv2_raw_send_with_attachment_is_readable_from_the_local_mailbox() {
     let config = Config::local();
     let aws = LocalAws::connect(&config).await;
     let sender = "smoke-sender@example.com";
-    let _ = aws
-        .ses
-        .create_email_identity()
-        .email_identity(sender)
-        .send()
-        .await;
+    let _ = aws.ses.create_email_identity().email_identity(sender).send().await;
     let to = format!("smoke-{}@example.com", uuid::Uuid::new_v4().simple());
     let attachment = b"Email,Status\nann@x.com,Success\n";
     let mime = raw_mime(sender, &to, "Smoke: roster result", attachment);
@@ -87,30 +64,16 @@ async fn sesv2_raw_send_with_attachment_is_readable_from_the_local_mailbox() {
         .send_email()
         .from_email_address(sender)
         .destination(Destination::builder().to_addresses(&to).build())
-        .content(
-            EmailContent::builder()
-                .raw(
-                    RawMessage::builder()
-                        .data(Blob::new(mime))
-                        .build()
-                        .expect("raw"),
-                )
-                .build(),
-        )
+        .content(EmailContent::builder().raw(RawMessage::builder().data(Blob::new(mime)).build().expect("raw")).build())
         .send()
         .await
         .expect("send from a verified identity");
 
     let mails = mail_to(&to);
     assert_eq!(mails.len(), 1, "exactly one message for {to}");
-    let msg = MessageParser::default()
-        .parse(&mails[0])
-        .expect("MIME parses");
+    let msg = MessageParser::default().parse(&mails[0]).expect("MIME parses");
     assert_eq!(msg.subject(), Some("Smoke: roster result"));
-    assert_eq!(
-        msg.to().and_then(|a| a.first()).and_then(|a| a.address()),
-        Some(to.as_str())
-    );
+    assert_eq!(msg.to().and_then(|a| a.first()).and_then(|a| a.address()), Some(to.as_str()));
     let att = msg.attachments().next().expect("one attachment");
     assert_eq!(att.attachment_name(), Some("result.csv"));
     assert_eq!(att.contents(), attachment);
@@ -119,36 +82,17 @@ async fn sesv2_raw_send_with_attachment_is_readable_from_the_local_mailbox() {
 #[tokio::test]
 async fn sesv2_send_from_an_unverified_address_is_rejected() {
     let aws = LocalAws::connect(&Config::local()).await;
-    let sender = format!(
-        "nobody-{}@unverified.example.org",
-        uuid::Uuid::new_v4().simple()
-    );
+    let sender = format!("nobody-{}@unverified.example.org", uuid::Uuid::new_v4().simple());
     let mime = raw_mime(&sender, "someone@example.com", "should not send", b"x");
     let err = aws
         .ses
         .send_email()
         .from_email_address(&sender)
-        .destination(
-            Destination::builder()
-                .to_addresses("someone@example.com")
-                .build(),
-        )
-        .content(
-            EmailContent::builder()
-                .raw(
-                    RawMessage::builder()
-                        .data(Blob::new(mime))
-                        .build()
-                        .expect("raw"),
-                )
-                .build(),
-        )
+        .destination(Destination::builder().to_addresses("someone@example.com").build())
+        .content(EmailContent::builder().raw(RawMessage::builder().data(Blob::new(mime)).build().expect("raw")).build())
         .send()
         .await
         .expect_err("unverified sender must be refused");
     let service = err.into_service_error();
-    assert!(
-        service.is_message_rejected(),
-        "expected MessageRejected, got {service:?}"
-    );
+    assert!(service.is_message_rejected(), "expected MessageRejected, got {service:?}");
 }

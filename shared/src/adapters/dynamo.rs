@@ -6,15 +6,14 @@
 //! tenant's users never reads or writes one hot key.
 
 use crate::error::{Error, Result};
-use crate::model::{Action, Job, JobState, Mode, PHASES, RowOp, Target, Tenant, UserFields};
+use crate::model::{Action, Job, JobState, Mode, PHASES, RowOp, Target, Tenant, User, UserFields};
 use crate::ports::{Directory, JobStore, Plan, Stamp, Write};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue as Av, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
-    ScalarAttributeType, Select, TimeToLiveSpecification, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue as Av, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, Select, TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use std::collections::HashMap;
 
@@ -36,9 +35,7 @@ pub fn tenant_pk(tenant: &str) -> String {
 }
 pub fn user_shard(tenant: &str, email: &str) -> String {
     // FNV-1a: stable across builds and platforms (std's hasher is not).
-    let h = email.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    });
+    let h = email.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
     format!("T#{tenant}#{}", h % USER_SHARDS as u64)
 }
 
@@ -59,9 +56,7 @@ impl ItemExt for Item {
         self.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
     }
     fn num<T: std::str::FromStr>(&self, k: &str) -> Option<T> {
-        self.get(k)
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse().ok())
+        self.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
     }
 }
 
@@ -73,9 +68,7 @@ where
     move |e| Error::from_sdk("dynamodb", op, e)
 }
 
-fn is_condition_failed<E: ProvideErrorMetadata, R>(
-    e: &aws_sdk_dynamodb::error::SdkError<E, R>,
-) -> bool {
+fn is_condition_failed<E: ProvideErrorMetadata, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool {
     e.code() == Some("ConditionalCheckFailedException")
 }
 
@@ -96,14 +89,7 @@ impl From<UserItem<'_>> for Item {
         item.insert("email".into(), s(u.email));
         item.insert("status".into(), s("active"));
         item.insert("gsi1pk".into(), s(user_shard(u.tenant, u.email)));
-        item.insert(
-            "gsi1sk".into(),
-            s(u.fields
-                .org
-                .as_deref()
-                .map(str::to_lowercase)
-                .unwrap_or_else(|| "-".into())),
-        );
+        item.insert("gsi1sk".into(), s(u.fields.org.as_deref().map(str::to_lowercase).unwrap_or_else(|| "-".into())));
         item.insert("created_at".into(), s(&u.stamp.at));
         item.insert("updated_at".into(), s(&u.stamp.at));
         item.insert("created_by".into(), s(u.stamp.token()));
@@ -135,20 +121,11 @@ fn profile_attrs(f: &UserFields) -> Vec<(&'static str, Av)> {
     v
 }
 
-/// A stored user, read back (tests and the CLI look users up).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredUser {
-    pub email: String,
-    pub status: String,
-    pub fields: UserFields,
-    pub created_by: String,
-}
-
-impl TryFrom<&Item> for StoredUser {
+impl TryFrom<&Item> for User {
     type Error = Error;
     fn try_from(item: &Item) -> Result<Self> {
         let get = |k: &str| item.str(k).map(str::to_string);
-        Ok(StoredUser {
+        Ok(User {
             email: get("email").ok_or_else(|| Error::corrupt("user item", "no email"))?,
             status: get("status").unwrap_or_default(),
             created_by: get("created_by").unwrap_or_default(),
@@ -172,24 +149,17 @@ impl TryFrom<&Item> for StoredUser {
 impl TryFrom<&Item> for Job {
     type Error = Error;
     fn try_from(item: &Item) -> Result<Self> {
-        let req = |k: &str| {
-            item.str(k)
-                .map(str::to_string)
-                .ok_or_else(|| Error::corrupt("job item", format!("missing {k}")))
-        };
+        let req = |k: &str| item.str(k).map(str::to_string).ok_or_else(|| Error::corrupt("job item", format!("missing {k}")));
         let state = req("state")?;
-        let plan: Option<[u32; PHASES]> = (0..PHASES)
-            .map(|p| item.num::<u32>(&format!("chunks{p}")))
-            .collect::<Option<Vec<_>>>()
-            .and_then(|v| v.try_into().ok());
+        let plan: Option<[u32; PHASES]> =
+            (0..PHASES).map(|p| item.num::<u32>(&format!("chunks{p}"))).collect::<Option<Vec<_>>>().and_then(|v| v.try_into().ok());
         Ok(Job {
             id: req("id")?,
             tenant: req("tenant")?,
             source_key: req("source_key")?,
             file_name: req("file_name")?,
             mode: item.str("mode").and_then(Mode::parse),
-            state: JobState::parse(&state)
-                .ok_or_else(|| Error::corrupt("job item", format!("state {state}")))?,
+            state: JobState::parse(&state).ok_or_else(|| Error::corrupt("job item", format!("state {state}")))?,
             received_at: req("received_at")?,
             phase_chunks: plan,
             phase_done: std::array::from_fn(|p| item.num(&format!("done{p}")).unwrap_or(0)),
@@ -233,13 +203,10 @@ pub struct DynamoDirectory {
 
 impl DynamoDirectory {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        DynamoDirectory {
-            client,
-            table: table.into(),
-        }
+        DynamoDirectory { client, table: table.into() }
     }
 
-    pub async fn get_user(&self, tenant: &str, email: &str) -> Result<Option<StoredUser>> {
+    async fn get_user(&self, tenant: &str, email: &str) -> Result<Option<User>> {
         let out = self
             .client
             .get_item()
@@ -249,25 +216,14 @@ impl DynamoDirectory {
             .send()
             .await
             .map_err(ddb_err("GetItem"))?;
-        out.item.as_ref().map(StoredUser::try_from).transpose()
+        out.item.as_ref().map(User::try_from).transpose()
     }
 
     /// Conditional update of an existing item; NotFound when it is missing.
-    async fn update_existing(
-        &self,
-        pk: String,
-        sets: Vec<(&str, Av)>,
-        stamp: &Stamp,
-    ) -> Result<Write> {
-        let mut expr = vec![
-            "updated_at = :at".to_string(),
-            "last_write = :tok".to_string(),
-        ];
+    async fn update_existing(&self, pk: String, sets: Vec<(&str, Av)>, stamp: &Stamp) -> Result<Write> {
+        let mut expr = vec!["updated_at = :at".to_string(), "last_write = :tok".to_string()];
         let mut names = HashMap::new();
-        let mut values = HashMap::from([
-            (":at".to_string(), s(&stamp.at)),
-            (":tok".to_string(), s(stamp.token())),
-        ]);
+        let mut values = HashMap::from([(":at".to_string(), s(&stamp.at)), (":tok".to_string(), s(stamp.token()))]);
         for (i, (k, v)) in sets.into_iter().enumerate() {
             names.insert(format!("#a{i}"), k.to_string());
             values.insert(format!(":v{i}"), v);
@@ -312,25 +268,15 @@ impl DynamoDirectory {
                         _ => None,
                     })
                     .is_some_and(|old| old.str("last_write") == Some(stamp.token().as_str()));
-                Ok(if own {
-                    Write::Created
-                } else {
-                    Write::AlreadyExists
-                })
+                Ok(if own { Write::Created } else { Write::AlreadyExists })
             }
             Err(e) => Err(ddb_err("PutItem")(e)),
         }
     }
 
     async fn delete(&self, pk: String) -> Result<Write> {
-        let res = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .condition_expression("attribute_exists(pk)")
-            .send()
-            .await;
+        let res =
+            self.client.delete_item().table_name(&self.table).key("pk", s(pk)).condition_expression("attribute_exists(pk)").send().await;
         match res {
             Ok(_) => Ok(Write::Deleted),
             Err(e) if is_condition_failed(&e) => Ok(Write::NotFound),
@@ -342,20 +288,11 @@ impl DynamoDirectory {
 #[async_trait]
 impl Directory for DynamoDirectory {
     async fn tenant(&self, id: &str) -> Result<Option<Tenant>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(tenant_pk(id)))
-            .send()
-            .await
-            .map_err(ddb_err("GetItem"))?;
+        let out = self.client.get_item().table_name(&self.table).key("pk", s(tenant_pk(id))).send().await.map_err(ddb_err("GetItem"))?;
         out.item
             .as_ref()
             .and_then(|i| i.str("doc"))
-            .map(|doc| {
-                serde_json::from_str(doc).map_err(|e| Error::corrupt(format!("tenant {id}"), e))
-            })
+            .map(|doc| serde_json::from_str(doc).map_err(|e| Error::corrupt(format!("tenant {id}"), e)))
             .transpose()
     }
 
@@ -399,6 +336,10 @@ impl Directory for DynamoDirectory {
         Ok(out)
     }
 
+    async fn user(&self, tenant: &str, email: &str) -> Result<Option<User>> {
+        self.get_user(tenant, &email.trim().to_lowercase()).await
+    }
+
     async fn write_user(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Write> {
         let Target::User { email, fields } = &op.target else {
             return Err(Error::corrupt("chunk", "org row sent to write_user"));
@@ -409,28 +350,10 @@ impl Directory for DynamoDirectory {
             sets.push(("gsi1sk", s(org.to_lowercase())));
         }
         match op.action {
-            Action::Create => {
-                self.create(
-                    UserItem {
-                        tenant,
-                        email,
-                        fields,
-                        stamp,
-                    }
-                    .into(),
-                    stamp,
-                )
-                .await
-            }
+            Action::Create => self.create(UserItem { tenant, email, fields, stamp }.into(), stamp).await,
             Action::Update => self.update_existing(pk, sets, stamp).await,
-            Action::Enable => {
-                self.update_existing(pk, vec![("status", s("active"))], stamp)
-                    .await
-            }
-            Action::Disable => {
-                self.update_existing(pk, vec![("status", s("disabled"))], stamp)
-                    .await
-            }
+            Action::Enable => self.update_existing(pk, vec![("status", s("active"))], stamp).await,
+            Action::Disable => self.update_existing(pk, vec![("status", s("disabled"))], stamp).await,
             Action::Delete => self.delete(pk).await,
             Action::Upsert => {
                 let mut expr = vec![
@@ -475,13 +398,8 @@ impl Directory for DynamoDirectory {
                     .send()
                     .await
                     .map_err(ddb_err("UpdateItem"))?;
-                let created = out.attributes.as_ref().and_then(|a| a.str("created_by"))
-                    == Some(stamp.token().as_str());
-                Ok(if created {
-                    Write::Created
-                } else {
-                    Write::Updated
-                })
+                let created = out.attributes.as_ref().and_then(|a| a.str("created_by")) == Some(stamp.token().as_str());
+                Ok(if created { Write::Created } else { Write::Updated })
             }
         }
     }
@@ -505,10 +423,7 @@ impl Directory for DynamoDirectory {
                 ]);
                 self.create(item, stamp).await
             }
-            Action::Update => {
-                self.update_existing(pk, vec![("name", s(name))], stamp)
-                    .await
-            }
+            Action::Update => self.update_existing(pk, vec![("name", s(name))], stamp).await,
             Action::Upsert => {
                 let out = self
                     .client
@@ -529,18 +444,10 @@ impl Directory for DynamoDirectory {
                     .send()
                     .await
                     .map_err(ddb_err("UpdateItem"))?;
-                let created = out.attributes.as_ref().and_then(|a| a.str("created_by"))
-                    == Some(stamp.token().as_str());
-                Ok(if created {
-                    Write::Created
-                } else {
-                    Write::Updated
-                })
+                let created = out.attributes.as_ref().and_then(|a| a.str("created_by")) == Some(stamp.token().as_str());
+                Ok(if created { Write::Created } else { Write::Updated })
             }
-            other => Err(Error::corrupt(
-                "chunk",
-                format!("org action {other} reached write_org"),
-            )),
+            other => Err(Error::corrupt("chunk", format!("org action {other} reached write_org"))),
         }
     }
 
@@ -591,10 +498,7 @@ pub struct DynamoJobs {
 
 impl DynamoJobs {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        DynamoJobs {
-            client,
-            table: table.into(),
-        }
+        DynamoJobs { client, table: table.into() }
     }
     fn marker_pk(id: &str, phase: usize, seq: u32) -> String {
         format!("C#{id}#{phase}#{seq}")
@@ -617,11 +521,7 @@ impl JobStore for DynamoJobs {
             Ok(_) => Ok((job.clone(), true)),
             Err(e) if is_condition_failed(&e) => match self.get(&job.id).await? {
                 Some(existing) => Ok((existing, false)),
-                None => Err(Error::Transient {
-                    service: "dynamodb",
-                    operation: "PutItem",
-                    message: "job vanished after conflict".into(),
-                }),
+                None => Err(Error::Transient { service: "dynamodb", operation: "PutItem", message: "job vanished after conflict".into() }),
             },
             Err(e) => Err(ddb_err("PutItem")(e)),
         }
@@ -655,13 +555,7 @@ impl JobStore for DynamoJobs {
         Ok(())
     }
 
-    async fn transition(
-        &self,
-        id: &str,
-        from: JobState,
-        to: JobState,
-        message: Option<&str>,
-    ) -> Result<bool> {
+    async fn transition(&self, id: &str, from: JobState, to: JobState, message: Option<&str>) -> Result<bool> {
         let mut req = self
             .client
             .update_item()
@@ -672,9 +566,7 @@ impl JobStore for DynamoJobs {
             .expression_attribute_values(":from", s(from.as_str()))
             .expression_attribute_values(":to", s(to.as_str()));
         req = match message {
-            Some(m) => req
-                .update_expression("SET #state = :to, message = :m")
-                .expression_attribute_values(":m", s(m)),
+            Some(m) => req.update_expression("SET #state = :to, message = :m").expression_attribute_values(":m", s(m)),
             None => req.update_expression("SET #state = :to"),
         };
         match req.send().await {
@@ -694,20 +586,14 @@ impl JobStore for DynamoJobs {
             .item("ttl", n(ttl))
             .condition_expression("attribute_not_exists(pk)")
             .build()
-            .map_err(|e| Error::Build {
-                what: "transaction",
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::Build { what: "transaction", message: e.to_string() })?;
         let update = Update::builder()
             .table_name(&self.table)
             .key("pk", s(format!("J#{id}")))
             .update_expression(format!("ADD done{phase} :one"))
             .expression_attribute_values(":one", n(1))
             .build()
-            .map_err(|e| Error::Build {
-                what: "transaction",
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::Build { what: "transaction", message: e.to_string() })?;
         let res = self
             .client
             .transact_write_items()
@@ -721,15 +607,13 @@ impl JobStore for DynamoJobs {
                 let already = e
                     .as_service_error()
                     .and_then(|se| match se {
-                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(tc) => Some(tc),
+                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(tc) => {
+                            Some(tc)
+                        }
                         _ => None,
                     })
                     .is_some_and(|tc| tc.cancellation_reasons().first().and_then(|r| r.code()) == Some("ConditionalCheckFailed"));
-                if already {
-                    Ok(false)
-                } else {
-                    Err(ddb_err("TransactWriteItems")(e))
-                }
+                if already { Ok(false) } else { Err(ddb_err("TransactWriteItems")(e)) }
             }
         }
     }
@@ -771,9 +655,7 @@ impl JobStore for DynamoJobs {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(format!("J#{id}")))
-            .update_expression(
-                "SET #state = :c, succeeded = :s, failed = :f, skipped = :k, completed_at = :now",
-            )
+            .update_expression("SET #state = :c, succeeded = :s, failed = :f, skipped = :k, completed_at = :now")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":c", s(JobState::Completed.as_str()))
             .expression_attribute_values(":s", n(succeeded))
@@ -808,33 +690,13 @@ pub async fn ensure_tables(client: &Client, directory: &str, jobs: &str) -> Resu
     for table in [directory, jobs] {
         let gsi = GlobalSecondaryIndex::builder()
             .index_name(GSI)
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("gsi1pk")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .map_err(build_err)?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("gsi1sk")
-                    .key_type(KeyType::Range)
-                    .build()
-                    .map_err(build_err)?,
-            )
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::KeysOnly)
-                    .build(),
-            )
+            .key_schema(KeySchemaElement::builder().attribute_name("gsi1pk").key_type(KeyType::Hash).build().map_err(build_err)?)
+            .key_schema(KeySchemaElement::builder().attribute_name("gsi1sk").key_type(KeyType::Range).build().map_err(build_err)?)
+            .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
             .build()
             .map_err(build_err)?;
         let attr = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(build_err)
+            AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().map_err(build_err)
         };
         let res = client
             .create_table()
@@ -843,13 +705,7 @@ pub async fn ensure_tables(client: &Client, directory: &str, jobs: &str) -> Resu
             .attribute_definitions(attr("pk")?)
             .attribute_definitions(attr("gsi1pk")?)
             .attribute_definitions(attr("gsi1sk")?)
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("pk")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .map_err(build_err)?,
-            )
+            .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().map_err(build_err)?)
             .global_secondary_indexes(gsi)
             .send()
             .await;
@@ -860,11 +716,7 @@ pub async fn ensure_tables(client: &Client, directory: &str, jobs: &str) -> Resu
                         .update_time_to_live()
                         .table_name(table)
                         .time_to_live_specification(
-                            TimeToLiveSpecification::builder()
-                                .attribute_name("ttl")
-                                .enabled(true)
-                                .build()
-                                .map_err(build_err)?,
+                            TimeToLiveSpecification::builder().attribute_name("ttl").enabled(true).build().map_err(build_err)?,
                         )
                         .send()
                         .await
@@ -879,10 +731,7 @@ pub async fn ensure_tables(client: &Client, directory: &str, jobs: &str) -> Resu
 }
 
 fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> Error {
-    Error::Build {
-        what: "table definition",
-        message: e.to_string(),
-    }
+    Error::Build { what: "table definition", message: e.to_string() }
 }
 
 #[cfg(test)]
@@ -890,11 +739,7 @@ mod tests {
     use super::*;
 
     fn stamp() -> Stamp {
-        Stamp {
-            job: "job1".into(),
-            row: 7,
-            at: "2026-11-21T10:00:00Z".into(),
-        }
+        Stamp { job: "job1".into(), row: 7, at: "2026-11-21T10:00:00Z".into() }
     }
 
     #[test]
@@ -905,38 +750,24 @@ mod tests {
             groups: vec!["a".into(), "b".into()],
             ..Default::default()
         };
-        let item: Item = UserItem {
-            tenant: "acme",
-            email: "ann@x.com",
-            fields: &fields,
-            stamp: &stamp(),
-        }
-        .into();
+        let item: Item = UserItem { tenant: "acme", email: "ann@x.com", fields: &fields, stamp: &stamp() }.into();
         assert_eq!(item.str("pk"), Some("U#acme#ann@x.com"));
         assert_eq!(item.str("gsi1sk"), Some("north"));
         assert!(item.str("gsi1pk").unwrap().starts_with("T#acme#"));
         assert_eq!(item.str("last_write"), Some("job1#7"));
         // Rough item size: attribute names + values, well under the 1 KB of one write unit.
-        let size: usize = item
-            .iter()
-            .map(|(k, v)| k.len() + v.as_s().map(|s| s.len()).unwrap_or(16))
-            .sum();
+        let size: usize = item.iter().map(|(k, v)| k.len() + v.as_s().map(|s| s.len()).unwrap_or(16)).sum();
         assert!(size < 400, "{size}");
-        let back = StoredUser::try_from(&item).unwrap();
+        let back = User::try_from(&item).unwrap();
         assert_eq!(back.fields, fields);
         assert_eq!(back.status, "active");
     }
 
     #[test]
     fn shards_spread_users_and_are_stable() {
-        let shards: std::collections::HashSet<String> = (0..200)
-            .map(|i| user_shard("acme", &format!("u{i}@x.com")))
-            .collect();
+        let shards: std::collections::HashSet<String> = (0..200).map(|i| user_shard("acme", &format!("u{i}@x.com"))).collect();
         assert_eq!(shards.len(), USER_SHARDS as usize);
-        assert_eq!(
-            user_shard("acme", "ann@x.com"),
-            user_shard("acme", "ann@x.com")
-        );
+        assert_eq!(user_shard("acme", "ann@x.com"), user_shard("acme", "ann@x.com"));
     }
 
     #[test]

@@ -18,8 +18,6 @@ pub async fn sdk_config(config: &Config) -> SdkConfig {
 }
 
 pub fn s3_client(sdk: &SdkConfig, config: &Config) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::config::Builder::from(sdk)
-        .force_path_style(config.s3_force_path_style)
-        .build();
+    let conf = aws_sdk_s3::config::Builder::from(sdk).force_path_style(config.s3_force_path_style).build();
     aws_sdk_s3::Client::from_conf(conf)
 }

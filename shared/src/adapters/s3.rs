@@ -14,10 +14,7 @@ pub struct S3Store {
 
 impl S3Store {
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
-        S3Store {
-            client,
-            bucket: bucket.into(),
-        }
+        S3Store { client, bucket: bucket.into() }
     }
 }
 
@@ -28,14 +25,7 @@ fn is_missing(code: Option<&str>) -> bool {
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        match self.client.get_object().bucket(&self.bucket).key(key).send().await {
             Ok(out) => {
                 let body = out.body.collect().await.map_err(|e| Error::Transient {
                     service: "s3",
@@ -50,21 +40,9 @@ impl ObjectStore for S3Store {
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
             Ok(out) => Ok(out.content_length.map(|n| n.max(0) as u64)),
-            Err(e)
-                if is_missing(e.code())
-                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404) =>
-            {
-                Ok(None)
-            }
+            Err(e) if is_missing(e.code()) || e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
             Err(e) => Err(Error::from_sdk("s3", "HeadObject", e)),
         }
     }
@@ -96,24 +74,13 @@ impl ObjectStore for S3Store {
         match res {
             Ok(_) => Ok(true),
             // 412: it exists; 409: a concurrent conditional write is winning.
-            Err(e)
-                if matches!(
-                    e.code(),
-                    Some("PreconditionFailed" | "ConditionalRequestConflict")
-                ) =>
-            {
-                Ok(false)
-            }
+            Err(e) if matches!(e.code(), Some("PreconditionFailed" | "ConditionalRequestConflict")) => Ok(false),
             Err(e) => Err(Error::from_sdk("s3", "PutObject", e)),
         }
     }
 
     async fn copy(&self, from: &str, to: &str) -> Result<()> {
-        let source = format!(
-            "{}/{}",
-            self.bucket,
-            percent_encoding::utf8_percent_encode(from, percent_encoding::NON_ALPHANUMERIC)
-        );
+        let source = format!("{}/{}", self.bucket, percent_encoding::utf8_percent_encode(from, percent_encoding::NON_ALPHANUMERIC));
         self.client
             .copy_object()
             .bucket(&self.bucket)
@@ -127,28 +94,17 @@ impl ObjectStore for S3Store {
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let mut keys = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| Error::from_sdk("s3", "ListObjectsV2", e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_string)),
-            );
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
         }
         keys.sort();
         Ok(keys)
     }
 
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String> {
-        let conf = PresigningConfig::expires_in(ttl)
-            .map_err(|e| Error::Config(format!("presign ttl: {e}")))?;
+        let conf = PresigningConfig::expires_in(ttl).map_err(|e| Error::Config(format!("presign ttl: {e}")))?;
         let req = self
             .client
             .get_object()

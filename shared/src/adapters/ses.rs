@@ -21,18 +21,11 @@ impl Mailer for SesMailer {
         let raw = RawMessage::builder()
             .data(Blob::new(mime))
             .build()
-            .map_err(|e| Error::Build {
-                what: "raw message",
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::Build { what: "raw message", message: e.to_string() })?;
         self.client
             .send_email()
             .from_email_address(from)
-            .destination(
-                Destination::builder()
-                    .set_to_addresses(Some(to.to_vec()))
-                    .build(),
-            )
+            .destination(Destination::builder().set_to_addresses(Some(to.to_vec())).build())
             .content(EmailContent::builder().raw(raw).build())
             .send()
             .await

@@ -54,13 +54,8 @@ pub enum FileError {
     Empty,
     #[error("the file is not a CSV, TSV, XLSX, XLS or ODS roster ({0})")]
     UnknownFormat(String),
-    #[error(
-        "the {format} file could not be read: {detail}. Save it again from your spreadsheet program and re-upload it"
-    )]
-    Corrupt {
-        format: &'static str,
-        detail: String,
-    },
+    #[error("the {format} file could not be read: {detail}. Save it again from your spreadsheet program and re-upload it")]
+    Corrupt { format: &'static str, detail: String },
     #[error("the workbook has no sheet with data")]
     NoSheet,
 }
@@ -70,22 +65,8 @@ const OLE_MAGIC: &[u8] = &[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
 
 /// Sheet names that hold instructions rather than data (the template's own, and common ones).
 pub fn is_instruction_sheet(name: &str) -> bool {
-    let n: String = name
-        .to_ascii_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric())
-        .collect();
-    matches!(
-        n.as_str(),
-        "readme"
-            | "instructions"
-            | "definitions"
-            | "help"
-            | "notes"
-            | "howto"
-            | "lists"
-            | "lookups"
-    )
+    let n: String = name.to_ascii_lowercase().chars().filter(|c| c.is_alphanumeric()).collect();
+    matches!(n.as_str(), "readme" | "instructions" | "definitions" | "help" | "notes" | "howto" | "lists" | "lookups")
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Table, FileError> {
@@ -99,46 +80,27 @@ pub fn decode(bytes: &[u8]) -> Result<Table, FileError> {
 }
 
 fn decode_workbook(bytes: &[u8]) -> Result<Table, FileError> {
-    let guess = if bytes.starts_with(OLE_MAGIC) {
-        "XLS"
-    } else {
-        "XLSX"
-    };
-    let mut book = calamine::open_workbook_auto_from_rs(Cursor::new(bytes)).map_err(|e| {
-        FileError::Corrupt {
-            format: guess,
-            detail: e.to_string(),
-        }
-    })?;
+    let guess = if bytes.starts_with(OLE_MAGIC) { "XLS" } else { "XLSX" };
+    let mut book = calamine::open_workbook_auto_from_rs(Cursor::new(bytes))
+        .map_err(|e| FileError::Corrupt { format: guess, detail: e.to_string() })?;
     let format = match &book {
         Sheets::Xls(_) => Format::Xls,
         Sheets::Xlsx(_) => Format::Xlsx,
         Sheets::Ods(_) => Format::Ods,
         Sheets::Xlsb(_) => {
-            return Err(FileError::UnknownFormat(
-                "XLSB binary workbooks are not supported; save as XLSX".into(),
-            ));
+            return Err(FileError::UnknownFormat("XLSB binary workbooks are not supported; save as XLSX".into()));
         }
     };
     let label = format.label();
     let names = book.sheet_names();
     for name in names.iter().filter(|n| !is_instruction_sheet(n)) {
-        let range = book.worksheet_range(name).map_err(|e| FileError::Corrupt {
-            format: label,
-            detail: e.to_string(),
-        })?;
+        let range = book.worksheet_range(name).map_err(|e| FileError::Corrupt { format: label, detail: e.to_string() })?;
         let Some((start_row, _)) = range.start() else {
             continue;
         };
-        let rows = range
-            .rows()
-            .enumerate()
-            .map(|(i, r)| (start_row + i as u32 + 1, r.iter().map(cell_text).collect()));
+        let rows = range.rows().enumerate().map(|(i, r)| (start_row + i as u32 + 1, r.iter().map(cell_text).collect()));
         if let Some(table) = tabulate(format, rows) {
-            return Ok(Table {
-                sheet: Some(name.clone()),
-                ..table
-            });
+            return Ok(Table { sheet: Some(name.clone()), ..table });
         }
     }
     Err(FileError::NoSheet)
@@ -163,58 +125,32 @@ pub fn cell_text(cell: &Data) -> String {
             }
             _ => float_text(dt.as_f64()),
         },
-        Data::DateTimeIso(s) | Data::DurationIso(s) => {
-            s.strip_suffix("T00:00:00").unwrap_or(s).to_string()
-        }
+        Data::DateTimeIso(s) | Data::DurationIso(s) => s.strip_suffix("T00:00:00").unwrap_or(s).to_string(),
         Data::Error(e) => format!("#{e:?}"),
     }
 }
 
 fn float_text(f: f64) -> String {
     // Phone numbers and ids typed into a spreadsheet arrive as floats: 4155550100.0 -> "4155550100".
-    if f.fract() == 0.0 && f.abs() < 1e15 {
-        format!("{}", f as i64)
-    } else {
-        format!("{f}")
-    }
+    if f.fract() == 0.0 && f.abs() < 1e15 { format!("{}", f as i64) } else { format!("{f}") }
 }
 
 fn decode_text(bytes: &[u8]) -> Result<Table, FileError> {
     let (text, encoding) = to_utf8(bytes);
     if looks_binary(&text) {
-        return Err(FileError::UnknownFormat(
-            "the content is binary, not text".into(),
-        ));
+        return Err(FileError::UnknownFormat("the content is binary, not text".into()));
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let delimiter = sniff_delimiter(text);
-    let format = if delimiter == b'\t' {
-        Format::Tsv
-    } else {
-        Format::Csv
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .delimiter(delimiter)
-        .from_reader(text.as_bytes());
+    let format = if delimiter == b'\t' { Format::Tsv } else { Format::Csv };
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delimiter).from_reader(text.as_bytes());
     let mut rows = Vec::new();
     for (i, rec) in reader.records().enumerate() {
-        let rec = rec.map_err(|e| FileError::Corrupt {
-            format: format.label(),
-            detail: e.to_string(),
-        })?;
-        rows.push((
-            i as u32 + 1,
-            rec.iter().map(str::to_string).collect::<Vec<_>>(),
-        ));
+        let rec = rec.map_err(|e| FileError::Corrupt { format: format.label(), detail: e.to_string() })?;
+        rows.push((i as u32 + 1, rec.iter().map(str::to_string).collect::<Vec<_>>()));
     }
     let table = tabulate(format, rows.into_iter()).ok_or(FileError::Empty)?;
-    Ok(Table {
-        encoding: Some(encoding.to_string()),
-        delimiter: Some(delimiter as char),
-        ..table
-    })
+    Ok(Table { encoding: Some(encoding.to_string()), delimiter: Some(delimiter as char), ..table })
 }
 
 /// BOM first (UTF-8, UTF-16LE/BE as Excel's "Unicode Text"), then strict UTF-8, else Windows-1252.
@@ -235,10 +171,7 @@ fn to_utf8(bytes: &[u8]) -> (String, &'static str) {
 /// NUL bytes or many control characters: not a text roster, whatever its name says.
 fn looks_binary(text: &str) -> bool {
     let sample: Vec<char> = text.chars().take(8192).collect();
-    let control = sample
-        .iter()
-        .filter(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
-        .count();
+    let control = sample.iter().filter(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')).count();
     sample.contains(&'\0') || control * 20 > sample.len().max(1)
 }
 
@@ -257,13 +190,7 @@ fn sniff_delimiter(text: &str) -> u8 {
         }
     }
     // Ties keep the earlier (more common) delimiter: max_by_key returns the last maximum, so reverse.
-    counts
-        .iter()
-        .rev()
-        .max_by_key(|(_, n)| *n)
-        .filter(|(_, n)| *n > 0)
-        .map(|(d, _)| *d)
-        .unwrap_or(b',')
+    counts.iter().rev().max_by_key(|(_, n)| *n).filter(|(_, n)| *n > 0).map(|(d, _)| *d).unwrap_or(b',')
 }
 
 /// Rows -> table: the first non-empty row is the header; trailing empty rows and empty trailing
@@ -285,15 +212,7 @@ fn tabulate(format: Format, rows: impl Iterator<Item = (u32, Vec<String>)>) -> O
     while data.last().is_some_and(|(_, r)| r.is_empty()) {
         data.pop();
     }
-    Some(Table {
-        format,
-        encoding: None,
-        delimiter: None,
-        sheet: None,
-        header_row,
-        headers,
-        rows: data,
-    })
+    Some(Table { format, encoding: None, delimiter: None, sheet: None, header_row, headers, rows: data })
 }
 
 #[cfg(test)]
@@ -301,10 +220,7 @@ mod tests {
     use super::*;
 
     fn cells(t: &Table) -> Vec<Vec<&str>> {
-        t.rows
-            .iter()
-            .map(|(_, r)| r.iter().map(String::as_str).collect())
-            .collect()
+        t.rows.iter().map(|(_, r)| r.iter().map(String::as_str).collect()).collect()
     }
 
     #[test]
@@ -318,19 +234,10 @@ mod tests {
 
     #[test]
     fn semicolon_and_pipe_and_tab_are_sniffed() {
-        assert_eq!(
-            decode(b"Email;Org\na@x.com;A, Inc\n").unwrap().delimiter,
-            Some(';')
-        );
-        assert_eq!(
-            decode(b"Email|Org\na@x.com|A\n").unwrap().delimiter,
-            Some('|')
-        );
+        assert_eq!(decode(b"Email;Org\na@x.com;A, Inc\n").unwrap().delimiter, Some(';'));
+        assert_eq!(decode(b"Email|Org\na@x.com|A\n").unwrap().delimiter, Some('|'));
         let t = decode(b"Email\tOrg\na@x.com\tA\n").unwrap();
-        assert_eq!(
-            (t.format, cells(&t)),
-            (Format::Tsv, vec![vec!["a@x.com", "A"]])
-        );
+        assert_eq!((t.format, cells(&t)), (Format::Tsv, vec![vec!["a@x.com", "A"]]));
     }
 
     #[test]

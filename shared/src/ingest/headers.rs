@@ -92,12 +92,7 @@ impl Field {
 
     /// Header text -> field. Spaces, underscores, dashes and dots are ignored: "E-mail", "First_Name".
     pub fn from_header(header: &str) -> Option<Field> {
-        let key: String = header
-            .trim()
-            .to_lowercase()
-            .chars()
-            .filter(|c| !matches!(c, ' ' | '_' | '-' | '.'))
-            .collect();
+        let key: String = header.trim().to_lowercase().chars().filter(|c| !matches!(c, ' ' | '_' | '-' | '.')).collect();
         Some(match key.as_str() {
             "type" | "usertype" | "recordtype" | "entitytype" => Field::Type,
             "action" | "operation" => Field::Action,
@@ -105,10 +100,8 @@ impl Field {
             "username" | "login" | "loginname" | "userlogin" => Field::Username,
             "firstname" | "first" | "givenname" | "forename" => Field::FirstName,
             "lastname" | "last" | "surname" | "familyname" => Field::LastName,
-            "phone" | "phonenumber" | "mobile" | "mobilephone" | "telephone" | "cell"
-            | "cellphone" => Field::Phone,
-            "orgname" | "org" | "organization" | "organisation" | "organizationname"
-            | "organisationname" | "company" => Field::OrgName,
+            "phone" | "phonenumber" | "mobile" | "mobilephone" | "telephone" | "cell" | "cellphone" => Field::Phone,
+            "orgname" | "org" | "organization" | "organisation" | "organizationname" | "organisationname" | "company" => Field::OrgName,
             "rolename" | "role" => Field::RoleName,
             "department" | "dept" => Field::Department,
             "group" | "groups" | "groupname" => Field::Group,
@@ -136,10 +129,7 @@ pub struct Mapping {
 
 impl Mapping {
     pub fn column(&self, field: Field) -> Option<usize> {
-        self.columns
-            .iter()
-            .find(|(f, _)| *f == field)
-            .map(|(_, i)| *i)
+        self.columns.iter().find(|(f, _)| *f == field).map(|(_, i)| *i)
     }
     pub fn has(&self, field: Field) -> bool {
         self.column(field).is_some()
@@ -153,10 +143,7 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
     for (i, h) in headers.iter().enumerate() {
         let trimmed = h.trim();
         if trimmed.is_empty() {
-            mapping.warnings.push(format!(
-                "column {} has no header; its values were ignored",
-                i + 1
-            ));
+            mapping.warnings.push(format!("column {} has no header; its values were ignored", i + 1));
             continue;
         }
         match Field::from_header(trimmed) {
@@ -172,10 +159,7 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
                     ));
                 }
                 if f.is_unsupported() {
-                    mapping.warnings.push(format!(
-                        "column \"{trimmed}\" ({}) is not applied by this version and was ignored",
-                        f.name()
-                    ));
+                    mapping.warnings.push(format!("column \"{trimmed}\" ({}) is not applied by this version and was ignored", f.name()));
                 }
                 mapping.columns.push((f, i));
             }
@@ -185,20 +169,12 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
     if tenant.strict_template {
         check_template(headers, tenant)?;
     } else {
-        mapping.warnings.extend(
-            unknown
-                .iter()
-                .map(|u| format!("column \"{u}\" is not a roster column and was ignored")),
-        );
+        mapping.warnings.extend(unknown.iter().map(|u| format!("column \"{u}\" is not a roster column and was ignored")));
     }
     if !mapping.has(Field::Email) && !mapping.has(Field::OrgName) {
         return Err(format!(
             "the required column Email is missing (the header row has: {}). Add an Email column, or use the template",
-            headers
-                .iter()
-                .map(|h| format!("\"{}\"", h.trim()))
-                .collect::<Vec<_>>()
-                .join(", ")
+            headers.iter().map(|h| format!("\"{}\"", h.trim())).collect::<Vec<_>>().join(", ")
         ));
     }
     Ok(mapping)
@@ -215,44 +191,22 @@ fn check_template(headers: &[String], tenant: &Tenant) -> Result<(), String> {
     let ours: Vec<String> = headers
         .iter()
         .map(|h| norm(h))
-        .filter(|h| {
-            !h.is_empty() && !matches!(Field::from_header(h), Some(Field::Status | Field::Message))
-        })
+        .filter(|h| !h.is_empty() && !matches!(Field::from_header(h), Some(Field::Status | Field::Message)))
         .collect();
     let theirs: Vec<String> = expected.iter().map(|h| norm(h)).collect();
     let added: Vec<&String> = ours.iter().filter(|h| !theirs.contains(h)).collect();
-    let missing: Vec<&String> = expected
-        .iter()
-        .filter(|h| !ours.contains(&norm(h)))
-        .collect();
+    let missing: Vec<&String> = expected.iter().filter(|h| !ours.contains(&norm(h))).collect();
     if added.is_empty() && missing.is_empty() {
         return Ok(());
     }
     let mut parts = Vec::new();
     if !added.is_empty() {
-        parts.push(format!(
-            "columns not in the template: {}",
-            added
-                .iter()
-                .map(|s| format!("\"{s}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        parts.push(format!("columns not in the template: {}", added.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")));
     }
     if !missing.is_empty() {
-        parts.push(format!(
-            "template columns missing: {}",
-            missing
-                .iter()
-                .map(|s| format!("\"{s}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        parts.push(format!("template columns missing: {}", missing.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")));
     }
-    Err(format!(
-        "this tenant requires its exact upload template; {}. Download the template and copy your rows into it",
-        parts.join("; ")
-    ))
+    Err(format!("this tenant requires its exact upload template; {}. Download the template and copy your rows into it", parts.join("; ")))
 }
 
 #[cfg(test)]
@@ -278,19 +232,12 @@ mod tests {
 
     #[test]
     fn aliases_and_case_are_accepted() {
-        let m = map_headers(
-            &h(&[" E-mail ", "First Name", "ORG", "Role", "email_address_x"]),
-            &tenant(),
-        )
-        .unwrap();
+        let m = map_headers(&h(&[" E-mail ", "First Name", "ORG", "Role", "email_address_x"]), &tenant()).unwrap();
         assert_eq!(m.column(Field::Email), Some(0));
         assert_eq!(m.column(Field::FirstName), Some(1));
         assert_eq!(m.column(Field::OrgName), Some(2));
         assert_eq!(m.column(Field::RoleName), Some(3));
-        assert_eq!(
-            m.warnings,
-            vec!["column \"email_address_x\" is not a roster column and was ignored"]
-        );
+        assert_eq!(m.warnings, vec!["column \"email_address_x\" is not a roster column and was ignored"]);
     }
 
     #[test]
@@ -303,10 +250,7 @@ mod tests {
     #[test]
     fn two_columns_for_one_field_are_refused() {
         let err = map_headers(&h(&["Email", "Name", "E-mail"]), &tenant()).unwrap_err();
-        assert_eq!(
-            err,
-            "columns 1 (\"Email\") and 3 (\"E-mail\") both mean Email; keep one of them"
-        );
+        assert_eq!(err, "columns 1 (\"Email\") and 3 (\"E-mail\") both mean Email; keep one of them");
     }
 
     #[test]
@@ -314,22 +258,10 @@ mod tests {
         let mut t = tenant();
         t.strict_template = true;
         t.template_columns = h(&["Email", "FirstName", "LastName"]);
-        assert!(
-            map_headers(
-                &h(&["email", "LastName", "FirstName", "Status", "Message"]),
-                &t
-            )
-            .is_ok()
-        );
+        assert!(map_headers(&h(&["email", "LastName", "FirstName", "Status", "Message"]), &t).is_ok());
         let err = map_headers(&h(&["Email", "FirstName", "Shoe"]), &t).unwrap_err();
-        assert!(
-            err.contains("columns not in the template: \"shoe\""),
-            "{err}"
-        );
-        assert!(
-            err.contains("template columns missing: \"LastName\""),
-            "{err}"
-        );
+        assert!(err.contains("columns not in the template: \"shoe\""), "{err}");
+        assert!(err.contains("template columns missing: \"LastName\""), "{err}");
     }
 
     #[test]

@@ -34,12 +34,7 @@ pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, St
         return Err("the file has a header row but no data rows".into());
     }
     let v = validate::validate(&table, &mapping, tenant, mode);
-    Ok(Prepared {
-        table,
-        warnings: mapping.warnings,
-        ops: v.ops,
-        outcomes: v.outcomes,
-    })
+    Ok(Prepared { table, warnings: mapping.warnings, ops: v.ops, outcomes: v.outcomes })
 }
 
 /// What finalize needs from ingest: the input as read (to echo every row) and the warnings.
@@ -58,10 +53,7 @@ pub fn job_id(obj: &ObjectRef) -> String {
         obj.bucket,
         obj.key,
         obj.version_id.as_deref().unwrap_or(""),
-        obj.sequencer
-            .as_deref()
-            .or(obj.etag.as_deref())
-            .unwrap_or("")
+        obj.sequencer.as_deref().or(obj.etag.as_deref()).unwrap_or("")
     );
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
 }
@@ -105,16 +97,7 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
     info!(job = %id, tenant = %key.tenant, file = %key.file_name, retry = !created, "ingest started");
 
     let Some(tenant) = svc.directory.tenant(&key.tenant).await? else {
-        return report::reject(
-            svc,
-            &job,
-            None,
-            &format!(
-                "tenant \"{}\" is not configured; ask support to set it up",
-                key.tenant
-            ),
-        )
-        .await;
+        return report::reject(svc, &job, None, &format!("tenant \"{}\" is not configured; ask support to set it up", key.tenant)).await;
     };
     let mode = match &key.mode {
         Ok(m) => m.unwrap_or(Mode::Upsert),
@@ -140,13 +123,7 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         return report::reject(svc, &job, Some(&tenant), &msg).await;
     }
     let Some(bytes) = svc.store.get(&obj.key).await? else {
-        return report::reject(
-            svc,
-            &job,
-            Some(&tenant),
-            "the file was deleted before it could be read",
-        )
-        .await;
+        return report::reject(svc, &job, Some(&tenant), "the file was deleted before it could be read").await;
     };
     let prepared = match prepare(&bytes, &tenant, mode) {
         Ok(p) => p,
@@ -163,39 +140,14 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, p: Prepared) -> R
     for op in p.ops {
         phases[phase_of(&op)].push(op);
     }
-    let phase_chunks: [u32; PHASES] =
-        std::array::from_fn(|i| phases[i].len().div_ceil(chunk_size) as u32);
+    let phase_chunks: [u32; PHASES] = std::array::from_fn(|i| phases[i].len().div_ceil(chunk_size) as u32);
     let total_rows = p.table.rows.len() as u32;
     // The plan is stored before any chunk exists, so whoever completes the last chunk knows it.
-    svc.jobs
-        .set_plan(
-            id,
-            &Plan {
-                phase_chunks,
-                total_rows,
-            },
-        )
-        .await?;
+    svc.jobs.set_plan(id, &Plan { phase_chunks, total_rows }).await?;
 
-    let staged = StagedInput {
-        table: p.table,
-        warnings: p.warnings,
-        ingested_at: chrono::Utc::now().to_rfc3339(),
-    };
-    svc.store
-        .put(
-            &keys::staged_input(id),
-            to_json(&staged)?,
-            "application/json",
-        )
-        .await?;
-    svc.store
-        .put(
-            &keys::ingest_outcomes(id),
-            jsonl(&p.outcomes)?,
-            "application/x-ndjson",
-        )
-        .await?;
+    let staged = StagedInput { table: p.table, warnings: p.warnings, ingested_at: chrono::Utc::now().to_rfc3339() };
+    svc.store.put(&keys::staged_input(id), to_json(&staged)?, "application/json").await?;
+    svc.store.put(&keys::ingest_outcomes(id), jsonl(&p.outcomes)?, "application/x-ndjson").await?;
 
     // Later phases wait in staged/ until the phase before them completes; the first non-empty
     // phase goes straight to chunks/ (written last, once everything it may need exists).
@@ -205,37 +157,21 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, p: Prepared) -> R
             continue;
         }
         for (seq, chunk) in ops.chunks(chunk_size).enumerate() {
-            svc.store
-                .put(
-                    &keys::staged_chunk(id, phase, seq as u32),
-                    jsonl(chunk)?,
-                    "application/x-ndjson",
-                )
-                .await?;
+            svc.store.put(&keys::staged_chunk(id, phase, seq as u32), jsonl(chunk)?, "application/x-ndjson").await?;
         }
     }
     match first {
         Some(phase) => {
             for (seq, chunk) in phases[phase].chunks(chunk_size).enumerate() {
-                svc.store
-                    .put(
-                        &keys::chunk(id, phase, seq as u32),
-                        jsonl(chunk)?,
-                        "application/x-ndjson",
-                    )
-                    .await?;
+                svc.store.put(&keys::chunk(id, phase, seq as u32), jsonl(chunk)?, "application/x-ndjson").await?;
             }
         }
         // Every row failed validation: nothing to apply, straight to finalize.
         None => {
-            svc.store
-                .put_if_absent(&keys::done(id), b"{}".to_vec(), "application/json")
-                .await?;
+            svc.store.put_if_absent(&keys::done(id), b"{}".to_vec(), "application/json").await?;
         }
     }
-    svc.jobs
-        .transition(id, JobState::Received, JobState::Applying, None)
-        .await?;
+    svc.jobs.transition(id, JobState::Received, JobState::Applying, None).await?;
     info!(job = %id, rows = total_rows, invalid = p.outcomes.len(), chunks = ?phase_chunks, "ingest planned");
     Ok(())
 }
@@ -247,17 +183,13 @@ pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 pub(crate) fn jsonl<T: Serialize>(items: &[T]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(items.len() * 128);
     for item in items {
-        serde_json::to_writer(&mut out, item)
-            .map_err(|e| crate::error::Error::corrupt("jsonl", e))?;
+        serde_json::to_writer(&mut out, item).map_err(|e| crate::error::Error::corrupt("jsonl", e))?;
         out.push(b'\n');
     }
     Ok(out)
 }
 
-pub(crate) fn parse_jsonl<T: for<'de> Deserialize<'de>>(
-    what: &str,
-    bytes: &[u8],
-) -> Result<Vec<T>> {
+pub(crate) fn parse_jsonl<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<Vec<T>> {
     bytes
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
