@@ -15,6 +15,8 @@ export AWS_REGION ?= us-east-1
 export AWS_ACCESS_KEY_ID ?= test
 export AWS_SECRET_ACCESS_KEY ?= test
 export ROSTERDROP_S3_PATH_STYLE ?= true
+# Never let the SDK reach for instance metadata (no network beyond loopback here).
+export AWS_EC2_METADATA_DISABLED ?= true
 
 CLI := target/debug/rosterdrop
 

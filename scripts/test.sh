@@ -10,6 +10,7 @@ export AWS_REGION=${AWS_REGION:-us-east-1}
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test}
 export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test}
 export ROSTERDROP_S3_PATH_STYLE=true
+export AWS_EC2_METADATA_DISABLED=true
 
 t0=$SECONDS
 scripts/stack.sh install

@@ -178,7 +178,8 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Status { job, tenant, json } => status(&svc, job, tenant, json).await?,
         Command::Results { job, out } => {
-            let job = svc.jobs.get(&job).await?.with_context(|| format!("job {job:?} not found; `rosterdrop status --tenant T` lists jobs"))?;
+            let job =
+                svc.jobs.get(&job).await?.with_context(|| format!("job {job:?} not found; `rosterdrop status --tenant T` lists jobs"))?;
             let prefix = shared::keys::results_prefix(&job.tenant, &job.id);
             let keys = svc.store.list(&prefix).await?;
             if keys.is_empty() {

@@ -23,16 +23,15 @@ async fn csv_roster_creates_users_writes_results_and_emails_the_admins_once() {
     stack.put_tenant(&tenant).await;
     let file = csv_text(&[
         &["Email", "First Name", "Last Name", "Org", "Role", "Shoe Size"],
-        &["ann@acme.example.com", "Ann", "Lee", "North", "Learner", "38"],
+        &["ann@acme.example.com", "Ann", "Lee", "", "Learner", "38"],
         &["bob@acme.example.com", "Bob", "=1+2", "", "Manager", ""],
         &["bad-email", "Cy", "Z", "", "Learner", ""],
         &["dee@acme.example.com", "Dee", "D", "", "learner", ""],
         &["ANN@acme.example.com", "Ann2", "Dup", "", "", ""],
         &["", "", "", "", "", ""],
         &["eve@acme.example.com", "Eve", "E", "", "Admin", ""],
-        &["Type", "", "", "North", "", ""],
+        &["", "Nobody", "", "North", "", ""],
     ]);
-    // The Type column is absent, so the last row is a user row without email: it fails.
     let key = stack.drop_file("acme", None, "Spring roster.csv", file).await;
     let job = stack.wait_job("acme", &key, WAIT).await;
     assert_eq!(job.state, JobState::Completed);
@@ -92,6 +91,8 @@ async fn each_action_reports_its_outcome_and_conditional_writes_hold() {
         &["Type", "Action", "Email", "First Name", "Org"],
         &["Org", "Create", "", "", "North"],
         &["Org", "Create", "", "", "Empty Org"],
+        &["Org", "Create", "", "", "West"],
+        &["User", "Create", "w@acme.example.com", "W", "West"],
         &["User", "Create", "a@acme.example.com", "A", "North"],
         &["User", "Create", "b@acme.example.com", "B", ""],
         &["User", "Create", "c@acme.example.com", "C", ""],
@@ -99,7 +100,7 @@ async fn each_action_reports_its_outcome_and_conditional_writes_hold() {
     ]);
     let key = stack.drop_file("acme", None, "seed.csv", seed).await;
     let job = stack.wait_job("acme", &key, WAIT).await;
-    assert_eq!(stack.summary(&job).await.counts.success, 6);
+    assert_eq!(stack.summary(&job).await.counts.success, 8);
 
     let changes = csv_text(&[
         &["Type", "Action", "Email", "First Name", "Org"],
@@ -114,7 +115,7 @@ async fn each_action_reports_its_outcome_and_conditional_writes_hold() {
         &["User", "", "up@acme.example.com", "Up", ""],
         &["Org", "Create", "", "", "North"],
         &["Org", "Delete", "", "", "Nowhere"],
-        &["Org", "Delete", "", "", "North"],
+        &["Org", "Delete", "", "", "West"],
         &["Org", "Delete", "", "", "Empty Org"],
     ]);
     let key = stack.drop_file("acme", None, "changes.csv", changes).await;
@@ -134,19 +135,25 @@ async fn each_action_reports_its_outcome_and_conditional_writes_hold() {
         ("Success", "user created"),
         ("Failure", "organization \"North\" already exists; use Update or Upsert to change it"),
         ("Failure", "organization \"Nowhere\" not found; use Create or Upsert to add it"),
-        ("Failure", "organization \"North\" still has 1 user; move or delete them first"),
+        ("Failure", "organization \"West\" still has 1 user; move or delete them first"),
         ("Success", "organization \"Empty Org\" deleted"),
     ];
+    assert_eq!(msgs.len(), expect.len());
     for (i, (got, want)) in msgs.iter().zip(expect.iter()).enumerate() {
         assert_eq!((got.0.as_str(), got.1.as_str()), *want, "row {}", i + 2);
     }
     let dir = &stack.svc.directory;
-    assert_eq!(dir.user("acme", "a@acme.example.com").await.unwrap().unwrap().fields.first_name.as_deref(), Some("A"), "create did not overwrite");
+    assert_eq!(
+        dir.user("acme", "a@acme.example.com").await.unwrap().unwrap().fields.first_name.as_deref(),
+        Some("A"),
+        "create did not overwrite"
+    );
     assert_eq!(dir.user("acme", "b@acme.example.com").await.unwrap().unwrap().fields.first_name.as_deref(), Some("Bea"));
     assert!(dir.user("acme", "c@acme.example.com").await.unwrap().is_none());
     assert_eq!(dir.user("acme", "d@acme.example.com").await.unwrap().unwrap().status, "disabled");
     assert!(dir.user("acme", "new@acme.example.com").await.unwrap().is_none());
     assert!(dir.org_exists("acme", "north").await.unwrap());
+    assert!(dir.org_exists("acme", "West").await.unwrap(), "an organization with users is not deleted");
     assert!(!dir.org_exists("acme", "Empty Org").await.unwrap());
     stack.shutdown().await;
 }
@@ -182,10 +189,7 @@ async fn every_supported_format_and_encoding_is_read() {
     };
     let xlsx = xlsx_bytes(
         "People",
-        &[
-            vec!["Email".into(), "First Name".into(), "Phone".into()],
-            vec!["zoe@x.example.com".into(), "Zoë".into(), "4155550100".into()],
-        ],
+        &[vec!["Email".into(), "First Name".into(), "Phone".into()], vec!["zoe@x.example.com".into(), "Zoë".into(), "4155550100".into()]],
     );
     let fixture = |n: &str| std::fs::read(format!("{}/fixtures/{n}", env!("CARGO_MANIFEST_DIR"))).expect("fixture");
     let cases: Vec<(&str, &str, Vec<u8>, &str, &str)> = vec![
@@ -256,7 +260,12 @@ async fn structural_errors_reject_the_whole_file_apply_nothing_and_say_why() {
     };
     let garbage: Vec<u8> = (0..3000u32).map(|i| (i * 7919 % 251) as u8).collect();
     let cases: Vec<(Option<&str>, &str, Vec<u8>, &str)> = vec![
-        (None, "nocol.csv", b"Name,Phone\nAnn,1\n".to_vec(), "the required column Email is missing (the header row has: \"Name\", \"Phone\")"),
+        (
+            None,
+            "nocol.csv",
+            b"Name,Phone\nAnn,1\n".to_vec(),
+            "the required column Email is missing (the header row has: \"Name\", \"Phone\")",
+        ),
         (None, "header.csv", b"Email,First Name\n".to_vec(), "the file has a header row but no data rows"),
         (None, "empty.csv", Vec::new(), "the file is empty"),
         (None, "garbage.csv", garbage[..1500].to_vec(), "not a CSV, TSV, XLSX, XLS or ODS roster"),

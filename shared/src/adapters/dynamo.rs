@@ -692,7 +692,10 @@ pub async fn ensure_tables(client: &Client, directory: &str, jobs: &str) -> Resu
             .index_name(GSI)
             .key_schema(KeySchemaElement::builder().attribute_name("gsi1pk").key_type(KeyType::Hash).build().map_err(build_err)?)
             .key_schema(KeySchemaElement::builder().attribute_name("gsi1sk").key_type(KeyType::Range).build().map_err(build_err)?)
-            .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+            // Users: keys only (count and list). Jobs: the whole item, `rosterdrop status` shows it.
+            .projection(
+                Projection::builder().projection_type(if table == jobs { ProjectionType::All } else { ProjectionType::KeysOnly }).build(),
+            )
             .build()
             .map_err(build_err)?;
         let attr = |name: &str| {
