@@ -84,7 +84,7 @@ impl Summary {
     pub fn count(&mut self, outcomes: &[Outcome]) {
         for o in outcomes {
             self.counts.add(o.status);
-            let action = o.action.map(|a| a.to_string()).unwrap_or_else(|| "(unreadable)".into());
+            let action = o.action.map(|a| a.to_string()).unwrap_or_else(|| "(invalid Type or Action)".into());
             self.by_action.entry(action).or_default().add(o.status);
         }
         self.rows = outcomes.len() as u32;
