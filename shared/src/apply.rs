@@ -63,14 +63,14 @@ async fn apply_row(svc: &Services, tenant: &str, op: &RowOp, stamp: &Stamp, orgs
     let action = op.action;
     let result = match &op.target {
         Target::User { fields, .. } => {
-            if let Some(org) = fields.org.as_deref().filter(|_| action != Action::Delete) {
-                if !org_exists(svc, tenant, org, orgs).await? {
-                    return Ok(Outcome::failure(
-                        row,
-                        Some(action),
-                        format!("organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file"),
-                    ));
-                }
+            if let Some(org) = fields.org.as_deref().filter(|_| action != Action::Delete)
+                && !org_exists(svc, tenant, org, orgs).await?
+            {
+                return Ok(Outcome::failure(
+                    row,
+                    Some(action),
+                    format!("organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file"),
+                ));
             }
             svc.directory.write_user(tenant, op, stamp).await
         }

@@ -98,24 +98,24 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
     summary.reason = Some(reason.to_string());
     let key = format!("{}summary.json", keys::results_prefix(&job.tenant, &job.id));
     svc.store.put(&key, pretty(&summary)?, "application/json").await?;
-    if let Some(tenant) = tenant {
-        if svc.jobs.claim_email(&job.id, "result").await? {
-            let subject = format!("[rosterdrop] {}: {} was rejected, nothing was applied", tenant.id, job.file_name);
-            let text = format!(
-                "Your file {file} was not processed.\n\nReason: {reason}\n\nNothing in it was applied. Fix the file and upload it again.\n\nJob: {id}\n",
-                file = job.file_name,
-                id = job.id
-            );
-            let html = format!(
-                "<p>Your file <b>{}</b> was not processed.</p><p><b>Reason:</b> {}</p><p>Nothing in it was applied. Fix the file and upload it again.</p><p style=\"color:#666\">Job: {}</p>",
-                esc(&job.file_name),
-                esc(reason),
-                esc(&job.id)
-            );
-            let mime = build_email(&sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &[])?;
-            svc.mailer.send_raw(&sender(svc, tenant), &tenant.admin_emails, mime).await?;
-            info!(job = %job.id, recipients = tenant.admin_emails.len(), "rejection email sent");
-        }
+    if let Some(tenant) = tenant
+        && svc.jobs.claim_email(&job.id, "result").await?
+    {
+        let subject = format!("[rosterdrop] {}: {} was rejected, nothing was applied", tenant.id, job.file_name);
+        let text = format!(
+            "Your file {file} was not processed.\n\nReason: {reason}\n\nNothing in it was applied. Fix the file and upload it again.\n\nJob: {id}\n",
+            file = job.file_name,
+            id = job.id
+        );
+        let html = format!(
+            "<p>Your file <b>{}</b> was not processed.</p><p><b>Reason:</b> {}</p><p>Nothing in it was applied. Fix the file and upload it again.</p><p style=\"color:#666\">Job: {}</p>",
+            esc(&job.file_name),
+            esc(reason),
+            esc(&job.id)
+        );
+        let mime = build_email(&sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &[])?;
+        svc.mailer.send_raw(&sender(svc, tenant), &tenant.admin_emails, mime).await?;
+        info!(job = %job.id, recipients = tenant.admin_emails.len(), "rejection email sent");
     }
     svc.jobs.transition(&job.id, JobState::Received, JobState::Rejected, Some(reason)).await?;
     Ok(())

@@ -369,3 +369,25 @@ async fn add_mode_fails_existing_users_and_refuses_other_actions() {
     assert_eq!(Status::Success.to_string(), "Success");
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn results_over_the_attachment_limit_are_linked_not_attached() {
+    let stack = Stack::start_with(|c| c.max_attachment_bytes = 200).await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let (rows, _) = sample_roster(40);
+    let key = stack.drop_file("acme", None, "linked.csv", rows_to_csv(&rows)).await;
+    let job = stack.wait_job("acme", &key, WAIT).await;
+    let s = stack.summary(&job).await;
+    let mails = wait_mail(&stack.admin_email(), 1, Duration::from_secs(10)).await;
+    assert_eq!(mails.len(), 1);
+    let msg = MessageParser::default().parse(&mails[0]).expect("MIME");
+    assert_eq!(msg.attachments().count(), 0, "nothing attached over the limit");
+    let text = msg.body_text(0).unwrap().to_string();
+    assert!(text.contains("linked-result.csv is too large to attach"), "{text}");
+    // The link downloads the stored result.
+    let url = text.lines().find(|l| l.starts_with("http") && l.contains("linked-result.csv")).expect("link");
+    let mut resp = ureq::get(url).call().expect("presigned GET");
+    let body = resp.body_mut().read_to_vec().expect("body");
+    assert_eq!(body, stack.get(s.result_key.as_deref().unwrap()).await.unwrap());
+    stack.shutdown().await;
+}

@@ -327,10 +327,10 @@ impl Directory for DynamoDirectory {
             .send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(ddb_err("Query"))?;
-            if let Some(id) = item.str("gsi1sk") {
-                if let Some(t) = self.tenant(id).await? {
-                    out.push(t);
-                }
+            if let Some(id) = item.str("gsi1sk")
+                && let Some(t) = self.tenant(id).await?
+            {
+                out.push(t);
             }
         }
         Ok(out)

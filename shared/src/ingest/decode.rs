@@ -183,10 +183,8 @@ fn sniff_delimiter(text: &str) -> u8 {
     for b in header.bytes() {
         if b == b'"' {
             quoted = !quoted;
-        } else if !quoted {
-            if let Some(c) = counts.iter_mut().find(|(d, _)| *d == b) {
-                c.1 += 1;
-            }
+        } else if !quoted && let Some(c) = counts.iter_mut().find(|(d, _)| *d == b) {
+            c.1 += 1;
         }
     }
     // Ties keep the earlier (more common) delimiter: max_by_key returns the last maximum, so reverse.
@@ -329,5 +327,46 @@ mod fixture_tests {
         assert_eq!(t.rows.len(), 4);
         assert_eq!(t.rows[1].1[5], "4155550100");
         assert_eq!(t.sheet.as_deref(), Some("Roster"));
+    }
+}
+
+#[cfg(test)]
+mod spreadsheet_cell_tests {
+    use super::*;
+    use rust_xlsxwriter::{ExcelDateTime, Format as XFormat, Formula, Workbook};
+
+    #[test]
+    fn xlsx_dates_become_iso_dates_formulas_give_cached_values_and_ids_stay_integers() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        for (c, h) in ["Email", "ScheduledDate", "Phone", "Score"].iter().enumerate() {
+            ws.write_string(0, c as u16, *h).unwrap();
+        }
+        ws.write_string(1, 0, "ann@x.com").unwrap();
+        let date = ExcelDateTime::from_ymd(2026, 3, 1).unwrap();
+        ws.write_datetime_with_format(1, 1, &date, &XFormat::new().set_num_format("dd/mm/yyyy")).unwrap();
+        ws.write_number(1, 2, 4155550100.0).unwrap();
+        ws.write_formula(1, 3, Formula::new("=40+2").set_result("42")).unwrap();
+        // Trailing empty rows and a formatted but empty column are ignored.
+        ws.write_string(5, 0, "").unwrap();
+        let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
+        assert_eq!(t.format, Format::Xlsx);
+        assert_eq!(t.headers, vec!["Email", "ScheduledDate", "Phone", "Score"]);
+        assert_eq!(t.rows, vec![(2, vec!["ann@x.com".to_string(), "2026-03-01".into(), "4155550100".into(), "42".into()])]);
+    }
+
+    #[test]
+    fn instruction_sheets_before_the_data_sheet_are_skipped() {
+        let mut wb = Workbook::new();
+        let readme = wb.add_worksheet();
+        readme.set_name("Read Me").unwrap();
+        readme.write_string(0, 0, "How to fill this template").unwrap();
+        let data = wb.add_worksheet();
+        data.set_name("Users").unwrap();
+        data.write_string(0, 0, "Email").unwrap();
+        data.write_string(1, 0, "ann@x.com").unwrap();
+        let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
+        assert_eq!(t.sheet.as_deref(), Some("Users"));
+        assert_eq!(t.headers, vec!["Email"]);
     }
 }
