@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::event::ObjectRef;
 use crate::ingest::{jsonl, parse_jsonl};
 use crate::keys;
-use crate::model::{Action, Job, Outcome, PHASES, RowOp, Target};
+use crate::model::{Action, Job, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, User};
 use crate::ports::{Stamp, Write};
 use crate::services::Services;
 use futures::{StreamExt, stream};
@@ -26,10 +26,16 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         info!(job = %job_id, phase, seq, "chunk already applied (duplicate event)");
     } else {
         let job = svc.jobs.get(&job_id).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "chunk of an unknown job"))?;
+        let tenant = svc
+            .directory
+            .tenant(&job.tenant)
+            .await?
+            .ok_or_else(|| Error::corrupt(format!("tenant {}", job.tenant), "removed during a job"))?;
         let body = svc.store.get(&obj.key).await?.ok_or_else(|| Error::corrupt(obj.key.clone(), "chunk vanished"))?;
         let ops: Vec<RowOp> = parse_jsonl("chunk", &body)?;
-        let outcomes = apply_ops(svc, &job, ops).await?;
-        let failed = outcomes.iter().filter(|o| o.status != crate::model::Status::Success).count();
+        let claim = format!("{job_id}#{phase}#{seq}");
+        let outcomes = apply_ops(svc, &job, &tenant, ops, &claim).await?;
+        let failed = outcomes.iter().filter(|o| o.status != Status::Success).count();
         // Outcomes first, then the marker: a recorded chunk always has its outcomes.
         svc.store.put(&keys::chunk_outcomes(&job_id, phase, seq), jsonl(&outcomes)?, "application/x-ndjson").await?;
         let counted = svc.jobs.record_chunk(&job_id, phase, seq).await?;
@@ -38,55 +44,152 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
     advance(svc, &job_id, phase).await
 }
 
+/// What one chunk's rows share.
+struct Ctx<'a> {
+    svc: &'a Services,
+    tenant: &'a Tenant,
+    /// Validate mode: read the directory, predict, write nothing.
+    dry: bool,
+    now: String,
+    job: &'a str,
+    /// Existence of organizations and users referenced by rows, looked up once per chunk.
+    orgs: Mutex<HashMap<String, bool>>,
+    users: Mutex<HashMap<String, bool>>,
+}
+
 /// Apply every row of a chunk; rows run concurrently up to the configured bound. Transient errors
 /// (after the SDK's own backoff retries) fail the invocation so it is retried as a whole: rows
 /// already written recognise their own stamp and report the same outcome again.
-pub async fn apply_ops(svc: &Services, job: &Job, ops: Vec<RowOp>) -> Result<Vec<Outcome>> {
-    let orgs: Mutex<HashMap<String, bool>> = Mutex::new(HashMap::new());
-    let now = chrono::Utc::now().to_rfc3339();
-    let results: Vec<Result<Outcome>> = stream::iter(ops)
-        .map(|op| {
-            let stamp = Stamp { job: job.id.clone(), row: op.row, at: now.clone() };
-            let orgs = &orgs;
-            async move { apply_row(svc, &job.tenant, &op, &stamp, orgs).await }
-        })
-        .buffer_unordered(svc.config.apply_concurrency.max(1))
-        .collect()
-        .await;
-    let mut outcomes = results.into_iter().collect::<Result<Vec<_>>>()?;
-    outcomes.sort_by_key(|o| o.row);
+pub async fn apply_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowOp>, claim: &str) -> Result<Vec<Outcome>> {
+    let ctx = Ctx {
+        svc,
+        tenant,
+        dry: job.mode == Some(Mode::Validate),
+        now: chrono::Utc::now().to_rfc3339(),
+        job: &job.id,
+        orgs: Mutex::new(HashMap::new()),
+        users: Mutex::new(HashMap::new()),
+    };
+    let concurrency = svc.config.apply_concurrency.max(1);
+    // Licence pool: decide up front which rows take a licence, reserve them for the chunk at once.
+    let pool = match tenant.licences {
+        Some(limit) if !ctx.dry => Some(reserve(&ctx, &ops, limit, claim, concurrency).await?),
+        _ => None,
+    };
+    let futures: Vec<_> =
+        ops.iter().map(|op| row_or_refusal(&ctx, op, pool.as_ref().is_some_and(|p| p.refused.contains(&op.row)))).collect();
+    let results: Vec<Result<(Outcome, Write)>> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
+    let results = results.into_iter().collect::<Result<Vec<_>>>()?;
+    if let Some(p) = &pool {
+        // Give back what was reserved but not used, and what deletes and disables freed.
+        let by_row: HashMap<u32, (Status, Write)> = results.iter().map(|(o, w)| (o.row, (o.status, *w))).collect();
+        let used =
+            p.takers.iter().filter(|r| matches!(by_row.get(r), Some((Status::Success, Write::Created | Write::Updated)))).count() as u32;
+        let freed =
+            p.givers.iter().filter(|r| matches!(by_row.get(r), Some((Status::Success, Write::Deleted | Write::Updated)))).count() as u32;
+        svc.directory.settle_licences(&tenant.id, claim, p.granted - used.min(p.granted) + freed).await?;
+    }
+    let mut outcomes: Vec<Outcome> = results.into_iter().map(|(o, _)| o).collect();
+    outcomes.sort_by_key(|o| (o.row, o.user.clone()));
     Ok(outcomes)
 }
 
-async fn apply_row(svc: &Services, tenant: &str, op: &RowOp, stamp: &Stamp, orgs: &Mutex<HashMap<String, bool>>) -> Result<Outcome> {
-    let row = op.row;
-    let action = op.action;
-    let result = match &op.target {
-        Target::User { fields, .. } => {
-            if let Some(org) = fields.org.as_deref().filter(|_| action != Action::Delete)
-                && !org_exists(svc, tenant, org, orgs).await?
-            {
-                return Ok(Outcome::failure(
-                    row,
-                    Some(action),
-                    format!("organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file"),
-                ));
-            }
-            svc.directory.write_user(tenant, op, stamp).await
+async fn row_or_refusal(ctx: &Ctx<'_>, op: &RowOp, refused: bool) -> Result<(Outcome, Write)> {
+    if refused {
+        let limit = ctx.tenant.licences.unwrap_or(0);
+        return Ok((
+            Outcome::failure(op.row, Some(op.action), format!("no licence available (pool of {limit} exhausted)")),
+            Write::NotFound,
+        ));
+    }
+    apply_row(ctx, op).await
+}
+
+struct Reservation {
+    granted: u32,
+    /// Rows that take a licence and got one.
+    takers: Vec<u32>,
+    /// Rows that take a licence and did not get one.
+    refused: Vec<u32>,
+    /// Rows that give a licence back if they succeed.
+    givers: Vec<u32>,
+}
+
+async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], limit: u32, claim: &str, concurrency: usize) -> Result<Reservation> {
+    let futures: Vec<_> = ops
+        .iter()
+        .filter_map(|op| match &op.target {
+            Target::User { email, .. } => Some(user_state(ctx, op, email)),
+            Target::Org { .. } => None,
+        })
+        .collect();
+    let states: Vec<Result<(u32, Action, Option<User>, String)>> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
+    let mut takers = Vec::new();
+    let mut givers = Vec::new();
+    for st in states {
+        let (row, action, user, token) = st?;
+        // A user this very row created on an earlier attempt still counts as its taker.
+        let ours = user.as_ref().is_some_and(|u| u.created_by == token);
+        let active = user.as_ref().is_some_and(|u| u.status == "active") && !ours;
+        match action {
+            Action::Create | Action::Upsert if user.is_none() || ours => takers.push(row),
+            Action::Enable if user.as_ref().is_some_and(|u| u.status == "disabled") => takers.push(row),
+            Action::Delete | Action::Disable | Action::Reconcile if active => givers.push(row),
+            _ => {}
         }
+    }
+    takers.sort_unstable();
+    let granted = ctx.svc.directory.reserve_licences(&ctx.tenant.id, limit, claim, takers.len() as u32).await?;
+    let refused = takers.split_off(granted as usize);
+    Ok(Reservation { granted, takers, refused, givers })
+}
+
+async fn user_state(ctx: &Ctx<'_>, op: &RowOp, email: &str) -> Result<(u32, Action, Option<User>, String)> {
+    let user = ctx.svc.directory.user(&ctx.tenant.id, email).await?;
+    Ok((op.row, op.action, user, Stamp { job: ctx.job.to_string(), row: op.row, at: String::new() }.token()))
+}
+
+async fn apply_row(ctx: &Ctx<'_>, op: &RowOp) -> Result<(Outcome, Write)> {
+    let (row, action) = (op.row, op.action);
+    let tenant = ctx.tenant.id.as_str();
+    let fail = |msg: String| Ok((Outcome::failure(row, Some(action), msg), Write::NotFound));
+    if let Target::User { fields, .. } = &op.target {
+        if action != Action::Delete && action != Action::Reconcile {
+            if let Some(org) = &fields.org {
+                let in_file = op.created_in_file.contains(&org.to_lowercase());
+                // Organizations of the file exist by now (their phase ran first), except in a dry run.
+                if !(ctx.dry && in_file) && !exists(&ctx.orgs, org.to_lowercase(), ctx.svc.directory.org_exists(tenant, org)).await? {
+                    return fail(format!(
+                        "organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file"
+                    ));
+                }
+            }
+            for (kind, email) in &fields.associations {
+                // Users the file creates may be in a chunk running at the same time: not checked.
+                if op.created_in_file.contains(email) {
+                    continue;
+                }
+                if !exists(&ctx.users, email.clone(), async { Ok(ctx.svc.directory.user(tenant, email).await?.is_some()) }).await? {
+                    let label = kind.replace('_', " ");
+                    return fail(format!("{label} {email} does not exist; add them to this file or create them first"));
+                }
+            }
+        }
+    }
+    let stamp = Stamp { job: ctx.job.to_string(), row, at: ctx.now.clone() };
+    let result = match &op.target {
         Target::Org { name } if action == Action::Delete => {
-            let users = svc.directory.count_org_users(tenant, name).await?;
+            let users = ctx.svc.directory.count_org_users(tenant, name).await?;
             if users > 0 {
                 let noun = if users == 1 { "user" } else { "users" };
-                return Ok(Outcome::failure(
-                    row,
-                    Some(action),
-                    format!("organization \"{name}\" still has {users} {noun}; move or delete them first"),
-                ));
+                return fail(format!("organization \"{name}\" still has {users} {noun}; move or delete them first"));
             }
-            svc.directory.delete_org(tenant, name).await
+            if ctx.dry { predict_org(ctx, op).await } else { ctx.svc.directory.delete_org(tenant, name).await }
         }
-        Target::Org { .. } => svc.directory.write_org(tenant, op, stamp).await,
+        Target::Org { .. } if ctx.dry => predict_org(ctx, op).await,
+        Target::Org { .. } => ctx.svc.directory.write_org(tenant, op, &stamp).await,
+        Target::User { email, .. } if ctx.dry => predict_user(ctx, email, action).await,
+        Target::User { .. } => ctx.svc.directory.write_user(tenant, op, &stamp).await,
     };
     let write = match result {
         Ok(w) => w,
@@ -94,43 +197,83 @@ async fn apply_row(svc: &Services, tenant: &str, op: &RowOp, stamp: &Stamp, orgs
         // A permanent error on one row (e.g. a value DynamoDB refuses) fails that row only.
         Err(e) => {
             warn!(row, error = %e, "row write refused");
-            return Ok(Outcome::failure(row, Some(action), format!("could not be saved: {e}")));
+            return fail(format!("could not be saved: {e}"));
         }
     };
-    Ok(message(op, write))
+    let mut outcome = message(op, write, ctx.dry);
+    if let (Action::Reconcile, Target::User { email, .. }) = (action, &op.target) {
+        outcome.user = Some(email.clone());
+    }
+    Ok((outcome, write))
 }
 
-async fn org_exists(svc: &Services, tenant: &str, org: &str, cache: &Mutex<HashMap<String, bool>>) -> Result<bool> {
-    let key = org.to_lowercase();
+async fn exists(
+    cache: &Mutex<HashMap<String, bool>>,
+    key: String,
+    lookup: impl std::future::Future<Output = Result<bool>>,
+) -> Result<bool> {
     if let Some(known) = cache.lock().await.get(&key) {
         return Ok(*known);
     }
-    let exists = svc.directory.org_exists(tenant, org).await?;
-    cache.lock().await.insert(key, exists);
-    Ok(exists)
+    let found = lookup.await?;
+    cache.lock().await.insert(key, found);
+    Ok(found)
+}
+
+/// Validate mode: what the write would do, from the directory as it is.
+async fn predict_user(ctx: &Ctx<'_>, email: &str, action: Action) -> Result<Write> {
+    let user = ctx.svc.directory.user(&ctx.tenant.id, email).await?;
+    Ok(match (action, user) {
+        (Action::Create, Some(_)) => Write::AlreadyExists,
+        (Action::Create | Action::Upsert, None) => Write::Created,
+        (Action::Delete, Some(_)) => Write::Deleted,
+        (_, Some(_)) => Write::Updated,
+        (_, None) => Write::NotFound,
+    })
+}
+
+async fn predict_org(ctx: &Ctx<'_>, op: &RowOp) -> Result<Write> {
+    let Target::Org { name } = &op.target else { return Err(Error::corrupt("chunk", "not an org")) };
+    let found = ctx.svc.directory.org_exists(&ctx.tenant.id, name).await?;
+    Ok(match (op.action, found) {
+        (Action::Create, true) => Write::AlreadyExists,
+        (Action::Create | Action::Upsert, false) => Write::Created,
+        (Action::Delete, true) => Write::Deleted,
+        (_, true) => Write::Updated,
+        (_, false) => Write::NotFound,
+    })
 }
 
 /// The human words for a write's result.
-fn message(op: &RowOp, write: Write) -> Outcome {
+fn message(op: &RowOp, write: Write, dry: bool) -> Outcome {
     let (noun, what) = match &op.target {
+        Target::User { email, .. } if op.action == Action::Reconcile => ("user", format!(" {email}")),
         Target::User { .. } => ("user", String::new()),
         Target::Org { name } => ("organization", format!(" \"{name}\"")),
     };
     let (row, action) = (op.row, op.action);
+    let done = |verb: &str| {
+        if dry { format!("{noun}{what} would be {verb} (validation only: nothing was changed)") } else { format!("{noun}{what} {verb}") }
+    };
     match write {
-        Write::Created => Outcome::success(row, action, format!("{noun}{what} created")),
+        Write::Created => Outcome::success(row, action, done("created")),
         Write::Updated => Outcome::success(
             row,
             action,
             match action {
-                Action::Enable => format!("{noun} enabled"),
-                Action::Disable => format!("{noun} disabled"),
-                _ => format!("{noun}{what} updated"),
+                Action::Enable => done("enabled"),
+                Action::Disable => done("disabled"),
+                Action::Reconcile => done("disabled, with its groups and targeting removed: not in the replace file"),
+                Action::Expire => done("stripped of the listed products"),
+                _ => done("updated"),
             },
         ),
-        Write::Deleted => Outcome::success(row, action, format!("{noun}{what} deleted")),
+        Write::Deleted => Outcome::success(row, action, done("deleted")),
         Write::AlreadyExists => {
             Outcome::failure(row, Some(action), format!("{noun}{what} already exists; use Update or Upsert to change it"))
+        }
+        Write::NotFound if action == Action::Reconcile => {
+            Outcome::success(row, action, format!("{noun}{what} was already disabled or removed"))
         }
         Write::NotFound => Outcome::failure(row, Some(action), format!("{noun}{what} not found; use Create or Upsert to add it")),
     }
@@ -140,9 +283,7 @@ fn message(op: &RowOp, write: Write) -> Outcome {
 /// phase, or write the done marker. Safe to run any number of times.
 pub async fn advance(svc: &Services, job_id: &str, phase: usize) -> Result<()> {
     let job = svc.jobs.get(job_id).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "missing"))?;
-    let Some(plan) = job.phase_chunks else {
-        return Ok(());
-    };
+    let Some(plan) = job.phase_chunks else { return Ok(()) };
     if job.phase_done[phase] < plan[phase] {
         return Ok(());
     }

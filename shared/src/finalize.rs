@@ -31,12 +31,18 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
     drop(staged_bytes);
 
     let mut by_row: HashMap<u32, Outcome> = HashMap::new();
+    let mut reconciled: Vec<Outcome> = Vec::new();
     for key in svc.store.list(&keys::outcomes_prefix(&job_id)).await? {
         let body = svc.store.get(&key).await?.unwrap_or_default();
         for o in parse_jsonl::<Outcome>("outcomes", &body)? {
-            by_row.entry(o.row).or_insert(o);
+            if o.user.is_some() {
+                reconciled.push(o);
+            } else {
+                by_row.entry(o.row).or_insert(o);
+            }
         }
     }
+    reconciled.sort_by(|a, b| a.user.cmp(&b.user));
     // Every input row gets exactly one outcome; a missing one is a bug we report, never hide.
     let outcomes: Vec<Outcome> = staged
         .table
@@ -67,6 +73,17 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         failed_key = Some(key.clone());
         summary.failed_rows_key = Some(key);
     }
+    let mut disabled_file = None;
+    if !reconciled.is_empty() {
+        summary.disabled_not_in_file = reconciled.iter().filter(|o| o.status == Status::Success).count() as u32;
+        let rows: Vec<Vec<String>> =
+            reconciled.iter().map(|o| vec![o.user.clone().unwrap_or_default(), o.status.to_string(), o.message.clone()]).collect();
+        let bytes = csv_bytes(b',', &["Email".into(), "Status".into(), "Message".into()], &rows)?;
+        let key = format!("{prefix}disabled-users.csv");
+        svc.store.put(&key, bytes.clone(), CSV).await?;
+        summary.disabled_users_key = Some(key.clone());
+        disabled_file = Some((ResultFile { name: "disabled-users.csv".into(), content_type: CSV, bytes }, key));
+    }
     svc.store.put(&format!("{prefix}summary.json"), report::pretty(&summary)?, "application/json").await?;
 
     match svc.directory.tenant(&job.tenant).await? {
@@ -75,7 +92,10 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
                 let from = report::sender(svc, &tenant);
                 let mut attachments = Vec::new();
                 let mut links = Vec::new();
-                for (file, key) in std::iter::once((&files.result, &result_key)).chain(files.failed.iter().zip(failed_key.iter())) {
+                let extra = disabled_file.as_ref().map(|(f, k)| (f, k));
+                for (file, key) in
+                    std::iter::once((&files.result, &result_key)).chain(files.failed.iter().zip(failed_key.iter())).chain(extra)
+                {
                     if file.bytes.len() <= svc.config.max_attachment_bytes {
                         attachments.push(Attachment {
                             name: file.name.clone(),
@@ -231,13 +251,23 @@ fn xlsx(sheet: &str, header: &[String], rows: &[Vec<String>], with_status: bool)
 /// Subject, text body and HTML body of the result email.
 pub fn result_email(tenant: &str, s: &Summary, outcomes: &[Outcome], links: &[(String, String)]) -> (String, String, String) {
     let c = &s.counts;
-    let subject = format!("[rosterdrop] {tenant}: {}: {} succeeded, {} failed, {} skipped", s.file_name, c.success, c.failure, c.skipped);
+    let dry = s.mode == "validate";
+    let subject = if dry {
+        format!("[rosterdrop] {tenant}: {} validated, nothing applied: {} would succeed, {} would fail", s.file_name, c.success, c.failure)
+    } else {
+        format!("[rosterdrop] {tenant}: {}: {} succeeded, {} failed, {} skipped", s.file_name, c.success, c.failure, c.skipped)
+    };
     let failures: Vec<&Outcome> = outcomes.iter().filter(|o| o.status == Status::Failure).take(10).collect();
-    let mut text = format!("Your file {} ({} rows, mode {}) has been processed.\n\n", s.file_name, s.rows, s.mode);
+    let done = if dry { "validated (a dry run: nothing was changed)" } else { "processed" };
+    let mut text = format!("Your file {} ({} rows, mode {}) has been {done}.\n\n", s.file_name, s.rows, s.mode);
     text += &format!("  Succeeded: {}\n  Failed:    {}\n  Skipped:   {}\n\n", c.success, c.failure, c.skipped);
     text += "By action:\n";
     for (a, n) in &s.by_action {
         text += &format!("  {a:<12} {} succeeded, {} failed, {} skipped\n", n.success, n.failure, n.skipped);
+    }
+    if s.disabled_not_in_file > 0 {
+        text +=
+            &format!("\nReplace mode disabled {} active users absent from the file (see disabled-users.csv).\n", s.disabled_not_in_file);
     }
     if !s.warnings.is_empty() {
         text += "\nWarnings:\n";
@@ -257,7 +287,13 @@ pub fn result_email(tenant: &str, s: &Summary, outcomes: &[Outcome], links: &[(S
     }
     text += &format!("\nJob: {}\n", s.job_id);
 
-    let mut html = format!("<p>Your file <b>{}</b> ({} rows, mode {}) has been processed.</p>", esc(&s.file_name), s.rows, esc(&s.mode));
+    let mut html = format!("<p>Your file <b>{}</b> ({} rows, mode {}) has been {done}.</p>", esc(&s.file_name), s.rows, esc(&s.mode));
+    if s.disabled_not_in_file > 0 {
+        html += &format!(
+            "<p>Replace mode disabled <b>{}</b> active users absent from the file (see disabled-users.csv).</p>",
+            s.disabled_not_in_file
+        );
+    }
     html +=
         "<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\"><tr><th>Action</th><th>Succeeded</th><th>Failed</th><th>Skipped</th></tr>";
     for (a, n) in &s.by_action {

@@ -1,6 +1,7 @@
 //! Domain types. No SDK type appears here.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// A tenant's configuration, managed with `rosterdrop tenant put`.
@@ -31,9 +32,75 @@ pub struct Tenant {
     /// Rows per chunk for this tenant's files.
     #[serde(default)]
     pub chunk_size: Option<usize>,
+    /// Send a "processing started" email when a file is accepted.
+    #[serde(default = "yes")]
+    pub notify_started: bool,
+    /// Custom profile attributes a file may set (extended profile fields).
+    #[serde(default)]
+    pub attributes: Vec<AttributeDef>,
+    /// Product codes the `Products` column may grant; any code when empty.
+    #[serde(default)]
+    pub products: Vec<String>,
+    /// Licence pool: active users this tenant may have; unlimited when absent.
+    #[serde(default)]
+    pub licences: Option<u32>,
+    /// Replace mode refuses to run when it would disable more than this share of active users.
+    #[serde(default)]
+    pub replace_threshold_percent: Option<u8>,
 }
 
+fn yes() -> bool {
+    true
+}
+
+/// A tenant's custom attribute: a column name and the type its values must have.
+/// (No `deny_unknown_fields` here: serde does not support it together with `flatten`.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttributeDef {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: AttributeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AttributeKind {
+    Text,
+    Number,
+    /// ISO date (spreadsheet date cells arrive as ISO dates).
+    Date,
+    OneOf {
+        values: Vec<String>,
+    },
+}
+
+pub const DEFAULT_REPLACE_THRESHOLD_PERCENT: u8 = 20;
+
 impl Tenant {
+    /// A tenant with defaults for everything but its id and admins.
+    pub fn new(id: impl Into<String>, admin_emails: Vec<String>) -> Self {
+        Tenant {
+            id: id.into(),
+            name: None,
+            admin_emails,
+            sender: None,
+            roles: vec![],
+            admin_roles: vec![],
+            strict_template: false,
+            template_columns: vec![],
+            chunk_size: None,
+            notify_started: true,
+            attributes: vec![],
+            products: vec![],
+            licences: None,
+            replace_threshold_percent: None,
+        }
+    }
+
+    pub fn replace_threshold(&self) -> u8 {
+        self.replace_threshold_percent.unwrap_or(DEFAULT_REPLACE_THRESHOLD_PERCENT)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if !is_valid_tenant_id(&self.id) {
             return Err(format!("tenant id {:?} must be 1-64 characters of lower-case letters, digits, '-' or '_'", self.id));
@@ -52,6 +119,22 @@ impl Tenant {
         if let Some(r) = self.roles.iter().find(|r| self.admin_roles.contains(r)) {
             return Err(format!("role {r:?} is listed both in roles and admin_roles"));
         }
+        if self.replace_threshold_percent.is_some_and(|p| p > 100) {
+            return Err("replace_threshold_percent must be between 0 and 100".into());
+        }
+        for a in &self.attributes {
+            if a.name.trim().is_empty() {
+                return Err("every attribute needs a name".into());
+            }
+            if crate::ingest::headers::Field::from_header(&a.name).is_some() {
+                return Err(format!("attribute {:?} has the name of a standard column", a.name));
+            }
+            if let AttributeKind::OneOf { values } = &a.kind {
+                if values.is_empty() {
+                    return Err(format!("attribute {:?} is one_of but lists no values", a.name));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -69,18 +152,24 @@ pub enum Mode {
     Add,
     /// Create or update (the default).
     Upsert,
-    /// Dry run: full result file, nothing written.
+    /// Dry run: same checks (including existing state), full result file, nothing written.
     Validate,
+    /// The file is the tenant's whole user list: upsert it, disable active users absent from it.
+    Replace,
+    /// Replace without the safeguard.
+    ReplaceForce,
 }
 
 impl Mode {
-    pub const NAMES: &'static [&'static str] = &["add", "upsert", "validate"];
+    pub const NAMES: &'static [&'static str] = &["add", "upsert", "validate", "replace", "replace-force"];
 
     pub fn parse(s: &str) -> Option<Mode> {
         match s.to_ascii_lowercase().as_str() {
             "add" => Some(Mode::Add),
             "upsert" => Some(Mode::Upsert),
             "validate" => Some(Mode::Validate),
+            "replace" => Some(Mode::Replace),
+            "replace-force" => Some(Mode::ReplaceForce),
             _ => None,
         }
     }
@@ -90,7 +179,13 @@ impl Mode {
             Mode::Add => "add",
             Mode::Upsert => "upsert",
             Mode::Validate => "validate",
+            Mode::Replace => "replace",
+            Mode::ReplaceForce => "replace-force",
         }
+    }
+
+    pub fn is_replace(self) -> bool {
+        matches!(self, Mode::Replace | Mode::ReplaceForce)
     }
 }
 
@@ -108,10 +203,14 @@ pub enum Action {
     Delete,
     Enable,
     Disable,
+    /// Remove product access (the listed products, or all).
+    Expire,
+    /// Not in files: replace mode disabling a user absent from the file.
+    Reconcile,
 }
 
 impl Action {
-    pub const NAMES: &'static [&'static str] = &["Create", "Update", "Upsert", "Delete", "Enable", "Disable"];
+    pub const NAMES: &'static [&'static str] = &["Create", "Update", "Upsert", "Delete", "Enable", "Disable", "Expire"];
 
     pub fn parse(s: &str) -> Option<Action> {
         Some(match s.to_ascii_lowercase().as_str() {
@@ -121,6 +220,7 @@ impl Action {
             "delete" | "remove" => Action::Delete,
             "enable" | "activate" => Action::Enable,
             "disable" | "deactivate" | "suspend" => Action::Disable,
+            "expire" | "revoke" => Action::Expire,
             _ => return None,
         })
     }
@@ -135,6 +235,8 @@ impl fmt::Display for Action {
             Action::Delete => "Delete",
             Action::Enable => "Enable",
             Action::Disable => "Disable",
+            Action::Expire => "Expire",
+            Action::Reconcile => "Disable (not in file)",
         })
     }
 }
@@ -156,7 +258,18 @@ pub struct UserFields {
     pub department: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub groups: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub products: Vec<String>,
+    /// Associations by email (normalised), e.g. `supervisor` -> `boss@x.com`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub associations: BTreeMap<String, String>,
+    /// Tenant custom attributes, values normalised to their type.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub attributes: BTreeMap<String, String>,
 }
+
+/// Association columns and the attribute each is stored as.
+pub const ASSOCIATIONS: &[&str] = &["supervisor", "supervisor_manager", "parent", "instructor"];
 
 /// A user as stored in the directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,6 +280,8 @@ pub struct User {
     pub fields: UserFields,
     /// `<job>#<row>` that created the user.
     pub created_by: String,
+    /// Group memberships added outside bulk upload (replace mode keeps them for users in the file).
+    pub manual_groups: Vec<String>,
 }
 
 /// One validated, normalised row, ready to apply. Travels in chunk files as JSON lines.
@@ -177,13 +292,18 @@ pub struct RowOp {
     pub action: Action,
     #[serde(flatten)]
     pub target: Target,
+    /// Organizations and association targets this file itself creates (existence not checked
+    /// against the directory in a dry run, where nothing is created).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created_in_file: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum Target {
     User {
-        /// Normalised: trimmed, lower-cased.
+        /// The user's key. Normalised email (trimmed, lower-cased), or `user:<username>` for users
+        /// identified by username (students without email).
         email: String,
         #[serde(flatten)]
         fields: UserFields,
@@ -219,17 +339,20 @@ pub struct Outcome {
     /// The action the row asked for, when it could be read (counts by action in the summary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<Action>,
+    /// The user concerned, for outcomes of no input row (replace mode disabling absent users).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl Outcome {
     pub fn success(row: u32, action: Action, message: impl Into<String>) -> Self {
-        Outcome { row, status: Status::Success, message: message.into(), action: Some(action) }
+        Outcome { row, status: Status::Success, message: message.into(), action: Some(action), user: None }
     }
     pub fn failure(row: u32, action: Option<Action>, message: impl Into<String>) -> Self {
-        Outcome { row, status: Status::Failure, message: message.into(), action }
+        Outcome { row, status: Status::Failure, message: message.into(), action, user: None }
     }
     pub fn skipped(row: u32, message: impl Into<String>) -> Self {
-        Outcome { row, status: Status::Skipped, message: message.into(), action: None }
+        Outcome { row, status: Status::Skipped, message: message.into(), action: None, user: None }
     }
 }
 
@@ -268,14 +391,21 @@ impl JobState {
 
 /// Apply happens in phases so that rows creating organizations land before the user rows that
 /// reference them, and organization deletions after the users moved out of them.
-pub const PHASES: usize = 3;
+pub const PHASES: usize = 4;
 
+/// Phase 2 is replace mode's reconcile (disable users absent from the file).
 pub fn phase_of(op: &RowOp) -> usize {
     match (&op.target, op.action) {
-        (Target::Org { .. }, Action::Delete) => 2,
+        (Target::Org { .. }, Action::Delete) => 3,
         (Target::Org { .. }, _) => 0,
+        (Target::User { .. }, Action::Reconcile) => 2,
         (Target::User { .. }, _) => 1,
     }
+}
+
+/// The key of a user identified by username instead of email.
+pub fn username_key(username: &str) -> String {
+    format!("user:{}", username.trim().to_lowercase())
 }
 
 /// A job as stored in the jobs table.
@@ -343,8 +473,13 @@ mod tests {
 
     #[test]
     fn org_creates_come_before_users_and_org_deletes_after() {
-        let org = |a| RowOp { row: 2, action: a, target: Target::Org { name: "x".into() } };
-        let user = RowOp { row: 3, action: Action::Create, target: Target::User { email: "a@b.c".into(), fields: UserFields::default() } };
+        let org = |a| RowOp { row: 2, action: a, target: Target::Org { name: "x".into() }, created_in_file: vec![] };
+        let user = RowOp {
+            row: 3,
+            action: Action::Create,
+            target: Target::User { email: "a@b.c".into(), fields: UserFields::default() },
+            created_in_file: vec![],
+        };
         assert!(phase_of(&org(Action::Create)) < phase_of(&user));
         assert!(phase_of(&user) < phase_of(&org(Action::Delete)));
     }
@@ -358,9 +493,21 @@ mod tests {
                 email: "a@b.co".into(),
                 fields: UserFields { first_name: Some("A".into()), groups: vec!["g1".into()], ..Default::default() },
             },
+            created_in_file: vec!["org".into()],
         };
         let s = serde_json::to_string(&op).unwrap();
         assert_eq!(serde_json::from_str::<RowOp>(&s).unwrap(), op);
+    }
+
+    #[test]
+    fn tenant_with_typed_attributes_round_trips_through_json() {
+        let json = r#"{"id":"acme","admin_emails":["a@acme.com"],"licences":10,
+            "attributes":[{"name":"Region","type":"one_of","values":["EMEA","APAC"]},{"name":"Employee Id","type":"number"}]}"#;
+        let t: Tenant = serde_json::from_str(json).unwrap();
+        assert_eq!(t.attributes[0].kind, AttributeKind::OneOf { values: vec!["EMEA".into(), "APAC".into()] });
+        assert!(t.notify_started, "on by default");
+        assert_eq!(serde_json::from_str::<Tenant>(&serde_json::to_string(&t).unwrap()).unwrap(), t);
+        assert!(serde_json::from_str::<Tenant>(r#"{"id":"a","admin_emails":[],"colour":"red"}"#).is_err(), "unknown settings refused");
     }
 
     #[test]
@@ -375,6 +522,7 @@ mod tests {
             strict_template: false,
             template_columns: vec![],
             chunk_size: None,
+            ..Tenant::new("", vec![])
         };
         assert!(t.validate().unwrap_err().contains("tenant id"));
         t.id = "acme".into();

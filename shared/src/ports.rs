@@ -62,6 +62,14 @@ pub trait Directory: Send + Sync {
     async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool>;
     /// Users whose organization is `name` (delete refuses non-empty organizations).
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64>;
+    /// Every user of a tenant: (key, status). Replace mode diffs the file against it.
+    async fn list_users(&self, tenant: &str) -> Result<Vec<(String, String)>>;
+    /// Reserve up to `wanted` licences of a pool of `limit` for one claim (a chunk); returns how
+    /// many were granted. Atomic across concurrent claims; a repeated claim returns its grant.
+    async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, wanted: u32) -> Result<u32>;
+    /// Give `returned` licences back for a claim, once (a repeated settle changes nothing).
+    async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> Result<()>;
+    async fn licences_used(&self, tenant: &str) -> Result<u32>;
 }
 
 /// What ingest knows once it has planned a job.

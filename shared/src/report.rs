@@ -54,6 +54,11 @@ pub struct Summary {
     pub result_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_rows_key: Option<String>,
+    /// Replace mode: active users absent from the file that were disabled.
+    #[serde(default)]
+    pub disabled_not_in_file: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_users_key: Option<String>,
 }
 
 impl Summary {
@@ -78,6 +83,8 @@ impl Summary {
             duration_ms: (now - started).num_milliseconds(),
             result_key: None,
             failed_rows_key: None,
+            disabled_not_in_file: 0,
+            disabled_users_key: None,
         }
     }
 
@@ -92,7 +99,7 @@ impl Summary {
 }
 
 /// Reject a whole file: nothing applied, `summary.json` with the reason, one email to the admins.
-pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: &str) -> Result<()> {
+pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: &str, attachments: &[Attachment]) -> Result<()> {
     warn!(job = %job.id, tenant = %job.tenant, reason, "file rejected");
     let mut summary = Summary::new(job, JobState::Rejected);
     summary.reason = Some(reason.to_string());
@@ -113,11 +120,35 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
             esc(reason),
             esc(&job.id)
         );
-        let mime = build_email(&sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &[])?;
+        let mime = build_email(&sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, attachments)?;
         svc.mailer.send_raw(&sender(svc, tenant), &tenant.admin_emails, mime).await?;
         info!(job = %job.id, recipients = tenant.admin_emails.len(), "rejection email sent");
     }
     svc.jobs.transition(&job.id, JobState::Received, JobState::Rejected, Some(reason)).await?;
+    Ok(())
+}
+
+/// "We have your file": sent once when a job is accepted (tenant setting, on by default).
+pub async fn started_email(svc: &Services, job: &Job, tenant: &Tenant, mode: crate::model::Mode, rows: u32, invalid: usize) -> Result<()> {
+    let dry = mode == crate::model::Mode::Validate;
+    let what = if dry { "validating (nothing will be changed)" } else { "processing" };
+    let subject = format!("[rosterdrop] {}: {} received, {what} {rows} rows", tenant.id, job.file_name);
+    let text = format!(
+        "We received {file} ({rows} rows, mode {mode}) and are {what} it.\n{invalid} rows already failed the checks; the result email will list them with what to fix.\n\nJob: {id}\n",
+        file = job.file_name,
+        mode = mode.as_str(),
+        id = job.id
+    );
+    let html = format!(
+        "<p>We received <b>{}</b> ({rows} rows, mode {}) and are {what} it.</p><p>{invalid} rows already failed the checks; the result email will list them with what to fix.</p><p style=\"color:#666\">Job: {}</p>",
+        esc(&job.file_name),
+        mode.as_str(),
+        esc(&job.id)
+    );
+    let from = sender(svc, tenant);
+    let mime = build_email(&from, &tenant.admin_emails, &subject, &text, &html, &[])?;
+    svc.mailer.send_raw(&from, &tenant.admin_emails, mime).await?;
+    info!(job = %job.id, "processing-started email sent");
     Ok(())
 }
 

@@ -99,19 +99,27 @@ impl Stack {
         deliveries
     }
 
-    /// A tenant whose admin address is unique to this test (to find its mail at /_aws/ses).
+    /// A tenant whose admin address is unique to this test (to find its mail at /_aws/ses). The
+    /// "processing started" email is off so tests count only result emails, unless they turn it on.
     pub fn tenant(&self, id: &str) -> Tenant {
-        Tenant {
-            id: id.to_string(),
-            name: Some(format!("Tenant {id}")),
-            admin_emails: vec![self.admin_email()],
-            sender: None,
-            roles: vec!["Learner".into(), "Manager".into(), "Instructor".into()],
-            admin_roles: vec!["Admin".into()],
-            strict_template: false,
-            template_columns: vec![],
-            chunk_size: None,
-        }
+        let mut t = Tenant::new(id, vec![self.admin_email()]);
+        t.name = Some(format!("Tenant {id}"));
+        t.roles = vec!["Learner".into(), "Manager".into(), "Instructor".into()];
+        t.admin_roles = vec!["Admin".into()];
+        t.notify_started = false;
+        t
+    }
+
+    /// Drop a CSV and wait for its job; returns the summary and the result file's rows.
+    pub async fn run_csv(&self, tenant: &str, mode: Option<&str>, name: &str, rows: &[&[&str]]) -> (Job, Summary, Vec<Vec<String>>) {
+        let key = self.drop_file(tenant, mode, name, csv_text(rows)).await;
+        let job = self.wait_job(tenant, &key, Duration::from_secs(120)).await;
+        let summary = self.summary(&job).await;
+        let result = match &summary.result_key {
+            Some(k) => parse_csv(&self.get(k).await.expect("result file")),
+            None => Vec::new(),
+        };
+        (job, summary, result)
     }
 
     pub fn admin_email(&self) -> String {

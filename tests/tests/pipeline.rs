@@ -61,7 +61,10 @@ async fn csv_roster_creates_users_writes_results_and_emails_the_admins_once() {
     );
     assert_eq!(result[6][6..], ["Skipped".to_string(), "empty row".to_string()]);
     assert!(status_of(&result, "eve@acme.example.com").1.contains("admin role"));
-    assert_eq!(result[8][6..], ["Failure".to_string(), "Email is empty; every user row needs an email address".to_string()]);
+    assert_eq!(
+        result[8][6..],
+        ["Failure".to_string(), "Email is empty; every user row needs an email address (or a Username and a Parent)".to_string()]
+    );
 
     // Failed rows only, same columns plus Message, ready to fix and upload again.
     let failed = parse_csv(&stack.get(summary.failed_rows_key.as_deref().unwrap()).await.unwrap());
@@ -173,7 +176,7 @@ async fn users_referencing_an_org_created_further_down_the_same_file_succeed() {
     let job = stack.wait_job("acme", &key, WAIT).await;
     let s = stack.summary(&job).await;
     assert_eq!((s.counts.success, s.counts.failure), (4, 0), "{s:?}");
-    assert_eq!(job.phase_chunks, Some([1, 2, 0]));
+    assert_eq!(job.phase_chunks, Some([1, 2, 0, 0]));
     stack.shutdown().await;
 }
 

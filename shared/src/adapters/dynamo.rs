@@ -95,18 +95,25 @@ impl From<UserItem<'_>> for Item {
         item.insert("created_by".into(), s(u.stamp.token()));
         item.insert("last_write".into(), s(u.stamp.token()));
         for (k, v) in profile_attrs(u.fields) {
-            item.insert(k.into(), v);
+            item.insert(k, v);
+        }
+        if !u.fields.products.is_empty() {
+            item.insert("products".into(), string_set(&u.fields.products));
         }
         item
     }
 }
 
+/// Custom attributes are stored as top-level attributes with this prefix.
+const ATTR_PREFIX: &str = "x_";
+
 /// Profile attributes a row sets (blank cells are absent: an update leaves them alone).
-fn profile_attrs(f: &UserFields) -> Vec<(&'static str, Av)> {
-    let mut v = Vec::new();
-    let mut opt = |k: &'static str, val: &Option<String>| {
+/// Products are not here: they are granted with ADD, never overwritten.
+fn profile_attrs(f: &UserFields) -> Vec<(String, Av)> {
+    let mut v: Vec<(String, Av)> = Vec::new();
+    let mut opt = |k: &str, val: &Option<String>| {
         if let Some(x) = val {
-            v.push((k, s(x)));
+            v.push((k.to_string(), s(x)));
         }
     };
     opt("first_name", &f.first_name);
@@ -116,9 +123,77 @@ fn profile_attrs(f: &UserFields) -> Vec<(&'static str, Av)> {
     opt("role", &f.role);
     opt("department", &f.department);
     if !f.groups.is_empty() {
-        v.push(("groups", Av::L(f.groups.iter().map(s).collect())));
+        v.push(("groups".into(), Av::L(f.groups.iter().map(s).collect())));
+    }
+    for (k, e) in &f.associations {
+        v.push((k.clone(), s(e)));
+    }
+    for (k, val) in &f.attributes {
+        v.push((format!("{ATTR_PREFIX}{k}"), s(val)));
     }
     v
+}
+
+fn string_set(items: &[String]) -> Av {
+    Av::Ss(items.to_vec())
+}
+
+/// SET / ADD / DELETE / REMOVE clauses with placeholder names, so any attribute name is safe.
+#[derive(Default)]
+struct UpdateExpr {
+    set: Vec<String>,
+    add: Vec<String>,
+    delete: Vec<String>,
+    remove: Vec<String>,
+    names: HashMap<String, String>,
+    values: HashMap<String, Av>,
+}
+
+impl UpdateExpr {
+    fn name(&mut self, attr: &str) -> String {
+        let key = format!("#n{}", self.names.len());
+        self.names.insert(key.clone(), attr.to_string());
+        key
+    }
+    fn value(&mut self, v: Av) -> String {
+        let key = format!(":v{}", self.values.len());
+        self.values.insert(key.clone(), v);
+        key
+    }
+    fn set(&mut self, attr: &str, v: Av) -> &mut Self {
+        let (n, v) = (self.name(attr), self.value(v));
+        self.set.push(format!("{n} = {v}"));
+        self
+    }
+    fn set_if_missing(&mut self, attr: &str, v: Av) -> &mut Self {
+        let (n, v) = (self.name(attr), self.value(v));
+        self.set.push(format!("{n} = if_not_exists({n}, {v})"));
+        self
+    }
+    fn add(&mut self, attr: &str, v: Av) -> &mut Self {
+        let (n, v) = (self.name(attr), self.value(v));
+        self.add.push(format!("{n} {v}"));
+        self
+    }
+    fn delete(&mut self, attr: &str, v: Av) -> &mut Self {
+        let (n, v) = (self.name(attr), self.value(v));
+        self.delete.push(format!("{n} {v}"));
+        self
+    }
+    fn remove(&mut self, attr: &str) -> &mut Self {
+        let n = self.name(attr);
+        self.remove.push(n);
+        self
+    }
+    fn expression(&self) -> String {
+        let mut parts = Vec::new();
+        for (kw, list) in [("SET", &self.set), ("ADD", &self.add), ("DELETE", &self.delete), ("REMOVE", &self.remove)] {
+            if !list.is_empty() {
+                parts.push(format!("{kw} {}", list.join(", ")));
+            }
+        }
+        parts.join(" ")
+    }
 }
 
 impl TryFrom<&Item> for User {
@@ -141,7 +216,22 @@ impl TryFrom<&Item> for User {
                     .and_then(|g| g.as_l().ok())
                     .map(|l| l.iter().filter_map(|x| x.as_s().ok().cloned()).collect())
                     .unwrap_or_default(),
+                products: {
+                    let mut p = item.get("products").and_then(|p| p.as_ss().ok()).cloned().unwrap_or_default();
+                    p.sort();
+                    p
+                },
+                associations: crate::model::ASSOCIATIONS.iter().filter_map(|a| get(a).map(|e| (a.to_string(), e))).collect(),
+                attributes: item
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix(ATTR_PREFIX)?.to_string(), v.as_s().ok()?.clone())))
+                    .collect(),
             },
+            manual_groups: item
+                .get("manual_groups")
+                .and_then(|g| g.as_l().ok())
+                .map(|l| l.iter().filter_map(|x| x.as_s().ok().cloned()).collect())
+                .unwrap_or_default(),
         })
     }
 }
@@ -219,25 +309,22 @@ impl DynamoDirectory {
         out.item.as_ref().map(User::try_from).transpose()
     }
 
-    /// Conditional update of an existing item; NotFound when it is missing.
-    async fn update_existing(&self, pk: String, sets: Vec<(&str, Av)>, stamp: &Stamp) -> Result<Write> {
-        let mut expr = vec!["updated_at = :at".to_string(), "last_write = :tok".to_string()];
-        let mut names = HashMap::new();
-        let mut values = HashMap::from([(":at".to_string(), s(&stamp.at)), (":tok".to_string(), s(stamp.token()))]);
-        for (i, (k, v)) in sets.into_iter().enumerate() {
-            names.insert(format!("#a{i}"), k.to_string());
-            values.insert(format!(":v{i}"), v);
-            expr.push(format!("#a{i} = :v{i}"));
-        }
+    /// Conditional update of an existing item; NotFound when it is missing (or `extra` fails).
+    async fn update_existing(&self, pk: String, mut u: UpdateExpr, extra: Option<&str>, stamp: &Stamp) -> Result<Write> {
+        u.set("updated_at", s(&stamp.at)).set("last_write", s(stamp.token()));
+        let condition = match extra {
+            Some(c) => format!("attribute_exists(pk) AND {c}"),
+            None => "attribute_exists(pk)".to_string(),
+        };
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .update_expression(format!("SET {}", expr.join(", ")))
-            .condition_expression("attribute_exists(pk)")
-            .set_expression_attribute_names((!names.is_empty()).then_some(names))
-            .set_expression_attribute_values(Some(values))
+            .update_expression(u.expression())
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(u.names))
+            .set_expression_attribute_values(Some(u.values))
             .send()
             .await;
         match res {
@@ -345,55 +432,66 @@ impl Directory for DynamoDirectory {
             return Err(Error::corrupt("chunk", "org row sent to write_user"));
         };
         let pk = user_pk(tenant, email);
-        let mut sets = profile_attrs(fields);
-        if let Some(org) = &fields.org {
-            sets.push(("gsi1sk", s(org.to_lowercase())));
-        }
+        // The row's profile: SET what the row gives, grant products with ADD (never revoke here).
+        let profile = || {
+            let mut u = UpdateExpr::default();
+            for (k, v) in profile_attrs(fields) {
+                u.set(&k, v);
+            }
+            if let Some(org) = &fields.org {
+                u.set("gsi1sk", s(org.to_lowercase()));
+            }
+            if !fields.products.is_empty() {
+                u.add("products", string_set(&fields.products));
+            }
+            u
+        };
         match op.action {
             Action::Create => self.create(UserItem { tenant, email, fields, stamp }.into(), stamp).await,
-            Action::Update => self.update_existing(pk, sets, stamp).await,
-            Action::Enable => self.update_existing(pk, vec![("status", s("active"))], stamp).await,
-            Action::Disable => self.update_existing(pk, vec![("status", s("disabled"))], stamp).await,
+            Action::Update => self.update_existing(pk, profile(), None, stamp).await,
+            Action::Enable => self.update_existing(pk, std::mem::take(UpdateExpr::default().set("status", s("active"))), None, stamp).await,
+            Action::Disable => {
+                self.update_existing(pk, std::mem::take(UpdateExpr::default().set("status", s("disabled"))), None, stamp).await
+            }
+            Action::Expire => {
+                let mut u = UpdateExpr::default();
+                if fields.products.is_empty() {
+                    u.remove("products");
+                } else {
+                    u.delete("products", string_set(&fields.products));
+                }
+                self.update_existing(pk, u, None, stamp).await
+            }
+            Action::Reconcile => {
+                // Replace mode: disabled, every group assignment and content targeting removed.
+                let mut u = UpdateExpr::default();
+                u.set("status", s("disabled")).remove("groups").remove("manual_groups").remove("department");
+                let (status, active) = (u.name("status"), u.value(s("active")));
+                self.update_existing(pk, u, Some(&format!("{status} = {active}")), stamp).await
+            }
             Action::Delete => self.delete(pk).await,
             Action::Upsert => {
-                let mut expr = vec![
-                    "updated_at = :at".to_string(),
-                    "last_write = :tok".to_string(),
-                    "created_at = if_not_exists(created_at, :at)".to_string(),
-                    "created_by = if_not_exists(created_by, :tok)".to_string(),
-                    "#status = if_not_exists(#status, :active)".to_string(),
-                    "kind = :kind".to_string(),
-                    "tenant = :tenant".to_string(),
-                    "email = :email".to_string(),
-                    "gsi1pk = :shard".to_string(),
-                ];
-                let mut names = HashMap::from([("#status".to_string(), "status".to_string())]);
-                let mut values = HashMap::from([
-                    (":at".to_string(), s(&stamp.at)),
-                    (":tok".to_string(), s(stamp.token())),
-                    (":active".to_string(), s("active")),
-                    (":kind".to_string(), s("user")),
-                    (":tenant".to_string(), s(tenant)),
-                    (":email".to_string(), s(email)),
-                    (":shard".to_string(), s(user_shard(tenant, email))),
-                ]);
+                let mut u = profile();
+                u.set("updated_at", s(&stamp.at))
+                    .set("last_write", s(stamp.token()))
+                    .set_if_missing("created_at", s(&stamp.at))
+                    .set_if_missing("created_by", s(stamp.token()))
+                    .set_if_missing("status", s("active"))
+                    .set("kind", s("user"))
+                    .set("tenant", s(tenant))
+                    .set("email", s(email))
+                    .set("gsi1pk", s(user_shard(tenant, email)));
                 if fields.org.is_none() {
-                    expr.push("gsi1sk = if_not_exists(gsi1sk, :noorg)".into());
-                    values.insert(":noorg".into(), s("-"));
-                }
-                for (i, (k, v)) in sets.into_iter().enumerate() {
-                    names.insert(format!("#a{i}"), k.to_string());
-                    values.insert(format!(":v{i}"), v);
-                    expr.push(format!("#a{i} = :v{i}"));
+                    u.set_if_missing("gsi1sk", s("-"));
                 }
                 let out = self
                     .client
                     .update_item()
                     .table_name(&self.table)
                     .key("pk", s(pk))
-                    .update_expression(format!("SET {}", expr.join(", ")))
-                    .set_expression_attribute_names(Some(names))
-                    .set_expression_attribute_values(Some(values))
+                    .update_expression(u.expression())
+                    .set_expression_attribute_names(Some(u.names))
+                    .set_expression_attribute_values(Some(u.values))
                     .return_values(ReturnValue::AllNew)
                     .send()
                     .await
@@ -423,7 +521,7 @@ impl Directory for DynamoDirectory {
                 ]);
                 self.create(item, stamp).await
             }
-            Action::Update => self.update_existing(pk, vec![("name", s(name))], stamp).await,
+            Action::Update => self.update_existing(pk, std::mem::take(UpdateExpr::default().set("name", s(name))), None, stamp).await,
             Action::Upsert => {
                 let out = self
                     .client
@@ -453,6 +551,75 @@ impl Directory for DynamoDirectory {
 
     async fn delete_org(&self, tenant: &str, name: &str) -> Result<Write> {
         self.delete(org_pk(tenant, name)).await
+    }
+
+    async fn list_users(&self, tenant: &str) -> Result<Vec<(String, String)>> {
+        let prefix = format!("U#{tenant}#");
+        let mut users = Vec::new();
+        for shard in 0..USER_SHARDS {
+            let mut pages = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI)
+                .key_condition_expression("gsi1pk = :p")
+                .expression_attribute_values(":p", s(format!("T#{tenant}#{shard}")))
+                .into_paginator()
+                .items()
+                .send();
+            while let Some(item) = pages.next().await {
+                let item = item.map_err(ddb_err("Query"))?;
+                if let Some(key) = item.str("pk").and_then(|pk| pk.strip_prefix(&prefix)) {
+                    users.push((key.to_string(), item.str("status").unwrap_or("active").to_string()));
+                }
+            }
+        }
+        users.sort();
+        Ok(users)
+    }
+
+    async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, wanted: u32) -> Result<u32> {
+        self.pool_reserve(tenant, limit, claim, wanted).await
+    }
+
+    async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> Result<()> {
+        let mark = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(Self::claim_pk(claim)))
+            .update_expression("SET settled = :t")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(settled)")
+            .expression_attribute_values(":t", Av::Bool(true))
+            .build()
+            .map_err(txn_err)?;
+        let mut txn = self.client.transact_write_items().transact_items(TransactWriteItem::builder().update(mark).build());
+        if returned > 0 {
+            let give_back = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(Self::pool_pk(tenant)))
+                .update_expression("ADD used :neg")
+                .expression_attribute_values(":neg", n(-(returned as i64)))
+                .build()
+                .map_err(txn_err)?;
+            txn = txn.transact_items(TransactWriteItem::builder().update(give_back).build());
+        }
+        match txn.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if cancellation_codes(&e).is_some_and(|c| c.first().map(String::as_str) == Some("ConditionalCheckFailed")) => Ok(()),
+            Err(e) => Err(ddb_err("TransactWriteItems")(e)),
+        }
+    }
+
+    async fn licences_used(&self, tenant: &str) -> Result<u32> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::pool_pk(tenant)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        Ok(out.item.as_ref().and_then(|i| i.num::<i64>("used")).unwrap_or(0).max(0) as u32)
     }
 
     async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool> {
@@ -488,6 +655,98 @@ impl Directory for DynamoDirectory {
             }
         }
         Ok(total)
+    }
+}
+
+fn txn_err(e: aws_sdk_dynamodb::error::BuildError) -> Error {
+    Error::Build { what: "transaction", message: e.to_string() }
+}
+
+/// Cancellation reasons of a failed transaction, when it was cancelled.
+fn cancellation_codes(
+    e: &aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+        aws_sdk_dynamodb::config::http::HttpResponse,
+    >,
+) -> Option<Vec<String>> {
+    match e.as_service_error()? {
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(tc) => {
+            Some(tc.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None").to_string()).collect())
+        }
+        _ => None,
+    }
+}
+
+impl DynamoDirectory {
+    fn pool_pk(tenant: &str) -> String {
+        format!("L#{tenant}")
+    }
+    fn claim_pk(claim: &str) -> String {
+        format!("R#{claim}")
+    }
+
+    async fn claim_grant(&self, claim: &str) -> Result<Option<u32>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::claim_pk(claim)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        Ok(out.item.as_ref().and_then(|i| i.num("granted")))
+    }
+}
+
+/// Licence pool: one counter item per tenant, written twice per chunk (reserve, settle), never once
+/// per row. Each reservation is recorded under its claim id in the same transaction, so a retried
+/// chunk gets back exactly what it was granted.
+impl DynamoDirectory {
+    pub async fn pool_reserve(&self, tenant: &str, limit: u32, claim: &str, wanted: u32) -> Result<u32> {
+        if let Some(granted) = self.claim_grant(claim).await? {
+            return Ok(granted);
+        }
+        let ttl = chrono::Utc::now().timestamp() + MARKER_TTL_SECS;
+        for attempt in 0..100u64 {
+            let used = self.licences_used(tenant).await?;
+            let granted = wanted.min(limit.saturating_sub(used));
+            let record = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(Self::claim_pk(claim)))
+                .item("granted", n(granted))
+                .item("ttl", n(ttl))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(txn_err)?;
+            let mut txn = self.client.transact_write_items().transact_items(TransactWriteItem::builder().put(record).build());
+            if granted > 0 {
+                let cond = if used == 0 { "attribute_not_exists(used) OR used = :old" } else { "used = :old" };
+                let update = Update::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(Self::pool_pk(tenant)))
+                    .update_expression("SET used = :new")
+                    .condition_expression(cond)
+                    .expression_attribute_values(":old", n(used))
+                    .expression_attribute_values(":new", n(used + granted))
+                    .build()
+                    .map_err(txn_err)?;
+                txn = txn.transact_items(TransactWriteItem::builder().update(update).build());
+            }
+            match txn.send().await {
+                Ok(_) => return Ok(granted),
+                Err(e) => match cancellation_codes(&e) {
+                    // The claim was recorded meanwhile (a concurrent retry of the same chunk).
+                    Some(codes) if codes.first().map(String::as_str) == Some("ConditionalCheckFailed") => {
+                        return self.claim_grant(claim).await?.ok_or_else(|| Error::corrupt("licence claim", "vanished"));
+                    }
+                    // Another chunk changed the pool first, or a transaction conflict: read again.
+                    Some(_) => tokio::time::sleep(std::time::Duration::from_millis(5 + attempt * 3)).await,
+                    None => return Err(ddb_err("TransactWriteItems")(e)),
+                },
+            }
+        }
+        Err(Error::Transient { service: "dynamodb", operation: "TransactWriteItems", message: "licence pool contended".into() })
     }
 }
 
@@ -546,7 +805,10 @@ impl JobStore for DynamoJobs {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(format!("J#{id}")))
-            .update_expression("SET chunks0 = :c0, chunks1 = :c1, chunks2 = :c2, total_rows = :t")
+            .update_expression(format!(
+                "SET {}, total_rows = :t",
+                (0..PHASES).map(|p| format!("chunks{p} = :c{p}")).collect::<Vec<_>>().join(", ")
+            ))
             .expression_attribute_values(":t", n(plan.total_rows));
         for p in 0..PHASES {
             req = req.expression_attribute_values(format!(":c{p}"), n(plan.phase_chunks[p]));
@@ -692,7 +954,7 @@ pub async fn ensure_tables(client: &Client, directory: &str, jobs: &str) -> Resu
             .index_name(GSI)
             .key_schema(KeySchemaElement::builder().attribute_name("gsi1pk").key_type(KeyType::Hash).build().map_err(build_err)?)
             .key_schema(KeySchemaElement::builder().attribute_name("gsi1sk").key_type(KeyType::Range).build().map_err(build_err)?)
-            // Users: keys only (count and list). Jobs: the whole item, `rosterdrop status` shows it.
+            // Users: keys + status (count, and replace mode's diff). Jobs: whole items for `status`.
             .projection(
                 Projection::builder().projection_type(if table == jobs { ProjectionType::All } else { ProjectionType::KeysOnly }).build(),
             )

@@ -77,17 +77,7 @@ impl Field {
 
     /// Columns recognised but not applied by this version: named in a warning, never dropped silently.
     pub fn is_unsupported(self) -> bool {
-        matches!(
-            self,
-            Field::Username
-                | Field::Supervisor
-                | Field::SupervisorManager
-                | Field::Parent
-                | Field::Instructor
-                | Field::Products
-                | Field::InviteUser
-                | Field::ScheduledDate
-        )
+        matches!(self, Field::InviteUser | Field::ScheduledDate)
     }
 
     /// Header text -> field. Spaces, underscores, dashes and dots are ignored: "E-mail", "First_Name".
@@ -123,6 +113,8 @@ impl Field {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Mapping {
     columns: Vec<(Field, usize)>,
+    /// Tenant custom attribute columns: (attribute index in the tenant's list, column).
+    pub custom: Vec<(usize, usize)>,
     /// Problems that do not stop the file (shown in the result email).
     pub warnings: Vec<String>,
 }
@@ -134,6 +126,10 @@ impl Mapping {
     pub fn has(&self, field: Field) -> bool {
         self.column(field).is_some()
     }
+}
+
+fn norm(s: &str) -> String {
+    s.trim().to_lowercase().chars().filter(|c| !matches!(c, ' ' | '_' | '-' | '.')).collect()
 }
 
 /// Map the header row, or say why the whole file is refused.
@@ -163,15 +159,25 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
                 }
                 mapping.columns.push((f, i));
             }
-            None => unknown.push(trimmed.to_string()),
+            None => match tenant.attributes.iter().position(|a| norm(&a.name) == norm(trimmed)) {
+                Some(a) if mapping.custom.iter().any(|(x, _)| *x == a) => {
+                    return Err(format!("two columns are the attribute \"{}\"; keep one of them", tenant.attributes[a].name));
+                }
+                Some(a) => mapping.custom.push((a, i)),
+                None => unknown.push(trimmed.to_string()),
+            },
         }
     }
     if tenant.strict_template {
         check_template(headers, tenant)?;
+        if !unknown.is_empty() {
+            let list = unknown.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ");
+            return Err(format!("unknown columns {list}: this tenant accepts only its template and attribute columns"));
+        }
     } else {
         mapping.warnings.extend(unknown.iter().map(|u| format!("column \"{u}\" is not a roster column and was ignored")));
     }
-    if !mapping.has(Field::Email) && !mapping.has(Field::OrgName) {
+    if !mapping.has(Field::Email) && !mapping.has(Field::Username) && !mapping.has(Field::OrgName) {
         return Err(format!(
             "the required column Email is missing (the header row has: {}). Add an Email column, or use the template",
             headers.iter().map(|h| format!("\"{}\"", h.trim())).collect::<Vec<_>>().join(", ")
@@ -183,7 +189,7 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
 /// Strict template: the columns must be exactly the tenant's template, in any order.
 fn check_template(headers: &[String], tenant: &Tenant) -> Result<(), String> {
     let expected: Vec<String> = if tenant.template_columns.is_empty() {
-        Field::ALL.iter().map(|f| f.name().to_string()).collect()
+        Field::ALL.iter().map(|f| f.name().to_string()).chain(tenant.attributes.iter().map(|a| a.name.clone())).collect()
     } else {
         tenant.template_columns.clone()
     };
@@ -224,6 +230,7 @@ mod tests {
             strict_template: false,
             template_columns: vec![],
             chunk_size: None,
+            ..Tenant::new("", vec![])
         }
     }
     fn h(v: &[&str]) -> Vec<String> {

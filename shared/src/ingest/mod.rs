@@ -8,7 +8,7 @@ pub mod validate;
 use crate::error::Result;
 use crate::event::ObjectRef;
 use crate::keys::{self, KeyProblem};
-use crate::model::{Job, JobState, Mode, Outcome, PHASES, RowOp, Tenant, phase_of};
+use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Target, Tenant, UserFields, phase_of};
 use crate::ports::Plan;
 use crate::report;
 use crate::services::Services;
@@ -24,6 +24,8 @@ pub struct Prepared {
     pub ops: Vec<RowOp>,
     /// Rows that failed validation (or were skipped).
     pub outcomes: Vec<Outcome>,
+    /// Every user the file names (replace mode keeps them all).
+    pub user_keys: std::collections::HashSet<String>,
 }
 
 /// Decode, map headers and validate; `Err` is the reason the whole file is rejected.
@@ -34,7 +36,7 @@ pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, St
         return Err("the file has a header row but no data rows".into());
     }
     let v = validate::validate(&table, &mapping, tenant, mode);
-    Ok(Prepared { table, warnings: mapping.warnings, ops: v.ops, outcomes: v.outcomes })
+    Ok(Prepared { table, warnings: mapping.warnings, ops: v.ops, outcomes: v.outcomes, user_keys: v.user_keys })
 }
 
 /// What finalize needs from ingest: the input as read (to echo every row) and the warnings.
@@ -97,7 +99,8 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
     info!(job = %id, tenant = %key.tenant, file = %key.file_name, retry = !created, "ingest started");
 
     let Some(tenant) = svc.directory.tenant(&key.tenant).await? else {
-        return report::reject(svc, &job, None, &format!("tenant \"{}\" is not configured; ask support to set it up", key.tenant)).await;
+        return report::reject(svc, &job, None, &format!("tenant \"{}\" is not configured; ask support to set it up", key.tenant), &[])
+            .await;
     };
     let mode = match &key.mode {
         Ok(m) => m.unwrap_or(Mode::Upsert),
@@ -107,7 +110,7 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
                 tenant.id,
                 Mode::NAMES.join(", ")
             );
-            return report::reject(svc, &job, Some(&tenant), &msg).await;
+            return report::reject(svc, &job, Some(&tenant), &msg, &[]).await;
         }
     };
     let size = match obj.size {
@@ -120,20 +123,68 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
             size / 1_000_000,
             svc.config.max_file_bytes / 1_000_000
         );
-        return report::reject(svc, &job, Some(&tenant), &msg).await;
+        return report::reject(svc, &job, Some(&tenant), &msg, &[]).await;
     }
     let Some(bytes) = svc.store.get(&obj.key).await? else {
-        return report::reject(svc, &job, Some(&tenant), "the file was deleted before it could be read").await;
+        return report::reject(svc, &job, Some(&tenant), "the file was deleted before it could be read", &[]).await;
     };
-    let prepared = match prepare(&bytes, &tenant, mode) {
+    let mut prepared = match prepare(&bytes, &tenant, mode) {
         Ok(p) => p,
-        Err(reason) => return report::reject(svc, &job, Some(&tenant), &reason).await,
+        Err(reason) => return report::reject(svc, &job, Some(&tenant), &reason, &[]).await,
     };
     drop(bytes);
-    write_job(svc, &job, &tenant, prepared).await
+    if mode.is_replace() {
+        let absent = absent_active_users(svc, &tenant, &prepared).await?;
+        if let Some((reason, preview)) = safeguard(&tenant, mode, &absent) {
+            return report::reject(svc, &job, Some(&tenant), &reason, &[preview]).await;
+        }
+        prepared.ops.extend(absent.1.into_iter().enumerate().map(|(i, email)| RowOp {
+            row: RECONCILE_ROW_BASE + i as u32,
+            action: Action::Reconcile,
+            target: Target::User { email, fields: UserFields::default() },
+            created_in_file: vec![],
+        }));
+    }
+    write_job(svc, &job, &tenant, mode, prepared).await
 }
 
-async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, p: Prepared) -> Result<()> {
+/// Reconcile operations (replace mode) are not input rows; they are numbered from here so every
+/// operation of a job keeps a distinct number (idempotency stamps use it).
+pub const RECONCILE_ROW_BASE: u32 = 1_000_000_000;
+
+/// (active users, the active users absent from the file), for replace mode. The scope is the
+/// whole tenant: a replace file lists every user the tenant keeps.
+async fn absent_active_users(svc: &Services, tenant: &Tenant, p: &Prepared) -> Result<(usize, Vec<String>)> {
+    let users = svc.directory.list_users(&tenant.id).await?;
+    let active: Vec<String> = users.into_iter().filter(|(_, status)| status == "active").map(|(k, _)| k).collect();
+    let total = active.len();
+    Ok((total, active.into_iter().filter(|k| !p.user_keys.contains(k)).collect()))
+}
+
+/// Replace mode's safeguard: refuse when more than the tenant's threshold of active users would be
+/// disabled. Returns the reason and the preview of who would be disabled.
+fn safeguard(tenant: &Tenant, mode: Mode, (active, absent): &(usize, Vec<String>)) -> Option<(String, report::Attachment)> {
+    let threshold = tenant.replace_threshold() as usize;
+    if mode != Mode::Replace || absent.len() * 100 <= threshold * active {
+        return None;
+    }
+    let pct = absent.len() * 100 / (*active).max(1);
+    let reason = format!(
+        "replace would disable {} of {active} active users ({pct}%), more than this tenant's limit of {threshold}%; nothing was applied. \
+         The attached list shows who would be disabled. If the file really is the complete list of users, upload it again to \
+         incoming/{}/replace-force/, or ask support to raise the tenant's replace_threshold_percent",
+        absent.len(),
+        tenant.id
+    );
+    let mut csv = String::from("Email\n");
+    for e in absent {
+        csv.push_str(e);
+        csv.push('\n');
+    }
+    Some((reason, report::Attachment { name: "would-be-disabled.csv".into(), content_type: "text/csv", bytes: csv.into_bytes() }))
+}
+
+async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, p: Prepared) -> Result<()> {
     let id = &job.id;
     let chunk_size = tenant.chunk_size.unwrap_or(svc.config.chunk_size).max(1);
     let mut phases: [Vec<RowOp>; PHASES] = Default::default();
@@ -142,6 +193,7 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, p: Prepared) -> R
     }
     let phase_chunks: [u32; PHASES] = std::array::from_fn(|i| phases[i].len().div_ceil(chunk_size) as u32);
     let total_rows = p.table.rows.len() as u32;
+    let invalid = p.outcomes.len();
     // The plan is stored before any chunk exists, so whoever completes the last chunk knows it.
     svc.jobs.set_plan(id, &Plan { phase_chunks, total_rows }).await?;
 
@@ -172,7 +224,10 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, p: Prepared) -> R
         }
     }
     svc.jobs.transition(id, JobState::Received, JobState::Applying, None).await?;
-    info!(job = %id, rows = total_rows, invalid = p.outcomes.len(), chunks = ?phase_chunks, "ingest planned");
+    info!(job = %id, rows = total_rows, invalid, chunks = ?phase_chunks, "ingest planned");
+    if tenant.notify_started && svc.jobs.claim_email(id, "started").await? {
+        report::started_email(svc, job, tenant, mode, total_rows, invalid).await?;
+    }
     Ok(())
 }
 

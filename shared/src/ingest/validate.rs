@@ -3,15 +3,25 @@
 
 use super::decode::Table;
 use super::headers::{Field, Mapping};
-use crate::model::{Action, EntityType, Mode, Outcome, RowOp, Target, Tenant, UserFields};
-use std::collections::HashMap;
+use crate::model::{Action, AttributeKind, EntityType, Mode, Outcome, RowOp, Target, Tenant, UserFields, username_key};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Debug, Default)]
 pub struct Validated {
     pub ops: Vec<RowOp>,
     /// Rows that failed validation or were skipped: final outcomes, never applied.
     pub outcomes: Vec<Outcome>,
+    /// Every user key named by the file, valid row or not (replace mode never disables them).
+    pub user_keys: HashSet<String>,
 }
+
+/// Association columns and the attribute names they are stored under.
+const ASSOCIATION_FIELDS: &[(Field, &str)] = &[
+    (Field::Supervisor, "supervisor"),
+    (Field::SupervisorManager, "supervisor_manager"),
+    (Field::Parent, "parent"),
+    (Field::Instructor, "instructor"),
+];
 
 pub fn validate(table: &Table, mapping: &Mapping, tenant: &Tenant, mode: Mode) -> Validated {
     let mut out = Validated::default();
@@ -23,6 +33,12 @@ pub fn validate(table: &Table, mapping: &Mapping, tenant: &Tenant, mode: Mode) -
         if cells.iter().all(|c| c.trim().is_empty()) {
             out.outcomes.push(Outcome::skipped(row, "empty row"));
             continue;
+        }
+        if let Some(key) = cell(cells, mapping, Field::Email)
+            .map(|e| e.to_lowercase())
+            .or_else(|| cell(cells, mapping, Field::Username).map(|u| username_key(&u)))
+        {
+            out.user_keys.insert(key);
         }
         if let Some(extra) = cells.iter().skip(width).position(|c| !c.trim().is_empty()) {
             out.outcomes.push(Outcome::failure(
@@ -53,19 +69,47 @@ pub fn validate(table: &Table, mapping: &Mapping, tenant: &Tenant, mode: Mode) -
             }
         }
     }
+    mark_created_in_file(&mut out.ops);
     out
+}
+
+/// Note, on each user row, which of the organizations and users it references this same file
+/// creates: those need not exist before the file runs.
+fn mark_created_in_file(ops: &mut [RowOp]) {
+    let creates = |a: Action| matches!(a, Action::Create | Action::Upsert | Action::Update);
+    let orgs: HashSet<String> = ops
+        .iter()
+        .filter(|o| creates(o.action))
+        .filter_map(|o| if let Target::Org { name } = &o.target { Some(name.to_lowercase()) } else { None })
+        .collect();
+    let users: HashSet<String> = ops
+        .iter()
+        .filter(|o| matches!(o.action, Action::Create | Action::Upsert))
+        .filter_map(|o| if let Target::User { email, .. } = &o.target { Some(email.clone()) } else { None })
+        .collect();
+    for op in ops.iter_mut() {
+        if let Target::User { fields, .. } = &op.target {
+            let mut refs: Vec<String> = fields.org.iter().map(|o| o.to_lowercase()).filter(|o| orgs.contains(o)).collect();
+            refs.extend(fields.associations.values().filter(|e| users.contains(*e)).cloned());
+            refs.sort();
+            refs.dedup();
+            op.created_in_file = refs;
+        }
+    }
 }
 
 type RowError = (Option<Action>, String);
 
+fn cell(cells: &[String], m: &Mapping, f: Field) -> Option<String> {
+    m.column(f).and_then(|i| cells.get(i)).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
 fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: Mode) -> Result<RowOp, RowError> {
-    let get =
-        |f: Field| -> Option<String> { m.column(f).and_then(|i| cells.get(i)).map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) };
-    let _ = row;
+    let get = |f: Field| cell(cells, m, f);
     let entity = match get(Field::Type) {
         None => EntityType::User,
         Some(t) => match t.to_ascii_lowercase().as_str() {
-            "user" | "person" | "student" | "learner" | "employee" => EntityType::User,
+            "user" | "person" | "student" | "learner" | "employee" | "parent" | "instructor" => EntityType::User,
             "org" | "organization" | "organisation" => EntityType::Org,
             _ => return Err((None, format!("Type \"{t}\" is not one of User, Org"))),
         },
@@ -84,6 +128,12 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
             }
         };
     }
+    if mode.is_replace() && !matches!(action, Action::Upsert | Action::Create | Action::Update) {
+        return Err((
+            Some(action),
+            format!("Action {action} is not allowed in replace mode: the file lists the users to keep; leave users out to disable them"),
+        ));
+    }
     let fail = |msg: String| (Some(action), msg);
     match entity {
         EntityType::Org => {
@@ -91,21 +141,56 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
             if !matches!(action, Action::Create | Action::Update | Action::Upsert | Action::Delete) {
                 return Err(fail(format!("Action {action} does not apply to organizations (use Create, Update, Upsert or Delete)")));
             }
-            Ok(RowOp { row, action, target: Target::Org { name } })
+            Ok(RowOp { row, action, target: Target::Org { name }, created_in_file: vec![] })
         }
         EntityType::User => {
-            let raw = get(Field::Email).ok_or_else(|| fail("Email is empty; every user row needs an email address".into()))?;
-            let email = raw.to_lowercase();
-            if !is_valid_email(&email) {
-                return Err(fail(format!("Email \"{raw}\" is not a valid email address")));
+            let mut associations = BTreeMap::new();
+            for (field, attr) in ASSOCIATION_FIELDS {
+                if let Some(raw) = get(*field) {
+                    let email = raw.to_lowercase();
+                    if !is_valid_email(&email) {
+                        return Err(fail(format!("{} \"{raw}\" is not a valid email address", field.name())));
+                    }
+                    associations.insert(attr.to_string(), email);
+                }
+            }
+            let key = match (get(Field::Email), get(Field::Username)) {
+                (Some(raw), _) => {
+                    let email = raw.to_lowercase();
+                    if !is_valid_email(&email) {
+                        return Err(fail(format!("Email \"{raw}\" is not a valid email address")));
+                    }
+                    email
+                }
+                (None, Some(username)) => {
+                    if !associations.contains_key("parent") {
+                        return Err(fail(format!("Username \"{username}\" has no Email, so the row needs a Parent (the parent's email)")));
+                    }
+                    username_key(&username)
+                }
+                (None, None) => {
+                    return Err(fail("Email is empty; every user row needs an email address (or a Username and a Parent)".into()));
+                }
+            };
+            if let Some((attr, _)) = associations.iter().find(|(_, e)| **e == key) {
+                return Err(fail(format!("{} cannot be the user themself", attr.replace('_', " "))));
             }
             let role = get(Field::RoleName);
             if let Some(r) = &role {
                 check_role(r, tenant).map_err(fail)?;
             }
-            let groups = get(Field::Group)
-                .map(|g| g.split(';').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
-                .unwrap_or_default();
+            let list = |f: Field| -> Vec<String> {
+                get(f).map(|g| g.split(';').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()).unwrap_or_default()
+            };
+            let products =
+                list(Field::Products).into_iter().map(|p| check_product(&p, tenant)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
+            let mut attributes = BTreeMap::new();
+            for (idx, col) in &m.custom {
+                let def = &tenant.attributes[*idx];
+                if let Some(v) = cells.get(*col).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+                    attributes.insert(def.name.clone(), check_attribute(&def.name, &def.kind, v).map_err(fail)?);
+                }
+            }
             let fields = UserFields {
                 first_name: get(Field::FirstName),
                 last_name: get(Field::LastName),
@@ -113,16 +198,19 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
                 org: get(Field::OrgName),
                 role,
                 department: get(Field::Department),
-                groups,
+                groups: list(Field::Group),
+                products,
+                associations,
+                attributes,
             };
-            Ok(RowOp { row, action, target: Target::User { email, fields } })
+            Ok(RowOp { row, action, target: Target::User { email: key, fields }, created_in_file: vec![] })
         }
     }
 }
 
 /// A real address check (RFC 5322 via `email_address`), plus a dot in the domain: rosters are for
 /// people with internet mail, and `ann@localhost` is always a typo there.
-fn is_valid_email(email: &str) -> bool {
+pub fn is_valid_email(email: &str) -> bool {
     email_address::EmailAddress::parse_with_options(
         email,
         email_address::Options::default().without_display_text().without_domain_literal(),
@@ -139,19 +227,56 @@ fn check_role(role: &str, tenant: &Tenant) -> Result<(), String> {
     if tenant.roles.iter().any(|r| r == role) {
         return Ok(());
     }
-    let near = tenant
-        .roles
-        .iter()
-        .map(|r| (strsim::jaro_winkler(&r.to_lowercase(), &role.to_lowercase()), r))
-        .filter(|(score, _)| *score > 0.85)
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    Err(match near {
-        Some((_, r)) => format!("unknown role \"{role}\"; did you mean \"{r}\"?"),
-        None if tenant.roles.is_empty() => {
-            format!("unknown role \"{role}\"; this tenant has no roles configured")
-        }
+    Err(match closest(role, &tenant.roles) {
+        Some(r) => format!("unknown role \"{role}\"; did you mean \"{r}\"?"),
+        None if tenant.roles.is_empty() => format!("unknown role \"{role}\"; this tenant has no roles configured"),
         None => format!("unknown role \"{role}\"; valid roles are: {}", tenant.roles.join(", ")),
     })
+}
+
+fn closest<'a>(value: &str, options: &'a [String]) -> Option<&'a String> {
+    options
+        .iter()
+        .map(|r| (strsim::jaro_winkler(&r.to_lowercase(), &value.to_lowercase()), r))
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, r)| r)
+}
+
+/// Product codes: any when the tenant lists none, else one of its catalogue (case-insensitive).
+fn check_product(code: &str, tenant: &Tenant) -> Result<String, String> {
+    if tenant.products.is_empty() {
+        return Ok(code.to_string());
+    }
+    match tenant.products.iter().find(|p| p.eq_ignore_ascii_case(code)) {
+        Some(p) => Ok(p.clone()),
+        None => Err(format!("unknown product \"{code}\"; valid products are: {}", tenant.products.join(", "))),
+    }
+}
+
+/// A custom attribute value, normalised to its type.
+fn check_attribute(name: &str, kind: &AttributeKind, value: &str) -> Result<String, String> {
+    match kind {
+        AttributeKind::Text if value.chars().count() > 256 => Err(format!("{name} is longer than 256 characters")),
+        AttributeKind::Text => Ok(value.to_string()),
+        AttributeKind::Number => match value.replace(',', "").parse::<f64>() {
+            Ok(n) if n.is_finite() => Ok(if n.fract() == 0.0 && n.abs() < 1e15 { format!("{}", n as i64) } else { n.to_string() }),
+            _ => Err(format!("{name} \"{value}\" is not a number")),
+        },
+        AttributeKind::Date => {
+            let day = value.split([' ', 'T']).next().unwrap_or(value);
+            chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+                .map(|d| d.to_string())
+                .map_err(|_| format!("{name} \"{value}\" is not a date; write it as YYYY-MM-DD (for example 2026-09-01)"))
+        }
+        AttributeKind::OneOf { values } => match values.iter().find(|v| v.eq_ignore_ascii_case(value)) {
+            Some(v) => Ok(v.clone()),
+            None => Err(match closest(value, values) {
+                Some(v) => format!("{name} \"{value}\" is not allowed; did you mean \"{v}\"?"),
+                None => format!("{name} \"{value}\" is not allowed; use one of: {}", values.join(", ")),
+            }),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -159,20 +284,22 @@ mod tests {
     use super::super::decode::decode;
     use super::super::headers::map_headers;
     use super::*;
-    use crate::model::Status;
+    use crate::model::{AttributeDef, Status};
 
     fn tenant() -> Tenant {
-        Tenant {
-            id: "acme".into(),
-            name: None,
-            admin_emails: vec!["a@acme.com".into()],
-            sender: None,
-            roles: vec!["Learner".into(), "Manager".into()],
-            admin_roles: vec!["Admin".into()],
-            strict_template: false,
-            template_columns: vec![],
-            chunk_size: None,
-        }
+        let mut t = Tenant::new("acme", vec!["a@acme.com".into()]);
+        t.roles = vec!["Learner".into(), "Manager".into()];
+        t.admin_roles = vec!["Admin".into()];
+        t.products = vec!["LMS".into(), "Video".into()];
+        t.attributes = vec![
+            AttributeDef { name: "Employee Id".into(), kind: AttributeKind::Number },
+            AttributeDef { name: "Start Date".into(), kind: AttributeKind::Date },
+            AttributeDef {
+                name: "Region".into(),
+                kind: AttributeKind::OneOf { values: vec!["EMEA".into(), "APAC".into(), "Americas".into()] },
+            },
+        ];
+        t
     }
 
     fn run(csv: &str, mode: Mode) -> Validated {
@@ -183,6 +310,13 @@ mod tests {
 
     fn message(v: &Validated, row: u32) -> String {
         v.outcomes.iter().find(|o| o.row == row).map(|o| o.message.clone()).unwrap_or_else(|| panic!("no outcome for row {row}: {v:?}"))
+    }
+
+    fn fields(v: &Validated, i: usize) -> &UserFields {
+        match &v.ops[i].target {
+            Target::User { fields, .. } => fields,
+            other => panic!("not a user: {other:?}"),
+        }
     }
 
     #[test]
@@ -240,6 +374,15 @@ mod tests {
     }
 
     #[test]
+    fn replace_mode_refuses_deletes_and_remembers_every_named_user() {
+        let v = run("Action,Email,Role\n,a@x.com,Learner\nDelete,b@x.com,\n,c@x.com,Pilot\n", Mode::Replace);
+        assert_eq!(v.ops.len(), 1);
+        assert!(message(&v, 3).contains("not allowed in replace mode"));
+        // c's row fails, but c is in the file: replace must not disable c.
+        assert!(v.user_keys.contains("c@x.com") && v.user_keys.contains("b@x.com"));
+    }
+
+    #[test]
     fn empty_rows_in_the_middle_are_skipped_not_lost() {
         let v = run("Email,FirstName\na@x.com,A\n,\nb@x.com,B\n", Mode::Upsert);
         assert_eq!(v.ops.len(), 2);
@@ -251,5 +394,50 @@ mod tests {
     fn a_value_beyond_the_header_fails_its_row() {
         let v = run("Email,FirstName\na@x.com,A,surprise\n", Mode::Upsert);
         assert_eq!(message(&v, 2), "column 3 has a value but no header; add a header or remove the value");
+    }
+
+    #[test]
+    fn username_rows_need_a_parent_and_are_keyed_by_username() {
+        let v = run("Email,Username,Parent\n,Kid1,mom@x.com\n,Kid2,\n", Mode::Upsert);
+        let Target::User { email, fields } = &v.ops[0].target else { panic!() };
+        assert_eq!(email, "user:kid1");
+        assert_eq!(fields.associations.get("parent").map(String::as_str), Some("mom@x.com"));
+        assert_eq!(message(&v, 3), "Username \"Kid2\" has no Email, so the row needs a Parent (the parent's email)");
+    }
+
+    #[test]
+    fn associations_are_emails_and_targets_created_in_the_file_are_marked() {
+        let v = run(
+            "Email,Supervisor,Instructor,Org\na@x.com,Boss@X.com,,North\nboss@x.com,,,\nc@x.com,not-an-email,,\nd@x.com,d@x.com,,\n",
+            Mode::Upsert,
+        );
+        assert_eq!(fields(&v, 0).associations.get("supervisor").map(String::as_str), Some("boss@x.com"));
+        assert_eq!(v.ops[0].created_in_file, vec!["boss@x.com".to_string()], "North is not created by the file");
+        assert_eq!(message(&v, 4), "Supervisor \"not-an-email\" is not a valid email address");
+        assert_eq!(message(&v, 5), "supervisor cannot be the user themself");
+    }
+
+    #[test]
+    fn products_are_checked_against_the_catalogue_and_expire_parses() {
+        let v = run("Action,Email,Products\n,a@x.com,lms; video\nExpire,b@x.com,\n,c@x.com,Chess\n", Mode::Upsert);
+        assert_eq!(fields(&v, 0).products, vec!["LMS", "Video"]);
+        assert_eq!(v.ops[1].action, Action::Expire);
+        assert_eq!(message(&v, 4), "unknown product \"Chess\"; valid products are: LMS, Video");
+    }
+
+    #[test]
+    fn custom_attributes_are_typed_and_normalised() {
+        let v = run(
+            "Email,Employee Id,start_date,REGION\na@x.com,\"1,234\",2026-09-01,emea\nb@x.com,12x,,\nc@x.com,,01/09/2026,\nd@x.com,,,Mars\ne@x.com,,,Emea-West\n",
+            Mode::Upsert,
+        );
+        let a = &fields(&v, 0).attributes;
+        assert_eq!(a.get("Employee Id").map(String::as_str), Some("1234"));
+        assert_eq!(a.get("Start Date").map(String::as_str), Some("2026-09-01"));
+        assert_eq!(a.get("Region").map(String::as_str), Some("EMEA"));
+        assert_eq!(message(&v, 3), "Employee Id \"12x\" is not a number");
+        assert!(message(&v, 4).contains("write it as YYYY-MM-DD"));
+        assert_eq!(message(&v, 5), "Region \"Mars\" is not allowed; use one of: EMEA, APAC, Americas");
+        assert_eq!(message(&v, 6), "Region \"Emea-West\" is not allowed; did you mean \"EMEA\"?");
     }
 }

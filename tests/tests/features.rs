@@ -1,0 +1,297 @@
+//! What the products our users come from do: modes, tenant rules, directory features.
+//! End to end against the local stack, through real S3 events.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use mail_parser::{MessageParser, MimeHeaders};
+use shared::model::{AttributeDef, AttributeKind, JobState};
+use std::time::Duration;
+use tests::{Stack, parse_csv, wait_mail};
+
+fn col(result: &[Vec<String>], name: &str) -> usize {
+    result[0].iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name}"))
+}
+
+/// (Status, Message) of each data row.
+fn statuses(result: &[Vec<String>]) -> Vec<(String, String)> {
+    let s = col(result, "Status");
+    result[1..].iter().map(|r| (r[s].clone(), r[s + 1].clone())).collect()
+}
+
+async fn seed_users(stack: &Stack, tenant: &str, n: usize) {
+    let mut rows: Vec<Vec<String>> = vec![vec!["Email".into(), "Department".into(), "Group".into()]];
+    for i in 0..n {
+        rows.push(vec![format!("u{i}@acme.example.com"), "Sales".into(), "Team A;All".into()]);
+    }
+    let refs: Vec<Vec<&str>> = rows.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
+    let refs: Vec<&[&str]> = refs.iter().map(|r| r.as_slice()).collect();
+    let (_, s, _) = stack.run_csv(tenant, None, "seed.csv", &refs).await;
+    assert_eq!(s.counts.success, n as u32, "seed");
+}
+
+async fn set_manual_groups(stack: &Stack, tenant: &str, email: &str, groups: &[&str]) {
+    stack
+        .aws
+        .dynamodb
+        .update_item()
+        .table_name(&stack.config.directory_table)
+        .key("pk", AttributeValue::S(format!("U#{tenant}#{email}")))
+        .update_expression("SET manual_groups = :g")
+        .expression_attribute_values(":g", AttributeValue::L(groups.iter().map(|g| AttributeValue::S(g.to_string())).collect()))
+        .send()
+        .await
+        .expect("set manual groups");
+}
+
+#[tokio::test]
+async fn validate_mode_checks_against_current_state_and_writes_nothing() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    seed_users(&stack, "acme", 1).await;
+    let (job, s, result) = stack
+        .run_csv(
+            "acme",
+            Some("validate"),
+            "check.csv",
+            &[
+                &["Type", "Action", "Email", "Org"],
+                &["User", "Create", "u0@acme.example.com", ""],
+                &["User", "Create", "new@acme.example.com", "Fresh Org"],
+                &["User", "Update", "ghost@acme.example.com", ""],
+                &["Org", "Create", "", "Fresh Org"],
+                &["User", "", "bad-email", ""],
+            ],
+        )
+        .await;
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(
+        statuses(&result),
+        vec![
+            ("Failure".into(), "user already exists; use Update or Upsert to change it".into()),
+            ("Success".into(), "user would be created (validation only: nothing was changed)".into()),
+            ("Failure".into(), "user not found; use Create or Upsert to add it".into()),
+            ("Success".into(), "organization \"Fresh Org\" would be created (validation only: nothing was changed)".into()),
+            ("Failure".into(), "Email \"bad-email\" is not a valid email address".into()),
+        ]
+    );
+    assert_eq!((s.counts.success, s.counts.failure), (2, 3));
+    assert!(stack.svc.directory.user("acme", "new@acme.example.com").await.unwrap().is_none(), "nothing written");
+    assert!(!stack.svc.directory.org_exists("acme", "Fresh Org").await.unwrap(), "nothing written");
+    let mails = wait_mail(&stack.admin_email(), 2, Duration::from_secs(10)).await;
+    let subject = MessageParser::default().parse(mails.last().unwrap()).unwrap().subject().unwrap().to_string();
+    assert!(subject.contains("validated, nothing applied: 2 would succeed, 3 would fail"), "{subject}");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn replace_mode_disables_absent_users_and_strips_their_groups_but_keeps_manual_groups_of_present_users() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    seed_users(&stack, "acme", 10).await;
+    set_manual_groups(&stack, "acme", "u0@acme.example.com", &["Chess Club"]).await;
+    set_manual_groups(&stack, "acme", "u9@acme.example.com", &["Chess Club"]).await;
+    // u9 is left out (1 of 10 = 10%, under the 20% default); u0 changes group; a new user joins.
+    let mut rows: Vec<Vec<String>> = vec![vec!["Email".into(), "Group".into()]];
+    for i in 0..9 {
+        rows.push(vec![format!("u{i}@acme.example.com"), if i == 0 { "Team B".into() } else { "Team A;All".into() }]);
+    }
+    rows.push(vec!["new@acme.example.com".into(), "Team B".into()]);
+    let refs: Vec<Vec<&str>> = rows.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
+    let refs: Vec<&[&str]> = refs.iter().map(|r| r.as_slice()).collect();
+    let (job, s, result) = stack.run_csv("acme", Some("replace"), "everyone.csv", &refs).await;
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(s.counts.success, 10);
+    assert_eq!(s.disabled_not_in_file, 1);
+    assert_eq!(result.len(), 11, "the result lists the file's rows only");
+
+    let dir = &stack.svc.directory;
+    let gone = dir.user("acme", "u9@acme.example.com").await.unwrap().unwrap();
+    assert_eq!(gone.status, "disabled");
+    assert!(gone.fields.groups.is_empty() && gone.manual_groups.is_empty() && gone.fields.department.is_none(), "{gone:?}");
+    let kept = dir.user("acme", "u0@acme.example.com").await.unwrap().unwrap();
+    assert_eq!(
+        (kept.status.as_str(), kept.fields.groups.clone()),
+        ("active", vec!["Team B".to_string()]),
+        "targeting moved to the new group"
+    );
+    assert_eq!(kept.manual_groups, vec!["Chess Club"], "manual groups of users in the file are left alone");
+    assert_eq!(dir.user("acme", "new@acme.example.com").await.unwrap().unwrap().status, "active");
+
+    let disabled = parse_csv(&stack.get(s.disabled_users_key.as_deref().unwrap()).await.unwrap());
+    assert_eq!(disabled[1][0], "u9@acme.example.com");
+    let mails = wait_mail(&stack.admin_email(), 2, Duration::from_secs(10)).await;
+    let msg = MessageParser::default().parse(mails.last().unwrap()).unwrap();
+    assert!(msg.attachments().any(|a| a.attachment_name() == Some("disabled-users.csv")));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn replace_over_the_safeguard_applies_nothing_and_emails_the_preview_until_forced() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    seed_users(&stack, "acme", 10).await;
+    let rows: &[&[&str]] = &[
+        &["Email"],
+        &["u0@acme.example.com"],
+        &["u1@acme.example.com"],
+        &["u2@acme.example.com"],
+        &["u3@acme.example.com"],
+        &["u4@acme.example.com"],
+        &["newcomer@acme.example.com"],
+    ];
+    let (job, s, _) = stack.run_csv("acme", Some("replace"), "half.csv", rows).await;
+    assert_eq!(job.state, JobState::Rejected);
+    let reason = s.reason.unwrap();
+    assert!(reason.starts_with("replace would disable 5 of 10 active users (50%), more than this tenant's limit of 20%"), "{reason}");
+    assert!(reason.contains("incoming/acme/replace-force/"), "says how to override: {reason}");
+    assert!(stack.svc.directory.user("acme", "newcomer@acme.example.com").await.unwrap().is_none(), "nothing applied");
+    assert_eq!(stack.svc.directory.user("acme", "u9@acme.example.com").await.unwrap().unwrap().status, "active");
+    let mails = wait_mail(&stack.admin_email(), 2, Duration::from_secs(10)).await;
+    let msg = MessageParser::default().parse(mails.last().unwrap()).unwrap();
+    let preview = msg.attachments().find(|a| a.attachment_name() == Some("would-be-disabled.csv")).expect("preview attached");
+    let listed = parse_csv(preview.contents());
+    assert_eq!(listed.len(), 6, "header + the 5 users who would be disabled");
+
+    let (job, s, _) = stack.run_csv("acme", Some("replace-force"), "half.csv", rows).await;
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(s.disabled_not_in_file, 5);
+    assert_eq!(stack.svc.directory.user("acme", "u9@acme.example.com").await.unwrap().unwrap().status, "disabled");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn licence_pool_of_ten_gives_exactly_ten_of_fifteen_creates_across_concurrent_chunks() {
+    let stack = Stack::start().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.licences = Some(10);
+    tenant.chunk_size = Some(5);
+    stack.put_tenant(&tenant).await;
+    let mut rows: Vec<Vec<String>> = vec![vec!["Action".into(), "Email".into()]];
+    for i in 0..15 {
+        rows.push(vec!["Create".into(), format!("l{i}@acme.example.com")]);
+    }
+    let refs: Vec<Vec<&str>> = rows.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
+    let refs: Vec<&[&str]> = refs.iter().map(|r| r.as_slice()).collect();
+    let (job, s, result) = stack.run_csv("acme", None, "fifteen.csv", &refs).await;
+    assert_eq!(job.phase_chunks.unwrap()[1], 3, "three chunks");
+    assert_eq!((s.counts.success, s.counts.failure), (10, 5));
+    let refusals = statuses(&result).iter().filter(|(_, m)| m == "no licence available (pool of 10 exhausted)").count();
+    assert_eq!(refusals, 5);
+    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10);
+    let users = stack.svc.directory.list_users("acme").await.unwrap();
+    assert_eq!(users.len(), 10, "never more users than licences");
+
+    // Deleting and disabling return licences.
+    let created: Vec<String> = users.iter().map(|(k, _)| k.clone()).collect();
+    let (_, s, _) =
+        stack.run_csv("acme", None, "free.csv", &[&["Action", "Email"], &["Delete", &created[0]], &["Disable", &created[1]]]).await;
+    assert_eq!(s.counts.success, 2);
+    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 8);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn custom_attributes_products_and_targeting_moves_are_stored() {
+    let stack = Stack::start().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.products = vec!["LMS".into(), "Video".into(), "Chat".into()];
+    tenant.attributes = vec![
+        AttributeDef { name: "Employee Id".into(), kind: AttributeKind::Number },
+        AttributeDef { name: "Region".into(), kind: AttributeKind::OneOf { values: vec!["EMEA".into(), "APAC".into()] } },
+    ];
+    stack.put_tenant(&tenant).await;
+    let (_, s, result) = stack
+        .run_csv(
+            "acme",
+            None,
+            "attrs.csv",
+            &[
+                &["Email", "Department", "Group", "Products", "Employee Id", "Region", "Shoe Size"],
+                &["a@acme.example.com", "Sales", "North;Leads", "lms;video", "1001", "emea", "42"],
+                &["b@acme.example.com", "", "", "Chess", "", "", ""],
+                &["c@acme.example.com", "", "", "", "abc", "", ""],
+            ],
+        )
+        .await;
+    assert_eq!((s.counts.success, s.counts.failure), (1, 2), "{result:?}");
+    assert_eq!(s.warnings, vec!["column \"Shoe Size\" is not a roster column and was ignored"]);
+    let a = stack.svc.directory.user("acme", "a@acme.example.com").await.unwrap().unwrap();
+    assert_eq!(a.fields.products, vec!["LMS", "Video"]);
+    assert_eq!(a.fields.attributes.get("Employee Id").map(String::as_str), Some("1001"));
+    assert_eq!(a.fields.attributes.get("Region").map(String::as_str), Some("EMEA"));
+
+    // A move of department and groups replaces the targeting; products are granted on top; Expire removes.
+    stack
+        .run_csv(
+            "acme",
+            None,
+            "move.csv",
+            &[&["Email", "Department", "Group", "Products"], &["a@acme.example.com", "Support", "South", "Chat"]],
+        )
+        .await;
+    let a = stack.svc.directory.user("acme", "a@acme.example.com").await.unwrap().unwrap();
+    assert_eq!((a.fields.department.as_deref(), a.fields.groups.clone()), (Some("Support"), vec!["South".to_string()]));
+    assert_eq!(a.fields.products, vec!["Chat", "LMS", "Video"]);
+    stack.run_csv("acme", None, "expire.csv", &[&["Action", "Email", "Products"], &["Expire", "a@acme.example.com", "Video"]]).await;
+    assert_eq!(stack.svc.directory.user("acme", "a@acme.example.com").await.unwrap().unwrap().fields.products, vec!["Chat", "LMS"]);
+    let (_, s, _) = stack.run_csv("acme", None, "expire-all.csv", &[&["Action", "Email"], &["Expire", "a@acme.example.com"]]).await;
+    assert_eq!(s.counts.success, 1);
+    assert!(stack.svc.directory.user("acme", "a@acme.example.com").await.unwrap().unwrap().fields.products.is_empty());
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn associations_to_users_created_later_in_the_file_succeed_and_missing_ones_fail_by_email() {
+    let stack = Stack::start_with(|c| c.chunk_size = 2).await;
+    stack.put_tenant(&stack.tenant("school")).await;
+    let (_, s, result) = stack
+        .run_csv(
+            "school",
+            None,
+            "family.csv",
+            &[
+                &["Email", "Username", "Supervisor", "Parent", "Instructor"],
+                &["", "kid1", "", "mom@school.example.com", "teach@school.example.com"],
+                &["pupil@school.example.com", "", "", "nobody@school.example.com", ""],
+                &["", "kid2", "", "", ""],
+                &["aide@school.example.com", "", "teach@school.example.com", "", ""],
+                &["mom@school.example.com", "", "", "", ""],
+                &["teach@school.example.com", "", "", "", ""],
+            ],
+        )
+        .await;
+    let st = statuses(&result);
+    assert_eq!(st[0].0, "Success", "{st:?}");
+    assert_eq!(st[1].1, "parent nobody@school.example.com does not exist; add them to this file or create them first");
+    assert_eq!(st[2].1, "Username \"kid2\" has no Email, so the row needs a Parent (the parent's email)");
+    assert_eq!(st[3].0, "Success");
+    assert_eq!((s.counts.success, s.counts.failure), (4, 2));
+    let kid = stack.svc.directory.user("school", "user:kid1").await.unwrap().expect("kid1 keyed by username");
+    assert_eq!(kid.fields.associations.get("parent").map(String::as_str), Some("mom@school.example.com"));
+    assert_eq!(kid.fields.associations.get("instructor").map(String::as_str), Some("teach@school.example.com"));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn processing_started_email_then_result_email_when_the_tenant_wants_it() {
+    let stack = Stack::start().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.notify_started = true;
+    stack.put_tenant(&tenant).await;
+    stack.run_csv("acme", None, "hello.csv", &[&["Email"], &["a@acme.example.com"], &["nope"]]).await;
+    let mails = wait_mail(&stack.admin_email(), 2, Duration::from_secs(10)).await;
+    let subjects: Vec<String> = mails.iter().map(|m| MessageParser::default().parse(m).unwrap().subject().unwrap().to_string()).collect();
+    assert_eq!(subjects.len(), 2, "{subjects:?}");
+    assert!(subjects.iter().any(|s| s == "[rosterdrop] acme: hello.csv received, processing 2 rows"), "{subjects:?}");
+    assert!(subjects.iter().any(|s| s.contains("1 succeeded, 1 failed")), "{subjects:?}");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_mode_folder_is_rejected_naming_the_valid_modes() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let (job, s, _) = stack.run_csv("acme", Some("merge"), "m.csv", &[&["Email"], &["a@acme.example.com"]]).await;
+    assert_eq!(job.state, JobState::Rejected);
+    assert!(s.reason.unwrap().ends_with("add, upsert, validate, replace, replace-force"));
+    stack.shutdown().await;
+}
