@@ -123,7 +123,7 @@ async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], limit: u32, claim: &str, concurre
             Target::Org { .. } => None,
         })
         .collect();
-    let states: Vec<Result<(u32, Action, Option<User>, String)>> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
+    let states: Vec<Result<UserState>> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
     let mut takers = Vec::new();
     let mut givers = Vec::new();
     for st in states {
@@ -144,7 +144,10 @@ async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], limit: u32, claim: &str, concurre
     Ok(Reservation { granted, takers, refused, givers })
 }
 
-async fn user_state(ctx: &Ctx<'_>, op: &RowOp, email: &str) -> Result<(u32, Action, Option<User>, String)> {
+/// (row, action, the user as stored, the row's stamp token)
+type UserState = (u32, Action, Option<User>, String);
+
+async fn user_state(ctx: &Ctx<'_>, op: &RowOp, email: &str) -> Result<UserState> {
     let user = ctx.svc.directory.user(&ctx.tenant.id, email).await?;
     Ok((op.row, op.action, user, Stamp { job: ctx.job.to_string(), row: op.row, at: String::new() }.token()))
 }
@@ -153,26 +156,25 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp) -> Result<(Outcome, Write)> {
     let (row, action) = (op.row, op.action);
     let tenant = ctx.tenant.id.as_str();
     let fail = |msg: String| Ok((Outcome::failure(row, Some(action), msg), Write::NotFound));
-    if let Target::User { fields, .. } = &op.target {
-        if action != Action::Delete && action != Action::Reconcile {
-            if let Some(org) = &fields.org {
-                let in_file = op.created_in_file.contains(&org.to_lowercase());
-                // Organizations of the file exist by now (their phase ran first), except in a dry run.
-                if !(ctx.dry && in_file) && !exists(&ctx.orgs, org.to_lowercase(), ctx.svc.directory.org_exists(tenant, org)).await? {
-                    return fail(format!(
-                        "organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file"
-                    ));
-                }
+    if let Target::User { fields, .. } = &op.target
+        && action != Action::Delete
+        && action != Action::Reconcile
+    {
+        if let Some(org) = &fields.org {
+            // Organizations of the file exist by now (their phase ran first), except in a dry run.
+            let trusted = ctx.dry && op.created_in_file.contains(&org.to_lowercase());
+            if !trusted && !exists(&ctx.orgs, org.to_lowercase(), ctx.svc.directory.org_exists(tenant, org)).await? {
+                return fail(format!("organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file"));
             }
-            for (kind, email) in &fields.associations {
-                // Users the file creates may be in a chunk running at the same time: not checked.
-                if op.created_in_file.contains(email) {
-                    continue;
-                }
-                if !exists(&ctx.users, email.clone(), async { Ok(ctx.svc.directory.user(tenant, email).await?.is_some()) }).await? {
-                    let label = kind.replace('_', " ");
-                    return fail(format!("{label} {email} does not exist; add them to this file or create them first"));
-                }
+        }
+        for (kind, email) in &fields.associations {
+            // Users the file creates may be in a chunk running at the same time: not checked.
+            if op.created_in_file.contains(email) {
+                continue;
+            }
+            if !exists(&ctx.users, email.clone(), async { Ok(ctx.svc.directory.user(tenant, email).await?.is_some()) }).await? {
+                let label = kind.replace('_', " ");
+                return fail(format!("{label} {email} does not exist; add them to this file or create them first"));
             }
         }
     }

@@ -129,10 +129,10 @@ impl Tenant {
             if crate::ingest::headers::Field::from_header(&a.name).is_some() {
                 return Err(format!("attribute {:?} has the name of a standard column", a.name));
             }
-            if let AttributeKind::OneOf { values } = &a.kind {
-                if values.is_empty() {
-                    return Err(format!("attribute {:?} is one_of but lists no values", a.name));
-                }
+            if let AttributeKind::OneOf { values } = &a.kind
+                && values.is_empty()
+            {
+                return Err(format!("attribute {:?} is one_of but lists no values", a.name));
             }
         }
         Ok(())
@@ -300,6 +300,7 @@ pub struct RowOp {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
+#[allow(clippy::large_enum_variant)] // built once per row and moved, never copied in bulk
 pub enum Target {
     User {
         /// The user's key. Normalised email (trimmed, lower-cased), or `user:<username>` for users
