@@ -45,23 +45,23 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
     reconciled.sort_by(|a, b| a.user.cmp(&b.user));
     // Every input row gets exactly one outcome; a missing one is a bug we report, never hide.
     let outcomes: Vec<Outcome> = staged
-        .table
-        .rows
+        .tables
         .iter()
-        .map(|(row, _)| {
-            by_row.remove(row).unwrap_or_else(|| {
+        .flat_map(|t| t.rows.iter().map(move |(n, _)| t.row_offset + n))
+        .map(|row| {
+            by_row.remove(&row).unwrap_or_else(|| {
                 error!(job = %job_id, row, "row has no outcome");
-                Outcome::failure(*row, None, "not processed because of an internal error; upload this row again")
+                Outcome::failure(row, None, "not processed because of an internal error; upload this row again")
             })
         })
         .collect();
 
     let mut summary = Summary::new(&job, JobState::Completed);
-    summary.format = Some(staged.table.format.label().to_string());
+    summary.format = staged.tables.first().map(|t| t.format.label().to_string());
     summary.warnings = staged.warnings.clone();
     summary.count(&outcomes);
 
-    let files = result_files(&staged.table, &outcomes, &job.file_name)?;
+    let files = result_files(&staged.tables, &outcomes, &job.file_name)?;
     let prefix = keys::results_prefix(&job.tenant, &job_id);
     let result_key = format!("{prefix}{}", files.result.name);
     svc.store.put(&result_key, files.result.bytes.clone(), files.result.content_type).await?;
@@ -139,54 +139,58 @@ const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.
 
 /// Result file: every input row in order, with Status and Message. Failed-rows file: the input's
 /// columns plus Message, failed rows only, in the input's own shape so it can be fixed and dropped
-/// again (Status/Message columns are ignored on upload).
-pub fn result_files(table: &Table, outcomes: &[Outcome], file_name: &str) -> Result<ResultFiles> {
+/// again (Status/Message columns are ignored on upload). A workbook keeps its sheets.
+/// `outcomes` is aligned with the rows of `tables`, in order.
+pub fn result_files(tables: &[Table], outcomes: &[Outcome], file_name: &str) -> Result<ResultFiles> {
     let stem = std::path::Path::new(file_name).file_stem().and_then(|s| s.to_str()).unwrap_or("roster").to_string();
-    let width = table.headers.len();
-    let row_cells = |cells: &[String]| -> Vec<String> { (0..width).map(|i| cells.get(i).cloned().unwrap_or_default()).collect() };
-    let mut result_rows = Vec::with_capacity(outcomes.len());
-    let mut failed_rows = Vec::new();
-    for ((_, cells), o) in table.rows.iter().zip(outcomes) {
-        let mut r = row_cells(cells);
-        r.push(o.status.to_string());
-        r.push(o.message.clone());
-        result_rows.push(r);
-        if o.status == Status::Failure {
-            let mut f = row_cells(cells);
-            f.push(o.message.clone());
-            failed_rows.push(f);
+    let first = tables.first().ok_or_else(|| Error::Build { what: "result", message: "no table".into() })?;
+    let mut outcomes = outcomes.iter();
+    let mut result_sheets = Vec::new();
+    let mut failed_sheets = Vec::new();
+    for table in tables {
+        let width = table.headers.len();
+        let row_cells = |cells: &[String]| -> Vec<String> { (0..width).map(|i| cells.get(i).cloned().unwrap_or_default()).collect() };
+        let mut result_rows = Vec::with_capacity(table.rows.len());
+        let mut failed_rows = Vec::new();
+        for ((_, cells), o) in table.rows.iter().zip(outcomes.by_ref()) {
+            let mut r = row_cells(cells);
+            r.push(o.status.to_string());
+            r.push(o.message.clone());
+            result_rows.push(r);
+            if o.status == Status::Failure {
+                let mut f = row_cells(cells);
+                f.push(o.message.clone());
+                failed_rows.push(f);
+            }
+        }
+        let sheet = table.sheet.clone().unwrap_or_else(|| "Roster".into());
+        let mut result_header = table.headers.clone();
+        result_header.extend(["Status".to_string(), "Message".to_string()]);
+        result_sheets.push((sheet.clone(), result_header, result_rows));
+        if !failed_rows.is_empty() {
+            let mut failed_header = table.headers.clone();
+            failed_header.push("Message".to_string());
+            failed_sheets.push((sheet, failed_header, failed_rows));
         }
     }
-    let mut result_header = table.headers.clone();
-    result_header.extend(["Status".to_string(), "Message".to_string()]);
-    let mut failed_header = table.headers.clone();
-    failed_header.push("Message".to_string());
 
-    if table.format.is_spreadsheet() {
-        let sheet = table.sheet.clone().unwrap_or_else(|| "Roster".into());
-        let result = ResultFile {
-            name: format!("{stem}-result.xlsx"),
-            content_type: XLSX,
-            bytes: xlsx(&sheet, &result_header, &result_rows, true)?,
-        };
-        let failed = (!failed_rows.is_empty())
+    if first.format.is_spreadsheet() {
+        let result = ResultFile { name: format!("{stem}-result.xlsx"), content_type: XLSX, bytes: xlsx(&result_sheets, true)? };
+        let failed = (!failed_sheets.is_empty())
             .then(|| {
-                xlsx(&sheet, &failed_header, &failed_rows, false).map(|bytes| ResultFile {
-                    name: format!("{stem}-failed-rows.xlsx"),
-                    content_type: XLSX,
-                    bytes,
-                })
+                xlsx(&failed_sheets, false).map(|bytes| ResultFile { name: format!("{stem}-failed-rows.xlsx"), content_type: XLSX, bytes })
             })
             .transpose()?;
         Ok(ResultFiles { result, failed })
     } else {
-        let delimiter = table.delimiter.map(|d| d as u8).unwrap_or(b',');
+        let delimiter = first.delimiter.map(|d| d as u8).unwrap_or(b',');
         let ext = if delimiter == b'\t' { "tsv" } else { "csv" };
-        let result =
-            ResultFile { name: format!("{stem}-result.csv"), content_type: CSV, bytes: csv_bytes(b',', &result_header, &result_rows)? };
-        let failed = (!failed_rows.is_empty())
-            .then(|| {
-                csv_bytes(delimiter, &failed_header, &failed_rows).map(|bytes| ResultFile {
+        let (_, header, rows) = &result_sheets[0];
+        let result = ResultFile { name: format!("{stem}-result.csv"), content_type: CSV, bytes: csv_bytes(b',', header, rows)? };
+        let failed = failed_sheets
+            .first()
+            .map(|(_, header, rows)| {
+                csv_bytes(delimiter, header, rows).map(|bytes| ResultFile {
                     name: format!("{stem}-failed-rows.{ext}"),
                     content_type: CSV,
                     bytes,
@@ -219,10 +223,20 @@ fn csv_bytes(delimiter: u8, header: &[String], rows: &[Vec<String>]) -> Result<V
     w.into_inner().map_err(|e| Error::Build { what: "CSV result", message: e.to_string() })
 }
 
-fn xlsx(sheet: &str, header: &[String], rows: &[Vec<String>], with_status: bool) -> Result<Vec<u8>> {
-    use rust_xlsxwriter::{Color, Format, Workbook};
-    let err = |e: rust_xlsxwriter::XlsxError| Error::Build { what: "XLSX result", message: e.to_string() };
+type Sheet = (String, Vec<String>, Vec<Vec<String>>);
+
+fn xlsx(sheets: &[Sheet], with_status: bool) -> Result<Vec<u8>> {
+    use rust_xlsxwriter::Workbook;
     let mut wb = Workbook::new();
+    for (name, header, rows) in sheets {
+        xlsx_sheet(&mut wb, name, header, rows, with_status)?;
+    }
+    wb.save_to_buffer().map_err(|e| Error::Build { what: "XLSX result", message: e.to_string() })
+}
+
+fn xlsx_sheet(wb: &mut rust_xlsxwriter::Workbook, sheet: &str, header: &[String], rows: &[Vec<String>], with_status: bool) -> Result<()> {
+    use rust_xlsxwriter::{Color, Format};
+    let err = |e: rust_xlsxwriter::XlsxError| Error::Build { what: "XLSX result", message: e.to_string() };
     let ws = wb.add_worksheet();
     ws.set_name(sheet).map_err(err)?;
     let bold = Format::new().set_bold().set_background_color(Color::RGB(0xD9E1F2));
@@ -245,7 +259,7 @@ fn xlsx(sheet: &str, header: &[String], rows: &[Vec<String>], with_status: bool)
     if !header.is_empty() {
         ws.autofilter(0, 0, rows.len() as u32, header.len() as u16 - 1).map_err(err)?;
     }
-    wb.save_to_buffer().map_err(err)
+    Ok(())
 }
 
 /// Subject, text body and HTML body of the result email.
@@ -343,7 +357,7 @@ mod tests {
             Outcome::success(2, Action::Upsert, "user created"),
             Outcome::failure(3, Some(Action::Upsert), "Email \"bad\" is not a valid email address"),
         ];
-        let files = result_files(&table, &outcomes, "spring.csv").unwrap();
+        let files = result_files(std::slice::from_ref(&table), &outcomes, "spring.csv").unwrap();
         let text = String::from_utf8(files.result.bytes).unwrap();
         assert_eq!(
             text.trim_start_matches('\u{feff}').lines().collect::<Vec<_>>(),
@@ -362,7 +376,7 @@ mod tests {
     #[test]
     fn no_failed_rows_file_when_nothing_failed() {
         let table = decode(b"Email\na@x.com\n").unwrap();
-        let files = result_files(&table, &[Outcome::success(2, Action::Create, "user created")], "r.csv").unwrap();
+        let files = result_files(std::slice::from_ref(&table), &[Outcome::success(2, Action::Create, "user created")], "r.csv").unwrap();
         assert!(files.failed.is_none());
     }
 }

@@ -266,6 +266,9 @@ pub struct UserFields {
     /// Tenant custom attributes, values normalised to their type.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub attributes: BTreeMap<String, String>,
+    /// Student, Parent, Instructor...: from the Type column or the workbook sheet's name.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_type: Option<String>,
 }
 
 /// Association columns and the attribute each is stored as.

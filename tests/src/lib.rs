@@ -233,7 +233,34 @@ pub fn parse_xlsx(bytes: &[u8]) -> Vec<Vec<String>> {
 
 /// Build an XLSX workbook from rows (first row = header), all cells text unless they parse as numbers.
 pub fn xlsx_bytes(sheet: &str, rows: &[Vec<String>]) -> Vec<u8> {
+    xlsx_workbook(&[(sheet, rows.to_vec())])
+}
+
+/// A workbook of several sheets.
+pub fn xlsx_workbook(sheets: &[(&str, Vec<Vec<String>>)]) -> Vec<u8> {
     let mut wb = rust_xlsxwriter::Workbook::new();
+    for (sheet, rows) in sheets {
+        write_sheet(&mut wb, sheet, rows);
+    }
+    wb.save_to_buffer().expect("xlsx")
+}
+
+/// Every sheet of an XLSX result: (name, rows with header).
+pub fn parse_workbook(bytes: &[u8]) -> Vec<(String, Vec<Vec<String>>)> {
+    use calamine::Reader;
+    let mut wb = calamine::open_workbook_auto_from_rs(std::io::Cursor::new(bytes.to_vec())).expect("xlsx opens");
+    let names = wb.sheet_names();
+    names
+        .into_iter()
+        .map(|name| {
+            let range = wb.worksheet_range(&name).expect("sheet");
+            let rows = range.rows().map(|r| r.iter().map(shared::ingest::decode::cell_text).collect()).collect();
+            (name, rows)
+        })
+        .collect()
+}
+
+fn write_sheet(wb: &mut rust_xlsxwriter::Workbook, sheet: &str, rows: &[Vec<String>]) {
     let ws = wb.add_worksheet();
     ws.set_name(sheet).expect("sheet name");
     for (r, row) in rows.iter().enumerate() {
@@ -245,7 +272,6 @@ pub fn xlsx_bytes(sheet: &str, rows: &[Vec<String>]) -> Vec<u8> {
             .expect("write cell");
         }
     }
-    wb.save_to_buffer().expect("xlsx")
 }
 
 pub fn csv_text(rows: &[&[&str]]) -> Vec<u8> {

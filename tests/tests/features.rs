@@ -295,3 +295,51 @@ async fn unknown_mode_folder_is_rejected_naming_the_valid_modes() {
     assert!(s.reason.unwrap().ends_with("add, upsert, validate, replace, replace-force"));
     stack.shutdown().await;
 }
+
+fn strings(rows: &[&[&str]]) -> Vec<Vec<String>> {
+    rows.iter().map(|r| r.iter().map(|c| c.to_string()).collect()).collect()
+}
+
+#[tokio::test]
+async fn multi_sheet_workbook_reads_each_user_type_sheet_and_the_result_keeps_the_sheets() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("school")).await;
+    let book = tests::xlsx_workbook(&[
+        ("Read Me", strings(&[&["Fill one sheet per kind of user."], &["Parents first or last: it does not matter."]])),
+        (
+            "Students",
+            strings(&[
+                &["Username", "First Name", "Parent"],
+                &["kid1", "Kim", "mom@school.example.com"],
+                &["kid2", "Lee", "nobody@school.example.com"],
+            ]),
+        ),
+        ("Parents", strings(&[&["Email", "First Name"], &["mom@school.example.com", "Mona"], &["dad@school.example.com", "Dan"]])),
+        ("Instructors", strings(&[&["Email", "First Name"], &["teach@school.example.com", "Tia"], &["MOM@school.example.com", "Dup"]])),
+    ]);
+    let key = stack.drop_file("school", None, "school.xlsx", book).await;
+    let job = stack.wait_job("school", &key, Duration::from_secs(120)).await;
+    let s = stack.summary(&job).await;
+    assert_eq!((s.rows, s.counts.success, s.counts.failure), (6, 4, 2), "{s:?}");
+    let dir = &stack.svc.directory;
+    assert_eq!(dir.user("school", "user:kid1").await.unwrap().unwrap().fields.user_type.as_deref(), Some("Student"));
+    assert_eq!(dir.user("school", "mom@school.example.com").await.unwrap().unwrap().fields.user_type.as_deref(), Some("Parent"));
+    assert_eq!(dir.user("school", "teach@school.example.com").await.unwrap().unwrap().fields.user_type.as_deref(), Some("Instructor"));
+
+    let result = tests::parse_workbook(&stack.get(s.result_key.as_deref().unwrap()).await.unwrap());
+    let names: Vec<&str> = result.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, vec!["Students", "Parents", "Instructors"], "instruction sheet left out, data sheets kept");
+    let instructors = &result[2].1;
+    assert_eq!(
+        instructors[2][2..],
+        [
+            "Failure".to_string(),
+            "duplicate email: row 2 of sheet Parents of this file already has mom@school.example.com; only the first row is applied"
+                .to_string()
+        ]
+    );
+    assert_eq!(result[0].1[2][3], "Failure");
+    let failed = tests::parse_workbook(&stack.get(s.failed_rows_key.as_deref().unwrap()).await.unwrap());
+    assert_eq!(failed.iter().map(|(n, r)| (n.as_str(), r.len())).collect::<Vec<_>>(), vec![("Students", 2), ("Instructors", 2)]);
+    stack.shutdown().await;
+}

@@ -122,6 +122,7 @@ fn profile_attrs(f: &UserFields) -> Vec<(String, Av)> {
     opt("org", &f.org);
     opt("role", &f.role);
     opt("department", &f.department);
+    opt("user_type", &f.user_type);
     if !f.groups.is_empty() {
         v.push(("groups".into(), Av::L(f.groups.iter().map(s).collect())));
     }
@@ -211,6 +212,7 @@ impl TryFrom<&Item> for User {
                 org: get("org"),
                 role: get("role"),
                 department: get("department"),
+                user_type: get("user_type"),
                 groups: item
                     .get("groups")
                     .and_then(|g| g.as_l().ok())

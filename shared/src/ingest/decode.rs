@@ -43,6 +43,12 @@ pub struct Table {
     pub sheet: Option<String>,
     /// Row number of the header as the user sees it (1 unless leading blank rows).
     pub header_row: u32,
+    /// Added to row numbers to make them unique across the sheets of a workbook (0 for the first).
+    #[serde(default)]
+    pub row_offset: u32,
+    /// The user type a sheet's name gives its rows (sheet "Students" -> "Student").
+    #[serde(default)]
+    pub user_type: Option<String>,
     pub headers: Vec<String>,
     pub rows: Vec<(u32, Vec<String>)>,
 }
@@ -69,17 +75,38 @@ pub fn is_instruction_sheet(name: &str) -> bool {
     matches!(n.as_str(), "readme" | "instructions" | "definitions" | "help" | "notes" | "howto" | "lists" | "lookups")
 }
 
+/// Row ids of sheet `k` of a workbook start at `k * SHEET_STRIDE` (a sheet has at most 1,048,576 rows).
+pub const SHEET_STRIDE: u32 = 10_000_000;
+
+/// User types a sheet name can give (plural or singular, any case).
+pub const USER_TYPES: &[&str] =
+    &["Student", "Instructor", "Teacher", "Parent", "Guardian", "Employee", "Learner", "Manager", "Staff", "User"];
+
+/// The user type a sheet name stands for: "Students" -> "Student".
+pub fn user_type_of(sheet: &str) -> Option<String> {
+    let n = sheet.trim().to_lowercase();
+    let singular = n.strip_suffix('s').unwrap_or(&n);
+    USER_TYPES.iter().find(|t| t.to_lowercase() == n || t.to_lowercase() == singular).map(|t| t.to_string())
+}
+
+/// The first table of the file (the whole file for CSV/TSV; the first data sheet of a workbook).
 pub fn decode(bytes: &[u8]) -> Result<Table, FileError> {
+    decode_all(bytes)?.into_iter().next().ok_or(FileError::NoSheet)
+}
+
+/// Every table of the file: one for CSV/TSV; each data sheet of a workbook, instruction sheets
+/// ("Read Me", "Definitions", ...) and empty sheets left out.
+pub fn decode_all(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(FileError::Empty);
     }
     if bytes.starts_with(ZIP_MAGIC) || bytes.starts_with(OLE_MAGIC) {
         return decode_workbook(bytes);
     }
-    decode_text(bytes)
+    decode_text(bytes).map(|t| vec![t])
 }
 
-fn decode_workbook(bytes: &[u8]) -> Result<Table, FileError> {
+fn decode_workbook(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
     let guess = if bytes.starts_with(OLE_MAGIC) { "XLS" } else { "XLSX" };
     let mut book = calamine::open_workbook_auto_from_rs(Cursor::new(bytes))
         .map_err(|e| FileError::Corrupt { format: guess, detail: e.to_string() })?;
@@ -93,6 +120,7 @@ fn decode_workbook(bytes: &[u8]) -> Result<Table, FileError> {
     };
     let label = format.label();
     let names = book.sheet_names();
+    let mut tables = Vec::new();
     for name in names.iter().filter(|n| !is_instruction_sheet(n)) {
         let range = book.worksheet_range(name).map_err(|e| FileError::Corrupt { format: label, detail: e.to_string() })?;
         let Some((start_row, _)) = range.start() else {
@@ -100,10 +128,11 @@ fn decode_workbook(bytes: &[u8]) -> Result<Table, FileError> {
         };
         let rows = range.rows().enumerate().map(|(i, r)| (start_row + i as u32 + 1, r.iter().map(cell_text).collect()));
         if let Some(table) = tabulate(format, rows) {
-            return Ok(Table { sheet: Some(name.clone()), ..table });
+            let row_offset = tables.len() as u32 * SHEET_STRIDE;
+            tables.push(Table { sheet: Some(name.clone()), user_type: user_type_of(name), row_offset, ..table });
         }
     }
-    Err(FileError::NoSheet)
+    if tables.is_empty() { Err(FileError::NoSheet) } else { Ok(tables) }
 }
 
 /// Spreadsheet cell -> text as the user typed it: identifiers stay integers, dates become ISO dates,
@@ -210,7 +239,7 @@ fn tabulate(format: Format, rows: impl Iterator<Item = (u32, Vec<String>)>) -> O
     while data.last().is_some_and(|(_, r)| r.is_empty()) {
         data.pop();
     }
-    Some(Table { format, encoding: None, delimiter: None, sheet: None, header_row, headers, rows: data })
+    Some(Table { format, encoding: None, delimiter: None, sheet: None, header_row, row_offset: 0, user_type: None, headers, rows: data })
 }
 
 #[cfg(test)]
@@ -353,6 +382,24 @@ mod spreadsheet_cell_tests {
         assert_eq!(t.format, Format::Xlsx);
         assert_eq!(t.headers, vec!["Email", "ScheduledDate", "Phone", "Score"]);
         assert_eq!(t.rows, vec![(2, vec!["ann@x.com".to_string(), "2026-03-01".into(), "4155550100".into(), "42".into()])]);
+    }
+
+    #[test]
+    fn every_data_sheet_is_read_with_the_user_type_its_name_gives() {
+        let mut wb = Workbook::new();
+        for (name, email) in [("Instructions", "how to fill"), ("Students", "kid@x.com"), ("Parents", "mom@x.com"), ("Empty", "")] {
+            let ws = wb.add_worksheet();
+            ws.set_name(name).unwrap();
+            if !email.is_empty() {
+                ws.write_string(0, 0, "Email").unwrap();
+                ws.write_string(1, 0, email).unwrap();
+            }
+        }
+        let tables = decode_all(&wb.save_to_buffer().unwrap()).unwrap();
+        let summary: Vec<(Option<&str>, Option<&str>, u32)> =
+            tables.iter().map(|t| (t.sheet.as_deref(), t.user_type.as_deref(), t.row_offset)).collect();
+        assert_eq!(summary, vec![(Some("Students"), Some("Student"), 0), (Some("Parents"), Some("Parent"), SHEET_STRIDE)]);
+        assert_eq!(user_type_of("sheet1"), None);
     }
 
     #[test]

@@ -19,7 +19,8 @@ use tracing::{info, warn};
 /// A file read and validated, before anything is written. The CLI's `validate` runs exactly this.
 #[derive(Debug)]
 pub struct Prepared {
-    pub table: Table,
+    /// One table per CSV/TSV file; one per data sheet of a workbook.
+    pub tables: Vec<Table>,
     pub warnings: Vec<String>,
     pub ops: Vec<RowOp>,
     /// Rows that failed validation (or were skipped).
@@ -30,19 +31,28 @@ pub struct Prepared {
 
 /// Decode, map headers and validate; `Err` is the reason the whole file is rejected.
 pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, String> {
-    let table = decode::decode(bytes).map_err(|e| e.to_string())?;
-    let mapping = headers::map_headers(&table.headers, tenant)?;
-    if table.rows.is_empty() {
+    let tables = decode::decode_all(bytes).map_err(|e| e.to_string())?;
+    let several = tables.len() > 1;
+    let in_sheet = |t: &Table, msg: String| if several { format!("sheet \"{}\": {msg}", t.sheet.as_deref().unwrap_or("?")) } else { msg };
+    let mut mappings = Vec::with_capacity(tables.len());
+    let mut warnings = Vec::new();
+    for t in &tables {
+        let m = headers::map_headers(&t.headers, tenant).map_err(|e| in_sheet(t, e))?;
+        warnings.extend(m.warnings.iter().map(|w| in_sheet(t, w.clone())));
+        mappings.push(m);
+    }
+    if tables.iter().all(|t| t.rows.is_empty()) {
         return Err("the file has a header row but no data rows".into());
     }
-    let v = validate::validate(&table, &mapping, tenant, mode);
-    Ok(Prepared { table, warnings: mapping.warnings, ops: v.ops, outcomes: v.outcomes, user_keys: v.user_keys })
+    let sheets: Vec<(&Table, &headers::Mapping)> = tables.iter().zip(&mappings).collect();
+    let v = validate::validate_sheets(&sheets, tenant, mode);
+    Ok(Prepared { tables, warnings, ops: v.ops, outcomes: v.outcomes, user_keys: v.user_keys })
 }
 
 /// What finalize needs from ingest: the input as read (to echo every row) and the warnings.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StagedInput {
-    pub table: Table,
+    pub tables: Vec<Table>,
     pub warnings: Vec<String>,
     pub ingested_at: String,
 }
@@ -192,12 +202,12 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, p: Pr
         phases[phase_of(&op)].push(op);
     }
     let phase_chunks: [u32; PHASES] = std::array::from_fn(|i| phases[i].len().div_ceil(chunk_size) as u32);
-    let total_rows = p.table.rows.len() as u32;
+    let total_rows = p.tables.iter().map(|t| t.rows.len() as u32).sum();
     let invalid = p.outcomes.len();
     // The plan is stored before any chunk exists, so whoever completes the last chunk knows it.
     svc.jobs.set_plan(id, &Plan { phase_chunks, total_rows }).await?;
 
-    let staged = StagedInput { table: p.table, warnings: p.warnings, ingested_at: chrono::Utc::now().to_rfc3339() };
+    let staged = StagedInput { tables: p.tables, warnings: p.warnings, ingested_at: chrono::Utc::now().to_rfc3339() };
     svc.store.put(&keys::staged_input(id), to_json(&staged)?, "application/json").await?;
     svc.store.put(&keys::ingest_outcomes(id), jsonl(&p.outcomes)?, "application/x-ndjson").await?;
 

@@ -24,12 +24,42 @@ const ASSOCIATION_FIELDS: &[(Field, &str)] = &[
 ];
 
 pub fn validate(table: &Table, mapping: &Mapping, tenant: &Tenant, mode: Mode) -> Validated {
+    validate_sheets(&[(table, mapping)], tenant, mode)
+}
+
+/// How a row id reads to a person: "row 12", or "row 12 of sheet Students" in a workbook of several.
+pub fn row_label(id: u32, tables: &[&Table]) -> String {
+    match tables.iter().rev().find(|t| id >= t.row_offset) {
+        Some(t) if tables.len() > 1 => format!("row {} of sheet {}", id - t.row_offset, t.sheet.as_deref().unwrap_or("?")),
+        _ => format!("row {id}"),
+    }
+}
+
+/// Validate every sheet of a file; keys are unique across sheets.
+pub fn validate_sheets(sheets: &[(&Table, &Mapping)], tenant: &Tenant, mode: Mode) -> Validated {
     let mut out = Validated::default();
     // key -> first row that used it ("the first wins, later ones fail naming the first row")
     let mut seen: HashMap<(EntityType, String), u32> = HashMap::new();
+    let tables: Vec<&Table> = sheets.iter().map(|(t, _)| *t).collect();
+    for (table, mapping) in sheets {
+        validate_table(table, mapping, tenant, mode, &tables, &mut seen, &mut out);
+    }
+    mark_created_in_file(&mut out.ops);
+    out
+}
+
+fn validate_table(
+    table: &Table,
+    mapping: &Mapping,
+    tenant: &Tenant,
+    mode: Mode,
+    tables: &[&Table],
+    seen: &mut HashMap<(EntityType, String), u32>,
+    out: &mut Validated,
+) {
     let width = table.headers.len();
-    for (row, cells) in &table.rows {
-        let row = *row;
+    for (n, cells) in &table.rows {
+        let row = table.row_offset + *n;
         if cells.iter().all(|c| c.trim().is_empty()) {
             out.outcomes.push(Outcome::skipped(row, "empty row"));
             continue;
@@ -48,7 +78,7 @@ pub fn validate(table: &Table, mapping: &Mapping, tenant: &Tenant, mode: Mode) -
             ));
             continue;
         }
-        match validate_row(row, cells, mapping, tenant, mode) {
+        match validate_row(row, cells, mapping, tenant, mode, table.user_type.as_deref()) {
             Err((action, msg)) => out.outcomes.push(Outcome::failure(row, action, msg)),
             Ok(op) => {
                 let key = match &op.target {
@@ -60,7 +90,11 @@ pub fn validate(table: &Table, mapping: &Mapping, tenant: &Tenant, mode: Mode) -
                     out.outcomes.push(Outcome::failure(
                         row,
                         Some(op.action),
-                        format!("duplicate {what}: row {first} of this file already has {}; only the first row is applied", key.1),
+                        format!(
+                            "duplicate {what}: {} of this file already has {}; only the first row is applied",
+                            row_label(*first, tables),
+                            key.1
+                        ),
                     ));
                 } else {
                     seen.insert(key, row);
@@ -69,8 +103,6 @@ pub fn validate(table: &Table, mapping: &Mapping, tenant: &Tenant, mode: Mode) -
             }
         }
     }
-    mark_created_in_file(&mut out.ops);
-    out
 }
 
 /// Note, on each user row, which of the organizations and users it references this same file
@@ -104,14 +136,21 @@ fn cell(cells: &[String], m: &Mapping, f: Field) -> Option<String> {
     m.column(f).and_then(|i| cells.get(i)).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
-fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: Mode) -> Result<RowOp, RowError> {
+fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: Mode, sheet_type: Option<&str>) -> Result<RowOp, RowError> {
     let get = |f: Field| cell(cells, m, f);
+    let mut user_type = sheet_type.map(str::to_string);
     let entity = match get(Field::Type) {
         None => EntityType::User,
         Some(t) => match t.to_ascii_lowercase().as_str() {
-            "user" | "person" | "student" | "learner" | "employee" | "parent" | "instructor" => EntityType::User,
             "org" | "organization" | "organisation" => EntityType::Org,
-            _ => return Err((None, format!("Type \"{t}\" is not one of User, Org"))),
+            "user" | "person" => EntityType::User,
+            _ => match super::decode::user_type_of(&t) {
+                Some(ut) => {
+                    user_type = Some(ut);
+                    EntityType::User
+                }
+                None => return Err((None, format!("Type \"{t}\" is not one of User, Org, {}", super::decode::USER_TYPES.join(", ")))),
+            },
         },
     };
     let raw_action = get(Field::Action).unwrap_or_default();
@@ -202,6 +241,7 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
                 products,
                 associations,
                 attributes,
+                user_type,
             };
             Ok(RowOp { row, action, target: Target::User { email: key, fields }, created_in_file: vec![] })
         }
@@ -362,7 +402,7 @@ mod tests {
         assert_eq!(v.ops.len(), 2);
         assert_eq!(v.ops[0].target, Target::Org { name: "North".into() });
         assert_eq!(v.ops[1].action, Action::Delete);
-        assert_eq!(message(&v, 4), "Type \"robot\" is not one of User, Org");
+        assert!(message(&v, 4).starts_with("Type \"robot\" is not one of User, Org, Student"));
         assert!(message(&v, 5).starts_with("Action \"Explode\" is not one of Create, Update"));
     }
 
