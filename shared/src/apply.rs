@@ -203,10 +203,43 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp) -> Result<(Outcome, Write)> {
         }
     };
     let mut outcome = message(op, write, ctx.dry);
-    if let (Action::Reconcile, Target::User { email, .. }) = (action, &op.target) {
-        outcome.user = Some(email.clone());
+    if let Target::User { email, fields } = &op.target {
+        if action == Action::Reconcile {
+            outcome.user = Some(email.clone());
+        }
+        outcome.message += &invite(ctx, op, email, fields, write).await?;
     }
     Ok((outcome, write))
+}
+
+/// Record the activation email a row asks for; returns what to add to the row's message.
+/// Only users this row created are invited ("never to users only updated"), or the Invite action.
+async fn invite(ctx: &Ctx<'_>, op: &RowOp, email: &str, fields: &crate::model::UserFields, write: Write) -> Result<String> {
+    let wanted = match (op.action, write) {
+        (Action::Invite, Write::Updated) => true,
+        (_, Write::Created) => fields.invite,
+        (_, Write::Updated) if fields.invite => {
+            return Ok("; no activation email: invites go to new users only (use Action Invite to send one again)".into());
+        }
+        _ => false,
+    };
+    if !wanted {
+        return Ok(String::new());
+    }
+    let due_at = fields.invite_at.clone().filter(|at| *at > ctx.now).unwrap_or_else(|| ctx.now.clone());
+    let when = if due_at > ctx.now { format!("scheduled for {due_at}") } else { "will be sent shortly".to_string() };
+    if ctx.dry {
+        return Ok(format!("; activation email would be {when}"));
+    }
+    let invite = crate::model::Invite {
+        tenant: ctx.tenant.id.clone(),
+        email: email.to_string(),
+        first_name: fields.first_name.clone(),
+        due_at,
+        job: ctx.job.to_string(),
+    };
+    ctx.svc.invites.schedule(&invite).await?;
+    Ok(format!("; activation email {when}"))
 }
 
 async fn exists(
@@ -267,10 +300,14 @@ fn message(op: &RowOp, write: Write, dry: bool) -> Outcome {
                 Action::Disable => done("disabled"),
                 Action::Reconcile => done("disabled, with its groups and targeting removed: not in the replace file"),
                 Action::Expire => done("stripped of the listed products"),
+                Action::Invite => format!("{noun} invited again"),
                 _ => done("updated"),
             },
         ),
         Write::Deleted => Outcome::success(row, action, done("deleted")),
+        Write::AlreadyExists if action == Action::Invite => {
+            Outcome::failure(row, Some(action), "user has already activated their account; no invite sent")
+        }
         Write::AlreadyExists => {
             Outcome::failure(row, Some(action), format!("{noun}{what} already exists; use Update or Upsert to change it"))
         }

@@ -27,6 +27,10 @@ pub struct Config {
     pub s3_force_path_style: bool,
     /// Maximum attempts of the SDK's standard retry (exponential backoff with jitter on throttling).
     pub sdk_max_attempts: u32,
+    /// Activation emails sent per second at most (keep under the account's SES sending rate).
+    pub invite_rate_per_sec: f64,
+    /// Invites one sweep sends at most (bounded so a sweep fits in the function's timeout).
+    pub invite_batch: usize,
 }
 
 pub const DEFAULT_BUCKET: &str = "rosterdrop-local";
@@ -54,6 +58,8 @@ impl Config {
             link_ttl_secs: parse(&get, "ROSTERDROP_LINK_TTL_SECS", 7 * 24 * 3600)?,
             s3_force_path_style: parse(&get, "ROSTERDROP_S3_PATH_STYLE", false)?,
             sdk_max_attempts: parse(&get, "ROSTERDROP_SDK_MAX_ATTEMPTS", 8)?,
+            invite_rate_per_sec: parse(&get, "ROSTERDROP_INVITE_RATE", 10.0)?,
+            invite_batch: parse(&get, "ROSTERDROP_INVITE_BATCH", 500)?,
         })
     }
 
@@ -71,6 +77,8 @@ impl Config {
             default_sender: DEFAULT_SENDER.into(),
             s3_force_path_style: true,
             sdk_max_attempts: 8,
+            invite_rate_per_sec: 10.0,
+            invite_batch: 500,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod event;
 pub mod finalize;
 pub mod ingest;
+pub mod invites;
 pub mod keys;
 pub mod local;
 pub mod model;

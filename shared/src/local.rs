@@ -160,7 +160,19 @@ pub async fn run(
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let dlq_url = format!("{queue_url}-dlq");
     tokio::pin!(stop);
+    // Invites: what EventBridge's schedule does in AWS, every couple of seconds here.
+    let mut sweeper: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last_sweep = std::time::Instant::now() - Duration::from_secs(60);
     loop {
+        if last_sweep.elapsed() >= Duration::from_secs(2) && sweeper.as_ref().is_none_or(|h| h.is_finished()) {
+            last_sweep = std::time::Instant::now();
+            let svc = svc.clone();
+            sweeper = Some(tokio::spawn(async move {
+                if let Err(e) = crate::invites::sweep(&svc, chrono::Utc::now()).await {
+                    warn!(error = %e, "invite sweep failed; the next one retries");
+                }
+            }));
+        }
         let receive = sqs
             .receive_message()
             .queue_url(&queue_url)
@@ -221,6 +233,9 @@ pub async fn run(
             });
         }
     }
-    // Let in-flight events finish.
+    // Let in-flight events and the sweep finish.
     let _ = permits.acquire_many(concurrency.max(1) as u32).await;
+    if let Some(h) = sweeper {
+        let _ = h.await;
+    }
 }

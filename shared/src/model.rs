@@ -47,6 +47,34 @@ pub struct Tenant {
     /// Replace mode refuses to run when it would disable more than this share of active users.
     #[serde(default)]
     pub replace_threshold_percent: Option<u8>,
+    /// Branding of activation (invite) emails.
+    #[serde(default)]
+    pub branding: Branding,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Branding {
+    /// Product name in the invite ("Welcome to {product_name}"); the tenant's name when absent.
+    #[serde(default)]
+    pub product_name: Option<String>,
+    /// Accent colour, `#rrggbb`.
+    #[serde(default)]
+    pub colour: Option<String>,
+    /// Activation link; `{email}` is replaced by the URL-encoded address.
+    #[serde(default)]
+    pub activation_url: Option<String>,
+}
+
+/// An activation email waiting to be sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invite {
+    pub tenant: String,
+    pub email: String,
+    pub first_name: Option<String>,
+    /// RFC 3339, UTC.
+    pub due_at: String,
+    pub job: String,
 }
 
 fn yes() -> bool {
@@ -94,6 +122,7 @@ impl Tenant {
             products: vec![],
             licences: None,
             replace_threshold_percent: None,
+            branding: Branding::default(),
         }
     }
 
@@ -118,6 +147,11 @@ impl Tenant {
         }
         if let Some(r) = self.roles.iter().find(|r| self.admin_roles.contains(r)) {
             return Err(format!("role {r:?} is listed both in roles and admin_roles"));
+        }
+        if let Some(c) = &self.branding.colour {
+            if !(c.len() == 7 && c.starts_with('#') && c[1..].chars().all(|x| x.is_ascii_hexdigit())) {
+                return Err(format!("branding.colour {c:?} must look like #1a73e8"));
+            }
         }
         if self.replace_threshold_percent.is_some_and(|p| p > 100) {
             return Err("replace_threshold_percent must be between 0 and 100".into());
@@ -205,12 +239,14 @@ pub enum Action {
     Disable,
     /// Remove product access (the listed products, or all).
     Expire,
+    /// Send the activation email again to a user who has not activated.
+    Invite,
     /// Not in files: replace mode disabling a user absent from the file.
     Reconcile,
 }
 
 impl Action {
-    pub const NAMES: &'static [&'static str] = &["Create", "Update", "Upsert", "Delete", "Enable", "Disable", "Expire"];
+    pub const NAMES: &'static [&'static str] = &["Create", "Update", "Upsert", "Delete", "Enable", "Disable", "Expire", "Invite"];
 
     pub fn parse(s: &str) -> Option<Action> {
         Some(match s.to_ascii_lowercase().as_str() {
@@ -221,6 +257,7 @@ impl Action {
             "enable" | "activate" => Action::Enable,
             "disable" | "deactivate" | "suspend" => Action::Disable,
             "expire" | "revoke" => Action::Expire,
+            "invite" | "reinvite" | "re-invite" | "resend" => Action::Invite,
             _ => return None,
         })
     }
@@ -236,6 +273,7 @@ impl fmt::Display for Action {
             Action::Enable => "Enable",
             Action::Disable => "Disable",
             Action::Expire => "Expire",
+            Action::Invite => "Invite",
             Action::Reconcile => "Disable (not in file)",
         })
     }
@@ -269,6 +307,12 @@ pub struct UserFields {
     /// Student, Parent, Instructor...: from the Type column or the workbook sheet's name.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub user_type: Option<String>,
+    /// Send the activation email if this row creates the user.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub invite: bool,
+    /// When to send it (RFC 3339, UTC); now when absent.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub invite_at: Option<String>,
 }
 
 /// Association columns and the attribute each is stored as.
@@ -285,6 +329,8 @@ pub struct User {
     pub created_by: String,
     /// Group memberships added outside bulk upload (replace mode keeps them for users in the file).
     pub manual_groups: Vec<String>,
+    /// The user activated their account (set by the product, not by rosterdrop).
+    pub activated: bool,
 }
 
 /// One validated, normalised row, ready to apply. Travels in chunk files as JSON lines.

@@ -2,7 +2,7 @@
 //! tests use in-memory fakes behind the same traits.
 
 use crate::error::Result;
-use crate::model::{Job, JobState, RowOp, Tenant, User};
+use crate::model::{Invite, Job, JobState, RowOp, Tenant, User};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -101,4 +101,17 @@ pub trait JobStore: Send + Sync {
 pub trait Mailer: Send + Sync {
     /// Send a complete MIME message.
     async fn send_raw(&self, from: &str, to: &[String], mime: Vec<u8>) -> Result<()>;
+}
+
+/// Activation emails waiting to be sent.
+#[async_trait]
+pub trait Invites: Send + Sync {
+    /// Record an invite. A repeat of the same job's invite for the same user changes nothing (a
+    /// retried chunk never re-arms an invite already sent); another job's invite replaces it.
+    async fn schedule(&self, invite: &Invite) -> Result<()>;
+    /// Invites due at `now`, oldest first, at most `limit`.
+    async fn due(&self, now: &str, limit: usize) -> Result<Vec<Invite>>;
+    /// Claim an invite for sending: `true` for exactly one caller while it is pending.
+    async fn claim(&self, invite: &Invite) -> Result<bool>;
+    async fn mark_sent(&self, invite: &Invite) -> Result<()>;
 }

@@ -2,7 +2,7 @@
 
 use crate::adapters::{self, dynamo, s3, ses};
 use crate::config::Config;
-use crate::ports::{Directory, JobStore, Mailer, ObjectStore};
+use crate::ports::{Directory, Invites, JobStore, Mailer, ObjectStore};
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -12,6 +12,7 @@ pub struct Services {
     pub directory: Arc<dyn Directory>,
     pub jobs: Arc<dyn JobStore>,
     pub mailer: Arc<dyn Mailer>,
+    pub invites: Arc<dyn Invites>,
 }
 
 impl Services {
@@ -30,7 +31,8 @@ impl Services {
         Services {
             store: Arc::new(s3::S3Store::new(s3, config.bucket.clone())),
             directory: Arc::new(dynamo::DynamoDirectory::new(ddb.clone(), config.directory_table.clone())),
-            jobs: Arc::new(dynamo::DynamoJobs::new(ddb, config.jobs_table.clone())),
+            jobs: Arc::new(dynamo::DynamoJobs::new(ddb.clone(), config.jobs_table.clone())),
+            invites: Arc::new(dynamo::DynamoInvites::new(ddb, config.jobs_table.clone())),
             mailer: Arc::new(ses::SesMailer::new(ses)),
             config,
         }

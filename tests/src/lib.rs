@@ -192,10 +192,16 @@ pub fn mail_to(to: &str) -> Vec<Vec<u8>> {
         .filter(|m| {
             let dest = &m["Destination"]["ToAddresses"];
             dest.as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some(to)))
-                || m["RawData"].as_str().is_some_and(|r| r.contains(to))
+                || m["RawData"].as_str().is_some_and(|raw| raw_recipients(raw).iter().any(|r| r == to))
         })
         .filter_map(|m| m["RawData"].as_str().map(|s| s.as_bytes().to_vec()))
         .collect()
+}
+
+/// The To: addresses of a raw MIME message (raw sends carry no Destination at /_aws/ses).
+fn raw_recipients(raw: &str) -> Vec<String> {
+    let Some(msg) = mail_parser::MessageParser::default().parse(raw.as_bytes()) else { return Vec::new() };
+    msg.to().map(|a| a.iter().filter_map(|x| x.address().map(str::to_string)).collect()).unwrap_or_default()
 }
 
 /// Wait until `n` messages reached `to` (mail is recorded synchronously, but the runner is not).

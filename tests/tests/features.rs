@@ -343,3 +343,98 @@ async fn multi_sheet_workbook_reads_each_user_type_sheet_and_the_result_keeps_th
     assert_eq!(failed.iter().map(|(n, r)| (n.as_str(), r.len())).collect::<Vec<_>>(), vec![("Students", 2), ("Instructors", 2)]);
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn invites_go_to_created_users_once_never_to_updated_ones_and_invite_re_sends() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let t = &stack.tag;
+    let (new, old, done) = (format!("new-{t}@acme.example.com"), format!("old-{t}@acme.example.com"), format!("done-{t}@acme.example.com"));
+    stack.run_csv("acme", None, "seed.csv", &[&["Email"], &[&old], &[&done]]).await;
+    stack
+        .aws
+        .dynamodb
+        .update_item()
+        .table_name(&stack.config.directory_table)
+        .key("pk", AttributeValue::S(format!("U#acme#{done}")))
+        .update_expression("SET activated_at = :t")
+        .expression_attribute_values(":t", AttributeValue::S("2026-01-01T00:00:00Z".into()))
+        .send()
+        .await
+        .unwrap();
+    let (_, _, result) = stack
+        .run_csv("acme", None, "invite.csv", &[&["Email", "First Name", "InviteUser"], &[&new, "Nia", "TRUE"], &[&old, "Olu", "TRUE"]])
+        .await;
+    let st = statuses(&result);
+    assert_eq!(st[0].1, "user created; activation email will be sent shortly");
+    assert_eq!(st[1].1, "user updated; no activation email: invites go to new users only (use Action Invite to send one again)");
+    let mails = wait_mail(&new, 1, Duration::from_secs(20)).await;
+    assert_eq!(mails.len(), 1);
+    let msg = MessageParser::default().parse(&mails[0]).unwrap();
+    assert_eq!(msg.subject(), Some("Tenant acme: activate your account"));
+    assert!(msg.body_text(0).unwrap().contains("Hello Nia,"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(tests::mail_to(&new).len(), 1, "sent once, although the runner sweeps every 2 s");
+    assert!(tests::mail_to(&old).is_empty(), "never to users only updated");
+
+    let (_, _, result) = stack
+        .run_csv(
+            "acme",
+            None,
+            "again.csv",
+            &[&["Action", "Email"], &["Invite", &old], &["Invite", &done], &["Invite", "ghost@acme.example.com"]],
+        )
+        .await;
+    let st = statuses(&result);
+    assert_eq!(st[0], ("Success".into(), "user invited again; activation email will be sent shortly".into()));
+    assert_eq!(st[1], ("Failure".into(), "user has already activated their account; no invite sent".into()));
+    assert_eq!(st[2].1, "user not found; use Create or Upsert to add it");
+    assert_eq!(wait_mail(&old, 1, Duration::from_secs(20)).await.len(), 1);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_scheduled_invite_is_sent_once_when_due_and_not_before() {
+    let stack = Stack::start_manual().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let user = format!("later-{}@acme.example.com", stack.tag);
+    let key = stack
+        .drop_file(
+            "acme",
+            None,
+            "later.csv",
+            tests::csv_text(&[&["Email", "InviteUser", "ScheduledDate"], &[&user, "yes", "2099-01-01 09:00"]]),
+        )
+        .await;
+    stack.pump(1).await;
+    let job = stack.wait_job("acme", &key, Duration::from_secs(5)).await;
+    let result = parse_csv(&stack.get(stack.summary(&job).await.result_key.as_deref().unwrap()).await.unwrap());
+    assert_eq!(statuses(&result)[0].1, "user created; activation email scheduled for 2099-01-01T09:00:00+00:00");
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&chrono::Utc);
+    assert_eq!(shared::invites::sweep(&stack.svc, chrono::Utc::now()).await.unwrap(), 0, "not due now");
+    assert_eq!(shared::invites::sweep(&stack.svc, at("2099-01-01T08:59:59Z")).await.unwrap(), 0, "not a second before");
+    assert_eq!(shared::invites::sweep(&stack.svc, at("2099-01-01T09:00:01Z")).await.unwrap(), 1, "sent when due");
+    assert_eq!(shared::invites::sweep(&stack.svc, at("2099-01-02T00:00:00Z")).await.unwrap(), 0, "sent once");
+    assert_eq!(tests::mail_to(&user).len(), 1);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn invite_sending_is_paced_to_the_configured_rate() {
+    let stack = Stack::start_manual().await;
+    let mut config = stack.config.clone();
+    config.invite_rate_per_sec = 20.0;
+    let svc = stack.aws.services(config);
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let mut rows: Vec<Vec<String>> = vec![vec!["Email".into(), "InviteUser".into()]];
+    for i in 0..10 {
+        rows.push(vec![format!("r{i}-{}@acme.example.com", stack.tag), "true".into()]);
+    }
+    stack.drop_file("acme", None, "rate.csv", tests::rows_to_csv(&rows)).await;
+    stack.pump(1).await;
+    let started = std::time::Instant::now();
+    assert_eq!(shared::invites::sweep(&svc, chrono::Utc::now()).await.unwrap(), 10);
+    // 10 sends at 20 per second cannot take less than 9 intervals of 50 ms.
+    assert!(started.elapsed() >= Duration::from_millis(450), "{:?}", started.elapsed());
+    stack.shutdown().await;
+}

@@ -6,8 +6,9 @@
 //! tenant's users never reads or writes one hot key.
 
 use crate::error::{Error, Result};
+use crate::model::Invite;
 use crate::model::{Action, Job, JobState, Mode, PHASES, RowOp, Target, Tenant, User, UserFields};
-use crate::ports::{Directory, JobStore, Plan, Stamp, Write};
+use crate::ports::{Directory, Invites, JobStore, Plan, Stamp, Write};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
@@ -213,6 +214,8 @@ impl TryFrom<&Item> for User {
                 role: get("role"),
                 department: get("department"),
                 user_type: get("user_type"),
+                invite: false,
+                invite_at: None,
                 groups: item
                     .get("groups")
                     .and_then(|g| g.as_l().ok())
@@ -229,6 +232,7 @@ impl TryFrom<&Item> for User {
                     .filter_map(|(k, v)| Some((k.strip_prefix(ATTR_PREFIX)?.to_string(), v.as_s().ok()?.clone())))
                     .collect(),
             },
+            activated: item.contains_key("activated_at"),
             manual_groups: item
                 .get("manual_groups")
                 .and_then(|g| g.as_l().ok())
@@ -472,6 +476,29 @@ impl Directory for DynamoDirectory {
                 self.update_existing(pk, u, Some(&format!("{status} = {active}")), stamp).await
             }
             Action::Delete => self.delete(pk).await,
+            Action::Invite => {
+                // Re-invite only users who have not activated: AlreadyExists = already activated.
+                let res = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .key("pk", s(pk))
+                    .update_expression("SET invited_at = :at, last_write = :tok")
+                    .condition_expression("attribute_exists(pk) AND attribute_not_exists(activated_at)")
+                    .expression_attribute_values(":at", s(&stamp.at))
+                    .expression_attribute_values(":tok", s(stamp.token()))
+                    .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                    .send()
+                    .await;
+                match res {
+                    Ok(_) => Ok(Write::Updated),
+                    Err(e) if is_condition_failed(&e) => {
+                        let exists = matches!(e.as_service_error(), Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) if c.item.is_some());
+                        Ok(if exists { Write::AlreadyExists } else { Write::NotFound })
+                    }
+                    Err(e) => Err(ddb_err("UpdateItem")(e)),
+                }
+            }
             Action::Upsert => {
                 let mut u = profile();
                 u.set("updated_at", s(&stamp.at))
@@ -946,6 +973,133 @@ impl JobStore for DynamoJobs {
             .await
             .map_err(ddb_err("Query"))?;
         out.items().iter().map(Job::try_from).collect()
+    }
+}
+
+/// Invites live in the jobs table (`I#<tenant>#<email>`); pending ones are in `gsi1` under
+/// `INVITES#<shard>` sorted by due time, and leave the index once sent (sparse index).
+pub struct DynamoInvites {
+    client: Client,
+    table: String,
+}
+
+impl DynamoInvites {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoInvites { client, table: table.into() }
+    }
+    fn pk(i: &Invite) -> String {
+        format!("I#{}#{}", i.tenant, i.email)
+    }
+    fn shard(email: &str) -> String {
+        let h = email.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+        format!("INVITES#{}", h % USER_SHARDS as u64)
+    }
+}
+
+impl TryFrom<&Item> for Invite {
+    type Error = Error;
+    fn try_from(item: &Item) -> Result<Self> {
+        let req = |k: &str| item.str(k).map(str::to_string).ok_or_else(|| Error::corrupt("invite item", format!("missing {k}")));
+        Ok(Invite {
+            tenant: req("tenant")?,
+            email: req("email")?,
+            first_name: item.str("first_name").map(str::to_string),
+            due_at: req("due_at")?,
+            job: req("job")?,
+        })
+    }
+}
+
+#[async_trait]
+impl Invites for DynamoInvites {
+    async fn schedule(&self, i: &Invite) -> Result<()> {
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(Self::pk(i)))
+            .item("tenant", s(&i.tenant))
+            .item("email", s(&i.email))
+            .item("due_at", s(&i.due_at))
+            .item("job", s(&i.job))
+            .item("status", s("pending"))
+            .item("gsi1pk", s(Self::shard(&i.email)))
+            .item("gsi1sk", s(format!("{}#{}#{}", i.due_at, i.tenant, i.email)))
+            .condition_expression("attribute_not_exists(pk) OR job <> :job")
+            .expression_attribute_values(":job", s(&i.job));
+        if let Some(f) = &i.first_name {
+            req = req.item("first_name", s(f));
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(ddb_err("PutItem")(e)),
+        }
+    }
+
+    async fn due(&self, now: &str, limit: usize) -> Result<Vec<Invite>> {
+        let mut out = Vec::new();
+        for shard in 0..USER_SHARDS {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI)
+                .key_condition_expression("gsi1pk = :p AND gsi1sk < :bound")
+                .expression_attribute_values(":p", s(format!("INVITES#{shard}")))
+                .expression_attribute_values(":bound", s(format!("{now}~")))
+                .limit(limit.clamp(1, 1000) as i32)
+                .send()
+                .await
+                .map_err(ddb_err("Query"))?;
+            for item in page.items() {
+                out.push(Invite::try_from(item)?);
+            }
+        }
+        out.sort_by(|a, b| a.due_at.cmp(&b.due_at));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn claim(&self, i: &Invite) -> Result<bool> {
+        let now = chrono::Utc::now();
+        // A claim older than the lease is a sender that died before sending: take it over.
+        let stale = (now - chrono::Duration::minutes(10)).to_rfc3339();
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::pk(i)))
+            .update_expression("SET #st = :sending, claimed_at = :now")
+            .condition_expression("job = :job AND (#st = :pending OR (#st = :sending AND claimed_at < :stale))")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":sending", s("sending"))
+            .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .expression_attribute_values(":stale", s(stale))
+            .expression_attribute_values(":job", s(&i.job))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
+    }
+
+    async fn mark_sent(&self, i: &Invite) -> Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::pk(i)))
+            .update_expression("SET #st = :sent, sent_at = :now REMOVE gsi1pk, gsi1sk")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":sent", s("sent"))
+            .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()))
+            .send()
+            .await
+            .map_err(ddb_err("UpdateItem"))?;
+        Ok(())
     }
 }
 

@@ -75,11 +75,6 @@ impl Field {
         }
     }
 
-    /// Columns recognised but not applied by this version: named in a warning, never dropped silently.
-    pub fn is_unsupported(self) -> bool {
-        matches!(self, Field::InviteUser | Field::ScheduledDate)
-    }
-
     /// Header text -> field. Spaces, underscores, dashes and dots are ignored: "E-mail", "First_Name".
     pub fn from_header(header: &str) -> Option<Field> {
         let key: String = header.trim().to_lowercase().chars().filter(|c| !matches!(c, ' ' | '_' | '-' | '.')).collect();
@@ -153,9 +148,6 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
                         trimmed,
                         f.name()
                     ));
-                }
-                if f.is_unsupported() {
-                    mapping.warnings.push(format!("column \"{trimmed}\" ({}) is not applied by this version and was ignored", f.name()));
                 }
                 mapping.columns.push((f, i));
             }

@@ -230,6 +230,18 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
                     attributes.insert(def.name.clone(), check_attribute(&def.name, &def.kind, v).map_err(fail)?);
                 }
             }
+            let invite = match get(Field::InviteUser) {
+                None => false,
+                Some(v) => match v.to_ascii_lowercase().as_str() {
+                    "true" | "yes" | "y" | "1" | "x" => true,
+                    "false" | "no" | "n" | "0" => false,
+                    _ => return Err(fail(format!("InviteUser \"{v}\" must be TRUE or FALSE"))),
+                },
+            };
+            let invite_at = get(Field::ScheduledDate).map(|d| parse_when(&d)).transpose().map_err(fail)?;
+            if (invite || action == Action::Invite) && key.starts_with("user:") {
+                return Err(fail("a user without an Email cannot be sent an activation email".into()));
+            }
             let fields = UserFields {
                 first_name: get(Field::FirstName),
                 last_name: get(Field::LastName),
@@ -242,10 +254,31 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
                 associations,
                 attributes,
                 user_type,
+                invite,
+                invite_at,
             };
             Ok(RowOp { row, action, target: Target::User { email: key, fields }, created_in_file: vec![] })
         }
     }
+}
+
+/// ScheduledDate: `YYYY-MM-DD` (midnight UTC), `YYYY-MM-DD HH:MM[:SS]` (UTC) or RFC 3339.
+fn parse_when(value: &str) -> Result<String, String> {
+    use chrono::{NaiveDate, NaiveDateTime, TimeZone, Utc};
+    let v = value.trim();
+    let parsed = chrono::DateTime::parse_from_rfc3339(v)
+        .map(|d| d.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(v, f).ok())
+                .map(|d| Utc.from_utc_datetime(&d))
+        })
+        .or_else(|| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| Utc.from_utc_datetime(&d)));
+    parsed
+        .map(|d| d.to_rfc3339())
+        .ok_or_else(|| format!("ScheduledDate \"{value}\" is not a date; write it as YYYY-MM-DD or YYYY-MM-DD HH:MM (UTC)"))
 }
 
 /// A real address check (RFC 5322 via `email_address`), plus a dot in the domain: rosters are for
@@ -463,6 +496,19 @@ mod tests {
         assert_eq!(fields(&v, 0).products, vec!["LMS", "Video"]);
         assert_eq!(v.ops[1].action, Action::Expire);
         assert_eq!(message(&v, 4), "unknown product \"Chess\"; valid products are: LMS, Video");
+    }
+
+    #[test]
+    fn invite_flags_and_scheduled_dates_are_parsed() {
+        let v = run(
+            "Email,Username,Parent,InviteUser,ScheduledDate\na@x.com,,,Yes,2026-09-01\nb@x.com,,,maybe,\nc@x.com,,,TRUE,next week\n,kid,p@x.com,true,\n",
+            Mode::Upsert,
+        );
+        assert!(fields(&v, 0).invite);
+        assert_eq!(fields(&v, 0).invite_at.as_deref(), Some("2026-09-01T00:00:00+00:00"));
+        assert_eq!(message(&v, 3), "InviteUser \"maybe\" must be TRUE or FALSE");
+        assert!(message(&v, 4).starts_with("ScheduledDate \"next week\" is not a date"));
+        assert_eq!(message(&v, 5), "a user without an Email cannot be sent an activation email");
     }
 
     #[test]
