@@ -148,10 +148,10 @@ impl Tenant {
         if let Some(r) = self.roles.iter().find(|r| self.admin_roles.contains(r)) {
             return Err(format!("role {r:?} is listed both in roles and admin_roles"));
         }
-        if let Some(c) = &self.branding.colour {
-            if !(c.len() == 7 && c.starts_with('#') && c[1..].chars().all(|x| x.is_ascii_hexdigit())) {
-                return Err(format!("branding.colour {c:?} must look like #1a73e8"));
-            }
+        if let Some(c) = &self.branding.colour
+            && !(c.len() == 7 && c.starts_with('#') && c[1..].chars().all(|x| x.is_ascii_hexdigit()))
+        {
+            return Err(format!("branding.colour {c:?} must look like #1a73e8"));
         }
         if self.replace_threshold_percent.is_some_and(|p| p > 100) {
             return Err("replace_threshold_percent must be between 0 and 100".into());
