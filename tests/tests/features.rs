@@ -438,3 +438,27 @@ async fn invite_sending_is_paced_to_the_configured_rate() {
     assert!(started.elapsed() >= Duration::from_millis(450), "{:?}", started.elapsed());
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn licence_reservations_never_exceed_the_pool_under_forty_concurrent_claims() {
+    let stack = Stack::start_manual().await;
+    let claims: Vec<_> = (0..40)
+        .map(|i| {
+            let dir = stack.svc.directory.clone();
+            tokio::spawn(async move { dir.reserve_licences("acme", 10, &format!("job#1#{i}"), 1 + (i % 2)).await.unwrap() })
+        })
+        .collect();
+    let mut granted = 0;
+    for c in claims {
+        granted += c.await.unwrap();
+    }
+    assert_eq!(granted, 10, "exactly the pool, no more, no less");
+    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10);
+    // A repeated claim gets its recorded grant back and takes nothing more; a settle happens once.
+    let again = stack.svc.directory.reserve_licences("acme", 10, "job#1#0", 1).await.unwrap();
+    assert!(again <= 1);
+    stack.svc.directory.settle_licences("acme", "job#1#0", again).await.unwrap();
+    stack.svc.directory.settle_licences("acme", "job#1#0", again).await.unwrap();
+    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10 - again);
+    stack.shutdown().await;
+}
