@@ -1,20 +1,32 @@
-//! `rosterdrop`: the support team's command line. Talks to the local stack by default (after
-//! `make up`); set the usual AWS variables (`AWS_PROFILE`, `AWS_REGION`, ...) plus
-//! `ROSTERDROP_BUCKET` and the table names to use a deployed stack.
+//! `rosterdrop`: the support team's command line.
+//!
+//! Talks to the local stack by default (after `make up`); with `--aws` it uses the standard AWS
+//! configuration (`AWS_PROFILE`, `AWS_REGION`, ...) and the deployed resource names from
+//! `ROSTERDROP_BUCKET`, `ROSTERDROP_DIRECTORY_TABLE`, `ROSTERDROP_JOBS_TABLE`.
+//!
+//! Exit codes: 0 done; 1 the file or job has failed rows; 2 bad input (file, tenant, arguments) or
+//! a file rejected as a whole; 3 the stack or AWS cannot be reached.
 
-use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+mod output;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use output::{Fail, input, unavailable};
 use shared::config::Config;
 use shared::local::{self, LocalAws};
 use shared::model::{Job, JobState, Mode, Tenant};
 use shared::report::Summary;
-use std::path::PathBuf;
+use shared::{Services, ingest, keys, template};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "rosterdrop", version, about = "Bulk user provisioning from roster files: submit files, check jobs, manage tenants")]
+#[command(name = "rosterdrop", version, about = "Bulk user provisioning from roster files: templates, validation, uploads, jobs, tenants")]
 struct Cli {
+    /// Use AWS (standard profile/region settings and ROSTERDROP_* resource names) instead of the local stack.
+    #[arg(long, global = true, env = "ROSTERDROP_AWS")]
+    aws: bool,
     /// Log what happens (also RUST_LOG).
     #[arg(short, long, global = true)]
     verbose: bool,
@@ -22,35 +34,61 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum TemplateFormat {
+    Xlsx,
+    Csv,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Manage tenant configuration.
-    Tenant {
-        #[command(subcommand)]
-        command: TenantCommand,
+    /// Write the upload template (XLSX with instructions, definitions and dropdowns, or a CSV header).
+    Template {
+        /// Include this tenant's roles, products and custom attribute columns.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value = "xlsx")]
+        format: TemplateFormat,
+        /// Where to write it (default: rosterdrop-template.xlsx or .csv).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
-    /// Upload a roster file for a tenant; with --wait, follow the job to its end and print the summary.
+    /// Check a roster exactly as the upload would, without uploading. Offline without --tenant
+    /// (tenant rules such as roles are then not checked). Exits 1 when any row would fail.
+    Validate {
+        file: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// add | upsert | validate | replace | replace-force
+        #[arg(long)]
+        mode: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload a roster for a tenant; with --wait, follow the job to its end and print the summary.
     Submit {
         file: PathBuf,
         #[arg(long)]
         tenant: String,
-        /// add | upsert (default: upsert)
+        /// add | upsert | validate | replace | replace-force (default: upsert)
         #[arg(long)]
         mode: Option<String>,
         #[arg(long)]
         wait: bool,
         /// Give up waiting after this many seconds.
-        #[arg(long, default_value_t = 600)]
+        #[arg(long, default_value_t = 1800)]
         timeout: u64,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Recent jobs of a tenant, or one job in detail.
+    /// Recent jobs of a tenant, or one job in detail with its first failures.
     Status {
         job: Option<String>,
         #[arg(long)]
         tenant: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
         #[arg(long)]
         json: bool,
     },
@@ -59,6 +97,11 @@ enum Command {
         job: String,
         #[arg(long, default_value = ".")]
         out: PathBuf,
+    },
+    /// Manage tenant configuration.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
     },
     /// Local stack helpers (used by `make up`).
     Dev {
@@ -69,12 +112,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TenantCommand {
-    /// Create or replace a tenant from a JSON file.
+    /// Create or replace a tenant from a JSON or TOML file.
     Put {
         #[arg(long)]
         file: PathBuf,
     },
-    /// Show a tenant's configuration.
+    /// Show a tenant's configuration (JSON).
     Get { id: String },
     /// List tenants.
     List {
@@ -94,7 +137,37 @@ enum DevCommand {
     },
 }
 
-fn config() -> Result<Config> {
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| if cli.verbose { "info".into() } else { "error".into() });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", output::one_line(&e));
+            ExitCode::from(output::exit_code(&e))
+        }
+    }
+}
+
+/// Where the CLI talks to: local stack clients (default) or AWS.
+struct Target {
+    config: Config,
+    svc: Services,
+    local: Option<LocalAws>,
+    s3: aws_sdk_s3::Client,
+}
+
+async fn connect(aws: bool) -> Result<Target> {
+    if aws {
+        let config =
+            Config::from_env().map_err(|e| input(format!("{e}; set it to the deployed stack's value (see `sam deploy` outputs)")))?;
+        let sdk = shared::adapters::sdk_config(&config).await;
+        let s3 = shared::adapters::s3_client(&sdk, &config);
+        let svc = Services::from_sdk(config.clone(), &sdk);
+        return Ok(Target { config, svc, local: None, s3 });
+    }
     let defaults = Config::local();
     let fallback = |k: &str| -> Option<String> {
         Some(match k {
@@ -106,222 +179,279 @@ fn config() -> Result<Config> {
             _ => return None,
         })
     };
-    Ok(Config::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()).or_else(|| fallback(k)))?)
+    let config = Config::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()).or_else(|| fallback(k)))
+        .map_err(|e| input(e.to_string()))?;
+    let local = LocalAws::connect(&config).await;
+    let svc = local.services(config.clone());
+    let s3 = local.s3.clone();
+    Ok(Target { config, svc, local: Some(local), s3 })
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| if cli.verbose { "info".into() } else { "warn".into() });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    match run(cli.command).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let aws = cli.aws;
+    // Offline commands first: they need no connection.
+    if let Command::Validate { file, tenant: None, mode, json } = &cli.command {
+        return validate(file, &Tenant::offline(), mode.as_deref(), *json, true);
     }
-}
-
-async fn run(command: Command) -> Result<ExitCode> {
-    let config = config()?;
-    let aws = LocalAws::connect(&config).await;
-    let svc = aws.services(config.clone());
-    match command {
-        Command::Dev { command: DevCommand::Setup } => {
-            let url = local::setup(&config, &aws, local::QUEUE)
-                .await
-                .context("setting up local resources (is the stack running? try `make up`)")?;
-            println!(
-                "bucket {}, tables {} and {}, queue {url}, sender {}",
-                config.bucket, config.directory_table, config.jobs_table, config.default_sender
-            );
+    if let Command::Template { tenant: None, format, out } = &cli.command {
+        return write_template(None, *format, out.as_deref());
+    }
+    let t = connect(aws).await?;
+    let svc = &t.svc;
+    let reach = |e: shared::Error| unavailable(e, aws);
+    match cli.command {
+        Command::Template { tenant: Some(id), format, out } => {
+            let tenant = find_tenant(svc, &id, aws).await?;
+            write_template(Some(&tenant), format, out.as_deref())
         }
-        Command::Dev { command: DevCommand::Runner { concurrency } } => {
-            let url = local::setup(&config, &aws, local::QUEUE).await.context("setting up local resources (is the stack running?)")?;
-            eprintln!("runner: delivering events from {url}");
-            let stop = async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
-                tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
-            };
-            local::run(svc, aws.sqs.clone(), url, concurrency, stop).await;
+        Command::Validate { file, tenant: Some(id), mode, json } => {
+            let tenant = find_tenant(svc, &id, aws).await?;
+            validate(&file, &tenant, mode.as_deref(), json, false)
         }
-        Command::Tenant { command: TenantCommand::Put { file } } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let tenant: Tenant = serde_json::from_str(&text).with_context(|| format!("{} is not a valid tenant file", file.display()))?;
-            if let Err(problem) = tenant.validate() {
-                bail!("{}: {problem}", file.display());
-            }
-            svc.directory.put_tenant(&tenant).await.context("saving the tenant (is the stack running? try `make up`)")?;
-            println!("tenant {} saved", tenant.id);
-        }
-        Command::Tenant { command: TenantCommand::Get { id } } => {
-            let tenant = svc
-                .directory
-                .tenant(&id)
-                .await?
-                .with_context(|| format!("tenant {id:?} does not exist; `rosterdrop tenant list` shows them"))?;
-            println!("{}", serde_json::to_string_pretty(&tenant)?);
-        }
-        Command::Tenant { command: TenantCommand::List { json } } => {
-            let tenants = svc.directory.list_tenants().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&tenants)?);
-            } else {
-                for t in tenants {
-                    println!("{:<24} admins: {}", t.id, t.admin_emails.join(", "));
-                }
-            }
-        }
+        Command::Validate { .. } | Command::Template { .. } => unreachable!("handled offline above"),
         Command::Submit { file, tenant, mode, wait, timeout, json } => {
-            return submit(&svc, &config, file, tenant, mode, wait, timeout, json).await;
+            submit(&t, &file, &tenant, mode.as_deref(), wait, timeout, json, aws).await
         }
-        Command::Status { job, tenant, json } => status(&svc, job, tenant, json).await?,
-        Command::Results { job, out } => {
-            let job =
-                svc.jobs.get(&job).await?.with_context(|| format!("job {job:?} not found; `rosterdrop status --tenant T` lists jobs"))?;
-            let prefix = shared::keys::results_prefix(&job.tenant, &job.id);
-            let keys = svc.store.list(&prefix).await?;
-            if keys.is_empty() {
-                bail!("job {} has no results yet (state {})", job.id, job.state.as_str());
+        Command::Status { job: Some(id), json, .. } => {
+            let job = svc
+                .jobs
+                .get(&id)
+                .await
+                .map_err(reach)?
+                .ok_or_else(|| input(format!("job {id:?} not found; `rosterdrop status --tenant T` lists a tenant's jobs")))?;
+            let summary = read_summary(svc, &job).await;
+            let failures = first_failures(svc, &job.id, 10).await.map_err(reach)?;
+            if json {
+                output::print_json(&serde_json::json!({ "job": job, "summary": summary, "first_failures": failures }))?;
+            } else {
+                output::print_job(&job, summary.as_ref(), &failures);
             }
-            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-            for key in keys {
-                let bytes = svc.store.get(&key).await?.with_context(|| format!("{key} vanished"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { job: None, tenant: Some(id), limit, json } => {
+            find_tenant(svc, &id, aws).await?;
+            let jobs = svc.jobs.recent(&id, limit).await.map_err(reach)?;
+            if json {
+                output::print_json(&jobs)?;
+            } else if jobs.is_empty() {
+                println!("no jobs for tenant {id} yet");
+            } else {
+                output::print_jobs(&jobs);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { job: None, tenant: None, .. } => Err(input("give a job id, or --tenant T to list a tenant's recent jobs")),
+        Command::Results { job, out } => {
+            let job = svc.jobs.get(&job).await.map_err(reach)?.ok_or_else(|| input(format!("job {job:?} not found")))?;
+            let prefix = keys::results_prefix(&job.tenant, &job.id);
+            let objects = svc.store.list(&prefix).await.map_err(reach)?;
+            if objects.is_empty() {
+                return Err(input(format!("job {} has no results yet (state {})", job.id, job.state.as_str())));
+            }
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))
+                .map_err(|e| input(format!("{e:#}")))?;
+            for key in objects {
+                let bytes = svc.store.get(&key).await.map_err(reach)?.ok_or_else(|| input(format!("{key} vanished")))?;
                 let path = out.join(key.trim_start_matches(&prefix));
-                std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+                std::fs::write(&path, &bytes).map_err(|e| input(format!("cannot write {}: {e}", path.display())))?;
                 println!("{} ({} bytes)", path.display(), bytes.len());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenant { command: TenantCommand::Put { file } } => {
+            let tenant = read_tenant_file(&file)?;
+            svc.directory.put_tenant(&tenant).await.map_err(reach)?;
+            println!("tenant {} saved", tenant.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenant { command: TenantCommand::Get { id } } => {
+            output::print_json(&find_tenant(svc, &id, aws).await?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenant { command: TenantCommand::List { json } } => {
+            let tenants = svc.directory.list_tenants().await.map_err(reach)?;
+            if json {
+                output::print_json(&tenants)?
+            } else {
+                output::print_tenants(&tenants)
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev { command } => {
+            let local = t.local.as_ref().ok_or_else(|| input("dev commands run against the local stack only (drop --aws)"))?;
+            match command {
+                DevCommand::Setup => {
+                    let url = local::setup(&t.config, local, local::QUEUE).await.map_err(reach)?;
+                    println!(
+                        "bucket {}, tables {} and {}, queue {url}, sender {}",
+                        t.config.bucket, t.config.directory_table, t.config.jobs_table, t.config.default_sender
+                    );
+                }
+                DevCommand::Runner { concurrency } => {
+                    let url = local::setup(&t.config, local, local::QUEUE).await.map_err(reach)?;
+                    eprintln!("runner: delivering events from {url}");
+                    let stop = async {
+                        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                            Ok(mut term) => tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} },
+                            Err(_) => {
+                                let _ = tokio::signal::ctrl_c().await;
+                            }
+                        }
+                    };
+                    local::run(t.svc.clone(), local.sqs.clone(), url, concurrency, stop).await;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn find_tenant(svc: &Services, id: &str, aws: bool) -> Result<Tenant> {
+    svc.directory.tenant(id).await.map_err(|e| unavailable(e, aws))?.ok_or_else(|| {
+        input(format!(
+            "tenant {id:?} does not exist; `rosterdrop tenant list` shows the tenants, `rosterdrop tenant put --file` creates one"
+        ))
+    })
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| input(format!("cannot read {}: {}", path.display(), output::io_reason(&e))))
+}
+
+/// A tenant file, JSON or TOML (by extension, or by trying JSON first), validated.
+fn read_tenant_file(path: &Path) -> Result<Tenant> {
+    let text = String::from_utf8(read_file(path)?).map_err(|_| input(format!("{} is not UTF-8 text", path.display())))?;
+    let is_toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let tenant: Tenant = if is_toml {
+        toml::from_str(&text).map_err(|e| input(format!("{}: {}", path.display(), e.message())))?
+    } else {
+        serde_json::from_str(&text).map_err(|e| input(format!("{}: {e}", path.display())))?
+    };
+    tenant.validate().map_err(|problem| input(format!("{}: {problem}", path.display())))?;
+    Ok(tenant)
+}
+
+fn parse_mode(mode: Option<&str>) -> Result<Option<Mode>> {
+    mode.map(|m| Mode::parse(m).ok_or_else(|| input(format!("unknown mode {m:?}; use one of: {}", Mode::NAMES.join(", "))))).transpose()
+}
+
+fn write_template(tenant: Option<&Tenant>, format: TemplateFormat, out: Option<&Path>) -> Result<ExitCode> {
+    let (bytes, default) = match format {
+        TemplateFormat::Xlsx => (template::xlsx(tenant)?, "rosterdrop-template.xlsx"),
+        TemplateFormat::Csv => (template::csv(tenant), "rosterdrop-template.csv"),
+    };
+    let path = out.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(default));
+    std::fs::write(&path, bytes).map_err(|e| input(format!("cannot write {}: {}", path.display(), output::io_reason(&e))))?;
+    println!("{} written ({} columns)", path.display(), template::columns(tenant).len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The exact ingest validation (`ingest::prepare`, the Lambda's own code) run locally.
+fn validate(file: &Path, tenant: &Tenant, mode: Option<&str>, json: bool, offline: bool) -> Result<ExitCode> {
+    let bytes = read_file(file)?;
+    let mode = parse_mode(mode)?.unwrap_or(Mode::Upsert);
+    let prepared = match ingest::prepare(&bytes, tenant, mode) {
+        Ok(p) => p,
+        Err(reason) => {
+            if json {
+                output::print_json(&serde_json::json!({ "file": file.display().to_string(), "rejected": reason }))?;
+                return Ok(ExitCode::from(2));
+            }
+            return Err(Fail { code: 2, msg: format!("{} would be rejected: {reason}", file.display()) }.into());
+        }
+    };
+    let report = output::ValidationReport::new(file, &prepared, offline);
+    if json {
+        output::print_json(&report)?
+    } else {
+        report.print()
+    }
+    Ok(if report.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn submit(
-    svc: &shared::Services,
-    config: &Config,
-    file: PathBuf,
-    tenant: String,
-    mode: Option<String>,
+    t: &Target,
+    file: &Path,
+    tenant: &str,
+    mode: Option<&str>,
     wait: bool,
     timeout: u64,
     json: bool,
+    aws: bool,
 ) -> Result<ExitCode> {
-    let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    let name = file.file_name().and_then(|n| n.to_str()).context("the file name is not valid UTF-8")?;
-    if svc.directory.tenant(&tenant).await.context("looking up the tenant (is the stack running? try `make up`)")?.is_none() {
-        bail!("tenant {tenant:?} does not exist; create it with `rosterdrop tenant put --file tenant.json`");
-    }
-    let key = match mode.as_deref() {
+    let svc = &t.svc;
+    let bytes = read_file(file)?;
+    let name = file.file_name().and_then(|n| n.to_str()).ok_or_else(|| input("the file name is not valid UTF-8"))?;
+    find_tenant(svc, tenant, aws).await?;
+    let key = match parse_mode(mode)? {
         None => format!("incoming/{tenant}/{name}"),
-        Some(m) => {
-            let m = Mode::parse(m).with_context(|| format!("unknown mode {m:?}; use one of: {}", Mode::NAMES.join(", ")))?;
-            format!("incoming/{tenant}/{}/{name}", m.as_str())
-        }
+        Some(m) => format!("incoming/{tenant}/{}/{name}", m.as_str()),
     };
     let started = chrono::Utc::now() - chrono::Duration::seconds(5);
-    svc.store.put(&key, bytes, "application/octet-stream").await.context("uploading")?;
-    eprintln!("uploaded s3://{}/{key}", config.bucket);
+    output::upload(&t.s3, &t.config.bucket, &key, bytes).await.map_err(|e| unavailable(e, aws))?;
+    eprintln!("uploaded s3://{}/{key}", t.config.bucket);
     if !wait {
         return Ok(ExitCode::SUCCESS);
     }
     let deadline = Instant::now() + Duration::from_secs(timeout);
+    let bar = output::job_bar();
     let job = loop {
-        let jobs = svc.jobs.recent(&tenant, 50).await?;
-        let found = jobs.into_iter().find(|j| {
-            j.source_key == key
-                && chrono::DateTime::parse_from_rfc3339(&j.received_at).is_ok_and(|t| t >= started)
-                && matches!(j.state, JobState::Completed | JobState::Rejected)
-        });
-        if let Some(j) = found {
-            break j;
+        let jobs = svc.jobs.recent(tenant, 50).await.map_err(|e| unavailable(e, aws))?;
+        let mine = jobs
+            .into_iter()
+            .find(|j| j.source_key == key && chrono::DateTime::parse_from_rfc3339(&j.received_at).is_ok_and(|at| at >= started));
+        if let Some(j) = &mine {
+            output::update_job_bar(&bar, j);
+            if matches!(j.state, JobState::Completed | JobState::Rejected) {
+                bar.finish_and_clear();
+                break mine.expect("just matched");
+            }
         }
         if Instant::now() > deadline {
-            bail!("the job did not finish within {timeout}s; check `rosterdrop status --tenant {tenant}`");
+            bar.abandon();
+            return Err(Fail {
+                code: 3,
+                msg: format!("the job did not finish within {timeout}s; follow it with `rosterdrop status --tenant {tenant}`"),
+            }
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let summary = read_summary(svc, &job).await?;
+    let summary = read_summary(svc, &job).await.ok_or_else(|| input(format!("job {} finished without a summary", job.id)))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        output::print_json(&summary)?
     } else {
-        print_summary(&summary);
+        output::print_summary(&summary)
     }
-    Ok(if job.state == JobState::Completed && summary.counts.failure == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(match job.state {
+        JobState::Rejected => ExitCode::from(2),
+        _ if summary.counts.failure > 0 => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    })
 }
 
-async fn read_summary(svc: &shared::Services, job: &Job) -> Result<Summary> {
-    let key = format!("{}summary.json", shared::keys::results_prefix(&job.tenant, &job.id));
-    let bytes = svc.store.get(&key).await?.with_context(|| format!("no summary at {key}"))?;
-    Ok(serde_json::from_slice(&bytes)?)
+async fn read_summary(svc: &Services, job: &Job) -> Option<Summary> {
+    let key = format!("{}summary.json", keys::results_prefix(&job.tenant, &job.id));
+    let bytes = svc.store.get(&key).await.ok()??;
+    serde_json::from_slice(&bytes).ok()
 }
 
-fn print_summary(s: &Summary) {
-    println!("job        {}", s.job_id);
-    println!("file       {} ({}, mode {})", s.file_name, s.format.as_deref().unwrap_or("-"), s.mode);
-    println!("state      {:?}", s.state);
-    if let Some(r) = &s.reason {
-        println!("rejected   {r}");
-        return;
-    }
-    println!("rows       {}  succeeded {}  failed {}  skipped {}", s.rows, s.counts.success, s.counts.failure, s.counts.skipped);
-    for (a, c) in &s.by_action {
-        println!("  {a:<12} {} succeeded, {} failed, {} skipped", c.success, c.failure, c.skipped);
-    }
-    for w in &s.warnings {
-        println!("warning    {w}");
-    }
-    println!("duration   {:.1}s", s.duration_ms as f64 / 1000.0);
-    if let Some(k) = &s.result_key {
-        println!("result     {k}");
-    }
-    if let Some(k) = &s.failed_rows_key {
-        println!("failed     {k}");
-    }
-}
-
-async fn status(svc: &shared::Services, job: Option<String>, tenant: Option<String>, json: bool) -> Result<()> {
-    match (job, tenant) {
-        (Some(id), _) => {
-            let job = svc.jobs.get(&id).await?.with_context(|| format!("job {id:?} not found"))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&job)?);
-            } else {
-                println!(
-                    "job {} ({}) {:?}: {} rows, {} succeeded, {} failed, {} skipped; chunks {}/{}",
-                    job.id,
-                    job.file_name,
-                    job.state,
-                    job.total_rows,
-                    job.succeeded,
-                    job.failed,
-                    job.skipped,
-                    job.chunks_done(),
-                    job.chunks_total()
-                );
-            }
-        }
-        (None, Some(t)) => {
-            let jobs = svc.jobs.recent(&t, 20).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&jobs)?);
-            } else {
-                for j in jobs {
-                    println!(
-                        "{}  {:<10} {:<30} {:>7} rows {:>7} ok {:>7} failed  {}",
-                        j.received_at,
-                        j.state.as_str(),
-                        j.file_name,
-                        j.total_rows,
-                        j.succeeded,
-                        j.failed,
-                        j.id
-                    );
+/// The first failed rows of a job, from its outcome files.
+async fn first_failures(svc: &Services, job: &str, n: usize) -> shared::Result<Vec<shared::model::Outcome>> {
+    let mut failures = Vec::new();
+    for key in svc.store.list(&keys::outcomes_prefix(job)).await? {
+        let body = svc.store.get(&key).await?.unwrap_or_default();
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if let Ok(o) = serde_json::from_slice::<shared::model::Outcome>(line) {
+                if o.status == shared::model::Status::Failure {
+                    failures.push(o);
                 }
             }
         }
-        (None, None) => bail!("give a job id, or --tenant to list a tenant's recent jobs"),
     }
-    Ok(())
+    failures.sort_by_key(|o| o.row);
+    failures.truncate(n);
+    Ok(failures)
 }

@@ -156,6 +156,9 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp) -> Result<(Outcome, Write)> {
     let (row, action) = (op.row, op.action);
     let tenant = ctx.tenant.id.as_str();
     let fail = |msg: String| Ok((Outcome::failure(row, Some(action), msg), Write::NotFound));
+    let fail_in = |column: &str, msg: String| {
+        Ok((Outcome { column: Some(column.to_string()), ..Outcome::failure(row, Some(action), msg) }, Write::NotFound))
+    };
     if let Target::User { fields, .. } = &op.target
         && action != Action::Delete
         && action != Action::Reconcile
@@ -164,7 +167,10 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp) -> Result<(Outcome, Write)> {
             // Organizations of the file exist by now (their phase ran first), except in a dry run.
             let trusted = ctx.dry && op.created_in_file.contains(&org.to_lowercase());
             if !trusted && !exists(&ctx.orgs, org.to_lowercase(), ctx.svc.directory.org_exists(tenant, org)).await? {
-                return fail(format!("organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file"));
+                return fail_in(
+                    "OrgName",
+                    format!("organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file"),
+                );
             }
         }
         for (kind, email) in &fields.associations {
@@ -174,7 +180,10 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp) -> Result<(Outcome, Write)> {
             }
             if !exists(&ctx.users, email.clone(), async { Ok(ctx.svc.directory.user(tenant, email).await?.is_some()) }).await? {
                 let label = kind.replace('_', " ");
-                return fail(format!("{label} {email} does not exist; add them to this file or create them first"));
+                return fail_in(
+                    &association_column(kind),
+                    format!("{label} {email} does not exist; add them to this file or create them first"),
+                );
             }
         }
     }
@@ -240,6 +249,11 @@ async fn invite(ctx: &Ctx<'_>, op: &RowOp, email: &str, fields: &crate::model::U
     };
     ctx.svc.invites.schedule(&invite).await?;
     Ok(format!("; activation email {when}"))
+}
+
+/// "supervisor_manager" -> "SupervisorManager": the column a user wrote.
+fn association_column(attr: &str) -> String {
+    attr.split('_').map(|w| w[..1].to_uppercase() + &w[1..]).collect()
 }
 
 async fn exists(

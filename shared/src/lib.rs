@@ -17,6 +17,7 @@ pub mod model;
 pub mod ports;
 pub mod report;
 pub mod services;
+pub mod template;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -126,6 +126,13 @@ impl Tenant {
         }
     }
 
+    /// For validating a file offline, without a tenant: any role, no attributes, no catalogue.
+    pub fn offline() -> Self {
+        let mut t = Tenant::new("offline", vec!["offline@example.com".into()]);
+        t.roles = vec!["*".into()];
+        t
+    }
+
     pub fn replace_threshold(&self) -> u8 {
         self.replace_threshold_percent.unwrap_or(DEFAULT_REPLACE_THRESHOLD_PERCENT)
     }
@@ -392,17 +399,20 @@ pub struct Outcome {
     /// The user concerned, for outcomes of no input row (replace mode disabling absent users).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The column at fault, when the problem is in one cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
 }
 
 impl Outcome {
     pub fn success(row: u32, action: Action, message: impl Into<String>) -> Self {
-        Outcome { row, status: Status::Success, message: message.into(), action: Some(action), user: None }
+        Outcome { row, status: Status::Success, message: message.into(), action: Some(action), user: None, column: None }
     }
     pub fn failure(row: u32, action: Option<Action>, message: impl Into<String>) -> Self {
-        Outcome { row, status: Status::Failure, message: message.into(), action, user: None }
+        Outcome { row, status: Status::Failure, message: message.into(), action, user: None, column: None }
     }
     pub fn skipped(row: u32, message: impl Into<String>) -> Self {
-        Outcome { row, status: Status::Skipped, message: message.into(), action: None, user: None }
+        Outcome { row, status: Status::Skipped, message: message.into(), action: None, user: None, column: None }
     }
 }
 

@@ -79,7 +79,7 @@ fn validate_table(
             continue;
         }
         match validate_row(row, cells, mapping, tenant, mode, table.user_type.as_deref()) {
-            Err((action, msg)) => out.outcomes.push(Outcome::failure(row, action, msg)),
+            Err((action, column, msg)) => out.outcomes.push(Outcome { column, ..Outcome::failure(row, action, msg) }),
             Ok(op) => {
                 let key = match &op.target {
                     Target::User { email, .. } => (EntityType::User, email.clone()),
@@ -87,15 +87,13 @@ fn validate_table(
                 };
                 if let Some(first) = seen.get(&key) {
                     let what = if key.0 == EntityType::User { "email" } else { "organization" };
-                    out.outcomes.push(Outcome::failure(
-                        row,
-                        Some(op.action),
-                        format!(
-                            "duplicate {what}: {} of this file already has {}; only the first row is applied",
-                            row_label(*first, tables),
-                            key.1
-                        ),
-                    ));
+                    let column = Some(if key.0 == EntityType::User { "Email" } else { "OrgName" }.to_string());
+                    let message = format!(
+                        "duplicate {what}: {} of this file already has {}; only the first row is applied",
+                        row_label(*first, tables),
+                        key.1
+                    );
+                    out.outcomes.push(Outcome { column, ..Outcome::failure(row, Some(op.action), message) });
                 } else {
                     seen.insert(key, row);
                     out.ops.push(op);
@@ -130,7 +128,8 @@ fn mark_created_in_file(ops: &mut [RowOp]) {
     }
 }
 
-type RowError = (Option<Action>, String);
+/// (action when known, the column at fault when there is one, problem and fix)
+type RowError = (Option<Action>, Option<String>, String);
 
 fn cell(cells: &[String], m: &Mapping, f: Field) -> Option<String> {
     m.column(f).and_then(|i| cells.get(i)).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
@@ -149,19 +148,27 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
                     user_type = Some(ut);
                     EntityType::User
                 }
-                None => return Err((None, format!("Type \"{t}\" is not one of User, Org, {}", super::decode::USER_TYPES.join(", ")))),
+                None => {
+                    return Err((
+                        None,
+                        Some("Type".into()),
+                        format!("Type \"{t}\" is not one of User, Org, {}", super::decode::USER_TYPES.join(", ")),
+                    ));
+                }
             },
         },
     };
     let raw_action = get(Field::Action).unwrap_or_default();
-    let mut action = Action::parse(&raw_action)
-        .ok_or_else(|| (None, format!("Action \"{raw_action}\" is not one of {} (blank means Upsert)", Action::NAMES.join(", "))))?;
+    let mut action = Action::parse(&raw_action).ok_or_else(|| {
+        (None, Some("Action".into()), format!("Action \"{raw_action}\" is not one of {} (blank means Upsert)", Action::NAMES.join(", ")))
+    })?;
     if mode == Mode::Add {
         action = match action {
             Action::Upsert | Action::Create => Action::Create,
             other => {
                 return Err((
                     Some(other),
+                    Some("Action".into()),
                     format!("Action {other} is not allowed in add mode, which only creates; upload to the upsert folder instead"),
                 ));
             }
@@ -170,15 +177,20 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
     if mode.is_replace() && !matches!(action, Action::Upsert | Action::Create | Action::Update) {
         return Err((
             Some(action),
+            Some("Action".into()),
             format!("Action {action} is not allowed in replace mode: the file lists the users to keep; leave users out to disable them"),
         ));
     }
-    let fail = |msg: String| (Some(action), msg);
+    let fail_at = |column: &str, msg: String| (Some(action), Some(column.to_string()), msg);
     match entity {
         EntityType::Org => {
-            let name = get(Field::OrgName).ok_or_else(|| fail("OrgName is empty; an Org row needs the organization's name".into()))?;
+            let name = get(Field::OrgName)
+                .ok_or_else(|| fail_at("OrgName", "OrgName is empty; an Org row needs the organization's name".into()))?;
             if !matches!(action, Action::Create | Action::Update | Action::Upsert | Action::Delete) {
-                return Err(fail(format!("Action {action} does not apply to organizations (use Create, Update, Upsert or Delete)")));
+                return Err(fail_at(
+                    "Action",
+                    format!("Action {action} does not apply to organizations (use Create, Update, Upsert or Delete)"),
+                ));
             }
             Ok(RowOp { row, action, target: Target::Org { name }, created_in_file: vec![] })
         }
@@ -188,7 +200,7 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
                 if let Some(raw) = get(*field) {
                     let email = raw.to_lowercase();
                     if !is_valid_email(&email) {
-                        return Err(fail(format!("{} \"{raw}\" is not a valid email address", field.name())));
+                        return Err(fail_at(field.name(), format!("{} \"{raw}\" is not a valid email address", field.name())));
                     }
                     associations.insert(attr.to_string(), email);
                 }
@@ -197,37 +209,46 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
                 (Some(raw), _) => {
                     let email = raw.to_lowercase();
                     if !is_valid_email(&email) {
-                        return Err(fail(format!("Email \"{raw}\" is not a valid email address")));
+                        return Err(fail_at("Email", format!("Email \"{raw}\" is not a valid email address")));
                     }
                     email
                 }
                 (None, Some(username)) => {
                     if !associations.contains_key("parent") {
-                        return Err(fail(format!("Username \"{username}\" has no Email, so the row needs a Parent (the parent's email)")));
+                        return Err(fail_at(
+                            "Parent",
+                            format!("Username \"{username}\" has no Email, so the row needs a Parent (the parent's email)"),
+                        ));
                     }
                     username_key(&username)
                 }
                 (None, None) => {
-                    return Err(fail("Email is empty; every user row needs an email address (or a Username and a Parent)".into()));
+                    return Err(fail_at(
+                        "Email",
+                        "Email is empty; every user row needs an email address (or a Username and a Parent)".into(),
+                    ));
                 }
             };
             if let Some((attr, _)) = associations.iter().find(|(_, e)| **e == key) {
-                return Err(fail(format!("{} cannot be the user themself", attr.replace('_', " "))));
+                return Err(fail_at(&association_column(attr), format!("{} cannot be the user themself", attr.replace('_', " "))));
             }
             let role = get(Field::RoleName);
             if let Some(r) = &role {
-                check_role(r, tenant).map_err(fail)?;
+                check_role(r, tenant).map_err(|m| fail_at("RoleName", m))?;
             }
             let list = |f: Field| -> Vec<String> {
                 get(f).map(|g| g.split(';').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()).unwrap_or_default()
             };
-            let products =
-                list(Field::Products).into_iter().map(|p| check_product(&p, tenant)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
+            let products = list(Field::Products)
+                .into_iter()
+                .map(|p| check_product(&p, tenant))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| fail_at("Products", m))?;
             let mut attributes = BTreeMap::new();
             for (idx, col) in &m.custom {
                 let def = &tenant.attributes[*idx];
                 if let Some(v) = cells.get(*col).map(|v| v.trim()).filter(|v| !v.is_empty()) {
-                    attributes.insert(def.name.clone(), check_attribute(&def.name, &def.kind, v).map_err(fail)?);
+                    attributes.insert(def.name.clone(), check_attribute(&def.name, &def.kind, v).map_err(|m| fail_at(&def.name, m))?);
                 }
             }
             let invite = match get(Field::InviteUser) {
@@ -235,12 +256,12 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
                 Some(v) => match v.to_ascii_lowercase().as_str() {
                     "true" | "yes" | "y" | "1" | "x" => true,
                     "false" | "no" | "n" | "0" => false,
-                    _ => return Err(fail(format!("InviteUser \"{v}\" must be TRUE or FALSE"))),
+                    _ => return Err(fail_at("InviteUser", format!("InviteUser \"{v}\" must be TRUE or FALSE"))),
                 },
             };
-            let invite_at = get(Field::ScheduledDate).map(|d| parse_when(&d)).transpose().map_err(fail)?;
+            let invite_at = get(Field::ScheduledDate).map(|d| parse_when(&d)).transpose().map_err(|m| fail_at("ScheduledDate", m))?;
             if (invite || action == Action::Invite) && key.starts_with("user:") {
-                return Err(fail("a user without an Email cannot be sent an activation email".into()));
+                return Err(fail_at("InviteUser", "a user without an Email cannot be sent an activation email".into()));
             }
             let fields = UserFields {
                 first_name: get(Field::FirstName),
@@ -260,6 +281,10 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
             Ok(RowOp { row, action, target: Target::User { email: key, fields }, created_in_file: vec![] })
         }
     }
+}
+
+fn association_column(attr: &str) -> String {
+    ASSOCIATION_FIELDS.iter().find(|(_, a)| *a == attr).map(|(f, _)| f.name().to_string()).unwrap_or_else(|| attr.to_string())
 }
 
 /// ScheduledDate: `YYYY-MM-DD` (midnight UTC), `YYYY-MM-DD HH:MM[:SS]` (UTC) or RFC 3339.
@@ -297,7 +322,8 @@ fn check_role(role: &str, tenant: &Tenant) -> Result<(), String> {
     if tenant.admin_roles.iter().any(|a| a.eq_ignore_ascii_case(role)) {
         return Err(format!("role \"{role}\" is an admin role and cannot be assigned by bulk upload; ask an administrator to grant it"));
     }
-    if tenant.roles.iter().any(|r| r == role) {
+    // "*" (the CLI's offline validation, where the tenant is unknown) accepts any role.
+    if tenant.roles.iter().any(|r| r == role || r == "*") {
         return Ok(());
     }
     Err(match closest(role, &tenant.roles) {

@@ -1,0 +1,320 @@
+//! What the CLI prints, and how its failures map to exit codes.
+
+use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use shared::ingest::{Prepared, validate::row_label};
+use shared::model::{Job, JobState, Outcome, Status, Tenant};
+use shared::report::Summary;
+use std::fmt;
+use std::path::Path;
+
+/// An error with its exit code: 2 bad input, 3 stack or AWS unreachable.
+#[derive(Debug)]
+pub struct Fail {
+    pub code: u8,
+    pub msg: String,
+}
+
+impl fmt::Display for Fail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Fail {}
+
+pub fn input(msg: impl Into<String>) -> anyhow::Error {
+    Fail { code: 2, msg: msg.into() }.into()
+}
+
+/// An AWS call failed: say what and what to do.
+pub fn unavailable(e: shared::Error, aws: bool) -> anyhow::Error {
+    let hint = if aws {
+        "check AWS_PROFILE/AWS_REGION and the ROSTERDROP_* resource names"
+    } else {
+        "is the local stack running? start it with `make up`"
+    };
+    let what = match &e {
+        shared::Error::Transient { service, operation, .. } => format!("cannot reach {service} ({operation} failed)"),
+        other => other.to_string(),
+    };
+    Fail { code: 3, msg: format!("{what}; {hint}") }.into()
+}
+
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<Fail>() {
+        Some(f) => f.code,
+        None if e.downcast_ref::<shared::Error>().is_some() => 3,
+        None => 2,
+    }
+}
+
+/// One line, whatever the error chain.
+pub fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::IsADirectory => "it is a directory".into(),
+        _ => e.to_string(),
+    }
+}
+
+pub fn print_json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::UTF8_HORIZONTAL_ONLY).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.iter().copied());
+    t
+}
+
+fn state_cell(state: JobState) -> Cell {
+    let color = match state {
+        JobState::Completed => Color::Green,
+        JobState::Rejected => Color::Red,
+        JobState::Received | JobState::Applying => Color::Yellow,
+    };
+    Cell::new(state.as_str()).fg(color)
+}
+
+fn duration(job: &Job) -> String {
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+    match (parse(&job.received_at), job.completed_at.as_deref().and_then(parse)) {
+        (Some(a), Some(b)) => format!("{:.1}s", (b - a).num_milliseconds() as f64 / 1000.0),
+        _ => "-".into(),
+    }
+}
+
+pub fn print_jobs(jobs: &[Job]) {
+    let mut t = table(&["Started", "State", "File", "Rows", "OK", "Failed", "Duration", "Job"]);
+    for j in jobs {
+        t.add_row(vec![
+            Cell::new(j.received_at.get(..19).unwrap_or(&j.received_at).replace('T', " ")),
+            state_cell(j.state),
+            Cell::new(&j.file_name),
+            Cell::new(j.total_rows),
+            Cell::new(j.succeeded),
+            Cell::new(j.failed).fg(if j.failed > 0 { Color::Red } else { Color::Reset }),
+            Cell::new(duration(j)),
+            Cell::new(&j.id),
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn print_job(job: &Job, summary: Option<&Summary>, failures: &[Outcome]) {
+    println!("job        {}", job.id);
+    println!("tenant     {}", job.tenant);
+    println!("file       {}", job.source_key);
+    println!("state      {}", job.state.as_str());
+    println!("started    {}", job.received_at);
+    println!("chunks     {}/{}", job.chunks_done(), job.chunks_total());
+    if let Some(s) = summary {
+        print_counts(s);
+    }
+    if let Some(m) = &job.message {
+        println!("message    {m}");
+    }
+    if !failures.is_empty() {
+        println!("\nfirst failures:");
+        let mut t = table(&["Row", "Column", "Problem and fix"]);
+        for o in failures {
+            t.add_row(vec![Cell::new(o.row), Cell::new(o.column.as_deref().unwrap_or("")), Cell::new(&o.message)]);
+        }
+        println!("{t}");
+    }
+}
+
+fn print_counts(s: &Summary) {
+    println!("rows       {}  succeeded {}  failed {}  skipped {}", s.rows, s.counts.success, s.counts.failure, s.counts.skipped);
+    for (a, c) in &s.by_action {
+        println!("  {a:<12} {} succeeded, {} failed, {} skipped", c.success, c.failure, c.skipped);
+    }
+    if s.disabled_not_in_file > 0 {
+        println!("disabled   {} users not in the replace file", s.disabled_not_in_file);
+    }
+    for w in &s.warnings {
+        println!("warning    {w}");
+    }
+}
+
+pub fn print_summary(s: &Summary) {
+    println!("job        {}", s.job_id);
+    println!("file       {} ({}, mode {})", s.file_name, s.format.as_deref().unwrap_or("-"), s.mode);
+    println!("state      {}", s.state.as_str());
+    if let Some(r) = &s.reason {
+        println!("rejected   {r}");
+        return;
+    }
+    print_counts(s);
+    println!("duration   {:.1}s", s.duration_ms as f64 / 1000.0);
+    for (label, key) in [("result", &s.result_key), ("failed", &s.failed_rows_key), ("disabled", &s.disabled_users_key)] {
+        if let Some(k) = key {
+            println!("{label:<10} {k}");
+        }
+    }
+}
+
+pub fn print_tenants(tenants: &[Tenant]) {
+    let mut t = table(&["Tenant", "Name", "Admins", "Roles", "Licences"]);
+    for x in tenants {
+        t.add_row(vec![
+            x.id.clone(),
+            x.name.clone().unwrap_or_default(),
+            x.admin_emails.join(", "),
+            x.roles.join(", "),
+            x.licences.map(|l| l.to_string()).unwrap_or_else(|| "unlimited".into()),
+        ]);
+    }
+    println!("{t}");
+}
+
+#[derive(Serialize)]
+pub struct Problem {
+    pub row: String,
+    pub column: Option<String>,
+    pub message: String,
+}
+
+/// `rosterdrop validate`'s findings.
+#[derive(Serialize)]
+pub struct ValidationReport {
+    pub file: String,
+    pub format: String,
+    pub rows: usize,
+    pub valid: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub warnings: Vec<String>,
+    pub problems: Vec<Problem>,
+    /// Without a tenant, tenant rules (roles, attributes, products) were not checked.
+    pub offline: bool,
+}
+
+impl ValidationReport {
+    pub fn new(file: &Path, p: &Prepared, offline: bool) -> Self {
+        let tables: Vec<&shared::ingest::decode::Table> = p.tables.iter().collect();
+        let mut outcomes: Vec<&Outcome> = p.outcomes.iter().collect();
+        outcomes.sort_by_key(|o| o.row);
+        ValidationReport {
+            file: file.display().to_string(),
+            format: p.tables.first().map(|t| t.format.label().to_string()).unwrap_or_default(),
+            rows: p.tables.iter().map(|t| t.rows.len()).sum(),
+            valid: p.ops.len(),
+            failed: outcomes.iter().filter(|o| o.status == Status::Failure).count(),
+            skipped: outcomes.iter().filter(|o| o.status == Status::Skipped).count(),
+            warnings: p.warnings.clone(),
+            problems: outcomes
+                .iter()
+                .filter(|o| o.status == Status::Failure)
+                .map(|o| Problem { row: row_label(o.row, &tables), column: o.column.clone(), message: o.message.clone() })
+                .collect(),
+            offline,
+        }
+    }
+
+    pub fn print(&self) {
+        if !self.problems.is_empty() {
+            let mut t = table(&["Row", "Column", "Problem and fix"]);
+            for p in &self.problems {
+                t.add_row(vec![Cell::new(&p.row), Cell::new(p.column.as_deref().unwrap_or("")), Cell::new(&p.message).fg(Color::Red)]);
+            }
+            println!("{t}");
+        }
+        for w in &self.warnings {
+            println!("warning: {w}");
+        }
+        println!(
+            "{}: {} rows ({}), {} valid, {} would fail, {} skipped",
+            self.file, self.rows, self.format, self.valid, self.failed, self.skipped
+        );
+        if self.offline {
+            println!("note: checked offline; add --tenant to check roles, attributes and products too");
+        }
+        println!(
+            "note: checks against current data (already exists, not found) run on upload; the validate mode folder runs them without changing anything"
+        );
+    }
+}
+
+const PART: usize = 8 * 1024 * 1024;
+
+/// Upload with a progress bar: multipart in 8 MiB parts for large files, one PUT otherwise.
+pub async fn upload(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec<u8>) -> shared::Result<()> {
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let bar = ProgressBar::new(bytes.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    if bytes.len() <= PART {
+        let n = bytes.len() as u64;
+        s3.put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| shared::Error::from_sdk("s3", "PutObject", e))?;
+        bar.inc(n);
+        bar.finish_and_clear();
+        return Ok(());
+    }
+    let upload = s3
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| shared::Error::from_sdk("s3", "CreateMultipartUpload", e))?;
+    let id = upload.upload_id().unwrap_or_default().to_string();
+    let mut parts = Vec::new();
+    for (i, chunk) in bytes.chunks(PART).enumerate() {
+        let n = i as i32 + 1;
+        let out = s3
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&id)
+            .part_number(n)
+            .body(ByteStream::from(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| shared::Error::from_sdk("s3", "UploadPart", e))?;
+        parts.push(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag).build());
+        bar.inc(chunk.len() as u64);
+    }
+    s3.complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(&id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await
+        .map_err(|e| shared::Error::from_sdk("s3", "CompleteMultipartUpload", e))?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+pub fn job_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:<12} {bar:30} {pos}/{len} chunks {elapsed}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("waiting");
+    bar
+}
+
+pub fn update_job_bar(bar: &ProgressBar, job: &Job) {
+    bar.set_length(job.chunks_total() as u64);
+    bar.set_position(job.chunks_done() as u64);
+    bar.set_message(job.state.as_str().to_lowercase());
+}

@@ -1,0 +1,215 @@
+//! The `rosterdrop` binary run as a process: offline validation, bad input, exit codes, and the
+//! template round trip against the local stack (template -> fill -> validate -> submit -> status -> results).
+
+use assert_cmd::Command;
+use std::path::{Path, PathBuf};
+use tests::Stack;
+
+fn rosterdrop() -> Command {
+    let mut cmd = Command::cargo_bin("rosterdrop").expect("binary built");
+    cmd.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    cmd
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rosterdrop-cli-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn uuid_like() -> String {
+    format!("{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], "")
+}
+
+fn stack_env(cmd: &mut Command, stack: &Stack) {
+    cmd.env("ROSTERDROP_BUCKET", &stack.config.bucket)
+        .env("ROSTERDROP_DIRECTORY_TABLE", &stack.config.directory_table)
+        .env("ROSTERDROP_JOBS_TABLE", &stack.config.jobs_table);
+}
+
+/// Compare with a stored snapshot; `UPDATE_SNAPSHOTS=1` rewrites it.
+fn snapshot(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
+    if std::env::var("UPDATE_SNAPSHOTS").is_ok() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(actual, expected, "snapshot {name} differs (UPDATE_SNAPSHOTS=1 to accept)");
+}
+
+#[test]
+fn validate_offline_lists_row_column_and_fix_and_exits_1() {
+    let file = tmp("roster.csv");
+    std::fs::write(
+        &file,
+        "Email,First Name,Action,Shoe\nann@x.example.com,Ann,,1\nbad@@x,Bob,,\nann@x.example.com,Ann2,,\ncy@x.example.com,Cy,Explode,\n",
+    )
+    .unwrap();
+    let out = rosterdrop().arg("validate").arg(&file).assert().code(1).get_output().stdout.clone();
+    let text = String::from_utf8(out).unwrap().replace(file.to_str().unwrap(), "roster.csv");
+    snapshot("validate-offline.txt", &text);
+}
+
+#[test]
+fn validate_json_is_machine_readable() {
+    let file = tmp("ok.csv");
+    std::fs::write(&file, "Email\nann@x.example.com\n").unwrap();
+    let out = rosterdrop().args(["validate", "--json"]).arg(&file).assert().code(0).get_output().stdout.clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!((v["rows"].as_u64(), v["failed"].as_u64(), v["offline"].as_bool()), (Some(1), Some(0), Some(true)));
+}
+
+#[test]
+fn bad_input_gets_one_line_and_exit_2_never_a_panic() {
+    let missing = rosterdrop().args(["validate", "/nonexistent/roster.csv"]).assert().code(2).get_output().clone();
+    let err = String::from_utf8(missing.stderr).unwrap();
+    assert_eq!(err, "error: cannot read /nonexistent/roster.csv: no such file\n");
+
+    let rejected = tmp("nocol.csv");
+    std::fs::write(&rejected, "Name\nAnn\n").unwrap();
+    let out = rosterdrop().arg("validate").arg(&rejected).assert().code(2).get_output().clone();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("would be rejected: the required column Email is missing") && err.lines().count() == 1, "{err}");
+
+    let bad_tenant = tmp("tenant.json");
+    std::fs::write(&bad_tenant, r#"{"id": "Acme Corp", "admin_emails": ["a@acme.example.com"]}"#).unwrap();
+    let out = rosterdrop()
+        .args(["tenant", "put", "--file"])
+        .arg(&bad_tenant)
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("tenant id \"Acme Corp\" must be 1-64 characters"), "{err}");
+
+    let out = rosterdrop().args(["submit", "x.csv"]).assert().code(2).get_output().clone();
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--tenant"), "clap names the missing argument");
+}
+
+#[test]
+fn no_stack_running_exits_3_with_what_to_do() {
+    let out = rosterdrop()
+        .args(["tenant", "list"])
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:9")
+        .env("ROSTERDROP_SDK_MAX_ATTEMPTS", "1")
+        .assert()
+        .code(3)
+        .get_output()
+        .clone();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err, "error: cannot reach dynamodb (Query failed); is the local stack running? start it with `make up`\n");
+}
+
+/// Fill the template's data sheet with rows (by column name), keeping its other sheets.
+fn fill_template(template: &Path, rows: &[Vec<(&str, &str)>]) -> Vec<u8> {
+    use calamine::Reader;
+    let mut book = calamine::open_workbook_auto(template).unwrap();
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    for name in book.sheet_names() {
+        let range = book.worksheet_range(&name).unwrap();
+        let grid: Vec<Vec<String>> = range.rows().map(|r| r.iter().map(|c| c.to_string()).collect()).collect();
+        let ws = wb.add_worksheet();
+        ws.set_name(&name).unwrap();
+        for (r, row) in grid.iter().enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                ws.write_string(r as u32, c as u16, v).unwrap();
+            }
+        }
+        if name == "Roster" {
+            let header = &grid[0];
+            for (r, values) in rows.iter().enumerate() {
+                for (col, v) in values {
+                    let c = header.iter().position(|h| h == col).unwrap_or_else(|| panic!("template has no {col}"));
+                    ws.write_string(r as u32 + 1, c as u16, *v).unwrap();
+                }
+            }
+        }
+    }
+    wb.save_to_buffer().unwrap()
+}
+
+// Multi-threaded: the CLI runs as a blocking child process while this test's runner delivers events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_round_trip_fill_validate_submit_status_results() {
+    let stack = Stack::start().await;
+    let tenant_file = tmp("tenant.toml");
+    std::fs::write(
+        &tenant_file,
+        format!(
+            r#"id = "roundtrip"
+admin_emails = ["{}"]
+roles = ["Learner", "Manager"]
+admin_roles = ["Admin"]
+products = ["LMS", "Video"]
+notify_started = false
+
+[[attributes]]
+name = "Region"
+type = "one_of"
+values = ["EMEA", "APAC"]
+"#,
+            stack.admin_email()
+        ),
+    )
+    .unwrap();
+    let mut put = rosterdrop();
+    stack_env(&mut put, &stack);
+    put.args(["tenant", "put", "--file"]).arg(&tenant_file).assert().code(0).stdout("tenant roundtrip saved\n");
+
+    let template = tmp("template.xlsx");
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    cmd.args(["template", "--tenant", "roundtrip", "--out"]).arg(&template).assert().code(0);
+
+    let filled = tmp("filled.xlsx");
+    let rows: Vec<Vec<(&str, &str)>> = (0..5)
+        .map(|i| {
+            vec![
+                ("Email", ["a@rt.example.com", "b@rt.example.com", "c@rt.example.com", "d@rt.example.com", "e@rt.example.com"][i]),
+                ("FirstName", "Pat"),
+                ("RoleName", if i % 2 == 0 { "Learner" } else { "Manager" }),
+                ("Products", "LMS;Video"),
+                ("Region", "EMEA"),
+                ("InviteUser", "FALSE"),
+            ]
+        })
+        .collect();
+    std::fs::write(&filled, fill_template(&template, &rows)).unwrap();
+
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    let out = cmd.args(["validate", "--tenant", "roundtrip"]).arg(&filled).assert().code(0).get_output().stdout.clone();
+    assert!(String::from_utf8(out).unwrap().contains("5 rows (XLSX), 5 valid, 0 would fail"));
+
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    let out = cmd.args(["submit", "--tenant", "roundtrip", "--wait", "--json"]).arg(&filled).assert().code(0).get_output().stdout.clone();
+    let summary: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(summary["counts"]["success"], 5, "{summary}");
+    let job = summary["job_id"].as_str().unwrap().to_string();
+    assert_eq!(stack.svc.directory.user("roundtrip", "c@rt.example.com").await.unwrap().unwrap().fields.attributes["Region"], "EMEA");
+
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    let out = cmd.args(["status", "--tenant", "roundtrip", "--json"]).assert().code(0).get_output().stdout.clone();
+    let jobs: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(jobs[0]["id"], job.as_str());
+    assert_eq!(jobs[0]["state"], "COMPLETED");
+
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    let out = cmd.args(["status", &job]).assert().code(0).get_output().stdout.clone();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("state      COMPLETED") && text.contains("rows       5  succeeded 5  failed 0"), "{text}");
+
+    let dir = tmp("results");
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    cmd.args(["results", &job, "--out"]).arg(&dir).assert().code(0);
+    assert!(dir.join("filled-result.xlsx").exists() && dir.join("summary.json").exists());
+    assert!(!dir.join("filled-failed-rows.xlsx").exists(), "nothing failed");
+    stack.shutdown().await;
+}
