@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::ingest::headers::Field;
-use crate::model::{Action, AttributeKind, Mode, Tenant};
+use crate::model::{Action, AttributeKind, Tenant};
 
 /// One column of the template, documented.
 pub struct Column {
@@ -188,7 +188,6 @@ pub fn xlsx(tenant: Option<&Tenant>) -> Result<Vec<u8>> {
             readme.write_string(i as u32, 0, *line).map_err(err)?;
         }
     }
-    let _ = Mode::NAMES;
 
     let defs = wb.add_worksheet();
     defs.set_name("Definitions").map_err(err)?;
@@ -218,9 +217,9 @@ pub fn xlsx(tenant: Option<&Tenant>) -> Result<Vec<u8>> {
             let dv = DataValidation::new()
                 .allow_list_strings(&col.choices.iter().map(String::as_str).collect::<Vec<_>>())
                 .map_err(err)?
-                .set_error_title(&format!("{} value", col.name))
+                .set_error_title(format!("{} value", col.name))
                 .map_err(err)?
-                .set_error_message(&format!("Allowed: {}", col.allowed.chars().take(200).collect::<String>()))
+                .set_error_message(format!("Allowed: {}", col.allowed.chars().take(200).collect::<String>()))
                 .map_err(err)?;
             data.add_data_validation(1, c, VALIDATED_ROWS, c, &dv).map_err(err)?;
         }
