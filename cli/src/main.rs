@@ -444,10 +444,10 @@ async fn first_failures(svc: &Services, job: &str, n: usize) -> shared::Result<V
     for key in svc.store.list(&keys::outcomes_prefix(job)).await? {
         let body = svc.store.get(&key).await?.unwrap_or_default();
         for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            if let Ok(o) = serde_json::from_slice::<shared::model::Outcome>(line) {
-                if o.status == shared::model::Status::Failure {
-                    failures.push(o);
-                }
+            if let Ok(o) = serde_json::from_slice::<shared::model::Outcome>(line)
+                && o.status == shared::model::Status::Failure
+            {
+                failures.push(o);
             }
         }
     }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 //! The `rosterdrop` binary run as a process: offline validation, bad input, exit codes, and the
 //! template round trip against the local stack (template -> fill -> validate -> submit -> status -> results).
 

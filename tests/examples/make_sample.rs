@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 //! Writes the demo's sample roster: `cargo run -p tests --example make_sample -- samples/demo-roster.xlsx 1000`.
 
 fn main() {

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 //! Test harness for end-to-end tests against the local stack (LocalStack for S3, SQS and SES,
 //! DynamoDB Local). Every test gets its own bucket, tables and queue, and its own in-process
 //! runner delivering the bucket's real S3 event notifications to the real handlers, so tests run

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 //! What the products our users come from do: modes, tenant rules, directory features.
 //! End to end against the local stack, through real S3 events.
 

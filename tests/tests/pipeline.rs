@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 //! The pipeline end to end: files dropped in the bucket, real S3 event notifications through SQS,
 //! the same handlers the Lambdas run, DynamoDB Local, and mail read back from LocalStack.
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 //! The local stack works through the real Rust SDK: S3, DynamoDB Local conditional writes, SES v2
 //! raw sends read back from LocalStack's mailbox, and unverified senders refused.
 

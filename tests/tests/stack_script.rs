@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 //! `make up` (scripts/stack.sh up) is idempotent: a second start while running starts nothing new.
 
 use std::path::PathBuf;
