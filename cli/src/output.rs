@@ -307,14 +307,18 @@ pub async fn upload(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec
 pub fn job_bar() -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{msg:<12} {bar:30} {pos}/{len} chunks {elapsed}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{msg:<10} {bar:30} {pos}/{len} rows {elapsed}").unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message("waiting");
     bar
 }
 
+/// Rows applied so far, estimated from completed chunks (progress is recorded per chunk, never
+/// per row, to keep the job item off the hot path).
 pub fn update_job_bar(bar: &ProgressBar, job: &Job) {
-    bar.set_length(job.chunks_total() as u64);
-    bar.set_position(job.chunks_done() as u64);
+    let (done, total) = (job.chunks_done() as u64, job.chunks_total() as u64);
+    let rows = job.total_rows as u64;
+    bar.set_length(rows);
+    bar.set_position(if total == 0 { 0 } else { rows * done / total });
     bar.set_message(job.state.as_str().to_lowercase());
 }

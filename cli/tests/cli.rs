@@ -182,6 +182,14 @@ values = ["EMEA", "APAC"]
 
     let mut cmd = rosterdrop();
     stack_env(&mut cmd, &stack);
+    let out = cmd.args(["validate", "--tenant", "nosuch"]).arg(&filled).assert().code(2).get_output().stderr.clone();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "error: tenant \"nosuch\" does not exist; `rosterdrop tenant list` shows the tenants, `rosterdrop tenant put --file` creates one\n"
+    );
+
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
     let out = cmd.args(["validate", "--tenant", "roundtrip"]).arg(&filled).assert().code(0).get_output().stdout.clone();
     assert!(String::from_utf8(out).unwrap().contains("5 rows (XLSX), 5 valid, 0 would fail"));
 
