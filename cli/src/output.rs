@@ -319,6 +319,6 @@ pub fn update_job_bar(bar: &ProgressBar, job: &Job) {
     let (done, total) = (job.chunks_done() as u64, job.chunks_total() as u64);
     let rows = job.total_rows as u64;
     bar.set_length(rows);
-    bar.set_position(if total == 0 { 0 } else { rows * done / total });
+    bar.set_position((rows * done).checked_div(total).unwrap_or(0));
     bar.set_message(job.state.as_str().to_lowercase());
 }
