@@ -50,3 +50,4 @@ demo: up
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	scripts/infra-tools.sh && .local/infra-venv/bin/cfn-lint infra/template.yaml

@@ -14,7 +14,8 @@ export AWS_EC2_METADATA_DISABLED=true
 
 t0=$SECONDS
 scripts/stack.sh install
-echo "test: local stack installed ($((SECONDS - t0))s)"
+scripts/infra-tools.sh
+echo "test: local stack and infra tools installed ($((SECONDS - t0))s)"
 
 started=0
 if ! scripts/stack.sh status >/dev/null 2>&1; then

@@ -31,6 +31,15 @@ pub struct LocalAws {
 
 impl LocalAws {
     pub async fn connect(config: &Config) -> Self {
+        Self::connect_with(config, None).await
+    }
+
+    /// As `connect`, with an SDK interceptor on every client (tests record the calls each
+    /// handler makes with it).
+    pub async fn connect_with(
+        config: &Config,
+        interceptor: Option<aws_smithy_runtime_api::client::interceptors::SharedInterceptor>,
+    ) -> Self {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(config.sdk_max_attempts));
@@ -49,10 +58,17 @@ impl LocalAws {
         if overridden && env("AWS_ENDPOINT_URL_DYNAMODB").is_none() {
             ddb = ddb.endpoint_url(LOCAL_DYNAMODB_ENDPOINT);
         }
+        let mut s3 = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(config.s3_force_path_style);
+        let mut ses = aws_sdk_sesv2::config::Builder::from(&sdk);
+        if let Some(i) = interceptor {
+            ddb.push_interceptor(i.clone());
+            s3.push_interceptor(i.clone());
+            ses.push_interceptor(i);
+        }
         LocalAws {
-            s3: adapters::s3_client(&sdk, config),
+            s3: aws_sdk_s3::Client::from_conf(s3.build()),
             dynamodb: aws_sdk_dynamodb::Client::from_conf(ddb.build()),
-            ses: aws_sdk_sesv2::Client::new(&sdk),
+            ses: aws_sdk_sesv2::Client::from_conf(ses.build()),
             sqs: aws_sdk_sqs::Client::new(&sdk),
             sdk,
         }

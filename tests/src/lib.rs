@@ -31,15 +31,24 @@ impl Stack {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Stack {
-        Self::build(tweak, true).await
+        Self::build(tweak, true, None).await
     }
 
     /// Resources but no runner: the test delivers events itself with `pump`.
     pub async fn start_manual() -> Stack {
-        Self::build(|_| {}, false).await
+        Self::build(|_| {}, false, None).await
     }
 
-    async fn build(tweak: impl FnOnce(&mut Config), with_runner: bool) -> Stack {
+    /// As `start_manual`, with an SDK interceptor on the clients the handlers use.
+    pub async fn start_manual_with(interceptor: aws_smithy_runtime_api::client::interceptors::SharedInterceptor) -> Stack {
+        Self::build(|_| {}, false, Some(interceptor)).await
+    }
+
+    async fn build(
+        tweak: impl FnOnce(&mut Config),
+        with_runner: bool,
+        interceptor: Option<aws_smithy_runtime_api::client::interceptors::SharedInterceptor>,
+    ) -> Stack {
         let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
         let mut config = Config::local();
         config.bucket = format!("rd-test-{tag}");
@@ -47,7 +56,7 @@ impl Stack {
         config.jobs_table = format!("rd-{tag}-jobs");
         config.chunk_size = 50;
         tweak(&mut config);
-        let aws = LocalAws::connect(&config).await;
+        let aws = LocalAws::connect_with(&config, interceptor).await;
         let queue = format!("rd-{tag}-events");
         let url = local::setup(&config, &aws, &queue).await.expect("local stack reachable (run `make up` first)");
         let svc = aws.services(config.clone());

@@ -1,0 +1,207 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! The SAM template is right without an AWS account: cfn-lint is clean, the transformed functions get
+//! every variable the code reads, and each role allows exactly the calls its function's code makes
+//! (recorded by an SDK interceptor while a scenario runs through the real handlers).
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::{Intercept, SharedInterceptor};
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use tests::Stack;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn tool(name: &str) -> PathBuf {
+    let p = root().join(".local/infra-venv/bin").join(name);
+    assert!(p.exists(), "{} missing: run `make test` (it installs the infra tools) or scripts/infra-tools.sh", p.display());
+    p
+}
+
+#[test]
+fn cfn_lint_passes_with_no_errors_or_warnings() {
+    let out = Command::new(tool("cfn-lint")).arg("infra/template.yaml").current_dir(root()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.trim().is_empty(), "cfn-lint:\n{text}");
+}
+
+/// Per function: environment variable names and allowed IAM actions, after the SAM transform.
+fn transformed() -> BTreeMap<String, serde_json::Value> {
+    let out = Command::new(tool("python"))
+        .arg("infra/transform.py")
+        .current_dir(root())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "transform failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn every_function_gets_every_variable_the_code_reads_and_runs_on_arm64_al2023() {
+    let source = std::fs::read_to_string(root().join("shared/src/config.rs")).unwrap();
+    let read: BTreeSet<String> = source
+        .split('"')
+        .filter(|s| s.starts_with("ROSTERDROP_") && s.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(str::to_string)
+        .collect();
+    assert!(read.len() >= 10, "{read:?}");
+    let functions = transformed();
+    assert_eq!(
+        functions.keys().cloned().collect::<Vec<_>>(),
+        vec!["ApplyFunction", "FinalizeFunction", "IngestFunction", "InvitesFunction"]
+    );
+    for (name, f) in &functions {
+        let env: BTreeSet<String> = f["env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        let missing: Vec<&String> = read.difference(&env).collect();
+        assert!(missing.is_empty(), "{name} does not set {missing:?}");
+        assert_eq!(f["runtime"], "provided.al2023");
+        assert_eq!(f["architectures"], serde_json::json!(["arm64"]));
+        assert_eq!(
+            f["managed_policies"],
+            serde_json::json!(["arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"]),
+            "{name}: logs only"
+        );
+    }
+}
+
+tokio::task_local! {
+    /// Which function's code is running (the test sets it around each handler call).
+    static FUNCTION: &'static str;
+}
+
+/// Records, per function, the (service, operation) of every SDK call.
+#[derive(Debug, Clone, Default)]
+struct Recorder(Arc<Mutex<BTreeMap<String, BTreeSet<(String, String)>>>>);
+
+impl Intercept for Recorder {
+    fn name(&self) -> &'static str {
+        "call-recorder"
+    }
+    // A client interceptor sees the operation's metadata from serialization on (not in
+    // `read_before_execution`, which runs before the operation's configuration is applied).
+    fn read_before_serialization(
+        &self,
+        _: &BeforeSerializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let (Ok(function), Some(meta)) = (FUNCTION.try_with(|f| *f), cfg.load::<Metadata>()) {
+            self.0.lock().unwrap().entry(function.to_string()).or_default().insert((meta.service().to_string(), meta.name().to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// The IAM actions an SDK operation needs.
+fn iam_actions(service: &str, op: &str) -> Vec<String> {
+    let s = match service.to_ascii_lowercase().as_str() {
+        "s3" => "s3",
+        "dynamodb" => "dynamodb",
+        "sesv2" | "ses" => "ses",
+        other => panic!("unexpected service {other}"),
+    };
+    let ops: &[&str] = match (s, op) {
+        ("s3", "HeadObject") => &["GetObject"],
+        ("s3", "CopyObject") => &["GetObject", "PutObject"],
+        ("s3", "ListObjectsV2") => &["ListBucket"],
+        // Our transactions put and update items (chunk markers, licence reservations).
+        ("dynamodb", "TransactWriteItems") => &["PutItem", "UpdateItem"],
+        (_, op) => return vec![format!("{s}:{op}")],
+    };
+    ops.iter().map(|o| format!("{s}:{o}")).collect()
+}
+
+fn function_of(key: &str) -> &'static str {
+    if key.starts_with("incoming/") {
+        "IngestFunction"
+    } else if key.starts_with("chunks/") {
+        "ApplyFunction"
+    } else {
+        "FinalizeFunction"
+    }
+}
+
+/// Run the queued events through the handlers, each inside its function's scope.
+async fn pump(stack: &Stack) {
+    loop {
+        let out = stack
+            .aws
+            .sqs
+            .receive_message()
+            .queue_url(&stack.queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            break;
+        }
+        for m in messages {
+            if let Some(ev) = shared::event::parse(m.body().unwrap_or_default()) {
+                for obj in shared::event::objects(&ev) {
+                    FUNCTION.scope(function_of(&obj.key), shared::local::dispatch(&stack.svc, &obj)).await.unwrap();
+                }
+            }
+            stack
+                .aws
+                .sqs
+                .delete_message()
+                .queue_url(&stack.queue_url)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_role_allows_exactly_the_calls_its_function_makes() {
+    let recorder = Recorder::default();
+    let stack = Stack::start_manual_with(SharedInterceptor::new(recorder.clone())).await;
+    let mut tenant = stack.tenant("acme");
+    tenant.notify_started = true;
+    tenant.licences = Some(100);
+    stack.put_tenant(&tenant).await;
+    let files: &[(Option<&str>, &str, &str)] = &[
+        // Orgs, users with an invite, an invalid row; then updates, deletes, an org delete.
+        (
+            None,
+            "a.csv",
+            "Type,Action,Email,OrgName,InviteUser\nOrg,Create,,North,\nUser,Create,a@acme.example.com,North,TRUE\nUser,,b@acme.example.com,,\nUser,,bad,,\n",
+        ),
+        (None, "b.csv", "Type,Action,Email,OrgName\nUser,Delete,b@acme.example.com,\nOrg,Delete,,North\nUser,Update,a@acme.example.com,\n"),
+        // Replace (lists the tenant's users), and a rejected file.
+        (Some("replace-force"), "c.csv", "Email\na@acme.example.com\n"),
+        (None, "d.csv", "Name\nx\n"),
+    ];
+    for (mode, name, body) in files {
+        stack.drop_file("acme", *mode, name, body.as_bytes().to_vec()).await;
+        pump(&stack).await;
+    }
+    // The scheduled function's sweep sends the invite recorded above.
+    FUNCTION.scope("InvitesFunction", shared::invites::sweep(&stack.svc, chrono::Utc::now())).await.unwrap();
+
+    let recorded = recorder.0.lock().unwrap().clone();
+    let template = transformed();
+    for (function, spec) in &template {
+        let calls = recorded.get(function).cloned().unwrap_or_default();
+        let needed: BTreeSet<String> = calls.iter().flat_map(|(s, o)| iam_actions(s, o)).collect();
+        let allowed: BTreeSet<String> = spec["actions"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+        let missing: Vec<_> = needed.difference(&allowed).collect();
+        let unused: Vec<_> = allowed.difference(&needed).collect();
+        assert!(missing.is_empty(), "{function} calls {missing:?} without permission (calls: {calls:?})");
+        assert!(unused.is_empty(), "{function} is allowed {unused:?} but never calls them (calls: {calls:?})");
+    }
+    stack.shutdown().await;
+}
