@@ -1,7 +1,7 @@
 //! The local stand-in for AWS wiring: create the bucket, tables, queue and SES identity, and run
 //! the bucket's notifications (delivered to SQS) through the same handlers the Lambdas run.
 
-use crate::adapters::{self, dynamo};
+use crate::adapters::dynamo;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::event;

@@ -79,7 +79,10 @@ tokio::task_local! {
 
 /// Records, per function, the (service, operation) of every SDK call.
 #[derive(Debug, Clone, Default)]
-struct Recorder(Arc<Mutex<BTreeMap<String, BTreeSet<(String, String)>>>>);
+struct Recorder(Arc<Mutex<Calls>>);
+
+/// function -> (service, operation)
+type Calls = BTreeMap<String, BTreeSet<(String, String)>>;
 
 impl Intercept for Recorder {
     fn name(&self) -> &'static str {
