@@ -14,6 +14,7 @@ pub mod invites;
 pub mod keys;
 pub mod local;
 pub mod model;
+pub mod monitor;
 pub mod ports;
 pub mod report;
 pub mod services;

@@ -93,6 +93,8 @@ pub trait JobStore: Send + Sync {
     /// Claim the right to send the job's email: `true` for exactly one caller.
     async fn claim_email(&self, id: &str, kind: &str) -> Result<bool>;
     async fn complete(&self, id: &str, succeeded: u32, failed: u32, skipped: u32) -> Result<()>;
+    /// The oldest job not yet COMPLETED or REJECTED: (id, received_at).
+    async fn oldest_open(&self) -> Result<Option<(String, String)>>;
     /// Most recent jobs of a tenant, newest first.
     async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Job>>;
 }

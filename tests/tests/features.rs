@@ -90,9 +90,11 @@ async fn replace_mode_disables_absent_users_and_strips_their_groups_but_keeps_ma
     seed_users(&stack, "acme", 10).await;
     set_manual_groups(&stack, "acme", "u0@acme.example.com", &["Chess Club"]).await;
     set_manual_groups(&stack, "acme", "u9@acme.example.com", &["Chess Club"]).await;
-    // u9 is left out (1 of 10 = 10%, under the 20% default); u0 changes group; a new user joins.
+    // u5 is already disabled: not active, so neither counted by the safeguard nor disabled again.
+    stack.run_csv("acme", None, "off.csv", &[&["Action", "Email"], &["Disable", "u5@acme.example.com"]]).await;
+    // u9 is left out (1 of 9 active = 11%, under the 20% default); u0 changes group; a new user joins.
     let mut rows: Vec<Vec<String>> = vec![vec!["Email".into(), "Group".into()]];
-    for i in 0..9 {
+    for i in (0..9).filter(|i| *i != 5) {
         rows.push(vec![format!("u{i}@acme.example.com"), if i == 0 { "Team B".into() } else { "Team A;All".into() }]);
     }
     rows.push(vec!["new@acme.example.com".into(), "Team B".into()]);
@@ -100,9 +102,9 @@ async fn replace_mode_disables_absent_users_and_strips_their_groups_but_keeps_ma
     let refs: Vec<&[&str]> = refs.iter().map(|r| r.as_slice()).collect();
     let (job, s, result) = stack.run_csv("acme", Some("replace"), "everyone.csv", &refs).await;
     assert_eq!(job.state, JobState::Completed);
-    assert_eq!(s.counts.success, 10);
+    assert_eq!(s.counts.success, 9);
     assert_eq!(s.disabled_not_in_file, 1);
-    assert_eq!(result.len(), 11, "the result lists the file's rows only");
+    assert_eq!(result.len(), 10, "the result lists the file's rows only");
 
     let dir = &stack.svc.directory;
     let gone = dir.user("acme", "u9@acme.example.com").await.unwrap().unwrap();
@@ -118,6 +120,7 @@ async fn replace_mode_disables_absent_users_and_strips_their_groups_but_keeps_ma
     assert_eq!(dir.user("acme", "new@acme.example.com").await.unwrap().unwrap().status, "active");
 
     let disabled = parse_csv(&stack.get(s.disabled_users_key.as_deref().unwrap()).await.unwrap());
+    assert_eq!(disabled.len(), 2, "header + u9 only: {disabled:?}");
     assert_eq!(disabled[1][0], "u9@acme.example.com");
     let mails = wait_mail(&stack.admin_email(), 2, Duration::from_secs(10)).await;
     let msg = MessageParser::default().parse(mails.last().unwrap()).unwrap();

@@ -194,6 +194,7 @@ async fn each_role_allows_exactly_the_calls_its_function_makes() {
     }
     // The scheduled function's sweep sends the invite recorded above.
     FUNCTION.scope("InvitesFunction", shared::invites::sweep(&stack.svc, chrono::Utc::now())).await.unwrap();
+    FUNCTION.scope("InvitesFunction", shared::monitor::oldest_open_job_age(&stack.svc, chrono::Utc::now())).await.unwrap();
 
     let recorded = recorder.0.lock().unwrap().clone();
     let template = transformed();
@@ -206,5 +207,41 @@ async fn each_role_allows_exactly_the_calls_its_function_makes() {
         assert!(missing.is_empty(), "{function} calls {missing:?} without permission (calls: {calls:?})");
         assert!(unused.is_empty(), "{function} is allowed {unused:?} but never calls them (calls: {calls:?})");
     }
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn open_jobs_index_holds_a_job_until_it_completes_or_is_rejected() {
+    use shared::model::{Job, JobState, PHASES};
+    let stack = Stack::start_manual().await;
+    let job = |id: &str, at: &str| Job {
+        id: id.into(),
+        tenant: "acme".into(),
+        source_key: format!("incoming/acme/{id}.csv"),
+        file_name: format!("{id}.csv"),
+        mode: None,
+        state: JobState::Received,
+        received_at: at.into(),
+        phase_chunks: None,
+        phase_done: [0; PHASES],
+        total_rows: 0,
+        succeeded: 0,
+        failed: 0,
+        skipped: 0,
+        message: None,
+        completed_at: None,
+    };
+    let jobs = &stack.svc.jobs;
+    assert_eq!(jobs.oldest_open().await.unwrap(), None);
+    jobs.create_or_get(&job("old", "2026-11-21T08:00:00+00:00")).await.unwrap();
+    jobs.create_or_get(&job("new", "2026-11-21T09:00:00+00:00")).await.unwrap();
+    assert_eq!(jobs.oldest_open().await.unwrap(), Some(("old".into(), "2026-11-21T08:00:00+00:00".into())));
+    let now = chrono::DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").unwrap().with_timezone(&chrono::Utc);
+    assert_eq!(shared::monitor::oldest_open_job_age(&stack.svc, now).await.unwrap(), 7200);
+    jobs.complete("old", 1, 0, 0).await.unwrap();
+    assert_eq!(jobs.oldest_open().await.unwrap().map(|(id, _)| id), Some("new".into()));
+    assert!(jobs.transition("new", JobState::Received, JobState::Rejected, Some("bad file")).await.unwrap());
+    assert_eq!(jobs.oldest_open().await.unwrap(), None);
+    assert_eq!(shared::monitor::oldest_open_job_age(&stack.svc, now).await.unwrap(), 0);
     stack.shutdown().await;
 }

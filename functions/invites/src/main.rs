@@ -1,8 +1,9 @@
-//! Scheduled (EventBridge, every minute): send the activation emails that are due.
+//! Scheduled (EventBridge, every minute): send the activation emails that are due, and publish
+//! the age of the oldest open job.
 //! Thin shell: config and SDK clients once per cold start, then the library's sweep.
 
 use lambda_runtime::{Error, LambdaEvent, run, service_fn, tracing};
-use shared::{Config, Services, invites};
+use shared::{Config, Services, invites, monitor};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -10,10 +11,14 @@ async fn main() -> Result<(), Error> {
     let svc = Services::aws(Config::from_env()?).await;
     let svc = &svc;
     run(service_fn(move |_: LambdaEvent<serde_json::Value>| async move {
-        let sent = invites::sweep(svc, chrono::Utc::now()).await.inspect_err(|e| {
+        let now = chrono::Utc::now();
+        let sent = invites::sweep(svc, now).await.inspect_err(|e| {
             tracing::error!(retryable = e.is_retryable(), error = %e, "invite sweep failed");
         })?;
-        Ok::<_, Error>(serde_json::json!({ "sent": sent }))
+        // The same schedule publishes the job-age metric its alarm watches (a stuck job pages).
+        let age = monitor::oldest_open_job_age(svc, now).await?;
+        println!("{}", monitor::emf_line(monitor::JOB_AGE_METRIC, age, now));
+        Ok::<_, Error>(serde_json::json!({ "sent": sent, "oldest_open_job_age_seconds": age }))
     }))
     .await
 }

@@ -22,6 +22,8 @@ pub type Item = HashMap<String, Av>;
 
 pub const USER_SHARDS: u32 = 16;
 pub const GSI: &str = "gsi1";
+/// Jobs table: open (not yet COMPLETED or REJECTED) jobs, oldest first; sparse.
+pub const OPEN_JOBS: &str = "gsi2";
 /// Chunk markers expire after 30 days; the job item stays.
 const MARKER_TTL_SECS: i64 = 30 * 24 * 3600;
 
@@ -285,6 +287,10 @@ impl From<&Job> for Item {
         // The by-tenant index lists a tenant's jobs newest first for `rosterdrop status`.
         item.insert("gsi1pk".into(), s(format!("JOBS#{}", j.tenant)));
         item.insert("gsi1sk".into(), s(format!("{}#{}", j.received_at, j.id)));
+        if !matches!(j.state, JobState::Completed | JobState::Rejected) {
+            item.insert("gsi2pk".into(), s("OPEN"));
+            item.insert("gsi2sk".into(), s(format!("{}#{}", j.received_at, j.id)));
+        }
         for p in 0..PHASES {
             item.insert(format!("done{p}"), n(j.phase_done[p]));
         }
@@ -779,6 +785,11 @@ impl DynamoDirectory {
     }
 }
 
+/// A job reaching a final state leaves the open-jobs index.
+fn closing(to: JobState) -> &'static str {
+    if matches!(to, JobState::Completed | JobState::Rejected) { " REMOVE gsi2pk, gsi2sk" } else { "" }
+}
+
 pub struct DynamoJobs {
     client: Client,
     table: String,
@@ -857,8 +868,10 @@ impl JobStore for DynamoJobs {
             .expression_attribute_values(":from", s(from.as_str()))
             .expression_attribute_values(":to", s(to.as_str()));
         req = match message {
-            Some(m) => req.update_expression("SET #state = :to, message = :m").expression_attribute_values(":m", s(m)),
-            None => req.update_expression("SET #state = :to"),
+            Some(m) => {
+                req.update_expression(format!("SET #state = :to, message = :m{}", closing(to))).expression_attribute_values(":m", s(m))
+            }
+            None => req.update_expression(format!("SET #state = :to{}", closing(to))),
         };
         match req.send().await {
             Ok(_) => Ok(true),
@@ -946,7 +959,7 @@ impl JobStore for DynamoJobs {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(format!("J#{id}")))
-            .update_expression("SET #state = :c, succeeded = :s, failed = :f, skipped = :k, completed_at = :now")
+            .update_expression("SET #state = :c, succeeded = :s, failed = :f, skipped = :k, completed_at = :now REMOVE gsi2pk, gsi2sk")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":c", s(JobState::Completed.as_str()))
             .expression_attribute_values(":s", n(succeeded))
@@ -957,6 +970,26 @@ impl JobStore for DynamoJobs {
             .await
             .map_err(ddb_err("UpdateItem"))?;
         Ok(())
+    }
+
+    async fn oldest_open(&self) -> Result<Option<(String, String)>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(OPEN_JOBS)
+            .key_condition_expression("gsi2pk = :p")
+            .expression_attribute_values(":p", s("OPEN"))
+            .limit(1)
+            .send()
+            .await
+            .map_err(ddb_err("Query"))?;
+        Ok(out
+            .items()
+            .first()
+            .and_then(|i| i.str("gsi2sk"))
+            .and_then(|sk| sk.split_once('#'))
+            .map(|(at, id)| (id.to_string(), at.to_string())))
     }
 
     async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Job>> {
@@ -1106,16 +1139,26 @@ impl Invites for DynamoInvites {
 /// Create the directory and jobs tables if missing (local stack and tests; infra/ does it in AWS).
 pub async fn ensure_tables(client: &Client, directory: &str, jobs: &str) -> Result<()> {
     for table in [directory, jobs] {
-        let gsi = GlobalSecondaryIndex::builder()
-            .index_name(GSI)
-            .key_schema(KeySchemaElement::builder().attribute_name("gsi1pk").key_type(KeyType::Hash).build().map_err(build_err)?)
-            .key_schema(KeySchemaElement::builder().attribute_name("gsi1sk").key_type(KeyType::Range).build().map_err(build_err)?)
-            // Users: keys + status (count, and replace mode's diff). Jobs: whole items for `status`.
-            .projection(
-                Projection::builder().projection_type(if table == jobs { ProjectionType::All } else { ProjectionType::KeysOnly }).build(),
-            )
-            .build()
-            .map_err(build_err)?;
+        let index = |name: &str, pk: &str, sk: &str, projection: Projection| {
+            GlobalSecondaryIndex::builder()
+                .index_name(name)
+                .key_schema(KeySchemaElement::builder().attribute_name(pk).key_type(KeyType::Hash).build().map_err(build_err)?)
+                .key_schema(KeySchemaElement::builder().attribute_name(sk).key_type(KeyType::Range).build().map_err(build_err)?)
+                .projection(projection)
+                .build()
+                .map_err(build_err)
+        };
+        // Users: keys + status (org user counts, replace mode's diff). Jobs: whole items for `status`.
+        let gsi = if table == jobs {
+            index(GSI, "gsi1pk", "gsi1sk", Projection::builder().projection_type(ProjectionType::All).build())?
+        } else {
+            index(
+                GSI,
+                "gsi1pk",
+                "gsi1sk",
+                Projection::builder().projection_type(ProjectionType::Include).non_key_attributes("status").build(),
+            )?
+        };
         let attr = |name: &str| {
             AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().map_err(build_err)
         };
@@ -1127,9 +1170,19 @@ pub async fn ensure_tables(client: &Client, directory: &str, jobs: &str) -> Resu
             .attribute_definitions(attr("gsi1pk")?)
             .attribute_definitions(attr("gsi1sk")?)
             .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().map_err(build_err)?)
-            .global_secondary_indexes(gsi)
-            .send()
-            .await;
+            .global_secondary_indexes(gsi);
+        // Jobs: a sparse index of open jobs, oldest first (the job-age alarm).
+        let res = if table == jobs {
+            res.attribute_definitions(attr("gsi2pk")?).attribute_definitions(attr("gsi2sk")?).global_secondary_indexes(index(
+                OPEN_JOBS,
+                "gsi2pk",
+                "gsi2sk",
+                Projection::builder().projection_type(ProjectionType::KeysOnly).build(),
+            )?)
+        } else {
+            res
+        };
+        let res = res.send().await;
         match res {
             Ok(_) => {
                 if table == jobs {
