@@ -64,6 +64,36 @@ pub enum FileError {
     Corrupt { format: &'static str, detail: String },
     #[error("the workbook has no sheet with data")]
     NoSheet,
+    #[error(
+        "the workbook expands to more than {limit_mb} MB when unzipped, so it is corrupt or built to exhaust memory; save it again from your spreadsheet program, or split it"
+    )]
+    TooBigUnzipped { limit_mb: u64 },
+}
+
+/// What a zipped workbook (XLSX, ODS) may expand to. Real rosters compress 10-20x; zip bombs 1000x+.
+pub const MAX_UNZIPPED_BYTES: u64 = 1 << 30;
+
+/// Measure what a zip really expands to, entry by entry, streaming into a sink (declared sizes can
+/// lie), stopping as soon as the limit is passed: memory stays flat whatever the archive holds.
+fn check_unzipped_size(bytes: &[u8], limit: u64) -> Result<(), FileError> {
+    let too_big = FileError::TooBigUnzipped { limit_mb: limit >> 20 };
+    let Ok(mut archive) = zip::ZipArchive::new(Cursor::new(bytes)) else {
+        return Ok(()); // not a readable zip: calamine will say it is corrupt
+    };
+    let declared: u64 = (0..archive.len()).filter_map(|i| archive.by_index_raw(i).ok().map(|f| f.size())).fold(0, u64::saturating_add);
+    if declared > limit {
+        return Err(too_big);
+    }
+    let mut total = 0u64;
+    for i in 0..archive.len() {
+        let Ok(entry) = archive.by_index(i) else { continue };
+        let mut bounded = std::io::Read::take(entry, limit - total + 1);
+        total += std::io::copy(&mut bounded, &mut std::io::sink()).unwrap_or(0);
+        if total > limit {
+            return Err(too_big);
+        }
+    }
+    Ok(())
 }
 
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
@@ -108,6 +138,9 @@ pub fn decode_all(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
 
 fn decode_workbook(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
     let guess = if bytes.starts_with(OLE_MAGIC) { "XLS" } else { "XLSX" };
+    if bytes.starts_with(ZIP_MAGIC) {
+        check_unzipped_size(bytes, MAX_UNZIPPED_BYTES)?;
+    }
     let mut book = calamine::open_workbook_auto_from_rs(Cursor::new(bytes))
         .map_err(|e| FileError::Corrupt { format: guess, detail: e.to_string() })?;
     let format = match &book {
@@ -166,11 +199,28 @@ fn float_text(f: f64) -> String {
 
 fn decode_text(bytes: &[u8]) -> Result<Table, FileError> {
     let (text, encoding) = to_utf8(bytes);
+    if let Some(pos) = text.find('\0') {
+        let line = text[..pos].matches('\n').count() + 1;
+        let utf16 = bytes.len() > 3 && (bytes[1] == 0 || bytes[0] == 0);
+        let hint = if utf16 { "; it looks like UTF-16 text without a byte-order mark: save it as CSV UTF-8" } else { "" };
+        return Err(FileError::UnknownFormat(format!("it contains NUL bytes (first on line {line}), which a text roster never has{hint}")));
+    }
     if looks_binary(&text) {
         return Err(FileError::UnknownFormat("the content is binary, not text".into()));
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    if text.trim_start().starts_with('<') {
+        return Err(FileError::UnknownFormat("it looks like HTML or XML; export the sheet as CSV or XLSX instead".into()));
+    }
     let delimiter = sniff_delimiter(text);
+    if let Some(line) = unclosed_quote(text, delimiter) {
+        return Err(FileError::Corrupt {
+            format: if delimiter == b'\t' { "TSV" } else { "CSV" },
+            detail: format!(
+                "a double quote opened on line {line} is never closed, so every row after it would be swallowed into one cell; close or remove that quote"
+            ),
+        });
+    }
     let format = if delimiter == b'\t' { Format::Tsv } else { Format::Csv };
     let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delimiter).from_reader(text.as_bytes());
     let mut rows = Vec::new();
@@ -197,11 +247,50 @@ fn to_utf8(bytes: &[u8]) -> (String, &'static str) {
     }
 }
 
-/// NUL bytes or many control characters: not a text roster, whatever its name says.
+/// Many control characters: not a text roster, whatever its name says.
 fn looks_binary(text: &str) -> bool {
     let sample: Vec<char> = text.chars().take(8192).collect();
     let control = sample.iter().filter(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')).count();
-    sample.contains(&'\0') || control * 20 > sample.len().max(1)
+    control * 20 > sample.len().max(1)
+}
+
+/// The line of a quote that opens a quoted field and is never closed (RFC 4180 quoting: a quote
+/// opens a field only at its start; `""` inside a quoted field is an escaped quote).
+fn unclosed_quote(text: &str, delimiter: u8) -> Option<usize> {
+    let (mut quoted, mut at_field_start, mut line, mut opened_on) = (false, true, 1usize, 0usize);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if quoted {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                } else {
+                    quoted = false;
+                }
+            } else if c == '\n' {
+                line += 1;
+            }
+            continue;
+        }
+        match c {
+            '"' if at_field_start => {
+                quoted = true;
+                opened_on = line;
+            }
+            '\n' => {
+                line += 1;
+                at_field_start = true;
+                continue;
+            }
+            c if c as u32 == delimiter as u32 => {
+                at_field_start = true;
+                continue;
+            }
+            _ => {}
+        }
+        at_field_start = false;
+    }
+    quoted.then_some(opened_on)
 }
 
 /// The delimiter seen most often outside quotes on the first non-empty line (the header).
@@ -291,6 +380,25 @@ mod tests {
     }
 
     #[test]
+    fn an_unclosed_quote_is_refused_naming_its_line_instead_of_swallowing_rows() {
+        let err = decode(b"Email,Name\na@x.com,\"Ann\nb@x.com,Bob\nc@x.com,Cy\n").unwrap_err();
+        assert!(err.to_string().contains("a double quote opened on line 2 is never closed"), "{err}");
+        // Quotes that close, escaped quotes and quotes inside unquoted fields are fine.
+        let t = decode(b"Email,Name\na@x.com,\"Ann \"\"The Boss\"\", Jr\"\nb@x.com,O\"Neil\n").unwrap();
+        assert_eq!(t.rows.len(), 2);
+        assert_eq!(t.rows[0].1[1], "Ann \"The Boss\", Jr");
+    }
+
+    #[test]
+    fn nul_bytes_and_html_are_refused_with_what_to_do() {
+        let err = decode(b"Email,Name\na@x.com,An\0n\n").unwrap_err().to_string();
+        assert!(err.contains("NUL bytes (first on line 2)"), "{err}");
+        let utf16_no_bom: Vec<u8> = "Email\r\na@x.com\r\n".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        assert!(decode(&utf16_no_bom).unwrap_err().to_string().contains("UTF-16 text without a byte-order mark"));
+        assert!(decode(b"<html><table><tr><td>Email</td></tr></table></html>").unwrap_err().to_string().contains("HTML or XML"));
+    }
+
+    #[test]
     fn binary_garbage_named_csv_is_refused() {
         let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
         assert!(matches!(decode(&garbage), Err(FileError::UnknownFormat(_))));
@@ -313,6 +421,25 @@ mod tests {
     fn truncated_zip_is_a_corrupt_spreadsheet() {
         let err = decode(b"PK\x03\x04\x14\x00\x00\x00garbage").unwrap_err();
         assert!(matches!(err, FileError::Corrupt { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_zip_bomb_is_refused_before_it_is_unpacked() {
+        use std::io::Write;
+        // An XLSX-shaped zip whose sheet inflates 64 MB of zeros from ~64 KB: over a 16 MB cap.
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        w.start_file("[Content_Types].xml", opts).unwrap();
+        w.write_all(b"<Types/>").unwrap();
+        w.start_file("xl/worksheets/sheet1.xml", opts).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            w.write_all(&zeros).unwrap();
+        }
+        let bytes = w.finish().unwrap().into_inner();
+        assert!(bytes.len() < 1 << 20, "{}", bytes.len());
+        assert_eq!(check_unzipped_size(&bytes, 16 << 20), Err(FileError::TooBigUnzipped { limit_mb: 16 }));
+        assert_eq!(check_unzipped_size(&bytes, 128 << 20), Ok(()));
     }
 
     #[test]

@@ -131,10 +131,11 @@ fn norm(s: &str) -> String {
 pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, String> {
     let mut mapping = Mapping::default();
     let mut unknown = Vec::new();
+    let mut unnamed = Vec::new();
     for (i, h) in headers.iter().enumerate() {
         let trimmed = h.trim();
         if trimmed.is_empty() {
-            mapping.warnings.push(format!("column {} has no header; its values were ignored", i + 1));
+            unnamed.push(i + 1);
             continue;
         }
         match Field::from_header(trimmed) {
@@ -167,7 +168,20 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
             return Err(format!("unknown columns {list}: this tenant accepts only its template and attribute columns"));
         }
     } else {
-        mapping.warnings.extend(unknown.iter().map(|u| format!("column \"{u}\" is not a roster column and was ignored")));
+        // One line per column up to a few, then a count: a million stray columns make one warning.
+        mapping.warnings.extend(unknown.iter().take(10).map(|u| format!("column \"{u}\" is not a roster column and was ignored")));
+        if unknown.len() > 10 {
+            mapping.warnings.push(format!("{} more columns are not roster columns and were ignored", unknown.len() - 10));
+        }
+    }
+    match unnamed.as_slice() {
+        [] => {}
+        [one] => mapping.warnings.push(format!("column {one} has no header; its values were ignored")),
+        many => mapping.warnings.push(format!(
+            "{} columns have no header (the first is column {}); their values were ignored",
+            many.len(),
+            many[0]
+        )),
     }
     if !mapping.has(Field::Email) && !mapping.has(Field::Username) && !mapping.has(Field::OrgName) {
         return Err(format!(

@@ -5,6 +5,9 @@ pub mod decode;
 pub mod headers;
 pub mod validate;
 
+#[cfg(test)]
+mod hostile_tests;
+
 use crate::error::Result;
 use crate::event::ObjectRef;
 use crate::keys::{self, KeyProblem};

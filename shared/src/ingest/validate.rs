@@ -131,6 +131,10 @@ fn mark_created_in_file(ops: &mut [RowOp]) {
 /// (action when known, the column at fault when there is one, problem and fix)
 type RowError = (Option<Action>, Option<String>, String);
 
+/// Longest text a profile cell may hold: keeps a user item well under DynamoDB's 1 KB write unit
+/// for real data, and far from its 400 KB item limit for hostile data.
+const MAX_TEXT: usize = 256;
+
 fn cell(cells: &[String], m: &Mapping, f: Field) -> Option<String> {
     m.column(f).and_then(|i| cells.get(i)).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
@@ -186,6 +190,9 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
         EntityType::Org => {
             let name = get(Field::OrgName)
                 .ok_or_else(|| fail_at("OrgName", "OrgName is empty; an Org row needs the organization's name".into()))?;
+            if name.chars().count() > MAX_TEXT {
+                return Err(fail_at("OrgName", format!("OrgName is {} characters long; the limit is {MAX_TEXT}", name.chars().count())));
+            }
             if !matches!(action, Action::Create | Action::Update | Action::Upsert | Action::Delete) {
                 return Err(fail_at(
                     "Action",
@@ -262,6 +269,14 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
             let invite_at = get(Field::ScheduledDate).map(|d| parse_when(&d)).transpose().map_err(|m| fail_at("ScheduledDate", m))?;
             if (invite || action == Action::Invite) && key.starts_with("user:") {
                 return Err(fail_at("InviteUser", "a user without an Email cannot be sent an activation email".into()));
+            }
+            for f in [Field::FirstName, Field::LastName, Field::Phone, Field::OrgName, Field::Department, Field::Group, Field::Username] {
+                if let Some(v) = get(f).filter(|v| v.chars().count() > MAX_TEXT) {
+                    return Err(fail_at(
+                        f.name(),
+                        format!("{} is {} characters long; the limit is {MAX_TEXT}", f.name(), v.chars().count()),
+                    ));
+                }
             }
             let fields = UserFields {
                 first_name: get(Field::FirstName),

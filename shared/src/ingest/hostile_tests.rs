@@ -1,0 +1,146 @@
+//! Hostile and broken input: every file gets a clear whole-file rejection or a per-row outcome
+//! for every row; nothing panics and nothing is lost.
+
+use super::{Prepared, prepare};
+use crate::model::{Mode, Tenant};
+
+fn tenant() -> Tenant {
+    let mut t = Tenant::new("acme", vec!["a@acme.example.com".into()]);
+    t.roles = vec!["Learner".into()];
+    t.admin_roles = vec!["Admin".into()];
+    t
+}
+
+enum Expect {
+    Rejected(&'static str),
+    /// Accepted: (rows applied, rows failed or skipped).
+    Rows(usize, usize),
+}
+
+fn check(name: &str, bytes: &[u8], expect: Expect) {
+    let got = prepare(bytes, &tenant(), Mode::Upsert);
+    match (expect, got) {
+        (Expect::Rejected(part), Err(reason)) => assert!(reason.contains(part), "{name}: {reason:?} lacks {part:?}"),
+        (Expect::Rows(ok, failed), Ok(p)) => {
+            let rows: usize = p.tables.iter().map(|t| t.rows.len()).sum();
+            assert_eq!(p.ops.len() + p.outcomes.len(), rows, "{name}: every row has an op or an outcome");
+            assert_eq!((p.ops.len(), p.outcomes.len()), (ok, failed), "{name}: {:?}", outcomes(&p));
+        }
+        (Expect::Rejected(part), Ok(p)) => panic!("{name}: expected rejection ({part}), got {:?}", outcomes(&p)),
+        (Expect::Rows(..), Err(reason)) => panic!("{name}: unexpected rejection: {reason}"),
+    }
+}
+
+fn outcomes(p: &Prepared) -> Vec<String> {
+    p.outcomes.iter().map(|o| format!("row {}: {}", o.row, o.message)).collect()
+}
+
+#[test]
+fn the_bad_files_corpus_is_refused_or_accounted_for() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/bad");
+    let expectations: &[(&str, Expect)] = &[
+        ("truncated.xls", Expect::Rejected("could not be read")),
+        ("truncated.ods", Expect::Rejected("could not be read")),
+        ("ole-garbage.xls", Expect::Rejected("could not be read")),
+        ("html-saved-as.xls", Expect::Rejected("HTML or XML")),
+        ("pdf-renamed.csv", Expect::Rejected("not a CSV, TSV, XLSX, XLS or ODS roster")),
+        ("unbalanced-quotes.csv", Expect::Rejected("never closed")),
+        ("nul-in-cell.csv", Expect::Rejected("NUL bytes (first on line 2)")),
+        ("utf16-no-bom.csv", Expect::Rejected("UTF-16")),
+        ("header-only.csv", Expect::Rejected("no data rows")),
+        ("duplicate-headers.csv", Expect::Rejected("both mean Email")),
+        ("no-email-column.csv", Expect::Rejected("required column Email is missing")),
+        ("formula-injection.csv", Expect::Rows(1, 0)),
+        // Not valid UTF-8 as a whole: read as Windows-1252 (the UTF-8 "é" becomes two characters, no loss of rows).
+        ("mixed-encodings.csv", Expect::Rows(2, 0)),
+        ("empty.csv", Expect::Rejected("empty")),
+        ("whitespace.csv", Expect::Rejected("empty")),
+        ("zip-not-xlsx.xlsx", Expect::Rejected("could not be read")),
+        ("broken-xml.xlsx", Expect::Rejected("could not be read")),
+    ];
+    let files: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(files.len(), expectations.len(), "every corpus file has an expectation: {files:?}");
+    for (name, expect) in expectations {
+        let bytes = std::fs::read(format!("{dir}/{name}")).unwrap();
+        check(
+            name,
+            &bytes,
+            match expect {
+                Expect::Rejected(p) => Expect::Rejected(p),
+                Expect::Rows(a, b) => Expect::Rows(*a, *b),
+            },
+        );
+    }
+}
+
+#[test]
+fn generated_hostile_inputs_are_refused_or_accounted_for() {
+    let mut cases: Vec<(String, Vec<u8>, Expect)> = Vec::new();
+    // Garbage of many shapes.
+    for seed in 1..=8u32 {
+        let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed * 97) >> 13) as u8).collect();
+        cases.push((format!("garbage-{seed}"), garbage, Expect::Rejected("")));
+    }
+    // Truncations of a real XLSX at many points.
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let ws = wb.add_worksheet();
+    for (r, row) in [["Email", "First Name"], ["a@x.example.com", "Ann"], ["b@x.example.com", "Bob"]].iter().enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            ws.write_string(r as u32, c as u16, *v).unwrap();
+        }
+    }
+    let xlsx = wb.save_to_buffer().unwrap();
+    for cut in [10, 100, 500, 1000, 2000, xlsx.len() / 2, xlsx.len() - 10] {
+        cases.push((format!("xlsx-cut-{cut}"), xlsx[..cut].to_vec(), Expect::Rejected("")));
+    }
+    cases.push(("xlsx-whole".into(), xlsx.clone(), Expect::Rows(2, 0)));
+    // A million columns: one header warning, the file still reads.
+    let mut wide = b"Email".to_vec();
+    wide.extend(std::iter::repeat_n(b',', 1_000_000));
+    wide.extend_from_slice(b"\na@x.example.com\n");
+    cases.push(("million-columns".into(), wide, Expect::Rows(1, 0)));
+    // A million unknown named columns: warnings stay few.
+    let mut named = b"Email".to_vec();
+    for i in 0..20_000 {
+        named.extend(format!(",c{i}").as_bytes());
+    }
+    named.extend_from_slice(b"\na@x.example.com\n");
+    cases.push(("many-unknown-columns".into(), named, Expect::Rows(1, 0)));
+    // A 100 KB cell fails its row, naming the limit.
+    let big = format!("Email,First Name\na@x.example.com,{}\nb@x.example.com,Bob\n", "x".repeat(100_000));
+    cases.push(("100kb-cell".into(), big.into_bytes(), Expect::Rows(1, 1)));
+    // Formula injection in every column, quoting games, control characters in cells.
+    for (i, payload) in
+        ["=1+1", "+1", "-1+1", "@SUM(A1)", "\t=1", "=cmd|' /C calc'!A0", "\"=1\"\"\"", "=HYPERLINK(\"x\")"].iter().enumerate()
+    {
+        let csv = format!(
+            "Email,First Name,Last Name,Department,Group\np{i}@x.example.com,\"{0}\",\"{0}\",\"{0}\",\"{0}\"\n",
+            payload.replace('"', "\"\"")
+        );
+        cases.push((format!("formula-{i}"), csv.into_bytes(), Expect::Rows(1, 0)));
+    }
+    // Emails that are not emails.
+    for (i, e) in ["a@", "@x.com", "a@@x.com", "a b@x.com", "a@x", "<a@x.com>", "a@x.com\u{202e}", "a@-x.com"].iter().enumerate() {
+        cases.push((format!("email-{i}"), format!("Email\n\"{e}\"\n").into_bytes(), Expect::Rows(0, 1)));
+    }
+    // Rows longer than the header, a header that is all blank, and only commas.
+    cases.push(("extra-values".into(), b"Email\na@x.example.com,surprise\n".to_vec(), Expect::Rows(0, 1)));
+    cases.push(("blank-header".into(), b",,\na@x.example.com,,\n".to_vec(), Expect::Rejected("required column Email is missing")));
+    cases.push(("only-commas".into(), b",,,\n,,,\n".to_vec(), Expect::Rejected("empty")));
+    // Rows that try tenant rules and limits.
+    cases.push(("admin-role".into(), b"Email,RoleName\na@x.example.com,Admin\n".to_vec(), Expect::Rows(0, 1)));
+    cases.push(("org-without-name".into(), b"Type,OrgName\nOrg,\n".to_vec(), Expect::Rows(0, 1)));
+    cases.push(("long-email".into(), format!("Email\n{}@x.example.com\n", "a".repeat(300)).into_bytes(), Expect::Rows(0, 1)));
+    cases.push(("long-org".into(), format!("Type,OrgName\nOrg,{}\n", "o".repeat(300)).into_bytes(), Expect::Rows(0, 1)));
+    // Quoted newlines and delimiters inside fields are data, not new rows.
+    cases.push((
+        "quoted-newline".into(),
+        b"Email,First Name\na@x.example.com,\"Ann\nMarie\"\nb@x.example.com,\"B, Jr\"\n".to_vec(),
+        Expect::Rows(2, 0),
+    ));
+    cases.push(("crlf-only".into(), b"\r\n\r\n\r\n".to_vec(), Expect::Rejected("empty")));
+    assert!(cases.len() >= 40, "{}", cases.len());
+    for (name, bytes, expect) in cases {
+        check(&name, &bytes, expect);
+    }
+}
