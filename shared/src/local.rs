@@ -40,6 +40,17 @@ impl LocalAws {
         config: &Config,
         interceptor: Option<aws_smithy_runtime_api::client::interceptors::SharedInterceptor>,
     ) -> Self {
+        Self::connect_custom(config, interceptor, None).await
+    }
+
+    /// As `connect_with`, and with the HTTP client wrapped (tests inject faults there).
+    pub async fn connect_custom(
+        config: &Config,
+        interceptor: Option<aws_smithy_runtime_api::client::interceptors::SharedInterceptor>,
+        wrap_http: Option<
+            &dyn Fn(aws_smithy_runtime_api::client::http::SharedHttpClient) -> aws_smithy_runtime_api::client::http::SharedHttpClient,
+        >,
+    ) -> Self {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(config.sdk_max_attempts));
@@ -60,6 +71,12 @@ impl LocalAws {
         }
         let mut s3 = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(config.s3_force_path_style);
         let mut ses = aws_sdk_sesv2::config::Builder::from(&sdk);
+        if let Some(wrap) = wrap_http {
+            // The loader leaves the client unset when it is the default; the wrapper then picks one.
+            let wrapped = wrap(sdk.http_client().unwrap_or_else(|| aws_smithy_runtime_api::client::http::SharedHttpClient::new(NoClient)));
+            ddb = ddb.http_client(wrapped.clone());
+            s3 = s3.http_client(wrapped);
+        }
         if let Some(i) = interceptor {
             ddb.push_interceptor(i.clone());
             s3.push_interceptor(i.clone());
@@ -76,6 +93,35 @@ impl LocalAws {
 
     pub fn services(&self, config: Config) -> Services {
         Services::from_clients(config, self.s3.clone(), self.dynamodb.clone(), self.ses.clone())
+    }
+}
+
+/// Stand-in passed to an HTTP wrapper when the SDK config names no client (the wrapper must
+/// provide its own; this one is never called).
+#[derive(Debug)]
+struct NoClient;
+
+impl aws_smithy_runtime_api::client::http::HttpClient for NoClient {
+    fn http_connector(
+        &self,
+        _: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+    ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
+        aws_smithy_runtime_api::client::http::SharedHttpConnector::new(NoConnector)
+    }
+}
+
+#[derive(Debug)]
+struct NoConnector;
+
+impl aws_smithy_runtime_api::client::http::HttpConnector for NoConnector {
+    fn call(
+        &self,
+        _: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
+    ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+        aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Err(
+            aws_smithy_runtime_api::client::result::ConnectorError::other("no HTTP client configured".into(), None),
+        ))
     }
 }
 

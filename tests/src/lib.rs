@@ -12,6 +12,8 @@ use shared::{Services, keys};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+pub mod faults;
+
 pub const SES_ENDPOINT: &str = "http://127.0.0.1:4566/_aws/ses";
 
 pub struct Stack {
@@ -42,6 +44,18 @@ impl Stack {
     /// As `start_manual`, with an SDK interceptor on the clients the handlers use.
     pub async fn start_manual_with(interceptor: aws_smithy_runtime_api::client::interceptors::SharedInterceptor) -> Stack {
         Self::build(|_| {}, false, Some(interceptor)).await
+    }
+
+    /// As `start_manual`, with the handlers' DynamoDB and S3 traffic passing through `faults`.
+    pub async fn start_manual_faulty(faults: std::sync::Arc<faults::Faults>, tweak: impl FnOnce(&mut Config)) -> Stack {
+        let mut stack = Self::build(tweak, false, None).await;
+        // The local endpoints are plain HTTP: wrap a plain-HTTP smithy client, whatever the SDK
+        // would pick by default.
+        let wrap = |_default| faults::client(aws_smithy_http_client::Builder::new().build_http(), faults.clone());
+        let aws = LocalAws::connect_custom(&stack.config, None, Some(&wrap)).await;
+        stack.svc = aws.services(stack.config.clone());
+        stack.aws = aws;
+        stack
     }
 
     async fn build(

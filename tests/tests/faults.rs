@@ -1,0 +1,127 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! Faults do not lose, duplicate or half-apply anything: throttled DynamoDB calls, failing S3
+//! writes, an invocation that crashes halfway through a chunk and is retried, a finalize that
+//! crashes after sending its email.
+
+use shared::model::JobState;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tests::faults::Faults;
+use tests::{Stack, parse_csv, rows_to_csv, sample_roster, wait_mail};
+
+/// Deliver queued events like Lambda's async invocation with retries: a failed invocation is run
+/// again (up to 10 times). Returns how many invocations failed and were retried.
+async fn deliver(stack: &Stack) -> usize {
+    let mut retried = 0;
+    loop {
+        let out = stack
+            .aws
+            .sqs
+            .receive_message()
+            .queue_url(&stack.queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return retried;
+        }
+        for m in messages {
+            if let Some(ev) = shared::event::parse(m.body().unwrap_or_default()) {
+                for obj in shared::event::objects(&ev) {
+                    let mut attempt = 0;
+                    while let Err(e) = shared::local::dispatch(&stack.svc, &obj).await {
+                        attempt += 1;
+                        retried += 1;
+                        assert!(attempt < 10, "{} kept failing: {e}", obj.key);
+                    }
+                }
+            }
+            stack
+                .aws
+                .sqs
+                .delete_message()
+                .queue_url(&stack.queue_url)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn throttling_failed_writes_and_a_crash_mid_chunk_still_apply_every_row_exactly_once() {
+    let faults = Arc::new(Faults {
+        dynamodb_throttle_every: 10,
+        s3_put_fail_every: 7,
+        burst_after_writes: 150,
+        // Long enough that some write fails all 3 of its attempts although 16 are in flight: the
+        // invocation then fails halfway through its chunk, as a crash would, and is retried.
+        burst_len: 60,
+        ..Default::default()
+    });
+    let stack = Stack::start_manual_faulty(faults.clone(), |c| {
+        c.chunk_size = 50;
+        c.sdk_max_attempts = 3;
+    })
+    .await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let (rows, ok) = sample_roster(296);
+    let key = stack.drop_file("acme", None, "faulty.csv", rows_to_csv(&rows)).await;
+    faults.enabled.store(true, Ordering::Relaxed);
+    let retried = deliver(&stack).await;
+    faults.enabled.store(false, Ordering::Relaxed);
+
+    let job = stack.wait_job("acme", &key, Duration::from_secs(5)).await;
+    assert_eq!(job.state, JobState::Completed);
+    let s = stack.summary(&job).await;
+    let expected_fail = ok.iter().filter(|g| !**g).count() as u32;
+    assert_eq!((s.counts.success, s.counts.failure, s.counts.total()), (300 - expected_fail, expected_fail, 300), "counts add up");
+    let result = parse_csv(&stack.get(s.result_key.as_deref().unwrap()).await.unwrap());
+    for (row, good) in result[1..].iter().zip(&ok) {
+        assert_eq!(row[10] == "Success", *good, "{row:?}");
+        if *good {
+            assert!(row[11].ends_with("created"), "a create retried after success reports success, not {:?}", row[11]);
+        }
+    }
+    // Every user was written by its own row of this job, once.
+    // The first row of an email is the one applied (later duplicates fail).
+    let mut row_of: HashMap<String, usize> = HashMap::new();
+    for (i, r) in rows[1..].iter().enumerate() {
+        row_of.entry(r[2].to_lowercase()).or_insert(i + 2);
+    }
+    let users = stack.svc.directory.list_users("acme").await.unwrap();
+    assert_eq!(users.len() as u32, 300 - expected_fail - 4, "users created (the 4 org rows are not users)");
+    for (email, _) in &users {
+        let u = stack.svc.directory.user("acme", email).await.unwrap().unwrap();
+        assert_eq!(u.created_by, format!("{}#{}", job.id, row_of[email]), "{email}");
+    }
+    assert_eq!(wait_mail(&stack.admin_email(), 1, Duration::from_secs(5)).await.len(), 1, "one email");
+    let injected = faults.injected();
+    eprintln!("faults injected: {injected}; invocations retried after failing: {retried}");
+    assert!(injected >= 40 && retried >= 1, "the faults really happened: {injected} injected, {retried} retried");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_finalize_that_crashes_after_sending_the_email_sends_no_second_one() {
+    let faults = Arc::new(Faults::default());
+    let stack = Stack::start_manual_faulty(faults.clone(), |c| c.sdk_max_attempts = 3).await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let key = stack.drop_file("acme", None, "once.csv", b"Email\na@acme.example.com\nb@acme.example.com\n".to_vec()).await;
+    // The job's completion update fails 4 times: more than one invocation's 3 attempts.
+    *faults.fail_matching.lock().unwrap() = Some(("completed_at".into(), 4));
+    faults.enabled.store(true, Ordering::Relaxed);
+    let retried = deliver(&stack).await;
+    assert!(retried >= 1, "finalize crashed and was retried");
+    let job = stack.wait_job("acme", &key, Duration::from_secs(5)).await;
+    assert_eq!(job.state, JobState::Completed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(tests::mail_to(&stack.admin_email()).len(), 1, "exactly one email despite the retried finalize");
+    stack.shutdown().await;
+}
