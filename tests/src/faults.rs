@@ -80,16 +80,17 @@ impl HttpConnector for FaultyConnector {
             let n = f.calls.fetch_add(1, Ordering::Relaxed) + 1;
             let body = request.body().bytes().map(|b| String::from_utf8_lossy(b).to_string()).unwrap_or_default();
             let mut matching = f.fail_matching.lock().expect("lock");
-            if let Some((needle, left)) = matching.as_mut() {
-                if *left > 0 && body.contains(needle.as_str()) {
-                    *left -= 1;
-                    f.injected.fetch_add(1, Ordering::Relaxed);
-                    return respond(
-                        500,
-                        "application/x-amz-json-1.0",
-                        r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"injected"}"#,
-                    );
-                }
+            if let Some((needle, left)) = matching.as_mut()
+                && *left > 0
+                && body.contains(needle.as_str())
+            {
+                *left -= 1;
+                f.injected.fetch_add(1, Ordering::Relaxed);
+                return respond(
+                    500,
+                    "application/x-amz-json-1.0",
+                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"injected"}"#,
+                );
             }
             drop(matching);
             if matches!(op, "PutItem" | "UpdateItem" | "DeleteItem" | "TransactWriteItems") && f.burst_after_writes > 0 {
@@ -103,7 +104,7 @@ impl HttpConnector for FaultyConnector {
                     );
                 }
             }
-            if f.dynamodb_throttle_every > 0 && n % f.dynamodb_throttle_every == 0 {
+            if f.dynamodb_throttle_every > 0 && n.is_multiple_of(f.dynamodb_throttle_every) {
                 f.injected.fetch_add(1, Ordering::Relaxed);
                 return respond(
                     400,
@@ -113,7 +114,7 @@ impl HttpConnector for FaultyConnector {
             }
         } else if request.method() == "PUT" && f.s3_put_fail_every > 0 {
             let n = f.puts.fetch_add(1, Ordering::Relaxed) + 1;
-            if n % f.s3_put_fail_every == 0 {
+            if n.is_multiple_of(f.s3_put_fail_every) {
                 f.injected.fetch_add(1, Ordering::Relaxed);
                 return respond(503, "application/xml", "<Error><Code>SlowDown</Code><Message>injected</Message></Error>");
             }
