@@ -404,7 +404,7 @@ async fn submit(
             .find(|j| j.source_key == key && chrono::DateTime::parse_from_rfc3339(&j.received_at).is_ok_and(|at| at >= started));
         if let Some(j) = &mine {
             output::update_job_bar(&bar, j);
-            if matches!(j.state, JobState::Completed | JobState::Rejected) {
+            if j.state.is_final() {
                 bar.finish_and_clear();
                 break mine.expect("just matched");
             }
@@ -427,6 +427,7 @@ async fn submit(
     }
     Ok(match job.state {
         JobState::Rejected => ExitCode::from(2),
+        JobState::Failed => ExitCode::from(1),
         _ if summary.counts.failure > 0 => ExitCode::from(1),
         _ => ExitCode::SUCCESS,
     })

@@ -78,7 +78,7 @@ fn table(header: &[&str]) -> Table {
 fn state_cell(state: JobState) -> Cell {
     let color = match state {
         JobState::Completed => Color::Green,
-        JobState::Rejected => Color::Red,
+        JobState::Rejected | JobState::Failed => Color::Red,
         JobState::Received | JobState::Applying => Color::Yellow,
     };
     Cell::new(state.as_str()).fg(color)

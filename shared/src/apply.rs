@@ -26,6 +26,11 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         info!(job = %job_id, phase, seq, "chunk already applied (duplicate event)");
     } else {
         let job = svc.jobs.get(&job_id).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "chunk of an unknown job"))?;
+        if job.state.is_final() {
+            // A FAILED job's email already said which rows were not applied: keep it true.
+            info!(job = %job_id, phase, seq, state = job.state.as_str(), "late chunk of a finished job; not applied");
+            return Ok(());
+        }
         let tenant = svc
             .directory
             .tenant(&job.tenant)
@@ -336,7 +341,7 @@ fn message(op: &RowOp, write: Write, dry: bool) -> Outcome {
 /// phase, or write the done marker. Safe to run any number of times.
 pub async fn advance(svc: &Services, job_id: &str, phase: usize) -> Result<()> {
     let job = svc.jobs.get(job_id).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "missing"))?;
-    let Some(plan) = job.phase_chunks else { return Ok(()) };
+    let Some(plan) = job.phase_chunks.filter(|_| !job.state.is_final()) else { return Ok(()) };
     if job.phase_done[phase] < plan[phase] {
         return Ok(());
     }

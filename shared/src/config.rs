@@ -31,6 +31,9 @@ pub struct Config {
     pub invite_rate_per_sec: f64,
     /// Invites one sweep sends at most (bounded so a sweep fits in the function's timeout).
     pub invite_batch: usize,
+    /// A job still open this long after it was received is stopped (FAILED) and its admins told
+    /// what was and was not applied.
+    pub job_deadline_secs: i64,
 }
 
 pub const DEFAULT_BUCKET: &str = "rosterdrop-local";
@@ -60,6 +63,7 @@ impl Config {
             sdk_max_attempts: parse(&get, "ROSTERDROP_SDK_MAX_ATTEMPTS", 8)?,
             invite_rate_per_sec: parse(&get, "ROSTERDROP_INVITE_RATE", 10.0)?,
             invite_batch: parse(&get, "ROSTERDROP_INVITE_BATCH", 500)?,
+            job_deadline_secs: parse(&get, "ROSTERDROP_JOB_DEADLINE_SECS", 3 * 3600)?,
         })
     }
 
@@ -79,6 +83,7 @@ impl Config {
             sdk_max_attempts: 8,
             invite_rate_per_sec: 10.0,
             invite_batch: 500,
+            job_deadline_secs: 3 * 3600,
         }
     }
 }

@@ -18,10 +18,21 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         return Ok(());
     };
     let job = svc.jobs.get(&job_id).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "done marker of an unknown job"))?;
-    if matches!(job.state, JobState::Completed | JobState::Rejected) {
-        info!(job = %job_id, "job already finalized (duplicate event)");
+    if job.state.is_final() {
+        info!(job = %job_id, state = job.state.as_str(), "job already finalized (duplicate or late event)");
         return Ok(());
     }
+    finalize_job(svc, &job, false).await
+}
+
+/// What a row without an outcome says when its job had to be stopped.
+pub const NOT_APPLIED: &str = "not applied: processing of this file stopped after repeated failures; upload this row again";
+
+/// Merge outcomes, write the result files and summary, email the admins once, record the final
+/// state. `stopped`: the job is FAILED (see `monitor::fail_stuck_jobs`) and rows without an
+/// outcome were not applied.
+pub async fn finalize_job(svc: &Services, job: &crate::model::Job, stopped: bool) -> Result<()> {
+    let job_id = job.id.clone();
     let staged_bytes = svc
         .store
         .get(&keys::staged_input(&job_id))
@@ -50,13 +61,17 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         .flat_map(|t| t.rows.iter().map(move |(n, _)| t.row_offset + n))
         .map(|row| {
             by_row.remove(&row).unwrap_or_else(|| {
+                if stopped {
+                    return Outcome::failure(row, None, NOT_APPLIED);
+                }
                 error!(job = %job_id, row, "row has no outcome");
                 Outcome::failure(row, None, "not processed because of an internal error; upload this row again")
             })
         })
         .collect();
 
-    let mut summary = Summary::new(&job, JobState::Completed);
+    let final_state = if stopped { JobState::Failed } else { JobState::Completed };
+    let mut summary = Summary::new(job, final_state);
     summary.format = staged.tables.first().map(|t| t.format.label().to_string());
     summary.warnings = staged.warnings.clone();
     summary.count(&outcomes);
@@ -117,7 +132,7 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         }
     }
     let c = &summary.counts;
-    svc.jobs.complete(&job_id, c.success, c.failure, c.skipped).await?;
+    svc.jobs.finish(&job_id, final_state, c.success, c.failure, c.skipped).await?;
     info!(job = %job_id, rows = summary.rows, succeeded = c.success, failed = c.failure, skipped = c.skipped, "job completed");
     Ok(())
 }
@@ -266,13 +281,28 @@ fn xlsx_sheet(wb: &mut rust_xlsxwriter::Workbook, sheet: &str, header: &[String]
 pub fn result_email(tenant: &str, s: &Summary, outcomes: &[Outcome], links: &[(String, String)]) -> (String, String, String) {
     let c = &s.counts;
     let dry = s.mode == "validate";
-    let subject = if dry {
+    let stopped = s.state == JobState::Failed;
+    let not_applied = outcomes.iter().filter(|o| o.message == NOT_APPLIED).count();
+    let subject = if stopped {
+        format!(
+            "[rosterdrop] {tenant}: {} FAILED: {} applied, {not_applied} not applied, {} failed",
+            s.file_name,
+            c.success,
+            c.failure as usize - not_applied
+        )
+    } else if dry {
         format!("[rosterdrop] {tenant}: {} validated, nothing applied: {} would succeed, {} would fail", s.file_name, c.success, c.failure)
     } else {
         format!("[rosterdrop] {tenant}: {}: {} succeeded, {} failed, {} skipped", s.file_name, c.success, c.failure, c.skipped)
     };
     let failures: Vec<&Outcome> = outcomes.iter().filter(|o| o.status == Status::Failure).take(10).collect();
-    let done = if dry { "validated (a dry run: nothing was changed)" } else { "processed" };
+    let done = if stopped {
+        "stopped after repeated failures. The rows marked Success were applied; the rows marked \"not applied\" were not: the failed-rows file holds them, ready to upload again"
+    } else if dry {
+        "validated (a dry run: nothing was changed)"
+    } else {
+        "processed"
+    };
     let mut text = format!("Your file {} ({} rows, mode {}) has been {done}.\n\n", s.file_name, s.rows, s.mode);
     text += &format!("  Succeeded: {}\n  Failed:    {}\n  Skipped:   {}\n\n", c.success, c.failure, c.skipped);
     text += "By action:\n";

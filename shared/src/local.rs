@@ -233,6 +233,9 @@ pub async fn run(
                 if let Err(e) = crate::invites::sweep(&svc, chrono::Utc::now()).await {
                     warn!(error = %e, "invite sweep failed; the next one retries");
                 }
+                if let Err(e) = crate::monitor::fail_stuck_jobs(&svc, chrono::Utc::now()).await {
+                    warn!(error = %e, "stuck-job check failed; the next one retries");
+                }
             }));
         }
         let receive = sqs

@@ -427,15 +427,23 @@ pub enum JobState {
     Completed,
     /// The whole file was refused (structural error); nothing applied.
     Rejected,
+    /// Stopped after repeated failures past the deadline; the email says what was applied.
+    Failed,
 }
 
 impl JobState {
+    /// COMPLETED, REJECTED or FAILED: nothing more happens to the job.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Rejected | JobState::Failed)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Received => "RECEIVED",
             JobState::Applying => "APPLYING",
             JobState::Completed => "COMPLETED",
             JobState::Rejected => "REJECTED",
+            JobState::Failed => "FAILED",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -444,6 +452,7 @@ impl JobState {
             "APPLYING" => JobState::Applying,
             "COMPLETED" => JobState::Completed,
             "REJECTED" => JobState::Rejected,
+            "FAILED" => JobState::Failed,
             _ => return None,
         })
     }

@@ -43,3 +43,33 @@ mod tests {
         assert_eq!(v[JOB_AGE_METRIC], 42);
     }
 }
+
+/// Stop jobs still open past the deadline (a chunk failed all its retries, an event was lost):
+/// mark them FAILED and email the admins what was and was not applied. Never silence.
+pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
+    use crate::model::JobState;
+    let mut stopped = 0;
+    for (id, received_at) in svc.jobs.open_jobs(50).await? {
+        let age =
+            chrono::DateTime::parse_from_rfc3339(&received_at).map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds()).unwrap_or(0);
+        if age < svc.config.job_deadline_secs {
+            break; // oldest first: the rest are younger
+        }
+        let Some(job) = svc.jobs.get(&id).await? else { continue };
+        let staged = svc.store.size(&crate::keys::staged_input(&id)).await?.is_some();
+        if job.state == JobState::Received && !staged {
+            // Ingest never got through the file: nothing was applied.
+            let tenant = svc.directory.tenant(&job.tenant).await?;
+            let reason = "the file could not be processed (ingest failed repeatedly); nothing was applied. Upload it again, and contact support if it happens again";
+            crate::report::reject(svc, &job, tenant.as_ref(), reason, &[]).await?;
+        } else {
+            if !svc.jobs.transition(&id, job.state, JobState::Failed, Some("stopped after repeated failures")).await? {
+                continue; // it moved on meanwhile
+            }
+            tracing::warn!(job = %id, age_secs = age, "job stopped after its deadline");
+            crate::finalize::finalize_job(svc, &crate::model::Job { state: JobState::Failed, ..job }, true).await?;
+        }
+        stopped += 1;
+    }
+    Ok(stopped)
+}

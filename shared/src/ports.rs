@@ -92,9 +92,12 @@ pub trait JobStore: Send + Sync {
     async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool>;
     /// Claim the right to send the job's email: `true` for exactly one caller.
     async fn claim_email(&self, id: &str, kind: &str) -> Result<bool>;
-    async fn complete(&self, id: &str, succeeded: u32, failed: u32, skipped: u32) -> Result<()>;
+    /// Record the final state (COMPLETED or FAILED) and the counts.
+    async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()>;
     /// The oldest job not yet COMPLETED or REJECTED: (id, received_at).
     async fn oldest_open(&self) -> Result<Option<(String, String)>>;
+    /// Open jobs, oldest first: (id, received_at).
+    async fn open_jobs(&self, limit: usize) -> Result<Vec<(String, String)>>;
     /// Most recent jobs of a tenant, newest first.
     async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Job>>;
 }

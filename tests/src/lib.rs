@@ -169,7 +169,7 @@ impl Stack {
         let deadline = Instant::now() + timeout;
         loop {
             let jobs = self.svc.jobs.recent(tenant, 100).await.expect("list jobs");
-            if let Some(j) = jobs.into_iter().find(|j| j.source_key == key && matches!(j.state, JobState::Completed | JobState::Rejected)) {
+            if let Some(j) = jobs.into_iter().find(|j| j.source_key == key && j.state.is_final()) {
                 return j;
             }
             assert!(Instant::now() < deadline, "job for {key} did not finish within {timeout:?}");

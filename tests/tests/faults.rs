@@ -125,3 +125,78 @@ async fn a_finalize_that_crashes_after_sending_the_email_sends_no_second_one() {
     assert_eq!(tests::mail_to(&stack.admin_email()).len(), 1, "exactly one email despite the retried finalize");
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_job_stuck_past_its_deadline_fails_with_an_email_of_what_was_and_was_not_applied() {
+    let stack = Stack::start_manual_faulty(Arc::new(Faults::default()), |c| c.chunk_size = 2).await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let emails = ["s1@acme.example.com", "s2@acme.example.com", "s3@acme.example.com", "s4@acme.example.com", "s5@acme.example.com"];
+    let mut file = String::from("Email\n");
+    for e in &emails {
+        file += &format!("{e}\n");
+    }
+    let key = stack.drop_file("acme", None, "stuck.csv", file.into_bytes()).await;
+    // Ingest and the first chunk run; the other two chunks keep failing (their events are lost here).
+    let mut late = Vec::new();
+    loop {
+        let out = stack
+            .aws
+            .sqs
+            .receive_message()
+            .queue_url(&stack.queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            break;
+        }
+        for m in messages {
+            for obj in shared::event::parse(m.body().unwrap_or_default()).map(|e| shared::event::objects(&e)).unwrap_or_default() {
+                if obj.key.starts_with("incoming/") || obj.key.ends_with("p1-000000.jsonl") {
+                    shared::local::dispatch(&stack.svc, &obj).await.unwrap();
+                } else {
+                    late.push(obj);
+                }
+            }
+            stack
+                .aws
+                .sqs
+                .delete_message()
+                .queue_url(&stack.queue_url)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(late.len(), 2, "two chunks left behind");
+    let now = chrono::Utc::now();
+    assert_eq!(shared::monitor::fail_stuck_jobs(&stack.svc, now).await.unwrap(), 0, "not before its deadline");
+    let later = now + chrono::Duration::hours(4);
+    assert_eq!(shared::monitor::fail_stuck_jobs(&stack.svc, later).await.unwrap(), 1);
+
+    let job = stack.wait_job("acme", &key, Duration::from_secs(5)).await;
+    assert_eq!(job.state, JobState::Failed);
+    let s = stack.summary(&job).await;
+    assert_eq!((s.counts.success, s.counts.failure), (2, 3));
+    let result = parse_csv(&stack.get(s.result_key.as_deref().unwrap()).await.unwrap());
+    assert_eq!(result[1][1..], ["Success".to_string(), "user created".to_string()]);
+    assert_eq!(result[3][1..], ["Failure".to_string(), shared::finalize::NOT_APPLIED.to_string()]);
+    let failed = parse_csv(&stack.get(s.failed_rows_key.as_deref().unwrap()).await.unwrap());
+    assert_eq!(failed.len(), 4, "the 3 rows not applied, ready to upload again");
+    let mails = wait_mail(&stack.admin_email(), 1, Duration::from_secs(5)).await;
+    let subject = mail_parser::MessageParser::default().parse(&mails[0]).unwrap().subject().unwrap().to_string();
+    assert!(subject.ends_with("stuck.csv FAILED: 2 applied, 3 not applied, 0 failed"), "{subject}");
+
+    // A late chunk cannot make the email untrue; a second check stops nothing more.
+    for obj in &late {
+        shared::local::dispatch(&stack.svc, obj).await.unwrap();
+    }
+    assert!(stack.svc.directory.user("acme", emails[4]).await.unwrap().is_none(), "late chunk not applied");
+    assert_eq!(shared::monitor::fail_stuck_jobs(&stack.svc, later).await.unwrap(), 0);
+    assert_eq!(tests::mail_to(&stack.admin_email()).len(), 1, "one email");
+    stack.shutdown().await;
+}

@@ -168,6 +168,42 @@ async fn pump(stack: &Stack) {
     }
 }
 
+/// Run only the queued events under `prefix`; drop the others (as if they were lost).
+async fn pump_only(stack: &Stack, prefix: &str) {
+    loop {
+        let out = stack
+            .aws
+            .sqs
+            .receive_message()
+            .queue_url(&stack.queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            break;
+        }
+        for m in messages {
+            if let Some(ev) = shared::event::parse(m.body().unwrap_or_default()) {
+                for obj in shared::event::objects(&ev).into_iter().filter(|o| o.key.starts_with(prefix)) {
+                    FUNCTION.scope(function_of(&obj.key), shared::local::dispatch(&stack.svc, &obj)).await.unwrap();
+                }
+            }
+            stack
+                .aws
+                .sqs
+                .delete_message()
+                .queue_url(&stack.queue_url)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn each_role_allows_exactly_the_calls_its_function_makes() {
     let recorder = Recorder::default();
@@ -195,6 +231,11 @@ async fn each_role_allows_exactly_the_calls_its_function_makes() {
     // The scheduled function's sweep sends the invite recorded above.
     FUNCTION.scope("InvitesFunction", shared::invites::sweep(&stack.svc, chrono::Utc::now())).await.unwrap();
     FUNCTION.scope("InvitesFunction", shared::monitor::oldest_open_job_age(&stack.svc, chrono::Utc::now())).await.unwrap();
+    // A job whose chunks never run: the scheduled function stops it past the deadline.
+    stack.drop_file("acme", None, "stuck.csv", b"Email\ns@acme.example.com\n".to_vec()).await;
+    pump_only(&stack, "incoming/").await;
+    let later = chrono::Utc::now() + chrono::Duration::hours(4);
+    assert_eq!(FUNCTION.scope("InvitesFunction", shared::monitor::fail_stuck_jobs(&stack.svc, later)).await.unwrap(), 1);
 
     let recorded = recorder.0.lock().unwrap().clone();
     let template = transformed();
@@ -238,7 +279,7 @@ async fn open_jobs_index_holds_a_job_until_it_completes_or_is_rejected() {
     assert_eq!(jobs.oldest_open().await.unwrap(), Some(("old".into(), "2026-11-21T08:00:00+00:00".into())));
     let now = chrono::DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").unwrap().with_timezone(&chrono::Utc);
     assert_eq!(shared::monitor::oldest_open_job_age(&stack.svc, now).await.unwrap(), 7200);
-    jobs.complete("old", 1, 0, 0).await.unwrap();
+    jobs.finish("old", JobState::Completed, 1, 0, 0).await.unwrap();
     assert_eq!(jobs.oldest_open().await.unwrap().map(|(id, _)| id), Some("new".into()));
     assert!(jobs.transition("new", JobState::Received, JobState::Rejected, Some("bad file")).await.unwrap());
     assert_eq!(jobs.oldest_open().await.unwrap(), None);

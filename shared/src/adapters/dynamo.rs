@@ -287,7 +287,7 @@ impl From<&Job> for Item {
         // The by-tenant index lists a tenant's jobs newest first for `rosterdrop status`.
         item.insert("gsi1pk".into(), s(format!("JOBS#{}", j.tenant)));
         item.insert("gsi1sk".into(), s(format!("{}#{}", j.received_at, j.id)));
-        if !matches!(j.state, JobState::Completed | JobState::Rejected) {
+        if !j.state.is_final() {
             item.insert("gsi2pk".into(), s("OPEN"));
             item.insert("gsi2sk".into(), s(format!("{}#{}", j.received_at, j.id)));
         }
@@ -787,7 +787,7 @@ impl DynamoDirectory {
 
 /// A job reaching a final state leaves the open-jobs index.
 fn closing(to: JobState) -> &'static str {
-    if matches!(to, JobState::Completed | JobState::Rejected) { " REMOVE gsi2pk, gsi2sk" } else { "" }
+    if to.is_final() { " REMOVE gsi2pk, gsi2sk" } else { "" }
 }
 
 pub struct DynamoJobs {
@@ -954,14 +954,14 @@ impl JobStore for DynamoJobs {
         }
     }
 
-    async fn complete(&self, id: &str, succeeded: u32, failed: u32, skipped: u32) -> Result<()> {
+    async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()> {
         self.client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(format!("J#{id}")))
             .update_expression("SET #state = :c, succeeded = :s, failed = :f, skipped = :k, completed_at = :now REMOVE gsi2pk, gsi2sk")
             .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":c", s(JobState::Completed.as_str()))
+            .expression_attribute_values(":c", s(state.as_str()))
             .expression_attribute_values(":s", n(succeeded))
             .expression_attribute_values(":f", n(failed))
             .expression_attribute_values(":k", n(skipped))
@@ -990,6 +990,27 @@ impl JobStore for DynamoJobs {
             .and_then(|i| i.str("gsi2sk"))
             .and_then(|sk| sk.split_once('#'))
             .map(|(at, id)| (id.to_string(), at.to_string())))
+    }
+
+    async fn open_jobs(&self, limit: usize) -> Result<Vec<(String, String)>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(OPEN_JOBS)
+            .key_condition_expression("gsi2pk = :p")
+            .expression_attribute_values(":p", s("OPEN"))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(ddb_err("Query"))?;
+        Ok(out
+            .items()
+            .iter()
+            .filter_map(|i| i.str("gsi2sk"))
+            .filter_map(|sk| sk.split_once('#'))
+            .map(|(at, id)| (id.to_string(), at.to_string()))
+            .collect())
     }
 
     async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Job>> {
