@@ -34,6 +34,8 @@ pub struct Config {
     /// A job still open this long after it was received is stopped (FAILED) and its admins told
     /// what was and was not applied.
     pub job_deadline_secs: i64,
+    /// Who hears about files no configured tenant can receive (an unknown tenant folder).
+    pub default_admins: Vec<String>,
 }
 
 pub const DEFAULT_BUCKET: &str = "rosterdrop-local";
@@ -64,6 +66,9 @@ impl Config {
             invite_rate_per_sec: parse(&get, "ROSTERDROP_INVITE_RATE", 10.0)?,
             invite_batch: parse(&get, "ROSTERDROP_INVITE_BATCH", 500)?,
             job_deadline_secs: parse(&get, "ROSTERDROP_JOB_DEADLINE_SECS", 3 * 3600)?,
+            default_admins: get("ROSTERDROP_DEFAULT_ADMINS")
+                .map(|v| v.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect())
+                .unwrap_or_default(),
         })
     }
 
@@ -84,6 +89,7 @@ impl Config {
             invite_rate_per_sec: 10.0,
             invite_batch: 500,
             job_deadline_secs: 3 * 3600,
+            default_admins: vec![],
         }
     }
 }

@@ -29,21 +29,6 @@ pub fn emf_line(metric: &str, value: i64, now: chrono::DateTime<chrono::Utc>) ->
     .to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn emf_line_names_namespace_metric_and_value() {
-        let now = chrono::DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").unwrap().with_timezone(&chrono::Utc);
-        let v: serde_json::Value = serde_json::from_str(&emf_line(JOB_AGE_METRIC, 42, now)).unwrap();
-        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], "rosterdrop");
-        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"], JOB_AGE_METRIC);
-        assert_eq!(v["_aws"]["Timestamp"], 1_795_255_200_000i64);
-        assert_eq!(v[JOB_AGE_METRIC], 42);
-    }
-}
-
 /// Stop jobs still open past the deadline (a chunk failed all its retries, an event was lost):
 /// mark them FAILED and email the admins what was and was not applied. Never silence.
 pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
@@ -72,4 +57,19 @@ pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>)
         stopped += 1;
     }
     Ok(stopped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emf_line_names_namespace_metric_and_value() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").unwrap().with_timezone(&chrono::Utc);
+        let v: serde_json::Value = serde_json::from_str(&emf_line(JOB_AGE_METRIC, 42, now)).unwrap();
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], "rosterdrop");
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"], JOB_AGE_METRIC);
+        assert_eq!(v["_aws"]["Timestamp"], 1_795_255_200_000i64);
+        assert_eq!(v[JOB_AGE_METRIC], 42);
+    }
 }

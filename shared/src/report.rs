@@ -105,6 +105,17 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
     summary.reason = Some(reason.to_string());
     let key = format!("{}summary.json", keys::results_prefix(&job.tenant, &job.id));
     svc.store.put(&key, pretty(&summary)?, "application/json").await?;
+    // A file for no configured tenant goes to the deployment's default admins, if any.
+    let fallback;
+    let tenant = match tenant {
+        Some(t) => Some(t),
+        None if !svc.config.default_admins.is_empty() => {
+            fallback =
+                Tenant { name: Some("(no such tenant)".into()), ..Tenant::new(job.tenant.clone(), svc.config.default_admins.clone()) };
+            Some(&fallback)
+        }
+        None => None,
+    };
     if let Some(tenant) = tenant
         && svc.jobs.claim_email(&job.id, "result").await?
     {

@@ -6,7 +6,7 @@
 
 use shared::config::Config;
 use shared::local::{self, LocalAws};
-use shared::model::{Job, JobState, Tenant};
+use shared::model::{Job, Tenant};
 use shared::report::Summary;
 use shared::{Services, keys};
 use std::time::{Duration, Instant};

@@ -296,11 +296,25 @@ async fn structural_errors_reject_the_whole_file_apply_nothing_and_say_why() {
     assert_eq!(mails.len(), cases.len(), "one rejection email per file");
     assert!(mails.iter().all(|m| MessageParser::default().parse(m).unwrap().subject().unwrap().contains("rejected, nothing was applied")));
 
-    // Unknown tenant: rejected with a summary, nobody to email.
+    // Unknown tenant: rejected with a summary, nobody to email (no default admins here).
     let key = stack.drop_file("nosuch", None, "a.csv", b"Email\na@x.example.com\n".to_vec()).await;
     let job = stack.wait_job("nosuch", &key, WAIT).await;
     assert_eq!(job.state, JobState::Rejected);
     assert!(stack.summary(&job).await.reason.unwrap().contains("tenant \"nosuch\" is not configured"));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_file_for_an_unconfigured_tenant_is_reported_to_the_deployment_default_admins() {
+    let ops = format!("ops-{}@example.com", uuid::Uuid::new_v4().simple());
+    let stack = Stack::start_with(|c| c.default_admins = vec![ops.clone()]).await;
+    let key = stack.drop_file("newcorp", None, "first.csv", b"Email\na@newcorp.example.com\n".to_vec()).await;
+    let job = stack.wait_job("newcorp", &key, WAIT).await;
+    assert_eq!(job.state, JobState::Rejected);
+    let mails = wait_mail(&ops, 1, Duration::from_secs(10)).await;
+    assert_eq!(mails.len(), 1);
+    let subject = MessageParser::default().parse(&mails[0]).unwrap().subject().unwrap().to_string();
+    assert_eq!(subject, "[rosterdrop] newcorp: first.csv was rejected, nothing was applied");
     stack.shutdown().await;
 }
 
