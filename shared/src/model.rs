@@ -502,6 +502,34 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job just received: nothing planned, nothing counted.
+    pub fn received(
+        id: impl Into<String>,
+        tenant: impl Into<String>,
+        source_key: impl Into<String>,
+        file_name: impl Into<String>,
+        mode: Option<Mode>,
+        received_at: impl Into<String>,
+    ) -> Self {
+        Job {
+            id: id.into(),
+            tenant: tenant.into(),
+            source_key: source_key.into(),
+            file_name: file_name.into(),
+            mode,
+            state: JobState::Received,
+            received_at: received_at.into(),
+            phase_chunks: None,
+            phase_done: [0; PHASES],
+            total_rows: 0,
+            succeeded: 0,
+            failed: 0,
+            skipped: 0,
+            message: None,
+            completed_at: None,
+        }
+    }
+
     pub fn chunks_total(&self) -> u32 {
         self.phase_chunks.map(|p| p.iter().sum()).unwrap_or(0)
     }

@@ -84,13 +84,11 @@ impl Stack {
         Stack { config, svc, aws, tag, queue_url: url, stop: Some(tx), runner: Some(runner) }
     }
 
-    /// Deliver the queued S3 events by hand: each one `times` times, newest first within a batch
-    /// (duplicated and out of order), until the queue stays empty for a few seconds. Returns how
-    /// many deliveries were made.
-    pub async fn pump(&self, times: usize) -> usize {
-        let mut deliveries = 0;
-        let mut idle = 0;
-        while idle < 4 {
+    /// Take the S3 events queued so far (received and deleted), in arrival order within each
+    /// batch; empty when the queue stays empty for a second.
+    pub async fn take_events(&self) -> Vec<shared::event::ObjectRef> {
+        let mut events = Vec::new();
+        loop {
             let out = self
                 .aws
                 .sqs
@@ -103,24 +101,34 @@ impl Stack {
                 .expect("receive");
             let messages = out.messages.unwrap_or_default();
             if messages.is_empty() {
-                idle += 1;
-                continue;
+                return events;
             }
-            idle = 0;
-            for m in messages.iter().rev() {
+            for m in messages {
                 if let Some(ev) = shared::event::parse(m.body().unwrap_or_default()) {
-                    for obj in shared::event::objects(&ev) {
-                        for _ in 0..times {
-                            local::dispatch(&self.svc, &obj).await.expect("handler succeeds");
-                            deliveries += 1;
-                        }
-                    }
+                    events.extend(shared::event::objects(&ev));
                 }
                 let receipt = m.receipt_handle().unwrap_or_default();
                 self.aws.sqs.delete_message().queue_url(&self.queue_url).receipt_handle(receipt).send().await.expect("delete");
             }
         }
-        deliveries
+    }
+
+    /// Deliver the queued S3 events by hand, and those they cause, until none is left: each one
+    /// `times` times, newest first (duplicated and out of order). Returns how many deliveries were made.
+    pub async fn pump(&self, times: usize) -> usize {
+        let mut deliveries = 0;
+        loop {
+            let events = self.take_events().await;
+            if events.is_empty() {
+                return deliveries;
+            }
+            for obj in events.iter().rev() {
+                for _ in 0..times {
+                    local::dispatch(&self.svc, obj).await.expect("handler succeeds");
+                    deliveries += 1;
+                }
+            }
+        }
     }
 
     /// A tenant whose admin address is unique to this test (to find its mail at /_aws/ses). The

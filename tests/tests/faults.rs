@@ -16,40 +16,17 @@ use tests::{Stack, parse_csv, rows_to_csv, sample_roster, wait_mail};
 async fn deliver(stack: &Stack) -> usize {
     let mut retried = 0;
     loop {
-        let out = stack
-            .aws
-            .sqs
-            .receive_message()
-            .queue_url(&stack.queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        let messages = out.messages.unwrap_or_default();
-        if messages.is_empty() {
+        let events = stack.take_events().await;
+        if events.is_empty() {
             return retried;
         }
-        for m in messages {
-            if let Some(ev) = shared::event::parse(m.body().unwrap_or_default()) {
-                for obj in shared::event::objects(&ev) {
-                    let mut attempt = 0;
-                    while let Err(e) = shared::local::dispatch(&stack.svc, &obj).await {
-                        attempt += 1;
-                        retried += 1;
-                        assert!(attempt < 10, "{} kept failing: {e}", obj.key);
-                    }
-                }
+        for obj in events {
+            let mut attempt = 0;
+            while let Err(e) = shared::local::dispatch(&stack.svc, &obj).await {
+                attempt += 1;
+                retried += 1;
+                assert!(attempt < 10, "{} kept failing: {e}", obj.key);
             }
-            stack
-                .aws
-                .sqs
-                .delete_message()
-                .queue_url(&stack.queue_url)
-                .receipt_handle(m.receipt_handle().unwrap_or_default())
-                .send()
-                .await
-                .unwrap();
         }
     }
 }
@@ -139,37 +116,16 @@ async fn a_job_stuck_past_its_deadline_fails_with_an_email_of_what_was_and_was_n
     // Ingest and the first chunk run; the other two chunks keep failing (their events are lost here).
     let mut late = Vec::new();
     loop {
-        let out = stack
-            .aws
-            .sqs
-            .receive_message()
-            .queue_url(&stack.queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        let messages = out.messages.unwrap_or_default();
-        if messages.is_empty() {
+        let events = stack.take_events().await;
+        if events.is_empty() {
             break;
         }
-        for m in messages {
-            for obj in shared::event::parse(m.body().unwrap_or_default()).map(|e| shared::event::objects(&e)).unwrap_or_default() {
-                if obj.key.starts_with("incoming/") || obj.key.ends_with("p1-000000.jsonl") {
-                    shared::local::dispatch(&stack.svc, &obj).await.unwrap();
-                } else {
-                    late.push(obj);
-                }
+        for obj in events {
+            if obj.key.starts_with("incoming/") || obj.key.ends_with("p1-000000.jsonl") {
+                shared::local::dispatch(&stack.svc, &obj).await.unwrap();
+            } else {
+                late.push(obj);
             }
-            stack
-                .aws
-                .sqs
-                .delete_message()
-                .queue_url(&stack.queue_url)
-                .receipt_handle(m.receipt_handle().unwrap_or_default())
-                .send()
-                .await
-                .unwrap();
         }
     }
     assert_eq!(late.len(), 2, "two chunks left behind");

@@ -132,76 +132,22 @@ fn function_of(key: &str) -> &'static str {
     }
 }
 
-/// Run the queued events through the handlers, each inside its function's scope.
-async fn pump(stack: &Stack) {
+/// Run the queued events (and those they cause) under `prefix` through the handlers, each inside
+/// its function's scope; events elsewhere are dropped, as if lost.
+async fn pump_only(stack: &Stack, prefix: &str) {
     loop {
-        let out = stack
-            .aws
-            .sqs
-            .receive_message()
-            .queue_url(&stack.queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        let messages = out.messages.unwrap_or_default();
-        if messages.is_empty() {
-            break;
+        let events = stack.take_events().await;
+        if events.is_empty() {
+            return;
         }
-        for m in messages {
-            if let Some(ev) = shared::event::parse(m.body().unwrap_or_default()) {
-                for obj in shared::event::objects(&ev) {
-                    FUNCTION.scope(function_of(&obj.key), shared::local::dispatch(&stack.svc, &obj)).await.unwrap();
-                }
-            }
-            stack
-                .aws
-                .sqs
-                .delete_message()
-                .queue_url(&stack.queue_url)
-                .receipt_handle(m.receipt_handle().unwrap_or_default())
-                .send()
-                .await
-                .unwrap();
+        for obj in events.into_iter().filter(|o| o.key.starts_with(prefix)) {
+            FUNCTION.scope(function_of(&obj.key), shared::local::dispatch(&stack.svc, &obj)).await.unwrap();
         }
     }
 }
 
-/// Run only the queued events under `prefix`; drop the others (as if they were lost).
-async fn pump_only(stack: &Stack, prefix: &str) {
-    loop {
-        let out = stack
-            .aws
-            .sqs
-            .receive_message()
-            .queue_url(&stack.queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        let messages = out.messages.unwrap_or_default();
-        if messages.is_empty() {
-            break;
-        }
-        for m in messages {
-            if let Some(ev) = shared::event::parse(m.body().unwrap_or_default()) {
-                for obj in shared::event::objects(&ev).into_iter().filter(|o| o.key.starts_with(prefix)) {
-                    FUNCTION.scope(function_of(&obj.key), shared::local::dispatch(&stack.svc, &obj)).await.unwrap();
-                }
-            }
-            stack
-                .aws
-                .sqs
-                .delete_message()
-                .queue_url(&stack.queue_url)
-                .receipt_handle(m.receipt_handle().unwrap_or_default())
-                .send()
-                .await
-                .unwrap();
-        }
-    }
+async fn pump(stack: &Stack) {
+    pump_only(stack, "").await;
 }
 
 #[tokio::test]
@@ -253,25 +199,9 @@ async fn each_role_allows_exactly_the_calls_its_function_makes() {
 
 #[tokio::test]
 async fn open_jobs_index_holds_a_job_until_it_completes_or_is_rejected() {
-    use shared::model::{Job, JobState, PHASES};
+    use shared::model::{Job, JobState};
     let stack = Stack::start_manual().await;
-    let job = |id: &str, at: &str| Job {
-        id: id.into(),
-        tenant: "acme".into(),
-        source_key: format!("incoming/acme/{id}.csv"),
-        file_name: format!("{id}.csv"),
-        mode: None,
-        state: JobState::Received,
-        received_at: at.into(),
-        phase_chunks: None,
-        phase_done: [0; PHASES],
-        total_rows: 0,
-        succeeded: 0,
-        failed: 0,
-        skipped: 0,
-        message: None,
-        completed_at: None,
-    };
+    let job = |id: &str, at: &str| Job::received(id, "acme", format!("incoming/acme/{id}.csv"), format!("{id}.csv"), None, at);
     let jobs = &stack.svc.jobs;
     assert_eq!(jobs.oldest_open().await.unwrap(), None);
     jobs.create_or_get(&job("old", "2026-11-21T08:00:00+00:00")).await.unwrap();

@@ -1267,23 +1267,7 @@ mod tests {
 
     #[test]
     fn job_item_round_trips() {
-        let job = Job {
-            id: "j1".into(),
-            tenant: "acme".into(),
-            source_key: "incoming/acme/a.csv".into(),
-            file_name: "a.csv".into(),
-            mode: Some(Mode::Add),
-            state: JobState::Received,
-            received_at: "2026-11-21T10:00:00Z".into(),
-            phase_chunks: None,
-            phase_done: [0; PHASES],
-            total_rows: 0,
-            succeeded: 0,
-            failed: 0,
-            skipped: 0,
-            message: None,
-            completed_at: None,
-        };
+        let job = Job::received("j1", "acme", "incoming/acme/a.csv", "a.csv", Some(Mode::Add), "2026-11-21T10:00:00Z");
         let item = Item::from(&job);
         assert_eq!(Job::try_from(&item).unwrap(), job);
         let mut broken = item.clone();

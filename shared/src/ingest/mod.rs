@@ -87,23 +87,7 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         }
     };
     let id = job_id(obj);
-    let new = Job {
-        id: id.clone(),
-        tenant: key.tenant.clone(),
-        source_key: obj.key.clone(),
-        file_name: key.file_name.clone(),
-        mode: key.mode.clone().ok().flatten(),
-        state: JobState::Received,
-        received_at: chrono::Utc::now().to_rfc3339(),
-        phase_chunks: None,
-        phase_done: [0; PHASES],
-        total_rows: 0,
-        succeeded: 0,
-        failed: 0,
-        skipped: 0,
-        message: None,
-        completed_at: None,
-    };
+    let new = Job::received(&id, &key.tenant, &obj.key, &key.file_name, key.mode.clone().ok().flatten(), chrono::Utc::now().to_rfc3339());
     let (job, created) = svc.jobs.create_or_get(&new).await?;
     if job.state != JobState::Received {
         info!(job = %id, state = job.state.as_str(), "duplicate event for an ingested file; nothing to do");
