@@ -609,18 +609,7 @@ mod tests {
 
     #[test]
     fn tenant_validation_names_the_problem() {
-        let mut t = Tenant {
-            id: "Acme!".into(),
-            name: None,
-            admin_emails: vec!["a@acme.com".into()],
-            sender: None,
-            roles: vec![],
-            admin_roles: vec![],
-            strict_template: false,
-            template_columns: vec![],
-            chunk_size: None,
-            ..Tenant::new("", vec![])
-        };
+        let mut t = Tenant::new("Acme!", vec!["a@acme.com".into()]);
         assert!(t.validate().unwrap_err().contains("tenant id"));
         t.id = "acme".into();
         assert!(t.validate().is_ok());

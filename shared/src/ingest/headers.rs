@@ -226,18 +226,7 @@ mod tests {
     use super::*;
 
     fn tenant() -> Tenant {
-        Tenant {
-            id: "acme".into(),
-            name: None,
-            admin_emails: vec!["a@acme.com".into()],
-            sender: None,
-            roles: vec![],
-            admin_roles: vec![],
-            strict_template: false,
-            template_columns: vec![],
-            chunk_size: None,
-            ..Tenant::new("", vec![])
-        }
+        Tenant::new("acme", vec!["a@acme.com".into()])
     }
     fn h(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
