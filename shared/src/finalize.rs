@@ -97,7 +97,7 @@ pub async fn finalize_job(svc: &Services, job: &crate::model::Job, stopped: bool
         let key = format!("{prefix}disabled-users.csv");
         svc.store.put(&key, bytes.clone(), CSV).await?;
         summary.disabled_users_key = Some(key.clone());
-        disabled_file = Some((ResultFile { name: "disabled-users.csv".into(), content_type: CSV, bytes }, key));
+        disabled_file = Some((Attachment { name: "disabled-users.csv".into(), content_type: CSV, bytes }, key));
     }
     svc.store.put(&format!("{prefix}summary.json"), report::pretty(&summary)?, "application/json").await?;
 
@@ -112,11 +112,7 @@ pub async fn finalize_job(svc: &Services, job: &crate::model::Job, stopped: bool
                     std::iter::once((&files.result, &result_key)).chain(files.failed.iter().zip(failed_key.iter())).chain(extra)
                 {
                     if file.bytes.len() <= svc.config.max_attachment_bytes {
-                        attachments.push(Attachment {
-                            name: file.name.clone(),
-                            content_type: file.content_type,
-                            bytes: file.bytes.clone(),
-                        });
+                        attachments.push(file.clone());
                     } else {
                         links.push((file.name.clone(), svc.store.presign_get(key, Duration::from_secs(svc.config.link_ttl_secs)).await?));
                     }
@@ -137,16 +133,10 @@ pub async fn finalize_job(svc: &Services, job: &crate::model::Job, stopped: bool
     Ok(())
 }
 
-pub struct ResultFile {
-    pub name: String,
-    pub content_type: &'static str,
-    pub bytes: Vec<u8>,
-}
-
 pub struct ResultFiles {
-    pub result: ResultFile,
+    pub result: Attachment,
     /// Only when some rows failed.
-    pub failed: Option<ResultFile>,
+    pub failed: Option<Attachment>,
 }
 
 const CSV: &str = "text/csv; charset=utf-8";
@@ -190,10 +180,10 @@ pub fn result_files(tables: &[Table], outcomes: &[Outcome], file_name: &str) -> 
     }
 
     if first.format.is_spreadsheet() {
-        let result = ResultFile { name: format!("{stem}-result.xlsx"), content_type: XLSX, bytes: xlsx(&result_sheets, true)? };
+        let result = Attachment { name: format!("{stem}-result.xlsx"), content_type: XLSX, bytes: xlsx(&result_sheets, true)? };
         let failed = (!failed_sheets.is_empty())
             .then(|| {
-                xlsx(&failed_sheets, false).map(|bytes| ResultFile { name: format!("{stem}-failed-rows.xlsx"), content_type: XLSX, bytes })
+                xlsx(&failed_sheets, false).map(|bytes| Attachment { name: format!("{stem}-failed-rows.xlsx"), content_type: XLSX, bytes })
             })
             .transpose()?;
         Ok(ResultFiles { result, failed })
@@ -201,11 +191,11 @@ pub fn result_files(tables: &[Table], outcomes: &[Outcome], file_name: &str) -> 
         let delimiter = first.delimiter.map(|d| d as u8).unwrap_or(b',');
         let ext = if delimiter == b'\t' { "tsv" } else { "csv" };
         let (_, header, rows) = &result_sheets[0];
-        let result = ResultFile { name: format!("{stem}-result.csv"), content_type: CSV, bytes: csv_bytes(b',', header, rows)? };
+        let result = Attachment { name: format!("{stem}-result.csv"), content_type: CSV, bytes: csv_bytes(b',', header, rows)? };
         let failed = failed_sheets
             .first()
             .map(|(_, header, rows)| {
-                csv_bytes(delimiter, header, rows).map(|bytes| ResultFile {
+                csv_bytes(delimiter, header, rows).map(|bytes| Attachment {
                     name: format!("{stem}-failed-rows.{ext}"),
                     content_type: CSV,
                     bytes,

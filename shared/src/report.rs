@@ -181,6 +181,8 @@ pub fn safe_file_name(name: &str) -> String {
     if cleaned.trim().is_empty() { "roster".into() } else { cleaned }
 }
 
+/// A file sent with an email; result files are built as attachments directly.
+#[derive(Debug, Clone)]
 pub struct Attachment {
     pub name: String,
     pub content_type: &'static str,
