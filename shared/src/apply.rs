@@ -7,7 +7,7 @@ use crate::event::ObjectRef;
 use crate::ingest::{jsonl, parse_jsonl};
 use crate::keys;
 use crate::model::{Action, Job, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, User};
-use crate::ports::{Stamp, Write};
+use crate::ports::{LicenceClaim, Stamp, Write};
 use crate::services::Services;
 use futures::{StreamExt, stream};
 use std::collections::HashMap;
@@ -144,8 +144,11 @@ async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], limit: u32, claim: &str, concurre
         }
     }
     takers.sort_unstable();
-    let granted = ctx.svc.directory.reserve_licences(&ctx.tenant.id, limit, claim, takers.len() as u32).await?;
-    let refused = takers.split_off(granted as usize);
+    givers.sort_unstable();
+    // A retried chunk gets its first attempt's decision back (its own writes hide the original state).
+    let claimed = ctx.svc.directory.reserve_licences(&ctx.tenant.id, limit, claim, LicenceClaim { takers, givers, granted: 0 }).await?;
+    let LicenceClaim { mut takers, givers, granted } = claimed;
+    let refused = takers.split_off((granted as usize).min(takers.len()));
     Ok(Reservation { granted, takers, refused, givers })
 }
 
@@ -200,7 +203,7 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp) -> Result<(Outcome, Write)> {
                 let noun = if users == 1 { "user" } else { "users" };
                 return fail(format!("organization \"{name}\" still has {users} {noun}; move or delete them first"));
             }
-            if ctx.dry { predict_org(ctx, op).await } else { ctx.svc.directory.delete_org(tenant, name).await }
+            if ctx.dry { predict_org(ctx, op).await } else { ctx.svc.directory.delete_org(tenant, name, &stamp).await }
         }
         Target::Org { .. } if ctx.dry => predict_org(ctx, op).await,
         Target::Org { .. } => ctx.svc.directory.write_org(tenant, op, &stamp).await,

@@ -58,18 +58,31 @@ pub trait Directory: Send + Sync {
     async fn write_user(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Write>;
     /// Apply an organization row (not Delete: see `delete_org`).
     async fn write_org(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Write>;
-    async fn delete_org(&self, tenant: &str, name: &str) -> Result<Write>;
+    async fn delete_org(&self, tenant: &str, name: &str, stamp: &Stamp) -> Result<Write>;
     async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool>;
     /// Users whose organization is `name` (delete refuses non-empty organizations).
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64>;
     /// Every user of a tenant: (key, status). Replace mode diffs the file against it.
     async fn list_users(&self, tenant: &str) -> Result<Vec<(String, String)>>;
-    /// Reserve up to `wanted` licences of a pool of `limit` for one claim (a chunk); returns how
-    /// many were granted. Atomic across concurrent claims; a repeated claim returns its grant.
-    async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, wanted: u32) -> Result<u32>;
+    /// Reserve licences of a pool of `limit` for one claim (a chunk): up to one per taker. Atomic
+    /// across concurrent claims. The decision is recorded with the grant; a repeated claim gets the
+    /// recorded decision back, not the one it passed.
+    async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim>;
     /// Give `returned` licences back for a claim, once (a repeated settle changes nothing).
     async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> Result<()>;
     async fn licences_used(&self, tenant: &str) -> Result<u32>;
+}
+
+/// A chunk's licence decision: which rows take a licence, which give one back if they succeed,
+/// and how many the pool granted. Recorded with the reservation because a retried chunk cannot
+/// work it out again: after its first attempt, the users it deleted or disabled are no longer
+/// active and the users it enabled no longer disabled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LicenceClaim {
+    pub takers: Vec<u32>,
+    pub givers: Vec<u32>,
+    #[serde(default)]
+    pub granted: u32,
 }
 
 /// What ingest knows once it has planned a job.

@@ -24,6 +24,9 @@ pub struct Faults {
     /// the SDK's retries makes the invocation fail halfway, as a crash would). 0 = never.
     pub burst_after_writes: u64,
     pub burst_len: u64,
+    /// Send one DynamoDB write in this many, let it land, then answer 500 as if the response were
+    /// lost on the way back: the SDK retries a write that already happened (0 = never).
+    pub lose_response_every: u64,
     /// Fail DynamoDB requests whose body contains this text (e.g. the job completion update), `fail_matching_times` times.
     pub fail_matching: Mutex<Option<(String, u64)>>,
     pub enabled: AtomicBool,
@@ -31,6 +34,7 @@ pub struct Faults {
     pub calls: AtomicU64,
     pub writes: AtomicU64,
     pub puts: AtomicU64,
+    pub lost: AtomicU64,
     /// Faults injected, for the report.
     pub injected: AtomicU64,
 }
@@ -103,6 +107,22 @@ impl HttpConnector for FaultyConnector {
                         r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"injected crash"}"#,
                     );
                 }
+            }
+            if matches!(op, "PutItem" | "UpdateItem" | "DeleteItem" | "TransactWriteItems")
+                && f.lose_response_every > 0
+                && f.lost.fetch_add(1, Ordering::Relaxed) % f.lose_response_every == f.lose_response_every - 1
+            {
+                f.injected.fetch_add(1, Ordering::Relaxed);
+                let sent = self.inner.call(request);
+                return HttpConnectorFuture::new(async move {
+                    let _ = sent.await;
+                    respond(
+                        500,
+                        "application/x-amz-json-1.0",
+                        r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"injected: response lost"}"#,
+                    )
+                    .await
+                });
             }
             if f.dynamodb_throttle_every > 0 && n.is_multiple_of(f.dynamodb_throttle_every) {
                 f.injected.fetch_add(1, Ordering::Relaxed);

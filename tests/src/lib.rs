@@ -154,6 +154,34 @@ impl Stack {
         (job, summary, result)
     }
 
+    /// Every item of the directory table, attribute by attribute, with what differs between two
+    /// runs of the same file replaced: write times by `<time>`, the job id by `<job>`, TTLs by `<ttl>`.
+    /// Two stacks given the same file must hold equal snapshots.
+    pub async fn directory_snapshot(&self, job_id: &str) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut pages =
+            self.aws.dynamodb.scan().table_name(&self.config.directory_table).consistent_read(true).into_paginator().items().send();
+        let norm = |v: String| v.replace(job_id, "<job>");
+        while let Some(item) = pages.next().await {
+            let item = item.expect("scan");
+            let pk = norm(item.get("pk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default());
+            let attrs = item
+                .into_iter()
+                .filter(|(k, _)| k != "pk")
+                .map(|(k, v)| {
+                    let v = match k.as_str() {
+                        "created_at" | "updated_at" | "at" | "invited_at" => "<time>".to_string(),
+                        "ttl" => "<ttl>".to_string(),
+                        _ => norm(format!("{v:?}")),
+                    };
+                    (k, v)
+                })
+                .collect();
+            out.insert(pk, attrs);
+        }
+        out
+    }
+
     pub fn admin_email(&self) -> String {
         format!("admin-{}@example.com", self.tag)
     }

@@ -156,3 +156,61 @@ async fn a_job_stuck_past_its_deadline_fails_with_an_email_of_what_was_and_was_n
     assert_eq!(tests::mail_to(&stack.admin_email()).len(), 1, "one email");
     stack.shutdown().await;
 }
+
+/// Every 7th DynamoDB write lands but its response is lost, so the SDK retries a write that already
+/// happened; and in each job a burst of errors crashes an invocation halfway, so a new invocation
+/// redoes writes that landed. Creates still say `created`, deletes `deleted` (the tombstone written
+/// with the delete tells the retry it was its own), unknown users `not found`, licences come back
+/// exactly once, and each job's email claim recognises itself (one email per job, not none).
+#[tokio::test]
+async fn writes_whose_responses_are_lost_report_what_they_did_not_what_the_retry_saw() {
+    let faults = Arc::new(Faults { lose_response_every: 7, burst_after_writes: 25, burst_len: 60, ..Default::default() });
+    let stack = Stack::start_manual_faulty(faults.clone(), |c| {
+        c.chunk_size = 10;
+        c.sdk_max_attempts = 4;
+    })
+    .await;
+    let mut tenant = stack.tenant("acme");
+    tenant.licences = Some(100);
+    tenant.notify_started = false;
+    stack.put_tenant(&tenant).await;
+    let emails: Vec<String> = (0..30).map(|i| format!("u{i:02}@acme.example.com")).collect();
+
+    let run = |name: &'static str, body: String| {
+        let (stack, faults) = (&stack, faults.clone());
+        async move {
+            let key = stack.drop_file("acme", None, name, body.into_bytes()).await;
+            faults.writes.store(0, Ordering::Relaxed);
+            faults.enabled.store(true, Ordering::Relaxed);
+            let retried = deliver(stack).await;
+            faults.enabled.store(false, Ordering::Relaxed);
+            assert!(retried >= 1, "{name}: an invocation crashed and was retried");
+            let job = stack.wait_job("acme", &key, Duration::from_secs(5)).await;
+            assert_eq!(job.state, JobState::Completed);
+            let s = stack.summary(&job).await;
+            parse_csv(&stack.get(s.result_key.as_deref().unwrap()).await.unwrap())
+        }
+    };
+
+    let created = run("create.csv", emails.iter().fold("Email,Action\n".to_string(), |acc, e| acc + e + ",Create\n")).await;
+    let messages: Vec<&str> = created[1..].iter().map(|r| r.last().unwrap().as_str()).collect();
+    assert!(messages.iter().all(|m| *m == "user created"), "{messages:?}");
+    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 30);
+
+    let mut deletes = emails.iter().fold("Email,Action\n".to_string(), |acc, e| acc + e + ",Delete\n");
+    deletes += "ghost1@acme.example.com,Delete\nghost2@acme.example.com,Delete\n";
+    let deleted = run("delete.csv", deletes).await;
+    let messages: Vec<&str> = deleted[1..].iter().map(|r| r.last().unwrap().as_str()).collect();
+    assert!(messages[..30].iter().all(|m| *m == "user deleted"), "a delete retried after it succeeded says deleted: {messages:?}");
+    assert!(messages[30..].iter().all(|m| m.starts_with("user not found")), "{messages:?}");
+    assert!(stack.svc.directory.list_users("acme").await.unwrap().is_empty());
+    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 0, "every licence back, once");
+
+    assert_eq!(wait_mail(&stack.admin_email(), 2, Duration::from_secs(5)).await.len(), 2, "one result email per job");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tests::mail_to(&stack.admin_email()).len(), 2);
+    let injected = faults.injected();
+    eprintln!("responses lost after the write landed: {injected}");
+    assert!(injected >= 30, "{injected}");
+    stack.shutdown().await;
+}

@@ -5,6 +5,7 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use mail_parser::{MessageParser, MimeHeaders};
 use shared::model::{AttributeDef, AttributeKind, JobState};
+use shared::ports::LicenceClaim;
 use std::time::Duration;
 use tests::{Stack, parse_csv, wait_mail};
 
@@ -449,7 +450,8 @@ async fn licence_reservations_never_exceed_the_pool_under_forty_concurrent_claim
     let claims: Vec<_> = (0..40)
         .map(|i| {
             let dir = stack.svc.directory.clone();
-            tokio::spawn(async move { dir.reserve_licences("acme", 10, &format!("job#1#{i}"), 1 + (i % 2)).await.unwrap() })
+            let want = LicenceClaim { takers: (0..1 + (i % 2)).collect(), ..Default::default() };
+            tokio::spawn(async move { dir.reserve_licences("acme", 10, &format!("job#1#{i}"), want).await.unwrap().granted })
         })
         .collect();
     let mut granted = 0;
@@ -459,7 +461,11 @@ async fn licence_reservations_never_exceed_the_pool_under_forty_concurrent_claim
     assert_eq!(granted, 10, "exactly the pool, no more, no less");
     assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10);
     // A repeated claim gets its recorded grant back and takes nothing more; a settle happens once.
-    let again = stack.svc.directory.reserve_licences("acme", 10, "job#1#0", 1).await.unwrap();
+    // (Its recorded decision, not the one passed again: one taker, no givers.)
+    let retry = LicenceClaim { takers: vec![1, 2, 3], givers: vec![4], granted: 0 };
+    let recorded = stack.svc.directory.reserve_licences("acme", 10, "job#1#0", retry).await.unwrap();
+    assert_eq!((recorded.takers.len(), recorded.givers.len()), (1, 0));
+    let again = recorded.granted;
     assert!(again <= 1);
     stack.svc.directory.settle_licences("acme", "job#1#0", again).await.unwrap();
     stack.svc.directory.settle_licences("acme", "job#1#0", again).await.unwrap();

@@ -3,6 +3,7 @@
 //! every variable the code reads, and each role allows exactly the calls its function's code makes
 //! (recorded by an SDK interceptor while a scenario runs through the real handlers).
 
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
 use aws_smithy_runtime_api::client::interceptors::{Intercept, SharedInterceptor};
@@ -92,12 +93,27 @@ impl Intercept for Recorder {
     // `read_before_execution`, which runs before the operation's configuration is applied).
     fn read_before_serialization(
         &self,
-        _: &BeforeSerializationInterceptorContextRef<'_>,
+        ctx: &BeforeSerializationInterceptorContextRef<'_>,
         _: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if let (Ok(function), Some(meta)) = (FUNCTION.try_with(|f| *f), cfg.load::<Metadata>()) {
-            self.0.lock().unwrap().entry(function.to_string()).or_default().insert((meta.service().to_string(), meta.name().to_string()));
+            let mut calls = self.0.lock().unwrap();
+            let calls = calls.entry(function.to_string()).or_default();
+            // IAM authorises each item of a transaction as its own action.
+            if let Some(txn) = ctx.input().downcast_ref::<TransactWriteItemsInput>() {
+                for item in txn.transact_items() {
+                    let op = match item {
+                        i if i.put().is_some() => "PutItem",
+                        i if i.update().is_some() => "UpdateItem",
+                        i if i.delete().is_some() => "DeleteItem",
+                        _ => "ConditionCheckItem",
+                    };
+                    calls.insert(("dynamodb".into(), op.into()));
+                }
+            } else {
+                calls.insert((meta.service().to_string(), meta.name().to_string()));
+            }
         }
         Ok(())
     }
@@ -115,8 +131,6 @@ fn iam_actions(service: &str, op: &str) -> Vec<String> {
         ("s3", "HeadObject") => &["GetObject"],
         ("s3", "CopyObject") => &["GetObject", "PutObject"],
         ("s3", "ListObjectsV2") => &["ListBucket"],
-        // Our transactions put and update items (chunk markers, licence reservations).
-        ("dynamodb", "TransactWriteItems") => &["PutItem", "UpdateItem"],
         (_, op) => return vec![format!("{s}:{op}")],
     };
     ops.iter().map(|o| format!("{s}:{o}")).collect()

@@ -368,6 +368,19 @@ async fn every_event_delivered_twice_and_out_of_order_changes_nothing_and_sends_
     // Created users report "user created" (not "already exists") although every chunk ran twice.
     let result = parse_csv(&stack.get(s.result_key.as_deref().unwrap()).await.unwrap());
     assert!(result[1..].iter().filter(|r| r[10] == "Success").all(|r| r[11].ends_with("created")), "{result:?}");
+
+    // The same file delivered once to a fresh stack leaves the same directory, field by field.
+    let single = Stack::start_manual().await;
+    single.put_tenant(&config_tenant).await;
+    let single_key = single.drop_file("acme", None, "twice.csv", rows_to_csv(&rows)).await;
+    single.pump(1).await;
+    let single_job = single.wait_job("acme", &single_key, Duration::from_secs(5)).await;
+    let (twice_dir, once_dir) = (stack.directory_snapshot(&job.id).await, single.directory_snapshot(&single_job.id).await);
+    assert!(twice_dir.len() > 40, "{} items", twice_dir.len());
+    assert_eq!(twice_dir, once_dir, "directory after duplicate delivery == after single delivery");
+    let single_result = parse_csv(&single.get(single.summary(&single_job).await.result_key.as_deref().unwrap()).await.unwrap());
+    assert_eq!(result, single_result, "every row's outcome recorded once, the same");
+    single.shutdown().await;
     stack.shutdown().await;
 }
 

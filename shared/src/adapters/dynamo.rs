@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::model::Invite;
 use crate::model::{Action, Job, JobState, Mode, PHASES, RowOp, Target, Tenant, User, UserFields};
-use crate::ports::{Directory, Invites, JobStore, Plan, Stamp, Write};
+use crate::ports::{Directory, Invites, JobStore, LicenceClaim, Plan, Stamp, Write};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
@@ -26,6 +26,11 @@ pub const GSI: &str = "gsi1";
 pub const OPEN_JOBS: &str = "gsi2";
 /// Chunk markers expire after 30 days; the job item stays.
 const MARKER_TTL_SECS: i64 = 30 * 24 * 3600;
+
+/// Where a delete records that this row did it (see `DynamoDirectory::delete`).
+pub fn tombstone_pk(stamp: &Stamp) -> String {
+    format!("D#{}", stamp.token())
+}
 
 pub fn user_pk(tenant: &str, email: &str) -> String {
     format!("U#{tenant}#{email}")
@@ -373,13 +378,48 @@ impl DynamoDirectory {
         }
     }
 
-    async fn delete(&self, pk: String) -> Result<Write> {
-        let res =
-            self.client.delete_item().table_name(&self.table).key("pk", s(pk)).condition_expression("attribute_exists(pk)").send().await;
+    /// Conditional delete that leaves a tombstone under the row's stamp in the same transaction:
+    /// a delete retried after it succeeded finds the item gone, and the tombstone tells it that
+    /// this very row deleted it (`deleted`, not `not found`). Tombstones expire with the markers.
+    async fn delete(&self, pk: String, stamp: &Stamp) -> Result<Write> {
+        let tomb = tombstone_pk(stamp);
+        let delete = aws_sdk_dynamodb::types::Delete::builder()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .condition_expression("attribute_exists(pk)")
+            .build()
+            .map_err(txn_err)?;
+        let put = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(&tomb))
+            .item("deleted", s(&pk))
+            .item("at", s(&stamp.at))
+            .item("ttl", n(chrono::Utc::now().timestamp() + MARKER_TTL_SECS))
+            .build()
+            .map_err(txn_err)?;
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().delete(delete).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await;
         match res {
             Ok(_) => Ok(Write::Deleted),
-            Err(e) if is_condition_failed(&e) => Ok(Write::NotFound),
-            Err(e) => Err(ddb_err("DeleteItem")(e)),
+            Err(e) if cancellation_codes(&e).is_some_and(|c| c.first().map(String::as_str) == Some("ConditionalCheckFailed")) => {
+                let out = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .key("pk", s(tomb))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(ddb_err("GetItem"))?;
+                let own = out.item.as_ref().and_then(|i| i.str("deleted")) == Some(pk.as_str());
+                Ok(if own { Write::Deleted } else { Write::NotFound })
+            }
+            Err(e) => Err(ddb_err("TransactWriteItems")(e)),
         }
     }
 }
@@ -481,7 +521,7 @@ impl Directory for DynamoDirectory {
                 let (status, active) = (u.name("status"), u.value(s("active")));
                 self.update_existing(pk, u, Some(&format!("{status} = {active}")), stamp).await
             }
-            Action::Delete => self.delete(pk).await,
+            Action::Delete => self.delete(pk, stamp).await,
             Action::Invite => {
                 // Re-invite only users who have not activated: AlreadyExists = already activated.
                 let res = self
@@ -584,8 +624,8 @@ impl Directory for DynamoDirectory {
         }
     }
 
-    async fn delete_org(&self, tenant: &str, name: &str) -> Result<Write> {
-        self.delete(org_pk(tenant, name)).await
+    async fn delete_org(&self, tenant: &str, name: &str, stamp: &Stamp) -> Result<Write> {
+        self.delete(org_pk(tenant, name), stamp).await
     }
 
     async fn list_users(&self, tenant: &str) -> Result<Vec<(String, String)>> {
@@ -613,8 +653,8 @@ impl Directory for DynamoDirectory {
         Ok(users)
     }
 
-    async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, wanted: u32) -> Result<u32> {
-        self.pool_reserve(tenant, limit, claim, wanted).await
+    async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
+        self.pool_reserve(tenant, limit, claim, decision).await
     }
 
     async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> Result<()> {
@@ -720,7 +760,7 @@ impl DynamoDirectory {
         format!("R#{claim}")
     }
 
-    async fn claim_grant(&self, claim: &str) -> Result<Option<u32>> {
+    async fn recorded_claim(&self, claim: &str) -> Result<Option<LicenceClaim>> {
         let out = self
             .client
             .get_item()
@@ -730,7 +770,14 @@ impl DynamoDirectory {
             .send()
             .await
             .map_err(ddb_err("GetItem"))?;
-        Ok(out.item.as_ref().and_then(|i| i.num("granted")))
+        out.item
+            .as_ref()
+            .map(|i| {
+                let decision: LicenceClaim =
+                    serde_json::from_str(i.str("decision").unwrap_or("{}")).map_err(|e| Error::corrupt("licence claim", e))?;
+                Ok(LicenceClaim { granted: i.num("granted").unwrap_or(0), ..decision })
+            })
+            .transpose()
     }
 }
 
@@ -738,11 +785,13 @@ impl DynamoDirectory {
 /// per row. Each reservation is recorded under its claim id in the same transaction, so a retried
 /// chunk gets back exactly what it was granted.
 impl DynamoDirectory {
-    pub async fn pool_reserve(&self, tenant: &str, limit: u32, claim: &str, wanted: u32) -> Result<u32> {
-        if let Some(granted) = self.claim_grant(claim).await? {
-            return Ok(granted);
+    pub async fn pool_reserve(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
+        if let Some(recorded) = self.recorded_claim(claim).await? {
+            return Ok(recorded);
         }
         let ttl = chrono::Utc::now().timestamp() + MARKER_TTL_SECS;
+        let wanted = decision.takers.len() as u32;
+        let doc = serde_json::to_string(&decision).map_err(|e| Error::corrupt("licence claim", e))?;
         for attempt in 0..100u64 {
             let used = self.licences_used(tenant).await?;
             let granted = wanted.min(limit.saturating_sub(used));
@@ -750,6 +799,7 @@ impl DynamoDirectory {
                 .table_name(&self.table)
                 .item("pk", s(Self::claim_pk(claim)))
                 .item("granted", n(granted))
+                .item("decision", s(&doc))
                 .item("ttl", n(ttl))
                 .condition_expression("attribute_not_exists(pk)")
                 .build()
@@ -769,11 +819,11 @@ impl DynamoDirectory {
                 txn = txn.transact_items(TransactWriteItem::builder().update(update).build());
             }
             match txn.send().await {
-                Ok(_) => return Ok(granted),
+                Ok(_) => return Ok(LicenceClaim { granted, ..decision }),
                 Err(e) => match cancellation_codes(&e) {
                     // The claim was recorded meanwhile (a concurrent retry of the same chunk).
                     Some(codes) if codes.first().map(String::as_str) == Some("ConditionalCheckFailed") => {
-                        return self.claim_grant(claim).await?.ok_or_else(|| Error::corrupt("licence claim", "vanished"));
+                        return self.recorded_claim(claim).await?.ok_or_else(|| Error::corrupt("licence claim", "vanished"));
                     }
                     // Another chunk changed the pool first, or a transaction conflict: read again.
                     Some(_) => tokio::time::sleep(std::time::Duration::from_millis(5 + attempt * 3)).await,
@@ -941,10 +991,12 @@ impl JobStore for DynamoJobs {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(format!("J#{id}")))
-            .update_expression("SET #k = :now")
-            .condition_expression("attribute_exists(pk) AND attribute_not_exists(#k)")
+            // The claim carries a token unique to this call: when the response is lost and the SDK
+            // retries, the retry recognises its own claim instead of reporting it taken.
+            .update_expression("SET #k = :claim")
+            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(#k) OR #k = :claim)")
             .expression_attribute_names("#k", format!("email_{kind}"))
-            .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()))
+            .expression_attribute_values(":claim", s(format!("{} {}", chrono::Utc::now().to_rfc3339(), uuid::Uuid::new_v4())))
             .send()
             .await;
         match res {

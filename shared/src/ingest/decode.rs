@@ -138,6 +138,14 @@ pub fn decode_all(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
 
 fn decode_workbook(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
     let guess = if bytes.starts_with(OLE_MAGIC) { "XLS" } else { "XLSX" };
+    // The spreadsheet readers parse hostile binary structures and a malformed file can make them
+    // panic (fuzzing found an XLS whose sector table sent calamine out of bounds). For the user
+    // that is a damaged file, not a failed upload retried until it lands in a dead-letter queue.
+    std::panic::catch_unwind(|| read_workbook(bytes, guess))
+        .unwrap_or_else(|_| Err(FileError::Corrupt { format: guess, detail: "its internal structure is damaged".into() }))
+}
+
+fn read_workbook(bytes: &[u8], guess: &'static str) -> Result<Vec<Table>, FileError> {
     if bytes.starts_with(ZIP_MAGIC) {
         check_unzipped_size(bytes, MAX_UNZIPPED_BYTES)?;
     }

@@ -57,6 +57,8 @@ fn the_bad_files_corpus_is_refused_or_accounted_for() {
         ("whitespace.csv", Expect::Rejected("empty")),
         ("zip-not-xlsx.xlsx", Expect::Rejected("could not be read")),
         ("broken-xml.xlsx", Expect::Rejected("could not be read")),
+        // Found by `cargo fuzz` (target decode): calamine 0.38 indexed past a sector table and panicked.
+        ("fuzz-xls-bad-sector-table.xls", Expect::Rejected("could not be read")),
     ];
     let files: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(files.len(), expectations.len(), "every corpus file has an expectation: {files:?}");
