@@ -3,6 +3,8 @@
 #   make down    stop them
 #   make test    install what is missing, start the stack, run every test, stop what it started
 #   make demo    start the stack and run a 1,000-row sample roster through the pipeline
+#   make bench   benchmarks: ingest vs raw readers, apply vs raw DynamoDB writes, end to end, Lambda init
+#   make fuzz    fuzz decoding and row parsing (FUZZ_SECS per target, default 600)
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -20,10 +22,10 @@ export AWS_EC2_METADATA_DISABLED ?= true
 
 CLI := target/debug/rosterdrop
 
-.PHONY: help install up down status test demo lint
+.PHONY: help install up down status test demo lint bench fuzz
 
 help:
-	@sed -n '2,6p' Makefile | sed 's/^# //'
+	@sed -n '2,8p' Makefile | sed 's/^# //'
 
 install:
 	scripts/stack.sh install
@@ -51,3 +53,14 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	scripts/infra-tools.sh && .local/infra-venv/bin/cfn-lint infra/template.yaml
+
+# Stack up (not the runner: the benchmark drives the handlers itself), function binaries built with
+# the bench profile for the init measurement, then the table. BENCH_ONLY=ingest needs no stack.
+bench:
+	scripts/stack.sh install
+	scripts/stack.sh up
+	cargo build --profile bench -p ingest -p apply -p finalize -p invites
+	cargo bench -p bench --bench rosterdrop
+
+fuzz:
+	scripts/fuzz.sh

@@ -58,7 +58,8 @@ impl Stack {
         stack
     }
 
-    async fn build(
+    /// Everything configurable: config tweaks, an in-process runner or not, an SDK interceptor.
+    pub async fn build(
         tweak: impl FnOnce(&mut Config),
         with_runner: bool,
         interceptor: Option<aws_smithy_runtime_api::client::interceptors::SharedInterceptor>,

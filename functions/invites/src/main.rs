@@ -5,6 +5,10 @@
 use lambda_runtime::{Error, LambdaEvent, run, service_fn, tracing};
 use shared::{Config, Services, invites, monitor};
 
+// Ingest and finalize allocate per cell; mimalloc beats glibc malloc there (see `make bench`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     tracing::init_default_subscriber();

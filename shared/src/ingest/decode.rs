@@ -1,8 +1,9 @@
 //! Bytes -> a table of text cells. The format comes from the bytes, never from the file name.
 
-use calamine::{Data, Reader, Sheets};
+use calamine::{Data, DataRef, Reader, Sheets};
 use encoding_rs::{Encoding, UTF_8, WINDOWS_1252};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::io::Cursor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,12 +164,27 @@ fn read_workbook(bytes: &[u8], guess: &'static str) -> Result<Vec<Table>, FileEr
     let names = book.sheet_names();
     let mut tables = Vec::new();
     for name in names.iter().filter(|n| !is_instruction_sheet(n)) {
-        let range = book.worksheet_range(name).map_err(|e| FileError::Corrupt { format: label, detail: e.to_string() })?;
-        let Some((start_row, _)) = range.start() else {
-            continue;
+        let corrupt = |e: &dyn std::fmt::Display| FileError::Corrupt { format: label, detail: e.to_string() };
+        let rows: Vec<(u32, Vec<String>)> = match &mut book {
+            // XLSX streams its cells straight into rows; calamine's in-memory range would hold
+            // every cell a second time (about 14x the file size) before the rows exist.
+            Sheets::Xlsx(x) => {
+                let mut cells = x.worksheet_cells_reader(name).map_err(|e| corrupt(&e))?;
+                let mut grid = SparseRows::default();
+                while let Some(cell) = cells.next_cell().map_err(|e| corrupt(&e))? {
+                    grid.put(cell.get_position(), cell_ref_text(cell.get_value()));
+                }
+                grid.into_rows()
+            }
+            _ => {
+                let range = book.worksheet_range(name).map_err(|e| corrupt(&e))?;
+                let Some((start_row, _)) = range.start() else {
+                    continue;
+                };
+                range.rows().enumerate().map(|(i, r)| (start_row + i as u32 + 1, r.iter().map(cell_text).collect())).collect()
+            }
         };
-        let rows = range.rows().enumerate().map(|(i, r)| (start_row + i as u32 + 1, r.iter().map(cell_text).collect()));
-        if let Some(table) = tabulate(format, rows) {
+        if let Some(table) = tabulate(format, rows.into_iter()) {
             let row_offset = tables.len() as u32 * SHEET_STRIDE;
             tables.push(Table { sheet: Some(name.clone()), user_type: user_type_of(name), row_offset, ..table });
         }
@@ -197,6 +213,70 @@ pub fn cell_text(cell: &Data) -> String {
         },
         Data::DateTimeIso(s) | Data::DurationIso(s) => s.strip_suffix("T00:00:00").unwrap_or(s).to_string(),
         Data::Error(e) => format!("#{e:?}"),
+    }
+}
+
+/// Same as `cell_text`, for the streaming reader's borrowed cells.
+fn cell_ref_text(cell: &DataRef<'_>) -> String {
+    match cell {
+        DataRef::String(s) => s.clone(),
+        DataRef::SharedString(s) => s.to_string(),
+        other => cell_text(&Data::from(other.clone())),
+    }
+}
+
+/// Cells in sheet order -> rows as a range would give them: numbered as the user sees them, gaps
+/// kept as empty rows, leading columns that are empty in every row dropped.
+#[derive(Default)]
+struct SparseRows {
+    rows: Vec<(u32, Vec<String>)>,
+    first_col: Option<u32>,
+}
+
+impl SparseRows {
+    fn put(&mut self, (row, col): (u32, u32), text: String) {
+        if text.is_empty() {
+            return; // styled but empty cells do not widen the sheet (as in calamine's range)
+        }
+        let number = row + 1;
+        let at = match self.rows.last() {
+            Some((last, _)) if *last == number => self.rows.len() - 1,
+            Some((last, _)) if *last < number => {
+                let last = *last;
+                self.rows.extend((last + 1..=number).map(|n| (n, Vec::new())));
+                self.rows.len() - 1
+            }
+            // Rows out of order (a hand-made or damaged file): every row number exists already
+            // or belongs before the first one.
+            Some(_) => match self.rows.binary_search_by_key(&number, |(n, _)| *n) {
+                Ok(i) => i,
+                Err(i) => {
+                    self.rows.insert(i, (number, Vec::new()));
+                    i
+                }
+            },
+            None => {
+                self.rows.push((number, Vec::new()));
+                0
+            }
+        };
+        self.first_col = Some(self.first_col.map_or(col, |c| c.min(col)));
+        let cells = &mut self.rows[at].1;
+        let col = col as usize;
+        if cells.len() <= col {
+            cells.resize(col + 1, String::new());
+        }
+        cells[col] = text;
+    }
+
+    fn into_rows(mut self) -> Vec<(u32, Vec<String>)> {
+        let skip = self.first_col.unwrap_or(0) as usize;
+        if skip > 0 {
+            for (_, cells) in &mut self.rows {
+                cells.drain(..skip.min(cells.len()));
+            }
+        }
+        self.rows
     }
 }
 
@@ -241,17 +321,15 @@ fn decode_text(bytes: &[u8]) -> Result<Table, FileError> {
 }
 
 /// BOM first (UTF-8, UTF-16LE/BE as Excel's "Unicode Text"), then strict UTF-8, else Windows-1252.
-fn to_utf8(bytes: &[u8]) -> (String, &'static str) {
+/// UTF-8 input is borrowed, not copied: the common case costs no second copy of the file.
+fn to_utf8(bytes: &[u8]) -> (Cow<'_, str>, &'static str) {
     if let Some((enc, bom_len)) = Encoding::for_bom(bytes) {
         let (text, _) = enc.decode_without_bom_handling(&bytes[bom_len..]);
-        return (text.into_owned(), enc.name());
+        return (text, enc.name());
     }
     match std::str::from_utf8(bytes) {
-        Ok(s) => (s.to_string(), UTF_8.name()),
-        Err(_) => {
-            let (text, _) = WINDOWS_1252.decode_without_bom_handling(bytes);
-            (text.into_owned(), WINDOWS_1252.name())
-        }
+        Ok(s) => (Cow::Borrowed(s), UTF_8.name()),
+        Err(_) => (WINDOWS_1252.decode_without_bom_handling(bytes).0, WINDOWS_1252.name()),
     }
 }
 
@@ -517,6 +595,30 @@ mod spreadsheet_cell_tests {
         assert_eq!(t.format, Format::Xlsx);
         assert_eq!(t.headers, vec!["Email", "ScheduledDate", "Phone", "Score"]);
         assert_eq!(t.rows, vec![(2, vec!["ann@x.com".to_string(), "2026-03-01".into(), "4155550100".into(), "42".into()])]);
+    }
+
+    #[test]
+    fn a_sheet_starting_below_and_right_keeps_row_numbers_gaps_and_columns_as_a_range_would() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        ws.write_string(2, 1, "Email").unwrap();
+        ws.write_string(2, 2, "Department").unwrap();
+        ws.write_string(3, 1, "a@x.com").unwrap();
+        ws.write_string(5, 2, "Sales").unwrap();
+        ws.write_string(7, 1, "").unwrap(); // styled, empty: not a row
+        let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
+        assert_eq!((t.header_row, t.headers.clone()), (3, vec!["Email".to_string(), "Department".into()]));
+        assert_eq!(t.rows, vec![(4, vec!["a@x.com".to_string()]), (5, vec![]), (6, vec!["".to_string(), "Sales".into()])]);
+    }
+
+    #[test]
+    fn cells_out_of_row_order_land_in_their_own_rows() {
+        let mut g = SparseRows::default();
+        for (pos, v) in [((0, 0), "Email"), ((2, 0), "c@x.com"), ((1, 0), "b@x.com"), ((0, 1), "Name")] {
+            g.put(pos, v.to_string());
+        }
+        let rows = g.into_rows();
+        assert_eq!(rows, vec![(1, vec!["Email".to_string(), "Name".into()]), (2, vec!["b@x.com".to_string()]), (3, vec!["c@x.com".to_string()])]);
     }
 
     #[test]

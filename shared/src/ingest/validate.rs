@@ -64,9 +64,11 @@ fn validate_table(
             out.outcomes.push(Outcome::skipped(row, "empty row"));
             continue;
         }
-        if let Some(key) = cell(cells, mapping, Field::Email)
-            .map(|e| e.to_lowercase())
-            .or_else(|| cell(cells, mapping, Field::Username).map(|u| username_key(&u)))
+        // Only replace mode needs every user the file names (it keeps them all).
+        if mode.is_replace()
+            && let Some(key) = cell(cells, mapping, Field::Email)
+                .map(|e| e.to_lowercase())
+                .or_else(|| cell(cells, mapping, Field::Username).map(username_key))
         {
             out.user_keys.insert(key);
         }
@@ -112,19 +114,32 @@ fn mark_created_in_file(ops: &mut [RowOp]) {
         .filter(|o| creates(o.action))
         .filter_map(|o| if let Target::Org { name } = &o.target { Some(name.to_lowercase()) } else { None })
         .collect();
-    let users: HashSet<String> = ops
+    // Most files reference nobody: then the set of every user the file creates is not needed.
+    let any_association = ops.iter().any(|o| matches!(&o.target, Target::User { fields, .. } if !fields.associations.is_empty()));
+    if orgs.is_empty() && !any_association {
+        return;
+    }
+    let users: HashSet<&str> = if any_association {
+        ops.iter()
+            .filter(|o| matches!(o.action, Action::Create | Action::Upsert))
+            .filter_map(|o| if let Target::User { email, .. } = &o.target { Some(email.as_str()) } else { None })
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    let refs_of: Vec<Vec<String>> = ops
         .iter()
-        .filter(|o| matches!(o.action, Action::Create | Action::Upsert))
-        .filter_map(|o| if let Target::User { email, .. } = &o.target { Some(email.clone()) } else { None })
-        .collect();
-    for op in ops.iter_mut() {
-        if let Target::User { fields, .. } = &op.target {
+        .map(|op| {
+            let Target::User { fields, .. } = &op.target else { return vec![] };
             let mut refs: Vec<String> = fields.org.iter().map(|o| o.to_lowercase()).filter(|o| orgs.contains(o)).collect();
-            refs.extend(fields.associations.values().filter(|e| users.contains(*e)).cloned());
+            refs.extend(fields.associations.values().filter(|e| users.contains(e.as_str())).cloned());
             refs.sort();
             refs.dedup();
-            op.created_in_file = refs;
-        }
+            refs
+        })
+        .collect();
+    for (op, refs) in ops.iter_mut().zip(refs_of) {
+        op.created_in_file = refs;
     }
 }
 
@@ -135,19 +150,21 @@ type RowError = (Option<Action>, Option<String>, String);
 /// for real data, and far from its 400 KB item limit for hostile data.
 const MAX_TEXT: usize = 256;
 
-fn cell(cells: &[String], m: &Mapping, f: Field) -> Option<String> {
-    m.column(f).and_then(|i| cells.get(i)).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+/// The trimmed, non-empty value of a field (borrowed: a row allocates only what its operation keeps).
+fn cell<'c>(cells: &'c [String], m: &Mapping, f: Field) -> Option<&'c str> {
+    m.column(f).and_then(|i| cells.get(i)).map(|v| v.trim()).filter(|v| !v.is_empty())
 }
 
 fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: Mode, sheet_type: Option<&str>) -> Result<RowOp, RowError> {
     let get = |f: Field| cell(cells, m, f);
+    let owned = |f: Field| get(f).map(str::to_string);
     let mut user_type = sheet_type.map(str::to_string);
     let entity = match get(Field::Type) {
         None => EntityType::User,
         Some(t) => match t.to_ascii_lowercase().as_str() {
             "org" | "organization" | "organisation" => EntityType::Org,
             "user" | "person" => EntityType::User,
-            _ => match super::decode::user_type_of(&t) {
+            _ => match super::decode::user_type_of(t) {
                 Some(ut) => {
                     user_type = Some(ut);
                     EntityType::User
@@ -188,7 +205,7 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
     let fail_at = |column: &str, msg: String| (Some(action), Some(column.to_string()), msg);
     match entity {
         EntityType::Org => {
-            let name = get(Field::OrgName)
+            let name = owned(Field::OrgName)
                 .ok_or_else(|| fail_at("OrgName", "OrgName is empty; an Org row needs the organization's name".into()))?;
             if name.chars().count() > MAX_TEXT {
                 return Err(fail_at("OrgName", format!("OrgName is {} characters long; the limit is {MAX_TEXT}", name.chars().count())));
@@ -227,7 +244,7 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
                             format!("Username \"{username}\" has no Email, so the row needs a Parent (the parent's email)"),
                         ));
                     }
-                    username_key(&username)
+                    username_key(username)
                 }
                 (None, None) => {
                     return Err(fail_at(
@@ -239,7 +256,7 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
             if let Some((attr, _)) = associations.iter().find(|(_, e)| **e == key) {
                 return Err(fail_at(&association_column(attr), format!("{} cannot be the user themself", attr.replace('_', " "))));
             }
-            let role = get(Field::RoleName);
+            let role = owned(Field::RoleName);
             if let Some(r) = &role {
                 check_role(r, tenant).map_err(|m| fail_at("RoleName", m))?;
             }
@@ -251,6 +268,13 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
                 .map(|p| check_product(&p, tenant))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|m| fail_at("Products", m))?;
+            // Products are stored as a set, and DynamoDB refuses a set with a repeated member.
+            let products = products.into_iter().fold(Vec::new(), |mut seen: Vec<String>, p| {
+                if !seen.contains(&p) {
+                    seen.push(p);
+                }
+                seen
+            });
             let mut attributes = BTreeMap::new();
             for (idx, col) in &m.custom {
                 let def = &tenant.attributes[*idx];
@@ -266,7 +290,7 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
                     _ => return Err(fail_at("InviteUser", format!("InviteUser \"{v}\" must be TRUE or FALSE"))),
                 },
             };
-            let invite_at = get(Field::ScheduledDate).map(|d| parse_when(&d)).transpose().map_err(|m| fail_at("ScheduledDate", m))?;
+            let invite_at = get(Field::ScheduledDate).map(parse_when).transpose().map_err(|m| fail_at("ScheduledDate", m))?;
             if (invite || action == Action::Invite) && key.starts_with("user:") {
                 return Err(fail_at("InviteUser", "a user without an Email cannot be sent an activation email".into()));
             }
@@ -279,12 +303,12 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
                 }
             }
             let fields = UserFields {
-                first_name: get(Field::FirstName),
-                last_name: get(Field::LastName),
-                phone: get(Field::Phone),
-                org: get(Field::OrgName),
+                first_name: owned(Field::FirstName),
+                last_name: owned(Field::LastName),
+                phone: owned(Field::Phone),
+                org: owned(Field::OrgName),
                 role,
-                department: get(Field::Department),
+                department: owned(Field::Department),
                 groups: list(Field::Group),
                 products,
                 associations,
@@ -533,8 +557,8 @@ mod tests {
 
     #[test]
     fn products_are_checked_against_the_catalogue_and_expire_parses() {
-        let v = run("Action,Email,Products\n,a@x.com,lms; video\nExpire,b@x.com,\n,c@x.com,Chess\n", Mode::Upsert);
-        assert_eq!(fields(&v, 0).products, vec!["LMS", "Video"]);
+        let v = run("Action,Email,Products\n,a@x.com,lms; video;LMS\nExpire,b@x.com,\n,c@x.com,Chess\n", Mode::Upsert);
+        assert_eq!(fields(&v, 0).products, vec!["LMS", "Video"], "named twice, granted once (a set refuses repeats)");
         assert_eq!(v.ops[1].action, Action::Expire);
         assert_eq!(message(&v, 4), "unknown product \"Chess\"; valid products are: LMS, Video");
     }

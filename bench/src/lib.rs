@@ -1,0 +1,84 @@
+//! Synthetic rosters for the benchmarks, and the measurements a child process reports.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const HEADER: [&str; 10] = ["Email", "FirstName", "LastName", "Type", "Action", "RoleName", "Department", "Groups", "Phone", "Username"];
+
+/// Row `i` of a synthetic roster: realistic widths (about 120 bytes as CSV), every value valid.
+pub fn row(i: usize, action: &str) -> [String; 10] {
+    const FIRST: [&str; 8] = ["Ann", "Bob", "Chidi", "Dana", "Eun-ji", "Farah", "Gustavo", "Hiroshi"];
+    const LAST: [&str; 8] = ["Okafor", "Smith", "Nguyen", "García", "Kowalski", "Haddad", "Larsen", "Tanaka"];
+    [
+        format!("user{i:07}@bench.example.com"),
+        FIRST[i % 8].to_string(),
+        LAST[(i / 8) % 8].to_string(),
+        "User".into(),
+        action.into(),
+        "Learner".into(),
+        format!("Department {}", i % 40),
+        format!("group-{};group-{}", i % 13, i % 7),
+        format!("+1415{:07}", i % 10_000_000),
+        format!("u{i:07}"),
+    ]
+}
+
+pub fn data_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data");
+    std::fs::create_dir_all(&dir).expect("bench data dir");
+    dir
+}
+
+/// `roster-<rows>.csv`, generated once and reused.
+pub fn csv_file(rows: usize) -> PathBuf {
+    let path = data_dir().join(format!("roster-{rows}.csv"));
+    if !path.exists() {
+        let tmp = path.with_extension("tmp");
+        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(std::fs::File::create(&tmp).expect("create")));
+        w.write_record(HEADER).expect("write");
+        for i in 0..rows {
+            w.write_record(row(i, "Upsert")).expect("write");
+        }
+        w.into_inner().expect("flush").flush().expect("flush");
+        std::fs::rename(&tmp, &path).expect("rename");
+    }
+    path
+}
+
+/// `roster-<rows>.xlsx`, generated once (constant-memory writer, shared strings off as Excel's
+/// own large exports often are not: calamine and ingest read both forms).
+pub fn xlsx_file(rows: usize) -> PathBuf {
+    let path = data_dir().join(format!("roster-{rows}.xlsx"));
+    if !path.exists() {
+        xlsx_to(&path, rows, "Upsert");
+    }
+    path
+}
+
+pub fn xlsx_to(path: &Path, rows: usize, action: &str) {
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let ws = wb.add_worksheet_with_constant_memory().expect("sheet");
+    ws.set_name("Roster").expect("name");
+    for (c, h) in HEADER.iter().enumerate() {
+        ws.write_string(0, c as u16, *h).expect("cell");
+    }
+    for i in 0..rows {
+        for (c, v) in row(i, action).iter().enumerate() {
+            ws.write_string(i as u32 + 1, c as u16, v).expect("cell");
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    wb.save(&tmp).expect("save");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// Peak resident set of this process so far, in bytes (Linux `VmHWM`).
+pub fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
