@@ -120,7 +120,14 @@ fn child(case: &str, file: &Path) {
             let low: usize = tables[0].rows.iter().map(|(_, r)| r[0].to_lowercase().len()).sum();
             let t7 = Instant::now();
             eprintln!("email check {:?} ({valid}) lowercase {:?} ({low})", t6 - t5, t7 - t6);
-            eprintln!("decode {:?} validate {:?} ops-json {:?} staged-json {:?} ({n} {})", t1 - t0, t2 - t1, t3 - t2, t4 - t3, staged.len());
+            eprintln!(
+                "decode {:?} validate {:?} ops-json {:?} staged-json {:?} ({n} {})",
+                t1 - t0,
+                t2 - t1,
+                t3 - t2,
+                t4 - t3,
+                staged.len()
+            );
             v.ops.len()
         }
         "decode" => {
@@ -227,9 +234,7 @@ mod capacity {
     };
     use aws_smithy_runtime_api::box_error::BoxError;
     use aws_smithy_runtime_api::client::interceptors::Intercept;
-    use aws_smithy_runtime_api::client::interceptors::context::{
-        BeforeTransmitInterceptorContextMut, FinalizerInterceptorContextRef,
-    };
+    use aws_smithy_runtime_api::client::interceptors::context::{BeforeTransmitInterceptorContextMut, FinalizerInterceptorContextRef};
     use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
     use aws_smithy_types::body::SdkBody;
     use aws_smithy_types::config_bag::ConfigBag;
@@ -434,7 +439,10 @@ async fn apply_table() {
     let rounds: Vec<String> = raw.iter().zip(&ours).map(|(r, o)| format!("{r:.0}/{o:.0} ({:.0}%)", o / r * 100.0)).collect();
     println!("(rounds, raw/apply rows/s: {})", rounds.join(", "));
     let (units, chunks, job) = measured.unwrap();
-    println!("write units per created user: {:.3} ({units:.0} WCU for {rows} users in {chunks} chunks, every write of the job counted)", units / rows as f64);
+    println!(
+        "write units per created user: {:.3} ({units:.0} WCU for {rows} users in {chunks} chunks, every write of the job counted)",
+        units / rows as f64
+    );
     let c = capacity.0.lock().unwrap();
     let mut hottest: Vec<(&String, &u32)> = c.writes_per_key.iter().filter(|(k, _)| k.contains(&job)).collect();
     hottest.sort_by(|a, b| b.1.cmp(a.1));
@@ -465,7 +473,10 @@ async fn end_to_end() {
     tenant.notify_started = false;
     stack.put_tenant(&tenant).await;
     let bytes = std::fs::read(&path).unwrap();
-    println!("\n## End to end: {rows}-row XLSX ({:.1} MB) through the local stack (S3 event -> ingest -> apply -> finalize -> email)", bytes.len() as f64 / 1e6);
+    println!(
+        "\n## End to end: {rows}-row XLSX ({:.1} MB) through the local stack (S3 event -> ingest -> apply -> finalize -> email)",
+        bytes.len() as f64 / 1e6
+    );
     let start = Instant::now();
     let key = stack.drop_file("bench", None, "e2e.xlsx", bytes).await;
     // Stage boundaries as the job records them: planned (ingest done), done marker (apply done), final.

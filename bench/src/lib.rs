@@ -3,7 +3,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const HEADER: [&str; 10] = ["Email", "FirstName", "LastName", "Type", "Action", "RoleName", "Department", "Groups", "Phone", "Username"];
+pub const HEADER: [&str; 10] =
+    ["Email", "FirstName", "LastName", "Type", "Action", "RoleName", "Department", "Groups", "Phone", "Username"];
 
 /// Row `i` of a synthetic roster: realistic widths (about 120 bytes as CSV), every value valid.
 pub fn row(i: usize, action: &str) -> [String; 10] {

@@ -97,6 +97,23 @@ fn check_unzipped_size(bytes: &[u8], limit: u64) -> Result<(), FileError> {
     Ok(())
 }
 
+/// An XLS is an OLE compound file: a FAT file system inside the file. calamine follows its sector
+/// chains without checking for loops, so an 11 KB file whose chain loops makes it allocate until
+/// memory runs out (found by fuzzing). The `cfb` crate validates the whole allocation table, loops
+/// included, within the file's own size: a container it refuses is damaged.
+fn check_ole_container(bytes: &[u8]) -> Result<(), FileError> {
+    let corrupt = |e: std::io::Error| FileError::Corrupt { format: "XLS", detail: format!("its container is damaged ({e})") };
+    let mut file = cfb::CompoundFile::open(Cursor::new(bytes)).map_err(corrupt)?;
+    // The streams calamine reads are walked too, each bounded by the file size.
+    let streams: Vec<std::path::PathBuf> = file.walk().filter(|e| e.is_stream()).map(|e| e.path().to_path_buf()).collect();
+    for path in streams {
+        let stream = file.open_stream(&path).map_err(corrupt)?;
+        let mut bounded = std::io::Read::take(stream, bytes.len() as u64 + 1);
+        std::io::copy(&mut bounded, &mut std::io::sink()).map_err(corrupt)?;
+    }
+    Ok(())
+}
+
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 const OLE_MAGIC: &[u8] = &[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
 
@@ -149,6 +166,8 @@ fn decode_workbook(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
 fn read_workbook(bytes: &[u8], guess: &'static str) -> Result<Vec<Table>, FileError> {
     if bytes.starts_with(ZIP_MAGIC) {
         check_unzipped_size(bytes, MAX_UNZIPPED_BYTES)?;
+    } else {
+        check_ole_container(bytes)?;
     }
     let mut book = calamine::open_workbook_auto_from_rs(Cursor::new(bytes))
         .map_err(|e| FileError::Corrupt { format: guess, detail: e.to_string() })?;
@@ -618,7 +637,10 @@ mod spreadsheet_cell_tests {
             g.put(pos, v.to_string());
         }
         let rows = g.into_rows();
-        assert_eq!(rows, vec![(1, vec!["Email".to_string(), "Name".into()]), (2, vec!["b@x.com".to_string()]), (3, vec!["c@x.com".to_string()])]);
+        assert_eq!(
+            rows,
+            vec![(1, vec!["Email".to_string(), "Name".into()]), (2, vec!["b@x.com".to_string()]), (3, vec!["c@x.com".to_string()])]
+        );
     }
 
     #[test]

@@ -59,6 +59,8 @@ fn the_bad_files_corpus_is_refused_or_accounted_for() {
         ("broken-xml.xlsx", Expect::Rejected("could not be read")),
         // Found by `cargo fuzz` (target decode): calamine 0.38 indexed past a sector table and panicked.
         ("fuzz-xls-bad-sector-table.xls", Expect::Rejected("could not be read")),
+        // Found by `cargo fuzz` (target decode): a sector chain that loops made calamine allocate without bound.
+        ("fuzz-xls-sector-chain-loop.xls", Expect::Rejected("container is damaged")),
     ];
     let files: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(files.len(), expectations.len(), "every corpus file has an expectation: {files:?}");
