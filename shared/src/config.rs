@@ -36,6 +36,9 @@ pub struct Config {
     pub job_deadline_secs: i64,
     /// Who hears about files no configured tenant can receive (an unknown tenant folder).
     pub default_admins: Vec<String>,
+    /// The function's memory (Lambda sets `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`): ingest refuses a file
+    /// it could only fail on by running out of memory. `None` (CLI, local runner): no such check.
+    pub memory_mb: Option<u64>,
 }
 
 pub const DEFAULT_BUCKET: &str = "rosterdrop-local";
@@ -69,6 +72,7 @@ impl Config {
             default_admins: get("ROSTERDROP_DEFAULT_ADMINS")
                 .map(|v| v.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect())
                 .unwrap_or_default(),
+            memory_mb: get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|v| v.trim().parse().ok()),
         })
     }
 
@@ -90,6 +94,7 @@ impl Config {
             invite_batch: 500,
             job_deadline_secs: 3 * 3600,
             default_admins: vec![],
+            memory_mb: None,
         }
     }
 }

@@ -180,7 +180,7 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
         },
     };
     let raw_action = get(Field::Action).unwrap_or_default();
-    let mut action = Action::parse(&raw_action).ok_or_else(|| {
+    let mut action = Action::parse(raw_action).ok_or_else(|| {
         (None, Some("Action".into()), format!("Action \"{raw_action}\" is not one of {} (blank means Upsert)", Action::NAMES.join(", ")))
     })?;
     if mode == Mode::Add {
