@@ -241,7 +241,10 @@ impl Stack {
 
 /// Every message LocalStack recorded (SES v1 and our SES v2 provider), as JSON.
 pub fn ses_messages() -> Vec<serde_json::Value> {
-    let body = ureq::get(SES_ENDPOINT).call().expect("GET /_aws/ses").body_mut().read_to_string().expect("body");
+    // Every message of the stack's lifetime comes back, attachments included: far over ureq's
+    // default 10 MB after a benchmark has mailed large result files.
+    let body =
+        ureq::get(SES_ENDPOINT).call().expect("GET /_aws/ses").body_mut().with_config().limit(1 << 30).read_to_string().expect("body");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     v["messages"].as_array().cloned().unwrap_or_default()
 }

@@ -229,19 +229,16 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, p: Pr
     // Later phases wait in staged/ until the phase before them completes; the first non-empty
     // phase goes straight to chunks/ (written last, once everything it may need exists).
     let first = (0..PHASES).find(|&i| phase_chunks[i] > 0);
-    for (phase, ops) in phases.iter().enumerate() {
-        if Some(phase) == first {
-            continue;
-        }
-        for (seq, chunk) in ops.chunks(chunk_size).enumerate() {
-            svc.store.put(&keys::staged_chunk(id, phase, seq as u32), jsonl(chunk)?, "application/x-ndjson").await?;
-        }
+    let mut staged: Vec<(String, &[RowOp])> = Vec::new();
+    for (phase, ops) in phases.iter().enumerate().filter(|(phase, _)| Some(*phase) != first) {
+        staged.extend(ops.chunks(chunk_size).enumerate().map(|(seq, c)| (keys::staged_chunk(id, phase, seq as u32), c)));
     }
+    upload_chunks(svc, staged).await?;
     match first {
         Some(phase) => {
-            for (seq, chunk) in phases[phase].chunks(chunk_size).enumerate() {
-                svc.store.put(&keys::chunk(id, phase, seq as u32), jsonl(chunk)?, "application/x-ndjson").await?;
-            }
+            let released: Vec<(String, &[RowOp])> =
+                phases[phase].chunks(chunk_size).enumerate().map(|(seq, c)| (keys::chunk(id, phase, seq as u32), c)).collect();
+            upload_chunks(svc, released).await?;
         }
         // Every row failed validation: nothing to apply, straight to finalize.
         None => {
@@ -254,6 +251,22 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, p: Pr
         report::started_email(svc, job, tenant, mode, total_rows, invalid).await?;
     }
     Ok(())
+}
+
+/// Chunk uploads in flight at once: a million-row file has 2,000 chunks, and one PUT after another
+/// would make ingest wait on S3 latency 2,000 times. Bodies are serialized as they are sent, so at
+/// most this many exist at once.
+const UPLOADS_IN_FLIGHT: usize = 16;
+
+async fn upload_chunks<'a>(svc: &'a Services, chunks: Vec<(String, &'a [RowOp])>) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    // Boxed so the futures have one concrete type (and the function stays Send inside the runner).
+    type Upload<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+    let uploads: Vec<Upload<'a>> = chunks
+        .into_iter()
+        .map(|(key, ops)| -> Upload<'a> { Box::pin(async move { svc.store.put(&key, jsonl(ops)?, "application/x-ndjson").await }) })
+        .collect();
+    futures::stream::iter(uploads).buffer_unordered(UPLOADS_IN_FLIGHT).try_collect::<Vec<()>>().await.map(drop)
 }
 
 pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
