@@ -22,7 +22,7 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         info!(job = %job_id, state = job.state.as_str(), "job already finalized (duplicate or late event)");
         return Ok(());
     }
-    finalize_job(svc, &job, false).await
+    finalize_job(svc, &job, false).await.map(drop)
 }
 
 /// What a row without an outcome says when its job had to be stopped.
@@ -30,8 +30,8 @@ pub const NOT_APPLIED: &str = "not applied: processing of this file stopped afte
 
 /// Merge outcomes, write the result files and summary, email the admins once, record the final
 /// state. `stopped`: the job is FAILED (see `monitor::fail_stuck_jobs`) and rows without an
-/// outcome were not applied.
-pub async fn finalize_job(svc: &Services, job: &crate::model::Job, stopped: bool) -> Result<()> {
+/// outcome were not applied. `Ok(false)`: left open, another invocation holds the email claim.
+pub async fn finalize_job(svc: &Services, job: &crate::model::Job, stopped: bool) -> Result<bool> {
     let job_id = job.id.clone();
     let staged_bytes = svc
         .store
@@ -103,7 +103,7 @@ pub async fn finalize_job(svc: &Services, job: &crate::model::Job, stopped: bool
 
     match svc.directory.tenant(&job.tenant).await? {
         Some(tenant) => {
-            if svc.jobs.claim_email(&job_id, "result").await? {
+            if svc.jobs.claim_email(&job_id, "result", svc.config.email_lease_secs).await? {
                 let from = report::sender(svc, &tenant);
                 let mut attachments = Vec::new();
                 let mut links = Vec::new();
@@ -120,7 +120,14 @@ pub async fn finalize_job(svc: &Services, job: &crate::model::Job, stopped: bool
                 let (subject, text, html) = result_email(&tenant.id, &summary, &outcomes, &links);
                 let mime = report::build_email(&from, &tenant.admin_emails, &subject, &text, &html, &attachments)?;
                 svc.mailer.send_raw(&from, &tenant.admin_emails, mime).await?;
+                svc.jobs.mark_email_sent(&job_id, "result").await?;
                 info!(job = %job_id, recipients = tenant.admin_emails.len(), "result email sent");
+            } else if !svc.jobs.email_sent(&job_id, "result").await? {
+                // Another invocation holds the claim and has not sent yet (or crashed before it
+                // could). The job stays open: its invocation finishes it, or the scheduled sweep
+                // takes the claim over once it is stale (`monitor::finish_unsent_jobs`).
+                info!(job = %job_id, "result email claimed by another invocation; leaving the job open");
+                return Ok(false);
             }
         }
         None => {
@@ -130,7 +137,7 @@ pub async fn finalize_job(svc: &Services, job: &crate::model::Job, stopped: bool
     let c = &summary.counts;
     svc.jobs.finish(&job_id, final_state, c.success, c.failure, c.skipped).await?;
     info!(job = %job_id, rows = summary.rows, succeeded = c.success, failed = c.failure, skipped = c.skipped, "job completed");
-    Ok(())
+    Ok(true)
 }
 
 pub struct ResultFiles {

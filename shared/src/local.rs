@@ -75,7 +75,8 @@ impl LocalAws {
             // The loader leaves the client unset when it is the default; the wrapper then picks one.
             let wrapped = wrap(sdk.http_client().unwrap_or_else(|| aws_smithy_runtime_api::client::http::SharedHttpClient::new(NoClient)));
             ddb = ddb.http_client(wrapped.clone());
-            s3 = s3.http_client(wrapped);
+            s3 = s3.http_client(wrapped.clone());
+            ses = ses.http_client(wrapped);
         }
         if let Some(i) = interceptor {
             ddb.push_interceptor(i.clone());
@@ -232,6 +233,9 @@ pub async fn run(
             sweeper = Some(tokio::spawn(async move {
                 if let Err(e) = crate::invites::sweep(&svc, chrono::Utc::now()).await {
                     warn!(error = %e, "invite sweep failed; the next one retries");
+                }
+                if let Err(e) = crate::monitor::finish_unsent_jobs(&svc, chrono::Utc::now()).await {
+                    warn!(error = %e, "unsent-email sweep failed");
                 }
                 if let Err(e) = crate::monitor::fail_stuck_jobs(&svc, chrono::Utc::now()).await {
                     warn!(error = %e, "stuck-job check failed; the next one retries");

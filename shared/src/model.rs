@@ -104,6 +104,10 @@ pub enum AttributeKind {
 
 pub const DEFAULT_REPLACE_THRESHOLD_PERCENT: u8 = 20;
 
+/// An email claim not marked sent after this long belongs to an invocation that has ended (the
+/// finalize function's timeout is 15 minutes) and may be taken over (`Config::email_lease_secs`).
+pub const EMAIL_CLAIM_LEASE_SECS: i64 = 20 * 60;
+
 impl Tenant {
     /// A tenant with defaults for everything but its id and admins.
     pub fn new(id: impl Into<String>, admin_emails: Vec<String>) -> Self {

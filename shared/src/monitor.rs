@@ -29,6 +29,35 @@ pub fn emf_line(metric: &str, value: i64, now: chrono::DateTime<chrono::Utc>) ->
     .to_string()
 }
 
+/// Finish jobs whose every chunk is applied but whose result email was claimed by an invocation
+/// that ended before sending it (a crash, a timeout, SES failing past its retries): once the claim
+/// is stale, finalize again; it takes the claim over and sends. Late, never silent. Returns how
+/// many jobs it finished.
+pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
+    let mut finished = 0;
+    for (id, received_at) in svc.jobs.open_jobs(50).await? {
+        let age =
+            chrono::DateTime::parse_from_rfc3339(&received_at).map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds()).unwrap_or(0);
+        if age < svc.config.email_lease_secs {
+            break; // oldest first: the rest are younger
+        }
+        let Some(job) = svc.jobs.get(&id).await? else { continue };
+        if job.state != crate::model::JobState::Applying || svc.store.size(&crate::keys::done(&id)).await?.is_none() {
+            continue; // still applying: the deadline sweep watches it
+        }
+        tracing::warn!(job = %id, age_secs = age, "applied job still open; finalizing again");
+        // One job that cannot be finalized must not stop the sweep (nor the deadline sweep after it).
+        match crate::finalize::finalize_job(svc, &job, false).await {
+            Ok(true) => finished += 1,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(job = %id, retryable = e.is_retryable(), error = %e, "finalizing again failed; the next sweep retries")
+            }
+        }
+    }
+    Ok(finished)
+}
+
 /// Stop jobs still open past the deadline (a chunk failed all its retries, an event was lost):
 /// mark them FAILED and email the admins what was and was not applied. Never silence.
 pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {

@@ -104,7 +104,12 @@ pub trait JobStore: Send + Sync {
     async fn record_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<bool>;
     async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool>;
     /// Claim the right to send the job's email: `true` for exactly one caller.
-    async fn claim_email(&self, id: &str, kind: &str) -> Result<bool>;
+    /// Claim sending a job's email of `kind` once; a claim older than `lease_secs` that was never
+    /// marked sent is taken over.
+    async fn claim_email(&self, id: &str, kind: &str, lease_secs: i64) -> Result<bool>;
+    /// Record that the claimed email went out (a claim without this is taken over once stale).
+    async fn mark_email_sent(&self, id: &str, kind: &str) -> Result<()>;
+    async fn email_sent(&self, id: &str, kind: &str) -> Result<bool>;
     /// Record the final state (COMPLETED or FAILED) and the counts.
     async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()>;
     /// The oldest job not yet COMPLETED or REJECTED: (id, received_at).

@@ -117,7 +117,7 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
         None => None,
     };
     if let Some(tenant) = tenant
-        && svc.jobs.claim_email(&job.id, "result").await?
+        && svc.jobs.claim_email(&job.id, "result", svc.config.email_lease_secs).await?
     {
         let subject = format!("[rosterdrop] {}: {} was rejected, nothing was applied", tenant.id, job.file_name);
         let text = format!(
@@ -133,6 +133,7 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
         );
         let mime = build_email(&sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, attachments)?;
         svc.mailer.send_raw(&sender(svc, tenant), &tenant.admin_emails, mime).await?;
+        svc.jobs.mark_email_sent(&job.id, "result").await?;
         info!(job = %job.id, recipients = tenant.admin_emails.len(), "rejection email sent");
     }
     svc.jobs.transition(&job.id, JobState::Received, JobState::Rejected, Some(reason)).await?;
@@ -159,6 +160,7 @@ pub async fn started_email(svc: &Services, job: &Job, tenant: &Tenant, mode: cra
     let from = sender(svc, tenant);
     let mime = build_email(&from, &tenant.admin_emails, &subject, &text, &html, &[])?;
     svc.mailer.send_raw(&from, &tenant.admin_emails, mime).await?;
+    svc.jobs.mark_email_sent(&job.id, "started").await?;
     info!(job = %job.id, "processing-started email sent");
     Ok(())
 }

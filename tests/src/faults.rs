@@ -27,6 +27,8 @@ pub struct Faults {
     /// Send one DynamoDB write in this many, let it land, then answer 500 as if the response were
     /// lost on the way back: the SDK retries a write that already happened (0 = never).
     pub lose_response_every: u64,
+    /// Fail this many SES v2 SendEmail requests with 500 (then let them through).
+    pub ses_fail: AtomicU64,
     /// Fail DynamoDB requests whose body contains this text (e.g. the job completion update), `fail_matching_times` times.
     pub fail_matching: Mutex<Option<(String, u64)>>,
     pub enabled: AtomicBool,
@@ -132,6 +134,14 @@ impl HttpConnector for FaultyConnector {
                     r#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"Rate of requests exceeds the allowed throughput."}"#,
                 );
             }
+        } else if request.uri().contains("/v2/email/outbound-emails")
+            && f.ses_fail.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
+        {
+            f.injected.fetch_add(1, Ordering::Relaxed);
+            let mut resp = Response::new(StatusCode::try_from(500).expect("status"), SdkBody::from(r#"{"message":"injected"}"#));
+            resp.headers_mut().insert("content-type", "application/json");
+            resp.headers_mut().insert("x-amzn-errortype", "InternalFailure");
+            return HttpConnectorFuture::ready(Ok(resp));
         } else if request.method() == "PUT" && f.s3_put_fail_every > 0 {
             let n = f.puts.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_multiple_of(f.s3_put_fail_every) {

@@ -214,3 +214,40 @@ async fn writes_whose_responses_are_lost_report_what_they_did_not_what_the_retry
     assert!(injected >= 30, "{injected}");
     stack.shutdown().await;
 }
+
+/// SES fails past the SDK's retries while finalize sends the result email. The invocation fails;
+/// its retries find the claim still in flight and leave the job open rather than mark it COMPLETED
+/// without an email. Once the claim is stale, the scheduled sweep finalizes again, takes the claim
+/// over and the admins get exactly one email, late but never silently dropped.
+#[tokio::test]
+async fn a_result_email_that_failed_to_send_is_sent_late_by_the_sweep_never_dropped() {
+    let faults = Arc::new(Faults::default());
+    let stack = Stack::start_manual_faulty(faults.clone(), |c| {
+        c.sdk_max_attempts = 2;
+        c.email_lease_secs = 6;
+    })
+    .await;
+    let mut tenant = stack.tenant("acme");
+    tenant.notify_started = false;
+    stack.put_tenant(&tenant).await;
+    let key = stack.drop_file("acme", None, "late.csv", b"Email\na@acme.example.com\n".to_vec()).await;
+    faults.ses_fail.store(2, Ordering::Relaxed); // both attempts of the one send
+    faults.enabled.store(true, Ordering::Relaxed);
+    let retried = deliver(&stack).await;
+    faults.enabled.store(false, Ordering::Relaxed);
+    assert!(retried >= 1, "finalize failed and was retried");
+    let open = stack.svc.jobs.recent("acme", 10).await.unwrap().into_iter().find(|j| j.source_key == key).unwrap();
+    assert_eq!(open.state, JobState::Applying, "not COMPLETED while its email is unsent");
+    assert!(tests::mail_to(&stack.admin_email()).is_empty());
+
+    assert_eq!(shared::monitor::finish_unsent_jobs(&stack.svc, chrono::Utc::now()).await.unwrap(), 0, "the claim is not stale yet");
+    assert!(tests::mail_to(&stack.admin_email()).is_empty());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(shared::monitor::finish_unsent_jobs(&stack.svc, chrono::Utc::now()).await.unwrap(), 1);
+    let job = stack.wait_job("acme", &key, Duration::from_secs(5)).await;
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(wait_mail(&stack.admin_email(), 1, Duration::from_secs(5)).await.len(), 1);
+    assert_eq!(shared::monitor::finish_unsent_jobs(&stack.svc, chrono::Utc::now()).await.unwrap(), 0, "a finished job is left alone");
+    assert_eq!(tests::mail_to(&stack.admin_email()).len(), 1, "exactly one email");
+    stack.shutdown().await;
+}

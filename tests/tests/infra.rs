@@ -195,6 +195,8 @@ async fn each_role_allows_exactly_the_calls_its_function_makes() {
     stack.drop_file("acme", None, "stuck.csv", b"Email\ns@acme.example.com\n".to_vec()).await;
     pump_only(&stack, "incoming/").await;
     let later = chrono::Utc::now() + chrono::Duration::hours(4);
+    // (Not applied, so not the unsent-email sweep's: it reads and leaves it.)
+    assert_eq!(FUNCTION.scope("InvitesFunction", shared::monitor::finish_unsent_jobs(&stack.svc, later)).await.unwrap(), 0);
     assert_eq!(FUNCTION.scope("InvitesFunction", shared::monitor::fail_stuck_jobs(&stack.svc, later)).await.unwrap(), 1);
 
     let recorded = recorder.0.lock().unwrap().clone();

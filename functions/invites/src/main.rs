@@ -20,10 +20,13 @@ async fn main() -> Result<(), Error> {
             tracing::error!(retryable = e.is_retryable(), error = %e, "invite sweep failed");
         })?;
         // The same schedule publishes the job-age metric its alarm watches (a stuck job pages).
+        let resumed = monitor::finish_unsent_jobs(svc, now).await?;
         let stopped = monitor::fail_stuck_jobs(svc, now).await?;
         let age = monitor::oldest_open_job_age(svc, now).await?;
         println!("{}", monitor::emf_line(monitor::JOB_AGE_METRIC, age, now));
-        Ok::<_, Error>(serde_json::json!({ "sent": sent, "stopped_jobs": stopped, "oldest_open_job_age_seconds": age }))
+        Ok::<_, Error>(
+            serde_json::json!({ "sent": sent, "resumed_jobs": resumed, "stopped_jobs": stopped, "oldest_open_job_age_seconds": age }),
+        )
     }))
     .await
 }

@@ -985,18 +985,26 @@ impl JobStore for DynamoJobs {
         Ok(out.item.is_some())
     }
 
-    async fn claim_email(&self, id: &str, kind: &str) -> Result<bool> {
+    async fn claim_email(&self, id: &str, kind: &str, lease_secs: i64) -> Result<bool> {
+        let now = chrono::Utc::now();
+        let stamp = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(format!("J#{id}")))
-            // The claim carries a token unique to this call: when the response is lost and the SDK
-            // retries, the retry recognises its own claim instead of reporting it taken.
+            // The claim is "<time> <token>", the token unique to this call: when the response is
+            // lost and the SDK retries, the retry recognises its own claim. A claim never marked
+            // sent and older than the lease (its invocation has ended) is taken over: the email
+            // is then sent late rather than never.
             .update_expression("SET #k = :claim")
-            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(#k) OR #k = :claim)")
+            .condition_expression(
+                "attribute_exists(pk) AND attribute_not_exists(#sent) AND (attribute_not_exists(#k) OR #k = :claim OR #k < :stale)",
+            )
             .expression_attribute_names("#k", format!("email_{kind}"))
-            .expression_attribute_values(":claim", s(format!("{} {}", chrono::Utc::now().to_rfc3339(), uuid::Uuid::new_v4())))
+            .expression_attribute_names("#sent", format!("email_{kind}_sent"))
+            .expression_attribute_values(":claim", s(format!("{} {}", stamp(now), uuid::Uuid::new_v4())))
+            .expression_attribute_values(":stale", s(stamp(now - chrono::Duration::seconds(lease_secs))))
             .send()
             .await;
         match res {
@@ -1004,6 +1012,33 @@ impl JobStore for DynamoJobs {
             Err(e) if is_condition_failed(&e) => Ok(false),
             Err(e) => Err(ddb_err("UpdateItem")(e)),
         }
+    }
+
+    async fn mark_email_sent(&self, id: &str, kind: &str) -> Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression("SET #sent = :now")
+            .expression_attribute_names("#sent", format!("email_{kind}_sent"))
+            .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()))
+            .send()
+            .await
+            .map_err(ddb_err("UpdateItem"))?;
+        Ok(())
+    }
+
+    async fn email_sent(&self, id: &str, kind: &str) -> Result<bool> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        Ok(out.item.as_ref().is_some_and(|i| i.contains_key(&format!("email_{kind}_sent"))))
     }
 
     async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()> {

@@ -247,7 +247,7 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, p: Pr
     }
     svc.jobs.transition(id, JobState::Received, JobState::Applying, None).await?;
     info!(job = %id, rows = total_rows, invalid, chunks = ?phase_chunks, "ingest planned");
-    if tenant.notify_started && svc.jobs.claim_email(id, "started").await? {
+    if tenant.notify_started && svc.jobs.claim_email(id, "started", svc.config.email_lease_secs).await? {
         report::started_email(svc, job, tenant, mode, total_rows, invalid).await?;
     }
     Ok(())
