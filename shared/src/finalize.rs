@@ -40,6 +40,8 @@ pub async fn finalize_job(svc: &Services, job: &crate::model::Job, stopped: bool
         .ok_or_else(|| Error::corrupt(format!("job {job_id}"), "staged input missing"))?;
     let staged: StagedInput = serde_json::from_slice(&staged_bytes).map_err(|e| Error::corrupt("staged input", e))?;
     drop(staged_bytes);
+    let warnings = staged.warnings.clone();
+    let tables = staged.tables(svc).await?;
 
     let mut by_row: HashMap<u32, Outcome> = HashMap::new();
     let mut reconciled: Vec<Outcome> = Vec::new();
@@ -55,8 +57,7 @@ pub async fn finalize_job(svc: &Services, job: &crate::model::Job, stopped: bool
     }
     reconciled.sort_by(|a, b| a.user.cmp(&b.user));
     // Every input row gets exactly one outcome; a missing one is a bug we report, never hide.
-    let outcomes: Vec<Outcome> = staged
-        .tables
+    let outcomes: Vec<Outcome> = tables
         .iter()
         .flat_map(|t| t.rows.iter().map(move |(n, _)| t.row_offset + n))
         .map(|row| {
@@ -72,11 +73,11 @@ pub async fn finalize_job(svc: &Services, job: &crate::model::Job, stopped: bool
 
     let final_state = if stopped { JobState::Failed } else { JobState::Completed };
     let mut summary = Summary::new(job, final_state);
-    summary.format = staged.tables.first().map(|t| t.format.label().to_string());
-    summary.warnings = staged.warnings.clone();
+    summary.format = tables.first().map(|t| t.format.label().to_string());
+    summary.warnings = warnings;
     summary.count(&outcomes);
 
-    let files = result_files(&staged.tables, &outcomes, &job.file_name)?;
+    let files = result_files(&tables, &outcomes, &job.file_name)?;
     let prefix = keys::results_prefix(&job.tenant, &job_id);
     let result_key = format!("{prefix}{}", files.result.name);
     svc.store.put(&result_key, files.result.bytes.clone(), files.result.content_type).await?;

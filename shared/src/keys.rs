@@ -60,6 +60,10 @@ pub fn parse_incoming(key: &str) -> Result<IncomingKey, KeyProblem> {
 pub fn staged_input(job: &str) -> String {
     format!("{STAGED}{job}/input.json")
 }
+/// The roster exactly as ingest read it: finalize decodes it again to echo every row.
+pub fn staged_source(job: &str) -> String {
+    format!("{STAGED}{job}/source")
+}
 pub fn staged_chunk(job: &str, phase: usize, seq: u32) -> String {
     format!("{STAGED}{job}/{}", chunk_name(phase, seq))
 }
