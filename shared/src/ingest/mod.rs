@@ -163,8 +163,8 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
     write_job(svc, &job, &tenant, mode, prepared, bytes).await
 }
 
-/// Peak memory of ingesting a file, per byte of file: `make bench` measures about 13x for CSV and
-/// 35x for XLSX at a million rows (the whole table and its operations are held at once); these add
+/// Peak memory of ingesting a file, per byte of file: `make bench` measures about 11x for CSV and
+/// 32x for XLSX at a million rows (the whole table and its operations are held at once); these add
 /// headroom. Files compress differently, so spreadsheets get the larger factor.
 pub const TEXT_PEAK_PER_FILE_BYTE: u64 = 16;
 pub const SPREADSHEET_PEAK_PER_FILE_BYTE: u64 = 48;
