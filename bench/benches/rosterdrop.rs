@@ -382,20 +382,20 @@ async fn raw_puts(stack: &tests::Stack, rows: usize, concurrency: usize, run: &s
 async fn handler_apply(stack: &tests::Stack, rows: usize, prefix: &str) -> (f64, usize, String) {
     let key = stack.drop_file("bench", None, &format!("{prefix}.csv"), roster_csv(rows, prefix, "Create")).await;
     let mut chunks = Vec::new();
-    let mut ingest = None;
+    let mut ingested = false;
     let mut job_id = String::new();
     // Ingest (its events), then collect the chunk events it caused.
     for _ in 0..20 {
         for obj in stack.take_events().await {
             if obj.key == key {
                 shared::local::dispatch(&stack.svc, &obj).await.unwrap();
-                ingest = Some(());
+                ingested = true;
                 job_id = shared::ingest::job_id(&obj);
             } else if obj.key.starts_with("chunks/") {
                 chunks.push(obj);
             }
         }
-        if ingest.is_some() && !chunks.is_empty() {
+        if ingested && !chunks.is_empty() {
             break;
         }
     }

@@ -10,11 +10,14 @@ pub const JOB_AGE_METRIC: &str = "OldestOpenJobAgeSeconds";
 /// Age in seconds of the oldest job not yet COMPLETED or REJECTED (0 when none is open).
 pub async fn oldest_open_job_age(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<i64> {
     Ok(match svc.jobs.oldest_open().await? {
-        Some((_, received_at)) => chrono::DateTime::parse_from_rfc3339(&received_at)
-            .map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0))
-            .unwrap_or(0),
+        Some((_, received_at)) => age_secs(&received_at, now),
         None => 0,
     })
+}
+
+/// Seconds from an RFC 3339 time to `now` (0 when unreadable or in the future).
+fn age_secs(received_at: &str, now: chrono::DateTime<chrono::Utc>) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(received_at).map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0)).unwrap_or(0)
 }
 
 /// One EMF line carrying a single metric.
@@ -36,8 +39,7 @@ pub fn emf_line(metric: &str, value: i64, now: chrono::DateTime<chrono::Utc>) ->
 pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
     let mut finished = 0;
     for (id, received_at) in svc.jobs.open_jobs(50).await? {
-        let age =
-            chrono::DateTime::parse_from_rfc3339(&received_at).map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds()).unwrap_or(0);
+        let age = age_secs(&received_at, now);
         if age < svc.config.email_lease_secs {
             break; // oldest first: the rest are younger
         }
@@ -64,8 +66,7 @@ pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>)
     use crate::model::JobState;
     let mut stopped = 0;
     for (id, received_at) in svc.jobs.open_jobs(50).await? {
-        let age =
-            chrono::DateTime::parse_from_rfc3339(&received_at).map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds()).unwrap_or(0);
+        let age = age_secs(&received_at, now);
         if age < svc.config.job_deadline_secs {
             break; // oldest first: the rest are younger
         }

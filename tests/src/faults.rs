@@ -138,10 +138,7 @@ impl HttpConnector for FaultyConnector {
             && f.ses_fail.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
         {
             f.injected.fetch_add(1, Ordering::Relaxed);
-            let mut resp = Response::new(StatusCode::try_from(500).expect("status"), SdkBody::from(r#"{"message":"injected"}"#));
-            resp.headers_mut().insert("content-type", "application/json");
-            resp.headers_mut().insert("x-amzn-errortype", "InternalFailure");
-            return HttpConnectorFuture::ready(Ok(resp));
+            return respond(500, "application/json", r#"{"__type":"InternalFailure","message":"injected"}"#);
         } else if request.method() == "PUT" && f.s3_put_fail_every > 0 {
             let n = f.puts.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_multiple_of(f.s3_put_fail_every) {

@@ -28,7 +28,7 @@ pub const OPEN_JOBS: &str = "gsi2";
 const MARKER_TTL_SECS: i64 = 30 * 24 * 3600;
 
 /// Where a delete records that this row did it (see `DynamoDirectory::delete`).
-pub fn tombstone_pk(stamp: &Stamp) -> String {
+fn tombstone_pk(stamp: &Stamp) -> String {
     format!("D#{}", stamp.token())
 }
 
@@ -406,7 +406,7 @@ impl DynamoDirectory {
             .await;
         match res {
             Ok(_) => Ok(Write::Deleted),
-            Err(e) if cancellation_codes(&e).is_some_and(|c| c.first().map(String::as_str) == Some("ConditionalCheckFailed")) => {
+            Err(e) if first_condition_failed(&e) => {
                 let out = self
                     .client
                     .get_item()
@@ -679,7 +679,7 @@ impl Directory for DynamoDirectory {
         }
         match txn.send().await {
             Ok(_) => Ok(()),
-            Err(e) if cancellation_codes(&e).is_some_and(|c| c.first().map(String::as_str) == Some("ConditionalCheckFailed")) => Ok(()),
+            Err(e) if first_condition_failed(&e) => Ok(()),
             Err(e) => Err(ddb_err("TransactWriteItems")(e)),
         }
     }
@@ -737,13 +737,19 @@ fn txn_err(e: aws_sdk_dynamodb::error::BuildError) -> Error {
     Error::Build { what: "transaction", message: e.to_string() }
 }
 
+type TxnError = aws_sdk_dynamodb::error::SdkError<
+    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+    aws_sdk_dynamodb::config::http::HttpResponse,
+>;
+
+/// A transaction cancelled because the condition of its first item failed (our transactions put
+/// the item whose condition decides first).
+fn first_condition_failed(e: &TxnError) -> bool {
+    cancellation_codes(e).is_some_and(|c| c.first().map(String::as_str) == Some("ConditionalCheckFailed"))
+}
+
 /// Cancellation reasons of a failed transaction, when it was cancelled.
-fn cancellation_codes(
-    e: &aws_sdk_dynamodb::error::SdkError<
-        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
-        aws_sdk_dynamodb::config::http::HttpResponse,
-    >,
-) -> Option<Vec<String>> {
+fn cancellation_codes(e: &TxnError) -> Option<Vec<String>> {
     match e.as_service_error()? {
         aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(tc) => {
             Some(tc.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None").to_string()).collect())
@@ -957,18 +963,8 @@ impl JobStore for DynamoJobs {
             .await;
         match res {
             Ok(_) => Ok(true),
-            Err(e) => {
-                let already = e
-                    .as_service_error()
-                    .and_then(|se| match se {
-                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(tc) => {
-                            Some(tc)
-                        }
-                        _ => None,
-                    })
-                    .is_some_and(|tc| tc.cancellation_reasons().first().and_then(|r| r.code()) == Some("ConditionalCheckFailed"));
-                if already { Ok(false) } else { Err(ddb_err("TransactWriteItems")(e)) }
-            }
+            Err(e) if first_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ddb_err("TransactWriteItems")(e)),
         }
     }
 

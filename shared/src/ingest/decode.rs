@@ -117,6 +117,11 @@ fn check_ole_container(bytes: &[u8]) -> Result<(), FileError> {
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 const OLE_MAGIC: &[u8] = &[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
 
+/// A zipped (XLSX, ODS) or OLE (XLS) workbook, by its first bytes; anything else is read as text.
+pub fn is_workbook(bytes: &[u8]) -> bool {
+    bytes.starts_with(ZIP_MAGIC) || bytes.starts_with(OLE_MAGIC)
+}
+
 /// Sheet names that hold instructions rather than data (the template's own, and common ones).
 pub fn is_instruction_sheet(name: &str) -> bool {
     let n: String = name.to_ascii_lowercase().chars().filter(|c| c.is_alphanumeric()).collect();
@@ -148,7 +153,7 @@ pub fn decode_all(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(FileError::Empty);
     }
-    if bytes.starts_with(ZIP_MAGIC) || bytes.starts_with(OLE_MAGIC) {
+    if is_workbook(bytes) {
         return decode_workbook(bytes);
     }
     decode_text(bytes).map(|t| vec![t])

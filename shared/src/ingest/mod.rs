@@ -173,7 +173,7 @@ pub const SPREADSHEET_PEAK_PER_FILE_BYTE: u64 = 48;
 /// dead-letter queue) is refused at once, saying how large a file of its kind can be.
 pub fn too_big_to_read(bytes: &[u8], memory_mb: u64) -> Option<String> {
     let budget = memory_mb * 1024 * 1024 / 100 * 85; // the runtime and the SDK need the rest
-    let spreadsheet = bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(&[0xD0, 0xCF, 0x11, 0xE0]);
+    let spreadsheet = decode::is_workbook(bytes);
     let (factor, kind) =
         if spreadsheet { (SPREADSHEET_PEAK_PER_FILE_BYTE, "a spreadsheet") } else { (TEXT_PEAK_PER_FILE_BYTE, "a CSV or TSV file") };
     let limit = budget / factor;
@@ -283,7 +283,8 @@ const UPLOADS_IN_FLIGHT: usize = 16;
 
 async fn upload_chunks<'a>(svc: &'a Services, chunks: Vec<(String, &'a [RowOp])>) -> Result<()> {
     use futures::{StreamExt, TryStreamExt};
-    // Boxed so the futures have one concrete type (and the function stays Send inside the runner).
+    // Boxed: an unboxed `.map(|..| async move ..)` stream is not provably Send for every lifetime
+    // (rustc "FnOnce is not general enough"), and the runner spawns ingest on tokio.
     type Upload<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
     let uploads: Vec<Upload<'a>> = chunks
         .into_iter()
