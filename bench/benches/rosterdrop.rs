@@ -16,7 +16,6 @@
 use bench::{HEADER, csv_file, peak_rss, row, xlsx_file};
 use futures::StreamExt;
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -91,68 +90,43 @@ fn child(case: &str, file: &Path) {
             }
             last_row as usize
         }
-        "breakdown" => {
-            let bytes = std::fs::read(file).unwrap();
-            let mut tenant = shared::model::Tenant::new("bench", vec![]);
-            tenant.roles = vec!["Learner".into()];
-            let t0 = Instant::now();
-            let tables = shared::ingest::decode::decode_all(&bytes).unwrap();
-            let t1 = Instant::now();
-            let m = shared::ingest::headers::map_headers(&tables[0].headers, &tenant).unwrap();
-            let v = shared::ingest::validate::validate(&tables[0], &m, &tenant, shared::model::Mode::Upsert);
-            let t2 = Instant::now();
-            let mut n = 0;
-            for op in &v.ops {
-                n += serde_json::to_vec(op).unwrap().len();
-            }
-            let t3 = Instant::now();
-            let staged = serde_json::to_vec(&tables).unwrap();
-            let t4 = Instant::now();
-            let t5 = Instant::now();
-            let valid = tables[0].rows.iter().filter(|(_, r)| shared::ingest::validate::is_valid_email(&r[0])).count();
-            let t6 = Instant::now();
-            let low: usize = tables[0].rows.iter().map(|(_, r)| r[0].to_lowercase().len()).sum();
-            let t7 = Instant::now();
-            eprintln!("email check {:?} ({valid}) lowercase {:?} ({low})", t6 - t5, t7 - t6);
-            eprintln!(
-                "decode {:?} validate {:?} ops-json {:?} staged-json {:?} ({n} {})",
-                t1 - t0,
-                t2 - t1,
-                t3 - t2,
-                t4 - t3,
-                staged.len()
-            );
-            v.ops.len()
-        }
         "decode" => {
-            let bytes = std::fs::read(file).unwrap();
-            shared::ingest::decode::decode_all(&bytes).unwrap().iter().map(|t| t.rows.len()).sum()
+            // The streaming reader alone, rows counted and dropped.
+            struct Count(usize);
+            impl shared::ingest::decode::TableVisitor for Count {
+                type Stop = std::convert::Infallible;
+                fn table(&mut self, _: shared::ingest::decode::TableHead) -> Result<(), Self::Stop> {
+                    Ok(())
+                }
+                fn row<S: AsRef<str>>(&mut self, _: u32, cells: &[S]) -> Result<(), Self::Stop> {
+                    self.0 += usize::from(!cells.is_empty());
+                    Ok(())
+                }
+            }
+            let mut count = Count(0);
+            let mut f = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(file).unwrap());
+            shared::ingest::decode::read(&mut f, &mut count).unwrap();
+            count.0
         }
         "ingest" => {
-            // What the ingest Lambda does with the file's bytes, minus the network: decode,
-            // validate, split into phase chunks and serialize each chunk body.
-            let mut bytes = Vec::new();
-            std::fs::File::open(file).unwrap().read_to_end(&mut bytes).unwrap();
+            // What the ingest Lambda does once the object is on local disk, minus the network:
+            // read and validate streaming into per-phase spill files, then cut and serialize every
+            // chunk body exactly as it would be uploaded.
+            let scratch = tempfile::tempdir().unwrap();
             let mut tenant = shared::model::Tenant::new("bench", vec![]);
             tenant.roles = vec!["Learner".into()];
-            let p = shared::ingest::prepare(&bytes, &tenant, shared::model::Mode::Upsert).unwrap();
-            assert!(p.outcomes.is_empty(), "synthetic rows are valid: {:?}", &p.outcomes[..1]);
-            // Ingest stages the bytes it read for finalize (an S3 PUT, not measured here) and
-            // lets go of them and of the decoded table before writing chunks.
-            drop(bytes);
-            let shared::ingest::Prepared { ops, tables, .. } = p;
-            drop(tables);
+            let ing = shared::ingest::stream::prepare_file(file, scratch.path(), &tenant, shared::model::Mode::Upsert).unwrap();
+            assert_eq!(ing.sink.outcome_count, 0, "synthetic rows are valid");
             let mut chunk_bytes = 0usize;
-            for chunk in ops.chunks(500) {
-                let mut body = Vec::with_capacity(chunk.len() * 256);
-                for op in chunk {
-                    serde_json::to_writer(&mut body, op).unwrap();
-                    body.push(b'\n');
+            let mut ops = 0u64;
+            for phase in 0..shared::model::PHASES {
+                ops += ing.sink.counts[phase];
+                for body in shared::ingest::stream::Chunks::open(&ing.sink.phase_path(phase), 500, &ing.validator).unwrap() {
+                    chunk_bytes += body.unwrap().len();
                 }
-                chunk_bytes += body.len();
             }
             assert!(chunk_bytes > 0);
-            ops.len()
+            ops as usize
         }
         other => panic!("unknown case {other}"),
     };

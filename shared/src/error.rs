@@ -18,12 +18,19 @@ pub enum Error {
     /// Writing a result file failed.
     #[error("building {what}: {message}")]
     Build { what: &'static str, message: String },
+    /// Local scratch storage (Lambda's /tmp) failed: a fresh invocation may have a fresh disk.
+    #[error("local storage, {what}: {message}")]
+    Local { what: &'static str, message: String },
 }
 
 impl Error {
     /// Whether the same invocation may succeed when retried.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Transient { .. })
+        matches!(self, Error::Transient { .. } | Error::Local { .. })
+    }
+
+    pub fn local(what: &'static str, e: impl std::fmt::Display) -> Self {
+        Error::Local { what, message: e.to_string() }
     }
 
     pub fn corrupt(what: impl Into<String>, message: impl std::fmt::Display) -> Self {

@@ -12,6 +12,11 @@ pub trait ObjectStore: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     async fn size(&self, key: &str) -> Result<Option<u64>>;
     async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<()>;
+    /// Stream an object into a local file, never holding it in memory; its size, or `None` when
+    /// the object does not exist.
+    async fn download(&self, key: &str, to: &std::path::Path) -> Result<Option<u64>>;
+    /// Upload a local file, streamed from disk.
+    async fn put_file(&self, key: &str, from: &std::path::Path, content_type: &str) -> Result<()>;
     /// Conditional create (`If-None-Match: *`): `true` when this call created it, `false` when it existed.
     async fn put_if_absent(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<bool>;
     async fn copy(&self, from: &str, to: &str) -> Result<()>;

@@ -425,10 +425,10 @@ async fn results_over_the_attachment_limit_are_linked_not_attached() {
 
 #[tokio::test]
 async fn a_file_larger_than_the_function_can_hold_is_refused_with_the_limit_not_by_running_out_of_memory() {
-    // A 1 MB function (as Lambda would report it) holds about 55 KB of CSV.
+    // A 1 MB function (as Lambda would report it) holds about 445 KB of CSV.
     let stack = Stack::start_with(|c| c.memory_mb = Some(1)).await;
     stack.put_tenant(&stack.tenant("acme")).await;
-    let (rows, _) = sample_roster(1_000);
+    let (rows, _) = sample_roster(10_000);
     let key = stack.drop_file("acme", None, "big.csv", rows_to_csv(&rows)).await;
     let job = stack.wait_job("acme", &key, WAIT).await;
     assert_eq!(job.state, JobState::Rejected);

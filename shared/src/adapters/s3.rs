@@ -47,6 +47,36 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn download(&self, key: &str, to: &std::path::Path) -> Result<Option<u64>> {
+        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(out) => out,
+            Err(e) if is_missing(e.code()) => return Ok(None),
+            Err(e) => return Err(Error::from_sdk("s3", "GetObject", e)),
+        };
+        let mut file = tokio::fs::File::create(to).await.map_err(|e| Error::local("download", e))?;
+        // A body cut off mid-stream is the network's fault: transient, the invocation is retried.
+        let copied = tokio::io::copy(&mut out.body.into_async_read(), &mut file)
+            .await
+            .map_err(|e| Error::Transient { service: "s3", operation: "GetObject", message: e.to_string() })?;
+        tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| Error::local("download", e))?;
+        Ok(Some(copied))
+    }
+
+    async fn put_file(&self, key: &str, from: &std::path::Path, content_type: &str) -> Result<()> {
+        // From a path, not an open file: the SDK re-reads it if the PUT is retried.
+        let body = ByteStream::from_path(from).await.map_err(|e| Error::local("upload", e))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("s3", "PutObject", e))?;
+        Ok(())
+    }
+
     async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<()> {
         self.client
             .put_object()

@@ -4,7 +4,7 @@ use calamine::{Data, DataRef, Reader, Sheets};
 use encoding_rs::{Encoding, UTF_8, WINDOWS_1252};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::io::Cursor;
+use std::io::{Cursor, Read, Seek, SeekFrom};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Format {
@@ -69,6 +69,54 @@ pub enum FileError {
         "the workbook expands to more than {limit_mb} MB when unzipped, so it is corrupt or built to exhaust memory; save it again from your spreadsheet program, or split it"
     )]
     TooBigUnzipped { limit_mb: u64 },
+    #[error(
+        "sheet \"{sheet}\": cell {cell} has a value to the left of the header row, which starts in column {first}; move the value under a header or delete it"
+    )]
+    LeftOfHeader { sheet: String, cell: String, first: String },
+}
+
+/// Why reading stopped: the file, the visitor (its own reason), or the disk under the reader.
+#[derive(Debug)]
+pub enum ReadError<S> {
+    File(FileError),
+    Stopped(S),
+    Io(std::io::Error),
+}
+
+impl<S> From<FileError> for ReadError<S> {
+    fn from(e: FileError) -> Self {
+        ReadError::File(e)
+    }
+}
+
+impl<S> From<std::io::Error> for ReadError<S> {
+    fn from(e: std::io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+/// What a table is before its rows: its header and where it comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableHead {
+    pub format: Format,
+    pub encoding: Option<String>,
+    pub delimiter: Option<char>,
+    pub sheet: Option<String>,
+    pub header_row: u32,
+    pub row_offset: u32,
+    pub user_type: Option<String>,
+    pub headers: Vec<String>,
+    /// The file has more than one table (a workbook with several data sheets): messages name the sheet.
+    pub several: bool,
+}
+
+/// Receives a file's tables as they are read: each header once, then its rows in order, each with
+/// the number the user sees. Nothing else of the file is held, so ingest's memory does not grow
+/// with the file (`decode_all` is the visitor that keeps everything).
+pub trait TableVisitor {
+    type Stop;
+    fn table(&mut self, head: TableHead) -> Result<(), Self::Stop>;
+    fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Self::Stop>;
 }
 
 /// What a zipped workbook (XLSX, ODS) may expand to. Real rosters compress 10-20x; zip bombs 1000x+.
@@ -76,9 +124,9 @@ pub const MAX_UNZIPPED_BYTES: u64 = 1 << 30;
 
 /// Measure what a zip really expands to, entry by entry, streaming into a sink (declared sizes can
 /// lie), stopping as soon as the limit is passed: memory stays flat whatever the archive holds.
-fn check_unzipped_size(bytes: &[u8], limit: u64) -> Result<(), FileError> {
+fn check_unzipped_size<R: Read + Seek>(r: &mut R, limit: u64) -> Result<(), FileError> {
     let too_big = FileError::TooBigUnzipped { limit_mb: limit >> 20 };
-    let Ok(mut archive) = zip::ZipArchive::new(Cursor::new(bytes)) else {
+    let Ok(mut archive) = zip::ZipArchive::new(r) else {
         return Ok(()); // not a readable zip: calamine will say it is corrupt
     };
     let declared: u64 = (0..archive.len()).filter_map(|i| archive.by_index_raw(i).ok().map(|f| f.size())).fold(0, u64::saturating_add);
@@ -88,7 +136,7 @@ fn check_unzipped_size(bytes: &[u8], limit: u64) -> Result<(), FileError> {
     let mut total = 0u64;
     for i in 0..archive.len() {
         let Ok(entry) = archive.by_index(i) else { continue };
-        let mut bounded = std::io::Read::take(entry, limit - total + 1);
+        let mut bounded = Read::take(entry, limit - total + 1);
         total += std::io::copy(&mut bounded, &mut std::io::sink()).unwrap_or(0);
         if total > limit {
             return Err(too_big);
@@ -101,14 +149,14 @@ fn check_unzipped_size(bytes: &[u8], limit: u64) -> Result<(), FileError> {
 /// chains without checking for loops, so an 11 KB file whose chain loops makes it allocate until
 /// memory runs out (found by fuzzing). The `cfb` crate validates the whole allocation table, loops
 /// included, within the file's own size: a container it refuses is damaged.
-fn check_ole_container(bytes: &[u8]) -> Result<(), FileError> {
+fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Result<(), FileError> {
     let corrupt = |e: std::io::Error| FileError::Corrupt { format: "XLS", detail: format!("its container is damaged ({e})") };
-    let mut file = cfb::CompoundFile::open(Cursor::new(bytes)).map_err(corrupt)?;
+    let mut file = cfb::CompoundFile::open(r).map_err(corrupt)?;
     // The streams calamine reads are walked too, each bounded by the file size.
     let streams: Vec<std::path::PathBuf> = file.walk().filter(|e| e.is_stream()).map(|e| e.path().to_path_buf()).collect();
     for path in streams {
         let stream = file.open_stream(&path).map_err(corrupt)?;
-        let mut bounded = std::io::Read::take(stream, bytes.len() as u64 + 1);
+        let mut bounded = Read::take(stream, size + 1);
         std::io::copy(&mut bounded, &mut std::io::sink()).map_err(corrupt)?;
     }
     Ok(())
@@ -147,73 +195,318 @@ pub fn decode(bytes: &[u8]) -> Result<Table, FileError> {
     decode_all(bytes)?.into_iter().next().ok_or(FileError::NoSheet)
 }
 
-/// Every table of the file: one for CSV/TSV; each data sheet of a workbook, instruction sheets
-/// ("Read Me", "Definitions", ...) and empty sheets left out.
+/// Every table of the file, held in memory: one for CSV/TSV; each data sheet of a workbook,
+/// instruction sheets ("Read Me", "Definitions", ...) and empty sheets left out. The same reader
+/// as ingest's streaming one, so the CLI and finalize see exactly the rows ingest saw.
 pub fn decode_all(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(FileError::Empty);
+    let mut tables = Collect::default();
+    match read(&mut Cursor::new(bytes), &mut tables) {
+        Ok(()) => Ok(tables.0),
+        Err(ReadError::File(e)) => Err(e),
+        Err(ReadError::Io(e)) => Err(FileError::Corrupt { format: "roster", detail: e.to_string() }),
+        Err(ReadError::Stopped(never)) => match never {},
     }
-    if is_workbook(bytes) {
-        return decode_workbook(bytes);
-    }
-    decode_text(bytes).map(|t| vec![t])
 }
 
-fn decode_workbook(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
-    let guess = if bytes.starts_with(OLE_MAGIC) { "XLS" } else { "XLSX" };
-    // The spreadsheet readers parse hostile binary structures and a malformed file can make them
-    // panic (fuzzing found an XLS whose sector table sent calamine out of bounds). For the user
-    // that is a damaged file, not a failed upload retried until it lands in a dead-letter queue.
-    std::panic::catch_unwind(|| read_workbook(bytes, guess))
-        .unwrap_or_else(|_| Err(FileError::Corrupt { format: guess, detail: "its internal structure is damaged".into() }))
+/// The visitor that keeps every table.
+#[derive(Default)]
+struct Collect(Vec<Table>);
+
+impl TableVisitor for Collect {
+    type Stop = std::convert::Infallible;
+    fn table(&mut self, h: TableHead) -> Result<(), Self::Stop> {
+        self.0.push(Table {
+            format: h.format,
+            encoding: h.encoding,
+            delimiter: h.delimiter,
+            sheet: h.sheet,
+            header_row: h.header_row,
+            row_offset: h.row_offset,
+            user_type: h.user_type,
+            headers: h.headers,
+            rows: Vec::new(),
+        });
+        Ok(())
+    }
+    fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Self::Stop> {
+        if let Some(t) = self.0.last_mut() {
+            t.rows.push((number, cells.iter().map(|c| c.as_ref().to_string()).collect()));
+        }
+        Ok(())
+    }
 }
 
-fn read_workbook(bytes: &[u8], guess: &'static str) -> Result<Vec<Table>, FileError> {
-    if bytes.starts_with(ZIP_MAGIC) {
-        check_unzipped_size(bytes, MAX_UNZIPPED_BYTES)?;
+impl Table {
+    pub fn head(&self, several: bool) -> TableHead {
+        TableHead {
+            format: self.format,
+            encoding: self.encoding.clone(),
+            delimiter: self.delimiter,
+            sheet: self.sheet.clone(),
+            header_row: self.header_row,
+            row_offset: self.row_offset,
+            user_type: self.user_type.clone(),
+            headers: self.headers.clone(),
+            several,
+        }
+    }
+}
+
+/// Feed tables already in memory to a visitor, as if they were being read.
+pub fn replay<V: TableVisitor>(tables: &[Table], v: &mut V) -> Result<(), V::Stop> {
+    for t in tables {
+        v.table(t.head(tables.len() > 1))?;
+        for (n, cells) in &t.rows {
+            v.row(*n, cells)?;
+        }
+    }
+    Ok(())
+}
+
+/// Read a roster from any seekable source (a file on disk for ingest), handing its tables to `v`
+/// as they are read. Text is read in two passes (checks, then rows); a workbook sheet by sheet.
+pub fn read<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V) -> Result<(), ReadError<V::Stop>> {
+    let mut magic = [0u8; 8];
+    let n = read_up_to(r, &mut magic)?;
+    r.rewind()?;
+    if is_workbook(&magic[..n]) { read_workbook(r, v) } else { read_text(r, v, SCAN_BUFFER) }
+}
+
+fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Turns raw rows into a table: the first non-blank row is the header (its trailing blank cells
+/// dropped; in a spreadsheet its leading blank columns too), blank rows between data rows are kept
+/// (reported as skipped), blank rows after the last data row are dropped.
+struct Shape {
+    proto: TableHead,
+    started: bool,
+    /// Spreadsheets: columns left of the header's first cell are not part of the table.
+    trim_lead: bool,
+    lead: usize,
+    /// Blank rows seen since the last data row: kept only if another data row follows.
+    blank: Vec<u32>,
+}
+
+fn is_blank<S: AsRef<str>>(c: &S) -> bool {
+    c.as_ref().trim().is_empty()
+}
+
+impl Shape {
+    fn new(proto: TableHead, trim_lead: bool) -> Self {
+        Shape { proto, started: false, trim_lead, lead: 0, blank: Vec::new() }
+    }
+
+    fn row<V: TableVisitor, S: AsRef<str>>(&mut self, v: &mut V, n: u32, cells: &[S]) -> Result<(), ReadError<V::Stop>> {
+        let len = cells.iter().rposition(|c| !is_blank(c)).map_or(0, |i| i + 1);
+        if !self.started {
+            if len == 0 {
+                return Ok(());
+            }
+            self.lead = if self.trim_lead { cells.iter().position(|c| !is_blank(c)).unwrap_or(0) } else { 0 };
+            self.started = true;
+            let headers = cells[self.lead..len].iter().map(|c| c.as_ref().to_string()).collect();
+            return v.table(TableHead { header_row: n, headers, ..self.proto.clone() }).map_err(ReadError::Stopped);
+        }
+        if len == 0 {
+            self.blank.push(n);
+            return Ok(());
+        }
+        if let Some(col) = cells[..self.lead.min(len)].iter().position(|c| !is_blank(c)) {
+            return Err(ReadError::File(FileError::LeftOfHeader {
+                sheet: self.proto.sheet.clone().unwrap_or_default(),
+                cell: format!("{}{n}", column_name(col)),
+                first: column_name(self.lead),
+            }));
+        }
+        for b in self.blank.drain(..) {
+            v.row(b, &[] as &[&str]).map_err(ReadError::Stopped)?;
+        }
+        v.row(n, &cells[self.lead..len]).map_err(ReadError::Stopped)
+    }
+
+    fn started(&self) -> bool {
+        self.started
+    }
+}
+
+/// Spreadsheet column letters: 0 -> A, 25 -> Z, 26 -> AA.
+pub fn column_name(index: usize) -> String {
+    let mut n = index + 1;
+    let mut name = Vec::new();
+    while n > 0 {
+        name.push(b'A' + ((n - 1) % 26) as u8);
+        n = (n - 1) / 26;
+    }
+    name.reverse();
+    String::from_utf8(name).unwrap_or_default()
+}
+
+fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V) -> Result<(), ReadError<V::Stop>> {
+    let mut magic = [0u8; 8];
+    let n = read_up_to(r, &mut magic)?;
+    let ole = magic[..n].starts_with(OLE_MAGIC);
+    let size = r.seek(SeekFrom::End(0))?;
+    r.rewind()?;
+    let guess = if ole { "XLS" } else { "XLSX" };
+    if ole {
+        guarded(guess, || check_ole_container(&mut *r, size))?;
     } else {
-        check_ole_container(bytes)?;
+        guarded(guess, || check_unzipped_size(&mut *r, MAX_UNZIPPED_BYTES))?;
     }
-    let mut book = calamine::open_workbook_auto_from_rs(Cursor::new(bytes))
-        .map_err(|e| FileError::Corrupt { format: guess, detail: e.to_string() })?;
+    r.rewind()?;
+    let mut book = guarded(guess, || open_book(&mut *r, ole))?;
     let format = match &book {
         Sheets::Xls(_) => Format::Xls,
         Sheets::Xlsx(_) => Format::Xlsx,
         Sheets::Ods(_) => Format::Ods,
         Sheets::Xlsb(_) => {
-            return Err(FileError::UnknownFormat("XLSB binary workbooks are not supported; save as XLSX".into()));
+            return Err(FileError::UnknownFormat("XLSB binary workbooks are not supported; save as XLSX".into()).into());
         }
     };
     let label = format.label();
-    let names = book.sheet_names();
-    let mut tables = Vec::new();
-    for name in names.iter().filter(|n| !is_instruction_sheet(n)) {
-        let corrupt = |e: &dyn std::fmt::Display| FileError::Corrupt { format: label, detail: e.to_string() };
-        let rows: Vec<(u32, Vec<String>)> = match &mut book {
-            // XLSX streams its cells straight into rows; calamine's in-memory range would hold
-            // every cell a second time (about 14x the file size) before the rows exist.
-            Sheets::Xlsx(x) => {
-                let mut cells = x.worksheet_cells_reader(name).map_err(|e| corrupt(&e))?;
-                let mut grid = SparseRows::default();
-                while let Some(cell) = cells.next_cell().map_err(|e| corrupt(&e))? {
-                    grid.put(cell.get_position(), cell_ref_text(cell.get_value()));
+    let corrupt = |e: &dyn std::fmt::Display| FileError::Corrupt { format: label, detail: e.to_string() };
+    let names: Vec<String> = book.sheet_names().into_iter().filter(|n| !is_instruction_sheet(n)).collect();
+    let proto = |name: &str, k: usize, several: bool| TableHead {
+        format,
+        encoding: None,
+        delimiter: None,
+        sheet: Some(name.to_string()),
+        header_row: 0,
+        row_offset: k as u32 * SHEET_STRIDE,
+        user_type: user_type_of(name),
+        headers: Vec::new(),
+        several,
+    };
+    match &mut book {
+        // XLSX streams its cells straight into rows; calamine's in-memory range would hold every
+        // cell (about 14x the file size) before the first row could be validated.
+        Sheets::Xlsx(x) => {
+            // Which sheets hold data decides whether messages name the sheet; a sheet's first
+            // non-blank cell is near its start, so this reads little.
+            let mut data_sheets = Vec::new();
+            for name in &names {
+                let mut cells = guarded(label, || x.worksheet_cells_reader(name).map_err(|e| corrupt(&e)))?;
+                while let Some(cell) = guarded(label, || cells.next_cell().map_err(|e| corrupt(&e)))? {
+                    if !cell_ref_text(cell.get_value()).trim().is_empty() {
+                        data_sheets.push(name.clone());
+                        break;
+                    }
                 }
-                grid.into_rows()
             }
-            _ => {
-                let range = book.worksheet_range(name).map_err(|e| corrupt(&e))?;
-                let Some((start_row, _)) = range.start() else {
-                    continue;
-                };
-                range.rows().enumerate().map(|(i, r)| (start_row + i as u32 + 1, r.iter().map(cell_text).collect())).collect()
+            if data_sheets.is_empty() {
+                return Err(FileError::NoSheet.into());
             }
-        };
-        if let Some(table) = tabulate(format, rows.into_iter()) {
-            let row_offset = tables.len() as u32 * SHEET_STRIDE;
-            tables.push(Table { sheet: Some(name.clone()), user_type: user_type_of(name), row_offset, ..table });
+            let several = data_sheets.len() > 1;
+            for (k, name) in data_sheets.iter().enumerate() {
+                let mut shape = Shape::new(proto(name, k, several), true);
+                let mut cells = guarded(label, || x.worksheet_cells_reader(name).map_err(|e| corrupt(&e)))?;
+                let mut row: Vec<String> = Vec::new();
+                let mut at: Option<u32> = None;
+                while let Some(cell) = guarded(label, || cells.next_cell().map_err(|e| corrupt(&e)))? {
+                    let text = cell_ref_text(cell.get_value());
+                    if text.is_empty() {
+                        continue; // styled but empty cells do not widen the sheet (as in calamine's range)
+                    }
+                    let (r, c) = cell.get_position();
+                    match at {
+                        Some(a) if a == r => {}
+                        Some(a) if a < r => {
+                            shape.row(v, a + 1, &row)?;
+                            for gap in a + 1..r {
+                                shape.row(v, gap + 1, &[] as &[&str])?;
+                            }
+                            row.clear();
+                            at = Some(r);
+                        }
+                        Some(a) => {
+                            // Excel, LibreOffice and every library we know write rows in order; a
+                            // file that does not is hand-made or damaged.
+                            return Err(FileError::Corrupt {
+                                format: label,
+                                detail: format!("sheet \"{name}\" stores row {} after row {}", r + 1, a + 1),
+                            }
+                            .into());
+                        }
+                        None => at = Some(r),
+                    }
+                    let c = c as usize;
+                    if row.len() <= c {
+                        row.resize(c + 1, String::new());
+                    }
+                    row[c] = text;
+                }
+                if let Some(a) = at {
+                    shape.row(v, a + 1, &row)?;
+                }
+            }
+        }
+        // XLS and ODS have no streaming reader in calamine; their files are small.
+        _ => {
+            let mut ranges = Vec::new();
+            for name in &names {
+                let range = guarded(label, || book.worksheet_range(name).map_err(|e| corrupt(&e)))?;
+                if range.used_cells().any(|(_, _, c)| !cell_text(c).trim().is_empty()) {
+                    ranges.push((name.clone(), range));
+                }
+            }
+            let several = ranges.len() > 1;
+            for (k, (name, range)) in ranges.iter().enumerate() {
+                let Some((start_row, _)) = range.start() else { continue };
+                let mut shape = Shape::new(proto(name, k, several), true);
+                for (i, r) in range.rows().enumerate() {
+                    let cells: Vec<String> = r.iter().map(cell_text).collect();
+                    shape.row(v, start_row + i as u32 + 1, &cells)?;
+                }
+            }
+            if ranges.is_empty() {
+                return Err(FileError::NoSheet.into());
+            }
+            return Ok(());
         }
     }
-    if tables.is_empty() { Err(FileError::NoSheet) } else { Ok(tables) }
+    Ok(())
+}
+
+/// The workbook reader for the container: OLE is XLS; a zip is XLSX, else ODS (calamine's own
+/// detection needs a reader it can clone, and ingest reads from a file).
+fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<Sheets<&mut R>, FileError> {
+    use calamine::{Ods, Xls, Xlsx};
+    if ole {
+        return Xls::new(r).map(Sheets::Xls).map_err(|e| FileError::Corrupt { format: "XLS", detail: e.to_string() });
+    }
+    // The zip's directory (read from its end, cheaply) says which kind of workbook it is.
+    let names: Vec<String> = match zip::ZipArchive::new(&mut *r) {
+        Ok(z) => z.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect(),
+        Err(e) => return Err(FileError::Corrupt { format: "XLSX", detail: e.to_string() }),
+    };
+    r.rewind().map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })?;
+    let has = |n: &str| names.iter().any(|x| x.eq_ignore_ascii_case(n));
+    if has("xl/workbook.bin") {
+        return Err(FileError::UnknownFormat("XLSB binary workbooks are not supported; save as XLSX".into()));
+    }
+    if !has("xl/workbook.xml") && has("content.xml") {
+        return Ods::new(r).map(Sheets::Ods).map_err(|e| FileError::Corrupt { format: "ODS", detail: e.to_string() });
+    }
+    Xlsx::new(r).map(Sheets::Xlsx).map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })
+}
+
+/// The spreadsheet readers parse hostile binary structures and a malformed file can make them
+/// panic (fuzzing found an XLS whose sector table sent calamine out of bounds). For the user that
+/// is a damaged file, not a failed upload retried until it lands in a dead-letter queue.
+fn guarded<T>(format: &'static str, f: impl FnOnce() -> Result<T, FileError>) -> Result<T, FileError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(FileError::Corrupt { format, detail: "its internal structure is damaged".into() }))
 }
 
 /// Spreadsheet cell -> text as the user typed it: identifiers stay integers, dates become ISO dates,
@@ -249,111 +542,279 @@ fn cell_ref_text(cell: &DataRef<'_>) -> String {
     }
 }
 
-/// Cells in sheet order -> rows as a range would give them: numbered as the user sees them, gaps
-/// kept as empty rows, leading columns that are empty in every row dropped.
-#[derive(Default)]
-struct SparseRows {
-    rows: Vec<(u32, Vec<String>)>,
-    first_col: Option<u32>,
-}
-
-impl SparseRows {
-    fn put(&mut self, (row, col): (u32, u32), text: String) {
-        if text.is_empty() {
-            return; // styled but empty cells do not widen the sheet (as in calamine's range)
-        }
-        let number = row + 1;
-        let at = match self.rows.last() {
-            Some((last, _)) if *last == number => self.rows.len() - 1,
-            Some((last, _)) if *last < number => {
-                let last = *last;
-                self.rows.extend((last + 1..=number).map(|n| (n, Vec::new())));
-                self.rows.len() - 1
-            }
-            // Rows out of order (a hand-made or damaged file): every row number exists already
-            // or belongs before the first one.
-            Some(_) => match self.rows.binary_search_by_key(&number, |(n, _)| *n) {
-                Ok(i) => i,
-                Err(i) => {
-                    self.rows.insert(i, (number, Vec::new()));
-                    i
-                }
-            },
-            None => {
-                self.rows.push((number, Vec::new()));
-                0
-            }
-        };
-        self.first_col = Some(self.first_col.map_or(col, |c| c.min(col)));
-        let cells = &mut self.rows[at].1;
-        let col = col as usize;
-        if cells.len() <= col {
-            cells.resize(col + 1, String::new());
-        }
-        cells[col] = text;
-    }
-
-    fn into_rows(mut self) -> Vec<(u32, Vec<String>)> {
-        let skip = self.first_col.unwrap_or(0) as usize;
-        if skip > 0 {
-            for (_, cells) in &mut self.rows {
-                cells.drain(..skip.min(cells.len()));
-            }
-        }
-        self.rows
-    }
-}
-
 fn float_text(f: f64) -> String {
     // Phone numbers and ids typed into a spreadsheet arrive as floats: 4155550100.0 -> "4155550100".
     if f.fract() == 0.0 && f.abs() < 1e15 { format!("{}", f as i64) } else { format!("{f}") }
 }
 
-fn decode_text(bytes: &[u8]) -> Result<Table, FileError> {
-    let (text, encoding) = to_utf8(bytes);
-    if let Some(pos) = text.find('\0') {
-        let line = text[..pos].matches('\n').count() + 1;
-        let utf16 = bytes.len() > 3 && (bytes[1] == 0 || bytes[0] == 0);
+/// Pass 1 reads the file in buffers of this size.
+const SCAN_BUFFER: usize = 256 * 1024;
+/// The start of a text file that format sniffing looks at (header line, binary and HTML checks).
+const HEAD_BYTES: usize = 64 * 1024;
+
+fn read_text<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V, buffer: usize) -> Result<(), ReadError<V::Stop>> {
+    let mut head = vec![0u8; HEAD_BYTES];
+    let n = read_up_to(r, &mut head)?;
+    head.truncate(n);
+    if let Some((enc, bom_len)) = Encoding::for_bom(&head)
+        && enc != UTF_8
+    {
+        // UTF-16 ("Unicode Text" from Excel) is rare and small: decoded in memory, then read as UTF-8.
+        r.seek(SeekFrom::Start(bom_len as u64))?;
+        let mut raw = Vec::new();
+        r.read_to_end(&mut raw)?;
+        let text = enc.decode_without_bom_handling(&raw).0.into_owned();
+        drop(raw);
+        let head16 = head;
+        return read_text_from(&mut Cursor::new(text.as_bytes()), 0, &head16, Some(enc.name()), v, buffer);
+    }
+    let bom_len = if head.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
+    read_text_from(r, bom_len, &head, None, v, buffer)
+}
+
+/// Delimited text from `start` on: UTF-8 (or, given `label`, already decoded to UTF-8), else
+/// Windows-1252. `raw_head` is the file's first bytes as stored.
+fn read_text_from<R: Read + Seek, V: TableVisitor>(
+    r: &mut R,
+    start: u64,
+    raw_head: &[u8],
+    label: Option<&'static str>,
+    v: &mut V,
+    buffer: usize,
+) -> Result<(), ReadError<V::Stop>> {
+    r.seek(SeekFrom::Start(start))?;
+    let mut head = vec![0u8; HEAD_BYTES];
+    let n = read_up_to(r, &mut head)?;
+    head.truncate(n);
+    // The header line decides the delimiter; quotes and delimiters are ASCII in every encoding read here.
+    let delimiter = sniff_delimiter(&String::from_utf8_lossy(&head));
+
+    // Pass 1: the whole file, without keeping it: emptiness, NUL bytes, UTF-8 validity, quotes.
+    r.seek(SeekFrom::Start(start))?;
+    let mut scan = Scan::new(delimiter);
+    let mut buf = vec![0u8; buffer.max(1)];
+    loop {
+        let k = read_up_to(r, &mut buf)?;
+        if k == 0 {
+            break;
+        }
+        scan.feed(&buf[..k]);
+    }
+    drop(buf);
+    if !scan.content {
+        return Err(FileError::Empty.into());
+    }
+    let utf8 = label.is_some() || start == 3 || scan.utf8.valid();
+    // A UTF-8 byte-order mark says UTF-8 even when some bytes are not: those become U+FFFD.
+    let lossy = start == 3 && !scan.utf8.valid();
+    let encoding = label.unwrap_or(if utf8 { UTF_8.name() } else { WINDOWS_1252.name() });
+    let head_text: Cow<'_, str> = if utf8 { String::from_utf8_lossy(&head) } else { WINDOWS_1252.decode_without_bom_handling(&head).0 };
+    if let Some(at) = scan.nul_at {
+        let line = line_of(r, start, at)?;
+        let utf16 = raw_head.len() > 3 && (raw_head[1] == 0 || raw_head[0] == 0);
         let hint = if utf16 { "; it looks like UTF-16 text without a byte-order mark: save it as CSV UTF-8" } else { "" };
-        return Err(FileError::UnknownFormat(format!("it contains NUL bytes (first on line {line}), which a text roster never has{hint}")));
+        return Err(FileError::UnknownFormat(format!("it contains NUL bytes (first on line {line}), which a text roster never has{hint}")).into());
     }
-    if looks_binary(&text) {
-        return Err(FileError::UnknownFormat("the content is binary, not text".into()));
+    if looks_binary(&head_text) {
+        return Err(FileError::UnknownFormat("the content is binary, not text".into()).into());
     }
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    if text.trim_start().starts_with('<') {
-        return Err(FileError::UnknownFormat("it looks like HTML or XML; export the sheet as CSV or XLSX instead".into()));
+    if head_text.trim_start().starts_with('<') {
+        return Err(FileError::UnknownFormat("it looks like HTML or XML; export the sheet as CSV or XLSX instead".into()).into());
     }
-    let delimiter = sniff_delimiter(text);
-    if let Some(line) = unclosed_quote(text, delimiter) {
+    let format = if delimiter == b'\t' { Format::Tsv } else { Format::Csv };
+    if let Some(at) = scan.unclosed() {
+        let line = line_of(r, start, at)?;
         return Err(FileError::Corrupt {
-            format: if delimiter == b'\t' { "TSV" } else { "CSV" },
+            format: format.label(),
             detail: format!(
                 "a double quote opened on line {line} is never closed, so every row after it would be swallowed into one cell; close or remove that quote"
             ),
-        });
+        }
+        .into());
     }
-    let format = if delimiter == b'\t' { Format::Tsv } else { Format::Csv };
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delimiter).from_reader(text.as_bytes());
-    let mut rows = Vec::new();
-    for (i, rec) in reader.records().enumerate() {
-        let rec = rec.map_err(|e| FileError::Corrupt { format: format.label(), detail: e.to_string() })?;
-        rows.push((i as u32 + 1, rec.iter().map(str::to_string).collect::<Vec<_>>()));
+
+    // Pass 2: records, each field decoded on its own (no decoded copy of the file exists).
+    r.seek(SeekFrom::Start(start))?;
+    let proto = TableHead {
+        format,
+        encoding: Some(encoding.to_string()),
+        delimiter: Some(delimiter as char),
+        sheet: None,
+        header_row: 0,
+        row_offset: 0,
+        user_type: None,
+        headers: Vec::new(),
+        several: false,
+    };
+    let mut shape = Shape::new(proto, false);
+    let mut reader =
+        csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delimiter).buffer_capacity(1 << 16).from_reader(r);
+    let mut record = csv::ByteRecord::new();
+    let mut number = 0u32;
+    let corrupt = |e: csv::Error| FileError::Corrupt { format: format.label(), detail: e.to_string() };
+    while reader.read_byte_record(&mut record).map_err(corrupt)? {
+        number += 1;
+        let cells: Vec<Cow<'_, str>> = record
+            .iter()
+            .map(|f| {
+                if !utf8 {
+                    WINDOWS_1252.decode_without_bom_handling(f).0
+                } else if lossy {
+                    String::from_utf8_lossy(f)
+                } else {
+                    // Pass 1 found the whole file valid, and fields split at ASCII bytes.
+                    std::str::from_utf8(f).map(Cow::Borrowed).unwrap_or_else(|_| String::from_utf8_lossy(f))
+                }
+            })
+            .collect();
+        shape.row(v, number, &cells)?;
     }
-    let table = tabulate(format, rows.into_iter()).ok_or(FileError::Empty)?;
-    Ok(Table { encoding: Some(encoding.to_string()), delimiter: Some(delimiter as char), ..table })
+    if shape.started() { Ok(()) } else { Err(FileError::Empty.into()) }
 }
 
-/// BOM first (UTF-8, UTF-16LE/BE as Excel's "Unicode Text"), then strict UTF-8, else Windows-1252.
-/// UTF-8 input is borrowed, not copied: the common case costs no second copy of the file.
-fn to_utf8(bytes: &[u8]) -> (Cow<'_, str>, &'static str) {
-    if let Some((enc, bom_len)) = Encoding::for_bom(bytes) {
-        let (text, _) = enc.decode_without_bom_handling(&bytes[bom_len..]);
-        return (text, enc.name());
+/// The line (1-based) of byte `at` of the text starting at `start`: counted again only when a
+/// message needs it.
+fn line_of<R: Read + Seek>(r: &mut R, start: u64, at: u64) -> std::io::Result<usize> {
+    r.seek(SeekFrom::Start(start))?;
+    let mut lines = 1;
+    let mut left = at;
+    let mut buf = vec![0u8; 1 << 16];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let k = read_up_to(r, &mut buf[..want])?;
+        if k == 0 {
+            break;
+        }
+        lines += memchr::memchr_iter(b'\n', &buf[..k]).count();
+        left -= k as u64;
     }
-    match std::str::from_utf8(bytes) {
-        Ok(s) => (Cow::Borrowed(s), UTF_8.name()),
-        Err(_) => (WINDOWS_1252.decode_without_bom_handling(bytes).0, WINDOWS_1252.name()),
+    Ok(lines)
+}
+
+/// Pass 1 over delimited text, buffer by buffer: whether it has any content, where its first NUL
+/// is, whether it is valid UTF-8, and where a quote opened that never closes (RFC 4180 quoting: a
+/// quote opens a field only at its start; `""` inside a quoted field is an escaped quote).
+struct Scan {
+    delimiter: u8,
+    offset: u64,
+    content: bool,
+    nul_at: Option<u64>,
+    utf8: Utf8Check,
+    quoted: bool,
+    /// Inside a quoted field, the previous buffer ended on a quote: escaped or closing.
+    quote_pending: bool,
+    /// Last byte of the previous buffer (`None` at the start of the text: a field start).
+    prev: Option<u8>,
+    opened_at: u64,
+}
+
+impl Scan {
+    fn new(delimiter: u8) -> Self {
+        Scan {
+            delimiter,
+            offset: 0,
+            content: false,
+            nul_at: None,
+            utf8: Utf8Check::default(),
+            quoted: false,
+            quote_pending: false,
+            prev: None,
+            opened_at: 0,
+        }
+    }
+
+    fn feed(&mut self, buf: &[u8]) {
+        if self.nul_at.is_none()
+            && let Some(i) = memchr::memchr(0, buf)
+        {
+            self.nul_at = Some(self.offset + i as u64);
+        }
+        if !self.content {
+            self.content = buf.iter().any(|b| !b.is_ascii_whitespace());
+        }
+        self.utf8.feed(buf);
+        let mut i = 0;
+        if self.quote_pending {
+            self.quote_pending = false;
+            if buf[0] == b'"' {
+                i = 1; // "" : an escaped quote, still inside the field
+            } else {
+                self.quoted = false;
+            }
+        }
+        while i < buf.len() {
+            let Some(j) = memchr::memchr(b'"', &buf[i..]) else { break };
+            let q = i + j;
+            if self.quoted {
+                if q + 1 == buf.len() {
+                    self.quote_pending = true;
+                    i = buf.len();
+                } else if buf[q + 1] == b'"' {
+                    i = q + 2;
+                } else {
+                    self.quoted = false;
+                    i = q + 1;
+                }
+            } else {
+                let before = if q == 0 { self.prev } else { Some(buf[q - 1]) };
+                if before.is_none_or(|b| b == b'\n' || b == self.delimiter) {
+                    self.quoted = true;
+                    self.opened_at = self.offset + q as u64;
+                }
+                i = q + 1;
+            }
+        }
+        self.prev = buf.last().copied();
+        self.offset += buf.len() as u64;
+    }
+
+    /// Where the quote that never closes was opened.
+    fn unclosed(&self) -> Option<u64> {
+        (self.quoted && !self.quote_pending).then_some(self.opened_at)
+    }
+}
+
+/// UTF-8 validity of a stream read in pieces: a character split between two buffers is carried over.
+#[derive(Default)]
+struct Utf8Check {
+    invalid: bool,
+    carry: Vec<u8>,
+}
+
+impl Utf8Check {
+    fn feed(&mut self, mut buf: &[u8]) {
+        if self.invalid {
+            return;
+        }
+        if !self.carry.is_empty() {
+            let take = buf.len().min(4 - self.carry.len());
+            let mut joined = std::mem::take(&mut self.carry);
+            let had = joined.len();
+            joined.extend_from_slice(&buf[..take]);
+            match std::str::from_utf8(&joined) {
+                Ok(_) => buf = &buf[take..],
+                Err(e) if e.valid_up_to() >= had => buf = &buf[e.valid_up_to() - had..],
+                Err(e) if e.error_len().is_none() && take == buf.len() => {
+                    self.carry = joined; // still incomplete: the buffer was tiny
+                    return;
+                }
+                Err(_) => {
+                    self.invalid = true;
+                    return;
+                }
+            }
+        }
+        if let Err(e) = std::str::from_utf8(buf) {
+            if e.error_len().is_none() {
+                self.carry = buf[e.valid_up_to()..].to_vec();
+            } else {
+                self.invalid = true;
+            }
+        }
+    }
+
+    fn valid(&self) -> bool {
+        !self.invalid && self.carry.is_empty()
     }
 }
 
@@ -362,45 +823,6 @@ fn looks_binary(text: &str) -> bool {
     let sample: Vec<char> = text.chars().take(8192).collect();
     let control = sample.iter().filter(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')).count();
     control * 20 > sample.len().max(1)
-}
-
-/// The line of a quote that opens a quoted field and is never closed (RFC 4180 quoting: a quote
-/// opens a field only at its start; `""` inside a quoted field is an escaped quote).
-fn unclosed_quote(text: &str, delimiter: u8) -> Option<usize> {
-    let (mut quoted, mut at_field_start, mut line, mut opened_on) = (false, true, 1usize, 0usize);
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if quoted {
-            if c == '"' {
-                if chars.peek() == Some(&'"') {
-                    chars.next();
-                } else {
-                    quoted = false;
-                }
-            } else if c == '\n' {
-                line += 1;
-            }
-            continue;
-        }
-        match c {
-            '"' if at_field_start => {
-                quoted = true;
-                opened_on = line;
-            }
-            '\n' => {
-                line += 1;
-                at_field_start = true;
-                continue;
-            }
-            c if c as u32 == delimiter as u32 => {
-                at_field_start = true;
-                continue;
-            }
-            _ => {}
-        }
-        at_field_start = false;
-    }
-    quoted.then_some(opened_on)
 }
 
 /// The delimiter seen most often outside quotes on the first non-empty line (the header).
@@ -417,28 +839,6 @@ fn sniff_delimiter(text: &str) -> u8 {
     }
     // Ties keep the earlier (more common) delimiter: max_by_key returns the last maximum, so reverse.
     counts.iter().rev().max_by_key(|(_, n)| *n).filter(|(_, n)| *n > 0).map(|(d, _)| *d).unwrap_or(b',')
-}
-
-/// Rows -> table: the first non-empty row is the header; trailing empty rows and empty trailing
-/// header columns are dropped. `None` when there is no header at all.
-fn tabulate(format: Format, rows: impl Iterator<Item = (u32, Vec<String>)>) -> Option<Table> {
-    let mut rows = rows.skip_while(|(_, r)| r.iter().all(|c| c.trim().is_empty()));
-    let (header_row, mut headers) = rows.next()?;
-    while headers.last().is_some_and(|h| h.trim().is_empty()) {
-        headers.pop();
-    }
-    let mut data: Vec<(u32, Vec<String>)> = rows
-        .map(|(n, mut r)| {
-            while r.last().is_some_and(|c| c.trim().is_empty()) {
-                r.pop();
-            }
-            (n, r)
-        })
-        .collect();
-    while data.last().is_some_and(|(_, r)| r.is_empty()) {
-        data.pop();
-    }
-    Some(Table { format, encoding: None, delimiter: None, sheet: None, header_row, row_offset: 0, user_type: None, headers, rows: data })
 }
 
 #[cfg(test)]
@@ -508,6 +908,47 @@ mod tests {
         assert!(decode(b"<html><table><tr><td>Email</td></tr></table></html>").unwrap_err().to_string().contains("HTML or XML"));
     }
 
+    /// The text reader with pass 1 reading `buffer` bytes at a time.
+    fn read_with(bytes: &[u8], buffer: usize) -> Result<Vec<Table>, String> {
+        let mut tables = Collect::default();
+        match read_text(&mut Cursor::new(bytes), &mut tables, buffer) {
+            Ok(()) => Ok(tables.0),
+            Err(ReadError::File(e)) => Err(e.to_string()),
+            Err(other) => Err(format!("{other:?}")),
+        }
+    }
+
+    #[test]
+    fn text_reads_the_same_whatever_the_buffer_boundaries_split() {
+        let cases: Vec<Vec<u8>> = vec![
+            "Email,Name\nzoë@x.com,\"Zoë \"\"Z\"\", 😀\"\nb@x.com,\"multi\nline\"\n".into(),
+            "\u{feff}Email;Name\r\na@x.com;\"\"\"q\"\"\"\r\n".into(),
+            b"Email,Name\nrene@x.com,Ren\xe9\n".to_vec(),
+            b"\xEF\xBB\xBFEmail,Name\na@x.com,bad \xff byte\n".to_vec(),
+            b"Email,Name\na@x.com,\"never closed\nb@x.com,B\n".to_vec(),
+            b"Email,Name\na@x.com,\"closed at the very end\"".to_vec(),
+            b"Email,Name\na@x.com,\"\"\"".to_vec(),
+            b"Email,Name\na@x.com,x\"y\nb@x.com,\"\"\n".to_vec(),
+            b"Email\n\na@x.com\0\n".to_vec(),
+            b"Email,Name\na@x.com,\xe2\x82".to_vec(),
+        ];
+        for bytes in &cases {
+            let whole = read_with(bytes, 1 << 20);
+            for buffer in 1..=9 {
+                assert_eq!(read_with(bytes, buffer), whole, "buffer {buffer}, input {:?}", String::from_utf8_lossy(bytes));
+            }
+        }
+        let t = read_with(&cases[0], 1).unwrap();
+        assert_eq!(t[0].rows[0].1, vec!["zoë@x.com", "Zoë \"Z\", 😀"]);
+        assert_eq!(t[0].rows[1].1[1], "multi\nline");
+        assert_eq!(read_with(&cases[2], 3).unwrap()[0].encoding.as_deref(), Some("windows-1252"));
+        assert_eq!(read_with(&cases[3], 3).unwrap()[0].rows[0].1[1], "bad \u{fffd} byte");
+        assert!(read_with(&cases[4], 2).unwrap_err().contains("opened on line 2 is never closed"));
+        assert_eq!(read_with(&cases[5], 4).unwrap()[0].rows[0].1[1], "closed at the very end");
+        assert!(read_with(&cases[8], 5).unwrap_err().contains("NUL bytes (first on line 3)"));
+        assert_eq!(read_with(&cases[9], 2).unwrap()[0].encoding.as_deref(), Some("windows-1252"), "a cut-off UTF-8 character at the end");
+    }
+
     #[test]
     fn binary_garbage_named_csv_is_refused() {
         let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
@@ -548,8 +989,8 @@ mod tests {
         }
         let bytes = w.finish().unwrap().into_inner();
         assert!(bytes.len() < 1 << 20, "{}", bytes.len());
-        assert_eq!(check_unzipped_size(&bytes, 16 << 20), Err(FileError::TooBigUnzipped { limit_mb: 16 }));
-        assert_eq!(check_unzipped_size(&bytes, 128 << 20), Ok(()));
+        assert_eq!(check_unzipped_size(&mut Cursor::new(&bytes), 16 << 20), Err(FileError::TooBigUnzipped { limit_mb: 16 }));
+        assert_eq!(check_unzipped_size(&mut Cursor::new(&bytes), 128 << 20), Ok(()));
     }
 
     #[test]
@@ -635,17 +1076,60 @@ mod spreadsheet_cell_tests {
         assert_eq!(t.rows, vec![(4, vec!["a@x.com".to_string()]), (5, vec![]), (6, vec!["".to_string(), "Sales".into()])]);
     }
 
-    #[test]
-    fn cells_out_of_row_order_land_in_their_own_rows() {
-        let mut g = SparseRows::default();
-        for (pos, v) in [((0, 0), "Email"), ((2, 0), "c@x.com"), ((1, 0), "b@x.com"), ((0, 1), "Name")] {
-            g.put(pos, v.to_string());
+    /// Rewrite one part of a zip (an XLSX) with `edit`.
+    fn edit_part(xlsx: &[u8], part: &str, edit: impl Fn(String) -> String) -> Vec<u8> {
+        use std::io::Write;
+        let mut src = zip::ZipArchive::new(Cursor::new(xlsx)).unwrap();
+        let mut out = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for i in 0..src.len() {
+            let mut f = src.by_index(i).unwrap();
+            let name = f.name().unwrap().to_string();
+            let mut body = Vec::new();
+            f.read_to_end(&mut body).unwrap();
+            if name == part {
+                body = edit(String::from_utf8(body).unwrap()).into_bytes();
+            }
+            out.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+            out.write_all(&body).unwrap();
         }
-        let rows = g.into_rows();
+        out.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn rows_stored_out_of_order_are_refused_naming_them_instead_of_being_misread() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        for (r, v) in ["Email", "a@x.com", "b@x.com"].iter().enumerate() {
+            ws.write_string(r as u32, 0, *v).unwrap();
+        }
+        let bytes = wb.save_to_buffer().unwrap();
+        assert_eq!(decode(&bytes).unwrap().rows.len(), 2);
+        let swapped = edit_part(&bytes, "xl/worksheets/sheet1.xml", |xml| {
+            let row = |n: u32| {
+                let start = xml.find(&format!("<row r=\"{n}\"")).unwrap();
+                let end = start + xml[start..].find("</row>").unwrap() + "</row>".len();
+                (start, end)
+            };
+            let ((s2, e2), (s3, e3)) = (row(2), row(3));
+            format!("{}{}{}{}{}", &xml[..s2], &xml[s3..e3], &xml[e2..s3], &xml[s2..e2], &xml[e3..])
+        });
+        let err = decode(&swapped).unwrap_err().to_string();
+        assert!(err.contains("sheet \"Sheet1\" stores row 2 after row 3"), "{err}");
+    }
+
+    #[test]
+    fn a_value_left_of_the_header_is_refused_naming_its_cell() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        ws.write_string(0, 1, "Email").unwrap();
+        ws.write_string(1, 1, "a@x.com").unwrap();
+        ws.write_string(2, 0, "stray").unwrap();
+        let err = decode(&wb.save_to_buffer().unwrap()).unwrap_err().to_string();
         assert_eq!(
-            rows,
-            vec![(1, vec!["Email".to_string(), "Name".into()]), (2, vec!["b@x.com".to_string()]), (3, vec!["c@x.com".to_string()])]
+            err,
+            "sheet \"Sheet1\": cell A3 has a value to the left of the header row, which starts in column B; move the value under a header or delete it"
         );
+        assert_eq!((column_name(0), column_name(25), column_name(26), column_name(701)), ("A".into(), "Z".into(), "AA".into(), "ZZ".into()));
     }
 
     #[test]

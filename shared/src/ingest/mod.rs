@@ -3,23 +3,27 @@
 
 pub mod decode;
 pub mod headers;
+pub mod stream;
 pub mod validate;
 
 #[cfg(test)]
 mod hostile_tests;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::ObjectRef;
 use crate::keys::{self, KeyProblem};
-use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Target, Tenant, UserFields, phase_of};
+use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Target, Tenant, UserFields};
 use crate::ports::Plan;
 use crate::report;
 use crate::services::Services;
 use decode::Table;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
+use stream::{Chunks, Collected, Ingester, Spill, Stop};
 use tracing::{info, warn};
 
-/// A file read and validated, before anything is written. The CLI's `validate` runs exactly this.
+/// A file read and validated in memory, before anything is written: the CLI's `validate`. Ingest
+/// runs the same reader and validator, streaming (`stream::prepare_file`).
 #[derive(Debug)]
 pub struct Prepared {
     /// One table per CSV/TSV file; one per data sheet of a workbook.
@@ -28,28 +32,23 @@ pub struct Prepared {
     pub ops: Vec<RowOp>,
     /// Rows that failed validation (or were skipped).
     pub outcomes: Vec<Outcome>,
-    /// Every user the file names (replace mode keeps them all).
-    pub user_keys: std::collections::HashSet<String>,
 }
 
 /// Decode, map headers and validate; `Err` is the reason the whole file is rejected.
 pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, String> {
     let tables = decode::decode_all(bytes).map_err(|e| e.to_string())?;
-    let several = tables.len() > 1;
-    let in_sheet = |t: &Table, msg: String| if several { format!("sheet \"{}\": {msg}", t.sheet.as_deref().unwrap_or("?")) } else { msg };
-    let mut mappings = Vec::with_capacity(tables.len());
-    let mut warnings = Vec::new();
-    for t in &tables {
-        let m = headers::map_headers(&t.headers, tenant).map_err(|e| in_sheet(t, e))?;
-        warnings.extend(m.warnings.iter().map(|w| in_sheet(t, w.clone())));
-        mappings.push(m);
+    let mut ingester = Ingester::new(tenant, mode, Collected::default());
+    let reason = |s: Stop| match s {
+        Stop::Refused(reason) => reason,
+        Stop::Io(e) => e.to_string(), // memory sinks do not fail
+    };
+    decode::replay(&tables, &mut ingester).map_err(reason)?;
+    ingester.finish().map_err(reason)?;
+    let Ingester { validator, warnings, sink: Collected { mut ops, outcomes }, .. } = ingester;
+    for op in &mut ops {
+        op.created_in_file = validator.created_in_file(op);
     }
-    if tables.iter().all(|t| t.rows.is_empty()) {
-        return Err("the file has a header row but no data rows".into());
-    }
-    let sheets: Vec<(&Table, &headers::Mapping)> = tables.iter().zip(&mappings).collect();
-    let v = validate::validate_sheets(&sheets, tenant, mode);
-    Ok(Prepared { tables, warnings, ops: v.ops, outcomes: v.outcomes, user_keys: v.user_keys })
+    Ok(Prepared { tables, warnings, ops, outcomes })
 }
 
 /// What finalize needs from ingest: the input as read (to echo every row) and the warnings.
@@ -138,51 +137,67 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         );
         return report::reject(svc, &job, Some(&tenant), &msg, &[]).await;
     }
-    let Some(bytes) = svc.store.get(&obj.key).await? else {
+    // The file goes to local disk (Lambda's ephemeral storage), never whole into memory.
+    let scratch = tempfile::Builder::new().prefix("rosterdrop-ingest-").tempdir().map_err(|e| Error::local("scratch directory", e))?;
+    let source = scratch.path().join("source");
+    let Some(size) = svc.store.download(&obj.key, &source).await? else {
         return report::reject(svc, &job, Some(&tenant), "the file was deleted before it could be read", &[]).await;
     };
-    if let Some(reason) = svc.config.memory_mb.and_then(|mb| too_big_to_read(&bytes, mb)) {
+    let spreadsheet = starts_like_workbook(&source).map_err(|e| Error::local("reading the roster", e))?;
+    if let Some(reason) = svc.config.memory_mb.and_then(|mb| too_big_to_read(spreadsheet, size, mb)) {
         return report::reject(svc, &job, Some(&tenant), &reason, &[]).await;
     }
-    let mut prepared = match prepare(&bytes, &tenant, mode) {
-        Ok(p) => p,
-        Err(reason) => return report::reject(svc, &job, Some(&tenant), &reason, &[]).await,
+    let mut ingested = match stream::prepare_file(&source, scratch.path(), &tenant, mode) {
+        Ok(i) => i,
+        Err(Stop::Refused(reason)) => return report::reject(svc, &job, Some(&tenant), &reason, &[]).await,
+        Err(Stop::Io(e)) => return Err(Error::local("reading the roster", e)),
     };
     if mode.is_replace() {
-        let absent = absent_active_users(svc, &tenant, &prepared).await?;
+        let absent = absent_active_users(svc, &tenant, &ingested.validator).await?;
         if let Some((reason, preview)) = safeguard(&tenant, mode, &absent) {
             return report::reject(svc, &job, Some(&tenant), &reason, &[preview]).await;
         }
-        prepared.ops.extend(absent.1.into_iter().enumerate().map(|(i, email)| RowOp {
-            row: RECONCILE_ROW_BASE + i as u32,
-            action: Action::Reconcile,
-            target: Target::User { email, fields: UserFields::default() },
-            created_in_file: vec![],
-        }));
+        use stream::OpSink;
+        for (i, email) in absent.1.into_iter().enumerate() {
+            let op = RowOp {
+                row: RECONCILE_ROW_BASE + i as u32,
+                action: Action::Reconcile,
+                target: Target::User { email, fields: UserFields::default() },
+                created_in_file: vec![],
+            };
+            ingested.sink.op(op).map_err(|e| Error::local("writing operations", e))?;
+        }
+        ingested.sink.flush().map_err(|e| Error::local("writing operations", e))?;
     }
-    write_job(svc, &job, &tenant, mode, prepared, bytes).await
+    write_job(svc, &job, &tenant, mode, &ingested, &source).await
 }
 
-/// Peak memory of ingesting a file, per byte of file: `make bench` measures about 11x for CSV and
-/// 32x for XLSX at a million rows (the whole table and its operations are held at once); these add
-/// headroom. Files compress differently, so spreadsheets get the larger factor.
-pub const TEXT_PEAK_PER_FILE_BYTE: u64 = 16;
-pub const SPREADSHEET_PEAK_PER_FILE_BYTE: u64 = 48;
+fn starts_like_workbook(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut magic = Vec::with_capacity(8);
+    std::fs::File::open(path)?.take(8).read_to_end(&mut magic)?;
+    Ok(decode::is_workbook(&magic))
+}
+
+/// Peak memory of ingesting a file, per byte of file. Ingest streams, so what grows with the
+/// file is a 16-byte fingerprint per row, plus, for XLSX, calamine's shared-string table; `make
+/// bench` measures the peaks (README "Performance"); these add headroom.
+pub const TEXT_PEAK_PER_FILE_BYTE: u64 = 2;
+pub const SPREADSHEET_PEAK_PER_FILE_BYTE: u64 = 8;
 
 /// A file this function could only fail on by running out of memory (and be retried into the
 /// dead-letter queue) is refused at once, saying how large a file of its kind can be.
-pub fn too_big_to_read(bytes: &[u8], memory_mb: u64) -> Option<String> {
+pub fn too_big_to_read(spreadsheet: bool, size: u64, memory_mb: u64) -> Option<String> {
     let budget = memory_mb * 1024 * 1024 / 100 * 85; // the runtime and the SDK need the rest
-    let spreadsheet = decode::is_workbook(bytes);
     let (factor, kind) =
         if spreadsheet { (SPREADSHEET_PEAK_PER_FILE_BYTE, "a spreadsheet") } else { (TEXT_PEAK_PER_FILE_BYTE, "a CSV or TSV file") };
     let limit = budget / factor;
-    (bytes.len() as u64 > limit).then(|| {
+    (size > limit).then(|| {
         let csv_limit = budget / TEXT_PEAK_PER_FILE_BYTE;
         let advice = if spreadsheet { format!(", or save it as CSV (up to {} MB)", csv_limit / 1_000_000) } else { String::new() };
         format!(
             "the file is {} MB; as {kind} this service reads up to {} MB at once. Split it into smaller files{advice}",
-            bytes.len().div_ceil(1_000_000),
+            size.div_ceil(1_000_000),
             limit / 1_000_000
         )
     })
@@ -194,11 +209,11 @@ pub const RECONCILE_ROW_BASE: u32 = 1_000_000_000;
 
 /// (active users, the active users absent from the file), for replace mode. The scope is the
 /// whole tenant: a replace file lists every user the tenant keeps.
-async fn absent_active_users(svc: &Services, tenant: &Tenant, p: &Prepared) -> Result<(usize, Vec<String>)> {
+async fn absent_active_users(svc: &Services, tenant: &Tenant, file: &validate::RowValidator) -> Result<(usize, Vec<String>)> {
     let users = svc.directory.list_users(&tenant.id).await?;
     let active: Vec<String> = users.into_iter().filter(|(_, status)| status == "active").map(|(k, _)| k).collect();
     let total = active.len();
-    Ok((total, active.into_iter().filter(|k| !p.user_keys.contains(k)).collect()))
+    Ok((total, active.into_iter().filter(|k| !file.names_user(k)).collect()))
 }
 
 /// Replace mode's safeguard: refuse when more than the tenant's threshold of active users would be
@@ -224,45 +239,36 @@ fn safeguard(tenant: &Tenant, mode: Mode, (active, absent): &(usize, Vec<String>
     Some((reason, report::Attachment { name: "would-be-disabled.csv".into(), content_type: "text/csv", bytes: csv.into_bytes() }))
 }
 
-async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, p: Prepared, source: Vec<u8>) -> Result<()> {
+async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, ingested: &Ingester<'_, Spill>, source: &Path) -> Result<()> {
     let id = &job.id;
     let chunk_size = tenant.chunk_size.unwrap_or(svc.config.chunk_size).max(1);
-    let mut phases: [Vec<RowOp>; PHASES] = Default::default();
-    for op in p.ops {
-        phases[phase_of(&op)].push(op);
-    }
-    let phase_chunks: [u32; PHASES] = std::array::from_fn(|i| phases[i].len().div_ceil(chunk_size) as u32);
-    let total_rows = p.tables.iter().map(|t| t.rows.len() as u32).sum();
-    let invalid = p.outcomes.len();
+    let spill = &ingested.sink;
+    let phase_chunks: [u32; PHASES] = std::array::from_fn(|i| spill.counts[i].div_ceil(chunk_size as u64) as u32);
+    let total_rows = ingested.rows;
+    let invalid = spill.outcome_count;
     // The plan is stored before any chunk exists, so whoever completes the last chunk knows it.
     svc.jobs.set_plan(id, &Plan { phase_chunks, total_rows }).await?;
 
     // The bytes read, not the key they came from: the file may be replaced under the same name.
-    svc.store.put(&keys::staged_source(id), source, "application/octet-stream").await?;
-    drop(p.tables);
+    svc.store.put_file(&keys::staged_source(id), source, "application/octet-stream").await?;
     let staged = StagedInput {
         tables: vec![],
-        warnings: p.warnings,
+        warnings: ingested.warnings.clone(),
         ingested_at: chrono::Utc::now().to_rfc3339(),
         source: Some(keys::staged_source(id)),
     };
     svc.store.put(&keys::staged_input(id), to_json(&staged)?, "application/json").await?;
-    svc.store.put(&keys::ingest_outcomes(id), jsonl(&p.outcomes)?, "application/x-ndjson").await?;
+    svc.store.put_file(&keys::ingest_outcomes(id), &spill.outcomes_path(), "application/x-ndjson").await?;
 
     // Later phases wait in staged/ until the phase before them completes; the first non-empty
     // phase goes straight to chunks/ (written last, once everything it may need exists).
     let first = (0..PHASES).find(|&i| phase_chunks[i] > 0);
-    let mut staged: Vec<(String, &[RowOp])> = Vec::new();
-    for (phase, ops) in phases.iter().enumerate().filter(|(phase, _)| Some(*phase) != first) {
-        staged.extend(ops.chunks(chunk_size).enumerate().map(|(seq, c)| (keys::staged_chunk(id, phase, seq as u32), c)));
+    let chunks = |phase: usize| Chunks::open(&spill.phase_path(phase), chunk_size, &ingested.validator).map_err(|e| Error::local("reading operations", e));
+    for phase in (0..PHASES).filter(|p| Some(*p) != first && phase_chunks[*p] > 0) {
+        upload_chunks(svc, |seq| keys::staged_chunk(id, phase, seq), chunks(phase)?).await?;
     }
-    upload_chunks(svc, staged).await?;
     match first {
-        Some(phase) => {
-            let released: Vec<(String, &[RowOp])> =
-                phases[phase].chunks(chunk_size).enumerate().map(|(seq, c)| (keys::chunk(id, phase, seq as u32), c)).collect();
-            upload_chunks(svc, released).await?;
-        }
+        Some(phase) => upload_chunks(svc, |seq| keys::chunk(id, phase, seq), chunks(phase)?).await?,
         // Every row failed validation: nothing to apply, straight to finalize.
         None => {
             svc.store.put_if_absent(&keys::done(id), b"{}".to_vec(), "application/json").await?;
@@ -271,25 +277,28 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, p: Pr
     svc.jobs.transition(id, JobState::Received, JobState::Applying, None).await?;
     info!(job = %id, rows = total_rows, invalid, chunks = ?phase_chunks, "ingest planned");
     if tenant.notify_started && svc.jobs.claim_email(id, "started", svc.config.email_lease_secs).await? {
-        report::started_email(svc, job, tenant, mode, total_rows, invalid).await?;
+        report::started_email(svc, job, tenant, mode, total_rows, invalid as usize).await?;
     }
     Ok(())
 }
 
 /// Chunk uploads in flight at once: a million-row file has 2,000 chunks, and one PUT after another
-/// would make ingest wait on S3 latency 2,000 times. Bodies are serialized as they are sent, so at
-/// most this many exist at once.
+/// would make ingest wait on S3 latency 2,000 times. Bodies are cut from the spill file as uploads
+/// start, so at most this many exist at once.
 const UPLOADS_IN_FLIGHT: usize = 16;
 
-async fn upload_chunks<'a>(svc: &'a Services, chunks: Vec<(String, &'a [RowOp])>) -> Result<()> {
+async fn upload_chunks(svc: &Services, key: impl Fn(u32) -> String + Send, bodies: Chunks<'_>) -> Result<()> {
     use futures::{StreamExt, TryStreamExt};
     // Boxed: an unboxed `.map(|..| async move ..)` stream is not provably Send for every lifetime
     // (rustc "FnOnce is not general enough"), and the runner spawns ingest on tokio.
     type Upload<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
-    let uploads: Vec<Upload<'a>> = chunks
-        .into_iter()
-        .map(|(key, ops)| -> Upload<'a> { Box::pin(async move { svc.store.put(&key, jsonl(ops)?, "application/x-ndjson").await }) })
-        .collect();
+    let uploads = bodies.enumerate().map(|(seq, body)| -> Upload<'_> {
+        let key = key(seq as u32);
+        Box::pin(async move {
+            let body = body.map_err(|e| Error::local("reading operations", e))?;
+            svc.store.put(&key, body, "application/x-ndjson").await
+        })
+    });
     futures::stream::iter(uploads).buffer_unordered(UPLOADS_IN_FLIGHT).try_collect::<Vec<()>>().await.map(drop)
 }
 
@@ -331,20 +340,17 @@ mod tests {
 
     #[test]
     fn a_file_that_would_exhaust_the_functions_memory_is_refused_with_the_limit_for_its_kind() {
-        let csv = vec![b'a'; 9_000_000];
-        let mut xlsx = b"PK\x03\x04".to_vec();
-        xlsx.resize(3_000_000, 0);
-        // 128 MB function: ~6.9 MB of CSV, ~2.3 MB of spreadsheet.
+        // 128 MB function: ~57 MB of CSV, ~14 MB of spreadsheet.
         assert_eq!(
-            too_big_to_read(&csv, 128).unwrap(),
-            "the file is 9 MB; as a CSV or TSV file this service reads up to 7 MB at once. Split it into smaller files"
+            too_big_to_read(false, 60_000_000, 128).unwrap(),
+            "the file is 60 MB; as a CSV or TSV file this service reads up to 57 MB at once. Split it into smaller files"
         );
         assert_eq!(
-            too_big_to_read(&xlsx, 128).unwrap(),
-            "the file is 3 MB; as a spreadsheet this service reads up to 2 MB at once. Split it into smaller files, or save it as CSV (up to 7 MB)"
+            too_big_to_read(true, 15_000_000, 128).unwrap(),
+            "the file is 15 MB; as a spreadsheet this service reads up to 14 MB at once. Split it into smaller files, or save it as CSV (up to 57 MB)"
         );
-        assert_eq!(too_big_to_read(&csv, 3008), None);
-        assert_eq!(too_big_to_read(&xlsx, 3008), None);
+        assert_eq!(too_big_to_read(false, 150_000_000, 3008), None);
+        assert_eq!(too_big_to_read(true, 150_000_000, 3008), None);
     }
 
     #[test]

@@ -1,19 +1,12 @@
 //! Row validation and normalisation. Every data row ends as either a `RowOp` to apply or an
-//! `Outcome` saying exactly what to fix (row, column, problem).
+//! `Outcome` saying exactly what to fix (row, column, problem). Rows are checked one at a time as
+//! they are read; what is kept across rows is a fingerprint per key (16 bytes a row), not the rows.
 
-use super::decode::Table;
+use super::decode::{Table, TableHead};
 use super::headers::{Field, Mapping};
 use crate::model::{Action, AttributeKind, EntityType, Mode, Outcome, RowOp, Target, Tenant, UserFields, username_key};
-use std::collections::{BTreeMap, HashMap, HashSet};
-
-#[derive(Debug, Default)]
-pub struct Validated {
-    pub ops: Vec<RowOp>,
-    /// Rows that failed validation or were skipped: final outcomes, never applied.
-    pub outcomes: Vec<Outcome>,
-    /// Every user key named by the file, valid row or not (replace mode never disables them).
-    pub user_keys: HashSet<String>,
-}
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 
 /// Association columns and the attribute names they are stored under.
 const ASSOCIATION_FIELDS: &[(Field, &str)] = &[
@@ -23,123 +16,178 @@ const ASSOCIATION_FIELDS: &[(Field, &str)] = &[
     (Field::Instructor, "instructor"),
 ];
 
-pub fn validate(table: &Table, mapping: &Mapping, tenant: &Tenant, mode: Mode) -> Validated {
-    validate_sheets(&[(table, mapping)], tenant, mode)
+/// The first row that used a key, and whether that row creates what the key names.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    row: u32,
+    creates: bool,
 }
 
-/// How a row id reads to a person: "row 12", or "row 12 of sheet Students" in a workbook of several.
-pub fn row_label(id: u32, tables: &[&Table]) -> String {
-    match tables.iter().rev().find(|t| id >= t.row_offset) {
-        Some(t) if tables.len() > 1 => format!("row {} of sheet {}", id - t.row_offset, t.sheet.as_deref().unwrap_or("?")),
-        _ => format!("row {id}"),
-    }
-}
-
-/// Validate every sheet of a file; keys are unique across sheets.
-pub fn validate_sheets(sheets: &[(&Table, &Mapping)], tenant: &Tenant, mode: Mode) -> Validated {
-    let mut out = Validated::default();
-    // key -> first row that used it ("the first wins, later ones fail naming the first row")
-    let mut seen: HashMap<(EntityType, String), u32> = HashMap::new();
-    let tables: Vec<&Table> = sheets.iter().map(|(t, _)| *t).collect();
-    for (table, mapping) in sheets {
-        validate_table(table, mapping, tenant, mode, &tables, &mut seen, &mut out);
-    }
-    mark_created_in_file(&mut out.ops);
-    out
-}
-
-fn validate_table(
-    table: &Table,
-    mapping: &Mapping,
-    tenant: &Tenant,
+/// Checks rows one by one and remembers, across the whole file, what later rows and the
+/// `created_in_file` marks need: which keys were used first by which row.
+///
+/// Keys are remembered as 64-bit fingerprints (SipHash with a key drawn per file), which keeps a
+/// million-row file at ~32 MB here instead of ~100 MB of strings. Two different keys share a
+/// fingerprint with probability about n²/2⁶⁵ (3 in 100 million for a million rows, different on
+/// every upload); if it happens, the later row fails as a duplicate and says so, nothing is lost.
+pub struct RowValidator {
+    tenant: Tenant,
     mode: Mode,
-    tables: &[&Table],
-    seen: &mut HashMap<(EntityType, String), u32>,
-    out: &mut Validated,
-) {
-    let width = table.headers.len();
-    for (n, cells) in &table.rows {
-        let row = table.row_offset + *n;
-        if cells.iter().all(|c| c.trim().is_empty()) {
-            out.outcomes.push(Outcome::skipped(row, "empty row"));
-            continue;
+    keys: std::hash::RandomState,
+    seen: hashbrown::HashMap<u64, Seen>,
+    /// Replace mode: every user the file names, valid row or not (replace never disables them).
+    named_users: hashbrown::HashSet<u64>,
+    /// (row offset, sheet name) of each table so far, for "row 12 of sheet Students".
+    sheets: Vec<(u32, Option<String>)>,
+    several: bool,
+    /// Whether any operation can reference something the file creates (else marks are skipped).
+    creates_org: bool,
+    associations: bool,
+}
+
+impl RowValidator {
+    pub fn new(tenant: &Tenant, mode: Mode) -> Self {
+        RowValidator {
+            tenant: tenant.clone(),
+            mode,
+            keys: std::hash::RandomState::new(),
+            seen: hashbrown::HashMap::new(),
+            named_users: hashbrown::HashSet::new(),
+            sheets: Vec::new(),
+            several: false,
+            creates_org: false,
+            associations: false,
+        }
+    }
+
+    fn fingerprint(&self, entity: EntityType, key: &str) -> u64 {
+        self.keys.hash_one((entity == EntityType::User, key))
+    }
+
+    /// A new table (sheet) begins.
+    pub fn start_table(&mut self, head: &TableHead) {
+        self.sheets.push((head.row_offset, head.sheet.clone()));
+        self.several |= head.several;
+    }
+
+    /// Check one data row of the current table: the operation to apply, or the row's final outcome.
+    pub fn check<S: AsRef<str>>(&mut self, head: &TableHead, mapping: &Mapping, n: u32, cells: &[S]) -> Result<RowOp, Outcome> {
+        let row = head.row_offset + n;
+        if cells.iter().all(|c| c.as_ref().trim().is_empty()) {
+            return Err(Outcome::skipped(row, "empty row"));
         }
         // Only replace mode needs every user the file names (it keeps them all).
-        if mode.is_replace()
+        if self.mode.is_replace()
             && let Some(key) = cell(cells, mapping, Field::Email)
                 .map(|e| e.to_lowercase())
                 .or_else(|| cell(cells, mapping, Field::Username).map(username_key))
         {
-            out.user_keys.insert(key);
+            let fp = self.fingerprint(EntityType::User, &key);
+            self.named_users.insert(fp);
         }
-        if let Some(extra) = cells.iter().skip(width).position(|c| !c.trim().is_empty()) {
-            out.outcomes.push(Outcome::failure(
+        let width = head.headers.len();
+        if let Some(extra) = cells.iter().skip(width).position(|c| !c.as_ref().trim().is_empty()) {
+            return Err(Outcome::failure(
                 row,
                 None,
                 format!("column {} has a value but no header; add a header or remove the value", width + extra + 1),
             ));
-            continue;
         }
-        match validate_row(row, cells, mapping, tenant, mode, table.user_type.as_deref()) {
-            Err((action, column, msg)) => out.outcomes.push(Outcome { column, ..Outcome::failure(row, action, msg) }),
-            Ok(op) => {
-                let key = match &op.target {
-                    Target::User { email, .. } => (EntityType::User, email.clone()),
-                    Target::Org { name } => (EntityType::Org, name.to_lowercase()),
-                };
-                if let Some(first) = seen.get(&key) {
-                    let what = if key.0 == EntityType::User { "email" } else { "organization" };
-                    let column = Some(if key.0 == EntityType::User { "Email" } else { "OrgName" }.to_string());
-                    let message = format!(
-                        "duplicate {what}: {} of this file already has {}; only the first row is applied",
-                        row_label(*first, tables),
-                        key.1
-                    );
-                    out.outcomes.push(Outcome { column, ..Outcome::failure(row, Some(op.action), message) });
-                } else {
-                    seen.insert(key, row);
-                    out.ops.push(op);
-                }
+        let op = validate_row(row, cells, mapping, &self.tenant, self.mode, head.user_type.as_deref())
+            .map_err(|(action, column, msg)| Outcome { column, ..Outcome::failure(row, action, msg) })?;
+        let (entity, key, creates) = match &op.target {
+            Target::User { email, fields } => {
+                self.associations |= !fields.associations.is_empty();
+                (EntityType::User, email.clone(), matches!(op.action, Action::Create | Action::Upsert))
             }
+            Target::Org { name } => {
+                let creates = matches!(op.action, Action::Create | Action::Upsert | Action::Update);
+                self.creates_org |= creates;
+                (EntityType::Org, name.to_lowercase(), creates)
+            }
+        };
+        let fp = self.fingerprint(entity, &key);
+        if let Some(first) = self.seen.get(&fp) {
+            let what = if entity == EntityType::User { "email" } else { "organization" };
+            let column = Some(if entity == EntityType::User { "Email" } else { "OrgName" }.to_string());
+            let message = format!(
+                "duplicate {what}: {} of this file already has {key}; only the first row is applied",
+                label(first.row, &self.sheets, self.several)
+            );
+            return Err(Outcome { column, ..Outcome::failure(row, Some(op.action), message) });
         }
+        self.seen.insert(fp, Seen { row, creates });
+        Ok(op)
+    }
+
+    /// Whether the file names this user (replace mode).
+    pub fn names_user(&self, key: &str) -> bool {
+        self.named_users.contains(&self.fingerprint(EntityType::User, key))
+    }
+
+    /// Whether any operation of the file can reference something the file itself creates.
+    pub fn may_reference_own_creations(&self) -> bool {
+        self.creates_org || self.associations
+    }
+
+    /// The organizations and users a user row references that this same file creates: those need
+    /// not exist before the file runs. Needs the whole file seen, so it is asked after the last row.
+    pub fn created_in_file(&self, op: &RowOp) -> Vec<String> {
+        let Target::User { fields, .. } = &op.target else { return vec![] };
+        if !self.may_reference_own_creations() {
+            return vec![];
+        }
+        let creates = |entity, key: &str| self.seen.get(&self.fingerprint(entity, key)).is_some_and(|s| s.creates);
+        let mut refs: Vec<String> = fields.org.iter().map(|o| o.to_lowercase()).filter(|o| creates(EntityType::Org, o)).collect();
+        refs.extend(fields.associations.values().filter(|e| creates(EntityType::User, e)).cloned());
+        refs.sort();
+        refs.dedup();
+        refs
     }
 }
 
-/// Note, on each user row, which of the organizations and users it references this same file
-/// creates: those need not exist before the file runs.
-fn mark_created_in_file(ops: &mut [RowOp]) {
-    let creates = |a: Action| matches!(a, Action::Create | Action::Upsert | Action::Update);
-    let orgs: HashSet<String> = ops
-        .iter()
-        .filter(|o| creates(o.action))
-        .filter_map(|o| if let Target::Org { name } = &o.target { Some(name.to_lowercase()) } else { None })
-        .collect();
-    // Most files reference nobody: then the set of every user the file creates is not needed.
-    let any_association = ops.iter().any(|o| matches!(&o.target, Target::User { fields, .. } if !fields.associations.is_empty()));
-    if orgs.is_empty() && !any_association {
-        return;
+/// Tables already in memory, validated: the CLI and the unit tests; ingest streams instead.
+#[derive(Debug, Default)]
+pub struct Validated {
+    pub ops: Vec<RowOp>,
+    /// Rows that failed validation or were skipped: final outcomes, never applied.
+    pub outcomes: Vec<Outcome>,
+}
+
+pub fn validate(table: &Table, mapping: &Mapping, tenant: &Tenant, mode: Mode) -> Validated {
+    validate_sheets(&[(table, mapping)], tenant, mode).0
+}
+
+/// Validate every sheet of a file; keys are unique across sheets.
+pub fn validate_sheets(sheets: &[(&Table, &Mapping)], tenant: &Tenant, mode: Mode) -> (Validated, RowValidator) {
+    let mut v = RowValidator::new(tenant, mode);
+    let mut out = Validated::default();
+    for (table, mapping) in sheets {
+        let head = table.head(sheets.len() > 1);
+        v.start_table(&head);
+        for (n, cells) in &table.rows {
+            match v.check(&head, mapping, *n, cells) {
+                Ok(op) => out.ops.push(op),
+                Err(o) => out.outcomes.push(o),
+            }
+        }
     }
-    let users: HashSet<&str> = if any_association {
-        ops.iter()
-            .filter(|o| matches!(o.action, Action::Create | Action::Upsert))
-            .filter_map(|o| if let Target::User { email, .. } = &o.target { Some(email.as_str()) } else { None })
-            .collect()
-    } else {
-        HashSet::new()
-    };
-    let refs_of: Vec<Vec<String>> = ops
-        .iter()
-        .map(|op| {
-            let Target::User { fields, .. } = &op.target else { return vec![] };
-            let mut refs: Vec<String> = fields.org.iter().map(|o| o.to_lowercase()).filter(|o| orgs.contains(o)).collect();
-            refs.extend(fields.associations.values().filter(|e| users.contains(e.as_str())).cloned());
-            refs.sort();
-            refs.dedup();
-            refs
-        })
-        .collect();
-    for (op, refs) in ops.iter_mut().zip(refs_of) {
-        op.created_in_file = refs;
+    for op in &mut out.ops {
+        op.created_in_file = v.created_in_file(op);
+    }
+    (out, v)
+}
+
+/// How a row id reads to a person: "row 12", or "row 12 of sheet Students" in a workbook of several.
+pub fn row_label(id: u32, tables: &[&Table]) -> String {
+    let sheets: Vec<(u32, Option<String>)> = tables.iter().map(|t| (t.row_offset, t.sheet.clone())).collect();
+    label(id, &sheets, tables.len() > 1)
+}
+
+fn label(id: u32, sheets: &[(u32, Option<String>)], several: bool) -> String {
+    match sheets.iter().rev().find(|(offset, _)| id >= *offset) {
+        Some((offset, sheet)) if several => format!("row {} of sheet {}", id - offset, sheet.as_deref().unwrap_or("?")),
+        _ => format!("row {id}"),
     }
 }
 
@@ -151,11 +199,18 @@ type RowError = (Option<Action>, Option<String>, String);
 const MAX_TEXT: usize = 256;
 
 /// The trimmed, non-empty value of a field (borrowed: a row allocates only what its operation keeps).
-fn cell<'c>(cells: &'c [String], m: &Mapping, f: Field) -> Option<&'c str> {
-    m.column(f).and_then(|i| cells.get(i)).map(|v| v.trim()).filter(|v| !v.is_empty())
+fn cell<'c, S: AsRef<str>>(cells: &'c [S], m: &Mapping, f: Field) -> Option<&'c str> {
+    m.column(f).and_then(|i| cells.get(i)).map(|v| v.as_ref().trim()).filter(|v| !v.is_empty())
 }
 
-fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: Mode, sheet_type: Option<&str>) -> Result<RowOp, RowError> {
+fn validate_row<S: AsRef<str>>(
+    row: u32,
+    cells: &[S],
+    m: &Mapping,
+    tenant: &Tenant,
+    mode: Mode,
+    sheet_type: Option<&str>,
+) -> Result<RowOp, RowError> {
     let get = |f: Field| cell(cells, m, f);
     let owned = |f: Field| get(f).map(str::to_string);
     let mut user_type = sheet_type.map(str::to_string);
@@ -278,7 +333,7 @@ fn validate_row(row: u32, cells: &[String], m: &Mapping, tenant: &Tenant, mode: 
             let mut attributes = BTreeMap::new();
             for (idx, col) in &m.custom {
                 let def = &tenant.attributes[*idx];
-                if let Some(v) = cells.get(*col).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+                if let Some(v) = cells.get(*col).map(|v| v.as_ref().trim()).filter(|v| !v.is_empty()) {
                     attributes.insert(def.name.clone(), check_attribute(&def.name, &def.kind, v).map_err(|m| fail_at(&def.name, m))?);
                 }
             }
@@ -517,7 +572,10 @@ mod tests {
         assert_eq!(v.ops.len(), 1);
         assert!(message(&v, 3).contains("not allowed in replace mode"));
         // c's row fails, but c is in the file: replace must not disable c.
-        assert!(v.user_keys.contains("c@x.com") && v.user_keys.contains("b@x.com"));
+        let t = decode(b"Action,Email,Role\n,a@x.com,Learner\nDelete,b@x.com,\n,c@x.com,Pilot\n").unwrap();
+        let m = map_headers(&t.headers, &tenant()).unwrap();
+        let (_, seen) = validate_sheets(&[(&t, &m)], &tenant(), Mode::Replace);
+        assert!(seen.names_user("c@x.com") && seen.names_user("b@x.com") && !seen.names_user("z@x.com"));
     }
 
     #[test]

@@ -1,0 +1,293 @@
+//! Ingest without holding the file: rows are validated as they are read, and each operation is
+//! written at once to its phase's spill file on local disk; chunks are cut from those files after
+//! the last row, when the plan is known. Memory stays flat whatever the size of the file, apart
+//! from one 16-byte fingerprint per key (see `RowValidator`).
+
+use super::decode::{self, ReadError, TableHead, TableVisitor};
+use super::headers::{Mapping, map_headers};
+use super::validate::RowValidator;
+use crate::model::{Mode, Outcome, PHASES, RowOp, Tenant, phase_of};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Where validated rows go: memory for the CLI and tests, spill files for ingest.
+pub trait OpSink {
+    fn op(&mut self, op: RowOp) -> std::io::Result<()>;
+    fn outcome(&mut self, outcome: Outcome) -> std::io::Result<()>;
+}
+
+/// Why ingest stopped reading a file.
+#[derive(Debug)]
+pub enum Stop {
+    /// The whole file is refused; the reason is for the user.
+    Refused(String),
+    /// Local disk failed under ingest (not the file's fault).
+    Io(std::io::Error),
+}
+
+impl<S: Into<Stop>> From<ReadError<S>> for Stop {
+    fn from(e: ReadError<S>) -> Self {
+        match e {
+            ReadError::File(e) => Stop::Refused(e.to_string()),
+            ReadError::Stopped(s) => s.into(),
+            ReadError::Io(e) => Stop::Io(e),
+        }
+    }
+}
+
+/// Maps each table's header, validates each row and hands the result to the sink.
+pub struct Ingester<'t, K> {
+    tenant: &'t Tenant,
+    pub validator: RowValidator,
+    current: Option<(TableHead, Mapping)>,
+    pub warnings: Vec<String>,
+    /// Data rows read (blank rows between data rows included, as they get an outcome).
+    pub rows: u32,
+    pub sink: K,
+}
+
+impl<'t, K: OpSink> Ingester<'t, K> {
+    pub fn new(tenant: &'t Tenant, mode: Mode, sink: K) -> Self {
+        Ingester { tenant, validator: RowValidator::new(tenant, mode), current: None, warnings: Vec::new(), rows: 0, sink }
+    }
+
+    /// After the last row: a file with headers and nothing under them is refused.
+    pub fn finish(&self) -> Result<(), Stop> {
+        if self.rows == 0 { Err(Stop::Refused("the file has a header row but no data rows".into())) } else { Ok(()) }
+    }
+}
+
+impl<K: OpSink> TableVisitor for Ingester<'_, K> {
+    type Stop = Stop;
+
+    fn table(&mut self, head: TableHead) -> Result<(), Stop> {
+        let in_sheet =
+            |msg: String| if head.several { format!("sheet \"{}\": {msg}", head.sheet.as_deref().unwrap_or("?")) } else { msg };
+        let mapping = map_headers(&head.headers, self.tenant).map_err(|e| Stop::Refused(in_sheet(e)))?;
+        self.warnings.extend(mapping.warnings.iter().map(|w| in_sheet(w.clone())));
+        self.validator.start_table(&head);
+        self.current = Some((head, mapping));
+        Ok(())
+    }
+
+    fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Stop> {
+        let Some((head, mapping)) = &self.current else { return Ok(()) };
+        self.rows += 1;
+        match self.validator.check(head, mapping, number, cells) {
+            Ok(op) => self.sink.op(op),
+            Err(outcome) => self.sink.outcome(outcome),
+        }
+        .map_err(Stop::Io)
+    }
+}
+
+/// Everything in memory.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub ops: Vec<RowOp>,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl OpSink for Collected {
+    fn op(&mut self, op: RowOp) -> std::io::Result<()> {
+        self.ops.push(op);
+        Ok(())
+    }
+    fn outcome(&mut self, outcome: Outcome) -> std::io::Result<()> {
+        self.outcomes.push(outcome);
+        Ok(())
+    }
+}
+
+/// Operations as JSON lines (the chunk format), one file per phase, and outcomes in another.
+pub struct Spill {
+    dir: PathBuf,
+    phases: Vec<BufWriter<File>>,
+    outcomes: BufWriter<File>,
+    pub counts: [u64; PHASES],
+    pub outcome_count: u64,
+}
+
+impl Spill {
+    pub fn create(dir: &Path) -> std::io::Result<Self> {
+        let open = |name: String| File::create(dir.join(name)).map(|f| BufWriter::with_capacity(1 << 16, f));
+        Ok(Spill {
+            dir: dir.to_path_buf(),
+            phases: (0..PHASES).map(|p| open(format!("phase-{p}.jsonl"))).collect::<std::io::Result<_>>()?,
+            outcomes: open("outcomes.jsonl".into())?,
+            counts: [0; PHASES],
+            outcome_count: 0,
+        })
+    }
+
+    pub fn phase_path(&self, phase: usize) -> PathBuf {
+        self.dir.join(format!("phase-{phase}.jsonl"))
+    }
+
+    pub fn outcomes_path(&self) -> PathBuf {
+        self.dir.join("outcomes.jsonl")
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.phases.iter_mut().try_for_each(|w| w.flush())?;
+        self.outcomes.flush()
+    }
+}
+
+fn line<T: serde::Serialize>(w: &mut BufWriter<File>, item: &T) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *w, item).map_err(std::io::Error::other)?;
+    w.write_all(b"\n")
+}
+
+impl OpSink for Spill {
+    fn op(&mut self, op: RowOp) -> std::io::Result<()> {
+        let phase = phase_of(&op);
+        line(&mut self.phases[phase], &op)?;
+        self.counts[phase] += 1;
+        Ok(())
+    }
+    fn outcome(&mut self, outcome: Outcome) -> std::io::Result<()> {
+        line(&mut self.outcomes, &outcome)?;
+        self.outcome_count += 1;
+        Ok(())
+    }
+}
+
+/// Read and validate a roster file from disk into spill files under `scratch`.
+pub fn prepare_file<'t>(source: &Path, scratch: &Path, tenant: &'t Tenant, mode: Mode) -> Result<Ingester<'t, Spill>, Stop> {
+    let mut ingester = Ingester::new(tenant, mode, Spill::create(scratch).map_err(Stop::Io)?);
+    let mut file = BufReader::with_capacity(1 << 16, File::open(source).map_err(Stop::Io)?);
+    decode::read(&mut file, &mut ingester)?;
+    ingester.finish()?;
+    ingester.sink.flush().map_err(Stop::Io)?;
+    Ok(ingester)
+}
+
+/// Chunk bodies cut from a phase's spill file, `size` lines each, read as they are asked for.
+/// With `marks`, user operations get the references to what the file creates (`created_in_file`),
+/// known only once every row was read; other lines are copied as written.
+pub struct Chunks<'v> {
+    reader: BufReader<File>,
+    size: usize,
+    marks: Option<&'v RowValidator>,
+    line: Vec<u8>,
+}
+
+impl<'v> Chunks<'v> {
+    pub fn open(path: &Path, size: usize, validator: &'v RowValidator) -> std::io::Result<Self> {
+        let marks = validator.may_reference_own_creations().then_some(validator);
+        Ok(Chunks { reader: BufReader::with_capacity(1 << 16, File::open(path)?), size: size.max(1), marks, line: Vec::new() })
+    }
+
+    fn next_body(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let mut body = Vec::with_capacity(self.size * 256);
+        let mut lines = 0;
+        while lines < self.size {
+            self.line.clear();
+            if self.reader.read_until(b'\n', &mut self.line)? == 0 {
+                break;
+            }
+            lines += 1;
+            let Some(v) = self.marks else {
+                body.extend_from_slice(&self.line);
+                continue;
+            };
+            let mut op: RowOp = serde_json::from_slice(&self.line).map_err(std::io::Error::other)?;
+            op.created_in_file = v.created_in_file(&op);
+            if op.created_in_file.is_empty() {
+                body.extend_from_slice(&self.line);
+            } else {
+                serde_json::to_writer(&mut body, &op).map_err(std::io::Error::other)?;
+                body.push(b'\n');
+            }
+        }
+        Ok((lines > 0).then_some(body))
+    }
+}
+
+impl Iterator for Chunks<'_> {
+    type Item = std::io::Result<Vec<u8>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_body().transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::prepare;
+
+    fn tenant() -> Tenant {
+        let mut t = Tenant::new("acme", vec!["a@acme.com".into()]);
+        t.roles = vec!["Learner".into()];
+        t
+    }
+
+    /// Ingest's path: the file on disk, spill files, chunks cut of `size` lines.
+    fn streamed(bytes: &[u8], size: usize) -> (Vec<Vec<RowOp>>, Vec<Outcome>, Vec<String>, u32) {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        std::fs::write(&source, bytes).unwrap();
+        let t = tenant();
+        let ing = prepare_file(&source, dir.path(), &t, Mode::Upsert).unwrap_or_else(|e| panic!("{e:?}"));
+        let mut phases = Vec::new();
+        for phase in 0..PHASES {
+            let mut ops = Vec::new();
+            for body in Chunks::open(&ing.sink.phase_path(phase), size, &ing.validator).unwrap() {
+                let body = body.unwrap();
+                let lines = crate::ingest::parse_jsonl::<RowOp>("chunk", &body).unwrap();
+                assert!(!lines.is_empty() && lines.len() <= size);
+                ops.extend(lines);
+            }
+            assert_eq!(ops.len() as u64, ing.sink.counts[phase]);
+            phases.push(ops);
+        }
+        let outcomes = crate::ingest::parse_jsonl(&"outcomes", &std::fs::read(ing.sink.outcomes_path()).unwrap()).unwrap();
+        (phases, outcomes, ing.warnings.clone(), ing.rows)
+    }
+
+    #[test]
+    fn streaming_from_disk_gives_exactly_the_operations_and_outcomes_of_the_in_memory_path() {
+        let csv = "Type,Action,Email,OrgName,Supervisor,Mystery\n\
+                   Org,Create,,North,,\n\
+                   User,,ann@x.com,North,boss@x.com,?\n\
+                   User,,boss@x.com,South,,\n\
+                   User,,ANN@x.com,,,\n\
+                   ,,,,,\n\
+                   User,,bad@@x.com,,,\n\
+                   Org,Delete,,West,,\n\
+                   User,,cy@x.com,,ann@x.com,\n";
+        let mem = prepare(csv.as_bytes(), &tenant(), Mode::Upsert).unwrap();
+        let (phases, outcomes, warnings, rows) = streamed(csv.as_bytes(), 2);
+        let mut expected: Vec<Vec<RowOp>> = vec![Vec::new(); PHASES];
+        for op in &mem.ops {
+            expected[phase_of(op)].push(op.clone());
+        }
+        assert_eq!(phases, expected);
+        assert_eq!(outcomes, mem.outcomes);
+        assert_eq!((warnings, rows), (mem.warnings.clone(), 8));
+        // The marks need the whole file: boss is created after ann's row names him.
+        let ann = phases[1].iter().find(|o| o.row == 3).unwrap();
+        assert_eq!(ann.created_in_file, vec!["boss@x.com".to_string(), "north".into()]);
+        assert_eq!(outcomes.len(), 3, "duplicate, blank row, bad email: {outcomes:?}");
+    }
+
+    #[test]
+    fn a_file_refused_while_streaming_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        let t = tenant();
+        for (bytes, reason) in [
+            (&b"Email,E-mail\na@x.com,b@x.com\n"[..], "both mean Email"),
+            (b"Email\n\n\n", "a header row but no data rows"),
+            (b"Email,Name\na@x.com,\"open\n", "never closed"),
+        ] {
+            std::fs::write(&source, bytes).unwrap();
+            match prepare_file(&source, dir.path(), &t, Mode::Upsert) {
+                Err(Stop::Refused(r)) => assert!(r.contains(reason), "{r}"),
+                other => panic!("expected a refusal, got {:?}", other.map(|i| i.rows)),
+            }
+        }
+    }
+}
