@@ -13,7 +13,7 @@
 //! Environment: `BENCH_ROWS` (default `10000,100000,1000000`), `BENCH_ONLY` (any of
 //! `ingest,apply,e2e,init`), `BENCH_APPLY_ROWS` (20000), `BENCH_E2E_ROWS` (100000).
 
-use bench::{HEADER, csv_file, peak_rss, row, xlsx_file};
+use bench::{HEADER, csv_file, peak_rss, row, xlsx_file, xlsx_sst_file};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::path::Path;
@@ -142,7 +142,7 @@ fn ingest_table() {
         .collect();
     println!("\n## Ingest: parse + validate + chunk, one core, no network (each reader in its own process)");
     println!(
-        "{:<22} {:>9} {:>8}  {:<28} {:>11} {:>9} {:>10} {:>9}",
+        "{:<24} {:>9} {:>8}  {:<28} {:>11} {:>9} {:>10} {:>9}",
         "file", "rows", "MB", "reader", "rows/s", "vs raw", "peak MB", "peak/file"
     );
     for &n in &sizes {
@@ -150,6 +150,15 @@ fn ingest_table() {
             (csv_file(n), vec![("csv-raw", "csv crate, records"), ("decode", "rosterdrop decode only"), ("ingest", "rosterdrop ingest")]),
             (
                 xlsx_file(n),
+                vec![
+                    ("xlsx-raw", "calamine, worksheet_range"),
+                    ("xlsx-raw-stream", "calamine, cells reader"),
+                    ("decode", "rosterdrop decode only"),
+                    ("ingest", "rosterdrop ingest"),
+                ],
+            ),
+            (
+                xlsx_sst_file(n),
                 vec![
                     ("xlsx-raw", "calamine, worksheet_range"),
                     ("xlsx-raw-stream", "calamine, cells reader"),
@@ -178,7 +187,7 @@ fn ingest_table() {
                 let rate = m.rows as f64 / m.secs;
                 let ratio = raw_rate.get_or_insert(rate);
                 println!(
-                    "{:<22} {:>9} {:>8.1}  {:<28} {:>11.0} {:>8.0}% {:>10.1} {:>9.1}",
+                    "{:<24} {:>9} {:>8.1}  {:<28} {:>11.0} {:>8.0}% {:>10.1} {:>9.1}",
                     file.file_name().unwrap().to_string_lossy(),
                     n,
                     size as f64 / 1e6,

@@ -56,9 +56,24 @@ pub fn xlsx_file(rows: usize) -> PathBuf {
     path
 }
 
+/// `roster-<rows>-sst.xlsx`: the same rows with a shared-string table, as Excel itself saves
+/// (every distinct text once in `sharedStrings.xml`, which readers load whole).
+pub fn xlsx_sst_file(rows: usize) -> PathBuf {
+    let path = data_dir().join(format!("roster-{rows}-sst.xlsx"));
+    if !path.exists() {
+        write_xlsx(&path, rows, "Upsert", true);
+    }
+    path
+}
+
 pub fn xlsx_to(path: &Path, rows: usize, action: &str) {
+    write_xlsx(path, rows, action, false)
+}
+
+fn write_xlsx(path: &Path, rows: usize, action: &str, shared_strings: bool) {
     let mut wb = rust_xlsxwriter::Workbook::new();
-    let ws = wb.add_worksheet_with_constant_memory().expect("sheet");
+    let ws = if shared_strings { wb.add_worksheet_with_low_memory() } else { wb.add_worksheet_with_constant_memory() };
+    let ws = ws.expect("sheet");
     ws.set_name("Roster").expect("name");
     for (c, h) in HEADER.iter().enumerate() {
         ws.write_string(0, c as u16, *h).expect("cell");

@@ -654,20 +654,24 @@ fn read_text_from<R: Read + Seek, V: TableVisitor>(
     let corrupt = |e: csv::Error| FileError::Corrupt { format: format.label(), detail: e.to_string() };
     while reader.read_byte_record(&mut record).map_err(corrupt)? {
         number += 1;
-        let cells: Vec<Cow<'_, str>> = record
-            .iter()
-            .map(|f| {
-                if !utf8 {
-                    WINDOWS_1252.decode_without_bom_handling(f).0
-                } else if lossy {
-                    String::from_utf8_lossy(f)
-                } else {
-                    // Pass 1 found the whole file valid, and fields split at ASCII bytes.
-                    std::str::from_utf8(f).map(Cow::Borrowed).unwrap_or_else(|_| String::from_utf8_lossy(f))
+        if utf8 && !lossy {
+            // Pass 1 found the whole file valid: one check per record, fields borrowed as they are.
+            match csv::StringRecord::from_byte_record(std::mem::take(&mut record)) {
+                Ok(text) => {
+                    let cells: Vec<&str> = text.iter().collect();
+                    shape.row(v, number, &cells)?;
+                    drop(cells);
+                    record = text.into_byte_record();
+                    continue;
                 }
-            })
+                Err(e) => record = e.into_byte_record(),
+            }
+        }
+        let decoded: Vec<Cow<'_, str>> = record
+            .iter()
+            .map(|f| if utf8 { String::from_utf8_lossy(f) } else { WINDOWS_1252.decode_without_bom_handling(f).0 })
             .collect();
-        shape.row(v, number, &cells)?;
+        shape.row(v, number, &decoded)?;
     }
     if shape.started() { Ok(()) } else { Err(FileError::Empty.into()) }
 }

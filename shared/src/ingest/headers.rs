@@ -104,10 +104,14 @@ impl Field {
     }
 }
 
+const FIELDS: usize = Field::Message as usize + 1;
+
 /// Which column holds which field.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Mapping {
     columns: Vec<(Field, usize)>,
+    /// The same, indexed by field: every row asks for every field.
+    by_field: [Option<usize>; FIELDS],
     /// Tenant custom attribute columns: (attribute index in the tenant's list, column).
     pub custom: Vec<(usize, usize)>,
     /// Problems that do not stop the file (shown in the result email).
@@ -116,7 +120,7 @@ pub struct Mapping {
 
 impl Mapping {
     pub fn column(&self, field: Field) -> Option<usize> {
-        self.columns.iter().find(|(f, _)| *f == field).map(|(_, i)| *i)
+        self.by_field[field as usize]
     }
     pub fn has(&self, field: Field) -> bool {
         self.column(field).is_some()
@@ -151,6 +155,7 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
                     ));
                 }
                 mapping.columns.push((f, i));
+                mapping.by_field[f as usize] = Some(i);
             }
             None => match tenant.attributes.iter().position(|a| norm(&a.name) == norm(trimmed)) {
                 Some(a) if mapping.custom.iter().any(|(x, _)| *x == a) => {

@@ -183,6 +183,26 @@ impl<'v> Chunks<'v> {
     fn next_body(&mut self) -> std::io::Result<Option<Vec<u8>>> {
         let mut body = Vec::with_capacity(self.size * 256);
         let mut lines = 0;
+        if self.marks.is_none() {
+            // Nothing to change: whole runs of lines are copied from the read buffer.
+            while lines < self.size {
+                let buf = self.reader.fill_buf()?;
+                if buf.is_empty() {
+                    break;
+                }
+                let mut end = buf.len();
+                for pos in memchr::memchr_iter(b'\n', buf) {
+                    lines += 1;
+                    if lines == self.size {
+                        end = pos + 1;
+                        break;
+                    }
+                }
+                body.extend_from_slice(&buf[..end]);
+                self.reader.consume(end);
+            }
+            return Ok((!body.is_empty()).then_some(body));
+        }
         while lines < self.size {
             self.line.clear();
             if self.reader.read_until(b'\n', &mut self.line)? == 0 {
@@ -243,7 +263,7 @@ mod tests {
             assert_eq!(ops.len() as u64, ing.sink.counts[phase]);
             phases.push(ops);
         }
-        let outcomes = crate::ingest::parse_jsonl(&"outcomes", &std::fs::read(ing.sink.outcomes_path()).unwrap()).unwrap();
+        let outcomes = crate::ingest::parse_jsonl("outcomes", &std::fs::read(ing.sink.outcomes_path()).unwrap()).unwrap();
         (phases, outcomes, ing.warnings.clone(), ing.rows)
     }
 

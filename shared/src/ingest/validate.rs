@@ -198,6 +198,11 @@ type RowError = (Option<Action>, Option<String>, String);
 /// for real data, and far from its 400 KB item limit for hostile data.
 const MAX_TEXT: usize = 256;
 
+/// More than `MAX_TEXT` characters (counted only when the bytes could be that many).
+fn too_long(v: &str) -> bool {
+    v.len() > MAX_TEXT && v.chars().count() > MAX_TEXT
+}
+
 /// The trimmed, non-empty value of a field (borrowed: a row allocates only what its operation keeps).
 fn cell<'c, S: AsRef<str>>(cells: &'c [S], m: &Mapping, f: Field) -> Option<&'c str> {
     m.column(f).and_then(|i| cells.get(i)).map(|v| v.as_ref().trim()).filter(|v| !v.is_empty())
@@ -262,7 +267,7 @@ fn validate_row<S: AsRef<str>>(
         EntityType::Org => {
             let name = owned(Field::OrgName)
                 .ok_or_else(|| fail_at("OrgName", "OrgName is empty; an Org row needs the organization's name".into()))?;
-            if name.chars().count() > MAX_TEXT {
+            if too_long(&name) {
                 return Err(fail_at("OrgName", format!("OrgName is {} characters long; the limit is {MAX_TEXT}", name.chars().count())));
             }
             if !matches!(action, Action::Create | Action::Update | Action::Upsert | Action::Delete) {
@@ -350,7 +355,7 @@ fn validate_row<S: AsRef<str>>(
                 return Err(fail_at("InviteUser", "a user without an Email cannot be sent an activation email".into()));
             }
             for f in [Field::FirstName, Field::LastName, Field::Phone, Field::OrgName, Field::Department, Field::Group, Field::Username] {
-                if let Some(v) = get(f).filter(|v| v.chars().count() > MAX_TEXT) {
+                if let Some(v) = get(f).filter(|v| too_long(v)) {
                     return Err(fail_at(
                         f.name(),
                         format!("{} is {} characters long; the limit is {MAX_TEXT}", f.name(), v.chars().count()),
@@ -450,7 +455,7 @@ fn check_product(code: &str, tenant: &Tenant) -> Result<String, String> {
 /// A custom attribute value, normalised to its type.
 fn check_attribute(name: &str, kind: &AttributeKind, value: &str) -> Result<String, String> {
     match kind {
-        AttributeKind::Text if value.chars().count() > 256 => Err(format!("{name} is longer than 256 characters")),
+        AttributeKind::Text if too_long(value) => Err(format!("{name} is longer than {MAX_TEXT} characters")),
         AttributeKind::Text => Ok(value.to_string()),
         AttributeKind::Number => match value.replace(',', "").parse::<f64>() {
             Ok(n) if n.is_finite() => Ok(if n.fract() == 0.0 && n.abs() < 1e15 { format!("{}", n as i64) } else { n.to_string() }),
