@@ -108,6 +108,30 @@ fn child(case: &str, file: &Path) {
             shared::ingest::decode::read(&mut f, &mut count).unwrap();
             count.0
         }
+        "validate" | "serialize" => {
+            // Decode + validate (+ serialize each operation as a chunk line), without disk: where
+            // ingest's time goes between the reader and the whole.
+            struct Sink(bool, usize, Vec<u8>);
+            impl shared::ingest::stream::OpSink for Sink {
+                fn op(&mut self, op: shared::model::RowOp) -> std::io::Result<()> {
+                    if self.0 {
+                        self.2.clear();
+                        serde_json::to_writer(&mut self.2, &op)?;
+                    }
+                    self.1 += 1;
+                    Ok(())
+                }
+                fn outcome(&mut self, _: shared::model::Outcome) -> std::io::Result<()> {
+                    Ok(())
+                }
+            }
+            let mut tenant = shared::model::Tenant::new("bench", vec![]);
+            tenant.roles = vec!["Learner".into()];
+            let mut ing = shared::ingest::stream::Ingester::new(&tenant, shared::model::Mode::Upsert, Sink(case == "serialize", 0, Vec::new()));
+            let mut f = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(file).unwrap());
+            shared::ingest::decode::read(&mut f, &mut ing).unwrap();
+            ing.sink.1
+        }
         "ingest" => {
             // What the ingest Lambda does once the object is on local disk, minus the network:
             // read and validate streaming into per-phase spill files, then cut and serialize every

@@ -259,18 +259,32 @@ pub enum Action {
 impl Action {
     pub const NAMES: &'static [&'static str] = &["Create", "Update", "Upsert", "Delete", "Enable", "Disable", "Expire", "Invite"];
 
+    /// Case-insensitive, without allocating (it runs once per row).
     pub fn parse(s: &str) -> Option<Action> {
-        Some(match s.to_ascii_lowercase().as_str() {
-            "" | "upsert" => Action::Upsert,
-            "create" | "add" | "new" => Action::Create,
-            "update" | "modify" | "edit" => Action::Update,
-            "delete" | "remove" => Action::Delete,
-            "enable" | "activate" => Action::Enable,
-            "disable" | "deactivate" | "suspend" => Action::Disable,
-            "expire" | "revoke" => Action::Expire,
-            "invite" | "reinvite" | "re-invite" | "resend" => Action::Invite,
-            _ => return None,
-        })
+        const WORDS: &[(&str, Action)] = &[
+            ("", Action::Upsert),
+            ("upsert", Action::Upsert),
+            ("create", Action::Create),
+            ("add", Action::Create),
+            ("new", Action::Create),
+            ("update", Action::Update),
+            ("modify", Action::Update),
+            ("edit", Action::Update),
+            ("delete", Action::Delete),
+            ("remove", Action::Delete),
+            ("enable", Action::Enable),
+            ("activate", Action::Enable),
+            ("disable", Action::Disable),
+            ("deactivate", Action::Disable),
+            ("suspend", Action::Disable),
+            ("expire", Action::Expire),
+            ("revoke", Action::Expire),
+            ("invite", Action::Invite),
+            ("reinvite", Action::Invite),
+            ("re-invite", Action::Invite),
+            ("resend", Action::Invite),
+        ];
+        WORDS.iter().find(|(w, _)| w.eq_ignore_ascii_case(s)).map(|(_, a)| *a)
     }
 }
 

@@ -55,9 +55,11 @@ impl ObjectStore for S3Store {
         };
         let mut file = tokio::fs::File::create(to).await.map_err(|e| Error::local("download", e))?;
         // A body cut off mid-stream is the network's fault: transient, the invocation is retried.
-        let copied = tokio::io::copy(&mut out.body.into_async_read(), &mut file)
-            .await
-            .map_err(|e| Error::Transient { service: "s3", operation: "GetObject", message: e.to_string() })?;
+        let copied = tokio::io::copy(&mut out.body.into_async_read(), &mut file).await.map_err(|e| Error::Transient {
+            service: "s3",
+            operation: "GetObject",
+            message: e.to_string(),
+        })?;
         tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| Error::local("download", e))?;
         Ok(Some(copied))
     }

@@ -613,7 +613,9 @@ fn read_text_from<R: Read + Seek, V: TableVisitor>(
         let line = line_of(r, start, at)?;
         let utf16 = raw_head.len() > 3 && (raw_head[1] == 0 || raw_head[0] == 0);
         let hint = if utf16 { "; it looks like UTF-16 text without a byte-order mark: save it as CSV UTF-8" } else { "" };
-        return Err(FileError::UnknownFormat(format!("it contains NUL bytes (first on line {line}), which a text roster never has{hint}")).into());
+        return Err(
+            FileError::UnknownFormat(format!("it contains NUL bytes (first on line {line}), which a text roster never has{hint}")).into()
+        );
     }
     if looks_binary(&head_text) {
         return Err(FileError::UnknownFormat("the content is binary, not text".into()).into());
@@ -667,10 +669,8 @@ fn read_text_from<R: Read + Seek, V: TableVisitor>(
                 Err(e) => record = e.into_byte_record(),
             }
         }
-        let decoded: Vec<Cow<'_, str>> = record
-            .iter()
-            .map(|f| if utf8 { String::from_utf8_lossy(f) } else { WINDOWS_1252.decode_without_bom_handling(f).0 })
-            .collect();
+        let decoded: Vec<Cow<'_, str>> =
+            record.iter().map(|f| if utf8 { String::from_utf8_lossy(f) } else { WINDOWS_1252.decode_without_bom_handling(f).0 }).collect();
         shape.row(v, number, &decoded)?;
     }
     if shape.started() { Ok(()) } else { Err(FileError::Empty.into()) }
@@ -1133,7 +1133,10 @@ mod spreadsheet_cell_tests {
             err,
             "sheet \"Sheet1\": cell A3 has a value to the left of the header row, which starts in column B; move the value under a header or delete it"
         );
-        assert_eq!((column_name(0), column_name(25), column_name(26), column_name(701)), ("A".into(), "Z".into(), "AA".into(), "ZZ".into()));
+        assert_eq!(
+            (column_name(0), column_name(25), column_name(26), column_name(701)),
+            ("A".into(), "Z".into(), "AA".into(), "ZZ".into())
+        );
     }
 
     #[test]

@@ -263,7 +263,9 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, inges
     // Later phases wait in staged/ until the phase before them completes; the first non-empty
     // phase goes straight to chunks/ (written last, once everything it may need exists).
     let first = (0..PHASES).find(|&i| phase_chunks[i] > 0);
-    let chunks = |phase: usize| Chunks::open(&spill.phase_path(phase), chunk_size, &ingested.validator).map_err(|e| Error::local("reading operations", e));
+    let chunks = |phase: usize| {
+        Chunks::open(&spill.phase_path(phase), chunk_size, &ingested.validator).map_err(|e| Error::local("reading operations", e))
+    };
     for phase in (0..PHASES).filter(|p| Some(*p) != first && phase_chunks[*p] > 0) {
         upload_chunks(svc, |seq| keys::staged_chunk(id, phase, seq), chunks(phase)?).await?;
     }

@@ -62,8 +62,7 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
     type Stop = Stop;
 
     fn table(&mut self, head: TableHead) -> Result<(), Stop> {
-        let in_sheet =
-            |msg: String| if head.several { format!("sheet \"{}\": {msg}", head.sheet.as_deref().unwrap_or("?")) } else { msg };
+        let in_sheet = |msg: String| if head.several { format!("sheet \"{}\": {msg}", head.sheet.as_deref().unwrap_or("?")) } else { msg };
         let mapping = map_headers(&head.headers, self.tenant).map_err(|e| Stop::Refused(in_sheet(e)))?;
         self.warnings.extend(mapping.warnings.iter().map(|w| in_sheet(w.clone())));
         self.validator.start_table(&head);

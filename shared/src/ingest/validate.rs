@@ -98,12 +98,12 @@ impl RowValidator {
         let (entity, key, creates) = match &op.target {
             Target::User { email, fields } => {
                 self.associations |= !fields.associations.is_empty();
-                (EntityType::User, email.clone(), matches!(op.action, Action::Create | Action::Upsert))
+                (EntityType::User, std::borrow::Cow::Borrowed(email.as_str()), matches!(op.action, Action::Create | Action::Upsert))
             }
             Target::Org { name } => {
                 let creates = matches!(op.action, Action::Create | Action::Upsert | Action::Update);
                 self.creates_org |= creates;
-                (EntityType::Org, name.to_lowercase(), creates)
+                (EntityType::Org, std::borrow::Cow::Owned(name.to_lowercase()), creates)
             }
         };
         let fp = self.fingerprint(entity, &key);
@@ -221,22 +221,20 @@ fn validate_row<S: AsRef<str>>(
     let mut user_type = sheet_type.map(str::to_string);
     let entity = match get(Field::Type) {
         None => EntityType::User,
-        Some(t) => match t.to_ascii_lowercase().as_str() {
-            "org" | "organization" | "organisation" => EntityType::Org,
-            "user" | "person" => EntityType::User,
-            _ => match super::decode::user_type_of(t) {
-                Some(ut) => {
-                    user_type = Some(ut);
-                    EntityType::User
-                }
-                None => {
-                    return Err((
-                        None,
-                        Some("Type".into()),
-                        format!("Type \"{t}\" is not one of User, Org, {}", super::decode::USER_TYPES.join(", ")),
-                    ));
-                }
-            },
+        Some(t) if ["org", "organization", "organisation"].iter().any(|w| w.eq_ignore_ascii_case(t)) => EntityType::Org,
+        Some(t) if ["user", "person"].iter().any(|w| w.eq_ignore_ascii_case(t)) => EntityType::User,
+        Some(t) => match super::decode::user_type_of(t) {
+            Some(ut) => {
+                user_type = Some(ut);
+                EntityType::User
+            }
+            None => {
+                return Err((
+                    None,
+                    Some("Type".into()),
+                    format!("Type \"{t}\" is not one of User, Org, {}", super::decode::USER_TYPES.join(", ")),
+                ));
+            }
         },
     };
     let raw_action = get(Field::Action).unwrap_or_default();
