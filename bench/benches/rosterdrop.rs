@@ -171,7 +171,16 @@ fn ingest_table() {
     );
     for &n in &sizes {
         for (file, cases) in [
-            (csv_file(n), vec![("csv-raw", "csv crate, records"), ("decode", "rosterdrop decode only"), ("ingest", "rosterdrop ingest")]),
+            (
+                csv_file(n),
+                vec![
+                    ("csv-raw", "csv crate, records"),
+                    ("decode", "rosterdrop decode only"),
+                    ("validate", "rosterdrop decode + validate"),
+                    ("serialize", "... + chunk lines in memory"),
+                    ("ingest", "rosterdrop ingest"),
+                ],
+            ),
             (
                 xlsx_file(n),
                 vec![

@@ -108,6 +108,8 @@ pub struct TableHead {
     pub headers: Vec<String>,
     /// The file has more than one table (a workbook with several data sheets): messages name the sheet.
     pub several: bool,
+    /// Rows the table declares it spans (an XLSX sheet's dimension), when known: a size hint only.
+    pub rows_hint: Option<u32>,
 }
 
 /// Receives a file's tables as they are read: each header once, then its rows in order, each with
@@ -248,6 +250,7 @@ impl Table {
             user_type: self.user_type.clone(),
             headers: self.headers.clone(),
             several,
+            rows_hint: Some(self.rows.len() as u32),
         }
     }
 }
@@ -387,6 +390,7 @@ fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V) -> Resul
         user_type: user_type_of(name),
         headers: Vec::new(),
         several,
+        rows_hint: None,
     };
     match &mut book {
         // XLSX streams its cells straight into rows; calamine's in-memory range would hold every
@@ -409,9 +413,13 @@ fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V) -> Resul
             }
             let several = data_sheets.len() > 1;
             for (k, name) in data_sheets.iter().enumerate() {
-                let mut shape = Shape::new(proto(name, k, several), true);
                 let mut cells = guarded(label, || x.worksheet_cells_reader(name).map_err(|e| corrupt(&e)))?;
+                let dims = cells.dimensions();
+                let declared = dims.end.0.saturating_sub(dims.start.0).min(1 << 20);
+                let mut shape = Shape::new(TableHead { rows_hint: Some(declared), ..proto(name, k, several) }, true);
+                // The row's cells are reused from row to row (cleared, not reallocated).
                 let mut row: Vec<String> = Vec::new();
+                let mut width = 0;
                 let mut at: Option<u32> = None;
                 while let Some(cell) = guarded(label, || cells.next_cell().map_err(|e| corrupt(&e)))? {
                     let text = cell_ref_text(cell.get_value());
@@ -422,11 +430,12 @@ fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V) -> Resul
                     match at {
                         Some(a) if a == r => {}
                         Some(a) if a < r => {
-                            shape.row(v, a + 1, &row)?;
+                            shape.row(v, a + 1, &row[..width])?;
                             for gap in a + 1..r {
                                 shape.row(v, gap + 1, &[] as &[&str])?;
                             }
-                            row.clear();
+                            row[..width].iter_mut().for_each(String::clear);
+                            width = 0;
                             at = Some(r);
                         }
                         Some(a) => {
@@ -444,10 +453,12 @@ fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V) -> Resul
                     if row.len() <= c {
                         row.resize(c + 1, String::new());
                     }
-                    row[c] = text;
+                    width = width.max(c + 1);
+                    row[c].clear();
+                    row[c].push_str(&text);
                 }
                 if let Some(a) = at {
-                    shape.row(v, a + 1, &row)?;
+                    shape.row(v, a + 1, &row[..width])?;
                 }
             }
         }
@@ -533,12 +544,12 @@ pub fn cell_text(cell: &Data) -> String {
     }
 }
 
-/// Same as `cell_text`, for the streaming reader's borrowed cells.
-fn cell_ref_text(cell: &DataRef<'_>) -> String {
+/// Same as `cell_text`, for the streaming reader's cells: text is borrowed, not copied.
+fn cell_ref_text<'c>(cell: &'c DataRef<'_>) -> Cow<'c, str> {
     match cell {
-        DataRef::String(s) => s.clone(),
-        DataRef::SharedString(s) => s.to_string(),
-        other => cell_text(&Data::from(other.clone())),
+        DataRef::String(s) => Cow::Borrowed(s),
+        DataRef::SharedString(s) => Cow::Borrowed(s),
+        other => Cow::Owned(cell_text(&Data::from(other.clone()))),
     }
 }
 
@@ -647,6 +658,7 @@ fn read_text_from<R: Read + Seek, V: TableVisitor>(
         user_type: None,
         headers: Vec::new(),
         several: false,
+        rows_hint: None,
     };
     let mut shape = Shape::new(proto, false);
     let mut reader =

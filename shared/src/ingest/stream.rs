@@ -66,6 +66,9 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
         let mapping = map_headers(&head.headers, self.tenant).map_err(|e| Stop::Refused(in_sheet(e)))?;
         self.warnings.extend(mapping.warnings.iter().map(|w| in_sheet(w.clone())));
         self.validator.start_table(&head);
+        if let Some(rows) = head.rows_hint {
+            self.validator.reserve(self.rows as usize + rows as usize);
+        }
         self.current = Some((head, mapping));
         Ok(())
     }
@@ -106,6 +109,8 @@ pub struct Spill {
     outcomes: BufWriter<File>,
     pub counts: [u64; PHASES],
     pub outcome_count: u64,
+    /// One line is serialized here, then written in one piece (cheaper than many small writes).
+    scratch: Vec<u8>,
 }
 
 impl Spill {
@@ -117,6 +122,7 @@ impl Spill {
             outcomes: open("outcomes.jsonl".into())?,
             counts: [0; PHASES],
             outcome_count: 0,
+            scratch: Vec::with_capacity(1024),
         })
     }
 
@@ -134,20 +140,22 @@ impl Spill {
     }
 }
 
-fn line<T: serde::Serialize>(w: &mut BufWriter<File>, item: &T) -> std::io::Result<()> {
-    serde_json::to_writer(&mut *w, item).map_err(std::io::Error::other)?;
-    w.write_all(b"\n")
+fn line<T: serde::Serialize>(w: &mut BufWriter<File>, scratch: &mut Vec<u8>, item: &T) -> std::io::Result<()> {
+    scratch.clear();
+    serde_json::to_writer(&mut *scratch, item).map_err(std::io::Error::other)?;
+    scratch.push(b'\n');
+    w.write_all(scratch)
 }
 
 impl OpSink for Spill {
     fn op(&mut self, op: RowOp) -> std::io::Result<()> {
         let phase = phase_of(&op);
-        line(&mut self.phases[phase], &op)?;
+        line(&mut self.phases[phase], &mut self.scratch, &op)?;
         self.counts[phase] += 1;
         Ok(())
     }
     fn outcome(&mut self, outcome: Outcome) -> std::io::Result<()> {
-        line(&mut self.outcomes, &outcome)?;
+        line(&mut self.outcomes, &mut self.scratch, &outcome)?;
         self.outcome_count += 1;
         Ok(())
     }

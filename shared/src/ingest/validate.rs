@@ -16,27 +16,41 @@ const ASSOCIATION_FIELDS: &[(Field, &str)] = &[
     (Field::Instructor, "instructor"),
 ];
 
-/// The first row that used a key, and whether that row creates what the key names.
+/// The first row that used a key, and whether that row creates what the key names, in one word
+/// (rows stay below 2³¹: a sheet's rows are numbered from `k * SHEET_STRIDE`).
 #[derive(Debug, Clone, Copy)]
-struct Seen {
-    row: u32,
-    creates: bool,
+struct Seen(u32);
+
+impl Seen {
+    const CREATES: u32 = 1 << 31;
+    fn new(row: u32, creates: bool) -> Self {
+        Seen(row & !Self::CREATES | if creates { Self::CREATES } else { 0 })
+    }
+    fn row(self) -> u32 {
+        self.0 & !Self::CREATES
+    }
+    fn creates(self) -> bool {
+        self.0 & Self::CREATES != 0
+    }
 }
+
+/// A key's fingerprint as two halves: 12-byte table entries with the row, not 16 (a u64 would pad).
+type Fingerprint = [u32; 2];
 
 /// Checks rows one by one and remembers, across the whole file, what later rows and the
 /// `created_in_file` marks need: which keys were used first by which row.
 ///
 /// Keys are remembered as 64-bit fingerprints (SipHash with a key drawn per file), which keeps a
-/// million-row file at ~32 MB here instead of ~100 MB of strings. Two different keys share a
+/// million-row file at ~26 MB here instead of ~100 MB of strings. Two different keys share a
 /// fingerprint with probability about n²/2⁶⁵ (3 in 100 million for a million rows, different on
 /// every upload); if it happens, the later row fails as a duplicate and says so, nothing is lost.
 pub struct RowValidator {
     tenant: Tenant,
     mode: Mode,
     keys: std::hash::RandomState,
-    seen: hashbrown::HashMap<u64, Seen>,
+    seen: hashbrown::HashMap<Fingerprint, Seen>,
     /// Replace mode: every user the file names, valid row or not (replace never disables them).
-    named_users: hashbrown::HashSet<u64>,
+    named_users: hashbrown::HashSet<Fingerprint>,
     /// (row offset, sheet name) of each table so far, for "row 12 of sheet Students".
     sheets: Vec<(u32, Option<String>)>,
     several: bool,
@@ -60,8 +74,15 @@ impl RowValidator {
         }
     }
 
-    fn fingerprint(&self, entity: EntityType, key: &str) -> u64 {
-        self.keys.hash_one((entity == EntityType::User, key))
+    /// Room for `rows` keys at once, when the file says how many rows it has (an XLSX sheet's
+    /// declared dimension): no regrowing, whose old and new tables briefly coexist.
+    pub fn reserve(&mut self, rows: usize) {
+        self.seen.reserve(rows.saturating_sub(self.seen.len()));
+    }
+
+    fn fingerprint(&self, entity: EntityType, key: &str) -> Fingerprint {
+        let h = self.keys.hash_one((entity == EntityType::User, key));
+        [h as u32, (h >> 32) as u32]
     }
 
     /// A new table (sheet) begins.
@@ -112,11 +133,11 @@ impl RowValidator {
             let column = Some(if entity == EntityType::User { "Email" } else { "OrgName" }.to_string());
             let message = format!(
                 "duplicate {what}: {} of this file already has {key}; only the first row is applied",
-                label(first.row, &self.sheets, self.several)
+                label(first.row(), &self.sheets, self.several)
             );
             return Err(Outcome { column, ..Outcome::failure(row, Some(op.action), message) });
         }
-        self.seen.insert(fp, Seen { row, creates });
+        self.seen.insert(fp, Seen::new(row, creates));
         Ok(op)
     }
 
@@ -137,7 +158,7 @@ impl RowValidator {
         if !self.may_reference_own_creations() {
             return vec![];
         }
-        let creates = |entity, key: &str| self.seen.get(&self.fingerprint(entity, key)).is_some_and(|s| s.creates);
+        let creates = |entity, key: &str| self.seen.get(&self.fingerprint(entity, key)).is_some_and(|s| s.creates());
         let mut refs: Vec<String> = fields.org.iter().map(|o| o.to_lowercase()).filter(|o| creates(EntityType::Org, o)).collect();
         refs.extend(fields.associations.values().filter(|e| creates(EntityType::User, e)).cloned());
         refs.sort();
@@ -651,5 +672,19 @@ mod tests {
         assert!(message(&v, 4).contains("write it as YYYY-MM-DD"));
         assert_eq!(message(&v, 5), "Region \"Mars\" is not allowed; use one of: EMEA, APAC, Americas");
         assert_eq!(message(&v, 6), "Region \"Emea-West\" is not allowed; did you mean \"EMEA\"?");
+    }
+}
+
+#[cfg(test)]
+mod seen_tests {
+    use super::Seen;
+
+    #[test]
+    fn a_seen_key_keeps_its_row_and_whether_it_creates_in_one_word() {
+        for (row, creates) in [(2, true), (2, false), (9 * super::super::decode::SHEET_STRIDE + 1_048_576, true), (0, false)] {
+            let s = Seen::new(row, creates);
+            assert_eq!((s.row(), s.creates()), (row, creates));
+        }
+        assert_eq!(std::mem::size_of::<([u32; 2], Seen)>(), 12);
     }
 }
