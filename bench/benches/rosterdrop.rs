@@ -127,7 +127,8 @@ fn child(case: &str, file: &Path) {
             }
             let mut tenant = shared::model::Tenant::new("bench", vec![]);
             tenant.roles = vec!["Learner".into()];
-            let mut ing = shared::ingest::stream::Ingester::new(&tenant, shared::model::Mode::Upsert, Sink(case == "serialize", 0, Vec::new()));
+            let mut ing =
+                shared::ingest::stream::Ingester::new(&tenant, shared::model::Mode::Upsert, Sink(case == "serialize", 0, Vec::new()));
             let mut f = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(file).unwrap());
             shared::ingest::decode::read(&mut f, &mut ing).unwrap();
             ing.sink.1
