@@ -138,7 +138,8 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         return report::reject(svc, &job, Some(&tenant), &msg, &[]).await;
     }
     // The file goes to local disk (Lambda's ephemeral storage), never whole into memory.
-    let scratch = tempfile::Builder::new().prefix("rosterdrop-ingest-").tempdir().map_err(|e| Error::local("scratch directory", e))?;
+    sweep_stale_scratch(&std::env::temp_dir(), STALE_SCRATCH);
+    let scratch = tempfile::Builder::new().prefix(SCRATCH_PREFIX).tempdir().map_err(|e| Error::local("scratch directory", e))?;
     let source = scratch.path().join("source");
     let Some(size) = svc.store.download(&obj.key, &source).await? else {
         return report::reject(svc, &job, Some(&tenant), "the file was deleted before it could be read", &[]).await;
@@ -170,6 +171,23 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         ingested.sink.flush().map_err(|e| Error::local("writing operations", e))?;
     }
     write_job(svc, &job, &tenant, mode, &ingested, &source).await
+}
+
+const SCRATCH_PREFIX: &str = "rosterdrop-ingest-";
+/// Older than the ingest timeout (15 min): no invocation is still using it.
+const STALE_SCRATCH: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+
+/// An invocation that crashed or timed out left its scratch directory behind, and a warm Lambda
+/// keeps `/tmp`: remove those (best effort) before they fill it. Young ones may belong to a
+/// concurrent ingest (the local runner runs several in one process).
+fn sweep_stale_scratch(base: &Path, older_than: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for entry in entries.flatten() {
+        let stale = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > older_than);
+        if stale && entry.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn starts_like_workbook(path: &Path) -> std::io::Result<bool> {
@@ -353,6 +371,23 @@ mod tests {
         );
         assert_eq!(too_big_to_read(false, 150_000_000, 3008), None);
         assert_eq!(too_big_to_read(true, 150_000_000, 3008), None);
+    }
+
+    #[test]
+    fn scratch_left_by_a_crashed_ingest_is_swept_but_a_running_ones_is_not() {
+        let base = tempfile::tempdir().unwrap();
+        let (old, young, other) =
+            (base.path().join("rosterdrop-ingest-old"), base.path().join("rosterdrop-ingest-young"), base.path().join("keep-me"));
+        for d in [&old, &young, &other] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("source"), b"x").unwrap();
+        }
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for d in [&old, &other] {
+            std::fs::File::open(d).unwrap().set_modified(an_hour_ago).unwrap();
+        }
+        sweep_stale_scratch(base.path(), STALE_SCRATCH);
+        assert!(!old.exists() && young.exists() && other.exists());
     }
 
     #[test]
