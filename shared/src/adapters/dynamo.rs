@@ -855,6 +855,20 @@ impl DynamoJobs {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         DynamoJobs { client, table: table.into() }
     }
+    /// The job's item, read consistently (the job's state machine depends on the latest write).
+    async fn job_item(&self, id: &str) -> Result<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        Ok(out.item)
+    }
+
     fn marker_pk(id: &str, phase: usize, seq: u32) -> String {
         format!("C#{id}#{phase}#{seq}")
     }
@@ -883,16 +897,7 @@ impl JobStore for DynamoJobs {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Job>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("J#{id}")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(ddb_err("GetItem"))?;
-        out.item.as_ref().map(Job::try_from).transpose()
+        self.job_item(id).await?.as_ref().map(Job::try_from).transpose()
     }
 
     async fn set_plan(&self, id: &str, plan: &Plan) -> Result<()> {
@@ -1025,16 +1030,7 @@ impl JobStore for DynamoJobs {
     }
 
     async fn email_sent(&self, id: &str, kind: &str) -> Result<bool> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("J#{id}")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(ddb_err("GetItem"))?;
-        Ok(out.item.as_ref().is_some_and(|i| i.contains_key(&format!("email_{kind}_sent"))))
+        Ok(self.job_item(id).await?.is_some_and(|i| i.contains_key(&format!("email_{kind}_sent"))))
     }
 
     async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()> {

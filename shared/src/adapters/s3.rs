@@ -18,6 +18,21 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    async fn put_body(&self, key: &str, body: ByteStream, content_type: &str) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("s3", "PutObject", e))?;
+        Ok(())
+    }
+}
+
 fn is_missing(code: Option<&str>) -> bool {
     matches!(code, Some("NoSuchKey" | "NotFound" | "404"))
 }
@@ -67,29 +82,11 @@ impl ObjectStore for S3Store {
     async fn put_file(&self, key: &str, from: &std::path::Path, content_type: &str) -> Result<()> {
         // From a path, not an open file: the SDK re-reads it if the PUT is retried.
         let body = ByteStream::from_path(from).await.map_err(|e| Error::local("upload", e))?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| Error::from_sdk("s3", "PutObject", e))?;
-        Ok(())
+        self.put_body(key, body, content_type).await
     }
 
     async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<()> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| Error::from_sdk("s3", "PutObject", e))?;
-        Ok(())
+        self.put_body(key, ByteStream::from(body), content_type).await
     }
 
     async fn put_if_absent(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<bool> {

@@ -272,7 +272,7 @@ pub fn read<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V) -> Result<(),
     let mut magic = [0u8; 8];
     let n = read_up_to(r, &mut magic)?;
     r.rewind()?;
-    if is_workbook(&magic[..n]) { read_workbook(r, v) } else { read_text(r, v, SCAN_BUFFER) }
+    if is_workbook(&magic[..n]) { read_workbook(r, magic[..n].starts_with(OLE_MAGIC), v) } else { read_text(r, v, SCAN_BUFFER) }
 }
 
 fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -355,10 +355,7 @@ pub fn column_name(index: usize) -> String {
     String::from_utf8(name).unwrap_or_default()
 }
 
-fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V) -> Result<(), ReadError<V::Stop>> {
-    let mut magic = [0u8; 8];
-    let n = read_up_to(r, &mut magic)?;
-    let ole = magic[..n].starts_with(OLE_MAGIC);
+fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, v: &mut V) -> Result<(), ReadError<V::Stop>> {
     let size = r.seek(SeekFrom::End(0))?;
     r.rewind()?;
     let guess = if ole { "XLS" } else { "XLSX" };
@@ -564,10 +561,11 @@ const SCAN_BUFFER: usize = 256 * 1024;
 const HEAD_BYTES: usize = 64 * 1024;
 
 fn read_text<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V, buffer: usize) -> Result<(), ReadError<V::Stop>> {
-    let mut head = vec![0u8; HEAD_BYTES];
-    let n = read_up_to(r, &mut head)?;
-    head.truncate(n);
-    if let Some((enc, bom_len)) = Encoding::for_bom(&head)
+    // The byte-order mark, and for the NUL message whether the text starts like UTF-16.
+    let mut raw_head = [0u8; 4];
+    let n = read_up_to(r, &mut raw_head)?;
+    let raw_head = &raw_head[..n];
+    if let Some((enc, bom_len)) = Encoding::for_bom(raw_head)
         && enc != UTF_8
     {
         // UTF-16 ("Unicode Text" from Excel) is rare and small: decoded in memory, then read as UTF-8.
@@ -576,11 +574,10 @@ fn read_text<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V, buffer: usiz
         r.read_to_end(&mut raw)?;
         let text = enc.decode_without_bom_handling(&raw).0.into_owned();
         drop(raw);
-        let head16 = head;
-        return read_text_from(&mut Cursor::new(text.as_bytes()), 0, &head16, Some(enc.name()), v, buffer);
+        return read_text_from(&mut Cursor::new(text.as_bytes()), 0, raw_head, Some(enc.name()), v, buffer);
     }
-    let bom_len = if head.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
-    read_text_from(r, bom_len, &head, None, v, buffer)
+    let bom_len = if raw_head.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
+    read_text_from(r, bom_len, raw_head, None, v, buffer)
 }
 
 /// Delimited text from `start` on: UTF-8 (or, given `label`, already decoded to UTF-8), else

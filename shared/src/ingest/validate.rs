@@ -167,7 +167,8 @@ impl RowValidator {
     }
 }
 
-/// Tables already in memory, validated: the CLI and the unit tests; ingest streams instead.
+/// Tables already in memory, validated: the unit tests (ingest and the CLI go through `Ingester`).
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct Validated {
     pub ops: Vec<RowOp>,
@@ -175,11 +176,13 @@ pub struct Validated {
     pub outcomes: Vec<Outcome>,
 }
 
+#[cfg(test)]
 pub fn validate(table: &Table, mapping: &Mapping, tenant: &Tenant, mode: Mode) -> Validated {
     validate_sheets(&[(table, mapping)], tenant, mode).0
 }
 
 /// Validate every sheet of a file; keys are unique across sheets.
+#[cfg(test)]
 pub fn validate_sheets(sheets: &[(&Table, &Mapping)], tenant: &Tenant, mode: Mode) -> (Validated, RowValidator) {
     let mut v = RowValidator::new(tenant, mode);
     let mut out = Validated::default();
