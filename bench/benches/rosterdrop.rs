@@ -113,10 +113,10 @@ fn child(case: &str, file: &Path) {
             // ingest's time goes between the reader and the whole.
             struct Sink(bool, usize, Vec<u8>);
             impl shared::ingest::stream::OpSink for Sink {
-                fn op(&mut self, op: shared::model::RowOp) -> std::io::Result<()> {
+                fn op(&mut self, op: &shared::ingest::view::RowView<'_>) -> std::io::Result<()> {
                     if self.0 {
                         self.2.clear();
-                        serde_json::to_writer(&mut self.2, &op)?;
+                        op.write_json(&mut self.2);
                     }
                     self.1 += 1;
                     Ok(())

@@ -1,9 +1,27 @@
 //! Row parsing and validation: a valid header followed by fuzzed rows, through the same
-//! `prepare` ingest runs. Every data row ends as exactly one operation or one outcome.
+//! `prepare` ingest runs. Every data row ends as exactly one operation or one outcome, and the
+//! chunk line ingest writes for an operation is byte for byte serde's JSON of the `RowOp`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use shared::ingest::prepare;
-use shared::model::{Mode, Tenant};
+use shared::ingest::stream::{Ingester, OpSink};
+use shared::ingest::view::RowView;
+use shared::ingest::{decode, prepare};
+use shared::model::{Mode, Outcome, Tenant};
+
+/// Checks each operation's hand-written chunk line against serde's.
+struct SameJson(Vec<u8>);
+
+impl OpSink for SameJson {
+    fn op(&mut self, op: &RowView<'_>) -> std::io::Result<()> {
+        self.0.clear();
+        op.write_json(&mut self.0);
+        assert_eq!(self.0, serde_json::to_vec(&op.to_op()).unwrap(), "chunk line differs from serde's");
+        Ok(())
+    }
+    fn outcome(&mut self, _: Outcome) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 const HEADER: &[u8] = b"Email,FirstName,LastName,Type,Action,RoleName,Organization,Department,Groups,Supervisor,Parent,Username,Phone,ScheduledDate,InviteUser\n";
 
@@ -24,6 +42,8 @@ fuzz_target!(init: quiet_recovered_panics(), |data: &[u8]| {
         ids.dedup();
         assert_eq!(before, ids.len(), "a row with two results");
         assert_eq!(ids.len(), rows, "a row without a result");
+        let mut ingester = Ingester::new(&tenant, mode, SameJson(Vec::new()));
+        decode::replay(&p.tables, &mut ingester).unwrap();
     }
 });
 

@@ -288,6 +288,23 @@ impl Action {
     }
 }
 
+impl Action {
+    /// The name the chunk line's JSON uses (serde's variant name).
+    pub fn variant(self) -> &'static str {
+        match self {
+            Action::Create => "Create",
+            Action::Update => "Update",
+            Action::Upsert => "Upsert",
+            Action::Delete => "Delete",
+            Action::Enable => "Enable",
+            Action::Disable => "Disable",
+            Action::Expire => "Expire",
+            Action::Invite => "Invite",
+            Action::Reconcile => "Reconcile",
+        }
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

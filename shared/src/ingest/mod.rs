@@ -5,6 +5,7 @@ pub mod decode;
 pub mod headers;
 pub mod stream;
 pub mod validate;
+pub mod view;
 
 #[cfg(test)]
 mod hostile_tests;
@@ -158,7 +159,6 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         if let Some((reason, preview)) = safeguard(&tenant, mode, &absent) {
             return report::reject(svc, &job, Some(&tenant), &reason, &[preview]).await;
         }
-        use stream::OpSink;
         for (i, email) in absent.1.into_iter().enumerate() {
             let op = RowOp {
                 row: RECONCILE_ROW_BASE + i as u32,
@@ -166,7 +166,7 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
                 target: Target::User { email, fields: UserFields::default() },
                 created_in_file: vec![],
             };
-            ingested.sink.op(op).map_err(|e| Error::local("writing operations", e))?;
+            ingested.sink.extra_op(&op).map_err(|e| Error::local("writing operations", e))?;
         }
         ingested.sink.flush().map_err(|e| Error::local("writing operations", e))?;
     }

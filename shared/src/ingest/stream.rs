@@ -6,6 +6,7 @@
 use super::decode::{self, ReadError, TableHead, TableVisitor};
 use super::headers::{Mapping, map_headers};
 use super::validate::RowValidator;
+use super::view::RowView;
 use crate::model::{Mode, Outcome, PHASES, RowOp, Tenant, phase_of};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// Where validated rows go: memory for the CLI and tests, spill files for ingest.
 pub trait OpSink {
-    fn op(&mut self, op: RowOp) -> std::io::Result<()>;
+    fn op(&mut self, op: &RowView<'_>) -> std::io::Result<()>;
     fn outcome(&mut self, outcome: Outcome) -> std::io::Result<()>;
 }
 
@@ -77,7 +78,7 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
         let Some((head, mapping)) = &self.current else { return Ok(()) };
         self.rows += 1;
         match self.validator.check(head, mapping, number, cells) {
-            Ok(op) => self.sink.op(op),
+            Ok(op) => self.sink.op(&op),
             Err(outcome) => self.sink.outcome(outcome),
         }
         .map_err(Stop::Io)
@@ -92,8 +93,8 @@ pub struct Collected {
 }
 
 impl OpSink for Collected {
-    fn op(&mut self, op: RowOp) -> std::io::Result<()> {
-        self.ops.push(op);
+    fn op(&mut self, op: &RowView<'_>) -> std::io::Result<()> {
+        self.ops.push(op.to_op());
         Ok(())
     }
     fn outcome(&mut self, outcome: Outcome) -> std::io::Result<()> {
@@ -140,24 +141,41 @@ impl Spill {
     }
 }
 
-fn line<T: serde::Serialize>(w: &mut BufWriter<File>, scratch: &mut Vec<u8>, item: &T) -> std::io::Result<()> {
-    scratch.clear();
-    serde_json::to_writer(&mut *scratch, item).map_err(std::io::Error::other)?;
-    scratch.push(b'\n');
-    w.write_all(scratch)
+impl Spill {
+    /// An operation made outside the file's rows (replace mode's reconcile).
+    pub fn extra_op(&mut self, op: &RowOp) -> std::io::Result<()> {
+        let phase = phase_of(op);
+        self.scratch.clear();
+        serde_json::to_writer(&mut self.scratch, op).map_err(std::io::Error::other)?;
+        self.write_line(Some(phase))
+    }
+
+    /// The line in `scratch`, to a phase's file or (`None`) to the outcomes.
+    fn write_line(&mut self, phase: Option<usize>) -> std::io::Result<()> {
+        self.scratch.push(b'\n');
+        match phase {
+            Some(p) => {
+                self.counts[p] += 1;
+                self.phases[p].write_all(&self.scratch)
+            }
+            None => {
+                self.outcome_count += 1;
+                self.outcomes.write_all(&self.scratch)
+            }
+        }
+    }
 }
 
 impl OpSink for Spill {
-    fn op(&mut self, op: RowOp) -> std::io::Result<()> {
-        let phase = phase_of(&op);
-        line(&mut self.phases[phase], &mut self.scratch, &op)?;
-        self.counts[phase] += 1;
-        Ok(())
+    fn op(&mut self, op: &RowView<'_>) -> std::io::Result<()> {
+        self.scratch.clear();
+        op.write_json(&mut self.scratch);
+        self.write_line(Some(op.phase()))
     }
     fn outcome(&mut self, outcome: Outcome) -> std::io::Result<()> {
-        line(&mut self.outcomes, &mut self.scratch, &outcome)?;
-        self.outcome_count += 1;
-        Ok(())
+        self.scratch.clear();
+        serde_json::to_writer(&mut self.scratch, &outcome).map_err(std::io::Error::other)?;
+        self.write_line(None)
     }
 }
 

@@ -1,0 +1,241 @@
+//! A validated row as it leaves validation: borrowed from the row's cells, not yet a `RowOp`.
+//!
+//! Ingest writes each operation as a JSON chunk line the moment its row is checked. Building the
+//! owned `RowOp` first cost ~10 allocations a row (one per kept value) only to serialize and drop
+//! them; the view keeps the cells' text where it lies, and `write_json` writes the exact line
+//! `serde_json` writes for the equivalent `RowOp` (a test and the `rows` fuzz target hold the two
+//! to byte equality), so apply reads it as before. The CLI and tests take `to_op`.
+
+use crate::model::{Action, RowOp, Target, UserFields};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowView<'c> {
+    pub row: u32,
+    pub action: Action,
+    pub target: TargetView<'c>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per row, on the stack, never boxed (a box is an allocation a row)
+pub enum TargetView<'c> {
+    User(UserView<'c>),
+    Org { name: &'c str },
+}
+
+/// `UserFields` with each value borrowed from its (trimmed) cell where it is kept as written.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UserView<'c> {
+    /// Normalised email (lower-cased: borrowed when it already was), or `user:<username>`.
+    pub key: Cow<'c, str>,
+    pub first_name: Option<&'c str>,
+    pub last_name: Option<&'c str>,
+    pub phone: Option<&'c str>,
+    pub org: Option<&'c str>,
+    pub role: Option<&'c str>,
+    pub department: Option<&'c str>,
+    /// The Groups cell as written: `;`-separated, each name trimmed, empty names dropped.
+    pub groups: Option<&'c str>,
+    pub products: Vec<String>,
+    pub associations: BTreeMap<String, String>,
+    pub attributes: BTreeMap<String, String>,
+    pub user_type: Option<String>,
+    pub invite: bool,
+    pub invite_at: Option<String>,
+}
+
+/// The group names of a Groups cell.
+pub fn group_names(cell: &str) -> impl Iterator<Item = &str> {
+    cell.split(';').map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl RowView<'_> {
+    /// The phase the operation runs in (`model::phase_of`; a file row is never a reconcile).
+    pub fn phase(&self) -> usize {
+        match (&self.target, self.action) {
+            (TargetView::Org { .. }, Action::Delete) => 3,
+            (TargetView::Org { .. }, _) => 0,
+            (TargetView::User(_), _) => 1,
+        }
+    }
+
+    pub fn to_op(&self) -> RowOp {
+        let target = match &self.target {
+            TargetView::Org { name } => Target::Org { name: name.to_string() },
+            TargetView::User(u) => {
+                let owned = |v: Option<&str>| v.map(str::to_string);
+                Target::User {
+                    email: u.key.to_string(),
+                    fields: UserFields {
+                        first_name: owned(u.first_name),
+                        last_name: owned(u.last_name),
+                        phone: owned(u.phone),
+                        org: owned(u.org),
+                        role: owned(u.role),
+                        department: owned(u.department),
+                        groups: u.groups.map(|g| group_names(g).map(str::to_string).collect()).unwrap_or_default(),
+                        products: u.products.clone(),
+                        associations: u.associations.clone(),
+                        attributes: u.attributes.clone(),
+                        user_type: u.user_type.clone(),
+                        invite: u.invite,
+                        invite_at: u.invite_at.clone(),
+                    },
+                }
+            }
+        };
+        RowOp { row: self.row, action: self.action, target, created_in_file: vec![] }
+    }
+
+    /// Append the operation's chunk line (without the newline): byte for byte what
+    /// `serde_json::to_writer(out, &self.to_op())` writes.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"row\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.row).as_bytes());
+        out.extend_from_slice(b",\"action\":\"");
+        out.extend_from_slice(self.action.variant().as_bytes());
+        match &self.target {
+            TargetView::Org { name } => {
+                out.extend_from_slice(b"\",\"type\":\"Org\",\"name\":");
+                string(out, name);
+            }
+            TargetView::User(u) => {
+                out.extend_from_slice(b"\",\"type\":\"User\",\"email\":");
+                string(out, &u.key);
+                let mut field = |name: &str, value: Option<&str>| {
+                    if let Some(v) = value {
+                        out.push(b',');
+                        out.extend_from_slice(name.as_bytes());
+                        string(out, v);
+                    }
+                };
+                field("\"first_name\":", u.first_name);
+                field("\"last_name\":", u.last_name);
+                field("\"phone\":", u.phone);
+                field("\"org\":", u.org);
+                field("\"role\":", u.role);
+                field("\"department\":", u.department);
+                if let Some(mut names) = u.groups.map(group_names).map(Iterator::peekable)
+                    && names.peek().is_some()
+                {
+                    out.extend_from_slice(b",\"groups\":");
+                    list(out, names);
+                }
+                if !u.products.is_empty() {
+                    out.extend_from_slice(b",\"products\":");
+                    list(out, u.products.iter().map(String::as_str));
+                }
+                for (name, map) in [("\"associations\":", &u.associations), ("\"attributes\":", &u.attributes)] {
+                    if !map.is_empty() {
+                        out.push(b',');
+                        out.extend_from_slice(name.as_bytes());
+                        out.push(b'{');
+                        for (i, (k, v)) in map.iter().enumerate() {
+                            if i > 0 {
+                                out.push(b',');
+                            }
+                            string(out, k);
+                            out.push(b':');
+                            string(out, v);
+                        }
+                        out.push(b'}');
+                    }
+                }
+                if let Some(t) = &u.user_type {
+                    out.extend_from_slice(b",\"user_type\":");
+                    string(out, t);
+                }
+                if u.invite {
+                    out.extend_from_slice(b",\"invite\":true");
+                }
+                if let Some(at) = &u.invite_at {
+                    out.extend_from_slice(b",\"invite_at\":");
+                    string(out, at);
+                }
+            }
+        }
+        out.push(b'}');
+    }
+}
+
+fn list<'a>(out: &mut Vec<u8>, items: impl Iterator<Item = &'a str>) {
+    out.push(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(out, item);
+    }
+    out.push(b']');
+}
+
+/// A JSON string. Roster text almost never needs escaping: one branch-free pass over the bytes
+/// decides, and the rare value that does is escaped by `serde_json` itself.
+fn string(out: &mut Vec<u8>, s: &str) {
+    let plain = !s.bytes().fold(false, |esc, b| esc | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("a string serializes into memory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn same_as_serde(view: &RowView<'_>) {
+        let mut ours = Vec::new();
+        view.write_json(&mut ours);
+        let theirs = serde_json::to_vec(&view.to_op()).unwrap();
+        assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&theirs));
+        assert_eq!(serde_json::from_slice::<RowOp>(&ours).unwrap(), view.to_op());
+    }
+
+    #[test]
+    fn chunk_lines_are_byte_for_byte_what_serde_writes() {
+        let awkward = "quote \" backslash \\ tab \t newline \n bell \u{7} del \u{7f} é 😀 \u{2028}";
+        let mut full = UserView {
+            key: Cow::Borrowed("ann@x.com"),
+            first_name: Some("Ann"),
+            last_name: Some(awkward),
+            phone: Some("+1 415"),
+            org: Some("North"),
+            role: Some("Learner"),
+            department: Some("Dept \"7\""),
+            groups: Some(" a ; ;b;\u{1}c ;"),
+            products: vec!["LMS".into(), "Video".into()],
+            associations: [("parent".to_string(), "mom@x.com".to_string()), ("instructor".into(), "t@x.com".into())].into(),
+            attributes: [("Region".to_string(), "EMEA".to_string()), ("Note".into(), awkward.into())].into(),
+            user_type: Some("Student".into()),
+            invite: true,
+            invite_at: Some("2026-09-01T00:00:00+00:00".into()),
+        };
+        for action in [Action::Create, Action::Update, Action::Upsert, Action::Delete, Action::Expire, Action::Invite] {
+            same_as_serde(&RowView { row: 4_000_000_001, action, target: TargetView::User(full.clone()) });
+        }
+        // Every field absent, one at a time present.
+        let bare = UserView { key: Cow::Owned("user:kid".into()), ..Default::default() };
+        same_as_serde(&RowView { row: 2, action: Action::Upsert, target: TargetView::User(bare.clone()) });
+        full.groups = Some(" ; ;");
+        same_as_serde(&RowView { row: 2, action: Action::Upsert, target: TargetView::User(full) });
+        for (name, v) in [("first", "x"), ("groups", "g")] {
+            let mut u = bare.clone();
+            if name == "first" {
+                u.first_name = Some(v)
+            } else {
+                u.groups = Some(v)
+            }
+            same_as_serde(&RowView { row: 9, action: Action::Disable, target: TargetView::User(u) });
+        }
+        for name in ["North", awkward, ""] {
+            for action in [Action::Create, Action::Delete] {
+                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name } });
+            }
+        }
+    }
+}
