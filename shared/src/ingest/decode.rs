@@ -108,9 +108,14 @@ pub struct TableHead {
     pub headers: Vec<String>,
     /// The file has more than one table (a workbook with several data sheets): messages name the sheet.
     pub several: bool,
-    /// Rows the table declares it spans (an XLSX sheet's dimension), when known: a size hint only.
+    /// Rows the table may have, when known cheaply (an XLSX sheet's declared dimension, a text
+    /// file's line count): a size hint only, capped at `MAX_ROWS_HINT`.
     pub rows_hint: Option<u32>,
 }
+
+/// Largest size hint given: a sheet's maximum. A file with more rows grows the table as it goes;
+/// a hostile one (a million blank lines) cannot make ingest reserve more than that.
+pub const MAX_ROWS_HINT: u32 = 1 << 20;
 
 /// Receives a file's tables as they are read: each header once, then its rows in order, each with
 /// the number the user sees. Nothing else of the file is held, so ingest's memory does not grow
@@ -412,7 +417,7 @@ fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, v: &mut 
             for (k, name) in data_sheets.iter().enumerate() {
                 let mut cells = guarded(label, || x.worksheet_cells_reader(name).map_err(|e| corrupt(&e)))?;
                 let dims = cells.dimensions();
-                let declared = dims.end.0.saturating_sub(dims.start.0).min(1 << 20);
+                let declared = dims.end.0.saturating_sub(dims.start.0).min(MAX_ROWS_HINT);
                 let mut shape = Shape::new(TableHead { rows_hint: Some(declared), ..proto(name, k, several) }, true);
                 // The row's cells are reused from row to row (cleared, not reallocated).
                 let mut row: Vec<String> = Vec::new();
@@ -655,7 +660,7 @@ fn read_text_from<R: Read + Seek, V: TableVisitor>(
         user_type: None,
         headers: Vec::new(),
         several: false,
-        rows_hint: None,
+        rows_hint: Some((scan.newlines + 1).min(MAX_ROWS_HINT as u64) as u32),
     };
     let mut shape = Shape::new(proto, false);
     let mut reader =
@@ -719,6 +724,8 @@ struct Scan {
     /// Last byte of the previous buffer (`None` at the start of the text: a field start).
     prev: Option<u8>,
     opened_at: u64,
+    /// Line breaks: an upper bound of the records, to size the validator's key table once.
+    newlines: u64,
 }
 
 impl Scan {
@@ -733,6 +740,7 @@ impl Scan {
             quote_pending: false,
             prev: None,
             opened_at: 0,
+            newlines: 0,
         }
     }
 
@@ -746,6 +754,7 @@ impl Scan {
             self.content = buf.iter().any(|b| !b.is_ascii_whitespace());
         }
         self.utf8.feed(buf);
+        self.newlines += memchr::memchr_iter(b'\n', buf).count() as u64;
         let mut i = 0;
         if self.quote_pending {
             self.quote_pending = false;

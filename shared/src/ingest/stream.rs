@@ -9,7 +9,7 @@ use super::validate::RowValidator;
 use super::view::RowView;
 use crate::model::{Mode, Outcome, PHASES, RowOp, Tenant, phase_of};
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 /// Where validated rows go: memory for the CLI and tests, spill files for ingest.
@@ -104,26 +104,49 @@ impl OpSink for Collected {
 }
 
 /// Operations as JSON lines (the chunk format), one file per phase, and outcomes in another.
+/// Lines are written straight into each file's own buffer (no intermediate copy of the line).
 pub struct Spill {
     dir: PathBuf,
-    phases: Vec<BufWriter<File>>,
-    outcomes: BufWriter<File>,
+    phases: Vec<Buffered>,
+    outcomes: Buffered,
     pub counts: [u64; PHASES],
     pub outcome_count: u64,
-    /// One line is serialized here, then written in one piece (cheaper than many small writes).
-    scratch: Vec<u8>,
+}
+
+/// A file and the lines not yet written to it.
+struct Buffered {
+    file: File,
+    pending: Vec<u8>,
+}
+
+impl Buffered {
+    const SIZE: usize = 1 << 16;
+
+    fn create(path: PathBuf) -> std::io::Result<Self> {
+        Ok(Buffered { file: File::create(path)?, pending: Vec::with_capacity(Self::SIZE + 1024) })
+    }
+
+    /// After a line was appended to `pending`.
+    fn line_done(&mut self) -> std::io::Result<()> {
+        self.pending.push(b'\n');
+        if self.pending.len() >= Self::SIZE { self.flush() } else { Ok(()) }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.write_all(&self.pending)?;
+        self.pending.clear();
+        Ok(())
+    }
 }
 
 impl Spill {
     pub fn create(dir: &Path) -> std::io::Result<Self> {
-        let open = |name: String| File::create(dir.join(name)).map(|f| BufWriter::with_capacity(1 << 16, f));
         Ok(Spill {
             dir: dir.to_path_buf(),
-            phases: (0..PHASES).map(|p| open(format!("phase-{p}.jsonl"))).collect::<std::io::Result<_>>()?,
-            outcomes: open("outcomes.jsonl".into())?,
+            phases: (0..PHASES).map(|p| Buffered::create(dir.join(format!("phase-{p}.jsonl")))).collect::<std::io::Result<_>>()?,
+            outcomes: Buffered::create(dir.join("outcomes.jsonl"))?,
             counts: [0; PHASES],
             outcome_count: 0,
-            scratch: Vec::with_capacity(1024),
         })
     }
 
@@ -136,46 +159,32 @@ impl Spill {
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {
-        self.phases.iter_mut().try_for_each(|w| w.flush())?;
+        self.phases.iter_mut().try_for_each(Buffered::flush)?;
         self.outcomes.flush()
     }
-}
 
-impl Spill {
     /// An operation made outside the file's rows (replace mode's reconcile).
     pub fn extra_op(&mut self, op: &RowOp) -> std::io::Result<()> {
         let phase = phase_of(op);
-        self.scratch.clear();
-        serde_json::to_writer(&mut self.scratch, op).map_err(std::io::Error::other)?;
-        self.write_line(Some(phase))
-    }
-
-    /// The line in `scratch`, to a phase's file or (`None`) to the outcomes.
-    fn write_line(&mut self, phase: Option<usize>) -> std::io::Result<()> {
-        self.scratch.push(b'\n');
-        match phase {
-            Some(p) => {
-                self.counts[p] += 1;
-                self.phases[p].write_all(&self.scratch)
-            }
-            None => {
-                self.outcome_count += 1;
-                self.outcomes.write_all(&self.scratch)
-            }
-        }
+        let out = &mut self.phases[phase];
+        serde_json::to_writer(&mut out.pending, op).map_err(std::io::Error::other)?;
+        self.counts[phase] += 1;
+        out.line_done()
     }
 }
 
 impl OpSink for Spill {
     fn op(&mut self, op: &RowView<'_>) -> std::io::Result<()> {
-        self.scratch.clear();
-        op.write_json(&mut self.scratch);
-        self.write_line(Some(op.phase()))
+        let phase = op.phase();
+        let out = &mut self.phases[phase];
+        op.write_json(&mut out.pending);
+        self.counts[phase] += 1;
+        out.line_done()
     }
     fn outcome(&mut self, outcome: Outcome) -> std::io::Result<()> {
-        self.scratch.clear();
-        serde_json::to_writer(&mut self.scratch, &outcome).map_err(std::io::Error::other)?;
-        self.write_line(None)
+        serde_json::to_writer(&mut self.outcomes.pending, &outcome).map_err(std::io::Error::other)?;
+        self.outcome_count += 1;
+        self.outcomes.line_done()
     }
 }
 
