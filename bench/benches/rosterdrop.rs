@@ -124,6 +124,10 @@ fn child(case: &str, file: &Path) {
                 fn outcome(&mut self, _: shared::model::Outcome) -> std::io::Result<()> {
                     Ok(())
                 }
+                fn retract(&mut self, dups: &[shared::ingest::validate::Duplicate]) -> std::io::Result<()> {
+                    self.1 -= dups.len();
+                    Ok(())
+                }
             }
             let mut tenant = shared::model::Tenant::new("bench", vec![]);
             tenant.roles = vec!["Learner".into()];
@@ -131,6 +135,7 @@ fn child(case: &str, file: &Path) {
                 shared::ingest::stream::Ingester::new(&tenant, shared::model::Mode::Upsert, Sink(case == "serialize", 0, Vec::new()));
             let mut f = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(file).unwrap());
             shared::ingest::decode::read(&mut f, &mut ing).unwrap();
+            ing.finish().unwrap();
             ing.sink.1
         }
         "ingest" => {

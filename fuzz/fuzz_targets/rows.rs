@@ -21,6 +21,9 @@ impl OpSink for SameJson {
     fn outcome(&mut self, _: Outcome) -> std::io::Result<()> {
         Ok(())
     }
+    fn retract(&mut self, _: &[shared::ingest::validate::Duplicate]) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 const HEADER: &[u8] = b"Email,FirstName,LastName,Type,Action,RoleName,Organization,Department,Groups,Supervisor,Parent,Username,Phone,ScheduledDate,InviteUser\n";

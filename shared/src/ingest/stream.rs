@@ -5,7 +5,7 @@
 
 use super::decode::{self, ReadError, TableHead, TableVisitor};
 use super::headers::{Mapping, map_headers};
-use super::validate::RowValidator;
+use super::validate::{Duplicate, RowValidator, duplicate_outcome};
 use super::view::RowView;
 use crate::model::{Mode, Outcome, PHASES, RowOp, Tenant, phase_of};
 use std::fs::File;
@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 pub trait OpSink {
     fn op(&mut self, op: &RowView<'_>) -> std::io::Result<()>;
     fn outcome(&mut self, outcome: Outcome) -> std::io::Result<()>;
+    /// After the last row: the operations of these rows (sorted by row) are duplicates and must
+    /// not be applied; each becomes its row's outcome (`validate::duplicate_outcome`).
+    fn retract(&mut self, duplicates: &[Duplicate]) -> std::io::Result<()>;
 }
 
 /// Why ingest stopped reading a file.
@@ -53,9 +56,14 @@ impl<'t, K: OpSink> Ingester<'t, K> {
         Ingester { tenant, validator: RowValidator::new(tenant, mode), current: None, warnings: Vec::new(), rows: 0, sink }
     }
 
-    /// After the last row: a file with headers and nothing under them is refused.
-    pub fn finish(&self) -> Result<(), Stop> {
-        if self.rows == 0 { Err(Stop::Refused("the file has a header row but no data rows".into())) } else { Ok(()) }
+    /// After the last row: a file with headers and nothing under them is refused; duplicate
+    /// rows are found and their operations retracted.
+    pub fn finish(&mut self) -> Result<(), Stop> {
+        if self.rows == 0 {
+            return Err(Stop::Refused("the file has a header row but no data rows".into()));
+        }
+        let duplicates = self.validator.resolve();
+        self.sink.retract(&duplicates).map_err(Stop::Io)
     }
 }
 
@@ -99,6 +107,20 @@ impl OpSink for Collected {
     }
     fn outcome(&mut self, outcome: Outcome) -> std::io::Result<()> {
         self.outcomes.push(outcome);
+        Ok(())
+    }
+    fn retract(&mut self, duplicates: &[Duplicate]) -> std::io::Result<()> {
+        if duplicates.is_empty() {
+            return Ok(());
+        }
+        let mut dups = duplicates.iter().peekable();
+        let ops = std::mem::take(&mut self.ops);
+        for op in ops {
+            match dups.next_if(|d| d.row == op.row) {
+                Some(d) => self.outcomes.push(duplicate_outcome(&op, &d.first)),
+                None => self.ops.push(op),
+            }
+        }
         Ok(())
     }
 }
@@ -186,6 +208,57 @@ impl OpSink for Spill {
         self.outcome_count += 1;
         self.outcomes.line_done()
     }
+
+    /// Rare (a file naming someone twice): each phase file holding a duplicate is copied without
+    /// its line, and the line's operation becomes the row's outcome.
+    fn retract(&mut self, duplicates: &[Duplicate]) -> std::io::Result<()> {
+        self.flush()?;
+        let mut left: std::collections::BTreeMap<u32, &str> = duplicates.iter().map(|d| (d.row, d.first.as_str())).collect();
+        for phase in 0..PHASES {
+            if left.is_empty() {
+                break;
+            }
+            if self.counts[phase] == 0 {
+                continue;
+            }
+            let path = self.phase_path(phase);
+            let kept = path.with_extension("kept");
+            let mut reader = BufReader::with_capacity(1 << 16, File::open(&path)?);
+            let mut writer = std::io::BufWriter::with_capacity(1 << 16, File::create(&kept)?);
+            let mut line = Vec::new();
+            let mut removed = 0;
+            while reader.read_until(b'\n', &mut line)? > 0 {
+                match row_of_line(&line).and_then(|row| left.remove(&row)) {
+                    Some(first) => {
+                        let op: RowOp = serde_json::from_slice(&line).map_err(std::io::Error::other)?;
+                        self.outcome(duplicate_outcome(&op, first))?;
+                        removed += 1;
+                    }
+                    None => writer.write_all(&line)?,
+                }
+                line.clear();
+            }
+            writer.flush()?;
+            drop(writer);
+            if removed > 0 {
+                std::fs::rename(&kept, &path)?;
+                self.counts[phase] -= removed;
+            } else {
+                std::fs::remove_file(&kept)?;
+            }
+        }
+        if let Some((row, _)) = left.first_key_value() {
+            return Err(std::io::Error::other(format!("row {row} was found a duplicate but its operation was not spilled")));
+        }
+        self.outcomes.flush()
+    }
+}
+
+/// The row number a chunk line starts with (`{"row":123,...`), without parsing the line.
+fn row_of_line(line: &[u8]) -> Option<u32> {
+    let rest = line.strip_prefix(b"{\"row\":")?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
 /// Read and validate a roster file from disk into spill files under `scratch`.
@@ -311,7 +384,8 @@ mod tests {
                    ,,,,,\n\
                    User,,bad@@x.com,,,\n\
                    Org,Delete,,West,,\n\
-                   User,,cy@x.com,,ann@x.com,\n";
+                   User,,cy@x.com,,ann@x.com,\n\
+                   Org,Update,,NORTH,,\n";
         let mem = prepare(csv.as_bytes(), &tenant(), Mode::Upsert).unwrap();
         let (phases, outcomes, warnings, rows) = streamed(csv.as_bytes(), 2);
         let mut expected: Vec<Vec<RowOp>> = vec![Vec::new(); PHASES];
@@ -319,12 +393,36 @@ mod tests {
             expected[phase_of(op)].push(op.clone());
         }
         assert_eq!(phases, expected);
-        assert_eq!(outcomes, mem.outcomes);
-        assert_eq!((warnings, rows), (mem.warnings.clone(), 8));
+        let by_row = |mut o: Vec<Outcome>| {
+            o.sort_by_key(|o| o.row);
+            o
+        };
+        assert_eq!(by_row(outcomes.clone()), by_row(mem.outcomes.clone()));
+        assert_eq!((warnings, rows), (mem.warnings.clone(), 9));
         // The marks need the whole file: boss is created after ann's row names him.
         let ann = phases[1].iter().find(|o| o.row == 3).unwrap();
         assert_eq!(ann.created_in_file, vec!["boss@x.com".to_string(), "north".into()]);
-        assert_eq!(outcomes.len(), 3, "duplicate, blank row, bad email: {outcomes:?}");
+        assert_eq!(outcomes.len(), 4, "two duplicates, blank row, bad email: {outcomes:?}");
+        // Duplicates are found after the last row and retracted from the spill files.
+        let dup = |row: u32| outcomes.iter().find(|o| o.row == row).map(|o| (o.column.clone(), o.message.clone()));
+        assert_eq!(
+            dup(5),
+            Some((Some("Email".into()), "duplicate email: row 3 of this file already has ann@x.com; only the first row is applied".into()))
+        );
+        assert_eq!(
+            dup(10),
+            Some((
+                Some("OrgName".into()),
+                "duplicate organization: row 2 of this file already has north; only the first row is applied".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_chunk_line_row_is_read_from_its_start() {
+        assert_eq!(row_of_line(b"{\"row\":123,\"action\":\"Create\"}\n"), Some(123));
+        assert_eq!(row_of_line(b"{\"row\":99999999999,\"action\":\"Create\"}"), None);
+        assert_eq!(row_of_line(b"{\"action\":\"Create\",\"row\":1}"), None);
     }
 
     #[test]

@@ -43,14 +43,23 @@ type Fingerprint = [u32; 2];
 /// `created_in_file` marks need: which keys were used first by which row.
 ///
 /// Keys are remembered as 64-bit fingerprints (SipHash with a key drawn per file), which keeps a
-/// million-row file at ~26 MB here instead of ~100 MB of strings. Two different keys share a
+/// million-row file at ~12 bytes a key instead of ~100 MB of strings. Two different keys share a
 /// fingerprint with probability about n²/2⁶⁵ (3 in 100 million for a million rows, different on
 /// every upload); if it happens, the later row fails as a duplicate and says so, nothing is lost.
+///
+/// Duplicates are found once the last row is read (`resolve`), not row by row: looking each key
+/// up in a file-sized table as its row goes by was a cache miss a row, an eighth of ingest's
+/// time. Each key is instead appended to one of 256 lists by its fingerprint's top bits (written
+/// in sequence), and each list, a few thousand keys, is checked on its own in a table that stays
+/// in cache. The operation of a duplicate row is then retracted from the sink (`OpSink::retract`).
 pub struct RowValidator {
     tenant: Tenant,
     mode: Mode,
     keys: std::hash::RandomState,
-    seen: hashbrown::HashMap<Fingerprint, Seen>,
+    /// Keys of valid operations in row order, by the top 8 bits of their fingerprint.
+    log: Vec<Vec<(Fingerprint, Seen)>>,
+    /// After `resolve`, when marks are needed: each part's first row per key.
+    seen: Vec<hashbrown::HashMap<Fingerprint, Seen>>,
     /// Replace mode: every user the file names, valid row or not (replace never disables them).
     named_users: hashbrown::HashSet<Fingerprint>,
     /// (row offset, sheet name) of each table so far, for "row 12 of sheet Students".
@@ -61,13 +70,28 @@ pub struct RowValidator {
     associations: bool,
 }
 
+/// A row whose key an earlier row of the file already has: its operation is not applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Duplicate {
+    pub row: u32,
+    /// The earlier row, as a person reads it ("row 2", "row 2 of sheet Staff").
+    pub first: String,
+}
+
+const PARTS: usize = 256;
+
+fn part_of(fp: Fingerprint) -> usize {
+    (fp[1] >> 24) as usize
+}
+
 impl RowValidator {
     pub fn new(tenant: &Tenant, mode: Mode) -> Self {
         RowValidator {
             tenant: tenant.clone(),
             mode,
             keys: std::hash::RandomState::new(),
-            seen: hashbrown::HashMap::new(),
+            log: vec![Vec::new(); PARTS],
+            seen: Vec::new(),
             named_users: hashbrown::HashSet::new(),
             sheets: Vec::new(),
             several: false,
@@ -76,10 +100,13 @@ impl RowValidator {
         }
     }
 
-    /// Room for `rows` keys at once, when the file says how many rows it has (an XLSX sheet's
-    /// declared dimension): no regrowing, whose old and new tables briefly coexist.
+    /// Room for `rows` keys at once, when the file says how many rows it may have: no regrowing
+    /// (whose old and new lists briefly coexist).
     pub fn reserve(&mut self, rows: usize) {
-        self.seen.reserve(rows.saturating_sub(self.seen.len()));
+        let per_part = rows / PARTS + rows / PARTS / 8 + 8;
+        for part in &mut self.log {
+            part.reserve(per_part.saturating_sub(part.len()));
+        }
     }
 
     fn fingerprint(&self, entity: EntityType, key: &str) -> Fingerprint {
@@ -137,21 +164,37 @@ impl RowValidator {
             }
         };
         let fp = self.fingerprint(entity, &key);
-        match self.seen.entry(fp) {
-            hashbrown::hash_map::Entry::Occupied(first) => {
-                let what = if entity == EntityType::User { "email" } else { "organization" };
-                let column = Some(if entity == EntityType::User { "Email" } else { "OrgName" }.to_string());
-                let message = format!(
-                    "duplicate {what}: {} of this file already has {key}; only the first row is applied",
-                    label(first.get().row(), &self.sheets, self.several)
-                );
-                Err(Outcome { column, ..Outcome::failure(row, Some(op.action), message) })
+        self.log[part_of(fp)].push((fp, Seen::new(row, creates)));
+        Ok(op)
+    }
+
+    /// After the last row: the rows whose key an earlier row already has, in row order. Their
+    /// operations were handed to the sink and must be retracted. Keeps, when marks will need it
+    /// (`created_in_file`), the first row of every key.
+    pub fn resolve(&mut self) -> Vec<Duplicate> {
+        let keep = self.may_reference_own_creations();
+        let mut dups = Vec::new();
+        let mut scratch = hashbrown::HashMap::new();
+        for part in std::mem::take(&mut self.log) {
+            let mut first: hashbrown::HashMap<Fingerprint, Seen> =
+                if keep { hashbrown::HashMap::with_capacity(part.len()) } else { std::mem::take(&mut scratch) };
+            for (fp, seen) in part {
+                match first.entry(fp) {
+                    hashbrown::hash_map::Entry::Occupied(earlier) => dups.push((seen.row(), earlier.get().row())),
+                    hashbrown::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(seen);
+                    }
+                }
             }
-            hashbrown::hash_map::Entry::Vacant(slot) => {
-                slot.insert(Seen::new(row, creates));
-                Ok(op)
+            if keep {
+                self.seen.push(first);
+            } else {
+                first.clear();
+                scratch = first;
             }
         }
+        dups.sort_unstable();
+        dups.into_iter().map(|(row, first)| Duplicate { row, first: label(first, &self.sheets, self.several) }).collect()
     }
 
     /// Whether the file names this user (replace mode).
@@ -165,13 +208,16 @@ impl RowValidator {
     }
 
     /// The organizations and users a user row references that this same file creates: those need
-    /// not exist before the file runs. Needs the whole file seen, so it is asked after the last row.
+    /// not exist before the file runs. Needs the whole file seen: asked after `resolve`.
     pub fn created_in_file(&self, op: &RowOp) -> Vec<String> {
         let Target::User { fields, .. } = &op.target else { return vec![] };
         if !self.may_reference_own_creations() {
             return vec![];
         }
-        let creates = |entity, key: &str| self.seen.get(&self.fingerprint(entity, key)).is_some_and(|s| s.creates());
+        let creates = |entity, key: &str| {
+            let fp = self.fingerprint(entity, key);
+            self.seen.get(part_of(fp)).and_then(|part| part.get(&fp)).is_some_and(|s| s.creates())
+        };
         let mut refs: Vec<String> = fields.org.iter().map(|o| o.to_lowercase()).filter(|o| creates(EntityType::Org, o)).collect();
         refs.extend(fields.associations.values().filter(|e| creates(EntityType::User, e)).cloned());
         refs.sort();
@@ -209,10 +255,25 @@ pub fn validate_sheets(sheets: &[(&Table, &Mapping)], tenant: &Tenant, mode: Mod
             }
         }
     }
+    for d in v.resolve() {
+        let at = out.ops.iter().position(|o| o.row == d.row).expect("a duplicate's operation");
+        let op = out.ops.remove(at);
+        out.outcomes.push(duplicate_outcome(&op, &d.first));
+    }
     for op in &mut out.ops {
         op.created_in_file = v.created_in_file(op);
     }
     (out, v)
+}
+
+/// The outcome of a duplicate row, from its retracted operation.
+pub fn duplicate_outcome(op: &RowOp, first: &str) -> Outcome {
+    let (what, column, key) = match &op.target {
+        Target::User { email, .. } => ("email", "Email", email.clone()),
+        Target::Org { name } => ("organization", "OrgName", name.to_lowercase()),
+    };
+    let message = format!("duplicate {what}: {first} of this file already has {key}; only the first row is applied");
+    Outcome { column: Some(column.into()), ..Outcome::failure(op.row, Some(op.action), message) }
 }
 
 /// How a row id reads to a person: "row 12", or "row 12 of sheet Students" in a workbook of several.
