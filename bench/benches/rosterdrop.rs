@@ -28,7 +28,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     if let Ok(case) = std::env::var("BENCH_CASE") {
         let file = std::env::var("BENCH_FILE").unwrap();
-        return child(&case, Path::new(&file));
+        let warm = std::env::var("BENCH_WARM").ok();
+        return child(&case, Path::new(&file), warm.as_deref().map(Path::new));
     }
     let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "ingest,apply,e2e,init".into());
     let wants = |part: &str| only.split(',').any(|p| p.trim() == part);
@@ -60,17 +61,33 @@ struct Measured {
     peak: u64,
 }
 
-/// Run one case in a fresh process, so its peak RSS is its own.
-fn measure_once(case: &str, file: &Path) -> Measured {
-    let out = Command::new(std::env::current_exe().unwrap()).env("BENCH_CASE", case).env("BENCH_FILE", file).output().unwrap();
+/// Run one case in a fresh process, so its peak RSS is its own; `warm` (a 10k-row file of the
+/// same kind) is read first, untimed, so no reader is timed with cold code and allocator.
+fn measure_once(case: &str, file: &Path, warm: &Path) -> Measured {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env("BENCH_CASE", case)
+        .env("BENCH_FILE", file)
+        .env("BENCH_WARM", warm)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{case} failed: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     Measured { rows: v["rows"].as_u64().unwrap(), secs: v["secs"].as_f64().unwrap(), peak: v["peak"].as_u64().unwrap() }
 }
 
-fn child(case: &str, file: &Path) {
+fn child(case: &str, file: &Path, warm: Option<&Path>) {
+    if let Some(warm) = warm {
+        run_case(case, warm);
+    }
     let start = Instant::now();
-    let rows = match case {
+    let rows = run_case(case, file);
+    let secs = start.elapsed().as_secs_f64();
+    println!("{}", serde_json::json!({"rows": rows, "secs": secs, "peak": peak_rss()}));
+}
+
+/// One reader over one file: the rows it read.
+fn run_case(case: &str, file: &Path) -> usize {
+    match case {
         "csv-raw" => {
             let mut r = csv::Reader::from_path(file).unwrap();
             r.records().map(|rec| rec.map(|rec| rec.len()).unwrap()).filter(|n| *n > 0).count()
@@ -159,9 +176,7 @@ fn child(case: &str, file: &Path) {
             ops as usize
         }
         other => panic!("unknown case {other}"),
-    };
-    let secs = start.elapsed().as_secs_f64();
-    println!("{}", serde_json::json!({"rows": rows, "secs": secs, "peak": peak_rss()}));
+    }
 }
 
 fn ingest_table() {
@@ -175,45 +190,37 @@ fn ingest_table() {
         "{:<24} {:>9} {:>8}  {:<28} {:>11} {:>9} {:>10} {:>9}",
         "file", "rows", "MB", "reader", "rows/s", "vs raw", "peak MB", "peak/file"
     );
+    let csv_cases = vec![
+        ("csv-raw", "csv crate, records"),
+        ("decode", "rosterdrop decode only"),
+        ("validate", "rosterdrop decode + validate"),
+        ("serialize", "... + chunk lines in memory"),
+        ("ingest", "rosterdrop ingest"),
+    ];
+    let xlsx_cases = vec![
+        ("xlsx-raw", "calamine, worksheet_range"),
+        ("xlsx-raw-stream", "calamine, cells reader"),
+        ("decode", "rosterdrop decode only"),
+        ("ingest", "rosterdrop ingest"),
+    ];
+    let kinds: [(fn(usize) -> std::path::PathBuf, &Vec<(&str, &str)>); 3] =
+        [(csv_file, &csv_cases), (xlsx_file, &xlsx_cases), (xlsx_sst_file, &xlsx_cases)];
     for &n in &sizes {
-        for (file, cases) in [
-            (
-                csv_file(n),
-                vec![
-                    ("csv-raw", "csv crate, records"),
-                    ("decode", "rosterdrop decode only"),
-                    ("validate", "rosterdrop decode + validate"),
-                    ("serialize", "... + chunk lines in memory"),
-                    ("ingest", "rosterdrop ingest"),
-                ],
-            ),
-            (
-                xlsx_file(n),
-                vec![
-                    ("xlsx-raw", "calamine, worksheet_range"),
-                    ("xlsx-raw-stream", "calamine, cells reader"),
-                    ("decode", "rosterdrop decode only"),
-                    ("ingest", "rosterdrop ingest"),
-                ],
-            ),
-            (
-                xlsx_sst_file(n),
-                vec![
-                    ("xlsx-raw", "calamine, worksheet_range"),
-                    ("xlsx-raw-stream", "calamine, cells reader"),
-                    ("decode", "rosterdrop decode only"),
-                    ("ingest", "rosterdrop ingest"),
-                ],
-            ),
-        ] {
+        for (make, cases) in kinds {
+            let (file, warm) = (make(n), make(10_000));
             let size = std::fs::metadata(&file).unwrap().len();
             // Repeats are interleaved (every reader once, then again), so a busy moment of a
             // shared machine does not land on one reader only; each reader's fastest run counts.
-            let repeat: usize = std::env::var("BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+            // Short runs are repeated more: a few milliseconds are at the mercy of the machine.
+            let repeat: usize = std::env::var("BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(match n {
+                ..=10_000 => 9,
+                ..=100_000 => 5,
+                _ => 3,
+            });
             let mut best: Vec<Option<Measured>> = cases.iter().map(|_| None).collect();
             for _ in 0..repeat.max(1) {
                 for (i, (case, _)) in cases.iter().enumerate() {
-                    let m = measure_once(case, &file);
+                    let m = measure_once(case, &file, &warm);
                     if best[i].as_ref().is_none_or(|b| m.secs < b.secs) {
                         best[i] = Some(m);
                     }
