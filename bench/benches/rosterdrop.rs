@@ -203,8 +203,9 @@ fn ingest_table() {
         ("decode", "rosterdrop decode only"),
         ("ingest", "rosterdrop ingest"),
     ];
-    let kinds: [(fn(usize) -> std::path::PathBuf, &Vec<(&str, &str)>); 3] =
-        [(csv_file, &csv_cases), (xlsx_file, &xlsx_cases), (xlsx_sst_file, &xlsx_cases)];
+    // Each kind of file: how to make it for a size, and the readers to time on it.
+    type Kind<'a> = (fn(usize) -> std::path::PathBuf, &'a [(&'a str, &'a str)]);
+    let kinds: [Kind; 3] = [(csv_file, &csv_cases), (xlsx_file, &xlsx_cases), (xlsx_sst_file, &xlsx_cases)];
     for &n in &sizes {
         for (make, cases) in kinds {
             let (file, warm) = (make(n), make(10_000));
@@ -213,8 +214,8 @@ fn ingest_table() {
             // shared machine does not land on one reader only; each reader's fastest run counts.
             // Short runs are repeated more: a few milliseconds are at the mercy of the machine.
             let repeat: usize = std::env::var("BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(match n {
-                ..=10_000 => 9,
-                ..=100_000 => 5,
+                0..=10_000 => 9,
+                10_001..=100_000 => 5,
                 _ => 3,
             });
             let mut best: Vec<Option<Measured>> = cases.iter().map(|_| None).collect();
@@ -227,7 +228,7 @@ fn ingest_table() {
                 }
             }
             let mut raw_rate = None;
-            for ((_, label), m) in cases.into_iter().zip(best) {
+            for ((_, label), m) in cases.iter().zip(best) {
                 let m = m.unwrap();
                 assert_eq!(m.rows, n as u64, "{label} read every row");
                 let rate = m.rows as f64 / m.secs;
