@@ -308,15 +308,8 @@ impl Action {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Action::Create => "Create",
-            Action::Update => "Update",
-            Action::Upsert => "Upsert",
-            Action::Delete => "Delete",
-            Action::Enable => "Enable",
-            Action::Disable => "Disable",
-            Action::Expire => "Expire",
-            Action::Invite => "Invite",
             Action::Reconcile => "Disable (not in file)",
+            other => other.variant(),
         })
     }
 }
@@ -499,11 +492,16 @@ pub const PHASES: usize = 4;
 
 /// Phase 2 is replace mode's reconcile (disable users absent from the file).
 pub fn phase_of(op: &RowOp) -> usize {
-    match (&op.target, op.action) {
-        (Target::Org { .. }, Action::Delete) => 3,
-        (Target::Org { .. }, _) => 0,
-        (Target::User { .. }, Action::Reconcile) => 2,
-        (Target::User { .. }, _) => 1,
+    phase(matches!(op.target, Target::Org { .. }), op.action)
+}
+
+/// The phase of an operation on an organization (`org`) or a user.
+pub fn phase(org: bool, action: Action) -> usize {
+    match (org, action) {
+        (true, Action::Delete) => 3,
+        (true, _) => 0,
+        (false, Action::Reconcile) => 2,
+        (false, _) => 1,
     }
 }
 

@@ -212,6 +212,9 @@ impl OpSink for Spill {
     /// Rare (a file naming someone twice): each phase file holding a duplicate is copied without
     /// its line, and the line's operation becomes the row's outcome.
     fn retract(&mut self, duplicates: &[Duplicate]) -> std::io::Result<()> {
+        if duplicates.is_empty() {
+            return Ok(());
+        }
         self.flush()?;
         let mut left: std::collections::BTreeMap<u32, &str> = duplicates.iter().map(|d| (d.row, d.first.as_str())).collect();
         for phase in 0..PHASES {

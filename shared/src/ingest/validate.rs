@@ -228,12 +228,7 @@ impl RowValidator {
 
 /// Tables already in memory, validated: the unit tests (ingest and the CLI go through `Ingester`).
 #[cfg(test)]
-#[derive(Debug, Default)]
-pub struct Validated {
-    pub ops: Vec<RowOp>,
-    /// Rows that failed validation or were skipped: final outcomes, never applied.
-    pub outcomes: Vec<Outcome>,
-}
+pub type Validated = super::stream::Collected;
 
 #[cfg(test)]
 pub fn validate(table: &Table, mapping: &Mapping, tenant: &Tenant, mode: Mode) -> Validated {
@@ -243,6 +238,7 @@ pub fn validate(table: &Table, mapping: &Mapping, tenant: &Tenant, mode: Mode) -
 /// Validate every sheet of a file; keys are unique across sheets.
 #[cfg(test)]
 pub fn validate_sheets(sheets: &[(&Table, &Mapping)], tenant: &Tenant, mode: Mode) -> (Validated, RowValidator) {
+    use super::stream::OpSink;
     let mut v = RowValidator::new(tenant, mode);
     let mut out = Validated::default();
     for (table, mapping) in sheets {
@@ -250,16 +246,13 @@ pub fn validate_sheets(sheets: &[(&Table, &Mapping)], tenant: &Tenant, mode: Mod
         v.start_table(&head);
         for (n, cells) in &table.rows {
             match v.check(&head, mapping, *n, cells) {
-                Ok(op) => out.ops.push(op.to_op()),
-                Err(o) => out.outcomes.push(o),
+                Ok(op) => out.op(&op),
+                Err(o) => out.outcome(o),
             }
+            .expect("memory sinks do not fail");
         }
     }
-    for d in v.resolve() {
-        let at = out.ops.iter().position(|o| o.row == d.row).expect("a duplicate's operation");
-        let op = out.ops.remove(at);
-        out.outcomes.push(duplicate_outcome(&op, &d.first));
-    }
+    out.retract(&v.resolve()).expect("memory sinks do not fail");
     for op in &mut out.ops {
         op.created_in_file = v.created_in_file(op);
     }

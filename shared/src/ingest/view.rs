@@ -51,13 +51,9 @@ pub fn group_names(cell: &str) -> impl Iterator<Item = &str> {
 }
 
 impl RowView<'_> {
-    /// The phase the operation runs in (`model::phase_of`; a file row is never a reconcile).
+    /// The phase the operation runs in (as `model::phase_of`).
     pub fn phase(&self) -> usize {
-        match (&self.target, self.action) {
-            (TargetView::Org { .. }, Action::Delete) => 3,
-            (TargetView::Org { .. }, _) => 0,
-            (TargetView::User(_), _) => 1,
-        }
+        crate::model::phase(matches!(self.target, TargetView::Org { .. }), self.action)
     }
 
     pub fn to_op(&self) -> RowOp {
