@@ -129,25 +129,15 @@ pub trait TableVisitor {
 /// What a zipped workbook (XLSX, ODS) may expand to. Real rosters compress 10-20x; zip bombs 1000x+.
 pub const MAX_UNZIPPED_BYTES: u64 = 1 << 30;
 
-/// Measure what a zip really expands to, entry by entry, streaming into a sink (declared sizes can
-/// lie), stopping as soon as the limit is passed: memory stays flat whatever the archive holds.
-fn check_unzipped_size<R: Read + Seek>(r: &mut R, limit: u64) -> Result<(), FileError> {
-    let too_big = FileError::TooBigUnzipped { limit_mb: limit >> 20 };
-    let Ok(mut archive) = zip::ZipArchive::new(r) else {
-        return Ok(()); // not a readable zip: calamine will say it is corrupt
-    };
-    let declared: u64 = (0..archive.len()).filter_map(|i| archive.by_index_raw(i).ok().map(|f| f.size())).fold(0, u64::saturating_add);
+/// Refuse a zip whose entries declare more than `limit` unzipped, from its directory alone. The
+/// declared sizes are binding: the zip crate (from 9.0.1) fails any read that inflates an entry
+/// past its declared size, so a zip bomb that lies about its sizes fails as a damaged file after
+/// its declared bytes, and nothing is inflated twice (a separate measuring pass cost about a
+/// tenth of reading an XLSX).
+fn check_declared_size<R: Read + Seek>(archive: &mut zip::ZipArchive<R>, limit: u64) -> Result<(), FileError> {
+    let declared = (0..archive.len()).filter_map(|i| archive.by_index_raw(i).ok().map(|f| f.size())).fold(0, u64::saturating_add);
     if declared > limit {
-        return Err(too_big);
-    }
-    let mut total = 0u64;
-    for i in 0..archive.len() {
-        let Ok(entry) = archive.by_index(i) else { continue };
-        let mut bounded = Read::take(entry, limit - total + 1);
-        total += std::io::copy(&mut bounded, &mut std::io::sink()).unwrap_or(0);
-        if total > limit {
-            return Err(too_big);
-        }
+        return Err(FileError::TooBigUnzipped { limit_mb: limit >> 20 });
     }
     Ok(())
 }
@@ -366,10 +356,8 @@ fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, v: &mut 
     let guess = if ole { "XLS" } else { "XLSX" };
     if ole {
         guarded(guess, || check_ole_container(&mut *r, size))?;
-    } else {
-        guarded(guess, || check_unzipped_size(&mut *r, MAX_UNZIPPED_BYTES))?;
+        r.rewind()?;
     }
-    r.rewind()?;
     let mut book = guarded(guess, || open_book(&mut *r, ole))?;
     let format = match &book {
         Sheets::Xls(_) => Format::Xls,
@@ -399,9 +387,15 @@ fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, v: &mut 
         // cell (about 14x the file size) before the first row could be validated.
         Sheets::Xlsx(x) => {
             // Which sheets hold data decides whether messages name the sheet; a sheet's first
-            // non-blank cell is near its start, so this reads little.
+            // non-blank cell is near its start, so this reads little. A workbook with one sheet
+            // (besides instructions) needs no look: that sheet is read once, and is refused as
+            // having no data if no row starts a table.
             let mut data_sheets = Vec::new();
             for name in &names {
+                if names.len() == 1 {
+                    data_sheets.push(name.clone());
+                    break;
+                }
                 let mut cells = guarded(label, || x.worksheet_cells_reader(name).map_err(|e| corrupt(&e)))?;
                 while let Some(cell) = guarded(label, || cells.next_cell().map_err(|e| corrupt(&e)))? {
                     if !cell_ref_text(cell.get_value()).trim().is_empty() {
@@ -420,11 +414,12 @@ fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, v: &mut 
                 let declared = dims.end.0.saturating_sub(dims.start.0).min(MAX_ROWS_HINT);
                 let mut shape = Shape::new(TableHead { rows_hint: Some(declared), ..proto(name, k, several) }, true);
                 // The row's cells are reused from row to row (cleared, not reallocated).
-                let mut row: Vec<String> = Vec::new();
+                let mut row: Vec<Slot> = Vec::new();
                 let mut width = 0;
                 let mut at: Option<u32> = None;
                 while let Some(cell) = guarded(label, || cells.next_cell().map_err(|e| corrupt(&e)))? {
-                    let text = cell_ref_text(cell.get_value());
+                    let value = cell.get_value();
+                    let text = cell_ref_text(value);
                     if text.is_empty() {
                         continue; // styled but empty cells do not widen the sheet (as in calamine's range)
                     }
@@ -436,7 +431,7 @@ fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, v: &mut 
                             for gap in a + 1..r {
                                 shape.row(v, gap + 1, &[] as &[&str])?;
                             }
-                            row[..width].iter_mut().for_each(String::clear);
+                            row[..width].iter_mut().for_each(Slot::clear);
                             width = 0;
                             at = Some(r);
                         }
@@ -453,14 +448,23 @@ fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, v: &mut 
                     }
                     let c = c as usize;
                     if row.len() <= c {
-                        row.resize(c + 1, String::new());
+                        row.resize(c + 1, Slot::default());
                     }
                     width = width.max(c + 1);
-                    row[c].clear();
-                    row[c].push_str(&text);
+                    match *value {
+                        DataRef::SharedString(s) => row[c].shared = Some(s),
+                        _ => {
+                            row[c].shared = None;
+                            row[c].own.clear();
+                            row[c].own.push_str(&text);
+                        }
+                    }
                 }
                 if let Some(a) = at {
                     shape.row(v, a + 1, &row[..width])?;
+                }
+                if !shape.started() {
+                    return Err(FileError::NoSheet.into());
                 }
             }
         }
@@ -498,11 +502,12 @@ fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<Sheets<&mut R>, Fil
     if ole {
         return Xls::new(r).map(Sheets::Xls).map_err(|e| FileError::Corrupt { format: "XLS", detail: e.to_string() });
     }
-    // The zip's directory (read from its end, cheaply) says which kind of workbook it is.
-    let names: Vec<String> = match zip::ZipArchive::new(&mut *r) {
-        Ok(z) => z.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect(),
-        Err(e) => return Err(FileError::Corrupt { format: "XLSX", detail: e.to_string() }),
-    };
+    // The zip's directory (read from its end, cheaply) says which kind of workbook it is and
+    // what it unzips to.
+    let mut zip = zip::ZipArchive::new(&mut *r).map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })?;
+    check_declared_size(&mut zip, MAX_UNZIPPED_BYTES)?;
+    let names: Vec<String> = zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
+    drop(zip);
     r.rewind().map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })?;
     let has = |n: &str| names.iter().any(|x| x.eq_ignore_ascii_case(n));
     if has("xl/workbook.bin") {
@@ -543,6 +548,27 @@ pub fn cell_text(cell: &Data) -> String {
         },
         Data::DateTimeIso(s) | Data::DurationIso(s) => s.strip_suffix("T00:00:00").unwrap_or(s).to_string(),
         Data::Error(e) => format!("#{e:?}"),
+    }
+}
+
+/// A cell of the XLSX row being read: a shared string borrowed from the workbook's table (most
+/// cells of a file Excel saved; not copied), or text in a buffer kept from row to row.
+#[derive(Default, Clone)]
+struct Slot<'a> {
+    shared: Option<&'a str>,
+    own: String,
+}
+
+impl Slot<'_> {
+    fn clear(&mut self) {
+        self.shared = None;
+        self.own.clear();
+    }
+}
+
+impl AsRef<str> for Slot<'_> {
+    fn as_ref(&self) -> &str {
+        self.shared.unwrap_or(&self.own)
     }
 }
 
@@ -1011,8 +1037,9 @@ mod tests {
         }
         let bytes = w.finish().unwrap().into_inner();
         assert!(bytes.len() < 1 << 20, "{}", bytes.len());
-        assert_eq!(check_unzipped_size(&mut Cursor::new(&bytes), 16 << 20), Err(FileError::TooBigUnzipped { limit_mb: 16 }));
-        assert_eq!(check_unzipped_size(&mut Cursor::new(&bytes), 128 << 20), Ok(()));
+        let mut zip = zip::ZipArchive::new(Cursor::new(&bytes)).unwrap();
+        assert_eq!(check_declared_size(&mut zip, 16 << 20), Err(FileError::TooBigUnzipped { limit_mb: 16 }));
+        assert_eq!(check_declared_size(&mut zip, 128 << 20), Ok(()));
     }
 
     #[test]
@@ -1085,6 +1112,49 @@ mod spreadsheet_cell_tests {
     }
 
     #[test]
+    fn shared_strings_and_inline_strings_read_the_same() {
+        let fill = |ws: &mut rust_xlsxwriter::Worksheet| {
+            for (c, h) in ["Email", "First Name", "Phone", "Groups"].iter().enumerate() {
+                ws.write_string(0, c as u16, *h).unwrap();
+            }
+            ws.write_string(1, 0, "ann@x.com").unwrap();
+            ws.write_string(1, 1, " Ann ").unwrap();
+            ws.write_number(1, 2, 4155550100.0).unwrap();
+            ws.write_string(1, 3, "a;b").unwrap();
+            // The same text again (one shared string), an empty string, a gap row.
+            ws.write_string(2, 0, "bob@x.com").unwrap();
+            ws.write_string(2, 1, "").unwrap();
+            ws.write_string(2, 3, "a;b").unwrap();
+            ws.write_string(4, 2, "+44 20 7946 0000").unwrap();
+        };
+        let mut shared = Workbook::new();
+        fill(shared.add_worksheet());
+        let shared = shared.save_to_buffer().unwrap();
+        let mut inline = Workbook::new();
+        fill(inline.add_worksheet_with_constant_memory().unwrap());
+        let inline = inline.save_to_buffer().unwrap();
+        let part = |xlsx: &[u8], name: &str| {
+            let mut zip = zip::ZipArchive::new(Cursor::new(xlsx)).unwrap();
+            let mut text = String::new();
+            zip.by_name(name).map(|mut f| f.read_to_string(&mut text).unwrap()).ok().map(|_| text)
+        };
+        assert!(part(&shared, "xl/sharedStrings.xml").is_some_and(|t| t.contains("ann@x.com")));
+        assert!(part(&inline, "xl/worksheets/sheet1.xml").is_some_and(|t| t.contains("inlineStr")));
+        let s = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        let expected = vec![
+            (2, s(&["ann@x.com", " Ann ", "4155550100", "a;b"])),
+            (3, s(&["bob@x.com", "", "", "a;b"])),
+            (4, vec![]),
+            (5, s(&["", "", "+44 20 7946 0000"])),
+        ];
+        for xlsx in [&shared, &inline] {
+            let t = decode(xlsx).unwrap();
+            assert_eq!(t.headers, vec!["Email", "First Name", "Phone", "Groups"]);
+            assert_eq!(t.rows, expected);
+        }
+    }
+
+    #[test]
     fn a_sheet_starting_below_and_right_keeps_row_numbers_gaps_and_columns_as_a_range_would() {
         let mut wb = Workbook::new();
         let ws = wb.add_worksheet();
@@ -1115,6 +1185,38 @@ mod spreadsheet_cell_tests {
             out.write_all(&body).unwrap();
         }
         out.finish().unwrap().into_inner()
+    }
+
+    /// Set the uncompressed size a zip declares for `part`, in its local header and its directory.
+    fn declare_size(zip: &mut [u8], part: &str, size: u32) {
+        let name = part.as_bytes();
+        // (signature, offset of the size, offset of the name length, offset of the name)
+        for (sig, at_size, at_len, at_name) in [(b"PK\x03\x04", 22, 26, 30), (b"PK\x01\x02", 24, 28, 46)] {
+            let starts: Vec<usize> = zip.windows(4).enumerate().filter(|(_, w)| w == sig).map(|(i, _)| i).collect();
+            for i in starts {
+                let len = u16::from_le_bytes([zip[i + at_len], zip[i + at_len + 1]]) as usize;
+                if zip.get(i + at_name..i + at_name + len) == Some(name) {
+                    zip[i + at_size..i + at_size + 4].copy_from_slice(&size.to_le_bytes());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_zip_bomb_lying_about_its_sizes_is_refused_as_damaged_once_past_what_it_declared() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        ws.write_string(0, 0, "Email").unwrap();
+        ws.write_string(1, 0, "a@x.com").unwrap();
+        let honest = wb.save_to_buffer().unwrap();
+        let sheet = "xl/worksheets/sheet1.xml";
+        let declared = zip::ZipArchive::new(Cursor::new(&honest)).unwrap().by_name(sheet).unwrap().size() as u32;
+        assert_eq!(decode(&honest).unwrap().rows, vec![(2, vec!["a@x.com".to_string()])]);
+        // 32 MB of blanks inside the sheet's data, declared as the sheet's honest size.
+        let mut bomb = edit_part(&honest, sheet, |xml| xml.replacen("<sheetData>", &format!("<sheetData>{}", " ".repeat(32 << 20)), 1));
+        declare_size(&mut bomb, sheet, declared);
+        let err = decode(&bomb).unwrap_err();
+        assert!(matches!(&err, FileError::Corrupt { format: "XLSX", detail } if detail.contains("declared")), "{err:?}");
     }
 
     #[test]
@@ -1188,5 +1290,31 @@ mod spreadsheet_cell_tests {
         let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
         assert_eq!(t.sheet.as_deref(), Some("Users"));
         assert_eq!(t.headers, vec!["Email"]);
+    }
+
+    #[test]
+    fn a_workbook_whose_sheets_hold_only_blanks_has_no_sheet_with_data_whether_one_sheet_or_several() {
+        let blank = |ws: &mut rust_xlsxwriter::Worksheet| {
+            ws.write_string(0, 0, "  ").unwrap();
+            ws.write_string(3, 2, "").unwrap(); // styled, empty
+        };
+        let mut one = Workbook::new();
+        let readme = one.add_worksheet();
+        readme.set_name("Instructions").unwrap();
+        readme.write_string(0, 0, "Email goes in column A").unwrap();
+        blank(one.add_worksheet());
+        assert_eq!(decode_all(&one.save_to_buffer().unwrap()), Err(FileError::NoSheet));
+
+        let mut two = Workbook::new();
+        blank(two.add_worksheet());
+        blank(two.add_worksheet());
+        assert_eq!(decode_all(&two.save_to_buffer().unwrap()), Err(FileError::NoSheet));
+        // Blank sheets beside a data sheet: the data sheet alone, as the first table.
+        let data = two.add_worksheet();
+        data.write_string(0, 0, "Email").unwrap();
+        data.write_string(1, 0, "ann@x.com").unwrap();
+        let tables = decode_all(&two.save_to_buffer().unwrap()).unwrap();
+        assert_eq!(tables.len(), 1);
+        assert_eq!((tables[0].sheet.as_deref(), tables[0].row_offset), (Some("Sheet3"), 0));
     }
 }
