@@ -20,7 +20,7 @@ use crate::services::Services;
 use decode::Table;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use stream::{Chunks, Collected, Ingester, Spill, Stop};
+use stream::{Chunks, Collected, Ingester, Spill, Stop, Stored};
 use tracing::{info, warn};
 
 /// A file read and validated in memory, before anything is written: the CLI's `validate`. Ingest
@@ -149,7 +149,7 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
     if let Some(reason) = svc.config.memory_mb.and_then(|mb| too_big_to_read(spreadsheet, size, mb)) {
         return report::reject(svc, &job, Some(&tenant), &reason, &[]).await;
     }
-    let mut ingested = match stream::prepare_file(&source, scratch.path(), &tenant, mode) {
+    let mut ingested = match stream::prepare_file(&source, scratch.path(), stream::SPILL_IN_MEMORY, &tenant, mode) {
         Ok(i) => i,
         Err(Stop::Refused(reason)) => return report::reject(svc, &job, Some(&tenant), &reason, &[]).await,
         Err(Stop::Io(e)) => return Err(Error::local("reading the roster", e)),
@@ -276,14 +276,15 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, inges
         source: Some(keys::staged_source(id)),
     };
     svc.store.put(&keys::staged_input(id), to_json(&staged)?, "application/json").await?;
-    svc.store.put_file(&keys::ingest_outcomes(id), &spill.outcomes_path(), "application/x-ndjson").await?;
+    match spill.outcomes() {
+        Stored::Memory(lines) => svc.store.put(&keys::ingest_outcomes(id), lines.to_vec(), "application/x-ndjson").await?,
+        Stored::File(path) => svc.store.put_file(&keys::ingest_outcomes(id), path, "application/x-ndjson").await?,
+    }
 
     // Later phases wait in staged/ until the phase before them completes; the first non-empty
     // phase goes straight to chunks/ (written last, once everything it may need exists).
     let first = (0..PHASES).find(|&i| phase_chunks[i] > 0);
-    let chunks = |phase: usize| {
-        Chunks::open(&spill.phase_path(phase), chunk_size, &ingested.validator).map_err(|e| Error::local("reading operations", e))
-    };
+    let chunks = |phase: usize| spill.chunks(phase, chunk_size, &ingested.validator).map_err(|e| Error::local("reading operations", e));
     for phase in (0..PHASES).filter(|p| Some(*p) != first && phase_chunks[*p] > 0) {
         upload_chunks(svc, |seq| keys::staged_chunk(id, phase, seq), chunks(phase)?).await?;
     }

@@ -1,7 +1,8 @@
 //! Ingest without holding the file: rows are validated as they are read, and each operation is
-//! written at once to its phase's spill file on local disk; chunks are cut from those files after
-//! the last row, when the plan is known. Memory stays flat whatever the size of the file, apart
-//! from one 16-byte fingerprint per key (see `RowValidator`).
+//! written at once to its phase's spill file (in memory while the spill is small, then on local
+//! disk); chunks are cut from those files after the last row, when the plan is known. Memory stays
+//! flat whatever the size of the file, apart from one 16-byte fingerprint per key (see
+//! `RowValidator`).
 
 use super::decode::{self, ReadError, TableHead, TableVisitor};
 use super::headers::{Mapping, map_headers};
@@ -127,86 +128,143 @@ impl OpSink for Collected {
 
 /// Operations as JSON lines (the chunk format), one file per phase, and outcomes in another.
 /// Lines are written straight into each file's own buffer (no intermediate copy of the line).
+/// A small roster never touches disk: every file stays in memory until together they pass
+/// `memory_budget`, then all go to disk under `dir` and memory stays flat from there on.
 pub struct Spill {
-    dir: PathBuf,
-    phases: Vec<Buffered>,
-    outcomes: Buffered,
+    /// The phases' files, then the outcomes (`OUTCOMES`).
+    files: Vec<Buffered>,
+    memory_budget: usize,
+    held: usize,
     pub counts: [u64; PHASES],
     pub outcome_count: u64,
 }
 
-/// A file and the lines not yet written to it.
+/// What a spill keeps in memory before it goes to disk: the operations of about 15,000 rows.
+/// At most twice this is held (buffers grow by doubling), whatever the file.
+pub const SPILL_IN_MEMORY: usize = 4 << 20;
+
+const OUTCOMES: usize = PHASES;
+
+/// A spill file's lines: those not yet written to its file on disk, or all of them while in memory.
 struct Buffered {
-    file: File,
+    path: PathBuf,
+    file: Option<File>,
     pending: Vec<u8>,
 }
 
+/// Where a spill file's lines are, for uploading them whole.
+pub enum Stored<'a> {
+    Memory(&'a [u8]),
+    File(&'a Path),
+}
+
 impl Buffered {
+    /// Write to disk in blocks of this size.
     const SIZE: usize = 1 << 16;
 
-    fn create(path: PathBuf) -> std::io::Result<Self> {
-        Ok(Buffered { file: File::create(path)?, pending: Vec::with_capacity(Self::SIZE + 1024) })
-    }
-
-    /// After a line was appended to `pending`.
-    fn line_done(&mut self) -> std::io::Result<()> {
-        self.pending.push(b'\n');
-        if self.pending.len() >= Self::SIZE { self.flush() } else { Ok(()) }
+    fn spill_to_disk(&mut self) -> std::io::Result<()> {
+        let mut file = File::create(&self.path)?;
+        file.write_all(&self.pending)?;
+        self.file = Some(file);
+        self.pending = Vec::with_capacity(Self::SIZE + 1024);
+        Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.write_all(&self.pending)?;
-        self.pending.clear();
+        if let Some(file) = &mut self.file {
+            file.write_all(&self.pending)?;
+            self.pending.clear();
+        }
         Ok(())
+    }
+
+    /// Every line, once flushed.
+    fn lines(&self) -> std::io::Result<Box<dyn BufRead + Send + '_>> {
+        Ok(match self.file {
+            Some(_) => Box::new(BufReader::with_capacity(Self::SIZE, File::open(&self.path)?)),
+            None => Box::new(&self.pending[..]),
+        })
     }
 }
 
 impl Spill {
-    pub fn create(dir: &Path) -> std::io::Result<Self> {
-        Ok(Spill {
-            dir: dir.to_path_buf(),
-            phases: (0..PHASES).map(|p| Buffered::create(dir.join(format!("phase-{p}.jsonl")))).collect::<std::io::Result<_>>()?,
-            outcomes: Buffered::create(dir.join("outcomes.jsonl"))?,
-            counts: [0; PHASES],
-            outcome_count: 0,
-        })
+    pub fn create(dir: &Path, memory_budget: usize) -> Self {
+        let name = |i: usize| if i == OUTCOMES { "outcomes.jsonl".to_string() } else { format!("phase-{i}.jsonl") };
+        let files = (0..=OUTCOMES).map(|i| Buffered { path: dir.join(name(i)), file: None, pending: Vec::new() }).collect();
+        Spill { files, memory_budget, held: 0, counts: [0; PHASES], outcome_count: 0 }
     }
 
-    pub fn phase_path(&self, phase: usize) -> PathBuf {
-        self.dir.join(format!("phase-{phase}.jsonl"))
+    /// Whether the spill went to disk (it outgrew its memory budget).
+    pub fn on_disk(&self) -> bool {
+        self.files[0].file.is_some()
     }
 
-    pub fn outcomes_path(&self) -> PathBuf {
-        self.dir.join("outcomes.jsonl")
+    /// A phase's operations cut into chunk bodies of `size` lines (the spill must be flushed).
+    pub fn chunks<'a>(&'a self, phase: usize, size: usize, validator: &'a RowValidator) -> std::io::Result<Chunks<'a>> {
+        Ok(Chunks::new(self.files[phase].lines()?, size, validator))
+    }
+
+    /// The outcomes, whole (the spill must be flushed).
+    pub fn outcomes(&self) -> Stored<'_> {
+        let f = &self.files[OUTCOMES];
+        if f.file.is_some() { Stored::File(&f.path) } else { Stored::Memory(&f.pending) }
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {
-        self.phases.iter_mut().try_for_each(Buffered::flush)?;
-        self.outcomes.flush()
+        self.files.iter_mut().try_for_each(Buffered::flush)
+    }
+
+    /// After a line of `len` bytes (newline included) went into file `i`.
+    fn line_done(&mut self, i: usize, len: usize) -> std::io::Result<()> {
+        if self.on_disk() {
+            return if self.files[i].pending.len() >= Buffered::SIZE { self.files[i].flush() } else { Ok(()) };
+        }
+        self.held += len;
+        if self.held > self.memory_budget {
+            self.files.iter_mut().try_for_each(Buffered::spill_to_disk)?;
+        }
+        Ok(())
+    }
+
+    /// Append one line to file `i`.
+    fn line(&mut self, i: usize, write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> std::io::Result<()> {
+        let out = &mut self.files[i].pending;
+        if out.capacity() == 0 {
+            // In memory, a file may take the whole budget. Reserved address space is not memory
+            // until written, and a buffer that never moves is written once (growing by doubling
+            // would copy it and touch twice the pages).
+            out.reserve(self.memory_budget + Buffered::SIZE);
+        }
+        let start = out.len();
+        write(out)?;
+        out.push(b'\n');
+        let len = out.len() - start;
+        self.line_done(i, len)
     }
 
     /// An operation made outside the file's rows (replace mode's reconcile).
     pub fn extra_op(&mut self, op: &RowOp) -> std::io::Result<()> {
         let phase = phase_of(op);
-        let out = &mut self.phases[phase];
-        serde_json::to_writer(&mut out.pending, op).map_err(std::io::Error::other)?;
+        self.line(phase, |out| serde_json::to_writer(out, op).map_err(std::io::Error::other))?;
         self.counts[phase] += 1;
-        out.line_done()
+        Ok(())
     }
 }
 
 impl OpSink for Spill {
     fn op(&mut self, op: &RowView<'_>) -> std::io::Result<()> {
         let phase = op.phase();
-        let out = &mut self.phases[phase];
-        op.write_json(&mut out.pending);
+        self.line(phase, |out| {
+            op.write_json(out);
+            Ok(())
+        })?;
         self.counts[phase] += 1;
-        out.line_done()
+        Ok(())
     }
     fn outcome(&mut self, outcome: Outcome) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.outcomes.pending, &outcome).map_err(std::io::Error::other)?;
+        self.line(OUTCOMES, |out| serde_json::to_writer(out, &outcome).map_err(std::io::Error::other))?;
         self.outcome_count += 1;
-        self.outcomes.line_done()
+        Ok(())
     }
 
     /// Rare (a file naming someone twice): each phase file holding a duplicate is copied without
@@ -224,37 +282,56 @@ impl OpSink for Spill {
             if self.counts[phase] == 0 {
                 continue;
             }
-            let path = self.phase_path(phase);
-            let kept = path.with_extension("kept");
-            let mut reader = BufReader::with_capacity(1 << 16, File::open(&path)?);
-            let mut writer = std::io::BufWriter::with_capacity(1 << 16, File::create(&kept)?);
-            let mut line = Vec::new();
-            let mut removed = 0;
-            while reader.read_until(b'\n', &mut line)? > 0 {
-                match row_of_line(&line).and_then(|row| left.remove(&row)) {
-                    Some(first) => {
-                        let op: RowOp = serde_json::from_slice(&line).map_err(std::io::Error::other)?;
-                        self.outcome(duplicate_outcome(&op, first))?;
-                        removed += 1;
-                    }
-                    None => writer.write_all(&line)?,
+            let file = &self.files[phase];
+            let removed = if file.file.is_some() {
+                let kept = file.path.with_extension("kept");
+                let mut writer = std::io::BufWriter::with_capacity(Buffered::SIZE, File::create(&kept)?);
+                let removed = without_duplicates(file.lines()?, &mut writer, &mut left)?;
+                writer.flush()?;
+                drop(writer);
+                if removed.is_empty() {
+                    std::fs::remove_file(&kept)?
+                } else {
+                    std::fs::rename(&kept, &file.path)?
                 }
-                line.clear();
-            }
-            writer.flush()?;
-            drop(writer);
-            if removed > 0 {
-                std::fs::rename(&kept, &path)?;
-                self.counts[phase] -= removed;
+                removed
             } else {
-                std::fs::remove_file(&kept)?;
+                let mut kept = Vec::with_capacity(file.pending.len());
+                let removed = without_duplicates(&file.pending[..], &mut kept, &mut left)?;
+                if !removed.is_empty() {
+                    self.files[phase].pending = kept;
+                }
+                removed
+            };
+            self.counts[phase] -= removed.len() as u64;
+            for outcome in removed {
+                self.outcome(outcome)?;
             }
         }
         if let Some((row, _)) = left.first_key_value() {
             return Err(std::io::Error::other(format!("row {row} was found a duplicate but its operation was not spilled")));
         }
-        self.outcomes.flush()
+        self.flush()
     }
+}
+
+/// Copy `lines` to `kept` without the lines of the rows in `left` (taken out of it as found):
+/// the outcomes of those rows.
+fn without_duplicates(
+    mut lines: impl BufRead,
+    kept: &mut impl Write,
+    left: &mut std::collections::BTreeMap<u32, &str>,
+) -> std::io::Result<Vec<Outcome>> {
+    let mut removed = Vec::new();
+    let mut line = Vec::new();
+    while lines.read_until(b'\n', &mut line)? > 0 {
+        match row_of_line(&line).and_then(|row| left.remove(&row)) {
+            Some(first) => removed.push(duplicate_outcome(&serde_json::from_slice(&line).map_err(std::io::Error::other)?, first)),
+            None => kept.write_all(&line)?,
+        }
+        line.clear();
+    }
+    Ok(removed)
 }
 
 /// The row number a chunk line starts with (`{"row":123,...`), without parsing the line.
@@ -265,8 +342,15 @@ fn row_of_line(line: &[u8]) -> Option<u32> {
 }
 
 /// Read and validate a roster file from disk into spill files under `scratch`.
-pub fn prepare_file<'t>(source: &Path, scratch: &Path, tenant: &'t Tenant, mode: Mode) -> Result<Ingester<'t, Spill>, Stop> {
-    let mut ingester = Ingester::new(tenant, mode, Spill::create(scratch).map_err(Stop::Io)?);
+/// The spill stays in memory up to `memory_budget` bytes (`SPILL_IN_MEMORY`).
+pub fn prepare_file<'t>(
+    source: &Path,
+    scratch: &Path,
+    memory_budget: usize,
+    tenant: &'t Tenant,
+    mode: Mode,
+) -> Result<Ingester<'t, Spill>, Stop> {
+    let mut ingester = Ingester::new(tenant, mode, Spill::create(scratch, memory_budget));
     let mut file = BufReader::with_capacity(1 << 16, File::open(source).map_err(Stop::Io)?);
     decode::read(&mut file, &mut ingester)?;
     ingester.finish()?;
@@ -277,17 +361,17 @@ pub fn prepare_file<'t>(source: &Path, scratch: &Path, tenant: &'t Tenant, mode:
 /// Chunk bodies cut from a phase's spill file, `size` lines each, read as they are asked for.
 /// With `marks`, user operations get the references to what the file creates (`created_in_file`),
 /// known only once every row was read; other lines are copied as written.
-pub struct Chunks<'v> {
-    reader: BufReader<File>,
+pub struct Chunks<'a> {
+    reader: Box<dyn BufRead + Send + 'a>,
     size: usize,
-    marks: Option<&'v RowValidator>,
+    marks: Option<&'a RowValidator>,
     line: Vec<u8>,
 }
 
-impl<'v> Chunks<'v> {
-    pub fn open(path: &Path, size: usize, validator: &'v RowValidator) -> std::io::Result<Self> {
+impl<'a> Chunks<'a> {
+    fn new(reader: Box<dyn BufRead + Send + 'a>, size: usize, validator: &'a RowValidator) -> Self {
         let marks = validator.may_reference_own_creations().then_some(validator);
-        Ok(Chunks { reader: BufReader::with_capacity(1 << 16, File::open(path)?), size: size.max(1), marks, line: Vec::new() })
+        Chunks { reader, size: size.max(1), marks, line: Vec::new() }
     }
 
     fn next_body(&mut self) -> std::io::Result<Option<Vec<u8>>> {
@@ -356,15 +440,29 @@ mod tests {
 
     /// Ingest's path: the file on disk, spill files, chunks cut of `size` lines.
     fn streamed(bytes: &[u8], size: usize) -> (Vec<Vec<RowOp>>, Vec<Outcome>, Vec<String>, u32) {
+        let on_disk = streamed_within(bytes, size, 0);
+        assert_eq!(streamed_within(bytes, size, 200), on_disk, "a spill going to disk after a few lines gives what it gives on disk");
+        assert_eq!(streamed_within(bytes, size, SPILL_IN_MEMORY), on_disk, "the spill in memory gives what it gives on disk");
+        on_disk
+    }
+
+    /// Ingest's path with a spill of `memory_budget` bytes in memory (0: straight to disk; the
+    /// files tested with are larger than any budget below `SPILL_IN_MEMORY`).
+    fn streamed_within(bytes: &[u8], size: usize, memory_budget: usize) -> (Vec<Vec<RowOp>>, Vec<Outcome>, Vec<String>, u32) {
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("source");
         std::fs::write(&source, bytes).unwrap();
         let t = tenant();
-        let ing = prepare_file(&source, dir.path(), &t, Mode::Upsert).unwrap_or_else(|e| panic!("{e:?}"));
+        let ing = prepare_file(&source, dir.path(), memory_budget, &t, Mode::Upsert).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(ing.sink.on_disk(), memory_budget < SPILL_IN_MEMORY);
+        let spilled: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(spilled.iter().any(|f| f.ends_with(".jsonl")), ing.sink.on_disk(), "{spilled:?}");
+        assert!(!spilled.iter().any(|f| f.ends_with(".kept")), "{spilled:?}");
         let mut phases = Vec::new();
         for phase in 0..PHASES {
             let mut ops = Vec::new();
-            for body in Chunks::open(&ing.sink.phase_path(phase), size, &ing.validator).unwrap() {
+            for body in ing.sink.chunks(phase, size, &ing.validator).unwrap() {
                 let body = body.unwrap();
                 let lines = crate::ingest::parse_jsonl::<RowOp>("chunk", &body).unwrap();
                 assert!(!lines.is_empty() && lines.len() <= size);
@@ -373,7 +471,11 @@ mod tests {
             assert_eq!(ops.len() as u64, ing.sink.counts[phase]);
             phases.push(ops);
         }
-        let outcomes = crate::ingest::parse_jsonl("outcomes", &std::fs::read(ing.sink.outcomes_path()).unwrap()).unwrap();
+        let outcomes = match ing.sink.outcomes() {
+            Stored::Memory(lines) => lines.to_vec(),
+            Stored::File(path) => std::fs::read(path).unwrap(),
+        };
+        let outcomes = crate::ingest::parse_jsonl("outcomes", &outcomes).unwrap();
         (phases, outcomes, ing.warnings.clone(), ing.rows)
     }
 
@@ -439,7 +541,7 @@ mod tests {
             (b"Email,Name\na@x.com,\"open\n", "never closed"),
         ] {
             std::fs::write(&source, bytes).unwrap();
-            match prepare_file(&source, dir.path(), &t, Mode::Upsert) {
+            match prepare_file(&source, dir.path(), SPILL_IN_MEMORY, &t, Mode::Upsert) {
                 Err(Stop::Refused(r)) => assert!(r.contains(reason), "{r}"),
                 other => panic!("expected a refusal, got {:?}", other.map(|i| i.rows)),
             }
