@@ -70,6 +70,12 @@ pub enum FileError {
     )]
     TooBigUnzipped { limit_mb: u64 },
     #[error(
+        "the XLS file's sheets span {:.1} million cells from their first to their last used cell, more than the {:.1} million an XLS file can have here; delete stray cells far below or right of the data (Ctrl+End in Excel goes to the last one), or save the file as XLSX",
+        *cells as f64 / 1e6,
+        *limit as f64 / 1e6
+    )]
+    XlsTooSpread { cells: u64, limit: u64 },
+    #[error(
         "sheet \"{sheet}\": cell {cell} has a value to the left of the header row, which starts in column {first}; move the value under a header or delete it"
     )]
     LeftOfHeader { sheet: String, cell: String, first: String },
@@ -145,18 +151,124 @@ fn check_declared_size<R: Read + Seek>(archive: &mut zip::ZipArchive<R>, limit: 
 /// An XLS is an OLE compound file: a FAT file system inside the file. calamine follows its sector
 /// chains without checking for loops, so an 11 KB file whose chain loops makes it allocate until
 /// memory runs out (found by fuzzing). The `cfb` crate validates the whole allocation table, loops
-/// included, within the file's own size: a container it refuses is damaged.
+/// included, within the file's own size: a container it refuses is damaged. Then the cells the
+/// workbook stream makes calamine allocate are counted (`xls_dense_cells`).
 fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Result<(), FileError> {
     let corrupt = |e: std::io::Error| FileError::Corrupt { format: "XLS", detail: format!("its container is damaged ({e})") };
     let mut file = cfb::CompoundFile::open(r).map_err(corrupt)?;
     // The streams calamine reads are walked too, each bounded by the file size.
     let streams: Vec<std::path::PathBuf> = file.walk().filter(|e| e.is_stream()).map(|e| e.path().to_path_buf()).collect();
+    let mut cells = 0u64;
     for path in streams {
         let stream = file.open_stream(&path).map_err(corrupt)?;
         let mut bounded = Read::take(stream, size + 1);
-        std::io::copy(&mut bounded, &mut std::io::sink()).map_err(corrupt)?;
+        // calamine reads the workbook from "Workbook" (BIFF8) or "Book" (BIFF5), at the root.
+        if path.parent() == Some(std::path::Path::new("/")) && path.file_name().is_some_and(|n| n == "Workbook" || n == "Book") {
+            let mut workbook = Vec::new();
+            bounded.read_to_end(&mut workbook).map_err(corrupt)?;
+            cells = cells.max(xls_dense_cells(&workbook));
+        } else {
+            std::io::copy(&mut bounded, &mut std::io::sink()).map_err(corrupt)?;
+        }
+    }
+    if cells > MAX_XLS_DENSE_CELLS {
+        return Err(FileError::XlsTooSpread { cells, limit: MAX_XLS_DENSE_CELLS });
     }
     Ok(())
+}
+
+/// What `xls_dense_cells` may count: 8 M cells is about 320 MB of calamine's ranges. A legacy
+/// sheet full of real data, 65,536 rows of 60 columns, counts 7.9 M (its values and its declared
+/// dimensions); the fuzzed 5.6 KB file counts 10 M.
+const MAX_XLS_DENSE_CELLS: u64 = 8_000_000;
+
+/// The cells calamine's XLS reader allocates before any row can be read. It turns each sheet into
+/// dense ranges (every cell from the first used to the last, once for values and again for
+/// formulas) and first reserves the cells the sheet's DIMENSIONS record declares, so a few bytes
+/// at IV65536 cost hundreds of megabytes (fuzzing found a 5.6 KB file asking for 321 MB at once).
+/// Counted from the workbook stream's records the way calamine reads them: each sheet the
+/// globals name (BoundSheet), from its position to its end (EOF), nested substreams skipped.
+fn xls_dense_cells(stream: &[u8]) -> u64 {
+    /// (type, data) of each record from `at`, as long as they are whole.
+    fn records(stream: &[u8], at: usize) -> impl Iterator<Item = (u16, &[u8])> {
+        let mut rest = stream.get(at..).unwrap_or_default();
+        std::iter::from_fn(move || {
+            let typ = u16::from_le_bytes([*rest.first()?, *rest.get(1)?]);
+            let len = u16::from_le_bytes([*rest.get(2)?, *rest.get(3)?]) as usize;
+            let data = rest.get(4..4 + len)?;
+            rest = &rest[4 + len..];
+            Some((typ, data))
+        })
+    }
+    let u16_at = |d: &[u8], i: usize| d.get(i..i + 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as u64);
+    let u32_at = |d: &[u8], i: usize| d.get(i..i + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64);
+    /// Smallest and largest (row, column) seen.
+    #[derive(Default)]
+    struct Extent(Option<(u64, u64, u64, u64)>);
+    impl Extent {
+        fn add(&mut self, row: u64, col: u64) {
+            let e = self.0.get_or_insert((row, row, col, col));
+            *e = (e.0.min(row), e.1.max(row), e.2.min(col), e.3.max(col));
+        }
+        fn cells(&self) -> u64 {
+            self.0.map_or(0, |(r0, r1, c0, c1)| (r1 - r0 + 1).saturating_mul(c1 - c0 + 1))
+        }
+    }
+    let sheets: Vec<usize> = records(stream, 0)
+        .take_while(|(typ, _)| *typ != 0x000A)
+        .filter(|(typ, d)| *typ == 0x0085 && d.len() >= 4)
+        .map(|(_, d)| u32_at(d, 0) as usize)
+        .collect();
+    let mut total = 0u64;
+    for at in sheets {
+        let (mut values, mut formulas, mut declared) = (Extent::default(), Extent::default(), 0u64);
+        let (mut seen_bof, mut depth) = (false, 0usize);
+        for (typ, d) in records(stream, at) {
+            if depth > 0 {
+                match typ {
+                    0x0809 => depth += 1,
+                    0x000A => depth -= 1,
+                    _ => {}
+                }
+                continue;
+            }
+            match typ {
+                0x0809 if seen_bof => depth += 1,
+                0x0809 => seen_bof = true,
+                0x000A => break,
+                // DIMENSIONS: calamine reserves rows x columns.
+                0x0200 => {
+                    let (rf, rl, cf, cl) = match d.len() {
+                        10 => (u16_at(d, 0), u16_at(d, 2), u16_at(d, 4), u16_at(d, 6)),
+                        14 | 16 => (u32_at(d, 0), u32_at(d, 4), u16_at(d, 8), u16_at(d, 10)),
+                        _ => continue,
+                    };
+                    let cf = if cf > 0xFF || cl < cf { 0 } else { cf };
+                    if rl >= 1 && cl >= 1 {
+                        // Wrapping as calamine's u32 arithmetic does, then counted whole.
+                        let rows = (rl - 1).wrapping_sub(rf).wrapping_add(1) & 0xFFFF_FFFF;
+                        let cols = (cl - 1).wrapping_sub(cf).wrapping_add(1) & 0xFFFF_FFFF;
+                        declared = declared.saturating_add(rows.saturating_mul(cols));
+                    }
+                }
+                // Value cells: NUMBER, LABEL, RSTRING, BOOLERR, RK, LABELSST.
+                0x0203 | 0x0204 | 0x00D6 | 0x0205 | 0x027E | 0x00FD if d.len() >= 4 => values.add(u16_at(d, 0), u16_at(d, 2)),
+                // FORMULA: a value and a formula.
+                0x0006 if d.len() >= 4 => {
+                    values.add(u16_at(d, 0), u16_at(d, 2));
+                    formulas.add(u16_at(d, 0), u16_at(d, 2));
+                }
+                // MULRK: a run of columns in one row.
+                0x00BD if d.len() >= 6 => {
+                    values.add(u16_at(d, 0), u16_at(d, 2));
+                    values.add(u16_at(d, 0), u16_at(d, d.len() - 2));
+                }
+                _ => {}
+            }
+        }
+        total = total.saturating_add(declared).saturating_add(values.cells()).saturating_add(formulas.cells());
+    }
+    total
 }
 
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
@@ -1061,9 +1173,12 @@ mod tests {
 mod fixture_tests {
     use super::*;
 
+    fn fixture(name: &str) -> String {
+        format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
     fn read(name: &str) -> Table {
-        let path = format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        decode(&std::fs::read(&path).expect("fixture")).expect("decodes")
+        decode(&std::fs::read(fixture(name)).expect("fixture")).expect("decodes")
     }
 
     #[test]
@@ -1074,6 +1189,59 @@ mod fixture_tests {
         assert_eq!(t.rows.len(), 4);
         assert_eq!(t.rows[1].1[5], "4155550100");
         assert_eq!(t.rows[1].0, 3);
+    }
+
+    /// The workbook stream of an XLS file.
+    fn workbook_stream(xls: &[u8]) -> Vec<u8> {
+        let mut file = cfb::CompoundFile::open(Cursor::new(xls)).unwrap();
+        let mut stream = Vec::new();
+        file.open_stream("/Workbook").unwrap().read_to_end(&mut stream).unwrap();
+        stream
+    }
+
+    #[test]
+    fn xls_cells_are_counted_as_calamine_would_allocate_them() {
+        let rec = |typ: u16, data: &[u8]| [&typ.to_le_bytes()[..], &(data.len() as u16).to_le_bytes(), data].concat();
+        let cell = |typ: u16, row: u16, col: u16| rec(typ, &[&row.to_le_bytes()[..], &col.to_le_bytes(), &[0; 8]].concat());
+        let sheet = |body: Vec<Vec<u8>>| [vec![rec(0x0809, &[0; 16])], body, vec![rec(0x000A, &[])]].concat().concat();
+        // Globals naming sheets at the given offsets, then the sheets.
+        let book = |sheets: &[Vec<u8>], named: &[usize]| {
+            let globals_len = 20 + 15 * named.len() + 4;
+            let starts: Vec<usize> = sheets.iter().scan(globals_len, |at, s| Some(std::mem::replace(at, *at + s.len()))).collect();
+            let mut out = rec(0x0809, &[0; 16]);
+            for &i in named {
+                out.extend(rec(0x0085, &[&(starts[i] as u32).to_le_bytes()[..], &[0, 0], &[3, 0], b"Sh1"].concat()));
+            }
+            out.extend(rec(0x000A, &[]));
+            assert_eq!(out.len(), globals_len);
+            out.extend(sheets.concat());
+            out
+        };
+        // Two values: the dense range between them.
+        let spread = sheet(vec![cell(0x0203, 1, 1), cell(0x00FD, 100, 10)]);
+        assert_eq!(xls_dense_cells(&book(std::slice::from_ref(&spread), &[0])), 100 * 10);
+        // A formula counts as a value and a formula; DIMENSIONS are reserved as declared (BIFF8:
+        // rows first..last+1 as u32, columns as u16).
+        let dims =
+            rec(0x0200, &[&0u32.to_le_bytes()[..], &1000u32.to_le_bytes(), &0u16.to_le_bytes(), &20u16.to_le_bytes(), &[0, 0]].concat());
+        let formula = sheet(vec![dims, cell(0x0006, 0, 0), cell(0x0006, 9, 9)]);
+        assert_eq!(xls_dense_cells(&book(std::slice::from_ref(&formula), &[0])), 1000 * 20 + 100 + 100);
+        // A far cell in an embedded chart (a nested substream) is not the sheet's.
+        let chart = [rec(0x0809, &[0; 16]), cell(0x0203, 65535, 255), rec(0x000A, &[])].concat();
+        let nested = sheet(vec![cell(0x0203, 0, 0), chart, cell(0x0203, 1, 1)]);
+        assert_eq!(xls_dense_cells(&book(std::slice::from_ref(&nested), &[0])), 4);
+        // The same far-flung sheet named twice is allocated twice, so it counts twice.
+        let far = sheet(vec![cell(0x0203, 0, 0), cell(0x027E, 65535, 255)]);
+        assert_eq!(xls_dense_cells(&book(std::slice::from_ref(&far), &[0])), 65536 * 256);
+        assert_eq!(xls_dense_cells(&book(std::slice::from_ref(&far), &[0, 0])), 2 * 65536 * 256);
+        // Truncated or nonsense streams count what is whole, without panicking.
+        let whole = book(std::slice::from_ref(&far), &[0]);
+        for cut in [0, 3, 10, whole.len() / 2, whole.len() - 1] {
+            assert!(xls_dense_cells(&whole[..cut]) <= 65536 * 256);
+        }
+        // A real file counts its real cells.
+        let real = xls_dense_cells(&workbook_stream(&std::fs::read(fixture("roster.xls")).unwrap()));
+        assert!((10..1000).contains(&real), "{real}");
     }
 
     #[test]

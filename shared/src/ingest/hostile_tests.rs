@@ -61,6 +61,8 @@ fn the_bad_files_corpus_is_refused_or_accounted_for() {
         ("fuzz-xls-bad-sector-table.xls", Expect::Rejected("could not be read")),
         // Found by `cargo fuzz` (target decode): a sector chain that loops made calamine allocate without bound.
         ("fuzz-xls-sector-chain-loop.xls", Expect::Rejected("container is damaged")),
+        // Found by `cargo fuzz` (target decode): cells far apart made calamine allocate a dense range of 321 MB from 5.6 KB.
+        ("fuzz-xls-far-cells.xls", Expect::Rejected("span 10.0 million cells from their first to their last used cell")),
     ];
     let files: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(files.len(), expectations.len(), "every corpus file has an expectation: {files:?}");
