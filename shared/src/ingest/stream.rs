@@ -1,7 +1,7 @@
 //! Ingest without holding the file: rows are validated as they are read, and each operation is
 //! written at once to its phase's spill file (in memory while the spill is small, then on local
 //! disk); chunks are cut from those files after the last row, when the plan is known. Memory stays
-//! flat whatever the size of the file, apart from one 16-byte fingerprint per key (see
+//! flat whatever the size of the file, apart from one 12-byte fingerprint per key (see
 //! `RowValidator`).
 
 use super::decode::{self, ReadError, TableHead, TableVisitor};
@@ -129,7 +129,7 @@ impl OpSink for Collected {
 /// Operations as JSON lines (the chunk format), one file per phase, and outcomes in another.
 /// Lines are written straight into each file's own buffer (no intermediate copy of the line).
 /// A small roster never touches disk: every file stays in memory until together they pass
-/// `memory_budget`, then all go to disk under `dir` and memory stays flat from there on.
+/// `memory_budget`, then all go to disk in the scratch directory and memory stays flat from there on.
 pub struct Spill {
     /// The phases' files, then the outcomes (`OUTCOMES`).
     files: Vec<Buffered>,
@@ -140,7 +140,7 @@ pub struct Spill {
 }
 
 /// What a spill keeps in memory before it goes to disk: the operations of about 15,000 rows.
-/// At most twice this is held (buffers grow by doubling), whatever the file.
+/// At most this is held (twice while duplicates are taken out of it), whatever the file.
 pub const SPILL_IN_MEMORY: usize = 4 << 20;
 
 const OUTCOMES: usize = PHASES;
