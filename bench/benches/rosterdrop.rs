@@ -11,7 +11,9 @@
 //!   an event).
 //!
 //! Environment: `BENCH_ROWS` (default `10000,100000,1000000`), `BENCH_ONLY` (any of
-//! `ingest,apply,e2e,init`), `BENCH_APPLY_ROWS` (20000), `BENCH_E2E_ROWS` (100000).
+//! `ingest,apply,e2e,init`), `BENCH_REPEAT` (ingest rounds: 15, 7, 3 by size), `BENCH_CPU` (the core
+//! ingest readers run on; calibrated otherwise), `BENCH_APPLY_ROWS` (20000), `BENCH_APPLY_ROUNDS`
+//! (3), `BENCH_E2E_ROWS` (100000).
 
 use bench::{HEADER, csv_file, peak_rss, row, xlsx_file, xlsx_sst_file};
 use futures::StreamExt;
@@ -49,6 +51,17 @@ fn main() {
     }
 }
 
+/// A number from the environment, if set.
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The middle value (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
@@ -77,7 +90,7 @@ fn measure_once(case: &str, file: &Path, warm: &Path, cpu: usize) -> Measured {
 }
 
 fn child(case: &str, file: &Path, warm: Option<&Path>) {
-    if let Some(id) = std::env::var("BENCH_CPU").ok().and_then(|v| v.parse().ok()) {
+    if let Some(id) = env_number("BENCH_CPU") {
         assert!(core_affinity::set_for_current(core_affinity::CoreId { id }), "pin to CPU {id}");
     }
     if let Some(warm) = warm {
@@ -227,7 +240,7 @@ fn ingest_table() {
             // two runs' ratio, so a slow spell of the shared machine (they last seconds, and slow
             // some work more than other work) moves both sides of a ratio. rows/s is the fastest
             // run. Short runs are repeated more: a few milliseconds are at the mercy of the machine.
-            let repeat: usize = std::env::var("BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(match n {
+            let repeat: usize = env_number("BENCH_REPEAT").unwrap_or(match n {
                 0..=10_000 => 15,
                 10_001..=100_000 => 7,
                 _ => 3,
@@ -239,10 +252,10 @@ fn ingest_table() {
                 let best = runs.iter().min_by(|a, b| a.secs.total_cmp(&b.secs)).unwrap();
                 assert!(runs.iter().all(|m| m.rows == n as u64), "{label} read every row");
                 let peak = runs.iter().map(|m| m.peak).max().unwrap_or(0) as f64; // the highest of its runs
-                let mut ratios: Vec<f64> = rounds.iter().map(|r| r[0].secs / r[i].secs).collect();
-                ratios.sort_by(f64::total_cmp);
-                let median = ratios[ratios.len() / 2];
-                let spread = format!("{:.0}-{:.0}%", ratios[0] * 100.0, ratios[ratios.len() - 1] * 100.0);
+                let ratios: Vec<f64> = rounds.iter().map(|r| r[0].secs / r[i].secs).collect();
+                let (low, high) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), &r| (l.min(r), h.max(r)));
+                let spread = format!("{:.0}-{:.0}%", low * 100.0, high * 100.0);
+                let typical = median(ratios);
                 println!(
                     "{:<24} {:>9} {:>8.1}  {:<28} {:>11.0} {:>8.0}% {:>10} {:>10.1} {:>9.1}",
                     file.file_name().unwrap().to_string_lossy(),
@@ -250,7 +263,7 @@ fn ingest_table() {
                     size as f64 / 1e6,
                     label,
                     n as f64 / best.secs,
-                    median * 100.0,
+                    typical * 100.0,
                     spread,
                     peak / 1e6,
                     peak / size as f64
@@ -266,7 +279,7 @@ fn ingest_table() {
 /// core. `BENCH_CPU` chooses it; otherwise the fastest in a short calibration (the csv crate over
 /// 10k rows, best of 3 on each core).
 fn pick_cpu() -> usize {
-    if let Some(id) = std::env::var("BENCH_CPU").ok().and_then(|v| v.parse().ok()) {
+    if let Some(id) = env_number("BENCH_CPU") {
         println!("(every reader pinned to CPU {id}, from BENCH_CPU)");
         return id;
     }
@@ -470,7 +483,7 @@ async fn handler_apply(stack: &tests::Stack, rows: usize, prefix: &str) -> (f64,
 }
 
 async fn apply_table() {
-    let rows: usize = std::env::var("BENCH_APPLY_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let rows: usize = env_number("BENCH_APPLY_ROWS").unwrap_or(20_000);
     let capacity = Capacity::default();
     let interceptor = aws_smithy_runtime_api::client::interceptors::SharedInterceptor::new(capacity.clone());
     let stack = tests::Stack::build(|c| c.chunk_size = 500, false, Some(interceptor)).await;
@@ -485,7 +498,7 @@ async fn apply_table() {
     let mut raw = Vec::new();
     let mut ours = Vec::new();
     let mut measured = None;
-    let rounds: usize = std::env::var("BENCH_APPLY_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let rounds: usize = env_number("BENCH_APPLY_ROUNDS").unwrap_or(3);
     for round in 0..rounds {
         raw.push(raw_puts(&stack, rows, concurrency, &round.to_string()).await);
         let before = snapshot(&capacity);
@@ -496,10 +509,6 @@ async fn apply_table() {
     }
     // Each round runs the two back to back, so a round's ratio compares like with like on a shared
     // machine; the median round is reported.
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let ratios: Vec<f64> = raw.iter().zip(&ours).map(|(r, o)| o / r).collect();
     println!("{:<44} {:>11} {:>9}", "writer (median of rounds)", "rows/s", "vs raw");
     println!("{:<44} {:>11.0} {:>8.0}%", "raw conditional PutItem (load generator)", median(raw.clone()), 100.0);
@@ -531,7 +540,7 @@ fn snapshot(c: &Capacity) -> (f64, f64) {
 // ---------------------------------------------------------------- end to end
 
 async fn end_to_end() {
-    let rows: usize = std::env::var("BENCH_E2E_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let rows: usize = env_number("BENCH_E2E_ROWS").unwrap_or(100_000);
     let path = bench::data_dir().join(format!("e2e-{rows}.xlsx"));
     if !path.exists() {
         bench::xlsx_to(&path, rows, "Create");

@@ -16,9 +16,7 @@ impl S3Store {
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
         S3Store { client, bucket: bucket.into() }
     }
-}
 
-impl S3Store {
     async fn put_body(&self, key: &str, body: ByteStream, content_type: &str) -> Result<()> {
         self.client
             .put_object()

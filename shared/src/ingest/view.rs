@@ -45,8 +45,8 @@ pub struct UserView<'c> {
     pub invite_at: Option<String>,
 }
 
-/// The group names of a Groups cell.
-pub fn group_names(cell: &str) -> impl Iterator<Item = &str> {
+/// The names in a `;`-separated cell (Groups, Products), each trimmed, empty ones dropped.
+pub fn list_items(cell: &str) -> impl Iterator<Item = &str> {
     cell.split(';').map(str::trim).filter(|s| !s.is_empty())
 }
 
@@ -70,7 +70,7 @@ impl RowView<'_> {
                         org: owned(u.org),
                         role: owned(u.role),
                         department: owned(u.department),
-                        groups: u.groups.map(|g| group_names(g).map(str::to_string).collect()).unwrap_or_default(),
+                        groups: u.groups.map(|g| list_items(g).map(str::to_string).collect()).unwrap_or_default(),
                         products: u.products.clone(),
                         associations: u.associations.clone(),
                         attributes: u.attributes.clone(),
@@ -112,7 +112,7 @@ impl RowView<'_> {
                 field("\"org\":", u.org);
                 field("\"role\":", u.role);
                 field("\"department\":", u.department);
-                if let Some(mut names) = u.groups.map(group_names).map(Iterator::peekable)
+                if let Some(mut names) = u.groups.map(list_items).map(Iterator::peekable)
                     && names.peek().is_some()
                 {
                     out.extend_from_slice(b",\"groups\":");
