@@ -89,6 +89,34 @@ fn bad_input_gets_one_line_and_exit_2_never_a_panic() {
     assert!(String::from_utf8(out.stderr).unwrap().contains("--tenant"), "clap names the missing argument");
 }
 
+/// Each allocation bomb of `tests/fixtures/bad/`, validated under a 512 MB address-space limit:
+/// one line and exit 2, never `memory allocation of N bytes failed` (an abort no handler sees).
+#[test]
+fn decoding_bombs_are_refused_in_one_line_under_a_512_mb_address_space() {
+    let bin = assert_cmd::cargo::cargo_bin("rosterdrop");
+    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/bad");
+    for (file, says) in [
+        ("sst-count-bomb.xlsx", "shared-string table says it holds 100000000000000 strings"),
+        ("far-column.xlsx", "cell AAAAAAA3, outside the largest sheet"),
+        ("ods-dense-bomb.ods", "the ODS file's sheets span 82.0 million cells"),
+        ("fuzz-xls-far-cells.xls", "the XLS file's sheets span 10.0 million cells"),
+        ("fuzz-xls-sector-chain-loop.xls", "container is damaged"),
+    ] {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -v 524288 && exec \"$0\" validate \"$1\"")
+            .arg(&bin)
+            .arg(bad.join(file))
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file}: {err}");
+        assert!(err.contains(says) && err.lines().count() == 1, "{file}: {err}");
+    }
+}
+
 #[test]
 fn no_stack_running_exits_3_with_what_to_do() {
     let out = rosterdrop()

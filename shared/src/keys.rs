@@ -23,38 +23,98 @@ pub struct IncomingKey {
 pub enum KeyProblem {
     /// Not under `incoming/` at all (not ours to handle).
     NotIncoming,
-    /// A folder marker or a file directly under `incoming/` (no tenant).
-    NoTenant,
-    /// The tenant segment is not a valid tenant id.
-    BadTenant(String),
-    /// More path segments than `incoming/<tenant>/<mode>/<file>`.
-    TooDeep,
+    /// An S3 console "create folder" marker (a key ending in `/`): nothing to do.
+    FolderMarker,
+    /// A file directly under `incoming/`, with no tenant folder.
+    NoTenant { file_name: String },
+    /// The tenant folder is not a tenant id, even lower-cased (`Acme Corp`).
+    BadTenant { segment: String, file_name: String },
+    /// A valid tenant, but the file sits deeper than `incoming/<tenant>/[<mode>/]<file>`.
+    TooDeep { tenant: String, folder: String, file_name: String },
 }
 
+/// Where files go, as advice in a message (`tenant` when known).
+pub fn layout_advice(tenant: Option<&str>) -> String {
+    let t = tenant.unwrap_or("<tenant>");
+    format!(
+        "drop roster files in incoming/{t}/ (upsert) or in a mode folder incoming/{t}/<mode>/ ({}), with no further folders",
+        Mode::NAMES.join(", ")
+    )
+}
+
+impl KeyProblem {
+    /// The tenant the file was meant for, when the key names a valid one.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            KeyProblem::TooDeep { tenant, .. } => Some(tenant),
+            _ => None,
+        }
+    }
+
+    pub fn file_name(&self) -> &str {
+        match self {
+            KeyProblem::NoTenant { file_name } | KeyProblem::BadTenant { file_name, .. } | KeyProblem::TooDeep { file_name, .. } => {
+                file_name
+            }
+            KeyProblem::NotIncoming | KeyProblem::FolderMarker => "",
+        }
+    }
+
+    /// What the admins are told: where the file is, where it should be. Segments from the key
+    /// are quoted in bounded prefixes.
+    pub fn reason(&self) -> String {
+        let q = crate::ingest::decode::quoted;
+        match self {
+            KeyProblem::NoTenant { file_name } => format!(
+                "the file {} was dropped directly in incoming/, with no tenant folder, so nobody knows whose it is; nothing was applied. {}",
+                q(file_name),
+                layout_advice(None)
+            ),
+            KeyProblem::BadTenant { segment, .. } => format!(
+                "the folder \"{}\" after incoming/ is not a tenant id (tenant ids are lower-case letters, digits, - and _); nothing was applied. {}",
+                q(segment),
+                layout_advice(None)
+            ),
+            KeyProblem::TooDeep { tenant, folder, .. } => format!(
+                "the file was dropped in {}, deeper than the folders rosterdrop reads; nothing was applied. Move it: {}",
+                q(folder),
+                layout_advice(Some(tenant))
+            ),
+            KeyProblem::NotIncoming | KeyProblem::FolderMarker => String::new(),
+        }
+    }
+}
+
+/// A key under `incoming/`, understood. The tenant folder matches case-insensitively (`Acme` is
+/// `acme`), since the S3 console makes it easy to type either.
 pub fn parse_incoming(key: &str) -> Result<IncomingKey, KeyProblem> {
     let rest = key.strip_prefix(INCOMING).ok_or(KeyProblem::NotIncoming)?;
+    if rest.is_empty() || rest.ends_with('/') {
+        return Err(KeyProblem::FolderMarker);
+    }
     let parts: Vec<&str> = rest.split('/').collect();
-    let (tenant, mode, file) = match parts.as_slice() {
-        [tenant, file] => (*tenant, None, *file),
-        [tenant, mode, file] => (*tenant, Some(*mode), *file),
-        [_] => return Err(KeyProblem::NoTenant),
-        _ => return Err(KeyProblem::TooDeep),
+    let file_name = parts.last().copied().unwrap_or_default().to_string();
+    let [tenant, ..] = parts.as_slice() else { return Err(KeyProblem::FolderMarker) };
+    if parts.len() == 1 {
+        return Err(KeyProblem::NoTenant { file_name });
+    }
+    let lower = tenant.to_ascii_lowercase();
+    if !is_valid_tenant_id(&lower) {
+        return Err(KeyProblem::BadTenant { segment: tenant.to_string(), file_name });
+    }
+    let mode = match parts.as_slice() {
+        [_, _] => None,
+        [_, mode, _] => Some(*mode),
+        _ => {
+            let folder = format!("{INCOMING}{}/", parts[..parts.len() - 1].join("/"));
+            return Err(KeyProblem::TooDeep { tenant: lower, folder, file_name });
+        }
     };
-    if tenant.is_empty() {
-        return Err(KeyProblem::NoTenant);
-    }
-    if !is_valid_tenant_id(tenant) {
-        return Err(KeyProblem::BadTenant(tenant.to_string()));
-    }
-    if file.is_empty() {
-        // S3 console "create folder" markers end in '/': nothing to do.
-        return Err(KeyProblem::NoTenant);
-    }
     let mode = match mode {
         None => Ok(None),
         Some(m) => Mode::parse(m).map(Some).ok_or_else(|| m.to_string()),
     };
-    Ok(IncomingKey { tenant: tenant.to_string(), mode, file_name: file.to_string() })
+    Ok(IncomingKey { tenant: lower, mode, file_name })
 }
 
 pub fn staged_input(job: &str) -> String {
@@ -120,10 +180,38 @@ mod tests {
     #[test]
     fn keys_that_are_not_drops_are_told_apart() {
         assert_eq!(parse_incoming("results/acme/x"), Err(KeyProblem::NotIncoming));
-        assert_eq!(parse_incoming("incoming/file.csv"), Err(KeyProblem::NoTenant));
-        assert_eq!(parse_incoming("incoming/acme/"), Err(KeyProblem::NoTenant));
-        assert_eq!(parse_incoming("incoming/Acme Corp/x.csv"), Err(KeyProblem::BadTenant("Acme Corp".into())));
-        assert_eq!(parse_incoming("incoming/acme/add/x/y.csv"), Err(KeyProblem::TooDeep));
+        assert_eq!(parse_incoming("incoming/file.csv"), Err(KeyProblem::NoTenant { file_name: "file.csv".into() }));
+        for marker in ["incoming/", "incoming/acme/", "incoming/acme/add/", "incoming/acme/2026/q1/"] {
+            assert_eq!(parse_incoming(marker), Err(KeyProblem::FolderMarker), "{marker}");
+        }
+        assert_eq!(
+            parse_incoming("incoming/Acme Corp/x.csv"),
+            Err(KeyProblem::BadTenant { segment: "Acme Corp".into(), file_name: "x.csv".into() })
+        );
+        assert_eq!(
+            parse_incoming("incoming/acme/add/x/y.csv"),
+            Err(KeyProblem::TooDeep { tenant: "acme".into(), folder: "incoming/acme/add/x/".into(), file_name: "y.csv".into() })
+        );
+    }
+
+    #[test]
+    fn the_tenant_folder_matches_whatever_its_case() {
+        let k = parse_incoming("incoming/Acme/roster.csv").unwrap();
+        assert_eq!((k.tenant.as_str(), k.file_name.as_str()), ("acme", "roster.csv"));
+        let k = parse_incoming("incoming/ACME/Add/roster.csv").unwrap();
+        assert_eq!((k.tenant.as_str(), k.mode), ("acme", Ok(Some(Mode::Add))));
+    }
+
+    #[test]
+    fn a_misplaced_file_is_told_where_to_go() {
+        let deep = parse_incoming("incoming/acme/2026/spring/roster.csv").unwrap_err();
+        assert_eq!(deep.tenant(), Some("acme"));
+        let reason = deep.reason();
+        assert!(reason.contains("incoming/acme/2026/spring/") && reason.contains("incoming/acme/<mode>/"), "{reason}");
+        let none = parse_incoming("incoming/roster.csv").unwrap_err();
+        assert!(none.reason().contains("directly in incoming/"), "{}", none.reason());
+        let long = parse_incoming(&format!("incoming/{}/r.csv", "X ".repeat(400))).unwrap_err();
+        assert!(long.reason().len() < 600, "a key segment is quoted in a bounded prefix: {}", long.reason());
     }
 
     #[test]

@@ -191,10 +191,21 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
     if !mapping.has(Field::Email) && !mapping.has(Field::Username) && !mapping.has(Field::OrgName) {
         return Err(format!(
             "the required column Email is missing (the header row has: {}). Add an Email column, or use the template",
-            headers.iter().map(|h| format!("\"{}\"", h.trim())).collect::<Vec<_>>().join(", ")
+            header_list(headers)
         ));
     }
     Ok(mapping)
+}
+
+/// The header row as a message quotes it: the first 20 headers, each at most 64 characters.
+pub fn header_list<S: AsRef<str>>(headers: &[S]) -> String {
+    const SHOWN: usize = 20;
+    let mut list: Vec<String> =
+        headers.iter().take(SHOWN).map(|h| format!("\"{}\"", crate::ingest::decode::quoted(h.as_ref().trim()))).collect();
+    if headers.len() > SHOWN {
+        list.push(format!("and {} more", headers.len() - SHOWN));
+    }
+    list.join(", ")
 }
 
 /// Strict template: the columns must be exactly the tenant's template, in any order.

@@ -63,6 +63,12 @@ fn the_bad_files_corpus_is_refused_or_accounted_for() {
         ("fuzz-xls-sector-chain-loop.xls", Expect::Rejected("container is damaged")),
         // Found by `cargo fuzz` (target decode): cells far apart made calamine allocate a dense range of 321 MB from 5.6 KB.
         ("fuzz-xls-far-cells.xls", Expect::Rejected("span 10.0 million cells from their first to their last used cell")),
+        // Allocation bombs of a few KB, derived from real writers' files (tests/fixtures/make/hostile_workbooks.py);
+        // each made the reader abort ("memory allocation of N bytes failed") before it was guarded.
+        ("sst-count-bomb.xlsx", Expect::Rejected("shared-string table says it holds 100000000000000 strings, but its size allows at most")),
+        ("far-column.xlsx", Expect::Rejected("sheet \"Roster\" has a value in cell AAAAAAA3, outside the largest sheet")),
+        ("ods-dense-bomb.ods", Expect::Rejected("the ODS file's sheets span 82.0 million cells")),
+        ("user-rows-without-email-column.csv", Expect::Rejected("the required column Email is missing: row 2 is a user")),
     ];
     let files: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(files.len(), expectations.len(), "every corpus file has an expectation: {files:?}");

@@ -92,15 +92,11 @@ pub fn job_id(obj: &ObjectRef) -> String {
 pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
     let key = match keys::parse_incoming(&obj.key) {
         Ok(k) => k,
-        Err(KeyProblem::NotIncoming | KeyProblem::NoTenant) => {
+        Err(KeyProblem::NotIncoming | KeyProblem::FolderMarker) => {
             info!(key = %obj.key, "not a roster drop; ignored");
             return Ok(());
         }
-        Err(problem) => {
-            // No valid tenant means nobody to tell but the operators.
-            warn!(key = %obj.key, ?problem, "roster dropped outside incoming/<tenant>/[<mode>/]<file>; rejected");
-            return Ok(());
-        }
+        Err(problem) => return misplaced(svc, obj, &problem).await,
     };
     let id = job_id(obj);
     let new = Job::received(&id, &key.tenant, &obj.key, &key.file_name, key.mode.clone().ok().flatten(), chrono::Utc::now().to_rfc3339());
@@ -112,8 +108,12 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
     info!(job = %id, tenant = %key.tenant, file = %key.file_name, retry = !created, "ingest started");
 
     let Some(tenant) = svc.directory.tenant(&key.tenant).await? else {
-        return report::reject(svc, &job, None, &format!("tenant \"{}\" is not configured; ask support to set it up", key.tenant), &[])
-            .await;
+        let reason = format!(
+            "tenant \"{}\" is not configured; nothing was applied. Ask support to set it up, or {}",
+            key.tenant,
+            keys::layout_advice(None)
+        );
+        return report::reject(svc, &job, None, &reason, &[]).await;
     };
     let mode = match &key.mode {
         Ok(m) => m.unwrap_or(Mode::Upsert),
@@ -171,6 +171,28 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         ingested.sink.flush().map_err(|e| Error::local("writing operations", e))?;
     }
     write_job(svc, &job, &tenant, mode, &ingested, &source).await
+}
+
+/// The job of a file dropped outside `incoming/<tenant>/[<mode>/]<file>`: it is rejected, and
+/// the tenant's admins (when the key names a configured tenant) or the deployment's default
+/// admins are told where to drop it. Its job is keyed like any other, so a redelivery is one job.
+pub const NO_TENANT: &str = "(none)";
+
+async fn misplaced(svc: &Services, obj: &ObjectRef, problem: &KeyProblem) -> Result<()> {
+    let id = job_id(obj);
+    let tenant_id = problem.tenant().unwrap_or(NO_TENANT);
+    let new = Job::received(&id, tenant_id, &obj.key, problem.file_name(), None, chrono::Utc::now().to_rfc3339());
+    let (job, _) = svc.jobs.create_or_get(&new).await?;
+    if job.state != JobState::Received {
+        info!(job = %id, state = job.state.as_str(), "duplicate event for a misplaced file; nothing to do");
+        return Ok(());
+    }
+    warn!(job = %id, ?problem, "roster dropped outside incoming/<tenant>/[<mode>/]<file>");
+    let tenant = match problem.tenant() {
+        Some(t) => svc.directory.tenant(t).await?,
+        None => None,
+    };
+    report::reject(svc, &job, tenant.as_ref(), &problem.reason(), &[]).await
 }
 
 const SCRATCH_PREFIX: &str = "rosterdrop-ingest-";

@@ -5,7 +5,7 @@
 //! `RowValidator`).
 
 use super::decode::{self, ReadError, TableHead, TableVisitor};
-use super::headers::{Mapping, map_headers};
+use super::headers::{Field, Mapping, map_headers};
 use super::validate::{Duplicate, RowValidator, duplicate_outcome};
 use super::view::RowView;
 use crate::model::{Mode, Outcome, PHASES, RowOp, Tenant, phase_of};
@@ -85,6 +85,19 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
 
     fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Stop> {
         let Some((head, mapping)) = &self.current else { return Ok(()) };
+        // A file of organizations needs no Email column; the first user row in one without
+        // Email or Username rejects the file (each of its rows would fail "Email is empty").
+        if !mapping.has(Field::Email) && !mapping.has(Field::Username) && super::validate::is_user_row(cells, mapping) {
+            let msg = format!(
+                "the required column Email is missing: row {number} is a user, and users are identified by Email (or Username, for users without email). The header row has: {}. Add an Email column, or use the template",
+                super::headers::header_list(&head.headers)
+            );
+            return Err(Stop::Refused(if head.several {
+                format!("sheet \"{}\": {msg}", head.sheet.as_deref().map(super::decode::quoted).unwrap_or_default())
+            } else {
+                msg
+            }));
+        }
         self.rows += 1;
         match self.validator.check(head, mapping, number, cells) {
             Ok(op) => self.sink.op(&op),

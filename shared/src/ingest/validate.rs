@@ -294,6 +294,16 @@ fn too_long(v: &str) -> bool {
     v.len() > MAX_TEXT && v.chars().count() > MAX_TEXT
 }
 
+/// A `Type` value that makes the row an organization.
+pub fn is_org_type(t: &str) -> bool {
+    ["org", "organization", "organisation"].iter().any(|w| w.eq_ignore_ascii_case(t.trim()))
+}
+
+/// A non-empty row that is not an organization: a user row, which needs Email or Username.
+pub fn is_user_row<S: AsRef<str>>(cells: &[S], m: &Mapping) -> bool {
+    !cells.iter().all(|c| c.as_ref().trim().is_empty()) && !cell(cells, m, Field::Type).is_some_and(is_org_type)
+}
+
 /// The trimmed, non-empty value of a field (borrowed: a row allocates only what its operation keeps).
 fn cell<'c, S: AsRef<str>>(cells: &'c [S], m: &Mapping, f: Field) -> Option<&'c str> {
     m.column(f).and_then(|i| cells.get(i)).map(|v| v.as_ref().trim()).filter(|v| !v.is_empty())
@@ -311,7 +321,7 @@ fn validate_row<'c, S: AsRef<str>>(
     let mut user_type = sheet_type.map(str::to_string);
     let entity = match get(Field::Type) {
         None => EntityType::User,
-        Some(t) if ["org", "organization", "organisation"].iter().any(|w| w.eq_ignore_ascii_case(t)) => EntityType::Org,
+        Some(t) if is_org_type(t) => EntityType::Org,
         Some(t) if ["user", "person"].iter().any(|w| w.eq_ignore_ascii_case(t)) => EntityType::User,
         Some(t) => match super::decode::user_type_of(t) {
             Some(ut) => {

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 
+mod guards;
+pub use guards::{MAX_ODS_DENSE_CELLS, MAX_SHARED_STRINGS, MAX_SHEET_COLUMNS, MAX_SHEET_ROWS, MAX_UNZIPPED_BYTES, MAX_XLS_DENSE_CELLS};
+use guards::{check_declared_size, check_ole_container, check_zip_parts};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Format {
     Csv,
@@ -70,11 +74,19 @@ pub enum FileError {
     )]
     TooBigUnzipped { limit_mb: u64 },
     #[error(
-        "the XLS file's sheets span {:.1} million cells from their first to their last used cell, more than the {:.1} million an XLS file can have here; delete stray cells far below or right of the data (Ctrl+End in Excel goes to the last one), or save the file as XLSX",
+        "the {format} file's sheets span {:.1} million cells from their first to their last used cell, more than the {:.1} million an {format} file can have here; delete stray cells far below or right of the data (Ctrl+End in Excel goes to the last one), or save the file as XLSX",
         *cells as f64 / 1e6,
         *limit as f64 / 1e6
     )]
-    XlsTooSpread { cells: u64, limit: u64 },
+    TooSpread { format: &'static str, cells: u64, limit: u64 },
+    #[error(
+        "the workbook's {part} says it holds {declared} {what}, but its size allows at most {allowed}: the file is damaged or built to exhaust memory. Save it again from your spreadsheet program and re-upload it"
+    )]
+    Implausible { part: &'static str, what: &'static str, declared: u64, allowed: u64 },
+    #[error(
+        "sheet \"{sheet}\" has a value in cell {cell}, outside the largest sheet a spreadsheet can have (1,048,576 rows by 16,384 columns, A1:XFD1048576): the file is damaged or was not made by a spreadsheet program. Save it again from Excel or LibreOffice and re-upload it"
+    )]
+    OutsideGrid { sheet: String, cell: String },
     #[error(
         "sheet \"{sheet}\": cell {cell} has a value to the left of the header row, which starts in column {first}; move the value under a header or delete it"
     )]
@@ -130,145 +142,6 @@ pub trait TableVisitor {
     type Stop;
     fn table(&mut self, head: TableHead) -> Result<(), Self::Stop>;
     fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Self::Stop>;
-}
-
-/// What a zipped workbook (XLSX, ODS) may expand to. Real rosters compress 10-20x; zip bombs 1000x+.
-pub const MAX_UNZIPPED_BYTES: u64 = 1 << 30;
-
-/// Refuse a zip whose entries declare more than `limit` unzipped, from its directory alone. The
-/// declared sizes are binding: the zip crate (from 9.0.1) fails any read that inflates an entry
-/// past its declared size, so a zip bomb that lies about its sizes fails as a damaged file after
-/// its declared bytes, and nothing is inflated twice (a separate measuring pass cost about a
-/// tenth of reading an XLSX).
-fn check_declared_size<R: Read + Seek>(archive: &mut zip::ZipArchive<R>, limit: u64) -> Result<(), FileError> {
-    let declared = (0..archive.len()).filter_map(|i| archive.by_index_raw(i).ok().map(|f| f.size())).fold(0, u64::saturating_add);
-    if declared > limit {
-        return Err(FileError::TooBigUnzipped { limit_mb: limit >> 20 });
-    }
-    Ok(())
-}
-
-/// An XLS is an OLE compound file: a FAT file system inside the file. calamine follows its sector
-/// chains without checking for loops, so an 11 KB file whose chain loops makes it allocate until
-/// memory runs out (found by fuzzing). The `cfb` crate validates the whole allocation table, loops
-/// included, within the file's own size: a container it refuses is damaged. Then the cells the
-/// workbook stream makes calamine allocate are counted (`xls_dense_cells`).
-fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Result<(), FileError> {
-    let corrupt = |e: std::io::Error| FileError::Corrupt { format: "XLS", detail: format!("its container is damaged ({e})") };
-    let mut file = cfb::CompoundFile::open(r).map_err(corrupt)?;
-    // The streams calamine reads are walked too, each bounded by the file size.
-    let streams: Vec<std::path::PathBuf> = file.walk().filter(|e| e.is_stream()).map(|e| e.path().to_path_buf()).collect();
-    let mut cells = 0u64;
-    for path in streams {
-        let stream = file.open_stream(&path).map_err(corrupt)?;
-        let mut bounded = Read::take(stream, size + 1);
-        // calamine reads the workbook from "Workbook" (BIFF8) or "Book" (BIFF5), at the root.
-        if path.parent() == Some(std::path::Path::new("/")) && path.file_name().is_some_and(|n| n == "Workbook" || n == "Book") {
-            let mut workbook = Vec::new();
-            bounded.read_to_end(&mut workbook).map_err(corrupt)?;
-            cells = cells.max(xls_dense_cells(&workbook));
-        } else {
-            std::io::copy(&mut bounded, &mut std::io::sink()).map_err(corrupt)?;
-        }
-    }
-    if cells > MAX_XLS_DENSE_CELLS {
-        return Err(FileError::XlsTooSpread { cells, limit: MAX_XLS_DENSE_CELLS });
-    }
-    Ok(())
-}
-
-/// What `xls_dense_cells` may count: 8 M cells is about 320 MB of calamine's ranges. A legacy
-/// sheet full of real data, 65,536 rows of 60 columns, counts 7.9 M (its values and its declared
-/// dimensions); the fuzzed 5.6 KB file counts 10 M.
-const MAX_XLS_DENSE_CELLS: u64 = 8_000_000;
-
-/// The cells calamine's XLS reader allocates before any row can be read. It turns each sheet into
-/// dense ranges (every cell from the first used to the last, once for values and again for
-/// formulas) and first reserves the cells the sheet's DIMENSIONS record declares, so a few bytes
-/// at IV65536 cost hundreds of megabytes (fuzzing found a 5.6 KB file asking for 321 MB at once).
-/// Counted from the workbook stream's records the way calamine reads them: each sheet the
-/// globals name (BoundSheet), from its position to its end (EOF), nested substreams skipped.
-fn xls_dense_cells(stream: &[u8]) -> u64 {
-    /// (type, data) of each record from `at`, as long as they are whole.
-    fn records(stream: &[u8], at: usize) -> impl Iterator<Item = (u16, &[u8])> {
-        let mut rest = stream.get(at..).unwrap_or_default();
-        std::iter::from_fn(move || {
-            let typ = u16::from_le_bytes([*rest.first()?, *rest.get(1)?]);
-            let len = u16::from_le_bytes([*rest.get(2)?, *rest.get(3)?]) as usize;
-            let data = rest.get(4..4 + len)?;
-            rest = &rest[4 + len..];
-            Some((typ, data))
-        })
-    }
-    let u16_at = |d: &[u8], i: usize| d.get(i..i + 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as u64);
-    let u32_at = |d: &[u8], i: usize| d.get(i..i + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64);
-    /// Smallest and largest (row, column) seen.
-    #[derive(Default)]
-    struct Extent(Option<(u64, u64, u64, u64)>);
-    impl Extent {
-        fn add(&mut self, row: u64, col: u64) {
-            let e = self.0.get_or_insert((row, row, col, col));
-            *e = (e.0.min(row), e.1.max(row), e.2.min(col), e.3.max(col));
-        }
-        fn cells(&self) -> u64 {
-            self.0.map_or(0, |(r0, r1, c0, c1)| (r1 - r0 + 1).saturating_mul(c1 - c0 + 1))
-        }
-    }
-    let sheets: Vec<usize> = records(stream, 0)
-        .take_while(|(typ, _)| *typ != 0x000A)
-        .filter(|(typ, d)| *typ == 0x0085 && d.len() >= 4)
-        .map(|(_, d)| u32_at(d, 0) as usize)
-        .collect();
-    let mut total = 0u64;
-    for at in sheets {
-        let (mut values, mut formulas, mut declared) = (Extent::default(), Extent::default(), 0u64);
-        let (mut seen_bof, mut depth) = (false, 0usize);
-        for (typ, d) in records(stream, at) {
-            if depth > 0 {
-                match typ {
-                    0x0809 => depth += 1,
-                    0x000A => depth -= 1,
-                    _ => {}
-                }
-                continue;
-            }
-            match typ {
-                0x0809 if seen_bof => depth += 1,
-                0x0809 => seen_bof = true,
-                0x000A => break,
-                // DIMENSIONS: calamine reserves rows x columns.
-                0x0200 => {
-                    let (rf, rl, cf, cl) = match d.len() {
-                        10 => (u16_at(d, 0), u16_at(d, 2), u16_at(d, 4), u16_at(d, 6)),
-                        14 | 16 => (u32_at(d, 0), u32_at(d, 4), u16_at(d, 8), u16_at(d, 10)),
-                        _ => continue,
-                    };
-                    let cf = if cf > 0xFF || cl < cf { 0 } else { cf };
-                    if rl >= 1 && cl >= 1 {
-                        // Wrapping as calamine's u32 arithmetic does, then counted whole.
-                        let rows = (rl - 1).wrapping_sub(rf).wrapping_add(1) & 0xFFFF_FFFF;
-                        let cols = (cl - 1).wrapping_sub(cf).wrapping_add(1) & 0xFFFF_FFFF;
-                        declared = declared.saturating_add(rows.saturating_mul(cols));
-                    }
-                }
-                // Value cells: NUMBER, LABEL, RSTRING, BOOLERR, RK, LABELSST.
-                0x0203 | 0x0204 | 0x00D6 | 0x0205 | 0x027E | 0x00FD if d.len() >= 4 => values.add(u16_at(d, 0), u16_at(d, 2)),
-                // FORMULA: a value and a formula.
-                0x0006 if d.len() >= 4 => {
-                    values.add(u16_at(d, 0), u16_at(d, 2));
-                    formulas.add(u16_at(d, 0), u16_at(d, 2));
-                }
-                // MULRK: a run of columns in one row.
-                0x00BD if d.len() >= 6 => {
-                    values.add(u16_at(d, 0), u16_at(d, 2));
-                    values.add(u16_at(d, 0), u16_at(d, d.len() - 2));
-                }
-                _ => {}
-            }
-        }
-        total = total.saturating_add(declared).saturating_add(values.cells()).saturating_add(formulas.cells());
-    }
-    total
 }
 
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
@@ -434,7 +307,7 @@ impl Shape {
         }
         if let Some(col) = cells[..self.lead.min(len)].iter().position(|c| !is_blank(c)) {
             return Err(ReadError::File(FileError::LeftOfHeader {
-                sheet: self.proto.sheet.clone().unwrap_or_default(),
+                sheet: quoted(self.proto.sheet.as_deref().unwrap_or_default()),
                 cell: format!("{}{n}", column_name(col)),
                 first: column_name(self.lead),
             }));
@@ -447,6 +320,16 @@ impl Shape {
 
     fn started(&self) -> bool {
         self.started
+    }
+}
+
+/// A name from the file as quoted in a message: at most 64 characters, then an ellipsis, so no
+/// message outgrows what a cell, an email line or a log line holds.
+pub fn quoted(name: &str) -> String {
+    const MAX: usize = 64;
+    match name.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &name[..at]),
+        None => name.to_string(),
     }
 }
 
@@ -536,6 +419,10 @@ fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, v: &mut 
                         continue; // styled but empty cells do not widen the sheet (as in calamine's range)
                     }
                     let (r, c) = cell.get_position();
+                    if r >= MAX_SHEET_ROWS || c >= MAX_SHEET_COLUMNS {
+                        let cell = format!("{}{}", column_name(c as usize), r as u64 + 1);
+                        return Err(FileError::OutsideGrid { sheet: quoted(name), cell }.into());
+                    }
                     match at {
                         Some(a) if a == r => {}
                         Some(a) if a < r => {
@@ -552,7 +439,7 @@ fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, v: &mut 
                             // file that does not is hand-made or damaged.
                             return Err(FileError::Corrupt {
                                 format: label,
-                                detail: format!("sheet \"{name}\" stores row {} after row {}", r + 1, a + 1),
+                                detail: format!("sheet \"{}\" stores row {} after row {}", quoted(name), r + 1, a + 1),
                             }
                             .into());
                         }
@@ -619,9 +506,10 @@ fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<Sheets<&mut R>, Fil
     let mut zip = zip::ZipArchive::new(&mut *r).map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })?;
     check_declared_size(&mut zip, MAX_UNZIPPED_BYTES)?;
     let names: Vec<String> = zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
+    let has = |n: &str| names.iter().any(|x| x.eq_ignore_ascii_case(n));
+    check_zip_parts(&mut zip, !has("xl/workbook.xml") && has("content.xml"))?;
     drop(zip);
     r.rewind().map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })?;
-    let has = |n: &str| names.iter().any(|x| x.eq_ignore_ascii_case(n));
     if has("xl/workbook.bin") {
         return Err(FileError::UnknownFormat("XLSB binary workbooks are not supported; save as XLSX".into()));
     }
@@ -1171,6 +1059,7 @@ mod tests {
 
 #[cfg(test)]
 mod fixture_tests {
+    use super::guards::xls_dense_cells;
     use super::*;
 
     fn fixture(name: &str) -> String {
@@ -1484,5 +1373,57 @@ mod spreadsheet_cell_tests {
         let tables = decode_all(&two.save_to_buffer().unwrap()).unwrap();
         assert_eq!(tables.len(), 1);
         assert_eq!((tables[0].sheet.as_deref(), tables[0].row_offset), (Some("Sheet3"), 0));
+    }
+}
+
+#[cfg(test)]
+mod grid_tests {
+    use super::*;
+    use rust_xlsxwriter::Workbook;
+
+    /// A real workbook whose second row also holds `cell` (an `<c r=...>` element) at its end.
+    fn with_cell(reference: &str) -> Vec<u8> {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        ws.set_name("Roster").unwrap();
+        ws.write_string(0, 0, "Email").unwrap();
+        ws.write_string(1, 0, "ann@x.com").unwrap();
+        let xlsx = wb.save_to_buffer().unwrap();
+        let mut src = zip::ZipArchive::new(Cursor::new(xlsx)).unwrap();
+        let mut out = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for i in 0..src.len() {
+            let mut f = src.by_index(i).unwrap();
+            let name = f.name().unwrap().to_string();
+            let mut body = String::new();
+            f.read_to_string(&mut body).unwrap();
+            if name == "xl/worksheets/sheet1.xml" {
+                let at = body.rfind("</row>").unwrap();
+                body.insert_str(at, &format!(r#"<c r="{reference}" t="inlineStr"><is><t>far</t></is></c>"#));
+            }
+            out.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+            std::io::Write::write_all(&mut out, body.as_bytes()).unwrap();
+        }
+        out.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn the_last_cell_of_excels_grid_is_read_and_one_past_it_is_refused_naming_it() {
+        let t = decode(&with_cell("XFD2")).unwrap();
+        assert_eq!((t.headers.len(), t.rows[0].1.len()), (1, 16_384), "the last column is read");
+        assert_eq!(t.rows[0].1[16_383], "far");
+        for (reference, named) in [("XFE2", "XFE2"), ("A1048577", "A1048577"), ("ZZZZZZ2", "ZZZZZZ2")] {
+            let err = decode(&with_cell(reference)).unwrap_err();
+            assert_eq!(err, FileError::OutsideGrid { sheet: "Roster".into(), cell: named.into() }, "{reference}");
+            assert!(err.to_string().contains("1,048,576 rows by 16,384 columns"), "{err}");
+        }
+    }
+
+    #[test]
+    fn names_from_the_file_are_quoted_in_a_bounded_prefix() {
+        assert_eq!(quoted("Roster"), "Roster");
+        let long = "é".repeat(1000);
+        let q = quoted(&long);
+        assert_eq!(q.chars().count(), 65);
+        assert!(q.ends_with('…'));
     }
 }

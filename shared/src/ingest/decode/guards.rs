@@ -1,0 +1,430 @@
+//! Hostile-input guards: every count or index a workbook declares is checked against what the
+//! file's size allows before a reader allocates for it. A refusal is a `FileError` in the user's
+//! terms. These know nothing about rosters.
+
+use super::FileError;
+use std::io::{Read, Seek};
+
+/// What a zipped workbook (XLSX, ODS) may expand to. Real rosters compress 10-20x; zip bombs 1000x+.
+pub const MAX_UNZIPPED_BYTES: u64 = 1 << 30;
+
+/// Refuse a zip whose entries declare more than `limit` unzipped, from its directory alone. The
+/// declared sizes are binding: the zip crate (from 9.0.1) fails any read that inflates an entry
+/// past its declared size, so a zip bomb that lies about its sizes fails as a damaged file after
+/// its declared bytes, and nothing is inflated twice (a separate measuring pass cost about a
+/// tenth of reading an XLSX).
+pub(super) fn check_declared_size<R: Read + Seek>(archive: &mut zip::ZipArchive<R>, limit: u64) -> Result<(), FileError> {
+    let declared = (0..archive.len()).filter_map(|i| archive.by_index_raw(i).ok().map(|f| f.size())).fold(0, u64::saturating_add);
+    if declared > limit {
+        return Err(FileError::TooBigUnzipped { limit_mb: limit >> 20 });
+    }
+    Ok(())
+}
+
+/// An XLS is an OLE compound file: a FAT file system inside the file. calamine follows its sector
+/// chains without checking for loops, so an 11 KB file whose chain loops makes it allocate until
+/// memory runs out (found by fuzzing). The `cfb` crate validates the whole allocation table, loops
+/// included, within the file's own size: a container it refuses is damaged. Then the cells the
+/// workbook stream makes calamine allocate are counted (`xls_dense_cells`).
+pub(super) fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Result<(), FileError> {
+    let corrupt = |e: std::io::Error| FileError::Corrupt { format: "XLS", detail: format!("its container is damaged ({e})") };
+    let mut file = cfb::CompoundFile::open(r).map_err(corrupt)?;
+    // The streams calamine reads are walked too, each bounded by the file size.
+    let streams: Vec<std::path::PathBuf> = file.walk().filter(|e| e.is_stream()).map(|e| e.path().to_path_buf()).collect();
+    let mut cells = 0u64;
+    for path in streams {
+        let stream = file.open_stream(&path).map_err(corrupt)?;
+        let mut bounded = Read::take(stream, size + 1);
+        // calamine reads the workbook from "Workbook" (BIFF8) or "Book" (BIFF5), at the root.
+        if path.parent() == Some(std::path::Path::new("/")) && path.file_name().is_some_and(|n| n == "Workbook" || n == "Book") {
+            let mut workbook = Vec::new();
+            bounded.read_to_end(&mut workbook).map_err(corrupt)?;
+            cells = cells.max(xls_dense_cells(&workbook));
+        } else {
+            std::io::copy(&mut bounded, &mut std::io::sink()).map_err(corrupt)?;
+        }
+    }
+    if cells > MAX_XLS_DENSE_CELLS {
+        return Err(FileError::TooSpread { format: "XLS", cells, limit: MAX_XLS_DENSE_CELLS });
+    }
+    Ok(())
+}
+
+/// What `xls_dense_cells` may count: 8 M cells is about 320 MB of calamine's ranges. A legacy
+/// sheet full of real data, 65,536 rows of 60 columns, counts 7.9 M (its values and its declared
+/// dimensions); the fuzzed 5.6 KB file counts 10 M.
+pub const MAX_XLS_DENSE_CELLS: u64 = 8_000_000;
+
+/// The cells calamine's XLS reader allocates before any row can be read. It turns each sheet into
+/// dense ranges (every cell from the first used to the last, once for values and again for
+/// formulas) and first reserves the cells the sheet's DIMENSIONS record declares, so a few bytes
+/// at IV65536 cost hundreds of megabytes (fuzzing found a 5.6 KB file asking for 321 MB at once).
+/// Counted from the workbook stream's records the way calamine reads them: each sheet the
+/// globals name (BoundSheet), from its position to its end (EOF), nested substreams skipped.
+pub(super) fn xls_dense_cells(stream: &[u8]) -> u64 {
+    /// (type, data) of each record from `at`, as long as they are whole.
+    fn records(stream: &[u8], at: usize) -> impl Iterator<Item = (u16, &[u8])> {
+        let mut rest = stream.get(at..).unwrap_or_default();
+        std::iter::from_fn(move || {
+            let typ = u16::from_le_bytes([*rest.first()?, *rest.get(1)?]);
+            let len = u16::from_le_bytes([*rest.get(2)?, *rest.get(3)?]) as usize;
+            let data = rest.get(4..4 + len)?;
+            rest = &rest[4 + len..];
+            Some((typ, data))
+        })
+    }
+    let u16_at = |d: &[u8], i: usize| d.get(i..i + 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as u64);
+    let u32_at = |d: &[u8], i: usize| d.get(i..i + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64);
+    /// Smallest and largest (row, column) seen.
+    #[derive(Default)]
+    struct Extent(Option<(u64, u64, u64, u64)>);
+    impl Extent {
+        fn add(&mut self, row: u64, col: u64) {
+            let e = self.0.get_or_insert((row, row, col, col));
+            *e = (e.0.min(row), e.1.max(row), e.2.min(col), e.3.max(col));
+        }
+        fn cells(&self) -> u64 {
+            self.0.map_or(0, |(r0, r1, c0, c1)| (r1 - r0 + 1).saturating_mul(c1 - c0 + 1))
+        }
+    }
+    let sheets: Vec<usize> = records(stream, 0)
+        .take_while(|(typ, _)| *typ != 0x000A)
+        .filter(|(typ, d)| *typ == 0x0085 && d.len() >= 4)
+        .map(|(_, d)| u32_at(d, 0) as usize)
+        .collect();
+    let mut total = 0u64;
+    for at in sheets {
+        let (mut values, mut formulas, mut declared) = (Extent::default(), Extent::default(), 0u64);
+        let (mut seen_bof, mut depth) = (false, 0usize);
+        for (typ, d) in records(stream, at) {
+            if depth > 0 {
+                match typ {
+                    0x0809 => depth += 1,
+                    0x000A => depth -= 1,
+                    _ => {}
+                }
+                continue;
+            }
+            match typ {
+                0x0809 if seen_bof => depth += 1,
+                0x0809 => seen_bof = true,
+                0x000A => break,
+                // DIMENSIONS: calamine reserves rows x columns.
+                0x0200 => {
+                    let (rf, rl, cf, cl) = match d.len() {
+                        10 => (u16_at(d, 0), u16_at(d, 2), u16_at(d, 4), u16_at(d, 6)),
+                        14 | 16 => (u32_at(d, 0), u32_at(d, 4), u16_at(d, 8), u16_at(d, 10)),
+                        _ => continue,
+                    };
+                    let cf = if cf > 0xFF || cl < cf { 0 } else { cf };
+                    if rl >= 1 && cl >= 1 {
+                        // Wrapping as calamine's u32 arithmetic does, then counted whole.
+                        let rows = (rl - 1).wrapping_sub(rf).wrapping_add(1) & 0xFFFF_FFFF;
+                        let cols = (cl - 1).wrapping_sub(cf).wrapping_add(1) & 0xFFFF_FFFF;
+                        declared = declared.saturating_add(rows.saturating_mul(cols));
+                    }
+                }
+                // Value cells: NUMBER, LABEL, RSTRING, BOOLERR, RK, LABELSST.
+                0x0203 | 0x0204 | 0x00D6 | 0x0205 | 0x027E | 0x00FD if d.len() >= 4 => values.add(u16_at(d, 0), u16_at(d, 2)),
+                // FORMULA: a value and a formula.
+                0x0006 if d.len() >= 4 => {
+                    values.add(u16_at(d, 0), u16_at(d, 2));
+                    formulas.add(u16_at(d, 0), u16_at(d, 2));
+                }
+                // MULRK: a run of columns in one row.
+                0x00BD if d.len() >= 6 => {
+                    values.add(u16_at(d, 0), u16_at(d, 2));
+                    values.add(u16_at(d, 0), u16_at(d, d.len() - 2));
+                }
+                _ => {}
+            }
+        }
+        total = total.saturating_add(declared).saturating_add(values.cells()).saturating_add(formulas.cells());
+    }
+    total
+}
+
+/// Excel's grid (LibreOffice's since 7.4): a cell reference outside it is refused before the
+/// reader widens a row for it (one cell at column 300 million asked for 12.8 GB).
+pub const MAX_SHEET_ROWS: u32 = 1_048_576;
+pub const MAX_SHEET_COLUMNS: u32 = 16_384;
+
+/// The smallest shared string a part can hold, `<si/>`: a part of N bytes holds at most N / 5.
+const MIN_SHARED_STRING_BYTES: u64 = 5;
+/// More unique strings than 16 rows of 1,048,576 distinct values is no roster (calamine reserves
+/// 24 bytes for each declared one before reading the first: 400 MB at this cap).
+pub const MAX_SHARED_STRINGS: u64 = 1 << 24;
+/// A part's root element is at its start; a part that hides it further is refused rather than
+/// inflated in search of it.
+const ROOT_SEARCH_BYTES: u64 = 1 << 20;
+
+/// Checks of a zipped workbook's parts, before calamine opens it: the shared-string table's
+/// declared count (XLSX: calamine reserves it up front, 2.4 PB for a 2 KB file), the dense extent
+/// of an ODS's tables (calamine builds every table of the file as dense ranges on open).
+pub(super) fn check_zip_parts<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, ods: bool) -> Result<(), FileError> {
+    let names: Vec<(usize, String)> =
+        (0..zip.len()).filter_map(|i| zip.name_for_index(i).and_then(|n| n.ok()).map(|n| (i, n.to_ascii_lowercase()))).collect();
+    let damaged = |format: &'static str, e: &dyn std::fmt::Display| FileError::Corrupt { format, detail: e.to_string() };
+    if ods {
+        let Some((i, _)) = names.iter().find(|(_, n)| n == "content.xml") else { return Ok(()) };
+        let entry = zip.by_index(*i).map_err(|e| damaged("ODS", &e))?;
+        let cells = ods_dense_cells(std::io::BufReader::new(entry)).map_err(|e| damaged("ODS", &e))?;
+        if cells > MAX_ODS_DENSE_CELLS {
+            return Err(FileError::TooSpread { format: "ODS", cells, limit: MAX_ODS_DENSE_CELLS });
+        }
+        return Ok(());
+    }
+    for (i, _) in names.iter().filter(|(_, n)| n.ends_with("sharedstrings.xml")) {
+        let entry = zip.by_index(*i).map_err(|e| damaged("XLSX", &e))?;
+        let size = entry.size();
+        let declared = shared_string_count(std::io::BufReader::new(entry.take(ROOT_SEARCH_BYTES))).map_err(|e| damaged("XLSX", &e))?;
+        let allowed = (size / MIN_SHARED_STRING_BYTES).min(MAX_SHARED_STRINGS);
+        if let Some(declared) = declared.filter(|d| *d > allowed) {
+            return Err(FileError::Implausible { part: "shared-string table", what: "strings", declared, allowed });
+        }
+    }
+    Ok(())
+}
+
+/// The `uniqueCount` the `<sst>` root declares, as calamine reads it (`None` if absent or not a
+/// number, which calamine ignores too); an overflowing number counts as the largest.
+fn shared_string_count<B: std::io::BufRead>(input: B) -> Result<Option<u64>, String> {
+    use quick_xml::events::Event;
+    let mut xml = quick_xml::Reader::from_reader(input);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match xml.read_event_into(&mut buf).map_err(|e| e.to_string())? {
+            Event::Start(e) | Event::Empty(e) if e.local_name().as_ref() == "sst" => {
+                let Some(a) = e.attributes().flatten().find(|a| a.key.local_name().as_ref() == "uniqueCount") else {
+                    return Ok(None);
+                };
+                let v: &str = a.value.as_ref();
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Ok(None);
+                }
+                return Ok(Some(v.parse().unwrap_or(u64::MAX)));
+            }
+            Event::Start(_) | Event::Empty(_) => return Err("its shared-string table has an unexpected root element".into()),
+            Event::Eof => return Err("its shared-string table has no root element near its start".into()),
+            _ => {}
+        }
+    }
+}
+
+/// What `ods_dense_cells` may count: at most about 450 MB of calamine's cells (each is a value
+/// and a formula, read then rebuilt dense). A sheet of 100,000 rows by 20 filled columns counts 4 M.
+pub const MAX_ODS_DENSE_CELLS: u64 = 4_000_000;
+
+/// The cells calamine's ODS reader allocates when it opens a file: every `table:table` of
+/// `content.xml` is read into rows (each cell pushed as many times as it repeats, up to 16,384 a
+/// row; empty cells only when a non-empty one follows), then rebuilt as a dense range from the
+/// first non-empty cell to the last with repeated rows expanded, for values and again for
+/// formulas. Counted here without keeping anything, the way calamine reads them; a cell counts as
+/// non-empty if it has a value type, a formula or any text (a little more than calamine counts).
+pub(super) fn ods_dense_cells<B: std::io::BufRead>(input: B) -> Result<u64, String> {
+    use quick_xml::events::Event;
+    const MAX_ROWS: u64 = MAX_SHEET_ROWS as u64;
+    const MAX_COLS: u64 = MAX_SHEET_COLUMNS as u64;
+    #[derive(Default)]
+    struct Table {
+        pushed: u64,
+        rows: u64,
+        /// (first, last) non-empty row, in expanded rows; (first, last) non-empty column.
+        span: Option<(u64, u64, u64, u64)>,
+    }
+    impl Table {
+        fn cells(&self) -> u64 {
+            let dense = self.span.map_or(0, |(r0, r1, c0, c1)| (r1 - r0 + 1).saturating_mul(c1 - c0 + 1));
+            // Pushed, then rebuilt dense (each once for values and once for formulas).
+            self.pushed.saturating_add(dense)
+        }
+    }
+    let repeat = |e: &quick_xml::events::BytesStart<'_>, name: &str| -> u64 {
+        e.attributes().flatten().find(|a| a.key.as_ref() == name).map_or(1, |a| a.value.trim().parse::<u64>().unwrap_or(u64::MAX))
+    };
+    let has_value = |e: &quick_xml::events::BytesStart<'_>| {
+        e.attributes().flatten().any(|a| matches!(a.key.as_ref(), "office:value-type" | "table:formula" | "calcext:value-type"))
+    };
+    let mut xml = quick_xml::Reader::from_reader(input);
+    let mut buf = Vec::new();
+    let mut total = 0u64;
+    let mut table: Option<Table> = None;
+    // The row being read: its repeat count, columns pushed, pending empty columns, its span.
+    let (mut row_repeat, mut cols, mut empty_run, mut row_span) = (1u64, 0u64, 0u64, None::<(u64, u64)>);
+    // The cell being read: (its repeat count, non-empty so far), while inside it.
+    let mut cell: Option<(u64, bool)> = None;
+    let mut depth_in_cell = 0usize;
+    let end_cell =
+        |repeats: u64, filled: bool, cols: &mut u64, empty_run: &mut u64, row_span: &mut Option<(u64, u64)>, pushed: &mut u64| {
+            if filled {
+                let gap = (*empty_run).min(MAX_COLS - *cols);
+                *cols += gap;
+                *pushed = pushed.saturating_add(gap);
+                *empty_run = 0;
+                let n = repeats.min(MAX_COLS - *cols);
+                if n > 0 {
+                    let span = row_span.get_or_insert((*cols, *cols + n - 1));
+                    span.1 = *cols + n - 1;
+                }
+                *cols += n;
+                *pushed = pushed.saturating_add(n);
+            } else {
+                *empty_run = repeats.min(MAX_COLS - *cols);
+            }
+        };
+    loop {
+        buf.clear();
+        let event = xml.read_event_into(&mut buf).map_err(|e| e.to_string())?;
+        if let Some((_, filled)) = cell.as_mut() {
+            match &event {
+                Event::Start(_) => {
+                    depth_in_cell += 1;
+                    continue;
+                }
+                Event::Empty(e) => {
+                    *filled |= e.name().as_ref() == "text:s" || e.name().as_ref() == "text:tab";
+                    continue;
+                }
+                Event::Text(t) if !t.is_empty() => {
+                    *filled = true;
+                    continue;
+                }
+                Event::End(_) if depth_in_cell > 0 => {
+                    depth_in_cell -= 1;
+                    continue;
+                }
+                Event::End(_) => {
+                    let (repeats, filled) = cell.take().unwrap_or((1, false));
+                    if let Some(t) = table.as_mut() {
+                        end_cell(repeats, filled, &mut cols, &mut empty_run, &mut row_span, &mut t.pushed);
+                    }
+                    continue;
+                }
+                Event::Eof => return Err("its content ends inside a cell".into()),
+                _ => continue,
+            }
+        }
+        match event {
+            Event::Start(e) if e.name().as_ref() == "table:table" => table = Some(Table::default()),
+            Event::End(e) if e.name().as_ref() == "table:table" => {
+                if let Some(t) = table.take() {
+                    total = total.saturating_add(t.cells());
+                }
+            }
+            Event::Start(e) if e.name().as_ref() == "table:table-row" => {
+                row_repeat = repeat(&e, "table:number-rows-repeated");
+                (cols, empty_run, row_span) = (0, 0, None);
+            }
+            Event::End(e) if e.name().as_ref() == "table:table-row" => {
+                if let Some(t) = table.as_mut() {
+                    let n = row_repeat.min(MAX_ROWS.saturating_sub(t.rows));
+                    if let Some((c0, c1)) = row_span {
+                        let (r0, r1) = (t.rows, t.rows + n.max(1) - 1);
+                        let s = t.span.get_or_insert((r0, r1, c0, c1));
+                        *s = (s.0, r1, s.2.min(c0), s.3.max(c1));
+                    }
+                    t.rows = t.rows.saturating_add(n);
+                }
+            }
+            Event::Start(e) if matches!(e.name().as_ref(), "table:table-cell" | "table:covered-table-cell") => {
+                cell = Some((repeat(&e, "table:number-columns-repeated"), has_value(&e)));
+                depth_in_cell = 0;
+            }
+            Event::Empty(e) if matches!(e.name().as_ref(), "table:table-cell" | "table:covered-table-cell") => {
+                if let Some(t) = table.as_mut() {
+                    end_cell(
+                        repeat(&e, "table:number-columns-repeated"),
+                        has_value(&e),
+                        &mut cols,
+                        &mut empty_run,
+                        &mut row_span,
+                        &mut t.pushed,
+                    );
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if let Some(t) = table {
+        total = total.saturating_add(t.cells());
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sst(root: &str) -> Result<Option<u64>, String> {
+        shared_string_count(root.as_bytes())
+    }
+
+    #[test]
+    fn the_shared_string_count_is_read_as_calamine_reads_it() {
+        let decl = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#;
+        assert_eq!(sst(&format!(r#"{decl}<sst xmlns="x" count="9" uniqueCount="3"><si><t>a</t></si></sst>"#)), Ok(Some(3)));
+        assert_eq!(sst(&format!(r#"{decl}<x:sst xmlns:x="x" uniqueCount="7"/>"#)), Ok(Some(7)), "a prefixed root");
+        assert_eq!(sst(r#"<sst count="3"/>"#), Ok(None), "no uniqueCount: calamine reserves nothing");
+        assert_eq!(sst(r#"<sst uniqueCount="-1"/>"#), Ok(None), "not a number: calamine ignores it");
+        assert_eq!(
+            sst(r#"<sst uniqueCount="99999999999999999999999"/>"#),
+            Ok(Some(u64::MAX)),
+            "an overflowing count counts as the largest"
+        );
+        assert!(sst(r#"<worksheet/>"#).is_err());
+        assert!(sst("").is_err());
+        // A root hidden past the searched prefix is refused, not searched for.
+        let hidden = format!("{decl}<!--{}--><sst uniqueCount=\"1\"/>", "x".repeat(100));
+        assert!(shared_string_count(std::io::Read::take(hidden.as_bytes(), 80)).is_err());
+    }
+
+    fn ods(rows: &str) -> u64 {
+        let xml = format!(
+            r#"<office:document-content><office:body><office:spreadsheet><table:table table:name="S">{rows}</table:table></office:spreadsheet></office:body></office:document-content>"#
+        );
+        ods_dense_cells(xml.as_bytes()).unwrap()
+    }
+    const V: &str = r#"<table:table-cell office:value-type="string"><text:p>x</text:p></table:table-cell>"#;
+    const E: &str = "<table:table-cell/>";
+
+    #[test]
+    fn ods_cells_are_counted_as_calamine_allocates_them() {
+        // 2 rows x 2 values: pushed 4, dense 4.
+        assert_eq!(ods(&format!("<table:table-row>{V}{V}</table:table-row><table:table-row>{V}{V}</table:table-row>")), 8);
+        // Trailing empty cells and rows cost nothing; an empty run before a value is pushed.
+        assert_eq!(ods(&format!("<table:table-row>{V}{E}{E}</table:table-row><table:table-row>{E}</table:table-row>")), 2);
+        assert_eq!(ods(&format!(r#"<table:table-row><table:table-cell table:number-columns-repeated="9"/>{V}</table:table-row>"#)), 10 + 1);
+        // A value row repeated: pushed once, expanded in the dense range.
+        let repeated = format!(r#"<table:table-row table:number-rows-repeated="1000">{V}{V}</table:table-row>"#);
+        assert_eq!(ods(&repeated), 2 + 2000);
+        // Empty rows between two values are part of the dense range.
+        let far = format!(
+            r#"<table:table-row>{V}</table:table-row><table:table-row table:number-rows-repeated="999"><table:table-cell table:number-columns-repeated="3"/></table:table-row><table:table-row><table:table-cell table:number-columns-repeated="2"/>{V}</table:table-row>"#
+        );
+        assert_eq!(ods(&far), 1 + 3 + 1001 * 3);
+        // A row's columns stop at 16,384 as calamine's do.
+        let wide = r#"<table:table-row><table:table-cell table:number-columns-repeated="4000000000" office:value-type="float" office:value="1"/></table:table-row>"#;
+        assert_eq!(ods(wide), 2 * 16_384);
+        // Text, spaces and formulas make a cell non-empty; markup inside a cell is not a cell.
+        let inner = r#"<table:table-row><table:table-cell><text:p><text:s/></text:p></table:table-cell><table:table-cell table:formula="of:=1"/><table:table-cell><text:p><text:span>y</text:span></text:p></table:table-cell></table:table-row>"#;
+        assert_eq!(ods(inner), 3 + 3);
+    }
+
+    #[test]
+    fn every_table_of_an_ods_counts_and_the_real_fixture_counts_its_cells() {
+        let one = format!("<table:table-row>{V}{V}</table:table-row>");
+        let xml = format!("<r><table:table>{one}</table:table><table:table>{one}{one}</table:table></r>");
+        assert_eq!(ods_dense_cells(xml.as_bytes()).unwrap(), 4 + 8);
+        let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/roster.ods")).unwrap();
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        let content = std::io::BufReader::new(zip.by_name("content.xml").unwrap());
+        let table =
+            crate::ingest::decode::decode(&std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/roster.ods")).unwrap())
+                .unwrap();
+        let cells = (table.rows.len() as u64 + 1) * table.headers.len() as u64;
+        assert_eq!(ods_dense_cells(content).unwrap(), 2 * cells, "pushed once, dense once");
+        assert!(ods_dense_cells("<table:table><table:table-row><table:table-cell>".as_bytes()).is_err(), "cut inside a cell");
+    }
+}
