@@ -179,10 +179,10 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp) -> Result<(Outcome, Write)> {
             // Organizations of the file exist by now (their phase ran first), except in a dry run.
             let trusted = ctx.dry && op.created_in_file.contains(&org.to_lowercase());
             if !trusted && !exists(&ctx.orgs, org.to_lowercase(), ctx.svc.directory.org_exists(tenant, org)).await? {
-                return fail_in(
-                    "OrgName",
-                    format!("organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file"),
-                );
+                return fail_in("OrgName", {
+                    let org = crate::ingest::decode::quoted(org);
+                    format!("organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file")
+                });
             }
         }
         for (kind, email) in &fields.associations {
@@ -258,6 +258,7 @@ async fn invite(ctx: &Ctx<'_>, op: &RowOp, email: &str, fields: &crate::model::U
         first_name: fields.first_name.clone(),
         due_at,
         job: ctx.job.to_string(),
+        attempts: 0,
     };
     ctx.svc.invites.schedule(&invite).await?;
     Ok(format!("; activation email {when}"))

@@ -29,6 +29,19 @@ impl Error {
         matches!(self, Error::Transient { .. } | Error::Local { .. })
     }
 
+    /// The error type the Lambda runtime reports (`Diagnostic::error_type`): whether a retry may
+    /// help, then the kind, so alarms and the dead-letter queue's readers can tell them apart.
+    pub fn diagnostic_type(&self) -> &'static str {
+        match self {
+            Error::Transient { .. } => "Retryable.Transient",
+            Error::Local { .. } => "Retryable.LocalStorage",
+            Error::Config(_) => "Fatal.Config",
+            Error::Aws { .. } => "Fatal.Aws",
+            Error::Corrupt { .. } => "Fatal.Corrupt",
+            Error::Build { .. } => "Fatal.Build",
+        }
+    }
+
     pub fn local(what: &'static str, e: impl std::fmt::Display) -> Self {
         Error::Local { what, message: e.to_string() }
     }
@@ -38,18 +51,19 @@ impl Error {
     }
 
     /// Classify an SDK error: throttling, server errors, timeouts and dispatch failures are transient.
-    pub fn from_sdk<E, R>(service: &'static str, operation: &'static str, err: aws_sdk_s3::error::SdkError<E, R>) -> Self
+    pub fn from_sdk<E>(
+        service: &'static str,
+        operation: &'static str,
+        err: aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::http::Response>,
+    ) -> Self
     where
         E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
     {
         use aws_sdk_s3::error::SdkError;
         let transient = match &err {
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-            SdkError::ServiceError(se) => {
-                let code = se.err().code().unwrap_or_default();
-                is_transient_code(code)
-            }
+            // A 5xx is the service's own trouble whatever its code (SES answers InternalFailure).
+            SdkError::ServiceError(se) => se.raw().status().is_server_error() || is_transient_code(se.err().code().unwrap_or_default()),
             _ => false,
         };
         let meta = err.as_service_error().map(|e| (e.code().map(str::to_string), e.message().map(str::to_string)));
@@ -71,6 +85,7 @@ fn is_transient_code(code: &str) -> bool {
             | "TransactionConflictException"
             | "InternalServerError"
             | "InternalError"
+            | "InternalFailure"
             | "ServiceUnavailable"
             | "SlowDown"
             | "RequestTimeout"

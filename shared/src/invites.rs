@@ -3,15 +3,27 @@
 //! runner locally. Each invite is claimed before sending, so a retried sweep never sends twice,
 //! and sending is paced so the SES sending rate is never exceeded.
 
-use crate::error::Result;
+use crate::address;
+use crate::error::{Error, Result};
 use crate::model::{Invite, Tenant};
 use crate::report::{self, esc};
 use crate::services::Services;
 use std::collections::HashMap;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-/// Send the invites due at `now`; returns how many were sent.
+/// Sends of one invite before it is marked failed for good.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// When a failed send is tried again: 1, 4, 16, 64 minutes after the attempts so far.
+pub fn backoff(attempts: u32) -> chrono::Duration {
+    chrono::Duration::minutes(4i64.pow(attempts.saturating_sub(1).min(4)))
+}
+
+/// Send the invites due at `now`; returns how many were sent. Each invite stands alone: one that
+/// cannot be sent is recorded on the invite (attempts, reason) and retried later with backoff, or
+/// marked failed once retrying cannot help, and the sweep goes on with the others. Only the
+/// query for due invites failing stops it.
 pub async fn sweep(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
     let due = svc.invites.due(&now.to_rfc3339(), svc.config.invite_batch).await?;
     if due.is_empty() {
@@ -20,29 +32,67 @@ pub async fn sweep(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result
     let mut tenants: HashMap<String, Option<Tenant>> = HashMap::new();
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / svc.config.invite_rate_per_sec.max(0.01)));
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sent = 0;
+    let (mut sent, mut failed) = (0, 0);
     for invite in due {
-        if !svc.invites.claim(&invite).await? {
-            continue; // another sweep has it
+        match send_one(svc, &mut tenants, &mut pace, &invite).await {
+            Ok(true) => sent += 1,
+            Ok(false) => {}
+            Err(e) => {
+                failed += 1;
+                if let Err(e2) = record_failure(svc, &invite, &e, now).await {
+                    // The claim stays: taken over once stale, so the invite is tried again.
+                    error!(tenant = %invite.tenant, to = %address::masked(&invite.email), error = %e2, "recording a failed invite failed");
+                }
+            }
         }
-        if !tenants.contains_key(&invite.tenant) {
-            tenants.insert(invite.tenant.clone(), svc.directory.tenant(&invite.tenant).await?);
-        }
-        let Some(tenant) = tenants.get(&invite.tenant).and_then(Option::as_ref) else {
-            warn!(tenant = %invite.tenant, "invite for a removed tenant dropped");
-            svc.invites.mark_sent(&invite).await?;
-            continue;
-        };
-        pace.tick().await;
-        let from = report::sender(svc, tenant);
-        let (subject, text, html) = invite_email(tenant, &invite);
-        let mime = report::build_email(&from, std::slice::from_ref(&invite.email), &subject, &text, &html, &[])?;
-        svc.mailer.send_raw(&from, std::slice::from_ref(&invite.email), mime).await?;
-        svc.invites.mark_sent(&invite).await?;
-        sent += 1;
     }
-    info!(sent, "invites sent");
+    info!(sent, failed, "invites sent");
     Ok(sent)
+}
+
+/// `Ok(false)`: not sent, nothing wrong (another sweep has it, or its tenant is gone).
+async fn send_one(
+    svc: &Services,
+    tenants: &mut HashMap<String, Option<Tenant>>,
+    pace: &mut tokio::time::Interval,
+    invite: &Invite,
+) -> Result<bool> {
+    if !svc.invites.claim(invite).await? {
+        return Ok(false); // another sweep has it
+    }
+    if !tenants.contains_key(&invite.tenant) {
+        tenants.insert(invite.tenant.clone(), svc.directory.tenant(&invite.tenant).await?);
+    }
+    let Some(tenant) = tenants.get(&invite.tenant).and_then(Option::as_ref) else {
+        warn!(tenant = %invite.tenant, "invite for a removed tenant dropped");
+        svc.invites.mark_sent(invite).await?;
+        return Ok(false);
+    };
+    let to = address::deliverable(&invite.email)
+        .map_err(|why| Error::Aws { service: "sesv2", operation: "SendEmail", message: format!("the address {why}") })?
+        .into_owned();
+    pace.tick().await;
+    let from = report::sender(svc, tenant);
+    let from = address::deliverable(&from).map_err(|why| Error::Build { what: "invite", message: format!("sender {why}") })?.into_owned();
+    let (subject, text, html) = invite_email(tenant, invite);
+    let mime = report::build_email(&from, std::slice::from_ref(&to), &subject, &text, &html, &[])?;
+    svc.mailer.send_raw(&from, std::slice::from_ref(&to), mime).await?;
+    svc.invites.mark_sent(invite).await?;
+    Ok(true)
+}
+
+/// A failed send: due again after a backoff while retrying may help, else failed for good.
+async fn record_failure(svc: &Services, invite: &Invite, e: &Error, now: chrono::DateTime<chrono::Utc>) -> Result<()> {
+    let attempts = invite.attempts + 1;
+    let reason = crate::finalize::digest::bounded(&e.to_string(), 500);
+    if e.is_retryable() && attempts < MAX_ATTEMPTS {
+        let at = (now + backoff(attempts)).to_rfc3339();
+        warn!(tenant = %invite.tenant, to = %address::masked(&invite.email), attempts, retry_at = %at, error = %e, "invite not sent; retrying later");
+        svc.invites.record_failure(invite, &reason, Some(&at)).await
+    } else {
+        error!(tenant = %invite.tenant, to = %address::masked(&invite.email), attempts, error = %e, "invite failed for good");
+        svc.invites.record_failure(invite, &reason, None).await
+    }
 }
 
 /// Subject, text and HTML of a tenant-branded activation email.
@@ -82,6 +132,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn retries_back_off_1_4_16_64_minutes() {
+        let minutes: Vec<i64> = (1..MAX_ATTEMPTS).map(|a| backoff(a).num_minutes()).collect();
+        assert_eq!(minutes, vec![1, 4, 16, 64]);
+    }
+
+    #[test]
     fn invite_email_is_branded_and_escapes_names() {
         let mut t = Tenant::new("acme", vec!["a@acme.com".into()]);
         t.branding.product_name = Some("Acme Learning".into());
@@ -93,6 +149,7 @@ mod tests {
             first_name: Some("<b>Ann</b>".into()),
             due_at: String::new(),
             job: "j".into(),
+            attempts: 0,
         };
         let (subject, text, html) = invite_email(&t, &i);
         assert_eq!(subject, "Acme Learning: activate your account");

@@ -4,6 +4,7 @@
 //! the Lambdas in `functions/` and the local runner in `local` call the same functions.
 
 pub mod adapters;
+pub mod address;
 pub mod apply;
 pub mod config;
 pub mod error;

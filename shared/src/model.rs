@@ -75,6 +75,9 @@ pub struct Invite {
     /// RFC 3339, UTC.
     pub due_at: String,
     pub job: String,
+    /// Sends tried and failed so far (the sweep retries with backoff, then gives up).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 fn yes() -> bool {
@@ -151,6 +154,9 @@ impl Tenant {
         for e in self.admin_emails.iter().chain(self.sender.iter()) {
             if !email_address::EmailAddress::is_valid(e) {
                 return Err(format!("{e:?} is not a valid email address"));
+            }
+            if let Err(why) = crate::address::deliverable(e) {
+                return Err(format!("{e:?} {why}"));
             }
         }
         if let Some(0) = self.chunk_size {

@@ -82,11 +82,63 @@ pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>)
                 continue; // it moved on meanwhile
             }
             tracing::warn!(job = %id, age_secs = age, "job stopped after its deadline");
-            crate::finalize::finalize_job(svc, &crate::model::Job { state: JobState::Failed, ..job }, true).await?;
+            // One job that cannot be finalized must not stop the others.
+            if let Err(e) = crate::finalize::finalize_job(svc, &crate::model::Job { state: JobState::Failed, ..job }, true).await {
+                tracing::error!(job = %id, retryable = e.is_retryable(), error = %e, "finalizing a stopped job failed");
+                continue;
+            }
         }
         stopped += 1;
     }
     Ok(stopped)
+}
+
+/// What one run of the scheduled function did; a task that failed is named in `errors` and the
+/// others still ran.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ScheduledReport {
+    pub sent: usize,
+    pub resumed_jobs: usize,
+    pub stopped_jobs: usize,
+    pub oldest_open_job_age_seconds: i64,
+    pub errors: Vec<String>,
+}
+
+/// The scheduled run: the invite sweep and each monitor task, each on its own, so one failing
+/// (DynamoDB throttled, a job that cannot be finalized) never stops the others. Each failure is
+/// logged and reported; the job-age metric is published whatever else happened.
+pub async fn scheduled(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> ScheduledReport {
+    let mut report = ScheduledReport::default();
+    let note = |task: &str, e: crate::Error| {
+        tracing::error!(task, retryable = e.is_retryable(), error = %e, "scheduled task failed; the next run retries");
+        report_error(task, &e)
+    };
+    let mut errors = Vec::new();
+    match crate::invites::sweep(svc, now).await {
+        Ok(n) => report.sent = n,
+        Err(e) => errors.push(note("invite sweep", e)),
+    }
+    match finish_unsent_jobs(svc, now).await {
+        Ok(n) => report.resumed_jobs = n,
+        Err(e) => errors.push(note("unsent result emails", e)),
+    }
+    match fail_stuck_jobs(svc, now).await {
+        Ok(n) => report.stopped_jobs = n,
+        Err(e) => errors.push(note("stuck jobs", e)),
+    }
+    match oldest_open_job_age(svc, now).await {
+        Ok(age) => {
+            report.oldest_open_job_age_seconds = age;
+            println!("{}", emf_line(JOB_AGE_METRIC, age, now));
+        }
+        Err(e) => errors.push(note("job age metric", e)),
+    }
+    report.errors = errors;
+    report
+}
+
+fn report_error(task: &str, e: &crate::Error) -> String {
+    format!("{task}: {e}")
 }
 
 #[cfg(test)]

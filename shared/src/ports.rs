@@ -142,4 +142,7 @@ pub trait Invites: Send + Sync {
     /// Claim an invite for sending: `true` for exactly one caller while it is pending.
     async fn claim(&self, invite: &Invite) -> Result<bool>;
     async fn mark_sent(&self, invite: &Invite) -> Result<()>;
+    /// A send failed: count the attempt and keep the reason; `retry_at` makes the invite due again
+    /// then, `None` marks it failed for good (it leaves the due list).
+    async fn record_failure(&self, invite: &Invite, reason: &str, retry_at: Option<&str>) -> Result<()>;
 }

@@ -131,8 +131,7 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
             esc(reason),
             esc(&job.id)
         );
-        let mime = build_email(&sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, attachments)?;
-        svc.mailer.send_raw(&sender(svc, tenant), &tenant.admin_emails, mime).await?;
+        send_to(svc, &sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, attachments).await?;
         svc.jobs.mark_email_sent(&job.id, "result").await?;
         info!(job = %job.id, recipients = tenant.admin_emails.len(), "rejection email sent");
     }
@@ -158,10 +157,43 @@ pub async fn started_email(svc: &Services, job: &Job, tenant: &Tenant, mode: cra
         esc(&job.id)
     );
     let from = sender(svc, tenant);
-    let mime = build_email(&from, &tenant.admin_emails, &subject, &text, &html, &[])?;
-    svc.mailer.send_raw(&from, &tenant.admin_emails, mime).await?;
+    send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &[]).await?;
     svc.jobs.mark_email_sent(&job.id, "started").await?;
     info!(job = %job.id, "processing-started email sent");
+    Ok(())
+}
+
+/// SES accepts at most 50 recipients a message; a longer admin list gets one message per 50.
+pub const MAX_RECIPIENTS: usize = 50;
+
+/// One email to every address of `to`, in messages of at most `MAX_RECIPIENTS`.
+pub async fn send_to(
+    svc: &Services,
+    from: &str,
+    to: &[String],
+    subject: &str,
+    text: &str,
+    html: &str,
+    attachments: &[Attachment],
+) -> Result<()> {
+    // Addresses as SES takes them (international domains as punycode); tenant validation
+    // refuses the undeliverable ones, so one here (an older tenant item) is skipped, not fatal.
+    let from = crate::address::deliverable(from).map_err(|e| Error::Build { what: "email", message: format!("sender {e}") })?;
+    let to: Vec<String> = to
+        .iter()
+        .filter_map(|a| match crate::address::deliverable(a) {
+            Ok(a) => Some(a.into_owned()),
+            Err(e) => {
+                warn!(to = %crate::address::masked(a), error = %e, "undeliverable admin address skipped");
+                None
+            }
+        })
+        .collect();
+    let from = from.as_ref();
+    for group in to.chunks(MAX_RECIPIENTS) {
+        let mime = build_email(from, group, subject, text, html, attachments)?;
+        svc.mailer.send_raw(from, group, mime).await?;
+    }
     Ok(())
 }
 

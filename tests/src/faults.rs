@@ -29,6 +29,9 @@ pub struct Faults {
     pub lose_response_every: u64,
     /// Fail this many SES v2 SendEmail requests with 500 (then let them through).
     pub ses_fail: AtomicU64,
+    /// Refuse SES v2 sends to this address as AWS refuses an address it will not deliver to
+    /// (400 BadRequestException, not retryable), every time.
+    pub ses_reject_recipient: Mutex<Option<String>>,
     /// Fail DynamoDB requests whose body contains this text (e.g. the job completion update), `fail_matching_times` times.
     pub fail_matching: Mutex<Option<(String, u64)>>,
     pub enabled: AtomicBool,
@@ -134,6 +137,14 @@ impl HttpConnector for FaultyConnector {
                     r#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"Rate of requests exceeds the allowed throughput."}"#,
                 );
             }
+        } else if request.uri().contains("/v2/email/outbound-emails")
+            && f.ses_reject_recipient.lock().expect("lock").as_ref().is_some_and(|to| {
+                let body = request.body().bytes().map(|b| String::from_utf8_lossy(b).to_string()).unwrap_or_default();
+                body.contains(&format!("\"{to}\""))
+            })
+        {
+            f.injected.fetch_add(1, Ordering::Relaxed);
+            return respond(400, "application/json", r#"{"__type":"BadRequestException","message":"Illegal address"}"#);
         } else if request.uri().contains("/v2/email/outbound-emails")
             && f.ses_fail.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
         {

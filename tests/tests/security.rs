@@ -56,12 +56,16 @@ async fn rows_only_ever_touch_the_tenant_named_by_the_object_key() {
     assert!(stack.svc.directory.user("beta", "victim2@beta.example.com").await.unwrap().is_some(), "beta's user not deleted");
     assert!(stack.svc.directory.org_exists("beta", "Beta HQ").await.unwrap());
 
-    // Keys that do not name a valid tenant start no job at all.
-    for key in ["incoming/Beta/x.csv", "incoming/../beta/x.csv", "incoming/beta%2Fx/y.csv", "incoming/x.csv"] {
+    // Keys that do not name a valid tenant touch no tenant: they are rejected as nobody's and
+    // reported to the default admins (`incoming/Beta/` is beta's own folder, typed with a capital).
+    for key in ["incoming/../beta/x.csv", "incoming/beta%2Fx/y.csv", "incoming/x.csv"] {
         stack.svc.store.put(key, b"Email\nnew@beta.example.com\n".to_vec(), "text/csv").await.unwrap();
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(stack.svc.jobs.recent("beta", 10).await.unwrap().len(), 1, "only beta's own file made a job");
+    let nobodys = stack.svc.jobs.recent(shared::ingest::NO_TENANT, 10).await.unwrap();
+    assert_eq!(nobodys.len(), 3, "each is answered as nobody's file");
+    assert!(nobodys.iter().all(|j| j.state == shared::model::JobState::Rejected), "{nobodys:?}");
     assert!(stack.svc.directory.user("beta", "new@beta.example.com").await.unwrap().is_none());
     stack.shutdown().await;
 }

@@ -1,9 +1,9 @@
-//! Scheduled (EventBridge, every minute): send the activation emails that are due, and publish
-//! the age of the oldest open job.
+//! Scheduled (EventBridge, every minute): send the activation emails that are due, finish jobs
+//! whose result email was not sent, stop jobs past their deadline, publish the oldest open job's age.
 //! Thin shell: config and SDK clients once per cold start, then the library's sweep.
 
 use lambda_runtime::{Error, LambdaEvent, run, service_fn, tracing};
-use shared::{Config, Services, invites, monitor};
+use shared::{Config, Services, monitor};
 
 // Ingest and finalize allocate per cell; mimalloc beats glibc malloc there (see `make bench`).
 #[global_allocator]
@@ -15,18 +15,10 @@ async fn main() -> Result<(), Error> {
     let svc = Services::aws(Config::from_env()?).await;
     let svc = &svc;
     run(service_fn(move |_: LambdaEvent<serde_json::Value>| async move {
-        let now = chrono::Utc::now();
-        let sent = invites::sweep(svc, now).await.inspect_err(|e| {
-            tracing::error!(retryable = e.is_retryable(), error = %e, "invite sweep failed");
-        })?;
-        // The same schedule publishes the job-age metric its alarm watches (a stuck job pages).
-        let resumed = monitor::finish_unsent_jobs(svc, now).await?;
-        let stopped = monitor::fail_stuck_jobs(svc, now).await?;
-        let age = monitor::oldest_open_job_age(svc, now).await?;
-        println!("{}", monitor::emf_line(monitor::JOB_AGE_METRIC, age, now));
-        Ok::<_, Error>(
-            serde_json::json!({ "sent": sent, "resumed_jobs": resumed, "stopped_jobs": stopped, "oldest_open_job_age_seconds": age }),
-        )
+        // Each task runs on its own and reports its failure; none stops the others, and a
+        // failure is not retried by Lambda (the next minute's run is the retry).
+        let report = monitor::scheduled(svc, chrono::Utc::now()).await;
+        Ok::<_, Error>(serde_json::to_value(&report)?)
     }))
     .await
 }

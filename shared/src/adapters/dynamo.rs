@@ -68,10 +68,9 @@ impl ItemExt for Item {
     }
 }
 
-fn ddb_err<E, R>(op: &'static str) -> impl FnOnce(aws_sdk_dynamodb::error::SdkError<E, R>) -> Error
+fn ddb_err<E>(op: &'static str) -> impl FnOnce(aws_sdk_dynamodb::error::SdkError<E, aws_smithy_runtime_api::http::Response>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     move |e| Error::from_sdk("dynamodb", op, e)
 }
@@ -1139,6 +1138,7 @@ impl TryFrom<&Item> for Invite {
             first_name: item.str("first_name").map(str::to_string),
             due_at: req("due_at")?,
             job: req("job")?,
+            attempts: item.get("attempts").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()).unwrap_or(0),
         })
     }
 }
@@ -1233,6 +1233,38 @@ impl Invites for DynamoInvites {
             .await
             .map_err(ddb_err("UpdateItem"))?;
         Ok(())
+    }
+
+    async fn record_failure(&self, i: &Invite, reason: &str, retry_at: Option<&str>) -> Result<()> {
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::pk(i)))
+            .condition_expression("job = :job")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":job", s(&i.job))
+            .expression_attribute_values(":one", Av::N("1".into()))
+            .expression_attribute_values(":reason", s(reason))
+            .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()));
+        let req = match retry_at {
+            Some(at) => req
+                .update_expression(
+                    "SET #st = :pending, due_at = :at, gsi1sk = :sk, last_error = :reason, failed_at = :now ADD attempts :one",
+                )
+                .expression_attribute_values(":pending", s("pending"))
+                .expression_attribute_values(":at", s(at))
+                .expression_attribute_values(":sk", s(format!("{at}#{}#{}", i.tenant, i.email))),
+            None => req
+                .update_expression("SET #st = :failed, last_error = :reason, failed_at = :now ADD attempts :one REMOVE gsi1pk, gsi1sk")
+                .expression_attribute_values(":failed", s("failed")),
+        };
+        match req.send().await {
+            Ok(_) => Ok(()),
+            // Another job's invite replaced it meanwhile: nothing of this one to record.
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
     }
 }
 

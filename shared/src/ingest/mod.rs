@@ -89,7 +89,31 @@ pub fn job_id(obj: &ObjectRef) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
 }
 
+/// Ingest one dropped file. An error a retry cannot fix (our own data unreadable, access denied)
+/// rejects the file with an email instead of failing into the dead-letter queue; only retryable
+/// errors are returned.
 pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
+    match ingest(svc, obj).await {
+        Err(e) if !e.is_retryable() => give_up(svc, obj, &e).await,
+        done => done,
+    }
+}
+
+async fn give_up(svc: &Services, obj: &ObjectRef, cause: &Error) -> Result<()> {
+    tracing::error!(key = %obj.key, error = %cause, "ingest cannot process this file; rejecting it");
+    let Some(job) = svc.jobs.get(&job_id(obj)).await? else { return Ok(()) };
+    if job.state != JobState::Received {
+        return Ok(()); // past ingest: what failed after the plan (the started email) is not the file's fault
+    }
+    let tenant = svc.directory.tenant(&job.tenant).await?;
+    let reason = format!(
+        "the file could not be processed ({cause}); nothing was applied. Upload it again, and contact support with job {} if it happens again",
+        job.id
+    );
+    report::reject(svc, &job, tenant.as_ref(), &reason, &[]).await
+}
+
+async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
     let key = match keys::parse_incoming(&obj.key) {
         Ok(k) => k,
         Err(KeyProblem::NotIncoming | KeyProblem::FolderMarker) => {

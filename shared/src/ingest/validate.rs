@@ -329,17 +329,19 @@ fn validate_row<'c, S: AsRef<str>>(
                 EntityType::User
             }
             None => {
-                return Err((
-                    None,
-                    Some("Type".into()),
-                    format!("Type \"{t}\" is not one of User, Org, {}", super::decode::USER_TYPES.join(", ")),
-                ));
+                return Err((None, Some("Type".into()), {
+                    let t = crate::ingest::decode::quoted(t);
+                    format!("Type \"{t}\" is not one of User, Org, {}", super::decode::USER_TYPES.join(", "))
+                }));
             }
         },
     };
     let raw_action = get(Field::Action).unwrap_or_default();
     let mut action = Action::parse(raw_action).ok_or_else(|| {
-        (None, Some("Action".into()), format!("Action \"{raw_action}\" is not one of {} (blank means Upsert)", Action::NAMES.join(", ")))
+        (None, Some("Action".into()), {
+            let raw_action = crate::ingest::decode::quoted(raw_action);
+            format!("Action \"{raw_action}\" is not one of {} (blank means Upsert)", Action::NAMES.join(", "))
+        })
     })?;
     if mode == Mode::Add {
         action = match action {
@@ -384,7 +386,10 @@ fn validate_row<'c, S: AsRef<str>>(
                 if let Some(raw) = get(*field) {
                     let email = raw.to_lowercase();
                     if !is_valid_email(&email) {
-                        return Err(fail_at(field.name(), format!("{} \"{raw}\" is not a valid email address", field.name())));
+                        return Err(fail_at(field.name(), {
+                            let raw = crate::ingest::decode::quoted(raw);
+                            format!("{} \"{raw}\" is not a valid email address", field.name())
+                        }));
                     }
                     associations.insert(attr.to_string(), email);
                 }
@@ -394,16 +399,25 @@ fn validate_row<'c, S: AsRef<str>>(
                 (Some(raw), _) => {
                     let email = lowercase(raw);
                     if !is_valid_email(&email) {
-                        return Err(fail_at("Email", format!("Email \"{raw}\" is not a valid email address")));
+                        return Err(fail_at("Email", {
+                            let raw = crate::ingest::decode::quoted(raw);
+                            format!("Email \"{raw}\" is not a valid email address")
+                        }));
+                    }
+                    if let Err(why) = crate::address::deliverable(&email) {
+                        return Err(fail_at("Email", {
+                            let raw = crate::ingest::decode::quoted(raw);
+                            format!("Email \"{raw}\" {why}")
+                        }));
                     }
                     email
                 }
                 (None, Some(username)) => {
                     if !associations.contains_key("parent") {
-                        return Err(fail_at(
-                            "Parent",
-                            format!("Username \"{username}\" has no Email, so the row needs a Parent (the parent's email)"),
-                        ));
+                        return Err(fail_at("Parent", {
+                            let username = crate::ingest::decode::quoted(username);
+                            format!("Username \"{username}\" has no Email, so the row needs a Parent (the parent's email)")
+                        }));
                     }
                     Cow::Owned(username_key(username))
                 }
@@ -441,7 +455,12 @@ fn validate_row<'c, S: AsRef<str>>(
                 Some(v) => match v.to_ascii_lowercase().as_str() {
                     "true" | "yes" | "y" | "1" | "x" => true,
                     "false" | "no" | "n" | "0" => false,
-                    _ => return Err(fail_at("InviteUser", format!("InviteUser \"{v}\" must be TRUE or FALSE"))),
+                    _ => {
+                        return Err(fail_at("InviteUser", {
+                            let v = crate::ingest::decode::quoted(v);
+                            format!("InviteUser \"{v}\" must be TRUE or FALSE")
+                        }));
+                    }
                 },
             };
             let invite_at = get(Field::ScheduledDate).map(parse_when).transpose().map_err(|m| fail_at("ScheduledDate", m))?;
@@ -505,9 +524,10 @@ fn parse_when(value: &str) -> Result<String, String> {
                 .map(|d| Utc.from_utc_datetime(&d))
         })
         .or_else(|| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| Utc.from_utc_datetime(&d)));
-    parsed
-        .map(|d| d.to_rfc3339())
-        .ok_or_else(|| format!("ScheduledDate \"{value}\" is not a date; write it as YYYY-MM-DD or YYYY-MM-DD HH:MM (UTC)"))
+    parsed.map(|d| d.to_rfc3339()).ok_or_else(|| {
+        let value = crate::ingest::decode::quoted(value);
+        format!("ScheduledDate \"{value}\" is not a date; write it as YYYY-MM-DD or YYYY-MM-DD HH:MM (UTC)")
+    })
 }
 
 /// A real address check (RFC 5322 via `email_address`), plus a dot in the domain: rosters are for
@@ -549,16 +569,29 @@ fn plainly_valid_email(email: &str) -> bool {
 /// Roles are exact and case-sensitive; admin roles are never assignable by file.
 fn check_role(role: &str, tenant: &Tenant) -> Result<(), String> {
     if tenant.admin_roles.iter().any(|a| a.eq_ignore_ascii_case(role)) {
-        return Err(format!("role \"{role}\" is an admin role and cannot be assigned by bulk upload; ask an administrator to grant it"));
+        return Err({
+            let role = crate::ingest::decode::quoted(role);
+            format!("role \"{role}\" is an admin role and cannot be assigned by bulk upload; ask an administrator to grant it")
+        });
     }
     // "*" (the CLI's offline validation, where the tenant is unknown) accepts any role.
     if tenant.roles.iter().any(|r| r == role || r == "*") {
         return Ok(());
     }
     Err(match closest(role, &tenant.roles) {
-        Some(r) => format!("unknown role \"{role}\"; did you mean \"{r}\"?"),
-        None if tenant.roles.is_empty() => format!("unknown role \"{role}\"; this tenant has no roles configured"),
-        None => format!("unknown role \"{role}\"; valid roles are: {}", tenant.roles.join(", ")),
+        Some(r) => {
+            let r = crate::ingest::decode::quoted(r);
+            let role = crate::ingest::decode::quoted(role);
+            format!("unknown role \"{role}\"; did you mean \"{r}\"?")
+        }
+        None if tenant.roles.is_empty() => {
+            let role = crate::ingest::decode::quoted(role);
+            format!("unknown role \"{role}\"; this tenant has no roles configured")
+        }
+        None => {
+            let role = crate::ingest::decode::quoted(role);
+            format!("unknown role \"{role}\"; valid roles are: {}", tenant.roles.join(", "))
+        }
     })
 }
 
@@ -578,7 +611,10 @@ fn check_product(code: &str, tenant: &Tenant) -> Result<String, String> {
     }
     match tenant.products.iter().find(|p| p.eq_ignore_ascii_case(code)) {
         Some(p) => Ok(p.clone()),
-        None => Err(format!("unknown product \"{code}\"; valid products are: {}", tenant.products.join(", "))),
+        None => Err({
+            let code = crate::ingest::decode::quoted(code);
+            format!("unknown product \"{code}\"; valid products are: {}", tenant.products.join(", "))
+        }),
     }
 }
 
@@ -589,19 +625,30 @@ fn check_attribute(name: &str, kind: &AttributeKind, value: &str) -> Result<Stri
         AttributeKind::Text => Ok(value.to_string()),
         AttributeKind::Number => match value.replace(',', "").parse::<f64>() {
             Ok(n) if n.is_finite() => Ok(if n.fract() == 0.0 && n.abs() < 1e15 { format!("{}", n as i64) } else { n.to_string() }),
-            _ => Err(format!("{name} \"{value}\" is not a number")),
+            _ => Err({
+                let value = crate::ingest::decode::quoted(value);
+                format!("{name} \"{value}\" is not a number")
+            }),
         },
         AttributeKind::Date => {
             let day = value.split([' ', 'T']).next().unwrap_or(value);
-            chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
-                .map(|d| d.to_string())
-                .map_err(|_| format!("{name} \"{value}\" is not a date; write it as YYYY-MM-DD (for example 2026-09-01)"))
+            chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").map(|d| d.to_string()).map_err(|_| {
+                let value = crate::ingest::decode::quoted(value);
+                format!("{name} \"{value}\" is not a date; write it as YYYY-MM-DD (for example 2026-09-01)")
+            })
         }
         AttributeKind::OneOf { values } => match values.iter().find(|v| v.eq_ignore_ascii_case(value)) {
             Some(v) => Ok(v.clone()),
             None => Err(match closest(value, values) {
-                Some(v) => format!("{name} \"{value}\" is not allowed; did you mean \"{v}\"?"),
-                None => format!("{name} \"{value}\" is not allowed; use one of: {}", values.join(", ")),
+                Some(v) => {
+                    let v = crate::ingest::decode::quoted(v);
+                    let value = crate::ingest::decode::quoted(value);
+                    format!("{name} \"{value}\" is not allowed; did you mean \"{v}\"?")
+                }
+                None => {
+                    let value = crate::ingest::decode::quoted(value);
+                    format!("{name} \"{value}\" is not allowed; use one of: {}", values.join(", "))
+                }
             }),
         },
     }

@@ -1,0 +1,63 @@
+//! Email addresses as the mail service can deliver them. SES takes 7-bit ASCII addresses only
+//! (no SMTPUTF8): an international domain is sent in its ASCII (punycode) form, and a local part
+//! with non-ASCII characters cannot be delivered at all, so validation refuses it.
+
+/// Why an otherwise valid address cannot be delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undeliverable {
+    /// Non-ASCII characters before the `@` (`josé@example.com`).
+    LocalPart,
+    /// A domain that has no ASCII form.
+    Domain,
+}
+
+impl std::fmt::Display for Undeliverable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Undeliverable::LocalPart => {
+                "has characters outside ASCII before the @, which email cannot be delivered to here; use an address without accents or other non-ASCII letters before the @"
+            }
+            Undeliverable::Domain => "has a domain that cannot be written in ASCII (punycode), so email cannot be delivered to it",
+        })
+    }
+}
+
+/// The address as it is sent: ASCII as is, an international domain as punycode.
+pub fn deliverable(address: &str) -> Result<std::borrow::Cow<'_, str>, Undeliverable> {
+    if address.is_ascii() {
+        return Ok(address.into());
+    }
+    let (local, domain) = address.rsplit_once('@').ok_or(Undeliverable::Domain)?;
+    if !local.is_ascii() {
+        return Err(Undeliverable::LocalPart);
+    }
+    let ascii = idna::domain_to_ascii(domain).map_err(|_| Undeliverable::Domain)?;
+    Ok(format!("{local}@{ascii}").into())
+}
+
+/// An address for logs: its first character and its domain (`a***@example.com`), never whole.
+pub fn masked(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!("{}***@{domain}", local.chars().next().map(String::from).unwrap_or_default()),
+        None => "***".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_addresses_pass_idn_domains_become_punycode_and_non_ascii_local_parts_are_undeliverable() {
+        assert_eq!(deliverable("ann@example.com").unwrap(), "ann@example.com");
+        assert_eq!(deliverable("ann@bücher.example").unwrap(), "ann@xn--bcher-kva.example");
+        assert_eq!(deliverable("josé@example.com"), Err(Undeliverable::LocalPart));
+    }
+
+    #[test]
+    fn masked_addresses_keep_only_the_first_character_and_the_domain() {
+        assert_eq!(masked("ann.lee@example.com"), "a***@example.com");
+        assert_eq!(masked("josé@bücher.example"), "j***@bücher.example");
+        assert_eq!(masked("nope"), "***");
+    }
+}

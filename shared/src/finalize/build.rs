@@ -1,0 +1,243 @@
+//! The result files of a job, built in one pass: the input is read again row by row with the
+//! ingest reader, each row meets its outcome from the merged outcome files, and the row goes
+//! straight to the result file (and the failed-rows file when it failed). What is kept is
+//! bounded: counts, the first failures, warnings. Synchronous and local: finalize downloads
+//! first and runs this on a blocking thread.
+
+use super::digest::Digest;
+use super::merge::Merge;
+use super::write::{Kind, MAX_INPUT_COLUMNS, TableFile};
+use crate::error::{Error, Result};
+use crate::ingest::decode::{self, Format, ReadError, TableHead, TableVisitor};
+use crate::model::{Outcome, Status};
+use std::path::{Path, PathBuf};
+
+/// What a row without an outcome says when its job had to be stopped.
+pub const NOT_APPLIED: &str = "not applied: processing of this file stopped after repeated failures; upload this row again";
+/// What a row without an outcome says otherwise (a bug we report, never hide).
+pub const NO_OUTCOME: &str = "not processed because of an internal error; upload this row again";
+
+/// A finished file on local disk.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub name: String,
+    pub path: PathBuf,
+    pub content_type: &'static str,
+}
+
+#[derive(Debug)]
+pub struct BuiltFiles {
+    pub result: Built,
+    pub failed: Option<Built>,
+    /// Replace mode: the users absent from the file and what happened to each.
+    pub disabled: Option<Built>,
+    pub digest: Digest,
+}
+
+/// A file name as result files use it: the upload's name without its extension, no path or
+/// control characters, at most 100 characters (result keys stay far inside S3's 1,024 bytes).
+pub fn stem(file_name: &str) -> String {
+    let stem = Path::new(file_name).file_stem().and_then(|s| s.to_str()).unwrap_or("roster");
+    let clean: String = stem.chars().filter(|c| !c.is_control() && !matches!(c, '/' | '\\' | '"')).take(100).collect();
+    if clean.trim().is_empty() { "roster".into() } else { clean }
+}
+
+struct Builder<'a> {
+    dir: &'a Path,
+    stem: String,
+    stopped: bool,
+    merge: Merge,
+    result: Option<TableFile>,
+    failed: Option<TableFile>,
+    disabled: Option<TableFile>,
+    kind: Option<Kind>,
+    /// The current table: its header, sheet name, row offset, kept width.
+    head: Option<TableHead>,
+    width: usize,
+    failed_started: bool,
+    digest: Digest,
+}
+
+impl Builder<'_> {
+    fn open(&mut self, suffix: &str, kind: Kind) -> Result<TableFile> {
+        let ext = match kind {
+            Kind::Xlsx => "xlsx",
+            Kind::Csv(b'\t') => "tsv",
+            Kind::Csv(_) => "csv",
+        };
+        TableFile::create(&self.dir.join(format!("{}-{suffix}.{ext}", self.stem)), kind)
+    }
+
+    /// Outcomes before `row` belong to no input row: replace mode's reconcile outcomes (they
+    /// name a user) go to the disabled-users file; anything else is reported, never dropped silently.
+    fn outcome_for(&mut self, row: u32) -> Result<Option<Outcome>> {
+        let io = |e: std::io::Error| Error::corrupt("outcomes", e);
+        while let Some(next) = self.merge.peek_row().filter(|r| *r < row) {
+            let o = self.merge.pop().map_err(io)?;
+            if let Some(o) = o {
+                self.orphan(o)?;
+            } else {
+                tracing::debug!(next, "outcome stream ended");
+            }
+        }
+        if self.merge.peek_row() != Some(row) {
+            return Ok(None);
+        }
+        let found = self.merge.pop().map_err(io)?;
+        // A row recorded twice keeps its first outcome (ingest's before apply's).
+        while self.merge.peek_row() == Some(row) {
+            self.merge.pop().map_err(io)?;
+        }
+        Ok(found)
+    }
+
+    fn orphan(&mut self, o: Outcome) -> Result<()> {
+        let Some(user) = o.user.clone() else {
+            tracing::error!(row = o.row, "outcome of no input row");
+            return Ok(());
+        };
+        if self.disabled.is_none() {
+            let mut f = self.open("disabled-users", Kind::Csv(b','))?;
+            f.start("Disabled", &["Email", "Status", "Message"], None)?;
+            self.disabled = Some(f);
+        }
+        self.digest.disabled(&o);
+        let status = o.status.to_string();
+        self.disabled.as_mut().map(|f| f.row(&[&user, &status, &o.message])).transpose()?;
+        Ok(())
+    }
+}
+
+impl TableVisitor for Builder<'_> {
+    type Stop = Error;
+
+    fn table(&mut self, head: TableHead) -> Result<()> {
+        let kind = *self.kind.get_or_insert(if head.format.is_spreadsheet() {
+            Kind::Xlsx
+        } else {
+            Kind::Csv(head.delimiter.map(|d| d as u8).filter(u8::is_ascii).unwrap_or(b','))
+        });
+        if self.result.is_none() {
+            // The result is always comma-separated; the failed-rows file keeps the input's delimiter.
+            let result_kind = if let Kind::Csv(_) = kind { Kind::Csv(b',') } else { kind };
+            self.result = Some(self.open("result", result_kind)?);
+        }
+        let width = match kind {
+            Kind::Xlsx => head.headers.len().min(MAX_INPUT_COLUMNS),
+            Kind::Csv(_) => head.headers.len(),
+        };
+        let sheet = head.sheet.clone().unwrap_or_else(|| "Roster".into());
+        if width < head.headers.len() {
+            self.digest.warn(format!(
+                "sheet \"{}\" has {} columns; a spreadsheet holds 16,384, so the result files keep its first {MAX_INPUT_COLUMNS} and add Status and Message",
+                decode::quoted(&sheet),
+                head.headers.len()
+            ));
+        }
+        let mut header: Vec<&str> = head.headers[..width].iter().map(String::as_str).collect();
+        header.extend(["Status", "Message"]);
+        let used = self.result.as_mut().map(|f| f.start(&sheet, &header, Some(width))).transpose()?.unwrap_or_default();
+        if used != sheet && kind == Kind::Xlsx {
+            self.digest.warn(format!(
+                "sheet \"{}\" is named \"{used}\" in the result files (a spreadsheet's sheet names have at most 31 characters, none of []:*?/\\, and are unique)",
+                decode::quoted(&sheet)
+            ));
+        }
+        self.width = width;
+        self.failed_started = false;
+        self.head = Some(head);
+        Ok(())
+    }
+
+    fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<()> {
+        let Some(head) = &self.head else { return Ok(()) };
+        let id = head.row_offset + number;
+        let outcome = match self.outcome_for(id)? {
+            Some(o) => o,
+            None if self.stopped => Outcome::failure(id, None, NOT_APPLIED),
+            None => {
+                tracing::error!(row = id, "row has no outcome");
+                Outcome::failure(id, None, NO_OUTCOME)
+            }
+        };
+        self.digest.add(&outcome);
+        let width = self.width;
+        let mut line: Vec<&str> = (0..width).map(|i| cells.get(i).map_or("", |c| c.as_ref())).collect();
+        let status = outcome.status.to_string();
+        line.push(&status);
+        line.push(&outcome.message);
+        self.result.as_mut().map(|f| f.row(&line)).transpose()?;
+        if outcome.status == Status::Failure {
+            if self.failed.is_none() {
+                let kind = self.kind.unwrap_or(Kind::Csv(b','));
+                self.failed = Some(self.open("failed-rows", kind)?);
+            }
+            let Some(head) = &self.head else { return Ok(()) };
+            if !self.failed_started {
+                let mut header: Vec<&str> = head.headers[..width].iter().map(String::as_str).collect();
+                header.push("Message");
+                let sheet = head.sheet.clone().unwrap_or_else(|| "Roster".into());
+                self.failed.as_mut().map(|f| f.start(&sheet, &header, None)).transpose()?;
+                self.failed_started = true;
+            }
+            line.remove(width); // Status
+            self.failed.as_mut().map(|f| f.row(&line)).transpose()?;
+        }
+        Ok(())
+    }
+}
+
+/// Build the result files of `source` (the file as ingest read it) with the outcomes in
+/// `outcome_files`, into `dir`. `stopped`: rows without an outcome were not applied.
+pub fn build(source: &Path, outcome_files: &[PathBuf], dir: &Path, file_name: &str, stopped: bool) -> Result<BuiltFiles> {
+    let merge = Merge::open(outcome_files).map_err(|e| Error::corrupt("outcomes", e))?;
+    let mut b = Builder {
+        dir,
+        stem: stem(file_name),
+        stopped,
+        merge,
+        result: None,
+        failed: None,
+        disabled: None,
+        kind: None,
+        head: None,
+        width: 0,
+        failed_started: false,
+        digest: Digest::default(),
+    };
+    let mut file = std::fs::File::open(source).map_err(|e| Error::local("staged source", e))?;
+    match decode::read(&mut file, &mut b) {
+        Ok(()) => {}
+        Err(ReadError::Stopped(e)) => return Err(e),
+        Err(ReadError::File(e)) => return Err(Error::corrupt("staged source", e)),
+        Err(ReadError::Io(e)) => return Err(Error::local("staged source", e)),
+    }
+    // What is left after the last row: reconcile outcomes (and anything without a row).
+    while let Some(o) = b.merge.pop().map_err(|e| Error::corrupt("outcomes", e))? {
+        b.orphan(o)?;
+    }
+    b.digest.format = b.head.as_ref().map(|h| h.format).or(Some(Format::Csv)).map(|f| f.label().to_string());
+    let done = |f: TableFile, suffix: &str, stem: &str| -> Result<Built> {
+        let kind = f.kind;
+        let path = f.finish()?;
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("csv").to_string();
+        Ok(Built { name: format!("{stem}-{suffix}.{ext}"), path, content_type: kind.content_type() })
+    };
+    let result = b.result.take().ok_or_else(|| Error::corrupt("staged source", "no table"))?;
+    let stem = b.stem.clone();
+    Ok(BuiltFiles {
+        result: done(result, "result", &stem)?,
+        failed: b.failed.take().map(|f| done(f, "failed-rows", &stem)).transpose()?,
+        disabled: b
+            .disabled
+            .take()
+            .map(|f| {
+                done(f, "disabled-users", "").map(|mut d| {
+                    d.name = "disabled-users.csv".into();
+                    d
+                })
+            })
+            .transpose()?,
+        digest: b.digest,
+    })
+}

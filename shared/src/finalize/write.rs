@@ -1,0 +1,382 @@
+//! Result files written as rows arrive, to local files, within every limit of their format by
+//! construction: sheet names (31 UTF-16 units, no `[]:*?/\`, no leading or trailing apostrophe,
+//! unique ignoring case), cells (32,767 characters, cut with a visible marker), rows (16,384
+//! columns: Status and Message always fit). Workbooks use rust_xlsxwriter's constant-memory mode,
+//! so memory does not grow with rows. Nothing here knows about jobs or AWS.
+
+use crate::error::{Error, Result};
+use rust_xlsxwriter::{Color, Format, Workbook, XlsxError};
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+/// Excel's limits.
+pub const MAX_SHEET_NAME_UNITS: usize = 31;
+pub const MAX_CELL_UNITS: usize = 32_767;
+pub const MAX_COLUMNS: usize = 16_384;
+/// Input columns a result sheet keeps: Status and Message take the last two.
+pub const MAX_INPUT_COLUMNS: usize = MAX_COLUMNS - 2;
+
+/// A cell too long for a spreadsheet: the start of its value, then this marker with the length.
+pub fn cut_marker(len_units: usize) -> String {
+    format!(" …[cut: {len_units} characters, more than a spreadsheet cell holds]")
+}
+
+/// A value as a workbook cell can hold it: unchanged when it fits, else cut with the marker.
+pub fn fit_cell(value: &str) -> Cow<'_, str> {
+    let units: usize = value.chars().map(char::len_utf16).sum();
+    if units <= MAX_CELL_UNITS {
+        return Cow::Borrowed(value);
+    }
+    let marker = cut_marker(units);
+    let room = MAX_CELL_UNITS - marker.chars().map(char::len_utf16).sum::<usize>();
+    let (mut used, mut end) = (0, 0);
+    for (i, c) in value.char_indices() {
+        if used + c.len_utf16() > room {
+            break;
+        }
+        used += c.len_utf16();
+        end = i + c.len_utf8();
+    }
+    Cow::Owned(format!("{}{marker}", &value[..end]))
+}
+
+/// Sheet names as a workbook accepts them, unique within it (ignoring case, as Excel does).
+#[derive(Default)]
+pub struct SheetNames(Vec<String>);
+
+impl SheetNames {
+    /// `name` made valid: forbidden characters become `_`, apostrophes at the ends and control
+    /// characters go, the rest is cut to 31 units; a clash gets ` (2)`, ` (3)`... within the limit.
+    pub fn add(&mut self, name: &str) -> String {
+        let cleaned: String = name
+            .chars()
+            .filter(|c| !c.is_control())
+            .map(|c| if matches!(c, '[' | ']' | ':' | '*' | '?' | '/' | '\\') { '_' } else { c })
+            .collect();
+        let cleaned = cleaned.trim().trim_matches('\'').trim();
+        let base = if cleaned.is_empty() || cleaned.eq_ignore_ascii_case("history") {
+            format!("Sheet{}", self.0.len() + 1)
+        } else {
+            cleaned.to_string()
+        };
+        let mut n = 1;
+        loop {
+            let suffix = if n == 1 { String::new() } else { format!(" ({n})") };
+            let candidate = format!("{}{suffix}", cut_units(&base, MAX_SHEET_NAME_UNITS - suffix.len()).trim_end_matches('\'').trim_end());
+            if !self.0.iter().any(|s| s.to_lowercase() == candidate.to_lowercase()) {
+                self.0.push(candidate.clone());
+                return candidate;
+            }
+            n += 1;
+        }
+    }
+}
+
+fn cut_units(s: &str, units: usize) -> &str {
+    let mut used = 0;
+    for (i, c) in s.char_indices() {
+        if used + c.len_utf16() > units {
+            return &s[..i];
+        }
+        used += c.len_utf16();
+    }
+    s
+}
+
+/// A cell a spreadsheet would run as a formula gets a leading apostrophe (OWASP CSV injection).
+/// Plain signed numbers such as `+14155550100` are left alone: they are data, not formulas.
+pub fn neutralise(cell: &str) -> Cow<'_, str> {
+    let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let plain_number = cell.len() > 1
+        && cell.starts_with(['+', '-'])
+        && cell[1..].chars().all(|c| c.is_ascii_digit() || c == '.' || c == ' ')
+        && cell[1..].chars().any(|c| c.is_ascii_digit());
+    if risky && !plain_number { format!("'{cell}").into() } else { cell.into() }
+}
+
+fn csv_cell(c: &str) -> Cow<'_, [u8]> {
+    match neutralise(c) {
+        Cow::Borrowed(b) => Cow::Borrowed(b.as_bytes()),
+        Cow::Owned(o) => Cow::Owned(o.into_bytes()),
+    }
+}
+
+/// What a result file is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// Delimited text with this delimiter, UTF-8 with a BOM (Excel then reads accents right).
+    Csv(u8),
+    Xlsx,
+}
+
+impl Kind {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Kind::Csv(_) => "text/csv; charset=utf-8",
+            Kind::Xlsx => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        }
+    }
+}
+
+/// One result file being written, sheet by sheet and row by row.
+pub struct TableFile {
+    pub path: PathBuf,
+    pub kind: Kind,
+    out: Out,
+    /// Status column index of the current sheet (rows failing there are shown red), if any.
+    status_col: Option<usize>,
+}
+
+enum Out {
+    Csv(Box<csv::Writer<BufWriter<File>>>),
+    Xlsx { book: Box<Workbook>, sheet: Option<Sheet>, names: SheetNames },
+}
+
+/// The sheet being written: its index, rows written (header included), width.
+struct Sheet {
+    index: usize,
+    rows: u32,
+    width: u16,
+}
+
+fn build_err(what: &'static str) -> impl Fn(XlsxError) -> Error {
+    move |e| Error::Build { what, message: e.to_string() }
+}
+
+fn csv_err(e: csv::Error) -> Error {
+    Error::Build { what: "CSV result", message: e.to_string() }
+}
+
+impl TableFile {
+    pub fn create(path: &Path, kind: Kind) -> Result<TableFile> {
+        let out = match kind {
+            Kind::Csv(delimiter) => {
+                use std::io::Write;
+                let mut file = BufWriter::new(File::create(path).map_err(|e| Error::local("result file", e))?);
+                file.write_all(b"\xEF\xBB\xBF").map_err(|e| Error::local("result file", e))?;
+                Out::Csv(Box::new(csv::WriterBuilder::new().delimiter(delimiter).flexible(true).from_writer(file)))
+            }
+            Kind::Xlsx => Out::Xlsx { book: Box::new(Workbook::new()), sheet: None, names: SheetNames::default() },
+        };
+        Ok(TableFile { path: path.to_path_buf(), kind, out, status_col: None })
+    }
+
+    /// Start a sheet (workbooks; a CSV has one table and ignores further headers' names) with its
+    /// header row. Returns the sheet name used. `status_col`: rows whose cell there is `Failure`
+    /// are shown red.
+    pub fn start(&mut self, name: &str, header: &[&str], status_col: Option<usize>) -> Result<String> {
+        self.status_col = status_col;
+        match &mut self.out {
+            Out::Csv(w) => {
+                w.write_record(header.iter().map(|c| csv_cell(c))).map_err(csv_err)?;
+                Ok(name.to_string())
+            }
+            Out::Xlsx { book, sheet, names } => {
+                finish_sheet(book, sheet.take())?;
+                let err = build_err("XLSX result");
+                let safe = names.add(name);
+                let ws = book.add_worksheet_with_constant_memory().map_err(&err)?;
+                ws.set_name(&safe).map_err(&err)?;
+                let index = book.worksheets().len() - 1;
+                let ws = book.worksheet_from_index(index).map_err(&err)?;
+                let bold = Format::new().set_bold().set_background_color(Color::RGB(0xD9E1F2));
+                let width = header.len().min(MAX_COLUMNS);
+                for (c, h) in header.iter().take(width).enumerate() {
+                    let h = fit_cell(h);
+                    ws.set_column_width(c as u16, (h.chars().count().min(60) as f64 + 4.0).max(12.0)).map_err(&err)?;
+                    ws.write_string_with_format(0, c as u16, h.as_ref(), &bold).map_err(&err)?;
+                }
+                ws.set_freeze_panes(1, 0).map_err(&err)?;
+                *sheet = Some(Sheet { index, rows: 1, width: width as u16 });
+                Ok(safe)
+            }
+        }
+    }
+
+    pub fn row(&mut self, cells: &[&str]) -> Result<()> {
+        match &mut self.out {
+            Out::Csv(w) => w.write_record(cells.iter().map(|c| csv_cell(c))).map_err(csv_err),
+            Out::Xlsx { book, sheet, .. } => {
+                let err = build_err("XLSX result");
+                let Some(s) = sheet.as_mut() else {
+                    return Err(Error::Build { what: "XLSX result", message: "a row before its sheet".into() });
+                };
+                if s.rows as usize >= crate::ingest::decode::MAX_SHEET_ROWS as usize {
+                    return Err(Error::Build { what: "XLSX result", message: "more rows than a sheet holds".into() });
+                }
+                let failed = self.status_col.and_then(|i| cells.get(i)).is_some_and(|s| *s == "Failure");
+                let ws = book.worksheet_from_index(s.index).map_err(&err)?;
+                let red = Format::new().set_background_color(Color::RGB(0xFFC7CE)).set_font_color(Color::RGB(0x9C0006));
+                for (c, v) in cells.iter().take(MAX_COLUMNS).enumerate() {
+                    if v.is_empty() && !failed {
+                        continue;
+                    }
+                    // Strings are stored as strings: Excel never evaluates them, so no formula injection.
+                    let v = fit_cell(v);
+                    if failed {
+                        ws.write_string_with_format(s.rows, c as u16, v.as_ref(), &red).map_err(&err)?;
+                    } else {
+                        ws.write_string(s.rows, c as u16, v.as_ref()).map_err(&err)?;
+                    }
+                }
+                s.rows += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Write everything out; the file at `path` is complete after this.
+    pub fn finish(self) -> Result<PathBuf> {
+        match self.out {
+            Out::Csv(w) => {
+                let file = w.into_inner().map_err(|e| Error::local("result file", e.error()))?;
+                file.into_inner().map_err(|e| Error::local("result file", e.error()))?;
+            }
+            Out::Xlsx { mut book, sheet, .. } => {
+                finish_sheet(&mut book, sheet)?;
+                if book.worksheets().is_empty() {
+                    book.add_worksheet();
+                }
+                book.save(&self.path).map_err(build_err("XLSX result"))?;
+            }
+        }
+        Ok(self.path)
+    }
+}
+
+fn finish_sheet(book: &mut Workbook, sheet: Option<Sheet>) -> Result<()> {
+    if let Some(s) = sheet.filter(|s| s.width > 0) {
+        let ws = book.worksheet_from_index(s.index).map_err(build_err("XLSX result"))?;
+        ws.autofilter(0, 0, s.rows.saturating_sub(1), s.width - 1).map_err(build_err("XLSX result"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode::decode_all;
+    use proptest::prelude::*;
+
+    #[test]
+    fn sheet_names_are_made_valid_and_unique_within_31_units() {
+        let mut n = SheetNames::default();
+        assert_eq!(n.add("Roster"), "Roster");
+        assert_eq!(n.add("roster"), "roster (2)", "unique ignoring case, as Excel compares");
+        assert_eq!(n.add("a/b:c*d?e[f]g\\h"), "a_b_c_d_e_f_g_h");
+        assert_eq!(n.add("'quoted'"), "quoted");
+        assert_eq!(n.add(""), "Sheet5");
+        assert_eq!(n.add("History"), "Sheet6", "Excel reserves History");
+        let long = "Students of the spring term, Riverside campus";
+        let a = n.add(long);
+        let b = n.add(long);
+        assert_eq!(a, "Students of the spring term, Ri");
+        assert_eq!(b, "Students of the spring term (2)");
+        for name in [&a, &b] {
+            assert!(name.encode_utf16().count() <= MAX_SHEET_NAME_UNITS);
+        }
+        // Characters outside the BMP count two units each.
+        let emoji = n.add(&"😀".repeat(20));
+        assert_eq!(emoji.encode_utf16().count(), 30);
+    }
+
+    #[test]
+    fn a_cell_too_long_for_a_spreadsheet_is_cut_with_a_visible_marker() {
+        assert_eq!(fit_cell("short"), "short");
+        let exact = "x".repeat(MAX_CELL_UNITS);
+        assert_eq!(fit_cell(&exact).len(), MAX_CELL_UNITS, "a cell at the limit is kept whole");
+        let long = "é".repeat(40_000);
+        let cut = fit_cell(&long);
+        assert_eq!(cut.encode_utf16().count(), MAX_CELL_UNITS);
+        assert!(cut.ends_with(&cut_marker(40_000)), "the marker says how long it was");
+        let surrogates = "😀".repeat(20_000);
+        assert!(fit_cell(&surrogates).encode_utf16().count() <= MAX_CELL_UNITS, "never half a surrogate pair");
+    }
+
+    /// (sheet name, header, rows)
+    type Sheet = (String, Vec<String>, Vec<Vec<String>>);
+
+    fn write(kind: Kind, sheets: &[Sheet]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = TableFile::create(&dir.path().join("out"), kind).unwrap();
+        for (name, header, rows) in sheets {
+            f.start(name, &header.iter().map(String::as_str).collect::<Vec<_>>(), None).unwrap();
+            for r in rows {
+                f.row(&r.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+            }
+        }
+        std::fs::read(f.finish().unwrap()).unwrap()
+    }
+
+    fn trimmed(row: &[String]) -> Vec<String> {
+        let len = row.iter().rposition(|c| !c.trim().is_empty()).map_or(0, |i| i + 1);
+        row[..len].to_vec()
+    }
+
+    #[test]
+    fn a_row_wider_than_a_workbook_keeps_16384_columns() {
+        let header: Vec<String> = (0..MAX_COLUMNS + 10).map(|i| format!("C{i}")).collect();
+        let row: Vec<String> = (0..MAX_COLUMNS + 10).map(|i| format!("v{i}")).collect();
+        let bytes = write(Kind::Xlsx, &[("Roster".into(), header, vec![row])]);
+        let t = &decode_all(&bytes).unwrap()[0];
+        assert_eq!((t.headers.len(), t.rows[0].1.len()), (MAX_COLUMNS, MAX_COLUMNS));
+        assert_eq!(t.rows[0].1[MAX_COLUMNS - 1], format!("v{}", MAX_COLUMNS - 1));
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => "[ -~éü漢😀\t\n]{0,12}",
+            1 => "[=+\\-@][ -~]{0,8}",
+            1 => (prop::char::range('a', 'e'), 32_700usize..33_000).prop_map(|(c, n)| c.to_string().repeat(n)),
+        ]
+    }
+
+    fn sheet() -> impl Strategy<Value = Sheet> {
+        (1usize..5).prop_flat_map(|width| {
+            (
+                "[ -~]{0,40}".prop_filter("not an instruction sheet", |n| !crate::ingest::decode::is_instruction_sheet(n)),
+                prop::collection::vec("[A-Za-z][A-Za-z ]{0,10}", width),
+                prop::collection::vec((("[a-z][a-z0-9@.]{0,10}"), prop::collection::vec(text(), width - 1)), 0..6),
+            )
+                .prop_map(|(name, header, rows)| {
+                    let rows = rows.into_iter().map(|(first, rest)| std::iter::once(first).chain(rest).collect()).collect();
+                    (name, header, rows)
+                })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Whatever the table, the workbook reads back as the same rows: sheet names made valid,
+        /// cells too long for a cell cut and marked, nothing else changed.
+        #[test]
+        fn any_table_reads_back_from_a_result_workbook(sheets in prop::collection::vec(sheet(), 1..3)) {
+            let bytes = write(Kind::Xlsx, &sheets);
+            let tables = decode_all(&bytes).unwrap();
+            prop_assert_eq!(tables.len(), sheets.len());
+            let mut names = SheetNames::default();
+            for ((name, header, rows), t) in sheets.iter().zip(&tables) {
+                prop_assert_eq!(t.sheet.clone(), Some(names.add(name)));
+                prop_assert_eq!(&t.headers, header);
+                let expected: Vec<Vec<String>> = rows.iter().map(|r| trimmed(&r.iter().map(|c| fit_cell(c).into_owned()).collect::<Vec<_>>())).collect();
+                let got: Vec<Vec<String>> = t.rows.iter().map(|(_, r)| trimmed(r)).collect();
+                prop_assert_eq!(got, expected);
+            }
+        }
+
+        /// A CSV result holds every value whole; formulas are neutralised, nothing else changes.
+        #[test]
+        fn any_table_reads_back_from_a_result_csv(s in sheet()) {
+            let bytes = write(Kind::Csv(b','), std::slice::from_ref(&s));
+            let t = &decode_all(&bytes).unwrap()[0];
+            let (_, header, rows) = &s;
+            prop_assert_eq!(&t.headers, header);
+            let expected: Vec<Vec<String>> = rows.iter().map(|r| trimmed(&r.iter().map(|c| neutralise(c).into_owned()).collect::<Vec<_>>())).collect();
+            let got: Vec<Vec<String>> = t.rows.iter().map(|(_, r)| trimmed(r)).collect();
+            prop_assert_eq!(got, expected);
+        }
+    }
+}

@@ -1,0 +1,205 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! Every dropped file gets its answer: exactly one email and a final job state (COMPLETED,
+//! REJECTED or FAILED) for files people and other tools really produce, hostile ones included.
+//! Real S3 events, the runner, DynamoDB Local, mail read back from LocalStack.
+
+use shared::model::{Job, JobState};
+use std::time::Duration;
+use tests::{Stack, mail_to, parse_workbook, wait_mail};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/../tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// The job reached `state`, and its admins got exactly one email whose subject says `says`.
+async fn one_email(stack: &Stack, to: &str, job: &Job, state: JobState, says: &str) -> String {
+    assert_eq!(job.state, state, "{job:?}");
+    let mail = wait_mail(to, 1, Duration::from_secs(10)).await;
+    let mine: Vec<String> = mail.iter().map(|m| String::from_utf8_lossy(m).into_owned()).filter(|m| m.contains(&job.id)).collect();
+    assert_eq!(mine.len(), 1, "exactly one email for job {} ({} in all to {to})", job.id, mail.len());
+    let msg = mail_parser::MessageParser::default().parse(mine[0].as_bytes()).unwrap();
+    let subject = msg.subject().unwrap_or_default().to_string();
+    assert!(subject.contains(says), "{subject}");
+    let _ = stack;
+    msg.body_text(0).unwrap_or_default().into_owned()
+}
+
+#[tokio::test]
+async fn allocation_bombs_and_user_rows_without_email_are_rejected_with_one_email_each() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let admin = stack.admin_email();
+    for (file, says) in [
+        ("bad/sst-count-bomb.xlsx", "shared-string table says it holds 100000000000000 strings"),
+        ("bad/far-column.xlsx", "outside the largest sheet a spreadsheet can have"),
+        ("bad/ods-dense-bomb.ods", "the ODS file's sheets span 82.0 million cells"),
+        ("bad/user-rows-without-email-column.csv", "the required column Email is missing: row 2 is a user"),
+    ] {
+        let name = file.rsplit('/').next().unwrap();
+        let key = stack.drop_file("acme", None, name, fixture(file)).await;
+        let job = stack.wait_job("acme", &key, WAIT).await;
+        let body = one_email(&stack, &admin, &job, JobState::Rejected, "was rejected").await;
+        assert!(body.contains(says), "{file}: {body}");
+        assert_eq!(stack.summary(&job).await.reason.as_deref().map(|r| r.contains(says)), Some(true));
+    }
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn workbooks_past_excels_limits_complete_with_their_result_files() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let admin = stack.admin_email();
+
+    // A LibreOffice ODS whose sheet name is longer than a workbook's 31 characters.
+    let key = stack.drop_file("acme", None, "spring.ods", fixture("real/long-sheet-name.ods")).await;
+    let job = stack.wait_job("acme", &key, WAIT).await;
+    one_email(&stack, &admin, &job, JobState::Completed, "1 succeeded, 1 failed").await;
+    let summary = stack.summary(&job).await;
+    let sheets = parse_workbook(&stack.get(summary.result_key.as_deref().unwrap()).await.unwrap());
+    assert_eq!(sheets[0].0, "Students of the spring term at");
+    assert_eq!(sheets[0].1[2][3..], ["Failure".to_string(), "unknown role \"learner\"; did you mean \"Learner\"?".to_string()]);
+    assert!(
+        summary.warnings.iter().any(|w| w.contains("is named \"Students of the spring term at\" in the result files")),
+        "{:?}",
+        summary.warnings
+    );
+    let failed = parse_workbook(&stack.get(summary.failed_rows_key.as_deref().unwrap()).await.unwrap());
+    assert_eq!(failed[0].0, "Students of the spring term at");
+
+    // A row 16,384 columns wide (Status and Message no longer fit) and a cell of 32,767 characters
+    // whose message quotes it.
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let ws = wb.add_worksheet();
+    ws.write_string(0, 0, "Email").unwrap();
+    ws.write_string(0, 1, "First Name").unwrap();
+    ws.write_string(1, 0, "wide@acme.example.com").unwrap();
+    ws.write_string(2, 0, "x".repeat(32_767)).unwrap();
+    for c in 2..16_384u16 {
+        ws.write_string(0, c, format!("Extra {c}")).unwrap();
+        ws.write_string(1, c, "v").unwrap();
+    }
+    let key = stack.drop_file("acme", None, "wide.xlsx", wb.save_to_buffer().unwrap()).await;
+    let job = stack.wait_job("acme", &key, WAIT).await;
+    one_email(&stack, &admin, &job, JobState::Completed, "1 succeeded, 1 failed").await;
+    let summary = stack.summary(&job).await;
+    assert!(summary.warnings.iter().any(|w| w.contains("has 16384 columns; a spreadsheet holds 16,384")), "{:?}", summary.warnings);
+    let rows = &parse_workbook(&stack.get(summary.result_key.as_deref().unwrap()).await.unwrap())[0].1;
+    assert_eq!(rows[0].len(), 16_384);
+    assert_eq!(rows[0][16_382..], ["Status".to_string(), "Message".to_string()]);
+    assert_eq!(rows[1][16_382], "Success");
+    assert_eq!(rows[2][0].chars().count(), 32_767, "a cell at Excel's limit is kept whole");
+    assert!(rows[2][16_383].starts_with("Email \"xxxx") && rows[2][16_383].chars().count() < 300, "{}", &rows[2][16_383]);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn files_outside_the_layout_are_answered_and_folder_markers_stay_silent() {
+    let ops = format!("ops-{}@example.com", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let ops_for_config = ops.clone();
+    let stack = Stack::start_with(move |c| c.default_admins = vec![ops_for_config]).await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let admin = stack.admin_email();
+    let csv = tests::csv_text(&[&["Email", "Role"], &["ann@acme.example.com", "Learner"]]);
+    let put = |key: &'static str| {
+        let (store, body) = (stack.svc.store.clone(), csv.clone());
+        async move { store.put(key, body, "text/csv").await.unwrap() }
+    };
+
+    // The tenant folder typed with capitals is the tenant.
+    put("incoming/Acme/roster.csv").await;
+    let job = stack.wait_job("acme", "incoming/Acme/roster.csv", WAIT).await;
+    one_email(&stack, &admin, &job, JobState::Completed, "1 succeeded, 0 failed").await;
+
+    // One folder too deep, for a known tenant: its admins are told where to drop it.
+    put("incoming/acme/2026/spring/roster.csv").await;
+    let job = stack.wait_job("acme", "incoming/acme/2026/spring/roster.csv", WAIT).await;
+    let body = one_email(&stack, &admin, &job, JobState::Rejected, "was rejected").await;
+    assert!(body.contains("incoming/acme/2026/spring/") && body.contains("drop roster files in incoming/acme/"), "{body}");
+
+    // No tenant folder, and an unknown tenant: the default admins are told.
+    put("incoming/roster.csv").await;
+    let job = stack.wait_job(shared::ingest::NO_TENANT, "incoming/roster.csv", WAIT).await;
+    let body = one_email(&stack, &ops, &job, JobState::Rejected, "was rejected").await;
+    assert!(body.contains("directly in incoming/"), "{body}");
+    put("incoming/globex/roster.csv").await;
+    let job = stack.wait_job("globex", "incoming/globex/roster.csv", WAIT).await;
+    let body = one_email(&stack, &ops, &job, JobState::Rejected, "was rejected").await;
+    assert!(body.contains("tenant \"globex\" is not configured"), "{body}");
+
+    // S3 console folder markers: no job, no email.
+    stack.svc.store.put("incoming/acme/2027/", Vec::new(), "application/x-directory").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(stack.svc.jobs.recent("acme", 100).await.unwrap().iter().all(|j| j.source_key != "incoming/acme/2027/"));
+    assert_eq!(mail_to(&admin).len(), 2, "the two acme jobs' emails, nothing for the marker");
+    stack.shutdown().await;
+}
+
+fn invite(tenant: &str, email: &str, job: &str) -> shared::model::Invite {
+    shared::model::Invite {
+        tenant: tenant.into(),
+        email: email.into(),
+        first_name: None,
+        due_at: "2026-01-01T00:00:00+00:00".into(),
+        job: job.into(),
+        attempts: 0,
+    }
+}
+
+/// One address SES refuses, one it cannot take at all (non-ASCII before the @, from before
+/// validation refused them) and one transient SES failure among good invites: every good invite
+/// is sent, the refused ones are recorded failed, the transient one is retried after its backoff,
+/// and the monitor tasks of the same run still run when the sweep itself fails.
+#[tokio::test]
+async fn an_undeliverable_invite_never_stops_the_others_nor_the_monitor_tasks() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    let faults = Arc::new(tests::faults::Faults::default());
+    let stack = Stack::start_manual_faulty(faults.clone(), |c| {
+        c.sdk_max_attempts = 1;
+        c.invite_rate_per_sec = 100.0;
+    })
+    .await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let tag = &stack.tag;
+    let good: Vec<String> = (0..4).map(|i| format!("good{i}-{tag}@acme.example.com")).collect();
+    let (bounced, accented) = (format!("bounce-{tag}@acme.example.com"), format!("josé-{tag}@acme.example.com"));
+    for email in good.iter().take(2).chain([&bounced, &accented]).chain(good.iter().skip(2)) {
+        stack.svc.invites.schedule(&invite("acme", email, "job-1")).await.unwrap();
+    }
+    *faults.ses_reject_recipient.lock().unwrap() = Some(bounced.clone());
+    faults.ses_fail.store(1, Ordering::Relaxed); // the first send of the run fails with a 500
+    faults.enabled.store(true, Ordering::Relaxed);
+
+    let now = chrono::Utc::now();
+    let report = shared::monitor::scheduled(&stack.svc, now).await;
+    assert_eq!(report.sent, 3, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    let delivered: Vec<&String> = good.iter().filter(|g| !mail_to(g).is_empty()).collect();
+    assert_eq!(delivered.len(), 3, "every good invite but the one SES failed transiently");
+    assert!(mail_to(&bounced).is_empty() && mail_to(&accented).is_empty());
+
+    // The refused ones left the due list; the transient one is due again after its backoff.
+    let due = stack.svc.invites.due(&(now + chrono::Duration::minutes(2)).to_rfc3339(), 100).await.unwrap();
+    let due: Vec<(&str, u32)> = due.iter().map(|i| (i.email.as_str(), i.attempts)).collect();
+    let retried = good.iter().find(|g| mail_to(g).is_empty()).unwrap();
+    assert_eq!(due, vec![(retried.as_str(), 1)]);
+    assert!(stack.svc.invites.due(&now.to_rfc3339(), 100).await.unwrap().is_empty(), "not before its backoff");
+    let report = shared::monitor::scheduled(&stack.svc, now + chrono::Duration::minutes(2)).await;
+    assert_eq!((report.sent, mail_to(retried).len()), (1, 1));
+
+    // The sweep's own query failing is one error; the stuck-job check of the same run still runs.
+    let old = (now - chrono::Duration::hours(4)).to_rfc3339();
+    let stuck = shared::model::Job::received("stuck-job", "acme", "incoming/acme/stuck.csv", "stuck.csv", None, old);
+    stack.svc.jobs.create_or_get(&stuck).await.unwrap();
+    *faults.fail_matching.lock().unwrap() = Some(("INVITES#".into(), 1000));
+    let report = shared::monitor::scheduled(&stack.svc, now).await;
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    assert!(report.errors[0].starts_with("invite sweep:"), "{report:?}");
+    assert_eq!(report.stopped_jobs, 1, "{report:?}");
+    assert_eq!(stack.svc.jobs.get("stuck-job").await.unwrap().unwrap().state, JobState::Rejected);
+    faults.enabled.store(false, Ordering::Relaxed);
+    stack.shutdown().await;
+}
