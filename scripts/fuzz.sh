@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${FUZZ_SECS:-600}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(decode text rows)
+[ ${#targets[@]} -gt 0 ] || targets=(decode text rows workbook results)
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 export RUSTC_BOOTSTRAP=1
@@ -22,8 +22,9 @@ done
 
 for t in "${targets[@]}"; do
   echo "== $t: ${secs}s"
-  # -rss_limit_mb: a decoder that balloons memory is a finding too (the zip-bomb guard is 1 GiB of
-  # *output*, streamed to a sink; memory stays far below this).
-  cargo fuzz run --release "$t" -- -max_total_time="$secs" -rss_limit_mb=2048 -max_len=1048576 -print_final_stats=1 2>&1 \
+  # -malloc_limit_mb: one allocation past 512 MB is a finding (an allocation bomb aborts the
+  # process before any RSS limit sees it); -rss_limit_mb: memory that balloons in small steps.
+  cargo fuzz run --release "$t" -- -max_total_time="$secs" -malloc_limit_mb="${FUZZ_MALLOC_MB:-512}" -rss_limit_mb=1536 \
+    -max_len=1048576 -print_final_stats=1 2>&1 \
     | tee "fuzz/$t.log" | grep -E '^(stat::|==|#[0-9]+ +DONE|SUMMARY|artifact_prefix|Test unit written)' || true
 done

@@ -4,6 +4,8 @@
 //!
 //! - ingest (parse + validate + chunk, one core, no network) beside the raw readers, each in its
 //!   own child process so its peak RSS is its own;
+//! - finalize (merge outcomes, write the result and failed-rows files) beside the csv crate
+//!   writing the same rows, each in its own child process, with its peak RSS;
 //! - apply against DynamoDB Local beside a raw load generator doing the same conditional PutItems
 //!   at the same concurrency, with write units per created user and the most-written key;
 //! - a 100k-row XLSX end to end through the local stack, with the share of each stage;
@@ -11,7 +13,7 @@
 //!   an event).
 //!
 //! Environment: `BENCH_ROWS` (default `10000,100000,1000000`), `BENCH_ONLY` (any of
-//! `ingest,apply,e2e,init`), `BENCH_REPEAT` (ingest rounds: 15, 7, 3 by size), `BENCH_CPU` (the core
+//! `ingest,finalize,apply,e2e,init`), `BENCH_FINALIZE_ROWS` (`100000,1000000`), `BENCH_REPEAT` (ingest rounds: 15, 7, 3 by size), `BENCH_CPU` (the core
 //! ingest readers run on; calibrated otherwise), `BENCH_APPLY_ROWS` (20000), `BENCH_APPLY_ROUNDS`
 //! (3), `BENCH_E2E_ROWS` (100000).
 
@@ -33,11 +35,14 @@ fn main() {
         let warm = std::env::var("BENCH_WARM").ok();
         return child(&case, Path::new(&file), warm.as_deref().map(Path::new));
     }
-    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "ingest,apply,e2e,init".into());
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "ingest,finalize,apply,e2e,init".into());
     let wants = |part: &str| only.split(',').any(|p| p.trim() == part);
     println!("rosterdrop benchmarks, {} ({} cores; bench profile = release without LTO)", chrono::Utc::now().format("%Y-%m-%d"), cores());
     if wants("ingest") {
         ingest_table();
+    }
+    if wants("finalize") {
+        finalize_table();
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     if wants("apply") {
@@ -57,6 +62,88 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
 }
 
 /// The middle value (the upper one of an even count).
+/// `<file>.outcomes.jsonl`: one failure per data row, as apply and ingest write them.
+fn outcomes_for(file: &Path) -> std::path::PathBuf {
+    let path = file.with_extension("outcomes.jsonl");
+    if !path.exists() {
+        let rows = if file.extension().is_some_and(|e| e == "csv") {
+            csv::Reader::from_path(file).unwrap().records().count()
+        } else {
+            file.file_stem().unwrap().to_string_lossy().split('-').nth(1).unwrap().parse().unwrap()
+        };
+        let tmp = path.with_extension("tmp");
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
+        for i in 0..rows {
+            let o = shared::model::Outcome::failure(
+                i as u32 + 2,
+                Some(shared::model::Action::Upsert),
+                "unknown role \"learner\"; did you mean \"Learner\"?",
+            );
+            serde_json::to_writer(&mut w, &o).unwrap();
+            std::io::Write::write_all(&mut w, b"\n").unwrap();
+        }
+        std::io::Write::flush(&mut w).unwrap();
+        drop(w);
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+// ---------------------------------------------------------------- finalize, one child per case
+
+/// Finalize's result files beside the csv crate writing the same rows, each in its own process:
+/// rows/s and peak RSS, which must not grow with the rows.
+fn finalize_table() {
+    let sizes: Vec<usize> = std::env::var("BENCH_FINALIZE_ROWS")
+        .unwrap_or_else(|_| "100000,1000000".into())
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    println!("\n## Finalize: merge outcomes + write result and failed-rows files, every row failed (each case in its own process)");
+    let cpu = pick_cpu();
+    println!("{:<24} {:>9} {:>8}  {:<34} {:>11} {:>9} {:>10}", "file", "rows", "MB", "writer", "rows/s", "vs raw", "peak MB");
+    for &n in &sizes {
+        let csv = csv_file(n);
+        for (file, warm) in [(csv.clone(), csv_file(10_000)), (xlsx_file(n), xlsx_file(10_000))] {
+            let size = std::fs::metadata(&file).unwrap().len();
+            outcomes_for(&file);
+            outcomes_for(&warm);
+            let label = if file == csv { "rosterdrop finalize (CSV result)" } else { "rosterdrop finalize (XLSX result)" };
+            let repeat = if n >= 1_000_000 { 2 } else { 3 };
+            let rounds: Vec<(Measured, Measured)> = (0..repeat)
+                .map(|_| (measure_once("write-csv-raw", &csv, &csv_file(10_000), cpu), measure_once("finalize", &file, &warm, cpu)))
+                .collect();
+            let ratios: Vec<f64> = rounds.iter().map(|(raw, f)| raw.secs / f.secs).collect();
+            let best_raw = rounds.iter().map(|(r, _)| r.secs).fold(f64::MAX, f64::min);
+            let best = rounds.iter().map(|(_, f)| f.secs).fold(f64::MAX, f64::min);
+            let peak_raw = rounds.iter().map(|(r, _)| r.peak).max().unwrap_or(0) as f64;
+            let peak = rounds.iter().map(|(_, f)| f.peak).max().unwrap_or(0) as f64;
+            assert!(rounds.iter().all(|(r, f)| r.rows == n as u64 && f.rows == n as u64), "every row written");
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            println!(
+                "{:<24} {:>9} {:>8.1}  {:<34} {:>11.0} {:>9} {:>10.1}",
+                name,
+                n,
+                size as f64 / 1e6,
+                "csv crate, read + write",
+                n as f64 / best_raw,
+                "",
+                peak_raw / 1e6
+            );
+            println!(
+                "{:<24} {:>9} {:>8.1}  {:<34} {:>11.0} {:>8.0}% {:>10.1}",
+                name,
+                n,
+                size as f64 / 1e6,
+                label,
+                n as f64 / best,
+                median(ratios) * 100.0,
+                peak / 1e6
+            );
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -198,6 +285,31 @@ fn run_case(case: &str, file: &Path) -> usize {
             }
             assert!(chunk_bytes > 0);
             ops as usize
+        }
+        "write-csv-raw" => {
+            // The physical floor of a result file: the csv crate reading the source and writing
+            // each record back with two more columns, no outcomes to merge.
+            let mut r = csv::Reader::from_path(file).unwrap();
+            let out = tempfile::tempdir().unwrap();
+            let mut w = csv::Writer::from_path(out.path().join("result.csv")).unwrap();
+            let mut rows = 0;
+            for rec in r.records() {
+                let rec = rec.unwrap();
+                w.write_record(rec.iter().chain(["Failure", "unknown role \"learner\"; did you mean \"Learner\"?"])).unwrap();
+                rows += 1;
+            }
+            w.flush().unwrap();
+            rows
+        }
+        "finalize" => {
+            // Finalize once its inputs are on local disk: merge the outcomes, write the result
+            // and failed-rows files (every row failed: both files are full size).
+            let out = tempfile::tempdir().unwrap();
+            let outcomes = outcomes_for(file);
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            let files = shared::finalize::build::build(file, &[outcomes], out.path(), &name, false).unwrap();
+            assert!(files.failed.is_some());
+            files.digest.rows as usize
         }
         other => panic!("unknown case {other}"),
     }

@@ -14,16 +14,19 @@ fn fixture(path: &str) -> Vec<u8> {
 }
 
 /// The job reached `state`, and its admins got exactly one email whose subject says `says`.
-async fn one_email(stack: &Stack, to: &str, job: &Job, state: JobState, says: &str) -> String {
+async fn one_email(to: &str, job: &Job, state: JobState, says: &str) -> String {
     assert_eq!(job.state, state, "{job:?}");
     let mail = wait_mail(to, 1, Duration::from_secs(10)).await;
-    let mine: Vec<String> = mail.iter().map(|m| String::from_utf8_lossy(m).into_owned()).filter(|m| m.contains(&job.id)).collect();
+    // Bodies decoded: a long line of the raw message may be wrapped through the job id.
+    let mine: Vec<mail_parser::Message> = mail
+        .iter()
+        .filter_map(|m| mail_parser::MessageParser::default().parse(m))
+        .filter(|m| m.body_text(0).is_some_and(|t| t.contains(&job.id)))
+        .collect();
     assert_eq!(mine.len(), 1, "exactly one email for job {} ({} in all to {to})", job.id, mail.len());
-    let msg = mail_parser::MessageParser::default().parse(mine[0].as_bytes()).unwrap();
-    let subject = msg.subject().unwrap_or_default().to_string();
+    let subject = mine[0].subject().unwrap_or_default().to_string();
     assert!(subject.contains(says), "{subject}");
-    let _ = stack;
-    msg.body_text(0).unwrap_or_default().into_owned()
+    mine[0].body_text(0).unwrap_or_default().into_owned()
 }
 
 #[tokio::test]
@@ -40,7 +43,7 @@ async fn allocation_bombs_and_user_rows_without_email_are_rejected_with_one_emai
         let name = file.rsplit('/').next().unwrap();
         let key = stack.drop_file("acme", None, name, fixture(file)).await;
         let job = stack.wait_job("acme", &key, WAIT).await;
-        let body = one_email(&stack, &admin, &job, JobState::Rejected, "was rejected").await;
+        let body = one_email(&admin, &job, JobState::Rejected, "was rejected").await;
         assert!(body.contains(says), "{file}: {body}");
         assert_eq!(stack.summary(&job).await.reason.as_deref().map(|r| r.contains(says)), Some(true));
     }
@@ -56,7 +59,7 @@ async fn workbooks_past_excels_limits_complete_with_their_result_files() {
     // A LibreOffice ODS whose sheet name is longer than a workbook's 31 characters.
     let key = stack.drop_file("acme", None, "spring.ods", fixture("real/long-sheet-name.ods")).await;
     let job = stack.wait_job("acme", &key, WAIT).await;
-    one_email(&stack, &admin, &job, JobState::Completed, "1 succeeded, 1 failed").await;
+    one_email(&admin, &job, JobState::Completed, "1 succeeded, 1 failed").await;
     let summary = stack.summary(&job).await;
     let sheets = parse_workbook(&stack.get(summary.result_key.as_deref().unwrap()).await.unwrap());
     assert_eq!(sheets[0].0, "Students of the spring term at");
@@ -83,7 +86,7 @@ async fn workbooks_past_excels_limits_complete_with_their_result_files() {
     }
     let key = stack.drop_file("acme", None, "wide.xlsx", wb.save_to_buffer().unwrap()).await;
     let job = stack.wait_job("acme", &key, WAIT).await;
-    one_email(&stack, &admin, &job, JobState::Completed, "1 succeeded, 1 failed").await;
+    one_email(&admin, &job, JobState::Completed, "1 succeeded, 1 failed").await;
     let summary = stack.summary(&job).await;
     assert!(summary.warnings.iter().any(|w| w.contains("has 16384 columns; a spreadsheet holds 16,384")), "{:?}", summary.warnings);
     let rows = &parse_workbook(&stack.get(summary.result_key.as_deref().unwrap()).await.unwrap())[0].1;
@@ -111,22 +114,22 @@ async fn files_outside_the_layout_are_answered_and_folder_markers_stay_silent() 
     // The tenant folder typed with capitals is the tenant.
     put("incoming/Acme/roster.csv").await;
     let job = stack.wait_job("acme", "incoming/Acme/roster.csv", WAIT).await;
-    one_email(&stack, &admin, &job, JobState::Completed, "1 succeeded, 0 failed").await;
+    one_email(&admin, &job, JobState::Completed, "1 succeeded, 0 failed").await;
 
     // One folder too deep, for a known tenant: its admins are told where to drop it.
     put("incoming/acme/2026/spring/roster.csv").await;
     let job = stack.wait_job("acme", "incoming/acme/2026/spring/roster.csv", WAIT).await;
-    let body = one_email(&stack, &admin, &job, JobState::Rejected, "was rejected").await;
+    let body = one_email(&admin, &job, JobState::Rejected, "was rejected").await;
     assert!(body.contains("incoming/acme/2026/spring/") && body.contains("drop roster files in incoming/acme/"), "{body}");
 
     // No tenant folder, and an unknown tenant: the default admins are told.
     put("incoming/roster.csv").await;
     let job = stack.wait_job(shared::ingest::NO_TENANT, "incoming/roster.csv", WAIT).await;
-    let body = one_email(&stack, &ops, &job, JobState::Rejected, "was rejected").await;
+    let body = one_email(&ops, &job, JobState::Rejected, "was rejected").await;
     assert!(body.contains("directly in incoming/"), "{body}");
     put("incoming/globex/roster.csv").await;
     let job = stack.wait_job("globex", "incoming/globex/roster.csv", WAIT).await;
-    let body = one_email(&stack, &ops, &job, JobState::Rejected, "was rejected").await;
+    let body = one_email(&ops, &job, JobState::Rejected, "was rejected").await;
     assert!(body.contains("tenant \"globex\" is not configured"), "{body}");
 
     // S3 console folder markers: no job, no email.
@@ -201,5 +204,38 @@ async fn an_undeliverable_invite_never_stops_the_others_nor_the_monitor_tasks() 
     assert_eq!(report.stopped_jobs, 1, "{report:?}");
     assert_eq!(stack.svc.jobs.get("stuck-job").await.unwrap().unwrap().state, JobState::Rejected);
     faults.enabled.store(false, Ordering::Relaxed);
+    stack.shutdown().await;
+}
+
+/// A finalize that no retry can fix (here: an outcome file damaged after apply wrote it) ends the
+/// job FAILED with one plain email saying what happened, instead of failing into the dead-letter
+/// queue with the admins never told.
+#[tokio::test]
+async fn a_finalize_no_retry_can_fix_ends_the_job_failed_with_a_plain_email() {
+    let stack = Stack::start_manual().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let key = stack.drop_file("acme", None, "doomed.csv", tests::csv_text(&[&["Email"], &["ann@acme.example.com"]])).await;
+    loop {
+        let events = stack.take_events().await;
+        if events.is_empty() {
+            break;
+        }
+        for obj in events {
+            if let Some(job) = shared::keys::parse_done(&obj.key) {
+                let outcomes = stack.svc.store.list(&shared::keys::outcomes_prefix(&job)).await.unwrap();
+                assert!(!outcomes.is_empty());
+                for k in outcomes {
+                    stack.svc.store.put(&k, b"{\"row\":2,\"status\":\"Succ".to_vec(), "application/x-ndjson").await.unwrap();
+                }
+            }
+            // Returns Ok: nothing for Lambda to retry.
+            shared::local::dispatch(&stack.svc, &obj).await.unwrap();
+        }
+    }
+    let job = stack.wait_job("acme", &key, Duration::from_secs(5)).await;
+    let body = one_email(&stack.admin_email(), &job, JobState::Failed, "could not be finished").await;
+    assert!(body.contains("result files could not be written") && body.contains(&job.id), "{body}");
+    let summary = stack.summary(&job).await;
+    assert!(summary.reason.as_deref().is_some_and(|r| r.contains("internal data outcomes")), "{summary:?}");
     stack.shutdown().await;
 }

@@ -242,7 +242,7 @@ pub async fn fail_job(svc: &Services, job: &Job, cause: &Error) -> Result<()> {
         "Your file {file} was processed, but its result files could not be written: {cause}.\n\n\
          Each row was applied or refused on its own as usual, so the changes the file asked for may be in place; \
          what could not be produced is the list of what happened to each row. Support can look up job {id}; \
-         uploading the same file again in validate mode (incoming/{tenant}/validate/) shows each row's state without changing anything.\n",
+         uploading the same file again in validate mode (incoming/{tenant}/validate/) shows each row's state without changing anything.\n\nJob: {id}\n",
         file = job.file_name,
         id = job.id,
         tenant = tenant.id
