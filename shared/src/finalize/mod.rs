@@ -138,13 +138,10 @@ async fn download_inputs(svc: &Services, job_id: &str, dir: &Path) -> Result<(Pa
     let staged: StagedInput = serde_json::from_slice(&staged_bytes).map_err(|e| Error::corrupt("staged input", e))?;
     drop(staged_bytes);
     let source = dir.join("source");
-    match &staged.source {
-        Some(key) => {
-            svc.store.download(key, &source).await?.ok_or_else(|| Error::corrupt(key.clone(), "staged source missing"))?;
-        }
-        // Jobs staged before `source` existed carry their tables: written back out as CSV rows.
-        None => legacy_source(&staged, &source)?,
-    }
+    // Every job since the staged source exists has one; an older job's inline tables are not
+    // read (there are no deployments from before it).
+    let key = staged.source.clone().ok_or_else(|| Error::corrupt("staged input", "no staged source"))?;
+    svc.store.download(&key, &source).await?.ok_or_else(|| Error::corrupt(key.clone(), "staged source missing"))?;
     let mut groups: Vec<(String, PathBuf)> = Vec::new();
     let tmp = dir.join("download");
     for key in svc.store.list(&keys::outcomes_prefix(job_id)).await? {
@@ -169,23 +166,6 @@ async fn download_inputs(svc: &Services, job_id: &str, dir: &Path) -> Result<(Pa
         append().map_err(|e| Error::local("outcome files", e))?;
     }
     Ok((source, staged.warnings, groups.into_iter().map(|(_, p)| p).collect()))
-}
-
-fn legacy_source(staged: &StagedInput, to: &Path) -> Result<()> {
-    let t = staged.tables.first().ok_or_else(|| Error::corrupt("staged input", "no table"))?;
-    let mut w = csv::Writer::from_path(to).map_err(|e| Error::local("staged source", e))?;
-    let err = |e: csv::Error| Error::local("staged source", e);
-    w.write_record(&t.headers).map_err(err)?;
-    let mut next = t.header_row + 1;
-    for (n, cells) in &t.rows {
-        while next < *n {
-            w.write_record([""]).map_err(err)?;
-            next += 1;
-        }
-        w.write_record(cells).map_err(err)?;
-        next = n + 1;
-    }
-    w.flush().map_err(|e| Error::local("staged source", e))
 }
 
 fn summary_of(job: &Job, state: JobState, d: &Digest, mut warnings: Vec<String>) -> Summary {

@@ -55,7 +55,8 @@ pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, St
 /// What finalize needs from ingest: the input as read (to echo every row) and the warnings.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StagedInput {
-    /// The decoded input, for jobs staged before `source` existed; empty when `source` is set.
+    /// Inline tables of jobs staged before `source` existed: always empty now, kept so the
+    /// format reads both ways.
     #[serde(default)]
     pub tables: Vec<Table>,
     pub warnings: Vec<String>,
@@ -65,15 +66,6 @@ pub struct StagedInput {
     /// cost ingest ~10% of its time and more memory than the file itself).
     #[serde(default)]
     pub source: Option<String>,
-}
-
-impl StagedInput {
-    /// The tables of the input, decoded again from the staged source when there is one.
-    pub async fn tables(self, svc: &Services) -> Result<Vec<Table>> {
-        let Some(key) = self.source else { return Ok(self.tables) };
-        let bytes = svc.store.get(&key).await?.ok_or_else(|| crate::error::Error::corrupt(key.clone(), "staged source missing"))?;
-        decode::decode_all(&bytes).map_err(|e| crate::error::Error::corrupt(key, e))
-    }
 }
 
 /// Deterministic job id: a redelivered event (same key, version and sequencer) maps to the same
@@ -277,7 +269,11 @@ async fn absent_active_users(svc: &Services, tenant: &Tenant, file: &validate::R
     let users = svc.directory.list_users(&tenant.id).await?;
     let active: Vec<String> = users.into_iter().filter(|(_, status)| status == "active").map(|(k, _)| k).collect();
     let total = active.len();
-    Ok((total, active.into_iter().filter(|k| !file.names_user(k)).collect()))
+    // Sorted: reconcile rows are numbered in this order, so disabled-users.csv (written as
+    // finalize streams them) lists users alphabetically.
+    let mut absent: Vec<String> = active.into_iter().filter(|k| !file.names_user(k)).collect();
+    absent.sort_unstable();
+    Ok((total, absent))
 }
 
 /// Replace mode's safeguard: refuse when more than the tenant's threshold of active users would be
