@@ -163,6 +163,25 @@ async fn replace_over_the_safeguard_applies_nothing_and_emails_the_preview_until
     stack.shutdown().await;
 }
 
+/// A tenant large enough that the preview outgrows an email: the list is stored beside the
+/// summary and linked, never attached past the limit (SES would refuse the message).
+#[tokio::test]
+async fn a_safeguard_preview_too_large_to_attach_is_linked() {
+    let stack = Stack::start_with(|c| c.max_attachment_bytes = 40).await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    seed_users(&stack, "acme", 10).await;
+    let (job, s, _) = stack.run_csv("acme", Some("replace"), "none.csv", &[&["Email"], &["newcomer@acme.example.com"]]).await;
+    assert_eq!(job.state, JobState::Rejected);
+    let reason = s.reason.unwrap();
+    assert!(reason.contains("too large to attach") && reason.contains("would-be-disabled.csv"), "{reason}");
+    let stored = stack.get(&format!("{}would-be-disabled.csv", shared::keys::results_prefix("acme", &job.id))).await.expect("list stored");
+    assert_eq!(parse_csv(&stored).len(), 11, "header + the 10 users who would be disabled");
+    let mails = wait_mail(&stack.admin_email(), 2, Duration::from_secs(10)).await;
+    let msg = MessageParser::default().parse(mails.last().unwrap()).unwrap();
+    assert_eq!(msg.attachments().count(), 0);
+    stack.shutdown().await;
+}
+
 #[tokio::test]
 async fn licence_pool_of_ten_gives_exactly_ten_of_fifteen_creates_across_concurrent_chunks() {
     let stack = Stack::start().await;

@@ -68,6 +68,7 @@ fn the_bad_files_corpus_is_refused_or_accounted_for() {
         ("sst-count-bomb.xlsx", Expect::Rejected("shared-string table says it holds 100000000000000 strings, but its size allows at most")),
         ("far-column.xlsx", Expect::Rejected("sheet \"Roster\" has a value in cell AAAAAAA3, outside the largest sheet")),
         ("ods-dense-bomb.ods", Expect::Rejected("the ODS file's sheets span 82.0 million cells")),
+        ("ods-spaces-bomb.ods", Expect::Rejected("the ODS file's cells hold 3814 MB of text once repeated cells and spaces are expanded")),
         ("user-rows-without-email-column.csv", Expect::Rejected("the required column Email is missing: row 2 is a user")),
     ];
     let files: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -154,5 +155,72 @@ fn generated_hostile_inputs_are_refused_or_accounted_for() {
     assert!(cases.len() >= 40, "{}", cases.len());
     for (name, bytes, expect) in cases {
         check(&name, &bytes, expect);
+    }
+}
+
+/// The fix-and-drop-again loop: a failed-rows CSV (as finalize writes it: the input's columns,
+/// values neutralised, plus Message), dropped again with only the faulty cell fixed, stores
+/// exactly what the original file would have stored with that cell fixed.
+mod round_trip {
+    use super::tenant;
+    use crate::finalize::write::{Kind, TableFile};
+    use crate::ingest::prepare;
+    use crate::model::Mode;
+    use proptest::prelude::*;
+
+    fn csv(kind: Kind, header: &[&str], row: &[&str]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = TableFile::create(&dir.path().join("f"), kind).unwrap();
+        f.start("Roster", header, None).unwrap();
+        f.row(row).unwrap();
+        std::fs::read(f.finish().unwrap()).unwrap()
+    }
+
+    fn stored(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
+        let p = prepare(bytes, &tenant(), Mode::Upsert).unwrap();
+        (p.ops.iter().map(|o| format!("{:?}", o.target)).collect(), p.outcomes.iter().map(|o| o.message.clone()).collect())
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[=+\\-@'\t\r][ -~]{0,10}",
+            "'{1,3}[=+\\-@a-z0-9]{0,6}",
+            "\\+?1?[\\- ]?[0-9]{3}[\\- ]?[0-9]{3}[\\- ]?[0-9]{4}",
+            "[ -~éü]{0,12}",
+            Just(String::new()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+        #[test]
+        fn a_failed_rows_csv_dropped_again_stores_what_the_original_would_have(first in value(), phone in value(), dept in value(), d in 0usize..4) {
+            let delimiter = [b',', b';', b'\t', b'|'][d];
+            let header = ["Email", "FirstName", "Phone", "Department", "RoleName"];
+            // The user's own file, as their program wrote it (nothing neutralised).
+            let mut w = csv::WriterBuilder::new().delimiter(delimiter).from_writer(Vec::new());
+            w.write_record(header).unwrap();
+            w.write_record(["ann@x.example.com", &first, &phone, &dept, "Learner"]).unwrap();
+            let original = w.into_inner().unwrap();
+            // The failed-rows file the user gets (the role was wrong), with only the role fixed.
+            let mut failed_header = header.to_vec();
+            failed_header.push("Message");
+            let again = csv(Kind::Csv(delimiter), &failed_header, &["ann@x.example.com", &first, &phone, &dept, "Learner", "unknown role \"learner\""]);
+            prop_assert_eq!(stored(&again), stored(&original));
+        }
+    }
+
+    #[test]
+    fn the_values_of_the_issue_survive_the_loop_and_csv_files_of_others_keep_their_apostrophes() {
+        let header = ["Email", "Phone", "Department", "RoleName", "Message"];
+        let ours = csv(Kind::Csv(b','), &header, &["ann@x.example.com", "+1-415-555-0100", "-", "Learner", "fixed"]);
+        let text = String::from_utf8_lossy(&ours).into_owned();
+        assert!(text.contains("'+1-415-555-0100") && text.contains(",'-,"), "neutralised for spreadsheets: {text}");
+        let (ops, _) = stored(&ours);
+        assert!(ops[0].contains("phone: Some(\"+1-415-555-0100\")") && ops[0].contains("department: Some(\"-\")"), "{ops:?}");
+        // A file that is not ours keeps a leading apostrophe as typed.
+        let theirs = b"Email,Department,RoleName\nann@x.example.com,'Sales,Learner\n";
+        let (ops, _) = stored(theirs);
+        assert!(ops[0].contains("department: Some(\"'Sales\")"), "{ops:?}");
     }
 }

@@ -172,8 +172,21 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
     };
     if mode.is_replace() {
         let absent = absent_active_users(svc, &tenant, &ingested.validator).await?;
-        if let Some((reason, preview)) = safeguard(&tenant, mode, &absent) {
-            return report::reject(svc, &job, Some(&tenant), &reason, &[preview]).await;
+        if let Some((mut reason, preview)) = safeguard(&tenant, mode, &absent) {
+            // A large tenant's list can outgrow an email: stored beside the summary, attached
+            // only while it fits, linked otherwise.
+            let key = format!("{}{}", keys::results_prefix(&tenant.id, &job.id), preview.name);
+            svc.store.put(&key, preview.bytes.clone(), preview.content_type).await?;
+            if preview.bytes.len() <= svc.config.max_attachment_bytes {
+                return report::reject(svc, &job, Some(&tenant), &reason, &[preview]).await;
+            }
+            let url = svc.store.presign_get(&key, std::time::Duration::from_secs(svc.config.link_ttl_secs)).await?;
+            reason = reason.replace(
+                "The attached list shows",
+                "The list (too large to attach; download it, the link is valid for a limited time) shows",
+            );
+            reason += &format!(". List: {url}");
+            return report::reject(svc, &job, Some(&tenant), &reason, &[]).await;
         }
         for (i, email) in absent.1.into_iter().enumerate() {
             let op = RowOp {

@@ -99,6 +99,16 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
             }));
         }
         self.rows += 1;
+        // A CSV file we wrote (our Message column) had formulas neutralised with a leading
+        // apostrophe: taken off, so the fix-and-drop-again loop stores the original values.
+        if !head.format.is_spreadsheet() && mapping.has(Field::Message) {
+            let ours: Vec<&str> = cells.iter().map(|c| crate::finalize::write::unneutralise(c.as_ref())).collect();
+            return match self.validator.check(head, mapping, number, &ours) {
+                Ok(op) => self.sink.op(&op),
+                Err(outcome) => self.sink.outcome(outcome),
+            }
+            .map_err(Stop::Io);
+        }
         match self.validator.check(head, mapping, number, cells) {
             Ok(op) => self.sink.op(&op),
             Err(outcome) => self.sink.outcome(outcome),

@@ -168,9 +168,12 @@ pub(super) fn check_zip_parts<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, ods:
     if ods {
         let Some((i, _)) = names.iter().find(|(_, n)| n == "content.xml") else { return Ok(()) };
         let entry = zip.by_index(*i).map_err(|e| damaged("ODS", &e))?;
-        let cells = ods_dense_cells(std::io::BufReader::new(entry)).map_err(|e| damaged("ODS", &e))?;
-        if cells > MAX_ODS_DENSE_CELLS {
-            return Err(FileError::TooSpread { format: "ODS", cells, limit: MAX_ODS_DENSE_CELLS });
+        let cost = ods_cost(std::io::BufReader::new(entry)).map_err(|e| damaged("ODS", &e))?;
+        if cost.cells > MAX_ODS_DENSE_CELLS {
+            return Err(FileError::TooSpread { format: "ODS", cells: cost.cells, limit: MAX_ODS_DENSE_CELLS });
+        }
+        if cost.text_bytes > MAX_ODS_TEXT_BYTES {
+            return Err(FileError::TextTooLarge { format: "ODS", mb: cost.text_bytes >> 20, limit_mb: MAX_ODS_TEXT_BYTES >> 20 });
         }
         return Ok(());
     }
@@ -212,135 +215,169 @@ fn shared_string_count<B: std::io::BufRead>(input: B) -> Result<Option<u64>, Str
     }
 }
 
-/// What `ods_dense_cells` may count: at most about 450 MB of calamine's cells (each is a value
-/// and a formula, read then rebuilt dense). A sheet of 100,000 rows by 20 filled columns counts 4 M.
-pub const MAX_ODS_DENSE_CELLS: u64 = 4_000_000;
+/// What `ods_cost` may count: cells calamine holds (each a value and a formula, read then rebuilt
+/// dense: about 250 bytes a cell once the reader's rows are kept, as the CLI keeps them). A sheet of
+/// 25,000 rows by 20 filled columns counts 1 M.
+pub const MAX_ODS_DENSE_CELLS: u64 = 1_000_000;
+/// What `ods_cost` may count of cell text: every repeated cell is a copy of its text, and
+/// `<text:s text:c="N"/>` is N spaces, so a few bytes can ask for gigabytes.
+pub const MAX_ODS_TEXT_BYTES: u64 = 128 << 20;
 
-/// The cells calamine's ODS reader allocates when it opens a file: every `table:table` of
-/// `content.xml` is read into rows (each cell pushed as many times as it repeats, up to 16,384 a
-/// row; empty cells only when a non-empty one follows), then rebuilt as a dense range from the
-/// first non-empty cell to the last with repeated rows expanded, for values and again for
-/// formulas. Counted here without keeping anything, the way calamine reads them; a cell counts as
-/// non-empty if it has a value type, a formula or any text (a little more than calamine counts).
-pub(super) fn ods_dense_cells<B: std::io::BufRead>(input: B) -> Result<u64, String> {
-    use quick_xml::events::Event;
+/// What calamine's ODS reader will hold, counted from `content.xml` without keeping anything.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OdsCost {
+    pub cells: u64,
+    pub text_bytes: u64,
+}
+
+/// calamine builds every `table:table` of `content.xml` when it opens the file: its rows (each
+/// cell pushed as many times as it repeats, up to 16,384 a row; empty cells only when a non-empty
+/// one follows), then a dense range from the first non-empty cell to the last with repeated rows
+/// expanded, for values and again for formulas; each copy of a cell is a copy of its text, spaces
+/// of `text:s text:c` expanded. Counted the way calamine reads them; a cell counts as non-empty if
+/// it has a value type, a formula or any text (a little more than calamine counts).
+pub(super) fn ods_cost<B: std::io::BufRead>(input: B) -> Result<OdsCost, String> {
+    use quick_xml::events::{BytesStart, Event};
     const MAX_ROWS: u64 = MAX_SHEET_ROWS as u64;
     const MAX_COLS: u64 = MAX_SHEET_COLUMNS as u64;
     #[derive(Default)]
     struct Table {
         pushed: u64,
         rows: u64,
+        text: u64,
         /// (first, last) non-empty row, in expanded rows; (first, last) non-empty column.
         span: Option<(u64, u64, u64, u64)>,
     }
     impl Table {
         fn cells(&self) -> u64 {
             let dense = self.span.map_or(0, |(r0, r1, c0, c1)| (r1 - r0 + 1).saturating_mul(c1 - c0 + 1));
-            // Pushed, then rebuilt dense (each once for values and once for formulas).
             self.pushed.saturating_add(dense)
         }
     }
-    let repeat = |e: &quick_xml::events::BytesStart<'_>, name: &str| -> u64 {
-        e.attributes().flatten().find(|a| a.key.as_ref() == name).map_or(1, |a| a.value.trim().parse::<u64>().unwrap_or(u64::MAX))
-    };
-    let has_value = |e: &quick_xml::events::BytesStart<'_>| {
-        e.attributes().flatten().any(|a| matches!(a.key.as_ref(), "office:value-type" | "table:formula" | "calcext:value-type"))
+    /// The row being read.
+    #[derive(Default)]
+    struct Row {
+        repeat: u64,
+        cols: u64,
+        empty_run: u64,
+        span: Option<(u64, u64)>,
+        text: u64,
+    }
+    impl Row {
+        fn cell(&mut self, repeats: u64, filled: bool, text: u64, t: &mut Table) {
+            if !filled {
+                self.empty_run = repeats.min(MAX_COLS - self.cols);
+                return;
+            }
+            let gap = self.empty_run.min(MAX_COLS - self.cols);
+            self.cols += gap;
+            t.pushed = t.pushed.saturating_add(gap);
+            self.empty_run = 0;
+            let n = repeats.min(MAX_COLS - self.cols);
+            if n > 0 {
+                let span = self.span.get_or_insert((self.cols, self.cols + n - 1));
+                span.1 = self.cols + n - 1;
+            }
+            self.cols += n;
+            t.pushed = t.pushed.saturating_add(n);
+            self.text = self.text.saturating_add(text.saturating_mul(n));
+        }
+    }
+    let attr = |e: &BytesStart<'_>, name: &str| e.attributes().flatten().find(|a| a.key.as_ref() == name).map(|a| a.value.into_owned());
+    let count = |e: &BytesStart<'_>, name: &str, absent: u64| attr(e, name).map_or(absent, |v| v.trim().parse::<u64>().unwrap_or(u64::MAX));
+    // A cell's (non-empty, bytes of its value attributes), as it starts.
+    let opened = |e: &BytesStart<'_>| {
+        let mut bytes = 0u64;
+        let mut filled = false;
+        for a in e.attributes().flatten() {
+            match a.key.as_ref() {
+                "office:value-type" | "calcext:value-type" => filled = true,
+                "table:formula" | "office:value" | "office:string-value" | "office:date-value" | "office:time-value" => {
+                    filled |= a.key.as_ref() == "table:formula";
+                    bytes = bytes.saturating_add(a.value.len() as u64);
+                }
+                _ => {}
+            }
+        }
+        (filled, bytes)
     };
     let mut xml = quick_xml::Reader::from_reader(input);
     let mut buf = Vec::new();
-    let mut total = 0u64;
+    let mut cost = OdsCost::default();
     let mut table: Option<Table> = None;
-    // The row being read: its repeat count, columns pushed, pending empty columns, its span.
-    let (mut row_repeat, mut cols, mut empty_run, mut row_span) = (1u64, 0u64, 0u64, None::<(u64, u64)>);
-    // The cell being read: (its repeat count, non-empty so far), while inside it.
-    let mut cell: Option<(u64, bool)> = None;
-    let mut depth_in_cell = 0usize;
-    let end_cell =
-        |repeats: u64, filled: bool, cols: &mut u64, empty_run: &mut u64, row_span: &mut Option<(u64, u64)>, pushed: &mut u64| {
-            if filled {
-                let gap = (*empty_run).min(MAX_COLS - *cols);
-                *cols += gap;
-                *pushed = pushed.saturating_add(gap);
-                *empty_run = 0;
-                let n = repeats.min(MAX_COLS - *cols);
-                if n > 0 {
-                    let span = row_span.get_or_insert((*cols, *cols + n - 1));
-                    span.1 = *cols + n - 1;
-                }
-                *cols += n;
-                *pushed = pushed.saturating_add(n);
-            } else {
-                *empty_run = repeats.min(MAX_COLS - *cols);
-            }
-        };
+    let mut row = Row::default();
+    // The cell being read, while inside it: (repeat count, non-empty so far, text bytes, depth).
+    let mut cell: Option<(u64, bool, u64, usize)> = None;
     loop {
         buf.clear();
         let event = xml.read_event_into(&mut buf).map_err(|e| e.to_string())?;
-        if let Some((_, filled)) = cell.as_mut() {
+        if let Some((repeats, filled, text, depth)) = cell.as_mut() {
+            // Spaces, tabs, line breaks and paragraphs after the first add characters.
+            let so_far = *text;
+            let added = |e: &BytesStart<'_>| match e.name().as_ref() {
+                "text:s" => Some(count(e, "text:c", 1)),
+                "text:tab" | "text:line-break" => Some(1),
+                // A line break between paragraphs.
+                "text:p" => Some(u64::from(so_far > 0)),
+                _ => None,
+            };
             match &event {
-                Event::Start(_) => {
-                    depth_in_cell += 1;
-                    continue;
-                }
-                Event::Empty(e) => {
-                    *filled |= e.name().as_ref() == "text:s" || e.name().as_ref() == "text:tab";
-                    continue;
+                Event::Start(e) | Event::Empty(e) => {
+                    if let Some(n) = added(e) {
+                        *filled |= e.name().as_ref() != "text:p";
+                        *text = text.saturating_add(n);
+                    }
+                    *depth += usize::from(matches!(event, Event::Start(_)));
                 }
                 Event::Text(t) if !t.is_empty() => {
                     *filled = true;
-                    continue;
+                    *text = text.saturating_add(t.len() as u64);
                 }
-                Event::End(_) if depth_in_cell > 0 => {
-                    depth_in_cell -= 1;
-                    continue;
-                }
+                Event::End(_) if *depth > 0 => *depth -= 1,
                 Event::End(_) => {
-                    let (repeats, filled) = cell.take().unwrap_or((1, false));
+                    let (repeats, filled, text) = (*repeats, *filled, *text);
+                    cell = None;
                     if let Some(t) = table.as_mut() {
-                        end_cell(repeats, filled, &mut cols, &mut empty_run, &mut row_span, &mut t.pushed);
+                        row.cell(repeats, filled, text, t);
                     }
-                    continue;
                 }
                 Event::Eof => return Err("its content ends inside a cell".into()),
-                _ => continue,
+                _ => {}
             }
+            continue;
         }
         match event {
             Event::Start(e) if e.name().as_ref() == "table:table" => table = Some(Table::default()),
             Event::End(e) if e.name().as_ref() == "table:table" => {
                 if let Some(t) = table.take() {
-                    total = total.saturating_add(t.cells());
+                    cost.cells = cost.cells.saturating_add(t.cells());
+                    cost.text_bytes = cost.text_bytes.saturating_add(t.text);
                 }
             }
             Event::Start(e) if e.name().as_ref() == "table:table-row" => {
-                row_repeat = repeat(&e, "table:number-rows-repeated");
-                (cols, empty_run, row_span) = (0, 0, None);
+                row = Row { repeat: count(&e, "table:number-rows-repeated", 1), ..Row::default() };
             }
             Event::End(e) if e.name().as_ref() == "table:table-row" => {
                 if let Some(t) = table.as_mut() {
-                    let n = row_repeat.min(MAX_ROWS.saturating_sub(t.rows));
-                    if let Some((c0, c1)) = row_span {
+                    let n = row.repeat.min(MAX_ROWS.saturating_sub(t.rows));
+                    if let Some((c0, c1)) = row.span {
                         let (r0, r1) = (t.rows, t.rows + n.max(1) - 1);
                         let s = t.span.get_or_insert((r0, r1, c0, c1));
                         *s = (s.0, r1, s.2.min(c0), s.3.max(c1));
                     }
+                    // The row's text once as read, then once per row of the dense range.
+                    t.text = t.text.saturating_add(row.text.saturating_mul(n.saturating_add(1)));
                     t.rows = t.rows.saturating_add(n);
                 }
             }
             Event::Start(e) if matches!(e.name().as_ref(), "table:table-cell" | "table:covered-table-cell") => {
-                cell = Some((repeat(&e, "table:number-columns-repeated"), has_value(&e)));
-                depth_in_cell = 0;
+                let (filled, bytes) = opened(&e);
+                cell = Some((count(&e, "table:number-columns-repeated", 1), filled, bytes, 0));
             }
             Event::Empty(e) if matches!(e.name().as_ref(), "table:table-cell" | "table:covered-table-cell") => {
                 if let Some(t) = table.as_mut() {
-                    end_cell(
-                        repeat(&e, "table:number-columns-repeated"),
-                        has_value(&e),
-                        &mut cols,
-                        &mut empty_run,
-                        &mut row_span,
-                        &mut t.pushed,
-                    );
+                    let (filled, bytes) = opened(&e);
+                    row.cell(count(&e, "table:number-columns-repeated", 1), filled, bytes, t);
                 }
             }
             Event::Eof => break,
@@ -348,9 +385,10 @@ pub(super) fn ods_dense_cells<B: std::io::BufRead>(input: B) -> Result<u64, Stri
         }
     }
     if let Some(t) = table {
-        total = total.saturating_add(t.cells());
+        cost.cells = cost.cells.saturating_add(t.cells());
+        cost.text_bytes = cost.text_bytes.saturating_add(t.text);
     }
-    Ok(total)
+    Ok(cost)
 }
 
 #[cfg(test)]
@@ -381,10 +419,14 @@ mod tests {
     }
 
     fn ods(rows: &str) -> u64 {
+        ods_full(rows).cells
+    }
+
+    fn ods_full(rows: &str) -> OdsCost {
         let xml = format!(
             r#"<office:document-content><office:body><office:spreadsheet><table:table table:name="S">{rows}</table:table></office:spreadsheet></office:body></office:document-content>"#
         );
-        ods_dense_cells(xml.as_bytes()).unwrap()
+        ods_cost(xml.as_bytes()).unwrap()
     }
     const V: &str = r#"<table:table-cell office:value-type="string"><text:p>x</text:p></table:table-cell>"#;
     const E: &str = "<table:table-cell/>";
@@ -413,10 +455,25 @@ mod tests {
     }
 
     #[test]
+    fn ods_text_counts_every_copy_and_every_expanded_space() {
+        // "x" in one cell: once as read, once in the dense range.
+        assert_eq!(ods_full(&format!("<table:table-row>{V}</table:table-row>")).text_bytes, 2);
+        // Repeated across 3 columns and down 10 rows: 3 copies read, 30 more dense.
+        let rep = r#"<table:table-row table:number-rows-repeated="10"><table:table-cell table:number-columns-repeated="3" office:value-type="string"><text:p>abcd</text:p></table:table-cell></table:table-row>"#;
+        assert_eq!(ods_full(rep).text_bytes, 4 * 3 * 11);
+        // Two billion spaces in one cell.
+        let spaces = r#"<table:table-row><table:table-cell office:value-type="string"><text:p>a<text:s text:c="2000000000"/></text:p></table:table-cell></table:table-row>"#;
+        assert_eq!(ods_full(spaces).text_bytes, 2 * 2_000_000_001);
+        // A value attribute is copied with its cell.
+        let value = r#"<table:table-row><table:table-cell table:number-columns-repeated="5" office:value-type="float" office:value="12345"/></table:table-row>"#;
+        assert_eq!(ods_full(value).text_bytes, 5 * 5 * 2);
+    }
+
+    #[test]
     fn every_table_of_an_ods_counts_and_the_real_fixture_counts_its_cells() {
         let one = format!("<table:table-row>{V}{V}</table:table-row>");
         let xml = format!("<r><table:table>{one}</table:table><table:table>{one}{one}</table:table></r>");
-        assert_eq!(ods_dense_cells(xml.as_bytes()).unwrap(), 4 + 8);
+        assert_eq!(ods_cost(xml.as_bytes()).unwrap().cells, 4 + 8);
         let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/roster.ods")).unwrap();
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
         let content = std::io::BufReader::new(zip.by_name("content.xml").unwrap());
@@ -424,7 +481,7 @@ mod tests {
             crate::ingest::decode::decode(&std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/roster.ods")).unwrap())
                 .unwrap();
         let cells = (table.rows.len() as u64 + 1) * table.headers.len() as u64;
-        assert_eq!(ods_dense_cells(content).unwrap(), 2 * cells, "pushed once, dense once");
-        assert!(ods_dense_cells("<table:table><table:table-row><table:table-cell>".as_bytes()).is_err(), "cut inside a cell");
+        assert_eq!(ods_cost(content).unwrap().cells, 2 * cells, "pushed once, dense once");
+        assert!(ods_cost("<table:table><table:table-row><table:table-cell>".as_bytes()).is_err(), "cut inside a cell");
     }
 }

@@ -88,6 +88,10 @@ pub enum FileError {
     )]
     OutsideGrid { sheet: String, cell: String },
     #[error(
+        "the {format} file's cells hold {mb} MB of text once repeated cells and spaces are expanded, more than the {limit_mb} MB an {format} file can have here: the file is damaged or built to exhaust memory. Save it again from your spreadsheet program, or save it as XLSX"
+    )]
+    TextTooLarge { format: &'static str, mb: u64, limit_mb: u64 },
+    #[error(
         "sheet \"{sheet}\": cell {cell} has a value to the left of the header row, which starts in column {first}; move the value under a header or delete it"
     )]
     LeftOfHeader { sheet: String, cell: String, first: String },
