@@ -139,6 +139,15 @@ pub async fn setup(config: &Config, aws: &LocalAws, queue: &str) -> Result<Strin
         Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => {}
         Err(e) => return Err(Error::from_sdk("s3", "CreateBucket", e)),
     }
+    // Versioned like the deployed bucket: every upload has its own version id, which jobs rest on.
+    s3.put_bucket_versioning()
+        .bucket(&config.bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder().status(aws_sdk_s3::types::BucketVersioningStatus::Enabled).build(),
+        )
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("s3", "PutBucketVersioning", e))?;
     dynamo::ensure_tables(&aws.dynamodb, &config.directory_table, &config.jobs_table).await?;
 
     let sqs = &aws.sqs;

@@ -13,8 +13,9 @@ pub trait ObjectStore: Send + Sync {
     async fn size(&self, key: &str) -> Result<Option<u64>>;
     async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<()>;
     /// Stream an object into a local file, never holding it in memory; its size, or `None` when
-    /// the object does not exist.
-    async fn download(&self, key: &str, to: &std::path::Path) -> Result<Option<u64>>;
+    /// the object (or that version of it) does not exist. `version`: the version an event named,
+    /// so what is read is the upload the event is about, not a newer one under the same key.
+    async fn download(&self, key: &str, version: Option<&str>, to: &std::path::Path) -> Result<Option<u64>>;
     /// Upload a local file, streamed from disk.
     async fn put_file(&self, key: &str, from: &std::path::Path, content_type: &str) -> Result<()>;
     /// Conditional create (`If-None-Match: *`): `true` when this call created it, `false` when it existed.

@@ -111,6 +111,13 @@ impl Intercept for Recorder {
                     };
                     calls.insert(("dynamodb".into(), op.into()));
                 }
+            } else if ctx
+                .input()
+                .downcast_ref::<aws_sdk_s3::operation::get_object::GetObjectInput>()
+                .is_some_and(|g| g.version_id().is_some())
+            {
+                // Reading a given version is its own IAM action.
+                calls.insert(("s3".into(), "GetObjectVersion".into()));
             } else {
                 calls.insert((meta.service().to_string(), meta.name().to_string()));
             }

@@ -60,10 +60,11 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn download(&self, key: &str, to: &std::path::Path) -> Result<Option<u64>> {
-        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+    async fn download(&self, key: &str, version: Option<&str>, to: &std::path::Path) -> Result<Option<u64>> {
+        let request = self.client.get_object().bucket(&self.bucket).key(key).set_version_id(version.map(str::to_string));
+        let out = match request.send().await {
             Ok(out) => out,
-            Err(e) if is_missing(e.code()) => return Ok(None),
+            Err(e) if is_missing(e.code()) || e.code() == Some("NoSuchVersion") => return Ok(None),
             Err(e) => return Err(Error::from_sdk("s3", "GetObject", e)),
         };
         let mut file = tokio::fs::File::create(to).await.map_err(|e| Error::local("download", e))?;

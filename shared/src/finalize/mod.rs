@@ -141,7 +141,7 @@ async fn download_inputs(svc: &Services, job_id: &str, dir: &Path) -> Result<(Pa
     // Every job since the staged source exists has one; an older job's inline tables are not
     // read (there are no deployments from before it).
     let key = staged.source.clone().ok_or_else(|| Error::corrupt("staged input", "no staged source"))?;
-    svc.store.download(&key, &source).await?.ok_or_else(|| Error::corrupt(key.clone(), "staged source missing"))?;
+    svc.store.download(&key, None, &source).await?.ok_or_else(|| Error::corrupt(key.clone(), "staged source missing"))?;
     let mut groups: Vec<(String, PathBuf)> = Vec::new();
     let tmp = dir.join("download");
     for key in svc.store.list(&keys::outcomes_prefix(job_id)).await? {
@@ -155,7 +155,7 @@ async fn download_inputs(svc: &Services, job_id: &str, dir: &Path) -> Result<(Pa
                 p
             }
         };
-        if svc.store.download(&key, &tmp).await?.is_none() {
+        if svc.store.download(&key, None, &tmp).await?.is_none() {
             continue;
         }
         let append = || -> std::io::Result<()> {

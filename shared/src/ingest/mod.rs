@@ -68,16 +68,15 @@ pub struct StagedInput {
     pub source: Option<String>,
 }
 
-/// Deterministic job id: a redelivered event (same key, version and sequencer) maps to the same
-/// job, while uploading the same file again is a new job.
+/// Deterministic job id: a redelivered event maps to the same job, while every upload, even of
+/// the same name, is a new one. The bucket is versioned (in AWS and locally), and the version id
+/// is what identifies an upload on both: LocalStack sends the same sequencer in every event, so a
+/// sequencer is used only for an unversioned bucket.
 pub fn job_id(obj: &ObjectRef) -> String {
-    let name = format!(
-        "{}/{}#{}#{}",
-        obj.bucket,
-        obj.key,
-        obj.version_id.as_deref().unwrap_or(""),
-        obj.sequencer.as_deref().or(obj.etag.as_deref()).unwrap_or("")
-    );
+    let name = match &obj.version_id {
+        Some(version) => format!("{}/{}#{version}", obj.bucket, obj.key),
+        None => format!("{}/{}##{}", obj.bucket, obj.key, obj.sequencer.as_deref().or(obj.etag.as_deref()).unwrap_or("")),
+    };
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
 }
 
@@ -158,7 +157,7 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
     sweep_stale_scratch(&std::env::temp_dir(), STALE_SCRATCH);
     let scratch = tempfile::Builder::new().prefix(SCRATCH_PREFIX).tempdir().map_err(|e| Error::local("scratch directory", e))?;
     let source = scratch.path().join("source");
-    let Some(size) = svc.store.download(&obj.key, &source).await? else {
+    let Some(size) = svc.store.download(&obj.key, obj.version_id.as_deref(), &source).await? else {
         return report::reject(svc, &job, Some(&tenant), "the file was deleted before it could be read", &[]).await;
     };
     let spreadsheet = starts_like_workbook(&source).map_err(|e| Error::local("reading the roster", e))?;
@@ -450,5 +449,10 @@ mod tests {
     fn redelivered_event_maps_to_the_same_job_and_a_new_upload_to_a_new_one() {
         assert_eq!(job_id(&obj("01")), job_id(&obj("01")));
         assert_ne!(job_id(&obj("01")), job_id(&obj("02")));
+        // Versioned: the version decides, whatever the sequencer (LocalStack repeats one).
+        let v = |version: &str, seq: &str| ObjectRef { version_id: Some(version.into()), ..obj(seq) };
+        assert_eq!(job_id(&v("a", "01")), job_id(&v("a", "01")));
+        assert_ne!(job_id(&v("a", "01")), job_id(&v("b", "01")), "two uploads, one sequencer");
+        assert_eq!(job_id(&v("a", "01")), job_id(&v("a", "02")), "one upload whatever the sequencer says");
     }
 }

@@ -1,0 +1,46 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! State stays right across uploads: every upload of a key is its own job reading its own bytes.
+
+use shared::model::JobState;
+use std::time::Duration;
+use tests::{Stack, csv_text};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// LocalStack sends the same sequencer in every S3 event, and the job id used to rest on it: a
+/// second upload of `roster.csv` was "a duplicate event" and never read. The bucket is versioned
+/// and jobs rest on the version id: two uploads are two jobs, each reading its own version.
+#[tokio::test]
+async fn two_uploads_of_one_key_are_two_jobs_each_of_its_own_file() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let first = csv_text(&[&["Email", "First Name"], &["one@acme.example.com", "One"]]);
+    let second = csv_text(&[&["Email", "First Name"], &["two@acme.example.com", "Two"], &["three@acme.example.com", "Three"]]);
+    // Back to back: the second lands before the first is read.
+    let key = stack.drop_file("acme", None, "roster.csv", first.clone()).await;
+    stack.drop_file("acme", None, "roster.csv", second.clone()).await;
+    let jobs = wait_jobs(&stack, &key, 2).await;
+    let mut rows: Vec<u32> = jobs.iter().map(|j| j.succeeded).collect();
+    rows.sort();
+    assert_eq!(rows, vec![1, 2], "each job read its own version: {jobs:?}");
+    // Later, after both finished: a third upload is a third job.
+    stack.drop_file("acme", None, "roster.csv", first).await;
+    let jobs = wait_jobs(&stack, &key, 3).await;
+    assert!(jobs.iter().all(|j| j.state == JobState::Completed), "{jobs:?}");
+    for email in ["one@acme.example.com", "two@acme.example.com", "three@acme.example.com"] {
+        assert!(stack.svc.directory.user("acme", email).await.unwrap().is_some(), "{email}");
+    }
+    stack.shutdown().await;
+}
+
+async fn wait_jobs(stack: &Stack, key: &str, n: usize) -> Vec<shared::model::Job> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let jobs: Vec<_> = stack.svc.jobs.recent("acme", 100).await.unwrap().into_iter().filter(|j| j.source_key == key).collect();
+        if jobs.len() >= n && jobs.iter().all(|j| j.state.is_final()) {
+            return jobs;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n} jobs for {key}: {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
