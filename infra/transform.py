@@ -48,6 +48,17 @@ def main(path):
     params = {"SenderIdentity": "example.com", "SenderAddress": "rosterdrop@example.com", "AWS::Region": "us-east-1"}
     out = transform(template, params, OfflinePolicies())
     resources = out["Resources"]
+    if "--bucket" in sys.argv:
+        # The bucket's lifecycle rules and policy statements, for the storage tests.
+        bucket = next(r for r in resources.values() if r["Type"] == "AWS::S3::Bucket")
+        policy = next(r for r in resources.values() if r["Type"] == "AWS::S3::BucketPolicy")
+        json.dump({
+            "lifecycle": bucket["Properties"]["LifecycleConfiguration"]["Rules"],
+            "statements": policy["Properties"]["PolicyDocument"]["Statement"],
+            "parameters": out.get("Parameters", {}),
+            "roles": sorted(n for n, r in resources.items() if r["Type"] == "AWS::IAM::Role"),
+        }, sys.stdout, indent=1, sort_keys=True)
+        return
     report = {}
     for name, res in resources.items():
         if res["Type"] != "AWS::Lambda::Function":
@@ -76,4 +87,5 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "infra/template.yaml")
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    main(args[0] if args else "infra/template.yaml")

@@ -261,6 +261,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Tenant { command: TenantCommand::Put { file } } => {
             let tenant = read_tenant_file(&file)?;
+            tenant.validate_sender(&svc.config.sender_identity).map_err(|problem| input(format!("{}: {problem}", file.display())))?;
             svc.directory.put_tenant(&tenant).await.map_err(reach)?;
             println!("tenant {} saved", tenant.id);
             Ok(ExitCode::SUCCESS)

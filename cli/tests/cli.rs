@@ -187,6 +187,18 @@ values = ["EMEA", "APAC"]
     let mut put = rosterdrop();
     stack_env(&mut put, &stack);
     put.args(["tenant", "put", "--file"]).arg(&tenant_file).assert().code(0).stdout("tenant roundtrip saved\n");
+    // A sender SES could never send as is refused at once, not on every email of the tenant later.
+    let outside = tmp("outside.json");
+    std::fs::write(
+        &outside,
+        format!(r#"{{"id": "outside", "admin_emails": ["{}"], "sender": "hr@acme.example.com"}}"#, stack.admin_email()),
+    )
+    .unwrap();
+    let mut put = rosterdrop();
+    stack_env(&mut put, &stack);
+    let out = put.args(["tenant", "put", "--file"]).arg(&outside).assert().code(2).get_output().clone();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("outside the deployment's verified SES identity \"rosterdrop@example.com\"") && err.lines().count() == 1, "{err}");
 
     let template = tmp("template.xlsx");
     let mut cmd = rosterdrop();

@@ -23,6 +23,9 @@ pub struct Config {
     pub link_ttl_secs: u64,
     /// Sender used when a tenant has none of its own (must be a verified SES identity).
     pub default_sender: String,
+    /// The verified SES identity (a domain, or one address) every sender must belong to; the
+    /// default sender's own address when unset.
+    pub sender_identity: String,
     /// S3 path-style addressing (LocalStack and other S3-compatible endpoints need it).
     pub s3_force_path_style: bool,
     /// Maximum attempts of the SDK's standard retry (exponential backoff with jitter on throttling).
@@ -61,6 +64,10 @@ impl Config {
             directory_table: required("ROSTERDROP_DIRECTORY_TABLE")?,
             jobs_table: required("ROSTERDROP_JOBS_TABLE")?,
             default_sender: required("ROSTERDROP_SENDER")?,
+            sender_identity: get("ROSTERDROP_SENDER_IDENTITY")
+                .filter(|v| !v.trim().is_empty())
+                .or_else(|| get("ROSTERDROP_SENDER"))
+                .unwrap_or_default(),
             chunk_size: parse(&get, "ROSTERDROP_CHUNK_SIZE", 500)?,
             apply_concurrency: parse(&get, "ROSTERDROP_APPLY_CONCURRENCY", 16)?,
             max_file_bytes: parse(&get, "ROSTERDROP_MAX_FILE_BYTES", 200 * 1024 * 1024)?,
@@ -91,6 +98,7 @@ impl Config {
             max_attachment_bytes: 7 * 1024 * 1024,
             link_ttl_secs: 7 * 24 * 3600,
             default_sender: DEFAULT_SENDER.into(),
+            sender_identity: DEFAULT_SENDER.into(),
             s3_force_path_style: true,
             sdk_max_attempts: 8,
             invite_rate_per_sec: 10.0,

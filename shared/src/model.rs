@@ -144,6 +144,20 @@ impl Tenant {
         self.replace_threshold_percent.unwrap_or(DEFAULT_REPLACE_THRESHOLD_PERCENT)
     }
 
+    /// A sender SES will send from: inside the deployment's verified identity (that address, or an
+    /// address of that domain or one of its subdomains). Checked at `tenant put`, so a wrong
+    /// sender is refused there instead of failing every email of the tenant later.
+    pub fn validate_sender(&self, identity: &str) -> Result<(), String> {
+        let Some(sender) = &self.sender else { return Ok(()) };
+        if sender_within(sender, identity) {
+            return Ok(());
+        }
+        Err(format!(
+            "sender {sender:?} is outside the deployment's verified SES identity {identity:?}; use an address {}, or leave sender out to use the default",
+            if identity.contains('@') { format!("equal to {identity}") } else { format!("@{identity} (or a subdomain)") }
+        ))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if !is_valid_tenant_id(&self.id) {
             return Err(format!("tenant id {:?} must be 1-64 characters of lower-case letters, digits, '-' or '_'", self.id));
@@ -191,6 +205,17 @@ impl Tenant {
 }
 
 /// Tenant ids become S3 key segments and DynamoDB key parts: keep them boring.
+/// Whether SES sends as `sender` under the verified `identity` (an address, or a domain whose
+/// subdomains it covers too).
+pub fn sender_within(sender: &str, identity: &str) -> bool {
+    let (sender, identity) = (sender.trim().to_ascii_lowercase(), identity.trim().to_ascii_lowercase());
+    if identity.contains('@') {
+        return sender == identity;
+    }
+    let Some((_, domain)) = sender.rsplit_once('@') else { return false };
+    domain == identity || domain.ends_with(&format!(".{identity}"))
+}
+
 pub fn is_valid_tenant_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
@@ -591,6 +616,21 @@ pub fn mask_email(email: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sender_must_be_inside_the_verified_identity() {
+        assert!(sender_within("news@Acme.example.com", "acme.example.com"));
+        assert!(sender_within("news@mail.acme.example.com", "acme.example.com"), "subdomains of a verified domain");
+        assert!(!sender_within("news@evilacme.example.com", "acme.example.com"));
+        assert!(!sender_within("news@example.com", "acme.example.com"));
+        assert!(sender_within("rosterdrop@example.com", "rosterdrop@example.com"));
+        assert!(!sender_within("other@example.com", "rosterdrop@example.com"), "an address identity is that address only");
+        let mut t = Tenant::new("acme", vec!["a@acme.example.com".into()]);
+        assert_eq!(t.validate_sender("example.com"), Ok(()), "no sender: the default");
+        t.sender = Some("hr@acme.example.com".into());
+        let err = t.validate_sender("rosterdrop@example.com").unwrap_err();
+        assert!(err.contains("outside the deployment's verified SES identity \"rosterdrop@example.com\""), "{err}");
+    }
 
     #[test]
     fn mask_email_keeps_only_a_hint() {

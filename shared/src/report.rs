@@ -197,8 +197,13 @@ pub async fn send_to(
     Ok(())
 }
 
+/// The tenant's sender while SES can send as it (inside the verified identity), else the
+/// deployment's default: a tenant saved before `tenant put` checked it still gets its emails.
 pub fn sender(svc: &Services, tenant: &Tenant) -> String {
-    tenant.sender.clone().unwrap_or_else(|| svc.config.default_sender.clone())
+    match &tenant.sender {
+        Some(s) if crate::model::sender_within(s, &svc.config.sender_identity) => s.clone(),
+        _ => svc.config.default_sender.clone(),
+    }
 }
 
 pub fn pretty<T: Serialize>(v: &T) -> Result<Vec<u8>> {

@@ -239,3 +239,49 @@ async fn open_jobs_index_holds_a_job_until_it_completes_or_is_rejected() {
     assert_eq!(shared::monitor::oldest_open_job_age(&stack.svc, now).await.unwrap(), 0);
     stack.shutdown().await;
 }
+
+/// The bucket's policy and lifecycle, after the SAM transform.
+fn bucket() -> serde_json::Value {
+    let out = Command::new(tool("python"))
+        .args(["infra/transform.py", "--bucket"])
+        .current_dir(root())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "transform failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn only_the_functions_write_the_pipelines_prefixes_and_rosters_and_results_expire() {
+    let b = bucket();
+    // Every internal prefix is denied to all but the four function roles; incoming/ stays open
+    // to whoever IAM lets drop files.
+    let deny = b["statements"].as_array().unwrap().iter().find(|s| s["Sid"] == "PipelinePrefixesFunctionsOnly").expect("statement");
+    assert_eq!((&deny["Effect"], &deny["Principal"]), (&serde_json::json!("Deny"), &serde_json::json!("*")));
+    let actions: BTreeSet<&str> = deny["Action"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(actions, BTreeSet::from(["s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"]));
+    let prefixes: BTreeSet<String> = deny["Resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Fn::Sub"].as_str().unwrap().trim_start_matches("${Bucket.Arn}/").trim_end_matches('*').to_string())
+        .collect();
+    let internal = [shared::keys::STAGED, shared::keys::CHUNKS, shared::keys::OUTCOMES, shared::keys::DONE, shared::keys::RESULTS];
+    assert_eq!(prefixes, internal.iter().map(|p| p.to_string()).collect::<BTreeSet<_>>());
+    assert!(!prefixes.contains(shared::keys::INCOMING));
+    let exempt: BTreeSet<&str> = deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Fn::GetAtt"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(exempt, BTreeSet::from(["IngestFunctionRole", "ApplyFunctionRole", "FinalizeFunctionRole", "InvitesFunctionRole"]));
+    // Rosters and results (personal data) expire after the retention parameter, 90 days unless set.
+    for prefix in [shared::keys::INCOMING, shared::keys::RESULTS] {
+        let rule = b["lifecycle"].as_array().unwrap().iter().find(|r| r["Prefix"] == prefix).unwrap_or_else(|| panic!("{prefix}"));
+        assert_eq!(rule["ExpirationInDays"], serde_json::json!({"Ref": "RetentionDays"}), "{prefix}");
+        assert_eq!(rule["Status"], "Enabled");
+    }
+    assert_eq!(b["parameters"]["RetentionDays"]["Default"], 90);
+}
