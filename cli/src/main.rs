@@ -124,6 +124,10 @@ enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Set the licence pool's count to the tenant's active users (after users existed before the
+    /// pool was configured, or were changed outside rosterdrop). Run it while no file of the
+    /// tenant is being applied.
+    RecountLicences { id: String },
 }
 
 #[derive(Subcommand)]
@@ -264,6 +268,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             tenant.validate_sender(&svc.config.sender_identity).map_err(|problem| input(format!("{}: {problem}", file.display())))?;
             svc.directory.put_tenant(&tenant).await.map_err(reach)?;
             println!("tenant {} saved", tenant.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenant { command: TenantCommand::RecountLicences { id } } => {
+            find_tenant(svc, &id, aws).await?;
+            let before = svc.directory.licences_used(&id).await.map_err(reach)?;
+            let active = svc.directory.list_users(&id).await.map_err(reach)?.iter().filter(|(_, status)| status == "active").count() as u32;
+            svc.directory.set_licences_used(&id, active).await.map_err(reach)?;
+            println!("tenant {id}: licences used {before} -> {active} (active users)");
             Ok(ExitCode::SUCCESS)
         }
         Command::Tenant { command: TenantCommand::Get { id } } => {

@@ -262,3 +262,23 @@ values = ["EMEA", "APAC"]
     assert!(!dir.join("filled-failed-rows.xlsx").exists(), "nothing failed");
     stack.shutdown().await;
 }
+
+/// Users that existed before the tenant had a licence pool are counted into it by the repair
+/// command, so the pool holds exactly from then on.
+#[tokio::test]
+async fn recount_licences_sets_the_pool_to_the_active_users() {
+    let stack = Stack::start().await;
+    let mut tenant = stack.tenant("acme");
+    stack.put_tenant(&tenant).await;
+    stack
+        .run_csv("acme", None, "early.csv", &[&["Email"], &["a@acme.example.com"], &["b@acme.example.com"], &["c@acme.example.com"]])
+        .await;
+    tenant.licences = Some(10);
+    stack.put_tenant(&tenant).await;
+    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 0, "created before the pool: not counted");
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    cmd.args(["tenant", "recount-licences", "acme"]).assert().code(0).stdout("tenant acme: licences used 0 -> 3 (active users)\n");
+    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 3);
+    stack.shutdown().await;
+}

@@ -77,6 +77,9 @@ pub trait Directory: Send + Sync {
     /// Give `returned` licences back for a claim, once (a repeated settle changes nothing).
     async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> Result<()>;
     async fn licences_used(&self, tenant: &str) -> Result<u32>;
+    /// Set the pool's count (the repair `rosterdrop tenant recount-licences` makes from the
+    /// tenant's active users).
+    async fn set_licences_used(&self, tenant: &str, used: u32) -> Result<()>;
 }
 
 /// A chunk's licence decision: which rows take a licence, which give one back if they succeed,

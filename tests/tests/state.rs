@@ -44,3 +44,32 @@ async fn wait_jobs(stack: &Stack, key: &str, n: usize) -> Vec<shared::model::Job
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The measured wedge: users created before the tenant had a pool, then disabled, gave back
+/// licences never taken, and the stored count went below zero; the reservation compared with the
+/// clamped count, never matched, and every create of the tenant retried into the dead-letter
+/// queue. Now the count is repaired by the next reservation and the pool holds exactly.
+#[tokio::test]
+async fn a_licence_count_below_zero_never_wedges_creates() {
+    let stack = Stack::start().await;
+    let mut tenant = stack.tenant("acme");
+    stack.put_tenant(&tenant).await;
+    let users: Vec<String> = (0..5).map(|i| format!("early{i}@acme.example.com")).collect();
+    let mut rows: Vec<Vec<String>> = vec![vec!["Email".into()]];
+    rows.extend(users.iter().map(|u| vec![u.clone()]));
+    let key = stack.drop_file("acme", None, "early.csv", tests::rows_to_csv(&rows)).await;
+    assert_eq!(stack.wait_job("acme", &key, WAIT).await.succeeded, 5);
+    tenant.licences = Some(10);
+    stack.put_tenant(&tenant).await;
+    let mut rows: Vec<Vec<String>> = vec![vec!["Action".into(), "Email".into()]];
+    rows.extend(users.iter().map(|u| vec!["Disable".into(), u.clone()]));
+    let key = stack.drop_file("acme", None, "disable.csv", tests::rows_to_csv(&rows)).await;
+    assert_eq!(stack.wait_job("acme", &key, WAIT).await.succeeded, 5);
+    let mut rows: Vec<Vec<String>> = vec![vec!["Action".into(), "Email".into()]];
+    rows.extend((0..12).map(|i| vec!["Create".into(), format!("new{i}@acme.example.com")]));
+    let key = stack.drop_file("acme", None, "twelve.csv", tests::rows_to_csv(&rows)).await;
+    let job = stack.wait_job("acme", &key, WAIT).await;
+    assert_eq!((job.state, job.succeeded, job.failed), (JobState::Completed, 10, 2), "{job:?}");
+    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10);
+    stack.shutdown().await;
+}

@@ -684,16 +684,20 @@ impl Directory for DynamoDirectory {
     }
 
     async fn licences_used(&self, tenant: &str) -> Result<u32> {
-        let out = self
-            .client
-            .get_item()
+        Ok(self.pool_stored(tenant).await?.unwrap_or(0).max(0) as u32)
+    }
+
+    async fn set_licences_used(&self, tenant: &str, used: u32) -> Result<()> {
+        self.client
+            .update_item()
             .table_name(&self.table)
             .key("pk", s(Self::pool_pk(tenant)))
-            .consistent_read(true)
+            .update_expression("SET used = :n")
+            .expression_attribute_values(":n", n(used))
             .send()
             .await
-            .map_err(ddb_err("GetItem"))?;
-        Ok(out.item.as_ref().and_then(|i| i.num::<i64>("used")).unwrap_or(0).max(0) as u32)
+            .map_err(ddb_err("UpdateItem"))?;
+        Ok(())
     }
 
     async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool> {
@@ -765,6 +769,21 @@ impl DynamoDirectory {
         format!("R#{claim}")
     }
 
+    /// The pool's `used` as stored, which can be below zero (licences given back for users
+    /// created before the pool was configured); `None` when never written.
+    async fn pool_stored(&self, tenant: &str) -> Result<Option<i64>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::pool_pk(tenant)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        Ok(out.item.as_ref().and_then(|i| i.num::<i64>("used")))
+    }
+
     async fn recorded_claim(&self, claim: &str) -> Result<Option<LicenceClaim>> {
         let out = self
             .client
@@ -798,7 +817,11 @@ impl DynamoDirectory {
         let wanted = decision.takers.len() as u32;
         let doc = serde_json::to_string(&decision).map_err(|e| Error::corrupt("licence claim", e))?;
         for attempt in 0..100u64 {
-            let used = self.licences_used(tenant).await?;
+            // The condition compares with the value as stored, and the write repairs a count
+            // below zero: comparing with the clamped value never matched, so a negative count
+            // wedged every create of the tenant (the chunk retried into the dead-letter queue).
+            let stored = self.pool_stored(tenant).await?;
+            let used = stored.unwrap_or(0).max(0) as u32;
             let granted = wanted.min(limit.saturating_sub(used));
             let record = Put::builder()
                 .table_name(&self.table)
@@ -811,16 +834,18 @@ impl DynamoDirectory {
                 .map_err(txn_err)?;
             let mut txn = self.client.transact_write_items().transact_items(TransactWriteItem::builder().put(record).build());
             if granted > 0 {
-                let cond = if used == 0 { "attribute_not_exists(used) OR used = :old" } else { "used = :old" };
+                let cond = if stored.is_none() { "attribute_not_exists(used)" } else { "used = :old" };
                 let update = Update::builder()
                     .table_name(&self.table)
                     .key("pk", s(Self::pool_pk(tenant)))
                     .update_expression("SET used = :new")
                     .condition_expression(cond)
-                    .expression_attribute_values(":old", n(used))
-                    .expression_attribute_values(":new", n(used + granted))
-                    .build()
-                    .map_err(txn_err)?;
+                    .expression_attribute_values(":new", n(used + granted));
+                let update = match stored {
+                    Some(old) => update.expression_attribute_values(":old", n(old)),
+                    None => update,
+                };
+                let update = update.build().map_err(txn_err)?;
                 txn = txn.transact_items(TransactWriteItem::builder().update(update).build());
             }
             match txn.send().await {
