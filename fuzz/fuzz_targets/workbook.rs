@@ -180,6 +180,11 @@ fuzz_target!(init: std::panic::set_hook(Box::new(|info| eprintln!("panic (recove
         Kind::Xlsx => xlsx(&book),
         Kind::Ods => ods(&book),
     };
+    // Turning a finding into a fixture: `ROSTERDROP_DUMP=file.xlsx <binary> <artifact>` writes
+    // the workbook the artifact stands for.
+    if let Ok(path) = std::env::var("ROSTERDROP_DUMP") {
+        std::fs::write(path, &bytes).unwrap();
+    }
     if let Ok(tables) = decode::decode_all(&bytes) {
         for t in &tables {
             assert!(t.rows.windows(2).all(|w| w[0].0 < w[1].0), "row numbers increase");

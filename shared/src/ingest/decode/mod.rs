@@ -74,9 +74,9 @@ pub enum FileError {
     )]
     TooBigUnzipped { limit_mb: u64 },
     #[error(
-        "the {format} file's sheets span {:.1} million cells from their first to their last used cell, more than the {:.1} million an {format} file can have here; delete stray cells far below or right of the data (Ctrl+End in Excel goes to the last one), or save the file as XLSX",
-        *cells as f64 / 1e6,
-        *limit as f64 / 1e6
+        "the {format} file's sheets span {} cells from their first to their last used cell, more than the {} an {format} file can have here; delete stray cells far below or right of the data (Ctrl+End in Excel goes to the last one), or save the file as XLSX",
+        thousands(*cells),
+        thousands(*limit)
     )]
     TooSpread { format: &'static str, cells: u64, limit: u64 },
     #[error(
@@ -325,6 +325,19 @@ impl Shape {
     fn started(&self) -> bool {
         self.started
     }
+}
+
+/// 1234567 -> "1,234,567": exact counts in messages (rounded ones said "1.0 million, more than 1.0 million").
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A name from the file as quoted in a message: at most 64 characters, then an ellipsis, so no
