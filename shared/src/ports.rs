@@ -125,6 +125,11 @@ pub trait JobStore: Send + Sync {
     async fn oldest_open(&self) -> Result<Option<(String, String)>>;
     /// Open jobs, oldest first: (id, received_at).
     async fn open_jobs(&self, limit: usize) -> Result<Vec<(String, String)>>;
+    /// Take the tenant's replace lock for job `id`: `None` when this job holds it now (or already
+    /// did), `Some(holder)` when another job that is still open holds it. A holder that ended
+    /// (completed, rejected, failed) or vanished holds nothing, so the lock needs no release and
+    /// a crash cannot leave it stuck.
+    async fn acquire_replace(&self, tenant: &str, id: &str) -> Result<Option<String>>;
     /// Most recent jobs of a tenant, newest first.
     async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Job>>;
 }

@@ -73,3 +73,49 @@ async fn a_licence_count_below_zero_never_wedges_creates() {
     assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10);
     stack.shutdown().await;
 }
+
+/// Two replace files of one tenant at once: the second is refused with a message saying why and
+/// what to do, never interleaved with the first; once the first has ended, a replace runs again.
+/// Files of other modes are not held: each row's conditional write decides, as always.
+#[tokio::test]
+async fn a_second_replace_file_while_one_is_applied_is_refused_and_runs_after_it() {
+    let stack = Stack::start_manual().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let list = |emails: &[&str]| {
+        let mut rows: Vec<&[&str]> = vec![&["Email"]];
+        let cells: Vec<[&str; 1]> = emails.iter().map(|e| [*e]).collect();
+        rows.extend(cells.iter().map(|c| c.as_slice()));
+        csv_text(&rows)
+    };
+    let first = stack.drop_file("acme", Some("replace"), "first.csv", list(&["a@acme.example.com", "b@acme.example.com"])).await;
+    // Ingest the first only: its chunks wait, so the job is being applied.
+    let pending: Vec<_> = stack.take_events().await;
+    for obj in pending.iter().filter(|o| o.key == first) {
+        shared::local::dispatch(&stack.svc, obj).await.unwrap();
+    }
+    let second = stack.drop_file("acme", Some("replace"), "second.csv", list(&["c@acme.example.com"])).await;
+    let upsert = stack.drop_file("acme", None, "extra.csv", list(&["d@acme.example.com"])).await;
+    let mut later = stack.take_events().await;
+    later.extend(pending.into_iter().filter(|o| o.key != first));
+    for obj in later.iter().filter(|o| o.key == second || o.key == upsert) {
+        shared::local::dispatch(&stack.svc, obj).await.unwrap();
+    }
+    let refused = stack.wait_job("acme", &second, Duration::from_secs(5)).await;
+    assert_eq!(refused.state, JobState::Rejected);
+    let reason = stack.summary(&refused).await.reason.unwrap();
+    assert!(reason.starts_with("another replace file of this tenant (first.csv, job "), "{reason}");
+    // Everything else runs to the end: the first replace, the upsert file beside it.
+    for obj in later.iter().filter(|o| o.key != second && o.key != upsert) {
+        shared::local::dispatch(&stack.svc, obj).await.unwrap();
+    }
+    stack.pump(1).await;
+    assert_eq!(stack.wait_job("acme", &first, Duration::from_secs(5)).await.state, JobState::Completed);
+    assert_eq!(stack.wait_job("acme", &upsert, Duration::from_secs(5)).await.state, JobState::Completed);
+    // The first has ended: the same replace file dropped again now runs.
+    let again = stack.drop_file("acme", Some("replace-force"), "second.csv", list(&["c@acme.example.com"])).await;
+    stack.pump(1).await;
+    let jobs = stack.svc.jobs.recent("acme", 20).await.unwrap();
+    let done = jobs.iter().find(|j| j.source_key == again && j.state == JobState::Completed);
+    assert!(done.is_some(), "{jobs:?}");
+    stack.shutdown().await;
+}

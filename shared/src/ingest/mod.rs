@@ -170,6 +170,15 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
         Err(Stop::Io(e)) => return Err(Error::local("reading the roster", e)),
     };
     if mode.is_replace() {
+        // Two "whole lists" must never interleave: one replace file of a tenant at a time.
+        if let Some(holder) = svc.jobs.acquire_replace(&tenant.id, &job.id).await? {
+            let other = svc.jobs.get(&holder).await?.map(|j| j.file_name).unwrap_or_default();
+            let reason = format!(
+                "another replace file of this tenant ({}, job {holder}) is still being applied, and two complete user lists cannot be applied at once; nothing was applied. Upload this file again when that job's result email has arrived",
+                decode::quoted(&other)
+            );
+            return report::reject(svc, &job, Some(&tenant), &reason, &[]).await;
+        }
         let absent = absent_active_users(svc, &tenant, &ingested.validator).await?;
         if let Some((mut reason, preview)) = safeguard(&tenant, mode, &absent) {
             // A large tenant's list can outgrow an email: stored beside the summary, attached
