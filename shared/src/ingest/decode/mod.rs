@@ -892,12 +892,17 @@ fn looks_binary(text: &str) -> bool {
 
 /// The delimiter seen most often outside quotes on the first non-empty line (the header).
 fn sniff_delimiter(text: &str) -> u8 {
-    let header = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    // The header record, from its first non-blank line to the first line break outside quotes: a
+    // quoted header cell may hold a line break (fuzzing found a result file whose header did, read
+    // back as one column because only its first line was looked at).
+    let start: usize = text.split_inclusive('\n').take_while(|l| l.trim().is_empty()).map(str::len).sum();
     let mut counts = [(b',', 0usize), (b';', 0), (b'\t', 0), (b'|', 0)];
     let mut quoted = false;
-    for b in header.bytes() {
+    for b in text.as_bytes()[start..].iter().copied() {
         if b == b'"' {
             quoted = !quoted;
+        } else if b == b'\n' && !quoted {
+            break;
         } else if !quoted && let Some(c) = counts.iter_mut().find(|(d, _)| *d == b) {
             c.1 += 1;
         }
@@ -929,6 +934,16 @@ mod tests {
         assert_eq!(decode(b"Email|Org\na@x.com|A\n").unwrap().delimiter, Some('|'));
         let t = decode(b"Email\tOrg\na@x.com\tA\n").unwrap();
         assert_eq!((t.format, cells(&t)), (Format::Tsv, vec![vec!["a@x.com", "A"]]));
+    }
+
+    #[test]
+    fn a_line_break_inside_a_quoted_header_cell_does_not_fool_the_sniffer() {
+        let t = decode(b"\"First\nName\";Email;Role\nAnn;ann@x.com;Learner\n").unwrap();
+        assert_eq!(t.delimiter, Some(';'));
+        assert_eq!(t.headers, vec!["First\nName", "Email", "Role"]);
+        assert_eq!(cells(&t), vec![vec!["Ann", "ann@x.com", "Learner"]]);
+        let t = decode(b"\r\n\r\n  \r\nEmail|Role\r\nann@x.com|Learner\r\n").unwrap();
+        assert_eq!(t.delimiter, Some('|'), "leading blank lines skipped, CRLF too");
     }
 
     #[test]
