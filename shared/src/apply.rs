@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::event::ObjectRef;
 use crate::ingest::{jsonl, parse_jsonl};
 use crate::keys;
-use crate::model::{Action, Job, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, User};
+use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, User};
 use crate::ports::{LicenceClaim, Stamp, Write};
 use crate::services::Services;
 use futures::{StreamExt, stream};
@@ -14,7 +14,30 @@ use std::collections::HashMap;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
+/// Apply one chunk. An error a retry cannot fix (the chunk unreadable, the tenant removed
+/// mid-job, access denied) stops the job at once: FAILED, and its email says which rows were
+/// applied and which were not (`finalize::finalize_job` stopped). Only retryable errors are
+/// returned for Lambda to retry.
 pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
+    match apply_chunk(svc, obj).await {
+        Err(e) if !e.is_retryable() => stop_job(svc, obj, &e).await,
+        done => done,
+    }
+}
+
+async fn stop_job(svc: &Services, obj: &ObjectRef, cause: &Error) -> Result<()> {
+    let Some((job_id, _, _)) = keys::parse_chunk(&obj.key) else { return Ok(()) };
+    tracing::error!(job = %job_id, key = %obj.key, error = %cause, "a chunk cannot be applied; stopping its job");
+    let Some(job) = svc.jobs.get(&job_id).await? else { return Ok(()) };
+    let reason = format!("stopped: a part of the file could not be applied ({cause})");
+    if job.state.is_final() || !svc.jobs.transition(&job_id, job.state, JobState::Failed, Some(&reason)).await? {
+        return Ok(()); // already ended, or moved on meanwhile
+    }
+    // Later chunks of a FAILED job are refused, so the email stays true.
+    crate::finalize::finalize_job(svc, &crate::model::Job { state: JobState::Failed, ..job }, true).await.map(drop)
+}
+
+async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
     let Some((job_id, phase, seq)) = keys::parse_chunk(&obj.key) else {
         info!(key = %obj.key, "not a chunk; ignored");
         return Ok(());

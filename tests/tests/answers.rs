@@ -279,3 +279,37 @@ async fn the_failed_rows_file_dropped_again_with_the_fault_fixed_stores_the_orig
     }
     stack.shutdown().await;
 }
+
+/// A chunk no retry can apply (here: damaged after ingest wrote it) stops its job at once,
+/// FAILED with one email that says which rows were and were not applied, instead of three
+/// attempts into the dead-letter queue and hours of silence until the deadline sweep.
+#[tokio::test]
+async fn a_chunk_no_retry_can_apply_stops_the_job_with_an_email_of_what_was_applied() {
+    let stack = Stack::start_manual().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.chunk_size = Some(1);
+    stack.put_tenant(&tenant).await;
+    let file = tests::csv_text(&[&["Email"], &["ann@acme.example.com"], &["bob@acme.example.com"]]);
+    let key = stack.drop_file("acme", None, "half.csv", file).await;
+    let mut damaged = false;
+    loop {
+        let events = stack.take_events().await;
+        if events.is_empty() {
+            break;
+        }
+        for obj in events {
+            // Once: the damaging write is itself an event for the same key.
+            if obj.key.ends_with("p1-000001.jsonl") && !damaged {
+                damaged = true;
+                stack.svc.store.put(&obj.key, b"{\"row\":3,\"act".to_vec(), "application/x-ndjson").await.unwrap();
+            }
+            // Returns Ok: nothing for Lambda to retry.
+            shared::local::dispatch(&stack.svc, &obj).await.unwrap();
+        }
+    }
+    let job = stack.wait_job("acme", &key, Duration::from_secs(5)).await;
+    let body = one_email(&stack.admin_email(), &job, JobState::Failed, "1 applied, 1 not applied").await;
+    assert!(body.contains("stopped"), "{body}");
+    assert!(stack.svc.directory.user("acme", "ann@acme.example.com").await.unwrap().is_some());
+    stack.shutdown().await;
+}
