@@ -33,16 +33,22 @@ fn cfn_lint_passes_with_no_errors_or_warnings() {
     assert!(out.status.success() && text.trim().is_empty(), "cfn-lint:\n{text}");
 }
 
-/// Per function: environment variable names and allowed IAM actions, after the SAM transform.
-fn transformed() -> BTreeMap<String, serde_json::Value> {
+/// `infra/transform.py` (the SAM transform, offline) with `args`, its JSON output parsed.
+fn transform<T: serde::de::DeserializeOwned>(args: &[&str]) -> T {
     let out = Command::new(tool("python"))
         .arg("infra/transform.py")
+        .args(args)
         .current_dir(root())
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .unwrap();
     assert!(out.status.success(), "transform failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Per function: environment variable names and allowed IAM actions, after the SAM transform.
+fn transformed() -> BTreeMap<String, serde_json::Value> {
+    transform(&[])
 }
 
 #[test]
@@ -242,14 +248,7 @@ async fn open_jobs_index_holds_a_job_until_it_completes_or_is_rejected() {
 
 /// The bucket's policy and lifecycle, after the SAM transform.
 fn bucket() -> serde_json::Value {
-    let out = Command::new(tool("python"))
-        .args(["infra/transform.py", "--bucket"])
-        .current_dir(root())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "transform failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    transform(&["--bucket"])
 }
 
 #[test]
