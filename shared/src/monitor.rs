@@ -111,7 +111,7 @@ pub async fn scheduled(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Sc
     let mut report = ScheduledReport::default();
     let note = |task: &str, e: crate::Error| {
         tracing::error!(task, retryable = e.is_retryable(), error = %e, "scheduled task failed; the next run retries");
-        report_error(task, &e)
+        format!("{task}: {e}")
     };
     let mut errors = Vec::new();
     match crate::invites::sweep(svc, now).await {
@@ -135,10 +135,6 @@ pub async fn scheduled(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Sc
     }
     report.errors = errors;
     report
-}
-
-fn report_error(task: &str, e: &crate::Error) -> String {
-    format!("{task}: {e}")
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::model::{Job, JobState, Outcome, Status, Tenant};
+use crate::model::{Job, JobState, Status, Tenant};
 use crate::services::Services;
 use mail_builder::MessageBuilder;
 use serde::{Deserialize, Serialize};
@@ -86,15 +86,6 @@ impl Summary {
             disabled_not_in_file: 0,
             disabled_users_key: None,
         }
-    }
-
-    pub fn count(&mut self, outcomes: &[Outcome]) {
-        for o in outcomes {
-            self.counts.add(o.status);
-            let action = o.action.map(|a| a.to_string()).unwrap_or_else(|| "(invalid Type or Action)".into());
-            self.by_action.entry(action).or_default().add(o.status);
-        }
-        self.rows = outcomes.len() as u32;
     }
 }
 

@@ -772,29 +772,18 @@ impl DynamoDirectory {
     /// The pool's `used` as stored, which can be below zero (licences given back for users
     /// created before the pool was configured); `None` when never written.
     async fn pool_stored(&self, tenant: &str) -> Result<Option<i64>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(Self::pool_pk(tenant)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(ddb_err("GetItem"))?;
-        Ok(out.item.as_ref().and_then(|i| i.num::<i64>("used")))
+        Ok(self.item(Self::pool_pk(tenant)).await?.as_ref().and_then(|i| i.num::<i64>("used")))
+    }
+
+    /// One item, read consistently (the pool and its claims decide on the latest write).
+    async fn item(&self, pk: String) -> Result<Option<Item>> {
+        let out = self.client.get_item().table_name(&self.table).key("pk", s(pk)).consistent_read(true).send().await;
+        Ok(out.map_err(ddb_err("GetItem"))?.item)
     }
 
     async fn recorded_claim(&self, claim: &str) -> Result<Option<LicenceClaim>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(Self::claim_pk(claim)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(ddb_err("GetItem"))?;
-        out.item
+        self.item(Self::claim_pk(claim))
+            .await?
             .as_ref()
             .map(|i| {
                 let decision: LicenceClaim =

@@ -12,6 +12,8 @@ pub const MAX_WARNINGS: usize = 20;
 /// A message as the email quotes it.
 pub const MAX_MESSAGE_CHARS: usize = 500;
 
+use crate::ingest::decode::bounded;
+
 #[derive(Debug, Default, Clone)]
 pub struct Digest {
     pub rows: u32,
@@ -26,14 +28,6 @@ pub struct Digest {
     /// Replace mode: users absent from the file that were disabled.
     pub disabled: u32,
     pub format: Option<String>,
-}
-
-/// A message cut to `max` characters, with an ellipsis when cut.
-pub fn bounded(message: &str, max: usize) -> String {
-    match message.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", &message[..at]),
-        None => message.to_string(),
-    }
 }
 
 impl Digest {

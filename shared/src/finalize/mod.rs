@@ -12,7 +12,7 @@ pub mod digest;
 pub mod merge;
 pub mod write;
 
-pub use build::{NOT_APPLIED, stem};
+pub use build::NOT_APPLIED;
 
 use crate::error::{Error, Result};
 use crate::event::ObjectRef;

@@ -55,10 +55,6 @@ pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, St
 /// What finalize needs from ingest: the input as read (to echo every row) and the warnings.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StagedInput {
-    /// Inline tables of jobs staged before `source` existed: always empty now, kept so the
-    /// format reads both ways.
-    #[serde(default)]
-    pub tables: Vec<Table>,
     pub warnings: Vec<String>,
     pub ingested_at: String,
     /// Key of a copy of the file as ingest read it (`keys::staged_source`): finalize decodes it
@@ -333,7 +329,6 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, inges
     // The bytes read, not the key they came from: the file may be replaced under the same name.
     svc.store.put_file(&keys::staged_source(id), source, "application/octet-stream").await?;
     let staged = StagedInput {
-        tables: vec![],
         warnings: ingested.warnings.clone(),
         ingested_at: chrono::Utc::now().to_rfc3339(),
         source: Some(keys::staged_source(id)),

@@ -343,10 +343,14 @@ pub fn thousands(n: u64) -> String {
 /// A name from the file as quoted in a message: at most 64 characters, then an ellipsis, so no
 /// message outgrows what a cell, an email line or a log line holds.
 pub fn quoted(name: &str) -> String {
-    const MAX: usize = 64;
-    match name.char_indices().nth(MAX) {
-        Some((at, _)) => format!("{}…", &name[..at]),
-        None => name.to_string(),
+    bounded(name, 64)
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+pub fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
     }
 }
 
@@ -1258,7 +1262,7 @@ mod spreadsheet_cell_tests {
     }
 
     /// Rewrite one part of a zip (an XLSX) with `edit`.
-    fn edit_part(xlsx: &[u8], part: &str, edit: impl Fn(String) -> String) -> Vec<u8> {
+    pub(super) fn edit_part(xlsx: &[u8], part: &str, edit: impl Fn(String) -> String) -> Vec<u8> {
         use std::io::Write;
         let mut src = zip::ZipArchive::new(Cursor::new(xlsx)).unwrap();
         let mut out = zip::ZipWriter::new(Cursor::new(Vec::new()));
@@ -1420,22 +1424,11 @@ mod grid_tests {
         ws.set_name("Roster").unwrap();
         ws.write_string(0, 0, "Email").unwrap();
         ws.write_string(1, 0, "ann@x.com").unwrap();
-        let xlsx = wb.save_to_buffer().unwrap();
-        let mut src = zip::ZipArchive::new(Cursor::new(xlsx)).unwrap();
-        let mut out = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        for i in 0..src.len() {
-            let mut f = src.by_index(i).unwrap();
-            let name = f.name().unwrap().to_string();
-            let mut body = String::new();
-            f.read_to_string(&mut body).unwrap();
-            if name == "xl/worksheets/sheet1.xml" {
-                let at = body.rfind("</row>").unwrap();
-                body.insert_str(at, &format!(r#"<c r="{reference}" t="inlineStr"><is><t>far</t></is></c>"#));
-            }
-            out.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
-            std::io::Write::write_all(&mut out, body.as_bytes()).unwrap();
-        }
-        out.finish().unwrap().into_inner()
+        super::spreadsheet_cell_tests::edit_part(&wb.save_to_buffer().unwrap(), "xl/worksheets/sheet1.xml", |mut body| {
+            let at = body.rfind("</row>").unwrap();
+            body.insert_str(at, &format!(r#"<c r="{reference}" t="inlineStr"><is><t>far</t></is></c>"#));
+            body
+        })
     }
 
     #[test]
