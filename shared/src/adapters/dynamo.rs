@@ -890,49 +890,34 @@ impl DynamoJobs {
 #[async_trait]
 impl JobStore for DynamoJobs {
     async fn acquire_replace(&self, tenant: &str, id: &str) -> Result<Option<String>> {
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
         let pk = format!("X#{tenant}#replace");
+        // `None`: take a free lock (or keep ours); `Some(h)`: take it over from `h`, which ended.
+        let mut from: Option<String> = None;
         for _ in 0..5 {
-            let res = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .item("pk", s(&pk))
-                .item("holder", s(id))
-                .condition_expression("attribute_not_exists(pk) OR holder = :me")
-                .expression_attribute_values(":me", s(id))
-                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-                .send()
-                .await;
+            let req = self.client.put_item().table_name(&self.table).item("pk", s(&pk)).item("holder", s(id));
+            let req = match &from {
+                None => req.condition_expression("attribute_not_exists(pk) OR holder = :me").expression_attribute_values(":me", s(id)),
+                Some(old) => req.condition_expression("holder = :old").expression_attribute_values(":old", s(old)),
+            };
+            let res = req.return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld).send().await;
+            // The holder comes back with the failed condition: no second read.
             let holder = match res {
                 Ok(_) => return Ok(None),
-                Err(e) if is_condition_failed(&e) => {
-                    let item = self.client.get_item().table_name(&self.table).key("pk", s(&pk)).consistent_read(true).send().await;
-                    match item.map_err(ddb_err("GetItem"))?.item.as_ref().and_then(|i| i.str("holder").map(str::to_string)) {
-                        Some(h) => h,
-                        None => continue, // released meanwhile
-                    }
-                }
+                Err(e) if is_condition_failed(&e) => match e.as_service_error() {
+                    Some(PutItemError::ConditionalCheckFailedException(c)) => c.item().and_then(|i| i.str("holder")).map(str::to_string),
+                    _ => None,
+                },
                 Err(e) => return Err(ddb_err("PutItem")(e)),
+            };
+            let Some(holder) = holder else {
+                from = None; // released meanwhile
+                continue;
             };
             if self.get(&holder).await?.is_some_and(|j| !j.state.is_final()) {
                 return Ok(Some(holder));
             }
-            // The holder ended: take the lock over, unless someone else just did.
-            let res = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .item("pk", s(&pk))
-                .item("holder", s(id))
-                .condition_expression("holder = :old")
-                .expression_attribute_values(":old", s(&holder))
-                .send()
-                .await;
-            match res {
-                Ok(_) => return Ok(None),
-                Err(e) if is_condition_failed(&e) => continue,
-                Err(e) => return Err(ddb_err("PutItem")(e)),
-            }
+            from = Some(holder);
         }
         Err(Error::Transient { service: "dynamodb", operation: "PutItem", message: "replace lock contended".into() })
     }
