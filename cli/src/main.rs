@@ -126,8 +126,12 @@ enum TenantCommand {
     },
     /// Set the licence pool's count to the tenant's active users (after users existed before the
     /// pool was configured, or were changed outside rosterdrop). Run it while no file of the
-    /// tenant is being applied.
-    RecountLicences { id: String },
+    /// tenant is being applied (refused while one is, unless --force).
+    RecountLicences {
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -266,15 +270,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tenant { command: TenantCommand::Put { file } } => {
             let tenant = read_tenant_file(&file)?;
             tenant.validate_sender(&svc.config.sender_identity).map_err(|problem| input(format!("{}: {problem}", file.display())))?;
+            let before = svc.directory.tenant(&tenant.id).await.map_err(reach)?;
             svc.directory.put_tenant(&tenant).await.map_err(reach)?;
             println!("tenant {} saved", tenant.id);
+            // A pool configured for a tenant that already has users starts from them, not from zero.
+            if let Some(limit) = tenant.licences.filter(|_| before.as_ref().is_none_or(|b| b.licences.is_none())) {
+                let (_, used) = shared::apply::recount_licences(svc, &tenant.id).await.map_err(reach)?;
+                println!("licences: {used} of {limit} in use (counted from the tenant's active users)");
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tenant { command: TenantCommand::RecountLicences { id } } => {
+        Command::Tenant { command: TenantCommand::RecountLicences { id, force } } => {
             find_tenant(svc, &id, aws).await?;
-            let before = svc.directory.licences_used(&id).await.map_err(reach)?;
-            let active = svc.directory.list_users(&id).await.map_err(reach)?.iter().filter(|(_, status)| status == "active").count() as u32;
-            svc.directory.set_licences_used(&id, active).await.map_err(reach)?;
+            let open: Vec<String> =
+                svc.jobs.recent(&id, 100).await.map_err(reach)?.into_iter().filter(|j| !j.state.is_final()).map(|j| j.id).collect();
+            if !open.is_empty() && !force {
+                return Err(input(format!(
+                    "tenant {id} has {} file(s) still being applied ({}); their licences are in flight, so a count now could be off. Run it again when they have finished, or pass --force",
+                    open.len(),
+                    open.join(", ")
+                )));
+            }
+            let (before, active) = shared::apply::recount_licences(svc, &id).await.map_err(reach)?;
             println!("tenant {id}: licences used {before} -> {active} (active users)");
             Ok(ExitCode::SUCCESS)
         }

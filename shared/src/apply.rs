@@ -6,8 +6,8 @@ use crate::error::{Error, Result};
 use crate::event::ObjectRef;
 use crate::ingest::{jsonl, parse_jsonl};
 use crate::keys;
-use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, User};
-use crate::ports::{LicenceClaim, Stamp, Write};
+use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, User, UserStatus};
+use crate::ports::{Licence, LicenceClaim, Stamp, Write, Written};
 use crate::services::Services;
 use futures::{StreamExt, stream};
 use std::collections::HashMap;
@@ -84,6 +84,8 @@ struct Ctx<'a> {
     dry: bool,
     now: String,
     job: &'a str,
+    /// The upload's order: rows never overwrite what a later upload wrote.
+    order: &'a str,
     /// Existence of organizations and users referenced by rows, looked up once per chunk.
     orgs: Mutex<HashMap<String, bool>>,
     users: Mutex<HashMap<String, bool>>,
@@ -99,6 +101,7 @@ pub async fn apply_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowO
         dry: job.mode == Some(Mode::Validate),
         now: chrono::Utc::now().to_rfc3339(),
         job: &job.id,
+        order: &job.order,
         orgs: Mutex::new(HashMap::new()),
         users: Mutex::new(HashMap::new()),
     };
@@ -108,43 +111,70 @@ pub async fn apply_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowO
         Some(limit) if !ctx.dry => Some(reserve(&ctx, &ops, limit, claim, concurrency).await?),
         _ => None,
     };
-    let futures: Vec<_> =
-        ops.iter().map(|op| row_or_refusal(&ctx, op, pool.as_ref().is_some_and(|p| p.refused.contains(&op.row)))).collect();
-    let results: Vec<Result<(Outcome, Write)>> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
+    let futures: Vec<_> = ops
+        .iter()
+        .map(|op| {
+            let refused = pool.as_ref().is_some_and(|p| p.refused.contains(&op.row));
+            let licensed = pool.as_ref().is_none_or(|p| p.takers.contains(&op.row));
+            row_or_refusal(&ctx, op, refused, licensed)
+        })
+        .collect();
+    let results: Vec<Result<(Outcome, Written)>> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
     let results = results.into_iter().collect::<Result<Vec<_>>>()?;
     if let Some(p) = &pool {
-        // Give back what was reserved but not used, and what deletes and disables freed.
-        let by_row: HashMap<u32, (Status, Write)> = results.iter().map(|(o, w)| (o.row, (o.status, *w))).collect();
-        let used =
-            p.takers.iter().filter(|r| matches!(by_row.get(r), Some((Status::Success, Write::Created | Write::Updated)))).count() as u32;
-        let freed =
-            p.givers.iter().filter(|r| matches!(by_row.get(r), Some((Status::Success, Write::Deleted | Write::Updated)))).count() as u32;
-        svc.directory.settle_licences(&tenant.id, claim, p.granted - used.min(p.granted) + freed).await?;
+        let returned = p.returned(results.iter().map(|(o, w)| (o.row, w)));
+        svc.directory.settle_licences(&tenant.id, claim, returned).await?;
     }
     let mut outcomes: Vec<Outcome> = results.into_iter().map(|(o, _)| o).collect();
     outcomes.sort_by_key(|o| (o.row, o.user.clone()));
     Ok(outcomes)
 }
 
-async fn row_or_refusal(ctx: &Ctx<'_>, op: &RowOp, refused: bool) -> Result<(Outcome, Write)> {
+async fn row_or_refusal(ctx: &Ctx<'_>, op: &RowOp, refused: bool, licensed: bool) -> Result<(Outcome, Written)> {
     if refused {
         let limit = ctx.tenant.licences.unwrap_or(0);
         return Ok((
             Outcome::failure(op.row, Some(op.action), format!("no licence available (pool of {limit} exhausted)")),
-            Write::NotFound,
+            Written { write: Write::NotFound, licence: Licence::Unchanged },
         ));
     }
-    apply_row(ctx, op).await
+    apply_row(ctx, op, licensed).await
 }
 
+/// A chunk's share of the licence pool.
+#[derive(Debug)]
 struct Reservation {
     granted: u32,
-    /// Rows that take a licence and got one.
+    /// Rows that asked for a licence and hold one.
     takers: Vec<u32>,
-    /// Rows that take a licence and did not get one.
+    /// Rows that asked for a licence and did not get one.
     refused: Vec<u32>,
-    /// Rows that give a licence back if they succeed.
-    givers: Vec<u32>,
+    /// The reservation was made by an earlier attempt of this chunk.
+    repeated: bool,
+}
+
+impl Reservation {
+    /// Licences to give back once the rows are written: what was granted and not taken, and
+    /// what the writes freed. Each take and give-back was decided by the write's own condition.
+    /// A retried row that a later upload overwrote cannot tell what its first attempt did: a
+    /// licence it held counts as taken (the pool may then count one too many until
+    /// `recount-licences`, never one too few).
+    fn returned<'a>(&self, rows: impl Iterator<Item = (u32, &'a Written)>) -> u32 {
+        let (mut took, mut freed) = (0u32, 0u32);
+        for (row, w) in rows {
+            match w.licence {
+                Licence::Took => took += 1,
+                Licence::Freed => freed += 1,
+                Licence::Unchanged if self.repeated && matches!(w.write, Write::Superseded(_)) && self.takers.contains(&row) => took += 1,
+                Licence::Unchanged => {}
+            }
+        }
+        if took > self.granted {
+            // Only rows holding a licence may take one (`rules::first`); never give back more than was counted.
+            warn!(took, granted = self.granted, "more licences taken than granted");
+        }
+        self.granted.saturating_sub(took) + freed
+    }
 }
 
 async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], limit: u32, claim: &str, concurrency: usize) -> Result<Reservation> {
@@ -157,26 +187,33 @@ async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], limit: u32, claim: &str, concurre
         .collect();
     let states: Vec<Result<UserState>> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
     let mut takers = Vec::new();
-    let mut givers = Vec::new();
     for st in states {
         let (row, action, user, token) = st?;
         // A user this very row created on an earlier attempt still counts as its taker.
         let ours = user.as_ref().is_some_and(|u| u.created_by == token);
-        let active = user.as_ref().is_some_and(|u| u.status == "active") && !ours;
+        // A hint only: the write decides whether a licence is taken, and a row without one
+        // never makes a user active.
         match action {
             Action::Create | Action::Upsert if user.is_none() || ours => takers.push(row),
-            Action::Enable if user.as_ref().is_some_and(|u| u.status == "disabled") => takers.push(row),
-            Action::Delete | Action::Disable | Action::Reconcile if active => givers.push(row),
+            Action::Enable if user.as_ref().is_some_and(|u| u.status == UserStatus::Disabled) => takers.push(row),
             _ => {}
         }
     }
     takers.sort_unstable();
-    givers.sort_unstable();
-    // A retried chunk gets its first attempt's decision back (its own writes hide the original state).
-    let claimed = ctx.svc.directory.reserve_licences(&ctx.tenant.id, limit, claim, LicenceClaim { takers, givers, granted: 0 }).await?;
-    let LicenceClaim { mut takers, givers, granted } = claimed;
+    // A retried chunk gets its first attempt's reservation back (its own writes hide the original state).
+    let claimed = ctx.svc.directory.reserve_licences(&ctx.tenant.id, limit, claim, LicenceClaim { takers, ..Default::default() }).await?;
+    let LicenceClaim { mut takers, granted, repeated } = claimed;
     let refused = takers.split_off((granted as usize).min(takers.len()));
-    Ok(Reservation { granted, takers, refused, givers })
+    Ok(Reservation { granted, takers, refused, repeated })
+}
+
+/// Set a tenant's pool count to its active users: the repair for a count that drifted (users
+/// that existed before the pool, or changed outside rosterdrop). Returns (before, after).
+pub async fn recount_licences(svc: &Services, tenant: &str) -> Result<(u32, u32)> {
+    let before = svc.directory.licences_used(tenant).await?;
+    let active = svc.directory.list_users(tenant).await?.iter().filter(|(_, status)| *status == UserStatus::Active).count() as u32;
+    svc.directory.set_licences_used(tenant, active).await?;
+    Ok((before, active))
 }
 
 /// (row, action, the user as stored, the row's stamp token)
@@ -184,15 +221,16 @@ type UserState = (u32, Action, Option<User>, String);
 
 async fn user_state(ctx: &Ctx<'_>, op: &RowOp, email: &str) -> Result<UserState> {
     let user = ctx.svc.directory.user(&ctx.tenant.id, email).await?;
-    Ok((op.row, op.action, user, Stamp { job: ctx.job.to_string(), row: op.row, at: String::new() }.token()))
+    Ok((op.row, op.action, user, Stamp { job: ctx.job.to_string(), row: op.row, at: String::new(), order: String::new() }.token()))
 }
 
-async fn apply_row(ctx: &Ctx<'_>, op: &RowOp) -> Result<(Outcome, Write)> {
+async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<(Outcome, Written)> {
     let (row, action) = (op.row, op.action);
     let tenant = ctx.tenant.id.as_str();
-    let fail = |msg: String| Ok((Outcome::failure(row, Some(action), msg), Write::NotFound));
+    let nothing = || Written { write: Write::NotFound, licence: Licence::Unchanged };
+    let fail = |msg: String| Ok((Outcome::failure(row, Some(action), msg), nothing()));
     let fail_in = |column: &str, msg: String| {
-        Ok((Outcome { column: Some(column.to_string()), ..Outcome::failure(row, Some(action), msg) }, Write::NotFound))
+        Ok((Outcome { column: Some(column.to_string()), ..Outcome::failure(row, Some(action), msg) }, nothing()))
     };
     if let Target::User { fields, .. } = &op.target
         && action != Action::Delete
@@ -222,7 +260,8 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp) -> Result<(Outcome, Write)> {
             }
         }
     }
-    let stamp = Stamp { job: ctx.job.to_string(), row, at: ctx.now.clone() };
+    let stamp = Stamp { job: ctx.job.to_string(), row, at: ctx.now.clone(), order: ctx.order.to_string() };
+    let unchanged = |write| Written { write, licence: Licence::Unchanged };
     let result = match &op.target {
         Target::Org { name } if action == Action::Delete => {
             let users = ctx.svc.directory.count_org_users(tenant, name).await?;
@@ -230,14 +269,14 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp) -> Result<(Outcome, Write)> {
                 let noun = if users == 1 { "user" } else { "users" };
                 return fail(format!("organization \"{name}\" still has {users} {noun}; move or delete them first"));
             }
-            if ctx.dry { predict_org(ctx, op).await } else { ctx.svc.directory.delete_org(tenant, name, &stamp).await }
+            if ctx.dry { predict_org(ctx, op).await.map(unchanged) } else { ctx.svc.directory.write_org(tenant, op, &stamp).await }
         }
-        Target::Org { .. } if ctx.dry => predict_org(ctx, op).await,
+        Target::Org { .. } if ctx.dry => predict_org(ctx, op).await.map(unchanged),
         Target::Org { .. } => ctx.svc.directory.write_org(tenant, op, &stamp).await,
-        Target::User { email, .. } if ctx.dry => predict_user(ctx, email, action).await,
-        Target::User { .. } => ctx.svc.directory.write_user(tenant, op, &stamp).await,
+        Target::User { email, .. } if ctx.dry => predict_user(ctx, email, action).await.map(unchanged),
+        Target::User { .. } => ctx.svc.directory.write_user(tenant, op, &stamp, licensed).await,
     };
-    let write = match result {
+    let written = match result {
         Ok(w) => w,
         Err(e) if e.is_retryable() => return Err(e),
         // A permanent error on one row (e.g. a value DynamoDB refuses) fails that row only.
@@ -246,19 +285,21 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp) -> Result<(Outcome, Write)> {
             return fail(format!("could not be saved: {e}"));
         }
     };
-    let mut outcome = message(op, write, ctx.dry);
+    let mut outcome = message(op, &written.write, ctx.dry);
     if let Target::User { email, fields } = &op.target {
         if action == Action::Reconcile {
             outcome.user = Some(email.clone());
         }
-        outcome.message += &invite(ctx, op, email, fields, write).await?;
+        if outcome.status == Status::Success {
+            outcome.message += &invite(ctx, op, email, fields, &written.write).await?;
+        }
     }
-    Ok((outcome, write))
+    Ok((outcome, written))
 }
 
 /// Record the activation email a row asks for; returns what to add to the row's message.
 /// Only users this row created are invited ("never to users only updated"), or the Invite action.
-async fn invite(ctx: &Ctx<'_>, op: &RowOp, email: &str, fields: &crate::model::UserFields, write: Write) -> Result<String> {
+async fn invite(ctx: &Ctx<'_>, op: &RowOp, email: &str, fields: &crate::model::UserFields, write: &Write) -> Result<String> {
     let wanted = match (op.action, write) {
         (Action::Invite, Write::Updated) => true,
         (_, Write::Created) => fields.invite,
@@ -330,7 +371,7 @@ async fn predict_org(ctx: &Ctx<'_>, op: &RowOp) -> Result<Write> {
 }
 
 /// The human words for a write's result.
-fn message(op: &RowOp, write: Write, dry: bool) -> Outcome {
+fn message(op: &RowOp, write: &Write, dry: bool) -> Outcome {
     let (noun, what) = match &op.target {
         Target::User { email, .. } if op.action == Action::Reconcile => ("user", format!(" {email}")),
         Target::User { .. } => ("user", String::new()),
@@ -365,6 +406,18 @@ fn message(op: &RowOp, write: Write, dry: bool) -> Outcome {
             Outcome::success(row, action, format!("{noun}{what} was already disabled or removed"))
         }
         Write::NotFound => Outcome::failure(row, Some(action), format!("{noun}{what} not found; use Create or Upsert to add it")),
+        Write::Superseded(job) => {
+            Outcome { action: Some(action), ..Outcome::skipped(row, format!("changed by a newer upload (job {job})")) }
+        }
+        Write::Unlicensed => Outcome::failure(
+            row,
+            Some(action),
+            if action == Action::Enable {
+                "the user was disabled by another upload while this file was applied, and this row held no licence to enable them; upload the row again"
+            } else {
+                "the user was deleted by another upload while this file was applied, and this row held no licence to create them again; upload the row again"
+            },
+        ),
     }
 }
 

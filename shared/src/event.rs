@@ -13,6 +13,8 @@ pub struct ObjectRef {
     /// Orders events for one key; identical on a redelivered event.
     pub sequencer: Option<String>,
     pub etag: Option<String>,
+    /// When S3 finished storing the object: with the sequencer, the upload's order.
+    pub event_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Object-created records of an event; other records (deletes, test events) are dropped.
@@ -30,6 +32,7 @@ pub fn objects(event: &S3Event) -> Vec<ObjectRef> {
                 version_id: r.s3.object.version_id.clone().filter(|v| !v.is_empty() && v != "null"),
                 sequencer: r.s3.object.sequencer.clone(),
                 etag: r.s3.object.e_tag.clone(),
+                event_time: Some(r.event_time),
             })
         })
         .collect()

@@ -18,6 +18,7 @@ pub mod model;
 pub mod monitor;
 pub mod ports;
 pub mod report;
+pub mod rules;
 pub mod services;
 pub mod template;
 

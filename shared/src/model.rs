@@ -384,12 +384,39 @@ pub struct UserFields {
 /// Association columns and the attribute each is stored as.
 pub const ASSOCIATIONS: &[&str] = &["supervisor", "supervisor_manager", "parent", "instructor"];
 
+/// Whether a user holds a licence (active) or not (disabled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UserStatus {
+    #[default]
+    Active,
+    Disabled,
+}
+
+impl UserStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Disabled => "disabled",
+        }
+    }
+    /// A stored value; anything but `disabled` is active (items written before statuses existed).
+    pub fn parse(s: &str) -> Self {
+        if s == "disabled" { UserStatus::Disabled } else { UserStatus::Active }
+    }
+}
+
+impl fmt::Display for UserStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A user as stored in the directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub email: String,
-    /// `active` or `disabled`.
-    pub status: String,
+    pub status: UserStatus,
     pub fields: UserFields,
     /// `<job>#<row>` that created the user.
     pub created_by: String,
@@ -552,6 +579,9 @@ pub struct Job {
     pub state: JobState,
     /// RFC 3339.
     pub received_at: String,
+    /// Where this upload stands among all uploads (`upload_order`): a directory item written by
+    /// a later upload is never overwritten by this job's rows.
+    pub order: String,
     /// Chunks per phase, known once ingest has planned the job.
     pub phase_chunks: Option<[u32; PHASES]>,
     /// Chunks completed per phase.
@@ -575,6 +605,7 @@ impl Job {
         mode: Option<Mode>,
         received_at: impl Into<String>,
     ) -> Self {
+        let received_at = received_at.into();
         Job {
             id: id.into(),
             tenant: tenant.into(),
@@ -582,7 +613,8 @@ impl Job {
             file_name: file_name.into(),
             mode,
             state: JobState::Received,
-            received_at: received_at.into(),
+            order: upload_order(chrono::DateTime::parse_from_rfc3339(&received_at).ok().map(|t| t.to_utc()), None),
+            received_at,
             phase_chunks: None,
             phase_done: [0; PHASES],
             total_rows: 0,
@@ -600,6 +632,16 @@ impl Job {
     pub fn chunks_done(&self) -> u32 {
         self.phase_done.iter().sum()
     }
+}
+
+/// The order of an upload: the S3 event's time (when S3 finished storing the object, in
+/// milliseconds), then its sequencer, which orders the uploads of one key within a millisecond
+/// (S3's rule: left-pad the shorter sequencer with zeros, then compare). Fixed width, so
+/// comparing the strings compares the uploads; DynamoDB conditions compare them the same way.
+pub fn upload_order(event_time: Option<chrono::DateTime<chrono::Utc>>, sequencer: Option<&str>) -> String {
+    let time = event_time.unwrap_or_else(chrono::Utc::now).format("%Y-%m-%dT%H:%M:%S%.3fZ");
+    let seq: String = sequencer.unwrap_or("").chars().filter(char::is_ascii_hexdigit).map(|c| c.to_ascii_uppercase()).collect();
+    format!("{time}#{seq:0>32}")
 }
 
 /// Mask an email for logs: `al***@ex***.com`. Never log the raw address.

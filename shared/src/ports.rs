@@ -2,7 +2,7 @@
 //! tests use in-memory fakes behind the same traits.
 
 use crate::error::Result;
-use crate::model::{Invite, Job, JobState, RowOp, Tenant, User};
+use crate::model::{Invite, Job, JobState, RowOp, Tenant, User, UserStatus};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ pub trait ObjectStore: Send + Sync {
 }
 
 /// How a conditional directory write ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
     Created,
     Updated,
@@ -36,6 +36,28 @@ pub enum Write {
     AlreadyExists,
     /// The condition failed because the item does not exist.
     NotFound,
+    /// A later upload (this job) wrote the item: this row's older values are not applied.
+    Superseded(String),
+    /// The row would take a licence it was not given: the user was active (or present) when the
+    /// file was read and changed while it was applied.
+    Unlicensed,
+}
+
+/// What a write did to the tenant's licence pool, decided by the write's own condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Licence {
+    Unchanged,
+    /// A user became active (created, or enabled).
+    Took,
+    /// An active user was disabled or deleted.
+    Freed,
+}
+
+/// A directory write's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub write: Write,
+    pub licence: Licence,
 }
 
 /// Identifies the row that performs a write, stored on the item. A retried write that finds its
@@ -46,6 +68,8 @@ pub struct Stamp {
     pub row: u32,
     /// RFC 3339 time of the write.
     pub at: String,
+    /// The upload's order (`model::upload_order`): an item a later upload wrote is left alone.
+    pub order: String,
 }
 
 impl Stamp {
@@ -60,21 +84,23 @@ pub trait Directory: Send + Sync {
     async fn put_tenant(&self, tenant: &Tenant) -> Result<()>;
     async fn list_tenants(&self) -> Result<Vec<Tenant>>;
     async fn user(&self, tenant: &str, email: &str) -> Result<Option<User>>;
-    /// Apply a user row with the conditional write its action needs.
-    async fn write_user(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Write>;
-    /// Apply an organization row (not Delete: see `delete_org`).
-    async fn write_org(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Write>;
-    async fn delete_org(&self, tenant: &str, name: &str, stamp: &Stamp) -> Result<Write>;
+    /// Apply a user row with the conditional writes `rules` gives for its action. `licensed`: the
+    /// row holds a licence of the tenant's pool (always true without a pool); without one, no
+    /// write of the row can make a user active.
+    async fn write_user(&self, tenant: &str, op: &RowOp, stamp: &Stamp, licensed: bool) -> Result<Written>;
+    /// Apply an organization row (Delete included: the caller checked it holds no users).
+    async fn write_org(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Written>;
     async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool>;
     /// Users whose organization is `name` (delete refuses non-empty organizations).
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64>;
     /// Every user of a tenant: (key, status). Replace mode diffs the file against it.
-    async fn list_users(&self, tenant: &str) -> Result<Vec<(String, String)>>;
+    async fn list_users(&self, tenant: &str) -> Result<Vec<(String, UserStatus)>>;
     /// Reserve licences of a pool of `limit` for one claim (a chunk): up to one per taker. Atomic
     /// across concurrent claims. The decision is recorded with the grant; a repeated claim gets the
     /// recorded decision back, not the one it passed.
     async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim>;
-    /// Give `returned` licences back for a claim, once (a repeated settle changes nothing).
+    /// Give `returned` licences back for a claim, once (a repeated settle changes nothing), never
+    /// taking the count below zero.
     async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> Result<()>;
     async fn licences_used(&self, tenant: &str) -> Result<u32>;
     /// Set the pool's count (the repair `rosterdrop tenant recount-licences` makes from the
@@ -82,16 +108,18 @@ pub trait Directory: Send + Sync {
     async fn set_licences_used(&self, tenant: &str, used: u32) -> Result<()>;
 }
 
-/// A chunk's licence decision: which rows take a licence, which give one back if they succeed,
-/// and how many the pool granted. Recorded with the reservation because a retried chunk cannot
-/// work it out again: after its first attempt, the users it deleted or disabled are no longer
-/// active and the users it enabled no longer disabled.
+/// A chunk's licence reservation: the rows that asked for a licence (in order) and how many the
+/// pool granted (the first `granted` of them hold one). Recorded with the reservation because a
+/// retried chunk cannot work it out again: after its first attempt, the users it created exist.
+/// Whether a licence was then really taken or given back is decided by each row's write.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LicenceClaim {
     pub takers: Vec<u32>,
-    pub givers: Vec<u32>,
     #[serde(default)]
     pub granted: u32,
+    /// The claim was recorded by an earlier attempt (a retry, or a duplicate running alongside).
+    #[serde(skip)]
+    pub repeated: bool,
 }
 
 /// What ingest knows once it has planned a job.

@@ -173,6 +173,8 @@ impl Stack {
                     let v = match k.as_str() {
                         "created_at" | "updated_at" | "at" | "invited_at" => "<time>".to_string(),
                         "ttl" => "<ttl>".to_string(),
+                        // The upload's order: its event time.
+                        "ord" => "<order>".to_string(),
                         _ => norm(format!("{v:?}")),
                     };
                     (k, v)

@@ -4,7 +4,7 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use mail_parser::{MessageParser, MimeHeaders};
-use shared::model::{AttributeDef, AttributeKind, JobState};
+use shared::model::{AttributeDef, AttributeKind, JobState, UserStatus};
 use shared::ports::LicenceClaim;
 use std::time::Duration;
 use tests::{Stack, parse_csv, wait_mail};
@@ -109,7 +109,7 @@ async fn replace_mode_disables_absent_users_and_strips_their_groups_but_keeps_ma
 
     let dir = &stack.svc.directory;
     let gone = dir.user("acme", "u9@acme.example.com").await.unwrap().unwrap();
-    assert_eq!(gone.status, "disabled");
+    assert_eq!(gone.status, UserStatus::Disabled);
     assert!(gone.fields.groups.is_empty() && gone.manual_groups.is_empty() && gone.fields.department.is_none(), "{gone:?}");
     let kept = dir.user("acme", "u0@acme.example.com").await.unwrap().unwrap();
     assert_eq!(
@@ -118,7 +118,7 @@ async fn replace_mode_disables_absent_users_and_strips_their_groups_but_keeps_ma
         "targeting moved to the new group"
     );
     assert_eq!(kept.manual_groups, vec!["Chess Club"], "manual groups of users in the file are left alone");
-    assert_eq!(dir.user("acme", "new@acme.example.com").await.unwrap().unwrap().status, "active");
+    assert_eq!(dir.user("acme", "new@acme.example.com").await.unwrap().unwrap().status, UserStatus::Active);
 
     let disabled = parse_csv(&stack.get(s.disabled_users_key.as_deref().unwrap()).await.unwrap());
     assert_eq!(disabled.len(), 2, "header + u9 only: {disabled:?}");
@@ -149,7 +149,7 @@ async fn replace_over_the_safeguard_applies_nothing_and_emails_the_preview_until
     assert!(reason.starts_with("replace would disable 5 of 10 active users (50%), more than this tenant's limit of 20%"), "{reason}");
     assert!(reason.contains("incoming/acme/replace-force/"), "says how to override: {reason}");
     assert!(stack.svc.directory.user("acme", "newcomer@acme.example.com").await.unwrap().is_none(), "nothing applied");
-    assert_eq!(stack.svc.directory.user("acme", "u9@acme.example.com").await.unwrap().unwrap().status, "active");
+    assert_eq!(stack.svc.directory.user("acme", "u9@acme.example.com").await.unwrap().unwrap().status, UserStatus::Active);
     let mails = wait_mail(&stack.admin_email(), 2, Duration::from_secs(10)).await;
     let msg = MessageParser::default().parse(mails.last().unwrap()).unwrap();
     let preview = msg.attachments().find(|a| a.attachment_name() == Some("would-be-disabled.csv")).expect("preview attached");
@@ -159,7 +159,7 @@ async fn replace_over_the_safeguard_applies_nothing_and_emails_the_preview_until
     let (job, s, _) = stack.run_csv("acme", Some("replace-force"), "half.csv", rows).await;
     assert_eq!(job.state, JobState::Completed);
     assert_eq!(s.disabled_not_in_file, 5);
-    assert_eq!(stack.svc.directory.user("acme", "u9@acme.example.com").await.unwrap().unwrap().status, "disabled");
+    assert_eq!(stack.svc.directory.user("acme", "u9@acme.example.com").await.unwrap().unwrap().status, UserStatus::Disabled);
     stack.shutdown().await;
 }
 
@@ -480,10 +480,10 @@ async fn licence_reservations_never_exceed_the_pool_under_forty_concurrent_claim
     assert_eq!(granted, 10, "exactly the pool, no more, no less");
     assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10);
     // A repeated claim gets its recorded grant back and takes nothing more; a settle happens once.
-    // (Its recorded decision, not the one passed again: one taker, no givers.)
-    let retry = LicenceClaim { takers: vec![1, 2, 3], givers: vec![4], granted: 0 };
+    // (Its recorded decision, not the one passed again: one taker.)
+    let retry = LicenceClaim { takers: vec![1, 2, 3], ..Default::default() };
     let recorded = stack.svc.directory.reserve_licences("acme", 10, "job#1#0", retry).await.unwrap();
-    assert_eq!((recorded.takers.len(), recorded.givers.len()), (1, 0));
+    assert_eq!((recorded.takers.len(), recorded.repeated), (1, true));
     let again = recorded.granted;
     assert!(again <= 1);
     stack.svc.directory.settle_licences("acme", "job#1#0", again).await.unwrap();

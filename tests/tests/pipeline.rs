@@ -3,7 +3,7 @@
 //! the same handlers the Lambdas run, DynamoDB Local, and mail read back from LocalStack.
 
 use mail_parser::{MessageParser, MimeHeaders};
-use shared::model::{JobState, Status};
+use shared::model::{JobState, Status, UserStatus};
 use std::time::{Duration, Instant};
 use tests::{Stack, csv_text, parse_csv, parse_xlsx, rows_to_csv, sample_roster, wait_mail, xlsx_bytes};
 
@@ -45,7 +45,7 @@ async fn csv_roster_creates_users_writes_results_and_emails_the_admins_once() {
     // Users landed; the invalid ones did not.
     let ann = stack.svc.directory.user("acme", "ann@acme.example.com").await.unwrap().expect("ann created");
     assert_eq!(ann.fields.first_name.as_deref(), Some("Ann"));
-    assert_eq!(ann.status, "active");
+    assert_eq!(ann.status, UserStatus::Active);
     assert!(stack.svc.directory.user("acme", "dee@acme.example.com").await.unwrap().is_none());
 
     // Result file: every row, in input order, with Status and Message.
@@ -154,7 +154,7 @@ async fn each_action_reports_its_outcome_and_conditional_writes_hold() {
     );
     assert_eq!(dir.user("acme", "b@acme.example.com").await.unwrap().unwrap().fields.first_name.as_deref(), Some("Bea"));
     assert!(dir.user("acme", "c@acme.example.com").await.unwrap().is_none());
-    assert_eq!(dir.user("acme", "d@acme.example.com").await.unwrap().unwrap().status, "disabled");
+    assert_eq!(dir.user("acme", "d@acme.example.com").await.unwrap().unwrap().status, UserStatus::Disabled);
     assert!(dir.user("acme", "new@acme.example.com").await.unwrap().is_none());
     assert!(dir.org_exists("acme", "north").await.unwrap());
     assert!(dir.org_exists("acme", "West").await.unwrap(), "an organization with users is not deleted");

@@ -7,8 +7,9 @@
 
 use crate::error::{Error, Result};
 use crate::model::Invite;
-use crate::model::{Action, Job, JobState, Mode, PHASES, RowOp, Target, Tenant, User, UserFields};
-use crate::ports::{Directory, Invites, JobStore, LicenceClaim, Plan, Stamp, Write};
+use crate::model::{Action, Job, JobState, Mode, PHASES, RowOp, Target, Tenant, User, UserFields, UserStatus};
+use crate::ports::{Directory, Invites, JobStore, LicenceClaim, Plan, Stamp, Written};
+use crate::rules::{self, Attempt, Next, Seen};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
@@ -26,11 +27,6 @@ pub const GSI: &str = "gsi1";
 pub const OPEN_JOBS: &str = "gsi2";
 /// Chunk markers expire after 30 days; the job item stays.
 const MARKER_TTL_SECS: i64 = 30 * 24 * 3600;
-
-/// Where a delete records that this row did it (see `DynamoDirectory::delete`).
-fn tombstone_pk(stamp: &Stamp) -> String {
-    format!("D#{}", stamp.token())
-}
 
 pub fn user_pk(tenant: &str, email: &str) -> String {
     format!("U#{tenant}#{email}")
@@ -94,7 +90,7 @@ impl From<UserItem<'_>> for Item {
         item.insert("kind".into(), s("user"));
         item.insert("tenant".into(), s(u.tenant));
         item.insert("email".into(), s(u.email));
-        item.insert("status".into(), s("active"));
+        item.insert("status".into(), s(UserStatus::Active.as_str()));
         item.insert("gsi1pk".into(), s(user_shard(u.tenant, u.email)));
         item.insert("gsi1sk".into(), s(u.fields.org.as_deref().map(str::to_lowercase).unwrap_or_else(|| "-".into())));
         item.insert("created_at".into(), s(&u.stamp.at));
@@ -210,7 +206,7 @@ impl TryFrom<&Item> for User {
         let get = |k: &str| item.str(k).map(str::to_string);
         Ok(User {
             email: get("email").ok_or_else(|| Error::corrupt("user item", "no email"))?,
-            status: get("status").unwrap_or_default(),
+            status: UserStatus::parse(item.str("status").unwrap_or_default()),
             created_by: get("created_by").unwrap_or_default(),
             fields: UserFields {
                 first_name: get("first_name"),
@@ -262,6 +258,13 @@ impl TryFrom<&Item> for Job {
             file_name: req("file_name")?,
             mode: item.str("mode").and_then(Mode::parse),
             state: JobState::parse(&state).ok_or_else(|| Error::corrupt("job item", format!("state {state}")))?,
+            // Jobs stored before uploads were ordered: their receipt time stands in.
+            order: match item.str("upload_order") {
+                Some(o) => o.to_string(),
+                None => {
+                    crate::model::upload_order(chrono::DateTime::parse_from_rfc3339(&req("received_at")?).ok().map(|t| t.to_utc()), None)
+                }
+            },
             received_at: req("received_at")?,
             phase_chunks: plan,
             phase_done: std::array::from_fn(|p| item.num(&format!("done{p}")).unwrap_or(0)),
@@ -288,6 +291,7 @@ impl From<&Job> for Item {
         }
         item.insert("state".into(), s(j.state.as_str()));
         item.insert("received_at".into(), s(&j.received_at));
+        item.insert("upload_order".into(), s(&j.order));
         // The by-tenant index lists a tenant's jobs newest first for `rosterdrop status`.
         item.insert("gsi1pk".into(), s(format!("JOBS#{}", j.tenant)));
         item.insert("gsi1sk".into(), s(format!("{}#{}", j.received_at, j.id)));
@@ -322,105 +326,244 @@ impl DynamoDirectory {
             .send()
             .await
             .map_err(ddb_err("GetItem"))?;
-        out.item.as_ref().map(User::try_from).transpose()
+        out.item.as_ref().filter(|i| i.str("kind") != Some(TOMBSTONE)).map(User::try_from).transpose()
     }
 
-    /// Conditional update of an existing item; NotFound when it is missing (or `extra` fails).
-    async fn update_existing(&self, pk: String, mut u: UpdateExpr, extra: Option<&str>, stamp: &Stamp) -> Result<Write> {
-        u.set("updated_at", s(&stamp.at)).set("last_write", s(stamp.token()));
-        let condition = match extra {
-            Some(c) => format!("attribute_exists(pk) AND {c}"),
-            None => "attribute_exists(pk)".to_string(),
+    /// One row, one or more conditional writes as `rules` directs (more than one only when the
+    /// item is not as the row expected: a disable finding the user already disabled).
+    async fn run_row(&self, tenant: &str, op: &RowOp, stamp: &Stamp, licensed: bool) -> Result<Written> {
+        let user = matches!(op.target, Target::User { .. });
+        let token = stamp.token();
+        let mut next = rules::first(op.action, user, licensed);
+        for _ in 0..rules::MAX_ATTEMPTS {
+            let attempt = match next {
+                Next::Done(written) => return Ok(written),
+                Next::Try(attempt) => attempt,
+            };
+            next = match self.attempt(tenant, op, stamp, attempt).await? {
+                Ok(old) => Next::Done(rules::succeeded(attempt, user, old.as_ref().map(seen).as_ref(), &token)),
+                Err(old) => rules::refused(attempt, op.action, user, old.as_ref().map(seen).as_ref(), &token, &stamp.order),
+            };
+        }
+        match next {
+            Next::Done(written) => Ok(written),
+            Next::Try(_) => Err(Error::Transient {
+                service: "dynamodb",
+                operation: "UpdateItem",
+                message: "the item changed between every attempt to write it".into(),
+            }),
+        }
+    }
+
+    /// One conditional write: `Ok(old)` when its condition held (`old`: the item before, asked
+    /// for by Upsert only), `Err(old)` when it failed, with the item as it was.
+    async fn attempt(&self, tenant: &str, op: &RowOp, stamp: &Stamp, attempt: Attempt) -> Result<Written2> {
+        let (pk, kind) = match &op.target {
+            Target::User { email, .. } => (user_pk(tenant, email), "user"),
+            Target::Org { name } => (org_pk(tenant, name), "org"),
         };
+        let mut u = UpdateExpr::default();
+        let ordered = {
+            let (o, v) = (u.name("ord"), u.value(s(&stamp.order)));
+            format!("(attribute_not_exists({o}) OR {o} <= {v})")
+        };
+        // Placeholders must all be used: the "live" condition is built only where it is asked for.
+        let live = |u: &mut UpdateExpr| format!("{} = {}", u.name("kind"), u.value(s(kind)));
+        match attempt {
+            Attempt::Create => {
+                let mut item = match &op.target {
+                    Target::User { email, fields } => {
+                        let mut item: Item = UserItem { tenant, email, fields, stamp }.into();
+                        item.insert("lic".into(), s(stamp.token()));
+                        item
+                    }
+                    Target::Org { name } => org_item(tenant, name, stamp),
+                };
+                item.insert("ord".into(), s(&stamp.order));
+                let cond = format!("(attribute_not_exists(pk) OR {} = {}) AND {ordered}", u.name("kind"), u.value(s(TOMBSTONE)));
+                self.put_if(item, cond, u).await
+            }
+            Attempt::Tombstone { active } => {
+                let mut item = Item::from([
+                    ("pk".to_string(), s(&pk)),
+                    ("kind".to_string(), s(TOMBSTONE)),
+                    ("tenant".to_string(), s(tenant)),
+                    ("deleted_at".to_string(), s(&stamp.at)),
+                    ("last_write".to_string(), s(stamp.token())),
+                    ("ord".to_string(), s(&stamp.order)),
+                    ("ttl".to_string(), n(chrono::Utc::now().timestamp() + MARKER_TTL_SECS)),
+                ]);
+                let mut cond = format!("{} AND {ordered}", live(&mut u));
+                if let Some(active) = active {
+                    let (st, a) = (u.name("status"), u.value(s(UserStatus::Active.as_str())));
+                    cond += &if active { format!(" AND {st} = {a}") } else { format!(" AND NOT {st} = {a}") };
+                    if active {
+                        item.insert("lic".into(), s(stamp.token()));
+                    }
+                }
+                self.put_if(item, cond, u).await
+            }
+            Attempt::Upsert { may_create } => {
+                match &op.target {
+                    Target::User { email, fields } => {
+                        profile(&mut u, fields);
+                        u.set_if_missing("created_at", s(&stamp.at))
+                            .set_if_missing("created_by", s(stamp.token()))
+                            .set_if_missing("status", s(UserStatus::Active.as_str()))
+                            .set("kind", s("user"))
+                            .set("tenant", s(tenant))
+                            .set("email", s(email.as_str()))
+                            .set("gsi1pk", s(user_shard(tenant, email)));
+                        if fields.org.is_none() {
+                            u.set_if_missing("gsi1sk", s("-"));
+                        }
+                    }
+                    Target::Org { name } => {
+                        u.set("name", s(name))
+                            .set("kind", s("org"))
+                            .set("tenant", s(tenant))
+                            .set_if_missing("created_at", s(&stamp.at))
+                            .set_if_missing("created_by", s(stamp.token()));
+                    }
+                }
+                // Over a tombstone: the item lives again.
+                u.remove("ttl").remove("deleted_at");
+                let cond = if may_create { ordered } else { format!("{} AND {ordered}", live(&mut u)) };
+                self.update_if(pk, u, cond, stamp, true).await
+            }
+            Attempt::Transition { to } => {
+                let from = if to == UserStatus::Active { UserStatus::Disabled } else { UserStatus::Active };
+                let cond = format!("{} AND {} = {} AND {ordered}", live(&mut u), u.name("status"), u.value(s(from.as_str())));
+                u.set("status", s(to.as_str())).set("lic", s(stamp.token()));
+                if op.action == Action::Reconcile {
+                    // Replace mode: disabled, every group assignment and content targeting removed.
+                    u.remove("groups").remove("manual_groups").remove("department");
+                }
+                self.update_if(pk, u, cond, stamp, false).await
+            }
+            Attempt::Keep { is } => {
+                let cond = format!("{} AND {} = {} AND {ordered}", live(&mut u), u.name("status"), u.value(s(is.as_str())));
+                self.update_if(pk, u, cond, stamp, false).await
+            }
+            Attempt::Update => {
+                match (&op.target, op.action) {
+                    (Target::User { fields, .. }, Action::Expire) if fields.products.is_empty() => {
+                        u.remove("products");
+                    }
+                    (Target::User { fields, .. }, Action::Expire) => {
+                        u.delete("products", string_set(&fields.products));
+                    }
+                    (Target::User { fields, .. }, _) => profile(&mut u, fields),
+                    (Target::Org { name }, _) => {
+                        u.set("name", s(name));
+                    }
+                }
+                let cond = format!("{} AND {ordered}", live(&mut u));
+                self.update_if(pk, u, cond, stamp, false).await
+            }
+            Attempt::Invite => {
+                let cond = format!("{} AND attribute_not_exists({}) AND {ordered}", live(&mut u), u.name("activated_at"));
+                u.set("invited_at", s(&stamp.at));
+                self.update_if(pk, u, cond, stamp, false).await
+            }
+        }
+    }
+
+    /// Conditional put; the old image comes back when the condition fails.
+    async fn put_if(&self, item: Item, cond: String, u: UpdateExpr) -> Result<Written2> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(cond)
+            .set_expression_attribute_names(Some(u.names))
+            .set_expression_attribute_values(Some(u.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Ok(None)),
+            Err(e) if is_condition_failed(&e) => Ok(Err(match e.into_service_error() {
+                aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => c.item,
+                _ => None,
+            })),
+            Err(e) => Err(ddb_err("PutItem")(e)),
+        }
+    }
+
+    /// Conditional update stamped with the row (token, time, upload order); `old`: return the
+    /// item as it was before a successful write too.
+    async fn update_if(&self, pk: String, mut u: UpdateExpr, cond: String, stamp: &Stamp, old: bool) -> Result<Written2> {
+        u.set("updated_at", s(&stamp.at)).set("last_write", s(stamp.token())).set("ord", s(&stamp.order));
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(pk))
             .update_expression(u.expression())
-            .condition_expression(condition)
+            .condition_expression(cond)
             .set_expression_attribute_names(Some(u.names))
             .set_expression_attribute_values(Some(u.values))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(Write::Updated),
-            Err(e) if is_condition_failed(&e) => Ok(Write::NotFound),
-            Err(e) => Err(ddb_err("UpdateItem")(e)),
-        }
-    }
-
-    /// Conditional create; a condition failure on an item this very row wrote is our own success.
-    async fn create(&self, item: Item, stamp: &Stamp) -> Result<Write> {
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
+            .return_values(if old { ReturnValue::AllOld } else { ReturnValue::None })
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match res {
-            Ok(_) => Ok(Write::Created),
-            Err(e) if is_condition_failed(&e) => {
-                let own = e
-                    .as_service_error()
-                    .and_then(|se| match se {
-                        aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => c.item.as_ref(),
-                        _ => None,
-                    })
-                    .is_some_and(|old| old.str("last_write") == Some(stamp.token().as_str()));
-                Ok(if own { Write::Created } else { Write::AlreadyExists })
-            }
-            Err(e) => Err(ddb_err("PutItem")(e)),
+            Ok(out) => Ok(Ok(out.attributes.filter(|a| !a.is_empty()))),
+            Err(e) if is_condition_failed(&e) => Ok(Err(match e.into_service_error() {
+                aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item,
+                _ => None,
+            })),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
         }
     }
+}
 
-    /// Conditional delete that leaves a tombstone under the row's stamp in the same transaction:
-    /// a delete retried after it succeeded finds the item gone, and the tombstone tells it that
-    /// this very row deleted it (`deleted`, not `not found`). Tombstones expire with the markers.
-    async fn delete(&self, pk: String, stamp: &Stamp) -> Result<Write> {
-        let tomb = tombstone_pk(stamp);
-        let delete = aws_sdk_dynamodb::types::Delete::builder()
-            .table_name(&self.table)
-            .key("pk", s(&pk))
-            .condition_expression("attribute_exists(pk)")
-            .build()
-            .map_err(txn_err)?;
-        let put = Put::builder()
-            .table_name(&self.table)
-            .item("pk", s(&tomb))
-            .item("deleted", s(&pk))
-            .item("at", s(&stamp.at))
-            .item("ttl", n(chrono::Utc::now().timestamp() + MARKER_TTL_SECS))
-            .build()
-            .map_err(txn_err)?;
-        let res = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().delete(delete).build())
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(Write::Deleted),
-            Err(e) if first_condition_failed(&e) => {
-                let out = self
-                    .client
-                    .get_item()
-                    .table_name(&self.table)
-                    .key("pk", s(tomb))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .map_err(ddb_err("GetItem"))?;
-                let own = out.item.as_ref().and_then(|i| i.str("deleted")) == Some(pk.as_str());
-                Ok(if own { Write::Deleted } else { Write::NotFound })
-            }
-            Err(e) => Err(ddb_err("TransactWriteItems")(e)),
-        }
+/// A conditional write's outcome: `Ok(old)` written, `Err(old)` refused (old images, if any).
+type Written2 = std::result::Result<Option<Item>, Option<Item>>;
+
+/// `kind` of an item a delete replaced: it keeps the deleting upload's order (and its stamp for
+/// a retried delete) until it expires with the markers, so an older row cannot bring it back.
+const TOMBSTONE: &str = "deleted";
+
+/// What `rules` needs to know of an old image.
+fn seen(item: &Item) -> Seen {
+    Seen {
+        tombstone: item.str("kind") == Some(TOMBSTONE),
+        status: item.str("status").map(UserStatus::parse),
+        last_write: item.str("last_write").map(str::to_string),
+        created_by: item.str("created_by").map(str::to_string),
+        licence_by: item.str("lic").map(str::to_string),
+        order: item.str("ord").map(str::to_string),
+        activated: item.contains_key("activated_at"),
     }
+}
+
+/// The row's profile: SET what the row gives, grant products with ADD (never revoke here).
+fn profile(u: &mut UpdateExpr, fields: &UserFields) {
+    for (k, v) in profile_attrs(fields) {
+        u.set(&k, v);
+    }
+    if let Some(org) = &fields.org {
+        u.set("gsi1sk", s(org.to_lowercase()));
+    }
+    if !fields.products.is_empty() {
+        u.add("products", string_set(&fields.products));
+    }
+}
+
+fn org_item(tenant: &str, name: &str, stamp: &Stamp) -> Item {
+    Item::from([
+        ("pk".to_string(), s(org_pk(tenant, name))),
+        ("kind".to_string(), s("org")),
+        ("tenant".to_string(), s(tenant)),
+        ("name".to_string(), s(name)),
+        ("created_at".to_string(), s(&stamp.at)),
+        ("updated_at".to_string(), s(&stamp.at)),
+        ("created_by".to_string(), s(stamp.token())),
+        ("last_write".to_string(), s(stamp.token())),
+    ])
 }
 
 #[async_trait]
@@ -478,156 +621,24 @@ impl Directory for DynamoDirectory {
         self.get_user(tenant, &email.trim().to_lowercase()).await
     }
 
-    async fn write_user(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Write> {
-        let Target::User { email, fields } = &op.target else {
+    async fn write_user(&self, tenant: &str, op: &RowOp, stamp: &Stamp, licensed: bool) -> Result<Written> {
+        if !matches!(op.target, Target::User { .. }) {
             return Err(Error::corrupt("chunk", "org row sent to write_user"));
-        };
-        let pk = user_pk(tenant, email);
-        // The row's profile: SET what the row gives, grant products with ADD (never revoke here).
-        let profile = || {
-            let mut u = UpdateExpr::default();
-            for (k, v) in profile_attrs(fields) {
-                u.set(&k, v);
-            }
-            if let Some(org) = &fields.org {
-                u.set("gsi1sk", s(org.to_lowercase()));
-            }
-            if !fields.products.is_empty() {
-                u.add("products", string_set(&fields.products));
-            }
-            u
-        };
-        match op.action {
-            Action::Create => self.create(UserItem { tenant, email, fields, stamp }.into(), stamp).await,
-            Action::Update => self.update_existing(pk, profile(), None, stamp).await,
-            Action::Enable => self.update_existing(pk, std::mem::take(UpdateExpr::default().set("status", s("active"))), None, stamp).await,
-            Action::Disable => {
-                self.update_existing(pk, std::mem::take(UpdateExpr::default().set("status", s("disabled"))), None, stamp).await
-            }
-            Action::Expire => {
-                let mut u = UpdateExpr::default();
-                if fields.products.is_empty() {
-                    u.remove("products");
-                } else {
-                    u.delete("products", string_set(&fields.products));
-                }
-                self.update_existing(pk, u, None, stamp).await
-            }
-            Action::Reconcile => {
-                // Replace mode: disabled, every group assignment and content targeting removed.
-                let mut u = UpdateExpr::default();
-                u.set("status", s("disabled")).remove("groups").remove("manual_groups").remove("department");
-                let (status, active) = (u.name("status"), u.value(s("active")));
-                self.update_existing(pk, u, Some(&format!("{status} = {active}")), stamp).await
-            }
-            Action::Delete => self.delete(pk, stamp).await,
-            Action::Invite => {
-                // Re-invite only users who have not activated: AlreadyExists = already activated.
-                let res = self
-                    .client
-                    .update_item()
-                    .table_name(&self.table)
-                    .key("pk", s(pk))
-                    .update_expression("SET invited_at = :at, last_write = :tok")
-                    .condition_expression("attribute_exists(pk) AND attribute_not_exists(activated_at)")
-                    .expression_attribute_values(":at", s(&stamp.at))
-                    .expression_attribute_values(":tok", s(stamp.token()))
-                    .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-                    .send()
-                    .await;
-                match res {
-                    Ok(_) => Ok(Write::Updated),
-                    Err(e) if is_condition_failed(&e) => {
-                        let exists = matches!(e.as_service_error(), Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) if c.item.is_some());
-                        Ok(if exists { Write::AlreadyExists } else { Write::NotFound })
-                    }
-                    Err(e) => Err(ddb_err("UpdateItem")(e)),
-                }
-            }
-            Action::Upsert => {
-                let mut u = profile();
-                u.set("updated_at", s(&stamp.at))
-                    .set("last_write", s(stamp.token()))
-                    .set_if_missing("created_at", s(&stamp.at))
-                    .set_if_missing("created_by", s(stamp.token()))
-                    .set_if_missing("status", s("active"))
-                    .set("kind", s("user"))
-                    .set("tenant", s(tenant))
-                    .set("email", s(email))
-                    .set("gsi1pk", s(user_shard(tenant, email)));
-                if fields.org.is_none() {
-                    u.set_if_missing("gsi1sk", s("-"));
-                }
-                let out = self
-                    .client
-                    .update_item()
-                    .table_name(&self.table)
-                    .key("pk", s(pk))
-                    .update_expression(u.expression())
-                    .set_expression_attribute_names(Some(u.names))
-                    .set_expression_attribute_values(Some(u.values))
-                    .return_values(ReturnValue::AllNew)
-                    .send()
-                    .await
-                    .map_err(ddb_err("UpdateItem"))?;
-                let created = out.attributes.as_ref().and_then(|a| a.str("created_by")) == Some(stamp.token().as_str());
-                Ok(if created { Write::Created } else { Write::Updated })
-            }
         }
+        self.run_row(tenant, op, stamp, licensed).await
     }
 
-    async fn write_org(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Write> {
-        let Target::Org { name } = &op.target else {
+    async fn write_org(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Written> {
+        if !matches!(op.target, Target::Org { .. }) {
             return Err(Error::corrupt("chunk", "user row sent to write_org"));
-        };
-        let pk = org_pk(tenant, name);
-        match op.action {
-            Action::Create => {
-                let item = Item::from([
-                    ("pk".to_string(), s(&pk)),
-                    ("kind".to_string(), s("org")),
-                    ("tenant".to_string(), s(tenant)),
-                    ("name".to_string(), s(name)),
-                    ("created_at".to_string(), s(&stamp.at)),
-                    ("updated_at".to_string(), s(&stamp.at)),
-                    ("created_by".to_string(), s(stamp.token())),
-                    ("last_write".to_string(), s(stamp.token())),
-                ]);
-                self.create(item, stamp).await
-            }
-            Action::Update => self.update_existing(pk, std::mem::take(UpdateExpr::default().set("name", s(name))), None, stamp).await,
-            Action::Upsert => {
-                let out = self
-                    .client
-                    .update_item()
-                    .table_name(&self.table)
-                    .key("pk", s(pk))
-                    .update_expression(
-                        "SET #name = :name, kind = :kind, tenant = :tenant, updated_at = :at, last_write = :tok, \
-                         created_at = if_not_exists(created_at, :at), created_by = if_not_exists(created_by, :tok)",
-                    )
-                    .expression_attribute_names("#name", "name")
-                    .expression_attribute_values(":name", s(name))
-                    .expression_attribute_values(":kind", s("org"))
-                    .expression_attribute_values(":tenant", s(tenant))
-                    .expression_attribute_values(":at", s(&stamp.at))
-                    .expression_attribute_values(":tok", s(stamp.token()))
-                    .return_values(ReturnValue::AllNew)
-                    .send()
-                    .await
-                    .map_err(ddb_err("UpdateItem"))?;
-                let created = out.attributes.as_ref().and_then(|a| a.str("created_by")) == Some(stamp.token().as_str());
-                Ok(if created { Write::Created } else { Write::Updated })
-            }
-            other => Err(Error::corrupt("chunk", format!("org action {other} reached write_org"))),
         }
+        if !matches!(op.action, Action::Create | Action::Update | Action::Upsert | Action::Delete) {
+            return Err(Error::corrupt("chunk", format!("org action {} reached write_org", op.action)));
+        }
+        self.run_row(tenant, op, stamp, true).await
     }
 
-    async fn delete_org(&self, tenant: &str, name: &str, stamp: &Stamp) -> Result<Write> {
-        self.delete(org_pk(tenant, name), stamp).await
-    }
-
-    async fn list_users(&self, tenant: &str) -> Result<Vec<(String, String)>> {
+    async fn list_users(&self, tenant: &str) -> Result<Vec<(String, UserStatus)>> {
         let prefix = format!("U#{tenant}#");
         let mut users = Vec::new();
         for shard in 0..USER_SHARDS {
@@ -644,7 +655,7 @@ impl Directory for DynamoDirectory {
             while let Some(item) = pages.next().await {
                 let item = item.map_err(ddb_err("Query"))?;
                 if let Some(key) = item.str("pk").and_then(|pk| pk.strip_prefix(&prefix)) {
-                    users.push((key.to_string(), item.str("status").unwrap_or("active").to_string()));
+                    users.push((key.to_string(), UserStatus::parse(item.str("status").unwrap_or_default())));
                 }
             }
         }
@@ -657,30 +668,7 @@ impl Directory for DynamoDirectory {
     }
 
     async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> Result<()> {
-        let mark = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(Self::claim_pk(claim)))
-            .update_expression("SET settled = :t")
-            .condition_expression("attribute_exists(pk) AND attribute_not_exists(settled)")
-            .expression_attribute_values(":t", Av::Bool(true))
-            .build()
-            .map_err(txn_err)?;
-        let mut txn = self.client.transact_write_items().transact_items(TransactWriteItem::builder().update(mark).build());
-        if returned > 0 {
-            let give_back = Update::builder()
-                .table_name(&self.table)
-                .key("pk", s(Self::pool_pk(tenant)))
-                .update_expression("ADD used :neg")
-                .expression_attribute_values(":neg", n(-(returned as i64)))
-                .build()
-                .map_err(txn_err)?;
-            txn = txn.transact_items(TransactWriteItem::builder().update(give_back).build());
-        }
-        match txn.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if first_condition_failed(&e) => Ok(()),
-            Err(e) => Err(ddb_err("TransactWriteItems")(e)),
-        }
+        self.pool_settle(tenant, claim, returned).await
     }
 
     async fn licences_used(&self, tenant: &str) -> Result<u32> {
@@ -706,12 +694,12 @@ impl Directory for DynamoDirectory {
             .get_item()
             .table_name(&self.table)
             .key("pk", s(org_pk(tenant, name)))
-            .projection_expression("pk")
+            .projection_expression("pk, kind")
             .consistent_read(true)
             .send()
             .await
             .map_err(ddb_err("GetItem"))?;
-        Ok(out.item.is_some())
+        Ok(out.item.is_some_and(|i| i.str("kind") != Some(TOMBSTONE)))
     }
 
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64> {
@@ -753,9 +741,14 @@ fn first_condition_failed(e: &TxnError) -> bool {
 
 /// Cancellation reasons of a failed transaction, when it was cancelled.
 fn cancellation_codes(e: &TxnError) -> Option<Vec<String>> {
+    cancellation(e).map(|r| r.into_iter().map(|(code, _)| code).collect())
+}
+
+/// Cancellation reasons with the old image each item returned (when it asked for one).
+fn cancellation(e: &TxnError) -> Option<Vec<(String, Option<Item>)>> {
     match e.as_service_error()? {
         aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(tc) => {
-            Some(tc.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None").to_string()).collect())
+            Some(tc.cancellation_reasons().iter().map(|r| (r.code().unwrap_or("None").to_string(), r.item.clone())).collect())
         }
         _ => None,
     }
@@ -794,24 +787,28 @@ impl DynamoDirectory {
     }
 }
 
-/// Licence pool: one counter item per tenant, written twice per chunk (reserve, settle), never once
-/// per row. Each reservation is recorded under its claim id in the same transaction, so a retried
-/// chunk gets back exactly what it was granted.
+/// Licence pool: one counter item per tenant (`used`), written twice per chunk (reserve, settle),
+/// never once per row. Both are one transaction with the chunk's claim item, so a retried chunk
+/// gets back exactly what it was granted and gives back once. Both change the count with an
+/// atomic conditional `ADD`; the condition keeps it within 0..=limit, and a refused condition
+/// returns the count it saw, from which the next try is computed (no read first).
 impl DynamoDirectory {
     pub async fn pool_reserve(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
         if let Some(recorded) = self.recorded_claim(claim).await? {
-            return Ok(recorded);
+            return Ok(LicenceClaim { repeated: true, ..recorded });
         }
         let ttl = chrono::Utc::now().timestamp() + MARKER_TTL_SECS;
         let wanted = decision.takers.len() as u32;
         let doc = serde_json::to_string(&decision).map_err(|e| Error::corrupt("licence claim", e))?;
+        // What the pool is believed to hold: unknown until a condition says otherwise.
+        let mut seen: Option<i64> = None;
         for attempt in 0..100u64 {
-            // The condition compares with the value as stored, and the write repairs a count
-            // below zero: comparing with the clamped value never matched, so a negative count
-            // wedged every create of the tenant (the chunk retried into the dead-letter queue).
-            let stored = self.pool_stored(tenant).await?;
-            let used = stored.unwrap_or(0).max(0) as u32;
-            let granted = wanted.min(limit.saturating_sub(used));
+            let (granted, change) = match seen {
+                None => (wanted.min(limit), PoolChange::AddWithin { limit }),
+                // A count below zero (licences given back that were never counted) is repaired.
+                Some(old) if old < 0 => (wanted.min(limit), PoolChange::Repair { old }),
+                Some(old) => (wanted.min(limit.saturating_sub(old as u32)), PoolChange::AddWithin { limit }),
+            };
             let record = Put::builder()
                 .table_name(&self.table)
                 .item("pk", s(Self::claim_pk(claim)))
@@ -822,29 +819,25 @@ impl DynamoDirectory {
                 .build()
                 .map_err(txn_err)?;
             let mut txn = self.client.transact_write_items().transact_items(TransactWriteItem::builder().put(record).build());
-            if granted > 0 {
-                let cond = if stored.is_none() { "attribute_not_exists(used)" } else { "used = :old" };
-                let update = Update::builder()
-                    .table_name(&self.table)
-                    .key("pk", s(Self::pool_pk(tenant)))
-                    .update_expression("SET used = :new")
-                    .condition_expression(cond)
-                    .expression_attribute_values(":new", n(used + granted));
-                let update = match stored {
-                    Some(old) => update.expression_attribute_values(":old", n(old)),
-                    None => update,
-                };
-                let update = update.build().map_err(txn_err)?;
-                txn = txn.transact_items(TransactWriteItem::builder().update(update).build());
+            if granted > 0 || matches!(change, PoolChange::Repair { .. }) {
+                txn = txn.transact_items(TransactWriteItem::builder().update(self.pool_update(tenant, granted as i64, change)?).build());
             }
             match txn.send().await {
                 Ok(_) => return Ok(LicenceClaim { granted, ..decision }),
-                Err(e) => match cancellation_codes(&e) {
-                    // The claim was recorded meanwhile (a concurrent retry of the same chunk).
-                    Some(codes) if codes.first().map(String::as_str) == Some("ConditionalCheckFailed") => {
-                        return self.recorded_claim(claim).await?.ok_or_else(|| Error::corrupt("licence claim", "vanished"));
+                Err(e) => match cancellation(&e) {
+                    // The claim was recorded meanwhile (a concurrent duplicate of the same chunk).
+                    Some(reasons) if reasons.first().is_some_and(|(code, _)| code == "ConditionalCheckFailed") => {
+                        let recorded = self.recorded_claim(claim).await?.ok_or_else(|| Error::corrupt("licence claim", "vanished"))?;
+                        return Ok(LicenceClaim { repeated: true, ..recorded });
                     }
-                    // Another chunk changed the pool first, or a transaction conflict: read again.
+                    // The pool was not as assumed: the refusal says what it holds.
+                    Some(reasons) if reasons.get(1).is_some_and(|(code, _)| code == "ConditionalCheckFailed") => {
+                        seen = Some(match &reasons[1].1 {
+                            Some(item) => item.num::<i64>("used").unwrap_or(0),
+                            None => self.pool_stored(tenant).await?.unwrap_or(0),
+                        });
+                    }
+                    // A transaction conflict: another chunk is changing the pool right now.
                     Some(_) => tokio::time::sleep(std::time::Duration::from_millis(5 + attempt * 3)).await,
                     None => return Err(ddb_err("TransactWriteItems")(e)),
                 },
@@ -852,6 +845,95 @@ impl DynamoDirectory {
         }
         Err(Error::Transient { service: "dynamodb", operation: "TransactWriteItems", message: "licence pool contended".into() })
     }
+
+    /// Give `returned` licences back, once per claim, never taking the count below zero (a count
+    /// that low was wrong already: users that existed before the pool; `recount-licences`).
+    async fn pool_settle(&self, tenant: &str, claim: &str, returned: u32) -> Result<()> {
+        let mut seen: Option<i64> = None;
+        for attempt in 0..100u64 {
+            let mark = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(Self::claim_pk(claim)))
+                .update_expression("SET settled = :t")
+                .condition_expression("attribute_exists(pk) AND attribute_not_exists(settled)")
+                .expression_attribute_values(":t", Av::Bool(true))
+                .build()
+                .map_err(txn_err)?;
+            let mut txn = self.client.transact_write_items().transact_items(TransactWriteItem::builder().update(mark).build());
+            if returned > 0 {
+                let change = match seen {
+                    Some(old) if old < returned as i64 => PoolChange::Clamp { old },
+                    _ => PoolChange::SubtractAbove,
+                };
+                txn =
+                    txn.transact_items(TransactWriteItem::builder().update(self.pool_update(tenant, -(returned as i64), change)?).build());
+            }
+            match txn.send().await {
+                Ok(_) => return Ok(()),
+                Err(e) => match cancellation(&e) {
+                    // Settled already (a retried chunk, or a duplicate).
+                    Some(reasons) if reasons.first().is_some_and(|(code, _)| code == "ConditionalCheckFailed") => return Ok(()),
+                    Some(reasons) if reasons.get(1).is_some_and(|(code, _)| code == "ConditionalCheckFailed") => {
+                        seen = Some(match &reasons[1].1 {
+                            Some(item) => item.num::<i64>("used").unwrap_or(0),
+                            None => self.pool_stored(tenant).await?.unwrap_or(0),
+                        });
+                    }
+                    Some(_) => tokio::time::sleep(std::time::Duration::from_millis(5 + attempt * 3)).await,
+                    None => return Err(ddb_err("TransactWriteItems")(e)),
+                },
+            }
+        }
+        Err(Error::Transient { service: "dynamodb", operation: "TransactWriteItems", message: "licence pool contended".into() })
+    }
+
+    /// The pool item's part of a reserve or settle transaction; a refused condition returns the
+    /// pool as it was.
+    fn pool_update(&self, tenant: &str, delta: i64, change: PoolChange) -> Result<Update> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(Self::pool_pk(tenant)))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let update = match change {
+            // Never above the limit: the count before may be at most limit - delta.
+            PoolChange::AddWithin { limit } => update
+                .update_expression("ADD used :d")
+                .condition_expression("attribute_not_exists(used) OR (used >= :zero AND used <= :room)")
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":room", n(limit as i64 - delta)),
+            // Never below zero: the count before must hold what comes back.
+            PoolChange::SubtractAbove => update
+                .update_expression("ADD used :d")
+                .condition_expression("used >= :back")
+                .expression_attribute_values(":back", n(-delta)),
+            PoolChange::Repair { old } | PoolChange::Clamp { old } => {
+                let value = if matches!(change, PoolChange::Repair { .. }) { delta } else { 0 };
+                // A pool never written reads as zero.
+                let cond = if old == 0 { "attribute_not_exists(used) OR used = :old" } else { "used = :old" };
+                return update
+                    .update_expression("SET used = :d")
+                    .condition_expression(cond)
+                    .expression_attribute_values(":old", n(old))
+                    .expression_attribute_values(":d", n(value))
+                    .build()
+                    .map_err(txn_err);
+            }
+        };
+        update.expression_attribute_values(":d", n(delta)).build().map_err(txn_err)
+    }
+}
+
+/// How a reserve or settle changes the pool's count.
+#[derive(Debug, Clone, Copy)]
+enum PoolChange {
+    /// `ADD` a grant while the count stays within the limit.
+    AddWithin { limit: u32 },
+    /// `ADD` a negative give-back while the count stays at zero or above.
+    SubtractAbove,
+    /// The count was below zero: set it to the grant.
+    Repair { old: i64 },
+    /// The count holds less than comes back: set it to zero.
+    Clamp { old: i64 },
 }
 
 /// A job reaching a final state leaves the open-jobs index.
@@ -1392,7 +1474,7 @@ mod tests {
     use super::*;
 
     fn stamp() -> Stamp {
-        Stamp { job: "job1".into(), row: 7, at: "2026-11-21T10:00:00Z".into() }
+        Stamp { job: "job1".into(), row: 7, at: "2026-11-21T10:00:00Z".into(), order: String::new() }
     }
 
     #[test]
@@ -1413,7 +1495,7 @@ mod tests {
         assert!(size < 400, "{size}");
         let back = User::try_from(&item).unwrap();
         assert_eq!(back.fields, fields);
-        assert_eq!(back.status, "active");
+        assert_eq!(back.status, crate::model::UserStatus::Active);
     }
 
     #[test]

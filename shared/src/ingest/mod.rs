@@ -13,7 +13,7 @@ mod hostile_tests;
 use crate::error::{Error, Result};
 use crate::event::ObjectRef;
 use crate::keys::{self, KeyProblem};
-use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Target, Tenant, UserFields};
+use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Target, Tenant, UserFields, UserStatus, upload_order};
 use crate::ports::Plan;
 use crate::report;
 use crate::services::Services;
@@ -110,7 +110,10 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
         Err(problem) => return misplaced(svc, obj, &problem).await,
     };
     let id = job_id(obj);
-    let new = Job::received(&id, &key.tenant, &obj.key, &key.file_name, key.mode.clone().ok().flatten(), chrono::Utc::now().to_rfc3339());
+    let new = Job {
+        order: upload_order(obj.event_time, obj.sequencer.as_deref()),
+        ..Job::received(&id, &key.tenant, &obj.key, &key.file_name, key.mode.clone().ok().flatten(), chrono::Utc::now().to_rfc3339())
+    };
     let (job, created) = svc.jobs.create_or_get(&new).await?;
     if job.state != JobState::Received {
         info!(job = %id, state = job.state.as_str(), "duplicate event for an ingested file; nothing to do");
@@ -284,7 +287,7 @@ pub const RECONCILE_ROW_BASE: u32 = 1_000_000_000;
 /// whole tenant: a replace file lists every user the tenant keeps.
 async fn absent_active_users(svc: &Services, tenant: &Tenant, file: &validate::RowValidator) -> Result<(usize, Vec<String>)> {
     let users = svc.directory.list_users(&tenant.id).await?;
-    let active: Vec<String> = users.into_iter().filter(|(_, status)| status == "active").map(|(k, _)| k).collect();
+    let active: Vec<String> = users.into_iter().filter(|(_, status)| *status == UserStatus::Active).map(|(k, _)| k).collect();
     let total = active.len();
     // Sorted: reconcile rows are numbered in this order, so disabled-users.csv (written as
     // finalize streams them) lists users alphabetically.
@@ -414,6 +417,7 @@ mod tests {
             version_id: None,
             sequencer: Some(seq.into()),
             etag: None,
+            event_time: None,
         }
     }
 
