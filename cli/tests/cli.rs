@@ -282,5 +282,42 @@ async fn recount_licences_sets_the_pool_to_the_active_users() {
     stack_env(&mut cmd, &stack);
     cmd.args(["tenant", "recount-licences", "acme"]).assert().code(0).stdout("tenant acme: licences used 0 -> 3 (active users)\n");
     assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 3);
+
+    // While a file of the tenant is being applied its licences are in flight: refused, unless --force.
+    let open = shared::model::Job::received("open-job", "acme", "incoming/acme/x.csv", "x.csv", None, chrono::Utc::now().to_rfc3339());
+    stack.svc.jobs.create_or_get(&open).await.unwrap();
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    let out = cmd.args(["tenant", "recount-licences", "acme"]).assert().code(2).get_output().clone();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("1 file(s) still being applied (open-job)") && err.contains("--force"), "{err}");
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    cmd.args(["tenant", "recount-licences", "acme", "--force"]).assert().code(0);
+    stack.shutdown().await;
+}
+
+/// Configuring a pool with `tenant put` for a tenant that already has users starts the count from
+/// them: the pool holds exactly from its first file on, with no repair to remember.
+#[tokio::test]
+async fn tenant_put_counts_existing_users_into_a_new_pool() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    stack.run_csv("acme", None, "early.csv", &[&["Email"], &["a@acme.example.com"], &["b@acme.example.com"]]).await;
+    let file = tmp("pool.json");
+    let tenant = serde_json::json!({ "id": "acme", "admin_emails": [stack.admin_email()], "roles": ["Learner"], "licences": 10 });
+    std::fs::write(&file, tenant.to_string()).unwrap();
+    let mut put = rosterdrop();
+    stack_env(&mut put, &stack);
+    put.args(["tenant", "put", "--file"])
+        .arg(&file)
+        .assert()
+        .code(0)
+        .stdout("tenant acme saved\nlicences: 2 of 10 in use (counted from the tenant's active users)\n");
+    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 2);
+    // Saving it again (the pool exists) leaves the count to the pipeline.
+    let mut put = rosterdrop();
+    stack_env(&mut put, &stack);
+    put.args(["tenant", "put", "--file"]).arg(&file).assert().code(0).stdout("tenant acme saved\n");
     stack.shutdown().await;
 }

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 //! State stays right across uploads: every upload of a key is its own job reading its own bytes.
 
-use shared::model::JobState;
+use shared::event::ObjectRef;
+use shared::model::{JobState, UserStatus};
 use std::time::Duration;
 use tests::{Stack, csv_text};
 
@@ -118,4 +119,183 @@ async fn a_second_replace_file_while_one_is_applied_is_refused_and_runs_after_it
     let done = jobs.iter().find(|j| j.source_key == again && j.state == JobState::Completed);
     assert!(done.is_some(), "{jobs:?}");
     stack.shutdown().await;
+}
+
+/// Events of the bucket until `n` have arrived (S3 notifications reach the queue asynchronously).
+async fn events(stack: &Stack, n: usize) -> Vec<ObjectRef> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got.len() < n {
+        assert!(std::time::Instant::now() < deadline, "{} of {n} events: {got:?}", got.len());
+        got.extend(stack.take_events().await);
+    }
+    got
+}
+
+/// Deliver events all at once, each `times` times (duplicates run alongside the original).
+async fn deliver_at_once(stack: &Stack, objs: &[ObjectRef], times: usize) {
+    let runs = objs.iter().flat_map(|o| std::iter::repeat_n(o, times)).map(|o| shared::local::dispatch(&stack.svc, o));
+    for r in futures::future::join_all(runs).await {
+        r.expect("handler succeeds");
+    }
+}
+
+fn csv(rows: &[Vec<String>]) -> Vec<u8> {
+    tests::rows_to_csv(rows)
+}
+
+fn action_rows(action: &str, emails: &[String]) -> Vec<Vec<String>> {
+    let mut rows = vec![vec!["Action".to_string(), "Email".to_string()]];
+    rows.extend(emails.iter().map(|e| vec![action.to_string(), e.clone()]));
+    rows
+}
+
+async fn job_of(stack: &Stack, key: &str) -> shared::model::Job {
+    stack.wait_job("acme", key, Duration::from_secs(10)).await
+}
+
+async fn active_users(stack: &Stack) -> u32 {
+    stack.svc.directory.list_users("acme").await.unwrap().iter().filter(|(_, s)| *s == UserStatus::Active).count() as u32
+}
+
+/// Two files disabling the same 20 users, their 8 chunks applied at the same moment: each user's
+/// licence comes back once (the disable whose condition saw `active`), not twice. With 10 other
+/// users active, a double give-back would show as 0 (clamped), not 10.
+#[tokio::test]
+async fn two_files_disabling_the_same_users_at_once_give_each_licence_back_once() {
+    let stack = Stack::start_manual().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.licences = Some(100);
+    tenant.chunk_size = Some(5);
+    stack.put_tenant(&tenant).await;
+    let users: Vec<String> = (0..30).map(|i| format!("u{i}@acme.example.com")).collect();
+    let key = stack.drop_file("acme", None, "people.csv", csv(&action_rows("Create", &users))).await;
+    stack.pump(1).await;
+    assert_eq!(job_of(&stack, &key).await.succeeded, 30);
+    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 30);
+
+    let a = stack.drop_file("acme", None, "disable-a.csv", csv(&action_rows("Disable", &users[..20]))).await;
+    let b = stack.drop_file("acme", None, "disable-b.csv", csv(&action_rows("Disable", &users[..20]))).await;
+    deliver_at_once(&stack, &events(&stack, 2).await, 1).await;
+    let chunks = events(&stack, 8).await;
+    assert_eq!(chunks.len(), 8, "4 chunks of 5 rows per file");
+    deliver_at_once(&stack, &chunks, 1).await;
+    stack.pump(1).await;
+    let (a, b) = (job_of(&stack, &a).await, job_of(&stack, &b).await);
+    // Rows of the older file that reach a user after the newer file did are skipped (the newer
+    // upload wins); the others disable, or find the user disabled already. None fails.
+    assert_eq!((a.succeeded + a.skipped, b.succeeded + b.skipped, a.failed + b.failed), (20, 20, 0), "{a:?} {b:?}");
+    eprintln!("two disables: older file {} applied, {} skipped; newer {} applied", a.succeeded, a.skipped, b.succeeded);
+    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10, "20 licences back, each once");
+    assert_eq!(active_users(&stack).await, 10);
+}
+
+/// 40 chunks of four files run at once, each delivered twice (80 invocations): creates beyond
+/// the pool, disables, deletes and enables of existing users. Whatever the interleaving, the
+/// pool ends exactly at the tenant's active users and never above its limit.
+#[tokio::test]
+async fn forty_concurrent_chunks_taking_and_giving_licences_end_exactly_at_the_active_users() {
+    let stack = Stack::start_manual().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.chunk_size = Some(5);
+    stack.put_tenant(&tenant).await;
+    let old: Vec<String> = (0..100).map(|i| format!("old{i}@acme.example.com")).collect();
+    let new: Vec<String> = (0..100).map(|i| format!("new{i}@acme.example.com")).collect();
+    let key = stack.drop_file("acme", None, "old.csv", csv(&action_rows("Create", &old))).await;
+    stack.pump(1).await;
+    let key2 = stack.drop_file("acme", None, "off.csv", csv(&action_rows("Disable", &old[75..]))).await;
+    stack.pump(1).await;
+    assert_eq!((job_of(&stack, &key).await.succeeded, job_of(&stack, &key2).await.succeeded), (100, 25));
+    // The pool arrives after the users, as `tenant put` configures it: counted from them.
+    tenant.licences = Some(110);
+    stack.put_tenant(&tenant).await;
+    assert_eq!(shared::apply::recount_licences(&stack.svc, "acme").await.unwrap(), (0, 75));
+
+    let files = [
+        ("create.csv", action_rows("Create", &new)),
+        ("disable.csv", action_rows("Disable", &old[..50])),
+        ("delete.csv", action_rows("Delete", &old[50..75])),
+        ("enable.csv", action_rows("Enable", &old[75..])),
+    ];
+    let mut keys = Vec::new();
+    for (name, rows) in &files {
+        keys.push(stack.drop_file("acme", None, name, csv(rows)).await);
+    }
+    deliver_at_once(&stack, &events(&stack, 4).await, 1).await;
+    let chunks = events(&stack, 40).await;
+    assert_eq!(chunks.len(), 40);
+    deliver_at_once(&stack, &chunks, 2).await;
+    stack.pump(1).await;
+    let mut jobs = Vec::new();
+    for key in &keys {
+        jobs.push(job_of(&stack, key).await);
+    }
+    let used = stack.svc.directory.licences_used("acme").await.unwrap();
+    let active = active_users(&stack).await;
+    eprintln!(
+        "forty chunks: create {}/{} refused {}, disable {}, delete {}, enable {}/{}; pool {used}, active {active}",
+        jobs[0].succeeded, 100, jobs[0].failed, jobs[1].succeeded, jobs[2].succeeded, jobs[3].succeeded, 25
+    );
+    assert_eq!(used, active, "the pool counts exactly the active users");
+    assert!(used <= 110, "never above the limit: {used}");
+    assert_eq!((jobs[1].succeeded, jobs[2].succeeded), (50, 25), "disables and deletes need no licence");
+    // Every create and enable either got a licence or was refused for want of one.
+    assert_eq!(jobs[0].succeeded + jobs[0].failed, 100);
+    assert_eq!(jobs[3].succeeded + jobs[3].failed, 25);
+    // 75 active before; the 50 disabled and 25 deleted leave none of them.
+    assert_eq!(active, jobs[0].succeeded + jobs[3].succeeded);
+    assert!(jobs[0].failed + jobs[3].failed > 0, "the pool was exhausted at some point: {jobs:?}");
+}
+
+/// The older upload's chunk arrives after a newer upload changed the same users (a retry, or a
+/// dead-letter replay): its rows for those users are skipped, naming the newer job, and the
+/// newer values stay; a user the newer upload deleted stays deleted; rows nobody newer touched
+/// apply as usual.
+#[tokio::test]
+async fn a_chunk_applied_after_a_newer_upload_changed_its_users_leaves_the_newer_values() {
+    let stack = Stack::start_manual().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.licences = Some(100);
+    stack.put_tenant(&tenant).await;
+    let users: Vec<String> = (1..=5).map(|i| format!("u{i}@acme.example.com")).collect();
+    let dept = |d: &str| {
+        let mut rows = vec![vec!["Email".to_string(), "Department".to_string()]];
+        rows.extend(users.iter().map(|u| vec![u.clone(), d.to_string()]));
+        rows
+    };
+    let key = stack.drop_file("acme", None, "base.csv", csv(&dept("Base"))).await;
+    stack.pump(1).await;
+    assert_eq!(job_of(&stack, &key).await.succeeded, 5);
+
+    // The older upload is read and chunked, but its chunk waits.
+    let old_key = stack.drop_file("acme", None, "old.csv", csv(&dept("Old"))).await;
+    deliver_at_once(&stack, &events(&stack, 1).await, 1).await;
+    let old_chunks = events(&stack, 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut rows = vec![vec!["Action".to_string(), "Email".to_string(), "Department".to_string()]];
+    rows.extend(users[..3].iter().map(|u| vec!["Update".to_string(), u.clone(), "New".to_string()]));
+    rows.push(vec!["Delete".to_string(), users[3].clone(), String::new()]);
+    let new_key = stack.drop_file("acme", None, "new.csv", csv(&rows)).await;
+    stack.pump(1).await;
+    let new_job = job_of(&stack, &new_key).await;
+    assert_eq!(new_job.succeeded, 4);
+
+    // Now the older chunk, twice (its retry finds its own stamp where it wrote).
+    deliver_at_once(&stack, &old_chunks, 2).await;
+    stack.pump(1).await;
+    let old_job = job_of(&stack, &old_key).await;
+    assert_eq!((old_job.state, old_job.succeeded, old_job.skipped, old_job.failed), (JobState::Completed, 1, 4, 0), "{old_job:?}");
+    let result = tests::parse_csv(&stack.get(stack.summary(&old_job).await.result_key.as_deref().unwrap()).await.unwrap());
+    let skipped = format!("changed by a newer upload (job {})", new_job.id);
+    for row in &result[1..5] {
+        assert_eq!(&row[row.len() - 2..], ["Skipped".to_string(), skipped.clone()], "{result:?}");
+    }
+    assert_eq!(result[5][result[5].len() - 2], "Success", "{result:?}");
+    let dir = &stack.svc.directory;
+    for u in &users[..3] {
+        assert_eq!(dir.user("acme", u).await.unwrap().unwrap().fields.department.as_deref(), Some("New"), "{u}");
+    }
+    assert!(dir.user("acme", &users[3]).await.unwrap().is_none(), "deleted by the newer upload, not brought back");
+    assert_eq!(dir.user("acme", &users[4]).await.unwrap().unwrap().fields.department.as_deref(), Some("Old"));
+    assert_eq!(dir.licences_used("acme").await.unwrap(), 4, "five created, one deleted");
 }
