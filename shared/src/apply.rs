@@ -445,3 +445,37 @@ pub async fn advance(svc: &Services, job_id: &str, phase: usize) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(write: Write, licence: Licence) -> Written {
+        Written { write, licence }
+    }
+
+    #[test]
+    fn the_settle_gives_back_what_was_granted_and_not_taken_plus_what_writes_freed() {
+        let r = Reservation { granted: 3, takers: vec![1, 2, 3], refused: vec![4], repeated: false };
+        let rows = [
+            (1, w(Write::Created, Licence::Took)),
+            // An upsert that found the user created meanwhile took nothing.
+            (2, w(Write::Updated, Licence::Unchanged)),
+            (3, w(Write::AlreadyExists, Licence::Unchanged)),
+            (4, w(Write::NotFound, Licence::Unchanged)),
+            (5, w(Write::Updated, Licence::Freed)),
+            // A disable that found the user disabled already gave nothing back.
+            (6, w(Write::Updated, Licence::Unchanged)),
+        ];
+        assert_eq!(r.returned(rows.iter().map(|(row, w)| (*row, w))), 2 + 1);
+    }
+
+    #[test]
+    fn a_retried_row_overwritten_by_a_newer_upload_keeps_its_licence_counted() {
+        let superseded = w(Write::Superseded("newer".into()), Licence::Unchanged);
+        let first = Reservation { granted: 1, takers: vec![1], refused: vec![], repeated: false };
+        assert_eq!(first.returned([(1, &superseded)].into_iter()), 1, "first attempt: it wrote nothing, the licence comes back");
+        let retry = Reservation { repeated: true, ..first };
+        assert_eq!(retry.returned([(1, &superseded)].into_iter()), 0, "retry: its first attempt may have taken it");
+    }
+}
