@@ -7,7 +7,8 @@ use crate::event::ObjectRef;
 use crate::ingest::{jsonl, parse_jsonl};
 use crate::keys;
 use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, User, UserStatus};
-use crate::ports::{Licence, LicenceClaim, Stamp, Write, Written};
+use crate::ports::{Directory, Licence, LicenceClaim, Stamp, Write, Written};
+use crate::rules::{self, Attempted, Next};
 use crate::services::Services;
 use futures::{StreamExt, stream};
 use std::collections::HashMap;
@@ -269,12 +270,12 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<(Outcome
                 let noun = if users == 1 { "user" } else { "users" };
                 return fail(format!("organization \"{name}\" still has {users} {noun}; move or delete them first"));
             }
-            if ctx.dry { predict_org(ctx, op).await.map(unchanged) } else { ctx.svc.directory.write_org(tenant, op, &stamp).await }
+            if ctx.dry { predict_org(ctx, op).await.map(unchanged) } else { write_row(&*ctx.svc.directory, tenant, op, &stamp, true).await }
         }
         Target::Org { .. } if ctx.dry => predict_org(ctx, op).await.map(unchanged),
-        Target::Org { .. } => ctx.svc.directory.write_org(tenant, op, &stamp).await,
         Target::User { email, .. } if ctx.dry => predict_user(ctx, email, action).await.map(unchanged),
-        Target::User { .. } => ctx.svc.directory.write_user(tenant, op, &stamp, licensed).await,
+        Target::Org { .. } => write_row(&*ctx.svc.directory, tenant, op, &stamp, true).await,
+        Target::User { .. } => write_row(&*ctx.svc.directory, tenant, op, &stamp, licensed).await,
     };
     let written = match result {
         Ok(w) => w,
@@ -295,6 +296,36 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<(Outcome
         }
     }
     Ok((outcome, written))
+}
+
+/// One row's conditional writes, as `rules` directs: usually one; more only when the item is not
+/// as the row expected (a disable finding the user disabled already). `licensed`: the row holds a
+/// licence of the tenant's pool (always, without a pool); without one, no write can make a user active.
+pub async fn write_row(dir: &dyn Directory, tenant: &str, op: &RowOp, stamp: &Stamp, licensed: bool) -> Result<Written> {
+    let user = matches!(op.target, Target::User { .. });
+    if !user && !matches!(op.action, Action::Create | Action::Update | Action::Upsert | Action::Delete) {
+        return Err(Error::corrupt("chunk", format!("organization row with action {}", op.action)));
+    }
+    let token = stamp.token();
+    let mut next = rules::first(op.action, user, licensed);
+    for _ in 0..rules::MAX_ATTEMPTS {
+        let attempt = match next {
+            Next::Done(written) => return Ok(written),
+            Next::Try(attempt) => attempt,
+        };
+        next = match dir.write(tenant, &op.target, attempt, stamp).await? {
+            Attempted::Written(old) => Next::Done(rules::succeeded(attempt, user, old.as_ref(), &token)),
+            Attempted::Refused(old) => rules::refused(attempt, op.action, user, old.as_ref(), &token, &stamp.order),
+        };
+    }
+    match next {
+        Next::Done(written) => Ok(written),
+        Next::Try(_) => Err(Error::Transient {
+            service: "directory",
+            operation: "conditional write",
+            message: "the item changed between every attempt to write it".into(),
+        }),
+    }
 }
 
 /// Record the activation email a row asks for; returns what to add to the row's message.

@@ -2,7 +2,8 @@
 //! tests use in-memory fakes behind the same traits.
 
 use crate::error::Result;
-use crate::model::{Invite, Job, JobState, RowOp, Tenant, User, UserStatus};
+use crate::model::{Invite, Job, JobState, Target, Tenant, User, UserStatus};
+use crate::rules::{Attempt, Attempted};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -84,12 +85,10 @@ pub trait Directory: Send + Sync {
     async fn put_tenant(&self, tenant: &Tenant) -> Result<()>;
     async fn list_tenants(&self) -> Result<Vec<Tenant>>;
     async fn user(&self, tenant: &str, email: &str) -> Result<Option<User>>;
-    /// Apply a user row with the conditional writes `rules` gives for its action. `licensed`: the
-    /// row holds a licence of the tenant's pool (always true without a pool); without one, no
-    /// write of the row can make a user active.
-    async fn write_user(&self, tenant: &str, op: &RowOp, stamp: &Stamp, licensed: bool) -> Result<Written>;
-    /// Apply an organization row (Delete included: the caller checked it holds no users).
-    async fn write_org(&self, tenant: &str, op: &RowOp, stamp: &Stamp) -> Result<Written>;
+    /// One conditional write of the item `target` names, as `rules` decided (the storage-neutral
+    /// change: the adapter translates it and holds no rule of its own). The item is stamped with
+    /// `stamp` (token, time, upload order).
+    async fn write(&self, tenant: &str, target: &Target, attempt: Attempt, stamp: &Stamp) -> Result<Attempted>;
     async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool>;
     /// Users whose organization is `name` (delete refuses non-empty organizations).
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64>;

@@ -40,17 +40,47 @@ pub enum Attempt {
     /// Set the row's fields; with `may_create`, also where none lives (then it takes a licence).
     Upsert { may_create: bool },
     /// Move a live user's status to `to` from the other one: takes (to active) or gives back
-    /// (to disabled) a licence, and records that on the item.
-    Transition { to: UserStatus },
+    /// (to disabled) a licence, and records that on the item. `strip_targeting`: replace mode's
+    /// reconcile also removes group assignments and content targeting.
+    Transition { to: UserStatus, strip_targeting: bool },
     /// A live user whose status is still `is`: stamp only, no licence moves.
     Keep { is: UserStatus },
-    /// A live item: set the row's fields (Update, Expire, organization renames).
-    Update,
+    /// A live item: set the row's fields (Update, organization renames); `revoke`: Expire, which
+    /// removes the row's products (all of them when it lists none) instead.
+    Update { revoke: bool },
     /// A live user who has not activated: record the invitation.
     Invite,
     /// Replace a live item by a tombstone. For users, `active` says which status is required:
     /// `Some(true)` gives the licence back; organizations have none (`None`).
     Tombstone { active: Option<bool> },
+}
+
+/// How one conditional write ended, with the item as it was before it (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempted {
+    /// The condition held and the write was made. `old` is reported for Upsert (whether it
+    /// created); other writes may leave it `None`.
+    Written(Option<Seen>),
+    Refused(Option<Seen>),
+}
+
+/// Whether `attempt`'s condition holds on `old` (the item of an `org` or a user): the conditions
+/// the DynamoDB adapter writes as condition expressions, for the in-memory directory.
+pub fn holds(attempt: Attempt, old: Option<&Seen>, order: &str) -> bool {
+    let ordered = old.and_then(|o| o.order.as_deref()).is_none_or(|theirs| theirs <= order);
+    let live = old.filter(|o| !o.tombstone);
+    let status = live.map(|o| o.status.unwrap_or_default());
+    ordered
+        && match attempt {
+            Attempt::Create => live.is_none(),
+            Attempt::Upsert { may_create } => may_create || live.is_some(),
+            Attempt::Transition { to, .. } => status.is_some_and(|s| s != to),
+            Attempt::Keep { is } => status == Some(is),
+            Attempt::Update { .. } => live.is_some(),
+            Attempt::Invite => live.is_some_and(|o| !o.activated),
+            Attempt::Tombstone { active: None } => live.is_some(),
+            Attempt::Tombstone { active: Some(want) } => status.is_some_and(|s| (s == UserStatus::Active) == want),
+        }
 }
 
 /// After a write: the row's result, or the next write to try.
@@ -77,10 +107,12 @@ pub fn first(action: Action, user: bool, licensed: bool) -> Next {
         (Create, _) => Attempt::Create,
         (Upsert, true) => Attempt::Upsert { may_create: licensed },
         (Upsert, false) => Attempt::Upsert { may_create: true },
-        (Update | Expire, _) => Attempt::Update,
-        (Enable, true) if licensed => Attempt::Transition { to: UserStatus::Active },
+        (Update, _) => Attempt::Update { revoke: false },
+        (Expire, _) => Attempt::Update { revoke: true },
+        (Enable, true) if licensed => Attempt::Transition { to: UserStatus::Active, strip_targeting: false },
         (Enable, true) => Attempt::Keep { is: UserStatus::Active },
-        (Disable | Reconcile, true) => Attempt::Transition { to: UserStatus::Disabled },
+        (Disable, true) => Attempt::Transition { to: UserStatus::Disabled, strip_targeting: false },
+        (Reconcile, true) => Attempt::Transition { to: UserStatus::Disabled, strip_targeting: true },
         (Invite, true) => Attempt::Invite,
         (Delete, true) => Attempt::Tombstone { active: Some(true) },
         (Delete, false) => Attempt::Tombstone { active: None },
@@ -98,9 +130,9 @@ pub fn succeeded(attempt: Attempt, user: bool, old: Option<&Seen>, token: &str) 
             Some(o) if o.tombstone || o.created_by.as_deref() == Some(token) => (Write::Created, took),
             Some(_) => (Write::Updated, Licence::Unchanged),
         },
-        Attempt::Transition { to: UserStatus::Active } => (Write::Updated, Licence::Took),
-        Attempt::Transition { to: UserStatus::Disabled } => (Write::Updated, Licence::Freed),
-        Attempt::Keep { .. } | Attempt::Update | Attempt::Invite => (Write::Updated, Licence::Unchanged),
+        Attempt::Transition { to: UserStatus::Active, .. } => (Write::Updated, Licence::Took),
+        Attempt::Transition { to: UserStatus::Disabled, .. } => (Write::Updated, Licence::Freed),
+        Attempt::Keep { .. } | Attempt::Update { .. } | Attempt::Invite => (Write::Updated, Licence::Unchanged),
         Attempt::Tombstone { active: Some(true) } => (Write::Deleted, Licence::Freed),
         Attempt::Tombstone { .. } => (Write::Deleted, Licence::Unchanged),
     };
@@ -123,11 +155,11 @@ pub fn refused(attempt: Attempt, action: Action, user: bool, old: Option<&Seen>,
     let status = o.status.unwrap_or_default();
     match attempt {
         Attempt::Create => done(Write::AlreadyExists, Licence::Unchanged),
-        Attempt::Transition { to } if status == to && action == Action::Reconcile => done(Write::NotFound, Licence::Unchanged),
-        Attempt::Transition { to } if status == to => Next::Try(Attempt::Keep { is: to }),
+        Attempt::Transition { to, .. } if status == to && action == Action::Reconcile => done(Write::NotFound, Licence::Unchanged),
+        Attempt::Transition { to, .. } if status == to => Next::Try(Attempt::Keep { is: to }),
         Attempt::Keep { is: UserStatus::Active } if status != UserStatus::Active => done(Write::Unlicensed, Licence::Unchanged),
         Attempt::Keep { is: UserStatus::Disabled } if status != UserStatus::Disabled => {
-            Next::Try(Attempt::Transition { to: UserStatus::Disabled })
+            Next::Try(Attempt::Transition { to: UserStatus::Disabled, strip_targeting: false })
         }
         Attempt::Invite if o.activated => done(Write::AlreadyExists, Licence::Unchanged),
         Attempt::Tombstone { active: Some(want) } if (status == UserStatus::Active) != want => {
@@ -194,14 +226,14 @@ mod tests {
         assert_eq!(first(Action::Create, true, false), w(Write::AlreadyExists, Unchanged));
         assert_eq!(first(Action::Upsert, true, false), Next::Try(Attempt::Upsert { may_create: false }));
         assert_eq!(first(Action::Enable, true, false), Next::Try(Attempt::Keep { is: Active }));
-        assert_eq!(first(Action::Enable, true, true), Next::Try(Attempt::Transition { to: Active }));
+        assert_eq!(first(Action::Enable, true, true), Next::Try(Attempt::Transition { to: Active, strip_targeting: false }));
         assert_eq!(first(Action::Create, true, true), Next::Try(Attempt::Create));
     }
 
     #[test]
     fn only_a_write_whose_condition_required_the_old_status_moves_a_licence() {
-        assert_eq!(succeeded(Attempt::Transition { to: Disabled }, true, None, ME).licence, Freed);
-        assert_eq!(succeeded(Attempt::Transition { to: Active }, true, None, ME).licence, Took);
+        assert_eq!(succeeded(Attempt::Transition { to: Disabled, strip_targeting: false }, true, None, ME).licence, Freed);
+        assert_eq!(succeeded(Attempt::Transition { to: Active, strip_targeting: false }, true, None, ME).licence, Took);
         assert_eq!(succeeded(Attempt::Keep { is: Disabled }, true, None, ME).licence, Unchanged);
         assert_eq!(succeeded(Attempt::Tombstone { active: Some(true) }, true, None, ME).licence, Freed);
         assert_eq!(succeeded(Attempt::Tombstone { active: Some(false) }, true, None, ME).licence, Unchanged);
@@ -210,7 +242,8 @@ mod tests {
 
     #[test]
     fn the_second_of_two_disables_sees_disabled_and_gives_nothing_back() {
-        let next = refused(Attempt::Transition { to: Disabled }, Action::Disable, true, Some(&user(Disabled)), ME, NOW);
+        let next =
+            refused(Attempt::Transition { to: Disabled, strip_targeting: false }, Action::Disable, true, Some(&user(Disabled)), ME, NOW);
         assert_eq!(next, Next::Try(Attempt::Keep { is: Disabled }));
         assert_eq!(succeeded(Attempt::Keep { is: Disabled }, true, None, ME), Written { write: Write::Updated, licence: Unchanged });
     }
@@ -229,17 +262,17 @@ mod tests {
     fn a_retry_reads_what_its_first_attempt_did_from_the_stamp() {
         let disabled_by_me = Seen { last_write: Some(ME.into()), licence_by: Some(ME.into()), ..user(Disabled) };
         assert_eq!(
-            refused(Attempt::Transition { to: Disabled }, Action::Disable, true, Some(&disabled_by_me), ME, NOW),
+            refused(Attempt::Transition { to: Disabled, strip_targeting: false }, Action::Disable, true, Some(&disabled_by_me), ME, NOW),
             w(Write::Updated, Freed)
         );
         let kept_by_me = Seen { last_write: Some(ME.into()), ..user(Disabled) };
         assert_eq!(
-            refused(Attempt::Transition { to: Disabled }, Action::Disable, true, Some(&kept_by_me), ME, NOW),
+            refused(Attempt::Transition { to: Disabled, strip_targeting: false }, Action::Disable, true, Some(&kept_by_me), ME, NOW),
             w(Write::Updated, Unchanged)
         );
         let enabled_by_me = Seen { last_write: Some(ME.into()), licence_by: Some(ME.into()), ..user(Active) };
         assert_eq!(
-            refused(Attempt::Transition { to: Active }, Action::Enable, true, Some(&enabled_by_me), ME, NOW),
+            refused(Attempt::Transition { to: Active, strip_targeting: false }, Action::Enable, true, Some(&enabled_by_me), ME, NOW),
             w(Write::Updated, Took)
         );
         let created = Seen { last_write: Some(ME.into()), created_by: Some(ME.into()), ..user(Active) };
@@ -256,9 +289,9 @@ mod tests {
         let newer = Seen { order: Some(LATER.into()), ..user(Active) };
         let job = "b/other.csv#v9".to_string();
         for (attempt, action) in [
-            (Attempt::Update, Action::Update),
+            (Attempt::Update { revoke: false }, Action::Update),
             (Attempt::Create, Action::Create),
-            (Attempt::Transition { to: Disabled }, Action::Disable),
+            (Attempt::Transition { to: Disabled, strip_targeting: false }, Action::Disable),
             (Attempt::Tombstone { active: Some(true) }, Action::Delete),
         ] {
             assert_eq!(refused(attempt, action, true, Some(&newer), ME, NOW), w(Write::Superseded(job.clone()), Unchanged), "{attempt:?}");
@@ -293,7 +326,8 @@ mod tests {
 
     #[test]
     fn reconcile_of_a_user_already_disabled_changes_nothing() {
-        let next = refused(Attempt::Transition { to: Disabled }, Action::Reconcile, true, Some(&user(Disabled)), ME, NOW);
+        let next =
+            refused(Attempt::Transition { to: Disabled, strip_targeting: true }, Action::Reconcile, true, Some(&user(Disabled)), ME, NOW);
         assert_eq!(next, w(Write::NotFound, Unchanged));
     }
 
@@ -302,6 +336,20 @@ mod tests {
         let activated = Seen { activated: true, ..user(Active) };
         assert_eq!(refused(Attempt::Invite, Action::Invite, true, Some(&activated), ME, NOW), w(Write::AlreadyExists, Unchanged));
         assert_eq!(refused(Attempt::Invite, Action::Invite, true, None, ME, NOW), w(Write::NotFound, Unchanged));
+    }
+
+    #[test]
+    fn conditions_hold_only_on_the_state_each_write_requires() {
+        let tomb = Seen { tombstone: true, ..Seen::default() };
+        assert!(holds(Attempt::Create, None, NOW) && holds(Attempt::Create, Some(&tomb), NOW));
+        assert!(!holds(Attempt::Create, Some(&user(Active)), NOW));
+        assert!(holds(Attempt::Transition { to: Disabled, strip_targeting: false }, Some(&user(Active)), NOW));
+        assert!(!holds(Attempt::Transition { to: Disabled, strip_targeting: false }, Some(&user(Disabled)), NOW));
+        assert!(!holds(Attempt::Update { revoke: false }, Some(&tomb), NOW), "a tombstone is not a live item");
+        assert!(!holds(Attempt::Upsert { may_create: false }, None, NOW));
+        let newer = Seen { order: Some(LATER.into()), ..user(Active) };
+        assert!(!holds(Attempt::Update { revoke: false }, Some(&newer), NOW), "never over a newer upload");
+        assert!(holds(Attempt::Update { revoke: false }, Some(&newer), LATER), "the same upload passes");
     }
 
     #[test]

@@ -1,0 +1,288 @@
+//! Items <-> domain types: what each item holds, and what a write reads back from an old image.
+
+use super::ext::*;
+use super::*;
+use crate::error::{Error, Result};
+use crate::model::Invite;
+use crate::model::{Job, JobState, Mode, PHASES, User, UserFields, UserStatus};
+use crate::ports::Stamp;
+use crate::rules::Seen;
+use aws_sdk_dynamodb::types::AttributeValue as Av;
+
+/// The item a user row creates. Kept well under 1 KB so a create costs one write unit.
+pub struct UserItem<'a> {
+    pub tenant: &'a str,
+    pub email: &'a str,
+    pub fields: &'a UserFields,
+    pub stamp: &'a Stamp,
+}
+
+impl From<UserItem<'_>> for Item {
+    fn from(u: UserItem<'_>) -> Item {
+        let mut item = Item::new();
+        item.insert("pk".into(), s(user_pk(u.tenant, u.email)));
+        item.insert("kind".into(), s("user"));
+        item.insert("tenant".into(), s(u.tenant));
+        item.insert("email".into(), s(u.email));
+        item.insert("status".into(), s(UserStatus::Active.as_str()));
+        item.insert("gsi1pk".into(), s(user_shard(u.tenant, u.email)));
+        item.insert("gsi1sk".into(), s(u.fields.org.as_deref().map(str::to_lowercase).unwrap_or_else(|| "-".into())));
+        item.insert("created_at".into(), s(&u.stamp.at));
+        item.insert("updated_at".into(), s(&u.stamp.at));
+        item.insert("created_by".into(), s(u.stamp.token()));
+        item.insert("last_write".into(), s(u.stamp.token()));
+        for (k, v) in profile_attrs(u.fields) {
+            item.insert(k, v);
+        }
+        if !u.fields.products.is_empty() {
+            item.insert("products".into(), string_set(&u.fields.products));
+        }
+        item
+    }
+}
+
+/// Custom attributes are stored as top-level attributes with this prefix.
+pub(super) const ATTR_PREFIX: &str = "x_";
+
+/// Profile attributes a row sets (blank cells are absent: an update leaves them alone).
+/// Products are not here: they are granted with ADD, never overwritten.
+pub(super) fn profile_attrs(f: &UserFields) -> Vec<(String, Av)> {
+    let mut v: Vec<(String, Av)> = Vec::new();
+    let mut opt = |k: &str, val: &Option<String>| {
+        if let Some(x) = val {
+            v.push((k.to_string(), s(x)));
+        }
+    };
+    opt("first_name", &f.first_name);
+    opt("last_name", &f.last_name);
+    opt("phone", &f.phone);
+    opt("org", &f.org);
+    opt("role", &f.role);
+    opt("department", &f.department);
+    opt("user_type", &f.user_type);
+    if !f.groups.is_empty() {
+        v.push(("groups".into(), Av::L(f.groups.iter().map(s).collect())));
+    }
+    for (k, e) in &f.associations {
+        v.push((k.clone(), s(e)));
+    }
+    for (k, val) in &f.attributes {
+        v.push((format!("{ATTR_PREFIX}{k}"), s(val)));
+    }
+    v
+}
+
+pub(super) fn string_set(items: &[String]) -> Av {
+    Av::Ss(items.to_vec())
+}
+
+impl TryFrom<&Item> for User {
+    type Error = Error;
+    fn try_from(item: &Item) -> Result<Self> {
+        let get = |k: &str| item.str(k).map(str::to_string);
+        Ok(User {
+            email: get("email").ok_or_else(|| Error::corrupt("user item", "no email"))?,
+            status: UserStatus::parse(item.str("status").unwrap_or_default()),
+            created_by: get("created_by").unwrap_or_default(),
+            fields: UserFields {
+                first_name: get("first_name"),
+                last_name: get("last_name"),
+                phone: get("phone"),
+                org: get("org"),
+                role: get("role"),
+                department: get("department"),
+                user_type: get("user_type"),
+                invite: false,
+                invite_at: None,
+                groups: item
+                    .get("groups")
+                    .and_then(|g| g.as_l().ok())
+                    .map(|l| l.iter().filter_map(|x| x.as_s().ok().cloned()).collect())
+                    .unwrap_or_default(),
+                products: {
+                    let mut p = item.get("products").and_then(|p| p.as_ss().ok()).cloned().unwrap_or_default();
+                    p.sort();
+                    p
+                },
+                associations: crate::model::ASSOCIATIONS.iter().filter_map(|a| get(a).map(|e| (a.to_string(), e))).collect(),
+                attributes: item
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix(ATTR_PREFIX)?.to_string(), v.as_s().ok()?.clone())))
+                    .collect(),
+            },
+            activated: item.contains_key("activated_at"),
+            manual_groups: item
+                .get("manual_groups")
+                .and_then(|g| g.as_l().ok())
+                .map(|l| l.iter().filter_map(|x| x.as_s().ok().cloned()).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+impl TryFrom<&Item> for Job {
+    type Error = Error;
+    fn try_from(item: &Item) -> Result<Self> {
+        let req = |k: &str| item.str(k).map(str::to_string).ok_or_else(|| Error::corrupt("job item", format!("missing {k}")));
+        let state = req("state")?;
+        let plan: Option<[u32; PHASES]> =
+            (0..PHASES).map(|p| item.num::<u32>(&format!("chunks{p}"))).collect::<Option<Vec<_>>>().and_then(|v| v.try_into().ok());
+        Ok(Job {
+            id: req("id")?,
+            tenant: req("tenant")?,
+            source_key: req("source_key")?,
+            file_name: req("file_name")?,
+            mode: item.str("mode").and_then(Mode::parse),
+            state: JobState::parse(&state).ok_or_else(|| Error::corrupt("job item", format!("state {state}")))?,
+            // Jobs stored before uploads were ordered: their receipt time stands in.
+            order: match item.str("upload_order") {
+                Some(o) => o.to_string(),
+                None => {
+                    crate::model::upload_order(chrono::DateTime::parse_from_rfc3339(&req("received_at")?).ok().map(|t| t.to_utc()), None)
+                }
+            },
+            received_at: req("received_at")?,
+            phase_chunks: plan,
+            phase_done: std::array::from_fn(|p| item.num(&format!("done{p}")).unwrap_or(0)),
+            total_rows: item.num("total_rows").unwrap_or(0),
+            succeeded: item.num("succeeded").unwrap_or(0),
+            failed: item.num("failed").unwrap_or(0),
+            skipped: item.num("skipped").unwrap_or(0),
+            message: item.str("message").map(str::to_string),
+            completed_at: item.str("completed_at").map(str::to_string),
+        })
+    }
+}
+
+impl From<&Job> for Item {
+    fn from(j: &Job) -> Item {
+        let mut item = Item::new();
+        item.insert("pk".into(), s(format!("J#{}", j.id)));
+        item.insert("id".into(), s(&j.id));
+        item.insert("tenant".into(), s(&j.tenant));
+        item.insert("source_key".into(), s(&j.source_key));
+        item.insert("file_name".into(), s(&j.file_name));
+        if let Some(m) = j.mode {
+            item.insert("mode".into(), s(m.as_str()));
+        }
+        item.insert("state".into(), s(j.state.as_str()));
+        item.insert("received_at".into(), s(&j.received_at));
+        item.insert("upload_order".into(), s(&j.order));
+        // The by-tenant index lists a tenant's jobs newest first for `rosterdrop status`.
+        item.insert("gsi1pk".into(), s(format!("JOBS#{}", j.tenant)));
+        item.insert("gsi1sk".into(), s(format!("{}#{}", j.received_at, j.id)));
+        if !j.state.is_final() {
+            item.insert("gsi2pk".into(), s("OPEN"));
+            item.insert("gsi2sk".into(), s(format!("{}#{}", j.received_at, j.id)));
+        }
+        for p in 0..PHASES {
+            item.insert(format!("done{p}"), n(j.phase_done[p]));
+        }
+        item
+    }
+}
+
+/// `kind` of an item a delete replaced: it keeps the deleting upload's order (and its stamp for
+/// a retried delete) until it expires with the markers, so an older row cannot bring it back.
+pub(super) const TOMBSTONE: &str = "deleted";
+
+/// What `rules` needs to know of an old image.
+pub(super) fn seen(item: &Item) -> Seen {
+    Seen {
+        tombstone: item.str("kind") == Some(TOMBSTONE),
+        status: item.str("status").map(UserStatus::parse),
+        last_write: item.str("last_write").map(str::to_string),
+        created_by: item.str("created_by").map(str::to_string),
+        licence_by: item.str("lic").map(str::to_string),
+        order: item.str("ord").map(str::to_string),
+        activated: item.contains_key("activated_at"),
+    }
+}
+
+/// The row's profile: SET what the row gives, grant products with ADD (never revoke here).
+pub(super) fn profile(u: &mut UpdateExpr, fields: &UserFields) {
+    for (k, v) in profile_attrs(fields) {
+        u.set(&k, v);
+    }
+    if let Some(org) = &fields.org {
+        u.set("gsi1sk", s(org.to_lowercase()));
+    }
+    if !fields.products.is_empty() {
+        u.add("products", string_set(&fields.products));
+    }
+}
+
+pub(super) fn org_item(tenant: &str, name: &str, stamp: &Stamp) -> Item {
+    Item::from([
+        ("pk".to_string(), s(org_pk(tenant, name))),
+        ("kind".to_string(), s("org")),
+        ("tenant".to_string(), s(tenant)),
+        ("name".to_string(), s(name)),
+        ("created_at".to_string(), s(&stamp.at)),
+        ("updated_at".to_string(), s(&stamp.at)),
+        ("created_by".to_string(), s(stamp.token())),
+        ("last_write".to_string(), s(stamp.token())),
+    ])
+}
+
+impl TryFrom<&Item> for Invite {
+    type Error = Error;
+    fn try_from(item: &Item) -> Result<Self> {
+        let req = |k: &str| item.str(k).map(str::to_string).ok_or_else(|| Error::corrupt("invite item", format!("missing {k}")));
+        Ok(Invite {
+            tenant: req("tenant")?,
+            email: req("email")?,
+            first_name: item.str("first_name").map(str::to_string),
+            due_at: req("due_at")?,
+            job: req("job")?,
+            attempts: item.get("attempts").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()).unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp() -> Stamp {
+        Stamp { job: "job1".into(), row: 7, at: "2026-11-21T10:00:00Z".into(), order: String::new() }
+    }
+
+    #[test]
+    fn user_item_is_keyed_by_tenant_and_email_and_stays_small() {
+        let fields = UserFields {
+            first_name: Some("Ann".into()),
+            org: Some("North".into()),
+            groups: vec!["a".into(), "b".into()],
+            ..Default::default()
+        };
+        let item: Item = UserItem { tenant: "acme", email: "ann@x.com", fields: &fields, stamp: &stamp() }.into();
+        assert_eq!(item.str("pk"), Some("U#acme#ann@x.com"));
+        assert_eq!(item.str("gsi1sk"), Some("north"));
+        assert!(item.str("gsi1pk").unwrap().starts_with("T#acme#"));
+        assert_eq!(item.str("last_write"), Some("job1#7"));
+        // Rough item size: attribute names + values, well under the 1 KB of one write unit.
+        let size: usize = item.iter().map(|(k, v)| k.len() + v.as_s().map(|s| s.len()).unwrap_or(16)).sum();
+        assert!(size < 400, "{size}");
+        let back = User::try_from(&item).unwrap();
+        assert_eq!(back.fields, fields);
+        assert_eq!(back.status, crate::model::UserStatus::Active);
+    }
+
+    #[test]
+    fn shards_spread_users_and_are_stable() {
+        let shards: std::collections::HashSet<String> = (0..200).map(|i| user_shard("acme", &format!("u{i}@x.com"))).collect();
+        assert_eq!(shards.len(), USER_SHARDS as usize);
+        assert_eq!(user_shard("acme", "ann@x.com"), user_shard("acme", "ann@x.com"));
+    }
+
+    #[test]
+    fn job_item_round_trips() {
+        let job = Job::received("j1", "acme", "incoming/acme/a.csv", "a.csv", Some(Mode::Add), "2026-11-21T10:00:00Z");
+        let item = Item::from(&job);
+        assert_eq!(Job::try_from(&item).unwrap(), job);
+        let mut broken = item.clone();
+        broken.insert("state".into(), s("EXPLODED"));
+        assert!(Job::try_from(&broken).is_err());
+    }
+}

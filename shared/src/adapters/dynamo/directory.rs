@@ -1,0 +1,351 @@
+//! The directory port: tenants, users and organizations, one conditional write per `rules::Attempt`.
+
+use super::codec::*;
+use super::ext::*;
+use super::*;
+use crate::error::{Error, Result};
+use crate::model::{Target, Tenant, User, UserStatus};
+use crate::ports::{Directory, LicenceClaim, Stamp};
+use crate::rules::{Attempt, Attempted};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure, Select};
+
+pub struct DynamoDirectory {
+    pub(super) client: Client,
+    pub(super) table: String,
+}
+
+impl DynamoDirectory {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoDirectory { client, table: table.into() }
+    }
+
+    async fn get_user(&self, tenant: &str, email: &str) -> Result<Option<User>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(user_pk(tenant, email)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        out.item.as_ref().filter(|i| i.str("kind") != Some(TOMBSTONE)).map(User::try_from).transpose()
+    }
+
+    /// One conditional write: `Ok(old)` when its condition held (`old`: the item before, asked
+    /// for by Upsert only), `Err(old)` when it failed, with the item as it was.
+    async fn attempt(&self, tenant: &str, target: &Target, stamp: &Stamp, attempt: Attempt) -> Result<Written2> {
+        let (pk, kind) = match target {
+            Target::User { email, .. } => (user_pk(tenant, email), "user"),
+            Target::Org { name } => (org_pk(tenant, name), "org"),
+        };
+        let mut u = UpdateExpr::default();
+        let ordered = {
+            let (o, v) = (u.name("ord"), u.value(s(&stamp.order)));
+            format!("(attribute_not_exists({o}) OR {o} <= {v})")
+        };
+        // Placeholders must all be used: the "live" condition is built only where it is asked for.
+        let live = |u: &mut UpdateExpr| format!("{} = {}", u.name("kind"), u.value(s(kind)));
+        match attempt {
+            Attempt::Create => {
+                let mut item = match target {
+                    Target::User { email, fields } => {
+                        let mut item: Item = UserItem { tenant, email, fields, stamp }.into();
+                        item.insert("lic".into(), s(stamp.token()));
+                        item
+                    }
+                    Target::Org { name } => org_item(tenant, name, stamp),
+                };
+                item.insert("ord".into(), s(&stamp.order));
+                let cond = format!("(attribute_not_exists(pk) OR {} = {}) AND {ordered}", u.name("kind"), u.value(s(TOMBSTONE)));
+                self.put_if(item, cond, u).await
+            }
+            Attempt::Tombstone { active } => {
+                let mut item = Item::from([
+                    ("pk".to_string(), s(&pk)),
+                    ("kind".to_string(), s(TOMBSTONE)),
+                    ("tenant".to_string(), s(tenant)),
+                    ("deleted_at".to_string(), s(&stamp.at)),
+                    ("last_write".to_string(), s(stamp.token())),
+                    ("ord".to_string(), s(&stamp.order)),
+                    ("ttl".to_string(), n(chrono::Utc::now().timestamp() + MARKER_TTL_SECS)),
+                ]);
+                let mut cond = format!("{} AND {ordered}", live(&mut u));
+                if let Some(active) = active {
+                    let (st, a) = (u.name("status"), u.value(s(UserStatus::Active.as_str())));
+                    cond += &if active { format!(" AND {st} = {a}") } else { format!(" AND NOT {st} = {a}") };
+                    if active {
+                        item.insert("lic".into(), s(stamp.token()));
+                    }
+                }
+                self.put_if(item, cond, u).await
+            }
+            Attempt::Upsert { may_create } => {
+                match target {
+                    Target::User { email, fields } => {
+                        profile(&mut u, fields);
+                        u.set_if_missing("created_at", s(&stamp.at))
+                            .set_if_missing("created_by", s(stamp.token()))
+                            .set_if_missing("status", s(UserStatus::Active.as_str()))
+                            .set("kind", s("user"))
+                            .set("tenant", s(tenant))
+                            .set("email", s(email.as_str()))
+                            .set("gsi1pk", s(user_shard(tenant, email)));
+                        if fields.org.is_none() {
+                            u.set_if_missing("gsi1sk", s("-"));
+                        }
+                    }
+                    Target::Org { name } => {
+                        u.set("name", s(name))
+                            .set("kind", s("org"))
+                            .set("tenant", s(tenant))
+                            .set_if_missing("created_at", s(&stamp.at))
+                            .set_if_missing("created_by", s(stamp.token()));
+                    }
+                }
+                // Over a tombstone: the item lives again.
+                u.remove("ttl").remove("deleted_at");
+                let cond = if may_create { ordered } else { format!("{} AND {ordered}", live(&mut u)) };
+                self.update_if(pk, u, cond, stamp, true).await
+            }
+            Attempt::Transition { to, strip_targeting } => {
+                let from = if to == UserStatus::Active { UserStatus::Disabled } else { UserStatus::Active };
+                let cond = format!("{} AND {} = {} AND {ordered}", live(&mut u), u.name("status"), u.value(s(from.as_str())));
+                u.set("status", s(to.as_str())).set("lic", s(stamp.token()));
+                if strip_targeting {
+                    // Replace mode: disabled, every group assignment and content targeting removed.
+                    u.remove("groups").remove("manual_groups").remove("department");
+                }
+                self.update_if(pk, u, cond, stamp, false).await
+            }
+            Attempt::Keep { is } => {
+                let cond = format!("{} AND {} = {} AND {ordered}", live(&mut u), u.name("status"), u.value(s(is.as_str())));
+                self.update_if(pk, u, cond, stamp, false).await
+            }
+            Attempt::Update { revoke } => {
+                match (target, revoke) {
+                    (Target::User { fields, .. }, true) if fields.products.is_empty() => {
+                        u.remove("products");
+                    }
+                    (Target::User { fields, .. }, true) => {
+                        u.delete("products", string_set(&fields.products));
+                    }
+                    (Target::User { fields, .. }, false) => profile(&mut u, fields),
+                    (Target::Org { name }, _) => {
+                        u.set("name", s(name));
+                    }
+                }
+                let cond = format!("{} AND {ordered}", live(&mut u));
+                self.update_if(pk, u, cond, stamp, false).await
+            }
+            Attempt::Invite => {
+                let cond = format!("{} AND attribute_not_exists({}) AND {ordered}", live(&mut u), u.name("activated_at"));
+                u.set("invited_at", s(&stamp.at));
+                self.update_if(pk, u, cond, stamp, false).await
+            }
+        }
+    }
+
+    /// Conditional put; the old image comes back when the condition fails.
+    async fn put_if(&self, item: Item, cond: String, u: UpdateExpr) -> Result<Written2> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(cond)
+            .set_expression_attribute_names(Some(u.names))
+            .set_expression_attribute_values(Some(u.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Ok(None)),
+            Err(e) if is_condition_failed(&e) => Ok(Err(match e.into_service_error() {
+                aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => c.item,
+                _ => None,
+            })),
+            Err(e) => Err(ddb_err("PutItem")(e)),
+        }
+    }
+
+    /// Conditional update stamped with the row (token, time, upload order); `old`: return the
+    /// item as it was before a successful write too.
+    async fn update_if(&self, pk: String, mut u: UpdateExpr, cond: String, stamp: &Stamp, old: bool) -> Result<Written2> {
+        u.set("updated_at", s(&stamp.at)).set("last_write", s(stamp.token())).set("ord", s(&stamp.order));
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression(u.expression())
+            .condition_expression(cond)
+            .set_expression_attribute_names(Some(u.names))
+            .set_expression_attribute_values(Some(u.values))
+            .return_values(if old { ReturnValue::AllOld } else { ReturnValue::None })
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Ok(out.attributes.filter(|a| !a.is_empty()))),
+            Err(e) if is_condition_failed(&e) => Ok(Err(match e.into_service_error() {
+                aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item,
+                _ => None,
+            })),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
+    }
+}
+
+/// A conditional write's outcome: `Ok(old)` written, `Err(old)` refused (old images, if any).
+type Written2 = std::result::Result<Option<Item>, Option<Item>>;
+
+#[async_trait]
+impl Directory for DynamoDirectory {
+    async fn tenant(&self, id: &str) -> Result<Option<Tenant>> {
+        let out = self.client.get_item().table_name(&self.table).key("pk", s(tenant_pk(id))).send().await.map_err(ddb_err("GetItem"))?;
+        out.item
+            .as_ref()
+            .and_then(|i| i.str("doc"))
+            .map(|doc| serde_json::from_str(doc).map_err(|e| Error::corrupt(format!("tenant {id}"), e)))
+            .transpose()
+    }
+
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<()> {
+        // Stored as one JSON document: tenant settings grow, and are always read whole.
+        let doc = serde_json::to_string(tenant).map_err(|e| Error::corrupt("tenant", e))?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(tenant_pk(&tenant.id)))
+            .item("kind", s("tenant"))
+            .item("doc", s(doc))
+            .item("gsi1pk", s("TENANTS"))
+            .item("gsi1sk", s(&tenant.id))
+            .send()
+            .await
+            .map_err(ddb_err("PutItem"))?;
+        Ok(())
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(GSI)
+            .key_condition_expression("gsi1pk = :p")
+            .expression_attribute_values(":p", s("TENANTS"))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(ddb_err("Query"))?;
+            if let Some(id) = item.str("gsi1sk")
+                && let Some(t) = self.tenant(id).await?
+            {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn user(&self, tenant: &str, email: &str) -> Result<Option<User>> {
+        self.get_user(tenant, &email.trim().to_lowercase()).await
+    }
+
+    async fn write(&self, tenant: &str, target: &Target, attempt: Attempt, stamp: &Stamp) -> Result<Attempted> {
+        Ok(match self.attempt(tenant, target, stamp, attempt).await? {
+            Ok(old) => Attempted::Written(old.as_ref().map(seen)),
+            Err(old) => Attempted::Refused(old.as_ref().map(seen)),
+        })
+    }
+
+    async fn list_users(&self, tenant: &str) -> Result<Vec<(String, UserStatus)>> {
+        let prefix = format!("U#{tenant}#");
+        let mut users = Vec::new();
+        for shard in 0..USER_SHARDS {
+            let mut pages = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI)
+                .key_condition_expression("gsi1pk = :p")
+                .expression_attribute_values(":p", s(format!("T#{tenant}#{shard}")))
+                .into_paginator()
+                .items()
+                .send();
+            while let Some(item) = pages.next().await {
+                let item = item.map_err(ddb_err("Query"))?;
+                if let Some(key) = item.str("pk").and_then(|pk| pk.strip_prefix(&prefix)) {
+                    users.push((key.to_string(), UserStatus::parse(item.str("status").unwrap_or_default())));
+                }
+            }
+        }
+        users.sort();
+        Ok(users)
+    }
+
+    async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
+        self.pool_reserve(tenant, limit, claim, decision).await
+    }
+
+    async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> Result<()> {
+        self.pool_settle(tenant, claim, returned).await
+    }
+
+    async fn licences_used(&self, tenant: &str) -> Result<u32> {
+        Ok(self.pool_stored(tenant).await?.unwrap_or(0).max(0) as u32)
+    }
+
+    async fn set_licences_used(&self, tenant: &str, used: u32) -> Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::pool_pk(tenant)))
+            .update_expression("SET used = :n")
+            .expression_attribute_values(":n", n(used))
+            .send()
+            .await
+            .map_err(ddb_err("UpdateItem"))?;
+        Ok(())
+    }
+
+    async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(tenant, name)))
+            .projection_expression("pk, kind")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        Ok(out.item.is_some_and(|i| i.str("kind") != Some(TOMBSTONE)))
+    }
+
+    async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64> {
+        let mut total = 0u64;
+        for shard in 0..USER_SHARDS {
+            let mut pages = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI)
+                .key_condition_expression("gsi1pk = :p AND gsi1sk = :o")
+                .expression_attribute_values(":p", s(format!("T#{tenant}#{shard}")))
+                .expression_attribute_values(":o", s(name.to_lowercase()))
+                .select(Select::Count)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                total += page.map_err(ddb_err("Query"))?.count.max(0) as u64;
+            }
+        }
+        Ok(total)
+    }
+}

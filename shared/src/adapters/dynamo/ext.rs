@@ -1,0 +1,134 @@
+//! Attribute helpers: typed reads, values, update expressions, and the SDK errors mapped to ours.
+
+use crate::error::Error;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::types::AttributeValue as Av;
+use std::collections::HashMap;
+
+pub type Item = HashMap<String, Av>;
+
+pub(super) fn s(v: impl Into<String>) -> Av {
+    Av::S(v.into())
+}
+pub(super) fn n(v: impl ToString) -> Av {
+    Av::N(v.to_string())
+}
+
+/// Typed reads from an item.
+pub(super) trait ItemExt {
+    fn str(&self, k: &str) -> Option<&str>;
+    fn num<T: std::str::FromStr>(&self, k: &str) -> Option<T>;
+}
+impl ItemExt for Item {
+    fn str(&self, k: &str) -> Option<&str> {
+        self.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
+    }
+    fn num<T: std::str::FromStr>(&self, k: &str) -> Option<T> {
+        self.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+    }
+}
+
+pub(super) fn ddb_err<E>(
+    op: &'static str,
+) -> impl FnOnce(aws_sdk_dynamodb::error::SdkError<E, aws_smithy_runtime_api::http::Response>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    move |e| Error::from_sdk("dynamodb", op, e)
+}
+
+pub(super) fn is_condition_failed<E: ProvideErrorMetadata, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool {
+    e.code() == Some("ConditionalCheckFailedException")
+}
+
+/// SET / ADD / DELETE / REMOVE clauses with placeholder names, so any attribute name is safe.
+#[derive(Default)]
+pub(super) struct UpdateExpr {
+    pub(super) set: Vec<String>,
+    pub(super) add: Vec<String>,
+    pub(super) delete: Vec<String>,
+    pub(super) remove: Vec<String>,
+    pub(super) names: HashMap<String, String>,
+    pub(super) values: HashMap<String, Av>,
+}
+
+impl UpdateExpr {
+    pub(super) fn name(&mut self, attr: &str) -> String {
+        let key = format!("#n{}", self.names.len());
+        self.names.insert(key.clone(), attr.to_string());
+        key
+    }
+    pub(super) fn value(&mut self, v: Av) -> String {
+        let key = format!(":v{}", self.values.len());
+        self.values.insert(key.clone(), v);
+        key
+    }
+    pub(super) fn set(&mut self, attr: &str, v: Av) -> &mut Self {
+        let (n, v) = (self.name(attr), self.value(v));
+        self.set.push(format!("{n} = {v}"));
+        self
+    }
+    pub(super) fn set_if_missing(&mut self, attr: &str, v: Av) -> &mut Self {
+        let (n, v) = (self.name(attr), self.value(v));
+        self.set.push(format!("{n} = if_not_exists({n}, {v})"));
+        self
+    }
+    pub(super) fn add(&mut self, attr: &str, v: Av) -> &mut Self {
+        let (n, v) = (self.name(attr), self.value(v));
+        self.add.push(format!("{n} {v}"));
+        self
+    }
+    pub(super) fn delete(&mut self, attr: &str, v: Av) -> &mut Self {
+        let (n, v) = (self.name(attr), self.value(v));
+        self.delete.push(format!("{n} {v}"));
+        self
+    }
+    pub(super) fn remove(&mut self, attr: &str) -> &mut Self {
+        let n = self.name(attr);
+        self.remove.push(n);
+        self
+    }
+    pub(super) fn expression(&self) -> String {
+        let mut parts = Vec::new();
+        for (kw, list) in [("SET", &self.set), ("ADD", &self.add), ("DELETE", &self.delete), ("REMOVE", &self.remove)] {
+            if !list.is_empty() {
+                parts.push(format!("{kw} {}", list.join(", ")));
+            }
+        }
+        parts.join(" ")
+    }
+}
+
+pub(super) fn txn_err(e: aws_sdk_dynamodb::error::BuildError) -> Error {
+    Error::Build { what: "transaction", message: e.to_string() }
+}
+
+pub(super) type TxnError = aws_sdk_dynamodb::error::SdkError<
+    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+    aws_sdk_dynamodb::config::http::HttpResponse,
+>;
+
+/// A transaction cancelled because the condition of its first item failed (our transactions put
+/// the item whose condition decides first).
+pub(super) fn first_condition_failed(e: &TxnError) -> bool {
+    cancellation_codes(e).is_some_and(|c| c.first().map(String::as_str) == Some("ConditionalCheckFailed"))
+}
+
+/// Cancellation reasons of a failed transaction, when it was cancelled.
+pub(super) fn cancellation_codes(e: &TxnError) -> Option<Vec<String>> {
+    cancellation(e).map(|r| r.into_iter().map(|(code, _)| code).collect())
+}
+
+/// Cancellation reasons with the old image each item returned (when it asked for one).
+pub(super) fn cancellation(e: &TxnError) -> Option<Vec<(String, Option<Item>)>> {
+    match e.as_service_error()? {
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(tc) => {
+            Some(tc.cancellation_reasons().iter().map(|r| (r.code().unwrap_or("None").to_string(), r.item.clone())).collect())
+        }
+        _ => None,
+    }
+}
+
+pub(super) fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> Error {
+    Error::Build { what: "table definition", message: e.to_string() }
+}

@@ -1,0 +1,155 @@
+//! Pending activation emails, in the jobs table.
+
+use super::ext::*;
+use super::*;
+use crate::error::Result;
+use crate::model::Invite;
+use crate::ports::Invites;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue as Av;
+
+/// Invites live in the jobs table (`I#<tenant>#<email>`); pending ones are in `gsi1` under
+/// `INVITES#<shard>` sorted by due time, and leave the index once sent (sparse index).
+pub struct DynamoInvites {
+    client: Client,
+    table: String,
+}
+
+impl DynamoInvites {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoInvites { client, table: table.into() }
+    }
+    fn pk(i: &Invite) -> String {
+        format!("I#{}#{}", i.tenant, i.email)
+    }
+    fn shard(email: &str) -> String {
+        let h = email.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+        format!("INVITES#{}", h % USER_SHARDS as u64)
+    }
+}
+
+#[async_trait]
+impl Invites for DynamoInvites {
+    async fn schedule(&self, i: &Invite) -> Result<()> {
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(Self::pk(i)))
+            .item("tenant", s(&i.tenant))
+            .item("email", s(&i.email))
+            .item("due_at", s(&i.due_at))
+            .item("job", s(&i.job))
+            .item("status", s("pending"))
+            .item("gsi1pk", s(Self::shard(&i.email)))
+            .item("gsi1sk", s(format!("{}#{}#{}", i.due_at, i.tenant, i.email)))
+            .condition_expression("attribute_not_exists(pk) OR job <> :job")
+            .expression_attribute_values(":job", s(&i.job));
+        if let Some(f) = &i.first_name {
+            req = req.item("first_name", s(f));
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(ddb_err("PutItem")(e)),
+        }
+    }
+
+    async fn due(&self, now: &str, limit: usize) -> Result<Vec<Invite>> {
+        let mut out = Vec::new();
+        for shard in 0..USER_SHARDS {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI)
+                .key_condition_expression("gsi1pk = :p AND gsi1sk < :bound")
+                .expression_attribute_values(":p", s(format!("INVITES#{shard}")))
+                .expression_attribute_values(":bound", s(format!("{now}~")))
+                .limit(limit.clamp(1, 1000) as i32)
+                .send()
+                .await
+                .map_err(ddb_err("Query"))?;
+            for item in page.items() {
+                out.push(Invite::try_from(item)?);
+            }
+        }
+        out.sort_by(|a, b| a.due_at.cmp(&b.due_at));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn claim(&self, i: &Invite) -> Result<bool> {
+        let now = chrono::Utc::now();
+        // A claim older than the lease is a sender that died before sending: take it over.
+        let stale = (now - chrono::Duration::minutes(10)).to_rfc3339();
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::pk(i)))
+            .update_expression("SET #st = :sending, claimed_at = :now")
+            .condition_expression("job = :job AND (#st = :pending OR (#st = :sending AND claimed_at < :stale))")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":sending", s("sending"))
+            .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .expression_attribute_values(":stale", s(stale))
+            .expression_attribute_values(":job", s(&i.job))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
+    }
+
+    async fn mark_sent(&self, i: &Invite) -> Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::pk(i)))
+            .update_expression("SET #st = :sent, sent_at = :now REMOVE gsi1pk, gsi1sk")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":sent", s("sent"))
+            .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()))
+            .send()
+            .await
+            .map_err(ddb_err("UpdateItem"))?;
+        Ok(())
+    }
+
+    async fn record_failure(&self, i: &Invite, reason: &str, retry_at: Option<&str>) -> Result<()> {
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::pk(i)))
+            .condition_expression("job = :job")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":job", s(&i.job))
+            .expression_attribute_values(":one", Av::N("1".into()))
+            .expression_attribute_values(":reason", s(reason))
+            .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()));
+        let req = match retry_at {
+            Some(at) => req
+                .update_expression(
+                    "SET #st = :pending, due_at = :at, gsi1sk = :sk, last_error = :reason, failed_at = :now ADD attempts :one",
+                )
+                .expression_attribute_values(":pending", s("pending"))
+                .expression_attribute_values(":at", s(at))
+                .expression_attribute_values(":sk", s(format!("{at}#{}#{}", i.tenant, i.email))),
+            None => req
+                .update_expression("SET #st = :failed, last_error = :reason, failed_at = :now ADD attempts :one REMOVE gsi1pk, gsi1sk")
+                .expression_attribute_values(":failed", s("failed")),
+        };
+        match req.send().await {
+            Ok(_) => Ok(()),
+            // Another job's invite replaced it meanwhile: nothing of this one to record.
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
+    }
+}

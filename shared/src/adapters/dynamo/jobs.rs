@@ -1,0 +1,311 @@
+//! The jobs port: job state machine, chunk markers, email claims, the replace lock.
+
+use super::ext::*;
+use super::*;
+use crate::error::{Error, Result};
+use crate::model::{Job, JobState, PHASES};
+use crate::ports::{JobStore, Plan};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
+
+/// A job reaching a final state leaves the open-jobs index.
+fn closing(to: JobState) -> &'static str {
+    if to.is_final() { " REMOVE gsi2pk, gsi2sk" } else { "" }
+}
+
+pub struct DynamoJobs {
+    client: Client,
+    table: String,
+}
+
+impl DynamoJobs {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoJobs { client, table: table.into() }
+    }
+    /// The job's item, read consistently (the job's state machine depends on the latest write).
+    async fn job_item(&self, id: &str) -> Result<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        Ok(out.item)
+    }
+
+    fn marker_pk(id: &str, phase: usize, seq: u32) -> String {
+        format!("C#{id}#{phase}#{seq}")
+    }
+}
+
+#[async_trait]
+impl JobStore for DynamoJobs {
+    async fn acquire_replace(&self, tenant: &str, id: &str) -> Result<Option<String>> {
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        let pk = format!("X#{tenant}#replace");
+        // `None`: take a free lock (or keep ours); `Some(h)`: take it over from `h`, which ended.
+        let mut from: Option<String> = None;
+        for _ in 0..5 {
+            let req = self.client.put_item().table_name(&self.table).item("pk", s(&pk)).item("holder", s(id));
+            let req = match &from {
+                None => req.condition_expression("attribute_not_exists(pk) OR holder = :me").expression_attribute_values(":me", s(id)),
+                Some(old) => req.condition_expression("holder = :old").expression_attribute_values(":old", s(old)),
+            };
+            let res = req.return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld).send().await;
+            // The holder comes back with the failed condition: no second read.
+            let holder = match res {
+                Ok(_) => return Ok(None),
+                Err(e) if is_condition_failed(&e) => match e.as_service_error() {
+                    Some(PutItemError::ConditionalCheckFailedException(c)) => c.item().and_then(|i| i.str("holder")).map(str::to_string),
+                    _ => None,
+                },
+                Err(e) => return Err(ddb_err("PutItem")(e)),
+            };
+            let Some(holder) = holder else {
+                from = None; // released meanwhile
+                continue;
+            };
+            if self.get(&holder).await?.is_some_and(|j| !j.state.is_final()) {
+                return Ok(Some(holder));
+            }
+            from = Some(holder);
+        }
+        Err(Error::Transient { service: "dynamodb", operation: "PutItem", message: "replace lock contended".into() })
+    }
+
+    async fn create_or_get(&self, job: &Job) -> Result<(Job, bool)> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(Item::from(job)))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok((job.clone(), true)),
+            Err(e) if is_condition_failed(&e) => match self.get(&job.id).await? {
+                Some(existing) => Ok((existing, false)),
+                None => Err(Error::Transient { service: "dynamodb", operation: "PutItem", message: "job vanished after conflict".into() }),
+            },
+            Err(e) => Err(ddb_err("PutItem")(e)),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Job>> {
+        self.job_item(id).await?.as_ref().map(Job::try_from).transpose()
+    }
+
+    async fn set_plan(&self, id: &str, plan: &Plan) -> Result<()> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression(format!(
+                "SET {}, total_rows = :t",
+                (0..PHASES).map(|p| format!("chunks{p} = :c{p}")).collect::<Vec<_>>().join(", ")
+            ))
+            .expression_attribute_values(":t", n(plan.total_rows));
+        for p in 0..PHASES {
+            req = req.expression_attribute_values(format!(":c{p}"), n(plan.phase_chunks[p]));
+        }
+        req.send().await.map_err(ddb_err("UpdateItem"))?;
+        Ok(())
+    }
+
+    async fn transition(&self, id: &str, from: JobState, to: JobState, message: Option<&str>) -> Result<bool> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .condition_expression("#state = :from")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":from", s(from.as_str()))
+            .expression_attribute_values(":to", s(to.as_str()));
+        req = match message {
+            Some(m) => {
+                req.update_expression(format!("SET #state = :to, message = :m{}", closing(to))).expression_attribute_values(":m", s(m))
+            }
+            None => req.update_expression(format!("SET #state = :to{}", closing(to))),
+        };
+        match req.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
+    }
+
+    async fn record_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<bool> {
+        // Marker and counter in one transaction: a chunk is counted exactly once, even when its
+        // invocation is retried after crashing between the two writes.
+        let ttl = chrono::Utc::now().timestamp() + MARKER_TTL_SECS;
+        let put = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(Self::marker_pk(id, phase, seq)))
+            .item("ttl", n(ttl))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(|e| Error::Build { what: "transaction", message: e.to_string() })?;
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression(format!("ADD done{phase} :one"))
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(|e| Error::Build { what: "transaction", message: e.to_string() })?;
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(TransactWriteItem::builder().update(update).build())
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if first_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ddb_err("TransactWriteItems")(e)),
+        }
+    }
+
+    async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(Self::marker_pk(id, phase, seq)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        Ok(out.item.is_some())
+    }
+
+    async fn claim_email(&self, id: &str, kind: &str, lease_secs: i64) -> Result<bool> {
+        let now = chrono::Utc::now();
+        let stamp = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            // The claim is "<time> <token>", the token unique to this call: when the response is
+            // lost and the SDK retries, the retry recognises its own claim. A claim never marked
+            // sent and older than the lease (its invocation has ended) is taken over: the email
+            // is then sent late rather than never.
+            .update_expression("SET #k = :claim")
+            .condition_expression(
+                "attribute_exists(pk) AND attribute_not_exists(#sent) AND (attribute_not_exists(#k) OR #k = :claim OR #k < :stale)",
+            )
+            .expression_attribute_names("#k", format!("email_{kind}"))
+            .expression_attribute_names("#sent", format!("email_{kind}_sent"))
+            .expression_attribute_values(":claim", s(format!("{} {}", stamp(now), uuid::Uuid::new_v4())))
+            .expression_attribute_values(":stale", s(stamp(now - chrono::Duration::seconds(lease_secs))))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
+    }
+
+    async fn mark_email_sent(&self, id: &str, kind: &str) -> Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression("SET #sent = :now")
+            .expression_attribute_names("#sent", format!("email_{kind}_sent"))
+            .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()))
+            .send()
+            .await
+            .map_err(ddb_err("UpdateItem"))?;
+        Ok(())
+    }
+
+    async fn email_sent(&self, id: &str, kind: &str) -> Result<bool> {
+        Ok(self.job_item(id).await?.is_some_and(|i| i.contains_key(&format!("email_{kind}_sent"))))
+    }
+
+    async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression("SET #state = :c, succeeded = :s, failed = :f, skipped = :k, completed_at = :now REMOVE gsi2pk, gsi2sk")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":c", s(state.as_str()))
+            .expression_attribute_values(":s", n(succeeded))
+            .expression_attribute_values(":f", n(failed))
+            .expression_attribute_values(":k", n(skipped))
+            .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()))
+            .send()
+            .await
+            .map_err(ddb_err("UpdateItem"))?;
+        Ok(())
+    }
+
+    async fn oldest_open(&self) -> Result<Option<(String, String)>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(OPEN_JOBS)
+            .key_condition_expression("gsi2pk = :p")
+            .expression_attribute_values(":p", s("OPEN"))
+            .limit(1)
+            .send()
+            .await
+            .map_err(ddb_err("Query"))?;
+        Ok(out
+            .items()
+            .first()
+            .and_then(|i| i.str("gsi2sk"))
+            .and_then(|sk| sk.split_once('#'))
+            .map(|(at, id)| (id.to_string(), at.to_string())))
+    }
+
+    async fn open_jobs(&self, limit: usize) -> Result<Vec<(String, String)>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(OPEN_JOBS)
+            .key_condition_expression("gsi2pk = :p")
+            .expression_attribute_values(":p", s("OPEN"))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(ddb_err("Query"))?;
+        Ok(out
+            .items()
+            .iter()
+            .filter_map(|i| i.str("gsi2sk"))
+            .filter_map(|sk| sk.split_once('#'))
+            .map(|(at, id)| (id.to_string(), at.to_string()))
+            .collect())
+    }
+
+    async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Job>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(GSI)
+            .key_condition_expression("gsi1pk = :p")
+            .expression_attribute_values(":p", s(format!("JOBS#{tenant}")))
+            .scan_index_forward(false)
+            .limit(limit.min(1000) as i32)
+            .send()
+            .await
+            .map_err(ddb_err("Query"))?;
+        out.items().iter().map(Job::try_from).collect()
+    }
+}
