@@ -42,8 +42,8 @@ pub struct Config {
     /// The function's memory (Lambda sets `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`): ingest refuses a file
     /// it could only fail on by running out of memory. `None` (CLI, local runner): no such check.
     pub memory_mb: Option<u64>,
-    /// After this long an email claim never marked sent is taken over (see `model::EMAIL_CLAIM_LEASE_SECS`).
-    pub email_lease_secs: i64,
+    /// After this long a claim (job email, invite) never marked done is taken over (`model::Lease`).
+    pub lease: crate::model::Lease,
 }
 
 pub const DEFAULT_BUCKET: &str = "rosterdrop-local";
@@ -82,7 +82,7 @@ impl Config {
                 .map(|v| v.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect())
                 .unwrap_or_default(),
             memory_mb: get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|v| v.trim().parse().ok()),
-            email_lease_secs: crate::model::EMAIL_CLAIM_LEASE_SECS,
+            lease: crate::model::Lease { secs: crate::model::CLAIM_LEASE_SECS },
         })
     }
 
@@ -106,7 +106,7 @@ impl Config {
             job_deadline_secs: 3 * 3600,
             default_admins: vec![],
             memory_mb: None,
-            email_lease_secs: crate::model::EMAIL_CLAIM_LEASE_SECS,
+            lease: crate::model::Lease { secs: crate::model::CLAIM_LEASE_SECS },
         }
     }
 }

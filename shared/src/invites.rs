@@ -57,7 +57,7 @@ async fn send_one(
     pace: &mut tokio::time::Interval,
     invite: &Invite,
 ) -> Result<bool> {
-    if !svc.invites.claim(invite).await? {
+    if !svc.invites.claim(invite, svc.config.lease).await? {
         return Ok(false); // another sweep has it
     }
     if !tenants.contains_key(&invite.tenant) {

@@ -107,9 +107,47 @@ pub enum AttributeKind {
 
 pub const DEFAULT_REPLACE_THRESHOLD_PERCENT: u8 = 20;
 
-/// An email claim not marked sent after this long belongs to an invocation that has ended (the
-/// finalize function's timeout is 15 minutes) and may be taken over (`Config::email_lease_secs`).
-pub const EMAIL_CLAIM_LEASE_SECS: i64 = 20 * 60;
+/// A claim (an email about to be sent, an invite being sent) not marked done after this long
+/// belongs to an invocation that has ended (the finalize function's timeout is 15 minutes) and
+/// may be taken over (`Config::lease`).
+pub const CLAIM_LEASE_SECS: i64 = 20 * 60;
+
+/// How long a claim holds. Every claim (job emails, invites) is stamped with `stamp(now)` and
+/// taken over when older than `stale_before(now)`: one format, so the strings compare as times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub secs: i64,
+}
+
+impl Lease {
+    pub fn stamp(now: chrono::DateTime<chrono::Utc>) -> String {
+        now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+    pub fn stale_before(self, now: chrono::DateTime<chrono::Utc>) -> String {
+        Self::stamp(now - chrono::Duration::seconds(self.secs))
+    }
+}
+
+/// The emails a job sends, each claimed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailKind {
+    /// "Processing started" (tenants that ask for it).
+    Started,
+    /// The result: summary, result file, failed rows (or the rejection).
+    Result,
+    /// A job stopped: what was and was not applied.
+    Failure,
+}
+
+impl EmailKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailKind::Started => "started",
+            EmailKind::Result => "result",
+            EmailKind::Failure => "failure",
+        }
+    }
+}
 
 impl Tenant {
     /// A tenant with defaults for everything but its id and admins.

@@ -40,7 +40,7 @@ pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Ut
     let mut finished = 0;
     for (id, received_at) in svc.jobs.open_jobs(50).await? {
         let age = age_secs(&received_at, now);
-        if age < svc.config.email_lease_secs {
+        if age < svc.config.lease.secs {
             break; // oldest first: the rest are younger
         }
         let Some(job) = svc.jobs.get(&id).await? else { continue };

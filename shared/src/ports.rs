@@ -2,7 +2,7 @@
 //! tests use in-memory fakes behind the same traits.
 
 use crate::error::Result;
-use crate::model::{Invite, Job, JobState, Target, Tenant, User, UserStatus};
+use crate::model::{EmailKind, Invite, Job, JobState, Lease, Target, Tenant, User, UserStatus};
 use crate::rules::{Attempt, Attempted};
 use async_trait::async_trait;
 use std::time::Duration;
@@ -142,10 +142,10 @@ pub trait JobStore: Send + Sync {
     /// Claim the right to send the job's email: `true` for exactly one caller.
     /// Claim sending a job's email of `kind` once; a claim older than `lease_secs` that was never
     /// marked sent is taken over.
-    async fn claim_email(&self, id: &str, kind: &str, lease_secs: i64) -> Result<bool>;
+    async fn claim_email(&self, id: &str, kind: EmailKind, lease: Lease) -> Result<bool>;
     /// Record that the claimed email went out (a claim without this is taken over once stale).
-    async fn mark_email_sent(&self, id: &str, kind: &str) -> Result<()>;
-    async fn email_sent(&self, id: &str, kind: &str) -> Result<bool>;
+    async fn mark_email_sent(&self, id: &str, kind: EmailKind) -> Result<()>;
+    async fn email_sent(&self, id: &str, kind: EmailKind) -> Result<bool>;
     /// Record the final state (COMPLETED or FAILED) and the counts.
     async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()>;
     /// The oldest job not yet COMPLETED or REJECTED: (id, received_at).
@@ -175,8 +175,9 @@ pub trait Invites: Send + Sync {
     async fn schedule(&self, invite: &Invite) -> Result<()>;
     /// Invites due at `now`, oldest first, at most `limit`.
     async fn due(&self, now: &str, limit: usize) -> Result<Vec<Invite>>;
-    /// Claim an invite for sending: `true` for exactly one caller while it is pending.
-    async fn claim(&self, invite: &Invite) -> Result<bool>;
+    /// Claim an invite for sending: `true` for exactly one caller while it is pending (a claim
+    /// older than `lease` belongs to a sender that died, and is taken over).
+    async fn claim(&self, invite: &Invite, lease: Lease) -> Result<bool>;
     async fn mark_sent(&self, invite: &Invite) -> Result<()>;
     /// A send failed: count the attempt and keep the reason; `retry_at` makes the invite due again
     /// then, `None` marks it failed for good (it leaves the due list).

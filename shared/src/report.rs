@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::model::EmailKind;
 use crate::model::{Job, JobState, Status, Tenant};
 use crate::services::Services;
 use mail_builder::MessageBuilder;
@@ -108,7 +109,7 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
         None => None,
     };
     if let Some(tenant) = tenant
-        && svc.jobs.claim_email(&job.id, "result", svc.config.email_lease_secs).await?
+        && svc.jobs.claim_email(&job.id, EmailKind::Result, svc.config.lease).await?
     {
         let subject = format!("[rosterdrop] {}: {} was rejected, nothing was applied", tenant.id, job.file_name);
         let text = format!(
@@ -123,7 +124,7 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
             esc(&job.id)
         );
         send_to(svc, &sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, attachments).await?;
-        svc.jobs.mark_email_sent(&job.id, "result").await?;
+        svc.jobs.mark_email_sent(&job.id, EmailKind::Result).await?;
         info!(job = %job.id, recipients = tenant.admin_emails.len(), "rejection email sent");
     }
     svc.jobs.transition(&job.id, JobState::Received, JobState::Rejected, Some(reason)).await?;
@@ -149,7 +150,7 @@ pub async fn started_email(svc: &Services, job: &Job, tenant: &Tenant, mode: cra
     );
     let from = sender(svc, tenant);
     send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &[]).await?;
-    svc.jobs.mark_email_sent(&job.id, "started").await?;
+    svc.jobs.mark_email_sent(&job.id, EmailKind::Started).await?;
     info!(job = %job.id, "processing-started email sent");
     Ok(())
 }

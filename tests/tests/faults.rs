@@ -224,7 +224,7 @@ async fn a_result_email_that_failed_to_send_is_sent_late_by_the_sweep_never_drop
     let faults = Arc::new(Faults::default());
     let stack = Stack::start_manual_faulty(faults.clone(), |c| {
         c.sdk_max_attempts = 2;
-        c.email_lease_secs = 6;
+        c.lease = shared::model::Lease { secs: 6 };
     })
     .await;
     let mut tenant = stack.tenant("acme");

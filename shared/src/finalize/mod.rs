@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::event::ObjectRef;
 use crate::ingest::StagedInput;
 use crate::keys;
+use crate::model::EmailKind;
 use crate::model::{Job, JobState};
 use crate::report::{self, Attachment, Summary, esc};
 use crate::services::Services;
@@ -61,8 +62,8 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
     // The claim first: an invocation that cannot send does not rebuild what another is sending.
     let claimed = match &tenant {
         Some(_) => {
-            if !svc.jobs.claim_email(&job_id, "result", svc.config.email_lease_secs).await? {
-                if svc.jobs.email_sent(&job_id, "result").await? {
+            if !svc.jobs.claim_email(&job_id, EmailKind::Result, svc.config.lease).await? {
+                if svc.jobs.email_sent(&job_id, EmailKind::Result).await? {
                     // Sent by an invocation that ended before recording the final state: its
                     // summary has the counts.
                     let key = format!("{}summary.json", keys::results_prefix(&job.tenant, &job_id));
@@ -119,7 +120,7 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
             let (attachments, links) = attach_or_link(svc, &uploaded).await?;
             let (subject, text, html) = result_email(&tenant.id, &summary, &files.digest, &links);
             report::send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &attachments).await?;
-            svc.jobs.mark_email_sent(&job_id, "result").await?;
+            svc.jobs.mark_email_sent(&job_id, EmailKind::Result).await?;
             info!(job = %job_id, recipients = tenant.admin_emails.len(), "result email sent");
         }
         _ => error!(job = %job_id, tenant = %job.tenant, "tenant removed before finalize; no email sent"),
@@ -214,7 +215,7 @@ pub async fn fail_job(svc: &Services, job: &Job, cause: &Error) -> Result<()> {
         .put(&format!("{}summary.json", keys::results_prefix(&job.tenant, &job.id)), report::pretty(&summary)?, "application/json")
         .await?;
     let Some(tenant) = svc.directory.tenant(&job.tenant).await? else { return Ok(()) };
-    if !svc.jobs.claim_email(&job.id, "failure", svc.config.email_lease_secs).await? {
+    if !svc.jobs.claim_email(&job.id, EmailKind::Failure, svc.config.lease).await? {
         return Ok(());
     }
     let subject = format!("[rosterdrop] {}: {} could not be finished", tenant.id, job.file_name);
@@ -233,7 +234,7 @@ pub async fn fail_job(svc: &Services, job: &Job, cause: &Error) -> Result<()> {
         warn!(job = %job.id, error = %e, "the failure email could not be sent either");
         return Ok(());
     }
-    svc.jobs.mark_email_sent(&job.id, "failure").await
+    svc.jobs.mark_email_sent(&job.id, EmailKind::Failure).await
 }
 
 /// Subject, text body and HTML body of the result email.

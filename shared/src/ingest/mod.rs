@@ -13,6 +13,7 @@ mod hostile_tests;
 use crate::error::{Error, Result};
 use crate::event::ObjectRef;
 use crate::keys::{self, KeyProblem};
+use crate::model::EmailKind;
 use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Target, Tenant, UserFields, UserStatus, upload_order};
 use crate::ports::Plan;
 use crate::report;
@@ -358,7 +359,7 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, inges
     }
     svc.jobs.transition(id, JobState::Received, JobState::Applying, None).await?;
     info!(job = %id, rows = total_rows, invalid, chunks = ?phase_chunks, "ingest planned");
-    if tenant.notify_started && svc.jobs.claim_email(id, "started", svc.config.email_lease_secs).await? {
+    if tenant.notify_started && svc.jobs.claim_email(id, EmailKind::Started, svc.config.lease).await? {
         report::started_email(svc, job, tenant, mode, total_rows, invalid as usize).await?;
     }
     Ok(())

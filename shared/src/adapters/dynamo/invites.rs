@@ -4,6 +4,7 @@ use super::ext::*;
 use super::*;
 use crate::error::Result;
 use crate::model::Invite;
+use crate::model::Lease;
 use crate::ports::Invites;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -80,10 +81,10 @@ impl Invites for DynamoInvites {
         Ok(out)
     }
 
-    async fn claim(&self, i: &Invite) -> Result<bool> {
+    async fn claim(&self, i: &Invite, lease: Lease) -> Result<bool> {
         let now = chrono::Utc::now();
         // A claim older than the lease is a sender that died before sending: take it over.
-        let stale = (now - chrono::Duration::minutes(10)).to_rfc3339();
+        let stale = lease.stale_before(now);
         let res = self
             .client
             .update_item()
@@ -94,7 +95,7 @@ impl Invites for DynamoInvites {
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":sending", s("sending"))
             .expression_attribute_values(":pending", s("pending"))
-            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .expression_attribute_values(":now", s(Lease::stamp(now)))
             .expression_attribute_values(":stale", s(stale))
             .expression_attribute_values(":job", s(&i.job))
             .send()

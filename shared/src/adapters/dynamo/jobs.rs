@@ -3,6 +3,7 @@
 use super::ext::*;
 use super::*;
 use crate::error::{Error, Result};
+use crate::model::{EmailKind, Lease};
 use crate::model::{Job, JobState, PHASES};
 use crate::ports::{JobStore, Plan};
 use async_trait::async_trait;
@@ -187,9 +188,8 @@ impl JobStore for DynamoJobs {
         Ok(out.item.is_some())
     }
 
-    async fn claim_email(&self, id: &str, kind: &str, lease_secs: i64) -> Result<bool> {
-        let now = chrono::Utc::now();
-        let stamp = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    async fn claim_email(&self, id: &str, kind: EmailKind, lease: Lease) -> Result<bool> {
+        let (now, kind) = (chrono::Utc::now(), kind.as_str());
         let res = self
             .client
             .update_item()
@@ -205,8 +205,8 @@ impl JobStore for DynamoJobs {
             )
             .expression_attribute_names("#k", format!("email_{kind}"))
             .expression_attribute_names("#sent", format!("email_{kind}_sent"))
-            .expression_attribute_values(":claim", s(format!("{} {}", stamp(now), uuid::Uuid::new_v4())))
-            .expression_attribute_values(":stale", s(stamp(now - chrono::Duration::seconds(lease_secs))))
+            .expression_attribute_values(":claim", s(format!("{} {}", Lease::stamp(now), uuid::Uuid::new_v4())))
+            .expression_attribute_values(":stale", s(lease.stale_before(now)))
             .send()
             .await;
         match res {
@@ -216,7 +216,8 @@ impl JobStore for DynamoJobs {
         }
     }
 
-    async fn mark_email_sent(&self, id: &str, kind: &str) -> Result<()> {
+    async fn mark_email_sent(&self, id: &str, kind: EmailKind) -> Result<()> {
+        let kind = kind.as_str();
         self.client
             .update_item()
             .table_name(&self.table)
@@ -230,7 +231,8 @@ impl JobStore for DynamoJobs {
         Ok(())
     }
 
-    async fn email_sent(&self, id: &str, kind: &str) -> Result<bool> {
+    async fn email_sent(&self, id: &str, kind: EmailKind) -> Result<bool> {
+        let kind = kind.as_str();
         Ok(self.job_item(id).await?.is_some_and(|i| i.contains_key(&format!("email_{kind}_sent"))))
     }
 
