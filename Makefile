@@ -1,6 +1,7 @@
 # rosterdrop: one entry point for the local stack, tests, demo and benchmarks.
 #   make up      start LocalStack (S3, SQS, SES, SES v2) + DynamoDB Local + the event runner
 #   make down    stop them
+#   make unit    the fast tier: domain and stages over in-memory ports, no stack, no network (seconds)
 #   make test    install what is missing, start the stack, run every test, stop what it started
 #   make demo    start the stack and run a 1,000-row sample roster through the pipeline
 #   make bench   benchmarks: ingest vs raw readers, apply vs raw DynamoDB writes, end to end, Lambda init
@@ -22,10 +23,10 @@ export AWS_EC2_METADATA_DISABLED ?= true
 
 CLI := target/debug/rosterdrop
 
-.PHONY: help install up down status test demo lint bench fuzz
+.PHONY: help install up down status unit test demo lint bench fuzz
 
 help:
-	@sed -n '2,8p' Makefile | sed 's/^# //'
+	@sed -n '2,9p' Makefile | sed 's/^# //'
 
 install:
 	scripts/stack.sh install
@@ -42,6 +43,10 @@ down:
 status:
 	scripts/stack.sh status || true
 	scripts/runner.sh status || true
+
+# Endpoints pointed at a closed port: a unit test that reached for AWS or the stack would fail.
+unit:
+	AWS_ENDPOINT_URL=http://127.0.0.1:9 AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:9 cargo nextest run --workspace --lib --bins
 
 test:
 	scripts/test.sh

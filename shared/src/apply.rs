@@ -480,6 +480,124 @@ pub async fn advance(svc: &Services, job_id: &str, phase: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::UserStatus::{Active, Disabled};
+    use crate::testkit::Kit;
+
+    fn rows(outcomes: &[(String, String)]) -> Vec<(&str, &str)> {
+        outcomes.iter().map(|(s, m)| (s.as_str(), m.as_str())).collect()
+    }
+
+    /// Every action against the state it meets, and the words its outcome uses: the fast tier's
+    /// version of what the end-to-end tests prove on the stack.
+    #[tokio::test]
+    async fn every_action_writes_and_words_its_outcome() {
+        let mut kit = Kit::new(|_| {}).await;
+        for user in ["old@acme.example.com", "upd@acme.example.com", "dis@acme.example.com"] {
+            kit.mem.directory.seed_user("acme", user, Active);
+        }
+        kit.mem.directory.seed_user("acme", "off@acme.example.com", Disabled);
+        let job = kit
+            .run(
+                "actions.csv",
+                "Action,Email,First Name\n\
+                 Create,new@acme.example.com,Ann\n\
+                 Create,old@acme.example.com,Ann\n\
+                 Update,ghost@acme.example.com,Ann\n\
+                 Update,upd@acme.example.com,Bob\n\
+                 Upsert,up@acme.example.com,Cy\n\
+                 Disable,dis@acme.example.com,\n\
+                 Disable,old2@acme.example.com,\n\
+                 Enable,off@acme.example.com,\n\
+                 Delete,new2@acme.example.com,\n",
+            )
+            .await;
+        let out = kit.outcomes(&job).await;
+        assert_eq!(
+            rows(&out),
+            vec![
+                ("Success", "user created"),
+                ("Failure", "user already exists; use Update or Upsert to change it"),
+                ("Failure", "user not found; use Create or Upsert to add it"),
+                ("Success", "user updated"),
+                ("Success", "user created"),
+                ("Success", "user disabled"),
+                ("Failure", "user not found; use Create or Upsert to add it"),
+                ("Success", "user enabled"),
+                ("Failure", "user not found; use Create or Upsert to add it"),
+            ]
+        );
+        let dir = &kit.svc.directory;
+        assert_eq!(dir.user("acme", "upd@acme.example.com").await.unwrap().unwrap().fields.first_name.as_deref(), Some("Bob"));
+        assert_eq!(dir.user("acme", "dis@acme.example.com").await.unwrap().unwrap().status, Disabled);
+        assert_eq!(dir.user("acme", "off@acme.example.com").await.unwrap().unwrap().status, Active);
+        assert_eq!(dir.user("acme", "up@acme.example.com").await.unwrap().unwrap().fields.first_name.as_deref(), Some("Cy"));
+    }
+
+    /// A chunk delivered again after it was applied changes nothing and reports what it did the
+    /// first time: "created", not "already exists".
+    #[tokio::test]
+    async fn a_chunk_delivered_twice_reports_its_first_outcomes() {
+        let mut kit = Kit::new(|t| t.chunk_size = Some(10)).await;
+        let obj = kit.upload("twice.csv", "Email\na@acme.example.com\nb@acme.example.com\n");
+        kit.deliver(&obj).await;
+        let chunks = kit.pending_chunks().await;
+        assert_eq!(chunks.len(), 1);
+        let job_id = crate::ingest::job_id(&obj);
+        // The rows are written, then the invocation "crashes" before recording the chunk: the
+        // retry finds its own stamps.
+        let job = kit.svc.jobs.get(&job_id).await.unwrap().unwrap();
+        let tenant = kit.svc.directory.tenant("acme").await.unwrap().unwrap();
+        let ops: Vec<RowOp> = parse_jsonl("chunk", &kit.svc.store.get(&chunks[0].key).await.unwrap().unwrap()).unwrap();
+        let first = apply_ops(&kit.svc, &job, &tenant, ops.clone(), "claim").await.unwrap();
+        let again = apply_ops(&kit.svc, &job, &tenant, ops, "claim").await.unwrap();
+        assert_eq!(first, again);
+        assert!(again.iter().all(|o| o.status == Status::Success && o.message == "user created"), "{again:?}");
+        kit.deliver(&chunks[0]).await;
+        kit.settle().await;
+        let job = kit.svc.jobs.get(&job_id).await.unwrap().unwrap();
+        assert_eq!((job.state, job.succeeded), (JobState::Completed, 2));
+    }
+
+    /// A pool of 3: of 5 creates 3 succeed and 2 are refused; disabling one gives one back, and
+    /// disabling it again gives nothing; the pool always equals the active users.
+    #[tokio::test]
+    async fn the_pool_grants_up_to_its_limit_and_takes_back_once() {
+        let mut kit = Kit::new(|t| t.licences = Some(3)).await;
+        let job =
+            kit.run("five.csv", "Email\nu1@a.example.com\nu2@a.example.com\nu3@a.example.com\nu4@a.example.com\nu5@a.example.com\n").await;
+        let out = kit.outcomes(&job).await;
+        assert_eq!(out.iter().filter(|(s, _)| s == "Success").count(), 3);
+        assert_eq!(out.iter().filter(|(_, m)| m == "no licence available (pool of 3 exhausted)").count(), 2, "{out:?}");
+        assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 3);
+        kit.run("off.csv", "Action,Email\nDisable,u1@a.example.com\n").await;
+        kit.run("off-again.csv", "Action,Email\nDisable,u1@a.example.com\n").await;
+        assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 2, "one give-back for two disables");
+        let job = kit.run("more.csv", "Action,Email\nCreate,u6@a.example.com\nCreate,u7@a.example.com\n").await;
+        assert_eq!((job.succeeded, job.failed), (1, 1));
+        assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 3);
+    }
+
+    /// Rows of an older upload applied after a newer one changed the same user are skipped,
+    /// naming the newer job; its other rows apply.
+    #[tokio::test]
+    async fn an_older_upload_applied_late_is_skipped_where_a_newer_one_wrote() {
+        let mut kit = Kit::new(|t| t.chunk_size = Some(10)).await;
+        let old = kit.upload("old.csv", "Email,Department\na@acme.example.com,Old\nb@acme.example.com,Old\n");
+        kit.deliver(&old).await;
+        let waiting = kit.pending_chunks().await;
+        let newer = kit.run("new.csv", "Email,Department\na@acme.example.com,New\n").await;
+        for chunk in &waiting {
+            kit.deliver(chunk).await;
+        }
+        kit.settle().await;
+        let job = kit.svc.jobs.get(&crate::ingest::job_id(&old)).await.unwrap().unwrap();
+        let out = kit.outcomes(&job).await;
+        assert_eq!(out[0], ("Skipped".to_string(), format!("changed by a newer upload (job {})", newer.id)));
+        assert_eq!(out[1], ("Success".to_string(), "user created".to_string()));
+        let dir = &kit.svc.directory;
+        assert_eq!(dir.user("acme", "a@acme.example.com").await.unwrap().unwrap().fields.department.as_deref(), Some("New"));
+        assert_eq!(dir.user("acme", "b@acme.example.com").await.unwrap().unwrap().fields.department.as_deref(), Some("Old"));
+    }
 
     fn w(write: Write, licence: Licence) -> Written {
         Written { write, licence }

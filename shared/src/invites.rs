@@ -130,6 +130,40 @@ pub fn invite_email(tenant: &Tenant, invite: &Invite) -> (String, String, String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::memory::InviteState;
+    use crate::testkit::Kit;
+
+    /// A create asking for an invite schedules one; a send that may succeed later (throttled)
+    /// counts the attempt and backs off; the next sweep after the backoff sends it, once. A send
+    /// SES refuses for good is failed for good, with its reason.
+    #[tokio::test]
+    async fn a_failed_send_is_retried_after_its_backoff_and_sent_once() {
+        let mut kit = Kit::new(|_| {}).await;
+        kit.run("invite.csv", "Email,First Name,InviteUser\nann@acme.example.com,Ann,Yes\nbob@acme.example.com,Bob,\n").await;
+        let emails_before = kit.mem.mailer.sent().len();
+        *kit.mem.mailer.throttle_next.lock().unwrap() = 1;
+        let now = chrono::Utc::now() + chrono::Duration::seconds(1);
+        assert_eq!(sweep(&kit.svc, now).await.unwrap(), 0);
+        let (state, attempts, error) = kit.mem.invites.of("acme", "ann@acme.example.com").unwrap();
+        assert_eq!((state, attempts), (InviteState::Pending, 1));
+        assert!(error.contains("Throttling on purpose"), "{error}");
+        assert!(kit.mem.invites.of("acme", "bob@acme.example.com").is_none(), "no invite asked for");
+        assert_eq!(sweep(&kit.svc, now).await.unwrap(), 0, "not due again before its backoff");
+        let later = now + backoff(1) + chrono::Duration::seconds(1);
+        assert_eq!(sweep(&kit.svc, later).await.unwrap(), 1);
+        assert_eq!(sweep(&kit.svc, later).await.unwrap(), 0, "sent once");
+        assert_eq!(kit.mem.invites.of("acme", "ann@acme.example.com").unwrap().0, InviteState::Sent);
+        let sent = kit.mem.mailer.sent();
+        assert_eq!(sent.len(), emails_before + 1);
+        assert_eq!(sent.last().unwrap().1, vec!["ann@acme.example.com".to_string()]);
+
+        kit.run("again.csv", "Email,First Name,InviteUser\ncy@acme.example.com,Cy,Yes\n").await;
+        *kit.mem.mailer.reject_next.lock().unwrap() = 1;
+        assert_eq!(sweep(&kit.svc, later).await.unwrap(), 0);
+        let (state, attempts, error) = kit.mem.invites.of("acme", "cy@acme.example.com").unwrap();
+        assert_eq!((state, attempts), (InviteState::Failed, 1), "{error}");
+        assert_eq!(sweep(&kit.svc, later + chrono::Duration::days(1)).await.unwrap(), 0, "failed for good: never tried again");
+    }
 
     #[test]
     fn retries_back_off_1_4_16_64_minutes() {

@@ -21,6 +21,8 @@ pub mod report;
 pub mod rules;
 pub mod services;
 pub mod template;
+#[cfg(test)]
+pub mod testkit;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -140,6 +140,58 @@ pub async fn scheduled(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Sc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::JobState;
+    use crate::testkit::Kit;
+
+    /// A job whose chunk never arrives is stopped once past its deadline: FAILED, and its admins
+    /// told what was and was not applied; a younger one is left alone; the age metric sees it.
+    #[tokio::test]
+    async fn a_job_past_its_deadline_is_stopped_with_an_email_and_a_young_one_is_not() {
+        let mut kit = Kit::new(|t| t.chunk_size = Some(2)).await;
+        let obj = kit.upload("stuck.csv", "Email\na@acme.example.com\nb@acme.example.com\nc@acme.example.com\n");
+        kit.deliver(&obj).await;
+        let chunks = kit.pending_chunks().await;
+        kit.deliver(&chunks[0]).await; // the second chunk is lost
+        let id = crate::ingest::job_id(&obj);
+        let now = chrono::Utc::now();
+        assert_eq!(fail_stuck_jobs(&kit.svc, now).await.unwrap(), 0, "young: left alone");
+        assert!(oldest_open_job_age(&kit.svc, now).await.unwrap() < 60);
+        let later = now + chrono::Duration::seconds(kit.svc.config.job_deadline_secs + 1);
+        assert!(oldest_open_job_age(&kit.svc, later).await.unwrap() > kit.svc.config.job_deadline_secs);
+        assert_eq!(fail_stuck_jobs(&kit.svc, later).await.unwrap(), 1);
+        let job = kit.svc.jobs.get(&id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        let sent = kit.mem.mailer.sent();
+        assert_eq!(sent.len(), 1);
+        let mime = String::from_utf8_lossy(&sent[0].2).to_string();
+        assert!(mime.contains("stuck.csv"), "the email names the file");
+        assert_eq!(fail_stuck_jobs(&kit.svc, later).await.unwrap(), 0, "stopped once");
+        assert_eq!(oldest_open_job_age(&kit.svc, later).await.unwrap(), 0, "no job open any more");
+    }
+
+    /// Every chunk applied but the result email never sent (its claim went stale): the sweep
+    /// finalizes again and the email goes out, late rather than never.
+    #[tokio::test]
+    async fn an_applied_job_whose_email_claim_went_stale_is_finished_by_the_sweep() {
+        let mut kit = Kit::new(|_| {}).await;
+        let obj = kit.upload("quiet.csv", "Email\na@acme.example.com\n");
+        kit.deliver(&obj).await;
+        for chunk in kit.pending_chunks().await {
+            kit.deliver(&chunk).await;
+        }
+        let id = crate::ingest::job_id(&obj);
+        // Finalize's invocation claimed the email and died before sending it.
+        assert!(kit.svc.jobs.claim_email(&id, crate::model::EmailKind::Result, kit.svc.config.lease).await.unwrap());
+        let later = chrono::Utc::now() + chrono::Duration::seconds(kit.svc.config.lease.secs + 1);
+        assert_eq!(finish_unsent_jobs(&kit.svc, chrono::Utc::now()).await.unwrap(), 0, "claim still fresh");
+        assert_eq!(kit.mem.mailer.sent().len(), 0);
+        // The claim is stale once the lease has passed; claims age by the clock, in milliseconds.
+        kit.svc.config.lease.secs = 0;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert_eq!(finish_unsent_jobs(&kit.svc, later).await.unwrap(), 1);
+        assert_eq!(kit.mem.mailer.sent().len(), 1);
+        assert_eq!(kit.svc.jobs.get(&id).await.unwrap().unwrap().state, JobState::Completed);
+    }
 
     #[test]
     fn emf_line_names_namespace_metric_and_value() {

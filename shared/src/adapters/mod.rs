@@ -1,6 +1,9 @@
-//! AWS SDK adapters implementing the ports. Only this module sees SDK types.
+//! Adapters implementing the ports: AWS SDK ones (only this module sees SDK types) and, for the
+//! fast test tier, in-memory ones (`memory`).
 
 pub mod dynamo;
+#[cfg(any(test, feature = "memory"))]
+pub mod memory;
 pub mod s3;
 pub mod ses;
 

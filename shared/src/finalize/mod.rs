@@ -330,6 +330,50 @@ mod tests {
     use super::build::build;
     use super::*;
     use crate::model::{Action, Outcome};
+    use crate::testkit::Kit;
+
+    /// Rows refused by validation, refused by the directory and applied, over several chunks and
+    /// phases: the result holds every input row once, in file order, each with one outcome; the
+    /// failed-rows file holds exactly the failures; one email goes out.
+    #[tokio::test]
+    async fn every_row_gets_exactly_one_outcome_in_file_order_and_one_email() {
+        let mut kit = Kit::new(|_| {}).await;
+        let mut body = String::from("Type,Action,Email,OrgName,Role\nOrg,Create,,North,\n");
+        for i in 0..10 {
+            let role = if i % 3 == 0 { "Pilot" } else { "Learner" };
+            body += &format!("User,Create,u{i}@acme.example.com,North,{role}\n");
+        }
+        body += "User,Update,ghost@acme.example.com,,Learner\nUser,Create,not-an-email,,Learner\n";
+        let job = kit.run("mixed.csv", &body).await;
+        assert_eq!(job.state, JobState::Completed);
+        let result = kit.result(&job).await;
+        assert_eq!(result.len(), 1 + 13, "header and every row");
+        assert_eq!(result[1][2], "", "the organization row first, as in the file");
+        for (i, row) in result[2..12].iter().enumerate() {
+            assert_eq!(row[2], format!("u{i}@acme.example.com"), "file order");
+        }
+        let out = kit.outcomes(&job).await;
+        let failed: Vec<usize> = out.iter().enumerate().filter(|(_, (s, _))| s == "Failure").map(|(i, _)| i).collect();
+        assert_eq!(failed, vec![1, 4, 7, 10, 11, 12], "{out:?}");
+        assert!(out.iter().all(|(s, m)| (s == "Success" || s == "Failure") && !m.is_empty()), "{out:?}");
+        let summary = kit.summary(&job).await;
+        assert_eq!((summary.counts.success, summary.counts.failure), (7, 6));
+        let failed_rows = kit.svc.store.get(summary.failed_rows_key.as_deref().unwrap()).await.unwrap().unwrap();
+        assert_eq!(String::from_utf8(failed_rows).unwrap().lines().count(), 1 + 6);
+        assert_eq!(kit.mem.mailer.sent().len(), 1);
+        // Finalize delivered again: no second email, the same result.
+        kit.deliver(&crate::event::ObjectRef {
+            bucket: "memory".into(),
+            key: keys::done(&job.id),
+            size: None,
+            version_id: None,
+            sequencer: None,
+            etag: None,
+            event_time: None,
+        })
+        .await;
+        assert_eq!(kit.mem.mailer.sent().len(), 1);
+    }
 
     fn outcomes_file(dir: &Path, outcomes: &[Outcome]) -> PathBuf {
         let path = dir.join("outcomes");

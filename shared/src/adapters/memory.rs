@@ -1,0 +1,574 @@
+//! In-memory implementations of every port, beside the AWS ones: the fast test tier runs the
+//! stages on them (`make unit`, no network). They keep the contracts the ports document (the
+//! directory evaluates `rules::holds` where DynamoDB evaluates condition expressions), not the
+//! costs. Built for tests and behind the `memory` feature.
+
+use crate::error::{Error, Result};
+use crate::model::{EmailKind, Invite, Job, JobState, Lease, Target, Tenant, User, UserFields, UserStatus};
+use crate::ports::{Directory, Invites, JobStore, LicenceClaim, Mailer, ObjectStore, Plan, Stamp};
+use crate::rules::{self, Attempt, Attempted, Seen};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// (version id, body)
+type Version = (String, Vec<u8>);
+
+/// Objects by key, every version kept (the bucket is versioned).
+#[derive(Default)]
+pub struct MemoryStore {
+    objects: Mutex<BTreeMap<String, Vec<Version>>>,
+}
+
+impl MemoryStore {
+    /// Store a new version of `key`; its version id.
+    pub fn put_version(&self, key: &str, body: Vec<u8>) -> String {
+        let mut objects = lock(&self.objects);
+        let versions = objects.entry(key.to_string()).or_default();
+        let id = format!("v{}", versions.len() + 1);
+        versions.push((id.clone(), body));
+        id
+    }
+    fn latest(&self, key: &str) -> Option<Vec<u8>> {
+        lock(&self.objects).get(key).and_then(|v| v.last()).map(|(_, b)| b.clone())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.latest(key))
+    }
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        Ok(self.latest(key).map(|b| b.len() as u64))
+    }
+    async fn put(&self, key: &str, body: Vec<u8>, _content_type: &str) -> Result<()> {
+        self.put_version(key, body);
+        Ok(())
+    }
+    async fn download(&self, key: &str, version: Option<&str>, to: &std::path::Path) -> Result<Option<u64>> {
+        let body = {
+            let objects = lock(&self.objects);
+            let Some(versions) = objects.get(key) else { return Ok(None) };
+            match version {
+                Some(v) => versions.iter().find(|(id, _)| id == v).map(|(_, b)| b.clone()),
+                None => versions.last().map(|(_, b)| b.clone()),
+            }
+        };
+        let Some(body) = body else { return Ok(None) };
+        std::fs::write(to, &body).map_err(|e| Error::local("download", e))?;
+        Ok(Some(body.len() as u64))
+    }
+    async fn put_file(&self, key: &str, from: &std::path::Path, _content_type: &str) -> Result<()> {
+        let body = std::fs::read(from).map_err(|e| Error::local("upload", e))?;
+        self.put_version(key, body);
+        Ok(())
+    }
+    async fn put_if_absent(&self, key: &str, body: Vec<u8>, _content_type: &str) -> Result<bool> {
+        let mut objects = lock(&self.objects);
+        if objects.contains_key(key) {
+            return Ok(false);
+        }
+        objects.insert(key.to_string(), vec![("v1".into(), body)]);
+        Ok(true)
+    }
+    async fn copy(&self, from: &str, to: &str) -> Result<()> {
+        let body = self.latest(from).ok_or_else(|| Error::Aws {
+            service: "s3",
+            operation: "CopyObject",
+            message: format!("{from}: no such key"),
+        })?;
+        self.put_version(to, body);
+        Ok(())
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(lock(&self.objects).keys().filter(|k| k.starts_with(prefix)).cloned().collect())
+    }
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String> {
+        Ok(format!("memory://{key}?ttl={}", ttl.as_secs()))
+    }
+}
+
+/// (from, to, MIME message)
+pub type SentMail = (String, Vec<String>, Vec<u8>);
+
+/// Messages sent, and sends made to fail on purpose.
+#[derive(Default)]
+pub struct MemoryMailer {
+    pub sent: Mutex<Vec<SentMail>>,
+    /// The next this-many sends fail as SES throttling does (a retry may succeed).
+    pub throttle_next: Mutex<usize>,
+    /// The next this-many sends fail as SES refusing a message does (for good).
+    pub reject_next: Mutex<usize>,
+}
+
+impl MemoryMailer {
+    pub fn sent(&self) -> Vec<SentMail> {
+        lock(&self.sent).clone()
+    }
+}
+
+#[async_trait]
+impl Mailer for MemoryMailer {
+    async fn send_raw(&self, from: &str, to: &[String], mime: Vec<u8>) -> Result<()> {
+        for (counter, retryable) in [(&self.throttle_next, true), (&self.reject_next, false)] {
+            let mut n = lock(counter);
+            if *n > 0 {
+                *n -= 1;
+                let message = format!("{} on purpose", if retryable { "Throttling" } else { "MessageRejected" });
+                return Err(if retryable {
+                    Error::Transient { service: "sesv2", operation: "SendEmail", message }
+                } else {
+                    Error::Aws { service: "sesv2", operation: "SendEmail", message }
+                });
+            }
+        }
+        lock(&self.sent).push((from.to_string(), to.to_vec(), mime));
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    User(String),
+    Org(String),
+}
+
+/// An item as the directory keeps it: what `rules` sees, and the user or organization it holds.
+#[derive(Debug, Clone)]
+struct Stored {
+    seen: Seen,
+    user: Option<User>,
+    org: Option<String>,
+}
+
+#[derive(Default)]
+struct DirState {
+    tenants: BTreeMap<String, Tenant>,
+    items: BTreeMap<(String, Key), Stored>,
+    pools: HashMap<String, i64>,
+    claims: HashMap<String, (LicenceClaim, bool)>,
+}
+
+/// Tenants, users and organizations; the licence pool with its claims.
+#[derive(Default)]
+pub struct MemoryDirectory {
+    state: Mutex<DirState>,
+}
+
+impl MemoryDirectory {
+    /// Put a user in place as another system would (no stamp, no order): fixtures of unit tests.
+    pub fn seed_user(&self, tenant: &str, email: &str, status: UserStatus) {
+        let user = User {
+            email: email.to_string(),
+            status,
+            fields: UserFields::default(),
+            created_by: String::new(),
+            manual_groups: vec![],
+            activated: false,
+        };
+        let seen = Seen { status: Some(status), ..Seen::default() };
+        lock(&self.state).items.insert((tenant.to_string(), Key::User(email.to_string())), Stored { seen, user: Some(user), org: None });
+    }
+}
+
+/// What a row sets on a user: given fields replace, products are granted (never revoked here).
+fn merge(into: &mut UserFields, row: &UserFields) {
+    for (to, from) in [
+        (&mut into.first_name, &row.first_name),
+        (&mut into.last_name, &row.last_name),
+        (&mut into.phone, &row.phone),
+        (&mut into.org, &row.org),
+        (&mut into.role, &row.role),
+        (&mut into.department, &row.department),
+        (&mut into.user_type, &row.user_type),
+    ] {
+        if from.is_some() {
+            to.clone_from(from);
+        }
+    }
+    if !row.groups.is_empty() {
+        into.groups.clone_from(&row.groups);
+    }
+    into.products.extend(row.products.iter().cloned());
+    into.products.sort();
+    into.products.dedup();
+    into.associations.extend(row.associations.iter().map(|(k, v)| (k.clone(), v.clone())));
+    into.attributes.extend(row.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+}
+
+fn new_user(email: &str, fields: &UserFields, token: &str) -> User {
+    let mut user = User {
+        email: email.to_string(),
+        status: UserStatus::Active,
+        fields: UserFields::default(),
+        created_by: token.to_string(),
+        manual_groups: vec![],
+        activated: false,
+    };
+    merge(&mut user.fields, fields);
+    user.fields.invite = false;
+    user.fields.invite_at = None;
+    user
+}
+
+#[async_trait]
+impl Directory for MemoryDirectory {
+    async fn tenant(&self, id: &str) -> Result<Option<Tenant>> {
+        Ok(lock(&self.state).tenants.get(id).cloned())
+    }
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<()> {
+        lock(&self.state).tenants.insert(tenant.id.clone(), tenant.clone());
+        Ok(())
+    }
+    async fn list_tenants(&self) -> Result<Vec<Tenant>> {
+        Ok(lock(&self.state).tenants.values().cloned().collect())
+    }
+    async fn user(&self, tenant: &str, email: &str) -> Result<Option<User>> {
+        let key = (tenant.to_string(), Key::User(email.trim().to_lowercase()));
+        Ok(lock(&self.state).items.get(&key).filter(|s| !s.seen.tombstone).and_then(|s| s.user.clone()))
+    }
+
+    async fn write(&self, tenant: &str, target: &Target, attempt: Attempt, stamp: &Stamp) -> Result<Attempted> {
+        let token = stamp.token();
+        let key = match target {
+            Target::User { email, .. } => Key::User(email.clone()),
+            Target::Org { name } => Key::Org(name.to_lowercase()),
+        };
+        let mut state = lock(&self.state);
+        let slot = (tenant.to_string(), key);
+        let old = state.items.get(&slot).cloned();
+        let old_seen = old.as_ref().map(|s| s.seen.clone());
+        if !rules::holds(attempt, old_seen.as_ref(), &stamp.order) {
+            return Ok(Attempted::Refused(old_seen));
+        }
+        let live = old.filter(|s| !s.seen.tombstone);
+        let mut next = match (attempt, target) {
+            (Attempt::Tombstone { active }, _) => Stored {
+                seen: Seen { tombstone: true, licence_by: (active == Some(true)).then(|| token.clone()), ..Seen::default() },
+                user: None,
+                org: None,
+            },
+            (_, Target::User { email, fields }) => {
+                let mut stored = live.unwrap_or_else(|| Stored {
+                    seen: Seen { status: Some(UserStatus::Active), created_by: Some(token.clone()), ..Seen::default() },
+                    user: Some(new_user(email, fields, &token)),
+                    org: None,
+                });
+                let user = stored.user.get_or_insert_with(|| new_user(email, fields, &token));
+                match attempt {
+                    Attempt::Create => stored.seen.licence_by = Some(token.clone()),
+                    Attempt::Upsert { .. } | Attempt::Update { revoke: false } => merge(&mut user.fields, fields),
+                    Attempt::Update { revoke: true } if fields.products.is_empty() => user.fields.products.clear(),
+                    Attempt::Update { revoke: true } => user.fields.products.retain(|p| !fields.products.contains(p)),
+                    Attempt::Transition { to, strip_targeting } => {
+                        user.status = to;
+                        stored.seen.status = Some(to);
+                        stored.seen.licence_by = Some(token.clone());
+                        if strip_targeting {
+                            user.fields.groups.clear();
+                            user.manual_groups.clear();
+                            user.fields.department = None;
+                        }
+                    }
+                    Attempt::Keep { .. } | Attempt::Invite | Attempt::Tombstone { .. } => {}
+                }
+                stored
+            }
+            (_, Target::Org { name }) => {
+                let mut stored = live.unwrap_or_else(|| Stored {
+                    seen: Seen { created_by: Some(token.clone()), ..Seen::default() },
+                    user: None,
+                    org: Some(name.clone()),
+                });
+                stored.org = Some(name.clone());
+                stored
+            }
+        };
+        next.seen.last_write = Some(token);
+        next.seen.order = Some(stamp.order.clone());
+        state.items.insert(slot, next);
+        Ok(Attempted::Written(old_seen))
+    }
+
+    async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool> {
+        let key = (tenant.to_string(), Key::Org(name.to_lowercase()));
+        Ok(lock(&self.state).items.get(&key).is_some_and(|s| !s.seen.tombstone))
+    }
+    async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64> {
+        let name = name.to_lowercase();
+        let state = lock(&self.state);
+        let users = state.items.iter().filter(|((t, _), s)| {
+            t == tenant && s.user.as_ref().is_some_and(|u| u.fields.org.as_deref().map(str::to_lowercase).as_deref() == Some(&name))
+        });
+        Ok(users.count() as u64)
+    }
+    async fn list_users(&self, tenant: &str) -> Result<Vec<(String, UserStatus)>> {
+        let state = lock(&self.state);
+        Ok(state
+            .items
+            .iter()
+            .filter_map(|((t, k), s)| match (k, &s.user) {
+                (Key::User(email), Some(u)) if t == tenant => Some((email.clone(), u.status)),
+                _ => None,
+            })
+            .collect())
+    }
+    async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
+        let mut state = lock(&self.state);
+        if let Some((recorded, _)) = state.claims.get(claim) {
+            return Ok(LicenceClaim { repeated: true, ..recorded.clone() });
+        }
+        let used = state.pools.get(tenant).copied().unwrap_or(0).max(0);
+        let granted = (decision.takers.len() as u32).min(limit.saturating_sub(used as u32));
+        state.pools.insert(tenant.to_string(), used + granted as i64);
+        let recorded = LicenceClaim { granted, ..decision };
+        state.claims.insert(claim.to_string(), (recorded.clone(), false));
+        Ok(recorded)
+    }
+    async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> Result<()> {
+        let mut state = lock(&self.state);
+        match state.claims.get_mut(claim) {
+            Some((_, settled)) if !*settled => *settled = true,
+            _ => return Ok(()),
+        }
+        let pool = state.pools.entry(tenant.to_string()).or_insert(0);
+        *pool = (*pool - returned as i64).max(0);
+        Ok(())
+    }
+    async fn licences_used(&self, tenant: &str) -> Result<u32> {
+        Ok(lock(&self.state).pools.get(tenant).copied().unwrap_or(0).max(0) as u32)
+    }
+    async fn set_licences_used(&self, tenant: &str, used: u32) -> Result<()> {
+        lock(&self.state).pools.insert(tenant.to_string(), used as i64);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct JobsState {
+    jobs: BTreeMap<String, Job>,
+    markers: HashSet<(String, usize, u32)>,
+    /// (job, kind) -> (claimed at, sent)
+    emails: HashMap<(String, &'static str), (String, bool)>,
+    replace: HashMap<String, String>,
+}
+
+/// Jobs, chunk markers, email claims and the replace lock.
+#[derive(Default)]
+pub struct MemoryJobs {
+    state: Mutex<JobsState>,
+}
+
+#[async_trait]
+impl JobStore for MemoryJobs {
+    async fn create_or_get(&self, job: &Job) -> Result<(Job, bool)> {
+        let mut state = lock(&self.state);
+        if let Some(existing) = state.jobs.get(&job.id) {
+            return Ok((existing.clone(), false));
+        }
+        state.jobs.insert(job.id.clone(), job.clone());
+        Ok((job.clone(), true))
+    }
+    async fn get(&self, id: &str) -> Result<Option<Job>> {
+        Ok(lock(&self.state).jobs.get(id).cloned())
+    }
+    async fn set_plan(&self, id: &str, plan: &Plan) -> Result<()> {
+        if let Some(job) = lock(&self.state).jobs.get_mut(id) {
+            job.phase_chunks = Some(plan.phase_chunks);
+            job.total_rows = plan.total_rows;
+        }
+        Ok(())
+    }
+    async fn transition(&self, id: &str, from: JobState, to: JobState, message: Option<&str>) -> Result<bool> {
+        let mut state = lock(&self.state);
+        match state.jobs.get_mut(id) {
+            Some(job) if job.state == from => {
+                job.state = to;
+                if let Some(m) = message {
+                    job.message = Some(m.to_string());
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+    async fn record_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<bool> {
+        let mut state = lock(&self.state);
+        if !state.markers.insert((id.to_string(), phase, seq)) {
+            return Ok(false);
+        }
+        if let Some(job) = state.jobs.get_mut(id) {
+            job.phase_done[phase] += 1;
+        }
+        Ok(true)
+    }
+    async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool> {
+        Ok(lock(&self.state).markers.contains(&(id.to_string(), phase, seq)))
+    }
+    async fn claim_email(&self, id: &str, kind: EmailKind, lease: Lease) -> Result<bool> {
+        let now = chrono::Utc::now();
+        let mut state = lock(&self.state);
+        if !state.jobs.contains_key(id) {
+            return Ok(false);
+        }
+        let slot = state.emails.entry((id.to_string(), kind.as_str())).or_insert_with(|| (String::new(), false));
+        if slot.1 || (!slot.0.is_empty() && slot.0 >= lease.stale_before(now)) {
+            return Ok(false);
+        }
+        slot.0 = Lease::stamp(now);
+        Ok(true)
+    }
+    async fn mark_email_sent(&self, id: &str, kind: EmailKind) -> Result<()> {
+        lock(&self.state).emails.entry((id.to_string(), kind.as_str())).or_insert_with(|| (String::new(), false)).1 = true;
+        Ok(())
+    }
+    async fn email_sent(&self, id: &str, kind: EmailKind) -> Result<bool> {
+        Ok(lock(&self.state).emails.get(&(id.to_string(), kind.as_str())).is_some_and(|e| e.1))
+    }
+    async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()> {
+        if let Some(job) = lock(&self.state).jobs.get_mut(id) {
+            (job.state, job.succeeded, job.failed, job.skipped) = (state, succeeded, failed, skipped);
+            job.completed_at = Some(chrono::Utc::now().to_rfc3339());
+        }
+        Ok(())
+    }
+    async fn oldest_open(&self) -> Result<Option<(String, String)>> {
+        Ok(self.open_jobs(1).await?.into_iter().next())
+    }
+    async fn open_jobs(&self, limit: usize) -> Result<Vec<(String, String)>> {
+        let state = lock(&self.state);
+        let mut open: Vec<(String, String)> =
+            state.jobs.values().filter(|j| !j.state.is_final()).map(|j| (j.id.clone(), j.received_at.clone())).collect();
+        open.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+        open.truncate(limit);
+        Ok(open)
+    }
+    async fn acquire_replace(&self, tenant: &str, id: &str) -> Result<Option<String>> {
+        let mut state = lock(&self.state);
+        if let Some(holder) = state.replace.get(tenant).filter(|h| *h != id)
+            && state.jobs.get(holder).is_some_and(|j| !j.state.is_final())
+        {
+            return Ok(Some(holder.clone()));
+        }
+        state.replace.insert(tenant.to_string(), id.to_string());
+        Ok(None)
+    }
+    async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Job>> {
+        let state = lock(&self.state);
+        let mut jobs: Vec<Job> = state.jobs.values().filter(|j| j.tenant == tenant).cloned().collect();
+        jobs.sort_by(|a, b| (&b.received_at, &b.id).cmp(&(&a.received_at, &a.id)));
+        jobs.truncate(limit);
+        Ok(jobs)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteState {
+    Pending,
+    Sending,
+    Sent,
+    Failed,
+}
+
+/// (invite, state, claimed at, last error)
+type InviteEntry = (Invite, InviteState, String, String);
+
+/// Activation emails by (tenant, email), with their state and last error.
+#[derive(Default)]
+pub struct MemoryInvites {
+    state: Mutex<BTreeMap<(String, String), InviteEntry>>,
+}
+
+impl MemoryInvites {
+    /// (state, attempts, last error) of one invite.
+    pub fn of(&self, tenant: &str, email: &str) -> Option<(InviteState, u32, String)> {
+        lock(&self.state).get(&(tenant.to_string(), email.to_string())).map(|(i, st, _, err)| (*st, i.attempts, err.clone()))
+    }
+}
+
+#[async_trait]
+impl Invites for MemoryInvites {
+    async fn schedule(&self, invite: &Invite) -> Result<()> {
+        let mut state = lock(&self.state);
+        let key = (invite.tenant.clone(), invite.email.clone());
+        if state.get(&key).is_some_and(|(i, ..)| i.job == invite.job) {
+            return Ok(());
+        }
+        state.insert(key, (invite.clone(), InviteState::Pending, String::new(), String::new()));
+        Ok(())
+    }
+    async fn due(&self, now: &str, limit: usize) -> Result<Vec<Invite>> {
+        let state = lock(&self.state);
+        let mut due: Vec<Invite> = state
+            .values()
+            .filter(|(i, st, ..)| matches!(st, InviteState::Pending | InviteState::Sending) && i.due_at.as_str() <= now)
+            .map(|(i, ..)| i.clone())
+            .collect();
+        due.sort_by(|a, b| a.due_at.cmp(&b.due_at));
+        due.truncate(limit);
+        Ok(due)
+    }
+    async fn claim(&self, invite: &Invite, lease: Lease) -> Result<bool> {
+        let now = chrono::Utc::now();
+        let mut state = lock(&self.state);
+        let Some((stored, st, claimed_at, _)) = state.get_mut(&(invite.tenant.clone(), invite.email.clone())) else { return Ok(false) };
+        let free = *st == InviteState::Pending || (*st == InviteState::Sending && *claimed_at < lease.stale_before(now));
+        if stored.job != invite.job || !free {
+            return Ok(false);
+        }
+        (*st, *claimed_at) = (InviteState::Sending, Lease::stamp(now));
+        Ok(true)
+    }
+    async fn mark_sent(&self, invite: &Invite) -> Result<()> {
+        if let Some(entry) = lock(&self.state).get_mut(&(invite.tenant.clone(), invite.email.clone())) {
+            entry.1 = InviteState::Sent;
+        }
+        Ok(())
+    }
+    async fn record_failure(&self, invite: &Invite, reason: &str, retry_at: Option<&str>) -> Result<()> {
+        let mut state = lock(&self.state);
+        let Some((stored, st, _, err)) = state.get_mut(&(invite.tenant.clone(), invite.email.clone())) else { return Ok(()) };
+        if stored.job != invite.job {
+            return Ok(());
+        }
+        stored.attempts += 1;
+        *err = reason.to_string();
+        match retry_at {
+            Some(at) => (*st, stored.due_at) = (InviteState::Pending, at.to_string()),
+            None => *st = InviteState::Failed,
+        }
+        Ok(())
+    }
+}
+
+impl crate::Services {
+    /// Services over in-memory ports, with the stores returned for a test to look into.
+    pub fn memory(config: crate::Config) -> (Self, Memory) {
+        let m = Memory::default();
+        let svc = crate::Services {
+            config,
+            store: m.store.clone(),
+            directory: m.directory.clone(),
+            jobs: m.jobs.clone(),
+            mailer: m.mailer.clone(),
+            invites: m.invites.clone(),
+        };
+        (svc, m)
+    }
+}
+
+/// The in-memory ports behind a `Services::memory`.
+#[derive(Default, Clone)]
+pub struct Memory {
+    pub store: std::sync::Arc<MemoryStore>,
+    pub directory: std::sync::Arc<MemoryDirectory>,
+    pub jobs: std::sync::Arc<MemoryJobs>,
+    pub mailer: std::sync::Arc<MemoryMailer>,
+    pub invites: std::sync::Arc<MemoryInvites>,
+}
