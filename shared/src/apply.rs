@@ -4,12 +4,12 @@
 
 use crate::error::{Error, Result};
 use crate::event::ObjectRef;
-use crate::ingest::{jsonl, parse_jsonl};
 use crate::keys;
 use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, User, UserStatus};
 use crate::ports::{Directory, Licence, LicenceClaim, Stamp, Write, Written};
 use crate::rules::{self, Attempted, Next};
 use crate::services::Services;
+use crate::wire::{jsonl, parse_jsonl};
 use futures::{StreamExt, stream};
 use std::collections::HashMap;
 use tokio::sync::Mutex;

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod fields;
 pub mod finalize;
 pub mod ingest;
 pub mod invites;
@@ -23,6 +24,7 @@ pub mod services;
 pub mod template;
 #[cfg(test)]
 pub mod testkit;
+pub mod wire;
 
 pub use config::Config;
 pub use error::{Error, Result};

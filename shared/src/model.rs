@@ -229,7 +229,7 @@ impl Tenant {
             if a.name.trim().is_empty() {
                 return Err("every attribute needs a name".into());
             }
-            if crate::ingest::headers::Field::from_header(&a.name).is_some() {
+            if crate::fields::Field::from_header(&a.name).is_some() {
                 return Err(format!("attribute {:?} has the name of a standard column", a.name));
             }
             if let AttributeKind::OneOf { values } = &a.kind

@@ -2,7 +2,7 @@
 //! (frozen header, dropdowns), or a CSV header. Built from the same column list ingest maps.
 
 use crate::error::{Error, Result};
-use crate::ingest::headers::Field;
+use crate::fields::Field;
 use crate::model::{Action, AttributeKind, Tenant};
 
 /// One column of the template, documented.

@@ -16,12 +16,12 @@ pub use build::NOT_APPLIED;
 
 use crate::error::{Error, Result};
 use crate::event::ObjectRef;
-use crate::ingest::StagedInput;
 use crate::keys;
 use crate::model::EmailKind;
 use crate::model::{Job, JobState};
 use crate::report::{self, Attachment, Summary, esc};
 use crate::services::Services;
+use crate::wire::StagedInput;
 use build::Built;
 #[cfg(test)]
 use build::BuiltFiles;

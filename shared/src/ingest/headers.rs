@@ -1,108 +1,7 @@
 //! Header row -> known columns. Case-insensitive, whitespace-trimmed, with the aliases people use.
 
+use crate::fields::{Field, norm};
 use crate::model::Tenant;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Field {
-    Type,
-    Action,
-    Email,
-    Username,
-    FirstName,
-    LastName,
-    Phone,
-    OrgName,
-    RoleName,
-    Department,
-    Group,
-    Supervisor,
-    SupervisorManager,
-    Parent,
-    Instructor,
-    Products,
-    InviteUser,
-    ScheduledDate,
-    /// Columns our own result files add; ignored so a failed-rows file can be uploaded again as is.
-    Status,
-    Message,
-}
-
-impl Field {
-    /// Canonical template order.
-    pub const ALL: &'static [Field] = &[
-        Field::Type,
-        Field::Action,
-        Field::Email,
-        Field::Username,
-        Field::FirstName,
-        Field::LastName,
-        Field::Phone,
-        Field::OrgName,
-        Field::RoleName,
-        Field::Department,
-        Field::Group,
-        Field::Supervisor,
-        Field::SupervisorManager,
-        Field::Parent,
-        Field::Instructor,
-        Field::Products,
-        Field::InviteUser,
-        Field::ScheduledDate,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Field::Type => "Type",
-            Field::Action => "Action",
-            Field::Email => "Email",
-            Field::Username => "Username",
-            Field::FirstName => "FirstName",
-            Field::LastName => "LastName",
-            Field::Phone => "Phone",
-            Field::OrgName => "OrgName",
-            Field::RoleName => "RoleName",
-            Field::Department => "Department",
-            Field::Group => "Group",
-            Field::Supervisor => "Supervisor",
-            Field::SupervisorManager => "SupervisorManager",
-            Field::Parent => "Parent",
-            Field::Instructor => "Instructor",
-            Field::Products => "Products",
-            Field::InviteUser => "InviteUser",
-            Field::ScheduledDate => "ScheduledDate",
-            Field::Status => "Status",
-            Field::Message => "Message",
-        }
-    }
-
-    /// Header text -> field. Spaces, underscores, dashes and dots are ignored: "E-mail", "First_Name".
-    pub fn from_header(header: &str) -> Option<Field> {
-        let key: String = header.trim().to_lowercase().chars().filter(|c| !matches!(c, ' ' | '_' | '-' | '.')).collect();
-        Some(match key.as_str() {
-            "type" | "usertype" | "recordtype" | "entitytype" => Field::Type,
-            "action" | "operation" => Field::Action,
-            "email" | "emailaddress" | "mail" | "useremail" | "emailid" => Field::Email,
-            "username" | "login" | "loginname" | "userlogin" => Field::Username,
-            "firstname" | "first" | "givenname" | "forename" => Field::FirstName,
-            "lastname" | "last" | "surname" | "familyname" => Field::LastName,
-            "phone" | "phonenumber" | "mobile" | "mobilephone" | "telephone" | "cell" | "cellphone" => Field::Phone,
-            "orgname" | "org" | "organization" | "organisation" | "organizationname" | "organisationname" | "company" => Field::OrgName,
-            "rolename" | "role" => Field::RoleName,
-            "department" | "dept" => Field::Department,
-            "group" | "groups" | "groupname" => Field::Group,
-            "supervisor" | "supervisoremail" | "manager" | "manageremail" => Field::Supervisor,
-            "supervisormanager" | "supervisormanageremail" => Field::SupervisorManager,
-            "parent" | "parentemail" | "guardian" => Field::Parent,
-            "instructor" | "instructoremail" | "teacher" => Field::Instructor,
-            "products" | "product" | "productcodes" => Field::Products,
-            "inviteuser" | "invite" | "sendinvite" => Field::InviteUser,
-            "scheduleddate" | "invitedate" | "scheduledinvitedate" => Field::ScheduledDate,
-            "status" => Field::Status,
-            "message" => Field::Message,
-            _ => return None,
-        })
-    }
-}
 
 const FIELDS: usize = Field::Message as usize + 1;
 
@@ -125,10 +24,6 @@ impl Mapping {
     pub fn has(&self, field: Field) -> bool {
         self.column(field).is_some()
     }
-}
-
-fn norm(s: &str) -> String {
-    s.trim().to_lowercase().chars().filter(|c| !matches!(c, ' ' | '_' | '-' | '.')).collect()
 }
 
 /// Map the header row, or say why the whole file is refused.

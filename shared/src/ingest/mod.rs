@@ -18,8 +18,8 @@ use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Target, 
 use crate::ports::Plan;
 use crate::report;
 use crate::services::Services;
+use crate::wire::{StagedInput, to_json};
 use decode::Table;
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 use stream::{Chunks, Collected, Ingester, Spill, Stop, Stored};
 use tracing::{info, warn};
@@ -51,18 +51,6 @@ pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, St
         op.created_in_file = validator.created_in_file(op);
     }
     Ok(Prepared { tables, warnings, ops, outcomes })
-}
-
-/// What finalize needs from ingest: the input as read (to echo every row) and the warnings.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct StagedInput {
-    pub warnings: Vec<String>,
-    pub ingested_at: String,
-    /// Key of a copy of the file as ingest read it (`keys::staged_source`): finalize decodes it
-    /// again, with the same decoder, rather than ingest writing a JSON copy of every row (which
-    /// cost ingest ~10% of its time and more memory than the file itself).
-    #[serde(default)]
-    pub source: Option<String>,
 }
 
 /// Deterministic job id: a redelivered event maps to the same job, while every upload, even of
@@ -383,27 +371,6 @@ async fn upload_chunks(svc: &Services, key: impl Fn(u32) -> String + Send, bodie
         })
     });
     futures::stream::iter(uploads).buffer_unordered(UPLOADS_IN_FLIGHT).try_collect::<Vec<()>>().await.map(drop)
-}
-
-pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|e| crate::error::Error::corrupt("json", e))
-}
-
-pub(crate) fn jsonl<T: Serialize>(items: &[T]) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(items.len() * 128);
-    for item in items {
-        serde_json::to_writer(&mut out, item).map_err(|e| crate::error::Error::corrupt("jsonl", e))?;
-        out.push(b'\n');
-    }
-    Ok(out)
-}
-
-pub(crate) fn parse_jsonl<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<Vec<T>> {
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).map_err(|e| crate::error::Error::corrupt(what, e)))
-        .collect()
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@
 //! `RowValidator`).
 
 use super::decode::{self, ReadError, TableHead, TableVisitor};
-use super::headers::{Field, Mapping, map_headers};
+use super::headers::{Mapping, map_headers};
 use super::validate::{Duplicate, RowValidator, duplicate_outcome};
 use super::view::RowView;
+use crate::fields::Field;
 use crate::model::{Mode, Outcome, PHASES, RowOp, Tenant, phase_of};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -487,7 +488,7 @@ mod tests {
             let mut ops = Vec::new();
             for body in ing.sink.chunks(phase, size, &ing.validator).unwrap() {
                 let body = body.unwrap();
-                let lines = crate::ingest::parse_jsonl::<RowOp>("chunk", &body).unwrap();
+                let lines = crate::wire::parse_jsonl::<RowOp>("chunk", &body).unwrap();
                 assert!(!lines.is_empty() && lines.len() <= size);
                 ops.extend(lines);
             }
@@ -498,7 +499,7 @@ mod tests {
             Stored::Memory(lines) => lines.to_vec(),
             Stored::File(path) => std::fs::read(path).unwrap(),
         };
-        let outcomes = crate::ingest::parse_jsonl("outcomes", &outcomes).unwrap();
+        let outcomes = crate::wire::parse_jsonl("outcomes", &outcomes).unwrap();
         (phases, outcomes, ing.warnings.clone(), ing.rows)
     }
 

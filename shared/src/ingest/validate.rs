@@ -3,8 +3,9 @@
 //! they are read; what is kept across rows is a fingerprint per key (16 bytes a row), not the rows.
 
 use super::decode::{Table, TableHead};
-use super::headers::{Field, Mapping};
+use super::headers::Mapping;
 use super::view::{RowView, TargetView, UserView, list_items};
+use crate::fields::Field;
 use crate::model::{Action, AttributeKind, EntityType, Mode, Outcome, RowOp, Target, Tenant, username_key};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
