@@ -242,7 +242,7 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<(Outcome
             let trusted = ctx.dry && op.created_in_file.contains(&org.to_lowercase());
             if !trusted && !exists(&ctx.orgs, org.to_lowercase(), ctx.svc.directory.org_exists(tenant, org)).await? {
                 return fail_in("OrgName", {
-                    let org = crate::ingest::decode::quoted(org);
+                    let org = crate::wording::quoted(org);
                     format!("organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file")
                 });
             }

@@ -84,7 +84,7 @@ async fn send_one(
 /// A failed send: due again after a backoff while retrying may help, else failed for good.
 async fn record_failure(svc: &Services, invite: &Invite, e: &Error, now: chrono::DateTime<chrono::Utc>) -> Result<()> {
     let attempts = invite.attempts + 1;
-    let reason = crate::ingest::decode::bounded(&e.to_string(), 500);
+    let reason = crate::wording::bounded(&e.to_string(), 500);
     if e.is_retryable() && attempts < MAX_ATTEMPTS {
         let at = (now + backoff(attempts)).to_rfc3339();
         warn!(tenant = %invite.tenant, to = %address::masked(&invite.email), attempts, retry_at = %at, error = %e, "invite not sent; retrying later");

@@ -63,7 +63,7 @@ impl KeyProblem {
     /// What the admins are told: where the file is, where it should be. Segments from the key
     /// are quoted in bounded prefixes.
     pub fn reason(&self) -> String {
-        let q = crate::ingest::decode::quoted;
+        let q = crate::wording::quoted;
         match self {
             KeyProblem::NoTenant { file_name } => format!(
                 "the file {} was dropped directly in incoming/, with no tenant folder, so nobody knows whose it is; nothing was applied. {}",

@@ -25,6 +25,7 @@ pub mod template;
 #[cfg(test)]
 pub mod testkit;
 pub mod wire;
+pub mod wording;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -240,7 +240,8 @@ pub fn csv(tenant: Option<&Tenant>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::decode::{decode, decode_all};
+    use crate::ingest::decode::decode;
+    use crate::ingest::sheets::tables;
     use crate::model::AttributeDef;
 
     #[test]
@@ -250,7 +251,7 @@ mod tests {
         t.attributes = vec![AttributeDef { name: "Region".into(), kind: AttributeKind::OneOf { values: vec!["EMEA".into()] } }];
         let bytes = xlsx(Some(&t)).unwrap();
         // Read Me and Definitions are instruction sheets: ingest sees the data sheet only.
-        let tables = decode_all(&bytes).unwrap();
+        let tables = tables(&bytes).unwrap();
         assert_eq!(tables.len(), 1);
         assert_eq!(tables[0].sheet.as_deref(), Some(DATA_SHEET));
         assert!(tables[0].rows.is_empty());

@@ -111,6 +111,10 @@ impl Builder<'_> {
 impl TableVisitor for Builder<'_> {
     type Stop = Error;
 
+    fn skip_sheet(&self, name: &str) -> bool {
+        crate::ingest::sheets::is_instruction_sheet(name)
+    }
+
     fn table(&mut self, head: TableHead) -> Result<()> {
         let kind = *self.kind.get_or_insert(if head.format.is_spreadsheet() {
             Kind::Xlsx
@@ -130,7 +134,7 @@ impl TableVisitor for Builder<'_> {
         if width < head.headers.len() {
             self.digest.warn(format!(
                 "sheet \"{}\" has {} columns; a spreadsheet holds 16,384, so the result files keep its first {MAX_INPUT_COLUMNS} and add Status and Message",
-                decode::quoted(&sheet),
+                crate::wording::quoted(&sheet),
                 head.headers.len()
             ));
         }
@@ -140,7 +144,7 @@ impl TableVisitor for Builder<'_> {
         if used != sheet && kind == Kind::Xlsx {
             self.digest.warn(format!(
                 "sheet \"{}\" is named \"{used}\" in the result files (a spreadsheet's sheet names have at most 31 characters, none of []:*?/\\, and are unique)",
-                decode::quoted(&sheet)
+                crate::wording::quoted(&sheet)
             ));
         }
         self.width = width;
@@ -151,7 +155,7 @@ impl TableVisitor for Builder<'_> {
 
     fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<()> {
         let Some(head) = &self.head else { return Ok(()) };
-        let id = head.row_offset + number;
+        let id = crate::ingest::sheets::row_id(head.index, number);
         let outcome = match self.outcome_for(id)? {
             Some(o) => o,
             None if self.stopped => Outcome::failure(id, None, NOT_APPLIED),

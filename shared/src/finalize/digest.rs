@@ -12,7 +12,7 @@ pub const MAX_WARNINGS: usize = 20;
 /// A message as the email quotes it.
 pub const MAX_MESSAGE_CHARS: usize = 500;
 
-use crate::ingest::decode::bounded;
+use crate::wording::bounded;
 
 #[derive(Debug, Default, Clone)]
 pub struct Digest {

@@ -365,7 +365,7 @@ mod tests {
     fn sheet() -> impl Strategy<Value = Sheet> {
         (1usize..5).prop_flat_map(|width| {
             (
-                "[ -~]{0,40}".prop_filter("not an instruction sheet", |n| !crate::ingest::decode::is_instruction_sheet(n)),
+                "[ -~]{0,40}".prop_filter("not an instruction sheet", |n| !crate::ingest::sheets::is_instruction_sheet(n)),
                 prop::collection::vec("[A-Za-z][A-Za-z ]{0,10}", width),
                 prop::collection::vec((("[a-z][a-z0-9@.]{0,10}"), prop::collection::vec(text(), width - 1)), 0..6),
             )

@@ -95,8 +95,7 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
 /// The header row as a message quotes it: the first 20 headers, each at most 64 characters.
 pub fn header_list<S: AsRef<str>>(headers: &[S]) -> String {
     const SHOWN: usize = 20;
-    let mut list: Vec<String> =
-        headers.iter().take(SHOWN).map(|h| format!("\"{}\"", crate::ingest::decode::quoted(h.as_ref().trim()))).collect();
+    let mut list: Vec<String> = headers.iter().take(SHOWN).map(|h| format!("\"{}\"", crate::wording::quoted(h.as_ref().trim()))).collect();
     if headers.len() > SHOWN {
         list.push(format!("and {} more", headers.len() - SHOWN));
     }

@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod headers;
+pub mod sheets;
 pub mod stream;
 pub mod validate;
 pub mod view;
@@ -38,7 +39,7 @@ pub struct Prepared {
 
 /// Decode, map headers and validate; `Err` is the reason the whole file is rejected.
 pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, String> {
-    let tables = decode::decode_all(bytes).map_err(|e| e.to_string())?;
+    let tables = sheets::tables(bytes).map_err(|e| e.to_string())?;
     let mut ingester = Ingester::new(tenant, mode, Collected::default());
     let reason = |s: Stop| match s {
         Stop::Refused(reason) => reason,
@@ -163,7 +164,7 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
             let other = svc.jobs.get(&holder).await?.map(|j| j.file_name).unwrap_or_default();
             let reason = format!(
                 "another replace file of this tenant ({}, job {holder}) is still being applied, and two complete user lists cannot be applied at once; nothing was applied. Upload this file again when that job's result email has arrived",
-                decode::quoted(&other)
+                crate::wording::quoted(&other)
             );
             return report::reject(svc, &job, Some(&tenant), &reason, &[]).await;
         }

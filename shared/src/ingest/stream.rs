@@ -72,6 +72,10 @@ impl<'t, K: OpSink> Ingester<'t, K> {
 impl<K: OpSink> TableVisitor for Ingester<'_, K> {
     type Stop = Stop;
 
+    fn skip_sheet(&self, name: &str) -> bool {
+        super::sheets::is_instruction_sheet(name)
+    }
+
     fn table(&mut self, head: TableHead) -> Result<(), Stop> {
         let in_sheet = |msg: String| if head.several { format!("sheet \"{}\": {msg}", head.sheet.as_deref().unwrap_or("?")) } else { msg };
         let mapping = map_headers(&head.headers, self.tenant).map_err(|e| Stop::Refused(in_sheet(e)))?;
@@ -94,7 +98,7 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
                 super::headers::header_list(&head.headers)
             );
             return Err(Stop::Refused(if head.several {
-                format!("sheet \"{}\": {msg}", head.sheet.as_deref().map(super::decode::quoted).unwrap_or_default())
+                format!("sheet \"{}\": {msg}", head.sheet.as_deref().map(crate::wording::quoted).unwrap_or_default())
             } else {
                 msg
             }));

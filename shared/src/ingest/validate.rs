@@ -4,6 +4,7 @@
 
 use super::decode::{Table, TableHead};
 use super::headers::Mapping;
+use super::sheets::{USER_TYPES, row_id, user_type_of};
 use super::view::{RowView, TargetView, UserView, list_items};
 use crate::fields::Field;
 use crate::model::{Action, AttributeKind, EntityType, Mode, Outcome, RowOp, Target, Tenant, username_key};
@@ -65,6 +66,8 @@ pub struct RowValidator {
     named_users: hashbrown::HashSet<Fingerprint>,
     /// (row offset, sheet name) of each table so far, for "row 12 of sheet Students".
     sheets: Vec<(u32, Option<String>)>,
+    /// The user type the current sheet's name gives its rows (sheet "Students" -> "Student").
+    sheet_type: Option<String>,
     several: bool,
     /// Whether any operation can reference something the file creates (else marks are skipped).
     creates_org: bool,
@@ -95,6 +98,7 @@ impl RowValidator {
             seen: Vec::new(),
             named_users: hashbrown::HashSet::new(),
             sheets: Vec::new(),
+            sheet_type: None,
             several: false,
             creates_org: false,
             associations: false,
@@ -117,7 +121,8 @@ impl RowValidator {
 
     /// A new table (sheet) begins.
     pub fn start_table(&mut self, head: &TableHead) {
-        self.sheets.push((head.row_offset, head.sheet.clone()));
+        self.sheets.push((row_id(head.index, 0), head.sheet.clone()));
+        self.sheet_type = head.sheet.as_deref().and_then(user_type_of);
         self.several |= head.several;
     }
 
@@ -130,7 +135,7 @@ impl RowValidator {
         n: u32,
         cells: &'c [S],
     ) -> Result<RowView<'c>, Outcome> {
-        let row = head.row_offset + n;
+        let row = row_id(head.index, n);
         if cells.iter().all(|c| c.as_ref().trim().is_empty()) {
             return Err(Outcome::skipped(row, "empty row"));
         }
@@ -151,7 +156,7 @@ impl RowValidator {
                 format!("column {} has a value but no header; add a header or remove the value", width + extra + 1),
             ));
         }
-        let op = validate_row(row, cells, mapping, &self.tenant, self.mode, head.user_type.as_deref())
+        let op = validate_row(row, cells, mapping, &self.tenant, self.mode, self.sheet_type.as_deref())
             .map_err(|(action, column, msg)| Outcome { column, ..Outcome::failure(row, action, msg) })?;
         let (entity, key, creates) = match &op.target {
             TargetView::User(u) => {
@@ -272,7 +277,7 @@ pub fn duplicate_outcome(op: &RowOp, first: &str) -> Outcome {
 
 /// How a row id reads to a person: "row 12", or "row 12 of sheet Students" in a workbook of several.
 pub fn row_label(id: u32, tables: &[&Table]) -> String {
-    let sheets: Vec<(u32, Option<String>)> = tables.iter().map(|t| (t.row_offset, t.sheet.clone())).collect();
+    let sheets: Vec<(u32, Option<String>)> = tables.iter().map(|t| (row_id(t.index, 0), t.sheet.clone())).collect();
     label(id, &sheets, tables.len() > 1)
 }
 
@@ -324,15 +329,15 @@ fn validate_row<'c, S: AsRef<str>>(
         None => EntityType::User,
         Some(t) if is_org_type(t) => EntityType::Org,
         Some(t) if ["user", "person"].iter().any(|w| w.eq_ignore_ascii_case(t)) => EntityType::User,
-        Some(t) => match super::decode::user_type_of(t) {
+        Some(t) => match user_type_of(t) {
             Some(ut) => {
                 user_type = Some(ut);
                 EntityType::User
             }
             None => {
                 return Err((None, Some("Type".into()), {
-                    let t = crate::ingest::decode::quoted(t);
-                    format!("Type \"{t}\" is not one of User, Org, {}", super::decode::USER_TYPES.join(", "))
+                    let t = crate::wording::quoted(t);
+                    format!("Type \"{t}\" is not one of User, Org, {}", USER_TYPES.join(", "))
                 }));
             }
         },
@@ -340,7 +345,7 @@ fn validate_row<'c, S: AsRef<str>>(
     let raw_action = get(Field::Action).unwrap_or_default();
     let mut action = Action::parse(raw_action).ok_or_else(|| {
         (None, Some("Action".into()), {
-            let raw_action = crate::ingest::decode::quoted(raw_action);
+            let raw_action = crate::wording::quoted(raw_action);
             format!("Action \"{raw_action}\" is not one of {} (blank means Upsert)", Action::NAMES.join(", "))
         })
     })?;
@@ -388,7 +393,7 @@ fn validate_row<'c, S: AsRef<str>>(
                     let email = raw.to_lowercase();
                     if !is_valid_email(&email) {
                         return Err(fail_at(field.name(), {
-                            let raw = crate::ingest::decode::quoted(raw);
+                            let raw = crate::wording::quoted(raw);
                             format!("{} \"{raw}\" is not a valid email address", field.name())
                         }));
                     }
@@ -401,13 +406,13 @@ fn validate_row<'c, S: AsRef<str>>(
                     let email = lowercase(raw);
                     if !is_valid_email(&email) {
                         return Err(fail_at("Email", {
-                            let raw = crate::ingest::decode::quoted(raw);
+                            let raw = crate::wording::quoted(raw);
                             format!("Email \"{raw}\" is not a valid email address")
                         }));
                     }
                     if let Err(why) = crate::address::deliverable(&email) {
                         return Err(fail_at("Email", {
-                            let raw = crate::ingest::decode::quoted(raw);
+                            let raw = crate::wording::quoted(raw);
                             format!("Email \"{raw}\" {why}")
                         }));
                     }
@@ -416,7 +421,7 @@ fn validate_row<'c, S: AsRef<str>>(
                 (None, Some(username)) => {
                     if !associations.contains_key("parent") {
                         return Err(fail_at("Parent", {
-                            let username = crate::ingest::decode::quoted(username);
+                            let username = crate::wording::quoted(username);
                             format!("Username \"{username}\" has no Email, so the row needs a Parent (the parent's email)")
                         }));
                     }
@@ -458,7 +463,7 @@ fn validate_row<'c, S: AsRef<str>>(
                     "false" | "no" | "n" | "0" => false,
                     _ => {
                         return Err(fail_at("InviteUser", {
-                            let v = crate::ingest::decode::quoted(v);
+                            let v = crate::wording::quoted(v);
                             format!("InviteUser \"{v}\" must be TRUE or FALSE")
                         }));
                     }
@@ -526,7 +531,7 @@ fn parse_when(value: &str) -> Result<String, String> {
         })
         .or_else(|| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| Utc.from_utc_datetime(&d)));
     parsed.map(|d| d.to_rfc3339()).ok_or_else(|| {
-        let value = crate::ingest::decode::quoted(value);
+        let value = crate::wording::quoted(value);
         format!("ScheduledDate \"{value}\" is not a date; write it as YYYY-MM-DD or YYYY-MM-DD HH:MM (UTC)")
     })
 }
@@ -571,7 +576,7 @@ fn plainly_valid_email(email: &str) -> bool {
 fn check_role(role: &str, tenant: &Tenant) -> Result<(), String> {
     if tenant.admin_roles.iter().any(|a| a.eq_ignore_ascii_case(role)) {
         return Err({
-            let role = crate::ingest::decode::quoted(role);
+            let role = crate::wording::quoted(role);
             format!("role \"{role}\" is an admin role and cannot be assigned by bulk upload; ask an administrator to grant it")
         });
     }
@@ -581,16 +586,16 @@ fn check_role(role: &str, tenant: &Tenant) -> Result<(), String> {
     }
     Err(match closest(role, &tenant.roles) {
         Some(r) => {
-            let r = crate::ingest::decode::quoted(r);
-            let role = crate::ingest::decode::quoted(role);
+            let r = crate::wording::quoted(r);
+            let role = crate::wording::quoted(role);
             format!("unknown role \"{role}\"; did you mean \"{r}\"?")
         }
         None if tenant.roles.is_empty() => {
-            let role = crate::ingest::decode::quoted(role);
+            let role = crate::wording::quoted(role);
             format!("unknown role \"{role}\"; this tenant has no roles configured")
         }
         None => {
-            let role = crate::ingest::decode::quoted(role);
+            let role = crate::wording::quoted(role);
             format!("unknown role \"{role}\"; valid roles are: {}", tenant.roles.join(", "))
         }
     })
@@ -613,7 +618,7 @@ fn check_product(code: &str, tenant: &Tenant) -> Result<String, String> {
     match tenant.products.iter().find(|p| p.eq_ignore_ascii_case(code)) {
         Some(p) => Ok(p.clone()),
         None => Err({
-            let code = crate::ingest::decode::quoted(code);
+            let code = crate::wording::quoted(code);
             format!("unknown product \"{code}\"; valid products are: {}", tenant.products.join(", "))
         }),
     }
@@ -627,14 +632,14 @@ fn check_attribute(name: &str, kind: &AttributeKind, value: &str) -> Result<Stri
         AttributeKind::Number => match value.replace(',', "").parse::<f64>() {
             Ok(n) if n.is_finite() => Ok(if n.fract() == 0.0 && n.abs() < 1e15 { format!("{}", n as i64) } else { n.to_string() }),
             _ => Err({
-                let value = crate::ingest::decode::quoted(value);
+                let value = crate::wording::quoted(value);
                 format!("{name} \"{value}\" is not a number")
             }),
         },
         AttributeKind::Date => {
             let day = value.split([' ', 'T']).next().unwrap_or(value);
             chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").map(|d| d.to_string()).map_err(|_| {
-                let value = crate::ingest::decode::quoted(value);
+                let value = crate::wording::quoted(value);
                 format!("{name} \"{value}\" is not a date; write it as YYYY-MM-DD (for example 2026-09-01)")
             })
         }
@@ -642,12 +647,12 @@ fn check_attribute(name: &str, kind: &AttributeKind, value: &str) -> Result<Stri
             Some(v) => Ok(v.clone()),
             None => Err(match closest(value, values) {
                 Some(v) => {
-                    let v = crate::ingest::decode::quoted(v);
-                    let value = crate::ingest::decode::quoted(value);
+                    let v = crate::wording::quoted(v);
+                    let value = crate::wording::quoted(value);
                     format!("{name} \"{value}\" is not allowed; did you mean \"{v}\"?")
                 }
                 None => {
-                    let value = crate::ingest::decode::quoted(value);
+                    let value = crate::wording::quoted(value);
                     format!("{name} \"{value}\" is not allowed; use one of: {}", values.join(", "))
                 }
             }),
@@ -892,7 +897,7 @@ mod seen_tests {
 
     #[test]
     fn a_seen_key_keeps_its_row_and_whether_it_creates_in_one_word() {
-        for (row, creates) in [(2, true), (2, false), (9 * super::super::decode::SHEET_STRIDE + 1_048_576, true), (0, false)] {
+        for (row, creates) in [(2, true), (2, false), (9 * super::super::sheets::SHEET_STRIDE + 1_048_576, true), (0, false)] {
             let s = Seen::new(row, creates);
             assert_eq!((s.row(), s.creates()), (row, creates));
         }

@@ -1,0 +1,485 @@
+//! Delimited text (CSV, TSV, ...) in two passes: pass 1 checks the bytes (emptiness, NUL,
+//! encoding, unclosed quotes) and sniffs the delimiter; pass 2 decodes records field by field.
+
+use super::*;
+use encoding_rs::{Encoding, UTF_8, WINDOWS_1252};
+use std::io::{Read, Seek, SeekFrom};
+
+/// Pass 1 reads the file in buffers of this size.
+pub(super) const SCAN_BUFFER: usize = 256 * 1024;
+/// The start of a text file that format sniffing looks at (header line, binary and HTML checks).
+pub(super) const HEAD_BYTES: usize = 64 * 1024;
+
+pub(super) fn read_text<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V, buffer: usize) -> Result<(), ReadError<V::Stop>> {
+    // The byte-order mark, and for the NUL message whether the text starts like UTF-16.
+    let mut raw_head = [0u8; 4];
+    let n = read_up_to(r, &mut raw_head)?;
+    let raw_head = &raw_head[..n];
+    if let Some((enc, bom_len)) = Encoding::for_bom(raw_head)
+        && enc != UTF_8
+    {
+        // UTF-16 ("Unicode Text" from Excel) is rare and small: decoded in memory, then read as UTF-8.
+        r.seek(SeekFrom::Start(bom_len as u64))?;
+        let mut raw = Vec::new();
+        r.read_to_end(&mut raw)?;
+        let text = enc.decode_without_bom_handling(&raw).0.into_owned();
+        drop(raw);
+        return read_text_from(&mut Cursor::new(text.as_bytes()), 0, raw_head, Some(enc.name()), v, buffer);
+    }
+    let bom_len = if raw_head.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
+    read_text_from(r, bom_len, raw_head, None, v, buffer)
+}
+
+/// Delimited text from `start` on: UTF-8 (or, given `label`, already decoded to UTF-8), else
+/// Windows-1252. `raw_head` is the file's first bytes as stored.
+pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
+    r: &mut R,
+    start: u64,
+    raw_head: &[u8],
+    label: Option<&'static str>,
+    v: &mut V,
+    buffer: usize,
+) -> Result<(), ReadError<V::Stop>> {
+    r.seek(SeekFrom::Start(start))?;
+    let mut head = vec![0u8; HEAD_BYTES];
+    let n = read_up_to(r, &mut head)?;
+    head.truncate(n);
+    // The header line decides the delimiter; quotes and delimiters are ASCII in every encoding read here.
+    let delimiter = sniff_delimiter(&String::from_utf8_lossy(&head));
+
+    // Pass 1: the whole file, without keeping it: emptiness, NUL bytes, UTF-8 validity, quotes.
+    r.seek(SeekFrom::Start(start))?;
+    let mut scan = Scan::new(delimiter);
+    let mut buf = vec![0u8; buffer.max(1)];
+    loop {
+        let k = read_up_to(r, &mut buf)?;
+        if k == 0 {
+            break;
+        }
+        scan.feed(&buf[..k]);
+    }
+    drop(buf);
+    if !scan.content {
+        return Err(FileError::Empty.into());
+    }
+    let utf8 = label.is_some() || start == 3 || scan.utf8.valid();
+    // A UTF-8 byte-order mark says UTF-8 even when some bytes are not: those become U+FFFD.
+    let lossy = start == 3 && !scan.utf8.valid();
+    let encoding = label.unwrap_or(if utf8 { UTF_8.name() } else { WINDOWS_1252.name() });
+    let head_text: Cow<'_, str> = if utf8 { String::from_utf8_lossy(&head) } else { WINDOWS_1252.decode_without_bom_handling(&head).0 };
+    if let Some(at) = scan.nul_at {
+        let line = line_of(r, start, at)?;
+        let utf16 = raw_head.len() > 3 && (raw_head[1] == 0 || raw_head[0] == 0);
+        let hint = if utf16 { "; it looks like UTF-16 text without a byte-order mark: save it as CSV UTF-8" } else { "" };
+        return Err(
+            FileError::UnknownFormat(format!("it contains NUL bytes (first on line {line}), which a text roster never has{hint}")).into()
+        );
+    }
+    if looks_binary(&head_text) {
+        return Err(FileError::UnknownFormat("the content is binary, not text".into()).into());
+    }
+    if head_text.trim_start().starts_with('<') {
+        return Err(FileError::UnknownFormat("it looks like HTML or XML; export the sheet as CSV or XLSX instead".into()).into());
+    }
+    let format = if delimiter == b'\t' { Format::Tsv } else { Format::Csv };
+    if let Some(at) = scan.unclosed() {
+        let line = line_of(r, start, at)?;
+        return Err(FileError::Corrupt {
+            format: format.label(),
+            detail: format!(
+                "a double quote opened on line {line} is never closed, so every row after it would be swallowed into one cell; close or remove that quote"
+            ),
+        }
+        .into());
+    }
+
+    // Pass 2: records, each field decoded on its own (no decoded copy of the file exists).
+    r.seek(SeekFrom::Start(start))?;
+    let proto = TableHead {
+        format,
+        encoding: Some(encoding.to_string()),
+        delimiter: Some(delimiter as char),
+        sheet: None,
+        header_row: 0,
+        index: 0,
+        headers: Vec::new(),
+        several: false,
+        rows_hint: Some((scan.newlines + 1).min(MAX_ROWS_HINT as u64) as u32),
+    };
+    let mut shape = Shape::new(proto, false);
+    let mut reader =
+        csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delimiter).buffer_capacity(1 << 16).from_reader(r);
+    let mut record = csv::ByteRecord::new();
+    let mut number = 0u32;
+    let corrupt = |e: csv::Error| FileError::Corrupt { format: format.label(), detail: e.to_string() };
+    while reader.read_byte_record(&mut record).map_err(corrupt)? {
+        number += 1;
+        if utf8 && !lossy {
+            // Pass 1 found the whole file valid: one check per record, fields borrowed as they are.
+            match csv::StringRecord::from_byte_record(std::mem::take(&mut record)) {
+                Ok(text) => {
+                    let cells: Vec<&str> = text.iter().collect();
+                    shape.row(v, number, &cells)?;
+                    drop(cells);
+                    record = text.into_byte_record();
+                    continue;
+                }
+                Err(e) => record = e.into_byte_record(),
+            }
+        }
+        let decoded: Vec<Cow<'_, str>> =
+            record.iter().map(|f| if utf8 { String::from_utf8_lossy(f) } else { WINDOWS_1252.decode_without_bom_handling(f).0 }).collect();
+        shape.row(v, number, &decoded)?;
+    }
+    if shape.started() { Ok(()) } else { Err(FileError::Empty.into()) }
+}
+
+/// The line (1-based) of byte `at` of the text starting at `start`: counted again only when a
+/// message needs it.
+pub(super) fn line_of<R: Read + Seek>(r: &mut R, start: u64, at: u64) -> std::io::Result<usize> {
+    r.seek(SeekFrom::Start(start))?;
+    let mut lines = 1;
+    let mut left = at;
+    let mut buf = vec![0u8; 1 << 16];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let k = read_up_to(r, &mut buf[..want])?;
+        if k == 0 {
+            break;
+        }
+        lines += memchr::memchr_iter(b'\n', &buf[..k]).count();
+        left -= k as u64;
+    }
+    Ok(lines)
+}
+
+/// Pass 1 over delimited text, buffer by buffer: whether it has any content, where its first NUL
+/// is, whether it is valid UTF-8, and where a quote opened that never closes (RFC 4180 quoting: a
+/// quote opens a field only at its start; `""` inside a quoted field is an escaped quote).
+pub(super) struct Scan {
+    delimiter: u8,
+    offset: u64,
+    content: bool,
+    nul_at: Option<u64>,
+    utf8: Utf8Check,
+    quoted: bool,
+    /// Inside a quoted field, the previous buffer ended on a quote: escaped or closing.
+    quote_pending: bool,
+    /// Last byte of the previous buffer (`None` at the start of the text: a field start).
+    prev: Option<u8>,
+    opened_at: u64,
+    /// Line breaks: an upper bound of the records, to size the validator's key table once.
+    newlines: u64,
+}
+
+impl Scan {
+    fn new(delimiter: u8) -> Self {
+        Scan {
+            delimiter,
+            offset: 0,
+            content: false,
+            nul_at: None,
+            utf8: Utf8Check::default(),
+            quoted: false,
+            quote_pending: false,
+            prev: None,
+            opened_at: 0,
+            newlines: 0,
+        }
+    }
+
+    fn feed(&mut self, buf: &[u8]) {
+        if self.nul_at.is_none()
+            && let Some(i) = memchr::memchr(0, buf)
+        {
+            self.nul_at = Some(self.offset + i as u64);
+        }
+        if !self.content {
+            self.content = buf.iter().any(|b| !b.is_ascii_whitespace());
+        }
+        self.utf8.feed(buf);
+        self.newlines += memchr::memchr_iter(b'\n', buf).count() as u64;
+        let mut i = 0;
+        if self.quote_pending {
+            self.quote_pending = false;
+            if buf[0] == b'"' {
+                i = 1; // "" : an escaped quote, still inside the field
+            } else {
+                self.quoted = false;
+            }
+        }
+        while i < buf.len() {
+            let Some(j) = memchr::memchr(b'"', &buf[i..]) else { break };
+            let q = i + j;
+            if self.quoted {
+                if q + 1 == buf.len() {
+                    self.quote_pending = true;
+                    i = buf.len();
+                } else if buf[q + 1] == b'"' {
+                    i = q + 2;
+                } else {
+                    self.quoted = false;
+                    i = q + 1;
+                }
+            } else {
+                let before = if q == 0 { self.prev } else { Some(buf[q - 1]) };
+                if before.is_none_or(|b| b == b'\n' || b == self.delimiter) {
+                    self.quoted = true;
+                    self.opened_at = self.offset + q as u64;
+                }
+                i = q + 1;
+            }
+        }
+        self.prev = buf.last().copied();
+        self.offset += buf.len() as u64;
+    }
+
+    /// Where the quote that never closes was opened.
+    fn unclosed(&self) -> Option<u64> {
+        (self.quoted && !self.quote_pending).then_some(self.opened_at)
+    }
+}
+
+/// UTF-8 validity of a stream read in pieces: a character split between two buffers is carried over.
+#[derive(Default)]
+pub(super) struct Utf8Check {
+    invalid: bool,
+    carry: Vec<u8>,
+}
+
+impl Utf8Check {
+    fn feed(&mut self, mut buf: &[u8]) {
+        if self.invalid {
+            return;
+        }
+        if !self.carry.is_empty() {
+            let take = buf.len().min(4 - self.carry.len());
+            let mut joined = std::mem::take(&mut self.carry);
+            let had = joined.len();
+            joined.extend_from_slice(&buf[..take]);
+            match std::str::from_utf8(&joined) {
+                Ok(_) => buf = &buf[take..],
+                Err(e) if e.valid_up_to() >= had => buf = &buf[e.valid_up_to() - had..],
+                Err(e) if e.error_len().is_none() && take == buf.len() => {
+                    self.carry = joined; // still incomplete: the buffer was tiny
+                    return;
+                }
+                Err(_) => {
+                    self.invalid = true;
+                    return;
+                }
+            }
+        }
+        if let Err(e) = std::str::from_utf8(buf) {
+            if e.error_len().is_none() {
+                self.carry = buf[e.valid_up_to()..].to_vec();
+            } else {
+                self.invalid = true;
+            }
+        }
+    }
+
+    fn valid(&self) -> bool {
+        !self.invalid && self.carry.is_empty()
+    }
+}
+
+/// Many control characters: not a text roster, whatever its name says.
+pub(super) fn looks_binary(text: &str) -> bool {
+    let sample: Vec<char> = text.chars().take(8192).collect();
+    let control = sample.iter().filter(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')).count();
+    control * 20 > sample.len().max(1)
+}
+
+/// The delimiter seen most often outside quotes on the first non-empty line (the header).
+pub(super) fn sniff_delimiter(text: &str) -> u8 {
+    // The header record, from its first non-blank line to the first line break outside quotes: a
+    // quoted header cell may hold a line break (fuzzing found a result file whose header did, read
+    // back as one column because only its first line was looked at).
+    let start: usize = text.split_inclusive('\n').take_while(|l| l.trim().is_empty()).map(str::len).sum();
+    let mut counts = [(b',', 0usize), (b';', 0), (b'\t', 0), (b'|', 0)];
+    let mut quoted = false;
+    for b in text.as_bytes()[start..].iter().copied() {
+        if b == b'"' {
+            quoted = !quoted;
+        } else if b == b'\n' && !quoted {
+            break;
+        } else if !quoted && let Some(c) = counts.iter_mut().find(|(d, _)| *d == b) {
+            c.1 += 1;
+        }
+    }
+    // Ties keep the earlier (more common) delimiter: max_by_key returns the last maximum, so reverse.
+    counts.iter().rev().max_by_key(|(_, n)| *n).filter(|(_, n)| *n > 0).map(|(d, _)| *d).unwrap_or(b',')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use calamine::Data;
+
+    fn cells(t: &Table) -> Vec<Vec<&str>> {
+        t.rows.iter().map(|(_, r)| r.iter().map(String::as_str).collect()).collect()
+    }
+
+    #[test]
+    fn csv_with_utf8_bom_and_crlf() {
+        let t = decode(b"\xEF\xBB\xBFEmail,First Name\r\nann@x.com,Ann\r\n").unwrap();
+        assert_eq!(t.format, Format::Csv);
+        assert_eq!(t.headers, vec!["Email", "First Name"]);
+        assert_eq!(cells(&t), vec![vec!["ann@x.com", "Ann"]]);
+        assert_eq!(t.rows[0].0, 2);
+    }
+
+    #[test]
+    fn semicolon_and_pipe_and_tab_are_sniffed() {
+        assert_eq!(decode(b"Email;Org\na@x.com;A, Inc\n").unwrap().delimiter, Some(';'));
+        assert_eq!(decode(b"Email|Org\na@x.com|A\n").unwrap().delimiter, Some('|'));
+        let t = decode(b"Email\tOrg\na@x.com\tA\n").unwrap();
+        assert_eq!((t.format, cells(&t)), (Format::Tsv, vec![vec!["a@x.com", "A"]]));
+    }
+
+    #[test]
+    fn a_line_break_inside_a_quoted_header_cell_does_not_fool_the_sniffer() {
+        let t = decode(b"\"First\nName\";Email;Role\nAnn;ann@x.com;Learner\n").unwrap();
+        assert_eq!(t.delimiter, Some(';'));
+        assert_eq!(t.headers, vec!["First\nName", "Email", "Role"]);
+        assert_eq!(cells(&t), vec![vec!["Ann", "ann@x.com", "Learner"]]);
+        let t = decode(b"\r\n\r\n  \r\nEmail|Role\r\nann@x.com|Learner\r\n").unwrap();
+        assert_eq!(t.delimiter, Some('|'), "leading blank lines skipped, CRLF too");
+    }
+
+    #[test]
+    fn quoted_delimiters_in_the_header_do_not_fool_the_sniffer() {
+        let t = decode(b"\"Name, full\";Email;Org\nA;a@x.com;O\n").unwrap();
+        assert_eq!(t.delimiter, Some(';'));
+    }
+
+    #[test]
+    fn utf16le_unicode_text_from_excel() {
+        let text = "Email\tFirstName\r\nzoe@x.com\tZo\u{eb}\r\n";
+        let mut bytes = vec![0xFF, 0xFE];
+        bytes.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+        let t = decode(&bytes).unwrap();
+        assert_eq!(t.encoding.as_deref(), Some("UTF-16LE"));
+        assert_eq!(cells(&t), vec![vec!["zoe@x.com", "Zoë"]]);
+    }
+
+    #[test]
+    fn windows_1252_when_not_utf8() {
+        let t = decode(b"Email,FirstName\nrene@x.com,Ren\xe9\n").unwrap();
+        assert_eq!(t.encoding.as_deref(), Some("windows-1252"));
+        assert_eq!(cells(&t)[0][1], "René");
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_refused_naming_its_line_instead_of_swallowing_rows() {
+        let err = decode(b"Email,Name\na@x.com,\"Ann\nb@x.com,Bob\nc@x.com,Cy\n").unwrap_err();
+        assert!(err.to_string().contains("a double quote opened on line 2 is never closed"), "{err}");
+        // Quotes that close, escaped quotes and quotes inside unquoted fields are fine.
+        let t = decode(b"Email,Name\na@x.com,\"Ann \"\"The Boss\"\", Jr\"\nb@x.com,O\"Neil\n").unwrap();
+        assert_eq!(t.rows.len(), 2);
+        assert_eq!(t.rows[0].1[1], "Ann \"The Boss\", Jr");
+    }
+
+    #[test]
+    fn nul_bytes_and_html_are_refused_with_what_to_do() {
+        let err = decode(b"Email,Name\na@x.com,An\0n\n").unwrap_err().to_string();
+        assert!(err.contains("NUL bytes (first on line 2)"), "{err}");
+        let utf16_no_bom: Vec<u8> = "Email\r\na@x.com\r\n".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        assert!(decode(&utf16_no_bom).unwrap_err().to_string().contains("UTF-16 text without a byte-order mark"));
+        assert!(decode(b"<html><table><tr><td>Email</td></tr></table></html>").unwrap_err().to_string().contains("HTML or XML"));
+    }
+
+    /// The text reader with pass 1 reading `buffer` bytes at a time.
+    fn read_with(bytes: &[u8], buffer: usize) -> Result<Vec<Table>, String> {
+        let mut tables = Collect { tables: Vec::new(), skip: |_| false };
+        match read_text(&mut Cursor::new(bytes), &mut tables, buffer) {
+            Ok(()) => Ok(tables.tables),
+            Err(ReadError::File(e)) => Err(e.to_string()),
+            Err(other) => Err(format!("{other:?}")),
+        }
+    }
+
+    #[test]
+    fn text_reads_the_same_whatever_the_buffer_boundaries_split() {
+        let cases: Vec<Vec<u8>> = vec![
+            "Email,Name\nzoë@x.com,\"Zoë \"\"Z\"\", 😀\"\nb@x.com,\"multi\nline\"\n".into(),
+            "\u{feff}Email;Name\r\na@x.com;\"\"\"q\"\"\"\r\n".into(),
+            b"Email,Name\nrene@x.com,Ren\xe9\n".to_vec(),
+            b"\xEF\xBB\xBFEmail,Name\na@x.com,bad \xff byte\n".to_vec(),
+            b"Email,Name\na@x.com,\"never closed\nb@x.com,B\n".to_vec(),
+            b"Email,Name\na@x.com,\"closed at the very end\"".to_vec(),
+            b"Email,Name\na@x.com,\"\"\"".to_vec(),
+            b"Email,Name\na@x.com,x\"y\nb@x.com,\"\"\n".to_vec(),
+            b"Email\n\na@x.com\0\n".to_vec(),
+            b"Email,Name\na@x.com,\xe2\x82".to_vec(),
+        ];
+        for bytes in &cases {
+            let whole = read_with(bytes, 1 << 20);
+            for buffer in 1..=9 {
+                assert_eq!(read_with(bytes, buffer), whole, "buffer {buffer}, input {:?}", String::from_utf8_lossy(bytes));
+            }
+        }
+        let t = read_with(&cases[0], 1).unwrap();
+        assert_eq!(t[0].rows[0].1, vec!["zoë@x.com", "Zoë \"Z\", 😀"]);
+        assert_eq!(t[0].rows[1].1[1], "multi\nline");
+        assert_eq!(read_with(&cases[2], 3).unwrap()[0].encoding.as_deref(), Some("windows-1252"));
+        assert_eq!(read_with(&cases[3], 3).unwrap()[0].rows[0].1[1], "bad \u{fffd} byte");
+        assert!(read_with(&cases[4], 2).unwrap_err().contains("opened on line 2 is never closed"));
+        assert_eq!(read_with(&cases[5], 4).unwrap()[0].rows[0].1[1], "closed at the very end");
+        assert!(read_with(&cases[8], 5).unwrap_err().contains("NUL bytes (first on line 3)"));
+        assert_eq!(read_with(&cases[9], 2).unwrap()[0].encoding.as_deref(), Some("windows-1252"), "a cut-off UTF-8 character at the end");
+    }
+
+    #[test]
+    fn binary_garbage_named_csv_is_refused() {
+        let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+        assert!(matches!(decode(&garbage), Err(FileError::UnknownFormat(_))));
+    }
+
+    #[test]
+    fn empty_and_whitespace_files_are_empty() {
+        assert_eq!(decode(b""), Err(FileError::Empty));
+        assert_eq!(decode(b"  \r\n\n"), Err(FileError::Empty));
+    }
+
+    #[test]
+    fn trailing_empty_rows_and_columns_are_ignored() {
+        let t = decode(b"Email,FirstName,,\na@x.com,A,,\n,,,\n\n").unwrap();
+        assert_eq!(t.headers, vec!["Email", "FirstName"]);
+        assert_eq!(cells(&t), vec![vec!["a@x.com", "A"]]);
+    }
+
+    #[test]
+    fn truncated_zip_is_a_corrupt_spreadsheet() {
+        let err = decode(b"PK\x03\x04\x14\x00\x00\x00garbage").unwrap_err();
+        assert!(matches!(err, FileError::Corrupt { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_zip_bomb_is_refused_before_it_is_unpacked() {
+        use std::io::Write;
+        // An XLSX-shaped zip whose sheet inflates 64 MB of zeros from ~64 KB: over a 16 MB cap.
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        w.start_file("[Content_Types].xml", opts).unwrap();
+        w.write_all(b"<Types/>").unwrap();
+        w.start_file("xl/worksheets/sheet1.xml", opts).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            w.write_all(&zeros).unwrap();
+        }
+        let bytes = w.finish().unwrap().into_inner();
+        assert!(bytes.len() < 1 << 20, "{}", bytes.len());
+        let mut zip = zip::ZipArchive::new(Cursor::new(&bytes)).unwrap();
+        assert_eq!(check_declared_size(&mut zip, 16 << 20), Err(FileError::TooBigUnzipped { limit_mb: 16 }));
+        assert_eq!(check_declared_size(&mut zip, 128 << 20), Ok(()));
+    }
+
+    #[test]
+    fn float_cells_that_are_identifiers_stay_integers() {
+        assert_eq!(cell_text(&Data::Float(4155550100.0)), "4155550100");
+        assert_eq!(cell_text(&Data::Float(2.5)), "2.5");
+        assert_eq!(cell_text(&Data::Int(42)), "42");
+    }
+}

@@ -1,0 +1,574 @@
+//! Workbooks (XLSX, XLS, ODS) through calamine, sheet by sheet; XLSX cells streamed into rows.
+
+use super::*;
+use calamine::{Data, DataRef, Reader, Sheets};
+use std::borrow::Cow;
+use std::io::{Read, Seek, SeekFrom};
+
+pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, v: &mut V) -> Result<(), ReadError<V::Stop>> {
+    let size = r.seek(SeekFrom::End(0))?;
+    r.rewind()?;
+    let guess = if ole { "XLS" } else { "XLSX" };
+    if ole {
+        guarded(guess, || check_ole_container(&mut *r, size))?;
+        r.rewind()?;
+    }
+    let mut book = guarded(guess, || open_book(&mut *r, ole))?;
+    let format = match &book {
+        Sheets::Xls(_) => Format::Xls,
+        Sheets::Xlsx(_) => Format::Xlsx,
+        Sheets::Ods(_) => Format::Ods,
+        Sheets::Xlsb(_) => {
+            return Err(FileError::UnknownFormat("XLSB binary workbooks are not supported; save as XLSX".into()).into());
+        }
+    };
+    let label = format.label();
+    let corrupt = |e: &dyn std::fmt::Display| FileError::Corrupt { format: label, detail: e.to_string() };
+    let names: Vec<String> = book.sheet_names().into_iter().filter(|n| !v.skip_sheet(n)).collect();
+    let proto = |name: &str, k: usize, several: bool| TableHead {
+        format,
+        encoding: None,
+        delimiter: None,
+        sheet: Some(name.to_string()),
+        header_row: 0,
+        index: k as u32,
+        headers: Vec::new(),
+        several,
+        rows_hint: None,
+    };
+    match &mut book {
+        // XLSX streams its cells straight into rows; calamine's in-memory range would hold every
+        // cell (about 14x the file size) before the first row could be validated.
+        Sheets::Xlsx(x) => {
+            // Which sheets hold data decides whether messages name the sheet; a sheet's first
+            // non-blank cell is near its start, so this reads little. A workbook with one sheet
+            // (besides instructions) needs no look: that sheet is read once, and is refused as
+            // having no data if no row starts a table.
+            let mut data_sheets = Vec::new();
+            for name in &names {
+                if names.len() == 1 {
+                    data_sheets.push(name.clone());
+                    break;
+                }
+                let mut cells = guarded(label, || x.worksheet_cells_reader(name).map_err(|e| corrupt(&e)))?;
+                while let Some(cell) = guarded(label, || cells.next_cell().map_err(|e| corrupt(&e)))? {
+                    if !cell_ref_text(cell.get_value()).trim().is_empty() {
+                        data_sheets.push(name.clone());
+                        break;
+                    }
+                }
+            }
+            if data_sheets.is_empty() {
+                return Err(FileError::NoSheet.into());
+            }
+            let several = data_sheets.len() > 1;
+            for (k, name) in data_sheets.iter().enumerate() {
+                let mut cells = guarded(label, || x.worksheet_cells_reader(name).map_err(|e| corrupt(&e)))?;
+                let dims = cells.dimensions();
+                let declared = dims.end.0.saturating_sub(dims.start.0).min(MAX_ROWS_HINT);
+                let mut shape = Shape::new(TableHead { rows_hint: Some(declared), ..proto(name, k, several) }, true);
+                // The row's cells are reused from row to row (cleared, not reallocated).
+                let mut row: Vec<Slot> = Vec::new();
+                let mut width = 0;
+                let mut at: Option<u32> = None;
+                while let Some(cell) = guarded(label, || cells.next_cell().map_err(|e| corrupt(&e)))? {
+                    let value = cell.get_value();
+                    let text = cell_ref_text(value);
+                    if text.is_empty() {
+                        continue; // styled but empty cells do not widen the sheet (as in calamine's range)
+                    }
+                    let (r, c) = cell.get_position();
+                    if r >= MAX_SHEET_ROWS || c >= MAX_SHEET_COLUMNS {
+                        let cell = format!("{}{}", column_name(c as usize), r as u64 + 1);
+                        return Err(FileError::OutsideGrid { sheet: quoted(name), cell }.into());
+                    }
+                    match at {
+                        Some(a) if a == r => {}
+                        Some(a) if a < r => {
+                            shape.row(v, a + 1, &row[..width])?;
+                            for gap in a + 1..r {
+                                shape.row(v, gap + 1, &[] as &[&str])?;
+                            }
+                            row[..width].iter_mut().for_each(Slot::clear);
+                            width = 0;
+                            at = Some(r);
+                        }
+                        Some(a) => {
+                            // Excel, LibreOffice and every library we know write rows in order; a
+                            // file that does not is hand-made or damaged.
+                            return Err(FileError::Corrupt {
+                                format: label,
+                                detail: format!("sheet \"{}\" stores row {} after row {}", quoted(name), r + 1, a + 1),
+                            }
+                            .into());
+                        }
+                        None => at = Some(r),
+                    }
+                    let c = c as usize;
+                    if row.len() <= c {
+                        row.resize(c + 1, Slot::default());
+                    }
+                    width = width.max(c + 1);
+                    match *value {
+                        DataRef::SharedString(s) => row[c].shared = Some(s),
+                        _ => {
+                            row[c].shared = None;
+                            row[c].own.clear();
+                            row[c].own.push_str(&text);
+                        }
+                    }
+                }
+                if let Some(a) = at {
+                    shape.row(v, a + 1, &row[..width])?;
+                }
+                if !shape.started() {
+                    return Err(FileError::NoSheet.into());
+                }
+            }
+        }
+        // XLS and ODS have no streaming reader in calamine; their files are small.
+        _ => {
+            let mut ranges = Vec::new();
+            for name in &names {
+                let range = guarded(label, || book.worksheet_range(name).map_err(|e| corrupt(&e)))?;
+                if range.used_cells().any(|(_, _, c)| !cell_text(c).trim().is_empty()) {
+                    ranges.push((name.clone(), range));
+                }
+            }
+            let several = ranges.len() > 1;
+            for (k, (name, range)) in ranges.iter().enumerate() {
+                let Some((start_row, _)) = range.start() else { continue };
+                let mut shape = Shape::new(proto(name, k, several), true);
+                for (i, r) in range.rows().enumerate() {
+                    let cells: Vec<String> = r.iter().map(cell_text).collect();
+                    shape.row(v, start_row + i as u32 + 1, &cells)?;
+                }
+            }
+            if ranges.is_empty() {
+                return Err(FileError::NoSheet.into());
+            }
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The workbook reader for the container: OLE is XLS; a zip is XLSX, else ODS (calamine's own
+/// detection needs a reader it can clone, and ingest reads from a file).
+pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<Sheets<&mut R>, FileError> {
+    use calamine::{Ods, Xls, Xlsx};
+    if ole {
+        return Xls::new(r).map(Sheets::Xls).map_err(|e| FileError::Corrupt { format: "XLS", detail: e.to_string() });
+    }
+    // The zip's directory (read from its end, cheaply) says which kind of workbook it is and
+    // what it unzips to.
+    let mut zip = zip::ZipArchive::new(&mut *r).map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })?;
+    check_declared_size(&mut zip, MAX_UNZIPPED_BYTES)?;
+    let names: Vec<String> = zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
+    let has = |n: &str| names.iter().any(|x| x.eq_ignore_ascii_case(n));
+    check_zip_parts(&mut zip, !has("xl/workbook.xml") && has("content.xml"))?;
+    drop(zip);
+    r.rewind().map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })?;
+    if has("xl/workbook.bin") {
+        return Err(FileError::UnknownFormat("XLSB binary workbooks are not supported; save as XLSX".into()));
+    }
+    if !has("xl/workbook.xml") && has("content.xml") {
+        return Ods::new(r).map(Sheets::Ods).map_err(|e| FileError::Corrupt { format: "ODS", detail: e.to_string() });
+    }
+    Xlsx::new(r).map(Sheets::Xlsx).map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })
+}
+
+/// The spreadsheet readers parse hostile binary structures and a malformed file can make them
+/// panic (fuzzing found an XLS whose sector table sent calamine out of bounds). For the user that
+/// is a damaged file, not a failed upload retried until it lands in a dead-letter queue.
+pub(super) fn guarded<T>(format: &'static str, f: impl FnOnce() -> Result<T, FileError>) -> Result<T, FileError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(FileError::Corrupt { format, detail: "its internal structure is damaged".into() }))
+}
+
+/// Spreadsheet cell -> text as the user typed it: identifiers stay integers, dates become ISO dates,
+/// formulas give their cached value.
+pub fn cell_text(cell: &Data) -> String {
+    match cell {
+        Data::Empty => String::new(),
+        Data::String(s) => s.clone(),
+        Data::Int(i) => i.to_string(),
+        Data::Float(f) => float_text(*f),
+        Data::Bool(b) => if *b { "TRUE" } else { "FALSE" }.to_string(),
+        Data::DateTime(dt) => match dt.as_datetime() {
+            Some(d) if dt.is_datetime() => {
+                if d.time() == chrono::NaiveTime::MIN {
+                    d.date().to_string()
+                } else {
+                    d.format("%Y-%m-%d %H:%M:%S").to_string()
+                }
+            }
+            _ => float_text(dt.as_f64()),
+        },
+        Data::DateTimeIso(s) | Data::DurationIso(s) => s.strip_suffix("T00:00:00").unwrap_or(s).to_string(),
+        Data::Error(e) => format!("#{e:?}"),
+    }
+}
+
+/// A cell of the XLSX row being read: a shared string borrowed from the workbook's table (most
+/// cells of a file Excel saved; not copied), or text in a buffer kept from row to row.
+#[derive(Default, Clone)]
+pub(super) struct Slot<'a> {
+    shared: Option<&'a str>,
+    own: String,
+}
+
+impl Slot<'_> {
+    fn clear(&mut self) {
+        self.shared = None;
+        self.own.clear();
+    }
+}
+
+impl AsRef<str> for Slot<'_> {
+    fn as_ref(&self) -> &str {
+        self.shared.unwrap_or(&self.own)
+    }
+}
+
+/// Same as `cell_text`, for the streaming reader's cells: text is borrowed, not copied.
+pub(super) fn cell_ref_text<'c>(cell: &'c DataRef<'_>) -> Cow<'c, str> {
+    match cell {
+        DataRef::String(s) => Cow::Borrowed(s),
+        DataRef::SharedString(s) => Cow::Borrowed(s),
+        other => Cow::Owned(cell_text(&Data::from(other.clone()))),
+    }
+}
+
+pub(super) fn float_text(f: f64) -> String {
+    // Phone numbers and ids typed into a spreadsheet arrive as floats: 4155550100.0 -> "4155550100".
+    if f.fract() == 0.0 && f.abs() < 1e15 { format!("{}", f as i64) } else { format!("{f}") }
+}
+
+#[cfg(test)]
+mod fixture_tests {
+    use super::guards::xls_dense_cells;
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn read(name: &str) -> Table {
+        decode(&std::fs::read(fixture(name)).expect("fixture")).expect("decodes")
+    }
+
+    #[test]
+    fn xls_fixture_reads_with_phone_as_integer_text() {
+        let t = read("roster.xls");
+        assert_eq!(t.format, Format::Xls);
+        assert_eq!(t.headers[2], "Email");
+        assert_eq!(t.rows.len(), 4);
+        assert_eq!(t.rows[1].1[5], "4155550100");
+        assert_eq!(t.rows[1].0, 3);
+    }
+
+    /// The workbook stream of an XLS file.
+    fn workbook_stream(xls: &[u8]) -> Vec<u8> {
+        let mut file = cfb::CompoundFile::open(Cursor::new(xls)).unwrap();
+        let mut stream = Vec::new();
+        file.open_stream("/Workbook").unwrap().read_to_end(&mut stream).unwrap();
+        stream
+    }
+
+    #[test]
+    fn xls_cells_are_counted_as_calamine_would_allocate_them() {
+        let rec = |typ: u16, data: &[u8]| [&typ.to_le_bytes()[..], &(data.len() as u16).to_le_bytes(), data].concat();
+        let cell = |typ: u16, row: u16, col: u16| rec(typ, &[&row.to_le_bytes()[..], &col.to_le_bytes(), &[0; 8]].concat());
+        let sheet = |body: Vec<Vec<u8>>| [vec![rec(0x0809, &[0; 16])], body, vec![rec(0x000A, &[])]].concat().concat();
+        // Globals naming sheets at the given offsets, then the sheets.
+        let book = |sheets: &[Vec<u8>], named: &[usize]| {
+            let globals_len = 20 + 15 * named.len() + 4;
+            let starts: Vec<usize> = sheets.iter().scan(globals_len, |at, s| Some(std::mem::replace(at, *at + s.len()))).collect();
+            let mut out = rec(0x0809, &[0; 16]);
+            for &i in named {
+                out.extend(rec(0x0085, &[&(starts[i] as u32).to_le_bytes()[..], &[0, 0], &[3, 0], b"Sh1"].concat()));
+            }
+            out.extend(rec(0x000A, &[]));
+            assert_eq!(out.len(), globals_len);
+            out.extend(sheets.concat());
+            out
+        };
+        // Two values: the dense range between them.
+        let spread = sheet(vec![cell(0x0203, 1, 1), cell(0x00FD, 100, 10)]);
+        assert_eq!(xls_dense_cells(&book(std::slice::from_ref(&spread), &[0])), 100 * 10);
+        // A formula counts as a value and a formula; DIMENSIONS are reserved as declared (BIFF8:
+        // rows first..last+1 as u32, columns as u16).
+        let dims =
+            rec(0x0200, &[&0u32.to_le_bytes()[..], &1000u32.to_le_bytes(), &0u16.to_le_bytes(), &20u16.to_le_bytes(), &[0, 0]].concat());
+        let formula = sheet(vec![dims, cell(0x0006, 0, 0), cell(0x0006, 9, 9)]);
+        assert_eq!(xls_dense_cells(&book(std::slice::from_ref(&formula), &[0])), 1000 * 20 + 100 + 100);
+        // A far cell in an embedded chart (a nested substream) is not the sheet's.
+        let chart = [rec(0x0809, &[0; 16]), cell(0x0203, 65535, 255), rec(0x000A, &[])].concat();
+        let nested = sheet(vec![cell(0x0203, 0, 0), chart, cell(0x0203, 1, 1)]);
+        assert_eq!(xls_dense_cells(&book(std::slice::from_ref(&nested), &[0])), 4);
+        // The same far-flung sheet named twice is allocated twice, so it counts twice.
+        let far = sheet(vec![cell(0x0203, 0, 0), cell(0x027E, 65535, 255)]);
+        assert_eq!(xls_dense_cells(&book(std::slice::from_ref(&far), &[0])), 65536 * 256);
+        assert_eq!(xls_dense_cells(&book(std::slice::from_ref(&far), &[0, 0])), 2 * 65536 * 256);
+        // Truncated or nonsense streams count what is whole, without panicking.
+        let whole = book(std::slice::from_ref(&far), &[0]);
+        for cut in [0, 3, 10, whole.len() / 2, whole.len() - 1] {
+            assert!(xls_dense_cells(&whole[..cut]) <= 65536 * 256);
+        }
+        // A real file counts its real cells.
+        let real = xls_dense_cells(&workbook_stream(&std::fs::read(fixture("roster.xls")).unwrap()));
+        assert!((10..1000).contains(&real), "{real}");
+    }
+
+    #[test]
+    fn ods_fixture_reads_with_phone_as_integer_text() {
+        let t = read("roster.ods");
+        assert_eq!(t.format, Format::Ods);
+        assert_eq!(t.rows.len(), 4);
+        assert_eq!(t.rows[1].1[5], "4155550100");
+        assert_eq!(t.sheet.as_deref(), Some("Roster"));
+    }
+}
+
+#[cfg(test)]
+mod spreadsheet_cell_tests {
+    use super::*;
+    use rust_xlsxwriter::{ExcelDateTime, Format as XFormat, Formula, Workbook};
+
+    #[test]
+    fn xlsx_dates_become_iso_dates_formulas_give_cached_values_and_ids_stay_integers() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        for (c, h) in ["Email", "ScheduledDate", "Phone", "Score"].iter().enumerate() {
+            ws.write_string(0, c as u16, *h).unwrap();
+        }
+        ws.write_string(1, 0, "ann@x.com").unwrap();
+        let date = ExcelDateTime::from_ymd(2026, 3, 1).unwrap();
+        ws.write_datetime_with_format(1, 1, &date, &XFormat::new().set_num_format("dd/mm/yyyy")).unwrap();
+        ws.write_number(1, 2, 4155550100.0).unwrap();
+        ws.write_formula(1, 3, Formula::new("=40+2").set_result("42")).unwrap();
+        // Trailing empty rows and a formatted but empty column are ignored.
+        ws.write_string(5, 0, "").unwrap();
+        let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
+        assert_eq!(t.format, Format::Xlsx);
+        assert_eq!(t.headers, vec!["Email", "ScheduledDate", "Phone", "Score"]);
+        assert_eq!(t.rows, vec![(2, vec!["ann@x.com".to_string(), "2026-03-01".into(), "4155550100".into(), "42".into()])]);
+    }
+
+    #[test]
+    fn shared_strings_and_inline_strings_read_the_same() {
+        let fill = |ws: &mut rust_xlsxwriter::Worksheet| {
+            for (c, h) in ["Email", "First Name", "Phone", "Groups"].iter().enumerate() {
+                ws.write_string(0, c as u16, *h).unwrap();
+            }
+            ws.write_string(1, 0, "ann@x.com").unwrap();
+            ws.write_string(1, 1, " Ann ").unwrap();
+            ws.write_number(1, 2, 4155550100.0).unwrap();
+            ws.write_string(1, 3, "a;b").unwrap();
+            // The same text again (one shared string), an empty string, a gap row.
+            ws.write_string(2, 0, "bob@x.com").unwrap();
+            ws.write_string(2, 1, "").unwrap();
+            ws.write_string(2, 3, "a;b").unwrap();
+            ws.write_string(4, 2, "+44 20 7946 0000").unwrap();
+        };
+        let mut shared = Workbook::new();
+        fill(shared.add_worksheet());
+        let shared = shared.save_to_buffer().unwrap();
+        let mut inline = Workbook::new();
+        fill(inline.add_worksheet_with_constant_memory().unwrap());
+        let inline = inline.save_to_buffer().unwrap();
+        let part = |xlsx: &[u8], name: &str| {
+            let mut zip = zip::ZipArchive::new(Cursor::new(xlsx)).unwrap();
+            let mut text = String::new();
+            zip.by_name(name).map(|mut f| f.read_to_string(&mut text).unwrap()).ok().map(|_| text)
+        };
+        assert!(part(&shared, "xl/sharedStrings.xml").is_some_and(|t| t.contains("ann@x.com")));
+        assert!(part(&inline, "xl/worksheets/sheet1.xml").is_some_and(|t| t.contains("inlineStr")));
+        let s = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        let expected = vec![
+            (2, s(&["ann@x.com", " Ann ", "4155550100", "a;b"])),
+            (3, s(&["bob@x.com", "", "", "a;b"])),
+            (4, vec![]),
+            (5, s(&["", "", "+44 20 7946 0000"])),
+        ];
+        for xlsx in [&shared, &inline] {
+            let t = decode(xlsx).unwrap();
+            assert_eq!(t.headers, vec!["Email", "First Name", "Phone", "Groups"]);
+            assert_eq!(t.rows, expected);
+        }
+    }
+
+    #[test]
+    fn a_sheet_starting_below_and_right_keeps_row_numbers_gaps_and_columns_as_a_range_would() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        ws.write_string(2, 1, "Email").unwrap();
+        ws.write_string(2, 2, "Department").unwrap();
+        ws.write_string(3, 1, "a@x.com").unwrap();
+        ws.write_string(5, 2, "Sales").unwrap();
+        ws.write_string(7, 1, "").unwrap(); // styled, empty: not a row
+        let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
+        assert_eq!((t.header_row, t.headers.clone()), (3, vec!["Email".to_string(), "Department".into()]));
+        assert_eq!(t.rows, vec![(4, vec!["a@x.com".to_string()]), (5, vec![]), (6, vec!["".to_string(), "Sales".into()])]);
+    }
+
+    /// Rewrite one part of a zip (an XLSX) with `edit`.
+    pub(super) fn edit_part(xlsx: &[u8], part: &str, edit: impl Fn(String) -> String) -> Vec<u8> {
+        use std::io::Write;
+        let mut src = zip::ZipArchive::new(Cursor::new(xlsx)).unwrap();
+        let mut out = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for i in 0..src.len() {
+            let mut f = src.by_index(i).unwrap();
+            let name = f.name().unwrap().to_string();
+            let mut body = Vec::new();
+            f.read_to_end(&mut body).unwrap();
+            if name == part {
+                body = edit(String::from_utf8(body).unwrap()).into_bytes();
+            }
+            out.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+            out.write_all(&body).unwrap();
+        }
+        out.finish().unwrap().into_inner()
+    }
+
+    /// Set the uncompressed size a zip declares for `part`, in its local header and its directory.
+    fn declare_size(zip: &mut [u8], part: &str, size: u32) {
+        let name = part.as_bytes();
+        // (signature, offset of the size, offset of the name length, offset of the name)
+        for (sig, at_size, at_len, at_name) in [(b"PK\x03\x04", 22, 26, 30), (b"PK\x01\x02", 24, 28, 46)] {
+            let starts: Vec<usize> = zip.windows(4).enumerate().filter(|(_, w)| w == sig).map(|(i, _)| i).collect();
+            for i in starts {
+                let len = u16::from_le_bytes([zip[i + at_len], zip[i + at_len + 1]]) as usize;
+                if zip.get(i + at_name..i + at_name + len) == Some(name) {
+                    zip[i + at_size..i + at_size + 4].copy_from_slice(&size.to_le_bytes());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_zip_bomb_lying_about_its_sizes_is_refused_as_damaged_once_past_what_it_declared() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        ws.write_string(0, 0, "Email").unwrap();
+        ws.write_string(1, 0, "a@x.com").unwrap();
+        let honest = wb.save_to_buffer().unwrap();
+        let sheet = "xl/worksheets/sheet1.xml";
+        let declared = zip::ZipArchive::new(Cursor::new(&honest)).unwrap().by_name(sheet).unwrap().size() as u32;
+        assert_eq!(decode(&honest).unwrap().rows, vec![(2, vec!["a@x.com".to_string()])]);
+        // 32 MB of blanks inside the sheet's data, declared as the sheet's honest size.
+        let mut bomb = edit_part(&honest, sheet, |xml| xml.replacen("<sheetData>", &format!("<sheetData>{}", " ".repeat(32 << 20)), 1));
+        declare_size(&mut bomb, sheet, declared);
+        let err = decode(&bomb).unwrap_err();
+        assert!(matches!(&err, FileError::Corrupt { format: "XLSX", detail } if detail.contains("declared")), "{err:?}");
+    }
+
+    #[test]
+    fn rows_stored_out_of_order_are_refused_naming_them_instead_of_being_misread() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        for (r, v) in ["Email", "a@x.com", "b@x.com"].iter().enumerate() {
+            ws.write_string(r as u32, 0, *v).unwrap();
+        }
+        let bytes = wb.save_to_buffer().unwrap();
+        assert_eq!(decode(&bytes).unwrap().rows.len(), 2);
+        let swapped = edit_part(&bytes, "xl/worksheets/sheet1.xml", |xml| {
+            let row = |n: u32| {
+                let start = xml.find(&format!("<row r=\"{n}\"")).unwrap();
+                let end = start + xml[start..].find("</row>").unwrap() + "</row>".len();
+                (start, end)
+            };
+            let ((s2, e2), (s3, e3)) = (row(2), row(3));
+            format!("{}{}{}{}{}", &xml[..s2], &xml[s3..e3], &xml[e2..s3], &xml[s2..e2], &xml[e3..])
+        });
+        let err = decode(&swapped).unwrap_err().to_string();
+        assert!(err.contains("sheet \"Sheet1\" stores row 2 after row 3"), "{err}");
+    }
+
+    #[test]
+    fn a_value_left_of_the_header_is_refused_naming_its_cell() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        ws.write_string(0, 1, "Email").unwrap();
+        ws.write_string(1, 1, "a@x.com").unwrap();
+        ws.write_string(2, 0, "stray").unwrap();
+        let err = decode(&wb.save_to_buffer().unwrap()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "sheet \"Sheet1\": cell A3 has a value to the left of the header row, which starts in column B; move the value under a header or delete it"
+        );
+        assert_eq!(
+            (column_name(0), column_name(25), column_name(26), column_name(701)),
+            ("A".into(), "Z".into(), "AA".into(), "ZZ".into())
+        );
+    }
+
+    #[test]
+    fn a_workbook_whose_sheets_hold_only_blanks_has_no_sheet_with_data_whether_one_sheet_or_several() {
+        let blank = |ws: &mut rust_xlsxwriter::Worksheet| {
+            ws.write_string(0, 0, "  ").unwrap();
+            ws.write_string(3, 2, "").unwrap(); // styled, empty
+        };
+        let mut one = Workbook::new();
+        let readme = one.add_worksheet();
+        readme.set_name("Instructions").unwrap();
+        readme.write_string(0, 0, "Email goes in column A").unwrap();
+        blank(one.add_worksheet());
+        // Instructions left out (the roster rule), what remains is blank.
+        assert_eq!(decode_all_with(&one.save_to_buffer().unwrap(), |n| n == "Instructions"), Err(FileError::NoSheet));
+
+        let mut two = Workbook::new();
+        blank(two.add_worksheet());
+        blank(two.add_worksheet());
+        assert_eq!(decode_all(&two.save_to_buffer().unwrap()), Err(FileError::NoSheet));
+        // Blank sheets beside a data sheet: the data sheet alone, as the first table.
+        let data = two.add_worksheet();
+        data.write_string(0, 0, "Email").unwrap();
+        data.write_string(1, 0, "ann@x.com").unwrap();
+        let tables = decode_all(&two.save_to_buffer().unwrap()).unwrap();
+        assert_eq!(tables.len(), 1);
+        assert_eq!((tables[0].sheet.as_deref(), tables[0].index), (Some("Sheet3"), 0));
+    }
+}
+
+#[cfg(test)]
+mod grid_tests {
+    use super::*;
+    use rust_xlsxwriter::Workbook;
+
+    /// A real workbook whose second row also holds `cell` (an `<c r=...>` element) at its end.
+    fn with_cell(reference: &str) -> Vec<u8> {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        ws.set_name("Roster").unwrap();
+        ws.write_string(0, 0, "Email").unwrap();
+        ws.write_string(1, 0, "ann@x.com").unwrap();
+        super::spreadsheet_cell_tests::edit_part(&wb.save_to_buffer().unwrap(), "xl/worksheets/sheet1.xml", |mut body| {
+            let at = body.rfind("</row>").unwrap();
+            body.insert_str(at, &format!(r#"<c r="{reference}" t="inlineStr"><is><t>far</t></is></c>"#));
+            body
+        })
+    }
+
+    #[test]
+    fn the_last_cell_of_excels_grid_is_read_and_one_past_it_is_refused_naming_it() {
+        let t = decode(&with_cell("XFD2")).unwrap();
+        assert_eq!((t.headers.len(), t.rows[0].1.len()), (1, 16_384), "the last column is read");
+        assert_eq!(t.rows[0].1[16_383], "far");
+        for (reference, named) in [("XFE2", "XFE2"), ("A1048577", "A1048577"), ("ZZZZZZ2", "ZZZZZZ2")] {
+            let err = decode(&with_cell(reference)).unwrap_err();
+            assert_eq!(err, FileError::OutsideGrid { sheet: "Roster".into(), cell: named.into() }, "{reference}");
+            assert!(err.to_string().contains("1,048,576 rows by 16,384 columns"), "{err}");
+        }
+    }
+
+    #[test]
+    fn names_from_the_file_are_quoted_in_a_bounded_prefix() {
+        assert_eq!(quoted("Roster"), "Roster");
+        let long = "é".repeat(1000);
+        let q = quoted(&long);
+        assert_eq!(q.chars().count(), 65);
+        assert!(q.ends_with('…'));
+    }
+}

@@ -1,0 +1,91 @@
+//! Roster rules about workbook sheets, kept out of the decoder (which reads any sheet of any
+//! workbook): which sheets hold instructions rather than rows, what user type a sheet's name
+//! gives its rows, and how rows of several sheets get distinct ids.
+
+use super::decode::{FileError, Table};
+
+/// Sheet names that hold instructions rather than data (the template's own, and common ones).
+pub fn is_instruction_sheet(name: &str) -> bool {
+    let n: String = name.to_ascii_lowercase().chars().filter(|c| c.is_alphanumeric()).collect();
+    matches!(n.as_str(), "readme" | "instructions" | "definitions" | "help" | "notes" | "howto" | "lists" | "lookups")
+}
+
+/// Row ids of sheet `k` of a workbook start at `k * SHEET_STRIDE` (a sheet has at most 1,048,576 rows).
+pub const SHEET_STRIDE: u32 = 10_000_000;
+
+/// The id of row `number` of the file's table `index`: distinct across the sheets of a workbook,
+/// and the row number itself for a text file or the first sheet.
+pub fn row_id(index: u32, number: u32) -> u32 {
+    index * SHEET_STRIDE + number
+}
+
+/// User types a sheet name can give (plural or singular, any case).
+pub const USER_TYPES: &[&str] =
+    &["Student", "Instructor", "Teacher", "Parent", "Guardian", "Employee", "Learner", "Manager", "Staff", "User"];
+
+/// The user type a sheet name stands for: "Students" -> "Student".
+pub fn user_type_of(sheet: &str) -> Option<String> {
+    let n = sheet.trim().to_lowercase();
+    let singular = n.strip_suffix('s').unwrap_or(&n);
+    USER_TYPES.iter().find(|t| t.to_lowercase() == n || t.to_lowercase() == singular).map(|t| t.to_string())
+}
+
+/// Every table of a roster held in memory, instruction sheets left out: what ingest reads.
+pub fn tables(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
+    super::decode::decode_all_with(bytes, is_instruction_sheet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_xlsxwriter::Workbook;
+
+    #[test]
+    fn instruction_sheets_before_the_data_sheet_are_skipped() {
+        let mut wb = Workbook::new();
+        let readme = wb.add_worksheet();
+        readme.set_name("Read Me").unwrap();
+        readme.write_string(0, 0, "How to fill this template").unwrap();
+        let data = wb.add_worksheet();
+        data.set_name("Users").unwrap();
+        data.write_string(0, 0, "Email").unwrap();
+        data.write_string(1, 0, "ann@x.com").unwrap();
+        let t = tables(&wb.save_to_buffer().unwrap()).unwrap().remove(0);
+        assert_eq!(t.sheet.as_deref(), Some("Users"));
+        assert_eq!(t.headers, vec!["Email"]);
+    }
+
+    #[test]
+    fn every_data_sheet_is_read_with_the_user_type_its_name_gives() {
+        let mut wb = Workbook::new();
+        for (name, email) in [("Instructions", "how to fill"), ("Students", "kid@x.com"), ("Parents", "mom@x.com"), ("Empty", "")] {
+            let ws = wb.add_worksheet();
+            ws.set_name(name).unwrap();
+            if !email.is_empty() {
+                ws.write_string(0, 0, "Email").unwrap();
+                ws.write_string(1, 0, email).unwrap();
+            }
+        }
+        let tables = tables(&wb.save_to_buffer().unwrap()).unwrap();
+        let summary: Vec<(Option<&str>, Option<String>, u32)> =
+            tables.iter().map(|t| (t.sheet.as_deref(), t.sheet.as_deref().and_then(user_type_of), row_id(t.index, 0))).collect();
+        let expected =
+            vec![(Some("Students"), Some("Student".to_string()), 0), (Some("Parents"), Some("Parent".to_string()), SHEET_STRIDE)];
+        assert_eq!(summary, expected, "instruction and empty sheets left out");
+    }
+
+    #[test]
+    fn instruction_sheets_are_told_apart_by_name() {
+        assert!(is_instruction_sheet("Read Me"));
+        assert!(is_instruction_sheet("DEFINITIONS"));
+        assert!(!is_instruction_sheet("Students"));
+    }
+
+    #[test]
+    fn a_sheet_name_gives_a_user_type_in_the_singular() {
+        assert_eq!(user_type_of("Students").as_deref(), Some("Student"));
+        assert_eq!(user_type_of("parent").as_deref(), Some("Parent"));
+        assert_eq!(user_type_of("sheet1"), None);
+        assert_eq!(row_id(1, 2), SHEET_STRIDE + 2);
+    }
+}
