@@ -263,7 +263,7 @@ pub async fn upload(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec
             .body(ByteStream::from(bytes))
             .send()
             .await
-            .map_err(|e| shared::Error::from_sdk("s3", "PutObject", e))?;
+            .map_err(|e| shared::adapters::sdk_error("s3", "PutObject", e))?;
         bar.inc(n);
         bar.finish_and_clear();
         return Ok(());
@@ -274,7 +274,7 @@ pub async fn upload(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec
         .key(key)
         .send()
         .await
-        .map_err(|e| shared::Error::from_sdk("s3", "CreateMultipartUpload", e))?;
+        .map_err(|e| shared::adapters::sdk_error("s3", "CreateMultipartUpload", e))?;
     let id = upload.upload_id().unwrap_or_default().to_string();
     let mut parts = Vec::new();
     for (i, chunk) in bytes.chunks(PART).enumerate() {
@@ -288,7 +288,7 @@ pub async fn upload(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec
             .body(ByteStream::from(chunk.to_vec()))
             .send()
             .await
-            .map_err(|e| shared::Error::from_sdk("s3", "UploadPart", e))?;
+            .map_err(|e| shared::adapters::sdk_error("s3", "UploadPart", e))?;
         parts.push(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag).build());
         bar.inc(chunk.len() as u64);
     }
@@ -299,7 +299,7 @@ pub async fn upload(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec
         .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
         .send()
         .await
-        .map_err(|e| shared::Error::from_sdk("s3", "CompleteMultipartUpload", e))?;
+        .map_err(|e| shared::adapters::sdk_error("s3", "CompleteMultipartUpload", e))?;
     bar.finish_and_clear();
     Ok(())
 }

@@ -49,48 +49,6 @@ impl Error {
     pub fn corrupt(what: impl Into<String>, message: impl std::fmt::Display) -> Self {
         Error::Corrupt { what: what.into(), message: message.to_string() }
     }
-
-    /// Classify an SDK error: throttling, server errors, timeouts and dispatch failures are transient.
-    pub fn from_sdk<E>(
-        service: &'static str,
-        operation: &'static str,
-        err: aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::http::Response>,
-    ) -> Self
-    where
-        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
-    {
-        use aws_sdk_s3::error::SdkError;
-        let transient = match &err {
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-            // A 5xx is the service's own trouble whatever its code (SES answers InternalFailure).
-            SdkError::ServiceError(se) => se.raw().status().is_server_error() || is_transient_code(se.err().code().unwrap_or_default()),
-            _ => false,
-        };
-        let meta = err.as_service_error().map(|e| (e.code().map(str::to_string), e.message().map(str::to_string)));
-        let message = match meta {
-            Some((Some(code), msg)) => format!("{code}: {}", msg.unwrap_or_default()),
-            _ => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)),
-        };
-        if transient { Error::Transient { service, operation, message } } else { Error::Aws { service, operation, message } }
-    }
-}
-
-fn is_transient_code(code: &str) -> bool {
-    matches!(
-        code,
-        "ThrottlingException"
-            | "Throttling"
-            | "ProvisionedThroughputExceededException"
-            | "RequestLimitExceeded"
-            | "TransactionConflictException"
-            | "InternalServerError"
-            | "InternalError"
-            | "InternalFailure"
-            | "ServiceUnavailable"
-            | "SlowDown"
-            | "RequestTimeout"
-            | "TooManyRequestsException"
-    )
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -100,13 +58,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn throttling_and_server_codes_are_retryable_others_not() {
-        assert!(is_transient_code("ThrottlingException"));
-        assert!(is_transient_code("ProvisionedThroughputExceededException"));
-        assert!(is_transient_code("SlowDown"));
-        assert!(!is_transient_code("AccessDenied"));
-        assert!(!is_transient_code("ValidationException"));
+    fn only_transient_and_local_errors_are_retryable() {
         assert!(Error::Transient { service: "s3", operation: "GetObject", message: String::new() }.is_retryable());
+        assert!(Error::Local { what: "scratch", message: String::new() }.is_retryable());
         assert!(!Error::Config("X".into()).is_retryable());
+        assert!(!Error::Aws { service: "s3", operation: "GetObject", message: String::new() }.is_retryable());
     }
 }

@@ -137,7 +137,7 @@ pub async fn setup(config: &Config, aws: &LocalAws, queue: &str) -> Result<Strin
     match s3.create_bucket().bucket(&config.bucket).send().await {
         Ok(_) => {}
         Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => {}
-        Err(e) => return Err(Error::from_sdk("s3", "CreateBucket", e)),
+        Err(e) => return Err(crate::adapters::sdk_error("s3", "CreateBucket", e)),
     }
     // Versioned like the deployed bucket: every upload has its own version id, which jobs rest on.
     s3.put_bucket_versioning()
@@ -147,7 +147,7 @@ pub async fn setup(config: &Config, aws: &LocalAws, queue: &str) -> Result<Strin
         )
         .send()
         .await
-        .map_err(|e| Error::from_sdk("s3", "PutBucketVersioning", e))?;
+        .map_err(|e| crate::adapters::sdk_error("s3", "PutBucketVersioning", e))?;
     dynamo::ensure_tables(&aws.dynamodb, &config.directory_table, &config.jobs_table).await?;
 
     let sqs = &aws.sqs;
@@ -159,7 +159,7 @@ pub async fn setup(config: &Config, aws: &LocalAws, queue: &str) -> Result<Strin
         .attribute_names(QueueAttributeName::QueueArn)
         .send()
         .await
-        .map_err(|e| Error::from_sdk("sqs", "GetQueueAttributes", e))?
+        .map_err(|e| crate::adapters::sdk_error("sqs", "GetQueueAttributes", e))?
         .attributes
         .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
         .ok_or_else(|| Error::Config("queue has no ARN".into()))?;
@@ -182,12 +182,12 @@ pub async fn setup(config: &Config, aws: &LocalAws, queue: &str) -> Result<Strin
         .notification_configuration(notif.build())
         .send()
         .await
-        .map_err(|e| Error::from_sdk("s3", "PutBucketNotificationConfiguration", e))?;
+        .map_err(|e| crate::adapters::sdk_error("s3", "PutBucketNotificationConfiguration", e))?;
 
     match aws.ses.create_email_identity().email_identity(&config.default_sender).send().await {
         Ok(_) => {}
         Err(e) if e.code() == Some("AlreadyExistsException") => {}
-        Err(e) => return Err(Error::from_sdk("sesv2", "CreateEmailIdentity", e)),
+        Err(e) => return Err(crate::adapters::sdk_error("sesv2", "CreateEmailIdentity", e)),
     }
     info!(bucket = %config.bucket, queue = %queue_url, "local resources ready");
     Ok(queue_url)
@@ -200,7 +200,7 @@ async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String> {
         .attributes(QueueAttributeName::VisibilityTimeout, "60")
         .send()
         .await
-        .map_err(|e| Error::from_sdk("sqs", "CreateQueue", e))?;
+        .map_err(|e| crate::adapters::sdk_error("sqs", "CreateQueue", e))?;
     out.queue_url.ok_or_else(|| Error::Config(format!("queue {name} has no URL")))
 }
 

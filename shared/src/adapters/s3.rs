@@ -26,7 +26,7 @@ impl S3Store {
             .body(body)
             .send()
             .await
-            .map_err(|e| Error::from_sdk("s3", "PutObject", e))?;
+            .map_err(|e| crate::adapters::sdk_error("s3", "PutObject", e))?;
         Ok(())
     }
 }
@@ -48,7 +48,7 @@ impl ObjectStore for S3Store {
                 Ok(Some(body.into_bytes().to_vec()))
             }
             Err(e) if is_missing(e.code()) => Ok(None),
-            Err(e) => Err(Error::from_sdk("s3", "GetObject", e)),
+            Err(e) => Err(crate::adapters::sdk_error("s3", "GetObject", e)),
         }
     }
 
@@ -56,7 +56,7 @@ impl ObjectStore for S3Store {
         match self.client.head_object().bucket(&self.bucket).key(key).send().await {
             Ok(out) => Ok(out.content_length.map(|n| n.max(0) as u64)),
             Err(e) if is_missing(e.code()) || e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
-            Err(e) => Err(Error::from_sdk("s3", "HeadObject", e)),
+            Err(e) => Err(crate::adapters::sdk_error("s3", "HeadObject", e)),
         }
     }
 
@@ -65,7 +65,7 @@ impl ObjectStore for S3Store {
         let out = match request.send().await {
             Ok(out) => out,
             Err(e) if is_missing(e.code()) || e.code() == Some("NoSuchVersion") => return Ok(None),
-            Err(e) => return Err(Error::from_sdk("s3", "GetObject", e)),
+            Err(e) => return Err(crate::adapters::sdk_error("s3", "GetObject", e)),
         };
         let mut file = tokio::fs::File::create(to).await.map_err(|e| Error::local("download", e))?;
         // A body cut off mid-stream is the network's fault: transient, the invocation is retried.
@@ -103,7 +103,7 @@ impl ObjectStore for S3Store {
             Ok(_) => Ok(true),
             // 412: it exists; 409: a concurrent conditional write is winning.
             Err(e) if matches!(e.code(), Some("PreconditionFailed" | "ConditionalRequestConflict")) => Ok(false),
-            Err(e) => Err(Error::from_sdk("s3", "PutObject", e)),
+            Err(e) => Err(crate::adapters::sdk_error("s3", "PutObject", e)),
         }
     }
 
@@ -116,7 +116,7 @@ impl ObjectStore for S3Store {
             .copy_source(source)
             .send()
             .await
-            .map_err(|e| Error::from_sdk("s3", "CopyObject", e))?;
+            .map_err(|e| crate::adapters::sdk_error("s3", "CopyObject", e))?;
         Ok(())
     }
 
@@ -124,7 +124,7 @@ impl ObjectStore for S3Store {
         let mut keys = Vec::new();
         let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| Error::from_sdk("s3", "ListObjectsV2", e))?;
+            let page = page.map_err(|e| crate::adapters::sdk_error("s3", "ListObjectsV2", e))?;
             keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
         }
         keys.sort();
@@ -140,7 +140,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .presigned(conf)
             .await
-            .map_err(|e| Error::from_sdk("s3", "GetObject(presign)", e))?;
+            .map_err(|e| crate::adapters::sdk_error("s3", "GetObject(presign)", e))?;
         Ok(req.uri().to_string())
     }
 }

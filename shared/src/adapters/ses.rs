@@ -29,7 +29,7 @@ impl Mailer for SesMailer {
             .content(EmailContent::builder().raw(raw).build())
             .send()
             .await
-            .map_err(|e| Error::from_sdk("sesv2", "SendEmail", e))?;
+            .map_err(|e| crate::adapters::sdk_error("sesv2", "SendEmail", e))?;
         Ok(())
     }
 }

@@ -34,7 +34,7 @@ pub(super) fn ddb_err<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    move |e| Error::from_sdk("dynamodb", op, e)
+    move |e| crate::adapters::sdk_error("dynamodb", op, e)
 }
 
 pub(super) fn is_condition_failed<E: ProvideErrorMetadata, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool {
