@@ -574,7 +574,7 @@ async fn handler_apply(stack: &tests::Stack, rows: usize, prefix: &str) -> (f64,
     for _ in 0..20 {
         for obj in stack.take_events().await {
             if obj.key == key {
-                shared::local::dispatch(&stack.svc, &obj).await.unwrap();
+                shared::route::dispatch(&stack.svc, &obj).await.unwrap();
                 ingested = true;
                 job_id = shared::ingest::job_id(&obj);
             } else if obj.key.starts_with("chunks/") {

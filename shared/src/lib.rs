@@ -14,11 +14,13 @@ pub mod finalize;
 pub mod ingest;
 pub mod invites;
 pub mod keys;
+#[cfg(feature = "local")]
 pub mod local;
 pub mod model;
 pub mod monitor;
 pub mod ports;
 pub mod report;
+pub mod route;
 pub mod rules;
 pub mod services;
 pub mod template;

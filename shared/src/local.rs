@@ -204,20 +204,6 @@ async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String> {
     out.queue_url.ok_or_else(|| Error::Config(format!("queue {name} has no URL")))
 }
 
-/// Route an object to its stage, as the per-prefix notifications do in AWS.
-pub async fn dispatch(svc: &Services, obj: &event::ObjectRef) -> Result<()> {
-    let key = obj.key.as_str();
-    if key.starts_with(crate::keys::INCOMING) {
-        crate::ingest::handle(svc, obj).await
-    } else if key.starts_with(crate::keys::CHUNKS) {
-        crate::apply::handle(svc, obj).await
-    } else if key.starts_with(crate::keys::DONE) {
-        crate::finalize::handle(svc, obj).await
-    } else {
-        Ok(())
-    }
-}
-
 /// Receive bucket events from SQS and run them through the handlers, several at once (like
 /// concurrent Lambda invocations). A failed event is retried after a short delay, up to
 /// `MAX_ATTEMPTS`, then moved to the dead-letter queue. Runs until `stop` resolves.
@@ -289,7 +275,7 @@ pub async fn run(
                     Some(ev) => {
                         let mut r = Ok(());
                         for obj in event::objects(&ev) {
-                            if let Err(e) = dispatch(&svc, &obj).await {
+                            if let Err(e) = crate::route::dispatch(&svc, &obj).await {
                                 error!(key = %obj.key, attempts, retryable = e.is_retryable(), error = %e, "handler failed");
                                 r = Err(e);
                                 break;

@@ -61,7 +61,7 @@ impl Kit {
     }
 
     pub async fn deliver(&self, obj: &ObjectRef) {
-        crate::local::dispatch(&self.svc, obj).await.expect("handler succeeds");
+        crate::route::dispatch(&self.svc, obj).await.expect("handler succeeds");
     }
 
     /// Chunk events not delivered yet, without delivering them.

@@ -125,7 +125,7 @@ impl Stack {
             }
             for obj in events.iter().rev() {
                 for _ in 0..times {
-                    local::dispatch(&self.svc, obj).await.expect("handler succeeds");
+                    shared::route::dispatch(&self.svc, obj).await.expect("handler succeeds");
                     deliveries += 1;
                 }
             }

@@ -230,7 +230,7 @@ async fn a_finalize_no_retry_can_fix_ends_the_job_failed_with_a_plain_email() {
                 }
             }
             // Returns Ok: nothing for Lambda to retry.
-            shared::local::dispatch(&stack.svc, &obj).await.unwrap();
+            shared::route::dispatch(&stack.svc, &obj).await.unwrap();
         }
     }
     let job = stack.wait_job("acme", &key, Duration::from_secs(5)).await;
@@ -304,7 +304,7 @@ async fn a_chunk_no_retry_can_apply_stops_the_job_with_an_email_of_what_was_appl
                 stack.svc.store.put(&obj.key, b"{\"row\":3,\"act".to_vec(), "application/x-ndjson").await.unwrap();
             }
             // Returns Ok: nothing for Lambda to retry.
-            shared::local::dispatch(&stack.svc, &obj).await.unwrap();
+            shared::route::dispatch(&stack.svc, &obj).await.unwrap();
         }
     }
     let job = stack.wait_job("acme", &key, Duration::from_secs(5)).await;

@@ -22,7 +22,7 @@ async fn deliver(stack: &Stack) -> usize {
         }
         for obj in events {
             let mut attempt = 0;
-            while let Err(e) = shared::local::dispatch(&stack.svc, &obj).await {
+            while let Err(e) = shared::route::dispatch(&stack.svc, &obj).await {
                 attempt += 1;
                 retried += 1;
                 assert!(attempt < 10, "{} kept failing: {e}", obj.key);
@@ -122,7 +122,7 @@ async fn a_job_stuck_past_its_deadline_fails_with_an_email_of_what_was_and_was_n
         }
         for obj in events {
             if obj.key.starts_with("incoming/") || obj.key.ends_with("p1-000000.jsonl") {
-                shared::local::dispatch(&stack.svc, &obj).await.unwrap();
+                shared::route::dispatch(&stack.svc, &obj).await.unwrap();
             } else {
                 late.push(obj);
             }
@@ -149,7 +149,7 @@ async fn a_job_stuck_past_its_deadline_fails_with_an_email_of_what_was_and_was_n
 
     // A late chunk cannot make the email untrue; a second check stops nothing more.
     for obj in &late {
-        shared::local::dispatch(&stack.svc, obj).await.unwrap();
+        shared::route::dispatch(&stack.svc, obj).await.unwrap();
     }
     assert!(stack.svc.directory.user("acme", emails[4]).await.unwrap().is_none(), "late chunk not applied");
     assert_eq!(shared::monitor::fail_stuck_jobs(&stack.svc, later).await.unwrap(), 0);

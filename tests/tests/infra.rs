@@ -168,7 +168,7 @@ async fn pump_only(stack: &Stack, prefix: &str) {
             return;
         }
         for obj in events.into_iter().filter(|o| o.key.starts_with(prefix)) {
-            FUNCTION.scope(function_of(&obj.key), shared::local::dispatch(&stack.svc, &obj)).await.unwrap();
+            FUNCTION.scope(function_of(&obj.key), shared::route::dispatch(&stack.svc, &obj)).await.unwrap();
         }
     }
 }

@@ -92,14 +92,14 @@ async fn a_second_replace_file_while_one_is_applied_is_refused_and_runs_after_it
     // Ingest the first only: its chunks wait, so the job is being applied.
     let pending: Vec<_> = stack.take_events().await;
     for obj in pending.iter().filter(|o| o.key == first) {
-        shared::local::dispatch(&stack.svc, obj).await.unwrap();
+        shared::route::dispatch(&stack.svc, obj).await.unwrap();
     }
     let second = stack.drop_file("acme", Some("replace"), "second.csv", list(&["c@acme.example.com"])).await;
     let upsert = stack.drop_file("acme", None, "extra.csv", list(&["d@acme.example.com"])).await;
     let mut later = stack.take_events().await;
     later.extend(pending.into_iter().filter(|o| o.key != first));
     for obj in later.iter().filter(|o| o.key == second || o.key == upsert) {
-        shared::local::dispatch(&stack.svc, obj).await.unwrap();
+        shared::route::dispatch(&stack.svc, obj).await.unwrap();
     }
     let refused = stack.wait_job("acme", &second, Duration::from_secs(5)).await;
     assert_eq!(refused.state, JobState::Rejected);
@@ -107,7 +107,7 @@ async fn a_second_replace_file_while_one_is_applied_is_refused_and_runs_after_it
     assert!(reason.starts_with("another replace file of this tenant (first.csv, job "), "{reason}");
     // Everything else runs to the end: the first replace, the upsert file beside it.
     for obj in later.iter().filter(|o| o.key != second && o.key != upsert) {
-        shared::local::dispatch(&stack.svc, obj).await.unwrap();
+        shared::route::dispatch(&stack.svc, obj).await.unwrap();
     }
     stack.pump(1).await;
     assert_eq!(stack.wait_job("acme", &first, Duration::from_secs(5)).await.state, JobState::Completed);
@@ -134,7 +134,7 @@ async fn events(stack: &Stack, n: usize) -> Vec<ObjectRef> {
 
 /// Deliver events all at once, each `times` times (duplicates run alongside the original).
 async fn deliver_at_once(stack: &Stack, objs: &[ObjectRef], times: usize) {
-    let runs = objs.iter().flat_map(|o| std::iter::repeat_n(o, times)).map(|o| shared::local::dispatch(&stack.svc, o));
+    let runs = objs.iter().flat_map(|o| std::iter::repeat_n(o, times)).map(|o| shared::route::dispatch(&stack.svc, o));
     for r in futures::future::join_all(runs).await {
         r.expect("handler succeeds");
     }
