@@ -46,6 +46,11 @@ pub struct Config {
     pub lease: crate::model::Lease,
 }
 
+/// The template's `MaxFileMegabytes` default (150), the same locally: /tmp and memory are sized for it.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 150_000_000;
+/// Attachments above this are linked instead (SES takes 40 MB a message, base64 adds a third).
+pub const DEFAULT_MAX_ATTACHMENT_BYTES: usize = 7_000_000;
+
 pub const DEFAULT_BUCKET: &str = "rosterdrop-local";
 pub const DEFAULT_DIRECTORY_TABLE: &str = "rosterdrop-directory";
 pub const DEFAULT_JOBS_TABLE: &str = "rosterdrop-jobs";
@@ -70,8 +75,8 @@ impl Config {
                 .unwrap_or_default(),
             chunk_size: parse(&get, "ROSTERDROP_CHUNK_SIZE", 500)?,
             apply_concurrency: parse(&get, "ROSTERDROP_APPLY_CONCURRENCY", 16)?,
-            max_file_bytes: parse(&get, "ROSTERDROP_MAX_FILE_BYTES", 200 * 1024 * 1024)?,
-            max_attachment_bytes: parse(&get, "ROSTERDROP_MAX_ATTACHMENT_BYTES", 7 * 1024 * 1024)?,
+            max_file_bytes: parse(&get, "ROSTERDROP_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES)?,
+            max_attachment_bytes: parse(&get, "ROSTERDROP_MAX_ATTACHMENT_BYTES", DEFAULT_MAX_ATTACHMENT_BYTES)?,
             link_ttl_secs: parse(&get, "ROSTERDROP_LINK_TTL_SECS", 7 * 24 * 3600)?,
             s3_force_path_style: parse(&get, "ROSTERDROP_S3_PATH_STYLE", false)?,
             sdk_max_attempts: parse(&get, "ROSTERDROP_SDK_MAX_ATTEMPTS", 8)?,
@@ -94,8 +99,8 @@ impl Config {
             jobs_table: DEFAULT_JOBS_TABLE.into(),
             chunk_size: 500,
             apply_concurrency: 16,
-            max_file_bytes: 200 * 1024 * 1024,
-            max_attachment_bytes: 7 * 1024 * 1024,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_attachment_bytes: DEFAULT_MAX_ATTACHMENT_BYTES,
             link_ttl_secs: 7 * 24 * 3600,
             default_sender: DEFAULT_SENDER.into(),
             sender_identity: DEFAULT_SENDER.into(),

@@ -6,6 +6,8 @@
 pub mod adapters;
 pub mod address;
 pub mod apply;
+#[cfg(test)]
+mod architecture_tests;
 pub mod config;
 pub mod error;
 pub mod event;
