@@ -133,9 +133,10 @@ pub fn print_job(job: &Job, summary: Option<&Summary>, failures: &[Outcome]) {
 }
 
 fn print_counts(s: &Summary) {
-    println!("rows       {}  succeeded {}  failed {}  skipped {}", s.rows, s.counts.success, s.counts.failure, s.counts.skipped);
+    let c = &s.counts;
+    println!("rows       {}  succeeded {}  unchanged {}  failed {}  skipped {}", s.rows, c.success, c.unchanged, c.failure, c.skipped);
     for (a, c) in &s.by_action {
-        println!("  {a:<12} {} succeeded, {} failed, {} skipped", c.success, c.failure, c.skipped);
+        println!("  {a:<12} {}, {} failed, {} skipped", c.succeeded(), c.failure, c.skipped);
     }
     if s.disabled_not_in_file > 0 {
         println!("disabled   {} users not in the replace file", s.disabled_not_in_file);

@@ -254,7 +254,7 @@ values = ["EMEA", "APAC"]
     stack_env(&mut cmd, &stack);
     let out = cmd.args(["status", &job]).assert().code(0).get_output().stdout.clone();
     let text = String::from_utf8(out).unwrap();
-    assert!(text.contains("state      COMPLETED") && text.contains("rows       5  succeeded 5  failed 0"), "{text}");
+    assert!(text.contains("state      COMPLETED") && text.contains("rows       5  succeeded 5  unchanged 0  failed 0"), "{text}");
 
     let dir = tmp("results");
     let mut cmd = rosterdrop();

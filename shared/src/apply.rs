@@ -90,13 +90,27 @@ struct Ctx<'a> {
     /// Existence of organizations and users referenced by rows, looked up once per chunk.
     orgs: Mutex<HashMap<String, bool>>,
     users: Mutex<HashMap<String, bool>>,
+    /// The chunk's users as stored before its writes, read in one batch: the licence hints and
+    /// the unchanged rows are decided from it (the writes' conditions stay the authority).
+    stored: HashMap<String, User>,
 }
 
 /// Apply every row of a chunk; rows run concurrently up to the configured bound. Transient errors
 /// (after the SDK's own backoff retries) fail the invocation so it is retried as a whole: rows
 /// already written recognise their own stamp and report the same outcome again.
 pub async fn apply_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowOp>, claim: &str) -> Result<Vec<Outcome>> {
+    let mut emails: Vec<String> = ops
+        .iter()
+        .filter_map(|op| match &op.target {
+            Target::User { email, .. } => Some(email.clone()),
+            Target::Org { .. } => None,
+        })
+        .collect();
+    emails.sort_unstable();
+    emails.dedup();
+    let stored = if emails.is_empty() { HashMap::new() } else { svc.directory.users(&tenant.id, &emails).await? };
     let ctx = Ctx {
+        stored,
         svc,
         tenant,
         dry: job.mode == Some(Mode::Validate),
@@ -109,7 +123,7 @@ pub async fn apply_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowO
     let concurrency = svc.config.apply_concurrency.max(1);
     // Licence pool: decide up front which rows take a licence, reserve them for the chunk at once.
     let pool = match tenant.licences {
-        Some(limit) if !ctx.dry => Some(reserve(&ctx, &ops, limit, claim, concurrency).await?),
+        Some(limit) if !ctx.dry => Some(reserve(&ctx, &ops, limit, claim).await?),
         _ => None,
     };
     let futures: Vec<_> = ops
@@ -178,25 +192,19 @@ impl Reservation {
     }
 }
 
-async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], limit: u32, claim: &str, concurrency: usize) -> Result<Reservation> {
-    let futures: Vec<_> = ops
-        .iter()
-        .filter_map(|op| match &op.target {
-            Target::User { email, .. } => Some(user_state(ctx, op, email)),
-            Target::Org { .. } => None,
-        })
-        .collect();
-    let states: Vec<Result<UserState>> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
+async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], limit: u32, claim: &str) -> Result<Reservation> {
     let mut takers = Vec::new();
-    for st in states {
-        let (row, action, user, token) = st?;
+    for op in ops {
+        let Target::User { email, .. } = &op.target else { continue };
+        let (row, action, user) = (op.row, op.action, ctx.stored.get(email));
         // A user this very row created on an earlier attempt still counts as its taker.
-        let ours = user.as_ref().is_some_and(|u| u.created_by == token);
+        let token = Stamp { job: ctx.job.to_string(), row, at: String::new(), order: String::new() }.token();
+        let ours = user.is_some_and(|u| u.created_by == token);
         // A hint only: the write decides whether a licence is taken, and a row without one
         // never makes a user active.
         match action {
             Action::Create | Action::Upsert if user.is_none() || ours => takers.push(row),
-            Action::Enable if user.as_ref().is_some_and(|u| u.status == UserStatus::Disabled) => takers.push(row),
+            Action::Enable if user.is_some_and(|u| u.status == UserStatus::Disabled) => takers.push(row),
             _ => {}
         }
     }
@@ -215,14 +223,6 @@ pub async fn recount_licences(svc: &Services, tenant: &str) -> Result<(u32, u32)
     let active = svc.directory.list_users(tenant).await?.iter().filter(|(_, status)| *status == UserStatus::Active).count() as u32;
     svc.directory.set_licences_used(tenant, active).await?;
     Ok((before, active))
-}
-
-/// (row, action, the user as stored, the row's stamp token)
-type UserState = (u32, Action, Option<User>, String);
-
-async fn user_state(ctx: &Ctx<'_>, op: &RowOp, email: &str) -> Result<UserState> {
-    let user = ctx.svc.directory.user(&ctx.tenant.id, email).await?;
-    Ok((op.row, op.action, user, Stamp { job: ctx.job.to_string(), row: op.row, at: String::new(), order: String::new() }.token()))
 }
 
 async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<(Outcome, Written)> {
@@ -264,6 +264,17 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<(Outcome
     let stamp = Stamp { job: ctx.job.to_string(), row, at: ctx.now.clone(), order: ctx.order.to_string() };
     let unchanged = |write| Written { write, licence: Licence::Unchanged };
     let result = match &op.target {
+        // Nothing to change: no write at all (a nightly full sync is mostly such rows).
+        // (A user this very row wrote on an earlier attempt goes to the write, which reads its
+        // stamp and reports what that attempt did.)
+        Target::User { email, fields }
+            if matches!(action, Action::Upsert | Action::Update)
+                && ctx.stored.get(email).is_some_and(|stored| {
+                    stored.last_write != stamp.token() && stored.created_by != stamp.token() && rules::unchanged(fields, stored)
+                }) =>
+        {
+            Ok(unchanged(Write::Unchanged))
+        }
         Target::Org { name } if action == Action::Delete => {
             let users = ctx.svc.directory.count_org_users(tenant, name).await?;
             if users > 0 {
@@ -334,7 +345,7 @@ async fn invite(ctx: &Ctx<'_>, op: &RowOp, email: &str, fields: &crate::model::U
     let wanted = match (op.action, write) {
         (Action::Invite, Write::Updated) => true,
         (_, Write::Created) => fields.invite,
-        (_, Write::Updated) if fields.invite => {
+        (_, Write::Updated | Write::Unchanged) if fields.invite => {
             return Ok("; no activation email: invites go to new users only (use Action Invite to send one again)".into());
         }
         _ => false,
@@ -437,6 +448,7 @@ fn message(op: &RowOp, write: &Write, dry: bool) -> Outcome {
             Outcome::success(row, action, format!("{noun}{what} was already disabled or removed"))
         }
         Write::NotFound => Outcome::failure(row, Some(action), format!("{noun}{what} not found; use Create or Upsert to add it")),
+        Write::Unchanged => Outcome::success(row, action, crate::model::UNCHANGED),
         Write::Superseded(job) => {
             Outcome { action: Some(action), ..Outcome::skipped(row, format!("changed by a newer upload (job {job})")) }
         }
@@ -575,6 +587,59 @@ mod tests {
         let job = kit.run("more.csv", "Action,Email\nCreate,u6@a.example.com\nCreate,u7@a.example.com\n").await;
         assert_eq!((job.succeeded, job.failed), (1, 1));
         assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 3);
+    }
+
+    /// The same roster uploaded again writes nothing: every row reports `unchanged` and no
+    /// conditional write is made; a row with one changed value is written, and counted apart.
+    #[tokio::test]
+    async fn a_roster_uploaded_again_writes_nothing_and_says_unchanged() {
+        let mut kit = Kit::new(|t| t.licences = Some(100)).await;
+        let roster = "Email,First Name,Department,Products\n\
+                      a@acme.example.com,Ann,Sales,\n\
+                      b@acme.example.com,Bob,Sales,\n\
+                      c@acme.example.com,Cy,Support,\n";
+        kit.run("nightly.csv", roster).await;
+        let directory = kit.mem.directory.clone();
+        let writes = || directory.writes.load(std::sync::atomic::Ordering::Relaxed);
+        let before = writes();
+        let again = kit.run("nightly-2.csv", roster).await;
+        assert_eq!(writes(), before, "no directory write for unchanged rows");
+        assert!(kit.outcomes(&again).await.iter().all(|(s, m)| s == "Success" && m == crate::model::UNCHANGED));
+        let summary = kit.summary(&again).await;
+        assert_eq!((summary.counts.success, summary.counts.unchanged), (3, 3));
+        let mail = String::from_utf8_lossy(&kit.mem.mailer.sent().last().unwrap().2).to_string();
+        assert!(mail.contains("3 succeeded (3 unchanged)"), "the subject counts them apart");
+
+        let changed = roster.replace("Cy,Support", "Cy,Sales");
+        let third = kit.run("nightly-3.csv", &changed).await;
+        assert_eq!(writes(), before + 1, "one write, for the one changed row");
+        let out = kit.outcomes(&third).await;
+        assert_eq!(out[2], ("Success".to_string(), "user updated".to_string()));
+        assert_eq!(kit.summary(&third).await.counts.unchanged, 2);
+        assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 3, "unchanged rows take no licence");
+    }
+
+    /// Another upload changes two users between apply's read of the chunk and its writes: the
+    /// row that the read said changes nothing writes nothing (the other upload's value stays),
+    /// and the row that would change its user is refused by its write's condition (the newer
+    /// upload wins). Neither change is lost.
+    #[tokio::test]
+    async fn a_change_made_between_apply_s_read_and_its_write_is_not_lost() {
+        let mut kit = Kit::new(|t| t.chunk_size = Some(10)).await;
+        kit.run("base.csv", "Email,Department\na@acme.example.com,Sales\nb@acme.example.com,Sales\n").await;
+        *kit.mem.directory.after_read.lock().unwrap() = Some(Box::new(|dir: &crate::adapters::memory::MemoryDirectory| {
+            for email in ["a@acme.example.com", "b@acme.example.com"] {
+                dir.overwrite("acme", email, "newer-job#2", "9999-12-31T00:00:00.000Z#0", |u| u.fields.department = Some("Finance".into()));
+            }
+        }));
+        let job = kit.run("sync.csv", "Email,Department\na@acme.example.com,Sales\nb@acme.example.com,Support\n").await;
+        let out = kit.outcomes(&job).await;
+        assert_eq!(out[0], ("Success".to_string(), crate::model::UNCHANGED.to_string()), "as read: nothing to write");
+        assert_eq!(out[1], ("Skipped".to_string(), "changed by a newer upload (job newer-job)".to_string()));
+        let dir = &kit.svc.directory;
+        for email in ["a@acme.example.com", "b@acme.example.com"] {
+            assert_eq!(dir.user("acme", email).await.unwrap().unwrap().fields.department.as_deref(), Some("Finance"), "{email}");
+        }
     }
 
     /// Rows of an older upload applied after a newer one changed the same user are skipped,

@@ -422,6 +422,10 @@ pub struct UserFields {
 /// Association columns and the attribute each is stored as.
 pub const ASSOCIATIONS: &[&str] = &["supervisor", "supervisor_manager", "parent", "instructor"];
 
+/// The message of a row that changed nothing (its user held every value already): counted apart
+/// from created and updated rows.
+pub const UNCHANGED: &str = "unchanged";
+
 /// Whether a user holds a licence (active) or not (disabled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -458,6 +462,9 @@ pub struct User {
     pub fields: UserFields,
     /// `<job>#<row>` that created the user.
     pub created_by: String,
+    /// `<job>#<row>` that wrote the user last.
+    #[serde(default)]
+    pub last_write: String,
     /// Group memberships added outside bulk upload (replace mode keeps them for users in the file).
     pub manual_groups: Vec<String>,
     /// The user activated their account (set by the product, not by rosterdrop).

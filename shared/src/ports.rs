@@ -37,6 +37,8 @@ pub enum Write {
     AlreadyExists,
     /// The condition failed because the item does not exist.
     NotFound,
+    /// Nothing to write: the user already holds every value of the row (no write made).
+    Unchanged,
     /// A later upload (this job) wrote the item: this row's older values are not applied.
     Superseded(String),
     /// The row would take a licence it was not given: the user was active (or present) when the
@@ -85,6 +87,9 @@ pub trait Directory: Send + Sync {
     async fn put_tenant(&self, tenant: &Tenant) -> Result<()>;
     async fn list_tenants(&self) -> Result<Vec<Tenant>>;
     async fn user(&self, tenant: &str, email: &str) -> Result<Option<User>>;
+    /// The users of `emails` that exist, read together (batched) and consistently: what apply
+    /// decides a chunk's licences and unchanged rows from.
+    async fn users(&self, tenant: &str, emails: &[String]) -> Result<std::collections::HashMap<String, User>>;
     /// One conditional write of the item `target` names, as `rules` decided (the storage-neutral
     /// change: the adapter translates it and holds no rule of its own). The item is stamped with
     /// `stamp` (token, time, upload order).

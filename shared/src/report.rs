@@ -15,6 +15,9 @@ pub struct Counts {
     pub success: u32,
     pub failure: u32,
     pub skipped: u32,
+    /// Of the successes, rows that changed nothing (`model::UNCHANGED`): nothing was written.
+    #[serde(default)]
+    pub unchanged: u32,
 }
 
 impl Counts {
@@ -27,6 +30,21 @@ impl Counts {
     }
     pub fn total(&self) -> u32 {
         self.success + self.failure + self.skipped
+    }
+    /// Count one row's outcome.
+    pub fn add_outcome(&mut self, o: &crate::model::Outcome) {
+        self.add(o.status);
+        if o.status == Status::Success && o.message == crate::model::UNCHANGED {
+            self.unchanged += 1;
+        }
+    }
+    /// "12 succeeded" or "12 succeeded (10 unchanged)".
+    pub fn succeeded(&self) -> String {
+        if self.unchanged > 0 {
+            format!("{} succeeded ({} unchanged)", self.success, self.unchanged)
+        } else {
+            format!("{} succeeded", self.success)
+        }
     }
 }
 

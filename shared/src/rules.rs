@@ -198,6 +198,26 @@ fn own(attempt: Attempt, user: bool, o: &Seen, token: &str) -> Written {
     Written { write, licence }
 }
 
+/// Whether a row that sets `row` on an existing user would change nothing of `stored`: every
+/// field it gives equals the stored one, its groups are the stored groups, its products are
+/// granted already, its associations and attributes hold the same values. Such a row is not
+/// written at all (no write unit) and reports `unchanged`.
+pub fn unchanged(row: &crate::model::UserFields, stored: &crate::model::User) -> bool {
+    let s = &stored.fields;
+    let same = |given: &Option<String>, have: &Option<String>| given.is_none() || given == have;
+    same(&row.first_name, &s.first_name)
+        && same(&row.last_name, &s.last_name)
+        && same(&row.phone, &s.phone)
+        && same(&row.org, &s.org)
+        && same(&row.role, &s.role)
+        && same(&row.department, &s.department)
+        && same(&row.user_type, &s.user_type)
+        && (row.groups.is_empty() || row.groups == s.groups)
+        && row.products.iter().all(|p| s.products.contains(p))
+        && row.associations.iter().all(|(k, v)| s.associations.get(k) == Some(v))
+        && row.attributes.iter().all(|(k, v)| s.attributes.get(k) == Some(v))
+}
+
 /// The job of a row token (`<job>#<row>`; job ids contain `#` themselves).
 pub fn job_of(token: &str) -> &str {
     token.rsplit_once('#').map_or(token, |(job, _)| job)
@@ -350,6 +370,35 @@ mod tests {
         let newer = Seen { order: Some(LATER.into()), ..user(Active) };
         assert!(!holds(Attempt::Update { revoke: false }, Some(&newer), NOW), "never over a newer upload");
         assert!(holds(Attempt::Update { revoke: false }, Some(&newer), LATER), "the same upload passes");
+    }
+
+    #[test]
+    fn a_row_is_unchanged_only_when_every_value_it_gives_is_stored_already() {
+        use crate::model::{User, UserFields};
+        let stored = User {
+            email: "a@x.com".into(),
+            status: Active,
+            fields: UserFields {
+                first_name: Some("Ann".into()),
+                groups: vec!["A".into(), "B".into()],
+                products: vec!["lms".into(), "video".into()],
+                attributes: [("Region".to_string(), "EMEA".to_string())].into(),
+                ..UserFields::default()
+            },
+            created_by: String::new(),
+            last_write: String::new(),
+            manual_groups: vec![],
+            activated: false,
+        };
+        let row = |f: UserFields| unchanged(&f, &stored);
+        assert!(row(UserFields::default()), "a row giving nothing changes nothing");
+        assert!(row(UserFields { first_name: Some("Ann".into()), products: vec!["lms".into()], ..Default::default() }));
+        assert!(!row(UserFields { first_name: Some("Anne".into()), ..Default::default() }));
+        assert!(!row(UserFields { last_name: Some("Lee".into()), ..Default::default() }), "a value not stored yet");
+        assert!(!row(UserFields { groups: vec!["A".into()], ..Default::default() }), "groups are replaced as a whole");
+        assert!(!row(UserFields { products: vec!["chat".into()], ..Default::default() }), "a product not granted yet");
+        assert!(!row(UserFields { attributes: [("Region".to_string(), "APAC".to_string())].into(), ..Default::default() }));
+        assert!(row(UserFields { invite: true, ..Default::default() }), "an invite is not a stored value");
     }
 
     #[test]

@@ -159,9 +159,28 @@ struct DirState {
 #[derive(Default)]
 pub struct MemoryDirectory {
     state: Mutex<DirState>,
+    /// Conditional writes made (written or refused): what a row cost.
+    pub writes: std::sync::atomic::AtomicUsize,
+    /// Runs once right after the next `users` read: another writer acting between a chunk's
+    /// read and its writes.
+    #[allow(clippy::type_complexity)]
+    pub after_read: Mutex<Option<Box<dyn FnOnce(&MemoryDirectory) + Send>>>,
 }
 
 impl MemoryDirectory {
+    /// Change a stored user as another upload's write would (its stamp and order).
+    pub fn overwrite(&self, tenant: &str, email: &str, token: &str, order: &str, change: impl FnOnce(&mut User)) {
+        let mut state = lock(&self.state);
+        if let Some(stored) = state.items.get_mut(&(tenant.to_string(), Key::User(email.to_string()))) {
+            if let Some(user) = stored.user.as_mut() {
+                change(user);
+                user.last_write = token.to_string();
+            }
+            stored.seen.last_write = Some(token.to_string());
+            stored.seen.order = Some(order.to_string());
+        }
+    }
+
     /// Put a user in place as another system would (no stamp, no order): fixtures of unit tests.
     pub fn seed_user(&self, tenant: &str, email: &str, status: UserStatus) {
         let user = User {
@@ -169,6 +188,7 @@ impl MemoryDirectory {
             status,
             fields: UserFields::default(),
             created_by: String::new(),
+            last_write: String::new(),
             manual_groups: vec![],
             activated: false,
         };
@@ -208,6 +228,7 @@ fn new_user(email: &str, fields: &UserFields, token: &str) -> User {
         status: UserStatus::Active,
         fields: UserFields::default(),
         created_by: token.to_string(),
+        last_write: token.to_string(),
         manual_groups: vec![],
         activated: false,
     };
@@ -234,7 +255,22 @@ impl Directory for MemoryDirectory {
         Ok(lock(&self.state).items.get(&key).filter(|s| !s.seen.tombstone).and_then(|s| s.user.clone()))
     }
 
+    async fn users(&self, tenant: &str, emails: &[String]) -> Result<HashMap<String, User>> {
+        let mut found = HashMap::new();
+        for email in emails {
+            if let Some(user) = self.user(tenant, email).await? {
+                found.insert(email.clone(), user);
+            }
+        }
+        let hook = lock(&self.after_read).take();
+        if let Some(hook) = hook {
+            hook(self);
+        }
+        Ok(found)
+    }
+
     async fn write(&self, tenant: &str, target: &Target, attempt: Attempt, stamp: &Stamp) -> Result<Attempted> {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let token = stamp.token();
         let key = match target {
             Target::User { email, .. } => Key::User(email.clone()),
@@ -290,6 +326,9 @@ impl Directory for MemoryDirectory {
                 stored
             }
         };
+        if let Some(user) = next.user.as_mut() {
+            user.last_write.clone_from(&token);
+        }
         next.seen.last_write = Some(token);
         next.seen.order = Some(stamp.order.clone());
         state.items.insert(slot, next);

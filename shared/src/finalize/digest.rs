@@ -33,9 +33,9 @@ pub struct Digest {
 impl Digest {
     pub fn add(&mut self, o: &Outcome) {
         self.rows += 1;
-        self.counts.add(o.status);
+        self.counts.add_outcome(o);
         let action = o.action.map(|a| a.to_string()).unwrap_or_else(|| "(invalid Type or Action)".into());
-        self.by_action.entry(action).or_default().add(o.status);
+        self.by_action.entry(action).or_default().add_outcome(o);
         if o.status == Status::Failure {
             if o.message == super::build::NOT_APPLIED {
                 self.not_applied += 1;

@@ -253,7 +253,7 @@ pub fn result_email(tenant: &str, s: &Summary, d: &Digest, links: &[(String, Str
     } else if dry {
         format!("[rosterdrop] {tenant}: {} validated, nothing applied: {} would succeed, {} would fail", s.file_name, c.success, c.failure)
     } else {
-        format!("[rosterdrop] {tenant}: {}: {} succeeded, {} failed, {} skipped", s.file_name, c.success, c.failure, c.skipped)
+        format!("[rosterdrop] {tenant}: {}: {}, {} failed, {} skipped", s.file_name, c.succeeded(), c.failure, c.skipped)
     };
     let failures = &d.first_failures;
     let done = if stopped {
@@ -264,10 +264,14 @@ pub fn result_email(tenant: &str, s: &Summary, d: &Digest, links: &[(String, Str
         "processed"
     };
     let mut text = format!("Your file {} ({} rows, mode {}) has been {done}.\n\n", s.file_name, s.rows, s.mode);
-    text += &format!("  Succeeded: {}\n  Failed:    {}\n  Skipped:   {}\n\n", c.success, c.failure, c.skipped);
+    text += &format!("  Succeeded: {}\n", c.success);
+    if c.unchanged > 0 {
+        text += &format!("    of which unchanged: {} (already as the file says; nothing was written)\n", c.unchanged);
+    }
+    text += &format!("  Failed:    {}\n  Skipped:   {}\n\n", c.failure, c.skipped);
     text += "By action:\n";
     for (a, n) in &s.by_action {
-        text += &format!("  {a:<12} {} succeeded, {} failed, {} skipped\n", n.success, n.failure, n.skipped);
+        text += &format!("  {a:<12} {}, {} failed, {} skipped\n", n.succeeded(), n.failure, n.skipped);
     }
     if s.disabled_not_in_file > 0 {
         text +=
@@ -298,12 +302,21 @@ pub fn result_email(tenant: &str, s: &Summary, d: &Digest, links: &[(String, Str
             s.disabled_not_in_file
         );
     }
-    html +=
-        "<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\"><tr><th>Action</th><th>Succeeded</th><th>Failed</th><th>Skipped</th></tr>";
+    html += "<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\"><tr><th>Action</th><th>Succeeded</th><th>of which unchanged</th><th>Failed</th><th>Skipped</th></tr>";
     for (a, n) in &s.by_action {
-        html += &format!("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(a), n.success, n.failure, n.skipped);
+        html += &format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(a),
+            n.success,
+            n.unchanged,
+            n.failure,
+            n.skipped
+        );
     }
-    html += &format!("<tr><th>Total</th><th>{}</th><th>{}</th><th>{}</th></tr></table>", c.success, c.failure, c.skipped);
+    html += &format!(
+        "<tr><th>Total</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></table>",
+        c.success, c.unchanged, c.failure, c.skipped
+    );
     if !s.warnings.is_empty() {
         html += "<p><b>Warnings</b></p><ul>";
         for w in &s.warnings {

@@ -84,6 +84,7 @@ impl TryFrom<&Item> for User {
             email: get("email").ok_or_else(|| Error::corrupt("user item", "no email"))?,
             status: UserStatus::parse(item.str("status").unwrap_or_default()),
             created_by: get("created_by").unwrap_or_default(),
+            last_write: get("last_write").unwrap_or_default(),
             fields: UserFields {
                 first_name: get("first_name"),
                 last_name: get("last_name"),

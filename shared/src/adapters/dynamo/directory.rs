@@ -10,6 +10,7 @@ use crate::rules::{Attempt, Attempted};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure, Select};
+use std::collections::HashMap;
 
 pub struct DynamoDirectory {
     pub(super) client: Client,
@@ -255,6 +256,39 @@ impl Directory for DynamoDirectory {
 
     async fn user(&self, tenant: &str, email: &str) -> Result<Option<User>> {
         self.get_user(tenant, &email.trim().to_lowercase()).await
+    }
+
+    async fn users(&self, tenant: &str, emails: &[String]) -> Result<HashMap<String, User>> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let mut found = HashMap::new();
+        // BatchGetItem takes 100 keys a request; keys it could not serve come back to ask again.
+        for batch in emails.chunks(100) {
+            let keys: Vec<Item> = batch.iter().map(|e| Item::from([("pk".to_string(), s(user_pk(tenant, e)))])).collect();
+            let mut pending = Some(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(txn_err)?);
+            let mut round = 0u64;
+            while let Some(request) = pending.take() {
+                if round > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * round.min(50))).await;
+                }
+                round += 1;
+                let out = self.client.batch_get_item().request_items(&self.table, request).send().await.map_err(ddb_err("BatchGetItem"))?;
+                for item in out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
+                    if item.str("kind") != Some(TOMBSTONE) {
+                        let user = User::try_from(&item)?;
+                        found.insert(user.email.clone(), user);
+                    }
+                }
+                pending = out.unprocessed_keys.unwrap_or_default().remove(&self.table).filter(|k| !k.keys.is_empty());
+                if round > 100 && pending.is_some() {
+                    return Err(Error::Transient {
+                        service: "dynamodb",
+                        operation: "BatchGetItem",
+                        message: "keys left unprocessed".into(),
+                    });
+                }
+            }
+        }
+        Ok(found)
     }
 
     async fn write(&self, tenant: &str, target: &Target, attempt: Attempt, stamp: &Stamp) -> Result<Attempted> {
