@@ -12,6 +12,7 @@ use shared::{Services, keys};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+pub mod capacity;
 pub mod faults;
 
 pub const SES_ENDPOINT: &str = "http://127.0.0.1:4566/_aws/ses";
@@ -165,10 +166,11 @@ impl Stack {
         let norm = |v: String| v.replace(job_id, "<job>");
         while let Some(item) = pages.next().await {
             let item = item.expect("scan");
-            let pk = norm(item.get("pk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default());
+            let key = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+            let pk = norm(format!("{} {}", key("pk"), key("sk")));
             let attrs = item
                 .into_iter()
-                .filter(|(k, _)| k != "pk")
+                .filter(|(k, _)| k != "pk" && k != "sk")
                 .map(|(k, v)| {
                     let v = match k.as_str() {
                         "created_at" | "updated_at" | "at" | "invited_at" => "<time>".to_string(),

@@ -30,13 +30,19 @@ async fn seed_users(stack: &Stack, tenant: &str, n: usize) {
     assert_eq!(s.counts.success, n as u32, "seed");
 }
 
+/// The key of a user item, as the adapter writes it.
+fn user_key_item(tenant: &str, email: &str) -> std::collections::HashMap<String, AttributeValue> {
+    let (pk, sk) = shared::adapters::dynamo::user_key(tenant, email);
+    [("pk".to_string(), AttributeValue::S(pk)), ("sk".to_string(), AttributeValue::S(sk))].into()
+}
+
 async fn set_manual_groups(stack: &Stack, tenant: &str, email: &str, groups: &[&str]) {
     stack
         .aws
         .dynamodb
         .update_item()
         .table_name(&stack.config.directory_table)
-        .key("pk", AttributeValue::S(format!("U#{tenant}#{email}")))
+        .set_key(Some(user_key_item(tenant, email)))
         .update_expression("SET manual_groups = :g")
         .expression_attribute_values(":g", AttributeValue::L(groups.iter().map(|g| AttributeValue::S(g.to_string())).collect()))
         .send()
@@ -380,7 +386,7 @@ async fn invites_go_to_created_users_once_never_to_updated_ones_and_invite_re_se
         .dynamodb
         .update_item()
         .table_name(&stack.config.directory_table)
-        .key("pk", AttributeValue::S(format!("U#acme#{done}")))
+        .set_key(Some(user_key_item("acme", &done)))
         .update_expression("SET activated_at = :t")
         .expression_attribute_values(":t", AttributeValue::S("2026-01-01T00:00:00Z".into()))
         .send()

@@ -19,14 +19,14 @@ pub struct UserItem<'a> {
 
 impl From<UserItem<'_>> for Item {
     fn from(u: UserItem<'_>) -> Item {
-        let mut item = Item::new();
-        item.insert("pk".into(), s(user_pk(u.tenant, u.email)));
+        let mut item = key_item(&user_key(u.tenant, u.email));
         item.insert("kind".into(), s("user"));
         item.insert("tenant".into(), s(u.tenant));
         item.insert("email".into(), s(u.email));
         item.insert("status".into(), s(UserStatus::Active.as_str()));
-        item.insert("gsi1pk".into(), s(user_shard(u.tenant, u.email)));
-        item.insert("gsi1sk".into(), s(u.fields.org.as_deref().map(str::to_lowercase).unwrap_or_else(|| "-".into())));
+        if let Some(org) = &u.fields.org {
+            item.insert(ORG_KEY.into(), s(org.to_lowercase()));
+        }
         item.insert("created_at".into(), s(&u.stamp.at));
         item.insert("updated_at".into(), s(&u.stamp.at));
         item.insert("created_by".into(), s(u.stamp.token()));
@@ -206,16 +206,19 @@ pub(super) fn profile(u: &mut UpdateExpr, fields: &UserFields) {
         u.set(&k, v);
     }
     if let Some(org) = &fields.org {
-        u.set("gsi1sk", s(org.to_lowercase()));
+        u.set(ORG_KEY, s(org.to_lowercase()));
     }
     if !fields.products.is_empty() {
         u.add("products", string_set(&fields.products));
     }
 }
 
+/// A user's organization as compared when counting an organization's users (lower-case).
+pub(super) const ORG_KEY: &str = "org_key";
+
 pub(super) fn org_item(tenant: &str, name: &str, stamp: &Stamp) -> Item {
-    Item::from([
-        ("pk".to_string(), s(org_pk(tenant, name))),
+    let mut item = key_item(&org_key(tenant, name));
+    item.extend([
         ("kind".to_string(), s("org")),
         ("tenant".to_string(), s(tenant)),
         ("name".to_string(), s(name)),
@@ -223,7 +226,8 @@ pub(super) fn org_item(tenant: &str, name: &str, stamp: &Stamp) -> Item {
         ("updated_at".to_string(), s(&stamp.at)),
         ("created_by".to_string(), s(stamp.token())),
         ("last_write".to_string(), s(stamp.token())),
-    ])
+    ]);
+    item
 }
 
 impl TryFrom<&Item> for Invite {
@@ -258,9 +262,10 @@ mod tests {
             ..Default::default()
         };
         let item: Item = UserItem { tenant: "acme", email: "ann@x.com", fields: &fields, stamp: &stamp() }.into();
-        assert_eq!(item.str("pk"), Some("U#acme#ann@x.com"));
-        assert_eq!(item.str("gsi1sk"), Some("north"));
-        assert!(item.str("gsi1pk").unwrap().starts_with("T#acme#"));
+        assert!(item.str("pk").unwrap().starts_with("U#acme#"));
+        assert_eq!(item.str("sk"), Some("ann@x.com"));
+        assert_eq!(item.str(ORG_KEY), Some("north"));
+        assert!(!item.keys().any(|k| k.starts_with("gsi")), "no index entry: one write unit");
         assert_eq!(item.str("last_write"), Some("job1#7"));
         // Rough item size: attribute names + values, well under the 1 KB of one write unit.
         let size: usize = item.iter().map(|(k, v)| k.len() + v.as_s().map(|s| s.len()).unwrap_or(16)).sum();
@@ -272,9 +277,9 @@ mod tests {
 
     #[test]
     fn shards_spread_users_and_are_stable() {
-        let shards: std::collections::HashSet<String> = (0..200).map(|i| user_shard("acme", &format!("u{i}@x.com"))).collect();
+        let shards: std::collections::HashSet<u32> = (0..200).map(|i| user_shard(&format!("u{i}@x.com"))).collect();
         assert_eq!(shards.len(), USER_SHARDS as usize);
-        assert_eq!(user_shard("acme", "ann@x.com"), user_shard("acme", "ann@x.com"));
+        assert_eq!(user_key("acme", "ann@x.com"), user_key("acme", "ann@x.com"));
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl DynamoDirectory {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(user_pk(tenant, email)))
+            .set_key(Some(key_item(&user_key(tenant, email))))
             .consistent_read(true)
             .send()
             .await
@@ -38,9 +38,9 @@ impl DynamoDirectory {
     /// One conditional write: `Ok(old)` when its condition held (`old`: the item before, asked
     /// for by Upsert only), `Err(old)` when it failed, with the item as it was.
     async fn attempt(&self, tenant: &str, target: &Target, stamp: &Stamp, attempt: Attempt) -> Result<Written2> {
-        let (pk, kind) = match target {
-            Target::User { email, .. } => (user_pk(tenant, email), "user"),
-            Target::Org { name } => (org_pk(tenant, name), "org"),
+        let (key, kind) = match target {
+            Target::User { email, .. } => (user_key(tenant, email), "user"),
+            Target::Org { name } => (org_key(tenant, name), "org"),
         };
         let mut u = UpdateExpr::default();
         let ordered = {
@@ -64,8 +64,8 @@ impl DynamoDirectory {
                 self.put_if(item, cond, u).await
             }
             Attempt::Tombstone { active } => {
-                let mut item = Item::from([
-                    ("pk".to_string(), s(&pk)),
+                let mut item = key_item(&key);
+                item.extend([
                     ("kind".to_string(), s(TOMBSTONE)),
                     ("tenant".to_string(), s(tenant)),
                     ("deleted_at".to_string(), s(&stamp.at)),
@@ -92,11 +92,7 @@ impl DynamoDirectory {
                             .set_if_missing("status", s(UserStatus::Active.as_str()))
                             .set("kind", s("user"))
                             .set("tenant", s(tenant))
-                            .set("email", s(email.as_str()))
-                            .set("gsi1pk", s(user_shard(tenant, email)));
-                        if fields.org.is_none() {
-                            u.set_if_missing("gsi1sk", s("-"));
-                        }
+                            .set("email", s(email.as_str()));
                     }
                     Target::Org { name } => {
                         u.set("name", s(name))
@@ -109,7 +105,7 @@ impl DynamoDirectory {
                 // Over a tombstone: the item lives again.
                 u.remove("ttl").remove("deleted_at");
                 let cond = if may_create { ordered } else { format!("{} AND {ordered}", live(&mut u)) };
-                self.update_if(pk, u, cond, stamp, true).await
+                self.update_if(&key, u, cond, stamp, true).await
             }
             Attempt::Transition { to, strip_targeting } => {
                 let from = if to == UserStatus::Active { UserStatus::Disabled } else { UserStatus::Active };
@@ -119,11 +115,11 @@ impl DynamoDirectory {
                     // Replace mode: disabled, every group assignment and content targeting removed.
                     u.remove("groups").remove("manual_groups").remove("department");
                 }
-                self.update_if(pk, u, cond, stamp, false).await
+                self.update_if(&key, u, cond, stamp, false).await
             }
             Attempt::Keep { is } => {
                 let cond = format!("{} AND {} = {} AND {ordered}", live(&mut u), u.name("status"), u.value(s(is.as_str())));
-                self.update_if(pk, u, cond, stamp, false).await
+                self.update_if(&key, u, cond, stamp, false).await
             }
             Attempt::Update { revoke } => {
                 match (target, revoke) {
@@ -139,12 +135,12 @@ impl DynamoDirectory {
                     }
                 }
                 let cond = format!("{} AND {ordered}", live(&mut u));
-                self.update_if(pk, u, cond, stamp, false).await
+                self.update_if(&key, u, cond, stamp, false).await
             }
             Attempt::Invite => {
                 let cond = format!("{} AND attribute_not_exists({}) AND {ordered}", live(&mut u), u.name("activated_at"));
                 u.set("invited_at", s(&stamp.at));
-                self.update_if(pk, u, cond, stamp, false).await
+                self.update_if(&key, u, cond, stamp, false).await
             }
         }
     }
@@ -174,13 +170,13 @@ impl DynamoDirectory {
 
     /// Conditional update stamped with the row (token, time, upload order); `old`: return the
     /// item as it was before a successful write too.
-    async fn update_if(&self, pk: String, mut u: UpdateExpr, cond: String, stamp: &Stamp, old: bool) -> Result<Written2> {
+    async fn update_if(&self, key: &Key, mut u: UpdateExpr, cond: String, stamp: &Stamp, old: bool) -> Result<Written2> {
         u.set("updated_at", s(&stamp.at)).set("last_write", s(stamp.token())).set("ord", s(&stamp.order));
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(pk))
+            .set_key(Some(key_item(key)))
             .update_expression(u.expression())
             .condition_expression(cond)
             .set_expression_attribute_names(Some(u.names))
@@ -206,7 +202,14 @@ type Written2 = std::result::Result<Option<Item>, Option<Item>>;
 #[async_trait]
 impl Directory for DynamoDirectory {
     async fn tenant(&self, id: &str) -> Result<Option<Tenant>> {
-        let out = self.client.get_item().table_name(&self.table).key("pk", s(tenant_pk(id))).send().await.map_err(ddb_err("GetItem"))?;
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(&tenant_key(id))))
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
         out.item
             .as_ref()
             .and_then(|i| i.str("doc"))
@@ -217,17 +220,9 @@ impl Directory for DynamoDirectory {
     async fn put_tenant(&self, tenant: &Tenant) -> Result<()> {
         // Stored as one JSON document: tenant settings grow, and are always read whole.
         let doc = serde_json::to_string(tenant).map_err(|e| Error::corrupt("tenant", e))?;
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(tenant_pk(&tenant.id)))
-            .item("kind", s("tenant"))
-            .item("doc", s(doc))
-            .item("gsi1pk", s("TENANTS"))
-            .item("gsi1sk", s(&tenant.id))
-            .send()
-            .await
-            .map_err(ddb_err("PutItem"))?;
+        let mut item = key_item(&tenant_key(&tenant.id));
+        item.extend([("kind".to_string(), s("tenant")), ("doc".to_string(), s(doc))]);
+        self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await.map_err(ddb_err("PutItem"))?;
         Ok(())
     }
 
@@ -237,18 +232,15 @@ impl Directory for DynamoDirectory {
             .client
             .query()
             .table_name(&self.table)
-            .index_name(GSI)
-            .key_condition_expression("gsi1pk = :p")
-            .expression_attribute_values(":p", s("TENANTS"))
+            .key_condition_expression("pk = :p")
+            .expression_attribute_values(":p", s(tenant_key("").0))
             .into_paginator()
             .items()
             .send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(ddb_err("Query"))?;
-            if let Some(id) = item.str("gsi1sk")
-                && let Some(t) = self.tenant(id).await?
-            {
-                out.push(t);
+            if let Some(doc) = item.str("doc") {
+                out.push(serde_json::from_str(doc).map_err(|e| Error::corrupt("tenant", e))?);
             }
         }
         Ok(out)
@@ -263,7 +255,7 @@ impl Directory for DynamoDirectory {
         let mut found = HashMap::new();
         // BatchGetItem takes 100 keys a request; keys it could not serve come back to ask again.
         for batch in emails.chunks(100) {
-            let keys: Vec<Item> = batch.iter().map(|e| Item::from([("pk".to_string(), s(user_pk(tenant, e)))])).collect();
+            let keys: Vec<Item> = batch.iter().map(|e| key_item(&user_key(tenant, e))).collect();
             let mut pending = Some(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(txn_err)?);
             let mut round = 0u64;
             while let Some(request) = pending.take() {
@@ -299,22 +291,24 @@ impl Directory for DynamoDirectory {
     }
 
     async fn list_users(&self, tenant: &str) -> Result<Vec<(String, UserStatus)>> {
-        let prefix = format!("U#{tenant}#");
         let mut users = Vec::new();
         for shard in 0..USER_SHARDS {
             let mut pages = self
                 .client
                 .query()
                 .table_name(&self.table)
-                .index_name(GSI)
-                .key_condition_expression("gsi1pk = :p")
-                .expression_attribute_values(":p", s(format!("T#{tenant}#{shard}")))
+                .key_condition_expression("pk = :p")
+                .projection_expression("sk, #st, kind")
+                .expression_attribute_names("#st", "status")
+                .expression_attribute_values(":p", s(user_partition(tenant, shard)))
                 .into_paginator()
                 .items()
                 .send();
             while let Some(item) = pages.next().await {
                 let item = item.map_err(ddb_err("Query"))?;
-                if let Some(key) = item.str("pk").and_then(|pk| pk.strip_prefix(&prefix)) {
+                if item.str("kind") != Some(TOMBSTONE)
+                    && let Some(key) = item.str("sk")
+                {
                     users.push((key.to_string(), UserStatus::parse(item.str("status").unwrap_or_default())));
                 }
             }
@@ -339,7 +333,7 @@ impl Directory for DynamoDirectory {
         self.client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(Self::pool_pk(tenant)))
+            .set_key(Some(Self::pool_key(tenant)))
             .update_expression("SET used = :n")
             .expression_attribute_values(":n", n(used))
             .send()
@@ -353,7 +347,7 @@ impl Directory for DynamoDirectory {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(org_pk(tenant, name)))
+            .set_key(Some(key_item(&org_key(tenant, name))))
             .projection_expression("pk, kind")
             .consistent_read(true)
             .send()
@@ -369,10 +363,13 @@ impl Directory for DynamoDirectory {
                 .client
                 .query()
                 .table_name(&self.table)
-                .index_name(GSI)
-                .key_condition_expression("gsi1pk = :p AND gsi1sk = :o")
-                .expression_attribute_values(":p", s(format!("T#{tenant}#{shard}")))
+                // Reads the tenant's users (an organization's deletion only): no index to keep.
+                .key_condition_expression("pk = :p")
+                .filter_expression("#org = :o AND kind = :user")
+                .expression_attribute_names("#org", ORG_KEY)
+                .expression_attribute_values(":p", s(user_partition(tenant, shard)))
                 .expression_attribute_values(":o", s(name.to_lowercase()))
+                .expression_attribute_values(":user", s("user"))
                 .select(Select::Count)
                 .into_paginator()
                 .send();

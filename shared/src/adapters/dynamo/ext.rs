@@ -132,3 +132,8 @@ pub(super) fn cancellation(e: &TxnError) -> Option<Vec<(String, Option<Item>)>> 
 pub(super) fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> Error {
     Error::Build { what: "table definition", message: e.to_string() }
 }
+
+/// The key attributes of a directory item.
+pub(super) fn key_item(key: &super::Key) -> Item {
+    Item::from([("pk".to_string(), s(&key.0)), ("sk".to_string(), s(&key.1))])
+}

@@ -7,27 +7,27 @@ use crate::ports::LicenceClaim;
 use aws_sdk_dynamodb::types::{AttributeValue as Av, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
 
 impl DynamoDirectory {
-    pub(super) fn pool_pk(tenant: &str) -> String {
-        format!("L#{tenant}")
+    pub(super) fn pool_key(tenant: &str) -> Item {
+        key_item(&(format!("L#{tenant}"), SOLE.to_string()))
     }
-    pub(super) fn claim_pk(claim: &str) -> String {
-        format!("R#{claim}")
+    pub(super) fn claim_key(claim: &str) -> Item {
+        key_item(&(format!("R#{claim}"), SOLE.to_string()))
     }
 
     /// The pool's `used` as stored, which can be below zero (licences given back for users
     /// created before the pool was configured); `None` when never written.
     pub(super) async fn pool_stored(&self, tenant: &str) -> Result<Option<i64>> {
-        Ok(self.item(Self::pool_pk(tenant)).await?.as_ref().and_then(|i| i.num::<i64>("used")))
+        Ok(self.item(Self::pool_key(tenant)).await?.as_ref().and_then(|i| i.num::<i64>("used")))
     }
 
     /// One item, read consistently (the pool and its claims decide on the latest write).
-    pub(super) async fn item(&self, pk: String) -> Result<Option<Item>> {
-        let out = self.client.get_item().table_name(&self.table).key("pk", s(pk)).consistent_read(true).send().await;
+    pub(super) async fn item(&self, key: Item) -> Result<Option<Item>> {
+        let out = self.client.get_item().table_name(&self.table).set_key(Some(key)).consistent_read(true).send().await;
         Ok(out.map_err(ddb_err("GetItem"))?.item)
     }
 
     pub(super) async fn recorded_claim(&self, claim: &str) -> Result<Option<LicenceClaim>> {
-        self.item(Self::claim_pk(claim))
+        self.item(Self::claim_key(claim))
             .await?
             .as_ref()
             .map(|i| {
@@ -63,7 +63,7 @@ impl DynamoDirectory {
             };
             let record = Put::builder()
                 .table_name(&self.table)
-                .item("pk", s(Self::claim_pk(claim)))
+                .set_item(Some(Self::claim_key(claim)))
                 .item("granted", n(granted))
                 .item("decision", s(&doc))
                 .item("ttl", n(ttl))
@@ -105,7 +105,7 @@ impl DynamoDirectory {
         for attempt in 0..100u64 {
             let mark = Update::builder()
                 .table_name(&self.table)
-                .key("pk", s(Self::claim_pk(claim)))
+                .set_key(Some(Self::claim_key(claim)))
                 .update_expression("SET settled = :t")
                 .condition_expression("attribute_exists(pk) AND attribute_not_exists(settled)")
                 .expression_attribute_values(":t", Av::Bool(true))
@@ -144,7 +144,7 @@ impl DynamoDirectory {
     fn pool_update(&self, tenant: &str, delta: i64, change: PoolChange) -> Result<Update> {
         let update = Update::builder()
             .table_name(&self.table)
-            .key("pk", s(Self::pool_pk(tenant)))
+            .set_key(Some(Self::pool_key(tenant)))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         let update = match change {
             // Never above the limit: the count before may be at most limit - delta.

@@ -1,9 +1,10 @@
 //! DynamoDB adapter: directory table (tenants, users, organizations) and jobs table.
 //!
-//! Keys are spread so no partition takes a write per row: a user is `U#<tenant>#<email>`, an
-//! organization `O#<tenant>#<name>`. The `gsi1` index lists a tenant's users in 16 shards
-//! (`T#<tenant>#<n>`) sorted by organization, so counting an organization's users or listing a
-//! tenant's users never reads or writes one hot key.
+//! The directory table is keyed `pk` + `sk` and has no index, so a created user costs one write
+//! unit (the item, under 1 KB) and nothing else. A user is `U#<tenant>#<shard>` / `<email>`: a
+//! tenant's users spread over 16 partitions (FNV-1a of the email), listed by querying the 16.
+//! Everything else is one item under its own `pk` with `sk = "-"`, except tenants, which share
+//! the partition `T` (sorted by id) so they are listed with one query.
 
 mod codec;
 mod directory;
@@ -21,23 +22,33 @@ pub use jobs::DynamoJobs;
 pub use schema::ensure_tables;
 
 pub const USER_SHARDS: u32 = 16;
+/// The jobs table's by-tenant index (and the invites' due index).
 pub const GSI: &str = "gsi1";
 /// Jobs table: open (not yet COMPLETED or REJECTED) jobs, oldest first; sparse.
 pub const OPEN_JOBS: &str = "gsi2";
 /// Chunk markers expire after 30 days; the job item stays.
 pub(super) const MARKER_TTL_SECS: i64 = 30 * 24 * 3600;
 
-pub fn user_pk(tenant: &str, email: &str) -> String {
-    format!("U#{tenant}#{email}")
+/// A directory item's key: (`pk`, `sk`).
+pub type Key = (String, String);
+
+/// The `sk` of items alone in their partition.
+pub const SOLE: &str = "-";
+
+pub fn user_key(tenant: &str, email: &str) -> Key {
+    (format!("U#{tenant}#{}", user_shard(email)), email.to_string())
 }
-pub fn org_pk(tenant: &str, name: &str) -> String {
-    format!("O#{tenant}#{}", name.to_lowercase())
+pub fn user_partition(tenant: &str, shard: u32) -> String {
+    format!("U#{tenant}#{shard}")
 }
-pub fn tenant_pk(tenant: &str) -> String {
-    format!("T#{tenant}")
+pub fn org_key(tenant: &str, name: &str) -> Key {
+    (format!("O#{tenant}#{}", name.to_lowercase()), SOLE.to_string())
 }
-pub fn user_shard(tenant: &str, email: &str) -> String {
-    // FNV-1a: stable across builds and platforms (std's hasher is not).
+pub fn tenant_key(tenant: &str) -> Key {
+    ("T".to_string(), tenant.to_string())
+}
+/// The shard of a user's email: FNV-1a, stable across builds and platforms (std's hasher is not).
+pub fn user_shard(email: &str) -> u32 {
     let h = email.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-    format!("T#{tenant}#{}", h % USER_SHARDS as u64)
+    (h % USER_SHARDS as u64) as u32
 }
