@@ -465,7 +465,12 @@ async fn raw_puts(stack: &tests::Stack, rows: usize, concurrency: usize, run: &s
 /// apply handler one after the other (each with the configured concurrency, so as many writes
 /// are in flight as the raw generator has). Returns (apply rows/s, chunks, job id).
 async fn handler_apply(stack: &tests::Stack, rows: usize, prefix: &str) -> (f64, usize, String) {
-    let key = stack.drop_file("bench", None, &format!("{prefix}.csv"), roster_csv(rows, prefix, "Create")).await;
+    handler_apply_file(stack, rows, prefix, &format!("{prefix}.csv"), "Create").await
+}
+
+/// Apply a file of `rows` users named `prefix…` with `action` (blank: create or update).
+async fn handler_apply_file(stack: &tests::Stack, rows: usize, prefix: &str, name: &str, action: &str) -> (f64, usize, String) {
+    let key = stack.drop_file("bench", None, name, roster_csv(rows, prefix, action)).await;
     let mut chunks = Vec::new();
     let mut ingested = false;
     let mut job_id = String::new();
@@ -524,8 +529,8 @@ async fn apply_table() {
     println!("{:<44} {:>11} {:>9}", "writer (median of rounds)", "rows/s", "vs raw");
     println!("{:<44} {:>11.0} {:>8.0}%", "raw conditional PutItem (load generator)", median(raw.clone()), 100.0);
     println!("{:<44} {:>11.0} {:>8.0}%", "rosterdrop apply handler", median(ours.clone()), median(ratios.clone()) * 100.0);
-    let rounds: Vec<String> = raw.iter().zip(&ours).map(|(r, o)| format!("{r:.0}/{o:.0} ({:.0}%)", o / r * 100.0)).collect();
-    println!("(rounds, raw/apply rows/s: {})", rounds.join(", "));
+    let per_round: Vec<String> = raw.iter().zip(&ours).map(|(r, o)| format!("{r:.0}/{o:.0} ({:.0}%)", o / r * 100.0)).collect();
+    println!("(rounds, raw/apply rows/s: {})", per_round.join(", "));
     let (units, chunks, job) = measured.unwrap();
     println!(
         "write units per created user: {:.3} ({units:.0} WCU for {rows} users in {chunks} chunks, every write of the job counted)",
@@ -540,7 +545,56 @@ async fn apply_table() {
     };
     println!("most-written keys of one job of {rows} rows: {} (no key is written once per row)", top.join(", "));
     assert!((hottest_other as usize) < rows / 10, "a key written about once per row: {hottest_other}");
+
+    // The nightly sync: each round's roster again, unchanged, as create-or-update rows, beside a
+    // raw consistent BatchGetItem of the same keys (what an unchanged row needs at least).
+    println!("\n## Apply of the same {rows} users again, unchanged (create-or-update rows)");
+    let (mut raw_reads, mut again, mut measured) = (Vec::new(), Vec::new(), None);
+    for round in 0..rounds {
+        let prefix = format!("r{round}-");
+        raw_reads.push(raw_batch_gets(&stack, rows, &prefix).await);
+        let before = snapshot(&capacity);
+        let (rate, _, _) = handler_apply_file(&stack, rows, &prefix, &format!("{prefix}again.csv"), "").await;
+        again.push(rate);
+        let after = snapshot(&capacity);
+        measured.get_or_insert((after.0 - before.0, after.1 - before.1));
+    }
+    let ratios: Vec<f64> = raw_reads.iter().zip(&again).map(|(r, o)| o / r).collect();
+    println!("{:<44} {:>11} {:>9}", "reader (median of rounds)", "rows/s", "vs raw");
+    println!("{:<44} {:>11.0} {:>8.0}%", "raw consistent BatchGetItem, 100 keys", median(raw_reads.clone()), 100.0);
+    println!("{:<44} {:>11.0} {:>8.0}%", "rosterdrop apply handler, unchanged rows", median(again.clone()), median(ratios) * 100.0);
+    let per_round: Vec<String> = raw_reads.iter().zip(&again).map(|(r, o)| format!("{r:.0}/{o:.0} ({:.0}%)", o / r * 100.0)).collect();
+    println!("(rounds, raw/apply rows/s: {})", per_round.join(", "));
+    let (w, r) = measured.unwrap();
+    println!(
+        "per unchanged row: {:.4} write units (bookkeeping only: {w:.0} WCU for {rows} rows), {:.3} read units ({r:.1} RCU)",
+        w / rows as f64,
+        r / rows as f64
+    );
     stack.shutdown().await;
+}
+
+/// The keys a round's roster names, read back in consistent batches of 100, one batch at a time
+/// (apply reads a chunk's users the same way): rows per second.
+async fn raw_batch_gets(stack: &tests::Stack, rows: usize, prefix: &str) -> f64 {
+    use aws_sdk_dynamodb::types::{AttributeValue as Av, KeysAndAttributes};
+    let start = Instant::now();
+    let emails: Vec<String> = (0..rows).map(|i| format!("{prefix}{}", row(i, "")[0]).to_lowercase()).collect();
+    for batch in emails.chunks(100) {
+        let keys = batch
+            .iter()
+            .map(|e| {
+                let (pk, sk) = shared::adapters::dynamo::user_key("bench", e);
+                std::collections::HashMap::from([("pk".to_string(), Av::S(pk)), ("sk".to_string(), Av::S(sk))])
+            })
+            .collect();
+        let mut request = Some(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().unwrap());
+        while let Some(r) = request.take() {
+            let out = stack.aws.dynamodb.batch_get_item().request_items(&stack.config.directory_table, r).send().await.unwrap();
+            request = out.unprocessed_keys.unwrap_or_default().remove(&stack.config.directory_table).filter(|k| !k.keys.is_empty());
+        }
+    }
+    rows as f64 / start.elapsed().as_secs_f64()
 }
 
 fn snapshot(c: &Capacity) -> (f64, f64) {

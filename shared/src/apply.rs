@@ -545,6 +545,56 @@ mod tests {
         assert_eq!(dir.user("acme", "up@acme.example.com").await.unwrap().unwrap().fields.first_name.as_deref(), Some("Cy"));
     }
 
+    /// The other actions: Expire revokes products, Invite re-invites a user who has not
+    /// activated, organizations are created and (once empty) deleted, and a replace file disables
+    /// the active users it does not name, with their targeting removed.
+    #[tokio::test]
+    async fn expire_invite_organizations_and_replace_write_and_word_their_outcomes() {
+        let mut kit = Kit::new(|t| t.products = vec!["lms".into(), "video".into()]).await;
+        kit.run(
+            "seed.csv",
+            "Type,Action,Email,OrgName,Products,Group\n\
+             Org,Create,,North,,\n\
+             User,Create,a@acme.example.com,,lms;video,Team\n\
+             User,Create,b@acme.example.com,,,Team\n",
+        )
+        .await;
+        let job = kit
+            .run(
+                "more.csv",
+                "Type,Action,Email,OrgName,Products\n\
+                 User,Expire,a@acme.example.com,,video\n\
+                 User,Invite,b@acme.example.com,,\n\
+                 Org,Delete,,North,\n\
+                 Org,Delete,,South,\n",
+            )
+            .await;
+        let out = kit.outcomes(&job).await;
+        assert_eq!(
+            rows(&out),
+            vec![
+                ("Success", "user stripped of the listed products"),
+                ("Success", "user invited again; activation email will be sent shortly"),
+                ("Success", "organization \"North\" deleted"),
+                ("Failure", "organization \"South\" not found; use Create or Upsert to add it"),
+            ]
+        );
+        let dir = kit.svc.directory.clone();
+        assert_eq!(dir.user("acme", "a@acme.example.com").await.unwrap().unwrap().fields.products, vec!["lms".to_string()]);
+        assert!(!dir.org_exists("acme", "North").await.unwrap());
+
+        let replace = kit.upload("replace/all.csv", "Email\na@acme.example.com\n");
+        let mut tenant = dir.tenant("acme").await.unwrap().unwrap();
+        tenant.replace_threshold_percent = Some(60);
+        dir.put_tenant(&tenant).await.unwrap();
+        kit.deliver(&replace).await;
+        kit.settle().await;
+        let b = dir.user("acme", "b@acme.example.com").await.unwrap().unwrap();
+        assert_eq!(b.status, Disabled, "not in the replace file");
+        assert!(b.fields.groups.is_empty(), "its targeting removed");
+        assert_eq!(dir.user("acme", "a@acme.example.com").await.unwrap().unwrap().status, Active);
+    }
+
     /// A chunk delivered again after it was applied changes nothing and reports what it did the
     /// first time: "created", not "already exists".
     #[tokio::test]
