@@ -48,6 +48,10 @@ def main(path):
     params = {"SenderIdentity": "example.com", "SenderAddress": "rosterdrop@example.com", "AWS::Region": "us-east-1"}
     out = transform(template, params, OfflinePolicies())
     resources = out["Resources"]
+    if "--tables" in sys.argv:
+        # The tables' properties, for the tests that hold them to what the code uses.
+        json.dump({n: r["Properties"] for n, r in resources.items() if r["Type"] == "AWS::DynamoDB::Table"}, sys.stdout, indent=1, sort_keys=True)
+        return
     if "--bucket" in sys.argv:
         # The bucket's lifecycle rules and policy statements, for the storage tests.
         bucket = next(r for r in resources.values() if r["Type"] == "AWS::S3::Bucket")

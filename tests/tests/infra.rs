@@ -284,3 +284,26 @@ fn only_the_functions_write_the_pipelines_prefixes_and_rosters_and_results_expir
     }
     assert_eq!(b["parameters"]["RetentionDays"]["Default"], 90);
 }
+
+/// The tables as deployed are the tables the code and the local stack use: the directory keyed
+/// `pk` + `sk` with no index (a created user is one write unit), and the jobs index projecting
+/// exactly what the code reads from it (not the per-chunk counters).
+#[test]
+fn deployed_tables_match_the_code() {
+    let tables: BTreeMap<String, serde_json::Value> = transform(&["--tables"]);
+    let props = |name: &str| tables[name].clone();
+    let directory = props("DirectoryTable");
+    let keys: Vec<(String, String)> = directory["KeySchema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["AttributeName"].as_str().unwrap().to_string(), k["KeyType"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(keys, vec![("pk".to_string(), "HASH".to_string()), ("sk".to_string(), "RANGE".to_string())]);
+    assert!(directory.get("GlobalSecondaryIndexes").is_none(), "no index on the directory table");
+    let jobs = props("JobsTable");
+    let gsi1 = jobs["GlobalSecondaryIndexes"].as_array().unwrap().iter().find(|i| i["IndexName"] == "gsi1").unwrap().clone();
+    let projected: Vec<&str> = gsi1["Projection"]["NonKeyAttributes"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(gsi1["Projection"]["ProjectionType"], "INCLUDE");
+    assert_eq!(projected, shared::adapters::dynamo::JOBS_GSI_ATTRIBUTES);
+}

@@ -308,6 +308,12 @@ impl JobStore for DynamoJobs {
             .send()
             .await
             .map_err(ddb_err("Query"))?;
-        out.items().iter().map(Job::try_from).collect()
+        // The index leaves out the chunk counters: an open job is read whole for its progress.
+        let mut jobs = Vec::new();
+        for item in out.items() {
+            let job = Job::try_from(item)?;
+            jobs.push(if job.state.is_final() { job } else { self.get(&job.id).await?.unwrap_or(job) });
+        }
+        Ok(jobs)
     }
 }

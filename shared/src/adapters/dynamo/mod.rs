@@ -24,6 +24,35 @@ pub use schema::ensure_tables;
 pub const USER_SHARDS: u32 = 16;
 /// The jobs table's by-tenant index (and the invites' due index).
 pub const GSI: &str = "gsi1";
+/// What `gsi1` of the jobs table projects: every attribute a job listing and the due invites
+/// read, and not the per-chunk counters (`done0..3`): counting a chunk then writes the job item
+/// only, not its index entry (1 write unit saved per chunk, 2 inside the transaction).
+pub const JOBS_GSI_ATTRIBUTES: &[&str] = &[
+    "id",
+    "tenant",
+    "source_key",
+    "file_name",
+    "mode",
+    "state",
+    "received_at",
+    "upload_order",
+    "chunks0",
+    "chunks1",
+    "chunks2",
+    "chunks3",
+    "total_rows",
+    "succeeded",
+    "failed",
+    "skipped",
+    "message",
+    "completed_at",
+    "email",
+    "first_name",
+    "due_at",
+    "job",
+    "status",
+    "attempts",
+];
 /// Jobs table: open (not yet COMPLETED or REJECTED) jobs, oldest first; sparse.
 pub const OPEN_JOBS: &str = "gsi2";
 /// Chunk markers expire after 30 days; the job item stays.

@@ -33,7 +33,7 @@ pub async fn ensure_tables(client: &Client, directory: &str, jobs: &str) -> Resu
         .attribute_definitions(attr("sk")?)
         .key_schema(key("pk", KeyType::Hash)?)
         .key_schema(key("sk", KeyType::Range)?);
-    // Jobs: whole items by tenant for `status`; a sparse index of open jobs, oldest first.
+    // Jobs: by tenant for `status` and due invites (`JOBS_GSI_ATTRIBUTES`); open jobs, oldest first.
     let jobs_table = client
         .create_table()
         .table_name(jobs)
@@ -44,7 +44,15 @@ pub async fn ensure_tables(client: &Client, directory: &str, jobs: &str) -> Resu
         .attribute_definitions(attr("gsi2pk")?)
         .attribute_definitions(attr("gsi2sk")?)
         .key_schema(key("pk", KeyType::Hash)?)
-        .global_secondary_indexes(index(GSI, "gsi1pk", "gsi1sk", Projection::builder().projection_type(ProjectionType::All).build())?)
+        .global_secondary_indexes(index(
+            GSI,
+            "gsi1pk",
+            "gsi1sk",
+            Projection::builder()
+                .projection_type(ProjectionType::Include)
+                .set_non_key_attributes(Some(JOBS_GSI_ATTRIBUTES.iter().map(|a| a.to_string()).collect()))
+                .build(),
+        )?)
         .global_secondary_indexes(index(
             OPEN_JOBS,
             "gsi2pk",
