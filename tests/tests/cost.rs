@@ -1,7 +1,10 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 //! What a row costs the directory: a roster uploaded again unchanged writes nothing.
 
-use std::collections::BTreeMap;
+use shared::model::{Action, RowOp, Target, Tenant, User, UserFields, UserStatus};
+use shared::ports::{Directory, LicenceClaim, Stamp};
+use shared::rules::{Attempt, Attempted};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tests::{Stack, parse_csv, rows_to_csv};
 
@@ -108,4 +111,109 @@ async fn replace_mode_finds_absent_users_in_every_partition() {
     assert_eq!(disabled.len(), 48);
     assert!(disabled.iter().all(|u| users[48..].contains(u)), "exactly the users absent from the file");
     stack.shutdown().await;
+}
+
+/// The directory as deployed, with another upload writing right after a chunk's batched read:
+/// the timing of a real race, every read and write a real DynamoDB call.
+struct RacingDirectory {
+    inner: std::sync::Arc<dyn Directory>,
+    /// Runs once, after the next `users` read.
+    race: tokio::sync::Mutex<Option<Vec<(RowOp, Stamp)>>>,
+}
+
+#[async_trait::async_trait]
+impl Directory for RacingDirectory {
+    async fn tenant(&self, id: &str) -> shared::Result<Option<Tenant>> {
+        self.inner.tenant(id).await
+    }
+    async fn put_tenant(&self, tenant: &Tenant) -> shared::Result<()> {
+        self.inner.put_tenant(tenant).await
+    }
+    async fn list_tenants(&self) -> shared::Result<Vec<Tenant>> {
+        self.inner.list_tenants().await
+    }
+    async fn user(&self, tenant: &str, email: &str) -> shared::Result<Option<User>> {
+        self.inner.user(tenant, email).await
+    }
+    async fn users(&self, tenant: &str, emails: &[String]) -> shared::Result<HashMap<String, User>> {
+        let read = self.inner.users(tenant, emails).await?;
+        if let Some(rows) = self.race.lock().await.take() {
+            for (op, stamp) in rows {
+                shared::apply::write_row(&*self.inner, tenant, &op, &stamp, true).await?;
+            }
+        }
+        Ok(read)
+    }
+    async fn write(&self, tenant: &str, target: &Target, attempt: Attempt, stamp: &Stamp) -> shared::Result<Attempted> {
+        self.inner.write(tenant, target, attempt, stamp).await
+    }
+    async fn org_exists(&self, tenant: &str, name: &str) -> shared::Result<bool> {
+        self.inner.org_exists(tenant, name).await
+    }
+    async fn count_org_users(&self, tenant: &str, name: &str) -> shared::Result<u64> {
+        self.inner.count_org_users(tenant, name).await
+    }
+    async fn list_users(&self, tenant: &str) -> shared::Result<Vec<(String, UserStatus)>> {
+        self.inner.list_users(tenant).await
+    }
+    async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> shared::Result<LicenceClaim> {
+        self.inner.reserve_licences(tenant, limit, claim, decision).await
+    }
+    async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> shared::Result<()> {
+        self.inner.settle_licences(tenant, claim, returned).await
+    }
+    async fn licences_used(&self, tenant: &str) -> shared::Result<u32> {
+        self.inner.licences_used(tenant).await
+    }
+    async fn set_licences_used(&self, tenant: &str, used: u32) -> shared::Result<()> {
+        self.inner.set_licences_used(tenant, used).await
+    }
+}
+
+/// Against DynamoDB Local: a newer upload changes two users between a chunk's read and its
+/// writes. The row the read called unchanged writes nothing, so the newer value stays; the row
+/// that would change its user is refused by its write's condition and skipped, naming the newer
+/// upload. Neither change is lost.
+#[tokio::test]
+async fn a_change_made_between_apply_s_read_and_its_write_is_not_lost() {
+    let mut stack = Stack::start_manual().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let key = stack.drop_file("acme", None, "base.csv", rows_to_csv(&dept_rows(&["Sales", "Sales"]))).await;
+    stack.pump(1).await;
+    assert_eq!(stack.wait_job("acme", &key, WAIT).await.succeeded, 2);
+
+    let newer = |i: usize| {
+        let email = format!("racer{i}@acme.example.com");
+        let fields = UserFields { department: Some("Finance".into()), ..UserFields::default() };
+        let op = RowOp { row: 2 + i as u32, action: Action::Update, target: Target::User { email, fields }, created_in_file: vec![] };
+        (
+            op,
+            Stamp {
+                job: "newer-job".into(),
+                row: 2 + i as u32,
+                at: chrono::Utc::now().to_rfc3339(),
+                order: "9999-12-31T00:00:00.000Z#0".into(),
+            },
+        )
+    };
+    let racing = RacingDirectory { inner: stack.svc.directory.clone(), race: tokio::sync::Mutex::new(Some(vec![newer(0), newer(1)])) };
+    stack.svc.directory = std::sync::Arc::new(racing);
+    let key = stack.drop_file("acme", None, "sync.csv", rows_to_csv(&dept_rows(&["Sales", "Support"]))).await;
+    stack.pump(1).await;
+    let job = stack.wait_job("acme", &key, WAIT).await;
+    let result = parse_csv(&stack.get(stack.summary(&job).await.result_key.as_deref().unwrap()).await.unwrap());
+    let outcome = |r: &Vec<String>| (r[r.len() - 2].clone(), r[r.len() - 1].clone());
+    assert_eq!(outcome(&result[1]), ("Success".to_string(), "unchanged".to_string()), "as read: nothing to write");
+    assert_eq!(outcome(&result[2]), ("Skipped".to_string(), "changed by a newer upload (job newer-job)".to_string()));
+    for i in 0..2 {
+        let user = stack.svc.directory.user("acme", &format!("racer{i}@acme.example.com")).await.unwrap().unwrap();
+        assert_eq!(user.fields.department.as_deref(), Some("Finance"), "the newer upload's value stays");
+    }
+    stack.shutdown().await;
+}
+
+fn dept_rows(departments: &[&str]) -> Vec<Vec<String>> {
+    let mut rows = vec![vec!["Email".to_string(), "Department".to_string()]];
+    rows.extend(departments.iter().enumerate().map(|(i, d)| vec![format!("racer{i}@acme.example.com"), d.to_string()]));
+    rows
 }
