@@ -99,11 +99,14 @@ struct Ctx<'a> {
 /// (after the SDK's own backoff retries) fail the invocation so it is retried as a whole: rows
 /// already written recognise their own stamp and report the same outcome again.
 pub async fn apply_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowOp>, claim: &str) -> Result<Vec<Outcome>> {
+    // Only the rows that decide something from it are read: any user row of a tenant with a
+    // pool (licence hints), the rows that may be unchanged otherwise. A file of creates reads nothing.
+    let pooled = tenant.licences.is_some();
     let mut emails: Vec<String> = ops
         .iter()
         .filter_map(|op| match &op.target {
-            Target::User { email, .. } => Some(email.clone()),
-            Target::Org { .. } => None,
+            Target::User { email, .. } if pooled || matches!(op.action, Action::Upsert | Action::Update) => Some(email.clone()),
+            _ => None,
         })
         .collect();
     emails.sort_unstable();

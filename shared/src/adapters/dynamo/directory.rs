@@ -35,6 +35,32 @@ impl DynamoDirectory {
         out.item.as_ref().filter(|i| i.str("kind") != Some(TOMBSTONE)).map(User::try_from).transpose()
     }
 
+    /// Up to 100 users in one consistent `BatchGetItem`; keys it could not serve are asked again.
+    async fn users_batch(&self, tenant: &str, batch: &[String]) -> Result<Vec<(String, User)>> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let keys: Vec<Item> = batch.iter().map(|e| key_item(&user_key(tenant, e))).collect();
+        let mut pending = Some(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(txn_err)?);
+        let (mut found, mut round) = (Vec::new(), 0u64);
+        while let Some(request) = pending.take() {
+            if round > 100 {
+                return Err(Error::Transient { service: "dynamodb", operation: "BatchGetItem", message: "keys left unprocessed".into() });
+            }
+            if round > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20 * round.min(50))).await;
+            }
+            round += 1;
+            let out = self.client.batch_get_item().request_items(&self.table, request).send().await.map_err(ddb_err("BatchGetItem"))?;
+            for item in out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
+                if item.str("kind") != Some(TOMBSTONE) {
+                    let user = User::try_from(&item)?;
+                    found.push((user.email.clone(), user));
+                }
+            }
+            pending = out.unprocessed_keys.unwrap_or_default().remove(&self.table).filter(|k| !k.keys.is_empty());
+        }
+        Ok(found)
+    }
+
     /// One conditional write: `Ok(old)` when its condition held (`old`: the item before, asked
     /// for by Upsert only), `Err(old)` when it failed, with the item as it was.
     async fn attempt(&self, tenant: &str, target: &Target, stamp: &Stamp, attempt: Attempt) -> Result<Written2> {
@@ -251,34 +277,11 @@ impl Directory for DynamoDirectory {
     }
 
     async fn users(&self, tenant: &str, emails: &[String]) -> Result<HashMap<String, User>> {
-        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        // BatchGetItem takes 100 keys a request; a chunk's requests go out together.
+        let batches = emails.chunks(100).map(|batch| self.users_batch(tenant, batch));
         let mut found = HashMap::new();
-        // BatchGetItem takes 100 keys a request; keys it could not serve come back to ask again.
-        for batch in emails.chunks(100) {
-            let keys: Vec<Item> = batch.iter().map(|e| key_item(&user_key(tenant, e))).collect();
-            let mut pending = Some(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(txn_err)?);
-            let mut round = 0u64;
-            while let Some(request) = pending.take() {
-                if round > 0 {
-                    tokio::time::sleep(std::time::Duration::from_millis(20 * round.min(50))).await;
-                }
-                round += 1;
-                let out = self.client.batch_get_item().request_items(&self.table, request).send().await.map_err(ddb_err("BatchGetItem"))?;
-                for item in out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
-                    if item.str("kind") != Some(TOMBSTONE) {
-                        let user = User::try_from(&item)?;
-                        found.insert(user.email.clone(), user);
-                    }
-                }
-                pending = out.unprocessed_keys.unwrap_or_default().remove(&self.table).filter(|k| !k.keys.is_empty());
-                if round > 100 && pending.is_some() {
-                    return Err(Error::Transient {
-                        service: "dynamodb",
-                        operation: "BatchGetItem",
-                        message: "keys left unprocessed".into(),
-                    });
-                }
-            }
+        for users in futures::future::try_join_all(batches).await? {
+            found.extend(users);
         }
         Ok(found)
     }
