@@ -84,10 +84,7 @@ impl DynamoDirectory {
                     }
                     // The pool was not as assumed: the refusal says what it holds.
                     Some(reasons) if reasons.get(1).is_some_and(|(code, _)| code == "ConditionalCheckFailed") => {
-                        seen = Some(match &reasons[1].1 {
-                            Some(item) => item.num::<i64>("used").unwrap_or(0),
-                            None => self.pool_stored(tenant).await?.unwrap_or(0),
-                        });
+                        seen = Some(self.pool_seen(tenant, &reasons[1].1).await?);
                     }
                     // A transaction conflict: another chunk is changing the pool right now.
                     Some(_) => tokio::time::sleep(std::time::Duration::from_millis(5 + attempt * 3)).await,
@@ -126,10 +123,7 @@ impl DynamoDirectory {
                     // Settled already (a retried chunk, or a duplicate).
                     Some(reasons) if reasons.first().is_some_and(|(code, _)| code == "ConditionalCheckFailed") => return Ok(()),
                     Some(reasons) if reasons.get(1).is_some_and(|(code, _)| code == "ConditionalCheckFailed") => {
-                        seen = Some(match &reasons[1].1 {
-                            Some(item) => item.num::<i64>("used").unwrap_or(0),
-                            None => self.pool_stored(tenant).await?.unwrap_or(0),
-                        });
+                        seen = Some(self.pool_seen(tenant, &reasons[1].1).await?);
                     }
                     Some(_) => tokio::time::sleep(std::time::Duration::from_millis(5 + attempt * 3)).await,
                     None => return Err(ddb_err("TransactWriteItems")(e)),
@@ -137,6 +131,14 @@ impl DynamoDirectory {
             }
         }
         Err(Error::Transient { service: "dynamodb", operation: "TransactWriteItems", message: "licence pool contended".into() })
+    }
+
+    /// The count a refused pool condition saw: from the old image it returned, else read.
+    async fn pool_seen(&self, tenant: &str, old: &Option<Item>) -> Result<i64> {
+        Ok(match old {
+            Some(item) => item.num::<i64>("used").unwrap_or(0),
+            None => self.pool_stored(tenant).await?.unwrap_or(0),
+        })
     }
 
     /// The pool item's part of a reserve or settle transaction; a refused condition returns the
