@@ -329,7 +329,7 @@ pub async fn write_row(dir: &dyn Directory, tenant: &str, op: &RowOp, stamp: &St
         };
         next = match dir.write(tenant, &op.target, attempt, stamp).await? {
             Attempted::Written(old) => Next::Done(rules::succeeded(attempt, user, old.as_ref(), &token)),
-            Attempted::Refused(old) => rules::refused(attempt, op.action, user, old.as_ref(), &token, &stamp.order),
+            Attempted::Refused(old) => rules::refused(attempt, user, old.as_ref(), &token, &stamp.order),
         };
     }
     match next {

@@ -140,7 +140,7 @@ pub fn succeeded(attempt: Attempt, user: bool, old: Option<&Seen>, token: &str) 
 }
 
 /// The write's condition failed; `old` is the item as it was (`None`: absent).
-pub fn refused(attempt: Attempt, action: Action, user: bool, old: Option<&Seen>, token: &str, order: &str) -> Next {
+pub fn refused(attempt: Attempt, user: bool, old: Option<&Seen>, token: &str, order: &str) -> Next {
     let Some(o) = old else { return absent(attempt) };
     if o.last_write.as_deref() == Some(token) {
         return Next::Done(own(attempt, user, o, token));
@@ -155,7 +155,8 @@ pub fn refused(attempt: Attempt, action: Action, user: bool, old: Option<&Seen>,
     let status = o.status.unwrap_or_default();
     match attempt {
         Attempt::Create => done(Write::AlreadyExists, Licence::Unchanged),
-        Attempt::Transition { to, .. } if status == to && action == Action::Reconcile => done(Write::NotFound, Licence::Unchanged),
+        // Replace mode's reconcile (the only transition that strips targeting): "already disabled".
+        Attempt::Transition { to, strip_targeting: true } if status == to => done(Write::NotFound, Licence::Unchanged),
         Attempt::Transition { to, .. } if status == to => Next::Try(Attempt::Keep { is: to }),
         Attempt::Keep { is: UserStatus::Active } if status != UserStatus::Active => done(Write::Unlicensed, Licence::Unchanged),
         Attempt::Keep { is: UserStatus::Disabled } if status != UserStatus::Disabled => {
@@ -262,8 +263,7 @@ mod tests {
 
     #[test]
     fn the_second_of_two_disables_sees_disabled_and_gives_nothing_back() {
-        let next =
-            refused(Attempt::Transition { to: Disabled, strip_targeting: false }, Action::Disable, true, Some(&user(Disabled)), ME, NOW);
+        let next = refused(Attempt::Transition { to: Disabled, strip_targeting: false }, true, Some(&user(Disabled)), ME, NOW);
         assert_eq!(next, Next::Try(Attempt::Keep { is: Disabled }));
         assert_eq!(succeeded(Attempt::Keep { is: Disabled }, true, None, ME), Written { write: Write::Updated, licence: Unchanged });
     }
@@ -282,80 +282,70 @@ mod tests {
     fn a_retry_reads_what_its_first_attempt_did_from_the_stamp() {
         let disabled_by_me = Seen { last_write: Some(ME.into()), licence_by: Some(ME.into()), ..user(Disabled) };
         assert_eq!(
-            refused(Attempt::Transition { to: Disabled, strip_targeting: false }, Action::Disable, true, Some(&disabled_by_me), ME, NOW),
+            refused(Attempt::Transition { to: Disabled, strip_targeting: false }, true, Some(&disabled_by_me), ME, NOW),
             w(Write::Updated, Freed)
         );
         let kept_by_me = Seen { last_write: Some(ME.into()), ..user(Disabled) };
         assert_eq!(
-            refused(Attempt::Transition { to: Disabled, strip_targeting: false }, Action::Disable, true, Some(&kept_by_me), ME, NOW),
+            refused(Attempt::Transition { to: Disabled, strip_targeting: false }, true, Some(&kept_by_me), ME, NOW),
             w(Write::Updated, Unchanged)
         );
         let enabled_by_me = Seen { last_write: Some(ME.into()), licence_by: Some(ME.into()), ..user(Active) };
         assert_eq!(
-            refused(Attempt::Transition { to: Active, strip_targeting: false }, Action::Enable, true, Some(&enabled_by_me), ME, NOW),
+            refused(Attempt::Transition { to: Active, strip_targeting: false }, true, Some(&enabled_by_me), ME, NOW),
             w(Write::Updated, Took)
         );
         let created = Seen { last_write: Some(ME.into()), created_by: Some(ME.into()), ..user(Active) };
-        assert_eq!(refused(Attempt::Create, Action::Create, true, Some(&created), ME, NOW), w(Write::Created, Took));
+        assert_eq!(refused(Attempt::Create, true, Some(&created), ME, NOW), w(Write::Created, Took));
         let deleted = Seen { tombstone: true, last_write: Some(ME.into()), licence_by: Some(ME.into()), ..Seen::default() };
-        assert_eq!(
-            refused(Attempt::Tombstone { active: Some(true) }, Action::Delete, true, Some(&deleted), ME, NOW),
-            w(Write::Deleted, Freed)
-        );
+        assert_eq!(refused(Attempt::Tombstone { active: Some(true) }, true, Some(&deleted), ME, NOW), w(Write::Deleted, Freed));
     }
 
     #[test]
     fn a_newer_upload_wins_and_names_its_job() {
         let newer = Seen { order: Some(LATER.into()), ..user(Active) };
         let job = "b/other.csv#v9".to_string();
-        for (attempt, action) in [
-            (Attempt::Update { revoke: false }, Action::Update),
-            (Attempt::Create, Action::Create),
-            (Attempt::Transition { to: Disabled, strip_targeting: false }, Action::Disable),
-            (Attempt::Tombstone { active: Some(true) }, Action::Delete),
+        for attempt in [
+            Attempt::Update { revoke: false },
+            Attempt::Create,
+            Attempt::Transition { to: Disabled, strip_targeting: false },
+            Attempt::Tombstone { active: Some(true) },
         ] {
-            assert_eq!(refused(attempt, action, true, Some(&newer), ME, NOW), w(Write::Superseded(job.clone()), Unchanged), "{attempt:?}");
+            assert_eq!(refused(attempt, true, Some(&newer), ME, NOW), w(Write::Superseded(job.clone()), Unchanged), "{attempt:?}");
         }
         // A tombstone keeps its upload's order: an older create does not bring the user back.
         let deleted_later = Seen { tombstone: true, ..newer };
-        assert_eq!(refused(Attempt::Create, Action::Create, true, Some(&deleted_later), ME, NOW), w(Write::Superseded(job), Unchanged));
+        assert_eq!(refused(Attempt::Create, true, Some(&deleted_later), ME, NOW), w(Write::Superseded(job), Unchanged));
     }
 
     #[test]
     fn a_user_disabled_meanwhile_is_not_enabled_without_a_licence() {
-        assert_eq!(
-            refused(Attempt::Keep { is: Active }, Action::Enable, true, Some(&user(Disabled)), ME, NOW),
-            w(Write::Unlicensed, Unchanged)
-        );
+        assert_eq!(refused(Attempt::Keep { is: Active }, true, Some(&user(Disabled)), ME, NOW), w(Write::Unlicensed, Unchanged));
         let gone = Seen { tombstone: true, ..user(Active) };
-        assert_eq!(
-            refused(Attempt::Upsert { may_create: false }, Action::Upsert, true, Some(&gone), ME, NOW),
-            w(Write::Unlicensed, Unchanged)
-        );
-        assert_eq!(refused(Attempt::Upsert { may_create: false }, Action::Upsert, true, None, ME, NOW), w(Write::Unlicensed, Unchanged));
+        assert_eq!(refused(Attempt::Upsert { may_create: false }, true, Some(&gone), ME, NOW), w(Write::Unlicensed, Unchanged));
+        assert_eq!(refused(Attempt::Upsert { may_create: false }, true, None, ME, NOW), w(Write::Unlicensed, Unchanged));
     }
 
     #[test]
     fn a_delete_follows_the_status_it_finds() {
-        let next = refused(Attempt::Tombstone { active: Some(true) }, Action::Delete, true, Some(&user(Disabled)), ME, NOW);
+        let next = refused(Attempt::Tombstone { active: Some(true) }, true, Some(&user(Disabled)), ME, NOW);
         assert_eq!(next, Next::Try(Attempt::Tombstone { active: Some(false) }));
-        let next = refused(Attempt::Tombstone { active: Some(false) }, Action::Delete, true, Some(&user(Active)), ME, NOW);
+        let next = refused(Attempt::Tombstone { active: Some(false) }, true, Some(&user(Active)), ME, NOW);
         assert_eq!(next, Next::Try(Attempt::Tombstone { active: Some(true) }));
-        assert_eq!(refused(Attempt::Tombstone { active: Some(true) }, Action::Delete, true, None, ME, NOW), w(Write::NotFound, Unchanged));
+        assert_eq!(refused(Attempt::Tombstone { active: Some(true) }, true, None, ME, NOW), w(Write::NotFound, Unchanged));
     }
 
     #[test]
     fn reconcile_of_a_user_already_disabled_changes_nothing() {
-        let next =
-            refused(Attempt::Transition { to: Disabled, strip_targeting: true }, Action::Reconcile, true, Some(&user(Disabled)), ME, NOW);
+        let next = refused(Attempt::Transition { to: Disabled, strip_targeting: true }, true, Some(&user(Disabled)), ME, NOW);
         assert_eq!(next, w(Write::NotFound, Unchanged));
     }
 
     #[test]
     fn invites_go_only_to_users_who_have_not_activated() {
         let activated = Seen { activated: true, ..user(Active) };
-        assert_eq!(refused(Attempt::Invite, Action::Invite, true, Some(&activated), ME, NOW), w(Write::AlreadyExists, Unchanged));
-        assert_eq!(refused(Attempt::Invite, Action::Invite, true, None, ME, NOW), w(Write::NotFound, Unchanged));
+        assert_eq!(refused(Attempt::Invite, true, Some(&activated), ME, NOW), w(Write::AlreadyExists, Unchanged));
+        assert_eq!(refused(Attempt::Invite, true, None, ME, NOW), w(Write::NotFound, Unchanged));
     }
 
     #[test]

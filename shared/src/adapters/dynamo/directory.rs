@@ -35,6 +35,12 @@ impl DynamoDirectory {
         out.item.as_ref().filter(|i| i.str("kind") != Some(TOMBSTONE)).map(User::try_from).transpose()
     }
 
+    /// A query of one of a tenant's 16 user partitions.
+    fn users_query(&self, tenant: &str, shard: u32) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        let query = self.client.query().table_name(&self.table).key_condition_expression("pk = :p");
+        query.expression_attribute_values(":p", s(user_partition(tenant, shard)))
+    }
+
     /// Up to 100 users in one consistent `BatchGetItem`; keys it could not serve are asked again.
     async fn users_batch(&self, tenant: &str, batch: &[String]) -> Result<Vec<(String, User)>> {
         use aws_sdk_dynamodb::types::KeysAndAttributes;
@@ -63,7 +69,7 @@ impl DynamoDirectory {
 
     /// One conditional write: `Ok(old)` when its condition held (`old`: the item before, asked
     /// for by Upsert only), `Err(old)` when it failed, with the item as it was.
-    async fn attempt(&self, tenant: &str, target: &Target, stamp: &Stamp, attempt: Attempt) -> Result<Written2> {
+    async fn attempt(&self, tenant: &str, target: &Target, stamp: &Stamp, attempt: Attempt) -> Result<WriteResult> {
         let (key, kind) = match target {
             Target::User { email, .. } => (user_key(tenant, email), "user"),
             Target::Org { name } => (org_key(tenant, name), "org"),
@@ -172,7 +178,7 @@ impl DynamoDirectory {
     }
 
     /// Conditional put; the old image comes back when the condition fails.
-    async fn put_if(&self, item: Item, cond: String, u: UpdateExpr) -> Result<Written2> {
+    async fn put_if(&self, item: Item, cond: String, u: UpdateExpr) -> Result<WriteResult> {
         let res = self
             .client
             .put_item()
@@ -196,7 +202,7 @@ impl DynamoDirectory {
 
     /// Conditional update stamped with the row (token, time, upload order); `old`: return the
     /// item as it was before a successful write too.
-    async fn update_if(&self, key: &Key, mut u: UpdateExpr, cond: String, stamp: &Stamp, old: bool) -> Result<Written2> {
+    async fn update_if(&self, key: &Key, mut u: UpdateExpr, cond: String, stamp: &Stamp, old: bool) -> Result<WriteResult> {
         u.set("updated_at", s(&stamp.at)).set("last_write", s(stamp.token())).set("ord", s(&stamp.order));
         let res = self
             .client
@@ -223,7 +229,7 @@ impl DynamoDirectory {
 }
 
 /// A conditional write's outcome: `Ok(old)` written, `Err(old)` refused (old images, if any).
-type Written2 = std::result::Result<Option<Item>, Option<Item>>;
+type WriteResult = std::result::Result<Option<Item>, Option<Item>>;
 
 #[async_trait]
 impl Directory for DynamoDirectory {
@@ -297,13 +303,9 @@ impl Directory for DynamoDirectory {
         let mut users = Vec::new();
         for shard in 0..USER_SHARDS {
             let mut pages = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :p")
+                .users_query(tenant, shard)
                 .projection_expression("sk, #st, kind")
                 .expression_attribute_names("#st", "status")
-                .expression_attribute_values(":p", s(user_partition(tenant, shard)))
                 .into_paginator()
                 .items()
                 .send();
@@ -362,15 +364,11 @@ impl Directory for DynamoDirectory {
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64> {
         let mut total = 0u64;
         for shard in 0..USER_SHARDS {
+            // Reads the tenant's users (an organization's deletion only): no index to keep.
             let mut pages = self
-                .client
-                .query()
-                .table_name(&self.table)
-                // Reads the tenant's users (an organization's deletion only): no index to keep.
-                .key_condition_expression("pk = :p")
+                .users_query(tenant, shard)
                 .filter_expression("#org = :o AND kind = :user")
                 .expression_attribute_names("#org", ORG_KEY)
-                .expression_attribute_values(":p", s(user_partition(tenant, shard)))
                 .expression_attribute_values(":o", s(name.to_lowercase()))
                 .expression_attribute_values(":user", s("user"))
                 .select(Select::Count)
