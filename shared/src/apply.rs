@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::event::ObjectRef;
 use crate::keys;
 use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, User, UserStatus};
-use crate::ports::{Directory, Licence, LicenceClaim, Stamp, Write, Written};
+use crate::ports::{Directory, Licence, LicenceClaim, Recorded, Stamp, Write, Written};
 use crate::rules::{self, Attempted, Next};
 use crate::services::Services;
 use crate::wire::{jsonl, parse_jsonl};
@@ -46,35 +46,39 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
     if phase >= PHASES {
         return Err(Error::corrupt(obj.key.clone(), "phase out of range"));
     }
-    // The four reads a chunk starts with go out together: one round trip instead of four, which
-    // is most of a chunk's fixed cost (see `make bench`).
+    // A chunk's fixed cost is its round trips in sequence (see `make bench`): the job, the marker
+    // and the chunk are read together; then the tenant together with the users.
     let (recorded, job, body) =
         tokio::try_join!(svc.jobs.chunk_recorded(&job_id, phase, seq), svc.jobs.get(&job_id), svc.store.get(&obj.key))?;
+    let job = job.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "chunk of an unknown job"))?;
     if recorded {
         info!(job = %job_id, phase, seq, "chunk already applied (duplicate event)");
-    } else {
-        let job = job.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "chunk of an unknown job"))?;
-        if job.state.is_final() {
-            // A FAILED job's email already said which rows were not applied: keep it true.
-            info!(job = %job_id, phase, seq, state = job.state.as_str(), "late chunk of a finished job; not applied");
-            return Ok(());
-        }
-        let tenant = svc
-            .directory
-            .tenant(&job.tenant)
-            .await?
-            .ok_or_else(|| Error::corrupt(format!("tenant {}", job.tenant), "removed during a job"))?;
-        let body = body.ok_or_else(|| Error::corrupt(obj.key.clone(), "chunk vanished"))?;
-        let ops: Vec<RowOp> = parse_jsonl("chunk", &body)?;
-        let claim = format!("{job_id}#{phase}#{seq}");
-        let outcomes = apply_ops(svc, &job, &tenant, ops, &claim).await?;
-        let failed = outcomes.iter().filter(|o| o.status != Status::Success).count();
-        // Outcomes first, then the marker: a recorded chunk always has its outcomes.
-        svc.store.put(&keys::chunk_outcomes(&job_id, phase, seq), jsonl(&outcomes)?, "application/x-ndjson").await?;
-        let counted = svc.jobs.record_chunk(&job_id, phase, seq).await?;
-        info!(job = %job_id, phase, seq, rows = outcomes.len(), failed, counted, "chunk applied");
+        return advance(svc, &job, phase).await;
     }
-    advance(svc, &job_id, phase).await
+    if job.state.is_final() {
+        // A FAILED job's email already said which rows were not applied: keep it true.
+        info!(job = %job_id, phase, seq, state = job.state.as_str(), "late chunk of a finished job; not applied");
+        return Ok(());
+    }
+    let body = body.ok_or_else(|| Error::corrupt(obj.key.clone(), "chunk vanished"))?;
+    let ops: Vec<RowOp> = parse_jsonl("chunk", &body)?;
+    let (tenant, stored) = tokio::try_join!(svc.directory.tenant(&job.tenant), read_users(svc, &job.tenant, users_to_read(&ops, false)))?;
+    let tenant = tenant.ok_or_else(|| Error::corrupt(format!("tenant {}", job.tenant), "removed during a job"))?;
+    let claim = format!("{job_id}#{phase}#{seq}");
+    let outcomes = apply_read(svc, &job, &tenant, ops, &claim, Some(stored)).await?;
+    let failed = outcomes.iter().filter(|o| o.status != Status::Success).count();
+    // Outcomes first, then the marker: a recorded chunk always has its outcomes.
+    svc.store.put(&keys::chunk_outcomes(&job_id, phase, seq), jsonl(&outcomes)?, "application/x-ndjson").await?;
+    let of = job.phase_chunks.map(|plan| plan[phase]);
+    let counted = svc.jobs.record_chunk(&job_id, phase, seq, of).await?;
+    info!(job = %job_id, phase, seq, rows = outcomes.len(), failed, counted = ?counted, "chunk applied");
+    match counted {
+        Recorded::Counted { last: false } => Ok(()),
+        _ => {
+            let job = svc.jobs.get(&job_id).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "missing"))?;
+            advance(svc, &job, phase).await
+        }
+    }
 }
 
 /// What one chunk's rows share.
@@ -99,9 +103,12 @@ struct Ctx<'a> {
 /// (after the SDK's own backoff retries) fail the invocation so it is retried as a whole: rows
 /// already written recognise their own stamp and report the same outcome again.
 pub async fn apply_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowOp>, claim: &str) -> Result<Vec<Outcome>> {
-    // Only the rows that decide something from it are read: any user row of a tenant with a
-    // pool (licence hints), the rows that may be unchanged otherwise. A file of creates reads nothing.
-    let pooled = tenant.licences.is_some();
+    apply_read(svc, job, tenant, ops, claim, None).await
+}
+
+/// The users a chunk decides from: the rows that may be unchanged (Upsert, Update) and, for a
+/// tenant with a pool, every user row (licence hints). A file of creates reads nothing.
+fn users_to_read(ops: &[RowOp], pooled: bool) -> Vec<String> {
     let mut emails: Vec<String> = ops
         .iter()
         .filter_map(|op| match &op.target {
@@ -111,7 +118,33 @@ pub async fn apply_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowO
         .collect();
     emails.sort_unstable();
     emails.dedup();
-    let stored = if emails.is_empty() { HashMap::new() } else { svc.directory.users(&tenant.id, &emails).await? };
+    emails
+}
+
+async fn read_users(svc: &Services, tenant: &str, emails: Vec<String>) -> Result<HashMap<String, User>> {
+    if emails.is_empty() { Ok(HashMap::new()) } else { svc.directory.users(tenant, &emails).await }
+}
+
+/// `apply_ops` with the rows that do not depend on the tenant's pool already read (`unpooled`).
+async fn apply_read(
+    svc: &Services,
+    job: &Job,
+    tenant: &Tenant,
+    ops: Vec<RowOp>,
+    claim: &str,
+    unpooled: Option<HashMap<String, User>>,
+) -> Result<Vec<Outcome>> {
+    let pooled = tenant.licences.is_some();
+    let stored = match unpooled {
+        None => read_users(svc, &tenant.id, users_to_read(&ops, pooled)).await?,
+        Some(mut stored) if pooled => {
+            let read: std::collections::HashSet<String> = users_to_read(&ops, false).into_iter().collect();
+            let rest = users_to_read(&ops, true).into_iter().filter(|e| !read.contains(e)).collect();
+            stored.extend(read_users(svc, &tenant.id, rest).await?);
+            stored
+        }
+        Some(stored) => stored,
+    };
     let ctx = Ctx {
         stored,
         svc,
@@ -469,8 +502,8 @@ fn message(op: &RowOp, write: &Write, dry: bool) -> Outcome {
 
 /// After a chunk of `phase` is recorded: if the phase is complete, release the next non-empty
 /// phase, or write the done marker. Safe to run any number of times.
-pub async fn advance(svc: &Services, job_id: &str, phase: usize) -> Result<()> {
-    let job = svc.jobs.get(job_id).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "missing"))?;
+pub async fn advance(svc: &Services, job: &Job, phase: usize) -> Result<()> {
+    let job_id = job.id.as_str();
     let Some(plan) = job.phase_chunks.filter(|_| !job.state.is_final()) else { return Ok(()) };
     if job.phase_done[phase] < plan[phase] {
         return Ok(());

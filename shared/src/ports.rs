@@ -127,6 +127,16 @@ pub struct LicenceClaim {
 }
 
 /// What ingest knows once it has planned a job.
+/// What recording a chunk found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// An earlier delivery of the chunk recorded it.
+    Before,
+    /// Counted now. `last: false` guarantees the phase is not complete yet; `true` means it may
+    /// be, and the caller reads the job to find out.
+    Counted { last: bool },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub phase_chunks: [u32; crate::model::PHASES],
@@ -141,8 +151,10 @@ pub trait JobStore: Send + Sync {
     async fn set_plan(&self, id: &str, plan: &Plan) -> Result<()>;
     /// Move from `from` to `to`; `false` if the job was not in `from`.
     async fn transition(&self, id: &str, from: JobState, to: JobState, message: Option<&str>) -> Result<bool>;
-    /// Record a chunk as done and count it for its phase, once: `false` if it was already recorded.
-    async fn record_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<bool>;
+    /// Record a chunk as done and count it for its phase, once. Given `of`, the phase's chunk
+    /// count, the same write tells whether this count may have completed the phase, so most
+    /// chunks need no read of the job afterwards.
+    async fn record_chunk(&self, id: &str, phase: usize, seq: u32, of: Option<u32>) -> Result<Recorded>;
     async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool>;
     /// Claim the right to send the job's email: `true` for exactly one caller.
     /// Claim sending a job's email of `kind` once; a claim older than `lease_secs` that was never

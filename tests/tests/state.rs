@@ -299,3 +299,28 @@ async fn a_chunk_applied_after_a_newer_upload_changed_its_users_leaves_the_newer
     assert_eq!(dir.user("acme", &users[4]).await.unwrap().unwrap().fields.department.as_deref(), Some("Old"));
     assert_eq!(dir.licences_used("acme").await.unwrap(), 4, "five created, one deleted");
 }
+
+/// A chunk learns from its own counting write whether it may have completed its phase, so only
+/// that chunk reads the job afterwards. Twenty chunks recorded at once, each twice: every chunk
+/// is counted once, and exactly one is told it may be the last.
+#[tokio::test]
+async fn of_chunks_recorded_at_once_exactly_one_is_told_it_may_complete_the_phase() {
+    use shared::ports::{Plan, Recorded};
+    let stack = Stack::start().await;
+    let job = shared::model::Job::received("rec-job", "acme", "incoming/acme/r.csv", "r.csv", None, "2026-12-01T00:00:00Z");
+    stack.svc.jobs.create_or_get(&job).await.unwrap();
+    stack.svc.jobs.set_plan(&job.id, &Plan { phase_chunks: [0, 20, 0, 0], total_rows: 20 }).await.unwrap();
+    let jobs = &stack.svc.jobs;
+    let tries = (0..40u32).map(|i| async move { jobs.record_chunk("rec-job", 1, i % 20, Some(20)).await.unwrap() });
+    let results = futures::future::join_all(tries).await;
+    let count = |r: Recorded| results.iter().filter(|x| **x == r).count();
+    assert_eq!(count(Recorded::Before), 20, "{results:?}");
+    assert_eq!(count(Recorded::Counted { last: true }), 1, "{results:?}");
+    assert_eq!(count(Recorded::Counted { last: false }), 19, "{results:?}");
+    assert_eq!(jobs.get("rec-job").await.unwrap().unwrap().phase_done, [0, 20, 0, 0]);
+    // Without the phase's size the caller is always told to look.
+    assert_eq!(jobs.record_chunk("rec-job", 2, 0, None).await.unwrap(), Recorded::Counted { last: true });
+    // A phase of one chunk: that chunk completes it.
+    assert_eq!(jobs.record_chunk("rec-job", 3, 0, Some(1)).await.unwrap(), Recorded::Counted { last: true });
+    stack.shutdown().await;
+}

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::{EmailKind, Invite, Job, JobState, Lease, Target, Tenant, User, UserFields, UserStatus};
-use crate::ports::{Directory, Invites, JobStore, LicenceClaim, Mailer, ObjectStore, Plan, Stamp};
+use crate::ports::{Directory, Invites, JobStore, LicenceClaim, Mailer, ObjectStore, Plan, Recorded, Stamp};
 use crate::rules::{self, Attempt, Attempted, Seen};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -437,15 +437,16 @@ impl JobStore for MemoryJobs {
             _ => Ok(false),
         }
     }
-    async fn record_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<bool> {
+    async fn record_chunk(&self, id: &str, phase: usize, seq: u32, of: Option<u32>) -> Result<Recorded> {
         let mut state = lock(&self.state);
         if !state.markers.insert((id.to_string(), phase, seq)) {
-            return Ok(false);
+            return Ok(Recorded::Before);
         }
-        if let Some(job) = state.jobs.get_mut(id) {
+        let done = state.jobs.get_mut(id).map(|job| {
             job.phase_done[phase] += 1;
-        }
-        Ok(true)
+            job.phase_done[phase]
+        });
+        Ok(Recorded::Counted { last: !matches!((of, done), (Some(of), Some(done)) if done < of) })
     }
     async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool> {
         Ok(lock(&self.state).markers.contains(&(id.to_string(), phase, seq)))
@@ -610,4 +611,24 @@ pub struct Memory {
     pub jobs: std::sync::Arc<MemoryJobs>,
     pub mailer: std::sync::Arc<MemoryMailer>,
     pub invites: std::sync::Arc<MemoryInvites>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-memory store counts chunks the way the DynamoDB adapter does: once each, and only
+    /// the chunk that may complete its phase is told to look.
+    #[tokio::test]
+    async fn recording_a_chunk_counts_once_and_flags_only_the_one_that_may_complete_the_phase() {
+        let jobs = MemoryJobs::default();
+        let job = Job::received("j", "acme", "incoming/acme/r.csv", "r.csv", None, "2026-12-01T00:00:00Z");
+        jobs.create_or_get(&job).await.unwrap();
+        assert_eq!(jobs.record_chunk("j", 1, 0, Some(3)).await.unwrap(), Recorded::Counted { last: false });
+        assert_eq!(jobs.record_chunk("j", 1, 0, Some(3)).await.unwrap(), Recorded::Before);
+        assert_eq!(jobs.record_chunk("j", 1, 2, Some(3)).await.unwrap(), Recorded::Counted { last: false });
+        assert_eq!(jobs.record_chunk("j", 1, 1, Some(3)).await.unwrap(), Recorded::Counted { last: true });
+        assert_eq!(jobs.record_chunk("j", 2, 0, None).await.unwrap(), Recorded::Counted { last: true });
+        assert_eq!(jobs.get("j").await.unwrap().unwrap().phase_done, [0, 3, 1, 0]);
+    }
 }

@@ -5,7 +5,7 @@ use super::*;
 use crate::error::{Error, Result};
 use crate::model::{EmailKind, Lease};
 use crate::model::{Job, JobState, PHASES};
-use crate::ports::{JobStore, Plan};
+use crate::ports::{JobStore, Plan, Recorded};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
@@ -36,6 +36,41 @@ impl DynamoJobs {
             .await
             .map_err(ddb_err("GetItem"))?;
         Ok(out.item)
+    }
+
+    /// One try at the marker + counter transaction. `below`: count only while `done{phase}` stays
+    /// below it. `None`: already recorded; `Some(false)`: `below` refused it; `Some(true)`: counted.
+    async fn count_chunk(&self, id: &str, phase: usize, seq: u32, below: Option<u32>) -> Result<Option<bool>> {
+        let ttl = chrono::Utc::now().timestamp() + MARKER_TTL_SECS;
+        let put = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(Self::marker_pk(id, phase, seq)))
+            .item("ttl", n(ttl))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(|e| Error::Build { what: "transaction", message: e.to_string() })?;
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression(format!("ADD done{phase} :one"))
+            .expression_attribute_values(":one", n(1));
+        if let Some(below) = below {
+            update = update.condition_expression(format!("done{phase} < :below")).expression_attribute_values(":below", n(below));
+        }
+        let update = update.build().map_err(|e| Error::Build { what: "transaction", message: e.to_string() })?;
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(TransactWriteItem::builder().update(update).build())
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Some(true)),
+            Err(e) if first_condition_failed(&e) => Ok(None),
+            Err(e) if cancellation_codes(&e).is_some_and(|c| c.get(1).map(String::as_str) == Some("ConditionalCheckFailed")) => Ok(Some(false)),
+            Err(e) => Err(ddb_err("TransactWriteItems")(e)),
+        }
     }
 
     fn marker_pk(id: &str, phase: usize, seq: u32) -> String {
@@ -143,35 +178,19 @@ impl JobStore for DynamoJobs {
         }
     }
 
-    async fn record_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<bool> {
+    async fn record_chunk(&self, id: &str, phase: usize, seq: u32, of: Option<u32>) -> Result<Recorded> {
         // Marker and counter in one transaction: a chunk is counted exactly once, even when its
-        // invocation is retried after crashing between the two writes.
-        let ttl = chrono::Utc::now().timestamp() + MARKER_TTL_SECS;
-        let put = Put::builder()
-            .table_name(&self.table)
-            .item("pk", s(Self::marker_pk(id, phase, seq)))
-            .item("ttl", n(ttl))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(|e| Error::Build { what: "transaction", message: e.to_string() })?;
-        let update = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(format!("J#{id}")))
-            .update_expression(format!("ADD done{phase} :one"))
-            .expression_attribute_values(":one", n(1))
-            .build()
-            .map_err(|e| Error::Build { what: "transaction", message: e.to_string() })?;
-        let res = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .transact_items(TransactWriteItem::builder().update(update).build())
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if first_condition_failed(&e) => Ok(false),
-            Err(e) => Err(ddb_err("TransactWriteItems")(e)),
+        // invocation is retried after crashing between the two writes. While the count stays
+        // below the phase's last chunk, the counter's condition holds and says so; the chunk that
+        // may complete the phase fails it, counts without it, and reads the job.
+        let open = of.filter(|&n| n >= 2).map(|n| n - 1);
+        match self.count_chunk(id, phase, seq, open).await? {
+            Some(true) => Ok(Recorded::Counted { last: open.is_none() }),
+            Some(false) => match self.count_chunk(id, phase, seq, None).await? {
+                Some(_) => Ok(Recorded::Counted { last: true }),
+                None => Ok(Recorded::Before),
+            },
+            None => Ok(Recorded::Before),
         }
     }
 
