@@ -465,11 +465,19 @@ async fn raw_puts(stack: &tests::Stack, rows: usize, concurrency: usize, run: &s
 /// apply handler one after the other (each with the configured concurrency, so as many writes
 /// are in flight as the raw generator has). Returns (apply rows/s, chunks, job id).
 async fn handler_apply(stack: &tests::Stack, rows: usize, prefix: &str) -> (f64, usize, String) {
-    handler_apply_file(stack, rows, prefix, &format!("{prefix}.csv"), "Create").await
+    handler_apply_file(stack, rows, prefix, &format!("{prefix}.csv"), "Create", 1).await
 }
 
-/// Apply a file of `rows` users named `prefix…` with `action` (blank: create or update).
-async fn handler_apply_file(stack: &tests::Stack, rows: usize, prefix: &str, name: &str, action: &str) -> (f64, usize, String) {
+/// Apply a file of `rows` users named `prefix…` with `action` (blank: create or update), with
+/// `in_flight` chunk invocations at once (as Lambda runs them, up to the reserved concurrency).
+async fn handler_apply_file(
+    stack: &tests::Stack,
+    rows: usize,
+    prefix: &str,
+    name: &str,
+    action: &str,
+    in_flight: usize,
+) -> (f64, usize, String) {
     let key = stack.drop_file("bench", None, name, roster_csv(rows, prefix, action)).await;
     let mut chunks = Vec::new();
     let mut ingested = false;
@@ -491,9 +499,11 @@ async fn handler_apply_file(stack: &tests::Stack, rows: usize, prefix: &str, nam
     }
     chunks.sort_by(|a, b| a.key.cmp(&b.key));
     let start = Instant::now();
-    for obj in &chunks {
-        shared::apply::handle(&stack.svc, obj).await.unwrap();
-    }
+    futures::stream::iter(&chunks)
+        .map(|obj| async move { shared::apply::handle(&stack.svc, obj).await.unwrap() })
+        .buffer_unordered(in_flight)
+        .collect::<Vec<()>>()
+        .await;
     let rate = rows as f64 / start.elapsed().as_secs_f64();
     (rate, chunks.len(), job_id)
 }
@@ -547,36 +557,57 @@ async fn apply_table() {
     assert!((hottest_other as usize) < rows / 10, "a key written about once per row: {hottest_other}");
 
     // The nightly sync: each round's roster again, unchanged, as create-or-update rows, beside a
-    // raw consistent BatchGetItem of the same keys (what an unchanged row needs at least).
-    println!("\n## Apply of the same {rows} users again, unchanged (create-or-update rows)");
-    let (mut raw_reads, mut again, mut measured) = (Vec::new(), Vec::new(), None);
-    for round in 0..rounds {
-        let prefix = format!("r{round}-");
-        raw_reads.push(raw_batch_gets(&stack, rows, &prefix).await);
-        let before = snapshot(&capacity);
-        let (rate, _, _) = handler_apply_file(&stack, rows, &prefix, &format!("{prefix}again.csv"), "").await;
-        again.push(rate);
-        let after = snapshot(&capacity);
-        measured.get_or_insert((after.0 - before.0, after.1 - before.1));
+    // raw consistent BatchGetItem of the same keys (what an unchanged row needs at least): one
+    // chunk at a time (latency: a chunk's round trips in sequence), then several chunks at once
+    // as Lambda runs them, the raw reader with as many requests in flight.
+    // A chunk pays a fixed cost (its S3 read and write, the marker transaction) beside its read
+    // of users, so the ratio is also measured with larger chunks (the tenant's `chunk_size`).
+    let in_flight: usize = env_number("BENCH_APPLY_CHUNKS_IN_FLIGHT").unwrap_or(4);
+    let sizes: Vec<usize> = std::env::var("BENCH_APPLY_SYNC_CHUNKS")
+        .unwrap_or_else(|_| "500,2000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let cases = sizes.iter().flat_map(|&size| [(size, 1), (size, in_flight)]);
+    for (size, chunks_at_once) in cases {
+        stack.put_tenant(&shared::model::Tenant { chunk_size: Some(size), ..tenant.clone() }).await;
+        let files = format!("again-{size}-{chunks_at_once}");
+        println!(
+            "\n## Apply of the same {rows} users again, unchanged (create-or-update rows), chunks of {size}, {chunks_at_once} chunk(s) in flight, raw reader with {} requests in flight",
+            chunks_at_once * size.div_ceil(100)
+        );
+        let (mut raw_reads, mut again, mut measured) = (Vec::new(), Vec::new(), None);
+        for round in 0..rounds {
+            let prefix = format!("r{round}-");
+            raw_reads.push(raw_batch_gets(&stack, rows, &prefix, size, chunks_at_once).await);
+            let before = snapshot(&capacity);
+            let file = format!("{prefix}{files}.csv");
+            let (rate, _, _) = handler_apply_file(&stack, rows, &prefix, &file, "", chunks_at_once).await;
+            again.push(rate);
+            let after = snapshot(&capacity);
+            measured.get_or_insert((after.0 - before.0, after.1 - before.1));
+        }
+        let ratios: Vec<f64> = raw_reads.iter().zip(&again).map(|(r, o)| o / r).collect();
+        println!("{:<44} {:>11} {:>9}", "reader (median of rounds)", "rows/s", "vs raw");
+        println!("{:<44} {:>11.0} {:>8.0}%", "raw consistent BatchGetItem, 100 keys", median(raw_reads.clone()), 100.0);
+        println!("{:<44} {:>11.0} {:>8.0}%", "rosterdrop apply handler, unchanged rows", median(again.clone()), median(ratios) * 100.0);
+        let per_round: Vec<String> =
+            raw_reads.iter().zip(&again).map(|(r, o)| format!("{r:.0}/{o:.0} ({:.0}%)", o / r * 100.0)).collect();
+        println!("(rounds, raw/apply rows/s: {})", per_round.join(", "));
+        let (w, r) = measured.unwrap();
+        println!(
+            "per unchanged row: {:.4} write units (bookkeeping only: {w:.0} WCU for {rows} rows), {:.3} read units ({r:.1} RCU)",
+            w / rows as f64,
+            r / rows as f64
+        );
     }
-    let ratios: Vec<f64> = raw_reads.iter().zip(&again).map(|(r, o)| o / r).collect();
-    println!("{:<44} {:>11} {:>9}", "reader (median of rounds)", "rows/s", "vs raw");
-    println!("{:<44} {:>11.0} {:>8.0}%", "raw consistent BatchGetItem, 100 keys", median(raw_reads.clone()), 100.0);
-    println!("{:<44} {:>11.0} {:>8.0}%", "rosterdrop apply handler, unchanged rows", median(again.clone()), median(ratios) * 100.0);
-    let per_round: Vec<String> = raw_reads.iter().zip(&again).map(|(r, o)| format!("{r:.0}/{o:.0} ({:.0}%)", o / r * 100.0)).collect();
-    println!("(rounds, raw/apply rows/s: {})", per_round.join(", "));
-    let (w, r) = measured.unwrap();
-    println!(
-        "per unchanged row: {:.4} write units (bookkeeping only: {w:.0} WCU for {rows} rows), {:.3} read units ({r:.1} RCU)",
-        w / rows as f64,
-        r / rows as f64
-    );
     stack.shutdown().await;
 }
 
-/// The keys a round's roster names, read back in consistent batches of 100, a chunk's 500 keys
-/// at a time in 5 concurrent requests (apply reads a chunk's users the same way): rows per second.
-async fn raw_batch_gets(stack: &tests::Stack, rows: usize, prefix: &str) -> f64 {
+/// The keys a round's roster names, read back in consistent batches of 100, a chunk's keys in
+/// concurrent requests (apply reads a chunk's users the same way), `chunks_at_once` chunks' keys
+/// at a time: rows per second.
+async fn raw_batch_gets(stack: &tests::Stack, rows: usize, prefix: &str, chunk: usize, chunks_at_once: usize) -> f64 {
     use aws_sdk_dynamodb::types::{AttributeValue as Av, KeysAndAttributes};
     let start = Instant::now();
     let emails: Vec<String> = (0..rows).map(|i| format!("{prefix}{}", row(i, "")[0]).to_lowercase()).collect();
@@ -596,9 +627,11 @@ async fn raw_batch_gets(stack: &tests::Stack, rows: usize, prefix: &str) -> f64 
             }
         }
     };
-    for chunk in emails.chunks(500) {
-        futures::future::join_all(chunk.chunks(100).map(read)).await;
-    }
+    futures::stream::iter(emails.chunks(chunk))
+        .map(|chunk| futures::future::join_all(chunk.chunks(100).map(read)))
+        .buffer_unordered(chunks_at_once)
+        .collect::<Vec<_>>()
+        .await;
     rows as f64 / start.elapsed().as_secs_f64()
 }
 
