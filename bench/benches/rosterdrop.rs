@@ -591,8 +591,7 @@ async fn apply_table() {
         println!("{:<44} {:>11} {:>9}", "reader (median of rounds)", "rows/s", "vs raw");
         println!("{:<44} {:>11.0} {:>8.0}%", "raw consistent BatchGetItem, 100 keys", median(raw_reads.clone()), 100.0);
         println!("{:<44} {:>11.0} {:>8.0}%", "rosterdrop apply handler, unchanged rows", median(again.clone()), median(ratios) * 100.0);
-        let per_round: Vec<String> =
-            raw_reads.iter().zip(&again).map(|(r, o)| format!("{r:.0}/{o:.0} ({:.0}%)", o / r * 100.0)).collect();
+        let per_round: Vec<String> = raw_reads.iter().zip(&again).map(|(r, o)| format!("{r:.0}/{o:.0} ({:.0}%)", o / r * 100.0)).collect();
         println!("(rounds, raw/apply rows/s: {})", per_round.join(", "));
         let (w, r) = measured.unwrap();
         println!(

@@ -106,13 +106,14 @@ pub async fn apply_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowO
     apply_read(svc, job, tenant, ops, claim, None).await
 }
 
-/// The users a chunk decides from: the rows that may be unchanged (Upsert, Update) and, for a
-/// tenant with a pool, every user row (licence hints). A file of creates reads nothing.
-fn users_to_read(ops: &[RowOp], pooled: bool) -> Vec<String> {
+/// The users a chunk decides from: every row about an existing user (whether it is unchanged,
+/// its Changes) and, with `all` (a tenant with a pool: licence hints; a dry run: predictions), the
+/// creates too. A file of creates reads nothing.
+fn users_to_read(ops: &[RowOp], all: bool) -> Vec<String> {
     let mut emails: Vec<String> = ops
         .iter()
         .filter_map(|op| match &op.target {
-            Target::User { email, .. } if pooled || matches!(op.action, Action::Upsert | Action::Update) => Some(email.clone()),
+            Target::User { email, .. } if all || op.action != Action::Create => Some(email.clone()),
             _ => None,
         })
         .collect();
@@ -134,10 +135,10 @@ async fn apply_read(
     claim: &str,
     unpooled: Option<HashMap<String, User>>,
 ) -> Result<Vec<Outcome>> {
-    let pooled = tenant.licences.is_some();
+    let all = tenant.licences.is_some() || job.mode == Some(Mode::Validate);
     let stored = match unpooled {
-        None => read_users(svc, &tenant.id, users_to_read(&ops, pooled)).await?,
-        Some(mut stored) if pooled => {
+        None => read_users(svc, &tenant.id, users_to_read(&ops, all)).await?,
+        Some(mut stored) if all => {
             let read: std::collections::HashSet<String> = users_to_read(&ops, false).into_iter().collect();
             let rest = users_to_read(&ops, true).into_iter().filter(|e| !read.contains(e)).collect();
             stored.extend(read_users(svc, &tenant.id, rest).await?);
@@ -320,7 +321,7 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<(Outcome
             if ctx.dry { predict_org(ctx, op).await.map(unchanged) } else { write_row(&*ctx.svc.directory, tenant, op, &stamp, true).await }
         }
         Target::Org { .. } if ctx.dry => predict_org(ctx, op).await.map(unchanged),
-        Target::User { email, .. } if ctx.dry => predict_user(ctx, email, action).await.map(unchanged),
+        Target::User { email, .. } if ctx.dry => Ok(unchanged(predict_user(ctx, email, action))),
         Target::Org { .. } => write_row(&*ctx.svc.directory, tenant, op, &stamp, true).await,
         Target::User { .. } => write_row(&*ctx.svc.directory, tenant, op, &stamp, licensed).await,
     };
@@ -334,6 +335,13 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<(Outcome
         }
     };
     let mut outcome = message(op, &written.write, ctx.dry);
+    if let Some(change) = outcome.change {
+        let stored = match &op.target {
+            Target::User { email, .. } => ctx.stored.get(email),
+            Target::Org { .. } => None,
+        };
+        outcome.changes = crate::changes::describe(op, stored, change);
+    }
     if let Target::User { email, fields } = &op.target {
         if action == Action::Reconcile {
             outcome.user = Some(email.clone());
@@ -407,7 +415,7 @@ async fn invite(ctx: &Ctx<'_>, op: &RowOp, email: &str, fields: &crate::model::U
 }
 
 /// "supervisor_manager" -> "SupervisorManager": the column a user wrote.
-fn association_column(attr: &str) -> String {
+pub(crate) fn association_column(attr: &str) -> String {
     attr.split('_').map(|w| w[..1].to_uppercase() + &w[1..]).collect()
 }
 
@@ -424,16 +432,15 @@ async fn exists(
     Ok(found)
 }
 
-/// Validate mode: what the write would do, from the directory as it is.
-async fn predict_user(ctx: &Ctx<'_>, email: &str, action: Action) -> Result<Write> {
-    let user = ctx.svc.directory.user(&ctx.tenant.id, email).await?;
-    Ok(match (action, user) {
+/// Validate mode: what the write would do, from the directory as the chunk read it.
+fn predict_user(ctx: &Ctx<'_>, email: &str, action: Action) -> Write {
+    match (action, ctx.stored.get(email)) {
         (Action::Create, Some(_)) => Write::AlreadyExists,
         (Action::Create | Action::Upsert, None) => Write::Created,
         (Action::Delete, Some(_)) => Write::Deleted,
         (_, Some(_)) => Write::Updated,
         (_, None) => Write::NotFound,
-    })
+    }
 }
 
 async fn predict_org(ctx: &Ctx<'_>, op: &RowOp) -> Result<Write> {
@@ -455,6 +462,14 @@ fn message(op: &RowOp, write: &Write, dry: bool) -> Outcome {
         Target::User { .. } => ("user", String::new()),
         Target::Org { name } => ("organization", format!(" \"{name}\"")),
     };
+    let mut outcome = message_of(op, write, dry, noun, &what);
+    if outcome.status == Status::Success {
+        outcome.change = crate::changes::kind(op.action, write);
+    }
+    outcome
+}
+
+fn message_of(op: &RowOp, write: &Write, dry: bool, noun: &str, what: &str) -> Outcome {
     let (row, action) = (op.row, op.action);
     let done = |verb: &str| {
         if dry { format!("{noun}{what} would be {verb} (validation only: nothing was changed)") } else { format!("{noun}{what} {verb}") }
@@ -563,14 +578,14 @@ mod tests {
         assert_eq!(
             rows(&out),
             vec![
-                ("Success", "user created"),
+                ("Created", "user created"),
                 ("Failure", "user already exists; use Update or Upsert to change it"),
                 ("Failure", "user not found; use Create or Upsert to add it"),
-                ("Success", "user updated"),
-                ("Success", "user created"),
-                ("Success", "user disabled"),
+                ("Updated", "user updated"),
+                ("Created", "user created"),
+                ("Disabled", "user disabled"),
                 ("Failure", "user not found; use Create or Upsert to add it"),
-                ("Success", "user enabled"),
+                ("Enabled", "user enabled"),
                 ("Failure", "user not found; use Create or Upsert to add it"),
             ]
         );
@@ -609,9 +624,9 @@ mod tests {
         assert_eq!(
             rows(&out),
             vec![
-                ("Success", "user stripped of the listed products"),
+                ("Updated", "user stripped of the listed products"),
                 ("Success", "user invited again; activation email will be sent shortly"),
-                ("Success", "organization \"North\" deleted"),
+                ("Deleted", "organization \"North\" deleted"),
                 ("Failure", "organization \"South\" not found; use Create or Upsert to add it"),
             ]
         );
@@ -664,7 +679,7 @@ mod tests {
         let job =
             kit.run("five.csv", "Email\nu1@a.example.com\nu2@a.example.com\nu3@a.example.com\nu4@a.example.com\nu5@a.example.com\n").await;
         let out = kit.outcomes(&job).await;
-        assert_eq!(out.iter().filter(|(s, _)| s == "Success").count(), 3);
+        assert_eq!(out.iter().filter(|(s, _)| s == "Created").count(), 3);
         assert_eq!(out.iter().filter(|(_, m)| m == "no licence available (pool of 3 exhausted)").count(), 2, "{out:?}");
         assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 3);
         kit.run("off.csv", "Action,Email\nDisable,u1@a.example.com\n").await;
@@ -690,7 +705,7 @@ mod tests {
         let before = writes();
         let again = kit.run("nightly-2.csv", roster).await;
         assert_eq!(writes(), before, "no directory write for unchanged rows");
-        assert!(kit.outcomes(&again).await.iter().all(|(s, m)| s == "Success" && m == crate::model::UNCHANGED));
+        assert!(kit.outcomes(&again).await.iter().all(|(s, m)| s == "Unchanged" && m == crate::model::UNCHANGED));
         let summary = kit.summary(&again).await;
         assert_eq!((summary.counts.success, summary.counts.unchanged), (3, 3));
         let mail = String::from_utf8_lossy(&kit.mem.mailer.sent().last().unwrap().2).to_string();
@@ -700,7 +715,8 @@ mod tests {
         let third = kit.run("nightly-3.csv", &changed).await;
         assert_eq!(writes(), before + 1, "one write, for the one changed row");
         let out = kit.outcomes(&third).await;
-        assert_eq!(out[2], ("Success".to_string(), "user updated".to_string()));
+        assert_eq!(out[2], ("Updated".to_string(), "user updated".to_string()));
+        assert_eq!(kit.changes(&third).await[2], "Department: \"Support\" -> \"Sales\"");
         assert_eq!(kit.summary(&third).await.counts.unchanged, 2);
         assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 3, "unchanged rows take no licence");
     }
@@ -720,7 +736,7 @@ mod tests {
         }));
         let job = kit.run("sync.csv", "Email,Department\na@acme.example.com,Sales\nb@acme.example.com,Support\n").await;
         let out = kit.outcomes(&job).await;
-        assert_eq!(out[0], ("Success".to_string(), crate::model::UNCHANGED.to_string()), "as read: nothing to write");
+        assert_eq!(out[0], ("Unchanged".to_string(), crate::model::UNCHANGED.to_string()), "as read: nothing to write");
         assert_eq!(out[1], ("Skipped".to_string(), "changed by a newer upload (job newer-job)".to_string()));
         let dir = &kit.svc.directory;
         for email in ["a@acme.example.com", "b@acme.example.com"] {
@@ -744,7 +760,7 @@ mod tests {
         let job = kit.svc.jobs.get(&crate::ingest::job_id(&old)).await.unwrap().unwrap();
         let out = kit.outcomes(&job).await;
         assert_eq!(out[0], ("Skipped".to_string(), format!("changed by a newer upload (job {})", newer.id)));
-        assert_eq!(out[1], ("Success".to_string(), "user created".to_string()));
+        assert_eq!(out[1], ("Created".to_string(), "user created".to_string()));
         let dir = &kit.svc.directory;
         assert_eq!(dir.user("acme", "a@acme.example.com").await.unwrap().unwrap().fields.department.as_deref(), Some("New"));
         assert_eq!(dir.user("acme", "b@acme.example.com").await.unwrap().unwrap().fields.department.as_deref(), Some("Old"));

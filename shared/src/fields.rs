@@ -24,6 +24,7 @@ pub enum Field {
     /// Columns our own result files add; ignored so a failed-rows file can be uploaded again as is.
     Status,
     Message,
+    Changes,
 }
 
 impl Field {
@@ -71,6 +72,7 @@ impl Field {
             Field::ScheduledDate => "ScheduledDate",
             Field::Status => "Status",
             Field::Message => "Message",
+            Field::Changes => "Changes",
         }
     }
 
@@ -98,6 +100,7 @@ impl Field {
             "scheduleddate" | "invitedate" | "scheduledinvitedate" => Field::ScheduledDate,
             "status" => Field::Status,
             "message" => Field::Message,
+            "changes" => Field::Changes,
             _ => return None,
         })
     }

@@ -8,6 +8,7 @@ pub mod address;
 pub mod apply;
 #[cfg(test)]
 mod architecture_tests;
+pub mod changes;
 pub mod config;
 pub mod error;
 pub mod event;

@@ -533,17 +533,68 @@ pub struct Outcome {
     /// The column at fault, when the problem is in one cell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<String>,
+    /// What a successful row did (or, in a dry run, would do): the result's Status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
+    /// The fields it changed (`changes::describe`): the result's Changes column.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub changes: String,
+}
+
+/// What a successful row did to the stored user or organization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Created,
+    Updated,
+    Unchanged,
+    Deleted,
+    Disabled,
+    Enabled,
+}
+
+impl Change {
+    /// The word the result file's Status column shows.
+    pub fn word(self) -> &'static str {
+        match self {
+            Change::Created => "Created",
+            Change::Updated => "Updated",
+            Change::Unchanged => "Unchanged",
+            Change::Deleted => "Deleted",
+            Change::Disabled => "Disabled",
+            Change::Enabled => "Enabled",
+        }
+    }
 }
 
 impl Outcome {
     pub fn success(row: u32, action: Action, message: impl Into<String>) -> Self {
-        Outcome { row, status: Status::Success, message: message.into(), action: Some(action), user: None, column: None }
+        Outcome { row, status: Status::Success, message: message.into(), action: Some(action), ..Outcome::blank(row) }
     }
     pub fn failure(row: u32, action: Option<Action>, message: impl Into<String>) -> Self {
-        Outcome { row, status: Status::Failure, message: message.into(), action, user: None, column: None }
+        Outcome { row, status: Status::Failure, message: message.into(), action, ..Outcome::blank(row) }
     }
     pub fn skipped(row: u32, message: impl Into<String>) -> Self {
-        Outcome { row, status: Status::Skipped, message: message.into(), action: None, user: None, column: None }
+        Outcome { row, status: Status::Skipped, message: message.into(), ..Outcome::blank(row) }
+    }
+    fn blank(row: u32) -> Self {
+        Outcome {
+            row,
+            status: Status::Skipped,
+            message: String::new(),
+            action: None,
+            user: None,
+            column: None,
+            change: None,
+            changes: String::new(),
+        }
+    }
+    /// The word the result file's Status column shows: the change a success made, else the status.
+    pub fn status_word(&self) -> String {
+        match (self.status, self.change) {
+            (Status::Success, Some(c)) => c.word().to_string(),
+            (s, _) => s.to_string(),
+        }
     }
 }
 

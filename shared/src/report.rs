@@ -18,6 +18,9 @@ pub struct Counts {
     /// Of the successes, rows that changed nothing (`model::UNCHANGED`): nothing was written.
     #[serde(default)]
     pub unchanged: u32,
+    /// Of the successes, each kind of change (a dry run: what would change).
+    #[serde(default)]
+    pub changes: crate::changes::ChangeCounts,
 }
 
 impl Counts {
@@ -34,8 +37,11 @@ impl Counts {
     /// Count one row's outcome.
     pub fn add_outcome(&mut self, o: &crate::model::Outcome) {
         self.add(o.status);
-        if o.status == Status::Success && o.message == crate::model::UNCHANGED {
-            self.unchanged += 1;
+        if let (Status::Success, Some(change)) = (o.status, o.change) {
+            self.changes.add(change);
+            if change == crate::model::Change::Unchanged {
+                self.unchanged += 1;
+            }
         }
     }
     /// "12 succeeded" or "12 succeeded (10 unchanged)".

@@ -75,9 +75,9 @@ async fn validate_mode_checks_against_current_state_and_writes_nothing() {
         statuses(&result),
         vec![
             ("Failure".into(), "user already exists; use Update or Upsert to change it".into()),
-            ("Success".into(), "user would be created (validation only: nothing was changed)".into()),
+            ("Created".into(), "user would be created (validation only: nothing was changed)".into()),
             ("Failure".into(), "user not found; use Create or Upsert to add it".into()),
-            ("Success".into(), "organization \"Fresh Org\" would be created (validation only: nothing was changed)".into()),
+            ("Created".into(), "organization \"Fresh Org\" would be created (validation only: nothing was changed)".into()),
             ("Failure".into(), "Email \"bad-email\" is not a valid email address".into()),
         ]
     );
@@ -87,6 +87,52 @@ async fn validate_mode_checks_against_current_state_and_writes_nothing() {
     let mails = wait_mail(&stack.admin_email(), 2, Duration::from_secs(10)).await;
     let subject = MessageParser::default().parse(mails.last().unwrap()).unwrap().subject().unwrap().to_string();
     assert!(subject.contains("validated, nothing applied: 2 would succeed, 3 would fail"), "{subject}");
+    stack.shutdown().await;
+}
+
+/// The preview an admin reads before applying: a validate run names each field a row would
+/// change (groups as added and removed), and the Status tells each kind of change apart; the email
+/// counts them. Nothing is written.
+#[tokio::test]
+async fn a_validate_run_shows_each_field_a_rename_a_group_move_and_a_delete_would_change() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    seed_users(&stack, "acme", 5).await;
+    let (_, s, result) = stack
+        .run_csv(
+            "acme",
+            Some("validate"),
+            "preview.csv",
+            &[
+                &["Action", "Email", "First Name", "Department", "Group"],
+                &["", "u0@acme.example.com", "Zoe", "", ""],
+                &["", "u1@acme.example.com", "", "Support", "Team B;All"],
+                &["Delete", "u2@acme.example.com", "", "", ""],
+                &["", "u3@acme.example.com", "", "Sales", "Team A;All"],
+                &["Disable", "u4@acme.example.com", "", "", ""],
+                &["", "new@acme.example.com", "Nia", "", ""],
+            ],
+        )
+        .await;
+    let c = col(&result, "Changes");
+    let got: Vec<(String, String)> = result[1..].iter().map(|r| (r[c - 2].clone(), r[c].clone())).collect();
+    let want = [
+        ("Updated", "First Name: (empty) -> \"Zoe\""),
+        ("Updated", "Department: \"Sales\" -> \"Support\"; Groups: +Team B -Team A"),
+        ("Deleted", "Status: active -> deleted"),
+        ("Unchanged", ""),
+        ("Disabled", "Status: active -> disabled"),
+        ("Created", ""),
+    ];
+    assert_eq!(got, want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>());
+    let ch = &s.counts.changes;
+    assert_eq!((ch.created, ch.updated, ch.unchanged, ch.deleted, ch.disabled), (1, 2, 1, 1, 1));
+    let u0 = stack.svc.directory.user("acme", "u0@acme.example.com").await.unwrap().unwrap();
+    assert_eq!(u0.fields.first_name, None, "nothing written");
+    assert!(stack.svc.directory.user("acme", "u2@acme.example.com").await.unwrap().is_some(), "nothing deleted");
+    let mails = wait_mail(&stack.admin_email(), 3, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(mails.last().unwrap()).to_string();
+    assert!(text.contains("If applied: 1 created, 2 updated, 1 unchanged, 1 deleted, 1 disabled"), "{text}");
     stack.shutdown().await;
 }
 
@@ -290,10 +336,10 @@ async fn associations_to_users_created_later_in_the_file_succeed_and_missing_one
         )
         .await;
     let st = statuses(&result);
-    assert_eq!(st[0].0, "Success", "{st:?}");
+    assert_eq!(st[0].0, "Created", "{st:?}");
     assert_eq!(st[1].1, "parent nobody@school.example.com does not exist; add them to this file or create them first");
     assert_eq!(st[2].1, "Username \"kid2\" has no Email, so the row needs a Parent (the parent's email)");
-    assert_eq!(st[3].0, "Success");
+    assert_eq!(st[3].0, "Created");
     assert_eq!((s.counts.success, s.counts.failure), (4, 2));
     let kid = stack.svc.directory.user("school", "user:kid1").await.unwrap().expect("kid1 keyed by username");
     assert_eq!(kid.fields.associations.get("parent").map(String::as_str), Some("mom@school.example.com"));
@@ -365,7 +411,8 @@ async fn multi_sheet_workbook_reads_each_user_type_sheet_and_the_result_keeps_th
         [
             "Failure".to_string(),
             "duplicate email: row 2 of sheet Parents of this file already has mom@school.example.com; only the first row is applied"
-                .to_string()
+                .to_string(),
+            String::new()
         ]
     );
     assert_eq!(result[0].1[2][3], "Failure");

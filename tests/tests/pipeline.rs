@@ -48,11 +48,11 @@ async fn csv_roster_creates_users_writes_results_and_emails_the_admins_once() {
     assert_eq!(ann.status, UserStatus::Active);
     assert!(stack.svc.directory.user("acme", "dee@acme.example.com").await.unwrap().is_none());
 
-    // Result file: every row, in input order, with Status and Message.
+    // Result file: every row, in input order, with Status, Message and Changes.
     let result = parse_csv(&stack.get(summary.result_key.as_deref().unwrap()).await.unwrap());
-    assert_eq!(result[0], vec!["Email", "First Name", "Last Name", "Org", "Role", "Shoe Size", "Status", "Message"]);
+    assert_eq!(result[0], vec!["Email", "First Name", "Last Name", "Org", "Role", "Shoe Size", "Status", "Message", "Changes"]);
     assert_eq!(result.len(), 9);
-    assert_eq!(status_of(&result, "ann@acme.example.com"), ("Success".into(), "user created".into()));
+    assert_eq!(status_of(&result, "ann@acme.example.com"), ("Created".into(), "user created".into()));
     assert_eq!(result[2][2], "'=1+2", "formula neutralised in CSV");
     assert_eq!(status_of(&result, "bad-email"), ("Failure".into(), "Email \"bad-email\" is not a valid email address".into()));
     assert_eq!(status_of(&result, "dee@acme.example.com").1, "unknown role \"learner\"; did you mean \"Learner\"?");
@@ -60,11 +60,15 @@ async fn csv_roster_creates_users_writes_results_and_emails_the_admins_once() {
         status_of(&result, "ANN@acme.example.com").1,
         "duplicate email: row 2 of this file already has ann@acme.example.com; only the first row is applied"
     );
-    assert_eq!(result[6][6..], ["Skipped".to_string(), "empty row".to_string()]);
+    assert_eq!(result[6][6..], ["Skipped".to_string(), "empty row".to_string(), String::new()]);
     assert!(status_of(&result, "eve@acme.example.com").1.contains("admin role"));
     assert_eq!(
         result[8][6..],
-        ["Failure".to_string(), "Email is empty; every user row needs an email address (or a Username and a Parent)".to_string()]
+        [
+            "Failure".to_string(),
+            "Email is empty; every user row needs an email address (or a Username and a Parent)".to_string(),
+            String::new()
+        ]
     );
 
     // Failed rows only, same columns plus Message, ready to fix and upload again.
@@ -129,18 +133,18 @@ async fn each_action_reports_its_outcome_and_conditional_writes_hold() {
     let msgs: Vec<(String, String)> = result[1..].iter().map(|r| (r[5].clone(), r[6].clone())).collect();
     let expect = [
         ("Failure", "user already exists; use Update or Upsert to change it"),
-        ("Success", "user updated"),
+        ("Updated", "user updated"),
         ("Failure", "user not found; use Create or Upsert to add it"),
-        ("Success", "user deleted"),
+        ("Deleted", "user deleted"),
         ("Failure", "user not found; use Create or Upsert to add it"),
-        ("Success", "user disabled"),
+        ("Disabled", "user disabled"),
         ("Failure", "user not found; use Create or Upsert to add it"),
         ("Failure", "organization \"Ghost Org\" does not exist; create it first or add a Type=Org row for it to this file"),
-        ("Success", "user created"),
+        ("Created", "user created"),
         ("Failure", "organization \"North\" already exists; use Update or Upsert to change it"),
         ("Failure", "organization \"Nowhere\" not found; use Create or Upsert to add it"),
         ("Failure", "organization \"West\" still has 1 user; move or delete them first"),
-        ("Success", "organization \"Empty Org\" deleted"),
+        ("Deleted", "organization \"Empty Org\" deleted"),
     ];
     assert_eq!(msgs.len(), expect.len());
     for (i, (got, want)) in msgs.iter().zip(expect.iter()).enumerate() {
@@ -242,7 +246,7 @@ async fn spreadsheet_result_is_an_xlsx_with_every_row_and_a_failed_rows_workbook
     let result = parse_xlsx(&stack.get(s.result_key.as_deref().unwrap()).await.unwrap());
     assert_eq!(result.len(), rows.len());
     for (i, (row, good)) in result[1..].iter().zip(&ok).enumerate() {
-        assert_eq!(row[10] == "Success", *good, "row {}: {:?}", i + 2, row);
+        assert_eq!(row[10] == "Created", *good, "row {}: {:?}", i + 2, row);
         assert_eq!(row[2], rows[i + 1][2], "input order kept");
     }
     let failed = parse_xlsx(&stack.get(s.failed_rows_key.as_deref().unwrap()).await.unwrap());
@@ -336,7 +340,7 @@ async fn ten_thousand_rows_end_to_end_every_row_accounted_for_and_one_email() {
     let result = parse_csv(&stack.get(s.result_key.as_deref().unwrap()).await.unwrap());
     assert_eq!(result.len(), 10_001);
     for (row, good) in result[1..].iter().zip(&ok) {
-        assert_eq!(row[10] == "Success", *good, "{row:?}");
+        assert_eq!(row[10] == "Created", *good, "{row:?}");
     }
     let mails = wait_mail(&stack.admin_email(), 1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -367,7 +371,9 @@ async fn every_event_delivered_twice_and_out_of_order_changes_nothing_and_sends_
     assert_eq!(mails.len(), 1, "exactly one email");
     // Created users report "user created" (not "already exists") although every chunk ran twice.
     let result = parse_csv(&stack.get(s.result_key.as_deref().unwrap()).await.unwrap());
-    assert!(result[1..].iter().filter(|r| r[10] == "Success").all(|r| r[11].ends_with("created")), "{result:?}");
+    let applied: Vec<&Vec<String>> = result[1..].iter().filter(|r| r[10] != "Failure").collect();
+    assert_eq!(applied.len() as u32, 60 - expected_fail);
+    assert!(applied.iter().all(|r| r[10] == "Created" && r[11].ends_with("created")), "{result:?}");
 
     // The same file delivered once to a fresh stack leaves the same directory, field by field.
     let single = Stack::start_manual().await;
@@ -394,8 +400,11 @@ async fn add_mode_fails_existing_users_and_refuses_other_actions() {
     let key = stack.drop_file("acme", Some("add"), "add.csv", file).await;
     let job = stack.wait_job("acme", &key, WAIT).await;
     let result = parse_csv(&stack.get(stack.summary(&job).await.result_key.as_deref().unwrap()).await.unwrap());
-    assert_eq!(result[1][2..], ["Failure".to_string(), "user already exists; use Update or Upsert to change it".to_string()]);
-    assert_eq!(result[2][2], "Success");
+    assert_eq!(
+        result[1][2..],
+        ["Failure".to_string(), "user already exists; use Update or Upsert to change it".to_string(), String::new()]
+    );
+    assert_eq!(result[2][2], "Created");
     assert!(result[3][3].contains("not allowed in add mode"));
     assert_eq!(Status::Success.to_string(), "Success");
     stack.shutdown().await;

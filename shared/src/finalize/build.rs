@@ -98,12 +98,12 @@ impl Builder<'_> {
         };
         if self.disabled.is_none() {
             let mut f = self.open("disabled-users", Kind::Csv(b','))?;
-            f.start("Disabled", &["Email", "Status", "Message"], None)?;
+            f.start("Disabled", &["Email", "Status", "Message", "Changes"], None)?;
             self.disabled = Some(f);
         }
         self.digest.disabled(&o);
-        let status = o.status.to_string();
-        self.disabled.as_mut().map(|f| f.row(&[&user, &status, &o.message])).transpose()?;
+        let status = o.status_word();
+        self.disabled.as_mut().map(|f| f.row(&[&user, &status, &o.message, &o.changes])).transpose()?;
         Ok(())
     }
 }
@@ -133,13 +133,13 @@ impl TableVisitor for Builder<'_> {
         let sheet = head.sheet.clone().unwrap_or_else(|| "Roster".into());
         if width < head.headers.len() {
             self.digest.warn(format!(
-                "sheet \"{}\" has {} columns; a spreadsheet holds 16,384, so the result files keep its first {MAX_INPUT_COLUMNS} and add Status and Message",
+                "sheet \"{}\" has {} columns; a spreadsheet holds 16,384, so the result files keep its first {MAX_INPUT_COLUMNS} and add Status, Message and Changes",
                 crate::wording::quoted(&sheet),
                 head.headers.len()
             ));
         }
         let mut header: Vec<&str> = head.headers[..width].iter().map(String::as_str).collect();
-        header.extend(["Status", "Message"]);
+        header.extend(["Status", "Message", "Changes"]);
         let used = self.result.as_mut().map(|f| f.start(&sheet, &header, Some(width))).transpose()?.unwrap_or_default();
         if used != sheet && kind == Kind::Xlsx {
             self.digest.warn(format!(
@@ -167,10 +167,12 @@ impl TableVisitor for Builder<'_> {
         self.digest.add(&outcome);
         let width = self.width;
         let mut line: Vec<&str> = (0..width).map(|i| cells.get(i).map_or("", |c| c.as_ref())).collect();
-        let status = outcome.status.to_string();
+        let status = outcome.status_word();
         line.push(&status);
         line.push(&outcome.message);
+        line.push(&outcome.changes);
         self.result.as_mut().map(|f| f.row(&line)).transpose()?;
+        line.pop(); // Changes: the failed-rows file is for fixing and uploading again
         if outcome.status == Status::Failure {
             if self.failed.is_none() {
                 let kind = self.kind.unwrap_or(Kind::Csv(b','));

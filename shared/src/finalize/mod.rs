@@ -268,6 +268,11 @@ pub fn result_email(tenant: &str, s: &Summary, d: &Digest, links: &[(String, Str
     if c.unchanged > 0 {
         text += &format!("    of which unchanged: {} (already as the file says; nothing was written)\n", c.unchanged);
     }
+    let changes = c.changes.words();
+    let changes_label = if dry { "If applied" } else { "Changes" };
+    if !changes.is_empty() {
+        text += &format!("    {changes_label}: {changes}\n");
+    }
     text += &format!("  Failed:    {}\n  Skipped:   {}\n\n", c.failure, c.skipped);
     text += "By action:\n";
     for (a, n) in &s.by_action {
@@ -296,6 +301,9 @@ pub fn result_email(tenant: &str, s: &Summary, d: &Digest, links: &[(String, Str
     text += &format!("\nJob: {}\n", s.job_id);
 
     let mut html = format!("<p>Your file <b>{}</b> ({} rows, mode {}) has been {done}.</p>", esc(&s.file_name), s.rows, esc(&s.mode));
+    if !changes.is_empty() {
+        html += &format!("<p>{changes_label}: {}.</p>", esc(&changes));
+    }
     if s.disabled_not_in_file > 0 {
         html += &format!(
             "<p>Replace mode disabled <b>{}</b> active users absent from the file (see disabled-users.csv).</p>",
@@ -368,7 +376,7 @@ mod tests {
         let out = kit.outcomes(&job).await;
         let failed: Vec<usize> = out.iter().enumerate().filter(|(_, (s, _))| s == "Failure").map(|(i, _)| i).collect();
         assert_eq!(failed, vec![1, 4, 7, 10, 11, 12], "{out:?}");
-        assert!(out.iter().all(|(s, m)| (s == "Success" || s == "Failure") && !m.is_empty()), "{out:?}");
+        assert!(out.iter().all(|(s, m)| (s == "Created" || s == "Failure") && !m.is_empty()), "{out:?}");
         let summary = kit.summary(&job).await;
         assert_eq!((summary.counts.success, summary.counts.failure), (7, 6));
         let failed_rows = kit.svc.store.get(summary.failed_rows_key.as_deref().unwrap()).await.unwrap().unwrap();
@@ -420,9 +428,9 @@ mod tests {
         assert_eq!(
             text.trim_start_matches('\u{feff}').lines().collect::<Vec<_>>(),
             vec![
-                "Email,FirstName,Status,Message",
-                "a@x.com,'=cmd,Success,user created",
-                "bad,B,Failure,\"Email \"\"bad\"\" is not a valid email address\""
+                "Email,FirstName,Status,Message,Changes",
+                "a@x.com,'=cmd,Success,user created,",
+                "bad,B,Failure,\"Email \"\"bad\"\" is not a valid email address\","
             ]
         );
         let failed = files.failed.unwrap();

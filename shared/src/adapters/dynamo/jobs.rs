@@ -68,7 +68,9 @@ impl DynamoJobs {
         match res {
             Ok(_) => Ok(Some(true)),
             Err(e) if first_condition_failed(&e) => Ok(None),
-            Err(e) if cancellation_codes(&e).is_some_and(|c| c.get(1).map(String::as_str) == Some("ConditionalCheckFailed")) => Ok(Some(false)),
+            Err(e) if cancellation_codes(&e).is_some_and(|c| c.get(1).map(String::as_str) == Some("ConditionalCheckFailed")) => {
+                Ok(Some(false))
+            }
             Err(e) => Err(ddb_err("TransactWriteItems")(e)),
         }
     }
