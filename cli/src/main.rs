@@ -92,6 +92,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply a HELD job as it was read (its email has the preview). Exits 1 when refused.
+    Approve {
+        job: String,
+        /// Refuse unless the job is this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Discard a HELD job: nothing in it is applied. Exits 1 when refused.
+    Discard {
+        job: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Download a job's result files (result, failed rows, summary.json).
     Results {
         job: String,
@@ -249,6 +262,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { job: None, tenant: None, .. } => Err(input("give a job id, or --tenant T to list a tenant's recent jobs")),
+        Command::Approve { job, tenant } => decide(svc, &job, tenant.as_deref(), shared::holds::Verb::Approve, aws).await,
+        Command::Discard { job, tenant } => decide(svc, &job, tenant.as_deref(), shared::holds::Verb::Discard, aws).await,
         Command::Results { job, out } => {
             let job = svc.jobs.get(&job).await.map_err(reach)?.ok_or_else(|| input(format!("job {job:?} not found")))?;
             let prefix = keys::results_prefix(&job.tenant, &job.id);
@@ -485,4 +500,16 @@ async fn first_failures(svc: &Services, job: &str, n: usize) -> shared::Result<V
     failures.sort_by_key(|o| o.row);
     failures.truncate(n);
     Ok(failures)
+}
+
+/// `approve` / `discard`: one line, exit 1 when refused (nothing changed then).
+async fn decide(svc: &Services, job: &str, tenant: Option<&str>, verb: shared::holds::Verb, aws: bool) -> Result<ExitCode> {
+    let by = format!("rosterdrop {} (CLI, user {})", verb.as_str(), std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+    match shared::holds::decide(svc, job, tenant, verb, &by).await.map_err(|e| unavailable(e, aws))? {
+        Ok(line) => {
+            println!("{line}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(line) => Err(input(line)),
+    }
 }

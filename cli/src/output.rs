@@ -80,6 +80,8 @@ fn state_cell(state: JobState) -> Cell {
         JobState::Completed => Color::Green,
         JobState::Rejected | JobState::Failed => Color::Red,
         JobState::Received | JobState::Applying => Color::Yellow,
+        JobState::Held => Color::Magenta,
+        JobState::Discarded => Color::Grey,
     };
     Cell::new(state.as_str()).fg(color)
 }

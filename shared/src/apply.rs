@@ -55,6 +55,11 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
         info!(job = %job_id, phase, seq, "chunk already applied (duplicate event)");
         return advance(svc, &job, phase).await;
     }
+    if job.state == JobState::Held {
+        // Chunks are released only on approval; one seen before it is not applied.
+        warn!(job = %job_id, phase, seq, "chunk of a held job; not applied");
+        return Ok(());
+    }
     if job.state.is_final() {
         // A FAILED job's email already said which rows were not applied: keep it true.
         info!(job = %job_id, phase, seq, state = job.state.as_str(), "late chunk of a finished job; not applied");
@@ -65,7 +70,7 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
     let (tenant, stored) = tokio::try_join!(svc.directory.tenant(&job.tenant), read_users(svc, &job.tenant, users_to_read(&ops, false)))?;
     let tenant = tenant.ok_or_else(|| Error::corrupt(format!("tenant {}", job.tenant), "removed during a job"))?;
     let claim = format!("{job_id}#{phase}#{seq}");
-    let outcomes = apply_read(svc, &job, &tenant, ops, &claim, Some(stored)).await?;
+    let outcomes = apply_read(svc, &job, &tenant, ops, &claim, Some(stored), None).await?;
     let failed = outcomes.iter().filter(|o| o.status != Status::Success).count();
     // Outcomes first, then the marker: a recorded chunk always has its outcomes.
     svc.store.put(&keys::chunk_outcomes(&job_id, phase, seq), jsonl(&outcomes)?, "application/x-ndjson").await?;
@@ -85,8 +90,11 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
 struct Ctx<'a> {
     svc: &'a Services,
     tenant: &'a Tenant,
-    /// Validate mode: read the directory, predict, write nothing.
+    /// Validate mode, or the preview of a file that may be held: read the directory, predict,
+    /// write nothing.
     dry: bool,
+    /// What a predicted outcome adds ("validation only: nothing was changed").
+    dry_note: &'static str,
     now: String,
     job: &'a str,
     /// The upload's order: rows never overwrite what a later upload wrote.
@@ -103,8 +111,16 @@ struct Ctx<'a> {
 /// (after the SDK's own backoff retries) fail the invocation so it is retried as a whole: rows
 /// already written recognise their own stamp and report the same outcome again.
 pub async fn apply_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowOp>, claim: &str) -> Result<Vec<Outcome>> {
-    apply_read(svc, job, tenant, ops, claim, None).await
+    apply_read(svc, job, tenant, ops, claim, None, None).await
 }
+
+/// What `ops` would do, writing nothing: the preview of a file that may be held (`holds`).
+pub async fn preview_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowOp>) -> Result<Vec<Outcome>> {
+    apply_read(svc, job, tenant, ops, "preview", None, Some(PREVIEW_NOTE)).await
+}
+
+const VALIDATE_NOTE: &str = "validation only: nothing was changed";
+const PREVIEW_NOTE: &str = "preview: nothing was changed";
 
 /// The users a chunk decides from: every row about an existing user (whether it is unchanged,
 /// its Changes) and, with `all` (a tenant with a pool: licence hints; a dry run: predictions), the
@@ -134,8 +150,10 @@ async fn apply_read(
     ops: Vec<RowOp>,
     claim: &str,
     unpooled: Option<HashMap<String, User>>,
+    preview: Option<&'static str>,
 ) -> Result<Vec<Outcome>> {
-    let all = tenant.licences.is_some() || job.mode == Some(Mode::Validate);
+    let dry_note = preview.or((job.mode == Some(Mode::Validate)).then_some(VALIDATE_NOTE));
+    let all = tenant.licences.is_some() || dry_note.is_some();
     let stored = match unpooled {
         None => read_users(svc, &tenant.id, users_to_read(&ops, all)).await?,
         Some(mut stored) if all => {
@@ -150,7 +168,8 @@ async fn apply_read(
         stored,
         svc,
         tenant,
-        dry: job.mode == Some(Mode::Validate),
+        dry: dry_note.is_some(),
+        dry_note: dry_note.unwrap_or(""),
         now: chrono::Utc::now().to_rfc3339(),
         job: &job.id,
         order: &job.order,
@@ -334,7 +353,7 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<(Outcome
             return fail(format!("could not be saved: {e}"));
         }
     };
-    let mut outcome = message(op, &written.write, ctx.dry);
+    let mut outcome = message(op, &written.write, ctx.dry.then_some(ctx.dry_note));
     if let Some(change) = outcome.change {
         let stored = match &op.target {
             Target::User { email, .. } => ctx.stored.get(email),
@@ -456,7 +475,7 @@ async fn predict_org(ctx: &Ctx<'_>, op: &RowOp) -> Result<Write> {
 }
 
 /// The human words for a write's result.
-fn message(op: &RowOp, write: &Write, dry: bool) -> Outcome {
+fn message(op: &RowOp, write: &Write, dry: Option<&str>) -> Outcome {
     let (noun, what) = match &op.target {
         Target::User { email, .. } if op.action == Action::Reconcile => ("user", format!(" {email}")),
         Target::User { .. } => ("user", String::new()),
@@ -469,10 +488,11 @@ fn message(op: &RowOp, write: &Write, dry: bool) -> Outcome {
     outcome
 }
 
-fn message_of(op: &RowOp, write: &Write, dry: bool, noun: &str, what: &str) -> Outcome {
+fn message_of(op: &RowOp, write: &Write, dry: Option<&str>, noun: &str, what: &str) -> Outcome {
     let (row, action) = (op.row, op.action);
-    let done = |verb: &str| {
-        if dry { format!("{noun}{what} would be {verb} (validation only: nothing was changed)") } else { format!("{noun}{what} {verb}") }
+    let done = |verb: &str| match dry {
+        Some(note) => format!("{noun}{what} would be {verb} ({note})"),
+        None => format!("{noun}{what} {verb}"),
     };
     match write {
         Write::Created => Outcome::success(row, action, done("created")),
@@ -636,7 +656,7 @@ mod tests {
 
         let replace = kit.upload("replace/all.csv", "Email\na@acme.example.com\n");
         let mut tenant = dir.tenant("acme").await.unwrap().unwrap();
-        tenant.replace_threshold_percent = Some(60);
+        tenant.holds.remove_percent = 60;
         dir.put_tenant(&tenant).await.unwrap();
         kit.deliver(&replace).await;
         kit.settle().await;

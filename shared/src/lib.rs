@@ -14,6 +14,7 @@ pub mod error;
 pub mod event;
 pub mod fields;
 pub mod finalize;
+pub mod holds;
 pub mod ingest;
 pub mod invites;
 pub mod keys;

@@ -44,9 +44,9 @@ pub struct Tenant {
     /// Licence pool: active users this tenant may have; unlimited when absent.
     #[serde(default)]
     pub licences: Option<u32>,
-    /// Replace mode refuses to run when it would disable more than this share of active users.
+    /// When a file's changes wait for an admin's approval (`holds`).
     #[serde(default)]
-    pub replace_threshold_percent: Option<u8>,
+    pub holds: Holds,
     /// Branding of activation (invite) emails.
     #[serde(default)]
     pub branding: Branding,
@@ -105,7 +105,34 @@ pub enum AttributeKind {
     },
 }
 
-pub const DEFAULT_REPLACE_THRESHOLD_PERCENT: u8 = 20;
+/// Mass-change thresholds: a file that would delete or disable, or update, more than its share of
+/// the tenant's active users is held (nothing applied) until an admin approves or discards it.
+/// Each share 0 turns that hold off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Holds {
+    /// Percent of active users a file may delete or disable (replace mode's absent users included).
+    pub remove_percent: u8,
+    /// Percent of active users a file may update.
+    pub update_percent: u8,
+    /// Fewer changed users than this are never held, whatever the share (a small tenant's few).
+    pub min_users: u32,
+    /// Days a held file waits for approval; then it is discarded with an email.
+    pub expire_days: u32,
+}
+
+impl Default for Holds {
+    fn default() -> Self {
+        Holds { remove_percent: 10, update_percent: 75, min_users: 10, expire_days: 7 }
+    }
+}
+
+impl Holds {
+    /// Never hold (replace-force, tests that mass-change on purpose).
+    pub fn off() -> Self {
+        Holds { remove_percent: 0, update_percent: 0, ..Holds::default() }
+    }
+}
 
 /// A claim (an email about to be sent, an invite being sent) not marked done after this long
 /// belongs to an invocation that has ended (the finalize function's timeout is 15 minutes) and
@@ -137,6 +164,8 @@ pub enum EmailKind {
     Result,
     /// A job stopped: what was and was not applied.
     Failure,
+    /// A file held for approval: its preview and how to approve or discard it.
+    Held,
 }
 
 impl EmailKind {
@@ -145,6 +174,7 @@ impl EmailKind {
             EmailKind::Started => "started",
             EmailKind::Result => "result",
             EmailKind::Failure => "failure",
+            EmailKind::Held => "held",
         }
     }
 }
@@ -166,7 +196,7 @@ impl Tenant {
             attributes: vec![],
             products: vec![],
             licences: None,
-            replace_threshold_percent: None,
+            holds: Holds::default(),
             branding: Branding::default(),
         }
     }
@@ -176,10 +206,6 @@ impl Tenant {
         let mut t = Tenant::new("offline", vec!["offline@example.com".into()]);
         t.roles = vec!["*".into()];
         t
-    }
-
-    pub fn replace_threshold(&self) -> u8 {
-        self.replace_threshold_percent.unwrap_or(DEFAULT_REPLACE_THRESHOLD_PERCENT)
     }
 
     /// A sender SES will send from: inside the deployment's verified identity (that address, or an
@@ -222,8 +248,11 @@ impl Tenant {
         {
             return Err(format!("branding.colour {c:?} must look like #1a73e8"));
         }
-        if self.replace_threshold_percent.is_some_and(|p| p > 100) {
-            return Err("replace_threshold_percent must be between 0 and 100".into());
+        if self.holds.remove_percent > 100 || self.holds.update_percent > 100 {
+            return Err("holds.remove_percent and holds.update_percent must be between 0 and 100".into());
+        }
+        if self.holds.expire_days == 0 || self.holds.expire_days > 90 {
+            return Err("holds.expire_days must be between 1 and 90".into());
         }
         for a in &self.attributes {
             if a.name.trim().is_empty() {
@@ -611,12 +640,17 @@ pub enum JobState {
     Rejected,
     /// Stopped after repeated failures past the deadline; the email says what was applied.
     Failed,
+    /// Read and previewed, nothing applied: its changes pass the tenant's `holds` and wait for an
+    /// admin to approve (then APPLYING) or discard it.
+    Held,
+    /// A held job discarded by an admin or left unapproved past the tenant's time; nothing applied.
+    Discarded,
 }
 
 impl JobState {
-    /// COMPLETED, REJECTED or FAILED: nothing more happens to the job.
+    /// COMPLETED, REJECTED, FAILED or DISCARDED: nothing more happens to the job.
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Rejected | JobState::Failed)
+        matches!(self, JobState::Completed | JobState::Rejected | JobState::Failed | JobState::Discarded)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -626,6 +660,8 @@ impl JobState {
             JobState::Completed => "COMPLETED",
             JobState::Rejected => "REJECTED",
             JobState::Failed => "FAILED",
+            JobState::Held => "HELD",
+            JobState::Discarded => "DISCARDED",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -635,6 +671,8 @@ impl JobState {
             "COMPLETED" => JobState::Completed,
             "REJECTED" => JobState::Rejected,
             "FAILED" => JobState::Failed,
+            "HELD" => JobState::Held,
+            "DISCARDED" => JobState::Discarded,
             _ => return None,
         })
     }

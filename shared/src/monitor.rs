@@ -100,6 +100,8 @@ pub struct ScheduledReport {
     pub sent: usize,
     pub resumed_jobs: usize,
     pub stopped_jobs: usize,
+    /// Held jobs discarded because nobody approved them in time.
+    pub expired_holds: usize,
     pub oldest_open_job_age_seconds: i64,
     pub errors: Vec<String>,
 }
@@ -125,6 +127,10 @@ pub async fn scheduled(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Sc
     match fail_stuck_jobs(svc, now).await {
         Ok(n) => report.stopped_jobs = n,
         Err(e) => errors.push(note("stuck jobs", e)),
+    }
+    match crate::holds::discard_expired(svc, now).await {
+        Ok(n) => report.expired_holds = n,
+        Err(e) => errors.push(note("expired holds", e)),
     }
     match oldest_open_job_age(svc, now).await {
         Ok(age) => {

@@ -99,6 +99,9 @@ pub trait Directory: Send + Sync {
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64>;
     /// Every user of a tenant: (key, status). Replace mode diffs the file against it.
     async fn list_users(&self, tenant: &str) -> Result<Vec<(String, UserStatus)>>;
+    /// The tenant's active users, counted up to `at_most` (reading stops there): whether a file
+    /// could pass a hold threshold needs no more.
+    async fn count_active_users(&self, tenant: &str, at_most: u64) -> Result<u64>;
     /// Reserve licences of a pool of `limit` for one claim (a chunk): up to one per taker. Atomic
     /// across concurrent claims. The decision is recorded with the grant; a repeated claim gets the
     /// recorded decision back, not the one it passed.
@@ -167,8 +170,11 @@ pub trait JobStore: Send + Sync {
     async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()>;
     /// The oldest job not yet COMPLETED or REJECTED: (id, received_at).
     async fn oldest_open(&self) -> Result<Option<(String, String)>>;
-    /// Open jobs, oldest first: (id, received_at).
+    /// Open jobs, oldest first: (id, since): received, or approved after a hold. Held jobs are
+    /// not open (they wait for a person, not for the pipeline).
     async fn open_jobs(&self, limit: usize) -> Result<Vec<(String, String)>>;
+    /// HELD jobs, oldest first: (id, received_at).
+    async fn held_jobs(&self, limit: usize) -> Result<Vec<(String, String)>>;
     /// Take the tenant's replace lock for job `id`: `None` when this job holds it now (or already
     /// did), `Some(holder)` when another job that is still open holds it. A holder that ended
     /// (completed, rejected, failed) or vanished holds nothing, so the lock needs no release and

@@ -358,6 +358,10 @@ impl Directory for MemoryDirectory {
             })
             .collect())
     }
+    async fn count_active_users(&self, tenant: &str, at_most: u64) -> Result<u64> {
+        let active = self.list_users(tenant).await?.into_iter().filter(|(_, s)| *s == UserStatus::Active).count() as u64;
+        Ok(active.min(at_most.max(1)))
+    }
     async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
         let mut state = lock(&self.state);
         if let Some((recorded, _)) = state.claims.get(claim) {
@@ -396,6 +400,8 @@ struct JobsState {
     /// (job, kind) -> (claimed at, sent)
     emails: HashMap<(String, &'static str), (String, bool)>,
     replace: HashMap<String, String>,
+    /// Jobs approved after a hold: open since then.
+    since: HashMap<String, String>,
 }
 
 /// Jobs, chunk markers, email claims and the replace lock.
@@ -426,16 +432,20 @@ impl JobStore for MemoryJobs {
     }
     async fn transition(&self, id: &str, from: JobState, to: JobState, message: Option<&str>) -> Result<bool> {
         let mut state = lock(&self.state);
-        match state.jobs.get_mut(id) {
+        let moved = match state.jobs.get_mut(id) {
             Some(job) if job.state == from => {
                 job.state = to;
                 if let Some(m) = message {
                     job.message = Some(m.to_string());
                 }
-                Ok(true)
+                true
             }
-            _ => Ok(false),
+            _ => false,
+        };
+        if moved && from == JobState::Held {
+            state.since.insert(id.to_string(), chrono::Utc::now().to_rfc3339());
         }
+        Ok(moved)
     }
     async fn record_chunk(&self, id: &str, phase: usize, seq: u32, of: Option<u32>) -> Result<Recorded> {
         let mut state = lock(&self.state);
@@ -478,13 +488,22 @@ impl JobStore for MemoryJobs {
         }
         Ok(())
     }
+    async fn held_jobs(&self, limit: usize) -> Result<Vec<(String, String)>> {
+        let state = lock(&self.state);
+        let mut held: Vec<(String, String)> =
+            state.jobs.values().filter(|j| j.state == JobState::Held).map(|j| (j.id.clone(), j.received_at.clone())).collect();
+        held.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+        held.truncate(limit);
+        Ok(held)
+    }
     async fn oldest_open(&self) -> Result<Option<(String, String)>> {
         Ok(self.open_jobs(1).await?.into_iter().next())
     }
     async fn open_jobs(&self, limit: usize) -> Result<Vec<(String, String)>> {
         let state = lock(&self.state);
+        let since = |j: &Job| state.since.get(&j.id).cloned().unwrap_or_else(|| j.received_at.clone());
         let mut open: Vec<(String, String)> =
-            state.jobs.values().filter(|j| !j.state.is_final()).map(|j| (j.id.clone(), j.received_at.clone())).collect();
+            state.jobs.values().filter(|j| !j.state.is_final() && j.state != JobState::Held).map(|j| (j.id.clone(), since(j))).collect();
         open.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
         open.truncate(limit);
         Ok(open)

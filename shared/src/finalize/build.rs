@@ -42,10 +42,20 @@ pub fn stem(file_name: &str) -> String {
     if clean.trim().is_empty() { "roster".into() } else { clean }
 }
 
+/// Which files a build writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// A job's results: every row, the failed rows, the users replace mode disabled.
+    Result,
+    /// A held job's preview: only the rows that would change, and who would be disabled.
+    Preview,
+}
+
 struct Builder<'a> {
     dir: &'a Path,
     stem: String,
     stopped: bool,
+    flavour: Flavour,
     merge: Merge,
     result: Option<TableFile>,
     failed: Option<TableFile>,
@@ -59,6 +69,14 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// (result, failed rows, disabled users) file names of the flavour.
+    fn names(&self) -> (&'static str, &'static str, &'static str) {
+        match self.flavour {
+            Flavour::Result => ("result", "failed-rows", "disabled-users"),
+            Flavour::Preview => ("preview", "failed-rows", "would-be-disabled"),
+        }
+    }
+
     fn open(&mut self, suffix: &str, kind: Kind) -> Result<TableFile> {
         let ext = match kind {
             Kind::Xlsx => "xlsx",
@@ -97,7 +115,7 @@ impl Builder<'_> {
             return Ok(());
         };
         if self.disabled.is_none() {
-            let mut f = self.open("disabled-users", Kind::Csv(b','))?;
+            let mut f = self.open(self.names().2, Kind::Csv(b','))?;
             f.start("Disabled", &["Email", "Status", "Message", "Changes"], None)?;
             self.disabled = Some(f);
         }
@@ -124,7 +142,7 @@ impl TableVisitor for Builder<'_> {
         if self.result.is_none() {
             // The result is always comma-separated; the failed-rows file keeps the input's delimiter.
             let result_kind = if let Kind::Csv(_) = kind { Kind::Csv(b',') } else { kind };
-            self.result = Some(self.open("result", result_kind)?);
+            self.result = Some(self.open(self.names().0, result_kind)?);
         }
         let width = match kind {
             Kind::Xlsx => head.headers.len().min(MAX_INPUT_COLUMNS),
@@ -171,9 +189,12 @@ impl TableVisitor for Builder<'_> {
         line.push(&status);
         line.push(&outcome.message);
         line.push(&outcome.changes);
-        self.result.as_mut().map(|f| f.row(&line)).transpose()?;
+        let changes = outcome.status == Status::Success && outcome.change.is_some_and(|c| c != crate::model::Change::Unchanged);
+        if self.flavour == Flavour::Result || changes {
+            self.result.as_mut().map(|f| f.row(&line)).transpose()?;
+        }
         line.pop(); // Changes: the failed-rows file is for fixing and uploading again
-        if outcome.status == Status::Failure {
+        if outcome.status == Status::Failure && self.flavour == Flavour::Result {
             if self.failed.is_none() {
                 let kind = self.kind.unwrap_or(Kind::Csv(b','));
                 self.failed = Some(self.open("failed-rows", kind)?);
@@ -196,11 +217,24 @@ impl TableVisitor for Builder<'_> {
 /// Build the result files of `source` (the file as ingest read it) with the outcomes in
 /// `outcome_files`, into `dir`. `stopped`: rows without an outcome were not applied.
 pub fn build(source: &Path, outcome_files: &[PathBuf], dir: &Path, file_name: &str, stopped: bool) -> Result<BuiltFiles> {
+    build_as(source, outcome_files, dir, file_name, stopped, Flavour::Result)
+}
+
+/// `build`, writing the files of `flavour`.
+pub fn build_as(
+    source: &Path,
+    outcome_files: &[PathBuf],
+    dir: &Path,
+    file_name: &str,
+    stopped: bool,
+    flavour: Flavour,
+) -> Result<BuiltFiles> {
     let merge = Merge::open(outcome_files).map_err(|e| Error::corrupt("outcomes", e))?;
     let mut b = Builder {
         dir,
         stem: stem(file_name),
         stopped,
+        flavour,
         merge,
         result: None,
         failed: None,
@@ -231,15 +265,16 @@ pub fn build(source: &Path, outcome_files: &[PathBuf], dir: &Path, file_name: &s
     };
     let result = b.result.take().ok_or_else(|| Error::corrupt("staged source", "no table"))?;
     let stem = b.stem.clone();
+    let (result_name, _, disabled_name) = b.names();
     Ok(BuiltFiles {
-        result: done(result, "result", &stem)?,
+        result: done(result, result_name, &stem)?,
         failed: b.failed.take().map(|f| done(f, "failed-rows", &stem)).transpose()?,
         disabled: b
             .disabled
             .take()
             .map(|f| {
-                done(f, "disabled-users", "").map(|mut d| {
-                    d.name = "disabled-users.csv".into();
+                done(f, disabled_name, "").map(|mut d| {
+                    d.name = format!("{disabled_name}.csv");
                     d
                 })
             })

@@ -186,7 +186,7 @@ fn summary_of(job: &Job, state: JobState, d: &Digest, mut warnings: Vec<String>)
 
 /// Attachments while together they stay within the configured size (far below SES's 40 MB
 /// message once base64-encoded); past it, a link valid for the configured time.
-async fn attach_or_link(svc: &Services, files: &[(Built, String)]) -> Result<(Vec<Attachment>, Vec<(String, String)>)> {
+pub(crate) async fn attach_or_link(svc: &Services, files: &[(Built, String)]) -> Result<(Vec<Attachment>, Vec<(String, String)>)> {
     let (mut attachments, mut links, mut total) = (Vec::new(), Vec::new(), 0usize);
     for (built, key) in files {
         let size = std::fs::metadata(&built.path).map_err(|e| Error::local("result file", e))?.len() as usize;

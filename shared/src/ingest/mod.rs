@@ -99,6 +99,13 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
         }
         Err(problem) => return misplaced(svc, obj, &problem).await,
     };
+    // An admin's decision on a held job, dropped from the S3 console: not a file of its own.
+    if let Err(segment) = &key.mode
+        && let Some(verb) = crate::holds::Verb::parse(segment)
+        && let Some(tenant) = svc.directory.tenant(&key.tenant).await?
+    {
+        return crate::holds::from_console(svc, obj, &tenant, verb, &key.file_name).await;
+    }
     let id = job_id(obj);
     let new = Job {
         order: upload_order(obj.event_time, obj.sequencer.as_deref()),
@@ -158,10 +165,19 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
         Err(Stop::Refused(reason)) => return report::reject(svc, &job, Some(&tenant), &reason, &[]).await,
         Err(Stop::Io(e)) => return Err(Error::local("reading the roster", e)),
     };
+    let mut active = None;
     if mode.is_replace() {
         // Two "whole lists" must never interleave: one replace file of a tenant at a time.
         if let Some(holder) = svc.jobs.acquire_replace(&tenant.id, &job.id).await? {
-            let other = svc.jobs.get(&holder).await?.map(|j| j.file_name).unwrap_or_default();
+            let other = svc.jobs.get(&holder).await?;
+            if let Some(other) = other.as_ref().filter(|j| j.state == JobState::Held) {
+                let reason = format!(
+                    "another replace file of this tenant ({}, job {holder}) is HELD for approval; approve or discard it first                      (rosterdrop approve|discard {holder}), then upload this file again; nothing was applied",
+                    crate::wording::quoted(&other.file_name)
+                );
+                return report::reject(svc, &job, Some(&tenant), &reason, &[]).await;
+            }
+            let other = other.map(|j| j.file_name).unwrap_or_default();
             let reason = format!(
                 "another replace file of this tenant ({}, job {holder}) is still being applied, and two complete user lists cannot be applied at once; nothing was applied. Upload this file again when that job's result email has arrived",
                 crate::wording::quoted(&other)
@@ -169,22 +185,7 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
             return report::reject(svc, &job, Some(&tenant), &reason, &[]).await;
         }
         let absent = absent_active_users(svc, &tenant, &ingested.validator).await?;
-        if let Some((mut reason, preview)) = safeguard(&tenant, mode, &absent) {
-            // A large tenant's list can outgrow an email: stored beside the summary, attached
-            // only while it fits, linked otherwise.
-            let key = format!("{}{}", keys::results_prefix(&tenant.id, &job.id), preview.name);
-            svc.store.put(&key, preview.bytes.clone(), preview.content_type).await?;
-            if preview.bytes.len() <= svc.config.max_attachment_bytes {
-                return report::reject(svc, &job, Some(&tenant), &reason, &[preview]).await;
-            }
-            let url = svc.store.presign_get(&key, std::time::Duration::from_secs(svc.config.link_ttl_secs)).await?;
-            reason = reason.replace(
-                "The attached list shows",
-                "The list (too large to attach; download it, the link is valid for a limited time) shows",
-            );
-            reason += &format!(". List: {url}");
-            return report::reject(svc, &job, Some(&tenant), &reason, &[]).await;
-        }
+        active = Some(absent.0 as u64);
         for (i, email) in absent.1.into_iter().enumerate() {
             let op = RowOp {
                 row: RECONCILE_ROW_BASE + i as u32,
@@ -196,7 +197,8 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
         }
         ingested.sink.flush().map_err(|e| Error::local("writing operations", e))?;
     }
-    write_job(svc, &job, &tenant, mode, &ingested, &source).await
+    let held = crate::holds::may_hold(svc, &tenant, mode, &ingested.sink, active).await?;
+    write_job(svc, &job, &tenant, mode, &ingested, &source, held).await
 }
 
 /// The job of a file dropped outside `incoming/<tenant>/[<mode>/]<file>`: it is rejected, and
@@ -286,30 +288,18 @@ async fn absent_active_users(svc: &Services, tenant: &Tenant, file: &validate::R
     Ok((total, absent))
 }
 
-/// Replace mode's safeguard: refuse when more than the tenant's threshold of active users would be
-/// disabled. Returns the reason and the preview of who would be disabled.
-fn safeguard(tenant: &Tenant, mode: Mode, (active, absent): &(usize, Vec<String>)) -> Option<(String, report::Attachment)> {
-    let threshold = tenant.replace_threshold() as usize;
-    if mode != Mode::Replace || absent.len() * 100 <= threshold * active {
-        return None;
-    }
-    let pct = absent.len() * 100 / (*active).max(1);
-    let reason = format!(
-        "replace would disable {} of {active} active users ({pct}%), more than this tenant's limit of {threshold}%; nothing was applied. \
-         The attached list shows who would be disabled. If the file really is the complete list of users, upload it again to \
-         incoming/{}/replace-force/, or ask support to raise the tenant's replace_threshold_percent",
-        absent.len(),
-        tenant.id
-    );
-    let mut csv = String::from("Email\n");
-    for e in absent {
-        csv.push_str(e);
-        csv.push('\n');
-    }
-    Some((reason, report::Attachment { name: "would-be-disabled.csv".into(), content_type: "text/csv", bytes: csv.into_bytes() }))
-}
-
-async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, ingested: &Ingester<'_, Spill>, source: &Path) -> Result<()> {
+/// Store the plan, the staged input and the chunks, then release the first phase, or, when the
+/// file may be held (`may_hold`: the tenant's active users), preview it first and hold it if its
+/// changes pass the tenant's thresholds.
+async fn write_job(
+    svc: &Services,
+    job: &Job,
+    tenant: &Tenant,
+    mode: Mode,
+    ingested: &Ingester<'_, Spill>,
+    source: &Path,
+    may_hold: Option<u64>,
+) -> Result<()> {
     let id = &job.id;
     let chunk_size = tenant.chunk_size.unwrap_or(svc.config.chunk_size).max(1);
     let spill = &ingested.sink;
@@ -333,23 +323,56 @@ async fn write_job(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, inges
     }
 
     // Later phases wait in staged/ until the phase before them completes; the first non-empty
-    // phase goes straight to chunks/ (written last, once everything it may need exists).
-    let first = (0..PHASES).find(|&i| phase_chunks[i] > 0);
+    // phase goes straight to chunks/ (written last, once everything it may need exists). A file
+    // that may be held keeps every phase staged until it is previewed (and approved).
+    let first = (0..PHASES).find(|&i| phase_chunks[i] > 0).filter(|_| may_hold.is_none());
     let chunks = |phase: usize| spill.chunks(phase, chunk_size, &ingested.validator).map_err(|e| Error::local("reading operations", e));
     for phase in (0..PHASES).filter(|p| Some(*p) != first && phase_chunks[*p] > 0) {
         upload_chunks(svc, |seq| keys::staged_chunk(id, phase, seq), chunks(phase)?).await?;
     }
-    match first {
-        Some(phase) => upload_chunks(svc, |seq| keys::chunk(id, phase, seq), chunks(phase)?).await?,
-        // Every row failed validation: nothing to apply, straight to finalize.
-        None => {
-            svc.store.put_if_absent(&keys::done(id), b"{}".to_vec(), "application/json").await?;
+    if let Some(active) = may_hold {
+        let dir = source.parent().unwrap_or(Path::new("."));
+        let preview = crate::holds::preview(svc, job, tenant, spill, &ingested.validator, chunk_size, dir).await?;
+        if let Some(why) = crate::holds::reason(&tenant.holds, active, &preview.counts) {
+            let ingest_outcomes = match spill.outcomes() {
+                Stored::File(path) => path.to_path_buf(),
+                Stored::Memory(lines) => {
+                    let path = dir.join("ingest-outcomes.jsonl");
+                    std::fs::write(&path, lines).map_err(|e| Error::local("writing outcomes", e))?;
+                    path
+                }
+            };
+            return crate::holds::hold(svc, job, tenant, &why, source, vec![ingest_outcomes], preview, dir).await;
         }
+        info!(job = %id, would = %preview.counts.words(), "previewed; within the tenant's holds");
+        release_first_phase(svc, id, &phase_chunks).await?;
+    } else if let Some(phase) = first {
+        upload_chunks(svc, |seq| keys::chunk(id, phase, seq), chunks(phase)?).await?;
+    } else {
+        // Every row failed validation: nothing to apply, straight to finalize.
+        svc.store.put_if_absent(&keys::done(id), b"{}".to_vec(), "application/json").await?;
     }
     svc.jobs.transition(id, JobState::Received, JobState::Applying, None).await?;
     info!(job = %id, rows = total_rows, invalid, chunks = ?phase_chunks, "ingest planned");
     if tenant.notify_started && svc.jobs.claim_email(id, EmailKind::Started, svc.config.lease).await? {
         report::started_email(svc, job, tenant, mode, total_rows, invalid as usize).await?;
+    }
+    Ok(())
+}
+
+/// Release a planned job whose chunks all wait in staged/: its first non-empty phase to chunks/
+/// (apply starts), or the done marker when there is nothing to apply. Safe to repeat: a chunk
+/// applied twice is recorded once.
+pub async fn release_first_phase(svc: &Services, id: &str, plan: &[u32; PHASES]) -> Result<()> {
+    match (0..PHASES).find(|&p| plan[p] > 0) {
+        Some(phase) => {
+            for seq in 0..plan[phase] {
+                svc.store.copy(&keys::staged_chunk(id, phase, seq), &keys::chunk(id, phase, seq)).await?;
+            }
+        }
+        None => {
+            svc.store.put_if_absent(&keys::done(id), b"{}".to_vec(), "application/json").await?;
+        }
     }
     Ok(())
 }

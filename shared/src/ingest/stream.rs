@@ -165,6 +165,9 @@ pub struct Spill {
     held: usize,
     pub counts: [u64; PHASES],
     pub outcome_count: u64,
+    /// Upper bounds of the users the file may delete or disable, and may update (`holds`).
+    pub may_remove: u64,
+    pub may_update: u64,
 }
 
 /// What a spill keeps in memory before it goes to disk: the operations of about 15,000 rows.
@@ -219,7 +222,17 @@ impl Spill {
     pub fn create(dir: &Path, memory_budget: usize) -> Self {
         let name = |i: usize| if i == OUTCOMES { "outcomes.jsonl".to_string() } else { format!("phase-{i}.jsonl") };
         let files = (0..=OUTCOMES).map(|i| Buffered { path: dir.join(name(i)), file: None, pending: Vec::new() }).collect();
-        Spill { files, memory_budget, held: 0, counts: [0; PHASES], outcome_count: 0 }
+        Spill { files, memory_budget, held: 0, counts: [0; PHASES], outcome_count: 0, may_remove: 0, may_update: 0 }
+    }
+
+    /// Count an operation into the bounds a hold is decided from.
+    fn bound(&mut self, action: crate::model::Action, user: bool) {
+        use crate::model::Action::*;
+        match action {
+            Delete | Disable | Reconcile if user => self.may_remove += 1,
+            Upsert | Update | Enable | Expire if user => self.may_update += 1,
+            _ => {}
+        }
     }
 
     /// Whether the spill went to disk (it outgrew its memory budget).
@@ -272,6 +285,7 @@ impl Spill {
 
     /// An operation made outside the file's rows (replace mode's reconcile).
     pub fn extra_op(&mut self, op: &RowOp) -> std::io::Result<()> {
+        self.bound(op.action, matches!(op.target, crate::model::Target::User { .. }));
         let phase = phase_of(op);
         self.line(phase, |out| serde_json::to_writer(out, op).map_err(std::io::Error::other))?;
         self.counts[phase] += 1;
@@ -281,6 +295,7 @@ impl Spill {
 
 impl OpSink for Spill {
     fn op(&mut self, op: &RowView<'_>) -> std::io::Result<()> {
+        self.bound(op.action, matches!(op.target, crate::ingest::view::TargetView::User(_)));
         let phase = op.phase();
         self.line(phase, |out| {
             op.write_json(out);

@@ -322,6 +322,28 @@ impl Directory for DynamoDirectory {
         Ok(users)
     }
 
+    async fn count_active_users(&self, tenant: &str, at_most: u64) -> Result<u64> {
+        let mut count = 0;
+        for shard in 0..USER_SHARDS {
+            let mut pages = self
+                .users_query(tenant, shard)
+                .filter_expression("#st = :active AND (attribute_not_exists(kind) OR kind <> :gone)")
+                .expression_attribute_names("#st", "status")
+                .expression_attribute_values(":active", s(UserStatus::Active.as_str()))
+                .expression_attribute_values(":gone", s(TOMBSTONE))
+                .select(Select::Count)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                count += page.map_err(ddb_err("Query"))?.count() as u64;
+                if count >= at_most {
+                    return Ok(count);
+                }
+            }
+        }
+        Ok(count)
+    }
+
     async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
         self.pool_reserve(tenant, limit, claim, decision).await
     }

@@ -10,9 +10,15 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
 
-/// A job reaching a final state leaves the open-jobs index.
-fn closing(to: JobState) -> &'static str {
-    if to.is_final() { " REMOVE gsi2pk, gsi2sk" } else { "" }
+/// A job reaching a final state leaves the open-jobs index; a held job moves to its HELD
+/// partition, and comes back open on approval, its age counted from then.
+fn closing(from: JobState, to: JobState) -> &'static str {
+    match (from, to) {
+        (_, to) if to.is_final() => " REMOVE gsi2pk, gsi2sk",
+        (_, JobState::Held) => ", gsi2pk = :held",
+        (JobState::Held, _) => ", gsi2pk = :open, gsi2sk = :since",
+        _ => "",
+    }
 }
 
 pub struct DynamoJobs {
@@ -73,6 +79,28 @@ impl DynamoJobs {
             }
             Err(e) => Err(ddb_err("TransactWriteItems")(e)),
         }
+    }
+
+    /// One partition of the open-jobs index, oldest first: (id, time).
+    async fn index_partition(&self, partition: &str, limit: usize) -> Result<Vec<(String, String)>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(OPEN_JOBS)
+            .key_condition_expression("gsi2pk = :p")
+            .expression_attribute_values(":p", s(partition))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(ddb_err("Query"))?;
+        Ok(out
+            .items()
+            .iter()
+            .filter_map(|i| i.str("gsi2sk"))
+            .filter_map(|sk| sk.split_once('#'))
+            .map(|(at, id)| (id.to_string(), at.to_string()))
+            .collect())
     }
 
     fn marker_pk(id: &str, phase: usize, seq: u32) -> String {
@@ -168,10 +196,18 @@ impl JobStore for DynamoJobs {
             .expression_attribute_values(":from", s(from.as_str()))
             .expression_attribute_values(":to", s(to.as_str()));
         req = match message {
-            Some(m) => {
-                req.update_expression(format!("SET #state = :to, message = :m{}", closing(to))).expression_attribute_values(":m", s(m))
-            }
-            None => req.update_expression(format!("SET #state = :to{}", closing(to))),
+            Some(m) => req
+                .update_expression(format!("SET #state = :to, message = :m{}", closing(from, to)))
+                .expression_attribute_values(":m", s(m)),
+            None => req.update_expression(format!("SET #state = :to{}", closing(from, to))),
+        };
+        req = match (from, to) {
+            (_, to) if to.is_final() => req,
+            (_, JobState::Held) => req.expression_attribute_values(":held", s("HELD")),
+            (JobState::Held, _) => req
+                .expression_attribute_values(":open", s("OPEN"))
+                .expression_attribute_values(":since", s(format!("{}#{id}", chrono::Utc::now().to_rfc3339()))),
+            _ => req,
         };
         match req.send().await {
             Ok(_) => Ok(true),
@@ -276,44 +312,15 @@ impl JobStore for DynamoJobs {
     }
 
     async fn oldest_open(&self) -> Result<Option<(String, String)>> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(OPEN_JOBS)
-            .key_condition_expression("gsi2pk = :p")
-            .expression_attribute_values(":p", s("OPEN"))
-            .limit(1)
-            .send()
-            .await
-            .map_err(ddb_err("Query"))?;
-        Ok(out
-            .items()
-            .first()
-            .and_then(|i| i.str("gsi2sk"))
-            .and_then(|sk| sk.split_once('#'))
-            .map(|(at, id)| (id.to_string(), at.to_string())))
+        Ok(self.index_partition("OPEN", 1).await?.into_iter().next())
     }
 
     async fn open_jobs(&self, limit: usize) -> Result<Vec<(String, String)>> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(OPEN_JOBS)
-            .key_condition_expression("gsi2pk = :p")
-            .expression_attribute_values(":p", s("OPEN"))
-            .limit(limit.clamp(1, 1000) as i32)
-            .send()
-            .await
-            .map_err(ddb_err("Query"))?;
-        Ok(out
-            .items()
-            .iter()
-            .filter_map(|i| i.str("gsi2sk"))
-            .filter_map(|sk| sk.split_once('#'))
-            .map(|(at, id)| (id.to_string(), at.to_string()))
-            .collect())
+        self.index_partition("OPEN", limit).await
+    }
+
+    async fn held_jobs(&self, limit: usize) -> Result<Vec<(String, String)>> {
+        self.index_partition("HELD", limit).await
     }
 
     async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Job>> {

@@ -1,0 +1,492 @@
+//! Holds: a file whose changes pass the tenant's thresholds (`model::Holds`) is read and
+//! previewed with nothing applied, and waits as HELD for an admin. Approving releases the plan
+//! ingest made (the conditional writes still decide each row); discarding, or the tenant's time
+//! running out, ends it with nothing applied. Replace mode's safeguard is the remove threshold.
+//!
+//! The preview runs in ingest, from the operations it just wrote, and only when the file's upper
+//! bounds (its Delete/Disable rows and replace mode's absent users; its update rows) could pass a
+//! threshold against the tenant's active users, counted only as far as that question needs.
+
+use crate::changes::ChangeCounts;
+use crate::error::{Error, Result};
+use crate::finalize::build::{self, Flavour};
+use crate::ingest::stream::Spill;
+use crate::ingest::validate::RowValidator;
+use crate::keys;
+use crate::model::{EmailKind, Holds, Job, JobState, Mode, PHASES, RowOp, Status, Tenant};
+use crate::report::{self, Summary, esc};
+use crate::services::Services;
+use crate::wire::parse_jsonl;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use tracing::{info, warn};
+
+/// Active users worth counting before previewing: a tenant with at least this many cannot see
+/// either threshold passed by a file of these bounds. `None`: no hold is possible at all.
+pub fn count_needed(h: &Holds, may_remove: u64, may_update: u64) -> Option<u64> {
+    let need = |bound: u64, pct: u8| (pct > 0 && bound >= u64::from(h.min_users)).then(|| (bound * 100).div_ceil(u64::from(pct)));
+    need(may_remove, h.remove_percent).max(need(may_update, h.update_percent))
+}
+
+/// Why a file that would make `would` changes among `active` users is held, if it is.
+pub fn reason(h: &Holds, active: u64, would: &ChangeCounts) -> Option<String> {
+    let passes = |n: u64, pct: u8| pct > 0 && n >= u64::from(h.min_users) && n * 100 > u64::from(pct) * active;
+    let share = |n: u64| n * 100 / active.max(1);
+    let removed = u64::from(would.deleted) + u64::from(would.disabled);
+    let updated = u64::from(would.updated);
+    let mut why = Vec::new();
+    if passes(removed, h.remove_percent) {
+        why.push(format!(
+            "would delete or disable {removed} of {active} active users ({}%), more than this tenant's limit of {}%",
+            share(removed),
+            h.remove_percent
+        ));
+    }
+    if passes(updated, h.update_percent) {
+        why.push(format!(
+            "would update {updated} of {active} active users ({}%), more than this tenant's limit of {}%",
+            share(updated),
+            h.update_percent
+        ));
+    }
+    (!why.is_empty()).then(|| why.join(", and "))
+}
+
+/// Ingest, once the file is read: the tenant's active users when the file may be held (a
+/// preview is needed), `None` when it cannot be. `active`: already known (replace mode listed them).
+pub async fn may_hold(svc: &Services, tenant: &Tenant, mode: Mode, spill: &Spill, active: Option<u64>) -> Result<Option<u64>> {
+    if matches!(mode, Mode::Validate | Mode::ReplaceForce) {
+        return Ok(None); // a dry run already, or forced by whoever dropped it there
+    }
+    let Some(needed) = count_needed(&tenant.holds, spill.may_remove, spill.may_update) else { return Ok(None) };
+    let active = match active {
+        Some(a) => a,
+        None => svc.directory.count_active_users(&tenant.id, needed).await?,
+    };
+    Ok((active < needed).then_some(active))
+}
+
+/// What a file would change, one outcome file per phase (each a sorted run, as finalize merges
+/// them), predicted chunk by chunk from the operations ingest wrote, nothing written.
+pub struct Preview {
+    pub counts: ChangeCounts,
+    pub files: Vec<PathBuf>,
+}
+
+pub async fn preview(
+    svc: &Services,
+    job: &Job,
+    tenant: &Tenant,
+    spill: &Spill,
+    validator: &RowValidator,
+    chunk_size: usize,
+    dir: &Path,
+) -> Result<Preview> {
+    let mut out = Preview { counts: ChangeCounts::default(), files: Vec::new() };
+    let local = |e: std::io::Error| Error::local("writing the preview", e);
+    for phase in (0..PHASES).filter(|&p| spill.counts[p] > 0) {
+        let path = dir.join(format!("preview-{phase}.jsonl"));
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).map_err(local)?);
+        for body in spill.chunks(phase, chunk_size, validator).map_err(local)? {
+            let ops: Vec<RowOp> = parse_jsonl("chunk", &body.map_err(local)?)?;
+            for o in crate::apply::preview_ops(svc, job, tenant, ops).await? {
+                if let (Status::Success, Some(c)) = (o.status, o.change) {
+                    out.counts.add(c);
+                }
+                serde_json::to_writer(&mut file, &o).map_err(|e| local(std::io::Error::other(e)))?;
+                file.write_all(b"\n").map_err(local)?;
+            }
+        }
+        file.flush().map_err(local)?;
+        out.files.push(path);
+    }
+    Ok(out)
+}
+
+/// Hold the job: its preview files (only the rows that would change, and who would be disabled)
+/// stored with its summary, one email with them and how to approve or discard, then HELD.
+/// The email goes before the state: an invocation retried after a crash finds it claimed.
+#[allow(clippy::too_many_arguments)]
+pub async fn hold(
+    svc: &Services,
+    job: &Job,
+    tenant: &Tenant,
+    why: &str,
+    source: &Path,
+    mut outcome_files: Vec<PathBuf>,
+    preview: Preview,
+    dir: &Path,
+) -> Result<()> {
+    outcome_files.extend(preview.files);
+    let (src, out_dir, name) = (source.to_path_buf(), dir.join("preview"), job.file_name.clone());
+    std::fs::create_dir_all(&out_dir).map_err(|e| Error::local("preview directory", e))?;
+    let built = tokio::task::spawn_blocking(move || build::build_as(&src, &outcome_files, &out_dir, &name, false, Flavour::Preview))
+        .await
+        .map_err(|e| Error::local("building the preview", e))??;
+    let prefix = keys::results_prefix(&tenant.id, &job.id);
+    let mut uploaded = Vec::new();
+    for b in std::iter::once(&built.result).chain(built.disabled.as_ref()) {
+        let key = format!("{prefix}{}", b.name);
+        svc.store.put_file(&key, &b.path, b.content_type).await?;
+        uploaded.push((b.clone(), key));
+    }
+    let mut summary = Summary::new(job, JobState::Held);
+    summary.reason = Some(why.to_string());
+    summary.rows = built.digest.rows;
+    summary.counts = built.digest.counts.clone();
+    summary.counts.changes = preview.counts;
+    summary.result_key = uploaded.first().map(|(_, k)| k.clone());
+    summary.disabled_users_key = uploaded.get(1).map(|(_, k)| k.clone());
+    svc.store.put(&format!("{prefix}summary.json"), report::pretty(&summary)?, "application/json").await?;
+    if svc.jobs.claim_email(&job.id, EmailKind::Held, svc.config.lease).await? {
+        let (attachments, links) = crate::finalize::attach_or_link(svc, &uploaded).await?;
+        let (subject, text, html) = held_email(tenant, job, why, &preview.counts, &links);
+        report::send_to(svc, &report::sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &attachments).await?;
+        svc.jobs.mark_email_sent(&job.id, EmailKind::Held).await?;
+    }
+    svc.jobs.transition(&job.id, JobState::Received, JobState::Held, Some(why)).await?;
+    info!(job = %job.id, tenant = %tenant.id, reason = why, "job held for approval");
+    Ok(())
+}
+
+fn held_email(tenant: &Tenant, job: &Job, why: &str, would: &ChangeCounts, links: &[(String, String)]) -> (String, String, String) {
+    let (t, id) = (&tenant.id, &job.id);
+    let h = &tenant.holds;
+    let until = chrono::DateTime::parse_from_rfc3339(&job.received_at)
+        .map(|r| (r + chrono::Duration::days(i64::from(h.expire_days))).format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default();
+    let subject = format!("[rosterdrop] {t}: {} is HELD for approval, nothing applied", job.file_name);
+    let mut text = format!(
+        "Your file {file} was read and nothing in it was applied: it {why}.\n\n\
+         If applied: {changes}.\n\n\
+         The attached preview lists every row that would change, with its Changes{disabled}.\n\n\
+         To apply it as it is: rosterdrop approve {id}\n  or, in the S3 console, upload an empty file named {id} to incoming/{t}/approve/\n\
+         To discard it: rosterdrop discard {id}\n  or upload an empty file named {id} to incoming/{t}/discard/\n\n\
+         Unless approved, it is discarded on {until} ({days} days after it arrived). Approving applies the file as read; \
+         a user changed since then by another upload is reported, not overwritten.\n",
+        file = job.file_name,
+        changes = would.words(),
+        disabled = if would.disabled > 0 { "; would-be-disabled.csv lists who would be disabled" } else { "" },
+        days = h.expire_days,
+    );
+    for (name, url) in links {
+        text += &format!("\n{name} is too large to attach; download it (link valid for a limited time):\n{url}\n");
+    }
+    text += &format!("\nJob: {id}\n");
+    let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>").replace('\n', "<br>"));
+    (subject, text, html)
+}
+
+/// An admin's decision on a held job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Approve,
+    Discard,
+}
+
+impl Verb {
+    /// The folder under `incoming/<tenant>/` that carries the decision from the S3 console.
+    pub fn parse(folder: &str) -> Option<Verb> {
+        match folder.to_ascii_lowercase().as_str() {
+            "approve" => Some(Verb::Approve),
+            "discard" => Some(Verb::Discard),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Approve => "approve",
+            Verb::Discard => "discard",
+        }
+    }
+}
+
+/// Approve or discard a held job. `Ok(Ok(line))`: done; `Ok(Err(line))`: refused, nothing
+/// changed, the line says why. `tenant`: the job must be this tenant's. `by` says who, for the
+/// job's message.
+pub async fn decide(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb, by: &str) -> Result<std::result::Result<String, String>> {
+    let id = id.trim();
+    let Some(job) = svc.jobs.get(id).await? else {
+        return Ok(Err(format!("no job {id}: check the id in the held email or `rosterdrop status`")));
+    };
+    if tenant.is_some_and(|t| !t.eq_ignore_ascii_case(&job.tenant)) {
+        return Ok(Err(format!("job {id} belongs to another tenant; nothing changed")));
+    }
+    match job.state {
+        JobState::Held => {}
+        JobState::Received => return Ok(Err(format!("job {id} is still being read; it can be approved or discarded once it is HELD"))),
+        JobState::Discarded => {
+            return Ok(Err(format!("job {id} was discarded already; nothing applied. Upload the file again to start over")));
+        }
+        other => {
+            return Ok(Err(format!(
+                "job {id} is {}, not held: it was {} already; nothing changed",
+                other.as_str(),
+                if other == JobState::Rejected { "rejected" } else { "approved or never held" }
+            )));
+        }
+    }
+    match verb {
+        Verb::Approve => {
+            if !svc.jobs.transition(id, JobState::Held, JobState::Applying, Some(&format!("approved by {by}"))).await? {
+                return Ok(Err(format!("job {id} changed meanwhile; nothing done (see `rosterdrop status`)")));
+            }
+            let plan = job.phase_chunks.unwrap_or_default();
+            crate::ingest::release_first_phase(svc, id, &plan).await?;
+            info!(job = %id, by, "held job approved");
+            Ok(Ok(format!("job {id} approved: {} is being applied; the result email follows", job.file_name)))
+        }
+        Verb::Discard => {
+            let why = format!("discarded by {by}; nothing was applied");
+            if discard(svc, &job, &why).await? {
+                Ok(Ok(format!("job {id} discarded: nothing in {} was applied", job.file_name)))
+            } else {
+                Ok(Err(format!("job {id} changed meanwhile; nothing done (see `rosterdrop status`)")))
+            }
+        }
+    }
+}
+
+/// HELD -> DISCARDED, its summary and one email saying so. `false`: it was no longer held.
+async fn discard(svc: &Services, job: &Job, why: &str) -> Result<bool> {
+    if !svc.jobs.transition(&job.id, JobState::Held, JobState::Discarded, Some(why)).await? {
+        return Ok(false);
+    }
+    let mut summary = Summary::new(job, JobState::Discarded);
+    summary.reason = Some(why.to_string());
+    let prefix = keys::results_prefix(&job.tenant, &job.id);
+    svc.store.put(&format!("{prefix}summary.json"), report::pretty(&summary)?, "application/json").await?;
+    if let Some(tenant) = svc.directory.tenant(&job.tenant).await?
+        && svc.jobs.claim_email(&job.id, EmailKind::Result, svc.config.lease).await?
+    {
+        let subject = format!("[rosterdrop] {}: {} was discarded, nothing was applied", tenant.id, job.file_name);
+        let text = format!(
+            "Your file {} was held for approval and has been {why}.\n\nUpload it again to start over.\n\nJob: {}\n",
+            job.file_name, job.id
+        );
+        let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>"));
+        report::send_to(svc, &report::sender(svc, &tenant), &tenant.admin_emails, &subject, &text, &html, &[]).await?;
+        svc.jobs.mark_email_sent(&job.id, EmailKind::Result).await?;
+    }
+    info!(job = %job.id, why, "held job discarded");
+    Ok(true)
+}
+
+/// The scheduled sweep: held jobs not approved within their tenant's `holds.expire_days` are
+/// discarded, each with its email. Returns how many.
+pub async fn discard_expired(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
+    let mut discarded = 0;
+    for (id, received_at) in svc.jobs.held_jobs(50).await? {
+        let Some(job) = svc.jobs.get(&id).await? else { continue };
+        let days = match svc.directory.tenant(&job.tenant).await? {
+            Some(t) => t.holds.expire_days,
+            None => Holds::default().expire_days,
+        };
+        let Ok(received) = chrono::DateTime::parse_from_rfc3339(&received_at) else { continue };
+        if received.to_utc() + chrono::Duration::days(i64::from(days)) > now {
+            continue; // another tenant's older job may have a shorter time: look at all 50
+        }
+        let why = format!("not approved within {days} days, so discarded; nothing was applied");
+        match discard(svc, &job, &why).await {
+            Ok(true) => discarded += 1,
+            Ok(false) => {}
+            Err(e) => warn!(job = %id, error = %e, "discarding an expired held job failed; the next sweep retries"),
+        }
+    }
+    Ok(discarded)
+}
+
+/// A decision dropped in the S3 console (`incoming/<tenant>/approve/<job id>`): applied once per
+/// drop, its outcome emailed to the tenant's admins in one line.
+pub async fn from_console(svc: &Services, obj: &crate::event::ObjectRef, tenant: &Tenant, verb: Verb, file_name: &str) -> Result<()> {
+    let marker = format!("{}control/{}", keys::STAGED, crate::ingest::job_id(obj));
+    if !svc.store.put_if_absent(&marker, obj.key.clone().into_bytes(), "text/plain").await? {
+        info!(key = %obj.key, "decision already handled (duplicate event)");
+        return Ok(());
+    }
+    let id = Path::new(file_name).file_stem().and_then(|s| s.to_str()).unwrap_or(file_name);
+    let by = format!("a file dropped at {}", obj.key);
+    let line = match decide(svc, id, Some(&tenant.id), verb, &by).await? {
+        Ok(line) => line,
+        Err(line) => format!("{} refused: {line}", verb.as_str()),
+    };
+    info!(key = %obj.key, outcome = %line, "decision from the console");
+    let subject = format!("[rosterdrop] {}: {} {}", tenant.id, verb.as_str(), crate::wording::bounded(id, 64));
+    let text = format!("{line}.\n\n(From the file {}.)\n", obj.key);
+    let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>"));
+    report::send_to(svc, &report::sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &[]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::Kit;
+
+    async fn seeded(n: usize) -> Kit {
+        let mut kit = Kit::new(|_| {}).await;
+        let body: String = (0..n).fold("Email,Department\n".into(), |b, i| b + &format!("u{i}@acme.example.com,Sales\n"));
+        assert_eq!(kit.run("seed.csv", &body).await.state, JobState::Completed);
+        kit
+    }
+
+    /// Deletes of 10 of 30 users (33%, more than 10%): the file is read and previewed, nothing
+    /// applied, one email with the preview; approval applies exactly that plan.
+    fn mass_delete() -> String {
+        let mut body = String::from("Action,Email,Department\n");
+        for i in 0..10 {
+            body += &format!("Delete,u{i}@acme.example.com,\n");
+        }
+        body += "Update,u10@acme.example.com,Support\nUpdate,u11@acme.example.com,Sales\n";
+        body
+    }
+
+    /// The last email's subject and text part, decoded.
+    fn mail_text(kit: &Kit) -> String {
+        let raw = kit.mem.mailer.sent().last().expect("a mail").2.clone();
+        let msg = mail_parser::MessageParser::default().parse(&raw).expect("mime");
+        format!("{}\n{}", msg.subject().unwrap_or_default(), msg.body_text(0).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn a_mass_delete_is_held_with_its_preview_and_applied_exactly_on_approval() {
+        let mut kit = seeded(30).await;
+        let mails = kit.mem.mailer.sent().len();
+        let job = kit.run("cleanup.csv", &mass_delete()).await;
+        assert_eq!(job.state, JobState::Held);
+        assert!(job.message.as_deref().unwrap().starts_with("would delete or disable 10 of 30 active users (33%)"), "{job:?}");
+        let dir = kit.svc.directory.clone();
+        assert!(dir.user("acme", "u0@acme.example.com").await.unwrap().is_some(), "nothing applied");
+        assert_eq!(kit.mem.mailer.sent().len(), mails + 1, "one email");
+        let text = mail_text(&kit);
+        assert!(text.contains("HELD for approval") && text.contains(&format!("rosterdrop approve {}", job.id)), "{text}");
+        assert!(text.contains("incoming/acme/approve/"), "{text}");
+        let raw = String::from_utf8_lossy(&kit.mem.mailer.sent().last().unwrap().2).to_string();
+        assert!(raw.contains("filename=\"cleanup-preview.csv\""), "the preview is attached");
+        // The preview: only the rows that would change, each with its Changes.
+        let preview = kit.result(&job).await;
+        assert_eq!(preview[0], ["Action", "Email", "Department", "Status", "Message", "Changes"]);
+        assert_eq!(preview.len(), 1 + 11, "10 deletes and 1 update; the unchanged row is left out");
+        assert_eq!(preview[1][3..], ["Deleted", "user would be deleted (preview: nothing was changed)", "Status: active -> deleted"]);
+        assert_eq!(preview[11][5], "Department: \"Sales\" -> \"Support\"");
+        let summary = kit.summary(&job).await;
+        assert_eq!((summary.state, summary.counts.changes.deleted, summary.counts.changes.unchanged), (JobState::Held, 10, 1));
+
+        let ok = decide(&kit.svc, &job.id, Some("acme"), Verb::Approve, "test").await.unwrap().unwrap();
+        assert!(ok.starts_with(&format!("job {} approved", job.id)), "{ok}");
+        kit.settle().await;
+        let job = kit.svc.jobs.get(&job.id).await.unwrap().unwrap();
+        assert_eq!((job.state, job.succeeded), (JobState::Completed, 12));
+        assert!(dir.user("acme", "u0@acme.example.com").await.unwrap().is_none());
+        assert_eq!(dir.user("acme", "u10@acme.example.com").await.unwrap().unwrap().fields.department.as_deref(), Some("Support"));
+        assert_eq!(kit.outcomes(&job).await[0], ("Deleted".to_string(), "user deleted".to_string()));
+
+        // Bad input: one clear line each, nothing changed.
+        let again = decide(&kit.svc, &job.id, None, Verb::Approve, "test").await.unwrap().unwrap_err();
+        assert!(again.contains("is COMPLETED, not held"), "{again}");
+        let none = decide(&kit.svc, "no-such-job", None, Verb::Approve, "test").await.unwrap().unwrap_err();
+        assert!(none.starts_with("no job no-such-job"), "{none}");
+    }
+
+    #[tokio::test]
+    async fn approval_lets_the_conditional_writes_decide_a_user_changed_meanwhile() {
+        let mut kit = seeded(30).await;
+        let job = kit.run("cleanup.csv", &mass_delete()).await;
+        assert_eq!(job.state, JobState::Held);
+        // Another upload changes u0 after the preview: the held delete is older and is skipped.
+        kit.run("later.csv", "Email,Department\nu0@acme.example.com,Finance\n").await;
+        decide(&kit.svc, &job.id, None, Verb::Approve, "test").await.unwrap().unwrap();
+        kit.settle().await;
+        let job = kit.svc.jobs.get(&job.id).await.unwrap().unwrap();
+        let out = kit.outcomes(&job).await;
+        assert_eq!(out[0].0, "Skipped", "{out:?}");
+        assert!(out[0].1.starts_with("changed by a newer upload"), "{out:?}");
+        let u0 = kit.svc.directory.user("acme", "u0@acme.example.com").await.unwrap().unwrap();
+        assert_eq!(u0.fields.department.as_deref(), Some("Finance"), "not overwritten blindly");
+    }
+
+    #[tokio::test]
+    async fn a_held_job_discarded_or_left_past_its_time_applies_nothing_and_says_so() {
+        let mut kit = seeded(30).await;
+        let first = kit.run("one.csv", &mass_delete()).await;
+        let second = kit.run("two.csv", &mass_delete()).await;
+        assert_eq!((first.state, second.state), (JobState::Held, JobState::Held));
+        let other = decide(&kit.svc, &first.id, Some("globex"), Verb::Discard, "test").await.unwrap().unwrap_err();
+        assert!(other.contains("belongs to another tenant"), "{other}");
+        let line = decide(&kit.svc, &first.id, Some("acme"), Verb::Discard, "test").await.unwrap().unwrap();
+        assert!(line.contains("discarded"), "{line}");
+        assert!(mail_text(&kit).contains("was discarded, nothing was applied"));
+        let twice = decide(&kit.svc, &first.id, None, Verb::Approve, "test").await.unwrap().unwrap_err();
+        assert!(twice.contains("was discarded already"), "{twice}");
+
+        let received = chrono::DateTime::parse_from_rfc3339(&second.received_at).unwrap().to_utc();
+        assert_eq!(discard_expired(&kit.svc, received + chrono::Duration::days(6)).await.unwrap(), 0, "not yet");
+        assert_eq!(discard_expired(&kit.svc, received + chrono::Duration::days(8)).await.unwrap(), 1);
+        assert!(mail_text(&kit).contains("not approved within 7 days"));
+        for id in [&first.id, &second.id] {
+            assert_eq!(kit.svc.jobs.get(id).await.unwrap().unwrap().state, JobState::Discarded);
+        }
+        kit.settle().await;
+        assert!(kit.svc.directory.user("acme", "u0@acme.example.com").await.unwrap().is_some(), "nothing applied");
+    }
+
+    #[tokio::test]
+    async fn replace_mode_s_absent_users_count_as_removals_and_replace_force_is_never_held() {
+        let mut kit = seeded(30).await;
+        let list: String = (0..20).fold("Email,Department\n".into(), |b, i| b + &format!("u{i}@acme.example.com,Sales\n"));
+        let job = kit.run("replace/all.csv", &list).await;
+        assert_eq!(job.state, JobState::Held, "10 of 30 would be disabled");
+        assert!(job.message.as_deref().unwrap().contains("would delete or disable 10 of 30"));
+        let would = kit.svc.store.list(&keys::results_prefix("acme", &job.id)).await.unwrap();
+        assert!(would.iter().any(|k| k.ends_with("would-be-disabled.csv")), "{would:?}");
+        // A held replace file keeps the tenant's replace lock: another list waits for the decision.
+        let blocked = kit.run("replace-force/all.csv", &list).await;
+        assert_eq!(blocked.state, JobState::Rejected);
+        assert!(mail_text(&kit).contains("is HELD for approval; approve or discard it first"), "{}", mail_text(&kit));
+        decide(&kit.svc, &job.id, None, Verb::Discard, "test").await.unwrap().unwrap();
+        let forced = kit.run("replace-force/all-again.csv", &list).await;
+        assert_eq!(forced.state, JobState::Completed);
+    }
+
+    #[tokio::test]
+    async fn a_change_within_the_limits_is_previewed_and_applied_at_once() {
+        let mut kit = seeded(150).await;
+        let job = kit.run("some.csv", &mass_delete()).await;
+        assert_eq!(job.state, JobState::Completed, "10 of 150 is under 10%");
+        assert!(kit.svc.directory.user("acme", "u0@acme.example.com").await.unwrap().is_none());
+    }
+
+    fn would(updated: u32, deleted: u32, disabled: u32) -> ChangeCounts {
+        ChangeCounts { updated, deleted, disabled, ..ChangeCounts::default() }
+    }
+
+    #[test]
+    fn a_file_is_held_past_either_share_and_never_below_the_minimum() {
+        let h = Holds::default(); // 10% removals, 75% updates, at least 10 users
+        assert_eq!(reason(&h, 100, &would(0, 10, 0)), None, "10% is not more than 10%");
+        assert!(reason(&h, 100, &would(0, 8, 3)).unwrap().starts_with("would delete or disable 11 of 100 active users (11%)"));
+        assert_eq!(reason(&h, 20, &would(0, 9, 0)), None, "45%, but fewer than 10 users");
+        assert!(reason(&h, 100, &would(76, 0, 0)).unwrap().contains("would update 76 of 100 active users (76%)"));
+        let both = reason(&h, 100, &would(80, 20, 0)).unwrap();
+        assert!(both.contains("delete or disable") && both.contains(", and would update"), "{both}");
+        assert_eq!(reason(&Holds::off(), 100, &would(100, 100, 0)), None, "0 turns holds off");
+        assert!(reason(&h, 0, &would(0, 10, 0)).is_some(), "an empty tenant: any removal of 10 is held, no division by zero");
+    }
+
+    #[test]
+    fn counting_stops_where_no_threshold_can_be_passed() {
+        let h = Holds::default();
+        assert_eq!(count_needed(&h, 9, 9), None, "below the minimum: no preview");
+        assert_eq!(count_needed(&h, 0, 0), None);
+        // 10 removals pass 10% only among fewer than 100 active users; 75 updates among fewer than 100.
+        assert_eq!(count_needed(&h, 10, 0), Some(100));
+        assert_eq!(count_needed(&h, 10, 75), Some(100));
+        assert_eq!(count_needed(&h, 0, 750), Some(1000));
+        assert_eq!(count_needed(&Holds::off(), 1_000, 1_000), None);
+        // The bound is exact: at `needed` active users the same counts are not held.
+        for (rm, up) in [(10u32, 0u32), (37, 0), (0, 75), (0, 999)] {
+            let active = count_needed(&h, rm.into(), up.into()).unwrap();
+            assert_eq!(reason(&h, active, &would(up, rm, 0)), None, "{rm}/{up} at {active}");
+            assert!(reason(&h, active - 1, &would(up, rm, 0)).is_some(), "{rm}/{up} at {}", active - 1);
+        }
+    }
+}
