@@ -101,7 +101,7 @@ async fn replace_mode_finds_absent_users_in_every_partition() {
     let kept: Vec<Vec<String>> = rows.iter().take(1 + 48).cloned().collect();
     // The safeguard asks for confirmation past 20% of users disabled: the tenant allows half.
     let mut tenant = stack.tenant("acme");
-    tenant.replace_threshold_percent = Some(60);
+    tenant.holds.remove_percent = 60;
     stack.put_tenant(&tenant).await;
     let key = stack.drop_file("acme", Some("replace"), "half.csv", rows_to_csv(&kept)).await;
     let job = stack.wait_job("acme", &key, WAIT).await;
@@ -155,6 +155,9 @@ impl Directory for RacingDirectory {
     }
     async fn list_users(&self, tenant: &str) -> shared::Result<Vec<(String, UserStatus)>> {
         self.inner.list_users(tenant).await
+    }
+    async fn count_active_users(&self, tenant: &str, at_most: u64) -> shared::Result<u64> {
+        self.inner.count_active_users(tenant, at_most).await
     }
     async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> shared::Result<LicenceClaim> {
         self.inner.reserve_licences(tenant, limit, claim, decision).await

@@ -171,6 +171,8 @@ async fn writes_whose_responses_are_lost_report_what_they_did_not_what_the_retry
     })
     .await;
     let mut tenant = stack.tenant("acme");
+    // Mass changes on purpose (what this test proves is not the hold): never held.
+    tenant.holds = shared::model::Holds::off();
     tenant.licences = Some(100);
     tenant.notify_started = false;
     stack.put_tenant(&tenant).await;

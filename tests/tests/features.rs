@@ -181,10 +181,15 @@ async fn replace_mode_disables_absent_users_and_strips_their_groups_but_keeps_ma
     stack.shutdown().await;
 }
 
+/// Replace mode's safeguard is the remove threshold: a list leaving out half the tenant is held,
+/// nothing applied, and the email attaches the preview and who would be disabled; approved from
+/// the S3 console alone, it applies.
 #[tokio::test]
-async fn replace_over_the_safeguard_applies_nothing_and_emails_the_preview_until_forced() {
+async fn a_replace_file_disabling_half_the_tenant_is_held_until_approved_from_the_console() {
     let stack = Stack::start().await;
-    stack.put_tenant(&stack.tenant("acme")).await;
+    let mut tenant = stack.tenant("acme");
+    tenant.holds.min_users = 5;
+    stack.put_tenant(&tenant).await;
     seed_users(&stack, "acme", 10).await;
     let rows: &[&[&str]] = &[
         &["Email"],
@@ -195,42 +200,102 @@ async fn replace_over_the_safeguard_applies_nothing_and_emails_the_preview_until
         &["u4@acme.example.com"],
         &["newcomer@acme.example.com"],
     ];
-    let (job, s, _) = stack.run_csv("acme", Some("replace"), "half.csv", rows).await;
-    assert_eq!(job.state, JobState::Rejected);
-    let reason = s.reason.unwrap();
-    assert!(reason.starts_with("replace would disable 5 of 10 active users (50%), more than this tenant's limit of 20%"), "{reason}");
-    assert!(reason.contains("incoming/acme/replace-force/"), "says how to override: {reason}");
+    let key = stack.drop_file("acme", Some("replace"), "half.csv", tests::csv_text(rows)).await;
+    let job = wait_state(&stack, &key, JobState::Held).await;
+    let reason = job.message.clone().unwrap();
+    assert!(reason.starts_with("would delete or disable 5 of 10 active users (50%), more than this tenant's limit of 10%"), "{reason}");
     assert!(stack.svc.directory.user("acme", "newcomer@acme.example.com").await.unwrap().is_none(), "nothing applied");
     assert_eq!(stack.svc.directory.user("acme", "u9@acme.example.com").await.unwrap().unwrap().status, UserStatus::Active);
     let mails = wait_mail(&stack.admin_email(), 2, Duration::from_secs(10)).await;
     let msg = MessageParser::default().parse(mails.last().unwrap()).unwrap();
-    let preview = msg.attachments().find(|a| a.attachment_name() == Some("would-be-disabled.csv")).expect("preview attached");
-    let listed = parse_csv(preview.contents());
+    assert!(msg.subject().unwrap().contains("half.csv is HELD for approval"), "{:?}", msg.subject());
+    let would = msg.attachments().find(|a| a.attachment_name() == Some("would-be-disabled.csv")).expect("who would be disabled");
+    let listed = parse_csv(would.contents());
     assert_eq!(listed.len(), 6, "header + the 5 users who would be disabled");
+    assert_eq!(listed[1][1..], ["Disabled".to_string(), "user u5@acme.example.com would be disabled, with its groups and targeting removed: not in the replace file (preview: nothing was changed)".to_string(), "Status: active -> disabled; Groups: -Team A -All; Department: \"Sales\" -> (empty)".to_string()]);
+    let preview = msg.attachments().find(|a| a.attachment_name() == Some("half-preview.csv")).expect("preview attached");
+    assert_eq!(
+        parse_csv(preview.contents())[1..].iter().map(|r| r[1].as_str()).collect::<Vec<_>>(),
+        ["Created"],
+        "only the rows that change"
+    );
 
-    let (job, s, _) = stack.run_csv("acme", Some("replace-force"), "half.csv", rows).await;
-    assert_eq!(job.state, JobState::Completed);
-    assert_eq!(s.disabled_not_in_file, 5);
+    // Approved from the console: an empty file named after the job in incoming/acme/approve/.
+    stack.drop_file("acme", Some("approve"), &job.id, Vec::new()).await;
+    let job = wait_state(&stack, &key, JobState::Completed).await;
+    assert_eq!(job.message.as_deref(), Some(format!("approved by a file dropped at incoming/acme/approve/{}", job.id).as_str()));
+    assert_eq!(stack.summary(&job).await.disabled_not_in_file, 5);
     assert_eq!(stack.svc.directory.user("acme", "u9@acme.example.com").await.unwrap().unwrap().status, UserStatus::Disabled);
+    assert!(stack.svc.directory.user("acme", "newcomer@acme.example.com").await.unwrap().is_some());
     stack.shutdown().await;
 }
 
-/// A tenant large enough that the preview outgrows an email: the list is stored beside the
-/// summary and linked, never attached past the limit (SES would refuse the message).
+/// The job of `key` once it reaches `state`.
+async fn wait_state(stack: &Stack, key: &str, state: JobState) -> shared::model::Job {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let job = stack.svc.jobs.recent("acme", 100).await.unwrap().into_iter().find(|j| j.source_key == key);
+        if let Some(job) = job.filter(|j| j.state == state) {
+            return job;
+        }
+        assert!(std::time::Instant::now() < deadline, "job for {key} never reached {}", state.as_str());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The case: an upsert file deleting 15% of a tenant's 100 users is held, applies
+/// nothing, and emails the preview; `approve` applies exactly that plan, field by field. A second
+/// such file is discarded: nothing of it applied. Bad input gets one line and changes nothing.
 #[tokio::test]
-async fn a_safeguard_preview_too_large_to_attach_is_linked() {
-    let stack = Stack::start_with(|c| c.max_attachment_bytes = 40).await;
+async fn a_file_deleting_fifteen_percent_is_held_and_approve_applies_exactly_that_plan() {
+    let stack = Stack::start().await;
     stack.put_tenant(&stack.tenant("acme")).await;
-    seed_users(&stack, "acme", 10).await;
-    let (job, s, _) = stack.run_csv("acme", Some("replace"), "none.csv", &[&["Email"], &["newcomer@acme.example.com"]]).await;
-    assert_eq!(job.state, JobState::Rejected);
-    let reason = s.reason.unwrap();
-    assert!(reason.contains("too large to attach") && reason.contains("would-be-disabled.csv"), "{reason}");
-    let stored = stack.get(&format!("{}would-be-disabled.csv", shared::keys::results_prefix("acme", &job.id))).await.expect("list stored");
-    assert_eq!(parse_csv(&stored).len(), 11, "header + the 10 users who would be disabled");
-    let mails = wait_mail(&stack.admin_email(), 2, Duration::from_secs(10)).await;
-    let msg = MessageParser::default().parse(mails.last().unwrap()).unwrap();
-    assert_eq!(msg.attachments().count(), 0);
+    seed_users(&stack, "acme", 100).await;
+    let mut rows: Vec<Vec<String>> = vec![vec!["Action".into(), "Email".into(), "Department".into()]];
+    rows.extend((0..15).map(|i| vec!["Delete".into(), format!("u{i}@acme.example.com"), String::new()]));
+    rows.extend((15..20).map(|i| vec![String::new(), format!("u{i}@acme.example.com"), "Support".into()]));
+    let file = tests::rows_to_csv(&rows);
+    let key = stack.drop_file("acme", None, "cleanup.csv", file.clone()).await;
+    let held = wait_state(&stack, &key, JobState::Held).await;
+    assert!(held.message.as_deref().unwrap().starts_with("would delete or disable 15 of 100 active users (15%)"));
+    let s = stack.summary(&held).await;
+    assert_eq!((s.state, s.counts.changes.deleted, s.counts.changes.updated), (JobState::Held, 15, 5));
+    let before = stack.directory_snapshot(&held.id).await;
+    assert!(stack.svc.directory.user("acme", "u0@acme.example.com").await.unwrap().is_some(), "nothing applied");
+
+    // Bad input: unknown job, another tenant, a job still being read, twice; one line, nothing changed.
+    let decide = |id: String, tenant: Option<&'static str>, verb| {
+        let svc = &stack.svc;
+        async move { shared::holds::decide(svc, &id, tenant, verb, "test").await.unwrap() }
+    };
+    use shared::holds::Verb::{Approve, Discard};
+    assert!(decide("nope".into(), None, Approve).await.unwrap_err().starts_with("no job nope"));
+    assert!(decide(held.id.clone(), Some("globex"), Approve).await.unwrap_err().contains("belongs to another tenant"));
+    assert_eq!(stack.directory_snapshot(&held.id).await, before, "refusals change nothing");
+
+    assert!(decide(held.id.clone(), Some("acme"), Approve).await.unwrap().contains("approved"));
+    let done = wait_state(&stack, &key, JobState::Completed).await;
+    assert!(decide(held.id.clone(), None, Approve).await.unwrap_err().contains("not held"), "twice");
+    let s = stack.summary(&done).await;
+    assert_eq!((s.counts.changes.deleted, s.counts.changes.updated, s.counts.failure), (15, 5, 0));
+    for i in 0..20 {
+        let user = stack.svc.directory.user("acme", &format!("u{i}@acme.example.com")).await.unwrap();
+        match i {
+            0..15 => assert!(user.is_none(), "u{i} deleted"),
+            _ => assert_eq!(user.unwrap().fields.department.as_deref(), Some("Support"), "u{i} updated"),
+        }
+    }
+    let untouched = stack.svc.directory.user("acme", "u50@acme.example.com").await.unwrap().unwrap();
+    assert_eq!((untouched.fields.department.as_deref(), untouched.status), (Some("Sales"), UserStatus::Active));
+
+    // The same kind of file again (15 of the 85 left is 17%), discarded: nothing applied.
+    let mut rows: Vec<Vec<String>> = vec![vec!["Action".into(), "Email".into()]];
+    rows.extend((20..35).map(|i| vec!["Delete".into(), format!("u{i}@acme.example.com")]));
+    let key = stack.drop_file("acme", None, "more.csv", tests::rows_to_csv(&rows)).await;
+    let held = wait_state(&stack, &key, JobState::Held).await;
+    assert!(decide(held.id.clone(), None, Discard).await.unwrap().contains("discarded"));
+    wait_state(&stack, &key, JobState::Discarded).await;
+    assert!(stack.svc.directory.user("acme", "u20@acme.example.com").await.unwrap().is_some(), "nothing applied");
     stack.shutdown().await;
 }
 

@@ -10,6 +10,7 @@ use aws_smithy_runtime_api::client::interceptors::{Intercept, SharedInterceptor}
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
+use shared::model::JobState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -201,6 +202,20 @@ async fn each_role_allows_exactly_the_calls_its_function_makes() {
         stack.drop_file("acme", *mode, name, body.as_bytes().to_vec()).await;
         pump(&stack).await;
     }
+    // Holds: a file deleting every user of a tenant of 12 is previewed and held; one approved from
+    // the S3 console (ingest), one left until the scheduled function discards it.
+    let seed: String = (0..12).fold("Email\n".into(), |b, i| b + &format!("h{i}@acme.example.com\n"));
+    let wipe: String = (0..12).fold("Action,Email\n".into(), |b, i| b + &format!("Delete,h{i}@acme.example.com\n"));
+    for (name, body) in [("seed.csv", &seed), ("wipe.csv", &wipe), ("wipe-again.csv", &wipe)] {
+        stack.drop_file("acme", None, name, body.as_bytes().to_vec()).await;
+        pump(&stack).await;
+    }
+    let held: Vec<_> = stack.svc.jobs.recent("acme", 50).await.unwrap().into_iter().filter(|j| j.state == JobState::Held).collect();
+    assert_eq!(held.len(), 2, "{held:?}");
+    stack.drop_file("acme", Some("approve"), &held[0].id, Vec::new()).await;
+    pump(&stack).await;
+    let much_later = chrono::Utc::now() + chrono::Duration::days(8);
+    assert_eq!(FUNCTION.scope("InvitesFunction", shared::holds::discard_expired(&stack.svc, much_later)).await.unwrap(), 1);
     // The scheduled function's sweep sends the invite recorded above.
     FUNCTION.scope("InvitesFunction", shared::invites::sweep(&stack.svc, chrono::Utc::now())).await.unwrap();
     FUNCTION.scope("InvitesFunction", shared::monitor::oldest_open_job_age(&stack.svc, chrono::Utc::now())).await.unwrap();
