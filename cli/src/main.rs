@@ -105,6 +105,13 @@ enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Undo a finished job: put back every user and organization it changed, unless changed
+    /// since by another job. The undo is a job of its own (result email). Exits 1 when refused.
+    Undo {
+        job: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Download a job's result files (result, failed rows, summary.json).
     Results {
         job: String,
@@ -262,8 +269,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { job: None, tenant: None, .. } => Err(input("give a job id, or --tenant T to list a tenant's recent jobs")),
-        Command::Approve { job, tenant } => decide(svc, &job, tenant.as_deref(), shared::holds::Verb::Approve, aws).await,
-        Command::Discard { job, tenant } => decide(svc, &job, tenant.as_deref(), shared::holds::Verb::Discard, aws).await,
+        Command::Approve { job, tenant } => decide(&t, &job, tenant.as_deref(), shared::holds::Verb::Approve, aws).await,
+        Command::Discard { job, tenant } => decide(&t, &job, tenant.as_deref(), shared::holds::Verb::Discard, aws).await,
+        Command::Undo { job, tenant } => decide(&t, &job, tenant.as_deref(), shared::holds::Verb::Undo, aws).await,
         Command::Results { job, out } => {
             let job = svc.jobs.get(&job).await.map_err(reach)?.ok_or_else(|| input(format!("job {job:?} not found")))?;
             let prefix = keys::results_prefix(&job.tenant, &job.id);
@@ -502,14 +510,62 @@ async fn first_failures(svc: &Services, job: &str, n: usize) -> shared::Result<V
     Ok(failures)
 }
 
-/// `approve` / `discard`: one line, exit 1 when refused (nothing changed then).
-async fn decide(svc: &Services, job: &str, tenant: Option<&str>, verb: shared::holds::Verb, aws: bool) -> Result<ExitCode> {
-    let by = format!("rosterdrop {} (CLI, user {})", verb.as_str(), std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
-    match shared::holds::decide(svc, job, tenant, verb, &by).await.map_err(|e| unavailable(e, aws))? {
-        Ok(line) => {
+/// `approve` / `discard` / `undo`: checked here (a refusal is one line, exit 1, nothing changed),
+/// then done the way the S3 console does it: an empty object at `incoming/<tenant>/<verb>/<job>`,
+/// which the pipeline's own function acts on (the bucket lets only its functions write the
+/// pipeline's prefixes). Waits for the job to move, then one line.
+async fn decide(t: &Target, job: &str, tenant: Option<&str>, verb: shared::holds::Verb, aws: bool) -> Result<ExitCode> {
+    use shared::holds::Verb;
+    let svc = &t.svc;
+    let reach = |e: shared::Error| unavailable(e, aws);
+    let job = match shared::holds::check(svc, job, tenant, verb).await.map_err(reach)? {
+        Ok(job) => job,
+        Err(line) => return Err(input(line)),
+    };
+    let key = format!("incoming/{}/{}/{}", job.tenant, verb.as_str(), job.id);
+    output::upload(&t.s3, &t.config.bucket, &key, Vec::new()).await.map_err(reach)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = match verb {
+            Verb::Undo => {
+                let uid = shared::undo::undo_job_id(&job.id);
+                svc.jobs
+                    .get(&uid)
+                    .await
+                    .map_err(reach)?
+                    .filter(|u| u.state != JobState::Received)
+                    .map(|u| format!("undo of job {} started as job {uid} ({}); the result email follows", job.id, u.state.as_str()))
+            }
+            _ => {
+                let now = svc.jobs.get(&job.id).await.map_err(reach)?.map(|j| j.state).unwrap_or(JobState::Held);
+                match (verb, now) {
+                    (_, JobState::Held) => None,
+                    (Verb::Discard, JobState::Discarded) => {
+                        Some(format!("job {} discarded: nothing in {} was applied", job.id, job.file_name))
+                    }
+                    (Verb::Approve, s) if s != JobState::Discarded => Some(format!(
+                        "job {} approved: {} is being applied ({}); the result email follows",
+                        job.id,
+                        job.file_name,
+                        s.as_str()
+                    )),
+                    (_, s) => {
+                        return Err(input(format!("job {} became {} meanwhile; see `rosterdrop status {}`", job.id, s.as_str(), job.id)));
+                    }
+                }
+            }
+        };
+        if let Some(line) = line {
             println!("{line}");
-            Ok(ExitCode::SUCCESS)
+            return Ok(ExitCode::SUCCESS);
         }
-        Err(line) => Err(input(line)),
+        if Instant::now() > deadline {
+            return Err(Fail {
+                code: 3,
+                msg: format!("{key} was uploaded but has not taken effect within 120s; the admins get an email saying what happened"),
+            }
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -5,8 +5,8 @@
 use crate::error::{Error, Result};
 use crate::event::ObjectRef;
 use crate::keys;
-use crate::model::{Action, Job, JobState, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, User, UserStatus};
-use crate::ports::{Directory, Licence, LicenceClaim, Recorded, Stamp, Write, Written};
+use crate::model::{Action, Before, Job, JobState, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, UndoEntry, User, UserStatus};
+use crate::ports::{Directory, Licence, LicenceClaim, Recorded, Restored, Stamp, Write, Written};
 use crate::rules::{self, Attempted, Next};
 use crate::services::Services;
 use crate::wire::{jsonl, parse_jsonl};
@@ -70,10 +70,13 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
     let (tenant, stored) = tokio::try_join!(svc.directory.tenant(&job.tenant), read_users(svc, &job.tenant, users_to_read(&ops, false)))?;
     let tenant = tenant.ok_or_else(|| Error::corrupt(format!("tenant {}", job.tenant), "removed during a job"))?;
     let claim = format!("{job_id}#{phase}#{seq}");
-    let outcomes = apply_read(svc, &job, &tenant, ops, &claim, Some(stored), None).await?;
+    let (outcomes, undo) = apply_read(svc, &job, &tenant, ops, &claim, Some(stored), None).await?;
     let failed = outcomes.iter().filter(|o| o.status != Status::Success).count();
-    // Outcomes first, then the marker: a recorded chunk always has its outcomes.
+    // Outcomes and before-states first, then the marker: a recorded chunk always has them.
     svc.store.put(&keys::chunk_outcomes(&job_id, phase, seq), jsonl(&outcomes)?, "application/x-ndjson").await?;
+    if !undo.is_empty() {
+        svc.store.put(&keys::chunk_undo(&job_id, phase, seq), jsonl(&undo)?, "application/x-ndjson").await?;
+    }
     let of = job.phase_chunks.map(|plan| plan[phase]);
     let counted = svc.jobs.record_chunk(&job_id, phase, seq, of).await?;
     info!(job = %job_id, phase, seq, rows = outcomes.len(), failed, counted = ?counted, "chunk applied");
@@ -111,12 +114,12 @@ struct Ctx<'a> {
 /// (after the SDK's own backoff retries) fail the invocation so it is retried as a whole: rows
 /// already written recognise their own stamp and report the same outcome again.
 pub async fn apply_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowOp>, claim: &str) -> Result<Vec<Outcome>> {
-    apply_read(svc, job, tenant, ops, claim, None, None).await
+    apply_read(svc, job, tenant, ops, claim, None, None).await.map(|(o, _)| o)
 }
 
 /// What `ops` would do, writing nothing: the preview of a file that may be held (`holds`).
 pub async fn preview_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowOp>) -> Result<Vec<Outcome>> {
-    apply_read(svc, job, tenant, ops, "preview", None, Some(PREVIEW_NOTE)).await
+    apply_read(svc, job, tenant, ops, "preview", None, Some(PREVIEW_NOTE)).await.map(|(o, _)| o)
 }
 
 const VALIDATE_NOTE: &str = "validation only: nothing was changed";
@@ -151,7 +154,7 @@ async fn apply_read(
     claim: &str,
     unpooled: Option<HashMap<String, User>>,
     preview: Option<&'static str>,
-) -> Result<Vec<Outcome>> {
+) -> Result<(Vec<Outcome>, Vec<UndoEntry>)> {
     let dry_note = preview.or((job.mode == Some(Mode::Validate)).then_some(VALIDATE_NOTE));
     let all = tenant.licences.is_some() || dry_note.is_some();
     let stored = match unpooled {
@@ -190,23 +193,45 @@ async fn apply_read(
             row_or_refusal(&ctx, op, refused, licensed)
         })
         .collect();
-    let results: Vec<Result<(Outcome, Written)>> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
+    let results: Vec<Result<Row>> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
     let results = results.into_iter().collect::<Result<Vec<_>>>()?;
     if let Some(p) = &pool {
-        let returned = p.returned(results.iter().map(|(o, w)| (o.row, w)));
+        let returned = p.returned(results.iter().map(|(o, w, _)| (o.row, w)));
         svc.directory.settle_licences(&tenant.id, claim, returned).await?;
     }
-    let mut outcomes: Vec<Outcome> = results.into_iter().map(|(o, _)| o).collect();
+    // What each changed item was before: kept per chunk for `undo`.
+    let mut undo = Vec::new();
+    let by_row: HashMap<u32, (&Outcome, &Before)> = results.iter().map(|(o, _, b)| (o.row, (o, b))).collect();
+    for op in ops.iter().filter(|_| !ctx.dry) {
+        let Some((o, before)) = by_row.get(&op.row) else { continue };
+        if o.status != Status::Success || o.change.is_none_or(|c| c == crate::model::Change::Unchanged) {
+            continue;
+        }
+        let target = match &op.target {
+            Target::User { email, .. } => Target::User { email: email.clone(), fields: crate::model::UserFields::default() },
+            Target::Org { name } => Target::Org { name: name.clone() },
+        };
+        let token = Stamp { job: job.id.clone(), row: op.row, at: String::new(), order: String::new() }.token();
+        undo.push(match before {
+            Before::Was { image, active } => UndoEntry { target, token, before: image.clone(), active: *active, unknown: false },
+            Before::Unknown => UndoEntry { target, token, before: None, active: false, unknown: true },
+        });
+    }
+    let mut outcomes: Vec<Outcome> = results.into_iter().map(|(o, _, _)| o).collect();
     outcomes.sort_by_key(|o| (o.row, o.user.clone()));
-    Ok(outcomes)
+    Ok((outcomes, undo))
 }
 
-async fn row_or_refusal(ctx: &Ctx<'_>, op: &RowOp, refused: bool, licensed: bool) -> Result<(Outcome, Written)> {
+/// A row's outcome, its write, and what the write replaced.
+type Row = (Outcome, Written, Before);
+
+async fn row_or_refusal(ctx: &Ctx<'_>, op: &RowOp, refused: bool, licensed: bool) -> Result<Row> {
     if refused {
         let limit = ctx.tenant.licences.unwrap_or(0);
         return Ok((
             Outcome::failure(op.row, Some(op.action), format!("no licence available (pool of {limit} exhausted)")),
             Written { write: Write::NotFound, licence: Licence::Unchanged },
+            Before::Unknown,
         ));
     }
     apply_row(ctx, op, licensed).await
@@ -261,6 +286,12 @@ async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], limit: u32, claim: &str) -> Resul
         match action {
             Action::Create | Action::Upsert if user.is_none() || ours => takers.push(row),
             Action::Enable if user.is_some_and(|u| u.status == UserStatus::Disabled) => takers.push(row),
+            // An undo bringing back an active user whom the directory holds inactive (or not at all).
+            Action::Restore
+                if op.restore.as_ref().is_some_and(|r| r.active && !r.unknown) && user.is_none_or(|u| u.status != UserStatus::Active) =>
+            {
+                takers.push(row)
+            }
             _ => {}
         }
     }
@@ -281,14 +312,18 @@ pub async fn recount_licences(svc: &Services, tenant: &str) -> Result<(u32, u32)
     Ok((before, active))
 }
 
-async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<(Outcome, Written)> {
+async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
     let (row, action) = (op.row, op.action);
     let tenant = ctx.tenant.id.as_str();
     let nothing = || Written { write: Write::NotFound, licence: Licence::Unchanged };
-    let fail = |msg: String| Ok((Outcome::failure(row, Some(action), msg), nothing()));
+    let fail = |msg: String| Ok((Outcome::failure(row, Some(action), msg), nothing(), Before::Unknown));
     let fail_in = |column: &str, msg: String| {
-        Ok((Outcome { column: Some(column.to_string()), ..Outcome::failure(row, Some(action), msg) }, nothing()))
+        Ok((Outcome { column: Some(column.to_string()), ..Outcome::failure(row, Some(action), msg) }, nothing(), Before::Unknown))
     };
+    if action == Action::Restore {
+        let stamp = Stamp { job: ctx.job.to_string(), row, at: ctx.now.clone(), order: ctx.order.to_string() };
+        return restore_row(ctx, op, &stamp).await;
+    }
     if let Target::User { fields, .. } = &op.target
         && action != Action::Delete
         && action != Action::Reconcile
@@ -318,7 +353,7 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<(Outcome
         }
     }
     let stamp = Stamp { job: ctx.job.to_string(), row, at: ctx.now.clone(), order: ctx.order.to_string() };
-    let unchanged = |write| Written { write, licence: Licence::Unchanged };
+    let unchanged = |write| (Written { write, licence: Licence::Unchanged }, Before::Unknown);
     let result = match &op.target {
         // Nothing to change: no write at all (a nightly full sync is mostly such rows).
         // (A user this very row wrote on an earlier attempt goes to the write, which reads its
@@ -337,14 +372,18 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<(Outcome
                 let noun = if users == 1 { "user" } else { "users" };
                 return fail(format!("organization \"{name}\" still has {users} {noun}; move or delete them first"));
             }
-            if ctx.dry { predict_org(ctx, op).await.map(unchanged) } else { write_row(&*ctx.svc.directory, tenant, op, &stamp, true).await }
+            if ctx.dry {
+                predict_org(ctx, op).await.map(unchanged)
+            } else {
+                write_row_keeping(&*ctx.svc.directory, tenant, op, &stamp, true).await
+            }
         }
         Target::Org { .. } if ctx.dry => predict_org(ctx, op).await.map(unchanged),
         Target::User { email, .. } if ctx.dry => Ok(unchanged(predict_user(ctx, email, action))),
-        Target::Org { .. } => write_row(&*ctx.svc.directory, tenant, op, &stamp, true).await,
-        Target::User { .. } => write_row(&*ctx.svc.directory, tenant, op, &stamp, licensed).await,
+        Target::Org { .. } => write_row_keeping(&*ctx.svc.directory, tenant, op, &stamp, true).await,
+        Target::User { .. } => write_row_keeping(&*ctx.svc.directory, tenant, op, &stamp, licensed).await,
     };
-    let written = match result {
+    let (written, before) = match result {
         Ok(w) => w,
         Err(e) if e.is_retryable() => return Err(e),
         // A permanent error on one row (e.g. a value DynamoDB refuses) fails that row only.
@@ -369,14 +408,50 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<(Outcome
             outcome.message += &invite(ctx, op, email, fields, &written.write).await?;
         }
     }
-    Ok((outcome, written))
+    Ok((outcome, written, before))
+}
+
+/// An undo's row: put the item back as it was before the undone job wrote it, unless another
+/// job wrote it since.
+async fn restore_row(ctx: &Ctx<'_>, op: &RowOp, stamp: &Stamp) -> Result<Row> {
+    let none = || Written { write: Write::NotFound, licence: Licence::Unchanged };
+    let Some(r) = &op.restore else { return Err(Error::corrupt("chunk", "a restore without its state")) };
+    let noun = match &op.target {
+        Target::User { email, .. } => format!("user {email}"),
+        Target::Org { name } => format!("organization \"{name}\""),
+    };
+    let skipped = |msg: String| Outcome { action: Some(Action::Restore), ..Outcome::skipped(op.row, msg) };
+    if r.unknown {
+        let msg =
+            format!("its state before job {} was not kept (that job's part was retried after writing); check {noun} by hand", r.undoes);
+        return Ok((skipped(msg), none(), Before::Unknown));
+    }
+    Ok(match ctx.svc.directory.restore(&ctx.tenant.id, &op.target, r, stamp).await? {
+        Restored::Done { change, licence, before } => {
+            let (msg, write) = match change {
+                crate::model::Change::Created => (format!("{noun} restored: job {} had deleted it", r.undoes), Write::Created),
+                crate::model::Change::Deleted => (format!("{noun} removed: job {} had created it", r.undoes), Write::Deleted),
+                _ => (format!("{noun} restored to its state before job {}", r.undoes), Write::Updated),
+            };
+            let outcome = Outcome { change: Some(change), ..Outcome::success(op.row, Action::Restore, msg) };
+            (outcome, Written { write, licence }, before)
+        }
+        Restored::ChangedSince(job) => (skipped(format!("changed since by job {job}")), none(), Before::Unknown),
+        Restored::Gone => (skipped("changed since: it no longer exists".into()), none(), Before::Unknown),
+    })
 }
 
 /// One row's conditional writes, as `rules` directs: usually one; more only when the item is not
 /// as the row expected (a disable finding the user disabled already). `licensed`: the row holds a
 /// licence of the tenant's pool (always, without a pool); without one, no write can make a user active.
 pub async fn write_row(dir: &dyn Directory, tenant: &str, op: &RowOp, stamp: &Stamp, licensed: bool) -> Result<Written> {
+    write_row_keeping(dir, tenant, op, stamp, licensed).await.map(|(w, _)| w)
+}
+
+/// `write_row`, keeping what the write replaced (for undo).
+async fn write_row_keeping(dir: &dyn Directory, tenant: &str, op: &RowOp, stamp: &Stamp, licensed: bool) -> Result<(Written, Before)> {
     let user = matches!(op.target, Target::User { .. });
+    let mut before = Before::Unknown;
     if !user && !matches!(op.action, Action::Create | Action::Update | Action::Upsert | Action::Delete) {
         return Err(Error::corrupt("chunk", format!("organization row with action {}", op.action)));
     }
@@ -384,16 +459,20 @@ pub async fn write_row(dir: &dyn Directory, tenant: &str, op: &RowOp, stamp: &St
     let mut next = rules::first(op.action, user, licensed);
     for _ in 0..rules::MAX_ATTEMPTS {
         let attempt = match next {
-            Next::Done(written) => return Ok(written),
+            Next::Done(written) => return Ok((written, before)),
             Next::Try(attempt) => attempt,
         };
         next = match dir.write(tenant, &op.target, attempt, stamp).await? {
-            Attempted::Written(old) => Next::Done(rules::succeeded(attempt, user, old.as_ref(), &token)),
+            Attempted::Written(old, image) => {
+                let active = old.as_ref().is_some_and(|o| user && !o.tombstone && o.status.unwrap_or_default() == UserStatus::Active);
+                before = Before::Was { image, active };
+                Next::Done(rules::succeeded(attempt, user, old.as_ref(), &token))
+            }
             Attempted::Refused(old) => rules::refused(attempt, user, old.as_ref(), &token, &stamp.order),
         };
     }
     match next {
-        Next::Done(written) => Ok(written),
+        Next::Done(written) => Ok((written, before)),
         Next::Try(_) => Err(Error::Transient {
             service: "directory",
             operation: "conditional write",

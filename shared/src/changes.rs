@@ -195,7 +195,13 @@ mod tests {
     }
 
     fn op(action: Action, fields: UserFields) -> RowOp {
-        RowOp { row: 2, action, target: Target::User { email: "ann@acme.example.com".into(), fields }, created_in_file: vec![] }
+        RowOp {
+            row: 2,
+            action,
+            target: Target::User { email: "ann@acme.example.com".into(), fields },
+            created_in_file: vec![],
+            restore: None,
+        }
     }
 
     #[test]

@@ -182,6 +182,8 @@ fn held_email(tenant: &Tenant, job: &Job, why: &str, would: &ChangeCounts, links
 pub enum Verb {
     Approve,
     Discard,
+    /// Not a hold: undo a finished job (`undo`), from the same console folders.
+    Undo,
 }
 
 impl Verb {
@@ -190,6 +192,7 @@ impl Verb {
         match folder.to_ascii_lowercase().as_str() {
             "approve" => Some(Verb::Approve),
             "discard" => Some(Verb::Discard),
+            "undo" => Some(Verb::Undo),
             _ => None,
         }
     }
@@ -197,35 +200,47 @@ impl Verb {
         match self {
             Verb::Approve => "approve",
             Verb::Discard => "discard",
+            Verb::Undo => "undo",
         }
     }
 }
 
-/// Approve or discard a held job. `Ok(Ok(line))`: done; `Ok(Err(line))`: refused, nothing
-/// changed, the line says why. `tenant`: the job must be this tenant's. `by` says who, for the
-/// job's message.
-pub async fn decide(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb, by: &str) -> Result<std::result::Result<String, String>> {
+/// Whether `verb` may be done to job `id` now: the job, or the one line saying why not (nothing
+/// is changed by asking). `tenant`: the job must be this tenant's.
+pub async fn check(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb) -> Result<std::result::Result<Job, String>> {
     let id = id.trim();
+    if verb == Verb::Undo {
+        return crate::undo::check(svc, id, tenant).await;
+    }
     let Some(job) = svc.jobs.get(id).await? else {
         return Ok(Err(format!("no job {id}: check the id in the held email or `rosterdrop status`")));
     };
     if tenant.is_some_and(|t| !t.eq_ignore_ascii_case(&job.tenant)) {
         return Ok(Err(format!("job {id} belongs to another tenant; nothing changed")));
     }
-    match job.state {
-        JobState::Held => {}
-        JobState::Received => return Ok(Err(format!("job {id} is still being read; it can be approved or discarded once it is HELD"))),
-        JobState::Discarded => {
-            return Ok(Err(format!("job {id} was discarded already; nothing applied. Upload the file again to start over")));
-        }
-        other => {
-            return Ok(Err(format!(
-                "job {id} is {}, not held: it was {} already; nothing changed",
-                other.as_str(),
-                if other == JobState::Rejected { "rejected" } else { "approved or never held" }
-            )));
-        }
+    Ok(match job.state {
+        JobState::Held => Ok(job),
+        JobState::Received => Err(format!("job {id} is still being read; it can be approved or discarded once it is HELD")),
+        JobState::Discarded => Err(format!("job {id} was discarded already; nothing applied. Upload the file again to start over")),
+        other => Err(format!(
+            "job {id} is {}, not held: it was {} already; nothing changed",
+            other.as_str(),
+            if other == JobState::Rejected { "rejected" } else { "approved or never held" }
+        )),
+    })
+}
+
+/// Approve, discard or undo (`undo::start`) job `id`. `Ok(Ok(line))`: done; `Ok(Err(line))`:
+/// refused, nothing changed, the line says why. `by` says who, for the job's message.
+pub async fn decide(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb, by: &str) -> Result<std::result::Result<String, String>> {
+    let id = id.trim();
+    if verb == Verb::Undo {
+        return crate::undo::start(svc, id, tenant, by).await;
     }
+    let job = match check(svc, id, tenant, verb).await? {
+        Ok(job) => job,
+        Err(line) => return Ok(Err(line)),
+    };
     match verb {
         Verb::Approve => {
             if !svc.jobs.transition(id, JobState::Held, JobState::Applying, Some(&format!("approved by {by}"))).await? {
@@ -236,7 +251,7 @@ pub async fn decide(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb, 
             info!(job = %id, by, "held job approved");
             Ok(Ok(format!("job {id} approved: {} is being applied; the result email follows", job.file_name)))
         }
-        Verb::Discard => {
+        Verb::Discard | Verb::Undo => {
             let why = format!("discarded by {by}; nothing was applied");
             if discard(svc, &job, &why).await? {
                 Ok(Ok(format!("job {id} discarded: nothing in {} was applied", job.file_name)))

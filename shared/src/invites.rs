@@ -68,6 +68,16 @@ async fn send_one(
         svc.invites.mark_sent(invite).await?;
         return Ok(false);
     };
+    // The invite follows the directory: a user deleted, disabled or activated since (or whose
+    // creation was undone) gets no activation email.
+    match svc.directory.user(&invite.tenant, &invite.email).await? {
+        Some(u) if u.status == crate::model::UserStatus::Active && !u.activated => {}
+        _ => {
+            info!(tenant = %invite.tenant, to = %address::masked(&invite.email), "invite dropped: the user no longer exists, is disabled or has activated");
+            svc.invites.mark_sent(invite).await?;
+            return Ok(false);
+        }
+    }
     let to = address::deliverable(&invite.email)
         .map_err(|why| Error::Aws { service: "sesv2", operation: "SendEmail", message: format!("the address {why}") })?
         .into_owned();

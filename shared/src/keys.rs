@@ -139,6 +139,14 @@ pub fn outcomes_prefix(job: &str) -> String {
 pub fn ingest_outcomes(job: &str) -> String {
     format!("{OUTCOMES}{job}/ingest.jsonl")
 }
+/// What a job's changed items were before it, one file per chunk (`undo`).
+pub const UNDO: &str = "undo/";
+pub fn undo_prefix(job: &str) -> String {
+    format!("{UNDO}{job}/")
+}
+pub fn chunk_undo(job: &str, phase: usize, seq: u32) -> String {
+    format!("{UNDO}{job}/{}", chunk_name(phase, seq))
+}
 pub fn chunk_outcomes(job: &str, phase: usize, seq: u32) -> String {
     format!("{OUTCOMES}{job}/{}", chunk_name(phase, seq))
 }

@@ -30,6 +30,7 @@ pub mod services;
 pub mod template;
 #[cfg(test)]
 pub mod testkit;
+pub mod undo;
 pub mod wire;
 pub mod wording;
 

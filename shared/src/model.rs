@@ -47,6 +47,9 @@ pub struct Tenant {
     /// When a file's changes wait for an admin's approval (`holds`).
     #[serde(default)]
     pub holds: Holds,
+    /// Days a job can be undone (its before-states are kept that long); 30 when absent, at most 90.
+    #[serde(default)]
+    pub undo_days: Option<u32>,
     /// Branding of activation (invite) emails.
     #[serde(default)]
     pub branding: Branding,
@@ -120,6 +123,13 @@ pub struct Holds {
     /// Days a held file waits for approval; then it is discarded with an email.
     pub expire_days: u32,
 }
+
+/// Before-states are deleted by the bucket's lifecycle after this many days (the longest a
+/// tenant may keep them).
+pub const MAX_UNDO_DAYS: u32 = 90;
+pub const DEFAULT_UNDO_DAYS: u32 = 30;
+/// A held file's staged parts expire after 14 days (the bucket's lifecycle): approval must come first.
+pub const MAX_HOLD_DAYS: u32 = 13;
 
 impl Default for Holds {
     fn default() -> Self {
@@ -197,6 +207,7 @@ impl Tenant {
             products: vec![],
             licences: None,
             holds: Holds::default(),
+            undo_days: None,
             branding: Branding::default(),
         }
     }
@@ -251,8 +262,11 @@ impl Tenant {
         if self.holds.remove_percent > 100 || self.holds.update_percent > 100 {
             return Err("holds.remove_percent and holds.update_percent must be between 0 and 100".into());
         }
-        if self.holds.expire_days == 0 || self.holds.expire_days > 90 {
-            return Err("holds.expire_days must be between 1 and 90".into());
+        if self.undo_days.is_some_and(|d| d == 0 || d > MAX_UNDO_DAYS) {
+            return Err(format!("undo_days must be between 1 and {MAX_UNDO_DAYS}"));
+        }
+        if self.holds.expire_days == 0 || self.holds.expire_days > MAX_HOLD_DAYS {
+            return Err(format!("holds.expire_days must be between 1 and {MAX_HOLD_DAYS} (a held file's parts are kept 14 days)"));
         }
         for a in &self.attributes {
             if a.name.trim().is_empty() {
@@ -299,8 +313,10 @@ pub enum Mode {
     Validate,
     /// The file is the tenant's whole user list: upsert it, disable active users absent from it.
     Replace,
-    /// Replace without the safeguard.
+    /// Replace, never held for approval.
     ReplaceForce,
+    /// Not a folder: a job putting back what another job changed (`undo`).
+    Undo,
 }
 
 impl Mode {
@@ -317,6 +333,11 @@ impl Mode {
         }
     }
 
+    /// A mode as stored on a job: the folder modes and `undo`.
+    pub fn parse_stored(s: &str) -> Option<Mode> {
+        if s == "undo" { Some(Mode::Undo) } else { Mode::parse(s) }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Add => "add",
@@ -324,6 +345,7 @@ impl Mode {
             Mode::Validate => "validate",
             Mode::Replace => "replace",
             Mode::ReplaceForce => "replace-force",
+            Mode::Undo => "undo",
         }
     }
 
@@ -352,6 +374,8 @@ pub enum Action {
     Invite,
     /// Not in files: replace mode disabling a user absent from the file.
     Reconcile,
+    /// Not in files: an undo job putting an item back as it was before another job wrote it.
+    Restore,
 }
 
 impl Action {
@@ -399,6 +423,7 @@ impl Action {
             Action::Expire => "Expire",
             Action::Invite => "Invite",
             Action::Reconcile => "Reconcile",
+            Action::Restore => "Restore",
         }
     }
 }
@@ -512,6 +537,56 @@ pub struct RowOp {
     /// against the directory in a dry run, where nothing is created).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub created_in_file: Vec<String>,
+    /// `Restore` operations only: what to put back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<Restore>,
+}
+
+/// An item as it was before a write: opaque to the stages, put back by the directory that read
+/// it (undo). `None` where it is kept means the item did not exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Image(pub serde_json::Value);
+
+/// What a row's write replaced, for undo.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Before {
+    /// Not known: the row found its own earlier write (a retried chunk), or wrote nothing.
+    #[default]
+    Unknown,
+    /// The item before the write (`None`: it did not exist); `active`: an active user.
+    Was { image: Option<Image>, active: bool },
+}
+
+/// What an undo puts back for one item another job wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    /// The job being undone.
+    pub undoes: String,
+    /// The token (`<job>#<row>`) that job's write left on the item: restored only while it is
+    /// still there, so a later change is never overwritten.
+    pub token: String,
+    /// The item before that write; `None`: it did not exist.
+    pub before: Option<Image>,
+    /// `before` is an active user (restoring it takes a licence).
+    #[serde(default)]
+    pub active: bool,
+    /// The write's before-state was not kept (its chunk was retried after writing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unknown: bool,
+}
+
+/// One item a job changed, kept per chunk for `undo` (`undo/<job>/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UndoEntry {
+    #[serde(flatten)]
+    pub target: Target,
+    pub token: String,
+    pub before: Option<Image>,
+    #[serde(default)]
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unknown: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -825,12 +900,13 @@ mod tests {
 
     #[test]
     fn org_creates_come_before_users_and_org_deletes_after() {
-        let org = |a| RowOp { row: 2, action: a, target: Target::Org { name: "x".into() }, created_in_file: vec![] };
+        let org = |a| RowOp { row: 2, action: a, target: Target::Org { name: "x".into() }, created_in_file: vec![], restore: None };
         let user = RowOp {
             row: 3,
             action: Action::Create,
             target: Target::User { email: "a@b.c".into(), fields: UserFields::default() },
             created_in_file: vec![],
+            restore: None,
         };
         assert!(phase_of(&org(Action::Create)) < phase_of(&user));
         assert!(phase_of(&user) < phase_of(&org(Action::Delete)));
@@ -846,6 +922,7 @@ mod tests {
                 fields: UserFields { first_name: Some("A".into()), groups: vec!["g1".into()], ..Default::default() },
             },
             created_in_file: vec!["org".into()],
+            restore: None,
         };
         let s = serde_json::to_string(&op).unwrap();
         assert_eq!(serde_json::from_str::<RowOp>(&s).unwrap(), op);

@@ -2,7 +2,7 @@
 //! tests use in-memory fakes behind the same traits.
 
 use crate::error::Result;
-use crate::model::{EmailKind, Invite, Job, JobState, Lease, Target, Tenant, User, UserStatus};
+use crate::model::{Before, Change, EmailKind, Invite, Job, JobState, Lease, Restore, Target, Tenant, User, UserStatus};
 use crate::rules::{Attempt, Attempted};
 use async_trait::async_trait;
 use std::time::Duration;
@@ -63,6 +63,18 @@ pub struct Written {
     pub licence: Licence,
 }
 
+/// How putting an item back ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// Put back. `change`: what that did to the item as it was (`Created`: it lives again,
+    /// `Deleted`: removed, `Updated`); `licence`: to the pool; `before`: the item it replaced.
+    Done { change: Change, licence: Licence, before: Before },
+    /// Another job wrote the item after the undone one: left as it is.
+    ChangedSince(String),
+    /// The item no longer exists at all.
+    Gone,
+}
+
 /// Identifies the row that performs a write, stored on the item. A retried write that finds its
 /// own stamp knows it already succeeded (exactly-once effect under at-least-once delivery).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +106,9 @@ pub trait Directory: Send + Sync {
     /// change: the adapter translates it and holds no rule of its own). The item is stamped with
     /// `stamp` (token, time, upload order).
     async fn write(&self, tenant: &str, target: &Target, attempt: Attempt, stamp: &Stamp) -> Result<Attempted>;
+    /// Put back the item `target` names as `restore` says it was, only while it still carries
+    /// the undone write's token; stamped with `stamp` so the restore is itself undoable.
+    async fn restore(&self, tenant: &str, target: &Target, restore: &Restore, stamp: &Stamp) -> Result<Restored>;
     async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool>;
     /// Users whose organization is `name` (delete refuses non-empty organizations).
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64>;

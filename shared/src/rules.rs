@@ -15,7 +15,7 @@ use crate::model::{Action, UserStatus};
 use crate::ports::{Licence, Write, Written};
 
 /// What a write saw of its item before it (the old image a refused or successful write returns).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Seen {
     /// A tombstone: the item was deleted (it keeps the deleting upload's order).
     pub tombstone: bool,
@@ -60,7 +60,8 @@ pub enum Attempt {
 pub enum Attempted {
     /// The condition held and the write was made. `old` is reported for Upsert (whether it
     /// created); other writes may leave it `None`.
-    Written(Option<Seen>),
+    /// The item as it was, in full, comes too (`None`: it did not exist): what an undo puts back.
+    Written(Option<Seen>, Option<crate::model::Image>),
     Refused(Option<Seen>),
 }
 
@@ -117,6 +118,8 @@ pub fn first(action: Action, user: bool, licensed: bool) -> Next {
         (Delete, true) => Attempt::Tombstone { active: Some(true) },
         (Delete, false) => Attempt::Tombstone { active: None },
         (Enable | Disable | Reconcile | Invite, false) => return done(Write::NotFound, Licence::Unchanged),
+        // Restores are not conditional writes of a row's values (`Directory::restore`).
+        (Restore, _) => return done(Write::NotFound, Licence::Unchanged),
     })
 }
 

@@ -159,6 +159,15 @@ impl Directory for RacingDirectory {
     async fn count_active_users(&self, tenant: &str, at_most: u64) -> shared::Result<u64> {
         self.inner.count_active_users(tenant, at_most).await
     }
+    async fn restore(
+        &self,
+        tenant: &str,
+        target: &Target,
+        restore: &shared::model::Restore,
+        stamp: &Stamp,
+    ) -> shared::Result<shared::ports::Restored> {
+        self.inner.restore(tenant, target, restore, stamp).await
+    }
     async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> shared::Result<LicenceClaim> {
         self.inner.reserve_licences(tenant, limit, claim, decision).await
     }
@@ -188,7 +197,13 @@ async fn a_change_made_between_apply_s_read_and_its_write_is_not_lost() {
     let newer = |i: usize| {
         let email = format!("racer{i}@acme.example.com");
         let fields = UserFields { department: Some("Finance".into()), ..UserFields::default() };
-        let op = RowOp { row: 2 + i as u32, action: Action::Update, target: Target::User { email, fields }, created_in_file: vec![] };
+        let op = RowOp {
+            row: 2 + i as u32,
+            action: Action::Update,
+            target: Target::User { email, fields },
+            created_in_file: vec![],
+            restore: None,
+        };
         (
             op,
             Stamp {

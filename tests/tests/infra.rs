@@ -216,6 +216,12 @@ async fn each_role_allows_exactly_the_calls_its_function_makes() {
     pump(&stack).await;
     let much_later = chrono::Utc::now() + chrono::Duration::days(8);
     assert_eq!(FUNCTION.scope("InvitesFunction", shared::holds::discard_expired(&stack.svc, much_later)).await.unwrap(), 1);
+    // The approved deletes undone from the console: ingest plans them, apply puts them back.
+    stack.drop_file("acme", Some("undo"), &held[0].id, Vec::new()).await;
+    pump(&stack).await;
+    let undo = stack.svc.jobs.get(&shared::undo::undo_job_id(&held[0].id)).await.unwrap().expect("undo job");
+    assert_eq!(undo.state, JobState::Completed);
+    assert!(stack.svc.directory.user("acme", "h0@acme.example.com").await.unwrap().is_some(), "restored");
     // The scheduled function's sweep sends the invite recorded above.
     FUNCTION.scope("InvitesFunction", shared::invites::sweep(&stack.svc, chrono::Utc::now())).await.unwrap();
     FUNCTION.scope("InvitesFunction", shared::monitor::oldest_open_job_age(&stack.svc, chrono::Utc::now())).await.unwrap();
@@ -281,7 +287,8 @@ fn only_the_functions_write_the_pipelines_prefixes_and_rosters_and_results_expir
         .iter()
         .map(|r| r["Fn::Sub"].as_str().unwrap().trim_start_matches("${Bucket.Arn}/").trim_end_matches('*').to_string())
         .collect();
-    let internal = [shared::keys::STAGED, shared::keys::CHUNKS, shared::keys::OUTCOMES, shared::keys::DONE, shared::keys::RESULTS];
+    let internal =
+        [shared::keys::STAGED, shared::keys::CHUNKS, shared::keys::OUTCOMES, shared::keys::DONE, shared::keys::RESULTS, shared::keys::UNDO];
     assert_eq!(prefixes, internal.iter().map(|p| p.to_string()).collect::<BTreeSet<_>>());
     assert!(!prefixes.contains(shared::keys::INCOMING));
     let exempt: BTreeSet<&str> = deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]
@@ -298,6 +305,9 @@ fn only_the_functions_write_the_pipelines_prefixes_and_rosters_and_results_expir
         assert_eq!(rule["Status"], "Enabled");
     }
     assert_eq!(b["parameters"]["RetentionDays"]["Default"], 90);
+    // Before-states for undo are kept as long as the longest a tenant may ask for.
+    let undo = b["lifecycle"].as_array().unwrap().iter().find(|r| r["Prefix"] == shared::keys::UNDO).expect("undo/ expires");
+    assert_eq!(undo["ExpirationInDays"], serde_json::json!(shared::model::MAX_UNDO_DAYS));
 }
 
 /// The tables as deployed are the tables the code and the local stack use: the directory keyed

@@ -4,8 +4,8 @@
 //! costs. Built for tests and behind the `memory` feature.
 
 use crate::error::{Error, Result};
-use crate::model::{EmailKind, Invite, Job, JobState, Lease, Target, Tenant, User, UserFields, UserStatus};
-use crate::ports::{Directory, Invites, JobStore, LicenceClaim, Mailer, ObjectStore, Plan, Recorded, Stamp};
+use crate::model::{Before, Change, EmailKind, Image, Invite, Job, JobState, Lease, Restore, Target, Tenant, User, UserFields, UserStatus};
+use crate::ports::{Directory, Invites, JobStore, Licence, LicenceClaim, Mailer, ObjectStore, Plan, Recorded, Restored, Stamp};
 use crate::rules::{self, Attempt, Attempted, Seen};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -140,11 +140,24 @@ enum Key {
 }
 
 /// An item as the directory keeps it: what `rules` sees, and the user or organization it holds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Stored {
     seen: Seen,
     user: Option<User>,
     org: Option<String>,
+}
+
+impl Stored {
+    fn image(&self) -> Image {
+        Image(serde_json::to_value(self).unwrap_or_default())
+    }
+    /// A live active user: holds a licence.
+    fn active(&self) -> bool {
+        !self.seen.tombstone && self.user.as_ref().is_some_and(|u| u.status == UserStatus::Active)
+    }
+    fn live(&self) -> bool {
+        !self.seen.tombstone
+    }
 }
 
 #[derive(Default)]
@@ -280,6 +293,7 @@ impl Directory for MemoryDirectory {
         let slot = (tenant.to_string(), key);
         let old = state.items.get(&slot).cloned();
         let old_seen = old.as_ref().map(|s| s.seen.clone());
+        let image = old.as_ref().map(Stored::image);
         if !rules::holds(attempt, old_seen.as_ref(), &stamp.order) {
             return Ok(Attempted::Refused(old_seen));
         }
@@ -332,7 +346,49 @@ impl Directory for MemoryDirectory {
         next.seen.last_write = Some(token);
         next.seen.order = Some(stamp.order.clone());
         state.items.insert(slot, next);
-        Ok(Attempted::Written(old_seen))
+        Ok(Attempted::Written(old_seen, image))
+    }
+
+    async fn restore(&self, tenant: &str, target: &Target, restore: &Restore, stamp: &Stamp) -> Result<Restored> {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = match target {
+            Target::User { email, .. } => Key::User(email.clone()),
+            Target::Org { name } => Key::Org(name.to_lowercase()),
+        };
+        let mut state = lock(&self.state);
+        let slot = (tenant.to_string(), key);
+        let Some(current) = state.items.get(&slot).cloned() else { return Ok(Restored::Gone) };
+        let token = stamp.token();
+        let last = current.seen.last_write.clone().unwrap_or_default();
+        if last == token {
+            // Restored by an earlier attempt of this row.
+            return Ok(Restored::Done { change: Change::Updated, licence: Licence::Unchanged, before: Before::Unknown });
+        }
+        if last != restore.token {
+            return Ok(Restored::ChangedSince(rules::job_of(&last).to_string()));
+        }
+        let mut next = match &restore.before {
+            Some(image) => serde_json::from_value::<Stored>(image.0.clone()).map_err(|e| Error::corrupt("before-image", e))?,
+            None => Stored { seen: Seen { tombstone: true, ..Seen::default() }, user: None, org: None },
+        };
+        next.seen.last_write = Some(token.clone());
+        next.seen.order = Some(stamp.order.clone());
+        if let Some(user) = next.user.as_mut() {
+            user.last_write.clone_from(&token);
+        }
+        let licence = match (current.active(), next.active()) {
+            (false, true) => Licence::Took,
+            (true, false) => Licence::Freed,
+            _ => Licence::Unchanged,
+        };
+        let change = match (current.live(), next.live()) {
+            (false, true) => Change::Created,
+            (true, false) => Change::Deleted,
+            _ => Change::Updated,
+        };
+        let before = Before::Was { image: Some(current.image()), active: current.active() };
+        state.items.insert(slot, next);
+        Ok(Restored::Done { change, licence, before })
     }
 
     async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool> {

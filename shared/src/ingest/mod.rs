@@ -192,6 +192,7 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
                 action: Action::Reconcile,
                 target: Target::User { email, fields: UserFields::default() },
                 created_in_file: vec![],
+                restore: None,
             };
             ingested.sink.extra_op(&op).map_err(|e| Error::local("writing operations", e))?;
         }

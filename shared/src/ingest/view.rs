@@ -81,7 +81,7 @@ impl RowView<'_> {
                 }
             }
         };
-        RowOp { row: self.row, action: self.action, target, created_in_file: vec![] }
+        RowOp { row: self.row, action: self.action, target, created_in_file: vec![], restore: None }
     }
 
     /// Append the operation's chunk line (without the newline): byte for byte what

@@ -4,8 +4,8 @@ use super::codec::*;
 use super::ext::*;
 use super::*;
 use crate::error::{Error, Result};
-use crate::model::{Target, Tenant, User, UserStatus};
-use crate::ports::{Directory, LicenceClaim, Stamp};
+use crate::model::{Before, Change, Restore, Target, Tenant, User, UserStatus};
+use crate::ports::{Directory, Licence, LicenceClaim, Restored, Stamp};
 use crate::rules::{Attempt, Attempted};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -137,7 +137,7 @@ impl DynamoDirectory {
                 // Over a tombstone: the item lives again.
                 u.remove("ttl").remove("deleted_at");
                 let cond = if may_create { ordered } else { format!("{} AND {ordered}", live(&mut u)) };
-                self.update_if(&key, u, cond, stamp, true).await
+                self.update_if(&key, u, cond, stamp).await
             }
             Attempt::Transition { to, strip_targeting } => {
                 let from = if to == UserStatus::Active { UserStatus::Disabled } else { UserStatus::Active };
@@ -147,11 +147,11 @@ impl DynamoDirectory {
                     // Replace mode: disabled, every group assignment and content targeting removed.
                     u.remove("groups").remove("manual_groups").remove("department");
                 }
-                self.update_if(&key, u, cond, stamp, false).await
+                self.update_if(&key, u, cond, stamp).await
             }
             Attempt::Keep { is } => {
                 let cond = format!("{} AND {} = {} AND {ordered}", live(&mut u), u.name("status"), u.value(s(is.as_str())));
-                self.update_if(&key, u, cond, stamp, false).await
+                self.update_if(&key, u, cond, stamp).await
             }
             Attempt::Update { revoke } => {
                 match (target, revoke) {
@@ -167,17 +167,17 @@ impl DynamoDirectory {
                     }
                 }
                 let cond = format!("{} AND {ordered}", live(&mut u));
-                self.update_if(&key, u, cond, stamp, false).await
+                self.update_if(&key, u, cond, stamp).await
             }
             Attempt::Invite => {
                 let cond = format!("{} AND attribute_not_exists({}) AND {ordered}", live(&mut u), u.name("activated_at"));
                 u.set("invited_at", s(&stamp.at));
-                self.update_if(&key, u, cond, stamp, false).await
+                self.update_if(&key, u, cond, stamp).await
             }
         }
     }
 
-    /// Conditional put; the old image comes back when the condition fails.
+    /// Conditional put; the old image comes back either way.
     async fn put_if(&self, item: Item, cond: String, u: UpdateExpr) -> Result<WriteResult> {
         let res = self
             .client
@@ -187,11 +187,12 @@ impl DynamoDirectory {
             .condition_expression(cond)
             .set_expression_attribute_names(Some(u.names))
             .set_expression_attribute_values(Some(u.values))
+            .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match res {
-            Ok(_) => Ok(Ok(None)),
+            Ok(out) => Ok(Ok(out.attributes.filter(|a| !a.is_empty()))),
             Err(e) if is_condition_failed(&e) => Ok(Err(match e.into_service_error() {
                 aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => c.item,
                 _ => None,
@@ -200,9 +201,9 @@ impl DynamoDirectory {
         }
     }
 
-    /// Conditional update stamped with the row (token, time, upload order); `old`: return the
-    /// item as it was before a successful write too.
-    async fn update_if(&self, key: &Key, mut u: UpdateExpr, cond: String, stamp: &Stamp, old: bool) -> Result<WriteResult> {
+    /// Conditional update stamped with the row (token, time, upload order); the item as it was
+    /// comes back either way.
+    async fn update_if(&self, key: &Key, mut u: UpdateExpr, cond: String, stamp: &Stamp) -> Result<WriteResult> {
         u.set("updated_at", s(&stamp.at)).set("last_write", s(stamp.token())).set("ord", s(&stamp.order));
         let res = self
             .client
@@ -213,7 +214,8 @@ impl DynamoDirectory {
             .condition_expression(cond)
             .set_expression_attribute_names(Some(u.names))
             .set_expression_attribute_values(Some(u.values))
-            .return_values(if old { ReturnValue::AllOld } else { ReturnValue::None })
+            // The item before, in full, whatever the write: returned at no cost, kept for undo.
+            .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
@@ -294,9 +296,76 @@ impl Directory for DynamoDirectory {
 
     async fn write(&self, tenant: &str, target: &Target, attempt: Attempt, stamp: &Stamp) -> Result<Attempted> {
         Ok(match self.attempt(tenant, target, stamp, attempt).await? {
-            Ok(old) => Attempted::Written(old.as_ref().map(seen)),
+            Ok(old) => Attempted::Written(old.as_ref().map(seen), old.as_ref().map(image)),
             Err(old) => Attempted::Refused(old.as_ref().map(seen)),
         })
+    }
+
+    async fn restore(&self, tenant: &str, target: &Target, restore: &Restore, stamp: &Stamp) -> Result<Restored> {
+        let key = match target {
+            Target::User { email, .. } => user_key(tenant, email),
+            Target::Org { name } => org_key(tenant, name),
+        };
+        let mut item = match &restore.before {
+            Some(before) => from_image(before)?,
+            // It did not exist: a tombstone, so an older upload cannot bring it back either.
+            None => {
+                let mut item = key_item(&key);
+                item.extend([
+                    ("kind".to_string(), s(TOMBSTONE)),
+                    ("tenant".to_string(), s(tenant)),
+                    ("deleted_at".to_string(), s(&stamp.at)),
+                    ("ttl".to_string(), n(chrono::Utc::now().timestamp() + MARKER_TTL_SECS)),
+                ]);
+                item
+            }
+        };
+        let token = stamp.token();
+        item.extend(key_item(&key));
+        item.insert("last_write".into(), s(&token));
+        item.insert("ord".into(), s(&stamp.order));
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item.clone()))
+            .condition_expression("last_write = :undone")
+            .expression_attribute_values(":undone", s(&restore.token))
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let current = match res {
+            Ok(out) => out.attributes.filter(|a| !a.is_empty()),
+            Err(e) if is_condition_failed(&e) => {
+                let old = match e.into_service_error() {
+                    aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => c.item,
+                    _ => None,
+                };
+                return Ok(match old.as_ref().and_then(|o| o.str("last_write")) {
+                    // Put back by an earlier attempt of this row.
+                    Some(last) if last == token => {
+                        Restored::Done { change: Change::Updated, licence: Licence::Unchanged, before: Before::Unknown }
+                    }
+                    Some(last) => Restored::ChangedSince(crate::rules::job_of(last).to_string()),
+                    None => Restored::Gone,
+                });
+            }
+            Err(e) => return Err(ddb_err("PutItem")(e)),
+        };
+        let live = |i: &Item| i.str("kind") != Some(TOMBSTONE);
+        let was_active = current.as_ref().is_some_and(active);
+        let licence = match (was_active, active(&item)) {
+            (false, true) => Licence::Took,
+            (true, false) => Licence::Freed,
+            _ => Licence::Unchanged,
+        };
+        let change = match (current.as_ref().is_some_and(live), live(&item)) {
+            (false, true) => Change::Created,
+            (true, false) => Change::Deleted,
+            _ => Change::Updated,
+        };
+        Ok(Restored::Done { change, licence, before: Before::Was { image: current.as_ref().map(image), active: was_active } })
     }
 
     async fn list_users(&self, tenant: &str) -> Result<Vec<(String, UserStatus)>> {
