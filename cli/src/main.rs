@@ -92,21 +92,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Apply a HELD job as it was read (its email has the preview). Exits 1 when refused.
+    /// Apply a HELD job as it was read (its email has the preview). Exits 2 when refused.
     Approve {
         job: String,
         /// Refuse unless the job is this tenant's.
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// Discard a HELD job: nothing in it is applied. Exits 1 when refused.
+    /// Discard a HELD job: nothing in it is applied. Exits 2 when refused.
     Discard {
         job: String,
         #[arg(long)]
         tenant: Option<String>,
     },
     /// Undo a finished job: put back every user and organization it changed, unless changed
-    /// since by another job. The undo is a job of its own (result email). Exits 1 when refused.
+    /// since by another job. The undo is a job of its own (result email). Exits 2 when refused.
     Undo {
         job: String,
         #[arg(long)]
@@ -510,7 +510,7 @@ async fn first_failures(svc: &Services, job: &str, n: usize) -> shared::Result<V
     Ok(failures)
 }
 
-/// `approve` / `discard` / `undo`: checked here (a refusal is one line, exit 1, nothing changed),
+/// `approve` / `discard` / `undo`: checked here (a refusal is one line, exit 2, nothing changed),
 /// then done the way the S3 console does it: an empty object at `incoming/<tenant>/<verb>/<job>`,
 /// which the pipeline's own function acts on (the bucket lets only its functions write the
 /// pipeline's prefixes). Waits for the job to move, then one line.

@@ -262,6 +262,26 @@ values = ["EMEA", "APAC"]
     cmd.args(["results", &job, "--out"]).arg(&dir).assert().code(0);
     assert!(dir.join("filled-result.xlsx").exists() && dir.join("summary.json").exists());
     assert!(!dir.join("filled-failed-rows.xlsx").exists(), "nothing failed");
+
+    // Undo, the way support does it: one line, then the undo job runs (its own email).
+    let run = |args: &[&str], code: i32| {
+        let mut cmd = rosterdrop();
+        stack_env(&mut cmd, &stack);
+        let out = cmd.args(args).assert().code(code).get_output().clone();
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (out, _) = run(&["undo", &job], 0);
+    assert!(out.starts_with(&format!("undo of job {job} started as job {}", shared::undo::undo_job_id(&job))), "{out}");
+    // Bad input: one line each, exit 2, nothing changed.
+    for (args, says) in [
+        (vec!["undo", job.as_str()], "was undone already"),
+        (vec!["undo", job.as_str(), "--tenant", "globex"], "belongs to another tenant"),
+        (vec!["approve", "no-such-job"], "no job no-such-job"),
+        (vec!["discard", job.as_str()], "is COMPLETED, not held"),
+    ] {
+        let (_, err) = run(&args, 2);
+        assert!(err.contains(says) && err.trim().lines().count() == 1, "{args:?}: {err}");
+    }
     stack.shutdown().await;
 }
 

@@ -174,6 +174,16 @@ async fn an_undeliverable_invite_never_stops_the_others_nor_the_monitor_tasks() 
     let good: Vec<String> = (0..4).map(|i| format!("good{i}-{tag}@acme.example.com")).collect();
     let (bounced, accented) = (format!("bounce-{tag}@acme.example.com"), format!("josé-{tag}@acme.example.com"));
     for email in good.iter().take(2).chain([&bounced, &accented]).chain(good.iter().skip(2)) {
+        // The invitee exists (the sweep sends only to live, active users who have not activated).
+        let op = shared::model::RowOp {
+            row: 2,
+            action: shared::model::Action::Create,
+            target: shared::model::Target::User { email: email.clone(), fields: Default::default() },
+            created_in_file: vec![],
+            restore: None,
+        };
+        let stamp = shared::ports::Stamp { job: "job-1".into(), row: 2, at: "2026-01-01T00:00:00Z".into(), order: "0".into() };
+        shared::apply::write_row(&*stack.svc.directory, "acme", &op, &stamp, true).await.unwrap();
         stack.svc.invites.schedule(&invite("acme", email, "job-1")).await.unwrap();
     }
     *faults.ses_reject_recipient.lock().unwrap() = Some(bounced.clone());
