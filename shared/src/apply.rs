@@ -5,7 +5,9 @@
 use crate::error::{Error, Result};
 use crate::event::ObjectRef;
 use crate::keys;
-use crate::model::{Action, Before, Job, JobState, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, UndoEntry, User, UserStatus};
+use crate::model::{
+    Action, Before, Job, JobState, Kept, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, UndoEntry, User, UserStatus,
+};
 use crate::ports::{Directory, Licence, LicenceClaim, Recorded, Restored, Stamp, Write, Written};
 use crate::rules::{self, Attempted, Next};
 use crate::services::Services;
@@ -213,8 +215,10 @@ async fn apply_read(
         };
         let token = Stamp { job: job.id.clone(), row: op.row, at: String::new(), order: String::new() }.token();
         undo.push(match before {
-            Before::Was { image, active } => UndoEntry { target, token, before: image.clone(), active: *active, unknown: false },
-            Before::Unknown => UndoEntry { target, token, before: None, active: false, unknown: true },
+            Before::Was { image, active } => {
+                UndoEntry { target, kept: Kept { token, before: image.clone(), active: *active, unknown: false } }
+            }
+            Before::Unknown => UndoEntry { target, kept: Kept { token, before: None, active: false, unknown: true } },
         });
     }
     let mut outcomes: Vec<Outcome> = results.into_iter().map(|(o, _, _)| o).collect();
@@ -288,7 +292,8 @@ async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], limit: u32, claim: &str) -> Resul
             Action::Enable if user.is_some_and(|u| u.status == UserStatus::Disabled) => takers.push(row),
             // An undo bringing back an active user whom the directory holds inactive (or not at all).
             Action::Restore
-                if op.restore.as_ref().is_some_and(|r| r.active && !r.unknown) && user.is_none_or(|u| u.status != UserStatus::Active) =>
+                if op.restore.as_ref().is_some_and(|r| r.kept.active && !r.kept.unknown)
+                    && user.is_none_or(|u| u.status != UserStatus::Active) =>
             {
                 takers.push(row)
             }
@@ -421,7 +426,7 @@ async fn restore_row(ctx: &Ctx<'_>, op: &RowOp, stamp: &Stamp) -> Result<Row> {
         Target::Org { name } => format!("organization \"{name}\""),
     };
     let skipped = |msg: String| Outcome { action: Some(Action::Restore), ..Outcome::skipped(op.row, msg) };
-    if r.unknown {
+    if r.kept.unknown {
         let msg =
             format!("its state before job {} was not kept (that job's part was retried after writing); check {noun} by hand", r.undoes);
         return Ok((skipped(msg), none(), Before::Unknown));

@@ -558,13 +558,11 @@ pub enum Before {
     Was { image: Option<Image>, active: bool },
 }
 
-/// What an undo puts back for one item another job wrote.
+/// What one write of a job replaced: kept per chunk (`UndoEntry`), put back by an undo (`Restore`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Restore {
-    /// The job being undone.
-    pub undoes: String,
-    /// The token (`<job>#<row>`) that job's write left on the item: restored only while it is
-    /// still there, so a later change is never overwritten.
+pub struct Kept {
+    /// The token (`<job>#<row>`) the write left on the item: restored only while it is still
+    /// there, so a later change is never overwritten.
     pub token: String,
     /// The item before that write; `None`: it did not exist.
     pub before: Option<Image>,
@@ -576,17 +574,22 @@ pub struct Restore {
     pub unknown: bool,
 }
 
+/// What an undo puts back for one item another job wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    /// The job being undone.
+    pub undoes: String,
+    #[serde(flatten)]
+    pub kept: Kept,
+}
+
 /// One item a job changed, kept per chunk for `undo` (`undo/<job>/`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UndoEntry {
     #[serde(flatten)]
     pub target: Target,
-    pub token: String,
-    pub before: Option<Image>,
-    #[serde(default)]
-    pub active: bool,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub unknown: bool,
+    #[serde(flatten)]
+    pub kept: Kept,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -104,7 +104,7 @@ async fn plan(svc: &Services, undo: &Job, undone: &str, files: &[String]) -> Res
                 Target::Org { name } => ("Org", "", name.as_str()),
             };
             csv.write_record([kind, email, org, undone]).map_err(|e| local(e.into()))?;
-            let restore = Restore { undoes: undone.to_string(), token: e.token, before: e.before, active: e.active, unknown: e.unknown };
+            let restore = Restore { undoes: undone.to_string(), kept: e.kept };
             ops.push(RowOp { row, action: Action::Restore, target: e.target, created_in_file: vec![], restore: Some(restore) });
         }
         svc.store.put(&keys::staged_chunk(&undo.id, 1, seq as u32), jsonl(&ops)?, "application/x-ndjson").await?;

@@ -364,10 +364,10 @@ impl Directory for MemoryDirectory {
             // Restored by an earlier attempt of this row.
             return Ok(Restored::Done { change: Change::Updated, licence: Licence::Unchanged, before: Before::Unknown });
         }
-        if last != restore.token {
+        if last != restore.kept.token {
             return Ok(Restored::ChangedSince(rules::job_of(&last).to_string()));
         }
-        let mut next = match &restore.before {
+        let mut next = match &restore.kept.before {
             Some(image) => serde_json::from_value::<Stored>(image.0.clone()).map_err(|e| Error::corrupt("before-image", e))?,
             None => Stored { seen: Seen { tombstone: true, ..Seen::default() }, user: None, org: None },
         };

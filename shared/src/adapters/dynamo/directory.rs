@@ -306,7 +306,7 @@ impl Directory for DynamoDirectory {
             Target::User { email, .. } => user_key(tenant, email),
             Target::Org { name } => org_key(tenant, name),
         };
-        let mut item = match &restore.before {
+        let mut item = match &restore.kept.before {
             Some(before) => from_image(before)?,
             // It did not exist: a tombstone, so an older upload cannot bring it back either.
             None => {
@@ -330,7 +330,7 @@ impl Directory for DynamoDirectory {
             .table_name(&self.table)
             .set_item(Some(item.clone()))
             .condition_expression("last_write = :undone")
-            .expression_attribute_values(":undone", s(&restore.token))
+            .expression_attribute_values(":undone", s(&restore.kept.token))
             .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
