@@ -537,11 +537,14 @@ async fn decide(t: &Target, job: &str, tenant: Option<&str>, verb: shared::holds
                     .map(|u| format!("undo of job {} started as job {uid} ({}); the result email follows", job.id, u.state.as_str()))
             }
             _ => {
-                let now = svc.jobs.get(&job.id).await.map_err(reach)?.map(|j| j.state).unwrap_or(JobState::Held);
+                let now = svc.jobs.get(&job.id).await.map_err(reach)?.map(|j| j.state).unwrap_or(job.state);
                 match (verb, now) {
-                    (_, JobState::Held) => None,
+                    (_, s) if s == job.state => None,
                     (Verb::Discard, JobState::Discarded) => {
                         Some(format!("job {} discarded: nothing in {} was applied", job.id, job.file_name))
+                    }
+                    (Verb::Cancel, JobState::Discarded) => {
+                        Some(format!("job {} cancelled: nothing in {} was applied", job.id, job.file_name))
                     }
                     (Verb::Approve, s) if s != JobState::Discarded => Some(format!(
                         "job {} approved: {} is being applied ({}); the result email follows",

@@ -80,7 +80,7 @@ fn state_cell(state: JobState) -> Cell {
         JobState::Completed => Color::Green,
         JobState::Rejected | JobState::Failed => Color::Red,
         JobState::Received | JobState::Applying => Color::Yellow,
-        JobState::Held => Color::Magenta,
+        JobState::Held | JobState::Scheduled => Color::Magenta,
         JobState::Discarded => Color::Grey,
     };
     Cell::new(state.as_str()).fg(color)

@@ -184,6 +184,8 @@ pub enum Verb {
     Discard,
     /// Not a hold: undo a finished job (`undo`), from the same console folders.
     Undo,
+    /// Not a hold: cancel a scheduled file (`schedule`).
+    Cancel,
 }
 
 impl Verb {
@@ -193,6 +195,7 @@ impl Verb {
             "approve" => Some(Verb::Approve),
             "discard" => Some(Verb::Discard),
             "undo" => Some(Verb::Undo),
+            "cancel" => Some(Verb::Cancel),
             _ => None,
         }
     }
@@ -201,6 +204,7 @@ impl Verb {
             Verb::Approve => "approve",
             Verb::Discard => "discard",
             Verb::Undo => "undo",
+            Verb::Cancel => "cancel",
         }
     }
 }
@@ -217,6 +221,12 @@ pub async fn check(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb) -
     };
     if tenant.is_some_and(|t| !t.eq_ignore_ascii_case(&job.tenant)) {
         return Ok(Err(format!("job {id} belongs to another tenant; nothing changed")));
+    }
+    if verb == Verb::Cancel {
+        return Ok(match job.state {
+            JobState::Scheduled => Ok(job),
+            other => Err(format!("job {id} is {}, not scheduled; nothing changed", other.as_str())),
+        });
     }
     Ok(match job.state {
         JobState::Held => Ok(job),
@@ -251,10 +261,13 @@ pub async fn decide(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb, 
             info!(job = %id, by, "held job approved");
             Ok(Ok(format!("job {id} approved: {} is being applied; the result email follows", job.file_name)))
         }
-        Verb::Discard | Verb::Undo => {
-            let why = format!("discarded by {by}; nothing was applied");
+        Verb::Discard | Verb::Cancel | Verb::Undo => {
+            let (done, why) = match verb {
+                Verb::Cancel => ("cancelled", format!("cancelled by {by}; nothing was applied")),
+                _ => ("discarded", format!("discarded by {by}; nothing was applied")),
+            };
             if discard(svc, &job, &why).await? {
-                Ok(Ok(format!("job {id} discarded: nothing in {} was applied", job.file_name)))
+                Ok(Ok(format!("job {id} {done}: nothing in {} was applied", job.file_name)))
             } else {
                 Ok(Err(format!("job {id} changed meanwhile; nothing done (see `rosterdrop status`)")))
             }
@@ -263,8 +276,8 @@ pub async fn decide(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb, 
 }
 
 /// HELD -> DISCARDED, its summary and one email saying so. `false`: it was no longer held.
-async fn discard(svc: &Services, job: &Job, why: &str) -> Result<bool> {
-    if !svc.jobs.transition(&job.id, JobState::Held, JobState::Discarded, Some(why)).await? {
+pub(crate) async fn discard(svc: &Services, job: &Job, why: &str) -> Result<bool> {
+    if !svc.jobs.transition(&job.id, job.state, JobState::Discarded, Some(why)).await? {
         return Ok(false);
     }
     let mut summary = Summary::new(job, JobState::Discarded);
@@ -276,8 +289,10 @@ async fn discard(svc: &Services, job: &Job, why: &str) -> Result<bool> {
     {
         let subject = format!("[rosterdrop] {}: {} was discarded, nothing was applied", tenant.id, job.file_name);
         let text = format!(
-            "Your file {} was held for approval and has been {why}.\n\nUpload it again to start over.\n\nJob: {}\n",
-            job.file_name, job.id
+            "Your file {} was {} and has been {why}.\n\nUpload it again to start over.\n\nJob: {}\n",
+            job.file_name,
+            if job.state == JobState::Scheduled { "scheduled" } else { "held for approval" },
+            job.id
         );
         let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>"));
         report::send_to(svc, &report::sender(svc, &tenant), &tenant.admin_emails, &subject, &text, &html, &[]).await?;

@@ -16,6 +16,23 @@ pub struct IncomingKey {
     /// `Ok(None)` = no mode segment (upsert); `Err(segment)` = a mode segment we do not know.
     pub mode: Result<Option<Mode>, String>,
     pub file_name: String,
+    /// `incoming/<tenant>/scheduled/<YYYY-MM-DDTHH-MM>/[<mode>/]<file>`: the time (UTC) the
+    /// file is to be applied at (`Err(segment)`: not such a time).
+    pub at: Option<Result<chrono::DateTime<chrono::Utc>, String>>,
+}
+
+/// The folder that schedules a file: `incoming/<tenant>/scheduled/<YYYY-MM-DDTHH-MM>/`.
+pub const SCHEDULED: &str = "scheduled";
+/// How the time folder is written (UTC; a dash, not a colon, between hours and minutes: colons
+/// are awkward in S3 keys and console paths).
+pub const SCHEDULE_FORMAT: &str = "%Y-%m-%dT%H-%M";
+
+/// A time folder, read strictly (`2026-12-24T06-30`).
+pub fn parse_schedule(segment: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if segment.len() != 16 {
+        return None;
+    }
+    chrono::NaiveDateTime::parse_from_str(segment, SCHEDULE_FORMAT).ok().map(|t| t.and_utc())
 }
 
 /// Why a key under `incoming/` is not a roster drop.
@@ -102,9 +119,11 @@ pub fn parse_incoming(key: &str) -> Result<IncomingKey, KeyProblem> {
     if !is_valid_tenant_id(&lower) {
         return Err(KeyProblem::BadTenant { segment: tenant.to_string(), file_name });
     }
-    let mode = match parts.as_slice() {
-        [_, _] => None,
-        [_, mode, _] => Some(*mode),
+    let (mode, at) = match parts.as_slice() {
+        [_, _] => (None, None),
+        [_, folder, time, _] if folder.eq_ignore_ascii_case(SCHEDULED) => (None, Some(*time)),
+        [_, folder, time, mode, _] if folder.eq_ignore_ascii_case(SCHEDULED) => (Some(*mode), Some(*time)),
+        [_, mode, _] => (Some(*mode), None),
         _ => {
             let folder = format!("{INCOMING}{}/", parts[..parts.len() - 1].join("/"));
             return Err(KeyProblem::TooDeep { tenant: lower, folder, file_name });
@@ -114,7 +133,8 @@ pub fn parse_incoming(key: &str) -> Result<IncomingKey, KeyProblem> {
         None => Ok(None),
         Some(m) => Mode::parse(m).map(Some).ok_or_else(|| m.to_string()),
     };
-    Ok(IncomingKey { tenant: lower, mode, file_name })
+    let at = at.map(|t| parse_schedule(t).ok_or_else(|| t.to_string()));
+    Ok(IncomingKey { tenant: lower, mode, file_name, at })
 }
 
 pub fn staged_input(job: &str) -> String {
@@ -183,6 +203,30 @@ mod tests {
         assert_eq!(k.mode, Ok(Some(Mode::Add)));
         let k = parse_incoming("incoming/acme/merge/roster.xlsx").unwrap();
         assert_eq!(k.mode, Err("merge".to_string()));
+    }
+
+    #[test]
+    fn a_scheduled_folder_names_a_utc_minute_and_may_hold_a_mode() {
+        let k = parse_incoming("incoming/acme/scheduled/2026-12-24T06-30/roster.csv").unwrap();
+        assert_eq!(k.at, Some(Ok(chrono::DateTime::parse_from_rfc3339("2026-12-24T06:30:00Z").unwrap().to_utc())));
+        assert_eq!(k.mode, Ok(None));
+        let k = parse_incoming("incoming/acme/Scheduled/2026-12-24T06-30/replace/roster.csv").unwrap();
+        assert_eq!((k.mode, k.file_name.as_str()), (Ok(Some(Mode::Replace)), "roster.csv"));
+        // Hostile or mistyped times are kept as written, for the message.
+        for bad in [
+            "2026-12-24T06:30",
+            "2026-13-01T00-00",
+            "2026-12-24T25-00",
+            "2026-12-24",
+            "2026-12-24T06-30-00",
+            "tomorrow",
+            "２０２６-12-24T06-30",
+        ] {
+            let k = parse_incoming(&format!("incoming/acme/scheduled/{bad}/r.csv")).unwrap();
+            assert_eq!(k.at, Some(Err(bad.to_string())), "{bad}");
+        }
+        assert!(matches!(parse_incoming("incoming/acme/scheduled/2026-12-24T06-30/add/x/r.csv"), Err(KeyProblem::TooDeep { .. })));
+        assert_eq!(parse_incoming("incoming/acme/roster.csv").unwrap().at, None);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod ports;
 pub mod report;
 pub mod route;
 pub mod rules;
+pub mod schedule;
 pub mod services;
 pub mod template;
 #[cfg(test)]

@@ -721,8 +721,12 @@ pub enum JobState {
     /// Read and previewed, nothing applied: its changes pass the tenant's `holds` and wait for an
     /// admin to approve (then APPLYING) or discard it.
     Held,
-    /// A held job discarded by an admin or left unapproved past the tenant's time; nothing applied.
+    /// A held job discarded by an admin or left unapproved past the tenant's time, or a scheduled
+    /// one cancelled; nothing applied.
     Discarded,
+    /// Read and validated, nothing applied: its chunks wait for its time (`Job::run_at`), when the
+    /// one-minute schedule releases them.
+    Scheduled,
 }
 
 impl JobState {
@@ -740,6 +744,7 @@ impl JobState {
             JobState::Failed => "FAILED",
             JobState::Held => "HELD",
             JobState::Discarded => "DISCARDED",
+            JobState::Scheduled => "SCHEDULED",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -751,6 +756,7 @@ impl JobState {
             "FAILED" => JobState::Failed,
             "HELD" => JobState::Held,
             "DISCARDED" => JobState::Discarded,
+            "SCHEDULED" => JobState::Scheduled,
             _ => return None,
         })
     }
@@ -805,6 +811,9 @@ pub struct Job {
     pub skipped: u32,
     pub message: Option<String>,
     pub completed_at: Option<String>,
+    /// A scheduled file: when it is applied (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
 }
 
 impl Job {
@@ -835,6 +844,7 @@ impl Job {
             skipped: 0,
             message: None,
             completed_at: None,
+            run_at: None,
         }
     }
 

@@ -102,6 +102,8 @@ pub struct ScheduledReport {
     pub stopped_jobs: usize,
     /// Held jobs discarded because nobody approved them in time.
     pub expired_holds: usize,
+    /// Scheduled files whose time came: released to apply.
+    pub scheduled_started: usize,
     pub oldest_open_job_age_seconds: i64,
     pub errors: Vec<String>,
 }
@@ -127,6 +129,10 @@ pub async fn scheduled(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Sc
     match fail_stuck_jobs(svc, now).await {
         Ok(n) => report.stopped_jobs = n,
         Err(e) => errors.push(note("stuck jobs", e)),
+    }
+    match crate::schedule::release_due(svc, now).await {
+        Ok(n) => report.scheduled_started = n,
+        Err(e) => errors.push(note("scheduled files", e)),
     }
     match crate::holds::discard_expired(svc, now).await {
         Ok(n) => report.expired_holds = n,

@@ -190,6 +190,13 @@ pub trait JobStore: Send + Sync {
     async fn open_jobs(&self, limit: usize) -> Result<Vec<(String, String)>>;
     /// HELD jobs, oldest first: (id, received_at).
     async fn held_jobs(&self, limit: usize) -> Result<Vec<(String, String)>>;
+    /// RECEIVED -> SCHEDULED, to be applied at `at` (RFC 3339). `false`: not RECEIVED.
+    async fn schedule(&self, id: &str, at: &str) -> Result<bool>;
+    /// SCHEDULED jobs due at `now`, earliest first: (id, run_at).
+    async fn scheduled_due(&self, now: &str, limit: usize) -> Result<Vec<(String, String)>>;
+    /// SCHEDULED -> APPLYING, exactly once, its rows ordered as an upload made now (`order`): a
+    /// scheduled file is applied at its time, after the files dropped before that time.
+    async fn start_scheduled(&self, id: &str, order: &str) -> Result<bool>;
     /// Take the tenant's replace lock for job `id`: `None` when this job holds it now (or already
     /// did), `Some(holder)` when another job that is still open holds it. A holder that ended
     /// (completed, rejected, failed) or vanished holds nothing, so the lock needs no release and

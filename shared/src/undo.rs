@@ -28,7 +28,7 @@ pub async fn check(svc: &Services, id: &str, tenant: Option<&str>) -> Result<std
     }
     match job.state {
         JobState::Completed | JobState::Failed => {}
-        JobState::Received | JobState::Applying | JobState::Held => {
+        JobState::Received | JobState::Applying | JobState::Held | JobState::Scheduled => {
             return Ok(Err(format!("job {id} is still {}; undo it once it has finished", job.state.as_str())));
         }
         JobState::Rejected | JobState::Discarded => return Ok(Err(format!("job {id} applied nothing; there is nothing to undo"))),

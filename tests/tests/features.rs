@@ -609,3 +609,27 @@ async fn licence_reservations_never_exceed_the_pool_under_forty_concurrent_claim
     assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10 - again);
     stack.shutdown().await;
 }
+
+/// A file dropped in `scheduled/<time>/` is validated at once (the admins get the validation) and
+/// applied by the one-minute schedule at its time, not before and once.
+#[tokio::test]
+async fn a_scheduled_file_is_applied_by_the_schedule_at_its_time_and_once() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let time = (chrono::Utc::now() + chrono::Duration::hours(30)).format(shared::keys::SCHEDULE_FORMAT).to_string();
+    let at = shared::keys::parse_schedule(&time).unwrap();
+    let key = stack.drop_file("acme", Some(&format!("scheduled/{time}")), "later.csv", b"Email\nlater@acme.example.com\n".to_vec()).await;
+    let job = wait_state(&stack, &key, JobState::Scheduled).await;
+    let mails = wait_mail(&stack.admin_email(), 1, Duration::from_secs(10)).await;
+    let msg = MessageParser::default().parse(mails.last().unwrap()).unwrap();
+    assert!(msg.subject().unwrap().contains("later.csv is SCHEDULED for"), "{:?}", msg.subject());
+    let report = shared::monitor::scheduled(&stack.svc, at - chrono::Duration::minutes(1)).await;
+    assert_eq!(report.scheduled_started, 0, "not before its time");
+    assert!(stack.svc.directory.user("acme", "later@acme.example.com").await.unwrap().is_none());
+    assert_eq!(shared::monitor::scheduled(&stack.svc, at).await.scheduled_started, 1);
+    assert_eq!(shared::monitor::scheduled(&stack.svc, at + chrono::Duration::minutes(1)).await.scheduled_started, 0, "once");
+    let done = wait_state(&stack, &key, JobState::Completed).await;
+    assert_eq!((done.id, done.succeeded), (job.id, 1));
+    assert!(stack.svc.directory.user("acme", "later@acme.example.com").await.unwrap().is_some());
+    stack.shutdown().await;
+}

@@ -222,6 +222,14 @@ async fn each_role_allows_exactly_the_calls_its_function_makes() {
     let undo = stack.svc.jobs.get(&shared::undo::undo_job_id(&held[0].id)).await.unwrap().expect("undo job");
     assert_eq!(undo.state, JobState::Completed);
     assert!(stack.svc.directory.user("acme", "h0@acme.example.com").await.unwrap().is_some(), "restored");
+    // A scheduled file: read and validated by ingest, released at its time by the scheduled function.
+    let time = (chrono::Utc::now() + chrono::Duration::hours(2)).format(shared::keys::SCHEDULE_FORMAT).to_string();
+    stack.drop_file("acme", Some(&format!("scheduled/{time}")), "later.csv", b"Email\nlater@acme.example.com\n".to_vec()).await;
+    pump(&stack).await;
+    let at = shared::keys::parse_schedule(&time).unwrap();
+    assert_eq!(FUNCTION.scope("InvitesFunction", shared::schedule::release_due(&stack.svc, at)).await.unwrap(), 1);
+    pump(&stack).await;
+    assert!(stack.svc.directory.user("acme", "later@acme.example.com").await.unwrap().is_some());
     // The scheduled function's sweep sends the invite recorded above.
     FUNCTION.scope("InvitesFunction", shared::invites::sweep(&stack.svc, chrono::Utc::now())).await.unwrap();
     FUNCTION.scope("InvitesFunction", shared::monitor::oldest_open_job_age(&stack.svc, chrono::Utc::now())).await.unwrap();

@@ -498,7 +498,7 @@ impl JobStore for MemoryJobs {
             }
             _ => false,
         };
-        if moved && from == JobState::Held {
+        if moved && matches!(from, JobState::Held | JobState::Scheduled) {
             state.since.insert(id.to_string(), chrono::Utc::now().to_rfc3339());
         }
         Ok(moved)
@@ -552,14 +552,56 @@ impl JobStore for MemoryJobs {
         held.truncate(limit);
         Ok(held)
     }
+    async fn schedule(&self, id: &str, at: &str) -> Result<bool> {
+        let mut state = lock(&self.state);
+        match state.jobs.get_mut(id) {
+            Some(job) if job.state == JobState::Received => {
+                job.state = JobState::Scheduled;
+                job.run_at = Some(at.to_string());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+    async fn scheduled_due(&self, now: &str, limit: usize) -> Result<Vec<(String, String)>> {
+        let state = lock(&self.state);
+        let mut due: Vec<(String, String)> = state
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Scheduled)
+            .filter_map(|j| j.run_at.clone().filter(|at| at.as_str() <= now).map(|at| (j.id.clone(), at)))
+            .collect();
+        due.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+        due.truncate(limit);
+        Ok(due)
+    }
+    async fn start_scheduled(&self, id: &str, order: &str) -> Result<bool> {
+        let mut state = lock(&self.state);
+        let started = match state.jobs.get_mut(id) {
+            Some(job) if job.state == JobState::Scheduled => {
+                job.state = JobState::Applying;
+                job.order = order.to_string();
+                true
+            }
+            _ => false,
+        };
+        if started {
+            state.since.insert(id.to_string(), chrono::Utc::now().to_rfc3339());
+        }
+        Ok(started)
+    }
     async fn oldest_open(&self) -> Result<Option<(String, String)>> {
         Ok(self.open_jobs(1).await?.into_iter().next())
     }
     async fn open_jobs(&self, limit: usize) -> Result<Vec<(String, String)>> {
         let state = lock(&self.state);
         let since = |j: &Job| state.since.get(&j.id).cloned().unwrap_or_else(|| j.received_at.clone());
-        let mut open: Vec<(String, String)> =
-            state.jobs.values().filter(|j| !j.state.is_final() && j.state != JobState::Held).map(|j| (j.id.clone(), since(j))).collect();
+        let mut open: Vec<(String, String)> = state
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_final() && !matches!(j.state, JobState::Held | JobState::Scheduled))
+            .map(|j| (j.id.clone(), since(j)))
+            .collect();
         open.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
         open.truncate(limit);
         Ok(open)

@@ -49,6 +49,8 @@ pub enum Flavour {
     Result,
     /// A held job's preview: only the rows that would change, and who would be disabled.
     Preview,
+    /// A scheduled job's validation: every row with what it would do, the rows that would fail.
+    Validation,
 }
 
 struct Builder<'a> {
@@ -74,6 +76,7 @@ impl Builder<'_> {
         match self.flavour {
             Flavour::Result => ("result", "failed-rows", "disabled-users"),
             Flavour::Preview => ("preview", "failed-rows", "would-be-disabled"),
+            Flavour::Validation => ("validation", "would-fail", "would-be-disabled"),
         }
     }
 
@@ -190,11 +193,11 @@ impl TableVisitor for Builder<'_> {
         line.push(&outcome.message);
         line.push(&outcome.changes);
         let changes = outcome.status == Status::Success && outcome.change.is_some_and(|c| c != crate::model::Change::Unchanged);
-        if self.flavour == Flavour::Result || changes {
+        if self.flavour != Flavour::Preview || changes {
             self.result.as_mut().map(|f| f.row(&line)).transpose()?;
         }
         line.pop(); // Changes: the failed-rows file is for fixing and uploading again
-        if outcome.status == Status::Failure && self.flavour == Flavour::Result {
+        if outcome.status == Status::Failure && self.flavour != Flavour::Preview {
             if self.failed.is_none() {
                 let kind = self.kind.unwrap_or(Kind::Csv(b','));
                 self.failed = Some(self.open("failed-rows", kind)?);
@@ -268,7 +271,7 @@ pub fn build_as(
     let (result_name, _, disabled_name) = b.names();
     Ok(BuiltFiles {
         result: done(result, result_name, &stem)?,
-        failed: b.failed.take().map(|f| done(f, "failed-rows", &stem)).transpose()?,
+        failed: b.failed.take().map(|f| done(f, b.names().1, &stem)).transpose()?,
         disabled: b
             .disabled
             .take()

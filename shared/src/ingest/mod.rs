@@ -128,6 +128,13 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
     };
     let mode = match &key.mode {
         Ok(m) => m.unwrap_or(Mode::Upsert),
+        Err(segment) if segment.eq_ignore_ascii_case(keys::SCHEDULED) => {
+            let msg = format!(
+                "a scheduled file goes in a folder naming its time (UTC) under scheduled/: incoming/{}/scheduled/<YYYY-MM-DDTHH-MM>/, for example incoming/{}/scheduled/2026-12-24T06-30/; nothing was applied",
+                tenant.id, tenant.id
+            );
+            return report::reject(svc, &job, Some(&tenant), &msg, &[]).await;
+        }
         Err(segment) => {
             let msg = format!(
                 "unknown mode folder \"{segment}\"; drop the file in incoming/{}/ (upsert) or in one of the mode folders: {}",
@@ -136,6 +143,14 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
             );
             return report::reject(svc, &job, Some(&tenant), &msg, &[]).await;
         }
+    };
+    let at = match &key.at {
+        None => None,
+        Some(Err(segment)) => return report::reject(svc, &job, Some(&tenant), &crate::schedule::bad_time(segment, &tenant.id), &[]).await,
+        Some(Ok(at)) => match crate::schedule::refuse(*at, chrono::Utc::now(), mode, &tenant.id) {
+            Some(why) => return report::reject(svc, &job, Some(&tenant), &why, &[]).await,
+            None => Some(*at),
+        },
     };
     let size = match obj.size {
         Some(n) if n >= 0 => Some(n as u64),
@@ -199,7 +214,7 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
         ingested.sink.flush().map_err(|e| Error::local("writing operations", e))?;
     }
     let held = crate::holds::may_hold(svc, &tenant, mode, &ingested.sink, active).await?;
-    write_job(svc, &job, &tenant, mode, &ingested, &source, held).await
+    write_job(svc, &job, &tenant, mode, &ingested, &source, held, at).await
 }
 
 /// The job of a file dropped outside `incoming/<tenant>/[<mode>/]<file>`: it is rejected, and
@@ -290,8 +305,9 @@ async fn absent_active_users(svc: &Services, tenant: &Tenant, file: &validate::R
 }
 
 /// Store the plan, the staged input and the chunks, then release the first phase, or, when the
-/// file may be held (`may_hold`: the tenant's active users), preview it first and hold it if its
-/// changes pass the tenant's thresholds.
+/// file may be held (`may_hold`: the tenant's active users) or is scheduled (`at`), preview it
+/// first: hold it if its changes pass the tenant's thresholds, else schedule it.
+#[allow(clippy::too_many_arguments)]
 async fn write_job(
     svc: &Services,
     job: &Job,
@@ -300,6 +316,7 @@ async fn write_job(
     ingested: &Ingester<'_, Spill>,
     source: &Path,
     may_hold: Option<u64>,
+    at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<()> {
     let id = &job.id;
     let chunk_size = tenant.chunk_size.unwrap_or(svc.config.chunk_size).max(1);
@@ -326,24 +343,29 @@ async fn write_job(
     // Later phases wait in staged/ until the phase before them completes; the first non-empty
     // phase goes straight to chunks/ (written last, once everything it may need exists). A file
     // that may be held keeps every phase staged until it is previewed (and approved).
-    let first = (0..PHASES).find(|&i| phase_chunks[i] > 0).filter(|_| may_hold.is_none());
+    let previewed = may_hold.is_some() || at.is_some();
+    let first = (0..PHASES).find(|&i| phase_chunks[i] > 0).filter(|_| !previewed);
     let chunks = |phase: usize| spill.chunks(phase, chunk_size, &ingested.validator).map_err(|e| Error::local("reading operations", e));
     for phase in (0..PHASES).filter(|p| Some(*p) != first && phase_chunks[*p] > 0) {
         upload_chunks(svc, |seq| keys::staged_chunk(id, phase, seq), chunks(phase)?).await?;
     }
-    if let Some(active) = may_hold {
+    if previewed {
         let dir = source.parent().unwrap_or(Path::new("."));
         let preview = crate::holds::preview(svc, job, tenant, spill, &ingested.validator, chunk_size, dir).await?;
-        if let Some(why) = crate::holds::reason(&tenant.holds, active, &preview.counts) {
-            let ingest_outcomes = match spill.outcomes() {
-                Stored::File(path) => path.to_path_buf(),
-                Stored::Memory(lines) => {
-                    let path = dir.join("ingest-outcomes.jsonl");
-                    std::fs::write(&path, lines).map_err(|e| Error::local("writing outcomes", e))?;
-                    path
-                }
-            };
+        let ingest_outcomes = match spill.outcomes() {
+            Stored::File(path) => path.to_path_buf(),
+            Stored::Memory(lines) => {
+                let path = dir.join("ingest-outcomes.jsonl");
+                std::fs::write(&path, lines).map_err(|e| Error::local("writing outcomes", e))?;
+                path
+            }
+        };
+        // A scheduled file that passes the holds is held: approving it applies it at once.
+        if let Some(why) = may_hold.and_then(|active| crate::holds::reason(&tenant.holds, active, &preview.counts)) {
             return crate::holds::hold(svc, job, tenant, &why, source, vec![ingest_outcomes], preview, dir).await;
+        }
+        if let Some(at) = at {
+            return crate::schedule::schedule(svc, job, tenant, at, source, vec![ingest_outcomes], preview, dir).await;
         }
         info!(job = %id, would = %preview.counts.words(), "previewed; within the tenant's holds");
         release_first_phase(svc, id, &phase_chunks).await?;

@@ -151,6 +151,7 @@ impl TryFrom<&Item> for Job {
             skipped: item.num("skipped").unwrap_or(0),
             message: item.str("message").map(str::to_string),
             completed_at: item.str("completed_at").map(str::to_string),
+            run_at: item.str("run_at").map(str::to_string),
         })
     }
 }

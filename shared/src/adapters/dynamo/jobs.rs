@@ -16,7 +16,7 @@ fn closing(from: JobState, to: JobState) -> &'static str {
     match (from, to) {
         (_, to) if to.is_final() => " REMOVE gsi2pk, gsi2sk",
         (_, JobState::Held) => ", gsi2pk = :held",
-        (JobState::Held, _) => ", gsi2pk = :open, gsi2sk = :since",
+        (JobState::Held | JobState::Scheduled, _) => ", gsi2pk = :open, gsi2sk = :since",
         _ => "",
     }
 }
@@ -204,7 +204,7 @@ impl JobStore for DynamoJobs {
         req = match (from, to) {
             (_, to) if to.is_final() => req,
             (_, JobState::Held) => req.expression_attribute_values(":held", s("HELD")),
-            (JobState::Held, _) => req
+            (JobState::Held | JobState::Scheduled, _) => req
                 .expression_attribute_values(":open", s("OPEN"))
                 .expression_attribute_values(":since", s(format!("{}#{id}", chrono::Utc::now().to_rfc3339()))),
             _ => req,
@@ -321,6 +321,75 @@ impl JobStore for DynamoJobs {
 
     async fn held_jobs(&self, limit: usize) -> Result<Vec<(String, String)>> {
         self.index_partition("HELD", limit).await
+    }
+
+    async fn schedule(&self, id: &str, at: &str) -> Result<bool> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .condition_expression("#state = :from")
+            .update_expression("SET #state = :to, run_at = :at, gsi2pk = :p, gsi2sk = :sk")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":from", s(JobState::Received.as_str()))
+            .expression_attribute_values(":to", s(JobState::Scheduled.as_str()))
+            .expression_attribute_values(":at", s(at))
+            .expression_attribute_values(":p", s("SCHEDULED"))
+            .expression_attribute_values(":sk", s(format!("{at}#{id}")))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
+    }
+
+    async fn scheduled_due(&self, now: &str, limit: usize) -> Result<Vec<(String, String)>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(OPEN_JOBS)
+            .key_condition_expression("gsi2pk = :p AND gsi2sk <= :now")
+            .expression_attribute_values(":p", s("SCHEDULED"))
+            // Every id sorts after "#", so a job due at `now` is included.
+            .expression_attribute_values(":now", s(format!("{now}#~")))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(ddb_err("Query"))?;
+        Ok(out
+            .items()
+            .iter()
+            .filter_map(|i| i.str("gsi2sk"))
+            .filter_map(|sk| sk.split_once('#'))
+            .map(|(at, id)| (id.to_string(), at.to_string()))
+            .collect())
+    }
+
+    async fn start_scheduled(&self, id: &str, order: &str) -> Result<bool> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .condition_expression("#state = :from")
+            .update_expression("SET #state = :to, upload_order = :order, gsi2pk = :open, gsi2sk = :since")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":from", s(JobState::Scheduled.as_str()))
+            .expression_attribute_values(":to", s(JobState::Applying.as_str()))
+            .expression_attribute_values(":order", s(order))
+            .expression_attribute_values(":open", s("OPEN"))
+            .expression_attribute_values(":since", s(format!("{}#{id}", chrono::Utc::now().to_rfc3339())))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
     }
 
     async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Job>> {

@@ -1,0 +1,231 @@
+//! Files applied at a chosen time: `incoming/<tenant>/scheduled/<YYYY-MM-DDTHH-MM>/[<mode>/]<file>`.
+//! Ingest reads and validates the file at once (against the directory as it is then, nothing
+//! written) and emails the result; its chunks wait in staged/ as SCHEDULED until the one-minute
+//! schedule finds it due and releases them, once. `rosterdrop cancel` (or `.../cancel/<job>`)
+//! discards it before then.
+
+use crate::error::{Error, Result};
+use crate::finalize::build::{self, Flavour};
+use crate::holds::Preview;
+use crate::keys;
+use crate::model::{EmailKind, Job, JobState, Mode, Tenant, upload_order};
+use crate::report::{self, Summary, esc};
+use crate::services::Services;
+use chrono::{DateTime, Utc};
+use std::path::{Path, PathBuf};
+use tracing::{info, warn};
+
+/// How far ahead a file may be scheduled: its staged parts are kept 14 days.
+pub const MAX_DAYS_AHEAD: i64 = 13;
+
+/// Why a file cannot be scheduled at `at` (malformed times are refused when the key is read).
+pub fn refuse(at: DateTime<Utc>, now: DateTime<Utc>, mode: Mode, tenant: &str) -> Option<String> {
+    let when = at.format("%Y-%m-%d %H:%M UTC");
+    if mode == Mode::Validate {
+        return Some(format!(
+            "a validation runs at once and changes nothing, so it cannot be scheduled; drop the file in incoming/{tenant}/validate/"
+        ));
+    }
+    if at < now - chrono::Duration::minutes(1) {
+        return Some(format!(
+            "the file is scheduled for {when}, which is in the past (it is now {}); nothing was applied. Drop it in a folder with a later time, or in incoming/{tenant}/ to apply it now",
+            now.format("%Y-%m-%d %H:%M UTC")
+        ));
+    }
+    if at > now + chrono::Duration::days(MAX_DAYS_AHEAD) {
+        return Some(format!(
+            "the file is scheduled for {when}, more than {MAX_DAYS_AHEAD} days ahead (a scheduled file's parts are kept 14 days); nothing was applied. Drop it again nearer the time"
+        ));
+    }
+    None
+}
+
+/// The message for a `scheduled/` folder that is not a time.
+pub fn bad_time(segment: &str, tenant: &str) -> String {
+    format!(
+        "the folder \"{}\" after scheduled/ is not a UTC time written YYYY-MM-DDTHH-MM (for example incoming/{tenant}/scheduled/2026-12-24T06-30/); nothing was applied",
+        crate::wording::quoted(segment)
+    )
+}
+
+/// Ingest, after the preview: the validation result files stored with the summary, one email
+/// with them and how to cancel, then SCHEDULED (the email first: a retried ingest finds it claimed).
+#[allow(clippy::too_many_arguments)]
+pub async fn schedule(
+    svc: &Services,
+    job: &Job,
+    tenant: &Tenant,
+    at: DateTime<Utc>,
+    source: &Path,
+    mut outcome_files: Vec<PathBuf>,
+    preview: Preview,
+    dir: &Path,
+) -> Result<()> {
+    outcome_files.extend(preview.files);
+    let (src, out_dir, name) = (source.to_path_buf(), dir.join("validation"), job.file_name.clone());
+    std::fs::create_dir_all(&out_dir).map_err(|e| Error::local("validation directory", e))?;
+    let built = tokio::task::spawn_blocking(move || build::build_as(&src, &outcome_files, &out_dir, &name, false, Flavour::Validation))
+        .await
+        .map_err(|e| Error::local("building the validation", e))??;
+    let prefix = keys::results_prefix(&tenant.id, &job.id);
+    let mut uploaded = Vec::new();
+    for b in std::iter::once(&built.result).chain(built.failed.as_ref()).chain(built.disabled.as_ref()) {
+        let key = format!("{prefix}{}", b.name);
+        svc.store.put_file(&key, &b.path, b.content_type).await?;
+        uploaded.push((b.clone(), key));
+    }
+    let run_at = at.to_rfc3339();
+    let mut summary = Summary::new(job, JobState::Scheduled);
+    summary.reason = Some(format!("scheduled for {}", at.format("%Y-%m-%d %H:%M UTC")));
+    summary.rows = built.digest.rows;
+    summary.counts = built.digest.counts.clone();
+    summary.counts.changes = preview.counts;
+    summary.result_key = uploaded.first().map(|(_, k)| k.clone());
+    svc.store.put(&format!("{prefix}summary.json"), report::pretty(&summary)?, "application/json").await?;
+    if svc.jobs.claim_email(&job.id, EmailKind::Held, svc.config.lease).await? {
+        let (attachments, links) = crate::finalize::attach_or_link(svc, &uploaded).await?;
+        let c = &summary.counts;
+        let (t, id) = (&tenant.id, &job.id);
+        let subject = format!(
+            "[rosterdrop] {t}: {} is SCHEDULED for {}, validated, nothing applied yet",
+            job.file_name,
+            at.format("%Y-%m-%d %H:%M UTC")
+        );
+        let mut text = format!(
+            "Your file {file} ({rows} rows) will be applied at {when}. It was read and checked now, nothing applied yet:\n\n  \
+             would succeed: {ok}\n  would fail:    {failed}\n  If applied now: {changes}\n\n\
+             The attached validation lists every row with what it would do{fix}. At {when} each row is applied against the \
+             directory as it is then.\n\n\
+             To cancel it: rosterdrop cancel {id}\n  or, in the S3 console, upload an empty file named {id} to incoming/{t}/cancel/\n",
+            file = job.file_name,
+            rows = summary.rows,
+            when = at.format("%Y-%m-%d %H:%M UTC"),
+            ok = c.success,
+            failed = c.failure,
+            changes = if c.changes.words().is_empty() { "nothing".into() } else { c.changes.words() },
+            fix = if c.failure > 0 {
+                "; the would-fail file holds the rows that would fail: fix them and drop them as a new file"
+            } else {
+                ""
+            },
+        );
+        for (name, url) in links {
+            text += &format!("\n{name} is too large to attach; download it (link valid for a limited time):\n{url}\n");
+        }
+        text += &format!("\nJob: {id}\n");
+        let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>").replace('\n', "<br>"));
+        report::send_to(svc, &report::sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &attachments).await?;
+        svc.jobs.mark_email_sent(&job.id, EmailKind::Held).await?;
+    }
+    svc.jobs.schedule(&job.id, &run_at).await?;
+    info!(job = %job.id, tenant = %tenant.id, run_at, "job scheduled");
+    Ok(())
+}
+
+/// The scheduled sweep: every SCHEDULED job due at `now` starts, once (its rows ordered as an
+/// upload made now), and its first phase is released. Returns how many started.
+pub async fn release_due(svc: &Services, now: DateTime<Utc>) -> Result<usize> {
+    let mut started = 0;
+    for (id, _) in svc.jobs.scheduled_due(&now.to_rfc3339(), 50).await? {
+        if !svc.jobs.start_scheduled(&id, &upload_order(Some(now), None)).await? {
+            continue; // another sweep started it, or it was cancelled meanwhile
+        }
+        let Some(job) = svc.jobs.get(&id).await? else { continue };
+        if let Err(e) = crate::ingest::release_first_phase(svc, &id, &job.phase_chunks.unwrap_or_default()).await {
+            // Started without its chunks: the deadline sweep stops it with an email, never silent.
+            warn!(job = %id, error = %e, "a due scheduled job could not be released");
+            continue;
+        }
+        info!(job = %id, "scheduled job started");
+        started += 1;
+    }
+    Ok(started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::holds::{Verb, decide};
+    use crate::testkit::Kit;
+
+    /// A time folder `days` ahead, and the time it names.
+    fn folder(days: i64) -> (String, DateTime<Utc>) {
+        let name = (Utc::now() + chrono::Duration::days(days)).format(keys::SCHEDULE_FORMAT).to_string();
+        let at = keys::parse_schedule(&name).unwrap();
+        (name, at)
+    }
+
+    fn last_mail(kit: &Kit) -> String {
+        let raw = kit.mem.mailer.sent().last().expect("a mail").2.clone();
+        let msg = mail_parser::MessageParser::default().parse(&raw).expect("mime");
+        format!("{}\n{}", msg.subject().unwrap_or_default(), msg.body_text(0).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_file_is_validated_at_once_and_applied_at_its_time_exactly_once() {
+        let mut kit = Kit::new(|_| {}).await;
+        let (time, at) = folder(2);
+        let job =
+            kit.run(&format!("scheduled/{time}/r.csv"), "Email,Role\nnew@acme.example.com,Learner\nbad@acme.example.com,Nope\n").await;
+        assert_eq!((job.state, job.run_at.as_deref()), (JobState::Scheduled, Some(at.to_rfc3339().as_str())));
+        assert!(kit.svc.directory.user("acme", "new@acme.example.com").await.unwrap().is_none(), "nothing applied yet");
+        let mail = last_mail(&kit);
+        assert!(
+            mail.contains("is SCHEDULED for")
+                && mail.contains("would fail:    1")
+                && mail.contains(&format!("rosterdrop cancel {}", job.id)),
+            "{mail}"
+        );
+        let validation = kit.result(&job).await;
+        assert_eq!(validation[1][2], "Created", "{validation:?}");
+        assert_eq!(validation[2][2], "Failure");
+
+        let mails = kit.mem.mailer.sent().len();
+        assert_eq!(release_due(&kit.svc, at - chrono::Duration::minutes(1)).await.unwrap(), 0, "not before its time");
+        kit.settle().await;
+        assert!(kit.svc.directory.user("acme", "new@acme.example.com").await.unwrap().is_none());
+        assert_eq!(release_due(&kit.svc, at).await.unwrap(), 1);
+        kit.settle().await;
+        assert_eq!(release_due(&kit.svc, at + chrono::Duration::minutes(1)).await.unwrap(), 0, "once");
+        let job = kit.svc.jobs.get(&job.id).await.unwrap().unwrap();
+        assert_eq!((job.state, job.succeeded, job.failed), (JobState::Completed, 1, 1));
+        assert!(kit.svc.directory.user("acme", "new@acme.example.com").await.unwrap().is_some());
+        assert_eq!(kit.mem.mailer.sent().len(), mails + 1, "one result email");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_file_applies_nothing_and_cannot_be_cancelled_twice() {
+        let mut kit = Kit::new(|_| {}).await;
+        let (time, at) = folder(1);
+        let job = kit.run(&format!("scheduled/{time}/r.csv"), "Email\nnew@acme.example.com\n").await;
+        assert!(decide(&kit.svc, &job.id, Some("acme"), Verb::Cancel, "test").await.unwrap().unwrap().contains("cancelled"));
+        assert!(last_mail(&kit).contains("was scheduled and has been cancelled by test"));
+        assert_eq!(release_due(&kit.svc, at).await.unwrap(), 0);
+        kit.settle().await;
+        assert!(kit.svc.directory.user("acme", "new@acme.example.com").await.unwrap().is_none());
+        let again = decide(&kit.svc, &job.id, None, Verb::Cancel, "test").await.unwrap().unwrap_err();
+        assert!(again.contains("is DISCARDED, not scheduled"), "{again}");
+    }
+
+    #[tokio::test]
+    async fn times_that_are_malformed_past_too_far_or_missing_are_refused_naming_the_folder() {
+        let mut kit = Kit::new(|_| {}).await;
+        let (past, _) = folder(-1);
+        let (far, _) = folder(20);
+        let (soon, _) = folder(1);
+        for (name, says) in [
+            ("scheduled/2026-12-24T06:30/r.csv".to_string(), "after scheduled/ is not a UTC time written YYYY-MM-DDTHH-MM"),
+            ("scheduled/tomorrow/r.csv".to_string(), "\"tomorrow\" after scheduled/ is not a UTC time"),
+            (format!("scheduled/{past}/r.csv"), "which is in the past"),
+            (format!("scheduled/{far}/r.csv"), "more than 13 days ahead"),
+            (format!("scheduled/{soon}/validate/r.csv"), "cannot be scheduled"),
+            ("scheduled/r.csv".to_string(), "goes in a folder naming its time"),
+        ] {
+            let job = kit.run(&name, "Email\nnew@acme.example.com\n").await;
+            assert_eq!(job.state, JobState::Rejected, "{name}");
+            let reason = kit.summary(&job).await.reason.unwrap();
+            assert!(reason.contains(says), "{name}: {reason}");
+        }
+        assert!(kit.svc.directory.user("acme", "new@acme.example.com").await.unwrap().is_none());
+    }
+}
