@@ -409,6 +409,11 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
         if action == Action::Reconcile {
             outcome.user = Some(email.clone());
         }
+        // The id the write gave a user it created, or the one the user holds.
+        outcome.user_id = match (&written.write, ctx.dry) {
+            (Write::Created, false) => Some(crate::model::new_user_id(tenant, email, &stamp.token())),
+            _ => ctx.stored.get(email).and_then(|u| u.user_id.clone()),
+        };
         if outcome.status == Status::Success {
             outcome.message += &invite(ctx, op, email, fields, &written.write).await?;
         }
@@ -796,6 +801,29 @@ mod tests {
 
     /// The same roster uploaded again writes nothing: every row reports `unchanged` and no
     /// conditional write is made; a row with one changed value is written, and counted apart.
+    /// A user gets an id when created and keeps it: shown in the UserId column by every later
+    /// upload (updated or unchanged), the same when the create is retried; a user deleted and
+    /// created again is a new account with a new id.
+    #[tokio::test]
+    async fn a_user_keeps_the_id_it_was_created_with() {
+        let mut kit = Kit::new(|_| {}).await;
+        let first = kit.run("new.csv", "Email,Department\na@acme.example.com,Sales\nb@acme.example.com,Sales\n").await;
+        let ids = kit.user_ids(&first).await;
+        assert!(ids.iter().all(|id| uuid::Uuid::parse_str(id).is_ok()) && ids[0] != ids[1], "{ids:?}");
+        let stored = kit.svc.directory.user("acme", "a@acme.example.com").await.unwrap().unwrap();
+        assert_eq!(stored.user_id.as_deref(), Some(ids[0].as_str()));
+        let changed = kit.run("changed.csv", "Email,Department\na@acme.example.com,Support\nb@acme.example.com,Sales\n").await;
+        assert_eq!(kit.outcomes(&changed).await.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["Updated", "Unchanged"]);
+        assert_eq!(kit.user_ids(&changed).await, ids, "updated and unchanged rows show the same ids");
+        kit.run("gone.csv", "Action,Email\nDelete,a@acme.example.com\n").await;
+        let again = kit.run("again.csv", "Email\na@acme.example.com\n").await;
+        let new_id = &kit.user_ids(&again).await[0];
+        assert!(!new_id.is_empty() && *new_id != ids[0], "a new account, a new id");
+        let failed = kit.run("bad.csv", "Action,Email\nCreate,b@acme.example.com\n").await;
+        // A Create row reads nothing (a file of creates costs no read): its failure names no id.
+        assert_eq!(kit.user_ids(&failed).await, [String::new()]);
+    }
+
     #[tokio::test]
     async fn a_roster_uploaded_again_writes_nothing_and_says_unchanged() {
         let mut kit = Kit::new(|t| t.licences = Some(100)).await;

@@ -191,6 +191,7 @@ mod tests {
             last_write: "j#2".into(),
             manual_groups: vec!["Club".into()],
             activated: false,
+            user_id: None,
         }
     }
 

@@ -25,6 +25,7 @@ pub enum Field {
     Status,
     Message,
     Changes,
+    UserId,
 }
 
 impl Field {
@@ -73,6 +74,7 @@ impl Field {
             Field::Status => "Status",
             Field::Message => "Message",
             Field::Changes => "Changes",
+            Field::UserId => "UserId",
         }
     }
 
@@ -101,6 +103,7 @@ impl Field {
             "status" => Field::Status,
             "message" => Field::Message,
             "changes" => Field::Changes,
+            "userid" => Field::UserId,
             _ => return None,
         })
     }

@@ -394,9 +394,9 @@ mod tests {
         assert!(raw.contains("filename=\"cleanup-preview.csv\""), "the preview is attached");
         // The preview: only the rows that would change, each with its Changes.
         let preview = kit.result(&job).await;
-        assert_eq!(preview[0], ["Action", "Email", "Department", "Status", "Message", "Changes"]);
+        assert_eq!(preview[0], ["Action", "Email", "Department", "Status", "Message", "Changes", "UserId"]);
         assert_eq!(preview.len(), 1 + 11, "10 deletes and 1 update; the unchanged row is left out");
-        assert_eq!(preview[1][3..], ["Deleted", "user would be deleted (preview: nothing was changed)", "Status: active -> deleted"]);
+        assert_eq!(preview[1][3..6], ["Deleted", "user would be deleted (preview: nothing was changed)", "Status: active -> deleted"]);
         assert_eq!(preview[11][5], "Department: \"Sales\" -> \"Support\"");
         let summary = kit.summary(&job).await;
         assert_eq!((summary.state, summary.counts.changes.deleted, summary.counts.changes.unchanged), (JobState::Held, 10, 1));

@@ -523,6 +523,16 @@ pub struct User {
     pub manual_groups: Vec<String>,
     /// The user activated their account (set by the product, not by rosterdrop).
     pub activated: bool,
+    /// Immutable id given at creation (`new_user_id`); `None` for a user created before ids
+    /// existed, until its next write.
+    #[serde(default)]
+    pub user_id: Option<String>,
+}
+
+/// A user's id, made once by the write that creates the user: the same for a retried create (it
+/// comes from the row's token), different for a user deleted and created again.
+pub fn new_user_id(tenant: &str, email: &str, token: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("rosterdrop:user:{tenant}:{email}:{token}").as_bytes()).to_string()
 }
 
 /// One validated, normalised row, ready to apply. Travels in chunk files as JSON lines.
@@ -646,6 +656,9 @@ pub struct Outcome {
     /// The fields it changed (`changes::describe`): the result's Changes column.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub changes: String,
+    /// The user's immutable id: the result's UserId column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// What a successful row did to the stored user or organization.
@@ -694,6 +707,7 @@ impl Outcome {
             column: None,
             change: None,
             changes: String::new(),
+            user_id: None,
         }
     }
     /// The word the result file's Status column shows: the change a success made, else the status.

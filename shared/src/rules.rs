@@ -382,6 +382,7 @@ mod tests {
             last_write: String::new(),
             manual_groups: vec![],
             activated: false,
+            user_id: None,
         };
         let row = |f: UserFields| unchanged(&f, &stored);
         assert!(row(UserFields::default()), "a row giving nothing changes nothing");

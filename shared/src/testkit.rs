@@ -114,10 +114,14 @@ impl Kit {
     /// (Status, Message) of each data row of the result.
     /// (Status, Message) of every row of the result file.
     pub async fn outcomes(&self, job: &Job) -> Vec<(String, String)> {
-        self.result(job).await[1..].iter().map(|r| (r[r.len() - 3].clone(), r[r.len() - 2].clone())).collect()
+        self.result(job).await[1..].iter().map(|r| (r[r.len() - 4].clone(), r[r.len() - 3].clone())).collect()
     }
     /// The Changes column of every row of the result file.
     pub async fn changes(&self, job: &Job) -> Vec<String> {
+        self.result(job).await[1..].iter().map(|r| r[r.len() - 2].clone()).collect()
+    }
+    /// The UserId column of every row of the result file.
+    pub async fn user_ids(&self, job: &Job) -> Vec<String> {
         self.result(job).await[1..].iter().map(|r| r[r.len() - 1].clone()).collect()
     }
 }

@@ -157,7 +157,8 @@ impl Stack {
     }
 
     /// Every item of the directory table, attribute by attribute, with what differs between two
-    /// runs of the same file replaced: write times by `<time>`, the job id by `<job>`, TTLs by `<ttl>`.
+    /// runs of the same file replaced: write times by `<time>`, the job id by `<job>` (and the user ids
+    /// made from it), TTLs by `<ttl>`.
     /// Two stacks given the same file must hold equal snapshots.
     pub async fn directory_snapshot(&self, job_id: &str) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
         let mut out = std::collections::BTreeMap::new();
@@ -177,6 +178,8 @@ impl Stack {
                         "ttl" => "<ttl>".to_string(),
                         // The upload's order: its event time.
                         "ord" => "<order>".to_string(),
+                        // Made from the creating row's token, which names the job.
+                        "user_id" => "<user id>".to_string(),
                         _ => norm(format!("{v:?}")),
                     };
                     (k, v)

@@ -66,7 +66,7 @@ async fn workbooks_past_excels_limits_complete_with_their_result_files() {
     assert_eq!(sheets[0].0, "Students of the spring term at");
     assert_eq!(
         sheets[0].1[2][3..],
-        ["Failure".to_string(), "unknown role \"learner\"; did you mean \"Learner\"?".to_string(), String::new()]
+        ["Failure".to_string(), "unknown role \"learner\"; did you mean \"Learner\"?".to_string(), String::new(), String::new()]
     );
     assert!(
         summary.warnings.iter().any(|w| w.contains("is named \"Students of the spring term at\" in the result files")),
@@ -76,7 +76,7 @@ async fn workbooks_past_excels_limits_complete_with_their_result_files() {
     let failed = parse_workbook(&stack.get(summary.failed_rows_key.as_deref().unwrap()).await.unwrap());
     assert_eq!(failed[0].0, "Students of the spring term at");
 
-    // A row 16,384 columns wide (Status, Message and Changes no longer fit) and a cell of 32,767 characters
+    // A row 16,384 columns wide (Status, Message, Changes and UserId no longer fit) and a cell of 32,767 characters
     // whose message quotes it.
     let mut wb = rust_xlsxwriter::Workbook::new();
     let ws = wb.add_worksheet();
@@ -95,10 +95,11 @@ async fn workbooks_past_excels_limits_complete_with_their_result_files() {
     assert!(summary.warnings.iter().any(|w| w.contains("has 16384 columns; a spreadsheet holds 16,384")), "{:?}", summary.warnings);
     let rows = &parse_workbook(&stack.get(summary.result_key.as_deref().unwrap()).await.unwrap())[0].1;
     assert_eq!(rows[0].len(), 16_384);
-    assert_eq!(rows[0][16_381..], ["Status".to_string(), "Message".to_string(), "Changes".to_string()]);
-    assert_eq!(rows[1][16_381], "Created");
+    assert_eq!(rows[0][16_380..], ["Status", "Message", "Changes", "UserId"].map(String::from));
+    assert_eq!(rows[1][16_380], "Created");
+    assert!(uuid::Uuid::parse_str(&rows[1][16_383]).is_ok(), "{}", rows[1][16_383]);
     assert_eq!(rows[2][0].chars().count(), 32_767, "a cell at Excel's limit is kept whole");
-    assert!(rows[2][16_382].starts_with("Email \"xxxx") && rows[2][16_382].chars().count() < 300, "{}", &rows[2][16_382]);
+    assert!(rows[2][16_381].starts_with("Email \"xxxx") && rows[2][16_381].chars().count() < 300, "{}", &rows[2][16_381]);
     stack.shutdown().await;
 }
 

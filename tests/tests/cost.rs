@@ -79,7 +79,7 @@ async fn a_roster_dropped_again_unchanged_writes_no_directory_item() {
         let summary = stack.summary(&job).await;
         assert_eq!((summary.counts.success, summary.counts.unchanged, summary.counts.failure), (120, 120, 0), "{mode:?}");
         let result = parse_csv(&stack.get(summary.result_key.as_deref().unwrap()).await.unwrap());
-        assert!(result[1..].iter().all(|r| r[r.len() - 3] == "Unchanged" && r[r.len() - 2] == "unchanged"), "{mode:?}");
+        assert!(result[1..].iter().all(|r| r[r.len() - 4] == "Unchanged" && r[r.len() - 3] == "unchanged"), "{mode:?}");
         assert_eq!(stamps(&stack).await, before, "{mode:?}: no user item written again");
     }
     stack.shutdown().await;
@@ -220,7 +220,7 @@ async fn a_change_made_between_apply_s_read_and_its_write_is_not_lost() {
     stack.pump(1).await;
     let job = stack.wait_job("acme", &key, WAIT).await;
     let result = parse_csv(&stack.get(stack.summary(&job).await.result_key.as_deref().unwrap()).await.unwrap());
-    let outcome = |r: &Vec<String>| (r[r.len() - 3].clone(), r[r.len() - 2].clone());
+    let outcome = |r: &Vec<String>| (r[r.len() - 4].clone(), r[r.len() - 3].clone());
     assert_eq!(outcome(&result[1]), ("Unchanged".to_string(), "unchanged".to_string()), "as read: nothing to write");
     assert_eq!(outcome(&result[2]), ("Skipped".to_string(), "changed by a newer upload (job newer-job)".to_string()));
     for i in 0..2 {

@@ -139,8 +139,8 @@ async fn a_job_stuck_past_its_deadline_fails_with_an_email_of_what_was_and_was_n
     let s = stack.summary(&job).await;
     assert_eq!((s.counts.success, s.counts.failure), (2, 3));
     let result = parse_csv(&stack.get(s.result_key.as_deref().unwrap()).await.unwrap());
-    assert_eq!(result[1][1..], ["Created".to_string(), "user created".to_string(), String::new()]);
-    assert_eq!(result[3][1..], ["Failure".to_string(), shared::finalize::NOT_APPLIED.to_string(), String::new()]);
+    assert_eq!(result[1][1..4], ["Created".to_string(), "user created".to_string(), String::new()]);
+    assert_eq!(result[3][1..], ["Failure".to_string(), shared::finalize::NOT_APPLIED.to_string(), String::new(), String::new()]);
     let failed = parse_csv(&stack.get(s.failed_rows_key.as_deref().unwrap()).await.unwrap());
     assert_eq!(failed.len(), 4, "the 3 rows not applied, ready to upload again");
     let mails = wait_mail(&stack.admin_email(), 1, Duration::from_secs(5)).await;
@@ -195,14 +195,14 @@ async fn writes_whose_responses_are_lost_report_what_they_did_not_what_the_retry
     };
 
     let created = run("create.csv", emails.iter().fold("Email,Action\n".to_string(), |acc, e| acc + e + ",Create\n")).await;
-    let messages: Vec<&str> = created[1..].iter().map(|r| r[r.len() - 2].as_str()).collect();
+    let messages: Vec<&str> = created[1..].iter().map(|r| r[r.len() - 3].as_str()).collect();
     assert!(messages.iter().all(|m| *m == "user created"), "{messages:?}");
     assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 30);
 
     let mut deletes = emails.iter().fold("Email,Action\n".to_string(), |acc, e| acc + e + ",Delete\n");
     deletes += "ghost1@acme.example.com,Delete\nghost2@acme.example.com,Delete\n";
     let deleted = run("delete.csv", deletes).await;
-    let messages: Vec<&str> = deleted[1..].iter().map(|r| r[r.len() - 2].as_str()).collect();
+    let messages: Vec<&str> = deleted[1..].iter().map(|r| r[r.len() - 3].as_str()).collect();
     assert!(messages[..30].iter().all(|m| *m == "user deleted"), "a delete retried after it succeeded says deleted: {messages:?}");
     assert!(messages[30..].iter().all(|m| m.starts_with("user not found")), "{messages:?}");
     assert!(stack.svc.directory.list_users("acme").await.unwrap().is_empty());

@@ -477,6 +477,7 @@ async fn multi_sheet_workbook_reads_each_user_type_sheet_and_the_result_keeps_th
             "Failure".to_string(),
             "duplicate email: row 2 of sheet Parents of this file already has mom@school.example.com; only the first row is applied"
                 .to_string(),
+            String::new(),
             String::new()
         ]
     );

@@ -50,7 +50,7 @@ async fn csv_roster_creates_users_writes_results_and_emails_the_admins_once() {
 
     // Result file: every row, in input order, with Status, Message and Changes.
     let result = parse_csv(&stack.get(summary.result_key.as_deref().unwrap()).await.unwrap());
-    assert_eq!(result[0], vec!["Email", "First Name", "Last Name", "Org", "Role", "Shoe Size", "Status", "Message", "Changes"]);
+    assert_eq!(result[0], vec!["Email", "First Name", "Last Name", "Org", "Role", "Shoe Size", "Status", "Message", "Changes", "UserId"]);
     assert_eq!(result.len(), 9);
     assert_eq!(status_of(&result, "ann@acme.example.com"), ("Created".into(), "user created".into()));
     assert_eq!(result[2][2], "'=1+2", "formula neutralised in CSV");
@@ -60,13 +60,14 @@ async fn csv_roster_creates_users_writes_results_and_emails_the_admins_once() {
         status_of(&result, "ANN@acme.example.com").1,
         "duplicate email: row 2 of this file already has ann@acme.example.com; only the first row is applied"
     );
-    assert_eq!(result[6][6..], ["Skipped".to_string(), "empty row".to_string(), String::new()]);
+    assert_eq!(result[6][6..], ["Skipped".to_string(), "empty row".to_string(), String::new(), String::new()]);
     assert!(status_of(&result, "eve@acme.example.com").1.contains("admin role"));
     assert_eq!(
         result[8][6..],
         [
             "Failure".to_string(),
             "Email is empty; every user row needs an email address (or a Username and a Parent)".to_string(),
+            String::new(),
             String::new()
         ]
     );
@@ -385,7 +386,11 @@ async fn every_event_delivered_twice_and_out_of_order_changes_nothing_and_sends_
     assert!(twice_dir.len() > 40, "{} items", twice_dir.len());
     assert_eq!(twice_dir, once_dir, "directory after duplicate delivery == after single delivery");
     let single_result = parse_csv(&single.get(single.summary(&single_job).await.result_key.as_deref().unwrap()).await.unwrap());
-    assert_eq!(result, single_result, "every row's outcome recorded once, the same");
+    // The same outcomes; the user ids differ only as the two jobs' ids do (each stack's own job).
+    let without_ids = |rows: &[Vec<String>]| rows.iter().map(|r| r[..r.len() - 1].to_vec()).collect::<Vec<_>>();
+    assert_eq!(without_ids(&result), without_ids(&single_result), "every row's outcome recorded once, the same");
+    let ids = |rows: &[Vec<String>]| rows[1..].iter().filter(|r| !r[r.len() - 1].is_empty()).count();
+    assert_eq!(ids(&result), ids(&single_result));
     single.shutdown().await;
     stack.shutdown().await;
 }
@@ -402,7 +407,7 @@ async fn add_mode_fails_existing_users_and_refuses_other_actions() {
     let result = parse_csv(&stack.get(stack.summary(&job).await.result_key.as_deref().unwrap()).await.unwrap());
     assert_eq!(
         result[1][2..],
-        ["Failure".to_string(), "user already exists; use Update or Upsert to change it".to_string(), String::new()]
+        ["Failure".to_string(), "user already exists; use Update or Upsert to change it".to_string(), String::new(), String::new()]
     );
     assert_eq!(result[2][2], "Created");
     assert!(result[3][3].contains("not allowed in add mode"));

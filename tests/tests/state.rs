@@ -292,10 +292,10 @@ async fn a_chunk_applied_after_a_newer_upload_changed_its_users_leaves_the_newer
     let result = tests::parse_csv(&stack.get(stack.summary(&old_job).await.result_key.as_deref().unwrap()).await.unwrap());
     let skipped = format!("changed by a newer upload (job {})", new_job.id);
     for row in &result[1..5] {
-        assert_eq!(&row[row.len() - 3..row.len() - 1], ["Skipped".to_string(), skipped.clone()], "{result:?}");
+        assert_eq!(&row[row.len() - 4..row.len() - 2], ["Skipped".to_string(), skipped.clone()], "{result:?}");
     }
     let n = result[5].len();
-    assert_eq!(result[5][n - 3..], ["Updated".to_string(), "user updated".to_string(), "Department: \"Base\" -> \"Old\"".to_string()]);
+    assert_eq!(result[5][n - 4..n - 1], ["Updated".to_string(), "user updated".to_string(), "Department: \"Base\" -> \"Old\"".to_string()]);
     let dir = &stack.svc.directory;
     for u in &users[..3] {
         assert_eq!(dir.user("acme", u).await.unwrap().unwrap().fields.department.as_deref(), Some("New"), "{u}");

@@ -204,6 +204,7 @@ impl MemoryDirectory {
             last_write: String::new(),
             manual_groups: vec![],
             activated: false,
+            user_id: None,
         };
         let seen = Seen { status: Some(status), ..Seen::default() };
         lock(&self.state).items.insert((tenant.to_string(), Key::User(email.to_string())), Stored { seen, user: Some(user), org: None });
@@ -235,7 +236,7 @@ fn merge(into: &mut UserFields, row: &UserFields) {
     into.attributes.extend(row.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
 }
 
-fn new_user(email: &str, fields: &UserFields, token: &str) -> User {
+fn new_user(tenant: &str, email: &str, fields: &UserFields, token: &str) -> User {
     let mut user = User {
         email: email.to_string(),
         status: UserStatus::Active,
@@ -244,6 +245,7 @@ fn new_user(email: &str, fields: &UserFields, token: &str) -> User {
         last_write: token.to_string(),
         manual_groups: vec![],
         activated: false,
+        user_id: Some(crate::model::new_user_id(tenant, email, token)),
     };
     merge(&mut user.fields, fields);
     user.fields.invite = false;
@@ -307,13 +309,17 @@ impl Directory for MemoryDirectory {
             (_, Target::User { email, fields }) => {
                 let mut stored = live.unwrap_or_else(|| Stored {
                     seen: Seen { status: Some(UserStatus::Active), created_by: Some(token.clone()), ..Seen::default() },
-                    user: Some(new_user(email, fields, &token)),
+                    user: Some(new_user(tenant, email, fields, &token)),
                     org: None,
                 });
-                let user = stored.user.get_or_insert_with(|| new_user(email, fields, &token));
+                let user = stored.user.get_or_insert_with(|| new_user(tenant, email, fields, &token));
                 match attempt {
                     Attempt::Create => stored.seen.licence_by = Some(token.clone()),
-                    Attempt::Upsert { .. } | Attempt::Update { revoke: false } => merge(&mut user.fields, fields),
+                    Attempt::Upsert { .. } => {
+                        merge(&mut user.fields, fields);
+                        user.user_id.get_or_insert_with(|| crate::model::new_user_id(tenant, email, &token));
+                    }
+                    Attempt::Update { revoke: false } => merge(&mut user.fields, fields),
                     Attempt::Update { revoke: true } if fields.products.is_empty() => user.fields.products.clear(),
                     Attempt::Update { revoke: true } => user.fields.products.retain(|p| !fields.products.contains(p)),
                     Attempt::Transition { to, strip_targeting } => {

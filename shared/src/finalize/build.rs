@@ -154,13 +154,13 @@ impl TableVisitor for Builder<'_> {
         let sheet = head.sheet.clone().unwrap_or_else(|| "Roster".into());
         if width < head.headers.len() {
             self.digest.warn(format!(
-                "sheet \"{}\" has {} columns; a spreadsheet holds 16,384, so the result files keep its first {MAX_INPUT_COLUMNS} and add Status, Message and Changes",
+                "sheet \"{}\" has {} columns; a spreadsheet holds 16,384, so the result files keep its first {MAX_INPUT_COLUMNS} and add Status, Message, Changes and UserId",
                 crate::wording::quoted(&sheet),
                 head.headers.len()
             ));
         }
         let mut header: Vec<&str> = head.headers[..width].iter().map(String::as_str).collect();
-        header.extend(["Status", "Message", "Changes"]);
+        header.extend(["Status", "Message", "Changes", "UserId"]);
         let used = self.result.as_mut().map(|f| f.start(&sheet, &header, Some(width))).transpose()?.unwrap_or_default();
         if used != sheet && kind == Kind::Xlsx {
             self.digest.warn(format!(
@@ -192,11 +192,12 @@ impl TableVisitor for Builder<'_> {
         line.push(&status);
         line.push(&outcome.message);
         line.push(&outcome.changes);
+        line.push(outcome.user_id.as_deref().unwrap_or(""));
         let changes = outcome.status == Status::Success && outcome.change.is_some_and(|c| c != crate::model::Change::Unchanged);
         if self.flavour != Flavour::Preview || changes {
             self.result.as_mut().map(|f| f.row(&line)).transpose()?;
         }
-        line.pop(); // Changes: the failed-rows file is for fixing and uploading again
+        line.truncate(width + 2); // Changes and UserId: the failed-rows file is for fixing and uploading again
         if outcome.status == Status::Failure && self.flavour != Flavour::Preview {
             if self.failed.is_none() {
                 let kind = self.kind.unwrap_or(Kind::Csv(b','));

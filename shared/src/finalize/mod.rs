@@ -428,9 +428,9 @@ mod tests {
         assert_eq!(
             text.trim_start_matches('\u{feff}').lines().collect::<Vec<_>>(),
             vec![
-                "Email,FirstName,Status,Message,Changes",
-                "a@x.com,'=cmd,Success,user created,",
-                "bad,B,Failure,\"Email \"\"bad\"\" is not a valid email address\","
+                "Email,FirstName,Status,Message,Changes,UserId",
+                "a@x.com,'=cmd,Success,user created,,",
+                "bad,B,Failure,\"Email \"\"bad\"\" is not a valid email address\",,"
             ]
         );
         let failed = files.failed.unwrap();

@@ -1,7 +1,7 @@
 //! Result files written as rows arrive, to local files, within every limit of their format by
 //! construction: sheet names (31 UTF-16 units, no `[]:*?/\`, no leading or trailing apostrophe,
 //! unique ignoring case), cells (32,767 characters, cut with a visible marker), rows (16,384
-//! columns: Status, Message and Changes always fit). Workbooks use rust_xlsxwriter's constant-memory mode,
+//! columns: Status, Message, Changes and UserId always fit). Workbooks use rust_xlsxwriter's constant-memory mode,
 //! so memory does not grow with rows. Nothing here knows about jobs or AWS.
 
 use crate::error::{Error, Result};
@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 pub const MAX_SHEET_NAME_UNITS: usize = 31;
 pub const MAX_CELL_UNITS: usize = 32_767;
 pub const MAX_COLUMNS: usize = 16_384;
-/// Input columns a result sheet keeps: Status, Message and Changes take the last three.
-pub const MAX_INPUT_COLUMNS: usize = MAX_COLUMNS - 3;
+/// Input columns a result sheet keeps: Status, Message, Changes and UserId take the last four.
+pub const MAX_INPUT_COLUMNS: usize = MAX_COLUMNS - 4;
 
 /// A cell too long for a spreadsheet: the start of its value, then this marker with the length.
 pub fn cut_marker(len_units: usize) -> String {

@@ -3,7 +3,7 @@
 use crate::fields::{Field, norm};
 use crate::model::Tenant;
 
-const FIELDS: usize = Field::Changes as usize + 1;
+const FIELDS: usize = Field::UserId as usize + 1;
 
 /// Which column holds which field.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -113,7 +113,9 @@ fn check_template(headers: &[String], tenant: &Tenant) -> Result<(), String> {
     let ours: Vec<String> = headers
         .iter()
         .map(|h| norm(h))
-        .filter(|h| !h.is_empty() && !matches!(Field::from_header(h), Some(Field::Status | Field::Message | Field::Changes)))
+        .filter(|h| {
+            !h.is_empty() && !matches!(Field::from_header(h), Some(Field::Status | Field::Message | Field::Changes | Field::UserId))
+        })
         .collect();
     let theirs: Vec<String> = expected.iter().map(|h| norm(h)).collect();
     let added: Vec<&String> = ours.iter().filter(|h| !theirs.contains(h)).collect();

@@ -31,6 +31,7 @@ impl From<UserItem<'_>> for Item {
         item.insert("updated_at".into(), s(&u.stamp.at));
         item.insert("created_by".into(), s(u.stamp.token()));
         item.insert("last_write".into(), s(u.stamp.token()));
+        item.insert("user_id".into(), s(crate::model::new_user_id(u.tenant, u.email, &u.stamp.token())));
         for (k, v) in profile_attrs(u.fields) {
             item.insert(k, v);
         }
@@ -85,6 +86,7 @@ impl TryFrom<&Item> for User {
             status: UserStatus::parse(item.str("status").unwrap_or_default()),
             created_by: get("created_by").unwrap_or_default(),
             last_write: get("last_write").unwrap_or_default(),
+            user_id: get("user_id"),
             fields: UserFields {
                 first_name: get("first_name"),
                 last_name: get("last_name"),

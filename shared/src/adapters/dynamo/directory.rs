@@ -121,6 +121,8 @@ impl DynamoDirectory {
                         profile(&mut u, fields);
                         u.set_if_missing("created_at", s(&stamp.at))
                             .set_if_missing("created_by", s(stamp.token()))
+                            // Given once: kept by every later write (and by a user from before ids, given now).
+                            .set_if_missing("user_id", s(crate::model::new_user_id(tenant, email, &stamp.token())))
                             .set_if_missing("status", s(UserStatus::Active.as_str()))
                             .set("kind", s("user"))
                             .set("tenant", s(tenant))
