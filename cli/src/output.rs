@@ -116,6 +116,9 @@ pub fn print_job(job: &Job, summary: Option<&Summary>, failures: &[Outcome]) {
     println!("tenant     {}", job.tenant);
     println!("file       {}", job.source_key);
     println!("state      {}", job.state.as_str());
+    if let Some(at) = &job.run_at {
+        println!("runs at    {at}");
+    }
     println!("started    {}", job.received_at);
     println!("chunks     {}/{}", job.chunks_done(), job.chunks_total());
     if let Some(s) = summary {
