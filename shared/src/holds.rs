@@ -9,7 +9,7 @@
 
 use crate::changes::ChangeCounts;
 use crate::error::{Error, Result};
-use crate::finalize::build::{self, Flavour};
+use crate::finalize::build::{self, Built, Flavour};
 use crate::ingest::stream::Spill;
 use crate::ingest::validate::RowValidator;
 use crate::keys;
@@ -113,39 +113,75 @@ pub async fn hold(
     tenant: &Tenant,
     why: &str,
     source: &Path,
-    mut outcome_files: Vec<PathBuf>,
+    outcome_files: Vec<PathBuf>,
     preview: Preview,
     dir: &Path,
 ) -> Result<()> {
+    let counts = preview.counts;
+    let (_, stored) = store_preview(svc, job, JobState::Held, why, source, outcome_files, preview, dir, Flavour::Preview).await?;
+    email_once(svc, job, tenant, &stored, |links| held_email(tenant, job, why, &counts, links)).await?;
+    svc.jobs.transition(&job.id, JobState::Received, JobState::Held, Some(why)).await?;
+    info!(job = %job.id, tenant = %tenant.id, reason = why, "job held for approval");
+    Ok(())
+}
+
+/// A previewed job's files, built as `flavour` from the file and its predicted outcomes, stored
+/// under its results with its summary (`state`, `reason`): what its one email attaches.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn store_preview(
+    svc: &Services,
+    job: &Job,
+    state: JobState,
+    reason: &str,
+    source: &Path,
+    mut outcome_files: Vec<PathBuf>,
+    preview: Preview,
+    dir: &Path,
+    flavour: Flavour,
+) -> Result<(Summary, Vec<(Built, String)>)> {
     outcome_files.extend(preview.files);
     let (src, out_dir, name) = (source.to_path_buf(), dir.join("preview"), job.file_name.clone());
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::local("preview directory", e))?;
-    let built = tokio::task::spawn_blocking(move || build::build_as(&src, &outcome_files, &out_dir, &name, false, Flavour::Preview))
+    let built = tokio::task::spawn_blocking(move || build::build_as(&src, &outcome_files, &out_dir, &name, false, flavour))
         .await
         .map_err(|e| Error::local("building the preview", e))??;
-    let prefix = keys::results_prefix(&tenant.id, &job.id);
-    let mut uploaded = Vec::new();
-    for b in std::iter::once(&built.result).chain(built.disabled.as_ref()) {
-        let key = format!("{prefix}{}", b.name);
-        svc.store.put_file(&key, &b.path, b.content_type).await?;
-        uploaded.push((b.clone(), key));
-    }
-    let mut summary = Summary::new(job, JobState::Held);
-    summary.reason = Some(why.to_string());
+    let prefix = keys::results_prefix(&job.tenant, &job.id);
+    let mut summary = Summary::new(job, state);
+    summary.reason = Some(reason.to_string());
     summary.rows = built.digest.rows;
     summary.counts = built.digest.counts.clone();
     summary.counts.changes = preview.counts;
-    summary.result_key = uploaded.first().map(|(_, k)| k.clone());
-    summary.disabled_users_key = uploaded.get(1).map(|(_, k)| k.clone());
+    let mut stored = Vec::new();
+    for (file, slot) in [
+        (Some(&built.result), &mut summary.result_key),
+        (built.failed.as_ref(), &mut summary.failed_rows_key),
+        (built.disabled.as_ref(), &mut summary.disabled_users_key),
+    ] {
+        let Some(file) = file else { continue };
+        let key = format!("{prefix}{}", file.name);
+        svc.store.put_file(&key, &file.path, file.content_type).await?;
+        *slot = Some(key.clone());
+        stored.push((file.clone(), key));
+    }
     svc.store.put(&format!("{prefix}summary.json"), report::pretty(&summary)?, "application/json").await?;
+    Ok((summary, stored))
+}
+
+/// The job's one email about its preview (a hold or a schedule), with `files` attached or, past
+/// the attachment limit, linked: `compose` gets the links and writes subject, text and HTML.
+pub(crate) async fn email_once(
+    svc: &Services,
+    job: &Job,
+    tenant: &Tenant,
+    files: &[(Built, String)],
+    compose: impl FnOnce(&[(String, String)]) -> (String, String, String),
+) -> Result<()> {
     if svc.jobs.claim_email(&job.id, EmailKind::Held, svc.config.lease).await? {
-        let (attachments, links) = crate::finalize::attach_or_link(svc, &uploaded).await?;
-        let (subject, text, html) = held_email(tenant, job, why, &preview.counts, &links);
+        let (attachments, links) = crate::finalize::attach_or_link(svc, files).await?;
+        let (subject, text, html) = compose(&links);
         report::send_to(svc, &report::sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &attachments).await?;
         svc.jobs.mark_email_sent(&job.id, EmailKind::Held).await?;
     }
-    svc.jobs.transition(&job.id, JobState::Received, JobState::Held, Some(why)).await?;
-    info!(job = %job.id, tenant = %tenant.id, reason = why, "job held for approval");
     Ok(())
 }
 
@@ -370,13 +406,6 @@ mod tests {
         body
     }
 
-    /// The last email's subject and text part, decoded.
-    fn mail_text(kit: &Kit) -> String {
-        let raw = kit.mem.mailer.sent().last().expect("a mail").2.clone();
-        let msg = mail_parser::MessageParser::default().parse(&raw).expect("mime");
-        format!("{}\n{}", msg.subject().unwrap_or_default(), msg.body_text(0).unwrap_or_default())
-    }
-
     #[tokio::test]
     async fn a_mass_delete_is_held_with_its_preview_and_applied_exactly_on_approval() {
         let mut kit = seeded(30).await;
@@ -387,7 +416,7 @@ mod tests {
         let dir = kit.svc.directory.clone();
         assert!(dir.user("acme", "u0@acme.example.com").await.unwrap().is_some(), "nothing applied");
         assert_eq!(kit.mem.mailer.sent().len(), mails + 1, "one email");
-        let text = mail_text(&kit);
+        let text = kit.last_mail();
         assert!(text.contains("HELD for approval") && text.contains(&format!("rosterdrop approve {}", job.id)), "{text}");
         assert!(text.contains("incoming/acme/approve/"), "{text}");
         let raw = String::from_utf8_lossy(&kit.mem.mailer.sent().last().unwrap().2).to_string();
@@ -444,14 +473,14 @@ mod tests {
         assert!(other.contains("belongs to another tenant"), "{other}");
         let line = decide(&kit.svc, &first.id, Some("acme"), Verb::Discard, "test").await.unwrap().unwrap();
         assert!(line.contains("discarded"), "{line}");
-        assert!(mail_text(&kit).contains("was discarded, nothing was applied"));
+        assert!(kit.last_mail().contains("was discarded, nothing was applied"));
         let twice = decide(&kit.svc, &first.id, None, Verb::Approve, "test").await.unwrap().unwrap_err();
         assert!(twice.contains("was discarded already"), "{twice}");
 
         let received = chrono::DateTime::parse_from_rfc3339(&second.received_at).unwrap().to_utc();
         assert_eq!(discard_expired(&kit.svc, received + chrono::Duration::days(6)).await.unwrap(), 0, "not yet");
         assert_eq!(discard_expired(&kit.svc, received + chrono::Duration::days(8)).await.unwrap(), 1);
-        assert!(mail_text(&kit).contains("not approved within 7 days"));
+        assert!(kit.last_mail().contains("not approved within 7 days"));
         for id in [&first.id, &second.id] {
             assert_eq!(kit.svc.jobs.get(id).await.unwrap().unwrap().state, JobState::Discarded);
         }
@@ -471,7 +500,7 @@ mod tests {
         // A held replace file keeps the tenant's replace lock: another list waits for the decision.
         let blocked = kit.run("replace-force/all.csv", &list).await;
         assert_eq!(blocked.state, JobState::Rejected);
-        assert!(mail_text(&kit).contains("is HELD for approval; approve or discard it first"), "{}", mail_text(&kit));
+        assert!(kit.last_mail().contains("is HELD for approval; approve or discard it first"), "{}", kit.last_mail());
         decide(&kit.svc, &job.id, None, Verb::Discard, "test").await.unwrap().unwrap();
         let forced = kit.run("replace-force/all-again.csv", &list).await;
         assert_eq!(forced.state, JobState::Completed);

@@ -4,12 +4,11 @@
 //! schedule finds it due and releases them, once. `rosterdrop cancel` (or `.../cancel/<job>`)
 //! discards it before then.
 
-use crate::error::{Error, Result};
-use crate::finalize::build::{self, Flavour};
-use crate::holds::Preview;
-use crate::keys;
-use crate::model::{EmailKind, Job, JobState, Mode, Tenant, upload_order};
-use crate::report::{self, Summary, esc};
+use crate::error::Result;
+use crate::finalize::build::Flavour;
+use crate::holds::{self, Preview};
+use crate::model::{Job, JobState, Mode, Tenant, upload_order};
+use crate::report::esc;
 use crate::services::Services;
 use chrono::{DateTime, Utc};
 use std::path::{Path, PathBuf};
@@ -57,40 +56,18 @@ pub async fn schedule(
     tenant: &Tenant,
     at: DateTime<Utc>,
     source: &Path,
-    mut outcome_files: Vec<PathBuf>,
+    outcome_files: Vec<PathBuf>,
     preview: Preview,
     dir: &Path,
 ) -> Result<()> {
-    outcome_files.extend(preview.files);
-    let (src, out_dir, name) = (source.to_path_buf(), dir.join("validation"), job.file_name.clone());
-    std::fs::create_dir_all(&out_dir).map_err(|e| Error::local("validation directory", e))?;
-    let built = tokio::task::spawn_blocking(move || build::build_as(&src, &outcome_files, &out_dir, &name, false, Flavour::Validation))
-        .await
-        .map_err(|e| Error::local("building the validation", e))??;
-    let prefix = keys::results_prefix(&tenant.id, &job.id);
-    let mut uploaded = Vec::new();
-    for b in std::iter::once(&built.result).chain(built.failed.as_ref()).chain(built.disabled.as_ref()) {
-        let key = format!("{prefix}{}", b.name);
-        svc.store.put_file(&key, &b.path, b.content_type).await?;
-        uploaded.push((b.clone(), key));
-    }
-    let run_at = at.to_rfc3339();
-    let mut summary = Summary::new(job, JobState::Scheduled);
-    summary.reason = Some(format!("scheduled for {}", at.format("%Y-%m-%d %H:%M UTC")));
-    summary.rows = built.digest.rows;
-    summary.counts = built.digest.counts.clone();
-    summary.counts.changes = preview.counts;
-    summary.result_key = uploaded.first().map(|(_, k)| k.clone());
-    svc.store.put(&format!("{prefix}summary.json"), report::pretty(&summary)?, "application/json").await?;
-    if svc.jobs.claim_email(&job.id, EmailKind::Held, svc.config.lease).await? {
-        let (attachments, links) = crate::finalize::attach_or_link(svc, &uploaded).await?;
+    let when = at.format("%Y-%m-%d %H:%M UTC");
+    let reason = format!("scheduled for {when}");
+    let (summary, stored) =
+        holds::store_preview(svc, job, JobState::Scheduled, &reason, source, outcome_files, preview, dir, Flavour::Validation).await?;
+    holds::email_once(svc, job, tenant, &stored, |links| {
         let c = &summary.counts;
         let (t, id) = (&tenant.id, &job.id);
-        let subject = format!(
-            "[rosterdrop] {t}: {} is SCHEDULED for {}, validated, nothing applied yet",
-            job.file_name,
-            at.format("%Y-%m-%d %H:%M UTC")
-        );
+        let subject = format!("[rosterdrop] {t}: {} is SCHEDULED for {when}, validated, nothing applied yet", job.file_name);
         let mut text = format!(
             "Your file {file} ({rows} rows) will be applied at {when}. It was read and checked now, nothing applied yet:\n\n  \
              would succeed: {ok}\n  would fail:    {failed}\n  If applied now: {changes}\n\n\
@@ -99,7 +76,6 @@ pub async fn schedule(
              To cancel it: rosterdrop cancel {id}\n  or, in the S3 console, upload an empty file named {id} to incoming/{t}/cancel/\n",
             file = job.file_name,
             rows = summary.rows,
-            when = at.format("%Y-%m-%d %H:%M UTC"),
             ok = c.success,
             failed = c.failure,
             changes = if c.changes.words().is_empty() { "nothing".into() } else { c.changes.words() },
@@ -114,9 +90,10 @@ pub async fn schedule(
         }
         text += &format!("\nJob: {id}\n");
         let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>").replace('\n', "<br>"));
-        report::send_to(svc, &report::sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &attachments).await?;
-        svc.jobs.mark_email_sent(&job.id, EmailKind::Held).await?;
-    }
+        (subject, text, html)
+    })
+    .await?;
+    let run_at = at.to_rfc3339();
     svc.jobs.schedule(&job.id, &run_at).await?;
     info!(job = %job.id, tenant = %tenant.id, run_at, "job scheduled");
     Ok(())
@@ -146,6 +123,7 @@ pub async fn release_due(svc: &Services, now: DateTime<Utc>) -> Result<usize> {
 mod tests {
     use super::*;
     use crate::holds::{Verb, decide};
+    use crate::keys;
     use crate::testkit::Kit;
 
     /// A time folder `days` ahead, and the time it names.
@@ -153,12 +131,6 @@ mod tests {
         let name = (Utc::now() + chrono::Duration::days(days)).format(keys::SCHEDULE_FORMAT).to_string();
         let at = keys::parse_schedule(&name).unwrap();
         (name, at)
-    }
-
-    fn last_mail(kit: &Kit) -> String {
-        let raw = kit.mem.mailer.sent().last().expect("a mail").2.clone();
-        let msg = mail_parser::MessageParser::default().parse(&raw).expect("mime");
-        format!("{}\n{}", msg.subject().unwrap_or_default(), msg.body_text(0).unwrap_or_default())
     }
 
     #[tokio::test]
@@ -169,7 +141,7 @@ mod tests {
             kit.run(&format!("scheduled/{time}/r.csv"), "Email,Role\nnew@acme.example.com,Learner\nbad@acme.example.com,Nope\n").await;
         assert_eq!((job.state, job.run_at.as_deref()), (JobState::Scheduled, Some(at.to_rfc3339().as_str())));
         assert!(kit.svc.directory.user("acme", "new@acme.example.com").await.unwrap().is_none(), "nothing applied yet");
-        let mail = last_mail(&kit);
+        let mail = kit.last_mail();
         assert!(
             mail.contains("is SCHEDULED for")
                 && mail.contains("would fail:    1")
@@ -199,7 +171,7 @@ mod tests {
         let (time, at) = folder(1);
         let job = kit.run(&format!("scheduled/{time}/r.csv"), "Email\nnew@acme.example.com\n").await;
         assert!(decide(&kit.svc, &job.id, Some("acme"), Verb::Cancel, "test").await.unwrap().unwrap().contains("cancelled"));
-        assert!(last_mail(&kit).contains("was scheduled and has been cancelled by test"));
+        assert!(kit.last_mail().contains("was scheduled and has been cancelled by test"));
         assert_eq!(release_due(&kit.svc, at).await.unwrap(), 0);
         kit.settle().await;
         assert!(kit.svc.directory.user("acme", "new@acme.example.com").await.unwrap().is_none());

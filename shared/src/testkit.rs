@@ -116,6 +116,13 @@ impl Kit {
     pub async fn outcomes(&self, job: &Job) -> Vec<(String, String)> {
         self.result(job).await[1..].iter().map(|r| (r[r.len() - 4].clone(), r[r.len() - 3].clone())).collect()
     }
+    /// The last email's subject and text part, decoded.
+    pub fn last_mail(&self) -> String {
+        let raw = self.mem.mailer.sent().last().expect("a mail").2.clone();
+        let msg = mail_parser::MessageParser::default().parse(&raw).expect("mime");
+        format!("{}\n{}", msg.subject().unwrap_or_default(), msg.body_text(0).unwrap_or_default())
+    }
+
     /// The Changes column of every row of the result file.
     pub async fn changes(&self, job: &Job) -> Vec<String> {
         self.result(job).await[1..].iter().map(|r| r[r.len() - 2].clone()).collect()

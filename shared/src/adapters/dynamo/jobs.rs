@@ -10,17 +10,6 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
 
-/// A job reaching a final state leaves the open-jobs index; a held job moves to its HELD
-/// partition, and comes back open on approval, its age counted from then.
-fn closing(from: JobState, to: JobState) -> &'static str {
-    match (from, to) {
-        (_, to) if to.is_final() => " REMOVE gsi2pk, gsi2sk",
-        (_, JobState::Held) => ", gsi2pk = :held",
-        (JobState::Held | JobState::Scheduled, _) => ", gsi2pk = :open, gsi2sk = :since",
-        _ => "",
-    }
-}
-
 pub struct DynamoJobs {
     client: Client,
     table: String,
@@ -81,19 +70,17 @@ impl DynamoJobs {
         }
     }
 
-    /// One partition of the open-jobs index, oldest first: (id, time).
-    async fn index_partition(&self, partition: &str, limit: usize) -> Result<Vec<(String, String)>> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(OPEN_JOBS)
-            .key_condition_expression("gsi2pk = :p")
-            .expression_attribute_values(":p", s(partition))
-            .limit(limit.clamp(1, 1000) as i32)
-            .send()
-            .await
-            .map_err(ddb_err("Query"))?;
+    /// One partition of the open-jobs index (OPEN, HELD, SCHEDULED), oldest first, up to
+    /// `until` when given: (id, time).
+    async fn index_partition(&self, partition: &str, until: Option<&str>, limit: usize) -> Result<Vec<(String, String)>> {
+        let query = self.client.query().table_name(&self.table).index_name(OPEN_JOBS).expression_attribute_values(":p", s(partition));
+        let query = match until {
+            Some(until) => {
+                query.key_condition_expression("gsi2pk = :p AND gsi2sk <= :until").expression_attribute_values(":until", s(until))
+            }
+            None => query.key_condition_expression("gsi2pk = :p"),
+        };
+        let out = query.limit(limit.clamp(1, 1000) as i32).send().await.map_err(ddb_err("Query"))?;
         Ok(out
             .items()
             .iter()
@@ -101,6 +88,45 @@ impl DynamoJobs {
             .filter_map(|sk| sk.split_once('#'))
             .map(|(at, id)| (id.to_string(), at.to_string()))
             .collect())
+    }
+
+    /// The job's one state change, conditional on `from`, with `set` written alongside. The
+    /// open-jobs index follows: a final job leaves it, a held one moves to its HELD partition,
+    /// a held or scheduled one released comes back OPEN, its age counted from then.
+    async fn move_state(
+        &self,
+        id: &str,
+        from: JobState,
+        to: JobState,
+        mut set: Vec<(&'static str, aws_sdk_dynamodb::types::AttributeValue)>,
+    ) -> Result<bool> {
+        let since = || s(format!("{}#{id}", chrono::Utc::now().to_rfc3339()));
+        let mut remove = "";
+        match (from, to) {
+            (_, to) if to.is_final() => remove = " REMOVE gsi2pk, gsi2sk",
+            (_, JobState::Held) => set.push(("gsi2pk", s("HELD"))),
+            (JobState::Held | JobState::Scheduled, _) => set.extend([("gsi2pk", s("OPEN")), ("gsi2sk", since())]),
+            _ => {}
+        }
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .condition_expression("#state = :from")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":from", s(from.as_str()))
+            .expression_attribute_values(":to", s(to.as_str()));
+        let mut sets = vec!["#state = :to".to_string()];
+        for (i, (name, value)) in set.into_iter().enumerate() {
+            sets.push(format!("#a{i} = :a{i}"));
+            req = req.expression_attribute_names(format!("#a{i}"), name).expression_attribute_values(format!(":a{i}"), value);
+        }
+        match req.update_expression(format!("SET {}{remove}", sets.join(", "))).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
     }
 
     fn marker_pk(id: &str, phase: usize, seq: u32) -> String {
@@ -186,34 +212,7 @@ impl JobStore for DynamoJobs {
     }
 
     async fn transition(&self, id: &str, from: JobState, to: JobState, message: Option<&str>) -> Result<bool> {
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("J#{id}")))
-            .condition_expression("#state = :from")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":from", s(from.as_str()))
-            .expression_attribute_values(":to", s(to.as_str()));
-        req = match message {
-            Some(m) => req
-                .update_expression(format!("SET #state = :to, message = :m{}", closing(from, to)))
-                .expression_attribute_values(":m", s(m)),
-            None => req.update_expression(format!("SET #state = :to{}", closing(from, to))),
-        };
-        req = match (from, to) {
-            (_, to) if to.is_final() => req,
-            (_, JobState::Held) => req.expression_attribute_values(":held", s("HELD")),
-            (JobState::Held | JobState::Scheduled, _) => req
-                .expression_attribute_values(":open", s("OPEN"))
-                .expression_attribute_values(":since", s(format!("{}#{id}", chrono::Utc::now().to_rfc3339()))),
-            _ => req,
-        };
-        match req.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(ddb_err("UpdateItem")(e)),
-        }
+        self.move_state(id, from, to, message.map(|m| ("message", s(m))).into_iter().collect()).await
     }
 
     async fn record_chunk(&self, id: &str, phase: usize, seq: u32, of: Option<u32>) -> Result<Recorded> {
@@ -312,84 +311,30 @@ impl JobStore for DynamoJobs {
     }
 
     async fn oldest_open(&self) -> Result<Option<(String, String)>> {
-        Ok(self.index_partition("OPEN", 1).await?.into_iter().next())
+        Ok(self.index_partition("OPEN", None, 1).await?.into_iter().next())
     }
 
     async fn open_jobs(&self, limit: usize) -> Result<Vec<(String, String)>> {
-        self.index_partition("OPEN", limit).await
+        self.index_partition("OPEN", None, limit).await
     }
 
     async fn held_jobs(&self, limit: usize) -> Result<Vec<(String, String)>> {
-        self.index_partition("HELD", limit).await
+        self.index_partition("HELD", None, limit).await
     }
 
     async fn schedule(&self, id: &str, at: &str) -> Result<bool> {
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("J#{id}")))
-            .condition_expression("#state = :from")
-            .update_expression("SET #state = :to, run_at = :at, gsi2pk = :p, gsi2sk = :sk")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":from", s(JobState::Received.as_str()))
-            .expression_attribute_values(":to", s(JobState::Scheduled.as_str()))
-            .expression_attribute_values(":at", s(at))
-            .expression_attribute_values(":p", s("SCHEDULED"))
-            .expression_attribute_values(":sk", s(format!("{at}#{id}")))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(ddb_err("UpdateItem")(e)),
-        }
+        // Its own partition of the index, sorted by the time it runs at.
+        let index = vec![("run_at", s(at)), ("gsi2pk", s("SCHEDULED")), ("gsi2sk", s(format!("{at}#{id}")))];
+        self.move_state(id, JobState::Received, JobState::Scheduled, index).await
     }
 
     async fn scheduled_due(&self, now: &str, limit: usize) -> Result<Vec<(String, String)>> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(OPEN_JOBS)
-            .key_condition_expression("gsi2pk = :p AND gsi2sk <= :now")
-            .expression_attribute_values(":p", s("SCHEDULED"))
-            // Every id sorts after "#", so a job due at `now` is included.
-            .expression_attribute_values(":now", s(format!("{now}#~")))
-            .limit(limit.clamp(1, 1000) as i32)
-            .send()
-            .await
-            .map_err(ddb_err("Query"))?;
-        Ok(out
-            .items()
-            .iter()
-            .filter_map(|i| i.str("gsi2sk"))
-            .filter_map(|sk| sk.split_once('#'))
-            .map(|(at, id)| (id.to_string(), at.to_string()))
-            .collect())
+        // Every id sorts after "#", so a job due at `now` is included.
+        self.index_partition("SCHEDULED", Some(&format!("{now}#~")), limit).await
     }
 
     async fn start_scheduled(&self, id: &str, order: &str) -> Result<bool> {
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("J#{id}")))
-            .condition_expression("#state = :from")
-            .update_expression("SET #state = :to, upload_order = :order, gsi2pk = :open, gsi2sk = :since")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":from", s(JobState::Scheduled.as_str()))
-            .expression_attribute_values(":to", s(JobState::Applying.as_str()))
-            .expression_attribute_values(":order", s(order))
-            .expression_attribute_values(":open", s("OPEN"))
-            .expression_attribute_values(":since", s(format!("{}#{id}", chrono::Utc::now().to_rfc3339())))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(ddb_err("UpdateItem")(e)),
-        }
+        self.move_state(id, JobState::Scheduled, JobState::Applying, vec![("upload_order", s(order))]).await
     }
 
     async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Job>> {
