@@ -512,13 +512,13 @@ async fn apply_table() {
     let rows: usize = env_number("BENCH_APPLY_ROWS").unwrap_or(20_000);
     let capacity = Capacity::default();
     let interceptor = aws_smithy_runtime_api::client::interceptors::SharedInterceptor::new(capacity.clone());
-    let stack = tests::Stack::build(|c| c.chunk_size = 500, false, Some(interceptor)).await;
+    let stack = tests::Stack::build(|c| c.chunk_size = shared::config::DEFAULT_CHUNK_SIZE, false, Some(interceptor)).await;
     let mut tenant = shared::model::Tenant::new("bench", vec!["admin@bench.example.com".into()]);
     tenant.roles = vec!["Learner".into()];
     tenant.notify_started = false;
     stack.put_tenant(&tenant).await;
     let concurrency = stack.config.apply_concurrency;
-    println!("\n## Apply against DynamoDB Local: {rows} created users, {concurrency} writes in flight, chunks of 500");
+    println!("\n## Apply against DynamoDB Local: {rows} created users, {concurrency} writes in flight, chunks of {}", stack.config.chunk_size);
     // Warm the table and the connection pool, then alternate raw / handler twice.
     raw_puts(&stack, 500, concurrency, "warm").await;
     let mut raw = Vec::new();
@@ -646,7 +646,7 @@ async fn end_to_end() {
     if !path.exists() {
         bench::xlsx_to(&path, rows, "Create");
     }
-    let stack = tests::Stack::build(|c| c.chunk_size = 500, true, None).await;
+    let stack = tests::Stack::build(|c| c.chunk_size = shared::config::DEFAULT_CHUNK_SIZE, true, None).await;
     let mut tenant = shared::model::Tenant::new("bench", vec!["admin@bench.example.com".into()]);
     tenant.roles = vec!["Learner".into()];
     tenant.notify_started = false;

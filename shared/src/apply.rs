@@ -75,10 +75,15 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
     let (outcomes, undo) = apply_read(svc, &job, &tenant, ops, &claim, Some(stored), None).await?;
     let failed = outcomes.iter().filter(|o| o.status != Status::Success).count();
     // Outcomes and before-states first, then the marker: a recorded chunk always has them.
-    svc.store.put(&keys::chunk_outcomes(&job_id, phase, seq), jsonl(&outcomes)?, "application/x-ndjson").await?;
-    if !undo.is_empty() {
-        svc.store.put(&keys::chunk_undo(&job_id, phase, seq), jsonl(&undo)?, "application/x-ndjson").await?;
-    }
+    let (outcomes_body, undo_body) = (jsonl(&outcomes)?, (!undo.is_empty()).then(|| jsonl(&undo)).transpose()?);
+    let put_undo = async {
+        match undo_body {
+            Some(body) => svc.store.put(&keys::chunk_undo(&job_id, phase, seq), body, "application/x-ndjson").await,
+            None => Ok(()),
+        }
+    };
+    let outcomes_key = keys::chunk_outcomes(&job_id, phase, seq);
+    tokio::try_join!(svc.store.put(&outcomes_key, outcomes_body, "application/x-ndjson"), put_undo)?;
     let of = job.phase_chunks.map(|plan| plan[phase]);
     let counted = svc.jobs.record_chunk(&job_id, phase, seq, of).await?;
     info!(job = %job_id, phase, seq, rows = outcomes.len(), failed, counted = ?counted, "chunk applied");

@@ -46,6 +46,12 @@ pub struct Config {
     pub lease: crate::model::Lease,
 }
 
+/// Rows per chunk, the template's `ChunkSize` default. A chunk pays fixed round trips (its S3 read
+/// and write, the marker transaction: ~17 ms locally) beside its users' read (~30 ms per 500 rows);
+/// 2,000 rows spread them so an unchanged sync reads at 80% or more of a raw read (README
+/// Performance), and keep a chunk of creates around a second of writes per invocation.
+pub const DEFAULT_CHUNK_SIZE: usize = 2_000;
+
 /// The template's `MaxFileMegabytes` default (150), the same locally: /tmp and memory are sized for it.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 150_000_000;
 /// Attachments above this are linked instead (SES takes 40 MB a message, base64 adds a third).
@@ -73,7 +79,7 @@ impl Config {
                 .filter(|v| !v.trim().is_empty())
                 .or_else(|| get("ROSTERDROP_SENDER"))
                 .unwrap_or_default(),
-            chunk_size: parse(&get, "ROSTERDROP_CHUNK_SIZE", 500)?,
+            chunk_size: parse(&get, "ROSTERDROP_CHUNK_SIZE", DEFAULT_CHUNK_SIZE)?,
             apply_concurrency: parse(&get, "ROSTERDROP_APPLY_CONCURRENCY", 16)?,
             max_file_bytes: parse(&get, "ROSTERDROP_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES)?,
             max_attachment_bytes: parse(&get, "ROSTERDROP_MAX_ATTACHMENT_BYTES", DEFAULT_MAX_ATTACHMENT_BYTES)?,
@@ -97,7 +103,7 @@ impl Config {
             bucket: DEFAULT_BUCKET.into(),
             directory_table: DEFAULT_DIRECTORY_TABLE.into(),
             jobs_table: DEFAULT_JOBS_TABLE.into(),
-            chunk_size: 500,
+            chunk_size: DEFAULT_CHUNK_SIZE,
             apply_concurrency: 16,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             max_attachment_bytes: DEFAULT_MAX_ATTACHMENT_BYTES,
@@ -161,7 +167,7 @@ mod tests {
             ("ROSTERDROP_SENDER", "s@example.com"),
         ]))
         .unwrap();
-        assert_eq!(c.chunk_size, 500);
+        assert_eq!(c.chunk_size, DEFAULT_CHUNK_SIZE);
         assert!(!c.s3_force_path_style);
     }
 }
