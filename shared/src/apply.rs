@@ -817,9 +817,12 @@ mod tests {
         assert!(ids.iter().all(|id| uuid::Uuid::parse_str(id).is_ok()) && ids[0] != ids[1], "{ids:?}");
         let stored = kit.svc.directory.user("acme", "a@acme.example.com").await.unwrap().unwrap();
         assert_eq!(stored.user_id.as_deref(), Some(ids[0].as_str()));
+        let listed = kit.summary(&first).await.created_users;
+        assert_eq!(listed.iter().map(|c| (c.row, c.user_id.as_str())).collect::<Vec<_>>(), [(2, ids[0].as_str()), (3, ids[1].as_str())]);
         let changed = kit.run("changed.csv", "Email,Department\na@acme.example.com,Support\nb@acme.example.com,Sales\n").await;
         assert_eq!(kit.outcomes(&changed).await.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["Updated", "Unchanged"]);
         assert_eq!(kit.user_ids(&changed).await, ids, "updated and unchanged rows show the same ids");
+        assert!(kit.summary(&changed).await.created_users.is_empty(), "summary.json lists only the users a job created");
         kit.run("gone.csv", "Action,Email\nDelete,a@acme.example.com\n").await;
         let again = kit.run("again.csv", "Email\na@acme.example.com\n").await;
         let new_id = &kit.user_ids(&again).await[0];

@@ -84,6 +84,23 @@ pub struct Summary {
     pub disabled_not_in_file: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_users_key: Option<String>,
+    /// The users this job created, by the result file's row: their immutable ids, for systems
+    /// that key on them (the first 10,000; the result's UserId column has every one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created_users: Vec<CreatedUser>,
+    /// Created users beyond those listed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub created_users_not_listed: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedUser {
+    pub row: u32,
+    pub user_id: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Summary {
@@ -110,6 +127,8 @@ impl Summary {
             failed_rows_key: None,
             disabled_not_in_file: 0,
             disabled_users_key: None,
+            created_users: Vec::new(),
+            created_users_not_listed: 0,
         }
     }
 }

@@ -181,6 +181,8 @@ fn summary_of(job: &Job, state: JobState, d: &Digest, mut warnings: Vec<String>)
     summary.counts = d.counts.clone();
     summary.by_action = d.by_action.clone();
     summary.disabled_not_in_file = d.disabled;
+    summary.created_users = d.created_ids.iter().map(|(row, id)| crate::report::CreatedUser { row: *row, user_id: id.clone() }).collect();
+    summary.created_users_not_listed = d.more_created_ids;
     summary
 }
 
