@@ -297,14 +297,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             svc.directory.put_tenant(&tenant).await.map_err(reach)?;
             println!("tenant {} saved", tenant.id);
             // A pool configured for a tenant that already has users starts from them, not from zero.
-            if let Some(limit) = tenant.licences.filter(|_| before.as_ref().is_none_or(|b| b.licences.is_none())) {
-                let (_, used) = shared::apply::recount_licences(svc, &tenant.id).await.map_err(reach)?;
-                println!("licences: {used} of {limit} in use (counted from the tenant's active users)");
+            let had = |pool: Option<&str>| before.as_ref().is_some_and(|b| b.pool_limit(pool).is_some());
+            let new_pool = (tenant.licences.is_some() && !had(None)) || tenant.licence_pools.keys().any(|p| !had(Some(p)));
+            if new_pool {
+                for (pool, _, used) in shared::apply::recount_licences(svc, &tenant).await.map_err(reach)? {
+                    let limit = tenant.pool_limit(pool.as_deref()).unwrap_or(0);
+                    println!("licences{}: {used} of {limit} in use (counted from the tenant's active users)", pool_label(&pool));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Tenant { command: TenantCommand::RecountLicences { id, force } } => {
-            find_tenant(svc, &id, aws).await?;
+            let tenant = find_tenant(svc, &id, aws).await?;
             let open: Vec<String> =
                 svc.jobs.recent(&id, 100).await.map_err(reach)?.into_iter().filter(|j| !j.state.is_final()).map(|j| j.id).collect();
             if !open.is_empty() && !force {
@@ -314,8 +318,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     open.join(", ")
                 )));
             }
-            let (before, active) = shared::apply::recount_licences(svc, &id).await.map_err(reach)?;
-            println!("tenant {id}: licences used {before} -> {active} (active users)");
+            for (pool, before, active) in shared::apply::recount_licences(svc, &tenant).await.map_err(reach)? {
+                println!("tenant {id}: licences used{} {before} -> {active} (active users)", pool_label(&pool));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Tenant { command: TenantCommand::Get { id } } => {
@@ -571,4 +576,9 @@ async fn decide(t: &Target, job: &str, tenant: Option<&str>, verb: shared::holds
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// How a pool is named in the CLI's output: nothing for the default pool.
+fn pool_label(pool: &Option<String>) -> String {
+    pool.as_ref().map(|p| format!(" in pool \"{p}\"")).unwrap_or_default()
 }

@@ -297,11 +297,11 @@ async fn recount_licences_sets_the_pool_to_the_active_users() {
         .await;
     tenant.licences = Some(10);
     stack.put_tenant(&tenant).await;
-    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 0, "created before the pool: not counted");
+    assert_eq!(stack.svc.directory.licences_used("acme", None).await.unwrap(), 0, "created before the pool: not counted");
     let mut cmd = rosterdrop();
     stack_env(&mut cmd, &stack);
     cmd.args(["tenant", "recount-licences", "acme"]).assert().code(0).stdout("tenant acme: licences used 0 -> 3 (active users)\n");
-    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 3);
+    assert_eq!(stack.svc.directory.licences_used("acme", None).await.unwrap(), 3);
 
     // While a file of the tenant is being applied its licences are in flight: refused, unless --force.
     let open = shared::model::Job::received("open-job", "acme", "incoming/acme/x.csv", "x.csv", None, chrono::Utc::now().to_rfc3339());
@@ -334,7 +334,7 @@ async fn tenant_put_counts_existing_users_into_a_new_pool() {
         .assert()
         .code(0)
         .stdout("tenant acme saved\nlicences: 2 of 10 in use (counted from the tenant's active users)\n");
-    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 2);
+    assert_eq!(stack.svc.directory.licences_used("acme", None).await.unwrap(), 2);
     // Saving it again (the pool exists) leaves the count to the pipeline.
     let mut put = rosterdrop();
     stack_env(&mut put, &stack);

@@ -163,7 +163,7 @@ async fn apply_read(
     preview: Option<&'static str>,
 ) -> Result<(Vec<Outcome>, Vec<UndoEntry>)> {
     let dry_note = preview.or((job.mode == Some(Mode::Validate)).then_some(VALIDATE_NOTE));
-    let all = tenant.licences.is_some() || dry_note.is_some();
+    let all = tenant.has_pools() || dry_note.is_some();
     let stored = match unpooled {
         None => read_users(svc, &tenant.id, users_to_read(&ops, all)).await?,
         Some(mut stored) if all => {
@@ -187,24 +187,23 @@ async fn apply_read(
         users: Mutex::new(HashMap::new()),
     };
     let concurrency = svc.config.apply_concurrency.max(1);
-    // Licence pool: decide up front which rows take a licence, reserve them for the chunk at once.
-    let pool = match tenant.licences {
-        Some(limit) if !ctx.dry => Some(reserve(&ctx, &ops, limit, claim).await?),
-        _ => None,
-    };
+    // Licence pools: decide up front which rows take a licence, reserve them for the chunk at once
+    // (one reservation per limited pool the chunk takes from).
+    let pools = if tenant.has_pools() && !ctx.dry { Some(reserve(&ctx, &ops, claim).await?) } else { None };
     let futures: Vec<_> = ops
         .iter()
         .map(|op| {
-            let refused = pool.as_ref().is_some_and(|p| p.refused.contains(&op.row));
-            let licensed = pool.as_ref().is_none_or(|p| p.takers.contains(&op.row));
+            let (refused, licensed) = match &pools {
+                Some(p) => p.licence_of(op.row),
+                None => (None, true),
+            };
             row_or_refusal(&ctx, op, refused, licensed)
         })
         .collect();
     let results: Vec<Result<Row>> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
     let results = results.into_iter().collect::<Result<Vec<_>>>()?;
-    if let Some(p) = &pool {
-        let returned = p.returned(results.iter().map(|(o, w, _)| (o.row, w)));
-        svc.directory.settle_licences(&tenant.id, claim, returned).await?;
+    if let Some(p) = pools {
+        settle(&ctx, p, &ops, &results, claim).await?;
     }
     // What each changed item was before: kept per chunk for `undo`.
     let mut undo = Vec::new();
@@ -220,10 +219,11 @@ async fn apply_read(
         };
         let token = Stamp { job: job.id.clone(), row: op.row, at: String::new(), order: String::new() }.token();
         undo.push(match before {
-            Before::Was { image, active } => {
-                UndoEntry { target, kept: Kept { token, before: image.clone(), active: *active, unknown: false } }
-            }
-            Before::Unknown => UndoEntry { target, kept: Kept { token, before: None, active: false, unknown: true } },
+            Before::Was { image, active, pool } => UndoEntry {
+                target,
+                kept: Kept { token, before: image.clone(), active: *active, pool: pool.clone(), unknown: false },
+            },
+            Before::Unknown => UndoEntry { target, kept: Kept { token, before: None, active: false, pool: None, unknown: true } },
         });
     }
     let mut outcomes: Vec<Outcome> = results.into_iter().map(|(o, _, _)| o).collect();
@@ -234,16 +234,52 @@ async fn apply_read(
 /// A row's outcome, its write, and what the write replaced.
 type Row = (Outcome, Written, Before);
 
-async fn row_or_refusal(ctx: &Ctx<'_>, op: &RowOp, refused: bool, licensed: bool) -> Result<Row> {
-    if refused {
-        let limit = ctx.tenant.licences.unwrap_or(0);
-        return Ok((
-            Outcome::failure(op.row, Some(op.action), format!("no licence available (pool of {limit} exhausted)")),
-            Written { write: Write::NotFound, licence: Licence::Unchanged },
-            Before::Unknown,
-        ));
+/// `refused`: the row asked its pool for a licence and got none (`Some(pool)`).
+async fn row_or_refusal(ctx: &Ctx<'_>, op: &RowOp, refused: Option<&PoolKey>, licensed: bool) -> Result<Row> {
+    if let Some(pool) = refused {
+        let limit = ctx.tenant.pool_limit(pool.as_deref()).unwrap_or(0);
+        let message = match pool {
+            None => format!("no licence available (pool of {limit} exhausted)"),
+            Some(name) => format!("no licence available in pool \"{}\" ({limit} exhausted)", crate::wording::quoted(name)),
+        };
+        let outcome = Outcome { column: pool.as_ref().map(|_| "LicencePool".to_string()), ..Outcome::failure(op.row, Some(op.action), message) };
+        return Ok((outcome, Written { write: Write::NotFound, licence: Licence::Unchanged }, Before::Unknown));
     }
     apply_row(ctx, op, licensed).await
+}
+
+/// A licence pool: `None` the tenant's default pool, `Some(name)` a named one.
+type PoolKey = Option<String>;
+
+/// The claim of one chunk on one pool (the default pool keeps the chunk's own claim).
+fn pool_claim(claim: &str, pool: &PoolKey) -> String {
+    match pool {
+        None => claim.to_string(),
+        Some(name) => format!("{claim}#pool#{name}"),
+    }
+}
+
+/// A chunk's licences: the pool each user row counts in after its write, and one reservation per
+/// limited pool the chunk takes from.
+#[derive(Debug, Default)]
+struct Pools {
+    after: HashMap<u32, PoolKey>,
+    /// Rows that move an active user to another pool (they take there and give back where they were).
+    movers: std::collections::HashSet<u32>,
+    reserved: HashMap<PoolKey, Reservation>,
+}
+
+impl Pools {
+    /// (the pool that refused the row a licence, whether the row holds one).
+    fn licence_of(&self, row: u32) -> (Option<&PoolKey>, bool) {
+        let Some(pool) = self.after.get(&row) else { return (None, false) };
+        match self.reserved.get(pool) {
+            Some(r) if r.refused.contains(&row) => (Some(pool), false),
+            Some(r) => (None, r.takers.contains(&row)),
+            // An unlimited pool: every row holds a licence.
+            None => (None, true),
+        }
+    }
 }
 
 /// A chunk's share of the licence pool.
@@ -282,11 +318,33 @@ impl Reservation {
     }
 }
 
-async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], limit: u32, claim: &str) -> Result<Reservation> {
-    let mut takers = Vec::new();
+async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], claim: &str) -> Result<Pools> {
+    let tenant = ctx.tenant;
+    let mut pools = Pools::default();
+    let mut wanted: std::collections::BTreeMap<PoolKey, Vec<u32>> = std::collections::BTreeMap::new();
     for op in ops {
-        let Target::User { email, .. } = &op.target else { continue };
+        let Target::User { email, fields } = &op.target else { continue };
         let (row, action, user) = (op.row, op.action, ctx.stored.get(email));
+        let stored_pool = user.and_then(|u| tenant.pool_of(u.fields.licence_pool.as_deref()));
+        let pool: PoolKey = match action {
+            Action::Restore => op.restore.as_ref().and_then(|r| tenant.pool_of(r.kept.pool.as_deref())).map(str::to_string),
+            _ => tenant.pool_of(fields.licence_pool.as_deref()).or(stored_pool).map(str::to_string),
+        };
+        // An active user the row moves to another pool: a licence there, one given back here.
+        let moves = match action {
+            Action::Restore => op.restore.as_ref().is_some_and(|r| r.kept.active && !r.kept.unknown),
+            _ => fields.licence_pool.is_some(),
+        } && user.is_some_and(|u| u.status == UserStatus::Active)
+            && pool.as_deref() != stored_pool;
+        if moves && matches!(action, Action::Create | Action::Upsert | Action::Update | Action::Enable | Action::Restore) {
+            pools.movers.insert(row);
+        }
+        pools.after.insert(row, pool.clone());
+        let takers = wanted.entry(pool).or_default();
+        if pools.movers.contains(&row) {
+            takers.push(row);
+            continue;
+        }
         // A user this very row created on an earlier attempt still counts as its taker.
         let token = Stamp { job: ctx.job.to_string(), row, at: String::new(), order: String::new() }.token();
         let ours = user.is_some_and(|u| u.created_by == token);
@@ -305,21 +363,107 @@ async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], limit: u32, claim: &str) -> Resul
             _ => {}
         }
     }
-    takers.sort_unstable();
-    // A retried chunk gets its first attempt's reservation back (its own writes hide the original state).
-    let claimed = ctx.svc.directory.reserve_licences(&ctx.tenant.id, limit, claim, LicenceClaim { takers, ..Default::default() }).await?;
+    for (pool, mut takers) in wanted {
+        let Some(limit) = tenant.pool_limit(pool.as_deref()) else { continue };
+        // The default pool is always claimed (its settle gives back what the chunk frees); a named
+        // pool only when the chunk takes from it (`settle` claims it then if the chunk frees some).
+        if takers.is_empty() && pool.is_some() {
+            continue;
+        }
+        takers.sort_unstable();
+        let reservation = claim_pool(ctx, &pool, limit, claim, takers).await?;
+        pools.reserved.insert(pool, reservation);
+    }
+    if let (Some(limit), false) = (tenant.licences, pools.reserved.contains_key(&None)) {
+        pools.reserved.insert(None, claim_pool(ctx, &None, limit, claim, vec![]).await?);
+    }
+    Ok(pools)
+}
+
+/// Reserve up to one licence of `pool` per taker. A retried chunk gets its first attempt's
+/// reservation back (its own writes hide the original state).
+async fn claim_pool(ctx: &Ctx<'_>, pool: &PoolKey, limit: u32, claim: &str, takers: Vec<u32>) -> Result<Reservation> {
+    let decision = LicenceClaim { takers, ..Default::default() };
+    let claimed = ctx.svc.directory.reserve_licences(&ctx.tenant.id, pool.as_deref(), limit, &pool_claim(claim, pool), decision).await?;
     let LicenceClaim { mut takers, granted, repeated } = claimed;
     let refused = takers.split_off((granted as usize).min(takers.len()));
     Ok(Reservation { granted, takers, refused, repeated })
 }
 
+/// Give back, per pool, what was reserved and not taken and what the writes freed. A licence
+/// freed counts in the pool the user was in when written (the write's old image says); a move
+/// takes in the new pool and frees in the old one.
+async fn settle(ctx: &Ctx<'_>, mut pools: Pools, ops: &[RowOp], results: &[Row], claim: &str) -> Result<()> {
+    let tenant = ctx.tenant;
+    let emails: HashMap<u32, &str> = ops
+        .iter()
+        .filter_map(|op| match &op.target {
+            Target::User { email, .. } => Some((op.row, email.as_str())),
+            _ => None,
+        })
+        .collect();
+    let mut per_pool: HashMap<PoolKey, Vec<(u32, Written)>> = HashMap::new();
+    for (o, w, before) in results {
+        let Some(after) = pools.after.get(&o.row).cloned() else { continue };
+        let (was_active, before_pool) = match before {
+            Before::Was { active, pool, .. } => (*active, tenant.pool_of(pool.as_deref()).map(str::to_string)),
+            Before::Unknown => {
+                let stored = emails.get(&o.row).and_then(|e| ctx.stored.get(*e));
+                (false, stored.and_then(|u| tenant.pool_of(u.fields.licence_pool.as_deref())).map(str::to_string))
+            }
+        };
+        let moved = pools.movers.contains(&o.row) && was_active && w.licence == Licence::Unchanged && before_pool != after;
+        match w.licence {
+            _ if moved && matches!(w.write, Write::Updated) => {
+                per_pool.entry(after).or_default().push((o.row, Written { write: Write::Updated, licence: Licence::Took }));
+                per_pool.entry(before_pool).or_default().push((o.row, Written { write: Write::Updated, licence: Licence::Freed }));
+            }
+            Licence::Freed => per_pool.entry(before_pool).or_default().push((o.row, w.clone())),
+            _ => per_pool.entry(after).or_default().push((o.row, w.clone())),
+        }
+    }
+    let mut touched: Vec<PoolKey> = pools.reserved.keys().cloned().collect();
+    touched.extend(per_pool.keys().filter(|p| !pools.reserved.contains_key(*p)).cloned());
+    for pool in touched {
+        let Some(limit) = tenant.pool_limit(pool.as_deref()) else { continue };
+        let rows = per_pool.remove(&pool).unwrap_or_default();
+        let reservation = match pools.reserved.remove(&pool) {
+            Some(r) => r,
+            None if rows.iter().any(|(_, w)| w.licence == Licence::Freed) => claim_pool(ctx, &pool, limit, claim, vec![]).await?,
+            None => continue,
+        };
+        let returned = reservation.returned(rows.iter().map(|(row, w)| (*row, w)));
+        ctx.svc.directory.settle_licences(&tenant.id, pool.as_deref(), &pool_claim(claim, &pool), returned).await?;
+    }
+    Ok(())
+}
+
 /// Set a tenant's pool count to its active users: the repair for a count that drifted (users
 /// that existed before the pool, or changed outside rosterdrop). Returns (before, after).
-pub async fn recount_licences(svc: &Services, tenant: &str) -> Result<(u32, u32)> {
-    let before = svc.directory.licences_used(tenant).await?;
-    let active = svc.directory.list_users(tenant).await?.iter().filter(|(_, status)| *status == UserStatus::Active).count() as u32;
-    svc.directory.set_licences_used(tenant, active).await?;
-    Ok((before, active))
+pub async fn recount_licences(svc: &Services, tenant: &Tenant) -> Result<Vec<(PoolKey, u32, u32)>> {
+    let active: Vec<String> =
+        svc.directory.list_users(&tenant.id).await?.into_iter().filter(|(_, status)| *status == UserStatus::Active).map(|(e, _)| e).collect();
+    let mut counts: HashMap<PoolKey, u32> = HashMap::new();
+    if tenant.licence_pools.is_empty() {
+        counts.insert(None, active.len() as u32);
+    } else {
+        // Which pool each active user counts in: read in batches of 100 (a repair, run by hand).
+        for batch in active.chunks(1_000) {
+            for user in svc.directory.users(&tenant.id, batch).await?.values().filter(|u| u.status == UserStatus::Active) {
+                *counts.entry(tenant.pool_of(user.fields.licence_pool.as_deref()).map(str::to_string)).or_default() += 1;
+            }
+        }
+    }
+    let mut pools: Vec<PoolKey> = std::iter::once(None).chain(tenant.licence_pools.keys().cloned().map(Some)).collect();
+    pools.retain(|p| tenant.pool_limit(p.as_deref()).is_some());
+    let mut out = Vec::new();
+    for pool in pools {
+        let before = svc.directory.licences_used(&tenant.id, pool.as_deref()).await?;
+        let after = counts.get(&pool).copied().unwrap_or(0);
+        svc.directory.set_licences_used(&tenant.id, pool.as_deref(), after).await?;
+        out.push((pool, before, after));
+    }
+    Ok(out)
 }
 
 async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
@@ -480,7 +624,8 @@ async fn write_row_keeping(dir: &dyn Directory, tenant: &str, op: &RowOp, stamp:
         next = match dir.write(tenant, &op.target, attempt, stamp).await? {
             Attempted::Written(old, image) => {
                 let active = old.as_ref().is_some_and(|o| user && !o.tombstone && o.status.unwrap_or_default() == UserStatus::Active);
-                before = Before::Was { image, active };
+                let pool = old.as_ref().and_then(|o| o.pool.clone());
+                before = Before::Was { image, active, pool };
                 Next::Done(rules::succeeded(attempt, user, old.as_ref(), &token))
             }
             Attempted::Refused(old) => rules::refused(attempt, user, old.as_ref(), &token, &stamp.order),
@@ -785,6 +930,61 @@ mod tests {
         assert_eq!((job.state, job.succeeded), (JobState::Completed, 2));
     }
 
+    /// Named pools beside the default one: each grants up to its own limit and names itself when
+    /// exhausted; a disable gives back to the user's pool; a row moving an active user takes a
+    /// licence in the new pool and gives one back in the old; an unknown pool fails its row naming
+    /// the pools; the cell is matched regardless of case.
+    #[tokio::test]
+    async fn named_pools_are_counted_apart_and_a_move_between_them_counts_in_both() {
+        let mut kit = Kit::new(|t| {
+            t.licences = Some(1);
+            t.licence_pools = [("Staff".to_string(), 2), ("Students".to_string(), 3)].into();
+        })
+        .await;
+        let used = |kit: &Kit, pool: Option<&'static str>| {
+            let dir = kit.svc.directory.clone();
+            async move { dir.licences_used("acme", pool).await.unwrap() }
+        };
+        let mut file = String::from("Email,LicencePool\n");
+        for i in 0..3 {
+            file.push_str(&format!("s{i}@a.example.com,Staff\n"));
+        }
+        for i in 0..4 {
+            file.push_str(&format!("p{i}@a.example.com,students\n"));
+        }
+        file.push_str("d0@a.example.com,\nd1@a.example.com,\nx@a.example.com,Teachers\n");
+        let job = kit.run("pools.csv", &file).await;
+        let out = kit.outcomes(&job).await;
+        let msgs: Vec<&str> = out.iter().map(|(_, m)| m.as_str()).collect();
+        assert_eq!(msgs.iter().filter(|m| **m == "no licence available in pool \"Staff\" (2 exhausted)").count(), 1, "{msgs:?}");
+        assert_eq!(msgs.iter().filter(|m| **m == "no licence available in pool \"Students\" (3 exhausted)").count(), 1, "{msgs:?}");
+        assert_eq!(msgs.iter().filter(|m| **m == "no licence available (pool of 1 exhausted)").count(), 1, "{msgs:?}");
+        assert!(msgs[9].contains("unknown licence pool \"Teachers\"; this tenant's pools are Staff, Students"), "{msgs:?}");
+        assert_eq!((used(&kit, Some("Staff")).await, used(&kit, Some("Students")).await, used(&kit, None).await), (2, 3, 1));
+        let staff: Vec<String> = kit.svc.directory.list_users("acme").await.unwrap().into_iter().map(|(e, _)| e).filter(|e| e.starts_with('s')).collect();
+        let stored = kit.svc.directory.user("acme", &staff[0]).await.unwrap().unwrap();
+        assert_eq!(stored.fields.licence_pool.as_deref(), Some("Staff"));
+
+        // A disable gives back to the user's own pool.
+        kit.run("off.csv", &format!("Action,Email\nDisable,{}\n", staff[0])).await;
+        assert_eq!((used(&kit, Some("Staff")).await, used(&kit, Some("Students")).await), (1, 3));
+        // A student moved to Staff: Staff takes one, Students gets one back.
+        let student = kit.svc.directory.list_users("acme").await.unwrap().into_iter().map(|(e, _)| e).find(|e| e.starts_with('p')).unwrap();
+        let moved = kit.run("move.csv", &format!("Email,LicencePool\n{student},Staff\n")).await;
+        assert_eq!(kit.outcomes(&moved).await[0].0, "Updated");
+        assert!(kit.changes(&moved).await[0].contains("LicencePool: \"Students\" -> \"Staff\""), "{:?}", kit.changes(&moved).await);
+        assert_eq!((used(&kit, Some("Staff")).await, used(&kit, Some("Students")).await), (2, 2));
+        // Staff is full: the next move is refused and changes nothing.
+        let other = kit.svc.directory.list_users("acme").await.unwrap().into_iter().map(|(e, _)| e).find(|e| e.starts_with('p') && *e != student).unwrap();
+        let refused = kit.run("move2.csv", &format!("Email,LicencePool\n{other},Staff\n")).await;
+        assert_eq!(kit.outcomes(&refused).await[0].1, "no licence available in pool \"Staff\" (2 exhausted)");
+        assert_eq!(kit.svc.directory.user("acme", &other).await.unwrap().unwrap().fields.licence_pool.as_deref(), Some("Students"));
+        assert_eq!((used(&kit, Some("Staff")).await, used(&kit, Some("Students")).await), (2, 2));
+        // The counts equal the active users of each pool.
+        let recount = recount_licences(&kit.svc, &kit.svc.directory.tenant("acme").await.unwrap().unwrap()).await.unwrap();
+        assert_eq!(recount, [(None, 1, 1), (Some("Staff".to_string()), 2, 2), (Some("Students".to_string()), 2, 2)]);
+    }
+
     /// A pool of 3: of 5 creates 3 succeed and 2 are refused; disabling one gives one back, and
     /// disabling it again gives nothing; the pool always equals the active users.
     #[tokio::test]
@@ -795,13 +995,13 @@ mod tests {
         let out = kit.outcomes(&job).await;
         assert_eq!(out.iter().filter(|(s, _)| s == "Created").count(), 3);
         assert_eq!(out.iter().filter(|(_, m)| m == "no licence available (pool of 3 exhausted)").count(), 2, "{out:?}");
-        assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 3);
+        assert_eq!(kit.svc.directory.licences_used("acme", None).await.unwrap(), 3);
         kit.run("off.csv", "Action,Email\nDisable,u1@a.example.com\n").await;
         kit.run("off-again.csv", "Action,Email\nDisable,u1@a.example.com\n").await;
-        assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 2, "one give-back for two disables");
+        assert_eq!(kit.svc.directory.licences_used("acme", None).await.unwrap(), 2, "one give-back for two disables");
         let job = kit.run("more.csv", "Action,Email\nCreate,u6@a.example.com\nCreate,u7@a.example.com\n").await;
         assert_eq!((job.succeeded, job.failed), (1, 1));
-        assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 3);
+        assert_eq!(kit.svc.directory.licences_used("acme", None).await.unwrap(), 3);
     }
 
     /// The same roster uploaded again writes nothing: every row reports `unchanged` and no
@@ -858,7 +1058,7 @@ mod tests {
         assert_eq!(out[2], ("Updated".to_string(), "user updated".to_string()));
         assert_eq!(kit.changes(&third).await[2], "Department: \"Support\" -> \"Sales\"");
         assert_eq!(kit.summary(&third).await.counts.unchanged, 2);
-        assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 3, "unchanged rows take no licence");
+        assert_eq!(kit.svc.directory.licences_used("acme", None).await.unwrap(), 3, "unchanged rows take no licence");
     }
 
     /// Another upload changes two users between apply's read of the chunk and its writes: the

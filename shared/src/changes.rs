@@ -75,6 +75,7 @@ fn profile(parts: &mut Vec<String>, row: &UserFields, s: &UserFields) {
         ("OrgName", &row.org, &s.org),
         ("RoleName", &row.role, &s.role),
         ("Department", &row.department, &s.department),
+        ("LicencePool", &row.licence_pool, &s.licence_pool),
     ] {
         if new.is_some() && new != old {
             field(parts, name, old, new);

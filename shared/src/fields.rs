@@ -19,6 +19,8 @@ pub enum Field {
     Parent,
     Instructor,
     Products,
+    /// A named licence pool of the tenant (`licence_pools`); the default pool when blank.
+    LicencePool,
     InviteUser,
     ScheduledDate,
     /// Columns our own result files add; ignored so a failed-rows file can be uploaded again as is.
@@ -47,6 +49,7 @@ impl Field {
         Field::Parent,
         Field::Instructor,
         Field::Products,
+        Field::LicencePool,
         Field::InviteUser,
         Field::ScheduledDate,
     ];
@@ -69,6 +72,7 @@ impl Field {
             Field::Parent => "Parent",
             Field::Instructor => "Instructor",
             Field::Products => "Products",
+            Field::LicencePool => "LicencePool",
             Field::InviteUser => "InviteUser",
             Field::ScheduledDate => "ScheduledDate",
             Field::Status => "Status",
@@ -98,6 +102,7 @@ impl Field {
             "parent" | "parentemail" | "guardian" => Field::Parent,
             "instructor" | "instructoremail" | "teacher" => Field::Instructor,
             "products" | "product" | "productcodes" => Field::Products,
+            "licencepool" | "licensepool" | "selectlicencepool" | "selectlicensepool" | "pool" => Field::LicencePool,
             "inviteuser" | "invite" | "sendinvite" => Field::InviteUser,
             "scheduleddate" | "invitedate" | "scheduledinvitedate" => Field::ScheduledDate,
             "status" => Field::Status,

@@ -41,9 +41,13 @@ pub struct Tenant {
     /// Product codes the `Products` column may grant; any code when empty.
     #[serde(default)]
     pub products: Vec<String>,
-    /// Licence pool: active users this tenant may have; unlimited when absent.
+    /// Licence pool: active users this tenant may have; unlimited when absent. The default pool:
+    /// users whose row names no `LicencePool`.
     #[serde(default)]
     pub licences: Option<u32>,
+    /// Named licence pools ("Staff": 50), chosen by the `LicencePool` column; each counted apart.
+    #[serde(default)]
+    pub licence_pools: BTreeMap<String, u32>,
     /// When a file's changes wait for an admin's approval (`holds`).
     #[serde(default)]
     pub holds: Holds,
@@ -122,6 +126,33 @@ pub struct Holds {
     pub min_users: u32,
     /// Days a held file waits for approval; then it is discarded with an email.
     pub expire_days: u32,
+}
+
+/// Longest licence pool name (it is stored on every user of the pool).
+pub const MAX_POOL_NAME_CHARS: usize = 64;
+
+impl Tenant {
+    /// The named pool a `LicencePool` cell means (matched regardless of case), as configured.
+    pub fn pool_named(&self, cell: &str) -> Option<&str> {
+        let cell = cell.trim().to_lowercase();
+        self.licence_pools.keys().find(|k| k.to_lowercase() == cell).map(String::as_str)
+    }
+    /// The pool a user's licence counts in: `Some(name)` for a configured named pool, `None` for the
+    /// default pool (also for a pool no longer configured).
+    pub fn pool_of<'a>(&self, name: Option<&'a str>) -> Option<&'a str> {
+        name.filter(|n| self.licence_pools.contains_key(*n))
+    }
+    /// The limit of a pool; `None`: unlimited (and not counted).
+    pub fn pool_limit(&self, pool: Option<&str>) -> Option<u32> {
+        match pool {
+            None => self.licences,
+            Some(name) => self.licence_pools.get(name).copied(),
+        }
+    }
+    /// Some pool is limited: apply reads every user a row may license.
+    pub fn has_pools(&self) -> bool {
+        self.licences.is_some() || !self.licence_pools.is_empty()
+    }
 }
 
 /// Before-states are deleted by the bucket's lifecycle after this many days (the longest a
@@ -206,6 +237,7 @@ impl Tenant {
             attributes: vec![],
             products: vec![],
             licences: None,
+            licence_pools: BTreeMap::new(),
             holds: Holds::default(),
             undo_days: None,
             branding: Branding::default(),
@@ -267,6 +299,18 @@ impl Tenant {
         }
         if self.holds.expire_days == 0 || self.holds.expire_days > MAX_HOLD_DAYS {
             return Err(format!("holds.expire_days must be between 1 and {MAX_HOLD_DAYS} (a held file's parts are kept 14 days)"));
+        }
+        let mut pools: Vec<String> = Vec::new();
+        for name in self.licence_pools.keys() {
+            if name.trim().is_empty() || name.trim() != name || name.chars().count() > MAX_POOL_NAME_CHARS || name.chars().any(char::is_control) {
+                return Err(format!(
+                    "licence pool name {name:?} must be 1-{MAX_POOL_NAME_CHARS} characters without leading or trailing spaces"
+                ));
+            }
+            if pools.contains(&name.to_lowercase()) {
+                return Err(format!("licence pool names differ only in case: {name:?}"));
+            }
+            pools.push(name.to_lowercase());
         }
         for a in &self.attributes {
             if a.name.trim().is_empty() {
@@ -471,6 +515,9 @@ pub struct UserFields {
     /// When to send it (RFC 3339, UTC); now when absent.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub invite_at: Option<String>,
+    /// The named licence pool the user's licence comes from; the default pool when absent.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub licence_pool: Option<String>,
 }
 
 /// Association columns and the attribute each is stored as.
@@ -564,8 +611,9 @@ pub enum Before {
     /// Not known: the row found its own earlier write (a retried chunk), or wrote nothing.
     #[default]
     Unknown,
-    /// The item before the write (`None`: it did not exist); `active`: an active user.
-    Was { image: Option<Image>, active: bool },
+    /// The item before the write (`None`: it did not exist); `active`: an active user; `pool`:
+    /// the named licence pool it counted in (`None`: the default pool).
+    Was { image: Option<Image>, active: bool, pool: Option<String> },
 }
 
 /// What one write of a job replaced: kept per chunk (`UndoEntry`), put back by an undo (`Restore`).
@@ -579,6 +627,9 @@ pub struct Kept {
     /// `before` is an active user (restoring it takes a licence).
     #[serde(default)]
     pub active: bool,
+    /// The named licence pool `before` counted in (restoring it takes a licence there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// The write's before-state was not kept (its chunk was retried after writing).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unknown: bool,

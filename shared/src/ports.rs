@@ -119,15 +119,16 @@ pub trait Directory: Send + Sync {
     async fn count_active_users(&self, tenant: &str, at_most: u64) -> Result<u64>;
     /// Reserve licences of a pool of `limit` for one claim (a chunk): up to one per taker. Atomic
     /// across concurrent claims. The decision is recorded with the grant; a repeated claim gets the
-    /// recorded decision back, not the one it passed.
-    async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim>;
+    /// recorded decision back, not the one it passed. `pool`: `None` the tenant's default pool,
+    /// `Some(name)` a named one; each is counted apart.
+    async fn reserve_licences(&self, tenant: &str, pool: Option<&str>, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim>;
     /// Give `returned` licences back for a claim, once (a repeated settle changes nothing), never
     /// taking the count below zero.
-    async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> Result<()>;
-    async fn licences_used(&self, tenant: &str) -> Result<u32>;
+    async fn settle_licences(&self, tenant: &str, pool: Option<&str>, claim: &str, returned: u32) -> Result<()>;
+    async fn licences_used(&self, tenant: &str, pool: Option<&str>) -> Result<u32>;
     /// Set the pool's count (the repair `rosterdrop tenant recount-licences` makes from the
     /// tenant's active users).
-    async fn set_licences_used(&self, tenant: &str, used: u32) -> Result<()>;
+    async fn set_licences_used(&self, tenant: &str, pool: Option<&str>, used: u32) -> Result<()>;
 }
 
 /// A chunk's licence reservation: the rows that asked for a licence (in order) and how many the

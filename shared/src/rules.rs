@@ -29,6 +29,9 @@ pub struct Seen {
     /// Order of the upload that wrote the item last.
     pub order: Option<String>,
     pub activated: bool,
+    /// Users only: the named licence pool the user counts in (`None`: the default pool).
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 /// One conditional write. Each names what it requires of the item; all of them also require the
@@ -216,6 +219,7 @@ pub fn unchanged(row: &crate::model::UserFields, stored: &crate::model::User) ->
         && same(&row.role, &s.role)
         && same(&row.department, &s.department)
         && same(&row.user_type, &s.user_type)
+        && same(&row.licence_pool, &s.licence_pool)
         && (row.groups.is_empty() || row.groups == s.groups)
         && row.products.iter().all(|p| s.products.contains(p))
         && row.associations.iter().all(|(k, v)| s.associations.get(k) == Some(v))

@@ -209,15 +209,15 @@ mod tests {
         let mut kit = Kit::new(|t| t.licences = Some(10)).await;
         let body: String = (0..5).fold("Email,InviteUser\n".into(), |b, i| b + &format!("i{i}@acme.example.com,TRUE\n"));
         let job = kit.run("invited.csv", &body).await;
-        assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 5);
+        assert_eq!(kit.svc.directory.licences_used("acme", None).await.unwrap(), 5);
         let undone = undo(&mut kit, &job.id).await;
         assert_eq!(kit.summary(&undone).await.counts.changes.deleted, 5);
-        assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 0, "the licences came back");
+        assert_eq!(kit.svc.directory.licences_used("acme", None).await.unwrap(), 0, "the licences came back");
         let mails = kit.mem.mailer.sent().len();
         crate::invites::sweep(&kit.svc, chrono::Utc::now() + chrono::Duration::minutes(5)).await.unwrap();
         assert_eq!(kit.mem.mailer.sent().len(), mails, "no invite to a user whose creation was undone");
         undo(&mut kit, &undone.id).await;
-        assert_eq!(kit.svc.directory.licences_used("acme").await.unwrap(), 5, "taken again");
+        assert_eq!(kit.svc.directory.licences_used("acme", None).await.unwrap(), 5, "taken again");
         assert_eq!(users(&kit).await.len(), 5);
     }
 

@@ -168,17 +168,24 @@ impl Directory for RacingDirectory {
     ) -> shared::Result<shared::ports::Restored> {
         self.inner.restore(tenant, target, restore, stamp).await
     }
-    async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> shared::Result<LicenceClaim> {
-        self.inner.reserve_licences(tenant, limit, claim, decision).await
+    async fn reserve_licences(
+        &self,
+        tenant: &str,
+        pool: Option<&str>,
+        limit: u32,
+        claim: &str,
+        decision: LicenceClaim,
+    ) -> shared::Result<LicenceClaim> {
+        self.inner.reserve_licences(tenant, pool, limit, claim, decision).await
     }
-    async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> shared::Result<()> {
-        self.inner.settle_licences(tenant, claim, returned).await
+    async fn settle_licences(&self, tenant: &str, pool: Option<&str>, claim: &str, returned: u32) -> shared::Result<()> {
+        self.inner.settle_licences(tenant, pool, claim, returned).await
     }
-    async fn licences_used(&self, tenant: &str) -> shared::Result<u32> {
-        self.inner.licences_used(tenant).await
+    async fn licences_used(&self, tenant: &str, pool: Option<&str>) -> shared::Result<u32> {
+        self.inner.licences_used(tenant, pool).await
     }
-    async fn set_licences_used(&self, tenant: &str, used: u32) -> shared::Result<()> {
-        self.inner.set_licences_used(tenant, used).await
+    async fn set_licences_used(&self, tenant: &str, pool: Option<&str>, used: u32) -> shared::Result<()> {
+        self.inner.set_licences_used(tenant, pool, used).await
     }
 }
 

@@ -197,7 +197,7 @@ async fn writes_whose_responses_are_lost_report_what_they_did_not_what_the_retry
     let created = run("create.csv", emails.iter().fold("Email,Action\n".to_string(), |acc, e| acc + e + ",Create\n")).await;
     let messages: Vec<&str> = created[1..].iter().map(|r| r[r.len() - 3].as_str()).collect();
     assert!(messages.iter().all(|m| *m == "user created"), "{messages:?}");
-    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 30);
+    assert_eq!(stack.svc.directory.licences_used("acme", None).await.unwrap(), 30);
 
     let mut deletes = emails.iter().fold("Email,Action\n".to_string(), |acc, e| acc + e + ",Delete\n");
     deletes += "ghost1@acme.example.com,Delete\nghost2@acme.example.com,Delete\n";
@@ -206,7 +206,7 @@ async fn writes_whose_responses_are_lost_report_what_they_did_not_what_the_retry
     assert!(messages[..30].iter().all(|m| *m == "user deleted"), "a delete retried after it succeeded says deleted: {messages:?}");
     assert!(messages[30..].iter().all(|m| m.starts_with("user not found")), "{messages:?}");
     assert!(stack.svc.directory.list_users("acme").await.unwrap().is_empty());
-    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 0, "every licence back, once");
+    assert_eq!(stack.svc.directory.licences_used("acme", None).await.unwrap(), 0, "every licence back, once");
 
     assert_eq!(wait_mail(&stack.admin_email(), 2, Duration::from_secs(5)).await.len(), 2, "one result email per job");
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -317,7 +317,7 @@ async fn licence_pool_of_ten_gives_exactly_ten_of_fifteen_creates_across_concurr
     assert_eq!((s.counts.success, s.counts.failure), (10, 5));
     let refusals = statuses(&result).iter().filter(|(_, m)| m == "no licence available (pool of 10 exhausted)").count();
     assert_eq!(refusals, 5);
-    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10);
+    assert_eq!(stack.svc.directory.licences_used("acme", None).await.unwrap(), 10);
     let users = stack.svc.directory.list_users("acme").await.unwrap();
     assert_eq!(users.len(), 10, "never more users than licences");
 
@@ -326,7 +326,54 @@ async fn licence_pool_of_ten_gives_exactly_ten_of_fifteen_creates_across_concurr
     let (_, s, _) =
         stack.run_csv("acme", None, "free.csv", &[&["Action", "Email"], &["Delete", &created[0]], &["Disable", &created[1]]]).await;
     assert_eq!(s.counts.success, 2);
-    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 8);
+    assert_eq!(stack.svc.directory.licences_used("acme", None).await.unwrap(), 8);
+    stack.shutdown().await;
+}
+
+/// Two named pools and the default one, filled by the same file's interleaved rows across
+/// concurrent chunks: each stops at exactly its own limit, and each refusal names its pool.
+#[tokio::test]
+async fn two_named_pools_exhaust_independently_across_concurrent_chunks() {
+    let stack = Stack::start().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.licences = Some(3);
+    tenant.licence_pools = [("Staff".to_string(), 4), ("Students".to_string(), 7)].into();
+    tenant.chunk_size = Some(4);
+    stack.put_tenant(&tenant).await;
+    let mut rows: Vec<Vec<String>> = vec![vec!["Action".into(), "Email".into(), "Licence Pool".into()]];
+    for i in 0..10 {
+        for pool in ["Staff", "Students", ""] {
+            rows.push(vec!["Create".into(), format!("{}{i}@acme.example.com", pool.to_lowercase()), pool.into()]);
+        }
+    }
+    let refs: Vec<Vec<&str>> = rows.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
+    let refs: Vec<&[&str]> = refs.iter().map(|r| r.as_slice()).collect();
+    let (job, s, result) = stack.run_csv("acme", None, "pools.csv", &refs).await;
+    assert!(job.phase_chunks.unwrap()[1] >= 7, "several chunks");
+    assert_eq!((s.counts.success, s.counts.failure), (14, 16));
+    let refused = |m: &str| statuses(&result).iter().filter(|(_, msg)| msg == m).count();
+    assert_eq!(refused("no licence available in pool \"Staff\" (4 exhausted)"), 6);
+    assert_eq!(refused("no licence available in pool \"Students\" (7 exhausted)"), 3);
+    assert_eq!(refused("no licence available (pool of 3 exhausted)"), 7);
+    let dir = &stack.svc.directory;
+    assert_eq!(dir.licences_used("acme", Some("Staff")).await.unwrap(), 4);
+    assert_eq!(dir.licences_used("acme", Some("Students")).await.unwrap(), 7);
+    assert_eq!(dir.licences_used("acme", None).await.unwrap(), 3);
+    let users = dir.list_users("acme").await.unwrap();
+    let in_pool = |prefix: &str| users.iter().filter(|(e, _)| e.starts_with(prefix)).count();
+    assert_eq!((in_pool("staff"), in_pool("students"), users.len()), (4, 7, 14), "never more users than each pool's licences");
+    // A Staff user moved to Students, which is full: refused, nothing moves.
+    let staff = users.iter().find(|(e, _)| e.starts_with("staff")).unwrap().0.clone();
+    let (_, s, _) = stack.run_csv("acme", None, "move.csv", &[&["Email", "LicencePool"], &[&staff, "Students"]]).await;
+    assert_eq!(s.counts.failure, 1);
+    assert_eq!(dir.user("acme", &staff).await.unwrap().unwrap().fields.licence_pool.as_deref(), Some("Staff"));
+    // Deleting a student frees a Students licence; the move then succeeds and frees one of Staff.
+    let student = users.iter().find(|(e, _)| e.starts_with("students")).unwrap().0.clone();
+    stack.run_csv("acme", None, "free.csv", &[&["Action", "Email"], &["Delete", &student]]).await;
+    let (_, s, _) = stack.run_csv("acme", None, "move-again.csv", &[&["Email", "LicencePool"], &[&staff, "Students"]]).await;
+    assert_eq!(s.counts.success, 1);
+    assert_eq!(dir.licences_used("acme", Some("Staff")).await.unwrap(), 3);
+    assert_eq!(dir.licences_used("acme", Some("Students")).await.unwrap(), 7);
     stack.shutdown().await;
 }
 
@@ -589,7 +636,7 @@ async fn licence_reservations_never_exceed_the_pool_under_forty_concurrent_claim
         .map(|i| {
             let dir = stack.svc.directory.clone();
             let want = LicenceClaim { takers: (0..1 + (i % 2)).collect(), ..Default::default() };
-            tokio::spawn(async move { dir.reserve_licences("acme", 10, &format!("job#1#{i}"), want).await.unwrap().granted })
+            tokio::spawn(async move { dir.reserve_licences("acme", None, 10, &format!("job#1#{i}"), want).await.unwrap().granted })
         })
         .collect();
     let mut granted = 0;
@@ -597,17 +644,17 @@ async fn licence_reservations_never_exceed_the_pool_under_forty_concurrent_claim
         granted += c.await.unwrap();
     }
     assert_eq!(granted, 10, "exactly the pool, no more, no less");
-    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10);
+    assert_eq!(stack.svc.directory.licences_used("acme", None).await.unwrap(), 10);
     // A repeated claim gets its recorded grant back and takes nothing more; a settle happens once.
     // (Its recorded decision, not the one passed again: one taker.)
     let retry = LicenceClaim { takers: vec![1, 2, 3], ..Default::default() };
-    let recorded = stack.svc.directory.reserve_licences("acme", 10, "job#1#0", retry).await.unwrap();
+    let recorded = stack.svc.directory.reserve_licences("acme", None, 10, "job#1#0", retry).await.unwrap();
     assert_eq!((recorded.takers.len(), recorded.repeated), (1, true));
     let again = recorded.granted;
     assert!(again <= 1);
-    stack.svc.directory.settle_licences("acme", "job#1#0", again).await.unwrap();
-    stack.svc.directory.settle_licences("acme", "job#1#0", again).await.unwrap();
-    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10 - again);
+    stack.svc.directory.settle_licences("acme", None, "job#1#0", again).await.unwrap();
+    stack.svc.directory.settle_licences("acme", None, "job#1#0", again).await.unwrap();
+    assert_eq!(stack.svc.directory.licences_used("acme", None).await.unwrap(), 10 - again);
     stack.shutdown().await;
 }
 

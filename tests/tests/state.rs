@@ -71,7 +71,7 @@ async fn a_licence_count_below_zero_never_wedges_creates() {
     let key = stack.drop_file("acme", None, "twelve.csv", tests::rows_to_csv(&rows)).await;
     let job = stack.wait_job("acme", &key, WAIT).await;
     assert_eq!((job.state, job.succeeded, job.failed), (JobState::Completed, 10, 2), "{job:?}");
-    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10);
+    assert_eq!(stack.svc.directory.licences_used("acme", None).await.unwrap(), 10);
     stack.shutdown().await;
 }
 
@@ -174,7 +174,7 @@ async fn two_files_disabling_the_same_users_at_once_give_each_licence_back_once(
     let key = stack.drop_file("acme", None, "people.csv", csv(&action_rows("Create", &users))).await;
     stack.pump(1).await;
     assert_eq!(job_of(&stack, &key).await.succeeded, 30);
-    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 30);
+    assert_eq!(stack.svc.directory.licences_used("acme", None).await.unwrap(), 30);
 
     let a = stack.drop_file("acme", None, "disable-a.csv", csv(&action_rows("Disable", &users[..20]))).await;
     let b = stack.drop_file("acme", None, "disable-b.csv", csv(&action_rows("Disable", &users[..20]))).await;
@@ -188,7 +188,7 @@ async fn two_files_disabling_the_same_users_at_once_give_each_licence_back_once(
     // upload wins); the others disable, or find the user disabled already. None fails.
     assert_eq!((a.succeeded + a.skipped, b.succeeded + b.skipped, a.failed + b.failed), (20, 20, 0), "{a:?} {b:?}");
     eprintln!("two disables: older file {} applied, {} skipped; newer {} applied", a.succeeded, a.skipped, b.succeeded);
-    assert_eq!(stack.svc.directory.licences_used("acme").await.unwrap(), 10, "20 licences back, each once");
+    assert_eq!(stack.svc.directory.licences_used("acme", None).await.unwrap(), 10, "20 licences back, each once");
     assert_eq!(active_users(&stack).await, 10);
 }
 
@@ -213,7 +213,7 @@ async fn forty_concurrent_chunks_taking_and_giving_licences_end_exactly_at_the_a
     // The pool arrives after the users, as `tenant put` configures it: counted from them.
     tenant.licences = Some(110);
     stack.put_tenant(&tenant).await;
-    assert_eq!(shared::apply::recount_licences(&stack.svc, "acme").await.unwrap(), (0, 75));
+    assert_eq!(shared::apply::recount_licences(&stack.svc, &tenant).await.unwrap(), [(None, 0, 75)]);
 
     let files = [
         ("create.csv", action_rows("Create", &new)),
@@ -234,7 +234,7 @@ async fn forty_concurrent_chunks_taking_and_giving_licences_end_exactly_at_the_a
     for key in &keys {
         jobs.push(job_of(&stack, key).await);
     }
-    let used = stack.svc.directory.licences_used("acme").await.unwrap();
+    let used = stack.svc.directory.licences_used("acme", None).await.unwrap();
     let active = active_users(&stack).await;
     eprintln!(
         "forty chunks: create {}/{} refused {}, disable {}, delete {}, enable {}/{}; pool {used}, active {active}",
@@ -302,7 +302,7 @@ async fn a_chunk_applied_after_a_newer_upload_changed_its_users_leaves_the_newer
     }
     assert!(dir.user("acme", &users[3]).await.unwrap().is_none(), "deleted by the newer upload, not brought back");
     assert_eq!(dir.user("acme", &users[4]).await.unwrap().unwrap().fields.department.as_deref(), Some("Old"));
-    assert_eq!(dir.licences_used("acme").await.unwrap(), 4, "five created, one deleted");
+    assert_eq!(dir.licences_used("acme", None).await.unwrap(), 4, "five created, one deleted");
 }
 
 /// A chunk learns from its own counting write whether it may have completed its phase, so only

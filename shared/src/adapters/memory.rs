@@ -148,6 +148,10 @@ struct Stored {
 }
 
 impl Stored {
+    /// What a write sees, with the user's pool as stored.
+    fn seen(&self) -> Seen {
+        Seen { pool: self.user.as_ref().and_then(|u| u.fields.licence_pool.clone()), ..self.seen.clone() }
+    }
     fn image(&self) -> Image {
         Image(serde_json::to_value(self).unwrap_or_default())
     }
@@ -164,7 +168,8 @@ impl Stored {
 struct DirState {
     tenants: BTreeMap<String, Tenant>,
     items: BTreeMap<(String, Key), Stored>,
-    pools: HashMap<String, i64>,
+    /// (tenant, pool) -> used.
+    pools: HashMap<(String, Option<String>), i64>,
     claims: HashMap<String, (LicenceClaim, bool)>,
 }
 
@@ -221,6 +226,7 @@ fn merge(into: &mut UserFields, row: &UserFields) {
         (&mut into.role, &row.role),
         (&mut into.department, &row.department),
         (&mut into.user_type, &row.user_type),
+        (&mut into.licence_pool, &row.licence_pool),
     ] {
         if from.is_some() {
             to.clone_from(from);
@@ -294,7 +300,7 @@ impl Directory for MemoryDirectory {
         let mut state = lock(&self.state);
         let slot = (tenant.to_string(), key);
         let old = state.items.get(&slot).cloned();
-        let old_seen = old.as_ref().map(|s| s.seen.clone());
+        let old_seen = old.as_ref().map(Stored::seen);
         let image = old.as_ref().map(Stored::image);
         if !rules::holds(attempt, old_seen.as_ref(), &stamp.order) {
             return Ok(Attempted::Refused(old_seen));
@@ -392,7 +398,8 @@ impl Directory for MemoryDirectory {
             (true, false) => Change::Deleted,
             _ => Change::Updated,
         };
-        let before = Before::Was { image: Some(current.image()), active: current.active() };
+        let pool = current.user.as_ref().and_then(|u| u.fields.licence_pool.clone());
+        let before = Before::Was { image: Some(current.image()), active: current.active(), pool };
         state.items.insert(slot, next);
         Ok(Restored::Done { change, licence, before })
     }
@@ -424,33 +431,35 @@ impl Directory for MemoryDirectory {
         let active = self.list_users(tenant).await?.into_iter().filter(|(_, s)| *s == UserStatus::Active).count() as u64;
         Ok(active.min(at_most.max(1)))
     }
-    async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
+    async fn reserve_licences(&self, tenant: &str, pool: Option<&str>, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
+        let tenant = &(tenant.to_string(), pool.map(str::to_string));
         let mut state = lock(&self.state);
         if let Some((recorded, _)) = state.claims.get(claim) {
             return Ok(LicenceClaim { repeated: true, ..recorded.clone() });
         }
         let used = state.pools.get(tenant).copied().unwrap_or(0).max(0);
         let granted = (decision.takers.len() as u32).min(limit.saturating_sub(used as u32));
-        state.pools.insert(tenant.to_string(), used + granted as i64);
+        state.pools.insert(tenant.clone(), used + granted as i64);
         let recorded = LicenceClaim { granted, ..decision };
         state.claims.insert(claim.to_string(), (recorded.clone(), false));
         Ok(recorded)
     }
-    async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> Result<()> {
+    async fn settle_licences(&self, tenant: &str, pool: Option<&str>, claim: &str, returned: u32) -> Result<()> {
+        let tenant = (tenant.to_string(), pool.map(str::to_string));
         let mut state = lock(&self.state);
         match state.claims.get_mut(claim) {
             Some((_, settled)) if !*settled => *settled = true,
             _ => return Ok(()),
         }
-        let pool = state.pools.entry(tenant.to_string()).or_insert(0);
-        *pool = (*pool - returned as i64).max(0);
+        let used = state.pools.entry(tenant).or_insert(0);
+        *used = (*used - returned as i64).max(0);
         Ok(())
     }
-    async fn licences_used(&self, tenant: &str) -> Result<u32> {
-        Ok(lock(&self.state).pools.get(tenant).copied().unwrap_or(0).max(0) as u32)
+    async fn licences_used(&self, tenant: &str, pool: Option<&str>) -> Result<u32> {
+        Ok(lock(&self.state).pools.get(&(tenant.to_string(), pool.map(str::to_string))).copied().unwrap_or(0).max(0) as u32)
     }
-    async fn set_licences_used(&self, tenant: &str, used: u32) -> Result<()> {
-        lock(&self.state).pools.insert(tenant.to_string(), used as i64);
+    async fn set_licences_used(&self, tenant: &str, pool: Option<&str>, used: u32) -> Result<()> {
+        lock(&self.state).pools.insert((tenant.to_string(), pool.map(str::to_string)), used as i64);
         Ok(())
     }
 }

@@ -473,6 +473,7 @@ fn validate_row<'c, S: AsRef<str>>(
                 },
             };
             let invite_at = get(Field::ScheduledDate).map(parse_when).transpose().map_err(|m| fail_at("ScheduledDate", m))?;
+            let licence_pool = get(Field::LicencePool).map(|p| check_pool(p, tenant)).transpose().map_err(|m| fail_at("LicencePool", m))?;
             if (invite || action == Action::Invite) && key.starts_with("user:") {
                 return Err(fail_at("InviteUser", "a user without an Email cannot be sent an activation email".into()));
             }
@@ -490,6 +491,7 @@ fn validate_row<'c, S: AsRef<str>>(
                 user_type,
                 invite,
                 invite_at,
+                licence_pool,
                 key,
             };
             for (f, v) in [
@@ -508,6 +510,19 @@ fn validate_row<'c, S: AsRef<str>>(
             Ok(RowView { row, action, target: TargetView::User(user) })
         }
     }
+}
+
+/// The configured name of the pool a `LicencePool` cell names.
+fn check_pool(cell: &str, tenant: &Tenant) -> std::result::Result<String, String> {
+    if let Some(name) = tenant.pool_named(cell) {
+        return Ok(name.to_string());
+    }
+    let cell = crate::wording::quoted(cell);
+    if tenant.licence_pools.is_empty() {
+        return Err(format!("LicencePool \"{cell}\": this tenant has no named licence pools; leave the column blank"));
+    }
+    let names: Vec<&str> = tenant.licence_pools.keys().map(String::as_str).collect();
+    Err(format!("unknown licence pool \"{cell}\"; this tenant's pools are {}", names.join(", ")))
 }
 
 /// Lower-cased, borrowed when it already is (emails mostly are).

@@ -43,6 +43,8 @@ pub struct UserView<'c> {
     pub user_type: Option<String>,
     pub invite: bool,
     pub invite_at: Option<String>,
+    /// The named pool as the tenant configures it (the cell may differ in case).
+    pub licence_pool: Option<String>,
 }
 
 /// The names in a `;`-separated cell (Groups, Products), each trimmed, empty ones dropped.
@@ -77,6 +79,7 @@ impl RowView<'_> {
                         user_type: u.user_type.clone(),
                         invite: u.invite,
                         invite_at: u.invite_at.clone(),
+                        licence_pool: u.licence_pool.clone(),
                     },
                 }
             }
@@ -148,6 +151,10 @@ impl RowView<'_> {
                 if let Some(at) = &u.invite_at {
                     out.extend_from_slice(b",\"invite_at\":");
                     string(out, at);
+                }
+                if let Some(pool) = &u.licence_pool {
+                    out.extend_from_slice(b",\"licence_pool\":");
+                    string(out, pool);
                 }
             }
         }
@@ -245,6 +252,7 @@ mod tests {
             user_type: Some("Student".into()),
             invite: true,
             invite_at: Some("2026-09-01T00:00:00+00:00".into()),
+            licence_pool: Some(awkward.into()),
         };
         for action in [Action::Create, Action::Update, Action::Upsert, Action::Delete, Action::Expire, Action::Invite] {
             same_as_serde(&RowView { row: 4_000_000_001, action, target: TargetView::User(full.clone()) });

@@ -61,6 +61,7 @@ pub(super) fn profile_attrs(f: &UserFields) -> Vec<(String, Av)> {
     opt("role", &f.role);
     opt("department", &f.department);
     opt("user_type", &f.user_type);
+    opt("pool", &f.licence_pool);
     if !f.groups.is_empty() {
         v.push(("groups".into(), Av::L(f.groups.iter().map(s).collect())));
     }
@@ -97,6 +98,7 @@ impl TryFrom<&Item> for User {
                 user_type: get("user_type"),
                 invite: false,
                 invite_at: None,
+                licence_pool: get("pool"),
                 groups: item
                     .get("groups")
                     .and_then(|g| g.as_l().ok())
@@ -200,6 +202,7 @@ pub(super) fn seen(item: &Item) -> Seen {
         licence_by: item.str("lic").map(str::to_string),
         order: item.str("ord").map(str::to_string),
         activated: item.contains_key("activated_at"),
+        pool: item.str("pool").map(str::to_string),
     }
 }
 

@@ -5,6 +5,7 @@ use super::ext::*;
 use super::*;
 use crate::error::{Error, Result};
 use crate::model::{Before, Change, Restore, Target, Tenant, User, UserStatus};
+use super::licences::PoolId;
 use crate::ports::{Directory, Licence, LicenceClaim, Restored, Stamp};
 use crate::rules::{Attempt, Attempted};
 use async_trait::async_trait;
@@ -367,7 +368,11 @@ impl Directory for DynamoDirectory {
             (true, false) => Change::Deleted,
             _ => Change::Updated,
         };
-        Ok(Restored::Done { change, licence, before: Before::Was { image: current.as_ref().map(image), active: was_active } })
+        Ok(Restored::Done { change, licence, before: Before::Was {
+            image: current.as_ref().map(image),
+            active: was_active,
+            pool: current.as_ref().and_then(|i| i.str("pool")).map(str::to_string),
+        } })
     }
 
     async fn list_users(&self, tenant: &str) -> Result<Vec<(String, UserStatus)>> {
@@ -415,23 +420,23 @@ impl Directory for DynamoDirectory {
         Ok(count)
     }
 
-    async fn reserve_licences(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
-        self.pool_reserve(tenant, limit, claim, decision).await
+    async fn reserve_licences(&self, tenant: &str, pool: Option<&str>, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
+        self.pool_reserve(&PoolId::new(tenant, pool), limit, claim, decision).await
     }
 
-    async fn settle_licences(&self, tenant: &str, claim: &str, returned: u32) -> Result<()> {
-        self.pool_settle(tenant, claim, returned).await
+    async fn settle_licences(&self, tenant: &str, pool: Option<&str>, claim: &str, returned: u32) -> Result<()> {
+        self.pool_settle(&PoolId::new(tenant, pool), claim, returned).await
     }
 
-    async fn licences_used(&self, tenant: &str) -> Result<u32> {
-        Ok(self.pool_stored(tenant).await?.unwrap_or(0).max(0) as u32)
+    async fn licences_used(&self, tenant: &str, pool: Option<&str>) -> Result<u32> {
+        Ok(self.pool_stored(&PoolId::new(tenant, pool)).await?.unwrap_or(0).max(0) as u32)
     }
 
-    async fn set_licences_used(&self, tenant: &str, used: u32) -> Result<()> {
+    async fn set_licences_used(&self, tenant: &str, pool: Option<&str>, used: u32) -> Result<()> {
         self.client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::pool_key(tenant)))
+            .set_key(Some(Self::pool_key(&PoolId::new(tenant, pool))))
             .update_expression("SET used = :n")
             .expression_attribute_values(":n", n(used))
             .send()

@@ -1,4 +1,4 @@
-//! The licence pool: one counter item per tenant, reserved and settled once per chunk.
+//! Licence pools: one counter item per tenant and pool, reserved and settled once per chunk.
 
 use super::ext::*;
 use super::*;
@@ -6,9 +6,22 @@ use crate::error::{Error, Result};
 use crate::ports::LicenceClaim;
 use aws_sdk_dynamodb::types::{AttributeValue as Av, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
 
+/// Which counter: the tenant's default pool (`L#<tenant>`, as before named pools existed) or a
+/// named one (`L#<tenant>#<name>`; tenant ids hold no `#`).
+pub(super) struct PoolId(String);
+
+impl PoolId {
+    pub(super) fn new(tenant: &str, pool: Option<&str>) -> Self {
+        PoolId(match pool {
+            None => format!("L#{tenant}"),
+            Some(name) => format!("L#{tenant}#{name}"),
+        })
+    }
+}
+
 impl DynamoDirectory {
-    pub(super) fn pool_key(tenant: &str) -> Item {
-        key_item(&(format!("L#{tenant}"), SOLE.to_string()))
+    pub(super) fn pool_key(pool: &PoolId) -> Item {
+        key_item(&(pool.0.clone(), SOLE.to_string()))
     }
     pub(super) fn claim_key(claim: &str) -> Item {
         key_item(&(format!("R#{claim}"), SOLE.to_string()))
@@ -16,7 +29,7 @@ impl DynamoDirectory {
 
     /// The pool's `used` as stored, which can be below zero (licences given back for users
     /// created before the pool was configured); `None` when never written.
-    pub(super) async fn pool_stored(&self, tenant: &str) -> Result<Option<i64>> {
+    pub(super) async fn pool_stored(&self, tenant: &PoolId) -> Result<Option<i64>> {
         Ok(self.item(Self::pool_key(tenant)).await?.as_ref().and_then(|i| i.num::<i64>("used")))
     }
 
@@ -45,7 +58,7 @@ impl DynamoDirectory {
 /// atomic conditional `ADD`; the condition keeps it within 0..=limit, and a refused condition
 /// returns the count it saw, from which the next try is computed (no read first).
 impl DynamoDirectory {
-    pub async fn pool_reserve(&self, tenant: &str, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
+    pub(super) async fn pool_reserve(&self, tenant: &PoolId, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
         if let Some(recorded) = self.recorded_claim(claim).await? {
             return Ok(LicenceClaim { repeated: true, ..recorded });
         }
@@ -97,7 +110,7 @@ impl DynamoDirectory {
 
     /// Give `returned` licences back, once per claim, never taking the count below zero (a count
     /// that low was wrong already: users that existed before the pool; `recount-licences`).
-    pub(super) async fn pool_settle(&self, tenant: &str, claim: &str, returned: u32) -> Result<()> {
+    pub(super) async fn pool_settle(&self, tenant: &PoolId, claim: &str, returned: u32) -> Result<()> {
         let mut seen: Option<i64> = None;
         for attempt in 0..100u64 {
             let mark = Update::builder()
@@ -134,7 +147,7 @@ impl DynamoDirectory {
     }
 
     /// The count a refused pool condition saw: from the old image it returned, else read.
-    async fn pool_seen(&self, tenant: &str, old: &Option<Item>) -> Result<i64> {
+    async fn pool_seen(&self, tenant: &PoolId, old: &Option<Item>) -> Result<i64> {
         Ok(match old {
             Some(item) => item.num::<i64>("used").unwrap_or(0),
             None => self.pool_stored(tenant).await?.unwrap_or(0),
@@ -143,7 +156,7 @@ impl DynamoDirectory {
 
     /// The pool item's part of a reserve or settle transaction; a refused condition returns the
     /// pool as it was.
-    fn pool_update(&self, tenant: &str, delta: i64, change: PoolChange) -> Result<Update> {
+    fn pool_update(&self, tenant: &PoolId, delta: i64, change: PoolChange) -> Result<Update> {
         let update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(Self::pool_key(tenant)))
