@@ -31,7 +31,7 @@ pub enum Field {
 }
 
 impl Field {
-    /// Canonical template order.
+    /// Canonical template order (`LicencePool` is added for tenants with named pools).
     pub const ALL: &'static [Field] = &[
         Field::Type,
         Field::Action,
@@ -49,7 +49,6 @@ impl Field {
         Field::Parent,
         Field::Instructor,
         Field::Products,
-        Field::LicencePool,
         Field::InviteUser,
         Field::ScheduledDate,
     ];

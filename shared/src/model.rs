@@ -1026,4 +1026,21 @@ mod tests {
         t.admin_emails = vec!["not-an-email".into()];
         assert!(t.validate().unwrap_err().contains("not a valid email"));
     }
+
+    #[test]
+    fn licence_pool_names_must_be_short_trimmed_and_distinct_regardless_of_case() {
+        let mut t = Tenant::new("acme", vec!["a@acme.com".into()]);
+        for bad in ["", " Staff", "Staff ", "a\u{0}b", &"x".repeat(MAX_POOL_NAME_CHARS + 1)] {
+            t.licence_pools = [(bad.to_string(), 1)].into();
+            assert!(t.validate().unwrap_err().contains("licence pool name"), "{bad:?}");
+        }
+        t.licence_pools = [("Staff".to_string(), 1), ("STAFF".to_string(), 2)].into();
+        assert!(t.validate().unwrap_err().contains("differ only in case"));
+        t.licence_pools = [("Staff".to_string(), 1), ("Élèves".to_string(), 2)].into();
+        assert!(t.validate().is_ok());
+        assert_eq!(t.pool_named(" élèves "), Some("Élèves"));
+        assert_eq!(t.pool_named("Teachers"), None);
+        assert_eq!((t.pool_limit(None), t.pool_limit(Some("Staff"))), (None, Some(1)));
+        assert_eq!(t.pool_of(Some("Removed")), None, "a pool no longer configured counts as the default");
+    }
 }

@@ -108,6 +108,19 @@ pub fn columns(tenant: Option<&Tenant>) -> Vec<Column> {
             products.first().map(String::as_str).unwrap_or("LMS"),
             vec![],
         ),
+    ];
+    if let Some(t) = tenant.filter(|t| !t.licence_pools.is_empty()) {
+        let pools: Vec<String> = t.licence_pools.keys().cloned().collect();
+        cols.push(col(
+            Field::LicencePool,
+            "The licence pool the user's licence comes from (blank: the user's pool, or the default)",
+            "no",
+            pools.join(", "),
+            &pools[0],
+            pools.clone(),
+        ));
+    }
+    cols.extend([
         col(
             Field::InviteUser,
             "Send the activation email when this row creates the user",
@@ -124,7 +137,7 @@ pub fn columns(tenant: Option<&Tenant>) -> Vec<Column> {
             "2026-09-01",
             vec![],
         ),
-    ];
+    ]);
     for a in tenant.map(|t| t.attributes.as_slice()).unwrap_or_default() {
         let (allowed, example, choices) = match &a.kind {
             AttributeKind::Text => ("text, up to 256 characters".to_string(), "text".to_string(), vec![]),
@@ -261,5 +274,22 @@ mod tests {
         assert!(crate::ingest::headers::map_headers(&tables[0].headers, &t).unwrap().warnings.is_empty());
         let header = decode(&[csv(Some(&t)), b"a@x.com\r\n".to_vec()].concat()).unwrap();
         assert_eq!(header.headers, tables[0].headers);
+        assert!(!header.headers.iter().any(|h| h == "LicencePool"), "only tenants with named pools get the column");
+    }
+
+    /// A tenant with named pools gets a LicencePool column with its pools as choices, and its
+    /// strict template expects that column.
+    #[test]
+    fn a_tenant_with_named_pools_gets_their_column_and_its_strict_template_accepts_it() {
+        let mut t = Tenant::new("acme", vec!["a@acme.com".into()]);
+        t.licence_pools = [("Staff".to_string(), 5), ("Students".to_string(), 9)].into();
+        t.strict_template = true;
+        let cols = columns(Some(&t));
+        let pool = cols.iter().find(|c| c.name == "LicencePool").expect("a LicencePool column");
+        assert_eq!(pool.choices, ["Staff", "Students"]);
+        let header = decode(&[csv(Some(&t)), b"a@x.com\r\n".to_vec()].concat()).unwrap();
+        assert!(crate::ingest::headers::map_headers(&header.headers, &t).is_ok());
+        let without: Vec<String> = header.headers.iter().filter(|h| *h != "LicencePool").cloned().collect();
+        assert!(crate::ingest::headers::map_headers(&without, &t).is_err(), "strict: the column is expected");
     }
 }

@@ -105,7 +105,8 @@ pub fn header_list<S: AsRef<str>>(headers: &[S]) -> String {
 /// Strict template: the columns must be exactly the tenant's template, in any order.
 fn check_template(headers: &[String], tenant: &Tenant) -> Result<(), String> {
     let expected: Vec<String> = if tenant.template_columns.is_empty() {
-        Field::ALL.iter().map(|f| f.name().to_string()).chain(tenant.attributes.iter().map(|a| a.name.clone())).collect()
+        let pools = (!tenant.licence_pools.is_empty()).then(|| Field::LicencePool.name().to_string());
+        Field::ALL.iter().map(|f| f.name().to_string()).chain(pools).chain(tenant.attributes.iter().map(|a| a.name.clone())).collect()
     } else {
         tenant.template_columns.clone()
     };
