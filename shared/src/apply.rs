@@ -215,7 +215,7 @@ async fn apply_read(
         }
         let target = match &op.target {
             Target::User { email, .. } => Target::User { email: email.clone(), fields: crate::model::UserFields::default() },
-            Target::Org { name } => Target::Org { name: name.clone() },
+            Target::Org { name, .. } => Target::org(name.clone()),
         };
         let token = Stamp { job: job.id.clone(), row: op.row, at: String::new(), order: String::new() }.token();
         undo.push(match before {
@@ -520,7 +520,7 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
         {
             Ok(unchanged(Write::Unchanged))
         }
-        Target::Org { name } if action == Action::Delete => {
+        Target::Org { name, .. } if action == Action::Delete => {
             let users = ctx.svc.directory.count_org_users(tenant, name).await?;
             if users > 0 {
                 let noun = if users == 1 { "user" } else { "users" };
@@ -529,11 +529,23 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
             if ctx.dry {
                 predict_org(ctx, op).await.map(unchanged)
             } else {
-                write_row_keeping(&*ctx.svc.directory, tenant, op, &stamp, true).await
+                let contact = ctx.svc.directory.org_email(tenant, name).await?;
+                let written = write_row_keeping(&*ctx.svc.directory, tenant, op, &stamp, true).await;
+                if let (Ok((w, _)), Some(email)) = (&written, contact)
+                    && w.write == Write::Deleted
+                {
+                    // The email is free for a user again.
+                    ctx.svc.directory.release_contact(tenant, &email, name).await?;
+                }
+                written
             }
         }
         Target::Org { .. } if ctx.dry => predict_org(ctx, op).await.map(unchanged),
         Target::User { email, .. } if ctx.dry => Ok(unchanged(predict_user(ctx, email, action))),
+        Target::Org { name, email: Some(email), .. } => match write_org_with_contact(ctx, op, name, email, &stamp).await? {
+            Ok(written) => Ok(written),
+            Err(message) => return fail_in("Email", message),
+        },
         Target::Org { .. } => write_row_keeping(&*ctx.svc.directory, tenant, op, &stamp, true).await,
         Target::User { .. } => write_row_keeping(&*ctx.svc.directory, tenant, op, &stamp, licensed).await,
     };
@@ -577,7 +589,7 @@ async fn restore_row(ctx: &Ctx<'_>, op: &RowOp, stamp: &Stamp) -> Result<Row> {
     let Some(r) = &op.restore else { return Err(Error::corrupt("chunk", "a restore without its state")) };
     let noun = match &op.target {
         Target::User { email, .. } => format!("user {email}"),
-        Target::Org { name } => format!("organization \"{name}\""),
+        Target::Org { name, .. } => format!("organization \"{name}\""),
     };
     let skipped = |msg: String| Outcome { action: Some(Action::Restore), ..Outcome::skipped(op.row, msg) };
     if r.kept.unknown {
@@ -598,6 +610,41 @@ async fn restore_row(ctx: &Ctx<'_>, op: &RowOp, stamp: &Stamp) -> Result<Row> {
         Restored::ChangedSince(job) => (skipped(format!("changed since by job {job}")), none(), Before::Unknown),
         Restored::Gone => (skipped("changed since: it no longer exists".into()), none(), Before::Unknown),
     })
+}
+
+/// An organization row with a contact email: the email is claimed first (on the key a user with
+/// it would have: a user's create and this claim exclude each other), then the organization is
+/// written; a claim its write did not use is let go, and so is the email it had before.
+/// `Err(message)`: the email is taken.
+async fn write_org_with_contact(
+    ctx: &Ctx<'_>,
+    op: &RowOp,
+    name: &str,
+    email: &str,
+    stamp: &Stamp,
+) -> Result<std::result::Result<(Written, Before), String>> {
+    let (dir, tenant) = (&*ctx.svc.directory, ctx.tenant.id.as_str());
+    let before = dir.org_email(tenant, name).await?;
+    match dir.claim_contact(tenant, email, name).await? {
+        crate::ports::ContactClaim::Claimed => {}
+        crate::ports::ContactClaim::User => {
+            return Ok(Err(format!("{email} is the email of a user of this tenant; an organization cannot have a user's email")));
+        }
+        crate::ports::ContactClaim::Org(other) => {
+            let other = crate::wording::quoted(&other);
+            return Ok(Err(format!("{email} is already the contact email of organization \"{other}\"")));
+        }
+    }
+    let written = write_row_keeping(dir, tenant, op, stamp, true).await;
+    let applied = matches!(&written, Ok((w, _)) if matches!(w.write, Write::Created | Write::Updated));
+    if applied {
+        if let Some(old) = before.filter(|old| old != email) {
+            dir.release_contact(tenant, &old, name).await?;
+        }
+    } else if before.as_deref() != Some(email) {
+        dir.release_contact(tenant, email, name).await?;
+    }
+    written.map(Ok)
 }
 
 /// One row's conditional writes, as `rules` directs: usually one; more only when the item is not
@@ -702,7 +749,7 @@ fn predict_user(ctx: &Ctx<'_>, email: &str, action: Action) -> Write {
 }
 
 async fn predict_org(ctx: &Ctx<'_>, op: &RowOp) -> Result<Write> {
-    let Target::Org { name } = &op.target else { return Err(Error::corrupt("chunk", "not an org")) };
+    let Target::Org { name, .. } = &op.target else { return Err(Error::corrupt("chunk", "not an org")) };
     let found = ctx.svc.directory.org_exists(&ctx.tenant.id, name).await?;
     Ok(match (op.action, found) {
         (Action::Create, true) => Write::AlreadyExists,
@@ -718,7 +765,7 @@ fn message(op: &RowOp, write: &Write, dry: Option<&str>) -> Outcome {
     let (noun, what) = match &op.target {
         Target::User { email, .. } if op.action == Action::Reconcile => ("user", format!(" {email}")),
         Target::User { .. } => ("user", String::new()),
-        Target::Org { name } => ("organization", format!(" \"{name}\"")),
+        Target::Org { name, .. } => ("organization", format!(" \"{name}\"")),
     };
     let mut outcome = message_of(op, write, dry, noun, &what);
     if outcome.status == Status::Success {
@@ -771,6 +818,17 @@ fn message_of(op: &RowOp, write: &Write, dry: Option<&str>, noun: &str, what: &s
                 "the user was deleted by another upload while this file was applied, and this row held no licence to create them again; upload the row again"
             },
         ),
+        Write::ContactOf(org) => Outcome {
+            column: Some("Email".into()),
+            ..Outcome::failure(
+                row,
+                Some(action),
+                format!(
+                    "this email is the contact email of organization \"{}\"; a user cannot have an organization's email",
+                    crate::wording::quoted(org)
+                ),
+            )
+        },
     }
 }
 
@@ -928,6 +986,43 @@ mod tests {
         kit.settle().await;
         let job = kit.svc.jobs.get(&job_id).await.unwrap().unwrap();
         assert_eq!((job.state, job.succeeded), (JobState::Completed, 2));
+    }
+
+    /// An organization's contact email and a user's email exclude each other in both orders: a
+    /// user row with an organization's email fails naming it, an organization row with a user's
+    /// or another organization's email fails naming that; changing or deleting the organization
+    /// frees its old email for a user. The contact item is no user: not listed, not counted.
+    #[tokio::test]
+    async fn an_organization_email_and_a_user_email_exclude_each_other() {
+        let mut kit = Kit::new(|_| {}).await;
+        kit.run("user.csv", "Email\nann@a.example.com\n").await;
+        let file = "Type,OrgName,Email,Phone\n\
+                    Org,North,Contact@North.example.com,+1 555 0100\n\
+                    Org,South,ann@a.example.com,\n\
+                    Org,East,contact@north.example.com,\n\
+                    User,,contact@north.example.com,\n";
+        let job = kit.run("orgs.csv", file).await;
+        let out = kit.outcomes(&job).await;
+        assert_eq!(out[0].0, "Created", "{out:?}");
+        assert_eq!(out[1].1, "ann@a.example.com is the email of a user of this tenant; an organization cannot have a user's email");
+        assert_eq!(out[2].1, "contact@north.example.com is already the contact email of organization \"North\"");
+        assert_eq!(out[3].1, "this email is the contact email of organization \"North\"; a user cannot have an organization's email");
+        let dir = &kit.svc.directory;
+        assert_eq!(dir.org_email("acme", "north").await.unwrap().as_deref(), Some("contact@north.example.com"));
+        assert!(!dir.org_exists("acme", "South").await.unwrap() && !dir.org_exists("acme", "East").await.unwrap());
+        assert_eq!(dir.list_users("acme").await.unwrap().len(), 1, "the contact is not a user");
+        assert!(dir.user("acme", "contact@north.example.com").await.unwrap().is_none());
+
+        // A new email frees the old one; deleting the organization frees the new one.
+        let moved = kit.run("move.csv", "Type,OrgName,Email\nOrg,North,desk@north.example.com\n").await;
+        assert_eq!(kit.outcomes(&moved).await[0].0, "Updated");
+        let user = kit.run("user2.csv", "Email\ncontact@north.example.com\ndesk@north.example.com\n").await;
+        let out = kit.outcomes(&user).await;
+        assert_eq!(out[0].0, "Created");
+        assert!(out[1].1.contains("contact email of organization \"North\""), "{out:?}");
+        kit.run("gone.csv", "Type,Action,OrgName\nOrg,Delete,North\n").await;
+        let user = kit.run("user3.csv", "Email\ndesk@north.example.com\n").await;
+        assert_eq!(kit.outcomes(&user).await[0].0, "Created");
     }
 
     /// Named pools beside the default one: each grants up to its own limit and names itself when

@@ -666,7 +666,20 @@ pub enum Target {
     },
     Org {
         name: String,
+        /// The organization's contact email (normalised like a user's): no user of the tenant may
+        /// have it, and no other organization.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        email: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phone: Option<String>,
     },
+}
+
+impl Target {
+    /// An organization row without contact details.
+    pub fn org(name: impl Into<String>) -> Self {
+        Target::Org { name: name.into(), email: None, phone: None }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -978,7 +991,7 @@ mod tests {
 
     #[test]
     fn org_creates_come_before_users_and_org_deletes_after() {
-        let org = |a| RowOp { row: 2, action: a, target: Target::Org { name: "x".into() }, created_in_file: vec![], restore: None };
+        let org = |a| RowOp { row: 2, action: a, target: Target::org("x"), created_in_file: vec![], restore: None };
         let user = RowOp {
             row: 3,
             action: Action::Create,

@@ -44,6 +44,19 @@ pub enum Write {
     /// The row would take a licence it was not given: the user was active (or present) when the
     /// file was read and changed while it was applied.
     Unlicensed,
+    /// The email is the contact email of this organization: no user may have it.
+    ContactOf(String),
+}
+
+/// Claiming an email as an organization's contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContactClaim {
+    /// The organization holds it (now, or already).
+    Claimed,
+    /// A user of the tenant has it.
+    User,
+    /// Another organization holds it (its name).
+    Org(String),
 }
 
 /// What a write did to the tenant's licence pool, decided by the write's own condition.
@@ -110,6 +123,13 @@ pub trait Directory: Send + Sync {
     /// the undone write's token; stamped with `stamp` so the restore is itself undoable.
     async fn restore(&self, tenant: &str, target: &Target, restore: &Restore, stamp: &Stamp) -> Result<Restored>;
     async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool>;
+    /// An organization's contact email as stored (`None`: none, or no such organization).
+    async fn org_email(&self, tenant: &str, name: &str) -> Result<Option<String>>;
+    /// Hold `email` as organization `org`'s contact, conditionally: on the key a user with that
+    /// email would have, so a user's create and an organization's claim exclude each other.
+    async fn claim_contact(&self, tenant: &str, email: &str, org: &str) -> Result<ContactClaim>;
+    /// Let go of `email` if organization `org` holds it (nothing otherwise).
+    async fn release_contact(&self, tenant: &str, email: &str, org: &str) -> Result<()>;
     /// Users whose organization is `name` (delete refuses non-empty organizations).
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64>;
     /// Every user of a tenant: (key, status). Replace mode diffs the file against it.

@@ -32,6 +32,9 @@ pub struct Seen {
     /// Users only: the named licence pool the user counts in (`None`: the default pool).
     #[serde(default)]
     pub pool: Option<String>,
+    /// The key holds no user but the contact email of this organization: no user write applies.
+    #[serde(default)]
+    pub contact_of: Option<String>,
 }
 
 /// One conditional write. Each names what it requires of the item; all of them also require the
@@ -72,6 +75,11 @@ pub enum Attempted {
 /// the DynamoDB adapter writes as condition expressions, for the in-memory directory.
 pub fn holds(attempt: Attempt, old: Option<&Seen>, order: &str) -> bool {
     let ordered = old.and_then(|o| o.order.as_deref()).is_none_or(|theirs| theirs <= order);
+    if old.is_some_and(|o| o.contact_of.is_some()) {
+        // An organization's contact email: every user write is refused (the create's "no live
+        // item", the others' "a user").
+        return false;
+    }
     let live = old.filter(|o| !o.tombstone);
     let status = live.map(|o| o.status.unwrap_or_default());
     ordered
@@ -148,6 +156,9 @@ pub fn succeeded(attempt: Attempt, user: bool, old: Option<&Seen>, token: &str) 
 /// The write's condition failed; `old` is the item as it was (`None`: absent).
 pub fn refused(attempt: Attempt, user: bool, old: Option<&Seen>, token: &str, order: &str) -> Next {
     let Some(o) = old else { return absent(attempt) };
+    if let Some(org) = &o.contact_of {
+        return done(Write::ContactOf(org.clone()), Licence::Unchanged);
+    }
     if o.last_write.as_deref() == Some(token) {
         return Next::Done(own(attempt, user, o, token));
     }

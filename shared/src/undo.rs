@@ -101,7 +101,7 @@ async fn plan(svc: &Services, undo: &Job, undone: &str, files: &[String]) -> Res
             row += 1;
             let (kind, email, org) = match &e.target {
                 Target::User { email, .. } => ("User", email.as_str(), ""),
-                Target::Org { name } => ("Org", "", name.as_str()),
+                Target::Org { name, .. } => ("Org", "", name.as_str()),
             };
             csv.write_record([kind, email, org, undone]).map_err(|e| local(e.into()))?;
             let restore = Restore { undoes: undone.to_string(), kept: e.kept };

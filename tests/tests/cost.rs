@@ -2,7 +2,7 @@
 //! What a row costs the directory: a roster uploaded again unchanged writes nothing.
 
 use shared::model::{Action, RowOp, Target, Tenant, User, UserFields, UserStatus};
-use shared::ports::{Directory, LicenceClaim, Stamp};
+use shared::ports::{ContactClaim, Directory, LicenceClaim, Stamp};
 use shared::rules::{Attempt, Attempted};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -149,6 +149,15 @@ impl Directory for RacingDirectory {
     }
     async fn org_exists(&self, tenant: &str, name: &str) -> shared::Result<bool> {
         self.inner.org_exists(tenant, name).await
+    }
+    async fn org_email(&self, tenant: &str, name: &str) -> shared::Result<Option<String>> {
+        self.inner.org_email(tenant, name).await
+    }
+    async fn claim_contact(&self, tenant: &str, email: &str, org: &str) -> shared::Result<ContactClaim> {
+        self.inner.claim_contact(tenant, email, org).await
+    }
+    async fn release_contact(&self, tenant: &str, email: &str, org: &str) -> shared::Result<()> {
+        self.inner.release_contact(tenant, email, org).await
     }
     async fn count_org_users(&self, tenant: &str, name: &str) -> shared::Result<u64> {
         self.inner.count_org_users(tenant, name).await

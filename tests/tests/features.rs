@@ -377,6 +377,48 @@ async fn two_named_pools_exhaust_independently_across_concurrent_chunks() {
     stack.shutdown().await;
 }
 
+/// Organizations carry contact details; a contact email and a user's email exclude each other
+/// through DynamoDB's conditions (an organization's claim sits on the key the user would have),
+/// in both orders, and a replace-mode file neither lists nor disables the contact.
+#[tokio::test]
+async fn a_user_email_an_organization_already_uses_fails_and_the_other_way_round() {
+    let stack = Stack::start().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.holds = shared::model::Holds::off();
+    stack.put_tenant(&tenant).await;
+    stack.run_csv("acme", None, "users.csv", &[&["Email"], &["ann@acme.example.com"]]).await;
+    let (_, _, result) = stack
+        .run_csv(
+            "acme",
+            None,
+            "orgs.csv",
+            &[
+                &["Type", "OrgName", "Email", "Phone"],
+                &["Org", "North", "office@north.example.com", "+44 20 7946 0000"],
+                &["Org", "South", "ANN@acme.example.com", ""],
+                &["User", "", "office@north.example.com", ""],
+            ],
+        )
+        .await;
+    let out = statuses(&result);
+    assert_eq!(out[0].0, "Created");
+    assert_eq!(out[1].1, "ann@acme.example.com is the email of a user of this tenant; an organization cannot have a user's email");
+    assert_eq!(out[2].1, "this email is the contact email of organization \"North\"; a user cannot have an organization's email");
+    let snapshot = stack.directory_snapshot("-").await;
+    let north = snapshot.iter().find(|(k, _)| k.starts_with("O#acme#north")).map(|(_, v)| v).expect("North stored");
+    assert!(north["contact_email"].contains("office@north.example.com") && north["phone"].contains("+44 20 7946 0000"), "{north:?}");
+    let dir = &stack.svc.directory;
+    assert_eq!(dir.list_users("acme").await.unwrap().len(), 1, "the contact is not a user");
+    // A replace-mode file keeping only Ann: the contact is no user to disable.
+    let (_, s, _) = stack.run_csv("acme", Some("replace"), "keep.csv", &[&["Email"], &["ann@acme.example.com"]]).await;
+    assert_eq!(s.disabled_not_in_file, 0);
+    // Deleting the organization frees its email.
+    stack.run_csv("acme", None, "gone.csv", &[&["Type", "Action", "OrgName"], &["Org", "Delete", "North"]]).await;
+    let (_, s, _) = stack.run_csv("acme", None, "again.csv", &[&["Email"], &["office@north.example.com"]]).await;
+    assert_eq!(s.counts.success, 1);
+    stack.shutdown().await;
+}
+
 #[tokio::test]
 async fn custom_attributes_products_and_targeting_moves_are_stored() {
     let stack = Stack::start().await;

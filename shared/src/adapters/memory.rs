@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::{Before, Change, EmailKind, Image, Invite, Job, JobState, Lease, Restore, Target, Tenant, User, UserFields, UserStatus};
-use crate::ports::{Directory, Invites, JobStore, Licence, LicenceClaim, Mailer, ObjectStore, Plan, Recorded, Restored, Stamp};
+use crate::ports::{ContactClaim, Directory, Invites, JobStore, Licence, LicenceClaim, Mailer, ObjectStore, Plan, Recorded, Restored, Stamp};
 use crate::rules::{self, Attempt, Attempted, Seen};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -145,6 +145,11 @@ struct Stored {
     seen: Seen,
     user: Option<User>,
     org: Option<String>,
+    /// An organization's contact email and phone.
+    #[serde(default)]
+    org_email: Option<String>,
+    #[serde(default)]
+    org_phone: Option<String>,
 }
 
 impl Stored {
@@ -212,7 +217,7 @@ impl MemoryDirectory {
             user_id: None,
         };
         let seen = Seen { status: Some(status), ..Seen::default() };
-        lock(&self.state).items.insert((tenant.to_string(), Key::User(email.to_string())), Stored { seen, user: Some(user), org: None });
+        lock(&self.state).items.insert((tenant.to_string(), Key::User(email.to_string())), Stored { seen, user: Some(user), org: None, org_email: None, org_phone: None });
     }
 }
 
@@ -295,7 +300,7 @@ impl Directory for MemoryDirectory {
         let token = stamp.token();
         let key = match target {
             Target::User { email, .. } => Key::User(email.clone()),
-            Target::Org { name } => Key::Org(name.to_lowercase()),
+            Target::Org { name, .. } => Key::Org(name.to_lowercase()),
         };
         let mut state = lock(&self.state);
         let slot = (tenant.to_string(), key);
@@ -311,12 +316,16 @@ impl Directory for MemoryDirectory {
                 seen: Seen { tombstone: true, licence_by: (active == Some(true)).then(|| token.clone()), ..Seen::default() },
                 user: None,
                 org: None,
+                org_email: None,
+                org_phone: None,
             },
             (_, Target::User { email, fields }) => {
                 let mut stored = live.unwrap_or_else(|| Stored {
                     seen: Seen { status: Some(UserStatus::Active), created_by: Some(token.clone()), ..Seen::default() },
                     user: Some(new_user(tenant, email, fields, &token)),
                     org: None,
+                    org_email: None,
+                    org_phone: None,
                 });
                 let user = stored.user.get_or_insert_with(|| new_user(tenant, email, fields, &token));
                 match attempt {
@@ -342,13 +351,21 @@ impl Directory for MemoryDirectory {
                 }
                 stored
             }
-            (_, Target::Org { name }) => {
+            (_, Target::Org { name, .. }) => {
                 let mut stored = live.unwrap_or_else(|| Stored {
                     seen: Seen { created_by: Some(token.clone()), ..Seen::default() },
                     user: None,
                     org: Some(name.clone()),
+                    org_email: None,
+                    org_phone: None,
                 });
                 stored.org = Some(name.clone());
+                if let Target::Org { email: Some(e), .. } = target {
+                    stored.org_email = Some(e.clone());
+                }
+                if let Target::Org { phone: Some(p), .. } = target {
+                    stored.org_phone = Some(p.clone());
+                }
                 stored
             }
         };
@@ -365,7 +382,7 @@ impl Directory for MemoryDirectory {
         self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = match target {
             Target::User { email, .. } => Key::User(email.clone()),
-            Target::Org { name } => Key::Org(name.to_lowercase()),
+            Target::Org { name, .. } => Key::Org(name.to_lowercase()),
         };
         let mut state = lock(&self.state);
         let slot = (tenant.to_string(), key);
@@ -381,7 +398,7 @@ impl Directory for MemoryDirectory {
         }
         let mut next = match &restore.kept.before {
             Some(image) => serde_json::from_value::<Stored>(image.0.clone()).map_err(|e| Error::corrupt("before-image", e))?,
-            None => Stored { seen: Seen { tombstone: true, ..Seen::default() }, user: None, org: None },
+            None => Stored { seen: Seen { tombstone: true, ..Seen::default() }, user: None, org: None, org_email: None, org_phone: None },
         };
         next.seen.last_write = Some(token.clone());
         next.seen.order = Some(stamp.order.clone());
@@ -407,6 +424,32 @@ impl Directory for MemoryDirectory {
     async fn org_exists(&self, tenant: &str, name: &str) -> Result<bool> {
         let key = (tenant.to_string(), Key::Org(name.to_lowercase()));
         Ok(lock(&self.state).items.get(&key).is_some_and(|s| !s.seen.tombstone))
+    }
+    async fn org_email(&self, tenant: &str, name: &str) -> Result<Option<String>> {
+        let key = (tenant.to_string(), Key::Org(name.to_lowercase()));
+        Ok(lock(&self.state).items.get(&key).filter(|s| !s.seen.tombstone).and_then(|s| s.org_email.clone()))
+    }
+    async fn claim_contact(&self, tenant: &str, email: &str, org: &str) -> Result<ContactClaim> {
+        let mut state = lock(&self.state);
+        let slot = (tenant.to_string(), Key::User(email.to_string()));
+        match state.items.get(&slot) {
+            Some(s) if s.seen.contact_of.as_deref().is_some_and(|o| o.to_lowercase() == org.to_lowercase()) => {}
+            Some(s) if s.seen.contact_of.is_some() => return Ok(ContactClaim::Org(s.seen.contact_of.clone().unwrap_or_default())),
+            Some(s) if !s.seen.tombstone => return Ok(ContactClaim::User),
+            _ => {
+                let seen = Seen { contact_of: Some(org.to_string()), ..Seen::default() };
+                state.items.insert(slot, Stored { seen, user: None, org: None, org_email: None, org_phone: None });
+            }
+        }
+        Ok(ContactClaim::Claimed)
+    }
+    async fn release_contact(&self, tenant: &str, email: &str, org: &str) -> Result<()> {
+        let mut state = lock(&self.state);
+        let slot = (tenant.to_string(), Key::User(email.to_string()));
+        if state.items.get(&slot).is_some_and(|s| s.seen.contact_of.as_deref().is_some_and(|o| o.to_lowercase() == org.to_lowercase())) {
+            state.items.remove(&slot);
+        }
+        Ok(())
     }
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64> {
         let name = name.to_lowercase();

@@ -144,6 +144,7 @@ impl RowValidator {
         }
         // Only replace mode needs every user the file names (it keeps them all).
         if self.mode.is_replace()
+            && is_user_row(cells, mapping)
             && let Some(key) = cell(cells, mapping, Field::Email)
                 .map(|e| e.to_lowercase())
                 .or_else(|| cell(cells, mapping, Field::Username).map(username_key))
@@ -166,7 +167,7 @@ impl RowValidator {
                 self.associations |= !u.associations.is_empty();
                 (EntityType::User, Cow::Borrowed(&*u.key), matches!(op.action, Action::Create | Action::Upsert))
             }
-            TargetView::Org { name } => {
+            TargetView::Org { name, .. } => {
                 let creates = matches!(op.action, Action::Create | Action::Upsert | Action::Update);
                 self.creates_org |= creates;
                 (EntityType::Org, Cow::Owned(name.to_lowercase()), creates)
@@ -272,7 +273,7 @@ pub fn validate_sheets(sheets: &[(&Table, &Mapping)], tenant: &Tenant, mode: Mod
 pub fn duplicate_outcome(op: &RowOp, first: &str) -> Outcome {
     let (what, column, key) = match &op.target {
         Target::User { email, .. } => ("email", "Email", email.clone()),
-        Target::Org { name } => ("organization", "OrgName", name.to_lowercase()),
+        Target::Org { name, .. } => ("organization", "OrgName", name.to_lowercase()),
     };
     let message = format!("duplicate {what}: {first} of this file already has {key}; only the first row is applied");
     Outcome { column: Some(column.into()), ..Outcome::failure(op.row, Some(op.action), message) }
@@ -387,7 +388,13 @@ fn validate_row<'c, S: AsRef<str>>(
                     format!("Action {action} does not apply to organizations (use Create, Update, Upsert or Delete)"),
                 ));
             }
-            Ok(RowView { row, action, target: TargetView::Org { name } })
+            // Contact details: the email checked as a user's would be (no user may share it).
+            let email = get(Field::Email).map(|raw| checked_email(raw).map_err(|m| fail_at("Email", m))).transpose()?;
+            let phone = get(Field::Phone);
+            if let Some(p) = phone.filter(|p| too_long(p)) {
+                return Err(too_long_at(Field::Phone, p));
+            }
+            Ok(RowView { row, action, target: TargetView::Org { name, email, phone } })
         }
         EntityType::User => {
             let mut associations = BTreeMap::new();
@@ -405,22 +412,7 @@ fn validate_row<'c, S: AsRef<str>>(
             }
             let username = get(Field::Username);
             let key = match (get(Field::Email), username) {
-                (Some(raw), _) => {
-                    let email = lowercase(raw);
-                    if !is_valid_email(&email) {
-                        return Err(fail_at("Email", {
-                            let raw = crate::wording::quoted(raw);
-                            format!("Email \"{raw}\" is not a valid email address")
-                        }));
-                    }
-                    if let Err(why) = crate::address::deliverable(&email) {
-                        return Err(fail_at("Email", {
-                            let raw = crate::wording::quoted(raw);
-                            format!("Email \"{raw}\" {why}")
-                        }));
-                    }
-                    email
-                }
+                (Some(raw), _) => checked_email(raw).map_err(|m| fail_at("Email", m))?,
                 (None, Some(username)) => {
                     if !associations.contains_key("parent") {
                         return Err(fail_at("Parent", {
@@ -523,6 +515,18 @@ fn check_pool(cell: &str, tenant: &Tenant) -> std::result::Result<String, String
     }
     let names: Vec<&str> = tenant.licence_pools.keys().map(String::as_str).collect();
     Err(format!("unknown licence pool \"{cell}\"; this tenant's pools are {}", names.join(", ")))
+}
+
+/// An Email cell as a key: lower-cased, a valid address we can deliver to.
+fn checked_email(raw: &str) -> std::result::Result<Cow<'_, str>, String> {
+    let email = lowercase(raw);
+    if !is_valid_email(&email) {
+        return Err(format!("Email \"{}\" is not a valid email address", crate::wording::quoted(raw)));
+    }
+    if let Err(why) = crate::address::deliverable(&email) {
+        return Err(format!("Email \"{}\" {why}", crate::wording::quoted(raw)));
+    }
+    Ok(email)
 }
 
 /// Lower-cased, borrowed when it already is (emails mostly are).
@@ -759,7 +763,7 @@ mod tests {
             Mode::Upsert,
         );
         assert_eq!(v.ops.len(), 2);
-        assert_eq!(v.ops[0].target, Target::Org { name: "North".into() });
+        assert_eq!(v.ops[0].target, Target::org("North"));
         assert_eq!(v.ops[1].action, Action::Delete);
         assert!(message(&v, 4).starts_with("Type \"robot\" is not one of User, Org, Student"));
         assert!(message(&v, 5).starts_with("Action \"Explode\" is not one of Create, Update"));

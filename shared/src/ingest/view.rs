@@ -21,7 +21,7 @@ pub struct RowView<'c> {
 #[allow(clippy::large_enum_variant)] // one per row, on the stack, never boxed (a box is an allocation a row)
 pub enum TargetView<'c> {
     User(UserView<'c>),
-    Org { name: &'c str },
+    Org { name: &'c str, email: Option<Cow<'c, str>>, phone: Option<&'c str> },
 }
 
 /// `UserFields` with each value borrowed from its (trimmed) cell where it is kept as written.
@@ -60,7 +60,9 @@ impl RowView<'_> {
 
     pub fn to_op(&self) -> RowOp {
         let target = match &self.target {
-            TargetView::Org { name } => Target::Org { name: name.to_string() },
+            TargetView::Org { name, email, phone } => {
+                Target::Org { name: name.to_string(), email: email.as_ref().map(|e| e.to_string()), phone: phone.map(str::to_string) }
+            }
             TargetView::User(u) => {
                 let owned = |v: Option<&str>| v.map(str::to_string);
                 Target::User {
@@ -95,9 +97,17 @@ impl RowView<'_> {
         out.extend_from_slice(b",\"action\":\"");
         out.extend_from_slice(self.action.variant().as_bytes());
         match &self.target {
-            TargetView::Org { name } => {
+            TargetView::Org { name, email, phone } => {
                 out.extend_from_slice(b"\",\"type\":\"Org\",\"name\":");
                 string(out, name);
+                if let Some(email) = email {
+                    out.extend_from_slice(b",\"email\":");
+                    string(out, email);
+                }
+                if let Some(phone) = phone {
+                    out.extend_from_slice(b",\"phone\":");
+                    string(out, phone);
+                }
             }
             TargetView::User(u) => {
                 out.extend_from_slice(b"\",\"type\":\"User\",\"email\":");
@@ -273,7 +283,10 @@ mod tests {
         }
         for name in ["North", awkward, ""] {
             for action in [Action::Create, Action::Delete] {
-                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name } });
+                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name, email: None, phone: None } });
+                let email = Some(Cow::Borrowed(awkward));
+                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name, email, phone: Some(awkward) } });
+                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name, email: None, phone: Some("+1") } });
             }
         }
     }

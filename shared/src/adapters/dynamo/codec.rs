@@ -191,6 +191,13 @@ impl From<&Job> for Item {
 /// `kind` of an item a delete replaced: it keeps the deleting upload's order (and its stamp for
 /// a retried delete) until it expires with the markers, so an older row cannot bring it back.
 pub(super) const TOMBSTONE: &str = "deleted";
+/// The `kind` of an item under a user's key holding an organization's contact email.
+pub(super) const CONTACT: &str = "contact";
+
+/// An item under a user's key that is a user (not a tombstone, not an organization's contact).
+pub(super) fn is_user(item: &Item) -> bool {
+    item.str("kind").is_none_or(|k| k == "user")
+}
 
 /// What `rules` needs to know of an old image.
 pub(super) fn seen(item: &Item) -> Seen {
@@ -203,6 +210,7 @@ pub(super) fn seen(item: &Item) -> Seen {
         order: item.str("ord").map(str::to_string),
         activated: item.contains_key("activated_at"),
         pool: item.str("pool").map(str::to_string),
+        contact_of: item.str("kind").filter(|k| *k == CONTACT).and(item.str("contact_of")).map(str::to_string),
     }
 }
 

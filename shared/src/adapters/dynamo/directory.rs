@@ -6,7 +6,7 @@ use super::*;
 use crate::error::{Error, Result};
 use crate::model::{Before, Change, Restore, Target, Tenant, User, UserStatus};
 use super::licences::PoolId;
-use crate::ports::{Directory, Licence, LicenceClaim, Restored, Stamp};
+use crate::ports::{ContactClaim, Directory, Licence, LicenceClaim, Restored, Stamp};
 use crate::rules::{Attempt, Attempted};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -33,7 +33,7 @@ impl DynamoDirectory {
             .send()
             .await
             .map_err(ddb_err("GetItem"))?;
-        out.item.as_ref().filter(|i| i.str("kind") != Some(TOMBSTONE)).map(User::try_from).transpose()
+        out.item.as_ref().filter(|i| is_user(i)).map(User::try_from).transpose()
     }
 
     /// A query of one of a tenant's 16 user partitions.
@@ -58,7 +58,7 @@ impl DynamoDirectory {
             round += 1;
             let out = self.client.batch_get_item().request_items(&self.table, request).send().await.map_err(ddb_err("BatchGetItem"))?;
             for item in out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
-                if item.str("kind") != Some(TOMBSTONE) {
+                if is_user(&item) {
                     let user = User::try_from(&item)?;
                     found.push((user.email.clone(), user));
                 }
@@ -73,7 +73,7 @@ impl DynamoDirectory {
     async fn attempt(&self, tenant: &str, target: &Target, stamp: &Stamp, attempt: Attempt) -> Result<WriteResult> {
         let (key, kind) = match target {
             Target::User { email, .. } => (user_key(tenant, email), "user"),
-            Target::Org { name } => (org_key(tenant, name), "org"),
+            Target::Org { name, .. } => (org_key(tenant, name), "org"),
         };
         let mut u = UpdateExpr::default();
         let ordered = {
@@ -90,7 +90,12 @@ impl DynamoDirectory {
                         item.insert("lic".into(), s(stamp.token()));
                         item
                     }
-                    Target::Org { name } => org_item(tenant, name, stamp),
+                    Target::Org { name, email, phone } => {
+                        let mut item = org_item(tenant, name, stamp);
+                        item.extend(email.iter().map(|e| ("contact_email".to_string(), s(e))));
+                        item.extend(phone.iter().map(|p| ("phone".to_string(), s(p))));
+                        item
+                    }
                 };
                 item.insert("ord".into(), s(&stamp.order));
                 let cond = format!("(attribute_not_exists(pk) OR {} = {}) AND {ordered}", u.name("kind"), u.value(s(TOMBSTONE)));
@@ -129,7 +134,8 @@ impl DynamoDirectory {
                             .set("tenant", s(tenant))
                             .set("email", s(email.as_str()));
                     }
-                    Target::Org { name } => {
+                    Target::Org { name, email, phone } => {
+                        org_contact(&mut u, email, phone);
                         u.set("name", s(name))
                             .set("kind", s("org"))
                             .set("tenant", s(tenant))
@@ -139,7 +145,12 @@ impl DynamoDirectory {
                 }
                 // Over a tombstone: the item lives again.
                 u.remove("ttl").remove("deleted_at");
-                let cond = if may_create { ordered } else { format!("{} AND {ordered}", live(&mut u)) };
+                let cond = if may_create {
+                    // Never over an organization's contact email.
+                    format!("NOT ({} = {}) AND {ordered}", u.name("kind"), u.value(s(CONTACT)))
+                } else {
+                    format!("{} AND {ordered}", live(&mut u))
+                };
                 self.update_if(&key, u, cond, stamp).await
             }
             Attempt::Transition { to, strip_targeting } => {
@@ -165,7 +176,8 @@ impl DynamoDirectory {
                         u.delete("products", string_set(&fields.products));
                     }
                     (Target::User { fields, .. }, false) => profile(&mut u, fields),
-                    (Target::Org { name }, _) => {
+                    (Target::Org { name, email, phone }, _) => {
+                        org_contact(&mut u, email, phone);
                         u.set("name", s(name));
                     }
                 }
@@ -307,7 +319,7 @@ impl Directory for DynamoDirectory {
     async fn restore(&self, tenant: &str, target: &Target, restore: &Restore, stamp: &Stamp) -> Result<Restored> {
         let key = match target {
             Target::User { email, .. } => user_key(tenant, email),
-            Target::Org { name } => org_key(tenant, name),
+            Target::Org { name, .. } => org_key(tenant, name),
         };
         let mut item = match &restore.kept.before {
             Some(before) => from_image(before)?,
@@ -387,7 +399,7 @@ impl Directory for DynamoDirectory {
                 .send();
             while let Some(item) = pages.next().await {
                 let item = item.map_err(ddb_err("Query"))?;
-                if item.str("kind") != Some(TOMBSTONE)
+                if is_user(&item)
                     && let Some(key) = item.str("sk")
                 {
                     users.push((key.to_string(), UserStatus::parse(item.str("status").unwrap_or_default())));
@@ -459,6 +471,74 @@ impl Directory for DynamoDirectory {
         Ok(out.item.is_some_and(|i| i.str("kind") != Some(TOMBSTONE)))
     }
 
+    async fn org_email(&self, tenant: &str, name: &str) -> Result<Option<String>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(&org_key(tenant, name))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        Ok(out.item.filter(|i| i.str("kind") == Some("org")).and_then(|i| i.str("contact_email").map(str::to_string)))
+    }
+
+    async fn claim_contact(&self, tenant: &str, email: &str, org: &str) -> Result<ContactClaim> {
+        let mut item = key_item(&user_key(tenant, email));
+        item.extend([
+            ("kind".to_string(), s(CONTACT)),
+            ("tenant".to_string(), s(tenant)),
+            ("contact_email".to_string(), s(email)),
+            ("contact_of".to_string(), s(org)),
+            ("contact_key".to_string(), s(org.to_lowercase())),
+        ]);
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR kind = :gone OR (kind = :contact AND contact_key = :me)")
+            .expression_attribute_values(":gone", s(TOMBSTONE))
+            .expression_attribute_values(":contact", s(CONTACT))
+            .expression_attribute_values(":me", s(org.to_lowercase()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(ContactClaim::Claimed),
+            Err(e) if is_condition_failed(&e) => {
+                let old = match e.into_service_error() {
+                    aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => c.item,
+                    _ => None,
+                };
+                Ok(match old.as_ref().filter(|o| o.str("kind") == Some(CONTACT)).and_then(|o| o.str("contact_of")) {
+                    Some(other) => ContactClaim::Org(other.to_string()),
+                    None => ContactClaim::User,
+                })
+            }
+            Err(e) => Err(ddb_err("PutItem")(e)),
+        }
+    }
+
+    async fn release_contact(&self, tenant: &str, email: &str, org: &str) -> Result<()> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(&user_key(tenant, email))))
+            .condition_expression("kind = :contact AND contact_key = :me")
+            .expression_attribute_values(":contact", s(CONTACT))
+            .expression_attribute_values(":me", s(org.to_lowercase()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(ddb_err("DeleteItem")(e)),
+        }
+    }
+
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64> {
         let mut total = 0u64;
         for shard in 0..USER_SHARDS {
@@ -477,5 +557,15 @@ impl Directory for DynamoDirectory {
             }
         }
         Ok(total)
+    }
+}
+
+/// An organization row's contact details: set what the row gives (a blank cell leaves the stored value).
+fn org_contact(u: &mut UpdateExpr, email: &Option<String>, phone: &Option<String>) {
+    if let Some(e) = email {
+        u.set("contact_email", s(e));
+    }
+    if let Some(p) = phone {
+        u.set("phone", s(p));
     }
 }
