@@ -518,7 +518,10 @@ async fn apply_table() {
     tenant.notify_started = false;
     stack.put_tenant(&tenant).await;
     let concurrency = stack.config.apply_concurrency;
-    println!("\n## Apply against DynamoDB Local: {rows} created users, {concurrency} writes in flight, chunks of {}", stack.config.chunk_size);
+    println!(
+        "\n## Apply against DynamoDB Local: {rows} created users, {concurrency} writes in flight, chunks of {}",
+        stack.config.chunk_size
+    );
     // Warm the table and the connection pool, then alternate raw / handler twice.
     raw_puts(&stack, 500, concurrency, "warm").await;
     let mut raw = Vec::new();

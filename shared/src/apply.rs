@@ -115,6 +115,10 @@ struct Ctx<'a> {
     /// The chunk's users as stored before its writes, read in one batch: the licence hints and
     /// the unchanged rows are decided from it (the writes' conditions stay the authority).
     stored: HashMap<String, User>,
+    /// Email changes and ExternalId claims the rows need (`identity`).
+    identity: crate::identity::Identities,
+    /// (from, to) of the users this chunk moved: associations follow them once it is done.
+    moved: Mutex<Vec<(String, String)>>,
 }
 
 /// Apply every row of a chunk; rows run concurrently up to the configured bound. Transient errors
@@ -157,7 +161,7 @@ async fn apply_read(
     svc: &Services,
     job: &Job,
     tenant: &Tenant,
-    ops: Vec<RowOp>,
+    mut ops: Vec<RowOp>,
     claim: &str,
     unpooled: Option<HashMap<String, User>>,
     preview: Option<&'static str>,
@@ -174,7 +178,11 @@ async fn apply_read(
         }
         Some(stored) => stored,
     };
+    let mut stored = stored;
+    let identity = crate::identity::plan(svc, &tenant.id, &mut ops, &mut stored).await?;
     let ctx = Ctx {
+        identity,
+        moved: Mutex::new(Vec::new()),
         stored,
         svc,
         tenant,
@@ -202,6 +210,13 @@ async fn apply_read(
         .collect();
     let results: Vec<Result<Row>> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
     let results = results.into_iter().collect::<Result<Vec<_>>>()?;
+    let moved = std::mem::take(&mut *ctx.moved.lock().await);
+    if !moved.is_empty() {
+        // Supervisor, Parent... naming a moved email now name the new one (a retried chunk
+        // repoints again: each update is conditional on the old value).
+        let repointed = svc.directory.repoint_associations(&tenant.id, &moved).await?;
+        info!(moves = moved.len(), repointed, "associations follow email changes");
+    }
     if let Some(p) = pools {
         settle(&ctx, p, &ops, &results, claim).await?;
     }
@@ -219,10 +234,9 @@ async fn apply_read(
         };
         let token = Stamp { job: job.id.clone(), row: op.row, at: String::new(), order: String::new() }.token();
         undo.push(match before {
-            Before::Was { image, active, pool } => UndoEntry {
-                target,
-                kept: Kept { token, before: image.clone(), active: *active, pool: pool.clone(), unknown: false },
-            },
+            Before::Was { image, active, pool } => {
+                UndoEntry { target, kept: Kept { token, before: image.clone(), active: *active, pool: pool.clone(), unknown: false } }
+            }
             Before::Unknown => UndoEntry { target, kept: Kept { token, before: None, active: false, pool: None, unknown: true } },
         });
     }
@@ -242,7 +256,8 @@ async fn row_or_refusal(ctx: &Ctx<'_>, op: &RowOp, refused: Option<&PoolKey>, li
             None => format!("no licence available (pool of {limit} exhausted)"),
             Some(name) => format!("no licence available in pool \"{}\" ({limit} exhausted)", crate::wording::quoted(name)),
         };
-        let outcome = Outcome { column: pool.as_ref().map(|_| "LicencePool".to_string()), ..Outcome::failure(op.row, Some(op.action), message) };
+        let outcome =
+            Outcome { column: pool.as_ref().map(|_| "LicencePool".to_string()), ..Outcome::failure(op.row, Some(op.action), message) };
         return Ok((outcome, Written { write: Write::NotFound, licence: Licence::Unchanged }, Before::Unknown));
     }
     apply_row(ctx, op, licensed).await
@@ -441,8 +456,14 @@ async fn settle(ctx: &Ctx<'_>, mut pools: Pools, ops: &[RowOp], results: &[Row],
 /// Set a tenant's pool count to its active users: the repair for a count that drifted (users
 /// that existed before the pool, or changed outside rosterdrop). Returns (before, after).
 pub async fn recount_licences(svc: &Services, tenant: &Tenant) -> Result<Vec<(PoolKey, u32, u32)>> {
-    let active: Vec<String> =
-        svc.directory.list_users(&tenant.id).await?.into_iter().filter(|(_, status)| *status == UserStatus::Active).map(|(e, _)| e).collect();
+    let active: Vec<String> = svc
+        .directory
+        .list_users(&tenant.id)
+        .await?
+        .into_iter()
+        .filter(|(_, status)| *status == UserStatus::Active)
+        .map(|(e, _)| e)
+        .collect();
     let mut counts: HashMap<PoolKey, u32> = HashMap::new();
     if tenant.licence_pools.is_empty() {
         counts.insert(None, active.len() as u32);
@@ -478,6 +499,9 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
         let stamp = Stamp { job: ctx.job.to_string(), row, at: ctx.now.clone(), order: ctx.order.to_string() };
         return restore_row(ctx, op, &stamp).await;
     }
+    if let Some((column, message)) = ctx.identity.refused.get(&row) {
+        return fail_in(column, message.clone());
+    }
     if let Target::User { fields, .. } = &op.target
         && action != Action::Delete
         && action != Action::Reconcile
@@ -508,6 +532,38 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
     }
     let stamp = Stamp { job: ctx.job.to_string(), row, at: ctx.now.clone(), order: ctx.order.to_string() };
     let unchanged = |write| (Written { write, licence: Licence::Unchanged }, Before::Unknown);
+    let moving = ctx.identity.moves.get(&row);
+    if let (Some(m), Target::User { email: to, .. }, false) = (moving, &op.target, ctx.dry) {
+        let skipped = |msg: String| Ok((Outcome { action: Some(action), ..Outcome::skipped(row, msg) }, nothing(), Before::Unknown));
+        match ctx.svc.directory.move_user(tenant, &m.from, to, &stamp).await? {
+            crate::ports::Moved::Moved => {
+                ctx.moved.lock().await.push((m.from.clone(), to.clone()));
+                ctx.svc.invites.rename(tenant, &m.from, to).await?;
+            }
+            crate::ports::Moved::Missing => {
+                return fail_in(m.column, format!("no user has the email {} any more; nothing to move", m.from));
+            }
+            crate::ports::Moved::Taken => {
+                return fail_in(m.column, format!("{to} already belongs to another user; {} keeps their email", m.from));
+            }
+            crate::ports::Moved::ContactOf(org) => {
+                return fail_in(
+                    m.column,
+                    format!("{to} is the contact email of organization \"{}\"; {} keeps their email", crate::wording::quoted(&org), m.from),
+                );
+            }
+            crate::ports::Moved::Superseded(job) => return skipped(format!("changed by a newer upload (job {job})")),
+        }
+    }
+    let claimed = match (ctx.identity.claims.get(&row), &op.target, ctx.dry) {
+        (Some(id), Target::User { email, .. }, false) => match ctx.svc.directory.claim_external_id(tenant, id, email).await? {
+            None => Some((id, email)),
+            Some(other) => {
+                return fail_in("ExternalId", format!("ExternalId \"{}\" already belongs to {other}", crate::wording::quoted(id)));
+            }
+        },
+        _ => None,
+    };
     let result = match &op.target {
         // Nothing to change: no write at all (a nightly full sync is mostly such rows).
         // (A user this very row wrote on an earlier attempt goes to the write, which reads its
@@ -565,6 +621,26 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
             Target::Org { .. } => None,
         };
         outcome.changes = crate::changes::describe(op, stored, change);
+    }
+    if let (Some((id, email)), false) = (claimed, matches!(written.write, Write::Created | Write::Updated | Write::Unchanged)) {
+        // The id was claimed for a user this row did not write: let it go again.
+        ctx.svc.directory.release_external_id(tenant, id, email).await?;
+    }
+    if let (Write::Deleted, Target::User { email, .. }) = (&written.write, &op.target)
+        && let Some(id) = ctx.stored.get(email).and_then(|u| u.fields.external_id.as_deref())
+    {
+        // A deleted person's id is free for someone else.
+        ctx.svc.directory.release_external_id(tenant, id, email).await?;
+    }
+    if let (Some(m), Target::User { email: to, .. }, Status::Success) = (moving, &op.target, outcome.status) {
+        let verb = if ctx.dry { "would change" } else { "changed" };
+        outcome.message = format!("email {verb} from {} to {to}", m.from);
+        if ctx.dry {
+            outcome.message += &format!(" ({})", ctx.dry_note);
+        }
+        outcome.change = Some(crate::model::Change::Updated);
+        let email_change = format!("Email: \"{}\" -> \"{to}\"", m.from);
+        outcome.changes = if outcome.changes.is_empty() { email_change } else { format!("{email_change}; {}", outcome.changes) };
     }
     if let Target::User { email, fields } = &op.target {
         if action == Action::Reconcile {
@@ -1056,7 +1132,8 @@ mod tests {
         assert_eq!(msgs.iter().filter(|m| **m == "no licence available (pool of 1 exhausted)").count(), 1, "{msgs:?}");
         assert!(msgs[9].contains("unknown licence pool \"Teachers\"; this tenant's pools are Staff, Students"), "{msgs:?}");
         assert_eq!((used(&kit, Some("Staff")).await, used(&kit, Some("Students")).await, used(&kit, None).await), (2, 3, 1));
-        let staff: Vec<String> = kit.svc.directory.list_users("acme").await.unwrap().into_iter().map(|(e, _)| e).filter(|e| e.starts_with('s')).collect();
+        let staff: Vec<String> =
+            kit.svc.directory.list_users("acme").await.unwrap().into_iter().map(|(e, _)| e).filter(|e| e.starts_with('s')).collect();
         let stored = kit.svc.directory.user("acme", &staff[0]).await.unwrap().unwrap();
         assert_eq!(stored.fields.licence_pool.as_deref(), Some("Staff"));
 
@@ -1070,7 +1147,16 @@ mod tests {
         assert!(kit.changes(&moved).await[0].contains("LicencePool: \"Students\" -> \"Staff\""), "{:?}", kit.changes(&moved).await);
         assert_eq!((used(&kit, Some("Staff")).await, used(&kit, Some("Students")).await), (2, 2));
         // Staff is full: the next move is refused and changes nothing.
-        let other = kit.svc.directory.list_users("acme").await.unwrap().into_iter().map(|(e, _)| e).find(|e| e.starts_with('p') && *e != student).unwrap();
+        let other = kit
+            .svc
+            .directory
+            .list_users("acme")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(e, _)| e)
+            .find(|e| e.starts_with('p') && *e != student)
+            .unwrap();
         let refused = kit.run("move2.csv", &format!("Email,LicencePool\n{other},Staff\n")).await;
         assert_eq!(kit.outcomes(&refused).await[0].1, "no licence available in pool \"Staff\" (2 exhausted)");
         assert_eq!(kit.svc.directory.user("acme", &other).await.unwrap().unwrap().fields.licence_pool.as_deref(), Some("Students"));

@@ -76,6 +76,7 @@ fn profile(parts: &mut Vec<String>, row: &UserFields, s: &UserFields) {
         ("RoleName", &row.role, &s.role),
         ("Department", &row.department, &s.department),
         ("LicencePool", &row.licence_pool, &s.licence_pool),
+        ("ExternalId", &row.external_id, &s.external_id),
     ] {
         if new.is_some() && new != old {
             field(parts, name, old, new);

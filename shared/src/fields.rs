@@ -6,6 +6,11 @@ pub enum Field {
     Type,
     Action,
     Email,
+    /// The id the feeding system gives the person: unique in the tenant, and the key a row is
+    /// matched by when present (so the Email can change).
+    ExternalId,
+    /// Without ExternalId: the address the user named by Email moves to.
+    NewEmail,
     Username,
     FirstName,
     LastName,
@@ -58,6 +63,8 @@ impl Field {
             Field::Type => "Type",
             Field::Action => "Action",
             Field::Email => "Email",
+            Field::ExternalId => "ExternalId",
+            Field::NewEmail => "NewEmail",
             Field::Username => "Username",
             Field::FirstName => "FirstName",
             Field::LastName => "LastName",
@@ -88,6 +95,8 @@ impl Field {
             "type" | "usertype" | "recordtype" | "entitytype" => Field::Type,
             "action" | "operation" => Field::Action,
             "email" | "emailaddress" | "mail" | "useremail" | "emailid" => Field::Email,
+            "externalid" | "extid" | "externaluserid" | "identityiduser" | "idpuserid" | "sourcedid" | "personid" => Field::ExternalId,
+            "newemail" | "newemailaddress" | "changeemailto" => Field::NewEmail,
             "username" | "login" | "loginname" | "userlogin" => Field::Username,
             "firstname" | "first" | "givenname" | "forename" => Field::FirstName,
             "lastname" | "last" | "surname" | "familyname" => Field::LastName,

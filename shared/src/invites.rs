@@ -69,8 +69,21 @@ async fn send_one(
         return Ok(false);
     };
     // The invite follows the directory: a user deleted, disabled or activated since (or whose
-    // creation was undone) gets no activation email.
-    match svc.directory.user(&invite.tenant, &invite.email).await? {
+    // creation was undone) gets no activation email; a user whose email changed before their
+    // invite moved with them gets it at the new address.
+    let mut email = invite.email.clone();
+    let mut user = svc.directory.user(&invite.tenant, &email).await?;
+    for _ in 0..MAX_MOVES {
+        if user.is_some() {
+            break;
+        }
+        let Some(next) = svc.directory.moved_to(&invite.tenant, &email).await? else { break };
+        user = svc.directory.user(&invite.tenant, &next).await?;
+        email = next;
+    }
+    // What is sent goes to the current address; what is marked is the invite as stored.
+    let current = Invite { email, ..invite.clone() };
+    match user {
         Some(u) if u.status == crate::model::UserStatus::Active && !u.activated => {}
         _ => {
             info!(tenant = %invite.tenant, to = %address::masked(&invite.email), "invite dropped: the user no longer exists, is disabled or has activated");
@@ -78,18 +91,21 @@ async fn send_one(
             return Ok(false);
         }
     }
-    let to = address::deliverable(&invite.email)
+    let to = address::deliverable(&current.email)
         .map_err(|why| Error::Aws { service: "sesv2", operation: "SendEmail", message: format!("the address {why}") })?
         .into_owned();
     pace.tick().await;
     let from = report::sender(svc, tenant);
     let from = address::deliverable(&from).map_err(|why| Error::Build { what: "invite", message: format!("sender {why}") })?.into_owned();
-    let (subject, text, html) = invite_email(tenant, invite);
+    let (subject, text, html) = invite_email(tenant, &current);
     let mime = report::build_email(&from, std::slice::from_ref(&to), &subject, &text, &html, &[])?;
     svc.mailer.send_raw(&from, std::slice::from_ref(&to), mime).await?;
     svc.invites.mark_sent(invite).await?;
     Ok(true)
 }
+
+/// Email changes followed from an invite's address to the user's current one.
+const MAX_MOVES: usize = 5;
 
 /// A failed send: due again after a backoff while retrying may help, else failed for good.
 async fn record_failure(svc: &Services, invite: &Invite, e: &Error, now: chrono::DateTime<chrono::Utc>) -> Result<()> {
@@ -173,6 +189,23 @@ mod tests {
         let (state, attempts, error) = kit.mem.invites.of("acme", "cy@acme.example.com").unwrap();
         assert_eq!((state, attempts), (InviteState::Failed, 1), "{error}");
         assert_eq!(sweep(&kit.svc, later + chrono::Duration::days(1)).await.unwrap(), 0, "failed for good: never tried again");
+    }
+
+    /// A user moved to a new email before their pending invite could move with them (the
+    /// invite still names the old address): the sweep follows the move and sends it to the new
+    /// address, once.
+    #[tokio::test]
+    async fn an_invite_left_at_an_old_email_follows_the_user_to_the_new_one() {
+        let mut kit = Kit::new(|_| {}).await;
+        kit.run("invite.csv", "Email,First Name,InviteUser\nann@acme.example.com,Ann,Yes\n").await;
+        let stamp = crate::ports::Stamp { job: "other".into(), row: 2, at: "2027-01-01T00:00:00Z".into(), order: "9999".into() };
+        let moved = kit.svc.directory.move_user("acme", "ann@acme.example.com", "ann@new.example.com", &stamp).await.unwrap();
+        assert_eq!(moved, crate::ports::Moved::Moved);
+        let now = chrono::Utc::now() + chrono::Duration::seconds(1);
+        assert_eq!(sweep(&kit.svc, now).await.unwrap(), 1);
+        assert_eq!(kit.mem.mailer.sent().last().unwrap().1, vec!["ann@new.example.com".to_string()]);
+        assert_eq!(kit.mem.invites.of("acme", "ann@acme.example.com").unwrap().0, InviteState::Sent);
+        assert_eq!(sweep(&kit.svc, now).await.unwrap(), 0, "sent once");
     }
 
     #[test]

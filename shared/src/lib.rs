@@ -15,6 +15,7 @@ pub mod event;
 pub mod fields;
 pub mod finalize;
 pub mod holds;
+pub mod identity;
 pub mod ingest;
 pub mod invites;
 pub mod keys;

@@ -48,6 +48,12 @@ pub struct Tenant {
     /// Named licence pools ("Staff": 50), chosen by the `LicencePool` column; each counted apart.
     #[serde(default)]
     pub licence_pools: BTreeMap<String, u32>,
+    /// Every user row must carry an `ExternalId`.
+    #[serde(default)]
+    pub external_id_required: bool,
+    /// A header that means `ExternalId` for this tenant (its HR export's name, e.g. "Employee Id").
+    #[serde(default)]
+    pub external_id_column: Option<String>,
     /// When a file's changes wait for an admin's approval (`holds`).
     #[serde(default)]
     pub holds: Holds,
@@ -128,6 +134,9 @@ pub struct Holds {
     pub expire_days: u32,
 }
 
+/// Longest `ExternalId` (ids of HR and student systems are GUIDs or short numbers).
+pub const MAX_EXTERNAL_ID_CHARS: usize = 128;
+
 /// Longest licence pool name (it is stored on every user of the pool).
 pub const MAX_POOL_NAME_CHARS: usize = 64;
 
@@ -148,6 +157,14 @@ impl Tenant {
             None => self.licences,
             Some(name) => self.licence_pools.get(name).copied(),
         }
+    }
+    /// The tenant's template carries an ExternalId column (required, or named for it).
+    pub fn uses_external_ids(&self) -> bool {
+        self.external_id_required || self.external_id_column.is_some()
+    }
+    /// The header the tenant's files give the ExternalId.
+    pub fn external_id_header(&self) -> &str {
+        self.external_id_column.as_deref().unwrap_or("ExternalId")
     }
     /// Some pool is limited: apply reads every user a row may license.
     pub fn has_pools(&self) -> bool {
@@ -238,6 +255,8 @@ impl Tenant {
             products: vec![],
             licences: None,
             licence_pools: BTreeMap::new(),
+            external_id_required: false,
+            external_id_column: None,
             holds: Holds::default(),
             undo_days: None,
             branding: Branding::default(),
@@ -302,7 +321,11 @@ impl Tenant {
         }
         let mut pools: Vec<String> = Vec::new();
         for name in self.licence_pools.keys() {
-            if name.trim().is_empty() || name.trim() != name || name.chars().count() > MAX_POOL_NAME_CHARS || name.chars().any(char::is_control) {
+            if name.trim().is_empty()
+                || name.trim() != name
+                || name.chars().count() > MAX_POOL_NAME_CHARS
+                || name.chars().any(char::is_control)
+            {
                 return Err(format!(
                     "licence pool name {name:?} must be 1-{MAX_POOL_NAME_CHARS} characters without leading or trailing spaces"
                 ));
@@ -311,6 +334,13 @@ impl Tenant {
                 return Err(format!("licence pool names differ only in case: {name:?}"));
             }
             pools.push(name.to_lowercase());
+        }
+        if let Some(c) = &self.external_id_column {
+            let taken = crate::fields::Field::from_header(c).is_some_and(|f| f != crate::fields::Field::ExternalId)
+                || self.attributes.iter().any(|a| crate::fields::norm(&a.name) == crate::fields::norm(c));
+            if c.trim().is_empty() || taken {
+                return Err(format!("external_id_column {c:?} must be a header that is not a standard column or an attribute"));
+            }
         }
         for a in &self.attributes {
             if a.name.trim().is_empty() {
@@ -518,6 +548,12 @@ pub struct UserFields {
     /// The named licence pool the user's licence comes from; the default pool when absent.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub licence_pool: Option<String>,
+    /// The feeding system's id of the person (`ExternalId`): unique in the tenant.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub external_id: Option<String>,
+    /// A row's instruction, never stored: move the user to this email (`NewEmail`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub new_email: Option<String>,
 }
 
 /// Association columns and the attribute each is stored as.

@@ -48,6 +48,21 @@ pub enum Write {
     ContactOf(String),
 }
 
+/// How moving a user to a new email ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Moved {
+    /// Moved (now, or by an earlier attempt of the same row).
+    Moved,
+    /// No live user has the old email.
+    Missing,
+    /// The new email belongs to another user.
+    Taken,
+    /// The new email is this organization's contact email.
+    ContactOf(String),
+    /// A newer upload wrote the user (its job).
+    Superseded(String),
+}
+
 /// Claiming an email as an organization's contact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContactClaim {
@@ -130,6 +145,23 @@ pub trait Directory: Send + Sync {
     async fn claim_contact(&self, tenant: &str, email: &str, org: &str) -> Result<ContactClaim>;
     /// Let go of `email` if organization `org` holds it (nothing otherwise).
     async fn release_contact(&self, tenant: &str, email: &str, org: &str) -> Result<()>;
+    /// The users `ids` (ExternalIds) belong to: id -> email (ids of nobody are absent).
+    async fn external_ids(&self, tenant: &str, ids: &[String]) -> Result<std::collections::HashMap<String, String>>;
+    /// Give ExternalId `id` to `email`, conditionally (no other user holds it). `Ok(None)`: it is
+    /// `email`'s now (or was already); `Ok(Some(other))`: another user's.
+    async fn claim_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<Option<String>>;
+    /// Let go of `id` if `email` holds it.
+    async fn release_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<()>;
+    /// Move the user `from` to the key `to` in one transaction: the whole item (status, fields,
+    /// groups, products, licence, id) under the new email, a tombstone naming `to` where it was,
+    /// its ExternalId pointed at `to`. Conditional: `from` a live user not written by a newer
+    /// upload, `to` free.
+    async fn move_user(&self, tenant: &str, from: &str, to: &str, stamp: &Stamp) -> Result<Moved>;
+    /// Where a user moved (the tombstone of a moved email names the new one).
+    async fn moved_to(&self, tenant: &str, email: &str) -> Result<Option<String>>;
+    /// Point every association (Supervisor, SupervisorManager, Parent, Instructor) naming a
+    /// moved email at the new one; returns how many were changed. Reads the tenant's users.
+    async fn repoint_associations(&self, tenant: &str, moves: &[(String, String)]) -> Result<u32>;
     /// Users whose organization is `name` (delete refuses non-empty organizations).
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64>;
     /// Every user of a tenant: (key, status). Replace mode diffs the file against it.
@@ -141,7 +173,14 @@ pub trait Directory: Send + Sync {
     /// across concurrent claims. The decision is recorded with the grant; a repeated claim gets the
     /// recorded decision back, not the one it passed. `pool`: `None` the tenant's default pool,
     /// `Some(name)` a named one; each is counted apart.
-    async fn reserve_licences(&self, tenant: &str, pool: Option<&str>, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim>;
+    async fn reserve_licences(
+        &self,
+        tenant: &str,
+        pool: Option<&str>,
+        limit: u32,
+        claim: &str,
+        decision: LicenceClaim,
+    ) -> Result<LicenceClaim>;
     /// Give `returned` licences back for a claim, once (a repeated settle changes nothing), never
     /// taking the count below zero.
     async fn settle_licences(&self, tenant: &str, pool: Option<&str>, claim: &str, returned: u32) -> Result<()>;
@@ -248,4 +287,7 @@ pub trait Invites: Send + Sync {
     /// A send failed: count the attempt and keep the reason; `retry_at` makes the invite due again
     /// then, `None` marks it failed for good (it leaves the due list).
     async fn record_failure(&self, invite: &Invite, reason: &str, retry_at: Option<&str>) -> Result<()>;
+    /// A user's email changed: their pending invite (not being sent) moves to the new address,
+    /// in one transaction. `true` when one moved.
+    async fn rename(&self, tenant: &str, from: &str, to: &str) -> Result<bool>;
 }

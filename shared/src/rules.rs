@@ -231,6 +231,8 @@ pub fn unchanged(row: &crate::model::UserFields, stored: &crate::model::User) ->
         && same(&row.department, &s.department)
         && same(&row.user_type, &s.user_type)
         && same(&row.licence_pool, &s.licence_pool)
+        && same(&row.external_id, &s.external_id)
+        && row.new_email.is_none()
         && (row.groups.is_empty() || row.groups == s.groups)
         && row.products.iter().all(|p| s.products.contains(p))
         && row.associations.iter().all(|(k, v)| s.associations.get(k) == Some(v))

@@ -109,6 +109,19 @@ pub fn columns(tenant: Option<&Tenant>) -> Vec<Column> {
             vec![],
         ),
     ];
+    if let Some(t) = tenant.filter(|t| t.uses_external_ids()) {
+        cols.insert(
+            3,
+            Column {
+                name: t.external_id_header().to_string(),
+                meaning: "The person's id in your HR or student system: a row is matched by it, so Email may change".into(),
+                required: if t.external_id_required { "yes" } else { "no" },
+                allowed: format!("text, up to {} characters, unique", crate::model::MAX_EXTERNAL_ID_CHARS),
+                example: "E-10023".into(),
+                choices: vec![],
+            },
+        );
+    }
     if let Some(t) = tenant.filter(|t| !t.licence_pools.is_empty()) {
         let pools: Vec<String> = t.licence_pools.keys().cloned().collect();
         cols.push(col(

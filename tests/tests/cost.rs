@@ -159,6 +159,24 @@ impl Directory for RacingDirectory {
     async fn release_contact(&self, tenant: &str, email: &str, org: &str) -> shared::Result<()> {
         self.inner.release_contact(tenant, email, org).await
     }
+    async fn external_ids(&self, tenant: &str, ids: &[String]) -> shared::Result<std::collections::HashMap<String, String>> {
+        self.inner.external_ids(tenant, ids).await
+    }
+    async fn claim_external_id(&self, tenant: &str, id: &str, email: &str) -> shared::Result<Option<String>> {
+        self.inner.claim_external_id(tenant, id, email).await
+    }
+    async fn release_external_id(&self, tenant: &str, id: &str, email: &str) -> shared::Result<()> {
+        self.inner.release_external_id(tenant, id, email).await
+    }
+    async fn move_user(&self, tenant: &str, from: &str, to: &str, stamp: &Stamp) -> shared::Result<shared::ports::Moved> {
+        self.inner.move_user(tenant, from, to, stamp).await
+    }
+    async fn moved_to(&self, tenant: &str, email: &str) -> shared::Result<Option<String>> {
+        self.inner.moved_to(tenant, email).await
+    }
+    async fn repoint_associations(&self, tenant: &str, moves: &[(String, String)]) -> shared::Result<u32> {
+        self.inner.repoint_associations(tenant, moves).await
+    }
     async fn count_org_users(&self, tenant: &str, name: &str) -> shared::Result<u64> {
         self.inner.count_org_users(tenant, name).await
     }

@@ -5,7 +5,9 @@
 
 use crate::error::{Error, Result};
 use crate::model::{Before, Change, EmailKind, Image, Invite, Job, JobState, Lease, Restore, Target, Tenant, User, UserFields, UserStatus};
-use crate::ports::{ContactClaim, Directory, Invites, JobStore, Licence, LicenceClaim, Mailer, ObjectStore, Plan, Recorded, Restored, Stamp};
+use crate::ports::{
+    ContactClaim, Directory, Invites, JobStore, Licence, LicenceClaim, Mailer, Moved, ObjectStore, Plan, Recorded, Restored, Stamp,
+};
 use crate::rules::{self, Attempt, Attempted, Seen};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -150,6 +152,9 @@ struct Stored {
     org_email: Option<String>,
     #[serde(default)]
     org_phone: Option<String>,
+    /// The tombstone of a user moved to another email: that email.
+    #[serde(default)]
+    moved_to: Option<String>,
 }
 
 impl Stored {
@@ -176,6 +181,8 @@ struct DirState {
     /// (tenant, pool) -> used.
     pools: HashMap<(String, Option<String>), i64>,
     claims: HashMap<String, (LicenceClaim, bool)>,
+    /// (tenant, ExternalId) -> email.
+    external: HashMap<(String, String), String>,
 }
 
 /// Tenants, users and organizations; the licence pool with its claims.
@@ -217,7 +224,10 @@ impl MemoryDirectory {
             user_id: None,
         };
         let seen = Seen { status: Some(status), ..Seen::default() };
-        lock(&self.state).items.insert((tenant.to_string(), Key::User(email.to_string())), Stored { seen, user: Some(user), org: None, org_email: None, org_phone: None });
+        lock(&self.state).items.insert(
+            (tenant.to_string(), Key::User(email.to_string())),
+            Stored { seen, user: Some(user), org: None, org_email: None, org_phone: None, moved_to: None },
+        );
     }
 }
 
@@ -232,6 +242,7 @@ fn merge(into: &mut UserFields, row: &UserFields) {
         (&mut into.department, &row.department),
         (&mut into.user_type, &row.user_type),
         (&mut into.licence_pool, &row.licence_pool),
+        (&mut into.external_id, &row.external_id),
     ] {
         if from.is_some() {
             to.clone_from(from);
@@ -318,6 +329,7 @@ impl Directory for MemoryDirectory {
                 org: None,
                 org_email: None,
                 org_phone: None,
+                moved_to: None,
             },
             (_, Target::User { email, fields }) => {
                 let mut stored = live.unwrap_or_else(|| Stored {
@@ -326,6 +338,7 @@ impl Directory for MemoryDirectory {
                     org: None,
                     org_email: None,
                     org_phone: None,
+                    moved_to: None,
                 });
                 let user = stored.user.get_or_insert_with(|| new_user(tenant, email, fields, &token));
                 match attempt {
@@ -358,6 +371,7 @@ impl Directory for MemoryDirectory {
                     org: Some(name.clone()),
                     org_email: None,
                     org_phone: None,
+                    moved_to: None,
                 });
                 stored.org = Some(name.clone());
                 if let Target::Org { email: Some(e), .. } = target {
@@ -398,7 +412,14 @@ impl Directory for MemoryDirectory {
         }
         let mut next = match &restore.kept.before {
             Some(image) => serde_json::from_value::<Stored>(image.0.clone()).map_err(|e| Error::corrupt("before-image", e))?,
-            None => Stored { seen: Seen { tombstone: true, ..Seen::default() }, user: None, org: None, org_email: None, org_phone: None },
+            None => Stored {
+                seen: Seen { tombstone: true, ..Seen::default() },
+                user: None,
+                org: None,
+                org_email: None,
+                org_phone: None,
+                moved_to: None,
+            },
         };
         next.seen.last_write = Some(token.clone());
         next.seen.order = Some(stamp.order.clone());
@@ -438,7 +459,7 @@ impl Directory for MemoryDirectory {
             Some(s) if !s.seen.tombstone => return Ok(ContactClaim::User),
             _ => {
                 let seen = Seen { contact_of: Some(org.to_string()), ..Seen::default() };
-                state.items.insert(slot, Stored { seen, user: None, org: None, org_email: None, org_phone: None });
+                state.items.insert(slot, Stored { seen, user: None, org: None, org_email: None, org_phone: None, moved_to: None });
             }
         }
         Ok(ContactClaim::Claimed)
@@ -450,6 +471,77 @@ impl Directory for MemoryDirectory {
             state.items.remove(&slot);
         }
         Ok(())
+    }
+    async fn external_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {
+        let state = lock(&self.state);
+        Ok(ids.iter().filter_map(|id| state.external.get(&(tenant.to_string(), id.clone())).map(|e| (id.clone(), e.clone()))).collect())
+    }
+    async fn claim_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<Option<String>> {
+        let mut state = lock(&self.state);
+        let holder = state.external.entry((tenant.to_string(), id.to_string())).or_insert_with(|| email.to_string());
+        Ok((holder != email).then(|| holder.clone()))
+    }
+    async fn release_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<()> {
+        let mut state = lock(&self.state);
+        let key = (tenant.to_string(), id.to_string());
+        if state.external.get(&key).is_some_and(|e| e == email) {
+            state.external.remove(&key);
+        }
+        Ok(())
+    }
+    async fn move_user(&self, tenant: &str, from: &str, to: &str, stamp: &Stamp) -> Result<Moved> {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = stamp.token();
+        let mut state = lock(&self.state);
+        let (from_slot, to_slot) = ((tenant.to_string(), Key::User(from.to_string())), (tenant.to_string(), Key::User(to.to_string())));
+        let Some(current) = state.items.get(&from_slot).cloned() else { return Ok(Moved::Missing) };
+        if current.seen.tombstone {
+            let ours = current.seen.last_write.as_deref() == Some(token.as_str()) && current.moved_to.as_deref() == Some(to);
+            return Ok(if ours { Moved::Moved } else { Moved::Missing });
+        }
+        let Some(mut user) = current.user.clone().filter(|_| current.seen.contact_of.is_none()) else { return Ok(Moved::Missing) };
+        if current.seen.order.as_deref().is_some_and(|theirs| theirs > stamp.order.as_str()) {
+            return Ok(Moved::Superseded(rules::job_of(current.seen.last_write.as_deref().unwrap_or_default()).to_string()));
+        }
+        match state.items.get(&to_slot) {
+            Some(s) if s.seen.contact_of.is_some() => return Ok(Moved::ContactOf(s.seen.contact_of.clone().unwrap_or_default())),
+            Some(s) if !s.seen.tombstone => return Ok(Moved::Taken),
+            _ => {}
+        }
+        user.email = to.to_string();
+        user.last_write.clone_from(&token);
+        if let Some(id) = &user.fields.external_id {
+            state.external.insert((tenant.to_string(), id.clone()), to.to_string());
+        }
+        let seen = Seen { last_write: Some(token.clone()), order: Some(stamp.order.clone()), ..current.seen.clone() };
+        state.items.insert(to_slot, Stored { seen, user: Some(user), ..current });
+        let seen = Seen { tombstone: true, last_write: Some(token), order: Some(stamp.order.clone()), ..Seen::default() };
+        let gone = Stored { seen, user: None, org: None, org_email: None, org_phone: None, moved_to: Some(to.to_string()) };
+        state.items.insert(from_slot, gone);
+        Ok(Moved::Moved)
+    }
+    async fn moved_to(&self, tenant: &str, email: &str) -> Result<Option<String>> {
+        let state = lock(&self.state);
+        Ok(state
+            .items
+            .get(&(tenant.to_string(), Key::User(email.to_string())))
+            .filter(|s| s.seen.tombstone)
+            .and_then(|s| s.moved_to.clone()))
+    }
+    async fn repoint_associations(&self, tenant: &str, moves: &[(String, String)]) -> Result<u32> {
+        let to: HashMap<&String, &String> = moves.iter().map(|(f, t)| (f, t)).collect();
+        let mut state = lock(&self.state);
+        let mut changed = 0;
+        for ((t, _), stored) in state.items.iter_mut() {
+            let Some(user) = stored.user.as_mut().filter(|_| t == tenant && !stored.seen.tombstone) else { continue };
+            for value in user.fields.associations.values_mut() {
+                if let Some(new) = to.get(value) {
+                    *value = (*new).clone();
+                    changed += 1;
+                }
+            }
+        }
+        Ok(changed)
     }
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64> {
         let name = name.to_lowercase();
@@ -474,7 +566,14 @@ impl Directory for MemoryDirectory {
         let active = self.list_users(tenant).await?.into_iter().filter(|(_, s)| *s == UserStatus::Active).count() as u64;
         Ok(active.min(at_most.max(1)))
     }
-    async fn reserve_licences(&self, tenant: &str, pool: Option<&str>, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
+    async fn reserve_licences(
+        &self,
+        tenant: &str,
+        pool: Option<&str>,
+        limit: u32,
+        claim: &str,
+        decision: LicenceClaim,
+    ) -> Result<LicenceClaim> {
         let tenant = &(tenant.to_string(), pool.map(str::to_string));
         let mut state = lock(&self.state);
         if let Some((recorded, _)) = state.claims.get(claim) {
@@ -709,6 +808,17 @@ impl MemoryInvites {
 
 #[async_trait]
 impl Invites for MemoryInvites {
+    async fn rename(&self, tenant: &str, from: &str, to: &str) -> Result<bool> {
+        let mut state = lock(&self.state);
+        let key = (tenant.to_string(), from.to_string());
+        if !state.get(&key).is_some_and(|(_, st, ..)| *st == InviteState::Pending) {
+            return Ok(false);
+        }
+        let (mut invite, st, claimed, err) = state.remove(&key).expect("checked");
+        invite.email = to.to_string();
+        state.insert((tenant.to_string(), to.to_string()), (invite, st, claimed, err));
+        Ok(true)
+    }
     async fn schedule(&self, invite: &Invite) -> Result<()> {
         let mut state = lock(&self.state);
         let key = (invite.tenant.clone(), invite.email.clone());

@@ -84,10 +84,18 @@ mod tests {
         let mut d = Digest::default();
         let extra = 5;
         for row in 0..(MAX_CREATED_IDS + extra) as u32 {
-            let created = Outcome { change: Some(Change::Created), user_id: Some(format!("id-{row}")), ..Outcome::success(row, Action::Create, "created") };
+            let created = Outcome {
+                change: Some(Change::Created),
+                user_id: Some(format!("id-{row}")),
+                ..Outcome::success(row, Action::Create, "created")
+            };
             d.add(&created);
         }
-        d.add(&Outcome { change: Some(Change::Unchanged), user_id: Some("old".into()), ..Outcome::success(0, Action::Upsert, "unchanged") });
+        d.add(&Outcome {
+            change: Some(Change::Unchanged),
+            user_id: Some("old".into()),
+            ..Outcome::success(0, Action::Upsert, "unchanged")
+        });
         assert_eq!(d.created_ids.len(), MAX_CREATED_IDS);
         assert_eq!(d.more_created_ids, extra as u32);
         assert_eq!(d.created_ids[7], (7, "id-7".to_string()));

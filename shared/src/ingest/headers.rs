@@ -37,7 +37,8 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
             unnamed.push(i + 1);
             continue;
         }
-        match Field::from_header(trimmed) {
+        let tenant_alias = tenant.external_id_column.as_deref().is_some_and(|c| norm(c) == norm(trimmed));
+        match if tenant_alias { Some(Field::ExternalId) } else { Field::from_header(trimmed) } {
             Some(f) => {
                 if let Some(prev) = mapping.column(f) {
                     return Err(format!(
@@ -106,7 +107,14 @@ pub fn header_list<S: AsRef<str>>(headers: &[S]) -> String {
 fn check_template(headers: &[String], tenant: &Tenant) -> Result<(), String> {
     let expected: Vec<String> = if tenant.template_columns.is_empty() {
         let pools = (!tenant.licence_pools.is_empty()).then(|| Field::LicencePool.name().to_string());
-        Field::ALL.iter().map(|f| f.name().to_string()).chain(pools).chain(tenant.attributes.iter().map(|a| a.name.clone())).collect()
+        let external = tenant.uses_external_ids().then(|| tenant.external_id_header().to_string());
+        Field::ALL
+            .iter()
+            .map(|f| f.name().to_string())
+            .chain(external)
+            .chain(pools)
+            .chain(tenant.attributes.iter().map(|a| a.name.clone()))
+            .collect()
     } else {
         tenant.template_columns.clone()
     };

@@ -72,6 +72,8 @@ pub struct RowValidator {
     /// Whether any operation can reference something the file creates (else marks are skipped).
     creates_org: bool,
     associations: bool,
+    /// The first row of each ExternalId (by fingerprint): a later row with the same id fails.
+    external_ids: hashbrown::HashMap<u64, u32>,
 }
 
 /// A row whose key an earlier row of the file already has: its operation is not applied.
@@ -102,6 +104,7 @@ impl RowValidator {
             several: false,
             creates_org: false,
             associations: false,
+            external_ids: hashbrown::HashMap::new(),
         }
     }
 
@@ -162,6 +165,21 @@ impl RowValidator {
         }
         let op = validate_row(row, cells, mapping, &self.tenant, self.mode, self.sheet_type.as_deref())
             .map_err(|(action, column, msg)| Outcome { column, ..Outcome::failure(row, action, msg) })?;
+        if let TargetView::User(UserView { external_id: Some(id), .. }) = &op.target {
+            match self.external_ids.entry(self.keys.hash_one(("external id", *id))) {
+                hashbrown::hash_map::Entry::Occupied(first) => {
+                    let first = label(*first.get(), &self.sheets, self.several);
+                    let message = format!(
+                        "duplicate ExternalId \"{}\": {first} of this file already has it; only the first row is applied",
+                        crate::wording::quoted(id)
+                    );
+                    return Err(Outcome { column: Some("ExternalId".into()), ..Outcome::failure(row, Some(op.action), message) });
+                }
+                hashbrown::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(row);
+                }
+            }
+        }
         let (entity, key, creates) = match &op.target {
             TargetView::User(u) => {
                 self.associations |= !u.associations.is_empty();
@@ -466,6 +484,37 @@ fn validate_row<'c, S: AsRef<str>>(
             };
             let invite_at = get(Field::ScheduledDate).map(parse_when).transpose().map_err(|m| fail_at("ScheduledDate", m))?;
             let licence_pool = get(Field::LicencePool).map(|p| check_pool(p, tenant)).transpose().map_err(|m| fail_at("LicencePool", m))?;
+            let external_id = get(Field::ExternalId);
+            if let Some(id) = external_id {
+                check_external_id(id).map_err(|m| fail_at("ExternalId", m))?;
+            } else if tenant.external_id_required {
+                return Err(fail_at(
+                    "ExternalId",
+                    format!("{} is empty; this tenant matches every user by it", tenant.external_id_header()),
+                ));
+            }
+            let new_email = match get(Field::NewEmail) {
+                None => None,
+                Some(_) if external_id.is_some() => {
+                    return Err(fail_at(
+                        "NewEmail",
+                        "a row with an ExternalId changes the email by giving the new one in Email; leave NewEmail blank".into(),
+                    ));
+                }
+                Some(_) if !matches!(action, Action::Update | Action::Upsert) => {
+                    return Err(fail_at(
+                        "NewEmail",
+                        format!("NewEmail changes an existing user's email: use it with Update or Upsert, not {action}"),
+                    ));
+                }
+                Some(raw) => {
+                    let email = checked_email(raw).map_err(|m| fail_at("NewEmail", m.replacen("Email", "NewEmail", 1)))?;
+                    if email == key {
+                        return Err(fail_at("NewEmail", "NewEmail is the same as Email; leave it blank or give the new address".into()));
+                    }
+                    Some(email.into_owned())
+                }
+            };
             if (invite || action == Action::Invite) && key.starts_with("user:") {
                 return Err(fail_at("InviteUser", "a user without an Email cannot be sent an activation email".into()));
             }
@@ -484,6 +533,8 @@ fn validate_row<'c, S: AsRef<str>>(
                 invite,
                 invite_at,
                 licence_pool,
+                external_id,
+                new_email,
                 key,
             };
             for (f, v) in [
@@ -502,6 +553,18 @@ fn validate_row<'c, S: AsRef<str>>(
             Ok(RowView { row, action, target: TargetView::User(user) })
         }
     }
+}
+
+/// An ExternalId as kept: at most `MAX_EXTERNAL_ID_CHARS`, no control characters (the cell is trimmed).
+fn check_external_id(id: &str) -> std::result::Result<(), String> {
+    let max = crate::model::MAX_EXTERNAL_ID_CHARS;
+    if id.len() > max && id.chars().count() > max {
+        return Err(format!("ExternalId is {} characters long; the limit is {max}", id.chars().count()));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(format!("ExternalId \"{}\" contains a control character", crate::wording::quoted(id)));
+    }
+    Ok(())
 }
 
 /// The configured name of the pool a `LicencePool` cell names.

@@ -45,6 +45,8 @@ pub struct UserView<'c> {
     pub invite_at: Option<String>,
     /// The named pool as the tenant configures it (the cell may differ in case).
     pub licence_pool: Option<String>,
+    pub external_id: Option<&'c str>,
+    pub new_email: Option<String>,
 }
 
 /// The names in a `;`-separated cell (Groups, Products), each trimmed, empty ones dropped.
@@ -82,6 +84,8 @@ impl RowView<'_> {
                         invite: u.invite,
                         invite_at: u.invite_at.clone(),
                         licence_pool: u.licence_pool.clone(),
+                        external_id: owned(u.external_id),
+                        new_email: u.new_email.clone(),
                     },
                 }
             }
@@ -165,6 +169,14 @@ impl RowView<'_> {
                 if let Some(pool) = &u.licence_pool {
                     out.extend_from_slice(b",\"licence_pool\":");
                     string(out, pool);
+                }
+                if let Some(id) = u.external_id {
+                    out.extend_from_slice(b",\"external_id\":");
+                    string(out, id);
+                }
+                if let Some(email) = &u.new_email {
+                    out.extend_from_slice(b",\"new_email\":");
+                    string(out, email);
                 }
             }
         }
@@ -263,6 +275,8 @@ mod tests {
             invite: true,
             invite_at: Some("2026-09-01T00:00:00+00:00".into()),
             licence_pool: Some(awkward.into()),
+            external_id: Some(awkward),
+            new_email: Some("new@x.com".into()),
         };
         for action in [Action::Create, Action::Update, Action::Upsert, Action::Delete, Action::Expire, Action::Invite] {
             same_as_serde(&RowView { row: 4_000_000_001, action, target: TargetView::User(full.clone()) });

@@ -62,6 +62,7 @@ pub(super) fn profile_attrs(f: &UserFields) -> Vec<(String, Av)> {
     opt("department", &f.department);
     opt("user_type", &f.user_type);
     opt("pool", &f.licence_pool);
+    opt("external_id", &f.external_id);
     if !f.groups.is_empty() {
         v.push(("groups".into(), Av::L(f.groups.iter().map(s).collect())));
     }
@@ -99,6 +100,8 @@ impl TryFrom<&Item> for User {
                 invite: false,
                 invite_at: None,
                 licence_pool: get("pool"),
+                external_id: get("external_id"),
+                new_email: None,
                 groups: item
                     .get("groups")
                     .and_then(|g| g.as_l().ok())

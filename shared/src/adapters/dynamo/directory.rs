@@ -2,11 +2,11 @@
 
 use super::codec::*;
 use super::ext::*;
+use super::licences::PoolId;
 use super::*;
 use crate::error::{Error, Result};
 use crate::model::{Before, Change, Restore, Target, Tenant, User, UserStatus};
-use super::licences::PoolId;
-use crate::ports::{ContactClaim, Directory, Licence, LicenceClaim, Restored, Stamp};
+use crate::ports::{ContactClaim, Directory, Licence, LicenceClaim, Moved, Restored, Stamp};
 use crate::rules::{Attempt, Attempted};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -380,11 +380,15 @@ impl Directory for DynamoDirectory {
             (true, false) => Change::Deleted,
             _ => Change::Updated,
         };
-        Ok(Restored::Done { change, licence, before: Before::Was {
-            image: current.as_ref().map(image),
-            active: was_active,
-            pool: current.as_ref().and_then(|i| i.str("pool")).map(str::to_string),
-        } })
+        Ok(Restored::Done {
+            change,
+            licence,
+            before: Before::Was {
+                image: current.as_ref().map(image),
+                active: was_active,
+                pool: current.as_ref().and_then(|i| i.str("pool")).map(str::to_string),
+            },
+        })
     }
 
     async fn list_users(&self, tenant: &str) -> Result<Vec<(String, UserStatus)>> {
@@ -432,7 +436,14 @@ impl Directory for DynamoDirectory {
         Ok(count)
     }
 
-    async fn reserve_licences(&self, tenant: &str, pool: Option<&str>, limit: u32, claim: &str, decision: LicenceClaim) -> Result<LicenceClaim> {
+    async fn reserve_licences(
+        &self,
+        tenant: &str,
+        pool: Option<&str>,
+        limit: u32,
+        claim: &str,
+        decision: LicenceClaim,
+    ) -> Result<LicenceClaim> {
         self.pool_reserve(&PoolId::new(tenant, pool), limit, claim, decision).await
     }
 
@@ -537,6 +548,30 @@ impl Directory for DynamoDirectory {
             Err(e) if is_condition_failed(&e) => Ok(()),
             Err(e) => Err(ddb_err("DeleteItem")(e)),
         }
+    }
+
+    async fn external_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {
+        self.read_external_ids(tenant, ids).await
+    }
+
+    async fn claim_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<Option<String>> {
+        self.put_external_id(tenant, id, email).await
+    }
+
+    async fn release_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<()> {
+        self.delete_external_id(tenant, id, email).await
+    }
+
+    async fn move_user(&self, tenant: &str, from: &str, to: &str, stamp: &Stamp) -> Result<Moved> {
+        self.move_user_once(tenant, from, to, stamp).await
+    }
+
+    async fn moved_to(&self, tenant: &str, email: &str) -> Result<Option<String>> {
+        self.moved_to_of(tenant, email).await
+    }
+
+    async fn repoint_associations(&self, tenant: &str, moves: &[(String, String)]) -> Result<u32> {
+        self.repoint(tenant, moves).await
     }
 
     async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64> {

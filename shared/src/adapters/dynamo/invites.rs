@@ -153,4 +153,50 @@ impl Invites for DynamoInvites {
             Err(e) => Err(ddb_err("UpdateItem")(e)),
         }
     }
+
+    async fn rename(&self, tenant: &str, from: &str, to: &str) -> Result<bool> {
+        use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
+        let old_key = format!("I#{tenant}#{from}");
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&old_key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        let Some(mut item) = out.item.filter(|i| i.str("status") == Some("pending")) else { return Ok(false) };
+        let due = item.str("due_at").unwrap_or_default().to_string();
+        item.insert("pk".into(), s(format!("I#{tenant}#{to}")));
+        item.insert("email".into(), s(to));
+        item.insert("gsi1pk".into(), s(Self::shard(to)));
+        item.insert("gsi1sk".into(), s(format!("{due}#{tenant}#{to}")));
+        // Only while still pending (a sweep sending it meanwhile keeps it where it is).
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .key("pk", s(&old_key))
+            .condition_expression("#st = :pending")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":pending", s("pending"))
+            .build()
+            .map_err(|e| crate::error::Error::corrupt("invite move", e))?;
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .build()
+            .map_err(|e| crate::error::Error::corrupt("invite move", e))?;
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().delete(delete).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if cancellation(&e).is_some() => Ok(false),
+            Err(e) => Err(ddb_err("TransactWriteItems")(e)),
+        }
+    }
 }

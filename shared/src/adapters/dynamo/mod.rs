@@ -9,6 +9,7 @@
 mod codec;
 mod directory;
 mod ext;
+mod identity;
 mod invites;
 mod jobs;
 mod licences;

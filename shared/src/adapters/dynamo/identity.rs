@@ -1,0 +1,276 @@
+//! Who a user is across email changes: ExternalId items (`X#<tenant>#<id>` -> email), moving a
+//! user to a new email in one transaction, and associations following the move.
+
+use super::codec::*;
+use super::ext::*;
+use super::*;
+use crate::error::{Error, Result};
+use crate::ports::{Moved, Stamp};
+use aws_sdk_dynamodb::types::{AttributeValue as Av, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
+use std::collections::HashMap;
+
+pub(super) fn external_key(tenant: &str, id: &str) -> Key {
+    (format!("X#{tenant}#{id}"), SOLE.to_string())
+}
+
+/// The kind of an ExternalId item.
+const EXTERNAL: &str = "external_id";
+
+impl DynamoDirectory {
+    pub(super) async fn read_external_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let mut found = HashMap::new();
+        for batch in ids.chunks(100) {
+            let keys: Vec<Item> = batch.iter().map(|id| key_item(&external_key(tenant, id))).collect();
+            let mut pending = Some(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(txn_err)?);
+            let mut round = 0u64;
+            while let Some(request) = pending.take() {
+                if round > 100 {
+                    return Err(Error::Transient {
+                        service: "dynamodb",
+                        operation: "BatchGetItem",
+                        message: "keys left unprocessed".into(),
+                    });
+                }
+                if round > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * round.min(50))).await;
+                }
+                round += 1;
+                let out = self.client.batch_get_item().request_items(&self.table, request).send().await.map_err(ddb_err("BatchGetItem"))?;
+                for item in out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
+                    if let (Some(id), Some(email)) = (item.str("external_id"), item.str("email")) {
+                        found.insert(id.to_string(), email.to_string());
+                    }
+                }
+                pending = out.unprocessed_keys.unwrap_or_default().remove(&self.table).filter(|k| !k.keys.is_empty());
+            }
+        }
+        Ok(found)
+    }
+
+    pub(super) async fn put_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<Option<String>> {
+        let mut item = key_item(&external_key(tenant, id));
+        item.extend([
+            ("kind".to_string(), s(EXTERNAL)),
+            ("tenant".to_string(), s(tenant)),
+            ("external_id".to_string(), s(id)),
+            ("email".to_string(), s(email)),
+        ]);
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR email = :me")
+            .expression_attribute_values(":me", s(email))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(None),
+            Err(e) if is_condition_failed(&e) => {
+                let old = match e.into_service_error() {
+                    aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => c.item,
+                    _ => None,
+                };
+                Ok(Some(old.as_ref().and_then(|o| o.str("email")).unwrap_or("another user").to_string()))
+            }
+            Err(e) => Err(ddb_err("PutItem")(e)),
+        }
+    }
+
+    pub(super) async fn delete_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<()> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(&external_key(tenant, id))))
+            .condition_expression("email = :me")
+            .expression_attribute_values(":me", s(email))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(ddb_err("DeleteItem")(e)),
+        }
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_item(key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        Ok(out.item)
+    }
+
+    /// One transaction: the tombstone where the user was (only while the item is as read), the
+    /// whole item under the new key (only where no live user or contact is), the ExternalId
+    /// pointed at the new email. A user changed between the read and the transaction is read again.
+    pub(super) async fn move_user_once(&self, tenant: &str, from: &str, to: &str, stamp: &Stamp) -> Result<Moved> {
+        let token = stamp.token();
+        for _ in 0..crate::rules::MAX_ATTEMPTS {
+            let Some(item) = self.get(&user_key(tenant, from)).await? else { return Ok(Moved::Missing) };
+            match item.str("kind") {
+                Some(TOMBSTONE) if item.str("last_write") == Some(token.as_str()) && item.str("moved_to") == Some(to) => {
+                    return Ok(Moved::Moved); // an earlier attempt of this row
+                }
+                Some("user") | None => {}
+                _ => return Ok(Moved::Missing),
+            }
+            if item.str("ord").is_some_and(|theirs| theirs > stamp.order.as_str()) {
+                let job = item.str("last_write").map(crate::rules::job_of).unwrap_or_default();
+                return Ok(Moved::Superseded(job.to_string()));
+            }
+            let mut moved = item.clone();
+            let (pk, sk) = user_key(tenant, to);
+            moved.extend([
+                ("pk".to_string(), s(pk)),
+                ("sk".to_string(), s(sk)),
+                ("email".to_string(), s(to)),
+                ("last_write".to_string(), s(&token)),
+                ("updated_at".to_string(), s(&stamp.at)),
+                ("ord".to_string(), s(&stamp.order)),
+            ]);
+            let mut tombstone = key_item(&user_key(tenant, from));
+            tombstone.extend([
+                ("kind".to_string(), s(TOMBSTONE)),
+                ("tenant".to_string(), s(tenant)),
+                ("deleted_at".to_string(), s(&stamp.at)),
+                ("moved_to".to_string(), s(to)),
+                ("last_write".to_string(), s(&token)),
+                ("ord".to_string(), s(&stamp.order)),
+                ("ttl".to_string(), n(chrono::Utc::now().timestamp() + MARKER_TTL_SECS)),
+            ]);
+            let leave = Put::builder().table_name(&self.table).set_item(Some(tombstone)).expression_attribute_values(":user", s("user"));
+            // Only while the item is as read (a user from before stamps has no last_write).
+            let leave = match item.str("last_write") {
+                Some(seen) => leave
+                    .condition_expression("(attribute_not_exists(kind) OR kind = :user) AND last_write = :seen")
+                    .expression_attribute_values(":seen", s(seen)),
+                None => leave.condition_expression("(attribute_not_exists(kind) OR kind = :user) AND attribute_not_exists(last_write)"),
+            }
+            .build()
+            .map_err(txn_err)?;
+            let arrive = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(moved))
+                .condition_expression("attribute_not_exists(pk) OR kind = :gone")
+                .expression_attribute_values(":gone", s(TOMBSTONE))
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .build()
+                .map_err(txn_err)?;
+            let mut txn = self
+                .client
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().put(leave).build())
+                .transact_items(TransactWriteItem::builder().put(arrive).build());
+            if let Some(id) = item.str("external_id") {
+                let mut ext = key_item(&external_key(tenant, id));
+                ext.extend([
+                    ("kind".to_string(), s(EXTERNAL)),
+                    ("tenant".to_string(), s(tenant)),
+                    ("external_id".to_string(), s(id)),
+                    ("email".to_string(), s(to)),
+                ]);
+                let point = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(ext))
+                    .condition_expression("attribute_not_exists(pk) OR email = :from")
+                    .expression_attribute_values(":from", s(from))
+                    .build()
+                    .map_err(txn_err)?;
+                txn = txn.transact_items(TransactWriteItem::builder().put(point).build());
+            }
+            match txn.send().await {
+                Ok(_) => return Ok(Moved::Moved),
+                Err(e) => match cancellation(&e) {
+                    Some(reasons) if reasons.get(1).is_some_and(|(code, _)| code == "ConditionalCheckFailed") => {
+                        let old = reasons[1].1.as_ref();
+                        return Ok(match old.filter(|o| o.str("kind") == Some(CONTACT)).and_then(|o| o.str("contact_of")) {
+                            Some(org) => Moved::ContactOf(org.to_string()),
+                            None => Moved::Taken,
+                        });
+                    }
+                    // The user changed since the read, or a conflicting transaction: read again.
+                    Some(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                    None => return Err(ddb_err("TransactWriteItems")(e)),
+                },
+            }
+        }
+        Err(Error::Transient {
+            service: "dynamodb",
+            operation: "TransactWriteItems",
+            message: "the user changed during every attempt to move it".into(),
+        })
+    }
+
+    pub(super) async fn moved_to_of(&self, tenant: &str, email: &str) -> Result<Option<String>> {
+        let item = self.get(&user_key(tenant, email)).await?;
+        Ok(item.filter(|i| i.str("kind") == Some(TOMBSTONE)).and_then(|i| i.str("moved_to").map(str::to_string)))
+    }
+
+    /// Each user partition is queried for associations naming a moved email (25 emails a query,
+    /// well within an expression's limits); each match is set to the new email while it still
+    /// names the old one.
+    pub(super) async fn repoint(&self, tenant: &str, moves: &[(String, String)]) -> Result<u32> {
+        let mut changed = 0;
+        for group in moves.chunks(25) {
+            let to: HashMap<&str, &str> = group.iter().map(|(f, t)| (f.as_str(), t.as_str())).collect();
+            let values: Vec<String> = (0..group.len()).map(|i| format!(":f{i}")).collect();
+            let filter = crate::model::ASSOCIATIONS
+                .iter()
+                .enumerate()
+                .map(|(a, _)| format!("#a{a} IN ({})", values.join(", ")))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            for shard in 0..USER_SHARDS {
+                let mut query = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .key_condition_expression("pk = :p")
+                    .expression_attribute_values(":p", s(user_partition(tenant, shard)))
+                    .filter_expression(&filter);
+                for (a, name) in crate::model::ASSOCIATIONS.iter().enumerate() {
+                    query = query.expression_attribute_names(format!("#a{a}"), *name);
+                }
+                for (i, (from, _)) in group.iter().enumerate() {
+                    query = query.expression_attribute_values(format!(":f{i}"), s(from));
+                }
+                let mut pages = query.into_paginator().items().send();
+                while let Some(item) = pages.next().await {
+                    let item = item.map_err(ddb_err("Query"))?;
+                    for name in crate::model::ASSOCIATIONS {
+                        let Some((from, new)) = item.str(name).and_then(|v| to.get_key_value(v)) else { continue };
+                        let res = self
+                            .client
+                            .update_item()
+                            .table_name(&self.table)
+                            .key("pk", item.get("pk").cloned().unwrap_or(Av::Null(true)))
+                            .key("sk", item.get("sk").cloned().unwrap_or(Av::Null(true)))
+                            .update_expression("SET #a = :to")
+                            .condition_expression("#a = :from AND kind = :user")
+                            .expression_attribute_names("#a", *name)
+                            .expression_attribute_values(":to", s(*new))
+                            .expression_attribute_values(":from", s(*from))
+                            .expression_attribute_values(":user", s("user"))
+                            .send()
+                            .await;
+                        match res {
+                            Ok(_) => changed += 1,
+                            Err(e) if is_condition_failed(&e) => {}
+                            Err(e) => return Err(ddb_err("UpdateItem")(e)),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(changed)
+    }
+}

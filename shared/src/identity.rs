@@ -1,0 +1,242 @@
+//! Who a row is about when emails change: a row with an `ExternalId` is matched by it (its
+//! Email may be the person's new address), a row with `NewEmail` moves the user named by Email.
+//! Decided per chunk from one batched read of the ExternalIds; the writes' conditions stay the
+//! authority (`Directory::claim_external_id`, `Directory::move_user`).
+
+use crate::error::Result;
+use crate::model::{Action, RowOp, Target, User};
+use crate::services::Services;
+use crate::wording::quoted;
+use std::collections::HashMap;
+
+/// What a chunk's rows need besides their write.
+#[derive(Debug, Default)]
+pub struct Identities {
+    /// Row -> the email its user moves from (to the row's Email, its target now).
+    pub moves: HashMap<u32, Moving>,
+    /// Row -> the ExternalId it gives a user that has none (claimed before the write).
+    pub claims: HashMap<u32, String>,
+    /// Row -> (column, message): refused before any write.
+    pub refused: HashMap<u32, (&'static str, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Moving {
+    pub from: String,
+    /// The column that asked for the move (ExternalId or NewEmail): messages name it.
+    pub column: &'static str,
+}
+
+/// Decide each user row's identity. NewEmail rows are retargeted at the new email (the old one
+/// is in `moves`); `stored` gains the users the moves start from, under their new email, so the
+/// licence, unchanged and Changes decisions see the person.
+pub async fn plan(svc: &Services, tenant: &str, ops: &mut [RowOp], stored: &mut HashMap<String, User>) -> Result<Identities> {
+    let mut out = Identities::default();
+    let ids: Vec<String> = ops
+        .iter()
+        .filter_map(|op| match &op.target {
+            Target::User { fields, .. } => fields.external_id.clone(),
+            _ => None,
+        })
+        .collect();
+    let holders = if ids.is_empty() { HashMap::new() } else { svc.directory.external_ids(tenant, &ids).await? };
+    for op in ops.iter_mut() {
+        let (row, action) = (op.row, op.action);
+        let Target::User { email, fields } = &mut op.target else { continue };
+        if let Some(new) = fields.new_email.take() {
+            let from = std::mem::replace(email, new);
+            out.moves.insert(row, Moving { from, column: "NewEmail" });
+            continue;
+        }
+        let Some(id) = fields.external_id.clone() else { continue };
+        match holders.get(&id) {
+            Some(holder) if holder == email => {}
+            Some(holder) if matches!(action, Action::Upsert | Action::Update) => {
+                out.moves.insert(row, Moving { from: holder.clone(), column: "ExternalId" });
+            }
+            Some(holder) => {
+                let verb = if action == Action::Create { "create a second user with it" } else { "act on another email" };
+                let message = format!(
+                    "ExternalId \"{}\" belongs to {holder}; a {action} row cannot {verb} (an Update or Upsert row with the new Email changes their email)",
+                    quoted(&id)
+                );
+                out.refused.insert(row, ("ExternalId", message));
+            }
+            None => match stored.get(email.as_str()).and_then(|u| u.fields.external_id.as_deref()) {
+                Some(theirs) if theirs != id => {
+                    let message = format!(
+                        "user {email} has ExternalId \"{}\"; a row cannot change a user's ExternalId (\"{}\" given)",
+                        quoted(theirs),
+                        quoted(&id)
+                    );
+                    out.refused.insert(row, ("ExternalId", message));
+                }
+                _ if matches!(action, Action::Create | Action::Upsert | Action::Update) => {
+                    out.claims.insert(row, id);
+                }
+                _ => {}
+            },
+        }
+    }
+    // The users moves start from (and their targets: a retried move finds the user there).
+    let mut wanted: Vec<String> = Vec::new();
+    for op in ops.iter() {
+        if let (Some(m), Target::User { email, .. }) = (out.moves.get(&op.row), &op.target) {
+            wanted.extend([m.from.clone(), email.clone()].into_iter().filter(|e| !stored.contains_key(e)));
+        }
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    if !wanted.is_empty() {
+        stored.extend(svc.directory.users(tenant, &wanted).await?);
+    }
+    for op in ops.iter() {
+        if let (Some(m), Target::User { email, .. }) = (out.moves.get(&op.row), &op.target)
+            && !stored.contains_key(email)
+            && let Some(user) = stored.get(&m.from).cloned()
+        {
+            stored.insert(email.clone(), User { email: email.clone(), ..user });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::adapters::memory::InviteState;
+    use crate::testkit::Kit;
+
+    /// A file keyed by ExternalId after two people changed email: each row finds its person by
+    /// the id, moves them to the new email with everything they had (id, group, product,
+    /// licence, the pending invite), and the association naming the old email follows.
+    #[tokio::test]
+    async fn a_file_keyed_by_external_id_moves_people_to_their_new_emails_keeping_everything() {
+        let mut kit = Kit::new(|t| {
+            t.licences = Some(10);
+            t.products = vec!["LMS".into()];
+        })
+        .await;
+        let first = kit
+            .run(
+                "hr.csv",
+                "ExternalId,Email,FirstName,Group,Products,InviteUser,ScheduledDate,Supervisor\n\
+                 E1,boss@acme.example.com,Bo,Leads,LMS,,,\n\
+                 E2,ann@acme.example.com,Ann,Teachers,LMS,TRUE,2030-01-01,boss@acme.example.com\n",
+            )
+            .await;
+        assert_eq!(first.succeeded, 2);
+        let dir = kit.svc.directory.clone();
+        let before = dir.user("acme", "ann@acme.example.com").await.unwrap().unwrap();
+        let moved = kit.run("hr2.csv", "ExternalId,Email,FirstName\nE1,chief@acme.example.com,Bo\nE2,ann.new@acme.example.com,Ann\n").await;
+        let out = kit.outcomes(&moved).await;
+        assert_eq!(out[0], ("Updated".into(), "email changed from boss@acme.example.com to chief@acme.example.com".into()));
+        assert_eq!(out[1].1, "email changed from ann@acme.example.com to ann.new@acme.example.com");
+        assert_eq!(kit.changes(&moved).await[1], "Email: \"ann@acme.example.com\" -> \"ann.new@acme.example.com\"");
+        assert!(
+            dir.user("acme", "ann@acme.example.com").await.unwrap().is_none()
+                && dir.user("acme", "boss@acme.example.com").await.unwrap().is_none()
+        );
+        let ann = dir.user("acme", "ann.new@acme.example.com").await.unwrap().unwrap();
+        assert_eq!(
+            (ann.user_id.clone(), ann.status, &ann.fields.groups, &ann.fields.products),
+            (before.user_id.clone(), before.status, &before.fields.groups, &before.fields.products)
+        );
+        assert_eq!(ann.fields.external_id.as_deref(), Some("E2"));
+        assert_eq!(
+            ann.fields.associations.get("supervisor").map(String::as_str),
+            Some("chief@acme.example.com"),
+            "the association follows"
+        );
+        assert_eq!(kit.user_ids(&moved).await[1], before.user_id.clone().unwrap());
+        assert_eq!(dir.licences_used("acme", None).await.unwrap(), 2, "the licence moves with the person");
+        assert_eq!(kit.mem.invites.of("acme", "ann.new@acme.example.com").map(|i| i.0), Some(InviteState::Pending));
+        assert!(kit.mem.invites.of("acme", "ann@acme.example.com").is_none());
+        assert_eq!(dir.external_ids("acme", &["E2".into()]).await.unwrap()["E2"], "ann.new@acme.example.com");
+
+        // The same file again changes nothing; then the hostile cases, each its own message.
+        let again = kit.run("hr3.csv", "ExternalId,Email,FirstName\nE1,chief@acme.example.com,Bo\n").await;
+        assert_eq!(kit.outcomes(&again).await[0].0, "Unchanged");
+        let long = "x".repeat(crate::model::MAX_EXTERNAL_ID_CHARS + 1);
+        let bad = kit
+            .run(
+                "bad.csv",
+                &format!(
+                    "Action,ExternalId,Email\n\
+                     Upsert,E1,ann.new@acme.example.com\n\
+                     Create,E2,someone@acme.example.com\n\
+                     Upsert,E7,new1@acme.example.com\n\
+                     Upsert,E7,new2@acme.example.com\n\
+                     Upsert,{long},new3@acme.example.com\n"
+                ),
+            )
+            .await;
+        let out = kit.outcomes(&bad).await;
+        assert_eq!(out[0].1, "ann.new@acme.example.com already belongs to another user; chief@acme.example.com keeps their email");
+        assert!(out[1].1.starts_with("ExternalId \"E2\" belongs to ann.new@acme.example.com; a Create row cannot"), "{}", out[1].1);
+        assert_eq!(out[2].0, "Created");
+        assert_eq!(out[3].1, "duplicate ExternalId \"E7\": row 4 of this file already has it; only the first row is applied");
+        assert_eq!(out[4].1, format!("ExternalId is {} characters long; the limit is 128", long.len()));
+        let other = kit.run("other.csv", "ExternalId,Email\nE9,ann.new@acme.example.com\n").await;
+        let out = kit.outcomes(&other).await;
+        assert!(out[0].1.starts_with("user ann.new@acme.example.com has ExternalId \"E2\""), "{}", out[0].1);
+        assert_eq!(dir.user("acme", "chief@acme.example.com").await.unwrap().unwrap().fields.first_name.as_deref(), Some("Bo"));
+        // A deleted person's ExternalId is free again.
+        kit.run("gone.csv", "Action,Email\nDelete,new1@acme.example.com\n").await;
+        let reused = kit.run("reuse.csv", "ExternalId,Email\nE7,other@acme.example.com\n").await;
+        assert_eq!(kit.outcomes(&reused).await[0].0, "Created");
+    }
+
+    /// Without ExternalId, NewEmail moves the user named by Email; a new email that belongs to
+    /// someone else fails naming it, and the file-level mistakes are caught before anything runs.
+    #[tokio::test]
+    async fn new_email_moves_the_user_named_by_email_unless_the_new_one_is_taken() {
+        let mut kit = Kit::new(|_| {}).await;
+        kit.run("users.csv", "Email,Department\na@acme.example.com,Sales\nb@acme.example.com,Ops\n").await;
+        let job = kit
+            .run(
+                "moves.csv",
+                "Action,Email,NewEmail,Department\n\
+                 Update,a@acme.example.com,a2@acme.example.com,Support\n\
+                 Update,b@acme.example.com,a2@acme.example.com,\n\
+                 Create,c@acme.example.com,c2@acme.example.com,\n\
+                 Update,b@acme.example.com,B@acme.example.com,\n\
+                 Update,nobody@acme.example.com,n2@acme.example.com,\n",
+            )
+            .await;
+        let out = kit.outcomes(&job).await;
+        assert_eq!(out[0], ("Updated".into(), "email changed from a@acme.example.com to a2@acme.example.com".into()));
+        assert_eq!(
+            kit.changes(&job).await[0],
+            "Email: \"a@acme.example.com\" -> \"a2@acme.example.com\"; Department: \"Sales\" -> \"Support\""
+        );
+        assert!(out[1].1.contains("duplicate") || out[1].1.contains("already belongs to another user"), "{}", out[1].1);
+        assert_eq!(out[2].1, "NewEmail changes an existing user's email: use it with Update or Upsert, not Create");
+        assert_eq!(out[4].1, "no user has the email nobody@acme.example.com any more; nothing to move");
+        let dir = &kit.svc.directory;
+        assert_eq!(dir.user("acme", "a2@acme.example.com").await.unwrap().unwrap().fields.department.as_deref(), Some("Support"));
+        assert_eq!(dir.user("acme", "b@acme.example.com").await.unwrap().unwrap().fields.department.as_deref(), Some("Ops"));
+        let taken = kit.run("taken.csv", "Email,NewEmail\nb@acme.example.com,a2@acme.example.com\n").await;
+        assert_eq!(
+            kit.outcomes(&taken).await[0].1,
+            "a2@acme.example.com already belongs to another user; b@acme.example.com keeps their email"
+        );
+        let both = kit.run("both.csv", "Email,ExternalId,NewEmail\nb@acme.example.com,E1,b2@acme.example.com\n").await;
+        assert!(kit.outcomes(&both).await[0].1.starts_with("a row with an ExternalId changes the email"));
+    }
+
+    /// A tenant may require ExternalId and name the column its HR export uses.
+    #[tokio::test]
+    async fn a_tenant_can_require_external_ids_under_its_own_column_name() {
+        let mut kit = Kit::new(|t| {
+            t.external_id_required = true;
+            t.external_id_column = Some("Employee Number".into());
+        })
+        .await;
+        let job = kit.run("hr.csv", "Email,Employee Number\na@acme.example.com,1001\nb@acme.example.com,\n").await;
+        let out = kit.outcomes(&job).await;
+        assert_eq!(out[0].0, "Created");
+        assert_eq!(out[1].1, "Employee Number is empty; this tenant matches every user by it");
+        let a = kit.svc.directory.user("acme", "a@acme.example.com").await.unwrap().unwrap();
+        assert_eq!(a.fields.external_id.as_deref(), Some("1001"));
+    }
+}
