@@ -419,6 +419,100 @@ async fn a_user_email_an_organization_already_uses_fails_and_the_other_way_round
     stack.shutdown().await;
 }
 
+/// Against DynamoDB: a file keyed by ExternalId finds people whose emails changed and moves
+/// each in one transaction, keeping their id, groups, products, licence and pending invite, with
+/// the association naming the old email following; a duplicate ExternalId in the directory and
+/// a taken new email fail naming the other; the same file again changes nothing.
+#[tokio::test]
+async fn a_file_keyed_by_external_id_updates_the_right_users_after_their_emails_changed() {
+    let stack = Stack::start().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.licences = Some(5);
+    tenant.products = vec!["LMS".into()];
+    tenant.holds = shared::model::Holds::off();
+    stack.put_tenant(&tenant).await;
+    let (_, s, _) = stack
+        .run_csv(
+            "acme",
+            None,
+            "hr.csv",
+            &[
+                &["IdentityIDUser", "Email", "Group", "Products", "InviteUser", "ScheduledDate", "Supervisor"],
+                &["E1", "boss@acme.example.com", "Leads", "LMS", "", "", ""],
+                &["E2", "ann@acme.example.com", "Teachers", "LMS", "TRUE", "2030-01-01", "boss@acme.example.com"],
+                &["E3", "cy@acme.example.com", "", "", "", "", ""],
+            ],
+        )
+        .await;
+    assert_eq!(s.counts.success, 3, "{s:?}");
+    let dir = &stack.svc.directory;
+    let ann = dir.user("acme", "ann@acme.example.com").await.unwrap().unwrap();
+    let (_, s, result) = stack
+        .run_csv(
+            "acme",
+            None,
+            "hr2.csv",
+            &[
+                &["IdentityIDUser", "Email"],
+                &["E1", "chief@acme.example.com"],
+                &["E2", "ann@new.example.com"],
+                &["E3", "chief@acme.example.com"],
+            ],
+        )
+        .await;
+    let out = statuses(&result);
+    assert_eq!(out[0].1, "email changed from boss@acme.example.com to chief@acme.example.com");
+    assert_eq!(out[1].1, "email changed from ann@acme.example.com to ann@new.example.com");
+    assert!(out[2].1.starts_with("duplicate email"), "{out:?}");
+    assert_eq!(s.counts.success, 2);
+    let moved = dir.user("acme", "ann@new.example.com").await.unwrap().unwrap();
+    assert_eq!(
+        (moved.user_id.clone(), &moved.fields.groups, &moved.fields.products),
+        (ann.user_id.clone(), &ann.fields.groups, &ann.fields.products)
+    );
+    assert_eq!(moved.fields.associations.get("supervisor").map(String::as_str), Some("chief@acme.example.com"));
+    assert!(dir.user("acme", "ann@acme.example.com").await.unwrap().is_none());
+    assert_eq!(dir.moved_to("acme", "ann@acme.example.com").await.unwrap().as_deref(), Some("ann@new.example.com"));
+    assert_eq!(dir.licences_used("acme", None).await.unwrap(), 3, "the licences moved with the people");
+    let ids = dir.external_ids("acme", &["E1".into(), "E2".into()]).await.unwrap();
+    assert_eq!((ids["E1"].as_str(), ids["E2"].as_str()), ("chief@acme.example.com", "ann@new.example.com"));
+    let list = dir.list_users("acme").await.unwrap();
+    assert_eq!(list.len(), 3, "{list:?}");
+    // The pending invite moved in the jobs table.
+    let due = stack.svc.invites.due("2031-01-01T00:00:00Z", 100).await.unwrap();
+    assert_eq!(due.iter().map(|i| i.email.as_str()).collect::<Vec<_>>(), ["ann@new.example.com"]);
+
+    // Taken new email, ExternalId of someone else, ExternalId change: each names the other.
+    let (_, _, result) = stack
+        .run_csv(
+            "acme",
+            None,
+            "bad.csv",
+            &[
+                &["Action", "IdentityIDUser", "Email"],
+                &["Upsert", "E3", "ann@new.example.com"],
+                &["Create", "E1", "new@acme.example.com"],
+                &["Upsert", "E9", "chief@acme.example.com"],
+            ],
+        )
+        .await;
+    let out = statuses(&result);
+    assert_eq!(out[0].1, "ann@new.example.com already belongs to another user; cy@acme.example.com keeps their email");
+    assert!(out[1].1.starts_with("ExternalId \"E1\" belongs to chief@acme.example.com"), "{out:?}");
+    assert!(out[2].1.starts_with("user chief@acme.example.com has ExternalId \"E1\""), "{out:?}");
+    // The same roster again: unchanged, nothing moves.
+    let (_, s, _) = stack
+        .run_csv(
+            "acme",
+            None,
+            "hr3.csv",
+            &[&["IdentityIDUser", "Email"], &["E1", "chief@acme.example.com"], &["E2", "ann@new.example.com"]],
+        )
+        .await;
+    assert_eq!(s.counts.changes.unchanged, 2, "{:?}", s.counts);
+    stack.shutdown().await;
+}
+
 #[tokio::test]
 async fn custom_attributes_products_and_targeting_moves_are_stored() {
     let stack = Stack::start().await;

@@ -194,6 +194,18 @@ async fn each_role_allows_exactly_the_calls_its_function_makes() {
             "Type,Action,Email,OrgName,InviteUser\nOrg,Create,,North,\nUser,Create,a@acme.example.com,North,TRUE\nUser,,b@acme.example.com,,\nUser,,bad,,\n",
         ),
         (None, "b.csv", "Type,Action,Email,OrgName\nUser,Delete,b@acme.example.com,\nOrg,Delete,,North\nUser,Update,a@acme.example.com,\n"),
+        // Identity: an organization's contact email, an ExternalId, an email change carrying a
+        // pending invite, the organization deleted (its email let go), a user with an id deleted.
+        (
+            None,
+            "e.csv",
+            "Type,Action,Email,OrgName,ExternalId,InviteUser,ScheduledDate,Supervisor\nOrg,Create,desk@acme.example.com,West,,,,\nUser,Create,x@acme.example.com,,X1,TRUE,2030-01-01,\nUser,Create,y@acme.example.com,,Y1,,,x@acme.example.com\n",
+        ),
+        (
+            None,
+            "f.csv",
+            "Type,Action,Email,OrgName,ExternalId\nUser,Update,x2@acme.example.com,,X1\nOrg,Delete,,West,\nUser,Delete,y@acme.example.com,,\n",
+        ),
         // Replace (lists the tenant's users), and a rejected file.
         (Some("replace-force"), "c.csv", "Email\na@acme.example.com\n"),
         (None, "d.csv", "Name\nx\n"),
