@@ -224,6 +224,22 @@ mod tests {
         assert!(kit.outcomes(&both).await[0].1.starts_with("a row with an ExternalId changes the email"));
     }
 
+    /// A replace-mode file keyed by ExternalId names a person under their new email: they move,
+    /// and are not disabled as absent; someone truly absent still is.
+    #[tokio::test]
+    async fn a_replace_file_keyed_by_external_id_moves_a_renamed_person_instead_of_disabling_them() {
+        let mut kit = Kit::new(|_| {}).await;
+        kit.run("hr.csv", "ExternalId,Email\nE1,ann@acme.example.com\nE2,bob@acme.example.com\nE3,cy@acme.example.com\n").await;
+        let job = kit.run("replace/hr.csv", "ExternalId,Email\nE1,ann@new.example.com\nE2,bob@acme.example.com\n").await;
+        let out = kit.outcomes(&job).await;
+        assert_eq!(out[0].1, "email changed from ann@acme.example.com to ann@new.example.com");
+        let summary = kit.summary(&job).await;
+        assert_eq!(summary.disabled_not_in_file, 1, "only cy");
+        let dir = &kit.svc.directory;
+        assert_eq!(dir.user("acme", "ann@new.example.com").await.unwrap().unwrap().status, crate::model::UserStatus::Active);
+        assert_eq!(dir.user("acme", "cy@acme.example.com").await.unwrap().unwrap().status, crate::model::UserStatus::Disabled);
+    }
+
     /// A tenant may require ExternalId and name the column its HR export uses.
     #[tokio::test]
     async fn a_tenant_can_require_external_ids_under_its_own_column_name() {

@@ -300,6 +300,21 @@ async fn absent_active_users(svc: &Services, tenant: &Tenant, file: &validate::R
     // Sorted: reconcile rows are numbered in this order, so disabled-users.csv (written as
     // finalize streams them) lists users alphabetically.
     let mut absent: Vec<String> = active.into_iter().filter(|k| !file.names_user(k)).collect();
+    if file.names_any_external_id() && !absent.is_empty() {
+        // A user the file names by ExternalId under a new email is moving, not absent: only the
+        // absent are read, to see their ids.
+        let mut moving = std::collections::HashSet::new();
+        for batch in absent.chunks(1_000) {
+            let users = svc.directory.users(&tenant.id, batch).await?;
+            moving.extend(
+                users
+                    .into_iter()
+                    .filter(|(_, u)| u.fields.external_id.as_deref().is_some_and(|id| file.names_external_id(id)))
+                    .map(|(e, _)| e),
+            );
+        }
+        absent.retain(|e| !moving.contains(e));
+    }
     absent.sort_unstable();
     Ok((total, absent))
 }

@@ -76,6 +76,17 @@ pub struct RowValidator {
     external_ids: hashbrown::HashMap<u64, u32>,
 }
 
+impl RowValidator {
+    /// Whether the file names this ExternalId (replace mode: a person whose email the file
+    /// changes is named by their id, not by their old email).
+    pub fn names_external_id(&self, id: &str) -> bool {
+        self.external_ids.contains_key(&self.keys.hash_one(("external id", id)))
+    }
+    pub fn names_any_external_id(&self) -> bool {
+        !self.external_ids.is_empty()
+    }
+}
+
 /// A row whose key an earlier row of the file already has: its operation is not applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Duplicate {
