@@ -55,6 +55,8 @@ enum Command {
     },
     /// Check a roster exactly as the upload would, without uploading. Offline without --tenant
     /// (tenant rules such as roles are then not checked). Exits 1 when any row would fail.
+    /// `-` reads a table pasted on standard input (tab-separated as a spreadsheet copies it, or
+    /// CSV), its header row first.
     Validate {
         file: PathBuf,
         #[arg(long)]
@@ -66,6 +68,7 @@ enum Command {
         json: bool,
     },
     /// Upload a roster for a tenant; with --wait, follow the job to its end and print the summary.
+    /// `-` uploads a table pasted on standard input, as `validate -` reads it.
     Submit {
         file: PathBuf,
         #[arg(long)]
@@ -373,6 +376,32 @@ async fn find_tenant(svc: &Services, id: &str, aws: bool) -> Result<Tenant> {
     })
 }
 
+/// A roster file, or with `-` a table pasted on standard input: (its bytes, the name it goes by).
+/// A paste is named `pasted-<UTC time>.tsv` when its header row has a tab (a spreadsheet's copy),
+/// else `.csv`; it is read up to the deployment's file size limit, no further.
+fn read_roster(path: &Path) -> Result<(Vec<u8>, String)> {
+    if path.as_os_str() != "-" {
+        return Ok((read_file(path)?, path.display().to_string()));
+    }
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("paste the table (its header row first), then press Ctrl-D");
+    }
+    let limit = shared::config::DEFAULT_MAX_FILE_BYTES;
+    let mut bytes = Vec::new();
+    stdin.lock().take(limit + 1).read_to_end(&mut bytes).map_err(|e| input(format!("cannot read standard input: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(input(format!("the pasted table is over {} MB; save it as a file and upload that", limit / 1_000_000)));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(input("nothing was pasted: give the table on standard input, its header row first"));
+    }
+    let header = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    let ext = if header.contains(&b'\t') { "tsv" } else { "csv" };
+    Ok((bytes, format!("pasted-{}.{ext}", chrono::Utc::now().format("%Y%m%d-%H%M%S"))))
+}
+
 fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| input(format!("cannot read {}: {}", path.display(), output::io_reason(&e))))
 }
@@ -407,7 +436,8 @@ fn write_template(tenant: Option<&Tenant>, format: TemplateFormat, out: Option<&
 
 /// The exact ingest validation (`ingest::prepare`, the Lambda's own code) run locally.
 fn validate(file: &Path, tenant: &Tenant, mode: Option<&str>, json: bool, offline: bool) -> Result<ExitCode> {
-    let bytes = read_file(file)?;
+    let (bytes, name) = read_roster(file)?;
+    let file = Path::new(&name);
     let mode = parse_mode(mode)?.unwrap_or(Mode::Upsert);
     let prepared = match ingest::prepare(&bytes, tenant, mode) {
         Ok(p) => p,
@@ -440,8 +470,8 @@ async fn submit(
     aws: bool,
 ) -> Result<ExitCode> {
     let svc = &t.svc;
-    let bytes = read_file(file)?;
-    let name = file.file_name().and_then(|n| n.to_str()).ok_or_else(|| input("the file name is not valid UTF-8"))?;
+    let (bytes, name) = read_roster(file)?;
+    let name = Path::new(&name).file_name().and_then(|n| n.to_str()).ok_or_else(|| input("the file name is not valid UTF-8"))?;
     find_tenant(svc, tenant, aws).await?;
     let key = match parse_mode(mode)? {
         None => format!("incoming/{tenant}/{name}"),

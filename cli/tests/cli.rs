@@ -51,6 +51,31 @@ fn validate_offline_lists_row_column_and_fix_and_exits_1() {
     snapshot("validate-offline.txt", &text);
 }
 
+/// A table pasted from a spreadsheet (tab-separated, CRLF, a quoted cell with a tab inside) or as
+/// CSV validates like a file; a paste without its header row, or nothing at all, is one line and
+/// exit 2.
+#[test]
+fn validate_reads_a_pasted_table_from_standard_input() {
+    let tsv = "Email\tFirst Name\tDepartment\r\nann@x.example.com\tAnn\t\"R&D\tLabs\"\r\nbad@@x\tBob\t\r\n";
+    let out = rosterdrop().args(["validate", "-", "--json"]).write_stdin(tsv).assert().code(1).get_output().stdout.clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!((v["format"].as_str(), v["rows"].as_u64(), v["failed"].as_u64()), (Some("TSV"), Some(2), Some(1)), "{v}");
+    assert!(v["file"].as_str().unwrap().starts_with("pasted-") && v["file"].as_str().unwrap().ends_with(".tsv"));
+    let out =
+        rosterdrop().args(["validate", "-", "--json"]).write_stdin("Email,First Name\nann@x.example.com,\"Ann, Jr\"\n").assert().code(0);
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!((v["format"].as_str(), v["valid"].as_u64()), (Some("CSV"), Some(1)));
+    for (paste, says) in [
+        ("ann@x.example.com\tAnn\r\n", "the required column Email is missing (the header row has: \"ann@x.example.com\", \"Ann\")"),
+        ("", "nothing was pasted"),
+        (" \r\n\t\n", "nothing was pasted"),
+    ] {
+        let out = rosterdrop().args(["validate", "-"]).write_stdin(paste).assert().code(2).get_output().stderr.clone();
+        let err = String::from_utf8(out).unwrap();
+        assert!(err.contains(says) && err.trim().lines().count() == 1, "{paste:?}: {err}");
+    }
+}
+
 #[test]
 fn validate_json_is_machine_readable() {
     let file = tmp("ok.csv");
@@ -243,12 +268,29 @@ values = ["EMEA", "APAC"]
     let job = summary["job_id"].as_str().unwrap().to_string();
     assert_eq!(stack.svc.directory.user("roundtrip", "c@rt.example.com").await.unwrap().unwrap().fields.attributes["Region"], "EMEA");
 
+    // Pasted from a spreadsheet straight into a submit.
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    let paste = "Email\tFirstName\tRoleName\r\nf@rt.example.com\tFay\tLearner\r\n";
+    let out = cmd
+        .args(["submit", "-", "--tenant", "roundtrip", "--wait", "--json"])
+        .write_stdin(paste)
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let pasted: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(pasted["counts"]["success"], 1, "{pasted}");
+    assert!(pasted["file_name"].as_str().unwrap().ends_with(".tsv"), "{pasted}");
+    assert_eq!(stack.svc.directory.user("roundtrip", "f@rt.example.com").await.unwrap().unwrap().fields.first_name.as_deref(), Some("Fay"));
+
     let mut cmd = rosterdrop();
     stack_env(&mut cmd, &stack);
     let out = cmd.args(["status", "--tenant", "roundtrip", "--json"]).assert().code(0).get_output().stdout.clone();
     let jobs: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(jobs[0]["id"], job.as_str());
-    assert_eq!(jobs[0]["state"], "COMPLETED");
+    let listed = jobs.as_array().unwrap().iter().find(|j| j["id"] == job.as_str()).expect("the job is listed");
+    assert_eq!(listed["state"], "COMPLETED");
 
     let mut cmd = rosterdrop();
     stack_env(&mut cmd, &stack);
