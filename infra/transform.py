@@ -52,6 +52,12 @@ def main(path):
         # The tables' properties, for the tests that hold them to what the code uses.
         json.dump({n: r["Properties"] for n, r in resources.items() if r["Type"] == "AWS::DynamoDB::Table"}, sys.stdout, indent=1, sort_keys=True)
         return
+    if "--sftp" in sys.argv:
+        # The optional SFTP drop: its resources with their conditions, and the conditions.
+        kinds = ("AWS::Transfer::Server", "AWS::Transfer::User")
+        picked = {n: r for n, r in resources.items() if r["Type"] in kinds or n.startswith("Sftp")}
+        json.dump({"resources": picked, "conditions": out.get("Conditions", {}), "outputs": out.get("Outputs", {})}, sys.stdout, indent=1, sort_keys=True)
+        return
     if "--bucket" in sys.argv:
         # The bucket's lifecycle rules and policy statements, for the storage tests.
         bucket = next(r for r in resources.values() if r["Type"] == "AWS::S3::Bucket")

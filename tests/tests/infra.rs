@@ -287,6 +287,47 @@ async fn open_jobs_index_holds_a_job_until_it_completes_or_is_rejected() {
     stack.shutdown().await;
 }
 
+/// The optional SFTP drop: off unless asked for; each user's logical home is their tenant's
+/// incoming/ folder; the role may only put objects under incoming/ and list it, the session policy
+/// narrows both to the user's own tenant; the first user and its key are optional parameters.
+#[test]
+fn sftp_drop_is_optional_and_lands_each_user_in_their_tenants_incoming_folder_with_put_only() {
+    let v: serde_json::Value = transform(&["--sftp"]);
+    let r = &v["resources"];
+    let server = &r["SftpServer"];
+    assert_eq!((server["Type"].as_str(), server["Condition"].as_str()), (Some("AWS::Transfer::Server"), Some("HasSftp")));
+    assert_eq!(server["Properties"]["Protocols"], serde_json::json!(["SFTP"]));
+    assert_eq!(server["Properties"]["IdentityProviderType"], "SERVICE_MANAGED");
+    assert_eq!(server["Properties"]["Domain"], "S3");
+    assert_eq!(v["conditions"]["HasSftp"], serde_json::json!({"Fn::Equals": [{"Ref": "SftpEnabled"}, "true"]}));
+    // The role: put under incoming/ and list it, nothing else, assumable by Transfer of this account only.
+    let role = &r["SftpUserRole"]["Properties"];
+    let trust = &role["AssumeRolePolicyDocument"]["Statement"][0];
+    assert_eq!(trust["Principal"]["Service"], "transfer.amazonaws.com");
+    assert!(trust["Condition"]["StringEquals"]["aws:SourceAccount"].is_object());
+    let statements = role["Policies"][0]["PolicyDocument"]["Statement"].as_array().unwrap();
+    let actions: BTreeSet<&str> = statements.iter().flat_map(|s| s["Action"].as_array().unwrap()).map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(actions, BTreeSet::from(["s3:PutObject", "s3:ListBucket"]));
+    let put = statements.iter().find(|s| s["Action"][0] == "s3:PutObject").unwrap();
+    assert!(put["Resource"]["Fn::Sub"].as_str().unwrap().ends_with("/incoming/*"));
+    let list = statements.iter().find(|s| s["Action"][0] == "s3:ListBucket").unwrap();
+    assert_eq!(list["Condition"]["StringLike"]["s3:prefix"], serde_json::json!(["incoming/*"]));
+    // The user: named after the tenant, home is that tenant's incoming/ folder, session policy of its own.
+    let user = &r["SftpUser"];
+    assert_eq!(user["Condition"], "HasSftpUser");
+    let p = &user["Properties"];
+    assert_eq!(p["HomeDirectoryType"], "LOGICAL");
+    assert_eq!(p["HomeDirectoryMappings"][0]["Entry"], "/");
+    assert!(p["HomeDirectoryMappings"][0]["Target"]["Fn::Sub"].as_str().unwrap().ends_with("/incoming/${SftpTenant}"));
+    let session = p["Policy"]["Fn::Sub"].as_str().unwrap().replace("${!", "${");
+    let session: serde_json::Value = serde_json::from_str(&session.replace("${AWS::Partition}", "aws")).expect("the session policy is JSON");
+    let own = session["Statement"][0]["Resource"].as_str().unwrap();
+    assert!(own.ends_with("/incoming/${transfer:UserName}/*"), "{own}");
+    assert_eq!(session["Statement"][0]["Action"], serde_json::json!(["s3:PutObject"]));
+    assert!(p["SshPublicKeys"]["Fn::If"][0] == "HasSftpKey", "keys optional");
+    assert_eq!(v["outputs"]["SftpEndpoint"]["Condition"], "HasSftp");
+}
+
 /// The bucket's policy and lifecycle, after the SAM transform.
 fn bucket() -> serde_json::Value {
     transform(&["--bucket"])
