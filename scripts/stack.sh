@@ -30,7 +30,7 @@ DDB_DIR=$ROOT/localstack/dynamodb-local
 HOST=127.0.0.1
 LS_PORT=4566
 DDB_PORT=8000
-SERVICES=s3,sqs,ses,sesv2
+SERVICES=s3,sqs,ses,sesv2,events
 TIMEOUT=${STACK_TIMEOUT:-120}
 INSTALL_LOG=$LOGS/install.log
 

@@ -36,8 +36,10 @@ async fn stop_job(svc: &Services, obj: &ObjectRef, cause: &Error) -> Result<()> 
     if job.state.is_final() || !svc.jobs.transition(&job_id, job.state, JobState::Failed, Some(&reason)).await? {
         return Ok(()); // already ended, or moved on meanwhile
     }
-    // Later chunks of a FAILED job are refused, so the email stays true.
-    crate::finalize::finalize_job(svc, &crate::model::Job { state: JobState::Failed, ..job }, true).await.map(drop)
+    // Later chunks of a FAILED job are refused, so the email stays true. The finalize function
+    // writes it (results and email are its to write): the done marker hands it the stopped job.
+    let body = serde_json::json!({ "job": job_id, "tenant": job.tenant, "stopped": true }).to_string().into_bytes();
+    svc.store.put_if_absent(&keys::done(&job_id), body, "application/json").await.map(drop)
 }
 
 async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {

@@ -30,6 +30,8 @@ pub struct Config {
     pub s3_force_path_style: bool,
     /// Maximum attempts of the SDK's standard retry (exponential backoff with jitter on throttling).
     pub sdk_max_attempts: u32,
+    /// The EventBridge bus job events go to (the account's default bus unless set).
+    pub event_bus: String,
     /// Activation emails sent per second at most (keep under the account's SES sending rate).
     pub invite_rate_per_sec: f64,
     /// Invites one sweep sends at most (bounded so a sweep fits in the function's timeout).
@@ -86,6 +88,7 @@ impl Config {
             link_ttl_secs: parse(&get, "ROSTERDROP_LINK_TTL_SECS", 7 * 24 * 3600)?,
             s3_force_path_style: parse(&get, "ROSTERDROP_S3_PATH_STYLE", false)?,
             sdk_max_attempts: parse(&get, "ROSTERDROP_SDK_MAX_ATTEMPTS", 8)?,
+            event_bus: get("ROSTERDROP_EVENT_BUS").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| "default".into()),
             invite_rate_per_sec: parse(&get, "ROSTERDROP_INVITE_RATE", 10.0)?,
             invite_batch: parse(&get, "ROSTERDROP_INVITE_BATCH", 500)?,
             job_deadline_secs: parse(&get, "ROSTERDROP_JOB_DEADLINE_SECS", 3 * 3600)?,
@@ -112,6 +115,7 @@ impl Config {
             sender_identity: DEFAULT_SENDER.into(),
             s3_force_path_style: true,
             sdk_max_attempts: 8,
+            event_bus: "default".into(),
             invite_rate_per_sec: 10.0,
             invite_batch: 500,
             job_deadline_secs: 3 * 3600,

@@ -12,6 +12,7 @@ pub mod changes;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod events;
 pub mod fields;
 pub mod finalize;
 pub mod holds;

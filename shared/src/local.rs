@@ -27,6 +27,7 @@ pub struct LocalAws {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub ses: aws_sdk_sesv2::Client,
     pub sqs: aws_sdk_sqs::Client,
+    pub events: aws_sdk_eventbridge::Client,
 }
 
 impl LocalAws {
@@ -71,16 +72,19 @@ impl LocalAws {
         }
         let mut s3 = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(config.s3_force_path_style);
         let mut ses = aws_sdk_sesv2::config::Builder::from(&sdk);
+        let mut events = aws_sdk_eventbridge::config::Builder::from(&sdk);
         if let Some(wrap) = wrap_http {
             // The loader leaves the client unset when it is the default; the wrapper then picks one.
             let wrapped = wrap(sdk.http_client().unwrap_or_else(|| aws_smithy_runtime_api::client::http::SharedHttpClient::new(NoClient)));
             ddb = ddb.http_client(wrapped.clone());
             s3 = s3.http_client(wrapped.clone());
+            events = events.http_client(wrapped.clone());
             ses = ses.http_client(wrapped);
         }
         if let Some(i) = interceptor {
             ddb.push_interceptor(i.clone());
             s3.push_interceptor(i.clone());
+            events.push_interceptor(i.clone());
             ses.push_interceptor(i);
         }
         LocalAws {
@@ -88,12 +92,13 @@ impl LocalAws {
             dynamodb: aws_sdk_dynamodb::Client::from_conf(ddb.build()),
             ses: aws_sdk_sesv2::Client::from_conf(ses.build()),
             sqs: aws_sdk_sqs::Client::new(&sdk),
+            events: aws_sdk_eventbridge::Client::from_conf(events.build()),
             sdk,
         }
     }
 
     pub fn services(&self, config: Config) -> Services {
-        Services::from_clients(config, self.s3.clone(), self.dynamodb.clone(), self.ses.clone())
+        Services::from_clients(config, self.s3.clone(), self.dynamodb.clone(), self.ses.clone(), self.events.clone())
     }
 }
 

@@ -264,6 +264,16 @@ pub trait JobStore: Send + Sync {
     async fn acquire_replace(&self, tenant: &str, id: &str) -> Result<Option<String>>;
     /// Most recent jobs of a tenant, newest first.
     async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Job>>;
+    /// Claim publishing the event of the job entering `state`: `true` for exactly one caller.
+    async fn claim_event(&self, id: &str, state: JobState) -> Result<bool>;
+    /// Undo a claim whose event could not be published (a retry publishes it).
+    async fn release_event(&self, id: &str, state: JobState) -> Result<()>;
+}
+
+/// Where job events go: the account's EventBridge bus, for automation to listen to.
+#[async_trait]
+pub trait EventBus: Send + Sync {
+    async fn publish(&self, detail_type: &str, detail: &serde_json::Value) -> Result<()>;
 }
 
 #[async_trait]

@@ -2,7 +2,7 @@
 
 use crate::adapters::{self, dynamo, s3, ses};
 use crate::config::Config;
-use crate::ports::{Directory, Invites, JobStore, Mailer, ObjectStore};
+use crate::ports::{Directory, EventBus, Invites, JobStore, Mailer, ObjectStore};
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -13,6 +13,8 @@ pub struct Services {
     pub jobs: Arc<dyn JobStore>,
     pub mailer: Arc<dyn Mailer>,
     pub invites: Arc<dyn Invites>,
+    /// Job events (the job store publishes through it: `events::Publishing`).
+    pub events: Arc<dyn EventBus>,
 }
 
 impl Services {
@@ -24,16 +26,26 @@ impl Services {
 
     pub fn from_sdk(config: Config, sdk: &aws_config::SdkConfig) -> Self {
         let s3 = adapters::s3_client(sdk, &config);
-        Self::from_clients(config, s3, aws_sdk_dynamodb::Client::new(sdk), aws_sdk_sesv2::Client::new(sdk))
+        let events = aws_sdk_eventbridge::Client::new(sdk);
+        Self::from_clients(config, s3, aws_sdk_dynamodb::Client::new(sdk), aws_sdk_sesv2::Client::new(sdk), events)
     }
 
-    pub fn from_clients(config: Config, s3: aws_sdk_s3::Client, ddb: aws_sdk_dynamodb::Client, ses: aws_sdk_sesv2::Client) -> Self {
+    pub fn from_clients(
+        config: Config,
+        s3: aws_sdk_s3::Client,
+        ddb: aws_sdk_dynamodb::Client,
+        ses: aws_sdk_sesv2::Client,
+        events: aws_sdk_eventbridge::Client,
+    ) -> Self {
+        let bus: Arc<dyn EventBus> = Arc::new(adapters::eventbridge::EventBridgeBus::new(events, config.event_bus.clone()));
+        let jobs: Arc<dyn JobStore> = Arc::new(dynamo::DynamoJobs::new(ddb.clone(), config.jobs_table.clone()));
         Services {
             store: Arc::new(s3::S3Store::new(s3, config.bucket.clone())),
             directory: Arc::new(dynamo::DynamoDirectory::new(ddb.clone(), config.directory_table.clone())),
-            jobs: Arc::new(dynamo::DynamoJobs::new(ddb.clone(), config.jobs_table.clone())),
+            jobs: Arc::new(crate::events::Publishing::new(jobs, bus.clone())),
             invites: Arc::new(dynamo::DynamoInvites::new(ddb, config.jobs_table.clone())),
             mailer: Arc::new(ses::SesMailer::new(ses)),
+            events: bus,
             config,
         }
     }

@@ -139,6 +139,7 @@ fn iam_actions(service: &str, op: &str) -> Vec<String> {
         "s3" => "s3",
         "dynamodb" => "dynamodb",
         "sesv2" | "ses" => "ses",
+        "eventbridge" | "events" => "events",
         other => panic!("unexpected service {other}"),
     };
     let ops: &[&str] = match (s, op) {
@@ -245,6 +246,17 @@ async fn each_role_allows_exactly_the_calls_its_function_makes() {
     // The scheduled function's sweep sends the invite recorded above.
     FUNCTION.scope("InvitesFunction", shared::invites::sweep(&stack.svc, chrono::Utc::now())).await.unwrap();
     FUNCTION.scope("InvitesFunction", shared::monitor::oldest_open_job_age(&stack.svc, chrono::Utc::now())).await.unwrap();
+    // A chunk that cannot be read stops its job: apply marks it FAILED (its event) and hands the
+    // email to finalize with the done marker.
+    stack.drop_file("acme", None, "broken.csv", b"Email\nz@acme.example.com\n".to_vec()).await;
+    pump_only(&stack, "incoming/").await;
+    let job = stack.svc.jobs.recent("acme", 50).await.unwrap().into_iter().find(|j| j.file_name == "broken.csv").expect("job");
+    let broken = stack.svc.store.list(shared::keys::CHUNKS).await.unwrap().into_iter().find(|k| k.contains(&job.id)).expect("a chunk");
+    stack.svc.store.put(&broken, b"not a chunk".to_vec(), "application/x-ndjson").await.unwrap();
+    pump(&stack).await;
+    let job = stack.svc.jobs.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert!(stack.svc.jobs.email_sent(&job.id, shared::model::EmailKind::Result).await.unwrap(), "finalize sent its email");
     // A job whose chunks never run: the scheduled function stops it past the deadline.
     stack.drop_file("acme", None, "stuck.csv", b"Email\ns@acme.example.com\n".to_vec()).await;
     pump_only(&stack, "incoming/").await;
@@ -320,7 +332,8 @@ fn sftp_drop_is_optional_and_lands_each_user_in_their_tenants_incoming_folder_wi
     assert_eq!(p["HomeDirectoryMappings"][0]["Entry"], "/");
     assert!(p["HomeDirectoryMappings"][0]["Target"]["Fn::Sub"].as_str().unwrap().ends_with("/incoming/${SftpTenant}"));
     let session = p["Policy"]["Fn::Sub"].as_str().unwrap().replace("${!", "${");
-    let session: serde_json::Value = serde_json::from_str(&session.replace("${AWS::Partition}", "aws")).expect("the session policy is JSON");
+    let session: serde_json::Value =
+        serde_json::from_str(&session.replace("${AWS::Partition}", "aws")).expect("the session policy is JSON");
     let own = session["Statement"][0]["Resource"].as_str().unwrap();
     assert!(own.ends_with("/incoming/${transfer:UserName}/*"), "{own}");
     assert_eq!(session["Statement"][0]["Action"], serde_json::json!(["s3:PutObject"]));

@@ -615,6 +615,8 @@ struct JobsState {
     replace: HashMap<String, String>,
     /// Jobs approved after a hold: open since then.
     since: HashMap<String, String>,
+    /// (job, state) whose event was claimed.
+    events: HashSet<(String, JobState)>,
 }
 
 /// Jobs, chunk markers, email claims and the replace lock.
@@ -625,6 +627,14 @@ pub struct MemoryJobs {
 
 #[async_trait]
 impl JobStore for MemoryJobs {
+    async fn claim_event(&self, id: &str, state: JobState) -> Result<bool> {
+        let mut s = lock(&self.state);
+        Ok(s.jobs.contains_key(id) && s.events.insert((id.to_string(), state)))
+    }
+    async fn release_event(&self, id: &str, state: JobState) -> Result<()> {
+        lock(&self.state).events.remove(&(id.to_string(), state));
+        Ok(())
+    }
     async fn create_or_get(&self, job: &Job) -> Result<(Job, bool)> {
         let mut state = lock(&self.state);
         if let Some(existing) = state.jobs.get(&job.id) {
@@ -880,11 +890,41 @@ impl crate::Services {
             config,
             store: m.store.clone(),
             directory: m.directory.clone(),
-            jobs: m.jobs.clone(),
+            jobs: std::sync::Arc::new(crate::events::Publishing::new(m.jobs.clone(), m.events.clone())),
             mailer: m.mailer.clone(),
             invites: m.invites.clone(),
+            events: m.events.clone(),
         };
         (svc, m)
+    }
+}
+
+/// Job events as published, in order: (detail type, detail).
+#[derive(Default)]
+pub struct MemoryEvents {
+    published: Mutex<Vec<(String, serde_json::Value)>>,
+    /// Publishes to refuse before the next one goes through (a bus that is down).
+    pub fail_next: Mutex<u32>,
+}
+
+impl MemoryEvents {
+    pub fn published(&self) -> Vec<(String, serde_json::Value)> {
+        lock(&self.published).clone()
+    }
+}
+
+#[async_trait]
+impl crate::ports::EventBus for MemoryEvents {
+    async fn publish(&self, detail_type: &str, detail: &serde_json::Value) -> Result<()> {
+        {
+            let mut fail = lock(&self.fail_next);
+            if *fail > 0 {
+                *fail -= 1;
+                return Err(Error::Transient { service: "events", operation: "PutEvents", message: "down on purpose".into() });
+            }
+        }
+        lock(&self.published).push((detail_type.to_string(), detail.clone()));
+        Ok(())
     }
 }
 
@@ -896,6 +936,7 @@ pub struct Memory {
     pub jobs: std::sync::Arc<MemoryJobs>,
     pub mailer: std::sync::Arc<MemoryMailer>,
     pub invites: std::sync::Arc<MemoryInvites>,
+    pub events: std::sync::Arc<MemoryEvents>,
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! fast test tier, in-memory ones (`memory`).
 
 pub mod dynamo;
+pub mod eventbridge;
 #[cfg(any(test, feature = "memory"))]
 pub mod memory;
 pub mod s3;

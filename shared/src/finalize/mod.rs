@@ -40,11 +40,13 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
         error!(job = %job_id, "done marker of an unknown job; ignored");
         return Ok(());
     };
-    if job.state.is_final() {
+    // A job apply stopped (FAILED) hands its result email over with the done marker.
+    let stopped = job.state == JobState::Failed && !svc.jobs.email_sent(&job_id, EmailKind::Result).await?;
+    if job.state.is_final() && !stopped {
         info!(job = %job_id, state = job.state.as_str(), "job already finalized (duplicate or late event)");
         return Ok(());
     }
-    match finalize_job(svc, &job, false).await {
+    match finalize_job(svc, &job, stopped).await {
         Ok(_) => Ok(()),
         Err(e) if e.is_retryable() => Err(e),
         // Retrying cannot fix it: record it, tell the admins, and return so Lambda does not retry.

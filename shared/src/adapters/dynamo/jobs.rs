@@ -358,4 +358,36 @@ impl JobStore for DynamoJobs {
         }
         Ok(jobs)
     }
+
+    async fn claim_event(&self, id: &str, state: JobState) -> Result<bool> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression("SET #ev = :now")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(#ev)")
+            .expression_attribute_names("#ev", format!("event_{}", state.as_str()))
+            .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
+    }
+
+    async fn release_event(&self, id: &str, state: JobState) -> Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression("REMOVE #ev")
+            .expression_attribute_names("#ev", format!("event_{}", state.as_str()))
+            .send()
+            .await
+            .map_err(ddb_err("UpdateItem"))?;
+        Ok(())
+    }
 }
