@@ -158,7 +158,6 @@ impl JobStore for Publishing {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::testkit::Kit;
 
     fn states(kit: &Kit, job: &str) -> Vec<String> {
