@@ -52,6 +52,11 @@ def main(path):
         # The tables' properties, for the tests that hold them to what the code uses.
         json.dump({n: r["Properties"] for n, r in resources.items() if r["Type"] == "AWS::DynamoDB::Table"}, sys.stdout, indent=1, sort_keys=True)
         return
+    if "--rules" in sys.argv:
+        # EventBridge rules and the SES configuration set, for the delivery-tracking test.
+        kinds = ("AWS::Events::Rule", "AWS::SES::ConfigurationSet", "AWS::SES::ConfigurationSetEventDestination")
+        json.dump({n: r for n, r in resources.items() if r["Type"] in kinds}, sys.stdout, indent=1, sort_keys=True)
+        return
     if "--sftp" in sys.argv:
         # The optional SFTP drop: its resources with their conditions, and the conditions.
         kinds = ("AWS::Transfer::Server", "AWS::Transfer::User")

@@ -115,6 +115,26 @@ enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Cancel a SCHEDULED file before its time: nothing in it is applied. Exits 2 when refused.
+    Cancel {
+        job: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// A tenant's activation emails and what became of them (pending, sent, delivered, bounced,
+    /// complained, failed); --out writes a roster to invite them again (fill NewEmail to fix an
+    /// address, then drop or submit it).
+    Invites {
+        #[arg(long)]
+        tenant: String,
+        /// pending | sending | sent | delivered | bounced | complained | failed
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Download a job's result files (result, failed rows, summary.json).
     Results {
         job: String,
@@ -275,6 +295,35 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Approve { job, tenant } => decide(&t, &job, tenant.as_deref(), shared::holds::Verb::Approve, aws).await,
         Command::Discard { job, tenant } => decide(&t, &job, tenant.as_deref(), shared::holds::Verb::Discard, aws).await,
         Command::Undo { job, tenant } => decide(&t, &job, tenant.as_deref(), shared::holds::Verb::Undo, aws).await,
+        Command::Cancel { job, tenant } => decide(&t, &job, tenant.as_deref(), shared::holds::Verb::Cancel, aws).await,
+        Command::Invites { tenant, status, out, json } => {
+            find_tenant(svc, &tenant, aws).await?;
+            let wanted = status
+                .as_deref()
+                .map(|s| {
+                    shared::model::InviteStatus::parse(s).ok_or_else(|| {
+                        input(format!("unknown status {s:?}; use one of: {}", shared::model::InviteStatus::NAMES.join(", ")))
+                    })
+                })
+                .transpose()?;
+            let invites: Vec<_> =
+                svc.invites.list(&tenant).await.map_err(reach)?.into_iter().filter(|i| wanted.is_none_or(|w| i.status == w)).collect();
+            if let Some(path) = &out {
+                std::fs::write(path, output::reinvite_roster(&invites))
+                    .map_err(|e| input(format!("cannot write {}: {e}", path.display())))?;
+                eprintln!(
+                    "{} invites written to {} (fill NewEmail where the address was wrong, then submit it)",
+                    invites.len(),
+                    path.display()
+                );
+            }
+            if json {
+                output::print_json(&invites)?;
+            } else if out.is_none() {
+                output::print_invites(&invites);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Results { job, out } => {
             let job = svc.jobs.get(&job).await.map_err(reach)?.ok_or_else(|| input(format!("job {job:?} not found")))?;
             let prefix = keys::results_prefix(&job.tenant, &job.id);

@@ -328,3 +328,45 @@ pub fn update_job_bar(bar: &ProgressBar, job: &Job) {
     bar.set_position((rows * done).checked_div(total).unwrap_or(0));
     bar.set_message(job.state.as_str().to_lowercase());
 }
+
+/// A tenant's invites as a table: email, status, when, why.
+pub fn print_invites(invites: &[shared::model::InviteRecord]) {
+    if invites.is_empty() {
+        println!("no invites");
+        return;
+    }
+    let mut t = table(&["Email", "Status", "When", "Why"]);
+    for i in invites {
+        let colour = match i.status {
+            shared::model::InviteStatus::Bounced | shared::model::InviteStatus::Complained | shared::model::InviteStatus::Failed => {
+                Color::Red
+            }
+            shared::model::InviteStatus::Delivered => Color::Green,
+            _ => Color::Reset,
+        };
+        t.add_row(vec![
+            Cell::new(&i.email),
+            Cell::new(i.status.as_str()).fg(colour),
+            Cell::new(i.at.get(..19).unwrap_or(&i.at).replace('T', " ")),
+            Cell::new(i.reason.as_deref().unwrap_or_default()),
+        ]);
+    }
+    println!("{t}");
+}
+
+/// A roster that invites these users again: `Action` Invite, the address, an empty `NewEmail` to
+/// fill where the address was wrong, the first name, and what happened (`Status`, which a dropped
+/// file ignores).
+pub fn reinvite_roster(invites: &[shared::model::InviteRecord]) -> Vec<u8> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let header = ["Action", "Email", "NewEmail", "FirstName", "Status"];
+    let _ = w.write_record(header);
+    for i in invites {
+        let what = match &i.reason {
+            Some(why) => format!("{}: {why}", i.status.as_str()),
+            None => i.status.as_str().to_string(),
+        };
+        let _ = w.write_record(["Invite", i.email.as_str(), "", i.first_name.as_deref().unwrap_or_default(), what.as_str()]);
+    }
+    w.into_inner().unwrap_or_default()
+}

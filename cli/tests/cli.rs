@@ -3,6 +3,7 @@
 //! template round trip against the local stack (template -> fill -> validate -> submit -> status -> results).
 
 use assert_cmd::Command;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tests::Stack;
 
@@ -381,5 +382,98 @@ async fn tenant_put_counts_existing_users_into_a_new_pool() {
     let mut put = rosterdrop();
     stack_env(&mut put, &stack);
     put.args(["tenant", "put", "--file"]).arg(&file).assert().code(0).stdout("tenant acme saved\n");
+    stack.shutdown().await;
+}
+
+/// Invite delivery tracking end to end: invites sent, SES-shaped events (files) through the
+/// invites function's handler against DynamoDB, then `rosterdrop invites` lists each status and
+/// writes a roster that, with the bounced address fixed, invites the person again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_lists_bounces_and_complaints_and_writes_a_roster_to_invite_again() {
+    let stack = Stack::start().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.notify_started = false;
+    stack.put_tenant(&tenant).await;
+    let rows: &[&[&str]] = &[
+        &["Email", "FirstName", "InviteUser"],
+        &["typo@acme.example.com", "Ty", "TRUE"],
+        &["grumpy@acme.example.com", "Gu", "TRUE"],
+        &["ok@acme.example.com", "Ok", "TRUE"],
+        &["later@acme.example.com", "La", "FALSE"],
+    ];
+    stack.run_csv("acme", None, "invite.csv", rows).await;
+    let now = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(shared::invites::sweep(&stack.svc, now).await.unwrap(), 3);
+    for name in ["bounce.json", "complaint.json", "delivery.json", "not-an-invite.json"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/ses").join(name);
+        let event: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        shared::monitor::on_event(&stack.svc, event, now).await.unwrap();
+    }
+    let run = |args: &[&str], code: i32| {
+        let mut cmd = rosterdrop();
+        stack_env(&mut cmd, &stack);
+        let out = cmd.args(args).assert().code(code).get_output().clone();
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (json, _) = run(&["invites", "--tenant", "acme", "--json"], 0);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let status: BTreeMap<&str, &str> = listed.iter().map(|i| (i["email"].as_str().unwrap(), i["status"].as_str().unwrap())).collect();
+    assert_eq!(
+        status,
+        BTreeMap::from([
+            ("grumpy@acme.example.com", "complained"),
+            ("ok@acme.example.com", "delivered"),
+            ("typo@acme.example.com", "bounced")
+        ])
+    );
+    let (table, _) = run(&["invites", "--tenant", "acme", "--status", "bounced"], 0);
+    assert!(table.contains("typo@acme.example.com") && table.contains("550 5.1.1 user unknown") && !table.contains("grumpy"), "{table}");
+    let roster = tmp("reinvite.csv");
+    let (_, err) = run(&["invites", "--tenant", "acme", "--status", "bounced", "--out", roster.to_str().unwrap()], 0);
+    assert!(err.contains("1 invites written"), "{err}");
+    let text = std::fs::read_to_string(&roster).unwrap();
+    assert!(text.starts_with("Action,Email,NewEmail,FirstName,Status\nInvite,typo@acme.example.com,,Ty,bounced: Permanent"), "{text}");
+    let (_, err) = run(&["invites", "--tenant", "acme", "--status", "lost"], 2);
+    assert!(err.contains("unknown status \"lost\"") && err.trim().lines().count() == 1, "{err}");
+    // The support loop: fix the address in the roster, submit it; the person is moved and invited.
+    std::fs::write(&roster, text.replace("typo@acme.example.com,,", "typo@acme.example.com,ty@acme.example.com,")).unwrap();
+    let (out, _) = run(&["submit", roster.to_str().unwrap(), "--tenant", "acme", "--wait", "--json"], 0);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["counts"]["success"], 1, "{summary}");
+    let (json, _) = run(&["invites", "--tenant", "acme", "--status", "pending", "--json"], 0);
+    assert!(json.contains("ty@acme.example.com"), "{json}");
+    stack.shutdown().await;
+}
+
+/// `rosterdrop cancel JOB` cancels a scheduled file before its time, one line; cancelling it again
+/// is refused in one line, exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_scheduled_file_before_its_time() {
+    let stack = Stack::start().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.notify_started = false;
+    stack.put_tenant(&tenant).await;
+    let time = (chrono::Utc::now() + chrono::Duration::hours(3)).format(shared::keys::SCHEDULE_FORMAT).to_string();
+    let key = stack.drop_file("acme", Some(&format!("scheduled/{time}")), "later.csv", b"Email\nlater@acme.example.com\n".to_vec()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let job = loop {
+        let jobs = stack.svc.jobs.recent("acme", 10).await.unwrap();
+        if let Some(j) = jobs.into_iter().find(|j| j.source_key == key && j.state == shared::model::JobState::Scheduled) {
+            break j;
+        }
+        assert!(std::time::Instant::now() < deadline, "the file was not scheduled");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let run = |args: &[&str], code: i32| {
+        let mut cmd = rosterdrop();
+        stack_env(&mut cmd, &stack);
+        let out = cmd.args(args).assert().code(code).get_output().clone();
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (out, _) = run(&["cancel", &job.id], 0);
+    assert_eq!(out, format!("job {} cancelled: nothing in later.csv was applied\n", job.id));
+    let (_, err) = run(&["cancel", &job.id], 2);
+    assert!(err.trim().lines().count() == 1, "{err}");
+    assert!(stack.svc.directory.user("acme", "later@acme.example.com").await.unwrap().is_none());
     stack.shutdown().await;
 }

@@ -32,6 +32,8 @@ pub struct Config {
     pub sdk_max_attempts: u32,
     /// The EventBridge bus job events go to (the account's default bus unless set).
     pub event_bus: String,
+    /// The SES configuration set invites are sent through (delivery tracking); none locally.
+    pub ses_configuration_set: Option<String>,
     /// Activation emails sent per second at most (keep under the account's SES sending rate).
     pub invite_rate_per_sec: f64,
     /// Invites one sweep sends at most (bounded so a sweep fits in the function's timeout).
@@ -89,6 +91,7 @@ impl Config {
             s3_force_path_style: parse(&get, "ROSTERDROP_S3_PATH_STYLE", false)?,
             sdk_max_attempts: parse(&get, "ROSTERDROP_SDK_MAX_ATTEMPTS", 8)?,
             event_bus: get("ROSTERDROP_EVENT_BUS").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| "default".into()),
+            ses_configuration_set: get("ROSTERDROP_SES_CONFIGURATION_SET").filter(|v| !v.trim().is_empty()),
             invite_rate_per_sec: parse(&get, "ROSTERDROP_INVITE_RATE", 10.0)?,
             invite_batch: parse(&get, "ROSTERDROP_INVITE_BATCH", 500)?,
             job_deadline_secs: parse(&get, "ROSTERDROP_JOB_DEADLINE_SECS", 3 * 3600)?,
@@ -116,6 +119,7 @@ impl Config {
             s3_force_path_style: true,
             sdk_max_attempts: 8,
             event_bus: "default".into(),
+            ses_configuration_set: None,
             invite_rate_per_sec: 10.0,
             invite_batch: 500,
             job_deadline_secs: 3 * 3600,

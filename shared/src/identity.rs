@@ -210,7 +210,7 @@ mod tests {
             "Email: \"a@acme.example.com\" -> \"a2@acme.example.com\"; Department: \"Sales\" -> \"Support\""
         );
         assert!(out[1].1.contains("duplicate") || out[1].1.contains("already belongs to another user"), "{}", out[1].1);
-        assert_eq!(out[2].1, "NewEmail changes an existing user's email: use it with Update or Upsert, not Create");
+        assert_eq!(out[2].1, "NewEmail changes an existing user's email: use it with Update, Upsert or Invite, not Create");
         assert_eq!(out[4].1, "no user has the email nobody@acme.example.com any more; nothing to move");
         let dir = &kit.svc.directory;
         assert_eq!(dir.user("acme", "a2@acme.example.com").await.unwrap().unwrap().fields.department.as_deref(), Some("Support"));

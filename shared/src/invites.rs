@@ -4,6 +4,7 @@
 //! and sending is paced so the SES sending rate is never exceeded.
 
 use crate::address;
+use crate::delivery;
 use crate::error::{Error, Result};
 use crate::model::{Invite, Tenant};
 use crate::report::{self, esc};
@@ -87,7 +88,7 @@ async fn send_one(
         Some(u) if u.status == crate::model::UserStatus::Active && !u.activated => {}
         _ => {
             info!(tenant = %invite.tenant, to = %address::masked(&invite.email), "invite dropped: the user no longer exists, is disabled or has activated");
-            svc.invites.mark_sent(invite).await?;
+            svc.invites.record_failure(invite, "not sent: the user no longer exists, is disabled or has activated", None).await?;
             return Ok(false);
         }
     }
@@ -99,7 +100,9 @@ async fn send_one(
     let from = address::deliverable(&from).map_err(|why| Error::Build { what: "invite", message: format!("sender {why}") })?.into_owned();
     let (subject, text, html) = invite_email(tenant, &current);
     let mime = report::build_email(&from, std::slice::from_ref(&to), &subject, &text, &html, &[])?;
-    svc.mailer.send_raw(&from, std::slice::from_ref(&to), mime).await?;
+    // Tagged so SES's delivery, bounce and complaint events find the invite (`delivery`).
+    let tags = [(delivery::KIND_TAG, delivery::INVITE), (delivery::TENANT_TAG, invite.tenant.as_str())];
+    svc.mailer.send_tracked(&from, std::slice::from_ref(&to), mime, &tags).await?;
     svc.invites.mark_sent(invite).await?;
     Ok(true)
 }

@@ -10,6 +10,7 @@ pub mod apply;
 mod architecture_tests;
 pub mod changes;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod events;

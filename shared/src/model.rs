@@ -79,6 +79,48 @@ pub struct Branding {
     pub activation_url: Option<String>,
 }
 
+/// Where an activation email stands: waiting, sent, and what the recipient's mail server said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InviteStatus {
+    Pending,
+    /// Claimed by a sweep that is sending it.
+    Sending,
+    Sent,
+    /// The recipient's server accepted it (SES delivery event).
+    Delivered,
+    /// The address does not take mail (SES bounce event): fix the address and invite again.
+    Bounced,
+    /// The recipient marked it as spam (SES complaint event).
+    Complained,
+    /// Not sent: SES refused it for good, or the user left before it went out.
+    Failed,
+}
+
+impl InviteStatus {
+    pub const NAMES: &'static [&'static str] = &["pending", "sending", "sent", "delivered", "bounced", "complained", "failed"];
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        use InviteStatus::*;
+        [Pending, Sending, Sent, Delivered, Bounced, Complained, Failed].into_iter().find(|v| v.as_str() == s.trim().to_lowercase())
+    }
+}
+
+/// One invite as `rosterdrop invites` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InviteRecord {
+    pub email: String,
+    pub first_name: Option<String>,
+    pub status: InviteStatus,
+    pub job: String,
+    /// When it was due, sent, or last heard of.
+    pub at: String,
+    /// Why it bounced or failed.
+    pub reason: Option<String>,
+}
+
 /// An activation email waiting to be sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Invite {

@@ -111,6 +111,15 @@ pub struct ScheduledReport {
 /// The scheduled run: the invite sweep and each monitor task, each on its own, so one failing
 /// (DynamoDB throttled, a job that cannot be finalized) never stops the others. Each failure is
 /// logged and reported; the job-age metric is published whatever else happened.
+/// The invites function's events: SES's reports about invites (`delivery`), else the schedule.
+pub async fn on_event(svc: &Services, event: serde_json::Value, now: chrono::DateTime<chrono::Utc>) -> crate::Result<serde_json::Value> {
+    if event["source"] == "aws.ses" {
+        let recorded = crate::delivery::record(svc, &event).await?;
+        return Ok(serde_json::json!({ "recorded": recorded }));
+    }
+    serde_json::to_value(scheduled(svc, now).await).map_err(|e| crate::Error::corrupt("scheduled report", e))
+}
+
 pub async fn scheduled(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> ScheduledReport {
     let mut report = ScheduledReport::default();
     let note = |task: &str, e: crate::Error| {

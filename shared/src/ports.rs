@@ -2,7 +2,9 @@
 //! tests use in-memory fakes behind the same traits.
 
 use crate::error::Result;
-use crate::model::{Before, Change, EmailKind, Invite, Job, JobState, Lease, Restore, Target, Tenant, User, UserStatus};
+use crate::model::{
+    Before, Change, EmailKind, Invite, InviteRecord, InviteStatus, Job, JobState, Lease, Restore, Target, Tenant, User, UserStatus,
+};
 use crate::rules::{Attempt, Attempted};
 use async_trait::async_trait;
 use std::time::Duration;
@@ -280,6 +282,12 @@ pub trait EventBus: Send + Sync {
 pub trait Mailer: Send + Sync {
     /// Send a complete MIME message.
     async fn send_raw(&self, from: &str, to: &[String], mime: Vec<u8>) -> Result<()>;
+    /// Send one whose delivery is tracked: through the deployment's SES configuration set, with
+    /// `tags` (name, value) that come back on its delivery, bounce and complaint events.
+    async fn send_tracked(&self, from: &str, to: &[String], mime: Vec<u8>, tags: &[(&str, &str)]) -> Result<()> {
+        let _ = tags;
+        self.send_raw(from, to, mime).await
+    }
 }
 
 /// Activation emails waiting to be sent.
@@ -300,4 +308,10 @@ pub trait Invites: Send + Sync {
     /// A user's email changed: their pending invite (not being sent) moves to the new address,
     /// in one transaction. `true` when one moved.
     async fn rename(&self, tenant: &str, from: &str, to: &str) -> Result<bool>;
+    /// What the recipient's mail server said of a sent invite (`Delivered`, `Bounced`,
+    /// `Complained`), with the reason. A delivery never overwrites a bounce or complaint.
+    /// `false`: no sent invite to that address.
+    async fn record_delivery(&self, tenant: &str, email: &str, status: InviteStatus, reason: Option<&str>, at: &str) -> Result<bool>;
+    /// A tenant's invites, pending and sent, by email.
+    async fn list(&self, tenant: &str) -> Result<Vec<InviteRecord>>;
 }

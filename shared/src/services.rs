@@ -44,7 +44,7 @@ impl Services {
             directory: Arc::new(dynamo::DynamoDirectory::new(ddb.clone(), config.directory_table.clone())),
             jobs: Arc::new(crate::events::Publishing::new(jobs, bus.clone())),
             invites: Arc::new(dynamo::DynamoInvites::new(ddb, config.jobs_table.clone())),
-            mailer: Arc::new(ses::SesMailer::new(ses)),
+            mailer: Arc::new(ses::SesMailer::new(ses, config.ses_configuration_set.clone())),
             events: bus,
             config,
         }

@@ -341,6 +341,43 @@ fn sftp_drop_is_optional_and_lands_each_user_in_their_tenants_incoming_folder_wi
     assert_eq!(v["outputs"]["SftpEndpoint"]["Condition"], "HasSftp");
 }
 
+/// Whether an EventBridge pattern (lists of accepted values, nested objects) matches an event.
+fn matches(pattern: &serde_json::Value, event: &serde_json::Value) -> bool {
+    pattern.as_object().unwrap().iter().all(|(k, want)| match want {
+        serde_json::Value::Array(values) => match &event[k] {
+            serde_json::Value::Array(have) => have.iter().any(|h| values.contains(h)),
+            have => values.contains(have),
+        },
+        nested => matches(nested, &event[k]),
+    })
+}
+
+/// Invite delivery tracking as deployed: invites go through a configuration set whose delivery,
+/// bounce and complaint events go to the default bus, and a rule there invokes the invites
+/// function with exactly the events that are about invites (the SES-shaped fixtures the unit
+/// tests feed the handler).
+#[test]
+fn ses_delivery_events_of_invites_reach_the_invites_function() {
+    let r: BTreeMap<String, serde_json::Value> = transform(&["--rules"]);
+    let destination = r.values().find(|v| v["Type"] == "AWS::SES::ConfigurationSetEventDestination").expect("an event destination");
+    let d = &destination["Properties"]["EventDestination"];
+    assert_eq!(d["MatchingEventTypes"], serde_json::json!(["DELIVERY", "BOUNCE", "COMPLAINT"]));
+    assert!(d["EventBridgeDestination"]["EventBusArn"]["Fn::Sub"].as_str().unwrap().ends_with("event-bus/default"));
+    let rule = r
+        .values()
+        .find(|v| v["Type"] == "AWS::Events::Rule" && v["Properties"]["EventPattern"]["source"] == serde_json::json!(["aws.ses"]))
+        .expect("a rule for SES events");
+    assert_eq!(rule["Properties"]["Targets"][0]["Arn"]["Fn::GetAtt"][0], "InvitesFunction");
+    let pattern = &rule["Properties"]["EventPattern"];
+    let fixture = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/ses").join(name)).unwrap()).unwrap()
+    };
+    for name in ["bounce.json", "complaint.json", "delivery.json"] {
+        assert!(matches(pattern, &fixture(name)), "{name} reaches the function");
+    }
+    assert!(!matches(pattern, &fixture("not-an-invite.json")), "other mail does not");
+}
+
 /// The bucket's policy and lifecycle, after the SAM transform.
 fn bucket() -> serde_json::Value {
     transform(&["--bucket"])

@@ -52,19 +52,21 @@ where
     .await
 }
 
-/// Run a scheduled task (EventBridge): its report is the invocation's result. A task reports its
-/// own failures and is not retried by Lambda (the next run is the retry).
-pub async fn run_scheduled<F, Fut, R>(task: F) -> Result<(), Error>
+/// Run a function that gets EventBridge events (the schedule, and events other services publish):
+/// `handle` reads the event; an error it returns reaches the runtime, labelled, so EventBridge's
+/// retry policy retries it.
+pub async fn run_events<F, Fut>(handle: F) -> Result<(), Error>
 where
-    F: Fn(&'static Services, chrono::DateTime<chrono::Utc>) -> Fut,
-    Fut: Future<Output = R>,
-    R: serde::Serialize,
+    F: Fn(&'static Services, serde_json::Value, chrono::DateTime<chrono::Utc>) -> Fut,
+    Fut: Future<Output = shared::Result<serde_json::Value>>,
 {
     let svc = services().await?;
-    let task = &task;
-    lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| async move {
-        let report = task(svc, chrono::Utc::now()).await;
-        Ok::<_, Error>(serde_json::to_value(&report)?)
+    let handle = &handle;
+    lambda_runtime::run(service_fn(move |ev: LambdaEvent<serde_json::Value>| async move {
+        handle(svc, ev.payload, chrono::Utc::now()).await.map_err(|e| {
+            tracing::error!(retryable = e.is_retryable(), error = %e, "event not handled");
+            Diagnostic { error_type: e.diagnostic_type().into(), error_message: e.to_string() }
+        })
     }))
     .await
 }

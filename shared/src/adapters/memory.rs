@@ -792,13 +792,7 @@ impl JobStore for MemoryJobs {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InviteState {
-    Pending,
-    Sending,
-    Sent,
-    Failed,
-}
+pub use crate::model::InviteStatus as InviteState;
 
 /// (invite, state, claimed at, last error)
 type InviteEntry = (Invite, InviteState, String, String);
@@ -879,6 +873,35 @@ impl Invites for MemoryInvites {
             None => *st = InviteState::Failed,
         }
         Ok(())
+    }
+    async fn record_delivery(&self, tenant: &str, email: &str, status: InviteState, reason: Option<&str>, at: &str) -> Result<bool> {
+        let mut state = lock(&self.state);
+        let Some((stored, st, _, err)) = state.get_mut(&(tenant.to_string(), email.to_string())) else { return Ok(false) };
+        if !matches!(*st, InviteState::Sent | InviteState::Delivered | InviteState::Bounced | InviteState::Complained) {
+            return Ok(false);
+        }
+        if status == InviteState::Delivered && *st != InviteState::Sent {
+            return Ok(true); // a bounce or complaint stays
+        }
+        *st = status;
+        *err = reason.unwrap_or_default().to_string();
+        stored.due_at = at.to_string();
+        Ok(true)
+    }
+    async fn list(&self, tenant: &str) -> Result<Vec<crate::model::InviteRecord>> {
+        let state = lock(&self.state);
+        Ok(state
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|((_, email), (i, st, _, err))| crate::model::InviteRecord {
+                email: email.clone(),
+                first_name: i.first_name.clone(),
+                status: *st,
+                job: i.job.clone(),
+                at: i.due_at.clone(),
+                reason: (!err.is_empty()).then(|| err.clone()),
+            })
+            .collect())
     }
 }
 

@@ -512,10 +512,10 @@ fn validate_row<'c, S: AsRef<str>>(
                         "a row with an ExternalId changes the email by giving the new one in Email; leave NewEmail blank".into(),
                     ));
                 }
-                Some(_) if !matches!(action, Action::Update | Action::Upsert) => {
+                Some(_) if !matches!(action, Action::Update | Action::Upsert | Action::Invite) => {
                     return Err(fail_at(
                         "NewEmail",
-                        format!("NewEmail changes an existing user's email: use it with Update or Upsert, not {action}"),
+                        format!("NewEmail changes an existing user's email: use it with Update, Upsert or Invite, not {action}"),
                     ));
                 }
                 Some(raw) => {

@@ -3,15 +3,17 @@
 use super::ext::*;
 use super::*;
 use crate::error::Result;
-use crate::model::Invite;
 use crate::model::Lease;
+use crate::model::{Invite, InviteRecord, InviteStatus};
 use crate::ports::Invites;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue as Av;
 
 /// Invites live in the jobs table (`I#<tenant>#<email>`); pending ones are in `gsi1` under
-/// `INVITES#<shard>` sorted by due time, and leave the index once sent (sparse index).
+/// `INVITES#<shard>` sorted by due time; once sent (or failed for good) they move to
+/// `INVITED#<tenant>` sorted by email, where `rosterdrop invites` lists them with what the
+/// recipient's server said.
 pub struct DynamoInvites {
     client: Client,
     table: String,
@@ -112,9 +114,11 @@ impl Invites for DynamoInvites {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(Self::pk(i)))
-            .update_expression("SET #st = :sent, sent_at = :now REMOVE gsi1pk, gsi1sk")
+            .update_expression("SET #st = :sent, sent_at = :now, gsi1pk = :done, gsi1sk = :email")
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":sent", s("sent"))
+            .expression_attribute_values(":done", s(format!("INVITED#{}", i.tenant)))
+            .expression_attribute_values(":email", s(&i.email))
             .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()))
             .send()
             .await
@@ -143,8 +147,12 @@ impl Invites for DynamoInvites {
                 .expression_attribute_values(":at", s(at))
                 .expression_attribute_values(":sk", s(format!("{at}#{}#{}", i.tenant, i.email))),
             None => req
-                .update_expression("SET #st = :failed, last_error = :reason, failed_at = :now ADD attempts :one REMOVE gsi1pk, gsi1sk")
-                .expression_attribute_values(":failed", s("failed")),
+                .update_expression(
+                    "SET #st = :failed, last_error = :reason, failed_at = :now, gsi1pk = :done, gsi1sk = :email ADD attempts :one",
+                )
+                .expression_attribute_values(":failed", s("failed"))
+                .expression_attribute_values(":done", s(format!("INVITED#{}", i.tenant)))
+                .expression_attribute_values(":email", s(&i.email)),
         };
         match req.send().await {
             Ok(_) => Ok(()),
@@ -198,5 +206,81 @@ impl Invites for DynamoInvites {
             Err(e) if cancellation(&e).is_some() => Ok(false),
             Err(e) => Err(ddb_err("TransactWriteItems")(e)),
         }
+    }
+
+    async fn record_delivery(&self, tenant: &str, email: &str, status: InviteStatus, reason: Option<&str>, at: &str) -> Result<bool> {
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("I#{tenant}#{email}")))
+            .update_expression("SET #st = :status, delivery_at = :at, last_error = :reason")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":status", s(status.as_str()))
+            .expression_attribute_values(":at", s(at))
+            .expression_attribute_values(":reason", s(reason.unwrap_or_default()))
+            .expression_attribute_values(":sent", s(InviteStatus::Sent.as_str()));
+        // A delivery follows only a send; a bounce or complaint may follow a delivery too.
+        let req = if status == InviteStatus::Delivered {
+            req.condition_expression("#st = :sent")
+        } else {
+            req.condition_expression("#st IN (:sent, :delivered, :bounced, :complained)")
+                .expression_attribute_values(":delivered", s(InviteStatus::Delivered.as_str()))
+                .expression_attribute_values(":bounced", s(InviteStatus::Bounced.as_str()))
+                .expression_attribute_values(":complained", s(InviteStatus::Complained.as_str()))
+        };
+        match req.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
+    }
+
+    async fn list(&self, tenant: &str) -> Result<Vec<InviteRecord>> {
+        let record = |item: &Item| -> Option<InviteRecord> {
+            let status = InviteStatus::parse(item.str("status")?)?;
+            let at = item.str("delivery_at").or(item.str("sent_at")).or(item.str("due_at")).unwrap_or_default();
+            Some(InviteRecord {
+                email: item.str("email")?.to_string(),
+                first_name: item.str("first_name").map(str::to_string),
+                status,
+                job: item.str("job").unwrap_or_default().to_string(),
+                at: at.to_string(),
+                reason: item.str("last_error").filter(|r| !r.is_empty()).map(str::to_string),
+            })
+        };
+        let mut out = Vec::new();
+        let mut sent = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(GSI)
+            .key_condition_expression("gsi1pk = :p")
+            .expression_attribute_values(":p", s(format!("INVITED#{tenant}")))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = sent.next().await {
+            out.extend(record(&item.map_err(ddb_err("Query"))?));
+        }
+        for shard in 0..USER_SHARDS {
+            let mut pending = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI)
+                .key_condition_expression("gsi1pk = :p")
+                .filter_expression("tenant = :t")
+                .expression_attribute_values(":p", s(format!("INVITES#{shard}")))
+                .expression_attribute_values(":t", s(tenant))
+                .into_paginator()
+                .items()
+                .send();
+            while let Some(item) = pending.next().await {
+                out.extend(record(&item.map_err(ddb_err("Query"))?));
+            }
+        }
+        out.sort_by(|a, b| a.email.cmp(&b.email));
+        Ok(out)
     }
 }

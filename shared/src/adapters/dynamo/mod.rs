@@ -53,6 +53,9 @@ pub const JOBS_GSI_ATTRIBUTES: &[&str] = &[
     "job",
     "status",
     "attempts",
+    "sent_at",
+    "delivery_at",
+    "last_error",
 ];
 /// Jobs table: open (not yet COMPLETED or REJECTED) jobs, oldest first; sparse.
 pub const OPEN_JOBS: &str = "gsi2";
