@@ -815,7 +815,7 @@ impl Invites for MemoryInvites {
     async fn rename(&self, tenant: &str, from: &str, to: &str) -> Result<bool> {
         let mut state = lock(&self.state);
         let key = (tenant.to_string(), from.to_string());
-        if !state.get(&key).is_some_and(|(_, st, ..)| *st == InviteState::Pending) {
+        if state.get(&key).is_none_or(|(_, st, ..)| *st != InviteState::Pending) {
             return Ok(false);
         }
         let (mut invite, st, claimed, err) = state.remove(&key).expect("checked");
