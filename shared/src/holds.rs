@@ -14,7 +14,7 @@ use crate::ingest::stream::Spill;
 use crate::ingest::validate::RowValidator;
 use crate::keys;
 use crate::model::{EmailKind, Holds, Job, JobState, Mode, PHASES, RowOp, Status, Tenant};
-use crate::report::{self, Summary, esc};
+use crate::report::{self, Summary};
 use crate::services::Services;
 use crate::wire::parse_jsonl;
 use std::io::Write as _;
@@ -209,7 +209,7 @@ fn held_email(tenant: &Tenant, job: &Job, why: &str, would: &ChangeCounts, links
         text += &format!("\n{name} is too large to attach; download it (link valid for a limited time):\n{url}\n");
     }
     text += &format!("\nJob: {id}\n");
-    let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>").replace('\n', "<br>"));
+    let html = crate::layout::text_page(tenant, &subject, &text);
     (subject, text, html)
 }
 
@@ -330,7 +330,7 @@ pub(crate) async fn discard(svc: &Services, job: &Job, why: &str) -> Result<bool
             if job.state == JobState::Scheduled { "scheduled" } else { "held for approval" },
             job.id
         );
-        let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>"));
+        let html = crate::layout::text_page(&tenant, &subject, &text);
         report::send_to(svc, &report::sender(svc, &tenant), &tenant.admin_emails, &subject, &text, &html, &[]).await?;
         svc.jobs.mark_email_sent(&job.id, EmailKind::Result).await?;
     }
@@ -379,7 +379,7 @@ pub async fn from_console(svc: &Services, obj: &crate::event::ObjectRef, tenant:
     info!(key = %obj.key, outcome = %line, "decision from the console");
     let subject = format!("[rosterdrop] {}: {} {}", tenant.id, verb.as_str(), crate::wording::bounded(id, 64));
     let text = format!("{line}.\n\n(From the file {}.)\n", obj.key);
-    let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>"));
+    let html = crate::layout::text_page(tenant, &subject, &text);
     report::send_to(svc, &report::sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &[]).await
 }
 

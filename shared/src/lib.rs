@@ -21,6 +21,7 @@ pub mod identity;
 pub mod ingest;
 pub mod invites;
 pub mod keys;
+pub mod layout;
 #[cfg(feature = "local")]
 pub mod local;
 pub mod model;

@@ -77,6 +77,9 @@ pub struct Branding {
     /// Activation link; `{email}` is replaced by the URL-encoded address.
     #[serde(default)]
     pub activation_url: Option<String>,
+    /// Logo shown at the top of every email (https, 32 pixels high); the product name otherwise.
+    #[serde(default)]
+    pub logo_url: Option<String>,
 }
 
 /// Where an activation email stands: waiting, sent, and what the recipient's mail server said.
@@ -351,6 +354,13 @@ impl Tenant {
             && !(c.len() == 7 && c.starts_with('#') && c[1..].chars().all(|x| x.is_ascii_hexdigit()))
         {
             return Err(format!("branding.colour {c:?} must look like #1a73e8"));
+        }
+        if let Some(u) = &self.branding.logo_url
+            && !crate::layout::is_logo_url(u)
+        {
+            return Err(format!(
+                "branding.logo_url {u:?} must be an https:// URL of at most 2,048 characters without quotes, spaces or brackets"
+            ));
         }
         if self.holds.remove_percent > 100 || self.holds.update_percent > 100 {
             return Err("holds.remove_percent and holds.update_percent must be between 0 and 100".into());

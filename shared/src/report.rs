@@ -84,6 +84,9 @@ pub struct Summary {
     pub disabled_not_in_file: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_users_key: Option<String>,
+    /// A CSV result's companion file of the problems (a workbook result has a Problems sheet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problems_key: Option<String>,
     /// The users this job created, by the result file's row: their immutable ids, for systems
     /// that key on them (the first 10,000; the result's UserId column has every one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -91,6 +94,12 @@ pub struct Summary {
     /// Created users beyond those listed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub created_users_not_listed: u32,
+    /// The failures grouped by kind (message), most frequent first: what to fix, and where.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<crate::finalize::digest::Problem>,
+    /// Failed rows of kinds past the 500 listed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rows_of_other_problems: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,8 +136,11 @@ impl Summary {
             failed_rows_key: None,
             disabled_not_in_file: 0,
             disabled_users_key: None,
+            problems_key: None,
             created_users: Vec::new(),
             created_users_not_listed: 0,
+            problems: Vec::new(),
+            rows_of_other_problems: 0,
         }
     }
 }
@@ -160,12 +172,13 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
             file = job.file_name,
             id = job.id
         );
-        let html = format!(
-            "<p>Your file <b>{}</b> was not processed.</p><p><b>Reason:</b> {}</p><p>Nothing in it was applied. Fix the file and upload it again.</p><p style=\"color:#666\">Job: {}</p>",
-            esc(&job.file_name),
-            esc(reason),
-            esc(&job.id)
-        );
+        let body = crate::layout::para(&format!("Your file <b>{}</b> was not processed.", esc(&job.file_name)))
+            + &crate::layout::section("What to fix")
+            + &crate::layout::para(&esc(reason))
+            + &crate::layout::para("Nothing in it was applied. Fix the file and upload it again.");
+        let footer = format!("Sent by rosterdrop for {}. Job {}.", esc(&tenant.id), esc(&job.id));
+        let headline = format!("{} was rejected: nothing was applied", job.file_name);
+        let html = crate::layout::page(&crate::layout::Brand::of(Some(tenant)), reason, &headline, &body, &footer);
         send_to(svc, &sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, attachments).await?;
         svc.jobs.mark_email_sent(&job.id, EmailKind::Result).await?;
         info!(job = %job.id, recipients = tenant.admin_emails.len(), "rejection email sent");
@@ -185,12 +198,22 @@ pub async fn started_email(svc: &Services, job: &Job, tenant: &Tenant, mode: cra
         mode = mode.as_str(),
         id = job.id
     );
-    let html = format!(
-        "<p>We received <b>{}</b> ({rows} rows, mode {}) and are {what} it.</p><p>{invalid} rows already failed the checks; the result email will list them with what to fix.</p><p style=\"color:#666\">Job: {}</p>",
+    use crate::layout::{self, thousands};
+    let headline =
+        if dry { format!("Validating {} rows", thousands(rows.into())) } else { format!("Processing {} rows", thousands(rows.into())) };
+    let mut body = layout::para(&format!(
+        "We received <b>{}</b> ({} rows, mode {}) and are {what} it.",
         esc(&job.file_name),
-        mode.as_str(),
-        esc(&job.id)
-    );
+        thousands(rows.into()),
+        mode.as_str()
+    ));
+    body += &layout::bar(&[
+        layout::Segment { label: "passed the checks", count: u64::from(rows).saturating_sub(invalid as u64), colour: layout::GREEN },
+        layout::Segment { label: "already failed the checks", count: invalid as u64, colour: layout::RED },
+    ]);
+    body += &layout::para("The result email follows when it is done, with what to fix and where.");
+    let footer = format!("Sent by rosterdrop for {}. Job {}.", esc(&tenant.id), esc(&job.id));
+    let html = layout::page(&layout::Brand::of(Some(tenant)), &format!("{} received", job.file_name), &headline, &body, &footer);
     let from = sender(svc, tenant);
     send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &[]).await?;
     svc.jobs.mark_email_sent(&job.id, EmailKind::Started).await?;

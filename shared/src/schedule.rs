@@ -8,7 +8,6 @@ use crate::error::Result;
 use crate::finalize::build::Flavour;
 use crate::holds::{self, Preview};
 use crate::model::{Job, JobState, Mode, Tenant, upload_order};
-use crate::report::esc;
 use crate::services::Services;
 use chrono::{DateTime, Utc};
 use std::path::{Path, PathBuf};
@@ -89,7 +88,7 @@ pub async fn schedule(
             text += &format!("\n{name} is too large to attach; download it (link valid for a limited time):\n{url}\n");
         }
         text += &format!("\nJob: {id}\n");
-        let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>").replace('\n', "<br>"));
+        let html = crate::layout::text_page(tenant, &subject, &text);
         (subject, text, html)
     })
     .await?;

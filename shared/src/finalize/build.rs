@@ -31,6 +31,9 @@ pub struct BuiltFiles {
     pub failed: Option<Built>,
     /// Replace mode: the users absent from the file and what happened to each.
     pub disabled: Option<Built>,
+    /// A CSV result's companion: the failures grouped by kind (a workbook has them as its
+    /// "Problems" sheet instead).
+    pub problems: Option<Built>,
     pub digest: Digest,
 }
 
@@ -168,6 +171,7 @@ impl TableVisitor for Builder<'_> {
                 crate::wording::quoted(&sheet)
             ));
         }
+        self.digest.sheets.push((crate::ingest::sheets::row_id(head.index, 0), sheet.clone()));
         self.width = width;
         self.failed_started = false;
         self.head = Some(head);
@@ -267,8 +271,27 @@ pub fn build_as(
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("csv").to_string();
         Ok(Built { name: format!("{stem}-{suffix}.{ext}"), path, content_type: kind.content_type() })
     };
-    let result = b.result.take().ok_or_else(|| Error::corrupt("staged source", "no table"))?;
+    let mut result = b.result.take().ok_or_else(|| Error::corrupt("staged source", "no table"))?;
     let stem = b.stem.clone();
+    // What to fix, and where: the failures grouped by kind, most frequent first.
+    let problems = b.digest.problems();
+    let mut problems_file = None;
+    if !problems.is_empty() && b.flavour != Flavour::Preview {
+        let header = ["Rows", "Problem and fix", "Column", "Where"];
+        let out = match result.kind {
+            Kind::Xlsx => &mut result,
+            Kind::Csv(_) => problems_file.insert(b.open("problems", Kind::Csv(b','))?),
+        };
+        out.start("Problems", &header, None)?;
+        for p in &problems {
+            let message = if p.varied { format!("{} (and the same with other values)", p.message) } else { p.message.clone() };
+            out.row(&[&p.count.to_string(), &message, p.column.as_deref().unwrap_or(""), &crate::layout::where_text(p)])?;
+        }
+        if b.digest.rows_of_other_problems > 0 {
+            let other = b.digest.rows_of_other_problems.to_string();
+            out.row(&[&other, "other kinds of problem (see the failed-rows file)", "", ""])?;
+        }
+    }
     let (result_name, _, disabled_name) = b.names();
     Ok(BuiltFiles {
         result: done(result, result_name, &stem)?,
@@ -283,6 +306,7 @@ pub fn build_as(
                 })
             })
             .transpose()?,
+        problems: problems_file.map(|f| done(f, "problems", &stem)).transpose()?,
         digest: b.digest,
     })
 }

@@ -9,6 +9,58 @@ use std::collections::BTreeMap;
 pub const FIRST_FAILURES: usize = 10;
 /// Warnings kept; more are counted.
 pub const MAX_WARNINGS: usize = 20;
+/// Kinds of problem kept (distinct messages); rows of more kinds are counted.
+pub const MAX_PROBLEM_KINDS: usize = 500;
+/// Rows named per kind of problem; the rest are counted ("and 9 more").
+pub const ROWS_PER_PROBLEM: usize = 5;
+
+/// One kind of problem: the same message (which names the value and the fix) on many rows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Problem {
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    pub count: u32,
+    /// The first rows, as a person reads them ("row 9", "row 3 of sheet Staff").
+    pub rows: Vec<String>,
+    /// Rows beyond those named.
+    #[serde(default)]
+    pub more_rows: u32,
+    /// The rows of this kind name different values (`message` is the first row's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub varied: bool,
+}
+
+/// What makes two messages the same kind of problem: the message with its quoted values, email
+/// addresses and row numbers left out ("Email \"a@@x\" is not a valid email address" and
+/// "Email \"b@@y\" is ..." are one kind; "unknown role \"learner\"" stays apart from messages
+/// about other columns).
+pub fn kind_of(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for word in message.split_inclusive(|c: char| c == '"' || c.is_whitespace()) {
+        if quoted {
+            if word.ends_with('"') {
+                quoted = false;
+                out.push_str("\u{2026}\"");
+            }
+            continue;
+        }
+        if word.ends_with('"') && word.matches('"').count() == 1 {
+            out.push_str(word);
+            quoted = true;
+        } else if word.contains('@')
+            || word.trim_end_matches([',', ';', '.', ' ']).chars().all(|c| c.is_ascii_digit()) && !word.trim().is_empty()
+        {
+            out.push('\u{2026}');
+            out.push_str(&word[word.trim_end().len()..]);
+        } else {
+            out.push_str(word);
+        }
+    }
+    out
+}
+
 /// Created users whose ids `summary.json` lists; the result file's UserId column has them all.
 pub const MAX_CREATED_IDS: usize = 10_000;
 /// A message as the email quotes it.
@@ -33,6 +85,13 @@ pub struct Digest {
     /// (row, id) of the first `MAX_CREATED_IDS` users the job created, and how many more.
     pub created_ids: Vec<(u32, String)>,
     pub more_created_ids: u32,
+    /// Failures grouped by message, in the order first seen (`problems` sorts them).
+    groups: Vec<Problem>,
+    group_of: std::collections::HashMap<String, usize>,
+    /// Failed rows whose kind of problem was past `MAX_PROBLEM_KINDS`.
+    pub rows_of_other_problems: u32,
+    /// (first row id, sheet name) of each sheet of a workbook of several.
+    pub sheets: Vec<(u32, String)>,
 }
 
 impl Digest {
@@ -51,10 +110,57 @@ impl Digest {
         if o.status == Status::Failure {
             if o.message == super::build::NOT_APPLIED {
                 self.not_applied += 1;
+            } else {
+                self.group(o);
             }
             if self.first_failures.len() < FIRST_FAILURES {
                 self.first_failures.push((o.row, bounded(&o.message, MAX_MESSAGE_CHARS)));
             }
+        }
+    }
+
+    fn group(&mut self, o: &Outcome) {
+        let message = bounded(&o.message, MAX_MESSAGE_CHARS);
+        let kind = format!("{}\u{0}{}", o.column.as_deref().unwrap_or_default(), kind_of(&message));
+        let label = self.row_label(o.row);
+        let index = match self.group_of.get(&kind) {
+            Some(i) => {
+                let g = &mut self.groups[*i];
+                g.varied |= g.message != message;
+                *i
+            }
+            None if self.groups.len() < MAX_PROBLEM_KINDS => {
+                let p = Problem { message, column: o.column.clone(), count: 0, rows: vec![], more_rows: 0, varied: false };
+                self.groups.push(p);
+                self.group_of.insert(kind, self.groups.len() - 1);
+                self.groups.len() - 1
+            }
+            None => {
+                self.rows_of_other_problems += 1;
+                return;
+            }
+        };
+        let g = &mut self.groups[index];
+        g.count += 1;
+        if g.rows.len() < ROWS_PER_PROBLEM {
+            g.rows.push(label);
+        } else {
+            g.more_rows += 1;
+        }
+    }
+
+    /// The kinds of problem, most frequent first (then in file order).
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut p = self.groups.clone();
+        p.sort_by_key(|g| std::cmp::Reverse(g.count)); // stable: ties keep file order
+        p
+    }
+
+    /// A row id as a person reads it.
+    pub fn row_label(&self, id: u32) -> String {
+        match self.sheets.iter().rev().find(|(offset, _)| id >= *offset) {
+            Some((offset, sheet)) if self.sheets.len() > 1 => format!("row {} of sheet {sheet}", id - offset),
+            _ => format!("row {}", id % crate::ingest::sheets::SHEET_STRIDE),
         }
     }
 
@@ -99,5 +205,28 @@ mod tests {
         assert_eq!(d.created_ids.len(), MAX_CREATED_IDS);
         assert_eq!(d.more_created_ids, extra as u32);
         assert_eq!(d.created_ids[7], (7, "id-7".to_string()));
+    }
+
+    /// Messages that differ only in the value they quote, an address or a row number are one
+    /// kind of problem; a message about another thing is another kind.
+    #[test]
+    fn messages_differing_only_in_their_values_are_one_kind_of_problem() {
+        let k = |m: &str| kind_of(m);
+        assert_eq!(k("Email \"a@@x\" is not a valid email address"), k("Email \"b @ y\" is not a valid email address"));
+        assert_eq!(
+            k("duplicate email: row 14 of this file already has a@x.com; only the first row is applied"),
+            k("duplicate email: row 9 of this file already has b@y.com; only the first row is applied")
+        );
+        assert_ne!(k("unknown role \"x\"; did you mean \"X\"?"), k("Email \"x\" is not a valid email address"));
+        assert_eq!(k("no quotes at all"), "no quotes at all");
+        assert_eq!(k("an \"unclosed quote"), k("an \"other unclosed"), "no panic on odd quoting");
+        let mut d = Digest::default();
+        for (row, m) in [(2, "Email \"a@@x\" is not valid"), (3, "Email \"b@@x\" is not valid"), (4, "RoleName \"Admin\" is an admin role")]
+        {
+            d.add(&Outcome::failure(row, Some(Action::Upsert), m));
+        }
+        let p = d.problems();
+        assert_eq!((p.len(), p[0].count, p[0].varied, p[1].varied), (2, 2, true, false));
+        assert_eq!(p[0].message, "Email \"a@@x\" is not valid", "the first row's message stands for the kind");
     }
 }

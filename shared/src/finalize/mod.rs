@@ -103,14 +103,17 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
     let mut summary = summary_of(job, final_state, &files.digest, warnings);
     let prefix = keys::results_prefix(&job.tenant, &job_id);
     let mut uploaded = Vec::new();
-    for (built, slot) in [(Some(&files.result), 0), (files.failed.as_ref(), 1), (files.disabled.as_ref(), 2)] {
+    let files_and_slots =
+        [(Some(&files.result), 0), (files.failed.as_ref(), 1), (files.disabled.as_ref(), 2), (files.problems.as_ref(), 3)];
+    for (built, slot) in files_and_slots {
         let Some(built) = built else { continue };
         let key = format!("{prefix}{}", built.name);
         svc.store.put_file(&key, &built.path, built.content_type).await?;
         match slot {
             0 => summary.result_key = Some(key.clone()),
             1 => summary.failed_rows_key = Some(key.clone()),
-            _ => summary.disabled_users_key = Some(key.clone()),
+            2 => summary.disabled_users_key = Some(key.clone()),
+            _ => summary.problems_key = Some(key.clone()),
         }
         uploaded.push((built.clone(), key));
     }
@@ -120,7 +123,7 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
         Some(tenant) if claimed => {
             let from = report::sender(svc, &tenant);
             let (attachments, links) = attach_or_link(svc, &uploaded).await?;
-            let (subject, text, html) = result_email(&tenant.id, &summary, &files.digest, &links);
+            let (subject, text, html) = result_email(&tenant, &summary, &files.digest, &links);
             report::send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &attachments).await?;
             svc.jobs.mark_email_sent(&job_id, EmailKind::Result).await?;
             info!(job = %job_id, recipients = tenant.admin_emails.len(), "result email sent");
@@ -185,6 +188,8 @@ fn summary_of(job: &Job, state: JobState, d: &Digest, mut warnings: Vec<String>)
     summary.disabled_not_in_file = d.disabled;
     summary.created_users = d.created_ids.iter().map(|(row, id)| crate::report::CreatedUser { row: *row, user_id: id.clone() }).collect();
     summary.created_users_not_listed = d.more_created_ids;
+    summary.problems = d.problems();
+    summary.rows_of_other_problems = d.rows_of_other_problems;
     summary
 }
 
@@ -241,50 +246,83 @@ pub async fn fail_job(svc: &Services, job: &Job, cause: &Error) -> Result<()> {
     svc.jobs.mark_email_sent(&job.id, EmailKind::Failure).await
 }
 
-/// Subject, text body and HTML body of the result email.
-pub fn result_email(tenant: &str, s: &Summary, d: &Digest, links: &[(String, String)]) -> (String, String, String) {
+/// The result email: a headline that says the outcome in words, the counts as a bar, the
+/// problems grouped by kind (most frequent first, each with its count, its fix and its rows), the
+/// changes, warnings and files; HTML in the tenant's branding, and a text part that reads alone.
+pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, links: &[(String, String)]) -> (String, String, String) {
+    use crate::layout::{self, Segment, thousands};
     let c = &s.counts;
     let dry = s.mode == "validate";
     let stopped = s.state == JobState::Failed;
-    let not_applied = d.not_applied;
+    let not_applied = u64::from(d.not_applied);
+    let (ok, bad, skipped) = (u64::from(c.success), u64::from(c.failure) - not_applied, u64::from(c.skipped));
+    let tid = &tenant.id;
     let subject = if stopped {
-        format!(
-            "[rosterdrop] {tenant}: {} FAILED: {} applied, {not_applied} not applied, {} failed",
-            s.file_name,
-            c.success,
-            c.failure - not_applied
-        )
+        format!("[rosterdrop] {tid}: {} FAILED: {ok} applied, {not_applied} not applied, {bad} failed", s.file_name)
     } else if dry {
-        format!("[rosterdrop] {tenant}: {} validated, nothing applied: {} would succeed, {} would fail", s.file_name, c.success, c.failure)
+        format!("[rosterdrop] {tid}: {} validated, nothing applied: {ok} would succeed, {} would fail", s.file_name, c.failure)
     } else {
-        format!("[rosterdrop] {tenant}: {}: {}, {} failed, {} skipped", s.file_name, c.succeeded(), c.failure, c.skipped)
+        format!("[rosterdrop] {tid}: {}: {}, {} failed, {} skipped", s.file_name, c.succeeded(), c.failure, c.skipped)
     };
-    let failures = &d.first_failures;
-    let done = if stopped {
-        "stopped after repeated failures. The rows marked Success were applied; the rows marked \"not applied\" were not: the failed-rows file holds them, ready to upload again"
-    } else if dry {
-        "validated (a dry run: nothing was changed)"
+    let (applied, applied_word) = if dry { ("would apply", "would apply") } else { ("applied", "applied") };
+    let headline = if stopped {
+        format!("Stopped: {} applied, {} not applied, {} need fixing", thousands(ok), thousands(not_applied), thousands(bad))
+    } else if bad == 0 && skipped == 0 && ok > 0 {
+        format!("All {} {applied_word}", layout::rows(ok))
+    } else if bad == 0 {
+        format!("{} {applied}, {} skipped", thousands(ok), thousands(skipped))
+    } else if skipped == 0 {
+        format!("{} {applied}, {} need fixing", thousands(ok), thousands(bad))
     } else {
-        "processed"
+        format!("{} {applied}, {} need fixing, {} skipped", thousands(ok), thousands(bad), thousands(skipped))
     };
-    let mut text = format!("Your file {} ({} rows, mode {}) has been {done}.\n\n", s.file_name, s.rows, s.mode);
-    text += &format!("  Succeeded: {}\n", c.success);
-    if c.unchanged > 0 {
-        text += &format!("    of which unchanged: {} (already as the file says; nothing was written)\n", c.unchanged);
-    }
+    let segments = [
+        Segment { label: applied, count: ok, colour: layout::GREEN },
+        Segment { label: "need fixing", count: bad, colour: layout::RED },
+        Segment { label: "not applied", count: not_applied, colour: layout::AMBER },
+        Segment { label: "skipped", count: skipped, colour: layout::GREY },
+    ];
     let changes = c.changes.words();
     let changes_label = if dry { "If applied" } else { "Changes" };
-    if !changes.is_empty() {
-        text += &format!("    {changes_label}: {changes}\n");
+    let what = if stopped {
+        "was stopped after repeated failures. The rows marked as applied were; the rows \"not applied\" were not: the failed-rows file holds them, ready to upload again."
+    } else if dry {
+        "was validated: a dry run, nothing was changed."
+    } else {
+        "has been processed."
+    };
+    let files: Vec<&str> = [
+        (s.result_key.is_some(), "the result (every row with its Status and Message)"),
+        (s.failed_rows_key.is_some(), "the failed rows, to fix and upload again"),
+        (s.disabled_users_key.is_some(), "disabled-users.csv"),
+    ]
+    .into_iter()
+    .filter_map(|(has, what)| has.then_some(what))
+    .collect();
+
+    // The plain-text part.
+    let mut text = format!(
+        "{headline}\n\nYour file {} ({} rows, mode {}) {what}\n\n  {}\n",
+        s.file_name,
+        thousands(s.rows.into()),
+        s.mode,
+        layout::bar_text(&segments)
+    );
+    if c.unchanged > 0 {
+        text +=
+            &format!("  of the {applied}: {} unchanged (already as the file says; nothing was written)\n", thousands(c.unchanged.into()));
     }
-    text += &format!("  Failed:    {}\n  Skipped:   {}\n\n", c.failure, c.skipped);
-    text += "By action:\n";
-    for (a, n) in &s.by_action {
-        text += &format!("  {a:<12} {}, {} failed, {} skipped\n", n.succeeded(), n.failure, n.skipped);
+    if !changes.is_empty() {
+        text += &format!("  {changes_label}: {changes}\n");
     }
     if s.disabled_not_in_file > 0 {
         text +=
             &format!("\nReplace mode disabled {} active users absent from the file (see disabled-users.csv).\n", s.disabled_not_in_file);
+    }
+    if !s.problems.is_empty() || s.rows_of_other_problems > 0 {
+        text += "\nWhat to fix:\n";
+        text += &layout::problems_text(&s.problems, s.rows_of_other_problems);
+        text += "\nThe failed-rows file holds only the rows that failed, with a Message column: fix them and upload that file again.\n";
     }
     if !s.warnings.is_empty() {
         text += "\nWarnings:\n";
@@ -292,61 +330,86 @@ pub fn result_email(tenant: &str, s: &Summary, d: &Digest, links: &[(String, Str
             text += &format!("  - {w}\n");
         }
     }
-    if !failures.is_empty() {
-        text += "\nFirst failures:\n";
-        for (row, message) in failures {
-            text += &format!("  row {row}: {message}\n");
-        }
-        text += "\nThe failed-rows file holds only the rows that failed, with a Message column: fix them and upload that file again.\n";
+    text += "\nBy action:\n";
+    for (a, n) in &s.by_action {
+        text += &format!("  {a:<12} {}, {} failed, {} skipped\n", n.succeeded(), n.failure, n.skipped);
+    }
+    if !files.is_empty() {
+        text += &format!("\nAttached: {}.\n", files.join("; "));
     }
     for (name, url) in links {
         text += &format!("\n{name} is too large to attach; download it (link valid for a limited time):\n{url}\n");
     }
     text += &format!("\nJob: {}\n", s.job_id);
 
-    let mut html = format!("<p>Your file <b>{}</b> ({} rows, mode {}) has been {done}.</p>", esc(&s.file_name), s.rows, esc(&s.mode));
-    if !changes.is_empty() {
-        html += &format!("<p>{changes_label}: {}.</p>", esc(&changes));
+    // The HTML part.
+    let mut body = layout::para(&format!(
+        "Your file <b>{}</b> ({} rows, mode {}) {}",
+        esc(&s.file_name),
+        thousands(s.rows.into()),
+        esc(&s.mode),
+        esc(what)
+    ));
+    body += &layout::bar(&segments);
+    if c.unchanged > 0 || !changes.is_empty() {
+        let mut line = String::new();
+        if !changes.is_empty() {
+            line += &format!("{changes_label}: {}.", esc(&changes));
+        }
+        if c.unchanged > 0 {
+            line += &format!(" {} rows were already as the file says: nothing was written for them.", thousands(c.unchanged.into()));
+        }
+        body += &layout::para(line.trim());
     }
     if s.disabled_not_in_file > 0 {
-        html += &format!(
-            "<p>Replace mode disabled <b>{}</b> active users absent from the file (see disabled-users.csv).</p>",
-            s.disabled_not_in_file
+        body += &layout::para(&format!(
+            "Replace mode disabled <b>{}</b> active users absent from the file (see disabled-users.csv).",
+            thousands(s.disabled_not_in_file.into())
+        ));
+    }
+    if !s.problems.is_empty() || s.rows_of_other_problems > 0 {
+        body += &layout::section("What to fix");
+        body += &layout::problems_html(&s.problems, s.rows_of_other_problems);
+        body += &layout::para(
+            "The failed-rows file holds only the rows that failed, each with its message: fix them and upload that file again.",
         );
     }
-    html += "<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\"><tr><th>Action</th><th>Succeeded</th><th>of which unchanged</th><th>Failed</th><th>Skipped</th></tr>";
-    for (a, n) in &s.by_action {
-        html += &format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(a),
-            n.success,
-            n.unchanged,
-            n.failure,
-            n.skipped
-        );
-    }
-    html += &format!(
-        "<tr><th>Total</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></table>",
-        c.success, c.unchanged, c.failure, c.skipped
-    );
     if !s.warnings.is_empty() {
-        html += "<p><b>Warnings</b></p><ul>";
+        body += &layout::section("Warnings");
         for w in &s.warnings {
-            html += &format!("<li>{}</li>", esc(w));
+            body += &layout::para(&esc(w));
         }
-        html += "</ul>";
     }
-    if !failures.is_empty() {
-        html += "<p><b>First failures</b></p><ul>";
-        for (row, message) in failures {
-            html += &format!("<li>row {row}: {}</li>", esc(message));
-        }
-        html += "</ul><p>The failed-rows file holds only the rows that failed: fix them and upload that file again.</p>";
+    if s.by_action.len() > 1 {
+        body += &layout::section("By action");
+        let rows: Vec<(&str, String)> = s
+            .by_action
+            .iter()
+            .map(|(a, n)| {
+                let text = format!(
+                    "{} {applied}, {} need fixing, {} skipped",
+                    thousands(n.success.into()),
+                    thousands(n.failure.into()),
+                    thousands(n.skipped.into())
+                );
+                (a.as_str(), esc(&text))
+            })
+            .collect();
+        body += &layout::facts(&rows);
+    }
+    if !files.is_empty() {
+        body += &layout::para(&format!("Attached: {}.", esc(&files.join("; "))));
     }
     for (name, url) in links {
-        html += &format!("<p>{} is too large to attach: <a href=\"{}\">download it</a>.</p>", esc(name), esc(url));
+        body += &layout::para(&format!(
+            "{} is too large to attach: <a href=\"{}\">download it</a> (the link works for a limited time).",
+            esc(name),
+            esc(url)
+        ));
     }
-    html += &format!("<p style=\"color:#666\">Job: {}</p>", esc(&s.job_id));
+    let footer = format!("Sent by rosterdrop for {}. Job {}.", esc(&tenant.id), esc(&s.job_id));
+    let brand = layout::Brand::of(Some(tenant));
+    let html = layout::page(&brand, &format!("{} - {}", s.file_name, layout::bar_text(&segments)), &headline, &body, &footer);
     (subject, text, html)
 }
 
@@ -400,6 +463,76 @@ mod tests {
         assert_eq!(kit.mem.mailer.sent().len(), 1);
     }
 
+    /// The result email for a file with several kinds of problem: a headline in words, the
+    /// problems grouped by kind, most frequent first, with counts and rows ("and N more"), the
+    /// same grouping in summary.json and in the CSV result's problems file; everything from the
+    /// file escaped; a tenant without branding gets its name and the default colour, one with
+    /// branding its logo and colour.
+    #[tokio::test]
+    async fn the_result_email_groups_problems_by_kind_most_frequent_first() {
+        let mut kit = Kit::new(|_| {}).await;
+        let mut body = String::from("Email,RoleName\n");
+        for i in 0..8 {
+            body += &format!("r{i}@acme.example.com,learner\n"); // 8 x unknown role
+        }
+        for i in 0..3 {
+            body += &format!("bad{i}@@x,Learner\n"); // 3 x invalid email (each its own message)
+        }
+        body += "ok1@acme.example.com,Learner\nok2@acme.example.com,Learner\n";
+        body += "esc@acme.example.com,<b>Boss</b>\n";
+        let job = kit.run("mixed.csv", &body).await;
+        let summary = kit.summary(&job).await;
+        assert_eq!((summary.counts.success, summary.counts.failure), (2, 12));
+        let first = &summary.problems[0];
+        assert_eq!(first.count, 8);
+        assert!(first.message.contains("\"learner\"") && first.message.contains("did you mean \"Learner\""), "{first:?}");
+        assert_eq!((first.rows.len(), first.more_rows), (5, 3));
+        assert_eq!(first.rows[0], "row 2");
+        assert!(summary.problems.windows(2).all(|w| w[0].count >= w[1].count), "most frequent first");
+        // The CSV result's companion file has the same grouping.
+        let problems_csv = kit.svc.store.get(summary.problems_key.as_deref().expect("a problems file")).await.unwrap().unwrap();
+        let problems_csv = String::from_utf8(problems_csv).unwrap();
+        assert!(problems_csv.contains("Rows,Problem and fix,Column,Where") && problems_csv.contains("8,"), "{problems_csv}");
+        assert!(problems_csv.contains("rows 2, 3, 4, 5, 6 and 3 more"), "{problems_csv}");
+
+        let (_, _, raw) = kit.mem.mailer.sent().last().unwrap().clone();
+        let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let text = msg.body_text(0).unwrap().replace("\r\n", "\n");
+        let html = msg.body_html(0).unwrap().to_string();
+        assert!(text.starts_with("2 applied, 12 need fixing\n"), "{text}");
+        let learner = text.lines().position(|l| l.contains("8 rows:")).expect("the biggest kind");
+        let email = text
+            .lines()
+            .position(|l| l.contains("3 rows:") && l.contains("bad0@@x") && l.contains("(and the same with other values)"))
+            .expect("the invalid emails, one kind");
+        assert!(learner < email, "most frequent first:\n{text}");
+        assert!(text.contains("- rows 2, 3, 4, 5, 6 and 3 more"), "{text}");
+        assert!(html.contains(">2 applied, 12 need fixing</h1>") && html.contains("What to fix"), "{html}");
+        assert!(html.contains("&lt;b&gt;Boss&lt;/b&gt;") && !html.contains("<b>Boss</b>"), "escaped");
+        assert!(
+            html.contains(crate::layout::DEFAULT_COLOUR) && html.contains(">acme</span>"),
+            "no branding: the tenant's id, default colour"
+        );
+        assert!(!html.contains("<img"), "no images without a logo");
+
+        // Branded.
+        let mut tenant = kit.svc.directory.tenant("acme").await.unwrap().unwrap();
+        tenant.branding.product_name = Some("Acme Learning".into());
+        tenant.branding.colour = Some("#7b1fa2".into());
+        tenant.branding.logo_url = Some("https://cdn.acme.example/logo.png".into());
+        kit.svc.directory.put_tenant(&tenant).await.unwrap();
+        kit.run("ok.csv", "Email\nfine@acme.example.com\n").await;
+        let (_, _, raw) = kit.mem.mailer.sent().last().unwrap().clone();
+        let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let html = msg.body_html(0).unwrap().to_string();
+        assert!(
+            html.contains("#7b1fa2") && html.contains("<img src=\"https://cdn.acme.example/logo.png\" alt=\"Acme Learning\""),
+            "{html}"
+        );
+        assert!(html.contains(">All 1 row applied</h1>"), "{html}");
+        assert!(msg.body_text(0).unwrap().replace("\r\n", "\n").starts_with("All 1 row applied\n"));
+    }
+
     fn outcomes_file(dir: &Path, outcomes: &[Outcome]) -> PathBuf {
         let path = dir.join("outcomes");
         let mut body = Vec::new();
@@ -418,6 +551,38 @@ mod tests {
         let o = outcomes_file(dir.path(), outcomes);
         let files = build(&source, &[o], dir.path(), name, false).unwrap();
         (dir, files)
+    }
+
+    /// A workbook result ends with a "Problems" sheet (the failures grouped by kind); a result
+    /// workbook dropped again is read without it.
+    #[test]
+    fn a_workbook_result_ends_with_a_problems_sheet_that_a_second_drop_ignores() {
+        let mut book = rust_xlsxwriter::Workbook::new();
+        let ws = book.add_worksheet().set_name("Staff").unwrap();
+        for (r, row) in
+            [["Email", "RoleName"], ["a@x.example.com", "learner"], ["b@x.example.com", "learner"], ["c@x.example.com", "Learner"]]
+                .iter()
+                .enumerate()
+        {
+            for (c, v) in row.iter().enumerate() {
+                ws.write_string(r as u32, c as u16, *v).unwrap();
+            }
+        }
+        let input = book.save_to_buffer().unwrap();
+        let bad =
+            |row| Outcome { column: Some("RoleName".into()), ..Outcome::failure(row, Some(Action::Upsert), "unknown role \"learner\"") };
+        let outcomes = vec![bad(2), bad(3), Outcome::success(4, Action::Upsert, "user created")];
+        let (_dir, files) = built(&input, "staff.xlsx", &outcomes);
+        assert!(files.problems.is_none(), "a workbook has the sheet, not a file");
+        let bytes = std::fs::read(&files.result.path).unwrap();
+        let all = crate::ingest::decode::decode_all(&bytes).unwrap();
+        let names: Vec<Option<String>> = all.iter().map(|t| t.sheet.clone()).collect();
+        assert_eq!(names, [Some("Staff".to_string()), Some("Problems".to_string())]);
+        let problems = &all[1];
+        assert_eq!(problems.headers, ["Rows", "Problem and fix", "Column", "Where"]);
+        assert_eq!(problems.rows[0].1, ["2", "unknown role \"learner\"", "RoleName", "rows 2, 3"]);
+        let again = crate::ingest::sheets::tables(&bytes).unwrap();
+        assert_eq!(again.iter().map(|t| t.sheet.clone()).collect::<Vec<_>>(), [Some("Staff".to_string())], "dropped again: rows only");
     }
 
     #[test]

@@ -7,7 +7,8 @@ use super::decode::{FileError, Table};
 /// Sheet names that hold instructions rather than data (the template's own, and common ones).
 pub fn is_instruction_sheet(name: &str) -> bool {
     let n: String = name.to_ascii_lowercase().chars().filter(|c| c.is_alphanumeric()).collect();
-    matches!(n.as_str(), "readme" | "instructions" | "definitions" | "help" | "notes" | "howto" | "lists" | "lookups")
+    // "Problems": the sheet our result workbooks end with, so a result dropped again reads as its rows.
+    matches!(n.as_str(), "readme" | "instructions" | "definitions" | "help" | "notes" | "howto" | "lists" | "lookups" | "problems")
 }
 
 /// Row ids of sheet `k` of a workbook start at `k * SHEET_STRIDE` (a sheet has at most 1,048,576 rows).
