@@ -652,7 +652,11 @@ async fn multi_sheet_workbook_reads_each_user_type_sheet_and_the_result_keeps_th
 
     let result = tests::parse_workbook(&stack.get(s.result_key.as_deref().unwrap()).await.unwrap());
     let names: Vec<&str> = result.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, vec!["Students", "Parents", "Instructors"], "instruction sheet left out, data sheets kept");
+    assert_eq!(
+        names,
+        vec!["Students", "Parents", "Instructors", "Problems"],
+        "instruction sheet left out, data sheets kept, problems last"
+    );
     let instructors = &result[2].1;
     assert_eq!(
         instructors[2][2..],

@@ -77,14 +77,14 @@ async fn csv_roster_creates_users_writes_results_and_emails_the_admins_once() {
     assert_eq!(failed[0], vec!["Email", "First Name", "Last Name", "Org", "Role", "Shoe Size", "Message"]);
     assert_eq!(failed.len(), 1 + 5);
 
-    // Exactly one email, to the admins, with both files attached.
+    // Exactly one email, to the admins, with the result, the failed rows and the problems attached.
     let mails = wait_mail(&stack.admin_email(), 1, Duration::from_secs(10)).await;
     assert_eq!(mails.len(), 1);
     let msg = MessageParser::default().parse(&mails[0]).expect("MIME");
     let subject = msg.subject().unwrap().to_string();
     assert!(subject.contains("acme") && subject.contains("Spring roster.csv") && subject.contains("2 succeeded, 5 failed"), "{subject}");
     let names: Vec<&str> = msg.attachments().filter_map(|a| a.attachment_name()).collect();
-    assert_eq!(names, vec!["Spring roster-result.csv", "Spring roster-failed-rows.csv"]);
+    assert_eq!(names, vec!["Spring roster-result.csv", "Spring roster-failed-rows.csv", "Spring roster-problems.csv"]);
     let attached = msg.attachments().next().unwrap().contents().to_vec();
     assert_eq!(parse_csv(&attached), result, "attachment is the stored result");
     let html = msg.body_html(0).unwrap();
