@@ -504,50 +504,20 @@ impl Directory for DynamoDirectory {
             ("contact_of".to_string(), s(org)),
             ("contact_key".to_string(), s(org.to_lowercase())),
         ]);
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk) OR kind = :gone OR (kind = :contact AND contact_key = :me)")
-            .expression_attribute_values(":gone", s(TOMBSTONE))
-            .expression_attribute_values(":contact", s(CONTACT))
-            .expression_attribute_values(":me", s(org.to_lowercase()))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(ContactClaim::Claimed),
-            Err(e) if is_condition_failed(&e) => {
-                let old = match e.into_service_error() {
-                    aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => c.item,
-                    _ => None,
-                };
-                Ok(match old.as_ref().filter(|o| o.str("kind") == Some(CONTACT)).and_then(|o| o.str("contact_of")) {
-                    Some(other) => ContactClaim::Org(other.to_string()),
-                    None => ContactClaim::User,
-                })
-            }
-            Err(e) => Err(ddb_err("PutItem")(e)),
-        }
+        let cond = "attribute_not_exists(pk) OR kind = :gone OR (kind = :contact AND contact_key = :me)";
+        let values = [(":gone", s(TOMBSTONE)), (":contact", s(CONTACT)), (":me", s(org.to_lowercase()))];
+        Ok(match self.put_unless(item, cond, &values).await? {
+            Ok(()) => ContactClaim::Claimed,
+            Err(old) => match old.as_ref().filter(|o| o.str("kind") == Some(CONTACT)).and_then(|o| o.str("contact_of")) {
+                Some(other) => ContactClaim::Org(other.to_string()),
+                None => ContactClaim::User,
+            },
+        })
     }
 
     async fn release_contact(&self, tenant: &str, email: &str, org: &str) -> Result<()> {
-        let res = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key_item(&user_key(tenant, email))))
-            .condition_expression("kind = :contact AND contact_key = :me")
-            .expression_attribute_values(":contact", s(CONTACT))
-            .expression_attribute_values(":me", s(org.to_lowercase()))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(ddb_err("DeleteItem")(e)),
-        }
+        let values = [(":contact", s(CONTACT)), (":me", s(org.to_lowercase()))];
+        self.delete_when(key_item(&user_key(tenant, email)), "kind = :contact AND contact_key = :me", &values).await
     }
 
     async fn external_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {

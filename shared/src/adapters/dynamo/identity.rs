@@ -16,6 +16,18 @@ pub(super) fn external_key(tenant: &str, id: &str) -> Key {
 /// The kind of an ExternalId item.
 const EXTERNAL: &str = "external_id";
 
+/// The item saying whose ExternalId `id` is.
+fn external_item(tenant: &str, id: &str, email: &str) -> Item {
+    let mut item = key_item(&external_key(tenant, id));
+    item.extend([
+        ("kind".to_string(), s(EXTERNAL)),
+        ("tenant".to_string(), s(tenant)),
+        ("external_id".to_string(), s(id)),
+        ("email".to_string(), s(email)),
+    ]);
+    item
+}
+
 impl DynamoDirectory {
     pub(super) async fn read_external_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {
         use aws_sdk_dynamodb::types::KeysAndAttributes;
@@ -49,47 +61,44 @@ impl DynamoDirectory {
     }
 
     pub(super) async fn put_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<Option<String>> {
-        let mut item = key_item(&external_key(tenant, id));
-        item.extend([
-            ("kind".to_string(), s(EXTERNAL)),
-            ("tenant".to_string(), s(tenant)),
-            ("external_id".to_string(), s(id)),
-            ("email".to_string(), s(email)),
-        ]);
-        let res = self
+        let refused =
+            self.put_unless(external_item(tenant, id, email), "attribute_not_exists(pk) OR email = :me", &[(":me", s(email))]).await?;
+        Ok(refused.err().map(|old| old.as_ref().and_then(|o| o.str("email")).unwrap_or("another user").to_string()))
+    }
+
+    pub(super) async fn delete_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<()> {
+        self.delete_when(key_item(&external_key(tenant, id)), "email = :me", &[(":me", s(email))]).await
+    }
+
+    /// A put conditional on `cond`: `Err(old)` when refused, with the item as it was.
+    pub(super) async fn put_unless(&self, item: Item, cond: &str, values: &[(&str, Av)]) -> Result<std::result::Result<(), Option<Item>>> {
+        let mut req = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk) OR email = :me")
-            .expression_attribute_values(":me", s(email))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(None),
-            Err(e) if is_condition_failed(&e) => {
-                let old = match e.into_service_error() {
-                    aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => c.item,
-                    _ => None,
-                };
-                Ok(Some(old.as_ref().and_then(|o| o.str("email")).unwrap_or("another user").to_string()))
-            }
+            .condition_expression(cond)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (name, value) in values {
+            req = req.expression_attribute_values(*name, value.clone());
+        }
+        match req.send().await {
+            Ok(_) => Ok(Ok(())),
+            Err(e) if is_condition_failed(&e) => Ok(Err(match e.into_service_error() {
+                aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => c.item,
+                _ => None,
+            })),
             Err(e) => Err(ddb_err("PutItem")(e)),
         }
     }
 
-    pub(super) async fn delete_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<()> {
-        let res = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key_item(&external_key(tenant, id))))
-            .condition_expression("email = :me")
-            .expression_attribute_values(":me", s(email))
-            .send()
-            .await;
-        match res {
+    /// Delete an item while `cond` holds; nothing when it does not.
+    pub(super) async fn delete_when(&self, key: Item, cond: &str, values: &[(&str, Av)]) -> Result<()> {
+        let mut req = self.client.delete_item().table_name(&self.table).set_key(Some(key)).condition_expression(cond);
+        for (name, value) in values {
+            req = req.expression_attribute_values(*name, value.clone());
+        }
+        match req.send().await {
             Ok(_) => Ok(()),
             Err(e) if is_condition_failed(&e) => Ok(()),
             Err(e) => Err(ddb_err("DeleteItem")(e)),
@@ -171,16 +180,9 @@ impl DynamoDirectory {
                 .transact_items(TransactWriteItem::builder().put(leave).build())
                 .transact_items(TransactWriteItem::builder().put(arrive).build());
             if let Some(id) = item.str("external_id") {
-                let mut ext = key_item(&external_key(tenant, id));
-                ext.extend([
-                    ("kind".to_string(), s(EXTERNAL)),
-                    ("tenant".to_string(), s(tenant)),
-                    ("external_id".to_string(), s(id)),
-                    ("email".to_string(), s(to)),
-                ]);
                 let point = Put::builder()
                     .table_name(&self.table)
-                    .set_item(Some(ext))
+                    .set_item(Some(external_item(tenant, id, to)))
                     .condition_expression("attribute_not_exists(pk) OR email = :from")
                     .expression_attribute_values(":from", s(from))
                     .build()
