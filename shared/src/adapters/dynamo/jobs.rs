@@ -360,20 +360,30 @@ impl JobStore for DynamoJobs {
     }
 
     async fn claim_event(&self, id: &str, state: JobState) -> Result<bool> {
+        // A token of this claim: when the response to a claim that landed is lost, the SDK's
+        // retry is refused by the claim itself, and the old image says it was ours.
+        let attr = format!("event_{}", state.as_str());
+        let token = format!("{}#{}", chrono::Utc::now().to_rfc3339(), uuid::Uuid::new_v4());
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(format!("J#{id}")))
-            .update_expression("SET #ev = :now")
+            .update_expression("SET #ev = :token")
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(#ev)")
-            .expression_attribute_names("#ev", format!("event_{}", state.as_str()))
-            .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()))
+            .expression_attribute_names("#ev", &attr)
+            .expression_attribute_values(":token", s(&token))
+            .return_values_on_condition_check_failure(aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match res {
             Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) if is_condition_failed(&e) => Ok(match e.into_service_error() {
+                aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => {
+                    c.item.as_ref().and_then(|i| i.str(&attr)) == Some(token.as_str())
+                }
+                _ => false,
+            }),
             Err(e) => Err(ddb_err("UpdateItem")(e)),
         }
     }
