@@ -138,6 +138,41 @@ mod tests {
         assert_eq!(state("ty@acme.example.com"), InviteState::Pending);
     }
 
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[\\PC]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-zA-Z]{1,16}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// An SES event of any shape in its bounce, delivery, complaint, tags or recipients parses
+        /// or is ignored, never panics; what it yields is bounded.
+        #[test]
+        fn events_of_any_shape_never_panic(bounce in any_json(), tags in any_json(), kind in "[A-Za-z]{0,10}") {
+            let mut e = fixture("bounce.json");
+            e["detail"]["bounce"] = bounce;
+            if kind.len() % 2 == 0 {
+                e["detail"]["mail"]["tags"] = tags;
+            }
+            if !kind.is_empty() {
+                e["detail"]["eventType"] = kind.into();
+            }
+            if let Some(f) = parse(&e) {
+                proptest::prop_assert!(f.reason.as_ref().is_none_or(|r| r.chars().count() <= 500));
+            }
+        }
+    }
+
     #[test]
     fn an_event_without_our_tags_or_of_another_kind_is_not_ours() {
         assert!(parse(&fixture("not-an-invite.json")).is_none());

@@ -207,6 +207,36 @@ mod tests {
         assert_eq!(d.created_ids[7], (7, "id-7".to_string()));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever the messages (quotes, addresses, digits, any Unicode): grouping never panics,
+        /// stays within its bounds, loses no failed row (listed or counted), and the email's HTML
+        /// of the groups carries no markup from them.
+        #[test]
+        fn any_failure_messages_are_grouped_within_bounds_and_escaped(
+            messages in proptest::collection::vec("(<zz)?[\\PC\"@<>&0-9 ]{0,40}", 1..300)
+        ) {
+            let mut d = Digest::default();
+            for (i, m) in messages.iter().enumerate() {
+                d.add(&Outcome::failure(i as u32 + 2, Some(Action::Upsert), m.as_str()));
+            }
+            let p = d.problems();
+            proptest::prop_assert!(p.len() <= MAX_PROBLEM_KINDS);
+            let counted: u64 = p.iter().map(|g| u64::from(g.count)).sum::<u64>() + u64::from(d.rows_of_other_problems);
+            proptest::prop_assert_eq!(counted, messages.len() as u64);
+            for g in &p {
+                proptest::prop_assert!(g.rows.len() <= ROWS_PER_PROBLEM);
+                proptest::prop_assert_eq!(g.rows.len() as u32 + g.more_rows, g.count);
+            }
+            let html = crate::layout::problems_html(&p, d.rows_of_other_problems);
+            // "<zz" opens no tag of ours: it can only come from a message, unescaped.
+            proptest::prop_assert!(!html.contains("<zz"));
+            for g in p.iter().take(crate::layout::PROBLEMS_SHOWN) {
+                proptest::prop_assert!(html.contains(&crate::report::esc(&g.message)));
+            }
+        }
+    }
+
     /// Messages that differ only in the value they quote, an address or a row number are one
     /// kind of problem; a message about another thing is another kind.
     #[test]
