@@ -272,6 +272,7 @@ fn run_case(case: &str, file: &Path) -> usize {
                 shared::ingest::stream::SPILL_IN_MEMORY,
                 &tenant,
                 shared::model::Mode::Upsert,
+                Default::default(),
             )
             .unwrap();
             assert_eq!(ing.sink.outcome_count, 0, "synthetic rows are valid");

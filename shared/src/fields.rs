@@ -33,6 +33,8 @@ pub enum Field {
     Message,
     Changes,
     UserId,
+    /// The OneRoster records a row of a bundle was built from (`ingest::oneroster`): shown, not read.
+    OneRosterRecords,
 }
 
 impl Field {
@@ -85,6 +87,7 @@ impl Field {
             Field::Message => "Message",
             Field::Changes => "Changes",
             Field::UserId => "UserId",
+            Field::OneRosterRecords => "OneRosterRecords",
         }
     }
 
@@ -117,6 +120,7 @@ impl Field {
             "message" => Field::Message,
             "changes" => Field::Changes,
             "userid" => Field::UserId,
+            "onerosterrecords" => Field::OneRosterRecords,
             _ => return None,
         })
     }

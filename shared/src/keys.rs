@@ -144,6 +144,10 @@ pub fn staged_input(job: &str) -> String {
 pub fn staged_source(job: &str) -> String {
     format!("{STAGED}{job}/source")
 }
+/// A OneRoster bundle as dropped: finalize cuts the failed-records bundle from it.
+pub fn staged_bundle(job: &str) -> String {
+    format!("{STAGED}{job}/bundle.zip")
+}
 pub fn staged_chunk(job: &str, phase: usize, seq: u32) -> String {
     format!("{STAGED}{job}/{}", chunk_name(phase, seq))
 }

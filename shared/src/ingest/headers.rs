@@ -3,7 +3,7 @@
 use crate::fields::{Field, norm};
 use crate::model::Tenant;
 
-const FIELDS: usize = Field::UserId as usize + 1;
+const FIELDS: usize = Field::OneRosterRecords as usize + 1;
 
 /// Which column holds which field.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -123,7 +123,7 @@ fn check_template(headers: &[String], tenant: &Tenant) -> Result<(), String> {
         .iter()
         .map(|h| norm(h))
         .filter(|h| {
-            !h.is_empty() && !matches!(Field::from_header(h), Some(Field::Status | Field::Message | Field::Changes | Field::UserId))
+            !h.is_empty() && !matches!(Field::from_header(h), Some(Field::Status | Field::Message | Field::Changes | Field::UserId | Field::OneRosterRecords))
         })
         .collect();
     let theirs: Vec<String> = expected.iter().map(|h| norm(h)).collect();

@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod headers;
+pub mod oneroster;
 pub mod sheets;
 pub mod stream;
 pub mod validate;
@@ -39,8 +40,28 @@ pub struct Prepared {
 
 /// Decode, map headers and validate; `Err` is the reason the whole file is rejected.
 pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, String> {
+    // A OneRoster bundle: references outside it are unknown here (no directory to ask).
+    let mut cursor = std::io::Cursor::new(bytes);
+    let bundle = match decode::archive::zip_kind(&mut cursor) {
+        Ok(decode::archive::ZipKind::Files(names)) => match oneroster::bundle_folder(&names) {
+            Some(folder) => {
+                let entries = decode::archive::read_files(&mut cursor, &folder, decode::archive::MAX_ARCHIVE_BYTES).map_err(|e| e.to_string())?;
+                let bundle = oneroster::Bundle::read(entries)?;
+                let mode = bundle.mode(Some(mode))?;
+                let translated = bundle.translate(&Default::default(), tenant.external_id_header());
+                Some((translated.to_xlsx()?, translated, mode))
+            }
+            None => return Err(oneroster::lost_manifest(&names).unwrap_or_else(|| format!("the zip file {}", decode::NOT_A_WORKBOOK))),
+        },
+        _ => None,
+    };
+    let (bytes, mode, verdicts, bundle_warnings) = match &bundle {
+        Some((xlsx, t, m)) => (xlsx.as_slice(), *m, t.verdicts.clone(), t.warnings.clone()),
+        None => (bytes, mode, Default::default(), Vec::new()),
+    };
     let tables = sheets::tables(bytes).map_err(|e| e.to_string())?;
-    let mut ingester = Ingester::new(tenant, mode, Collected::default());
+    let mut ingester = Ingester::new(tenant, mode, Collected::default()).with_verdicts(verdicts);
+    ingester.warnings = bundle_warnings;
     let reason = |s: Stop| match s {
         Stop::Refused(reason) => reason,
         Stop::Io(e) => e.to_string(), // memory sinks do not fail
@@ -175,11 +196,32 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
     if let Some(reason) = svc.config.memory_mb.and_then(|mb| too_big_to_read(spreadsheet, size, mb)) {
         return report::reject(svc, &job, Some(&tenant), &reason, &[]).await;
     }
-    let mut ingested = match stream::prepare_file(&source, scratch.path(), stream::SPILL_IN_MEMORY, &tenant, mode) {
+    // A OneRoster bundle is read whole (bounded) and becomes the workbook read from here on.
+    let (mut mode, mut source, mut bundle) = (mode, source, None);
+    let mut verdicts = Default::default();
+    let mut bundle_warnings = Vec::new();
+    match read_bundle(svc, &tenant, &source, key.mode.clone().ok().flatten()).await? {
+        BundleRead::NotABundle => {}
+        BundleRead::Refused(reason) => return report::reject(svc, &job, Some(&tenant), &reason, &[]).await,
+        BundleRead::Read { xlsx, mode: m, translated } => {
+            let book = scratch.path().join("bundle.xlsx");
+            std::fs::write(&book, xlsx).map_err(|e| Error::local("writing the bundle's workbook", e))?;
+            bundle = Some(std::mem::replace(&mut source, book));
+            mode = m;
+            verdicts = translated.verdicts;
+            bundle_warnings = translated.warnings;
+        }
+    }
+    let mut ingested = match stream::prepare_file(&source, scratch.path(), stream::SPILL_IN_MEMORY, &tenant, mode, verdicts) {
         Ok(i) => i,
         Err(Stop::Refused(reason)) => return report::reject(svc, &job, Some(&tenant), &reason, &[]).await,
         Err(Stop::Io(e)) => return Err(Error::local("reading the roster", e)),
     };
+    ingested.warnings.splice(0..0, bundle_warnings);
+    if let Some(zip) = &bundle {
+        // Finalize builds the failed-records bundle from the records as they came.
+        svc.store.put_file(&keys::staged_bundle(&job.id), zip, "application/zip").await?;
+    }
     let mut active = None;
     if mode.is_replace() {
         // Two "whole lists" must never interleave: one replace file of a tenant at a time.
@@ -253,6 +295,48 @@ fn sweep_stale_scratch(base: &Path, older_than: std::time::Duration) {
         if stale && entry.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+enum BundleRead {
+    NotABundle,
+    Refused(String),
+    Read { xlsx: Vec<u8>, mode: Mode, translated: oneroster::Translated },
+}
+
+/// A zip that is a OneRoster bundle, read within the memory the function has (its tables are
+/// held whole), translated with the users it references looked up among the tenant's ExternalIds.
+async fn read_bundle(svc: &Services, tenant: &Tenant, path: &Path, folder: Option<Mode>) -> Result<BundleRead> {
+    let local = |e: std::io::Error| Error::local("reading the bundle", e);
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(local)?);
+    let names = match decode::archive::zip_kind(&mut file) {
+        Ok(decode::archive::ZipKind::Files(names)) => names,
+        _ => return Ok(BundleRead::NotABundle),
+    };
+    let Some(folder_name) = oneroster::bundle_folder(&names) else {
+        return Ok(oneroster::lost_manifest(&names).map_or(BundleRead::NotABundle, BundleRead::Refused));
+    };
+    // The tables are about 3x the text they hold, and the workbook is written in memory.
+    let limit = svc.config.memory_mb.map_or(decode::archive::MAX_ARCHIVE_BYTES, |mb| mb * 1024 * 1024 / 100 * 85 / 6);
+    let entries = match decode::archive::read_files(&mut file, &folder_name, limit) {
+        Ok(e) => e,
+        Err(e) => return Ok(BundleRead::Refused(format!("{e}; nothing was applied"))),
+    };
+    let bundle = match oneroster::Bundle::read(entries) {
+        Ok(b) => b,
+        Err(why) => return Ok(BundleRead::Refused(format!("{why}; nothing was applied"))),
+    };
+    let mode = match bundle.mode(folder) {
+        Ok(m) => m,
+        Err(why) => return Ok(BundleRead::Refused(format!("{why}; nothing was applied"))),
+    };
+    // Ids longer than an ExternalId may be are in no directory (and would not fit its keys).
+    let outside: Vec<String> = bundle.outside_users().into_iter().filter(|id| validate::check_external_id(id).is_ok()).collect();
+    let known = if outside.is_empty() { Default::default() } else { svc.directory.external_ids(&tenant.id, &outside).await? };
+    let translated = bundle.translate(&known, tenant.external_id_header());
+    match translated.to_xlsx() {
+        Ok(xlsx) => Ok(BundleRead::Read { xlsx, mode, translated }),
+        Err(e) => Ok(BundleRead::Refused(format!("the bundle could not be read as a roster ({e}); nothing was applied"))),
     }
 }
 

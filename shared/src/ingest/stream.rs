@@ -7,9 +7,10 @@
 use super::decode::{self, ReadError, TableHead, TableVisitor};
 use super::headers::{Mapping, map_headers};
 use super::validate::{Duplicate, RowValidator, duplicate_outcome};
+use super::oneroster::Verdict;
 use super::view::RowView;
 use crate::fields::Field;
-use crate::model::{Mode, Outcome, PHASES, RowOp, Tenant, phase_of};
+use crate::model::{Mode, Outcome, PHASES, RowOp, Status, Tenant, phase_of};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -51,11 +52,27 @@ pub struct Ingester<'t, K> {
     /// Data rows read (blank rows between data rows included, as they get an outcome).
     pub rows: u32,
     pub sink: K,
+    /// Outcomes decided before validation, by row id (a OneRoster bundle's own verdicts).
+    pub verdicts: std::collections::HashMap<u32, Verdict>,
 }
 
 impl<'t, K: OpSink> Ingester<'t, K> {
     pub fn new(tenant: &'t Tenant, mode: Mode, sink: K) -> Self {
-        Ingester { tenant, validator: RowValidator::new(tenant, mode), current: None, warnings: Vec::new(), rows: 0, sink }
+        Ingester {
+            tenant,
+            validator: RowValidator::new(tenant, mode),
+            current: None,
+            warnings: Vec::new(),
+            rows: 0,
+            sink,
+            verdicts: Default::default(),
+        }
+    }
+
+    /// Outcomes decided before validation (a OneRoster bundle's verdicts), by row id.
+    pub fn with_verdicts(mut self, verdicts: std::collections::HashMap<u32, Verdict>) -> Self {
+        self.verdicts = verdicts;
+        self
     }
 
     /// After the last row: a file with headers and nothing under them is refused; duplicate
@@ -104,6 +121,14 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
             }));
         }
         self.rows += 1;
+        if let Some(v) = self.verdicts.get(&super::sheets::row_id(head.index, number)) {
+            // A refused user is still named (replace mode keeps them); a left-out one is not.
+            if v.status == Status::Failure {
+                self.validator.note_named(cells, mapping);
+            }
+            let outcome = Outcome { status: v.status, column: v.column.clone(), ..Outcome::failure(0, None, v.message.clone()) };
+            return self.sink.outcome(Outcome { row: super::sheets::row_id(head.index, number), ..outcome }).map_err(Stop::Io);
+        }
         // A CSV file we wrote (our Message column) had formulas neutralised with a leading
         // apostrophe: taken off, so the fix-and-drop-again loop stores the original values.
         if !head.format.is_spreadsheet() && mapping.has(Field::Message) {
@@ -392,8 +417,9 @@ pub fn prepare_file<'t>(
     memory_budget: usize,
     tenant: &'t Tenant,
     mode: Mode,
+    verdicts: std::collections::HashMap<u32, Verdict>,
 ) -> Result<Ingester<'t, Spill>, Stop> {
-    let mut ingester = Ingester::new(tenant, mode, Spill::create(scratch, memory_budget));
+    let mut ingester = Ingester::new(tenant, mode, Spill::create(scratch, memory_budget)).with_verdicts(verdicts);
     let mut file = BufReader::with_capacity(1 << 16, File::open(source).map_err(Stop::Io)?);
     decode::read(&mut file, &mut ingester)?;
     ingester.finish()?;
@@ -496,7 +522,7 @@ mod tests {
         let source = dir.path().join("source");
         std::fs::write(&source, bytes).unwrap();
         let t = tenant();
-        let ing = prepare_file(&source, dir.path(), memory_budget, &t, Mode::Upsert).unwrap_or_else(|e| panic!("{e:?}"));
+        let ing = prepare_file(&source, dir.path(), memory_budget, &t, Mode::Upsert, Default::default()).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(ing.sink.on_disk(), memory_budget < SPILL_IN_MEMORY);
         let spilled: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -584,7 +610,7 @@ mod tests {
             (b"Email,Name\na@x.com,\"open\n", "never closed"),
         ] {
             std::fs::write(&source, bytes).unwrap();
-            match prepare_file(&source, dir.path(), SPILL_IN_MEMORY, &t, Mode::Upsert) {
+            match prepare_file(&source, dir.path(), SPILL_IN_MEMORY, &t, Mode::Upsert, Default::default()) {
                 Err(Stop::Refused(r)) => assert!(r.contains(reason), "{r}"),
                 other => panic!("expected a refusal, got {:?}", other.map(|i| i.rows)),
             }

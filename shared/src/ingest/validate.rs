@@ -156,16 +156,7 @@ impl RowValidator {
         if cells.iter().all(|c| c.as_ref().trim().is_empty()) {
             return Err(Outcome::skipped(row, "empty row"));
         }
-        // Only replace mode needs every user the file names (it keeps them all).
-        if self.mode.is_replace()
-            && is_user_row(cells, mapping)
-            && let Some(key) = cell(cells, mapping, Field::Email)
-                .map(|e| e.to_lowercase())
-                .or_else(|| cell(cells, mapping, Field::Username).map(username_key))
-        {
-            let fp = self.fingerprint(EntityType::User, &key);
-            self.named_users.insert(fp);
-        }
+        self.note_named(cells, mapping);
         let width = head.headers.len();
         if let Some(extra) = cells.iter().skip(width).position(|c| !c.as_ref().trim().is_empty()) {
             return Err(Outcome::failure(
@@ -205,6 +196,20 @@ impl RowValidator {
         let fp = self.fingerprint(entity, &key);
         self.log[part_of(fp)].push((fp, Seen::new(row, creates)));
         Ok(op)
+    }
+
+    /// Replace mode keeps every user the file names, whether its row is valid or not: a row
+    /// refused before validation (a OneRoster verdict) is noted here too.
+    pub fn note_named<S: AsRef<str>>(&mut self, cells: &[S], mapping: &Mapping) {
+        if self.mode.is_replace()
+            && is_user_row(cells, mapping)
+            && let Some(key) = cell(cells, mapping, Field::Email)
+                .map(|e| e.to_lowercase())
+                .or_else(|| cell(cells, mapping, Field::Username).map(username_key))
+        {
+            let fp = self.fingerprint(EntityType::User, &key);
+            self.named_users.insert(fp);
+        }
     }
 
     /// After the last row: the rows whose key an earlier row already has, in row order. Their
@@ -567,7 +572,7 @@ fn validate_row<'c, S: AsRef<str>>(
 }
 
 /// An ExternalId as kept: at most `MAX_EXTERNAL_ID_CHARS`, no control characters (the cell is trimmed).
-fn check_external_id(id: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_external_id(id: &str) -> std::result::Result<(), String> {
     let max = crate::model::MAX_EXTERNAL_ID_CHARS;
     if id.len() > max && id.chars().count() > max {
         return Err(format!("ExternalId is {} characters long; the limit is {max}", id.chars().count()));

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::io::{Cursor, Read, Seek};
 
+pub mod archive;
 mod guards;
 mod text;
 mod workbook;
@@ -92,6 +93,9 @@ pub enum FileError {
         "the {format} file's cells hold {mb} MB of text once repeated cells and spaces are expanded, more than the {limit_mb} MB an {format} file can have here: the file is damaged or built to exhaust memory. Save it again from your spreadsheet program, or save it as XLSX"
     )]
     TextTooLarge { format: &'static str, mb: u64, limit_mb: u64 },
+    /// A zip of files (not a workbook): what is wrong with it, after "the zip file".
+    #[error("the zip file {0}")]
+    Archive(String),
     #[error(
         "sheet \"{sheet}\": cell {cell} has a value to the left of the header row, which starts in column {first}; move the value under a header or delete it"
     )]
@@ -152,6 +156,9 @@ pub trait TableVisitor {
     fn table(&mut self, head: TableHead) -> Result<(), Self::Stop>;
     fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Self::Stop>;
 }
+
+/// A zip read as a roster that is no workbook: only bundles (read before the table reader) are.
+pub const NOT_A_WORKBOOK: &str = "is neither a workbook (XLSX, ODS) nor a OneRoster CSV bundle (a zip with manifest.csv): drop the CSV, XLSX, XLS or ODS file itself, or a OneRoster bundle";
 
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 const OLE_MAGIC: &[u8] = &[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
@@ -246,6 +253,10 @@ pub fn replay<V: TableVisitor>(tables: &[Table], v: &mut V) -> Result<(), V::Sto
 pub fn read<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V) -> Result<(), ReadError<V::Stop>> {
     let mut magic = [0u8; 8];
     let n = read_up_to(r, &mut magic)?;
+    r.rewind()?;
+    if magic[..n].starts_with(ZIP_MAGIC) && matches!(archive::zip_kind(r), Ok(archive::ZipKind::Files(_))) {
+        return Err(FileError::Archive(NOT_A_WORKBOOK.into()).into());
+    }
     r.rewind()?;
     if is_workbook(&magic[..n]) { read_workbook(r, magic[..n].starts_with(OLE_MAGIC), v) } else { read_text(r, v, SCAN_BUFFER) }
 }
