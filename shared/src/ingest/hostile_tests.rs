@@ -55,7 +55,7 @@ fn the_bad_files_corpus_is_refused_or_accounted_for() {
         ("mixed-encodings.csv", Expect::Rows(2, 0)),
         ("empty.csv", Expect::Rejected("empty")),
         ("whitespace.csv", Expect::Rejected("empty")),
-        ("zip-not-xlsx.xlsx", Expect::Rejected("could not be read")),
+        ("zip-not-xlsx.xlsx", Expect::Rejected("neither a workbook (XLSX, ODS) nor a OneRoster CSV bundle")),
         ("broken-xml.xlsx", Expect::Rejected("could not be read")),
         // Found by `cargo fuzz` (target decode): calamine 0.38 indexed past a sector table and panicked.
         ("fuzz-xls-bad-sector-table.xls", Expect::Rejected("could not be read")),
