@@ -566,6 +566,12 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
         },
         _ => None,
     };
+    // An organization's id is recorded before its write (the latest name wins), so a later
+    // file's references find it; a failed write leaves it naming an organization that is not there,
+    // which a user row referencing it is refused for, as for any missing organization.
+    if let (Target::Org { name, external_id: Some(id), .. }, false, false) = (&op.target, ctx.dry, action == Action::Delete) {
+        ctx.svc.directory.put_org_id(tenant, id, name).await?;
+    }
     let result = match &op.target {
         // Nothing to change: no write at all (a nightly full sync is mostly such rows).
         // (A user this very row wrote on an earlier attempt goes to the write, which reads its

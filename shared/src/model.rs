@@ -760,13 +760,20 @@ pub enum Target {
         email: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         phone: Option<String>,
+        /// The feeding system's id of the organization (a OneRoster sourcedId): resolves
+        /// references from later files (`Directory::org_ids`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        external_id: Option<String>,
+        /// The parent organization's name, kept as a field.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<String>,
     },
 }
 
 impl Target {
     /// An organization row without contact details.
     pub fn org(name: impl Into<String>) -> Self {
-        Target::Org { name: name.into(), email: None, phone: None }
+        Target::Org { name: name.into(), email: None, phone: None, external_id: None, parent: None }
     }
 }
 

@@ -152,6 +152,10 @@ pub trait Directory: Send + Sync {
     /// Give ExternalId `id` to `email`, conditionally (no other user holds it). `Ok(None)`: it is
     /// `email`'s now (or was already); `Ok(Some(other))`: another user's.
     async fn claim_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<Option<String>>;
+    /// The organizations `ids` (organizations' ExternalIds) name: id -> organization name.
+    async fn org_ids(&self, tenant: &str, ids: &[String]) -> Result<std::collections::HashMap<String, String>>;
+    /// Record that organization id `id` names organization `org` (the latest write wins).
+    async fn put_org_id(&self, tenant: &str, id: &str, org: &str) -> Result<()>;
     /// Let go of `id` if `email` holds it.
     async fn release_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<()>;
     /// Move the user `from` to the key `to` in one transaction: the whole item (status, fields,

@@ -162,6 +162,12 @@ impl Directory for RacingDirectory {
     async fn external_ids(&self, tenant: &str, ids: &[String]) -> shared::Result<std::collections::HashMap<String, String>> {
         self.inner.external_ids(tenant, ids).await
     }
+    async fn org_ids(&self, tenant: &str, ids: &[String]) -> shared::Result<std::collections::HashMap<String, String>> {
+        self.inner.org_ids(tenant, ids).await
+    }
+    async fn put_org_id(&self, tenant: &str, id: &str, org: &str) -> shared::Result<()> {
+        self.inner.put_org_id(tenant, id, org).await
+    }
     async fn claim_external_id(&self, tenant: &str, id: &str, email: &str) -> shared::Result<Option<String>> {
         self.inner.claim_external_id(tenant, id, email).await
     }

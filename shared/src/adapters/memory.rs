@@ -183,6 +183,8 @@ struct DirState {
     claims: HashMap<String, (LicenceClaim, bool)>,
     /// (tenant, ExternalId) -> email.
     external: HashMap<(String, String), String>,
+    /// Organizations' ids: (tenant, id) -> organization name.
+    org_ids: HashMap<(String, String), String>,
 }
 
 /// Tenants, users and organizations; the licence pool with its claims.
@@ -475,6 +477,14 @@ impl Directory for MemoryDirectory {
     async fn external_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {
         let state = lock(&self.state);
         Ok(ids.iter().filter_map(|id| state.external.get(&(tenant.to_string(), id.clone())).map(|e| (id.clone(), e.clone()))).collect())
+    }
+    async fn org_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {
+        let state = lock(&self.state);
+        Ok(ids.iter().filter_map(|id| state.org_ids.get(&(tenant.to_string(), id.clone())).map(|o| (id.clone(), o.clone()))).collect())
+    }
+    async fn put_org_id(&self, tenant: &str, id: &str, org: &str) -> Result<()> {
+        lock(&self.state).org_ids.insert((tenant.to_string(), id.to_string()), org.to_string());
+        Ok(())
     }
     async fn claim_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<Option<String>> {
         let mut state = lock(&self.state);

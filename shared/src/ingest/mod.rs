@@ -48,7 +48,7 @@ pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, St
                 let entries = decode::archive::read_files(&mut cursor, &folder, decode::archive::MAX_ARCHIVE_BYTES).map_err(|e| e.to_string())?;
                 let bundle = oneroster::Bundle::read(entries)?;
                 let mode = bundle.mode(Some(mode))?;
-                let translated = bundle.translate(&Default::default(), tenant.external_id_header());
+                let translated = bundle.translate(&Default::default(), &Default::default(), tenant.external_id_header());
                 Some((translated.to_xlsx()?, translated, mode))
             }
             None => return Err(oneroster::lost_manifest(&names).unwrap_or_else(|| format!("the zip file {}", decode::NOT_A_WORKBOOK))),
@@ -333,7 +333,9 @@ async fn read_bundle(svc: &Services, tenant: &Tenant, path: &Path, folder: Optio
     // Ids longer than an ExternalId may be are in no directory (and would not fit its keys).
     let outside: Vec<String> = bundle.outside_users().into_iter().filter(|id| validate::check_external_id(id).is_ok()).collect();
     let known = if outside.is_empty() { Default::default() } else { svc.directory.external_ids(&tenant.id, &outside).await? };
-    let translated = bundle.translate(&known, tenant.external_id_header());
+    let outside: Vec<String> = bundle.outside_orgs().into_iter().filter(|id| validate::check_external_id(id).is_ok()).collect();
+    let known_orgs = if outside.is_empty() { Default::default() } else { svc.directory.org_ids(&tenant.id, &outside).await? };
+    let translated = bundle.translate(&known, &known_orgs, tenant.external_id_header());
     match translated.to_xlsx() {
         Ok(xlsx) => Ok(BundleRead::Read { xlsx, mode, translated }),
         Err(e) => Ok(BundleRead::Refused(format!("the bundle could not be read as a roster ({e}); nothing was applied"))),

@@ -255,6 +255,30 @@ impl Bundle {
         }
     }
 
+    /// Organizations the bundle references by sourcedId without defining them (a delta bundle's
+    /// users of schools it does not change): asked of the directory before `translate`.
+    pub fn outside_orgs(&self) -> Vec<String> {
+        let mut defined = HashSet::new();
+        let mut refs: Vec<String> = Vec::new();
+        if let Some(orgs) = self.files.get("orgs") {
+            defined.extend(orgs.records().map(|(_, r)| orgs.get(r, "sourcedId").to_string()));
+            refs.extend(orgs.records().map(|(_, r)| orgs.get(r, "parentSourcedId").to_string()));
+        }
+        if let Some(users) = self.files.get("users") {
+            for (_, r) in users.records() {
+                refs.push(users.get(r, "primaryOrgSourcedId").to_string());
+                refs.extend(split_list(users.get(r, "orgSourcedIds")).map(str::to_string));
+            }
+        }
+        if let Some(roles) = self.files.get("roles") {
+            refs.extend(roles.records().map(|(_, r)| roles.get(r, "orgSourcedId").to_string()));
+        }
+        let mut out: Vec<String> = refs.into_iter().filter(|r| !r.is_empty() && !defined.contains(r)).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Users the bundle references by sourcedId without defining them (guardians, teachers,
     /// deleted users without email): asked of the directory's ExternalIds before `translate`.
     pub fn outside_users(&self) -> Vec<String> {
@@ -352,7 +376,7 @@ struct UserRec<'a> {
 impl Bundle {
     /// The bundle in the roster vocabulary. `known` maps the sourcedIds of `outside_users` the
     /// directory holds to their users' emails; `external_id` is the tenant's ExternalId header.
-    pub fn translate(&self, known: &HashMap<String, String>, external_id: &str) -> Translated {
+    pub fn translate(&self, known: &HashMap<String, String>, known_orgs: &HashMap<String, String>, external_id: &str) -> Translated {
         let mut tables = Vec::new();
         let mut verdicts = HashMap::new();
         let mut warnings = self.warnings.clone();
@@ -365,12 +389,20 @@ impl Bundle {
             let index = tables.len() as u32;
             let mut rows = Vec::new();
             let mut first: HashMap<&str, u32> = HashMap::new();
+            let mut names: HashMap<&str, &str> = HashMap::new();
+            for (_, r) in orgs.records() {
+                names.entry(orgs.get(r, "sourcedId")).or_insert(orgs.get(r, "name"));
+            }
             for (n, r) in orgs.records() {
                 let id = orgs.get(r, "sourcedId");
                 let name = orgs.get(r, "name");
                 let status = status_of(orgs, r);
                 let action = if status == "tobedeleted" { "Delete" } else { "Upsert" };
-                rows.push((n, vec!["Org".into(), action.into(), name.into(), id.into(), lines("orgs", vec![n])]));
+                let parent_id = orgs.get(r, "parentSourcedId");
+                let parent = names.get(parent_id).map(|p| p.to_string()).or_else(|| known_orgs.get(parent_id).cloned());
+                let unknown_parent = !parent_id.is_empty() && parent.is_none() && action != "Delete";
+                let parent = if action == "Delete" { String::new() } else { parent.unwrap_or_default() };
+                rows.push((n, vec!["Org".into(), action.into(), name.into(), id.into(), parent, lines("orgs", vec![n])]));
                 let verdict = if id.is_empty() {
                     Some(Verdict::fail("sourcedId", format!("orgs.csv line {n} has no sourcedId")))
                 } else if let Some(earlier) = first.get(id) {
@@ -381,6 +413,11 @@ impl Bundle {
                     Some(Verdict::skip("status tobedeleted in a bulk bundle: not applied (organizations are deleted by a delta bundle)".into()))
                 } else if name.is_empty() {
                     Some(Verdict::fail("name", format!("orgs.csv line {n} has no name; rosterdrop knows organizations by name")))
+                } else if unknown_parent {
+                    Some(Verdict::fail(
+                        "parentSourcedId",
+                        format!("parentSourcedId names \"{}\", which is in no file of this bundle and not in the directory", quoted(parent_id)),
+                    ))
                 } else {
                     None
                 };
@@ -394,7 +431,7 @@ impl Bundle {
                     }
                 }
             }
-            tables.push(sheet("orgs", orgs, index, vec!["Type", "Action", "OrgName", external_id, RECORDS], rows));
+            tables.push(sheet("orgs", orgs, index, vec!["Type", "Action", "OrgName", external_id, "ParentOrg", RECORDS], rows));
         }
 
         let Some(users) = self.files.get("users") else {
@@ -549,13 +586,13 @@ impl Bundle {
                 org_ids.retain(|o| seen.insert(*o));
                 several_orgs += u32::from(org_ids.len() > 1);
                 if let Some(first) = org_ids.first() {
-                    match org_names.get(first) {
-                        Some(name) => org = name.to_string(),
+                    match org_names.get(first).map(|n| n.to_string()).or_else(|| known_orgs.get(*first).cloned()) {
+                        Some(name) => org = name,
                         None => fail(
                             &mut verdict,
                             "orgSourcedIds",
                             format!(
-                                "the user's organization \"{}\" is not in the bundle's orgs.csv (or its record failed); rosterdrop knows organizations by name, so a bundle's users need their organizations in its orgs.csv",
+                                "the user's organization \"{}\" is in no file of this bundle (or its orgs.csv record failed) and not in the directory",
                                 quoted(first)
                             ),
                         ),
@@ -842,8 +879,36 @@ pub(crate) mod tests {
         assert!(msg(3).contains("duplicate sourcedId \"usr-t1\": users.csv line 2"), "{}", msg(3));
         assert!(msg(4).contains("administrator role"), "{}", msg(4));
         assert!(msg(6).contains("classSourcedId \"cls-404\" is not in classes.csv"), "{}", msg(6));
-        assert!(msg(8).contains("\"org-s9\" is not in the bundle's orgs.csv"), "{}", msg(8));
+        assert!(msg(8).contains("\"org-s9\" is in no file of this bundle"), "{}", msg(8));
         assert!(msg(9).contains("\"usr-nobody\", which is in no file of this bundle and not in the directory"), "{}", msg(9));
+    }
+
+    #[test]
+    fn a_delta_bundle_of_users_alone_finds_their_schools_and_guardians_in_the_directory() {
+        let delta = bundle("district-1.1", |f| {
+            edit(f, "manifest.csv", |t| t.replace("file.users,bulk", "file.users,delta").replace(",bulk", ",absent"));
+            f.retain(|(n, _)| n == "manifest.csv" || n == "users.csv");
+            edit(f, "users.csv", |t| t.lines().filter(|l| !l.starts_with("usr-g") && !l.starts_with("usr-t")).collect::<Vec<_>>().join("\n"));
+        });
+        let entries = crate::ingest::decode::archive::read_files(
+            &mut std::io::Cursor::new(delta),
+            "",
+            crate::ingest::decode::archive::MAX_ARCHIVE_BYTES,
+        )
+        .unwrap();
+        let b = Bundle::read(entries).unwrap();
+        assert_eq!(b.outside_orgs(), vec!["org-s1", "org-s2"]);
+        assert_eq!(b.outside_users(), vec!["usr-g1", "usr-g2"]);
+        let users = HashMap::from([("usr-g1".to_string(), "pat.nguyen@home.example.net".to_string())]);
+        let orgs = HashMap::from([("org-s1".to_string(), "Alder Elementary".to_string())]);
+        let t = b.translate(&users, &orgs, "ExternalId");
+        let users_sheet = &t.tables[0];
+        let row = |line: u32| &users_sheet.rows.iter().find(|(n, _)| *n == line).unwrap().1;
+        // usr-st1 (line 2): its school and guardian come from the directory.
+        assert_eq!((row(2)[8].as_str(), row(2)[9].as_str()), ("Alder Elementary", "pat.nguyen@home.example.net"));
+        assert!(!t.verdicts.contains_key(&row_id(0, 2)));
+        // usr-st3 (line 4): neither its school nor its guardian is known anywhere.
+        assert!(t.verdicts[&row_id(0, 4)].message.contains("\"org-s2\" is in no file of this bundle"), "{:?}", t.verdicts);
     }
 
     #[test]

@@ -425,10 +425,20 @@ fn validate_row<'c, S: AsRef<str>>(
             // Contact details: the email checked as a user's would be (no user may share it).
             let email = get(Field::Email).map(|raw| checked_email(raw).map_err(|m| fail_at("Email", m))).transpose()?;
             let phone = get(Field::Phone);
-            if let Some(p) = phone.filter(|p| too_long(p)) {
-                return Err(too_long_at(Field::Phone, p));
+            let parent = get(Field::ParentOrg);
+            for (field, value) in [(Field::Phone, phone), (Field::ParentOrg, parent)] {
+                if let Some(v) = value.filter(|v| too_long(v)) {
+                    return Err(too_long_at(field, v));
+                }
             }
-            Ok(RowView { row, action, target: TargetView::Org { name, email, phone } })
+            if parent.is_some_and(|p| p.eq_ignore_ascii_case(name)) {
+                return Err(fail_at("ParentOrg", "ParentOrg cannot be the organization itself".into()));
+            }
+            let external_id = get(Field::ExternalId);
+            if let Some(id) = external_id {
+                check_external_id(id).map_err(|m| fail_at("ExternalId", m))?;
+            }
+            Ok(RowView { row, action, target: TargetView::Org { name, email, phone, external_id, parent } })
         }
         EntityType::User => {
             let mut associations = BTreeMap::new();

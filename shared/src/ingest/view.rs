@@ -21,7 +21,7 @@ pub struct RowView<'c> {
 #[allow(clippy::large_enum_variant)] // one per row, on the stack, never boxed (a box is an allocation a row)
 pub enum TargetView<'c> {
     User(UserView<'c>),
-    Org { name: &'c str, email: Option<Cow<'c, str>>, phone: Option<&'c str> },
+    Org { name: &'c str, email: Option<Cow<'c, str>>, phone: Option<&'c str>, external_id: Option<&'c str>, parent: Option<&'c str> },
 }
 
 /// `UserFields` with each value borrowed from its (trimmed) cell where it is kept as written.
@@ -62,9 +62,13 @@ impl RowView<'_> {
 
     pub fn to_op(&self) -> RowOp {
         let target = match &self.target {
-            TargetView::Org { name, email, phone } => {
-                Target::Org { name: name.to_string(), email: email.as_ref().map(|e| e.to_string()), phone: phone.map(str::to_string) }
-            }
+            TargetView::Org { name, email, phone, external_id, parent } => Target::Org {
+                name: name.to_string(),
+                email: email.as_ref().map(|e| e.to_string()),
+                phone: phone.map(str::to_string),
+                external_id: external_id.map(str::to_string),
+                parent: parent.map(str::to_string),
+            },
             TargetView::User(u) => {
                 let owned = |v: Option<&str>| v.map(str::to_string);
                 Target::User {
@@ -101,16 +105,14 @@ impl RowView<'_> {
         out.extend_from_slice(b",\"action\":\"");
         out.extend_from_slice(self.action.variant().as_bytes());
         match &self.target {
-            TargetView::Org { name, email, phone } => {
+            TargetView::Org { name, email, phone, external_id, parent } => {
                 out.extend_from_slice(b"\",\"type\":\"Org\",\"name\":");
                 string(out, name);
-                if let Some(email) = email {
-                    out.extend_from_slice(b",\"email\":");
-                    string(out, email);
-                }
-                if let Some(phone) = phone {
-                    out.extend_from_slice(b",\"phone\":");
-                    string(out, phone);
+                for (key, value) in [(&b",\"email\":"[..], email.as_deref()), (b",\"phone\":", *phone), (b",\"external_id\":", *external_id), (b",\"parent\":", *parent)] {
+                    if let Some(v) = value {
+                        out.extend_from_slice(key);
+                        string(out, v);
+                    }
                 }
             }
             TargetView::User(u) => {
@@ -297,10 +299,10 @@ mod tests {
         }
         for name in ["North", awkward, ""] {
             for action in [Action::Create, Action::Delete] {
-                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name, email: None, phone: None } });
+                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name, email: None, phone: None, external_id: None, parent: None } });
                 let email = Some(Cow::Borrowed(awkward));
-                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name, email, phone: Some(awkward) } });
-                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name, email: None, phone: Some("+1") } });
+                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name, email, phone: Some(awkward), external_id: Some(awkward), parent: Some(awkward) } });
+                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name, email: None, phone: Some("+1"), external_id: None, parent: Some("North") } });
             }
         }
     }

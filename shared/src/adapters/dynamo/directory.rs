@@ -90,10 +90,12 @@ impl DynamoDirectory {
                         item.insert("lic".into(), s(stamp.token()));
                         item
                     }
-                    Target::Org { name, email, phone } => {
+                    Target::Org { name, email, phone, external_id, parent } => {
                         let mut item = org_item(tenant, name, stamp);
                         item.extend(email.iter().map(|e| ("contact_email".to_string(), s(e))));
                         item.extend(phone.iter().map(|p| ("phone".to_string(), s(p))));
+                        item.extend(external_id.iter().map(|p| ("external_id".to_string(), s(p))));
+                        item.extend(parent.iter().map(|p| ("parent".to_string(), s(p))));
                         item
                     }
                 };
@@ -134,8 +136,8 @@ impl DynamoDirectory {
                             .set("tenant", s(tenant))
                             .set("email", s(email.as_str()));
                     }
-                    Target::Org { name, email, phone } => {
-                        org_contact(&mut u, email, phone);
+                    Target::Org { name, .. } => {
+                        org_contact(&mut u, target);
                         u.set("name", s(name))
                             .set("kind", s("org"))
                             .set("tenant", s(tenant))
@@ -176,8 +178,8 @@ impl DynamoDirectory {
                         u.delete("products", string_set(&fields.products));
                     }
                     (Target::User { fields, .. }, false) => profile(&mut u, fields),
-                    (Target::Org { name, email, phone }, _) => {
-                        org_contact(&mut u, email, phone);
+                    (Target::Org { name, .. }, _) => {
+                        org_contact(&mut u, target);
                         u.set("name", s(name));
                     }
                 }
@@ -524,6 +526,14 @@ impl Directory for DynamoDirectory {
         self.read_external_ids(tenant, ids).await
     }
 
+    async fn org_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {
+        self.read_org_ids(tenant, ids).await
+    }
+
+    async fn put_org_id(&self, tenant: &str, id: &str, org: &str) -> Result<()> {
+        self.put_org_id(tenant, id, org).await
+    }
+
     async fn claim_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<Option<String>> {
         self.put_external_id(tenant, id, email).await
     }
@@ -565,12 +575,12 @@ impl Directory for DynamoDirectory {
     }
 }
 
-/// An organization row's contact details: set what the row gives (a blank cell leaves the stored value).
-fn org_contact(u: &mut UpdateExpr, email: &Option<String>, phone: &Option<String>) {
-    if let Some(e) = email {
-        u.set("contact_email", s(e));
-    }
-    if let Some(p) = phone {
-        u.set("phone", s(p));
+/// An organization row's details: set what the row gives (a blank cell leaves the stored value).
+fn org_contact(u: &mut UpdateExpr, target: &Target) {
+    let Target::Org { email, phone, external_id, parent, .. } = target else { return };
+    for (attr, value) in [("contact_email", email), ("phone", phone), ("external_id", external_id), ("parent", parent)] {
+        if let Some(v) = value {
+            u.set(attr, s(v));
+        }
     }
 }

@@ -13,6 +13,11 @@ pub(super) fn external_key(tenant: &str, id: &str) -> Key {
     (format!("X#{tenant}#{id}"), SOLE.to_string())
 }
 
+/// An organization's id (a OneRoster sourcedId): its own key space, so no user's id can clash.
+pub(super) fn org_id_key(tenant: &str, id: &str) -> Key {
+    (format!("XO#{tenant}#{id}"), SOLE.to_string())
+}
+
 /// The kind of an ExternalId item.
 const EXTERNAL: &str = "external_id";
 
@@ -30,10 +35,20 @@ fn external_item(tenant: &str, id: &str, email: &str) -> Item {
 
 impl DynamoDirectory {
     pub(super) async fn read_external_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {
+        self.read_ids(ids, |id| external_key(tenant, id), "email").await
+    }
+
+    /// Organizations' ids (`XO#<tenant>#<id>` -> the organization's name).
+    pub(super) async fn read_org_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {
+        self.read_ids(ids, |id| org_id_key(tenant, id), "org").await
+    }
+
+    /// Batched consistent reads of id items: id -> the value of `attr`.
+    async fn read_ids(&self, ids: &[String], key: impl Fn(&str) -> Key, attr: &str) -> Result<HashMap<String, String>> {
         use aws_sdk_dynamodb::types::KeysAndAttributes;
         let mut found = HashMap::new();
         for batch in ids.chunks(100) {
-            let keys: Vec<Item> = batch.iter().map(|id| key_item(&external_key(tenant, id))).collect();
+            let keys: Vec<Item> = batch.iter().map(|id| key_item(&key(id))).collect();
             let mut pending = Some(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(txn_err)?);
             let mut round = 0u64;
             while let Some(request) = pending.take() {
@@ -50,14 +65,28 @@ impl DynamoDirectory {
                 round += 1;
                 let out = self.client.batch_get_item().request_items(&self.table, request).send().await.map_err(ddb_err("BatchGetItem"))?;
                 for item in out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
-                    if let (Some(id), Some(email)) = (item.str("external_id"), item.str("email")) {
-                        found.insert(id.to_string(), email.to_string());
+                    if let (Some(id), Some(value)) = (item.str("external_id"), item.str(attr)) {
+                        found.insert(id.to_string(), value.to_string());
                     }
                 }
                 pending = out.unprocessed_keys.unwrap_or_default().remove(&self.table).filter(|k| !k.keys.is_empty());
             }
         }
         Ok(found)
+    }
+
+    /// Record that organization id `id` names `org` (the latest name wins: an organization
+    /// renamed in the feeding system is found under its new name).
+    pub(super) async fn put_org_id(&self, tenant: &str, id: &str, org: &str) -> Result<()> {
+        let mut item = key_item(&org_id_key(tenant, id));
+        item.extend([
+            ("kind".to_string(), s("org_id")),
+            ("tenant".to_string(), s(tenant)),
+            ("external_id".to_string(), s(id)),
+            ("org".to_string(), s(org)),
+        ]);
+        self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await.map_err(ddb_err("PutItem"))?;
+        Ok(())
     }
 
     pub(super) async fn put_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<Option<String>> {
