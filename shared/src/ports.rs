@@ -225,6 +225,9 @@ pub enum Recorded {
 pub struct Plan {
     pub phase_chunks: [u32; crate::model::PHASES],
     pub total_rows: u32,
+    /// The mode the file is applied in when it is not its folder's (a OneRoster bundle's manifest
+    /// decides): stored on the job, so its summary, events and emails say it.
+    pub mode: Option<crate::model::Mode>,
 }
 
 #[async_trait]

@@ -34,7 +34,7 @@ impl Kit {
 
     /// Upload a file to `incoming/acme/<name>` and deliver every event it causes until the
     /// pipeline is quiet; the job.
-    pub async fn run(&mut self, name: &str, body: &str) -> Job {
+    pub async fn run(&mut self, name: &str, body: impl AsRef<[u8]>) -> Job {
         let obj = self.upload(name, body);
         self.deliver(&obj).await;
         self.settle().await;
@@ -42,9 +42,10 @@ impl Kit {
     }
 
     /// Upload without delivering: the event, to deliver later.
-    pub fn upload(&mut self, name: &str, body: &str) -> ObjectRef {
+    pub fn upload(&mut self, name: &str, body: impl AsRef<[u8]>) -> ObjectRef {
+        let body = body.as_ref();
         let key = format!("incoming/acme/{name}");
-        let version = self.mem.store.put_version(&key, body.as_bytes().to_vec());
+        let version = self.mem.store.put_version(&key, body.to_vec());
         self.delivered.insert(key.clone());
         self.uploads += 1;
         // Uploads are ordered as S3 would order them: each a millisecond after the last.

@@ -113,10 +113,14 @@ async fn plan(svc: &Services, undo: &Job, undone: &str, files: &[String]) -> Res
     let total = row - 1;
     let mut phase_chunks = [0u32; PHASES];
     phase_chunks[1] = files.len() as u32;
-    svc.jobs.set_plan(&undo.id, &Plan { phase_chunks, total_rows: total }).await?;
+    svc.jobs.set_plan(&undo.id, &Plan { phase_chunks, total_rows: total, mode: None }).await?;
     svc.store.put_file(&keys::staged_source(&undo.id), &source, "text/csv").await?;
-    let staged =
-        StagedInput { warnings: vec![], ingested_at: chrono::Utc::now().to_rfc3339(), source: Some(keys::staged_source(&undo.id)) };
+    let staged = StagedInput {
+        warnings: vec![],
+        ingested_at: chrono::Utc::now().to_rfc3339(),
+        source: Some(keys::staged_source(&undo.id)),
+        bundle: None,
+    };
     svc.store.put(&keys::staged_input(&undo.id), to_json(&staged)?, "application/json").await?;
     svc.store.put(&keys::ingest_outcomes(&undo.id), Vec::new(), "application/x-ndjson").await?;
     Ok(total)

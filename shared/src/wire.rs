@@ -15,6 +15,10 @@ pub struct StagedInput {
     /// cost ingest ~10% of its time and more memory than the file itself).
     #[serde(default)]
     pub source: Option<String>,
+    /// A OneRoster bundle as dropped (`keys::staged_bundle`): finalize cuts the failed-records
+    /// bundle from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
 }
 
 pub fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {

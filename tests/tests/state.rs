@@ -314,7 +314,7 @@ async fn of_chunks_recorded_at_once_exactly_one_is_told_it_may_complete_the_phas
     let stack = Stack::start().await;
     let job = shared::model::Job::received("rec-job", "acme", "incoming/acme/r.csv", "r.csv", None, "2026-12-01T00:00:00Z");
     stack.svc.jobs.create_or_get(&job).await.unwrap();
-    stack.svc.jobs.set_plan(&job.id, &Plan { phase_chunks: [0, 20, 0, 0], total_rows: 20 }).await.unwrap();
+    stack.svc.jobs.set_plan(&job.id, &Plan { phase_chunks: [0, 20, 0, 0], total_rows: 20, mode: None }).await.unwrap();
     let jobs = &stack.svc.jobs;
     let tries = (0..40u32).map(|i| async move { jobs.record_chunk("rec-job", 1, i % 20, Some(20)).await.unwrap() });
     let results = futures::future::join_all(tries).await;

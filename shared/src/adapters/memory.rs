@@ -660,6 +660,9 @@ impl JobStore for MemoryJobs {
         if let Some(job) = lock(&self.state).jobs.get_mut(id) {
             job.phase_chunks = Some(plan.phase_chunks);
             job.total_rows = plan.total_rows;
+            if let Some(mode) = plan.mode {
+                job.mode = Some(mode);
+            }
         }
         Ok(())
     }

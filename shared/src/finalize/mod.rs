@@ -92,12 +92,29 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
     };
 
     let scratch = tempfile::Builder::new().prefix("rosterdrop-finalize-").tempdir().map_err(|e| Error::local("scratch directory", e))?;
-    let (source, warnings, outcome_files) = download_inputs(svc, &job_id, scratch.path()).await?;
+    let (source, staged, outcome_files) = download_inputs(svc, &job_id, scratch.path()).await?;
+    let warnings = staged.warnings;
     let dir = scratch.path().to_path_buf();
     let file_name = job.file_name.clone();
-    let files = tokio::task::spawn_blocking(move || build::build(&source, &outcome_files, &dir, &file_name, stopped))
+    let mut files = tokio::task::spawn_blocking(move || build::build(&source, &outcome_files, &dir, &file_name, stopped))
         .await
         .map_err(|e| Error::local("building results", e))??;
+    if let (Some(key), Some(failed)) = (&staged.bundle, &files.failed) {
+        let zip = scratch.path().join("bundle.zip");
+        if svc.store.download(key, None, &zip).await?.is_some() {
+            // A failed-records bundle's own failures are named as the first's were.
+            let stem = build::stem(&job.file_name).trim_end_matches("-failed-records").to_string();
+            let (failed, dir) = (failed.clone(), scratch.path().to_path_buf());
+            let built = tokio::task::spawn_blocking(move || failed_records(&zip, &failed, &dir, &stem))
+                .await
+                .map_err(|e| Error::local("building the failed-records bundle", e))?;
+            match built {
+                Ok(b) => files.failed = Some(b),
+                // Our own staged copy unreadable: the failed rows stay a workbook, still droppable.
+                Err(e) => error!(job = %job_id, error = %e, "failed-records bundle not built; the failed rows go as a workbook"),
+            }
+        }
+    }
 
     let final_state = if stopped { JobState::Failed } else { JobState::Completed };
     let mut summary = summary_of(job, final_state, &files.digest, warnings);
@@ -138,7 +155,7 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
 
 /// The staged source and every outcome file, on local disk: outcome files of one phase are
 /// appended in key order into one file (one sorted run), ingest's stay apart.
-async fn download_inputs(svc: &Services, job_id: &str, dir: &Path) -> Result<(PathBuf, Vec<String>, Vec<PathBuf>)> {
+async fn download_inputs(svc: &Services, job_id: &str, dir: &Path) -> Result<(PathBuf, StagedInput, Vec<PathBuf>)> {
     let staged_bytes =
         svc.store.get(&keys::staged_input(job_id)).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "staged input missing"))?;
     let staged: StagedInput = serde_json::from_slice(&staged_bytes).map_err(|e| Error::corrupt("staged input", e))?;
@@ -171,7 +188,27 @@ async fn download_inputs(svc: &Services, job_id: &str, dir: &Path) -> Result<(Pa
         };
         append().map_err(|e| Error::local("outcome files", e))?;
     }
-    Ok((source, staged.warnings, groups.into_iter().map(|(_, p)| p).collect()))
+    Ok((source, staged, groups.into_iter().map(|(_, p)| p).collect()))
+}
+
+/// A OneRoster job's failed rows as a bundle (`oneroster::failed_bundle`), cut from the bundle
+/// as dropped: `<name>-failed-records.zip`.
+fn failed_records(zip: &Path, failed_rows: &Built, dir: &Path, stem: &str) -> std::result::Result<Built, String> {
+    use crate::ingest::{decode, oneroster};
+    let mut file = std::io::BufReader::new(std::fs::File::open(zip).map_err(|e| e.to_string())?);
+    let names = match decode::archive::zip_kind(&mut file).map_err(|e| e.to_string())? {
+        decode::archive::ZipKind::Files(names) => names,
+        decode::archive::ZipKind::Workbook => return Err("the staged bundle is a workbook".into()),
+    };
+    let folder = oneroster::bundle_folder(&names).ok_or("the staged bundle has no manifest")?;
+    let entries = decode::archive::read_files(&mut file, &folder, decode::archive::MAX_ARCHIVE_BYTES).map_err(|e| e.to_string())?;
+    let bundle = oneroster::Bundle::read(entries)?;
+    let rows = decode::decode_all(&std::fs::read(&failed_rows.path).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let bytes = oneroster::failed_bundle(&bundle, &rows)?;
+    let name = format!("{stem}-failed-records.zip");
+    let path = dir.join(&name);
+    std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
+    Ok(Built { name, path, content_type: "application/zip" })
 }
 
 fn summary_of(job: &Job, state: JobState, d: &Digest, mut warnings: Vec<String>) -> Summary {

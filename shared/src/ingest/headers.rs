@@ -123,7 +123,11 @@ fn check_template(headers: &[String], tenant: &Tenant) -> Result<(), String> {
         .iter()
         .map(|h| norm(h))
         .filter(|h| {
-            !h.is_empty() && !matches!(Field::from_header(h), Some(Field::Status | Field::Message | Field::Changes | Field::UserId | Field::OneRosterRecords))
+            !h.is_empty()
+                && !matches!(
+                    Field::from_header(h),
+                    Some(Field::Status | Field::Message | Field::Changes | Field::UserId | Field::OneRosterRecords)
+                )
         })
         .collect();
     let theirs: Vec<String> = expected.iter().map(|h| norm(h)).collect();

@@ -45,7 +45,8 @@ pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, St
     let bundle = match decode::archive::zip_kind(&mut cursor) {
         Ok(decode::archive::ZipKind::Files(names)) => match oneroster::bundle_folder(&names) {
             Some(folder) => {
-                let entries = decode::archive::read_files(&mut cursor, &folder, decode::archive::MAX_ARCHIVE_BYTES).map_err(|e| e.to_string())?;
+                let entries =
+                    decode::archive::read_files(&mut cursor, &folder, decode::archive::MAX_ARCHIVE_BYTES).map_err(|e| e.to_string())?;
                 let bundle = oneroster::Bundle::read(entries)?;
                 let mode = bundle.mode(Some(mode))?;
                 let translated = bundle.translate(&Default::default(), &Default::default(), tenant.external_id_header());
@@ -256,7 +257,7 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
         ingested.sink.flush().map_err(|e| Error::local("writing operations", e))?;
     }
     let held = crate::holds::may_hold(svc, &tenant, mode, &ingested.sink, active).await?;
-    write_job(svc, &job, &tenant, mode, &ingested, &source, held, at).await
+    write_job(svc, &job, &tenant, mode, &ingested, &source, bundle.is_some(), held, at).await
 }
 
 /// The job of a file dropped outside `incoming/<tenant>/[<mode>/]<file>`: it is rejected, and
@@ -416,6 +417,7 @@ async fn write_job(
     mode: Mode,
     ingested: &Ingester<'_, Spill>,
     source: &Path,
+    bundle: bool,
     may_hold: Option<u64>,
     at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<()> {
@@ -426,7 +428,7 @@ async fn write_job(
     let total_rows = ingested.rows;
     let invalid = spill.outcome_count;
     // The plan is stored before any chunk exists, so whoever completes the last chunk knows it.
-    svc.jobs.set_plan(id, &Plan { phase_chunks, total_rows }).await?;
+    svc.jobs.set_plan(id, &Plan { phase_chunks, total_rows, mode: bundle.then_some(mode) }).await?;
 
     // The bytes read, not the key they came from: the file may be replaced under the same name.
     svc.store.put_file(&keys::staged_source(id), source, "application/octet-stream").await?;
@@ -434,6 +436,7 @@ async fn write_job(
         warnings: ingested.warnings.clone(),
         ingested_at: chrono::Utc::now().to_rfc3339(),
         source: Some(keys::staged_source(id)),
+        bundle: bundle.then(|| keys::staged_bundle(id)),
     };
     svc.store.put(&keys::staged_input(id), to_json(&staged)?, "application/json").await?;
     match spill.outcomes() {

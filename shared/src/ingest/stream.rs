@@ -6,8 +6,8 @@
 
 use super::decode::{self, ReadError, TableHead, TableVisitor};
 use super::headers::{Mapping, map_headers};
-use super::validate::{Duplicate, RowValidator, duplicate_outcome};
 use super::oneroster::Verdict;
+use super::validate::{Duplicate, RowValidator, duplicate_outcome};
 use super::view::RowView;
 use crate::fields::Field;
 use crate::model::{Mode, Outcome, PHASES, RowOp, Status, Tenant, phase_of};
@@ -522,7 +522,8 @@ mod tests {
         let source = dir.path().join("source");
         std::fs::write(&source, bytes).unwrap();
         let t = tenant();
-        let ing = prepare_file(&source, dir.path(), memory_budget, &t, Mode::Upsert, Default::default()).unwrap_or_else(|e| panic!("{e:?}"));
+        let ing =
+            prepare_file(&source, dir.path(), memory_budget, &t, Mode::Upsert, Default::default()).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(ing.sink.on_disk(), memory_budget < SPILL_IN_MEMORY);
         let spilled: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();

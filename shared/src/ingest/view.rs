@@ -108,7 +108,12 @@ impl RowView<'_> {
             TargetView::Org { name, email, phone, external_id, parent } => {
                 out.extend_from_slice(b"\",\"type\":\"Org\",\"name\":");
                 string(out, name);
-                for (key, value) in [(&b",\"email\":"[..], email.as_deref()), (b",\"phone\":", *phone), (b",\"external_id\":", *external_id), (b",\"parent\":", *parent)] {
+                for (key, value) in [
+                    (&b",\"email\":"[..], email.as_deref()),
+                    (b",\"phone\":", *phone),
+                    (b",\"external_id\":", *external_id),
+                    (b",\"parent\":", *parent),
+                ] {
                     if let Some(v) = value {
                         out.extend_from_slice(key);
                         string(out, v);
@@ -299,10 +304,22 @@ mod tests {
         }
         for name in ["North", awkward, ""] {
             for action in [Action::Create, Action::Delete] {
-                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name, email: None, phone: None, external_id: None, parent: None } });
+                same_as_serde(&RowView {
+                    row: 3,
+                    action,
+                    target: TargetView::Org { name, email: None, phone: None, external_id: None, parent: None },
+                });
                 let email = Some(Cow::Borrowed(awkward));
-                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name, email, phone: Some(awkward), external_id: Some(awkward), parent: Some(awkward) } });
-                same_as_serde(&RowView { row: 3, action, target: TargetView::Org { name, email: None, phone: Some("+1"), external_id: None, parent: Some("North") } });
+                same_as_serde(&RowView {
+                    row: 3,
+                    action,
+                    target: TargetView::Org { name, email, phone: Some(awkward), external_id: Some(awkward), parent: Some(awkward) },
+                });
+                same_as_serde(&RowView {
+                    row: 3,
+                    action,
+                    target: TargetView::Org { name, email: None, phone: Some("+1"), external_id: None, parent: Some("North") },
+                });
             }
         }
     }

@@ -200,10 +200,14 @@ impl JobStore for DynamoJobs {
             .table_name(&self.table)
             .key("pk", s(format!("J#{id}")))
             .update_expression(format!(
-                "SET {}, total_rows = :t",
-                (0..PHASES).map(|p| format!("chunks{p} = :c{p}")).collect::<Vec<_>>().join(", ")
+                "SET {}, total_rows = :t{}",
+                (0..PHASES).map(|p| format!("chunks{p} = :c{p}")).collect::<Vec<_>>().join(", "),
+                if plan.mode.is_some() { ", #mode = :m" } else { "" }
             ))
             .expression_attribute_values(":t", n(plan.total_rows));
+        if let Some(mode) = plan.mode {
+            req = req.expression_attribute_names("#mode", "mode").expression_attribute_values(":m", s(mode.as_str()));
+        }
         for p in 0..PHASES {
             req = req.expression_attribute_values(format!(":c{p}"), n(plan.phase_chunks[p]));
         }

@@ -14,6 +14,9 @@ use crate::model::{Mode, Status};
 use crate::wording::quoted;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+mod failed;
+pub use failed::failed_bundle;
+
 /// The files rosterdrop reads; others in a bundle are ignored with a warning.
 const READ: &[&str] = &["orgs", "users", "enrollments", "classes", "roles"];
 /// Names of OneRoster files, to recognise a bundle that lost its manifest.
@@ -85,8 +88,20 @@ struct File {
 }
 
 impl File {
-    fn new(name: &'static str, table: Table) -> Self {
-        let cols = table.headers.iter().enumerate().map(|(i, h)| (h.trim().to_ascii_lowercase(), i)).collect();
+    fn new(name: &'static str, mut table: Table) -> Self {
+        let cols: HashMap<String, usize> = table.headers.iter().enumerate().map(|(i, h)| (h.trim().to_ascii_lowercase(), i)).collect();
+        // A file of our failed-records bundle (its Outcome and Message columns): the apostrophe
+        // that kept a spreadsheet from running a value is taken off, so the loop changes nothing.
+        if cols.contains_key("outcome") && cols.contains_key("message") {
+            for (_, cells) in &mut table.rows {
+                for c in cells.iter_mut() {
+                    let plain = crate::finalize::write::unneutralise(c);
+                    if plain.len() != c.len() {
+                        *c = plain.to_string();
+                    }
+                }
+            }
+        }
         File { name, table, cols }
     }
     fn has(&self, col: &str) -> bool {
@@ -338,11 +353,28 @@ pub struct Translated {
 /// The column listing the OneRoster records a row was built from.
 pub const RECORDS: &str = "OneRosterRecords";
 
-fn lines(file: &str, mut ns: Vec<u32>) -> String {
+/// "users.csv line 5", "enrollments.csv lines 2, 6": every line (the failed-records bundle is
+/// cut by them), or the first `limit` in a warning.
+fn lines_upto(file: &str, mut ns: Vec<u32>, limit: usize) -> String {
     ns.sort_unstable();
-    let shown: Vec<String> = ns.iter().take(10).map(u32::to_string).collect();
-    let more = if ns.len() > 10 { format!(" and {} more", ns.len() - 10) } else { String::new() };
+    let shown: Vec<String> = ns.iter().take(limit).map(u32::to_string).collect();
+    let more = if ns.len() > limit { format!(" and {} more", ns.len() - limit) } else { String::new() };
     format!("{file}.csv {} {}{more}", if ns.len() == 1 { "line" } else { "lines" }, shown.join(", "))
+}
+
+fn lines(file: &str, ns: Vec<u32>) -> String {
+    lines_upto(file, ns, usize::MAX)
+}
+
+/// The (file, line) pairs a `RECORDS` cell names: what `lines` wrote.
+pub fn records_of(cell: &str) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for part in cell.split(';') {
+        let Some((file, rest)) = part.trim().split_once(' ') else { continue };
+        let rest = rest.trim_start_matches("lines").trim_start_matches("line");
+        out.extend(rest.split(',').filter_map(|n| n.trim().parse().ok()).map(|n| (file.trim_end_matches(".csv").to_string(), n)));
+    }
+    out
 }
 
 /// A OneRoster role to a user type; admin roles are refused as admin roles are in any roster.
@@ -406,17 +438,25 @@ impl Bundle {
                 let verdict = if id.is_empty() {
                     Some(Verdict::fail("sourcedId", format!("orgs.csv line {n} has no sourcedId")))
                 } else if let Some(earlier) = first.get(id) {
-                    Some(Verdict::fail("sourcedId", format!("duplicate sourcedId \"{}\": orgs.csv line {earlier} already has it", quoted(id))))
+                    Some(Verdict::fail(
+                        "sourcedId",
+                        format!("duplicate sourcedId \"{}\": orgs.csv line {earlier} already has it", quoted(id)),
+                    ))
                 } else if !matches!(status.as_str(), "" | "active" | "tobedeleted") {
                     Some(Verdict::fail("status", format!("status \"{}\" is not active or tobedeleted", quoted(&status))))
                 } else if status == "tobedeleted" && !delta {
-                    Some(Verdict::skip("status tobedeleted in a bulk bundle: not applied (organizations are deleted by a delta bundle)".into()))
+                    Some(Verdict::skip(
+                        "status tobedeleted in a bulk bundle: not applied (organizations are deleted by a delta bundle)".into(),
+                    ))
                 } else if name.is_empty() {
                     Some(Verdict::fail("name", format!("orgs.csv line {n} has no name; rosterdrop knows organizations by name")))
                 } else if unknown_parent {
                     Some(Verdict::fail(
                         "parentSourcedId",
-                        format!("parentSourcedId names \"{}\", which is in no file of this bundle and not in the directory", quoted(parent_id)),
+                        format!(
+                            "parentSourcedId names \"{}\", which is in no file of this bundle and not in the directory",
+                            quoted(parent_id)
+                        ),
                     ))
                 } else {
                     None
@@ -483,8 +523,7 @@ impl Bundle {
             }
             known.get(id).map(|e| Ok(e.clone()))
         };
-        let classes: Option<HashSet<&str>> =
-            self.files.get("classes").map(|c| c.records().map(|(_, r)| c.get(r, "sourcedId")).collect());
+        let classes: Option<HashSet<&str>> = self.files.get("classes").map(|c| c.records().map(|(_, r)| c.get(r, "sourcedId")).collect());
         // Enrollments: each student's classes, each class's teachers (primary first).
         let mut student_classes: HashMap<&str, Vec<(u32, &str)>> = HashMap::new();
         let mut class_teachers: HashMap<&str, Vec<(bool, u32, &str)>> = HashMap::new();
@@ -516,13 +555,13 @@ impl Bundle {
         if !stray.is_empty() {
             warnings.push(format!(
                 "{}: students not in users.csv, so those enrollments were not applied (rosterdrop applies a student's enrollments with the student's users.csv record)",
-                lines("enrollments", stray)
+                lines_upto("enrollments", stray, 10)
             ));
         }
         if !unknown_teachers.is_empty() {
             warnings.push(format!(
                 "{}: teachers in no file of the bundle and not in the directory, so those enrollments give no Instructor",
-                lines("enrollments", unknown_teachers)
+                lines_upto("enrollments", unknown_teachers, 10)
             ));
         }
         let (mut several_orgs, mut several_teachers) = (0u32, 0u32);
@@ -559,9 +598,7 @@ impl Bundle {
             };
             if !delta && verdict.is_none() && (deleted || enabled == "false") {
                 let why = if deleted { "status tobedeleted" } else { "enabledUser is false" };
-                verdict = Some(Verdict::skip(format!(
-                    "{why} in a bulk bundle: left out of the list, so the user is disabled if active"
-                )));
+                verdict = Some(Verdict::skip(format!("{why} in a bulk bundle: left out of the list, so the user is disabled if active")));
             }
             if email.is_empty()
                 && (deleted || enabled == "false")
@@ -606,14 +643,32 @@ impl Bundle {
                             None => fail(
                                 &mut verdict,
                                 "agentSourcedIds",
-                                format!("agentSourcedIds names \"{}\", which is in no file of this bundle and not in the directory", quoted(agent)),
+                                format!(
+                                    "agentSourcedIds names \"{}\", which is in no file of this bundle and not in the directory",
+                                    quoted(agent)
+                                ),
                             ),
-                            Some(Ok(e)) if parent.is_empty() => {
-                                let is_parent = by_id.get(agent).is_none_or(|a| is_parent_role(&role_of(agent, a.cells).0));
-                                if is_parent {
-                                    parent = e;
+                            Some(Ok(e)) if parent.is_empty() => match by_id.get(agent) {
+                                None => parent = e,
+                                Some(a) => {
+                                    let role = role_of(agent, a.cells).0;
+                                    if is_parent_role(&role) {
+                                        parent = e;
+                                    } else if let Err(why) = user_type(&role) {
+                                        // The guardian's own record fails: so does the student, rather
+                                        // than being created without the guardian it names.
+                                        fail(
+                                            &mut verdict,
+                                            "agentSourcedIds",
+                                            format!(
+                                                "guardian \"{}\" (users.csv line {}) cannot be created ({why}); fix that record",
+                                                quoted(agent),
+                                                a.line
+                                            ),
+                                        );
+                                    }
                                 }
-                            }
+                            },
                             Some(Err(why)) => reasons.push(why),
                             Some(Ok(_)) => {}
                         }
@@ -623,7 +678,9 @@ impl Bundle {
                         fail(
                             &mut verdict,
                             "agentSourcedIds",
-                            format!("a student without email needs a guardian with one: add the guardian's sourcedId to agentSourcedIds{why}"),
+                            format!(
+                                "a student without email needs a guardian with one: add the guardian's sourcedId to agentSourcedIds{why}"
+                            ),
                         );
                     }
                     // Instructor: the first teacher, primary first, of the student's classes in order.
@@ -763,6 +820,9 @@ pub(crate) mod tests {
         zip_of(&refs)
     }
 
+    /// A bundle's files as (name, text), for a test to change.
+    pub type Files = Vec<(String, String)>;
+
     pub fn edit(files: &mut [(String, String)], name: &str, f: impl Fn(&str) -> String) {
         let text = &mut files.iter_mut().find(|(n, _)| n == name).unwrap().1;
         *text = f(text);
@@ -827,9 +887,11 @@ pub(crate) mod tests {
     fn bulk_is_replace_delta_is_upsert_and_tobedeleted_deletes_in_a_delta() {
         let delta = |files: &mut Vec<(String, String)>| {
             edit(files, "manifest.csv", |t| t.replace(",bulk", ",delta"));
-            edit(files, "users.csv", |t| t.replace("usr-st3,,,true", "usr-st3,tobedeleted,,true").replace("usr-t2,,,true", "usr-t2,,,false"));
+            edit(files, "users.csv", |t| {
+                t.replace("usr-st3,,,true", "usr-st3,tobedeleted,,true").replace("usr-t2,,,true", "usr-t2,,,false")
+            });
         };
-        let b = |name, change: &dyn Fn(&mut Vec<(String, String)>)| {
+        let b = |name, change: &dyn Fn(&mut Files)| {
             let entries = crate::ingest::decode::archive::read_files(
                 &mut std::io::Cursor::new(bundle(name, change)),
                 "",
@@ -862,12 +924,15 @@ pub(crate) mod tests {
         let p = prepare(
             &bundle("district-1.1", |f| {
                 edit(f, "users.csv", |t| {
-                    t.replace("org-s2,student,ohaddad", "org-s9,student,ohaddad")
-                        .replace(",usr-g2,07,", ",usr-nobody,07,")
-                        .replace("usr-t2,,,true,org-s2,teacher", "usr-t1,,,true,org-s2,teacher")
+                    t.replace("usr-t2,,,true,org-s2,teacher", "usr-t1,,,true,org-s2,teacher")
                         .replace("usr-g1,,,true,org-s1,guardian", "usr-g1,,,true,org-s1,administrator")
+                        .replace("org-s2,parent,lbrooks", "org-s9,parent,lbrooks")
+                        .replace(
+                            "omar.haddad@students.riverbend.example.org,,,usr-g2",
+                            "omar.haddad@students.riverbend.example.org,,,usr-nobody",
+                        )
                 });
-                edit(f, "enrollments.csv", |t| t.replace("enr-2,,,cls-1", "enr-2,,,cls-404"));
+                edit(f, "enrollments.csv", |t| t.replace("enr-6,,,cls-2", "enr-6,,,cls-404"));
             }),
             &tenant(),
             Mode::Upsert,
@@ -878,9 +943,11 @@ pub(crate) mod tests {
         };
         assert!(msg(3).contains("duplicate sourcedId \"usr-t1\": users.csv line 2"), "{}", msg(3));
         assert!(msg(4).contains("administrator role"), "{}", msg(4));
-        assert!(msg(6).contains("classSourcedId \"cls-404\" is not in classes.csv"), "{}", msg(6));
-        assert!(msg(8).contains("\"org-s9\" is in no file of this bundle"), "{}", msg(8));
-        assert!(msg(9).contains("\"usr-nobody\", which is in no file of this bundle and not in the directory"), "{}", msg(9));
+        assert!(msg(5).contains("\"org-s9\" is in no file of this bundle"), "{}", msg(5));
+        assert!(msg(6).starts_with("guardian \"usr-g1\" (users.csv line 4) cannot be created (role \"administrator\""), "{}", msg(6));
+        assert!(msg(8).contains("\"usr-nobody\", which is in no file of this bundle and not in the directory"), "{}", msg(8));
+        assert!(msg(9).contains("enrollments.csv line 7: classSourcedId \"cls-404\" is not in classes.csv"), "{}", msg(9));
+        assert_eq!(p.outcomes.len(), 7, "line 7 names the same guardian: {:#?}", p.outcomes);
     }
 
     #[test]
@@ -888,7 +955,9 @@ pub(crate) mod tests {
         let delta = bundle("district-1.1", |f| {
             edit(f, "manifest.csv", |t| t.replace("file.users,bulk", "file.users,delta").replace(",bulk", ",absent"));
             f.retain(|(n, _)| n == "manifest.csv" || n == "users.csv");
-            edit(f, "users.csv", |t| t.lines().filter(|l| !l.starts_with("usr-g") && !l.starts_with("usr-t")).collect::<Vec<_>>().join("\n"));
+            edit(f, "users.csv", |t| {
+                t.lines().filter(|l| !l.starts_with("usr-g") && !l.starts_with("usr-t")).collect::<Vec<_>>().join("\n")
+            });
         });
         let entries = crate::ingest::decode::archive::read_files(
             &mut std::io::Cursor::new(delta),
@@ -914,12 +983,23 @@ pub(crate) mod tests {
     #[test]
     fn bad_bundles_are_refused_with_what_to_fix() {
         let drop = |name: &'static str| move |f: &mut Vec<(String, String)>| f.retain(|(n, _)| n != name);
-        let cases: Vec<(Box<dyn Fn(&mut Vec<(String, String)>)>, &str)> = vec![
+        let cases: Vec<(Box<dyn Fn(&mut Files)>, &str)> = vec![
             (Box::new(drop("manifest.csv")), "no manifest.csv"),
             (Box::new(drop("users.csv")), "says users.csv is bulk, but the bundle has no users.csv"),
-            (Box::new(|f: &mut Vec<(String, String)>| edit(f, "manifest.csv", |t| t.replace("oneroster.version,1.1", "oneroster.version,1.0"))), "reads OneRoster 1.1 and 1.2"),
-            (Box::new(|f: &mut Vec<(String, String)>| edit(f, "manifest.csv", |t| t.replace("file.users,bulk", "file.users,sometimes"))), "absent, bulk or delta"),
-            (Box::new(|f: &mut Vec<(String, String)>| edit(f, "users.csv", |t| t.replacen("role,", "kind,", 1))), "users.csv has no role column"),
+            (
+                Box::new(|f: &mut Vec<(String, String)>| {
+                    edit(f, "manifest.csv", |t| t.replace("oneroster.version,1.1", "oneroster.version,1.0"))
+                }),
+                "reads OneRoster 1.1 and 1.2",
+            ),
+            (
+                Box::new(|f: &mut Vec<(String, String)>| edit(f, "manifest.csv", |t| t.replace("file.users,bulk", "file.users,sometimes"))),
+                "absent, bulk or delta",
+            ),
+            (
+                Box::new(|f: &mut Vec<(String, String)>| edit(f, "users.csv", |t| t.replacen("role,", "kind,", 1))),
+                "users.csv has no role column",
+            ),
             (Box::new(|f: &mut Vec<(String, String)>| f.push(("nested.zip".into(), "PK\u{3}\u{4}".into()))), "another archive"),
         ];
         for (change, says) in cases {
