@@ -822,6 +822,7 @@ pub(crate) mod tests {
 
     /// A bundle's files as (name, text), for a test to change.
     pub type Files = Vec<(String, String)>;
+    type Change = Box<dyn Fn(&mut Files)>;
 
     pub fn edit(files: &mut [(String, String)], name: &str, f: impl Fn(&str) -> String) {
         let text = &mut files.iter_mut().find(|(n, _)| n == name).unwrap().1;
@@ -983,7 +984,7 @@ pub(crate) mod tests {
     #[test]
     fn bad_bundles_are_refused_with_what_to_fix() {
         let drop = |name: &'static str| move |f: &mut Vec<(String, String)>| f.retain(|(n, _)| n != name);
-        let cases: Vec<(Box<dyn Fn(&mut Files)>, &str)> = vec![
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(drop("manifest.csv")), "no manifest.csv"),
             (Box::new(drop("users.csv")), "says users.csv is bulk, but the bundle has no users.csv"),
             (
