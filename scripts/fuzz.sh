@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${FUZZ_SECS:-600}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(decode text rows workbook results)
+[ ${#targets[@]} -gt 0 ] || targets=(decode text rows workbook results bundle)
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 export RUSTC_BOOTSTRAP=1

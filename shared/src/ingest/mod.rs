@@ -213,7 +213,15 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
             bundle_warnings = translated.warnings;
         }
     }
-    let mut ingested = match stream::prepare_file(&source, scratch.path(), stream::SPILL_IN_MEMORY, &tenant, mode, verdicts) {
+    // A strict template is the tenant's spreadsheet; a bundle's sheets are ours, made from a standard.
+    let relaxed;
+    let rows_tenant = if bundle.is_some() && tenant.strict_template {
+        relaxed = Tenant { strict_template: false, ..tenant.clone() };
+        &relaxed
+    } else {
+        &tenant
+    };
+    let mut ingested = match stream::prepare_file(&source, scratch.path(), stream::SPILL_IN_MEMORY, rows_tenant, mode, verdicts) {
         Ok(i) => i,
         Err(Stop::Refused(reason)) => return report::reject(svc, &job, Some(&tenant), &reason, &[]).await,
         Err(Stop::Io(e)) => return Err(Error::local("reading the roster", e)),

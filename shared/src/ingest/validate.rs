@@ -458,7 +458,8 @@ fn validate_row<'c, S: AsRef<str>>(
             let key = match (get(Field::Email), username) {
                 (Some(raw), _) => checked_email(raw).map_err(|m| fail_at("Email", m))?,
                 (None, Some(username)) => {
-                    if !associations.contains_key("parent") {
+                    // The guardian is needed to reach the user; ending an account needs none.
+                    if !associations.contains_key("parent") && !matches!(action, Action::Delete | Action::Disable) {
                         return Err(fail_at("Parent", {
                             let username = crate::wording::quoted(username);
                             format!("Username \"{username}\" has no Email, so the row needs a Parent (the parent's email)")
@@ -834,6 +835,13 @@ mod tests {
         let v = run("Email\na@x.com\nb@x.com\nA@X.com\n", Mode::Upsert);
         assert_eq!(v.ops.len(), 2);
         assert_eq!(message(&v, 4), "duplicate email: row 2 of this file already has a@x.com; only the first row is applied");
+    }
+
+    #[test]
+    fn a_user_known_by_username_is_deleted_or_disabled_without_naming_a_parent() {
+        let v = run("Email,Username,Action\n,kid1,Delete\n,kid2,Disable\n,kid3,Update\n", Mode::Upsert);
+        assert_eq!(v.ops.iter().map(|o| o.row).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(message(&v, 4), "Username \"kid3\" has no Email, so the row needs a Parent (the parent's email)");
     }
 
     #[test]

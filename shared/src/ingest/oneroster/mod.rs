@@ -142,7 +142,9 @@ impl Bundle {
     pub fn read(entries: Vec<Entry>) -> Result<Bundle, String> {
         let mut by_name: HashMap<String, Option<Table>> = HashMap::new();
         for e in entries {
-            by_name.insert(e.name.to_ascii_lowercase(), e.table);
+            if by_name.insert(e.name.to_ascii_lowercase(), e.table).is_some() {
+                return Err(format!("the bundle has two files named {} (names are compared without case)", quoted(&e.name)));
+            }
         }
         let manifest = by_name.remove("manifest.csv").flatten().ok_or("the bundle's manifest.csv is empty")?;
         let cols: Vec<String> = manifest.headers.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
@@ -305,15 +307,22 @@ impl Bundle {
             }
             for (_, r) in users.records() {
                 refs.extend(split_list(users.get(r, "agentSourcedIds")).map(str::to_string));
-                if users.get(r, "email").is_empty() {
-                    refs.push(users.get(r, "sourcedId").to_string());
-                }
             }
         }
         if let Some(e) = self.files.get("enrollments") {
             refs.extend(e.records().map(|(_, r)| e.get(r, "userSourcedId").to_string()));
         }
         let mut out: Vec<String> = refs.into_iter().filter(|r| !r.is_empty() && !defined.contains(r)).collect();
+        // A delta record deleting or disabling someone may carry the sourcedId alone.
+        if let Some(users) = self.files.get("users") {
+            out.extend(
+                users
+                    .records()
+                    .filter(|(_, r)| users.get(r, "email").is_empty())
+                    .map(|(_, r)| users.get(r, "sourcedId").to_string())
+                    .filter(|id| !id.is_empty()),
+            );
+        }
         out.sort_unstable();
         out.dedup();
         out
@@ -600,11 +609,29 @@ impl Bundle {
                 let why = if deleted { "status tobedeleted" } else { "enabledUser is false" };
                 verdict = Some(Verdict::skip(format!("{why} in a bulk bundle: left out of the list, so the user is disabled if active")));
             }
+            let mut username = username.to_string();
             if email.is_empty()
                 && (deleted || enabled == "false")
                 && let Some(e) = known.get(id)
             {
-                email = e.clone(); // a delta record deleting someone may carry the sourcedId alone
+                // A delta record deleting someone may carry the sourcedId alone; a student known
+                // by username is keyed `user:<username>`.
+                match e.strip_prefix("user:") {
+                    Some(u) => username = u.to_string(),
+                    None => email = e.clone(),
+                }
+            }
+            if action != "Upsert" && email.is_empty() && username.is_empty() {
+                fail(
+                    &mut verdict,
+                    "sourcedId",
+                    format!(
+                        "the record {} \"{}\" without its email, and no user of this tenant has that sourcedId; nothing to {}",
+                        if action == "Delete" { "deletes" } else { "disables" },
+                        quoted(id),
+                        action.to_lowercase()
+                    ),
+                );
             }
             let (mut kind, mut org, mut parent, mut instructor) = (String::new(), String::new(), String::new(), String::new());
             if action == "Upsert" {
@@ -716,7 +743,7 @@ impl Bundle {
                 kind,
                 action.to_string(),
                 email,
-                username.to_string(),
+                username,
                 ext,
                 users.get(r, "givenName").to_string(),
                 users.get(r, "familyName").to_string(),
@@ -732,13 +759,15 @@ impl Bundle {
             rows.push((n, row));
         }
         if several_orgs > 0 {
+            let who = if several_orgs == 1 { "1 user belongs".to_string() } else { format!("{several_orgs} users belong") };
             warnings.push(format!(
-                "{several_orgs} users belong to several organizations; each was given the first (1.2: the primary org), as a rosterdrop user has one"
+                "{who} to several organizations; each was given the first (1.2: the primary org), as a rosterdrop user has one"
             ));
         }
         if several_teachers > 0 {
+            let who = if several_teachers == 1 { "1 student has".to_string() } else { format!("{several_teachers} students have") };
             warnings.push(format!(
-                "{several_teachers} students have several teachers; each got the first primary teacher of their first class as Instructor, as a rosterdrop user has one"
+                "{who} several teachers; each got the first primary teacher of their first class as Instructor, as a rosterdrop user has one"
             ));
         }
         let headers = vec![
@@ -785,6 +814,10 @@ impl Translated {
             let at = t.header_row.saturating_sub(1);
             for (c, h) in t.headers.iter().enumerate() {
                 ws.write_string(at, c as u16, h).map_err(err)?;
+            }
+            if let Some((last, _)) = t.rows.last().filter(|(n, _)| *n > crate::ingest::decode::MAX_SHEET_ROWS) {
+                let name = t.sheet.as_deref().unwrap_or_default();
+                return Err(format!("{name} has a record on line {last}, more than a sheet can hold; split the bundle"));
             }
             for (n, cells) in &t.rows {
                 for (c, v) in cells.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
@@ -890,6 +923,7 @@ pub(crate) mod tests {
             edit(files, "manifest.csv", |t| t.replace(",bulk", ",delta"));
             edit(files, "users.csv", |t| {
                 t.replace("usr-st3,,,true", "usr-st3,tobedeleted,,true").replace("usr-t2,,,true", "usr-t2,,,false")
+                    + "usr-gone,tobedeleted,,,,,,,,,,,,,,,,\n"
             });
         };
         let b = |name, change: &dyn Fn(&mut Files)| {
@@ -909,6 +943,8 @@ pub(crate) mod tests {
         let p = prepare(&bundle("district-1.1", delta), &tenant(), Mode::Upsert).unwrap();
         assert_eq!(user(&p.ops, "usr-st3").action, Action::Delete);
         assert_eq!(user(&p.ops, "usr-t2").action, Action::Disable);
+        let gone = p.outcomes.iter().find(|o| o.row == row_id(1, 10)).unwrap();
+        assert!(gone.message.contains("deletes \"usr-gone\" without its email, and no user of this tenant has that sourcedId"), "{gone:?}");
         // In a bulk bundle the same records are left out of the list (replace disables them).
         let p = prepare(
             &bundle("district-1.1", |f| edit(f, "users.csv", |t| t.replace("usr-st3,,,true", "usr-st3,tobedeleted,,true"))),
@@ -968,7 +1004,7 @@ pub(crate) mod tests {
         .unwrap();
         let b = Bundle::read(entries).unwrap();
         assert_eq!(b.outside_orgs(), vec!["org-s1", "org-s2"]);
-        assert_eq!(b.outside_users(), vec!["usr-g1", "usr-g2"]);
+        assert_eq!(b.outside_users(), vec!["usr-g1", "usr-g2", "usr-st2", "usr-st4"], "guardians, and users without email");
         let users = HashMap::from([("usr-g1".to_string(), "pat.nguyen@home.example.net".to_string())]);
         let orgs = HashMap::from([("org-s1".to_string(), "Alder Elementary".to_string())]);
         let t = b.translate(&users, &orgs, "ExternalId");
