@@ -273,6 +273,7 @@ fn run_case(case: &str, file: &Path) -> usize {
                 &tenant,
                 shared::model::Mode::Upsert,
                 Default::default(),
+                Default::default(),
             )
             .unwrap();
             assert_eq!(ing.sink.outcome_count, 0, "synthetic rows are valid");

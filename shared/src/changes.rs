@@ -34,7 +34,7 @@ pub fn describe(op: &RowOp, stored: Option<&User>, change: Change) -> String {
     let (Target::User { fields, .. }, Some(user)) = (&op.target, stored) else { return String::new() };
     let mut parts: Vec<String> = Vec::new();
     match change {
-        Change::Created | Change::Unchanged => {}
+        Change::Created | Change::Unchanged | Change::Read => {}
         Change::Deleted => parts.push(status(user.status, "deleted")),
         Change::Disabled => {
             if user.status != UserStatus::Disabled {
@@ -143,13 +143,16 @@ pub struct ChangeCounts {
 
 impl ChangeCounts {
     pub fn add(&mut self, change: Change) {
+        if change == Change::Read {
+            return;
+        }
         *match change {
             Change::Created => &mut self.created,
             Change::Updated => &mut self.updated,
             Change::Unchanged => &mut self.unchanged,
             Change::Deleted => &mut self.deleted,
             Change::Disabled => &mut self.disabled,
-            Change::Enabled => &mut self.enabled,
+            Change::Enabled | Change::Read => &mut self.enabled,
         } += 1;
     }
 

@@ -830,6 +830,9 @@ pub enum Change {
     Deleted,
     Disabled,
     Enabled,
+    /// Not a write: a OneRoster record (an enrollment, a role, a class) read into the rows it
+    /// names. Shown on its own row of the result, not counted as a row.
+    Read,
 }
 
 impl Change {
@@ -842,6 +845,7 @@ impl Change {
             Change::Deleted => "Deleted",
             Change::Disabled => "Disabled",
             Change::Enabled => "Enabled",
+            Change::Read => "Read",
         }
     }
 }

@@ -117,6 +117,15 @@ async fn a_1_1_district_bundle_creates_every_user_with_its_type_school_and_assoc
     assert_eq!(users[5][status], "Created");
     let records = users[0].iter().position(|h| h == "OneRosterRecords").unwrap();
     assert_eq!(users[5][records], "users.csv line 6; enrollments.csv lines 2, 3");
+    // Enrollments and classes have their rows too, each saying what it was read into.
+    let sheets: Vec<&str> = result.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(sheets, ["orgs.csv", "users.csv", "classes.csv", "enrollments.csv"]);
+    let enrollments = &result[3].1;
+    assert_eq!(enrollments.len(), 7, "header and six records");
+    assert_eq!(
+        enrollments[2][1..3],
+        ["Read".to_string(), "student \"usr-st1\" in class \"cls-1\": read with users.csv line 6".to_string()]
+    );
     stack.shutdown().await;
 }
 

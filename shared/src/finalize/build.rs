@@ -197,7 +197,8 @@ impl TableVisitor for Builder<'_> {
         line.push(&outcome.message);
         line.push(&outcome.changes);
         line.push(outcome.user_id.as_deref().unwrap_or(""));
-        let changes = outcome.status == Status::Success && outcome.change.is_some_and(|c| c != crate::model::Change::Unchanged);
+        let changes = outcome.status == Status::Success
+            && outcome.change.is_some_and(|c| !matches!(c, crate::model::Change::Unchanged | crate::model::Change::Read));
         if self.flavour != Flavour::Preview || changes {
             self.result.as_mut().map(|f| f.row(&line)).transpose()?;
         }

@@ -96,6 +96,10 @@ pub struct Digest {
 
 impl Digest {
     pub fn add(&mut self, o: &Outcome) {
+        // A OneRoster record read into other rows: its own row in the result, not a row applied.
+        if o.change == Some(crate::model::Change::Read) {
+            return;
+        }
         self.rows += 1;
         self.counts.add_outcome(o);
         let action = o.action.map(|a| a.to_string()).unwrap_or_else(|| "(invalid Type or Action)".into());

@@ -56,12 +56,12 @@ pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, St
         },
         _ => None,
     };
-    let (bytes, mode, verdicts, bundle_warnings) = match &bundle {
-        Some((xlsx, t, m)) => (xlsx.as_slice(), *m, t.verdicts.clone(), t.warnings.clone()),
-        None => (bytes, mode, Default::default(), Vec::new()),
+    let (bytes, mode, verdicts, context, bundle_warnings) = match &bundle {
+        Some((xlsx, t, m)) => (xlsx.as_slice(), *m, t.verdicts.clone(), t.context.clone(), t.warnings.clone()),
+        None => (bytes, mode, Default::default(), Default::default(), Vec::new()),
     };
     let tables = sheets::tables(bytes).map_err(|e| e.to_string())?;
-    let mut ingester = Ingester::new(tenant, mode, Collected::default()).with_verdicts(verdicts);
+    let mut ingester = Ingester::new(tenant, mode, Collected::default()).with_verdicts(verdicts, context);
     ingester.warnings = bundle_warnings;
     let reason = |s: Stop| match s {
         Stop::Refused(reason) => reason,
@@ -199,7 +199,7 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
     }
     // A OneRoster bundle is read whole (bounded) and becomes the workbook read from here on.
     let (mut mode, mut source, mut bundle) = (mode, source, None);
-    let mut verdicts = Default::default();
+    let (mut verdicts, mut context) = Default::default();
     let mut bundle_warnings = Vec::new();
     match read_bundle(svc, &tenant, &source, key.mode.clone().ok().flatten()).await? {
         BundleRead::NotABundle => {}
@@ -210,6 +210,7 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
             bundle = Some(std::mem::replace(&mut source, book));
             mode = m;
             verdicts = translated.verdicts;
+            context = translated.context;
             bundle_warnings = translated.warnings;
         }
     }
@@ -221,7 +222,7 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
     } else {
         &tenant
     };
-    let mut ingested = match stream::prepare_file(&source, scratch.path(), stream::SPILL_IN_MEMORY, rows_tenant, mode, verdicts) {
+    let mut ingested = match stream::prepare_file(&source, scratch.path(), stream::SPILL_IN_MEMORY, rows_tenant, mode, verdicts, context) {
         Ok(i) => i,
         Err(Stop::Refused(reason)) => return report::reject(svc, &job, Some(&tenant), &reason, &[]).await,
         Err(Stop::Io(e)) => return Err(Error::local("reading the roster", e)),

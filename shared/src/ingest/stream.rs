@@ -54,6 +54,9 @@ pub struct Ingester<'t, K> {
     pub sink: K,
     /// Outcomes decided before validation, by row id (a OneRoster bundle's own verdicts).
     pub verdicts: std::collections::HashMap<u32, Verdict>,
+    /// Sheets whose rows are all decided before validation (a bundle's enrollments, roles and
+    /// classes): their headers are not roster columns.
+    pub context: std::collections::HashSet<String>,
 }
 
 impl<'t, K: OpSink> Ingester<'t, K> {
@@ -66,12 +69,14 @@ impl<'t, K: OpSink> Ingester<'t, K> {
             rows: 0,
             sink,
             verdicts: Default::default(),
+            context: Default::default(),
         }
     }
 
     /// Outcomes decided before validation (a OneRoster bundle's verdicts), by row id.
-    pub fn with_verdicts(mut self, verdicts: std::collections::HashMap<u32, Verdict>) -> Self {
+    pub fn with_verdicts(mut self, verdicts: std::collections::HashMap<u32, Verdict>, context: std::collections::HashSet<String>) -> Self {
         self.verdicts = verdicts;
+        self.context = context;
         self
     }
 
@@ -94,6 +99,11 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
     }
 
     fn table(&mut self, head: TableHead) -> Result<(), Stop> {
+        if head.sheet.as_ref().is_some_and(|s| self.context.contains(s)) {
+            self.validator.start_table(&head);
+            self.current = Some((head, Mapping::default()));
+            return Ok(());
+        }
         let in_sheet = |msg: String| if head.several { format!("sheet \"{}\": {msg}", head.sheet.as_deref().unwrap_or("?")) } else { msg };
         let mapping = map_headers(&head.headers, self.tenant).map_err(|e| Stop::Refused(in_sheet(e)))?;
         self.warnings.extend(mapping.warnings.iter().map(|w| in_sheet(w.clone())));
@@ -107,6 +117,27 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
 
     fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Stop> {
         let Some((head, mapping)) = &self.current else { return Ok(()) };
+        let id = super::sheets::row_id(head.index, number);
+        if let Some(v) = self.verdicts.get(&id) {
+            self.rows += 1;
+            // A refused user is still named (replace mode keeps them); a left-out one is not.
+            if v.status == Status::Failure {
+                self.validator.note_named(cells, mapping);
+            }
+            let outcome = Outcome {
+                row: id,
+                status: v.status,
+                column: v.column.clone(),
+                change: v.change,
+                ..Outcome::failure(id, None, v.message.clone())
+            };
+            return self.sink.outcome(outcome).map_err(Stop::Io);
+        }
+        if head.sheet.as_ref().is_some_and(|s| self.context.contains(s)) {
+            // A record of a file read into other rows has its verdict; a blank line has none.
+            self.rows += 1;
+            return self.sink.outcome(Outcome::skipped(id, "empty row")).map_err(Stop::Io);
+        }
         // A file of organizations needs no Email column; the first user row in one without
         // Email or Username rejects the file (each of its rows would fail "Email is empty").
         if !mapping.has(Field::Email) && !mapping.has(Field::Username) && super::validate::is_user_row(cells, mapping) {
@@ -121,14 +152,6 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
             }));
         }
         self.rows += 1;
-        if let Some(v) = self.verdicts.get(&super::sheets::row_id(head.index, number)) {
-            // A refused user is still named (replace mode keeps them); a left-out one is not.
-            if v.status == Status::Failure {
-                self.validator.note_named(cells, mapping);
-            }
-            let outcome = Outcome { status: v.status, column: v.column.clone(), ..Outcome::failure(0, None, v.message.clone()) };
-            return self.sink.outcome(Outcome { row: super::sheets::row_id(head.index, number), ..outcome }).map_err(Stop::Io);
-        }
         // A CSV file we wrote (our Message column) had formulas neutralised with a leading
         // apostrophe: taken off, so the fix-and-drop-again loop stores the original values.
         if !head.format.is_spreadsheet() && mapping.has(Field::Message) {
@@ -418,8 +441,9 @@ pub fn prepare_file<'t>(
     tenant: &'t Tenant,
     mode: Mode,
     verdicts: std::collections::HashMap<u32, Verdict>,
+    context: std::collections::HashSet<String>,
 ) -> Result<Ingester<'t, Spill>, Stop> {
-    let mut ingester = Ingester::new(tenant, mode, Spill::create(scratch, memory_budget)).with_verdicts(verdicts);
+    let mut ingester = Ingester::new(tenant, mode, Spill::create(scratch, memory_budget)).with_verdicts(verdicts, context);
     let mut file = BufReader::with_capacity(1 << 16, File::open(source).map_err(Stop::Io)?);
     decode::read(&mut file, &mut ingester)?;
     ingester.finish()?;
@@ -522,8 +546,8 @@ mod tests {
         let source = dir.path().join("source");
         std::fs::write(&source, bytes).unwrap();
         let t = tenant();
-        let ing =
-            prepare_file(&source, dir.path(), memory_budget, &t, Mode::Upsert, Default::default()).unwrap_or_else(|e| panic!("{e:?}"));
+        let ing = prepare_file(&source, dir.path(), memory_budget, &t, Mode::Upsert, Default::default(), Default::default())
+            .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(ing.sink.on_disk(), memory_budget < SPILL_IN_MEMORY);
         let spilled: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -611,7 +635,7 @@ mod tests {
             (b"Email,Name\na@x.com,\"open\n", "never closed"),
         ] {
             std::fs::write(&source, bytes).unwrap();
-            match prepare_file(&source, dir.path(), SPILL_IN_MEMORY, &t, Mode::Upsert, Default::default()) {
+            match prepare_file(&source, dir.path(), SPILL_IN_MEMORY, &t, Mode::Upsert, Default::default(), Default::default()) {
                 Err(Stop::Refused(r)) => assert!(r.contains(reason), "{r}"),
                 other => panic!("expected a refusal, got {:?}", other.map(|i| i.rows)),
             }

@@ -125,12 +125,16 @@ mod tests {
         assert_eq!((summary.counts.success, summary.counts.failure), (7, 4), "{summary:?}");
         assert_eq!(summary.mode, "replace", "a bulk bundle is the whole list");
         let result = sheets(&kit.svc.store.get(summary.result_key.as_ref().unwrap()).await.unwrap().unwrap());
-        assert_eq!(result.iter().map(|t| t.sheet.clone().unwrap()).collect::<Vec<_>>(), ["orgs.csv", "users.csv", "Problems"]);
+        assert_eq!(
+            result.iter().map(|t| t.sheet.clone().unwrap()).collect::<Vec<_>>(),
+            ["orgs.csv", "users.csv", "classes.csv", "enrollments.csv", "Problems"]
+        );
         assert_eq!(status_of(&result[0], 3).0, "Created");
         let (status, message) = status_of(&result[1], 4);
         assert_eq!(status, "Failure");
         assert!(message.contains("administrator role"), "{message}");
         assert!(status_of(&result[1], 8).1.contains("\"org-s9\" is in no file of this bundle"));
+        assert_eq!(status_of(&result[3], 6), ("Read".into(), "student \"usr-st3\" in class \"cls-2\": read with users.csv line 8".into()));
 
         let key = summary.failed_rows_key.clone().unwrap();
         assert!(key.ends_with("district-failed-records.zip"), "{key}");

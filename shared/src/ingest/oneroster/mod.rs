@@ -335,6 +335,8 @@ pub struct Verdict {
     pub status: Status,
     pub column: Option<String>,
     pub message: String,
+    /// `Change::Read` for a record read into the rows it names.
+    pub change: Option<crate::model::Change>,
 }
 
 fn fail(verdict: &mut Option<Verdict>, column: &str, message: String) {
@@ -343,10 +345,13 @@ fn fail(verdict: &mut Option<Verdict>, column: &str, message: String) {
 
 impl Verdict {
     fn fail(column: &str, message: String) -> Self {
-        Verdict { status: Status::Failure, column: Some(column.into()), message }
+        Verdict { status: Status::Failure, column: Some(column.into()), message, change: None }
     }
     fn skip(message: String) -> Self {
-        Verdict { status: Status::Skipped, column: None, message }
+        Verdict { status: Status::Skipped, column: None, message, change: None }
+    }
+    fn read(message: String) -> Self {
+        Verdict { status: Status::Success, column: None, message, change: Some(crate::model::Change::Read) }
     }
 }
 
@@ -357,6 +362,9 @@ pub struct Translated {
     pub tables: Vec<Table>,
     pub verdicts: HashMap<u32, Verdict>,
     pub warnings: Vec<String>,
+    /// The sheets of records read into other rows (`roles.csv`, `classes.csv`, `enrollments.csv`):
+    /// every row has its verdict, and their headers are not roster columns.
+    pub context: HashSet<String>,
 }
 
 /// The column listing the OneRoster records a row was built from.
@@ -484,7 +492,7 @@ impl Bundle {
         }
 
         let Some(users) = self.files.get("users") else {
-            return Translated { tables, verdicts, warnings };
+            return Translated { tables, verdicts, warnings, context: HashSet::new() };
         };
         let index = tables.len() as u32;
         let mut by_id: HashMap<&str, UserRec> = HashMap::new();
@@ -785,7 +793,67 @@ impl Bundle {
             RECORDS,
         ];
         tables.push(sheet("users", users, index, headers, rows));
-        Translated { tables, verdicts, warnings }
+
+        // Records read into other rows: each on its own row, saying what it was read into.
+        let mut context = HashSet::new();
+        let line_of = |id: &str| by_id.get(id).map(|u| u.line);
+        let mut add = |tables: &mut Vec<Table>, name: &'static str, file: &File, decide: &dyn Fn(u32, &[String]) -> Verdict| {
+            let index = tables.len() as u32;
+            let mut rows = Vec::new();
+            for (n, r) in file.records() {
+                verdicts.insert(row_id(index, n), decide(n, r));
+                rows.push((n, vec![lines(name, vec![n])]));
+            }
+            context.insert(format!("{name}.csv"));
+            tables.push(sheet(name, file, index, vec![RECORDS], rows));
+        };
+        if let Some(f) = self.files.get("roles") {
+            add(&mut tables, "roles", f, &|_, r| {
+                let user = f.get(r, "userSourcedId");
+                match line_of(user) {
+                    _ if status_of(f, r) == "tobedeleted" => Verdict::skip("status tobedeleted: not read".into()),
+                    Some(line) => Verdict::read(format!("role \"{}\" of users.csv line {line}", quoted(f.get(r, "role")))),
+                    None => Verdict::skip(format!("user \"{}\" is not in users.csv: not read", quoted(user))),
+                }
+            });
+        }
+        if let Some(f) = self.files.get("classes") {
+            let mut named: HashMap<&str, Vec<u32>> = HashMap::new();
+            if let Some(e) = self.files.get("enrollments") {
+                for (n, r) in e.records() {
+                    named.entry(e.get(r, "classSourcedId")).or_default().push(n);
+                }
+            }
+            add(&mut tables, "classes", f, &|_, r| match named.get(f.get(r, "sourcedId")) {
+                Some(ns) => Verdict::read(format!("read with {}", lines("enrollments", ns.clone()))),
+                None => Verdict::skip("no enrollment names this class: not read".into()),
+            });
+        }
+        if let Some(f) = self.files.get("enrollments") {
+            add(&mut tables, "enrollments", f, &|_, r| {
+                let (user, class, role) = (f.get(r, "userSourcedId"), f.get(r, "classSourcedId"), f.get(r, "role").to_ascii_lowercase());
+                let (user, class) = (quoted(user), quoted(class));
+                match role.as_str() {
+                    _ if status_of(f, r) == "tobedeleted" => {
+                        Verdict::skip("status tobedeleted: not read (an Instructor given stays until a record gives another)".into())
+                    }
+                    "student" => match line_of(f.get(r, "userSourcedId")) {
+                        Some(line) => Verdict::read(format!("student \"{user}\" in class \"{class}\": read with users.csv line {line}")),
+                        None => Verdict::skip(format!("student \"{user}\" is not in users.csv, so this enrollment was not applied")),
+                    },
+                    "teacher" if line_of(f.get(r, "userSourcedId")).is_some() || known.contains_key(f.get(r, "userSourcedId")) => {
+                        Verdict::read(format!("teacher \"{user}\" of class \"{class}\": read as its students' Instructor"))
+                    }
+                    "teacher" => Verdict::skip(format!(
+                        "teacher \"{user}\" is in no file of this bundle and not in the directory, so this enrollment gives no Instructor"
+                    )),
+                    other => {
+                        Verdict::skip(format!("role \"{}\": not read (rosterdrop reads student and teacher enrollments)", quoted(other)))
+                    }
+                }
+            });
+        }
+        Translated { tables, verdicts, warnings, context }
     }
 }
 
@@ -882,7 +950,12 @@ pub(crate) mod tests {
     #[test]
     fn a_1_1_district_bundle_becomes_orgs_and_users_with_types_organizations_and_associations() {
         let p = prepare(&bundle("district-1.1", |_| {}), &tenant(), Mode::Upsert).unwrap();
-        assert!(p.outcomes.is_empty(), "{:#?}", p.outcomes);
+        assert!(p.outcomes.iter().all(|o| o.change == Some(crate::model::Change::Read)), "{:#?}", p.outcomes);
+        // Every enrollment and class has its row, saying what it was read into.
+        let read = |sheet: u32, line: u32| p.outcomes.iter().find(|o| o.row == row_id(sheet, line)).map(|o| o.message.clone()).unwrap();
+        assert_eq!(read(3, 3), "student \"usr-st1\" in class \"cls-1\": read with users.csv line 6");
+        assert_eq!(read(3, 2), "teacher \"usr-t1\" of class \"cls-1\": read as its students' Instructor");
+        assert_eq!(read(2, 2), "read with enrollments.csv lines 2, 3, 4");
         let orgs: Vec<&RowOp> = p.ops.iter().filter(|o| matches!(o.target, Target::Org { .. })).collect();
         assert_eq!(orgs.len(), 3);
         assert_eq!(p.ops.len(), 3 + 8);
@@ -907,7 +980,7 @@ pub(crate) mod tests {
     #[test]
     fn a_1_2_bundle_takes_roles_from_roles_csv_and_the_primary_teacher_first() {
         let p = prepare(&bundle("district-1.2", |_| {}), &tenant(), Mode::Upsert).unwrap();
-        assert!(p.outcomes.is_empty(), "{:#?}", p.outcomes);
+        assert!(p.outcomes.iter().all(|o| o.change == Some(crate::model::Change::Read)), "{:#?}", p.outcomes);
         let (_, s1) = fields(user(&p.ops, "cv-s1"));
         assert_eq!(s1.user_type.as_deref(), Some("Student"));
         assert_eq!(s1.org.as_deref(), Some("East Cedar School"));
@@ -984,7 +1057,12 @@ pub(crate) mod tests {
         assert!(msg(6).starts_with("guardian \"usr-g1\" (users.csv line 4) cannot be created (role \"administrator\""), "{}", msg(6));
         assert!(msg(8).contains("\"usr-nobody\", which is in no file of this bundle and not in the directory"), "{}", msg(8));
         assert!(msg(9).contains("enrollments.csv line 7: classSourcedId \"cls-404\" is not in classes.csv"), "{}", msg(9));
-        assert_eq!(p.outcomes.len(), 7, "line 7 names the same guardian: {:#?}", p.outcomes);
+        assert_eq!(
+            p.outcomes.iter().filter(|o| o.status == Status::Failure).count(),
+            7,
+            "line 7 names the same guardian: {:#?}",
+            p.outcomes
+        );
     }
 
     #[test]
