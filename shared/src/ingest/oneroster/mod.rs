@@ -281,6 +281,12 @@ impl Bundle {
             defined.extend(orgs.records().map(|(_, r)| orgs.get(r, "sourcedId").to_string()));
             refs.extend(orgs.records().map(|(_, r)| orgs.get(r, "parentSourcedId").to_string()));
         }
+        let mut nameless = Vec::new();
+        if let Some(orgs) = self.files.get("orgs") {
+            // Deletions by sourcedId alone: their names are in the directory.
+            nameless
+                .extend(orgs.records().filter(|(_, r)| orgs.get(r, "name").is_empty()).map(|(_, r)| orgs.get(r, "sourcedId").to_string()));
+        }
         if let Some(users) = self.files.get("users") {
             for (_, r) in users.records() {
                 refs.push(users.get(r, "primaryOrgSourcedId").to_string());
@@ -291,6 +297,7 @@ impl Bundle {
             refs.extend(roles.records().map(|(_, r)| roles.get(r, "orgSourcedId").to_string()));
         }
         let mut out: Vec<String> = refs.into_iter().filter(|r| !r.is_empty() && !defined.contains(r)).collect();
+        out.extend(nameless.into_iter().filter(|id| !id.is_empty()));
         out.sort_unstable();
         out.dedup();
         out
@@ -444,9 +451,13 @@ impl Bundle {
             }
             for (n, r) in orgs.records() {
                 let id = orgs.get(r, "sourcedId");
-                let name = orgs.get(r, "name");
                 let status = status_of(orgs, r);
                 let action = if status == "tobedeleted" { "Delete" } else { "Upsert" };
+                // A delta record deleting an organization may carry its sourcedId alone.
+                let name = match orgs.get(r, "name") {
+                    "" if action == "Delete" => known_orgs.get(id).map_or("", String::as_str),
+                    name => name,
+                };
                 let parent_id = orgs.get(r, "parentSourcedId");
                 let parent = names.get(parent_id).map(|p| p.to_string()).or_else(|| known_orgs.get(parent_id).cloned());
                 let unknown_parent = !parent_id.is_empty() && parent.is_none() && action != "Delete";
@@ -464,6 +475,14 @@ impl Bundle {
                 } else if status == "tobedeleted" && !delta {
                     Some(Verdict::skip(
                         "status tobedeleted in a bulk bundle: not applied (organizations are deleted by a delta bundle)".into(),
+                    ))
+                } else if name.is_empty() && action == "Delete" {
+                    Some(Verdict::fail(
+                        "sourcedId",
+                        format!(
+                            "the record deletes \"{}\" without its name, and no organization of this tenant has that sourcedId",
+                            quoted(id)
+                        ),
                     ))
                 } else if name.is_empty() {
                     Some(Verdict::fail("name", format!("orgs.csv line {n} has no name; rosterdrop knows organizations by name")))
@@ -1093,6 +1112,30 @@ pub(crate) mod tests {
         assert!(!t.verdicts.contains_key(&row_id(0, 2)));
         // usr-st3 (line 4): neither its school nor its guardian is known anywhere.
         assert!(t.verdicts[&row_id(0, 4)].message.contains("\"org-s2\" is in no file of this bundle"), "{:?}", t.verdicts);
+    }
+
+    #[test]
+    fn a_delta_deleting_organizations_by_sourcedid_alone_finds_their_names_in_the_directory() {
+        let delta = bundle("district-1.1", |f| {
+            f.retain(|(n, _)| n == "manifest.csv" || n == "orgs.csv");
+            edit(f, "manifest.csv", |t| t.replace("file.orgs,bulk", "file.orgs,delta").replace(",bulk", ",absent"));
+            edit(f, "orgs.csv", |t| {
+                t.lines().take(1).map(|l| format!("{l}\n")).collect::<String>() + "org-s2,tobedeleted,,,,,\norg-s7,tobedeleted,,,,,\n"
+            });
+        });
+        let entries = crate::ingest::decode::archive::read_files(
+            &mut std::io::Cursor::new(delta),
+            "",
+            crate::ingest::decode::archive::MAX_ARCHIVE_BYTES,
+        )
+        .unwrap();
+        let b = Bundle::read(entries).unwrap();
+        assert_eq!(b.outside_orgs(), vec!["org-s2", "org-s7"]);
+        let orgs = HashMap::from([("org-s2".to_string(), "Birch Middle".to_string())]);
+        let t = b.translate(&HashMap::new(), &orgs, "ExternalId");
+        assert_eq!(t.tables[0].rows[0].1[..3], ["Org".to_string(), "Delete".into(), "Birch Middle".into()]);
+        assert!(!t.verdicts.contains_key(&row_id(0, 2)));
+        assert!(t.verdicts[&row_id(0, 3)].message.contains("deletes \"org-s7\" without its name, and no organization"), "{:?}", t.verdicts);
     }
 
     #[test]
