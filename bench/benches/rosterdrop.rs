@@ -4,6 +4,8 @@
 //!
 //! - ingest (parse + validate + chunk, one core, no network) beside the raw readers, each in its
 //!   own child process so its peak RSS is its own;
+//! - OneRoster bundles through ingest beside the csv crate reading the same entries, with peak RSS
+//!   per unzipped byte (what ingest's bundle limit is set from);
 //! - finalize (merge outcomes, write the result and failed-rows files) beside the csv crate
 //!   writing the same rows, each in its own child process, with its peak RSS;
 //! - apply against DynamoDB Local beside a raw load generator doing the same conditional PutItems
@@ -13,11 +15,11 @@
 //!   an event).
 //!
 //! Environment: `BENCH_ROWS` (default `10000,100000,1000000`), `BENCH_ONLY` (any of
-//! `ingest,finalize,apply,e2e,init`), `BENCH_FINALIZE_ROWS` (`100000,1000000`), `BENCH_REPEAT` (ingest rounds: 15, 7, 3 by size), `BENCH_CPU` (the core
+//! `ingest,oneroster,finalize,apply,e2e,init`), `BENCH_ONEROSTER_STUDENTS` (`20000,100000`), `BENCH_FINALIZE_ROWS` (`100000,1000000`), `BENCH_REPEAT` (ingest rounds: 15, 7, 3 by size), `BENCH_CPU` (the core
 //! ingest readers run on; calibrated otherwise), `BENCH_APPLY_ROWS` (20000), `BENCH_APPLY_ROUNDS`
 //! (3), `BENCH_E2E_ROWS` (100000).
 
-use bench::{HEADER, csv_file, peak_rss, row, xlsx_file, xlsx_sst_file};
+use bench::{HEADER, csv_file, oneroster_file, peak_rss, row, xlsx_file, xlsx_sst_file};
 use futures::StreamExt;
 use std::path::Path;
 use std::process::Command;
@@ -35,11 +37,14 @@ fn main() {
         let warm = std::env::var("BENCH_WARM").ok();
         return child(&case, Path::new(&file), warm.as_deref().map(Path::new));
     }
-    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "ingest,finalize,apply,e2e,init".into());
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "ingest,oneroster,finalize,apply,e2e,init".into());
     let wants = |part: &str| only.split(',').any(|p| p.trim() == part);
     println!("rosterdrop benchmarks, {} ({} cores; bench profile = release without LTO)", chrono::Utc::now().format("%Y-%m-%d"), cores());
     if wants("ingest") {
         ingest_table();
+    }
+    if wants("oneroster") {
+        oneroster_table();
     }
     if wants("finalize") {
         finalize_table();
@@ -313,7 +318,95 @@ fn run_case(case: &str, file: &Path) -> usize {
             assert!(files.failed.is_some());
             files.digest.rows as usize
         }
+        "bundle-raw" => {
+            // Every entry unzipped and parsed by the csv crate: the least any bundle reader does.
+            let mut zip = zip::ZipArchive::new(std::fs::File::open(file).unwrap()).unwrap();
+            let mut records = 0;
+            for i in 0..zip.len() {
+                let entry = zip.by_index(i).unwrap();
+                if entry.name().map_or(true, |n| n != "manifest.csv") {
+                    for record in csv::Reader::from_reader(entry).records() {
+                        record.unwrap();
+                        records += 1;
+                    }
+                }
+            }
+            records
+        }
+        "bundle-ingest" => {
+            // What ingest does with a bundle, the directory aside: read and translate it, write the
+            // workbook, and read, validate and chunk that as any roster.
+            use shared::ingest::{decode::archive, oneroster, stream};
+            let scratch = tempfile::tempdir().unwrap();
+            let mut f = std::io::BufReader::new(std::fs::File::open(file).unwrap());
+            let entries = archive::read_files(&mut f, "", archive::MAX_ARCHIVE_BYTES).unwrap();
+            let bundle = oneroster::Bundle::read(entries).unwrap();
+            let t = bundle.translate(&Default::default(), &Default::default(), "ExternalId");
+            let book = scratch.path().join("bundle.xlsx");
+            std::fs::write(&book, t.to_xlsx().unwrap()).unwrap();
+            // As ingest: the bundle and the translated tables are gone before the workbook is read.
+            drop(bundle);
+            let oneroster::Translated { verdicts, context, .. } = t;
+            let tenant = shared::model::Tenant::offline();
+            let ing = stream::prepare_file(
+                &book,
+                scratch.path(),
+                stream::SPILL_IN_MEMORY,
+                &tenant,
+                shared::model::Mode::Replace,
+                verdicts,
+                context,
+            )
+            .unwrap();
+            ing.rows as usize
+        }
         other => panic!("unknown case {other}"),
+    }
+}
+
+/// OneRoster bundles through ingest beside the csv crate reading the same entries, each in its own
+/// process: records/s, and peak memory per byte unzipped (the bundle is read whole, so ingest
+/// refuses one past a share of its memory: `ingest::read_bundle`).
+fn oneroster_table() {
+    let sizes: Vec<usize> = std::env::var("BENCH_ONEROSTER_STUDENTS")
+        .unwrap_or_else(|_| "20000,100000".into())
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    println!("\n## OneRoster bundles: ingest beside the csv crate over the same entries (each in its own process)");
+    let cpu = pick_cpu();
+    println!(
+        "{:<24} {:>9} {:>9} {:>9}  {:<30} {:>10} {:>8} {:>8} {:>12}",
+        "file", "students", "records", "unzip MB", "reader", "records/s", "vs raw", "peak MB", "peak/unzip"
+    );
+    for &n in &sizes {
+        let (file, warm) = (oneroster_file(n), oneroster_file(1_000));
+        let unzipped: u64 = {
+            let mut z = zip::ZipArchive::new(std::fs::File::open(&file).unwrap()).unwrap();
+            (0..z.len()).map(|i| z.by_index(i).unwrap().size()).sum()
+        };
+        let cases = [("bundle-raw", "csv crate, every entry"), ("bundle-ingest", "rosterdrop ingest")];
+        let rounds: Vec<Vec<Measured>> =
+            (0..3).map(|_| cases.iter().map(|(case, _)| measure_once(case, &file, &warm, cpu)).collect()).collect();
+        for (i, (_, label)) in cases.iter().enumerate() {
+            let runs: Vec<&Measured> = rounds.iter().map(|r| &r[i]).collect();
+            let best = runs.iter().min_by(|a, b| a.secs.total_cmp(&b.secs)).unwrap();
+            assert!(runs.iter().all(|m| m.rows == rounds[0][0].rows), "{label} has a row for every record");
+            let peak = runs.iter().map(|m| m.peak).max().unwrap_or(0) as f64;
+            let typical = median(rounds.iter().map(|r| r[0].secs / r[i].secs).collect());
+            println!(
+                "{:<24} {:>9} {:>9} {:>9.1}  {:<30} {:>10.0} {:>7.0}% {:>8.1} {:>12.1}",
+                file.file_name().unwrap().to_string_lossy(),
+                n,
+                best.rows,
+                unzipped as f64 / 1e6,
+                label,
+                best.rows as f64 / best.secs,
+                typical * 100.0,
+                peak / 1e6,
+                peak / unzipped as f64
+            );
+        }
     }
 }
 

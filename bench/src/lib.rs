@@ -98,3 +98,61 @@ pub fn peak_rss() -> u64 {
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
+
+/// `district-<students>.zip`: a OneRoster 1.1 bulk bundle of a district with 20 schools, a teacher
+/// and a class for every 25 students, a guardian for every 2 (a quarter of students without
+/// email), each student enrolled in one class with its teacher. Generated once and reused.
+pub fn oneroster_file(students: usize) -> PathBuf {
+    let path = data_dir().join(format!("district-{students}.zip"));
+    if path.exists() {
+        return path;
+    }
+    let classes = students.div_ceil(25);
+    let mut orgs = String::from("sourcedId,status,dateLastModified,name,type,identifier,parentSourcedId\nd,,,Bench District,district,D,\n");
+    for s in 0..20 {
+        orgs += &format!("s{s},,,School {s},school,S{s},d\n");
+    }
+    let mut users = String::from(
+        "sourcedId,status,dateLastModified,enabledUser,orgSourcedIds,role,username,userIds,givenName,familyName,middleName,identifier,email,sms,phone,agentSourcedIds,grades,password\n",
+    );
+    let mut class_file = String::from(
+        "sourcedId,status,dateLastModified,title,grades,courseSourcedId,classCode,classType,location,schoolSourcedId,termSourcedIds,subjects,subjectCodes,periods\n",
+    );
+    let mut enrollments =
+        String::from("sourcedId,status,dateLastModified,classSourcedId,schoolSourcedId,userSourcedId,role,primary,beginDate,endDate\n");
+    for c in 0..classes {
+        let school = c % 20;
+        users += &format!("t{c},,,true,s{school},teacher,t{c},,Teacher,Number{c},,T{c},teacher{c}@bench.example.org,,,,,\n");
+        class_file += &format!("c{c},,,Class {c},05,course{},C{c},scheduled,Room {},s{school},term,Science,,1\n", c % 40, c % 30);
+        enrollments += &format!("et{c},,,c{c},s{school},t{c},teacher,true,,\n");
+    }
+    for g in 0..students.div_ceil(2) {
+        users += &format!(
+            "g{g},,,true,s{},guardian,g{g},,Guardian,Number{g},,,guardian{g}@home.example.net,,555-01{:02},,,\n",
+            (g * 2 / 25) % 20,
+            g % 100
+        );
+    }
+    for i in 0..students {
+        let c = i / 25;
+        let email = if i % 4 == 3 { String::new() } else { format!("student{i}@students.bench.example.org") };
+        users += &format!("st{i},,,true,s{},student,st{i},,Student,Number{i},,S{i},{email},,,g{},05,\n", c % 20, i / 2);
+        enrollments += &format!("es{i},,,c{c},s{},st{i},student,false,,\n", c % 20);
+    }
+    let manifest = "propertyName,value\nmanifest.version,1.0\noneroster.version,1.1\nfile.orgs,bulk\nfile.users,bulk\nfile.classes,bulk\nfile.enrollments,bulk\n";
+    let tmp = path.with_extension("tmp");
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&tmp).expect("create"));
+    for (name, text) in [
+        ("manifest.csv", manifest),
+        ("orgs.csv", &orgs),
+        ("users.csv", &users),
+        ("classes.csv", &class_file),
+        ("enrollments.csv", &enrollments),
+    ] {
+        w.start_file(name, zip::write::SimpleFileOptions::default()).expect("zip entry");
+        w.write_all(text.as_bytes()).expect("write");
+    }
+    w.finish().expect("zip");
+    std::fs::rename(&tmp, &path).expect("rename");
+    path
+}

@@ -84,10 +84,10 @@ pub fn read_files<R: Read + Seek>(r: &mut R, folder: &str, limit: u64) -> Result
         let size = entry.size();
         if size > limit {
             return Err(FileError::Archive(format!(
-                "entry \"{}\" unzips to {} MB; a bundle's files may unzip to {} MB together",
+                "entry \"{}\" unzips to {}; a bundle's files may unzip to {} together here",
                 crate::wording::quoted(&name),
-                size.div_ceil(1 << 20),
-                limit >> 20
+                size_text(size),
+                size_text(limit)
             )));
         }
         total = total.saturating_add(size);
@@ -96,7 +96,11 @@ pub fn read_files<R: Read + Seek>(r: &mut R, folder: &str, limit: u64) -> Result
         }
     }
     if total > limit {
-        return Err(FileError::Archive(format!("unzips to {} MB; a bundle may unzip to {} MB", total.div_ceil(1 << 20), limit >> 20)));
+        return Err(FileError::Archive(format!(
+            "unzips to {}; a bundle may unzip to {} here: split it (by school, for example)",
+            size_text(total),
+            size_text(limit)
+        )));
     }
     let mut out = Vec::with_capacity(wanted.len());
     for (i, name, size) in wanted {
@@ -121,6 +125,11 @@ pub fn read_files<R: Read + Seek>(r: &mut R, folder: &str, limit: u64) -> Result
         out.push(Entry { name, table });
     }
     Ok(out)
+}
+
+/// "2 MB", or "356 KB" below a megabyte (rounded up: never "0 MB").
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 { format!("{} MB", bytes.div_ceil(1 << 20)) } else { format!("{} KB", bytes.div_ceil(1 << 10)) }
 }
 
 fn nested(name: &str) -> FileError {
@@ -172,7 +181,7 @@ pub(crate) mod tests {
         let big = vec![b'a'; 5000];
         let z = zip_of(&[("users.csv", &big)]);
         let e = read_files(&mut Cursor::new(&z), "", 4096).unwrap_err().to_string();
-        assert!(e.contains("unzips to 1 MB"), "{e}");
+        assert!(e.contains("unzips to 5 KB; a bundle's files may unzip to 4 KB together here"), "{e}");
     }
 
     #[test]

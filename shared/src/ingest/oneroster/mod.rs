@@ -895,8 +895,10 @@ impl Translated {
     pub fn to_xlsx(&self) -> Result<Vec<u8>, String> {
         let mut wb = rust_xlsxwriter::Workbook::new();
         for t in &self.tables {
-            let ws = wb.add_worksheet();
             let err = |e: rust_xlsxwriter::XlsxError| e.to_string();
+            // Rows go to a temporary file as they are written (rows come in order): the writer
+            // holds no cell, so the workbook costs nothing beside the tables it is made from.
+            let ws = wb.add_worksheet_with_constant_memory().map_err(err)?;
             ws.set_name(t.sheet.as_deref().unwrap_or("Sheet")).map_err(err)?;
             let at = t.header_row.saturating_sub(1);
             for (c, h) in t.headers.iter().enumerate() {
