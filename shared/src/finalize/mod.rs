@@ -118,6 +118,9 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
 
     let final_state = if stopped { JobState::Failed } else { JobState::Completed };
     let mut summary = summary_of(job, final_state, &files.digest, warnings);
+    if staged.bundle.is_some() {
+        summary.format = Some("OneRoster".into()); // not the workbook it was read as
+    }
     let prefix = keys::results_prefix(&job.tenant, &job_id);
     let mut uploaded = Vec::new();
     let files_and_slots =

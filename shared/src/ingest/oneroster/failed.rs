@@ -124,6 +124,7 @@ mod tests {
         // two students naming that guardian.
         assert_eq!((summary.counts.success, summary.counts.failure), (7, 4), "{summary:?}");
         assert_eq!(summary.mode, "replace", "a bulk bundle is the whole list");
+        assert_eq!(summary.format.as_deref(), Some("OneRoster"));
         let result = sheets(&kit.svc.store.get(summary.result_key.as_ref().unwrap()).await.unwrap().unwrap());
         assert_eq!(
             result.iter().map(|t| t.sheet.clone().unwrap()).collect::<Vec<_>>(),
