@@ -339,8 +339,7 @@ fn run_case(case: &str, file: &Path) -> usize {
             use shared::ingest::{decode::archive, oneroster, stream};
             let scratch = tempfile::tempdir().unwrap();
             let mut f = std::io::BufReader::new(std::fs::File::open(file).unwrap());
-            let entries = archive::read_files(&mut f, "", archive::MAX_ARCHIVE_BYTES).unwrap();
-            let bundle = oneroster::Bundle::read(entries).unwrap();
+            let bundle = oneroster::read_zip(&mut f, archive::MAX_ARCHIVE_BYTES).unwrap().unwrap();
             let t = bundle.translate(&Default::default(), &Default::default(), "ExternalId");
             let book = scratch.path().join("bundle.xlsx");
             std::fs::write(&book, t.to_xlsx().unwrap()).unwrap();

@@ -199,13 +199,9 @@ async fn download_inputs(svc: &Services, job_id: &str, dir: &Path) -> Result<(Pa
 fn failed_records(zip: &Path, failed_rows: &Built, dir: &Path, stem: &str) -> std::result::Result<Built, String> {
     use crate::ingest::{decode, oneroster};
     let mut file = std::io::BufReader::new(std::fs::File::open(zip).map_err(|e| e.to_string())?);
-    let names = match decode::archive::zip_kind(&mut file).map_err(|e| e.to_string())? {
-        decode::archive::ZipKind::Files(names) => names,
-        decode::archive::ZipKind::Workbook => return Err("the staged bundle is a workbook".into()),
-    };
-    let folder = oneroster::bundle_folder(&names).ok_or("the staged bundle has no manifest")?;
-    let entries = decode::archive::read_files(&mut file, &folder, decode::archive::MAX_ARCHIVE_BYTES).map_err(|e| e.to_string())?;
-    let bundle = oneroster::Bundle::read(entries)?;
+    let bundle = oneroster::read_zip(&mut file, decode::archive::MAX_ARCHIVE_BYTES)
+        .map_err(|e| e.to_string())?
+        .ok_or("the staged bundle is not a zip of files")?;
     let rows = decode::decode_all(&std::fs::read(&failed_rows.path).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     let bytes = oneroster::failed_bundle(&bundle, &rows)?;
     let name = format!("{stem}-failed-records.zip");

@@ -41,21 +41,15 @@ pub struct Prepared {
 /// Decode, map headers and validate; `Err` is the reason the whole file is rejected.
 pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, String> {
     // A OneRoster bundle: references outside it are unknown here (no directory to ask).
-    let mut cursor = std::io::Cursor::new(bytes);
-    let bundle = match decode::archive::zip_kind(&mut cursor) {
-        Ok(decode::archive::ZipKind::Files(names)) => match oneroster::bundle_folder(&names) {
-            Some(folder) => {
-                let entries =
-                    decode::archive::read_files(&mut cursor, &folder, decode::archive::MAX_ARCHIVE_BYTES).map_err(|e| e.to_string())?;
-                let bundle = oneroster::Bundle::read(entries)?;
+    let bundle =
+        match oneroster::read_zip(&mut std::io::Cursor::new(bytes), decode::archive::MAX_ARCHIVE_BYTES).map_err(|e| e.to_string())? {
+            Some(bundle) => {
                 let mode = bundle.mode(Some(mode))?;
                 let translated = bundle.translate(&Default::default(), &Default::default(), tenant.external_id_header());
                 Some((translated.to_xlsx()?, translated, mode))
             }
-            None => return Err(oneroster::lost_manifest(&names).unwrap_or_else(|| format!("the zip file {}", decode::NOT_A_WORKBOOK))),
-        },
-        _ => None,
-    };
+            None => None,
+        };
     let (bytes, mode, verdicts, context, bundle_warnings) = match &bundle {
         Some((xlsx, t, m)) => (xlsx.as_slice(), *m, t.verdicts.clone(), t.context.clone(), t.warnings.clone()),
         None => (bytes, mode, Default::default(), Default::default(), Vec::new()),
@@ -201,7 +195,10 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
     let (mut mode, mut source, mut bundle) = (mode, source, None);
     let (mut verdicts, mut context) = Default::default();
     let mut bundle_warnings = Vec::new();
-    match read_bundle(svc, &tenant, &source, key.mode.clone().ok().flatten()).await? {
+    // Only a zip can be a bundle: a CSV is not opened as one.
+    let read =
+        if spreadsheet { read_bundle(svc, &tenant, &source, key.mode.clone().ok().flatten()).await? } else { BundleRead::NotABundle };
+    match read {
         BundleRead::NotABundle => {}
         BundleRead::Refused(reason) => return report::reject(svc, &job, Some(&tenant), &reason, &[]).await,
         BundleRead::Read { xlsx, mode: m, translated } => {
@@ -319,22 +316,13 @@ enum BundleRead {
 async fn read_bundle(svc: &Services, tenant: &Tenant, path: &Path, folder: Option<Mode>) -> Result<BundleRead> {
     let local = |e: std::io::Error| Error::local("reading the bundle", e);
     let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(local)?);
-    let names = match decode::archive::zip_kind(&mut file) {
-        Ok(decode::archive::ZipKind::Files(names)) => names,
-        _ => return Ok(BundleRead::NotABundle),
-    };
-    let Some(folder_name) = oneroster::bundle_folder(&names) else {
-        return Ok(oneroster::lost_manifest(&names).map_or(BundleRead::NotABundle, BundleRead::Refused));
-    };
     let limit =
         svc.config.memory_mb.map_or(decode::archive::MAX_ARCHIVE_BYTES, |mb| mb * 1024 * 1024 / 100 * 85 / BUNDLE_PEAK_PER_UNZIPPED_BYTE);
-    let entries = match decode::archive::read_files(&mut file, &folder_name, limit) {
-        Ok(e) => e,
-        Err(e) => return Ok(BundleRead::Refused(format!("{e}; nothing was applied"))),
-    };
-    let bundle = match oneroster::Bundle::read(entries) {
-        Ok(b) => b,
-        Err(why) => return Ok(BundleRead::Refused(format!("{why}; nothing was applied"))),
+    let bundle = match oneroster::read_zip(&mut file, limit) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(BundleRead::NotABundle),
+        Err(oneroster::NotRead::NoBundle(why)) => return Ok(BundleRead::Refused(why)),
+        Err(oneroster::NotRead::Refused(why)) => return Ok(BundleRead::Refused(format!("{why}; nothing was applied"))),
     };
     let mode = match bundle.mode(folder) {
         Ok(m) => m,

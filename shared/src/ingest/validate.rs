@@ -838,6 +838,23 @@ mod tests {
     }
 
     #[test]
+    fn an_organization_keeps_its_id_and_parent_and_bad_ones_fail_the_row() {
+        let long_id = "x".repeat(129);
+        let v = run(
+            &format!("Type,OrgName,ExternalId,ParentOrg\nOrg,North,org-1,District\nOrg,South,,south\nOrg,East,{long_id},\n"),
+            Mode::Upsert,
+        );
+        match &v.ops[0].target {
+            Target::Org { external_id, parent, .. } => {
+                assert_eq!((external_id.as_deref(), parent.as_deref()), (Some("org-1"), Some("District")))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(message(&v, 3), "ParentOrg cannot be the organization itself");
+        assert!(message(&v, 4).contains("128"), "{}", message(&v, 4));
+    }
+
+    #[test]
     fn a_user_known_by_username_is_deleted_or_disabled_without_naming_a_parent() {
         let v = run("Email,Username,Action\n,kid1,Delete\n,kid2,Disable\n,kid3,Update\n", Mode::Upsert);
         assert_eq!(v.ops.iter().map(|o| o.row).collect::<Vec<_>>(), vec![2, 3]);

@@ -79,6 +79,39 @@ pub fn lost_manifest(names: &[String]) -> Option<String> {
     })
 }
 
+/// Why a zip of files was not read as a bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotRead {
+    /// No manifest: not a bundle at all (said so, in the user's terms).
+    NoBundle(String),
+    /// A bundle refused as a whole (its manifest, its entries, a column it lacks).
+    Refused(String),
+}
+
+impl std::fmt::Display for NotRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotRead::NoBundle(m) | NotRead::Refused(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The bundle a zip holds, its files unzipping to at most `limit` bytes: `Ok(None)` when the bytes
+/// are no zip of files (a workbook, or no zip at all: the table reader's to read).
+pub fn read_zip<R: std::io::Read + std::io::Seek>(r: &mut R, limit: u64) -> Result<Option<Bundle>, NotRead> {
+    use super::decode::archive::{ZipKind, read_files, zip_kind};
+    let names = match zip_kind(r) {
+        Ok(ZipKind::Files(names)) => names,
+        _ => return Ok(None),
+    };
+    let Some(folder) = bundle_folder(&names) else {
+        let why = lost_manifest(&names).unwrap_or_else(|| format!("the zip file {}", super::decode::NOT_A_WORKBOOK));
+        return Err(NotRead::NoBundle(why));
+    };
+    let entries = read_files(r, &folder, limit).map_err(|e| NotRead::Refused(e.to_string()))?;
+    Bundle::read(entries).map(Some).map_err(NotRead::Refused)
+}
+
 /// A record's column values by header name (OneRoster headers are case-sensitive; read here
 /// without case, since nothing else could be meant).
 struct File {
@@ -946,6 +979,11 @@ pub(crate) mod tests {
     pub type Files = Vec<(String, String)>;
     type Change = Box<dyn Fn(&mut Files)>;
 
+    /// The bundle a zip holds, read as ingest reads it.
+    fn read(zip: Vec<u8>) -> Bundle {
+        read_zip(&mut std::io::Cursor::new(zip), crate::ingest::decode::archive::MAX_ARCHIVE_BYTES).unwrap().unwrap()
+    }
+
     pub fn edit(files: &mut [(String, String)], name: &str, f: impl Fn(&str) -> String) {
         let text = &mut files.iter_mut().find(|(n, _)| n == name).unwrap().1;
         *text = f(text);
@@ -1020,15 +1058,7 @@ pub(crate) mod tests {
                     + "usr-gone,tobedeleted,,,,,,,,,,,,,,,,\n"
             });
         };
-        let b = |name, change: &dyn Fn(&mut Files)| {
-            let entries = crate::ingest::decode::archive::read_files(
-                &mut std::io::Cursor::new(bundle(name, change)),
-                "",
-                crate::ingest::decode::archive::MAX_ARCHIVE_BYTES,
-            )
-            .unwrap();
-            Bundle::read(entries).unwrap()
-        };
+        let b = |name, change: &dyn Fn(&mut Files)| read(bundle(name, change));
         assert_eq!(b("district-1.1", &|_| {}).mode(None).unwrap(), Mode::Replace);
         assert_eq!(b("district-1.1", &|_| {}).mode(Some(Mode::Upsert)).unwrap(), Mode::Upsert);
         assert!(b("district-1.1", &|_| {}).mode(Some(Mode::Add)).unwrap_err().contains("cannot go in the add folder"));
@@ -1095,13 +1125,7 @@ pub(crate) mod tests {
                 t.lines().filter(|l| !l.starts_with("usr-g") && !l.starts_with("usr-t")).collect::<Vec<_>>().join("\n")
             });
         });
-        let entries = crate::ingest::decode::archive::read_files(
-            &mut std::io::Cursor::new(delta),
-            "",
-            crate::ingest::decode::archive::MAX_ARCHIVE_BYTES,
-        )
-        .unwrap();
-        let b = Bundle::read(entries).unwrap();
+        let b = read(delta);
         assert_eq!(b.outside_orgs(), vec!["org-s1", "org-s2"]);
         assert_eq!(b.outside_users(), vec!["usr-g1", "usr-g2", "usr-st2", "usr-st4"], "guardians, and users without email");
         let users = HashMap::from([("usr-g1".to_string(), "pat.nguyen@home.example.net".to_string())]);
@@ -1125,13 +1149,7 @@ pub(crate) mod tests {
                 t.lines().take(1).map(|l| format!("{l}\n")).collect::<String>() + "org-s2,tobedeleted,,,,,\norg-s7,tobedeleted,,,,,\n"
             });
         });
-        let entries = crate::ingest::decode::archive::read_files(
-            &mut std::io::Cursor::new(delta),
-            "",
-            crate::ingest::decode::archive::MAX_ARCHIVE_BYTES,
-        )
-        .unwrap();
-        let b = Bundle::read(entries).unwrap();
+        let b = read(delta);
         assert_eq!(b.outside_orgs(), vec!["org-s2", "org-s7"]);
         let orgs = HashMap::from([("org-s2".to_string(), "Birch Middle".to_string())]);
         let t = b.translate(&HashMap::new(), &orgs, "ExternalId");
