@@ -8,7 +8,7 @@ use crate::keys;
 use crate::model::{
     Action, Before, Job, JobState, Kept, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, UndoEntry, User, UserStatus,
 };
-use crate::ports::{Directory, Licence, LicenceClaim, Recorded, Restored, Stamp, Write, Written};
+use crate::ports::{Directory, Licence, LicenceClaim, Recorded, Restored, Stamp, UsersRead, Write, Written};
 use crate::rules::{self, Attempted, Next};
 use crate::services::Services;
 use crate::wire::{jsonl, parse_jsonl};
@@ -117,6 +117,8 @@ struct Ctx<'a> {
     /// The chunk's users as stored before its writes, read in one batch: the licence hints and
     /// the unchanged rows are decided from it (the writes' conditions stay the authority).
     stored: HashMap<String, User>,
+    /// Users of the chunk a delete left behind, with its upload's order (`UsersRead::deleted`).
+    deleted: HashMap<String, String>,
     /// Email changes and ExternalId claims the rows need (`identity`).
     identity: crate::identity::Identities,
     /// (from, to) of the users this chunk moved: associations follow them once it is done.
@@ -154,8 +156,8 @@ fn users_to_read(ops: &[RowOp], all: bool) -> Vec<String> {
     emails
 }
 
-async fn read_users(svc: &Services, tenant: &str, emails: Vec<String>) -> Result<HashMap<String, User>> {
-    if emails.is_empty() { Ok(HashMap::new()) } else { svc.directory.users(tenant, &emails).await }
+async fn read_users(svc: &Services, tenant: &str, emails: Vec<String>) -> Result<UsersRead> {
+    if emails.is_empty() { Ok(UsersRead::default()) } else { svc.directory.read_users(tenant, &emails).await }
 }
 
 /// `apply_ops` with the rows that do not depend on the tenant's pool already read (`unpooled`).
@@ -165,7 +167,7 @@ async fn apply_read(
     tenant: &Tenant,
     mut ops: Vec<RowOp>,
     claim: &str,
-    unpooled: Option<HashMap<String, User>>,
+    unpooled: Option<UsersRead>,
     preview: Option<&'static str>,
 ) -> Result<(Vec<Outcome>, Vec<UndoEntry>)> {
     let dry_note = preview.or((job.mode == Some(Mode::Validate)).then_some(VALIDATE_NOTE));
@@ -175,15 +177,18 @@ async fn apply_read(
         Some(mut stored) if all => {
             let read: std::collections::HashSet<String> = users_to_read(&ops, false).into_iter().collect();
             let rest = users_to_read(&ops, true).into_iter().filter(|e| !read.contains(e)).collect();
-            stored.extend(read_users(svc, &tenant.id, rest).await?);
+            let more = read_users(svc, &tenant.id, rest).await?;
+            stored.live.extend(more.live);
+            stored.deleted.extend(more.deleted);
             stored
         }
         Some(stored) => stored,
     };
-    let mut stored = stored;
+    let UsersRead { live: mut stored, deleted } = stored;
     let identity = crate::identity::plan(svc, &tenant.id, &mut ops, &mut stored).await?;
     let ctx = Ctx {
         identity,
+        deleted,
         moved: Mutex::new(Vec::new()),
         stored,
         svc,
@@ -365,10 +370,13 @@ async fn reserve(ctx: &Ctx<'_>, ops: &[RowOp], claim: &str) -> Result<Pools> {
         // A user this very row created on an earlier attempt still counts as its taker.
         let token = Stamp { job: ctx.job.to_string(), row, at: String::new(), order: String::new() }.token();
         let ours = user.is_some_and(|u| u.created_by == token);
+        // A newer upload deleted the user: this row's write can only be refused (orders only
+        // grow), so it takes no licence, whichever attempt of the chunk writes first.
+        let gone_for_good = ctx.deleted.get(email).is_some_and(|order| order.as_str() > ctx.order);
         // A hint only: the write decides whether a licence is taken, and a row without one
         // never makes a user active.
         match action {
-            Action::Create | Action::Upsert if user.is_none() || ours => takers.push(row),
+            Action::Create | Action::Upsert if (user.is_none() && !gone_for_good) || ours => takers.push(row),
             Action::Enable if user.is_some_and(|u| u.status == UserStatus::Disabled) => takers.push(row),
             // An undo bringing back an active user whom the directory holds inactive (or not at all).
             Action::Restore
@@ -1293,6 +1301,36 @@ mod tests {
         let dir = &kit.svc.directory;
         assert_eq!(dir.user("acme", "a@acme.example.com").await.unwrap().unwrap().fields.department.as_deref(), Some("New"));
         assert_eq!(dir.user("acme", "b@acme.example.com").await.unwrap().unwrap().fields.department.as_deref(), Some("Old"));
+    }
+
+    /// A user a newer upload deleted is no taker for an older chunk applied late: its write can
+    /// only be refused, so the chunk reserves no licence for it and the pool is right whichever
+    /// attempt of a chunk delivered twice settles first (a repeated attempt cannot tell a refused
+    /// write from one whose licence a newer upload took away again).
+    #[tokio::test]
+    async fn an_older_chunk_reserves_no_licence_for_a_user_a_newer_upload_deleted() {
+        let mut kit = Kit::new(|t| {
+            t.chunk_size = Some(10);
+            t.licences = Some(10);
+        })
+        .await;
+        kit.run("base.csv", "Email\na@acme.example.com\n").await;
+        let old = kit.upload("old.csv", "Email,Department\na@acme.example.com,Old\nb@acme.example.com,Old\n");
+        kit.deliver(&old).await;
+        let waiting = kit.pending_chunks().await;
+        kit.run("new.csv", "Action,Email\nDelete,a@acme.example.com\n").await;
+        for chunk in &waiting {
+            kit.deliver(chunk).await;
+        }
+        kit.settle().await;
+        let dir = &kit.svc.directory;
+        assert!(dir.user("acme", "a@acme.example.com").await.unwrap().is_none());
+        assert_eq!(dir.licences_used("acme", None).await.unwrap(), 1, "b only");
+        let (job, phase, seq) = keys::parse_chunk(&waiting[0].key).unwrap();
+        let claim = format!("{job}#{phase}#{seq}");
+        let recorded = dir.reserve_licences("acme", None, 10, &claim, LicenceClaim::default()).await.unwrap();
+        assert!(recorded.repeated);
+        assert_eq!((recorded.granted, recorded.takers), (1, vec![3]), "b (row 3) alone takes a licence");
     }
 
     fn w(write: Write, licence: Licence) -> Written {

@@ -123,6 +123,14 @@ impl Stamp {
     }
 }
 
+/// A chunk's users as read before its writes (`Directory::read_users`).
+#[derive(Debug, Default, Clone)]
+pub struct UsersRead {
+    pub live: std::collections::HashMap<String, User>,
+    /// Email -> order of the upload whose delete left the tombstone at that key.
+    pub deleted: std::collections::HashMap<String, String>,
+}
+
 #[async_trait]
 pub trait Directory: Send + Sync {
     async fn tenant(&self, id: &str) -> Result<Option<Tenant>>;
@@ -132,6 +140,11 @@ pub trait Directory: Send + Sync {
     /// The users of `emails` that exist, read together (batched) and consistently: what apply
     /// decides a chunk's licences and unchanged rows from.
     async fn users(&self, tenant: &str, emails: &[String]) -> Result<std::collections::HashMap<String, User>>;
+    /// `users`, and which of `emails` a delete left behind, with that delete's upload order: a
+    /// row of an older upload can never write those (orders only grow), so it takes no licence.
+    async fn read_users(&self, tenant: &str, emails: &[String]) -> Result<UsersRead> {
+        Ok(UsersRead { live: self.users(tenant, emails).await?, deleted: Default::default() })
+    }
     /// One conditional write of the item `target` names, as `rules` decided (the storage-neutral
     /// change: the adapter translates it and holds no rule of its own). The item is stamped with
     /// `stamp` (token, time, upload order).

@@ -303,6 +303,12 @@ async fn a_chunk_applied_after_a_newer_upload_changed_its_users_leaves_the_newer
     assert!(dir.user("acme", &users[3]).await.unwrap().is_none(), "deleted by the newer upload, not brought back");
     assert_eq!(dir.user("acme", &users[4]).await.unwrap().unwrap().fields.department.as_deref(), Some("Old"));
     assert_eq!(dir.licences_used("acme", None).await.unwrap(), 4, "five created, one deleted");
+    // The deleted user's row reserved nothing: the count above does not depend on which of the
+    // two attempts settled first.
+    let (job, phase, seq) = shared::keys::parse_chunk(&old_chunks[0].key).unwrap();
+    let claim = format!("{job}#{phase}#{seq}");
+    let recorded = dir.reserve_licences("acme", None, 100, &claim, Default::default()).await.unwrap();
+    assert_eq!((recorded.repeated, recorded.granted, recorded.takers.len()), (true, 0, 0), "{recorded:?}");
 }
 
 /// A chunk learns from its own counting write whether it may have completed its phase, so only

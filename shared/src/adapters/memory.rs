@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::{Before, Change, EmailKind, Image, Invite, Job, JobState, Lease, Restore, Target, Tenant, User, UserFields, UserStatus};
 use crate::ports::{
     ContactClaim, Directory, Invites, JobStore, Licence, LicenceClaim, Mailer, Moved, ObjectStore, Plan, Recorded, Restored, Stamp,
+    UsersRead,
 };
 use crate::rules::{self, Attempt, Attempted, Seen};
 use async_trait::async_trait;
@@ -295,10 +296,20 @@ impl Directory for MemoryDirectory {
     }
 
     async fn users(&self, tenant: &str, emails: &[String]) -> Result<HashMap<String, User>> {
-        let mut found = HashMap::new();
+        Ok(self.read_users(tenant, emails).await?.live)
+    }
+
+    async fn read_users(&self, tenant: &str, emails: &[String]) -> Result<UsersRead> {
+        let mut found = UsersRead::default();
         for email in emails {
             if let Some(user) = self.user(tenant, email).await? {
-                found.insert(email.clone(), user);
+                found.live.insert(email.clone(), user);
+            } else {
+                let key = (tenant.to_string(), Key::User(email.trim().to_lowercase()));
+                let state = lock(&self.state);
+                if let Some(order) = state.items.get(&key).filter(|s| s.seen.tombstone).and_then(|s| s.seen.order.clone()) {
+                    found.deleted.insert(email.clone(), order);
+                }
             }
         }
         let hook = lock(&self.after_read).take();

@@ -6,7 +6,7 @@ use super::licences::PoolId;
 use super::*;
 use crate::error::{Error, Result};
 use crate::model::{Before, Change, Restore, Target, Tenant, User, UserStatus};
-use crate::ports::{ContactClaim, Directory, Licence, LicenceClaim, Moved, Restored, Stamp};
+use crate::ports::{ContactClaim, Directory, Licence, LicenceClaim, Moved, Restored, Stamp, UsersRead};
 use crate::rules::{Attempt, Attempted};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -43,11 +43,11 @@ impl DynamoDirectory {
     }
 
     /// Up to 100 users in one consistent `BatchGetItem`; keys it could not serve are asked again.
-    async fn users_batch(&self, tenant: &str, batch: &[String]) -> Result<Vec<(String, User)>> {
+    async fn users_batch(&self, tenant: &str, batch: &[String]) -> Result<UsersRead> {
         use aws_sdk_dynamodb::types::KeysAndAttributes;
         let keys: Vec<Item> = batch.iter().map(|e| key_item(&user_key(tenant, e))).collect();
         let mut pending = Some(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(txn_err)?);
-        let (mut found, mut round) = (Vec::new(), 0u64);
+        let (mut found, mut round) = (UsersRead::default(), 0u64);
         while let Some(request) = pending.take() {
             if round > 100 {
                 return Err(Error::Transient { service: "dynamodb", operation: "BatchGetItem", message: "keys left unprocessed".into() });
@@ -60,7 +60,9 @@ impl DynamoDirectory {
             for item in out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
                 if is_user(&item) {
                     let user = User::try_from(&item)?;
-                    found.push((user.email.clone(), user));
+                    found.live.insert(user.email.clone(), user);
+                } else if let (Some(TOMBSTONE), Some(email), Some(order)) = (item.str("kind"), item.str("sk"), item.str("ord")) {
+                    found.deleted.insert(email.to_string(), order.to_string());
                 }
             }
             pending = out.unprocessed_keys.unwrap_or_default().remove(&self.table).filter(|k| !k.keys.is_empty());
@@ -302,11 +304,16 @@ impl Directory for DynamoDirectory {
     }
 
     async fn users(&self, tenant: &str, emails: &[String]) -> Result<HashMap<String, User>> {
+        Ok(self.read_users(tenant, emails).await?.live)
+    }
+
+    async fn read_users(&self, tenant: &str, emails: &[String]) -> Result<UsersRead> {
         // BatchGetItem takes 100 keys a request; a chunk's requests go out together.
         let batches = emails.chunks(100).map(|batch| self.users_batch(tenant, batch));
-        let mut found = HashMap::new();
-        for users in futures::future::try_join_all(batches).await? {
-            found.extend(users);
+        let mut found = UsersRead::default();
+        for read in futures::future::try_join_all(batches).await? {
+            found.live.extend(read.live);
+            found.deleted.extend(read.deleted);
         }
         Ok(found)
     }
