@@ -51,11 +51,16 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
         return Err(Error::corrupt(obj.key.clone(), "phase out of range"));
     }
     // A chunk's fixed cost is its round trips in sequence (see `make bench`): the job, the marker
-    // and the chunk are read together; then the tenant together with the users.
+    // and the chunk are read together; then the tenant together with the users; at the end the
+    // outcomes' PUT and the marker go out together.
     let (recorded, job, body) =
         tokio::try_join!(svc.jobs.chunk_recorded(&job_id, phase, seq), svc.jobs.get(&job_id), svc.store.get(&obj.key))?;
     let job = job.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "chunk of an unknown job"))?;
-    if recorded {
+    let outcomes_key = keys::chunk_outcomes(&job_id, phase, seq);
+    // Recorded, but its outcomes' PUT failed (it runs beside the marker): applied again for them,
+    // each row finding its own write. Only a recorded chunk pays this HEAD.
+    let again = recorded && svc.store.size(&outcomes_key).await?.is_none();
+    if recorded && !again {
         info!(job = %job_id, phase, seq, "chunk already applied (duplicate event)");
         return advance(svc, &job, phase).await;
     }
@@ -69,6 +74,9 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
         info!(job = %job_id, phase, seq, state = job.state.as_str(), "late chunk of a finished job; not applied");
         return Ok(());
     }
+    if again {
+        warn!(job = %job_id, phase, seq, "chunk recorded without its outcomes; applied again for them");
+    }
     let body = body.ok_or_else(|| Error::corrupt(obj.key.clone(), "chunk vanished"))?;
     let ops: Vec<RowOp> = parse_jsonl("chunk", &body)?;
     let (tenant, stored) = tokio::try_join!(svc.directory.tenant(&job.tenant), read_users(svc, &job.tenant, users_to_read(&ops, false)))?;
@@ -76,21 +84,28 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
     let claim = format!("{job_id}#{phase}#{seq}");
     let (outcomes, undo) = apply_read(svc, &job, &tenant, ops, &claim, Some(stored), None).await?;
     let failed = outcomes.iter().filter(|o| o.status != Status::Success).count();
-    // Outcomes and before-states first, then the marker: a recorded chunk always has them.
-    let (outcomes_body, undo_body) = (jsonl(&outcomes)?, (!undo.is_empty()).then(|| jsonl(&undo)).transpose()?);
-    let put_undo = async {
-        match undo_body {
-            Some(body) => svc.store.put(&keys::chunk_undo(&job_id, phase, seq), body, "application/x-ndjson").await,
-            None => Ok(()),
+    // Before-states, then the marker: a recorded chunk always has them (an attempt after the
+    // first knows none: it keeps the first's). The outcomes go beside them: `advance` writes the
+    // done marker only once every chunk's outcomes are there, and a chunk recorded without its
+    // outcomes is applied again (above).
+    let (outcomes_body, undo_body) = (jsonl(&outcomes)?, (!undo.is_empty() && !again).then(|| jsonl(&undo)).transpose()?);
+    let record = async {
+        if again {
+            return Ok(None);
         }
+        if let Some(body) = undo_body {
+            svc.store.put(&keys::chunk_undo(&job_id, phase, seq), body, "application/x-ndjson").await?;
+        }
+        let of = job.phase_chunks.map(|plan| plan[phase]);
+        svc.jobs.record_chunk(&job_id, phase, seq, of).await.map(Some)
     };
-    let outcomes_key = keys::chunk_outcomes(&job_id, phase, seq);
-    tokio::try_join!(svc.store.put(&outcomes_key, outcomes_body, "application/x-ndjson"), put_undo)?;
-    let of = job.phase_chunks.map(|plan| plan[phase]);
-    let counted = svc.jobs.record_chunk(&job_id, phase, seq, of).await?;
+    // Both run to their end: a marker written beside a failed PUT is found by the retry above.
+    let (put, counted) = tokio::join!(svc.store.put(&outcomes_key, outcomes_body, "application/x-ndjson"), record);
+    let counted = counted?;
+    put?;
     info!(job = %job_id, phase, seq, rows = outcomes.len(), failed, counted = ?counted, "chunk applied");
     match counted {
-        Recorded::Counted { last: false } => Ok(()),
+        Some(Recorded::Counted { last: false }) => Ok(()),
         _ => {
             let job = svc.jobs.get(&job_id).await?.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "missing"))?;
             advance(svc, &job, phase).await
@@ -940,6 +955,7 @@ pub async fn advance(svc: &Services, job: &Job, phase: usize) -> Result<()> {
             }
         }
         None => {
+            outcomes_complete(svc, job_id, &plan).await?;
             let body = serde_json::json!({ "job": job_id, "tenant": job.tenant }).to_string().into_bytes();
             if svc.store.put_if_absent(&keys::done(job_id), body, "application/json").await? {
                 info!(job = %job_id, "all chunks applied; finalize triggered");
@@ -947,6 +963,41 @@ pub async fn advance(svc: &Services, job: &Job, phase: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long the chunk that completes a job waits for other chunks' outcomes still being put.
+const OUTCOMES_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Finalize reads every chunk's outcomes, and a chunk puts them while its marker is written: the
+/// last chunk may be counted before another's PUT has landed. Wait for them (a PUT in flight
+/// lands within its own timeout); if one is still missing, fail retryably: its chunk's retry
+/// applies it again and puts them, and its `advance` then writes the done marker.
+async fn outcomes_complete(svc: &Services, job_id: &str, plan: &[u32; PHASES]) -> Result<()> {
+    outcomes_within(svc, job_id, plan, OUTCOMES_WAIT).await
+}
+
+async fn outcomes_within(svc: &Services, job_id: &str, plan: &[u32; PHASES], wait: std::time::Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(25);
+    loop {
+        let listed: std::collections::HashSet<String> = svc.store.list(&keys::outcomes_prefix(job_id)).await?.into_iter().collect();
+        let missing = (0..PHASES)
+            .flat_map(|p| (0..plan[p]).map(move |s| (p, s)))
+            .filter(|&(p, s)| !listed.contains(&keys::chunk_outcomes(job_id, p, s)))
+            .count();
+        if missing == 0 {
+            return Ok(());
+        }
+        if start.elapsed() >= wait {
+            return Err(Error::Transient {
+                service: "s3",
+                operation: "ListObjectsV2",
+                message: format!("{missing} recorded chunk(s) of job {job_id} have no outcomes yet"),
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(2));
+    }
 }
 
 #[cfg(test)]
@@ -1331,6 +1382,54 @@ mod tests {
         let recorded = dir.reserve_licences("acme", None, 10, &claim, LicenceClaim::default()).await.unwrap();
         assert!(recorded.repeated);
         assert_eq!((recorded.granted, recorded.takers), (1, vec![3]), "b (row 3) alone takes a licence");
+    }
+
+    /// The outcomes' PUT runs beside the marker. A chunk recorded whose PUT failed is applied
+    /// again by its retry, for its outcomes alone; meanwhile the chunk that completes the job
+    /// waits for them before it writes the done marker, so finalize reads every row's outcome.
+    #[tokio::test]
+    async fn a_chunk_recorded_without_its_outcomes_is_applied_again_before_the_job_is_finalized() {
+        let mut kit = Kit::new(|_| {}).await;
+        let rows: String = (0..8).map(|i| format!("u{i}@acme.example.com,N{i}\n")).collect();
+        let obj = kit.upload("two.csv", format!("Email,First Name\n{rows}"));
+        kit.deliver(&obj).await;
+        let chunks = kit.pending_chunks().await;
+        assert_eq!(chunks.len(), 2);
+        kit.deliver(&chunks[0]).await;
+        let (job, phase, seq) = keys::parse_chunk(&chunks[0].key).unwrap();
+        let lost = keys::chunk_outcomes(&job, phase, seq);
+        kit.mem.store.remove(&lost);
+        let writes = kit.mem.directory.writes.load(std::sync::atomic::Ordering::Relaxed);
+        // The last chunk is counted while the first's outcomes are missing; the first's retry
+        // arrives a little later.
+        let svc = &kit.svc;
+        let (last, retry) = tokio::join!(crate::route::dispatch(svc, &chunks[1]), async {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            assert!(svc.store.get(&keys::done(&job)).await.unwrap().is_none(), "no done marker while outcomes are missing");
+            crate::route::dispatch(svc, &chunks[0]).await
+        });
+        (last.unwrap(), retry.unwrap());
+        assert!(kit.svc.store.get(&lost).await.unwrap().is_some());
+        // Chunk 1 wrote four users; the retry's four writes were refused by their own stamps.
+        assert_eq!(kit.mem.directory.writes.load(std::sync::atomic::Ordering::Relaxed) - writes, 4 + 4);
+        kit.settle().await;
+        let job = kit.svc.jobs.get(&job).await.unwrap().unwrap();
+        assert_eq!((job.state, job.succeeded, job.failed), (JobState::Completed, 8, 0));
+        assert!(kit.outcomes(&job).await.iter().all(|(s, m)| s == "Created" && m == "user created"));
+        assert_eq!(kit.mem.directory.list_users("acme").await.unwrap().len(), 8);
+    }
+
+    #[tokio::test]
+    async fn outcomes_still_missing_after_the_wait_fail_the_invocation_retryably() {
+        let kit = Kit::new(|_| {}).await;
+        let mut plan = [0; PHASES];
+        plan[1] = 2;
+        kit.svc.store.put(&keys::chunk_outcomes("j", 1, 0), b"{}\n".to_vec(), "application/x-ndjson").await.unwrap();
+        let err = outcomes_within(&kit.svc, "j", &plan, std::time::Duration::ZERO).await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("1 recorded chunk(s) of job j have no outcomes yet"), "{err}");
+        kit.svc.store.put(&keys::chunk_outcomes("j", 1, 1), b"{}\n".to_vec(), "application/x-ndjson").await.unwrap();
+        outcomes_within(&kit.svc, "j", &plan, std::time::Duration::ZERO).await.unwrap();
     }
 
     fn w(write: Write, licence: Licence) -> Written {

@@ -37,6 +37,10 @@ impl MemoryStore {
         versions.push((id.clone(), body));
         id
     }
+    /// Remove every version of `key` (a test's way to lose a write).
+    pub fn remove(&self, key: &str) {
+        lock(&self.objects).remove(key);
+    }
     fn latest(&self, key: &str) -> Option<Vec<u8>> {
         lock(&self.objects).get(key).and_then(|v| v.last()).map(|(_, b)| b.clone())
     }
