@@ -1408,7 +1408,8 @@ mod tests {
             assert!(svc.store.get(&keys::done(&job)).await.unwrap().is_none(), "no done marker while outcomes are missing");
             crate::route::dispatch(svc, &chunks[0]).await
         });
-        (last.unwrap(), retry.unwrap());
+        last.unwrap();
+        retry.unwrap();
         assert!(kit.svc.store.get(&lost).await.unwrap().is_some());
         // Chunk 1 wrote four users; the retry's four writes were refused by their own stamps.
         assert_eq!(kit.mem.directory.writes.load(std::sync::atomic::Ordering::Relaxed) - writes, 4 + 4);
