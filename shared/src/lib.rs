@@ -29,6 +29,7 @@ pub mod monitor;
 pub mod ports;
 pub mod report;
 pub mod route;
+mod row_line;
 pub mod rules;
 pub mod schedule;
 pub mod services;

@@ -670,8 +670,10 @@ pub fn new_user_id(tenant: &str, email: &str, token: &str) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("rosterdrop:user:{tenant}:{email}:{token}").as_bytes()).to_string()
 }
 
-/// One validated, normalised row, ready to apply. Travels in chunk files as JSON lines.
+/// One validated, normalised row, ready to apply. Travels in chunk files as JSON lines (read
+/// in one pass: `row_line`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "crate::row_line::RowLine")]
 pub struct RowOp {
     /// Row number as the user sees it in the file (header is row 1).
     pub row: u32,
