@@ -58,8 +58,9 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
     let job = job.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "chunk of an unknown job"))?;
     let outcomes_key = keys::chunk_outcomes(&job_id, phase, seq);
     // Recorded, but its outcomes' PUT failed (it runs beside the marker): applied again for them,
-    // each row finding its own write. Only a recorded chunk pays this HEAD.
-    let again = recorded && svc.store.size(&outcomes_key).await?.is_none();
+    // each row finding its own write. Only a recorded chunk pays this look, a listing: the role
+    // may list `outcomes/` but not read it, and S3 answers a read of a missing key 403 then.
+    let again = recorded && !svc.store.list(&outcomes_key).await?.contains(&outcomes_key);
     if recorded && !again {
         info!(job = %job_id, phase, seq, "chunk already applied (duplicate event)");
         return advance(svc, &job, phase).await;

@@ -166,6 +166,65 @@ mod tests {
         assert_eq!(line(&bare), bare);
     }
 
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        // Quotes, backslashes, control characters, non-ASCII: what JSON escapes.
+        proptest::string::string_regex("(?s).{0,12}").unwrap()
+    }
+
+    fn maybe() -> impl proptest::strategy::Strategy<Value = Option<String>> {
+        proptest::option::of(text())
+    }
+
+    fn user_fields() -> impl proptest::strategy::Strategy<Value = UserFields> {
+        use proptest::collection::{btree_map, vec};
+        use proptest::prelude::*;
+        let names = (maybe(), maybe(), maybe(), maybe(), maybe(), maybe());
+        let lists = (vec(text(), 0..3), vec(text(), 0..3), btree_map(text(), text(), 0..3), btree_map(text(), text(), 0..3));
+        let rest = (maybe(), any::<bool>(), maybe(), maybe(), maybe(), maybe());
+        (names, lists, rest).prop_map(
+            |(
+                (first_name, last_name, phone, org, role, department),
+                (groups, products, associations, attributes),
+                (user_type, invite, invite_at, licence_pool, external_id, new_email),
+            )| UserFields {
+                first_name,
+                last_name,
+                phone,
+                org,
+                role,
+                department,
+                groups,
+                products,
+                associations,
+                attributes,
+                user_type,
+                invite,
+                invite_at,
+                licence_pool,
+                external_id,
+                new_email,
+            },
+        )
+    }
+
+    proptest::proptest! {
+        /// Any values, escaped any way JSON escapes them, read back as written.
+        #[test]
+        fn any_row_reads_back_as_it_was_written(
+            row in proptest::prelude::any::<u32>(),
+            email in text(),
+            fields in user_fields(),
+            org in (text(), maybe(), maybe(), maybe(), maybe()),
+            created_in_file in proptest::collection::vec(text(), 0..3),
+        ) {
+            let user = RowOp { row, action: Action::Update, target: Target::User { email, fields }, created_in_file, restore: None };
+            proptest::prop_assert_eq!(line(&user), user);
+            let (name, email, phone, external_id, parent) = org;
+            let org = RowOp { row, action: Action::Upsert, target: Target::Org { name, email, phone, external_id, parent }, created_in_file: vec![], restore: None };
+            proptest::prop_assert_eq!(line(&org), org);
+        }
+    }
+
     #[test]
     fn a_line_missing_its_key_or_type_is_refused_saying_which() {
         let err = |s: &str| serde_json::from_str::<RowOp>(s).unwrap_err().to_string();
