@@ -1,6 +1,7 @@
 //! Row parsing and validation: a valid header followed by fuzzed rows, through the same
 //! `prepare` ingest runs. Every data row ends as exactly one operation or one outcome, and the
-//! chunk line ingest writes for an operation is byte for byte serde's JSON of the `RowOp`.
+//! chunk line ingest writes for an operation is byte for byte serde's JSON of the `RowOp`, and
+//! reads back as that `RowOp`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use shared::ingest::stream::{Ingester, OpSink};
@@ -15,7 +16,10 @@ impl OpSink for SameJson {
     fn op(&mut self, op: &RowView<'_>) -> std::io::Result<()> {
         self.0.clear();
         op.write_json(&mut self.0);
-        assert_eq!(self.0, serde_json::to_vec(&op.to_op()).unwrap(), "chunk line differs from serde's");
+        let owned = op.to_op();
+        assert_eq!(self.0, serde_json::to_vec(&owned).unwrap(), "chunk line differs from serde's");
+        // And apply reads it back as it was (`row_line`).
+        assert_eq!(serde_json::from_slice::<shared::model::RowOp>(&self.0).unwrap(), owned, "chunk line reads back differently");
         Ok(())
     }
     fn outcome(&mut self, _: Outcome) -> std::io::Result<()> {
