@@ -66,7 +66,13 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// The middle value (the upper one of an even count).
+/// Comma-separated sizes from the environment (`default` when unset); a bad entry stops the
+/// bench naming the variable.
+fn env_sizes(name: &str, default: &str) -> Vec<usize> {
+    let list = std::env::var(name).unwrap_or_else(|_| default.into());
+    list.split(',').map(|n| n.trim().parse().unwrap_or_else(|_| panic!("{name}: {n:?} is not a number"))).collect()
+}
+
 /// `<file>.outcomes.jsonl`: one failure per data row, as apply and ingest write them.
 fn outcomes_for(file: &Path) -> std::path::PathBuf {
     let path = file.with_extension("outcomes.jsonl");
@@ -99,11 +105,7 @@ fn outcomes_for(file: &Path) -> std::path::PathBuf {
 /// Finalize's result files beside the csv crate writing the same rows, each in its own process:
 /// rows/s and peak RSS, which must not grow with the rows.
 fn finalize_table() {
-    let sizes: Vec<usize> = std::env::var("BENCH_FINALIZE_ROWS")
-        .unwrap_or_else(|_| "100000,1000000".into())
-        .split(',')
-        .map(|s| s.trim().parse().unwrap())
-        .collect();
+    let sizes: Vec<usize> = env_sizes("BENCH_FINALIZE_ROWS", "100000,1000000");
     println!("\n## Finalize: merge outcomes + write result and failed-rows files, every row failed (each case in its own process)");
     let cpu = pick_cpu();
     println!("{:<24} {:>9} {:>8}  {:<34} {:>11} {:>9} {:>10}", "file", "rows", "MB", "writer", "rows/s", "vs raw", "peak MB");
@@ -149,6 +151,7 @@ fn finalize_table() {
     }
 }
 
+/// The middle value (the upper one of an even count).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -367,11 +370,7 @@ fn run_case(case: &str, file: &Path) -> usize {
 /// process: records/s, and peak memory per byte unzipped (the bundle is read whole, so ingest
 /// refuses one past a share of its memory: `ingest::read_bundle`).
 fn oneroster_table() {
-    let sizes: Vec<usize> = std::env::var("BENCH_ONEROSTER_STUDENTS")
-        .unwrap_or_else(|_| "20000,100000".into())
-        .split(',')
-        .map(|s| s.trim().parse().unwrap())
-        .collect();
+    let sizes: Vec<usize> = env_sizes("BENCH_ONEROSTER_STUDENTS", "20000,100000");
     println!("\n## OneRoster bundles: ingest beside the csv crate over the same entries (each in its own process)");
     let cpu = pick_cpu();
     println!(
@@ -410,11 +409,7 @@ fn oneroster_table() {
 }
 
 fn ingest_table() {
-    let sizes: Vec<usize> = std::env::var("BENCH_ROWS")
-        .unwrap_or_else(|_| "10000,100000,1000000".into())
-        .split(',')
-        .map(|s| s.trim().parse().unwrap())
-        .collect();
+    let sizes: Vec<usize> = env_sizes("BENCH_ROWS", "10000,100000,1000000");
     println!("\n## Ingest: parse + validate + chunk, one core, no network (each reader in its own process)");
     let cpu = pick_cpu();
     println!(
@@ -660,11 +655,7 @@ async fn apply_table() {
     // A chunk pays a fixed cost (its S3 read and write, the marker transaction) beside its read
     // of users, so the ratio is also measured with larger chunks (the tenant's `chunk_size`).
     let in_flight: usize = env_number("BENCH_APPLY_CHUNKS_IN_FLIGHT").unwrap_or(4);
-    let sizes: Vec<usize> = std::env::var("BENCH_APPLY_SYNC_CHUNKS")
-        .unwrap_or_else(|_| "500,2000".into())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
+    let sizes: Vec<usize> = env_sizes("BENCH_APPLY_SYNC_CHUNKS", "500,2000");
     let cases = sizes.iter().flat_map(|&size| [(size, 1), (size, in_flight)]);
     for (size, chunks_at_once) in cases {
         stack.put_tenant(&shared::model::Tenant { chunk_size: Some(size), ..tenant.clone() }).await;

@@ -193,9 +193,7 @@ async fn apply_read(
         Some(mut stored) if all => {
             let read: std::collections::HashSet<String> = users_to_read(&ops, false).into_iter().collect();
             let rest = users_to_read(&ops, true).into_iter().filter(|e| !read.contains(e)).collect();
-            let more = read_users(svc, &tenant.id, rest).await?;
-            stored.live.extend(more.live);
-            stored.deleted.extend(more.deleted);
+            stored.merge(read_users(svc, &tenant.id, rest).await?);
             stored
         }
         Some(stored) => stored,
@@ -959,7 +957,7 @@ pub async fn advance(svc: &Services, job: &Job, phase: usize) -> Result<()> {
             }
         }
         None => {
-            outcomes_complete(svc, job_id, &plan).await?;
+            outcomes_within(svc, job_id, &plan, OUTCOMES_WAIT).await?;
             let body = serde_json::json!({ "job": job_id, "tenant": job.tenant }).to_string().into_bytes();
             if svc.store.put_if_absent(&keys::done(job_id), body, "application/json").await? {
                 info!(job = %job_id, "all chunks applied; finalize triggered");
@@ -973,13 +971,9 @@ pub async fn advance(svc: &Services, job: &Job, phase: usize) -> Result<()> {
 const OUTCOMES_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Finalize reads every chunk's outcomes, and a chunk puts them while its marker is written: the
-/// last chunk may be counted before another's PUT has landed. Wait for them (a PUT in flight
-/// lands within its own timeout); if one is still missing, fail retryably: its chunk's retry
-/// applies it again and puts them, and its `advance` then writes the done marker.
-async fn outcomes_complete(svc: &Services, job_id: &str, plan: &[u32; PHASES]) -> Result<()> {
-    outcomes_within(svc, job_id, plan, OUTCOMES_WAIT).await
-}
-
+/// last chunk may be counted before another's PUT has landed. Wait up to `wait` for them (a PUT
+/// in flight lands within its own timeout); if one is still missing, fail retryably: its chunk's
+/// retry applies it again and puts them, and its `advance` then writes the done marker.
 async fn outcomes_within(svc: &Services, job_id: &str, plan: &[u32; PHASES], wait: std::time::Duration) -> Result<()> {
     let start = std::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(25);

@@ -131,6 +131,14 @@ pub struct UsersRead {
     pub deleted: std::collections::HashMap<String, String>,
 }
 
+impl UsersRead {
+    /// Add what another read of other keys found.
+    pub fn merge(&mut self, other: UsersRead) {
+        self.live.extend(other.live);
+        self.deleted.extend(other.deleted);
+    }
+}
+
 #[async_trait]
 pub trait Directory: Send + Sync {
     async fn tenant(&self, id: &str) -> Result<Option<Tenant>>;

@@ -305,14 +305,14 @@ impl Directory for MemoryDirectory {
 
     async fn read_users(&self, tenant: &str, emails: &[String]) -> Result<UsersRead> {
         let mut found = UsersRead::default();
-        for email in emails {
-            if let Some(user) = self.user(tenant, email).await? {
-                found.live.insert(email.clone(), user);
-            } else {
+        {
+            let state = lock(&self.state);
+            for email in emails {
                 let key = (tenant.to_string(), Key::User(email.trim().to_lowercase()));
-                let state = lock(&self.state);
-                if let Some(order) = state.items.get(&key).filter(|s| s.seen.tombstone).and_then(|s| s.seen.order.clone()) {
-                    found.deleted.insert(email.clone(), order);
+                match state.items.get(&key) {
+                    Some(s) if s.seen.tombstone => found.deleted.extend(s.seen.order.clone().map(|o| (email.clone(), o))),
+                    Some(s) => found.live.extend(s.user.clone().map(|u| (email.clone(), u))),
+                    None => {}
                 }
             }
         }

@@ -312,8 +312,7 @@ impl Directory for DynamoDirectory {
         let batches = emails.chunks(100).map(|batch| self.users_batch(tenant, batch));
         let mut found = UsersRead::default();
         for read in futures::future::try_join_all(batches).await? {
-            found.live.extend(read.live);
-            found.deleted.extend(read.deleted);
+            found.merge(read);
         }
         Ok(found)
     }
