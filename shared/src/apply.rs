@@ -2,6 +2,7 @@
 //! row, progress recorded once per chunk; whoever completes a phase releases the next, and whoever
 //! completes the last writes `done/<job>.json` (If-None-Match: exactly one finalize).
 
+use crate::chunk_read::read_chunk;
 use crate::error::{Error, Result};
 use crate::event::ObjectRef;
 use crate::keys;
@@ -11,7 +12,7 @@ use crate::model::{
 use crate::ports::{Directory, Licence, LicenceClaim, Recorded, Restored, Stamp, UsersRead, Write, Written};
 use crate::rules::{self, Attempted, Next};
 use crate::services::Services;
-use crate::wire::{jsonl, parse_jsonl};
+use crate::wire::jsonl;
 use futures::{StreamExt, stream};
 use std::collections::HashMap;
 use tokio::sync::Mutex;
@@ -51,10 +52,11 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
         return Err(Error::corrupt(obj.key.clone(), "phase out of range"));
     }
     // A chunk's fixed cost is its round trips in sequence (see `make bench`): the job, the marker
-    // and the chunk are read together; then the tenant together with the users; at the end the
-    // outcomes' PUT and the marker go out together.
-    let (recorded, job, body) =
-        tokio::try_join!(svc.jobs.chunk_recorded(&job_id, phase, seq), svc.jobs.get(&job_id), svc.store.get(&obj.key))?;
+    // and the chunk's first bytes are read together; then the tenant beside the users, whose
+    // reads go out while the chunk is still arriving (`chunk_read`); at the end the outcomes' PUT
+    // and the marker go out together.
+    let (recorded, job, pieces) =
+        tokio::try_join!(svc.jobs.chunk_recorded(&job_id, phase, seq), svc.jobs.get(&job_id), svc.store.get_pieces(&obj.key))?;
     let job = job.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "chunk of an unknown job"))?;
     let outcomes_key = keys::chunk_outcomes(&job_id, phase, seq);
     // Recorded, but its outcomes' PUT failed (it runs beside the marker): applied again for them,
@@ -78,12 +80,12 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
     if again {
         warn!(job = %job_id, phase, seq, "chunk recorded without its outcomes; applied again for them");
     }
-    let body = body.ok_or_else(|| Error::corrupt(obj.key.clone(), "chunk vanished"))?;
-    let ops: Vec<RowOp> = parse_jsonl("chunk", &body)?;
-    let (tenant, stored) = tokio::try_join!(svc.directory.tenant(&job.tenant), read_users(svc, &job.tenant, users_to_read(&ops, false)))?;
+    let pieces = pieces.ok_or_else(|| Error::corrupt(obj.key.clone(), "chunk vanished"))?;
+    let (tenant, (ops, stored)) =
+        tokio::try_join!(svc.directory.tenant(&job.tenant), read_chunk(svc, &job.tenant, pieces, |op| read_before(op, false)))?;
     let tenant = tenant.ok_or_else(|| Error::corrupt(format!("tenant {}", job.tenant), "removed during a job"))?;
     let claim = format!("{job_id}#{phase}#{seq}");
-    let (outcomes, undo) = apply_read(svc, &job, &tenant, ops, &claim, Some(stored), None).await?;
+    let (outcomes, undo, spent) = apply_read(svc, &job, &tenant, ops, &claim, Some(stored), None).await?;
     let failed = outcomes.iter().filter(|o| o.status != Status::Success).count();
     // Before-states, then the marker: a recorded chunk always has them (an attempt after the
     // first knows none: it keeps the first's). The outcomes go beside them: `advance` writes the
@@ -101,7 +103,8 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
         svc.jobs.record_chunk(&job_id, phase, seq, of).await.map(Some)
     };
     // Both run to their end: a marker written beside a failed PUT is found by the retry above.
-    let (put, counted) = tokio::join!(svc.store.put(&outcomes_key, outcomes_body, "application/x-ndjson"), record);
+    let (put, counted, ()) =
+        tokio::join!(svc.store.put(&outcomes_key, outcomes_body, "application/x-ndjson"), record, async { drop(spent) });
     let counted = counted?;
     put?;
     info!(job = %job_id, phase, seq, rows = outcomes.len(), failed, counted = ?counted, "chunk applied");
@@ -145,12 +148,12 @@ struct Ctx<'a> {
 /// (after the SDK's own backoff retries) fail the invocation so it is retried as a whole: rows
 /// already written recognise their own stamp and report the same outcome again.
 pub async fn apply_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowOp>, claim: &str) -> Result<Vec<Outcome>> {
-    apply_read(svc, job, tenant, ops, claim, None, None).await.map(|(o, _)| o)
+    apply_read(svc, job, tenant, ops, claim, None, None).await.map(|(o, ..)| o)
 }
 
 /// What `ops` would do, writing nothing: the preview of a file that may be held (`holds`).
 pub async fn preview_ops(svc: &Services, job: &Job, tenant: &Tenant, ops: Vec<RowOp>) -> Result<Vec<Outcome>> {
-    apply_read(svc, job, tenant, ops, "preview", None, Some(PREVIEW_NOTE)).await.map(|(o, _)| o)
+    apply_read(svc, job, tenant, ops, "preview", None, Some(PREVIEW_NOTE)).await.map(|(o, ..)| o)
 }
 
 const VALIDATE_NOTE: &str = "validation only: nothing was changed";
@@ -160,16 +163,18 @@ const PREVIEW_NOTE: &str = "preview: nothing was changed";
 /// its Changes) and, with `all` (a tenant with a pool: licence hints; a dry run: predictions), the
 /// creates too. A file of creates reads nothing.
 fn users_to_read(ops: &[RowOp], all: bool) -> Vec<String> {
-    let mut emails: Vec<String> = ops
-        .iter()
-        .filter_map(|op| match &op.target {
-            Target::User { email, .. } if all || op.action != Action::Create => Some(email.clone()),
-            _ => None,
-        })
-        .collect();
+    let mut emails: Vec<String> = ops.iter().filter_map(|op| read_before(op, all).cloned()).collect();
     emails.sort_unstable();
     emails.dedup();
     emails
+}
+
+/// The email of the user `op` decides from, as `users_to_read` picks them.
+fn read_before(op: &RowOp, all: bool) -> Option<&String> {
+    match &op.target {
+        Target::User { email, .. } if all || op.action != Action::Create => Some(email),
+        _ => None,
+    }
 }
 
 async fn read_users(svc: &Services, tenant: &str, emails: Vec<String>) -> Result<UsersRead> {
@@ -185,7 +190,7 @@ async fn apply_read(
     claim: &str,
     unpooled: Option<UsersRead>,
     preview: Option<&'static str>,
-) -> Result<(Vec<Outcome>, Vec<UndoEntry>)> {
+) -> Result<(Vec<Outcome>, Vec<UndoEntry>, Spent)> {
     let dry_note = preview.or((job.mode == Some(Mode::Validate)).then_some(VALIDATE_NOTE));
     let all = tenant.has_pools() || dry_note.is_some();
     let stored = match unpooled {
@@ -266,8 +271,12 @@ async fn apply_read(
     }
     let mut outcomes: Vec<Outcome> = results.into_iter().map(|(o, _, _)| o).collect();
     outcomes.sort_by_key(|o| (o.row, o.user.clone()));
-    Ok((outcomes, undo))
+    Ok((outcomes, undo, (ctx.stored, ops)))
 }
+
+/// What a chunk read and no longer needs: thousands of small allocations, freed while the
+/// chunk's last writes are on the wire rather than before they are sent.
+type Spent = (HashMap<String, User>, Vec<RowOp>);
 
 /// A row's outcome, its write, and what the write replaced.
 type Row = (Outcome, Written, Before);
@@ -604,7 +613,7 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
         Target::User { email, fields }
             if matches!(action, Action::Upsert | Action::Update)
                 && ctx.stored.get(email).is_some_and(|stored| {
-                    stored.last_write != stamp.token() && stored.created_by != stamp.token() && rules::unchanged(fields, stored)
+                    !stamp.is_token(&stored.last_write) && !stamp.is_token(&stored.created_by) && rules::unchanged(fields, stored)
                 }) =>
         {
             Ok(unchanged(Write::Unchanged))
@@ -1003,6 +1012,7 @@ mod tests {
     use super::*;
     use crate::model::UserStatus::{Active, Disabled};
     use crate::testkit::Kit;
+    use crate::wire::parse_jsonl;
 
     fn rows(outcomes: &[(String, String)]) -> Vec<(&str, &str)> {
         outcomes.iter().map(|(s, m)| (s.as_str(), m.as_str())).collect()

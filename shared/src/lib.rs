@@ -9,6 +9,7 @@ pub mod apply;
 #[cfg(test)]
 mod architecture_tests;
 pub mod changes;
+mod chunk_read;
 pub mod config;
 pub mod delivery;
 pub mod error;

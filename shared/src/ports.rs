@@ -9,10 +9,16 @@ use crate::rules::{Attempt, Attempted};
 use async_trait::async_trait;
 use std::time::Duration;
 
+/// An object's body in pieces, in order (`ObjectStore::get_pieces`).
+pub type Pieces = futures::stream::BoxStream<'static, Result<Vec<u8>>>;
+
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
     /// `None` when the object does not exist.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// The object's bytes in pieces as they arrive, `None` when it does not exist: a reader can
+    /// act on the first lines of a chunk while the rest is still on the wire.
+    async fn get_pieces(&self, key: &str) -> Result<Option<Pieces>>;
     async fn size(&self, key: &str) -> Result<Option<u64>>;
     async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<()>;
     /// Stream an object into a local file, never holding it in memory; its size, or `None` when
@@ -120,6 +126,10 @@ pub struct Stamp {
 impl Stamp {
     pub fn token(&self) -> String {
         format!("{}#{}", self.job, self.row)
+    }
+    /// Whether `token` is this stamp's, without building it (asked of every row of a chunk).
+    pub fn is_token(&self, token: &str) -> bool {
+        token.strip_prefix(self.job.as_str()).and_then(|t| t.strip_prefix('#')) == Some(itoa::Buffer::new().format(self.row))
     }
 }
 
@@ -342,4 +352,21 @@ pub trait Invites: Send + Sync {
     async fn record_delivery(&self, tenant: &str, email: &str, status: InviteStatus, reason: Option<&str>, at: &str) -> Result<bool>;
     /// A tenant's invites, pending and sent, by email.
     async fn list(&self, tenant: &str) -> Result<Vec<InviteRecord>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stamp;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `is_token` says exactly what comparing with the built token says.
+        #[test]
+        fn is_token_is_comparing_with_the_token(job in "[a-z0-9#]{0,6}", row in 0u32..200, other in "[a-z0-9#]{0,6}", n in 0u32..200) {
+            let stamp = Stamp { job: job.clone(), row, at: String::new(), order: String::new() };
+            for token in [stamp.token(), format!("{other}#{n}"), format!("{job}#0{row}"), format!("{job}{row}"), other.clone()] {
+                prop_assert_eq!(stamp.is_token(&token), token == stamp.token(), "{}", token);
+            }
+        }
+    }
 }

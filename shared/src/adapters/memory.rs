@@ -15,9 +15,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// The size of the pieces `get_pieces` hands out: odd, so lines and characters straddle them.
+const PIECE: usize = 1021;
 
 /// (version id, body)
 type Version = (String, Vec<u8>);
@@ -50,6 +53,13 @@ impl MemoryStore {
 impl ObjectStore for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.latest(key))
+    }
+    async fn get_pieces(&self, key: &str) -> Result<Option<crate::ports::Pieces>> {
+        // Small pieces, cut anywhere (mid-line, mid-character), as a network delivers them.
+        Ok(self.latest(key).map(|body| -> crate::ports::Pieces {
+            let pieces: Vec<Result<Vec<u8>>> = body.chunks(PIECE).map(|p| Ok(p.to_vec())).collect();
+            Box::pin(futures::stream::iter(pieces))
+        }))
     }
     async fn size(&self, key: &str) -> Result<Option<u64>> {
         Ok(self.latest(key).map(|b| b.len() as u64))
@@ -198,6 +208,8 @@ pub struct MemoryDirectory {
     state: Mutex<DirState>,
     /// Conditional writes made (written or refused): what a row cost.
     pub writes: std::sync::atomic::AtomicUsize,
+    /// The emails of each batched users' read (`read_users`), in order.
+    pub reads: Mutex<Vec<Vec<String>>>,
     /// Runs once right after the next `users` read: another writer acting between a chunk's
     /// read and its writes.
     #[allow(clippy::type_complexity)]
@@ -304,6 +316,7 @@ impl Directory for MemoryDirectory {
     }
 
     async fn read_users(&self, tenant: &str, emails: &[String]) -> Result<UsersRead> {
+        lock(&self.reads).push(emails.to_vec());
         let mut found = UsersRead::default();
         {
             let state = lock(&self.state);

@@ -52,6 +52,19 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn get_pieces(&self, key: &str) -> Result<Option<crate::ports::Pieces>> {
+        match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(out) => Ok(Some(Box::pin(futures::stream::unfold(out.body, |mut body| async move {
+                let piece = body.next().await?;
+                let piece =
+                    piece.map(Vec::from).map_err(|e| Error::Transient { service: "s3", operation: "GetObject", message: e.to_string() });
+                Some((piece, body))
+            })))),
+            Err(e) if is_missing(e.code()) => Ok(None),
+            Err(e) => Err(crate::adapters::sdk_error("s3", "GetObject", e)),
+        }
+    }
+
     async fn size(&self, key: &str) -> Result<Option<u64>> {
         match self.client.head_object().bucket(&self.bucket).key(key).send().await {
             Ok(out) => Ok(out.content_length.map(|n| n.max(0) as u64)),

@@ -1,0 +1,158 @@
+//! A chunk read as it arrives: its lines are parsed piece by piece, and the users its rows decide
+//! from are read in `BatchGetItem`-sized batches sent as soon as each batch is known. The users'
+//! read is apply's longest wait; the chunk's transfer and parse now run under it, not before it.
+
+use crate::error::Result;
+use crate::model::RowOp;
+use crate::ports::{Pieces, UsersRead};
+use crate::services::Services;
+use crate::wire::{LineSplitter, parse_line};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use std::collections::HashSet;
+
+/// Keys a `BatchGetItem` takes.
+const BATCH: usize = 100;
+
+/// The chunk's rows and the stored users of the emails `wanted` picks (each read once).
+pub(crate) async fn read_chunk(
+    svc: &Services,
+    tenant: &str,
+    pieces: Pieces,
+    wanted: impl Fn(&RowOp) -> Option<&String>,
+) -> Result<(Vec<RowOp>, UsersRead)> {
+    let (mut ops, mut lines, mut found) = (Vec::<RowOp>::new(), LineSplitter::default(), UsersRead::default());
+    let (mut asked, mut batch, mut reads) = (HashSet::new(), Vec::new(), FuturesUnordered::new());
+    let read = |emails: Vec<String>| async move { svc.directory.read_users(tenant, &emails).await };
+    let mut pieces = pieces.fuse();
+    loop {
+        tokio::select! {
+            // Pieces first: a batch goes out as soon as it is known.
+            biased;
+            piece = pieces.next() => {
+                let parsed = ops.len();
+                let mut keep = |l: &[u8]| parse_line("chunk", l).map(|op| ops.push(op));
+                let done = match piece {
+                    Some(piece) => lines.push(&piece?, &mut keep).map(|()| false)?,
+                    None => std::mem::take(&mut lines).finish(&mut keep).map(|()| true)?,
+                };
+                for email in ops[parsed..].iter().filter_map(&wanted) {
+                    if asked.insert(email.clone()) {
+                        batch.push(email.clone());
+                    }
+                    if batch.len() == BATCH {
+                        reads.push(read(std::mem::take(&mut batch)));
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+            Some(users) = reads.next(), if !reads.is_empty() => found.merge(users?),
+        }
+    }
+    if !batch.is_empty() {
+        reads.push(read(batch));
+    }
+    while let Some(users) = reads.next().await {
+        found.merge(users?);
+    }
+    Ok((ops, found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::memory::lock;
+    use crate::model::{Action, Target, UserFields, UserStatus};
+    use futures::SinkExt;
+
+    fn line(row: u32, action: Action, email: &str) -> String {
+        let op = RowOp {
+            row,
+            action,
+            target: Target::User { email: email.into(), fields: UserFields::default() },
+            created_in_file: vec![],
+            restore: None,
+        };
+        serde_json::to_string(&op).unwrap() + "\n"
+    }
+
+    fn wanted(op: &RowOp) -> Option<&String> {
+        match &op.target {
+            Target::User { email, .. } if op.action != Action::Create => Some(email),
+            _ => None,
+        }
+    }
+
+    /// 250 updates of 240 users (ten named twice), 30 creates and an organization.
+    fn chunk() -> String {
+        let mut body = String::new();
+        for i in 0..250u32 {
+            body += &line(i + 2, Action::Update, &format!("u{}@x.com", i % 240));
+            if i % 8 == 0 {
+                body += &line(1000 + i, Action::Create, &format!("new{i}@x.com"));
+            }
+        }
+        let org = RowOp { row: 999, action: Action::Upsert, target: Target::org("Sales"), created_in_file: vec![], restore: None };
+        body + &serde_json::to_string(&org).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_wanted_user_is_read_once_in_batches_of_at_most_a_hundred() {
+        let (svc, mem) = Services::memory(crate::Config::local());
+        mem.directory.seed_user("acme", "u7@x.com", UserStatus::Active);
+        mem.store.put_version("c", chunk().into_bytes());
+        let pieces = svc.store.get_pieces("c").await.unwrap().unwrap();
+        let (ops, found) = read_chunk(&svc, "acme", pieces, wanted).await.unwrap();
+        assert_eq!(ops.len(), 250 + 32 + 1, "every line, the last without its newline too");
+        assert_eq!(found.live.keys().collect::<Vec<_>>(), ["u7@x.com"]);
+        let reads = lock(&mem.directory.reads).clone();
+        assert_eq!(reads.iter().map(Vec::len).collect::<Vec<_>>(), [100, 100, 40]);
+        let mut read: Vec<String> = reads.concat();
+        read.sort();
+        let mut expected: Vec<String> = (0..240).map(|i| format!("u{i}@x.com")).collect();
+        expected.sort();
+        assert_eq!(read, expected, "updates' users once each; no create, no organization");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_read_before_the_rest_of_the_chunk_has_arrived() {
+        let (svc, mem) = Services::memory(crate::Config::local());
+        let (mut tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>>>();
+        let first: String = (0..100).map(|i| line(i + 2, Action::Upsert, &format!("u{i}@x.com"))).collect();
+        let feed = async {
+            tx.send(Ok(first.into_bytes())).await.unwrap();
+            // The chunk's end has not arrived: the first batch's read must go out anyway.
+            for _ in 0..1000 {
+                if !lock(&mem.directory.reads).is_empty() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            let early = lock(&mem.directory.reads).len();
+            tx.send(Ok(line(500, Action::Upsert, "last@x.com").into_bytes())).await.unwrap();
+            drop(tx);
+            early
+        };
+        let (read, early) = tokio::join!(read_chunk(&svc, "acme", Box::pin(rx), wanted), feed);
+        assert_eq!(early, 1, "the first hundred were read while the chunk was still arriving");
+        assert_eq!(read.unwrap().0.len(), 101);
+        assert_eq!(lock(&mem.directory.reads).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_broken_line_or_a_broken_transfer_fails_the_chunk() {
+        let (svc, mem) = Services::memory(crate::Config::local());
+        mem.store.put_version("c", format!("{}{{\"row\":3,\"act", line(2, Action::Update, "a@x.com")).into_bytes());
+        let pieces = svc.store.get_pieces("c").await.unwrap().unwrap();
+        let err = read_chunk(&svc, "acme", pieces, wanted).await.unwrap_err();
+        assert!(matches!(err, crate::error::Error::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("chunk"), "{err}");
+
+        let transient = crate::error::Error::Transient { service: "s3", operation: "GetObject", message: "reset".into() };
+        let pieces = futures::stream::iter([Ok(line(2, Action::Update, "a@x.com").into_bytes()), Err(transient)]);
+        let err = read_chunk(&svc, "acme", Box::pin(pieces), wanted).await.unwrap_err();
+        assert!(err.is_retryable(), "a transfer cut off is retried: {err}");
+    }
+}
