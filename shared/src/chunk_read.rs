@@ -48,12 +48,17 @@ pub(crate) async fn read_chunk(
                     break;
                 }
             }
-            Some(users) = reads.next(), if !reads.is_empty() => found.merge(users?),
+            Some(users) = reads.next(), if !reads.is_empty() => {
+                // Sized for every email asked so far, not grown batch by batch.
+                found.live.reserve(asked.len().saturating_sub(found.live.len()));
+                found.merge(users?);
+            }
         }
     }
     if !batch.is_empty() {
         reads.push(read(batch));
     }
+    found.live.reserve(asked.len().saturating_sub(found.live.len()));
     while let Some(users) = reads.next().await {
         found.merge(users?);
     }

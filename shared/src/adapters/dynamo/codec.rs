@@ -82,48 +82,72 @@ pub(super) fn string_set(items: &[String]) -> Av {
 impl TryFrom<&Item> for User {
     type Error = Error;
     fn try_from(item: &Item) -> Result<Self> {
-        let get = |k: &str| item.str(k).map(str::to_string);
+        User::try_from(item.clone())
+    }
+}
+
+/// An item read is taken apart, not copied: a chunk decodes thousands of them while its other
+/// reads are still on the wire.
+impl TryFrom<Item> for User {
+    type Error = Error;
+    fn try_from(mut item: Item) -> Result<Self> {
+        let mut take = |k: &str| match item.remove(k) {
+            Some(Av::S(v)) => Some(v),
+            _ => None,
+        };
+        let email = take("email").ok_or_else(|| Error::corrupt("user item", "no email"))?;
+        let status = UserStatus::parse(take("status").as_deref().unwrap_or_default());
+        let (created_by, last_write) = (take("created_by").unwrap_or_default(), take("last_write").unwrap_or_default());
+        let user_id = take("user_id");
+        let (first_name, last_name, phone, org) = (take("first_name"), take("last_name"), take("phone"), take("org"));
+        let (role, department, user_type) = (take("role"), take("department"), take("user_type"));
+        let (licence_pool, external_id) = (take("pool"), take("external_id"));
+        let associations = crate::model::ASSOCIATIONS.iter().filter_map(|a| take(a).map(|e| (a.to_string(), e))).collect();
+        let strings = |v: Option<Av>| match v {
+            Some(Av::L(l)) => l.into_iter().filter_map(|x| x.as_s().ok().cloned()).collect(),
+            _ => Vec::new(),
+        };
+        let groups = strings(item.remove("groups"));
+        let manual_groups = strings(item.remove("manual_groups"));
+        let mut products = match item.remove("products") {
+            Some(Av::Ss(p)) => p,
+            _ => Vec::new(),
+        };
+        products.sort();
+        let activated = item.contains_key("activated_at");
+        let attributes = item
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                Av::S(v) => Some((k.strip_prefix(ATTR_PREFIX)?.to_string(), v)),
+                _ => None,
+            })
+            .collect();
         Ok(User {
-            email: get("email").ok_or_else(|| Error::corrupt("user item", "no email"))?,
-            status: UserStatus::parse(item.str("status").unwrap_or_default()),
-            created_by: get("created_by").unwrap_or_default(),
-            last_write: get("last_write").unwrap_or_default(),
-            user_id: get("user_id"),
+            email,
+            status,
+            created_by,
+            last_write,
+            user_id,
             fields: UserFields {
-                first_name: get("first_name"),
-                last_name: get("last_name"),
-                phone: get("phone"),
-                org: get("org"),
-                role: get("role"),
-                department: get("department"),
-                user_type: get("user_type"),
+                first_name,
+                last_name,
+                phone,
+                org,
+                role,
+                department,
+                user_type,
                 invite: false,
                 invite_at: None,
-                licence_pool: get("pool"),
-                external_id: get("external_id"),
+                licence_pool,
+                external_id,
                 new_email: None,
-                groups: item
-                    .get("groups")
-                    .and_then(|g| g.as_l().ok())
-                    .map(|l| l.iter().filter_map(|x| x.as_s().ok().cloned()).collect())
-                    .unwrap_or_default(),
-                products: {
-                    let mut p = item.get("products").and_then(|p| p.as_ss().ok()).cloned().unwrap_or_default();
-                    p.sort();
-                    p
-                },
-                associations: crate::model::ASSOCIATIONS.iter().filter_map(|a| get(a).map(|e| (a.to_string(), e))).collect(),
-                attributes: item
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.strip_prefix(ATTR_PREFIX)?.to_string(), v.as_s().ok()?.clone())))
-                    .collect(),
+                groups,
+                products,
+                associations,
+                attributes,
             },
-            activated: item.contains_key("activated_at"),
-            manual_groups: item
-                .get("manual_groups")
-                .and_then(|g| g.as_l().ok())
-                .map(|l| l.iter().filter_map(|x| x.as_s().ok().cloned()).collect())
-                .unwrap_or_default(),
+            activated,
+            manual_groups,
         })
     }
 }
@@ -290,6 +314,36 @@ mod tests {
         let back = User::try_from(&item).unwrap();
         assert_eq!(back.fields, fields);
         assert_eq!(back.status, crate::model::UserStatus::Active);
+    }
+
+    #[test]
+    fn a_user_item_with_every_field_reads_back_as_written() {
+        let fields = UserFields {
+            first_name: Some("Ann".into()),
+            last_name: Some("Okafor".into()),
+            phone: Some("+14155550100".into()),
+            org: Some("North".into()),
+            role: Some("Learner".into()),
+            department: Some("Sales".into()),
+            user_type: Some("Staff".into()),
+            licence_pool: Some("gold".into()),
+            external_id: Some("E-1".into()),
+            groups: vec!["b".into(), "a".into()],
+            products: vec!["lms".into(), "crm".into()],
+            associations: [("supervisor".to_string(), "boss@x.com".to_string())].into_iter().collect(),
+            attributes: [("shoe_size".to_string(), "42".to_string()), ("x_nested".to_string(), "1".to_string())].into_iter().collect(),
+            ..Default::default()
+        };
+        let mut item: Item = UserItem { tenant: "acme", email: "ann@x.com", fields: &fields, stamp: &stamp() }.into();
+        item.insert("manual_groups".into(), Av::L(vec![s("kept")]));
+        item.insert("activated_at".into(), s("2026-11-22T10:00:00Z"));
+        item.insert("ord".into(), s("0001"));
+        let back = User::try_from(item).unwrap();
+        let mut expected = fields.clone();
+        expected.products.sort();
+        assert_eq!(back.fields, expected);
+        assert_eq!((back.email.as_str(), back.created_by.as_str(), back.last_write.as_str()), ("ann@x.com", "job1#7", "job1#7"));
+        assert_eq!((back.manual_groups, back.activated, back.user_id.is_some()), (vec!["kept".to_string()], true, true));
     }
 
     #[test]

@@ -33,7 +33,7 @@ impl DynamoDirectory {
             .send()
             .await
             .map_err(ddb_err("GetItem"))?;
-        out.item.as_ref().filter(|i| is_user(i)).map(User::try_from).transpose()
+        out.item.filter(is_user).map(User::try_from).transpose()
     }
 
     /// A query of one of a tenant's 16 user partitions.
@@ -59,7 +59,7 @@ impl DynamoDirectory {
             let out = self.client.batch_get_item().request_items(&self.table, request).send().await.map_err(ddb_err("BatchGetItem"))?;
             for item in out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
                 if is_user(&item) {
-                    let user = User::try_from(&item)?;
+                    let user = User::try_from(item)?;
                     found.live.insert(user.email.clone(), user);
                 } else if let (Some(TOMBSTONE), Some(email), Some(order)) = (item.str("kind"), item.str("sk"), item.str("ord")) {
                     found.deleted.insert(email.to_string(), order.to_string());
