@@ -23,6 +23,27 @@ async fn s3_put_then_get_returns_the_same_bytes() {
     stack.shutdown().await;
 }
 
+/// The store's streamed read (apply reads chunks with it) hands over every byte, in order, and
+/// says `None` for a missing key rather than failing.
+#[tokio::test]
+async fn store_pieces_of_a_large_object_join_to_its_bytes_and_a_missing_key_is_none() {
+    use futures::StreamExt;
+    let stack = Stack::start().await;
+    let body: Vec<u8> = (0..60_000u32).flat_map(|i| format!("{{\"row\":{i},\"email\":\"é{i}@x.com\"}}\n").into_bytes()).collect();
+    stack.svc.store.put("smoke/chunk.jsonl", body.clone(), "application/x-ndjson").await.unwrap();
+    let mut pieces = stack.svc.store.get_pieces("smoke/chunk.jsonl").await.unwrap().expect("the object");
+    let (mut got, mut count) = (Vec::new(), 0);
+    while let Some(piece) = pieces.next().await {
+        got.extend(piece.unwrap());
+        count += 1;
+    }
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "same bytes in the same order");
+    assert!(count > 1, "a {} MB body arrives in pieces", body.len() / 1_000_000);
+    assert!(stack.svc.store.get_pieces("smoke/missing.jsonl").await.unwrap().is_none());
+    stack.shutdown().await;
+}
+
 #[tokio::test]
 async fn dynamodb_conditional_put_succeeds_once_then_fails_with_conditional_check_failed() {
     let stack = Stack::start().await;
