@@ -170,7 +170,7 @@ fn users_to_read(ops: &[RowOp], all: bool) -> Vec<String> {
 }
 
 /// The email of the user `op` decides from, as `users_to_read` picks them.
-fn read_before(op: &RowOp, all: bool) -> Option<&String> {
+pub(crate) fn read_before(op: &RowOp, all: bool) -> Option<&String> {
     match &op.target {
         Target::User { email, .. } if all || op.action != Action::Create => Some(email),
         _ => None,

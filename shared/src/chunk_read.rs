@@ -83,11 +83,9 @@ mod tests {
         serde_json::to_string(&op).unwrap() + "\n"
     }
 
+    /// What apply reads for a chunk.
     fn wanted(op: &RowOp) -> Option<&String> {
-        match &op.target {
-            Target::User { email, .. } if op.action != Action::Create => Some(email),
-            _ => None,
-        }
+        crate::apply::read_before(op, false)
     }
 
     /// 250 updates of 240 users (ten named twice), 30 creates and an organization.

@@ -5,6 +5,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
+use futures::TryStreamExt;
 use std::time::Duration;
 
 pub struct S3Store {
@@ -38,17 +39,9 @@ fn is_missing(code: Option<&str>) -> bool {
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match self.client.get_object().bucket(&self.bucket).key(key).send().await {
-            Ok(out) => {
-                let body = out.body.collect().await.map_err(|e| Error::Transient {
-                    service: "s3",
-                    operation: "GetObject",
-                    message: e.to_string(),
-                })?;
-                Ok(Some(body.into_bytes().to_vec()))
-            }
-            Err(e) if is_missing(e.code()) => Ok(None),
-            Err(e) => Err(crate::adapters::sdk_error("s3", "GetObject", e)),
+        match self.get_pieces(key).await? {
+            Some(pieces) => pieces.try_concat().await.map(Some),
+            None => Ok(None),
         }
     }
 
