@@ -230,11 +230,11 @@ async fn a_finalize_no_retry_can_fix_ends_the_job_failed_with_a_plain_email() {
     let stack = Stack::start_manual().await;
     stack.put_tenant(&stack.tenant("acme")).await;
     let key = stack.drop_file("acme", None, "doomed.csv", tests::csv_text(&[&["Email"], &["ann@acme.example.com"]])).await;
-    loop {
+    // Until the job ends, not until a quiet second: S3 notifications may reach the queue late.
+    let deadline = std::time::Instant::now() + WAIT;
+    while stack.ended_job("acme", &key).await.is_none() {
+        assert!(std::time::Instant::now() < deadline, "the job did not end within {WAIT:?}");
         let events = stack.take_events().await;
-        if events.is_empty() {
-            break;
-        }
         for obj in events {
             if let Some(job) = shared::keys::parse_done(&obj.key) {
                 let outcomes = stack.svc.store.list(&shared::keys::outcomes_prefix(&job)).await.unwrap();
@@ -306,11 +306,11 @@ async fn a_chunk_no_retry_can_apply_stops_the_job_with_an_email_of_what_was_appl
     let file = tests::csv_text(&[&["Email"], &["ann@acme.example.com"], &["bob@acme.example.com"]]);
     let key = stack.drop_file("acme", None, "half.csv", file).await;
     let mut damaged = false;
-    loop {
+    // Until the job ends, not until a quiet second: S3 notifications may reach the queue late.
+    let deadline = std::time::Instant::now() + WAIT;
+    while stack.ended_job("acme", &key).await.is_none() {
+        assert!(std::time::Instant::now() < deadline, "the job did not end within {WAIT:?}");
         let events = stack.take_events().await;
-        if events.is_empty() {
-            break;
-        }
         for obj in events {
             // Once: the damaging write is itself an event for the same key.
             if obj.key.ends_with("p1-000001.jsonl") && !damaged {

@@ -359,10 +359,9 @@ async fn every_event_delivered_twice_and_out_of_order_changes_nothing_and_sends_
     stack.put_tenant(&config_tenant).await;
     let (rows, ok) = sample_roster(56);
     let key = stack.drop_file("acme", None, "twice.csv", rows_to_csv(&rows)).await;
-    let deliveries = stack.pump(2).await;
+    let (job, deliveries) = stack.settle("acme", &key, 2, Duration::from_secs(30)).await;
     let jobs = stack.svc.jobs.recent("acme", 10).await.unwrap();
     assert_eq!(jobs.len(), 1, "one job despite the duplicate ingest event");
-    let job = stack.wait_job("acme", &key, Duration::from_secs(5)).await;
     let s = stack.summary(&job).await;
     let expected_fail = ok.iter().filter(|g| !**g).count() as u32;
     assert_eq!((s.counts.success, s.counts.failure, s.counts.total()), (60 - expected_fail, expected_fail, 60));
@@ -380,8 +379,7 @@ async fn every_event_delivered_twice_and_out_of_order_changes_nothing_and_sends_
     let single = Stack::start_manual().await;
     single.put_tenant(&config_tenant).await;
     let single_key = single.drop_file("acme", None, "twice.csv", rows_to_csv(&rows)).await;
-    single.pump(1).await;
-    let single_job = single.wait_job("acme", &single_key, Duration::from_secs(5)).await;
+    let single_job = single.wait_job("acme", &single_key, Duration::from_secs(30)).await;
     let (twice_dir, once_dir) = (stack.directory_snapshot(&job.id).await, single.directory_snapshot(&single_job.id).await);
     assert!(twice_dir.len() > 40, "{} items", twice_dir.len());
     assert_eq!(twice_dir, once_dir, "directory after duplicate delivery == after single delivery");
