@@ -34,6 +34,10 @@ pub struct Faults {
     pub ses_reject_recipient: Mutex<Option<String>>,
     /// Fail DynamoDB requests whose body contains this text (e.g. the job completion update), `fail_matching_times` times.
     pub fail_matching: Mutex<Option<(String, u64)>>,
+    /// Cancel DynamoDB transactions whose body contains this text as AWS cancels one that meets
+    /// another transaction on its last item (TransactionCanceledException, reason
+    /// TransactionConflict), this many times.
+    pub conflict_matching: Mutex<Option<(String, u64)>>,
     pub enabled: AtomicBool,
     // Counters (public so plans can be written with struct update syntax).
     pub calls: AtomicU64,
@@ -78,6 +82,23 @@ fn respond(status: u16, content_type: &str, body: &str) -> HttpConnectorFuture {
     HttpConnectorFuture::ready(Ok(resp))
 }
 
+/// AWS's answer to a transaction that met another one on its last item: one reason per item.
+fn transaction_conflict(request: &str) -> String {
+    let items = serde_json::from_str::<serde_json::Value>(request)
+        .ok()
+        .and_then(|v| v["TransactItems"].as_array().map(Vec::len))
+        .unwrap_or(1)
+        .max(1);
+    let mut reasons = vec![serde_json::json!({"Code": "None"}); items - 1];
+    reasons.push(serde_json::json!({"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}));
+    serde_json::json!({
+        "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+        "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons",
+        "CancellationReasons": reasons,
+    })
+    .to_string()
+}
+
 impl HttpConnector for FaultyConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
         let f = &self.faults;
@@ -102,6 +123,17 @@ impl HttpConnector for FaultyConnector {
                 );
             }
             drop(matching);
+            let mut conflicting = f.conflict_matching.lock().expect("lock");
+            if let Some((needle, left)) = conflicting.as_mut()
+                && *left > 0
+                && op == "TransactWriteItems"
+                && body.contains(needle.as_str())
+            {
+                *left -= 1;
+                f.injected.fetch_add(1, Ordering::Relaxed);
+                return respond(400, "application/x-amz-json-1.0", &transaction_conflict(&body));
+            }
+            drop(conflicting);
             if matches!(op, "PutItem" | "UpdateItem" | "DeleteItem" | "TransactWriteItems") && f.burst_after_writes > 0 {
                 let w = f.writes.fetch_add(1, Ordering::Relaxed) + 1;
                 if w > f.burst_after_writes && w <= f.burst_after_writes + f.burst_len {

@@ -11,6 +11,8 @@ use std::time::Duration;
 use tests::faults::Faults;
 use tests::{Stack, parse_csv, rows_to_csv, sample_roster, wait_mail};
 
+const WAIT: Duration = Duration::from_secs(30);
+
 /// Deliver queued events like Lambda's async invocation with retries: a failed invocation is run
 /// again (up to 25 times: a burst of 60 failed writes that starts where an invocation makes one
 /// write at a time, with 4 SDK attempts each, fails 15 invocations in a row). Returns how many
@@ -31,6 +33,36 @@ async fn deliver(stack: &Stack) -> usize {
             }
         }
     }
+}
+
+/// Chunks that end together count on their job's one item, and AWS cancels a transaction that
+/// meets another on an item (TransactionConflict). That is contention, not a fault of the file:
+/// the chunk counts again and the job completes, instead of stopping as a chunk no retry can apply.
+#[tokio::test]
+async fn chunks_whose_count_meets_another_transaction_count_again_and_the_job_completes() {
+    let faults = Arc::new(Faults::default());
+    let stack = Stack::start_manual_faulty(faults.clone(), |c| c.chunk_size = 2).await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let mut file = String::from("Email,Department\n");
+    for i in 0..6 {
+        file += &format!("c{i}@acme.example.com,Sales\n");
+    }
+    let key = stack.drop_file("acme", None, "crowd.csv", file.into_bytes()).await;
+    // Every chunk's count (the job item's `ADD done1`) is cancelled twice before it lands.
+    *faults.conflict_matching.lock().unwrap() = Some(("ADD done1".into(), 6));
+    faults.enabled.store(true, Ordering::Relaxed);
+    let retried = deliver(&stack).await;
+    let job = stack.wait_job("acme", &key, WAIT).await;
+    faults.enabled.store(false, Ordering::Relaxed);
+    assert_eq!((job.state, job.succeeded, job.failed), (JobState::Completed, 6, 0), "{job:?}");
+    assert_eq!(faults.injected(), 6, "every conflict was met");
+    assert_eq!(retried, 0, "no invocation failed: the count was sent again in place");
+    for i in 0..6 {
+        assert!(stack.svc.directory.user("acme", &format!("c{i}@acme.example.com")).await.unwrap().is_some(), "c{i}");
+    }
+    let mails = wait_mail(&stack.admin_email(), 1, WAIT).await;
+    assert_eq!(mails.len(), 1);
+    stack.shutdown().await;
 }
 
 #[tokio::test]

@@ -114,6 +114,24 @@ pub(super) fn first_condition_failed(e: &TxnError) -> bool {
     cancellation_codes(e).is_some_and(|c| c.first().map(String::as_str) == Some("ConditionalCheckFailed"))
 }
 
+/// A transaction DynamoDB cancelled for contention, not for a condition: another transaction on
+/// one of its items (a job's chunk counter and a licence pool are written by every chunk at once),
+/// or throughput. Sent again, it may succeed; the SDK does not retry it by itself.
+pub(super) fn cancelled_for_contention(e: &TxnError) -> bool {
+    cancellation_codes(e).is_some_and(|codes| {
+        codes.iter().all(|c| matches!(c.as_str(), "None" | "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded"))
+            && codes.iter().any(|c| c != "None")
+    })
+}
+
+/// How many times a transaction cancelled for contention is sent before the invocation gives up
+/// (retryably), and the pause before attempt `attempt + 1`: growing, so that a crowd of chunks
+/// finishing at once spreads out (about 15 s in all).
+pub(super) const CONTENDED_ATTEMPTS: u64 = 100;
+pub(super) async fn contention_pause(attempt: u64) {
+    tokio::time::sleep(std::time::Duration::from_millis(5 + attempt * 3)).await;
+}
+
 /// Cancellation reasons of a failed transaction, when it was cancelled.
 pub(super) fn cancellation_codes(e: &TxnError) -> Option<Vec<String>> {
     cancellation(e).map(|r| r.into_iter().map(|(code, _)| code).collect())

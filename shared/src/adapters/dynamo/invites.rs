@@ -30,6 +30,57 @@ impl DynamoInvites {
         let h = email.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
         format!("INVITES#{}", h % USER_SHARDS as u64)
     }
+
+    /// One try at moving a pending invite to the user's new address. `None`: cancelled for
+    /// contention, to be tried again.
+    async fn rename_once(&self, tenant: &str, from: &str, to: &str) -> Result<Option<bool>> {
+        use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
+        let old_key = format!("I#{tenant}#{from}");
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&old_key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(ddb_err("GetItem"))?;
+        let Some(mut item) = out.item.filter(|i| i.str("status") == Some("pending")) else { return Ok(Some(false)) };
+        let due = item.str("due_at").unwrap_or_default().to_string();
+        item.insert("pk".into(), s(format!("I#{tenant}#{to}")));
+        item.insert("email".into(), s(to));
+        item.insert("gsi1pk".into(), s(Self::shard(to)));
+        item.insert("gsi1sk".into(), s(format!("{due}#{tenant}#{to}")));
+        // Only while still pending (a sweep sending it meanwhile keeps it where it is).
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .key("pk", s(&old_key))
+            .condition_expression("#st = :pending")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":pending", s("pending"))
+            .build()
+            .map_err(|e| crate::error::Error::corrupt("invite move", e))?;
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .build()
+            .map_err(|e| crate::error::Error::corrupt("invite move", e))?;
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().delete(delete).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Some(true)),
+            // Read again: the invite may still be pending.
+            Err(e) if cancelled_for_contention(&e) => Ok(None),
+            // No longer pending: a sweep sent it meanwhile.
+            Err(e) if cancellation(&e).is_some() => Ok(Some(false)),
+            Err(e) => Err(ddb_err("TransactWriteItems")(e)),
+        }
+    }
 }
 
 #[async_trait]
@@ -163,49 +214,13 @@ impl Invites for DynamoInvites {
     }
 
     async fn rename(&self, tenant: &str, from: &str, to: &str) -> Result<bool> {
-        use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
-        let old_key = format!("I#{tenant}#{from}");
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(&old_key))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(ddb_err("GetItem"))?;
-        let Some(mut item) = out.item.filter(|i| i.str("status") == Some("pending")) else { return Ok(false) };
-        let due = item.str("due_at").unwrap_or_default().to_string();
-        item.insert("pk".into(), s(format!("I#{tenant}#{to}")));
-        item.insert("email".into(), s(to));
-        item.insert("gsi1pk".into(), s(Self::shard(to)));
-        item.insert("gsi1sk".into(), s(format!("{due}#{tenant}#{to}")));
-        // Only while still pending (a sweep sending it meanwhile keeps it where it is).
-        let delete = Delete::builder()
-            .table_name(&self.table)
-            .key("pk", s(&old_key))
-            .condition_expression("#st = :pending")
-            .expression_attribute_names("#st", "status")
-            .expression_attribute_values(":pending", s("pending"))
-            .build()
-            .map_err(|e| crate::error::Error::corrupt("invite move", e))?;
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .build()
-            .map_err(|e| crate::error::Error::corrupt("invite move", e))?;
-        let res = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().delete(delete).build())
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if cancellation(&e).is_some() => Ok(false),
-            Err(e) => Err(ddb_err("TransactWriteItems")(e)),
+        for attempt in 0..CONTENDED_ATTEMPTS {
+            match self.rename_once(tenant, from, to).await? {
+                Some(moved) => return Ok(moved),
+                None => contention_pause(attempt).await,
+            }
         }
+        Err(crate::error::Error::Transient { service: "dynamodb", operation: "TransactWriteItems", message: "invite contended".into() })
     }
 
     async fn record_delivery(&self, tenant: &str, email: &str, status: InviteStatus, reason: Option<&str>, at: &str) -> Result<bool> {

@@ -53,21 +53,26 @@ impl DynamoJobs {
             update = update.condition_expression(format!("done{phase} < :below")).expression_attribute_values(":below", n(below));
         }
         let update = update.build().map_err(|e| Error::Build { what: "transaction", message: e.to_string() })?;
-        let res = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .transact_items(TransactWriteItem::builder().update(update).build())
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(Some(true)),
-            Err(e) if first_condition_failed(&e) => Ok(None),
-            Err(e) if cancellation_codes(&e).is_some_and(|c| c.get(1).map(String::as_str) == Some("ConditionalCheckFailed")) => {
-                Ok(Some(false))
+        for attempt in 0..CONTENDED_ATTEMPTS {
+            let res = self
+                .client
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().put(put.clone()).build())
+                .transact_items(TransactWriteItem::builder().update(update.clone()).build())
+                .send()
+                .await;
+            match res {
+                Ok(_) => return Ok(Some(true)),
+                Err(e) if first_condition_failed(&e) => return Ok(None),
+                Err(e) if cancellation_codes(&e).is_some_and(|c| c.get(1).map(String::as_str) == Some("ConditionalCheckFailed")) => {
+                    return Ok(Some(false));
+                }
+                // Every chunk of the job counts on its item: chunks ending together collide.
+                Err(e) if cancelled_for_contention(&e) => contention_pause(attempt).await,
+                Err(e) => return Err(ddb_err("TransactWriteItems")(e)),
             }
-            Err(e) => Err(ddb_err("TransactWriteItems")(e)),
         }
+        Err(Error::Transient { service: "dynamodb", operation: "TransactWriteItems", message: "job counter contended".into() })
     }
 
     /// One partition of the open-jobs index (OPEN, HELD, SCHEDULED), oldest first, up to

@@ -67,7 +67,7 @@ impl DynamoDirectory {
         let doc = serde_json::to_string(&decision).map_err(|e| Error::corrupt("licence claim", e))?;
         // What the pool is believed to hold: unknown until a condition says otherwise.
         let mut seen: Option<i64> = None;
-        for attempt in 0..100u64 {
+        for attempt in 0..CONTENDED_ATTEMPTS {
             let (granted, change) = match seen {
                 None => (wanted.min(limit), PoolChange::AddWithin { limit }),
                 // A count below zero (licences given back that were never counted) is repaired.
@@ -100,8 +100,8 @@ impl DynamoDirectory {
                         seen = Some(self.pool_seen(tenant, &reasons[1].1).await?);
                     }
                     // A transaction conflict: another chunk is changing the pool right now.
-                    Some(_) => tokio::time::sleep(std::time::Duration::from_millis(5 + attempt * 3)).await,
-                    None => return Err(ddb_err("TransactWriteItems")(e)),
+                    _ if cancelled_for_contention(&e) => contention_pause(attempt).await,
+                    _ => return Err(ddb_err("TransactWriteItems")(e)),
                 },
             }
         }
@@ -112,7 +112,7 @@ impl DynamoDirectory {
     /// that low was wrong already: users that existed before the pool; `recount-licences`).
     pub(super) async fn pool_settle(&self, tenant: &PoolId, claim: &str, returned: u32) -> Result<()> {
         let mut seen: Option<i64> = None;
-        for attempt in 0..100u64 {
+        for attempt in 0..CONTENDED_ATTEMPTS {
             let mark = Update::builder()
                 .table_name(&self.table)
                 .set_key(Some(Self::claim_key(claim)))
@@ -138,8 +138,8 @@ impl DynamoDirectory {
                     Some(reasons) if reasons.get(1).is_some_and(|(code, _)| code == "ConditionalCheckFailed") => {
                         seen = Some(self.pool_seen(tenant, &reasons[1].1).await?);
                     }
-                    Some(_) => tokio::time::sleep(std::time::Duration::from_millis(5 + attempt * 3)).await,
-                    None => return Err(ddb_err("TransactWriteItems")(e)),
+                    _ if cancelled_for_contention(&e) => contention_pause(attempt).await,
+                    _ => return Err(ddb_err("TransactWriteItems")(e)),
                 },
             }
         }
