@@ -767,8 +767,8 @@ async fn invite_sending_is_paced_to_the_configured_rate() {
     for i in 0..10 {
         rows.push(vec![format!("r{i}-{}@acme.example.com", stack.tag), "true".into()]);
     }
-    stack.drop_file("acme", None, "rate.csv", tests::rows_to_csv(&rows)).await;
-    stack.pump(1).await;
+    let key = stack.drop_file("acme", None, "rate.csv", tests::rows_to_csv(&rows)).await;
+    stack.wait_job("acme", &key, Duration::from_secs(30)).await;
     let started = std::time::Instant::now();
     assert_eq!(shared::invites::sweep(&svc, chrono::Utc::now()).await.unwrap(), 10);
     // 10 sends at 20 per second cannot take less than 9 intervals of 50 ms.
