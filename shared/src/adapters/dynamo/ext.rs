@@ -116,12 +116,22 @@ pub(super) fn first_condition_failed(e: &TxnError) -> bool {
 
 /// A transaction DynamoDB cancelled for contention, not for a condition: another transaction on
 /// one of its items (a job's chunk counter and a licence pool are written by every chunk at once),
-/// or throughput. Sent again, it may succeed; the SDK does not retry it by itself.
+/// throughput, or the service's own trouble. Sent again, it may succeed; the SDK does not retry it
+/// by itself. A condition or a validation error in any item is an answer, not contention.
 pub(super) fn cancelled_for_contention(e: &TxnError) -> bool {
-    cancellation_codes(e).is_some_and(|codes| {
-        codes.iter().all(|c| matches!(c.as_str(), "None" | "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded"))
-            && codes.iter().any(|c| c != "None")
-    })
+    cancellation_codes(e).is_some_and(|codes| contention_only(&codes))
+}
+
+/// Cancellation reasons (one per item, "None" for an item that was not the cause) that name only
+/// contention.
+fn contention_only(codes: &[String]) -> bool {
+    let contention = |c: &str| {
+        matches!(
+            c,
+            "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded" | "RequestLimitExceeded" | "InternalServerError"
+        )
+    };
+    codes.iter().all(|c| c == "None" || contention(c)) && codes.iter().any(|c| contention(c))
 }
 
 /// How many times a transaction cancelled for contention is sent before the invocation gives up
@@ -154,4 +164,27 @@ pub(super) fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> Error {
 /// The key attributes of a directory item.
 pub(super) fn key_item(key: &super::Key) -> Item {
     Item::from([("pk".to_string(), s(&key.0)), ("sk".to_string(), s(&key.1))])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codes(c: &[&str]) -> Vec<String> {
+        c.iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn only_a_cancellation_for_contention_alone_is_sent_again() {
+        assert!(contention_only(&codes(&["None", "TransactionConflict"])));
+        assert!(contention_only(&codes(&["ThrottlingError", "None"])));
+        assert!(contention_only(&codes(&["ProvisionedThroughputExceeded"])));
+        // A condition answered: the caller decides from it, whatever else collided.
+        assert!(!contention_only(&codes(&["ConditionalCheckFailed", "TransactionConflict"])));
+        assert!(!contention_only(&codes(&["None", "ConditionalCheckFailed"])));
+        // Sent again, a malformed item fails again.
+        assert!(!contention_only(&codes(&["ValidationError", "None"])));
+        assert!(!contention_only(&codes(&["None", "None"])));
+        assert!(!contention_only(&[]));
+    }
 }
