@@ -148,20 +148,20 @@ async fn a_job_stuck_past_its_deadline_fails_with_an_email_of_what_was_and_was_n
     }
     let key = stack.drop_file("acme", None, "stuck.csv", file.into_bytes()).await;
     // Ingest and the first chunk run; the other two chunks keep failing (their events are lost here).
-    let mut late = Vec::new();
-    loop {
-        let events = stack.take_events().await;
-        if events.is_empty() {
-            break;
-        }
-        for obj in events {
+    // Until those three have arrived, not until a quiet second (S3 notifications may come late).
+    let (mut late, mut first, deadline) = (Vec::new(), false, std::time::Instant::now() + WAIT);
+    while !(first && late.len() >= 2) {
+        assert!(std::time::Instant::now() < deadline, "events missing: first chunk {first}, {} others", late.len());
+        for obj in stack.take_events().await {
             if obj.key.starts_with("incoming/") || obj.key.ends_with("p1-000000.jsonl") {
+                first |= obj.key.ends_with("p1-000000.jsonl");
                 shared::route::dispatch(&stack.svc, &obj).await.unwrap();
             } else {
                 late.push(obj);
             }
         }
     }
+    assert!(stack.take_events().await.is_empty(), "nothing else is sent");
     assert_eq!(late.len(), 2, "two chunks left behind");
     let now = chrono::Utc::now();
     assert_eq!(shared::monitor::fail_stuck_jobs(&stack.svc, now).await.unwrap(), 0, "not before its deadline");
