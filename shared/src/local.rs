@@ -66,7 +66,7 @@ impl LocalAws {
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "rosterdrop-local"));
         }
         let sdk = loader.load().await;
-        let mut ddb = aws_sdk_dynamodb::config::Builder::from(&sdk);
+        let mut ddb = crate::adapters::dynamo::configure(aws_sdk_dynamodb::config::Builder::from(&sdk));
         if overridden && env("AWS_ENDPOINT_URL_DYNAMODB").is_none() {
             ddb = ddb.endpoint_url(LOCAL_DYNAMODB_ENDPOINT);
         }

@@ -27,7 +27,8 @@ impl Services {
     pub fn from_sdk(config: Config, sdk: &aws_config::SdkConfig) -> Self {
         let s3 = adapters::s3_client(sdk, &config);
         let events = aws_sdk_eventbridge::Client::new(sdk);
-        Self::from_clients(config, s3, aws_sdk_dynamodb::Client::new(sdk), aws_sdk_sesv2::Client::new(sdk), events)
+        let ddb = aws_sdk_dynamodb::Client::from_conf(dynamo::configure(aws_sdk_dynamodb::config::Builder::from(sdk)).build());
+        Self::from_clients(config, s3, ddb, aws_sdk_sesv2::Client::new(sdk), events)
     }
 
     pub fn from_clients(

@@ -34,9 +34,10 @@ pub struct Faults {
     pub ses_reject_recipient: Mutex<Option<String>>,
     /// Fail DynamoDB requests whose body contains this text (e.g. the job completion update), `fail_matching_times` times.
     pub fail_matching: Mutex<Option<(String, u64)>>,
-    /// Cancel DynamoDB transactions whose body contains this text as AWS cancels one that meets
-    /// another transaction on its last item (TransactionCanceledException, reason
-    /// TransactionConflict), this many times.
+    /// Refuse DynamoDB writes whose body contains this text as AWS refuses one that meets another
+    /// transaction on its item, this many times: a transaction is cancelled
+    /// (TransactionCanceledException, reason TransactionConflict on its last item), a plain write
+    /// gets TransactionConflictException.
     pub conflict_matching: Mutex<Option<(String, u64)>>,
     pub enabled: AtomicBool,
     // Counters (public so plans can be written with struct update syntax).
@@ -126,12 +127,16 @@ impl HttpConnector for FaultyConnector {
             let mut conflicting = f.conflict_matching.lock().expect("lock");
             if let Some((needle, left)) = conflicting.as_mut()
                 && *left > 0
-                && op == "TransactWriteItems"
+                && matches!(op, "TransactWriteItems" | "PutItem" | "UpdateItem" | "DeleteItem")
                 && body.contains(needle.as_str())
             {
                 *left -= 1;
                 f.injected.fetch_add(1, Ordering::Relaxed);
-                return respond(400, "application/x-amz-json-1.0", &transaction_conflict(&body));
+                let answer = match op {
+                    "TransactWriteItems" => transaction_conflict(&body),
+                    _ => r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionConflictException","message":"Transaction is ongoing for the item"}"#.to_string(),
+                };
+                return respond(400, "application/x-amz-json-1.0", &answer);
             }
             drop(conflicting);
             if matches!(op, "PutItem" | "UpdateItem" | "DeleteItem" | "TransactWriteItems") && f.burst_after_writes > 0 {

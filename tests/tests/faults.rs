@@ -65,6 +65,28 @@ async fn chunks_whose_count_meets_another_transaction_count_again_and_the_job_co
     stack.shutdown().await;
 }
 
+/// A plain write to the job item that meets a chunk's count transaction is refused with
+/// TransactionConflictException; the SDK sends it again (our retry classifier) instead of failing
+/// the invocation for Lambda to run it all again.
+#[tokio::test]
+async fn a_job_write_that_meets_a_transaction_is_sent_again_by_the_sdk() {
+    let faults = Arc::new(Faults::default());
+    let stack = Stack::start_manual_faulty(faults.clone(), |c| c.chunk_size = 2).await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let key = stack.drop_file("acme", None, "claim.csv", b"Email\nd1@acme.example.com\nd2@acme.example.com\n".to_vec()).await;
+    // The result email's claim (an UpdateItem of the job item), twice: within the SDK's attempts.
+    *faults.conflict_matching.lock().unwrap() = Some(("email_result".into(), 2));
+    faults.enabled.store(true, Ordering::Relaxed);
+    let retried = deliver(&stack).await;
+    let job = stack.wait_job("acme", &key, WAIT).await;
+    faults.enabled.store(false, Ordering::Relaxed);
+    assert_eq!((job.state, job.succeeded), (JobState::Completed, 2), "{job:?}");
+    assert_eq!(faults.injected(), 2, "both conflicts were met");
+    assert_eq!(retried, 0, "no invocation failed: the SDK sent the claim again");
+    assert_eq!(wait_mail(&stack.admin_email(), 1, WAIT).await.len(), 1);
+    stack.shutdown().await;
+}
+
 #[tokio::test]
 async fn throttling_failed_writes_and_a_crash_mid_chunk_still_apply_every_row_exactly_once() {
     let faults = Arc::new(Faults {

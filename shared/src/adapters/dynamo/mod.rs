@@ -13,6 +13,7 @@ mod identity;
 mod invites;
 mod jobs;
 mod licences;
+mod retry;
 mod schema;
 
 pub use codec::UserItem;
@@ -20,6 +21,7 @@ pub use directory::DynamoDirectory;
 pub use ext::Item;
 pub use invites::DynamoInvites;
 pub use jobs::DynamoJobs;
+pub use retry::configure;
 pub use schema::ensure_tables;
 
 pub const USER_SHARDS: u32 = 16;
