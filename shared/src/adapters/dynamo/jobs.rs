@@ -33,8 +33,9 @@ impl DynamoJobs {
         Ok(out.item)
     }
 
-    /// The marker + counter transaction, sent again while it is cancelled for contention. `below`: count only while `done{phase}` stays
-    /// below it. `None`: already recorded; `Some(false)`: `below` refused it; `Some(true)`: counted.
+    /// The marker + counter transaction, sent again while it is cancelled for contention. `below`:
+    /// count only while `done{phase}` stays below it. `None`: already recorded; `Some(false)`:
+    /// `below` refused it; `Some(true)`: counted.
     async fn count_chunk(&self, id: &str, phase: usize, seq: u32, below: Option<u32>) -> Result<Option<bool>> {
         let ttl = chrono::Utc::now().timestamp() + MARKER_TTL_SECS;
         let put = Put::builder()
