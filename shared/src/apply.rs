@@ -51,15 +51,14 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
     if phase >= PHASES {
         return Err(Error::corrupt(obj.key.clone(), "phase out of range"));
     }
-    // A chunk's fixed cost is its round trips in sequence (see `make bench`): the job, the marker
-    // and the chunk's first bytes are read together; then the tenant beside the users, whose
-    // reads go out while the chunk is still arriving (`chunk_read`); at the end the outcomes' PUT
-    // and the marker go out together.
-    let (recorded, job, pieces) =
-        tokio::try_join!(svc.jobs.chunk_recorded(&job_id, phase, seq), svc.jobs.get(&job_id), svc.store.get_pieces(&obj.key))?;
-    let job = job.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "chunk of an unknown job"))?;
+    // A chunk's fixed cost is its round trips in sequence (see `make bench`): the job (which
+    // says whether the chunk was counted) and the chunk's first bytes are read together; then the
+    // tenant beside the users, whose reads go out while the chunk is still arriving
+    // (`chunk_read`); at the end the outcomes' PUT and the count go out together.
+    let (job, pieces) = tokio::try_join!(svc.jobs.job_for_chunk(&job_id, phase, seq), svc.store.get_pieces(&obj.key))?;
+    let (job, recorded) = job.ok_or_else(|| Error::corrupt(format!("job {job_id}"), "chunk of an unknown job"))?;
     let outcomes_key = keys::chunk_outcomes(&job_id, phase, seq);
-    // Recorded, but its outcomes' PUT failed (it runs beside the marker): applied again for them,
+    // Recorded, but its outcomes' PUT failed (it runs beside the count): applied again for them,
     // each row finding its own write. Only a recorded chunk pays this look, a listing: the role
     // may list `outcomes/` but not read it, and S3 answers a read of a missing key 403 then.
     let again = recorded && !svc.store.list(&outcomes_key).await?.contains(&outcomes_key);
@@ -87,7 +86,7 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
     let claim = format!("{job_id}#{phase}#{seq}");
     let (outcomes, undo, spent) = apply_read(svc, &job, &tenant, ops, &claim, Some(stored), None).await?;
     let failed = outcomes.iter().filter(|o| o.status != Status::Success).count();
-    // Before-states, then the marker: a recorded chunk always has them (an attempt after the
+    // Before-states, then the count: a recorded chunk always has them (an attempt after the
     // first knows none: it keeps the first's). The outcomes go beside them: `advance` writes the
     // done marker only once every chunk's outcomes are there, and a chunk recorded without its
     // outcomes is applied again (above).
@@ -102,7 +101,7 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
         let of = job.phase_chunks.map(|plan| plan[phase]);
         svc.jobs.record_chunk(&job_id, phase, seq, of).await.map(Some)
     };
-    // Both run to their end: a marker written beside a failed PUT is found by the retry above.
+    // Both run to their end: a count written beside a failed PUT is found by the retry above.
     let (put, counted, ()) =
         tokio::join!(svc.store.put(&outcomes_key, outcomes_body, "application/x-ndjson"), record, async { drop(spent) });
     let counted = counted?;
@@ -979,7 +978,7 @@ pub async fn advance(svc: &Services, job: &Job, phase: usize) -> Result<()> {
 /// How long the chunk that completes a job waits for other chunks' outcomes still being put.
 const OUTCOMES_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Finalize reads every chunk's outcomes, and a chunk puts them while its marker is written: the
+/// Finalize reads every chunk's outcomes, and a chunk puts them while its count is written: the
 /// last chunk may be counted before another's PUT has landed. Wait up to `wait` for them (a PUT
 /// in flight lands within its own timeout); if one is still missing, fail retryably: its chunk's
 /// retry applies it again and puts them, and its `advance` then writes the done marker.
@@ -1392,7 +1391,7 @@ mod tests {
         assert_eq!((recorded.granted, recorded.takers), (1, vec![3]), "b (row 3) alone takes a licence");
     }
 
-    /// The outcomes' PUT runs beside the marker. A chunk recorded whose PUT failed is applied
+    /// The outcomes' PUT runs beside the count. A chunk recorded whose PUT failed is applied
     /// again by its retry, for its outcomes alone; meanwhile the chunk that completes the job
     /// waits for them before it writes the done marker, so finalize reads every row's outcome.
     #[tokio::test]

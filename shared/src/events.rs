@@ -104,8 +104,8 @@ impl JobStore for Publishing {
     async fn record_chunk(&self, id: &str, phase: usize, seq: u32, of: Option<u32>) -> Result<Recorded> {
         self.inner.record_chunk(id, phase, seq, of).await
     }
-    async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool> {
-        self.inner.chunk_recorded(id, phase, seq).await
+    async fn job_for_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<Option<(Job, bool)>> {
+        self.inner.job_for_chunk(id, phase, seq).await
     }
     async fn claim_email(&self, id: &str, kind: EmailKind, lease: Lease) -> Result<bool> {
         self.inner.claim_email(id, kind, lease).await

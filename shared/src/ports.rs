@@ -273,7 +273,8 @@ pub trait JobStore: Send + Sync {
     /// count, the same write tells whether this count may have completed the phase, so most
     /// chunks need no read of the job afterwards.
     async fn record_chunk(&self, id: &str, phase: usize, seq: u32, of: Option<u32>) -> Result<Recorded>;
-    async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool>;
+    /// The job and whether chunk `seq` of `phase` is recorded, in one consistent read.
+    async fn job_for_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<Option<(Job, bool)>>;
     /// Claim the right to send the job's email: `true` for exactly one caller.
     /// Claim sending a job's email of `kind` once; a claim older than `lease_secs` that was never
     /// marked sent is taken over.

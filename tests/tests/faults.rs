@@ -35,11 +35,12 @@ async fn deliver(stack: &Stack) -> usize {
     }
 }
 
-/// Chunks that end together count on their job's one item, and AWS cancels a transaction that
-/// meets another on an item (TransactionConflict). That is contention, not a fault of the file:
-/// the chunk counts again and the job completes, instead of stopping as a chunk no retry can apply.
+/// Every chunk counts on its job's one item with a plain conditional write; one that meets a
+/// transaction on that item is refused with TransactionConflictException. That is contention, not
+/// a fault of the file: the SDK and then the count itself send it again, and the job completes
+/// instead of stopping as a chunk no retry can apply.
 #[tokio::test]
-async fn chunks_whose_count_meets_another_transaction_count_again_and_the_job_completes() {
+async fn chunks_whose_count_meets_a_transaction_count_again_and_the_job_completes() {
     let faults = Arc::new(Faults::default());
     let stack = Stack::start_manual_faulty(faults.clone(), |c| c.chunk_size = 2).await;
     stack.put_tenant(&stack.tenant("acme")).await;
@@ -48,7 +49,8 @@ async fn chunks_whose_count_meets_another_transaction_count_again_and_the_job_co
         file += &format!("c{i}@acme.example.com,Sales\n");
     }
     let key = stack.drop_file("acme", None, "crowd.csv", file.into_bytes()).await;
-    // Every chunk's count (the job item's `ADD done1`) is cancelled twice before it lands.
+    // Counts (the job item's `ADD done1`) are refused six times in a row: more than the SDK's
+    // attempts of one request.
     *faults.conflict_matching.lock().unwrap() = Some(("ADD done1".into(), 6));
     faults.enabled.store(true, Ordering::Relaxed);
     let retried = deliver(&stack).await;

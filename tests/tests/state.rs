@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 //! State stays right across uploads: every upload of a key is its own job reading its own bytes.
 
+use futures::StreamExt;
 use shared::event::ObjectRef;
 use shared::model::{JobState, UserStatus};
 use std::time::Duration;
@@ -329,5 +330,49 @@ async fn of_chunks_recorded_at_once_exactly_one_is_told_it_may_complete_the_phas
     assert_eq!(jobs.record_chunk("rec-job", 2, 0, None).await.unwrap(), Recorded::Counted { last: true });
     // A phase of one chunk: that chunk completes it.
     assert_eq!(jobs.record_chunk("rec-job", 3, 0, Some(1)).await.unwrap(), Recorded::Counted { last: true });
+    // The job's one read tells a chunk whether it was counted.
+    let recorded = |phase, seq| async move { jobs.job_for_chunk("rec-job", phase, seq).await.unwrap().unwrap().1 };
+    assert!(recorded(1, 7).await && recorded(1, 19).await && recorded(2, 0).await);
+    assert!(!recorded(1, 20).await && !recorded(2, 1).await && !recorded(0, 7).await);
+    assert!(jobs.job_for_chunk("no-such-job", 1, 0).await.unwrap().is_none());
+    stack.shutdown().await;
+}
+
+/// Counted chunks are a set on the job's item, written whole by every count. At the most chunks
+/// a phase is cut into (`MAX_CHUNKS_PER_PHASE`), in every phase, the item stays far below
+/// DynamoDB's 400 KB and a count costs a few write units.
+#[tokio::test]
+async fn a_job_counting_the_most_chunks_in_every_phase_keeps_a_small_item() {
+    use shared::ingest::MAX_CHUNKS_PER_PHASE;
+    use shared::model::PHASES;
+    let stack = Stack::start().await;
+    let job = shared::model::Job::received("big-job", "acme", "incoming/acme/b.csv", "b.csv", None, "2026-12-01T00:00:00Z");
+    stack.svc.jobs.create_or_get(&job).await.unwrap();
+    let most = MAX_CHUNKS_PER_PHASE as u32;
+    let jobs = &stack.svc.jobs;
+    let counts = (0..PHASES).flat_map(|p| (0..most).map(move |seq| (p, seq)));
+    futures::stream::iter(counts)
+        .map(|(p, seq)| async move { jobs.record_chunk("big-job", p, seq, Some(most)).await.unwrap() })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let (stored, recorded) = jobs.job_for_chunk("big-job", PHASES - 1, most - 1).await.unwrap().unwrap();
+    assert!(recorded);
+    assert_eq!(stored.phase_done, [most; PHASES]);
+    // What writing the item once more costs, as DynamoDB reports it: one unit per kilobyte.
+    let out = stack
+        .aws
+        .dynamodb
+        .update_item()
+        .table_name(&stack.config.jobs_table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S("J#big-job".into()))
+        .update_expression("SET probe = :p")
+        .expression_attribute_values(":p", aws_sdk_dynamodb::types::AttributeValue::S("x".into()))
+        .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
+        .send()
+        .await
+        .unwrap();
+    let units = out.consumed_capacity.and_then(|c| c.capacity_units).unwrap();
+    assert!(units <= 16.0, "a count of the fullest job costs {units} write units");
     stack.shutdown().await;
 }

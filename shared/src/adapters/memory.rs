@@ -722,8 +722,9 @@ impl JobStore for MemoryJobs {
         });
         Ok(Recorded::Counted { last: !matches!((of, done), (Some(of), Some(done)) if done < of) })
     }
-    async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool> {
-        Ok(lock(&self.state).markers.contains(&(id.to_string(), phase, seq)))
+    async fn job_for_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<Option<(Job, bool)>> {
+        let state = lock(&self.state);
+        Ok(state.jobs.get(id).map(|job| (job.clone(), state.markers.contains(&(id.to_string(), phase, seq)))))
     }
     async fn claim_email(&self, id: &str, kind: EmailKind, lease: Lease) -> Result<bool> {
         let now = chrono::Utc::now();

@@ -423,8 +423,8 @@ async fn write_job(
     at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<()> {
     let id = &job.id;
-    let chunk_size = tenant.chunk_size.unwrap_or(svc.config.chunk_size).max(1);
     let spill = &ingested.sink;
+    let chunk_size = chunk_rows(tenant.chunk_size.unwrap_or(svc.config.chunk_size), &spill.counts);
     let phase_chunks: [u32; PHASES] = std::array::from_fn(|i| spill.counts[i].div_ceil(chunk_size as u64) as u32);
     let total_rows = ingested.rows;
     let invalid = spill.outcome_count;
@@ -525,9 +525,53 @@ async fn upload_chunks(svc: &Services, key: impl Fn(u32) -> String + Send, bodie
     futures::stream::iter(uploads).buffer_unordered(UPLOADS_IN_FLIGHT).try_collect::<Vec<()>>().await.map(drop)
 }
 
+/// The most chunks one phase of a job is cut into. Each phase's counted chunks are a set on the
+/// job's item (`JobStore::record_chunk`), written whole by every count: bounded, the item stays a
+/// few kilobytes (DynamoDB takes 400 KB) and a count a few write units, whatever the file.
+pub const MAX_CHUNKS_PER_PHASE: u64 = 1000;
+
+/// Rows per chunk: the tenant's (or the default) chunk size, raised for a file whose largest phase
+/// would otherwise be cut into more than `MAX_CHUNKS_PER_PHASE` chunks.
+pub fn chunk_rows(configured: usize, phase_rows: &[u64; PHASES]) -> usize {
+    let largest = phase_rows.iter().copied().max().unwrap_or(0);
+    let floor = usize::try_from(largest.div_ceil(MAX_CHUNKS_PER_PHASE)).unwrap_or(usize::MAX);
+    configured.max(floor).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_phase_is_cut_into_at_most_a_thousand_chunks_whatever_the_chunk_size() {
+        // The default stands for files up to 2 million rows a phase.
+        assert_eq!(chunk_rows(2000, &[0, 1_000_000, 0, 0]), 2000);
+        assert_eq!(chunk_rows(2000, &[0, 2_000_000, 0, 0]), 2000);
+        // A tiny chunk size (a tenant's setting) on a big file: chunks grow instead.
+        for (size, rows) in [(1, 1_000_000u64), (1, 1_000_001), (2000, 21_000_000), (7, 999_999), (0, 0), (0, 5)] {
+            let rows_each = chunk_rows(size, &[3, rows, 0, 17]);
+            assert!(rows_each >= size.max(1), "{size} {rows}: {rows_each}");
+            assert!(rows.div_ceil(rows_each as u64) <= MAX_CHUNKS_PER_PHASE, "{size} {rows}: {rows_each}");
+        }
+        assert_eq!(chunk_rows(1, &[0, 1_000_001, 0, 0]), 1001);
+    }
+
+    /// A tenant set to chunks of one row drops 2,003 users: cut into 668 chunks of 3 (not 2,003
+    /// of 1), every row applied and the job complete.
+    #[tokio::test]
+    async fn a_chunk_size_of_one_on_a_large_file_still_cuts_at_most_a_thousand_chunks() {
+        let mut kit = crate::testkit::Kit::new(|t| t.chunk_size = Some(1)).await;
+        let mut file = String::from("Email\n");
+        for i in 0..2003 {
+            file += &format!("u{i}@acme.example.com\n");
+        }
+        let job = kit.run("many.csv", file).await;
+        assert_eq!((job.state, job.succeeded, job.failed), (JobState::Completed, 2003, 0), "{job:?}");
+        let plan = job.phase_chunks.expect("planned");
+        assert_eq!(plan.iter().sum::<u32>(), 668, "{plan:?}");
+        assert_eq!(job.phase_done, plan);
+        assert_eq!(kit.svc.store.list(keys::CHUNKS).await.unwrap().iter().filter(|k| k.contains(&job.id)).count(), 668);
+    }
 
     fn obj(seq: &str) -> ObjectRef {
         ObjectRef {

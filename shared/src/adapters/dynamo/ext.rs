@@ -108,16 +108,10 @@ pub(super) type TxnError = aws_sdk_dynamodb::error::SdkError<
     aws_sdk_dynamodb::config::http::HttpResponse,
 >;
 
-/// A transaction cancelled because the condition of its first item failed (our transactions put
-/// the item whose condition decides first).
-pub(super) fn first_condition_failed(e: &TxnError) -> bool {
-    cancellation_codes(e).is_some_and(|c| c.first().map(String::as_str) == Some("ConditionalCheckFailed"))
-}
-
 /// A transaction DynamoDB cancelled for contention, not for a condition: another transaction on
-/// one of its items (a job's chunk counter and a licence pool are written by every chunk at once),
-/// throughput, or the service's own trouble. Sent again, it may succeed; the SDK does not retry it
-/// by itself. A condition or a validation error in any item is an answer, not contention.
+/// one of its items (a licence pool is written by every chunk at once), throughput, or the
+/// service's own trouble. Sent again, it may succeed; the SDK does not retry it by itself. A
+/// condition or a validation error in any item is an answer, not contention.
 pub(super) fn cancelled_for_contention(e: &TxnError) -> bool {
     cancellation_codes(e).is_some_and(|codes| contention_only(&codes))
 }

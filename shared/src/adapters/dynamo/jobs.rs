@@ -1,4 +1,4 @@
-//! The jobs port: job state machine, chunk markers, email claims, the replace lock.
+//! The jobs port: job state machine, chunk counts, email claims, the replace lock.
 
 use super::ext::*;
 use super::*;
@@ -8,7 +8,9 @@ use crate::model::{Job, JobState, PHASES};
 use crate::ports::{JobStore, Plan, Recorded};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
 pub struct DynamoJobs {
     client: Client,
@@ -33,47 +35,49 @@ impl DynamoJobs {
         Ok(out.item)
     }
 
-    /// The marker + counter transaction, sent again while it is cancelled for contention. `below`:
-    /// count only while `done{phase}` stays below it. `None`: already recorded; `Some(false)`:
-    /// `below` refused it; `Some(true)`: counted.
+    /// Count chunk `seq` of `phase` once: one conditional write of the job item adds it to the
+    /// phase's `seen{phase}` number set and to its `done{phase}` counter together, so a retried
+    /// invocation never counts twice and no transaction is needed (chunks ending together queue on
+    /// the item instead of cancelling each other). `below`: count only while `done{phase}` stays
+    /// below it. `None`: already recorded; `Some(false)`: `below` refused it; `Some(true)`: counted.
     async fn count_chunk(&self, id: &str, phase: usize, seq: u32, below: Option<u32>) -> Result<Option<bool>> {
-        let ttl = chrono::Utc::now().timestamp() + MARKER_TTL_SECS;
-        let put = Put::builder()
-            .table_name(&self.table)
-            .item("pk", s(Self::marker_pk(id, phase, seq)))
-            .item("ttl", n(ttl))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(|e| Error::Build { what: "transaction", message: e.to_string() })?;
-        let mut update = Update::builder()
+        let seen = format!("seen{phase}");
+        let fresh = format!("attribute_exists(pk) AND NOT contains({seen}, :seq)");
+        let req = self
+            .client
+            .update_item()
             .table_name(&self.table)
             .key("pk", s(format!("J#{id}")))
-            .update_expression(format!("ADD done{phase} :one"))
-            .expression_attribute_values(":one", n(1));
-        if let Some(below) = below {
-            update = update.condition_expression(format!("done{phase} < :below")).expression_attribute_values(":below", n(below));
-        }
-        let update = update.build().map_err(|e| Error::Build { what: "transaction", message: e.to_string() })?;
+            .update_expression(format!("ADD done{phase} :one, {seen} :seqs"))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":seq", n(seq))
+            .expression_attribute_values(":seqs", AttributeValue::Ns(vec![seq.to_string()]))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let req = match below {
+            Some(below) => {
+                req.condition_expression(format!("{fresh} AND done{phase} < :below")).expression_attribute_values(":below", n(below))
+            }
+            None => req.condition_expression(fresh),
+        };
         for attempt in 0..CONTENDED_ATTEMPTS {
-            let res = self
-                .client
-                .transact_write_items()
-                .transact_items(TransactWriteItem::builder().put(put.clone()).build())
-                .transact_items(TransactWriteItem::builder().update(update.clone()).build())
-                .send()
-                .await;
-            match res {
+            match req.clone().send().await {
                 Ok(_) => return Ok(Some(true)),
-                Err(e) if first_condition_failed(&e) => return Ok(None),
-                Err(e) if cancellation_codes(&e).is_some_and(|c| c.get(1).map(String::as_str) == Some("ConditionalCheckFailed")) => {
-                    return Ok(Some(false));
+                Err(e) if is_condition_failed(&e) => {
+                    // The job as it was tells which condition failed.
+                    let old = match e.into_service_error() {
+                        UpdateItemError::ConditionalCheckFailedException(c) => c.item,
+                        _ => None,
+                    };
+                    let Some(old) = old else { return Err(Error::corrupt(format!("job {id}"), "chunk of a job no longer stored")) };
+                    return Ok(if chunk_seen(&old, phase, seq) { None } else { Some(false) });
                 }
-                // Every chunk of the job counts on its item: chunks ending together collide.
-                Err(e) if cancelled_for_contention(&e) => contention_pause(attempt).await,
-                Err(e) => return Err(ddb_err("TransactWriteItems")(e)),
+                // A transaction elsewhere on the job item: nothing was written; the SDK retried
+                // it already, and it is sent again here rather than failing the chunk.
+                Err(e) if e.code() == Some("TransactionConflictException") => contention_pause(attempt).await,
+                Err(e) => return Err(ddb_err("UpdateItem")(e)),
             }
         }
-        Err(Error::Transient { service: "dynamodb", operation: "TransactWriteItems", message: "job counter contended".into() })
+        Err(Error::Transient { service: "dynamodb", operation: "UpdateItem", message: "job counter contended".into() })
     }
 
     /// One partition of the open-jobs index (OPEN, HELD, SCHEDULED), oldest first, up to
@@ -134,10 +138,12 @@ impl DynamoJobs {
             Err(e) => Err(ddb_err("UpdateItem")(e)),
         }
     }
+}
 
-    fn marker_pk(id: &str, phase: usize, seq: u32) -> String {
-        format!("C#{id}#{phase}#{seq}")
-    }
+/// Whether the job item records chunk `seq` of `phase` as counted (`count_chunk`).
+fn chunk_seen(item: &Item, phase: usize, seq: u32) -> bool {
+    let seq = seq.to_string();
+    item.get(&format!("seen{phase}")).and_then(|v| v.as_ns().ok()).is_some_and(|set| set.contains(&seq))
 }
 
 #[async_trait]
@@ -226,10 +232,10 @@ impl JobStore for DynamoJobs {
     }
 
     async fn record_chunk(&self, id: &str, phase: usize, seq: u32, of: Option<u32>) -> Result<Recorded> {
-        // Marker and counter in one transaction: a chunk is counted exactly once, even when its
-        // invocation is retried after crashing between the two writes. While the count stays
-        // below the phase's last chunk, the counter's condition holds and says so; the chunk that
-        // may complete the phase fails it, counts without it, and reads the job.
+        // A chunk is counted exactly once, even when its invocation is retried after crashing
+        // before or after the write. While the count stays below the phase's last chunk, the
+        // counter's condition holds and says so; the chunk that may complete the phase fails it,
+        // counts without it, and reads the job.
         let open = of.filter(|&n| n >= 2).map(|n| n - 1);
         match self.count_chunk(id, phase, seq, open).await? {
             Some(true) => Ok(Recorded::Counted { last: open.is_none() }),
@@ -241,17 +247,9 @@ impl JobStore for DynamoJobs {
         }
     }
 
-    async fn chunk_recorded(&self, id: &str, phase: usize, seq: u32) -> Result<bool> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(Self::marker_pk(id, phase, seq)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(ddb_err("GetItem"))?;
-        Ok(out.item.is_some())
+    async fn job_for_chunk(&self, id: &str, phase: usize, seq: u32) -> Result<Option<(Job, bool)>> {
+        let Some(item) = self.job_item(id).await? else { return Ok(None) };
+        Ok(Some((Job::try_from(&item)?, chunk_seen(&item, phase, seq))))
     }
 
     async fn claim_email(&self, id: &str, kind: EmailKind, lease: Lease) -> Result<bool> {

@@ -1,8 +1,8 @@
 //! A plain write that meets a transaction on its item is refused with
 //! `TransactionConflictException`: nothing was written, and a moment later it may be. The SDK
-//! retries throttling by itself but not this; the job item is written by every chunk's count
-//! transaction, so its other writes (phase moves, the email claim) meet them. Retried here, with
-//! the SDK's backoff and attempts, instead of failing the whole invocation.
+//! retries throttling by itself but not this; items that transactions write (licence pools,
+//! invites, identity claims) are also written plainly, and those writes meet them. Retried here,
+//! with the SDK's backoff and attempts, instead of failing the whole invocation.
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::{delete_item::DeleteItemError, put_item::PutItemError, update_item::UpdateItemError};
