@@ -140,10 +140,11 @@ impl DynamoJobs {
     }
 }
 
-/// Whether the job item records chunk `seq` of `phase` as counted (`count_chunk`).
+/// Whether the job item records chunk `seq` of `phase` as counted (`count_chunk`). Numbers are
+/// compared as numbers: DynamoDB answers with its own spelling of them.
 fn chunk_seen(item: &Item, phase: usize, seq: u32) -> bool {
-    let seq = seq.to_string();
-    item.get(&format!("seen{phase}")).and_then(|v| v.as_ns().ok()).is_some_and(|set| set.contains(&seq))
+    let set = item.get(&format!("seen{phase}")).and_then(|v| v.as_ns().ok());
+    set.is_some_and(|set| set.iter().any(|n| n.parse::<u32>() == Ok(seq)))
 }
 
 #[async_trait]
@@ -407,5 +408,21 @@ impl JobStore for DynamoJobs {
             .await
             .map_err(ddb_err("UpdateItem"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_is_seen_only_in_its_own_phase_s_number_set() {
+        let item = Item::from([
+            ("seen1".to_string(), AttributeValue::Ns(vec!["0".into(), "12".into(), "007".into()])),
+            ("seen2".to_string(), AttributeValue::S("3".into())),
+        ]);
+        assert!(chunk_seen(&item, 1, 0) && chunk_seen(&item, 1, 12) && chunk_seen(&item, 1, 7), "as numbers");
+        assert!(!chunk_seen(&item, 1, 1) && !chunk_seen(&item, 0, 12), "another chunk, another phase");
+        assert!(!chunk_seen(&item, 2, 3), "a set, not a string");
     }
 }
