@@ -376,3 +376,26 @@ async fn a_job_counting_the_most_chunks_in_every_phase_keeps_a_small_item() {
     assert!(units <= 16.0, "a count of the fullest job costs {units} write units");
     stack.shutdown().await;
 }
+
+/// A chunk's ExternalIds are read in batches of 100 sent together (they went one after another):
+/// every holder of 1,750 claimed ids among 2,000 is found, and none of the 250 nobody claimed.
+#[tokio::test]
+async fn a_whole_chunk_of_external_ids_is_read_with_every_holder_found() {
+    let stack = Stack::start().await;
+    let ids: Vec<String> = (0..2000).map(|i| format!("sis-{i:06}")).collect();
+    let holder = |i: usize| format!("u{i}@acme.example.com");
+    futures::stream::iter(ids.iter().enumerate().filter(|(i, _)| i % 8 != 0))
+        .map(|(i, id)| {
+            let svc = &stack.svc;
+            async move { assert_eq!(svc.directory.claim_external_id("acme", id, &holder(i)).await.unwrap(), None) }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let found = stack.svc.directory.external_ids("acme", &ids).await.unwrap();
+    assert_eq!(found.len(), 1750);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(found.get(id), (i % 8 != 0).then(|| holder(i)).as_ref(), "{id}");
+    }
+    stack.shutdown().await;
+}
