@@ -44,29 +44,18 @@ impl DynamoDirectory {
 
     /// Up to 100 users in one consistent `BatchGetItem`; keys it could not serve are asked again.
     async fn users_batch(&self, tenant: &str, batch: &[String]) -> Result<UsersRead> {
-        use aws_sdk_dynamodb::types::KeysAndAttributes;
         let keys: Vec<Item> = batch.iter().map(|e| key_item(&user_key(tenant, e))).collect();
-        let mut pending = Some(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(txn_err)?);
-        let (mut found, mut round) = (UsersRead::default(), 0u64);
-        while let Some(request) = pending.take() {
-            if round > 100 {
-                return Err(Error::Transient { service: "dynamodb", operation: "BatchGetItem", message: "keys left unprocessed".into() });
+        let mut found = UsersRead::default();
+        batch_get(&self.client, &self.table, keys, |item| {
+            if is_user(&item) {
+                let user = User::try_from(item)?;
+                found.live.insert(user.email.clone(), user);
+            } else if let (Some(TOMBSTONE), Some(email), Some(order)) = (item.str("kind"), item.str("sk"), item.str("ord")) {
+                found.deleted.insert(email.to_string(), order.to_string());
             }
-            if round > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(20 * round.min(50))).await;
-            }
-            round += 1;
-            let out = self.client.batch_get_item().request_items(&self.table, request).send().await.map_err(ddb_err("BatchGetItem"))?;
-            for item in out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
-                if is_user(&item) {
-                    let user = User::try_from(item)?;
-                    found.live.insert(user.email.clone(), user);
-                } else if let (Some(TOMBSTONE), Some(email), Some(order)) = (item.str("kind"), item.str("sk"), item.str("ord")) {
-                    found.deleted.insert(email.to_string(), order.to_string());
-                }
-            }
-            pending = out.unprocessed_keys.unwrap_or_default().remove(&self.table).filter(|k| !k.keys.is_empty());
-        }
+            Ok(())
+        })
+        .await?;
         Ok(found)
     }
 

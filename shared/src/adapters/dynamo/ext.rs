@@ -99,6 +99,34 @@ impl UpdateExpr {
     }
 }
 
+/// One consistent `BatchGetItem` of up to 100 `keys`, asked again (with a growing pause) for the
+/// keys DynamoDB leaves unprocessed; `each` takes every item found.
+pub(super) async fn batch_get(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: Vec<Item>,
+    mut each: impl FnMut(Item) -> Result<(), Error>,
+) -> Result<(), Error> {
+    use aws_sdk_dynamodb::types::KeysAndAttributes;
+    let mut pending = Some(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(txn_err)?);
+    let mut round = 0u64;
+    while let Some(request) = pending.take() {
+        if round > 100 {
+            return Err(Error::Transient { service: "dynamodb", operation: "BatchGetItem", message: "keys left unprocessed".into() });
+        }
+        if round > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20 * round.min(50))).await;
+        }
+        round += 1;
+        let out = client.batch_get_item().request_items(table, request).send().await.map_err(ddb_err("BatchGetItem"))?;
+        for item in out.responses.unwrap_or_default().remove(table).unwrap_or_default() {
+            each(item)?;
+        }
+        pending = out.unprocessed_keys.unwrap_or_default().remove(table).filter(|k| !k.keys.is_empty());
+    }
+    Ok(())
+}
+
 pub(super) fn txn_err(e: aws_sdk_dynamodb::error::BuildError) -> Error {
     Error::Build { what: "transaction", message: e.to_string() }
 }

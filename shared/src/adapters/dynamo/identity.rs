@@ -54,28 +54,16 @@ impl DynamoDirectory {
         Ok(found)
     }
 
-    /// One `BatchGetItem` of id items, sent again for the keys it leaves unprocessed.
+    /// One `BatchGetItem` of id items: id -> the value of `attr`.
     async fn ids_batch(&self, keys: Vec<Item>, attr: &str) -> Result<HashMap<String, String>> {
-        use aws_sdk_dynamodb::types::KeysAndAttributes;
         let mut found = HashMap::with_capacity(keys.len());
-        let mut pending = Some(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(txn_err)?);
-        let mut round = 0u64;
-        while let Some(request) = pending.take() {
-            if round > 100 {
-                return Err(Error::Transient { service: "dynamodb", operation: "BatchGetItem", message: "keys left unprocessed".into() });
+        batch_get(&self.client, &self.table, keys, |item| {
+            if let (Some(id), Some(value)) = (item.str("external_id"), item.str(attr)) {
+                found.insert(id.to_string(), value.to_string());
             }
-            if round > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(20 * round.min(50))).await;
-            }
-            round += 1;
-            let out = self.client.batch_get_item().request_items(&self.table, request).send().await.map_err(ddb_err("BatchGetItem"))?;
-            for item in out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
-                if let (Some(id), Some(value)) = (item.str("external_id"), item.str(attr)) {
-                    found.insert(id.to_string(), value.to_string());
-                }
-            }
-            pending = out.unprocessed_keys.unwrap_or_default().remove(&self.table).filter(|k| !k.keys.is_empty());
-        }
+            Ok(())
+        })
+        .await?;
         Ok(found)
     }
 
