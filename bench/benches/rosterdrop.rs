@@ -11,7 +11,7 @@
 //! - apply against DynamoDB Local beside a raw load generator doing the same conditional PutItems
 //!   at the same concurrency, with write units per created user and the most-written key; then
 //!   the same roster again, unchanged, each group of chunks beside a raw consistent BatchGetItem
-//!   of its keys run just before it;
+//!   of its keys run just before or after it; each with the CPU each process spent per row;
 //! - a 100k-row XLSX end to end through the local stack, with the share of each stage;
 //! - Lambda fitness: function binary sizes and init time (process start to the first request for
 //!   an event).
@@ -19,9 +19,10 @@
 //! Environment: `BENCH_ROWS` (default `10000,100000,1000000`), `BENCH_ONLY` (any of
 //! `ingest,oneroster,finalize,apply,e2e,init`), `BENCH_ONEROSTER_STUDENTS` (`20000,100000`), `BENCH_FINALIZE_ROWS` (`100000,1000000`), `BENCH_REPEAT` (ingest rounds: 15, 7, 3 by size), `BENCH_CPU` (the core
 //! ingest readers run on; calibrated otherwise), `BENCH_APPLY_ROWS` (20000), `BENCH_APPLY_ROUNDS`
-//! (3), `BENCH_E2E_ROWS` (100000).
+//! (3), `BENCH_APPLY_SYNC_CHUNKS` (the re-upload's chunk sizes: `500,2000,5000`),
+//! `BENCH_APPLY_CHUNKS_IN_FLIGHT` (4), `BENCH_E2E_ROWS` (100000).
 
-use bench::{HEADER, csv_file, oneroster_file, peak_rss, row, xlsx_file, xlsx_sst_file};
+use bench::{HEADER, cpu_ns, csv_file, oneroster_file, peak_rss, row, stack_pids, xlsx_file, xlsx_sst_file};
 use futures::StreamExt;
 use std::path::Path;
 use std::process::Command;
@@ -552,30 +553,6 @@ async fn raw_puts(stack: &tests::Stack, rows: usize, concurrency: usize, run: &s
     rows as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Ingest a CSV of `rows` creates with the real handler, then run every chunk through the real
-/// apply handler one after the other (each with the configured concurrency, so as many writes
-/// are in flight as the raw generator has). Returns (apply rows/s, chunks, job id).
-async fn handler_apply(stack: &tests::Stack, rows: usize, prefix: &str) -> (f64, usize, String) {
-    handler_apply_file(stack, rows, prefix, &format!("{prefix}.csv"), "Create", 1).await
-}
-
-/// Apply a file of `rows` users named `prefix…` with `action` (blank: create or update), with
-/// `in_flight` chunk invocations at once (as Lambda runs them, up to the reserved concurrency).
-async fn handler_apply_file(
-    stack: &tests::Stack,
-    rows: usize,
-    prefix: &str,
-    name: &str,
-    action: &str,
-    in_flight: usize,
-) -> (f64, usize, String) {
-    let (chunks, job_id) = ingest_file(stack, rows, prefix, name, action).await;
-    let start = Instant::now();
-    apply_chunks(stack, &chunks, in_flight).await;
-    let rate = rows as f64 / start.elapsed().as_secs_f64();
-    (rate, chunks.len(), job_id)
-}
-
 /// Ingest a file with the real handler: its chunk events, in key order, and the job id.
 async fn ingest_file(stack: &tests::Stack, rows: usize, prefix: &str, name: &str, action: &str) -> (Vec<shared::event::ObjectRef>, String) {
     let key = stack.drop_file("bench", None, name, roster_csv(rows, prefix, action)).await;
@@ -624,19 +601,31 @@ async fn apply_table() {
         "\n## Apply against DynamoDB Local: {rows} created users, {concurrency} writes in flight, chunks of {}",
         stack.config.chunk_size
     );
-    // Warm the table and the connection pool, then alternate raw / handler twice.
+    // Who spends the machine's 2 cores: this process (the client), DynamoDB Local, LocalStack.
+    let pids = stack_pids();
+    // Warm the table and the connection pool, then alternate raw / handler.
     raw_puts(&stack, 500, concurrency, "warm").await;
     let mut raw = Vec::new();
     let mut ours = Vec::new();
     let mut measured = None;
+    let (mut raw_cpu, mut apply_cpu) = (Cpu::default(), Cpu::default());
     let rounds: usize = env_number("BENCH_APPLY_ROUNDS").unwrap_or(3);
     for round in 0..rounds {
+        let cpu_start = Cpu::now(&pids);
         raw.push(raw_puts(&stack, rows, concurrency, &round.to_string()).await);
+        raw_cpu.add(&cpu_start, &Cpu::now(&pids));
+        // The real handlers: ingest, then every chunk through apply one after the other (each
+        // with the configured concurrency, so as many writes are in flight as the raw generator
+        // has). Units: every write of the job, ingest's too.
         let before = snapshot(&capacity);
-        let (rate, chunks, job) = handler_apply(&stack, rows, &format!("r{round}-")).await;
-        ours.push(rate);
+        let prefix = format!("r{round}-");
+        let (chunks, job) = ingest_file(&stack, rows, &prefix, &format!("{prefix}.csv"), "Create").await;
+        let (start, cpu_start) = (Instant::now(), Cpu::now(&pids));
+        apply_chunks(&stack, &chunks, 1).await;
+        ours.push(rows as f64 / start.elapsed().as_secs_f64());
+        apply_cpu.add(&cpu_start, &Cpu::now(&pids));
         let after = snapshot(&capacity);
-        measured.get_or_insert((after.0 - before.0, chunks, job));
+        measured.get_or_insert((after.0 - before.0, chunks.len(), job));
     }
     // Each round runs the two back to back, so a round's ratio compares like with like on a shared
     // machine; the median round is reported.
@@ -646,6 +635,7 @@ async fn apply_table() {
     println!("{:<44} {:>11.0} {:>8.0}%", "rosterdrop apply handler", median(ours.clone()), median(ratios.clone()) * 100.0);
     let per_round: Vec<String> = raw.iter().zip(&ours).map(|(r, o)| format!("{r:.0}/{o:.0} ({:.0}%)", o / r * 100.0)).collect();
     println!("(rounds, raw/apply rows/s: {})", per_round.join(", "));
+    println!("CPU per row, µs (all rounds): raw PutItem: {}; apply: {}", raw_cpu.per_row(rows * rounds), apply_cpu.per_row(rows * rounds));
     let (units, chunks, job) = measured.unwrap();
     println!(
         "write units per created user: {:.3} ({units:.0} WCU for {rows} users in {chunks} chunks, every write of the job counted)",
@@ -665,10 +655,10 @@ async fn apply_table() {
     // raw consistent BatchGetItem of the same keys (what an unchanged row needs at least): one
     // chunk at a time (latency: a chunk's round trips in sequence), then several chunks at once
     // as Lambda runs them, the raw reader with as many requests in flight.
-    // A chunk pays a fixed cost (its S3 read and write, the marker transaction) beside its read
-    // of users, so the ratio is also measured with larger chunks (the tenant's `chunk_size`).
+    // A chunk pays a fixed cost (its S3 read and write, the job's read and its count) beside its
+    // read of users, so the ratio is also measured at other chunk sizes (the tenant's `chunk_size`).
     let in_flight: usize = env_number("BENCH_APPLY_CHUNKS_IN_FLIGHT").unwrap_or(4);
-    let sizes: Vec<usize> = env_sizes("BENCH_APPLY_SYNC_CHUNKS", "500,2000");
+    let sizes: Vec<usize> = env_sizes("BENCH_APPLY_SYNC_CHUNKS", "500,2000,5000");
     let cases = sizes.iter().flat_map(|&size| [(size, 1), (size, in_flight)]);
     for (size, chunks_at_once) in cases {
         stack.put_tenant(&shared::model::Tenant { chunk_size: Some(size), ..tenant.clone() }).await;
@@ -678,6 +668,7 @@ async fn apply_table() {
             chunks_at_once * size.div_ceil(100)
         );
         let (mut raw_reads, mut again, mut measured) = (Vec::new(), Vec::new(), None);
+        let (mut raw_cpu, mut apply_cpu) = (Cpu::default(), Cpu::default());
         for round in 0..rounds {
             let prefix = format!("r{round}-");
             let file = format!("{prefix}{files}.csv");
@@ -686,20 +677,29 @@ async fn apply_table() {
             // Units of ingest and apply (the raw reads between are the same client's: left out).
             let mut units = (0.0, snapshot(&capacity).1 - before.1);
             // Side by side at the finest grain: each group of chunks the handler runs at once is
-            // read raw just before, so both see the same machine (a shared 2-core box drifts by
-            // tens of percent within a minute). A group starts together and the next waits for
-            // its slowest chunk, for the raw reads and the handler alike.
+            // read raw just before or just after it, so both see the same machine (a shared
+            // 2-core box drifts by tens of percent within a minute). A group starts together and
+            // the next waits for its slowest chunk, for the raw reads and the handler alike.
             let (mut raw_time, mut apply_time) = (Duration::ZERO, Duration::ZERO);
-            for group in chunks.chunks(chunks_at_once) {
+            for (i, group) in chunks.chunks(chunks_at_once).enumerate() {
                 let keys: Vec<Vec<String>> = futures::future::join_all(group.iter().map(|c| chunk_emails(&stack, &c.key))).await;
-                let start = Instant::now();
-                raw_batch_gets(&stack, &keys).await;
-                raw_time += start.elapsed();
-                let ahead = snapshot(&capacity);
-                let start = Instant::now();
-                apply_chunks(&stack, group, chunks_at_once).await;
-                apply_time += start.elapsed();
-                units.1 += snapshot(&capacity).1 - ahead.1;
+                // Which goes first alternates (by group and by round, for rounds of one group):
+                // each leaves work behind (the JVM's garbage, warm pages) that the other would
+                // otherwise always inherit.
+                for apply_now in if (round + i) % 2 == 0 { [false, true] } else { [true, false] } {
+                    let (start, cpu_start) = (Instant::now(), Cpu::now(&pids));
+                    if apply_now {
+                        let ahead = snapshot(&capacity);
+                        apply_chunks(&stack, group, chunks_at_once).await;
+                        apply_time += start.elapsed();
+                        units.1 += snapshot(&capacity).1 - ahead.1;
+                        apply_cpu.add(&cpu_start, &Cpu::now(&pids));
+                    } else {
+                        raw_batch_gets(&stack, &keys).await;
+                        raw_time += start.elapsed();
+                        raw_cpu.add(&cpu_start, &Cpu::now(&pids));
+                    }
+                }
             }
             units.0 = snapshot(&capacity).0 - before.0;
             raw_reads.push(rows as f64 / raw_time.as_secs_f64());
@@ -712,6 +712,7 @@ async fn apply_table() {
         println!("{:<44} {:>11.0} {:>8.0}%", "rosterdrop apply handler, unchanged rows", median(again.clone()), median(ratios) * 100.0);
         let per_round: Vec<String> = raw_reads.iter().zip(&again).map(|(r, o)| format!("{r:.0}/{o:.0} ({:.0}%)", o / r * 100.0)).collect();
         println!("(rounds, raw/apply rows/s: {})", per_round.join(", "));
+        println!("CPU per row, µs (all rounds): raw read: {}; apply: {}", raw_cpu.per_row(rows * rounds), apply_cpu.per_row(rows * rounds));
         let (w, r) = measured.unwrap();
         println!(
             "per unchanged row: {:.4} write units (bookkeeping only: {w:.0} WCU for {rows} rows), {:.3} read units ({r:.1} RCU)",
@@ -755,6 +756,32 @@ async fn raw_batch_gets(stack: &tests::Stack, chunks: &[Vec<String>]) {
         }
     };
     futures::future::join_all(chunks.iter().flat_map(|keys| keys.chunks(100)).map(read)).await;
+}
+
+/// CPU time used so far: this process first, then the local stack's (`bench::stack_pids`).
+#[derive(Default)]
+struct Cpu(Vec<(&'static str, u64)>);
+
+impl Cpu {
+    fn now(pids: &[(&'static str, String)]) -> Self {
+        let ours = std::iter::once(("client", cpu_ns("self").unwrap_or(0)));
+        Self(ours.chain(pids.iter().map(|(name, pid)| (*name, cpu_ns(pid).unwrap_or(0)))).collect())
+    }
+
+    /// Add what was used from `from` to `to`.
+    fn add(&mut self, from: &Cpu, to: &Cpu) {
+        if self.0.is_empty() {
+            self.0 = from.0.iter().map(|(name, _)| (*name, 0)).collect();
+        }
+        for ((total, (_, a)), (_, b)) in self.0.iter_mut().zip(&from.0).zip(&to.0) {
+            total.1 += b.saturating_sub(*a);
+        }
+    }
+
+    /// "client 10.2, dynamodb 45.0, localstack 0.1": µs per row of each.
+    fn per_row(&self, rows: usize) -> String {
+        self.0.iter().map(|(name, ns)| format!("{name} {:.1}", *ns as f64 / 1e3 / rows as f64)).collect::<Vec<_>>().join(", ")
+    }
 }
 
 fn snapshot(c: &Capacity) -> (f64, f64) {

@@ -156,3 +156,26 @@ pub fn oneroster_file(students: usize) -> PathBuf {
     std::fs::rename(&tmp, &path).expect("rename");
     path
 }
+
+/// CPU time a process has used, in nanoseconds: the sum of its live threads' `schedstat` (exact,
+/// unlike the 10 ms ticks of `/proc/<pid>/stat`). `None` if the process is not there.
+pub fn cpu_ns(pid: &str) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let on_cpu = |t: std::fs::DirEntry| -> Option<u64> {
+        let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+        stat.split_whitespace().next()?.parse().ok()
+    };
+    Some(tasks.filter_map(|t| t.ok().and_then(on_cpu)).sum())
+}
+
+/// The local stack's processes this checkout started (`scripts/stack.sh`): (name, pid).
+pub fn stack_pids() -> Vec<(&'static str, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/pids");
+    ["dynamodb", "localstack"]
+        .into_iter()
+        .filter_map(|name| {
+            let pid = std::fs::read_to_string(dir.join(format!("{name}.pid"))).ok()?.trim().to_string();
+            cpu_ns(&pid).map(|_| (name, pid))
+        })
+        .collect()
+}
