@@ -50,11 +50,17 @@ pub struct Config {
     pub lease: crate::model::Lease,
 }
 
-/// Rows per chunk, the template's `ChunkSize` default. A chunk pays fixed round trips (its S3 read
-/// and write, the marker transaction: ~17 ms locally) beside its users' read (~30 ms per 500 rows);
-/// 2,000 rows spread them so an unchanged sync reads at 80% or more of a raw read (README
-/// Performance), and keep a chunk of creates around a second of writes per invocation.
+/// Rows per chunk, the template's `ChunkSize` default. A chunk pays fixed work (its S3 read and
+/// write, the job's read and its count) beside its rows; 2,000 rows spread it (README Performance:
+/// an unchanged re-upload at about 80% of a raw read of the same keys locally) and keep a chunk of
+/// creates around a second of writes per invocation.
 pub const DEFAULT_CHUNK_SIZE: usize = 2_000;
+
+/// The most rows a configured chunk holds (the template's `ChunkSize` maximum, a tenant's
+/// `chunk_size` too): an apply invocation holds its chunk's rows, their stored users and their
+/// outcomes in memory, and a retry redoes the whole chunk. Only a phase of more than 5 million
+/// rows has larger chunks (`ingest::chunk_rows`: at most 1,000 chunks a phase).
+pub const MAX_CHUNK_SIZE: usize = 5_000;
 
 /// The template's `MaxFileMegabytes` default (150), the same locally: /tmp and memory are sized for it.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 150_000_000;
@@ -83,7 +89,7 @@ impl Config {
                 .filter(|v| !v.trim().is_empty())
                 .or_else(|| get("ROSTERDROP_SENDER"))
                 .unwrap_or_default(),
-            chunk_size: parse(&get, "ROSTERDROP_CHUNK_SIZE", DEFAULT_CHUNK_SIZE)?,
+            chunk_size: within(parse(&get, "ROSTERDROP_CHUNK_SIZE", DEFAULT_CHUNK_SIZE)?, "ROSTERDROP_CHUNK_SIZE", 1..=MAX_CHUNK_SIZE)?,
             apply_concurrency: parse(&get, "ROSTERDROP_APPLY_CONCURRENCY", 16)?,
             max_file_bytes: parse(&get, "ROSTERDROP_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES)?,
             max_attachment_bytes: parse(&get, "ROSTERDROP_MAX_ATTACHMENT_BYTES", DEFAULT_MAX_ATTACHMENT_BYTES)?,
@@ -137,6 +143,10 @@ fn parse<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, key: &str,
     }
 }
 
+fn within(v: usize, key: &str, range: std::ops::RangeInclusive<usize>) -> Result<usize> {
+    if range.contains(&v) { Ok(v) } else { Err(Error::Config(format!("{key}={v} is out of range: {} to {}", range.start(), range.end()))) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +174,33 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(err.to_string(), "configuration: ROSTERDROP_CHUNK_SIZE=\"lots\" is not a valid value");
+    }
+
+    /// The template's `ChunkSize` parameter offers what the functions accept.
+    #[test]
+    fn the_template_chunk_size_bounds_are_the_functions_own() {
+        let template = include_str!("../../infra/template.yaml");
+        let block: Vec<&str> = template.lines().skip_while(|l| l.trim() != "ChunkSize:").take(6).collect();
+        let value = |key: &str| block.iter().find_map(|l| l.trim().strip_prefix(key)).map(str::trim);
+        assert_eq!(value("Default:"), Some(DEFAULT_CHUNK_SIZE.to_string().as_str()), "{block:?}");
+        assert_eq!(value("MinValue:"), Some("1"), "{block:?}");
+        assert_eq!(value("MaxValue:"), Some(MAX_CHUNK_SIZE.to_string().as_str()), "{block:?}");
+    }
+
+    #[test]
+    fn a_chunk_size_past_what_one_invocation_holds_is_refused_by_name() {
+        let base = [
+            ("ROSTERDROP_BUCKET", "b"),
+            ("ROSTERDROP_DIRECTORY_TABLE", "d"),
+            ("ROSTERDROP_JOBS_TABLE", "j"),
+            ("ROSTERDROP_SENDER", "s@x.com"),
+        ];
+        let with = |size: &'static str| Config::from_lookup(env(&[base.as_slice(), &[("ROSTERDROP_CHUNK_SIZE", size)]].concat()));
+        assert_eq!(with("5000").unwrap().chunk_size, MAX_CHUNK_SIZE);
+        for (size, shown) in [("5001", "5001"), ("0", "0"), ("18446744073709551615", "18446744073709551615")] {
+            let err = with(size).unwrap_err().to_string();
+            assert_eq!(err, format!("configuration: ROSTERDROP_CHUNK_SIZE={shown} is out of range: 1 to 5000"));
+        }
     }
 
     #[test]

@@ -344,8 +344,13 @@ impl Tenant {
                 return Err(format!("{e:?} {why}"));
             }
         }
-        if let Some(0) = self.chunk_size {
-            return Err("chunk_size must be at least 1".into());
+        if let Some(size) = self.chunk_size
+            && !(1..=crate::config::MAX_CHUNK_SIZE).contains(&size)
+        {
+            return Err(format!(
+                "chunk_size must be between 1 and {} (rows one apply invocation holds at once); it is {size}",
+                crate::config::MAX_CHUNK_SIZE
+            ));
         }
         if let Some(r) = self.roles.iter().find(|r| self.admin_roles.contains(r)) {
             return Err(format!("role {r:?} is listed both in roles and admin_roles"));
@@ -1139,6 +1144,20 @@ mod tests {
         assert!(t.validate().is_ok());
         t.admin_emails = vec!["not-an-email".into()];
         assert!(t.validate().unwrap_err().contains("not a valid email"));
+    }
+
+    #[test]
+    fn a_tenant_chunk_size_must_fit_one_apply_invocation() {
+        let mut t = Tenant::new("acme", vec!["a@acme.com".into()]);
+        for ok in [1, 2000, crate::config::MAX_CHUNK_SIZE] {
+            t.chunk_size = Some(ok);
+            assert!(t.validate().is_ok(), "{ok}");
+        }
+        for bad in [0, crate::config::MAX_CHUNK_SIZE + 1, usize::MAX] {
+            t.chunk_size = Some(bad);
+            let err = t.validate().unwrap_err();
+            assert!(err.starts_with("chunk_size must be between 1 and 5000") && err.ends_with(&format!("it is {bad}")), "{err}");
+        }
     }
 
     #[test]

@@ -530,12 +530,13 @@ async fn upload_chunks(svc: &Services, key: impl Fn(u32) -> String + Send, bodie
 /// few kilobytes (DynamoDB takes 400 KB) and a count a few write units, whatever the file.
 pub const MAX_CHUNKS_PER_PHASE: u64 = 1000;
 
-/// Rows per chunk: the tenant's (or the default) chunk size, raised for a file whose largest phase
-/// would otherwise be cut into more than `MAX_CHUNKS_PER_PHASE` chunks.
+/// Rows per chunk: the tenant's (or the default) chunk size, at most `config::MAX_CHUNK_SIZE` (a
+/// tenant stored without `tenant put`'s check is held to it too), raised for a file whose largest
+/// phase would otherwise be cut into more than `MAX_CHUNKS_PER_PHASE` chunks.
 pub fn chunk_rows(configured: usize, phase_rows: &[u64; PHASES]) -> usize {
     let largest = phase_rows.iter().copied().max().unwrap_or(0);
     let floor = usize::try_from(largest.div_ceil(MAX_CHUNKS_PER_PHASE)).unwrap_or(usize::MAX);
-    configured.max(floor).max(1)
+    configured.min(crate::config::MAX_CHUNK_SIZE).max(floor).max(1)
 }
 
 #[cfg(test)]
@@ -554,6 +555,9 @@ mod tests {
             assert!(rows.div_ceil(rows_each as u64) <= MAX_CHUNKS_PER_PHASE, "{size} {rows}: {rows_each}");
         }
         assert_eq!(chunk_rows(1, &[0, 1_000_001, 0, 0]), 1001);
+        // A chunk size past what an invocation holds (a tenant item written by hand): the maximum.
+        assert_eq!(chunk_rows(usize::MAX, &[0, 20_000, 0, 0]), crate::config::MAX_CHUNK_SIZE);
+        assert_eq!(chunk_rows(1_000_000, &[0, 6_000_000, 0, 0]), 6000, "only a phase past 5 million rows has larger chunks");
     }
 
     /// A tenant set to chunks of one row drops 2,003 users: cut into 668 chunks of 3 (not 2,003
