@@ -580,7 +580,7 @@ async fn read_summary(svc: &Services, job: &Job) -> Option<Summary> {
 async fn first_failures(svc: &Services, job: &str, n: usize) -> shared::Result<Vec<shared::model::Outcome>> {
     let mut failures = Vec::new();
     for key in svc.store.list(&keys::outcomes_prefix(job)).await? {
-        let body = shared::wire::unpack(&svc.store.get(&key).await?.unwrap_or_default())?;
+        let body = svc.store.get(&key).await?.unwrap_or_default();
         for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             if let Ok(o) = serde_json::from_slice::<shared::model::Outcome>(line)
                 && o.status == shared::model::Status::Failure

@@ -12,7 +12,7 @@ use crate::model::{
 use crate::ports::{Directory, Licence, LicenceClaim, Recorded, Restored, Stamp, UsersRead, Write, Written};
 use crate::rules::{self, Attempted, Next};
 use crate::services::Services;
-use crate::wire::{jsonl, packed_jsonl};
+use crate::wire::jsonl;
 use futures::{StreamExt, stream};
 use std::collections::HashMap;
 use tokio::sync::Mutex;
@@ -90,7 +90,7 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
     // first knows none: it keeps the first's). The outcomes go beside them: `advance` writes the
     // done marker only once every chunk's outcomes are there, and a chunk recorded without its
     // outcomes is applied again (above).
-    let (outcomes_body, undo_body) = (packed_jsonl(&outcomes)?, (!undo.is_empty() && !again).then(|| jsonl(&undo)).transpose()?);
+    let (outcomes_body, undo_body) = (jsonl(&outcomes)?, (!undo.is_empty() && !again).then(|| jsonl(&undo)).transpose()?);
     let record = async {
         if again {
             return Ok(None);
@@ -102,7 +102,8 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
         svc.jobs.record_chunk(&job_id, phase, seq, of).await.map(Some)
     };
     // Both run to their end: a count written beside a failed PUT is found by the retry above.
-    let (put, counted, ()) = tokio::join!(svc.store.put(&outcomes_key, outcomes_body, "application/x-lz4"), record, async { drop(spent) });
+    let (put, counted, ()) =
+        tokio::join!(svc.store.put(&outcomes_key, outcomes_body, "application/x-ndjson"), record, async { drop(spent) });
     let counted = counted?;
     put?;
     info!(job = %job_id, phase, seq, rows = outcomes.len(), failed, counted = ?counted, "chunk applied");

@@ -171,9 +171,8 @@ pub fn undo_prefix(job: &str) -> String {
 pub fn chunk_undo(job: &str, phase: usize, seq: u32) -> String {
     format!("{UNDO}{job}/{}", chunk_name(phase, seq))
 }
-/// A chunk's outcomes, packed (`wire::packed_jsonl`).
 pub fn chunk_outcomes(job: &str, phase: usize, seq: u32) -> String {
-    format!("{OUTCOMES}{job}/{}.lz4", chunk_name(phase, seq))
+    format!("{OUTCOMES}{job}/{}", chunk_name(phase, seq))
 }
 pub fn done(job: &str) -> String {
     format!("{DONE}{job}.json")
