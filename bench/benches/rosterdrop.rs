@@ -687,17 +687,18 @@ async fn apply_table() {
                 // each leaves work behind (the JVM's garbage, warm pages) that the other would
                 // otherwise always inherit.
                 for apply_now in if (round + i) % 2 == 0 { [false, true] } else { [true, false] } {
-                    let (start, cpu_start) = (Instant::now(), Cpu::now(&pids));
-                    if apply_now {
-                        let ahead = snapshot(&capacity);
+                    let (start, cpu_start, ahead) = (Instant::now(), Cpu::now(&pids), snapshot(&capacity));
+                    let (time, cpu) = if apply_now {
                         apply_chunks(&stack, group, chunks_at_once).await;
-                        apply_time += start.elapsed();
-                        units.1 += snapshot(&capacity).1 - ahead.1;
-                        apply_cpu.add(&cpu_start, &Cpu::now(&pids));
+                        (&mut apply_time, &mut apply_cpu)
                     } else {
                         raw_batch_gets(&stack, &keys).await;
-                        raw_time += start.elapsed();
-                        raw_cpu.add(&cpu_start, &Cpu::now(&pids));
+                        (&mut raw_time, &mut raw_cpu)
+                    };
+                    *time += start.elapsed();
+                    cpu.add(&cpu_start, &Cpu::now(&pids));
+                    if apply_now {
+                        units.1 += snapshot(&capacity).1 - ahead.1;
                     }
                 }
             }

@@ -61,6 +61,8 @@ pub const DEFAULT_CHUNK_SIZE: usize = 2_000;
 /// outcomes in memory, and a retry redoes the whole chunk. Only a phase of more than 5 million
 /// rows has larger chunks (`ingest::chunk_rows`: at most 1,000 chunks a phase).
 pub const MAX_CHUNK_SIZE: usize = 5_000;
+/// The chunk sizes the functions accept (`ROSTERDROP_CHUNK_SIZE`, a tenant's `chunk_size`).
+pub const CHUNK_SIZES: std::ops::RangeInclusive<usize> = 1..=MAX_CHUNK_SIZE;
 
 /// The template's `MaxFileMegabytes` default (150), the same locally: /tmp and memory are sized for it.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 150_000_000;
@@ -89,7 +91,7 @@ impl Config {
                 .filter(|v| !v.trim().is_empty())
                 .or_else(|| get("ROSTERDROP_SENDER"))
                 .unwrap_or_default(),
-            chunk_size: within(parse(&get, "ROSTERDROP_CHUNK_SIZE", DEFAULT_CHUNK_SIZE)?, "ROSTERDROP_CHUNK_SIZE", 1..=MAX_CHUNK_SIZE)?,
+            chunk_size: within(parse(&get, "ROSTERDROP_CHUNK_SIZE", DEFAULT_CHUNK_SIZE)?, "ROSTERDROP_CHUNK_SIZE", CHUNK_SIZES)?,
             apply_concurrency: parse(&get, "ROSTERDROP_APPLY_CONCURRENCY", 16)?,
             max_file_bytes: parse(&get, "ROSTERDROP_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES)?,
             max_attachment_bytes: parse(&get, "ROSTERDROP_MAX_ATTACHMENT_BYTES", DEFAULT_MAX_ATTACHMENT_BYTES)?,

@@ -345,11 +345,12 @@ impl Tenant {
             }
         }
         if let Some(size) = self.chunk_size
-            && !(1..=crate::config::MAX_CHUNK_SIZE).contains(&size)
+            && !crate::config::CHUNK_SIZES.contains(&size)
         {
             return Err(format!(
-                "chunk_size must be between 1 and {} (rows one apply invocation holds at once); it is {size}",
-                crate::config::MAX_CHUNK_SIZE
+                "chunk_size must be between {} and {} (rows one apply invocation holds at once); it is {size}",
+                crate::config::CHUNK_SIZES.start(),
+                crate::config::CHUNK_SIZES.end()
             ));
         }
         if let Some(r) = self.roles.iter().find(|r| self.admin_roles.contains(r)) {
