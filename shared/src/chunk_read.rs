@@ -14,6 +14,10 @@ use std::collections::HashSet;
 /// Keys a `BatchGetItem` takes.
 const BATCH: usize = 100;
 
+/// No chunk line is shorter (`{"row":1,"action":"create","type":"org","name":"a"}` is 51
+/// bytes): what a chunk's length allows at most, whatever its first lines suggest.
+const MIN_LINE: usize = 40;
+
 /// The chunk's rows and the stored users of the emails `wanted` picks (each read once).
 pub(crate) async fn read_chunk(
     svc: &Services,
@@ -24,7 +28,8 @@ pub(crate) async fn read_chunk(
     let (mut ops, mut lines, mut found) = (Vec::<RowOp>::new(), LineSplitter::default(), UsersRead::default());
     let (mut asked, mut batch, mut reads) = (HashSet::new(), Vec::new(), FuturesUnordered::new());
     let read = |emails: Vec<String>| async move { svc.directory.read_users(tenant, &emails).await };
-    let mut pieces = pieces.fuse();
+    let (len, mut received, mut sized) = (pieces.len, 0usize, false);
+    let mut pieces = pieces.stream.fuse();
     loop {
         tokio::select! {
             // Pieces first: a batch goes out as soon as it is known.
@@ -33,9 +38,23 @@ pub(crate) async fn read_chunk(
                 let parsed = ops.len();
                 let mut keep = |l: &[u8]| parse_line("chunk", l).map(|op| ops.push(op));
                 let done = match piece {
-                    Some(piece) => lines.push(&piece?, &mut keep).map(|()| false)?,
+                    Some(piece) => {
+                        let piece = piece?;
+                        received += piece.len();
+                        lines.push(&piece, &mut keep).map(|()| false)?
+                    }
                     None => std::mem::take(&mut lines).finish(&mut keep).map(|()| true)?,
                 };
+                if let (false, Some(len), 1..) = (sized, len, ops.len()) {
+                    // Sized once, for as many rows as the first lines' length says the chunk
+                    // holds: grown instead, every row and user read so far would move at each
+                    // doubling (a profile of a chunk of unchanged rows showed it).
+                    let rows = expected_rows(len, received, ops.len());
+                    ops.reserve(rows.saturating_sub(ops.len()));
+                    asked.reserve(rows);
+                    found.live.reserve(rows);
+                    sized = true;
+                }
                 for email in ops[parsed..].iter().filter_map(&wanted) {
                     if asked.insert(email.clone()) {
                         batch.push(email.clone());
@@ -63,6 +82,16 @@ pub(crate) async fn read_chunk(
         found.merge(users?);
     }
     Ok((ops, found))
+}
+
+/// The rows a chunk of `len` bytes holds, from the `rows` whole lines in its first `received`
+/// bytes (an eighth more: later lines may be shorter), never more than `len` allows nor more
+/// than the largest configurable chunk (a larger one, of a phase past 5 million rows, grows).
+fn expected_rows(len: u64, received: usize, rows: usize) -> usize {
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    let per_row = (received / rows.max(1)).max(MIN_LINE);
+    let rows = len / per_row;
+    rows.saturating_add(rows / 8 + 1).min(len / MIN_LINE + 1).min(crate::config::MAX_CHUNK_SIZE)
 }
 
 #[cfg(test)]
@@ -138,10 +167,36 @@ mod tests {
             drop(tx);
             early
         };
-        let (read, early) = tokio::join!(read_chunk(&svc, "acme", Box::pin(rx), wanted), feed);
+        let pieces = Pieces { len: None, stream: Box::pin(rx) };
+        let (read, early) = tokio::join!(read_chunk(&svc, "acme", pieces, wanted), feed);
         assert_eq!(early, 1, "the first hundred were read while the chunk was still arriving");
         assert_eq!(read.unwrap().0.len(), 101);
         assert_eq!(lock(&mem.directory.reads).len(), 2);
+    }
+
+    #[test]
+    fn a_chunk_is_sized_from_its_first_lines_within_what_its_length_and_the_largest_chunk_allow() {
+        // 2,000 lines of 150 bytes, the first 16 KB received: about 2,000 rows, an eighth more.
+        let rows = expected_rows(300_000, 16_384, 16_384 / 150);
+        assert!((2_000..=2_400).contains(&rows), "{rows}");
+        // Lines shorter than any chunk line can be, or a length no chunk has: bounded all the same.
+        assert_eq!(expected_rows(4_000, 4_000, 4_000), 4_000 / MIN_LINE + 1);
+        assert_eq!(expected_rows(u64::MAX, 100, 1), crate::config::MAX_CHUNK_SIZE);
+        assert_eq!(expected_rows(0, 0, 0), 1);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_whose_stated_length_is_far_beyond_its_body_is_read_whole() {
+        let (svc, mem) = Services::memory(crate::Config::local());
+        mem.directory.seed_user("acme", "u7@x.com", UserStatus::Active);
+        let body = chunk().into_bytes();
+        for len in [u64::MAX, 1, 0] {
+            let pieces: Vec<Result<Vec<u8>>> = body.chunks(777).map(|p| Ok(p.to_vec())).collect();
+            let pieces = Pieces { len: Some(len), stream: Box::pin(futures::stream::iter(pieces)) };
+            let (ops, found) = read_chunk(&svc, "acme", pieces, wanted).await.unwrap();
+            assert_eq!(ops.len(), 250 + 32 + 1, "stated length {len}");
+            assert_eq!(found.live.keys().collect::<Vec<_>>(), ["u7@x.com"]);
+        }
     }
 
     #[tokio::test]
@@ -155,7 +210,8 @@ mod tests {
 
         let transient = crate::error::Error::Transient { service: "s3", operation: "GetObject", message: "reset".into() };
         let pieces = futures::stream::iter([Ok(line(2, Action::Update, "a@x.com").into_bytes()), Err(transient)]);
-        let err = read_chunk(&svc, "acme", Box::pin(pieces), wanted).await.unwrap_err();
+        let pieces = Pieces { len: Some(1 << 40), stream: Box::pin(pieces) };
+        let err = read_chunk(&svc, "acme", pieces, wanted).await.unwrap_err();
         assert!(err.is_retryable(), "a transfer cut off is retried: {err}");
     }
 }

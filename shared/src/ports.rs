@@ -9,8 +9,12 @@ use crate::rules::{Attempt, Attempted};
 use async_trait::async_trait;
 use std::time::Duration;
 
-/// An object's body in pieces, in order (`ObjectStore::get_pieces`).
-pub type Pieces = futures::stream::BoxStream<'static, Result<Vec<u8>>>;
+/// An object's body in pieces, in order (`ObjectStore::get_pieces`), and its length when the
+/// store said it: a reader sizes what it builds from the body once instead of growing it.
+pub struct Pieces {
+    pub len: Option<u64>,
+    pub stream: futures::stream::BoxStream<'static, Result<Vec<u8>>>,
+}
 
 #[async_trait]
 pub trait ObjectStore: Send + Sync {

@@ -33,7 +33,8 @@ async fn store_pieces_of_a_large_object_join_to_its_bytes_and_a_missing_key_is_n
     stack.svc.store.put("smoke/chunk.jsonl", body.clone(), "application/x-ndjson").await.unwrap();
     let mut pieces = stack.svc.store.get_pieces("smoke/chunk.jsonl").await.unwrap().expect("the object");
     let (mut got, mut count) = (Vec::new(), 0);
-    while let Some(piece) = pieces.next().await {
+    assert_eq!(pieces.len, Some(body.len() as u64), "the store says the body's length");
+    while let Some(piece) = pieces.stream.next().await {
         got.extend(piece.unwrap());
         count += 1;
     }

@@ -56,9 +56,9 @@ impl ObjectStore for MemoryStore {
     }
     async fn get_pieces(&self, key: &str) -> Result<Option<crate::ports::Pieces>> {
         // Small pieces, cut anywhere (mid-line, mid-character), as a network delivers them.
-        Ok(self.latest(key).map(|body| -> crate::ports::Pieces {
+        Ok(self.latest(key).map(|body| {
             let pieces: Vec<Result<Vec<u8>>> = body.chunks(PIECE).map(|p| Ok(p.to_vec())).collect();
-            Box::pin(futures::stream::iter(pieces))
+            crate::ports::Pieces { len: Some(body.len() as u64), stream: Box::pin(futures::stream::iter(pieces)) }
         }))
     }
     async fn size(&self, key: &str) -> Result<Option<u64>> {

@@ -40,19 +40,25 @@ fn is_missing(code: Option<&str>) -> bool {
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         match self.get_pieces(key).await? {
-            Some(pieces) => pieces.try_concat().await.map(Some),
+            Some(pieces) => pieces.stream.try_concat().await.map(Some),
             None => Ok(None),
         }
     }
 
     async fn get_pieces(&self, key: &str) -> Result<Option<crate::ports::Pieces>> {
         match self.client.get_object().bucket(&self.bucket).key(key).send().await {
-            Ok(out) => Ok(Some(Box::pin(futures::stream::unfold(out.body, |mut body| async move {
-                let piece = body.next().await?;
-                let piece =
-                    piece.map(Vec::from).map_err(|e| Error::Transient { service: "s3", operation: "GetObject", message: e.to_string() });
-                Some((piece, body))
-            })))),
+            Ok(out) => Ok(Some(crate::ports::Pieces {
+                len: out.content_length.and_then(|n| u64::try_from(n).ok()),
+                stream: Box::pin(futures::stream::unfold(out.body, |mut body| async move {
+                    let piece = body.next().await?;
+                    let piece = piece.map(Vec::from).map_err(|e| Error::Transient {
+                        service: "s3",
+                        operation: "GetObject",
+                        message: e.to_string(),
+                    });
+                    Some((piece, body))
+                })),
+            })),
             Err(e) if is_missing(e.code()) => Ok(None),
             Err(e) => Err(crate::adapters::sdk_error("s3", "GetObject", e)),
         }

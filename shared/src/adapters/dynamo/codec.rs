@@ -86,66 +86,72 @@ impl TryFrom<&Item> for User {
     }
 }
 
-/// An item read is taken apart, not copied: a chunk decodes thousands of them while its other
-/// reads are still on the wire.
+/// An item read is taken apart, not copied, in one pass over its attributes: a chunk decodes
+/// thousands of them while its other reads are still on the wire (a lookup per known name
+/// cost more than the pass).
 impl TryFrom<Item> for User {
     type Error = Error;
-    fn try_from(mut item: Item) -> Result<Self> {
-        let mut take = |k: &str| match item.remove(k) {
-            Some(Av::S(v)) => Some(v),
-            _ => None,
-        };
-        let email = take("email").ok_or_else(|| Error::corrupt("user item", "no email"))?;
-        let status = UserStatus::parse(take("status").as_deref().unwrap_or_default());
-        let (created_by, last_write) = (take("created_by").unwrap_or_default(), take("last_write").unwrap_or_default());
-        let user_id = take("user_id");
-        let (first_name, last_name, phone, org) = (take("first_name"), take("last_name"), take("phone"), take("org"));
-        let (role, department, user_type) = (take("role"), take("department"), take("user_type"));
-        let (licence_pool, external_id) = (take("pool"), take("external_id"));
-        let associations = crate::model::ASSOCIATIONS.iter().filter_map(|a| take(a).map(|e| (a.to_string(), e))).collect();
-        let strings = |v: Option<Av>| match v {
-            Some(Av::L(l)) => l.into_iter().filter_map(|x| x.as_s().ok().cloned()).collect(),
-            _ => Vec::new(),
-        };
-        let groups = strings(item.remove("groups"));
-        let manual_groups = strings(item.remove("manual_groups"));
-        let mut products = match item.remove("products") {
-            Some(Av::Ss(p)) => p,
-            _ => Vec::new(),
-        };
-        products.sort();
-        let activated = item.contains_key("activated_at");
-        let attributes = item
-            .into_iter()
-            .filter_map(|(k, v)| match v {
-                Av::S(v) => Some((k.strip_prefix(ATTR_PREFIX)?.to_string(), v)),
-                _ => None,
-            })
-            .collect();
+    fn try_from(item: Item) -> Result<Self> {
+        let (mut email, mut status, mut created_by, mut last_write, mut user_id) = (None, None, None, None, None);
+        let (mut fields, mut manual_groups, mut activated) = (UserFields::default(), Vec::new(), false);
+        let strings = |l: Vec<Av>| l.into_iter().filter_map(|x| if let Av::S(s) = x { Some(s) } else { None }).collect();
+        for (k, v) in item {
+            let v = match (k.as_str(), v) {
+                ("groups", Av::L(l)) => {
+                    fields.groups = strings(l);
+                    continue;
+                }
+                ("manual_groups", Av::L(l)) => {
+                    manual_groups = strings(l);
+                    continue;
+                }
+                ("products", Av::Ss(p)) => {
+                    fields.products = p;
+                    continue;
+                }
+                ("activated_at", _) => {
+                    activated = true;
+                    continue;
+                }
+                (_, Av::S(v)) => v,
+                _ => continue,
+            };
+            let slot = match k.as_str() {
+                "email" => &mut email,
+                "status" => &mut status,
+                "created_by" => &mut created_by,
+                "last_write" => &mut last_write,
+                "user_id" => &mut user_id,
+                "first_name" => &mut fields.first_name,
+                "last_name" => &mut fields.last_name,
+                "phone" => &mut fields.phone,
+                "org" => &mut fields.org,
+                "role" => &mut fields.role,
+                "department" => &mut fields.department,
+                "user_type" => &mut fields.user_type,
+                "pool" => &mut fields.licence_pool,
+                "external_id" => &mut fields.external_id,
+                a if crate::model::ASSOCIATIONS.contains(&a) => {
+                    fields.associations.insert(k, v);
+                    continue;
+                }
+                a => {
+                    if let Some(name) = a.strip_prefix(ATTR_PREFIX) {
+                        fields.attributes.insert(name.to_string(), v);
+                    }
+                    continue;
+                }
+            };
+            *slot = Some(v);
+        }
+        fields.products.sort();
         Ok(User {
-            email,
-            status,
-            created_by,
-            last_write,
+            email: email.ok_or_else(|| Error::corrupt("user item", "no email"))?,
+            status: UserStatus::parse(status.as_deref().unwrap_or_default()),
+            created_by: created_by.unwrap_or_default(),
+            last_write: last_write.unwrap_or_default(),
             user_id,
-            fields: UserFields {
-                first_name,
-                last_name,
-                phone,
-                org,
-                role,
-                department,
-                user_type,
-                invite: false,
-                invite_at: None,
-                licence_pool,
-                external_id,
-                new_email: None,
-                groups,
-                products,
-                associations,
-                attributes,
-            },
+            fields,
             activated,
             manual_groups,
         })
