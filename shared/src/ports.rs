@@ -133,8 +133,13 @@ impl Stamp {
     }
     /// Whether `token` is this stamp's, without building it (asked of every row of a chunk).
     pub fn is_token(&self, token: &str) -> bool {
-        token.strip_prefix(self.job.as_str()).and_then(|t| t.strip_prefix('#')) == Some(itoa::Buffer::new().format(self.row))
+        is_row_token(&self.job, self.row, token)
     }
+}
+
+/// Whether `token` is the one row `row` of `job` writes (`Stamp::token`), without building it.
+pub fn is_row_token(job: &str, row: u32, token: &str) -> bool {
+    token.strip_prefix(job).and_then(|t| t.strip_prefix('#')) == Some(itoa::Buffer::new().format(row))
 }
 
 /// A chunk's users as read before its writes (`Directory::read_users`).
