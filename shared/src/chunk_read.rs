@@ -28,7 +28,8 @@ pub(crate) async fn read_chunk(
     let (mut ops, mut lines, mut found) = (Vec::<RowOp>::new(), LineSplitter::default(), UsersRead::default());
     let (mut asked, mut batch, mut reads) = (HashSet::new(), Vec::new(), FuturesUnordered::new());
     let read = |emails: Vec<String>| async move { svc.directory.read_users(tenant, &emails).await };
-    let (len, mut received, mut sized) = (pieces.len, 0usize, false);
+    // The rows the chunk holds, once its first lines say (`expected_rows`).
+    let (len, mut received, mut expected) = (pieces.len, 0usize, None);
     let mut pieces = pieces.stream.fuse();
     loop {
         tokio::select! {
@@ -45,17 +46,22 @@ pub(crate) async fn read_chunk(
                     }
                     None => std::mem::take(&mut lines).finish(&mut keep).map(|()| true)?,
                 };
-                if let (false, Some(len), 1..) = (sized, len, ops.len()) {
-                    // Sized once, for as many rows as the first lines' length says the chunk
-                    // holds: grown instead, every row and user read so far would move at each
+                if let (None, Some(len), 1..) = (expected, len, ops.len()) {
+                    // Sized once, for as many rows as the first whole lines' length says the
+                    // chunk holds: grown instead, every row read so far would move at each
                     // doubling (a profile of a chunk of unchanged rows showed it).
-                    let rows = expected_rows(len, received, ops.len());
+                    let rows = expected_rows(len, received - lines.pending(), ops.len());
                     ops.reserve(rows.saturating_sub(ops.len()));
-                    asked.reserve(rows);
-                    found.live.reserve(rows);
-                    sized = true;
+                    expected = Some(rows);
                 }
                 for email in ops[parsed..].iter().filter_map(&wanted) {
+                    if asked.is_empty() {
+                        // The users' maps likewise, once the chunk is known to read any (a
+                        // chunk of creates reads none).
+                        let rows = expected.unwrap_or_default();
+                        asked.reserve(rows);
+                        found.live.reserve(rows);
+                    }
                     if asked.insert(email.clone()) {
                         batch.push(email.clone());
                     }
@@ -84,9 +90,10 @@ pub(crate) async fn read_chunk(
     Ok((ops, found))
 }
 
-/// The rows a chunk of `len` bytes holds, from the `rows` whole lines in its first `received`
-/// bytes (an eighth more: later lines may be shorter), never more than `len` allows nor more
-/// than the largest configurable chunk (a larger one, of a phase past 5 million rows, grows).
+/// The rows a chunk of `len` bytes holds, from the `rows` whole lines that took its first
+/// `received` bytes, and an eighth more (later lines may be shorter); never more than `len`
+/// allows nor more than the largest configurable chunk (a larger one, of a phase past 5 million
+/// rows, grows).
 fn expected_rows(len: u64, received: usize, rows: usize) -> usize {
     let len = usize::try_from(len).unwrap_or(usize::MAX);
     let per_row = (received / rows.max(1)).max(MIN_LINE);
@@ -183,6 +190,18 @@ mod tests {
         assert_eq!(expected_rows(4_000, 4_000, 4_000), 4_000 / MIN_LINE + 1);
         assert_eq!(expected_rows(u64::MAX, 100, 1), crate::config::MAX_CHUNK_SIZE);
         assert_eq!(expected_rows(0, 0, 0), 1);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_is_sized_from_its_length_and_sets_room_for_users_aside_only_if_it_reads_them() {
+        let (svc, mem) = Services::memory(crate::Config::local());
+        let creates: String = (0..300).map(|i| line(i + 2, Action::Create, &format!("n{i}@x.com"))).collect();
+        mem.store.put_version("creates", creates.into_bytes());
+        let pieces = svc.store.get_pieces("creates").await.unwrap().unwrap();
+        let (ops, found) = read_chunk(&svc, "acme", pieces, wanted).await.unwrap();
+        assert_eq!((ops.len(), found.live.capacity()), (300, 0), "a chunk of creates reads no user");
+        // Grown by doubling it would hold 512.
+        assert!((300..=400).contains(&ops.capacity()), "its rows sized once from its length: {}", ops.capacity());
     }
 
     #[tokio::test]

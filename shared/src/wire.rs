@@ -72,6 +72,11 @@ impl LineSplitter {
         Ok(())
     }
 
+    /// Bytes of a line begun and not yet ended.
+    pub fn pending(&self) -> usize {
+        self.partial.len()
+    }
+
     /// The last line, when the body does not end with a newline.
     pub fn finish(self, mut line: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         if self.partial.is_empty() { Ok(()) } else { line(&self.partial) }
