@@ -553,26 +553,17 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
     if let Some((column, message)) = ctx.identity.refused.get(&row) {
         return fail_in(column, message.clone());
     }
-    if let Target::User { fields, .. } = &op.target
-        && action != Action::Delete
-        && action != Action::Reconcile
-    {
-        if let Some(org) = &fields.org {
-            // Organizations of the file exist by now (their phase ran first), except in a dry run.
-            let trusted = ctx.dry && op.created_in_file.contains(&org.to_lowercase());
-            if !trusted && !exists(&ctx.orgs, org.to_lowercase(), ctx.svc.directory.org_exists(tenant, org)).await? {
-                return fail_in("OrgName", {
-                    let org = crate::wording::quoted(org);
-                    format!("organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file")
-                });
-            }
+    if let Some((org, people)) = named(ctx, op) {
+        if let Some(org) = org
+            && !org_found(ctx, org).await?
+        {
+            return fail_in("OrgName", {
+                let org = crate::wording::quoted(org);
+                format!("organization \"{org}\" does not exist; create it first or add a Type=Org row for it to this file")
+            });
         }
-        for (kind, email) in &fields.associations {
-            // Users the file creates may be in a chunk running at the same time: not checked.
-            if op.created_in_file.contains(email) {
-                continue;
-            }
-            if !exists(&ctx.users, email.clone(), async { Ok(ctx.svc.directory.user(tenant, email).await?.is_some()) }).await? {
+        for (kind, email) in people {
+            if !person_found(ctx, email).await? {
                 let label = kind.replace('_', " ");
                 return fail_in(
                     &association_column(kind),
@@ -868,13 +859,13 @@ fn holds_already<'c>(ctx: &'c Ctx<'_>, op: &RowOp) -> Option<&'c User> {
 /// `holds_already`, for a row `apply_row` would decide without I/O: nothing refused, moved or
 /// claimed, and every organization and person it names known to exist (`look_up_references`).
 fn already_held<'c>(ctx: &'c Ctx<'_>, op: &RowOp) -> Option<&'c User> {
-    let (row, Target::User { fields, .. }) = (op.row, &op.target) else { return None };
+    let row = op.row;
     if ctx.identity.refused.contains_key(&row) || ctx.identity.moves.contains_key(&row) || ctx.identity.claims.contains_key(&row) {
         return None;
     }
     let known = |cache: &Mutex<HashMap<String, bool>>, key: &str| cache.try_lock().is_ok_and(|c| c.get(key) == Some(&true));
-    if fields.org.as_ref().is_some_and(|org| !known(&ctx.orgs, &org.to_lowercase()))
-        || fields.associations.values().any(|e| !op.created_in_file.contains(e) && !known(&ctx.users, e))
+    if let Some((org, mut people)) = named(ctx, op)
+        && (org.is_some_and(|org| !known(&ctx.orgs, &org.to_lowercase())) || people.any(|(_, e)| !known(&ctx.users, e)))
     {
         return None;
     }
@@ -900,34 +891,46 @@ fn unchanged_row(ctx: &Ctx<'_>, op: &RowOp, stored: &User) -> Row {
 /// before the rows (the first row naming one would look it up): a row that changes nothing is
 /// then decided without I/O.
 async fn look_up_references(ctx: &Ctx<'_>, ops: &[RowOp], concurrency: usize) -> Result<()> {
-    let tenant = ctx.tenant.id.as_str();
     let (mut orgs, mut people) = (std::collections::BTreeMap::new(), std::collections::BTreeSet::new());
-    for op in ops {
-        let Target::User { fields, .. } = &op.target else { continue };
-        if matches!(op.action, Action::Delete | Action::Reconcile | Action::Restore) {
-            continue;
+    for (org, named_people) in ops.iter().filter_map(|op| named(ctx, op)) {
+        if let Some(org) = org {
+            orgs.entry(org.to_lowercase()).or_insert(org);
         }
-        if let Some(org) = &fields.org {
-            let key = org.to_lowercase();
-            if !(ctx.dry && op.created_in_file.contains(&key)) {
-                orgs.entry(key).or_insert(org);
-            }
-        }
-        people.extend(fields.associations.values().filter(|e| !op.created_in_file.contains(e)));
+        people.extend(named_people.map(|(_, e)| e));
     }
     // Collected before the first await: an iterator of closures held across it is not Send.
     let mut lookups: Vec<futures::future::BoxFuture<'_, Result<bool>>> = Vec::with_capacity(orgs.len() + people.len());
-    for (key, org) in orgs {
-        lookups.push(exists(&ctx.orgs, key, ctx.svc.directory.org_exists(tenant, org)).boxed());
-    }
-    for e in people {
-        lookups.push(exists(&ctx.users, e.clone(), async move { Ok(ctx.svc.directory.user(tenant, e).await?.is_some()) }).boxed());
-    }
+    lookups.extend(orgs.into_values().map(|org| org_found(ctx, org).boxed()));
+    lookups.extend(people.into_iter().map(|e| person_found(ctx, e).boxed()));
     let mut lookups = stream::iter(lookups).buffer_unordered(concurrency);
     while let Some(found) = lookups.next().await {
         found?;
     }
     Ok(())
+}
+
+/// What a user row names that must exist before it is applied: its organization (`None` when it
+/// names none, or, in a dry run, one its file creates: organizations of the file exist by now,
+/// their phase ran first, except in a dry run) and the (association, email) of the people it
+/// names that its file does not create (those may be in a chunk running at the same time: not
+/// checked). `None` for a row that names nothing to check.
+fn named<'o>(ctx: &Ctx<'_>, op: &'o RowOp) -> Option<(Option<&'o String>, impl Iterator<Item = (&'o String, &'o String)>)> {
+    let Target::User { fields, .. } = &op.target else { return None };
+    if matches!(op.action, Action::Delete | Action::Reconcile | Action::Restore) {
+        return None;
+    }
+    let org = fields.org.as_ref().filter(|org| !(ctx.dry && op.created_in_file.contains(&org.to_lowercase())));
+    Some((org, fields.associations.iter().filter(|(_, e)| !op.created_in_file.contains(e))))
+}
+
+/// Whether the organization exists, looked up once per chunk.
+async fn org_found(ctx: &Ctx<'_>, org: &str) -> Result<bool> {
+    exists(&ctx.orgs, org.to_lowercase(), ctx.svc.directory.org_exists(&ctx.tenant.id, org)).await
+}
+
+/// Whether the person exists, looked up once per chunk.
+async fn person_found(ctx: &Ctx<'_>, email: &str) -> Result<bool> {
+    exists(&ctx.users, email.to_string(), async { Ok(ctx.svc.directory.user(&ctx.tenant.id, email).await?.is_some()) }).await
 }
 
 /// "supervisor_manager" -> "SupervisorManager": the column a user wrote.
