@@ -119,3 +119,48 @@ async fn sesv2_send_from_an_unverified_address_is_rejected() {
     let service = err.into_service_error();
     assert!(service.is_message_rejected(), "expected MessageRejected, got {service:?}");
 }
+
+/// What each response said of its connection: `Connection` header values, in order.
+#[derive(Debug, Default, Clone)]
+struct ConnectionHeaders(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for ConnectionHeaders {
+    fn name(&self) -> &'static str {
+        "connection-headers"
+    }
+    fn read_after_transmit(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef<'_>,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let said = ctx.response().headers().get("connection").unwrap_or("(none)").to_ascii_lowercase();
+        self.0.lock().unwrap().push(said);
+        Ok(())
+    }
+}
+
+/// LocalStack closes every connection whose request does not ask to keep it (each call would
+/// then connect again, which AWS never makes a client do): the local clients ask, and S3, SES and
+/// EventBridge keep their connections open; the SDK's default client, asking nothing, is told to
+/// close (the reason `local::KeepAlive` exists: if this changes, it can go).
+#[tokio::test]
+async fn local_clients_keep_their_connections_to_localstack_open() {
+    let config = Config::local();
+    let seen = ConnectionHeaders::default();
+    let aws =
+        LocalAws::connect_with(&config, Some(aws_smithy_runtime_api::client::interceptors::SharedInterceptor::new(seen.clone()))).await;
+    aws.s3.list_buckets().send().await.expect("list buckets");
+    aws.s3.list_buckets().send().await.expect("list buckets again");
+    // Whether the identity existed already or not: an answer either way.
+    let _ = aws.ses.create_email_identity().email_identity("smoke-sender@example.com").send().await;
+    aws.events.list_event_buses().send().await.expect("list buses");
+    let kept = std::mem::take(&mut *seen.0.lock().unwrap());
+    assert_eq!(kept.len(), 4, "{kept:?}");
+    assert!(kept.iter().all(|c| c != "close"), "a local client was told to close its connection: {kept:?}");
+
+    let plain =
+        aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&aws.sdk).force_path_style(true).interceptor(seen.clone()).build());
+    plain.list_buckets().send().await.expect("list buckets, asking nothing");
+    assert_eq!(*seen.0.lock().unwrap(), ["close"], "LocalStack keeps a connection the request did not ask to keep");
+}
