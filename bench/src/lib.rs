@@ -157,15 +157,22 @@ pub fn oneroster_file(students: usize) -> PathBuf {
     path
 }
 
-/// CPU time a process has used, in nanoseconds: the sum of its live threads' `schedstat` (exact,
-/// unlike the 10 ms ticks of `/proc/<pid>/stat`). `None` if the process is not there.
+/// CPU time a process has used, in nanoseconds: user and system time of `/proc/<pid>/stat`,
+/// which counts threads that have ended too (LocalStack starts a thread per request: a sum over
+/// the live threads missed theirs). Its unit is the clock tick (10 ms): over the many timed
+/// windows of a table the rounding averages out. `None` if the process is not there.
 pub fn cpu_ns(pid: &str) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let on_cpu = |t: std::fs::DirEntry| -> Option<u64> {
-        let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
-        stat.split_whitespace().next()?.parse().ok()
-    };
-    Some(tasks.filter_map(|t| t.ok().and_then(on_cpu)).sum())
+    static TICK_NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let tick_ns = *TICK_NS.get_or_init(|| {
+        let out = std::process::Command::new("getconf").arg("CLK_TCK").output().ok();
+        let hz = out.and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<u64>().ok()).filter(|&hz| hz > 0).unwrap_or(100);
+        1_000_000_000 / hz
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may hold spaces and parentheses): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * tick_ns)
 }
 
 /// The local stack's processes this checkout started (`scripts/stack.sh`): (name, pid).
@@ -178,4 +185,26 @@ pub fn stack_pids() -> Vec<(&'static str, String)> {
             cpu_ns(&pid).map(|_| (name, pid))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_ns;
+
+    /// A thread's CPU stays counted once it has ended (LocalStack's per-request threads do).
+    #[test]
+    fn cpu_of_a_thread_that_has_ended_is_still_counted() {
+        let before = cpu_ns("self").expect("this process");
+        // Busy until the thread itself has used 200 ms of CPU, however loaded the machine is.
+        std::thread::spawn(|| {
+            while cpu_ns("thread-self").expect("this thread") < 200_000_000 {
+                std::hint::black_box(0u64);
+            }
+        })
+        .join()
+        .unwrap();
+        let spent = cpu_ns("self").expect("this process") - before;
+        assert!(spent >= 150_000_000, "a 200 ms busy thread counted as {spent} ns");
+        assert_eq!(cpu_ns("no-such-process"), None);
+    }
 }
