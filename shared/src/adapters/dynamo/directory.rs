@@ -46,6 +46,8 @@ impl DynamoDirectory {
     async fn users_batch(&self, tenant: &str, batch: &[String]) -> Result<UsersRead> {
         let keys: Vec<Item> = batch.iter().map(|e| key_item(&user_key(tenant, e))).collect();
         let mut found = UsersRead::default();
+        // Room for every key at once: grown instead, the users read so far moved at each step.
+        found.live.reserve(batch.len());
         batch_get(&self.client, &self.table, keys, |item| {
             if is_user(&item) {
                 let user = User::try_from(item)?;
