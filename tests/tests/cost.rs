@@ -113,6 +113,92 @@ async fn replace_mode_finds_absent_users_in_every_partition() {
     stack.shutdown().await;
 }
 
+/// Counts the queries of a tenant's user partitions (`U#<tenant>#<shard>`): one pass over the
+/// tenant's users is a query (a page) per partition.
+#[derive(Debug, Clone, Default)]
+struct UserQueries(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for UserQueries {
+    fn name(&self) -> &'static str {
+        "user-partition-queries"
+    }
+    fn read_before_transmit(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let req = ctx.request();
+        let body = req.body().bytes().unwrap_or_default();
+        if req.headers().get("x-amz-target") == Some("DynamoDB_20120810.Query") && body.windows(8).any(|w| w == b"\"U#acme#") {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// Deleting an organization refuses one that still has users, which needs the tenant's users
+/// read (no index is kept for it). A file deleting 40 organizations reads them once, as a file
+/// deleting one does, not 40 times: counted per row, a big tenant's restructuring file read
+/// every user of the tenant once per organization it deleted.
+#[tokio::test]
+async fn deleting_many_organizations_reads_the_tenant_s_users_once() {
+    let queries = UserQueries::default();
+    let stack = Stack::start_manual_with(aws_smithy_runtime_api::client::interceptors::SharedInterceptor::new(queries.clone())).await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let header = ["Type", "Action", "Email", "First Name", "Org"].map(String::from).to_vec();
+    let mut seed = vec![header.clone(), ["Org", "Create", "", "", "Busy"].map(String::from).to_vec()];
+    seed.extend((0..40).map(|i| ["Org".into(), "Create".into(), String::new(), String::new(), format!("Empty {i}")].to_vec()));
+    // Users in every partition, seven of them in Busy (named in another case: names match so).
+    seed.extend((0..200).map(|i| {
+        let org = match i % 30 {
+            0 => "busy",
+            _ => "",
+        };
+        ["User".into(), "Create".into(), format!("member{i}@acme.example.com"), format!("M{i}"), org.to_string()].to_vec()
+    }));
+    let shards: std::collections::BTreeSet<u32> =
+        (0..200).map(|i| shared::adapters::dynamo::user_shard(&format!("member{i}@acme.example.com"))).collect();
+    assert_eq!(shards.len(), shared::adapters::dynamo::USER_SHARDS as usize, "users in every partition");
+    let run = |name: &'static str, rows: Vec<Vec<String>>| {
+        let (stack, queries) = (&stack, &queries);
+        async move {
+            let before = queries.0.load(std::sync::atomic::Ordering::Relaxed);
+            let key = stack.drop_file("acme", None, name, rows_to_csv(&rows)).await;
+            stack.pump(1).await;
+            let job = stack.wait_job("acme", &key, WAIT).await;
+            (job, queries.0.load(std::sync::atomic::Ordering::Relaxed) - before)
+        }
+    };
+    let (job, _) = run("seed.csv", seed).await;
+    assert_eq!((job.succeeded, job.failed), (241, 0), "{job:?}");
+
+    let delete = |names: &mut dyn Iterator<Item = String>| {
+        let mut rows = vec![header.clone()];
+        rows.extend(names.map(|n| ["Org".into(), "Delete".into(), String::new(), String::new(), n].to_vec()));
+        rows
+    };
+    let (one, one_pass) = run("delete-one.csv", delete(&mut std::iter::once("Empty 0".to_string()))).await;
+    assert_eq!((one.succeeded, one.failed), (1, 0), "{one:?}");
+    let partitions = shared::adapters::dynamo::USER_SHARDS as usize;
+    assert!(one_pass >= partitions, "one deletion reads every partition: {one_pass} queries");
+
+    let mut names = (1..40).map(|i| format!("Empty {i}")).chain(std::iter::once("Busy".to_string()));
+    let (many, many_passes) = run("delete-forty.csv", delete(&mut names)).await;
+    eprintln!("user-partition queries: {one_pass} for 1 organization deleted, {many_passes} for 40");
+    assert_eq!(many_passes, one_pass, "40 deletions in one chunk read the tenant's users once");
+    assert_eq!((many.succeeded, many.failed), (39, 1), "{many:?}");
+    let summary = stack.summary(&many).await;
+    let result = parse_csv(&stack.get(summary.result_key.as_deref().unwrap()).await.unwrap());
+    let busy = result.iter().find(|r| r.iter().any(|c| c == "Busy")).unwrap();
+    assert!(busy.contains(&"organization \"Busy\" still has 7 users; move or delete them first".to_string()), "{busy:?}");
+    for i in 0..40 {
+        assert!(!stack.svc.directory.org_exists("acme", &format!("Empty {i}")).await.unwrap(), "Empty {i} deleted");
+    }
+    assert!(stack.svc.directory.org_exists("acme", "Busy").await.unwrap());
+    stack.shutdown().await;
+}
+
 /// The directory as deployed, with another upload writing right after a chunk's batched read:
 /// the timing of a real race, every read and write a real DynamoDB call.
 struct RacingDirectory {
@@ -183,8 +269,8 @@ impl Directory for RacingDirectory {
     async fn repoint_associations(&self, tenant: &str, moves: &[(String, String)]) -> shared::Result<u32> {
         self.inner.repoint_associations(tenant, moves).await
     }
-    async fn count_org_users(&self, tenant: &str, name: &str) -> shared::Result<u64> {
-        self.inner.count_org_users(tenant, name).await
+    async fn org_user_counts(&self, tenant: &str, names: &[String]) -> shared::Result<HashMap<String, u64>> {
+        self.inner.org_user_counts(tenant, names).await
     }
     async fn list_users(&self, tenant: &str) -> shared::Result<Vec<(String, UserStatus)>> {
         self.inner.list_users(tenant).await

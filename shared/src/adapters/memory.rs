@@ -581,13 +581,17 @@ impl Directory for MemoryDirectory {
         }
         Ok(changed)
     }
-    async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64> {
-        let name = name.to_lowercase();
+    async fn org_user_counts(&self, tenant: &str, names: &[String]) -> Result<HashMap<String, u64>> {
+        let wanted: std::collections::HashSet<&String> = names.iter().collect();
         let state = lock(&self.state);
-        let users = state.items.iter().filter(|((t, _), s)| {
-            t == tenant && s.user.as_ref().is_some_and(|u| u.fields.org.as_deref().map(str::to_lowercase).as_deref() == Some(&name))
-        });
-        Ok(users.count() as u64)
+        let mut counts = HashMap::new();
+        for org in state.items.iter().filter(|((t, _), _)| t == tenant).filter_map(|(_, s)| s.user.as_ref()?.fields.org.as_deref()) {
+            let org = org.to_lowercase();
+            if wanted.contains(&org) {
+                *counts.entry(org).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
     }
     async fn list_users(&self, tenant: &str) -> Result<Vec<(String, UserStatus)>> {
         let state = lock(&self.state);

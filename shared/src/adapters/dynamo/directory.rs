@@ -391,8 +391,7 @@ impl Directory for DynamoDirectory {
     }
 
     async fn list_users(&self, tenant: &str) -> Result<Vec<(String, UserStatus)>> {
-        let mut users = Vec::new();
-        for shard in 0..USER_SHARDS {
+        let shard = |shard: u32| async move {
             let mut pages = self
                 .users_query(tenant, shard)
                 .projection_expression("sk, #st, kind")
@@ -400,6 +399,7 @@ impl Directory for DynamoDirectory {
                 .into_paginator()
                 .items()
                 .send();
+            let mut users = Vec::new();
             while let Some(item) = pages.next().await {
                 let item = item.map_err(ddb_err("Query"))?;
                 if is_user(&item)
@@ -408,7 +408,9 @@ impl Directory for DynamoDirectory {
                     users.push((key.to_string(), UserStatus::parse(item.str("status").unwrap_or_default())));
                 }
             }
-        }
+            Ok::<_, Error>(users)
+        };
+        let mut users: Vec<(String, UserStatus)> = all_shards(shard).await?.into_iter().flatten().collect();
         users.sort();
         Ok(users)
     }
@@ -551,24 +553,36 @@ impl Directory for DynamoDirectory {
         self.repoint(tenant, moves).await
     }
 
-    async fn count_org_users(&self, tenant: &str, name: &str) -> Result<u64> {
-        let mut total = 0u64;
-        for shard in 0..USER_SHARDS {
-            // Reads the tenant's users (an organization's deletion only): no index to keep.
+    async fn org_user_counts(&self, tenant: &str, names: &[String]) -> Result<HashMap<String, u64>> {
+        // Reads the tenant's users (organizations' deletions only): no index to keep. Each user's
+        // organization comes back (names past 100 do not fit a filter's `IN`) and is counted here.
+        let wanted: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+        let wanted = &wanted;
+        let shard = |shard: u32| async move {
             let mut pages = self
                 .users_query(tenant, shard)
-                .filter_expression("#org = :o AND kind = :user")
+                .filter_expression("kind = :user AND attribute_exists(#org)")
+                .projection_expression("#org")
                 .expression_attribute_names("#org", ORG_KEY)
-                .expression_attribute_values(":o", s(name.to_lowercase()))
                 .expression_attribute_values(":user", s("user"))
-                .select(Select::Count)
                 .into_paginator()
+                .items()
                 .send();
-            while let Some(page) = pages.next().await {
-                total += page.map_err(ddb_err("Query"))?.count.max(0) as u64;
+            let mut counts = HashMap::<String, u64>::new();
+            while let Some(item) = pages.next().await {
+                if let Some(org) = item.map_err(ddb_err("Query"))?.str(ORG_KEY).filter(|org| wanted.contains(org)) {
+                    *counts.entry(org.to_string()).or_default() += 1;
+                }
+            }
+            Ok::<_, Error>(counts)
+        };
+        let mut counts = HashMap::new();
+        for shard in all_shards(shard).await? {
+            for (org, n) in shard {
+                *counts.entry(org).or_default() += n;
             }
         }
-        Ok(total)
+        Ok(counts)
     }
 }
 

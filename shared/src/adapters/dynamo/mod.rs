@@ -82,6 +82,14 @@ pub fn org_key(tenant: &str, name: &str) -> Key {
 pub fn tenant_key(tenant: &str) -> Key {
     ("T".to_string(), tenant.to_string())
 }
+/// `read` of every one of a tenant's user shards, all at once: a pass over the tenant's users
+/// takes as long as its largest shard, not the sum of the 16 (each a paginated query).
+pub(super) async fn all_shards<T, F: std::future::Future<Output = crate::error::Result<T>>>(
+    read: impl Fn(u32) -> F,
+) -> crate::error::Result<Vec<T>> {
+    futures::future::try_join_all((0..USER_SHARDS).map(read)).await
+}
+
 /// The shard of a user's email: FNV-1a, stable across builds and platforms (std's hasher is not).
 pub fn user_shard(email: &str) -> u32 {
     let h = email.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
