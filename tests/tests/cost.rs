@@ -199,6 +199,35 @@ async fn deleting_many_organizations_reads_the_tenant_s_users_once() {
     stack.shutdown().await;
 }
 
+/// The hold check counts a tenant's active users over its 16 partitions at once: exactly while
+/// the count stays under the bound it is asked for, and, past a small bound, from a few small
+/// pages (each partition's share of the bound) instead of every user of the tenant.
+#[tokio::test]
+async fn active_users_are_counted_exactly_under_the_bound_and_from_a_few_pages_past_it() {
+    let queries = UserQueries::default();
+    let stack = Stack::start_manual_with(aws_smithy_runtime_api::client::interceptors::SharedInterceptor::new(queries.clone())).await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let header = vec!["Action".to_string(), "Email".to_string()];
+    let emails: Vec<String> = (0..400).map(|i| format!("member{i}@acme.example.com")).collect();
+    for (name, action, n) in [("seed.csv", "Create", 400), ("leavers.csv", "Disable", 40)] {
+        let mut rows = vec![header.clone()];
+        rows.extend(emails.iter().take(n).map(|e| vec![action.to_string(), e.clone()]));
+        let key = stack.drop_file("acme", None, name, rows_to_csv(&rows)).await;
+        stack.pump(1).await;
+        assert_eq!(stack.wait_job("acme", &key, WAIT).await.succeeded, n as u32, "{name}");
+    }
+    let dir = &stack.svc.directory;
+    assert_eq!(dir.count_active_users("acme", 10_000).await.unwrap(), 360, "every active user, none disabled");
+    assert_eq!(dir.count_active_users("acme", 360).await.unwrap(), 360);
+    let before = queries.0.load(std::sync::atomic::Ordering::Relaxed);
+    let past = dir.count_active_users("acme", 20).await.unwrap();
+    let asked = queries.0.load(std::sync::atomic::Ordering::Relaxed) - before;
+    eprintln!("past a bound of 20: counted {past} active users in {asked} queries");
+    assert!((20..360).contains(&past), "stopped once past the bound: {past}");
+    assert!(asked <= 2 * shared::adapters::dynamo::USER_SHARDS as usize, "{asked} queries");
+    stack.shutdown().await;
+}
+
 /// The directory as deployed, with another upload writing right after a chunk's batched read:
 /// the timing of a real race, every read and write a real DynamoDB call.
 struct RacingDirectory {

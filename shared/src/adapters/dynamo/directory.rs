@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure, Select};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub struct DynamoDirectory {
     pub(super) client: Client,
@@ -416,25 +417,38 @@ impl Directory for DynamoDirectory {
     }
 
     async fn count_active_users(&self, tenant: &str, at_most: u64) -> Result<u64> {
-        let mut count = 0;
-        for shard in 0..USER_SHARDS {
-            let mut pages = self
-                .users_query(tenant, shard)
-                .filter_expression("#st = :active AND (attribute_not_exists(kind) OR kind <> :gone)")
-                .expression_attribute_names("#st", "status")
-                .expression_attribute_values(":active", s(UserStatus::Active.as_str()))
-                .expression_attribute_values(":gone", s(TOMBSTONE))
-                .select(Select::Count)
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                count += page.map_err(ddb_err("Query"))?.count() as u64;
-                if count >= at_most {
-                    return Ok(count);
+        // The 16 partitions at once, each stopping once the shared count reaches `at_most` (the
+        // count then rules a hold out). A partition's first page evaluates its share of `at_most`
+        // and each next page twice as many (up to DynamoDB's 1 MB): a small file's check reads a
+        // few users of each partition, a tenant of mostly disabled users still takes few pages.
+        let count = AtomicU64::new(0);
+        let (count, share) = (&count, i32::try_from(at_most.div_ceil(u64::from(USER_SHARDS)) + 1).unwrap_or(i32::MAX));
+        all_shards(|shard| async move {
+            let (mut limit, mut start) = (share, None);
+            while count.load(Relaxed) < at_most {
+                let page = self
+                    .users_query(tenant, shard)
+                    .filter_expression("#st = :active AND (attribute_not_exists(kind) OR kind <> :gone)")
+                    .expression_attribute_names("#st", "status")
+                    .expression_attribute_values(":active", s(UserStatus::Active.as_str()))
+                    .expression_attribute_values(":gone", s(TOMBSTONE))
+                    .select(Select::Count)
+                    .limit(limit)
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(ddb_err("Query"))?;
+                count.fetch_add(page.count().max(0) as u64, Relaxed);
+                start = page.last_evaluated_key;
+                if start.is_none() {
+                    break;
                 }
+                limit = limit.saturating_mul(2);
             }
-        }
-        Ok(count)
+            Ok(())
+        })
+        .await?;
+        Ok(count.load(Relaxed))
     }
 
     async fn reserve_licences(
