@@ -228,6 +228,54 @@ async fn active_users_are_counted_exactly_under_the_bound_and_from_a_few_pages_p
     stack.shutdown().await;
 }
 
+/// Associations follow the emails a chunk changes: every user naming a moved email names the new
+/// one, found in one pass over the tenant's users for all the chunk's moves (the 16 partitions
+/// once), not one pass per 25 moves.
+#[tokio::test]
+async fn a_chunk_s_email_changes_repoint_associations_in_one_pass_over_the_tenant() {
+    let queries = UserQueries::default();
+    let stack = Stack::start_manual_with(aws_smithy_runtime_api::client::interceptors::SharedInterceptor::new(queries.clone())).await;
+    // No hold check: its count of active users would query the partitions too. The 60 moves in
+    // one chunk (the tests' default is 50 rows).
+    let mut tenant = stack.tenant("acme");
+    (tenant.holds.remove_percent, tenant.holds.update_percent, tenant.chunk_size) = (0, 0, Some(100));
+    stack.put_tenant(&tenant).await;
+    let run = |name: &'static str, rows: Vec<Vec<String>>| {
+        let (stack, queries) = (&stack, &queries);
+        async move {
+            let before = queries.0.load(std::sync::atomic::Ordering::Relaxed);
+            let key = stack.drop_file("acme", None, name, rows_to_csv(&rows)).await;
+            stack.pump(1).await;
+            let job = stack.wait_job("acme", &key, WAIT).await;
+            (job, queries.0.load(std::sync::atomic::Ordering::Relaxed) - before)
+        }
+    };
+    let mut seed = vec![["Email", "Supervisor", "Parent"].map(String::from).to_vec()];
+    seed.extend((0..60).map(|i| vec![format!("boss{i}@acme.example.com"), String::new(), String::new()]));
+    // Staff name a boss as supervisor, and the first ten the next boss as parent too.
+    seed.extend((0..60).map(|i| {
+        let parent = if i < 10 { format!("boss{}@acme.example.com", i + 1) } else { String::new() };
+        vec![format!("staff{i}@acme.example.com"), format!("boss{i}@acme.example.com"), parent]
+    }));
+    let (job, _) = run("seed.csv", seed).await;
+    assert_eq!((job.succeeded, job.failed), (120, 0), "{job:?}");
+
+    let mut moves = vec![["Action", "Email", "NewEmail"].map(String::from).to_vec()];
+    moves.extend((0..60).map(|i| vec!["Update".into(), format!("boss{i}@acme.example.com"), format!("chief{i}@acme.example.com")]));
+    let (job, asked) = run("moves.csv", moves).await;
+    assert_eq!((job.succeeded, job.failed), (60, 0), "{job:?}");
+    eprintln!("user-partition queries for 60 email changes in one chunk: {asked}");
+    assert_eq!(asked, shared::adapters::dynamo::USER_SHARDS as usize, "one query per partition, one pass");
+    for i in 0..60 {
+        let staff = stack.svc.directory.user("acme", &format!("staff{i}@acme.example.com")).await.unwrap().unwrap();
+        let named = |a: &str| staff.fields.associations.get(a).cloned();
+        assert_eq!(named("supervisor"), Some(format!("chief{i}@acme.example.com")), "staff{i}");
+        let parent = (i < 10).then(|| format!("chief{}@acme.example.com", i + 1));
+        assert_eq!(named("parent"), parent, "staff{i}");
+    }
+    stack.shutdown().await;
+}
+
 /// The directory as deployed, with another upload writing right after a chunk's batched read:
 /// the timing of a real race, every read and write a real DynamoDB call.
 struct RacingDirectory {

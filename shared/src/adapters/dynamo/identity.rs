@@ -238,62 +238,58 @@ impl DynamoDirectory {
         Ok(item.filter(|i| i.str("kind") == Some(TOMBSTONE)).and_then(|i| i.str("moved_to").map(str::to_string)))
     }
 
-    /// Each user partition is queried for associations naming a moved email (25 emails a query,
-    /// well within an expression's limits); each match is set to the new email while it still
-    /// names the old one.
+    /// One pass over the tenant's users for every move of the chunk, the 16 partitions at once:
+    /// the users naming anyone come back and are matched here (asked per 25 moves, an `IN` list's
+    /// share of an expression, a chunk of 2,000 email changes read the tenant's users 80 times).
+    /// Each match is set to the new email while it still names the old one.
     pub(super) async fn repoint(&self, tenant: &str, moves: &[(String, String)]) -> Result<u32> {
-        let mut changed = 0;
-        for group in moves.chunks(25) {
-            let to: HashMap<&str, &str> = group.iter().map(|(f, t)| (f.as_str(), t.as_str())).collect();
-            let values: Vec<String> = (0..group.len()).map(|i| format!(":f{i}")).collect();
-            let filter = crate::model::ASSOCIATIONS
-                .iter()
-                .enumerate()
-                .map(|(a, _)| format!("#a{a} IN ({})", values.join(", ")))
-                .collect::<Vec<_>>()
-                .join(" OR ");
-            for shard in 0..USER_SHARDS {
-                let mut query = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .key_condition_expression("pk = :p")
-                    .expression_attribute_values(":p", s(user_partition(tenant, shard)))
-                    .filter_expression(&filter);
-                for (a, name) in crate::model::ASSOCIATIONS.iter().enumerate() {
-                    query = query.expression_attribute_names(format!("#a{a}"), *name);
-                }
-                for (i, (from, _)) in group.iter().enumerate() {
-                    query = query.expression_attribute_values(format!(":f{i}"), s(from));
-                }
-                let mut pages = query.into_paginator().items().send();
-                while let Some(item) = pages.next().await {
-                    let item = item.map_err(ddb_err("Query"))?;
-                    for name in crate::model::ASSOCIATIONS {
-                        let Some((from, new)) = item.str(name).and_then(|v| to.get_key_value(v)) else { continue };
-                        let res = self
-                            .client
-                            .update_item()
-                            .table_name(&self.table)
-                            .key("pk", item.get("pk").cloned().unwrap_or(Av::Null(true)))
-                            .key("sk", item.get("sk").cloned().unwrap_or(Av::Null(true)))
-                            .update_expression("SET #a = :to")
-                            .condition_expression("#a = :from AND kind = :user")
-                            .expression_attribute_names("#a", *name)
-                            .expression_attribute_values(":to", s(*new))
-                            .expression_attribute_values(":from", s(*from))
-                            .expression_attribute_values(":user", s("user"))
-                            .send()
-                            .await;
-                        match res {
-                            Ok(_) => changed += 1,
-                            Err(e) if is_condition_failed(&e) => {}
-                            Err(e) => return Err(ddb_err("UpdateItem")(e)),
-                        }
+        let to: HashMap<&str, &str> = moves.iter().map(|(f, t)| (f.as_str(), t.as_str())).collect();
+        let names = crate::model::ASSOCIATIONS;
+        let filter = (0..names.len()).map(|a| format!("attribute_exists(#a{a})")).collect::<Vec<_>>().join(" OR ");
+        let projection = (0..names.len()).map(|a| format!("#a{a}")).chain(["pk".into(), "sk".into()]).collect::<Vec<_>>().join(", ");
+        let (to, filter, projection) = (&to, &filter, &projection);
+        let changed = all_shards(|shard| async move {
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :p")
+                .expression_attribute_values(":p", s(user_partition(tenant, shard)))
+                .filter_expression(filter)
+                .projection_expression(projection);
+            for (a, name) in names.iter().enumerate() {
+                query = query.expression_attribute_names(format!("#a{a}"), *name);
+            }
+            let mut pages = query.into_paginator().items().send();
+            let mut changed = 0u32;
+            while let Some(item) = pages.next().await {
+                let item = item.map_err(ddb_err("Query"))?;
+                for name in names {
+                    let Some((from, new)) = item.str(name).and_then(|v| to.get_key_value(v)) else { continue };
+                    let res = self
+                        .client
+                        .update_item()
+                        .table_name(&self.table)
+                        .key("pk", item.get("pk").cloned().unwrap_or(Av::Null(true)))
+                        .key("sk", item.get("sk").cloned().unwrap_or(Av::Null(true)))
+                        .update_expression("SET #a = :to")
+                        .condition_expression("#a = :from AND kind = :user")
+                        .expression_attribute_names("#a", *name)
+                        .expression_attribute_values(":to", s(*new))
+                        .expression_attribute_values(":from", s(*from))
+                        .expression_attribute_values(":user", s("user"))
+                        .send()
+                        .await;
+                    match res {
+                        Ok(_) => changed += 1,
+                        Err(e) if is_condition_failed(&e) => {}
+                        Err(e) => return Err(ddb_err("UpdateItem")(e)),
                     }
                 }
             }
-        }
-        Ok(changed)
+            Ok(changed)
+        })
+        .await?;
+        Ok(changed.into_iter().sum())
     }
 }
