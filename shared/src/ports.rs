@@ -208,8 +208,8 @@ pub trait Directory: Send + Sync {
     /// Point every association (Supervisor, SupervisorManager, Parent, Instructor) naming a
     /// moved email at the new one; returns how many were changed. Reads the tenant's users.
     async fn repoint_associations(&self, tenant: &str, moves: &[(String, String)]) -> Result<u32>;
-    /// How many users each of the organizations `names` has (names given and returned lowercased;
-    /// one without users is absent), in one pass over the tenant's users: deleting an
+    /// How many users each of the organizations `names` has (names matched regardless of case and
+    /// returned lowercased; one without users is absent), in one pass over the tenant's users: deleting an
     /// organization refuses one that still has users, and a chunk asks once for all its deletions.
     async fn org_user_counts(&self, tenant: &str, names: &[String]) -> Result<std::collections::HashMap<String, u64>>;
     /// Every user of a tenant: (key, status). Replace mode diffs the file against it.

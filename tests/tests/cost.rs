@@ -196,6 +196,8 @@ async fn deleting_many_organizations_reads_the_tenant_s_users_once() {
         assert!(!stack.svc.directory.org_exists("acme", &format!("Empty {i}")).await.unwrap(), "Empty {i} deleted");
     }
     assert!(stack.svc.directory.org_exists("acme", "Busy").await.unwrap());
+    let counts = stack.svc.directory.org_user_counts("acme", &["BUSY".to_string(), "Empty 1".to_string()]).await.unwrap();
+    assert_eq!(counts, HashMap::from([("busy".to_string(), 7)]), "names matched regardless of case");
     stack.shutdown().await;
 }
 
@@ -224,7 +226,8 @@ async fn active_users_are_counted_exactly_under_the_bound_and_from_a_few_pages_p
     let asked = queries.0.load(std::sync::atomic::Ordering::Relaxed) - before;
     eprintln!("past a bound of 20: counted {past} active users in {asked} queries");
     assert!((20..360).contains(&past), "stopped once past the bound: {past}");
-    assert!(asked <= 2 * shared::adapters::dynamo::USER_SHARDS as usize, "{asked} queries");
+    // Partitions whose first page comes back before the others' may ask a second: a few pages each.
+    assert!(asked <= 3 * shared::adapters::dynamo::USER_SHARDS as usize, "{asked} queries");
     stack.shutdown().await;
 }
 

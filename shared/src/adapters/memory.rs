@@ -582,7 +582,7 @@ impl Directory for MemoryDirectory {
         Ok(changed)
     }
     async fn org_user_counts(&self, tenant: &str, names: &[String]) -> Result<HashMap<String, u64>> {
-        let wanted: std::collections::HashSet<&String> = names.iter().collect();
+        let wanted: std::collections::HashSet<String> = names.iter().map(|n| n.to_lowercase()).collect();
         let state = lock(&self.state);
         let mut counts = HashMap::new();
         for org in state.items.iter().filter(|((t, _), _)| t == tenant).filter_map(|(_, s)| s.user.as_ref()?.fields.org.as_deref()) {

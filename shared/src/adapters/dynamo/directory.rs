@@ -570,7 +570,7 @@ impl Directory for DynamoDirectory {
     async fn org_user_counts(&self, tenant: &str, names: &[String]) -> Result<HashMap<String, u64>> {
         // Reads the tenant's users (organizations' deletions only): no index to keep. Each user's
         // organization comes back (names past 100 do not fit a filter's `IN`) and is counted here.
-        let wanted: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+        let wanted: std::collections::HashSet<String> = names.iter().map(|n| n.to_lowercase()).collect();
         let wanted = &wanted;
         let shard = |shard: u32| async move {
             let mut pages = self
@@ -584,7 +584,7 @@ impl Directory for DynamoDirectory {
                 .send();
             let mut counts = HashMap::<String, u64>::new();
             while let Some(item) = pages.next().await {
-                if let Some(org) = item.map_err(ddb_err("Query"))?.str(ORG_KEY).filter(|org| wanted.contains(org)) {
+                if let Some(org) = item.map_err(ddb_err("Query"))?.str(ORG_KEY).filter(|org| wanted.contains(*org)) {
                     *counts.entry(org.to_string()).or_default() += 1;
                 }
             }
