@@ -137,6 +137,22 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for UserQueries {
     }
 }
 
+impl UserQueries {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// `rows` dropped as a file for tenant `acme` and run to its end: the job and the user-partition
+/// queries it made.
+async fn run_counting(stack: &Stack, queries: &UserQueries, name: &str, rows: Vec<Vec<String>>) -> (shared::model::Job, usize) {
+    let before = queries.count();
+    let key = stack.drop_file("acme", None, name, rows_to_csv(&rows)).await;
+    stack.pump(1).await;
+    let job = stack.wait_job("acme", &key, WAIT).await;
+    (job, queries.count() - before)
+}
+
 /// Deleting an organization refuses one that still has users, which needs the tenant's users
 /// read (no index is kept for it). A file deleting 40 organizations reads them once, as a file
 /// deleting one does, not 40 times: counted per row, a big tenant's restructuring file read
@@ -160,16 +176,7 @@ async fn deleting_many_organizations_reads_the_tenant_s_users_once() {
     let shards: std::collections::BTreeSet<u32> =
         (0..200).map(|i| shared::adapters::dynamo::user_shard(&format!("member{i}@acme.example.com"))).collect();
     assert_eq!(shards.len(), shared::adapters::dynamo::USER_SHARDS as usize, "users in every partition");
-    let run = |name: &'static str, rows: Vec<Vec<String>>| {
-        let (stack, queries) = (&stack, &queries);
-        async move {
-            let before = queries.0.load(std::sync::atomic::Ordering::Relaxed);
-            let key = stack.drop_file("acme", None, name, rows_to_csv(&rows)).await;
-            stack.pump(1).await;
-            let job = stack.wait_job("acme", &key, WAIT).await;
-            (job, queries.0.load(std::sync::atomic::Ordering::Relaxed) - before)
-        }
-    };
+    let run = |name: &'static str, rows: Vec<Vec<String>>| run_counting(&stack, &queries, name, rows);
     let (job, _) = run("seed.csv", seed).await;
     assert_eq!((job.succeeded, job.failed), (241, 0), "{job:?}");
 
@@ -221,9 +228,9 @@ async fn active_users_are_counted_exactly_under_the_bound_and_from_a_few_pages_p
     let dir = &stack.svc.directory;
     assert_eq!(dir.count_active_users("acme", 10_000).await.unwrap(), 360, "every active user, none disabled");
     assert_eq!(dir.count_active_users("acme", 360).await.unwrap(), 360);
-    let before = queries.0.load(std::sync::atomic::Ordering::Relaxed);
+    let before = queries.count();
     let past = dir.count_active_users("acme", 20).await.unwrap();
-    let asked = queries.0.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let asked = queries.count() - before;
     eprintln!("past a bound of 20: counted {past} active users in {asked} queries");
     assert!((20..360).contains(&past), "stopped once past the bound: {past}");
     // Partitions whose first page comes back before the others' may ask a second: a few pages each.
@@ -243,16 +250,7 @@ async fn a_chunk_s_email_changes_repoint_associations_in_one_pass_over_the_tenan
     let mut tenant = stack.tenant("acme");
     (tenant.holds.remove_percent, tenant.holds.update_percent, tenant.chunk_size) = (0, 0, Some(100));
     stack.put_tenant(&tenant).await;
-    let run = |name: &'static str, rows: Vec<Vec<String>>| {
-        let (stack, queries) = (&stack, &queries);
-        async move {
-            let before = queries.0.load(std::sync::atomic::Ordering::Relaxed);
-            let key = stack.drop_file("acme", None, name, rows_to_csv(&rows)).await;
-            stack.pump(1).await;
-            let job = stack.wait_job("acme", &key, WAIT).await;
-            (job, queries.0.load(std::sync::atomic::Ordering::Relaxed) - before)
-        }
-    };
+    let run = |name: &'static str, rows: Vec<Vec<String>>| run_counting(&stack, &queries, name, rows);
     let mut seed = vec![["Email", "Supervisor", "Parent"].map(String::from).to_vec()];
     seed.extend((0..60).map(|i| vec![format!("boss{i}@acme.example.com"), String::new(), String::new()]));
     // Staff name a boss as supervisor, and the first ten the next boss as parent too.
