@@ -209,11 +209,8 @@ async fn apply_read(
     };
     let UsersRead { live: mut stored, deleted } = stored;
     let identity = crate::identity::plan(svc, &tenant.id, &mut ops, &mut stored).await?;
-    let deleting: std::collections::BTreeSet<String> = ops.iter().filter_map(deleted_org).collect();
-    let org_users = match deleting.len() {
-        0 => HashMap::new(),
-        _ => svc.directory.org_user_counts(&tenant.id, &deleting.into_iter().collect::<Vec<_>>()).await?,
-    };
+    let deleting: Vec<String> = ops.iter().filter_map(deleted_org).collect();
+    let org_users = if deleting.is_empty() { HashMap::new() } else { svc.directory.org_user_counts(&tenant.id, &deleting).await? };
     let ctx = Ctx {
         identity,
         org_users,
@@ -920,10 +917,10 @@ async fn look_up_references(ctx: &Ctx<'_>, ops: &[RowOp], concurrency: usize) ->
     Ok(())
 }
 
-/// The organization a row deletes, lowercased (its users are counted before the chunk's rows run).
+/// The organization a row deletes (its users are counted before the chunk's rows run).
 fn deleted_org(op: &RowOp) -> Option<String> {
     match &op.target {
-        Target::Org { name, .. } if op.action == Action::Delete => Some(name.to_lowercase()),
+        Target::Org { name, .. } if op.action == Action::Delete => Some(name.clone()),
         _ => None,
     }
 }
