@@ -134,7 +134,7 @@ struct Ctx<'a> {
     users: Mutex<HashMap<String, bool>>,
     /// The chunk's users as stored before its writes, read in one batch: the licence hints and
     /// the unchanged rows are decided from it (the writes' conditions stay the authority).
-    stored: HashMap<String, User>,
+    stored: crate::ports::Users,
     /// Users of each organization the chunk deletes (lowercased names), counted in one pass over
     /// the tenant's users before its rows run: counted per row, a file deleting 200 organizations
     /// read every user of the tenant 200 times. Deletions run in the last phase, after the job's
@@ -299,7 +299,7 @@ async fn apply_read(
 
 /// What a chunk read and no longer needs: thousands of small allocations, freed while the
 /// chunk's last writes are on the wire rather than before they are sent.
-type Spent = (HashMap<String, User>, Vec<RowOp>);
+type Spent = (crate::ports::Users, Vec<RowOp>);
 
 /// A row's outcome, its write, and what the write replaced.
 type Row = (Outcome, Written, Before);
@@ -668,7 +668,7 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
     let mut outcome = message(op, &written.write, ctx.dry.then_some(ctx.dry_note));
     if let Some(change) = outcome.change {
         let stored = match &op.target {
-            Target::User { email, .. } => ctx.stored.get(email),
+            Target::User { email, .. } => ctx.stored.get(email).map(Box::as_ref),
             Target::Org { .. } => None,
         };
         outcome.changes = crate::changes::describe(op, stored, change);
@@ -861,7 +861,10 @@ fn holds_already<'c>(ctx: &'c Ctx<'_>, op: &RowOp) -> Option<&'c User> {
         return None;
     }
     let mine = |token: &str| crate::ports::is_row_token(ctx.job, op.row, token);
-    ctx.stored.get(email).filter(|stored| !mine(&stored.last_write) && !mine(&stored.created_by) && rules::unchanged(fields, stored))
+    ctx.stored
+        .get(email)
+        .map(Box::as_ref)
+        .filter(|stored| !mine(&stored.last_write) && !mine(&stored.created_by) && rules::unchanged(fields, stored))
 }
 
 /// `holds_already`, for a row `apply_row` would decide without I/O: nothing refused, moved or

@@ -30,7 +30,7 @@ pub struct Moving {
 /// Decide each user row's identity. NewEmail rows are retargeted at the new email (the old one
 /// is in `moves`); `stored` gains the users the moves start from, under their new email, so the
 /// licence, unchanged and Changes decisions see the person.
-pub async fn plan(svc: &Services, tenant: &str, ops: &mut [RowOp], stored: &mut HashMap<String, User>) -> Result<Identities> {
+pub async fn plan(svc: &Services, tenant: &str, ops: &mut [RowOp], stored: &mut crate::ports::Users) -> Result<Identities> {
     let mut out = Identities::default();
     let ids: Vec<String> = ops
         .iter()
@@ -95,7 +95,7 @@ pub async fn plan(svc: &Services, tenant: &str, ops: &mut [RowOp], stored: &mut 
             && !stored.contains_key(email)
             && let Some(user) = stored.get(&m.from).cloned()
         {
-            stored.insert(email.clone(), User { email: email.clone(), ..user });
+            stored.insert(email.clone(), Box::new(User { email: email.clone(), ..*user }));
         }
     }
     Ok(out)

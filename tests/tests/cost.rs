@@ -299,7 +299,7 @@ impl Directory for RacingDirectory {
     async fn user(&self, tenant: &str, email: &str) -> shared::Result<Option<User>> {
         self.inner.user(tenant, email).await
     }
-    async fn users(&self, tenant: &str, emails: &[String]) -> shared::Result<HashMap<String, User>> {
+    async fn users(&self, tenant: &str, emails: &[String]) -> shared::Result<shared::ports::Users> {
         let read = self.inner.users(tenant, emails).await?;
         if let Some(rows) = self.race.lock().await.take() {
             for (op, stamp) in rows {

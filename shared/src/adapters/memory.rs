@@ -311,7 +311,7 @@ impl Directory for MemoryDirectory {
         Ok(lock(&self.state).items.get(&key).filter(|s| !s.seen.tombstone).and_then(|s| s.user.clone()))
     }
 
-    async fn users(&self, tenant: &str, emails: &[String]) -> Result<HashMap<String, User>> {
+    async fn users(&self, tenant: &str, emails: &[String]) -> Result<crate::ports::Users> {
         Ok(self.read_users(tenant, emails).await?.live)
     }
 
@@ -324,7 +324,7 @@ impl Directory for MemoryDirectory {
                 let key = (tenant.to_string(), Key::User(email.trim().to_lowercase()));
                 match state.items.get(&key) {
                     Some(s) if s.seen.tombstone => found.deleted.extend(s.seen.order.clone().map(|o| (email.clone(), o))),
-                    Some(s) => found.live.extend(s.user.clone().map(|u| (email.clone(), u))),
+                    Some(s) => found.live.extend(s.user.clone().map(|u| (email.clone(), Box::new(u)))),
                     None => {}
                 }
             }

@@ -52,7 +52,7 @@ impl DynamoDirectory {
         batch_get(&self.client, &self.table, keys, |item| {
             if is_user(&item) {
                 let user = User::try_from(item)?;
-                found.live.insert(user.email.clone(), user);
+                found.live.insert(user.email.clone(), Box::new(user));
             } else if let (Some(TOMBSTONE), Some(email), Some(order)) = (item.str("kind"), item.str("sk"), item.str("ord")) {
                 found.deleted.insert(email.to_string(), order.to_string());
             }
@@ -295,7 +295,7 @@ impl Directory for DynamoDirectory {
         self.get_user(tenant, &email.trim().to_lowercase()).await
     }
 
-    async fn users(&self, tenant: &str, emails: &[String]) -> Result<HashMap<String, User>> {
+    async fn users(&self, tenant: &str, emails: &[String]) -> Result<crate::ports::Users> {
         Ok(self.read_users(tenant, emails).await?.live)
     }
 
