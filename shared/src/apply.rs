@@ -9,7 +9,7 @@ use crate::keys;
 use crate::model::{
     Action, Before, Job, JobState, Kept, Mode, Outcome, PHASES, RowOp, Status, Target, Tenant, UndoEntry, User, UserStatus,
 };
-use crate::ports::{Directory, Licence, LicenceClaim, Recorded, Restored, Stamp, UsersRead, Write, Written};
+use crate::ports::{Consistency, Directory, Licence, LicenceClaim, Recorded, Restored, Stamp, UsersRead, Write, Written};
 use crate::rules::{self, Attempted, Next};
 use crate::services::Services;
 use crate::wire::jsonl;
@@ -80,8 +80,10 @@ async fn apply_chunk(svc: &Services, obj: &ObjectRef) -> Result<()> {
         warn!(job = %job_id, phase, seq, "chunk recorded without its outcomes; applied again for them");
     }
     let pieces = pieces.ok_or_else(|| Error::corrupt(obj.key.clone(), "chunk vanished"))?;
-    let (tenant, (ops, stored)) =
-        tokio::try_join!(svc.directory.tenant(&job.tenant), read_chunk(svc, &job.tenant, pieces, |op| read_before(op, false)))?;
+    let (tenant, (ops, stored)) = tokio::try_join!(
+        svc.directory.tenant(&job.tenant),
+        read_chunk(svc, &job.tenant, pieces, consistency(&job, false), |op| read_before(op, false))
+    )?;
     let tenant = tenant.ok_or_else(|| Error::corrupt(format!("tenant {}", job.tenant), "removed during a job"))?;
     let claim = format!("{job_id}#{phase}#{seq}");
     let (outcomes, undo, spent) = apply_read(svc, &job, &tenant, ops, &claim, Some(stored), None).await?;
@@ -181,8 +183,14 @@ pub(crate) fn read_before(op: &RowOp, all: bool) -> Option<&String> {
     }
 }
 
-async fn read_users(svc: &Services, tenant: &str, emails: Vec<String>) -> Result<UsersRead> {
-    if emails.is_empty() { Ok(UsersRead::default()) } else { svc.directory.read_users(tenant, &emails).await }
+async fn read_users(svc: &Services, tenant: &str, emails: Vec<String>, read: Consistency) -> Result<UsersRead> {
+    if emails.is_empty() { Ok(UsersRead::default()) } else { svc.directory.read_users(tenant, &emails, read).await }
+}
+
+/// How a job's rows read their users: a prediction (validate) reads what it may, eventually
+/// consistent (`Consistency`).
+fn consistency(job: &Job, dry: bool) -> Consistency {
+    if dry || job.mode == Some(Mode::Validate) { Consistency::Eventual } else { Consistency::Strong }
 }
 
 /// `apply_ops` with the rows that do not depend on the tenant's pool already read (`unpooled`).
@@ -197,18 +205,19 @@ async fn apply_read(
 ) -> Result<(Vec<Outcome>, Vec<UndoEntry>, Spent)> {
     let dry_note = preview.or((job.mode == Some(Mode::Validate)).then_some(VALIDATE_NOTE));
     let all = tenant.has_pools() || dry_note.is_some();
+    let read = consistency(job, dry_note.is_some());
     let stored = match unpooled {
-        None => read_users(svc, &tenant.id, users_to_read(&ops, all)).await?,
+        None => read_users(svc, &tenant.id, users_to_read(&ops, all), read).await?,
         Some(mut stored) if all => {
-            let read: std::collections::HashSet<String> = users_to_read(&ops, false).into_iter().collect();
-            let rest = users_to_read(&ops, true).into_iter().filter(|e| !read.contains(e)).collect();
-            stored.merge(read_users(svc, &tenant.id, rest).await?);
+            let asked: std::collections::HashSet<String> = users_to_read(&ops, false).into_iter().collect();
+            let rest = users_to_read(&ops, true).into_iter().filter(|e| !asked.contains(e)).collect();
+            stored.merge(read_users(svc, &tenant.id, rest, read).await?);
             stored
         }
         Some(stored) => stored,
     };
     let UsersRead { live: mut stored, deleted } = stored;
-    let identity = crate::identity::plan(svc, &tenant.id, &mut ops, &mut stored).await?;
+    let identity = crate::identity::plan(svc, &tenant.id, &mut ops, &mut stored, read).await?;
     let deleting: Vec<String> = ops.iter().filter_map(deleted_org).collect();
     let org_users = if deleting.is_empty() { HashMap::new() } else { svc.directory.org_user_counts(&tenant.id, &deleting).await? };
     let ctx = Ctx {

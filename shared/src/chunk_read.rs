@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::model::RowOp;
-use crate::ports::{Pieces, UsersRead};
+use crate::ports::{Consistency, Pieces, UsersRead};
 use crate::services::Services;
 use crate::wire::{LineSplitter, parse_line};
 use futures::StreamExt;
@@ -23,11 +23,12 @@ pub(crate) async fn read_chunk(
     svc: &Services,
     tenant: &str,
     pieces: Pieces,
+    read: Consistency,
     wanted: impl Fn(&RowOp) -> Option<&String>,
 ) -> Result<(Vec<RowOp>, UsersRead)> {
     let (mut ops, mut lines, mut found) = (Vec::<RowOp>::new(), LineSplitter::default(), UsersRead::default());
     let (mut asked, mut batch, mut reads) = (HashSet::new(), Vec::new(), FuturesUnordered::new());
-    let read = |emails: Vec<String>| async move { svc.directory.read_users(tenant, &emails).await };
+    let read = |emails: Vec<String>| async move { svc.directory.read_users(tenant, &emails, read).await };
     // The rows the chunk holds, once its first lines say (`expected_rows`).
     let (len, mut received, mut expected) = (pieces.len, 0usize, None);
     let mut pieces = pieces.stream.fuse();
@@ -143,7 +144,7 @@ mod tests {
         mem.directory.seed_user("acme", "u7@x.com", UserStatus::Active);
         mem.store.put_version("c", chunk().into_bytes());
         let pieces = svc.store.get_pieces("c").await.unwrap().unwrap();
-        let (ops, found) = read_chunk(&svc, "acme", pieces, wanted).await.unwrap();
+        let (ops, found) = read_chunk(&svc, "acme", pieces, Consistency::Strong, wanted).await.unwrap();
         assert_eq!(ops.len(), 250 + 32 + 1, "every line, the last without its newline too");
         assert_eq!(found.live.keys().collect::<Vec<_>>(), ["u7@x.com"]);
         let reads = lock(&mem.directory.reads).clone();
@@ -175,7 +176,7 @@ mod tests {
             early
         };
         let pieces = Pieces { len: None, stream: Box::pin(rx) };
-        let (read, early) = tokio::join!(read_chunk(&svc, "acme", pieces, wanted), feed);
+        let (read, early) = tokio::join!(read_chunk(&svc, "acme", pieces, Consistency::Strong, wanted), feed);
         assert_eq!(early, 1, "the first hundred were read while the chunk was still arriving");
         assert_eq!(read.unwrap().0.len(), 101);
         assert_eq!(lock(&mem.directory.reads).len(), 2);
@@ -198,7 +199,7 @@ mod tests {
         let creates: String = (0..300).map(|i| line(i + 2, Action::Create, &format!("n{i}@x.com"))).collect();
         mem.store.put_version("creates", creates.into_bytes());
         let pieces = svc.store.get_pieces("creates").await.unwrap().unwrap();
-        let (ops, found) = read_chunk(&svc, "acme", pieces, wanted).await.unwrap();
+        let (ops, found) = read_chunk(&svc, "acme", pieces, Consistency::Strong, wanted).await.unwrap();
         assert_eq!((ops.len(), found.live.capacity()), (300, 0), "a chunk of creates reads no user");
         // Grown by doubling it would hold 512.
         assert!((300..=400).contains(&ops.capacity()), "its rows sized once from its length: {}", ops.capacity());
@@ -212,7 +213,7 @@ mod tests {
         for len in [u64::MAX, 1, 0] {
             let pieces: Vec<Result<Vec<u8>>> = body.chunks(777).map(|p| Ok(p.to_vec())).collect();
             let pieces = Pieces { len: Some(len), stream: Box::pin(futures::stream::iter(pieces)) };
-            let (ops, found) = read_chunk(&svc, "acme", pieces, wanted).await.unwrap();
+            let (ops, found) = read_chunk(&svc, "acme", pieces, Consistency::Strong, wanted).await.unwrap();
             assert_eq!(ops.len(), 250 + 32 + 1, "stated length {len}");
             assert_eq!(found.live.keys().collect::<Vec<_>>(), ["u7@x.com"]);
         }
@@ -223,14 +224,14 @@ mod tests {
         let (svc, mem) = Services::memory(crate::Config::local());
         mem.store.put_version("c", format!("{}{{\"row\":3,\"act", line(2, Action::Update, "a@x.com")).into_bytes());
         let pieces = svc.store.get_pieces("c").await.unwrap().unwrap();
-        let err = read_chunk(&svc, "acme", pieces, wanted).await.unwrap_err();
+        let err = read_chunk(&svc, "acme", pieces, Consistency::Strong, wanted).await.unwrap_err();
         assert!(matches!(err, crate::error::Error::Corrupt { .. }), "{err:?}");
         assert!(err.to_string().contains("chunk"), "{err}");
 
         let transient = crate::error::Error::Transient { service: "s3", operation: "GetObject", message: "reset".into() };
         let pieces = futures::stream::iter([Ok(line(2, Action::Update, "a@x.com").into_bytes()), Err(transient)]);
         let pieces = Pieces { len: Some(1 << 40), stream: Box::pin(pieces) };
-        let err = read_chunk(&svc, "acme", pieces, wanted).await.unwrap_err();
+        let err = read_chunk(&svc, "acme", pieces, Consistency::Strong, wanted).await.unwrap_err();
         assert!(err.is_retryable(), "a transfer cut off is retried: {err}");
     }
 }

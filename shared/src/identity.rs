@@ -30,7 +30,13 @@ pub struct Moving {
 /// Decide each user row's identity. NewEmail rows are retargeted at the new email (the old one
 /// is in `moves`); `stored` gains the users the moves start from, under their new email, so the
 /// licence, unchanged and Changes decisions see the person.
-pub async fn plan(svc: &Services, tenant: &str, ops: &mut [RowOp], stored: &mut crate::ports::Users) -> Result<Identities> {
+pub async fn plan(
+    svc: &Services,
+    tenant: &str,
+    ops: &mut [RowOp],
+    stored: &mut crate::ports::Users,
+    read: crate::ports::Consistency,
+) -> Result<Identities> {
     let mut out = Identities::default();
     let ids: Vec<String> = ops
         .iter()
@@ -39,7 +45,7 @@ pub async fn plan(svc: &Services, tenant: &str, ops: &mut [RowOp], stored: &mut 
             _ => None,
         })
         .collect();
-    let holders = if ids.is_empty() { HashMap::new() } else { svc.directory.external_ids(tenant, &ids).await? };
+    let holders = if ids.is_empty() { HashMap::new() } else { svc.directory.external_ids(tenant, &ids, read).await? };
     for op in ops.iter_mut() {
         let (row, action) = (op.row, op.action);
         let Target::User { email, fields } = &mut op.target else { continue };
@@ -151,7 +157,10 @@ mod tests {
         assert_eq!(dir.licences_used("acme", None).await.unwrap(), 2, "the licence moves with the person");
         assert_eq!(kit.mem.invites.of("acme", "ann.new@acme.example.com").map(|i| i.0), Some(InviteState::Pending));
         assert!(kit.mem.invites.of("acme", "ann@acme.example.com").is_none());
-        assert_eq!(dir.external_ids("acme", &["E2".into()]).await.unwrap()["E2"], "ann.new@acme.example.com");
+        assert_eq!(
+            dir.external_ids("acme", &["E2".into()], crate::ports::Consistency::Strong).await.unwrap()["E2"],
+            "ann.new@acme.example.com"
+        );
 
         // The same file again changes nothing; then the hostile cases, each its own message.
         let again = kit.run("hr3.csv", "ExternalId,Email,FirstName\nE1,chief@acme.example.com,Bo\n").await;

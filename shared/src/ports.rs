@@ -148,6 +148,15 @@ pub fn is_row_token(job: &str, row: u32, token: &str) -> bool {
 /// whole user (a profile of a chunk of unchanged rows showed both).
 pub type Users = std::collections::HashMap<String, Box<User>>;
 
+/// How a read of users sees the latest writes. What apply decides and writes from reads
+/// `Strong`; a prediction (a held file's preview, a validate run) reads `Eventual`: half the
+/// read units, and nothing is written from it (an approved plan's writes read again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    Strong,
+    Eventual,
+}
+
 /// A chunk's users as read before its writes (`Directory::read_users`).
 #[derive(Debug, Default, Clone)]
 pub struct UsersRead {
@@ -175,7 +184,7 @@ pub trait Directory: Send + Sync {
     async fn users(&self, tenant: &str, emails: &[String]) -> Result<Users>;
     /// `users`, and which of `emails` a delete left behind, with that delete's upload order: a
     /// row of an older upload can never write those (orders only grow), so it takes no licence.
-    async fn read_users(&self, tenant: &str, emails: &[String]) -> Result<UsersRead> {
+    async fn read_users(&self, tenant: &str, emails: &[String], _read: Consistency) -> Result<UsersRead> {
         Ok(UsersRead { live: self.users(tenant, emails).await?, deleted: Default::default() })
     }
     /// One conditional write of the item `target` names, as `rules` decided (the storage-neutral
@@ -194,7 +203,7 @@ pub trait Directory: Send + Sync {
     /// Let go of `email` if organization `org` holds it (nothing otherwise).
     async fn release_contact(&self, tenant: &str, email: &str, org: &str) -> Result<()>;
     /// The users `ids` (ExternalIds) belong to: id -> email (ids of nobody are absent).
-    async fn external_ids(&self, tenant: &str, ids: &[String]) -> Result<std::collections::HashMap<String, String>>;
+    async fn external_ids(&self, tenant: &str, ids: &[String], read: Consistency) -> Result<std::collections::HashMap<String, String>>;
     /// Give ExternalId `id` to `email`, conditionally (no other user holds it). `Ok(None)`: it is
     /// `email`'s now (or was already); `Ok(Some(other))`: another user's.
     async fn claim_external_id(&self, tenant: &str, id: &str, email: &str) -> Result<Option<String>>;

@@ -12,7 +12,7 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// A file creating 120 new users costs the directory table exactly 120 write units (one item
 /// under 1 KB each, no index entry), measured by DynamoDB's consumed capacity over the whole job;
-/// dropped again unchanged, it costs none.
+/// dropped again unchanged, it costs none, and its preview reads at half price.
 #[tokio::test]
 async fn a_created_user_costs_one_write_unit_and_an_unchanged_one_none() {
     let capacity = tests::capacity::Capacity::default();
@@ -40,7 +40,53 @@ async fn a_created_user_costs_one_write_unit_and_an_unchanged_one_none() {
         let (writes, reads) = (writes - before.0, reads - before.1);
         eprintln!("{name}: {writes} write units, {reads} read units on the directory table for 120 rows");
         assert_eq!(writes, expected, "{name}: write units on the directory table");
+        if name == "again.csv" {
+            // The same roster again is a full sync of the tenant (120 updates of 120 active
+            // users), which ingest previews for the update hold: the preview reads each user
+            // eventually consistent (half a unit; 251.5 units in all when it read consistently),
+            // apply consistently (one), then the tenant's and the count's few.
+            assert!(reads <= 120.0 * 1.5 + 16.0, "{name}: {reads} read units on the directory table");
+        }
     }
+    // Validate mode predicts and writes nothing: its reads are eventual, half a unit a user.
+    let before = capacity.table_units(&table);
+    let key = stack.drop_file("acme", Some("validate"), "check.csv", rows_to_csv(&rows)).await;
+    stack.pump(1).await;
+    stack.wait_job("acme", &key, WAIT).await;
+    let (writes, reads) = capacity.table_units(&table);
+    let (writes, reads) = (writes - before.0, reads - before.1);
+    eprintln!("check.csv (validate): {writes} write units, {reads} read units on the directory table for 120 rows");
+    assert_eq!(writes, 0.0, "validate writes no directory item");
+    assert!(reads <= 120.0 * 0.5 + 5.0, "validate: {reads} read units on the directory table");
+    stack.shutdown().await;
+}
+
+/// A prediction reads at half price: a validate run of a file keyed by ExternalId reads each
+/// user and each id's claim eventually consistent, half a unit each where a consistent read of
+/// those small items takes one.
+#[tokio::test]
+async fn a_validate_run_reads_users_and_their_ids_eventually_consistent() {
+    let capacity = tests::capacity::Capacity::default();
+    let stack = Stack::start_manual_with(aws_smithy_runtime_api::client::interceptors::SharedInterceptor::new(capacity.clone())).await;
+    let mut tenant = stack.tenant("acme");
+    tenant.holds = shared::model::Holds::off();
+    stack.put_tenant(&tenant).await;
+    let mut rows = vec![["ExternalId", "Email", "Department"].map(String::from).to_vec()];
+    rows.extend((0..60).map(|i| vec![format!("E{i}"), format!("p{i}@acme.example.com"), "Sales".to_string()]));
+    let key = stack.drop_file("acme", None, "seed.csv", rows_to_csv(&rows)).await;
+    stack.pump(1).await;
+    assert_eq!(stack.wait_job("acme", &key, WAIT).await.succeeded, 60);
+    let table = stack.config.directory_table.clone();
+    let before = capacity.table_units(&table);
+    let key = stack.drop_file("acme", Some("validate"), "check.csv", rows_to_csv(&rows)).await;
+    stack.pump(1).await;
+    let job = stack.wait_job("acme", &key, WAIT).await;
+    assert_eq!(stack.summary(&job).await.counts.unchanged, 60, "every row predicted unchanged");
+    let (writes, reads) = capacity.table_units(&table);
+    let (writes, reads) = (writes - before.0, reads - before.1);
+    eprintln!("validate of 60 rows keyed by ExternalId: {writes} write units, {reads} read units on the directory table");
+    assert_eq!(writes, 0.0, "validate writes no directory item");
+    assert!(reads <= 60.0 * 0.5 * 2.0 + 5.0, "{reads} read units: users and ids read consistently?");
     stack.shutdown().await;
 }
 
@@ -330,8 +376,13 @@ impl Directory for RacingDirectory {
     async fn release_contact(&self, tenant: &str, email: &str, org: &str) -> shared::Result<()> {
         self.inner.release_contact(tenant, email, org).await
     }
-    async fn external_ids(&self, tenant: &str, ids: &[String]) -> shared::Result<std::collections::HashMap<String, String>> {
-        self.inner.external_ids(tenant, ids).await
+    async fn external_ids(
+        &self,
+        tenant: &str,
+        ids: &[String],
+        read: shared::ports::Consistency,
+    ) -> shared::Result<std::collections::HashMap<String, String>> {
+        self.inner.external_ids(tenant, ids, read).await
     }
     async fn org_ids(&self, tenant: &str, ids: &[String]) -> shared::Result<std::collections::HashMap<String, String>> {
         self.inner.org_ids(tenant, ids).await

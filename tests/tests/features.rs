@@ -474,7 +474,7 @@ async fn a_file_keyed_by_external_id_updates_the_right_users_after_their_emails_
     assert!(dir.user("acme", "ann@acme.example.com").await.unwrap().is_none());
     assert_eq!(dir.moved_to("acme", "ann@acme.example.com").await.unwrap().as_deref(), Some("ann@new.example.com"));
     assert_eq!(dir.licences_used("acme", None).await.unwrap(), 3, "the licences moved with the people");
-    let ids = dir.external_ids("acme", &["E1".into(), "E2".into()]).await.unwrap();
+    let ids = dir.external_ids("acme", &["E1".into(), "E2".into()], shared::ports::Consistency::Strong).await.unwrap();
     assert_eq!((ids["E1"].as_str(), ids["E2"].as_str()), ("chief@acme.example.com", "ann@new.example.com"));
     let list = dir.list_users("acme").await.unwrap();
     assert_eq!(list.len(), 3, "{list:?}");

@@ -392,7 +392,7 @@ async fn a_whole_chunk_of_external_ids_is_read_with_every_holder_found() {
         .buffer_unordered(16)
         .collect::<Vec<()>>()
         .await;
-    let found = stack.svc.directory.external_ids("acme", &ids).await.unwrap();
+    let found = stack.svc.directory.external_ids("acme", &ids, shared::ports::Consistency::Strong).await.unwrap();
     assert_eq!(found.len(), 1750);
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(found.get(id), (i % 8 != 0).then(|| holder(i)).as_ref(), "{id}");

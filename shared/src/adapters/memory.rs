@@ -312,10 +312,11 @@ impl Directory for MemoryDirectory {
     }
 
     async fn users(&self, tenant: &str, emails: &[String]) -> Result<crate::ports::Users> {
-        Ok(self.read_users(tenant, emails).await?.live)
+        Ok(self.read_users(tenant, emails, crate::ports::Consistency::Strong).await?.live)
     }
 
-    async fn read_users(&self, tenant: &str, emails: &[String]) -> Result<UsersRead> {
+    /// Always as written: the memory directory has no replicas to lag.
+    async fn read_users(&self, tenant: &str, emails: &[String], _read: crate::ports::Consistency) -> Result<UsersRead> {
         lock(&self.reads).push(emails.to_vec());
         let mut found = UsersRead::default();
         {
@@ -502,7 +503,7 @@ impl Directory for MemoryDirectory {
         }
         Ok(())
     }
-    async fn external_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {
+    async fn external_ids(&self, tenant: &str, ids: &[String], _read: crate::ports::Consistency) -> Result<HashMap<String, String>> {
         let state = lock(&self.state);
         Ok(ids.iter().filter_map(|id| state.external.get(&(tenant.to_string(), id.clone())).map(|e| (id.clone(), e.clone()))).collect())
     }

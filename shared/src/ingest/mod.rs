@@ -330,7 +330,11 @@ async fn read_bundle(svc: &Services, tenant: &Tenant, path: &Path, folder: Optio
     };
     // Ids longer than an ExternalId may be are in no directory (and would not fit its keys).
     let outside: Vec<String> = bundle.outside_users().into_iter().filter(|id| validate::check_external_id(id).is_ok()).collect();
-    let known = if outside.is_empty() { Default::default() } else { svc.directory.external_ids(&tenant.id, &outside).await? };
+    let known = if outside.is_empty() {
+        Default::default()
+    } else {
+        svc.directory.external_ids(&tenant.id, &outside, crate::ports::Consistency::Strong).await?
+    };
     let outside: Vec<String> = bundle.outside_orgs().into_iter().filter(|id| validate::check_external_id(id).is_ok()).collect();
     let known_orgs = if outside.is_empty() { Default::default() } else { svc.directory.org_ids(&tenant.id, &outside).await? };
     let translated = bundle.translate(&known, &known_orgs, tenant.external_id_header());

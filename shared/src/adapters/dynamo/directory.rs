@@ -6,7 +6,7 @@ use super::licences::PoolId;
 use super::*;
 use crate::error::{Error, Result};
 use crate::model::{Before, Change, Restore, Target, Tenant, User, UserStatus};
-use crate::ports::{ContactClaim, Directory, Licence, LicenceClaim, Moved, Restored, Stamp, UsersRead};
+use crate::ports::{Consistency, ContactClaim, Directory, Licence, LicenceClaim, Moved, Restored, Stamp, UsersRead};
 use crate::rules::{Attempt, Attempted};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -43,12 +43,12 @@ impl DynamoDirectory {
     }
 
     /// Up to 100 users in one consistent `BatchGetItem`; keys it could not serve are asked again.
-    async fn users_batch(&self, tenant: &str, batch: &[String]) -> Result<UsersRead> {
+    async fn users_batch(&self, tenant: &str, batch: &[String], read: Consistency) -> Result<UsersRead> {
         let keys: Vec<Item> = batch.iter().map(|e| key_item(&user_key(tenant, e))).collect();
         let mut found = UsersRead::default();
         // Room for every key at once: grown instead, the users read so far moved at each step.
         found.live.reserve(batch.len());
-        batch_get(&self.client, &self.table, keys, |item| {
+        batch_get(&self.client, &self.table, keys, read, |item| {
             if is_user(&item) {
                 let user = User::try_from(item)?;
                 found.live.insert(user.email.clone(), Box::new(user));
@@ -295,12 +295,12 @@ impl Directory for DynamoDirectory {
     }
 
     async fn users(&self, tenant: &str, emails: &[String]) -> Result<crate::ports::Users> {
-        Ok(self.read_users(tenant, emails).await?.live)
+        Ok(self.read_users(tenant, emails, Consistency::Strong).await?.live)
     }
 
-    async fn read_users(&self, tenant: &str, emails: &[String]) -> Result<UsersRead> {
+    async fn read_users(&self, tenant: &str, emails: &[String], read: Consistency) -> Result<UsersRead> {
         // BatchGetItem takes 100 keys a request; a chunk's requests go out together.
-        let batches = emails.chunks(100).map(|batch| self.users_batch(tenant, batch));
+        let batches = emails.chunks(100).map(|batch| self.users_batch(tenant, batch, read));
         let mut found = UsersRead::default();
         for read in futures::future::try_join_all(batches).await? {
             found.merge(read);
@@ -532,8 +532,8 @@ impl Directory for DynamoDirectory {
         self.delete_when(key_item(&user_key(tenant, email)), "kind = :contact AND contact_key = :me", &values).await
     }
 
-    async fn external_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {
-        self.read_external_ids(tenant, ids).await
+    async fn external_ids(&self, tenant: &str, ids: &[String], read: Consistency) -> Result<HashMap<String, String>> {
+        self.read_external_ids(tenant, ids, read).await
     }
 
     async fn org_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {

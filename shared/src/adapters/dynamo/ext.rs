@@ -99,16 +99,18 @@ impl UpdateExpr {
     }
 }
 
-/// One consistent `BatchGetItem` of up to 100 `keys`, asked again (with a growing pause) for the
-/// keys DynamoDB leaves unprocessed; `each` takes every item found.
+/// One `BatchGetItem` of up to 100 `keys` (consistent unless `read` says otherwise), asked again
+/// (with a growing pause) for the keys DynamoDB leaves unprocessed; `each` takes every item found.
 pub(super) async fn batch_get(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
     keys: Vec<Item>,
+    read: crate::ports::Consistency,
     mut each: impl FnMut(Item) -> Result<(), Error>,
 ) -> Result<(), Error> {
     use aws_sdk_dynamodb::types::KeysAndAttributes;
-    let mut pending = Some(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(txn_err)?);
+    let consistent = read == crate::ports::Consistency::Strong;
+    let mut pending = Some(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(consistent).build().map_err(txn_err)?);
     let mut round = 0u64;
     while let Some(request) = pending.take() {
         if round > 100 {

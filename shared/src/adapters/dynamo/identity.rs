@@ -5,7 +5,7 @@ use super::codec::*;
 use super::ext::*;
 use super::*;
 use crate::error::{Error, Result};
-use crate::ports::{Moved, Stamp};
+use crate::ports::{Consistency, Moved, Stamp};
 use aws_sdk_dynamodb::types::{AttributeValue as Av, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
 use std::collections::HashMap;
 
@@ -34,19 +34,20 @@ fn external_item(tenant: &str, id: &str, email: &str) -> Item {
 }
 
 impl DynamoDirectory {
-    pub(super) async fn read_external_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {
-        self.read_ids(ids, |id| external_key(tenant, id), "email").await
+    pub(super) async fn read_external_ids(&self, tenant: &str, ids: &[String], read: Consistency) -> Result<HashMap<String, String>> {
+        self.read_ids(ids, |id| external_key(tenant, id), "email", read).await
     }
 
     /// Organizations' ids (`XO#<tenant>#<id>` -> the organization's name).
     pub(super) async fn read_org_ids(&self, tenant: &str, ids: &[String]) -> Result<HashMap<String, String>> {
-        self.read_ids(ids, |id| org_id_key(tenant, id), "org").await
+        self.read_ids(ids, |id| org_id_key(tenant, id), "org", Consistency::Strong).await
     }
 
-    /// Batched consistent reads of id items: id -> the value of `attr`. A chunk's batches go out
-    /// together, as its users' do: one after another, 2,000 ids took 206 ms on DynamoDB Local.
-    async fn read_ids(&self, ids: &[String], key: impl Fn(&str) -> Key, attr: &str) -> Result<HashMap<String, String>> {
-        let batches = ids.chunks(100).map(|batch| self.ids_batch(batch.iter().map(|id| key_item(&key(id))).collect(), attr));
+    /// Batched reads of id items (`read`: consistent unless a prediction's): id -> the value of
+    /// `attr`. A chunk's batches go out together, as its users' do: one after another, 2,000 ids
+    /// took 206 ms on DynamoDB Local.
+    async fn read_ids(&self, ids: &[String], key: impl Fn(&str) -> Key, attr: &str, read: Consistency) -> Result<HashMap<String, String>> {
+        let batches = ids.chunks(100).map(|batch| self.ids_batch(batch.iter().map(|id| key_item(&key(id))).collect(), attr, read));
         let mut found = HashMap::with_capacity(ids.len());
         for read in futures::future::try_join_all(batches).await? {
             found.extend(read);
@@ -55,9 +56,9 @@ impl DynamoDirectory {
     }
 
     /// One `BatchGetItem` of id items: id -> the value of `attr`.
-    async fn ids_batch(&self, keys: Vec<Item>, attr: &str) -> Result<HashMap<String, String>> {
+    async fn ids_batch(&self, keys: Vec<Item>, attr: &str, read: Consistency) -> Result<HashMap<String, String>> {
         let mut found = HashMap::with_capacity(keys.len());
-        batch_get(&self.client, &self.table, keys, |item| {
+        batch_get(&self.client, &self.table, keys, read, |item| {
             if let (Some(id), Some(value)) = (item.str("external_id"), item.str(attr)) {
                 found.insert(id.to_string(), value.to_string());
             }
