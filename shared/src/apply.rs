@@ -686,10 +686,10 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
         // The id was claimed for a user this row did not write: let it go again.
         ctx.svc.directory.release_external_id(tenant, id, email).await?;
     }
-    if let (Write::Deleted, Target::User { email, .. }) = (&written.write, &op.target)
+    if let (Write::Deleted, Target::User { email, .. }, false) = (&written.write, &op.target, ctx.dry)
         && let Some(id) = ctx.stored.get(email).and_then(|u| u.fields.external_id.as_deref())
     {
-        // A deleted person's id is free for someone else.
+        // A deleted person's id is free for someone else (a predicted delete frees nothing).
         ctx.svc.directory.release_external_id(tenant, id, email).await?;
     }
     if let (Some(m), Target::User { email: to, .. }, Status::Success) = (moving, &op.target, outcome.status) {
@@ -1140,6 +1140,34 @@ mod tests {
 
     fn rows(outcomes: &[(String, String)]) -> Vec<(&str, &str)> {
         outcomes.iter().map(|(s, m)| (s.as_str(), m.as_str())).collect()
+    }
+
+    /// A prediction changes nothing: a validate run and the preview of a held file deleting
+    /// users who hold an ExternalId leave their ids claimed (the real delete frees them).
+    #[tokio::test]
+    async fn predicting_deletes_leaves_the_users_external_ids_claimed() {
+        let mut kit = Kit::new(|t| t.holds.remove_percent = 10).await;
+        let file = |action: &str| {
+            let mut body = "Action,ExternalId,Email\n".to_string();
+            for i in 0..20 {
+                body += &format!("{action},E{i},p{i}@acme.example.com\n");
+            }
+            body
+        };
+        let job = kit.run("seed.csv", file("Create")).await;
+        assert_eq!(kit.summary(&job).await.counts.success, 20);
+        let (dir, ids): (_, Vec<String>) = (kit.svc.directory.clone(), (0..20).map(|i| format!("E{i}")).collect());
+        let held = |_: &Kit| {
+            let (dir, ids) = (dir.clone(), ids.clone());
+            async move { dir.external_ids("acme", &ids, Consistency::Strong).await.unwrap().len() }
+        };
+        assert_eq!(held(&kit).await, 20);
+        let job = kit.run("validate/check.csv", file("Delete")).await;
+        assert_eq!(kit.summary(&job).await.counts.success, 20, "every delete predicted");
+        assert_eq!(held(&kit).await, 20, "a validate run freed ids");
+        let job = kit.run("purge.csv", file("Delete")).await;
+        assert_eq!(job.state, crate::model::JobState::Held, "20 of 20 users: past the remove threshold");
+        assert_eq!(held(&kit).await, 20, "the preview of a held file freed ids");
     }
 
     /// Every action against the state it meets, and the words its outcome uses: the fast tier's
