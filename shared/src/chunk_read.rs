@@ -28,7 +28,7 @@ pub(crate) async fn read_chunk(
 ) -> Result<(Vec<RowOp>, UsersRead)> {
     let (mut ops, mut lines, mut found) = (Vec::<RowOp>::new(), LineSplitter::default(), UsersRead::default());
     let (mut asked, mut batch, mut reads) = (HashSet::new(), Vec::new(), FuturesUnordered::new());
-    let read = |emails: Vec<String>| async move { svc.directory.read_users(tenant, &emails, read).await };
+    let ask = |emails: Vec<String>| async move { svc.directory.read_users(tenant, &emails, read).await };
     // The rows the chunk holds, once its first lines say (`expected_rows`).
     let (len, mut received, mut expected) = (pieces.len, 0usize, None);
     let mut pieces = pieces.stream.fuse();
@@ -67,7 +67,7 @@ pub(crate) async fn read_chunk(
                         batch.push(email.clone());
                     }
                     if batch.len() == BATCH {
-                        reads.push(read(std::mem::take(&mut batch)));
+                        reads.push(ask(std::mem::take(&mut batch)));
                     }
                 }
                 if done {
@@ -82,7 +82,7 @@ pub(crate) async fn read_chunk(
         }
     }
     if !batch.is_empty() {
-        reads.push(read(batch));
+        reads.push(ask(batch));
     }
     found.live.reserve(asked.len().saturating_sub(found.live.len()));
     while let Some(users) = reads.next().await {

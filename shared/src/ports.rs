@@ -184,6 +184,7 @@ pub trait Directory: Send + Sync {
     async fn users(&self, tenant: &str, emails: &[String]) -> Result<Users>;
     /// `users`, and which of `emails` a delete left behind, with that delete's upload order: a
     /// row of an older upload can never write those (orders only grow), so it takes no licence.
+    /// `read`: `Strong` for what apply decides, `Eventual` for a prediction (`Consistency`).
     async fn read_users(&self, tenant: &str, emails: &[String], _read: Consistency) -> Result<UsersRead> {
         Ok(UsersRead { live: self.users(tenant, emails).await?, deleted: Default::default() })
     }

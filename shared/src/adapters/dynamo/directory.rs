@@ -42,7 +42,8 @@ impl DynamoDirectory {
         query.expression_attribute_values(":p", s(user_partition(tenant, shard)))
     }
 
-    /// Up to 100 users in one consistent `BatchGetItem`; keys it could not serve are asked again.
+    /// Up to 100 users in one `BatchGetItem` (consistent unless `read` is a prediction's); keys it
+    /// could not serve are asked again.
     async fn users_batch(&self, tenant: &str, batch: &[String], read: Consistency) -> Result<UsersRead> {
         let keys: Vec<Item> = batch.iter().map(|e| key_item(&user_key(tenant, e))).collect();
         let mut found = UsersRead::default();
@@ -418,9 +419,10 @@ impl Directory for DynamoDirectory {
     async fn count_active_users(&self, tenant: &str, at_most: u64) -> Result<u64> {
         // In rounds over the 16 partitions at once, until the count reaches `at_most` (the count
         // then rules a hold out). Each round asks every partition still open for its share of
-        // what is missing, scaled by how many of its users so far were inactive. Pages that
-        // doubled instead read 75% past the bound once DynamoDB's 1 MB cut the first pages short
-        // (the bench's nightly sync: 0.19 read units a row for the check where 0.10 sufficed).
+        // what is missing, scaled by how many of its items were not active users (`page_limit`).
+        // Pages that doubled instead read about twice the bound once DynamoDB's 1 MB cut the
+        // first pages short (the bench's nightly sync: 0.19 read units a row for the check where
+        // 0.09 suffice).
         let mut open: Vec<CountCursor> = (0..USER_SHARDS).map(|shard| CountCursor { shard, ..CountCursor::default() }).collect();
         let mut count = 0u64;
         while count < at_most && !open.is_empty() {
@@ -432,16 +434,15 @@ impl Directory for DynamoDirectory {
                     .expression_attribute_values(":active", s(UserStatus::Active.as_str()))
                     .expression_attribute_values(":gone", s(TOMBSTONE))
                     .select(Select::Count)
-                    .limit(page_limit(need, c.evaluated, c.active))
+                    .limit(page_limit(need, (c.evaluated, c.active), c.last))
                     .set_exclusive_start_key(c.start.clone())
                     .send()
             });
             let pages = futures::future::try_join_all(pages).await.map_err(ddb_err("Query"))?;
             for (cursor, page) in open.iter_mut().zip(pages) {
-                let active = page.count().max(0) as u64;
-                (count, cursor.active) = (count + active, cursor.active + active);
-                cursor.evaluated += page.scanned_count().max(0) as u64;
-                cursor.start = page.last_evaluated_key;
+                let (evaluated, active) = (page.scanned_count().max(0) as u64, page.count().max(0) as u64);
+                (count, cursor.active, cursor.evaluated) = (count + active, cursor.active + active, cursor.evaluated + evaluated);
+                (cursor.last, cursor.start) = ((evaluated, active), page.last_evaluated_key);
             }
             open.retain(|c| c.start.is_some());
         }
@@ -612,17 +613,24 @@ fn org_contact(u: &mut UpdateExpr, target: &Target) {
 struct CountCursor {
     shard: u32,
     start: Option<Item>,
-    /// Users read so far (`ScannedCount`), and of them active.
+    /// Items read so far (`ScannedCount`: disabled users and tombstones too), and of them
+    /// active users; the same for the last page alone.
     evaluated: u64,
     active: u64,
+    last: (u64, u64),
 }
 
-/// How many users a partition's next page of the count reads to find `need` active ones: `need`
-/// itself at first, then as many more as the partition's users so far were inactive (none active
-/// yet: once more than all read so far).
-fn page_limit(need: u64, evaluated: u64, active: u64) -> i32 {
-    let users = u128::from(need) * u128::from(evaluated + 1) / u128::from(active + 1);
-    i32::try_from(users.max(1)).unwrap_or(i32::MAX)
+/// How many items a partition's next page of the count reads to find `need` active users:
+/// `need` at first, then `need` times the items read per active user found, so far or in the
+/// last page, whichever is more. A run of inactive items thus grows the pages geometrically
+/// (a page that found none asks `need` times its own size plus one) instead of creeping on by
+/// the partition's earlier ratio.
+fn page_limit(need: u64, (evaluated, active): (u64, u64), (last_evaluated, last_active): (u64, u64)) -> i32 {
+    let per_active = |evaluated: u64, active: u64| (u128::from(evaluated) + 1, u128::from(active) + 1);
+    let ((e, a), (le, la)) = (per_active(evaluated, active), per_active(last_evaluated, last_active));
+    // The larger of e/a and le/la, compared without division.
+    let (e, a) = if e * la >= le * a { (e, a) } else { (le, la) };
+    i32::try_from((u128::from(need) * e / a).max(1)).unwrap_or(i32::MAX)
 }
 
 #[cfg(test)]
@@ -630,12 +638,15 @@ mod tests {
     use super::page_limit;
 
     #[test]
-    fn a_count_page_asks_for_what_is_missing_scaled_by_the_partition_s_inactive_users() {
-        assert_eq!(page_limit(20, 0, 0), 20, "first page: the partition's share");
-        assert_eq!(page_limit(20, 99, 99), 20, "every user active: no more than needed");
-        assert_eq!(page_limit(20, 99, 9), 200, "one in ten active: ten times as many");
-        assert_eq!(page_limit(20, 14, 0), 300, "none active yet: more than all read so far");
-        assert_eq!(page_limit(u64::MAX, u64::MAX - 1, 0), i32::MAX, "bounded");
-        assert_eq!(page_limit(0, 0, 0), 1);
+    fn a_count_page_asks_for_what_is_missing_scaled_by_the_partition_s_inactive_items() {
+        assert_eq!(page_limit(20, (0, 0), (0, 0)), 20, "first page: the partition's share");
+        assert_eq!(page_limit(20, (99, 99), (99, 99)), 20, "every user active: no more than needed");
+        assert_eq!(page_limit(20, (99, 9), (99, 9)), 200, "one in ten active: ten times as many");
+        assert_eq!(page_limit(20, (14, 0), (14, 0)), 300, "none active yet: the share for every item read");
+        // 1,000 active users, then a page of 2 that found none: the next asks 2 x 3, then 2 x 7...
+        assert_eq!(page_limit(2, (1_002, 1_000), (2, 0)), 6, "a run of inactive items: pages grow");
+        assert_eq!(page_limit(2, (1_008, 1_000), (6, 0)), 14);
+        assert_eq!(page_limit(u64::MAX, (u64::MAX - 1, 0), (0, 0)), i32::MAX, "bounded");
+        assert_eq!(page_limit(0, (0, 0), (0, 0)), 1);
     }
 }
