@@ -1157,17 +1157,14 @@ mod tests {
         let job = kit.run("seed.csv", file("Create")).await;
         assert_eq!(kit.summary(&job).await.counts.success, 20);
         let (dir, ids): (_, Vec<String>) = (kit.svc.directory.clone(), (0..20).map(|i| format!("E{i}")).collect());
-        let held = |_: &Kit| {
-            let (dir, ids) = (dir.clone(), ids.clone());
-            async move { dir.external_ids("acme", &ids, Consistency::Strong).await.unwrap().len() }
-        };
-        assert_eq!(held(&kit).await, 20);
+        let held = || async { dir.external_ids("acme", &ids, Consistency::Strong).await.unwrap().len() };
+        assert_eq!(held().await, 20);
         let job = kit.run("validate/check.csv", file("Delete")).await;
         assert_eq!(kit.summary(&job).await.counts.success, 20, "every delete predicted");
-        assert_eq!(held(&kit).await, 20, "a validate run freed ids");
+        assert_eq!(held().await, 20, "a validate run freed ids");
         let job = kit.run("purge.csv", file("Delete")).await;
         assert_eq!(job.state, crate::model::JobState::Held, "20 of 20 users: past the remove threshold");
-        assert_eq!(held(&kit).await, 20, "the preview of a held file freed ids");
+        assert_eq!(held().await, 20, "the preview of a held file freed ids");
     }
 
     /// Every action against the state it meets, and the words its outcome uses: the fast tier's
