@@ -118,7 +118,7 @@ pub async fn hold(
     dir: &Path,
 ) -> Result<()> {
     let counts = preview.counts;
-    let (_, stored) = store_preview(svc, job, JobState::Held, why, source, outcome_files, preview, dir, Flavour::Preview).await?;
+    let (_, stored) = store_preview(svc, job, tenant, JobState::Held, why, source, outcome_files, preview, dir, Flavour::Preview).await?;
     email_once(svc, job, tenant, &stored, |links| held_email(tenant, job, why, &counts, links)).await?;
     svc.jobs.transition(&job.id, JobState::Received, JobState::Held, Some(why)).await?;
     info!(job = %job.id, tenant = %tenant.id, reason = why, "job held for approval");
@@ -131,6 +131,7 @@ pub async fn hold(
 pub(crate) async fn store_preview(
     svc: &Services,
     job: &Job,
+    tenant: &Tenant,
     state: JobState,
     reason: &str,
     source: &Path,
@@ -141,10 +142,12 @@ pub(crate) async fn store_preview(
 ) -> Result<(Summary, Vec<(Built, String)>)> {
     outcome_files.extend(preview.files);
     let (src, out_dir, name) = (source.to_path_buf(), dir.join("preview"), job.file_name.clone());
+    let id_column = tenant.external_id_column.clone();
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::local("preview directory", e))?;
-    let built = tokio::task::spawn_blocking(move || build::build_as(&src, &outcome_files, &out_dir, &name, false, flavour))
-        .await
-        .map_err(|e| Error::local("building the preview", e))??;
+    let built =
+        tokio::task::spawn_blocking(move || build::build_as(&src, &outcome_files, &out_dir, &name, id_column.as_deref(), false, flavour))
+            .await
+            .map_err(|e| Error::local("building the preview", e))??;
     let prefix = keys::results_prefix(&job.tenant, &job.id);
     let mut summary = Summary::new(job, state);
     summary.reason = Some(reason.to_string());

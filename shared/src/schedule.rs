@@ -62,7 +62,8 @@ pub async fn schedule(
     let when = at.format("%Y-%m-%d %H:%M UTC");
     let reason = format!("scheduled for {when}");
     let (summary, stored) =
-        holds::store_preview(svc, job, JobState::Scheduled, &reason, source, outcome_files, preview, dir, Flavour::Validation).await?;
+        holds::store_preview(svc, job, tenant, JobState::Scheduled, &reason, source, outcome_files, preview, dir, Flavour::Validation)
+            .await?;
     holds::email_once(svc, job, tenant, &stored, |links| {
         let c = &summary.counts;
         let (t, id) = (&tenant.id, &job.id);

@@ -66,9 +66,16 @@ struct Builder<'a> {
     failed: Option<TableFile>,
     disabled: Option<TableFile>,
     kind: Option<Kind>,
-    /// The current table: its header, sheet name, row offset, kept width.
+    /// The current table: its header, sheet name, row offset.
     head: Option<TableHead>,
-    width: usize,
+    /// The input columns echoed (of those a spreadsheet holds): all but our own result columns.
+    keep: Vec<usize>,
+    /// A delimited file we wrote (it has our Message column): its cells carry `neutralise`'s
+    /// apostrophe, taken off before they are echoed (and escaped once again), as ingest takes it
+    /// off before it reads them.
+    unescape: bool,
+    /// The tenant's name for its ExternalId column (`headers::is_result_column`).
+    id_column: Option<String>,
     failed_started: bool,
     digest: Digest,
 }
@@ -162,9 +169,13 @@ impl TableVisitor for Builder<'_> {
                 head.headers.len()
             ));
         }
-        let mut header: Vec<&str> = head.headers[..width].iter().map(String::as_str).collect();
+        let ours = |h: &String| crate::ingest::headers::is_result_column(h, self.id_column.as_deref());
+        let keep: Vec<usize> = (0..width).filter(|&i| !ours(&head.headers[i])).collect();
+        self.unescape = kind != Kind::Xlsx
+            && head.headers.iter().any(|h| ours(h) && crate::fields::Field::from_header(h.trim()) == Some(crate::fields::Field::Message));
+        let mut header: Vec<&str> = keep.iter().map(|&i| head.headers[i].as_str()).collect();
         header.extend(["Status", "Message", "Changes", "UserId"]);
-        let used = self.result.as_mut().map(|f| f.start(&sheet, &header, Some(width))).transpose()?.unwrap_or_default();
+        let used = self.result.as_mut().map(|f| f.start(&sheet, &header, Some(keep.len()))).transpose()?.unwrap_or_default();
         if used != sheet && kind == Kind::Xlsx {
             self.digest.warn(format!(
                 "sheet \"{}\" is named \"{used}\" in the result files (a spreadsheet's sheet names have at most 31 characters, none of []:*?/\\, and are unique)",
@@ -172,7 +183,7 @@ impl TableVisitor for Builder<'_> {
             ));
         }
         self.digest.sheets.push((crate::ingest::sheets::row_id(head.index, 0), sheet.clone()));
-        self.width = width;
+        self.keep = keep;
         self.failed_started = false;
         self.head = Some(head);
         Ok(())
@@ -190,8 +201,11 @@ impl TableVisitor for Builder<'_> {
             }
         };
         self.digest.add(&outcome);
-        let width = self.width;
-        let mut line: Vec<&str> = (0..width).map(|i| cells.get(i).map_or("", |c| c.as_ref())).collect();
+        let cell = |i: &usize| cells.get(*i).map_or("", |c| c.as_ref());
+        let unescape = self.unescape;
+        let mut line: Vec<&str> =
+            self.keep.iter().map(cell).map(|c| if unescape { crate::finalize::write::unneutralise(c) } else { c }).collect();
+        let width = line.len();
         let status = outcome.status_word();
         line.push(&status);
         line.push(&outcome.message);
@@ -210,7 +224,7 @@ impl TableVisitor for Builder<'_> {
             }
             let Some(head) = &self.head else { return Ok(()) };
             if !self.failed_started {
-                let mut header: Vec<&str> = head.headers[..width].iter().map(String::as_str).collect();
+                let mut header: Vec<&str> = self.keep.iter().map(|&i| head.headers[i].as_str()).collect();
                 header.push("Message");
                 let sheet = head.sheet.clone().unwrap_or_else(|| "Roster".into());
                 self.failed.as_mut().map(|f| f.start(&sheet, &header, None)).transpose()?;
@@ -225,8 +239,16 @@ impl TableVisitor for Builder<'_> {
 
 /// Build the result files of `source` (the file as ingest read it) with the outcomes in
 /// `outcome_files`, into `dir`. `stopped`: rows without an outcome were not applied.
-pub fn build(source: &Path, outcome_files: &[PathBuf], dir: &Path, file_name: &str, stopped: bool) -> Result<BuiltFiles> {
-    build_as(source, outcome_files, dir, file_name, stopped, Flavour::Result)
+/// `id_column`: the tenant's name for its ExternalId column.
+pub fn build(
+    source: &Path,
+    outcome_files: &[PathBuf],
+    dir: &Path,
+    file_name: &str,
+    id_column: Option<&str>,
+    stopped: bool,
+) -> Result<BuiltFiles> {
+    build_as(source, outcome_files, dir, file_name, id_column, stopped, Flavour::Result)
 }
 
 /// `build`, writing the files of `flavour`.
@@ -235,6 +257,7 @@ pub fn build_as(
     outcome_files: &[PathBuf],
     dir: &Path,
     file_name: &str,
+    id_column: Option<&str>,
     stopped: bool,
     flavour: Flavour,
 ) -> Result<BuiltFiles> {
@@ -250,7 +273,9 @@ pub fn build_as(
         disabled: None,
         kind: None,
         head: None,
-        width: 0,
+        keep: Vec::new(),
+        unescape: false,
+        id_column: id_column.map(str::to_string),
         failed_started: false,
         digest: Digest::default(),
     };

@@ -96,9 +96,11 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
     let warnings = staged.warnings;
     let dir = scratch.path().to_path_buf();
     let file_name = job.file_name.clone();
-    let mut files = tokio::task::spawn_blocking(move || build::build(&source, &outcome_files, &dir, &file_name, stopped))
-        .await
-        .map_err(|e| Error::local("building results", e))??;
+    let id_column = tenant.as_ref().and_then(|t| t.external_id_column.clone());
+    let mut files =
+        tokio::task::spawn_blocking(move || build::build(&source, &outcome_files, &dir, &file_name, id_column.as_deref(), stopped))
+            .await
+            .map_err(|e| Error::local("building results", e))??;
     if let (Some(key), Some(failed)) = (&staged.bundle, &files.failed) {
         let zip = scratch.path().join("bundle.zip");
         if svc.store.download(key, None, &zip).await?.is_some() {
@@ -585,7 +587,7 @@ mod tests {
         let source = dir.path().join("source");
         std::fs::write(&source, input).unwrap();
         let o = outcomes_file(dir.path(), outcomes);
-        let files = build(&source, &[o], dir.path(), name, false).unwrap();
+        let files = build(&source, &[o], dir.path(), name, None, false).unwrap();
         (dir, files)
     }
 

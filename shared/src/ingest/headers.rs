@@ -26,6 +26,16 @@ impl Mapping {
     }
 }
 
+/// A column of our own result files (Status, Message, Changes, UserId), in a file dropped again:
+/// ingest reads nothing from it, and the result files write their own in its place (echoed, a
+/// failed-rows file made from a failed-rows file had two Message columns and was refused).
+/// `id_column`: the tenant's name for its ExternalId column, which is theirs whatever its name.
+pub fn is_result_column(header: &str, id_column: Option<&str>) -> bool {
+    let h = header.trim();
+    id_column.is_none_or(|c| norm(c) != norm(h))
+        && matches!(Field::from_header(h), Some(Field::Status | Field::Message | Field::Changes | Field::UserId))
+}
+
 /// Map the header row, or say why the whole file is refused.
 pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, String> {
     let mut mapping = Mapping::default();
