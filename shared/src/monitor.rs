@@ -83,8 +83,13 @@ pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>)
             }
             tracing::warn!(job = %id, age_secs = age, "job stopped after its deadline");
             // One job that cannot be finalized must not stop the others.
-            if let Err(e) = crate::finalize::finalize_job(svc, &crate::model::Job { state: JobState::Failed, ..job }, true).await {
+            let job = crate::model::Job { state: JobState::Failed, ..job };
+            if let Err(e) = crate::finalize::finalize_job(svc, &job, true).await {
+                // Nothing retries a FAILED job: the plain email says so rather than none at all.
                 tracing::error!(job = %id, retryable = e.is_retryable(), error = %e, "finalizing a stopped job failed");
+                if let Err(e) = crate::finalize::tell_unfinished(svc, &job, &e).await {
+                    tracing::error!(job = %id, error = %e, "and its failure email could not be sent");
+                }
                 continue;
             }
         }
@@ -188,6 +193,30 @@ mod tests {
         assert!(mime.contains("stuck.csv"), "the email names the file");
         assert_eq!(fail_stuck_jobs(&kit.svc, later).await.unwrap(), 0, "stopped once");
         assert_eq!(oldest_open_job_age(&kit.svc, later).await.unwrap(), 0, "no job open any more");
+    }
+
+    /// A stuck job whose result files cannot be built either (here its staged copy of the file
+    /// is unreadable): the deadline still ends it with an email, the plain "could not be
+    /// finished" one. Before, the sweep logged the error and the admins heard nothing.
+    #[tokio::test]
+    async fn a_stuck_job_whose_results_cannot_be_built_still_gets_an_email() {
+        let mut kit = Kit::new(|t| t.chunk_size = Some(1)).await;
+        let obj = kit.upload("broken.csv", "Email\na@acme.example.com\nb@acme.example.com\n");
+        kit.deliver(&obj).await;
+        let chunks = kit.pending_chunks().await;
+        kit.deliver(&chunks[0]).await; // the second chunk is lost
+        let id = crate::ingest::job_id(&obj);
+        kit.svc.store.put(&crate::keys::staged_source(&id), b"PK\x03\x04 not a workbook".to_vec(), "text/csv").await.unwrap();
+        let later = chrono::Utc::now() + chrono::Duration::seconds(kit.svc.config.job_deadline_secs + 1);
+        fail_stuck_jobs(&kit.svc, later).await.unwrap();
+        assert_eq!(kit.svc.jobs.get(&id).await.unwrap().unwrap().state, JobState::Failed);
+        let sent = kit.mem.mailer.sent();
+        assert_eq!(sent.len(), 1, "one email");
+        let mime = String::from_utf8_lossy(&sent[0].2).to_string();
+        assert!(mime.contains("could not be finished") && mime.contains("broken.csv"), "{mime}");
+        assert!(kit.svc.jobs.email_sent(&id, crate::model::EmailKind::Failure).await.unwrap());
+        fail_stuck_jobs(&kit.svc, later).await.unwrap();
+        assert_eq!(kit.mem.mailer.sent().len(), 1, "told once");
     }
 
     /// Every chunk applied but the result email never sent (its claim went stale): the sweep

@@ -38,12 +38,27 @@ pub struct BuiltFiles {
 }
 
 /// A file name as result files use it: the upload's name without its extension, no path or
-/// control characters, at most 100 characters (result keys stay far inside S3's 1,024 bytes).
+/// control characters, at most 100 characters and `MAX_STEM_BYTES` (result keys stay far inside
+/// S3's 1,024 bytes, and the files built on local disk under it inside Linux's 255-byte names).
 pub fn stem(file_name: &str) -> String {
     let stem = Path::new(file_name).file_stem().and_then(|s| s.to_str()).unwrap_or("roster");
-    let clean: String = stem.chars().filter(|c| !c.is_control() && !matches!(c, '/' | '\\' | '"')).take(100).collect();
+    let mut bytes = 0;
+    let clean: String = stem
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '/' | '\\' | '"'))
+        .take(100)
+        .take_while(|c| {
+            bytes += c.len_utf8();
+            bytes <= MAX_STEM_BYTES
+        })
+        .collect();
     if clean.trim().is_empty() { "roster".into() } else { clean }
 }
+
+/// A stem's bytes: 100 Thai, CJK or emoji characters are 300 to 400, and the stem plus
+/// "-would-be-disabled.xlsx" must fit a file name of 255 (it did not: the build failed, and the
+/// job waited for an email that never came).
+pub const MAX_STEM_BYTES: usize = 150;
 
 /// Which files a build writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -256,6 +256,13 @@ pub async fn fail_job(svc: &Services, job: &Job, cause: &Error) -> Result<()> {
     if !svc.jobs.transition(&job.id, JobState::Applying, JobState::Failed, Some(&reason)).await? {
         return Ok(()); // already final: another invocation got there
     }
+    tell_unfinished(svc, job, cause).await
+}
+
+/// A FAILED job whose result files cannot be written (`fail_job`, or the deadline sweep's last
+/// try failing): `summary.json` saying why, and one plain email to the admins.
+pub async fn tell_unfinished(svc: &Services, job: &Job, cause: &Error) -> Result<()> {
+    let reason = format!("the result files could not be written ({cause})");
     let mut summary = Summary::new(job, JobState::Failed);
     summary.reason = Some(reason.clone());
     svc.store
@@ -589,6 +596,31 @@ mod tests {
         let o = outcomes_file(dir.path(), outcomes);
         let files = build(&source, &[o], dir.path(), name, None, false).unwrap();
         (dir, files)
+    }
+
+    /// A file named in Thai, CJK or emoji (100 characters are 300 to 400 bytes) gets its result
+    /// files, named after the whole characters of its name's first 150 bytes. Before, the build
+    /// failed on Linux's 255-byte file names, and the job never got its email.
+    #[test]
+    fn a_long_name_in_any_script_gets_its_result_files() {
+        let input = b"Email,RoleName\na@x.example.com,learner\nb@x.example.com,Learner\n";
+        let outcomes = vec![Outcome::failure(2, Some(Action::Upsert), "unknown role"), Outcome::success(3, Action::Upsert, "user created")];
+        let names = [
+            format!("{} ภาคเรียนที่ 2.csv", "รายชื่อนักเรียนโรงเรียน".repeat(5)),
+            format!("{}.csv", "生徒名簿".repeat(40)),
+            format!("{}.csv", "🧑\u{200d}🎓".repeat(40)),
+        ];
+        for name in names {
+            let (_dir, files) = built(input, &name, &outcomes);
+            let failed = files.failed.expect("a row failed");
+            for built in [&files.result, &failed] {
+                let file = built.path.file_name().unwrap().to_str().unwrap();
+                assert!(file.len() <= 255 && built.path.exists(), "{file}");
+                let stem = build::stem(&name);
+                assert!(name.starts_with(&stem) && stem.len() <= build::MAX_STEM_BYTES && stem.len() > 100, "{stem}");
+                assert!(built.name.starts_with(&stem), "{}", built.name);
+            }
+        }
     }
 
     /// A workbook result ends with a "Problems" sheet (the failures grouped by kind); a result
