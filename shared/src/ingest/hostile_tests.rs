@@ -148,6 +148,12 @@ fn generated_hostile_inputs_are_refused_or_accounted_for() {
     cases.push(("admin-role".into(), b"Email,RoleName\na@x.example.com,Admin\n".to_vec(), Expect::Rows(0, 1)));
     cases.push(("org-without-name".into(), b"Type,OrgName\nOrg,\n".to_vec(), Expect::Rows(0, 1)));
     cases.push(("long-email".into(), format!("Email\n{}@x.example.com\n", "a".repeat(300)).into_bytes(), Expect::Rows(0, 1)));
+    let codes = (0..5_000).map(|i| format!("P{i}")).collect::<Vec<_>>().join(";");
+    cases.push((
+        "long-products".into(),
+        format!("Email,Products\nann@x.example.com,{codes}\nbob@x.example.com,P1;P2\n").into_bytes(),
+        Expect::Rows(1, 1),
+    ));
     cases.push(("long-org".into(), format!("Type,OrgName\nOrg,{}\n", "o".repeat(300)).into_bytes(), Expect::Rows(0, 1)));
     // Quoted newlines and delimiters inside fields are data, not new rows.
     cases.push((

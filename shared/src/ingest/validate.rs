@@ -481,6 +481,12 @@ fn validate_row<'c, S: AsRef<str>>(
             if let Some(r) = role {
                 check_role(r, tenant).map_err(|m| fail_at("RoleName", m))?;
             }
+            // A list cell is held to the text limit like Groups: unbounded, 2,000 rows of 5,000
+            // codes made a chunk apply could not hold in memory, and one cell of 2 million codes
+            // took ingest's de-duplication past its timeout.
+            if let Some(v) = get(Field::Products).filter(|v| too_long(v)) {
+                return Err(too_long_at(Field::Products, v));
+            }
             let mut products: Vec<String> = Vec::new();
             for p in get(Field::Products).into_iter().flat_map(list_items) {
                 let p = check_product(p, tenant).map_err(|m| fail_at("Products", m))?;

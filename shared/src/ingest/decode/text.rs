@@ -482,4 +482,13 @@ mod tests {
         assert_eq!(cell_text(&Data::Float(2.5)), "2.5");
         assert_eq!(cell_text(&Data::Int(42)), "42");
     }
+
+    /// An error cell (a Department filled by a failed VLOOKUP) is echoed and stored as the
+    /// spreadsheet shows it; it was `#NA`, `#Div0`, `#Ref`.
+    #[test]
+    fn error_cells_read_as_the_spreadsheet_shows_them() {
+        use calamine::CellErrorType as E;
+        let shown: Vec<String> = [E::NA, E::Div0, E::Ref, E::Value, E::Name].iter().map(|e| cell_text(&Data::Error(e.clone()))).collect();
+        assert_eq!(shown, ["#N/A", "#DIV/0!", "#REF!", "#VALUE!", "#NAME?"]);
+    }
 }

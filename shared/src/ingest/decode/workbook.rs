@@ -206,7 +206,8 @@ pub fn cell_text(cell: &Data) -> String {
             _ => float_text(dt.as_f64()),
         },
         Data::DateTimeIso(s) | Data::DurationIso(s) => s.strip_suffix("T00:00:00").unwrap_or(s).to_string(),
-        Data::Error(e) => format!("#{e:?}"),
+        // As the spreadsheet shows it (`#N/A`, `#DIV/0!`), not the reader's name for it (`#NA`).
+        Data::Error(e) => e.to_string(),
     }
 }
 
