@@ -87,7 +87,7 @@ pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>)
             if let Err(e) = crate::finalize::finalize_job(svc, &job, true).await {
                 // Nothing retries a FAILED job: the plain email says so rather than none at all.
                 tracing::error!(job = %id, retryable = e.is_retryable(), error = %e, "finalizing a stopped job failed");
-                if let Err(e) = crate::finalize::tell_unfinished(svc, &job, &e).await {
+                if let Err(e) = crate::finalize::tell_unfinished(svc, &job, &e, true).await {
                     tracing::error!(job = %id, error = %e, "and its failure email could not be sent");
                 }
                 continue;
@@ -213,10 +213,31 @@ mod tests {
         let sent = kit.mem.mailer.sent();
         assert_eq!(sent.len(), 1, "one email");
         let mime = String::from_utf8_lossy(&sent[0].2).to_string();
-        assert!(mime.contains("could not be finished") && mime.contains("broken.csv"), "{mime}");
+        assert!(mime.contains("could not be finished") && mime.contains("stopped after repeated failures"), "{mime}");
         assert!(kit.svc.jobs.email_sent(&id, crate::model::EmailKind::Failure).await.unwrap());
-        fail_stuck_jobs(&kit.svc, later).await.unwrap();
+        let key = format!("{}summary.json", crate::keys::results_prefix("acme", &id));
+        let summary: crate::report::Summary = serde_json::from_slice(&kit.svc.store.get(&key).await.unwrap().unwrap()).unwrap();
+        assert_eq!(summary.state, JobState::Failed);
+        assert!(summary.reason.unwrap().starts_with("stopped after repeated failures"));
+        // Told once: a second try finds the failure email sent.
+        let job = kit.svc.jobs.get(&id).await.unwrap().unwrap();
+        crate::finalize::tell_unfinished(&kit.svc, &job, &crate::Error::corrupt("x", "y"), true).await.unwrap();
         assert_eq!(kit.mem.mailer.sent().len(), 1, "told once");
+    }
+
+    /// Finalize can fail after its result email went out (recording the final state): the plain
+    /// "could not be finished" email then stays unsent, and the stored summary keeps its files.
+    #[tokio::test]
+    async fn no_failure_email_follows_a_result_email_already_sent() {
+        let mut kit = Kit::new(|_| {}).await;
+        let job = kit.run("fine.csv", "Email\na@acme.example.com\n").await;
+        let id = job.id.clone();
+        assert_eq!(kit.mem.mailer.sent().len(), 1, "the result email");
+        crate::finalize::tell_unfinished(&kit.svc, &job, &crate::Error::corrupt("x", "y"), true).await.unwrap();
+        assert_eq!(kit.mem.mailer.sent().len(), 1, "no second email");
+        let key = format!("{}summary.json", crate::keys::results_prefix("acme", &id));
+        let summary: crate::report::Summary = serde_json::from_slice(&kit.svc.store.get(&key).await.unwrap().unwrap()).unwrap();
+        assert_eq!(summary.state, JobState::Completed, "summary untouched");
     }
 
     /// Every chunk applied but the result email never sent (its claim went stale): the sweep

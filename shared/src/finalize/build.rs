@@ -6,7 +6,7 @@
 
 use super::digest::Digest;
 use super::merge::Merge;
-use super::write::{Kind, MAX_INPUT_COLUMNS, TableFile};
+use super::write::{Kind, MAX_INPUT_COLUMNS, TableFile, unneutralise};
 use crate::error::{Error, Result};
 use crate::ingest::decode::{self, Format, ReadError, TableHead, TableVisitor};
 use crate::model::{Outcome, Status};
@@ -41,7 +41,11 @@ pub struct BuiltFiles {
 /// control characters, at most 100 characters and `MAX_STEM_BYTES` (result keys stay far inside
 /// S3's 1,024 bytes, and the files built on local disk under it inside Linux's 255-byte names).
 pub fn stem(file_name: &str) -> String {
-    let stem = Path::new(file_name).file_stem().and_then(|s| s.to_str()).unwrap_or("roster");
+    clean_stem(Path::new(file_name).file_stem().and_then(|s| s.to_str()).unwrap_or("roster"))
+}
+
+/// `stem` of a name already without its extension.
+pub fn clean_stem(stem: &str) -> String {
     let mut bytes = 0;
     let clean: String = stem
         .chars()
@@ -188,7 +192,8 @@ impl TableVisitor for Builder<'_> {
         let keep: Vec<usize> = (0..width).filter(|&i| !ours(&head.headers[i])).collect();
         self.unescape = kind != Kind::Xlsx
             && head.headers.iter().any(|h| ours(h) && crate::fields::Field::from_header(h.trim()) == Some(crate::fields::Field::Message));
-        let mut header: Vec<&str> = keep.iter().map(|&i| head.headers[i].as_str()).collect();
+        let name = |i: &usize| if self.unescape { unneutralise(&head.headers[*i]) } else { head.headers[*i].as_str() };
+        let mut header: Vec<&str> = keep.iter().map(name).collect();
         header.extend(["Status", "Message", "Changes", "UserId"]);
         let used = self.result.as_mut().map(|f| f.start(&sheet, &header, Some(keep.len()))).transpose()?.unwrap_or_default();
         if used != sheet && kind == Kind::Xlsx {
@@ -218,8 +223,7 @@ impl TableVisitor for Builder<'_> {
         self.digest.add(&outcome);
         let cell = |i: &usize| cells.get(*i).map_or("", |c| c.as_ref());
         let unescape = self.unescape;
-        let mut line: Vec<&str> =
-            self.keep.iter().map(cell).map(|c| if unescape { crate::finalize::write::unneutralise(c) } else { c }).collect();
+        let mut line: Vec<&str> = self.keep.iter().map(cell).map(|c| if unescape { unneutralise(c) } else { c }).collect();
         let width = line.len();
         let status = outcome.status_word();
         line.push(&status);
@@ -239,7 +243,9 @@ impl TableVisitor for Builder<'_> {
             }
             let Some(head) = &self.head else { return Ok(()) };
             if !self.failed_started {
-                let mut header: Vec<&str> = self.keep.iter().map(|&i| head.headers[i].as_str()).collect();
+                let unescape = self.unescape;
+                let name = |i: &usize| if unescape { unneutralise(&head.headers[*i]) } else { head.headers[*i].as_str() };
+                let mut header: Vec<&str> = self.keep.iter().map(name).collect();
                 header.push("Message");
                 let sheet = head.sheet.clone().unwrap_or_else(|| "Roster".into());
                 self.failed.as_mut().map(|f| f.start(&sheet, &header, None)).transpose()?;

@@ -104,8 +104,7 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
     if let (Some(key), Some(failed)) = (&staged.bundle, &files.failed) {
         let zip = scratch.path().join("bundle.zip");
         if svc.store.download(key, None, &zip).await?.is_some() {
-            // A failed-records bundle's own failures are named as the first's were.
-            let stem = build::stem(&job.file_name).trim_end_matches("-failed-records").to_string();
+            let stem = failed_records_stem(&job.file_name);
             let (failed, dir) = (failed.clone(), scratch.path().to_path_buf());
             let built = tokio::task::spawn_blocking(move || failed_records(&zip, &failed, &dir, &stem))
                 .await
@@ -198,6 +197,14 @@ async fn download_inputs(svc: &Services, job_id: &str, dir: &Path) -> Result<(Pa
 
 /// A OneRoster job's failed rows as a bundle (`oneroster::failed_bundle`), cut from the bundle
 /// as dropped: `<name>-failed-records.zip`.
+///
+/// A failed-records bundle's own failures are named as the first's were: the suffix comes off
+/// before the cut (cut first, a long name lost part of the suffix and grew at each drop).
+fn failed_records_stem(file_name: &str) -> String {
+    let name = Path::new(file_name).file_stem().and_then(|s| s.to_str()).unwrap_or("roster");
+    build::clean_stem(name.trim_end_matches("-failed-records"))
+}
+
 fn failed_records(zip: &Path, failed_rows: &Built, dir: &Path, stem: &str) -> std::result::Result<Built, String> {
     use crate::ingest::{decode, oneroster};
     let mut file = std::io::BufReader::new(std::fs::File::open(zip).map_err(|e| e.to_string())?);
@@ -256,32 +263,56 @@ pub async fn fail_job(svc: &Services, job: &Job, cause: &Error) -> Result<()> {
     if !svc.jobs.transition(&job.id, JobState::Applying, JobState::Failed, Some(&reason)).await? {
         return Ok(()); // already final: another invocation got there
     }
-    tell_unfinished(svc, job, cause).await
+    tell_unfinished(svc, job, cause, false).await
 }
 
-/// A FAILED job whose result files cannot be written (`fail_job`, or the deadline sweep's last
-/// try failing): `summary.json` saying why, and one plain email to the admins.
-pub async fn tell_unfinished(svc: &Services, job: &Job, cause: &Error) -> Result<()> {
-    let reason = format!("the result files could not be written ({cause})");
-    let mut summary = Summary::new(job, JobState::Failed);
+/// A FAILED job whose result files cannot be written (`fail_job`; with `stopped`, the deadline
+/// sweep's last try, rows of chunks never applied among them): `summary.json` saying why, and one
+/// plain email to the admins. Nothing when the result email went out: it said everything (finalize
+/// can fail after sending it, recording the final state).
+pub async fn tell_unfinished(svc: &Services, job: &Job, cause: &Error, stopped: bool) -> Result<()> {
+    if svc.jobs.email_sent(&job.id, EmailKind::Result).await? {
+        return Ok(());
+    }
+    let reason = if stopped {
+        format!("stopped after repeated failures, and the result files could not be written ({cause})")
+    } else {
+        format!("the result files could not be written ({cause})")
+    };
+    // A summary stored before the failure keeps what it found (the result files' keys, the counts).
+    let key = format!("{}summary.json", keys::results_prefix(&job.tenant, &job.id));
+    let stored = svc.store.get(&key).await?.and_then(|b| serde_json::from_slice::<Summary>(&b).ok());
+    let mut summary = stored.unwrap_or_else(|| Summary::new(job, JobState::Failed));
+    summary.state = JobState::Failed;
     summary.reason = Some(reason.clone());
-    svc.store
-        .put(&format!("{}summary.json", keys::results_prefix(&job.tenant, &job.id)), report::pretty(&summary)?, "application/json")
-        .await?;
+    svc.store.put(&key, report::pretty(&summary)?, "application/json").await?;
     let Some(tenant) = svc.directory.tenant(&job.tenant).await? else { return Ok(()) };
     if !svc.jobs.claim_email(&job.id, EmailKind::Failure, svc.config.lease).await? {
         return Ok(());
     }
     let subject = format!("[rosterdrop] {}: {} could not be finished", tenant.id, job.file_name);
-    let text = format!(
-        "Your file {file} was processed, but its result files could not be written: {cause}.\n\n\
-         Each row was applied or refused on its own as usual, so the changes the file asked for may be in place; \
-         what could not be produced is the list of what happened to each row. Support can look up job {id}; \
-         uploading the same file again in validate mode (incoming/{tenant}/validate/) shows each row's state without changing anything.\n\nJob: {id}\n",
-        file = job.file_name,
-        id = job.id,
-        tenant = tenant.id
-    );
+    let text = if stopped {
+        format!(
+            "Your file {file} was stopped after repeated failures: some of its rows were applied, others were not, \
+             and the list of which could not be written: {cause}.\n\n\
+             Upload the file again: rows already applied are found unchanged and the others are applied. \
+             Uploading it in validate mode first (incoming/{tenant}/validate/) shows each row's state without changing anything. \
+             Support can look up job {id}.\n\nJob: {id}\n",
+            file = job.file_name,
+            id = job.id,
+            tenant = tenant.id
+        )
+    } else {
+        format!(
+            "Your file {file} was processed, but its result files could not be written: {cause}.\n\n\
+             Each row was applied or refused on its own as usual, so the changes the file asked for may be in place; \
+             what could not be produced is the list of what happened to each row. Support can look up job {id}; \
+             uploading the same file again in validate mode (incoming/{tenant}/validate/) shows each row's state without changing anything.\n\nJob: {id}\n",
+            file = job.file_name,
+            id = job.id,
+            tenant = tenant.id
+        )
+    };
     let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>"));
     let from = report::sender(svc, &tenant);
     if let Err(e) = report::send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &[]).await {
@@ -620,6 +651,18 @@ mod tests {
                 assert!(name.starts_with(&stem) && stem.len() <= build::MAX_STEM_BYTES && stem.len() > 100, "{stem}");
                 assert!(built.name.starts_with(&stem), "{}", built.name);
             }
+        }
+    }
+
+    /// The failed-records bundle of a failed-records bundle has the first's name, however long
+    /// the name (46 CJK characters: 138 bytes, the suffix past the 150-byte cut).
+    #[test]
+    fn failed_records_bundles_keep_their_name_through_the_loop() {
+        for first in [format!("{}.zip", "名".repeat(46)), "roster.zip".to_string(), format!("{}.zip", "r".repeat(140))] {
+            let stem = failed_records_stem(&first);
+            let again = format!("{stem}-failed-records.zip");
+            assert_eq!(failed_records_stem(&again), stem, "{first}");
+            assert!(again.len() <= 255);
         }
     }
 

@@ -54,9 +54,9 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
                     return Err(format!(
                         "columns {} (\"{}\") and {} (\"{}\") both mean {}; keep one of them",
                         prev + 1,
-                        headers[prev].trim(),
+                        crate::wording::quoted(headers[prev].trim()),
                         i + 1,
-                        trimmed,
+                        crate::wording::quoted(trimmed),
                         f.name()
                     ));
                 }
@@ -184,7 +184,15 @@ mod tests {
         let mut strict_named = strict.clone();
         strict_named.template_columns = huge.clone();
         let missing = map_headers(&h(&["Email"]), &strict_named).unwrap_err();
-        assert!(missing.len() < 3_000, "{} bytes", missing.len());
+        assert!(missing.len() < 3_000 && missing.contains("template columns missing"), "{} bytes", missing.len());
+        // In the template but no roster column: the unknown-columns refusal.
+        strict_named.template_columns.insert(0, "Email".into());
+        let unknown = map_headers(&row, &strict_named).unwrap_err();
+        assert!(unknown.len() < 3_000 && unknown.starts_with("unknown columns"), "{} bytes: {}", unknown.len(), &unknown[..100]);
+        // Two spellings of one column, each half a megabyte.
+        let twice = map_headers(&h(&[&format!("E{}mail", "_".repeat(500_000)), &format!("E{}mail", "-".repeat(500_000))]), &tenant());
+        let twice = twice.unwrap_err();
+        assert!(twice.len() < 500 && twice.contains("both mean Email"), "{} bytes", twice.len());
         let warned = map_headers(&row, &tenant()).unwrap().warnings;
         let total: usize = warned.iter().map(String::len).sum();
         assert!(warned.len() == 11 && total < 2_000, "{} warnings, {total} bytes", warned.len());

@@ -98,7 +98,17 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
         super::sheets::is_instruction_sheet(name)
     }
 
-    fn table(&mut self, head: TableHead) -> Result<(), Stop> {
+    fn table(&mut self, mut head: TableHead) -> Result<(), Stop> {
+        // A delimited file of ours (it has our Message column): its header names carry
+        // `neutralise`'s apostrophe like its cells (an attribute named `@handle` is `'@handle`).
+        let ours = |h: &String| crate::fields::Field::from_header(h.trim()) == Some(crate::fields::Field::Message);
+        if !head.format.is_spreadsheet() && head.headers.iter().any(ours) {
+            for h in &mut head.headers {
+                if let Some(plain) = h.strip_prefix('\'') {
+                    *h = plain.to_string();
+                }
+            }
+        }
         if head.sheet.as_ref().is_some_and(|s| self.context.contains(s)) {
             self.validator.start_table(&head);
             self.current = Some((head, Mapping::default()));
