@@ -113,6 +113,9 @@ impl JobStore for Publishing {
     async fn mark_email_sent(&self, id: &str, kind: EmailKind) -> Result<()> {
         self.inner.mark_email_sent(id, kind).await
     }
+    async fn release_email(&self, id: &str, kind: EmailKind) -> Result<()> {
+        self.inner.release_email(id, kind).await
+    }
     async fn email_sent(&self, id: &str, kind: EmailKind) -> Result<bool> {
         self.inner.email_sent(id, kind).await
     }

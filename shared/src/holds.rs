@@ -180,9 +180,12 @@ pub(crate) async fn email_once(
     compose: impl FnOnce(&[(String, String)]) -> (String, String, String),
 ) -> Result<()> {
     if svc.jobs.claim_email(&job.id, EmailKind::Held, svc.config.lease).await? {
-        let (attachments, links) = crate::finalize::attach_or_link(svc, files).await?;
-        let (subject, text, html) = compose(&links);
-        report::send_to(svc, &report::sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &attachments).await?;
+        let sent = async {
+            let (attachments, links) = crate::finalize::attach_or_link(svc, files).await?;
+            let (subject, text, html) = compose(&links);
+            report::send_to(svc, &report::sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &attachments).await
+        };
+        report::unclaim_unsent(svc, &job.id, EmailKind::Held, sent.await).await?;
         svc.jobs.mark_email_sent(&job.id, EmailKind::Held).await?;
     }
     Ok(())
@@ -407,6 +410,28 @@ mod tests {
         }
         body += "Update,u10@acme.example.com,Support\nUpdate,u11@acme.example.com,Sales\n";
         body
+    }
+
+    /// A held email or a rejection whose send fails (SES past its retries) is sent by the
+    /// retried invocation. Before, the retry found the claim fresh, skipped the send, and the job
+    /// ended HELD or REJECTED with no email.
+    #[tokio::test]
+    async fn a_held_or_rejected_email_whose_send_failed_is_sent_by_the_retry() {
+        let mut kit = seeded(30).await;
+        for (name, body, state) in
+            [("cleanup.csv", mass_delete(), JobState::Held), ("nomail.csv", "Name\nAnn\n".into(), JobState::Rejected)]
+        {
+            let mails = kit.mem.mailer.sent().len();
+            let obj = kit.upload(name, &body);
+            *kit.mem.mailer.throttle_next.lock().unwrap() = 1;
+            assert!(crate::route::dispatch(&kit.svc, &obj).await.is_err(), "{name}: the send failed, the invocation is retried");
+            assert_eq!(kit.mem.mailer.sent().len(), mails);
+            kit.deliver(&obj).await; // Lambda's retry
+            assert_eq!(kit.mem.mailer.sent().len(), mails + 1, "{name}: sent by the retry");
+            assert!(kit.last_mail().contains(name), "{name}");
+            let job = kit.svc.jobs.get(&crate::ingest::job_id(&obj)).await.unwrap().unwrap();
+            assert_eq!(job.state, state, "{name}");
+        }
     }
 
     #[tokio::test]

@@ -308,6 +308,9 @@ pub trait JobStore: Send + Sync {
     async fn claim_email(&self, id: &str, kind: EmailKind, lease: Lease) -> Result<bool>;
     /// Record that the claimed email went out (a claim without this is taken over once stale).
     async fn mark_email_sent(&self, id: &str, kind: EmailKind) -> Result<()>;
+    /// Drop an unsent claim: its send failed, and the retried invocation must find the email free
+    /// (it found the claim fresh, skipped the send, and ended the job with no email).
+    async fn release_email(&self, id: &str, kind: EmailKind) -> Result<()>;
     async fn email_sent(&self, id: &str, kind: EmailKind) -> Result<bool>;
     /// Record the final state (COMPLETED or FAILED) and the counts.
     async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()>;

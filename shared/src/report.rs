@@ -179,12 +179,25 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
         let footer = format!("Sent by rosterdrop for {}. Job {}.", esc(&tenant.id), esc(&job.id));
         let headline = format!("{} was rejected: nothing was applied", job.file_name);
         let html = crate::layout::page(&crate::layout::Brand::of(Some(tenant)), reason, &headline, &body, &footer);
-        send_to(svc, &sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, attachments).await?;
+        let sent = send_to(svc, &sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, attachments).await;
+        unclaim_unsent(svc, &job.id, EmailKind::Result, sent).await?;
         svc.jobs.mark_email_sent(&job.id, EmailKind::Result).await?;
         info!(job = %job.id, recipients = tenant.admin_emails.len(), "rejection email sent");
     }
     svc.jobs.transition(&job.id, JobState::Received, JobState::Rejected, Some(reason)).await?;
     Ok(())
+}
+
+/// A claimed email's send, `sent`: when it failed, the claim is dropped (best effort) before the
+/// error goes back, so the retried invocation sends it; a crash before this leaves the claim to its
+/// lease. Before the job's state moves on, never after: the state is what says it was told.
+pub async fn unclaim_unsent<T>(svc: &Services, job: &str, kind: EmailKind, sent: Result<T>) -> Result<T> {
+    if sent.is_err()
+        && let Err(e) = svc.jobs.release_email(job, kind).await
+    {
+        warn!(job, error = %e, "an unsent email's claim could not be dropped; it is taken over once stale");
+    }
+    sent
 }
 
 /// "We have your file": sent once when a job is accepted (tenant setting, on by default).

@@ -399,3 +399,26 @@ async fn a_whole_chunk_of_external_ids_is_read_with_every_holder_found() {
     }
     stack.shutdown().await;
 }
+
+/// Against DynamoDB: an email claim whose send failed is dropped, so the next invocation claims
+/// it; a sent email's claim is never dropped, so it is never sent twice.
+#[tokio::test]
+async fn an_unsent_email_claim_is_released_and_a_sent_one_is_not() {
+    use shared::model::{EmailKind, Job};
+    let stack = Stack::start_manual().await;
+    let jobs = &stack.svc.jobs;
+    let lease = stack.config.lease;
+    let job = Job::received("release-test", "acme", "incoming/acme/r.csv", "r.csv", None, chrono::Utc::now().to_rfc3339());
+    jobs.create_or_get(&job).await.unwrap();
+    assert!(jobs.claim_email(&job.id, EmailKind::Result, lease).await.unwrap());
+    assert!(!jobs.claim_email(&job.id, EmailKind::Result, lease).await.unwrap(), "held while fresh");
+    jobs.release_email(&job.id, EmailKind::Result).await.unwrap();
+    assert!(jobs.claim_email(&job.id, EmailKind::Result, lease).await.unwrap(), "free again once released");
+    jobs.mark_email_sent(&job.id, EmailKind::Result).await.unwrap();
+    jobs.release_email(&job.id, EmailKind::Result).await.unwrap();
+    assert!(!jobs.claim_email(&job.id, EmailKind::Result, lease).await.unwrap(), "a sent email stays claimed");
+    assert!(jobs.email_sent(&job.id, EmailKind::Result).await.unwrap());
+    // No such job: nothing to release, no error.
+    jobs.release_email("no-such-job", EmailKind::Held).await.unwrap();
+    stack.shutdown().await;
+}

@@ -748,6 +748,12 @@ impl JobStore for MemoryJobs {
         lock(&self.state).emails.entry((id.to_string(), kind.as_str())).or_insert_with(|| (String::new(), false)).1 = true;
         Ok(())
     }
+    async fn release_email(&self, id: &str, kind: EmailKind) -> Result<()> {
+        if let Some(slot) = lock(&self.state).emails.get_mut(&(id.to_string(), kind.as_str())).filter(|s| !s.1) {
+            slot.0.clear();
+        }
+        Ok(())
+    }
     async fn email_sent(&self, id: &str, kind: EmailKind) -> Result<bool> {
         Ok(lock(&self.state).emails.get(&(id.to_string(), kind.as_str())).is_some_and(|e| e.1))
     }

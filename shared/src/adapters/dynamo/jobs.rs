@@ -296,6 +296,26 @@ impl JobStore for DynamoJobs {
         Ok(())
     }
 
+    async fn release_email(&self, id: &str, kind: EmailKind) -> Result<()> {
+        let kind = kind.as_str();
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression("REMOVE #k")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(#sent)")
+            .expression_attribute_names("#k", format!("email_{kind}"))
+            .expression_attribute_names("#sent", format!("email_{kind}_sent"))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()), // sent after all, or no such job
+            Err(e) => Err(ddb_err("UpdateItem")(e)),
+        }
+    }
+
     async fn email_sent(&self, id: &str, kind: EmailKind) -> Result<bool> {
         let kind = kind.as_str();
         Ok(self.job_item(id).await?.is_some_and(|i| i.contains_key(&format!("email_{kind}_sent"))))
