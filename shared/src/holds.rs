@@ -272,10 +272,6 @@ pub async fn check(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb) -
     }
     Ok(match job.state {
         JobState::Held => Ok(job),
-        // Approved, but its release may have been cut off (S3 failing after the job moved on):
-        // approving again releases again (copies are idempotent, a chunk applied is not applied
-        // twice). Refused as "not held", the job sat until its deadline with nothing applied.
-        JobState::Applying if verb == Verb::Approve && job.message.as_deref().is_some_and(|m| m.starts_with(APPROVED_BY)) => Ok(job),
         JobState::Received => Err(format!("job {id} is still being read; it can be approved or discarded once it is HELD")),
         JobState::Discarded => Err(format!("job {id} was discarded already; nothing applied. Upload the file again to start over")),
         other => Err(format!(
@@ -285,9 +281,6 @@ pub async fn check(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb) -
         )),
     })
 }
-
-/// How an approved job's message starts (`check` lets an approval be taken again by it).
-const APPROVED_BY: &str = "approved by ";
 
 /// Approve, discard or undo (`undo::start`) job `id`. `Ok(Ok(line))`: done; `Ok(Err(line))`:
 /// refused, nothing changed, the line says why. `by` says who, for the job's message.
@@ -302,8 +295,7 @@ pub async fn decide(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb, 
     };
     match verb {
         Verb::Approve => {
-            let approved = format!("{APPROVED_BY}{by}");
-            if job.state == JobState::Held && !svc.jobs.transition(id, JobState::Held, JobState::Applying, Some(&approved)).await? {
+            if !svc.jobs.transition(id, JobState::Held, JobState::Applying, Some(&format!("approved by {by}"))).await? {
                 return Ok(Err(format!("job {id} changed meanwhile; nothing done (see `rosterdrop status`)")));
             }
             let plan = job.phase_chunks.unwrap_or_default();
@@ -380,26 +372,10 @@ pub async fn discard_expired(svc: &Services, now: chrono::DateTime<chrono::Utc>)
 /// drop, its outcome emailed to the tenant's admins in one line.
 pub async fn from_console(svc: &Services, obj: &crate::event::ObjectRef, tenant: &Tenant, verb: Verb, file_name: &str) -> Result<()> {
     let marker = format!("{}control/{}", keys::STAGED, crate::ingest::job_id(obj));
-    // A marker saying RETRY was left by an attempt that failed: this is its retry, not a duplicate.
-    let retry = !svc.store.put_if_absent(&marker, obj.key.clone().into_bytes(), "text/plain").await?;
-    if retry && svc.store.get(&marker).await?.as_deref() != Some(RETRY) {
+    if !svc.store.put_if_absent(&marker, obj.key.clone().into_bytes(), "text/plain").await? {
         info!(key = %obj.key, "decision already handled (duplicate event)");
         return Ok(());
     }
-    let handled = decide_from_console(svc, obj, tenant, verb, file_name).await;
-    match &handled {
-        // Handled once it is done: Lambda's retry of this event must find it to do.
-        Err(_) => svc.store.put(&marker, RETRY.to_vec(), "text/plain").await?,
-        Ok(()) if retry => svc.store.put(&marker, obj.key.clone().into_bytes(), "text/plain").await?,
-        Ok(()) => {}
-    }
-    handled
-}
-
-/// What a console decision's marker holds while its event is to be retried.
-const RETRY: &[u8] = b"RETRY";
-
-async fn decide_from_console(svc: &Services, obj: &crate::event::ObjectRef, tenant: &Tenant, verb: Verb, file_name: &str) -> Result<()> {
     let id = Path::new(file_name).file_stem().and_then(|s| s.to_str()).unwrap_or(file_name);
     let by = format!("a file dropped at {}", obj.key);
     let line = match decide(svc, id, Some(&tenant.id), verb, &by).await? {
@@ -455,55 +431,6 @@ mod tests {
             assert!(kit.last_mail().contains(name), "{name}");
             let job = kit.svc.jobs.get(&crate::ingest::job_id(&obj)).await.unwrap().unwrap();
             assert_eq!(job.state, state, "{name}");
-        }
-    }
-
-    /// An approval cut off after the job moved to APPLYING (a staged chunk's copy failed) is taken
-    /// again; a console approval whose email failed is done again by its retry, and says so. Before, the retry was refused ("not held"), or returned at once (the
-    /// "handled" marker), and the job sat until its deadline stopped it with nothing applied.
-    #[tokio::test]
-    async fn an_approval_cut_off_midway_is_taken_again_and_applies_the_file_once() {
-        for console in [false, true] {
-            let mut kit = seeded(30).await;
-            let job = kit.run("cleanup.csv", &mass_delete()).await;
-            assert_eq!(job.state, JobState::Held);
-            let plan = job.phase_chunks.unwrap();
-            let phase = (0..crate::model::PHASES).find(|&p| plan[p] > 0).unwrap();
-            let staged = keys::staged_chunk(&job.id, phase, 0);
-            let body = kit.svc.store.get(&staged).await.unwrap().unwrap();
-            if console {
-                // The decision is made, its email fails (throttled): the event is retried.
-                let obj = kit.upload(&format!("approve/{}", job.id), "");
-                *kit.mem.mailer.throttle_next.lock().unwrap() = 1;
-                assert!(crate::route::dispatch(&kit.svc, &obj).await.is_err());
-                let mails = kit.mem.mailer.sent().len();
-                kit.deliver(&obj).await; // Lambda's retry
-                assert_eq!(kit.mem.mailer.sent().len(), mails + 1, "the decision's email");
-                assert!(kit.last_mail().contains("is being applied"), "{}", kit.last_mail());
-                kit.deliver(&obj).await; // a duplicate event
-                assert_eq!(kit.mem.mailer.sent().len(), mails + 1, "handled once");
-            } else {
-                kit.mem.store.remove(&staged); // the copy fails
-                assert!(decide(&kit.svc, &job.id, Some("acme"), Verb::Approve, "test").await.is_err());
-                assert_eq!(kit.svc.jobs.get(&job.id).await.unwrap().unwrap().state, JobState::Applying);
-                kit.mem.store.put_version(&staged, body);
-                let again = decide(&kit.svc, &job.id, Some("acme"), Verb::Approve, "test").await.unwrap();
-                assert!(again.as_ref().is_ok_and(|l| l.contains("approved")), "{again:?}");
-            }
-            kit.settle().await;
-            let done = kit.svc.jobs.get(&job.id).await.unwrap().unwrap();
-            assert_eq!(done.state, JobState::Completed, "console: {console}");
-            assert!(
-                kit.svc
-                    .directory
-                    .user("acme", "u0@acme.example.com")
-                    .await
-                    .unwrap()
-                    .is_none_or(|u| u.status != crate::model::UserStatus::Active)
-            );
-            // Finished: approving again is refused.
-            let late = decide(&kit.svc, &job.id, Some("acme"), Verb::Approve, "test").await.unwrap();
-            assert!(late.is_err(), "{late:?}");
         }
     }
 
