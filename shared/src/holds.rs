@@ -434,6 +434,20 @@ mod tests {
         }
     }
 
+    /// A rejection SES refuses for good (not a throttle) keeps its claim: the job ends REJECTED at
+    /// once rather than every retry sending, failing and leaving it open (the claim released on any
+    /// failure did that, and the deadline sweep then failed on it every minute).
+    #[tokio::test]
+    async fn a_rejection_ses_refuses_for_good_ends_the_job_once() {
+        let mut kit = Kit::new(|_| {}).await;
+        let obj = kit.upload("nomail.csv", "Name\nAnn\n");
+        *kit.mem.mailer.reject_next.lock().unwrap() = 5;
+        crate::route::dispatch(&kit.svc, &obj).await.expect("answered, not retried");
+        let job = kit.svc.jobs.get(&crate::ingest::job_id(&obj)).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Rejected);
+        assert_eq!(*kit.mem.mailer.reject_next.lock().unwrap(), 4, "one send tried");
+    }
+
     #[tokio::test]
     async fn a_mass_delete_is_held_with_its_preview_and_applied_exactly_on_approval() {
         let mut kit = seeded(30).await;

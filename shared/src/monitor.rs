@@ -76,7 +76,11 @@ pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>)
             // Ingest never got through the file: nothing was applied.
             let tenant = svc.directory.tenant(&job.tenant).await?;
             let reason = "the file could not be processed (ingest failed repeatedly); nothing was applied. Upload it again, and contact support if it happens again";
-            crate::report::reject(svc, &job, tenant.as_ref(), reason, &[]).await?;
+            // One job whose email fails must not stop the sweep (nor the jobs after it).
+            if let Err(e) = crate::report::reject(svc, &job, tenant.as_ref(), reason, &[]).await {
+                tracing::error!(job = %id, retryable = e.is_retryable(), error = %e, "rejecting a stuck job failed; the next sweep retries");
+                continue;
+            }
         } else {
             if !svc.jobs.transition(&id, job.state, JobState::Failed, Some("stopped after repeated failures")).await? {
                 continue; // it moved on meanwhile

@@ -188,11 +188,14 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
     Ok(())
 }
 
-/// A claimed email's send, `sent`: when it failed, the claim is dropped (best effort) before the
-/// error goes back, so the retried invocation sends it; a crash before this leaves the claim to its
-/// lease. Before the job's state moves on, never after: the state is what says it was told.
+/// A claimed email's send, `sent`: when it failed in a way a retry may fix, the claim is dropped
+/// (best effort) before the error goes back, so the retried invocation sends it; a crash before
+/// this leaves the claim to its lease. A send SES refuses for good keeps its claim: released, every
+/// retry and the deadline sweep would try again, fail again and keep the job open for ever.
+/// The price: a send whose response was lost after SES took it, or an email to more than 50
+/// admins cut off after its first group, goes again (a second email rather than none).
 pub async fn unclaim_unsent<T>(svc: &Services, job: &str, kind: EmailKind, sent: Result<T>) -> Result<T> {
-    if sent.is_err()
+    if sent.as_ref().is_err_and(Error::is_retryable)
         && let Err(e) = svc.jobs.release_email(job, kind).await
     {
         warn!(job, error = %e, "an unsent email's claim could not be dropped; it is taken over once stale");
