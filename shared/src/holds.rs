@@ -212,7 +212,7 @@ fn held_email(tenant: &Tenant, job: &Job, why: &str, would: &ChangeCounts, links
         days = h.expire_days,
     );
     for (name, url) in links {
-        text += &format!("\n{name} is too large to attach; download it (link valid for a limited time):\n{url}\n");
+        text += &crate::wording::link_line(name, url, id);
     }
     text += &format!("\nJob: {id}\n");
     let html = crate::layout::text_page(tenant, &subject, &text);

@@ -14,6 +14,16 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// An email's line for a file too large to attach: its link, and the way to it once the link has
+/// expired. A link is signed by the function's role, so on AWS it stops working when that role's
+/// session ends, which can be hours before the configured time.
+pub fn link_line(name: &str, url: &str, job: &str) -> String {
+    format!(
+        "\n{name} is too large to attach; download it (link valid for a limited time):\n{url}\n\
+         Once the link has expired: rosterdrop results {job} (or ask support for job {job}).\n"
+    )
+}
+
 /// A name from the file as quoted in a message: at most 64 characters, then an ellipsis, so no
 /// message outgrows what a cell, an email line or a log line holds.
 pub fn quoted(name: &str) -> String {

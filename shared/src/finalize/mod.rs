@@ -414,7 +414,7 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
         text += &format!("\nAttached: {}.\n", files.join("; "));
     }
     for (name, url) in links {
-        text += &format!("\n{name} is too large to attach; download it (link valid for a limited time):\n{url}\n");
+        text += &crate::wording::link_line(name, url, &s.job_id);
     }
     text += &format!("\nJob: {}\n", s.job_id);
 
@@ -478,9 +478,10 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
     }
     for (name, url) in links {
         body += &layout::para(&format!(
-            "{} is too large to attach: <a href=\"{}\">download it</a> (the link works for a limited time).",
+            "{} is too large to attach: <a href=\"{}\">download it</a> (the link works for a limited time; once it has expired, <code>rosterdrop results {}</code> downloads it).",
             esc(name),
-            esc(url)
+            esc(url),
+            esc(&s.job_id)
         ));
     }
     let footer = format!("Sent by rosterdrop for {}. Job {}.", esc(&tenant.id), esc(&s.job_id));
