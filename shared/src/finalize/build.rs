@@ -89,6 +89,8 @@ struct Builder<'a> {
     head: Option<TableHead>,
     /// The input columns echoed (of those a spreadsheet holds): all but our own result columns.
     keep: Vec<usize>,
+    /// Their header names, as echoed.
+    echoed: Vec<String>,
     /// A delimited file we wrote (it has our Message column): its cells carry `neutralise`'s
     /// apostrophe, taken off before they are echoed (and escaped once again), as ingest takes it
     /// off before it reads them.
@@ -188,12 +190,13 @@ impl TableVisitor for Builder<'_> {
                 head.headers.len()
             ));
         }
-        let ours = |h: &String| crate::ingest::headers::is_result_column(h, self.id_column.as_deref());
-        let keep: Vec<usize> = (0..width).filter(|&i| !ours(&head.headers[i])).collect();
-        self.unescape = kind != Kind::Xlsx
-            && head.headers.iter().any(|h| ours(h) && crate::fields::Field::from_header(h.trim()) == Some(crate::fields::Field::Message));
+        use crate::ingest::headers::{has_our_message, is_result_column};
+        let id_column = self.id_column.as_deref();
+        let keep: Vec<usize> = (0..width).filter(|&i| !is_result_column(&head.headers[i], id_column)).collect();
+        self.unescape = kind != Kind::Xlsx && has_our_message(&head.headers, id_column);
         let name = |i: &usize| if self.unescape { unneutralise(&head.headers[*i]) } else { head.headers[*i].as_str() };
-        let mut header: Vec<&str> = keep.iter().map(name).collect();
+        self.echoed = keep.iter().map(name).map(str::to_string).collect();
+        let mut header: Vec<&str> = self.echoed.iter().map(String::as_str).collect();
         header.extend(["Status", "Message", "Changes", "UserId"]);
         let used = self.result.as_mut().map(|f| f.start(&sheet, &header, Some(keep.len()))).transpose()?.unwrap_or_default();
         if used != sheet && kind == Kind::Xlsx {
@@ -243,9 +246,7 @@ impl TableVisitor for Builder<'_> {
             }
             let Some(head) = &self.head else { return Ok(()) };
             if !self.failed_started {
-                let unescape = self.unescape;
-                let name = |i: &usize| if unescape { unneutralise(&head.headers[*i]) } else { head.headers[*i].as_str() };
-                let mut header: Vec<&str> = self.keep.iter().map(name).collect();
+                let mut header: Vec<&str> = self.echoed.iter().map(String::as_str).collect();
                 header.push("Message");
                 let sheet = head.sheet.clone().unwrap_or_else(|| "Roster".into());
                 self.failed.as_mut().map(|f| f.start(&sheet, &header, None)).transpose()?;
@@ -295,6 +296,7 @@ pub fn build_as(
         kind: None,
         head: None,
         keep: Vec::new(),
+        echoed: Vec::new(),
         unescape: false,
         id_column: id_column.map(str::to_string),
         failed_started: false,

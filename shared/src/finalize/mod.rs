@@ -259,11 +259,16 @@ pub(crate) async fn attach_or_link(svc: &Services, files: &[(Built, String)]) ->
 /// saying so, and one plain email to the admins saying what happened and what was applied.
 pub async fn fail_job(svc: &Services, job: &Job, cause: &Error) -> Result<()> {
     error!(job = %job.id, error = %cause, "finalize cannot finish this job; marking it FAILED");
-    let reason = format!("the result files could not be written ({cause})");
-    if !svc.jobs.transition(&job.id, JobState::Applying, JobState::Failed, Some(&reason)).await? {
+    if !svc.jobs.transition(&job.id, JobState::Applying, JobState::Failed, Some(&unfinished(cause, false))).await? {
         return Ok(()); // already final: another invocation got there
     }
     tell_unfinished(svc, job, cause, false).await
+}
+
+/// Why a job has no result files: its state's message and its summary's reason.
+fn unfinished(cause: &Error, stopped: bool) -> String {
+    let stopped = if stopped { "stopped after repeated failures, and " } else { "" };
+    format!("{stopped}the result files could not be written ({cause})")
 }
 
 /// A FAILED job whose result files cannot be written (`fail_job`; with `stopped`, the deadline
@@ -274,11 +279,7 @@ pub async fn tell_unfinished(svc: &Services, job: &Job, cause: &Error, stopped: 
     if svc.jobs.email_sent(&job.id, EmailKind::Result).await? {
         return Ok(());
     }
-    let reason = if stopped {
-        format!("stopped after repeated failures, and the result files could not be written ({cause})")
-    } else {
-        format!("the result files could not be written ({cause})")
-    };
+    let reason = unfinished(cause, stopped);
     // A summary stored before the failure keeps what it found (the result files' keys, the counts).
     let key = format!("{}summary.json", keys::results_prefix(&job.tenant, &job.id));
     let stored = svc.store.get(&key).await?.and_then(|b| serde_json::from_slice::<Summary>(&b).ok());

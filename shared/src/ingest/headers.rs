@@ -36,6 +36,12 @@ pub fn is_result_column(header: &str, id_column: Option<&str>) -> bool {
         && matches!(Field::from_header(h), Some(Field::Status | Field::Message | Field::Changes | Field::UserId))
 }
 
+/// A file we wrote: it has our Message column (its delimited cells and header names carry
+/// `finalize::write::neutralise`'s apostrophe, which ingest and finalize's echo take off).
+pub fn has_our_message<S: AsRef<str>>(headers: &[S], id_column: Option<&str>) -> bool {
+    headers.iter().any(|h| is_result_column(h.as_ref(), id_column) && Field::from_header(h.as_ref().trim()) == Some(Field::Message))
+}
+
 /// Map the header row, or say why the whole file is refused.
 pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, String> {
     let mut mapping = Mapping::default();

@@ -101,12 +101,9 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
     fn table(&mut self, mut head: TableHead) -> Result<(), Stop> {
         // A delimited file of ours (it has our Message column): its header names carry
         // `neutralise`'s apostrophe like its cells (an attribute named `@handle` is `'@handle`).
-        let ours = |h: &String| crate::fields::Field::from_header(h.trim()) == Some(crate::fields::Field::Message);
-        if !head.format.is_spreadsheet() && head.headers.iter().any(ours) {
+        if !head.format.is_spreadsheet() && super::headers::has_our_message(&head.headers, self.tenant.external_id_column.as_deref()) {
             for h in &mut head.headers {
-                if let Some(plain) = h.strip_prefix('\'') {
-                    *h = plain.to_string();
-                }
+                *h = crate::finalize::write::unneutralise(h).to_string();
             }
         }
         if head.sheet.as_ref().is_some_and(|s| self.context.contains(s)) {
