@@ -1,5 +1,6 @@
 //! Workbooks (XLSX, XLS, ODS) through calamine, sheet by sheet; XLSX cells streamed into rows.
 
+use super::numfmt::NumberFormat;
 use super::*;
 use calamine::{Data, DataRef, Reader, Sheets};
 use std::borrow::Cow;
@@ -62,8 +63,10 @@ pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: boo
                 return Err(FileError::NoSheet.into());
             }
             let several = data_sheets.len() > 1;
+            let mut formats: Option<CellFormats> = None;
             for (k, name) in data_sheets.iter().enumerate() {
                 let mut cells = guarded(label, || x.worksheet_cells_reader(name).map_err(|e| corrupt(&e)))?;
+                let formats = formats.get_or_insert_with(|| CellFormats::of(cells.styles()));
                 let dims = cells.dimensions();
                 let declared = dims.end.0.saturating_sub(dims.start.0).min(MAX_ROWS_HINT);
                 let mut shape = Shape::new(TableHead { rows_hint: Some(declared), ..proto(name, k, several) }, true);
@@ -71,9 +74,17 @@ pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: boo
                 let mut row: Vec<Slot> = Vec::new();
                 let mut width = 0;
                 let mut at: Option<u32> = None;
-                while let Some(cell) = guarded(label, || cells.next_cell().map_err(|e| corrupt(&e)))? {
+                while let Some((cell, style)) = guarded(label, || cells.next_cell_with_style_id().map_err(|e| corrupt(&e)))? {
                     let value = cell.get_value();
-                    let text = cell_ref_text(value);
+                    let number = match *value {
+                        DataRef::Float(f) => Some(f),
+                        DataRef::Int(i) => Some(i as f64),
+                        _ => None,
+                    };
+                    let text = match number.and_then(|n| formats.render(style, n)) {
+                        Some(shown) => Cow::Owned(shown),
+                        None => cell_ref_text(value),
+                    };
                     if text.is_empty() {
                         continue; // styled but empty cells do not widen the sheet (as in calamine's range)
                     }
@@ -151,6 +162,50 @@ pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: boo
         }
     }
     Ok(())
+}
+
+/// The number format of each XLSX style, understood once per distinct format code: a number
+/// reads as the spreadsheet shows it (`000123`, `12.5%`), as its own "save as CSV" writes it.
+struct CellFormats {
+    by_style: Vec<Option<usize>>,
+    formats: Vec<NumberFormat>,
+}
+
+impl CellFormats {
+    /// Excel allows about 250 custom number formats a workbook; past this many distinct codes,
+    /// or past this length (no renderable code is longer), numbers keep their plain rendering.
+    const MAX_FORMATS: usize = 1024;
+    const MAX_CODE_BYTES: usize = 1024;
+
+    fn of(styles: &[calamine::Style]) -> Self {
+        let mut seen: std::collections::HashMap<&str, Option<usize>> = std::collections::HashMap::new();
+        let mut formats = Vec::new();
+        let by_style = styles
+            .iter()
+            .map(|style| {
+                let code = style.number_format.as_ref().map(|f| f.format_code.as_str())?;
+                if code.len() > Self::MAX_CODE_BYTES {
+                    return None;
+                }
+                if let Some(known) = seen.get(code) {
+                    return *known;
+                }
+                let parsed = (seen.len() < Self::MAX_FORMATS).then(|| NumberFormat::parse(code)).flatten().map(|f| {
+                    formats.push(f);
+                    formats.len() - 1
+                });
+                seen.insert(code, parsed);
+                parsed
+            })
+            .collect();
+        Self { by_style, formats }
+    }
+
+    /// `value` as style `style` shows it; `None` when its format is General or not shown exactly.
+    fn render(&self, style: usize, value: f64) -> Option<String> {
+        let format = (*self.by_style.get(style)?)?;
+        self.formats[format].render(value)
+    }
 }
 
 /// The workbook reader for the container: OLE is XLS; a zip is XLSX, else ODS (calamine's own
@@ -322,6 +377,15 @@ mod fixture_tests {
         assert!((10..1000).contains(&real), "{real}");
     }
 
+    /// LibreOffice writes its literals escaped and quoted: `\(000") "000\-0000`.
+    #[test]
+    fn libreoffice_xlsx_numbers_read_as_the_sheet_shows_them() {
+        let t = read("real/formatted-numbers.xlsx");
+        assert_eq!(t.headers, vec!["Email", "First Name", "Role", "ExternalId", "Phone"]);
+        assert_eq!(t.rows[0].1[3..], ["000123".to_string(), "(415) 555-0100".into()]);
+        assert_eq!(t.rows[1].1[3..], ["000124".to_string(), "(415) 555-0101".into()]);
+    }
+
     #[test]
     fn ods_fixture_reads_with_phone_as_integer_text() {
         let t = read("roster.ods");
@@ -355,6 +419,54 @@ mod spreadsheet_cell_tests {
         assert_eq!(t.format, Format::Xlsx);
         assert_eq!(t.headers, vec!["Email", "ScheduledDate", "Phone", "Score"]);
         assert_eq!(t.rows, vec![(2, vec!["ann@x.com".to_string(), "2026-03-01".into(), "4155550100".into(), "42".into()])]);
+    }
+
+    /// What Excel shows (and writes when it saves as CSV) is what is read: an employee number
+    /// typed as 000123 in a `000000` column is stored as the number 123 with that format.
+    #[test]
+    fn xlsx_numbers_read_as_their_number_format_shows_them() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        let cells: [(&str, f64, &str, &str); 9] = [
+            ("EmployeeId", 123.0, "000000", "000123"),
+            ("Zip", 2134.0, "00000", "02134"),
+            ("Phone", 4155550100.0, "(000) 000-0000", "(415) 555-0100"),
+            ("Share", 0.125, "0.0%", "12.5%"),
+            ("Budget", 1234.5, "#,##0.00", "1,234.50"),
+            ("Code", 42.0, "\"EMP-\"0000", "EMP-0042"),
+            // General, text and formats not shown exactly keep the value as typed.
+            ("Plain", 2.5, "General", "2.5"),
+            ("Text", 7.0, "@", "7"),
+            ("Sci", 1234.0, "0.00E+00", "1234"),
+        ];
+        for (c, (header, value, code, _)) in cells.iter().enumerate() {
+            ws.write_string(0, c as u16, *header).unwrap();
+            ws.write_number_with_format(1, c as u16, *value, &XFormat::new().set_num_format(*code)).unwrap();
+        }
+        let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
+        let expected: Vec<String> = cells.iter().map(|c| c.3.to_string()).collect();
+        assert_eq!(t.rows, vec![(2, expected)]);
+    }
+
+    /// A workbook whose styles declare a huge format code, or thousands of distinct ones, reads
+    /// its numbers plainly past the bounds instead of building a renderer for each.
+    #[test]
+    fn xlsx_hostile_number_formats_fall_back_to_the_plain_value() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        ws.write_string(0, 0, "Id").unwrap();
+        ws.write_number_with_format(1, 0, 5.0, &XFormat::new().set_num_format("0".repeat(5_000))).unwrap();
+        for r in 2..1_200u32 {
+            ws.write_number_with_format(r, 0, f64::from(r), &XFormat::new().set_num_format(format!("\"{r}-\"0000"))).unwrap();
+        }
+        let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
+        assert_eq!(t.rows[0].1, vec!["5".to_string()], "a 5,000-digit code is not rendered");
+        assert_eq!(t.rows[1].1, vec!["2-0002".to_string()]);
+        // Distinct codes past the bound: the plain value.
+        let last = &t.rows.last().unwrap().1[0];
+        assert_eq!(last, "1199");
+        let rendered = t.rows.iter().filter(|(_, r)| r[0].contains('-')).count();
+        assert!((1_000..=CellFormats::MAX_FORMATS).contains(&rendered), "{rendered}");
     }
 
     #[test]
