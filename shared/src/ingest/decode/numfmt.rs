@@ -12,8 +12,8 @@
 /// one cell stays within a few hundred bytes whatever the workbook declares.
 const MAX_PLACEHOLDERS: usize = 64;
 const MAX_LITERAL_CHARS: usize = 256;
-/// Excel keeps 15 significant digits of a number; digits past them are binary noise.
-const SIGNIFICANT_DIGITS: usize = 15;
+/// At most this many `%` (each multiplies by 100).
+const MAX_PERCENT: usize = 2;
 
 /// A format code understood once (a workbook has a few dozen styles and thousands of cells).
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +33,7 @@ struct Section {
     decimals: Vec<bool>,
     suffix: String,
     /// Powers of 100 the value is multiplied by (`%` signs).
-    percent: u8,
+    percent: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +71,9 @@ impl NumberFormat {
         }
         let (section, sign) = match self.sections.as_slice() {
             [one] => (one, value < 0.0),
-            [_, negative, ..] if value < 0.0 => (negative, false),
+            // A negative section with no literal (`0;0`) would show -5 as 5: the sign is kept.
+            [_, negative, ..] if value < 0.0 && negative.has_literal() => (negative, false),
+            [_, _, ..] if value < 0.0 => return None,
             [_, _, zero] if value == 0.0 => (zero, false),
             [positive, ..] => (positive, false),
             [] => return None,
@@ -81,9 +83,13 @@ impl NumberFormat {
 }
 
 impl Section {
+    fn has_literal(&self) -> bool {
+        !self.prefix.is_empty() || !self.suffix.is_empty() || self.int.iter().any(|t| matches!(t, Tok::Lit(_)))
+    }
+
     fn render(&self, abs: f64, sign: bool) -> Option<String> {
         let mut d = Decimal::of(abs)?;
-        d.shift(2 * usize::from(self.percent));
+        d.shift(2 * self.percent);
         d.round(self.decimals.len());
         let (int_digits, frac) = d.parts(self.decimals.len());
         let mut out = String::with_capacity(self.prefix.len() + self.suffix.len() + int_digits.len() + 2 * MAX_PLACEHOLDERS);
@@ -192,17 +198,17 @@ fn section(s: &str) -> Option<Section> {
     let is_number = |l: &Lex| matches!(l, Lex::Digit { .. } | Lex::Point);
     let first = lexed.iter().position(is_number)?;
     let last = lexed.iter().rposition(is_number)?;
-    let (mut prefix, mut suffix, mut percent) = (String::new(), String::new(), 0u8);
+    let (mut prefix, mut suffix, mut percent) = (String::new(), String::new(), 0usize);
     for (out, part) in [(&mut prefix, &lexed[..first]), (&mut suffix, &lexed[last + 1..])] {
         for l in part {
             match l {
                 Lex::Lit(t) => out.push_str(t),
-                Lex::Percent => {
+                Lex::Percent if percent < MAX_PERCENT => {
                     out.push('%');
                     percent += 1;
                 }
                 // A comma after the digits scales by 1,000; before them it is not Excel's.
-                Lex::Comma | Lex::Digit { .. } | Lex::Point => return None,
+                Lex::Percent | Lex::Comma | Lex::Digit { .. } | Lex::Point => return None,
             }
         }
     }
@@ -225,11 +231,11 @@ fn section(s: &str) -> Option<Section> {
             Lex::Digit { zero } => int.push(Tok::Digit { zero: *zero }),
             Lex::Lit(t) => int.push(Tok::Lit(t.clone())),
             Lex::Comma => grouped = true,
-            Lex::Percent => {
+            Lex::Percent if percent < MAX_PERCENT => {
                 int.push(Tok::Lit("%".into()));
                 percent += 1;
             }
-            Lex::Point => return None,
+            Lex::Percent | Lex::Point => return None,
         }
     }
     let placeholders = int.iter().filter(|t| matches!(t, Tok::Digit { .. })).count() + decimals.len();
@@ -242,7 +248,7 @@ fn section(s: &str) -> Option<Section> {
     if (grouped && (comma_last || int.iter().any(|t| matches!(t, Tok::Lit(_)))))
         || placeholders > MAX_PLACEHOLDERS
         || literal > MAX_LITERAL_CHARS
-        || percent > 2
+        || percent > MAX_PERCENT
     {
         return None;
     }
@@ -304,7 +310,9 @@ struct Decimal {
 }
 
 impl Decimal {
-    /// Rust's shortest round-trip text, cut to Excel's 15 significant digits.
+    /// Rust's shortest round-trip text. Excel shows only 15 significant digits (1234567890123456
+    /// as 1234567890123460), but a 16-digit id a script wrote is kept whole, as the plain reading
+    /// keeps it.
     fn of(abs: f64) -> Option<Self> {
         let text = format!("{abs}");
         let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
@@ -316,11 +324,7 @@ impl Decimal {
         let leading = digits[..int_len].iter().take_while(|&&d| d == 0).count();
         digits.drain(..leading);
         int_len -= leading;
-        let mut d = Self { digits, int_len };
-        if let Some(first) = d.digits.iter().position(|&x| x != 0) {
-            d.round_at(first + SIGNIFICANT_DIGITS);
-        }
-        Some(d)
+        Some(Self { digits, int_len })
     }
 
     /// Times 100 per `%`: the point moves right.
@@ -414,9 +418,10 @@ mod tests {
         assert_eq!(shown(1.5, "0.##").as_deref(), Some("1.5"));
         assert_eq!(shown(5.25, ".00").as_deref(), Some("5.25"), "no integer placeholder still shows the integer");
         assert_eq!(shown(0.5, ".00").as_deref(), Some(".50"));
-        assert_eq!(shown(12345678901234567.0, "0").as_deref(), Some("12345678901234600"), "15 significant digits");
+        assert_eq!(shown(1234567890123456.0, "0").as_deref(), Some("1234567890123456"), "a 16-digit id is not cut to 15");
+        assert_eq!(shown(1234567890123456.0, "#,##0").as_deref(), Some("1,234,567,890,123,456"));
         assert_eq!(shown(42.0, "$#,##0.00").as_deref(), Some("$42.00"));
-        assert_eq!(shown(0.1 + 0.2, "0.00000000000000000").as_deref(), Some("0.30000000000000000"), "15 significant digits");
+        assert_eq!(shown(0.1 + 0.2, "0.00000000000000000").as_deref(), Some("0.30000000000000004"), "every digit of the value");
     }
 
     #[test]
@@ -427,6 +432,8 @@ mod tests {
         assert_eq!(shown(0.0, "0;(0);\"zero\"0").as_deref(), Some("zero0"));
         assert_eq!(shown(-7.0, "[Red]0;[Blue](0)").as_deref(), Some("(7)"));
         assert_eq!(shown(3.0, "0;\"a;b\"0").as_deref(), Some("3"), "a quoted ; does not split");
+        assert_eq!(shown(-5.0, "0;0"), None, "a negative section that would hide the sign");
+        assert_eq!(shown(-5.0, "0;0;\"zero\"").as_deref(), None);
     }
 
     #[test]
@@ -473,6 +480,11 @@ mod tests {
         assert!(shown(f64::MAX, "#,##0.00").is_some_and(|s| s.len() < 450));
         assert_eq!(shown(f64::MIN_POSITIVE, "0.00").as_deref(), Some("0.00"));
         assert_eq!(shown(5e-324, "0%").as_deref(), Some("0%"));
+        // Each % is counted: 256 of them once wrapped a byte counter back to no % at all.
+        assert_eq!(shown(5.0, &format!("0{}", "%".repeat(256))), None);
+        assert_eq!(shown(5.0, &format!("{}0", "%".repeat(256))), None);
+        assert_eq!(shown(5.0, "0%%").as_deref(), Some("50000%%"));
+        assert_eq!(shown(5.0, "0%%%"), None);
     }
 
     proptest! {
@@ -490,6 +502,17 @@ mod tests {
             if let Some(text) = shown(v, &code) {
                 prop_assert!(text.len() <= 309 + 2 * MAX_PLACEHOLDERS + 4 * MAX_LITERAL_CHARS + 110, "{}", text.len());
                 prop_assert!(text.chars().any(|c| c.is_ascii_digit()));
+            }
+        }
+
+        /// Digits placed among literals (phone and id layouts): the digits shown, literals left
+        /// out, are the value's, never fewer.
+        #[test]
+        fn placed_digits_are_never_lost(v in 0u64..100_000_000_000_000, parts in proptest::collection::vec(("[0#]{1,4}", prop_oneof![Just("-"), Just(" "), Just(") "), Just("\"ID\""), Just("\\/")]), 1..5)) {
+            let code: String = parts.iter().flat_map(|(d, l)| [d.as_str(), *l]).collect();
+            if let Some(text) = shown(v as f64, &format!("({code}")) {
+                let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+                prop_assert_eq!(digits.parse::<u64>().unwrap(), v, "{} under {}", text, code);
             }
         }
 

@@ -203,8 +203,9 @@ impl CellFormats {
 
     /// `value` as style `style` shows it; `None` when its format is General or not shown exactly.
     fn render(&self, style: usize, value: f64) -> Option<String> {
-        let format = (*self.by_style.get(style)?)?;
-        self.formats[format].render(value)
+        let format = &self.formats[(*self.by_style.get(style)?)?];
+        // A defect in the renderer costs the cell its shown form, not the file.
+        std::panic::catch_unwind(|| format.render(value)).ok().flatten()
     }
 }
 
