@@ -8,7 +8,7 @@ use crate::services::Services;
 use mail_builder::MessageBuilder;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counts {
@@ -161,7 +161,11 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
                 Tenant { name: Some("(no such tenant)".into()), ..Tenant::new(job.tenant.clone(), svc.config.default_admins.clone()) };
             Some(&fallback)
         }
-        None => None,
+        None => {
+            // Only a local or hand-made deployment gets here: the template requires default admins.
+            error!(job = %job.id, reason, "file rejected and nobody told: no such tenant and ROSTERDROP_DEFAULT_ADMINS is empty");
+            None
+        }
     };
     if let Some(tenant) = tenant
         && svc.jobs.claim_email(&job.id, EmailKind::Result, svc.config.lease).await?

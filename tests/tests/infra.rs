@@ -421,6 +421,25 @@ fn only_the_functions_write_the_pipelines_prefixes_and_rosters_and_results_expir
     assert_eq!(undo["ExpirationInDays"], serde_json::json!(shared::model::MAX_UNDO_DAYS));
 }
 
+/// A file dropped for no configured tenant, or outside the layout, is answered by email to the
+/// default admins: a deployment cannot be created without one, and only addresses SES takes
+/// (7-bit ASCII) pass.
+#[test]
+fn a_deployment_names_who_hears_of_files_for_no_tenant() {
+    let p = &bucket()["parameters"]["DefaultAdminEmails"];
+    assert!(p.get("Default").is_none(), "a default lets a deployment answer nobody: {p}");
+    // CloudFormation matches the whole value.
+    let pattern = regex_lite::Regex::new(p["AllowedPattern"].as_str().unwrap()).unwrap();
+    for ok in ["ops@example.com", "ops@example.com,it@example.org", "ops@example.com, it@example.org", "o.p+s@sub.example.co.uk"] {
+        assert!(pattern.is_match(ok), "{ok}");
+    }
+    for bad in
+        ["", " ", "ops", "ops@localhost", "ops@example.com,", ",ops@example.com", "ann@exämple.com", "änn@example.com", "a b@example.com"]
+    {
+        assert!(!pattern.is_match(bad), "{bad:?}");
+    }
+}
+
 /// The tables as deployed are the tables the code and the local stack use: the directory keyed
 /// `pk` + `sk` with no index (a created user is one write unit), and the jobs index projecting
 /// exactly what the code reads from it (not the per-chunk counters).
