@@ -29,6 +29,8 @@ struct Cell {
     col: Option<u32>,
     /// ODS: number-columns-repeated.
     repeat: Option<u32>,
+    /// XLSX: the `s` attribute (a style of `Book::formats`, or past their end).
+    style: Option<u16>,
     value: Value,
 }
 
@@ -56,6 +58,27 @@ struct Book {
     strings: Vec<String>,
     /// What `<sst uniqueCount>` declares (`None`: the true count).
     declared_strings: Option<u64>,
+    /// XLSX number formats: a custom code, or a built-in id; one cell style each.
+    formats: Vec<NumFmt>,
+}
+
+#[derive(Arbitrary, Debug)]
+enum NumFmt {
+    Code(String),
+    /// Picked from codes a number format is made of, so the renderer's paths are reached.
+    Parts(Vec<u8>),
+    BuiltIn(u8),
+}
+
+impl NumFmt {
+    fn code(&self) -> Option<String> {
+        const PARTS: [&str; 24] = ["0", "#", "0", ".", ",", "%", ";", "\"x\"", "\\-", " ", "(", ")", "[Red]", "[>1]", "E+", "?", "/", "_", "*", "@", "$", "-", "\"", "\\"];
+        match self {
+            NumFmt::Code(c) => Some(c.clone()),
+            NumFmt::Parts(p) => Some(p.iter().map(|&i| PARTS[usize::from(i) % PARTS.len()]).collect()),
+            NumFmt::BuiltIn(_) => None,
+        }
+    }
 }
 
 fn col_name(mut n: u64) -> String {
@@ -112,6 +135,10 @@ fn xlsx(book: &Book) -> Vec<u8> {
             x += &format!(r#"<row r="{}">"#, r + 1);
             for (ci, cell) in row.cells.iter().take(64).enumerate() {
                 let at = cell.col.map(|c| format!(r#" r="{}{}""#, col_name(c as u64), r + 1)).unwrap_or_else(|| format!(r#" r="{}{}""#, col_name(ci as u64), r + 1));
+                let at = match cell.style {
+                    Some(s) => format!(r#"{at} s="{s}""#),
+                    None => at,
+                };
                 x += &match &cell.value {
                     Value::Shared(i) => format!(r#"<c{at} t="s"><v>{i}</v></c>"#),
                     Value::Inline(s) => format!(r#"<c{at} t="inlineStr"><is><t>{}</t></is></c>"#, esc(s)),
@@ -134,6 +161,27 @@ fn xlsx(book: &Book) -> Vec<u8> {
         sst += &format!("<si><t>{}</t></si>", esc(s));
     }
     sst += "</sst>";
+    // Styles: a cell format per number format (style 0 stays General).
+    let formats: Vec<&NumFmt> = book.formats.iter().take(64).collect();
+    let mut fmts = String::new();
+    let mut xfs = String::from(r#"<xf numFmtId="0"/>"#);
+    for (i, f) in formats.iter().enumerate() {
+        let id = match (f.code(), f) {
+            (Some(code), _) => {
+                fmts += &format!(r#"<numFmt numFmtId="{}" formatCode="{}"/>"#, 164 + i, esc(&code));
+                164 + i
+            }
+            (None, NumFmt::BuiltIn(id)) => usize::from(*id),
+            (None, _) => 0,
+        };
+        xfs += &format!(r#"<xf numFmtId="{id}" applyNumberFormat="1"/>"#);
+    }
+    let styles = format!(
+        r#"<?xml version="1.0"?><styleSheet {ns}><numFmts count="{}">{fmts}</numFmts><cellXfs count="{}">{xfs}</cellXfs></styleSheet>"#,
+        formats.len(),
+        formats.len() + 1
+    );
+    parts.push(("xl/styles.xml", styles));
     parts.push(("xl/workbook.xml", wb));
     parts.push(("xl/_rels/workbook.xml.rels", rels));
     parts.push(("xl/sharedStrings.xml", sst));
