@@ -103,27 +103,31 @@ async fn workbooks_past_excels_limits_complete_with_their_result_files() {
     stack.shutdown().await;
 }
 
-/// An XLSX LibreOffice saved (`fixtures/make/formatted-numbers.fods` converted with `soffice
-/// --headless --convert-to xlsx`) whose ids are numbers under `000000` and phones under
+/// An XLSX and an ODS LibreOffice saved (`fixtures/make/formatted-numbers.fods` converted with
+/// `soffice --headless --convert-to xlsx` and `ods`) whose ids are numbers under `000000` and phones under
 /// `\(000") "000\-0000`: stored as the sheet shows them, and the result and failed-rows files
 /// echo them so, so a fixed failed row dropped again carries the same id.
 #[tokio::test]
 async fn formatted_workbook_numbers_are_stored_and_echoed_as_shown() {
     let stack = Stack::start().await;
-    stack.put_tenant(&stack.tenant("acme")).await;
     let admin = stack.admin_email();
-    let key = stack.drop_file("acme", None, "ids.xlsx", fixture("real/formatted-numbers.xlsx")).await;
-    let job = stack.wait_job("acme", &key, WAIT).await;
-    one_email(&admin, &job, JobState::Completed, "1 succeeded, 1 failed").await;
-    let ann = "ann@acme.example.com".to_string();
-    let read = stack.svc.directory.read_users("acme", std::slice::from_ref(&ann), shared::ports::Consistency::Strong).await.unwrap();
-    let fields = &read.live[&ann].fields;
-    assert_eq!((fields.external_id.as_deref(), fields.phone.as_deref()), (Some("000123"), Some("(415) 555-0100")));
-    let summary = stack.summary(&job).await;
-    let result = &parse_workbook(&stack.get(summary.result_key.as_deref().unwrap()).await.unwrap())[0].1;
-    assert_eq!(result[1][..5], ["ann@acme.example.com", "Ann", "Learner", "000123", "(415) 555-0100"].map(String::from));
-    let failed = &parse_workbook(&stack.get(summary.failed_rows_key.as_deref().unwrap()).await.unwrap())[0].1;
-    assert_eq!(failed[1][..5], ["bob@acme.example.com", "Bob", "learner", "000124", "(415) 555-0101"].map(String::from));
+    // The same sheet saved as XLSX and as ODS, each for its own tenant.
+    for (tenant, file) in [("acme", "real/formatted-numbers.xlsx"), ("odsco", "real/formatted-numbers.ods")] {
+        stack.put_tenant(&stack.tenant(tenant)).await;
+        let name = file.rsplit('/').next().unwrap();
+        let key = stack.drop_file(tenant, None, name, fixture(file)).await;
+        let job = stack.wait_job(tenant, &key, WAIT).await;
+        one_email(&admin, &job, JobState::Completed, "1 succeeded, 1 failed").await;
+        let ann = "ann@acme.example.com".to_string();
+        let read = stack.svc.directory.read_users(tenant, std::slice::from_ref(&ann), shared::ports::Consistency::Strong).await.unwrap();
+        let fields = &read.live[&ann].fields;
+        assert_eq!((fields.external_id.as_deref(), fields.phone.as_deref()), (Some("000123"), Some("(415) 555-0100")), "{file}");
+        let summary = stack.summary(&job).await;
+        let result = &parse_workbook(&stack.get(summary.result_key.as_deref().unwrap()).await.unwrap())[0].1;
+        assert_eq!(result[1][..5], ["ann@acme.example.com", "Ann", "Learner", "000123", "(415) 555-0100"].map(String::from), "{file}");
+        let failed = &parse_workbook(&stack.get(summary.failed_rows_key.as_deref().unwrap()).await.unwrap())[0].1;
+        assert_eq!(failed[1][..5], ["bob@acme.example.com", "Bob", "learner", "000124", "(415) 555-0101"].map(String::from), "{file}");
+    }
     stack.shutdown().await;
 }
 

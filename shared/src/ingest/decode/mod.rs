@@ -8,6 +8,7 @@ use std::io::{Cursor, Read, Seek};
 pub mod archive;
 mod guards;
 mod numfmt;
+mod ods_shown;
 mod text;
 mod workbook;
 pub use guards::{MAX_ODS_DENSE_CELLS, MAX_SHARED_STRINGS, MAX_SHEET_COLUMNS, MAX_SHEET_ROWS, MAX_UNZIPPED_BYTES, MAX_XLS_DENSE_CELLS};

@@ -1,6 +1,7 @@
 //! Workbooks (XLSX, XLS, ODS) through calamine, sheet by sheet; XLSX cells streamed into rows.
 
 use super::numfmt::NumberFormat;
+use super::ods_shown::OdsShown;
 use super::*;
 use calamine::{Data, DataRef, Reader, Sheets};
 use std::borrow::Cow;
@@ -14,7 +15,7 @@ pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: boo
         guarded(guess, || check_ole_container(&mut *r, size))?;
         r.rewind()?;
     }
-    let mut book = guarded(guess, || open_book(&mut *r, ole))?;
+    let (mut book, shown) = guarded(guess, || open_book(&mut *r, ole))?;
     let format = match &book {
         Sheets::Xls(_) => Format::Xls,
         Sheets::Xlsx(_) => Format::Xlsx,
@@ -150,8 +151,15 @@ pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: boo
             for (k, (name, range)) in ranges.iter().enumerate() {
                 let Some((start_row, _)) = range.start() else { continue };
                 let mut shape = Shape::new(proto(name, k, several), true);
+                let start_col = range.start().map_or(0, |(_, c)| c);
                 for (i, r) in range.rows().enumerate() {
-                    let cells: Vec<String> = r.iter().map(cell_text).collect();
+                    let row = u64::from(start_row) + i as u64;
+                    // An ODS keeps what a whole number shows (`000123`); XLS numbers read plain.
+                    let shown_at = |j: usize, c: &Data| match (c, &shown) {
+                        (Data::Float(_), Some(s)) => s.get(name, row, u64::from(start_col) + j as u64).map(str::to_string),
+                        _ => None,
+                    };
+                    let cells: Vec<String> = r.iter().enumerate().map(|(j, c)| shown_at(j, c).unwrap_or_else(|| cell_text(c))).collect();
                     shape.row(v, start_row + i as u32 + 1, &cells)?;
                 }
             }
@@ -210,11 +218,12 @@ impl CellFormats {
 }
 
 /// The workbook reader for the container: OLE is XLS; a zip is XLSX, else ODS (calamine's own
-/// detection needs a reader it can clone, and ingest reads from a file).
-pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<Sheets<&mut R>, FileError> {
+/// detection needs a reader it can clone, and ingest reads from a file). An ODS comes with what
+/// its whole numbers show, read once its parts passed the guards.
+pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<(Sheets<&mut R>, Option<OdsShown>), FileError> {
     use calamine::{Ods, Xls, Xlsx};
     if ole {
-        return Xls::new(r).map(Sheets::Xls).map_err(|e| FileError::Corrupt { format: "XLS", detail: e.to_string() });
+        return Xls::new(r).map(|x| (Sheets::Xls(x), None)).map_err(|e| FileError::Corrupt { format: "XLS", detail: e.to_string() });
     }
     // The zip's directory (read from its end, cheaply) says which kind of workbook it is and
     // what it unzips to.
@@ -222,16 +231,24 @@ pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<Sheets<&
     check_declared_size(&mut zip, MAX_UNZIPPED_BYTES)?;
     let names: Vec<String> = zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
     let has = |n: &str| names.iter().any(|x| x.eq_ignore_ascii_case(n));
-    check_zip_parts(&mut zip, !has("xl/workbook.xml") && has("content.xml"))?;
+    let ods = !has("xl/workbook.xml") && has("content.xml");
+    check_zip_parts(&mut zip, ods)?;
+    let damaged = |e: &dyn std::fmt::Display| FileError::Corrupt { format: "ODS", detail: e.to_string() };
+    let shown = match ods {
+        true => {
+            Some(OdsShown::scan(std::io::BufReader::new(zip.by_name("content.xml").map_err(|e| damaged(&e))?)).map_err(|e| damaged(&e))?)
+        }
+        false => None,
+    };
     drop(zip);
     r.rewind().map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })?;
     if has("xl/workbook.bin") {
         return Err(FileError::UnknownFormat("XLSB binary workbooks are not supported; save as XLSX".into()));
     }
     if !has("xl/workbook.xml") && has("content.xml") {
-        return Ods::new(r).map(Sheets::Ods).map_err(|e| FileError::Corrupt { format: "ODS", detail: e.to_string() });
+        return Ods::new(r).map(|o| (Sheets::Ods(o), shown)).map_err(|e| FileError::Corrupt { format: "ODS", detail: e.to_string() });
     }
-    Xlsx::new(r).map(Sheets::Xlsx).map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })
+    Xlsx::new(r).map(|x| (Sheets::Xlsx(x), None)).map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })
 }
 
 /// The spreadsheet readers parse hostile binary structures and a malformed file can make them
@@ -385,6 +402,18 @@ mod fixture_tests {
         assert_eq!(t.headers, vec!["Email", "First Name", "Role", "ExternalId", "Phone"]);
         assert_eq!(t.rows[0].1[3..], ["000123".to_string(), "(415) 555-0100".into()]);
         assert_eq!(t.rows[1].1[3..], ["000124".to_string(), "(415) 555-0101".into()]);
+    }
+
+    /// LibreOffice's ODS of the same sheet, and one whose table starts at B3 (calamine's range
+    /// starts there; the shown texts are found by absolute position).
+    #[test]
+    fn libreoffice_ods_whole_numbers_read_as_the_sheet_shows_them() {
+        for name in ["real/formatted-numbers.ods", "real/formatted-numbers-offset.ods"] {
+            let t = read(name);
+            assert_eq!(t.headers, vec!["Email", "First Name", "Role", "ExternalId", "Phone"], "{name}");
+            assert_eq!(t.rows[0].1[3..], ["000123".to_string(), "(415) 555-0100".into()], "{name}");
+            assert_eq!(t.rows[1].1[3..], ["000124".to_string(), "(415) 555-0101".into()], "{name}");
+        }
     }
 
     #[test]
