@@ -370,6 +370,14 @@ pub(super) fn ods_cost<B: std::io::BufRead>(input: B) -> Result<OdsCost, String>
                     t.rows = t.rows.saturating_add(n);
                 }
             }
+            // A self-closing row is a row to calamine (it expands empty elements): repeated, it
+            // spreads the dense range as far as any other row.
+            Event::Empty(e) if e.name().as_ref() == "table:table-row" => {
+                if let Some(t) = table.as_mut() {
+                    let n = count(&e, "table:number-rows-repeated", 1).min(MAX_ROWS.saturating_sub(t.rows));
+                    t.rows = t.rows.saturating_add(n);
+                }
+            }
             Event::Start(e) if matches!(e.name().as_ref(), "table:table-cell" | "table:covered-table-cell") => {
                 let (filled, bytes) = opened(&e);
                 cell = Some((count(&e, "table:number-columns-repeated", 1), filled, bytes, 0));
@@ -446,12 +454,40 @@ mod tests {
             r#"<table:table-row>{V}</table:table-row><table:table-row table:number-rows-repeated="999"><table:table-cell table:number-columns-repeated="3"/></table:table-row><table:table-row><table:table-cell table:number-columns-repeated="2"/>{V}</table:table-row>"#
         );
         assert_eq!(ods(&far), 1 + 3 + 1001 * 3);
+        // The same gap as one self-closing row: the 999 rows still count (they once did not, so a
+        // repeat of a million between two values passed the guard and calamine built ~100M cells).
+        let self_closing = format!(
+            r#"<table:table-row>{V}</table:table-row><table:table-row table:number-rows-repeated="999"/><table:table-row><table:table-cell table:number-columns-repeated="2"/>{V}</table:table-row>"#
+        );
+        assert_eq!(ods(&self_closing), 1 + 3 + 1001 * 3);
+        let bomb = format!(
+            r#"<table:table-row><table:table-cell table:number-columns-repeated="99"/>{V}</table:table-row><table:table-row table:number-rows-repeated="999999"/><table:table-row>{V}</table:table-row>"#
+        );
+        assert!(ods(&bomb) > 100 * 1_000_000, "{}", ods(&bomb));
         // A row's columns stop at 16,384 as calamine's do.
         let wide = r#"<table:table-row><table:table-cell table:number-columns-repeated="4000000000" office:value-type="float" office:value="1"/></table:table-row>"#;
         assert_eq!(ods(wide), 2 * 16_384);
         // Text, spaces and formulas make a cell non-empty; markup inside a cell is not a cell.
         let inner = r#"<table:table-row><table:table-cell><text:p><text:s/></text:p></table:table-cell><table:table-cell table:formula="of:=1"/><table:table-cell><text:p><text:span>y</text:span></text:p></table:table-cell></table:table-row>"#;
         assert_eq!(ods(inner), 3 + 3);
+    }
+
+    /// The bomb above as a file: refused by the guard before calamine builds its range.
+    #[test]
+    fn a_self_closing_repeated_row_cannot_spread_an_ods_past_the_guard() {
+        use std::io::Write;
+        let content = format!(
+            r#"<?xml version="1.0"?><office:document-content xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"><office:body><office:spreadsheet><table:table table:name="S"><table:table-row><table:table-cell table:number-columns-repeated="99"/>{V}</table:table-row><table:table-row table:number-rows-repeated="999999"/><table:table-row>{V}</table:table-row></table:table></office:spreadsheet></office:body></office:document-content>"#
+        );
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        z.start_file("mimetype", stored).unwrap();
+        z.write_all(b"application/vnd.oasis.opendocument.spreadsheet").unwrap();
+        z.start_file("content.xml", stored).unwrap();
+        z.write_all(content.as_bytes()).unwrap();
+        let bytes = z.finish().unwrap().into_inner();
+        let err = crate::ingest::decode::decode(&bytes).unwrap_err();
+        assert!(matches!(err, FileError::TooSpread { format: "ODS", .. }), "{err:?}");
     }
 
     #[test]
