@@ -177,10 +177,24 @@ impl Cell {
     fn kept(self) -> Option<String> {
         let value = self.value.filter(|_| !self.spoiled)?;
         let plain = format!("{}", value as i64);
-        let digits: String = self.text.chars().filter(char::is_ascii_digit).collect();
-        let same = digits.trim_start_matches('0') == plain.trim_start_matches('0');
-        (same && self.text != plain && !self.text.chars().any(char::is_control)).then_some(self.text)
+        (same_digits(&self.text, &plain) && self.text != plain && !self.text.chars().any(char::is_control)).then_some(self.text)
     }
+}
+
+/// `shown` holds exactly the digits of the whole number `plain`, leading zeros aside, and a `.`
+/// or `,` between digits only as a thousands separator (`1,234`, `1.234`; `1.5` is not 15).
+pub(super) fn same_digits(shown: &str, plain: &str) -> bool {
+    let digits: String = shown.chars().filter(char::is_ascii_digit).collect();
+    let b = shown.as_bytes();
+    let grouped = (0..b.len()).all(|i| {
+        let between = matches!(b[i], b'.' | b',') && i > 0 && b[i - 1].is_ascii_digit() && b.get(i + 1).is_some_and(u8::is_ascii_digit);
+        // Three digits after a separator, then no further digit.
+        !between || (b.len() >= i + 4 && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) && !b.get(i + 4).is_some_and(u8::is_ascii_digit))
+    });
+    grouped
+        && !plain.is_empty()
+        && plain.bytes().all(|b| b.is_ascii_digit())
+        && digits.trim_start_matches('0') == plain.trim_start_matches('0')
 }
 
 fn attr(e: &BytesStart<'_>, name: &str) -> Option<String> {
@@ -242,6 +256,18 @@ mod tests {
         for c in 0..5 {
             assert_eq!(s.get("R", 0, c), None, "column {c}");
         }
+    }
+
+    #[test]
+    fn digits_must_be_the_values() {
+        assert!(same_digits("000123", "123") && same_digits("(415) 555-0100", "4155550100") && same_digits("000", "0"));
+        assert!(same_digits("1,234", "1234") && same_digits("1.234.567", "1234567"), "thousands separators");
+        assert!(!same_digits("000124", "123") && !same_digits("x", "12"));
+        assert!(
+            !same_digits("1.5", "15") && !same_digits("12,34", "1234") && !same_digits("1.2345", "12345"),
+            "a decimal mark is not a literal"
+        );
+        assert!(!same_digits("12", "-12") && !same_digits("125", "12.5"), "plain must be a whole number's digits");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Workbooks (XLSX, XLS, ODS) through calamine, sheet by sheet; XLSX cells streamed into rows.
 
 use super::numfmt::NumberFormat;
-use super::ods_shown::OdsShown;
+use super::ods_shown::{self, OdsShown};
 use super::*;
 use calamine::{Data, DataRef, Reader, Sheets};
 use std::borrow::Cow;
@@ -155,8 +155,13 @@ pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: boo
                 for (i, r) in range.rows().enumerate() {
                     let row = u64::from(start_row) + i as u64;
                     // An ODS keeps what a whole number shows (`000123`); XLS numbers read plain.
+                    // The text is taken only if its digits are this cell's value's: a file whose
+                    // structure calamine counts differently cannot move digits between cells.
                     let shown_at = |j: usize, c: &Data| match (c, &shown) {
-                        (Data::Float(_), Some(s)) => s.get(name, row, u64::from(start_col) + j as u64).map(str::to_string),
+                        (Data::Float(f), Some(s)) => s
+                            .get(name, row, u64::from(start_col) + j as u64)
+                            .filter(|text| ods_shown::same_digits(text, &float_text(*f)))
+                            .map(str::to_string),
                         _ => None,
                     };
                     let cells: Vec<String> = r.iter().enumerate().map(|(j, c)| shown_at(j, c).unwrap_or_else(|| cell_text(c))).collect();
