@@ -19,7 +19,7 @@ pub(super) struct OdsShown {
 /// A row element: rows `first..first + count` (repeated), and its kept cells as
 /// (first column, columns it repeats over, shown text).
 #[derive(Debug)]
-struct Span {
+pub(super) struct Span {
     first: u64,
     count: u64,
     cells: Vec<(u64, u64, String)>,
@@ -28,8 +28,18 @@ struct Span {
 impl OdsShown {
     /// The shown text of the cell at (`row`, `col`) of sheet `sheet`, positions counted as
     /// calamine counts them (repeats expanded).
-    pub(super) fn get(&self, sheet: &str, row: u64, col: u64) -> Option<&str> {
-        let (_, spans) = self.tables.iter().find(|(name, _)| name == sheet)?;
+    #[cfg(test)]
+    fn get(&self, sheet: &str, row: u64, col: u64) -> Option<&str> {
+        Self::at(self.table(sheet)?, row, col)
+    }
+
+    /// A sheet's kept cells, looked up once per sheet. calamine keeps the last table of a name.
+    pub(super) fn table(&self, sheet: &str) -> Option<&[Span]> {
+        self.tables.iter().rev().find(|(name, _)| name == sheet).map(|(_, spans)| spans.as_slice())
+    }
+
+    /// The shown text at (`row`, `col`) of a sheet's kept cells.
+    pub(super) fn at(spans: &[Span], row: u64, col: u64) -> Option<&str> {
         let span = &spans[spans.partition_point(|s| s.first + s.count <= row)..].first().filter(|s| s.first <= row)?;
         let cells = &span.cells;
         let (start, _, text) = cells[cells.partition_point(|c| c.0 + c.1 <= col)..].first()?;
@@ -86,7 +96,7 @@ impl OdsShown {
                     row = 0;
                 }
                 Event::End(e) if e.name().as_ref() == "table:table" => {
-                    shown.tables.extend(table.take().filter(|(_, spans)| !spans.is_empty()));
+                    shown.tables.extend(table.take()); // kept when empty too: it hides an earlier table of its name
                 }
                 Event::Start(e) if e.name().as_ref() == "table:table-row" => {
                     (row_repeat, col) = (count(&e, "table:number-rows-repeated"), 0);
@@ -181,17 +191,17 @@ impl Cell {
     }
 }
 
-/// `shown` holds exactly the digits of the whole number `plain`, leading zeros aside, and a `.`
-/// or `,` between digits only as a thousands separator (`1,234`, `1.234`; `1.5` is not 15).
+/// `shown` holds exactly the digits of the whole number `plain`, leading zeros aside, with no
+/// `.` or `,` between digits (`1.5` or a scaled `0.001` is not 15 or 1; `1,234` reads plain too,
+/// as the same text is a decimal in another locale) and at least one digit (0 is not a blank or
+/// an accounting `-`).
 pub(super) fn same_digits(shown: &str, plain: &str) -> bool {
     let digits: String = shown.chars().filter(char::is_ascii_digit).collect();
     let b = shown.as_bytes();
-    let grouped = (0..b.len()).all(|i| {
-        let between = matches!(b[i], b'.' | b',') && i > 0 && b[i - 1].is_ascii_digit() && b.get(i + 1).is_some_and(u8::is_ascii_digit);
-        // Three digits after a separator, then no further digit.
-        !between || (b.len() >= i + 4 && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) && !b.get(i + 4).is_some_and(u8::is_ascii_digit))
-    });
-    grouped
+    let separated =
+        (1..b.len().saturating_sub(1)).any(|i| matches!(b[i], b'.' | b',') && b[i - 1].is_ascii_digit() && b[i + 1].is_ascii_digit());
+    !separated
+        && !digits.is_empty()
         && !plain.is_empty()
         && plain.bytes().all(|b| b.is_ascii_digit())
         && digits.trim_start_matches('0') == plain.trim_start_matches('0')
@@ -237,7 +247,7 @@ mod tests {
         ));
         assert_eq!(s.get("R", 0, 0), Some("000123"));
         assert_eq!(s.get("R", 0, 1), Some("(415) 555-0100"));
-        assert_eq!(s.get("R", 0, 2), Some("1,234"));
+        assert_eq!(s.get("R", 0, 2), None, "1,234 is a decimal elsewhere: plain");
         assert_eq!(s.get("R", 0, 3), None, "shown as the value: nothing to keep");
         assert_eq!(s.get("R", 0, 4), None, "not a whole number");
         assert_eq!(s.get("R", 0, 5), Some("000"));
@@ -261,12 +271,12 @@ mod tests {
     #[test]
     fn digits_must_be_the_values() {
         assert!(same_digits("000123", "123") && same_digits("(415) 555-0100", "4155550100") && same_digits("000", "0"));
-        assert!(same_digits("1,234", "1234") && same_digits("1.234.567", "1234567"), "thousands separators");
         assert!(!same_digits("000124", "123") && !same_digits("x", "12"));
         assert!(
-            !same_digits("1.5", "15") && !same_digits("12,34", "1234") && !same_digits("1.2345", "12345"),
+            !same_digits("1.5", "15") && !same_digits("0.001", "1") && !same_digits("1.234", "1234") && !same_digits("1,234", "1234"),
             "a decimal mark is not a literal"
         );
+        assert!(!same_digits("", "0") && !same_digits(" - ", "0") && !same_digits("N/A", "0"), "0 shows a digit");
         assert!(!same_digits("12", "-12") && !same_digits("125", "12.5"), "plain must be a whole number's digits");
     }
 
@@ -283,6 +293,16 @@ mod tests {
         assert_eq!((s.get("A", 4, 6), s.get("A", 4, 7), s.get("A", 4, 8)), (Some("007"), Some("007"), None));
         assert_eq!((s.get("A", 3, 5), s.get("A", 5, 5)), (None, None));
         assert_eq!((s.get("B", 0, 0), s.get("B", 1, 0), s.get("B", 2, 0)), (Some("#9"), Some("#9"), None));
+    }
+
+    #[test]
+    fn the_last_table_of_a_name_is_the_sheet_as_calamine_keeps_it() {
+        let s = scan(&format!(
+            r#"<table:table table:name="S"><table:table-row>{}</table:table-row></table:table><table:table table:name="S"><table:table-row>{}</table:table-row></table:table>"#,
+            num("123", "000123"),
+            num("77", "77"),
+        ));
+        assert_eq!(s.get("S", 0, 0), None);
     }
 
     #[test]

@@ -152,14 +152,14 @@ pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: boo
                 let Some((start_row, _)) = range.start() else { continue };
                 let mut shape = Shape::new(proto(name, k, several), true);
                 let start_col = range.start().map_or(0, |(_, c)| c);
+                let kept = shown.as_ref().and_then(|s| s.table(name));
                 for (i, r) in range.rows().enumerate() {
                     let row = u64::from(start_row) + i as u64;
                     // An ODS keeps what a whole number shows (`000123`); XLS numbers read plain.
                     // The text is taken only if its digits are this cell's value's: a file whose
                     // structure calamine counts differently cannot move digits between cells.
-                    let shown_at = |j: usize, c: &Data| match (c, &shown) {
-                        (Data::Float(f), Some(s)) => s
-                            .get(name, row, u64::from(start_col) + j as u64)
+                    let shown_at = |j: usize, c: &Data| match (c, kept) {
+                        (Data::Float(f), Some(kept)) => OdsShown::at(kept, row, u64::from(start_col) + j as u64)
                             .filter(|text| ods_shown::same_digits(text, &float_text(*f)))
                             .map(str::to_string),
                         _ => None,
@@ -241,7 +241,9 @@ pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<(Sheets<
     let damaged = |e: &dyn std::fmt::Display| FileError::Corrupt { format: "ODS", detail: e.to_string() };
     let shown = match ods {
         true => {
-            Some(OdsShown::scan(std::io::BufReader::new(zip.by_name("content.xml").map_err(|e| damaged(&e))?)).map_err(|e| damaged(&e))?)
+            let named = |i: &usize| zip.name_for_index(*i).and_then(|n| n.ok()).is_some_and(|n| n.eq_ignore_ascii_case("content.xml"));
+            let at = (0..zip.len()).find(named).ok_or_else(|| damaged(&"no content.xml"))?;
+            Some(OdsShown::scan(std::io::BufReader::new(zip.by_index(at).map_err(|e| damaged(&e))?)).map_err(|e| damaged(&e))?)
         }
         false => None,
     };
@@ -419,6 +421,33 @@ mod fixture_tests {
             assert_eq!(t.rows[0].1[3..], ["000123".to_string(), "(415) 555-0100".into()], "{name}");
             assert_eq!(t.rows[1].1[3..], ["000124".to_string(), "(415) 555-0101".into()], "{name}");
         }
+    }
+
+    /// Structures calamine counts differently from a plain reading (a row repeated 0 times before
+    /// the data): a shown text lands only on a cell whose value has its digits.
+    #[test]
+    fn ods_shown_text_never_moves_to_another_value() {
+        use std::io::Write;
+        let num = |v: &str, shown: &str| {
+            format!(r#"<table:table-cell office:value-type="float" office:value="{v}"><text:p>{shown}</text:p></table:table-cell>"#)
+        };
+        let content = format!(
+            r#"<?xml version="1.0"?><office:document-content xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"><office:body><office:spreadsheet><table:table table:name="S"><table:table-row table:number-rows-repeated="0"><table:table-cell/></table:table-row><table:table-row>{}</table:table-row><table:table-row>{}</table:table-row></table:table></office:spreadsheet></office:body></office:document-content>"#,
+            num("5", "5"),
+            num("123", "000123")
+        );
+        let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        z.start_file("mimetype", stored).unwrap();
+        z.write_all(b"application/vnd.oasis.opendocument.spreadsheet").unwrap();
+        z.start_file("content.xml", stored).unwrap();
+        z.write_all(content.as_bytes()).unwrap();
+        z.start_file("META-INF/manifest.xml", stored).unwrap();
+        z.write_all(br#"<?xml version="1.0"?><manifest:manifest xmlns:manifest="urn:oasis:names:tc:opendocument:xmlns:manifest:1.0"><manifest:file-entry manifest:full-path="/" manifest:media-type="application/vnd.oasis.opendocument.spreadsheet"/></manifest:manifest>"#).unwrap();
+        let tables = decode_all(&z.finish().unwrap().into_inner()).unwrap();
+        let cells: Vec<&String> = tables.iter().flat_map(|t| t.headers.iter().chain(t.rows.iter().flat_map(|(_, r)| r))).collect();
+        assert!(cells.iter().all(|c| ["5", "123", "000123"].contains(&c.as_str())), "{cells:?}");
+        assert!(cells.iter().any(|c| c.as_str() == "5"), "5 keeps its own digits: {cells:?}");
     }
 
     #[test]
