@@ -245,7 +245,11 @@ fn section(s: &str) -> Option<Section> {
     // Grouping with literals among the digits, or a comma that ends the integer part (scaling).
     let comma_last =
         int_part.iter().rposition(|l| *l == Lex::Comma).is_some_and(|c| !int_part[c..].iter().any(|l| matches!(l, Lex::Digit { .. })));
+    // A `.` or `,` literal among the digits (`0"."00` shows 1234 as 12.34) reads as a decimal
+    // mark: the text would say another number, so the value reads plain.
+    let marks = int.iter().any(|t| matches!(t, Tok::Lit(l) if l.contains(['.', ','])));
     if (grouped && (comma_last || int.iter().any(|t| matches!(t, Tok::Lit(_)))))
+        || marks
         || placeholders > MAX_PLACEHOLDERS
         || literal > MAX_LITERAL_CHARS
         || percent > MAX_PERCENT
@@ -432,6 +436,8 @@ mod tests {
         assert_eq!(shown(0.0, "0;(0);\"zero\"0").as_deref(), Some("zero0"));
         assert_eq!(shown(-7.0, "[Red]0;[Blue](0)").as_deref(), Some("(7)"));
         assert_eq!(shown(3.0, "0;\"a;b\"0").as_deref(), Some("3"), "a quoted ; does not split");
+        assert_eq!(shown(1234.0, "0\".\"00"), None, "a literal decimal mark would show another number");
+        assert_eq!(shown(1234.0, "0\\,000"), None);
         assert_eq!(shown(-5.0, "0;0"), None, "a negative section that would hide the sign");
         assert_eq!(shown(-5.0, "0;0;\"zero\"").as_deref(), None);
     }
