@@ -19,6 +19,8 @@ enum Value {
     Shared(u32),
     Inline(String),
     Number(f64),
+    /// A whole number with the text a sheet shows for it (ODS keeps both).
+    Shown(u32, String),
     Bool(bool),
     Empty,
 }
@@ -143,6 +145,7 @@ fn xlsx(book: &Book) -> Vec<u8> {
                     Value::Shared(i) => format!(r#"<c{at} t="s"><v>{i}</v></c>"#),
                     Value::Inline(s) => format!(r#"<c{at} t="inlineStr"><is><t>{}</t></is></c>"#, esc(s)),
                     Value::Number(n) => format!(r#"<c{at}><v>{n}</v></c>"#),
+                    Value::Shown(n, _) => format!(r#"<c{at}><v>{n}</v></c>"#),
                     Value::Bool(b) => format!(r#"<c{at} t="b"><v>{}</v></c>"#, u8::from(*b)),
                     Value::Empty => format!("<c{at}/>"),
                 };
@@ -207,6 +210,9 @@ fn ods(book: &Book) -> Vec<u8> {
                     Value::Inline(s) => format!(r#"<table:table-cell{rep} office:value-type="string"><text:p>{}</text:p></table:table-cell>"#, esc(s)),
                     Value::Shared(i) => format!(r#"<table:table-cell{rep} office:value-type="float" office:value="{i}"><text:p>{i}</text:p></table:table-cell>"#),
                     Value::Number(n) => format!(r#"<table:table-cell{rep} office:value-type="float" office:value="{n}"/>"#),
+                    Value::Shown(n, shown) => {
+                        format!(r#"<table:table-cell{rep} office:value-type="float" office:value="{n}"><text:p>{}</text:p></table:table-cell>"#, esc(shown))
+                    }
                     Value::Bool(b) => format!(r#"<table:table-cell{rep} office:value-type="boolean" office:boolean-value="{b}"/>"#),
                     Value::Empty => format!("<table:table-cell{rep}/>"),
                 };
