@@ -149,9 +149,8 @@ pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: boo
             }
             let several = ranges.len() > 1;
             for (k, (name, range)) in ranges.iter().enumerate() {
-                let Some((start_row, _)) = range.start() else { continue };
+                let Some((start_row, start_col)) = range.start() else { continue };
                 let mut shape = Shape::new(proto(name, k, several), true);
-                let start_col = range.start().map_or(0, |(_, c)| c);
                 let kept = shown.as_ref().and_then(|s| s.table(name));
                 for (i, r) in range.rows().enumerate() {
                     let row = u64::from(start_row) + i as u64;
@@ -239,13 +238,12 @@ pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<(Sheets<
     let ods = !has("xl/workbook.xml") && has("content.xml");
     check_zip_parts(&mut zip, ods)?;
     let damaged = |e: &dyn std::fmt::Display| FileError::Corrupt { format: "ODS", detail: e.to_string() };
-    let shown = match ods {
-        true => {
-            let named = |i: &usize| zip.name_for_index(*i).and_then(|n| n.ok()).is_some_and(|n| n.eq_ignore_ascii_case("content.xml"));
-            let at = (0..zip.len()).find(named).ok_or_else(|| damaged(&"no content.xml"))?;
-            Some(OdsShown::scan(std::io::BufReader::new(zip.by_index(at).map_err(|e| damaged(&e))?)).map_err(|e| damaged(&e))?)
-        }
-        false => None,
+    let shown = if ods {
+        let named = |i: &usize| zip.name_for_index(*i).and_then(|n| n.ok()).is_some_and(|n| n.eq_ignore_ascii_case("content.xml"));
+        let at = (0..zip.len()).find(named).ok_or_else(|| damaged(&"no content.xml"))?;
+        Some(OdsShown::scan(std::io::BufReader::new(zip.by_index(at).map_err(|e| damaged(&e))?)).map_err(|e| damaged(&e))?)
+    } else {
+        None
     };
     drop(zip);
     r.rewind().map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })?;
