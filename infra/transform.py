@@ -81,6 +81,7 @@ def main(path):
         props = res["Properties"]
         role = resources[props["Role"]["Fn::GetAtt"][0]]
         actions = set()
+        prefixes = set()
         managed = []
         for policy in role["Properties"].get("Policies", []):
             for stmt in policy["PolicyDocument"]["Statement"]:
@@ -89,10 +90,15 @@ def main(path):
                 if policy["PolicyName"].endswith("DestinationPolicy") or "EventInvokeConfig" in policy["PolicyName"]:
                     continue
                 actions.update(acts)
+                if "s3:ListBucket" in acts:
+                    # Where it may list: the statement's s3:prefix condition (none: anywhere).
+                    like = stmt.get("Condition", {}).get("StringLike", {}).get("s3:prefix", "*")
+                    prefixes.update(like if isinstance(like, list) else [like])
         managed = role["Properties"].get("ManagedPolicyArns", [])
         report[name] = {
             "env": sorted(props.get("Environment", {}).get("Variables", {}).keys()),
             "actions": sorted(actions),
+            "list_prefixes": sorted(prefixes),
             "managed_policies": managed,
             "runtime": props.get("Runtime"),
             "architectures": props.get("Architectures"),

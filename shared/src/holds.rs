@@ -488,6 +488,56 @@ mod tests {
         assert!(none.starts_with("no job no-such-job"), "{none}");
     }
 
+    /// An approval cut off between the job's move to APPLYING and its chunks' release (the CLI
+    /// stopped; a console approval's retry finds the job approved already), then a phase's
+    /// release lost the same way: the scheduled sweep releases what is missing once the job has
+    /// been open a lease, and the job completes as approved, with one result email. Before,
+    /// nothing was applied until the deadline failed the job.
+    #[tokio::test]
+    async fn an_approval_or_a_phase_release_cut_off_midway_is_resumed_by_the_sweep() {
+        use crate::monitor::resume_releases;
+        let mut kit = seeded(30).await;
+        let mut tenant = kit.svc.directory.tenant("acme").await.unwrap().unwrap();
+        tenant.chunk_size = Some(3);
+        kit.svc.directory.put_tenant(&tenant).await.unwrap();
+        // An organization (its own phase, first), then the users' rows.
+        let users = mass_delete().lines().skip(1).fold(String::new(), |b, line| b + &format!("User,{line},\n"));
+        let body = format!("Type,Action,Email,Department,OrgName\nOrg,Create,,,North\n{users}");
+        let job = kit.run("cleanup.csv", &body).await;
+        assert_eq!(job.state, JobState::Held);
+        let plan = job.phase_chunks.unwrap();
+        let phases: Vec<usize> = (0..crate::model::PHASES).filter(|&p| plan[p] > 0).collect();
+        assert_eq!(phases.len(), 2, "the organization, then the users: {plan:?}");
+        let mails = kit.mem.mailer.sent().len();
+        // Only the approval's first step: APPLYING, nothing released.
+        assert!(kit.svc.jobs.transition(&job.id, JobState::Held, JobState::Applying, Some("approved by test")).await.unwrap());
+        assert!(kit.pending_chunks().await.is_empty());
+        let now = chrono::Utc::now();
+        let later = now + chrono::Duration::seconds(kit.svc.config.lease.secs + 1);
+        assert_eq!(resume_releases(&kit.svc, now).await.unwrap(), 0, "young: its release may still be under way");
+        assert_eq!(resume_releases(&kit.svc, later).await.unwrap(), plan[phases[0]] as usize);
+        assert_eq!(resume_releases(&kit.svc, later).await.unwrap(), 0, "released once");
+        for chunk in kit.pending_chunks().await {
+            kit.deliver(&chunk).await;
+        }
+        // The first phase's last chunk released the next; that release is lost.
+        for seq in 0..plan[phases[1]] {
+            let key = crate::keys::chunk(&job.id, phases[1], seq);
+            assert!(kit.svc.store.size(&key).await.unwrap().is_some(), "{key}");
+            kit.mem.store.remove(&key);
+        }
+        kit.settle().await;
+        assert_eq!(kit.svc.jobs.get(&job.id).await.unwrap().unwrap().state, JobState::Applying);
+        assert_eq!(resume_releases(&kit.svc, later).await.unwrap(), plan[phases[1]] as usize);
+        kit.settle().await;
+        let done = kit.svc.jobs.get(&job.id).await.unwrap().unwrap();
+        assert_eq!((done.state, done.succeeded), (JobState::Completed, 13));
+        assert!(kit.svc.directory.user("acme", "u0@acme.example.com").await.unwrap().is_none(), "applied as approved");
+        assert!(kit.svc.directory.org_exists("acme", "North").await.unwrap());
+        assert_eq!(kit.mem.mailer.sent().len(), mails + 1, "one result email");
+        assert_eq!(resume_releases(&kit.svc, later).await.unwrap(), 0, "a finished job is left alone");
+    }
+
     #[tokio::test]
     async fn approval_lets_the_conditional_writes_decide_a_user_changed_meanwhile() {
         let mut kit = seeded(30).await;

@@ -60,6 +60,64 @@ pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Ut
     Ok(finished)
 }
 
+/// Resume releases cut off midway. Approving a held job, or starting a scheduled one, moves it to
+/// APPLYING and then copies its first phase's chunks from staged/ to chunks/; a phase completed
+/// by its last chunk releases the next the same way. An approval whose CLI was stopped between
+/// the two (a retried console approval finds the job approved already) applied nothing until the
+/// deadline failed the job: the approval was lost. Once a job has been open a lease, the chunks of
+/// its current phase still only in staged/ are released, and a job with every chunk counted but
+/// no done marker gets it. Copying a chunk twice is harmless (it is recorded once). Returns how
+/// many chunks it released.
+pub async fn resume_releases(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
+    let mut released = 0;
+    for (id, since) in svc.jobs.open_jobs(50).await? {
+        if age_secs(&since, now) < svc.config.lease.secs {
+            break; // oldest first: the rest are younger
+        }
+        let Some(job) = svc.jobs.get(&id).await? else { continue };
+        if job.state != crate::model::JobState::Applying || svc.store.size(&crate::keys::done(&id)).await?.is_some() {
+            continue;
+        }
+        // One job that cannot be released must not stop the sweep (nor the sweeps after it).
+        match release_missing(svc, &job).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(job = %id, chunks = n, "a release was cut off midway; its chunks released again");
+                released += n;
+            }
+            Err(e) => {
+                tracing::error!(job = %id, retryable = e.is_retryable(), error = %e, "releasing a job again failed; the next sweep retries")
+            }
+        }
+    }
+    Ok(released)
+}
+
+/// The chunks of `job`'s current phase (its first not fully counted) that are staged but not in
+/// chunks/: copied there. With every phase counted, the done marker (`advance`).
+async fn release_missing(svc: &Services, job: &crate::model::Job) -> Result<usize> {
+    use crate::keys;
+    let Some(plan) = job.phase_chunks else { return Ok(0) };
+    let Some(phase) = (0..crate::model::PHASES).find(|&p| job.phase_done[p] < plan[p]) else {
+        crate::apply::advance(svc, job, crate::model::PHASES - 1).await?;
+        return Ok(0);
+    };
+    let listed =
+        |prefix: String| async move { svc.store.list(&prefix).await.map(|k| k.into_iter().collect::<std::collections::HashSet<_>>()) };
+    let (staged, released) =
+        tokio::try_join!(listed(format!("{}{}/", keys::STAGED, job.id)), listed(format!("{}{}/", keys::CHUNKS, job.id)))?;
+    let mut copied = 0;
+    for seq in 0..plan[phase] {
+        let (from, to) = (keys::staged_chunk(&job.id, phase, seq), keys::chunk(&job.id, phase, seq));
+        // A first phase ingest wrote straight to chunks/ has no staged copy: nothing to release.
+        if staged.contains(&from) && !released.contains(&to) {
+            svc.store.copy(&from, &to).await?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
+}
+
 /// Stop jobs still open past the deadline (a chunk failed all its retries, an event was lost):
 /// mark them FAILED and email the admins what was and was not applied. Never silence.
 pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
@@ -107,6 +165,8 @@ pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>)
 #[derive(Debug, Default, serde::Serialize)]
 pub struct ScheduledReport {
     pub sent: usize,
+    /// Chunks of releases cut off midway, released again.
+    pub released_chunks: usize,
     pub resumed_jobs: usize,
     pub stopped_jobs: usize,
     /// Held jobs discarded because nobody approved them in time.
@@ -139,6 +199,10 @@ pub async fn scheduled(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Sc
     match crate::invites::sweep(svc, now).await {
         Ok(n) => report.sent = n,
         Err(e) => errors.push(note("invite sweep", e)),
+    }
+    match resume_releases(svc, now).await {
+        Ok(n) => report.released_chunks = n,
+        Err(e) => errors.push(note("releases cut off", e)),
     }
     match finish_unsent_jobs(svc, now).await {
         Ok(n) => report.resumed_jobs = n,

@@ -109,7 +109,7 @@ pub async fn release_due(svc: &Services, now: DateTime<Utc>) -> Result<usize> {
         }
         let Some(job) = svc.jobs.get(&id).await? else { continue };
         if let Err(e) = crate::ingest::release_first_phase(svc, &id, &job.phase_chunks.unwrap_or_default()).await {
-            // Started without its chunks: the deadline sweep stops it with an email, never silent.
+            // Started without (all) its chunks: `monitor::resume_releases` releases them later.
             warn!(job = %id, error = %e, "a due scheduled job could not be released");
             continue;
         }

@@ -126,10 +126,25 @@ impl Intercept for Recorder {
                 // Reading a given version is its own IAM action.
                 calls.insert(("s3".into(), "GetObjectVersion".into()));
             } else {
+                if let Some(list) = ctx.input().downcast_ref::<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Input>() {
+                    // A role may list only under the prefixes its `s3:prefix` condition names.
+                    calls.insert((LISTED.into(), list.prefix().unwrap_or_default().to_string()));
+                }
                 calls.insert((meta.service().to_string(), meta.name().to_string()));
             }
         }
         Ok(())
+    }
+}
+
+/// The service name under which the recorder keeps the prefixes a function lists.
+const LISTED: &str = "listed prefix";
+
+/// Whether an IAM `StringLike` pattern (`*` any run of characters, here only at its end) matches.
+fn like(pattern: &str, value: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(start) if !start.contains('*') => value.starts_with(start),
+        _ => pattern == value,
     }
 }
 
@@ -263,13 +278,23 @@ async fn each_role_allows_exactly_the_calls_its_function_makes() {
     let later = chrono::Utc::now() + chrono::Duration::hours(4);
     // (Not applied, so not the unsent-email sweep's: it reads and leaves it.)
     assert_eq!(FUNCTION.scope("InvitesFunction", shared::monitor::finish_unsent_jobs(&stack.svc, later)).await.unwrap(), 0);
+    // (Its only chunk is in chunks/, written there by ingest: nothing for the release sweep either.)
+    assert_eq!(FUNCTION.scope("InvitesFunction", shared::monitor::resume_releases(&stack.svc, later)).await.unwrap(), 0);
     assert_eq!(FUNCTION.scope("InvitesFunction", shared::monitor::fail_stuck_jobs(&stack.svc, later)).await.unwrap(), 1);
 
     let recorded = recorder.0.lock().unwrap().clone();
     let template = transformed();
     for (function, spec) in &template {
-        let calls = recorded.get(function).cloned().unwrap_or_default();
+        let (listed, calls): (BTreeSet<_>, BTreeSet<_>) =
+            recorded.get(function).cloned().unwrap_or_default().into_iter().partition(|(s, _)| s == LISTED);
         let needed: BTreeSet<String> = calls.iter().flat_map(|(s, o)| iam_actions(s, o)).collect();
+        let patterns: Vec<&str> = spec["list_prefixes"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        for (_, prefix) in &listed {
+            assert!(patterns.iter().any(|p| like(p, prefix)), "{function} lists {prefix:?}, outside its s3:prefix {patterns:?}");
+        }
+        for pattern in &patterns {
+            assert!(listed.iter().any(|(_, p)| like(pattern, p)), "{function} may list {pattern:?} but never does (lists: {listed:?})");
+        }
         let allowed: BTreeSet<String> = spec["actions"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
         let missing: Vec<_> = needed.difference(&allowed).collect();
         let unused: Vec<_> = allowed.difference(&needed).collect();
