@@ -111,8 +111,9 @@ async fn workbooks_past_excels_limits_complete_with_their_result_files() {
 async fn formatted_workbook_numbers_are_stored_and_echoed_as_shown() {
     let stack = Stack::start().await;
     let admin = stack.admin_email();
-    // The same sheet saved as XLSX and as ODS, each for its own tenant.
-    for (tenant, file) in [("acme", "real/formatted-numbers.xlsx"), ("odsco", "real/formatted-numbers.ods")] {
+    // The same sheet saved as XLSX, as ODS and as XLS, each for its own tenant.
+    let files = [("acme", "real/formatted-numbers.xlsx"), ("odsco", "real/formatted-numbers.ods"), ("xlsco", "real/formatted-numbers.xls")];
+    for (tenant, file) in files {
         stack.put_tenant(&stack.tenant(tenant)).await;
         let name = file.rsplit('/').next().unwrap();
         let key = stack.drop_file(tenant, None, name, fixture(file)).await;

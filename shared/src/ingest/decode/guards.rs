@@ -25,13 +25,14 @@ pub(super) fn check_declared_size<R: Read + Seek>(archive: &mut zip::ZipArchive<
 /// chains without checking for loops, so an 11 KB file whose chain loops makes it allocate until
 /// memory runs out (found by fuzzing). The `cfb` crate validates the whole allocation table, loops
 /// included, within the file's own size: a container it refuses is damaged. Then the cells the
-/// workbook stream makes calamine allocate are counted (`xls_dense_cells`).
-pub(super) fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Result<(), FileError> {
+/// workbook stream makes calamine allocate are counted (`xls_dense_cells`). Returns that stream,
+/// read once here (its number formats are read from it: `xls_shown`).
+pub(super) fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Result<Option<Vec<u8>>, FileError> {
     let corrupt = |e: std::io::Error| FileError::Corrupt { format: "XLS", detail: format!("its container is damaged ({e})") };
     let mut file = cfb::CompoundFile::open(r).map_err(corrupt)?;
     // The streams calamine reads are walked too, each bounded by the file size.
     let streams: Vec<std::path::PathBuf> = file.walk().filter(|e| e.is_stream()).map(|e| e.path().to_path_buf()).collect();
-    let mut cells = 0u64;
+    let (mut cells, mut book) = (0u64, None);
     for path in streams {
         let stream = file.open_stream(&path).map_err(corrupt)?;
         let mut bounded = Read::take(stream, size + 1);
@@ -40,6 +41,10 @@ pub(super) fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Resul
             let mut workbook = Vec::new();
             bounded.read_to_end(&mut workbook).map_err(corrupt)?;
             cells = cells.max(xls_dense_cells(&workbook));
+            // calamine reads "Workbook" when there is one, else "Book".
+            if book.is_none() || path.file_name().is_some_and(|n| n == "Workbook") {
+                book = Some(workbook);
+            }
         } else {
             std::io::copy(&mut bounded, &mut std::io::sink()).map_err(corrupt)?;
         }
@@ -47,7 +52,7 @@ pub(super) fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Resul
     if cells > MAX_XLS_DENSE_CELLS {
         return Err(FileError::TooSpread { format: "XLS", cells, limit: MAX_XLS_DENSE_CELLS });
     }
-    Ok(())
+    Ok(book)
 }
 
 /// What `xls_dense_cells` may count: 8 M cells is about 320 MB of calamine's ranges. A legacy

@@ -11,6 +11,7 @@ mod numfmt;
 mod ods_shown;
 mod text;
 mod workbook;
+mod xls_shown;
 pub use guards::{MAX_ODS_DENSE_CELLS, MAX_SHARED_STRINGS, MAX_SHEET_COLUMNS, MAX_SHEET_ROWS, MAX_UNZIPPED_BYTES, MAX_XLS_DENSE_CELLS};
 use guards::{check_declared_size, check_ole_container, check_zip_parts};
 use text::*;

@@ -2,6 +2,7 @@
 
 use super::numfmt::NumberFormat;
 use super::ods_shown::{self, OdsShown};
+use super::xls_shown::XlsShown;
 use super::*;
 use calamine::{Data, DataRef, Reader, Sheets};
 use std::borrow::Cow;
@@ -11,8 +12,11 @@ pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: boo
     let size = r.seek(SeekFrom::End(0))?;
     r.rewind()?;
     let guess = if ole { "XLS" } else { "XLSX" };
+    let mut xls = None;
     if ole {
-        guarded(guess, || check_ole_container(&mut *r, size))?;
+        let stream = guarded(guess, || check_ole_container(&mut *r, size))?;
+        // What its numbers show; a defect here costs the numbers their format, not the file.
+        xls = stream.and_then(|s| std::panic::catch_unwind(|| XlsShown::scan(&s)).ok());
         r.rewind()?;
     }
     let (mut book, shown) = guarded(guess, || open_book(&mut *r, ole))?;
@@ -148,20 +152,34 @@ pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: boo
                 }
             }
             let several = ranges.len() > 1;
+            let all_names = book.sheet_names();
             for (k, (name, range)) in ranges.iter().enumerate() {
                 let Some((start_row, start_col)) = range.start() else { continue };
                 let mut shape = Shape::new(proto(name, k, several), true);
                 let kept = shown.as_ref().and_then(|s| s.table(name));
+                // calamine keeps the last sheet of a name; the XLS formats go by the sheet's place.
+                let xls_sheet = xls.as_ref().zip(all_names.iter().rposition(|n| n == name));
                 for (i, r) in range.rows().enumerate() {
                     let row = u64::from(start_row) + i as u64;
-                    // An ODS keeps what a whole number shows (`000123`); XLS numbers read plain.
-                    // The text is taken only if its digits are this cell's value's: a file whose
-                    // structure calamine counts differently cannot move digits between cells.
-                    let shown_at = |j: usize, c: &Data| match (c, kept) {
-                        (Data::Float(f), Some(kept)) => OdsShown::at(kept, row, u64::from(start_col) + j as u64)
-                            .filter(|text| ods_shown::same_digits(text, &float_text(*f)))
-                            .map(str::to_string),
-                        _ => None,
+                    // A number reads as the sheet shows it (`000123`): an XLS cell under its
+                    // format, an ODS whole number as its shown text. The ODS text is taken only if
+                    // its digits are this cell's value's, the XLS format only if the record at
+                    // that place holds this value: a file whose structure calamine counts
+                    // differently cannot move digits between cells.
+                    let shown_at = |j: usize, c: &Data| {
+                        let col = u64::from(start_col) + j as u64;
+                        match (c, kept, xls_sheet) {
+                            (Data::Float(f), Some(kept), _) => OdsShown::at(kept, row, col)
+                                .filter(|text| ods_shown::same_digits(text, &float_text(*f)))
+                                .map(str::to_string),
+                            (&Data::Float(value), _, Some((xls, sheet))) => {
+                                xls.render(sheet, u32::try_from(row).ok()?, u32::try_from(col).ok()?, value)
+                            }
+                            (&Data::Int(i), _, Some((xls, sheet))) => {
+                                xls.render(sheet, u32::try_from(row).ok()?, u32::try_from(col).ok()?, i as f64)
+                            }
+                            _ => None,
+                        }
                     };
                     let cells: Vec<String> = r.iter().enumerate().map(|(j, c)| shown_at(j, c).unwrap_or_else(|| cell_text(c))).collect();
                     shape.row(v, start_row + i as u32 + 1, &cells)?;
@@ -415,6 +433,19 @@ mod fixture_tests {
     fn libreoffice_ods_whole_numbers_read_as_the_sheet_shows_them() {
         for name in ["real/formatted-numbers.ods", "real/formatted-numbers-offset.ods"] {
             let t = read(name);
+            assert_eq!(t.headers, vec!["Email", "First Name", "Role", "ExternalId", "Phone"], "{name}");
+            assert_eq!(t.rows[0].1[3..], ["000123".to_string(), "(415) 555-0100".into()], "{name}");
+            assert_eq!(t.rows[1].1[3..], ["000124".to_string(), "(415) 555-0101".into()], "{name}");
+        }
+    }
+
+    /// LibreOffice's XLS (BIFF8) of the same sheets: calamine gives the values, the workbook
+    /// stream's FORMAT and XF records the formats (`xls_shown`). Before, `123` and `4155550100`.
+    #[test]
+    fn libreoffice_xls_numbers_read_as_the_sheet_shows_them() {
+        for name in ["real/formatted-numbers.xls", "real/formatted-numbers-offset.xls"] {
+            let t = read(name);
+            assert_eq!(t.format, Format::Xls, "{name}");
             assert_eq!(t.headers, vec!["Email", "First Name", "Role", "ExternalId", "Phone"], "{name}");
             assert_eq!(t.rows[0].1[3..], ["000123".to_string(), "(415) 555-0100".into()], "{name}");
             assert_eq!(t.rows[1].1[3..], ["000124".to_string(), "(415) 555-0101".into()], "{name}");
