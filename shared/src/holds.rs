@@ -517,6 +517,7 @@ mod tests {
         assert_eq!(resume_releases(&kit.svc, now).await.unwrap(), 0, "young: its release may still be under way");
         assert_eq!(resume_releases(&kit.svc, later).await.unwrap(), plan[phases[0]] as usize);
         assert_eq!(resume_releases(&kit.svc, later).await.unwrap(), 0, "released once");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // counted after the approval
         for chunk in kit.pending_chunks().await {
             kit.deliver(&chunk).await;
         }
@@ -527,8 +528,15 @@ mod tests {
             kit.mem.store.remove(&key);
         }
         kit.settle().await;
-        assert_eq!(kit.svc.jobs.get(&job.id).await.unwrap().unwrap().state, JobState::Applying);
-        assert_eq!(resume_releases(&kit.svc, later).await.unwrap(), plan[phases[1]] as usize);
+        let stalled = kit.svc.jobs.get(&job.id).await.unwrap().unwrap();
+        assert_eq!(stalled.state, JobState::Applying);
+        // Left alone while its last count is younger than a lease (the release may be under way),
+        // though the job was approved longer ago; released once it is not.
+        let counted = chrono::DateTime::parse_from_rfc3339(stalled.counted_at.as_deref().unwrap()).unwrap().to_utc();
+        let lease = chrono::Duration::seconds(kit.svc.config.lease.secs);
+        assert_eq!(resume_releases(&kit.svc, counted + lease - chrono::Duration::milliseconds(5)).await.unwrap(), 0);
+        assert_eq!(resume_releases(&kit.svc, counted + lease).await.unwrap(), plan[phases[1]] as usize);
+        let later = counted + lease;
         kit.settle().await;
         let done = kit.svc.jobs.get(&job.id).await.unwrap().unwrap();
         assert_eq!((done.state, done.succeeded), (JobState::Completed, 13));

@@ -999,6 +999,10 @@ pub struct Job {
     /// A scheduled file: when it is applied (RFC 3339, UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<String>,
+    /// When a chunk was last counted (RFC 3339): a job that has not moved for a lease may have
+    /// had a release cut off (`monitor::resume_releases`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_at: Option<String>,
 }
 
 impl Job {
@@ -1030,6 +1034,7 @@ impl Job {
             message: None,
             completed_at: None,
             run_at: None,
+            counted_at: None,
         }
     }
 

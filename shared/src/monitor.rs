@@ -20,6 +20,11 @@ fn age_secs(received_at: &str, now: chrono::DateTime<chrono::Utc>) -> i64 {
     chrono::DateTime::parse_from_rfc3339(received_at).map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0)).unwrap_or(0)
 }
 
+/// Whether `at` (RFC 3339) is less than `secs` before `now`; an unreadable time is not.
+fn within(at: &str, secs: i64, now: chrono::DateTime<chrono::Utc>) -> bool {
+    chrono::DateTime::parse_from_rfc3339(at).is_ok_and(|t| now - t.to_utc() < chrono::Duration::seconds(secs))
+}
+
 /// One EMF line carrying a single metric.
 pub fn emf_line(metric: &str, value: i64, now: chrono::DateTime<chrono::Utc>) -> String {
     serde_json::json!({
@@ -64,18 +69,23 @@ pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Ut
 /// APPLYING and then copies its first phase's chunks from staged/ to chunks/; a phase completed
 /// by its last chunk releases the next the same way. An approval whose CLI was stopped between
 /// the two (a retried console approval finds the job approved already) applied nothing until the
-/// deadline failed the job: the approval was lost. Once a job has been open a lease, the chunks of
-/// its current phase still only in staged/ are released, and a job with every chunk counted but
-/// no done marker gets it. Copying a chunk twice is harmless (it is recorded once). Returns how
-/// many chunks it released.
+/// deadline failed the job: the approval was lost. Once a job has been open a lease and no chunk of
+/// it was counted for a lease, the chunks of its current phase still only in staged/ are released,
+/// and a job with every chunk counted but no done marker gets it. A chunk copied twice is recorded
+/// once, but runs twice: a job still moving (a phase being released by its last chunk) is left
+/// alone. Returns how many chunks it released.
 pub async fn resume_releases(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
+    let lease = svc.config.lease.secs;
     let mut released = 0;
     for (id, since) in svc.jobs.open_jobs(50).await? {
-        if age_secs(&since, now) < svc.config.lease.secs {
+        if within(&since, lease, now) {
             break; // oldest first: the rest are younger
         }
         let Some(job) = svc.jobs.get(&id).await? else { continue };
-        if job.state != crate::model::JobState::Applying || svc.store.size(&crate::keys::done(&id)).await?.is_some() {
+        if job.state != crate::model::JobState::Applying || job.counted_at.as_deref().is_some_and(|t| within(t, lease, now)) {
+            continue;
+        }
+        if svc.store.size(&crate::keys::done(&id)).await?.is_some() {
             continue;
         }
         // One job that cannot be released must not stop the sweep (nor the sweeps after it).

@@ -319,13 +319,19 @@ async fn of_chunks_recorded_at_once_exactly_one_is_told_it_may_complete_the_phas
     stack.svc.jobs.create_or_get(&job).await.unwrap();
     stack.svc.jobs.set_plan(&job.id, &Plan { phase_chunks: [0, 20, 0, 0], total_rows: 20, mode: None }).await.unwrap();
     let jobs = &stack.svc.jobs;
+    assert_eq!(jobs.get("rec-job").await.unwrap().unwrap().counted_at, None);
+    let before = chrono::Utc::now();
     let tries = (0..40u32).map(|i| async move { jobs.record_chunk("rec-job", 1, i % 20, Some(20)).await.unwrap() });
     let results = futures::future::join_all(tries).await;
     let count = |r: Recorded| results.iter().filter(|x| **x == r).count();
     assert_eq!(count(Recorded::Before), 20, "{results:?}");
     assert_eq!(count(Recorded::Counted { last: true }), 1, "{results:?}");
     assert_eq!(count(Recorded::Counted { last: false }), 19, "{results:?}");
-    assert_eq!(jobs.get("rec-job").await.unwrap().unwrap().phase_done, [0, 20, 0, 0]);
+    let counted = jobs.get("rec-job").await.unwrap().unwrap();
+    assert_eq!(counted.phase_done, [0, 20, 0, 0]);
+    // When a chunk was last counted: the release sweep leaves a job that moves alone.
+    let at = chrono::DateTime::parse_from_rfc3339(counted.counted_at.as_deref().expect("counted_at")).unwrap();
+    assert!(at >= before - chrono::Duration::seconds(1) && at <= chrono::Utc::now(), "{at}");
     // Without the phase's size the caller is always told to look.
     assert_eq!(jobs.record_chunk("rec-job", 2, 0, None).await.unwrap(), Recorded::Counted { last: true });
     // A phase of one chunk: that chunk completes it.

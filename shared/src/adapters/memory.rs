@@ -722,6 +722,7 @@ impl JobStore for MemoryJobs {
             return Ok(Recorded::Before);
         }
         let done = state.jobs.get_mut(id).map(|job| {
+            job.counted_at = Some(chrono::Utc::now().to_rfc3339());
             job.phase_done[phase] += 1;
             job.phase_done[phase]
         });

@@ -189,6 +189,7 @@ impl TryFrom<&Item> for Job {
             message: item.str("message").map(str::to_string),
             completed_at: item.str("completed_at").map(str::to_string),
             run_at: item.str("run_at").map(str::to_string),
+            counted_at: item.str("counted_at").map(str::to_string),
         })
     }
 }

@@ -48,7 +48,9 @@ impl DynamoJobs {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(format!("J#{id}")))
-            .update_expression(format!("ADD done{phase} :one, {seen} :seqs"))
+            // When it was counted: the release sweep leaves a job that moves alone.
+            .update_expression(format!("ADD done{phase} :one, {seen} :seqs SET counted_at = :now"))
+            .expression_attribute_values(":now", s(chrono::Utc::now().to_rfc3339()))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":seq", n(seq))
             .expression_attribute_values(":seqs", AttributeValue::Ns(vec![seq.to_string()]))
