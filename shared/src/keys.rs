@@ -157,6 +157,10 @@ pub fn chunk(job: &str, phase: usize, seq: u32) -> String {
 fn chunk_name(phase: usize, seq: u32) -> String {
     format!("p{phase}-{seq:06}.jsonl")
 }
+/// The keys of one phase's chunks: released (`chunks/`) or waiting (`staged/`).
+pub fn phase_prefix(job: &str, phase: usize, staged: bool) -> String {
+    format!("{}{job}/p{phase}-", if staged { STAGED } else { CHUNKS })
+}
 pub fn outcomes_prefix(job: &str) -> String {
     format!("{OUTCOMES}{job}/")
 }

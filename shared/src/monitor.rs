@@ -73,13 +73,18 @@ pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Ut
 /// it was counted for a lease, the chunks of its current phase still only in staged/ are released,
 /// and a job with every chunk counted but no done marker gets it. A chunk copied twice is recorded
 /// once, but runs twice: a job still moving (a phase being released by its last chunk) is left
-/// alone. Returns how many chunks it released.
+/// alone, and so is a job within a lease of its deadline (the deadline sweep may be failing it:
+/// chunks released then could apply rows its email calls not applied). Returns how many chunks it
+/// released.
 pub async fn resume_releases(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
     let lease = svc.config.lease.secs;
     let mut released = 0;
     for (id, since) in svc.jobs.open_jobs(50).await? {
         if within(&since, lease, now) {
             break; // oldest first: the rest are younger
+        }
+        if !within(&since, svc.config.job_deadline_secs - lease, now) {
+            continue;
         }
         let Some(job) = svc.jobs.get(&id).await? else { continue };
         if job.state != crate::model::JobState::Applying || job.counted_at.as_deref().is_some_and(|t| within(t, lease, now)) {
@@ -104,24 +109,35 @@ pub async fn resume_releases(svc: &Services, now: chrono::DateTime<chrono::Utc>)
 }
 
 /// The chunks of `job`'s current phase (its first not fully counted) that are staged but not in
-/// chunks/: copied there. With every phase counted, the done marker (`advance`).
+/// chunks/: copied there. With every phase counted and every chunk's outcomes stored, the done
+/// marker (`advance`); a chunk still without its outcomes is its own retry's to mend (`advance`
+/// would wait for it here, in the one-minute function).
 async fn release_missing(svc: &Services, job: &crate::model::Job) -> Result<usize> {
     use crate::keys;
+    use std::collections::HashSet;
     let Some(plan) = job.phase_chunks else { return Ok(0) };
+    let listed = |prefix: String| async move { svc.store.list(&prefix).await.map(|k| k.into_iter().collect::<HashSet<_>>()) };
     let Some(phase) = (0..crate::model::PHASES).find(|&p| job.phase_done[p] < plan[p]) else {
-        crate::apply::advance(svc, job, crate::model::PHASES - 1).await?;
+        let outcomes = listed(keys::outcomes_prefix(&job.id)).await?;
+        let mut planned = (0..crate::model::PHASES).flat_map(|p| (0..plan[p]).map(move |s| (p, s)));
+        if planned.all(|(p, s)| outcomes.contains(&keys::chunk_outcomes(&job.id, p, s))) {
+            crate::apply::advance(svc, job, crate::model::PHASES - 1).await?;
+        }
         return Ok(0);
     };
-    let listed =
-        |prefix: String| async move { svc.store.list(&prefix).await.map(|k| k.into_iter().collect::<std::collections::HashSet<_>>()) };
-    let (staged, released) =
-        tokio::try_join!(listed(format!("{}{}/", keys::STAGED, job.id)), listed(format!("{}{}/", keys::CHUNKS, job.id)))?;
+    // The phase's own keys, released first: a job whose chunks are all out lists nothing more.
+    let released = listed(keys::phase_prefix(&job.id, phase, false)).await?;
+    let missing: Vec<u32> = (0..plan[phase]).filter(|&seq| !released.contains(&keys::chunk(&job.id, phase, seq))).collect();
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    let staged = listed(keys::phase_prefix(&job.id, phase, true)).await?;
     let mut copied = 0;
-    for seq in 0..plan[phase] {
-        let (from, to) = (keys::staged_chunk(&job.id, phase, seq), keys::chunk(&job.id, phase, seq));
+    for seq in missing {
+        let from = keys::staged_chunk(&job.id, phase, seq);
         // A first phase ingest wrote straight to chunks/ has no staged copy: nothing to release.
-        if staged.contains(&from) && !released.contains(&to) {
-            svc.store.copy(&from, &to).await?;
+        if staged.contains(&from) {
+            svc.store.copy(&from, &keys::chunk(&job.id, phase, seq)).await?;
             copied += 1;
         }
     }
@@ -271,6 +287,37 @@ mod tests {
         assert!(mime.contains("stuck.csv"), "the email names the file");
         assert_eq!(fail_stuck_jobs(&kit.svc, later).await.unwrap(), 0, "stopped once");
         assert_eq!(oldest_open_job_age(&kit.svc, later).await.unwrap(), 0, "no job open any more");
+    }
+
+    /// Every chunk counted, but the done marker the last count writes was lost (its invocation
+    /// ran out of retries): the release sweep writes it once the job has been quiet a lease, and
+    /// the job completes with its email; a job within a lease of its deadline is left to the
+    /// deadline sweep.
+    #[tokio::test]
+    async fn a_lost_done_marker_is_written_by_the_release_sweep_but_not_near_the_deadline() {
+        let mut kit = Kit::new(|t| t.chunk_size = Some(2)).await;
+        let obj = kit.upload("lost.csv", "Email\na@acme.example.com\nb@acme.example.com\nc@acme.example.com\n");
+        kit.deliver(&obj).await;
+        let id = crate::ingest::job_id(&obj);
+        for chunk in kit.pending_chunks().await {
+            kit.deliver(&chunk).await;
+        }
+        let done = crate::keys::done(&id);
+        assert!(kit.svc.store.size(&done).await.unwrap().is_some());
+        kit.mem.store.remove(&done);
+        let job = kit.svc.jobs.get(&id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Applying);
+        let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().to_utc();
+        let (received, counted) = (at(&job.received_at), at(job.counted_at.as_deref().unwrap()));
+        let (lease, deadline) = (kit.svc.config.lease.secs, kit.svc.config.job_deadline_secs);
+        let near_deadline = received + chrono::Duration::seconds(deadline - lease + 1);
+        assert_eq!(resume_releases(&kit.svc, near_deadline).await.unwrap(), 0);
+        assert!(kit.svc.store.size(&done).await.unwrap().is_none(), "the deadline sweep's job now");
+        assert_eq!(resume_releases(&kit.svc, counted + chrono::Duration::seconds(lease)).await.unwrap(), 0, "no chunk to release");
+        assert!(kit.svc.store.size(&done).await.unwrap().is_some(), "the done marker written");
+        kit.settle().await;
+        assert_eq!(kit.svc.jobs.get(&id).await.unwrap().unwrap().state, JobState::Completed);
+        assert_eq!(kit.mem.mailer.sent().len(), 1, "one result email");
     }
 
     /// A stuck job whose result files cannot be built either (here its staged copy of the file

@@ -29,22 +29,37 @@ pub(super) fn check_declared_size<R: Read + Seek>(archive: &mut zip::ZipArchive<
 /// read once here (its number formats are read from it: `xls_shown`).
 pub(super) fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Result<Option<Vec<u8>>, FileError> {
     let corrupt = |e: std::io::Error| FileError::Corrupt { format: "XLS", detail: format!("its container is damaged ({e})") };
+    // The stream calamine will read, found as it finds it (`ole_directory`): it must be the
+    // tree's own root-level stream and alone of its name, or what is measured below is not what
+    // calamine reads.
+    let chosen = super::ole_directory::workbook_entry(&mut *r, size).map_err(corrupt)?;
+    r.rewind().map_err(corrupt)?;
     let mut file = cfb::CompoundFile::open(r).map_err(corrupt)?;
+    let workbook = match chosen {
+        None => None,
+        Some(c) => {
+            let path = std::path::Path::new("/").join(&c.name);
+            let entry = file.entry(&path).ok().filter(|e| e.is_stream() && e.name() == c.name && e.len() == c.len);
+            if c.namesakes != 1 || entry.is_none() {
+                return Err(FileError::Corrupt {
+                    format: "XLS",
+                    detail: "its workbook stream is ambiguous (several of that name, or one outside its folder tree)".into(),
+                });
+            }
+            Some(path)
+        }
+    };
     // The streams calamine reads are walked too, each bounded by the file size.
     let streams: Vec<std::path::PathBuf> = file.walk().filter(|e| e.is_stream()).map(|e| e.path().to_path_buf()).collect();
     let (mut cells, mut book) = (0u64, None);
     for path in streams {
         let stream = file.open_stream(&path).map_err(corrupt)?;
         let mut bounded = Read::take(stream, size + 1);
-        // calamine reads the workbook from "Workbook" (BIFF8) or "Book" (BIFF5), at the root.
-        if path.parent() == Some(std::path::Path::new("/")) && path.file_name().is_some_and(|n| n == "Workbook" || n == "Book") {
-            let mut workbook = Vec::new();
-            bounded.read_to_end(&mut workbook).map_err(corrupt)?;
-            cells = cells.max(xls_dense_cells(&workbook));
-            // calamine reads "Workbook" when there is one, else "Book".
-            if book.is_none() || path.file_name().is_some_and(|n| n == "Workbook") {
-                book = Some(workbook);
-            }
+        if workbook.as_ref() == Some(&path) {
+            let mut stream = Vec::new();
+            bounded.read_to_end(&mut stream).map_err(corrupt)?;
+            cells = xls_dense_cells(&stream);
+            book = Some(stream);
         } else {
             std::io::copy(&mut bounded, &mut std::io::sink()).map_err(corrupt)?;
         }

@@ -9,6 +9,7 @@ pub mod archive;
 mod guards;
 mod numfmt;
 mod ods_shown;
+mod ole_directory;
 mod text;
 mod workbook;
 mod xls_shown;

@@ -452,6 +452,16 @@ mod fixture_tests {
         }
     }
 
+    /// Two sheets: the notes before the roster hold 123 plain where the roster's ids are, and a
+    /// 7 shown 000007. Each sheet's numbers take that sheet's formats (by the sheet's place).
+    #[test]
+    fn each_xls_sheet_s_numbers_take_their_own_sheet_s_formats() {
+        let tables = decode_all(&std::fs::read(fixture("real/formatted-numbers-sheets.xls")).unwrap()).unwrap();
+        let sheet = |name: &str| tables.iter().find(|t| t.sheet.as_deref() == Some(name)).unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(sheet("Notes").rows[0].1[3..], ["123".to_string(), "000007".into()]);
+        assert_eq!(sheet("Roster").rows[0].1[3..], ["000123".to_string(), "(415) 555-0100".into()]);
+    }
+
     /// Structures calamine counts differently from a plain reading (a row repeated 0 times before
     /// the data): a shown text lands only on a cell whose value has its digits.
     #[test]

@@ -118,11 +118,17 @@ impl XlsShown {
         let (mut codes, mut xfs, mut sheets) = (HashMap::new(), Vec::new(), Vec::new());
         for (typ, d) in globals {
             match typ {
-                0x041E => {
-                    if let Some((id, code)) = format_record(d) {
+                // A later FORMAT of an id replaces an earlier one, as in calamine; one not read
+                // whole leaves the id without a code (its numbers read plain).
+                0x041E => match (format_record(d), u16_at(d, 0)) {
+                    (Some((id, code)), _) => {
                         codes.insert(id, code);
                     }
-                }
+                    (None, Some(id)) => {
+                        codes.remove(&id);
+                    }
+                    (None, None) => {}
+                },
                 // XF: its format id; the cells name their XF by its place among these.
                 0x00E0 => xfs.push(u16_at(d, 2).unwrap_or(0)),
                 // BoundSheet8: where the sheet's substream starts.
@@ -193,8 +199,13 @@ impl XlsShown {
                     0x00BD if d.len() >= 6 => {
                         let (Some(row), Some(first)) = (u16_at(d, 0), u16_at(d, 2)) else { continue };
                         for (k, pair) in d[4..d.len() - 2].chunks_exact(6).enumerate() {
-                            let (Some(xf), Some(v)) = (u16_at(pair, 0), u32_at(pair, 2)) else { continue };
-                            add(&mut cells, row, first.saturating_add(k as u16), xf, rk(v));
+                            // Past column 65535 (calamine's u16 arithmetic wraps there): plain.
+                            let (Some(xf), Some(v), Some(col)) =
+                                (u16_at(pair, 0), u32_at(pair, 2), u16::try_from(k).ok().and_then(|k| first.checked_add(k)))
+                            else {
+                                continue;
+                            };
+                            add(&mut cells, row, col, xf, rk(v));
                         }
                     }
                     // FORMULA: a number result unless its last two bytes are 0xFFFF.
