@@ -108,9 +108,9 @@ pub(super) fn workbook_entry<R: Read + Seek>(r: &mut R, size: u64) -> io::Result
 
 #[cfg(test)]
 mod tests {
-    use super::super::FileError;
-    use super::super::guards::check_ole_container;
     use super::*;
+    use crate::ingest::decode::FileError;
+    use crate::ingest::decode::guards::check_ole_container;
     use std::io::{Cursor, Write};
 
     fn fixture(name: &str) -> Vec<u8> {
