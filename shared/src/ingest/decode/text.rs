@@ -291,25 +291,59 @@ pub(super) fn looks_binary(text: &str) -> bool {
     control * 20 > sample.len().max(1)
 }
 
-/// The delimiter seen most often outside quotes on the first non-empty line (the header).
+/// The delimiter seen most often outside quotes in the header record (from its first non-blank
+/// line). A tie (`Name, First;Name, Last;Email`: two of each) goes to the one that splits the
+/// records after it (up to 20, within `text`) into as many fields as the header most often, then
+/// to the more common delimiter; a header without any reads as `,`.
 pub(super) fn sniff_delimiter(text: &str) -> u8 {
-    // The header record, from its first non-blank line to the first line break outside quotes: a
-    // quoted header cell may hold a line break (fuzzing found a result file whose header did, read
-    // back as one column because only its first line was looked at).
+    const CANDIDATES: [u8; 4] = [b',', b';', b'\t', b'|'];
+    // Records, not lines: a quoted header cell may hold a line break (fuzzing found a result file
+    // whose header did, read back as one column because only its first line was looked at).
     let start: usize = text.split_inclusive('\n').take_while(|l| l.trim().is_empty()).map(str::len).sum();
-    let mut counts = [(b',', 0usize), (b';', 0), (b'\t', 0), (b'|', 0)];
-    let mut quoted = false;
+    let mut records: Vec<[usize; 4]> = Vec::new();
+    let (mut counts, mut quoted, mut blank) = ([0usize; 4], false, true);
     for b in text.as_bytes()[start..].iter().copied() {
-        if b == b'"' {
-            quoted = !quoted;
-        } else if b == b'\n' && !quoted {
+        if records.len() > 20 {
             break;
-        } else if !quoted && let Some(c) = counts.iter_mut().find(|(d, _)| *d == b) {
-            c.1 += 1;
+        }
+        match b {
+            b'"' => quoted = !quoted,
+            b'\n' if !quoted => {
+                if !blank {
+                    records.push(counts);
+                }
+                (counts, blank) = ([0; 4], true);
+                continue;
+            }
+            _ if !quoted => {
+                if let Some(i) = CANDIDATES.iter().position(|&d| d == b) {
+                    counts[i] += 1;
+                }
+            }
+            _ => {}
+        }
+        if !b.is_ascii_whitespace() {
+            blank = false;
         }
     }
-    // Ties keep the earlier (more common) delimiter: max_by_key returns the last maximum, so reverse.
-    counts.iter().rev().max_by_key(|(_, n)| *n).filter(|(_, n)| *n > 0).map(|(d, _)| *d).unwrap_or(b',')
+    if !blank && records.len() <= 20 {
+        records.push(counts); // the last record, cut by the end of the text or of the file
+    }
+    let Some((header, rest)) = records.split_first() else { return b',' };
+    let most = header.iter().copied().max().unwrap_or(0);
+    if most == 0 {
+        return b',';
+    }
+    let agreeing = |i: usize| rest.iter().filter(|r| r[i] == header[i]).count();
+    // Among the header's most frequent, the most agreeing; ties keep the earlier (more common).
+    let mut best: Option<(usize, usize)> = None;
+    for i in (0..CANDIDATES.len()).filter(|&i| header[i] == most) {
+        let score = agreeing(i);
+        if best.is_none_or(|(_, s)| score > s) {
+            best = Some((i, score));
+        }
+    }
+    best.map_or(b',', |(i, _)| CANDIDATES[i])
 }
 
 #[cfg(test)]
@@ -346,6 +380,24 @@ mod tests {
         assert_eq!(cells(&t), vec![vec!["Ann", "ann@x.com", "Learner"]]);
         let t = decode(b"\r\n\r\n  \r\nEmail|Role\r\nann@x.com|Learner\r\n").unwrap();
         assert_eq!(t.delimiter, Some('|'), "leading blank lines skipped, CRLF too");
+    }
+
+    /// A header with as many commas as semicolons (European headers hold commas): the records
+    /// after it decide. Before, the tie went to `,` and the Email column was not found.
+    #[test]
+    fn a_tie_in_the_header_goes_to_the_delimiter_the_records_agree_with() {
+        let t = decode(b"Name, First;Name, Last;Email\nAnn;Lee;ann@x.com\nBob;Ray;bob@x.com\n").unwrap();
+        assert_eq!(t.delimiter, Some(';'));
+        assert_eq!(t.headers, vec!["Name, First", "Name, Last", "Email"]);
+        assert_eq!(cells(&t), vec![vec!["Ann", "Lee", "ann@x.com"], vec!["Bob", "Ray", "bob@x.com"]]);
+        // The same tie with comma-separated records stays `,`; a header alone keeps the more common.
+        assert_eq!(decode(b"a;b,c;d,e\n1,2,3\n").unwrap().delimiter, Some(','));
+        assert_eq!(sniff_delimiter("a;b,c\n"), b',');
+        assert_eq!(sniff_delimiter("a|b\tc\n1\t2\t3\n"), b'\t');
+        // No delimiter at all: one column, read with `,`.
+        assert_eq!(sniff_delimiter("Email\nann@x.com\n"), b',');
+        assert_eq!(sniff_delimiter(""), b',');
+        assert_eq!(sniff_delimiter("\n\n  \n"), b',');
     }
 
     #[test]
