@@ -24,50 +24,69 @@ pub(super) fn check_declared_size<R: Read + Seek>(archive: &mut zip::ZipArchive<
 /// An XLS is an OLE compound file: a FAT file system inside the file. calamine follows its sector
 /// chains without checking for loops, so an 11 KB file whose chain loops makes it allocate until
 /// memory runs out (found by fuzzing). The `cfb` crate validates the whole allocation table, loops
-/// included, within the file's own size: a container it refuses is damaged. Then the cells the
-/// workbook stream makes calamine allocate are counted (`xls_dense_cells`). Returns that stream,
-/// read once here (its number formats are read from it: `xls_shown`).
-pub(super) fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Result<Option<Vec<u8>>, FileError> {
+/// included, within the file's own size: a container it refuses is damaged. The workbook stream
+/// (root-level `Workbook`, else `Book`, any case) is read here, bounded by the file size, and the
+/// cells it makes calamine allocate are counted (`xls_dense_cells`).
+///
+/// calamine is then given a compound file holding that stream alone (`OleWorkbook::rebuilt`), not
+/// the upload: it finds its stream by its own reading of the directory (the first entry of that
+/// name ignoring case, at any depth, reachable from the tree or not; names decoded past their
+/// length, byte-order marks dropped; a mini stream read from wherever the reader stands when the
+/// header counts no mini FAT), so a guard predicting its choice could be shown one stream while
+/// calamine read another (a `WORKBOOK`, or a Workbook in a storage, reached it unmeasured).
+pub(super) fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Result<OleWorkbook, FileError> {
     let corrupt = |e: std::io::Error| FileError::Corrupt { format: "XLS", detail: format!("its container is damaged ({e})") };
-    // The stream calamine will read, found as it finds it (`ole_directory`): it must be the
-    // tree's own root-level stream and alone of its name, or what is measured below is not what
-    // calamine reads.
-    let chosen = super::ole_directory::workbook_entry(&mut *r, size).map_err(corrupt)?;
-    r.rewind().map_err(corrupt)?;
     let mut file = cfb::CompoundFile::open(r).map_err(corrupt)?;
-    let workbook = match chosen {
-        None => None,
-        Some(c) => {
-            let path = std::path::Path::new("/").join(&c.name);
-            let entry = file.entry(&path).ok().filter(|e| e.is_stream() && e.name() == c.name && e.len() == c.len);
-            if c.namesakes != 1 || entry.is_none() {
-                return Err(FileError::Corrupt {
-                    format: "XLS",
-                    detail: "its workbook stream is ambiguous (several of that name, or one outside its folder tree)".into(),
-                });
-            }
-            Some(path)
-        }
-    };
-    // The streams calamine reads are walked too, each bounded by the file size.
+    // Names are unique ignoring case within a storage (the tree orders them so): one of each at most.
+    let root: Vec<String> = file.read_root_storage().filter(|e| e.is_stream()).map(|e| e.name().to_string()).collect();
+    let pick = ["Workbook", "Book"].into_iter().find_map(|want| Some((want, root.iter().find(|n| n.eq_ignore_ascii_case(want))?.clone())));
+    // Every stream is walked too (calamine reads nothing else, but a damaged chain anywhere means
+    // a damaged file), each bounded by the file size.
     let streams: Vec<std::path::PathBuf> = file.walk().filter(|e| e.is_stream()).map(|e| e.path().to_path_buf()).collect();
-    let (mut cells, mut book) = (0u64, None);
+    let mut book = None;
     for path in streams {
         let stream = file.open_stream(&path).map_err(corrupt)?;
         let mut bounded = Read::take(stream, size + 1);
-        if workbook.as_ref() == Some(&path) {
-            let mut stream = Vec::new();
-            bounded.read_to_end(&mut stream).map_err(corrupt)?;
-            cells = xls_dense_cells(&stream);
-            book = Some(stream);
-        } else {
-            std::io::copy(&mut bounded, &mut std::io::sink()).map_err(corrupt)?;
+        match &pick {
+            Some((name, found))
+                if path.parent() == Some(std::path::Path::new("/")) && path.file_name().is_some_and(|n| n == found.as_str()) =>
+            {
+                let mut stream = Vec::new();
+                bounded.read_to_end(&mut stream).map_err(corrupt)?;
+                book = Some(OleWorkbook { name, stream });
+            }
+            _ => {
+                std::io::copy(&mut bounded, &mut std::io::sink()).map_err(corrupt)?;
+            }
         }
     }
+    let book = book.ok_or_else(|| FileError::Corrupt { format: "XLS", detail: "it holds no workbook".into() })?;
+    let cells = xls_dense_cells(&book.stream);
     if cells > MAX_XLS_DENSE_CELLS {
         return Err(FileError::TooSpread { format: "XLS", cells, limit: MAX_XLS_DENSE_CELLS });
     }
     Ok(book)
+}
+
+/// An XLS's workbook stream, measured (`check_ole_container`).
+pub(super) struct OleWorkbook {
+    /// `Workbook` (BIFF8) or `Book` (BIFF5 and older).
+    pub name: &'static str,
+    pub stream: Vec<u8>,
+}
+
+impl OleWorkbook {
+    /// A compound file holding the stream alone, at its root, written by the `cfb` crate: what
+    /// calamine reads.
+    pub fn rebuilt(self) -> Result<Vec<u8>, FileError> {
+        use std::io::Write;
+        let failed = |e: std::io::Error| FileError::Corrupt { format: "XLS", detail: format!("its workbook could not be read ({e})") };
+        // Version 3 (512-byte sectors): calamine refuses a version 4 file without a mini stream.
+        let mut file = cfb::CompoundFile::create_with_version(cfb::Version::V3, std::io::Cursor::new(Vec::new())).map_err(failed)?;
+        file.create_stream(format!("/{}", self.name)).and_then(|mut s| s.write_all(&self.stream)).map_err(failed)?;
+        file.flush().map_err(failed)?;
+        Ok(file.into_inner().into_inner())
+    }
 }
 
 /// What `xls_dense_cells` may count: 8 M cells is about 320 MB of calamine's ranges. A legacy
@@ -422,6 +441,88 @@ pub(super) fn ods_cost<B: std::io::BufRead>(input: B) -> Result<OdsCost, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod ole {
+        use crate::ingest::decode::guards::{OleWorkbook, check_ole_container};
+        use crate::ingest::decode::{FileError, Table, decode};
+        use std::io::Read;
+        use std::io::{Cursor, Write};
+
+        fn fixture(name: &str) -> Vec<u8> {
+            std::fs::read(format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        }
+
+        /// A real file's workbook stream.
+        fn workbook(name: &str) -> Vec<u8> {
+            let mut file = cfb::CompoundFile::open(Cursor::new(fixture(name))).unwrap();
+            let mut stream = Vec::new();
+            file.open_stream("/Workbook").unwrap().read_to_end(&mut stream).unwrap();
+            stream
+        }
+
+        /// A compound file holding `streams` (path, body), storages made as needed.
+        fn container(streams: &[(&str, Vec<u8>)]) -> Vec<u8> {
+            let mut file = cfb::CompoundFile::create_with_version(cfb::Version::V3, Cursor::new(Vec::new())).unwrap();
+            for (path, body) in streams {
+                if let Some(parent) = std::path::Path::new(path).parent().filter(|p| *p != std::path::Path::new("/")) {
+                    file.create_storage_all(parent).unwrap();
+                }
+                file.create_stream(path).unwrap().write_all(body).unwrap();
+            }
+            file.flush().unwrap();
+            file.into_inner().into_inner()
+        }
+
+        fn check(bytes: &[u8]) -> Result<OleWorkbook, FileError> {
+            check_ole_container(&mut Cursor::new(bytes), bytes.len() as u64)
+        }
+
+        /// The roster fixture's workbook, its sheet declaring all of IV65536 (16.7 M cells).
+        fn spread() -> Vec<u8> {
+            let mut stream = workbook("roster.xls");
+            let dims = stream.windows(4).position(|w| w == [0x00, 0x02, 0x0E, 0x00]).expect("a DIMENSIONS record");
+            stream[dims + 4..dims + 18].copy_from_slice(&[0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0]);
+            stream
+        }
+
+        fn rows(t: &Table) -> Vec<Vec<String>> {
+            t.rows.iter().map(|(_, r)| r.clone()).collect()
+        }
+
+        #[test]
+        fn the_root_workbook_is_measured_whatever_its_case() {
+            let ok = check(&fixture("roster.xls")).unwrap();
+            assert_eq!((ok.name, ok.stream), ("Workbook", workbook("roster.xls")));
+            for name in ["/Workbook", "/WORKBOOK", "/workbook"] {
+                let err = check(&container(&[(name, spread())])).map(|_| ()).unwrap_err();
+                assert!(matches!(err, FileError::TooSpread { format: "XLS", .. }), "{name}: {err:?}");
+            }
+            // Before, only "/Workbook" and "/Book" were measured: calamine read a WORKBOOK unmeasured.
+            let fine = check(&container(&[("/WORKBOOK", workbook("roster.xls"))])).unwrap();
+            assert_eq!((fine.name, fine.stream), ("Workbook", workbook("roster.xls")));
+            // BIFF5's Book when there is no Workbook; a file with both (Excel 5/95 and 97) is 97's.
+            assert_eq!(check(&container(&[("/Book", b"old".to_vec())])).unwrap().name, "Book");
+            let both = check(&container(&[("/Book", b"old".to_vec()), ("/Workbook", workbook("roster.xls"))])).unwrap();
+            assert_eq!(both.name, "Workbook");
+        }
+
+        /// calamine finds its stream by name at any depth, reachable or not; it is given the
+        /// measured root stream alone, so another Workbook (an embedded object's, a decoy) is
+        /// never what it reads. A file whose only Workbook is in a storage has none.
+        #[test]
+        fn calamine_reads_the_measured_stream_and_nothing_else() {
+            let embedded = container(&[("/MBD0001/Workbook", spread()), ("/Workbook", workbook("roster.xls"))]);
+            let t = decode(&embedded).unwrap();
+            assert_eq!(rows(&t), rows(&decode(&fixture("roster.xls")).unwrap()), "the root's workbook, read as the real file");
+            let nested = container(&[("/Sub/Workbook", spread())]);
+            let err = check(&nested).map(|_| ()).unwrap_err();
+            assert!(matches!(&err, FileError::Corrupt { format: "XLS", detail } if detail.contains("no workbook")), "{err:?}");
+            // The rebuilt container holds the stream alone and reads as the original.
+            let rebuilt = check(&fixture("real/formatted-numbers.xls")).unwrap().rebuilt().unwrap();
+            let again = check(&rebuilt).unwrap();
+            assert_eq!((again.name, again.stream), ("Workbook", workbook("real/formatted-numbers.xls")));
+        }
+    }
 
     fn sst(root: &str) -> Result<Option<u64>, String> {
         shared_string_count(root.as_bytes())

@@ -9,7 +9,6 @@ pub mod archive;
 mod guards;
 mod numfmt;
 mod ods_shown;
-mod ole_directory;
 mod text;
 mod workbook;
 mod xls_shown;

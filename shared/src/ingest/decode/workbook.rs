@@ -11,14 +11,21 @@ use std::io::{Read, Seek, SeekFrom};
 pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, v: &mut V) -> Result<(), ReadError<V::Stop>> {
     let size = r.seek(SeekFrom::End(0))?;
     r.rewind()?;
-    let guess = if ole { "XLS" } else { "XLSX" };
-    let mut xls = None;
-    if ole {
-        let stream = guarded(guess, || check_ole_container(&mut *r, size))?;
-        // What its numbers show; a defect here costs the numbers their format, not the file.
-        xls = stream.and_then(|s| std::panic::catch_unwind(|| XlsShown::scan(&s)).ok());
-        r.rewind()?;
+    if !ole {
+        return read_book(r, false, None, v);
     }
+    // calamine reads the measured workbook stream alone, in a container made for it
+    // (`check_ole_container`), never the upload's own directory.
+    let book = guarded("XLS", || check_ole_container(&mut *r, size))?;
+    // What its numbers show; a defect here costs the numbers their format, not the file.
+    let shown = std::panic::catch_unwind(|| XlsShown::scan(&book.stream)).ok();
+    let clean = guarded("XLS", || book.rebuilt())?;
+    read_book(&mut std::io::Cursor::new(clean), true, shown, v)
+}
+
+/// An opened container's sheets into rows: `ole`, a rebuilt XLS with what its numbers show.
+fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<XlsShown>, v: &mut V) -> Result<(), ReadError<V::Stop>> {
+    let guess = if ole { "XLS" } else { "XLSX" };
     let (mut book, shown) = guarded(guess, || open_book(&mut *r, ole))?;
     let format = match &book {
         Sheets::Xls(_) => Format::Xls,
