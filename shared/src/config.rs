@@ -102,7 +102,13 @@ impl Config {
             ses_configuration_set: get("ROSTERDROP_SES_CONFIGURATION_SET").filter(|v| !v.trim().is_empty()),
             invite_rate_per_sec: parse(&get, "ROSTERDROP_INVITE_RATE", 10.0)?,
             invite_batch: parse(&get, "ROSTERDROP_INVITE_BATCH", 500)?,
-            job_deadline_secs: parse(&get, "ROSTERDROP_JOB_DEADLINE_SECS", 3 * 3600)?,
+            // Past two leases: the release sweep works between a job's first lease and its
+            // deadline's last (`monitor::resume_releases`). At most a year.
+            job_deadline_secs: within(
+                parse(&get, "ROSTERDROP_JOB_DEADLINE_SECS", 3 * 3600)?,
+                "ROSTERDROP_JOB_DEADLINE_SECS",
+                (2 * crate::model::CLAIM_LEASE_SECS as usize + 1)..=366 * 24 * 3600,
+            )? as i64,
             default_admins: get("ROSTERDROP_DEFAULT_ADMINS")
                 .map(|v| v.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect())
                 .unwrap_or_default(),
@@ -199,6 +205,14 @@ mod tests {
         ];
         let with = |size: &'static str| Config::from_lookup(env(&[base.as_slice(), &[("ROSTERDROP_CHUNK_SIZE", size)]].concat()));
         assert_eq!(with("5000").unwrap().chunk_size, MAX_CHUNK_SIZE);
+        // The job deadline leaves the release sweep a window (two leases: 2,400 s).
+        let deadline =
+            |secs: &'static str| Config::from_lookup(env(&[base.as_slice(), &[("ROSTERDROP_JOB_DEADLINE_SECS", secs)]].concat()));
+        assert_eq!(deadline("2401").unwrap().job_deadline_secs, 2401);
+        for secs in ["2400", "-5", "99999999999"] {
+            let err = deadline(secs).map(|_| ()).unwrap_err().to_string();
+            assert!(err.starts_with("configuration: ROSTERDROP_JOB_DEADLINE_SECS=") && err.contains(secs), "{err}");
+        }
         for (size, shown) in [("5001", "5001"), ("0", "0"), ("18446744073709551615", "18446744073709551615")] {
             let err = with(size).unwrap_err().to_string();
             assert_eq!(err, format!("configuration: ROSTERDROP_CHUNK_SIZE={shown} is out of range: 1 to 5000"));
