@@ -45,7 +45,7 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
     let n = read_up_to(r, &mut head)?;
     head.truncate(n);
     // The header line decides the delimiter; quotes and delimiters are ASCII in every encoding read here.
-    let delimiter = sniff_delimiter(&String::from_utf8_lossy(&head));
+    let delimiter = sniff_delimiter(&String::from_utf8_lossy(&head), n < HEAD_BYTES);
 
     // Pass 1: the whole file, without keeping it: emptiness, NUL bytes, UTF-8 validity, quotes.
     r.seek(SeekFrom::Start(start))?;
@@ -294,8 +294,9 @@ pub(super) fn looks_binary(text: &str) -> bool {
 /// The delimiter seen most often outside quotes in the header record (from its first non-blank
 /// line). A tie (`Name, First;Name, Last;Email`: two of each) goes to the one that splits the
 /// records after it (up to 20, within `text`) into as many fields as the header most often, then
-/// to the more common delimiter; a header without any reads as `,`.
-pub(super) fn sniff_delimiter(text: &str) -> u8 {
+/// to the more common delimiter; a header without any reads as `,`. `whole`: `text` is the whole
+/// file (else a record it cuts at its end does not vote).
+pub(super) fn sniff_delimiter(text: &str, whole: bool) -> u8 {
     const CANDIDATES: [u8; 4] = [b',', b';', b'\t', b'|'];
     // Records, not lines: a quoted header cell may hold a line break (fuzzing found a result file
     // whose header did, read back as one column because only its first line was looked at).
@@ -326,8 +327,8 @@ pub(super) fn sniff_delimiter(text: &str) -> u8 {
             blank = false;
         }
     }
-    if !blank && records.len() <= 20 {
-        records.push(counts); // the last record, cut by the end of the text or of the file
+    if !blank && records.len() <= 20 && (whole || records.is_empty()) {
+        records.push(counts); // the file's last record, without its line break
     }
     let Some((header, rest)) = records.split_first() else { return b',' };
     let most = header.iter().copied().max().unwrap_or(0);
@@ -392,12 +393,17 @@ mod tests {
         assert_eq!(cells(&t), vec![vec!["Ann", "Lee", "ann@x.com"], vec!["Bob", "Ray", "bob@x.com"]]);
         // The same tie with comma-separated records stays `,`; a header alone keeps the more common.
         assert_eq!(decode(b"a;b,c;d,e\n1,2,3\n").unwrap().delimiter, Some(','));
-        assert_eq!(sniff_delimiter("a;b,c\n"), b',');
-        assert_eq!(sniff_delimiter("a|b\tc\n1\t2\t3\n"), b'\t');
+        assert_eq!(sniff_delimiter("a;b,c\n", true), b',');
+        assert_eq!(sniff_delimiter("a|b\tc\n1\t2\t3\n", true), b'\t');
         // No delimiter at all: one column, read with `,`.
-        assert_eq!(sniff_delimiter("Email\nann@x.com\n"), b',');
-        assert_eq!(sniff_delimiter(""), b',');
-        assert_eq!(sniff_delimiter("\n\n  \n"), b',');
+        assert_eq!(sniff_delimiter("Email\nann@x.com\n", true), b',');
+        assert_eq!(sniff_delimiter("", true), b',');
+        assert_eq!(sniff_delimiter("\n\n  \n", true), b',');
+        // A record the sample cuts does not vote (its delimiters are not all there); the file's
+        // own last record, without its line break, does.
+        assert_eq!(sniff_delimiter("a;b,c\n1;2,3,4,5", false), b',');
+        assert_eq!(sniff_delimiter("a;b,c\n1;2", true), b';');
+        assert_eq!(sniff_delimiter("a;b,c\n1;2", false), b',');
     }
 
     #[test]
