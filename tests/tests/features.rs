@@ -230,6 +230,40 @@ async fn a_replace_file_disabling_half_the_tenant_is_held_until_approved_from_th
     stack.shutdown().await;
 }
 
+/// An approval cut off after the job turned APPLYING (the CLI stopped before releasing a chunk):
+/// nothing runs until the one-minute schedule's release sweep, a lease later, copies the staged
+/// chunks; the job then completes as approved, with one result email. Before, the deadline
+/// failed it and nothing was applied.
+#[tokio::test]
+async fn an_approval_cut_off_midway_is_applied_by_the_release_sweep() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    seed_users(&stack, "acme", 30).await;
+    // 12 of 30 deleted (40%, and past the hold's 10 users): held.
+    let mut rows: Vec<Vec<String>> = vec![vec!["Action".into(), "Email".into()]];
+    rows.extend((0..12).map(|i| vec!["Delete".into(), format!("u{i}@acme.example.com")]));
+    let key = stack.drop_file("acme", None, "cut.csv", tests::rows_to_csv(&rows)).await;
+    let held = wait_state(&stack, &key, JobState::Held).await;
+    let mails = wait_mail(&stack.admin_email(), 2, Duration::from_secs(10)).await.len();
+    // The approval's first step only.
+    assert!(stack.svc.jobs.transition(&held.id, JobState::Held, JobState::Applying, Some("approved by test")).await.unwrap());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(stack.svc.directory.user("acme", "u0@acme.example.com").await.unwrap().is_some(), "nothing released");
+    let now = chrono::Utc::now();
+    assert_eq!(shared::monitor::resume_releases(&stack.svc, now).await.unwrap(), 0, "young: left alone");
+    let later = now + chrono::Duration::seconds(stack.svc.config.lease.secs + 1);
+    let plan = held.phase_chunks.expect("planned");
+    assert_eq!(shared::monitor::resume_releases(&stack.svc, later).await.unwrap(), plan.iter().sum::<u32>() as usize);
+    let done = wait_state(&stack, &key, JobState::Completed).await;
+    assert_eq!(done.succeeded, 12);
+    for i in 0..13 {
+        let user = stack.svc.directory.user("acme", &format!("u{i}@acme.example.com")).await.unwrap();
+        assert_eq!(user.is_none(), i < 12, "u{i}");
+    }
+    assert_eq!(wait_mail(&stack.admin_email(), mails + 1, Duration::from_secs(10)).await.len(), mails + 1, "one result email");
+    stack.shutdown().await;
+}
+
 /// The job of `key` once it reaches `state`.
 async fn wait_state(stack: &Stack, key: &str, state: JobState) -> shared::model::Job {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
