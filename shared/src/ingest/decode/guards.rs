@@ -101,17 +101,7 @@ pub const MAX_XLS_DENSE_CELLS: u64 = 8_000_000;
 /// Counted from the workbook stream's records the way calamine reads them: each sheet the
 /// globals name (BoundSheet), from its position to its end (EOF), nested substreams skipped.
 pub(super) fn xls_dense_cells(stream: &[u8]) -> u64 {
-    /// (type, data) of each record from `at`, as long as they are whole.
-    fn records(stream: &[u8], at: usize) -> impl Iterator<Item = (u16, &[u8])> {
-        let mut rest = stream.get(at..).unwrap_or_default();
-        std::iter::from_fn(move || {
-            let typ = u16::from_le_bytes([*rest.first()?, *rest.get(1)?]);
-            let len = u16::from_le_bytes([*rest.get(2)?, *rest.get(3)?]) as usize;
-            let data = rest.get(4..4 + len)?;
-            rest = &rest[4 + len..];
-            Some((typ, data))
-        })
-    }
+    use super::xls_shown::{records, sheet_records};
     let u16_at = |d: &[u8], i: usize| d.get(i..i + 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as u64);
     let u32_at = |d: &[u8], i: usize| d.get(i..i + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64);
     /// Smallest and largest (row, column) seen.
@@ -134,20 +124,8 @@ pub(super) fn xls_dense_cells(stream: &[u8]) -> u64 {
     let mut total = 0u64;
     for at in sheets {
         let (mut values, mut formulas, mut declared) = (Extent::default(), Extent::default(), 0u64);
-        let (mut seen_bof, mut depth) = (false, 0usize);
-        for (typ, d) in records(stream, at) {
-            if depth > 0 {
-                match typ {
-                    0x0809 => depth += 1,
-                    0x000A => depth -= 1,
-                    _ => {}
-                }
-                continue;
-            }
+        for (typ, d) in sheet_records(stream, at) {
             match typ {
-                0x0809 if seen_bof => depth += 1,
-                0x0809 => seen_bof = true,
-                0x000A => break,
                 // DIMENSIONS: calamine reserves rows x columns.
                 0x0200 => {
                     let (rf, rl, cf, cl) = match d.len() {

@@ -35,8 +35,8 @@ pub struct XlsShown {
     formats: Vec<NumberFormat>,
 }
 
-/// (type, data) of each whole record from `at`.
-fn records(stream: &[u8], at: usize) -> impl Iterator<Item = (u16, &[u8])> {
+/// (type, data) of each whole record of a BIFF stream from `at` (the guard counts cells with it too).
+pub(super) fn records(stream: &[u8], at: usize) -> impl Iterator<Item = (u16, &[u8])> {
     let mut rest = stream.get(at..).unwrap_or_default();
     std::iter::from_fn(move || {
         let typ = u16::from_le_bytes([*rest.first()?, *rest.get(1)?]);
@@ -44,6 +44,26 @@ fn records(stream: &[u8], at: usize) -> impl Iterator<Item = (u16, &[u8])> {
         let data = rest.get(4..4 + len)?;
         rest = &rest[4 + len..];
         Some((typ, data))
+    })
+}
+
+/// The records of the sheet whose substream starts at `at`, as calamine reads a sheet: after its
+/// BOF, up to its EOF, the substreams nested in it (embedded charts) skipped.
+pub(super) fn sheet_records(stream: &[u8], at: usize) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut all = records(stream, at);
+    let (mut seen_bof, mut depth) = (false, 0usize);
+    std::iter::from_fn(move || {
+        loop {
+            let (typ, d) = all.next()?;
+            match typ {
+                0x0809 if depth > 0 || seen_bof => depth += 1,
+                0x0809 => seen_bof = true,
+                0x000A if depth == 0 => return None,
+                0x000A => depth -= 1,
+                _ if depth == 0 => return Some((typ, d)),
+                _ => {}
+            }
+        }
     })
 }
 
@@ -164,25 +184,12 @@ impl XlsShown {
                 let format = by_xf.get(usize::from(xf)).copied().flatten().unwrap_or(PLAIN);
                 cells.push(Cell { row: u32::from(row), col, format, value });
             };
-            let (mut seen_bof, mut depth) = (false, 0usize);
-            for (typ, d) in records(stream, at) {
+            for (typ, d) in sheet_records(stream, at) {
                 if kept + cells.len() > MAX_CELLS {
                     return None;
                 }
-                // Nested substreams (charts) are skipped, as calamine skips them.
-                if depth > 0 {
-                    match typ {
-                        0x0809 => depth += 1,
-                        0x000A => depth -= 1,
-                        _ => {}
-                    }
-                    continue;
-                }
                 let head = || Some((u16_at(d, 0)?, u16_at(d, 2)?, u16_at(d, 4)?));
                 match typ {
-                    0x0809 if seen_bof => depth += 1,
-                    0x0809 => seen_bof = true,
-                    0x000A => break,
                     // NUMBER
                     0x0203 => {
                         if let (Some((row, col, xf)), Some(v)) = (head(), f64_at(d, 6)) {
@@ -220,6 +227,9 @@ impl XlsShown {
                 }
             }
             kept += cells.len();
+            if kept > MAX_CELLS {
+                return None;
+            }
             // The last record of a cell wins, as in calamine's range.
             cells.sort_by_key(|c| (c.row, c.col));
             cells.reverse();
