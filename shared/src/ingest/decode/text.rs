@@ -49,7 +49,7 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
 
     // Pass 1: the whole file, without keeping it: emptiness, NUL bytes, UTF-8 validity, quotes.
     r.seek(SeekFrom::Start(start))?;
-    let mut scan = Scan::new(delimiter);
+    let mut scan = Scan::new(delimiter, header_delimiters(&String::from_utf8_lossy(&head), delimiter));
     let mut buf = vec![0u8; buffer.max(1)];
     loop {
         let k = read_up_to(r, &mut buf)?;
@@ -63,7 +63,8 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
         return Err(FileError::Empty.into());
     }
     let utf8 = label.is_some() || start == 3 || scan.utf8.valid();
-    // A UTF-8 byte-order mark says UTF-8 even when some bytes are not: those become U+FFFD.
+    // A UTF-8 byte-order mark says UTF-8 even when some bytes are not: those fields are read as
+    // Windows-1252 (below).
     let lossy = start == 3 && !scan.utf8.valid();
     let encoding = label.unwrap_or(if utf8 { UTF_8.name() } else { WINDOWS_1252.name() });
     let head_text: Cow<'_, str> = if utf8 { String::from_utf8_lossy(&head) } else { WINDOWS_1252.decode_without_bom_handling(&head).0 };
@@ -88,6 +89,17 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
             format: format.label(),
             detail: format!(
                 "a double quote opened on line {line} is never closed, so every row after it would be swallowed into one cell; close or remove that quote"
+            ),
+        }
+        .into());
+    }
+    if let Some((opened, closed)) = scan.swallowed {
+        let (line, last) = (line_of(r, start, opened)?, line_of(r, start, closed)?);
+        return Err(FileError::Corrupt {
+            format: format.label(),
+            detail: format!(
+                "a double quote opened on line {line} runs to line {last}, so the rows between would be read as one cell and not applied; \
+                 a cell's quotes are probably unbalanced there (an opening quote without its closing one). Fix or remove that quote"
             ),
         }
         .into());
@@ -127,18 +139,23 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
                 Err(e) => record = e.into_byte_record(),
             }
         }
-        let decoded: Vec<Cow<'_, str>> =
-            record.iter().map(|f| if utf8 { String::from_utf8_lossy(f) } else { WINDOWS_1252.decode_without_bom_handling(f).0 }).collect();
+        // A file that is not UTF-8 throughout (one Windows-1252 cell pasted into a UTF-8 file, or
+        // the reverse): each field as UTF-8 when it is, else Windows-1252, so no cell turns into
+        // mojibake (`ZoÃ«`) or U+FFFD because another cell is not UTF-8.
+        let decoded: Vec<Cow<'_, str>> = record
+            .iter()
+            .map(|f| std::str::from_utf8(f).map_or_else(|_| WINDOWS_1252.decode_without_bom_handling(f).0, Cow::Borrowed))
+            .collect();
         shape.row(v, number, &decoded)?;
     }
     if shape.started() { Ok(()) } else { Err(FileError::Empty.into()) }
 }
 
 /// The line (1-based) of byte `at` of the text starting at `start`: counted again only when a
-/// message needs it.
+/// message needs it. A line ends at LF, CRLF or a CR alone (old Mac files).
 pub(super) fn line_of<R: Read + Seek>(r: &mut R, start: u64, at: u64) -> std::io::Result<usize> {
     r.seek(SeekFrom::Start(start))?;
-    let mut lines = 1;
+    let (mut lines, mut after_cr) = (1, false);
     let mut left = at;
     let mut buf = vec![0u8; 1 << 16];
     while left > 0 {
@@ -147,17 +164,41 @@ pub(super) fn line_of<R: Read + Seek>(r: &mut R, start: u64, at: u64) -> std::io
         if k == 0 {
             break;
         }
-        lines += memchr::memchr_iter(b'\n', &buf[..k]).count();
+        for i in memchr::memchr2_iter(b'\n', b'\r', &buf[..k]) {
+            let crlf = buf[i] == b'\n' && if i == 0 { after_cr } else { buf[i - 1] == b'\r' };
+            lines += usize::from(!crlf);
+        }
+        after_cr = buf[k - 1] == b'\r';
         left -= k as u64;
     }
     Ok(lines)
 }
 
+/// The delimiters of the header record (the first non-blank one) outside quotes.
+fn header_delimiters(text: &str, delimiter: u8) -> usize {
+    let (mut count, mut quoted, mut blank) = (0, false, true);
+    for b in text.bytes() {
+        match b {
+            b'"' => quoted = !quoted,
+            b'\n' | b'\r' if !quoted && !blank => break,
+            _ if b == delimiter && !quoted => count += 1,
+            _ => {}
+        }
+        blank &= b.is_ascii_whitespace();
+    }
+    count
+}
+
 /// Pass 1 over delimited text, buffer by buffer: whether it has any content, where its first NUL
-/// is, whether it is valid UTF-8, and where a quote opened that never closes (RFC 4180 quoting: a
-/// quote opens a field only at its start; `""` inside a quoted field is an escaped quote).
+/// is, whether it is valid UTF-8, where a quote opened that never closes (RFC 4180 quoting: a
+/// quote opens a field only at its start; `""` inside a quoted field is an escaped quote), and
+/// where a quoted field swallowed rows: one that spans line breaks and either closes where no
+/// field ends (`"Sales` ... `,"R&D"`: the second quote closed the first) or holds, on a line after
+/// a break, as many delimiters as the header (whole records read as one cell).
 pub(super) struct Scan {
     delimiter: u8,
+    /// The header's delimiters (its columns less one): a line holding as many is a record.
+    record_delimiters: usize,
     offset: u64,
     content: bool,
     nul_at: Option<u64>,
@@ -168,14 +209,24 @@ pub(super) struct Scan {
     /// Last byte of the previous buffer (`None` at the start of the text: a field start).
     prev: Option<u8>,
     opened_at: u64,
+    /// The quoted field being read has a line break; a line after one held a record.
+    broken: bool,
+    holds_records: bool,
+    /// Delimiters on the quoted field's current line.
+    line_delimiters: usize,
+    /// A quoted field with a line break just closed: the next byte must end the field.
+    closed_broken: bool,
+    /// The first quoted field that swallowed rows: where it opened and closed.
+    swallowed: Option<(u64, u64)>,
     /// Line breaks: an upper bound of the records, to size the validator's key table once.
     newlines: u64,
 }
 
 impl Scan {
-    fn new(delimiter: u8) -> Self {
+    fn new(delimiter: u8, record_delimiters: usize) -> Self {
         Scan {
             delimiter,
+            record_delimiters,
             offset: 0,
             content: false,
             nul_at: None,
@@ -184,11 +235,19 @@ impl Scan {
             quote_pending: false,
             prev: None,
             opened_at: 0,
+            broken: false,
+            holds_records: false,
+            line_delimiters: 0,
+            closed_broken: false,
+            swallowed: None,
             newlines: 0,
         }
     }
 
     fn feed(&mut self, buf: &[u8]) {
+        if buf.is_empty() {
+            return;
+        }
         if self.nul_at.is_none()
             && let Some(i) = memchr::memchr(0, buf)
         {
@@ -205,26 +264,40 @@ impl Scan {
             if buf[0] == b'"' {
                 i = 1; // "" : an escaped quote, still inside the field
             } else {
-                self.quoted = false;
+                self.close(self.offset - 1);
             }
         }
         while i < buf.len() {
-            let Some(j) = memchr::memchr(b'"', &buf[i..]) else { break };
-            let q = i + j;
+            if std::mem::take(&mut self.closed_broken) && !matches!(buf[i], b'\n' | b'\r') && buf[i] != self.delimiter {
+                self.swallowed.get_or_insert((self.opened_at, self.offset + i as u64 - 1));
+            }
             if self.quoted {
-                if q + 1 == buf.len() {
+                let delimiters = |from: usize, to: usize| buf[from..to].iter().filter(|&&b| b == self.delimiter).count();
+                let Some(j) = memchr::memchr3(b'"', b'\n', b'\r', &buf[i..]) else {
+                    self.line_delimiters += delimiters(i, buf.len());
+                    break;
+                };
+                let q = i + j;
+                self.line_delimiters += delimiters(i, q);
+                if buf[q] != b'"' {
+                    self.line_break();
+                    i = q + 1;
+                } else if q + 1 == buf.len() {
                     self.quote_pending = true;
                     i = buf.len();
                 } else if buf[q + 1] == b'"' {
                     i = q + 2;
                 } else {
-                    self.quoted = false;
+                    self.close(self.offset + q as u64);
                     i = q + 1;
                 }
             } else {
+                let Some(j) = memchr::memchr(b'"', &buf[i..]) else { break };
+                let q = i + j;
                 let before = if q == 0 { self.prev } else { Some(buf[q - 1]) };
-                if before.is_none_or(|b| b == b'\n' || b == self.delimiter) {
-                    self.quoted = true;
+                // CR alone ends a line too (old Mac files), as the CSV reader reads it.
+                if before.is_none_or(|b| b == b'\n' || b == b'\r' || b == self.delimiter) {
+                    (self.quoted, self.broken, self.holds_records, self.line_delimiters) = (true, false, false, 0);
                     self.opened_at = self.offset + q as u64;
                 }
                 i = q + 1;
@@ -232,6 +305,25 @@ impl Scan {
         }
         self.prev = buf.last().copied();
         self.offset += buf.len() as u64;
+    }
+
+    /// A line break inside the quoted field: the line it ends, if after a break, may be a record.
+    fn line_break(&mut self) {
+        self.holds_records |= self.looks_like_a_record();
+        (self.broken, self.line_delimiters) = (true, 0);
+    }
+
+    fn looks_like_a_record(&self) -> bool {
+        self.broken && self.record_delimiters >= 2 && self.line_delimiters >= self.record_delimiters
+    }
+
+    /// The quoted field's closing quote, at `at`.
+    fn close(&mut self, at: u64) {
+        if self.holds_records || self.looks_like_a_record() {
+            self.swallowed.get_or_insert((self.opened_at, at));
+        }
+        self.quoted = false;
+        self.closed_broken = self.broken;
     }
 
     /// Where the quote that never closes was opened.
@@ -429,6 +521,18 @@ mod tests {
         assert_eq!(cells(&t)[0][1], "René");
     }
 
+    /// One Windows-1252 cell in a UTF-8 file made every cell Windows-1252 (`ZoÃ«` stored), and
+    /// with a UTF-8 byte-order mark the Windows-1252 cell lost its letter to U+FFFD.
+    #[test]
+    fn each_field_is_read_as_utf8_when_it_is_whatever_the_other_cells() {
+        let mut mixed = "Email,FirstName\nzoe@x.com,Zoë\nbob@x.com,José\n".as_bytes().to_vec();
+        mixed.extend(b"ren@x.com,Ren\xe9\n");
+        assert_eq!(cells(&decode(&mixed).unwrap()).iter().map(|r| r[1]).collect::<Vec<_>>(), ["Zoë", "José", "René"]);
+        let mut bom = b"\xEF\xBB\xBF".to_vec();
+        bom.extend(&mixed);
+        assert_eq!(cells(&decode(&bom).unwrap()).iter().map(|r| r[1]).collect::<Vec<_>>(), ["Zoë", "José", "René"]);
+    }
+
     #[test]
     fn an_unclosed_quote_is_refused_naming_its_line_instead_of_swallowing_rows() {
         let err = decode(b"Email,Name\na@x.com,\"Ann\nb@x.com,Bob\nc@x.com,Cy\n").unwrap_err();
@@ -437,6 +541,39 @@ mod tests {
         let t = decode(b"Email,Name\na@x.com,\"Ann \"\"The Boss\"\", Jr\"\nb@x.com,O\"Neil\n").unwrap();
         assert_eq!(t.rows.len(), 2);
         assert_eq!(t.rows[0].1[1], "Ann \"The Boss\", Jr");
+    }
+
+    /// A stray quote that a later quote closes swallowed the rows between into one cell: the
+    /// file read as 2 rows, valid, where it has 4 (and a replace file would disable the others).
+    #[test]
+    fn a_quote_that_swallows_rows_is_refused_naming_its_lines() {
+        let closed_mid_field = b"Email,FirstName,LastName,Department\nann@x.com,Ann,Lee,\"Sales\nbob@x.com,Bob,Ray,Support\ncy@x.com,Cy,Young,\"R&D\"\ndee@x.com,Dee,Dunn,HR\n";
+        let err = decode(closed_mid_field).unwrap_err().to_string();
+        assert!(err.contains("a double quote opened on line 2 runs to line 4"), "{err}");
+        // Closed where a field ends, but the lines it holds are records (as many delimiters as the header).
+        let closed_at_line_end =
+            b"Email,FirstName,LastName,Department\nann@x.com,Ann,Lee,\"Sales\nbob@x.com,Bob,Ray,Support\ncy@x.com,Cy,Young,TV 55\"\n";
+        let err = decode(closed_at_line_end).unwrap_err().to_string();
+        assert!(err.contains("opened on line 2 runs to line 4"), "{err}");
+        // A cell over several lines that holds no record is read as it is.
+        let address = b"Email,FirstName,Address,Department\nann@x.com,Ann,\"12 Main St,\nSpringfield, IL\",HR\nbob@x.com,Bob,,\n";
+        let t = decode(address).unwrap();
+        assert_eq!(cells(&t), vec![vec!["ann@x.com", "Ann", "12 Main St,\nSpringfield, IL", "HR"], vec!["bob@x.com", "Bob"]]);
+        // Two columns: only a quote closed mid-field tells (a line of one comma may be an address).
+        assert!(decode(b"Email,Name\na@x.com,\"Ann\nb@x.com,Bob\"s\n").is_err());
+        assert_eq!(decode(b"Email,Name\na@x.com,\"Ann,\nLee\"\n").unwrap().rows.len(), 1);
+    }
+
+    /// Old Mac files end lines with CR alone: a quote opening a field after one is seen, and
+    /// lines are counted as the CSV reader reads them.
+    #[test]
+    fn cr_line_endings_are_lines_for_the_quote_checks() {
+        let err = decode(b"Email,FirstName\ra@x.com,Ann\r\"b@x.com,Bob\rc@x.com,Cy\rd@x.com,Dee\r").unwrap_err().to_string();
+        assert!(err.contains("a double quote opened on line 3 is never closed"), "{err}");
+        let err = decode(b"Email,FirstName\r\na@x.com,Ann\r\nb@x.com,\"Bob\r\n\r\nc@x.com,Cy\r\n").unwrap_err().to_string();
+        assert!(err.contains("opened on line 3 is never closed"), "CRLF counts once: {err}");
+        let t = decode(b"Email,FirstName\ra@x.com,Ann\rb@x.com,\"Bob\"\r").unwrap();
+        assert_eq!(cells(&t), vec![vec!["a@x.com", "Ann"], vec!["b@x.com", "Bob"]]);
     }
 
     #[test]
@@ -471,6 +608,9 @@ mod tests {
             b"Email,Name\na@x.com,x\"y\nb@x.com,\"\"\n".to_vec(),
             b"Email\n\na@x.com\0\n".to_vec(),
             b"Email,Name\na@x.com,\xe2\x82".to_vec(),
+            b"Email,A,B\na@x.com,\"x\nb@x.com,1,2\nc,\"\"q\"\n".to_vec(),
+            b"Email,A\ra@x.com,\"x\rb@x.com,y\"z\r".to_vec(),
+            b"Email,A,B\na@x.com,\"x\ny,z\"\n".to_vec(),
         ];
         for bytes in &cases {
             let whole = read_with(bytes, 1 << 20);
@@ -482,7 +622,7 @@ mod tests {
         assert_eq!(t[0].rows[0].1, vec!["zoë@x.com", "Zoë \"Z\", 😀"]);
         assert_eq!(t[0].rows[1].1[1], "multi\nline");
         assert_eq!(read_with(&cases[2], 3).unwrap()[0].encoding.as_deref(), Some("windows-1252"));
-        assert_eq!(read_with(&cases[3], 3).unwrap()[0].rows[0].1[1], "bad \u{fffd} byte");
+        assert_eq!(read_with(&cases[3], 3).unwrap()[0].rows[0].1[1], "bad \u{ff} byte", "the one non-UTF-8 field read as Windows-1252");
         assert!(read_with(&cases[4], 2).unwrap_err().contains("opened on line 2 is never closed"));
         assert_eq!(read_with(&cases[5], 4).unwrap()[0].rows[0].1[1], "closed at the very end");
         assert!(read_with(&cases[8], 5).unwrap_err().contains("NUL bytes (first on line 3)"));
