@@ -123,6 +123,9 @@ impl JobStore for Publishing {
         self.inner.finish(id, state, succeeded, failed, skipped).await?;
         self.entered(id, state).await
     }
+    async fn close(&self, id: &str) -> Result<()> {
+        self.inner.close(id).await
+    }
     async fn oldest_open(&self) -> Result<Option<(String, String)>> {
         self.inner.oldest_open().await
     }

@@ -39,9 +39,12 @@ pub fn emf_line(metric: &str, value: i64, now: chrono::DateTime<chrono::Utc>) ->
 
 /// Finish jobs whose every chunk is applied but whose result email was claimed by an invocation
 /// that ended before sending it (a crash, a timeout, SES failing past its retries): once the claim
-/// is stale, finalize again; it takes the claim over and sends. Late, never silent. Returns how
-/// many jobs it finished.
+/// is stale, finalize again; it takes the claim over and sends. Late, never silent. A FAILED job
+/// still open owes its email the same way (a send that failed, a stop whose done marker was never
+/// written): its result files and email, else the plain failure email. Returns how many jobs it
+/// finished.
 pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
+    use crate::model::JobState;
     let mut finished = 0;
     for (id, received_at) in svc.jobs.open_jobs(50).await? {
         let age = age_secs(&received_at, now);
@@ -49,7 +52,17 @@ pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Ut
             break; // oldest first: the rest are younger
         }
         let Some(job) = svc.jobs.get(&id).await? else { continue };
-        if job.state != crate::model::JobState::Applying || svc.store.size(&crate::keys::done(&id)).await?.is_none() {
+        if job.state == JobState::Failed {
+            match tell_failed(svc, &job).await {
+                Ok(true) => finished += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(job = %id, retryable = e.is_retryable(), error = %e, "telling a failed job's admins failed; the next sweep retries")
+                }
+            }
+            continue;
+        }
+        if job.state != JobState::Applying || svc.store.size(&crate::keys::done(&id)).await?.is_none() {
             continue; // still applying: the deadline sweep watches it
         }
         tracing::warn!(job = %id, age_secs = age, "applied job still open; finalizing again");
@@ -63,6 +76,21 @@ pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Ut
         }
     }
     Ok(finished)
+}
+
+/// A FAILED job's owed email: the result files with every row's fate when they can be written
+/// (rows of chunks never counted were not applied), else the plain failure email. `Ok(false)`:
+/// another invocation holds the claim.
+async fn tell_failed(svc: &Services, job: &crate::model::Job) -> Result<bool> {
+    let all_counted = job.phase_chunks.is_some_and(|plan| plan.iter().zip(&job.phase_done).all(|(planned, done)| done >= planned));
+    match crate::finalize::finalize_job(svc, job, true).await {
+        Ok(told) => Ok(told),
+        Err(e) => {
+            // Every chunk counted: finalize itself failed (`finalize::fail_job`), nothing was cut short.
+            crate::finalize::tell_unfinished(svc, job, &e, !all_counted).await?;
+            Ok(true)
+        }
+    }
 }
 
 /// Resume releases cut off midway. Approving a held job, or starting a scheduled one, moves it to
@@ -155,6 +183,9 @@ pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>)
             break; // oldest first: the rest are younger
         }
         let Some(job) = svc.jobs.get(&id).await? else { continue };
+        if job.state == JobState::Failed {
+            continue; // stopped already, its email owed: `finish_unsent_jobs`
+        }
         let staged = svc.store.size(&crate::keys::staged_input(&id)).await?.is_some();
         if job.state == JobState::Received && !staged {
             // Ingest never got through the file: nothing was applied.
@@ -287,6 +318,53 @@ mod tests {
         assert!(mime.contains("stuck.csv"), "the email names the file");
         assert_eq!(fail_stuck_jobs(&kit.svc, later).await.unwrap(), 0, "stopped once");
         assert_eq!(oldest_open_job_age(&kit.svc, later).await.unwrap(), 0, "no job open any more");
+    }
+
+    /// Apply stopped a job (a chunk it cannot read), and SES refused the result email past its
+    /// retries: the job was FAILED, out of the open jobs, and nothing ever sent its email. It now
+    /// stays open until told; the sweep a lease later sends the result email, once. The same when
+    /// the stop's done marker was never written (its invocation died after the state change).
+    #[tokio::test]
+    async fn a_stopped_job_whose_email_failed_or_whose_done_marker_was_lost_is_told_by_the_sweep() {
+        for lose_the_marker in [false, true] {
+            let mut kit = Kit::new(|t| t.chunk_size = Some(2)).await;
+            let obj = kit.upload("stopped.csv", "Email\na@acme.example.com\nb@acme.example.com\nc@acme.example.com\n");
+            kit.deliver(&obj).await;
+            let id = crate::ingest::job_id(&obj);
+            let chunks = kit.pending_chunks().await;
+            kit.svc.store.put(&chunks[1].key, b"not a chunk".to_vec(), "application/x-ndjson").await.unwrap();
+            kit.deliver(&chunks[0]).await;
+            kit.deliver(&chunks[1]).await; // stops the job: FAILED, done marker
+            assert_eq!(kit.svc.jobs.get(&id).await.unwrap().unwrap().state, JobState::Failed);
+            let done = kit.svc.store.list(crate::keys::DONE).await.unwrap();
+            assert_eq!(done.len(), 1);
+            if lose_the_marker {
+                kit.mem.store.remove(&done[0]);
+            } else {
+                *kit.mem.mailer.throttle_next.lock().unwrap() = 3;
+                let obj = Kit::obj(&done[0]);
+                for _ in 0..3 {
+                    assert!(crate::route::dispatch(&kit.svc, &obj).await.is_err(), "each try fails to send");
+                }
+            }
+            assert!(kit.mem.mailer.sent().is_empty());
+            let now = chrono::Utc::now();
+            assert!(kit.svc.jobs.open_jobs(50).await.unwrap().iter().any(|(j, _)| *j == id), "still open: its email is owed");
+            assert_eq!(finish_unsent_jobs(&kit.svc, now).await.unwrap(), 0, "young: left to its own retries");
+            let later = now + chrono::Duration::seconds(kit.svc.config.lease.secs + 1);
+            assert!(oldest_open_job_age(&kit.svc, later).await.unwrap() > kit.svc.config.lease.secs, "the age metric sees it");
+            assert_eq!(finish_unsent_jobs(&kit.svc, later).await.unwrap(), 1);
+            let sent = kit.mem.mailer.sent();
+            assert_eq!(sent.len(), 1, "told once");
+            assert!(String::from_utf8_lossy(&sent[0].2).contains("stopped.csv"));
+            let job = kit.svc.jobs.get(&id).await.unwrap().unwrap();
+            assert_eq!(job.state, JobState::Failed);
+            assert_eq!((job.succeeded, job.failed), (2, 1), "a and b applied, c not");
+            assert!(kit.svc.jobs.open_jobs(50).await.unwrap().is_empty(), "told: no longer open");
+            assert_eq!(finish_unsent_jobs(&kit.svc, later).await.unwrap(), 0);
+            assert_eq!(fail_stuck_jobs(&kit.svc, later + chrono::Duration::seconds(kit.svc.config.job_deadline_secs)).await.unwrap(), 0);
+            assert_eq!(kit.mem.mailer.sent().len(), 1);
+        }
     }
 
     /// Every chunk counted, but the done marker the last count writes was lost (its invocation

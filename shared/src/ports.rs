@@ -314,7 +314,12 @@ pub trait JobStore: Send + Sync {
     async fn email_sent(&self, id: &str, kind: EmailKind) -> Result<bool>;
     /// Record the final state (COMPLETED or FAILED) and the counts.
     async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()>;
-    /// The oldest job not yet COMPLETED or REJECTED: (id, received_at).
+    /// A FAILED job whose admins were told (its failure email sent, or nobody left to tell)
+    /// leaves the open jobs. Until then it stays there (`transition` keeps it), so the sweep
+    /// sends an email that a failed send left owed (`monitor::finish_unsent_jobs`).
+    async fn close(&self, id: &str) -> Result<()>;
+    /// The oldest open job: not yet COMPLETED, REJECTED or DISCARDED, or FAILED without its
+    /// email: (id, received_at).
     async fn oldest_open(&self) -> Result<Option<(String, String)>>;
     /// Open jobs, oldest first: (id, since): received, or approved after a hold. Held jobs are
     /// not open (they wait for a person, not for the pipeline).

@@ -71,7 +71,7 @@ impl Kit {
         keys.into_iter().filter(|k| self.delivered.insert(k.clone())).map(|k| Self::obj(&k)).collect()
     }
 
-    fn obj(key: &str) -> ObjectRef {
+    pub fn obj(key: &str) -> ObjectRef {
         ObjectRef { bucket: "memory".into(), key: key.into(), size: None, version_id: None, sequencer: None, etag: None, event_time: None }
     }
 

@@ -275,12 +275,12 @@ async fn writes_whose_responses_are_lost_report_what_they_did_not_what_the_retry
     stack.shutdown().await;
 }
 
-/// SES fails past the SDK's retries while finalize sends the result email. The invocation fails;
-/// its retries find the claim still in flight and leave the job open rather than mark it COMPLETED
-/// without an email. Once the claim is stale, the scheduled sweep finalizes again, takes the claim
-/// over and the admins get exactly one email, late but never silently dropped.
+/// SES fails past the SDK's retries while finalize sends the result email. The invocation fails
+/// and frees its claim: Lambda's retry sends. When every retry fails, the job stays open rather
+/// than COMPLETED without an email; the scheduled sweep finalizes again a lease later and the
+/// admins get exactly one email, late but never silently dropped.
 #[tokio::test]
-async fn a_result_email_that_failed_to_send_is_sent_late_by_the_sweep_never_dropped() {
+async fn a_result_email_that_failed_to_send_is_sent_by_the_retry_or_late_by_the_sweep_never_dropped() {
     let faults = Arc::new(Faults::default());
     let stack = Stack::start_manual_faulty(faults.clone(), |c| {
         c.sdk_max_attempts = 2;
@@ -290,24 +290,45 @@ async fn a_result_email_that_failed_to_send_is_sent_late_by_the_sweep_never_drop
     let mut tenant = stack.tenant("acme");
     tenant.notify_started = false;
     stack.put_tenant(&tenant).await;
-    let key = stack.drop_file("acme", None, "late.csv", b"Email\na@acme.example.com\n".to_vec()).await;
-    faults.ses_fail.store(2, Ordering::Relaxed); // both attempts of the one send
+    // The first try's send fails (both SDK attempts): it frees its claim, and Lambda's retry sends.
+    let key = stack.drop_file("acme", None, "retried.csv", b"Email\na@acme.example.com\n".to_vec()).await;
+    faults.ses_fail.store(2, Ordering::Relaxed);
     faults.enabled.store(true, Ordering::Relaxed);
     let retried = deliver(&stack).await;
     faults.enabled.store(false, Ordering::Relaxed);
     assert!(retried >= 1, "finalize failed and was retried");
+    assert_eq!(stack.wait_job("acme", &key, Duration::from_secs(5)).await.state, JobState::Completed);
+    assert_eq!(wait_mail(&stack.admin_email(), 1, Duration::from_secs(5)).await.len(), 1, "sent by the retry");
+
+    // Every one of Lambda's three tries fails to send: the job stays open, and the sweep sends
+    // once the job has been open a lease.
+    let key = stack.drop_file("acme", None, "late.csv", b"Email\nb@acme.example.com\n".to_vec()).await;
+    faults.ses_fail.store(6, Ordering::Relaxed);
+    faults.enabled.store(true, Ordering::Relaxed);
+    loop {
+        let events = stack.take_events().await;
+        if events.is_empty() {
+            break;
+        }
+        for obj in events {
+            let tries = if obj.key.starts_with("done/") { 3 } else { 25 };
+            for _ in 0..tries {
+                if shared::route::dispatch(&stack.svc, &obj).await.is_ok() {
+                    break;
+                }
+            }
+        }
+    }
+    faults.enabled.store(false, Ordering::Relaxed);
     let open = stack.svc.jobs.recent("acme", 10).await.unwrap().into_iter().find(|j| j.source_key == key).unwrap();
     assert_eq!(open.state, JobState::Applying, "not COMPLETED while its email is unsent");
-    assert!(tests::mail_to(&stack.admin_email()).is_empty());
-
-    assert_eq!(shared::monitor::finish_unsent_jobs(&stack.svc, chrono::Utc::now()).await.unwrap(), 0, "the claim is not stale yet");
-    assert!(tests::mail_to(&stack.admin_email()).is_empty());
+    assert_eq!(tests::mail_to(&stack.admin_email()).len(), 1, "only the first file's");
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(shared::monitor::finish_unsent_jobs(&stack.svc, chrono::Utc::now()).await.unwrap(), 1);
     let job = stack.wait_job("acme", &key, Duration::from_secs(5)).await;
     assert_eq!(job.state, JobState::Completed);
-    assert_eq!(wait_mail(&stack.admin_email(), 1, Duration::from_secs(5)).await.len(), 1);
+    assert_eq!(wait_mail(&stack.admin_email(), 2, Duration::from_secs(5)).await.len(), 2);
     assert_eq!(shared::monitor::finish_unsent_jobs(&stack.svc, chrono::Utc::now()).await.unwrap(), 0, "a finished job is left alone");
-    assert_eq!(tests::mail_to(&stack.admin_email()).len(), 1, "exactly one email");
+    assert_eq!(tests::mail_to(&stack.admin_email()).len(), 2, "exactly one email a file");
     stack.shutdown().await;
 }

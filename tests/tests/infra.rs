@@ -311,7 +311,7 @@ async fn each_role_allows_exactly_the_calls_its_function_makes() {
 }
 
 #[tokio::test]
-async fn open_jobs_index_holds_a_job_until_it_completes_or_is_rejected() {
+async fn open_jobs_index_holds_a_job_until_it_completes_is_rejected_or_its_failure_is_told() {
     use shared::model::{Job, JobState};
     let stack = Stack::start_manual().await;
     let job = |id: &str, at: &str| Job::received(id, "acme", format!("incoming/acme/{id}.csv"), format!("{id}.csv"), None, at);
@@ -327,6 +327,13 @@ async fn open_jobs_index_holds_a_job_until_it_completes_or_is_rejected() {
     assert!(jobs.transition("new", JobState::Received, JobState::Rejected, Some("bad file")).await.unwrap());
     assert_eq!(jobs.oldest_open().await.unwrap(), None);
     assert_eq!(shared::monitor::oldest_open_job_age(&stack.svc, now).await.unwrap(), 0);
+    // A job failing on its way stays open until its admins are told (its email may be owed).
+    jobs.create_or_get(&job("stopped", "2026-11-21T09:30:00+00:00")).await.unwrap();
+    assert!(jobs.transition("stopped", JobState::Received, JobState::Failed, Some("stopped")).await.unwrap());
+    assert_eq!(jobs.oldest_open().await.unwrap().map(|(id, _)| id), Some("stopped".into()));
+    jobs.close("stopped").await.unwrap();
+    assert_eq!(jobs.oldest_open().await.unwrap(), None);
+    jobs.close("no-such-job").await.unwrap();
     stack.shutdown().await;
 }
 

@@ -660,6 +660,8 @@ struct JobsState {
     since: HashMap<String, String>,
     /// (job, state) whose event was claimed.
     events: HashSet<(String, JobState)>,
+    /// FAILED jobs that left the open jobs (`close`, or failed while held or scheduled).
+    closed: HashSet<String>,
 }
 
 /// Jobs, chunk markers, email claims and the replace lock.
@@ -713,6 +715,9 @@ impl JobStore for MemoryJobs {
         };
         if moved && matches!(from, JobState::Held | JobState::Scheduled) {
             state.since.insert(id.to_string(), chrono::Utc::now().to_rfc3339());
+            if to == JobState::Failed {
+                state.closed.insert(id.to_string());
+            }
         }
         Ok(moved)
     }
@@ -811,6 +816,10 @@ impl JobStore for MemoryJobs {
         }
         Ok(started)
     }
+    async fn close(&self, id: &str) -> Result<()> {
+        lock(&self.state).closed.insert(id.to_string());
+        Ok(())
+    }
     async fn oldest_open(&self) -> Result<Option<(String, String)>> {
         Ok(self.open_jobs(1).await?.into_iter().next())
     }
@@ -820,7 +829,11 @@ impl JobStore for MemoryJobs {
         let mut open: Vec<(String, String)> = state
             .jobs
             .values()
-            .filter(|j| !j.state.is_final() && !matches!(j.state, JobState::Held | JobState::Scheduled))
+            .filter(|j| match j.state {
+                JobState::Held | JobState::Scheduled => false,
+                JobState::Failed => j.completed_at.is_none() && !state.closed.contains(&j.id),
+                s => !s.is_final(),
+            })
             .map(|j| (j.id.clone(), since(j)))
             .collect();
         open.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));

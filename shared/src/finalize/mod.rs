@@ -145,7 +145,11 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
             let from = report::sender(svc, &tenant);
             let (attachments, links) = attach_or_link(svc, &uploaded).await?;
             let (subject, text, html) = result_email(&tenant, &summary, &files.digest, &links);
-            report::send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &attachments).await?;
+            if let Err(e) = report::send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &attachments).await {
+                // Free the claim: the retry (or the sweep) sends at once, not a lease later.
+                svc.jobs.release_email(&job_id, EmailKind::Result).await?;
+                return Err(e);
+            }
             svc.jobs.mark_email_sent(&job_id, EmailKind::Result).await?;
             info!(job = %job_id, recipients = tenant.admin_emails.len(), "result email sent");
         }
@@ -259,10 +263,12 @@ pub(crate) async fn attach_or_link(svc: &Services, files: &[(Built, String)]) ->
 /// saying so, and one plain email to the admins saying what happened and what was applied.
 pub async fn fail_job(svc: &Services, job: &Job, cause: &Error) -> Result<()> {
     error!(job = %job.id, error = %cause, "finalize cannot finish this job; marking it FAILED");
-    if !svc.jobs.transition(&job.id, JobState::Applying, JobState::Failed, Some(&unfinished(cause, false))).await? {
-        return Ok(()); // already final: another invocation got there
+    let moved = svc.jobs.transition(&job.id, JobState::Applying, JobState::Failed, Some(&unfinished(cause, false))).await?;
+    if !moved && job.state != JobState::Failed {
+        return Ok(()); // another invocation got there, and tells
     }
-    tell_unfinished(svc, job, cause, false).await
+    // A job apply stopped (FAILED already) whose result files cannot be written: the plain email.
+    tell_unfinished(svc, job, cause, !moved).await
 }
 
 /// Why a job has no result files: its state's message and its summary's reason.
@@ -277,7 +283,7 @@ fn unfinished(cause: &Error, stopped: bool) -> String {
 /// can fail after sending it, recording the final state).
 pub async fn tell_unfinished(svc: &Services, job: &Job, cause: &Error, stopped: bool) -> Result<()> {
     if svc.jobs.email_sent(&job.id, EmailKind::Result).await? {
-        return Ok(());
+        return svc.jobs.close(&job.id).await;
     }
     let reason = unfinished(cause, stopped);
     // A summary stored before the failure keeps what it found (the result files' keys, the counts).
@@ -287,8 +293,15 @@ pub async fn tell_unfinished(svc: &Services, job: &Job, cause: &Error, stopped: 
     summary.state = JobState::Failed;
     summary.reason = Some(reason.clone());
     svc.store.put(&key, report::pretty(&summary)?, "application/json").await?;
-    let Some(tenant) = svc.directory.tenant(&job.tenant).await? else { return Ok(()) };
+    let Some(tenant) = svc.directory.tenant(&job.tenant).await? else {
+        error!(job = %job.id, tenant = %job.tenant, "tenant removed; nobody to tell that the job failed");
+        return svc.jobs.close(&job.id).await;
+    };
     if !svc.jobs.claim_email(&job.id, EmailKind::Failure, svc.config.lease).await? {
+        // Sent (then only the close may be missing), or another invocation is sending it.
+        if svc.jobs.email_sent(&job.id, EmailKind::Failure).await? {
+            svc.jobs.close(&job.id).await?;
+        }
         return Ok(());
     }
     let subject = format!("[rosterdrop] {}: {} could not be finished", tenant.id, job.file_name);
@@ -317,10 +330,13 @@ pub async fn tell_unfinished(svc: &Services, job: &Job, cause: &Error, stopped: 
     let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>"));
     let from = report::sender(svc, &tenant);
     if let Err(e) = report::send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &[]).await {
-        warn!(job = %job.id, error = %e, "the failure email could not be sent either");
-        return Ok(());
+        // The job stays among the open jobs: the sweep tries again (`monitor::finish_unsent_jobs`).
+        warn!(job = %job.id, error = %e, "the failure email could not be sent either; the sweep tries again");
+        svc.jobs.release_email(&job.id, EmailKind::Failure).await?;
+        return Err(e);
     }
-    svc.jobs.mark_email_sent(&job.id, EmailKind::Failure).await
+    svc.jobs.mark_email_sent(&job.id, EmailKind::Failure).await?;
+    svc.jobs.close(&job.id).await
 }
 
 /// The result email: a headline that says the outcome in words, the counts as a bar, the

@@ -115,6 +115,8 @@ impl DynamoJobs {
         let since = || s(format!("{}#{id}", chrono::Utc::now().to_rfc3339()));
         let mut remove = "";
         match (from, to) {
+            // A job failing on its way stays open until its admins are told (`finish`, `close`).
+            (JobState::Received | JobState::Applying, JobState::Failed) => {}
             (_, to) if to.is_final() => remove = " REMOVE gsi2pk, gsi2sk",
             (_, JobState::Held) => set.push(("gsi2pk", s("HELD"))),
             (JobState::Held | JobState::Scheduled, _) => set.extend([("gsi2pk", s("OPEN")), ("gsi2sk", since())]),
@@ -339,6 +341,19 @@ impl JobStore for DynamoJobs {
             .await
             .map_err(ddb_err("UpdateItem"))?;
         Ok(())
+    }
+
+    async fn close(&self, id: &str) -> Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("J#{id}")))
+            .update_expression("REMOVE gsi2pk, gsi2sk")
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await
+            .map(drop)
+            .or_else(|e| if is_condition_failed(&e) { Ok(()) } else { Err(ddb_err("UpdateItem")(e)) })
     }
 
     async fn oldest_open(&self) -> Result<Option<(String, String)>> {
