@@ -14,6 +14,11 @@ pub fn is_instruction_sheet(name: &str) -> bool {
 /// Row ids of sheet `k` of a workbook start at `k * SHEET_STRIDE` (a sheet has at most 1,048,576 rows).
 pub const SHEET_STRIDE: u32 = 10_000_000;
 
+/// The data sheets a workbook may have: sheet 100's ids would start at replace mode's
+/// reconcile rows (`ingest::RECONCILE_ROW_BASE`), sheet 215's reach the bit the validator uses as
+/// a flag, and sheet 430's wrap.
+pub const MAX_DATA_SHEETS: u32 = 100;
+
 /// The id of row `number` of the file's table `index`: distinct across the sheets of a workbook,
 /// and the row number itself for a text file or the first sheet.
 pub fn row_id(index: u32, number: u32) -> u32 {

@@ -106,6 +106,12 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
                 *h = crate::finalize::write::unneutralise(h).to_string();
             }
         }
+        if head.index >= super::sheets::MAX_DATA_SHEETS {
+            let max = super::sheets::MAX_DATA_SHEETS;
+            return Err(Stop::Refused(format!(
+                "the workbook has more than {max} sheets with data, and a roster is read from at most {max}: move the rows onto fewer sheets, or split the workbook into several files"
+            )));
+        }
         if head.sheet.as_ref().is_some_and(|s| self.context.contains(s)) {
             self.validator.start_table(&head);
             self.current = Some((head, Mapping::default()));

@@ -12,7 +12,9 @@ mod ods_shown;
 mod text;
 mod workbook;
 mod xls_shown;
-pub use guards::{MAX_ODS_DENSE_CELLS, MAX_SHARED_STRINGS, MAX_SHEET_COLUMNS, MAX_SHEET_ROWS, MAX_UNZIPPED_BYTES, MAX_XLS_DENSE_CELLS};
+pub use guards::{
+    MAX_EMPTY_ROWS, MAX_ODS_DENSE_CELLS, MAX_SHARED_STRINGS, MAX_SHEET_COLUMNS, MAX_SHEET_ROWS, MAX_UNZIPPED_BYTES, MAX_XLS_DENSE_CELLS,
+};
 use guards::{check_declared_size, check_ole_container, check_zip_parts};
 use text::*;
 pub use workbook::cell_text;
@@ -74,6 +76,11 @@ pub enum FileError {
     Corrupt { format: &'static str, detail: String },
     #[error("the workbook has no sheet with data")]
     NoSheet,
+    #[error(
+        "the {format} file's sheets have more than {} empty rows between their rows of data: delete the empty rows, and any stray cell far below the data (Ctrl+End in Excel goes to the last one)",
+        thousands(*limit)
+    )]
+    TooManyEmptyRows { format: &'static str, limit: u64 },
     #[error(
         "the workbook expands to more than {limit_mb} MB when unzipped, so it is corrupt or built to exhaust memory; save it again from your spreadsheet program, or split it"
     )]
