@@ -96,7 +96,7 @@ impl Field {
 
     /// Header text -> field. Spaces, underscores, dashes and dots are ignored: "E-mail", "First_Name".
     pub fn from_header(header: &str) -> Option<Field> {
-        let key: String = header.trim().to_lowercase().chars().filter(|c| !matches!(c, ' ' | '_' | '-' | '.')).collect();
+        let key = norm(header);
         Some(match key.as_str() {
             "type" | "usertype" | "recordtype" | "entitytype" => Field::Type,
             "action" | "operation" => Field::Action,
@@ -132,5 +132,24 @@ impl Field {
 
 /// A header as compared: trimmed, lower-case, without spaces, underscores, hyphens or dots.
 pub fn norm(s: &str) -> String {
-    s.trim().to_lowercase().chars().filter(|c| !matches!(c, ' ' | '_' | '-' | '.')).collect()
+    // Any space counts as one: a header wrapped with Alt+Enter (`Email\nAddress`), a no-break or
+    // thin space from a web page, an invisible zero-width one or a byte-order mark.
+    let ignored = |c: char| c.is_whitespace() || matches!(c, '_' | '-' | '.' | '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}');
+    s.to_lowercase().chars().filter(|&c| !ignored(c)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `First\u{a0}Name` (a no-break space) was "not a roster column" and its values dropped;
+    /// `Email\nAddress` (wrapped with Alt+Enter) rejected the file as having no Email column.
+    #[test]
+    fn headers_match_whatever_space_separates_or_wraps_their_words() {
+        for header in ["First\u{a0}Name", "First\u{2009}Name", "First\nName", "First\r\nName", "\u{feff}First Name", "First\u{200b}Name"] {
+            assert_eq!(Field::from_header(header), Some(Field::FirstName), "{header:?}");
+        }
+        assert_eq!(Field::from_header("Email\nAddress"), Some(Field::Email));
+        assert_eq!(norm(" Last\tName "), "lastname");
+    }
 }

@@ -24,6 +24,10 @@ impl Mapping {
     pub fn has(&self, field: Field) -> bool {
         self.column(field).is_some()
     }
+    /// The roster fields read, with their columns.
+    pub fn fields(&self) -> impl Iterator<Item = (Field, usize)> + '_ {
+        self.columns.iter().copied()
+    }
 }
 
 /// A column of our own result files (Status, Message, Changes, UserId), in a file dropped again:

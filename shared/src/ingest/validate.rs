@@ -353,6 +353,28 @@ fn cell<'c, S: AsRef<str>>(cells: &'c [S], m: &Mapping, f: Field) -> Option<&'c 
     m.column(f).and_then(|i| cells.get(i)).map(|v| v.as_ref().trim()).filter(|v| !v.is_empty())
 }
 
+/// Excel's and LibreOffice's formula errors as a cell shows them.
+fn is_formula_error(v: &str) -> bool {
+    matches!(
+        v,
+        "#N/A"
+            | "#REF!"
+            | "#DIV/0!"
+            | "#VALUE!"
+            | "#NAME?"
+            | "#NUM!"
+            | "#NULL!"
+            | "#SPILL!"
+            | "#CALC!"
+            | "#GETTING_DATA"
+            | "Err:502"
+            | "Err:504"
+            | "Err:508"
+            | "Err:511"
+            | "Err:522"
+    )
+}
+
 fn validate_row<'c, S: AsRef<str>>(
     row: u32,
     cells: &'c [S],
@@ -362,6 +384,24 @@ fn validate_row<'c, S: AsRef<str>>(
     sheet_type: Option<&str>,
 ) -> Result<RowView<'c>, RowError> {
     let get = |f: Field| cell(cells, m, f);
+    // A spreadsheet formula's error (a lookup that found nothing) is not a value: stored, every
+    // user of the lookup would get "#N/A" as their department.
+    let errors = m
+        .fields()
+        .filter(|(f, _)| !matches!(f, Field::Status | Field::Message | Field::Changes | Field::UserId | Field::OneRosterRecords))
+        .map(|(f, col)| (f.name().to_string(), col));
+    let custom = m.custom.iter().map(|(idx, col)| (tenant.attributes[*idx].name.clone(), *col));
+    for (name, col) in errors.chain(custom) {
+        if let Some(error) = cells.get(col).map(|c| c.as_ref().trim()).filter(|v| is_formula_error(v)) {
+            return Err((
+                None,
+                Some(name.clone()),
+                format!(
+                    "{name} is {error}, a spreadsheet formula's error, not a value: fix the formula (or type the value) and upload the row again"
+                ),
+            ));
+        }
+    }
     let mut user_type = sheet_type.map(str::to_string);
     let entity = match get(Field::Type) {
         None => EntityType::User,
@@ -826,6 +866,16 @@ mod tests {
         assert_eq!(fields.first_name.as_deref(), Some("Ann"));
         assert_eq!(fields.groups, vec!["a", "b"]);
         assert_eq!(v.ops[0].action, Action::Upsert);
+    }
+
+    /// A failed lookup's `#N/A` was stored as the department (and echoed as if fine).
+    #[test]
+    fn a_formula_error_fails_its_row_naming_the_column() {
+        let v = run("Email,Department,Group\na@x.com,#N/A,g\nb@x.com,Sales, #REF! \nc@x.com,Sales,g\n#VALUE!,Sales,g\n", Mode::Upsert);
+        assert_eq!(v.ops.len(), 1);
+        assert!(message(&v, 2).starts_with("Department is #N/A, a spreadsheet formula's error"), "{}", message(&v, 2));
+        assert!(message(&v, 3).starts_with("Group is #REF!"), "{}", message(&v, 3));
+        assert!(message(&v, 5).starts_with("Email is #VALUE!"), "{}", message(&v, 5));
     }
 
     #[test]
