@@ -337,3 +337,35 @@ fn a_workbook_of_more_sheets_than_row_ids_allow_is_refused() {
     assert_eq!((p.ops.len(), p.outcomes.len()), (99, 1));
     assert!(p.outcomes[0].message.contains("duplicate email"), "{}", p.outcomes[0].message);
 }
+
+/// Hidden sheets were read as roster rows: last term's copy kept hidden before this term's
+/// sheet was applied first (this term's row for ann failed as a duplicate, and dan, on the
+/// hidden sheet only, was kept by a replace file); a very hidden lookup sheet, or a hidden one
+/// first, rejected the file as having no Email column; a chart sheet made the file unreadable.
+/// Files made by `tests/fixtures/make/odd/*.py` (XML parts zipped by hand, and openpyxl).
+#[test]
+fn hidden_and_chart_sheets_are_not_read_as_rows() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/odd");
+    let read = |name: &str| prepare(&std::fs::read(format!("{dir}/{name}")).unwrap(), &tenant(), Mode::Replace);
+    let p = read("hidden-old-copy.xlsx").unwrap();
+    let emails: Vec<&str> = p
+        .ops
+        .iter()
+        .filter_map(|op| match &op.target {
+            crate::model::Target::User { email, .. } => Some(email.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(emails, ["ann@x.com", "bob@x.com"]);
+    assert!(p.outcomes.is_empty(), "{:?}", outcomes(&p));
+    assert_eq!(
+        p.warnings,
+        ["sheet \"Roster (old)\" is hidden and was not read; unhide it in your spreadsheet if its rows belong in the roster"]
+    );
+    for name in ["sh-veryhidden-after.xlsx", "ods-hidden-first.ods", "chartsheet-openpyxl.xlsx"] {
+        let p = read(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let sheets: Vec<Option<&str>> = p.tables.iter().map(|t| t.sheet.as_deref()).collect();
+        assert_eq!(sheets, [Some("Roster")], "{name}: only the visible worksheet is read");
+        assert!(!p.ops.is_empty(), "{name}: {:?}", outcomes(&p));
+    }
+}

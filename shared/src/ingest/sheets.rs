@@ -41,6 +41,19 @@ pub fn tables(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
     super::decode::decode_all_with(bytes, is_instruction_sheet)
 }
 
+/// As `tables`, with the hidden sheets left unread.
+pub fn tables_and_hidden(bytes: &[u8]) -> Result<(Vec<Table>, Vec<String>), FileError> {
+    super::decode::decode_with_hidden(bytes, is_instruction_sheet)
+}
+
+/// What the result says of a hidden sheet: not read.
+pub fn hidden_warning(name: &str) -> String {
+    format!(
+        "sheet \"{}\" is hidden and was not read; unhide it in your spreadsheet if its rows belong in the roster",
+        crate::wording::quoted(name)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,6 +98,10 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
         super::sheets::is_instruction_sheet(name)
     }
 
+    fn hidden_sheet(&mut self, name: &str) {
+        self.warnings.push(super::sheets::hidden_warning(name));
+    }
+
     fn table(&mut self, mut head: TableHead) -> Result<(), Stop> {
         // A delimited file of ours (it has our Message column): its header names carry
         // `neutralise`'s apostrophe like its cells (an attribute named `@handle` is `'@handle`).

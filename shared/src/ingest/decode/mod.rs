@@ -77,6 +77,10 @@ pub enum FileError {
     #[error("the workbook has no sheet with data")]
     NoSheet,
     #[error(
+        "the workbook's sheets are all hidden ({sheets}), and hidden sheets are not read: unhide the roster sheet in your spreadsheet and upload the file again"
+    )]
+    OnlyHidden { sheets: String },
+    #[error(
         "the {format} file's sheets have more than {} empty rows between their rows of data: delete the empty rows, and any stray cell far below the data (Ctrl+End in Excel goes to the last one)",
         thousands(*limit)
     )]
@@ -163,6 +167,8 @@ pub trait TableVisitor {
     fn skip_sheet(&self, _name: &str) -> bool {
         false
     }
+    /// A hidden sheet of a workbook, not read (its rows are not what the spreadsheet shows).
+    fn hidden_sheet(&mut self, _name: &str) {}
     fn table(&mut self, head: TableHead) -> Result<(), Self::Stop>;
     fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Self::Stop>;
 }
@@ -190,9 +196,14 @@ pub fn decode_all(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
 
 /// As `decode_all`, leaving out the sheets `skip` names. The same reader as the streaming one.
 pub fn decode_all_with(bytes: &[u8], skip: fn(&str) -> bool) -> Result<Vec<Table>, FileError> {
-    let mut tables = Collect { tables: Vec::new(), skip };
+    decode_with_hidden(bytes, skip).map(|(tables, _)| tables)
+}
+
+/// As `decode_all_with`, with the names of the hidden sheets left unread.
+pub fn decode_with_hidden(bytes: &[u8], skip: fn(&str) -> bool) -> Result<(Vec<Table>, Vec<String>), FileError> {
+    let mut tables = Collect { tables: Vec::new(), skip, hidden: Vec::new() };
     match read(&mut Cursor::new(bytes), &mut tables) {
-        Ok(()) => Ok(tables.tables),
+        Ok(()) => Ok((tables.tables, tables.hidden)),
         Err(ReadError::File(e)) => Err(e),
         Err(ReadError::Io(e)) => Err(FileError::Corrupt { format: "roster", detail: e.to_string() }),
         Err(ReadError::Stopped(never)) => match never {},
@@ -203,12 +214,16 @@ pub fn decode_all_with(bytes: &[u8], skip: fn(&str) -> bool) -> Result<Vec<Table
 struct Collect {
     tables: Vec<Table>,
     skip: fn(&str) -> bool,
+    hidden: Vec<String>,
 }
 
 impl TableVisitor for Collect {
     type Stop = std::convert::Infallible;
     fn skip_sheet(&self, name: &str) -> bool {
         (self.skip)(name)
+    }
+    fn hidden_sheet(&mut self, name: &str) {
+        self.hidden.push(name.to_string());
     }
     fn table(&mut self, h: TableHead) -> Result<(), Self::Stop> {
         self.tables.push(Table {

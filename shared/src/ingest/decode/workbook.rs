@@ -37,7 +37,23 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
     };
     let label = format.label();
     let corrupt = |e: &dyn std::fmt::Display| FileError::Corrupt { format: label, detail: e.to_string() };
-    let names: Vec<String> = book.sheet_names().into_iter().filter(|n| !v.skip_sheet(n)).collect();
+    // Hidden sheets are not read: last term's copy or a lookup table kept out of sight would be
+    // applied as roster rows nobody sees. Chart, dialog and macro sheets hold no cells.
+    let (mut names, mut hidden) = (Vec::new(), Vec::new());
+    for sheet in book.sheets_metadata().to_vec() {
+        if sheet.typ != calamine::SheetType::WorkSheet || v.skip_sheet(&sheet.name) {
+            continue;
+        }
+        if sheet.visible != calamine::SheetVisible::Visible {
+            v.hidden_sheet(&sheet.name);
+            hidden.push(format!("\"{}\"", quoted(&sheet.name)));
+            continue;
+        }
+        names.push(sheet.name);
+    }
+    if names.is_empty() && !hidden.is_empty() {
+        return Err(FileError::OnlyHidden { sheets: hidden.join(", ") }.into());
+    }
     let proto = |name: &str, k: usize, several: bool| TableHead {
         format,
         encoding: None,
