@@ -106,16 +106,19 @@ impl Kit {
         let bytes = self.svc.store.get(&key).await.expect("get").expect("result file");
         csv::ReaderBuilder::new()
             .has_headers(false)
+            .flexible(true)
             .from_reader(bytes.as_slice())
             .records()
             .map(|r| r.expect("csv").iter().map(str::to_string).collect())
             .collect()
     }
 
-    /// (Status, Message) of each data row of the result.
-    /// (Status, Message) of every row of the result file.
+    /// (Status, Message) of every row of the result file (a row may carry values right of the
+    /// header, after our columns: found by the header).
     pub async fn outcomes(&self, job: &Job) -> Vec<(String, String)> {
-        self.result(job).await[1..].iter().map(|r| (r[r.len() - 4].clone(), r[r.len() - 3].clone())).collect()
+        let result = self.result(job).await;
+        let status = result[0].len() - 4;
+        result[1..].iter().map(|r| (r[status].clone(), r[status + 1].clone())).collect()
     }
     /// The last email's subject and text part, decoded.
     pub fn last_mail(&self) -> String {

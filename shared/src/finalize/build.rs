@@ -214,7 +214,7 @@ impl TableVisitor for Builder<'_> {
 
     fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<()> {
         let Some(head) = &self.head else { return Ok(()) };
-        let id = crate::ingest::sheets::row_id(head.index, number);
+        let (id, headers) = (crate::ingest::sheets::row_id(head.index, number), head.headers.len());
         let outcome = match self.outcome_for(id)? {
             Some(o) => o,
             None if self.stopped => Outcome::failure(id, None, NOT_APPLIED),
@@ -227,18 +227,24 @@ impl TableVisitor for Builder<'_> {
         let cell = |i: &usize| cells.get(*i).map_or("", |c| c.as_ref());
         let unescape = self.unescape;
         let mut line: Vec<&str> = self.keep.iter().map(cell).map(|c| if unescape { unneutralise(c) } else { c }).collect();
+        // Values right of the last header (the row fails for them): echoed after our columns,
+        // under no header, so the failed-rows file dropped again fails the same way instead of
+        // losing them.
+        let extra: Vec<&str> = cells.iter().skip(headers).map(|c| c.as_ref()).map(|c| if unescape { unneutralise(c) } else { c }).collect();
         let width = line.len();
         let status = outcome.status_word();
         line.push(&status);
         line.push(&outcome.message);
         line.push(&outcome.changes);
         line.push(outcome.user_id.as_deref().unwrap_or(""));
+        line.extend(&extra);
         let changes = outcome.status == Status::Success
             && outcome.change.is_some_and(|c| !matches!(c, crate::model::Change::Unchanged | crate::model::Change::Read));
         if self.flavour != Flavour::Preview || changes {
             self.result.as_mut().map(|f| f.row(&line)).transpose()?;
         }
         line.truncate(width + 2); // Changes and UserId: the failed-rows file is for fixing and uploading again
+        line.extend(&extra);
         if outcome.status == Status::Failure && self.flavour != Flavour::Preview {
             if self.failed.is_none() {
                 let kind = self.kind.unwrap_or(Kind::Csv(b','));

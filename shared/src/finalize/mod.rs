@@ -557,6 +557,49 @@ mod tests {
         assert_eq!(kit.mem.mailer.sent().len(), 1);
     }
 
+    /// A value right of the last header fails its row; the result and failed-rows files dropped
+    /// it, so the failed row dropped again was applied and the value was gone. Both files now
+    /// echo it after their own columns, and the failed-rows file fails the same way again.
+    #[tokio::test]
+    async fn a_value_without_a_header_survives_the_failed_rows_loop() {
+        let mut kit = Kit::new(|_| {}).await;
+        let job = kit.run("extra.csv", "Email,FirstName\na@acme.example.com,Ann,=extra data\nb@acme.example.com,Bob\n").await;
+        let result = kit.result(&job).await;
+        assert_eq!(
+            result[1],
+            [
+                "a@acme.example.com",
+                "Ann",
+                "Failure",
+                "column 3 has a value but no header; add a header or remove the value",
+                "",
+                "",
+                "'=extra data"
+            ]
+        );
+        let summary = kit.summary(&job).await;
+        let failed = kit.svc.store.get(summary.failed_rows_key.as_deref().unwrap()).await.unwrap().unwrap();
+        let text = String::from_utf8(failed.clone()).unwrap();
+        assert_eq!(
+            text.lines().nth(1),
+            Some("a@acme.example.com,Ann,column 3 has a value but no header; add a header or remove the value,'=extra data")
+        );
+        let again = kit.run("extra-failed-rows.csv", failed).await;
+        let row = &kit.result(&again).await[1];
+        assert_eq!(
+            row,
+            &[
+                "a@acme.example.com",
+                "Ann",
+                "Failure",
+                "column 4 has a value but no header; add a header or remove the value",
+                "",
+                "",
+                "'=extra data"
+            ]
+        );
+    }
+
     /// The result email for a file with several kinds of problem: a headline in words, the
     /// problems grouped by kind, most frequent first, with counts and rows ("and N more"), the
     /// same grouping in summary.json and in the CSV result's problems file; everything from the
