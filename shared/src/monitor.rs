@@ -189,10 +189,12 @@ pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>)
         let staged = svc.store.size(&crate::keys::staged_input(&id)).await?.is_some();
         if job.state == JobState::Received && !staged {
             // Ingest never got through the file: nothing was applied.
-            let tenant = svc.directory.tenant(&job.tenant).await?;
             let reason = "the file could not be processed (ingest failed repeatedly); nothing was applied. Upload it again, and contact support if it happens again";
             // One job whose email fails must not stop the sweep (nor the jobs after it).
-            if let Err(e) = crate::report::reject(svc, &job, tenant.as_ref(), reason, &[]).await {
+            let rejected = async {
+                crate::report::reject(svc, &job, crate::report::tenant_to_tell(svc, &job.tenant).await?.as_ref(), reason, &[]).await
+            };
+            if let Err(e) = rejected.await {
                 tracing::error!(job = %id, retryable = e.is_retryable(), error = %e, "rejecting a stuck job failed; the next sweep retries");
                 continue;
             }

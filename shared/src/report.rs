@@ -145,6 +145,25 @@ impl Summary {
     }
 }
 
+/// The tenant to tell about its job, for a plain email (a rejection, a failure). A tenant whose
+/// stored settings cannot be read (a field this deployment does not know, a hand edit), or that
+/// was removed during the job, would leave the answer unsent and the sweeps stuck on its jobs:
+/// the deployment's default admins are told instead (`None` without them). A read that may
+/// succeed on a retry is returned as the error it is.
+pub async fn tenant_to_tell(svc: &Services, id: &str) -> Result<Option<Tenant>> {
+    let why = match svc.directory.tenant(id).await {
+        Ok(Some(tenant)) => return Ok(Some(tenant)),
+        Err(e) if e.is_retryable() => return Err(e),
+        Err(e) => {
+            error!(tenant = %id, error = %e, "tenant settings unreadable; telling the default admins");
+            "(tenant settings unreadable)"
+        }
+        Ok(None) => "(no such tenant)",
+    };
+    let admins = svc.config.default_admins.clone();
+    Ok((!admins.is_empty()).then(|| Tenant { name: Some(why.into()), ..Tenant::new(id.to_string(), admins) }))
+}
+
 /// Reject a whole file: nothing applied, `summary.json` with the reason, one email to the admins.
 pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: &str, attachments: &[Attachment]) -> Result<()> {
     warn!(job = %job.id, tenant = %job.tenant, reason, "file rejected");

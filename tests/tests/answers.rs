@@ -360,3 +360,37 @@ async fn a_chunk_no_retry_can_apply_stops_the_job_with_an_email_of_what_was_appl
     assert!(stack.svc.directory.user("acme", "bob@acme.example.com").await.unwrap().is_none(), "the damaged chunk applied nothing");
     stack.shutdown().await;
 }
+
+/// A tenant whose stored settings no longer parse (a field this deployment does not know, as a
+/// newer CLI's `tenant put` may write): ingest failed, its rejection read the tenant again and
+/// failed the same way, and the file went to the dead-letter queue with no email. The
+/// deployment's default admins are now told.
+#[tokio::test]
+async fn a_file_for_a_tenant_whose_settings_cannot_be_read_is_answered_to_the_default_admins() {
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    let ops = format!("ops-{}@example.com", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let ops_for_config = ops.clone();
+    let stack = Stack::start_with(move |c| c.default_admins = vec![ops_for_config]).await;
+    let (pk, sk) = shared::adapters::dynamo::tenant_key("newer");
+    let doc = r#"{"id":"newer","admin_emails":["admin@newer.example.com"],"a_setting_from_a_newer_version":true}"#;
+    stack
+        .aws
+        .dynamodb
+        .put_item()
+        .table_name(&stack.config.directory_table)
+        .item("pk", Av::S(pk))
+        .item("sk", Av::S(sk))
+        .item("kind", Av::S("tenant".into()))
+        .item("doc", Av::S(doc.into()))
+        .send()
+        .await
+        .unwrap();
+    assert!(stack.svc.directory.tenant("newer").await.is_err(), "the settings do not parse");
+    let csv = tests::csv_text(&[&["Email"], &["ann@newer.example.com"]]);
+    stack.svc.store.put("incoming/newer/roster.csv", csv, "text/csv").await.unwrap();
+    let job = stack.wait_job("newer", "incoming/newer/roster.csv", WAIT).await;
+    let body = one_email(&ops, &job, JobState::Rejected, "was rejected").await;
+    assert!(body.contains("could not be processed"), "{body}");
+    assert!(mail_to("admin@newer.example.com").is_empty());
+    stack.shutdown().await;
+}

@@ -293,7 +293,7 @@ pub async fn tell_unfinished(svc: &Services, job: &Job, cause: &Error, stopped: 
     summary.state = JobState::Failed;
     summary.reason = Some(reason.clone());
     svc.store.put(&key, report::pretty(&summary)?, "application/json").await?;
-    let Some(tenant) = svc.directory.tenant(&job.tenant).await? else {
+    let Some(tenant) = report::tenant_to_tell(svc, &job.tenant).await? else {
         error!(job = %job.id, tenant = %job.tenant, "tenant removed; nobody to tell that the job failed");
         return svc.jobs.close(&job.id).await;
     };

@@ -99,7 +99,7 @@ async fn give_up(svc: &Services, obj: &ObjectRef, cause: &Error) -> Result<()> {
     if job.state != JobState::Received {
         return Ok(()); // past ingest: what failed after the plan (the started email) is not the file's fault
     }
-    let tenant = svc.directory.tenant(&job.tenant).await?;
+    let tenant = report::tenant_to_tell(svc, &job.tenant).await?;
     let reason = format!(
         "the file could not be processed ({cause}); nothing was applied. Upload it again, and contact support with job {} if it happens again",
         job.id
