@@ -370,23 +370,72 @@ pub async fn discard_expired(svc: &Services, now: chrono::DateTime<chrono::Utc>)
 
 /// A decision dropped in the S3 console (`incoming/<tenant>/approve/<job id>`): applied once per
 /// drop, its outcome emailed to the tenant's admins in one line.
+///
+/// A marker records how far the drop got, so a retry after a failure resumes instead of finding
+/// the drop "handled" (the decision, or only its email, was lost): `claimed` while deciding (a
+/// duplicate event leaves it alone), `free` after the decision failed (the retry decides again),
+/// `decided` with the outcome line once decided (the retry sends it), `sent` once told.
 pub async fn from_console(svc: &Services, obj: &crate::event::ObjectRef, tenant: &Tenant, verb: Verb, file_name: &str) -> Result<()> {
     let marker = format!("{}control/{}", keys::STAGED, crate::ingest::job_id(obj));
-    if !svc.store.put_if_absent(&marker, obj.key.clone().into_bytes(), "text/plain").await? {
-        info!(key = %obj.key, "decision already handled (duplicate event)");
-        return Ok(());
+    let id = Path::new(file_name).file_stem().and_then(|s| s.to_str()).unwrap_or(file_name).trim();
+    let mut resumed = false;
+    if !svc.store.put_if_absent(&marker, b"claimed".to_vec(), "text/plain").await? {
+        let state = svc.store.get(&marker).await?.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        if let Some(line) = state.strip_prefix("decided\n") {
+            return tell_decision(svc, obj, tenant, verb, id, &marker, line).await;
+        }
+        if state != "free" {
+            info!(key = %obj.key, "decision already handled (duplicate event)");
+            return Ok(());
+        }
+        svc.store.put(&marker, b"claimed".to_vec(), "text/plain").await?;
+        resumed = true;
     }
-    let id = Path::new(file_name).file_stem().and_then(|s| s.to_str()).unwrap_or(file_name);
     let by = format!("a file dropped at {}", obj.key);
-    let line = match decide(svc, id, Some(&tenant.id), verb, &by).await? {
+    let decided = match decide(svc, id, Some(&tenant.id), verb, &by).await {
+        Ok(decided) => decided,
+        Err(e) => {
+            svc.store.put(&marker, b"free".to_vec(), "text/plain").await?;
+            return Err(e);
+        }
+    };
+    let line = match decided {
         Ok(line) => line,
+        // A retry whose first try got the decision through before failing: the job is where the
+        // decision put it.
+        Err(_) if resumed && decided_already(svc, id, verb).await? => format!("job {id}: {} done", verb.as_str()),
         Err(line) => format!("{} refused: {line}", verb.as_str()),
     };
     info!(key = %obj.key, outcome = %line, "decision from the console");
+    svc.store.put(&marker, format!("decided\n{line}").into_bytes(), "text/plain").await?;
+    tell_decision(svc, obj, tenant, verb, id, &marker, &line).await
+}
+
+/// Whether job `id` is where `verb` puts a held job.
+async fn decided_already(svc: &Services, id: &str, verb: Verb) -> Result<bool> {
+    let state = svc.jobs.get(id).await?.map(|j| j.state);
+    Ok(match verb {
+        Verb::Approve => matches!(state, Some(JobState::Applying | JobState::Completed | JobState::Failed)),
+        Verb::Discard | Verb::Cancel => state == Some(JobState::Discarded),
+        Verb::Undo => false,
+    })
+}
+
+/// The console decision's one-line email, then the marker saying it went.
+async fn tell_decision(
+    svc: &Services,
+    obj: &crate::event::ObjectRef,
+    tenant: &Tenant,
+    verb: Verb,
+    id: &str,
+    marker: &str,
+    line: &str,
+) -> Result<()> {
     let subject = format!("[rosterdrop] {}: {} {}", tenant.id, verb.as_str(), crate::wording::bounded(id, 64));
     let text = format!("{line}.\n\n(From the file {}.)\n", obj.key);
     let html = crate::layout::text_page(tenant, &subject, &text);
-    report::send_to(svc, &report::sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &[]).await
+    report::send_to(svc, &report::sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &[]).await?;
+    svc.store.put(marker, format!("sent\n{line}").into_bytes(), "text/plain").await
 }
 
 #[cfg(test)]
@@ -432,6 +481,29 @@ mod tests {
             let job = kit.svc.jobs.get(&crate::ingest::job_id(&obj)).await.unwrap().unwrap();
             assert_eq!(job.state, state, "{name}");
         }
+    }
+
+    /// An approval dropped in the S3 console whose email failed: the retry found the drop
+    /// "handled" and the admins never heard. The marker now records the decision, the retry
+    /// sends its line (not a refusal: the job is approved), and a duplicate event sends nothing.
+    #[tokio::test]
+    async fn a_console_decision_whose_email_failed_is_told_by_the_retry_once() {
+        let mut kit = seeded(30).await;
+        let job = kit.run("cleanup.csv", &mass_delete()).await;
+        assert_eq!(job.state, JobState::Held);
+        let mails = kit.mem.mailer.sent().len();
+        let obj = kit.upload(&format!("approve/{}", job.id), "");
+        *kit.mem.mailer.throttle_next.lock().unwrap() = 1;
+        assert!(crate::route::dispatch(&kit.svc, &obj).await.is_err(), "the send failed: retried");
+        assert_eq!(kit.svc.jobs.get(&job.id).await.unwrap().unwrap().state, JobState::Applying, "decided once");
+        kit.deliver(&obj).await; // Lambda's retry
+        assert_eq!(kit.mem.mailer.sent().len(), mails + 1);
+        let text = kit.last_mail();
+        assert!(text.contains(&format!("job {} approved", job.id)), "{text}");
+        kit.deliver(&obj).await; // a duplicate event
+        assert_eq!(kit.mem.mailer.sent().len(), mails + 1, "told once");
+        kit.settle().await;
+        assert_eq!(kit.svc.jobs.get(&job.id).await.unwrap().unwrap().state, JobState::Completed);
     }
 
     /// A rejection SES refuses for good (not a throttle) keeps its claim: the job ends REJECTED at
