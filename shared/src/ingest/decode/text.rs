@@ -123,9 +123,24 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
         csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delimiter).buffer_capacity(1 << 16).from_reader(r);
     let mut record = csv::ByteRecord::new();
     let mut number = 0u32;
+    // Rows as a spreadsheet numbers them: the CSV reader skips empty lines, which a spreadsheet
+    // shows as empty rows (a record over several lines is one row). The lines read since the
+    // previous record, less the record's own (its line breaks, and its terminator unless it
+    // ends the file), are empty lines. `ended`: the line the previous record ended on. (The CSV
+    // reader ends a CRLF record before its LF, counting that line with the next record: the
+    // first record's baseline is one line earlier.)
+    let (length, last_byte) = (scan.offset, scan.prev);
+    let crlf = scan.crlf == Some(true);
+    let mut ended = if crlf { 0 } else { 1u64 };
     let corrupt = |e: csv::Error| FileError::Corrupt { format: format.label(), detail: e.to_string() };
     while reader.read_byte_record(&mut record).map_err(corrupt)? {
-        number += 1;
+        let end = reader.position();
+        // In a CRLF file each record's lines include the previous record's LF instead of its own.
+        let terminated = end.byte() < length || last_byte == Some(b'\n') || crlf;
+        let own = record.iter().map(|f| memchr::memchr_iter(b'\n', f).count() as u64).sum::<u64>() + u64::from(terminated);
+        let empty_lines = (end.line().saturating_sub(ended)).saturating_sub(own);
+        ended = end.line();
+        number = number.saturating_add(1).saturating_add(u32::try_from(empty_lines).unwrap_or(u32::MAX));
         if utf8 && !lossy {
             // Pass 1 found the whole file valid: one check per record, fields borrowed as they are.
             match csv::StringRecord::from_byte_record(std::mem::take(&mut record)) {
@@ -220,6 +235,8 @@ pub(super) struct Scan {
     swallowed: Option<(u64, u64)>,
     /// Line breaks: an upper bound of the records, to size the validator's key table once.
     newlines: u64,
+    /// Whether the file's first line break is CRLF (`None` before one is seen).
+    crlf: Option<bool>,
 }
 
 impl Scan {
@@ -241,6 +258,7 @@ impl Scan {
             closed_broken: false,
             swallowed: None,
             newlines: 0,
+            crlf: None,
         }
     }
 
@@ -258,6 +276,11 @@ impl Scan {
         }
         self.utf8.feed(buf);
         self.newlines += memchr::memchr_iter(b'\n', buf).count() as u64;
+        if self.crlf.is_none()
+            && let Some(i) = memchr::memchr(b'\n', buf)
+        {
+            self.crlf = Some(if i == 0 { self.prev == Some(b'\r') } else { buf[i - 1] == b'\r' });
+        }
         let mut i = 0;
         if self.quote_pending {
             self.quote_pending = false;
@@ -446,6 +469,20 @@ mod tests {
 
     fn cells(t: &Table) -> Vec<Vec<&str>> {
         t.rows.iter().map(|(_, r)| r.iter().map(String::as_str).collect()).collect()
+    }
+
+    /// A bad row on line 5 after two empty lines was "row 3": the CSV reader skips empty lines,
+    /// which a spreadsheet shows as rows. A record over several lines is still one row.
+    #[test]
+    fn rows_are_numbered_as_a_spreadsheet_shows_them_empty_lines_included() {
+        for eol in ["\n", "\r\n"] {
+            let text = ["", "", "Email,Note", &format!("a@x.com,\"two{eol}lines\""), "", "", "b@x.com,x", "c@x.com,y", ""].join(eol);
+            let t = decode(text.as_bytes()).unwrap();
+            let numbers: Vec<u32> = t.rows.iter().map(|(n, _)| *n).collect();
+            assert_eq!(numbers, [4, 7, 8], "{eol:?}");
+            let unterminated = text.trim_end();
+            assert_eq!(decode(unterminated.as_bytes()).unwrap().rows.last().unwrap().0, 8, "{eol:?}: the last line without its break");
+        }
     }
 
     #[test]
