@@ -34,18 +34,26 @@ pub(super) fn read_text<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V, b
 /// Windows-1252. `raw_head` is the file's first bytes as stored.
 pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
     r: &mut R,
-    start: u64,
+    mut start: u64,
     raw_head: &[u8],
     label: Option<&'static str>,
     v: &mut V,
     buffer: usize,
 ) -> Result<(), ReadError<V::Stop>> {
+    let bom = start == 3;
     r.seek(SeekFrom::Start(start))?;
     let mut head = vec![0u8; HEAD_BYTES];
-    let n = read_up_to(r, &mut head)?;
+    let mut n = read_up_to(r, &mut head)?;
     head.truncate(n);
+    // Excel's "sep=;" first line names the delimiter, and is no row of the table.
+    let named = separator_line(&head);
+    if let Some((_, len)) = named {
+        start += len as u64;
+        head.drain(..len);
+        n -= len;
+    }
     // The header line decides the delimiter; quotes and delimiters are ASCII in every encoding read here.
-    let delimiter = sniff_delimiter(&String::from_utf8_lossy(&head), n < HEAD_BYTES);
+    let delimiter = named.map_or_else(|| sniff_delimiter(&String::from_utf8_lossy(&head), n < HEAD_BYTES), |(d, _)| d);
 
     // Pass 1: the whole file, without keeping it: emptiness, NUL bytes, UTF-8 validity, quotes.
     r.seek(SeekFrom::Start(start))?;
@@ -62,10 +70,10 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
     if !scan.content {
         return Err(FileError::Empty.into());
     }
-    let utf8 = label.is_some() || start == 3 || scan.utf8.valid();
+    let utf8 = label.is_some() || bom || scan.utf8.valid();
     // A UTF-8 byte-order mark says UTF-8 even when some bytes are not: those fields are read as
     // Windows-1252 (below).
-    let lossy = start == 3 && !scan.utf8.valid();
+    let lossy = bom && !scan.utf8.valid();
     let encoding = label.unwrap_or(if utf8 { UTF_8.name() } else { WINDOWS_1252.name() });
     let head_text: Cow<'_, str> = if utf8 { String::from_utf8_lossy(&head) } else { WINDOWS_1252.decode_without_bom_handling(&head).0 };
     if let Some(at) = scan.nul_at {
@@ -187,6 +195,19 @@ pub(super) fn line_of<R: Read + Seek>(r: &mut R, start: u64, at: u64) -> std::io
         left -= k as u64;
     }
     Ok(lines)
+}
+
+/// Excel's `sep=;` first line (written by some exports so Excel splits the file right): the
+/// delimiter it names and the line's length with its break.
+fn separator_line(head: &[u8]) -> Option<(u8, usize)> {
+    let rest = head.strip_prefix(b"sep=")?;
+    let (&delimiter, after) = rest.split_first()?;
+    let eol = match after {
+        [b'\r', b'\n', ..] => 2,
+        [b'\n' | b'\r', ..] => 1,
+        _ => return None,
+    };
+    (delimiter.is_ascii_punctuation() || delimiter == b'\t').then_some((delimiter, 5 + eol))
 }
 
 /// The delimiters of the header record (the first non-blank one) outside quotes.
@@ -483,6 +504,17 @@ mod tests {
             let unterminated = text.trim_end();
             assert_eq!(decode(unterminated.as_bytes()).unwrap().rows.last().unwrap().0, 8, "{eol:?}: the last line without its break");
         }
+    }
+
+    /// `sep=;` on the first line (some exports write it for Excel): the delimiter, not the header.
+    #[test]
+    fn an_excel_separator_line_names_the_delimiter_and_is_not_the_header() {
+        let t = decode(b"\xEF\xBB\xBFsep=;\r\nEmail;FirstName\r\nzoe@x.com;Zo\xc3\xab\r\n").unwrap();
+        assert_eq!((t.delimiter, t.headers.clone()), (Some(';'), vec!["Email".to_string(), "FirstName".to_string()]));
+        assert_eq!(t.rows, vec![(2, vec!["zoe@x.com".to_string(), "Zoë".to_string()])]);
+        let t = decode(b"sep=,\nEmail,Name;Org\na@x.com,A;B\n").unwrap();
+        assert_eq!(t.delimiter, Some(','), "named, not sniffed");
+        assert_eq!(decode(b"sep=\nEmail\na@x.com\n").unwrap().headers, vec!["sep="], "no delimiter named: an ordinary line");
     }
 
     #[test]
