@@ -25,9 +25,30 @@ pub fn link_line(name: &str, url: &str, job: &str) -> String {
 }
 
 /// A name from the file as quoted in a message: at most 64 characters, then an ellipsis, so no
-/// message outgrows what a cell, an email line or a log line holds.
+/// message outgrows what a cell, an email line or a log line holds. Characters that show as
+/// nothing (a zero-width space pasted from a web page, a direction mark, a byte-order mark, a
+/// control character) are written out as `<U+200B>`: `Email "ann@x.com" is not a valid email
+/// address` said nothing of what to fix.
 pub fn quoted(name: &str) -> String {
-    bounded(name, 64)
+    let cut = bounded(name, 64);
+    if !cut.chars().any(invisible) {
+        return cut;
+    }
+    let mut out = String::with_capacity(cut.len() + 16);
+    for c in cut.chars() {
+        if invisible(c) {
+            out += &format!("<U+{:04X}>", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A character that shows as nothing (line breaks and tabs excepted: they show as space).
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+        || (c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
 }
 
 /// `text` cut to `max` characters, with an ellipsis when cut.
@@ -35,5 +56,19 @@ pub fn bounded(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invisible_characters_are_written_out_in_quotes() {
+        assert_eq!(quoted("ann@x.com\u{200B}"), "ann@x.com<U+200B>");
+        assert_eq!(quoted("\u{FEFF}Email"), "<U+FEFF>Email");
+        assert_eq!(quoted("a\u{0007}b"), "a<U+0007>b");
+        assert_eq!(quoted("Zoë, line\ttab"), "Zoë, line\ttab", "visible text as it is");
+        assert_eq!(quoted(&"x".repeat(70)).chars().count(), 65, "still bounded");
     }
 }
