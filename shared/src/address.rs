@@ -35,6 +35,22 @@ pub fn deliverable(address: &str) -> Result<std::borrow::Cow<'_, str>, Undeliver
     Ok(format!("{local}@{ascii}").into())
 }
 
+/// The address as a key, one spelling per mailbox (given lower-cased): an international domain
+/// has several (`bücher.example`, its punycode `xn--bcher-kva.example`, full-width `ｘ.com` for
+/// `x.com`), and two rows spelling one mailbox differently made two users and two invites. The
+/// domain is mapped as IDNA maps it (UTS #46), to the Unicode form the directory keeps; SES's
+/// events, which name the punycode form, find the invite by it too.
+pub fn canonical(address: &str) -> std::borrow::Cow<'_, str> {
+    let Some((local, domain)) = address.rsplit_once('@') else { return address.into() };
+    if domain.is_ascii() && !domain.contains("xn--") {
+        return address.into();
+    }
+    match idna::domain_to_unicode(domain) {
+        (unicode, Ok(())) if !unicode.is_empty() => format!("{local}@{unicode}").into(),
+        _ => address.into(),
+    }
+}
+
 /// An address for logs: its first character and its domain (`a***@example.com`), never whole.
 pub fn masked(address: &str) -> String {
     match address.rsplit_once('@') {
@@ -52,6 +68,16 @@ mod tests {
         assert_eq!(deliverable("ann@example.com").unwrap(), "ann@example.com");
         assert_eq!(deliverable("ann@bücher.example").unwrap(), "ann@xn--bcher-kva.example");
         assert_eq!(deliverable("josé@example.com"), Err(Undeliverable::LocalPart));
+    }
+
+    #[test]
+    fn each_mailbox_has_one_key_whatever_the_spelling_of_its_domain() {
+        for spelling in ["ann@bücher.example", "ann@xn--bcher-kva.example", "ann@b\u{fc}cher.example"] {
+            assert_eq!(canonical(spelling), "ann@bücher.example", "{spelling}");
+        }
+        assert_eq!(canonical("bob@ｘ.com"), "bob@x.com");
+        assert!(matches!(canonical("plain@example.com"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(canonical("no-at-sign"), "no-at-sign");
     }
 
     #[test]

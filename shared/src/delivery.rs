@@ -36,7 +36,12 @@ pub fn parse(event: &Value) -> Option<Feedback> {
     let kind = record["eventType"].as_str().or(record["notificationType"].as_str())?;
     let addresses = |list: &Value| -> Vec<String> {
         list.as_array()
-            .map(|l| l.iter().filter_map(|r| r["emailAddress"].as_str().or(r.as_str())).map(|e| e.trim().to_lowercase()).collect())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|r| r["emailAddress"].as_str().or(r.as_str()))
+                    .map(|e| crate::address::canonical(&e.trim().to_lowercase()).into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let (status, recipients, reason, at) = match kind {

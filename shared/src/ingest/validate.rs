@@ -203,9 +203,8 @@ impl RowValidator {
     pub fn note_named<S: AsRef<str>>(&mut self, cells: &[S], mapping: &Mapping) {
         if self.mode.is_replace()
             && is_user_row(cells, mapping)
-            && let Some(key) = cell(cells, mapping, Field::Email)
-                .map(|e| e.to_lowercase())
-                .or_else(|| cell(cells, mapping, Field::Username).map(username_key))
+            && let Some(key) =
+                cell(cells, mapping, Field::Email).map(email_key).or_else(|| cell(cells, mapping, Field::Username).map(username_key))
         {
             let fp = self.fingerprint(EntityType::User, &key);
             self.named_users.insert(fp);
@@ -484,7 +483,7 @@ fn validate_row<'c, S: AsRef<str>>(
             let mut associations = BTreeMap::new();
             for (field, attr) in ASSOCIATION_FIELDS {
                 if let Some(raw) = get(*field) {
-                    let email = raw.to_lowercase();
+                    let email = email_key(raw);
                     if !is_valid_email(&email) {
                         return Err(fail_at(field.name(), {
                             let raw = crate::wording::quoted(raw);
@@ -653,7 +652,8 @@ fn check_pool(cell: &str, tenant: &Tenant) -> std::result::Result<String, String
     Err(format!("unknown licence pool \"{cell}\"; this tenant's pools are {}", names.join(", ")))
 }
 
-/// An Email cell as a key: lower-cased, a valid address we can deliver to.
+/// An Email cell as a key: lower-cased, a valid address we can deliver to, its domain in one
+/// spelling (`address::canonical`).
 fn checked_email(raw: &str) -> std::result::Result<Cow<'_, str>, String> {
     let email = lowercase(raw);
     if !is_valid_email(&email) {
@@ -662,7 +662,15 @@ fn checked_email(raw: &str) -> std::result::Result<Cow<'_, str>, String> {
     if let Err(why) = crate::address::deliverable(&email) {
         return Err(format!("Email \"{}\" {why}", crate::wording::quoted(raw)));
     }
-    Ok(email)
+    Ok(match email {
+        Cow::Borrowed(e) => crate::address::canonical(e),
+        Cow::Owned(e) => Cow::Owned(crate::address::canonical(&e).into_owned()),
+    })
+}
+
+/// An email cell as the key `checked_email` gives, for cells only looked up (not validated).
+fn email_key(raw: &str) -> String {
+    crate::address::canonical(&lowercase(raw)).into_owned()
 }
 
 /// Lower-cased, borrowed when it already is (emails mostly are).
@@ -884,6 +892,24 @@ mod tests {
         assert_eq!(message(&v, 2), "Email \"ann@@x.com\" is not a valid email address");
         assert_eq!(message(&v, 3), "Email \"bob@localhost\" is not a valid email address");
         assert!(v.ops.is_empty());
+    }
+
+    /// Two spellings of one mailbox (an international domain and its punycode, full-width
+    /// letters) made two users and two invites.
+    #[test]
+    fn one_mailbox_spelt_two_ways_is_a_duplicate() {
+        let v = run("Email\nann@bücher.example\nANN@xn--bcher-kva.example\nbob@ｘ.com\nbob@x.com\n", Mode::Upsert);
+        let keys: Vec<&str> = v
+            .ops
+            .iter()
+            .map(|op| match &op.target {
+                Target::User { email, .. } => email.as_str(),
+                _ => "",
+            })
+            .collect();
+        assert_eq!(keys, ["ann@bücher.example", "bob@x.com"]);
+        assert!(message(&v, 3).starts_with("duplicate email: row 2"), "{}", message(&v, 3));
+        assert!(message(&v, 5).starts_with("duplicate email: row 4"), "{}", message(&v, 5));
     }
 
     #[test]
