@@ -59,6 +59,26 @@ pub fn masked(address: &str) -> String {
     }
 }
 
+/// `text` with every word holding an `@` masked (`masked`): a message quoting cells (a header
+/// row that was a row of data) is logged without the addresses in it.
+pub fn mask_addresses(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('@') {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        let is_break = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ';' | '(' | ')' | '<' | '>');
+        let start = rest[..at].rfind(is_break).map_or(0, |i| i + rest[i..].chars().next().map_or(1, char::len_utf8));
+        let end = rest[at..].find(is_break).map_or(rest.len(), |i| at + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&masked(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +98,17 @@ mod tests {
         assert_eq!(canonical("bob@ｘ.com"), "bob@x.com");
         assert!(matches!(canonical("plain@example.com"), std::borrow::Cow::Borrowed(_)));
         assert_eq!(canonical("no-at-sign"), "no-at-sign");
+    }
+
+    #[test]
+    fn addresses_in_a_message_are_masked_for_logs() {
+        let reason = "the required column Email is missing (the header row has: \"ann@x.com\", \"Ann\", bob.lee@bücher.example)";
+        assert_eq!(
+            mask_addresses(reason),
+            "the required column Email is missing (the header row has: \"a***@x.com\", \"Ann\", b***@bücher.example)"
+        );
+        assert_eq!(mask_addresses("no address here"), "no address here");
+        assert_eq!(mask_addresses("@ alone, and x@"), "***@ alone, and x***@");
     }
 
     #[test]

@@ -166,7 +166,7 @@ pub async fn tenant_to_tell(svc: &Services, id: &str) -> Result<Option<Tenant>> 
 
 /// Reject a whole file: nothing applied, `summary.json` with the reason, one email to the admins.
 pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: &str, attachments: &[Attachment]) -> Result<()> {
-    warn!(job = %job.id, tenant = %job.tenant, reason, "file rejected");
+    warn!(job = %job.id, tenant = %job.tenant, reason = %crate::address::mask_addresses(reason), "file rejected");
     let mut summary = Summary::new(job, JobState::Rejected);
     summary.reason = Some(reason.to_string());
     let key = format!("{}summary.json", keys::results_prefix(&job.tenant, &job.id));

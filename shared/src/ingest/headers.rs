@@ -107,10 +107,21 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
         )),
     }
     if !mapping.has(Field::Email) && !mapping.has(Field::Username) && !mapping.has(Field::OrgName) {
-        return Err(format!(
-            "the required column Email is missing (the header row has: {}). Add an Email column, or use the template",
-            header_list(headers)
-        ));
+        // One cell of text (`Staff roster - January`): a title above the column names, which the
+        // first row with text is taken for.
+        let mut texts = headers.iter().map(|h| h.trim()).filter(|h| !h.is_empty());
+        let title = match (texts.next(), texts.next()) {
+            (Some(only), None) => Field::from_header(only).is_none() && only.split_whitespace().count() >= 3,
+            _ => false,
+        };
+        let hint = if title {
+            "; that looks like a title: the first row with text must be the column names, so delete the rows above them"
+        } else if headers.iter().any(|h| h.contains('@')) {
+            "; that looks like a row of data: add the header row (Email, First Name, ...) above it"
+        } else {
+            ". Add an Email column, or use the template"
+        };
+        return Err(format!("the required column Email is missing (the header row has: {}){hint}", header_list(headers)));
     }
     Ok(mapping)
 }
@@ -223,6 +234,16 @@ mod tests {
         let err = map_headers(&h(&["Name", "Phone"]), &tenant()).unwrap_err();
         assert!(err.contains("required column Email is missing"), "{err}");
         assert!(err.contains("\"Name\", \"Phone\""), "{err}");
+        assert!(err.ends_with(". Add an Email column, or use the template"), "{err}");
+        // A title above the column names, and a file without its header row, say so.
+        let err = map_headers(&h(&["Staff roster - January 2027"]), &tenant()).unwrap_err();
+        assert!(
+            err.ends_with("that looks like a title: the first row with text must be the column names, so delete the rows above them"),
+            "{err}"
+        );
+        let err = map_headers(&h(&["ann@x.com", "Ann", "Lee"]), &tenant()).unwrap_err();
+        assert!(err.ends_with("that looks like a row of data: add the header row (Email, First Name, ...) above it"), "{err}");
+        assert!(map_headers(&h(&["Name"]), &tenant()).unwrap_err().ends_with("or use the template"), "one word is a column name");
     }
 
     #[test]

@@ -94,7 +94,8 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
 }
 
 async fn give_up(svc: &Services, obj: &ObjectRef, cause: &Error) -> Result<()> {
-    tracing::error!(key = %obj.key, error = %cause, "ingest cannot process this file; rejecting it");
+    let error = crate::address::mask_addresses(&cause.to_string()).into_owned();
+    tracing::error!(key = %obj.key, error, "ingest cannot process this file; rejecting it");
     let Some(job) = svc.jobs.get(&job_id(obj)).await? else { return Ok(()) };
     if job.state != JobState::Received {
         return Ok(()); // past ingest: what failed after the plan (the started email) is not the file's fault
