@@ -39,6 +39,11 @@ pub(super) fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Resul
     let mut file = cfb::CompoundFile::open(r).map_err(corrupt)?;
     // Names are unique ignoring case within a storage (the tree orders them so): one of each at most.
     let root: Vec<String> = file.read_root_storage().filter(|e| e.is_stream()).map(|e| e.name().to_string()).collect();
+    // A password-protected XLSX (or ODS-less Office file) is an OLE container holding the
+    // encrypted package: it was answered "it holds no workbook. Save it again".
+    if root.iter().any(|n| n == "EncryptedPackage") {
+        return Err(FileError::Encrypted);
+    }
     let pick = ["Workbook", "Book"].into_iter().find_map(|want| Some((want, root.iter().find(|n| n.eq_ignore_ascii_case(want))?.clone())));
     // Every stream is walked too (calamine reads nothing else, but a damaged chain anywhere means
     // a damaged file), each bounded by the file size.
@@ -468,6 +473,15 @@ mod tests {
 
         fn rows(t: &Table) -> Vec<Vec<String>> {
             t.rows.iter().map(|(_, r)| r.clone()).collect()
+        }
+
+        /// A password-protected XLSX is an OLE container with the encrypted package; it was
+        /// answered "it holds no workbook. Save it again from your spreadsheet program".
+        #[test]
+        fn a_password_protected_workbook_is_named_as_such() {
+            let encrypted = container(&[("/EncryptionInfo", vec![4, 0, 4, 0]), ("/EncryptedPackage", vec![0; 64])]);
+            assert!(matches!(check(&encrypted), Err(FileError::Encrypted)));
+            assert!(decode(&encrypted).unwrap_err().to_string().contains("protected with a password"));
         }
 
         #[test]

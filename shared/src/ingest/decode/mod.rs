@@ -77,6 +77,10 @@ pub enum FileError {
     #[error("the workbook has no sheet with data")]
     NoSheet,
     #[error(
+        "the workbook is protected with a password, so it cannot be read: open it, remove the password (in Excel: File > Info > Protect Workbook > Encrypt with Password, then clear it), save it and upload it again"
+    )]
+    Encrypted,
+    #[error(
         "the workbook's sheets are all hidden ({sheets}), and hidden sheets are not read: unhide the roster sheet in your spreadsheet and upload the file again"
     )]
     OnlyHidden { sheets: String },
