@@ -104,7 +104,11 @@ pub struct Summary {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedUser {
+    /// The row as the file numbers it (its sheet's row in a workbook of several sheets).
     pub row: u32,
+    /// The sheet, in a workbook of several data sheets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sheet: Option<String>,
     pub user_id: String,
 }
 

@@ -160,6 +160,15 @@ impl Digest {
         p
     }
 
+    /// A row id as the file numbers it: (its sheet when the file has several, its row there).
+    /// The id itself is `sheet index * 10,000,000 + row`, which no person reads.
+    pub fn place(&self, id: u32) -> (Option<String>, u32) {
+        match self.sheets.iter().rev().find(|(offset, _)| id >= *offset) {
+            Some((offset, sheet)) if self.sheets.len() > 1 => (Some(sheet.clone()), id - offset),
+            _ => (None, id % crate::ingest::sheets::SHEET_STRIDE),
+        }
+    }
+
     /// A row id as a person reads it.
     pub fn row_label(&self, id: u32) -> String {
         match self.sheets.iter().rev().find(|(offset, _)| id >= *offset) {

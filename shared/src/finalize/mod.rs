@@ -235,7 +235,14 @@ fn summary_of(job: &Job, state: JobState, d: &Digest, mut warnings: Vec<String>)
     summary.counts = d.counts.clone();
     summary.by_action = d.by_action.clone();
     summary.disabled_not_in_file = d.disabled;
-    summary.created_users = d.created_ids.iter().map(|(row, id)| crate::report::CreatedUser { row: *row, user_id: id.clone() }).collect();
+    summary.created_users = d
+        .created_ids
+        .iter()
+        .map(|(row, id)| {
+            let (sheet, row) = d.place(*row);
+            crate::report::CreatedUser { row, sheet, user_id: id.clone() }
+        })
+        .collect();
     summary.created_users_not_listed = d.more_created_ids;
     summary.problems = d.problems();
     summary.rows_of_other_problems = d.rows_of_other_problems;
@@ -555,6 +562,26 @@ mod tests {
         })
         .await;
         assert_eq!(kit.mem.mailer.sent().len(), 1);
+    }
+
+    /// `created_users` named rows by their internal id: row 3 of a second sheet was 10000003.
+    /// They are now the sheet's row, with the sheet named when the workbook has several.
+    #[tokio::test]
+    async fn created_users_are_listed_by_sheet_and_row_as_the_file_numbers_them() {
+        let mut wb = rust_xlsxwriter::Workbook::new();
+        for (sheet, email) in [("Staff", "a@acme.example.com"), ("Contractors", "b@acme.example.com")] {
+            let ws = wb.add_worksheet();
+            ws.set_name(sheet).unwrap();
+            ws.write_string(0, 0, "Email").unwrap();
+            ws.write_string(2, 0, email).unwrap();
+        }
+        let mut kit = Kit::new(|_| {}).await;
+        let job = kit.run("two.xlsx", wb.save_to_buffer().unwrap()).await;
+        let listed: Vec<(Option<String>, u32)> = kit.summary(&job).await.created_users.into_iter().map(|c| (c.sheet, c.row)).collect();
+        assert_eq!(listed, [(Some("Staff".to_string()), 3), (Some("Contractors".to_string()), 3)]);
+        let job = kit.run("one.csv", "Email\nc@acme.example.com\n").await;
+        let listed: Vec<(Option<String>, u32)> = kit.summary(&job).await.created_users.into_iter().map(|c| (c.sheet, c.row)).collect();
+        assert_eq!(listed, [(None, 2)]);
     }
 
     /// A value right of the last header fails its row; the result and failed-rows files dropped
