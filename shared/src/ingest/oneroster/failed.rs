@@ -70,15 +70,20 @@ pub fn failed_bundle(bundle: &Bundle, failed: &[Table]) -> Result<Vec<u8>, Strin
         let Some(file) = bundle.files.get(name.as_str()) else { continue };
         let by_line: BTreeMap<u32, &Vec<String>> = file.table.rows.iter().map(|(n, c)| (*n, c)).collect();
         let mut w = csv::Writer::from_writer(Vec::new());
-        let width = file.table.headers.len();
-        let mut header: Vec<&str> = file.table.headers.iter().map(String::as_str).collect();
+        // A failed-records bundle dropped again carries our two columns already: replaced, not
+        // added again (each loop grew the files by a pair).
+        let ours = |h: &str| h.trim().eq_ignore_ascii_case(OUTCOME) || h.trim().eq_ignore_ascii_case("Message");
+        let keep: Vec<usize> = (0..file.table.headers.len()).filter(|&i| !ours(&file.table.headers[i])).collect();
+        let mut header: Vec<&str> = keep.iter().map(|&i| file.table.headers[i].as_str()).collect();
         // Not "Status": OneRoster files have a status column of their own.
         header.extend([OUTCOME, "Message"]);
         w.write_record(&header).map_err(|e| err(&e))?;
         for (line, (status, message)) in lines {
             let Some(cells) = by_line.get(line) else { continue };
-            let mut row: Vec<String> =
-                (0..width).map(|i| cells.get(i).map(|c| crate::finalize::write::neutralise(c).into_owned()).unwrap_or_default()).collect();
+            let mut row: Vec<String> = keep
+                .iter()
+                .map(|&i| cells.get(i).map(|c| crate::finalize::write::neutralise(c).into_owned()).unwrap_or_default())
+                .collect();
             row.push(status.clone());
             row.push(crate::finalize::write::neutralise(message).into_owned());
             w.write_record(&row).map_err(|e| err(&e))?;
@@ -156,6 +161,16 @@ mod tests {
         assert!(users.rows[0].1.contains(&"'=Pat".to_string()), "{users:?}");
         let enrollments = text("enrollments.csv");
         assert!(enrollments.rows.iter().any(|(_, r)| r[0] == "enr-5" && r[r.len() - 1] == "needed by users.csv line 8"), "{enrollments:?}");
+
+        // Dropped again unfixed: its failed records come back with one Outcome and Message pair,
+        // not a second one added to the first.
+        let again = kit.run("district-failed-records.zip", &zip).await;
+        let again = kit.summary(&again).await;
+        let again = kit.svc.store.get(again.failed_rows_key.as_ref().unwrap()).await.unwrap().unwrap();
+        let again = archive::read_files(&mut std::io::Cursor::new(&again), "", archive::MAX_ARCHIVE_BYTES).unwrap();
+        let users_again = again.iter().find(|e| e.name == "users.csv").and_then(|e| e.table.clone()).unwrap();
+        assert_eq!(users_again.headers, users.headers, "the same columns, one Outcome and Message");
+        assert!(users_again.rows[0].1.contains(&"'=Pat".to_string()), "{users_again:?}");
 
         // Fixed where the messages say, and dropped again.
         let fixed = {
