@@ -238,7 +238,7 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
             let other = svc.jobs.get(&holder).await?;
             if let Some(other) = other.as_ref().filter(|j| j.state == JobState::Held) {
                 let reason = format!(
-                    "another replace file of this tenant ({}, job {holder}) is HELD for approval; approve or discard it first                      (rosterdrop approve|discard {holder}), then upload this file again; nothing was applied",
+                    "another replace file of this tenant ({}, job {holder}) is HELD for approval; approve or discard it first (rosterdrop approve|discard {holder}), then upload this file again; nothing was applied",
                     crate::wording::quoted(&other.file_name)
                 );
                 return report::reject(svc, &job, Some(&tenant), &reason, &[]).await;
