@@ -190,6 +190,16 @@ enum DevCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Output piped into `head` (or a closed pager): print! panics on the broken pipe, which read as
+    // a crash (exit 101 and a panic message). End quietly as a program killed by SIGPIPE does.
+    let panicked = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info.payload().downcast_ref::<String>().map(String::as_str).or_else(|| info.payload().downcast_ref::<&str>().copied());
+        if text.is_some_and(|t| t.starts_with("failed printing to stdout") && t.contains("Broken pipe")) {
+            std::process::exit(141);
+        }
+        panicked(info);
+    }));
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| if cli.verbose { "info".into() } else { "error".into() });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -145,6 +145,26 @@ fn decoding_bombs_are_refused_in_one_line_under_a_512_mb_address_space() {
     }
 }
 
+/// `rosterdrop validate big.csv | head -1` panicked on the broken pipe (exit 101, a panic
+/// message on stderr); it now ends quietly, as a program killed by SIGPIPE (141).
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let file = tmp("many.csv");
+    std::fs::write(&file, (0..3000).fold(String::from("Email\n"), |t, i| t + &format!("bad{i}\n"))).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("\"$0\" validate \"$1\" | head -1 >/dev/null; exit ${PIPESTATUS[0]}")
+        .arg(assert_cmd::cargo::cargo_bin("rosterdrop"))
+        .arg(&file)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+}
+
 #[test]
 fn no_stack_running_exits_3_with_what_to_do() {
     let out = rosterdrop()

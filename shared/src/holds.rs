@@ -672,7 +672,11 @@ mod tests {
         // A held replace file keeps the tenant's replace lock: another list waits for the decision.
         let blocked = kit.run("replace-force/all.csv", &list).await;
         assert_eq!(blocked.state, JobState::Rejected);
-        assert!(kit.last_mail().contains("is HELD for approval; approve or discard it first (rosterdrop approve|discard"), "{}", kit.last_mail());
+        assert!(
+            kit.last_mail().contains("is HELD for approval; approve or discard it first (rosterdrop approve|discard"),
+            "{}",
+            kit.last_mail()
+        );
         decide(&kit.svc, &job.id, None, Verb::Discard, "test").await.unwrap().unwrap();
         let forced = kit.run("replace-force/all-again.csv", &list).await;
         assert_eq!(forced.state, JobState::Completed);
