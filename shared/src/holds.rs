@@ -372,23 +372,39 @@ pub async fn discard_expired(svc: &Services, now: chrono::DateTime<chrono::Utc>)
 /// drop, its outcome emailed to the tenant's admins in one line.
 ///
 /// A marker records how far the drop got, so a retry after a failure resumes instead of finding
-/// the drop "handled" (the decision, or only its email, was lost): `claimed` while deciding (a
-/// duplicate event leaves it alone), `free` after the decision failed (the retry decides again),
-/// `decided` with the outcome line once decided (the retry sends it), `sent` once told.
+/// the drop "handled" (the decision, or only its email, was lost): `claimed <time>` while deciding
+/// (a duplicate event meanwhile is retried later; a claim older than `DECISION_LEASE` was cut off
+/// and is taken over), `free` after the decision failed (the retry decides again), `decided` with
+/// the outcome line once decided (the retry sends it), `sent` once told.
 pub async fn from_console(svc: &Services, obj: &crate::event::ObjectRef, tenant: &Tenant, verb: Verb, file_name: &str) -> Result<()> {
     let marker = format!("{}control/{}", keys::STAGED, crate::ingest::job_id(obj));
     let id = Path::new(file_name).file_stem().and_then(|s| s.to_str()).unwrap_or(file_name).trim();
+    let now = chrono::Utc::now();
+    let claim = || format!("claimed {}", now.to_rfc3339()).into_bytes();
     let mut resumed = false;
-    if !svc.store.put_if_absent(&marker, b"claimed".to_vec(), "text/plain").await? {
+    if !svc.store.put_if_absent(&marker, claim(), "text/plain").await? {
         let state = svc.store.get(&marker).await?.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
         if let Some(line) = state.strip_prefix("decided\n") {
             return tell_decision(svc, obj, tenant, verb, id, &marker, line).await;
         }
-        if state != "free" {
-            info!(key = %obj.key, "decision already handled (duplicate event)");
-            return Ok(());
+        let claimed_at = state.strip_prefix("claimed ").and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        match claimed_at {
+            Some(at) if now - at.to_utc() < DECISION_LEASE => {
+                // Another invocation is deciding (or died doing so): look again later.
+                return Err(crate::error::Error::Transient {
+                    service: "holds",
+                    operation: "console decision",
+                    message: "the same drop is being decided; retried".into(),
+                });
+            }
+            Some(_) => warn!(key = %obj.key, "a console decision was cut off midway; deciding again"),
+            None if state == "free" => {}
+            None => {
+                info!(key = %obj.key, "decision already handled (duplicate event)");
+                return Ok(());
+            }
         }
-        svc.store.put(&marker, b"claimed".to_vec(), "text/plain").await?;
+        svc.store.put(&marker, claim(), "text/plain").await?;
         resumed = true;
     }
     let by = format!("a file dropped at {}", obj.key);
@@ -410,6 +426,10 @@ pub async fn from_console(svc: &Services, obj: &crate::event::ObjectRef, tenant:
     svc.store.put(&marker, format!("decided\n{line}").into_bytes(), "text/plain").await?;
     tell_decision(svc, obj, tenant, verb, id, &marker, &line).await
 }
+
+/// How long a console decision may take before its claim is taken over: deciding is a few
+/// requests, and Lambda's retries come about one and three minutes after a failure.
+const DECISION_LEASE: chrono::Duration = chrono::Duration::seconds(120);
 
 /// Whether job `id` is where `verb` puts a held job.
 async fn decided_already(svc: &Services, id: &str, verb: Verb) -> Result<bool> {
@@ -504,6 +524,25 @@ mod tests {
         assert_eq!(kit.mem.mailer.sent().len(), mails + 1, "told once");
         kit.settle().await;
         assert_eq!(kit.svc.jobs.get(&job.id).await.unwrap().unwrap().state, JobState::Completed);
+
+        // A decision whose invocation died while deciding (its claim left behind): a retry while
+        // the claim is young is retried later; once it is older than the lease, it decides.
+        let mut kit = seeded(30).await;
+        let held = kit.run("cleanup-2.csv", &mass_delete()).await;
+        assert_eq!(held.state, JobState::Held);
+        let mails = kit.mem.mailer.sent().len();
+        let obj = kit.upload(&format!("discard/{}", held.id), "");
+        let marker = format!("{}control/{}", keys::STAGED, crate::ingest::job_id(&obj));
+        let claimed = |ago: i64| format!("claimed {}", (chrono::Utc::now() - chrono::Duration::seconds(ago)).to_rfc3339()).into_bytes();
+        kit.svc.store.put(&marker, claimed(10), "text/plain").await.unwrap();
+        let young = crate::route::dispatch(&kit.svc, &obj).await.unwrap_err();
+        assert!(young.is_retryable(), "{young}");
+        assert_eq!(kit.svc.jobs.get(&held.id).await.unwrap().unwrap().state, JobState::Held);
+        kit.svc.store.put(&marker, claimed(180), "text/plain").await.unwrap();
+        kit.deliver(&obj).await;
+        assert_eq!(kit.svc.jobs.get(&held.id).await.unwrap().unwrap().state, JobState::Discarded);
+        assert_eq!(kit.mem.mailer.sent().len(), mails + 2, "the discard's own email and the decision's line");
+        assert!(kit.last_mail().contains(&format!("job {} discarded", held.id)), "{}", kit.last_mail());
     }
 
     /// A rejection SES refuses for good (not a throttle) keeps its claim: the job ends REJECTED at

@@ -82,12 +82,17 @@ pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Ut
 /// (rows of chunks never counted were not applied), else the plain failure email. `Ok(false)`:
 /// another invocation holds the claim.
 async fn tell_failed(svc: &Services, job: &crate::model::Job) -> Result<bool> {
-    let all_counted = job.phase_chunks.is_some_and(|plan| plan.iter().zip(&job.phase_done).all(|(planned, done)| done >= planned));
+    use crate::model::EmailKind;
+    if svc.jobs.email_sent(&job.id, EmailKind::Failure).await? {
+        svc.jobs.close(&job.id).await?; // told; only the close was lost
+        return Ok(true);
+    }
     match crate::finalize::finalize_job(svc, job, true).await {
         Ok(told) => Ok(told),
+        // A throttle or an outage: the next sweep tries the result files again.
+        Err(e) if e.is_retryable() => Err(e),
         Err(e) => {
-            // Every chunk counted: finalize itself failed (`finalize::fail_job`), nothing was cut short.
-            crate::finalize::tell_unfinished(svc, job, &e, !all_counted).await?;
+            crate::finalize::tell_unfinished(svc, job, &e, crate::finalize::cut_short(job)).await?;
             Ok(true)
         }
     }
@@ -355,6 +360,11 @@ mod tests {
             assert_eq!(finish_unsent_jobs(&kit.svc, now).await.unwrap(), 0, "young: left to its own retries");
             let later = now + chrono::Duration::seconds(kit.svc.config.lease.secs + 1);
             assert!(oldest_open_job_age(&kit.svc, later).await.unwrap() > kit.svc.config.lease.secs, "the age metric sees it");
+            // SES still throttling at the sweep: tried again at the next, not told "could not be written".
+            *kit.mem.mailer.throttle_next.lock().unwrap() = 1;
+            assert_eq!(finish_unsent_jobs(&kit.svc, later).await.unwrap(), 0);
+            assert!(kit.mem.mailer.sent().is_empty());
+            assert!(kit.svc.jobs.open_jobs(50).await.unwrap().iter().any(|(j, _)| *j == id), "still owed");
             assert_eq!(finish_unsent_jobs(&kit.svc, later).await.unwrap(), 1);
             let sent = kit.mem.mailer.sent();
             assert_eq!(sent.len(), 1, "told once");

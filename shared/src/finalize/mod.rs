@@ -145,11 +145,10 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
             let from = report::sender(svc, &tenant);
             let (attachments, links) = attach_or_link(svc, &uploaded).await?;
             let (subject, text, html) = result_email(&tenant, &summary, &files.digest, &links);
-            if let Err(e) = report::send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &attachments).await {
-                // Free the claim: the retry (or the sweep) sends at once, not a lease later.
-                svc.jobs.release_email(&job_id, EmailKind::Result).await?;
-                return Err(e);
-            }
+            let sent = report::send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &attachments).await;
+            // A send that may succeed again frees its claim: the retry (or the sweep) sends at once,
+            // not a lease later. One SES refuses for good keeps it (`report::unclaim_unsent`).
+            report::unclaim_unsent(svc, &job_id, EmailKind::Result, sent).await?;
             svc.jobs.mark_email_sent(&job_id, EmailKind::Result).await?;
             info!(job = %job_id, recipients = tenant.admin_emails.len(), "result email sent");
         }
@@ -274,8 +273,14 @@ pub async fn fail_job(svc: &Services, job: &Job, cause: &Error) -> Result<()> {
     if !moved && job.state != JobState::Failed {
         return Ok(()); // another invocation got there, and tells
     }
-    // A job apply stopped (FAILED already) whose result files cannot be written: the plain email.
-    tell_unfinished(svc, job, cause, !moved).await
+    // A job apply stopped (FAILED already) whose result files cannot be written: the plain email,
+    // saying rows were not applied only when a chunk was never counted.
+    tell_unfinished(svc, job, cause, !moved && cut_short(job)).await
+}
+
+/// Whether some chunk of `job` was never counted: rows of it were not applied.
+pub fn cut_short(job: &Job) -> bool {
+    !job.phase_chunks.is_some_and(|plan| plan.iter().zip(&job.phase_done).all(|(planned, done)| done >= planned))
 }
 
 /// Why a job has no result files: its state's message and its summary's reason.
@@ -337,6 +342,12 @@ pub async fn tell_unfinished(svc: &Services, job: &Job, cause: &Error, stopped: 
     let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>"));
     let from = report::sender(svc, &tenant);
     if let Err(e) = report::send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &[]).await {
+        if !e.is_retryable() {
+            // SES refuses it for good (a sandbox, a bad sender): nobody can be told; trying every
+            // minute would keep the job among the open jobs for ever, in the sweeps' way.
+            error!(job = %job.id, error = %e, "the failure email was refused; the job is closed untold");
+            return svc.jobs.close(&job.id).await;
+        }
         // The job stays among the open jobs: the sweep tries again (`monitor::finish_unsent_jobs`).
         warn!(job = %job.id, error = %e, "the failure email could not be sent either; the sweep tries again");
         svc.jobs.release_email(&job.id, EmailKind::Failure).await?;

@@ -366,6 +366,7 @@ fn is_formula_error(v: &str) -> bool {
             | "#SPILL!"
             | "#CALC!"
             | "#GETTING_DATA"
+            | "#DATA!"
             | "Err:502"
             | "Err:504"
             | "Err:508"

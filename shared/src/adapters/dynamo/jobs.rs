@@ -349,7 +349,9 @@ impl JobStore for DynamoJobs {
             .table_name(&self.table)
             .key("pk", s(format!("J#{id}")))
             .update_expression("REMOVE gsi2pk, gsi2sk")
-            .condition_expression("attribute_exists(pk)")
+            .condition_expression("#state = :failed")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":failed", s(JobState::Failed.as_str()))
             .send()
             .await
             .map(drop)

@@ -66,6 +66,7 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
         }
         scan.feed(&buf[..k]);
     }
+    scan.finish();
     drop(buf);
     if !scan.content {
         return Err(FileError::Empty.into());
@@ -370,6 +371,13 @@ impl Scan {
         self.closed_broken = self.broken;
     }
 
+    /// The end of the text: a quote pending on the last byte closed its field there.
+    fn finish(&mut self) {
+        if std::mem::take(&mut self.quote_pending) {
+            self.close(self.offset - 1);
+        }
+    }
+
     /// Where the quote that never closes was opened.
     fn unclosed(&self) -> Option<u64> {
         (self.quoted && !self.quote_pending).then_some(self.opened_at)
@@ -624,6 +632,11 @@ mod tests {
             b"Email,FirstName,LastName,Department\nann@x.com,Ann,Lee,\"Sales\nbob@x.com,Bob,Ray,Support\ncy@x.com,Cy,Young,TV 55\"\n";
         let err = decode(closed_at_line_end).unwrap_err().to_string();
         assert!(err.contains("opened on line 2 runs to line 4"), "{err}");
+        // The same closed on the file's very last byte (review: the pending quote was never closed).
+        for buffer in [1, 3, 1 << 20] {
+            let err = read_with(&closed_at_line_end[..closed_at_line_end.len() - 1], buffer).unwrap_err();
+            assert!(err.contains("opened on line 2 runs to line 4"), "buffer {buffer}: {err}");
+        }
         // A cell over several lines that holds no record is read as it is.
         let address = b"Email,FirstName,Address,Department\nann@x.com,Ann,\"12 Main St,\nSpringfield, IL\",HR\nbob@x.com,Bob,,\n";
         let t = decode(address).unwrap();
