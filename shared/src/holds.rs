@@ -317,15 +317,15 @@ pub async fn decide(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb, 
     }
 }
 
-/// HELD -> DISCARDED, its summary and one email saying so. `false`: it was no longer held.
+/// HELD (or SCHEDULED) -> DISCARDED, one email saying so, then its summary. `false`: it was no
+/// longer held. The email goes before the state moves, as the held email does: a send that fails
+/// leaves the job held (its claim freed), so the expiry sweep or the admin's retry does it all
+/// again. Moved first, a failed send left the job DISCARDED and nobody told, and nothing retried.
 pub(crate) async fn discard(svc: &Services, job: &Job, why: &str) -> Result<bool> {
-    if !svc.jobs.transition(&job.id, job.state, JobState::Discarded, Some(why)).await? {
+    if svc.jobs.get(&job.id).await?.is_none_or(|now| now.state != job.state) {
         return Ok(false);
     }
-    let mut summary = Summary::new(job, JobState::Discarded);
-    summary.reason = Some(why.to_string());
-    let prefix = keys::results_prefix(&job.tenant, &job.id);
-    svc.store.put(&format!("{prefix}summary.json"), report::pretty(&summary)?, "application/json").await?;
+    let mut told = false;
     if let Some(tenant) = svc.directory.tenant(&job.tenant).await?
         && svc.jobs.claim_email(&job.id, EmailKind::Result, svc.config.lease).await?
     {
@@ -337,9 +337,20 @@ pub(crate) async fn discard(svc: &Services, job: &Job, why: &str) -> Result<bool
             job.id
         );
         let html = crate::layout::text_page(&tenant, &subject, &text);
-        report::send_to(svc, &report::sender(svc, &tenant), &tenant.admin_emails, &subject, &text, &html, &[]).await?;
+        let sent = report::send_to(svc, &report::sender(svc, &tenant), &tenant.admin_emails, &subject, &text, &html, &[]).await;
+        report::unclaim_unsent(svc, &job.id, EmailKind::Result, sent).await?;
+        told = true;
+    }
+    if !svc.jobs.transition(&job.id, job.state, JobState::Discarded, Some(why)).await? {
+        return Ok(false);
+    }
+    if told {
         svc.jobs.mark_email_sent(&job.id, EmailKind::Result).await?;
     }
+    let mut summary = Summary::new(job, JobState::Discarded);
+    summary.reason = Some(why.to_string());
+    let prefix = keys::results_prefix(&job.tenant, &job.id);
+    svc.store.put(&format!("{prefix}summary.json"), report::pretty(&summary)?, "application/json").await?;
     info!(job = %job.id, why, "held job discarded");
     Ok(true)
 }
@@ -690,8 +701,17 @@ mod tests {
 
         let received = chrono::DateTime::parse_from_rfc3339(&second.received_at).unwrap().to_utc();
         assert_eq!(discard_expired(&kit.svc, received + chrono::Duration::days(6)).await.unwrap(), 0, "not yet");
+        // SES throttling when the time is up: the job stays held, untold, and the next sweep does
+        // it all (before, it was DISCARDED at once and nobody was ever told).
+        let mails = kit.mem.mailer.sent().len();
+        *kit.mem.mailer.throttle_next.lock().unwrap() = 1;
+        assert_eq!(discard_expired(&kit.svc, received + chrono::Duration::days(8)).await.unwrap(), 0);
+        assert_eq!(kit.svc.jobs.get(&second.id).await.unwrap().unwrap().state, JobState::Held);
+        assert_eq!(kit.mem.mailer.sent().len(), mails);
         assert_eq!(discard_expired(&kit.svc, received + chrono::Duration::days(8)).await.unwrap(), 1);
+        assert_eq!(kit.mem.mailer.sent().len(), mails + 1);
         assert!(kit.last_mail().contains("not approved within 7 days"));
+        assert_eq!(discard_expired(&kit.svc, received + chrono::Duration::days(9)).await.unwrap(), 0, "once");
         for id in [&first.id, &second.id] {
             assert_eq!(kit.svc.jobs.get(id).await.unwrap().unwrap().state, JobState::Discarded);
         }
