@@ -1044,6 +1044,10 @@ impl Job {
     pub fn chunks_done(&self) -> u32 {
         self.phase_done.iter().sum()
     }
+    /// Whether some chunk was never counted (or nothing was planned): rows of it were not applied.
+    pub fn cut_short(&self) -> bool {
+        !self.phase_chunks.is_some_and(|plan| plan.iter().zip(&self.phase_done).all(|(planned, done)| done >= planned))
+    }
 }
 
 /// The order of an upload: the S3 event's time (when S3 finished storing the object, in

@@ -92,7 +92,7 @@ async fn tell_failed(svc: &Services, job: &crate::model::Job) -> Result<bool> {
         // A throttle or an outage: the next sweep tries the result files again.
         Err(e) if e.is_retryable() => Err(e),
         Err(e) => {
-            crate::finalize::tell_unfinished(svc, job, &e, crate::finalize::cut_short(job)).await?;
+            crate::finalize::tell_unfinished(svc, job, &e, job.cut_short()).await?;
             Ok(true)
         }
     }

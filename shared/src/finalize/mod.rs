@@ -28,7 +28,7 @@ use build::BuiltFiles;
 use digest::Digest;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
     let Some(job_id) = keys::parse_done(&obj.key) else {
@@ -275,12 +275,7 @@ pub async fn fail_job(svc: &Services, job: &Job, cause: &Error) -> Result<()> {
     }
     // A job apply stopped (FAILED already) whose result files cannot be written: the plain email,
     // saying rows were not applied only when a chunk was never counted.
-    tell_unfinished(svc, job, cause, !moved && cut_short(job)).await
-}
-
-/// Whether some chunk of `job` was never counted: rows of it were not applied.
-pub fn cut_short(job: &Job) -> bool {
-    !job.phase_chunks.is_some_and(|plan| plan.iter().zip(&job.phase_done).all(|(planned, done)| done >= planned))
+    tell_unfinished(svc, job, cause, !moved && job.cut_short()).await
 }
 
 /// Why a job has no result files: its state's message and its summary's reason.
@@ -341,18 +336,18 @@ pub async fn tell_unfinished(svc: &Services, job: &Job, cause: &Error, stopped: 
     };
     let html = format!("<p>{}</p>", esc(&text).replace("\n\n", "</p><p>"));
     let from = report::sender(svc, &tenant);
-    if let Err(e) = report::send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &[]).await {
-        if !e.is_retryable() {
-            // SES refuses it for good (a sandbox, a bad sender): nobody can be told; trying every
-            // minute would keep the job among the open jobs for ever, in the sweeps' way.
-            error!(job = %job.id, error = %e, "the failure email was refused; the job is closed untold");
-            return svc.jobs.close(&job.id).await;
-        }
-        // The job stays among the open jobs: the sweep tries again (`monitor::finish_unsent_jobs`).
-        warn!(job = %job.id, error = %e, "the failure email could not be sent either; the sweep tries again");
-        svc.jobs.release_email(&job.id, EmailKind::Failure).await?;
-        return Err(e);
+    let sent = report::send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &[]).await;
+    if let Err(e) = &sent
+        && !e.is_retryable()
+    {
+        // SES refuses it for good (a sandbox, a bad sender): nobody can be told; trying every
+        // minute would keep the job among the open jobs for ever, in the sweeps' way.
+        error!(job = %job.id, error = %e, "the failure email was refused; the job is closed untold");
+        return svc.jobs.close(&job.id).await;
     }
+    // A send that may succeed again frees its claim and the job stays open: the sweep tries again
+    // (`monitor::finish_unsent_jobs`).
+    report::unclaim_unsent(svc, &job.id, EmailKind::Failure, sent).await?;
     svc.jobs.mark_email_sent(&job.id, EmailKind::Failure).await?;
     svc.jobs.close(&job.id).await
 }

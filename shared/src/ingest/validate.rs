@@ -665,7 +665,11 @@ fn checked_email(raw: &str) -> std::result::Result<Cow<'_, str>, String> {
     }
     Ok(match email {
         Cow::Borrowed(e) => crate::address::canonical(e),
-        Cow::Owned(e) => Cow::Owned(crate::address::canonical(&e).into_owned()),
+        // Lower-cased already: a second copy only when the domain changes spelling too.
+        Cow::Owned(e) => match crate::address::canonical(&e) {
+            Cow::Owned(canonical) => Cow::Owned(canonical),
+            Cow::Borrowed(_) => Cow::Owned(e),
+        },
     })
 }
 

@@ -40,7 +40,7 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
     // Hidden sheets are not read: last term's copy or a lookup table kept out of sight would be
     // applied as roster rows nobody sees. Chart, dialog and macro sheets hold no cells.
     let (mut names, mut hidden) = (Vec::new(), Vec::new());
-    for sheet in book.sheets_metadata().to_vec() {
+    for sheet in book.sheets_metadata() {
         if sheet.typ != calamine::SheetType::WorkSheet || v.skip_sheet(&sheet.name) {
             continue;
         }
@@ -49,7 +49,7 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
             hidden.push(format!("\"{}\"", quoted(&sheet.name)));
             continue;
         }
-        names.push(sheet.name);
+        names.push(sheet.name.clone());
     }
     if names.is_empty() && !hidden.is_empty() {
         return Err(FileError::OnlyHidden { sheets: hidden.join(", ") }.into());
