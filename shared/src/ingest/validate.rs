@@ -375,6 +375,19 @@ fn is_formula_error(v: &str) -> bool {
     )
 }
 
+/// A long number in a spreadsheet's General form (`1.23457E+18`, `4.47911E+11`): what Excel
+/// shows, and writes when it saves as CSV, for an id or phone number typed as a number. No
+/// roster value is written this way; stored, every id of the column would be the same few digits.
+fn is_shortened_number(v: &str) -> bool {
+    let Some((mantissa, exponent)) = v.split_once(['E', 'e']) else { return false };
+    let mantissa = mantissa.strip_prefix('-').unwrap_or(mantissa);
+    // A comma where the spreadsheet's language writes decimals with one (`1,23457E+18`).
+    let (whole, fraction) = mantissa.split_once(['.', ',']).unwrap_or((mantissa, "0"));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let exponent = exponent.strip_prefix(['+', '-']).filter(|e| digits(e) && e.len() >= 2);
+    whole.len() == 1 && digits(whole) && digits(fraction) && exponent.is_some()
+}
+
 fn validate_row<'c, S: AsRef<str>>(
     row: u32,
     cells: &'c [S],
@@ -392,12 +405,23 @@ fn validate_row<'c, S: AsRef<str>>(
         .map(|(f, col)| (f.name().to_string(), col));
     let custom = m.custom.iter().map(|(idx, col)| (tenant.attributes[*idx].name.clone(), *col));
     for (name, col) in errors.chain(custom) {
-        if let Some(error) = cells.get(col).map(|c| c.as_ref().trim()).filter(|v| is_formula_error(v)) {
+        let value = cells.get(col).map(|c| c.as_ref().trim()).unwrap_or_default();
+        if is_formula_error(value) {
             return Err((
                 None,
                 Some(name.clone()),
                 format!(
-                    "{name} is {error}, a spreadsheet formula's error, not a value: fix the formula (or type the value) and upload the row again"
+                    "{name} is {value}, a spreadsheet formula's error, not a value: fix the formula (or type the value) and upload the row again"
+                ),
+            ));
+        }
+        if is_shortened_number(value) {
+            return Err((
+                None,
+                Some(name.clone()),
+                format!(
+                    "{name} is {value}, a long number as a spreadsheet shows it: its digits past the 15th are lost. \
+                     Format the {name} column as Text, type the full values again and upload the row again"
                 ),
             ));
         }
@@ -889,6 +913,32 @@ mod tests {
         assert!(message(&v, 2).starts_with("Department is #N/A, a spreadsheet formula's error"), "{}", message(&v, 2));
         assert!(message(&v, 3).starts_with("Group is #REF!"), "{}", message(&v, 3));
         assert!(message(&v, 5).starts_with("Email is #VALUE!"), "{}", message(&v, 5));
+    }
+
+    /// Excel shows (and saves as CSV) an 18-digit id typed as a number as `1.23457E+18`: stored,
+    /// every id of the column would have been that string, the digits gone.
+    #[test]
+    fn a_long_number_in_spreadsheet_form_fails_its_row_saying_to_type_it_as_text() {
+        let csv = "Email,ExternalId,Phone,Group\n\
+                   a@x.com,1.23457E+18,,g\n\
+                   b@x.com,7,4.47911E+11,g\n\
+                   c@x.com,1.2345678901234568E+18,,g\n\
+                   d@x.com,7E2,,2E+1x\n\
+                   e@x.com,E+18,,g.E+10\n";
+        let v = run(csv, Mode::Upsert);
+        let m = message(&v, 2);
+        assert!(m.starts_with("ExternalId is 1.23457E+18, a long number as a spreadsheet shows it"), "{m}");
+        assert!(m.contains("Format the ExternalId column as Text"), "{m}");
+        assert!(message(&v, 3).starts_with("Phone is 4.47911E+11"), "{}", message(&v, 3));
+        assert!(message(&v, 4).starts_with("ExternalId is 1.2345678901234568E+18"), "{}", message(&v, 4));
+        // Values that only look alike are values.
+        assert_eq!(v.ops.len(), 2, "rows 5 and 6 are kept");
+        for s in ["1E+15", "-2.5e-07", "9.99E+100", "1,23457E+18"] {
+            assert!(is_shortened_number(s), "{s}");
+        }
+        for s in ["7E2", "E+18", "1.E+18", "12.3E+18", "1.2E+", "1.2E+1", "1e5x", "Room 1E+10", "1;5E+10"] {
+            assert!(!is_shortened_number(s), "{s}");
+        }
     }
 
     #[test]

@@ -66,7 +66,8 @@ impl NumberFormat {
     /// `value` as the format shows it; `None` if this value is not shown exactly (not finite, or
     /// shown without any digit).
     pub fn render(&self, value: f64) -> Option<String> {
-        if !value.is_finite() {
+        // Past 15 digits the shown digits are not the typed ones: the plain value says so.
+        if !value.is_finite() || value.abs() >= super::workbook::LONGEST_EXACT {
             return None;
         }
         let (section, sign) = match self.sections.as_slice() {

@@ -369,7 +369,27 @@ pub(super) fn cell_ref_text<'c>(cell: &'c DataRef<'_>) -> Cow<'c, str> {
 
 pub(super) fn float_text(f: f64) -> String {
     // Phone numbers and ids typed into a spreadsheet arrive as floats: 4155550100.0 -> "4155550100".
-    if f.fract() == 0.0 && f.abs() < 1e15 { format!("{}", f as i64) } else { format!("{f}") }
+    if f.fract() == 0.0 && f.abs() < LONGEST_EXACT {
+        format!("{}", f as i64)
+    } else if f.is_finite() && f.abs() >= LONGEST_EXACT {
+        scientific(f)
+    } else {
+        format!("{f}")
+    }
+}
+
+/// From here on a spreadsheet keeps only 15 of a number's digits (Excel turns the 16th on into
+/// zeros): written out in full, `1234567890123456789` typed into a General cell would read as
+/// the made-up id `1234567890123460000`.
+pub(super) const LONGEST_EXACT: f64 = 1e15;
+
+/// A long number as a spreadsheet shows it in General format (`1.23456789012346E+18`): plainly
+/// not the digits typed, which validation tells the user to re-enter as text.
+fn scientific(f: f64) -> String {
+    let shortest = format!("{f:E}"); // "1.23456789012346E18"
+    let (mantissa, exponent) = shortest.split_once('E').unwrap_or((&shortest, "0"));
+    let (sign, digits) = exponent.strip_prefix('-').map_or(("+", exponent), |d| ("-", d));
+    format!("{mantissa}E{sign}{digits:0>2}")
 }
 
 #[cfg(test)]
@@ -579,6 +599,24 @@ mod spreadsheet_cell_tests {
         let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
         let expected: Vec<String> = cells.iter().map(|c| c.3.to_string()).collect();
         assert_eq!(t.rows, vec![(2, expected)]);
+    }
+
+    /// An 18-digit id typed into a number cell keeps 15 digits: written out in full (under
+    /// General or a `0` format alike) it was a made-up id; it reads as a spreadsheet shows it in
+    /// General, which validation refuses by name.
+    #[test]
+    fn xlsx_numbers_past_15_digits_read_in_spreadsheet_form_not_as_made_up_digits() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        ws.write_string(0, 0, "Id").unwrap();
+        ws.write_string(0, 1, "Phone").unwrap();
+        ws.write_number(1, 0, 1234567890123456789.0).unwrap();
+        ws.write_number_with_format(1, 1, 1234567890123456.0, &XFormat::new().set_num_format("0")).unwrap();
+        ws.write_number(2, 0, 999_999_999_999_999.0).unwrap();
+        ws.write_number(2, 1, -1e300).unwrap();
+        let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
+        assert_eq!(t.rows[0].1, vec!["1.2345678901234568E+18".to_string(), "1.234567890123456E+15".into()]);
+        assert_eq!(t.rows[1].1, vec!["999999999999999".to_string(), "-1E+300".into()], "15 digits are exact");
     }
 
     /// A workbook whose styles declare a huge format code, or thousands of distinct ones, reads
