@@ -258,6 +258,11 @@ pub async fn started_email(svc: &Services, job: &Job, tenant: &Tenant, mode: cra
     let footer = format!("Sent by rosterdrop for {}. Job {}.", esc(&tenant.id), esc(&job.id));
     let html = layout::page(&layout::Brand::of(Some(tenant)), &format!("{} received", job.file_name), &headline, &body, &footer);
     let from = sender(svc, tenant);
+    if recipients(svc, &tenant.admin_emails).is_err() {
+        // Nobody to tell that it started: the job goes on (its result email fails loudly).
+        warn!(job = %job.id, "no admin address to send the processing-started email to");
+        return Ok(());
+    }
     send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &[]).await?;
     svc.jobs.mark_email_sent(&job.id, EmailKind::Started).await?;
     info!(job = %job.id, "processing-started email sent");
@@ -280,22 +285,46 @@ pub async fn send_to(
     // Addresses as SES takes them (international domains as punycode); tenant validation
     // refuses the undeliverable ones, so one here (an older tenant item) is skipped, not fatal.
     let from = crate::address::deliverable(from).map_err(|e| Error::Build { what: "email", message: format!("sender {e}") })?;
-    let to: Vec<String> = to
-        .iter()
-        .filter_map(|a| match crate::address::deliverable(a) {
-            Ok(a) => Some(a.into_owned()),
-            Err(e) => {
-                warn!(to = %crate::address::masked(a), error = %e, "undeliverable admin address skipped");
-                None
-            }
-        })
-        .collect();
+    let to = recipients(svc, to)?;
     let from = from.as_ref();
     for group in to.chunks(MAX_RECIPIENTS) {
         let mime = build_email(from, group, subject, text, html, attachments)?;
         svc.mailer.send_raw(from, group, mime).await?;
     }
     Ok(())
+}
+
+/// The addresses of `to` SES can deliver to (international domains as punycode); when none is,
+/// the deployment's default admins: a tenant item whose every admin address is undeliverable
+/// (saved before `tenant put` checked them, or edited by hand) would have had its emails "sent"
+/// to nobody, its jobs closed as told. With no default admins either, nobody can be told: an
+/// error, not an email marked sent.
+pub fn recipients(svc: &Services, to: &[String]) -> Result<Vec<String>> {
+    let deliverable = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .filter_map(|a| match crate::address::deliverable(a) {
+                Ok(a) => Some(a.into_owned()),
+                Err(e) => {
+                    warn!(to = %crate::address::masked(a), error = %e, "undeliverable admin address skipped");
+                    None
+                }
+            })
+            .collect()
+    };
+    let to = deliverable(to);
+    if !to.is_empty() {
+        return Ok(to);
+    }
+    let defaults = deliverable(&svc.config.default_admins);
+    if defaults.is_empty() {
+        return Err(Error::Build {
+            what: "email",
+            message: "no admin address to send to: the tenant's admin_emails and ROSTERDROP_DEFAULT_ADMINS hold none SES can deliver to"
+                .into(),
+        });
+    }
+    warn!(admins = defaults.len(), "no deliverable tenant admin address; sending to the deployment's default admins");
+    Ok(defaults)
 }
 
 /// The tenant's sender while SES can send as it (inside the verified identity), else the

@@ -638,6 +638,37 @@ mod tests {
     /// same grouping in summary.json and in the CSV result's problems file; everything from the
     /// file escaped; a tenant without branding gets its name and the default colour, one with
     /// branding its logo and colour.
+    /// A tenant item whose only admin address SES cannot deliver to (a non-ASCII mailbox, saved
+    /// before `tenant put` checked it): the result email went to nobody and the job was marked
+    /// told. It goes to the deployment's default admins; with none, the job ends FAILED with the
+    /// reason in its summary (and an error log), not COMPLETED as if someone had been told.
+    #[tokio::test]
+    async fn a_tenant_with_no_deliverable_admin_is_answered_to_the_default_admins_or_ends_failed() {
+        let undeliverable = |t: &mut crate::model::Tenant| t.admin_emails = vec!["zoë@acme.example.com".into()];
+        let mut kit = Kit::new(undeliverable).await;
+        kit.svc.config.default_admins = vec!["ops@rosterdrop.example.com".into()];
+        let job = kit.run("roster.csv", "Email,Role\nann@acme.example.com,Learner\n").await;
+        assert_eq!(job.state, JobState::Completed);
+        let sent = kit.mem.mailer.sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1, vec!["ops@rosterdrop.example.com".to_string()], "the default admins are told");
+
+        let mut kit = Kit::new(undeliverable).await;
+        let obj = kit.upload("roster.csv", "Email,Role\nann@acme.example.com,Learner\n");
+        kit.deliver(&obj).await;
+        let chunks = kit.pending_chunks().await;
+        for chunk in &chunks {
+            kit.deliver(chunk).await;
+        }
+        let done = Kit::obj(&keys::done(&crate::ingest::job_id(&obj)));
+        kit.deliver(&done).await;
+        assert!(kit.mem.mailer.sent().is_empty());
+        let job = kit.svc.jobs.get(&crate::ingest::job_id(&obj)).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed, "not COMPLETED as if told");
+        let reason = kit.summary(&job).await.reason.unwrap_or_default();
+        assert!(reason.contains("no admin address to send to"), "{reason}");
+    }
+
     #[tokio::test]
     async fn the_result_email_groups_problems_by_kind_most_frequent_first() {
         let mut kit = Kit::new(|_| {}).await;
