@@ -192,7 +192,7 @@ impl TableVisitor for Builder<'_> {
         }
         use crate::ingest::headers::{has_our_message, is_result_column};
         let id_column = self.id_column.as_deref();
-        let keep: Vec<usize> = (0..width).filter(|&i| !is_result_column(&head.headers[i], id_column)).collect();
+        let keep: Vec<usize> = (0..width).filter(|&i| !is_result_column(&head.headers, i, id_column)).collect();
         self.unescape = kind != Kind::Xlsx && has_our_message(&head.headers, id_column);
         let name = |i: &usize| if self.unescape { unneutralise(&head.headers[*i]) } else { head.headers[*i].as_str() };
         self.echoed = keep.iter().map(name).map(str::to_string).collect();

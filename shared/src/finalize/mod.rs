@@ -669,6 +669,34 @@ mod tests {
         assert!(reason.contains("no admin address to send to"), "{reason}");
     }
 
+    /// An HR export with its own Status and User ID columns: they were taken for our result
+    /// columns, ignored without a word and dropped from the result and failed-rows files, so a
+    /// leaver marked `Terminated` was created active. Now they are echoed, the leaver's row fails,
+    /// and its failed-rows file dropped again (Status now the column before our Message) fails the
+    /// same way with its values intact.
+    #[tokio::test]
+    async fn an_exports_own_status_and_user_id_columns_are_echoed_and_a_leaver_is_not_created() {
+        let mut kit = Kit::new(|_| {}).await;
+        let body = "Email,Role,User ID,Status\nann@acme.example.com,Learner,E-1,Terminated\nbob@acme.example.com,Learner,E-2,Active\n";
+        let job = kit.run("hr.csv", body).await;
+        let result = kit.result(&job).await;
+        assert_eq!(result[0], ["Email", "Role", "User ID", "Status", "Status", "Message", "Changes", "UserId"]);
+        assert_eq!(result[1][..5], ["ann@acme.example.com", "Learner", "E-1", "Terminated", "Failure"]);
+        assert!(result[1][5].starts_with("Status is \"Terminated\", but rosterdrop does not read a Status column"), "{}", result[1][5]);
+        assert_eq!(result[2][..5], ["bob@acme.example.com", "Learner", "E-2", "Active", "Created"]);
+        assert!(kit.last_mail().contains("column \"Status\" is not a roster column"), "{}", kit.last_mail());
+        let summary = kit.summary(&job).await;
+        let failed = kit.svc.store.get(summary.failed_rows_key.as_deref().unwrap()).await.unwrap().unwrap();
+        let failed = String::from_utf8(failed).unwrap();
+        assert!(failed.contains("Email,Role,User ID,Status,Message\nann@acme.example.com,Learner,E-1,Terminated,"), "{failed}");
+        let again = kit.run("hr-failed-rows.csv", failed.trim_start_matches('\u{feff}')).await;
+        let out = kit.outcomes(&again).await;
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, "Failure");
+        assert!(out[0].1.starts_with("Status is \"Terminated\""), "{out:?}");
+        assert_eq!(kit.result(&again).await[1][..4], ["ann@acme.example.com", "Learner", "E-1", "Terminated"]);
+    }
+
     #[tokio::test]
     async fn the_result_email_groups_problems_by_kind_most_frequent_first() {
         let mut kit = Kit::new(|_| {}).await;

@@ -15,6 +15,9 @@ pub struct Mapping {
     pub custom: Vec<(usize, usize)>,
     /// Problems that do not stop the file (shown in the result email).
     pub warnings: Vec<String>,
+    /// A Status column that is not our result files' (an HR export's `Active`/`Terminated`):
+    /// not read, but a row it marks as a leaver fails rather than keep the user active.
+    pub their_status: Option<usize>,
 }
 
 impl Mapping {
@@ -30,20 +33,38 @@ impl Mapping {
     }
 }
 
-/// A column of our own result files (Status, Message, Changes, UserId), in a file dropped again:
-/// ingest reads nothing from it, and the result files write their own in its place (echoed, a
-/// failed-rows file made from a failed-rows file had two Message columns and was refused).
+/// Column `i` is one of our own result files' in a file dropped again: ingest reads nothing from
+/// it, and the result files write their own in its place (echoed, a failed-rows file made from a
+/// failed-rows file had two Message columns and was refused). Ours are where we write them: a
+/// result file's `Status, Message, Changes, UserId` in a row (the disabled-users file's first
+/// three), a failed-rows file's `Message`.
+/// Elsewhere the names are the file's own (an HR export's `Status` of `Terminated`, its `User ID`),
+/// echoed as they came: taken for ours, they vanished from the result and failed-rows files.
 /// `id_column`: the tenant's name for its ExternalId column, which is theirs whatever its name.
-pub fn is_result_column(header: &str, id_column: Option<&str>) -> bool {
-    let h = header.trim();
-    id_column.is_none_or(|c| norm(c) != norm(h))
-        && matches!(Field::from_header(h), Some(Field::Status | Field::Message | Field::Changes | Field::UserId))
+pub fn is_result_column<S: AsRef<str>>(headers: &[S], i: usize, id_column: Option<&str>) -> bool {
+    let field = |j: usize| {
+        let h = headers.get(j)?.as_ref().trim();
+        if id_column.is_some_and(|c| norm(c) == norm(h)) { None } else { Field::from_header(h) }
+    };
+    // The columns at `i + k` (k may be negative) are `fields`.
+    let run = |k: isize, fields: &[Field]| {
+        fields.iter().enumerate().all(|(n, f)| i.checked_add_signed(k + n as isize).and_then(field) == Some(*f))
+    };
+    match field(i) {
+        Some(Field::Message) => true,
+        // An HR export's last column `Status` then our failed-rows file's Message: theirs.
+        Some(Field::Status) => run(0, &[Field::Status, Field::Message, Field::Changes]),
+        Some(Field::Changes) => run(-2, &[Field::Status, Field::Message, Field::Changes]),
+        Some(Field::UserId) => run(-3, &[Field::Status, Field::Message, Field::Changes, Field::UserId]),
+        _ => false,
+    }
 }
 
 /// A file we wrote: it has our Message column (its delimited cells and header names carry
 /// `finalize::write::neutralise`'s apostrophe, which ingest and finalize's echo take off).
 pub fn has_our_message<S: AsRef<str>>(headers: &[S], id_column: Option<&str>) -> bool {
-    headers.iter().any(|h| is_result_column(h.as_ref(), id_column) && Field::from_header(h.as_ref().trim()) == Some(Field::Message))
+    (0..headers.len())
+        .any(|i| Field::from_header(headers[i].as_ref().trim()) == Some(Field::Message) && is_result_column(headers, i, id_column))
 }
 
 /// Map the header row, or say why the whole file is refused.
@@ -58,7 +79,16 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
             continue;
         }
         let tenant_alias = tenant.external_id_column.as_deref().is_some_and(|c| norm(c) == norm(trimmed));
-        match if tenant_alias { Some(Field::ExternalId) } else { Field::from_header(trimmed) } {
+        let field = match if tenant_alias { Some(Field::ExternalId) } else { Field::from_header(trimmed) } {
+            // Named as our result columns but not where we write them: the file's own.
+            Some(Field::Status | Field::Message | Field::Changes | Field::UserId)
+                if !is_result_column(headers, i, tenant.external_id_column.as_deref()) =>
+            {
+                None
+            }
+            f => f,
+        };
+        match field {
             Some(f) => {
                 if let Some(prev) = mapping.column(f) {
                     return Err(format!(
@@ -78,7 +108,12 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
                     return Err(format!("two columns are the attribute \"{}\"; keep one of them", tenant.attributes[a].name));
                 }
                 Some(a) => mapping.custom.push((a, i)),
-                None => unknown.push(trimmed.to_string()),
+                None => {
+                    if Field::from_header(trimmed) == Some(Field::Status) && mapping.their_status.is_none() {
+                        mapping.their_status = Some(i);
+                    }
+                    unknown.push(trimmed.to_string());
+                }
             },
         }
     }
@@ -257,7 +292,7 @@ mod tests {
         let mut t = tenant();
         t.strict_template = true;
         t.template_columns = h(&["Email", "FirstName", "LastName"]);
-        assert!(map_headers(&h(&["email", "LastName", "FirstName", "Status", "Message"]), &t).is_ok());
+        assert!(map_headers(&h(&["email", "LastName", "FirstName", "Status", "Message", "Changes", "UserId"]), &t).is_ok());
         let err = map_headers(&h(&["Email", "FirstName", "Shoe"]), &t).unwrap_err();
         assert!(err.contains("columns not in the template: \"shoe\""), "{err}");
         assert!(err.contains("template columns missing: \"LastName\""), "{err}");
@@ -265,7 +300,39 @@ mod tests {
 
     #[test]
     fn output_columns_of_our_result_files_are_silently_accepted() {
-        let m = map_headers(&h(&["Email", "Status", "Message"]), &tenant()).unwrap();
+        let m = map_headers(&h(&["Email", "Status", "Message", "Changes"]), &tenant()).unwrap();
         assert!(m.warnings.is_empty());
+        let result = h(&["Email", "Shoe", "Status", "Message", "Changes", "UserId"]);
+        let m = map_headers(&result, &tenant()).unwrap();
+        assert_eq!(m.warnings, vec!["column \"Shoe\" is not a roster column and was ignored"]);
+        assert_eq!(m.their_status, None);
+        assert!((2..6).all(|i| is_result_column(&result, i, None)));
+    }
+
+    /// An HR export's own Status and User ID columns were taken for our result columns: not
+    /// read, not warned about, and dropped from the result and failed-rows files.
+    #[test]
+    fn status_and_user_id_columns_not_where_we_write_them_are_the_files_own() {
+        let hr = h(&["Email", "Status", "User ID", "Changes", "Message"]);
+        let m = map_headers(&hr, &tenant()).unwrap();
+        assert_eq!(m.their_status, Some(1));
+        assert_eq!(
+            m.warnings,
+            vec![
+                "column \"Status\" is not a roster column and was ignored",
+                "column \"User ID\" is not a roster column and was ignored",
+                "column \"Changes\" is not a roster column and was ignored",
+            ]
+        );
+        assert_eq!((0..5).map(|i| is_result_column(&hr, i, None)).collect::<Vec<_>>(), [false, false, false, false, true]);
+        assert!(has_our_message(&hr, None));
+        // A failed-rows file of an export whose last column is Status: its Status stays its own.
+        let failed_rows = h(&["Email", "Status", "Message"]);
+        assert_eq!((0..3).map(|i| is_result_column(&failed_rows, i, None)).collect::<Vec<_>>(), [false, false, true]);
+        // A tenant attribute named Status is the tenant's.
+        let mut t = tenant();
+        t.attributes = vec![crate::model::AttributeDef { name: "Status".into(), kind: crate::model::AttributeKind::Text }];
+        let m = map_headers(&h(&["Email", "Status"]), &t).unwrap();
+        assert_eq!((m.their_status, m.custom.clone()), (None, vec![(0, 1)]));
     }
 }

@@ -375,6 +375,34 @@ fn is_formula_error(v: &str) -> bool {
     )
 }
 
+/// A person's status as HR and student systems export it when they have left or are barred.
+fn is_leaver_status(v: &str) -> bool {
+    const LEAVER: &[&str] = &[
+        "terminated",
+        "inactive",
+        "disabled",
+        "deactivated",
+        "deleted",
+        "suspended",
+        "leaver",
+        "left",
+        "withdrawn",
+        "former",
+        "removed",
+        "retired",
+        "resigned",
+        "dismissed",
+        "expired",
+        "archived",
+        "closed",
+        "blocked",
+        "locked",
+        "separated",
+        "ended",
+    ];
+    LEAVER.iter().any(|w| w.eq_ignore_ascii_case(v))
+}
+
 /// A long number in a spreadsheet's General form (`1.23457E+18`, `4.47911E+11`): what Excel
 /// shows, and writes when it saves as CSV, for an id or phone number typed as a number. No
 /// roster value is written this way; stored, every id of the column would be the same few digits.
@@ -468,6 +496,25 @@ fn validate_row<'c, S: AsRef<str>>(
             Some(action),
             Some("Action".into()),
             format!("Action {action} is not allowed in replace mode: the file lists the users to keep; leave users out to disable them"),
+        ));
+    }
+    // An HR export's own Status saying the person left: ignored, the row would create or keep an
+    // active user.
+    if let Some(status) = m.their_status.and_then(|c| cells.get(c)).map(|c| c.as_ref().trim()).filter(|s| is_leaver_status(s))
+        && !matches!(action, Action::Delete | Action::Disable | Action::Expire)
+    {
+        let status = crate::wording::quoted(status);
+        let how = if mode.is_replace() {
+            "leave the row out of the file to disable the user"
+        } else {
+            "write Disable (or Delete) in the Action column to end the account"
+        };
+        return Err((
+            Some(action),
+            Some("Status".into()),
+            format!(
+                "Status is \"{status}\", but rosterdrop does not read a Status column, so this row would keep the user active: {how}, or clear the Status cell to keep them"
+            ),
         ));
     }
     let fail_at = |column: &str, msg: String| (Some(action), Some(column.to_string()), msg);
@@ -939,6 +986,24 @@ mod tests {
         for s in ["7E2", "E+18", "1.E+18", "12.3E+18", "1.2E+", "1.2E+1", "1e5x", "Room 1E+10", "1;5E+10"] {
             assert!(!is_shortened_number(s), "{s}");
         }
+    }
+
+    /// An HR export's Status column is not read: a row whose Status says the person left fails
+    /// (created or kept active, the leaver would have kept their access), unless its Action ends
+    /// the account anyway; other values and blanks pass.
+    #[test]
+    fn a_row_whose_own_status_column_says_the_person_left_fails_instead_of_keeping_them_active() {
+        let csv = "Email,Status,Action\na@x.com,Terminated,\nb@x.com,Active,\nc@x.com,,\nd@x.com,INACTIVE,Disable\ne@x.com,On leave,\n";
+        let v = run(csv, Mode::Upsert);
+        let m = message(&v, 2);
+        assert!(m.starts_with("Status is \"Terminated\", but rosterdrop does not read a Status column"), "{m}");
+        assert!(m.contains("write Disable (or Delete) in the Action column"), "{m}");
+        assert_eq!(v.ops.len(), 4, "b, c, d (a Disable) and e are read");
+        let v = run("Email,Status\na@x.com,Left\n", Mode::Replace);
+        assert!(message(&v, 2).contains("leave the row out of the file to disable the user"), "{}", message(&v, 2));
+        // Our own result file's Status (before our Message and Changes) is ours: not checked.
+        let v = run("Email,Status,Message,Changes\na@x.com,Disabled,user disabled,\n", Mode::Upsert);
+        assert_eq!(v.ops.len(), 1);
     }
 
     #[test]

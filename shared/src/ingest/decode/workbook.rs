@@ -369,19 +369,25 @@ pub(super) fn cell_ref_text<'c>(cell: &'c DataRef<'_>) -> Cow<'c, str> {
 
 pub(super) fn float_text(f: f64) -> String {
     // Phone numbers and ids typed into a spreadsheet arrive as floats: 4155550100.0 -> "4155550100".
-    if f.fract() == 0.0 && f.abs() < LONGEST_EXACT {
-        format!("{}", f as i64)
-    } else if f.is_finite() && f.abs() >= LONGEST_EXACT {
+    if !digits_kept(f) {
         scientific(f)
+    } else if f.fract() == 0.0 {
+        format!("{}", f as i64)
     } else {
         format!("{f}")
     }
 }
 
-/// From here on a spreadsheet keeps only 15 of a number's digits (Excel turns the 16th on into
-/// zeros): written out in full, `1234567890123456789` typed into a General cell would read as
-/// the made-up id `1234567890123460000`.
-pub(super) const LONGEST_EXACT: f64 = 1e15;
+/// Whether a number's digits can be the ones typed. A spreadsheet keeps 15 significant digits:
+/// `1234567890123456789` typed into a cell is stored as 1.23456789012346E+18, and written out in
+/// full it would read as the made-up id `1234567890123460000`. A 16-digit number a program wrote
+/// (up to 2^53, which a double holds exactly) keeps its digits, and one whose last digit is not the
+/// 0 a spreadsheet leaves was not cut; past 2^53 a double holds no 16th digit at all.
+pub(super) fn digits_kept(f: f64) -> bool {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let a = f.abs();
+    !a.is_finite() || a < 1e15 || (a < EXACT && a.fract() == 0.0 && a % 10.0 != 0.0)
+}
 
 /// A long number as a spreadsheet shows it in General format (`1.23456789012346E+18`): plainly
 /// not the digits typed, which validation tells the user to re-enter as text.
@@ -601,9 +607,9 @@ mod spreadsheet_cell_tests {
         assert_eq!(t.rows, vec![(2, expected)]);
     }
 
-    /// An 18-digit id typed into a number cell keeps 15 digits: written out in full (under
-    /// General or a `0` format alike) it was a made-up id; it reads as a spreadsheet shows it in
-    /// General, which validation refuses by name.
+    /// An id typed into a number cell keeps 15 digits: written out in full (under General or a
+    /// `0` format alike) it was a made-up id; it reads as a spreadsheet shows it in General, which
+    /// validation refuses by name. A 16-digit id a program wrote, its last digit not a 0, is exact.
     #[test]
     fn xlsx_numbers_past_15_digits_read_in_spreadsheet_form_not_as_made_up_digits() {
         let mut wb = Workbook::new();
@@ -611,12 +617,15 @@ mod spreadsheet_cell_tests {
         ws.write_string(0, 0, "Id").unwrap();
         ws.write_string(0, 1, "Phone").unwrap();
         ws.write_number(1, 0, 1234567890123456789.0).unwrap();
-        ws.write_number_with_format(1, 1, 1234567890123456.0, &XFormat::new().set_num_format("0")).unwrap();
+        ws.write_number_with_format(1, 1, 1234567890123450.0, &XFormat::new().set_num_format("0")).unwrap();
         ws.write_number(2, 0, 999_999_999_999_999.0).unwrap();
         ws.write_number(2, 1, -1e300).unwrap();
+        ws.write_number(3, 0, 1234567890123456.0).unwrap();
+        ws.write_number_with_format(3, 1, 9_007_199_254_740_993.0, &XFormat::new().set_num_format("0")).unwrap();
         let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
-        assert_eq!(t.rows[0].1, vec!["1.2345678901234568E+18".to_string(), "1.234567890123456E+15".into()]);
+        assert_eq!(t.rows[0].1, vec!["1.2345678901234568E+18".to_string(), "1.23456789012345E+15".into()]);
         assert_eq!(t.rows[1].1, vec!["999999999999999".to_string(), "-1E+300".into()], "15 digits are exact");
+        assert_eq!(t.rows[2].1, vec!["1234567890123456".to_string(), "9.007199254740992E+15".into()], "past 2^53 nothing is exact");
     }
 
     /// A workbook whose styles declare a huge format code, or thousands of distinct ones, reads
