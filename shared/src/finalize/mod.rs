@@ -697,6 +697,26 @@ mod tests {
         assert_eq!(kit.result(&again).await[1][..4], ["ann@acme.example.com", "Learner", "E-1", "Terminated"]);
     }
 
+    /// Through the pipeline as deployed: ingest reads the merged Department on every row it
+    /// covers, the email says so, and the result file (finalize reads the source again) shows
+    /// the value on each row, so the result and failed-rows files dropped again read the same.
+    #[tokio::test]
+    async fn a_workbook_with_merged_cells_is_applied_and_echoed_as_it_shows() {
+        let mut kit = Kit::new(|_| {}).await;
+        let xlsx = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/real/merged-cells.xlsx")).unwrap();
+        let job = kit.run("teams.xlsx", &xlsx).await;
+        assert_eq!(job.state, JobState::Completed);
+        let emails: Vec<String> = ["ann", "bob", "cat", "dan", "eve"].iter().map(|n| format!("{n}@acme.example.com")).collect();
+        let users = kit.svc.directory.users("acme", &emails).await.unwrap();
+        let dept: Vec<Option<&str>> = emails.iter().map(|e| users.get(e).and_then(|u| u.fields.department.as_deref())).collect();
+        assert_eq!(dept, [Some("Sales"), Some("Sales"), Some("Sales"), Some("Ops"), Some("Ops")]);
+        assert!(kit.last_mail().contains("3 cells are covered by merged cells (the first: B2:B4)"), "{}", kit.last_mail());
+        let key = kit.summary(&job).await.result_key.unwrap();
+        let result = crate::ingest::sheets::tables(&kit.svc.store.get(&key).await.unwrap().unwrap()).unwrap();
+        let echoed: Vec<&str> = result[0].rows.iter().map(|(_, r)| r[1].as_str()).collect();
+        assert_eq!(echoed, ["Sales", "Sales", "Sales", "Ops", "Ops"]);
+    }
+
     #[tokio::test]
     async fn the_result_email_groups_problems_by_kind_most_frequent_first() {
         let mut kit = Kit::new(|_| {}).await;

@@ -369,3 +369,44 @@ fn hidden_and_chart_sheets_are_not_read_as_rows() {
         assert!(!p.ops.is_empty(), "{name}: {:?}", outcomes(&p));
     }
 }
+
+/// A roster formatted by hand: Department merged down each team's rows (B2:B4, B5:B6), a Group
+/// merged across two columns (C2:D2). Read cell by cell, bob, cat and eve had no department:
+/// created without one, nobody told. The covered cells of rows with data read as the merged
+/// value the spreadsheet shows on their row, with a warning; a range across columns is one value.
+/// Files LibreOffice wrote from `tests/fixtures/make/merged-cells.fods`.
+#[test]
+fn cells_merged_down_a_column_read_as_the_value_shown_on_every_row() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/real");
+    for name in ["merged-cells.xlsx", "merged-cells.xls", "merged-cells.ods"] {
+        let p = prepare(&std::fs::read(format!("{dir}/{name}")).unwrap(), &tenant(), Mode::Upsert).unwrap();
+        assert!(p.outcomes.is_empty(), "{name}: {:?}", outcomes(&p));
+        let read: Vec<(String, Option<String>, Vec<String>)> = p
+            .ops
+            .iter()
+            .filter_map(|op| match &op.target {
+                crate::model::Target::User { email, fields } => Some((email.clone(), fields.department.clone(), fields.groups.clone())),
+                _ => None,
+            })
+            .collect();
+        let expected = [
+            ("ann@acme.example.com", "Sales", vec!["North"]),
+            ("bob@acme.example.com", "Sales", vec!["South"]),
+            ("cat@acme.example.com", "Sales", vec![]),
+            ("dan@acme.example.com", "Ops", vec![]),
+            ("eve@acme.example.com", "Ops", vec![]),
+        ]
+        .map(|(e, d, g)| (e.to_string(), Some(d.to_string()), g.into_iter().map(String::from).collect::<Vec<_>>()));
+        assert_eq!(read, expected, "{name}");
+        let mut warnings = p.warnings.clone();
+        warnings.sort();
+        assert_eq!(
+            warnings,
+            [
+                "3 cells are covered by merged cells (the first: B2:B4) and were read as the merged value the spreadsheet shows on their row; unmerge them if a row should be blank",
+                "column \"Notes\" is not a roster column and was ignored"
+            ],
+            "{name}"
+        );
+    }
+}

@@ -54,10 +54,11 @@ pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, St
         Some((xlsx, t, m)) => (xlsx.as_slice(), *m, t.verdicts.clone(), t.context.clone(), t.warnings.clone()),
         None => (bytes, mode, Default::default(), Default::default(), Vec::new()),
     };
-    let (tables, hidden) = sheets::tables_and_hidden(bytes).map_err(|e| e.to_string())?;
+    let decode::Decoded { tables, hidden, warnings: read_warnings } = sheets::tables_and_hidden(bytes).map_err(|e| e.to_string())?;
     let mut ingester = Ingester::new(tenant, mode, Collected::default()).with_verdicts(verdicts, context);
     ingester.warnings = bundle_warnings;
     ingester.warnings.extend(hidden.iter().map(|name| sheets::hidden_warning(name)));
+    ingester.warnings.extend(read_warnings);
     let reason = |s: Stop| match s {
         Stop::Refused(reason) => reason,
         Stop::Io(e) => e.to_string(), // memory sinks do not fail

@@ -41,8 +41,8 @@ pub fn tables(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
     super::decode::decode_all_with(bytes, is_instruction_sheet)
 }
 
-/// As `tables`, with the hidden sheets left unread.
-pub fn tables_and_hidden(bytes: &[u8]) -> Result<(Vec<Table>, Vec<String>), FileError> {
+/// As `tables`, with the hidden sheets left unread and the reader's warnings.
+pub fn tables_and_hidden(bytes: &[u8]) -> Result<super::decode::Decoded, FileError> {
     super::decode::decode_with_hidden(bytes, is_instruction_sheet)
 }
 

@@ -102,6 +102,10 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
         self.warnings.push(super::sheets::hidden_warning(name));
     }
 
+    fn warning(&mut self, warning: String) {
+        self.warnings.push(warning);
+    }
+
     fn table(&mut self, mut head: TableHead) -> Result<(), Stop> {
         // A delimited file of ours (it has our Message column): its header names carry
         // `neutralise`'s apostrophe like its cells (an attribute named `@handle` is `'@handle`).

@@ -7,6 +7,7 @@ use std::io::{Cursor, Read, Seek};
 
 pub mod archive;
 mod guards;
+mod merges;
 mod numfmt;
 mod ods_shown;
 mod text;
@@ -89,6 +90,11 @@ pub enum FileError {
         thousands(*limit)
     )]
     TooManyEmptyRows { format: &'static str, limit: u64 },
+    #[error(
+        "the workbook has more than {} ranges of cells merged down a column, more than a roster has: unmerge the cells (select all, then Merge & Center off) and save it again",
+        thousands(*limit as u64)
+    )]
+    TooManyMerged { limit: usize },
     #[error(
         "the workbook expands to more than {limit_mb} MB when unzipped, so it is corrupt or built to exhaust memory; save it again from your spreadsheet program, or split it"
     )]
@@ -173,6 +179,9 @@ pub trait TableVisitor {
     }
     /// A hidden sheet of a workbook, not read (its rows are not what the spreadsheet shows).
     fn hidden_sheet(&mut self, _name: &str) {}
+    /// What the reader did that the file's user should know (cells read from the merged range
+    /// that covers them).
+    fn warning(&mut self, _warning: String) {}
     fn table(&mut self, head: TableHead) -> Result<(), Self::Stop>;
     fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Self::Stop>;
 }
@@ -200,14 +209,22 @@ pub fn decode_all(bytes: &[u8]) -> Result<Vec<Table>, FileError> {
 
 /// As `decode_all`, leaving out the sheets `skip` names. The same reader as the streaming one.
 pub fn decode_all_with(bytes: &[u8], skip: fn(&str) -> bool) -> Result<Vec<Table>, FileError> {
-    decode_with_hidden(bytes, skip).map(|(tables, _)| tables)
+    decode_with_hidden(bytes, skip).map(|d| d.tables)
 }
 
-/// As `decode_all_with`, with the names of the hidden sheets left unread.
-pub fn decode_with_hidden(bytes: &[u8], skip: fn(&str) -> bool) -> Result<(Vec<Table>, Vec<String>), FileError> {
-    let mut tables = Collect { tables: Vec::new(), skip, hidden: Vec::new() };
+/// A file's tables, with the names of the hidden sheets left unread and the reader's warnings
+/// (`TableVisitor::warning`).
+pub struct Decoded {
+    pub tables: Vec<Table>,
+    pub hidden: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// As `decode_all_with`, with what else the reader saw (`Decoded`).
+pub fn decode_with_hidden(bytes: &[u8], skip: fn(&str) -> bool) -> Result<Decoded, FileError> {
+    let mut tables = Collect { tables: Vec::new(), skip, hidden: Vec::new(), warnings: Vec::new() };
     match read(&mut Cursor::new(bytes), &mut tables) {
-        Ok(()) => Ok((tables.tables, tables.hidden)),
+        Ok(()) => Ok(Decoded { tables: tables.tables, hidden: tables.hidden, warnings: tables.warnings }),
         Err(ReadError::File(e)) => Err(e),
         Err(ReadError::Io(e)) => Err(FileError::Corrupt { format: "roster", detail: e.to_string() }),
         Err(ReadError::Stopped(never)) => match never {},
@@ -219,6 +236,7 @@ struct Collect {
     tables: Vec<Table>,
     skip: fn(&str) -> bool,
     hidden: Vec<String>,
+    warnings: Vec<String>,
 }
 
 impl TableVisitor for Collect {
@@ -228,6 +246,9 @@ impl TableVisitor for Collect {
     }
     fn hidden_sheet(&mut self, name: &str) {
         self.hidden.push(name.to_string());
+    }
+    fn warning(&mut self, warning: String) {
+        self.warnings.push(warning);
     }
     fn table(&mut self, h: TableHead) -> Result<(), Self::Stop> {
         self.tables.push(Table {

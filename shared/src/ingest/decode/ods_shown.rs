@@ -14,6 +14,10 @@ const MAX_SHOWN_BYTES: usize = 256;
 #[derive(Debug, Default)]
 pub(super) struct OdsShown {
     tables: Vec<(String, Vec<Span>)>,
+    /// Per table, its ranges merged down (`table:number-rows-spanned`), at most
+    /// `merges::MAX_MERGED_RANGES` in all; `too_many` past it.
+    merged: Vec<(String, Vec<super::merges::Down>)>,
+    pub(super) too_many_merged: bool,
 }
 
 /// A row element: rows `first..first + count` (repeated), and its kept cells as
@@ -46,6 +50,11 @@ impl OdsShown {
         (*start <= col).then_some(text.as_str())
     }
 
+    /// A sheet's ranges merged down (the last table of the name, as calamine keeps).
+    pub(super) fn merged(&self, sheet: &str) -> Vec<super::merges::Down> {
+        self.merged.iter().rev().find(|(name, _)| name == sheet).map(|(_, d)| d.clone()).unwrap_or_default()
+    }
+
     /// Read from `content.xml`, streamed: only the kept cells are held.
     pub(super) fn scan<B: std::io::BufRead>(input: B) -> Result<Self, String> {
         let mut xml = quick_xml::Reader::from_reader(input);
@@ -55,6 +64,20 @@ impl OdsShown {
         let (mut row, mut row_repeat, mut col) = (0u64, 1u64, 0u64);
         let mut kept: Vec<(u64, u64, String)> = Vec::new();
         let mut cell: Option<Cell> = None;
+        let (mut down, mut merged_total) = (Vec::new(), 0usize);
+        // A cell spanning rows starts a range merged down at its place.
+        let mut spanned = |e: &BytesStart<'_>, row: u64, col: u64, down: &mut Vec<super::merges::Down>, too_many: &mut bool| {
+            let n = count(e, "table:number-rows-spanned");
+            if n > 1 && row < u64::from(MAX_SHEET_ROWS) && col < u64::from(MAX_SHEET_COLUMNS) {
+                if merged_total >= super::merges::MAX_MERGED_RANGES {
+                    *too_many = true;
+                    return;
+                }
+                merged_total += 1;
+                let last = (row + n - 1).min(u64::from(MAX_SHEET_ROWS) - 1);
+                down.push(super::merges::Down { col: col as u32, first: row as u32, last: last as u32 });
+            }
+        };
         loop {
             buf.clear();
             let event = xml.read_event_into(&mut buf).map_err(|e| e.to_string())?;
@@ -96,6 +119,9 @@ impl OdsShown {
                     row = 0;
                 }
                 Event::End(e) if e.name().as_ref() == "table:table" => {
+                    if let Some((name, _)) = &table {
+                        shown.merged.push((name.clone(), std::mem::take(&mut down)));
+                    }
                     shown.tables.extend(table.take()); // kept when empty too: it hides an earlier table of its name
                 }
                 Event::Start(e) if e.name().as_ref() == "table:table-row" => {
@@ -116,9 +142,11 @@ impl OdsShown {
                     row += count(&e, "table:number-rows-repeated").min((MAX_SHEET_ROWS as u64).saturating_sub(row));
                 }
                 Event::Start(e) if matches!(e.name().as_ref(), "table:table-cell" | "table:covered-table-cell") => {
+                    spanned(&e, row, col, &mut down, &mut shown.too_many_merged);
                     cell = Some(Cell::of(&e));
                 }
                 Event::Empty(e) if matches!(e.name().as_ref(), "table:table-cell" | "table:covered-table-cell") => {
+                    spanned(&e, row, col, &mut down, &mut shown.too_many_merged);
                     col += count(&e, "table:number-columns-repeated").min(MAX_SHEET_COLUMNS as u64 - col);
                 }
                 Event::Eof => break,

@@ -669,7 +669,7 @@ mod tests {
 
     /// The text reader with pass 1 reading `buffer` bytes at a time.
     fn read_with(bytes: &[u8], buffer: usize) -> Result<Vec<Table>, String> {
-        let mut tables = Collect { tables: Vec::new(), skip: |_| false, hidden: Vec::new() };
+        let mut tables = Collect { tables: Vec::new(), skip: |_| false, hidden: Vec::new(), warnings: Vec::new() };
         match read_text(&mut Cursor::new(bytes), &mut tables, buffer) {
             Ok(()) => Ok(tables.tables),
             Err(ReadError::File(e)) => Err(e.to_string()),

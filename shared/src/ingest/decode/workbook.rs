@@ -1,5 +1,6 @@
 //! Workbooks (XLSX, XLS, ODS) through calamine, sheet by sheet; XLSX cells streamed into rows.
 
+use super::merges::{self, Filler};
 use super::numfmt::NumberFormat;
 use super::ods_shown::{self, OdsShown};
 use super::xls_shown::XlsShown;
@@ -26,7 +27,7 @@ pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: boo
 /// An opened container's sheets into rows: `ole`, a rebuilt XLS with what its numbers show.
 fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<XlsShown>, v: &mut V) -> Result<(), ReadError<V::Stop>> {
     let guess = if ole { "XLS" } else { "XLSX" };
-    let (mut book, shown) = guarded(guess, || open_book(&mut *r, ole))?;
+    let (mut book, shown, mut merged) = guarded(guess, || open_book(&mut *r, ole))?;
     let format = match &book {
         Sheets::Xls(_) => Format::Xls,
         Sheets::Xlsx(_) => Format::Xlsx,
@@ -99,6 +100,7 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                 let dims = cells.dimensions();
                 let declared = dims.end.0.saturating_sub(dims.start.0).min(MAX_ROWS_HINT);
                 let mut shape = Shape::new(TableHead { rows_hint: Some(declared), ..proto(name, k, several) }, true);
+                let mut filler = Filler::new(merged.remove(name).unwrap_or_default());
                 // The row's cells are reused from row to row (cleared, not reallocated).
                 let mut row: Vec<Slot> = Vec::new();
                 let mut width = 0;
@@ -125,6 +127,9 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                     match at {
                         Some(a) if a == r => {}
                         Some(a) if a < r => {
+                            if !filler.is_empty() {
+                                fill_slots(&mut filler, a, &mut row, &mut width);
+                            }
                             shape.row(v, a + 1, &row[..width])?;
                             // Each empty row between two data rows is a row of the result (Skipped):
                             // 3 cells a sheet a million rows apart made 20 KB read as 52 million rows.
@@ -165,10 +170,16 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                     }
                 }
                 if let Some(a) = at {
+                    if !filler.is_empty() {
+                        fill_slots(&mut filler, a, &mut row, &mut width);
+                    }
                     shape.row(v, a + 1, &row[..width])?;
                 }
                 if !shape.started() {
                     return Err(FileError::NoSheet.into());
+                }
+                if let Some(warning) = filler.warning(several.then_some(name.as_str())) {
+                    v.warning(warning);
                 }
             }
         }
@@ -187,6 +198,14 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                 let Some((start_row, start_col)) = range.start() else { continue };
                 let mut shape = Shape::new(proto(name, k, several), true);
                 let kept = shown.as_ref().and_then(|s| s.table(name));
+                // XLS ranges merged down, relative to the range's first cell like its rows.
+                let down = match &book {
+                    Sheets::Xls(x) => {
+                        merges::downward(x.merge_cells_by_sheet_name(name).unwrap_or_default().iter().map(|d| (d.start, d.end)))
+                    }
+                    _ => shown.as_ref().map(|s| s.merged(name)).unwrap_or_default(),
+                };
+                let mut filler = Filler::new(down);
                 // calamine keeps the last sheet of a name; the XLS formats go by the sheet's place.
                 let xls_sheet = xls.as_ref().zip(all_names.iter().rposition(|n| n == name));
                 for (i, r) in range.rows().enumerate() {
@@ -211,8 +230,23 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                             _ => None,
                         }
                     };
-                    let cells: Vec<String> = r.iter().enumerate().map(|(j, c)| shown_at(j, c).unwrap_or_else(|| cell_text(c))).collect();
-                    shape.row(v, start_row + i as u32 + 1, &cells)?;
+                    let mut cells: Vec<String> =
+                        r.iter().enumerate().map(|(j, c)| shown_at(j, c).unwrap_or_else(|| cell_text(c))).collect();
+                    let at = start_row + i as u32;
+                    if !filler.is_empty() && cells.iter().any(|c| !c.trim().is_empty()) {
+                        let fills =
+                            filler.fills(at, |col| col.checked_sub(start_col).and_then(|j| cells.get(j as usize)).map(String::as_str));
+                        for (col, value) in fills {
+                            // A range left of the used cells cannot cover one of them.
+                            if let Some(cell) = col.checked_sub(start_col).and_then(|j| cells.get_mut(j as usize)) {
+                                *cell = value;
+                            }
+                        }
+                    }
+                    shape.row(v, at + 1, &cells)?;
+                }
+                if let Some(warning) = filler.warning(several.then_some(name.as_str())) {
+                    v.warning(warning);
                 }
             }
             if ranges.is_empty() {
@@ -222,6 +256,21 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
         }
     }
     Ok(())
+}
+
+/// The covered cells of XLSX row `row` (which has data) filled from their merged range's top cell.
+fn fill_slots(filler: &mut Filler, row: u32, slots: &mut Vec<Slot<'_>>, width: &mut usize) {
+    let fills = filler.fills(row, |c| slots.get(c as usize).filter(|_| (c as usize) < *width).map(AsRef::as_ref));
+    for (col, value) in fills {
+        let c = col as usize;
+        if slots.len() <= c {
+            slots.resize(c + 1, Slot::default());
+        }
+        *width = (*width).max(c + 1);
+        slots[c].shared = None;
+        slots[c].own.clear();
+        slots[c].own.push_str(&value);
+    }
 }
 
 /// The number format of each XLSX style, understood once per distinct format code: a number
@@ -272,10 +321,12 @@ impl CellFormats {
 /// The workbook reader for the container: OLE is XLS; a zip is XLSX, else ODS (calamine's own
 /// detection needs a reader it can clone, and ingest reads from a file). An ODS comes with what
 /// its whole numbers show, read once its parts passed the guards.
-pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<(Sheets<&mut R>, Option<OdsShown>), FileError> {
+pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<(Sheets<&mut R>, Option<OdsShown>, Merged), FileError> {
     use calamine::{Ods, Xls, Xlsx};
     if ole {
-        return Xls::new(r).map(|x| (Sheets::Xls(x), None)).map_err(|e| FileError::Corrupt { format: "XLS", detail: e.to_string() });
+        return Xls::new(r)
+            .map(|x| (Sheets::Xls(x), None, Merged::new()))
+            .map_err(|e| FileError::Corrupt { format: "XLS", detail: e.to_string() });
     }
     // The zip's directory (read from its end, cheaply) says which kind of workbook it is and
     // what it unzips to.
@@ -286,12 +337,16 @@ pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<(Sheets<
     let ods = !has("xl/workbook.xml") && has("content.xml");
     check_zip_parts(&mut zip, ods)?;
     let damaged = |e: &dyn std::fmt::Display| FileError::Corrupt { format: "ODS", detail: e.to_string() };
-    let shown = if ods {
+    let (shown, merged) = if ods {
         let named = |i: &usize| zip.name_for_index(*i).and_then(|n| n.ok()).is_some_and(|n| n.eq_ignore_ascii_case("content.xml"));
         let at = (0..zip.len()).find(named).ok_or_else(|| damaged(&"no content.xml"))?;
-        Some(OdsShown::scan(std::io::BufReader::new(zip.by_index(at).map_err(|e| damaged(&e))?)).map_err(|e| damaged(&e))?)
+        let shown = OdsShown::scan(std::io::BufReader::new(zip.by_index(at).map_err(|e| damaged(&e))?)).map_err(|e| damaged(&e))?;
+        if shown.too_many_merged {
+            return Err(FileError::TooManyMerged { limit: merges::MAX_MERGED_RANGES });
+        }
+        (Some(shown), Merged::new())
     } else {
-        None
+        (None, merges::xlsx(&mut zip)?)
     };
     drop(zip);
     r.rewind().map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })?;
@@ -299,10 +354,15 @@ pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<(Sheets<
         return Err(FileError::UnknownFormat("XLSB binary workbooks are not supported; save as XLSX".into()));
     }
     if !has("xl/workbook.xml") && has("content.xml") {
-        return Ods::new(r).map(|o| (Sheets::Ods(o), shown)).map_err(|e| FileError::Corrupt { format: "ODS", detail: e.to_string() });
+        return Ods::new(r)
+            .map(|o| (Sheets::Ods(o), shown, merged))
+            .map_err(|e| FileError::Corrupt { format: "ODS", detail: e.to_string() });
     }
-    Xlsx::new(r).map(|x| (Sheets::Xlsx(x), None)).map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })
+    Xlsx::new(r).map(|x| (Sheets::Xlsx(x), None, merged)).map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })
 }
+
+/// Each sheet's ranges merged down a column, by sheet name (`merges`).
+pub(super) type Merged = std::collections::HashMap<String, Vec<merges::Down>>;
 
 /// The spreadsheet readers parse hostile binary structures and a malformed file can make them
 /// panic (fuzzing found an XLS whose sector table sent calamine out of bounds). For the user that
@@ -704,6 +764,38 @@ mod spreadsheet_cell_tests {
         let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
         assert_eq!((t.header_row, t.headers.clone()), (3, vec!["Email".to_string(), "Department".into()]));
         assert_eq!(t.rows, vec![(4, vec!["a@x.com".to_string()]), (5, vec![]), (6, vec!["".to_string(), "Sales".into()])]);
+    }
+
+    /// Merged ranges are bounded: a part declaring more than a roster could (each `<mergeCell>`
+    /// kept is 12 bytes; 40 million fit in the unzipped limit) is refused, and a range down a
+    /// whole column fills only the rows with data.
+    #[test]
+    fn merged_ranges_are_bounded_and_a_range_down_a_whole_column_adds_no_rows() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        for (r, row) in [["Email", "Department"], ["a@x.com", "Sales"], ["b@x.com", ""], ["c@x.com", ""]].iter().enumerate() {
+            for (c, v) in row.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+                ws.write_string(r as u32, c as u16, *v).unwrap();
+            }
+        }
+        let plain = wb.save_to_buffer().unwrap();
+        let with = |merges: String| {
+            edit_part(&plain, "xl/worksheets/sheet1.xml", |xml| {
+                xml.replace("</sheetData>", &format!("</sheetData><mergeCells>{merges}</mergeCells>"))
+            })
+        };
+        let whole = decode(&with(r#"<mergeCell ref="B2:B1048576"/><mergeCell ref="nonsense"/><mergeCell/>"#.into())).unwrap();
+        let dept: Vec<&str> = whole.rows.iter().map(|(_, r)| r[1].as_str()).collect();
+        assert_eq!(dept, ["Sales", "Sales", "Sales"], "{:?}", whole.rows);
+        // The bound, at 10 here (1,048,576 in use: 12 MB).
+        let within = |xlsx: Vec<u8>| merges::xlsx_within(&mut zip::ZipArchive::new(Cursor::new(xlsx)).unwrap(), 10);
+        let many = within(with(r#"<mergeCell ref="C2:C3"/>"#.repeat(11))).unwrap_err();
+        assert_eq!(many.to_string(), FileError::TooManyMerged { limit: 10 }.to_string());
+        assert_eq!(within(with(r#"<mergeCell ref="C2:C3"/>"#.repeat(10))).unwrap()["Sheet1"].len(), 10);
+        // Across columns only, any number: none is kept.
+        assert!(within(with(r#"<mergeCell ref="C2:D2"/>"#.repeat(100))).unwrap().is_empty());
+        let err = FileError::TooManyMerged { limit: merges::MAX_MERGED_RANGES }.to_string();
+        assert!(err.contains("more than 1,048,576 ranges of cells merged down a column"), "{err}");
     }
 
     /// Rewrite one part of a zip (an XLSX) with `edit`.
