@@ -78,7 +78,7 @@ async fn validate_mode_checks_against_current_state_and_writes_nothing() {
             ("Created".into(), "user would be created (validation only: nothing was changed)".into()),
             ("Failure".into(), "user not found; use Create or Upsert to add it".into()),
             ("Created".into(), "organization \"Fresh Org\" would be created (validation only: nothing was changed)".into()),
-            ("Failure".into(), "Email \"bad-email\" is not a valid email address".into()),
+            ("Failure".into(), "Email \"bad-email\" is not a valid email address: it has no @".into()),
         ]
     );
     assert_eq!((s.counts.success, s.counts.failure), (2, 3));

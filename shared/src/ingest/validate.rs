@@ -558,8 +558,8 @@ fn validate_row<'c, S: AsRef<str>>(
                     let email = email_key(raw);
                     if !is_valid_email(&email) {
                         return Err(fail_at(field.name(), {
-                            let raw = crate::wording::quoted(raw);
-                            format!("{} \"{raw}\" is not a valid email address", field.name())
+                            let (quoted, hint) = (crate::wording::quoted(raw), email_hint(raw));
+                            format!("{} \"{quoted}\" is not a valid email address{hint}", field.name())
                         }));
                     }
                     associations.insert(attr.to_string(), email);
@@ -729,7 +729,7 @@ fn check_pool(cell: &str, tenant: &Tenant) -> std::result::Result<String, String
 fn checked_email(raw: &str) -> std::result::Result<Cow<'_, str>, String> {
     let email = lowercase(raw);
     if !is_valid_email(&email) {
-        return Err(format!("Email \"{}\" is not a valid email address", crate::wording::quoted(raw)));
+        return Err(format!("Email \"{}\" is not a valid email address{}", crate::wording::quoted(raw), email_hint(raw)));
     }
     if let Err(why) = crate::address::deliverable(&email) {
         return Err(format!("Email \"{}\" {why}", crate::wording::quoted(raw)));
@@ -742,6 +742,41 @@ fn checked_email(raw: &str) -> std::result::Result<Cow<'_, str>, String> {
             Cow::Borrowed(_) => Cow::Owned(e),
         },
     })
+}
+
+/// What to fix in an address that is not one, for the shapes people paste: `Ann Lee
+/// <ann@x.com>` from a mail program, `mailto:` from a web page, two addresses in one cell, a
+/// sentence's last full stop, a domain without its ending.
+fn email_hint(raw: &str) -> String {
+    let quoted = |s: &str| format!("\"{}\"", crate::wording::quoted(s));
+    let raw = raw.trim();
+    if let Some((_, inner)) = raw.rsplit_once('<')
+        && let Some(inner) = inner.strip_suffix('>')
+        && is_valid_email(&lowercase(inner.trim()))
+    {
+        return format!(": keep only the address, {}", quoted(inner.trim()));
+    }
+    if let Some(rest) = raw.get(..7).filter(|p| p.eq_ignore_ascii_case("mailto:")).map(|_| &raw[7..])
+        && is_valid_email(&lowercase(rest.trim()))
+    {
+        return format!(": remove \"mailto:\" and keep {}", quoted(rest.trim()));
+    }
+    if raw.matches('@').count() > 1 {
+        return ": the cell holds more than one address; give each person a row of their own".into();
+    }
+    if let Some(last) = raw.chars().last().filter(|c| matches!(c, '.' | ',' | ';' | ':'))
+        && is_valid_email(&lowercase(&raw[..raw.len() - last.len_utf8()]))
+    {
+        return format!(": remove the \"{last}\" at its end");
+    }
+    match raw.rsplit_once('@') {
+        None => ": it has no @".into(),
+        Some((_, domain)) if !domain.is_empty() && !domain.contains('.') => {
+            // Quoted: the email's digest groups messages by their words, not their values.
+            format!(": the part after @ must be a whole domain, such as {}", quoted(&format!("{domain}.com")))
+        }
+        _ => String::new(),
+    }
 }
 
 /// An email cell as the key `checked_email` gives, for cells only looked up (not validated).
@@ -988,6 +1023,33 @@ mod tests {
         }
     }
 
+    /// Addresses as people paste them get a message saying what to change, not only that the
+    /// value is wrong.
+    #[test]
+    fn a_pasted_address_says_what_to_change() {
+        let csv = "Email,Supervisor\n\
+                   \"Ann Lee <Ann@X.com>\",\n\
+                   mailto:bob@x.com,\n\
+                   cat@x.com.,\n\
+                   \"dan@x.com; dee@x.com\",\n\
+                   eve.x.com,\n\
+                   fay@x.com,\"Boss <boss@x.com>\"\n\
+                   \"a b@x.com\",\n";
+        let v = run(csv, Mode::Upsert);
+        assert_eq!(message(&v, 2), "Email \"Ann Lee <Ann@X.com>\" is not a valid email address: keep only the address, \"Ann@X.com\"");
+        assert_eq!(message(&v, 3), "Email \"mailto:bob@x.com\" is not a valid email address: remove \"mailto:\" and keep \"bob@x.com\"");
+        assert_eq!(message(&v, 4), "Email \"cat@x.com.\" is not a valid email address: remove the \".\" at its end");
+        assert!(
+            message(&v, 5).ends_with("the cell holds more than one address; give each person a row of their own"),
+            "{}",
+            message(&v, 5)
+        );
+        assert_eq!(message(&v, 6), "Email \"eve.x.com\" is not a valid email address: it has no @");
+        assert_eq!(message(&v, 7), "Supervisor \"Boss <boss@x.com>\" is not a valid email address: keep only the address, \"boss@x.com\"");
+        assert_eq!(message(&v, 8), "Email \"a b@x.com\" is not a valid email address", "no guess when none fits");
+        assert!(v.ops.is_empty());
+    }
+
     /// An HR export's Status column is not read: a row whose Status says the person left fails
     /// (created or kept active, the leaver would have kept their access), unless its Action ends
     /// the account anyway; other values and blanks pass.
@@ -1009,8 +1071,14 @@ mod tests {
     #[test]
     fn invalid_email_names_the_value() {
         let v = run("Email\nann@@x.com\nbob@localhost\n", Mode::Upsert);
-        assert_eq!(message(&v, 2), "Email \"ann@@x.com\" is not a valid email address");
-        assert_eq!(message(&v, 3), "Email \"bob@localhost\" is not a valid email address");
+        assert_eq!(
+            message(&v, 2),
+            "Email \"ann@@x.com\" is not a valid email address: the cell holds more than one address; give each person a row of their own"
+        );
+        assert_eq!(
+            message(&v, 3),
+            "Email \"bob@localhost\" is not a valid email address: the part after @ must be a whole domain, such as \"localhost.com\""
+        );
         assert!(v.ops.is_empty());
     }
 
@@ -1135,7 +1203,7 @@ mod tests {
         );
         assert_eq!(fields(&v, 0).associations.get("supervisor").map(String::as_str), Some("boss@x.com"));
         assert_eq!(v.ops[0].created_in_file, vec!["boss@x.com".to_string()], "North is not created by the file");
-        assert_eq!(message(&v, 4), "Supervisor \"not-an-email\" is not a valid email address");
+        assert_eq!(message(&v, 4), "Supervisor \"not-an-email\" is not a valid email address: it has no @");
         assert_eq!(message(&v, 5), "supervisor cannot be the user themself");
     }
 
