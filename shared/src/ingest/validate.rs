@@ -434,6 +434,16 @@ fn validate_row<'c, S: AsRef<str>>(
     let custom = m.custom.iter().map(|(idx, col)| (tenant.attributes[*idx].name.clone(), *col));
     for (name, col) in errors.chain(custom) {
         let value = cells.get(col).map(|c| c.as_ref().trim()).unwrap_or_default();
+        if value == crate::ingest::decode::NOT_CALCULATED {
+            return Err((
+                None,
+                Some(name.clone()),
+                format!(
+                    "{name} is a formula the file never calculated (a program wrote the workbook without computing its formulas, so it holds no value for it): \
+                     open the file in Excel or LibreOffice, save it, and upload it again"
+                ),
+            ));
+        }
         if is_formula_error(value) {
             return Err((
                 None,
@@ -995,6 +1005,17 @@ mod tests {
         assert!(message(&v, 2).starts_with("Department is #N/A, a spreadsheet formula's error"), "{}", message(&v, 2));
         assert!(message(&v, 3).starts_with("Group is #REF!"), "{}", message(&v, 3));
         assert!(message(&v, 5).starts_with("Email is #VALUE!"), "{}", message(&v, 5));
+    }
+
+    /// A formula a program wrote without calculating it has no value: the row fails saying how to
+    /// get one; in a column we do not read it changes nothing.
+    #[test]
+    fn a_formula_never_calculated_fails_its_row_only_in_a_roster_column() {
+        let nc = crate::ingest::decode::NOT_CALCULATED;
+        let v = run(&format!("Email,Department,Notes\na@x.com,{nc},\nb@x.com,Ops,{nc}\n"), Mode::Upsert);
+        assert!(message(&v, 2).starts_with("Department is a formula the file never calculated"), "{}", message(&v, 2));
+        assert!(message(&v, 2).contains("open the file in Excel or LibreOffice, save it"), "{}", message(&v, 2));
+        assert_eq!(v.ops.len(), 1);
     }
 
     /// Excel shows (and saves as CSV) an 18-digit id typed as a number as `1.23457E+18`: stored,

@@ -93,14 +93,30 @@ impl Filler {
     }
 }
 
-/// Every sheet's ranges merged down, by sheet name, from an XLSX's parts: the workbook names its
-/// sheets and their parts, each sheet part lists its merged ranges after its cells.
-pub fn xlsx<R: Read + Seek>(zip: &mut zip::ZipArchive<R>) -> Result<HashMap<String, Vec<Down>>, FileError> {
-    xlsx_within(zip, MAX_MERGED_RANGES)
+/// What an XLSX's sheet parts hold besides their cells, by sheet name.
+#[derive(Debug, Default)]
+pub struct XlsxScan {
+    /// Ranges merged down a column.
+    pub merged: HashMap<String, Vec<Down>>,
+    /// The places (row, column; in order) of formulas whose saved values are not the formulas'
+    /// results: the workbook says it was never calculated (`fullCalcOnLoad`, which XlsxWriter,
+    /// openpyxl and rust_xlsxwriter write; their formula cells hold 0 or nothing until a
+    /// spreadsheet opens the file).
+    pub uncalculated: HashMap<String, Vec<(u32, u32)>>,
 }
 
-/// `xlsx`, keeping at most `limit` ranges.
-pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize) -> Result<HashMap<String, Vec<Down>>, FileError> {
+/// Uncalculated formula cells a workbook may hold (8 bytes each kept): a generated million-row
+/// sheet with four formula columns.
+pub const MAX_UNCALCULATED: usize = 1 << 22;
+
+/// Every sheet's `XlsxScan`, from an XLSX's parts: the workbook names its sheets and their parts,
+/// each sheet part lists its merged ranges after its cells.
+pub fn xlsx<R: Read + Seek>(zip: &mut zip::ZipArchive<R>) -> Result<XlsxScan, FileError> {
+    xlsx_within(zip, MAX_MERGED_RANGES, MAX_UNCALCULATED)
+}
+
+/// `xlsx`, keeping at most `limit` ranges and `formulas` uncalculated formula cells.
+pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, formulas: usize) -> Result<XlsxScan, FileError> {
     let damaged = |e: &dyn std::fmt::Display| FileError::Corrupt { format: "XLSX", detail: e.to_string() };
     let index = |zip: &zip::ZipArchive<R>, name: &str| {
         (0..zip.len()).find(|&i| zip.name_for_index(i).and_then(|n| n.ok()).is_some_and(|n| n.eq_ignore_ascii_case(name)))
@@ -120,8 +136,11 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize) -
     // The relationship id is `r:id` (any prefix); `id` alone matches it, not `sheetId`.
     let sheets = pairs(zip, "xl/workbook.xml", "sheet", ["name", "id"])?;
     let rels = pairs(zip, "xl/_rels/workbook.xml.rels", "Relationship", ["Id", "Target"])?;
-    let mut merged = HashMap::new();
-    let mut total = 0usize;
+    let never_calculated = pairs(zip, "xl/workbook.xml", "calcPr", ["fullCalcOnLoad", "calcMode"])?
+        .iter()
+        .any(|[full, _]| full.as_deref().is_some_and(|f| matches!(f.trim(), "1" | "true")));
+    let mut scan = XlsxScan::default();
+    let (mut total, mut uncalculated) = (0usize, 0usize);
     for [name, id] in sheets {
         let (Some(name), Some(id)) = (name, id) else { continue };
         let Some(target) = rels.iter().find(|[i, _]| i.as_deref() == Some(id.as_str())).and_then(|[_, t]| t.clone()) else { continue };
@@ -145,10 +164,28 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize) -
             return Err(FileError::TooManyMerged { limit });
         }
         if !down.is_empty() {
-            merged.insert(name, down);
+            scan.merged.insert(name.clone(), down);
+        }
+        if never_calculated {
+            // A second pass, only over the parts of a workbook a program wrote.
+            let entry = zip.by_index(i).map_err(|e| damaged(&e))?;
+            let mut places = Vec::new();
+            formula_cells(entry, |place| {
+                places.push(place);
+                uncalculated += 1;
+                uncalculated <= formulas
+            })
+            .map_err(|e| damaged(&e))?;
+            if uncalculated > formulas {
+                return Err(FileError::TooManyUncalculated { limit: formulas });
+            }
+            places.sort_unstable();
+            if !places.is_empty() {
+                scan.uncalculated.insert(name, places);
+            }
         }
     }
-    Ok(merged)
+    Ok(scan)
 }
 
 /// Each element named `wanted` (any namespace prefix), given to `each` until it says to stop.
@@ -165,18 +202,20 @@ fn elements<B: BufRead>(input: B, wanted: &str, mut each: impl FnMut(&BytesStart
     }
 }
 
-/// The `ref` of each `<mergeCell>` element (any namespace prefix) of a sheet part, given to `each`
-/// until it says to stop. A sheet part is most of an XLSX (477 MB for a million rows of ten
-/// columns): parsed as XML, this pass cost half as much again as reading the cells; searched as
-/// bytes it costs little more than the inflating. A `<` never stands raw in XML text or attribute
-/// values, so `<mergeCell` (or `<x:mergeCell`) found in the bytes is the element.
-fn merge_refs<R: Read>(mut input: R, mut each: impl FnMut(&str) -> bool) -> std::io::Result<()> {
-    const NAME: &[u8] = b"mergeCell";
+/// Each element `name` (any namespace prefix) of a part, found in its bytes, given to `each` with
+/// its attributes and up to `lookback` bytes before it, until `each` says to stop. A sheet part is
+/// most of an XLSX (477 MB for a million rows of ten columns): parsed as XML, a pass for its
+/// merged ranges cost half as much again as reading the cells; searched as bytes it costs little
+/// more than the inflating. A `<` never stands raw in XML text or attribute values, so `<mergeCell`
+/// (or `<x:mergeCell`) found in the bytes is the element.
+fn tags<R: Read>(mut input: R, name: &[u8], lookback: usize, mut each: impl FnMut(&[u8], &[u8]) -> bool) -> std::io::Result<()> {
     // An element is short (`<x:mergeCell ref="XFD1048575:XFD1048576"/>`); a longer one is skipped.
     const LONGEST: usize = 1024;
-    let finder = memchr::memmem::Finder::new(NAME);
+    let finder = memchr::memmem::Finder::new(name);
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 17);
     let mut chunk = vec![0u8; 1 << 16];
+    // Where the next search starts in `buf` (bytes before it are kept only to look back at).
+    let mut resume = 0;
     loop {
         let n = input.read(&mut chunk)?;
         if n == 0 {
@@ -184,11 +223,11 @@ fn merge_refs<R: Read>(mut input: R, mut each: impl FnMut(&str) -> bool) -> std:
         }
         buf.extend_from_slice(&chunk[..n]);
         // Bytes up to `done` are searched; an element not ended yet is kept from its start.
-        let mut done = 0;
+        let mut done = resume;
         let mut waiting = None;
         while let Some(i) = finder.find(&buf[done..]) {
             let at = done + i;
-            done = at + NAME.len();
+            done = at + name.len();
             // `<` then an optional `prefix:` right before the name, and the name ends there.
             let prefix =
                 buf[..at].iter().rev().take(64).position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')));
@@ -203,26 +242,58 @@ fn merge_refs<R: Read>(mut input: R, mut each: impl FnMut(&str) -> bool) -> std:
                 continue;
             };
             let element = &buf[done..done + close];
+            let before = &buf[start.saturating_sub(lookback)..start];
             done += close + 1;
-            if let Some(r) = ref_attribute(element)
-                && !each(r)
-            {
+            if !each(element, before) {
                 return Ok(());
             }
         }
-        // Keep what a name cut at the chunk's end needs (its `<prefix:` too), never an element
-        // already given.
-        let from = waiting.unwrap_or_else(|| done.max(buf.len().saturating_sub(NAME.len() + 64)));
+        // Keep what a name cut at the chunk's end needs (its `<prefix:` and the bytes looked back
+        // at too), never an element already given.
+        let (from, again) = match waiting {
+            // Searched again from its start, with what it looks back at.
+            Some(start) => (start.saturating_sub(lookback), start),
+            None => {
+                let from = done.max(buf.len().saturating_sub(name.len() + 64 + lookback));
+                (from, from)
+            }
+        };
         buf.drain(..from);
+        resume = again - from;
     }
 }
 
-/// The value of `ref="..."` (or `x:ref`, single quotes) among an element's attributes.
-fn ref_attribute(attrs: &[u8]) -> Option<&str> {
+/// The `ref` of each `<mergeCell>` of a sheet part (`tags`).
+fn merge_refs<R: Read>(input: R, mut each: impl FnMut(&str) -> bool) -> std::io::Result<()> {
+    tags(input, b"mergeCell", 0, |attrs, _| attribute(attrs, b"ref").is_none_or(&mut each))
+}
+
+/// The place of each formula of a sheet part: the `r` of the cell (`<c r="B2">`) its `<f>` is in.
+fn formula_cells<R: Read>(input: R, mut each: impl FnMut((u32, u32)) -> bool) -> std::io::Result<()> {
+    // A cell's start tag is short and its `<f>` comes first inside it.
+    tags(input, b"f", 256, |_, before| {
+        // `<c` or `<prefix:c`, then a space or the tag's end.
+        let opens = |i: usize| {
+            let prefix = before[..i].iter().rev().position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')));
+            let lt = prefix.and_then(|k| i.checked_sub(k + 1)).filter(|&lt| before[lt] == b'<');
+            lt.is_some_and(|lt| lt + 1 == i || before[i - 1] == b':')
+                && before.get(i + 1).is_some_and(|b| b.is_ascii_whitespace() || *b == b'>')
+        };
+        let Some(c) = memchr::memmem::rfind_iter(before, b"c").find(|&i| opens(i)) else {
+            return true;
+        };
+        let attrs = &before[c + 1..];
+        let attrs = &attrs[..memchr::memchr(b'>', attrs).unwrap_or(attrs.len())];
+        attribute(attrs, b"r").and_then(cell).is_none_or(&mut each)
+    })
+}
+
+/// The value of attribute `key` (`ref="..."`, `x:ref`, single quotes) among an element's attributes.
+fn attribute<'a>(attrs: &'a [u8], key: &[u8]) -> Option<&'a str> {
     let mut rest = attrs;
-    while let Some(i) = memchr::memmem::find(rest, b"ref") {
+    while let Some(i) = memchr::memmem::find(rest, key) {
         let before = i.checked_sub(1).map(|j| rest[j]);
-        let after = &rest[i + 3..];
+        let after = &rest[i + key.len()..];
         rest = after;
         if !before.is_some_and(|b| b.is_ascii_whitespace() || b == b':') {
             continue;
@@ -339,6 +410,21 @@ mod tests {
             })
             .unwrap();
             assert_eq!(found, ["B2:B4", "C2:C3", "D2:D5", "E2:E3", "H1:H2"], "reads of {step} bytes");
+        }
+        // Formula cells by their cell's place, a prefix or none, the start tag looked back at
+        // across reads; `<font>` and a cell without `r` are not taken.
+        let sheet = concat!(
+            r#"<sheetData><row r="2"><c r="A2" t="s"><v>0</v></c><c r="B2" s="3" t="str"><f>UPPER(A2)</f><v></v></c>"#,
+            r#"<x:c t="n" x:r="C2"><x:f t="shared" si="0"/><x:v>0</x:v></x:c><c><f>1+1</f></c><font/><c r="AB10"><f>"a&lt;f>"</f></c></row></sheetData>"#
+        );
+        for step in [1, 5, 64, 1 << 16] {
+            let mut found = Vec::new();
+            formula_cells(Trickle(sheet.as_bytes(), step), |p| {
+                found.push(p);
+                true
+            })
+            .unwrap();
+            assert_eq!(found, [(1, 1), (1, 2), (9, 27)], "reads of {step} bytes");
         }
         let long = format!(r#"<mergeCell a="{}" ref="A1:A2"/><mergeCell ref="B1:B2"/>"#, "x".repeat(5000));
         let mut found = Vec::new();

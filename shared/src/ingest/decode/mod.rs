@@ -96,6 +96,11 @@ pub enum FileError {
     )]
     TooManyMerged { limit: usize },
     #[error(
+        "the workbook holds more than {} formulas that were never calculated (a program wrote it without computing them): open it in Excel or LibreOffice, save it, and upload it again",
+        thousands(*limit as u64)
+    )]
+    TooManyUncalculated { limit: usize },
+    #[error(
         "the workbook expands to more than {limit_mb} MB when unzipped, so it is corrupt or built to exhaust memory; save it again from your spreadsheet program, or split it"
     )]
     TooBigUnzipped { limit_mb: u64 },
@@ -185,6 +190,11 @@ pub trait TableVisitor {
     fn table(&mut self, head: TableHead) -> Result<(), Self::Stop>;
     fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Self::Stop>;
 }
+
+/// What a formula cell reads as when its workbook was never calculated (`merges::XlsxScan`):
+/// its saved value (0 or nothing) is not the formula's result. Validation fails a row whose
+/// roster value it is; the result files show it where the formula was.
+pub const NOT_CALCULATED: &str = "#NOT-CALCULATED!";
 
 /// A zip read as a roster that is no workbook: only bundles (read before the table reader) are.
 pub const NOT_A_WORKBOOK: &str = "is neither a workbook (XLSX, ODS) nor a OneRoster CSV bundle (a zip with manifest.csv): drop the CSV, XLSX, XLS or ODS file itself, or a OneRoster bundle";

@@ -1,6 +1,6 @@
 //! Workbooks (XLSX, XLS, ODS) through calamine, sheet by sheet; XLSX cells streamed into rows.
 
-use super::merges::{self, Filler};
+use super::merges::{self, Filler, XlsxScan};
 use super::numfmt::NumberFormat;
 use super::ods_shown::{self, OdsShown};
 use super::xls_shown::XlsShown;
@@ -27,7 +27,7 @@ pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: boo
 /// An opened container's sheets into rows: `ole`, a rebuilt XLS with what its numbers show.
 fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<XlsShown>, v: &mut V) -> Result<(), ReadError<V::Stop>> {
     let guess = if ole { "XLS" } else { "XLSX" };
-    let (mut book, shown, mut merged) = guarded(guess, || open_book(&mut *r, ole))?;
+    let (mut book, shown, mut scan) = guarded(guess, || open_book(&mut *r, ole))?;
     let format = match &book {
         Sheets::Xls(_) => Format::Xls,
         Sheets::Xlsx(_) => Format::Xlsx,
@@ -100,7 +100,10 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                 let dims = cells.dimensions();
                 let declared = dims.end.0.saturating_sub(dims.start.0).min(MAX_ROWS_HINT);
                 let mut shape = Shape::new(TableHead { rows_hint: Some(declared), ..proto(name, k, several) }, true);
-                let mut filler = Filler::new(merged.remove(name).unwrap_or_default());
+                let mut filler = Filler::new(scan.merged.remove(name).unwrap_or_default());
+                // Formula cells of a workbook never calculated, in the order cells come.
+                let uncalculated = scan.uncalculated.remove(name).unwrap_or_default();
+                let mut next_formula = 0;
                 // The row's cells are reused from row to row (cleared, not reallocated).
                 let mut row: Vec<Slot> = Vec::new();
                 let mut width = 0;
@@ -112,14 +115,21 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                         DataRef::Int(i) => Some(i as f64),
                         _ => None,
                     };
-                    let text = match number.and_then(|n| formats.render(style, n)) {
-                        Some(shown) => Cow::Owned(shown),
-                        None => cell_ref_text(value),
+                    let (r, c) = cell.get_position();
+                    while uncalculated.get(next_formula).is_some_and(|&p| p < (r, c)) {
+                        next_formula += 1;
+                    }
+                    let text = if uncalculated.get(next_formula) == Some(&(r, c)) {
+                        Cow::Borrowed(NOT_CALCULATED)
+                    } else {
+                        match number.and_then(|n| formats.render(style, n)) {
+                            Some(shown) => Cow::Owned(shown),
+                            None => cell_ref_text(value),
+                        }
                     };
                     if text.is_empty() {
                         continue; // styled but empty cells do not widen the sheet (as in calamine's range)
                     }
-                    let (r, c) = cell.get_position();
                     if r >= MAX_SHEET_ROWS || c >= MAX_SHEET_COLUMNS {
                         let cell = format!("{}{}", column_name(c as usize), r as u64 + 1);
                         return Err(FileError::OutsideGrid { sheet: quoted(name), cell }.into());
@@ -321,11 +331,11 @@ impl CellFormats {
 /// The workbook reader for the container: OLE is XLS; a zip is XLSX, else ODS (calamine's own
 /// detection needs a reader it can clone, and ingest reads from a file). An ODS comes with what
 /// its whole numbers show, read once its parts passed the guards.
-pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<(Sheets<&mut R>, Option<OdsShown>, Merged), FileError> {
+pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<(Sheets<&mut R>, Option<OdsShown>, XlsxScan), FileError> {
     use calamine::{Ods, Xls, Xlsx};
     if ole {
         return Xls::new(r)
-            .map(|x| (Sheets::Xls(x), None, Merged::new()))
+            .map(|x| (Sheets::Xls(x), None, XlsxScan::default()))
             .map_err(|e| FileError::Corrupt { format: "XLS", detail: e.to_string() });
     }
     // The zip's directory (read from its end, cheaply) says which kind of workbook it is and
@@ -344,7 +354,7 @@ pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<(Sheets<
         if shown.too_many_merged {
             return Err(FileError::TooManyMerged { limit: merges::MAX_MERGED_RANGES });
         }
-        (Some(shown), Merged::new())
+        (Some(shown), XlsxScan::default())
     } else {
         (None, merges::xlsx(&mut zip)?)
     };
@@ -360,9 +370,6 @@ pub(super) fn open_book<R: Read + Seek>(r: &mut R, ole: bool) -> Result<(Sheets<
     }
     Xlsx::new(r).map(|x| (Sheets::Xlsx(x), None, merged)).map_err(|e| FileError::Corrupt { format: "XLSX", detail: e.to_string() })
 }
-
-/// Each sheet's ranges merged down a column, by sheet name (`merges`).
-pub(super) type Merged = std::collections::HashMap<String, Vec<merges::Down>>;
 
 /// The spreadsheet readers parse hostile binary structures and a malformed file can make them
 /// panic (fuzzing found an XLS whose sector table sent calamine out of bounds). For the user that
@@ -634,10 +641,46 @@ mod spreadsheet_cell_tests {
         ws.write_formula(1, 3, Formula::new("=40+2").set_result("42")).unwrap();
         // Trailing empty rows and a formatted but empty column are ignored.
         ws.write_string(5, 0, "").unwrap();
-        let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
+        // As a spreadsheet saves it: calculated (rust_xlsxwriter marks its files never calculated).
+        let saved = edit_part(&wb.save_to_buffer().unwrap(), "xl/workbook.xml", |x| x.replace(r#" fullCalcOnLoad="1""#, ""));
+        let t = decode(&saved).unwrap();
         assert_eq!(t.format, Format::Xlsx);
         assert_eq!(t.headers, vec!["Email", "ScheduledDate", "Phone", "Score"]);
         assert_eq!(t.rows, vec![(2, vec!["ann@x.com".to_string(), "2026-03-01".into(), "4155550100".into(), "42".into()])]);
+    }
+
+    /// A workbook a program wrote with formulas it never calculated (XlsxWriter, openpyxl and
+    /// rust_xlsxwriter mark it `fullCalcOnLoad`): its formula cells hold 0 or nothing until a
+    /// spreadsheet opens it, and read so they were stored as a department of "0" or none. Each
+    /// reads as `#NOT-CALCULATED!`, which validation refuses saying what to do; the same file
+    /// saved by LibreOffice reads its results.
+    #[test]
+    fn formulas_of_a_workbook_never_calculated_read_as_not_calculated_not_as_their_placeholder() {
+        let fixture = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/real/formula-cells.xlsx")).unwrap();
+        let rows = |t: Table| t.rows.into_iter().map(|(_, r)| r).collect::<Vec<_>>();
+        let ann = |d: &str, c: &str| vec!["ann@acme.example.com".to_string(), d.into(), c.into()];
+        let bob = |c: &str| vec!["bob@acme.example.com".to_string(), "Ops".into(), c.into()];
+        assert_eq!(rows(decode(&fixture).unwrap()), [ann("SALES", "42"), bob("43")], "saved by LibreOffice: calculated");
+        let never = edit_part(&fixture, "xl/workbook.xml", |x| x.replace("<calcPr ", r#"<calcPr fullCalcOnLoad="1" "#));
+        assert_eq!(rows(decode(&never).unwrap()), [ann(NOT_CALCULATED, NOT_CALCULATED), bob(NOT_CALCULATED)]);
+        // openpyxl's shape: a formula and no value at all, in a cell without a value type.
+        let openpyxl = edit_part(&never, "xl/worksheets/sheet1.xml", |x| {
+            x.replace(r#"<v>SALES</v>"#, "")
+                .replace(r#"<c r="C3" s="0" t="n"><f aca="false">C2+1</f><v>43</v></c>"#, r#"<c r="C3"><f>C2+1</f><v></v></c>"#)
+        });
+        assert_eq!(rows(decode(&openpyxl).unwrap()), [ann(NOT_CALCULATED, NOT_CALCULATED), bob(NOT_CALCULATED)]);
+        // rust_xlsxwriter, as a roster generator would use it.
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        ws.write_string(0, 0, "Email").unwrap();
+        ws.write_string(0, 1, "Department").unwrap();
+        ws.write_string(1, 0, "ann@x.com").unwrap();
+        ws.write_formula(1, 1, Formula::new(r#"=UPPER("sales")"#)).unwrap();
+        assert_eq!(rows(decode(&wb.save_to_buffer().unwrap()).unwrap()), [vec!["ann@x.com".to_string(), NOT_CALCULATED.into()]]);
+        // Bounded: past the limit (4,194,304 in use) the file is refused.
+        let within = |xlsx: &[u8], n| merges::xlsx_within(&mut zip::ZipArchive::new(Cursor::new(xlsx)).unwrap(), 10, n);
+        assert_eq!(within(&never, 3).unwrap().uncalculated["Staff"], [(1, 1), (1, 2), (2, 2)]);
+        assert_eq!(within(&never, 2).unwrap_err().to_string(), FileError::TooManyUncalculated { limit: 2 }.to_string());
     }
 
     /// What Excel shows (and writes when it saves as CSV) is what is read: an employee number
@@ -788,7 +831,7 @@ mod spreadsheet_cell_tests {
         let dept: Vec<&str> = whole.rows.iter().map(|(_, r)| r[1].as_str()).collect();
         assert_eq!(dept, ["Sales", "Sales", "Sales"], "{:?}", whole.rows);
         // The bound, at 10 here (1,048,576 in use: 12 MB).
-        let within = |xlsx: Vec<u8>| merges::xlsx_within(&mut zip::ZipArchive::new(Cursor::new(xlsx)).unwrap(), 10);
+        let within = |xlsx: Vec<u8>| merges::xlsx_within(&mut zip::ZipArchive::new(Cursor::new(xlsx)).unwrap(), 10, 10).map(|s| s.merged);
         let many = within(with(r#"<mergeCell ref="C2:C3"/>"#.repeat(11))).unwrap_err();
         assert_eq!(many.to_string(), FileError::TooManyMerged { limit: 10 }.to_string());
         assert_eq!(within(with(r#"<mergeCell ref="C2:C3"/>"#.repeat(10))).unwrap()["Sheet1"].len(), 10);
