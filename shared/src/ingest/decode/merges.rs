@@ -141,6 +141,9 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
         .any(|[full, _]| full.as_deref().is_some_and(|f| matches!(f.trim(), "1" | "true")));
     let mut scan = XlsxScan::default();
     let (mut total, mut uncalculated) = (0usize, 0usize);
+    // Each part is read once, however many sheets name it (1,000 sheets naming one large part
+    // would inflate it 1,000 times).
+    let mut read = HashMap::<usize, String>::new();
     for [name, id] in sheets {
         let (Some(name), Some(id)) = (name, id) else { continue };
         let Some(target) = rels.iter().find(|[i, _]| i.as_deref() == Some(id.as_str())).and_then(|[_, t]| t.clone()) else { continue };
@@ -149,6 +152,17 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
             None => format!("xl/{target}"),
         };
         let Some(i) = index(zip, &path) else { continue };
+        if let Some(first) = read.get(&i) {
+            // calamine reads the sheet of that name from the same part: the same ranges.
+            if let Some(d) = scan.merged.get(first).cloned() {
+                scan.merged.insert(name.clone(), d);
+            }
+            if let Some(f) = scan.uncalculated.get(first).cloned() {
+                scan.uncalculated.insert(name, f);
+            }
+            continue;
+        }
+        read.insert(i, name.clone());
         let entry = zip.by_index(i).map_err(|e| damaged(&e))?;
         // Only ranges merged down are kept (12 bytes each), and only so many.
         let mut down = Vec::new();
@@ -298,7 +312,9 @@ fn attribute<'a>(attrs: &'a [u8], key: &[u8]) -> Option<&'a str> {
         if !before.is_some_and(|b| b.is_ascii_whitespace() || b == b':') {
             continue;
         }
-        let after = after.trim_ascii_start().strip_prefix(b"=")?.trim_ascii_start();
+        // The word inside another attribute's value (`a="x ref"`): not this attribute.
+        let Some(after) = after.trim_ascii_start().strip_prefix(b"=") else { continue };
+        let after = after.trim_ascii_start();
         let quote = *after.first().filter(|q| matches!(q, b'"' | b'\''))?;
         let value = &after[1..];
         let end = memchr::memchr(quote, value)?;
@@ -426,6 +442,7 @@ mod tests {
             .unwrap();
             assert_eq!(found, [(1, 1), (1, 2), (9, 27)], "reads of {step} bytes");
         }
+        assert_eq!(attribute(br#" a="x ref" ref="B2:B3""#, b"ref"), Some("B2:B3"), "a word in another value");
         let long = format!(r#"<mergeCell a="{}" ref="A1:A2"/><mergeCell ref="B1:B2"/>"#, "x".repeat(5000));
         let mut found = Vec::new();
         merge_refs(long.as_bytes(), |r| {

@@ -74,7 +74,8 @@ impl OdsShown {
                     return;
                 }
                 merged_total += 1;
-                let last = (row + n - 1).min(u64::from(MAX_SHEET_ROWS) - 1);
+                // `count` reads an unreadable number as the largest: the range ends at the grid's end.
+                let last = row.saturating_add(n - 1).min(u64::from(MAX_SHEET_ROWS) - 1);
                 down.push(super::merges::Down { col: col as u32, first: row as u32, last: last as u32 });
             }
         };

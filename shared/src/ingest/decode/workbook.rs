@@ -208,7 +208,7 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                 let Some((start_row, start_col)) = range.start() else { continue };
                 let mut shape = Shape::new(proto(name, k, several), true);
                 let kept = shown.as_ref().and_then(|s| s.table(name));
-                // XLS ranges merged down, relative to the range's first cell like its rows.
+                // Ranges merged down (XLS from calamine, ODS from `ods_shown`), in sheet positions.
                 let down = match &book {
                     Sheets::Xls(x) => {
                         merges::downward(x.merge_cells_by_sheet_name(name).unwrap_or_default().iter().map(|d| (d.start, d.end)))
@@ -270,6 +270,10 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
 
 /// The covered cells of XLSX row `row` (which has data) filled from their merged range's top cell.
 fn fill_slots(filler: &mut Filler, row: u32, slots: &mut Vec<Slot<'_>>, width: &mut usize) {
+    // A row of only spaces is blank, as XLS and ODS rows are read: nothing is filled into it.
+    if slots[..*width].iter().all(|s| s.as_ref().trim().is_empty()) {
+        return;
+    }
     let fills = filler.fills(row, |c| slots.get(c as usize).filter(|_| (c as usize) < *width).map(AsRef::as_ref));
     for (col, value) in fills {
         let c = col as usize;
@@ -459,8 +463,10 @@ pub(super) fn digits_kept(f: f64) -> bool {
 /// A long number as a spreadsheet shows it in General format (`1.23456789012346E+18`): plainly
 /// not the digits typed, which validation tells the user to re-enter as text.
 fn scientific(f: f64) -> String {
-    let shortest = format!("{f:E}"); // "1.23456789012346E18"
-    let (mantissa, exponent) = shortest.split_once('E').unwrap_or((&shortest, "0"));
+    // The 15 significant digits a spreadsheet keeps, no more (the double holds 17, two made up).
+    let fifteen = format!("{f:.14E}"); // "1.23456789012346E18"
+    let (mantissa, exponent) = fifteen.split_once('E').unwrap_or((&fifteen, "0"));
+    let mantissa = if mantissa.contains('.') { mantissa.trim_end_matches('0').trim_end_matches('.') } else { mantissa };
     let (sign, digits) = exponent.strip_prefix('-').map_or(("+", exponent), |d| ("-", d));
     format!("{mantissa}E{sign}{digits:0>2}")
 }
@@ -726,9 +732,9 @@ mod spreadsheet_cell_tests {
         ws.write_number(3, 0, 1234567890123456.0).unwrap();
         ws.write_number_with_format(3, 1, 9_007_199_254_740_993.0, &XFormat::new().set_num_format("0")).unwrap();
         let t = decode(&wb.save_to_buffer().unwrap()).unwrap();
-        assert_eq!(t.rows[0].1, vec!["1.2345678901234568E+18".to_string(), "1.23456789012345E+15".into()]);
+        assert_eq!(t.rows[0].1, vec!["1.23456789012346E+18".to_string(), "1.23456789012345E+15".into()]);
         assert_eq!(t.rows[1].1, vec!["999999999999999".to_string(), "-1E+300".into()], "15 digits are exact");
-        assert_eq!(t.rows[2].1, vec!["1234567890123456".to_string(), "9.007199254740992E+15".into()], "past 2^53 nothing is exact");
+        assert_eq!(t.rows[2].1, vec!["1234567890123456".to_string(), "9.00719925474099E+15".into()], "past 2^53 nothing is exact");
     }
 
     /// A workbook whose styles declare a huge format code, or thousands of distinct ones, reads
