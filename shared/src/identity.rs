@@ -249,6 +249,40 @@ mod tests {
         assert_eq!(dir.user("acme", "cy@acme.example.com").await.unwrap().unwrap().status, crate::model::UserStatus::Disabled);
     }
 
+    /// A replace file's refused rows still name whom they meant: their users were disabled as
+    /// absent when the Email was pasted with a display name, `mailto:` or a full stop, when a
+    /// renamed person's row failed for another column, or when the addresses sat in a Login
+    /// column; only someone truly absent is disabled.
+    #[tokio::test]
+    async fn a_replace_files_refused_rows_still_keep_the_users_they_name() {
+        use crate::model::UserStatus::{Active, Disabled};
+        let mut kit = Kit::new(|_| {}).await;
+        let people = ["ann", "bob", "cat", "dan", "eve"];
+        let mut all = String::from("ExternalId,Email\n");
+        for (i, p) in people.iter().enumerate() {
+            all += &format!("E{i},{p}@acme.example.com\n");
+        }
+        kit.run("all.csv", &all).await;
+        let file = "ExternalId,Email,Role\n\
+                    E0,ann@new.example.com,Teachr\n\
+                    E1,\"Bob <bob@acme.example.com>\",Learner\n\
+                    E2,mailto:cat@acme.example.com,Learner\n\
+                    E3,dan@acme.example.com.,Learner\n";
+        let job = kit.run("replace/hr.csv", file).await;
+        assert_eq!(kit.outcomes(&job).await.iter().filter(|(s, _)| s == "Failure").count(), 4);
+        assert_eq!(kit.summary(&job).await.disabled_not_in_file, 1, "only eve");
+        let status = |users: &crate::ports::Users, p: &str| users[&format!("{p}@acme.example.com")].status;
+        let emails: Vec<String> = people.iter().map(|p| format!("{p}@acme.example.com")).collect();
+        let users = kit.svc.directory.users("acme", &emails).await.unwrap();
+        assert_eq!(people.map(|p| status(&users, p)), [Active, Active, Active, Active, Disabled]);
+
+        // Addresses under a Login header (read as Usernames, every row refused): still named.
+        let job = kit.run("replace/logins.csv", "Login\nann@acme.example.com\nbob@acme.example.com\n").await;
+        assert_eq!(kit.summary(&job).await.disabled_not_in_file, 2, "cat and dan, not ann or bob");
+        let users = kit.svc.directory.users("acme", &emails).await.unwrap();
+        assert_eq!(people.map(|p| status(&users, p)), [Active, Active, Disabled, Disabled, Disabled]);
+    }
+
     /// A tenant may require ExternalId and name the column its HR export uses.
     #[tokio::test]
     async fn a_tenant_can_require_external_ids_under_its_own_column_name() {

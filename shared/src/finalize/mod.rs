@@ -428,7 +428,10 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
     if !s.problems.is_empty() || s.rows_of_other_problems > 0 {
         text += "\nWhat to fix:\n";
         text += &layout::problems_text(&s.problems, s.rows_of_other_problems);
-        text += "\nThe failed-rows file holds only the rows that failed, with a Message column: fix them and upload that file again.\n";
+        text += &format!(
+            "\nThe failed-rows file holds only the rows that failed, with a Message column: fix them and upload that file again into incoming/{}/ (not replace/: it is not your whole list).\n",
+            tenant.id
+        );
     }
     if !s.warnings.is_empty() {
         text += "\nWarnings:\n";
@@ -476,9 +479,10 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
     if !s.problems.is_empty() || s.rows_of_other_problems > 0 {
         body += &layout::section("What to fix");
         body += &layout::problems_html(&s.problems, s.rows_of_other_problems);
-        body += &layout::para(
-            "The failed-rows file holds only the rows that failed, each with its message: fix them and upload that file again.",
-        );
+        body += &layout::para(&format!(
+            "The failed-rows file holds only the rows that failed, each with its message: fix them and upload that file again into incoming/{}/ (not replace/: it is not your whole list).",
+            esc(&tenant.id)
+        ));
     }
     if !s.warnings.is_empty() {
         body += &layout::section("Warnings");
@@ -715,6 +719,56 @@ mod tests {
         let result = crate::ingest::sheets::tables(&kit.svc.store.get(&key).await.unwrap().unwrap()).unwrap();
         let echoed: Vec<&str> = result[0].rows.iter().map(|(_, r)| r[1].as_str()).collect();
         assert_eq!(echoed, ["Sales", "Sales", "Sales", "Ops", "Ops"]);
+    }
+
+    /// A failed-rows file lists only the rows that failed: dropped into replace/ it disabled
+    /// every other user. A file of ours is refused there, saying where it goes, and the email
+    /// that sends it says so too.
+    #[tokio::test]
+    async fn a_file_of_ours_dropped_into_replace_is_refused_not_taken_for_the_whole_list() {
+        let mut kit = Kit::new(|_| {}).await;
+        let first = kit
+            .run("all.csv", "Email,Role\nann@acme.example.com,Learner\nbob@acme.example.com,Learner\ncy@acme.example.com,Teachr\n")
+            .await;
+        assert!(kit.last_mail().contains("upload that file again into incoming/acme/ (not replace/"), "{}", kit.last_mail());
+        let key = kit.summary(&first).await.failed_rows_key.unwrap();
+        let failed = String::from_utf8(kit.svc.store.get(&key).await.unwrap().unwrap()).unwrap().replace("Teachr", "Learner");
+        let job = kit.run("replace/all-failed-rows.csv", failed.trim_start_matches('\u{feff}')).await;
+        assert_eq!(job.state, JobState::Rejected);
+        let reason = kit.summary(&job).await.reason.unwrap();
+        assert!(reason.starts_with("this is a file rosterdrop wrote"), "{reason}");
+        assert!(reason.contains("Drop it into incoming/acme/ to apply its rows"), "{reason}");
+        let users = kit.svc.directory.users("acme", &["ann@acme.example.com".to_string()]).await.unwrap();
+        assert_eq!(users["ann@acme.example.com"].status, crate::model::UserStatus::Active);
+        // Into the tenant's folder, as the email says: applied.
+        let job = kit.run("all-failed-rows.csv", failed.trim_start_matches('\u{feff}')).await;
+        assert_eq!(kit.outcomes(&job).await, [("Created".to_string(), "user created".to_string())]);
+    }
+
+    /// A result file dropped again: its empty rows stay empty rows (our `Skipped, empty row`
+    /// made them rows that failed for a missing Email), and a file's own `Message` column that
+    /// is not where we write ours is echoed, its values kept as they are.
+    #[tokio::test]
+    async fn a_result_file_dropped_again_keeps_its_empty_rows_empty_and_an_exports_message_is_its_own() {
+        let mut kit = Kit::new(|_| {}).await;
+        let job = kit.run("r.csv", "Email,Role\nann@acme.example.com,Learner\n,\nbob@acme.example.com,Learner\n").await;
+        let key = kit.summary(&job).await.result_key.unwrap();
+        let result = String::from_utf8(kit.svc.store.get(&key).await.unwrap().unwrap()).unwrap();
+        let again = kit.run("r-result.csv", result.trim_start_matches('\u{feff}')).await;
+        let out: Vec<String> = kit.outcomes(&again).await.into_iter().map(|(s, _)| s).collect();
+        assert_eq!(out, ["Unchanged", "Skipped", "Unchanged"]);
+        // The export's Message is not ours: its cells keep their apostrophes (ours are taken off
+        // cells of files we wrote), so `'t Hart` is stored as typed.
+        let job = kit.run("msg.csv", "Email,Message,LastName,Role\ncy@acme.example.com,Welcome back,'t Hart,Learner\n").await;
+        let result = kit.result(&job).await;
+        assert_eq!(result[0], ["Email", "Message", "LastName", "Role", "Status", "Message", "Changes", "UserId"]);
+        assert_eq!(
+            result[1][..5],
+            ["cy@acme.example.com", "Welcome back", "''t Hart", "Learner", "Created"],
+            "escaped as every result cell is"
+        );
+        let users = kit.svc.directory.users("acme", &["cy@acme.example.com".to_string()]).await.unwrap();
+        assert_eq!(users["cy@acme.example.com"].fields.last_name.as_deref(), Some("'t Hart"));
     }
 
     #[tokio::test]

@@ -27,6 +27,10 @@ impl Mapping {
     pub fn has(&self, field: Field) -> bool {
         self.column(field).is_some()
     }
+    /// Column `i` is one of our result files' (`is_result_column`).
+    pub fn is_ours(&self, i: usize) -> bool {
+        [Field::Status, Field::Message, Field::Changes, Field::UserId].iter().any(|f| self.column(*f) == Some(i))
+    }
     /// The roster fields read, with their columns.
     pub fn fields(&self) -> impl Iterator<Item = (Field, usize)> + '_ {
         self.columns.iter().copied()
@@ -37,7 +41,7 @@ impl Mapping {
 /// it, and the result files write their own in its place (echoed, a failed-rows file made from a
 /// failed-rows file had two Message columns and was refused). Ours are where we write them: a
 /// result file's `Status, Message, Changes, UserId` in a row (the disabled-users file's first
-/// three), a failed-rows file's `Message`.
+/// three), a failed-rows file's last column `Message`.
 /// Elsewhere the names are the file's own (an HR export's `Status` of `Terminated`, its `User ID`),
 /// echoed as they came: taken for ours, they vanished from the result and failed-rows files.
 /// `id_column`: the tenant's name for its ExternalId column, which is theirs whatever its name.
@@ -51,7 +55,11 @@ pub fn is_result_column<S: AsRef<str>>(headers: &[S], i: usize, id_column: Optio
         fields.iter().enumerate().all(|(n, f)| i.checked_add_signed(k + n as isize).and_then(field) == Some(*f))
     };
     match field(i) {
-        Some(Field::Message) => true,
+        // A failed-rows file's Message is its last header; a result file's is between Status
+        // and Changes. An export's own `Message` elsewhere is the file's.
+        Some(Field::Message) => {
+            headers[i + 1..].iter().all(|h| h.as_ref().trim().is_empty()) || run(-1, &[Field::Status, Field::Message, Field::Changes])
+        }
         // An HR export's last column `Status` then our failed-rows file's Message: theirs.
         Some(Field::Status) => run(0, &[Field::Status, Field::Message, Field::Changes]),
         Some(Field::Changes) => run(-2, &[Field::Status, Field::Message, Field::Changes]),

@@ -107,9 +107,18 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
     }
 
     fn table(&mut self, mut head: TableHead) -> Result<(), Stop> {
+        let ours = super::headers::has_our_message(&head.headers, self.tenant.external_id_column.as_deref());
+        if ours && self.validator.mode().is_replace() {
+            // A failed-rows file lists only the rows that failed: as the tenant's whole user list
+            // it disabled everyone else. (A result file is no list to keep either.)
+            return Err(Stop::Refused(format!(
+                "this is a file rosterdrop wrote (it has our Message column): a failed-rows file lists only the rows that failed, so as a replace file it would disable every other user. Drop it into incoming/{}/ to apply its rows, and drop your complete list into replace/; nothing was applied",
+                self.tenant.id
+            )));
+        }
         // A delimited file of ours (it has our Message column): its header names carry
         // `neutralise`'s apostrophe like its cells (an attribute named `@handle` is `'@handle`).
-        if !head.format.is_spreadsheet() && super::headers::has_our_message(&head.headers, self.tenant.external_id_column.as_deref()) {
+        if !head.format.is_spreadsheet() && ours {
             for h in &mut head.headers {
                 *h = crate::finalize::write::unneutralise(h).to_string();
             }

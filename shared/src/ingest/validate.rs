@@ -74,16 +74,23 @@ pub struct RowValidator {
     associations: bool,
     /// The first row of each ExternalId (by fingerprint): a later row with the same id fails.
     external_ids: hashbrown::HashMap<u64, u32>,
+    /// Replace mode: the ExternalIds of every user row, valid or not (a row refused for a typo
+    /// still names the person whose email it changes).
+    named_ids: hashbrown::HashSet<u64>,
 }
 
 impl RowValidator {
     /// Whether the file names this ExternalId (replace mode: a person whose email the file
     /// changes is named by their id, not by their old email).
     pub fn names_external_id(&self, id: &str) -> bool {
-        self.external_ids.contains_key(&self.keys.hash_one(("external id", id)))
+        let key = self.keys.hash_one(("external id", id));
+        self.external_ids.contains_key(&key) || self.named_ids.contains(&key)
     }
     pub fn names_any_external_id(&self) -> bool {
-        !self.external_ids.is_empty()
+        !self.external_ids.is_empty() || !self.named_ids.is_empty()
+    }
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 }
 
@@ -116,6 +123,7 @@ impl RowValidator {
             creates_org: false,
             associations: false,
             external_ids: hashbrown::HashMap::new(),
+            named_ids: hashbrown::HashSet::new(),
         }
     }
 
@@ -153,7 +161,9 @@ impl RowValidator {
         cells: &'c [S],
     ) -> Result<RowView<'c>, Outcome> {
         let row = row_id(head.index, n);
-        if cells.iter().all(|c| c.as_ref().trim().is_empty()) {
+        // Our own result columns do not make a row: a result file dropped again keeps its empty
+        // rows empty (their `Skipped, empty row` is ours, not the user's).
+        if cells.iter().enumerate().all(|(i, c)| c.as_ref().trim().is_empty() || mapping.is_ours(i)) {
             return Err(Outcome::skipped(row, "empty row"));
         }
         self.note_named(cells, mapping);
@@ -200,14 +210,28 @@ impl RowValidator {
 
     /// Replace mode keeps every user the file names, whether its row is valid or not: a row
     /// refused before validation (a OneRoster verdict) is noted here too.
+    /// A row refused for its Email still names whom it meant: the address read out of what was
+    /// pasted (`Ann <ann@x.com>`, `mailto:`, a zero-width space, a trailing full stop, a Login
+    /// column of addresses), and its ExternalId; refused rows of a replace file disabled them.
     pub fn note_named<S: AsRef<str>>(&mut self, cells: &[S], mapping: &Mapping) {
-        if self.mode.is_replace()
-            && is_user_row(cells, mapping)
-            && let Some(key) =
-                cell(cells, mapping, Field::Email).map(email_key).or_else(|| cell(cells, mapping, Field::Username).map(username_key))
-        {
+        if !self.mode.is_replace() || !is_user_row(cells, mapping) {
+            return;
+        }
+        let mut keys = Vec::new();
+        match (cell(cells, mapping, Field::Email), cell(cells, mapping, Field::Username)) {
+            (Some(raw), _) => keys.extend(named_addresses(raw)),
+            (None, Some(username)) => {
+                keys.push(username_key(username));
+                keys.extend(named_addresses(username).into_iter().filter(|k| k.contains('@')));
+            }
+            (None, None) => {}
+        }
+        for key in keys {
             let fp = self.fingerprint(EntityType::User, &key);
             self.named_users.insert(fp);
+        }
+        if let Some(id) = cell(cells, mapping, Field::ExternalId) {
+            self.named_ids.insert(self.keys.hash_one(("external id", id)));
         }
     }
 
@@ -510,8 +534,11 @@ fn validate_row<'c, S: AsRef<str>>(
     }
     // An HR export's own Status saying the person left: ignored, the row would create or keep an
     // active user.
-    if let Some(status) = m.their_status.and_then(|c| cells.get(c)).map(|c| c.as_ref().trim()).filter(|s| is_leaver_status(s))
-        && !matches!(action, Action::Delete | Action::Disable | Action::Expire)
+    // Only rows that keep an account active or make one (Expire only takes products away): an
+    // explicit Disable, Delete or Enable says what to do, and organizations have no account.
+    if entity == EntityType::User
+        && matches!(action, Action::Create | Action::Update | Action::Upsert | Action::Invite | Action::Expire)
+        && let Some(status) = m.their_status.and_then(|c| cells.get(c)).map(|c| c.as_ref().trim()).filter(|s| is_leaver_status(s))
     {
         let status = crate::wording::quoted(status);
         let how = if mode.is_replace() {
@@ -771,6 +798,9 @@ fn email_hint(raw: &str) -> String {
     {
         return format!(": remove \"mailto:\" and keep {}", quoted(rest.trim()));
     }
+    if raw.contains("@@") {
+        return ": it has two @ in a row".into();
+    }
     if raw.matches('@').count() > 1 {
         return ": the cell holds more than one address; give each person a row of their own".into();
     }
@@ -787,6 +817,26 @@ fn email_hint(raw: &str) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// The keys an Email cell may mean: as given, and each address read out of it when it is not
+/// one (`Ann Lee <ann@x.com>`, `mailto:ann@x.com`, `ann@x.com.`, an invisible character, several
+/// addresses).
+fn named_addresses(raw: &str) -> Vec<String> {
+    let mut keys = vec![email_key(raw)];
+    if is_valid_email(&keys[0]) {
+        return keys;
+    }
+    let visible: String = raw.chars().filter(|c| !matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')).collect();
+    let pieces = visible.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';'));
+    for piece in pieces.map(|p| p.trim_matches(|c: char| matches!(c, '<' | '>' | '"' | '\'' | '(' | ')' | '[' | ']' | '.' | ':'))) {
+        let piece = piece.get(..7).filter(|p| p.eq_ignore_ascii_case("mailto:")).map_or(piece, |_| &piece[7..]);
+        let key = email_key(piece);
+        if piece.contains('@') && is_valid_email(&key) && !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
 }
 
 /// An email cell as the key `checked_email` gives, for cells only looked up (not validated).
@@ -1076,12 +1126,22 @@ mod tests {
     /// the account anyway; other values and blanks pass.
     #[test]
     fn a_row_whose_own_status_column_says_the_person_left_fails_instead_of_keeping_them_active() {
-        let csv = "Email,Status,Action\na@x.com,Terminated,\nb@x.com,Active,\nc@x.com,,\nd@x.com,INACTIVE,Disable\ne@x.com,On leave,\n";
+        let csv = "Type,Email,OrgName,Status,Action\n\
+                   ,a@x.com,,Terminated,\n\
+                   ,b@x.com,,Active,\n\
+                   ,c@x.com,,,\n\
+                   ,d@x.com,,INACTIVE,Disable\n\
+                   ,e@x.com,,On leave,\n\
+                   ,f@x.com,,Left,Expire\n\
+                   ,g@x.com,,Disabled,Enable\n\
+                   Org,,North,Closed,\n";
         let v = run(csv, Mode::Upsert);
         let m = message(&v, 2);
         assert!(m.starts_with("Status is \"Terminated\", but rosterdrop does not read a Status column"), "{m}");
         assert!(m.contains("write Disable (or Delete) in the Action column"), "{m}");
-        assert_eq!(v.ops.len(), 4, "b, c, d (a Disable) and e are read");
+        assert!(message(&v, 7).starts_with("Status is \"Left\""), "Expire keeps the account: {}", message(&v, 7));
+        assert_eq!(v.ops.len(), 6, "b, c, d (a Disable), e, g (an Enable) and the organization are read");
+        assert_eq!(v.outcomes.len(), 2, "a and f fail");
         let v = run("Email,Status\na@x.com,Left\n", Mode::Replace);
         assert!(message(&v, 2).contains("leave the row out of the file to disable the user"), "{}", message(&v, 2));
         // Our own result file's Status (before our Message and Changes) is ours: not checked.
@@ -1092,10 +1152,7 @@ mod tests {
     #[test]
     fn invalid_email_names_the_value() {
         let v = run("Email\nann@@x.com\nbob@localhost\n", Mode::Upsert);
-        assert_eq!(
-            message(&v, 2),
-            "Email \"ann@@x.com\" is not a valid email address: the cell holds more than one address; give each person a row of their own"
-        );
+        assert_eq!(message(&v, 2), "Email \"ann@@x.com\" is not a valid email address: it has two @ in a row");
         assert_eq!(
             message(&v, 3),
             "Email \"bob@localhost\" is not a valid email address: the part after @ must be a whole domain, such as \"localhost.com\""
