@@ -46,7 +46,7 @@ pub fn quoted(name: &str) -> String {
 }
 
 /// A character that shows as nothing (line breaks and tabs excepted: they show as space).
-fn invisible(c: char) -> bool {
+pub fn invisible(c: char) -> bool {
     matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
         || (c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
 }

@@ -139,9 +139,11 @@ fn generated_hostile_inputs_are_refused_or_accounted_for() {
         cases.push((format!("formula-{i}"), csv.into_bytes(), Expect::Rows(1, 0)));
     }
     // Emails that are not emails.
-    for (i, e) in ["a@", "@x.com", "a@@x.com", "a b@x.com", "a@x", "<a@x.com>", "a@x.com\u{202e}", "a@-x.com"].iter().enumerate() {
+    for (i, e) in ["a@", "@x.com", "a@@x.com", "a b@x.com", "a@x", "<a@x.com>", "a@x\u{202e}.com", "a@-x.com"].iter().enumerate() {
         cases.push((format!("email-{i}"), format!("Email\n\"{e}\"\n").into_bytes(), Expect::Rows(0, 1)));
     }
+    // An invisible character at an end goes with the spaces: nothing follows it to hide.
+    cases.push(("email-invisible-end".into(), "Email\n\"a@x.com\u{202e}\u{200b}\"\n".as_bytes().to_vec(), Expect::Rows(1, 0)));
     // Rows longer than the header, a header that is all blank, and only commas.
     cases.push(("extra-values".into(), b"Email\na@x.example.com,surprise\n".to_vec(), Expect::Rows(0, 1)));
     cases.push(("blank-header".into(), b",,\na@x.example.com,,\n".to_vec(), Expect::Rejected("required column Email is missing")));

@@ -372,8 +372,21 @@ pub fn is_user_row<S: AsRef<str>>(cells: &[S], m: &Mapping) -> bool {
 }
 
 /// The trimmed, non-empty value of a field (borrowed: a row allocates only what its operation keeps).
+/// Invisible characters at either end go with the spaces: a cell of only a zero-width space is
+/// blank, and `E100<U+200B>` pasted from a web page is the id E100.
 fn cell<'c, S: AsRef<str>>(cells: &'c [S], m: &Mapping, f: Field) -> Option<&'c str> {
-    m.column(f).and_then(|i| cells.get(i)).map(|v| v.as_ref().trim()).filter(|v| !v.is_empty())
+    m.column(f).and_then(|i| cells.get(i)).map(|v| trimmed(v.as_ref())).filter(|v| !v.is_empty())
+}
+
+/// `v` without spaces or invisible characters at either end.
+fn trimmed(v: &str) -> &str {
+    let v = v.trim();
+    // Most cells have none: no second scan of their characters.
+    if v.starts_with(crate::wording::invisible) || v.ends_with(crate::wording::invisible) {
+        v.trim_matches(|c: char| c.is_whitespace() || crate::wording::invisible(c))
+    } else {
+        v
+    }
 }
 
 /// Excel's and LibreOffice's formula errors as a cell shows them.
@@ -397,6 +410,30 @@ fn is_formula_error(v: &str) -> bool {
             | "Err:511"
             | "Err:522"
     )
+}
+
+/// A number attribute's value: digits with an optional sign, a `.` for decimals, and commas only
+/// between groups of three digits before it (`1,234,567.5`, as a spreadsheet shows thousands).
+/// Every comma used to be dropped, so a decimal comma stored `2,50` as 250 and `1.234,5` as
+/// 1.2345; more than 15 digits were kept as a double's nearest value, not the digits given.
+fn roster_number(value: &str) -> std::result::Result<f64, &'static str> {
+    const HOW: &str = "is not a number as a roster writes one: use a dot for decimals and no other separator (1234.5, or 1,234.5 with commas between thousands)";
+    let digits = value.strip_prefix(['-', '+']).unwrap_or(value);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let mut groups = whole.split(',');
+    let first = groups.next().unwrap_or_default();
+    let grouped = whole.contains(',') && (1..=3).contains(&first.len()) && groups.all(|g| g.len() == 3 && all_digits(g));
+    let whole_ok = all_digits(first) && (grouped || !whole.contains(','));
+    if whole.is_empty() && fraction.is_empty() || !whole_ok || !all_digits(fraction) || (digits.ends_with('.') && fraction.is_empty()) {
+        return Err(HOW);
+    }
+    let significant = whole.replace(',', "") + fraction;
+    let significant = significant.trim_start_matches('0').trim_end_matches('0');
+    if significant.len() > 15 {
+        return Err("has more than 15 digits, more than a number keeps: if it is an identifier, make the attribute a text one");
+    }
+    value.replace(',', "").parse::<f64>().map_err(|_| HOW)
 }
 
 /// A person's status as HR and student systems export it when they have left or are barred.
@@ -664,6 +701,14 @@ fn validate_row<'c, S: AsRef<str>>(
                 },
             };
             let invite_at = get(Field::ScheduledDate).map(parse_when).transpose().map_err(|m| fail_at("ScheduledDate", m))?;
+            // A date says when the activation email goes: without one asked for, it went unsent
+            // and the row said nothing of it.
+            if invite_at.is_some() && !invite && action != Action::Invite {
+                return Err(fail_at(
+                    "ScheduledDate",
+                    "ScheduledDate says when to send the activation email, but the row asks for none: set InviteUser to Yes, or clear ScheduledDate".into(),
+                ));
+            }
             let licence_pool = get(Field::LicencePool).map(|p| check_pool(p, tenant)).transpose().map_err(|m| fail_at("LicencePool", m))?;
             let external_id = get(Field::ExternalId);
             if let Some(id) = external_id {
@@ -744,6 +789,10 @@ pub(crate) fn check_external_id(id: &str) -> std::result::Result<(), String> {
     }
     if id.chars().any(char::is_control) {
         return Err(format!("ExternalId \"{}\" contains a control character", crate::wording::quoted(id)));
+    }
+    // Inside the id, an invisible character makes another id that looks the same.
+    if id.chars().any(crate::wording::invisible) {
+        return Err(format!("ExternalId \"{}\" contains an invisible character; type the id again without it", crate::wording::quoted(id)));
     }
     Ok(())
 }
@@ -966,11 +1015,11 @@ fn check_attribute(name: &str, kind: &AttributeKind, value: &str) -> Result<Stri
     match kind {
         AttributeKind::Text if too_long(value) => Err(format!("{name} is longer than {MAX_TEXT} characters")),
         AttributeKind::Text => Ok(value.to_string()),
-        AttributeKind::Number => match value.replace(',', "").parse::<f64>() {
-            Ok(n) if n.is_finite() => Ok(if n.fract() == 0.0 && n.abs() < 1e15 { format!("{}", n as i64) } else { n.to_string() }),
-            _ => Err({
+        AttributeKind::Number => match roster_number(value) {
+            Ok(n) => Ok(if n.fract() == 0.0 && n.abs() < 1e15 { format!("{}", n as i64) } else { n.to_string() }),
+            Err(why) => Err({
                 let value = crate::wording::quoted(value);
-                format!("{name} \"{value}\" is not a number")
+                format!("{name} \"{value}\" {why}")
             }),
         },
         AttributeKind::Date => {
@@ -1119,6 +1168,52 @@ mod tests {
         assert_eq!(message(&v, 7), "Supervisor \"Boss <boss@x.com>\" is not a valid email address: keep only the address, \"boss@x.com\"");
         assert_eq!(message(&v, 8), "Email \"a b@x.com\" is not a valid email address", "no guess when none fits");
         assert!(v.ops.is_empty());
+    }
+
+    /// Zero-width characters pasted with a value: at its ends they are trimmed as spaces (a
+    /// cell of only one is blank); inside an ExternalId they made a second id that looks the same.
+    #[test]
+    fn invisible_characters_around_values_are_trimmed_and_inside_an_id_refused() {
+        let v =
+            run("Email,ExternalId,First Name\na@x.com,E100\u{200B},\u{200B}\nb@x.com,E1\u{200B}01,Bob\nc@x.com,E100,Cy\n", Mode::Upsert);
+        assert_eq!(fields(&v, 0).external_id.as_deref(), Some("E100"));
+        assert_eq!(fields(&v, 0).first_name, None, "only an invisible character: blank");
+        assert_eq!(message(&v, 3), "ExternalId \"E1<U+200B>01\" contains an invisible character; type the id again without it");
+        assert!(message(&v, 4).starts_with("duplicate ExternalId \"E100\""), "{}", message(&v, 4));
+    }
+
+    /// A ScheduledDate without an invitation was ignored without a word.
+    #[test]
+    fn a_scheduled_date_without_an_invitation_fails_saying_so() {
+        let v = run(
+            "Email,InviteUser,ScheduledDate,Action\na@x.com,,2026-09-01,\nb@x.com,No,2026-09-01,\nc@x.com,Yes,2026-09-01,\nd@x.com,,2026-09-01,Invite\n",
+            Mode::Upsert,
+        );
+        assert!(
+            message(&v, 2).starts_with("ScheduledDate says when to send the activation email, but the row asks for none"),
+            "{}",
+            message(&v, 2)
+        );
+        assert!(message(&v, 3).contains("set InviteUser to Yes, or clear ScheduledDate"));
+        assert_eq!(v.ops.len(), 2);
+    }
+
+    /// A number attribute is read as written or refused: a decimal comma (`2,50`, `1.234,5`)
+    /// was dropped and stored 250 and 1.2345, and digits past 15 were a double's guess.
+    #[test]
+    fn number_attributes_are_read_as_written_or_refused_by_name() {
+        let ok = [("1234", 1234.0), ("1,234,567.5", 1_234_567.5), ("-0.25", -0.25), ("+7", 7.0), (".5", 0.5), ("007", 7.0)];
+        for (v, n) in ok {
+            assert_eq!(roster_number(v), Ok(n), "{v}");
+        }
+        for v in ["2,50", "1.234,5", "1,5", "12,34,567", "1 234", "1.2.3", "", "-", "1.", "1e5", "0x10", "1,234.5,6", ",123"] {
+            assert!(roster_number(v).unwrap_err().starts_with("is not a number as a roster writes one"), "{v}");
+        }
+        assert!(roster_number("12345678901234567890").unwrap_err().starts_with("has more than 15 digits"));
+        assert_eq!(roster_number("123456789012345000"), Ok(123456789012345000.0), "trailing zeros are no digits lost");
+        let v = run("Email,Employee Id\na@x.com,\"2,50\"\nb@x.com,\"1,234\"\n", Mode::Upsert);
+        assert!(message(&v, 2).starts_with("Employee Id \"2,50\" is not a number as a roster writes one: use a dot"), "{}", message(&v, 2));
+        assert_eq!(fields(&v, 0).attributes["Employee Id"], "1234");
     }
 
     /// An HR export's Status column is not read: a row whose Status says the person left fails
@@ -1316,7 +1411,7 @@ mod tests {
         assert_eq!(a.get("Employee Id").map(String::as_str), Some("1234"));
         assert_eq!(a.get("Start Date").map(String::as_str), Some("2026-09-01"));
         assert_eq!(a.get("Region").map(String::as_str), Some("EMEA"));
-        assert_eq!(message(&v, 3), "Employee Id \"12x\" is not a number");
+        assert!(message(&v, 3).starts_with("Employee Id \"12x\" is not a number as a roster writes one"), "{}", message(&v, 3));
         assert!(message(&v, 4).contains("write it as YYYY-MM-DD"));
         assert_eq!(message(&v, 5), "Region \"Mars\" is not allowed; use one of: EMEA, APAC, Americas");
         assert_eq!(message(&v, 6), "Region \"Emea-West\" is not allowed; did you mean \"EMEA\"?");
