@@ -190,6 +190,16 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
             None
         }
     };
+    // Nobody SES can deliver to (`recipients`): the rejection is recorded with its own reason
+    // and logged; failing the send instead left the job RECEIVED, retried by every sweep, and
+    // its retry recorded a generic reason.
+    let tenant = tenant.filter(|t| match recipients(svc, &t.admin_emails) {
+        Ok(_) => true,
+        Err(e) => {
+            error!(job = %job.id, error = %e, "file rejected and nobody told");
+            false
+        }
+    });
     if let Some(tenant) = tenant
         && svc.jobs.claim_email(&job.id, EmailKind::Result, svc.config.lease).await?
     {

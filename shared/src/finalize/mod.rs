@@ -671,6 +671,12 @@ mod tests {
         assert_eq!(job.state, JobState::Failed, "not COMPLETED as if told");
         let reason = kit.summary(&job).await.reason.unwrap_or_default();
         assert!(reason.contains("no admin address to send to"), "{reason}");
+        // A rejected file: REJECTED with its own reason, not left RECEIVED for the sweeps.
+        let rejected = kit.run("no-email.csv", "Name\nann\n").await;
+        assert_eq!(rejected.state, JobState::Rejected);
+        let reason = kit.summary(&rejected).await.reason.unwrap_or_default();
+        assert!(reason.starts_with("the required column Email is missing"), "{reason}");
+        assert!(kit.mem.mailer.sent().is_empty());
     }
 
     /// An HR export with its own Status and User ID columns: they were taken for our result
