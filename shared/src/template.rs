@@ -35,7 +35,8 @@ pub fn columns(tenant: Option<&Tenant>) -> Vec<Column> {
             "no (User)",
             "User, Org, Student, Parent, Instructor, ...".into(),
             "User",
-            vec!["User".into(), "Org".into()],
+            // Every value ingest takes: a dropdown of User and Org alone refused the user types.
+            ["User", "Org"].into_iter().chain(crate::ingest::sheets::USER_TYPES.iter().copied()).map(String::from).collect(),
         ),
         col(Field::Action, "What to do; blank creates or updates", "no (Upsert)", actions.join(", "), "Create", actions.clone()),
         col(
@@ -167,7 +168,32 @@ pub fn columns(tenant: Option<&Tenant>) -> Vec<Column> {
             choices,
         });
     }
-    cols
+    match tenant.filter(|t| t.strict_template && !t.template_columns.is_empty()) {
+        // A strict tenant accepts exactly its own columns: its template is those, in its order
+        // (the standard list was refused when filled in and dropped back).
+        Some(t) => t
+            .template_columns
+            .iter()
+            .map(|name| {
+                let same = |c: &Column| {
+                    crate::fields::norm(&c.name) == crate::fields::norm(name)
+                        || Field::from_header(&c.name).is_some_and(|f| Field::from_header(name) == Some(f))
+                };
+                match cols.iter().position(same) {
+                    Some(i) => Column { name: name.clone(), ..cols.swap_remove(i) },
+                    None => Column {
+                        name: name.clone(),
+                        meaning: format!("{name} (this tenant's column)"),
+                        required: "no",
+                        allowed: "text".into(),
+                        example: String::new(),
+                        choices: vec![],
+                    },
+                }
+            })
+            .collect(),
+        None => cols,
+    }
 }
 
 const README: &[&str] = &[
@@ -196,6 +222,8 @@ const README: &[&str] = &[
 ];
 
 pub const DATA_SHEET: &str = "Roster";
+/// The hidden sheet of the dropdowns' choices (an instruction sheet: ingest skips it).
+const LISTS_SHEET: &str = "Lists";
 /// Rows of the data sheet that get dropdowns.
 const VALIDATED_ROWS: u32 = 10_000;
 
@@ -209,11 +237,23 @@ pub fn xlsx(tenant: Option<&Tenant>) -> Result<Vec<u8>> {
     let readme = wb.add_worksheet();
     readme.set_name("Read Me").map_err(err)?;
     readme.set_column_width(0, 110).map_err(err)?;
+    let holds = tenant.map(|t| t.holds).unwrap_or_default();
     for (i, line) in README.iter().enumerate() {
+        // The tenant's own hold thresholds, not the defaults (0 turns a hold off).
+        let line = match (line.starts_with("Holds:"), line.starts_with("is not applied"), holds.remove_percent, holds.update_percent) {
+            (true, _, 0, 0) => "Holds: this tenant's files are never held for approval.".to_string(),
+            (_, true, 0, 0) => String::new(),
+            (true, _, 0, u) => format!("Holds: a file that would update more than {u}% of the tenant's active users"),
+            (true, _, r, 0) => format!("Holds: a file that would delete or disable more than {r}% of the tenant's active users"),
+            (true, _, r, u) => {
+                format!("Holds: a file that would delete or disable more than {r}% of the tenant's active users (or update more than {u}%)")
+            }
+            _ => line.to_string(),
+        };
         if i == 0 || line.starts_with("Modes") || line.starts_with("Results") {
-            readme.write_string_with_format(i as u32, 0, *line, &bold).map_err(err)?;
+            readme.write_string_with_format(i as u32, 0, &line, &bold).map_err(err)?;
         } else {
-            readme.write_string(i as u32, 0, *line).map_err(err)?;
+            readme.write_string(i as u32, 0, &line).map_err(err)?;
         }
     }
 
@@ -233,6 +273,27 @@ pub fn xlsx(tenant: Option<&Tenant>) -> Result<Vec<u8>> {
     }
     defs.set_freeze_panes(1, 0).map_err(err)?;
 
+    // Each column's choices down a column of a hidden sheet, which the dropdowns point at: a list
+    // written into the validation itself is split at commas (`Manager, Sales` offered as two
+    // choices, neither valid) and holds at most 255 characters. Ingest never reads "Lists".
+    let lists = wb.add_worksheet();
+    lists.set_name(LISTS_SHEET).map_err(err)?;
+    lists.set_hidden(true);
+    let mut ranges = Vec::with_capacity(cols.len());
+    for col in &cols {
+        let at = ranges.iter().filter(|r: &&Option<String>| r.is_some()).count() as u16;
+        if col.choices.is_empty() {
+            ranges.push(None);
+            continue;
+        }
+        lists.write_string(0, at, &col.name).map_err(err)?;
+        for (r, choice) in col.choices.iter().enumerate() {
+            lists.write_string(r as u32 + 1, at, choice).map_err(err)?;
+        }
+        let letter = crate::ingest::decode::column_name(at as usize);
+        ranges.push(Some(format!("={LISTS_SHEET}!${letter}$2:${letter}${}", col.choices.len() + 1)));
+    }
+
     let data = wb.add_worksheet();
     data.set_name(DATA_SHEET).map_err(err)?;
     let header = Format::new().set_bold().set_background_color(rust_xlsxwriter::Color::RGB(0xD9E1F2));
@@ -240,11 +301,9 @@ pub fn xlsx(tenant: Option<&Tenant>) -> Result<Vec<u8>> {
         let c = c as u16;
         data.write_string_with_format(0, c, &col.name, &header).map_err(err)?;
         data.set_column_width(c, (col.name.len() as f64 + 6.0).max(14.0)).map_err(err)?;
-        // Excel's list validation takes at most 255 characters of choices.
-        if !col.choices.is_empty() && col.choices.join(",").len() < 250 {
+        if let Some(range) = &ranges[c as usize] {
             let dv = DataValidation::new()
-                .allow_list_strings(&col.choices.iter().map(String::as_str).collect::<Vec<_>>())
-                .map_err(err)?
+                .allow_list_formula(rust_xlsxwriter::Formula::new(range))
                 .set_error_title(format!("{} value", col.name))
                 .map_err(err)?
                 .set_error_message(format!("Allowed: {}", col.allowed.chars().take(200).collect::<String>()))
@@ -288,6 +347,59 @@ mod tests {
         let header = decode(&[csv(Some(&t)), b"a@x.com\r\n".to_vec()].concat()).unwrap();
         assert_eq!(header.headers, tables[0].headers);
         assert!(!header.headers.iter().any(|h| h == "LicencePool"), "only tenants with named pools get the column");
+    }
+
+    /// A strict tenant's template is its own columns, in its order: the standard template it
+    /// handed out was refused when filled in and dropped back ("columns not in the template").
+    /// Its Read Me states the tenant's hold thresholds.
+    #[test]
+    fn a_strict_tenants_template_is_its_own_columns_and_is_accepted_filled_in() {
+        let mut t = Tenant::new("acme", vec!["a@acme.com".into()]);
+        t.roles = vec!["Learner".into()];
+        t.strict_template = true;
+        t.template_columns = vec!["Email".into(), "First Name".into(), "RoleName".into(), "Region".into()];
+        t.attributes = vec![AttributeDef { name: "Region".into(), kind: AttributeKind::OneOf { values: vec!["EMEA".into()] } }];
+        t.holds.remove_percent = 3;
+        t.holds.update_percent = 0;
+        let names: Vec<String> = columns(Some(&t)).into_iter().map(|c| c.name).collect();
+        assert_eq!(names, t.template_columns);
+        let header = String::from_utf8(csv(Some(&t))).unwrap();
+        let filled = format!("{header}ann@x.com,Ann,Learner,EMEA\r\n");
+        let p = crate::ingest::prepare(filled.as_bytes(), &t, crate::model::Mode::Upsert).unwrap();
+        assert_eq!((p.ops.len(), p.outcomes.len()), (1, 0), "{:?}", p.outcomes);
+        let bytes = xlsx(Some(&t)).unwrap();
+        let readme =
+            crate::ingest::decode::decode_all(&bytes).unwrap().into_iter().find(|t| t.sheet.as_deref() == Some("Read Me")).unwrap();
+        let text: Vec<String> = std::iter::once(readme.headers.join(" ")).chain(readme.rows.iter().map(|(_, r)| r.join(" "))).collect();
+        assert!(
+            text.iter().any(|l| l == "Holds: a file that would delete or disable more than 3% of the tenant's active users"),
+            "{text:?}"
+        );
+    }
+
+    /// Dropdown choices with commas (a role `Manager, Sales`), or more than 255 characters of
+    /// them, were split or dropped: they live on a hidden Lists sheet the dropdowns point at,
+    /// which ingest does not read.
+    #[test]
+    fn dropdown_choices_keep_their_commas_and_are_not_read_as_rows() {
+        use std::io::Read;
+        let mut t = Tenant::new("acme", vec!["a@acme.com".into()]);
+        t.roles = vec!["Teacher".into(), "Manager, Sales".into()];
+        let bytes = xlsx(Some(&t)).unwrap();
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes)).unwrap();
+        let mut part = |name: &str| {
+            let mut s = String::new();
+            zip.by_name(name).unwrap().read_to_string(&mut s).unwrap();
+            s
+        };
+        let (workbook, roster, lists) = (part("xl/workbook.xml"), part("xl/worksheets/sheet4.xml"), part("xl/worksheets/sheet3.xml"));
+        assert!(workbook.contains(r#"<sheet name="Lists" sheetId="3" state="hidden""#), "{workbook}");
+        assert!(roster.contains("<formula1>Lists!$"), "{roster}");
+        assert!(lists.contains("Manager, Sales") || part("xl/sharedStrings.xml").contains("Manager, Sales"));
+        let sheets: Vec<Option<String>> = tables(&bytes).unwrap().into_iter().map(|t| t.sheet).collect();
+        assert_eq!(sheets, [Some(DATA_SHEET.to_string())]);
+        let p = crate::ingest::prepare(&bytes, &t, crate::model::Mode::Upsert);
+        assert!(p.is_err_and(|e| e.contains("no data rows") || e.contains("empty")), "a blank template has no rows");
     }
 
     /// A tenant with named pools gets a LicencePool column with its pools as choices, and its
