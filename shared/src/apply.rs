@@ -713,9 +713,21 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
         };
         if outcome.status == Status::Success {
             outcome.message += &invite(ctx, op, email, fields, &written.write).await?;
+            outcome.message += still_disabled(ctx, op, email);
         }
     }
     Ok((outcome, written, before))
+}
+
+/// What an upsert or update of a disabled user says: it stays disabled (a file never enables
+/// anyone unasked), and an admin who put the user back in the file expects them active.
+fn still_disabled(ctx: &Ctx<'_>, op: &RowOp, email: &str) -> &'static str {
+    let disabled = ctx.stored.get(email).is_some_and(|u| u.status == crate::model::UserStatus::Disabled);
+    if disabled && matches!(op.action, Action::Upsert | Action::Update) {
+        "; the user is disabled and stays so: write Enable in the Action column to enable them"
+    } else {
+        ""
+    }
 }
 
 /// An undo's row: put the item back as it was before the undone job wrote it, unless another
@@ -899,10 +911,11 @@ fn unchanged_row(ctx: &Ctx<'_>, op: &RowOp, stored: &User) -> Row {
         outcome.changes = crate::changes::describe(op, Some(stored), change);
     }
     outcome.user_id.clone_from(&stored.user_id);
-    if let (Status::Success, Target::User { fields, .. }) = (outcome.status, &op.target)
-        && let Err(note) = invite_wanted(op, fields, &Write::Unchanged)
-    {
-        outcome.message += note;
+    if let (Status::Success, Target::User { email, fields }) = (outcome.status, &op.target) {
+        if let Err(note) = invite_wanted(op, fields, &Write::Unchanged) {
+            outcome.message += note;
+        }
+        outcome.message += still_disabled(ctx, op, email);
     }
     (outcome, Written { write: Write::Unchanged, licence: Licence::Unchanged }, Before::Unknown)
 }
@@ -1479,6 +1492,26 @@ mod tests {
         let failed = kit.run("bad.csv", "Action,Email\nCreate,b@acme.example.com\n").await;
         // A Create row reads nothing (a file of creates costs no read): its failure names no id.
         assert_eq!(kit.user_ids(&failed).await, [String::new()]);
+    }
+
+    /// A disabled user put back in a file (a replace file that disabled them, fixed) stays
+    /// disabled, as files never enable anyone unasked: the row said `unchanged` and nothing
+    /// more. It says so, and how to enable them.
+    #[tokio::test]
+    async fn an_upsert_of_a_disabled_user_says_they_stay_disabled_and_how_to_enable_them() {
+        let mut kit = Kit::new(|_| {}).await;
+        kit.run("a.csv", "Email,Department\nann@acme.example.com,Sales\nbob@acme.example.com,Ops\n").await;
+        kit.run("off.csv", "Email,Action\nann@acme.example.com,Disable\n").await;
+        let job = kit
+            .run("again.csv", "Email,Department\nann@acme.example.com,Sales\nbob@acme.example.com,Ops\nann2@acme.example.com,Ops\n")
+            .await;
+        let out = kit.outcomes(&job).await;
+        assert!(out[0].1.ends_with("; the user is disabled and stays so: write Enable in the Action column to enable them"), "{out:?}");
+        assert!(!out[1].1.contains("disabled"), "{out:?}");
+        let job = kit.run("moved.csv", "Email,Department\nann@acme.example.com,Ops\n").await;
+        let out = kit.outcomes(&job).await;
+        assert_eq!(out[0].0, "Updated");
+        assert!(out[0].1.contains("the user is disabled and stays so"), "{out:?}");
     }
 
     #[tokio::test]
