@@ -1514,6 +1514,17 @@ mod tests {
         assert!(out[0].1.contains("the user is disabled and stays so"), "{out:?}");
     }
 
+    /// Groups in another order are the same groups: no write, `Unchanged`.
+    #[tokio::test]
+    async fn groups_in_another_order_are_unchanged() {
+        let mut kit = Kit::new(|_| {}).await;
+        kit.run("a.csv", "Email,Group\nann@acme.example.com,a;b\n").await;
+        let job = kit.run("b.csv", "Email,Group\nann@acme.example.com,b; a\n").await;
+        assert_eq!(kit.outcomes(&job).await[0].0, "Unchanged");
+        let job = kit.run("c.csv", "Email,Group\nann@acme.example.com,b;c\n").await;
+        assert_eq!(kit.changes(&job).await[0], "Groups: +c -a");
+    }
+
     #[tokio::test]
     async fn a_roster_uploaded_again_writes_nothing_and_says_unchanged() {
         let mut kit = Kit::new(|t| t.licences = Some(100)).await;

@@ -82,7 +82,7 @@ fn profile(parts: &mut Vec<String>, row: &UserFields, s: &UserFields) {
             field(parts, name, old, new);
         }
     }
-    if !row.groups.is_empty() && row.groups != s.groups {
+    if !row.groups.is_empty() && !crate::rules::same_groups(&row.groups, &s.groups) {
         let added: Vec<String> = row.groups.iter().filter(|g| !s.groups.contains(g)).cloned().collect();
         let removed: Vec<String> = s.groups.iter().filter(|g| !row.groups.contains(g)).cloned().collect();
         list(parts, "Groups", &added, &removed);

@@ -233,10 +233,16 @@ pub fn unchanged(row: &crate::model::UserFields, stored: &crate::model::User) ->
         && same(&row.licence_pool, &s.licence_pool)
         && same(&row.external_id, &s.external_id)
         && row.new_email.is_none()
-        && (row.groups.is_empty() || row.groups == s.groups)
+        && (row.groups.is_empty() || same_groups(&row.groups, &s.groups))
         && row.products.iter().all(|p| s.products.contains(p))
         && row.associations.iter().all(|(k, v)| s.associations.get(k) == Some(v))
         && row.attributes.iter().all(|(k, v)| s.attributes.get(k) == Some(v))
+}
+
+/// The same groups in any order: `b;a` for stored `a;b` wrote the user again, reported it
+/// updated with no change to show, and counted towards the update hold.
+pub fn same_groups(row: &[String], stored: &[String]) -> bool {
+    row.iter().all(|g| stored.contains(g)) && stored.iter().all(|g| row.contains(g))
 }
 
 /// The job of a row token (`<job>#<row>`; job ids contain `#` themselves).
