@@ -45,9 +45,12 @@ pub fn quoted(name: &str) -> String {
     out
 }
 
-/// A character that shows as nothing (line breaks and tabs excepted: they show as space).
+/// A character that shows as nothing (line breaks and tabs excepted: they show as space), or as
+/// a space that is not one: `unknown role "Staff Member"; did you mean "Staff Member"?` hid a
+/// no-break space pasted from a web page.
 pub fn invisible(c: char) -> bool {
     matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+        || matches!(c, '\u{00A0}' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}')
         || (c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
 }
 
@@ -68,6 +71,7 @@ mod tests {
         assert_eq!(quoted("ann@x.com\u{200B}"), "ann@x.com<U+200B>");
         assert_eq!(quoted("\u{FEFF}Email"), "<U+FEFF>Email");
         assert_eq!(quoted("a\u{0007}b"), "a<U+0007>b");
+        assert_eq!(quoted("Staff\u{00A0}Member"), "Staff<U+00A0>Member", "a space that is not one");
         assert_eq!(quoted("Zoë, line\ttab"), "Zoë, line\ttab", "visible text as it is");
         assert_eq!(quoted(&"x".repeat(70)).chars().count(), 65, "still bounded");
     }
