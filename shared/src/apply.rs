@@ -713,7 +713,7 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
         };
         if outcome.status == Status::Success {
             outcome.message += &invite(ctx, op, email, fields, &written.write).await?;
-            outcome.message += still_disabled(ctx, op, email);
+            outcome.message += &still_disabled(ctx, op, email);
         }
     }
     Ok((outcome, written, before))
@@ -721,12 +721,15 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
 
 /// What an upsert or update of a disabled user says: it stays disabled (a file never enables
 /// anyone unasked), and an admin who put the user back in the file expects them active.
-fn still_disabled(ctx: &Ctx<'_>, op: &RowOp, email: &str) -> &'static str {
+fn still_disabled(ctx: &Ctx<'_>, op: &RowOp, email: &str) -> String {
     let disabled = ctx.stored.get(email).is_some_and(|u| u.status == crate::model::UserStatus::Disabled);
     if disabled && matches!(op.action, Action::Upsert | Action::Update) {
-        "; the user is disabled and stays so: write Enable in the Action column to enable them"
+        format!(
+            "; the user is disabled and stays so: to enable them, upload a row with Action Enable into incoming/{}/ (replace/ takes no Enable)",
+            ctx.tenant.id
+        )
     } else {
-        ""
+        String::new()
     }
 }
 
@@ -915,7 +918,7 @@ fn unchanged_row(ctx: &Ctx<'_>, op: &RowOp, stored: &User) -> Row {
         if let Err(note) = invite_wanted(op, fields, &Write::Unchanged) {
             outcome.message += note;
         }
-        outcome.message += still_disabled(ctx, op, email);
+        outcome.message += &still_disabled(ctx, op, email);
     }
     (outcome, Written { write: Write::Unchanged, licence: Licence::Unchanged }, Before::Unknown)
 }
@@ -1506,7 +1509,7 @@ mod tests {
             .run("again.csv", "Email,Department\nann@acme.example.com,Sales\nbob@acme.example.com,Ops\nann2@acme.example.com,Ops\n")
             .await;
         let out = kit.outcomes(&job).await;
-        assert!(out[0].1.ends_with("; the user is disabled and stays so: write Enable in the Action column to enable them"), "{out:?}");
+        assert!(out[0].1.ends_with("; the user is disabled and stays so: to enable them, upload a row with Action Enable into incoming/acme/ (replace/ takes no Enable)"), "{out:?}");
         assert!(!out[1].1.contains("disabled"), "{out:?}");
         let job = kit.run("moved.csv", "Email,Department\nann@acme.example.com,Ops\n").await;
         let out = kit.outcomes(&job).await;

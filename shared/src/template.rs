@@ -36,7 +36,11 @@ pub fn columns(tenant: Option<&Tenant>) -> Vec<Column> {
             "User, Org, Student, Parent, Instructor, ...".into(),
             "User",
             // Every value ingest takes: a dropdown of User and Org alone refused the user types.
-            ["User", "Org"].into_iter().chain(crate::ingest::sheets::USER_TYPES.iter().copied()).map(String::from).collect(),
+            ["User", "Org"]
+                .into_iter()
+                .chain(crate::ingest::sheets::USER_TYPES.iter().copied().filter(|t| !t.eq_ignore_ascii_case("User")))
+                .map(String::from)
+                .collect(),
         ),
         col(Field::Action, "What to do; blank creates or updates", "no (Upsert)", actions.join(", "), "Create", actions.clone()),
         col(

@@ -49,8 +49,13 @@ pub fn quoted(name: &str) -> String {
 /// a space that is not one: `unknown role "Staff Member"; did you mean "Staff Member"?` hid a
 /// no-break space pasted from a web page.
 pub fn invisible(c: char) -> bool {
+    shows_as_nothing(c) || matches!(c, '\u{00A0}' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}')
+}
+
+/// A character that shows as nothing at all: a zero-width space, a direction mark, a byte-order
+/// mark, a soft hyphen, a control character (line breaks and tabs excepted).
+pub fn shows_as_nothing(c: char) -> bool {
     matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
-        || matches!(c, '\u{00A0}' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}')
         || (c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
 }
 

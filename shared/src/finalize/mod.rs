@@ -763,6 +763,12 @@ mod tests {
         let again = kit.run("r-result.csv", result.trim_start_matches('\u{feff}')).await;
         let out: Vec<String> = kit.outcomes(&again).await.into_iter().map(|(s, _)| s).collect();
         assert_eq!(out, ["Unchanged", "Skipped", "Unchanged"]);
+        // A file of organizations only: its empty row is no user row asking for an Email column.
+        let orgs = kit.run("o.csv", "Type,OrgName\nOrg,North\n,\nOrg,South\n").await;
+        let key = kit.summary(&orgs).await.result_key.unwrap();
+        let result = String::from_utf8(kit.svc.store.get(&key).await.unwrap().unwrap()).unwrap();
+        let again = kit.run("o-result.csv", result.trim_start_matches('\u{feff}')).await;
+        assert_eq!(again.state, JobState::Completed, "{:?}", kit.summary(&again).await.reason);
         // The export's Message is not ours: its cells keep their apostrophes (ours are taken off
         // cells of files we wrote), so `'t Hart` is stored as typed.
         let job = kit.run("msg.csv", "Email,Message,LastName,Role\ncy@acme.example.com,Welcome back,'t Hart,Learner\n").await;

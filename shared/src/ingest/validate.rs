@@ -166,6 +166,15 @@ impl RowValidator {
         if cells.iter().enumerate().all(|(i, c)| c.as_ref().trim().is_empty() || mapping.is_ours(i)) {
             return Err(Outcome::skipped(row, "empty row"));
         }
+        // A generated workbook's formulas filled down past its data (`=IF(A2="","",...)`): rows
+        // of nothing else were empty before they read as not calculated.
+        let blank_or_formula = |c: &S| matches!(c.as_ref().trim(), "" | crate::ingest::decode::NOT_CALCULATED);
+        if cells.iter().all(blank_or_formula) {
+            return Err(Outcome::skipped(
+                row,
+                "only formulas the file never calculated: open the file in Excel or LibreOffice and save it if this row has data",
+            ));
+        }
         self.note_named(cells, mapping);
         let width = head.headers.len();
         if let Some(extra) = cells.iter().skip(width).position(|c| !c.as_ref().trim().is_empty()) {
@@ -368,7 +377,9 @@ pub fn is_org_type(t: &str) -> bool {
 
 /// A non-empty row that is not an organization: a user row, which needs Email or Username.
 pub fn is_user_row<S: AsRef<str>>(cells: &[S], m: &Mapping) -> bool {
-    !cells.iter().all(|c| c.as_ref().trim().is_empty()) && !cell(cells, m, Field::Type).is_some_and(is_org_type)
+    // Our own result columns make no row (a result file's empty row says `Skipped, empty row`).
+    let filled = cells.iter().enumerate().any(|(i, c)| !c.as_ref().trim().is_empty() && !m.is_ours(i));
+    filled && !cell(cells, m, Field::Type).is_some_and(is_org_type)
 }
 
 /// The trimmed, non-empty value of a field (borrowed: a row allocates only what its operation keeps).
@@ -382,8 +393,8 @@ fn cell<'c, S: AsRef<str>>(cells: &'c [S], m: &Mapping, f: Field) -> Option<&'c 
 fn trimmed(v: &str) -> &str {
     let v = v.trim();
     // Most cells have none: no second scan of their characters.
-    if v.starts_with(crate::wording::invisible) || v.ends_with(crate::wording::invisible) {
-        v.trim_matches(|c: char| c.is_whitespace() || crate::wording::invisible(c))
+    if v.starts_with(crate::wording::shows_as_nothing) || v.ends_with(crate::wording::shows_as_nothing) {
+        v.trim_matches(|c: char| c.is_whitespace() || crate::wording::shows_as_nothing(c))
     } else {
         v
     }
@@ -683,7 +694,7 @@ fn validate_row<'c, S: AsRef<str>>(
             let mut attributes = BTreeMap::new();
             for (idx, col) in &m.custom {
                 let def = &tenant.attributes[*idx];
-                if let Some(v) = cells.get(*col).map(|v| v.as_ref().trim()).filter(|v| !v.is_empty()) {
+                if let Some(v) = cells.get(*col).map(|v| trimmed(v.as_ref())).filter(|v| !v.is_empty()) {
                     attributes.insert(def.name.clone(), check_attribute(&def.name, &def.kind, v).map_err(|m| fail_at(&def.name, m))?);
                 }
             }
@@ -703,7 +714,7 @@ fn validate_row<'c, S: AsRef<str>>(
             let invite_at = get(Field::ScheduledDate).map(parse_when).transpose().map_err(|m| fail_at("ScheduledDate", m))?;
             // A date says when the activation email goes: without one asked for, it went unsent
             // and the row said nothing of it.
-            if invite_at.is_some() && !invite && action != Action::Invite {
+            if invite_at.is_some() && !invite && matches!(action, Action::Create | Action::Upsert | Action::Update) {
                 return Err(fail_at(
                     "ScheduledDate",
                     "ScheduledDate says when to send the activation email, but the row asks for none: set InviteUser to Yes, or clear ScheduledDate".into(),
@@ -791,7 +802,7 @@ pub(crate) fn check_external_id(id: &str) -> std::result::Result<(), String> {
         return Err(format!("ExternalId \"{}\" contains a control character", crate::wording::quoted(id)));
     }
     // Inside the id, an invisible character makes another id that looks the same.
-    if id.chars().any(crate::wording::invisible) {
+    if id.chars().any(crate::wording::shows_as_nothing) {
         return Err(format!("ExternalId \"{}\" contains an invisible character; type the id again without it", crate::wording::quoted(id)));
     }
     Ok(())
@@ -873,7 +884,9 @@ fn email_hint(raw: &str) -> String {
 /// addresses).
 fn named_addresses(raw: &str) -> Vec<String> {
     let mut keys = vec![email_key(raw)];
-    if is_valid_email(&keys[0]) {
+    // A cell longer than a few addresses is no pasted address: read as given (each piece would
+    // be compared with every other: a 150 MB cell of addresses, 10^13 comparisons).
+    if is_valid_email(&keys[0]) || raw.len() > 512 {
         return keys;
     }
     let visible: String = raw.chars().filter(|c| !matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')).collect();
@@ -1180,13 +1193,31 @@ mod tests {
         assert_eq!(fields(&v, 0).first_name, None, "only an invisible character: blank");
         assert_eq!(message(&v, 3), "ExternalId \"E1<U+200B>01\" contains an invisible character; type the id again without it");
         assert!(message(&v, 4).starts_with("duplicate ExternalId \"E100\""), "{}", message(&v, 4));
+        // A narrow no-break space is a visible space (a French export's `123 456`): kept.
+        let v = run("Email,ExternalId\na@x.com,123\u{202F}456\n", Mode::Upsert);
+        assert_eq!(fields(&v, 0).external_id.as_deref(), Some("123\u{202F}456"));
+        // A long cell is read as given, not searched for addresses.
+        assert_eq!(named_addresses(&"a@x.com ".repeat(100)).len(), 1);
+        assert_eq!(named_addresses("Ann <Ann@X.com>"), ["ann <ann@x.com>", "ann@x.com"]);
+    }
+
+    /// A generated workbook's formulas filled down past its data read as not calculated: rows of
+    /// only those are skipped, not failed for a missing Email.
+    #[test]
+    fn a_row_of_only_uncalculated_formulas_is_skipped() {
+        let nc = crate::ingest::decode::NOT_CALCULATED;
+        let v = run(&format!("Email,Department,Group\na@x.com,Ops,\n{nc},{nc},\n,{nc},{nc}\n"), Mode::Upsert);
+        assert_eq!(v.ops.len(), 1);
+        let skipped: Vec<_> = v.outcomes.iter().filter(|o| o.status == Status::Skipped).map(|o| o.row).collect();
+        assert_eq!(skipped, [3, 4]);
+        assert!(message(&v, 3).starts_with("only formulas the file never calculated"), "{}", message(&v, 3));
     }
 
     /// A ScheduledDate without an invitation was ignored without a word.
     #[test]
     fn a_scheduled_date_without_an_invitation_fails_saying_so() {
         let v = run(
-            "Email,InviteUser,ScheduledDate,Action\na@x.com,,2026-09-01,\nb@x.com,No,2026-09-01,\nc@x.com,Yes,2026-09-01,\nd@x.com,,2026-09-01,Invite\n",
+            "Email,InviteUser,ScheduledDate,Action\na@x.com,,2026-09-01,\nb@x.com,No,2026-09-01,\nc@x.com,Yes,2026-09-01,\nd@x.com,,2026-09-01,Invite\ne@x.com,,2026-09-01,Disable\n",
             Mode::Upsert,
         );
         assert!(
@@ -1195,7 +1226,7 @@ mod tests {
             message(&v, 2)
         );
         assert!(message(&v, 3).contains("set InviteUser to Yes, or clear ScheduledDate"));
-        assert_eq!(v.ops.len(), 2);
+        assert_eq!(v.ops.len(), 3, "c, d and the Disable (a leaver is not kept for a stray date)");
     }
 
     /// A number attribute is read as written or refused: a decimal comma (`2,50`, `1.234,5`)

@@ -153,11 +153,20 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
         };
         let Some(i) = index(zip, &path) else { continue };
         if let Some(first) = read.get(&i) {
-            // calamine reads the sheet of that name from the same part: the same ranges.
+            // calamine reads the sheet of that name from the same part: the same ranges, each
+            // copy counted (150 names of a part of a million ranges held 150 copies).
             if let Some(d) = scan.merged.get(first).cloned() {
+                total += d.len();
+                if total > limit {
+                    return Err(FileError::TooManyMerged { limit });
+                }
                 scan.merged.insert(name.clone(), d);
             }
             if let Some(f) = scan.uncalculated.get(first).cloned() {
+                uncalculated += f.len();
+                if uncalculated > formulas {
+                    return Err(FileError::TooManyUncalculated { limit: formulas });
+                }
                 scan.uncalculated.insert(name, f);
             }
             continue;
@@ -242,6 +251,11 @@ fn tags<R: Read>(mut input: R, name: &[u8], lookback: usize, mut each: impl FnMu
         while let Some(i) = finder.find(&buf[done..]) {
             let at = done + i;
             done = at + name.len();
+            // `<` or a prefix's `:` right before the name, looked at first: a one-letter name
+            // (`f`) is found in every word, and each would cost the look-back below.
+            if at == 0 || !matches!(buf[at - 1], b'<' | b':') {
+                continue;
+            }
             // `<` then an optional `prefix:` right before the name, and the name ends there.
             let prefix =
                 buf[..at].iter().rev().take(64).position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')));
@@ -288,7 +302,11 @@ fn formula_cells<R: Read>(input: R, mut each: impl FnMut((u32, u32)) -> bool) ->
     tags(input, b"f", 256, |_, before| {
         // `<c` or `<prefix:c`, then a space or the tag's end.
         let opens = |i: usize| {
-            let prefix = before[..i].iter().rev().position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')));
+            if i == 0 || !matches!(before[i - 1], b'<' | b':') {
+                return false;
+            }
+            let prefix =
+                before[..i].iter().rev().take(64).position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')));
             let lt = prefix.and_then(|k| i.checked_sub(k + 1)).filter(|&lt| before[lt] == b'<');
             lt.is_some_and(|lt| lt + 1 == i || before[i - 1] == b':')
                 && before.get(i + 1).is_some_and(|b| b.is_ascii_whitespace() || *b == b'>')

@@ -841,6 +841,15 @@ mod spreadsheet_cell_tests {
         let many = within(with(r#"<mergeCell ref="C2:C3"/>"#.repeat(11))).unwrap_err();
         assert_eq!(many.to_string(), FileError::TooManyMerged { limit: 10 }.to_string());
         assert_eq!(within(with(r#"<mergeCell ref="C2:C3"/>"#.repeat(10))).unwrap()["Sheet1"].len(), 10);
+        // Sheets naming one part share its ranges, each copy counted against the bound.
+        let shared = edit_part(&with(r#"<mergeCell ref="C2:C3"/>"#.repeat(4)), "xl/workbook.xml", |x| {
+            let one = r#"<sheet name="Sheet1" sheetId="1" r:id="rId1"/>"#;
+            assert!(x.contains(one), "{x}");
+            x.replace(one, &format!("{one}{}{}", one.replace("Sheet1", "Two"), one.replace("Sheet1", "Three")))
+        });
+        assert_eq!(within(shared.clone()).unwrap_err().to_string(), FileError::TooManyMerged { limit: 10 }.to_string(), "12 kept > 10");
+        let ok = merges::xlsx_within(&mut zip::ZipArchive::new(Cursor::new(shared)).unwrap(), 12, 10).unwrap().merged;
+        assert_eq!((ok["Sheet1"].len(), ok["Two"].len(), ok["Three"].len()), (4, 4, 4));
         // Across columns only, any number: none is kept.
         assert!(within(with(r#"<mergeCell ref="C2:D2"/>"#.repeat(100))).unwrap().is_empty());
         let err = FileError::TooManyMerged { limit: merges::MAX_MERGED_RANGES }.to_string();
