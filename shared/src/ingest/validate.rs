@@ -479,6 +479,10 @@ fn is_leaver_status(v: &str) -> bool {
 /// shows, and writes when it saves as CSV, for an id or phone number typed as a number. No
 /// roster value is written this way; stored, every id of the column would be the same few digits.
 fn is_shortened_number(v: &str) -> bool {
+    // Every mapped cell of every row comes here: most start with a letter and need no search.
+    if !v.as_bytes().first().is_some_and(|b| b.is_ascii_digit() || *b == b'-') {
+        return false;
+    }
     let Some((mantissa, exponent)) = v.split_once(['E', 'e']) else { return false };
     let mantissa = mantissa.strip_prefix('-').unwrap_or(mantissa);
     // A comma where the spreadsheet's language writes decimals with one (`1,23457E+18`).

@@ -121,24 +121,24 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
     let index = |zip: &zip::ZipArchive<R>, name: &str| {
         (0..zip.len()).find(|&i| zip.name_for_index(i).and_then(|n| n.ok()).is_some_and(|n| n.eq_ignore_ascii_case(name)))
     };
-    // Small parts: the sheets' names and where their parts are.
-    let pairs = |zip: &mut zip::ZipArchive<R>, name: &str, wanted: &str, keys: [&str; 2]| -> Result<Vec<[Option<String>; 2]>, FileError> {
-        let Some(i) = index(zip, name) else { return Ok(Vec::new()) };
+    // Small parts, each read once: the sheets' names and where their parts are, and whether the
+    // workbook was ever calculated.
+    let part = |zip: &mut zip::ZipArchive<R>, name: &str, wanted: &[&str], each: &mut dyn FnMut(&BytesStart<'_>)| {
+        let Some(i) = index(zip, name) else { return Ok(()) };
         let entry = zip.by_index(i).map_err(|e| damaged(&e))?;
-        let mut found = Vec::new();
         elements(BufReader::new(entry), wanted, |e| {
-            found.push(keys.map(|k| attr(e, k)));
+            each(e);
             true
         })
-        .map_err(|e| damaged(&e))?;
-        Ok(found)
+        .map_err(|e| damaged(&e))
     };
+    let (mut sheets, mut rels, mut never_calculated) = (Vec::new(), Vec::new(), false);
     // The relationship id is `r:id` (any prefix); `id` alone matches it, not `sheetId`.
-    let sheets = pairs(zip, "xl/workbook.xml", "sheet", ["name", "id"])?;
-    let rels = pairs(zip, "xl/_rels/workbook.xml.rels", "Relationship", ["Id", "Target"])?;
-    let never_calculated = pairs(zip, "xl/workbook.xml", "calcPr", ["fullCalcOnLoad", "calcMode"])?
-        .iter()
-        .any(|[full, _]| full.as_deref().is_some_and(|f| matches!(f.trim(), "1" | "true")));
+    part(zip, "xl/workbook.xml", &["sheet", "calcPr"], &mut |e| match e.local_name().as_ref() {
+        "calcPr" => never_calculated |= attr(e, "fullCalcOnLoad").is_some_and(|f| matches!(f.trim(), "1" | "true")),
+        _ => sheets.push([attr(e, "name"), attr(e, "id")]),
+    })?;
+    part(zip, "xl/_rels/workbook.xml.rels", &["Relationship"], &mut |e| rels.push([attr(e, "Id"), attr(e, "Target")]))?;
     let mut scan = XlsxScan::default();
     let (mut total, mut uncalculated) = (0usize, 0usize);
     // Each part is read once, however many sheets name it (1,000 sheets naming one large part
@@ -211,13 +211,13 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
     Ok(scan)
 }
 
-/// Each element named `wanted` (any namespace prefix), given to `each` until it says to stop.
-fn elements<B: BufRead>(input: B, wanted: &str, mut each: impl FnMut(&BytesStart<'_>) -> bool) -> Result<(), quick_xml::Error> {
+/// Each element named one of `wanted` (any namespace prefix), given to `each` until it says to stop.
+fn elements<B: BufRead>(input: B, wanted: &[&str], mut each: impl FnMut(&BytesStart<'_>) -> bool) -> Result<(), quick_xml::Error> {
     let mut reader = quick_xml::Reader::from_reader(input);
     let mut buf = Vec::new();
     loop {
         match reader.read_event_into(&mut buf)? {
-            Event::Start(e) | Event::Empty(e) if e.local_name().as_ref() == wanted && !each(&e) => return Ok(()),
+            Event::Start(e) | Event::Empty(e) if wanted.contains(&e.local_name().as_ref()) && !each(&e) => return Ok(()),
             Event::Eof => return Ok(()),
             _ => {}
         }
@@ -475,7 +475,7 @@ mod tests {
     fn elements_stop_when_told_and_take_any_prefix() {
         let xml = format!("<worksheet><mergeCells>{}</mergeCells></worksheet>", "<mergeCell ref=\"A1:A2\"/>".repeat(50));
         let mut seen = 0;
-        elements(xml.as_bytes(), "mergeCell", |_| {
+        elements(xml.as_bytes(), &["mergeCell"], |_| {
             seen += 1;
             seen < 11
         })
@@ -483,7 +483,7 @@ mod tests {
         assert_eq!(seen, 11);
         let prefixed = "<x:worksheet><x:mergeCells><x:mergeCell x:ref=\"B2:B3\"/></x:mergeCells></x:worksheet>";
         let mut found = Vec::new();
-        elements(prefixed.as_bytes(), "mergeCell", |e| {
+        elements(prefixed.as_bytes(), &["mergeCell"], |e| {
             found.push(attr(e, "ref"));
             true
         })
