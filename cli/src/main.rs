@@ -474,6 +474,7 @@ fn read_tenant_file(path: &Path) -> Result<Tenant> {
     } else {
         serde_json::from_str(&text).map_err(|e| input(format!("{}: {e}", path.display())))?
     };
+    let tenant = tenant.in_nfc();
     tenant.validate().map_err(|problem| input(format!("{}: {problem}", path.display())))?;
     Ok(tenant)
 }

@@ -135,7 +135,8 @@ pub fn norm(s: &str) -> String {
     // Any space counts as one: a header wrapped with Alt+Enter (`Email\nAddress`), a no-break or
     // thin space from a web page, an invisible zero-width one or a byte-order mark.
     let ignored = |c: char| c.is_whitespace() || matches!(c, '_' | '-' | '.' | '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}');
-    s.to_lowercase().chars().filter(|&c| !ignored(c)).collect()
+    // And one Unicode form: `Région` with a combining accent is the attribute `Région`.
+    crate::nfc::nfc(&s.to_lowercase()).chars().filter(|&c| !ignored(c)).collect()
 }
 
 #[cfg(test)]

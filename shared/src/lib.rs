@@ -27,6 +27,7 @@ pub mod layout;
 pub mod local;
 pub mod model;
 pub mod monitor;
+pub mod nfc;
 pub mod ports;
 pub mod report;
 pub mod route;

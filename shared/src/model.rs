@@ -329,6 +329,26 @@ impl Tenant {
         ))
     }
 
+    /// The tenant's names and choices in one Unicode form (`nfc`), as rows are compared in it:
+    /// a role typed with a combining accent in the tenant file matches the same role in a roster.
+    pub fn in_nfc(mut self) -> Self {
+        use crate::nfc::nfc_string;
+        let all = |v: Vec<String>| v.into_iter().map(nfc_string).collect::<Vec<_>>();
+        self.roles = all(self.roles);
+        self.admin_roles = all(self.admin_roles);
+        self.template_columns = all(self.template_columns);
+        self.products = all(self.products);
+        self.licence_pools = std::mem::take(&mut self.licence_pools).into_iter().map(|(k, v)| (nfc_string(k), v)).collect();
+        self.external_id_column = self.external_id_column.map(nfc_string);
+        for a in &mut self.attributes {
+            a.name = nfc_string(std::mem::take(&mut a.name));
+            if let AttributeKind::OneOf { values } = &mut a.kind {
+                *values = all(std::mem::take(values));
+            }
+        }
+        self
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if !is_valid_tenant_id(&self.id) {
             return Err(format!("tenant id {:?} must be 1-64 characters of lower-case letters, digits, '-' or '_'", self.id));
@@ -1144,6 +1164,24 @@ mod tests {
         assert!(t.notify_started, "on by default");
         assert_eq!(serde_json::from_str::<Tenant>(&serde_json::to_string(&t).unwrap()).unwrap(), t);
         assert!(serde_json::from_str::<Tenant>(r#"{"id":"a","admin_emails":[],"colour":"red"}"#).is_err(), "unknown settings refused");
+    }
+
+    /// A tenant file written on a Mac can hold `Élève` with a combining accent: saved in the
+    /// form rows are compared in, so a roster's `Élève` matches it whichever way it was typed.
+    #[test]
+    fn a_tenants_names_and_choices_are_kept_in_one_unicode_form() {
+        let json = r#"{"id":"acme","admin_emails":["a@acme.com"],"roles":["E\u0301le\u0300ve"],"products":["Vide\u0301o"],
+            "licence_pools":{"E\u0301quipe":5},"external_id_column":"Matricule e\u0301le\u0300ve",
+            "attributes":[{"name":"Re\u0301gion","type":"one_of","values":["I\u0302le-de-France"]}]}"#;
+        let t = serde_json::from_str::<Tenant>(json).unwrap().in_nfc();
+        assert_eq!(t.roles, ["\u{c9}l\u{e8}ve"]);
+        assert_eq!(t.products, ["Vid\u{e9}o"]);
+        assert_eq!(t.licence_pools.keys().collect::<Vec<_>>(), ["\u{c9}quipe"]);
+        assert_eq!(t.external_id_column.as_deref(), Some("Matricule \u{e9}l\u{e8}ve"));
+        assert_eq!(t.attributes[0].name, "R\u{e9}gion");
+        assert_eq!(t.attributes[0].kind, AttributeKind::OneOf { values: vec!["\u{ce}le-de-France".into()] });
+        // Headers are matched in that form too.
+        assert_eq!(crate::fields::norm("Re\u{301}gion"), crate::fields::norm("R\u{e9}gion"));
     }
 
     #[test]

@@ -783,6 +783,39 @@ mod tests {
         assert_eq!(users["cy@acme.example.com"].fields.last_name.as_deref(), Some("'t Hart"));
     }
 
+    /// Text copied on a Mac, from a PDF or a web page can carry `é` as `e` and a combining
+    /// accent: the same letter to a person. Rows are compared and stored in one form (NFC), so
+    /// the role, the attribute column and its choice match, a re-read file is unchanged and one
+    /// ExternalId stays one; the result echoes the cells as the file has them.
+    #[tokio::test]
+    async fn accents_typed_as_combining_characters_match_the_same_letters_composed() {
+        use crate::model::{AttributeDef, AttributeKind};
+        let mut kit = Kit::new(|t| {
+            t.roles = vec!["\u{c9}l\u{e8}ve".into()];
+            let values = vec!["\u{ce}le-de-France".into()];
+            t.attributes = vec![AttributeDef { name: "R\u{e9}gion".into(), kind: AttributeKind::OneOf { values } }];
+        })
+        .await;
+        let composed =
+            "Email,FirstName,RoleName,R\u{e9}gion,ExternalId\nann@acme.example.com,Jos\u{e9},\u{c9}l\u{e8}ve,\u{ce}le-de-France,\u{c9}1\n";
+        let decomposed = "Email,FirstName,RoleName,Re\u{301}gion,ExternalId\nann@acme.example.com,Jose\u{301},E\u{301}le\u{300}ve,I\u{302}le-de-France,E\u{301}1\n";
+        let first = kit.run("decomposed.csv", decomposed).await;
+        assert_eq!(kit.outcomes(&first).await, [("Created".to_string(), "user created".to_string())]);
+        let users = kit.svc.directory.users("acme", &["ann@acme.example.com".to_string()]).await.unwrap();
+        let ann = &users["ann@acme.example.com"];
+        assert_eq!(ann.fields.first_name.as_deref(), Some("Jos\u{e9}"), "stored composed");
+        assert_eq!(ann.fields.attributes.get("R\u{e9}gion").map(String::as_str), Some("\u{ce}le-de-France"));
+        assert_eq!(kit.result(&first).await[1][1], "Jose\u{301}", "the result echoes the file as it came");
+        let again = kit.run("again.csv", composed).await;
+        assert_eq!(kit.outcomes(&again).await[0].0, "Unchanged");
+        // One id, however its accent is typed.
+        let both = format!("{decomposed}bob@acme.example.com,Bob,\u{c9}l\u{e8}ve,,\u{c9}1\n");
+        let job = kit.run("both.csv", both).await;
+        let out = kit.outcomes(&job).await;
+        assert_eq!(out[0].0, "Unchanged");
+        assert!(out[1].0 == "Failure" && out[1].1.contains("duplicate ExternalId"), "{out:?}");
+    }
+
     #[tokio::test]
     async fn the_result_email_groups_problems_by_kind_most_frequent_first() {
         let mut kit = Kit::new(|_| {}).await;

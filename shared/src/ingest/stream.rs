@@ -146,6 +146,16 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
     }
 
     fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Stop> {
+        // One Unicode form for what is compared and stored (`nfc`): most rows are already in it.
+        match crate::nfc::cells(cells) {
+            Some(normal) => self.row_in_nfc(number, &normal),
+            None => self.row_in_nfc(number, cells),
+        }
+    }
+}
+
+impl<K: OpSink> Ingester<'_, K> {
+    fn row_in_nfc<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Stop> {
         let Some((head, mapping)) = &self.current else { return Ok(()) };
         let id = super::sheets::row_id(head.index, number);
         if let Some(v) = self.verdicts.get(&id) {
