@@ -480,6 +480,11 @@ async fn write_job(
             return crate::schedule::schedule(svc, job, tenant, at, source, vec![ingest_outcomes], preview, dir).await;
         }
         info!(job = %id, would = %preview.counts.words(), "previewed; within the tenant's holds");
+    }
+    // Told before the first chunk exists: a small file's result email followed within seconds
+    // and often arrived first ("processing started" after "all rows applied").
+    tell_started(svc, job, tenant, mode, total_rows, invalid as usize).await;
+    if previewed {
         release_first_phase(svc, id, &phase_chunks).await?;
     } else if let Some(phase) = first {
         upload_chunks(svc, |seq| keys::chunk(id, phase, seq), chunks(phase)?).await?;
@@ -489,10 +494,26 @@ async fn write_job(
     }
     svc.jobs.transition(id, JobState::Received, JobState::Applying, None).await?;
     info!(job = %id, rows = total_rows, invalid, chunks = ?phase_chunks, "ingest planned");
-    if tenant.notify_started && svc.jobs.claim_email(id, EmailKind::Started, svc.config.lease).await? {
-        report::started_email(svc, job, tenant, mode, total_rows, invalid as usize).await?;
-    }
     Ok(())
+}
+
+/// The "processing started" email, once per job (claimed). A courtesy: a failure to send it is
+/// logged and the job goes on, since failing ingest here would reject a good file (or, retried
+/// within the claim's lease, skip the email anyway).
+async fn tell_started(svc: &Services, job: &Job, tenant: &Tenant, mode: Mode, rows: u32, invalid: usize) {
+    if !tenant.notify_started {
+        return;
+    }
+    let sent = async {
+        if svc.jobs.claim_email(&job.id, EmailKind::Started, svc.config.lease).await? {
+            report::started_email(svc, job, tenant, mode, rows, invalid).await?;
+        }
+        Ok::<_, Error>(())
+    };
+    if let Err(e) = sent.await {
+        let error = crate::address::mask_addresses(&e.to_string()).into_owned();
+        warn!(job = %job.id, error, "the processing-started email was not sent; the job goes on");
+    }
 }
 
 /// Release a planned job whose chunks all wait in staged/: its first non-empty phase to chunks/
@@ -565,6 +586,56 @@ mod tests {
         // A chunk size past what an invocation holds (a tenant item written by hand): the maximum.
         assert_eq!(chunk_rows(usize::MAX, &[0, 20_000, 0, 0]), crate::config::MAX_CHUNK_SIZE);
         assert_eq!(chunk_rows(1_000_000, &[0, 6_000_000, 0, 0]), 6000, "only a phase past 5 million rows has larger chunks");
+    }
+
+    /// A small file's result email followed "processing started" within seconds and often
+    /// arrived first: the started email now goes before the first chunk exists. And it is a
+    /// courtesy: SES failing to send it does not fail ingest (which rejected or retried nothing).
+    #[tokio::test]
+    async fn the_started_email_goes_before_any_chunk_exists_and_its_failure_stops_nothing() {
+        use crate::ports::Mailer;
+        use std::sync::{Arc, Mutex};
+        struct Watching {
+            inner: Arc<dyn Mailer>,
+            store: Arc<dyn crate::ports::ObjectStore>,
+            chunks_at_send: Mutex<Vec<usize>>,
+        }
+        #[async_trait::async_trait]
+        impl Mailer for Watching {
+            async fn send_raw(&self, from: &str, to: &[String], mime: Vec<u8>) -> Result<()> {
+                let chunks = self.store.list(keys::CHUNKS).await?.len();
+                self.inner.send_raw(from, to, mime).await?;
+                self.chunks_at_send.lock().unwrap().push(chunks);
+                Ok(())
+            }
+        }
+        let mut kit = crate::testkit::Kit::new(|t| t.notify_started = true).await;
+        let watch = Arc::new(Watching { inner: kit.svc.mailer.clone(), store: kit.svc.store.clone(), chunks_at_send: Mutex::default() });
+        kit.svc.mailer = watch.clone();
+        let job = kit.run("small.csv", "Email\nann@acme.example.com\n").await;
+        assert_eq!(job.state, JobState::Completed);
+        let sent = watch.chunks_at_send.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2, "started, then the result");
+        assert_eq!(sent[0], 0, "no chunk existed when the started email went");
+        assert!(sent[1] > 0);
+        let subjects: Vec<String> = kit
+            .mem
+            .mailer
+            .sent()
+            .iter()
+            .map(|(_, _, m)| mail_parser::MessageParser::default().parse(m).unwrap().subject().unwrap_or_default().to_string())
+            .collect();
+        assert!(subjects[0].contains("received, processing 1 rows"), "{subjects:?}");
+
+        // SES throttles the started email: the file is applied and answered all the same.
+        *kit.mem.mailer.throttle_next.lock().unwrap() = 1;
+        let job = kit.run("throttled.csv", "Email\nbob@acme.example.com\n").await;
+        assert_eq!((job.state, job.succeeded), (JobState::Completed, 1));
+        assert_eq!(kit.mem.mailer.sent().len(), 3, "only the result email of the second file");
+        // SES refuses it for good: the same, and the file is not rejected.
+        *kit.mem.mailer.reject_next.lock().unwrap() = 1;
+        let job = kit.run("refused.csv", "Email\ncy@acme.example.com\n").await;
+        assert_eq!((job.state, job.succeeded), (JobState::Completed, 1));
     }
 
     /// A tenant set to chunks of one row drops 2,003 users: cut into 668 chunks of 3 (not 2,003
