@@ -72,11 +72,16 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
         return Err(FileError::Empty.into());
     }
     let utf8 = label.is_some() || bom || scan.utf8.valid();
-    // A UTF-8 byte-order mark says UTF-8 even when some bytes are not: those fields are read as
-    // Windows-1252 (below).
+    // A UTF-8 byte-order mark says UTF-8 even when some bytes are not: those fields are read in
+    // the legacy encoding (below).
     let lossy = bom && !scan.utf8.valid();
-    let encoding = label.unwrap_or(if utf8 { UTF_8.name() } else { WINDOWS_1252.name() });
-    let head_text: Cow<'_, str> = if utf8 { String::from_utf8_lossy(&head) } else { WINDOWS_1252.decode_without_bom_handling(&head).0 };
+    // Text that is not UTF-8 is in the encoding of the system that saved it: Excel's plain "CSV"
+    // is Windows-1252 in Western Europe and the Americas, 1250 in Poland, 1251 in Russia,
+    // Shift_JIS in Japan. Read as Windows-1252, Иван was stored as Èâàí, without a word.
+    // (A UTF-8 character cut off by the file's end is no other encoding: Windows-1252 reads it.)
+    let legacy = if scan.utf8.invalid { legacy_encoding(r, start)? } else { WINDOWS_1252 };
+    let encoding = label.unwrap_or(if utf8 { UTF_8.name() } else { legacy.name() });
+    let head_text: Cow<'_, str> = if utf8 { String::from_utf8_lossy(&head) } else { legacy.decode_without_bom_handling(&head).0 };
     if let Some(at) = scan.nul_at {
         let line = line_of(r, start, at)?;
         let utf16 = raw_head.len() > 3 && (raw_head[1] == 0 || raw_head[0] == 0);
@@ -127,6 +132,16 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
         several: false,
         rows_hint: Some((scan.newlines + 1).min(MAX_ROWS_HINT as u64) as u32),
     };
+    if !utf8 && legacy != WINDOWS_1252 {
+        v.warning(format!(
+            "the file is not UTF-8 text: it was read as {}{}; if names look wrong in the result, save the file from your spreadsheet as \"CSV UTF-8\" and upload it again",
+            legacy.name(),
+            script_of(legacy).map(|s| format!(" ({s})")).unwrap_or_default()
+        ));
+    }
+    // Bytes the legacy encoding reads as control characters (U+0080-U+009F): a Mac or DOS file,
+    // whose letters no guess reads right. The first row that has one is named.
+    let mut controls_at: Option<u32> = None;
     let mut shape = Shape::new(proto, false);
     let mut reader =
         csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delimiter).buffer_capacity(1 << 16).from_reader(r);
@@ -164,15 +179,81 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
             }
         }
         // A file that is not UTF-8 throughout (one Windows-1252 cell pasted into a UTF-8 file, or
-        // the reverse): each field as UTF-8 when it is, else Windows-1252, so no cell turns into
-        // mojibake (`ZoÃ«`) or U+FFFD because another cell is not UTF-8.
-        let decoded: Vec<Cow<'_, str>> = record
-            .iter()
-            .map(|f| std::str::from_utf8(f).map_or_else(|_| WINDOWS_1252.decode_without_bom_handling(f).0, Cow::Borrowed))
-            .collect();
+        // the reverse): each field as UTF-8 when it is, else in the legacy encoding, so no cell
+        // turns into mojibake (`ZoÃ«`) or U+FFFD because another cell is not UTF-8.
+        let decoded: Vec<Cow<'_, str>> =
+            record.iter().map(|f| std::str::from_utf8(f).map_or_else(|_| legacy.decode_without_bom_handling(f).0, Cow::Borrowed)).collect();
+        if controls_at.is_none() && decoded.iter().any(|c| matches!(c, Cow::Owned(c) if c.contains(is_c1_control))) {
+            controls_at = Some(number);
+        }
         shape.row(v, number, &decoded)?;
     }
+    if let Some(row) = controls_at {
+        v.warning(format!(
+            "row {row} has characters that are not letters as this file's text was read ({}): it may come from a Mac or DOS program; save the file from your spreadsheet as \"CSV UTF-8\" and upload it again",
+            legacy.name()
+        ));
+    }
     if shape.started() { Ok(()) } else { Err(FileError::Empty.into()) }
+}
+
+/// Bytes of a text that is not UTF-8 the encoding guess reads: enough for any roster's names.
+const DETECT_BYTES: u64 = 16 << 20;
+
+/// The encoding of text that is not UTF-8, from the lines of its first `DETECT_BYTES` that are
+/// not UTF-8 (a UTF-8 file with one pasted cell is judged by that cell's line alone; a pass of
+/// its own, so the guess is the same whatever pass 1's buffers): `chardetng`'s guess, except
+/// that Windows-1252 stays when the guess reads every byte those lines have as it does (`René`
+/// alone guesses Windows-1250, whose é is the same byte: the same text, and no warning).
+fn legacy_encoding<R: Read + Seek>(r: &mut R, start: u64) -> std::io::Result<&'static Encoding> {
+    use std::io::BufRead;
+    r.seek(SeekFrom::Start(start))?;
+    let mut lines = std::io::BufReader::with_capacity(1 << 16, r.take(DETECT_BYTES));
+    let mut detector = chardetng::EncodingDetector::new();
+    let mut high = [false; 128];
+    let mut line = Vec::new();
+    while lines.read_until(b'\n', &mut line)? > 0 {
+        if std::str::from_utf8(&line).is_err() {
+            for &b in line.iter().filter(|b| **b >= 0x80) {
+                high[usize::from(b - 0x80)] = true;
+            }
+            detector.feed(&line, false);
+        }
+        line.clear();
+    }
+    detector.feed(&[], true);
+    let guess = detector.guess(None, false);
+    let same_as_1252 = guess.is_single_byte()
+        && (0x80u8..=0xff)
+            .filter(|b| high[usize::from(b - 0x80)])
+            .all(|b| guess.decode_without_bom_handling(&[b]).0 == WINDOWS_1252.decode_without_bom_handling(&[b]).0);
+    Ok(if same_as_1252 { WINDOWS_1252 } else { guess })
+}
+
+/// C1 control characters: no roster text has them; a legacy encoding gives them for bytes it
+/// does not define (Windows-1252's 0x81, 0x8D, 0x8F, 0x90, 0x9D: Mac Roman's è is 0x8F).
+fn is_c1_control(c: char) -> bool {
+    ('\u{80}'..='\u{9f}').contains(&c)
+}
+
+/// What a legacy encoding writes, for the warning that names it.
+fn script_of(e: &'static Encoding) -> Option<&'static str> {
+    Some(match e.name() {
+        "windows-1250" | "ISO-8859-2" => "Central European",
+        "windows-1251" | "KOI8-R" | "KOI8-U" | "IBM866" | "ISO-8859-5" | "x-mac-cyrillic" => "Cyrillic",
+        "windows-1253" | "ISO-8859-7" => "Greek",
+        "windows-1254" => "Turkish",
+        "windows-1255" | "ISO-8859-8" | "ISO-8859-8-I" => "Hebrew",
+        "windows-1256" | "ISO-8859-6" => "Arabic",
+        "windows-1257" | "ISO-8859-4" | "ISO-8859-13" => "Baltic",
+        "windows-1258" => "Vietnamese",
+        "windows-874" => "Thai",
+        "Shift_JIS" | "EUC-JP" | "ISO-2022-JP" => "Japanese",
+        "GBK" | "gb18030" => "Chinese, simplified",
+        "Big5" => "Chinese, traditional",
+        "EUC-KR" => "Korean",
+        _ => return None,
+    })
 }
 
 /// The line (1-based) of byte `at` of the text starting at `start`: counted again only when a
@@ -610,6 +691,45 @@ mod tests {
         assert_eq!(cells(&decode(&bom).unwrap()).iter().map(|r| r[1]).collect::<Vec<_>>(), ["Zoë", "José", "René"]);
     }
 
+    /// Excel's plain "CSV" is in the system's code page: Windows-1251 in Russia, 1250 in Poland,
+    /// Shift_JIS in Japan. Read as Windows-1252, `Иван` was stored as `Èâàí` without a word; each
+    /// is read in its encoding now, and the result says which.
+    #[test]
+    fn text_in_a_legacy_encoding_is_read_in_that_encoding_and_the_result_says_which() {
+        let cases: [(&'static Encoding, &str, &str); 4] = [
+            (encoding_rs::WINDOWS_1251, "Иван Петров", "windows-1251 (Cyrillic)"),
+            (encoding_rs::WINDOWS_1250, "Łukasz Żółć", "windows-1250 (Central European)"),
+            (encoding_rs::SHIFT_JIS, "田中太郎", "Shift_JIS (Japanese)"),
+            (encoding_rs::WINDOWS_1254, "Şükrü Çağlar Işık", "windows-1254 (Turkish)"),
+        ];
+        for (enc, name, said) in cases {
+            let text = format!("Email;Name\r\nx@example.com;{name}\r\ny@example.com;Ann\r\n");
+            let bytes = enc.encode(&text).0.into_owned();
+            let (tables, warnings) = read_with_warnings(&bytes, 1 << 20).unwrap();
+            assert_eq!(tables[0].rows[0].1[1], name, "{}", enc.name());
+            assert_eq!(tables[0].encoding.as_deref(), Some(enc.name()));
+            assert!(warnings.len() == 1 && warnings[0].contains(said) && warnings[0].contains("CSV UTF-8"), "{warnings:?}");
+            // Whatever the read boundaries (the detector starts at the first byte that is no UTF-8).
+            for buffer in [1, 2, 3, 7] {
+                assert_eq!(read_with_warnings(&bytes, buffer).unwrap(), (tables.clone(), warnings.clone()), "{} {buffer}", enc.name());
+            }
+        }
+        // Western European text is Windows-1252, as before, and says nothing.
+        let bytes =
+            encoding_rs::WINDOWS_1252.encode("Email,Name\nx@example.com,Françoise Lefèvre\ny@example.com,Zoë Müller\n").0.into_owned();
+        let (tables, warnings) = read_with_warnings(&bytes, 1 << 20).unwrap();
+        assert_eq!(tables[0].rows[0].1[1], "Françoise Lefèvre");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        // A Mac Roman file (Excel for Mac's "CSV (Macintosh)"): its è reads as a control
+        // character in any guess; the result names the row and what to do.
+        let mac = b"Email,Name\rx@example.com,Ann\ry@example.com,Lef\x8fvre\r";
+        let (_, warnings) = read_with_warnings(mac, 1 << 20).unwrap();
+        assert!(
+            warnings.iter().any(|w| w.starts_with("row 3 has characters that are not letters") && w.contains("CSV UTF-8")),
+            "{warnings:?}"
+        );
+    }
+
     #[test]
     fn an_unclosed_quote_is_refused_naming_its_line_instead_of_swallowing_rows() {
         let err = decode(b"Email,Name\na@x.com,\"Ann\nb@x.com,Bob\nc@x.com,Cy\n").unwrap_err();
@@ -665,6 +785,16 @@ mod tests {
         let utf16_no_bom: Vec<u8> = "Email\r\na@x.com\r\n".encode_utf16().flat_map(u16::to_le_bytes).collect();
         assert!(decode(&utf16_no_bom).unwrap_err().to_string().contains("UTF-16 text without a byte-order mark"));
         assert!(decode(b"<html><table><tr><td>Email</td></tr></table></html>").unwrap_err().to_string().contains("HTML or XML"));
+    }
+
+    /// As `read_with`, with the reader's warnings.
+    fn read_with_warnings(bytes: &[u8], buffer: usize) -> Result<(Vec<Table>, Vec<String>), String> {
+        let mut tables = Collect { tables: Vec::new(), skip: |_| false, hidden: Vec::new(), warnings: Vec::new() };
+        match read_text(&mut Cursor::new(bytes), &mut tables, buffer) {
+            Ok(()) => Ok((tables.tables, tables.warnings)),
+            Err(ReadError::File(e)) => Err(e.to_string()),
+            Err(other) => Err(format!("{other:?}")),
+        }
     }
 
     /// The text reader with pass 1 reading `buffer` bytes at a time.
