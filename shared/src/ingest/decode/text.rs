@@ -169,9 +169,13 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
             // Pass 1 found the whole file valid: one check per record, fields borrowed as they are.
             match csv::StringRecord::from_byte_record(std::mem::take(&mut record)) {
                 Ok(text) => {
-                    let cells: Vec<&str> = text.iter().collect();
-                    shape.row(v, number, &cells)?;
-                    drop(cells);
+                    if text.iter().any(is_text_formula) {
+                        let cells: Vec<Cow<'_, str>> = text.iter().map(Cow::Borrowed).map(formula_text).collect();
+                        shape.row(v, number, &cells)?;
+                    } else {
+                        let cells: Vec<&str> = text.iter().collect();
+                        shape.row(v, number, &cells)?;
+                    }
                     record = text.into_byte_record();
                     continue;
                 }
@@ -186,6 +190,7 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
         if controls_at.is_none() && decoded.iter().any(|c| matches!(c, Cow::Owned(c) if c.contains(is_c1_control))) {
             controls_at = Some(number);
         }
+        let decoded: Vec<Cow<'_, str>> = decoded.into_iter().map(formula_text).collect();
         shape.row(v, number, &decoded)?;
     }
     if let Some(row) = controls_at {
@@ -228,6 +233,36 @@ fn legacy_encoding<R: Read + Seek>(r: &mut R, start: u64) -> std::io::Result<&'s
             .filter(|b| high[usize::from(b - 0x80)])
             .all(|b| guess.decode_without_bom_handling(&[b]).0 == WINDOWS_1252.decode_without_bom_handling(&[b]).0);
     Ok(if same_as_1252 { WINDOWS_1252 } else { guess })
+}
+
+/// `="00123"`: exports write an id or phone number as a formula of one string so that Excel
+/// keeps its leading zeros or plus sign, and a spreadsheet shows the string. Stored as written,
+/// the id `="00123"` became the user's for good (ids never change).
+fn is_text_formula(field: &str) -> bool {
+    field.len() >= 3 && field.starts_with("=\"") && field.ends_with('"') && {
+        // One string: every quote inside is doubled (`="a""b"`), none ends it early (`="a"&"b"`).
+        let inner = &field.as_bytes()[2..field.len() - 1];
+        let mut run = 0usize;
+        inner.iter().all(|&b| {
+            if b == b'"' {
+                run += 1;
+                true
+            } else {
+                std::mem::take(&mut run) % 2 == 0
+            }
+        }) && run % 2 == 0
+    }
+}
+
+/// The string a text formula shows (`="00123"` is `00123`), any other field as it is.
+fn formula_text(field: Cow<'_, str>) -> Cow<'_, str> {
+    if !is_text_formula(&field) {
+        return field;
+    }
+    match field {
+        Cow::Borrowed(f) if !f[2..f.len() - 1].contains('"') => Cow::Borrowed(&f[2..f.len() - 1]),
+        other => Cow::Owned(other[2..other.len() - 1].replace("\"\"", "\"")),
+    }
 }
 
 /// C1 control characters: no roster text has them; a legacy encoding gives them for bytes it
@@ -728,6 +763,23 @@ mod tests {
             warnings.iter().any(|w| w.starts_with("row 3 has characters that are not letters") && w.contains("CSV UTF-8")),
             "{warnings:?}"
         );
+    }
+
+    /// Exports write ids and phone numbers as `="00123"` so that Excel keeps the zeros: read as
+    /// the string it shows, as Excel reads it, not stored with its `=` and quotes.
+    #[test]
+    fn a_text_formula_reads_as_the_string_it_shows() {
+        let file =
+            "Email,ExternalId,Phone,Name\n=\"ann@x.com\",=\"00123\",\"=\"\"+14155550100\"\"\",\"=\"\"Ann \"\"\"\"The Boss\"\"\"\"\"\"\"\n";
+        let t = decode(file.as_bytes()).unwrap();
+        assert_eq!(t.rows[0].1, ["ann@x.com", "00123", "+14155550100", "Ann \"The Boss\""]);
+        // Anything else that starts with `=` stays as written: a formula is no string.
+        let other = "Email,A,B,C\nbob@x.com,\"=\"\"a\"\"&\"\"b\"\"\",=1+2,=\"x\n";
+        assert_eq!(decode(other.as_bytes()).unwrap().rows[0].1, ["bob@x.com", "=\"a\"&\"b\"", "=1+2", "=\"x"]);
+        // In a file that is not UTF-8 too.
+        let legacy = b"Email,Id\ncy@x.com,=\"007\"\ndee@x.com,Ren\xe9\n";
+        assert_eq!(decode(legacy).unwrap().rows[0].1, ["cy@x.com", "007"]);
+        assert!(!is_text_formula("=\"") && is_text_formula("=\"\"") && !is_text_formula("=\"a\"b\"") && is_text_formula("=\"a\"\"b\""));
     }
 
     #[test]
