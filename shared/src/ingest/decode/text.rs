@@ -569,7 +569,8 @@ pub(super) fn sniff_delimiter(text: &str, whole: bool) -> u8 {
         }
         match b {
             b'"' => quoted = !quoted,
-            b'\n' if !quoted => {
+            // A CR alone ends a record too (old Mac files: Excel for Mac's "CSV (Macintosh)").
+            b'\n' | b'\r' if !quoted => {
                 if !blank {
                     records.push(counts);
                 }
@@ -816,6 +817,22 @@ mod tests {
         // Two columns: only a quote closed mid-field tells (a line of one comma may be an address).
         assert!(decode(b"Email,Name\na@x.com,\"Ann\nb@x.com,Bob\"s\n").is_err());
         assert_eq!(decode(b"Email,Name\na@x.com,\"Ann,\nLee\"\n").unwrap().rows.len(), 1);
+    }
+
+    /// The delimiter is the header's: in a file whose lines end with CR alone, the whole file
+    /// was one "header", its rows' commas (addresses) or semicolons (group lists) outvoting the
+    /// tabs or commas, and the file was refused as having no Email column.
+    #[test]
+    fn cr_line_endings_end_the_header_for_the_delimiter_too() {
+        let tabs = "Email\tFirstName\tAddress\ra@x.com\tAnn\t1 Main St, Springfield, IL, 62701\rb@x.com\tBob\t2 Elm St, Salem, OR, 97301\r";
+        let t = decode(tabs.as_bytes()).unwrap();
+        assert_eq!((t.delimiter, t.headers.len(), t.rows.len()), (Some('\t'), 3, 2));
+        let groups = "Email,FirstName,Group\rann@x.com,Ann,Staff;Math;Chess;Y9;Band\rbob@x.com,Bob,Staff;Math;Chess;Y9;Band\r";
+        let t = decode(groups.as_bytes()).unwrap();
+        assert_eq!((t.delimiter, t.headers.len()), (Some(','), 3));
+        assert_eq!(t.rows[1].1, ["bob@x.com", "Bob", "Staff;Math;Chess;Y9;Band"]);
+        // CRLF files are read as before.
+        assert_eq!(decode(b"Email;Name\r\na@x.com;Ann, Lee\r\n").unwrap().delimiter, Some(';'));
     }
 
     /// Old Mac files end lines with CR alone: a quote opening a field after one is seen, and
