@@ -816,6 +816,29 @@ mod tests {
         assert!(out[1].0 == "Failure" && out[1].1.contains("duplicate ExternalId"), "{out:?}");
     }
 
+    /// Exports joined with `cat a.csv b.csv` repeat the header row. The same columns: that row
+    /// is skipped and both parts applied. Other columns: refused, since the rows below would be
+    /// read under the first header (Bob's first and last names swapped without a word).
+    #[tokio::test]
+    async fn files_joined_together_skip_their_repeated_header_or_are_refused_when_its_columns_differ() {
+        let mut kit = Kit::new(|_| {}).await;
+        let same = "Email,FirstName,LastName\nann@acme.example.com,Ann,Lee\nE-mail , First Name,LastName\nbob@acme.example.com,Bob,Ray\n";
+        let job = kit.run("same.csv", same).await;
+        let out = kit.outcomes(&job).await;
+        assert_eq!(out.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["Created", "Skipped", "Created"]);
+        assert!(out[1].1.contains("header row again"), "{out:?}");
+        let swapped = "Email,FirstName,LastName\ncy@acme.example.com,Cy,Young\nEmail,LastName,FirstName\ndee@acme.example.com,Dunn,Dee\n";
+        let job = kit.run("swapped.csv", swapped).await;
+        assert_eq!(job.state, JobState::Rejected);
+        let reason = kit.summary(&job).await.reason.unwrap();
+        assert!(reason.contains("row 3 is a second header row") && reason.contains("\"LastName\", \"FirstName\""), "{reason}");
+        let users = kit.svc.directory.users("acme", &["dee@acme.example.com".to_string()]).await.unwrap();
+        assert!(users.is_empty(), "nothing applied");
+        // A user whose cells merely look like words is no header: only the key column decides.
+        let job = kit.run("words.csv", "Email,FirstName\neve@acme.example.com,Email\n").await;
+        assert_eq!(kit.outcomes(&job).await[0].0, "Created");
+    }
+
     #[tokio::test]
     async fn the_result_email_groups_problems_by_kind_most_frequent_first() {
         let mut kit = Kit::new(|_| {}).await;

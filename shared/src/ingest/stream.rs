@@ -178,6 +178,21 @@ impl<K: OpSink> Ingester<'_, K> {
             self.rows += 1;
             return self.sink.outcome(Outcome::skipped(id, "empty row")).map_err(Stop::Io);
         }
+        // Files joined together (`cat a.csv b.csv`) repeat the header row: the same columns are
+        // a row to skip; others would have the rows below read under the first header's columns
+        // (first and last names swapped without a word).
+        if let Some(repeated) = repeated_header(cells, mapping, &head.headers) {
+            self.rows += 1;
+            if repeated {
+                return self.sink.outcome(Outcome::skipped(id, "the header row again (files joined together?)")).map_err(Stop::Io);
+            }
+            let listed: Vec<&str> = cells.iter().map(|c| c.as_ref().trim()).filter(|c| !c.is_empty()).collect();
+            return Err(Stop::Refused(format!(
+                "row {number} is a second header row with other columns ({}) than the first ({}): the rows below it would be read under the first header's columns. Split the file where it starts, or put its columns in the first header's order",
+                super::headers::header_list(&listed),
+                super::headers::header_list(&head.headers)
+            )));
+        }
         // A file of organizations needs no Email column; the first user row in one without
         // Email or Username rejects the file (each of its rows would fail "Email is empty").
         if !mapping.has(Field::Email) && !mapping.has(Field::Username) && super::validate::is_user_row(cells, mapping) {
@@ -208,6 +223,21 @@ impl<K: OpSink> Ingester<'_, K> {
         }
         .map_err(Stop::Io)
     }
+}
+
+/// Whether a row is the header row again: `None` when its key cell (Email, else Username) is no
+/// header of that column; else whether every cell names the column the first header has there.
+fn repeated_header<S: AsRef<str>>(cells: &[S], mapping: &Mapping, headers: &[String]) -> Option<bool> {
+    let key = [Field::Email, Field::Username].into_iter().find(|f| mapping.has(*f))?;
+    let cell = cells.get(mapping.column(key)?)?.as_ref();
+    if Field::from_header(cell.trim()) != Some(key) {
+        return None;
+    }
+    let norm = crate::fields::norm;
+    Some(cells.iter().enumerate().all(|(i, c)| {
+        let c = c.as_ref().trim();
+        c.is_empty() || headers.get(i).is_some_and(|h| norm(h) == norm(c))
+    }))
 }
 
 /// Everything in memory.
