@@ -839,6 +839,28 @@ mod tests {
         assert_eq!(kit.outcomes(&job).await[0].0, "Created");
     }
 
+    /// A stray quote in a narrow file, or one whose rows leave their empty cells out, swallowed
+    /// the rows up to the next quote into one cell: they were not applied, and nothing said so
+    /// (in replace mode their users were disabled). An address typed over two lines, as Excel
+    /// writes it, is a cell like any other.
+    #[tokio::test]
+    async fn rows_swallowed_by_a_stray_quote_refuse_the_file_and_an_address_over_two_lines_does_not() {
+        let mut kit = Kit::new(|_| {}).await;
+        let narrow =
+            "Email,FirstName\nann@acme.example.com,\"Ann\nbob@acme.example.com,Bob\ncy@acme.example.com,Cy\"\ndee@acme.example.com,Dee\n";
+        let ragged = "Email,FirstName,LastName,Department,Phone\nann@acme.example.com,Ann,\"Lee\nbob@acme.example.com,Bob,Ray\ncy@acme.example.com,Cy,Young\"\ndee@acme.example.com,Dee,Dunn\n";
+        for (name, file, column) in [("narrow.csv", narrow, "FirstName"), ("ragged.csv", ragged, "LastName")] {
+            let job = kit.run(name, file).await;
+            assert_eq!(job.state, JobState::Rejected, "{name}");
+            let reason = kit.summary(&job).await.reason.unwrap();
+            assert!(reason.contains(&format!("row 2: its \"{column}\" cell runs over several lines")), "{reason}");
+            assert!(reason.contains("line 2 of it reads as a row of its own (\"bob@acme.example.com,Bob"), "{reason}");
+        }
+        let address = "Email,FirstName,Address\r\nann@acme.example.com,Ann,\"12 Main St\nSpringfield, IL, 62701\"\r\nbob@acme.example.com,Bob,\"Notes:\nann@acme.example.com\"\r\n";
+        let job = kit.run("address.csv", address).await;
+        assert_eq!((job.state, job.succeeded), (JobState::Completed, 2), "{:?}", kit.summary(&job).await.reason);
+    }
+
     #[tokio::test]
     async fn the_result_email_groups_problems_by_kind_most_frequent_first() {
         let mut kit = Kit::new(|_| {}).await;

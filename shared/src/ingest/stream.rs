@@ -193,6 +193,18 @@ impl<K: OpSink> Ingester<'_, K> {
                 super::headers::header_list(&head.headers)
             )));
         }
+        // Rows a stray quote swallowed into one cell of a narrow or ragged file (pass 1 finds
+        // those of a wide one): not applied, and in replace mode their users disabled.
+        if let Some(delimiter) = head.delimiter
+            && let Some((column, line, text)) = swallowed_row(cells, mapping, delimiter)
+        {
+            let header = head.headers.get(column).map(|h| h.trim()).filter(|h| !h.is_empty());
+            return Err(Stop::Refused(format!(
+                "row {number}: its {} cell runs over several lines, and line {line} of it reads as a row of its own (\"{}\"): a double quote is probably unbalanced there (an opening quote without its closing one), so the rows it covers would not be applied. Fix or remove that quote",
+                header.map_or_else(|| format!("column {}", column + 1), |h| format!("\"{}\"", crate::wording::quoted(h))),
+                crate::wording::quoted(text)
+            )));
+        }
         // A file of organizations needs no Email column; the first user row in one without
         // Email or Username rejects the file (each of its rows would fail "Email is empty").
         if !mapping.has(Field::Email) && !mapping.has(Field::Username) && super::validate::is_user_row(cells, mapping) {
@@ -238,6 +250,22 @@ fn repeated_header<S: AsRef<str>>(cells: &[S], mapping: &Mapping, headers: &[Str
         let c = c.as_ref().trim();
         c.is_empty() || headers.get(i).is_some_and(|h| norm(h) == norm(c))
     }))
+}
+
+/// A cell of delimited text whose later line reads as a row: split at the delimiter, it has an
+/// address where the header has Email. The cell's column, the line (1-based within the cell)
+/// and its text. Only cells with a line break are looked at (most have none).
+fn swallowed_row<'c, S: AsRef<str>>(cells: &'c [S], mapping: &Mapping, delimiter: char) -> Option<(usize, usize, &'c str)> {
+    let key = mapping.column(Field::Email)?;
+    cells.iter().enumerate().filter(|(_, c)| c.as_ref().contains('\n')).find_map(|(i, c)| {
+        c.as_ref().split('\n').enumerate().skip(1).find_map(|(k, line)| {
+            let line = line.trim_end_matches('\r');
+            let mut fields = line.split(delimiter);
+            let key_field = fields.by_ref().nth(key)?;
+            let several = key > 0 || fields.next().is_some();
+            (several && email_address::EmailAddress::is_valid(key_field.trim())).then_some((i, k + 1, line))
+        })
+    })
 }
 
 /// Everything in memory.

@@ -346,8 +346,8 @@ fn header_delimiters(text: &str, delimiter: u8) -> usize {
 /// is, whether it is valid UTF-8, where a quote opened that never closes (RFC 4180 quoting: a
 /// quote opens a field only at its start; `""` inside a quoted field is an escaped quote), and
 /// where a quoted field swallowed rows: one that spans line breaks and either closes where no
-/// field ends (`"Sales` ... `,"R&D"`: the second quote closed the first) or holds, on a line after
-/// a break, as many delimiters as the header (whole records read as one cell).
+/// field ends (`"Sales` ... `,"R&D"`: the second quote closed the first) or holds, on two lines
+/// after a break, as many delimiters as the header (whole records read as one cell).
 pub(super) struct Scan {
     delimiter: u8,
     /// The header's delimiters (its columns less one): a line holding as many is a record.
@@ -364,7 +364,8 @@ pub(super) struct Scan {
     opened_at: u64,
     /// The quoted field being read has a line break; a line after one held a record.
     broken: bool,
-    holds_records: bool,
+    /// Lines after a break that held as many delimiters as the header (records, or an address).
+    record_lines: usize,
     /// Delimiters on the quoted field's current line.
     line_delimiters: usize,
     /// A quoted field with a line break just closed: the next byte must end the field.
@@ -391,7 +392,7 @@ impl Scan {
             prev: None,
             opened_at: 0,
             broken: false,
-            holds_records: false,
+            record_lines: 0,
             line_delimiters: 0,
             closed_broken: false,
             swallowed: None,
@@ -458,7 +459,7 @@ impl Scan {
                 let before = if q == 0 { self.prev } else { Some(buf[q - 1]) };
                 // CR alone ends a line too (old Mac files), as the CSV reader reads it.
                 if before.is_none_or(|b| b == b'\n' || b == b'\r' || b == self.delimiter) {
-                    (self.quoted, self.broken, self.holds_records, self.line_delimiters) = (true, false, false, 0);
+                    (self.quoted, self.broken, self.record_lines, self.line_delimiters) = (true, false, 0, 0);
                     self.opened_at = self.offset + q as u64;
                 }
                 i = q + 1;
@@ -470,7 +471,7 @@ impl Scan {
 
     /// A line break inside the quoted field: the line it ends, if after a break, may be a record.
     fn line_break(&mut self) {
-        self.holds_records |= self.looks_like_a_record();
+        self.record_lines += usize::from(self.looks_like_a_record());
         (self.broken, self.line_delimiters) = (true, 0);
     }
 
@@ -480,7 +481,11 @@ impl Scan {
 
     /// The quoted field's closing quote, at `at`.
     fn close(&mut self, at: u64) {
-        if self.holds_records || self.looks_like_a_record() {
+        // One such line may be an address (`12 Main St` / `Springfield, IL, 62701`, as Excel
+        // writes a cell typed with Alt+Enter); rows swallowed are two at least (one whole, and
+        // the one the quote closes in). Fewer, in a narrow or ragged file: `stream` looks at
+        // each cell's lines for a row's address.
+        if self.record_lines + usize::from(self.looks_like_a_record()) >= 2 {
             self.swallowed.get_or_insert((self.opened_at, at));
         }
         self.quoted = false;
@@ -814,6 +819,11 @@ mod tests {
         let address = b"Email,FirstName,Address,Department\nann@x.com,Ann,\"12 Main St,\nSpringfield, IL\",HR\nbob@x.com,Bob,,\n";
         let t = decode(address).unwrap();
         assert_eq!(cells(&t), vec![vec!["ann@x.com", "Ann", "12 Main St,\nSpringfield, IL", "HR"], vec!["bob@x.com", "Bob"]]);
+        // An address typed with Alt+Enter, as Excel writes it: one line of as many commas as the
+        // header is no swallowed row (a narrow file's swallowed rows are found by their addresses:
+        // `stream`).
+        let excel = b"Email,FirstName,Address\r\nann@x.com,Ann,\"12 Main St\nSpringfield, IL, 62701\"\r\nbob@x.com,Bob,1 Elm St\r\n";
+        assert_eq!(decode(excel).unwrap().rows[0].1[2], "12 Main St\nSpringfield, IL, 62701");
         // Two columns: only a quote closed mid-field tells (a line of one comma may be an address).
         assert!(decode(b"Email,Name\na@x.com,\"Ann\nb@x.com,Bob\"s\n").is_err());
         assert_eq!(decode(b"Email,Name\na@x.com,\"Ann,\nLee\"\n").unwrap().rows.len(), 1);
