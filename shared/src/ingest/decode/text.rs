@@ -97,6 +97,7 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
         return Err(FileError::UnknownFormat("it looks like HTML or XML; export the sheet as CSV or XLSX instead".into()).into());
     }
     let format = if delimiter == b'\t' { Format::Tsv } else { Format::Csv };
+    let spaced = spaced_header(&head_text, delimiter);
     if let Some(at) = scan.unclosed() {
         let line = line_of(r, start, at)?;
         return Err(FileError::Corrupt {
@@ -169,8 +170,10 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
             // Pass 1 found the whole file valid: one check per record, fields borrowed as they are.
             match csv::StringRecord::from_byte_record(std::mem::take(&mut record)) {
                 Ok(text) => {
-                    if text.iter().any(is_text_formula) {
-                        let cells: Vec<Cow<'_, str>> = text.iter().map(Cow::Borrowed).map(formula_text).collect();
+                    if text.iter().any(is_text_formula) || spaced && text.iter().any(opens_spaced_quote) {
+                        let cells: Vec<Cow<'_, str>> = text.iter().map(Cow::Borrowed).collect();
+                        let cells = if spaced { join_spaced_quotes(cells, delimiter as char) } else { cells };
+                        let cells: Vec<Cow<'_, str>> = cells.into_iter().map(formula_text).collect();
                         shape.row(v, number, &cells)?;
                     } else {
                         let cells: Vec<&str> = text.iter().collect();
@@ -190,6 +193,7 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
         if controls_at.is_none() && decoded.iter().any(|c| matches!(c, Cow::Owned(c) if c.contains(is_c1_control))) {
             controls_at = Some(number);
         }
+        let decoded = if spaced { join_spaced_quotes(decoded, delimiter as char) } else { decoded };
         let decoded: Vec<Cow<'_, str>> = decoded.into_iter().map(formula_text).collect();
         shape.row(v, number, &decoded)?;
     }
@@ -248,9 +252,9 @@ fn is_text_formula(field: &str) -> bool {
                 run += 1;
                 true
             } else {
-                std::mem::take(&mut run) % 2 == 0
+                std::mem::take(&mut run).is_multiple_of(2)
             }
-        }) && run % 2 == 0
+        }) && run.is_multiple_of(2)
     }
 }
 
@@ -263,6 +267,78 @@ fn formula_text(field: Cow<'_, str>) -> Cow<'_, str> {
         Cow::Borrowed(f) if !f[2..f.len() - 1].contains('"') => Cow::Borrowed(&f[2..f.len() - 1]),
         other => Cow::Owned(other[2..other.len() - 1].replace("\"\"", "\"")),
     }
+}
+
+/// A header written with a space after each delimiter (`Email, FirstName, LastName`), as people
+/// and some scripts write CSV: its rows quote a value after that space (`ann@x.com, "Lee, Jr"`),
+/// where CSV sees no quoting (a quote opens a field only at its first byte) and splits the value
+/// at its comma, moving every later value one column right without a word.
+fn spaced_header(head: &str, delimiter: u8) -> bool {
+    let Some(line) = head.lines().find(|l| !l.trim().is_empty()) else { return false };
+    let mut fields = line.split(delimiter as char).skip(1).peekable();
+    fields.peek().is_some() && fields.all(|f| f.starts_with(' ') && !f.trim().is_empty())
+}
+
+/// A field that is a space, then a quote: a quoted value of a spaced file.
+fn opens_spaced_quote(field: &str) -> bool {
+    field.starts_with(' ') && field.trim_start().starts_with('"')
+}
+
+/// The fields of a spaced file's record with each quoted value whole again: the fields CSV cut
+/// it into joined at the delimiter, its quotes taken off (`""` is `"`). A quote that does not
+/// close at a field's end (text after it, or the record ends first) leaves the fields as they
+/// were, and those after it too. Every character is looked at once, whatever the record holds.
+fn join_spaced_quotes<'a>(cells: Vec<Cow<'a, str>>, delimiter: char) -> Vec<Cow<'a, str>> {
+    let mut out: Vec<Cow<'a, str>> = Vec::with_capacity(cells.len());
+    let mut cells = cells.into_iter();
+    while let Some(cell) = cells.next() {
+        if !opens_spaced_quote(&cell) {
+            out.push(cell);
+            continue;
+        }
+        // The value so far, and the fields it took (to give back if it never closes).
+        let (mut value, mut taken) = (String::new(), vec![cell]);
+        let closed = loop {
+            let field = taken.last().map(|f| f.as_ref()).unwrap_or_default();
+            let text = if taken.len() == 1 { &field.trim_start()[1..] } else { field };
+            match unquote_field(text, &mut value) {
+                Some(true) => break true,
+                Some(false) => break false,
+                None => match cells.next() {
+                    Some(next) => {
+                        value.push(delimiter);
+                        taken.push(next);
+                    }
+                    None => break false,
+                },
+            }
+        };
+        if closed {
+            out.push(Cow::Owned(value));
+        } else {
+            out.extend(taken);
+            out.extend(cells.by_ref());
+        }
+    }
+    out
+}
+
+/// Reads `text` (inside a quoted value) onto `value`: `Some(true)` when its closing quote ends the
+/// field (spaces after it allowed), `Some(false)` when text follows that quote, `None` when the
+/// field ends still inside the quotes.
+fn unquote_field(text: &str, value: &mut String) -> Option<bool> {
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        if c != '"' {
+            value.push(c);
+        } else if chars.peek().is_some_and(|(_, n)| *n == '"') {
+            chars.next();
+            value.push('"');
+        } else {
+            return Some(text[at + 1..].trim().is_empty());
+        }
+    }
+    None
 }
 
 /// C1 control characters: no roster text has them; a legacy encoding gives them for bytes it
@@ -786,6 +862,33 @@ mod tests {
         let legacy = b"Email,Id\ncy@x.com,=\"007\"\ndee@x.com,Ren\xe9\n";
         assert_eq!(decode(legacy).unwrap().rows[0].1, ["cy@x.com", "007"]);
         assert!(!is_text_formula("=\"") && is_text_formula("=\"\"") && !is_text_formula("=\"a\"b\"") && is_text_formula("=\"a\"\"b\""));
+    }
+
+    /// `Email, FirstName, LastName`: a space after each comma, and values quoted after it. CSV
+    /// quoting starts only at a field's first byte, so `"Lee, Jr"` was cut in two and every later
+    /// value moved one column right (Department `Jr"`, Phone `Sales`), without a word.
+    #[test]
+    fn a_value_quoted_after_the_space_of_a_spaced_file_stays_whole() {
+        let file = "Email, FirstName, LastName, Department, Phone\nann@x.com, Ann, \"Lee, Jr\", Sales, 555\nbob@x.com, \"Bob \"\"B\"\"\", Ray, \"R&D\", 556\n";
+        let t = decode(file.as_bytes()).unwrap();
+        assert_eq!(t.rows[0].1, ["ann@x.com", " Ann", "Lee, Jr", " Sales", " 555"]);
+        assert_eq!(t.rows[1].1, ["bob@x.com", "Bob \"B\"", " Ray", "R&D", " 556"]);
+        // Not closed in its record: the fields as they were.
+        let open = "Email, Name, Note\nann@x.com, \"Ann, x\n";
+        assert_eq!(decode(open.as_bytes()).unwrap().rows[0].1, ["ann@x.com", " \"Ann", " x"]);
+        // A file without the spaces reads as CSV always did: a quote inside a field is a character.
+        let plain = "Email,Name,Dept\nann@x.com, \"Ann, Lee\",Sales\n";
+        assert_eq!(decode(plain.as_bytes()).unwrap().rows[0].1, ["ann@x.com", " \"Ann", " Lee\"", "Sales"]);
+        // Text after a closing quote: not a quoted value, the fields as they were.
+        let after = "Email, Name, Dept\nann@x.com, \"Ann\" x, Sales\n";
+        assert_eq!(decode(after.as_bytes()).unwrap().rows[0].1, ["ann@x.com", " \"Ann\" x", " Sales"]);
+        // Hostile: 200,000 quotes that never close, on one line (joining again from each would
+        // be 2x10^10 steps: this test would not end).
+        let many = format!("Email, A\nann@x.com{}\n", ", \"x".repeat(200_000));
+        assert_eq!(decode(many.as_bytes()).unwrap().rows[0].1.len(), 200_001);
+        // In a file that is not UTF-8 too.
+        let legacy = b"Email; Name; Dept\nren@x.com; \"Ren\xe9; Jr\"; Sales\n";
+        assert_eq!(decode(legacy).unwrap().rows[0].1, ["ren@x.com", "René; Jr", " Sales"]);
     }
 
     #[test]
