@@ -326,7 +326,8 @@ pub(crate) async fn discard(svc: &Services, job: &Job, why: &str) -> Result<bool
         return Ok(false);
     }
     let mut told = false;
-    if let Some(tenant) = svc.directory.tenant(&job.tenant).await?
+    // A tenant removed, or whose settings no longer read, is told through the default admins.
+    if let Some(tenant) = report::tenant_to_tell(svc, &job.tenant).await?
         && svc.jobs.claim_email(&job.id, EmailKind::Result, svc.config.lease).await?
     {
         let subject = format!("[rosterdrop] {}: {} was discarded, nothing was applied", tenant.id, job.file_name);
@@ -360,10 +361,22 @@ pub(crate) async fn discard(svc: &Services, job: &Job, why: &str) -> Result<bool
 pub async fn discard_expired(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
     let mut discarded = 0;
     for (id, received_at) in svc.jobs.held_jobs(50).await? {
-        let Some(job) = svc.jobs.get(&id).await? else { continue };
-        let days = match svc.directory.tenant(&job.tenant).await? {
-            Some(t) => t.holds.expire_days,
-            None => Holds::default().expire_days,
+        // One job that cannot be read must not keep every other tenant's from expiring.
+        let job = match svc.jobs.get(&id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(job = %id, error = %e, "a held job could not be read; the next sweep retries");
+                continue;
+            }
+        };
+        let days = match svc.directory.tenant(&job.tenant).await {
+            Ok(Some(t)) => t.holds.expire_days,
+            Ok(None) => Holds::default().expire_days,
+            Err(e) => {
+                warn!(job = %id, tenant = %job.tenant, error = %e, "tenant settings unreadable; its held job expires after the default days");
+                Holds::default().expire_days
+            }
         };
         let Ok(received) = chrono::DateTime::parse_from_rfc3339(&received_at) else { continue };
         if received.to_utc() + chrono::Duration::days(i64::from(days)) > now {
@@ -683,6 +696,30 @@ mod tests {
         assert!(out[0].1.starts_with("changed by a newer upload"), "{out:?}");
         let u0 = kit.svc.directory.user("acme", "u0@acme.example.com").await.unwrap().unwrap();
         assert_eq!(u0.fields.department.as_deref(), Some("Finance"), "not overwritten blindly");
+    }
+
+    /// A tenant whose settings no longer read (a newer version's field) stopped the expiry sweep
+    /// for every tenant at its held job, and its discard told nobody: it now expires after the
+    /// default days and is told through the default admins, and a removed tenant's likewise.
+    #[tokio::test]
+    async fn a_held_job_of_a_tenant_unreadable_or_removed_expires_and_is_told_to_the_default_admins() {
+        for removed in [false, true] {
+            let mut kit = seeded(30).await;
+            kit.svc.config.default_admins = vec!["ops@example.com".into()];
+            let job = kit.run("held.csv", &mass_delete()).await;
+            assert_eq!(job.state, JobState::Held);
+            if removed {
+                kit.mem.directory.remove_tenant("acme");
+            } else {
+                kit.mem.directory.unreadable_tenants.lock().unwrap().insert("acme".into());
+            }
+            let received = chrono::DateTime::parse_from_rfc3339(&job.received_at).unwrap().to_utc();
+            assert_eq!(discard_expired(&kit.svc, received + chrono::Duration::days(8)).await.unwrap(), 1, "removed {removed}");
+            assert_eq!(kit.svc.jobs.get(&job.id).await.unwrap().unwrap().state, JobState::Discarded);
+            let (_, to, _) = kit.mem.mailer.sent().last().unwrap().clone();
+            assert_eq!(to, ["ops@example.com"]);
+            assert!(kit.last_mail().contains("was discarded, nothing was applied"));
+        }
     }
 
     #[tokio::test]

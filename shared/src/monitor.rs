@@ -70,9 +70,14 @@ pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Ut
         match crate::finalize::finalize_job(svc, &job, false).await {
             Ok(true) => finished += 1,
             Ok(false) => {}
-            Err(e) => {
-                tracing::error!(job = %id, retryable = e.is_retryable(), error = %e, "finalizing again failed; the next sweep retries")
+            Err(e) if e.is_retryable() => {
+                tracing::error!(job = %id, error = %e, "finalizing again failed; the next sweep retries")
             }
+            // As the finalize function does: no retry fixes it, so the job fails with its email.
+            Err(e) => match crate::finalize::fail_job(svc, &job, &e).await {
+                Ok(()) => finished += 1,
+                Err(e) => tracing::error!(job = %id, error = %e, "failing a job that cannot be finalized failed; the next sweep retries"),
+            },
         }
     }
     Ok(finished)
@@ -188,8 +193,16 @@ pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>)
             break; // oldest first: the rest are younger
         }
         let Some(job) = svc.jobs.get(&id).await? else { continue };
-        if job.state == JobState::Failed {
-            continue; // stopped already, its email owed: `finish_unsent_jobs`
+        if job.state.is_final() {
+            // FAILED: stopped already, its email owed (`finish_unsent_jobs`). Another final state:
+            // the open-jobs index has not caught up; moved to FAILED it got a false email.
+            continue;
+        }
+        if job.state == JobState::Applying && svc.store.size(&crate::keys::done(&id)).await?.is_some() {
+            // Every row applied; only its email is owed (SES refusing for hours: a day's quota
+            // spent on invitations, a paused account). Stopped, it was called failed and told so;
+            // `finish_unsent_jobs` sends its result once SES takes it.
+            continue;
         }
         let staged = svc.store.size(&crate::keys::staged_input(&id)).await?.is_some();
         if job.state == JobState::Received && !staged {
@@ -208,14 +221,12 @@ pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>)
                 continue; // it moved on meanwhile
             }
             tracing::warn!(job = %id, age_secs = age, "job stopped after its deadline");
-            // One job that cannot be finalized must not stop the others.
+            // One job that cannot be finalized must not stop the others. A throttle or an outage
+            // leaves it FAILED and open: `finish_unsent_jobs` tries its result again (the plain
+            // email sent at once called rows "not applied" that a retry finds applied).
             let job = crate::model::Job { state: JobState::Failed, ..job };
-            if let Err(e) = crate::finalize::finalize_job(svc, &job, true).await {
-                // Nothing retries a FAILED job: the plain email says so rather than none at all.
-                tracing::error!(job = %id, retryable = e.is_retryable(), error = %e, "finalizing a stopped job failed");
-                if let Err(e) = crate::finalize::tell_unfinished(svc, &job, &e, true).await {
-                    tracing::error!(job = %id, error = %e, "and its failure email could not be sent");
-                }
+            if let Err(e) = tell_failed(svc, &job).await {
+                tracing::error!(job = %id, retryable = e.is_retryable(), error = %e, "finalizing a stopped job failed; the next sweep retries");
                 continue;
             }
         }
@@ -377,6 +388,53 @@ mod tests {
             assert_eq!(fail_stuck_jobs(&kit.svc, later + chrono::Duration::seconds(kit.svc.config.job_deadline_secs)).await.unwrap(), 0);
             assert_eq!(kit.mem.mailer.sent().len(), 1);
         }
+    }
+
+    /// Every row applied, but SES refuses the result email for hours (a day's quota spent on
+    /// invitations, a paused account): the deadline sweep marked the job FAILED, "stopped after
+    /// repeated failures", and its plain email called its rows not applied. It now stays open,
+    /// and the sweep sends its real result once SES takes mail; a job that did stop is told only
+    /// once its result can be written.
+    #[tokio::test]
+    async fn an_applied_job_whose_email_ses_refuses_for_hours_is_not_stopped_but_told_its_result() {
+        let mut kit = Kit::new(|_| {}).await;
+        let obj = kit.upload("paused.csv", "Email\na@acme.example.com\nb@acme.example.com\n");
+        kit.deliver(&obj).await;
+        let id = crate::ingest::job_id(&obj);
+        for chunk in kit.pending_chunks().await {
+            kit.deliver(&chunk).await;
+        }
+        *kit.mem.mailer.throttle_next.lock().unwrap() = 1000;
+        let done = Kit::obj(&crate::keys::done(&id));
+        assert!(crate::route::dispatch(&kit.svc, &done).await.is_err(), "the result email is refused");
+        let later = chrono::Utc::now() + chrono::Duration::seconds(kit.svc.config.job_deadline_secs + 1);
+        assert_eq!(finish_unsent_jobs(&kit.svc, later).await.unwrap(), 0, "still refused");
+        assert_eq!(fail_stuck_jobs(&kit.svc, later).await.unwrap(), 0, "applied: not stopped");
+        assert_eq!(kit.svc.jobs.get(&id).await.unwrap().unwrap().state, JobState::Applying);
+        assert!(kit.mem.mailer.sent().is_empty());
+        *kit.mem.mailer.throttle_next.lock().unwrap() = 0;
+        assert_eq!(finish_unsent_jobs(&kit.svc, later).await.unwrap(), 1);
+        let job = kit.svc.jobs.get(&id).await.unwrap().unwrap();
+        assert_eq!((job.state, job.succeeded), (JobState::Completed, 2));
+        let sent = kit.mem.mailer.sent();
+        assert_eq!(sent.len(), 1);
+        assert!(String::from_utf8_lossy(&sent[0].2).contains("All 2 rows applied"), "the result, not a failure");
+
+        // A job that is stuck (a chunk lost) is stopped; SES throttling then, its plain "could
+        // not be finished" email is not sent in haste: the next sweep writes its result files.
+        let obj = kit.upload("stuck.csv", "Email\nc@acme.example.com\n");
+        kit.deliver(&obj).await;
+        let id = crate::ingest::job_id(&obj);
+        let _lost = kit.pending_chunks().await;
+        let later = chrono::Utc::now() + chrono::Duration::seconds(kit.svc.config.job_deadline_secs + 1);
+        *kit.mem.mailer.throttle_next.lock().unwrap() = 1;
+        assert_eq!(fail_stuck_jobs(&kit.svc, later).await.unwrap(), 0, "stopped, its email owed");
+        assert_eq!(kit.svc.jobs.get(&id).await.unwrap().unwrap().state, JobState::Failed);
+        assert_eq!(kit.mem.mailer.sent().len(), 1, "nothing sent in haste");
+        assert_eq!(finish_unsent_jobs(&kit.svc, later).await.unwrap(), 1);
+        let sent = kit.mem.mailer.sent();
+        let mime = String::from_utf8_lossy(&sent[1].2).to_string();
+        assert!(mime.contains("stuck.csv") && !mime.contains("could not be finished"), "the result files, not the plain email");
     }
 
     /// Every chunk counted, but the done marker the last count writes was lost (its invocation

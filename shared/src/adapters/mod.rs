@@ -66,6 +66,13 @@ fn is_transient_code(code: &str) -> bool {
             | "SlowDown"
             | "RequestTimeout"
             | "TooManyRequestsException"
+            // SES's account states: sending resumes once the account is (review of a bounce
+            // rate, a day's quota, a MAIL FROM domain's DNS). Permanent, every job then ended
+            // FAILED with nobody told, and nothing sent them once SES took mail again.
+            | "SendingPausedException"
+            | "AccountSuspendedException"
+            | "MailFromDomainNotVerifiedException"
+            | "LimitExceededException"
     )
 }
 
@@ -78,6 +85,12 @@ mod tests {
         assert!(is_transient_code("ThrottlingException"));
         assert!(is_transient_code("ProvisionedThroughputExceededException"));
         assert!(is_transient_code("SlowDown"));
+        // SES account states pass: a job's email waits for them, it does not fail the job.
+        for code in ["SendingPausedException", "AccountSuspendedException", "MailFromDomainNotVerifiedException", "LimitExceededException"]
+        {
+            assert!(is_transient_code(code), "{code}");
+        }
+        assert!(!is_transient_code("MessageRejected"), "a message SES refuses stays refused");
         assert!(!is_transient_code("AccessDenied"));
         assert!(!is_transient_code("ValidationException"));
     }

@@ -60,7 +60,8 @@ pub async fn handle(svc: &Services, obj: &ObjectRef) -> Result<()> {
 /// (nothing was rebuilt).
 pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bool> {
     let job_id = job.id.clone();
-    let tenant = svc.directory.tenant(&job.tenant).await?;
+    // A tenant removed mid-job (or held, or scheduled) is told through the default admins.
+    let tenant = report::tenant_to_tell(svc, &job.tenant).await?;
     // The claim first: an invocation that cannot send does not rebuild what another is sending.
     let claimed = match &tenant {
         Some(_) => {
@@ -152,7 +153,7 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
             svc.jobs.mark_email_sent(&job_id, EmailKind::Result).await?;
             info!(job = %job_id, recipients = tenant.admin_emails.len(), "result email sent");
         }
-        _ => error!(job = %job_id, tenant = %job.tenant, "tenant removed before finalize; no email sent"),
+        _ => error!(job = %job_id, tenant = %job.tenant, "tenant removed before finalize and no default admins; no email sent"),
     }
     let c = &summary.counts;
     svc.jobs.finish(&job_id, final_state, c.success, c.failure, c.skipped).await?;
@@ -859,6 +860,27 @@ mod tests {
         let address = "Email,FirstName,Address\r\nann@acme.example.com,Ann,\"12 Main St\nSpringfield, IL, 62701\"\r\nbob@acme.example.com,Bob,\"Notes:\nann@acme.example.com\"\r\n";
         let job = kit.run("address.csv", address).await;
         assert_eq!((job.state, job.succeeded), (JobState::Completed, 2), "{:?}", kit.summary(&job).await.reason);
+    }
+
+    /// The tenant removed by hand while its file was being applied: finalize sent no email at
+    /// all ("tenant removed before finalize") and closed the job; the default admins get it.
+    #[tokio::test]
+    async fn a_job_whose_tenant_was_removed_meanwhile_is_told_to_the_default_admins() {
+        let mut kit = Kit::new(|_| {}).await;
+        kit.svc.config.default_admins = vec!["ops@example.com".into()];
+        let obj = kit.upload("gone.csv", "Email\na@acme.example.com\n");
+        kit.deliver(&obj).await;
+        for chunk in kit.pending_chunks().await {
+            kit.deliver(&chunk).await;
+        }
+        kit.mem.directory.remove_tenant("acme");
+        kit.settle().await;
+        let job = kit.svc.jobs.get(&crate::ingest::job_id(&obj)).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Completed);
+        let sent = kit.mem.mailer.sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1, ["ops@example.com"]);
+        assert!(String::from_utf8_lossy(&sent[0].2).contains("gone.csv"));
     }
 
     #[tokio::test]
