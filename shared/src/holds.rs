@@ -145,7 +145,7 @@ pub(crate) async fn store_preview(
     let id_column = tenant.external_id_column.clone();
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::local("preview directory", e))?;
     let built =
-        tokio::task::spawn_blocking(move || build::build_as(&src, &outcome_files, &out_dir, &name, id_column.as_deref(), false, flavour))
+        tokio::task::spawn_blocking(move || build::build_as(&src, &outcome_files, &out_dir, &name, id_column.as_deref(), None, flavour))
             .await
             .map_err(|e| Error::local("building the preview", e))??;
     let prefix = keys::results_prefix(&job.tenant, &job.id);

@@ -14,6 +14,13 @@ use std::path::{Path, PathBuf};
 
 /// What a row without an outcome says when its job had to be stopped.
 pub const NOT_APPLIED: &str = "not applied: processing of this file stopped after repeated failures; upload this row again";
+/// What a row says whose part of the file was being applied when its job stopped: its write may
+/// have gone through (the part's outcomes, before-states and count are written only once every
+/// row of it ran), so "not applied" could be false.
+pub const NOT_CONFIRMED: &str = "not confirmed: processing of this file stopped while this row's part of it was being applied, so it may or may not have been applied; check the user, or upload the row again (a row already applied then reports Unchanged, or that the user exists or is not found)";
+
+/// A stopped job's rows whose part was released to apply but never recorded (`NOT_CONFIRMED`).
+pub type Unconfirmed = std::collections::HashSet<u32>;
 /// What a row without an outcome says otherwise (a bug we report, never hide).
 pub const NO_OUTCOME: &str = "not processed because of an internal error; upload this row again";
 
@@ -78,7 +85,8 @@ pub enum Flavour {
 struct Builder<'a> {
     dir: &'a Path,
     stem: String,
-    stopped: bool,
+    /// The job was stopped: rows without an outcome were not applied, or, these, not confirmed.
+    stopped: Option<&'a Unconfirmed>,
     flavour: Flavour,
     merge: Merge,
     result: Option<TableFile>,
@@ -217,11 +225,14 @@ impl TableVisitor for Builder<'_> {
         let (id, headers) = (crate::ingest::sheets::row_id(head.index, number), head.headers.len());
         let outcome = match self.outcome_for(id)? {
             Some(o) => o,
-            None if self.stopped => Outcome::failure(id, None, NOT_APPLIED),
-            None => {
-                tracing::error!(row = id, "row has no outcome");
-                Outcome::failure(id, None, NO_OUTCOME)
-            }
+            None => match self.stopped {
+                Some(unconfirmed) if unconfirmed.contains(&id) => Outcome::failure(id, None, NOT_CONFIRMED),
+                Some(_) => Outcome::failure(id, None, NOT_APPLIED),
+                None => {
+                    tracing::error!(row = id, "row has no outcome");
+                    Outcome::failure(id, None, NO_OUTCOME)
+                }
+            },
         };
         self.digest.add(&outcome);
         let cell = |i: &usize| cells.get(*i).map_or("", |c| c.as_ref());
@@ -266,7 +277,8 @@ impl TableVisitor for Builder<'_> {
 }
 
 /// Build the result files of `source` (the file as ingest read it) with the outcomes in
-/// `outcome_files`, into `dir`. `stopped`: rows without an outcome were not applied.
+/// `outcome_files`, into `dir`. `stopped`: rows without an outcome were not applied, or, those in
+/// the set, not confirmed.
 /// `id_column`: the tenant's name for its ExternalId column.
 pub fn build(
     source: &Path,
@@ -274,7 +286,7 @@ pub fn build(
     dir: &Path,
     file_name: &str,
     id_column: Option<&str>,
-    stopped: bool,
+    stopped: Option<&Unconfirmed>,
 ) -> Result<BuiltFiles> {
     build_as(source, outcome_files, dir, file_name, id_column, stopped, Flavour::Result)
 }
@@ -286,7 +298,7 @@ pub fn build_as(
     dir: &Path,
     file_name: &str,
     id_column: Option<&str>,
-    stopped: bool,
+    stopped: Option<&Unconfirmed>,
     flavour: Flavour,
 ) -> Result<BuiltFiles> {
     let merge = Merge::open(outcome_files).map_err(|e| Error::corrupt("outcomes", e))?;

@@ -77,6 +77,8 @@ pub struct Digest {
     pub first_failures: Vec<(u32, String)>,
     /// Rows not applied because the job was stopped.
     pub not_applied: u32,
+    /// Rows of a stopped job whose part was being applied: maybe applied.
+    pub not_confirmed: u32,
     pub warnings: Vec<String>,
     pub more_warnings: usize,
     /// Replace mode: users absent from the file that were disabled.
@@ -114,6 +116,8 @@ impl Digest {
         if o.status == Status::Failure {
             if o.message == super::build::NOT_APPLIED {
                 self.not_applied += 1;
+            } else if o.message == super::build::NOT_CONFIRMED {
+                self.not_confirmed += 1;
             } else {
                 self.group(o);
             }

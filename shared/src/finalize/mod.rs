@@ -94,14 +94,16 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
 
     let scratch = tempfile::Builder::new().prefix("rosterdrop-finalize-").tempdir().map_err(|e| Error::local("scratch directory", e))?;
     let (source, staged, outcome_files) = download_inputs(svc, &job_id, scratch.path()).await?;
+    let unconfirmed = if stopped { Some(unconfirmed_rows(svc, &job_id).await?) } else { None };
     let warnings = staged.warnings;
     let dir = scratch.path().to_path_buf();
     let file_name = job.file_name.clone();
     let id_column = tenant.as_ref().and_then(|t| t.external_id_column.clone());
-    let mut files =
-        tokio::task::spawn_blocking(move || build::build(&source, &outcome_files, &dir, &file_name, id_column.as_deref(), stopped))
-            .await
-            .map_err(|e| Error::local("building results", e))??;
+    let mut files = tokio::task::spawn_blocking(move || {
+        build::build(&source, &outcome_files, &dir, &file_name, id_column.as_deref(), unconfirmed.as_ref())
+    })
+    .await
+    .map_err(|e| Error::local("building results", e))??;
     if let (Some(key), Some(failed)) = (&staged.bundle, &files.failed) {
         let zip = scratch.path().join("bundle.zip");
         if svc.store.download(key, None, &zip).await?.is_some() {
@@ -159,6 +161,29 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
     svc.jobs.finish(&job_id, final_state, c.success, c.failure, c.skipped).await?;
     info!(job = %job_id, rows = summary.rows, succeeded = c.success, failed = c.failure, skipped = c.skipped, "job completed");
     Ok(true)
+}
+
+/// The rows of a stopped job's parts that were released to apply but never recorded: each was
+/// running, or about to, when the job stopped (a part that failed all its retries, others running
+/// beside it), and its writes may have gone through; the part's outcomes, before-states and count
+/// are written only once every row of it ran. A part that cannot be read (the stop's own cause,
+/// perhaps) at all names no rows: apply refuses a part it cannot read before any write.
+async fn unconfirmed_rows(svc: &Services, job_id: &str) -> Result<build::Unconfirmed> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        row: u32,
+    }
+    let recorded: std::collections::HashSet<String> = svc.store.list(&keys::outcomes_prefix(job_id)).await?.into_iter().collect();
+    let mut rows = build::Unconfirmed::new();
+    for key in svc.store.list(&format!("{}{job_id}/", keys::CHUNKS)).await? {
+        let Some((_, phase, seq)) = keys::parse_chunk(&key) else { continue };
+        if recorded.contains(&keys::chunk_outcomes(job_id, phase, seq)) {
+            continue;
+        }
+        let Some(body) = svc.store.get(&key).await? else { continue };
+        rows.extend(body.split(|b| *b == b'\n').filter_map(|line| serde_json::from_slice::<Row>(line).ok()).map(|r| r.row));
+    }
+    Ok(rows)
 }
 
 /// The staged source and every outcome file, on local disk: outcome files of one phase are
@@ -361,11 +386,13 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
     let c = &s.counts;
     let dry = s.mode == "validate";
     let stopped = s.state == JobState::Failed;
-    let not_applied = u64::from(d.not_applied);
-    let (ok, bad, skipped) = (u64::from(c.success), u64::from(c.failure) - not_applied, u64::from(c.skipped));
+    let (not_applied, not_confirmed) = (u64::from(d.not_applied), u64::from(d.not_confirmed));
+    let (ok, bad, skipped) = (u64::from(c.success), u64::from(c.failure) - not_applied - not_confirmed, u64::from(c.skipped));
     let tid = &tenant.id;
+    // Rows whose part was being applied when the job stopped: neither applied nor not, for sure.
+    let unsure = if not_confirmed > 0 { format!(", {} not confirmed", thousands(not_confirmed)) } else { String::new() };
     let subject = if stopped {
-        format!("[rosterdrop] {tid}: {} FAILED: {ok} applied, {not_applied} not applied, {bad} failed", s.file_name)
+        format!("[rosterdrop] {tid}: {} FAILED: {ok} applied, {not_applied} not applied{unsure}, {bad} failed", s.file_name)
     } else if dry {
         format!("[rosterdrop] {tid}: {} validated, nothing applied: {ok} would succeed, {} would fail", s.file_name, c.failure)
     } else {
@@ -373,7 +400,7 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
     };
     let (applied, applied_word) = if dry { ("would apply", "would apply") } else { ("applied", "applied") };
     let headline = if stopped {
-        format!("Stopped: {} applied, {} not applied, {} need fixing", thousands(ok), thousands(not_applied), thousands(bad))
+        format!("Stopped: {} applied, {} not applied{unsure}, {} need fixing", thousands(ok), thousands(not_applied), thousands(bad))
     } else if bad == 0 && skipped == 0 && ok > 0 {
         format!("All {} {applied_word}", layout::rows(ok))
     } else if bad == 0 {
@@ -387,11 +414,14 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
         Segment { label: applied, count: ok, colour: layout::GREEN },
         Segment { label: "need fixing", count: bad, colour: layout::RED },
         Segment { label: "not applied", count: not_applied, colour: layout::AMBER },
+        Segment { label: "not confirmed", count: not_confirmed, colour: layout::AMBER },
         Segment { label: "skipped", count: skipped, colour: layout::GREY },
     ];
     let changes = c.changes.words();
     let changes_label = if dry { "If applied" } else { "Changes" };
-    let what = if stopped {
+    let what = if stopped && not_confirmed > 0 {
+        "was stopped after repeated failures. The rows marked as applied were; the rows \"not applied\" were not; the rows \"not confirmed\" were being applied when it stopped and may or may not have been (rosterdrop undo cannot put them back). The failed-rows file holds both, ready to upload again."
+    } else if stopped {
         "was stopped after repeated failures. The rows marked as applied were; the rows \"not applied\" were not: the failed-rows file holds them, ready to upload again."
     } else if dry {
         "was validated: a dry run, nothing was changed."
@@ -883,6 +913,52 @@ mod tests {
         assert!(String::from_utf8_lossy(&sent[0].2).contains("gone.csv"));
     }
 
+    /// A job stopped (a part it cannot read) after another part's rows were written but before
+    /// that part was recorded (its outcomes are written once all its rows ran: a part cut off by
+    /// a timeout, or running beside the stop). Its rows were called "not applied", and the email
+    /// said they were not, while the directory had them. They are "not confirmed" now; rows of a
+    /// part that was never read stay "not applied".
+    #[tokio::test]
+    async fn rows_of_a_part_cut_off_when_its_job_stopped_are_not_confirmed_rather_than_not_applied() {
+        let mut kit = Kit::new(|t| t.chunk_size = Some(2)).await;
+        let file = "Email\na@acme.example.com\nb@acme.example.com\nc@acme.example.com\nd@acme.example.com\ne@acme.example.com\n";
+        let obj = kit.upload("cut.csv", file);
+        kit.deliver(&obj).await;
+        let id = crate::ingest::job_id(&obj);
+        let chunks = kit.pending_chunks().await;
+        assert_eq!(chunks.len(), 3);
+        kit.deliver(&chunks[0]).await;
+        kit.deliver(&chunks[1]).await;
+        // Its rows written, its record not: as a part cut off between its writes and its outcomes.
+        let outcomes = kit.svc.store.list(&keys::outcomes_prefix(&id)).await.unwrap();
+        let second = outcomes.iter().find(|k| k.ends_with("-000001.jsonl")).expect("the second part's outcomes").clone();
+        kit.mem.store.remove(&second);
+        kit.svc.store.put(&chunks[2].key, b"not a chunk".to_vec(), "application/x-ndjson").await.unwrap();
+        kit.deliver(&chunks[2]).await; // stops the job
+        kit.settle().await;
+        let job = kit.svc.jobs.get(&id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        let out = kit.outcomes(&job).await;
+        let statuses: Vec<&str> = out
+            .iter()
+            .map(|(s, m)| {
+                if m.starts_with("not confirmed") {
+                    "?"
+                } else if m.starts_with("not applied") {
+                    "-"
+                } else {
+                    s.as_str()
+                }
+            })
+            .collect();
+        assert_eq!(statuses, ["Created", "Created", "?", "?", "-"], "{out:?}");
+        let written = kit.svc.directory.users("acme", &["c@acme.example.com".to_string(), "d@acme.example.com".to_string()]).await.unwrap();
+        assert_eq!(written.len(), 2, "the rows called not confirmed were in fact written");
+        let mail = kit.last_mail();
+        assert!(mail.contains("Stopped: 2 applied, 1 not applied, 2 not confirmed, 0 need fixing"), "{mail}");
+        assert!(mail.contains("may or may not have been"), "{mail}");
+    }
+
     #[tokio::test]
     async fn the_result_email_groups_problems_by_kind_most_frequent_first() {
         let mut kit = Kit::new(|_| {}).await;
@@ -964,7 +1040,7 @@ mod tests {
         let source = dir.path().join("source");
         std::fs::write(&source, input).unwrap();
         let o = outcomes_file(dir.path(), outcomes);
-        let files = build(&source, &[o], dir.path(), name, None, false).unwrap();
+        let files = build(&source, &[o], dir.path(), name, None, None).unwrap();
         (dir, files)
     }
 

@@ -235,7 +235,7 @@ mod round_trip {
         let (source, lines) = (dir.path().join("source"), dir.path().join("outcomes"));
         std::fs::write(&source, input).unwrap();
         std::fs::write(&lines, crate::wire::jsonl(&outcomes).unwrap()).unwrap();
-        let files = crate::finalize::build::build(&source, &[lines], dir.path(), name, None, false).unwrap();
+        let files = crate::finalize::build::build(&source, &[lines], dir.path(), name, None, None).unwrap();
         let failed = files.failed.expect("every row failed");
         (std::fs::read(failed.path).unwrap(), std::fs::read(files.result.path).unwrap())
     }
