@@ -33,22 +33,41 @@ pub async fn sweep(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result
     let mut tenants: HashMap<String, Option<Tenant>> = HashMap::new();
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / svc.config.invite_rate_per_sec.max(0.01)));
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut sent, mut failed) = (0, 0);
-    for invite in due {
+    let (mut sent, mut failed, mut left) = (0, 0, 0);
+    let mut due = due.into_iter();
+    while let Some(invite) = due.next() {
         match send_one(svc, &mut tenants, &mut pace, &invite).await {
             Ok(true) => sent += 1,
             Ok(false) => {}
             Err(e) => {
                 failed += 1;
+                // SES holding mail back (throttling, a day's quota spent, a paused account) holds
+                // every invite back: trying the rest spent an attempt of each (five, and an invite
+                // fails for good) and the scheduled run's time, which the job sweeps after it need.
+                let ses_holds_back = holds_mail_back(&e);
                 if let Err(e2) = record_failure(svc, &invite, &e, now).await {
                     // The claim stays: taken over once stale, so the invite is tried again.
                     error!(tenant = %invite.tenant, to = %address::masked(&invite.email), error = %e2, "recording a failed invite failed");
                 }
+                if ses_holds_back {
+                    left = due.len();
+                    warn!(left, "SES is holding mail back; the other invites wait for the next sweep");
+                    break;
+                }
             }
         }
     }
-    info!(sent, failed, "invites sent");
+    info!(sent, failed, left, "invites sent");
     Ok(sent)
+}
+
+/// SES refusing to send for now, whatever the message: throttled, a day's quota spent, the
+/// account paused or its MAIL FROM domain failing. (A 500 is a blip of one call: the sweep goes
+/// on.)
+fn holds_mail_back(e: &Error) -> bool {
+    const CODES: [&str; 6] =
+        ["Throttling", "TooManyRequests", "LimitExceeded", "SendingPaused", "AccountSuspended", "MailFromDomainNotVerified"];
+    matches!(e, Error::Transient { service: "sesv2", message, .. } if CODES.iter().any(|c| message.starts_with(c)))
 }
 
 /// `Ok(false)`: not sent, nothing wrong (another sweep has it, or its tenant is gone).
@@ -209,6 +228,28 @@ mod tests {
         assert_eq!(kit.mem.mailer.sent().last().unwrap().1, vec!["ann@new.example.com".to_string()]);
         assert_eq!(kit.mem.invites.of("acme", "ann@acme.example.com").unwrap().0, InviteState::Sent);
         assert_eq!(sweep(&kit.svc, now).await.unwrap(), 0, "sent once");
+    }
+
+    /// SES throttling (or a day's quota spent on a big onboarding) refused every send of the
+    /// sweep: each invite spent an attempt (five, and it fails for good) and the scheduled run
+    /// spent its time on them. The sweep now stops at the first such refusal; the rest wait,
+    /// their attempts untouched. A refusal for one address (MessageRejected) stops nothing.
+    #[tokio::test]
+    async fn ses_holding_mail_back_stops_the_sweep_without_spending_the_other_invites_attempts() {
+        let mut kit = Kit::new(|_| {}).await;
+        kit.run("invite.csv", "Email,InviteUser\na@acme.example.com,Yes\nb@acme.example.com,Yes\nc@acme.example.com,Yes\n").await;
+        let now = chrono::Utc::now() + chrono::Duration::seconds(1);
+        *kit.mem.mailer.throttle_next.lock().unwrap() = 3;
+        assert_eq!(sweep(&kit.svc, now).await.unwrap(), 0);
+        let attempts: Vec<u32> =
+            ["a", "b", "c"].iter().map(|u| kit.mem.invites.of("acme", &format!("{u}@acme.example.com")).unwrap().1).collect();
+        assert_eq!(attempts.iter().sum::<u32>(), 1, "one attempt spent, not three: {attempts:?}");
+        *kit.mem.mailer.throttle_next.lock().unwrap() = 0;
+        assert_eq!(sweep(&kit.svc, now).await.unwrap(), 2, "the two left are sent at the next sweep");
+        // One address refused for good: the sweep goes on to the others.
+        kit.run("more.csv", "Email,InviteUser\nd@acme.example.com,Yes\ne@acme.example.com,Yes\n").await;
+        *kit.mem.mailer.reject_next.lock().unwrap() = 1;
+        assert_eq!(sweep(&kit.svc, now).await.unwrap(), 1);
     }
 
     #[test]

@@ -271,10 +271,8 @@ pub async fn scheduled(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Sc
         format!("{task}: {e}")
     };
     let mut errors = Vec::new();
-    match crate::invites::sweep(svc, now).await {
-        Ok(n) => report.sent = n,
-        Err(e) => errors.push(note("invite sweep", e)),
-    }
+    // The jobs' tasks first, the invitations last: a sweep of 500 invitations against a slow SES
+    // could take the run's time, and scheduled files started late, stuck jobs went unstopped.
     match resume_releases(svc, now).await {
         Ok(n) => report.released_chunks = n,
         Err(e) => errors.push(note("releases cut off", e)),
@@ -301,6 +299,10 @@ pub async fn scheduled(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Sc
             println!("{}", emf_line(JOB_AGE_METRIC, age, now));
         }
         Err(e) => errors.push(note("job age metric", e)),
+    }
+    match crate::invites::sweep(svc, now).await {
+        Ok(n) => report.sent = n,
+        Err(e) => errors.push(note("invite sweep", e)),
     }
     report.errors = errors;
     report

@@ -198,12 +198,14 @@ async fn a_job_stuck_past_its_deadline_fails_with_an_email_of_what_was_and_was_n
     assert_eq!((s.counts.success, s.counts.failure), (2, 3));
     let result = parse_csv(&stack.get(s.result_key.as_deref().unwrap()).await.unwrap());
     assert_eq!(result[1][1..4], ["Created".to_string(), "user created".to_string(), String::new()]);
-    assert_eq!(result[3][1..], ["Failure".to_string(), shared::finalize::NOT_APPLIED.to_string(), String::new(), String::new()]);
+    // Their parts were handed to apply and never recorded: whether their rows were written is not
+    // known (a part that failed all its retries may have written some), so they say so.
+    assert_eq!(result[3][1..], ["Failure".to_string(), shared::finalize::NOT_CONFIRMED.to_string(), String::new(), String::new()]);
     let failed = parse_csv(&stack.get(s.failed_rows_key.as_deref().unwrap()).await.unwrap());
-    assert_eq!(failed.len(), 4, "the 3 rows not applied, ready to upload again");
+    assert_eq!(failed.len(), 4, "the 3 rows not confirmed, ready to upload again");
     let mails = wait_mail(&stack.admin_email(), 1, Duration::from_secs(5)).await;
     let subject = mail_parser::MessageParser::default().parse(&mails[0]).unwrap().subject().unwrap().to_string();
-    assert!(subject.ends_with("stuck.csv FAILED: 2 applied, 3 not applied, 0 failed"), "{subject}");
+    assert!(subject.ends_with("stuck.csv FAILED: 2 applied, 3 not confirmed, 0 failed"), "{subject}");
 
     // A late chunk cannot make the email untrue; a second check stops nothing more.
     for obj in &late {

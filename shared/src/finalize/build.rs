@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 
 /// What a row without an outcome says when its job had to be stopped.
 pub const NOT_APPLIED: &str = "not applied: processing of this file stopped after repeated failures; upload this row again";
-/// What a row says whose part of the file was being applied when its job stopped: its write may
-/// have gone through (the part's outcomes, before-states and count are written only once every
-/// row of it ran), so "not applied" could be false.
-pub const NOT_CONFIRMED: &str = "not confirmed: processing of this file stopped while this row's part of it was being applied, so it may or may not have been applied; check the user, or upload the row again (a row already applied then reports Unchanged, or that the user exists or is not found)";
+/// What a row says whose part of the file was handed to apply but never recorded when its job
+/// stopped: its write may have gone through (a part's outcomes, before-states and count are
+/// written only once every row of it ran), or the part never ran (its event lost); "not applied"
+/// could be false.
+pub const NOT_CONFIRMED: &str = "not confirmed: processing of this file stopped before this row's part of it was recorded as applied, so it may or may not have been applied; check the user, or upload the row again (a row already applied then reports Unchanged, or that the user exists or is not found)";
 
 /// A stopped job's rows whose part was released to apply but never recorded (`NOT_CONFIRMED`).
 pub type Unconfirmed = std::collections::HashSet<u32>;

@@ -12,7 +12,7 @@ pub mod digest;
 pub mod merge;
 pub mod write;
 
-pub use build::NOT_APPLIED;
+pub use build::{NOT_APPLIED, NOT_CONFIRMED};
 
 use crate::error::{Error, Result};
 use crate::event::ObjectRef;
@@ -389,10 +389,14 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
     let (not_applied, not_confirmed) = (u64::from(d.not_applied), u64::from(d.not_confirmed));
     let (ok, bad, skipped) = (u64::from(c.success), u64::from(c.failure) - not_applied - not_confirmed, u64::from(c.skipped));
     let tid = &tenant.id;
-    // Rows whose part was being applied when the job stopped: neither applied nor not, for sure.
-    let unsure = if not_confirmed > 0 { format!(", {} not confirmed", thousands(not_confirmed)) } else { String::new() };
+    // Rows of parts never recorded when the job stopped: neither applied nor not, for sure.
+    let unsure = match (not_applied, not_confirmed) {
+        (_, 0) => format!("{} not applied", thousands(not_applied)),
+        (0, n) => format!("{} not confirmed", thousands(n)),
+        (a, n) => format!("{} not applied, {} not confirmed", thousands(a), thousands(n)),
+    };
     let subject = if stopped {
-        format!("[rosterdrop] {tid}: {} FAILED: {ok} applied, {not_applied} not applied{unsure}, {bad} failed", s.file_name)
+        format!("[rosterdrop] {tid}: {} FAILED: {ok} applied, {unsure}, {bad} failed", s.file_name)
     } else if dry {
         format!("[rosterdrop] {tid}: {} validated, nothing applied: {ok} would succeed, {} would fail", s.file_name, c.failure)
     } else {
@@ -400,7 +404,7 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
     };
     let (applied, applied_word) = if dry { ("would apply", "would apply") } else { ("applied", "applied") };
     let headline = if stopped {
-        format!("Stopped: {} applied, {} not applied{unsure}, {} need fixing", thousands(ok), thousands(not_applied), thousands(bad))
+        format!("Stopped: {} applied, {unsure}, {} need fixing", thousands(ok), thousands(bad))
     } else if bad == 0 && skipped == 0 && ok > 0 {
         format!("All {} {applied_word}", layout::rows(ok))
     } else if bad == 0 {
@@ -420,7 +424,7 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
     let changes = c.changes.words();
     let changes_label = if dry { "If applied" } else { "Changes" };
     let what = if stopped && not_confirmed > 0 {
-        "was stopped after repeated failures. The rows marked as applied were; the rows \"not applied\" were not; the rows \"not confirmed\" were being applied when it stopped and may or may not have been (rosterdrop undo cannot put them back). The failed-rows file holds both, ready to upload again."
+        "was stopped after repeated failures. The rows marked as applied were; the rows \"not applied\" were not; the rows \"not confirmed\" were handed to be applied but not recorded as applied when it stopped, so they may or may not have been (rosterdrop undo cannot put back those that were). The failed-rows file holds them, ready to upload again."
     } else if stopped {
         "was stopped after repeated failures. The rows marked as applied were; the rows \"not applied\" were not: the failed-rows file holds them, ready to upload again."
     } else if dry {
@@ -956,6 +960,7 @@ mod tests {
         assert_eq!(written.len(), 2, "the rows called not confirmed were in fact written");
         let mail = kit.last_mail();
         assert!(mail.contains("Stopped: 2 applied, 1 not applied, 2 not confirmed, 0 need fixing"), "{mail}");
+        assert!(mail.contains("cut.csv FAILED: 2 applied, 1 not applied, 2 not confirmed, 0 failed"), "the subject: {mail}");
         assert!(mail.contains("may or may not have been"), "{mail}");
     }
 
