@@ -320,7 +320,7 @@ fn run_case(case: &str, file: &Path) -> usize {
             let out = tempfile::tempdir().unwrap();
             let outcomes = outcomes_for(file);
             let name = file.file_name().unwrap().to_string_lossy().into_owned();
-            let files = shared::finalize::build::build(file, &[outcomes], out.path(), &name, None, false).unwrap();
+            let files = shared::finalize::build::build(file, &[outcomes], out.path(), &name, None, None).unwrap();
             assert!(files.failed.is_some());
             files.digest.rows as usize
         }

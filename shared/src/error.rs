@@ -42,6 +42,23 @@ impl Error {
         }
     }
 
+    /// SES refusing to send for now, whatever the message: throttled, a day's quota spent
+    /// (`holds_mail_back`), or the account itself not sending (`ses_not_sending`). A 500 is a
+    /// blip of one call.
+    pub fn holds_mail_back(&self) -> bool {
+        self.ses_code_in(&["Throttling", "TooManyRequests", "LimitExceeded"]) || self.ses_not_sending()
+    }
+
+    /// The SES account not sending until someone acts (a review of its bounce rate, its MAIL FROM
+    /// domain's DNS): retrying each minute only rebuilds what cannot be sent.
+    pub fn ses_not_sending(&self) -> bool {
+        self.ses_code_in(&["SendingPaused", "AccountSuspended", "MailFromDomainNotVerified"])
+    }
+
+    fn ses_code_in(&self, codes: &[&str]) -> bool {
+        matches!(self, Error::Transient { service: "sesv2", message, .. } if codes.iter().any(|c| message.starts_with(c)))
+    }
+
     pub fn local(what: &'static str, e: impl std::fmt::Display) -> Self {
         Error::Local { what, message: e.to_string() }
     }

@@ -373,6 +373,11 @@ pub async fn discard_expired(svc: &Services, now: chrono::DateTime<chrono::Utc>)
         let days = match svc.directory.tenant(&job.tenant).await {
             Ok(Some(t)) => t.holds.expire_days,
             Ok(None) => Holds::default().expire_days,
+            // A throttle is no reason to guess: the default days could discard a job days early.
+            Err(e) if e.is_retryable() => {
+                warn!(job = %id, error = %e, "tenant settings not read; the next sweep retries");
+                continue;
+            }
             Err(e) => {
                 warn!(job = %id, tenant = %job.tenant, error = %e, "tenant settings unreadable; its held job expires after the default days");
                 Holds::default().expire_days
@@ -700,9 +705,22 @@ mod tests {
 
     /// A tenant whose settings no longer read (a newer version's field) stopped the expiry sweep
     /// for every tenant at its held job, and its discard told nobody: it now expires after the
-    /// default days and is told through the default admins, and a removed tenant's likewise.
+    /// default days and is told through the default admins, and a removed tenant's likewise. A
+    /// read that is only throttled guesses nothing: the job of a tenant that holds files 13 days
+    /// is not discarded after the default 7.
     #[tokio::test]
     async fn a_held_job_of_a_tenant_unreadable_or_removed_expires_and_is_told_to_the_default_admins() {
+        let mut kit = seeded(30).await;
+        let mut tenant = kit.svc.directory.tenant("acme").await.unwrap().unwrap();
+        tenant.holds.expire_days = 13;
+        kit.svc.directory.put_tenant(&tenant).await.unwrap();
+        let job = kit.run("held.csv", &mass_delete()).await;
+        let received = chrono::DateTime::parse_from_rfc3339(&job.received_at).unwrap().to_utc();
+        kit.mem.directory.throttled_tenant_reads.lock().unwrap().insert("acme".into(), 1);
+        assert_eq!(discard_expired(&kit.svc, received + chrono::Duration::days(8)).await.unwrap(), 0);
+        assert_eq!(kit.svc.jobs.get(&job.id).await.unwrap().unwrap().state, JobState::Held, "13 days, not 7");
+        assert_eq!(discard_expired(&kit.svc, received + chrono::Duration::days(8)).await.unwrap(), 0);
+        assert_eq!(discard_expired(&kit.svc, received + chrono::Duration::days(14)).await.unwrap(), 1);
         for removed in [false, true] {
             let mut kit = seeded(30).await;
             kit.svc.config.default_admins = vec!["ops@example.com".into()];

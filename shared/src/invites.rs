@@ -44,7 +44,7 @@ pub async fn sweep(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result
                 // SES holding mail back (throttling, a day's quota spent, a paused account) holds
                 // every invite back: trying the rest spent an attempt of each (five, and an invite
                 // fails for good) and the scheduled run's time, which the job sweeps after it need.
-                let ses_holds_back = holds_mail_back(&e);
+                let ses_holds_back = e.holds_mail_back();
                 if let Err(e2) = record_failure(svc, &invite, &e, now).await {
                     // The claim stays: taken over once stale, so the invite is tried again.
                     error!(tenant = %invite.tenant, to = %address::masked(&invite.email), error = %e2, "recording a failed invite failed");
@@ -59,15 +59,6 @@ pub async fn sweep(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result
     }
     info!(sent, failed, left, "invites sent");
     Ok(sent)
-}
-
-/// SES refusing to send for now, whatever the message: throttled, a day's quota spent, the
-/// account paused or its MAIL FROM domain failing. (A 500 is a blip of one call: the sweep goes
-/// on.)
-fn holds_mail_back(e: &Error) -> bool {
-    const CODES: [&str; 6] =
-        ["Throttling", "TooManyRequests", "LimitExceeded", "SendingPaused", "AccountSuspended", "MailFromDomainNotVerified"];
-    matches!(e, Error::Transient { service: "sesv2", message, .. } if CODES.iter().any(|c| message.starts_with(c)))
 }
 
 /// `Ok(false)`: not sent, nothing wrong (another sweep has it, or its tenant is gone).

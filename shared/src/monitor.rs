@@ -43,6 +43,15 @@ pub fn emf_line(metric: &str, value: i64, now: chrono::DateTime<chrono::Utc>) ->
 /// still open owes its email the same way (a send that failed, a stop whose done marker was never
 /// written): its result files and email, else the plain failure email. Returns how many jobs it
 /// finished.
+/// How long a job's owed email may wait on errors a retry may fix (SES holding mail back, a
+/// result builder failing the same way each time): the job's deadline this many times (a day,
+/// by default). Past it the job ends FAILED with the plain email, as one no retry can fix.
+pub const GIVE_UP_DEADLINES: i64 = 8;
+
+fn given_up(svc: &Services, age: i64) -> bool {
+    age >= svc.config.job_deadline_secs.saturating_mul(GIVE_UP_DEADLINES)
+}
+
 pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
     use crate::model::JobState;
     let mut finished = 0;
@@ -53,7 +62,7 @@ pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Ut
         }
         let Some(job) = svc.jobs.get(&id).await? else { continue };
         if job.state == JobState::Failed {
-            match tell_failed(svc, &job).await {
+            match tell_failed(svc, &job, given_up(svc, age)).await {
                 Ok(true) => finished += 1,
                 Ok(false) => {}
                 Err(e) => {
@@ -70,7 +79,7 @@ pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Ut
         match crate::finalize::finalize_job(svc, &job, false).await {
             Ok(true) => finished += 1,
             Ok(false) => {}
-            Err(e) if e.is_retryable() => {
+            Err(e) if e.is_retryable() && !given_up(svc, age) => {
                 tracing::error!(job = %id, error = %e, "finalizing again failed; the next sweep retries")
             }
             // As the finalize function does: no retry fixes it, so the job fails with its email.
@@ -84,9 +93,10 @@ pub async fn finish_unsent_jobs(svc: &Services, now: chrono::DateTime<chrono::Ut
 }
 
 /// A FAILED job's owed email: the result files with every row's fate when they can be written
-/// (rows of chunks never counted were not applied), else the plain failure email. `Ok(false)`:
-/// another invocation holds the claim.
-async fn tell_failed(svc: &Services, job: &crate::model::Job) -> Result<bool> {
+/// (rows of chunks never counted were not applied), else the plain failure email; an error a
+/// retry may fix is left to the next sweep until `given_up`. `Ok(false)`: another invocation
+/// holds the claim.
+async fn tell_failed(svc: &Services, job: &crate::model::Job, given_up: bool) -> Result<bool> {
     use crate::model::EmailKind;
     if svc.jobs.email_sent(&job.id, EmailKind::Failure).await? {
         svc.jobs.close(&job.id).await?; // told; only the close was lost
@@ -95,7 +105,7 @@ async fn tell_failed(svc: &Services, job: &crate::model::Job) -> Result<bool> {
     match crate::finalize::finalize_job(svc, job, true).await {
         Ok(told) => Ok(told),
         // A throttle or an outage: the next sweep tries the result files again.
-        Err(e) if e.is_retryable() => Err(e),
+        Err(e) if e.is_retryable() && !given_up => Err(e),
         Err(e) => {
             crate::finalize::tell_unfinished(svc, job, &e, job.cut_short()).await?;
             Ok(true)
@@ -198,10 +208,10 @@ pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>)
             // the open-jobs index has not caught up; moved to FAILED it got a false email.
             continue;
         }
-        if job.state == JobState::Applying && svc.store.size(&crate::keys::done(&id)).await?.is_some() {
+        if job.state == JobState::Applying && !given_up(svc, age) && svc.store.size(&crate::keys::done(&id)).await?.is_some() {
             // Every row applied; only its email is owed (SES refusing for hours: a day's quota
             // spent on invitations, a paused account). Stopped, it was called failed and told so;
-            // `finish_unsent_jobs` sends its result once SES takes it.
+            // `finish_unsent_jobs` sends its result once SES takes it, or fails it once given up.
             continue;
         }
         let staged = svc.store.size(&crate::keys::staged_input(&id)).await?.is_some();
@@ -225,7 +235,7 @@ pub async fn fail_stuck_jobs(svc: &Services, now: chrono::DateTime<chrono::Utc>)
             // leaves it FAILED and open: `finish_unsent_jobs` tries its result again (the plain
             // email sent at once called rows "not applied" that a retry finds applied).
             let job = crate::model::Job { state: JobState::Failed, ..job };
-            if let Err(e) = tell_failed(svc, &job).await {
+            if let Err(e) = tell_failed(svc, &job, given_up(svc, age)).await {
                 tracing::error!(job = %id, retryable = e.is_retryable(), error = %e, "finalizing a stopped job failed; the next sweep retries");
                 continue;
             }
@@ -422,6 +432,43 @@ mod tests {
         assert_eq!(sent.len(), 1);
         assert!(String::from_utf8_lossy(&sent[0].2).contains("All 2 rows applied"), "the result, not a failure");
 
+        // An account whose sending is paused keeps the email's claim: the sweep tries again once
+        // it is stale (a lease), not each minute with the whole result rebuilt for nothing.
+        let obj = kit.upload("paused-account.csv", "Email\ne@acme.example.com\n");
+        kit.deliver(&obj).await;
+        let paused = crate::ingest::job_id(&obj);
+        for chunk in kit.pending_chunks().await {
+            kit.deliver(&chunk).await;
+        }
+        *kit.mem.mailer.pause_next.lock().unwrap() = 1;
+        assert!(crate::route::dispatch(&kit.svc, &Kit::obj(&crate::keys::done(&paused))).await.is_err());
+        let soon = chrono::Utc::now() + chrono::Duration::seconds(kit.svc.config.lease.secs - 60);
+        assert!(!kit.svc.jobs.claim_email(&paused, crate::model::EmailKind::Result, kit.svc.config.lease).await.unwrap(), "claim kept");
+        assert_eq!(finish_unsent_jobs(&kit.svc, soon).await.unwrap(), 0);
+        let mails = kit.mem.mailer.sent().len();
+
+        // Not for ever: SES refusing for a day (or a builder failing the same way each time),
+        // the job ends FAILED, its plain email owed; sent once SES takes mail.
+        let obj = kit.upload("day.csv", "Email\nd@acme.example.com\n");
+        kit.deliver(&obj).await;
+        let id = crate::ingest::job_id(&obj);
+        for chunk in kit.pending_chunks().await {
+            kit.deliver(&chunk).await;
+        }
+        *kit.mem.mailer.throttle_next.lock().unwrap() = 1000;
+        assert!(crate::route::dispatch(&kit.svc, &Kit::obj(&crate::keys::done(&id))).await.is_err());
+        let day = chrono::Utc::now() + chrono::Duration::seconds(kit.svc.config.job_deadline_secs * GIVE_UP_DEADLINES - 60);
+        finish_unsent_jobs(&kit.svc, day).await.unwrap();
+        assert_eq!(kit.svc.jobs.get(&id).await.unwrap().unwrap().state, JobState::Applying, "not yet given up");
+        let past = day + chrono::Duration::seconds(120);
+        finish_unsent_jobs(&kit.svc, past).await.unwrap();
+        assert_eq!(kit.svc.jobs.get(&id).await.unwrap().unwrap().state, JobState::Failed, "given up");
+        assert!(kit.svc.jobs.open_jobs(50).await.unwrap().iter().any(|(j, _)| *j == id), "its email still owed");
+        *kit.mem.mailer.throttle_next.lock().unwrap() = 0;
+        assert_eq!(finish_unsent_jobs(&kit.svc, past).await.unwrap(), 1);
+        assert_eq!(kit.mem.mailer.sent().len(), mails + 1);
+        assert!(!kit.svc.jobs.open_jobs(50).await.unwrap().iter().any(|(j, _)| *j == id), "told");
+
         // A job that is stuck (a chunk lost) is stopped; SES throttling then, its plain "could
         // not be finished" email is not sent in haste: the next sweep writes its result files.
         let obj = kit.upload("stuck.csv", "Email\nc@acme.example.com\n");
@@ -429,13 +476,14 @@ mod tests {
         let id = crate::ingest::job_id(&obj);
         let _lost = kit.pending_chunks().await;
         let later = chrono::Utc::now() + chrono::Duration::seconds(kit.svc.config.job_deadline_secs + 1);
+        let before = kit.mem.mailer.sent().len();
         *kit.mem.mailer.throttle_next.lock().unwrap() = 1;
         assert_eq!(fail_stuck_jobs(&kit.svc, later).await.unwrap(), 0, "stopped, its email owed");
         assert_eq!(kit.svc.jobs.get(&id).await.unwrap().unwrap().state, JobState::Failed);
-        assert_eq!(kit.mem.mailer.sent().len(), 1, "nothing sent in haste");
+        assert_eq!(kit.mem.mailer.sent().len(), before, "nothing sent in haste");
         assert_eq!(finish_unsent_jobs(&kit.svc, later).await.unwrap(), 1);
         let sent = kit.mem.mailer.sent();
-        let mime = String::from_utf8_lossy(&sent[1].2).to_string();
+        let mime = String::from_utf8_lossy(&sent[before].2).to_string();
         assert!(mime.contains("stuck.csv") && !mime.contains("could not be finished"), "the result files, not the plain email");
     }
 

@@ -232,7 +232,9 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
 /// The price: a send whose response was lost after SES took it, or an email to more than 50
 /// admins cut off after its first group, goes again (a second email rather than none).
 pub async fn unclaim_unsent<T>(svc: &Services, job: &str, kind: EmailKind, sent: Result<T>) -> Result<T> {
-    if sent.as_ref().is_err_and(Error::is_retryable)
+    // An account that is not sending keeps the claim: the sweep tries again once it is stale (a
+    // lease), not every minute with a whole finalize rebuilt for nothing.
+    if sent.as_ref().is_err_and(|e| e.is_retryable() && !e.ses_not_sending())
         && let Err(e) = svc.jobs.release_email(job, kind).await
     {
         warn!(job, error = %e, "an unsent email's claim could not be dropped; it is taken over once stale");

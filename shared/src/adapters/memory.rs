@@ -122,6 +122,8 @@ pub struct MemoryMailer {
     pub throttle_next: Mutex<usize>,
     /// The next this-many sends fail as SES refusing a message does (for good).
     pub reject_next: Mutex<usize>,
+    /// The next this-many sends fail as an SES account whose sending is paused does.
+    pub pause_next: Mutex<usize>,
 }
 
 impl MemoryMailer {
@@ -133,6 +135,11 @@ impl MemoryMailer {
 #[async_trait]
 impl Mailer for MemoryMailer {
     async fn send_raw(&self, from: &str, to: &[String], mime: Vec<u8>) -> Result<()> {
+        if let Some(n) = Some(&mut *lock(&self.pause_next)).filter(|n| **n > 0) {
+            *n -= 1;
+            let message = "SendingPausedException: sending is paused for this account (on purpose)".to_string();
+            return Err(Error::Transient { service: "sesv2", operation: "SendEmail", message });
+        }
         for (counter, retryable) in [(&self.throttle_next, true), (&self.reject_next, false)] {
             let mut n = lock(counter);
             if *n > 0 {
@@ -216,6 +223,8 @@ pub struct MemoryDirectory {
     pub after_read: Mutex<Option<Box<dyn FnOnce(&MemoryDirectory) + Send>>>,
     /// Tenants whose settings read as a stored item that no longer parses (a newer version's).
     pub unreadable_tenants: Mutex<HashSet<String>>,
+    /// Tenants whose next this-many reads fail as a throttled DynamoDB does.
+    pub throttled_tenant_reads: Mutex<HashMap<String, usize>>,
 }
 
 impl MemoryDirectory {
@@ -304,6 +313,10 @@ fn new_user(tenant: &str, email: &str, fields: &UserFields, token: &str) -> User
 #[async_trait]
 impl Directory for MemoryDirectory {
     async fn tenant(&self, id: &str) -> Result<Option<Tenant>> {
+        if let Some(n) = lock(&self.throttled_tenant_reads).get_mut(id).filter(|n| **n > 0) {
+            *n -= 1;
+            return Err(Error::Transient { service: "dynamodb", operation: "GetItem", message: "ThrottlingException: on purpose".into() });
+        }
         if lock(&self.unreadable_tenants).contains(id) {
             return Err(Error::corrupt(format!("tenant {id}"), "unknown field `a_setting_from_a_newer_version`"));
         }

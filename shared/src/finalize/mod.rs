@@ -94,7 +94,13 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
 
     let scratch = tempfile::Builder::new().prefix("rosterdrop-finalize-").tempdir().map_err(|e| Error::local("scratch directory", e))?;
     let (source, staged, outcome_files) = download_inputs(svc, &job_id, scratch.path()).await?;
-    let unconfirmed = if stopped { Some(unconfirmed_rows(svc, &job_id).await?) } else { None };
+    // A dry run writes nothing: its stopped rows were not applied, whatever part they were in.
+    let dry = job.mode == Some(crate::model::Mode::Validate);
+    let unconfirmed = match (stopped, dry) {
+        (false, _) => None,
+        (true, true) => Some(build::Unconfirmed::new()),
+        (true, false) => Some(unconfirmed_rows(svc, &job_id).await?),
+    };
     let warnings = staged.warnings;
     let dir = scratch.path().to_path_buf();
     let file_name = job.file_name.clone();
@@ -103,7 +109,10 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
         build::build(&source, &outcome_files, &dir, &file_name, id_column.as_deref(), unconfirmed.as_ref())
     })
     .await
-    .map_err(|e| Error::local("building results", e))??;
+    // A panic in the builder is no scratch-disk trouble: retrying rebuilds the same panic.
+    .map_err(|e| {
+        if e.is_panic() { Error::Build { what: "the result files", message: e.to_string() } } else { Error::local("building results", e) }
+    })??;
     if let (Some(key), Some(failed)) = (&staged.bundle, &files.failed) {
         let zip = scratch.path().join("bundle.zip");
         if svc.store.download(key, None, &zip).await?.is_some() {
@@ -857,7 +866,8 @@ mod tests {
     #[tokio::test]
     async fn files_joined_together_skip_their_repeated_header_or_are_refused_when_its_columns_differ() {
         let mut kit = Kit::new(|_| {}).await;
-        let same = "Email,FirstName,LastName\nann@acme.example.com,Ann,Lee\nE-mail , First Name,LastName\nbob@acme.example.com,Bob,Ray\n";
+        let same =
+            "Email,FirstName,LastName\nann@acme.example.com,Ann,Lee\nEmail Address , First Name,LastName\nbob@acme.example.com,Bob,Ray\n";
         let job = kit.run("same.csv", same).await;
         let out = kit.outcomes(&job).await;
         assert_eq!(out.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["Created", "Skipped", "Created"]);
@@ -891,9 +901,9 @@ mod tests {
             assert!(reason.contains(&format!("row 2: its \"{column}\" cell runs over several lines")), "{reason}");
             assert!(reason.contains("line 2 of it reads as a row of its own (\"bob@acme.example.com,Bob"), "{reason}");
         }
-        let address = "Email,FirstName,Address\r\nann@acme.example.com,Ann,\"12 Main St\nSpringfield, IL, 62701\"\r\nbob@acme.example.com,Bob,\"Notes:\nann@acme.example.com\"\r\n";
+        let address = "Email,FirstName,Address\r\nann@acme.example.com,Ann,\"12 Main St\nSpringfield, IL, 62701\"\r\nbob@acme.example.com,Bob,\"Notes:\nann@acme.example.com\"\r\ncy@acme.example.com,Cy,\"Emergency contact:\njane.doe@example.com, 555-0100\"\r\n";
         let job = kit.run("address.csv", address).await;
-        assert_eq!((job.state, job.succeeded), (JobState::Completed, 2), "{:?}", kit.summary(&job).await.reason);
+        assert_eq!((job.state, job.succeeded), (JobState::Completed, 3), "{:?}", kit.summary(&job).await.reason);
     }
 
     /// The tenant removed by hand while its file was being applied: finalize sent no email at
@@ -962,6 +972,21 @@ mod tests {
         assert!(mail.contains("Stopped: 2 applied, 1 not applied, 2 not confirmed, 0 need fixing"), "{mail}");
         assert!(mail.contains("cut.csv FAILED: 2 applied, 1 not applied, 2 not confirmed, 0 failed"), "the subject: {mail}");
         assert!(mail.contains("may or may not have been"), "{mail}");
+
+        // A dry run writes nothing: stopped the same way, its rows were not applied.
+        let obj = kit.upload("dry.csv", file);
+        let obj = crate::event::ObjectRef { key: "incoming/acme/validate/dry.csv".into(), ..obj };
+        kit.mem.store.put_version(&obj.key, file.as_bytes().to_vec());
+        kit.deliver(&obj).await;
+        let id = crate::ingest::job_id(&obj);
+        let chunks = kit.pending_chunks().await;
+        kit.deliver(&chunks[0]).await;
+        kit.svc.store.put(&chunks[2].key, b"not a chunk".to_vec(), "application/x-ndjson").await.unwrap();
+        kit.deliver(&chunks[2]).await;
+        kit.settle().await;
+        let job = kit.svc.jobs.get(&id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert!(kit.outcomes(&job).await.iter().all(|(_, m)| !m.starts_with("not confirmed")), "nothing is written by a dry run");
     }
 
     #[tokio::test]

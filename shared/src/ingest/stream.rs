@@ -187,11 +187,16 @@ impl<K: OpSink> Ingester<'_, K> {
                 return self.sink.outcome(Outcome::skipped(id, "the header row again (files joined together?)")).map_err(Stop::Io);
             }
             let listed: Vec<&str> = cells.iter().map(|c| c.as_ref().trim()).filter(|c| !c.is_empty()).collect();
-            return Err(Stop::Refused(format!(
+            let msg = format!(
                 "row {number} is a second header row with other columns ({}) than the first ({}): the rows below it would be read under the first header's columns. Split the file where it starts, or put its columns in the first header's order",
                 super::headers::header_list(&listed),
                 super::headers::header_list(&head.headers)
-            )));
+            );
+            return Err(Stop::Refused(if head.several {
+                format!("sheet \"{}\": {msg}", head.sheet.as_deref().map(crate::wording::quoted).unwrap_or_default())
+            } else {
+                msg
+            }));
         }
         // Rows a stray quote swallowed into one cell of a narrow or ragged file (pass 1 finds
         // those of a wide one): not applied, and in replace mode their users disabled.
@@ -246,25 +251,30 @@ fn repeated_header<S: AsRef<str>>(cells: &[S], mapping: &Mapping, headers: &[Str
         return None;
     }
     let norm = crate::fields::norm;
+    // The same column, however it is written: `Email Address` repeats `Email`.
+    let same = |h: &str, c: &str| norm(h) == norm(c) || Field::from_header(c).is_some_and(|f| Field::from_header(h) == Some(f));
     Some(cells.iter().enumerate().all(|(i, c)| {
         let c = c.as_ref().trim();
-        c.is_empty() || headers.get(i).is_some_and(|h| norm(h) == norm(c))
+        c.is_empty() || headers.get(i).is_some_and(|h| same(h.trim(), c))
     }))
 }
 
-/// A cell of delimited text whose later line reads as a row: split at the delimiter, it has an
-/// address where the header has Email. The cell's column, the line (1-based within the cell)
-/// and its text. Only cells with a line break are looked at (most have none).
+/// A cell of delimited text whose later lines read as rows: split at the delimiter, each has an
+/// address where the header has Email. Two such lines at least: rows swallowed are two (one
+/// whole, and the one the closing quote ends in), while a note may well have one line such as
+/// `jane@example.com, 555-0100`. The cell's column, its first such line (1-based within the
+/// cell) and that line. Only cells with a line break are looked at (most have none).
 fn swallowed_row<'c, S: AsRef<str>>(cells: &'c [S], mapping: &Mapping, delimiter: char) -> Option<(usize, usize, &'c str)> {
     let key = mapping.column(Field::Email)?;
+    let row_like = |line: &str| {
+        let mut fields = line.split(delimiter);
+        let Some(key_field) = fields.by_ref().nth(key) else { return false };
+        (key > 0 || fields.next().is_some()) && email_address::EmailAddress::is_valid(key_field.trim())
+    };
     cells.iter().enumerate().filter(|(_, c)| c.as_ref().contains('\n')).find_map(|(i, c)| {
-        c.as_ref().split('\n').enumerate().skip(1).find_map(|(k, line)| {
-            let line = line.trim_end_matches('\r');
-            let mut fields = line.split(delimiter);
-            let key_field = fields.by_ref().nth(key)?;
-            let several = key > 0 || fields.next().is_some();
-            (several && email_address::EmailAddress::is_valid(key_field.trim())).then_some((i, k + 1, line))
-        })
+        let mut rows = c.as_ref().split('\n').map(|l| l.trim_end_matches('\r')).enumerate().skip(1).filter(|(_, l)| row_like(l));
+        let (k, first) = rows.next()?;
+        rows.next().map(|_| (i, k + 1, first))
     })
 }
 

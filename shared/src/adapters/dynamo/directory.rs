@@ -258,7 +258,8 @@ impl Directory for DynamoDirectory {
         out.item
             .as_ref()
             .and_then(|i| i.str("doc"))
-            .map(|doc| serde_json::from_str(doc).map_err(|e| Error::corrupt(format!("tenant {id}"), e)))
+            // Names and choices in the form rows are compared in, whatever wrote the item.
+            .map(|doc| serde_json::from_str(doc).map(Tenant::in_nfc).map_err(|e| Error::corrupt(format!("tenant {id}"), e)))
             .transpose()
     }
 
@@ -285,7 +286,7 @@ impl Directory for DynamoDirectory {
         while let Some(item) = pages.next().await {
             let item = item.map_err(ddb_err("Query"))?;
             if let Some(doc) = item.str("doc") {
-                out.push(serde_json::from_str(doc).map_err(|e| Error::corrupt("tenant", e))?);
+                out.push(serde_json::from_str(doc).map(Tenant::in_nfc).map_err(|e| Error::corrupt("tenant", e))?);
             }
         }
         Ok(out)

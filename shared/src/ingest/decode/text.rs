@@ -171,9 +171,7 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
             match csv::StringRecord::from_byte_record(std::mem::take(&mut record)) {
                 Ok(text) => {
                     if text.iter().any(is_text_formula) || spaced && text.iter().any(opens_spaced_quote) {
-                        let cells: Vec<Cow<'_, str>> = text.iter().map(Cow::Borrowed).collect();
-                        let cells = if spaced { join_spaced_quotes(cells, delimiter as char) } else { cells };
-                        let cells: Vec<Cow<'_, str>> = cells.into_iter().map(formula_text).collect();
+                        let cells = shown_cells(text.iter().map(Cow::Borrowed).collect(), spaced, delimiter);
                         shape.row(v, number, &cells)?;
                     } else {
                         let cells: Vec<&str> = text.iter().collect();
@@ -193,9 +191,7 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
         if controls_at.is_none() && decoded.iter().any(|c| matches!(c, Cow::Owned(c) if c.contains(is_c1_control))) {
             controls_at = Some(number);
         }
-        let decoded = if spaced { join_spaced_quotes(decoded, delimiter as char) } else { decoded };
-        let decoded: Vec<Cow<'_, str>> = decoded.into_iter().map(formula_text).collect();
-        shape.row(v, number, &decoded)?;
+        shape.row(v, number, &shown_cells(decoded, spaced, delimiter))?;
     }
     if let Some(row) = controls_at {
         v.warning(format!(
@@ -269,14 +265,24 @@ fn formula_text(field: Cow<'_, str>) -> Cow<'_, str> {
     }
 }
 
+/// A record's fields as a spreadsheet shows them: a value quoted after a spaced file's space whole
+/// again, a text formula as its string.
+fn shown_cells(cells: Vec<Cow<'_, str>>, spaced: bool, delimiter: u8) -> Vec<Cow<'_, str>> {
+    let cells = if spaced { join_spaced_quotes(cells, delimiter as char) } else { cells };
+    cells.into_iter().map(formula_text).collect()
+}
+
 /// A header written with a space after each delimiter (`Email, FirstName, LastName`), as people
 /// and some scripts write CSV: its rows quote a value after that space (`ann@x.com, "Lee, Jr"`),
 /// where CSV sees no quoting (a quote opens a field only at its first byte) and splits the value
 /// at its comma, moving every later value one column right without a word.
 fn spaced_header(head: &str, delimiter: u8) -> bool {
-    let Some(line) = head.lines().find(|l| !l.trim().is_empty()) else { return false };
-    let mut fields = line.split(delimiter as char).skip(1).peekable();
-    fields.peek().is_some() && fields.all(|f| f.starts_with(' ') && !f.trim().is_empty())
+    // The first line, whatever ends it (a CR alone in old Mac files).
+    let Some(line) = head.split(['\n', '\r']).find(|l| !l.trim().is_empty()) else { return false };
+    // Trailing empty headers (a row of delimiters past the last column) say nothing.
+    let fields: Vec<&str> = line.split(delimiter as char).skip(1).collect();
+    let named = fields.iter().rposition(|f| !f.trim().is_empty()).map_or(0, |last| last + 1);
+    named > 0 && fields[..named].iter().all(|f| f.starts_with(' ') && !f.trim().is_empty())
 }
 
 /// A field that is a space, then a quote: a quoted value of a spaced file.
@@ -826,7 +832,7 @@ mod tests {
             assert_eq!(tables[0].rows[0].1[1], name, "{}", enc.name());
             assert_eq!(tables[0].encoding.as_deref(), Some(enc.name()));
             assert!(warnings.len() == 1 && warnings[0].contains(said) && warnings[0].contains("CSV UTF-8"), "{warnings:?}");
-            // Whatever the read boundaries (the detector starts at the first byte that is no UTF-8).
+            // Whatever pass 1's read boundaries (the guess reads the file again on its own).
             for buffer in [1, 2, 3, 7] {
                 assert_eq!(read_with_warnings(&bytes, buffer).unwrap(), (tables.clone(), warnings.clone()), "{} {buffer}", enc.name());
             }
@@ -876,6 +882,9 @@ mod tests {
         // Not closed in its record: the fields as they were.
         let open = "Email, Name, Note\nann@x.com, \"Ann, x\n";
         assert_eq!(decode(open.as_bytes()).unwrap().rows[0].1, ["ann@x.com", " \"Ann", " x"]);
+        // CR-only line endings, and a trailing empty header, keep it a spaced file.
+        let cr = "Email, Name, Dept,\rann@x.com, \"Lee, Jr\", Sales,\rbob@x.com, , HR,\r";
+        assert_eq!(decode(cr.as_bytes()).unwrap().rows[0].1, ["ann@x.com", "Lee, Jr", " Sales"]);
         // A file without the spaces reads as CSV always did: a quote inside a field is a character.
         let plain = "Email,Name,Dept\nann@x.com, \"Ann, Lee\",Sales\n";
         assert_eq!(decode(plain.as_bytes()).unwrap().rows[0].1, ["ann@x.com", " \"Ann", " Lee\"", "Sales"]);
