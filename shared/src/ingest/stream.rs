@@ -247,7 +247,9 @@ impl<K: OpSink> Ingester<'_, K> {
 fn repeated_header<S: AsRef<str>>(cells: &[S], mapping: &Mapping, headers: &[String]) -> Option<bool> {
     let key = [Field::Email, Field::Username].into_iter().find(|f| mapping.has(*f))?;
     let cell = cells.get(mapping.column(key)?)?.as_ref();
-    if Field::from_header(cell.trim()) != Some(key) {
+    // Every user row has an address here: no header has an @, nor is it long (one search, no
+    // lookup a row).
+    if cell.contains('@') || cell.len() > 64 || Field::from_header(cell.trim()) != Some(key) {
         return None;
     }
     let norm = crate::fields::norm;
