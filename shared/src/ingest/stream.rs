@@ -146,16 +146,20 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
     }
 
     fn row<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Stop> {
+        // A cell over several lines matters only in delimited text (`swallowed_row`).
+        let text = self.current.as_ref().is_some_and(|(head, _)| head.delimiter.is_some());
+        let broken = text && cells.iter().any(|c| memchr::memchr(b'\n', c.as_ref().as_bytes()).is_some());
         // One Unicode form for what is compared and stored (`nfc`): most rows are already in it.
         match crate::nfc::cells(cells) {
-            Some(normal) => self.row_in_nfc(number, &normal),
-            None => self.row_in_nfc(number, cells),
+            Some(normal) => self.row_in_nfc(number, &normal, broken),
+            None => self.row_in_nfc(number, cells, broken),
         }
     }
 }
 
 impl<K: OpSink> Ingester<'_, K> {
-    fn row_in_nfc<S: AsRef<str>>(&mut self, number: u32, cells: &[S]) -> Result<(), Stop> {
+    /// A row in NFC; `broken`: a cell of it has a line break.
+    fn row_in_nfc<S: AsRef<str>>(&mut self, number: u32, cells: &[S], broken: bool) -> Result<(), Stop> {
         let Some((head, mapping)) = &self.current else { return Ok(()) };
         let id = super::sheets::row_id(head.index, number);
         if let Some(v) = self.verdicts.get(&id) {
@@ -200,7 +204,7 @@ impl<K: OpSink> Ingester<'_, K> {
         }
         // Rows a stray quote swallowed into one cell of a narrow or ragged file (pass 1 finds
         // those of a wide one): not applied, and in replace mode their users disabled.
-        if let Some(delimiter) = head.delimiter
+        if let Some(delimiter) = head.delimiter.filter(|_| broken)
             && let Some((column, line, text)) = swallowed_row(cells, mapping, delimiter)
         {
             let header = head.headers.get(column).map(|h| h.trim()).filter(|h| !h.is_empty());
