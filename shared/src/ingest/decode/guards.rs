@@ -66,6 +66,11 @@ pub(super) fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Resul
         }
     }
     let book = book.ok_or_else(|| FileError::Corrupt { format: "XLS", detail: "it holds no workbook".into() })?;
+    // A FILEPASS record in the globals: every record after it is encrypted, so its sizes and
+    // positions are noise (a 5 KB file "spanned" 78 trillion cells).
+    if super::xls_shown::records(&book.stream, 0).take_while(|(typ, _)| *typ != 0x000A).any(|(typ, _)| typ == 0x002F) {
+        return Err(FileError::Encrypted);
+    }
     let cells = xls_dense_cells(&book.stream);
     if cells > MAX_XLS_DENSE_CELLS {
         return Err(FileError::TooSpread { format: "XLS", cells, limit: MAX_XLS_DENSE_CELLS });
@@ -191,6 +196,19 @@ pub(super) fn check_zip_parts<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, ods:
         (0..zip.len()).filter_map(|i| zip.name_for_index(i).and_then(|n| n.ok()).map(|n| (i, n.to_ascii_lowercase()))).collect();
     let damaged = |format: &'static str, e: &dyn std::fmt::Display| FileError::Corrupt { format, detail: e.to_string() };
     if ods {
+        // A password-protected ODS is a zip like any other whose manifest gives each encrypted
+        // part its `encryption-data`: its content.xml read as "cannot decode UTF-8".
+        if let Some((i, _)) = names.iter().find(|(_, n)| n == "meta-inf/manifest.xml") {
+            let mut manifest = Vec::new();
+            zip.by_index(*i)
+                .map_err(|e| damaged("ODS", &e))?
+                .take(ROOT_SEARCH_BYTES)
+                .read_to_end(&mut manifest)
+                .map_err(|e| damaged("ODS", &e))?;
+            if memchr::memmem::find(&manifest, b"encryption-data").is_some() {
+                return Err(FileError::Encrypted);
+            }
+        }
         let Some((i, _)) = names.iter().find(|(_, n)| n == "content.xml") else { return Ok(()) };
         let entry = zip.by_index(*i).map_err(|e| damaged("ODS", &e))?;
         let cost = ods_cost(std::io::BufReader::new(entry)).map_err(|e| damaged("ODS", &e))?;
@@ -482,6 +500,18 @@ mod tests {
             let encrypted = container(&[("/EncryptionInfo", vec![4, 0, 4, 0]), ("/EncryptedPackage", vec![0; 64])]);
             assert!(matches!(check(&encrypted), Err(FileError::Encrypted)));
             assert!(decode(&encrypted).unwrap_err().to_string().contains("protected with a password"));
+        }
+
+        /// LibreOffice's password-protected files (`make/password_protected.py`): the XLS (a
+        /// FILEPASS record, every record after it encrypted) was answered as spanning 78 trillion
+        /// cells, the ODS (a zip whose manifest lists encrypted parts) as not UTF-8.
+        #[test]
+        fn password_protected_xls_and_ods_are_named_as_such() {
+            for name in ["bad/password-protected.xls", "bad/password-protected.ods"] {
+                assert_eq!(decode(&fixture(name)).unwrap_err(), FileError::Encrypted, "{name}");
+            }
+            // The same workbook unprotected reads as ever.
+            assert!(decode(&fixture("roster.ods")).is_ok());
         }
 
         #[test]

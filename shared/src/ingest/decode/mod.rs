@@ -78,7 +78,7 @@ pub enum FileError {
     #[error("the workbook has no sheet with data")]
     NoSheet,
     #[error(
-        "the workbook is protected with a password, so it cannot be read: open it, remove the password (in Excel: File > Info > Protect Workbook > Encrypt with Password, then clear it), save it and upload it again"
+        "the workbook is protected with a password, so it cannot be read: open it, remove the password (in Excel: File > Info > Protect Workbook > Encrypt with Password, then clear it; in LibreOffice: File > Save As with \"Save with password\" unticked), save it and upload it again"
     )]
     Encrypted,
     #[error(
