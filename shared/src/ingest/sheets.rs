@@ -8,7 +8,11 @@ use super::decode::{FileError, Table};
 pub fn is_instruction_sheet(name: &str) -> bool {
     let n: String = name.to_ascii_lowercase().chars().filter(|c| c.is_alphanumeric()).collect();
     // "Problems": the sheet our result workbooks end with, so a result dropped again reads as its rows.
-    matches!(n.as_str(), "readme" | "instructions" | "definitions" | "help" | "notes" | "howto" | "lists" | "lookups" | "problems")
+    // "Export Summary": the sheet Apple Numbers puts first in an XLSX it exports (its tables' names).
+    matches!(
+        n.as_str(),
+        "readme" | "instructions" | "definitions" | "help" | "notes" | "howto" | "lists" | "lookups" | "problems" | "exportsummary"
+    )
 }
 
 /// Row ids of sheet `k` of a workbook start at `k * SHEET_STRIDE` (a sheet has at most 1,048,576 rows).
@@ -74,6 +78,30 @@ mod tests {
         assert_eq!(t.headers, vec!["Email"]);
     }
 
+    /// Apple Numbers exports an XLSX whose first sheet says what it did: that sheet made the
+    /// workbook's first data sheet, refused for having no Email column.
+    #[test]
+    fn a_numbers_export_is_read_from_its_table_not_its_export_summary() {
+        let mut wb = Workbook::new();
+        let summary = wb.add_worksheet();
+        summary.set_name("Export Summary").unwrap();
+        summary.write_string(0, 0, "This document was exported from Numbers. Each table was converted to an Excel worksheet.").unwrap();
+        for (c, h) in ["Numbers Sheet Name", "Numbers Table Name", "Excel Worksheet Name"].into_iter().enumerate() {
+            summary.write_string(2, c as u16, h).unwrap();
+        }
+        for (c, v) in ["Sheet 1", "Table 1", "Sheet 1 - Table 1"].into_iter().enumerate() {
+            summary.write_string(3, c as u16, v).unwrap();
+        }
+        let data = wb.add_worksheet();
+        data.set_name("Sheet 1 - Table 1").unwrap();
+        data.write_string(0, 0, "Email").unwrap();
+        data.write_string(1, 0, "ann@x.com").unwrap();
+        let read = tables(&wb.save_to_buffer().unwrap()).unwrap();
+        let names: Vec<Option<&str>> = read.iter().map(|t| t.sheet.as_deref()).collect();
+        assert_eq!(names, vec![Some("Sheet 1 - Table 1")]);
+        assert_eq!(read[0].rows, vec![(2, vec!["ann@x.com".to_string()])]);
+    }
+
     #[test]
     fn every_data_sheet_is_read_with_the_user_type_its_name_gives() {
         let mut wb = Workbook::new();
@@ -97,6 +125,7 @@ mod tests {
     fn instruction_sheets_are_told_apart_by_name() {
         assert!(is_instruction_sheet("Read Me"));
         assert!(is_instruction_sheet("DEFINITIONS"));
+        assert!(is_instruction_sheet("Export Summary"), "Apple Numbers' first sheet");
         assert!(!is_instruction_sheet("Students"));
     }
 
