@@ -393,6 +393,9 @@ pub fn cell_text(cell: &Data) -> String {
         Data::Float(f) => float_text(*f),
         Data::Bool(b) => if *b { "TRUE" } else { "FALSE" }.to_string(),
         Data::DateTime(dt) => match dt.as_datetime() {
+            // A time of day alone is a serial under 1: read as a date it was 1899-12-31 09:30,
+            // a ScheduledDate long past (sent at once).
+            Some(d) if dt.is_datetime() && (0.0..1.0).contains(&dt.as_f64()) => d.time().format("%H:%M:%S").to_string(),
             Some(d) if dt.is_datetime() => {
                 if d.time() == chrono::NaiveTime::MIN {
                     d.date().to_string()
@@ -402,7 +405,9 @@ pub fn cell_text(cell: &Data) -> String {
             }
             _ => float_text(dt.as_f64()),
         },
-        Data::DateTimeIso(s) | Data::DurationIso(s) => s.strip_suffix("T00:00:00").unwrap_or(s).to_string(),
+        Data::DateTimeIso(s) => s.strip_suffix("T00:00:00").unwrap_or(s).to_string(),
+        // An ODS time (`PT09H30M00S`) as a spreadsheet shows it.
+        Data::DurationIso(s) => iso_time(s).unwrap_or_else(|| s.clone()),
         // As the spreadsheet shows it (`#N/A`, `#DIV/0!`), not the reader's name for it (`#NA`).
         Data::Error(e) => e.to_string(),
     }
@@ -427,6 +432,25 @@ impl AsRef<str> for Slot<'_> {
     fn as_ref(&self) -> &str {
         self.shared.unwrap_or(&self.own)
     }
+}
+
+/// `PT09H30M00S` -> `09:30:00` (hours past 24 kept, as `[h]:mm:ss` shows a duration); any other
+/// form is left as written.
+fn iso_time(s: &str) -> Option<String> {
+    let rest = s.strip_prefix("PT")?;
+    let (h, rest) = rest.split_once('H')?;
+    let (m, rest) = rest.split_once('M')?;
+    let sec = rest.strip_suffix('S')?;
+    let number =
+        |t: &str| (!t.is_empty() && t.len() <= 9 && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse::<u64>().ok()).flatten();
+    let (h, m) = (number(h)?, number(m)?);
+    let (whole, fraction) = sec.split_once('.').unwrap_or((sec, ""));
+    let whole = number(whole)?;
+    if m > 59 || whole > 59 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let fraction = fraction.trim_end_matches('0');
+    Some(if fraction.is_empty() { format!("{h:02}:{m:02}:{whole:02}") } else { format!("{h:02}:{m:02}:{whole:02}.{fraction}") })
 }
 
 /// Same as `cell_text`, for the streaming reader's cells: text is borrowed, not copied.
