@@ -45,6 +45,8 @@ fn the_bad_files_corpus_is_refused_or_accounted_for() {
         ("truncated.ods", Expect::Rejected("could not be read")),
         ("ole-garbage.xls", Expect::Rejected("could not be read")),
         ("html-saved-as.xls", Expect::Rejected("HTML or XML")),
+        ("password-protected.xls", Expect::Rejected("protected with a password")),
+        ("password-protected.ods", Expect::Rejected("protected with a password")),
         ("pdf-renamed.csv", Expect::Rejected("not a CSV, TSV, XLSX, XLS or ODS roster")),
         ("unbalanced-quotes.csv", Expect::Rejected("never closed")),
         ("nul-in-cell.csv", Expect::Rejected("NUL bytes (first on line 2)")),
@@ -369,6 +371,33 @@ fn hidden_and_chart_sheets_are_not_read_as_rows() {
         let sheets: Vec<Option<&str>> = p.tables.iter().map(|t| t.sheet.as_deref()).collect();
         assert_eq!(sheets, [Some("Roster")], "{name}: only the visible worksheet is read");
         assert!(!p.ops.is_empty(), "{name}: {:?}", outcomes(&p));
+    }
+}
+
+/// A ScheduledDate typed as a time alone (09:30): the spreadsheets store a time of day as a day
+/// count under 1, read as 1899-12-31 09:30, a date long past, so the invitation went out at once.
+/// It now reads as the time the sheet shows and is refused as no date; a full date still reads.
+/// Files LibreOffice wrote from `tests/fixtures/make/time-only-scheduled.csv` (`soffice --headless
+/// --infilter="CSV:44,34,76,1,,1033,false,true,true" --convert-to xlsx|xls|ods`, special numbers detected).
+#[test]
+fn a_time_without_a_date_is_no_scheduled_date() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/real");
+    for name in ["time-only-scheduled.xlsx", "time-only-scheduled.xls", "time-only-scheduled.ods"] {
+        let p = prepare(&std::fs::read(format!("{dir}/{name}")).unwrap(), &tenant(), Mode::Upsert).unwrap();
+        assert_eq!(
+            outcomes(&p),
+            ["row 2: ScheduledDate \"09:30:00\" is not a date; write it as YYYY-MM-DD or YYYY-MM-DD HH:MM (UTC)"],
+            "{name}"
+        );
+        let at: Vec<Option<&str>> = p
+            .ops
+            .iter()
+            .map(|op| match &op.target {
+                crate::model::Target::User { fields, .. } => fields.invite_at.as_deref(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(at, [Some("2027-01-05T08:00:00+00:00")], "{name}");
     }
 }
 

@@ -1113,6 +1113,15 @@ mod tests {
         assert_eq!(v.ops[0].action, Action::Upsert);
     }
 
+    /// Groups and products typed one a line in a cell (Alt+Enter in Excel) are separate names,
+    /// as with `;`: the cell was one group whose name held the line breaks.
+    #[test]
+    fn names_on_separate_lines_of_a_cell_are_separate_groups() {
+        let v = run("Email,Group\nann@x.com,\"Math\r\nScience\nArt; Music\n\"\n", Mode::Upsert);
+        assert!(v.outcomes.is_empty(), "{v:?}");
+        assert_eq!(fields(&v, 0).groups, vec!["Math", "Science", "Art", "Music"]);
+    }
+
     /// A failed lookup's `#N/A` was stored as the department (and echoed as if fine).
     #[test]
     fn a_formula_error_fails_its_row_naming_the_column() {

@@ -49,9 +49,11 @@ pub struct UserView<'c> {
     pub new_email: Option<String>,
 }
 
-/// The names in a `;`-separated cell (Groups, Products), each trimmed, empty ones dropped.
+/// The names in a `;`-separated cell (Groups, Products), each trimmed, empty ones dropped. A line
+/// break separates too: a spreadsheet's cell of one name a line (Alt+Enter) was one group named
+/// "Math\nScience".
 pub fn list_items(cell: &str) -> impl Iterator<Item = &str> {
-    cell.split(';').map(str::trim).filter(|s| !s.is_empty())
+    cell.split([';', '\n', '\r']).map(str::trim).filter(|s| !s.is_empty())
 }
 
 impl RowView<'_> {
