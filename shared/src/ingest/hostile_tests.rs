@@ -374,6 +374,30 @@ fn hidden_and_chart_sheets_are_not_read_as_rows() {
     }
 }
 
+/// ExcelJS and SheetJS save a formula the program gave no result as a formula with no value, in a
+/// workbook not marked uncalculated: Ann's Department (`=UPPER(D2)`) read as blank, and she was
+/// created without one, nobody told. It is refused as a formula never calculated; Bob's, saved
+/// with its result, reads as it. Files from `tests/fixtures/make/formula_no_value.js`.
+#[test]
+fn a_formula_saved_without_its_value_is_not_read_as_blank() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/odd");
+    for name in ["formula-no-value-exceljs.xlsx", "formula-no-value-sheetjs.xlsx"] {
+        let p = prepare(&std::fs::read(format!("{dir}/{name}")).unwrap(), &tenant(), Mode::Upsert).unwrap();
+        let got = outcomes(&p);
+        assert_eq!(got.len(), 1, "{name}: {got:?}");
+        assert!(got[0].starts_with("row 2: Department is a formula the file never calculated"), "{name}: {got:?}");
+        let departments: Vec<(String, Option<String>)> = p
+            .ops
+            .iter()
+            .filter_map(|op| match &op.target {
+                crate::model::Target::User { email, fields } => Some((email.clone(), fields.department.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(departments, [("bob@example.com".to_string(), Some("OPS".to_string()))], "{name}");
+    }
+}
+
 /// A ScheduledDate typed as a time alone (09:30): the spreadsheets store a time of day as a day
 /// count under 1, read as 1899-12-31 09:30, a date long past, so the invitation went out at once.
 /// It now reads as the time the sheet shows and is refused as no date; a full date still reads.

@@ -173,6 +173,9 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
         }
         read.insert(i, name.clone());
         let entry = zip.by_index(i).map_err(|e| damaged(&e))?;
+        // A workbook not marked uncalculated may still hold formulas saved without a value.
+        let mut valueless = (!never_calculated).then(|| ValuelessFormulas::new(formulas.saturating_sub(uncalculated)));
+        let entry = Tee { inner: entry, seen: valueless.as_mut() };
         // Only ranges merged down are kept (12 bytes each), and only so many.
         let mut down = Vec::new();
         merge_refs(entry, |r| {
@@ -188,6 +191,18 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
         }
         if !down.is_empty() {
             scan.merged.insert(name.clone(), down);
+        }
+        if let Some(v) = valueless.filter(|v| !v.found.is_empty()) {
+            if v.overflowed() {
+                return Err(FileError::TooManyUncalculated { limit: formulas });
+            }
+            let Some(mut places) = v.found.into_iter().collect::<Option<Vec<_>>>() else {
+                return Err(FileError::FormulasWithoutValues { sheet: crate::wording::quoted(&name) });
+            };
+            uncalculated += places.len();
+            places.sort_unstable();
+            places.dedup();
+            scan.uncalculated.insert(name.clone(), places);
         }
         if never_calculated {
             // A second pass, only over the parts of a workbook a program wrote.
@@ -300,24 +315,147 @@ fn merge_refs<R: Read>(input: R, mut each: impl FnMut(&str) -> bool) -> std::io:
 fn formula_cells<R: Read>(input: R, mut each: impl FnMut((u32, u32)) -> bool) -> std::io::Result<()> {
     // A cell's start tag is short and its `<f>` comes first inside it.
     tags(input, b"f", 256, |_, before| {
-        // `<c` or `<prefix:c`, then a space or the tag's end.
-        let opens = |i: usize| {
-            if i == 0 || !matches!(before[i - 1], b'<' | b':') {
-                return false;
-            }
-            let prefix =
-                before[..i].iter().rev().take(64).position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')));
-            let lt = prefix.and_then(|k| i.checked_sub(k + 1)).filter(|&lt| before[lt] == b'<');
-            lt.is_some_and(|lt| lt + 1 == i || before[i - 1] == b':')
-                && before.get(i + 1).is_some_and(|b| b.is_ascii_whitespace() || *b == b'>')
-        };
-        let Some(c) = memchr::memmem::rfind_iter(before, b"c").find(|&i| opens(i)) else {
-            return true;
-        };
-        let attrs = &before[c + 1..];
-        let attrs = &attrs[..memchr::memchr(b'>', attrs).unwrap_or(attrs.len())];
-        attribute(attrs, b"r").and_then(cell).is_none_or(&mut each)
+        let Some(c) = cell_start(before) else { return true };
+        cell_place(&before[c..]).is_none_or(&mut each)
     })
+}
+
+/// Where the last cell start tag in `before` opens (`<c` or `<prefix:c`, then a space or the
+/// tag's end): the index of its `c`.
+fn cell_start(before: &[u8]) -> Option<usize> {
+    let opens = |i: usize| {
+        if i == 0 || !matches!(before[i - 1], b'<' | b':') {
+            return false;
+        }
+        let prefix = before[..i].iter().rev().take(64).position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')));
+        let lt = prefix.and_then(|k| i.checked_sub(k + 1)).filter(|&lt| before[lt] == b'<');
+        lt.is_some_and(|lt| lt + 1 == i || before[i - 1] == b':') && before.get(i + 1).is_some_and(|b| b.is_ascii_whitespace() || *b == b'>')
+    };
+    memchr::memmem::rfind_iter(before, b"c").find(|&i| opens(i))
+}
+
+/// The place a cell's start tag names (`r="B2"`), from its `c` on.
+fn cell_place(tag: &[u8]) -> Option<(u32, u32)> {
+    let attrs = &tag[1..];
+    let attrs = &attrs[..memchr::memchr(b'>', attrs).unwrap_or(attrs.len())];
+    attribute(attrs, b"r").and_then(cell)
+}
+
+/// Formula cells saved with no value at all (`<c r="C2"><f>UPPER(D2)</f></c>`): what ExcelJS and
+/// SheetJS write for a formula the program gave no result, in a workbook not marked uncalculated.
+/// calamine reads such a cell as empty, so a Department computed by a formula arrived as none and
+/// nobody was told. Spreadsheets always save a value (`<v></v>` for an empty text result).
+///
+/// Fed a sheet part's bytes as the merge pass reads them (`Tee`: the part is inflated once), it
+/// looks at each cell's end tag: a formula element right before it means no value followed.
+pub(super) struct ValuelessFormulas {
+    buf: Vec<u8>,
+    /// Where the next search starts in `buf`.
+    from: usize,
+    /// Their places; `None` for one whose cell names no place within reach.
+    pub found: Vec<Option<(u32, u32)>>,
+    /// At most this many are kept.
+    limit: usize,
+}
+
+/// How far back a cell's start tag is looked for from its end: a formula is at most 8,192
+/// characters, a few times that once escaped.
+const CELL_REACH: usize = 1 << 16;
+
+impl ValuelessFormulas {
+    pub(super) fn new(limit: usize) -> Self {
+        Self { buf: Vec::new(), from: 0, found: Vec::new(), limit }
+    }
+
+    /// More than `limit` found.
+    pub(super) fn overflowed(&self) -> bool {
+        self.found.len() > self.limit
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        if self.overflowed() {
+            return;
+        }
+        self.buf.extend_from_slice(data);
+        let finder = memchr::memmem::Finder::new(b"c>");
+        let mut at = self.from;
+        while let Some(i) = finder.find(&self.buf[at..]) {
+            let c = at + i;
+            at = c + 2;
+            if let Some(end) = end_tag_start(&self.buf, c)
+                && let Some(formula) = formula_right_before(&self.buf[..end])
+            {
+                let lo = formula.saturating_sub(CELL_REACH);
+                let place = cell_start(&self.buf[lo..formula]).and_then(|k| cell_place(&self.buf[lo + k..formula]));
+                self.found.push(place);
+                if self.overflowed() {
+                    return;
+                }
+            }
+        }
+        // A `c` at the very end may meet its `>` in the next bytes.
+        self.from = at.max(self.buf.len().saturating_sub(1));
+        if self.buf.len() > 2 * CELL_REACH {
+            let cut = self.buf.len() - CELL_REACH;
+            self.buf.drain(..cut);
+            self.from -= cut;
+        }
+    }
+}
+
+/// `</c>` or `</prefix:c>` whose `c` is at `c`: where its `<` is.
+fn end_tag_start(buf: &[u8], c: usize) -> Option<usize> {
+    match c.checked_sub(1).map(|i| buf[i])? {
+        b'/' => c.checked_sub(2).filter(|&lt| buf[lt] == b'<'),
+        b':' => {
+            let prefix = buf[..c - 1].iter().rev().take(64).position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))?;
+            let slash = (c - 1).checked_sub(prefix + 1)?;
+            (prefix > 0 && buf[slash] == b'/' && slash > 0 && buf[slash - 1] == b'<').then(|| slash - 1)
+        }
+        _ => None,
+    }
+}
+
+/// Where the formula element ending `before` (blanks aside) starts: `</f>`, `</prefix:f>` or an
+/// empty `<f .../>` (a shared formula's other cells).
+fn formula_right_before(before: &[u8]) -> Option<usize> {
+    let before = before.trim_ascii_end();
+    let tag = memchr::memrchr(b'<', before)?;
+    let element = &before[tag + 1..];
+    let name_of = |e: &[u8]| {
+        let end = e.iter().position(|b| b.is_ascii_whitespace() || matches!(b, b'/' | b'>')).unwrap_or(e.len());
+        let name = &e[..end];
+        name.rsplit(|&b| b == b':').next() == Some(b"f".as_slice())
+    };
+    let is_formula = match element.strip_prefix(b"/") {
+        // An end tag: its element started earlier (the formula's text holds no `<`).
+        Some(name) => name.strip_suffix(b">").is_some_and(name_of),
+        None => element.ends_with(b"/>") && name_of(element),
+    };
+    if !is_formula {
+        return None;
+    }
+    if element.first() != Some(&b'/') {
+        return Some(tag);
+    }
+    // The start tag of the formula: the `<` before its text.
+    memchr::memrchr(b'<', &before[..tag])
+}
+
+/// A reader that shows `seen` every byte it reads.
+pub(super) struct Tee<'s, R> {
+    pub inner: R,
+    pub seen: Option<&'s mut ValuelessFormulas>,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(out)?;
+        if let Some(seen) = self.seen.as_deref_mut() {
+            seen.feed(&out[..n]);
+        }
+        Ok(n)
+    }
 }
 
 /// The value of attribute `key` (`ref="..."`, `x:ref`, single quotes) among an element's attributes.
@@ -469,6 +607,43 @@ mod tests {
         })
         .unwrap();
         assert_eq!(found, ["B1:B2"]);
+    }
+
+    /// Formula cells saved with no value, whatever their prefix, shape (an empty shared `<f/>`,
+    /// blanks before the end tag, a formula longer than a read) and wherever the reads cut them;
+    /// a formula with a value, even an empty text one, and text that only mentions one are not.
+    #[test]
+    fn formulas_without_a_value_are_found_wherever_reads_cut_them() {
+        let long = format!("<c r=\"H2\"><f>{}</f></c>", "A1&amp;".repeat(3000));
+        let xml = [
+            r#"<worksheet><sheetData><row r="2"><c r="A2"><f>B2</f></c><c r="B2"><f>1+1</f><v>2</v></c>"#,
+            r#"<x:c r="C2" s="1"><x:f>LOWER(A2)</x:f></x:c><c r="D2"><f t="shared" si="0"/></c>"#,
+            r#"<c r="E2" t="str"><f>""</f><v></v></c><c r="F2"><f>A2</f>"#,
+            "\n  </c>",
+            r#"<c r="G2" t="inlineStr"><is><t>f&gt;&lt;/f&gt;&lt;/c&gt; c&gt;</t></is></c>"#,
+            &long,
+            r#"<c r="I2"><f>SUM(A1:A2)</f><v>3</v></c><c><f>A1</f></c></row></sheetData></worksheet>"#,
+        ]
+        .concat();
+        struct Trickle<'a>(&'a [u8], usize);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.1.min(self.0.len()).min(out.len());
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        for step in [1, 2, 3, 7, 64, 1000, 1 << 16] {
+            let mut seen = ValuelessFormulas::new(100);
+            let mut tee = Tee { inner: Trickle(xml.as_bytes(), step), seen: Some(&mut seen) };
+            std::io::copy(&mut tee, &mut std::io::sink()).unwrap();
+            // (row, column), 0-based; the last cell names no place.
+            assert_eq!(seen.found, [Some((1, 0)), Some((1, 2)), Some((1, 3)), Some((1, 5)), Some((1, 7)), None], "reads of {step} bytes");
+        }
+        let mut few = ValuelessFormulas::new(2);
+        few.feed(xml.as_bytes());
+        assert!(few.overflowed());
     }
 
     #[test]

@@ -101,6 +101,10 @@ pub enum FileError {
     )]
     TooManyUncalculated { limit: usize },
     #[error(
+        "sheet \"{sheet}\" has formulas saved without their results (the program that wrote it did not calculate them): open it in Excel or LibreOffice, save it, and upload it again"
+    )]
+    FormulasWithoutValues { sheet: String },
+    #[error(
         "the workbook expands to more than {limit_mb} MB when unzipped, so it is corrupt or built to exhaust memory; save it again from your spreadsheet program, or split it"
     )]
     TooBigUnzipped { limit_mb: u64 },
