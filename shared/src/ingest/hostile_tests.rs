@@ -374,6 +374,28 @@ fn hidden_and_chart_sheets_are_not_read_as_rows() {
     }
 }
 
+/// Rows and a column hidden in the spreadsheet (last term's staff and their old Department,
+/// out of view) were read without a word: the uploader saw two rows and applied four. They are
+/// still read (a file's rows are what it holds; dropped, a replace file would disable them), and
+/// the warning names them. Files LibreOffice wrote from `tests/fixtures/make/hidden-lines.fods`.
+#[test]
+fn hidden_rows_and_columns_are_read_and_named_in_a_warning() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/real");
+    for name in ["hidden-lines.xlsx", "hidden-lines.xls", "hidden-lines.ods"] {
+        let p = prepare(&std::fs::read(format!("{dir}/{name}")).unwrap(), &tenant(), Mode::Upsert).unwrap();
+        assert!(p.outcomes.is_empty(), "{name}: {:?}", outcomes(&p));
+        assert_eq!(p.ops.len(), 4, "{name}: every row read");
+        assert_eq!(
+            p.warnings,
+            [
+                "2 rows (the first: row 3) are hidden in the spreadsheet (hidden by hand or by a filter) and were read like any other; delete them from the file if they should not be applied",
+                "column C is hidden in the spreadsheet and was read like any other; unhide it to check its values",
+            ],
+            "{name}"
+        );
+    }
+}
+
 /// ExcelJS and SheetJS save a formula the program gave no result as a formula with no value, in a
 /// workbook not marked uncalculated: Ann's Department (`=UPPER(D2)`) read as blank, and she was
 /// created without one, nobody told. It is refused as a formula never calculated; Bob's, saved

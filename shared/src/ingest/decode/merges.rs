@@ -103,6 +103,8 @@ pub struct XlsxScan {
     /// openpyxl and rust_xlsxwriter write; their formula cells hold 0 or nothing until a
     /// spreadsheet opens the file).
     pub uncalculated: HashMap<String, Vec<(u32, u32)>>,
+    /// Rows and columns hidden (`hidden`).
+    pub hidden: HashMap<String, super::hidden::Lines>,
 }
 
 /// Uncalculated formula cells a workbook may hold (8 bytes each kept): a generated million-row
@@ -140,7 +142,7 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
     })?;
     part(zip, "xl/_rels/workbook.xml.rels", &["Relationship"], &mut |e| rels.push([attr(e, "Id"), attr(e, "Target")]))?;
     let mut scan = XlsxScan::default();
-    let (mut total, mut uncalculated) = (0usize, 0usize);
+    let (mut total, mut uncalculated, mut hidden_total) = (0usize, 0usize, 0usize);
     // Each part is read once, however many sheets name it (1,000 sheets naming one large part
     // would inflate it 1,000 times).
     let mut read = HashMap::<usize, String>::new();
@@ -162,6 +164,9 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
                 }
                 scan.merged.insert(name.clone(), d);
             }
+            if let Some(h) = scan.hidden.get(first).cloned() {
+                scan.hidden.insert(name.clone(), h);
+            }
             if let Some(f) = scan.uncalculated.get(first).cloned() {
                 uncalculated += f.len();
                 if uncalculated > formulas {
@@ -175,7 +180,12 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
         let entry = zip.by_index(i).map_err(|e| damaged(&e))?;
         // A workbook not marked uncalculated may still hold formulas saved without a value.
         let mut valueless = (!never_calculated).then(|| ValuelessFormulas::new(formulas.saturating_sub(uncalculated)));
-        let entry = Tee { inner: entry, seen: valueless.as_mut() };
+        let mut hidden = HiddenTags { total: hidden_total, ..HiddenTags::default() };
+        let mut seen: Vec<&mut dyn Feed> = vec![&mut hidden];
+        if let Some(v) = valueless.as_mut() {
+            seen.push(v);
+        }
+        let entry = Tee { inner: entry, seen };
         // Only ranges merged down are kept (12 bytes each), and only so many.
         let mut down = Vec::new();
         merge_refs(entry, |r| {
@@ -191,6 +201,10 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
         }
         if !down.is_empty() {
             scan.merged.insert(name.clone(), down);
+        }
+        hidden_total = hidden.total;
+        if !hidden.lines.is_empty() {
+            scan.hidden.insert(name.clone(), hidden.lines);
         }
         if let Some(v) = valueless.filter(|v| !v.found.is_empty()) {
             if v.overflowed() {
@@ -327,9 +341,11 @@ fn cell_start(before: &[u8]) -> Option<usize> {
         if i == 0 || !matches!(before[i - 1], b'<' | b':') {
             return false;
         }
-        let prefix = before[..i].iter().rev().take(64).position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')));
+        let prefix =
+            before[..i].iter().rev().take(64).position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')));
         let lt = prefix.and_then(|k| i.checked_sub(k + 1)).filter(|&lt| before[lt] == b'<');
-        lt.is_some_and(|lt| lt + 1 == i || before[i - 1] == b':') && before.get(i + 1).is_some_and(|b| b.is_ascii_whitespace() || *b == b'>')
+        lt.is_some_and(|lt| lt + 1 == i || before[i - 1] == b':')
+            && before.get(i + 1).is_some_and(|b| b.is_ascii_whitespace() || *b == b'>')
     };
     memchr::memmem::rfind_iter(before, b"c").find(|&i| opens(i))
 }
@@ -408,7 +424,8 @@ fn end_tag_start(buf: &[u8], c: usize) -> Option<usize> {
     match c.checked_sub(1).map(|i| buf[i])? {
         b'/' => c.checked_sub(2).filter(|&lt| buf[lt] == b'<'),
         b':' => {
-            let prefix = buf[..c - 1].iter().rev().take(64).position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))?;
+            let prefix =
+                buf[..c - 1].iter().rev().take(64).position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))?;
             let slash = (c - 1).checked_sub(prefix + 1)?;
             (prefix > 0 && buf[slash] == b'/' && slash > 0 && buf[slash - 1] == b'<').then(|| slash - 1)
         }
@@ -442,19 +459,118 @@ fn formula_right_before(before: &[u8]) -> Option<usize> {
     memchr::memrchr(b'<', &before[..tag])
 }
 
-/// A reader that shows `seen` every byte it reads.
+/// A scanner of a part's bytes, given them as they are read (`Tee`).
+pub(super) trait Feed {
+    fn feed(&mut self, data: &[u8]);
+}
+
+impl Feed for ValuelessFormulas {
+    fn feed(&mut self, data: &[u8]) {
+        ValuelessFormulas::feed(self, data);
+    }
+}
+
+/// A reader that shows each of `seen` every byte it reads.
 pub(super) struct Tee<'s, R> {
     pub inner: R,
-    pub seen: Option<&'s mut ValuelessFormulas>,
+    pub seen: Vec<&'s mut dyn Feed>,
 }
 
 impl<R: Read> Read for Tee<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(out)?;
-        if let Some(seen) = self.seen.as_deref_mut() {
+        for seen in &mut self.seen {
             seen.feed(&out[..n]);
         }
         Ok(n)
+    }
+}
+
+/// The rows and columns a sheet part hides: `<row r="5" hidden="1">`, `<col min="3" max="4"
+/// hidden="1">` (any prefix, attributes in any order). Found by the word `hidden` in the bytes
+/// and the tag around it, as the merge pass reads the part.
+#[derive(Default)]
+pub(super) struct HiddenTags {
+    buf: Vec<u8>,
+    from: usize,
+    pub lines: super::hidden::Lines,
+    /// Ranges recorded so far in the whole workbook (`hidden::MAX_HIDDEN_RANGES` at most).
+    pub total: usize,
+}
+
+/// A row or column tag is short; a longer one is skipped.
+const TAG_REACH: usize = 4096;
+
+impl Feed for HiddenTags {
+    fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        let finder = memchr::memmem::Finder::new(b"hidden");
+        let mut at = self.from;
+        let mut waiting = None;
+        while let Some(i) = finder.find(&self.buf[at..]) {
+            let h = at + i;
+            at = h + 6;
+            // Inside a tag: a `<` before it with no `>` between (text may hold the word).
+            let lo = h.saturating_sub(TAG_REACH);
+            let Some(lt) = memchr::memrchr(b'<', &self.buf[lo..h]).map(|k| lo + k) else { continue };
+            if memchr::memchr(b'>', &self.buf[lt..h]).is_some() {
+                continue;
+            }
+            let Some(gt) = memchr::memchr(b'>', &self.buf[h..(h + TAG_REACH).min(self.buf.len())]).map(|k| h + k) else {
+                if self.buf.len() - h < TAG_REACH {
+                    waiting = Some(h); // the tag ends in the next bytes
+                    break;
+                }
+                continue;
+            };
+            at = gt + 1;
+            if self.total < super::hidden::MAX_HIDDEN_RANGES
+                && let Some(range) = hidden_line(&self.buf[lt + 1..gt])
+            {
+                range.push_to(&mut self.lines);
+                self.total += 1;
+            }
+        }
+        self.from = waiting.unwrap_or(at.max(self.buf.len().saturating_sub(5)));
+        if self.from > 2 * TAG_REACH {
+            let cut = self.from - TAG_REACH;
+            self.buf.drain(..cut);
+            self.from -= cut;
+        }
+    }
+}
+
+/// A hidden row or columns.
+enum HiddenLine {
+    Row(u32),
+    Cols(u32, u32),
+}
+
+impl HiddenLine {
+    fn push_to(self, lines: &mut super::hidden::Lines) {
+        match self {
+            HiddenLine::Row(r) => lines.rows.push((r, r)),
+            HiddenLine::Cols(a, b) => lines.cols.push((a, b)),
+        }
+    }
+}
+
+/// What a tag (its bytes between `<` and `>`) hides, if it is a hidden row or column.
+fn hidden_line(tag: &[u8]) -> Option<HiddenLine> {
+    let name_end = tag.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(tag.len());
+    let local = tag[..name_end].rsplit(|&b| b == b':').next()?;
+    let attrs = &tag[name_end..];
+    if !matches!(attribute(attrs, b"hidden")?.trim(), "1" | "true") {
+        return None;
+    }
+    let number = |key: &[u8]| attribute(attrs, key).and_then(|v| v.trim().parse::<u32>().ok()).filter(|&n| n >= 1);
+    match local {
+        b"row" => number(b"r").filter(|&r| r <= super::guards::MAX_SHEET_ROWS).map(|r| HiddenLine::Row(r - 1)),
+        b"col" => {
+            let (min, max) = (number(b"min")?, number(b"max")?.min(super::guards::MAX_SHEET_COLUMNS));
+            (min <= max).then(|| HiddenLine::Cols(min - 1, max - 1))
+        }
+        _ => None,
     }
 }
 
@@ -636,7 +752,7 @@ mod tests {
         }
         for step in [1, 2, 3, 7, 64, 1000, 1 << 16] {
             let mut seen = ValuelessFormulas::new(100);
-            let mut tee = Tee { inner: Trickle(xml.as_bytes(), step), seen: Some(&mut seen) };
+            let mut tee = Tee { inner: Trickle(xml.as_bytes(), step), seen: vec![&mut seen] };
             std::io::copy(&mut tee, &mut std::io::sink()).unwrap();
             // (row, column), 0-based; the last cell names no place.
             assert_eq!(seen.found, [Some((1, 0)), Some((1, 2)), Some((1, 3)), Some((1, 5)), Some((1, 7)), None], "reads of {step} bytes");
@@ -644,6 +760,35 @@ mod tests {
         let mut few = ValuelessFormulas::new(2);
         few.feed(xml.as_bytes());
         assert!(few.overflowed());
+    }
+
+    /// Hidden rows and columns, whatever the attribute order, prefix and quotes, wherever the
+    /// reads cut them; `hidden="false"` (LibreOffice writes it on every row), the word in a
+    /// cell's text and other elements' `hidden` are not.
+    #[test]
+    fn hidden_rows_and_columns_are_found_wherever_reads_cut_them() {
+        let xml = concat!(
+            r#"<worksheet><cols><col min="3" max="4" hidden="1" width="9"/><x:col hidden='true' max="7" min="7"/><col min="8" max="8" hidden="false"/>"#,
+            r#"<col min="9" max="99999" hidden="1"/></cols><sheetData><row r="1" hidden="false"><c r="A1" t="inlineStr"><is><t>row r="9" hidden="1"</t></is></c></row>"#,
+            r#"<row spans="1:4" hidden="1" r="5"><c r="A5"><v>1</v></c></row><x:row hidden="true" r="6"/><row hidden="1"/><sheetView hidden="1" r="8"/>"#,
+            r#"</sheetData></worksheet>"#
+        );
+        struct Trickle<'a>(&'a [u8], usize);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.1.min(self.0.len()).min(out.len());
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        for step in [1, 2, 5, 64, 1 << 16] {
+            let mut hidden = HiddenTags::default();
+            let mut tee = Tee { inner: Trickle(xml.as_bytes(), step), seen: vec![&mut hidden] };
+            std::io::copy(&mut tee, &mut std::io::sink()).unwrap();
+            assert_eq!(hidden.lines.rows, [(4, 4), (5, 5)], "reads of {step} bytes");
+            assert_eq!(hidden.lines.cols, [(2, 3), (6, 6), (8, 16_383)], "reads of {step} bytes");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::io::{Cursor, Read, Seek};
 
 pub mod archive;
 mod guards;
+mod hidden;
 mod merges;
 mod numfmt;
 mod ods_shown;

@@ -18,6 +18,8 @@ pub(super) struct OdsShown {
     /// `merges::MAX_MERGED_RANGES` in all; `too_many` past it.
     merged: Vec<(String, Vec<super::merges::Down>)>,
     pub(super) too_many_merged: bool,
+    /// Per table, its hidden rows and columns (`table:visibility` collapse or filter).
+    hidden: Vec<(String, super::hidden::Lines)>,
 }
 
 /// A row element: rows `first..first + count` (repeated), and its kept cells as
@@ -55,6 +57,11 @@ impl OdsShown {
         self.merged.iter().rev().find(|(name, _)| name == sheet).map(|(_, d)| d.clone()).unwrap_or_default()
     }
 
+    /// A sheet's hidden rows and columns (the last table of the name).
+    pub(super) fn hidden(&self, sheet: &str) -> super::hidden::Lines {
+        self.hidden.iter().rev().find(|(name, _)| name == sheet).map(|(_, h)| h.clone()).unwrap_or_default()
+    }
+
     /// Read from `content.xml`, streamed: only the kept cells are held.
     pub(super) fn scan<B: std::io::BufRead>(input: B) -> Result<Self, String> {
         let mut xml = quick_xml::Reader::from_reader(input);
@@ -65,6 +72,10 @@ impl OdsShown {
         let mut kept: Vec<(u64, u64, String)> = Vec::new();
         let mut cell: Option<Cell> = None;
         let (mut down, mut merged_total) = (Vec::new(), 0usize);
+        // Hidden rows and columns of the table being read, the columns declared so far, and the
+        // ranges recorded in all.
+        let (mut hidden, mut declared_cols, mut hidden_total) = (super::hidden::Lines::default(), 0u64, 0usize);
+        let is_hidden = |e: &BytesStart<'_>| matches!(attr(e, "table:visibility").as_deref(), Some("collapse" | "filter"));
         // A cell spanning rows starts a range merged down at its place.
         let mut spanned = |e: &BytesStart<'_>, row: u64, col: u64, down: &mut Vec<super::merges::Down>, too_many: &mut bool| {
             let n = count(e, "table:number-rows-spanned");
@@ -118,16 +129,31 @@ impl OdsShown {
                     let name = attr(&e, "table:name").unwrap_or_default();
                     table = Some((name, Vec::new()));
                     row = 0;
+                    (hidden, declared_cols) = (super::hidden::Lines::default(), 0);
+                }
+                Event::Start(e) | Event::Empty(e) if e.name().as_ref() == "table:table-column" => {
+                    let n = count(&e, "table:number-columns-repeated").min((MAX_SHEET_COLUMNS as u64).saturating_sub(declared_cols));
+                    if n > 0 && is_hidden(&e) && hidden_total < super::hidden::MAX_HIDDEN_RANGES {
+                        hidden.cols.push((declared_cols as u32, (declared_cols + n - 1) as u32));
+                        hidden_total += 1;
+                    }
+                    declared_cols += n;
                 }
                 Event::End(e) if e.name().as_ref() == "table:table" => {
                     if let Some((name, _)) = &table {
                         shown.merged.push((name.clone(), std::mem::take(&mut down)));
+                        shown.hidden.push((name.clone(), std::mem::take(&mut hidden)));
                     }
                     shown.tables.extend(table.take()); // kept when empty too: it hides an earlier table of its name
                 }
                 Event::Start(e) if e.name().as_ref() == "table:table-row" => {
                     (row_repeat, col) = (count(&e, "table:number-rows-repeated"), 0);
                     kept.clear();
+                    let n = row_repeat.min((MAX_SHEET_ROWS as u64).saturating_sub(row));
+                    if n > 0 && is_hidden(&e) && hidden_total < super::hidden::MAX_HIDDEN_RANGES {
+                        hidden.rows.push((row as u32, (row + n - 1) as u32));
+                        hidden_total += 1;
+                    }
                 }
                 Event::End(e) if e.name().as_ref() == "table:table-row" => {
                     let n = row_repeat.min((MAX_SHEET_ROWS as u64).saturating_sub(row));

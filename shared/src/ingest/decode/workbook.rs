@@ -1,5 +1,6 @@
 //! Workbooks (XLSX, XLS, ODS) through calamine, sheet by sheet; XLSX cells streamed into rows.
 
+use super::hidden::Hidden;
 use super::merges::{self, Filler, XlsxScan};
 use super::numfmt::NumberFormat;
 use super::ods_shown::{self, OdsShown};
@@ -101,6 +102,7 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                 let declared = dims.end.0.saturating_sub(dims.start.0).min(MAX_ROWS_HINT);
                 let mut shape = Shape::new(TableHead { rows_hint: Some(declared), ..proto(name, k, several) }, true);
                 let mut filler = Filler::new(scan.merged.remove(name).unwrap_or_default());
+                let mut hidden = Hidden::new(scan.hidden.remove(name).unwrap_or_default());
                 // Formula cells of a workbook never calculated, in the order cells come.
                 let uncalculated = scan.uncalculated.remove(name).unwrap_or_default();
                 let mut next_formula = 0;
@@ -139,6 +141,9 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                         Some(a) if a < r => {
                             if !filler.is_empty() {
                                 fill_slots(&mut filler, a, &mut row, &mut width);
+                            }
+                            if !hidden.is_empty() {
+                                hidden.row(a, with_data(&row[..width]));
                             }
                             shape.row(v, a + 1, &row[..width])?;
                             // Each empty row between two data rows is a row of the result (Skipped):
@@ -183,12 +188,18 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                     if !filler.is_empty() {
                         fill_slots(&mut filler, a, &mut row, &mut width);
                     }
+                    if !hidden.is_empty() {
+                        hidden.row(a, with_data(&row[..width]));
+                    }
                     shape.row(v, a + 1, &row[..width])?;
                 }
                 if !shape.started() {
                     return Err(FileError::NoSheet.into());
                 }
                 if let Some(warning) = filler.warning(several.then_some(name.as_str())) {
+                    v.warning(warning);
+                }
+                for warning in hidden.warnings(several.then_some(name.as_str())) {
                     v.warning(warning);
                 }
             }
@@ -218,6 +229,10 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                 let mut filler = Filler::new(down);
                 // calamine keeps the last sheet of a name; the XLS formats go by the sheet's place.
                 let xls_sheet = xls.as_ref().zip(all_names.iter().rposition(|n| n == name));
+                let mut hidden = Hidden::new(match &book {
+                    Sheets::Xls(_) => xls_sheet.map(|(x, i)| x.hidden(i)).unwrap_or_default(),
+                    _ => shown.as_ref().map(|s| s.hidden(name)).unwrap_or_default(),
+                });
                 for (i, r) in range.rows().enumerate() {
                     let row = u64::from(start_row) + i as u64;
                     // A number reads as the sheet shows it (`000123`): an XLS cell under its
@@ -253,9 +268,15 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                             }
                         }
                     }
+                    if !hidden.is_empty() {
+                        hidden.row(at, with_data(&cells).map(|j| start_col + j));
+                    }
                     shape.row(v, at + 1, &cells)?;
                 }
                 if let Some(warning) = filler.warning(several.then_some(name.as_str())) {
+                    v.warning(warning);
+                }
+                for warning in hidden.warnings(several.then_some(name.as_str())) {
                     v.warning(warning);
                 }
             }
@@ -266,6 +287,11 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
         }
     }
     Ok(())
+}
+
+/// The columns (0-based, from the row's first cell) of a row's cells that hold something.
+fn with_data<S: AsRef<str>>(cells: &[S]) -> impl Iterator<Item = u32> + '_ {
+    cells.iter().enumerate().filter(|(_, c)| !c.as_ref().trim().is_empty()).map(|(j, _)| j as u32)
 }
 
 /// The covered cells of XLSX row `row` (which has data) filled from their merged range's top cell.

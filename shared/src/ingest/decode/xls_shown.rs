@@ -33,6 +33,8 @@ struct Cell {
 pub struct XlsShown {
     sheets: Vec<Vec<Cell>>,
     formats: Vec<NumberFormat>,
+    /// Each sheet's hidden rows and columns, in the same order.
+    hidden: Vec<super::hidden::Lines>,
 }
 
 /// (type, data) of each whole record of a BIFF stream from `at` (the guard counts cells with it too).
@@ -103,6 +105,41 @@ fn builtin(id: u16) -> Option<&'static str> {
     })
 }
 
+/// Each sheet's hidden rows (ROW records with fDyZero) and columns (COLINFO with fHidden), by
+/// the sheet's place among the BoundSheet records.
+fn hidden_lines(stream: &[u8]) -> Vec<super::hidden::Lines> {
+    use super::guards::MAX_SHEET_COLUMNS;
+    let sheets: Vec<usize> = records(stream, 0)
+        .take_while(|(typ, _)| *typ != 0x000A)
+        .filter(|(typ, d)| *typ == 0x0085 && d.len() >= 4)
+        .map(|(_, d)| u32_at(d, 0).map_or(usize::MAX, |p| p as usize))
+        .collect();
+    let mut total = 0usize;
+    sheets
+        .into_iter()
+        .map(|at| {
+            let mut lines = super::hidden::Lines::default();
+            for (typ, d) in sheet_records(stream, at) {
+                if total >= super::hidden::MAX_HIDDEN_RANGES {
+                    break;
+                }
+                match (typ, u16_at(d, 0), u16_at(d, 2)) {
+                    (0x0208, Some(row), _) if u16_at(d, 12).is_some_and(|g| g & 0x0020 != 0) => {
+                        lines.rows.push((u32::from(row), u32::from(row)));
+                        total += 1;
+                    }
+                    (0x007D, Some(first), Some(last)) if u16_at(d, 8).is_some_and(|g| g & 0x0001 != 0) && first <= last => {
+                        lines.cols.push((u32::from(first), u32::from(last).min(MAX_SHEET_COLUMNS - 1)));
+                        total += 1;
+                    }
+                    _ => {}
+                }
+            }
+            lines
+        })
+        .collect()
+}
+
 /// A FORMAT record's (id, code): BIFF8's XLUnicodeString, Latin-1 or UTF-16LE, whole in the
 /// record (a code cut by a CONTINUE record is left out: its numbers read plain). Custom ids only,
 /// as calamine reads them.
@@ -126,7 +163,14 @@ impl XlsShown {
     /// Read the workbook stream. Not BIFF8 (BIFF5 and older write other records), or more
     /// formatted cells than `MAX_CELLS`: nothing, and every number reads plain.
     pub fn scan(stream: &[u8]) -> Self {
-        Self::read(stream).unwrap_or_default()
+        let mut shown = Self::read(stream).unwrap_or_default();
+        shown.hidden = hidden_lines(stream);
+        shown
+    }
+
+    /// The hidden rows and columns of the sheet at place `sheet`.
+    pub fn hidden(&self, sheet: usize) -> super::hidden::Lines {
+        self.hidden.get(sheet).cloned().unwrap_or_default()
     }
 
     fn read(stream: &[u8]) -> Option<Self> {
@@ -239,7 +283,7 @@ impl XlsShown {
             cells.shrink_to_fit();
             shown.push(cells);
         }
-        Some(Self { sheets: shown, formats })
+        Some(Self { sheets: shown, formats, hidden: Vec::new() })
     }
 
     /// `value` at (`row`, `col`) of the `sheet`th sheet as its format shows it; `None` when it is
