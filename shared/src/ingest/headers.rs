@@ -161,6 +161,13 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
             "; that looks like a title: the first row with text must be the column names, so delete the rows above them"
         } else if headers.iter().any(|h| h.contains('@')) {
             "; that looks like a row of data: add the header row (Email, First Name, ...) above it"
+        } else if mapping.fields().next().is_none()
+            && mapping.custom.is_empty()
+            && headers.iter().filter(|h| !h.trim().is_empty()).count() > 1
+        {
+            // Labels over groups of columns (`Personal`, `Contact`) or a title in several cells:
+            // the column names are on a row below.
+            "; none of these is a roster column: if the column names are on a row below, delete the rows above them so they come first; otherwise add an Email column, or use the template"
         } else {
             ". Add an Email column, or use the template"
         };
@@ -286,7 +293,13 @@ mod tests {
         );
         let err = map_headers(&h(&["ann@x.com", "Ann", "Lee"]), &tenant()).unwrap_err();
         assert!(err.ends_with("that looks like a row of data: add the header row (Email, First Name, ...) above it"), "{err}");
-        assert!(map_headers(&h(&["Name"]), &tenant()).unwrap_err().ends_with("or use the template"), "one word is a column name");
+        assert!(
+            map_headers(&h(&["Name"]), &tenant()).unwrap_err().ends_with(". Add an Email column, or use the template"),
+            "one word is a column name"
+        );
+        // Labels over groups of columns, the column names on the row below.
+        let err = map_headers(&h(&["", "Personal", "", "Contact"]), &tenant()).unwrap_err();
+        assert!(err.ends_with("none of these is a roster column: if the column names are on a row below, delete the rows above them so they come first; otherwise add an Email column, or use the template"), "{err}");
     }
 
     #[test]
