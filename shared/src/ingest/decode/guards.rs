@@ -199,13 +199,13 @@ pub(super) fn check_zip_parts<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, ods:
         // A password-protected ODS is a zip like any other whose manifest gives each encrypted
         // part its `encryption-data`: its content.xml read as "cannot decode UTF-8".
         if let Some((i, _)) = names.iter().find(|(_, n)| n == "meta-inf/manifest.xml") {
+            // Read as far as it goes: a manifest that cannot be read says nothing (calamine does
+            // not read it).
             let mut manifest = Vec::new();
-            zip.by_index(*i)
-                .map_err(|e| damaged("ODS", &e))?
-                .take(ROOT_SEARCH_BYTES)
-                .read_to_end(&mut manifest)
-                .map_err(|e| damaged("ODS", &e))?;
-            if memchr::memmem::find(&manifest, b"encryption-data").is_some() {
+            if let Ok(entry) = zip.by_index(*i) {
+                let _ = entry.take(ROOT_SEARCH_BYTES).read_to_end(&mut manifest);
+            }
+            if content_encrypted(&manifest) {
                 return Err(FileError::Encrypted);
             }
         }
@@ -230,6 +230,21 @@ pub(super) fn check_zip_parts<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, ods:
         }
     }
     Ok(())
+}
+
+/// Whether an ODS manifest gives `content.xml` its `encryption-data` (only the sheets matter: a
+/// password-protected macro library encrypts its own parts, not the workbook's).
+fn content_encrypted(manifest: &[u8]) -> bool {
+    let Some(at) = memchr::memmem::find(manifest, b"\"content.xml\"").or_else(|| memchr::memmem::find(manifest, b"'content.xml'")) else {
+        return false;
+    };
+    let rest = &manifest[at..];
+    let Some(end) = memchr::memchr(b'>', rest) else { return false };
+    if rest[..end].ends_with(b"/") {
+        return false; // `<manifest:file-entry .../>`: nothing inside it
+    }
+    let inside = memchr::memmem::find(&rest[end..], b"file-entry>").map_or(&rest[end..], |close| &rest[end..end + close]);
+    memchr::memmem::find(inside, b"encryption-data").is_some()
 }
 
 /// The `uniqueCount` the `<sst>` root declares, as calamine reads it (`None` if absent or not a
@@ -447,7 +462,7 @@ mod tests {
     use super::*;
 
     mod ole {
-        use crate::ingest::decode::guards::{OleWorkbook, check_ole_container};
+        use crate::ingest::decode::guards::{OleWorkbook, check_ole_container, content_encrypted};
         use crate::ingest::decode::{FileError, Table, decode};
         use std::io::Read;
         use std::io::{Cursor, Write};
@@ -512,6 +527,15 @@ mod tests {
             }
             // The same workbook unprotected reads as ever.
             assert!(decode(&fixture("roster.ods")).is_ok());
+            // Only content.xml's encryption counts (a macro library may have a password).
+            let entry = |path: &str, inside: &str| {
+                format!(r#"<manifest:file-entry manifest:full-path="{path}" manifest:media-type="text/xml">{inside}</manifest:file-entry>"#)
+            };
+            let data = r#"<manifest:encryption-data manifest:checksum-type="SHA1/1K"/>"#;
+            let macros = format!("{}{}", entry("content.xml", ""), entry("Basic/Lib/Module1.xml", data));
+            assert!(!content_encrypted(macros.as_bytes()));
+            assert!(content_encrypted(entry("content.xml", data).as_bytes()));
+            assert!(!content_encrypted(br#"<manifest:file-entry manifest:full-path="content.xml"/><manifest:encryption-data/>"#));
         }
 
         #[test]

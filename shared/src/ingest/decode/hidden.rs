@@ -32,6 +32,7 @@ pub struct Hidden {
     first_row: Option<u32>,
     /// Hidden columns with data (at most the 16,384 a sheet has).
     cols: BTreeSet<u32>,
+    header_seen: bool,
 }
 
 impl Hidden {
@@ -44,8 +45,16 @@ impl Hidden {
         self.lines.is_empty()
     }
 
-    /// Row `row` (0-based) has data in columns `cols`.
+    /// Row `row` (0-based) has data in columns `cols` (a row with none is not counted).
     pub fn row(&mut self, row: u32, cols: impl Iterator<Item = u32>) {
+        let mut cols = cols.peekable();
+        if cols.peek().is_none() {
+            return;
+        }
+        // The sheet's first row with data is its header row: not a row applied.
+        if !std::mem::replace(&mut self.header_seen, true) {
+            return;
+        }
         if covers(&self.lines.rows, row) {
             self.rows += 1;
             self.first_row = Some(self.first_row.map_or(row, |f| f.min(row)));
@@ -116,10 +125,12 @@ mod tests {
 
     #[test]
     fn rows_and_columns_hidden_with_data_are_told_by_number_and_letter() {
-        let mut h = Hidden::new(Lines { rows: vec![(9, 9), (3, 5)], cols: vec![(2, 2), (30, 40)] });
+        let mut h = Hidden::new(Lines { rows: vec![(0, 0), (9, 9), (3, 5), (14, 15)], cols: vec![(2, 2), (30, 40)] });
         for row in 0..12 {
             h.row(row, [0, 1, 2].into_iter());
         }
+        // Hidden but blank: not a row of data (an ODS or XLS range gives every row).
+        h.row(14, std::iter::empty());
         assert_eq!(
             h.warnings(Some("Roster")),
             [
@@ -132,6 +143,7 @@ mod tests {
         quiet.row(1, [0, 1].into_iter());
         assert!(quiet.warnings(None).is_empty());
         let mut one = Hidden::new(Lines { rows: vec![(1, 1)], cols: (0..7).map(|c| (c, c)).collect() });
+        one.row(0, 0..1);
         one.row(1, 0..7);
         assert_eq!(
             one.warnings(None),

@@ -401,8 +401,13 @@ impl ValuelessFormulas {
             if let Some(end) = end_tag_start(&self.buf, c)
                 && let Some(formula) = formula_right_before(&self.buf[..end])
             {
-                let lo = formula.saturating_sub(CELL_REACH);
-                let place = cell_start(&self.buf[lo..formula]).and_then(|k| cell_place(&self.buf[lo + k..formula]));
+                // The cell's start tag stands right before its formula (`<c r="C2" s="1"><f>`):
+                // only that tag is looked at, so a hostile run of `<f/></c>` costs no search back.
+                let lo = formula.saturating_sub(1024);
+                let place = memchr::memrchr(b'<', &self.buf[lo..formula])
+                    .map(|k| lo + k)
+                    .and_then(|lt| cell_start(&self.buf[lt..formula]).map(|k| lt + k))
+                    .and_then(|c| cell_place(&self.buf[c..formula]));
                 self.found.push(place);
                 if self.overflowed() {
                     return;
@@ -488,11 +493,16 @@ impl<R: Read> Read for Tee<'_, R> {
 
 /// The rows and columns a sheet part hides: `<row r="5" hidden="1">`, `<col min="3" max="4"
 /// hidden="1">` (any prefix, attributes in any order). Found by the word `hidden` in the bytes
-/// and the tag around it, as the merge pass reads the part.
+/// and the tag around it, as the merge pass reads the part. Each byte is looked at a bounded
+/// number of times whatever the file (where a tag opened is carried from match to match).
 #[derive(Default)]
 pub(super) struct HiddenTags {
     buf: Vec<u8>,
     from: usize,
+    /// Bytes before this were looked at for `<` and `>`; `open`: the last `<` among them when
+    /// no `>` came after it (a tag not ended there).
+    scanned: usize,
+    open: Option<usize>,
     pub lines: super::hidden::Lines,
     /// Ranges recorded so far in the whole workbook (`hidden::MAX_HIDDEN_RANGES` at most).
     pub total: usize,
@@ -511,19 +521,26 @@ impl Feed for HiddenTags {
             let h = at + i;
             at = h + 6;
             // Inside a tag: a `<` before it with no `>` between (text may hold the word).
-            let lo = h.saturating_sub(TAG_REACH);
-            let Some(lt) = memchr::memrchr(b'<', &self.buf[lo..h]).map(|k| lo + k) else { continue };
-            if memchr::memchr(b'>', &self.buf[lt..h]).is_some() {
-                continue;
+            if self.scanned < h {
+                let region = &self.buf[self.scanned..h];
+                match (memchr::memrchr(b'<', region), memchr::memrchr(b'>', region)) {
+                    (Some(lt), gt) if gt.is_none_or(|gt| gt < lt) => self.open = Some(self.scanned + lt),
+                    (_, Some(_)) => self.open = None,
+                    (_, None) => {}
+                }
+                self.scanned = h;
             }
+            let Some(lt) = self.open.filter(|&lt| h - lt <= TAG_REACH) else { continue };
             let Some(gt) = memchr::memchr(b'>', &self.buf[h..(h + TAG_REACH).min(self.buf.len())]).map(|k| h + k) else {
                 if self.buf.len() - h < TAG_REACH {
                     waiting = Some(h); // the tag ends in the next bytes
                     break;
                 }
+                at = h + TAG_REACH; // an over-long tag: skipped whole
                 continue;
             };
             at = gt + 1;
+            (self.scanned, self.open) = (gt + 1, None);
             if self.total < super::hidden::MAX_HIDDEN_RANGES
                 && let Some(range) = hidden_line(&self.buf[lt + 1..gt])
             {
@@ -536,6 +553,12 @@ impl Feed for HiddenTags {
             let cut = self.from - TAG_REACH;
             self.buf.drain(..cut);
             self.from -= cut;
+            // A `<` cut off is out of any later match's reach.
+            self.open = self.open.and_then(|p| p.checked_sub(cut));
+            match self.scanned.checked_sub(cut) {
+                Some(s) => self.scanned = s,
+                None => (self.scanned, self.open) = (0, None),
+            }
         }
     }
 }
@@ -760,6 +783,15 @@ mod tests {
         let mut few = ValuelessFormulas::new(2);
         few.feed(xml.as_bytes());
         assert!(few.overflowed());
+        // A hostile run of formulas in no cell: each is found without a search back for a cell
+        // (a review found 64 KB searched for each), none with a place.
+        let run = "<f/></c>".repeat(100_000);
+        let mut hostile = ValuelessFormulas::new(1 << 20);
+        for piece in run.as_bytes().chunks(1 << 16) {
+            hostile.feed(piece);
+        }
+        assert_eq!(hostile.found.len(), 100_000);
+        assert!(hostile.found.iter().all(Option::is_none));
     }
 
     /// Hidden rows and columns, whatever the attribute order, prefix and quotes, wherever the
@@ -788,6 +820,19 @@ mod tests {
             std::io::copy(&mut tee, &mut std::io::sink()).unwrap();
             assert_eq!(hidden.lines.rows, [(4, 4), (5, 5)], "reads of {step} bytes");
             assert_eq!(hidden.lines.cols, [(2, 3), (6, 6), (8, 16_383)], "reads of {step} bytes");
+        }
+        // The word over and over in a tag that never ends, or in text with no tag: nothing, and
+        // each byte looked at a bounded number of times (where a tag opened is carried along).
+        for hostile in [
+            format!("<x {}", "hidden ".repeat(200_000)),
+            "hidden=\"1\" ".repeat(200_000),
+            format!("<row r=\"1\" {}>", "hidden=\"1\" ".repeat(1000)),
+        ] {
+            let mut hidden = HiddenTags::default();
+            for piece in hostile.as_bytes().chunks(1 << 16) {
+                hidden.feed(piece);
+            }
+            assert!(hidden.lines.is_empty());
         }
     }
 
