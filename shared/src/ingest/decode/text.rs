@@ -144,27 +144,38 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
     // whose letters no guess reads right. The first row that has one is named.
     let mut controls_at: Option<u32> = None;
     let mut shape = Shape::new(proto, false);
-    let mut reader =
-        csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(delimiter).buffer_capacity(1 << 16).from_reader(r);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(delimiter)
+        .buffer_capacity(CSV_BUFFER)
+        .from_reader(Recent::new(&mut *r));
     let mut record = csv::ByteRecord::new();
     let mut number = 0u32;
     // Rows as a spreadsheet numbers them: the CSV reader skips empty lines, which a spreadsheet
     // shows as empty rows (a record over several lines is one row). The lines read since the
-    // previous record, less the record's own (its line breaks, and its terminator unless it
-    // ends the file), are empty lines. `ended`: the line the previous record ended on. (The CSV
-    // reader ends a CRLF record before its LF, counting that line with the next record: the
-    // first record's baseline is one line earlier.)
-    let (length, last_byte) = (scan.offset, scan.prev);
+    // previous record, less the record's own (its line breaks, and its LF), are empty lines.
+    // `ended`: the line the previous record ended on. What ended each record is looked at in its
+    // bytes (`Recent`): an LF is read with its record; the CSV reader ends a CRLF record at its
+    // CR, its LF then read with the next record (`pending`); CR alone (a Mac file) counts no
+    // line. Judged record by record: decided once from the first line ending, a CRLF header over
+    // LF rows (a file edited on two systems) numbered every row one too far.
     let crlf = scan.crlf == Some(true);
-    let mut ended = if crlf { 0 } else { 1u64 };
+    let (mut ended, mut previous_end) = (1u64, None::<u64>);
     let corrupt = |e: csv::Error| FileError::Corrupt { format: format.label(), detail: e.to_string() };
     while reader.read_byte_record(&mut record).map_err(corrupt)? {
         let end = reader.position();
-        // In a CRLF file each record's lines include the previous record's LF instead of its own.
-        let terminated = end.byte() < length || last_byte == Some(b'\n') || crlf;
-        let own = record.iter().map(|f| memchr::memchr_iter(b'\n', f).count() as u64).sum::<u64>() + u64::from(terminated);
+        let recent = reader.get_ref();
+        let pending = previous_end.map_or(0, |e| match (e.checked_sub(1).and_then(|i| recent.byte_at(i)), recent.byte_at(e)) {
+            (Some(b'\r'), Some(b'\n')) => 1,
+            (Some(_), Some(_)) => 0,
+            // Out of reach (a record longer than `Recent` keeps): the file's first line ending.
+            _ => u64::from(crlf),
+        });
+        let lf = u64::from(end.byte().checked_sub(1).and_then(|i| recent.byte_at(i)) == Some(b'\n'));
+        let own = record.iter().map(|f| memchr::memchr_iter(b'\n', f).count() as u64).sum::<u64>() + lf + pending;
         let empty_lines = (end.line().saturating_sub(ended)).saturating_sub(own);
-        ended = end.line();
+        (ended, previous_end) = (end.line(), Some(end.byte()));
         number = number.saturating_add(1).saturating_add(u32::try_from(empty_lines).unwrap_or(u32::MAX));
         if utf8 && !lossy {
             // Pass 1 found the whole file valid: one check per record, fields borrowed as they are.
@@ -200,6 +211,47 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
         ));
     }
     if shape.started() { Ok(()) } else { Err(FileError::Empty.into()) }
+}
+
+/// The CSV reader's buffer in pass 2.
+const CSV_BUFFER: usize = 1 << 16;
+
+/// A reader that keeps the last bytes it gave (more than the CSV reader reads ahead), by their
+/// offset from its start: what ended a record is looked at once the CSV reader has passed it.
+struct Recent<R> {
+    inner: R,
+    ring: Vec<u8>,
+    total: u64,
+}
+
+impl<R> Recent<R> {
+    const KEPT: usize = 4 * CSV_BUFFER;
+
+    fn new(inner: R) -> Self {
+        Recent { inner, ring: vec![0; Self::KEPT], total: 0 }
+    }
+
+    /// The byte at `at`, if it was read and is still kept.
+    fn byte_at(&self, at: u64) -> Option<u8> {
+        (at < self.total && self.total - at <= Self::KEPT as u64).then(|| self.ring[(at % Self::KEPT as u64) as usize])
+    }
+}
+
+impl<R: Read> Read for Recent<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(out)?;
+        // Only the last `KEPT` bytes of a read larger than the ring matter.
+        let kept = &out[n.saturating_sub(Self::KEPT)..n];
+        let from = self.total + (n - kept.len()) as u64;
+        for (k, piece) in kept.chunks(Self::KEPT).enumerate() {
+            let at = ((from + (k * Self::KEPT) as u64) % Self::KEPT as u64) as usize;
+            let first = piece.len().min(Self::KEPT - at);
+            self.ring[at..at + first].copy_from_slice(&piece[..first]);
+            self.ring[..piece.len() - first].copy_from_slice(&piece[first..]);
+        }
+        self.total += n as u64;
+        Ok(n)
+    }
 }
 
 /// Bytes of a text that is not UTF-8 the encoding guess reads: enough for any roster's names.
@@ -715,6 +767,56 @@ mod tests {
             assert_eq!(numbers, [4, 7, 8], "{eol:?}");
             let unterminated = text.trim_end();
             assert_eq!(decode(unterminated.as_bytes()).unwrap().rows.last().unwrap().0, 8, "{eol:?}: the last line without its break");
+        }
+    }
+
+    /// Line endings mixed in one file (a CRLF header over LF rows: edited on two systems, or
+    /// joined from two exports): rows were numbered one too far, the whole file's numbering
+    /// decided from its first line ending. Each record is now judged by what ended it, wherever
+    /// the reads cut the file, and a record too long to look back over keeps the file's way.
+    #[test]
+    fn rows_are_numbered_as_shown_whatever_mix_of_line_endings() {
+        let cases: [(&str, &[u32]); 5] = [
+            ("Email,Note\r\na@x.com,1\nb@x.com,2\n\nc@x.com,3\n", &[2, 3, 5]),
+            ("Email,Note\na@x.com,1\r\nb@x.com,2\r\n\r\nc@x.com,3\r\n", &[2, 3, 5]),
+            ("Email,Note\r\na@x.com,\"two\nlines\"\r\n\nb@x.com,2\nc@x.com,3", &[2, 4, 5]),
+            ("\r\n\nEmail,Note\na@x.com,1\r\n\r\n\nb@x.com,2\r\n", &[4, 7]),
+            ("Email,Note\ra@x.com,1\rb@x.com,2\r", &[2, 3]),
+        ];
+        for (text, expected) in cases {
+            for buffer in [1, 2, 3, 7, 1 << 16] {
+                let t = read_with(text.as_bytes(), buffer).unwrap().remove(0);
+                let numbers: Vec<u32> = t.rows.iter().map(|(n, _)| *n).collect();
+                assert_eq!(numbers, expected, "{text:?}, pass-1 reads of {buffer}");
+            }
+        }
+        // A CRLF cut between the CSV reader's reads (its CR the last byte of its first 64 KB).
+        let straddle = format!("Email,Note\r\na@x.com,{}\r\nb@x.com,2\nc@x.com,3\r\n", "x".repeat(65_536 - 21));
+        assert_eq!(straddle.find('\r').map(|_| straddle[12..].find('\r').unwrap() + 12), Some(65_535));
+        let numbers: Vec<u32> = decode(straddle.as_bytes()).unwrap().rows.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, [2, 3, 4]);
+        let long = "x".repeat(600_000);
+        for eol in ["\n", "\r\n"] {
+            let text = format!("Email,Note{eol}a@x.com,{long}{eol}{eol}b@x.com,2{eol}");
+            let numbers: Vec<u32> = decode(text.as_bytes()).unwrap().rows.iter().map(|(n, _)| *n).collect();
+            assert_eq!(numbers, [2, 4], "{eol:?} after a record longer than the bytes kept");
+        }
+    }
+
+    /// The bytes `Recent` keeps are the last ones read, at their offsets, whatever the reads.
+    #[test]
+    fn recent_bytes_are_kept_at_their_offsets() {
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        for step in [1usize, 1000, 65_536, 300_000] {
+            let mut recent = Recent::new(&data[..]);
+            let mut out = vec![0u8; step];
+            while recent.read(&mut out).unwrap() > 0 {}
+            let kept = Recent::<&[u8]>::KEPT as u64;
+            for at in [0u64, 1, 400_000, 700_000 - kept, 699_999] {
+                let expected = (at >= 700_000 - kept).then(|| data[at as usize]);
+                assert_eq!(recent.byte_at(at), expected, "reads of {step}, byte {at}");
+            }
+            assert_eq!(recent.byte_at(700_000), None);
         }
     }
 
