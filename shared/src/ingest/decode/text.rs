@@ -268,12 +268,23 @@ fn legacy_encoding<R: Read + Seek>(r: &mut R, start: u64) -> std::io::Result<&'s
     let mut lines = std::io::BufReader::with_capacity(1 << 16, r.take(DETECT_BYTES));
     let mut detector = chardetng::EncodingDetector::new();
     let mut high = [false; 128];
+    // Bytes ≥ 0x80, and those in runs of three or more (words of nothing else).
+    let (mut highs, mut in_words) = (0u64, 0u64);
     let mut line = Vec::new();
     while lines.read_until(b'\n', &mut line)? > 0 {
         if std::str::from_utf8(&line).is_err() {
-            for &b in line.iter().filter(|b| **b >= 0x80) {
-                high[usize::from(b - 0x80)] = true;
+            let mut run = 0u64;
+            for &b in &line {
+                if b >= 0x80 {
+                    high[usize::from(b - 0x80)] = true;
+                    run += 1;
+                } else {
+                    in_words += if run >= 3 { run } else { 0 };
+                    highs += run;
+                    run = 0;
+                }
             }
+            (highs, in_words) = (highs + run, in_words + if run >= 3 { run } else { 0 });
             detector.feed(&line, false);
         }
         line.clear();
@@ -284,7 +295,17 @@ fn legacy_encoding<R: Read + Seek>(r: &mut R, start: u64) -> std::io::Result<&'s
         && (0x80u8..=0xff)
             .filter(|b| high[usize::from(b - 0x80)])
             .all(|b| guess.decode_without_bom_handling(&[b]).0 == WINDOWS_1252.decode_without_bom_handling(&[b]).0);
-    Ok(if same_as_1252 { WINDOWS_1252 } else { guess })
+    // A guess from a few words (a one-row file: `Иван`) falls back to Windows-1252, read as
+    // `Èâàí`, without a word. Western names have an accent here and there (`René`, `Müller`), not
+    // words made of accented letters alone; Cyrillic words in Windows-1251 are just that (its
+    // letters are 0xC0-0xFF, Ё and ё 0xA8 and 0xB8). Read so, the result names the encoding.
+    let cyrillic_letters = (0x80u8..=0xff).filter(|b| high[usize::from(b - 0x80)]).all(|b| b >= 0xC0 || b == 0xA8 || b == 0xB8);
+    let words_of_high_letters = highs > 0 && in_words * 4 >= highs * 3 && cyrillic_letters;
+    Ok(match (same_as_1252 || guess == WINDOWS_1252, words_of_high_letters) {
+        (true, true) => encoding_rs::WINDOWS_1251,
+        (true, false) => WINDOWS_1252,
+        (false, _) => guess,
+    })
 }
 
 /// `="00123"`: exports write an id or phone number as a formula of one string so that Excel
@@ -939,12 +960,26 @@ mod tests {
                 assert_eq!(read_with_warnings(&bytes, buffer).unwrap(), (tables.clone(), warnings.clone()), "{} {buffer}", enc.name());
             }
         }
+        // A file of a few Cyrillic words: too little for the guess, which fell back to
+        // Windows-1252 (`Èâàí`, no warning). Words of high letters alone are no Western text.
+        for text in ["Email,Имя\na@x.com,Иван\n", "Email,Name\na@x.com,Пётр\n"] {
+            let bytes = encoding_rs::WINDOWS_1251.encode(text).0.into_owned();
+            let (tables, warnings) = read_with_warnings(&bytes, 1 << 20).unwrap();
+            assert_eq!(tables[0].rows[0].1[1], text.lines().nth(1).unwrap().split(',').nth(1).unwrap(), "{text:?}");
+            assert!(warnings.len() == 1 && warnings[0].contains("windows-1251 (Cyrillic)"), "{warnings:?}");
+        }
         // Western European text is Windows-1252, as before, and says nothing.
         let bytes =
             encoding_rs::WINDOWS_1252.encode("Email,Name\nx@example.com,Françoise Lefèvre\ny@example.com,Zoë Müller\n").0.into_owned();
         let (tables, warnings) = read_with_warnings(&bytes, 1 << 20).unwrap();
         assert_eq!(tables[0].rows[0].1[1], "Françoise Lefèvre");
         assert!(warnings.is_empty(), "{warnings:?}");
+        for western in ["Email,Name\na@x.com,René\n", "Email,Name\na@x.com,Größe Ærø Çà\n", "Email,Name\na@x.com,José Núñez\n"] {
+            let bytes = encoding_rs::WINDOWS_1252.encode(western).0.into_owned();
+            let (tables, warnings) = read_with_warnings(&bytes, 1 << 20).unwrap();
+            assert_eq!(tables[0].rows[0].1[1], western.lines().nth(1).unwrap().split(',').nth(1).unwrap());
+            assert!(warnings.is_empty(), "{western:?}: {warnings:?}");
+        }
         // A Mac Roman file (Excel for Mac's "CSV (Macintosh)"): its è reads as a control
         // character in any guess; the result names the row and what to do.
         let mac = b"Email,Name\rx@example.com,Ann\ry@example.com,Lef\x8fvre\r";
