@@ -427,6 +427,30 @@ fn a_formula_saved_without_its_value_is_not_read_as_blank() {
     }
 }
 
+/// A pipe-delimited Shift_JIS export (a Japanese system's): ポ is 0x83 0x7C, and 0x7C is `|`.
+/// Split as bytes, Paul's first name became two cells and every row one cell too long, the last
+/// cell's ポ lost. Read as decoded text, each name is whole and the result names the encoding.
+/// File from `tests/fixtures/make/pipe_shift_jis.py`.
+#[test]
+fn a_pipe_delimited_shift_jis_file_keeps_names_whole() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/odd/pipe-shift-jis.csv");
+    let p = prepare(&std::fs::read(path).unwrap(), &tenant(), Mode::Upsert).unwrap();
+    assert!(p.outcomes.is_empty(), "{:?}", outcomes(&p));
+    let people: Vec<(String, Option<String>, Option<String>)> = p
+        .ops
+        .iter()
+        .filter_map(|op| match &op.target {
+            crate::model::Target::User { email, fields } => Some((email.clone(), fields.first_name.clone(), fields.department.clone())),
+            _ => None,
+        })
+        .collect();
+    let want =
+        [("tanaka@example.jp", "ポール", "営業部"), ("suzuki@example.jp", "花子", "ポータル開発"), ("sato@example.jp", "翔", "総務ポ")];
+    let want: Vec<_> = want.iter().map(|(e, f, d)| (e.to_string(), Some(f.to_string()), Some(d.to_string()))).collect();
+    assert_eq!(people, want);
+    assert!(p.warnings.iter().any(|w| w.contains("Shift_JIS (Japanese)")), "{:?}", p.warnings);
+}
+
 /// A ScheduledDate typed as a time alone (09:30): the spreadsheets store a time of day as a day
 /// count under 1, read as 1899-12-31 09:30, a date long past, so the invitation went out at once.
 /// It now reads as the time the sheet shows and is refused as no date; a full date still reads.

@@ -32,7 +32,7 @@ pub(super) fn read_text<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V, b
 
 /// Delimited text from `start` on: UTF-8 (or, given `label`, already decoded to UTF-8), else
 /// Windows-1252. `raw_head` is the file's first bytes as stored.
-pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
+pub(super) fn read_text_from<R: Read + Seek + ?Sized, V: TableVisitor>(
     r: &mut R,
     mut start: u64,
     raw_head: &[u8],
@@ -40,7 +40,7 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
     v: &mut V,
     buffer: usize,
 ) -> Result<(), ReadError<V::Stop>> {
-    let bom = start == 3;
+    let (bom, origin) = (start == 3, start);
     r.seek(SeekFrom::Start(start))?;
     let mut head = vec![0u8; HEAD_BYTES];
     let mut n = read_up_to(r, &mut head)?;
@@ -80,6 +80,14 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
     // Shift_JIS in Japan. Read as Windows-1252, Иван was stored as Èâàí, without a word.
     // (A UTF-8 character cut off by the file's end is no other encoding: Windows-1252 reads it.)
     let legacy = if scan.utf8.invalid { legacy_encoding(r, start)? } else { WINDOWS_1252 };
+    // Shift_JIS, GBK and Big5 put ASCII bytes inside their double-byte characters (ポ is 0x83
+    // 0x7C, `|`): split as bytes, a pipe-delimited file broke ポール into two cells. Such text is
+    // read decoded, as UTF-8; every check below runs on it, and the result names its encoding.
+    if !utf8 && !legacy.is_single_byte() && label.is_none() {
+        v.warning(not_utf8_warning(legacy));
+        let mut decoded = Decoded::new(r, origin, legacy)?;
+        return read_text_from::<dyn ReadSeek, V>(&mut decoded, 0, raw_head, Some(legacy.name()), v, buffer);
+    }
     let encoding = label.unwrap_or(if utf8 { UTF_8.name() } else { legacy.name() });
     let head_text: Cow<'_, str> = if utf8 { String::from_utf8_lossy(&head) } else { legacy.decode_without_bom_handling(&head).0 };
     if let Some(at) = scan.nul_at {
@@ -134,11 +142,7 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
         rows_hint: Some((scan.newlines + 1).min(MAX_ROWS_HINT as u64) as u32),
     };
     if !utf8 && legacy != WINDOWS_1252 {
-        v.warning(format!(
-            "the file is not UTF-8 text: it was read as {}{}; if names look wrong in the result, save the file from your spreadsheet as \"CSV UTF-8\" and upload it again",
-            legacy.name(),
-            script_of(legacy).map(|s| format!(" ({s})")).unwrap_or_default()
-        ));
+        v.warning(not_utf8_warning(legacy));
     }
     // Bytes the legacy encoding reads as control characters (U+0080-U+009F): a Mac or DOS file,
     // whose letters no guess reads right. The first row that has one is named.
@@ -213,6 +217,87 @@ pub(super) fn read_text_from<R: Read + Seek, V: TableVisitor>(
     if shape.started() { Ok(()) } else { Err(FileError::Empty.into()) }
 }
 
+fn not_utf8_warning(legacy: &'static Encoding) -> String {
+    format!(
+        "the file is not UTF-8 text: it was read as {}{}; if names look wrong in the result, save the file from your spreadsheet as \"CSV UTF-8\" and upload it again",
+        legacy.name(),
+        script_of(legacy).map(|s| format!(" ({s})")).unwrap_or_default()
+    )
+}
+
+/// What the text reader reads from (a trait object: a decoded file is read by the same code).
+pub(super) trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek + ?Sized> ReadSeek for T {}
+
+/// Text in a legacy multi-byte encoding from `origin` on, read as UTF-8 as it is decoded (one
+/// buffer of each at a time). A seek decodes again from the start: the text reader seeks to its
+/// passes' start and to a line an error names, a few times a file. (`encoding_rs_io` decodes as
+/// a stream too, but cannot seek.)
+struct Decoded<'r, R: ?Sized> {
+    inner: &'r mut R,
+    origin: u64,
+    encoding: &'static Encoding,
+    decoder: encoding_rs::Decoder,
+    raw: Vec<u8>,
+    out: Vec<u8>,
+    /// The decoded bytes not yet given, and whether the input has ended (and the decoder flushed).
+    given: usize,
+    ended: bool,
+    /// Decoded bytes given so far: the position `Seek` reports.
+    position: u64,
+}
+
+impl<'r, R: Read + Seek + ?Sized> Decoded<'r, R> {
+    const RAW: usize = 1 << 16;
+
+    fn new(inner: &'r mut R, origin: u64, encoding: &'static Encoding) -> std::io::Result<Self> {
+        inner.seek(SeekFrom::Start(origin))?;
+        let decoder = encoding.new_decoder_without_bom_handling();
+        // Room for what any buffer of raw bytes decodes to, so each is decoded in one call.
+        let room = decoder.max_utf8_buffer_length(Self::RAW).unwrap_or(4 * Self::RAW);
+        let (raw, out) = (vec![0; Self::RAW], Vec::with_capacity(room));
+        Ok(Decoded { inner, origin, encoding, decoder, raw, out, given: 0, ended: false, position: 0 })
+    }
+}
+
+impl<R: Read + Seek + ?Sized> Read for Decoded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.given == self.out.len() && !self.ended {
+            let n = self.inner.read(&mut self.raw)?;
+            self.ended = n == 0;
+            self.out.clear();
+            self.given = 0;
+            let room = self.out.capacity();
+            self.out.resize(room, 0);
+            let (_, read, written, _) = self.decoder.decode_to_utf8(&self.raw[..n], &mut self.out, self.ended);
+            debug_assert_eq!(read, n, "the buffer has room for all of it");
+            self.out.truncate(written);
+        }
+        let n = buf.len().min(self.out.len() - self.given);
+        buf[..n].copy_from_slice(&self.out[self.given..self.given + n]);
+        self.given += n;
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read + Seek + ?Sized> Seek for Decoded<'_, R> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let SeekFrom::Start(to) = to else {
+            return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "decoded text seeks from its start only"));
+        };
+        if to < self.position {
+            self.inner.seek(SeekFrom::Start(self.origin))?;
+            self.decoder = self.encoding.new_decoder_without_bom_handling();
+            (self.given, self.ended, self.position) = (0, false, 0);
+            self.out.clear();
+        }
+        let skip = to - self.position;
+        std::io::copy(&mut (&mut *self).take(skip), &mut std::io::sink())?;
+        Ok(self.position)
+    }
+}
+
 /// The CSV reader's buffer in pass 2.
 const CSV_BUFFER: usize = 1 << 16;
 
@@ -262,7 +347,7 @@ const DETECT_BYTES: u64 = 16 << 20;
 /// its own, so the guess is the same whatever pass 1's buffers): `chardetng`'s guess, except
 /// that Windows-1252 stays when the guess reads every byte those lines have as it does (`René`
 /// alone guesses Windows-1250, whose é is the same byte: the same text, and no warning).
-fn legacy_encoding<R: Read + Seek>(r: &mut R, start: u64) -> std::io::Result<&'static Encoding> {
+fn legacy_encoding<R: Read + Seek + ?Sized>(r: &mut R, start: u64) -> std::io::Result<&'static Encoding> {
     use std::io::BufRead;
     r.seek(SeekFrom::Start(start))?;
     let mut lines = std::io::BufReader::with_capacity(1 << 16, r.take(DETECT_BYTES));
@@ -448,7 +533,7 @@ fn script_of(e: &'static Encoding) -> Option<&'static str> {
 
 /// The line (1-based) of byte `at` of the text starting at `start`: counted again only when a
 /// message needs it. A line ends at LF, CRLF or a CR alone (old Mac files).
-pub(super) fn line_of<R: Read + Seek>(r: &mut R, start: u64, at: u64) -> std::io::Result<usize> {
+pub(super) fn line_of<R: Read + Seek + ?Sized>(r: &mut R, start: u64, at: u64) -> std::io::Result<usize> {
     r.seek(SeekFrom::Start(start))?;
     let (mut lines, mut after_cr) = (1, false);
     let mut left = at;
@@ -980,6 +1065,28 @@ mod tests {
             assert_eq!(tables[0].rows[0].1[1], western.lines().nth(1).unwrap().split(',').nth(1).unwrap());
             assert!(warnings.is_empty(), "{western:?}: {warnings:?}");
         }
+        // Pipe-delimited Shift_JIS, GBK and Big5: the second byte of a double-byte character may
+        // be 0x7C, `|` in ASCII (ポ is 0x83 0x7C), and was read as the delimiter: ポール split
+        // into two cells, the row one cell too long. The file is read as decoded text.
+        let pipes: [(&'static Encoding, &str); 3] =
+            [(encoding_rs::SHIFT_JIS, "ポール|田中 ポ"), (encoding_rs::GBK, "张億|王瑋"), (encoding_rs::BIG5, "許尚|陳四")];
+        for (enc, names) in pipes {
+            let (first, last) = names.split_once('|').unwrap();
+            let text = format!("Email|FirstName|LastName\r\nx@example.com|{first}|{last}\r\ny@example.com|\"{first}\n{last}\"|{last}\r\n");
+            let bytes = enc.encode(&text).0.into_owned();
+            assert!(bytes.windows(2).any(|w| w[0] >= 0x80 && w[1] == b'|'), "{}: no trail byte 0x7C in the case", enc.name());
+            let (tables, warnings) = read_with_warnings(&bytes, 1 << 20).unwrap();
+            let t = &tables[0];
+            assert_eq!((t.encoding.as_deref(), t.delimiter), (Some(enc.name()), Some('|')));
+            assert_eq!(t.headers.len(), 3, "{}", enc.name());
+            let rows: Vec<(u32, Vec<&str>)> = t.rows.iter().map(|(n, r)| (*n, r.iter().map(String::as_str).collect())).collect();
+            let two = format!("{first}\n{last}");
+            assert_eq!(rows, [(2, vec!["x@example.com", first, last]), (3, vec!["y@example.com", two.as_str(), last])], "{}", enc.name());
+            assert!(warnings.len() == 1 && warnings[0].contains(enc.name()) && warnings[0].contains("CSV UTF-8"), "{warnings:?}");
+            for buffer in [1, 2, 3, 7] {
+                assert_eq!(read_with_warnings(&bytes, buffer).unwrap(), (tables.clone(), warnings.clone()), "{} {buffer}", enc.name());
+            }
+        }
         // A Mac Roman file (Excel for Mac's "CSV (Macintosh)"): its è reads as a control
         // character in any guess; the result names the row and what to do.
         let mac = b"Email,Name\rx@example.com,Ann\ry@example.com,Lef\x8fvre\r";
@@ -1123,6 +1230,33 @@ mod tests {
             Err(ReadError::File(e)) => Err(e.to_string()),
             Err(other) => Err(format!("{other:?}")),
         }
+    }
+
+    /// The decoding reader gives what decoding the whole file gives, characters cut by its
+    /// buffers included, and reads the same again after any seek; an error names the line it is
+    /// on in the decoded text.
+    #[test]
+    fn decoded_text_reads_and_seeks_as_the_whole_file_decoded() {
+        let text: String = (0..6000).map(|i| format!("u{i}@example.com|ポール{i}|田中\n")).collect();
+        let bytes = [b"sep=|\n".as_slice(), &encoding_rs::SHIFT_JIS.encode(&text).0].concat();
+        let mut file = Cursor::new(bytes.clone());
+        let mut decoded = Decoded::new(&mut file, 6, encoding_rs::SHIFT_JIS).unwrap();
+        let mut all = String::new();
+        decoded.read_to_string(&mut all).unwrap();
+        assert_eq!(all, text);
+        for at in [0, 1, 70_000, 3, 140_001, text.len() as u64, 9] {
+            assert_eq!(decoded.seek(SeekFrom::Start(at)).unwrap(), at);
+            let mut rest = Vec::new();
+            decoded.read_to_end(&mut rest).unwrap();
+            assert_eq!(rest, &text.as_bytes()[at as usize..], "from {at}");
+        }
+        assert!(decoded.seek(SeekFrom::End(0)).is_err(), "seeks from the start only");
+        let tables = read_with(&bytes, 1 << 20).unwrap();
+        assert_eq!((tables[0].rows.len(), tables[0].rows[5998].1[1].as_str()), (5999, "ポール5999"));
+        // An error names its line as the file has it.
+        let broken = encoding_rs::SHIFT_JIS.encode("Email|Name\na@x.com|ポール\nb@x.com|\"ポ\nc@x.com|ポ\n").0.into_owned();
+        let err = read_with(&broken, 1 << 20).unwrap_err();
+        assert!(err.contains("a double quote opened on line 3 is never closed"), "{err}");
     }
 
     /// The text reader with pass 1 reading `buffer` bytes at a time.
