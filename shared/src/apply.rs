@@ -593,6 +593,9 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
     let unchanged = |write| (Written { write, licence: Licence::Unchanged }, Before::Unknown);
     let moving = ctx.identity.moves.get(&row);
     if let (Some(m), Target::User { email: to, .. }, false) = (moving, &op.target, ctx.dry) {
+        // Who stays as they were: a user known by a Username has no email to keep.
+        let stays =
+            if m.column == "Username" { format!("{} is left as they were", m.who()) } else { format!("{} keeps their email", m.from) };
         let skipped = |msg: String| Ok((Outcome { action: Some(action), ..Outcome::skipped(row, msg) }, nothing(), Before::Unknown));
         match ctx.svc.directory.move_user(tenant, &m.from, to, &stamp).await? {
             crate::ports::Moved::Moved => {
@@ -600,15 +603,20 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
                 ctx.svc.invites.rename(tenant, &m.from, to).await?;
             }
             crate::ports::Moved::Missing => {
-                return fail_in(m.column, format!("no user has the email {} any more; nothing to move", m.from));
+                let gone = if m.column == "Username" {
+                    format!("{} is not in the directory any more", m.who())
+                } else {
+                    format!("no user has the email {} any more", m.from)
+                };
+                return fail_in(m.column, format!("{gone}; nothing to move"));
             }
             crate::ports::Moved::Taken => {
-                return fail_in(m.column, format!("{to} already belongs to another user; {} keeps their email", m.from));
+                return fail_in(m.column, format!("{to} already belongs to another user; {stays}"));
             }
             crate::ports::Moved::ContactOf(org) => {
                 return fail_in(
                     m.column,
-                    format!("{to} is the contact email of organization \"{}\"; {} keeps their email", crate::wording::quoted(&org), m.from),
+                    format!("{to} is the contact email of organization \"{}\"; {stays}", crate::wording::quoted(&org)),
                 );
             }
             crate::ports::Moved::Superseded(job) => return skipped(format!("changed by a newer upload (job {job})")),
@@ -693,13 +701,15 @@ async fn apply_row(ctx: &Ctx<'_>, op: &RowOp, licensed: bool) -> Result<Row> {
         ctx.svc.directory.release_external_id(tenant, id, email).await?;
     }
     if let (Some(m), Target::User { email: to, .. }, Status::Success) = (moving, &op.target, outcome.status) {
-        let verb = if ctx.dry { "would change" } else { "changed" };
-        outcome.message = format!("email {verb} from {} to {to}", m.from);
+        let (verb, given) = if ctx.dry { ("would change", "would be given") } else { ("changed", "was given") };
+        let username = m.column == "Username";
+        outcome.message =
+            if username { format!("{} {given} the email {to}", m.who()) } else { format!("email {verb} from {} to {to}", m.from) };
         if ctx.dry {
             outcome.message += &format!(" ({})", ctx.dry_note);
         }
         outcome.change = Some(crate::model::Change::Updated);
-        let email_change = format!("Email: \"{}\" -> \"{to}\"", m.from);
+        let email_change = if username { format!("Email: (empty) -> \"{to}\"") } else { format!("Email: \"{}\" -> \"{to}\"", m.from) };
         outcome.changes = if outcome.changes.is_empty() { email_change } else { format!("{email_change}; {}", outcome.changes) };
     }
     if let Target::User { email, fields } = &op.target {

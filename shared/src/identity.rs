@@ -1,7 +1,9 @@
 //! Who a row is about when emails change: a row with an `ExternalId` is matched by it (its
-//! Email may be the person's new address), a row with `NewEmail` moves the user named by Email.
-//! Decided per chunk from one batched read of the ExternalIds; the writes' conditions stay the
-//! authority (`Directory::claim_external_id`, `Directory::move_user`).
+//! Email may be the person's new address), a row with `NewEmail` moves the user named by Email,
+//! and a row with a `Username` beside its Email moves the user known by that Username alone (a
+//! student given an address) when no user has the Email yet. Decided per chunk from one batched
+//! read of the ExternalIds and one of the Usernames; the writes' conditions stay the authority
+//! (`Directory::claim_external_id`, `Directory::move_user`).
 
 use crate::error::Result;
 use crate::model::{Action, RowOp, Target, User};
@@ -23,8 +25,19 @@ pub struct Identities {
 #[derive(Debug, Clone)]
 pub struct Moving {
     pub from: String,
-    /// The column that asked for the move (ExternalId or NewEmail): messages name it.
+    /// The column that asked for the move (ExternalId, NewEmail or Username): messages name it.
     pub column: &'static str,
+}
+
+impl Moving {
+    /// The user who moves as messages name them: their old email, or the Username they were
+    /// known by (`user:kid1` is a key, no address).
+    pub fn who(&self) -> String {
+        match self.from.strip_prefix("user:") {
+            Some(name) if self.column == "Username" => format!("the user known by Username \"{}\"", quoted(name)),
+            _ => self.from.clone(),
+        }
+    }
 }
 
 /// Decide each user row's identity. NewEmail rows are retargeted at the new email (the old one
@@ -46,15 +59,26 @@ pub async fn plan(
         })
         .collect();
     let holders = if ids.is_empty() { HashMap::new() } else { svc.directory.external_ids(tenant, &ids, read).await? };
+    // Rows with a Username beside an Email whose user is not known to exist: (row, action, key).
+    let mut by_username: Vec<(u32, Action, String)> = Vec::new();
     for op in ops.iter_mut() {
         let (row, action) = (op.row, op.action);
         let Target::User { email, fields } = &mut op.target else { continue };
+        // Taken out: a row is its Email's alone unless its Username finds someone (below).
+        let username = fields.username.take();
         if let Some(new) = fields.new_email.take() {
             let from = std::mem::replace(email, new);
             out.moves.insert(row, Moving { from, column: "NewEmail" });
             continue;
         }
-        let Some(id) = fields.external_id.clone() else { continue };
+        let Some(id) = fields.external_id.clone() else {
+            if let Some(key) = username.filter(|_| matches!(action, Action::Create | Action::Upsert | Action::Update))
+                && (action == Action::Create || !stored.contains_key(email.as_str()))
+            {
+                by_username.push((row, action, key));
+            }
+            continue;
+        };
         match holders.get(&id) {
             Some(holder) if holder == email => {}
             Some(holder) if matches!(action, Action::Upsert | Action::Update) => {
@@ -83,6 +107,28 @@ pub async fn plan(
                 _ => {}
             },
         }
+    }
+    // A student first created by Username and now given an email: moved to it, keeping their
+    // account (id, licence, products, Parent), not left behind as a second user that replace
+    // mode would disable. Only while no user has the Email: two accounts stay two.
+    if !by_username.is_empty() {
+        let mut keys: Vec<String> = by_username.iter().map(|(.., key)| key.clone()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let known = svc.directory.read_users(tenant, &keys, read).await?.live;
+        for (row, action, key) in by_username {
+            if !known.contains_key(&key) {
+                continue;
+            }
+            let moving = Moving { from: key, column: "Username" };
+            if action == Action::Create {
+                let message = format!("{} exists already; an Update or Upsert row gives them this Email", moving.who());
+                out.refused.insert(row, ("Username", message));
+            } else {
+                out.moves.insert(row, moving);
+            }
+        }
+        stored.extend(known);
     }
     // The users moves start from (and their targets: a retried move finds the user there).
     let mut wanted: Vec<String> = Vec::new();
@@ -193,6 +239,68 @@ mod tests {
         kit.run("gone.csv", "Action,Email\nDelete,new1@acme.example.com\n").await;
         let reused = kit.run("reuse.csv", "ExternalId,Email\nE7,other@acme.example.com\n").await;
         assert_eq!(kit.outcomes(&reused).await[0].0, "Created");
+    }
+
+    /// A student created by Username alone, later given an email by a row with both: the row
+    /// wrote a second user under the email and left the first behind, which a replace file then
+    /// disabled (id, licence, products and Parent lost with it). The row now moves the student to
+    /// the email; with a user at both, each stays, and a replace file keeps the Username's too.
+    #[tokio::test]
+    async fn a_username_beside_an_email_moves_the_student_known_by_it_to_the_email() {
+        use crate::model::UserStatus;
+        let mut kit = Kit::new(|t| {
+            t.licences = Some(10);
+            t.products = vec!["LMS".into()];
+        })
+        .await;
+        let first = kit
+            .run(
+                "school.csv",
+                "Email,Username,Parent,FirstName,Products\n\
+                 mom@acme.example.com,,,Mom,\n\
+                 ,Kid1,mom@acme.example.com,Kid,LMS\n\
+                 ,kid2,mom@acme.example.com,Kay,\n\
+                 kid3@acme.example.com,,,Three,\n\
+                 ,kid3,mom@acme.example.com,Other,\n",
+            )
+            .await;
+        assert_eq!(first.succeeded, 5, "{:?}", kit.outcomes(&first).await);
+        let dir = kit.svc.directory.clone();
+        let before = dir.user("acme", "user:kid1").await.unwrap().unwrap();
+        // The nightly replace file, now with kid1's address.
+        let sync = "Email,Username,Parent,FirstName\n\
+                    mom@acme.example.com,,,Mom\n\
+                    kid1@acme.example.com,Kid1,,Kid\n\
+                    ,kid2,mom@acme.example.com,Kay\n\
+                    kid3@acme.example.com,kid3,,Three\n";
+        let moved = kit.run("replace/sync.csv", sync).await;
+        let out = kit.outcomes(&moved).await;
+        assert_eq!(out[1], ("Updated".into(), "the user known by Username \"kid1\" was given the email kid1@acme.example.com".into()));
+        assert_eq!(kit.changes(&moved).await[1], "Email: (empty) -> \"kid1@acme.example.com\"");
+        assert_eq!(kit.user_ids(&moved).await[1], before.user_id.clone().unwrap());
+        assert_eq!(out[3].0, "Unchanged", "a user at the Email: that row is theirs");
+        assert!(dir.user("acme", "user:kid1").await.unwrap().is_none(), "no second account left behind");
+        let kid = dir.user("acme", "kid1@acme.example.com").await.unwrap().unwrap();
+        assert_eq!(
+            (kid.user_id.clone(), kid.status, &kid.fields.products, kid.fields.associations.get("parent").map(String::as_str)),
+            (before.user_id.clone(), UserStatus::Active, &before.fields.products, Some("mom@acme.example.com"))
+        );
+        for key in ["mom@acme.example.com", "user:kid2", "kid3@acme.example.com", "user:kid3"] {
+            let user = dir.user("acme", key).await.unwrap().unwrap();
+            assert_eq!(user.status, UserStatus::Active, "{key}: replace mode keeps every user the file names");
+        }
+        assert_eq!(dir.licences_used("acme", None).await.unwrap(), 5, "the licence moves with the student");
+
+        // The same file again changes nothing.
+        let again = kit.run("replace/sync2.csv", sync).await;
+        assert!(kit.outcomes(&again).await.iter().all(|(status, _)| status == "Unchanged"), "{:?}", kit.outcomes(&again).await);
+        // A Create row does not make a second account of a student known by the Username.
+        let create = kit.run("create.csv", "Action,Email,Username\nCreate,kay@acme.example.com,KID2\n").await;
+        assert_eq!(
+            kit.outcomes(&create).await[0].1,
+            "the user known by Username \"kid2\" exists already; an Update or Upsert row gives them this Email"
+        );
+        assert!(dir.user("acme", "kay@acme.example.com").await.unwrap().is_none());
     }
 
     /// Without ExternalId, NewEmail moves the user named by Email; a new email that belongs to

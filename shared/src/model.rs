@@ -632,6 +632,11 @@ pub struct UserFields {
     /// A row's instruction, never stored: move the user to this email (`NewEmail`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub new_email: Option<String>,
+    /// A row's instruction, never stored: the key (`user:<name>`) of the Username given beside
+    /// an Email. A user known by it alone (a student without email) moves to the Email
+    /// (`identity::plan`), rather than being left behind as a second account.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub username: Option<String>,
 }
 
 /// Association columns and the attribute each is stored as.

@@ -66,6 +66,8 @@ pub struct RowLine {
     licence_pool: Option<String>,
     #[serde(default)]
     new_email: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
 }
 
 impl TryFrom<RowLine> for RowOp {
@@ -92,6 +94,7 @@ impl TryFrom<RowLine> for RowOp {
                     licence_pool: l.licence_pool,
                     external_id: l.external_id,
                     new_email: l.new_email,
+                    username: l.username,
                 },
             },
             Kind::Org => Target::Org {
@@ -135,6 +138,7 @@ mod tests {
             licence_pool: Some("north".into()),
             external_id: Some("ext-1".into()),
             new_email: Some("ann2@x.com".into()),
+            username: Some("user:ann".into()),
         };
         let restore = Restore {
             undoes: "j".into(),
@@ -180,12 +184,12 @@ mod tests {
         use proptest::prelude::*;
         let names = (maybe(), maybe(), maybe(), maybe(), maybe(), maybe());
         let lists = (vec(text(), 0..3), vec(text(), 0..3), btree_map(text(), text(), 0..3), btree_map(text(), text(), 0..3));
-        let rest = (maybe(), any::<bool>(), maybe(), maybe(), maybe(), maybe());
+        let rest = (maybe(), any::<bool>(), maybe(), maybe(), maybe(), maybe(), maybe());
         (names, lists, rest).prop_map(
             |(
                 (first_name, last_name, phone, org, role, department),
                 (groups, products, associations, attributes),
-                (user_type, invite, invite_at, licence_pool, external_id, new_email),
+                (user_type, invite, invite_at, licence_pool, external_id, new_email, username),
             )| UserFields {
                 first_name,
                 last_name,
@@ -203,6 +207,7 @@ mod tests {
                 licence_pool,
                 external_id,
                 new_email,
+                username,
             },
         )
     }

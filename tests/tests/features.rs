@@ -604,6 +604,47 @@ async fn custom_attributes_products_and_targeting_moves_are_stored() {
     stack.shutdown().await;
 }
 
+/// A student known by Username alone, given an email by the nightly replace file: moved to it in
+/// DynamoDB with their id, licence and Parent, no second account, nobody disabled.
+#[tokio::test]
+async fn a_student_known_by_username_given_an_email_keeps_their_account() {
+    let stack = Stack::start().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.licences = Some(5);
+    tenant.holds = shared::model::Holds::off();
+    stack.put_tenant(&tenant).await;
+    let (_, s, _) = stack
+        .run_csv(
+            "acme",
+            None,
+            "school.csv",
+            &[&["Email", "Username", "Parent"], &["mom@acme.example.com", "", ""], &["", "kid1", "mom@acme.example.com"]],
+        )
+        .await;
+    assert_eq!(s.counts.success, 2);
+    let dir = &stack.svc.directory;
+    let before = dir.user("acme", "user:kid1").await.unwrap().unwrap();
+    let (_, s, result) = stack
+        .run_csv(
+            "acme",
+            Some("replace"),
+            "sync.csv",
+            &[&["Email", "Username"], &["mom@acme.example.com", ""], &["kid1@acme.example.com", "Kid1"]],
+        )
+        .await;
+    assert_eq!(statuses(&result)[1].1, "the user known by Username \"kid1\" was given the email kid1@acme.example.com");
+    assert_eq!((s.counts.success, s.counts.failure, s.counts.unchanged), (2, 0, 1));
+    let kid = dir.user("acme", "kid1@acme.example.com").await.unwrap().unwrap();
+    assert_eq!(
+        (kid.user_id.clone(), kid.status, kid.fields.associations.get("parent").map(String::as_str)),
+        (before.user_id.clone(), shared::model::UserStatus::Active, Some("mom@acme.example.com"))
+    );
+    assert!(dir.user("acme", "user:kid1").await.unwrap().is_none());
+    let list = dir.list_users("acme").await.unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(dir.licences_used("acme", None).await.unwrap(), 2);
+}
+
 #[tokio::test]
 async fn associations_to_users_created_later_in_the_file_succeed_and_missing_ones_fail_by_email() {
     let stack = Stack::start_with(|c| c.chunk_size = 2).await;

@@ -228,7 +228,9 @@ impl RowValidator {
         }
         let mut keys = Vec::new();
         match (cell(cells, mapping, Field::Email), cell(cells, mapping, Field::Username)) {
-            (Some(raw), _) => keys.extend(named_addresses(raw)),
+            // A Username beside the Email names the user known by it too: its row moves them to
+            // the Email, and a row that could not still meant them.
+            (Some(raw), username) => keys.extend(named_addresses(raw).into_iter().chain(username.map(username_key))),
             (None, Some(username)) => {
                 keys.push(username_key(username));
                 keys.extend(named_addresses(username).into_iter().filter(|k| k.contains('@')));
@@ -756,6 +758,13 @@ fn validate_row<'c, S: AsRef<str>>(
                     Some(email.into_owned())
                 }
             };
+            // Beside an Email, the Username finds a student known by it alone: an Update or Upsert
+            // row gives them the Email (`identity::plan`). ExternalId and NewEmail say whom the
+            // row means themselves.
+            let known_by = match (username, key.starts_with("user:"), external_id.is_some() || new_email.is_some()) {
+                (Some(name), false, false) => Some(username_key(name)),
+                _ => None,
+            };
             if (invite || action == Action::Invite) && key.starts_with("user:") {
                 return Err(fail_at("InviteUser", "a user without an Email cannot be sent an activation email".into()));
             }
@@ -776,6 +785,7 @@ fn validate_row<'c, S: AsRef<str>>(
                 licence_pool,
                 external_id,
                 new_email,
+                username: known_by,
                 key,
             };
             for (f, v) in [

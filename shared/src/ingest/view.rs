@@ -47,6 +47,8 @@ pub struct UserView<'c> {
     pub licence_pool: Option<String>,
     pub external_id: Option<&'c str>,
     pub new_email: Option<String>,
+    /// Beside an Email: the Username's key (`user:<name>`), as `UserFields::username`.
+    pub username: Option<String>,
 }
 
 /// The names in a `;`-separated cell (Groups, Products), each trimmed, empty ones dropped. A line
@@ -92,6 +94,7 @@ impl RowView<'_> {
                         licence_pool: u.licence_pool.clone(),
                         external_id: owned(u.external_id),
                         new_email: u.new_email.clone(),
+                        username: u.username.clone(),
                     },
                 }
             }
@@ -186,6 +189,10 @@ impl RowView<'_> {
                 if let Some(email) = &u.new_email {
                     out.extend_from_slice(b",\"new_email\":");
                     string(out, email);
+                }
+                if let Some(username) = &u.username {
+                    out.extend_from_slice(b",\"username\":");
+                    string(out, username);
                 }
             }
         }
@@ -286,6 +293,7 @@ mod tests {
             licence_pool: Some(awkward.into()),
             external_id: Some(awkward),
             new_email: Some("new@x.com".into()),
+            username: Some("user:kid1".into()),
         };
         for action in [Action::Create, Action::Update, Action::Upsert, Action::Delete, Action::Expire, Action::Invite] {
             same_as_serde(&RowView { row: 4_000_000_001, action, target: TargetView::User(full.clone()) });
