@@ -59,6 +59,60 @@ pub fn masked(address: &str) -> String {
     }
 }
 
+/// A domain label that mixes scripts as a look-alike of another address does (`exаmple.com` with
+/// a Cyrillic `а`, `gοοgle.com` with Greek `ο`): an account made for it belongs to whoever holds
+/// that domain, and its invitation goes there, while every screen shows the address it imitates.
+/// UTS #39 levels: a label of one script, or of Latin with Han, kana or Hangul (Japanese, Chinese,
+/// Korean names), or of Latin with one other script but Cyrillic or Greek, passes. Gives the two
+/// scripts and the first letter of the second.
+pub fn look_alike(address: &str) -> Option<(&'static str, &'static str, char)> {
+    use unicode_script::{Script, UnicodeScript};
+    use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
+    let (_, domain) = address.rsplit_once('@')?;
+    if domain.is_ascii() && !domain.to_ascii_lowercase().contains("xn--") {
+        return None;
+    }
+    let (unicode, _) = idna::domain_to_unicode(domain);
+    for label in unicode.split('.') {
+        let letters: String = label.chars().filter(|c| c.identifier_allowed()).collect();
+        if letters.as_str().detect_restriction_level() < RestrictionLevel::MinimallyRestrictive {
+            continue;
+        }
+        let mut first = None;
+        for c in letters.chars() {
+            match (c.script(), first) {
+                (Script::Common | Script::Inherited | Script::Unknown, _) => {}
+                (script, None) => first = Some(script),
+                (script, Some(one)) if script != one => return Some((one.full_name(), script.full_name(), c)),
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// An address typed in full-width forms, as a Japanese or Chinese input method writes them
+/// (`ａｎｎ＠example.com`, `example．com`): the half-width characters they stand for, when it has any.
+pub fn half_width(address: &str) -> Option<String> {
+    let mut changed = false;
+    let out = address
+        .chars()
+        .map(|c| match c {
+            '\u{FF01}'..='\u{FF5E}' => {
+                changed = true;
+                char::from_u32(u32::from(c) - 0xFEE0).unwrap_or(c)
+            }
+            // Ideographic full stops, as IDNA reads them in a domain.
+            '\u{3002}' | '\u{FF61}' => {
+                changed = true;
+                '.'
+            }
+            _ => c,
+        })
+        .collect();
+    changed.then_some(out)
+}
+
 /// `text` with every word holding an `@` masked (`masked`): a message quoting cells (a header
 /// row that was a row of data) is logged without the addresses in it.
 pub fn mask_addresses(text: &str) -> std::borrow::Cow<'_, str> {
@@ -98,6 +152,44 @@ mod tests {
         assert_eq!(canonical("bob@ｘ.com"), "bob@x.com");
         assert!(matches!(canonical("plain@example.com"), std::borrow::Cow::Borrowed(_)));
         assert_eq!(canonical("no-at-sign"), "no-at-sign");
+    }
+
+    /// Look-alike domains are found in any spelling (Unicode, punycode, full-width); the real
+    /// international domains of Western, Cyrillic, Japanese and Chinese names pass.
+    #[test]
+    fn a_domain_mixing_latin_with_cyrillic_or_greek_is_a_look_alike() {
+        let cyrillic_a = "ceo@ex\u{430}mple.com";
+        assert_eq!(look_alike(cyrillic_a), Some(("Latin", "Cyrillic", '\u{430}')));
+        let punycode = deliverable(cyrillic_a).unwrap().into_owned();
+        assert!(punycode.contains("xn--"), "{punycode}");
+        assert_eq!(look_alike(&punycode), Some(("Latin", "Cyrillic", '\u{430}')));
+        assert_eq!(look_alike(&punycode.to_uppercase()), Some(("Latin", "Cyrillic", '\u{430}')));
+        assert_eq!(look_alike("bob@g\u{3bf}\u{3bf}gle.com"), Some(("Latin", "Greek", '\u{3bf}')));
+        assert_eq!(look_alike("bob@\u{440}\u{43e}\u{3bf}.ru"), Some(("Cyrillic", "Greek", '\u{3bf}')));
+        assert_eq!(look_alike("bob@mail.ex\u{430}mple.com"), Some(("Latin", "Cyrillic", '\u{430}')), "any label");
+        for fine in [
+            "ann@example.com",
+            "ann@bücher.de",
+            "ann@münchen-straße.de",
+            "ann@почта.рф",
+            "ann@例え.jp",
+            "ann@abc商事.jp",
+            "ann@ＡＢＣ商事.jp",
+            "ann@한국abc.kr",
+            "ann@xn--bcher-kva.de",
+            "ann@ελληνικά.gr",
+            "no-at-sign",
+        ] {
+            assert_eq!(look_alike(fine), None, "{fine}");
+        }
+    }
+
+    #[test]
+    fn full_width_forms_are_read_as_the_half_width_characters_they_stand_for() {
+        assert_eq!(half_width("ａｎｎ＠ｅｘａｍｐｌｅ．ｃｏｍ").as_deref(), Some("ann@example.com"));
+        assert_eq!(half_width("ann@example。com").as_deref(), Some("ann@example.com"));
+        assert_eq!(half_width("ann@example.com"), None);
+        assert_eq!(half_width("zoë@x.com"), None);
     }
 
     #[test]

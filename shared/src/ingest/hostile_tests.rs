@@ -518,3 +518,35 @@ fn cells_merged_down_a_column_read_as_the_value_shown_on_every_row() {
         );
     }
 }
+
+/// Addresses that are not what they look like. A domain with a Cyrillic `а` among Latin letters
+/// was accepted: the account and its invitation went to whoever holds that domain, while every
+/// screen showed the address it imitates. An address typed in full-width characters (a Japanese
+/// input method's `ａｎｎ＠example.com`) was refused as having no @. Each now fails naming what to
+/// type; real international domains still pass.
+#[test]
+fn look_alike_and_full_width_addresses_fail_naming_what_to_type() {
+    let body = "Email,FirstName\n\
+                ceo@ex\u{430}mple.com,A\n\
+                bob@g\u{3bf}\u{3bf}gle.com,B\n\
+                ａｎｎ＠ｅｘａｍｐｌｅ.com,C\n\
+                ann@example．com,D\n\
+                ａｎｎ@example.com,E\n\
+                ann@bücher.de,F\n\
+                ann@почта.рф,G\n\
+                ann@abc商事.jp,H\n";
+    let p = prepare(body.as_bytes(), &tenant(), Mode::Upsert).unwrap();
+    let look_alike = "has a domain that mixes Latin and Cyrillic letters (\"\u{430}\" is Cyrillic), as an address made to look like another does; type the address again";
+    let half_width = "is typed in full-width characters; type it in half-width ones: \"ann@example.com\"";
+    assert_eq!(
+        outcomes(&p),
+        [
+            format!("row 2: Email \"ceo@ex\u{430}mple.com\" {look_alike}"),
+            "row 3: Email \"bob@g\u{3bf}\u{3bf}gle.com\" has a domain that mixes Latin and Greek letters (\"\u{3bf}\" is Greek), as an address made to look like another does; type the address again".into(),
+            format!("row 4: Email \"ａｎｎ＠ｅｘａｍｐｌｅ.com\" {half_width}"),
+            format!("row 5: Email \"ann@example．com\" {half_width}"),
+            format!("row 6: Email \"ａｎｎ@example.com\" {half_width}"),
+        ]
+    );
+    assert_eq!(p.ops.len(), 3);
+}

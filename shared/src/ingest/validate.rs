@@ -839,11 +839,29 @@ fn check_pool(cell: &str, tenant: &Tenant) -> std::result::Result<String, String
 /// spelling (`address::canonical`).
 fn checked_email(raw: &str) -> std::result::Result<Cow<'_, str>, String> {
     let email = lowercase(raw);
-    if !is_valid_email(&email) {
+    let valid = is_valid_email(&email);
+    let deliverable = if valid { crate::address::deliverable(&email).map(drop) } else { Ok(()) };
+    // `ａｎｎ＠example.com`: no @ to the reader, and letters outside ASCII to the mail service.
+    if (!valid || deliverable == Err(crate::address::Undeliverable::LocalPart))
+        && let Some(half) = crate::address::half_width(raw.trim()).filter(|h| h.is_ascii() && is_valid_email(&lowercase(h)))
+    {
+        return Err(format!(
+            "Email \"{}\" is typed in full-width characters; type it in half-width ones: \"{}\"",
+            crate::wording::quoted(raw),
+            crate::wording::quoted(&half)
+        ));
+    }
+    if !valid {
         return Err(format!("Email \"{}\" is not a valid email address{}", crate::wording::quoted(raw), email_hint(raw)));
     }
-    if let Err(why) = crate::address::deliverable(&email) {
+    if let Err(why) = deliverable {
         return Err(format!("Email \"{}\" {why}", crate::wording::quoted(raw)));
+    }
+    if let Some((one, other, letter)) = crate::address::look_alike(&email) {
+        return Err(format!(
+            "Email \"{}\" has a domain that mixes {one} and {other} letters (\"{letter}\" is {other}), as an address made to look like another does; type the address again",
+            crate::wording::quoted(raw)
+        ));
     }
     Ok(match email {
         Cow::Borrowed(e) => crate::address::canonical(e),
