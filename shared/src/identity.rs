@@ -244,7 +244,8 @@ mod tests {
     /// A student created by Username alone, later given an email by a row with both: the row
     /// wrote a second user under the email and left the first behind, which a replace file then
     /// disabled (id, licence, products and Parent lost with it). The row now moves the student to
-    /// the email; with a user at both, each stays, and a replace file keeps the Username's too.
+    /// the email, and a replace file counts them as moving, not absent. With a user at both keys
+    /// the row is the Email's, and the Username's account, named by no row, is absent.
     #[tokio::test]
     async fn a_username_beside_an_email_moves_the_student_known_by_it_to_the_email() {
         use crate::model::UserStatus;
@@ -285,11 +286,13 @@ mod tests {
             (kid.user_id.clone(), kid.status, &kid.fields.products, kid.fields.associations.get("parent").map(String::as_str)),
             (before.user_id.clone(), UserStatus::Active, &before.fields.products, Some("mom@acme.example.com"))
         );
-        for key in ["mom@acme.example.com", "user:kid2", "kid3@acme.example.com", "user:kid3"] {
+        for key in ["mom@acme.example.com", "user:kid2", "kid3@acme.example.com"] {
             let user = dir.user("acme", key).await.unwrap().unwrap();
             assert_eq!(user.status, UserStatus::Active, "{key}: replace mode keeps every user the file names");
         }
-        assert_eq!(dir.licences_used("acme", None).await.unwrap(), 5, "the licence moves with the student");
+        assert_eq!(dir.user("acme", "user:kid3").await.unwrap().unwrap().status, UserStatus::Disabled);
+        assert_eq!(kit.summary(&moved).await.disabled_not_in_file, 1, "only user:kid3 was absent: {:?}", kit.outcomes(&moved).await);
+        assert_eq!(dir.licences_used("acme", None).await.unwrap(), 4, "the licence moves with the student");
 
         // The same file again changes nothing.
         let again = kit.run("replace/sync2.csv", sync).await;
@@ -301,6 +304,13 @@ mod tests {
             "the user known by Username \"kid2\" exists already; an Update or Upsert row gives them this Email"
         );
         assert!(dir.user("acme", "kay@acme.example.com").await.unwrap().is_none());
+        // Two rows about one Username could both write the student: the later fails.
+        let twice = kit
+            .run("twice.csv", "Email,Username,Parent\nz1@acme.example.com,kidz,\nz2@acme.example.com,KIDZ,\n,kidz,mom@acme.example.com\n")
+            .await;
+        let out = kit.outcomes(&twice).await;
+        let dup = "duplicate Username \"kidz\": row 2 of this file already has it; only the first row is applied";
+        assert_eq!((out[1].1.as_str(), out[2].1.as_str()), (dup, dup));
     }
 
     /// Without ExternalId, NewEmail moves the user named by Email; a new email that belongs to

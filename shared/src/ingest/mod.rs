@@ -390,11 +390,17 @@ pub const RECONCILE_ROW_BASE: u32 = 1_000_000_000;
 /// whole tenant: a replace file lists every user the tenant keeps.
 async fn absent_active_users(svc: &Services, tenant: &Tenant, file: &validate::RowValidator) -> Result<(usize, Vec<String>)> {
     let users = svc.directory.list_users(&tenant.id).await?;
+    // A student known by Username alone whom a row gives an Email no user has: moving, not absent.
+    let has = if file.names_any_username_beside_email() {
+        file.user_fingerprints(users.iter().map(|(k, _)| k.as_str()))
+    } else {
+        hashbrown::HashSet::new()
+    };
     let active: Vec<String> = users.into_iter().filter(|(_, status)| *status == UserStatus::Active).map(|(k, _)| k).collect();
     let total = active.len();
     // Sorted: reconcile rows are numbered in this order, so disabled-users.csv (written as
     // finalize streams them) lists users alphabetically.
-    let mut absent: Vec<String> = active.into_iter().filter(|k| !file.names_user(k)).collect();
+    let mut absent: Vec<String> = active.into_iter().filter(|k| !file.names_user(k) && !file.username_moves(k, &has)).collect();
     if file.names_any_external_id() && !absent.is_empty() {
         // A user the file names by ExternalId under a new email is moving, not absent: only the
         // absent are read, to see their ids.

@@ -77,6 +77,13 @@ pub struct RowValidator {
     /// Replace mode: the ExternalIds of every user row, valid or not (a row refused for a typo
     /// still names the person whose email it changes).
     named_ids: hashbrown::HashSet<u64>,
+    /// The first row of each Username (by fingerprint), given alone or beside an Email: a later
+    /// row with the same one fails (two rows about one student, which could both write them).
+    usernames: hashbrown::HashMap<u64, u32>,
+    /// Replace mode: Username key -> the Email beside it (fingerprints), from rows without an
+    /// ExternalId or NewEmail. The user known by that Username moves to the Email when no user
+    /// has it (`identity::plan`): not absent then; with a user at both, the Username's is.
+    username_emails: hashbrown::HashMap<Fingerprint, Fingerprint>,
 }
 
 impl RowValidator {
@@ -88,6 +95,18 @@ impl RowValidator {
     }
     pub fn names_any_external_id(&self) -> bool {
         !self.external_ids.is_empty() || !self.named_ids.is_empty()
+    }
+    /// Replace mode: whether the user at `key` (`user:<name>`) moves to the Email a row gives
+    /// beside its Username, that is, whether no user the tenant has (`has`) is at that Email.
+    pub fn username_moves(&self, key: &str, has: &hashbrown::HashSet<[u32; 2]>) -> bool {
+        self.username_emails.get(&self.fingerprint(EntityType::User, key)).is_some_and(|email| !has.contains(email))
+    }
+    /// The fingerprints of a tenant's user keys, for `username_moves`.
+    pub fn user_fingerprints<'k>(&self, keys: impl Iterator<Item = &'k str>) -> hashbrown::HashSet<[u32; 2]> {
+        keys.map(|k| self.fingerprint(EntityType::User, k)).collect()
+    }
+    pub fn names_any_username_beside_email(&self) -> bool {
+        !self.username_emails.is_empty()
     }
     pub fn mode(&self) -> Mode {
         self.mode
@@ -124,6 +143,8 @@ impl RowValidator {
             associations: false,
             external_ids: hashbrown::HashMap::new(),
             named_ids: hashbrown::HashSet::new(),
+            usernames: hashbrown::HashMap::new(),
+            username_emails: hashbrown::HashMap::new(),
         }
     }
 
@@ -201,6 +222,25 @@ impl RowValidator {
                 }
             }
         }
+        let username = match &op.target {
+            TargetView::User(u) if u.key.starts_with("user:") => Some(&*u.key),
+            TargetView::User(u) => u.username.as_deref(),
+            TargetView::Org { .. } => None,
+        };
+        if let Some(key) = username {
+            match self.usernames.entry(self.keys.hash_one(("username", key))) {
+                hashbrown::hash_map::Entry::Occupied(first) => {
+                    let first = label(*first.get(), &self.sheets, self.several);
+                    let name = crate::wording::quoted(key.strip_prefix("user:").unwrap_or(key));
+                    let message =
+                        format!("duplicate Username \"{name}\": {first} of this file already has it; only the first row is applied");
+                    return Err(Outcome { column: Some("Username".into()), ..Outcome::failure(row, Some(op.action), message) });
+                }
+                hashbrown::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(row);
+                }
+            }
+        }
         let (entity, key, creates) = match &op.target {
             TargetView::User(u) => {
                 self.associations |= !u.associations.is_empty();
@@ -228,9 +268,17 @@ impl RowValidator {
         }
         let mut keys = Vec::new();
         match (cell(cells, mapping, Field::Email), cell(cells, mapping, Field::Username)) {
-            // A Username beside the Email names the user known by it too: its row moves them to
-            // the Email, and a row that could not still meant them.
-            (Some(raw), username) => keys.extend(named_addresses(raw).into_iter().chain(username.map(username_key))),
+            (Some(raw), username) => {
+                keys.extend(named_addresses(raw));
+                // A Username beside the Email (no ExternalId or NewEmail to say whom the row
+                // means): the user known by it moves to the Email, unless one is there already.
+                let plain = cell(cells, mapping, Field::ExternalId).is_none() && cell(cells, mapping, Field::NewEmail).is_none();
+                if let Some(username) = username.filter(|_| plain) {
+                    let from = self.fingerprint(EntityType::User, &username_key(username));
+                    let to = self.fingerprint(EntityType::User, &email_key(raw));
+                    self.username_emails.entry(from).or_insert(to);
+                }
+            }
             (None, Some(username)) => {
                 keys.push(username_key(username));
                 keys.extend(named_addresses(username).into_iter().filter(|k| k.contains('@')));

@@ -24,7 +24,7 @@ pub(super) fn read_text<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V, b
         r.read_to_end(&mut raw)?;
         let text = enc.decode_without_bom_handling(&raw).0.into_owned();
         drop(raw);
-        return read_text_from(&mut Cursor::new(text.as_bytes()), 0, raw_head, Some(enc.name()), v, buffer);
+        return read_text_from(&mut Cursor::new(text.as_bytes()), 0, raw_head, Some(enc), v, buffer);
     }
     let bom_len = if raw_head.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
     read_text_from(r, bom_len, raw_head, None, v, buffer)
@@ -36,7 +36,7 @@ pub(super) fn read_text_from<R: Read + Seek + ?Sized, V: TableVisitor>(
     r: &mut R,
     mut start: u64,
     raw_head: &[u8],
-    label: Option<&'static str>,
+    label: Option<&'static Encoding>,
     v: &mut V,
     buffer: usize,
 ) -> Result<(), ReadError<V::Stop>> {
@@ -86,9 +86,11 @@ pub(super) fn read_text_from<R: Read + Seek + ?Sized, V: TableVisitor>(
     if !utf8 && !legacy.is_single_byte() && label.is_none() {
         v.warning(not_utf8_warning(legacy));
         let mut decoded = Decoded::new(r, origin, legacy)?;
-        return read_text_from::<dyn ReadSeek, V>(&mut decoded, 0, raw_head, Some(legacy.name()), v, buffer);
+        return read_text_from::<dyn ReadSeek, V>(&mut decoded, 0, raw_head, Some(legacy), v, buffer);
     }
-    let encoding = label.unwrap_or(if utf8 { UTF_8.name() } else { legacy.name() });
+    let encoding = label.map_or(if utf8 { UTF_8.name() } else { legacy.name() }, Encoding::name);
+    // Text a legacy encoding was decoded to (`Decoded`): its rows are checked for C1 controls too.
+    let decoded_legacy = label.filter(|e| *e != encoding_rs::UTF_16LE && *e != encoding_rs::UTF_16BE);
     let head_text: Cow<'_, str> = if utf8 { String::from_utf8_lossy(&head) } else { legacy.decode_without_bom_handling(&head).0 };
     if let Some(at) = scan.nul_at {
         let line = line_of(r, start, at)?;
@@ -185,6 +187,9 @@ pub(super) fn read_text_from<R: Read + Seek + ?Sized, V: TableVisitor>(
             // Pass 1 found the whole file valid: one check per record, fields borrowed as they are.
             match csv::StringRecord::from_byte_record(std::mem::take(&mut record)) {
                 Ok(text) => {
+                    if decoded_legacy.is_some() && controls_at.is_none() && text.iter().any(|f| f.contains(is_c1_control)) {
+                        controls_at = Some(number);
+                    }
                     if text.iter().any(is_text_formula) || spaced && text.iter().any(opens_spaced_quote) {
                         let cells = shown_cells(text.iter().map(Cow::Borrowed).collect(), spaced, delimiter);
                         shape.row(v, number, &cells)?;
@@ -211,7 +216,7 @@ pub(super) fn read_text_from<R: Read + Seek + ?Sized, V: TableVisitor>(
     if let Some(row) = controls_at {
         v.warning(format!(
             "row {row} has characters that are not letters as this file's text was read ({}): it may come from a Mac or DOS program; save the file from your spreadsheet as \"CSV UTF-8\" and upload it again",
-            legacy.name()
+            decoded_legacy.unwrap_or(legacy).name()
         ));
     }
     if shape.started() { Ok(()) } else { Err(FileError::Empty.into()) }
@@ -229,18 +234,24 @@ fn not_utf8_warning(legacy: &'static Encoding) -> String {
 pub(super) trait ReadSeek: Read + Seek {}
 impl<T: Read + Seek + ?Sized> ReadSeek for T {}
 
-/// Text in a legacy multi-byte encoding from `origin` on, read as UTF-8 as it is decoded (one
-/// buffer of each at a time). A seek decodes again from the start: the text reader seeks to its
-/// passes' start and to a line an error names, a few times a file. (`encoding_rs_io` decodes as
-/// a stream too, but cannot seek.)
+/// Text in a legacy multi-byte encoding from `origin` on, read as UTF-8 line by line: a line that
+/// is valid UTF-8 passes as it is (a file mixing the two keeps both, as each field does in the
+/// byte reader), any other is decoded (CR and LF are never part of a character in these
+/// encodings). A line longer than `LINE` is decoded as it streams; memory stays a few MB. A
+/// seek decodes again from the start: the text reader seeks to its passes' start and to a line
+/// an error names, a few times a file. (`encoding_rs_io` decodes as a stream too, but cannot
+/// seek, nor pass UTF-8 lines through.)
 struct Decoded<'r, R: ?Sized> {
     inner: &'r mut R,
     origin: u64,
     encoding: &'static Encoding,
-    decoder: encoding_rs::Decoder,
     raw: Vec<u8>,
+    /// The line being read, until its end or `LINE` bytes.
+    line: Vec<u8>,
+    /// The decoder of a line longer than `LINE`, until its end.
+    long: Option<encoding_rs::Decoder>,
     out: Vec<u8>,
-    /// The decoded bytes not yet given, and whether the input has ended (and the decoder flushed).
+    /// The decoded bytes given so far of `out`, and whether the input has ended (all flushed).
     given: usize,
     ended: bool,
     /// Decoded bytes given so far: the position `Seek` reports.
@@ -249,29 +260,78 @@ struct Decoded<'r, R: ?Sized> {
 
 impl<'r, R: Read + Seek + ?Sized> Decoded<'r, R> {
     const RAW: usize = 1 << 16;
+    const LINE: usize = 1 << 20;
 
     fn new(inner: &'r mut R, origin: u64, encoding: &'static Encoding) -> std::io::Result<Self> {
         inner.seek(SeekFrom::Start(origin))?;
-        let decoder = encoding.new_decoder_without_bom_handling();
-        // Room for what any buffer of raw bytes decodes to, so each is decoded in one call.
-        let room = decoder.max_utf8_buffer_length(Self::RAW).unwrap_or(4 * Self::RAW);
-        let (raw, out) = (vec![0; Self::RAW], Vec::with_capacity(room));
-        Ok(Decoded { inner, origin, encoding, decoder, raw, out, given: 0, ended: false, position: 0 })
+        let raw = vec![0; Self::RAW];
+        Ok(Decoded { inner, origin, encoding, raw, line: Vec::new(), long: None, out: Vec::new(), given: 0, ended: false, position: 0 })
     }
+
+    /// The next buffer of raw bytes into `out`, as much of it as ends lines (or streams).
+    fn fill(&mut self) -> std::io::Result<()> {
+        self.out.clear();
+        self.given = 0;
+        let n = self.inner.read(&mut self.raw)?;
+        let (encoding, out) = (self.encoding, &mut self.out);
+        if n == 0 {
+            self.ended = true;
+            match self.long.take() {
+                Some(mut decoder) => decode_into(&mut decoder, &[], true, out),
+                None => line_into(encoding, &std::mem::take(&mut self.line), out),
+            }
+            return Ok(());
+        }
+        let mut rest = &self.raw[..n];
+        while !rest.is_empty() {
+            let cut = memchr::memchr2(b'\n', b'\r', rest).map_or(rest.len(), |i| i + 1);
+            let (piece, after) = rest.split_at(cut);
+            let ends = matches!(piece.last(), Some(b'\n' | b'\r'));
+            if let Some(decoder) = &mut self.long {
+                decode_into(decoder, piece, ends, out);
+                if ends {
+                    self.long = None;
+                }
+            } else {
+                self.line.extend_from_slice(piece);
+                if ends {
+                    line_into(encoding, &self.line, out);
+                    self.line.clear();
+                } else if self.line.len() > Self::LINE {
+                    let mut decoder = encoding.new_decoder_without_bom_handling();
+                    decode_into(&mut decoder, &self.line, false, out);
+                    self.line.clear();
+                    self.long = Some(decoder);
+                }
+            }
+            rest = after;
+        }
+        Ok(())
+    }
+}
+
+/// A whole line: as it is when it is UTF-8, else decoded.
+fn line_into(encoding: &'static Encoding, line: &[u8], out: &mut Vec<u8>) {
+    match std::str::from_utf8(line) {
+        Ok(text) => out.extend_from_slice(text.as_bytes()),
+        Err(_) => out.extend_from_slice(encoding.decode_without_bom_handling(line).0.as_bytes()),
+    }
+}
+
+/// Part of a long line through its decoder, room made for what it can write in its state.
+fn decode_into(decoder: &mut encoding_rs::Decoder, src: &[u8], last: bool, out: &mut Vec<u8>) {
+    let room = decoder.max_utf8_buffer_length(src.len()).unwrap_or(usize::MAX / 2 - out.len());
+    let start = out.len();
+    out.resize(start + room, 0);
+    let (_, read, written, _) = decoder.decode_to_utf8(src, &mut out[start..], last);
+    debug_assert_eq!(read, src.len(), "room for all of it");
+    out.truncate(start + written);
 }
 
 impl<R: Read + Seek + ?Sized> Read for Decoded<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.given == self.out.len() && !self.ended {
-            let n = self.inner.read(&mut self.raw)?;
-            self.ended = n == 0;
-            self.out.clear();
-            self.given = 0;
-            let room = self.out.capacity();
-            self.out.resize(room, 0);
-            let (_, read, written, _) = self.decoder.decode_to_utf8(&self.raw[..n], &mut self.out, self.ended);
-            debug_assert_eq!(read, n, "the buffer has room for all of it");
-            self.out.truncate(written);
+            self.fill()?;
         }
         let n = buf.len().min(self.out.len() - self.given);
         buf[..n].copy_from_slice(&self.out[self.given..self.given + n]);
@@ -288,9 +348,9 @@ impl<R: Read + Seek + ?Sized> Seek for Decoded<'_, R> {
         };
         if to < self.position {
             self.inner.seek(SeekFrom::Start(self.origin))?;
-            self.decoder = self.encoding.new_decoder_without_bom_handling();
-            (self.given, self.ended, self.position) = (0, false, 0);
+            (self.given, self.ended, self.position, self.long) = (0, false, 0, None);
             self.out.clear();
+            self.line.clear();
         }
         let skip = to - self.position;
         std::io::copy(&mut (&mut *self).take(skip), &mut std::io::sink())?;
@@ -1251,12 +1311,52 @@ mod tests {
             assert_eq!(rest, &text.as_bytes()[at as usize..], "from {at}");
         }
         assert!(decoded.seek(SeekFrom::End(0)).is_err(), "seeks from the start only");
+        // A line longer than `Decoded::LINE` streams through the decoder: a character cut by the
+        // raw buffers, and one byte that decodes to three (half-width ｱ) after a cut lead byte.
+        let long = [b"a".as_slice(), &[0x83, 0x7C].repeat(600_000), &[0xB1; 70_000], b"\nb|\x83\x7C\n"].concat();
+        let mut file = Cursor::new(long.clone());
+        let mut all = String::new();
+        Decoded::new(&mut file, 0, encoding_rs::SHIFT_JIS).unwrap().read_to_string(&mut all).unwrap();
+        assert!(all == encoding_rs::SHIFT_JIS.decode_without_bom_handling(&long).0, "the long line decodes as the whole file does");
         let tables = read_with(&bytes, 1 << 20).unwrap();
         assert_eq!((tables[0].rows.len(), tables[0].rows[5998].1[1].as_str()), (5999, "ポール5999"));
         // An error names its line as the file has it.
         let broken = encoding_rs::SHIFT_JIS.encode("Email|Name\na@x.com|ポール\nb@x.com|\"ポ\nc@x.com|ポ\n").0.into_owned();
         let err = read_with(&broken, 1 << 20).unwrap_err();
         assert!(err.contains("a double quote opened on line 3 is never closed"), "{err}");
+    }
+
+    /// A UTF-8 file with a few lines pasted from a Shift_JIS one: each line is read in what it
+    /// is, as each field is in a file of UTF-8 and Windows-1252 (read wholly as Shift_JIS, Zoë
+    /// became Zoﾃｫ, and the UTF-8 ポ's last byte took the `|` after it). A byte Shift_JIS reads
+    /// as a control character is named, as in single-byte encodings.
+    #[test]
+    fn a_file_mixing_utf8_and_shift_jis_lines_keeps_both() {
+        let sjis = |s: &str| encoding_rs::SHIFT_JIS.encode(s).0.into_owned();
+        let bytes = [
+            "Email|Name|Dept\na@x.com|Zoë|ポール\nb@x.com|ポ|x\n".as_bytes(),
+            &sjis("c@x.com|田中ポ|営業部\nd@x.com|鈴木花子|ポータル開発\ne@x.com|佐藤|総務\n"),
+            b"f@x.com|\x80|x\n",
+        ]
+        .concat();
+        let (tables, warnings) = read_with_warnings(&bytes, 1 << 20).unwrap();
+        let rows: Vec<Vec<&str>> = tables[0].rows.iter().map(|(_, r)| r.iter().map(String::as_str).collect()).collect();
+        assert_eq!(
+            rows,
+            [
+                vec!["a@x.com", "Zoë", "ポール"],
+                vec!["b@x.com", "ポ", "x"],
+                vec!["c@x.com", "田中ポ", "営業部"],
+                vec!["d@x.com", "鈴木花子", "ポータル開発"],
+                vec!["e@x.com", "佐藤", "総務"],
+                vec!["f@x.com", "\u{80}", "x"],
+            ]
+        );
+        assert_eq!(tables[0].encoding.as_deref(), Some("Shift_JIS"));
+        assert!(
+            warnings.iter().any(|w| w.starts_with("row 7 has characters that are not letters") && w.contains("Shift_JIS")),
+            "{warnings:?}"
+        );
     }
 
     /// The text reader with pass 1 reading `buffer` bytes at a time.
