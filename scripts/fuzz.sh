@@ -17,7 +17,7 @@ export RUSTC_BOOTSTRAP=1
 # Seeds: every fixture (good and bad) and the demo roster, so the fuzzer starts from real files.
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t"
-  cp -n tests/fixtures/*.* tests/fixtures/bad/* tests/fixtures/real/* samples/*.xlsx "fuzz/corpus/$t/" 2>/dev/null || true
+  cp -n tests/fixtures/*.* tests/fixtures/bad/* tests/fixtures/real/* tests/fixtures/odd/* samples/*.xlsx "fuzz/corpus/$t/" 2>/dev/null || true
 done
 
 for t in "${targets[@]}"; do

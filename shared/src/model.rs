@@ -363,6 +363,12 @@ impl Tenant {
             if let Err(why) = crate::address::deliverable(e) {
                 return Err(format!("{e:?} {why}"));
             }
+            // Result emails carry the tenant's roster: none goes to a domain made to look like another.
+            if let Some((one, other, letter)) = crate::address::look_alike(e) {
+                return Err(format!(
+                    "{e:?} has a domain that mixes {one} and {other} letters ({letter:?} is {other}); type the address again"
+                ));
+            }
         }
         if let Some(size) = self.chunk_size
             && !crate::config::CHUNK_SIZES.contains(&size)
@@ -1197,6 +1203,14 @@ mod tests {
         assert!(t.validate().is_ok());
         t.admin_emails = vec!["not-an-email".into()];
         assert!(t.validate().unwrap_err().contains("not a valid email"));
+        // Result emails carry the roster: an admin address on a look-alike domain is refused.
+        t.admin_emails = vec!["it@ex\u{430}mple.com".into()];
+        assert_eq!(
+            t.validate().unwrap_err(),
+            "\"it@ex\u{430}mple.com\" has a domain that mixes Latin and Cyrillic letters ('\u{430}' is Cyrillic); type the address again"
+        );
+        t.admin_emails = vec!["it@bücher.de".into()];
+        assert!(t.validate().is_ok());
     }
 
     #[test]
