@@ -879,6 +879,13 @@ mod tests {
         assert!(reason.contains("row 3 is a second header row") && reason.contains("\"LastName\", \"FirstName\""), "{reason}");
         let users = kit.svc.directory.users("acme", &["dee@acme.example.com".to_string()]).await.unwrap();
         assert!(users.is_empty(), "nothing applied");
+        // A second table below the first, its Email column elsewhere: its rows failed one by one
+        // for an Email of "FirstName", "Cy"; the file is refused at its header instead.
+        let tables = "Email,FirstName,LastName\nfay@acme.example.com,Fay,Wu\n\nTeachers,,\nFirstName,LastName,Email\nCy,Doe,cy@acme.example.com\n";
+        let job = kit.run("tables.csv", tables).await;
+        assert_eq!(job.state, JobState::Rejected);
+        let reason = kit.summary(&job).await.reason.unwrap();
+        assert!(reason.contains("row 5 is a second header row") && reason.contains("\"FirstName\", \"LastName\", \"Email\""), "{reason}");
         // A user whose cells merely look like words is no header: only the key column decides.
         let job = kit.run("words.csv", "Email,FirstName\neve@acme.example.com,Email\n").await;
         assert_eq!(kit.outcomes(&job).await[0].0, "Created");

@@ -247,14 +247,23 @@ impl<K: OpSink> Ingester<'_, K> {
 }
 
 /// Whether a row is the header row again: `None` when its key cell (Email, else Username) is no
-/// header of that column; else whether every cell names the column the first header has there.
+/// header of that column, nor, beside a cell that is (a second table's header with its Email
+/// elsewhere), of another; else whether every cell names the column the first header has there.
 fn repeated_header<S: AsRef<str>>(cells: &[S], mapping: &Mapping, headers: &[String]) -> Option<bool> {
     let key = [Field::Email, Field::Username].into_iter().find(|f| mapping.has(*f))?;
     let cell = cells.get(mapping.column(key)?)?.as_ref();
     // Every user row has an address here: no header has an @, nor is it long (one search, no
     // lookup a row).
-    if cell.contains('@') || cell.len() > 64 || Field::from_header(cell.trim()) != Some(key) {
+    if cell.contains('@') || cell.len() > 64 {
         return None;
+    }
+    let header = |c: &str| (c.len() <= 64).then(|| Field::from_header(c.trim())).flatten();
+    match header(cell) {
+        Some(f) if f == key => {}
+        // `FirstName,LastName,Email` under `Email,FirstName,LastName`: a second table below the
+        // first, its rows failing one by one for an Email of "FirstName", "Cy", "Di".
+        Some(_) if cells.iter().any(|c| header(c.as_ref()) == Some(key)) => {}
+        _ => return None,
     }
     let norm = crate::fields::norm;
     // The same column, however it is written: `Email Address` repeats `Email`.
