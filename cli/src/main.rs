@@ -494,13 +494,26 @@ fn write_template(tenant: Option<&Tenant>, format: TemplateFormat, out: Option<&
     Ok(ExitCode::SUCCESS)
 }
 
-/// The exact ingest validation (`ingest::prepare`, the Lambda's own code) run locally.
+/// The exact ingest validation (the Lambda's own code) run locally, row by row as the upload
+/// reads the file (`ingest::check_file`): memory for its keys and problems, not its rows.
 fn validate(file: &Path, tenant: &Tenant, mode: Option<&str>, json: bool, offline: bool) -> Result<ExitCode> {
-    let (bytes, name) = read_roster(file)?;
-    let file = Path::new(&name);
     let mode = parse_mode(mode)?.unwrap_or(Mode::Upsert);
-    let prepared = match ingest::prepare(&bytes, tenant, mode) {
-        Ok(p) => p,
+    // A paste is read from a scratch file like any other.
+    let mut pasted = None;
+    let (path, name) = if file.as_os_str() == "-" {
+        let (bytes, name) = read_roster(file)?;
+        let scratch = tempfile::NamedTempFile::new().map_err(|e| input(format!("cannot keep the pasted table: {e}")))?;
+        std::fs::write(scratch.path(), bytes).map_err(|e| input(format!("cannot keep the pasted table: {e}")))?;
+        (pasted.insert(scratch).path().to_path_buf(), name)
+    } else {
+        use std::io::Read;
+        let cannot = |e: std::io::Error| input(format!("cannot read {}: {}", file.display(), output::io_reason(&e)));
+        std::fs::File::open(file).and_then(|mut f| f.read(&mut [0u8; 1])).map_err(cannot)?;
+        (file.to_path_buf(), file.display().to_string())
+    };
+    let file = Path::new(&name);
+    let checked = match ingest::check_file(&path, tenant, mode)? {
+        Ok(c) => c,
         Err(reason) => {
             if json {
                 output::print_json(&serde_json::json!({ "file": file.display().to_string(), "rejected": reason }))?;
@@ -509,7 +522,8 @@ fn validate(file: &Path, tenant: &Tenant, mode: Option<&str>, json: bool, offlin
             return Err(Fail { code: 2, msg: format!("{} would be rejected: {reason}", file.display()) }.into());
         }
     };
-    let report = output::ValidationReport::new(file, &prepared, offline);
+    drop(pasted);
+    let report = output::ValidationReport::new(file, &checked, offline);
     if json {
         output::print_json(&report)?
     } else {

@@ -3,7 +3,7 @@
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use shared::ingest::{Prepared, validate::row_label};
+use shared::ingest::Checked;
 use shared::model::{Job, JobState, Outcome, Status, Tenant};
 use shared::report::Summary;
 use std::fmt;
@@ -205,22 +205,20 @@ pub struct ValidationReport {
 }
 
 impl ValidationReport {
-    pub fn new(file: &Path, p: &Prepared, offline: bool) -> Self {
-        let tables: Vec<&shared::ingest::decode::Table> = p.tables.iter().collect();
-        let mut outcomes: Vec<&Outcome> = p.outcomes.iter().collect();
-        outcomes.sort_by_key(|o| o.row);
+    pub fn new(file: &Path, c: &Checked, offline: bool) -> Self {
         ValidationReport {
             file: file.display().to_string(),
-            format: p.tables.first().map(|t| t.format.label().to_string()).unwrap_or_default(),
-            rows: p.tables.iter().map(|t| t.rows.len()).sum(),
-            valid: p.ops.len(),
-            failed: outcomes.iter().filter(|o| o.status == Status::Failure).count(),
-            skipped: outcomes.iter().filter(|o| o.status == Status::Skipped).count(),
-            warnings: p.warnings.clone(),
-            problems: outcomes
+            format: c.format.clone(),
+            rows: c.rows,
+            valid: c.valid,
+            failed: c.outcomes.iter().filter(|(_, o)| o.status == Status::Failure).count(),
+            skipped: c.outcomes.iter().filter(|(_, o)| o.status == Status::Skipped).count(),
+            warnings: c.warnings.clone(),
+            problems: c
+                .outcomes
                 .iter()
-                .filter(|o| o.status == Status::Failure)
-                .map(|o| Problem { row: row_label(o.row, &tables), column: o.column.clone(), message: o.message.clone() })
+                .filter(|(_, o)| o.status == Status::Failure)
+                .map(|(row, o)| Problem { row: row.clone(), column: o.column.clone(), message: o.message.clone() })
                 .collect(),
             offline,
         }

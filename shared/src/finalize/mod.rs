@@ -881,7 +881,8 @@ mod tests {
         assert!(users.is_empty(), "nothing applied");
         // A second table below the first, its Email column elsewhere: its rows failed one by one
         // for an Email of "FirstName", "Cy"; the file is refused at its header instead.
-        let tables = "Email,FirstName,LastName\nfay@acme.example.com,Fay,Wu\n\nTeachers,,\nFirstName,LastName,Email\nCy,Doe,cy@acme.example.com\n";
+        let tables =
+            "Email,FirstName,LastName\nfay@acme.example.com,Fay,Wu\n\nTeachers,,\nFirstName,LastName,Email\nCy,Doe,cy@acme.example.com\n";
         let job = kit.run("tables.csv", tables).await;
         assert_eq!(job.state, JobState::Rejected);
         let reason = kit.summary(&job).await.reason.unwrap();

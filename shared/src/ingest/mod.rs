@@ -72,6 +72,79 @@ pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, St
     Ok(Prepared { tables, warnings, ops, outcomes })
 }
 
+/// What `rosterdrop validate` shows of a roster.
+#[derive(Debug)]
+pub struct Checked {
+    /// The first table's format ("CSV", "XLSX"...).
+    pub format: String,
+    pub rows: usize,
+    pub valid: usize,
+    pub warnings: Vec<String>,
+    /// Outcomes decided at ingest (failures and skips), by row, each with its row as a person
+    /// reads it ("row 12 of sheet Students").
+    pub outcomes: Vec<(String, Outcome)>,
+}
+
+/// `prepare` of a file on disk as the upload reads it: row by row, its operations spilled to a
+/// scratch directory as ingest spills them, so memory holds the file's keys and its problems,
+/// not its rows (`prepare` holds every cell and operation: 1.5 KB a row, 1.5 GB for a million).
+/// A OneRoster bundle, translated in memory by ingest as well, goes through `prepare`.
+pub fn check_file(path: &Path, tenant: &Tenant, mode: Mode) -> Result<std::result::Result<Checked, String>> {
+    let read = |e: std::io::Error| Error::local("reading the roster", e);
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(read)?);
+    let bundle = oneroster::read_zip(&mut file, decode::archive::MAX_ARCHIVE_BYTES);
+    if matches!(bundle, Ok(Some(_)) | Err(_)) {
+        drop((bundle, file));
+        let bytes = std::fs::read(path).map_err(read)?;
+        return Ok(prepare(&bytes, tenant, mode).map(|p| {
+            let tables: Vec<&Table> = p.tables.iter().collect();
+            let mut outcomes: Vec<(String, Outcome)> =
+                p.outcomes.iter().map(|o| (validate::row_label(o.row, &tables), o.clone())).collect();
+            outcomes.sort_by_key(|(_, o)| o.row);
+            Checked {
+                format: p.tables.first().map(|t| t.format.label().to_string()).unwrap_or_default(),
+                rows: p.tables.iter().map(|t| t.rows.len()).sum(),
+                valid: p.ops.len(),
+                warnings: p.warnings,
+                outcomes,
+            }
+        }));
+    }
+    drop(file);
+    let scratch = tempfile::Builder::new().prefix(SCRATCH_PREFIX).tempdir().map_err(|e| Error::local("scratch directory", e))?;
+    let ingested =
+        match stream::prepare_file(path, scratch.path(), stream::SPILL_IN_MEMORY, tenant, mode, Default::default(), Default::default()) {
+            Ok(i) => i,
+            Err(Stop::Refused(reason)) => return Ok(Err(reason)),
+            Err(Stop::Io(e)) => return Err(read(e)),
+        };
+    let mut outcomes = Vec::new();
+    let mut push = |line: &[u8]| -> Result<()> {
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            let o: Outcome = serde_json::from_slice(line).map_err(|e| Error::corrupt("the spilled outcomes", e.to_string()))?;
+            outcomes.push((ingested.validator.row_label(o.row), o));
+        }
+        Ok(())
+    };
+    match ingested.sink.outcomes() {
+        Stored::Memory(bytes) => bytes.split(|b| *b == b'\n').try_for_each(&mut push)?,
+        Stored::File(spilled) => {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(std::fs::File::open(spilled).map_err(read)?).split(b'\n') {
+                push(&line.map_err(read)?)?;
+            }
+        }
+    }
+    outcomes.sort_by_key(|(_, o)| o.row);
+    Ok(Ok(Checked {
+        format: ingested.format.map(|f| f.label().to_string()).unwrap_or_default(),
+        rows: ingested.rows as usize,
+        valid: ingested.sink.counts.iter().sum::<u64>() as usize,
+        warnings: ingested.warnings,
+        outcomes,
+    }))
+}
+
 /// Deterministic job id: a redelivered event maps to the same job, while every upload, even of
 /// the same name, is a new one. The bucket is versioned (in AWS and locally), and the version id
 /// is what identifies an upload on both: LocalStack sends the same sequencer in every event, so a

@@ -51,6 +51,8 @@ pub struct Ingester<'t, K> {
     pub warnings: Vec<String>,
     /// Data rows read (blank rows between data rows included, as they get an outcome).
     pub rows: u32,
+    /// The first table's format.
+    pub format: Option<super::decode::Format>,
     pub sink: K,
     /// Outcomes decided before validation, by row id (a OneRoster bundle's own verdicts).
     pub verdicts: std::collections::HashMap<u32, Verdict>,
@@ -67,6 +69,7 @@ impl<'t, K: OpSink> Ingester<'t, K> {
             current: None,
             warnings: Vec::new(),
             rows: 0,
+            format: None,
             sink,
             verdicts: Default::default(),
             context: Default::default(),
@@ -107,6 +110,7 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
     }
 
     fn table(&mut self, mut head: TableHead) -> Result<(), Stop> {
+        self.format.get_or_insert(head.format);
         let ours = super::headers::has_our_message(&head.headers, self.tenant.external_id_column.as_deref());
         if ours && self.validator.mode().is_replace() {
             // A failed-rows file lists only the rows that failed: as the tenant's whole user list

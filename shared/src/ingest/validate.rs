@@ -111,6 +111,10 @@ impl RowValidator {
     pub fn mode(&self) -> Mode {
         self.mode
     }
+    /// A row as a person reads it ("row 12", "row 12 of sheet Students").
+    pub fn row_label(&self, id: u32) -> String {
+        label(id, &self.sheets, self.several)
+    }
 }
 
 /// A row whose key an earlier row of the file already has: its operation is not applied.
