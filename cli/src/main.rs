@@ -498,9 +498,11 @@ fn write_template(tenant: Option<&Tenant>, format: TemplateFormat, out: Option<&
 /// reads the file (`ingest::check_file`): memory for its keys and problems, not its rows.
 fn validate(file: &Path, tenant: &Tenant, mode: Option<&str>, json: bool, offline: bool) -> Result<ExitCode> {
     let mode = parse_mode(mode)?.unwrap_or(Mode::Upsert);
-    // A paste is read from a scratch file like any other.
+    // A paste, or a pipe (`<(gunzip -c r.csv.gz)`, which the reader cannot seek), is read from
+    // a scratch file like any other.
     let mut pasted = None;
-    let (path, name) = if file.as_os_str() == "-" {
+    let piped = file.as_os_str() != "-" && std::fs::metadata(file).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    let (path, name) = if file.as_os_str() == "-" || piped {
         let (bytes, name) = read_roster(file)?;
         let scratch = tempfile::NamedTempFile::new().map_err(|e| input(format!("cannot keep the pasted table: {e}")))?;
         std::fs::write(scratch.path(), bytes).map_err(|e| input(format!("cannot keep the pasted table: {e}")))?;

@@ -4,7 +4,7 @@ use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use shared::ingest::Checked;
-use shared::model::{Job, JobState, Outcome, Status, Tenant};
+use shared::model::{Job, JobState, Outcome, Tenant};
 use shared::report::Summary;
 use std::fmt;
 use std::path::Path;
@@ -211,13 +211,12 @@ impl ValidationReport {
             format: c.format.clone(),
             rows: c.rows,
             valid: c.valid,
-            failed: c.outcomes.iter().filter(|(_, o)| o.status == Status::Failure).count(),
-            skipped: c.outcomes.iter().filter(|(_, o)| o.status == Status::Skipped).count(),
+            failed: c.failed,
+            skipped: c.skipped,
             warnings: c.warnings.clone(),
             problems: c
-                .outcomes
+                .problems
                 .iter()
-                .filter(|(_, o)| o.status == Status::Failure)
                 .map(|(row, o)| Problem { row: row.clone(), column: o.column.clone(), message: o.message.clone() })
                 .collect(),
             offline,
@@ -231,6 +230,13 @@ impl ValidationReport {
                 t.add_row(vec![Cell::new(&p.row), Cell::new(p.column.as_deref().unwrap_or("")), Cell::new(&p.message).fg(Color::Red)]);
             }
             println!("{t}");
+            if self.failed > self.problems.len() {
+                println!(
+                    "... and {} more rows that would fail (the first {} are listed)",
+                    self.failed - self.problems.len(),
+                    self.problems.len()
+                );
+            }
         }
         for w in &self.warnings {
             println!("warning: {w}");

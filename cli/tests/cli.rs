@@ -171,6 +171,19 @@ fn validate_checks_a_large_file_row_by_row_in_little_memory() {
     assert_eq!((report["rows"].as_u64(), report["valid"].as_u64(), report["failed"].as_u64()), (Some(400_002), Some(400_000), Some(2)));
     let problems: Vec<&str> = report["problems"].as_array().unwrap().iter().map(|p| p["row"].as_str().unwrap()).collect();
     assert_eq!(problems, ["row 400002", "row 400003"]);
+    // A pipe (`<(gunzip -c r.csv.gz)`, `/dev/stdin`) cannot be read twice: it is kept first.
+    let small = dir.path().join("small.csv");
+    std::fs::write(&small, "Email,FirstName\nann@example.com,Ann\nnope,Bob\n").unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("cat \"$1\" | \"$0\" validate --json /dev/stdin")
+        .arg(assert_cmd::cargo::cargo_bin("rosterdrop"))
+        .arg(&small)
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!((report["valid"].as_u64(), report["failed"].as_u64()), (Some(1), Some(1)));
 }
 
 /// `rosterdrop validate big.csv | head -1` panicked on the broken pipe (exit 101, a panic

@@ -59,13 +59,43 @@ pub fn masked(address: &str) -> String {
     }
 }
 
-/// A domain label that mixes scripts as a look-alike of another address does (`exаmple.com` with
-/// a Cyrillic `а`, `gοοgle.com` with Greek `ο`): an account made for it belongs to whoever holds
-/// that domain, and its invitation goes there, while every screen shows the address it imitates.
-/// UTS #39 levels: a label of one script, or of Latin with Han, kana or Hangul (Japanese, Chinese,
-/// Korean names), or of Latin with one other script but Cyrillic or Greek, passes. Gives the two
-/// scripts and the first letter of the second.
-pub fn look_alike(address: &str) -> Option<(&'static str, &'static str, char)> {
+/// Why a domain looks like another: its account and invitation would belong to whoever holds it,
+/// while every screen shows the address it imitates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookAlike {
+    /// A label mixes scripts past UTS #39's "highly restrictive" level (`exаmple` with a
+    /// Cyrillic `а` among Latin letters): the scripts, and the first letter of the fewer.
+    Mixed { most: &'static str, other: &'static str, letter: char },
+    /// A letter UTS #39 restricts in identifiers (`ԁ`, Cyrillic, drawn as Latin `d`).
+    Restricted { letter: char },
+    /// A label of one script drawn exactly as a Latin one (`аррӏе`, all Cyrillic, as `apple`),
+    /// under an ASCII top-level domain.
+    Imitates { label: String, ascii: String },
+}
+
+impl std::fmt::Display for LookAlike {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LookAlike::Mixed { most, other, letter } => {
+                write!(f, "has a domain that mixes {most} and {other} letters (\"{letter}\" is {other})")
+            }
+            LookAlike::Restricted { letter } => write!(
+                f,
+                "has a domain with \"{letter}\" (U+{:04X}), a letter domains may not use to look like another",
+                u32::from(*letter)
+            ),
+            LookAlike::Imitates { label, ascii } => {
+                write!(f, "has a domain whose \"{label}\" is written in letters drawn like the Latin \"{ascii}\"")
+            }
+        }?;
+        f.write_str(", as an address made to look like another does; type the address again")
+    }
+}
+
+/// A domain made to look like another (`LookAlike`), in any spelling (Unicode, punycode,
+/// full-width). A label of one script passes, and so do Latin with Han, kana or Hangul (Japanese,
+/// Chinese, Korean names) and Latin with one other script but Cyrillic or Greek (UTS #39 levels).
+pub fn look_alike(address: &str) -> Option<LookAlike> {
     use unicode_script::{Script, UnicodeScript};
     use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
     let (_, domain) = address.rsplit_once('@')?;
@@ -73,19 +103,28 @@ pub fn look_alike(address: &str) -> Option<(&'static str, &'static str, char)> {
         return None;
     }
     let (unicode, _) = idna::domain_to_unicode(domain);
-    for label in unicode.split('.') {
-        let letters: String = label.chars().filter(|c| c.identifier_allowed()).collect();
-        if letters.as_str().detect_restriction_level() < RestrictionLevel::MinimallyRestrictive {
-            continue;
-        }
-        let mut first = None;
-        for c in letters.chars() {
-            match (c.script(), first) {
-                (Script::Common | Script::Inherited | Script::Unknown, _) => {}
-                (script, None) => first = Some(script),
-                (script, Some(one)) if script != one => return Some((one.full_name(), script.full_name(), c)),
-                _ => {}
+    let ascii_tld = unicode.rsplit('.').next().is_some_and(|tld| tld.is_ascii());
+    for label in unicode.split('.').filter(|l| !l.is_ascii()) {
+        let scripts: Vec<(Script, char)> = label
+            .chars()
+            .map(|c| (c.script(), c))
+            .filter(|(s, _)| !matches!(s, Script::Common | Script::Inherited | Script::Unknown))
+            .collect();
+        let count = |script: Script| scripts.iter().filter(|(s, _)| *s == script).count();
+        let most = scripts.iter().map(|(s, _)| *s).max_by_key(|s| count(*s));
+        if label.detect_restriction_level() >= RestrictionLevel::MinimallyRestrictive {
+            if let Some(most) = most
+                && let Some((other, letter)) = scripts.iter().find(|(s, _)| *s != most)
+            {
+                return Some(LookAlike::Mixed { most: most.full_name(), other: other.full_name(), letter: *letter });
             }
+            if let Some(letter) = label.chars().find(|c| !c.identifier_allowed()) {
+                return Some(LookAlike::Restricted { letter });
+            }
+        }
+        let ascii: String = unicode_security::skeleton(label).collect();
+        if ascii_tld && ascii.is_ascii() {
+            return Some(LookAlike::Imitates { label: label.to_string(), ascii });
         }
     }
     None
@@ -155,33 +194,52 @@ mod tests {
     }
 
     /// Look-alike domains are found in any spelling (Unicode, punycode, full-width); the real
-    /// international domains of Western, Cyrillic, Japanese and Chinese names pass.
+    /// international domains of Western, Cyrillic, Greek, Japanese and Chinese names pass.
     #[test]
-    fn a_domain_mixing_latin_with_cyrillic_or_greek_is_a_look_alike() {
+    fn a_domain_made_to_look_like_another_is_a_look_alike() {
+        let mixed = |most, other, letter| Some(LookAlike::Mixed { most, other, letter });
         let cyrillic_a = "ceo@ex\u{430}mple.com";
-        assert_eq!(look_alike(cyrillic_a), Some(("Latin", "Cyrillic", '\u{430}')));
+        assert_eq!(look_alike(cyrillic_a), mixed("Latin", "Cyrillic", '\u{430}'));
         let punycode = deliverable(cyrillic_a).unwrap().into_owned();
         assert!(punycode.contains("xn--"), "{punycode}");
-        assert_eq!(look_alike(&punycode), Some(("Latin", "Cyrillic", '\u{430}')));
-        assert_eq!(look_alike(&punycode.to_uppercase()), Some(("Latin", "Cyrillic", '\u{430}')));
-        assert_eq!(look_alike("bob@g\u{3bf}\u{3bf}gle.com"), Some(("Latin", "Greek", '\u{3bf}')));
-        assert_eq!(look_alike("bob@\u{440}\u{43e}\u{3bf}.ru"), Some(("Cyrillic", "Greek", '\u{3bf}')));
-        assert_eq!(look_alike("bob@mail.ex\u{430}mple.com"), Some(("Latin", "Cyrillic", '\u{430}')), "any label");
+        assert_eq!(look_alike(&punycode), mixed("Latin", "Cyrillic", '\u{430}'));
+        assert_eq!(look_alike(&punycode.to_uppercase()), mixed("Latin", "Cyrillic", '\u{430}'));
+        assert_eq!(
+            look_alike("ceo@\u{430}pple.com"),
+            mixed("Latin", "Cyrillic", '\u{430}'),
+            "the letter of the fewer script, first or not"
+        );
+        assert_eq!(look_alike("bob@g\u{3bf}\u{3bf}gle.com"), mixed("Latin", "Greek", '\u{3bf}'));
+        assert_eq!(look_alike("bob@mail.ex\u{430}mple.com"), mixed("Latin", "Cyrillic", '\u{430}'), "any label");
+        // Restricted letters (Cyrillic ԁ, Greek ϲ) drawn as Latin ones.
+        assert!(look_alike("ceo@\u{501}ropbox.com").is_some());
+        assert!(look_alike("ceo@\u{3f2}itibank.com").is_some());
+        // All Cyrillic, drawn as "apple", under .com.
+        assert_eq!(
+            look_alike("ceo@\u{430}\u{440}\u{440}\u{4cf}\u{435}.com"),
+            Some(LookAlike::Imitates { label: "\u{430}\u{440}\u{440}\u{4cf}\u{435}".into(), ascii: "apple".into() })
+        );
         for fine in [
             "ann@example.com",
             "ann@bücher.de",
             "ann@münchen-straße.de",
             "ann@почта.рф",
+            "ann@пример.com",
             "ann@例え.jp",
             "ann@abc商事.jp",
             "ann@ＡＢＣ商事.jp",
             "ann@한국abc.kr",
             "ann@xn--bcher-kva.de",
             "ann@ελληνικά.gr",
+            "ann@mail-2.bücher.de",
             "no-at-sign",
         ] {
             assert_eq!(look_alike(fine), None, "{fine}");
         }
+        assert_eq!(
+            look_alike(cyrillic_a).unwrap().to_string(),
+            "has a domain that mixes Latin and Cyrillic letters (\"\u{430}\" is Cyrillic), as an address made to look like another does; type the address again"
+        );
     }
 
     #[test]

@@ -364,10 +364,8 @@ impl Tenant {
                 return Err(format!("{e:?} {why}"));
             }
             // Result emails carry the tenant's roster: none goes to a domain made to look like another.
-            if let Some((one, other, letter)) = crate::address::look_alike(e) {
-                return Err(format!(
-                    "{e:?} has a domain that mixes {one} and {other} letters ({letter:?} is {other}); type the address again"
-                ));
+            if let Some(why) = crate::address::look_alike(e) {
+                return Err(format!("{e:?} {why}"));
             }
         }
         if let Some(size) = self.chunk_size
@@ -1207,7 +1205,7 @@ mod tests {
         t.admin_emails = vec!["it@ex\u{430}mple.com".into()];
         assert_eq!(
             t.validate().unwrap_err(),
-            "\"it@ex\u{430}mple.com\" has a domain that mixes Latin and Cyrillic letters ('\u{430}' is Cyrillic); type the address again"
+            "\"it@ex\u{430}mple.com\" has a domain that mixes Latin and Cyrillic letters (\"\u{430}\" is Cyrillic), as an address made to look like another does; type the address again"
         );
         t.admin_emails = vec!["it@bücher.de".into()];
         assert!(t.validate().is_ok());

@@ -890,6 +890,10 @@ mod tests {
         // A user whose cells merely look like words is no header: only the key column decides.
         let job = kit.run("words.csv", "Email,FirstName\neve@acme.example.com,Email\n").await;
         assert_eq!(kit.outcomes(&job).await[0].0, "Created");
+        // Two header words in a row ("no address: write to the parent") fail that row alone.
+        let job = kit.run("words2.csv", "Email,FirstName,Contact\nParent,Sam,Email\ngus@acme.example.com,Gus,\n").await;
+        let out = kit.outcomes(&job).await;
+        assert_eq!((out[0].0.as_str(), out[1].0.as_str()), ("Failure", "Created"), "{out:?}");
     }
 
     /// A stray quote in a narrow file, or one whose rows leave their empty cells out, swallowed

@@ -534,7 +534,9 @@ fn look_alike_and_full_width_addresses_fail_naming_what_to_type() {
                 ａｎｎ@example.com,E\n\
                 ann@bücher.de,F\n\
                 ann@почта.рф,G\n\
-                ann@abc商事.jp,H\n";
+                ann@abc商事.jp,H\n\
+                ａｎｎ＠例え.jp,I\n\
+                ann＠ex\u{430}mple.com,J\n";
     let p = prepare(body.as_bytes(), &tenant(), Mode::Upsert).unwrap();
     let look_alike = "has a domain that mixes Latin and Cyrillic letters (\"\u{430}\" is Cyrillic), as an address made to look like another does; type the address again";
     let half_width = "is typed in full-width characters; type it in half-width ones: \"ann@example.com\"";
@@ -546,6 +548,8 @@ fn look_alike_and_full_width_addresses_fail_naming_what_to_type() {
             format!("row 4: Email \"ａｎｎ＠ｅｘａｍｐｌｅ.com\" {half_width}"),
             format!("row 5: Email \"ann@example．com\" {half_width}"),
             format!("row 6: Email \"ａｎｎ@example.com\" {half_width}"),
+            "row 10: Email \"ａｎｎ＠例え.jp\" is typed in full-width characters; type it in half-width ones: \"ann@例え.jp\"".into(),
+            "row 11: Email \"ann＠ex\u{430}mple.com\" is not a valid email address: it has no @".into(),
         ]
     );
     assert_eq!(p.ops.len(), 3);

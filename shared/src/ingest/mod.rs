@@ -79,10 +79,39 @@ pub struct Checked {
     pub format: String,
     pub rows: usize,
     pub valid: usize,
+    pub failed: usize,
+    pub skipped: usize,
     pub warnings: Vec<String>,
-    /// Outcomes decided at ingest (failures and skips), by row, each with its row as a person
-    /// reads it ("row 12 of sheet Students").
-    pub outcomes: Vec<(String, Outcome)>,
+    /// The first `MAX_PROBLEMS` failed rows, by row, each as a person reads it ("row 12 of sheet
+    /// Students").
+    pub problems: Vec<(String, Outcome)>,
+}
+
+/// Failed rows `check_file` keeps: a million failing rows (the wrong tenant) are counted, not held.
+pub const MAX_PROBLEMS: usize = 10_000;
+
+impl Checked {
+    fn new(format: String, rows: usize, valid: usize, warnings: Vec<String>) -> Self {
+        Checked { format, rows, valid, failed: 0, skipped: 0, warnings, problems: Vec::new() }
+    }
+
+    /// Count an outcome; keep the failure among the first rows.
+    fn add(&mut self, outcome: Outcome, label: impl FnOnce(u32) -> String) {
+        if outcome.status != crate::model::Status::Failure {
+            self.skipped += 1;
+            return;
+        }
+        self.failed += 1;
+        self.problems.push((label(outcome.row), outcome));
+        if self.problems.len() >= 2 * MAX_PROBLEMS {
+            self.keep_first();
+        }
+    }
+
+    fn keep_first(&mut self) {
+        self.problems.sort_by_key(|(_, o)| o.row);
+        self.problems.truncate(MAX_PROBLEMS);
+    }
 }
 
 /// `prepare` of a file on disk as the upload reads it: row by row, its operations spilled to a
@@ -98,16 +127,14 @@ pub fn check_file(path: &Path, tenant: &Tenant, mode: Mode) -> Result<std::resul
         let bytes = std::fs::read(path).map_err(read)?;
         return Ok(prepare(&bytes, tenant, mode).map(|p| {
             let tables: Vec<&Table> = p.tables.iter().collect();
-            let mut outcomes: Vec<(String, Outcome)> =
-                p.outcomes.iter().map(|o| (validate::row_label(o.row, &tables), o.clone())).collect();
-            outcomes.sort_by_key(|(_, o)| o.row);
-            Checked {
-                format: p.tables.first().map(|t| t.format.label().to_string()).unwrap_or_default(),
-                rows: p.tables.iter().map(|t| t.rows.len()).sum(),
-                valid: p.ops.len(),
-                warnings: p.warnings,
-                outcomes,
+            let format = p.tables.first().map(|t| t.format.label().to_string()).unwrap_or_default();
+            let rows = p.tables.iter().map(|t| t.rows.len()).sum();
+            let mut checked = Checked::new(format, rows, p.ops.len(), p.warnings.clone());
+            for o in &p.outcomes {
+                checked.add(o.clone(), |row| validate::row_label(row, &tables));
             }
+            checked.keep_first();
+            checked
         }));
     }
     drop(file);
@@ -118,11 +145,13 @@ pub fn check_file(path: &Path, tenant: &Tenant, mode: Mode) -> Result<std::resul
             Err(Stop::Refused(reason)) => return Ok(Err(reason)),
             Err(Stop::Io(e)) => return Err(read(e)),
         };
-    let mut outcomes = Vec::new();
+    let format = ingested.format.map(|f| f.label().to_string()).unwrap_or_default();
+    let valid = ingested.sink.counts.iter().sum::<u64>() as usize;
+    let mut checked = Checked::new(format, ingested.rows as usize, valid, ingested.warnings.clone());
     let mut push = |line: &[u8]| -> Result<()> {
         if !line.iter().all(u8::is_ascii_whitespace) {
             let o: Outcome = serde_json::from_slice(line).map_err(|e| Error::corrupt("the spilled outcomes", e.to_string()))?;
-            outcomes.push((ingested.validator.row_label(o.row), o));
+            checked.add(o, |row| ingested.validator.row_label(row));
         }
         Ok(())
     };
@@ -135,14 +164,8 @@ pub fn check_file(path: &Path, tenant: &Tenant, mode: Mode) -> Result<std::resul
             }
         }
     }
-    outcomes.sort_by_key(|(_, o)| o.row);
-    Ok(Ok(Checked {
-        format: ingested.format.map(|f| f.label().to_string()).unwrap_or_default(),
-        rows: ingested.rows as usize,
-        valid: ingested.sink.counts.iter().sum::<u64>() as usize,
-        warnings: ingested.warnings,
-        outcomes,
-    }))
+    checked.keep_first();
+    Ok(Ok(checked))
 }
 
 /// Deterministic job id: a redelivered event maps to the same job, while every upload, even of
@@ -649,6 +672,20 @@ pub fn chunk_rows(configured: usize, phase_rows: &[u64; PHASES]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `validate` of a file whose every row fails (the wrong tenant's roles) counts them all and
+    /// keeps the first `MAX_PROBLEMS`, whatever order they come in (duplicates come last).
+    #[test]
+    fn a_check_keeps_the_first_failures_and_counts_the_rest() {
+        let mut checked = Checked::new("CSV".into(), 30_002, 0, Vec::new());
+        for row in (2..30_002u32).rev() {
+            checked.add(Outcome::failure(row, None, "unknown role"), |r| format!("row {r}"));
+        }
+        checked.add(Outcome::skipped(30_002, "empty row"), |r| format!("row {r}"));
+        checked.keep_first();
+        assert_eq!((checked.failed, checked.skipped, checked.problems.len()), (30_000, 1, MAX_PROBLEMS));
+        assert_eq!((checked.problems[0].0.as_str(), checked.problems[MAX_PROBLEMS - 1].1.row), ("row 2", 10_001));
+    }
 
     #[test]
     fn a_phase_is_cut_into_at_most_a_thousand_chunks_whatever_the_chunk_size() {

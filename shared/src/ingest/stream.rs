@@ -265,8 +265,11 @@ fn repeated_header<S: AsRef<str>>(cells: &[S], mapping: &Mapping, headers: &[Str
     match header(cell) {
         Some(f) if f == key => {}
         // `FirstName,LastName,Email` under `Email,FirstName,LastName`: a second table below the
-        // first, its rows failing one by one for an Email of "FirstName", "Cy", "Di".
-        Some(_) if cells.iter().any(|c| header(c.as_ref()) == Some(key)) => {}
+        // first, its rows failing one by one for an Email of "FirstName", "Cy", "Di". Three
+        // header names at least: `Parent,Sam,Email` ("write to the parent") is a row's words.
+        Some(_)
+            if cells.iter().any(|c| header(c.as_ref()) == Some(key))
+                && cells.iter().filter(|c| header(c.as_ref()).is_some()).count() >= 3 => {}
         _ => return None,
     }
     let norm = crate::fields::norm;

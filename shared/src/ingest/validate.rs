@@ -895,7 +895,7 @@ fn checked_email(raw: &str) -> std::result::Result<Cow<'_, str>, String> {
     let deliverable = if valid { crate::address::deliverable(&email).map(drop) } else { Ok(()) };
     // `ａｎｎ＠example.com`: no @ to the reader, and letters outside ASCII to the mail service.
     if (!valid || deliverable == Err(crate::address::Undeliverable::LocalPart))
-        && let Some(half) = crate::address::half_width(raw.trim()).filter(|h| h.is_ascii() && is_valid_email(&lowercase(h)))
+        && let Some(half) = crate::address::half_width(raw.trim()).filter(|h| checked_email(h).is_ok())
     {
         return Err(format!(
             "Email \"{}\" is typed in full-width characters; type it in half-width ones: \"{}\"",
@@ -909,11 +909,8 @@ fn checked_email(raw: &str) -> std::result::Result<Cow<'_, str>, String> {
     if let Err(why) = deliverable {
         return Err(format!("Email \"{}\" {why}", crate::wording::quoted(raw)));
     }
-    if let Some((one, other, letter)) = crate::address::look_alike(&email) {
-        return Err(format!(
-            "Email \"{}\" has a domain that mixes {one} and {other} letters (\"{letter}\" is {other}), as an address made to look like another does; type the address again",
-            crate::wording::quoted(raw)
-        ));
+    if let Some(why) = crate::address::look_alike(&email) {
+        return Err(format!("Email \"{}\" {why}", crate::wording::quoted(raw)));
     }
     Ok(match email {
         Cow::Borrowed(e) => crate::address::canonical(e),
