@@ -138,6 +138,8 @@ pub fn check_file(path: &Path, tenant: &Tenant, mode: Mode) -> Result<std::resul
         }));
     }
     drop(file);
+    // A validate stopped with Ctrl-C left its spill (names and addresses) behind: swept here too.
+    sweep_stale_scratch(&std::env::temp_dir(), STALE_SCRATCH);
     let scratch = tempfile::Builder::new().prefix(SCRATCH_PREFIX).tempdir().map_err(|e| Error::local("scratch directory", e))?;
     let ingested =
         match stream::prepare_file(path, scratch.path(), stream::SPILL_IN_MEMORY, tenant, mode, Default::default(), Default::default()) {
