@@ -55,7 +55,8 @@ pub fn prepare(bytes: &[u8], tenant: &Tenant, mode: Mode) -> Result<Prepared, St
         None => (bytes, mode, Default::default(), Default::default(), Vec::new()),
     };
     let decode::Decoded { tables, hidden, warnings: read_warnings } = sheets::tables_and_hidden(bytes).map_err(|e| e.to_string())?;
-    let mut ingester = Ingester::new(tenant, mode, Collected::default()).with_verdicts(verdicts, context);
+    let tenant = rows_tenant(tenant, bundle.is_some());
+    let mut ingester = Ingester::new(&tenant, mode, Collected::default()).with_verdicts(verdicts, context);
     ingester.warnings = bundle_warnings;
     ingester.warnings.extend(hidden.iter().map(|name| sheets::hidden_warning(name)));
     ingester.warnings.extend(read_warnings);
@@ -312,15 +313,8 @@ async fn ingest(svc: &Services, obj: &ObjectRef) -> Result<()> {
             bundle_warnings = translated.warnings;
         }
     }
-    // A strict template is the tenant's spreadsheet; a bundle's sheets are ours, made from a standard.
-    let relaxed;
-    let rows_tenant = if bundle.is_some() && tenant.strict_template {
-        relaxed = Tenant { strict_template: false, ..tenant.clone() };
-        &relaxed
-    } else {
-        &tenant
-    };
-    let mut ingested = match stream::prepare_file(&source, scratch.path(), stream::SPILL_IN_MEMORY, rows_tenant, mode, verdicts, context) {
+    let rows_tenant = rows_tenant(&tenant, bundle.is_some());
+    let mut ingested = match stream::prepare_file(&source, scratch.path(), stream::SPILL_IN_MEMORY, &rows_tenant, mode, verdicts, context) {
         Ok(i) => i,
         Err(Stop::Refused(reason)) => return report::reject(svc, &job, Some(&tenant), &reason, &[]).await,
         Err(Stop::Io(e)) => return Err(Error::local("reading the roster", e)),
@@ -442,6 +436,16 @@ async fn read_bundle(svc: &Services, tenant: &Tenant, path: &Path, folder: Optio
     match translated.to_xlsx() {
         Ok(xlsx) => Ok(BundleRead::Read { xlsx, mode, translated }),
         Err(e) => Ok(BundleRead::Refused(format!("the bundle could not be read as a roster ({e}); nothing was applied"))),
+    }
+}
+
+/// The tenant a file's rows are read for: a strict template is the tenant's spreadsheet, while a
+/// bundle's sheets are ours, made from a standard (the upload and `rosterdrop validate` alike).
+fn rows_tenant(tenant: &Tenant, bundle: bool) -> std::borrow::Cow<'_, Tenant> {
+    if bundle && tenant.strict_template {
+        std::borrow::Cow::Owned(Tenant { strict_template: false, ..tenant.clone() })
+    } else {
+        std::borrow::Cow::Borrowed(tenant)
     }
 }
 

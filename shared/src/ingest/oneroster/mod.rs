@@ -1006,6 +1006,17 @@ pub(crate) mod tests {
         Tenant::new("district", vec!["it@district.example.org".into()])
     }
 
+    /// A tenant holding files to its own template: a bundle's sheets are ours, made from the
+    /// standard, so `rosterdrop validate` reads it as the upload does, not refused for columns.
+    #[test]
+    fn a_strict_template_tenant_validates_a_bundle_as_its_upload_reads_it() {
+        let strict = Tenant { strict_template: true, ..tenant() };
+        let p = prepare(&bundle("district-1.1", |_| {}), &strict, Mode::Upsert).unwrap();
+        let loose = prepare(&bundle("district-1.1", |_| {}), &tenant(), Mode::Upsert).unwrap();
+        assert!(!p.ops.is_empty());
+        assert_eq!((p.ops, p.outcomes), (loose.ops, loose.outcomes));
+    }
+
     #[test]
     fn a_1_1_district_bundle_becomes_orgs_and_users_with_types_organizations_and_associations() {
         let p = prepare(&bundle("district-1.1", |_| {}), &tenant(), Mode::Upsert).unwrap();
