@@ -554,3 +554,43 @@ fn look_alike_and_full_width_addresses_fail_naming_what_to_type() {
     );
     assert_eq!(p.ops.len(), 3);
 }
+
+/// Workbooks their programs open, once refused whole: SheetJS's default XLS ("its container is
+/// damaged": its allocation table is padded with end-of-chain marks past the file's end) and
+/// ODS, and LibreOffice's with "Size optimization for ODF format" off (both indent content.xml:
+/// "Expecting 'table-cell', found 'Text(...)'", and saving again wrote the same). Each is read
+/// whole, its names and text ids as typed. Files from `tests/fixtures/make/sheetjs_workbooks.js`
+/// and `indented_ods.sh`.
+#[test]
+fn workbooks_sheetjs_and_indenting_libreoffice_write_are_read_whole() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/odd");
+    let read = |name: &str| prepare(&std::fs::read(format!("{dir}/{name}")).unwrap(), &tenant(), Mode::Upsert).unwrap();
+    let users = |p: &Prepared| -> Vec<(String, Option<String>, Option<String>)> {
+        p.ops
+            .iter()
+            .filter_map(|op| match &op.target {
+                crate::model::Target::User { email, fields } => {
+                    Some((email.clone(), fields.first_name.clone(), fields.external_id.clone().or(fields.department.clone())))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    for name in ["sheetjs.xls", "sheetjs.ods"] {
+        let p = read(name);
+        assert!(p.outcomes.is_empty(), "{name}: {:?}", outcomes(&p));
+        let got = users(&p);
+        assert_eq!(got.len(), 10, "{name}");
+        assert_eq!(got[0], ("user1@example.com".into(), Some("Zoë".into()), Some("001".into())), "{name}");
+        assert_eq!(got[9], ("user10@example.com".into(), Some("First10".into()), Some("0010".into())), "{name}");
+    }
+    let p = read("libreoffice-indented.ods");
+    assert!(p.outcomes.is_empty(), "{:?}", outcomes(&p));
+    assert_eq!(
+        users(&p),
+        [
+            ("ann@example.com".into(), Some("Ann".into()), Some("Sales".into())),
+            ("bob@example.com".into(), Some("Bob".into()), Some("Ops".into()))
+        ]
+    );
+}

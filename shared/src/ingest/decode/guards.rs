@@ -36,7 +36,24 @@ pub(super) fn check_declared_size<R: Read + Seek>(archive: &mut zip::ZipArchive<
 /// calamine read another (a `WORKBOOK`, or a Workbook in a storage, reached it unmeasured).
 pub(super) fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Result<OleWorkbook, FileError> {
     let corrupt = |e: std::io::Error| FileError::Corrupt { format: "XLS", detail: format!("its container is damaged ({e})") };
-    let mut file = cfb::CompoundFile::open(r).map_err(corrupt)?;
+    match cfb::CompoundFile::open(&mut *r) {
+        Ok(file) => read_container(file, size),
+        Err(e) => {
+            // SheetJS pads its allocation table past the file's end with end-of-chain marks, not
+            // free ones: such an XLS was refused as damaged while Excel and LibreOffice open it.
+            let mut bytes = Vec::new();
+            r.rewind().and_then(|()| Read::take(&mut *r, size).read_to_end(&mut bytes)).map_err(corrupt)?;
+            if !free_fat_padding(&mut bytes) {
+                return Err(corrupt(e));
+            }
+            read_container(cfb::CompoundFile::open(std::io::Cursor::new(bytes)).map_err(|_| corrupt(e))?, size)
+        }
+    }
+}
+
+/// `check_ole_container` of an opened container.
+fn read_container<F: Read + Seek>(mut file: cfb::CompoundFile<F>, size: u64) -> Result<OleWorkbook, FileError> {
+    let corrupt = |e: std::io::Error| FileError::Corrupt { format: "XLS", detail: format!("its container is damaged ({e})") };
     // Names are unique ignoring case within a storage (the tree orders them so): one of each at most.
     let root: Vec<String> = file.read_root_storage().filter(|e| e.is_stream()).map(|e| e.name().to_string()).collect();
     // A password-protected XLSX (or ODS-less Office file) is an OLE container holding the
@@ -76,6 +93,47 @@ pub(super) fn check_ole_container<R: Read + Seek>(r: &mut R, size: u64) -> Resul
         return Err(FileError::TooSpread { format: "XLS", cells, limit: MAX_XLS_DENSE_CELLS });
     }
     Ok(book)
+}
+
+/// Mark as free the allocation-table entries past the file's last sector that say "end of chain"
+/// (MS-CFB 2.3 pads them as free; SheetJS writes end-of-chain). Nothing can reach those entries:
+/// a chain that does is still refused by `cfb`. Whether anything changed.
+fn free_fat_padding(bytes: &mut [u8]) -> bool {
+    const END_OF_CHAIN: u32 = 0xFFFF_FFFE;
+    const FREE: u32 = 0xFFFF_FFFF;
+    let u32_at = |b: &[u8], i: usize| b.get(i..i + 4).map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]));
+    let Some(shift) = bytes.get(0x1E..0x20).map(|b| u16::from_le_bytes([b[0], b[1]])) else { return false };
+    if !matches!(shift, 9 | 12) || !bytes.starts_with(&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]) {
+        return false;
+    }
+    let sector = 1usize << shift;
+    let sectors = bytes.len().div_ceil(sector).saturating_sub(1);
+    let per_sector = sector / 4;
+    // The FAT's sectors: 109 in the header, then each DIFAT sector's, at most one per sector.
+    // As many as the header declares, never more than the file has sectors.
+    let wanted = (u32_at(bytes, 0x2C).unwrap_or(0) as usize).min(sectors);
+    let mut fat: Vec<usize> = (0..109).filter_map(|i| u32_at(bytes, 0x4C + 4 * i)).map(|s| s as usize).take(wanted).collect();
+    let mut next = u32_at(bytes, 0x44).unwrap_or(END_OF_CHAIN);
+    while fat.len() < wanted && (next as usize) < sectors {
+        let at = (next as usize + 1) * sector;
+        let room = wanted - fat.len();
+        fat.extend((0..per_sector - 1).filter_map(|i| u32_at(bytes, at + 4 * i)).map(|s| s as usize).take(room));
+        next = u32_at(bytes, at + sector - 4).unwrap_or(END_OF_CHAIN);
+    }
+    let mut changed = false;
+    for (k, &s) in fat.iter().enumerate() {
+        if s >= sectors {
+            return false;
+        }
+        for j in 0..per_sector {
+            let (entry, at) = (k * per_sector + j, (s + 1) * sector + 4 * j);
+            if entry >= sectors && u32_at(bytes, at) == Some(END_OF_CHAIN) {
+                bytes[at..at + 4].copy_from_slice(&FREE.to_le_bytes());
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 /// An XLS's workbook stream, measured (`check_ole_container`).

@@ -10,6 +10,7 @@ mod guards;
 mod hidden;
 mod merges;
 mod numfmt;
+mod ods_indent;
 mod ods_shown;
 mod text;
 mod workbook;

@@ -14,7 +14,10 @@ pub(super) fn read_workbook<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: boo
     let size = r.seek(SeekFrom::End(0))?;
     r.rewind()?;
     if !ole {
-        return read_book(r, false, None, v);
+        return match super::ods_indent::unindented(&mut *r)? {
+            Some(clean) => read_book(&mut std::io::Cursor::new(clean), false, None, v),
+            None => read_book(r, false, None, v),
+        };
     }
     // calamine reads the measured workbook stream alone, in a container made for it
     // (`check_ole_container`), never the upload's own directory.
