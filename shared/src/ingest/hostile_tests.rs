@@ -594,3 +594,27 @@ fn workbooks_sheetjs_and_indenting_libreoffice_write_are_read_whole() {
         ]
     );
 }
+
+/// A code typed as 123 and shown as `000123` by its cell's format was read `123` under a locale
+/// tag (`[$-409]`, Excel's own when a format is made on a US system), padding (`_)`), a fill, a
+/// condition or a text section: the person got another value (an ExternalId, a Department code)
+/// than the sheet shows, and no word said so. Each reads as shown. File from `tests/fixtures/make/number_formats_zeros.js`.
+#[test]
+fn ids_keep_the_leading_zeros_their_number_format_shows() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/odd/number-formats-zeros.xlsx");
+    let p = prepare(&std::fs::read(path).unwrap(), &tenant(), Mode::Upsert).unwrap();
+    assert!(p.outcomes.is_empty(), "{:?}", outcomes(&p));
+    let ids: Vec<(String, String)> = p
+        .ops
+        .iter()
+        .filter_map(|op| match &op.target {
+            crate::model::Target::User { fields, .. } => Some((fields.last_name.clone()?, fields.department.clone()?)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 9);
+    for (code, id) in ids {
+        let want = if code.starts_with("[$€") { "€000123" } else { "000123" };
+        assert_eq!(id, want, "under {code}");
+    }
+}

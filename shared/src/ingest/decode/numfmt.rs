@@ -3,10 +3,12 @@
 //! the text the user typed and sees, and what the spreadsheet's own "save as CSV" writes.
 //!
 //! Only formats shown exactly are rendered: digit placeholders (`0`, `#`), a decimal point,
-//! thousands separators, percent, colours, quoted and escaped literals, and up to three sections
-//! (positive; negative; zero). Anything else (fractions, exponents, conditions, locales, scaling,
-//! padding and fill characters, text sections, a section that hides the value) is `None`, and the
-//! caller keeps its plain rendering of the value. Knows nothing about rosters.
+//! thousands separators, percent, colours, quoted and escaped literals, locale and currency tags
+//! (`[$-409]`, `[$€-407]`), padding and fill (`_)`, `*-`, shown as nothing: they only align),
+//! conditions on non-negative values (`[>=100000]0;000000`), a text section (`000000;@`), and up
+//! to three number sections (positive; negative; zero). Anything else (fractions, exponents,
+//! scaling, a section that hides the value) is `None`, and the caller keeps its plain rendering of
+//! the value. Knows nothing about rosters.
 
 /// The most digit placeholders and literal characters a rendered format may have: the output of
 /// one cell stays within a few hundred bytes whatever the workbook declares.
@@ -34,6 +36,47 @@ struct Section {
     suffix: String,
     /// Powers of 100 the value is multiplied by (`%` signs).
     percent: usize,
+    /// `[>=100000]`: the values this section is for.
+    cond: Option<Cond>,
+}
+
+/// A section's condition: a comparison with a number.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Cond {
+    op: CondOp,
+    than: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CondOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+impl Cond {
+    fn parse(tag: &str) -> Option<Self> {
+        let (op, rest) =
+            [("<=", CondOp::Le), (">=", CondOp::Ge), ("<>", CondOp::Ne), ("<", CondOp::Lt), (">", CondOp::Gt), ("=", CondOp::Eq)]
+                .into_iter()
+                .find_map(|(p, op)| tag.strip_prefix(p).map(|rest| (op, rest)))?;
+        let than: f64 = rest.trim().parse().ok().filter(|t: &f64| t.is_finite())?;
+        Some(Cond { op, than })
+    }
+
+    fn holds(&self, v: f64) -> bool {
+        match self.op {
+            CondOp::Lt => v < self.than,
+            CondOp::Le => v <= self.than,
+            CondOp::Gt => v > self.than,
+            CondOp::Ge => v >= self.than,
+            CondOp::Eq => v == self.than,
+            CondOp::Ne => v != self.than,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,12 +93,17 @@ enum Lex {
     Comma,
     Percent,
     Lit(String),
+    Cond(Cond),
 }
 
 impl NumberFormat {
     /// `None` for a format not shown exactly (see the module).
     pub fn parse(code: &str) -> Option<Self> {
-        let sections = split_sections(code)?;
+        let mut sections = split_sections(code)?;
+        // A last section with `@` is for text: a number never takes it (`000000;@`).
+        if sections.len() > 1 && sections.last().is_some_and(|t| unquoted(t).contains('@')) {
+            sections.pop();
+        }
         if sections.is_empty() || sections.len() > 3 {
             return None;
         }
@@ -70,6 +118,9 @@ impl NumberFormat {
         if !value.is_finite() || !super::workbook::digits_kept(value) {
             return None;
         }
+        if self.sections.iter().any(|s| s.cond.is_some()) {
+            return self.render_conditional(value);
+        }
         let (section, sign) = match self.sections.as_slice() {
             [one] => (one, value < 0.0),
             // A negative section with no literal (`0;0`) would show -5 as 5: the sign is kept.
@@ -81,6 +132,33 @@ impl NumberFormat {
         };
         section.render(value.abs(), sign)
     }
+}
+
+impl NumberFormat {
+    /// Sections chosen by their conditions, in order; the last without one takes the rest. Only
+    /// non-negative values: how Excel signs a negative one under conditions is left to the caller.
+    fn render_conditional(&self, value: f64) -> Option<String> {
+        if value < 0.0 {
+            return None;
+        }
+        let section = self.sections.iter().find(|s| s.cond.is_none_or(|c| c.holds(value)))?;
+        section.render(value, false)
+    }
+}
+
+/// A section's text outside quotes and escapes (`"@home"0` has no text placeholder).
+fn unquoted(section: &str) -> String {
+    let (mut out, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in section.chars() {
+        match (c, quoted, escaped) {
+            (_, _, true) => escaped = false,
+            ('"', _, false) => quoted = !quoted,
+            ('\\', false, false) => escaped = true,
+            (c, false, false) => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 impl Section {
@@ -198,7 +276,13 @@ fn split_sections(code: &str) -> Option<Vec<String>> {
 }
 
 fn section(s: &str) -> Option<Section> {
-    let lexed = lex(s)?;
+    let mut lexed = lex(s)?;
+    // One condition, anywhere a tag may stand (`[Red][<0]` or `[<0][Red]`).
+    let conds: Vec<Cond> = lexed.iter().filter_map(|l| if let Lex::Cond(c) = l { Some(*c) } else { None }).collect();
+    if conds.len() > 1 {
+        return None;
+    }
+    lexed.retain(|l| !matches!(l, Lex::Cond(_)));
     let is_number = |l: &Lex| matches!(l, Lex::Digit { .. } | Lex::Point);
     let first = lexed.iter().position(is_number)?;
     let last = lexed.iter().rposition(is_number)?;
@@ -212,7 +296,7 @@ fn section(s: &str) -> Option<Section> {
                     percent += 1;
                 }
                 // A comma after the digits scales by 1,000; before them it is not Excel's.
-                Lex::Percent | Lex::Comma | Lex::Digit { .. } | Lex::Point => return None,
+                Lex::Percent | Lex::Comma | Lex::Digit { .. } | Lex::Point | Lex::Cond(_) => return None,
             }
         }
     }
@@ -239,7 +323,7 @@ fn section(s: &str) -> Option<Section> {
                 int.push(Tok::Lit("%".into()));
                 percent += 1;
             }
-            Lex::Percent | Lex::Point => return None,
+            Lex::Percent | Lex::Point | Lex::Cond(_) => return None,
         }
     }
     let placeholders = int.iter().filter(|t| matches!(t, Tok::Digit { .. })).count() + decimals.len();
@@ -260,7 +344,7 @@ fn section(s: &str) -> Option<Section> {
     {
         return None;
     }
-    Some(Section { prefix, int, grouped, point: point_at.is_some(), decimals, suffix, percent })
+    Some(Section { prefix, int, grouped, point: point_at.is_some(), decimals, suffix, percent, cond: conds.first().copied() })
 }
 
 /// One section's characters; `None` at anything not shown exactly.
@@ -291,11 +375,19 @@ fn lex(s: &str) -> Option<Vec<Lex>> {
             '\\' => lit(&mut out, chars.next()?.to_string()),
             '[' => {
                 let tag: String = chars.by_ref().take_while(|&q| q != ']').collect();
-                // Colours only change how it looks; conditions, locales and elapsed time do not
+                // Colours only change how it looks; a locale (`[$-409]`) how dates and names are
+                // spelled; a currency tag (`[$€-407]`) shows its symbol. Elapsed time does not
                 // render here.
                 let colour = ["black", "blue", "cyan", "green", "magenta", "red", "white", "yellow"];
                 let lower = tag.to_ascii_lowercase();
-                if !(colour.contains(&lower.as_str()) || lower.strip_prefix("color").is_some_and(|n| n.parse::<u8>().is_ok())) {
+                if let Some(currency) = tag.strip_prefix('$') {
+                    let symbol = currency.split_once('-').map_or(currency, |(symbol, _)| symbol);
+                    if !symbol.is_empty() {
+                        lit(&mut out, symbol.to_string());
+                    }
+                } else if let Some(cond) = Cond::parse(&tag) {
+                    out.push(Lex::Cond(cond));
+                } else if !(colour.contains(&lower.as_str()) || lower.strip_prefix("color").is_some_and(|n| n.parse::<u8>().is_ok())) {
                     return None;
                 }
             }
@@ -303,8 +395,13 @@ fn lex(s: &str) -> Option<Vec<Lex>> {
             '$' | '-' | '+' | '(' | ')' | ':' | '!' | '^' | '&' | '\'' | '~' | '{' | '}' | '<' | '>' | '=' | ' ' => {
                 lit(&mut out, c.to_string())
             }
-            // `?` and `/` (fractions, aligned digits), `E` (exponents), `_` and `*` (padding and
-            // fill), `@` (text), letters (General, dates): not rendered here.
+            // Padding the width of the next character, or that character repeated to fill the
+            // cell: alignment only, nothing a reader types.
+            '_' | '*' => {
+                chars.next()?;
+            }
+            // `?` and `/` (fractions, aligned digits), `E` (exponents), `@` (text), letters
+            // (General, dates): not rendered here.
             _ => return None,
         }
     }
@@ -404,6 +501,34 @@ mod tests {
         assert_eq!(shown(7.0, "\\#000").as_deref(), Some("#007"));
     }
 
+    /// Excel shows `000123` under each of these; they read as `123` while only the bare `000000`
+    /// was rendered.
+    #[test]
+    fn locale_currency_padding_conditions_and_text_sections_keep_leading_zeros() {
+        for code in [
+            "[$-409]000000",
+            "[$-en-US]000000",
+            "000000;@",
+            "000000_)",
+            "*-000000",
+            "[>=100000]0;000000",
+            "[Blue]000000",
+            "[<1000][Red]000000;0",
+        ] {
+            assert_eq!(shown(123.0, code).as_deref(), Some("000123"), "{code:?}");
+        }
+        assert_eq!(shown(123.0, "[$€-407]000000").as_deref(), Some("€000123"));
+        assert_eq!(shown(1234.5, "[$$-409]#,##0.00").as_deref(), Some("$1,234.50"));
+        assert_eq!(shown(123456.0, "[>=100000]0;000000").as_deref(), Some("123456"));
+        assert_eq!(shown(5.0, "_(0_);(0)").as_deref(), Some("5"));
+        assert_eq!(shown(-5.0, "_(0_);(0)").as_deref(), Some("(5)"));
+        assert_eq!(shown(0.0, "0;-0;0;\"text: \"@").as_deref(), Some("0"));
+        assert_eq!(shown(5.0, "\"@home\"0").as_deref(), Some("@home5"), "a quoted @ is a literal");
+        assert_eq!(shown(50.0, "[>100]0"), None, "no section for the value: Excel shows ####");
+        assert_eq!(shown(-5.0, "[>=100000]0;000000"), None, "a negative value under conditions keeps its plain reading");
+        assert_eq!(shown(5.0, "[>1][<9]0"), None, "two conditions in one section");
+    }
+
     #[test]
     fn phone_and_postal_layouts_place_digits_right_to_left() {
         assert_eq!(shown(4155550100.0, "(000) 000-0000").as_deref(), Some("(415) 555-0100"));
@@ -456,12 +581,9 @@ mod tests {
             "0,",
             "#,##0,,",
             "[>100]0",
-            "[$-409]0",
-            "_(0_)",
-            "*-0",
             "0;;",
             ";;;",
-            "0;0;0;@",
+            "0;0;0;0;@",
             "yyyy-mm-dd",
             "\"no digits\"",
             "",
