@@ -100,7 +100,8 @@ impl Field {
         Some(match key.as_str() {
             "type" | "usertype" | "recordtype" | "entitytype" => Field::Type,
             "action" | "operation" => Field::Action,
-            "email" | "emailaddress" | "mail" | "useremail" | "emailid" => Field::Email,
+            "email" | "emailaddress" | "mail" | "useremail" | "emailid" | "workemail" | "workemailaddress" | "businessemail"
+            | "primaryemail" => Field::Email,
             "externalid" | "extid" | "externaluserid" | "identityiduser" | "idpuserid" | "sourcedid" | "personid" => Field::ExternalId,
             "newemail" | "newemailaddress" | "changeemailto" => Field::NewEmail,
             "username" | "login" | "loginname" | "userlogin" => Field::Username,
@@ -133,10 +134,17 @@ impl Field {
 /// A header as compared: trimmed, lower-case, without spaces, underscores, hyphens or dots.
 pub fn norm(s: &str) -> String {
     // Any space counts as one: a header wrapped with Alt+Enter (`Email\nAddress`), a no-break or
-    // thin space from a web page, an invisible zero-width one or a byte-order mark.
-    let ignored = |c: char| c.is_whitespace() || matches!(c, '_' | '-' | '.' | '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}');
+    // thin space from a web page, an invisible zero-width one or a byte-order mark. A form's
+    // marks too: `First Name:`, `Email*` (a required column), `*Email`.
+    let ignored =
+        |c: char| c.is_whitespace() || matches!(c, '_' | '-' | '.' | ':' | '*' | '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}');
     // And one Unicode form: `Région` with a combining accent is the attribute `Région`.
-    crate::nfc::nfc(&s.to_lowercase()).chars().filter(|&c| !ignored(c)).collect()
+    let key: String = crate::nfc::nfc(&s.to_lowercase()).chars().filter(|&c| !ignored(c)).collect();
+    // A template's note on a column: `Email (required)`, `Phone (optional)`.
+    match ["(required)", "(mandatory)", "(optional)"].iter().find_map(|note| key.strip_suffix(note)) {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => key,
+    }
 }
 
 #[cfg(test)]
@@ -152,5 +160,26 @@ mod tests {
         }
         assert_eq!(Field::from_header("Email\nAddress"), Some(Field::Email));
         assert_eq!(norm(" Last\tName "), "lastname");
+    }
+
+    /// A form's marks on a column: `First Name:` was "not a roster column" and its names dropped;
+    /// `Email*`, `Email (required)` and `Work Email` refused the file for want of an Email column.
+    #[test]
+    fn headers_match_through_colons_required_marks_and_notes() {
+        for (header, field) in [
+            ("First Name:", Field::FirstName),
+            ("Last Name :", Field::LastName),
+            ("Email*", Field::Email),
+            ("*Email", Field::Email),
+            ("Email:", Field::Email),
+            ("Email (required)", Field::Email),
+            ("Phone (Optional)", Field::Phone),
+            ("Work Email", Field::Email),
+            ("Dept.", Field::Department),
+        ] {
+            assert_eq!(Field::from_header(header), Some(field), "{header:?}");
+        }
+        assert_eq!(Field::from_header("(required)"), None, "a note alone names nothing");
+        assert_eq!(Field::from_header("Notes (required)"), None);
     }
 }

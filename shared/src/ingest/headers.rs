@@ -133,9 +133,18 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
         }
     } else {
         // One line per column up to a few, then a count: a million stray columns make one warning.
-        mapping.warnings.extend(
-            unknown.iter().take(10).map(|u| format!("column \"{}\" is not a roster column and was ignored", crate::wording::quoted(u))),
-        );
+        let named: Vec<String> = unknown
+            .iter()
+            .take(10)
+            .map(|u| {
+                let hint = match near_field(u, &mapping) {
+                    Some(f) => format!(" (if it is {}, name it so)", f.name()),
+                    None => String::new(),
+                };
+                format!("column \"{}\" is not a roster column and was ignored{hint}", crate::wording::quoted(u))
+            })
+            .collect();
+        mapping.warnings.extend(named);
         if unknown.len() > 10 {
             mapping.warnings.push(format!("{} more columns are not roster columns and were ignored", unknown.len() - 10));
         }
@@ -153,11 +162,14 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
         // One cell of text (`Staff roster - January`): a title above the column names, which the
         // first row with text is taken for.
         let mut texts = headers.iter().map(|h| h.trim()).filter(|h| !h.is_empty());
-        let title = match (texts.next(), texts.next()) {
-            (Some(only), None) => Field::from_header(only).is_none() && only.split_whitespace().count() >= 3,
-            _ => false,
+        let (title, short) = match (texts.next(), texts.next()) {
+            (Some(only), None) => (Field::from_header(only).is_none(), only.split_whitespace().count() < 3),
+            _ => (false, false),
         };
-        let hint = if title {
+        let hint = if title && short {
+            // `Staff List`, `Employees`: a short title, or the name of a one-column list of emails.
+            "; if that is a title, delete the rows above the column names so they come first (the first row with text must be the column names); if the column holds the emails, name it Email"
+        } else if title {
             "; that looks like a title: the first row with text must be the column names, so delete the rows above them"
         } else if headers.iter().any(|h| h.contains('@')) {
             "; that looks like a row of data: add the header row (Email, First Name, ...) above it"
@@ -174,6 +186,24 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
         return Err(format!("the required column Email is missing (the header row has: {}){hint}", header_list(headers)));
     }
     Ok(mapping)
+}
+
+/// The roster column a header nearly names (`Frist Name`, `Emial`), if the file has no column
+/// for it already: its values are about to be ignored.
+fn near_field(header: &str, mapping: &Mapping) -> Option<Field> {
+    let key = norm(header);
+    if key.chars().count() < 4 {
+        return None;
+    }
+    let more = [Field::ExternalId, Field::NewEmail, Field::ParentOrg, Field::LicencePool];
+    Field::ALL
+        .iter()
+        .chain(&more)
+        .filter(|f| !mapping.has(**f))
+        .map(|f| (*f, strsim::damerau_levenshtein(&key, &norm(f.name()))))
+        .filter(|(f, d)| *d <= 2.min(norm(f.name()).chars().count() / 4))
+        .min_by_key(|(_, d)| *d)
+        .map(|(f, _)| f)
 }
 
 /// The header row as a message quotes it: the first 20 headers, each at most 64 characters.
@@ -293,10 +323,16 @@ mod tests {
         );
         let err = map_headers(&h(&["ann@x.com", "Ann", "Lee"]), &tenant()).unwrap_err();
         assert!(err.ends_with("that looks like a row of data: add the header row (Email, First Name, ...) above it"), "{err}");
-        assert!(
-            map_headers(&h(&["Name"]), &tenant()).unwrap_err().ends_with(". Add an Email column, or use the template"),
-            "one word is a column name"
-        );
+        // One or two words alone (`Staff List`, `Employees`): a short title, or a one-column list
+        // of emails under another name. Both fixes are named ("Add an Email column" sent admins
+        // whose Email column was on the next row to add another).
+        for alone in ["Staff List", "Employees"] {
+            let err = map_headers(&h(&[alone]), &tenant()).unwrap_err();
+            assert!(
+                err.ends_with("if that is a title, delete the rows above the column names so they come first (the first row with text must be the column names); if the column holds the emails, name it Email"),
+                "{err}"
+            );
+        }
         // Labels over groups of columns, the column names on the row below.
         let err = map_headers(&h(&["", "Personal", "", "Contact"]), &tenant()).unwrap_err();
         assert!(err.ends_with("none of these is a roster column: if the column names are on a row below, delete the rows above them so they come first; otherwise add an Email column, or use the template"), "{err}");
@@ -306,6 +342,24 @@ mod tests {
     fn two_columns_for_one_field_are_refused() {
         let err = map_headers(&h(&["Email", "Name", "E-mail"]), &tenant()).unwrap_err();
         assert_eq!(err, "columns 1 (\"Email\") and 3 (\"E-mail\") both mean Email; keep one of them");
+    }
+
+    /// A misspelt column was ignored with a warning that did not say which column it meant: the
+    /// names under `Frist Name` were dropped and the users created without them.
+    #[test]
+    fn a_nearly_named_column_is_named_in_its_warning() {
+        let headers: Vec<String> = ["Email", "Frist Name", "Lastname", "Phnoe", "Favourite Colour", "Emial"].map(String::from).to_vec();
+        let m = map_headers(&headers, &Tenant::new("t", vec![])).unwrap();
+        assert_eq!(
+            m.warnings,
+            [
+                "column \"Frist Name\" is not a roster column and was ignored (if it is FirstName, name it so)",
+                "column \"Phnoe\" is not a roster column and was ignored (if it is Phone, name it so)",
+                "column \"Favourite Colour\" is not a roster column and was ignored",
+                "column \"Emial\" is not a roster column and was ignored",
+            ],
+            "Emial is not offered: the file has its Email"
+        );
     }
 
     #[test]
