@@ -241,8 +241,9 @@ impl ValidationReport {
         for w in &self.warnings {
             println!("warning: {w}");
         }
+        let rows = if self.rows == 1 { "row" } else { "rows" };
         println!(
-            "{}: {} rows ({}), {} valid, {} would fail, {} skipped",
+            "{}: {} {rows} ({}), {} valid, {} would fail, {} skipped",
             self.file, self.rows, self.format, self.valid, self.failed, self.skipped
         );
         if self.offline {

@@ -607,7 +607,7 @@ fn validate_row<'c, S: AsRef<str>>(
             None => {
                 return Err((None, Some("Type".into()), {
                     let t = crate::wording::quoted(t);
-                    format!("Type \"{t}\" is not one of User, Org, {}", USER_TYPES.join(", "))
+                    format!("Type \"{t}\" is not one of Org, {}", USER_TYPES.join(", "))
                 }));
             }
         },
@@ -892,7 +892,8 @@ fn check_pool(cell: &str, tenant: &Tenant) -> std::result::Result<String, String
 fn checked_email(raw: &str) -> std::result::Result<Cow<'_, str>, String> {
     let email = lowercase(raw);
     let valid = is_valid_email(&email);
-    let deliverable = if valid { crate::address::deliverable(&email).map(drop) } else { Ok(()) };
+    let sent = if valid { crate::address::deliverable(&email).map(|a| a.len()) } else { Ok(0) };
+    let deliverable = sent.clone().map(drop);
     // `ａｎｎ＠example.com`: no @ to the reader, and letters outside ASCII to the mail service.
     if (!valid || deliverable == Err(crate::address::Undeliverable::LocalPart))
         && let Some(half) = crate::address::half_width(raw.trim()).filter(|h| checked_email(h).is_ok())
@@ -908,6 +909,14 @@ fn checked_email(raw: &str) -> std::result::Result<Cow<'_, str>, String> {
     }
     if let Err(why) = deliverable {
         return Err(format!("Email \"{}\" {why}", crate::wording::quoted(raw)));
+    }
+    // Mail servers take a path of at most 256 characters, its angle brackets included (RFC
+    // 5321 4.5.3.1.3): a longer address is accepted here and bounces.
+    if let Ok(len @ 255..) = sent {
+        return Err(format!(
+            "Email \"{}\" is {len} characters long as it is sent, and an address can have at most 254; no mail can be delivered to it",
+            crate::wording::quoted(raw)
+        ));
     }
     if let Some(why) = crate::address::look_alike(&email) {
         return Err(format!("Email \"{}\" {why}", crate::wording::quoted(raw)));
@@ -949,6 +958,15 @@ fn email_hint(raw: &str) -> String {
         && is_valid_email(&lowercase(&raw[..raw.len() - last.len_utf8()]))
     {
         return format!(": remove the \"{last}\" at its end");
+    }
+    // `lee@example,com`: a comma typed for the dot.
+    if let Some((local, domain)) = raw.rsplit_once('@')
+        && domain.contains(',')
+    {
+        let fixed = format!("{local}@{}", domain.replace(',', "."));
+        if is_valid_email(&lowercase(&fixed)) {
+            return format!(": it has a comma where a dot belongs; type {}", quoted(&fixed));
+        }
     }
     match raw.rsplit_once('@') {
         None => ": it has no @".into(),
@@ -1273,6 +1291,28 @@ mod tests {
         assert!(v.ops.is_empty());
     }
 
+    /// `lee@example,com` was told to type "example,com.com"; an address of 255 characters or more
+    /// passed, and its invitation and mail bounced (no server takes it).
+    #[test]
+    fn a_comma_for_a_dot_and_an_address_too_long_to_deliver_are_named() {
+        let long =
+            |n: usize| format!("{}@{}.com", "a".repeat(64), ["b".repeat(60), "c".repeat(60), "d".repeat(60), "e".repeat(n)].join("."));
+        let (ok, over) = (long(2), long(3));
+        assert_eq!((ok.len(), over.len()), (254, 255));
+        let v = run(&format!("Email\n\"lee@example,com\"\n{ok}\n{over}\n"), Mode::Upsert);
+        assert_eq!(
+            message(&v, 2),
+            "Email \"lee@example,com\" is not a valid email address: it has a comma where a dot belongs; type \"lee@example.com\""
+        );
+        assert_eq!(v.ops.len(), 1, "254 characters pass");
+        let too_long = message(&v, 4);
+        assert!(
+            too_long
+                .ends_with("\" is 255 characters long as it is sent, and an address can have at most 254; no mail can be delivered to it"),
+            "{too_long}"
+        );
+    }
+
     /// Zero-width characters pasted with a value: at its ends they are trimmed as spaces (a
     /// cell of only one is blank); inside an ExternalId they made a second id that looks the same.
     #[test]
@@ -1443,7 +1483,8 @@ mod tests {
         assert_eq!(v.ops.len(), 2);
         assert_eq!(v.ops[0].target, Target::org("North"));
         assert_eq!(v.ops[1].action, Action::Delete);
-        assert!(message(&v, 4).starts_with("Type \"robot\" is not one of User, Org, Student"));
+        assert!(message(&v, 4).starts_with("Type \"robot\" is not one of Org, Student"));
+        assert_eq!(message(&v, 4).matches("User").count(), 1, "each type named once");
         assert!(message(&v, 5).starts_with("Action \"Explode\" is not one of Create, Update"));
     }
 

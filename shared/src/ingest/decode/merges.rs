@@ -86,9 +86,13 @@ impl Filler {
     pub fn warning(&self, sheet: Option<&str>) -> Option<String> {
         let example = self.example.as_deref()?;
         let on = sheet.map(|s| format!(" on sheet \"{}\"", crate::wording::quoted(s))).unwrap_or_default();
-        let cells = if self.filled == 1 { "1 cell".to_string() } else { format!("{} cells", crate::wording::thousands(self.filled)) };
+        let (cells, are) = if self.filled == 1 {
+            ("1 cell".to_string(), "is")
+        } else {
+            (format!("{} cells", crate::wording::thousands(self.filled)), "are")
+        };
         Some(format!(
-            "{cells}{on} are covered by merged cells (the first: {example}) and were read as the merged value the spreadsheet shows on their row; unmerge them if a row should be blank"
+            "{cells}{on} {are} covered by merged cells (the first: {example}) and were read as the merged value the spreadsheet shows on their row; unmerge them if a row should be blank"
         ))
     }
 }
