@@ -271,7 +271,13 @@ pub(super) fn check_zip_parts<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, ods:
         let entry = zip.by_index(*i).map_err(|e| damaged("ODS", &e))?;
         let cost = ods_cost(std::io::BufReader::new(entry)).map_err(|e| damaged("ODS", &e))?;
         if cost.cells > MAX_ODS_DENSE_CELLS {
-            return Err(FileError::TooSpread { format: "ODS", cells: cost.cells, limit: MAX_ODS_DENSE_CELLS });
+            // Said in the cells the sheet spans: calamine holds each twice (as read, then dense).
+            let (span, limit) = (cost.span.max(cost.cells - cost.span), MAX_ODS_DENSE_CELLS / 2);
+            return Err(if cost.span > 2 * (cost.cells - cost.span) {
+                FileError::TooSpread { format: "ODS", cells: span, limit }
+            } else {
+                FileError::OdsTooLarge { cells: span, limit }
+            });
         }
         if cost.text_bytes > MAX_ODS_TEXT_BYTES {
             return Err(FileError::TextTooLarge { format: "ODS", mb: cost.text_bytes >> 20, limit_mb: MAX_ODS_TEXT_BYTES >> 20 });
@@ -342,7 +348,10 @@ pub const MAX_ODS_TEXT_BYTES: u64 = 128 << 20;
 /// What calamine's ODS reader will hold, counted from `content.xml` without keeping anything.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct OdsCost {
+    /// What calamine holds: the cells pushed as read, and the dense ranges.
     pub cells: u64,
+    /// Of those, the dense ranges: each table's span from its first to its last used cell.
+    pub span: u64,
     pub text_bytes: u64,
 }
 
@@ -365,9 +374,11 @@ pub(super) fn ods_cost<B: std::io::BufRead>(input: B) -> Result<OdsCost, String>
         span: Option<(u64, u64, u64, u64)>,
     }
     impl Table {
+        fn dense(&self) -> u64 {
+            self.span.map_or(0, |(r0, r1, c0, c1)| (r1 - r0 + 1).saturating_mul(c1 - c0 + 1))
+        }
         fn cells(&self) -> u64 {
-            let dense = self.span.map_or(0, |(r0, r1, c0, c1)| (r1 - r0 + 1).saturating_mul(c1 - c0 + 1));
-            self.pushed.saturating_add(dense)
+            self.pushed.saturating_add(self.dense())
         }
     }
     /// The row being read.
@@ -467,6 +478,7 @@ pub(super) fn ods_cost<B: std::io::BufRead>(input: B) -> Result<OdsCost, String>
             Event::End(e) if e.name().as_ref() == "table:table" => {
                 if let Some(t) = table.take() {
                     cost.cells = cost.cells.saturating_add(t.cells());
+                    cost.span = cost.span.saturating_add(t.dense());
                     cost.text_bytes = cost.text_bytes.saturating_add(t.text);
                 }
             }
@@ -510,6 +522,7 @@ pub(super) fn ods_cost<B: std::io::BufRead>(input: B) -> Result<OdsCost, String>
     }
     if let Some(t) = table {
         cost.cells = cost.cells.saturating_add(t.cells());
+        cost.span = cost.span.saturating_add(t.dense());
         cost.text_bytes = cost.text_bytes.saturating_add(t.text);
     }
     Ok(cost)
@@ -700,12 +713,11 @@ mod tests {
         assert_eq!(ods(inner), 3 + 3);
     }
 
-    /// The bomb above as a file: refused by the guard before calamine builds its range.
-    #[test]
-    fn a_self_closing_repeated_row_cannot_spread_an_ods_past_the_guard() {
+    /// An ODS of `rows` (a table's XML inside `office:spreadsheet`).
+    fn ods_file(rows: &str) -> Vec<u8> {
         use std::io::Write;
         let content = format!(
-            r#"<?xml version="1.0"?><office:document-content xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"><office:body><office:spreadsheet><table:table table:name="S"><table:table-row><table:table-cell table:number-columns-repeated="99"/>{V}</table:table-row><table:table-row table:number-rows-repeated="999999"/><table:table-row>{V}</table:table-row></table:table></office:spreadsheet></office:body></office:document-content>"#
+            r#"<?xml version="1.0"?><office:document-content xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"><office:body><office:spreadsheet><table:table table:name="S">{rows}</table:table></office:spreadsheet></office:body></office:document-content>"#
         );
         let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
         let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
@@ -713,9 +725,33 @@ mod tests {
         z.write_all(b"application/vnd.oasis.opendocument.spreadsheet").unwrap();
         z.start_file("content.xml", stored).unwrap();
         z.write_all(content.as_bytes()).unwrap();
-        let bytes = z.finish().unwrap().into_inner();
-        let err = crate::ingest::decode::decode(&bytes).unwrap_err();
+        z.finish().unwrap().into_inner()
+    }
+
+    /// The bomb above as a file: refused by the guard before calamine builds its range.
+    #[test]
+    fn a_self_closing_repeated_row_cannot_spread_an_ods_past_the_guard() {
+        let rows = format!(
+            r#"<table:table-row><table:table-cell table:number-columns-repeated="99"/>{V}</table:table-row><table:table-row table:number-rows-repeated="999999"/><table:table-row>{V}</table:table-row>"#
+        );
+        let err = crate::ingest::decode::decode(&ods_file(&rows)).unwrap_err();
         assert!(matches!(err, FileError::TooSpread { format: "ODS", .. }), "{err:?}");
+        assert!(err.to_string().contains("span 100,000,100 cells"), "{err}");
+    }
+
+    /// 24,000 rows of 21 filled columns were refused as spanning 1,008,042 cells (each counted as
+    /// read and again dense) and told to delete stray cells they did not have. They are named as
+    /// what they are: too many cells for an ODS, which XLSX or CSV would carry.
+    #[test]
+    fn a_large_ods_without_stray_cells_is_named_as_large_not_spread() {
+        let row = r#"<table:table-row><table:table-cell table:number-columns-repeated="21" office:value-type="string"><text:p>x</text:p></table:table-cell></table:table-row>"#;
+        let err = crate::ingest::decode::decode(&ods_file(&row.repeat(24_000))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the ODS file's sheets hold 504,000 cells, more than the 500,000 an ODS file can have here (an ODS is read whole; XLSX and CSV files are read row by row): save it as XLSX or CSV, or split it"
+        );
+        let fits = crate::ingest::decode::decode(&ods_file(&row.repeat(23_000)));
+        assert!(!matches!(fits, Err(FileError::OdsTooLarge { .. } | FileError::TooSpread { .. })), "483,000 cells pass the guard: {fits:?}");
     }
 
     #[test]

@@ -117,6 +117,12 @@ pub enum FileError {
     )]
     TooSpread { format: &'static str, cells: u64, limit: u64 },
     #[error(
+        "the ODS file's sheets hold {} cells, more than the {} an ODS file can have here (an ODS is read whole; XLSX and CSV files are read row by row): save it as XLSX or CSV, or split it",
+        thousands(*cells),
+        thousands(*limit)
+    )]
+    OdsTooLarge { cells: u64, limit: u64 },
+    #[error(
         "the workbook's {part} says it holds {declared} {what}, but its size allows at most {allowed}: the file is damaged or built to exhaust memory. Save it again from your spreadsheet program and re-upload it"
     )]
     Implausible { part: &'static str, what: &'static str, declared: u64, allowed: u64 },
