@@ -751,7 +751,10 @@ mod tests {
             "the ODS file's sheets hold 504,000 cells, more than the 500,000 an ODS file can have here (an ODS is read whole; XLSX and CSV files are read row by row): save it as XLSX or CSV, or split it"
         );
         let fits = crate::ingest::decode::decode(&ods_file(&row.repeat(23_000)));
-        assert!(!matches!(fits, Err(FileError::OdsTooLarge { .. } | FileError::TooSpread { .. })), "483,000 cells pass the guard: {fits:?}");
+        assert!(
+            !matches!(fits, Err(FileError::OdsTooLarge { .. } | FileError::TooSpread { .. })),
+            "483,000 cells pass the guard: {fits:?}"
+        );
     }
 
     #[test]

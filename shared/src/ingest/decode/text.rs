@@ -415,9 +415,11 @@ fn legacy_encoding<R: Read + Seek + ?Sized>(r: &mut R, start: u64) -> std::io::R
     let mut high = [false; 128];
     // Bytes ≥ 0x80, and those in runs of three or more (words of nothing else).
     let (mut highs, mut in_words) = (0u64, 0u64);
+    let mut mac = MacOrWindows::default();
     let mut line = Vec::new();
     while lines.read_until(b'\n', &mut line)? > 0 {
         if std::str::from_utf8(&line).is_err() {
+            mac.weigh(&line);
             let mut run = 0u64;
             for &b in &line {
                 if b >= 0x80 {
@@ -448,9 +450,62 @@ fn legacy_encoding<R: Read + Seek + ?Sized>(r: &mut R, start: u64) -> std::io::R
     let words_of_high_letters = highs > 0 && in_words * 4 >= highs * 3 && cyrillic_letters;
     Ok(match (same_as_1252 || guess == WINDOWS_1252, words_of_high_letters) {
         (true, true) => encoding_rs::WINDOWS_1251,
+        (true, false) if mac.is_mac() => encoding_rs::MACINTOSH,
         (true, false) => WINDOWS_1252,
         (false, _) => guess,
     })
+}
+
+/// Excel for Mac's "CSV" is Mac Roman: its lowercase accented letters are 0x87-0x9F, where
+/// Windows-1252 has quotes, dashes and a few capitals, so `Müller` read as Windows-1252 is `MŸller`
+/// and `José` is `JosŽ`; chardetng guesses Windows-1252 for both. Each byte ≥ 0x80 is weighed in
+/// its word as either encoding reads it: a lowercase letter beside lowercase letters counts for
+/// it; a capital after a lowercase letter, or a mark inside a word, against it (an apostrophe
+/// inside a word, `O’Brien`, `don’t`, is neither).
+#[derive(Default)]
+struct MacOrWindows {
+    mac: i64,
+    windows: i64,
+}
+
+impl MacOrWindows {
+    fn weigh(&mut self, line: &[u8]) {
+        for (i, &b) in line.iter().enumerate() {
+            if b < 0x80 {
+                continue;
+            }
+            let before = i.checked_sub(1).map(|j| line[j]);
+            let after = line.get(i + 1).copied();
+            self.mac += fit(decoded(encoding_rs::MACINTOSH, b), before, after);
+            self.windows += fit(decoded(WINDOWS_1252, b), before, after);
+        }
+    }
+
+    /// Clearly Mac Roman: two words or more read better so.
+    fn is_mac(&self) -> bool {
+        self.mac >= self.windows + 2
+    }
+}
+
+fn decoded(e: &'static Encoding, b: u8) -> char {
+    e.decode_without_bom_handling(&[b]).0.chars().next().unwrap_or('\u{FFFD}')
+}
+
+/// How well `c` fits between the bytes `before` and `after` in a name.
+fn fit(c: char, before: Option<u8>, after: Option<u8>) -> i64 {
+    let lower = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase());
+    let letter = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphabetic());
+    if c.is_alphabetic() {
+        match (c.is_lowercase(), lower(before) || lower(after)) {
+            (true, true) => 1,
+            (false, _) if lower(before) => -1,
+            _ => 0,
+        }
+    } else if letter(before) && letter(after) && !matches!(c, '\u{2019}' | '\u{2018}' | '\'') {
+        -1
+    } else {
+        0
+    }
 }
 
 /// `="00123"`: exports write an id or phone number as a formula of one string so that Excel
@@ -582,6 +637,7 @@ fn script_of(e: &'static Encoding) -> Option<&'static str> {
         "windows-1256" | "ISO-8859-6" => "Arabic",
         "windows-1257" | "ISO-8859-4" | "ISO-8859-13" => "Baltic",
         "windows-1258" => "Vietnamese",
+        "macintosh" => "Mac OS Roman, as Excel for Mac saves a CSV",
         "windows-874" => "Thai",
         "Shift_JIS" | "EUC-JP" | "ISO-2022-JP" => "Japanese",
         "GBK" | "gb18030" => "Chinese, simplified",
@@ -1147,14 +1203,22 @@ mod tests {
                 assert_eq!(read_with_warnings(&bytes, buffer).unwrap(), (tables.clone(), warnings.clone()), "{} {buffer}", enc.name());
             }
         }
-        // A Mac Roman file (Excel for Mac's "CSV (Macintosh)"): its è reads as a control
-        // character in any guess; the result names the row and what to do.
-        let mac = b"Email,Name\rx@example.com,Ann\ry@example.com,Lef\x8fvre\r";
-        let (_, warnings) = read_with_warnings(mac, 1 << 20).unwrap();
-        assert!(
-            warnings.iter().any(|w| w.starts_with("row 3 has characters that are not letters") && w.contains("CSV UTF-8")),
-            "{warnings:?}"
-        );
+        // Mac Roman (Excel for Mac's "CSV (Macintosh)"): chardetng guesses Windows-1252, which
+        // stored `Zoë Müller` as `Zo‘ MŸller` and `José Núñez` as `JosŽ Nœ–ez` without a word
+        // (only an è, a control character there, was named). Its letters decide it now.
+        let mac = encoding_rs::MACINTOSH.encode("Email,Name\rx@example.com,Zoë Müller\ry@example.com,José Núñez\rz@x.com,Lefèvre\r").0;
+        let (tables, warnings) = read_with_warnings(&mac, 1 << 20).unwrap();
+        let names: Vec<&str> = tables[0].rows.iter().map(|(_, r)| r[1].as_str()).collect();
+        assert_eq!(names, ["Zoë Müller", "José Núñez", "Lefèvre"]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("read as macintosh (Mac OS Roman") && warnings[0].contains("CSV UTF-8"), "{warnings:?}");
+        // Windows-1252 with the quotes and capitals Mac Roman would read as letters stays so.
+        let western = WINDOWS_1252.encode("Email,Name\na@x.com,Seán O’Brien\nb@x.com,Zoë Müller\nc@x.com,Šimon “Jr” Dvořák’s\n").0;
+        let (tables, _) = read_with_warnings(&western, 1 << 20).unwrap();
+        assert_eq!(tables[0].encoding.as_deref(), Some("windows-1252"));
+        // One Mac letter alone (`Lef\x8fvre`) is Mac Roman as well: Windows-1252 has no letter there.
+        let (tables, _) = read_with_warnings(b"Email,Name\rx@example.com,Ann\ry@example.com,Lef\x8fvre\r", 1 << 20).unwrap();
+        assert_eq!(tables[0].rows[1].1[1], "Lefèvre");
     }
 
     /// Exports write ids and phone numbers as `="00123"` so that Excel keeps the zeros: read as
