@@ -618,3 +618,27 @@ fn ids_keep_the_leading_zeros_their_number_format_shows() {
         assert_eq!(id, want, "under {code}");
     }
 }
+
+/// A roster formatted as an Excel table with its Total Row on: the row under the data ("Total"
+/// under Email) failed as `Email "Total" is not a valid email address`, a person who is not one.
+/// It is not read, and a warning names it; the row below the table is read as any row. File from
+/// `tests/fixtures/make/table_total_row.js`.
+#[test]
+fn a_tables_total_row_is_not_read_as_a_person() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/odd/table-total-row.xlsx");
+    let p = prepare(&std::fs::read(path).unwrap(), &tenant(), Mode::Upsert).unwrap();
+    let emails: Vec<&str> = p
+        .ops
+        .iter()
+        .filter_map(|op| match &op.target {
+            crate::model::Target::User { email, .. } => Some(email.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(emails, ["ann@example.com", "bob@example.com", "cy@example.com"]);
+    assert!(p.outcomes.iter().all(|o| o.status != crate::model::Status::Failure), "{:?}", outcomes(&p));
+    assert_eq!(
+        p.warnings,
+        ["row 4 is the Total row of table \"Staff\" and was not read (turn the table's Total Row off if that row is a person)"]
+    );
+}

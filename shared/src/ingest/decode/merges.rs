@@ -109,6 +109,63 @@ pub struct XlsxScan {
     pub uncalculated: HashMap<String, Vec<(u32, u32)>>,
     /// Rows and columns hidden (`hidden`).
     pub hidden: HashMap<String, super::hidden::Lines>,
+    /// The total rows of the sheet's tables (Excel's "Format as Table" with Total Row on), as
+    /// (first row, last row, 0-based; the table's name): a sum under the data, not a person.
+    pub totals: HashMap<String, Vec<TotalRows>>,
+}
+
+/// A table's total rows (`totals`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotalRows {
+    pub first: u32,
+    pub last: u32,
+    pub table: String,
+}
+
+/// Tables of a sheet whose total rows are looked for: a sheet has one or a few.
+const MAX_TABLES_A_SHEET: usize = 64;
+
+/// The total rows of the tables the sheet part at `path` lists (its `.rels` part names them).
+fn table_totals<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, path: &str) -> Vec<TotalRows> {
+    let find = |zip: &zip::ZipArchive<R>, name: &str| {
+        (0..zip.len()).find(|&i| zip.name_for_index(i).and_then(|n| n.ok()).is_some_and(|n| n.eq_ignore_ascii_case(name)))
+    };
+    let (dir, file) = path.rsplit_once('/').unwrap_or(("", path));
+    let Some(rels) = find(zip, &format!("{dir}/_rels/{file}.rels")) else { return Vec::new() };
+    let mut targets = Vec::new();
+    if let Ok(entry) = zip.by_index(rels) {
+        let _ = elements(BufReader::new(entry), &["Relationship"], |e| {
+            if attr(e, "Type").is_some_and(|t| t.ends_with("/table"))
+                && let Some(target) = attr(e, "Target")
+            {
+                targets.push(target);
+            }
+            targets.len() < MAX_TABLES_A_SHEET
+        });
+    }
+    let mut totals = Vec::new();
+    for target in targets {
+        // `../tables/table1.xml` from the sheet's folder, or `/xl/tables/table1.xml`.
+        let mut parts: Vec<&str> = if target.starts_with('/') { Vec::new() } else { dir.split('/').collect() };
+        for piece in target.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            if piece == ".." {
+                parts.pop();
+            } else {
+                parts.push(piece);
+            }
+        }
+        let Some(i) = find(zip, &parts.join("/")) else { continue };
+        let Ok(entry) = zip.by_index(i) else { continue };
+        let _ = elements(BufReader::new(entry), &["table"], |e| {
+            let count: u32 = attr(e, "totalsRowCount").and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+            let name = attr(e, "displayName").or_else(|| attr(e, "name")).unwrap_or_default();
+            if let (1.., Some((_, (last, _)))) = (count, attr(e, "ref").as_deref().and_then(range)) {
+                totals.push(TotalRows { first: last.saturating_sub(count - 1), last, table: name });
+            }
+            false
+        });
+    }
+    totals
 }
 
 /// Uncalculated formula cells a workbook may hold (8 bytes each kept): a generated million-row
@@ -171,6 +228,9 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
             if let Some(h) = scan.hidden.get(first).cloned() {
                 scan.hidden.insert(name.clone(), h);
             }
+            if let Some(t) = scan.totals.get(first).cloned() {
+                scan.totals.insert(name.clone(), t);
+            }
             if let Some(f) = scan.uncalculated.get(first).cloned() {
                 uncalculated += f.len();
                 if uncalculated > formulas {
@@ -181,6 +241,10 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
             continue;
         }
         read.insert(i, name.clone());
+        let totals = table_totals(zip, &path);
+        if !totals.is_empty() {
+            scan.totals.insert(name.clone(), totals);
+        }
         let entry = zip.by_index(i).map_err(|e| damaged(&e))?;
         // A workbook not marked uncalculated may still hold formulas saved without a value.
         let mut valueless = (!never_calculated).then(|| ValuelessFormulas::new(formulas.saturating_sub(uncalculated)));

@@ -106,6 +106,7 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                 let mut shape = Shape::new(TableHead { rows_hint: Some(declared), ..proto(name, k, several) }, true);
                 let mut filler = Filler::new(scan.merged.remove(name).unwrap_or_default());
                 let mut hidden = Hidden::new(scan.hidden.remove(name).unwrap_or_default());
+                let mut totals = Totals::new(scan.totals.remove(name).unwrap_or_default());
                 // Formula cells of a workbook never calculated, in the order cells come.
                 let uncalculated = scan.uncalculated.remove(name).unwrap_or_default();
                 let mut next_formula = 0;
@@ -148,7 +149,7 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                             if !hidden.is_empty() {
                                 hidden.row(a, with_data(&row[..width]));
                             }
-                            shape.row(v, a + 1, &row[..width])?;
+                            totals.row(v, &mut shape, a, &row[..width])?;
                             // Each empty row between two data rows is a row of the result (Skipped):
                             // 3 cells a sheet a million rows apart made 20 KB read as 52 million rows.
                             empty_rows += u64::from(r - a - 1);
@@ -194,7 +195,7 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                     if !hidden.is_empty() {
                         hidden.row(a, with_data(&row[..width]));
                     }
-                    shape.row(v, a + 1, &row[..width])?;
+                    totals.row(v, &mut shape, a, &row[..width])?;
                 }
                 if !shape.started() {
                     return Err(FileError::NoSheet.into());
@@ -290,6 +291,34 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
         }
     }
     Ok(())
+}
+
+/// The total rows of a sheet's tables (`merges::TotalRows`): a sum under the data, read as a
+/// person it failed as `Email "Total" is not a valid email address`. Given to the reader as the
+/// blank rows they are to a roster (skipped), each table named once in a warning.
+struct Totals {
+    rows: Vec<merges::TotalRows>,
+    named: Vec<bool>,
+}
+
+impl Totals {
+    fn new(rows: Vec<merges::TotalRows>) -> Self {
+        let named = vec![false; rows.len()];
+        Totals { rows, named }
+    }
+
+    /// Row `r` (0-based) to `shape`, unless a table's total row.
+    fn row<V: TableVisitor, S: AsRef<str>>(&mut self, v: &mut V, shape: &mut Shape, r: u32, cells: &[S]) -> Result<(), ReadError<V::Stop>> {
+        let Some(k) = self.rows.iter().position(|t| (t.first..=t.last).contains(&r)) else { return shape.row(v, r + 1, cells) };
+        if !std::mem::replace(&mut self.named[k], true) {
+            v.warning(format!(
+                "row {} is the Total row of table \"{}\" and was not read (turn the table's Total Row off if that row is a person)",
+                r + 1,
+                quoted(&self.rows[k].table)
+            ));
+        }
+        shape.row(v, r + 1, &[] as &[&str])
+    }
 }
 
 /// The columns (0-based, from the row's first cell) of a row's cells that hold something.
@@ -498,7 +527,10 @@ pub(super) fn float_text(f: f64) -> String {
     } else if f.fract() == 0.0 {
         format!("{}", f as i64)
     } else {
-        format!("{f}")
+        // As a spreadsheet shows it in General form and writes it to CSV: 15 significant digits
+        // (0.1 + 0.2 is 0.3 there, not the double's 0.30000000000000004).
+        let fifteen: f64 = format!("{f:.14e}").parse().unwrap_or(f);
+        format!("{fifteen}")
     }
 }
 
@@ -772,6 +804,17 @@ mod spreadsheet_cell_tests {
     /// An id typed into a number cell keeps 15 digits: written out in full (under General or a
     /// `0` format alike) it was a made-up id; it reads as a spreadsheet shows it in General, which
     /// validation refuses by name. A 16-digit id a program wrote, its last digit not a 0, is exact.
+    /// A sum the spreadsheet shows as 0.3 was read as the double's 0.30000000000000004.
+    #[test]
+    fn fractions_read_with_the_15_digits_a_spreadsheet_shows() {
+        assert_eq!(float_text(0.1 + 0.2), "0.3");
+        assert_eq!(float_text(1.005), "1.005");
+        assert_eq!(float_text(-2.5), "-2.5");
+        assert_eq!(float_text(123456.789012345), "123456.789012345");
+        assert_eq!(float_text(1.0 / 3.0), "0.333333333333333");
+        assert_eq!(float_text(4155550100.0), "4155550100");
+    }
+
     #[test]
     fn xlsx_numbers_past_15_digits_read_in_spreadsheet_form_not_as_made_up_digits() {
         let mut wb = Workbook::new();
