@@ -642,3 +642,15 @@ fn a_tables_total_row_is_not_read_as_a_person() {
         ["row 4 is the Total row of table \"Staff\" and was not read (turn the table's Total Row off if that row is a person)"]
     );
 }
+
+/// A header over two rows (`Name` merged over the first and last names' columns, their names in
+/// the row below, `Email` merged down both): told to split the file where a second table starts,
+/// which was no fix. It is named as the two-row header it is.
+#[test]
+fn a_header_over_two_rows_is_named_as_such() {
+    let err = prepare(b"Email,Name,\nEmail,First Name,Last Name\nann@example.com,Ann,Lee\n", &tenant(), Mode::Upsert).unwrap_err();
+    assert_eq!(
+        err,
+        "rows 1 and 2 both hold column names (\"Email\", \"Name\"; then \"Email\", \"First Name\", \"Last Name\"): a header over two rows is not read. Keep the names in one row: unmerge the cells, give every column its name in row 2 (Email included), and delete row 1"
+    );
+}

@@ -195,11 +195,24 @@ impl<K: OpSink> Ingester<'_, K> {
                 return self.sink.outcome(Outcome::skipped(id, "the header row again (files joined together?)")).map_err(Stop::Io);
             }
             let listed: Vec<&str> = cells.iter().map(|c| c.as_ref().trim()).filter(|c| !c.is_empty()).collect();
-            let msg = format!(
-                "row {number} is a second header row with other columns ({}) than the first ({}): the rows below it would be read under the first header's columns. Split the file where it starts, or put its columns in the first header's order",
-                super::headers::header_list(&listed),
-                super::headers::header_list(&head.headers)
-            );
+            // Right under the header: one header over two rows (`Name` merged over the first and
+            // last names' columns), not a second table; splitting the file would not help.
+            let msg = if number == head.header_row + 1 {
+                let first: Vec<&str> = head.headers.iter().map(|h| h.trim()).filter(|h| !h.is_empty()).collect();
+                format!(
+                    "rows {} and {number} both hold column names ({}; then {}): a header over two rows is not read. Keep the names in one row: unmerge the cells, give every column its name in row {number} (Email included), and delete row {}",
+                    head.header_row,
+                    super::headers::header_list(&first),
+                    super::headers::header_list(&listed),
+                    head.header_row
+                )
+            } else {
+                format!(
+                    "row {number} is a second header row with other columns ({}) than the first ({}): the rows below it would be read under the first header's columns. Split the file where it starts, or put its columns in the first header's order",
+                    super::headers::header_list(&listed),
+                    super::headers::header_list(&head.headers)
+                )
+            };
             return Err(Stop::Refused(if head.several {
                 format!("sheet \"{}\": {msg}", head.sheet.as_deref().map(crate::wording::quoted).unwrap_or_default())
             } else {
