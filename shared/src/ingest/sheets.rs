@@ -121,6 +121,20 @@ mod tests {
         assert_eq!(summary, expected, "instruction and empty sheets left out");
     }
 
+    /// A roster kept in a sheet called `Notes` (or `Lists`, `Help`): "the workbook has no sheet
+    /// with data", while it had one. The refusal names the sheet and the fix.
+    #[test]
+    fn a_roster_in_a_sheet_named_like_instructions_is_named_in_the_refusal() {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        ws.set_name("Notes").unwrap();
+        ws.write_string(0, 0, "Email").unwrap();
+        ws.write_string(1, 0, "ann@x.com").unwrap();
+        let err = tables(&wb.save_to_buffer().unwrap()).unwrap_err().to_string();
+        assert!(err.starts_with("the workbook's only sheets (\"Notes\") are not read"), "{err}");
+        assert!(err.contains("Rename the sheet that holds the roster"), "{err}");
+    }
+
     #[test]
     fn instruction_sheets_are_told_apart_by_name() {
         assert!(is_instruction_sheet("Read Me"));

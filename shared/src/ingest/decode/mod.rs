@@ -88,6 +88,10 @@ pub enum FileError {
     )]
     OnlyHidden { sheets: String },
     #[error(
+        "the workbook's only sheets ({sheets}) are not read: sheets named Read Me, Instructions, Definitions, Help, Notes, Lists, Lookups or Problems hold instructions, not rows. Rename the sheet that holds the roster (for example to Roster) and upload the file again"
+    )]
+    OnlyInstructions { sheets: String },
+    #[error(
         "the {format} file's sheets have more than {} empty rows between their rows of data: delete the empty rows, and any stray cell far below the data (Ctrl+End in Excel goes to the last one)",
         thousands(*limit)
     )]

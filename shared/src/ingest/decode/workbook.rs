@@ -44,9 +44,13 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
     let corrupt = |e: &dyn std::fmt::Display| FileError::Corrupt { format: label, detail: e.to_string() };
     // Hidden sheets are not read: last term's copy or a lookup table kept out of sight would be
     // applied as roster rows nobody sees. Chart, dialog and macro sheets hold no cells.
-    let (mut names, mut hidden) = (Vec::new(), Vec::new());
+    let (mut names, mut hidden, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
     for sheet in book.sheets_metadata() {
-        if sheet.typ != calamine::SheetType::WorkSheet || v.skip_sheet(&sheet.name) {
+        if sheet.typ != calamine::SheetType::WorkSheet {
+            continue;
+        }
+        if v.skip_sheet(&sheet.name) {
+            skipped.push(format!("\"{}\"", quoted(&sheet.name)));
             continue;
         }
         if sheet.visible != calamine::SheetVisible::Visible {
@@ -58,6 +62,10 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
     }
     if names.is_empty() && !hidden.is_empty() {
         return Err(FileError::OnlyHidden { sheets: hidden.join(", ") }.into());
+    }
+    if names.is_empty() && !skipped.is_empty() {
+        // A roster in a sheet called `Notes` or `Lists`: "no sheet with data" said nothing of it.
+        return Err(FileError::OnlyInstructions { sheets: skipped.join(", ") }.into());
     }
     let proto = |name: &str, k: usize, several: bool| TableHead {
         format,
