@@ -654,3 +654,14 @@ fn a_header_over_two_rows_is_named_as_such() {
         "rows 1 and 2 both hold column names (\"Email\", \"Name\"; then \"Email\", \"First Name\", \"Last Name\"): a header over two rows is not read. Keep the names in one row: unmerge the cells, give every column its name in row 2 (Email included), and delete row 1"
     );
 }
+
+/// Files dropped for a roster that are none: a gzip was "it contains NUL bytes", a PDF "the
+/// required column Email is missing (the header row has: "%PDF-1.4")". Each is named.
+#[test]
+fn pdfs_and_compressed_files_are_named_for_what_they_are() {
+    // `printf 'Email\nann@example.com\n' | gzip`
+    let gz = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\x73\xcd\x4d\xcc\xcc\xe1\x4a\xcc\xcb\x73\x48\xad\x48\xcc\x2d\xc8\x49\xd5\x4b\xce\xcf\xe5\x02\x00";
+    check("roster.csv.gz", gz, Expect::Rejected("it is a compressed archive (gzip, bzip2, xz, zstd, 7z or RAR): extract the roster"));
+    check("roster.pdf", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", Expect::Rejected("it is a PDF document: export the roster"));
+    check("roster.7z", b"7z\xBC\xAF\x27\x1C\x00\x04", Expect::Rejected("it is a compressed archive"));
+}

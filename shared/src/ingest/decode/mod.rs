@@ -330,11 +330,33 @@ pub fn read<R: Read + Seek, V: TableVisitor>(r: &mut R, v: &mut V) -> Result<(),
     let mut magic = [0u8; 8];
     let n = read_up_to(r, &mut magic)?;
     r.rewind()?;
+    if let Some(kind) = not_a_roster(&magic[..n]) {
+        return Err(FileError::UnknownFormat(kind.into()).into());
+    }
     if magic[..n].starts_with(ZIP_MAGIC) && matches!(archive::zip_kind(r), Ok(archive::ZipKind::Files(_))) {
         return Err(FileError::Archive(NOT_A_WORKBOOK.into()).into());
     }
     r.rewind()?;
     if is_workbook(&magic[..n]) { read_workbook(r, magic[..n].starts_with(OLE_MAGIC), v) } else { read_text(r, v, SCAN_BUFFER) }
+}
+
+/// Files people drop for a roster that are none, known by their first bytes: told what they are
+/// (a gzip was "it contains NUL bytes"; a PDF "the required column Email is missing (the header
+/// row has: "%PDF-1.4")").
+fn not_a_roster(magic: &[u8]) -> Option<&'static str> {
+    const COMPRESSED: &str =
+        "it is a compressed archive (gzip, bzip2, xz, zstd, 7z or RAR): extract the roster file from it and upload that";
+    let kinds: [(&[u8], &'static str); 8] = [
+        (b"%PDF-", "it is a PDF document: export the roster from the spreadsheet it was printed from as CSV or XLSX, and upload that"),
+        (b"\x1F\x8B", COMPRESSED),
+        (b"BZh", COMPRESSED),
+        (b"\xFD7zXZ\x00", COMPRESSED),
+        (b"\x28\xB5\x2F\xFD", COMPRESSED),
+        (b"7z\xBC\xAF\x27\x1C", COMPRESSED),
+        (b"Rar!\x1A\x07", COMPRESSED),
+        (b"bplist00", "it is an Apple property list, not a roster: export the roster as CSV or XLSX"),
+    ];
+    kinds.iter().find(|(m, _)| magic.starts_with(m)).map(|(_, kind)| *kind)
 }
 
 fn read_up_to<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
