@@ -461,11 +461,16 @@ fn legacy_encoding<R: Read + Seek + ?Sized>(r: &mut R, start: u64) -> std::io::R
 /// and `José` is `JosŽ`; chardetng guesses Windows-1252 for both. Each byte ≥ 0x80 is weighed in
 /// its word as either encoding reads it: a lowercase letter beside lowercase letters counts for
 /// it; a capital after a lowercase letter, or a mark inside a word, against it (an apostrophe
-/// inside a word, `O’Brien`, `don’t`, is neither).
+/// inside a word, `O’Brien`, `don’t`, is neither). Mac Roman only when Windows-1252 reads
+/// something no name has (`JosŽ`, a control character) and Mac Roman nothing of the kind: its
+/// `ñ` and `í` are Windows-1252's dash and apostrophe, which `Mary–Jane` and `Ng’ang’a` have.
 #[derive(Default)]
 struct MacOrWindows {
     mac: i64,
     windows: i64,
+    /// Capitals after a lowercase letter, control characters: as each reads the bytes.
+    mac_impossible: u64,
+    windows_impossible: u64,
 }
 
 impl MacOrWindows {
@@ -476,15 +481,24 @@ impl MacOrWindows {
             }
             let before = i.checked_sub(1).map(|j| line[j]);
             let after = line.get(i + 1).copied();
-            self.mac += fit(decoded(encoding_rs::MACINTOSH, b), before, after);
-            self.windows += fit(decoded(WINDOWS_1252, b), before, after);
+            let (mac, windows) = (decoded(encoding_rs::MACINTOSH, b), decoded(WINDOWS_1252, b));
+            self.mac += fit(mac, before, after);
+            self.windows += fit(windows, before, after);
+            self.mac_impossible += u64::from(impossible(mac, before));
+            self.windows_impossible += u64::from(impossible(windows, before));
         }
     }
 
-    /// Clearly Mac Roman: two words or more read better so.
+    /// Clearly Mac Roman: Windows-1252 reads what no name has, Mac Roman does not, and two words or
+    /// more read better so.
     fn is_mac(&self) -> bool {
-        self.mac >= self.windows + 2
+        self.windows_impossible > 0 && self.mac_impossible == 0 && self.mac >= self.windows + 2
     }
+}
+
+/// A capital right after a lowercase letter (`JosŽ`), or a control character.
+fn impossible(c: char, before: Option<u8>) -> bool {
+    c.is_control() || (c.is_uppercase() && before.is_some_and(|b| b.is_ascii_lowercase()))
 }
 
 fn decoded(e: &'static Encoding, b: u8) -> char {
@@ -1212,10 +1226,16 @@ mod tests {
         assert_eq!(names, ["Zoë Müller", "José Núñez", "Lefèvre"]);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("read as macintosh (Mac OS Roman") && warnings[0].contains("CSV UTF-8"), "{warnings:?}");
-        // Windows-1252 with the quotes and capitals Mac Roman would read as letters stays so.
-        let western = WINDOWS_1252.encode("Email,Name\na@x.com,Seán O’Brien\nb@x.com,Zoë Müller\nc@x.com,Šimon “Jr” Dvořák’s\n").0;
-        let (tables, _) = read_with_warnings(&western, 1 << 20).unwrap();
-        assert_eq!(tables[0].encoding.as_deref(), Some("windows-1252"));
+        // Windows-1252 with the quotes and dashes Mac Roman would read as letters stays so.
+        for western in [
+            "Email,Name\na@x.com,Seán O’Brien\nb@x.com,Zoë Müller\nc@x.com,Šimon “Jr” Dvořák’s\n",
+            "Email,Name\na@x.com,Mary–Jane Ng’ang’a\nb@x.com,Wanjiru Ng’ang’a\nc@x.com,Parents’ council\n",
+        ] {
+            let bytes = WINDOWS_1252.encode(western).0;
+            let (tables, _) = read_with_warnings(&bytes, 1 << 20).unwrap();
+            assert_eq!(tables[0].encoding.as_deref(), Some("windows-1252"), "{western}");
+            assert_eq!(tables[0].rows[0].1[1], western.lines().nth(1).unwrap().split(',').nth(1).unwrap());
+        }
         // One Mac letter alone (`Lef\x8fvre`) is Mac Roman as well: Windows-1252 has no letter there.
         let (tables, _) = read_with_warnings(b"Email,Name\rx@example.com,Ann\ry@example.com,Lef\x8fvre\r", 1 << 20).unwrap();
         assert_eq!(tables[0].rows[1].1[1], "Lefèvre");
