@@ -100,8 +100,7 @@ impl Field {
         Some(match key.as_str() {
             "type" | "usertype" | "recordtype" | "entitytype" => Field::Type,
             "action" | "operation" => Field::Action,
-            "email" | "emailaddress" | "mail" | "useremail" | "emailid" | "workemail" | "workemailaddress" | "businessemail"
-            | "primaryemail" => Field::Email,
+            "email" | "emailaddress" | "mail" | "useremail" | "emailid" => Field::Email,
             "externalid" | "extid" | "externaluserid" | "identityiduser" | "idpuserid" | "sourcedid" | "personid" => Field::ExternalId,
             "newemail" | "newemailaddress" | "changeemailto" => Field::NewEmail,
             "username" | "login" | "loginname" | "userlogin" => Field::Username,
@@ -163,7 +162,8 @@ mod tests {
     }
 
     /// A form's marks on a column: `First Name:` was "not a roster column" and its names dropped;
-    /// `Email*`, `Email (required)` and `Work Email` refused the file for want of an Email column.
+    /// `Email*` and `Email (required)` refused the file for want of an Email column. (`Work Email`
+    /// stays a column of its own: HR exports have it beside `Email`.)
     #[test]
     fn headers_match_through_colons_required_marks_and_notes() {
         for (header, field) in [
@@ -174,12 +174,12 @@ mod tests {
             ("Email:", Field::Email),
             ("Email (required)", Field::Email),
             ("Phone (Optional)", Field::Phone),
-            ("Work Email", Field::Email),
             ("Dept.", Field::Department),
         ] {
             assert_eq!(Field::from_header(header), Some(field), "{header:?}");
         }
         assert_eq!(Field::from_header("(required)"), None, "a note alone names nothing");
         assert_eq!(Field::from_header("Notes (required)"), None);
+        assert_eq!(Field::from_header("Work Email"), None, "beside Email in HR exports: not a second Email");
     }
 }

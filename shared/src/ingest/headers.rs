@@ -192,7 +192,10 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
 /// for it already: its values are about to be ignored.
 fn near_field(header: &str, mapping: &Mapping) -> Option<Field> {
     let key = norm(header);
-    if key.chars().count() < 4 {
+    // Two edits at most: a name of another length by more than 2 is none (and a 15 MB header
+    // costs nothing).
+    let len = key.chars().count();
+    if !(4..=40).contains(&len) {
         return None;
     }
     let more = [Field::ExternalId, Field::NewEmail, Field::ParentOrg, Field::LicencePool];
@@ -200,6 +203,7 @@ fn near_field(header: &str, mapping: &Mapping) -> Option<Field> {
         .iter()
         .chain(&more)
         .filter(|f| !mapping.has(**f))
+        .filter(|f| norm(f.name()).chars().count().abs_diff(len) <= 2)
         .map(|f| (*f, strsim::damerau_levenshtein(&key, &norm(f.name()))))
         .filter(|(f, d)| *d <= 2.min(norm(f.name()).chars().count() / 4))
         .min_by_key(|(_, d)| *d)

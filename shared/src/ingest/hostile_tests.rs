@@ -665,3 +665,34 @@ fn pdfs_and_compressed_files_are_named_for_what_they_are() {
     check("roster.pdf", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", Expect::Rejected("it is a PDF document: export the roster"));
     check("roster.7z", b"7z\xBC\xAF\x27\x1C\x00\x04", Expect::Rejected("it is a compressed archive"));
 }
+
+/// A small table beside the roster (a count by department, Total Row on) ends on a person's row:
+/// only the table's cells of that row are left out, the person is read.
+#[test]
+fn a_total_row_beside_the_roster_leaves_the_persons_cells_read() {
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let ws = wb.add_worksheet();
+    for (r, row) in
+        [["Email", "FirstName"], ["ann@example.com", "Ann"], ["bob@example.com", "Bob"], ["cy@example.com", "Cy"]].iter().enumerate()
+    {
+        for (c, v) in row.iter().enumerate() {
+            ws.write_string(r as u32, c as u16, *v).unwrap();
+        }
+    }
+    // E1:F3: header, one row, its Total row on row 3 (Bob's).
+    ws.write_string(1, 4, "Sales").unwrap();
+    ws.write_number(1, 5, 2).unwrap();
+    let table = rust_xlsxwriter::Table::new().set_total_row(true);
+    ws.add_table(0, 4, 2, 5, &table).unwrap();
+    let p = prepare(&wb.save_to_buffer().unwrap(), &tenant(), Mode::Upsert).unwrap();
+    let emails: Vec<&str> = p
+        .ops
+        .iter()
+        .filter_map(|op| match &op.target {
+            crate::model::Target::User { email, .. } => Some(email.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(emails, ["ann@example.com", "bob@example.com", "cy@example.com"]);
+    assert!(p.warnings.iter().any(|w| w.starts_with("row 3 is the Total row of table \"Table1\"")), "{:?}", p.warnings);
+}

@@ -962,6 +962,7 @@ fn email_hint(raw: &str) -> String {
     // `lee@example,com`: a comma typed for the dot.
     if let Some((local, domain)) = raw.rsplit_once('@')
         && domain.contains(',')
+        && !domain.contains('.')
     {
         let fixed = format!("{local}@{}", domain.replace(',', "."));
         if is_valid_email(&lowercase(&fixed)) {

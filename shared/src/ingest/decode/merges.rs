@@ -114,27 +114,33 @@ pub struct XlsxScan {
     pub totals: HashMap<String, Vec<TotalRows>>,
 }
 
-/// A table's total rows (`totals`).
+/// A table's Total row (`totals`): its row and columns, 0-based.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TotalRows {
-    pub first: u32,
-    pub last: u32,
+    pub row: u32,
+    pub columns: (u32, u32),
     pub table: String,
 }
 
 /// Tables of a sheet whose total rows are looked for: a sheet has one or a few.
 const MAX_TABLES_A_SHEET: usize = 64;
+/// How much of a `.rels` or table part is read: their elements come first.
+const SMALL_PART: u64 = 1 << 20;
 
-/// The total rows of the tables the sheet part at `path` lists (its `.rels` part names them).
-fn table_totals<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, path: &str) -> Vec<TotalRows> {
-    let find = |zip: &zip::ZipArchive<R>, name: &str| {
-        (0..zip.len()).find(|&i| zip.name_for_index(i).and_then(|n| n.ok()).is_some_and(|n| n.eq_ignore_ascii_case(name)))
-    };
+/// The Total rows of the tables the sheet part at `path` lists (its `.rels` part names them).
+/// `parts`: the zip's entries by lower-case name; `seen`: table parts already read (each once).
+fn table_totals<R: Read + Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    parts: &HashMap<String, usize>,
+    seen: &mut std::collections::HashSet<usize>,
+    path: &str,
+) -> Vec<TotalRows> {
+    let find = |name: &str| parts.get(&name.to_ascii_lowercase()).copied();
     let (dir, file) = path.rsplit_once('/').unwrap_or(("", path));
-    let Some(rels) = find(zip, &format!("{dir}/_rels/{file}.rels")) else { return Vec::new() };
+    let Some(rels) = find(&format!("{dir}/_rels/{file}.rels")) else { return Vec::new() };
     let mut targets = Vec::new();
     if let Ok(entry) = zip.by_index(rels) {
-        let _ = elements(BufReader::new(entry), &["Relationship"], |e| {
+        let _ = elements(BufReader::new(entry.take(SMALL_PART)), &["Relationship"], |e| {
             if attr(e, "Type").is_some_and(|t| t.ends_with("/table"))
                 && let Some(target) = attr(e, "Target")
             {
@@ -146,21 +152,27 @@ fn table_totals<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, path: &str) -> Vec
     let mut totals = Vec::new();
     for target in targets {
         // `../tables/table1.xml` from the sheet's folder, or `/xl/tables/table1.xml`.
-        let mut parts: Vec<&str> = if target.starts_with('/') { Vec::new() } else { dir.split('/').collect() };
+        let mut parts_of: Vec<&str> = if target.starts_with('/') { Vec::new() } else { dir.split('/').collect() };
         for piece in target.split('/').filter(|p| !p.is_empty() && *p != ".") {
             if piece == ".." {
-                parts.pop();
+                parts_of.pop();
             } else {
-                parts.push(piece);
+                parts_of.push(piece);
             }
         }
-        let Some(i) = find(zip, &parts.join("/")) else { continue };
+        let Some(i) = find(&parts_of.join("/")) else { continue };
+        if !seen.insert(i) {
+            continue;
+        }
         let Ok(entry) = zip.by_index(i) else { continue };
-        let _ = elements(BufReader::new(entry), &["table"], |e| {
-            let count: u32 = attr(e, "totalsRowCount").and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+        let _ = elements(BufReader::new(entry.take(SMALL_PART)), &["table"], |e| {
+            // Excel writes one Total row (`totalsRowCount="1"`), under a header and a row at least.
+            let one = attr(e, "totalsRowCount").is_some_and(|n| n.trim() == "1");
             let name = attr(e, "displayName").or_else(|| attr(e, "name")).unwrap_or_default();
-            if let (1.., Some((_, (last, _)))) = (count, attr(e, "ref").as_deref().and_then(range)) {
-                totals.push(TotalRows { first: last.saturating_sub(count - 1), last, table: name });
+            if let (true, Some(((top, c0), (last, c1)))) = (one, attr(e, "ref").as_deref().and_then(range))
+                && last >= top + 2
+            {
+                totals.push(TotalRows { row: last, columns: (c0, c1), table: name });
             }
             false
         });
@@ -203,6 +215,10 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
     })?;
     part(zip, "xl/_rels/workbook.xml.rels", &["Relationship"], &mut |e| rels.push([attr(e, "Id"), attr(e, "Target")]))?;
     let mut scan = XlsxScan::default();
+    // Entries by lower-case name, for the tables' parts (`table_totals`), each read once.
+    let parts: HashMap<String, usize> =
+        (0..zip.len()).filter_map(|i| zip.name_for_index(i).and_then(|n| n.ok()).map(|n| (n.to_ascii_lowercase(), i))).collect();
+    let mut tables_read = std::collections::HashSet::new();
     let (mut total, mut uncalculated, mut hidden_total) = (0usize, 0usize, 0usize);
     // Each part is read once, however many sheets name it (1,000 sheets naming one large part
     // would inflate it 1,000 times).
@@ -241,7 +257,7 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
             continue;
         }
         read.insert(i, name.clone());
-        let totals = table_totals(zip, &path);
+        let totals = table_totals(zip, &parts, &mut tables_read, &path);
         if !totals.is_empty() {
             scan.totals.insert(name.clone(), totals);
         }

@@ -138,7 +138,10 @@ impl NumberFormat {
     /// Sections chosen by their conditions, in order; the last without one takes the rest. Only
     /// non-negative values: how Excel signs a negative one under conditions is left to the caller.
     fn render_conditional(&self, value: f64) -> Option<String> {
-        if value < 0.0 {
+        // Conditions lead (`[>=100000]0;000000`); a plain section before a conditional one is
+        // read otherwise by different programs.
+        let plain = self.sections.iter().position(|s| s.cond.is_none()).unwrap_or(self.sections.len());
+        if value < 0.0 || self.sections[plain..].iter().any(|s| s.cond.is_some()) {
             return None;
         }
         let section = self.sections.iter().find(|s| s.cond.is_none_or(|c| c.holds(value)))?;
@@ -381,7 +384,13 @@ fn lex(s: &str) -> Option<Vec<Lex>> {
                 let colour = ["black", "blue", "cyan", "green", "magenta", "red", "white", "yellow"];
                 let lower = tag.to_ascii_lowercase();
                 if let Some(currency) = tag.strip_prefix('$') {
-                    let symbol = currency.split_once('-').map_or(currency, |(symbol, _)| symbol);
+                    let (symbol, locale) = currency.split_once('-').unwrap_or((currency, ""));
+                    // A long hex locale (`[$-D00041E]`) also picks the digits shown (Thai,
+                    // Arabic-Indic): not rendered here. A language tag (`en-US`) or LCID is not.
+                    let hex = !locale.is_empty() && locale.bytes().all(|b| b.is_ascii_hexdigit());
+                    if hex && locale.len() > 4 {
+                        return None;
+                    }
                     if !symbol.is_empty() {
                         lit(&mut out, symbol.to_string());
                     }
@@ -527,6 +536,9 @@ mod tests {
         assert_eq!(shown(50.0, "[>100]0"), None, "no section for the value: Excel shows ####");
         assert_eq!(shown(-5.0, "[>=100000]0;000000"), None, "a negative value under conditions keeps its plain reading");
         assert_eq!(shown(5.0, "[>1][<9]0"), None, "two conditions in one section");
+        assert_eq!(shown(7.0, "000000;[>5]0"), None, "a condition after a plain section");
+        assert_eq!(shown(123.0, "[$-D00041E]000000"), None, "a locale that picks other digits");
+        assert_eq!(shown(123.0, "[$-F400]000000").as_deref(), Some("000123"));
     }
 
     #[test]

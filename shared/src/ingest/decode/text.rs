@@ -501,8 +501,14 @@ fn impossible(c: char, before: Option<u8>) -> bool {
     c.is_control() || (c.is_uppercase() && before.is_some_and(|b| b.is_ascii_lowercase()))
 }
 
+/// Byte `b` ≥ 0x80 as Mac Roman or Windows-1252 reads it (tables made once).
 fn decoded(e: &'static Encoding, b: u8) -> char {
-    e.decode_without_bom_handling(&[b]).0.chars().next().unwrap_or('\u{FFFD}')
+    static TABLES: std::sync::OnceLock<[[char; 128]; 2]> = std::sync::OnceLock::new();
+    let tables = TABLES.get_or_init(|| {
+        [encoding_rs::MACINTOSH, WINDOWS_1252]
+            .map(|e| std::array::from_fn(|i| e.decode_without_bom_handling(&[0x80 + i as u8]).0.chars().next().unwrap_or('\u{FFFD}')))
+    });
+    tables[usize::from(e != encoding_rs::MACINTOSH)][usize::from(b.wrapping_sub(0x80) & 0x7F)]
 }
 
 /// How well `c` fits between the bytes `before` and `after` in a name.
@@ -1230,6 +1236,9 @@ mod tests {
         for western in [
             "Email,Name\na@x.com,Seán O’Brien\nb@x.com,Zoë Müller\nc@x.com,Šimon “Jr” Dvořák’s\n",
             "Email,Name\na@x.com,Mary–Jane Ng’ang’a\nb@x.com,Wanjiru Ng’ang’a\nc@x.com,Parents’ council\n",
+            "Email,Name\na@x.com,Ann Smith–Jones\n",
+            "Email,Department\na@x.com,Children’s Services\nb@x.com,Children’s Services\n",
+            "Email,Name\na@x.com,Robert “Bob” Smith\nb@x.com,can’t\n",
         ] {
             let bytes = WINDOWS_1252.encode(western).0;
             let (tables, _) = read_with_warnings(&bytes, 1 << 20).unwrap();

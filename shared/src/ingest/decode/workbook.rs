@@ -315,17 +315,27 @@ impl Totals {
         Totals { rows, named }
     }
 
-    /// Row `r` (0-based) to `shape`, unless a table's total row.
+    /// Row `r` (0-based) to `shape`, the cells of any table's Total row on it left out (the rest
+    /// of the row is read: a small table beside the roster ends on a person's row).
     fn row<V: TableVisitor, S: AsRef<str>>(&mut self, v: &mut V, shape: &mut Shape, r: u32, cells: &[S]) -> Result<(), ReadError<V::Stop>> {
-        let Some(k) = self.rows.iter().position(|t| (t.first..=t.last).contains(&r)) else { return shape.row(v, r + 1, cells) };
-        if !std::mem::replace(&mut self.named[k], true) {
-            v.warning(format!(
-                "row {} is the Total row of table \"{}\" and was not read (turn the table's Total Row off if that row is a person)",
-                r + 1,
-                quoted(&self.rows[k].table)
-            ));
+        if !self.rows.iter().any(|t| t.row == r) {
+            return shape.row(v, r + 1, cells);
         }
-        shape.row(v, r + 1, &[] as &[&str])
+        let mut kept: Vec<&str> = cells.iter().map(AsRef::as_ref).collect();
+        for (k, t) in self.rows.iter().enumerate().filter(|(_, t)| t.row == r) {
+            let (c0, c1) = (t.columns.0 as usize, t.columns.1 as usize);
+            if let Some(span) = kept.get_mut(c0..=c1.min(cells.len().saturating_sub(1))) {
+                span.fill("");
+            }
+            if !std::mem::replace(&mut self.named[k], true) {
+                v.warning(format!(
+                    "row {} is the Total row of table \"{}\" and was not read (turn the table's Total Row off if that row is a person)",
+                    r + 1,
+                    quoted(&t.table)
+                ));
+            }
+        }
+        shape.row(v, r + 1, &kept)
     }
 }
 
