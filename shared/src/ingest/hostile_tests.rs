@@ -324,8 +324,24 @@ fn far_apart_rows_on_many_sheets_are_refused_not_read_as_millions_of_empty_rows(
     };
     let far = book(2, crate::ingest::decode::MAX_SHEET_ROWS - 1);
     assert!(far.len() < 20_000, "{}", far.len());
-    check("far rows", &far, Expect::Rejected("more than 1,048,576 empty rows between their rows of data"));
+    check(
+        "far rows",
+        &far,
+        Expect::Rejected(
+            "more than 100,000 empty rows between their rows of data (the first value after them is in cell A1048576 of sheet \"S0\")",
+        ),
+    );
     check("near rows", &book(2, 1_000), Expect::Rows(4, 2 * 998));
+    // One stray value at the bottom of a short roster: a result of a million skipped rows before.
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let ws = wb.add_worksheet();
+    ws.write_string(0, 0, "Email").unwrap().write_string(1, 0, "ann@acme.example.com").unwrap();
+    ws.write_string(crate::ingest::decode::MAX_SHEET_ROWS - 1, 0, "bottom").unwrap();
+    check(
+        "stray",
+        &wb.save_to_buffer().unwrap(),
+        Expect::Rejected("(the first value after them is in cell A1048576): delete the empty rows"),
+    );
 }
 
 /// Row ids are `sheet * 10,000,000 + row`: sheet 100's met replace mode's reconcile rows, sheet

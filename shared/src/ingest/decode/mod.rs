@@ -92,10 +92,10 @@ pub enum FileError {
     )]
     OnlyInstructions { sheets: String },
     #[error(
-        "the {format} file's sheets have more than {} empty rows between their rows of data: delete the empty rows, and any stray cell far below the data (Ctrl+End in Excel goes to the last one)",
+        "the {format} file's sheets have more than {} empty rows between their rows of data (the first value after them is in cell {cell}): delete the empty rows, and any stray cell far below the data (Ctrl+End in Excel goes to the last one)",
         thousands(*limit)
     )]
-    TooManyEmptyRows { format: &'static str, limit: u64 },
+    TooManyEmptyRows { format: &'static str, limit: u64, cell: String },
     #[error(
         "the workbook has more than {} ranges of cells merged down a column, more than a roster has: unmerge the cells (select all, then Merge & Center off) and save it again",
         thousands(*limit as u64)

@@ -162,7 +162,9 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                             // 3 cells a sheet a million rows apart made 20 KB read as 52 million rows.
                             empty_rows += u64::from(r - a - 1);
                             if empty_rows > MAX_EMPTY_ROWS {
-                                return Err(FileError::TooManyEmptyRows { format: label, limit: MAX_EMPTY_ROWS }.into());
+                                let sheet = if several { format!(" of sheet \"{}\"", quoted(name)) } else { String::new() };
+                                let cell = format!("{}{}{sheet}", column_name(c as usize), r as u64 + 1);
+                                return Err(FileError::TooManyEmptyRows { format: label, limit: MAX_EMPTY_ROWS, cell }.into());
                             }
                             for gap in a + 1..r {
                                 shape.row(v, gap + 1, &[] as &[&str])?;
