@@ -232,10 +232,13 @@ pub(super) fn xls_dense_cells(stream: &[u8]) -> u64 {
 /// Excel's grid (LibreOffice's since 7.4): a cell reference outside it is refused before the
 /// reader widens a row for it (one cell at column 300 million asked for 12.8 GB).
 pub const MAX_SHEET_ROWS: u32 = 1_048_576;
-/// Empty rows between data rows a workbook may have in all (each is a Skipped row of the result).
-/// A stray value at A1048576 under a short roster made a million of them, and a result of a
-/// million skipped rows; no roster has a hundred thousand empty rows inside it.
-pub const MAX_EMPTY_ROWS: u64 = 100_000;
+/// Empty rows between data rows a workbook may have in all (each is a Skipped row of the result):
+/// one full sheet's worth.
+pub const MAX_EMPTY_ROWS: u64 = MAX_SHEET_ROWS as u64;
+/// Empty rows in one run between two data rows: a stray value at A1048576 under a short roster
+/// made a million of them, and a result of a million skipped rows; no roster has a hundred
+/// thousand empty rows in a row.
+pub const MAX_EMPTY_RUN: u64 = 100_000;
 pub const MAX_SHEET_COLUMNS: u32 = 16_384;
 
 /// The smallest shared string a part can hold, `<si/>`: a part of N bytes holds at most N / 5.

@@ -16,7 +16,8 @@ mod text;
 mod workbook;
 mod xls_shown;
 pub use guards::{
-    MAX_EMPTY_ROWS, MAX_ODS_DENSE_CELLS, MAX_SHARED_STRINGS, MAX_SHEET_COLUMNS, MAX_SHEET_ROWS, MAX_UNZIPPED_BYTES, MAX_XLS_DENSE_CELLS,
+    MAX_EMPTY_ROWS, MAX_EMPTY_RUN, MAX_ODS_DENSE_CELLS, MAX_SHARED_STRINGS, MAX_SHEET_COLUMNS, MAX_SHEET_ROWS, MAX_UNZIPPED_BYTES,
+    MAX_XLS_DENSE_CELLS,
 };
 use guards::{check_declared_size, check_ole_container, check_zip_parts};
 use text::*;
@@ -92,7 +93,7 @@ pub enum FileError {
     )]
     OnlyInstructions { sheets: String },
     #[error(
-        "the {format} file's sheets have more than {} empty rows between their rows of data (the first value after them is in cell {cell}): delete the empty rows, and any stray cell far below the data (Ctrl+End in Excel goes to the last one)",
+        "the {format} file's sheets have more than {} empty rows between rows of data (the first value after them is in cell {cell}): delete the empty rows, and any stray cell far below the data (Ctrl+End in Excel goes to the last one)",
         thousands(*limit)
     )]
     TooManyEmptyRows { format: &'static str, limit: u64, cell: String },

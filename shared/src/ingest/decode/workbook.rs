@@ -160,11 +160,15 @@ fn read_book<R: Read + Seek, V: TableVisitor>(r: &mut R, ole: bool, xls: Option<
                             totals.row(v, &mut shape, a, &row[..width])?;
                             // Each empty row between two data rows is a row of the result (Skipped):
                             // 3 cells a sheet a million rows apart made 20 KB read as 52 million rows.
-                            empty_rows += u64::from(r - a - 1);
-                            if empty_rows > MAX_EMPTY_ROWS {
+                            // A stray value far below the data is one long gap; a file with a blank
+                            // line after each row has many short ones.
+                            let gap = u64::from(r - a - 1);
+                            empty_rows += gap;
+                            if empty_rows > MAX_EMPTY_ROWS || gap > MAX_EMPTY_RUN {
                                 let sheet = if several { format!(" of sheet \"{}\"", quoted(name)) } else { String::new() };
                                 let cell = format!("{}{}{sheet}", column_name(c as usize), r as u64 + 1);
-                                return Err(FileError::TooManyEmptyRows { format: label, limit: MAX_EMPTY_ROWS, cell }.into());
+                                let limit = if gap > MAX_EMPTY_RUN { MAX_EMPTY_RUN } else { MAX_EMPTY_ROWS };
+                                return Err(FileError::TooManyEmptyRows { format: label, limit, cell }.into());
                             }
                             for gap in a + 1..r {
                                 shape.row(v, gap + 1, &[] as &[&str])?;
