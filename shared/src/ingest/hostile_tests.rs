@@ -33,6 +33,17 @@ fn check(name: &str, bytes: &[u8], expect: Expect) {
     }
 }
 
+/// The emails of a prepared file's user rows, in order.
+fn user_emails(p: &Prepared) -> Vec<&str> {
+    p.ops
+        .iter()
+        .filter_map(|op| match &op.target {
+            crate::model::Target::User { email, .. } => Some(email.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn outcomes(p: &Prepared) -> Vec<String> {
     p.outcomes.iter().map(|o| format!("row {}: {}", o.row, o.message)).collect()
 }
@@ -383,14 +394,7 @@ fn hidden_and_chart_sheets_are_not_read_as_rows() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/odd");
     let read = |name: &str| prepare(&std::fs::read(format!("{dir}/{name}")).unwrap(), &tenant(), Mode::Replace);
     let p = read("hidden-old-copy.xlsx").unwrap();
-    let emails: Vec<&str> = p
-        .ops
-        .iter()
-        .filter_map(|op| match &op.target {
-            crate::model::Target::User { email, .. } => Some(email.as_str()),
-            _ => None,
-        })
-        .collect();
+    let emails = user_emails(&p);
     assert_eq!(emails, ["ann@x.com", "bob@x.com"]);
     assert!(p.outcomes.is_empty(), "{:?}", outcomes(&p));
     assert_eq!(
@@ -651,14 +655,7 @@ fn ids_keep_the_leading_zeros_their_number_format_shows() {
 fn a_tables_total_row_is_not_read_as_a_person() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/odd/table-total-row.xlsx");
     let p = prepare(&std::fs::read(path).unwrap(), &tenant(), Mode::Upsert).unwrap();
-    let emails: Vec<&str> = p
-        .ops
-        .iter()
-        .filter_map(|op| match &op.target {
-            crate::model::Target::User { email, .. } => Some(email.as_str()),
-            _ => None,
-        })
-        .collect();
+    let emails = user_emails(&p);
     assert_eq!(emails, ["ann@example.com", "bob@example.com", "cy@example.com"]);
     assert!(p.outcomes.iter().all(|o| o.status != crate::model::Status::Failure), "{:?}", outcomes(&p));
     assert_eq!(
@@ -709,14 +706,7 @@ fn a_total_row_beside_the_roster_leaves_the_persons_cells_read() {
     let table = rust_xlsxwriter::Table::new().set_total_row(true);
     ws.add_table(0, 4, 2, 5, &table).unwrap();
     let p = prepare(&wb.save_to_buffer().unwrap(), &tenant(), Mode::Upsert).unwrap();
-    let emails: Vec<&str> = p
-        .ops
-        .iter()
-        .filter_map(|op| match &op.target {
-            crate::model::Target::User { email, .. } => Some(email.as_str()),
-            _ => None,
-        })
-        .collect();
+    let emails = user_emails(&p);
     assert_eq!(emails, ["ann@example.com", "bob@example.com", "cy@example.com"]);
     assert!(p.warnings.iter().any(|w| w.starts_with("row 3 is the Total row of table \"Table1\"")), "{:?}", p.warnings);
 }

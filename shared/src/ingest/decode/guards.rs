@@ -719,17 +719,11 @@ mod tests {
 
     /// An ODS of `rows` (a table's XML inside `office:spreadsheet`).
     fn ods_file(rows: &str) -> Vec<u8> {
-        use std::io::Write;
         let content = format!(
             r#"<?xml version="1.0"?><office:document-content xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"><office:body><office:spreadsheet><table:table table:name="S">{rows}</table:table></office:spreadsheet></office:body></office:document-content>"#
         );
-        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-        z.start_file("mimetype", stored).unwrap();
-        z.write_all(b"application/vnd.oasis.opendocument.spreadsheet").unwrap();
-        z.start_file("content.xml", stored).unwrap();
-        z.write_all(content.as_bytes()).unwrap();
-        z.finish().unwrap().into_inner()
+        let mimetype: &[u8] = b"application/vnd.oasis.opendocument.spreadsheet";
+        crate::ingest::decode::archive::tests::zip_of(&[("mimetype", mimetype), ("content.xml", content.as_bytes())])
     }
 
     /// The bomb above as a file: refused by the guard before calamine builds its range.

@@ -193,13 +193,18 @@ pub fn xlsx<R: Read + Seek>(zip: &mut zip::ZipArchive<R>) -> Result<XlsxScan, Fi
 /// `xlsx`, keeping at most `limit` ranges and `formulas` uncalculated formula cells.
 pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, formulas: usize) -> Result<XlsxScan, FileError> {
     let damaged = |e: &dyn std::fmt::Display| FileError::Corrupt { format: "XLSX", detail: e.to_string() };
-    let index = |zip: &zip::ZipArchive<R>, name: &str| {
-        (0..zip.len()).find(|&i| zip.name_for_index(i).and_then(|n| n.ok()).is_some_and(|n| n.eq_ignore_ascii_case(name)))
-    };
+    // Entries by lower-case name (the first of a name, as a search in order finds it).
+    let mut parts: HashMap<String, usize> = HashMap::new();
+    for i in 0..zip.len() {
+        if let Some(Ok(name)) = zip.name_for_index(i) {
+            parts.entry(name.to_ascii_lowercase()).or_insert(i);
+        }
+    }
+    let index = |name: &str| parts.get(&name.to_ascii_lowercase()).copied();
     // Small parts, each read once: the sheets' names and where their parts are, and whether the
     // workbook was ever calculated.
     let part = |zip: &mut zip::ZipArchive<R>, name: &str, wanted: &[&str], each: &mut dyn FnMut(&BytesStart<'_>)| {
-        let Some(i) = index(zip, name) else { return Ok(()) };
+        let Some(i) = index(name) else { return Ok(()) };
         let entry = zip.by_index(i).map_err(|e| damaged(&e))?;
         elements(BufReader::new(entry), wanted, |e| {
             each(e);
@@ -215,9 +220,7 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
     })?;
     part(zip, "xl/_rels/workbook.xml.rels", &["Relationship"], &mut |e| rels.push([attr(e, "Id"), attr(e, "Target")]))?;
     let mut scan = XlsxScan::default();
-    // Entries by lower-case name, for the tables' parts (`table_totals`), each read once.
-    let parts: HashMap<String, usize> =
-        (0..zip.len()).filter_map(|i| zip.name_for_index(i).and_then(|n| n.ok()).map(|n| (n.to_ascii_lowercase(), i))).collect();
+    // The tables' parts (`table_totals`), each read once.
     let mut tables_read = std::collections::HashSet::new();
     let (mut total, mut uncalculated, mut hidden_total) = (0usize, 0usize, 0usize);
     // Each part is read once, however many sheets name it (1,000 sheets naming one large part
@@ -230,7 +233,7 @@ pub fn xlsx_within<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, limit: usize, f
             Some(absolute) => absolute.to_string(),
             None => format!("xl/{target}"),
         };
-        let Some(i) = index(zip, &path) else { continue };
+        let Some(i) = index(&path) else { continue };
         if let Some(first) = read.get(&i) {
             // calamine reads the sheet of that name from the same part: the same ranges, each
             // copy counted (150 names of a part of a million ranges held 150 copies).

@@ -143,13 +143,8 @@ mod tests {
     use super::*;
 
     fn ods(content: &str) -> Vec<u8> {
-        let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-        z.start_file("mimetype", stored).unwrap();
-        z.write_all(b"application/vnd.oasis.opendocument.spreadsheet").unwrap();
-        z.start_file("content.xml", stored).unwrap();
-        z.write_all(content.as_bytes()).unwrap();
-        z.finish().unwrap().into_inner()
+        let mimetype: &[u8] = b"application/vnd.oasis.opendocument.spreadsheet";
+        crate::ingest::decode::archive::tests::zip_of(&[("mimetype", mimetype), ("content.xml", content.as_bytes())])
     }
 
     fn content_of(zip: Vec<u8>) -> String {
