@@ -652,7 +652,7 @@ mod tests {
                 "a@acme.example.com",
                 "Ann",
                 "Failure",
-                "column 3 has a value but no header; add a header or remove the value",
+                "column 3 (C) has a value but no header; add a header or remove the value",
                 "",
                 "",
                 "'=extra data"
@@ -663,7 +663,7 @@ mod tests {
         let text = String::from_utf8(failed.clone()).unwrap();
         assert_eq!(
             text.lines().nth(1),
-            Some("a@acme.example.com,Ann,column 3 has a value but no header; add a header or remove the value,'=extra data")
+            Some("a@acme.example.com,Ann,column 3 (C) has a value but no header; add a header or remove the value,'=extra data")
         );
         let again = kit.run("extra-failed-rows.csv", failed).await;
         let row = &kit.result(&again).await[1];
@@ -673,7 +673,7 @@ mod tests {
                 "a@acme.example.com",
                 "Ann",
                 "Failure",
-                "column 4 has a value but no header; add a header or remove the value",
+                "column 4 (D) has a value but no header; add a header or remove the value",
                 "",
                 "",
                 "'=extra data"

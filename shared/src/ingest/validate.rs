@@ -206,7 +206,12 @@ impl RowValidator {
             return Err(Outcome::failure(
                 row,
                 None,
-                format!("column {} has a value but no header; add a header or remove the value", width + extra + 1),
+                // By number and letter: a CSV is counted, a spreadsheet shows letters.
+                format!(
+                    "column {} ({}) has a value but no header; add a header or remove the value",
+                    width + extra + 1,
+                    crate::ingest::decode::column_name(width + extra)
+                ),
             ));
         }
         let op = validate_row(row, cells, mapping, &self.tenant, self.mode, self.sheet_type.as_deref())
@@ -1519,7 +1524,7 @@ mod tests {
     #[test]
     fn a_value_beyond_the_header_fails_its_row() {
         let v = run("Email,FirstName\na@x.com,A,surprise\n", Mode::Upsert);
-        assert_eq!(message(&v, 2), "column 3 has a value but no header; add a header or remove the value");
+        assert_eq!(message(&v, 2), "column 3 (C) has a value but no header; add a header or remove the value");
     }
 
     #[test]
