@@ -652,15 +652,15 @@ async fn decide(t: &Target, job: &str, tenant: Option<&str>, verb: shared::holds
                 match (verb, now) {
                     (_, s) if s == job.state => None,
                     (Verb::Discard, JobState::Discarded) => {
-                        Some(format!("job {} discarded: nothing in {} was applied", job.id, job.file_name))
+                        Some(format!("job {} discarded: nothing in {} was applied", job.id, output::shown(&job.file_name)))
                     }
                     (Verb::Cancel, JobState::Discarded) => {
-                        Some(format!("job {} cancelled: nothing in {} was applied", job.id, job.file_name))
+                        Some(format!("job {} cancelled: nothing in {} was applied", job.id, output::shown(&job.file_name)))
                     }
                     (Verb::Approve, s) if s != JobState::Discarded => Some(format!(
                         "job {} approved: {} is being applied ({}); the result email follows",
                         job.id,
-                        job.file_name,
+                        output::shown(&job.file_name),
                         s.as_str()
                     )),
                     (_, s) => {

@@ -52,7 +52,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 /// One line, whatever the error chain.
 pub fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
+    shown(&format!("{e:#}").replace('\n', " ")).into_owned()
 }
 
 pub fn io_reason(e: &std::io::Error) -> String {
@@ -67,6 +67,18 @@ pub fn io_reason(e: &std::io::Error) -> String {
 pub fn print_json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// Text from a dropped file, its key or a bounce, as printed to a terminal: a control character
+/// (an escape sequence that recolours or retitles the terminal, a tab or line break that breaks a
+/// table row) or a direction override (which shows text in another order than it has) written
+/// out as `<U+001B>`, as the pipeline's own messages quote such characters.
+pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| c.is_control() || shared::wording::shows_as_nothing(c);
+    if !text.chars().any(hidden) {
+        return text.into();
+    }
+    text.chars().map(|c| if hidden(c) { format!("<U+{:04X}>", u32::from(c)) } else { c.to_string() }).collect::<String>().into()
 }
 
 fn table(header: &[&str]) -> Table {
@@ -100,7 +112,7 @@ pub fn print_jobs(jobs: &[Job]) {
         t.add_row(vec![
             Cell::new(j.received_at.get(..19).unwrap_or(&j.received_at).replace('T', " ")),
             state_cell(j.state),
-            Cell::new(&j.file_name),
+            Cell::new(shown(&j.file_name)),
             Cell::new(j.total_rows),
             Cell::new(j.succeeded),
             Cell::new(j.failed).fg(if j.failed > 0 { Color::Red } else { Color::Reset }),
@@ -114,7 +126,7 @@ pub fn print_jobs(jobs: &[Job]) {
 pub fn print_job(job: &Job, summary: Option<&Summary>, failures: &[Outcome]) {
     println!("job        {}", job.id);
     println!("tenant     {}", job.tenant);
-    println!("file       {}", job.source_key);
+    println!("file       {}", shown(&job.source_key));
     println!("state      {}", job.state.as_str());
     if let Some(at) = &job.run_at {
         println!("runs at    {at}");
@@ -125,13 +137,13 @@ pub fn print_job(job: &Job, summary: Option<&Summary>, failures: &[Outcome]) {
         print_counts(s);
     }
     if let Some(m) = &job.message {
-        println!("message    {m}");
+        println!("message    {}", shown(m));
     }
     if !failures.is_empty() {
         println!("\nfirst failures:");
         let mut t = table(&["Row", "Column", "Problem and fix"]);
         for o in failures {
-            t.add_row(vec![Cell::new(o.row), Cell::new(o.column.as_deref().unwrap_or("")), Cell::new(&o.message)]);
+            t.add_row(vec![Cell::new(o.row), Cell::new(shown(o.column.as_deref().unwrap_or(""))), Cell::new(shown(&o.message))]);
         }
         println!("{t}");
     }
@@ -147,23 +159,23 @@ fn print_counts(s: &Summary) {
         println!("disabled   {} users not in the replace file", s.disabled_not_in_file);
     }
     for w in &s.warnings {
-        println!("warning    {w}");
+        println!("warning    {}", shown(w));
     }
 }
 
 pub fn print_summary(s: &Summary) {
     println!("job        {}", s.job_id);
-    println!("file       {} ({}, mode {})", s.file_name, s.format.as_deref().unwrap_or("-"), s.mode);
+    println!("file       {} ({}, mode {})", shown(&s.file_name), s.format.as_deref().unwrap_or("-"), s.mode);
     println!("state      {}", s.state.as_str());
     if let Some(r) = &s.reason {
-        println!("rejected   {r}");
+        println!("rejected   {}", shown(r));
         return;
     }
     print_counts(s);
     println!("duration   {:.1}s", s.duration_ms as f64 / 1000.0);
     for (label, key) in [("result", &s.result_key), ("failed", &s.failed_rows_key), ("disabled", &s.disabled_users_key)] {
         if let Some(k) = key {
-            println!("{label:<10} {k}");
+            println!("{label:<10} {}", shown(k));
         }
     }
 }
@@ -227,7 +239,11 @@ impl ValidationReport {
         if !self.problems.is_empty() {
             let mut t = table(&["Row", "Column", "Problem and fix"]);
             for p in &self.problems {
-                t.add_row(vec![Cell::new(&p.row), Cell::new(p.column.as_deref().unwrap_or("")), Cell::new(&p.message).fg(Color::Red)]);
+                t.add_row(vec![
+                    Cell::new(shown(&p.row)),
+                    Cell::new(shown(p.column.as_deref().unwrap_or(""))),
+                    Cell::new(shown(&p.message)).fg(Color::Red),
+                ]);
             }
             println!("{t}");
             if self.failed > self.problems.len() {
@@ -239,7 +255,7 @@ impl ValidationReport {
             }
         }
         for w in &self.warnings {
-            println!("warning: {w}");
+            println!("warning: {}", shown(w));
         }
         let rows = if self.rows == 1 { "row" } else { "rows" };
         println!(
@@ -350,10 +366,10 @@ pub fn print_invites(invites: &[shared::model::InviteRecord]) {
             _ => Color::Reset,
         };
         t.add_row(vec![
-            Cell::new(&i.email),
+            Cell::new(shown(&i.email)),
             Cell::new(i.status.as_str()).fg(colour),
             Cell::new(i.at.get(..19).unwrap_or(&i.at).replace('T', " ")),
-            Cell::new(i.reason.as_deref().unwrap_or_default()),
+            Cell::new(shown(i.reason.as_deref().unwrap_or_default())),
         ]);
     }
     println!("{t}");
@@ -374,4 +390,24 @@ pub fn reinvite_roster(invites: &[shared::model::InviteRecord]) -> Vec<u8> {
         let _ = w.write_record(["Invite", i.email.as_str(), "", i.first_name.as_deref().unwrap_or_default(), what.as_str()]);
     }
     w.into_inner().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_name_s_escape_sequences_and_direction_overrides_reach_the_terminal_written_out() {
+        // A key may hold any character: ESC ] 0 ; retitles the terminal, ESC [ 2 J clears it, and
+        // U+202E shows "roster\u{202E}vsc.exe" as "rosterexe.csv".
+        let name = "roster\u{1b}]0;owned\u{7}\u{1b}[2J\t\u{202E}vsc.exe";
+        assert_eq!(shown(name), "roster<U+001B>]0;owned<U+0007><U+001B>[2J<U+0009><U+202E>vsc.exe");
+        assert!(matches!(shown("Grüße, 名簿.xlsx"), std::borrow::Cow::Borrowed("Grüße, 名簿.xlsx")));
+        let mut t = table(&["File"]);
+        t.add_row(vec![Cell::new(shown(name))]);
+        let printed = t.to_string();
+        assert!(!printed.contains(['\u{1b}', '\u{7}', '\t', '\u{202E}']), "{printed:?}");
+        let e = anyhow::anyhow!("cannot read \u{1b}[31mred\nline");
+        assert_eq!(one_line(&e), "cannot read <U+001B>[31mred line");
+    }
 }
