@@ -551,6 +551,17 @@ fn is_shortened_number(v: &str) -> bool {
     whole.len() == 1 && digits(whole) && digits(fraction) && exponent.is_some()
 }
 
+/// What a number in a spreadsheet's short form kept (`is_shortened_number`): `1.23457E+18` holds
+/// 6 of an id's 19 digits (General format shows 6 significant digits, and saves them so as CSV).
+fn shortened_digits(v: &str) -> String {
+    let (mantissa, exponent) = v.split_once(['E', 'e']).unwrap_or((v, ""));
+    let kept = mantissa.bytes().filter(u8::is_ascii_digit).count();
+    match exponent.strip_prefix('+').and_then(|e| e.parse::<usize>().ok()) {
+        Some(e) if e + 1 > kept => format!("the file holds only the first {kept} of its {} digits", e + 1),
+        _ => "the file holds it rounded, not as it was typed".into(),
+    }
+}
+
 fn validate_row<'c, S: AsRef<str>>(
     row: u32,
     cells: &'c [S],
@@ -593,8 +604,9 @@ fn validate_row<'c, S: AsRef<str>>(
                 None,
                 Some(name.clone()),
                 format!(
-                    "{name} is {value}, a long number as a spreadsheet shows it: its digits past the 15th are lost. \
-                     Format the {name} column as Text, type the full values again and upload the row again"
+                    "{name} is {value}, a long number as a spreadsheet shows it: {}. \
+                     Format the {name} column as Text, type the full values again and upload the row again",
+                    shortened_digits(value)
                 ),
             ));
         }
@@ -1256,10 +1268,23 @@ mod tests {
                    e@x.com,E+18,,g.E+10\n";
         let v = run(csv, Mode::Upsert);
         let m = message(&v, 2);
-        assert!(m.starts_with("ExternalId is 1.23457E+18, a long number as a spreadsheet shows it"), "{m}");
+        assert!(
+            m.starts_with(
+                "ExternalId is 1.23457E+18, a long number as a spreadsheet shows it: the file holds only the first 6 of its 19 digits."
+            ),
+            "{m}"
+        );
         assert!(m.contains("Format the ExternalId column as Text"), "{m}");
         assert!(message(&v, 3).starts_with("Phone is 4.47911E+11"), "{}", message(&v, 3));
-        assert!(message(&v, 4).starts_with("ExternalId is 1.2345678901234568E+18"), "{}", message(&v, 4));
+        assert!(
+            message(&v, 4).contains(
+                "1.2345678901234568E+18, a long number as a spreadsheet shows it: the file holds only the first 17 of its 19 digits."
+            ),
+            "{}",
+            message(&v, 4)
+        );
+        assert_eq!(shortened_digits("-2.5e-07"), "the file holds it rounded, not as it was typed");
+        assert_eq!(shortened_digits("9.99E+01"), "the file holds it rounded, not as it was typed");
         // Values that only look alike are values.
         assert_eq!(v.ops.len(), 2, "rows 5 and 6 are kept");
         for s in ["1E+15", "-2.5e-07", "9.99E+100", "1,23457E+18"] {
