@@ -53,7 +53,7 @@ async fn csv_roster_creates_users_writes_results_and_emails_the_admins_once() {
     assert_eq!(result[0], vec!["Email", "First Name", "Last Name", "Org", "Role", "Shoe Size", "Status", "Message", "Changes", "UserId"]);
     assert_eq!(result.len(), 9);
     assert_eq!(status_of(&result, "ann@acme.example.com"), ("Created".into(), "user created".into()));
-    assert_eq!(result[2][2], "'=1+2", "formula neutralised in CSV");
+    assert_eq!(result[2][2], "=\"=1+2\"", "formula neutralised in CSV: a formula of one string");
     assert_eq!(status_of(&result, "bad-email"), ("Failure".into(), "Email \"bad-email\" is not a valid email address: it has no @".into()));
     assert_eq!(status_of(&result, "dee@acme.example.com").1, "unknown role \"learner\"; did you mean \"Learner\"?");
     assert_eq!(

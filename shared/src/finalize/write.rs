@@ -87,24 +87,76 @@ fn cut_units(s: &str, units: usize) -> &str {
     s
 }
 
-/// A cell a spreadsheet would run as a formula gets a leading apostrophe (OWASP CSV injection).
-/// Plain signed numbers such as `+14155550100` are left alone: they are data, not formulas. A
-/// value that itself starts with an apostrophe gets one more, so the prefix can always be taken
-/// off again: ingest removes one leading apostrophe from every cell of a CSV file that carries our
-/// `Message` column (`unneutralise`), and a failed-rows file dropped again stores what the
-/// original file would have stored.
+/// What makes a spreadsheet run a cell as a formula (OWASP CSV injection).
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// Excel's longest string in a formula: a longer one cannot be written `="…"`.
+const MAX_FORMULA_TEXT: usize = 255;
+
+/// A cell of a delimited file we write, made safe to open in a spreadsheet and to save back from
+/// it unchanged. A value a spreadsheet would run as a formula, or would read as a number or date
+/// and save back otherwise (`00123` as `123`, `+14155550100` without its plus, `2024-01-05` as
+/// `1/5/2024`), is written as a formula of one string, `="00123"`: spreadsheets show the string
+/// and save it back as it was, and ingest reads it as its string in every delimited file
+/// (`decode::text`), whatever else the file's columns became. Before, such a cell had a leading
+/// apostrophe, which spreadsheets keep as text: saved as XLSX, or without our Message column,
+/// `'=1+2` was stored with its apostrophe, and ids lost their zeros.
+/// A value too long for that form (or holding a line break) that would run as a formula gets a
+/// leading apostrophe instead, as does a value that starts with apostrophes before such a
+/// character, so that `unneutralise` can always take exactly one off again.
 pub fn neutralise(cell: &str) -> Cow<'_, str> {
-    let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r', '\'']);
-    let plain_number = cell.len() > 1
-        && cell.starts_with(['+', '-'])
-        && cell[1..].chars().all(|c| c.is_ascii_digit() || c == '.' || c == ' ')
-        && cell[1..].chars().any(|c| c.is_ascii_digit());
-    if risky && !plain_number { format!("'{cell}").into() } else { cell.into() }
+    let after_apostrophes = cell.trim_start_matches('\'');
+    if after_apostrophes.len() < cell.len() && after_apostrophes.starts_with(FORMULA_START) {
+        return format!("'{cell}").into();
+    }
+    let formula = cell.starts_with(FORMULA_START) && !plain_negative_number(cell);
+    if !formula && !changed_by_spreadsheets(cell) {
+        return cell.into();
+    }
+    if cell.chars().count() <= MAX_FORMULA_TEXT && !cell.contains(['\n', '\r']) {
+        format!("=\"{}\"", cell.replace('"', "\"\"")).into()
+    } else if formula {
+        format!("'{cell}").into()
+    } else {
+        cell.into()
+    }
 }
 
-/// The value `neutralise` was given, from a cell of a CSV file we wrote.
+/// `-12` or `-1.5`: a number a spreadsheet keeps as it is, not a formula.
+fn plain_negative_number(cell: &str) -> bool {
+    cell.strip_prefix('-').is_some_and(canonical_number)
+}
+
+/// A number as spreadsheets write it back: no leading zero, no trailing zero after a point, at
+/// most 15 digits.
+fn canonical_number(n: &str) -> bool {
+    let (whole, fraction) = n.split_once('.').unwrap_or((n, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let whole_ok = whole == "0" || (!whole.is_empty() && !whole.starts_with('0') && digits(whole));
+    let fraction_ok = digits(fraction) && !fraction.ends_with('0') && !(n.contains('.') && fraction.is_empty());
+    whole_ok && fraction_ok && whole.len() + fraction.len() <= 15
+}
+
+/// A value made only of what numbers, dates and times are written with (`00123`, `+1415…`,
+/// `2024-01-05`, `1/5`, `12E3`, `1,000`), which a spreadsheet would read as a number or date and
+/// write back in its own form unless it already is that form.
+fn changed_by_spreadsheets(cell: &str) -> bool {
+    cell.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '.' | '+' | '-'))
+        && cell.bytes().any(|b| b.is_ascii_digit())
+        && cell.bytes().all(|b| b.is_ascii_digit() || b"+-./:, eE".contains(&b))
+        && !canonical_number(cell)
+        && !plain_negative_number(cell)
+}
+
+/// The value `neutralise` was given, from a cell of a delimited file we wrote (its `="…"` form
+/// is read as its string by the decoder already): one leading apostrophe off a value whose
+/// apostrophes come before a character that runs a formula. Any other apostrophe is the value's
+/// own (`'t Hooft`).
 pub fn unneutralise(cell: &str) -> &str {
-    cell.strip_prefix('\'').unwrap_or(cell)
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.trim_start_matches('\'').starts_with(FORMULA_START) => rest,
+        _ => cell,
+    }
 }
 
 fn csv_cell(c: &str) -> Cow<'_, [u8]> {
@@ -409,7 +461,9 @@ mod tests {
             let t = &decode_all(&bytes).unwrap()[0];
             let (_, header, rows) = &s;
             prop_assert_eq!(&t.headers, header);
-            let expected: Vec<Vec<String>> = rows.iter().map(|r| trimmed(&r.iter().map(|c| neutralise(c).into_owned()).collect::<Vec<_>>())).collect();
+            // A cell written `="…"` reads back as itself; one with the apostrophe, with it.
+            let shown = |c: &String| match neutralise(c) { n if n.starts_with("=\"") => c.clone(), n => n.into_owned() };
+            let expected: Vec<Vec<String>> = rows.iter().map(|r| trimmed(&r.iter().map(shown).collect::<Vec<_>>())).collect();
             let got: Vec<Vec<String>> = t.rows.iter().map(|(_, r)| trimmed(r)).collect();
             prop_assert_eq!(got, expected);
         }

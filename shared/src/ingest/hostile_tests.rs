@@ -8,7 +8,7 @@ fn tenant() -> Tenant {
     let mut t = Tenant::new("acme", vec!["a@acme.example.com".into()]);
     t.roles = vec!["Learner".into()];
     t.admin_roles = vec!["Admin".into()];
-    // A name a spreadsheet would run: the result CSV writes it `'@handle`.
+    // A name a spreadsheet would run: the result CSV writes it `="@handle"`.
     t.attributes = vec![crate::model::AttributeDef { name: "@handle".into(), kind: crate::model::AttributeKind::Text }];
     t
 }
@@ -295,7 +295,7 @@ mod round_trip {
             prop_assert_eq!(&stored(&result), &want, "result, second pass");
             let (failed, _) = answered(&result, "staff-result");
             prop_assert_eq!(&stored(&failed), &want, "failed rows of a result dropped again");
-            // Our columns once each, whatever the pass (a CSV's `@handle` written `'@handle`, once).
+            // Our columns once each, whatever the pass (a CSV's `@handle` written `="@handle"`, read once).
             let headers = crate::ingest::decode::decode_all(&failed).unwrap().remove(0).headers;
             let headers: Vec<&str> = headers.iter().map(|h| if d < 4 { crate::finalize::write::unneutralise(h) } else { h.as_str() }).collect();
             prop_assert_eq!(headers, ["Email", "FirstName", "Phone", "Department", "RoleName", "@handle", "Message"]);
@@ -307,13 +307,52 @@ mod round_trip {
         let header = ["Email", "Phone", "Department", "RoleName", "Message"];
         let ours = csv(Kind::Csv(b','), &header, &["ann@x.example.com", "+1-415-555-0100", "-", "Learner", "fixed"]);
         let text = String::from_utf8_lossy(&ours).into_owned();
-        assert!(text.contains("'+1-415-555-0100") && text.contains(",'-,"), "neutralised for spreadsheets: {text}");
+        assert!(text.contains(r#""=""+1-415-555-0100""""#) && text.contains(r#","=""-""","#), "neutralised for spreadsheets: {text}");
         let (ops, _) = stored(&ours);
         assert!(ops[0].contains("phone: Some(\"+1-415-555-0100\")") && ops[0].contains("department: Some(\"-\")"), "{ops:?}");
         // A file that is not ours keeps a leading apostrophe as typed.
         let theirs = b"Email,Department,RoleName\nann@x.example.com,'Sales,Learner\n";
         let (ops, _) = stored(theirs);
         assert!(ops[0].contains("department: Some(\"'Sales\")"), "{ops:?}");
+    }
+
+    /// The values a spreadsheet changes or runs, in the failed-rows CSV we write.
+    const LOOP_HEADER: [&str; 7] = ["Email", "ExternalId", "Phone", "Department", "LastName", "RoleName", "Message"];
+    const LOOP_ROW: [&str; 7] = ["ann@x.example.com", "000777", "+14155550101", "=1+2", "'t Hooft", "Learner", "unknown role"];
+
+    /// The failed-rows CSV as the user edits it, not only byte for byte: with our Message column
+    /// deleted in a text editor, or a column added after it, the file is no longer recognisably
+    /// ours, and its `'=1+2` and `'+1-415…` were stored with their apostrophes; a value's own
+    /// leading apostrophe (`'t Hooft`) was taken off a file that was; `000777` and
+    /// `+14155550101` were written bare, for a spreadsheet to make `777` and `14155550101`.
+    #[test]
+    fn a_failed_rows_csv_edited_stores_the_values_of_the_original_file() {
+        let original =
+            b"Email,ExternalId,Phone,Department,LastName,RoleName\nann@x.example.com,000777,+14155550101,=1+2,'t Hooft,Learner\n";
+        let want = stored(original);
+        assert!(want.0[0].contains("external_id: Some(\"000777\")") && want.0[0].contains("last_name: Some(\"'t Hooft\")"), "{want:?}");
+        let ours = String::from_utf8(csv(Kind::Csv(b','), &LOOP_HEADER, &LOOP_ROW)).unwrap();
+        let line = ours.lines().nth(1).unwrap().to_string();
+        assert_eq!(line, r#"ann@x.example.com,"=""000777""","=""+14155550101""","=""=1+2""",'t Hooft,Learner,unknown role"#);
+        assert_eq!(stored(ours.as_bytes()).0, want.0, "as sent");
+        let without_message = ours.replace(",Message", "").replace(",unknown role", "");
+        assert_eq!(stored(without_message.as_bytes()).0, want.0, "Message column deleted");
+        let with_note = ours.replace(",Message", ",Message,Note").replace(",unknown role", ",unknown role,called");
+        assert_eq!(stored(with_note.as_bytes()).0, want.0, "a column after Message");
+    }
+
+    /// The same failed-rows CSV opened in LibreOffice and saved as XLSX (`make/failed_rows_resaved.sh`;
+    /// Excel does the same): the `="…"` cells become formulas showing their strings, read as
+    /// those strings. Before, the XLSX held `'=1+2`, stored with its apostrophe.
+    #[test]
+    fn a_failed_rows_csv_saved_as_xlsx_by_a_spreadsheet_stores_the_original_values() {
+        let ours = csv(Kind::Csv(b','), &LOOP_HEADER, &LOOP_ROW);
+        let source = include_bytes!("../../../tests/fixtures/make/failed-rows-resaved.csv");
+        assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(source), "the fixture is what we write");
+        let resaved = include_bytes!("../../../tests/fixtures/odd/failed-rows-resaved.xlsx");
+        let original =
+            b"Email,ExternalId,Phone,Department,LastName,RoleName\nann@x.example.com,000777,+14155550101,=1+2,'t Hooft,Learner\n";
+        assert_eq!(stored(resaved).0, stored(original).0);
     }
 }
 

@@ -120,8 +120,8 @@ impl<K: OpSink> TableVisitor for Ingester<'_, K> {
                 self.tenant.id
             )));
         }
-        // A delimited file of ours (it has our Message column): its header names carry
-        // `neutralise`'s apostrophe like its cells (an attribute named `@handle` is `'@handle`).
+        // A delimited file of ours (it has our Message column): its header names may carry
+        // `neutralise`'s apostrophe like its cells (one too long for `="…"` that would run).
         if !head.format.is_spreadsheet() && ours {
             for h in &mut head.headers {
                 *h = crate::finalize::write::unneutralise(h).to_string();
@@ -245,8 +245,8 @@ impl<K: OpSink> Ingester<'_, K> {
             }));
         }
         self.rows += 1;
-        // A CSV file we wrote (our Message column) had formulas neutralised with a leading
-        // apostrophe: taken off, so the fix-and-drop-again loop stores the original values.
+        // A CSV file we wrote (our Message column) may have a value too long for `="…"`
+        // neutralised with a leading apostrophe: taken off, so the loop stores the original.
         if !head.format.is_spreadsheet() && mapping.has(Field::Message) {
             let ours: Vec<&str> = cells.iter().map(|c| crate::finalize::write::unneutralise(c.as_ref())).collect();
             return match self.validator.check(head, mapping, number, &ours) {

@@ -113,6 +113,13 @@ mod tests {
 
     /// The issue's loop: a bundle with bad records answers line by line in its own files' terms,
     /// and its failed records come back as a delta bundle that, fixed, applies them and only them.
+    fn zip_entry(zip: &[u8], name: &str) -> Vec<u8> {
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut zip.by_name(name).unwrap(), &mut bytes).unwrap();
+        bytes
+    }
+
     #[tokio::test]
     async fn failed_records_come_back_as_a_delta_bundle_that_applies_once_fixed() {
         let mut kit = Kit::new(|t| t.holds = crate::model::Holds::off()).await;
@@ -157,8 +164,11 @@ mod tests {
         let ids: Vec<&str> = users.rows.iter().map(|(_, r)| r[0].as_str()).collect();
         assert_eq!(ids, ["usr-g1", "usr-st1", "usr-st2", "usr-st3"]);
         assert_eq!(users.headers[users.headers.len() - 2..], ["Outcome", "Message"]);
-        // A value a spreadsheet would run is kept from running, and comes back as it was sent.
-        assert!(users.rows[0].1.contains(&"'=Pat".to_string()), "{users:?}");
+        // A value a spreadsheet would run is kept from running (written `="=Pat"`, a formula of
+        // one string), and reads back as it was sent.
+        let raw = String::from_utf8_lossy(&zip_entry(&zip, "users.csv")).into_owned();
+        assert!(raw.contains(r#""=""=Pat""""#), "{raw}");
+        assert!(users.rows[0].1.contains(&"=Pat".to_string()), "{users:?}");
         let enrollments = text("enrollments.csv");
         assert!(enrollments.rows.iter().any(|(_, r)| r[0] == "enr-5" && r[r.len() - 1] == "needed by users.csv line 8"), "{enrollments:?}");
 
@@ -170,7 +180,7 @@ mod tests {
         let again = archive::read_files(&mut std::io::Cursor::new(&again), "", archive::MAX_ARCHIVE_BYTES).unwrap();
         let users_again = again.iter().find(|e| e.name == "users.csv").and_then(|e| e.table.clone()).unwrap();
         assert_eq!(users_again.headers, users.headers, "the same columns, one Outcome and Message");
-        assert!(users_again.rows[0].1.contains(&"'=Pat".to_string()), "{users_again:?}");
+        assert!(users_again.rows[0].1.contains(&"=Pat".to_string()), "{users_again:?}");
 
         // Fixed where the messages say, and dropped again.
         let fixed = {
