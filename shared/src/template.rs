@@ -231,6 +231,20 @@ const LISTS_SHEET: &str = "Lists";
 /// Rows of the data sheet that get dropdowns.
 const VALIDATED_ROWS: u32 = 10_000;
 
+/// Excel's longest dropdown error title and message.
+const MAX_TITLE: usize = 32;
+const MAX_MESSAGE: usize = 255;
+
+/// `text` in at most `max` characters, the last an ellipsis when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max { text.to_string() } else { text.chars().take(max - 1).chain(['…']).collect() }
+}
+
+/// A value as a cell holds it (a tenant's 2,000 roles listed in one cell outgrew Excel's 32,767).
+fn fit(value: &str) -> std::borrow::Cow<'_, str> {
+    crate::finalize::write::fit_cell(value)
+}
+
 pub fn xlsx(tenant: Option<&Tenant>) -> Result<Vec<u8>> {
     use rust_xlsxwriter::{DataValidation, Format, Workbook};
     let err = |e: rust_xlsxwriter::XlsxError| Error::Build { what: "template", message: e.to_string() };
@@ -272,7 +286,7 @@ pub fn xlsx(tenant: Option<&Tenant>) -> Result<Vec<u8>> {
     for (r, col) in cols.iter().enumerate() {
         let r = r as u32 + 1;
         for (c, v) in [&col.name, &col.meaning, &col.required.to_string(), &col.allowed, &col.example].iter().enumerate() {
-            defs.write_string(r, c as u16, v.as_str()).map_err(err)?;
+            defs.write_string(r, c as u16, fit(v)).map_err(err)?;
         }
     }
     defs.set_freeze_panes(1, 0).map_err(err)?;
@@ -290,9 +304,9 @@ pub fn xlsx(tenant: Option<&Tenant>) -> Result<Vec<u8>> {
             ranges.push(None);
             continue;
         }
-        lists.write_string(0, at, &col.name).map_err(err)?;
+        lists.write_string(0, at, fit(&col.name)).map_err(err)?;
         for (r, choice) in col.choices.iter().enumerate() {
-            lists.write_string(r as u32 + 1, at, choice).map_err(err)?;
+            lists.write_string(r as u32 + 1, at, fit(choice)).map_err(err)?;
         }
         let letter = crate::ingest::decode::column_name(at as usize);
         ranges.push(Some(format!("={LISTS_SHEET}!${letter}$2:${letter}${}", col.choices.len() + 1)));
@@ -303,14 +317,14 @@ pub fn xlsx(tenant: Option<&Tenant>) -> Result<Vec<u8>> {
     let header = Format::new().set_bold().set_background_color(rust_xlsxwriter::Color::RGB(0xD9E1F2));
     for (c, col) in cols.iter().enumerate() {
         let c = c as u16;
-        data.write_string_with_format(0, c, &col.name, &header).map_err(err)?;
-        data.set_column_width(c, (col.name.len() as f64 + 6.0).max(14.0)).map_err(err)?;
+        data.write_string_with_format(0, c, fit(&col.name), &header).map_err(err)?;
+        data.set_column_width(c, (col.name.chars().count() as f64 + 6.0).clamp(14.0, 80.0)).map_err(err)?;
         if let Some(range) = &ranges[c as usize] {
             let dv = DataValidation::new()
                 .allow_list_formula(rust_xlsxwriter::Formula::new(range))
-                .set_error_title(format!("{} value", col.name))
+                .set_error_title(cut(&format!("{} value", col.name), MAX_TITLE))
                 .map_err(err)?
-                .set_error_message(format!("Allowed: {}", col.allowed.chars().take(200).collect::<String>()))
+                .set_error_message(cut(&format!("Allowed: {}", col.allowed), MAX_MESSAGE))
                 .map_err(err)?;
             data.add_data_validation(1, c, VALIDATED_ROWS, c, &dv).map_err(err)?;
         }
@@ -351,6 +365,31 @@ mod tests {
         let header = decode(&[csv(Some(&t)), b"a@x.com\r\n".to_vec()].concat()).unwrap();
         assert_eq!(header.headers, tables[0].headers);
         assert!(!header.headers.iter().any(|h| h == "LicencePool"), "only tenants with named pools get the column");
+    }
+
+    /// A dropdown attribute with a long name (its error title outgrew Excel's 32 characters) and
+    /// 2,000 roles (their list outgrew a cell's 32,767) made `rosterdrop template` fail: the
+    /// tenant could save the config but never get its template.
+    #[test]
+    fn a_tenant_with_long_names_and_many_roles_gets_a_template_within_excels_limits() {
+        let mut t = Tenant::new("acme", vec!["a@acme.com".into()]);
+        t.roles = (0..2000).map(|i| format!("Role number {i:04} of the district")).collect();
+        let name = "Preferred Language of Contact for the Family";
+        t.attributes =
+            vec![AttributeDef { name: name.into(), kind: AttributeKind::OneOf { values: vec!["English".into(), "Español".into()] } }];
+        let bytes = xlsx(Some(&t)).unwrap();
+        let tables = crate::ingest::decode::decode_all(&bytes).unwrap();
+        let roster = tables.iter().find(|t| t.sheet.as_deref() == Some(DATA_SHEET)).unwrap();
+        assert_eq!(roster.headers.last().map(String::as_str), Some(name));
+        let defs = tables.iter().find(|t| t.sheet.as_deref() == Some("Definitions")).unwrap();
+        let roles = defs.rows.iter().find(|(_, r)| r[0] == "RoleName").map(|(_, r)| r[3].clone()).unwrap();
+        assert!(roles.chars().count() <= 32_767 && roles.contains("…[cut:"), "{}", roles.len());
+        use calamine::Reader;
+        let mut book = calamine::open_workbook_auto_from_rs(std::io::Cursor::new(&bytes)).unwrap();
+        let lists = book.worksheet_range(LISTS_SHEET).unwrap();
+        let last_role = calamine::Data::String("Role number 1999 of the district".into());
+        assert!(lists.cells().any(|(r, _, v)| r == 2000 && *v == last_role), "every role a choice of the dropdown");
+        assert_eq!(cut(&format!("{name} value"), MAX_TITLE).chars().count(), 32);
     }
 
     /// A strict tenant's template is its own columns, in its order: the standard template it
