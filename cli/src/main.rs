@@ -548,14 +548,24 @@ async fn submit(
     let svc = &t.svc;
     let (bytes, name) = read_roster(file)?;
     let name = Path::new(&name).file_name().and_then(|n| n.to_str()).ok_or_else(|| input("the file name is not valid UTF-8"))?;
-    find_tenant(svc, tenant, aws).await?;
+    let found = find_tenant(svc, tenant, aws).await?;
+    if file.as_os_str() == "-" {
+        // A paste the upload would refuse as a whole (no header row) is refused here, as
+        // `validate -` refuses it: uploaded, it became a REJECTED job quoting the pasted row.
+        let scratch = tempfile::NamedTempFile::new().map_err(|e| input(format!("cannot keep the pasted table: {e}")))?;
+        std::fs::write(scratch.path(), &bytes).map_err(|e| input(format!("cannot keep the pasted table: {e}")))?;
+        let mode = parse_mode(mode)?.unwrap_or(Mode::Upsert);
+        if let Err(reason) = ingest::check_file(scratch.path(), &found, mode)? {
+            return Err(input(format!("the pasted table was not uploaded: {reason}")));
+        }
+    }
     let key = match parse_mode(mode)? {
         None => format!("incoming/{tenant}/{name}"),
         Some(m) => format!("incoming/{tenant}/{}/{name}", m.as_str()),
     };
     let started = chrono::Utc::now() - chrono::Duration::seconds(5);
     output::upload(&t.s3, &t.config.bucket, &key, bytes).await.map_err(|e| unavailable(e, aws))?;
-    eprintln!("uploaded s3://{}/{key}", t.config.bucket);
+    eprintln!("uploaded s3://{}/{}", t.config.bucket, output::shown(&key));
     if !wait {
         return Ok(ExitCode::SUCCESS);
     }

@@ -39,7 +39,8 @@ pub fn detail(job: &Job, state: JobState) -> serde_json::Value {
         "rows": job.total_rows,
     });
     if let Some(m) = job.message.as_deref().filter(|m| !m.is_empty()) {
-        d["reason"] = crate::wording::bounded(m, 1_000).into();
+        // Events carry no row data: an address a reason quotes is masked, as in logs.
+        d["reason"] = crate::wording::bounded(&crate::address::mask_addresses(m), 1_000).into();
     }
     if let Some(at) = &job.run_at {
         d["run_at"] = at.clone().into();
@@ -211,6 +212,12 @@ mod tests {
         assert_eq!(states(&kit, &job), ["Job Received", "Job Rejected"]);
         let (_, rejected) = kit.mem.events.published().into_iter().find(|(t, _)| t == "Job Rejected").unwrap();
         assert!(rejected["reason"].as_str().unwrap().contains("Email"), "{rejected}");
+        // A file without its header row: its first person's row is not quoted in the reason.
+        let obj = kit.upload("no-header.csv", "ann@acme.example.com,Ann,Learner\nbob@acme.example.com,Bob,Learner\n");
+        kit.deliver(&obj).await;
+        let (_, rejected) = kit.mem.events.published().into_iter().rfind(|(t, _)| t == "Job Rejected").unwrap();
+        let reason = rejected["reason"].as_str().unwrap();
+        assert!(reason.contains("first row holds an email address (column A)") && !reason.contains("ann"), "{reason}");
     }
 
     /// Held, approved, completed; and a held job discarded.

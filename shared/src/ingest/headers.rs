@@ -171,8 +171,13 @@ pub fn map_headers(headers: &[String], tenant: &Tenant) -> Result<Mapping, Strin
             "; if that is a title, delete the rows above the column names so they come first (the first row with text must be the column names); if the column holds the emails, name it Email"
         } else if title {
             "; that looks like a title: the first row with text must be the column names, so delete the rows above them"
-        } else if headers.iter().any(|h| h.contains('@')) {
-            "; that looks like a row of data: add the header row (Email, First Name, ...) above it"
+        } else if let Some(at) = headers.iter().position(|h| h.contains('@')) {
+            // A person's row, not names: not quoted (the message is the job's, shown to the
+            // support team and carried by its events, which hold no row data).
+            return Err(format!(
+                "the required column Email is missing: the first row holds an email address (column {}), so it is a row of data, not the column names: add the header row (Email, First Name, ...) above it",
+                crate::ingest::decode::column_name(at)
+            ));
         } else if mapping.fields().next().is_none()
             && mapping.custom.is_empty()
             && headers.iter().filter(|h| !h.trim().is_empty()).count() > 1
@@ -325,8 +330,11 @@ mod tests {
             err.ends_with("that looks like a title: the first row with text must be the column names, so delete the rows above them"),
             "{err}"
         );
-        let err = map_headers(&h(&["ann@x.com", "Ann", "Lee"]), &tenant()).unwrap_err();
-        assert!(err.ends_with("that looks like a row of data: add the header row (Email, First Name, ...) above it"), "{err}");
+        let err = map_headers(&h(&["Ann", "ann@x.com", "Lee"]), &tenant()).unwrap_err();
+        assert_eq!(
+            err,
+            "the required column Email is missing: the first row holds an email address (column B), so it is a row of data, not the column names: add the header row (Email, First Name, ...) above it"
+        );
         // One or two words alone (`Staff List`, `Employees`): a short title, or a one-column list
         // of emails under another name. Both fixes are named ("Add an Email column" sent admins
         // whose Email column was on the next row to add another).
