@@ -120,8 +120,8 @@ impl JobStore for Publishing {
     async fn email_sent(&self, id: &str, kind: EmailKind) -> Result<bool> {
         self.inner.email_sent(id, kind).await
     }
-    async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()> {
-        self.inner.finish(id, state, succeeded, failed, skipped).await?;
+    async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32, note: Option<&str>) -> Result<()> {
+        self.inner.finish(id, state, succeeded, failed, skipped, note).await?;
         self.entered(id, state).await
     }
     async fn close(&self, id: &str) -> Result<()> {

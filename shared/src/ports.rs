@@ -312,8 +312,9 @@ pub trait JobStore: Send + Sync {
     /// (it found the claim fresh, skipped the send, and ended the job with no email).
     async fn release_email(&self, id: &str, kind: EmailKind) -> Result<()>;
     async fn email_sent(&self, id: &str, kind: EmailKind) -> Result<bool>;
-    /// Record the final state (COMPLETED or FAILED) and the counts.
-    async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()>;
+    /// Record the final state (COMPLETED or FAILED) and the counts; `note`, when given, becomes
+    /// the job's message (a result email SES refused for good).
+    async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32, note: Option<&str>) -> Result<()>;
     /// A FAILED job whose admins were told (its failure email sent, or nobody left to tell)
     /// leaves the open jobs. Until then it stays there (`transition` keeps it), so the sweep
     /// sends an email that a failed send left owed (`monitor::finish_unsent_jobs`).

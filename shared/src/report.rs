@@ -229,7 +229,7 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
 /// (best effort) before the error goes back, so the retried invocation sends it; a crash before
 /// this leaves the claim to its lease. A send SES refuses for good keeps its claim: released, every
 /// retry and the deadline sweep would try again, fail again and keep the job open for ever.
-/// The price: a send whose response was lost after SES took it, or an email to more than 50
+/// The price: a send whose response was lost after SES took it, or an email to more than 25
 /// admins cut off after its first group, goes again (a second email rather than none).
 pub async fn unclaim_unsent<T>(svc: &Services, job: &str, kind: EmailKind, sent: Result<T>) -> Result<T> {
     // An account that is not sending keeps the claim: the sweep tries again once it is stale (a
@@ -281,8 +281,10 @@ pub async fn started_email(svc: &Services, job: &Job, tenant: &Tenant, mode: cra
     Ok(())
 }
 
-/// SES accepts at most 50 recipients a message; a longer admin list gets one message per 50.
-pub const MAX_RECIPIENTS: usize = 50;
+/// SES accepts at most 50 recipients a message. Each message names its group twice, as its
+/// envelope (`Destination`) and in its `To:` header, and an SES that counts both (LocalStack's
+/// does) refused 26 admins or more: groups of 25 stay within 50 either way.
+pub const MAX_RECIPIENTS: usize = 25;
 
 /// One email to every address of `to`, in messages of at most `MAX_RECIPIENTS`.
 pub async fn send_to(

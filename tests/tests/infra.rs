@@ -322,8 +322,10 @@ async fn open_jobs_index_holds_a_job_until_it_completes_is_rejected_or_its_failu
     assert_eq!(jobs.oldest_open().await.unwrap(), Some(("old".into(), "2026-11-21T08:00:00+00:00".into())));
     let now = chrono::DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").unwrap().with_timezone(&chrono::Utc);
     assert_eq!(shared::monitor::oldest_open_job_age(&stack.svc, now).await.unwrap(), 7200);
-    jobs.finish("old", JobState::Completed, 1, 0, 0).await.unwrap();
+    jobs.finish("old", JobState::Completed, 1, 0, 0, Some("the result email could not be sent")).await.unwrap();
     assert_eq!(jobs.oldest_open().await.unwrap().map(|(id, _)| id), Some("new".into()));
+    let old = jobs.get("old").await.unwrap().unwrap();
+    assert_eq!((old.state, old.message.as_deref()), (JobState::Completed, Some("the result email could not be sent")), "the note kept");
     assert!(jobs.transition("new", JobState::Received, JobState::Rejected, Some("bad file")).await.unwrap());
     assert_eq!(jobs.oldest_open().await.unwrap(), None);
     assert_eq!(shared::monitor::oldest_open_job_age(&stack.svc, now).await.unwrap(), 0);

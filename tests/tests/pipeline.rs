@@ -323,6 +323,25 @@ async fn a_file_for_an_unconfigured_tenant_is_reported_to_the_deployment_default
     stack.shutdown().await;
 }
 
+/// A tenant with 60 admins: each gets the result email once, in messages of 25. In groups of
+/// 50, named in the envelope and again in `To:`, SES (LocalStack's, as it counts) refused 26 or
+/// more admins, and the job ended FAILED saying its result files could not be written.
+#[tokio::test]
+async fn every_admin_of_a_tenant_with_sixty_gets_the_result_email_once() {
+    let stack = Stack::start().await;
+    let mut tenant = stack.tenant("crowd");
+    let admins: Vec<String> = (0..60).map(|i| format!("admin{i}-{}", stack.admin_email())).collect();
+    tenant.admin_emails = admins.clone();
+    stack.put_tenant(&tenant).await;
+    let key = stack.drop_file("crowd", None, "crowd.csv", csv_text(&[&["Email", "RoleName"], &["ann@crowd.example.com", "Learner"]])).await;
+    let job = stack.wait_job("crowd", &key, WAIT).await;
+    assert_eq!((job.state, job.message.as_deref()), (JobState::Completed, None));
+    for admin in [&admins[0], &admins[24], &admins[25], &admins[59]] {
+        assert_eq!(wait_mail(admin, 1, Duration::from_secs(10)).await.len(), 1, "{admin}");
+    }
+    stack.shutdown().await;
+}
+
 #[tokio::test]
 async fn ten_thousand_rows_end_to_end_every_row_accounted_for_and_one_email() {
     let stack = Stack::start_with(|c| c.chunk_size = 500).await;

@@ -786,10 +786,13 @@ impl JobStore for MemoryJobs {
     async fn email_sent(&self, id: &str, kind: EmailKind) -> Result<bool> {
         Ok(lock(&self.state).emails.get(&(id.to_string(), kind.as_str())).is_some_and(|e| e.1))
     }
-    async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()> {
+    async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32, note: Option<&str>) -> Result<()> {
         if let Some(job) = lock(&self.state).jobs.get_mut(id) {
             (job.state, job.succeeded, job.failed, job.skipped) = (state, succeeded, failed, skipped);
             job.completed_at = Some(chrono::Utc::now().to_rfc3339());
+            if let Some(note) = note {
+                job.message = Some(note.to_string());
+            }
         }
         Ok(())
     }

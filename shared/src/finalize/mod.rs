@@ -78,7 +78,7 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
                         .map(|s| s.counts)
                         .unwrap_or_default();
                     let state = if stopped { JobState::Failed } else { JobState::Completed };
-                    svc.jobs.finish(&job_id, state, counts.success, counts.failure, counts.skipped).await?;
+                    svc.jobs.finish(&job_id, state, counts.success, counts.failure, counts.skipped, None).await?;
                     return Ok(true);
                 }
                 // Another invocation holds the claim and has not sent yet (or crashed before it
@@ -152,6 +152,7 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
     }
     svc.store.put(&format!("{prefix}summary.json"), report::pretty(&summary)?, "application/json").await?;
 
+    let mut note = None;
     match tenant {
         Some(tenant) if claimed => {
             let from = report::sender(svc, &tenant);
@@ -160,14 +161,30 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
             let sent = report::send_to(svc, &from, &tenant.admin_emails, &subject, &text, &html, &attachments).await;
             // A send that may succeed again frees its claim: the retry (or the sweep) sends at once,
             // not a lease later. One SES refuses for good keeps it (`report::unclaim_unsent`).
-            report::unclaim_unsent(svc, &job_id, EmailKind::Result, sent).await?;
-            svc.jobs.mark_email_sent(&job_id, EmailKind::Result).await?;
-            info!(job = %job_id, recipients = tenant.admin_emails.len(), "result email sent");
+            match report::unclaim_unsent(svc, &job_id, EmailKind::Result, sent).await {
+                Ok(()) => {
+                    svc.jobs.mark_email_sent(&job_id, EmailKind::Result).await?;
+                    info!(job = %job_id, recipients = tenant.admin_emails.len(), "result email sent");
+                }
+                // Refused for good (a sandboxed account and an unverified admin, an address SES
+                // will not take): every row has its outcome and the result files are written, so
+                // the job ends in its own state, its message saying where the results are. It was
+                // FAILED with "the result files could not be written", which was untrue. (No
+                // address to send to at all stays FAILED: `report::recipients`.)
+                Err(e @ Error::Aws { service: "sesv2", .. }) => {
+                    error!(job = %job_id, error = %e, "SES refused the result email for good; the job ends without it");
+                    note = Some(format!(
+                        "the result email could not be sent ({}); the result files are in {prefix}",
+                        crate::address::mask_addresses(&e.to_string())
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
         }
         _ => error!(job = %job_id, tenant = %job.tenant, "tenant removed before finalize and no default admins; no email sent"),
     }
     let c = &summary.counts;
-    svc.jobs.finish(&job_id, final_state, c.success, c.failure, c.skipped).await?;
+    svc.jobs.finish(&job_id, final_state, c.success, c.failure, c.skipped, note.as_deref()).await?;
     info!(job = %job_id, rows = summary.rows, succeeded = c.success, failed = c.failure, skipped = c.skipped, "job completed");
     Ok(true)
 }
@@ -923,6 +940,24 @@ mod tests {
 
     /// The tenant removed by hand while its file was being applied: finalize sent no email at
     /// all ("tenant removed before finalize") and closed the job; the default admins get it.
+    /// SES refusing the result email for good (a sandboxed account and an unverified admin): the
+    /// rows are applied and the result files written, so the job is COMPLETED, its message
+    /// saying the email was not sent and where the results are. It was FAILED with "the result
+    /// files could not be written", untrue, and its failure email refused in turn.
+    #[tokio::test]
+    async fn a_result_email_ses_refuses_for_good_leaves_the_job_completed_saying_so() {
+        let mut kit = Kit::new(|_| {}).await;
+        *kit.mem.mailer.reject_next.lock().unwrap() = 1;
+        let job = kit.run("refused.csv", "Email,Role\nann@acme.example.com,Learner\n").await;
+        assert_eq!((job.state, job.succeeded), (JobState::Completed, 1));
+        let message = job.message.clone().unwrap_or_default();
+        assert!(message.starts_with("the result email could not be sent (") && message.contains("MessageRejected"), "{message}");
+        assert!(message.ends_with(&format!("the result files are in results/acme/{}/", job.id)), "{message}");
+        assert!(kit.summary(&job).await.result_key.is_some(), "the result files are there");
+        assert!(kit.mem.mailer.sent().is_empty(), "no second email tried");
+        assert!(!kit.svc.jobs.email_sent(&job.id, EmailKind::Result).await.unwrap());
+    }
+
     #[tokio::test]
     async fn a_job_whose_tenant_was_removed_meanwhile_is_told_to_the_default_admins() {
         let mut kit = Kit::new(|_| {}).await;

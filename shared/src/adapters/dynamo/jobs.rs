@@ -325,12 +325,16 @@ impl JobStore for DynamoJobs {
         Ok(self.job_item(id).await?.is_some_and(|i| i.contains_key(&format!("email_{kind}_sent"))))
     }
 
-    async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32) -> Result<()> {
+    async fn finish(&self, id: &str, state: JobState, succeeded: u32, failed: u32, skipped: u32, note: Option<&str>) -> Result<()> {
+        let set_note = if note.is_some() { ", message = :note" } else { "" };
         self.client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(format!("J#{id}")))
-            .update_expression("SET #state = :c, succeeded = :s, failed = :f, skipped = :k, completed_at = :now REMOVE gsi2pk, gsi2sk")
+            .update_expression(format!(
+                "SET #state = :c, succeeded = :s, failed = :f, skipped = :k, completed_at = :now{set_note} REMOVE gsi2pk, gsi2sk"
+            ))
+            .set_expression_attribute_values(note.map(|n| std::collections::HashMap::from([(":note".to_string(), s(n))])))
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":c", s(state.as_str()))
             .expression_attribute_values(":s", n(succeeded))
