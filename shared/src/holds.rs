@@ -197,7 +197,8 @@ fn held_email(tenant: &Tenant, job: &Job, why: &str, would: &ChangeCounts, links
     let until = chrono::DateTime::parse_from_rfc3339(&job.received_at)
         .map(|r| (r + chrono::Duration::days(i64::from(h.expire_days))).format("%Y-%m-%d %H:%M UTC").to_string())
         .unwrap_or_default();
-    let subject = format!("[rosterdrop] {t}: {} is HELD for approval, nothing applied", job.file_name);
+    let file = crate::wording::file_label(&job.file_name);
+    let subject = format!("[rosterdrop] {t}: {file} is HELD for approval, nothing applied");
     let mut text = format!(
         "Your file {file} was read and nothing in it was applied: it {why}.\n\n\
          If applied: {changes}.\n\n\
@@ -206,7 +207,6 @@ fn held_email(tenant: &Tenant, job: &Job, why: &str, would: &ChangeCounts, links
          To discard it: rosterdrop discard {id}\n  or upload an empty file named {id} to incoming/{t}/discard/\n\n\
          Unless approved, it is discarded on {until} ({days} days after it arrived). Approving applies the file as read; \
          a user changed since then by another upload is reported, not overwritten.\n",
-        file = job.file_name,
         changes = would.words(),
         disabled = if would.disabled > 0 { "; would-be-disabled.csv lists who would be disabled" } else { "" },
         days = h.expire_days,
@@ -301,7 +301,7 @@ pub async fn decide(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb, 
             let plan = job.phase_chunks.unwrap_or_default();
             crate::ingest::release_first_phase(svc, id, &plan).await?;
             info!(job = %id, by, "held job approved");
-            Ok(Ok(format!("job {id} approved: {} is being applied; the result email follows", job.file_name)))
+            Ok(Ok(format!("job {id} approved: {} is being applied; the result email follows", crate::wording::file_label(&job.file_name))))
         }
         Verb::Discard | Verb::Cancel | Verb::Undo => {
             let (done, why) = match verb {
@@ -309,7 +309,7 @@ pub async fn decide(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb, 
                 _ => ("discarded", format!("discarded by {by}; nothing was applied")),
             };
             if discard(svc, &job, &why).await? {
-                Ok(Ok(format!("job {id} {done}: nothing in {} was applied", job.file_name)))
+                Ok(Ok(format!("job {id} {done}: nothing in {} was applied", crate::wording::file_label(&job.file_name))))
             } else {
                 Ok(Err(format!("job {id} changed meanwhile; nothing done (see `rosterdrop status`)")))
             }
@@ -330,10 +330,12 @@ pub(crate) async fn discard(svc: &Services, job: &Job, why: &str) -> Result<bool
     if let Some(tenant) = report::tenant_to_tell(svc, &job.tenant).await?
         && svc.jobs.claim_email(&job.id, EmailKind::Result, svc.config.lease).await?
     {
-        let subject = format!("[rosterdrop] {}: {} was discarded, nothing was applied", tenant.id, job.file_name);
+        // The subject says what the body says: a cancelled schedule was "discarded" in one.
+        let done = if why.starts_with("cancelled") { "cancelled" } else { "discarded" };
+        let file = crate::wording::file_label(&job.file_name);
+        let subject = format!("[rosterdrop] {}: {file} was {done}, nothing was applied", tenant.id);
         let text = format!(
-            "Your file {} was {} and has been {why}.\n\nUpload it again to start over.\n\nJob: {}\n",
-            job.file_name,
+            "Your file {file} was {} and has been {why}.\n\nUpload it again to start over.\n\nJob: {}\n",
             if job.state == JobState::Scheduled { "scheduled" } else { "held for approval" },
             job.id
         );

@@ -46,10 +46,11 @@ impl Counts {
     }
     /// "12 succeeded" or "12 succeeded (10 unchanged)".
     pub fn succeeded(&self) -> String {
+        use crate::layout::thousands;
         if self.unchanged > 0 {
-            format!("{} succeeded ({} unchanged)", self.success, self.unchanged)
+            format!("{} succeeded ({} unchanged)", thousands(self.success.into()), thousands(self.unchanged.into()))
         } else {
-            format!("{} succeeded", self.success)
+            format!("{} succeeded", thousands(self.success.into()))
         }
     }
 }
@@ -203,18 +204,18 @@ pub async fn reject(svc: &Services, job: &Job, tenant: Option<&Tenant>, reason: 
     if let Some(tenant) = tenant
         && svc.jobs.claim_email(&job.id, EmailKind::Result, svc.config.lease).await?
     {
-        let subject = format!("[rosterdrop] {}: {} was rejected, nothing was applied", tenant.id, job.file_name);
+        let file = crate::wording::file_label(&job.file_name);
+        let subject = format!("[rosterdrop] {}: {file} was rejected, nothing was applied", tenant.id);
         let text = format!(
             "Your file {file} was not processed.\n\nReason: {reason}\n\nNothing in it was applied. Fix the file and upload it again.\n\nJob: {id}\n",
-            file = job.file_name,
             id = job.id
         );
-        let body = crate::layout::para(&format!("Your file <b>{}</b> was not processed.", esc(&job.file_name)))
+        let body = crate::layout::para(&format!("Your file <b>{}</b> was not processed.", esc(&file)))
             + &crate::layout::section("What to fix")
             + &crate::layout::para(&esc(reason))
             + &crate::layout::para("Nothing in it was applied. Fix the file and upload it again.");
         let footer = format!("Sent by rosterdrop for {}. Job {}.", esc(&tenant.id), esc(&job.id));
-        let headline = format!("{} was rejected: nothing was applied", job.file_name);
+        let headline = format!("{file} was rejected: nothing was applied");
         let html = crate::layout::page(&crate::layout::Brand::of(Some(tenant)), reason, &headline, &body, &footer);
         let sent = send_to(svc, &sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, attachments).await;
         unclaim_unsent(svc, &job.id, EmailKind::Result, sent).await?;
@@ -246,10 +247,11 @@ pub async fn unclaim_unsent<T>(svc: &Services, job: &str, kind: EmailKind, sent:
 pub async fn started_email(svc: &Services, job: &Job, tenant: &Tenant, mode: crate::model::Mode, rows: u32, invalid: usize) -> Result<()> {
     let dry = mode == crate::model::Mode::Validate;
     let what = if dry { "validating (nothing will be changed)" } else { "processing" };
-    let subject = format!("[rosterdrop] {}: {} received, {what} {rows} rows", tenant.id, job.file_name);
+    let label = crate::wording::file_label(&job.file_name);
+    let subject = format!("[rosterdrop] {}: {label} received, {what} {rows} rows", tenant.id);
     let text = format!(
         "We received {file} ({rows} rows, mode {mode}) and are {what} it.\n{invalid} rows already failed the checks; the result email will list them with what to fix.\n\nJob: {id}\n",
-        file = job.file_name,
+        file = label,
         mode = mode.as_str(),
         id = job.id
     );
@@ -258,7 +260,7 @@ pub async fn started_email(svc: &Services, job: &Job, tenant: &Tenant, mode: cra
         if dry { format!("Validating {} rows", thousands(rows.into())) } else { format!("Processing {} rows", thousands(rows.into())) };
     let mut body = layout::para(&format!(
         "We received <b>{}</b> ({} rows, mode {}) and are {what} it.",
-        esc(&job.file_name),
+        esc(&label),
         thousands(rows.into()),
         mode.as_str()
     ));
@@ -268,7 +270,7 @@ pub async fn started_email(svc: &Services, job: &Job, tenant: &Tenant, mode: cra
     ]);
     body += &layout::para("The result email follows when it is done, with what to fix and where.");
     let footer = format!("Sent by rosterdrop for {}. Job {}.", esc(&tenant.id), esc(&job.id));
-    let html = layout::page(&layout::Brand::of(Some(tenant)), &format!("{} received", job.file_name), &headline, &body, &footer);
+    let html = layout::page(&layout::Brand::of(Some(tenant)), &format!("{label} received"), &headline, &body, &footer);
     let from = sender(svc, tenant);
     if recipients(svc, &tenant.admin_emails).is_err() {
         // Nobody to tell that it started: the job goes on (its result email fails loudly).
@@ -358,9 +360,17 @@ pub fn esc(s: &str) -> String {
     html_escape::encode_text(s).into_owned()
 }
 
-/// A file name safe for a MIME header: no control characters (no header injection), no paths.
+/// A file name safe for a MIME header: no control characters (no header injection), no paths,
+/// nothing that shows as nothing (a direction override fakes the extension), no leading dot (a
+/// hidden file once saved), and no `=?` (mail readers decoded `=?utf-8?b?SGFja2Vk?=.csv`, written
+/// as it is in `filename="…"`, as the encoded word `Hacked`).
 pub fn safe_file_name(name: &str) -> String {
-    let cleaned: String = name.chars().filter(|c| !c.is_control() && !matches!(c, '/' | '\\' | '"')).collect();
+    let cleaned: String = name
+        .chars()
+        .filter(|c| !crate::wording::hidden_in_name(*c) && !matches!(c, '/' | '\\' | '"'))
+        .skip_while(|c| *c == '.' || c.is_whitespace())
+        .collect();
+    let cleaned = cleaned.replace("=?", "=_?");
     if cleaned.trim().is_empty() { "roster".into() } else { cleaned }
 }
 

@@ -67,14 +67,14 @@ pub async fn schedule(
     holds::email_once(svc, job, tenant, &stored, |links| {
         let c = &summary.counts;
         let (t, id) = (&tenant.id, &job.id);
-        let subject = format!("[rosterdrop] {t}: {} is SCHEDULED for {when}, validated, nothing applied yet", job.file_name);
+        let file = crate::wording::file_label(&job.file_name);
+        let subject = format!("[rosterdrop] {t}: {file} is SCHEDULED for {when}, validated, nothing applied yet");
         let mut text = format!(
             "Your file {file} ({rows} rows) will be applied at {when}. It was read and checked now, nothing applied yet:\n\n  \
              would succeed: {ok}\n  would fail:    {failed}\n  If applied now: {changes}\n\n\
              The attached validation lists every row with what it would do{fix}. At {when} each row is applied against the \
              directory as it is then.\n\n\
              To cancel it: rosterdrop cancel {id}\n  or, in the S3 console, upload an empty file named {id} to incoming/{t}/cancel/\n",
-            file = job.file_name,
             rows = summary.rows,
             ok = c.success,
             failed = c.failure,

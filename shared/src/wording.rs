@@ -45,6 +45,38 @@ pub fn quoted(name: &str) -> String {
     out
 }
 
+/// A dropped file's name as emails, subjects and messages show it: characters that show as
+/// nothing, control characters (line breaks and tabs too: a name is one line) and direction
+/// overrides written out as `<U+202E>` (a name with U+202E showed `report<U+202E>vsc.exe` as
+/// `reportexe.csv` and turned the subject's counts around; one with a line break put a
+/// `Bcc:`-looking line into the text part), and a name over 120 characters cut in its middle,
+/// its end (the extension) kept: a 900-character name pushed the subject's counts out of sight.
+pub fn file_label(name: &str) -> String {
+    const MAX: usize = 120;
+    let hidden = hidden_in_name;
+    let written = |part: &mut dyn Iterator<Item = char>| {
+        part.map(|c| if hidden(c) { format!("<U+{:04X}>", u32::from(c)) } else { c.to_string() }).collect::<String>()
+    };
+    let count = name.chars().count();
+    if count <= MAX {
+        return written(&mut name.chars());
+    }
+    let (head, tail) = (MAX * 2 / 3, MAX - MAX * 2 / 3 - 1);
+    format!("{}…{}", written(&mut name.chars().take(head)), written(&mut name.chars().skip(count - tail)))
+}
+
+/// A character of a file name that shows as nothing or moves the text around it: a control
+/// character, a direction mark, override or isolate, a zero-width space or word joiner, a
+/// byte-order mark, a soft hyphen. Joiners (U+200C, U+200D) are kept: emoji and several scripts
+/// are written with them.
+pub fn hidden_in_name(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}' | '\u{061C}' | '\u{200B}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+        )
+}
+
 /// A character that shows as nothing (line breaks and tabs excepted: they show as space), or as
 /// a space that is not one: `unknown role "Staff Member"; did you mean "Staff Member"?` hid a
 /// no-break space pasted from a web page.

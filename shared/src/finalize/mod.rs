@@ -363,7 +363,8 @@ pub async fn tell_unfinished(svc: &Services, job: &Job, cause: &Error, stopped: 
         }
         return Ok(());
     }
-    let subject = format!("[rosterdrop] {}: {} could not be finished", tenant.id, job.file_name);
+    let file = crate::wording::file_label(&job.file_name);
+    let subject = format!("[rosterdrop] {}: {file} could not be finished", tenant.id);
     let text = if stopped {
         format!(
             "Your file {file} was stopped after repeated failures: some of its rows were applied, others were not, \
@@ -371,7 +372,6 @@ pub async fn tell_unfinished(svc: &Services, job: &Job, cause: &Error, stopped: 
              Upload the file again: rows already applied are found unchanged and the others are applied. \
              Uploading it in validate mode first (incoming/{tenant}/validate/) shows each row's state without changing anything. \
              Support can look up job {id}.\n\nJob: {id}\n",
-            file = job.file_name,
             id = job.id,
             tenant = tenant.id
         )
@@ -381,7 +381,6 @@ pub async fn tell_unfinished(svc: &Services, job: &Job, cause: &Error, stopped: 
              Each row was applied or refused on its own as usual, so the changes the file asked for may be in place; \
              what could not be produced is the list of what happened to each row. Support can look up job {id}; \
              uploading the same file again in validate mode (incoming/{tenant}/validate/) shows each row's state without changing anything.\n\nJob: {id}\n",
-            file = job.file_name,
             id = job.id,
             tenant = tenant.id
         )
@@ -421,12 +420,22 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
         (0, n) => format!("{} not confirmed", thousands(n)),
         (a, n) => format!("{} not applied, {} not confirmed", thousands(a), thousands(n)),
     };
+    let file = crate::wording::file_label(&s.file_name);
     let subject = if stopped {
-        format!("[rosterdrop] {tid}: {} FAILED: {ok} applied, {unsure}, {bad} failed", s.file_name)
+        format!("[rosterdrop] {tid}: {file} FAILED: {} applied, {unsure}, {} failed", thousands(ok), thousands(bad))
     } else if dry {
-        format!("[rosterdrop] {tid}: {} validated, nothing applied: {ok} would succeed, {} would fail", s.file_name, c.failure)
+        format!(
+            "[rosterdrop] {tid}: {file} validated, nothing applied: {} would succeed, {} would fail",
+            thousands(ok),
+            thousands(c.failure.into())
+        )
     } else {
-        format!("[rosterdrop] {tid}: {}: {}, {} failed, {} skipped", s.file_name, c.succeeded(), c.failure, c.skipped)
+        format!(
+            "[rosterdrop] {tid}: {file}: {}, {} failed, {} skipped",
+            c.succeeded(),
+            thousands(c.failure.into()),
+            thousands(c.skipped.into())
+        )
     };
     let (applied, applied_word) = if dry { ("would apply", "would apply") } else { ("applied", "applied") };
     let headline = if stopped {
@@ -470,7 +479,7 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
     // The plain-text part.
     let mut text = format!(
         "{headline}\n\nYour file {} ({} rows, mode {}) {what}\n\n  {}\n",
-        s.file_name,
+        file,
         thousands(s.rows.into()),
         s.mode,
         layout::bar_text(&segments)
@@ -513,13 +522,8 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
     text += &format!("\nJob: {}\n", s.job_id);
 
     // The HTML part.
-    let mut body = layout::para(&format!(
-        "Your file <b>{}</b> ({} rows, mode {}) {}",
-        esc(&s.file_name),
-        thousands(s.rows.into()),
-        esc(&s.mode),
-        esc(what)
-    ));
+    let mut body =
+        layout::para(&format!("Your file <b>{}</b> ({} rows, mode {}) {}", esc(&file), thousands(s.rows.into()), esc(&s.mode), esc(what)));
     body += &layout::bar(&segments);
     if c.unchanged > 0 || !changes.is_empty() {
         let mut line = String::new();
@@ -581,7 +585,7 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
     }
     let footer = format!("Sent by rosterdrop for {}. Job {}.", esc(&tenant.id), esc(&s.job_id));
     let brand = layout::Brand::of(Some(tenant));
-    let html = layout::page(&brand, &format!("{} - {}", s.file_name, layout::bar_text(&segments)), &headline, &body, &footer);
+    let html = layout::page(&brand, &format!("{file} - {}", layout::bar_text(&segments)), &headline, &body, &footer);
     (subject, text, html)
 }
 
@@ -940,6 +944,38 @@ mod tests {
 
     /// The tenant removed by hand while its file was being applied: finalize sent no email at
     /// all ("tenant removed before finalize") and closed the job; the default admins get it.
+    /// A dropped file's name is shown in the email as one visible line: its direction override
+    /// (which turned the subject's counts around and faked the extension of an attachment), its
+    /// line breaks (a `Bcc:`-looking line in the text part) and control characters written out;
+    /// a 300-character name cut in its middle; `.csv` gave hidden attachments (`.csv-result.csv`);
+    /// `=?utf-8?b?…?=` was decoded by mail readers as an encoded word.
+    #[tokio::test]
+    async fn a_hostile_file_name_shows_as_one_visible_line_in_subject_body_and_attachments() {
+        use mail_parser::MimeHeaders;
+        let long = format!("{}.csv", "x".repeat(300));
+        let names =
+            ["report\u{202E}vsc.exe.csv", "a\r\nBcc: evil@example.com\u{1b}[31m.csv", ".csv", "=?utf-8?b?SGFja2Vk?=.csv", long.as_str()];
+        for name in names {
+            let mut kit = Kit::new(|_| {}).await;
+            kit.run(name, "Email,Role\nann@acme.example.com,Learner\n").await;
+            let (_, _, raw) = kit.mem.mailer.sent().last().unwrap().clone();
+            let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+            let subject = msg.subject().unwrap().to_string();
+            let text = msg.body_text(0).unwrap().to_string();
+            let html = msg.body_html(0).unwrap().to_string();
+            let shown = |c: char| !crate::wording::hidden_in_name(c);
+            assert!(subject.chars().all(shown) && subject.chars().count() < 200, "{name:?}: {subject:?}");
+            assert!(!text.lines().any(|l| l.starts_with("Bcc:")), "{name:?}: {text}");
+            for part in [&text, &html] {
+                assert!(part.chars().all(|c| shown(c) || matches!(c, '\n' | '\r' | '\t')), "{name:?}: {part:?}");
+            }
+            for a in msg.attachments() {
+                let file = a.attachment_name().unwrap_or_default();
+                assert!(!file.starts_with('.') && !file.contains("Hacked") && file.chars().all(shown), "{name:?}: {file:?}");
+            }
+        }
+    }
+
     /// SES refusing the result email for good (a sandboxed account and an unverified admin): the
     /// rows are applied and the result files written, so the job is COMPLETED, its message
     /// saying the email was not sent and where the results are. It was FAILED with "the result
