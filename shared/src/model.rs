@@ -356,7 +356,13 @@ impl Tenant {
         if self.admin_emails.is_empty() {
             return Err("admin_emails must list at least one address".into());
         }
+        let mut admins: Vec<String> = Vec::new();
         for e in self.admin_emails.iter().chain(self.sender.iter()) {
+            // `Ann Admin <ann@x.com>` is a valid mailbox, but not an address: sent as one, its
+            // `To:` header read `<Ann Admin <ann@x.com>>`, a name without an address.
+            if e.contains(['<', '>']) || e.trim() != e {
+                return Err(format!("{e:?}: give the address alone, without a name, angle brackets or spaces"));
+            }
             if !email_address::EmailAddress::is_valid(e) {
                 return Err(format!("{e:?} is not a valid email address"));
             }
@@ -366,6 +372,28 @@ impl Tenant {
             // Result emails carry the tenant's roster: none goes to a domain made to look like another.
             if let Some(why) = crate::address::look_alike(e) {
                 return Err(format!("{e:?} {why}"));
+            }
+            // Addresses are one mailbox whatever their case: listed twice, each email went twice.
+            if admins.contains(&e.to_lowercase()) && self.sender.as_ref() != Some(e) {
+                return Err(format!("admin_emails lists {e:?} twice (addresses are the same whatever their case)"));
+            }
+            admins.push(e.to_lowercase());
+        }
+        // Names a file's cells must match: each one cell's value, at most a cell's text, and
+        // one name once; products are listed in a cell with `;`.
+        let cased = |n: &str| crate::nfc::nfc(&n.to_lowercase()).into_owned();
+        for (what, names) in [("roles", &self.roles), ("admin_roles", &self.admin_roles), ("products", &self.products)] {
+            names_usable(what, names.iter(), cased)?;
+        }
+        if let Some(p) = self.products.iter().find(|p| p.contains([';', ','])) {
+            return Err(format!("product {p:?} has a ';' or ','; a cell lists several products with ';', so none can name it"));
+        }
+        // Columns are matched as headers are (`fields::norm`: case, spaces and marks aside).
+        names_usable("template_columns", self.template_columns.iter(), crate::fields::norm)?;
+        names_usable("attributes", self.attributes.iter().map(|a| &a.name), crate::fields::norm)?;
+        for a in &self.attributes {
+            if let AttributeKind::OneOf { values } = &a.kind {
+                names_usable(&format!("attribute {:?}'s values", a.name), values.iter(), cased)?;
             }
         }
         if let Some(size) = self.chunk_size
@@ -440,6 +468,28 @@ impl Tenant {
         Ok(())
     }
 }
+
+/// A tenant's list of names a cell must match: none empty, padded or over a cell's text limit,
+/// none twice as `key` compares them (attributes `Site` beside `site` made a template whose own
+/// columns were refused as "two columns are the attribute").
+fn names_usable<'a>(what: &str, names: impl Iterator<Item = &'a String>, key: impl Fn(&str) -> String) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for n in names {
+        if n.trim().is_empty() || n.trim() != n || n.chars().count() > MAX_NAME_CHARS || n.chars().any(char::is_control) {
+            return Err(format!(
+                "{what}: {:?} must be 1-{MAX_NAME_CHARS} characters without leading or trailing spaces or line breaks",
+                crate::wording::bounded(n, 64)
+            ));
+        }
+        if !seen.insert(key(n)) {
+            return Err(format!("{what} lists {n:?} twice (names are the same whatever their case)"));
+        }
+    }
+    Ok(())
+}
+
+/// The longest name a tenant may give a role, product, attribute or choice: a cell's text limit.
+const MAX_NAME_CHARS: usize = 256;
 
 /// Tenant ids become S3 key segments and DynamoDB key parts: keep them boring.
 /// Whether SES sends as `sender` under the verified `identity` (an address, or a domain whose
@@ -1240,5 +1290,52 @@ mod tests {
         assert_eq!(t.pool_named("Teachers"), None);
         assert_eq!((t.pool_limit(None), t.pool_limit(Some("Staff"))), (None, Some(1)));
         assert_eq!(t.pool_of(Some("Removed")), None, "a pool no longer configured counts as the default");
+    }
+
+    /// Configurations `tenant put` saved that could never work: an admin written with a name
+    /// (`To: <Ann Admin <a@x.com>>`), one listed twice in other cases (two emails each), a
+    /// product with `;` (no cell can name it), attributes or template columns the same but for
+    /// case (the template's own columns refused), an empty or 40,000-character role.
+    #[test]
+    fn tenant_validation_refuses_names_no_file_can_match() {
+        let base = || {
+            let mut t = Tenant::new("acme", vec!["a@acme.example.com".into()]);
+            t.roles = vec!["Learner".into(), "Teacher".into()];
+            t.products = vec!["LMS".into()];
+            t
+        };
+        assert!(base().validate().is_ok());
+        let cases: Vec<(Box<dyn Fn(&mut Tenant)>, &str)> = vec![
+            (Box::new(|t| t.admin_emails = vec!["Ann Admin <ann@acme.example.com>".into()]), "give the address alone"),
+            (Box::new(|t| t.admin_emails.push("A@ACME.example.com".into())), "lists \"A@ACME.example.com\" twice"),
+            (Box::new(|t| t.products.push("LMS;Video".into())), "has a ';' or ','"),
+            (Box::new(|t| t.roles.push("learner".into())), "roles lists \"learner\" twice"),
+            (Box::new(|t| t.roles.push(String::new())), "roles: \"\" must be 1-256 characters"),
+            (Box::new(|t| t.roles.push("x".repeat(40_000))), "must be 1-256 characters"),
+            (
+                Box::new(|t| {
+                    t.attributes =
+                        ["Site", "site"].iter().map(|n| AttributeDef { name: n.to_string(), kind: AttributeKind::Text }).collect()
+                }),
+                "attributes lists \"site\" twice",
+            ),
+            (Box::new(|t| t.template_columns = vec!["Email".into(), "email".into()]), "template_columns lists \"email\" twice"),
+            (
+                Box::new(|t| {
+                    let values = vec!["EMEA".into(), "emea".into()];
+                    t.attributes = vec![AttributeDef { name: "Region".into(), kind: AttributeKind::OneOf { values } }];
+                }),
+                "attribute \"Region\"'s values lists \"emea\" twice",
+            ),
+        ];
+        for (change, says) in cases {
+            let mut t = base();
+            change(&mut t);
+            let err = t.validate().unwrap_err();
+            assert!(err.contains(says), "{says}: {err}");
+        }
+        let mut t = base();
+        t.roles = vec!["Grade 1".into(), "Grade-1".into(), "Élève".into()];
+        assert!(t.validate().is_ok(), "roles other than by case are other roles");
     }
 }
