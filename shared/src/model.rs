@@ -1305,7 +1305,8 @@ mod tests {
             t
         };
         assert!(base().validate().is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut Tenant)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Tenant)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|t| t.admin_emails = vec!["Ann Admin <ann@acme.example.com>".into()]), "give the address alone"),
             (Box::new(|t| t.admin_emails.push("A@ACME.example.com".into())), "lists \"A@ACME.example.com\" twice"),
             (Box::new(|t| t.products.push("LMS;Video".into())), "has a ';' or ','"),
