@@ -582,6 +582,12 @@ async fn submit(
                 bar.finish_and_clear();
                 break mine.expect("just matched");
             }
+            // Waiting on a person (approve, discard) or a time: nothing more happens while we
+            // wait, which ran out the timeout in silence (30 minutes by default).
+            if matches!(j.state, JobState::Held | JobState::Scheduled) {
+                bar.finish_and_clear();
+                return waiting(j, json);
+            }
         }
         if Instant::now() > deadline {
             bar.abandon();
@@ -605,6 +611,26 @@ async fn submit(
         _ if summary.counts.failure > 0 => ExitCode::from(1),
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// A job that waits for a decision or its time: what it waits for and what to run; exit 4.
+fn waiting(job: &Job, json: bool) -> Result<ExitCode> {
+    let next = match job.state {
+        JobState::Held => format!("nothing was applied; `rosterdrop approve {0}` applies it, `rosterdrop discard {0}` discards it", job.id),
+        _ => format!("it is applied then; `rosterdrop cancel {}` cancels it", job.id),
+    };
+    if json {
+        output::print_json(&serde_json::json!({ "job": job, "next": next }))?;
+    } else {
+        let why = job.message.as_deref().map(|m| format!(" ({})", output::shown(m))).unwrap_or_default();
+        let state = match (&job.state, &job.run_at) {
+            (JobState::Scheduled, Some(at)) => format!("SCHEDULED for {at}"),
+            (JobState::Held, _) => "HELD for approval".into(),
+            (s, _) => s.as_str().into(),
+        };
+        println!("job {} is {state}{why}: {next}", job.id);
+    }
+    Ok(ExitCode::from(4))
 }
 
 async fn read_summary(svc: &Services, job: &Job) -> Option<Summary> {

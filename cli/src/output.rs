@@ -134,7 +134,8 @@ pub fn print_job(job: &Job, summary: Option<&Summary>, failures: &[Outcome]) {
     println!("started    {}", job.received_at);
     println!("chunks     {}/{}", job.chunks_done(), job.chunks_total());
     if let Some(s) = summary {
-        print_counts(s);
+        // A held or scheduled job's counts are its preview's: nothing was applied yet.
+        print_counts(s, matches!(job.state, JobState::Held | JobState::Scheduled));
     }
     if let Some(m) = &job.message {
         println!("message    {}", shown(m));
@@ -149,8 +150,12 @@ pub fn print_job(job: &Job, summary: Option<&Summary>, failures: &[Outcome]) {
     }
 }
 
-fn print_counts(s: &Summary) {
+fn print_counts(s: &Summary, preview: bool) {
     let c = &s.counts;
+    if preview || s.mode == "validate" {
+        println!("rows       {}  would succeed {}  would fail {}  skipped {}  (nothing applied)", s.rows, c.success, c.failure, c.skipped);
+        return;
+    }
     println!("rows       {}  succeeded {}  unchanged {}  failed {}  skipped {}", s.rows, c.success, c.unchanged, c.failure, c.skipped);
     for (a, c) in &s.by_action {
         println!("  {a:<12} {}, {} failed, {} skipped", c.succeeded(), c.failure, c.skipped);
@@ -171,7 +176,7 @@ pub fn print_summary(s: &Summary) {
         println!("rejected   {}", shown(r));
         return;
     }
-    print_counts(s);
+    print_counts(s, false);
     println!("duration   {:.1}s", s.duration_ms as f64 / 1000.0);
     for (label, key) in [("result", &s.result_key), ("failed", &s.failed_rows_key), ("disabled", &s.disabled_users_key)] {
         if let Some(k) = key {

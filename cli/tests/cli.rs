@@ -428,6 +428,36 @@ async fn recount_licences_sets_the_pool_to_the_active_users() {
     stack.shutdown().await;
 }
 
+/// `submit --wait` on a file the tenant's holds stop: it says the job is HELD, why, and the
+/// commands that decide it, and exits 4 at once. It waited out its timeout in silence (30
+/// minutes by default), then said the stack could not be reached (exit 3).
+// Multi-threaded: the CLI runs as a blocking child process while this test's runner delivers events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_stops_at_a_held_job_naming_what_decides_it() {
+    let stack = Stack::start().await;
+    let mut tenant = stack.tenant("acme");
+    tenant.holds.min_users = 1;
+    stack.put_tenant(&tenant).await;
+    stack.run_csv("acme", None, "first.csv", &[&["Email"], &["a@acme.example.com"], &["b@acme.example.com"]]).await;
+    let file = tmp("leaver.csv");
+    std::fs::write(&file, "Email,Action\na@acme.example.com,Delete\n").unwrap();
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    let started = std::time::Instant::now();
+    let out = cmd.args(["submit", "--tenant", "acme", "--wait", "--timeout", "60"]).arg(&file).assert().code(4).get_output().clone();
+    assert!(started.elapsed() < std::time::Duration::from_secs(50), "stopped at HELD, not at the timeout");
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(said.contains("is HELD for approval (would delete or disable 1 of 2 active users"), "{said}");
+    assert!(said.contains("`rosterdrop approve ") && said.contains("`rosterdrop discard "), "{said}");
+    // Its status counts what would happen: nothing was applied.
+    let job = stack.svc.jobs.recent("acme", 5).await.unwrap().into_iter().find(|j| j.state == shared::model::JobState::Held).unwrap();
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    let status = String::from_utf8(cmd.args(["status", &job.id]).assert().code(0).get_output().stdout.clone()).unwrap();
+    assert!(status.contains("would succeed 1  would fail 0  skipped 0  (nothing applied)") && !status.contains(" succeeded "), "{status}");
+    stack.shutdown().await;
+}
+
 /// Configuring a pool with `tenant put` for a tenant that already has users starts the count from
 /// them: the pool holds exactly from its first file on, with no repair to remember.
 #[tokio::test]
