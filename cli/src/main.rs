@@ -45,7 +45,7 @@ enum Command {
     /// Write the upload template (XLSX with instructions, definitions and dropdowns, or a CSV header).
     Template {
         /// Include this tenant's roles, products and custom attribute columns.
-        #[arg(long)]
+        #[arg(long, value_parser = tenant_id)]
         tenant: Option<String>,
         #[arg(long, value_enum, default_value = "xlsx")]
         format: TemplateFormat,
@@ -59,7 +59,7 @@ enum Command {
     /// CSV), its header row first.
     Validate {
         file: PathBuf,
-        #[arg(long)]
+        #[arg(long, value_parser = tenant_id)]
         tenant: Option<String>,
         /// add | upsert | validate | replace | replace-force
         #[arg(long)]
@@ -71,7 +71,7 @@ enum Command {
     /// `-` uploads a table pasted on standard input, as `validate -` reads it.
     Submit {
         file: PathBuf,
-        #[arg(long)]
+        #[arg(long, value_parser = tenant_id)]
         tenant: String,
         /// add | upsert | validate | replace | replace-force (default: upsert)
         #[arg(long)]
@@ -87,45 +87,50 @@ enum Command {
     },
     /// Recent jobs of a tenant, or one job in detail with its first failures.
     Status {
+        #[arg(value_parser = job_id)]
         job: Option<String>,
-        #[arg(long)]
+        #[arg(long, value_parser = tenant_id)]
         tenant: Option<String>,
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
         #[arg(long)]
         json: bool,
     },
     /// Apply a HELD job as it was read (its email has the preview). Exits 2 when refused.
     Approve {
+        #[arg(value_parser = job_id)]
         job: String,
         /// Refuse unless the job is this tenant's.
-        #[arg(long)]
+        #[arg(long, value_parser = tenant_id)]
         tenant: Option<String>,
     },
     /// Discard a HELD job: nothing in it is applied. Exits 2 when refused.
     Discard {
+        #[arg(value_parser = job_id)]
         job: String,
-        #[arg(long)]
+        #[arg(long, value_parser = tenant_id)]
         tenant: Option<String>,
     },
     /// Undo a finished job: put back every user and organization it changed, unless changed
     /// since by another job. The undo is a job of its own (result email). Exits 2 when refused.
     Undo {
+        #[arg(value_parser = job_id)]
         job: String,
-        #[arg(long)]
+        #[arg(long, value_parser = tenant_id)]
         tenant: Option<String>,
     },
     /// Cancel a SCHEDULED file before its time: nothing in it is applied. Exits 2 when refused.
     Cancel {
+        #[arg(value_parser = job_id)]
         job: String,
-        #[arg(long)]
+        #[arg(long, value_parser = tenant_id)]
         tenant: Option<String>,
     },
     /// A tenant's activation emails and what became of them (pending, sent, delivered, bounced,
     /// complained, failed); --out writes a roster to invite them again (fill NewEmail to fix an
     /// address, then drop or submit it).
     Invites {
-        #[arg(long)]
+        #[arg(long, value_parser = tenant_id)]
         tenant: String,
         /// pending | sending | sent | delivered | bounced | complained | failed
         #[arg(long)]
@@ -137,6 +142,7 @@ enum Command {
     },
     /// Download a job's result files (result, failed rows, summary.json).
     Results {
+        #[arg(value_parser = job_id)]
         job: String,
         #[arg(long, default_value = ".")]
         out: PathBuf,
@@ -153,6 +159,29 @@ enum Command {
     },
 }
 
+/// A tenant id as the CLI takes it: folders match whatever their case (`incoming/Acme/` is
+/// `acme`'s), and so does the CLI; anything no tenant can be is refused here, exit 2 (a
+/// 3,000-character id reached DynamoDB, was refused there and was reported as the stack being
+/// unreachable).
+fn tenant_id(s: &str) -> std::result::Result<String, String> {
+    let id = s.trim().to_lowercase();
+    if shared::model::is_valid_tenant_id(&id) {
+        Ok(id)
+    } else {
+        Err(format!("{} is not a tenant id: 1-64 lower-case letters, digits, '-' or '_'", output::shown(&shared::wording::bounded(s, 64))))
+    }
+}
+
+/// A job id (a UUID, as `rosterdrop status --tenant T` lists them), in its usual form.
+fn job_id(s: &str) -> std::result::Result<String, String> {
+    uuid::Uuid::parse_str(s.trim()).map(|u| u.hyphenated().to_string()).map_err(|_| {
+        format!(
+            "{} is not a job id (a job id looks like 6dbc62c7-e279-5e36-b4c2-27dee1ff6af9; `rosterdrop status --tenant T` lists them)",
+            output::shown(&shared::wording::bounded(s, 64))
+        )
+    })
+}
+
 #[derive(Subcommand)]
 enum TenantCommand {
     /// Create or replace a tenant from a JSON or TOML file.
@@ -161,7 +190,10 @@ enum TenantCommand {
         file: PathBuf,
     },
     /// Show a tenant's configuration (JSON).
-    Get { id: String },
+    Get {
+        #[arg(value_parser = tenant_id)]
+        id: String,
+    },
     /// List tenants.
     List {
         #[arg(long)]
@@ -171,6 +203,7 @@ enum TenantCommand {
     /// pool was configured, or were changed outside rosterdrop). Run it while no file of the
     /// tenant is being applied (refused while one is, unless --force).
     RecountLicences {
+        #[arg(value_parser = tenant_id)]
         id: String,
         #[arg(long)]
         force: bool,
@@ -291,7 +324,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { job: None, tenant: Some(id), limit, json } => {
             find_tenant(svc, &id, aws).await?;
-            let jobs = svc.jobs.recent(&id, limit).await.map_err(reach)?;
+            let jobs = svc.jobs.recent(&id, usize::from(limit)).await.map_err(reach)?;
             if json {
                 output::print_json(&jobs)?;
             } else if jobs.is_empty() {

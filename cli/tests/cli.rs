@@ -52,6 +52,37 @@ fn validate_offline_lists_row_column_and_fix_and_exits_1() {
     snapshot("validate-offline.txt", &text);
 }
 
+/// Ids no job or tenant can have are bad input, exit 2, before anything is asked of the stack: a
+/// 5,000-character job id or a 3,000-character tenant id reached DynamoDB, was refused there, and
+/// was reported as "is the local stack running?" (exit 3). Endpoints point at a closed port here.
+#[test]
+fn ids_no_job_or_tenant_can_have_are_bad_input() {
+    let long_job = "x".repeat(5_000);
+    let long_tenant = "t".repeat(3_000);
+    let cases: [&[&str]; 7] = [
+        &["status", &long_job],
+        &["results", "not-a-job"],
+        &["approve", "123"],
+        &["status", "--tenant", &long_tenant],
+        &["tenant", "get", ""],
+        &["invites", "--tenant", "acme/../x"],
+        &["status", "--tenant", "acme", "--limit", "0"],
+    ];
+    for args in cases {
+        let out = rosterdrop()
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:9")
+            .args(args)
+            .assert()
+            .code(2)
+            .get_output()
+            .stderr
+            .clone();
+        let err = String::from_utf8(out).unwrap();
+        assert!(!err.contains("make up") && (err.contains("is not a") || err.contains("not in 1..=1000")), "{args:?}: {err}");
+    }
+}
+
 /// A table pasted from a spreadsheet (tab-separated, CRLF, a quoted cell with a tab inside) or as
 /// CSV validates like a file; a paste without its header row, or nothing at all, is one line and
 /// exit 2.
@@ -387,7 +418,7 @@ values = ["EMEA", "APAC"]
     for (args, says) in [
         (vec!["undo", job.as_str()], "was undone already"),
         (vec!["undo", job.as_str(), "--tenant", "globex"], "belongs to another tenant"),
-        (vec!["approve", "no-such-job"], "no job no-such-job"),
+        (vec!["approve", "00000000-0000-4000-8000-000000000000"], "no job 00000000-0000-4000-8000-000000000000"),
         (vec!["discard", job.as_str()], "is COMPLETED, not held"),
     ] {
         let (_, err) = run(&args, 2);

@@ -356,6 +356,16 @@ impl Tenant {
         if self.admin_emails.is_empty() {
             return Err("admin_emails must list at least one address".into());
         }
+        // One DynamoDB item holds a tenant (400 KB): a larger one was refused there, and the CLI
+        // said the stack could not be reached.
+        let size = serde_json::to_vec(self).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_TENANT_BYTES {
+            return Err(format!(
+                "the tenant's settings are {} KB, more than the {} KB a tenant can hold; shorten its lists (admin_emails, roles, products, attributes)",
+                size / 1000,
+                MAX_TENANT_BYTES / 1000
+            ));
+        }
         let mut admins: Vec<String> = Vec::new();
         for e in self.admin_emails.iter().chain(self.sender.iter()) {
             // `Ann Admin <ann@x.com>` is a valid mailbox, but not an address: sent as one, its
@@ -487,6 +497,9 @@ fn names_usable<'a>(what: &str, names: impl Iterator<Item = &'a String>, key: im
     }
     Ok(())
 }
+
+/// The most a tenant's settings may take, as JSON (a DynamoDB item holds 400 KB).
+const MAX_TENANT_BYTES: usize = 300_000;
 
 /// The longest name a tenant may give a role, product, attribute or choice: a cell's text limit.
 const MAX_NAME_CHARS: usize = 256;
@@ -1335,6 +1348,9 @@ mod tests {
             let err = t.validate().unwrap_err();
             assert!(err.contains(says), "{says}: {err}");
         }
+        let mut t = base();
+        t.admin_emails = (0..20_000).map(|i| format!("admin{i}@acme.example.com")).collect();
+        assert!(t.validate().unwrap_err().contains("more than the 300 KB a tenant can hold"));
         let mut t = base();
         t.roles = vec!["Grade 1".into(), "Grade-1".into(), "Élève".into()];
         assert!(t.validate().is_ok(), "roles other than by case are other roles");
