@@ -84,6 +84,12 @@ pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(presets::UTF8_HORIZONTAL_ONLY).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.iter().copied());
+    // A terminal gives its width; piped or redirected, `COLUMNS` or 120, so long cells wrap
+    // there too (a tenant of 67 roles printed lines of 4,366 characters).
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse::<u16>().ok()).filter(|w| *w >= 40).unwrap_or(120);
+        t.set_width(width);
+    }
     t
 }
 

@@ -9,7 +9,7 @@ use tests::Stack;
 
 fn rosterdrop() -> Command {
     let mut cmd = Command::cargo_bin("rosterdrop").expect("binary built");
-    cmd.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    cmd.env_remove("RUST_LOG").env_remove("COLUMNS").env("NO_COLOR", "1");
     cmd
 }
 

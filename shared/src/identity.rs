@@ -229,7 +229,10 @@ mod tests {
         assert_eq!(out[0].1, "ann.new@acme.example.com already belongs to another user; chief@acme.example.com keeps their email");
         assert!(out[1].1.starts_with("ExternalId \"E2\" belongs to ann.new@acme.example.com; a Create row cannot"), "{}", out[1].1);
         assert_eq!(out[2].0, "Created");
-        assert_eq!(out[3].1, "duplicate ExternalId \"E7\": row 4 of this file already has it; only the first row is applied");
+        assert_eq!(
+            out[3].1,
+            "duplicate ExternalId \"E7\": row 4 of this file already has it; only the first row is applied. Fix this row if it is another one, or delete it: dropped again as it is, it would change what the first row applied"
+        );
         assert_eq!(out[4].1, format!("ExternalId is {} characters long; the limit is 128", long.len()));
         let other = kit.run("other.csv", "ExternalId,Email\nE9,ann.new@acme.example.com\n").await;
         let out = kit.outcomes(&other).await;
@@ -309,7 +312,7 @@ mod tests {
             .run("twice.csv", "Email,Username,Parent\nz1@acme.example.com,kidz,\nz2@acme.example.com,KIDZ,\n,kidz,mom@acme.example.com\n")
             .await;
         let out = kit.outcomes(&twice).await;
-        let dup = "duplicate Username \"kidz\": row 2 of this file already has it; only the first row is applied";
+        let dup = "duplicate Username \"kidz\": row 2 of this file already has it; only the first row is applied. Fix this row if it is another one, or delete it: dropped again as it is, it would change what the first row applied";
         assert_eq!((out[1].1.as_str(), out[2].1.as_str()), (dup, dup));
     }
 

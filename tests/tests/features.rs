@@ -744,7 +744,7 @@ async fn multi_sheet_workbook_reads_each_user_type_sheet_and_the_result_keeps_th
         instructors[2][2..],
         [
             "Failure".to_string(),
-            "duplicate email: row 2 of sheet Parents of this file already has mom@school.example.com; only the first row is applied"
+            "duplicate email: row 2 of sheet Parents of this file already has mom@school.example.com; only the first row is applied. Fix this row if it is another one, or delete it: dropped again as it is, it would change what the first row applied"
                 .to_string(),
             String::new(),
             String::new()

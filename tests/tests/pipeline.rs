@@ -58,7 +58,7 @@ async fn csv_roster_creates_users_writes_results_and_emails_the_admins_once() {
     assert_eq!(status_of(&result, "dee@acme.example.com").1, "unknown role \"learner\"; did you mean \"Learner\"?");
     assert_eq!(
         status_of(&result, "ANN@acme.example.com").1,
-        "duplicate email: row 2 of this file already has ann@acme.example.com; only the first row is applied"
+        "duplicate email: row 2 of this file already has ann@acme.example.com; only the first row is applied. Fix this row if it is another one, or delete it: dropped again as it is, it would change what the first row applied"
     );
     assert_eq!(result[6][6..], ["Skipped".to_string(), "empty row".to_string(), String::new(), String::new()]);
     assert!(status_of(&result, "eve@acme.example.com").1.contains("admin role"));

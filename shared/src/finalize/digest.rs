@@ -261,8 +261,12 @@ mod tests {
         let k = |m: &str| kind_of(m);
         assert_eq!(k("Email \"a@@x\" is not a valid email address"), k("Email \"b @ y\" is not a valid email address"));
         assert_eq!(
-            k("duplicate email: row 14 of this file already has a@x.com; only the first row is applied"),
-            k("duplicate email: row 9 of this file already has b@y.com; only the first row is applied")
+            k(
+                "duplicate email: row 14 of this file already has a@x.com; only the first row is applied. Fix this row if it is another one, or delete it: dropped again as it is, it would change what the first row applied"
+            ),
+            k(
+                "duplicate email: row 9 of this file already has b@y.com; only the first row is applied. Fix this row if it is another one, or delete it: dropped again as it is, it would change what the first row applied"
+            )
         );
         assert_ne!(k("unknown role \"x\"; did you mean \"X\"?"), k("Email \"x\" is not a valid email address"));
         assert_eq!(k("no quotes at all"), "no quotes at all");

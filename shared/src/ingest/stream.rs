@@ -749,13 +749,13 @@ mod tests {
         let dup = |row: u32| outcomes.iter().find(|o| o.row == row).map(|o| (o.column.clone(), o.message.clone()));
         assert_eq!(
             dup(5),
-            Some((Some("Email".into()), "duplicate email: row 3 of this file already has ann@x.com; only the first row is applied".into()))
+            Some((Some("Email".into()), "duplicate email: row 3 of this file already has ann@x.com; only the first row is applied. Fix this row if it is another one, or delete it: dropped again as it is, it would change what the first row applied".into()))
         );
         assert_eq!(
             dup(10),
             Some((
                 Some("OrgName".into()),
-                "duplicate organization: row 2 of this file already has north; only the first row is applied".into()
+                "duplicate organization: row 2 of this file already has north; only the first row is applied. Fix this row if it is another one, or delete it: dropped again as it is, it would change what the first row applied".into()
             ))
         );
     }

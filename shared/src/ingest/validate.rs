@@ -221,7 +221,7 @@ impl RowValidator {
                 hashbrown::hash_map::Entry::Occupied(first) => {
                     let first = label(*first.get(), &self.sheets, self.several);
                     let message = format!(
-                        "duplicate ExternalId \"{}\": {first} of this file already has it; only the first row is applied",
+                        "duplicate ExternalId \"{}\": {first} of this file already has it; {DUPLICATE}",
                         crate::wording::quoted(id)
                     );
                     return Err(Outcome { column: Some("ExternalId".into()), ..Outcome::failure(row, Some(op.action), message) });
@@ -241,8 +241,7 @@ impl RowValidator {
                 hashbrown::hash_map::Entry::Occupied(first) => {
                     let first = label(*first.get(), &self.sheets, self.several);
                     let name = crate::wording::quoted(key.strip_prefix("user:").unwrap_or(key));
-                    let message =
-                        format!("duplicate Username \"{name}\": {first} of this file already has it; only the first row is applied");
+                    let message = format!("duplicate Username \"{name}\": {first} of this file already has it; {DUPLICATE}");
                     return Err(Outcome { column: Some("Username".into()), ..Outcome::failure(row, Some(op.action), message) });
                 }
                 hashbrown::hash_map::Entry::Vacant(slot) => {
@@ -400,7 +399,7 @@ pub fn duplicate_outcome(op: &RowOp, first: &str) -> Outcome {
         Target::User { email, .. } => ("email", "Email", email.clone()),
         Target::Org { name, .. } => ("organization", "OrgName", name.to_lowercase()),
     };
-    let message = format!("duplicate {what}: {first} of this file already has {key}; only the first row is applied");
+    let message = format!("duplicate {what}: {first} of this file already has {key}; {DUPLICATE}");
     Outcome { column: Some(column.into()), ..Outcome::failure(op.row, Some(op.action), message) }
 }
 
@@ -537,6 +536,10 @@ fn is_leaver_status(v: &str) -> bool {
 /// A long number in a spreadsheet's General form (`1.23457E+18`, `4.47911E+11`): what Excel
 /// shows, and writes when it saves as CSV, for an id or phone number typed as a number. No
 /// roster value is written this way; stored, every id of the column would be the same few digits.
+/// A duplicate row's fate and its fix: its failed row, dropped again as it is, would be applied
+/// over the first row's values.
+const DUPLICATE: &str = "only the first row is applied. Fix this row if it is another one, or delete it: dropped again as it is, it would change what the first row applied";
+
 fn is_shortened_number(v: &str) -> bool {
     // Every mapped cell of every row comes here: most start with a letter and need no search.
     if !v.as_bytes().first().is_some_and(|b| b.is_ascii_digit() || *b == b'-') {
@@ -578,11 +581,15 @@ fn validate_row<'c, S: AsRef<str>>(
         .filter(|(f, _)| !matches!(f, Field::Status | Field::Message | Field::Changes | Field::UserId | Field::OneRosterRecords))
         .map(|(f, col)| (f.name().to_string(), col));
     let custom = m.custom.iter().map(|(idx, col)| (tenant.attributes[*idx].name.clone(), *col));
+    // The row's action as its Action cell says, for the summary's By action of a row failing
+    // before its action is checked (it was counted under "invalid Type or Action").
+    let declared = Action::parse(get(Field::Action).unwrap_or_default())
+        .map(|a| if mode == Mode::Add && matches!(a, Action::Upsert) { Action::Create } else { a });
     for (name, col) in errors.chain(custom) {
         let value = cells.get(col).map(|c| c.as_ref().trim()).unwrap_or_default();
         if value == crate::ingest::decode::NOT_CALCULATED {
             return Err((
-                None,
+                declared,
                 Some(name.clone()),
                 format!(
                     "{name} is a formula the file never calculated (a program wrote the workbook without computing its formulas, so it holds no value for it): \
@@ -592,7 +599,7 @@ fn validate_row<'c, S: AsRef<str>>(
         }
         if is_formula_error(value) {
             return Err((
-                None,
+                declared,
                 Some(name.clone()),
                 format!(
                     "{name} is {value}, a spreadsheet formula's error, not a value: fix the formula (or type the value) and upload the row again"
@@ -601,7 +608,7 @@ fn validate_row<'c, S: AsRef<str>>(
         }
         if is_shortened_number(value) {
             return Err((
-                None,
+                declared,
                 Some(name.clone()),
                 format!(
                     "{name} is {value}, a long number as a spreadsheet shows it: {}. \
@@ -1275,6 +1282,8 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("Format the ExternalId column as Text"), "{m}");
+        // Counted under its own action (blank: Upsert), not "(invalid Type or Action)".
+        assert_eq!(v.outcomes.iter().find(|o| o.row == 2).and_then(|o| o.action), Some(Action::Upsert));
         assert!(message(&v, 3).starts_with("Phone is 4.47911E+11"), "{}", message(&v, 3));
         assert!(
             message(&v, 4).contains(
@@ -1469,7 +1478,10 @@ mod tests {
     fn duplicates_fail_naming_the_first_row() {
         let v = run("Email\na@x.com\nb@x.com\nA@X.com\n", Mode::Upsert);
         assert_eq!(v.ops.len(), 2);
-        assert_eq!(message(&v, 4), "duplicate email: row 2 of this file already has a@x.com; only the first row is applied");
+        assert_eq!(
+            message(&v, 4),
+            "duplicate email: row 2 of this file already has a@x.com; only the first row is applied. Fix this row if it is another one, or delete it: dropped again as it is, it would change what the first row applied"
+        );
     }
 
     #[test]
