@@ -58,6 +58,21 @@ pub fn list_items(cell: &str) -> impl Iterator<Item = &str> {
     cell.split([';', '\n', '\r']).map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// A Groups cell's names, each once whatever its case, as first written: `Chess;Chess;chess` was
+/// stored as three groups, and a later `Chess` showed only `-chess` as its change. (Cells are
+/// in NFC already: `Équipe` typed both ways is one name.)
+pub fn unique_items(cell: &str) -> impl Iterator<Item = &str> {
+    let mut seen: Vec<String> = Vec::new();
+    list_items(cell).filter(move |item| {
+        let key = item.to_lowercase();
+        if seen.contains(&key) {
+            return false;
+        }
+        seen.push(key);
+        true
+    })
+}
+
 impl RowView<'_> {
     /// The phase the operation runs in (as `model::phase_of`).
     pub fn phase(&self) -> usize {
@@ -84,7 +99,7 @@ impl RowView<'_> {
                         org: owned(u.org),
                         role: owned(u.role),
                         department: owned(u.department),
-                        groups: u.groups.map(|g| list_items(g).map(str::to_string).collect()).unwrap_or_default(),
+                        groups: u.groups.map(|g| unique_items(g).map(str::to_string).collect()).unwrap_or_default(),
                         products: u.products.clone(),
                         associations: u.associations.clone(),
                         attributes: u.attributes.clone(),
@@ -141,7 +156,7 @@ impl RowView<'_> {
                 field("\"org\":", u.org);
                 field("\"role\":", u.role);
                 field("\"department\":", u.department);
-                if let Some(mut names) = u.groups.map(list_items).map(Iterator::peekable)
+                if let Some(mut names) = u.groups.map(unique_items).map(Iterator::peekable)
                     && names.peek().is_some()
                 {
                     out.extend_from_slice(b",\"groups\":");
@@ -302,7 +317,15 @@ mod tests {
         let bare = UserView { key: Cow::Owned("user:kid".into()), ..Default::default() };
         same_as_serde(&RowView { row: 2, action: Action::Upsert, target: TargetView::User(bare.clone()) });
         full.groups = Some(" ; ;");
-        same_as_serde(&RowView { row: 2, action: Action::Upsert, target: TargetView::User(full) });
+        same_as_serde(&RowView { row: 2, action: Action::Upsert, target: TargetView::User(full.clone()) });
+        // A group named twice, in any case, is one group, as first written.
+        full.groups = Some("Chess;Chess;chess\nGo; CHESS");
+        let twice = RowView { row: 2, action: Action::Upsert, target: TargetView::User(full) };
+        same_as_serde(&twice);
+        match twice.to_op().target {
+            Target::User { fields, .. } => assert_eq!(fields.groups, ["Chess", "Go"]),
+            other => panic!("{other:?}"),
+        }
         for (name, v) in [("first", "x"), ("groups", "g")] {
             let mut u = bare.clone();
             if name == "first" {
