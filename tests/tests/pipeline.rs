@@ -446,6 +446,7 @@ async fn results_over_the_attachment_limit_are_linked_not_attached() {
     assert_eq!(msg.attachments().count(), 0, "nothing attached over the limit");
     let text = msg.body_text(0).unwrap().to_string();
     assert!(text.contains("linked-result.csv is too large to attach"), "{text}");
+    assert!(!text.contains("Attached:"), "nothing is said to be attached: {text}");
     // And the way to it once the link has expired (it may, before its time: see wording::link_line).
     assert!(text.replace("\r\n", "\n").contains(&format!("Once the link has expired: rosterdrop results {}", job.id)), "{text}");
     // The link downloads the stored result.

@@ -467,13 +467,19 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
     } else {
         "has been processed."
     };
+    // What is attached: not what is linked below instead (too large), which "Attached" listed
+    // too; and the problems file, attached but never named.
+    let linked =
+        |key: &Option<String>| key.as_deref().and_then(|k| k.rsplit('/').next()).is_some_and(|n| links.iter().any(|(l, _)| l == n));
     let files: Vec<&str> = [
-        (s.result_key.is_some(), "the result (every row with its Status and Message)"),
-        (s.failed_rows_key.is_some(), "the failed rows, to fix and upload again"),
-        (s.disabled_users_key.is_some(), "disabled-users.csv"),
+        (&s.result_key, "the result (every row with its Status and Message)"),
+        (&s.failed_rows_key, "the failed rows, to fix and upload again"),
+        (&s.problems_key, "the problems, each kind once with its rows"),
+        (&s.disabled_users_key, "disabled-users.csv"),
     ]
     .into_iter()
-    .filter_map(|(has, what)| has.then_some(what))
+    .filter(|(key, _)| key.is_some() && !linked(key))
+    .map(|(_, what)| what)
     .collect();
 
     // The plain-text part.
@@ -1114,6 +1120,8 @@ mod tests {
             .expect("the invalid emails, one kind");
         assert!(learner < email, "most frequent first:\n{text}");
         assert!(text.contains("- rows 2, 3, 4, 5, 6 and 3 more"), "{text}");
+        assert_eq!(msg.attachments().count(), 3, "result, failed rows, problems");
+        assert!(text.contains("Attached: the result (every row with its Status and Message); the failed rows, to fix and upload again; the problems, each kind once with its rows."), "{text}");
         assert!(html.contains(">2 applied, 12 need fixing</h1>") && html.contains("What to fix"), "{html}");
         assert!(html.contains("&lt;b&gt;Boss&lt;/b&gt;") && !html.contains("<b>Boss</b>"), "escaped");
         assert!(
