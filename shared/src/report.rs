@@ -247,23 +247,18 @@ pub async fn unclaim_unsent<T>(svc: &Services, job: &str, kind: EmailKind, sent:
 pub async fn started_email(svc: &Services, job: &Job, tenant: &Tenant, mode: crate::model::Mode, rows: u32, invalid: usize) -> Result<()> {
     let dry = mode == crate::model::Mode::Validate;
     let what = if dry { "validating (nothing will be changed)" } else { "processing" };
+    use crate::layout;
     let label = crate::wording::file_label(&job.file_name);
-    let subject = format!("[rosterdrop] {}: {label} received, {what} {rows} rows", tenant.id);
+    // "1 row", "2,000 rows": "processing 1 rows" and unseparated thousands before.
+    let (count, failed) = (layout::rows(rows.into()), layout::rows(invalid as u64));
+    let subject = format!("[rosterdrop] {}: {label} received, {what} {count}", tenant.id);
     let text = format!(
-        "We received {file} ({rows} rows, mode {mode}) and are {what} it.\n{invalid} rows already failed the checks; the result email will list them with what to fix.\n\nJob: {id}\n",
-        file = label,
+        "We received {label} ({count}, mode {mode}) and are {what} it.\n{failed} already failed the checks; the result email will list them with what to fix.\n\nJob: {id}\n",
         mode = mode.as_str(),
         id = job.id
     );
-    use crate::layout::{self, thousands};
-    let headline =
-        if dry { format!("Validating {} rows", thousands(rows.into())) } else { format!("Processing {} rows", thousands(rows.into())) };
-    let mut body = layout::para(&format!(
-        "We received <b>{}</b> ({} rows, mode {}) and are {what} it.",
-        esc(&label),
-        thousands(rows.into()),
-        mode.as_str()
-    ));
+    let headline = if dry { format!("Validating {count}") } else { format!("Processing {count}") };
+    let mut body = layout::para(&format!("We received <b>{}</b> ({count}, mode {}) and are {what} it.", esc(&label), mode.as_str()));
     body += &layout::bar(&[
         layout::Segment { label: "passed the checks", count: u64::from(rows).saturating_sub(invalid as u64), colour: layout::GREEN },
         layout::Segment { label: "already failed the checks", count: invalid as u64, colour: layout::RED },

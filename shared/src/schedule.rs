@@ -70,12 +70,12 @@ pub async fn schedule(
         let file = crate::wording::file_label(&job.file_name);
         let subject = format!("[rosterdrop] {t}: {file} is SCHEDULED for {when}, validated, nothing applied yet");
         let mut text = format!(
-            "Your file {file} ({rows} rows) will be applied at {when}. It was read and checked now, nothing applied yet:\n\n  \
+            "Your file {file} ({rows}) will be applied at {when}. It was read and checked now, nothing applied yet:\n\n  \
              would succeed: {ok}\n  would fail:    {failed}\n  If applied now: {changes}\n\n\
              The attached validation lists every row with what it would do{fix}. At {when} each row is applied against the \
              directory as it is then.\n\n\
              To cancel it: rosterdrop cancel {id}\n  or, in the S3 console, upload an empty file named {id} to incoming/{t}/cancel/\n",
-            rows = summary.rows,
+            rows = crate::layout::rows(summary.rows.into()),
             ok = c.success,
             failed = c.failure,
             changes = if c.changes.words().is_empty() { "nothing".into() } else { c.changes.words() },

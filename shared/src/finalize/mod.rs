@@ -484,9 +484,9 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
 
     // The plain-text part.
     let mut text = format!(
-        "{headline}\n\nYour file {} ({} rows, mode {}) {what}\n\n  {}\n",
+        "{headline}\n\nYour file {} ({}, mode {}) {what}\n\n  {}\n",
         file,
-        thousands(s.rows.into()),
+        layout::rows(s.rows.into()),
         s.mode,
         layout::bar_text(&segments)
     );
@@ -529,7 +529,7 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
 
     // The HTML part.
     let mut body =
-        layout::para(&format!("Your file <b>{}</b> ({} rows, mode {}) {}", esc(&file), thousands(s.rows.into()), esc(&s.mode), esc(what)));
+        layout::para(&format!("Your file <b>{}</b> ({}, mode {}) {}", esc(&file), layout::rows(s.rows.into()), esc(&s.mode), esc(what)));
     body += &layout::bar(&segments);
     if c.unchanged > 0 || !changes.is_empty() {
         let mut line = String::new();

@@ -747,7 +747,8 @@ mod tests {
             .iter()
             .map(|(_, _, m)| mail_parser::MessageParser::default().parse(m).unwrap().subject().unwrap_or_default().to_string())
             .collect();
-        assert!(subjects[0].contains("received, processing 1 rows"), "{subjects:?}");
+        assert!(subjects[0].contains("received, processing 1 row"), "{subjects:?}");
+        assert!(!subjects[0].contains("1 rows"), "{subjects:?}");
 
         // SES throttles the started email: the file is applied and answered all the same.
         *kit.mem.mailer.throttle_next.lock().unwrap() = 1;
