@@ -28,16 +28,20 @@ pub fn link_line(name: &str, url: &str, job: &str) -> String {
 /// message outgrows what a cell, an email line or a log line holds. Characters that show as
 /// nothing (a zero-width space pasted from a web page, a direction mark, a byte-order mark, a
 /// control character) are written out as `<U+200B>`: `Email "ann@x.com" is not a valid email
-/// address` said nothing of what to fix.
+/// address` said nothing of what to fix. A double quote in the name is written `\"`, so the
+/// quotes around it still say where it ends (and the email's grouping of messages by kind,
+/// `digest::kind_of`, finds it: each role `"x" & y` made a kind of its own).
 pub fn quoted(name: &str) -> String {
     let cut = bounded(name, 64);
-    if !cut.chars().any(invisible) {
+    if !cut.chars().any(|c| invisible(c) || c == '"') {
         return cut;
     }
     let mut out = String::with_capacity(cut.len() + 16);
     for c in cut.chars() {
         if invisible(c) {
             out += &format!("<U+{:04X}>", u32::from(c));
+        } else if c == '"' {
+            out += "\\\"";
         } else {
             out.push(c);
         }
@@ -111,5 +115,6 @@ mod tests {
         assert_eq!(quoted("Staff\u{00A0}Member"), "Staff<U+00A0>Member", "a space that is not one");
         assert_eq!(quoted("Zoë, line\ttab"), "Zoë, line\ttab", "visible text as it is");
         assert_eq!(quoted(&"x".repeat(70)).chars().count(), 65, "still bounded");
+        assert_eq!(quoted("\"Bob\" & 'Al'"), "\\\"Bob\\\" & 'Al'", "a quote inside written so it does not end the quote");
     }
 }

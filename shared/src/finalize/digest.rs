@@ -40,7 +40,8 @@ pub fn kind_of(message: &str) -> String {
     let mut quoted = false;
     for word in message.split_inclusive(|c: char| c == '"' || c.is_whitespace()) {
         if quoted {
-            if word.ends_with('"') {
+            // `\"` is a quote inside the value (`wording::quoted`), not its end.
+            if word.ends_with('"') && !word.ends_with("\\\"") {
                 quoted = false;
                 out.push_str("\u{2026}\"");
             }
@@ -269,6 +270,10 @@ mod tests {
             )
         );
         assert_ne!(k("unknown role \"x\"; did you mean \"X\"?"), k("Email \"x\" is not a valid email address"));
+        // A value with quotes of its own, as `wording::quoted` writes it, is one value.
+        let role = |v: &str| format!("unknown role \"{}\"; did you mean \"Learner\"?", crate::wording::quoted(v));
+        assert_eq!(k(&role("\"quoted\" & 'single'")), k(&role("plain")));
+        assert_eq!(k(&role("\"")), k(&role("a \"b\" c")));
         assert_eq!(k("no quotes at all"), "no quotes at all");
         assert_eq!(k("an \"unclosed quote"), k("an \"other unclosed"), "no panic on odd quoting");
         let mut d = Digest::default();
