@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 #[command(name = "rosterdrop", version, about = "Bulk user provisioning from roster files: templates, validation, uploads, jobs, tenants")]
 struct Cli {
     /// Use AWS (standard profile/region settings and ROSTERDROP_* resource names) instead of the local stack.
-    #[arg(long, global = true, env = "ROSTERDROP_AWS")]
+    /// `ROSTERDROP_AWS=0` (or false, no, off, empty) is the local stack.
+    #[arg(long, global = true, env = "ROSTERDROP_AWS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
     aws: bool,
     /// Log what happens (also RUST_LOG).
     #[arg(short, long, global = true)]
@@ -306,13 +307,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Submit { file, tenant, mode, wait, timeout, json } => {
             submit(&t, &file, &tenant, mode.as_deref(), wait, timeout, json, aws).await
         }
-        Command::Status { job: Some(id), json, .. } => {
+        Command::Status { job: Some(id), json, tenant, .. } => {
             let job = svc
                 .jobs
                 .get(&id)
                 .await
                 .map_err(reach)?
                 .ok_or_else(|| input(format!("job {id:?} not found; `rosterdrop status --tenant T` lists a tenant's jobs")))?;
+            // As approve and the other decisions do: --tenant is a check, not ignored.
+            if let Some(t) = tenant.filter(|t| *t != job.tenant) {
+                return Err(input(format!("job {id} belongs to another tenant, not {t}")));
+            }
             let summary = read_summary(svc, &job).await;
             let failures = first_failures(svc, &job.id, 10).await.map_err(reach)?;
             if json {
@@ -354,11 +359,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(path) = &out {
                 std::fs::write(path, output::reinvite_roster(&invites))
                     .map_err(|e| input(format!("cannot write {}: {e}", path.display())))?;
-                eprintln!(
-                    "{} invites written to {} (fill NewEmail where the address was wrong, then submit it)",
-                    invites.len(),
-                    path.display()
-                );
+                // An empty roster has nothing to submit: say so, not "then submit it".
+                let next = if invites.is_empty() {
+                    "no invite matches, nothing to submit".to_string()
+                } else {
+                    "fill NewEmail where the address was wrong, then submit it".to_string()
+                };
+                eprintln!("{} invites written to {} ({next})", invites.len(), path.display());
             }
             if json {
                 output::print_json(&invites)?;
@@ -398,6 +405,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 for (pool, _, used) in shared::apply::recount_licences(svc, &tenant).await.map_err(reach)? {
                     let limit = tenant.pool_limit(pool.as_deref()).unwrap_or(0);
                     println!("licences{}: {used} of {limit} in use (counted from the tenant's active users)", pool_label(&pool));
+                    if used > limit {
+                        // Saved all the same (the users exist); what it means for the next file.
+                        eprintln!(
+                            "warning: licences{}: {} more in use than the limit allows; no file can give this pool's licences to new or enabled users until {} are freed (disable or delete users, or raise the limit)",
+                            pool_label(&pool),
+                            used - limit,
+                            used - limit
+                        );
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -597,9 +613,30 @@ async fn submit(
         Some(m) => format!("incoming/{tenant}/{}/{name}", m.as_str()),
     };
     let started = chrono::Utc::now() - chrono::Duration::seconds(5);
-    output::upload(&t.s3, &t.config.bucket, &key, bytes).await.map_err(|e| unavailable(e, aws))?;
+    let version = output::upload(&t.s3, &t.config.bucket, &key, bytes).await.map_err(|e| unavailable(e, aws))?;
     eprintln!("uploaded s3://{}/{}", t.config.bucket, output::shown(&key));
     if !wait {
+        // The job the upload starts is named by its key and version (`ingest::job_id`): said
+        // here, so the upload can be followed (nothing was printed, with --json neither).
+        let job = version.map(|v| {
+            let obj = shared::event::ObjectRef {
+                bucket: t.config.bucket.clone(),
+                key: key.clone(),
+                size: None,
+                version_id: Some(v),
+                sequencer: None,
+                etag: None,
+                event_time: None,
+            };
+            ingest::job_id(&obj)
+        });
+        if json {
+            output::print_json(&serde_json::json!({ "key": key, "job": job }))?;
+        } else if let Some(job) = &job {
+            println!("job {job}: follow it with `rosterdrop status {job}`");
+        } else {
+            println!("follow it with `rosterdrop status --tenant {tenant}`");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let deadline = Instant::now() + Duration::from_secs(timeout);

@@ -285,7 +285,8 @@ impl ValidationReport {
 const PART: usize = 8 * 1024 * 1024;
 
 /// Upload with a progress bar: multipart in 8 MiB parts for large files, one PUT otherwise.
-pub async fn upload(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec<u8>) -> shared::Result<()> {
+/// The version S3 gave it (the bucket is versioned): with the key, it names the job.
+pub async fn upload(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec<u8>) -> shared::Result<Option<String>> {
     use aws_sdk_s3::primitives::ByteStream;
     use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
     let bar = ProgressBar::new(bytes.len() as u64);
@@ -295,7 +296,8 @@ pub async fn upload(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec
     );
     if bytes.len() <= PART {
         let n = bytes.len() as u64;
-        s3.put_object()
+        let out = s3
+            .put_object()
             .bucket(bucket)
             .key(key)
             .body(ByteStream::from(bytes))
@@ -304,7 +306,7 @@ pub async fn upload(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec
             .map_err(|e| shared::adapters::sdk_error("s3", "PutObject", e))?;
         bar.inc(n);
         bar.finish_and_clear();
-        return Ok(());
+        return Ok(out.version_id);
     }
     let upload = s3
         .create_multipart_upload()
@@ -330,7 +332,8 @@ pub async fn upload(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec
         parts.push(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag).build());
         bar.inc(chunk.len() as u64);
     }
-    s3.complete_multipart_upload()
+    let done = s3
+        .complete_multipart_upload()
         .bucket(bucket)
         .key(key)
         .upload_id(&id)
@@ -339,7 +342,7 @@ pub async fn upload(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec
         .await
         .map_err(|e| shared::adapters::sdk_error("s3", "CompleteMultipartUpload", e))?;
     bar.finish_and_clear();
-    Ok(())
+    Ok(done.version_id)
 }
 
 pub fn job_bar() -> ProgressBar {

@@ -470,6 +470,20 @@ async fn submit_wait_stops_at_a_held_job_naming_what_decides_it() {
     tenant.holds.min_users = 1;
     stack.put_tenant(&tenant).await;
     stack.run_csv("acme", None, "first.csv", &[&["Email"], &["a@acme.example.com"], &["b@acme.example.com"]]).await;
+    // Without --wait, the job the upload starts is named (nothing was printed, with --json neither).
+    let more = tmp("more.csv");
+    std::fs::write(&more, "Email\nc@acme.example.com\n").unwrap();
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    let out =
+        cmd.env("ROSTERDROP_AWS", "0").args(["submit", "--tenant", "ACME", "--json"]).arg(&more).assert().code(0).get_output().clone();
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let job = stack.wait_job("acme", said["key"].as_str().unwrap(), std::time::Duration::from_secs(60)).await;
+    assert_eq!(said["job"].as_str(), Some(job.id.as_str()), "{said}");
+    let mut cmd = rosterdrop();
+    stack_env(&mut cmd, &stack);
+    let err = cmd.args(["status", &job.id, "--tenant", "globex"]).assert().code(2).get_output().stderr.clone();
+    assert!(String::from_utf8(err).unwrap().contains("belongs to another tenant, not globex"));
     let file = tmp("leaver.csv");
     std::fs::write(&file, "Email,Action\na@acme.example.com,Delete\n").unwrap();
     let mut cmd = rosterdrop();
@@ -478,7 +492,7 @@ async fn submit_wait_stops_at_a_held_job_naming_what_decides_it() {
     let out = cmd.args(["submit", "--tenant", "acme", "--wait", "--timeout", "60"]).arg(&file).assert().code(4).get_output().clone();
     assert!(started.elapsed() < std::time::Duration::from_secs(50), "stopped at HELD, not at the timeout");
     let said = String::from_utf8(out.stdout).unwrap();
-    assert!(said.contains("is HELD for approval (would delete or disable 1 of 2 active users"), "{said}");
+    assert!(said.contains("is HELD for approval (would delete or disable 1 of 3 active users"), "{said}");
     assert!(said.contains("`rosterdrop approve ") && said.contains("`rosterdrop discard "), "{said}");
     // Its status counts what would happen: nothing was applied.
     let job = stack.svc.jobs.recent("acme", 5).await.unwrap().into_iter().find(|j| j.state == shared::model::JobState::Held).unwrap();

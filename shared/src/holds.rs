@@ -259,7 +259,8 @@ pub async fn check(svc: &Services, id: &str, tenant: Option<&str>, verb: Verb) -
         return crate::undo::check(svc, id, tenant).await;
     }
     let Some(job) = svc.jobs.get(id).await? else {
-        return Ok(Err(format!("no job {id}: check the id in the held email or `rosterdrop status`")));
+        let email = if verb == Verb::Cancel { "scheduled" } else { "held" };
+        return Ok(Err(format!("no job {id}: check the id in the {email} email or `rosterdrop status`")));
     };
     if tenant.is_some_and(|t| !t.eq_ignore_ascii_case(&job.tenant)) {
         return Ok(Err(format!("job {id} belongs to another tenant; nothing changed")));

@@ -248,7 +248,8 @@ pub async fn run(
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let dlq_url = format!("{queue_url}-dlq");
     tokio::pin!(stop);
-    // Invites: what EventBridge's schedule does in AWS, every couple of seconds here.
+    // What EventBridge's one-minute schedule runs in AWS (invites, unsent emails, stuck jobs,
+    // scheduled files, expired holds), every couple of seconds here.
     let mut sweeper: Option<tokio::task::JoinHandle<()>> = None;
     let mut last_sweep = std::time::Instant::now() - Duration::from_secs(60);
     loop {
@@ -264,6 +265,18 @@ pub async fn run(
                 }
                 if let Err(e) = crate::monitor::fail_stuck_jobs(&svc, chrono::Utc::now()).await {
                     warn!(error = %e, "stuck-job check failed; the next one retries");
+                }
+                // And the rest of the one-minute schedule (`monitor::scheduled`): without them a
+                // file dropped in scheduled/ stayed SCHEDULED past its time on the local stack,
+                // and a held file never expired.
+                if let Err(e) = crate::monitor::resume_releases(&svc, chrono::Utc::now()).await {
+                    warn!(error = %e, "release resume failed; the next one retries");
+                }
+                if let Err(e) = crate::schedule::release_due(&svc, chrono::Utc::now()).await {
+                    warn!(error = %e, "scheduled-file release failed; the next one retries");
+                }
+                if let Err(e) = crate::holds::discard_expired(&svc, chrono::Utc::now()).await {
+                    warn!(error = %e, "expired-hold sweep failed; the next one retries");
                 }
             }));
         }

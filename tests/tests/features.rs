@@ -880,6 +880,20 @@ async fn licence_reservations_never_exceed_the_pool_under_forty_concurrent_claim
     stack.shutdown().await;
 }
 
+/// On the local stack (`make up`), the runner does what the one-minute schedule does in AWS: a
+/// file scheduled for now is applied without anyone calling the schedule. It stayed SCHEDULED.
+#[tokio::test]
+async fn the_local_runner_applies_a_file_scheduled_for_now() {
+    let stack = Stack::start().await;
+    stack.put_tenant(&stack.tenant("acme")).await;
+    let time = chrono::Utc::now().format(shared::keys::SCHEDULE_FORMAT).to_string();
+    let key = stack.drop_file("acme", Some(&format!("scheduled/{time}")), "now.csv", b"Email\nnow@acme.example.com\n".to_vec()).await;
+    let done = wait_state(&stack, &key, JobState::Completed).await;
+    assert_eq!(done.succeeded, 1);
+    assert!(stack.svc.directory.user("acme", "now@acme.example.com").await.unwrap().is_some());
+    stack.shutdown().await;
+}
+
 /// A file dropped in `scheduled/<time>/` is validated at once (the admins get the validation) and
 /// applied by the one-minute schedule at its time, not before and once.
 #[tokio::test]
