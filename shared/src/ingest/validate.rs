@@ -214,8 +214,17 @@ impl RowValidator {
                 ),
             ));
         }
-        let op = validate_row(row, cells, mapping, &self.tenant, self.mode, self.sheet_type.as_deref())
-            .map_err(|(action, column, msg)| Outcome { column, ..Outcome::failure(row, action, msg) })?;
+        let sheet_type = self.sheet_type.as_deref();
+        let op = validate_row(row, cells, mapping, &self.tenant, self.mode, sheet_type).map_err(|(action, column, msg)| {
+            let more =
+                column.as_deref().map(|c| other_problems(c, cells, mapping, &self.tenant, self.mode, sheet_type)).unwrap_or_default();
+            // `first. Also: second. Also: third`, a sentence's own end kept.
+            let msg = more.into_iter().fold(msg, |all, next| {
+                let join = if all.ends_with(['.', '?', '!']) { " " } else { ". " };
+                format!("{all}{join}Also: {next}")
+            });
+            Outcome { column, ..Outcome::failure(row, action, msg) }
+        })?;
         if let TargetView::User(UserView { external_id: Some(id), .. }) = &op.target {
             match self.external_ids.entry(self.keys.hash_one(("external id", *id))) {
                 hashbrown::hash_map::Entry::Occupied(first) => {
@@ -418,6 +427,45 @@ fn label(id: u32, sheets: &[(u32, Option<String>)], several: bool) -> String {
 
 /// (action when known, the column at fault when there is one, problem and fix)
 type RowError = (Option<Action>, Option<String>, String);
+
+/// Columns whose value decides what a row is: checked again without them, a row would be read
+/// as another kind of row, and its other problems would be another row's.
+const DECIDING: [&str; 6] = ["Type", "Action", "Email", "Username", "OrgName", "NewEmail"];
+
+/// Problems of a failing row after its first (in `column`), at most 3: the row checked again with
+/// each failing cell left empty, for as long as each check fails in a cell not emptied yet. A
+/// row with three problems took three drops of its failed-rows file to learn them, one a drop.
+fn other_problems<S: AsRef<str>>(
+    column: &str,
+    cells: &[S],
+    m: &Mapping,
+    tenant: &Tenant,
+    mode: Mode,
+    sheet_type: Option<&str>,
+) -> Vec<String> {
+    let index = |name: &str| {
+        m.fields()
+            .find(|(f, _)| f.name() == name)
+            .map(|(_, i)| i)
+            .or_else(|| m.custom.iter().find(|(a, _)| tenant.attributes.get(*a).is_some_and(|d| d.name == name)).map(|(_, i)| *i))
+            .or_else(|| m.their_status.filter(|_| name == "Status"))
+    };
+    let mut cells: Vec<&str> = cells.iter().map(AsRef::as_ref).collect();
+    let (mut column, mut emptied, mut more) = (column.to_string(), Vec::new(), Vec::new());
+    while more.len() < 3 && !DECIDING.contains(&column.as_str()) {
+        let Some(i) = index(&column).filter(|i| !emptied.contains(i) && *i < cells.len()) else { break };
+        emptied.push(i);
+        cells[i] = "";
+        match validate_row(0, &cells, m, tenant, mode, sheet_type) {
+            Err((_, Some(next), msg)) if index(&next).is_some_and(|j| !emptied.contains(&j)) => {
+                more.push(msg);
+                column = next;
+            }
+            _ => break,
+        }
+    }
+    more
+}
 
 /// Longest text a profile cell may hold: keeps a user item well under DynamoDB's 1 KB write unit
 /// for real data, and far from its 400 KB item limit for hostile data.
@@ -1556,6 +1604,28 @@ mod tests {
         assert_eq!(v.ops.len(), 2);
         assert_eq!(v.outcomes.len(), 1);
         assert_eq!((v.outcomes[0].row, v.outcomes[0].status), (3, Status::Skipped));
+    }
+
+    /// A row with several problems names them all (up to 4), the first one's column its column:
+    /// one a drop, a row with three took three drops of its failed-rows file to learn them. A
+    /// problem in a column that decides what the row is (Type) is named alone.
+    #[test]
+    fn a_row_with_several_problems_names_each_of_them() {
+        let v = run(
+            "Email,RoleName,Products,Region,Start Date,Type\n\
+             a@x.com,learner,Vidoe,Mars,2026-02-30,\n\
+             b@x.com,learner,LMS,EMEA,2026-02-01,\n\
+             c@x.com,learner,Vidoe,Mars,2026-02-30,Robot\n",
+            Mode::Upsert,
+        );
+        let all = message(&v, 2);
+        assert!(all.starts_with("unknown role \"learner\"; did you mean \"Learner\"?"), "{all}");
+        for also in ["Also: unknown product \"Vidoe\"", "Also: Region", "Also: Start Date"] {
+            assert!(all.contains(also), "{also}: {all}");
+        }
+        assert_eq!(v.outcomes.iter().find(|o| o.row == 2).and_then(|o| o.column.as_deref()), Some("RoleName"));
+        assert!(!message(&v, 3).contains("Also"), "one problem, one message: {}", message(&v, 3));
+        assert!(message(&v, 4).starts_with("Type \"Robot\" is not one of") && !message(&v, 4).contains("Also"), "{}", message(&v, 4));
     }
 
     #[test]
