@@ -1187,6 +1187,10 @@ mod tests {
         assert_eq!(held().await, 20);
         let job = kit.run("validate/check.csv", file("Delete")).await;
         assert_eq!(kit.summary(&job).await.counts.success, 20, "every delete predicted");
+        // Its email's By action says what would happen, not that it happened.
+        let (_, _, raw) = kit.mem.mailer.sent().last().unwrap().clone();
+        let text = mail_parser::MessageParser::default().parse(&raw).unwrap().body_text(0).unwrap().to_string();
+        assert!(text.contains("Delete       20 would succeed, 0 would fail, 0 skipped") && !text.contains("20 succeeded"), "{text}");
         assert_eq!(held().await, 20, "a validate run freed ids");
         let job = kit.run("purge.csv", file("Delete")).await;
         assert_eq!(job.state, crate::model::JobState::Held, "20 of 20 users: past the remove threshold");

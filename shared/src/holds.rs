@@ -439,7 +439,7 @@ pub async fn from_console(svc: &Services, obj: &crate::event::ObjectRef, tenant:
         svc.store.put(&marker, claim(), "text/plain").await?;
         resumed = true;
     }
-    let by = format!("a file dropped at {}", obj.key);
+    let by = format!("a file dropped at {}", crate::wording::file_label(&obj.key));
     let decided = match decide(svc, id, Some(&tenant.id), verb, &by).await {
         Ok(decided) => decided,
         Err(e) => {
@@ -447,6 +447,9 @@ pub async fn from_console(svc: &Services, obj: &crate::event::ObjectRef, tenant:
             return Err(e);
         }
     };
+    // A discard or cancel that went through was told by the job's own email ("was discarded",
+    // "was cancelled"): a second one confirming the drop said the same again.
+    let told = matches!((&decided, verb), (Ok(_), Verb::Discard | Verb::Cancel));
     let line = match decided {
         Ok(line) => line,
         // A retry whose first try got the decision through before failing: the job is where the
@@ -455,6 +458,9 @@ pub async fn from_console(svc: &Services, obj: &crate::event::ObjectRef, tenant:
         Err(line) => format!("{} refused: {line}", verb.as_str()),
     };
     info!(key = %obj.key, outcome = %line, "decision from the console");
+    if told {
+        return svc.store.put(&marker, format!("sent\n{line}").into_bytes(), "text/plain").await;
+    }
     svc.store.put(&marker, format!("decided\n{line}").into_bytes(), "text/plain").await?;
     tell_decision(svc, obj, tenant, verb, id, &marker, &line).await
 }
@@ -484,7 +490,7 @@ async fn tell_decision(
     line: &str,
 ) -> Result<()> {
     let subject = format!("[rosterdrop] {}: {} {}", tenant.id, verb.as_str(), crate::wording::bounded(id, 64));
-    let text = format!("{line}.\n\n(From the file {}.)\n", obj.key);
+    let text = format!("{line}.\n\n(From the file {}.)\n", crate::wording::file_label(&obj.key));
     let html = crate::layout::text_page(tenant, &subject, &text);
     report::send_to(svc, &report::sender(svc, tenant), &tenant.admin_emails, &subject, &text, &html, &[]).await?;
     svc.store.put(marker, format!("sent\n{line}").into_bytes(), "text/plain").await
@@ -573,8 +579,13 @@ mod tests {
         kit.svc.store.put(&marker, claimed(180), "text/plain").await.unwrap();
         kit.deliver(&obj).await;
         assert_eq!(kit.svc.jobs.get(&held.id).await.unwrap().unwrap().state, JobState::Discarded);
-        assert_eq!(kit.mem.mailer.sent().len(), mails + 2, "the discard's own email and the decision's line");
-        assert!(kit.last_mail().contains(&format!("job {} discarded", held.id)), "{}", kit.last_mail());
+        // One email: the discard's own says it was discarded, and by the file dropped (a second,
+        // confirming the drop, said the same again).
+        assert_eq!(kit.mem.mailer.sent().len(), mails + 1, "the discard's own email only");
+        let text = kit.last_mail();
+        assert!(text.contains("has been discarded by a file dropped at incoming/acme/discard/"), "{text}");
+        kit.deliver(&obj).await; // a duplicate event
+        assert_eq!(kit.mem.mailer.sent().len(), mails + 1, "told once");
     }
 
     /// A rejection SES refuses for good (not a throttle) keeps its claim: the job ends REJECTED at

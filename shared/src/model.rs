@@ -366,7 +366,6 @@ impl Tenant {
                 MAX_TENANT_BYTES / 1000
             ));
         }
-        let mut admins: Vec<String> = Vec::new();
         for e in self.admin_emails.iter().chain(self.sender.iter()) {
             // `Ann Admin <ann@x.com>` is a valid mailbox, but not an address: sent as one, its
             // `To:` header read `<Ann Admin <ann@x.com>>`, a name without an address.
@@ -383,27 +382,32 @@ impl Tenant {
             if let Some(why) = crate::address::look_alike(e) {
                 return Err(format!("{e:?} {why}"));
             }
-            // Addresses are one mailbox whatever their case: listed twice, each email went twice.
-            if admins.contains(&e.to_lowercase()) && self.sender.as_ref() != Some(e) {
+        }
+        // Addresses are one mailbox whatever their case: listed twice, each email went twice.
+        let mut admins: Vec<String> = Vec::new();
+        for e in &self.admin_emails {
+            if admins.contains(&e.to_lowercase()) {
                 return Err(format!("admin_emails lists {e:?} twice (addresses are the same whatever their case)"));
             }
             admins.push(e.to_lowercase());
         }
         // Names a file's cells must match: each one cell's value, at most a cell's text, and
-        // one name once; products are listed in a cell with `;`.
-        let cased = |n: &str| crate::nfc::nfc(&n.to_lowercase()).into_owned();
-        for (what, names) in [("roles", &self.roles), ("admin_roles", &self.admin_roles), ("products", &self.products)] {
-            names_usable(what, names.iter(), cased)?;
-        }
-        if let Some(p) = self.products.iter().find(|p| p.contains([';', ','])) {
-            return Err(format!("product {p:?} has a ';' or ','; a cell lists several products with ';', so none can name it"));
+        // one name once as cells are matched to it: roles exactly (`Staff` and `STAFF` are two),
+        // products and choices whatever their ASCII case. A cell lists products with `;`.
+        let exact = |n: &str| n.to_string();
+        let ascii_case = |n: &str| n.to_ascii_lowercase();
+        names_usable("roles", self.roles.iter(), exact)?;
+        names_usable("admin_roles", self.admin_roles.iter(), exact)?;
+        names_usable("products", self.products.iter(), ascii_case)?;
+        if let Some(p) = self.products.iter().find(|p| p.contains(';')) {
+            return Err(format!("product {p:?} has a ';': a cell lists several products with ';', so no cell can name it"));
         }
         // Columns are matched as headers are (`fields::norm`: case, spaces and marks aside).
         names_usable("template_columns", self.template_columns.iter(), crate::fields::norm)?;
         names_usable("attributes", self.attributes.iter().map(|a| &a.name), crate::fields::norm)?;
         for a in &self.attributes {
             if let AttributeKind::OneOf { values } = &a.kind {
-                names_usable(&format!("attribute {:?}'s values", a.name), values.iter(), cased)?;
+                names_usable(&format!("attribute {:?}'s values", a.name), values.iter(), ascii_case)?;
             }
         }
         if let Some(size) = self.chunk_size
@@ -1322,8 +1326,9 @@ mod tests {
         let cases: Vec<(Change, &str)> = vec![
             (Box::new(|t| t.admin_emails = vec!["Ann Admin <ann@acme.example.com>".into()]), "give the address alone"),
             (Box::new(|t| t.admin_emails.push("A@ACME.example.com".into())), "lists \"A@ACME.example.com\" twice"),
-            (Box::new(|t| t.products.push("LMS;Video".into())), "has a ';' or ','"),
-            (Box::new(|t| t.roles.push("learner".into())), "roles lists \"learner\" twice"),
+            (Box::new(|t| t.products.push("LMS;Video".into())), "has a ';'"),
+            (Box::new(|t| t.products.push("lms".into())), "products lists \"lms\" twice"),
+            (Box::new(|t| t.roles.push("Learner".into())), "roles lists \"Learner\" twice"),
             (Box::new(|t| t.roles.push(String::new())), "roles: \"\" must be 1-256 characters"),
             (Box::new(|t| t.roles.push("x".repeat(40_000))), "must be 1-256 characters"),
             (
@@ -1352,7 +1357,13 @@ mod tests {
         t.admin_emails = (0..20_000).map(|i| format!("admin{i}@acme.example.com")).collect();
         assert!(t.validate().unwrap_err().contains("more than the 300 KB a tenant can hold"));
         let mut t = base();
-        t.roles = vec!["Grade 1".into(), "Grade-1".into(), "Élève".into()];
-        assert!(t.validate().is_ok(), "roles other than by case are other roles");
+        t.roles = vec!["Grade 1".into(), "Grade-1".into(), "Élève".into(), "Staff".into(), "STAFF".into()];
+        t.products = vec!["Maths, Year 7".into(), "Élève".into(), "élève".into()];
+        assert!(t.validate().is_ok(), "roles match exactly, products whatever their ASCII case: {:?}", t.validate());
+        let mut t = base();
+        t.sender = Some("a@acme.example.com".into());
+        assert!(t.validate().is_ok(), "the sender may be an admin");
+        t.admin_emails.push("A@acme.example.com".into());
+        assert!(t.validate().unwrap_err().contains("twice"));
     }
 }

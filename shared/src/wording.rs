@@ -33,15 +33,17 @@ pub fn link_line(name: &str, url: &str, job: &str) -> String {
 /// `digest::kind_of`, finds it: each role `"x" & y` made a kind of its own).
 pub fn quoted(name: &str) -> String {
     let cut = bounded(name, 64);
-    if !cut.chars().any(|c| invisible(c) || c == '"') {
+    if !cut.chars().any(|c| invisible(c) || c == '"' || c == '\\') {
         return cut;
     }
     let mut out = String::with_capacity(cut.len() + 16);
     for c in cut.chars() {
         if invisible(c) {
             out += &format!("<U+{:04X}>", u32::from(c));
-        } else if c == '"' {
-            out += "\\\"";
+        } else if c == '"' || c == '\\' {
+            // A backslash too (`HR\` would read `"HR\"`, its closing quote escaped).
+            out.push('\\');
+            out.push(c);
         } else {
             out.push(c);
         }
@@ -62,11 +64,20 @@ pub fn file_label(name: &str) -> String {
         part.map(|c| if hidden(c) { format!("<U+{:04X}>", u32::from(c)) } else { c.to_string() }).collect::<String>()
     };
     let count = name.chars().count();
-    if count <= MAX {
-        return written(&mut name.chars());
+    let label = if count <= MAX {
+        written(&mut name.chars())
+    } else {
+        let (head, tail) = (MAX * 2 / 3, MAX - MAX * 2 / 3 - 1);
+        format!("{}…{}", written(&mut name.chars().take(head)), written(&mut name.chars().skip(count - tail)))
+    };
+    // Each hidden character is written as 8: 110 of them made a 900-character subject. Cut
+    // again, keeping the end, when that is what grew it.
+    let shown = label.chars().count();
+    if shown <= MAX * 3 / 2 {
+        return label;
     }
-    let (head, tail) = (MAX * 2 / 3, MAX - MAX * 2 / 3 - 1);
-    format!("{}…{}", written(&mut name.chars().take(head)), written(&mut name.chars().skip(count - tail)))
+    let tail: String = label.chars().skip(shown - MAX / 3).collect();
+    format!("{}…{tail}", label.chars().take(MAX - MAX / 3 - 1).collect::<String>())
 }
 
 /// A character of a file name that shows as nothing or moves the text around it: a control
@@ -77,7 +88,14 @@ pub fn hidden_in_name(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{00AD}' | '\u{061C}' | '\u{200B}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{200B}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
         )
 }
 
@@ -116,5 +134,10 @@ mod tests {
         assert_eq!(quoted("Zoë, line\ttab"), "Zoë, line\ttab", "visible text as it is");
         assert_eq!(quoted(&"x".repeat(70)).chars().count(), 65, "still bounded");
         assert_eq!(quoted("\"Bob\" & 'Al'"), "\\\"Bob\\\" & 'Al'", "a quote inside written so it does not end the quote");
+        assert_eq!(quoted("HR\\"), "HR\\\\", "a backslash too, so the closing quote is not taken for one inside");
+        // A name of hidden characters stays a subject's length once written out.
+        let label = file_label(&format!("{}.csv", "\u{202E}".repeat(110)));
+        assert!(label.chars().count() <= 180 && label.ends_with(".csv") && !label.contains('\u{202E}'), "{label}");
+        assert_eq!(file_label("a\u{2028}b.csv"), "a<U+2028>b.csv");
     }
 }

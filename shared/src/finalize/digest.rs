@@ -40,8 +40,10 @@ pub fn kind_of(message: &str) -> String {
     let mut quoted = false;
     for word in message.split_inclusive(|c: char| c == '"' || c.is_whitespace()) {
         if quoted {
-            // `\"` is a quote inside the value (`wording::quoted`), not its end.
-            if word.ends_with('"') && !word.ends_with("\\\"") {
+            // `\"` is a quote inside the value (`wording::quoted`), not its end; `\\"` is a
+            // backslash, then the end: an odd run of backslashes escapes the quote.
+            let escaped = word.strip_suffix('"').is_some_and(|w| (w.len() - w.trim_end_matches('\\').len()) % 2 == 1);
+            if word.ends_with('"') && !escaped {
                 quoted = false;
                 out.push_str("\u{2026}\"");
             }
@@ -274,6 +276,7 @@ mod tests {
         let role = |v: &str| format!("unknown role \"{}\"; did you mean \"Learner\"?", crate::wording::quoted(v));
         assert_eq!(k(&role("\"quoted\" & 'single'")), k(&role("plain")));
         assert_eq!(k(&role("\"")), k(&role("a \"b\" c")));
+        assert_eq!(k(&role("HR\\")), k(&role("plain")), "a trailing backslash ends nothing early");
         assert_eq!(k("no quotes at all"), "no quotes at all");
         assert_eq!(k("an \"unclosed quote"), k("an \"other unclosed"), "no panic on odd quoting");
         let mut d = Digest::default();

@@ -173,10 +173,16 @@ pub async fn finalize_job(svc: &Services, job: &Job, stopped: bool) -> Result<bo
                 // address to send to at all stays FAILED: `report::recipients`.)
                 Err(e @ Error::Aws { service: "sesv2", .. }) => {
                     error!(job = %job_id, error = %e, "SES refused the result email for good; the job ends without it");
-                    note = Some(format!(
-                        "the result email could not be sent ({}); the result files are in {prefix}",
+                    // After what the job's message says already (why it stopped, who approved it);
+                    // with more than 25 admins, a group before the refused one may have it.
+                    let refused = format!(
+                        "the result email could not be sent to every admin ({}); the result files are in {prefix}",
                         crate::address::mask_addresses(&e.to_string())
-                    ));
+                    );
+                    note = Some(match job.message.as_deref().filter(|m| !m.is_empty()) {
+                        Some(before) => format!("{before}; {refused}"),
+                        None => refused,
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -517,7 +523,10 @@ pub fn result_email(tenant: &crate::model::Tenant, s: &Summary, d: &Digest, link
     }
     text += "\nBy action:\n";
     for (a, n) in &s.by_action {
-        text += &format!("  {a:<12} {}, {} failed, {} skipped\n", n.succeeded(), n.failure, n.skipped);
+        // In validate mode nothing succeeded yet: it would (the text part said "3 succeeded").
+        let done = if dry { format!("{} would succeed", thousands(n.success.into())) } else { n.succeeded() };
+        let failed = if dry { "would fail" } else { "failed" };
+        text += &format!("  {a:<12} {done}, {} {failed}, {} skipped\n", thousands(n.failure.into()), thousands(n.skipped.into()));
     }
     if !files.is_empty() {
         text += &format!("\nAttached: {}.\n", files.join("; "));
@@ -993,7 +1002,10 @@ mod tests {
         let job = kit.run("refused.csv", "Email,Role\nann@acme.example.com,Learner\n").await;
         assert_eq!((job.state, job.succeeded), (JobState::Completed, 1));
         let message = job.message.clone().unwrap_or_default();
-        assert!(message.starts_with("the result email could not be sent (") && message.contains("MessageRejected"), "{message}");
+        assert!(
+            message.starts_with("the result email could not be sent to every admin (") && message.contains("MessageRejected"),
+            "{message}"
+        );
         assert!(message.ends_with(&format!("the result files are in results/acme/{}/", job.id)), "{message}");
         assert!(kit.summary(&job).await.result_key.is_some(), "the result files are there");
         assert!(kit.mem.mailer.sent().is_empty(), "no second email tried");

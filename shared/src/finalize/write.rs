@@ -113,7 +113,8 @@ pub fn neutralise(cell: &str) -> Cow<'_, str> {
     if !formula && !changed_by_spreadsheets(cell) {
         return cell.into();
     }
-    if cell.chars().count() <= MAX_FORMULA_TEXT && !cell.contains(['\n', '\r']) {
+    // Excel counts a formula's string in UTF-16 units, as its cells.
+    if cell.encode_utf16().count() <= MAX_FORMULA_TEXT && !cell.contains(['\n', '\r']) {
         format!("=\"{}\"", cell.replace('"', "\"\"")).into()
     } else if formula {
         format!("'{cell}").into()
@@ -141,6 +142,12 @@ fn canonical_number(n: &str) -> bool {
 /// `2024-01-05`, `1/5`, `12E3`, `1,000`), which a spreadsheet would read as a number or date and
 /// write back in its own form unless it already is that form.
 fn changed_by_spreadsheets(cell: &str) -> bool {
+    // `(123)`: an accountant's negative number to a spreadsheet, saved back as -123.
+    if let Some(inner) = cell.strip_prefix('(').and_then(|c| c.strip_suffix(')')) {
+        return !inner.is_empty()
+            && inner.bytes().all(|b| b.is_ascii_digit() || b".,".contains(&b))
+            && inner.bytes().any(|b| b.is_ascii_digit());
+    }
     cell.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '.' | '+' | '-'))
         && cell.bytes().any(|b| b.is_ascii_digit())
         && cell.bytes().all(|b| b.is_ascii_digit() || b"+-./:, eE".contains(&b))
@@ -317,6 +324,37 @@ fn finish_sheet(book: &mut Workbook, sheet: Option<Sheet>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod neutralise_tests {
+    use super::*;
+
+    /// What each value becomes in a CSV cell we write, and reads back as.
+    #[test]
+    fn values_a_spreadsheet_would_run_or_reshape_are_written_as_one_string() {
+        for (value, written) in [
+            ("=1+2", "=\"=1+2\""),
+            ("000777", "=\"000777\""),
+            ("+14155550101", "=\"+14155550101\""),
+            ("2024-01-05", "=\"2024-01-05\""),
+            ("(123)", "=\"(123)\""),
+            ("a \"quote\"", "a \"quote\""),
+            ("=\"x\"", "=\"=\"\"x\"\"\""),
+            ("-12", "-12"),
+            ("12", "12"),
+            ("'t Hooft", "'t Hooft"),
+            ("'=x", "''=x"),
+            ("=a\nb", "'=a\nb"),
+            ("E-1", "E-1"),
+        ] {
+            assert_eq!(neutralise(value), written, "{value:?}");
+        }
+        // Excel takes 255 UTF-16 units in a formula's string: 150 emoji are 300.
+        let emoji = format!("={}", "😀".repeat(150));
+        assert_eq!(neutralise(&emoji), format!("'{emoji}"));
+        assert_eq!(unneutralise(&neutralise(&emoji)), emoji);
+    }
 }
 
 #[cfg(test)]

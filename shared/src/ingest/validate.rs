@@ -452,12 +452,18 @@ fn other_problems<S: AsRef<str>>(
     };
     let mut cells: Vec<&str> = cells.iter().map(AsRef::as_ref).collect();
     let (mut column, mut emptied, mut more) = (column.to_string(), Vec::new(), Vec::new());
+    let mut names: Vec<String> = Vec::new();
     while more.len() < 3 && !DECIDING.contains(&column.as_str()) {
         let Some(i) = index(&column).filter(|i| !emptied.contains(i) && *i < cells.len()) else { break };
         emptied.push(i);
         cells[i] = "";
+        names.push(column.clone());
         match validate_row(0, &cells, m, tenant, mode, sheet_type) {
-            Err((_, Some(next), msg)) if index(&next).is_some_and(|j| !emptied.contains(&j)) => {
+            // Not a problem the emptying made (`ScheduledDate ... set InviteUser to Yes` once
+            // InviteUser was emptied): one naming an emptied column ends the search.
+            Err((_, Some(next), msg))
+                if index(&next).is_some_and(|j| !emptied.contains(&j)) && !names.iter().any(|n| msg.contains(n.as_str())) =>
+            {
                 more.push(msg);
                 column = next;
             }
@@ -581,13 +587,13 @@ fn is_leaver_status(v: &str) -> bool {
     LEAVER.iter().any(|w| w.eq_ignore_ascii_case(v))
 }
 
-/// A long number in a spreadsheet's General form (`1.23457E+18`, `4.47911E+11`): what Excel
-/// shows, and writes when it saves as CSV, for an id or phone number typed as a number. No
-/// roster value is written this way; stored, every id of the column would be the same few digits.
 /// A duplicate row's fate and its fix: its failed row, dropped again as it is, would be applied
 /// over the first row's values.
 const DUPLICATE: &str = "only the first row is applied. Fix this row if it is another one, or delete it: dropped again as it is, it would change what the first row applied";
 
+/// A long number in a spreadsheet's General form (`1.23457E+18`, `4.47911E+11`): what Excel
+/// shows, and writes when it saves as CSV, for an id or phone number typed as a number. No
+/// roster value is written this way; stored, every id of the column would be the same few digits.
 fn is_shortened_number(v: &str) -> bool {
     // Every mapped cell of every row comes here: most start with a letter and need no search.
     if !v.as_bytes().first().is_some_and(|b| b.is_ascii_digit() || *b == b'-') {
@@ -1626,6 +1632,9 @@ mod tests {
         assert_eq!(v.outcomes.iter().find(|o| o.row == 2).and_then(|o| o.column.as_deref()), Some("RoleName"));
         assert!(!message(&v, 3).contains("Also"), "one problem, one message: {}", message(&v, 3));
         assert!(message(&v, 4).starts_with("Type \"Robot\" is not one of") && !message(&v, 4).contains("Also"), "{}", message(&v, 4));
+        // A problem the emptying itself made is not named: ScheduledDate asks for InviteUser.
+        let v = run("Email,InviteUser,ScheduledDate\na@x.com,Ja,2026-09-01\n", Mode::Upsert);
+        assert!(message(&v, 2).starts_with("InviteUser") && !message(&v, 2).contains("Also"), "{}", message(&v, 2));
     }
 
     #[test]
