@@ -237,11 +237,31 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| if cli.verbose { "info".into() } else { "error".into() });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let json = cli.command.json();
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", output::one_line(&e));
-            ExitCode::from(output::exit_code(&e))
+            let (line, code) = (output::one_line(&e), output::exit_code(&e));
+            eprintln!("error: {line}");
+            // A script asking for JSON gets JSON on failure too: it read nothing on stdout.
+            if json {
+                println!("{}", serde_json::json!({ "error": line, "exit_code": code }));
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+impl Command {
+    /// Whether the command was asked for JSON output.
+    fn json(&self) -> bool {
+        match self {
+            Command::Validate { json, .. }
+            | Command::Submit { json, .. }
+            | Command::Status { json, .. }
+            | Command::Invites { json, .. }
+            | Command::Tenant { command: TenantCommand::List { json } } => *json,
+            _ => false,
         }
     }
 }

@@ -105,6 +105,10 @@ fn validate_reads_a_pasted_table_from_standard_input() {
         let out = rosterdrop().args(["validate", "-"]).write_stdin(paste).assert().code(2).get_output().stderr.clone();
         let err = String::from_utf8(out).unwrap();
         assert!(err.contains(says) && err.trim().lines().count() == 1, "{paste:?}: {err}");
+        // Asked for JSON, a failure is JSON on stdout too.
+        let out = rosterdrop().args(["validate", "-", "--json"]).write_stdin(paste).assert().code(2).get_output().stdout.clone();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{paste:?}: {e}: {out:?}"));
+        assert!(v["error"].as_str().is_some_and(|e| e.contains(says)) || v["rejected"].is_string(), "{v}");
     }
 }
 
