@@ -111,6 +111,10 @@ struct Builder<'a> {
     /// The tenant's name for its ExternalId column (`headers::is_result_column`).
     id_column: Option<String>,
     failed_started: bool,
+    /// The user type the current sheet's name gives its rows (`Students`), when it has no Type
+    /// column: the failed-rows file writes it as one, so it survives the sheet (saved as CSV by a
+    /// spreadsheet, the sheet name was gone and the users were created without their type).
+    sheet_type: Option<String>,
     digest: Digest,
 }
 
@@ -219,6 +223,9 @@ impl TableVisitor for Builder<'_> {
             ));
         }
         self.digest.sheets.push((crate::ingest::sheets::row_id(head.index, 0), sheet.clone()));
+        let typed = head.headers.iter().any(|h| crate::fields::Field::from_header(h.trim()) == Some(crate::fields::Field::Type));
+        // "User" is no type a Type cell keeps (a Type of User reads as a plain user).
+        self.sheet_type = head.sheet.as_deref().and_then(crate::ingest::sheets::user_type_of).filter(|t| !typed && t != "User");
         self.keep = keep;
         self.failed_started = false;
         self.head = Some(head);
@@ -269,12 +276,18 @@ impl TableVisitor for Builder<'_> {
             let Some(head) = &self.head else { return Ok(()) };
             if !self.failed_started {
                 let mut header: Vec<&str> = self.echoed.iter().map(String::as_str).collect();
+                if self.sheet_type.is_some() {
+                    header.push("Type");
+                }
                 header.push("Message");
                 let sheet = head.sheet.clone().unwrap_or_else(|| "Roster".into());
                 self.failed.as_mut().map(|f| f.start(&sheet, &header, None)).transpose()?;
                 self.failed_started = true;
             }
             line.remove(width); // Status
+            if let Some(t) = &self.sheet_type {
+                line.insert(width, t);
+            }
             self.failed.as_mut().map(|f| f.row(&line)).transpose()?;
         }
         Ok(())
@@ -323,6 +336,7 @@ pub fn build_as(
         unescape: false,
         id_column: id_column.map(str::to_string),
         failed_started: false,
+        sheet_type: None,
         digest: Digest::default(),
     };
     let mut file = std::fs::File::open(source).map_err(|e| Error::local("staged source", e))?;

@@ -1171,6 +1171,44 @@ mod tests {
         path
     }
 
+    /// A sheet named for its users' type (`Students`) without a Type column: its failed-rows
+    /// workbook writes the type as a Type column, so the rows keep it when a spreadsheet saves
+    /// that workbook as CSV (the sheet name gone, the users were created without their type,
+    /// and nothing said so). Dropped again as it is, sheet and column agree.
+    #[test]
+    fn a_sheet_s_user_type_survives_its_failed_rows_saved_as_csv() {
+        let mut book = rust_xlsxwriter::Workbook::new();
+        let ws = book.add_worksheet();
+        ws.set_name("Students").unwrap();
+        for (r, row) in [["Email", "RoleName"], ["a@x.example.com", "learner"], ["b@x.example.com", "Learner"]].iter().enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                ws.write_string(r as u32, c as u16, *v).unwrap();
+            }
+        }
+        let input = book.save_to_buffer().unwrap();
+        let outcomes = vec![Outcome::failure(2, Some(Action::Upsert), "unknown role"), Outcome::success(3, Action::Upsert, "user created")];
+        let (_dir, files) = built(&input, "school.xlsx", &outcomes);
+        let failed = std::fs::read(files.failed.expect("a row failed").path).unwrap();
+        let table = crate::ingest::decode::decode_all(&failed).unwrap().remove(0);
+        assert_eq!(table.headers, ["Email", "RoleName", "Type", "Message"]);
+        assert_eq!(table.rows[0].1, ["a@x.example.com", "learner", "Student", "unknown role"]);
+        let mut tenant = crate::model::Tenant::new("acme", vec!["a@acme.example.com".into()]);
+        tenant.roles = vec!["Learner".into()];
+        let user_type = |bytes: &[u8]| {
+            let p = crate::ingest::prepare(bytes, &tenant, crate::model::Mode::Upsert).unwrap();
+            match &p.ops[0].target {
+                crate::model::Target::User { fields, .. } => fields.user_type.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        // Saved as CSV by a spreadsheet (the sheet name gone), the role fixed.
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(&table.headers).unwrap();
+        w.write_record(["a@x.example.com", "Learner", "Student", "unknown role"]).unwrap();
+        assert_eq!(user_type(&w.into_inner().unwrap()), Some("Student".to_string()));
+        assert_eq!(user_type(&input).as_deref(), Some("Student"), "as the original read it");
+    }
+
     fn built(input: &[u8], name: &str, outcomes: &[Outcome]) -> (tempfile::TempDir, BuiltFiles) {
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("source");
