@@ -530,6 +530,14 @@ fn read_roster(path: &Path) -> Result<(Vec<u8>, String)> {
     Ok((bytes, format!("pasted-{}.{ext}", chrono::Utc::now().format("%Y%m%d-%H%M%S"))))
 }
 
+/// A pasted table kept in a scratch file, which the file checks read like any other.
+fn scratch(bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
+    let cannot = |e: std::io::Error| input(format!("cannot keep the pasted table: {e}"));
+    let file = tempfile::NamedTempFile::new().map_err(cannot)?;
+    std::fs::write(file.path(), bytes).map_err(cannot)?;
+    Ok(file)
+}
+
 fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| input(format!("cannot read {}: {}", path.display(), output::io_reason(&e))))
 }
@@ -573,9 +581,7 @@ fn validate(file: &Path, tenant: &Tenant, mode: Option<&str>, json: bool, offlin
     let piped = file.as_os_str() != "-" && std::fs::metadata(file).is_ok_and(|m| !m.is_file() && !m.is_dir());
     let (path, name) = if file.as_os_str() == "-" || piped {
         let (bytes, name) = read_roster(file)?;
-        let scratch = tempfile::NamedTempFile::new().map_err(|e| input(format!("cannot keep the pasted table: {e}")))?;
-        std::fs::write(scratch.path(), bytes).map_err(|e| input(format!("cannot keep the pasted table: {e}")))?;
-        (pasted.insert(scratch).path().to_path_buf(), name)
+        (pasted.insert(scratch(&bytes)?).path().to_path_buf(), name)
     } else {
         use std::io::Read;
         let cannot = |e: std::io::Error| input(format!("cannot read {}: {}", file.display(), output::io_reason(&e)));
@@ -621,10 +627,8 @@ async fn submit(
     if file.as_os_str() == "-" {
         // A paste the upload would refuse as a whole (no header row) is refused here, as
         // `validate -` refuses it: uploaded, it became a REJECTED job quoting the pasted row.
-        let scratch = tempfile::NamedTempFile::new().map_err(|e| input(format!("cannot keep the pasted table: {e}")))?;
-        std::fs::write(scratch.path(), &bytes).map_err(|e| input(format!("cannot keep the pasted table: {e}")))?;
         let mode = parse_mode(mode)?.unwrap_or(Mode::Upsert);
-        if let Err(reason) = ingest::check_file(scratch.path(), &found, mode)? {
+        if let Err(reason) = ingest::check_file(scratch(&bytes)?.path(), &found, mode)? {
             return Err(input(format!("the pasted table was not uploaded: {reason}")));
         }
     }

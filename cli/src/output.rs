@@ -74,11 +74,7 @@ pub fn print_json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
 /// table row) or a direction override (which shows text in another order than it has) written
 /// out as `<U+001B>`, as the pipeline's own messages quote such characters.
 pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
-    let hidden = |c: char| c.is_control() || shared::wording::shows_as_nothing(c);
-    if !text.chars().any(hidden) {
-        return text.into();
-    }
-    text.chars().map(|c| if hidden(c) { format!("<U+{:04X}>", u32::from(c)) } else { c.to_string() }).collect::<String>().into()
+    shared::wording::written_out(text, |c| c.is_control() || shared::wording::shows_as_nothing(c))
 }
 
 fn table(header: &[&str]) -> Table {

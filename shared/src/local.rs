@@ -256,28 +256,10 @@ pub async fn run(
         if last_sweep.elapsed() >= Duration::from_secs(2) && sweeper.as_ref().is_none_or(|h| h.is_finished()) {
             last_sweep = std::time::Instant::now();
             let svc = svc.clone();
+            // The schedule's own tasks, each failure logged by them and retried at the next run
+            // (a part of them only, a file dropped in scheduled/ stayed SCHEDULED here).
             sweeper = Some(tokio::spawn(async move {
-                if let Err(e) = crate::invites::sweep(&svc, chrono::Utc::now()).await {
-                    warn!(error = %e, "invite sweep failed; the next one retries");
-                }
-                if let Err(e) = crate::monitor::finish_unsent_jobs(&svc, chrono::Utc::now()).await {
-                    warn!(error = %e, "unsent-email sweep failed");
-                }
-                if let Err(e) = crate::monitor::fail_stuck_jobs(&svc, chrono::Utc::now()).await {
-                    warn!(error = %e, "stuck-job check failed; the next one retries");
-                }
-                // And the rest of the one-minute schedule (`monitor::scheduled`): without them a
-                // file dropped in scheduled/ stayed SCHEDULED past its time on the local stack,
-                // and a held file never expired.
-                if let Err(e) = crate::monitor::resume_releases(&svc, chrono::Utc::now()).await {
-                    warn!(error = %e, "release resume failed; the next one retries");
-                }
-                if let Err(e) = crate::schedule::release_due(&svc, chrono::Utc::now()).await {
-                    warn!(error = %e, "scheduled-file release failed; the next one retries");
-                }
-                if let Err(e) = crate::holds::discard_expired(&svc, chrono::Utc::now()).await {
-                    warn!(error = %e, "expired-hold sweep failed; the next one retries");
-                }
+                crate::monitor::tasks(&svc, chrono::Utc::now(), false).await;
             }));
         }
         let receive = sqs

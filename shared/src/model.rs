@@ -496,7 +496,8 @@ fn names_usable<'a>(what: &str, names: impl Iterator<Item = &'a String>, key: im
             ));
         }
         if !seen.insert(key(n)) {
-            return Err(format!("{what} lists {n:?} twice (names are the same whatever their case)"));
+            // `key` says how files match the names: exactly (roles), or whatever their case.
+            return Err(format!("{what} lists {n:?} twice, as files match its names"));
         }
     }
     Ok(())

@@ -275,6 +275,12 @@ pub async fn on_event(svc: &Services, event: serde_json::Value, now: chrono::Dat
 }
 
 pub async fn scheduled(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> ScheduledReport {
+    tasks(svc, now, true).await
+}
+
+/// Every task of the schedule; `metric`: emit the job-age metric too (the local runner, every
+/// 2 s, does not).
+pub async fn tasks(svc: &Services, now: chrono::DateTime<chrono::Utc>, metric: bool) -> ScheduledReport {
     let mut report = ScheduledReport::default();
     let note = |task: &str, e: crate::Error| {
         tracing::error!(task, retryable = e.is_retryable(), error = %e, "scheduled task failed; the next run retries");
@@ -303,12 +309,14 @@ pub async fn scheduled(svc: &Services, now: chrono::DateTime<chrono::Utc>) -> Sc
         Ok(n) => report.expired_holds = n,
         Err(e) => errors.push(note("expired holds", e)),
     }
-    match oldest_open_job_age(svc, now).await {
-        Ok(age) => {
-            report.oldest_open_job_age_seconds = age;
-            println!("{}", emf_line(JOB_AGE_METRIC, age, now));
+    if metric {
+        match oldest_open_job_age(svc, now).await {
+            Ok(age) => {
+                report.oldest_open_job_age_seconds = age;
+                println!("{}", emf_line(JOB_AGE_METRIC, age, now));
+            }
+            Err(e) => errors.push(note("job age metric", e)),
         }
-        Err(e) => errors.push(note("job age metric", e)),
     }
     match crate::invites::sweep(svc, now).await {
         Ok(n) => report.sent = n,

@@ -360,12 +360,7 @@ pub fn esc(s: &str) -> String {
 /// hidden file once saved), and no `=?` (mail readers decoded `=?utf-8?b?SGFja2Vk?=.csv`, written
 /// as it is in `filename="…"`, as the encoded word `Hacked`).
 pub fn safe_file_name(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .filter(|c| !crate::wording::hidden_in_name(*c) && !matches!(c, '/' | '\\' | '"'))
-        .skip_while(|c| *c == '.' || c.is_whitespace())
-        .collect();
-    let cleaned = cleaned.replace("=?", "=_?");
+    let cleaned = crate::wording::name_chars(name).collect::<String>().replace("=?", "=_?");
     if cleaned.trim().is_empty() { "roster".into() } else { cleaned }
 }
 

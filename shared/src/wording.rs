@@ -59,16 +59,13 @@ pub fn quoted(name: &str) -> String {
 /// its end (the extension) kept: a 900-character name pushed the subject's counts out of sight.
 pub fn file_label(name: &str) -> String {
     const MAX: usize = 120;
-    let hidden = hidden_in_name;
-    let written = |part: &mut dyn Iterator<Item = char>| {
-        part.map(|c| if hidden(c) { format!("<U+{:04X}>", u32::from(c)) } else { c.to_string() }).collect::<String>()
-    };
     let count = name.chars().count();
     let label = if count <= MAX {
-        written(&mut name.chars())
+        written_out(name, hidden_in_name).into_owned()
     } else {
         let (head, tail) = (MAX * 2 / 3, MAX - MAX * 2 / 3 - 1);
-        format!("{}…{}", written(&mut name.chars().take(head)), written(&mut name.chars().skip(count - tail)))
+        let (start, end): (String, String) = (name.chars().take(head).collect(), name.chars().skip(count - tail).collect());
+        format!("{}…{}", written_out(&start, hidden_in_name), written_out(&end, hidden_in_name))
     };
     // Each hidden character is written as 8: 110 of them made a 900-character subject. Cut
     // again, keeping the end, when that is what grew it.
@@ -78,6 +75,30 @@ pub fn file_label(name: &str) -> String {
     }
     let tail: String = label.chars().skip(shown - MAX / 3).collect();
     format!("{}…{tail}", label.chars().take(MAX - MAX / 3 - 1).collect::<String>())
+}
+
+/// `text` with each character `hidden` picks written out as `<U+202E>`; borrowed when it has none.
+pub fn written_out(text: &str, hidden: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(&hidden) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if hidden(c) {
+            out += &format!("<U+{:04X}>", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+/// A file name's characters as a file we name after it may hold them: none `hidden_in_name`,
+/// no path or quote characters, no leading dots or spaces (`.csv` made `.csv-result.csv`, a
+/// hidden file once saved; a direction override showed `x<U+202E>exe-result.csv` as ending in
+/// "-exe").
+pub fn name_chars(name: &str) -> impl Iterator<Item = char> + '_ {
+    name.chars().filter(|c| !hidden_in_name(*c) && !matches!(c, '/' | '\\' | '"')).skip_while(|c| *c == '.' || c.is_whitespace())
 }
 
 /// A character of a file name that shows as nothing or moves the text around it: a control

@@ -55,13 +55,7 @@ pub fn stem(file_name: &str) -> String {
 /// `stem` of a name already without its extension.
 pub fn clean_stem(stem: &str) -> String {
     let mut bytes = 0;
-    // Nor what shows as nothing (a direction override showed `x<U+202E>exe-result.csv` as
-    // ending in "-exe"), nor leading dots (`.csv` made `.csv-result.csv`, a hidden file once
-    // saved).
-    let clean: String = stem
-        .chars()
-        .filter(|c| !crate::wording::hidden_in_name(*c) && !matches!(c, '/' | '\\' | '"'))
-        .skip_while(|c| *c == '.' || c.is_whitespace())
+    let clean: String = crate::wording::name_chars(stem)
         .take(100)
         .take_while(|c| {
             bytes += c.len_utf8();
